@@ -1,0 +1,1 @@
+"""The HTTP faces of the router: one module per protocol."""

@@ -1,0 +1,79 @@
+"""The one place where failures become HTTP responses.
+
+Every error leaves as JSON in the protocol's shape; nothing the client sent is echoed, and an
+unexpected exception is logged by type only, answering a generic 500 without a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from router.errors import (
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    RouterError,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger(__name__)
+
+_FROM_AIOHTTP: dict[int, type[RouterError]] = {
+    404: RouteNotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+_AIOHTTP_MESSAGES = {
+    404: "no such endpoint",
+    405: "method not allowed on this endpoint",
+    413: "request body is larger than the configured limit",
+    415: "unsupported content type",
+}
+
+
+def error_response(error: RouterError) -> web.Response:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    body = orjson.dumps({"error": error.message})
+    return web.Response(
+        status=error.status, body=body, content_type="application/json", headers=headers
+    )
+
+
+def from_http_exception(exc: web.HTTPException) -> RouterError | None:
+    kind = _FROM_AIOHTTP.get(exc.status)
+    return kind(_AIOHTTP_MESSAGES[exc.status]) if kind else None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RouterError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        mapped = from_http_exception(exc)
+        if mapped is None:
+            raise
+        return error_response(mapped)
+    except (ConnectionError, TimeoutError):
+        raise  # the client went away; aiohttp closes the connection
+    except Exception as exc:
+        log.error("unhandled %s at %s", type(exc).__name__, _where(exc))
+        return error_response(RouterError("internal error"))
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame: enough to find the bug, without the message, which
+    could quote request data."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "unknown"

@@ -1,0 +1,204 @@
+"""The KServe v2 / Open Inference Protocol face, with Triton's repository and stats extensions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from router import __version__
+from router.api.state import MODELS, PIPELINES, SETTINGS, STATUS
+from router.context import RequestContext
+from router.errors import BadRequest, PayloadTooLarge
+from router.inference.repository import ModelVersion
+
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
+
+_EMPTY_OK = b""
+
+
+def add_routes(app: web.Application) -> None:
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_get("/v2/models/stats", all_stats)
+    for base in (model, versioned):
+        app.router.add_get(base, model_metadata)
+        app.router.add_get(base + "/ready", model_ready)
+        app.router.add_get(base + "/config", model_config)
+        app.router.add_get(base + "/stats", model_stats)
+        app.router.add_post(base + "/infer", infer)
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def ready(request: web.Request) -> web.Response:
+    app = request.app
+    ok = not app[STATUS].draining and app[MODELS].ready
+    return web.Response(status=200 if ok else 503)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    site = request.app[SETTINGS].site
+    return _json(
+        {
+            "name": "layer-router",
+            "version": __version__,
+            "extensions": EXTENSIONS,
+            "site": site.id,
+            "tier": site.tier.value,
+        }
+    )
+
+
+def _entry(request: web.Request) -> ModelVersion:
+    info = request.match_info
+    return request.app[MODELS].find(info["model"], info.get("version"))
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    entry = _entry(request)
+    model = request.app[MODELS].models[entry.model]
+    doc: dict[str, Any] = {
+        "name": entry.model,
+        "versions": [str(v) for v in sorted(model.versions)],
+        "platform": "onnxruntime_onnx",
+        "inputs": [],
+        "outputs": [],
+    }
+    if entry.signature is not None:
+        doc["inputs"] = [spec.metadata() for spec in entry.signature.inputs]
+        doc["outputs"] = [spec.metadata() for spec in entry.signature.outputs]
+    doc["parameters"] = _version_facts(entry)
+    return _json(doc)
+
+
+def _version_facts(entry: ModelVersion) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "version": str(entry.version),
+        "state": entry.state.value,
+        "sha256": entry.sha256,
+        "execution_provider": entry.provider,
+    }
+    if entry.reason:
+        facts["reason"] = entry.reason
+    if entry.provider_failures:
+        facts["provider_fallbacks"] = [
+            {"provider": a.provider, "error": a.error} for a in entry.provider_failures
+        ]
+    return facts
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    entry = _entry(request)
+    ok = entry.ready and not request.app[STATUS].draining
+    return web.Response(status=200 if ok else 503)
+
+
+async def model_config(request: web.Request) -> web.Response:
+    entry = _entry(request)
+    doc = entry.config.model_dump(mode="json")
+    doc.update(name=entry.model, platform="onnxruntime_onnx", **_version_facts(entry))
+    return _json(doc)
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    body = await request.read()
+    if body.strip():
+        try:
+            options = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("repository index request must be JSON") from None
+        if not isinstance(options, dict):
+            raise BadRequest("repository index request must be a JSON object")
+    else:
+        options = {}
+    only_ready = options.get("ready") is True
+    index = []
+    for model in request.app[MODELS].models.values():
+        if model.error and not only_ready:
+            index.append({"name": model.name, "state": "UNAVAILABLE", "reason": model.error})
+        for entry in model.versions.values():
+            if only_ready and not entry.ready:
+                continue
+            item = {"name": model.name, "version": str(entry.version), "state": entry.state.value}
+            item["reason"] = entry.reason
+            index.append(item)
+    return _json(index)
+
+
+async def model_stats(request: web.Request) -> web.Response:
+    info = request.match_info
+    repo = request.app[MODELS]
+    if info.get("version") is None:
+        repo.find(info["model"])  # 404 for an unknown model
+        entries = list(repo.models[info["model"]].versions.values())
+    else:
+        entries = [_entry(request)]
+    return _json({"model_stats": [_stats(e) for e in entries]})
+
+
+async def all_stats(request: web.Request) -> web.Response:
+    repo = request.app[MODELS]
+    entries = [e for m in repo.models.values() for e in m.versions.values()]
+    return _json({"model_stats": [_stats(e) for e in entries]})
+
+
+def _stats(entry: ModelVersion) -> dict[str, Any]:
+    if entry.runner is None:
+        return {
+            "name": entry.model,
+            "version": str(entry.version),
+            "inference_count": 0,
+            "execution_count": 0,
+        }
+    return entry.runner.stats.as_dict(entry.model, str(entry.version))
+
+
+async def infer(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS].server
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise PayloadTooLarge(
+            f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
+        )
+    info = request.match_info
+    ctx = RequestContext(
+        api="kserve-v2",
+        model=info["model"],
+        version=info.get("version"),
+        deadline=asyncio.get_running_loop().time() + settings.default_deadline_ms / 1000,
+        body=await request.read(),
+        header_length=_header_length(request),
+    )
+    reply = await app[PIPELINES].v2_infer.run(ctx)
+    response = web.Response(
+        body=reply.body,
+        status=reply.status,
+        content_type=reply.content_type,
+        headers=reply.headers,
+    )
+    if len(reply.body) >= 1024 and "Accept-Encoding" in request.headers:
+        response.enable_compression()
+    return response
+
+
+def _header_length(request: web.Request) -> int | None:
+    raw = request.headers.get("Inference-Header-Content-Length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadRequest("Inference-Header-Content-Length must be a non-negative integer")
+    return int(raw)

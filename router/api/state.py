@@ -1,0 +1,27 @@
+"""Typed application state shared by the handlers (aiohttp AppKeys; no module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from router.inference.repository import ModelRepository
+from router.pipeline import Pipeline
+from router.settings import Settings
+
+
+@dataclass(slots=True)
+class ServerStatus:
+    draining: bool = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
+
+
+@dataclass(frozen=True, slots=True)
+class Pipelines:
+    v2_infer: Pipeline
+
+
+SETTINGS = web.AppKey("settings", Settings)
+MODELS = web.AppKey("models", ModelRepository)
+PIPELINES = web.AppKey("pipelines", Pipelines)
+STATUS = web.AppKey("status", ServerStatus)

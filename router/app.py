@@ -1,0 +1,66 @@
+"""build_app(settings) -> web.Application: the one place where the program is assembled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from aiohttp import web
+
+from router.api import kserve_v2
+from router.api.errors import error_middleware
+from router.api.state import MODELS, PIPELINES, SETTINGS, STATUS, Pipelines, ServerStatus
+from router.inference.repository import (
+    Loader,
+    ModelRepository,
+    SessionBuilder,
+    available_providers,
+    default_session_builder,
+)
+from router.pipeline import Pipeline
+from router.resources import demo_model_repository
+from router.settings import Settings
+from router.stages.decode import DecodeInferRequest
+from router.stages.dispatch import Dispatch
+
+
+def build_app(
+    settings: Settings,
+    *,
+    providers: Sequence[str] | None = None,
+    session_builder: SessionBuilder = default_session_builder,
+) -> web.Application:
+    """`providers` and `session_builder` stand in for onnxruntime's in tests."""
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+    )
+    app[SETTINGS] = settings
+    app[STATUS] = ServerStatus()
+    app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
+    kserve_v2.add_routes(app)
+    return app
+
+
+def build_pipelines(models: ModelRepository) -> Pipelines:
+    return Pipelines(v2_infer=Pipeline([DecodeInferRequest(), Dispatch(models)]))
+
+
+async def _models(
+    app: web.Application, *, providers: Sequence[str] | None, build: SessionBuilder
+) -> AsyncIterator[None]:
+    settings = app[SETTINGS].models
+    executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
+    available = providers if providers is not None else available_providers()
+    loader = Loader(settings, executor, available, build)
+    path = settings.repository or demo_model_repository()
+    # Loading reads files and builds sessions: seconds of blocking work kept off the loop.
+    repository = await asyncio.to_thread(loader.load, path)
+    app[MODELS] = repository
+    app[PIPELINES] = build_pipelines(repository)
+    try:
+        yield
+    finally:
+        repository.close()
+        executor.shutdown(wait=False, cancel_futures=True)

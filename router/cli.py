@@ -1,0 +1,91 @@
+"""layer-router serve | check."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from router import __version__, logs
+from router.errors import ConfigError
+from router.inference.repository import Loader, available_providers
+from router.resources import demo_model_repository
+from router.settings import Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layer-router", description="Layer-aware inference request router."
+    )
+    parser.add_argument("--version", action="version", version=f"layer-router {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve requests (embedded default config if none)")
+    serve.add_argument("--config", type=Path, help="site config YAML")
+    serve.add_argument("--model-repository", type=Path, help="model repository folder")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+
+    check = commands.add_parser("check", help="validate a site config and the models it names")
+    check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
+    check.add_argument("--model-repository", type=Path, help="model repository folder")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    server = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    models = {"repository": args.model_repository} if args.model_repository else {}
+    if server or models:
+        settings = settings.model_copy(
+            update={
+                "server": settings.server.model_copy(update=server),
+                "models": settings.models.model_copy(update=models),
+            }
+        )
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.port is not None and not 0 <= args.port <= 65535 if args.command == "serve" else False:
+        print("error: --port must be between 0 and 65535", file=sys.stderr)
+        return 2
+    logs.configure(settings.logging.level)
+    if args.command == "check":
+        return check(settings)
+    from router.server import serve
+
+    return serve(settings)
+
+
+def check(settings: Settings) -> int:
+    """Load every model the config names, as `serve` would, and report without serving."""
+    path = settings.models.repository or demo_model_repository()
+    with ThreadPoolExecutor(1) as executor:
+        try:
+            repository = Loader(settings.models, executor, available_providers()).load(path)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for model in repository.models.values():
+            for entry in model.versions.values():
+                state = entry.provider if entry.ready else f"NOT LOADED: {entry.reason}"
+                print(f"{model.name} v{entry.version}: {state}")
+        problems = repository.failures
+        repository.close()
+    if problems:
+        print("problems:", *problems, sep="\n  ", file=sys.stderr)
+        return 1
+    print(
+        f"ok: site '{settings.site.id}' ({settings.site.tier.value}), "
+        f"{len(repository.models)} models in {path}"
+    )
+    return 0

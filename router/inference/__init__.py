@@ -1,0 +1,1 @@
+"""Local inference: the model repository, execution-provider choice, batching and the runner."""

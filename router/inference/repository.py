@@ -1,0 +1,230 @@
+"""The model repository (Triton's layout): `<repo>/<model>/<version>/model.onnx`.
+
+Loading never stops at a broken model: each version ends READY or UNAVAILABLE with a reason
+that names the file, and readiness reports the failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.errors import ConfigError, ModelNotFound, ModelNotReady
+from router.inference import providers
+from router.inference.model_config import ModelConfig, load_model_config
+from router.inference.runner import ModelRunner, RunnerLimits
+from router.inference.signature import DYNAMIC, Signature, from_session
+from router.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+
+# (model bytes, intra-op threads, providers with options) -> an onnxruntime InferenceSession
+SessionBuilder = Callable[[bytes, int, list[tuple[str, dict[str, Any]]]], Any]
+
+
+class State(StrEnum):
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class ModelVersion:
+    model: str
+    version: int
+    path: Path
+    config: ModelConfig = field(default_factory=ModelConfig)
+    state: State = State.UNAVAILABLE
+    reason: str = ""
+    sha256: str = ""
+    provider: str = ""
+    provider_failures: list[providers.Attempt] = field(default_factory=list)
+    signature: Signature | None = None
+    runner: ModelRunner | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+
+@dataclass(slots=True)
+class Model:
+    name: str
+    config: ModelConfig
+    versions: dict[int, ModelVersion]
+    error: str = ""  # a problem with the model as a whole (its config, no versions)
+
+    @property
+    def latest(self) -> ModelVersion | None:
+        return self.versions[max(self.versions)] if self.versions else None
+
+
+class ModelRepository:
+    def __init__(self, path: Path, models: dict[str, Model]) -> None:
+        self.path = path
+        self.models = models
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """The requested version (the highest when None), ready to run."""
+        entry = self.find(name, version)
+        if not entry.ready or entry.runner is None:
+            raise ModelNotReady(
+                f"model '{name}' version {entry.version} is not ready", retry_after=5.0
+            )
+        return entry
+
+    def find(self, name: str, version: str | None = None) -> ModelVersion:
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        if version is None:
+            latest = model.latest
+            if latest is None:
+                raise ModelNotReady(f"model '{name}' has no loadable version", retry_after=5.0)
+            return latest
+        entry = model.versions.get(int(version)) if version.isdigit() else None
+        if entry is None:
+            raise ModelNotFound(f"model '{name}' has no version '{version}'")
+        return entry
+
+    @property
+    def failures(self) -> list[str]:
+        problems = [f"{m.name}: {m.error}" for m in self.models.values() if m.error]
+        problems += [
+            f"{v.model}/{v.version}: {v.reason}"
+            for m in self.models.values()
+            for v in m.versions.values()
+            if not v.ready
+        ]
+        return problems
+
+    @property
+    def ready(self) -> bool:
+        return not self.failures
+
+    def close(self) -> None:
+        for model in self.models.values():
+            for entry in model.versions.values():
+                if entry.runner is not None:
+                    entry.runner.close()
+
+
+def default_session_builder(
+    data: bytes, threads: int, chosen: list[tuple[str, dict[str, Any]]]
+) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # onnxruntime's own warnings would bypass our log config
+    return ort.InferenceSession(data, options, providers=chosen)
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+@dataclass(frozen=True, slots=True)
+class Loader:
+    """Everything loading needs; tests swap `available` and `build` to exercise fallback."""
+
+    settings: ModelSettings
+    executor: Executor
+    available: Sequence[str]
+    build: SessionBuilder = default_session_builder
+
+    def load(self, path: Path) -> ModelRepository:
+        if not path.is_dir():
+            raise ConfigError(str(path), ["model repository is not a directory"])
+        models = {}
+        for model_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+            if not model_dir.name.startswith((".", "_")):
+                models[model_dir.name] = self._load_model(model_dir)
+        return ModelRepository(path, models)
+
+    def _load_model(self, model_dir: Path) -> Model:
+        name = model_dir.name
+        try:
+            config = load_model_config(model_dir)
+        except ConfigError as exc:
+            log.error("model %s not loaded: %s", name, exc)
+            return Model(name, ModelConfig(), {}, error=str(exc))
+        dirs = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+        if not dirs:
+            return Model(name, config, {}, error=f"no numeric version folder in {model_dir}")
+        versions = {v: self._load_version(name, v, d, config) for v, d in sorted(dirs.items())}
+        return Model(name, config, versions)
+
+    def _load_version(
+        self, name: str, version: int, folder: Path, config: ModelConfig
+    ) -> ModelVersion:
+        entry = ModelVersion(name, version, folder / MODEL_FILE, config)
+        try:
+            self._prepare(entry, config)
+        except Exception as exc:  # a broken model must never stop the others from loading
+            entry.state, entry.reason = State.UNAVAILABLE, f"{entry.path}: {_reason(exc)}"
+            log.error("model %s version %d not loaded: %s", name, version, entry.reason)
+        return entry
+
+    def _prepare(self, entry: ModelVersion, config: ModelConfig) -> None:
+        data = entry.path.read_bytes()
+        entry.sha256 = hashlib.sha256(data).hexdigest()
+        pinned = config.sha256.get(entry.version)
+        if pinned and pinned.lower() != entry.sha256:
+            raise ValueError(f"sha256 {entry.sha256} does not match the pinned {pinned.lower()}")
+        label = f"{entry.model}/{entry.version}"
+        preferred = [
+            providers.Candidate(p.name, dict(p.options)) for p in config.execution_providers
+        ]
+        choices = providers.candidates(preferred, self.available, self.settings.execution_providers)
+        session, entry.provider, entry.provider_failures = providers.create_session(
+            lambda chosen: self.build(data, config.intra_op_threads, chosen), choices, label
+        )
+        entry.signature = signature = from_session(session)
+        if config.max_batch_size and not signature.batchable:
+            raise ValueError(
+                "max_batch_size is set but not every tensor has an open first dimension"
+            )
+        if config.warmup:
+            session.run(None, warmup_feeds(signature))
+        entry.runner = ModelRunner(session, self.executor, self._limits(config), label)
+        entry.state = State.READY
+        log.info("model %s loaded on %s (sha256 %s)", label, entry.provider, entry.sha256[:12])
+
+    def _limits(self, config: ModelConfig) -> RunnerLimits:
+        batching = config.dynamic_batching
+        return RunnerLimits(
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
+            max_queue_size=batching.max_queue_size or self.settings.max_queue_size,
+            instance_count=config.instance_count,
+        )
+
+
+def warmup_feeds(signature: Signature) -> dict[str, np.ndarray]:
+    feeds = {}
+    for spec in signature.inputs:
+        shape = tuple(1 if d == DYNAMIC else d for d in spec.shape)
+        if spec.datatype.is_bytes:
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
+    return feeds
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:500]

@@ -1,0 +1,1 @@
+"""KServe v2 / Open Inference Protocol: tensor datatypes and the request/response codec."""
