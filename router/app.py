@@ -9,9 +9,17 @@ from functools import partial
 
 from aiohttp import web
 
-from router.api import kserve_v2
+from router.api import kserve_v2, openai
 from router.api.errors import error_middleware
-from router.api.state import MODELS, PIPELINES, SETTINGS, STATUS, Pipelines, ServerStatus
+from router.api.state import (
+    MODELS,
+    PIPELINES,
+    SETTINGS,
+    STATUS,
+    UPSTREAMS,
+    Pipelines,
+    ServerStatus,
+)
 from router.inference.repository import (
     Loader,
     ModelRepository,
@@ -22,8 +30,10 @@ from router.inference.repository import (
 from router.pipeline import Pipeline
 from router.resources import demo_model_repository
 from router.settings import Settings
-from router.stages.decode import DecodeInferRequest
 from router.stages.dispatch import Dispatch
+from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
+from router.stages.route import DecideRoute
+from router.upstreams.registry import Upstreams
 
 
 def build_app(
@@ -39,12 +49,22 @@ def build_app(
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
     app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
+    app.cleanup_ctx.append(_upstreams)
+    app.on_startup.append(_pipelines)
     kserve_v2.add_routes(app)
+    openai.add_routes(app)
     return app
 
 
-def build_pipelines(models: ModelRepository) -> Pipelines:
-    return Pipelines(v2_infer=Pipeline([DecodeInferRequest(), Dispatch(models)]))
+def build_pipelines(settings: Settings, models: ModelRepository, upstreams: Upstreams) -> Pipelines:
+    """The request chains, as plain lists: the order here is the order a request sees."""
+    tier = settings.site.tier.value
+    route = DecideRoute(settings.routing, models, upstreams, tier)
+    dispatch = Dispatch(models, upstreams, settings.routing, tier)
+    return Pipelines(
+        v2_infer=Pipeline([ParseInferRequest(), route, dispatch]),
+        openai=Pipeline([ParseOpenAIRequest(), route, dispatch]),
+    )
 
 
 async def _models(
@@ -58,9 +78,23 @@ async def _models(
     # Loading reads files and builds sessions: seconds of blocking work kept off the loop.
     repository = await asyncio.to_thread(loader.load, path)
     app[MODELS] = repository
-    app[PIPELINES] = build_pipelines(repository)
     try:
         yield
     finally:
         repository.close()
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _upstreams(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    upstreams = Upstreams.from_settings(settings.upstreams, settings.routing.offline)
+    app[UPSTREAMS] = upstreams
+    await upstreams.start()
+    try:
+        yield
+    finally:
+        await upstreams.close()
+
+
+async def _pipelines(app: web.Application) -> None:
+    app[PIPELINES] = build_pipelines(app[SETTINGS], app[MODELS], app[UPSTREAMS])

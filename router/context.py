@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from router.v2.codec import InferRequest
+from router.policy.decide import Decision
 
 
 @dataclass(slots=True)
 class Reply:
-    """What the pipeline answers: already-encoded bytes, so any stage (or a cache) can own it."""
+    """What the pipeline answers. `body` is already encoded so any stage (or a cache) can own
+    it; a streamed reply has `stream` instead, drained by the handler chunk by chunk."""
 
-    body: bytes
+    body: bytes = b""
     content_type: str = "application/json"
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    stream: AsyncIterator[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -23,7 +27,25 @@ class RequestContext:
     model: str
     version: str | None
     deadline: float  # on the event loop's clock
+    path: str = ""  # path and query as received: forwarded on the same path
+    headers: Mapping[str, str] = field(default_factory=dict)  # the client's
+    request_id: str = ""
+    traceparent: str = ""
     body: bytes = b""
     header_length: int | None = None  # Inference-Header-Content-Length
-    infer: InferRequest | None = None  # set by DecodeInferRequest
-    served_by: str = ""  # "model/version" or an upstream, once known
+    document: dict[str, Any] | None = None  # the parsed JSON (v2: the header part)
+    stream: bool = False  # the client asked for SSE
+    decision: Decision | None = None
+    served_tier: str = ""
+    served_by: str = ""  # "model/version" or "cluster endpoint"
+    reasons: list[str] = field(default_factory=list)
+    upstream_reasons: str = ""  # an upstream layer-router's own X-Route-Reason
+    upstream_ms: float | None = None
+    queue_ms: float | None = None
+
+    @property
+    def binary(self) -> memoryview:
+        """The binary tensor part of a v2 body (empty for JSON-only bodies)."""
+        if self.header_length is None:
+            return memoryview(b"")
+        return memoryview(self.body)[self.header_length :]

@@ -14,8 +14,18 @@
     │   ├── ModelNotReady            503 model_not_ready
     │   ├── QueueFull                503 queue_full
     │   └── ShuttingDown             503 shutting_down
+    │   ├── UpstreamOverflow         503 upstream_overflow  (our own cap; never ejects)
+    │   ├── NoHealthyTarget          503 no_healthy_target
+    │   └── Offline                  503 offline
     ├── DeadlineExceeded             504 deadline_exceeded
-    └── InferenceFailed              500 inference_failed
+    │   └── BudgetUnmeetable         504 budget_unmeetable  (decided up front, no waiting)
+    ├── InferenceFailed              500 inference_failed
+    └── UpstreamError                502 upstream_error     (only upstreams/client.py raises these)
+        ├── ConnectFailed            502 upstream_connect_failed
+        ├── UpstreamTimeout          504 upstream_timeout
+        ├── UpstreamReset            502 upstream_reset
+        ├── UpstreamStatus           502 upstream_status    (5xx/429 after retries, 3xx)
+        └── StreamBroken             502 upstream_stream_broken (after bytes reached the client)
 
 ConfigError is separate: it stops start-up (or `layer-router check`) and is never an HTTP answer.
 
@@ -100,14 +110,66 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class UpstreamOverflow(Unavailable):
+    code = "upstream_overflow"
+
+
+class NoHealthyTarget(Unavailable):
+    code = "no_healthy_target"
+
+
+class Offline(Unavailable):
+    code = "offline"
+
+
 class DeadlineExceeded(RouterError):
     status = 504
     code = "deadline_exceeded"
 
 
+class BudgetUnmeetable(DeadlineExceeded):
+    code = "budget_unmeetable"
+
+
 class InferenceFailed(RouterError):
     status = 500
     code = "inference_failed"
+
+
+class UpstreamError(RouterError):
+    status = 502
+    code = "upstream_error"
+    retryable = True  # safe to try again (nothing reached the client, the request is repeatable)
+    health_failure = True  # counts toward outlier ejection
+
+
+class ConnectFailed(UpstreamError):
+    code = "upstream_connect_failed"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamReset(UpstreamError):
+    code = "upstream_reset"
+
+
+class UpstreamStatus(UpstreamError):
+    code = "upstream_status"
+
+    def __init__(self, message: str, upstream_status: int, retry_after: float | None = None):
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self.retryable = upstream_status >= 500 or upstream_status == 429
+        self.health_failure = upstream_status >= 500
+
+
+class StreamBroken(UpstreamError):
+    code = "upstream_stream_broken"
+    retryable = False
 
 
 class ConfigError(Exception):

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from router import yamlconf
 from router.yamlconf import Strict
@@ -40,8 +40,6 @@ class ServerSettings(Strict):
     # How long in-flight requests may take to finish after SIGTERM/SIGINT.
     drain_timeout_s: PositiveFloat = 10.0
     max_body_bytes: PositiveInt = 64 * 1024 * 1024
-    # Budget for requests that do not state one; a request past it is dropped before it runs.
-    default_deadline_ms: PositiveInt = 30_000
 
 
 class ModelSettings(Strict):
@@ -55,6 +53,100 @@ class ModelSettings(Strict):
     execution_providers: tuple[str, ...] = ()
 
 
+class Protocol(StrEnum):
+    OPENAI = "openai"
+    KSERVE_V2 = "kserve-v2"
+
+
+class EndpointSettings(Strict):
+    url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
+    region: str = ""
+    jurisdiction: str = ""
+    weight: Annotated[int, Field(gt=0, le=1000)] = 1
+
+    @property
+    def base(self) -> str:
+        return self.url.rstrip("/")
+
+
+class TlsSettings(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+    verify: bool = True
+
+
+class OutlierSettings(Strict):
+    consecutive_failures: PositiveInt = 5
+    base_ejection_s: PositiveFloat = 30.0
+    max_ejection_s: PositiveFloat = 300.0
+    max_ejected_percent: Annotated[int, Field(ge=0, le=100)] = 50
+
+
+class HealthCheckSettings(Strict):
+    enabled: bool = True
+    path: str | None = None  # None: /v2/health/ready for kserve-v2 clusters, else /v1/models
+    interval_s: PositiveFloat = 5.0
+    timeout_s: PositiveFloat = 1.0
+    healthy_threshold: PositiveInt = 2
+    unhealthy_threshold: PositiveInt = 3
+
+
+class RetrySettings(Strict):
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # tries in all, the first included
+    base_backoff_ms: PositiveFloat = 25.0
+    max_backoff_ms: PositiveFloat = 250.0
+    max_body_bytes: PositiveInt = 64 * 1024  # larger bodies are not replayed
+    budget_percent: Annotated[int, Field(ge=0, le=100)] = 20  # of active requests (Envoy)
+    min_concurrency: Annotated[int, Field(ge=0)] = 3
+
+
+class ClusterSettings(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
+    tier: Tier
+    protocols: tuple[Protocol, ...] = (Protocol.OPENAI, Protocol.KSERVE_V2)
+    endpoints: Annotated[tuple[EndpointSettings, ...], Field(min_length=1)]
+    connect_timeout_ms: PositiveInt = 1_000
+    request_timeout_ms: PositiveInt = 60_000  # per try; never past the request's deadline
+    expected_latency_ms: PositiveFloat = 50.0  # a prior until latency has been observed
+    max_connections: PositiveInt = 256
+    max_pending: Annotated[int, Field(ge=0)] = 256
+    # Models served here; empty means "ask the endpoints" (GET /v1/models, v2 repository index).
+    models: tuple[str, ...] = ()
+    discovery_interval_s: PositiveFloat = 30.0
+    # Extra headers for every request, e.g. an upstream API key.
+    headers: dict[str, str] = {}
+    forward_authorization: bool = False
+    tls: TlsSettings = TlsSettings()
+    outlier: OutlierSettings = OutlierSettings()
+    health_check: HealthCheckSettings = HealthCheckSettings()
+    retry: RetrySettings = RetrySettings()
+
+
+class EscalationSettings(Strict):
+    to_model: Annotated[str, Field(min_length=1)]
+    threshold: Annotated[float, Field(gt=0, le=1)]
+    output: str | None = None  # the scores to judge; None: the model's label output
+
+
+class ModelRouteSettings(Strict):
+    heavy: bool = False  # never run locally, even when the model is here
+    budget_ms: PositiveInt | None = None
+    escalate: EscalationSettings | None = None
+
+
+class RoutingSettings(Strict):
+    # Budgets for requests that state none (X-Latency-Budget-Ms, v2 parameters.timeout).
+    kserve_v2_budget_ms: PositiveInt = 30_000
+    openai_budget_ms: PositiveInt = 300_000
+    local_max_payload_bytes: PositiveInt = 64 * 1024 * 1024
+    # Idempotent routes may be retried; others only with an Idempotency-Key header.
+    idempotent_apis: tuple[Protocol, ...] = (Protocol.KSERVE_V2,)
+    offline: bool = False  # local-only: never contact an upstream
+    models: dict[str, ModelRouteSettings] = {}
+
+
 class LoggingSettings(Strict):
     level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
 
@@ -64,6 +156,16 @@ class Settings(Strict):
     server: ServerSettings = ServerSettings()
     models: ModelSettings = ModelSettings()
     logging: LoggingSettings = LoggingSettings()
+    upstreams: tuple[ClusterSettings, ...] = ()
+    routing: RoutingSettings = RoutingSettings()
+
+    @model_validator(mode="after")
+    def _unique_cluster_names(self) -> Settings:
+        names = [c.name for c in self.upstreams]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"upstreams: cluster name '{duplicate}' is used twice")
+        return self
 
 
 def load_settings(path: Path | None) -> Settings:

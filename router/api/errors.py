@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from router.api.respond import CTX, trace_headers
 from router.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
@@ -37,11 +38,27 @@ _AIOHTTP_MESSAGES = {
 }
 
 
-def error_response(error: RouterError) -> web.Response:
+def error_response(error: RouterError, request: web.Request | None = None) -> web.Response:
+    """KServe's `{"error": "..."}`, or OpenAI's error object on `/v1/` paths."""
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    body = orjson.dumps({"error": error.message})
+    ctx = request.get(CTX) if request is not None else None
+    if ctx is not None:
+        headers.update(trace_headers(ctx))
+    if request is not None and request.path.startswith("/v1/"):
+        body = orjson.dumps(
+            {
+                "error": {
+                    "message": error.message,
+                    "type": "invalid_request_error" if error.status < 500 else "server_error",
+                    "param": None,
+                    "code": error.code,
+                }
+            }
+        )
+    else:
+        body = orjson.dumps({"error": error.message})
     return web.Response(
         status=error.status, body=body, content_type="application/json", headers=headers
     )
@@ -57,17 +74,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except RouterError as exc:
-        return error_response(exc)
+        return error_response(exc, request)
     except web.HTTPException as exc:
         mapped = from_http_exception(exc)
         if mapped is None:
             raise
-        return error_response(mapped)
+        return error_response(mapped, request)
     except (ConnectionError, TimeoutError):
         raise  # the client went away; aiohttp closes the connection
     except Exception as exc:
         log.error("unhandled %s at %s", type(exc).__name__, _where(exc))
-        return error_response(RouterError("internal error"))
+        return error_response(RouterError("internal error"), request)
 
 
 def _where(exc: BaseException) -> str:

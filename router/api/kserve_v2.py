@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from router import __version__
+from router.api.respond import new_context, run
 from router.api.state import MODELS, PIPELINES, SETTINGS, STATUS
-from router.context import RequestContext
+from router.budget import budget_ms
 from router.errors import BadRequest, PayloadTooLarge
 from router.inference.repository import ModelVersion
 
@@ -168,31 +168,22 @@ def _stats(entry: ModelVersion) -> dict[str, Any]:
 
 async def infer(request: web.Request) -> web.StreamResponse:
     app = request.app
-    settings = app[SETTINGS].server
-    length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
+    settings = app[SETTINGS]
+    limit = settings.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
-            f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
+            f"request body of {request.content_length} bytes exceeds the limit of {limit}"
         )
     info = request.match_info
-    ctx = RequestContext(
-        api="kserve-v2",
-        model=info["model"],
-        version=info.get("version"),
-        deadline=asyncio.get_running_loop().time() + settings.default_deadline_ms / 1000,
-        body=await request.read(),
-        header_length=_header_length(request),
+    model = info["model"]
+    route = settings.routing.models.get(model)
+    default = route.budget_ms if route and route.budget_ms else settings.routing.kserve_v2_budget_ms
+    ctx = new_context(
+        request, "kserve-v2", model, info.get("version"), budget_ms(request.headers, default)
     )
-    reply = await app[PIPELINES].v2_infer.run(ctx)
-    response = web.Response(
-        body=reply.body,
-        status=reply.status,
-        content_type=reply.content_type,
-        headers=reply.headers,
-    )
-    if len(reply.body) >= 1024 and "Accept-Encoding" in request.headers:
-        response.enable_compression()
-    return response
+    ctx.header_length = _header_length(request)
+    ctx.body = await request.read()
+    return await run(request, app[PIPELINES].v2_infer, ctx)
 
 
 def _header_length(request: web.Request) -> int | None:

@@ -9,6 +9,7 @@ from aiohttp import web
 from router.inference.repository import ModelRepository
 from router.pipeline import Pipeline
 from router.settings import Settings
+from router.upstreams.registry import Upstreams
 
 
 @dataclass(slots=True)
@@ -19,9 +20,11 @@ class ServerStatus:
 @dataclass(frozen=True, slots=True)
 class Pipelines:
     v2_infer: Pipeline
+    openai: Pipeline
 
 
 SETTINGS = web.AppKey("settings", Settings)
 MODELS = web.AppKey("models", ModelRepository)
 PIPELINES = web.AppKey("pipelines", Pipelines)
 STATUS = web.AppKey("status", ServerStatus)
+UPSTREAMS = web.AppKey("upstreams", Upstreams)

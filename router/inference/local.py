@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from router.errors import InvalidTensor
 from router.inference.repository import ModelVersion
-from router.v2.codec import InferRequest, OutputTensor, RequestedOutput, classify, encode_response
+from router.v2.codec import InferRequest, OutputTensor, RequestedOutput, classify
 
 
-async def infer_v2(
-    entry: ModelVersion, request: InferRequest, deadline: float
-) -> tuple[bytes, int | None]:
+@dataclass(slots=True)
+class LocalResult:
+    outputs: list[OutputTensor]  # what the client asked for, shaped for the response
+    raw: list[np.ndarray]  # every graph output, in graph order
+
+
+async def run_local(entry: ModelVersion, request: InferRequest, deadline: float) -> LocalResult:
     signature, runner = entry.signature, entry.runner
     assert signature is not None, "only ready versions are served"
     assert runner is not None, "only ready versions are served"
@@ -18,15 +26,30 @@ async def infer_v2(
         RequestedOutput(spec.name, request.binary_output) for spec in signature.outputs
     ]
     positions = _output_positions(entry, wanted)
-    results = await runner.infer({t.name: t.array for t in request.inputs}, deadline)
+    raw = await runner.infer({t.name: t.array for t in request.inputs}, deadline)
     labels = _labels(entry)
     outputs = []
     for want, pos in zip(wanted, positions, strict=True):
-        array = results[pos]
+        array = raw[pos]
         if want.classification:
             array = classify(array, want.classification, labels.get(want.name, ()))
         outputs.append(OutputTensor(want.name, array, want.binary))
-    return encode_response(entry.model, str(entry.version), request.id, outputs)
+    return LocalResult(outputs, raw)
+
+
+def top_score(entry: ModelVersion, result: LocalResult, output: str | None) -> float | None:
+    """The weakest row's best score on `output` (the label output when None): what small-model
+    fronting compares with its escalation threshold. None when there is no such float output."""
+    assert entry.signature is not None
+    names = [spec.name for spec in entry.signature.outputs]
+    name = output or entry.config.label_output or names[0]
+    if name not in names:
+        return None
+    scores = result.raw[names.index(name)]
+    if scores.dtype.kind != "f" or scores.size == 0:
+        return None
+    best = scores.max(axis=-1) if scores.ndim else scores
+    return float(np.min(best))
 
 
 def _output_positions(entry: ModelVersion, wanted: list[RequestedOutput]) -> list[int]:

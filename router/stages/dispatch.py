@@ -1,24 +1,89 @@
-"""Dispatch (terminal): run the request on its target. Today the only target is a local model."""
+"""Dispatch (terminal): walk the decision's targets in order until one answers.
+
+A target that is unavailable (queue full, breaker open, upstream down after its retries) hands
+over to the next; a client error (4xx) ends the walk at once. Small-model fronting lives here
+too: a local answer below its confidence threshold is escalated to a bigger model upstream.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import replace
+
 from router.context import Reply, RequestContext
-from router.inference.local import infer_v2
-from router.inference.repository import ModelRepository
+from router.errors import DeadlineExceeded, RouterError, Unavailable, UpstreamError
+from router.forwarding import outgoing, reply_from
+from router.inference.local import LocalResult, run_local, top_score
+from router.inference.repository import ModelRepository, ModelVersion
+from router.policy.decide import Facts, Rules, Target, decide
+from router.settings import RoutingSettings
+from router.upstreams import forward
+from router.upstreams.registry import Upstreams
+from router.v2.codec import build_request, encode_response
+
+log = logging.getLogger(__name__)
 
 
 class Dispatch:
     name = "dispatch"
     terminal = True
 
-    def __init__(self, models: ModelRepository) -> None:
+    def __init__(
+        self, models: ModelRepository, upstreams: Upstreams, routing: RoutingSettings, tier: str
+    ) -> None:
         self._models = models
+        self._upstreams = upstreams
+        self._routing = routing
+        self._tier = tier
 
     async def __call__(self, ctx: RequestContext) -> Reply:
-        assert ctx.infer is not None, "DecodeInferRequest runs before Dispatch"
+        assert ctx.decision is not None, "DecideRoute runs before Dispatch"
+        last: RouterError | None = None
+        for position, target in enumerate(ctx.decision.targets):
+            try:
+                if target.kind == "local":
+                    reply = await self._local(ctx)
+                else:
+                    mark = len(ctx.reasons)
+                    reply = await self._forward(ctx, target)
+                    kind = "fallback" if position else "forward"
+                    ctx.reasons.insert(mark, f"{kind}:{target.name}")
+                return reply
+            except (Unavailable, UpstreamError) as exc:
+                if isinstance(exc, DeadlineExceeded):
+                    raise
+                ctx.reasons.append(f"failed:{target.name}:{exc.code}")
+                last = exc
+        assert last is not None, "DecideRoute never passes an empty decision"
+        raise last
+
+    async def _forward(self, ctx: RequestContext, target: Target, path: str | None = None) -> Reply:
+        cluster = self._upstreams.clusters[target.name]
+        replayable = ctx.api in self._routing.idempotent_apis or "Idempotency-Key" in ctx.headers
+        forwarded = await forward.call(
+            cluster,
+            self._upstreams.transports[cluster.name],
+            outgoing(ctx, cluster, path),
+            ctx.deadline,
+            replayable=replayable,
+            stream=ctx.stream,
+        )
+        return await reply_from(ctx, cluster, forwarded)
+
+    async def _local(self, ctx: RequestContext) -> Reply:
+        assert ctx.document is not None
         entry = self._models.get(ctx.model, ctx.version)
-        ctx.served_by = f"{entry.model}/{entry.version}"
-        body, header_length = await infer_v2(entry, ctx.infer, ctx.deadline)
+        request = build_request(ctx.document, ctx.binary)
+        result = await run_local(entry, request, ctx.deadline)
+        ctx.served_tier, ctx.served_by = self._tier, f"{entry.model}/{entry.version}"
+        ctx.reasons.append("local")
+        escalated = await self._maybe_escalate(ctx, entry, result)
+        if escalated is not None:
+            return escalated
+        body, header_length = encode_response(
+            entry.model, str(entry.version), request.id, result.outputs
+        )
         if header_length is None:
             return Reply(body)
         return Reply(
@@ -26,3 +91,37 @@ class Dispatch:
             content_type="application/octet-stream",
             headers={"Inference-Header-Content-Length": str(header_length)},
         )
+
+    async def _maybe_escalate(
+        self, ctx: RequestContext, entry: ModelVersion, result: LocalResult
+    ) -> Reply | None:
+        route = self._routing.models.get(ctx.model)
+        rule = route.escalate if route else None
+        if rule is None:
+            return None
+        score = top_score(entry, result, rule.output)
+        if score is None or score >= rule.threshold:
+            return None
+        target = self._escalation_target(ctx, rule.to_model)
+        if target is None:
+            ctx.reasons.append("escalation_unavailable")
+            return None
+        path = f"/v2/models/{rule.to_model}/infer"
+        try:
+            reply = await self._forward(ctx, target, path)
+        except (Unavailable, UpstreamError) as exc:
+            if isinstance(exc, DeadlineExceeded):
+                raise
+            ctx.served_tier = self._tier
+            ctx.reasons.append(f"escalation_failed:{exc.code}")
+            return None
+        ctx.reasons.append(f"escalated_low_confidence:{target.name}")
+        return reply
+
+    def _escalation_target(self, ctx: RequestContext, model: str) -> Target | None:
+        """The bigger model's first upstream target by the same rules as any request."""
+        now = asyncio.get_running_loop().time()
+        snapshot = replace(self._upstreams.snapshot(now, self._models), local={})
+        facts = Facts(ctx.api, model, (ctx.deadline - now) * 1000, len(ctx.body))
+        targets = decide(facts, Rules(), snapshot, self._tier).targets
+        return targets[0] if targets else None

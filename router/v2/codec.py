@@ -47,8 +47,7 @@ class InferRequest:
     @property
     def timeout_us(self) -> int | None:
         """Triton's per-request `timeout` parameter, in microseconds."""
-        value = self.parameters.get("timeout")
-        return value if isinstance(value, int) and value > 0 else None
+        return timeout_us({"parameters": self.parameters})
 
 
 @dataclass(slots=True)
@@ -60,17 +59,36 @@ class OutputTensor:
 
 def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     """Parse a request body; `header_length` is `Inference-Header-Content-Length` when present."""
+    header = parse_header(body, header_length)
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    return build_request(header, binary)
+
+
+def parse_header(body: bytes, header_length: int | None) -> dict[str, Any]:
+    """Only the JSON part of a request: enough to route it without touching tensor data."""
     if header_length is None:
-        header, binary = _parse_json(body), memoryview(b"")
-    else:
-        if header_length < 0 or header_length > len(body):
-            raise MalformedBody(
-                f"Inference-Header-Content-Length {header_length} is outside the body "
-                f"of {len(body)} bytes"
-            )
-        view = memoryview(body)
-        header, binary = _parse_json(view[:header_length]), view[header_length:]
-    return _build_request(header, binary)
+        return _parse_json(body)
+    if header_length < 0 or header_length > len(body):
+        raise MalformedBody(
+            f"Inference-Header-Content-Length {header_length} is outside the body "
+            f"of {len(body)} bytes"
+        )
+    return _parse_json(memoryview(body)[:header_length])
+
+
+def timeout_us(header: dict[str, Any]) -> int | None:
+    """Triton's per-request `timeout` parameter, in microseconds."""
+    params = header.get("parameters")
+    value = params.get("timeout") if isinstance(params, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def with_timeout(header: dict[str, Any], micros: int) -> bytes:
+    """The JSON header again, its `parameters.timeout` set to what remains of the budget."""
+    params = header.get("parameters")
+    params = dict(params) if isinstance(params, dict) else {}
+    params["timeout"] = micros
+    return orjson.dumps({**header, "parameters": params})
 
 
 def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
@@ -88,7 +106,8 @@ def _json_reason(exc: orjson.JSONDecodeError) -> str:
     return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
 
 
-def _build_request(header: dict[str, Any], binary: memoryview) -> InferRequest:
+def build_request(header: dict[str, Any], binary: memoryview) -> InferRequest:
+    """Typed tensors from a parsed header and the binary part of the body."""
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MalformedBody("'id' must be a string")

@@ -1,0 +1,659 @@
+"""Local inference through the router vs the Python serving floor vs in-process onnxruntime.
+
+usage: /work/venv/bin/python bench/local_inference.py [--duration 5] [--repeats 3]
+           [--concurrency 1,16,64] [--offload-floor] [--sut-cpu 0] [--load-cpu 1]
+
+Per repeat, one server at a time, pinned to the SUT core:
+  floor   bench/floor_server.py: aiohttp + uvloop, orjson, session.run inline
+  router  `layer-router serve --model-repository TMP` (default settings: the router's own
+          inference threads, no tuning)
+and for each (server, model, concurrency) a warm-up, then a fixed-duration closed-loop wrk run
+pinned to the load core. Recorded: req/s, latency percentiles (wrk's), and the server process
+group's CPU time (utime+stime from /proc) per request. In-process session.run cost of the same
+inputs is measured on the SUT core with no server running. Medians over repeats; ratios are
+computed per repeat (floor and router measured minutes apart) and their median printed.
+Every server is started in its own session and stopped by its process group id, also on
+Ctrl-C / SIGTERM / error. Results: bench/results/local_inference-<time>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import models
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PY = sys.executable
+ROUTER_BIN = str(Path(PY).with_name("layer-router"))
+WRK = shutil.which("wrk")
+CLK = os.sysconf("SC_CLK_TCK")
+CPU_TARGET = 1.25  # router CPU per request <= 1.25 x the floor's (issue 2)
+OVERHEAD_TARGET = 0.05  # router overhead <= 5 % of model time for the large input
+LISTENING = re.compile(r"listening on http://([^\s,/]+):(\d+)")
+
+_children: list[subprocess.Popen[bytes]] = []  # every process we start, to stop on any exit
+
+
+def log(msg: str) -> None:
+    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ workloads
+@dataclass(frozen=True)
+class Workload:
+    model: str  # model name in the URL (the same name on both servers)
+    data: str  # "json" or "binary"
+    body: Path
+    header_length: int | None
+    concurrency: tuple[int, ...]
+
+    @property
+    def content_type(self) -> str:
+        return "application/json" if self.header_length is None else "application/octet-stream"
+
+
+def make_workloads(folder: Path, concurrency: tuple[int, ...], image_size: int) -> list[Workload]:
+    mlp_body = folder / "mlp.json"
+    mlp_body.write_bytes(models.json_body("x", models.mlp_input()))
+    image, header_length = models.binary_body("image", models.image_input(image_size))
+    image_body = folder / "image.bin"
+    image_body.write_bytes(image)
+    return [
+        Workload("mlp", "json", mlp_body, None, concurrency),
+        Workload("mlp_batched", "json", mlp_body, None, concurrency),
+        Workload("image", "binary", image_body, header_length, (1,)),
+    ]
+
+
+# ------------------------------------------------------------------ processes and /proc
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields from `state` on
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return members
+
+
+def group_cpu_ticks(pgid: int) -> int:
+    """utime + stime of every process in the group (each covers all of its threads)."""
+    total = 0
+    for pid in group_members(pgid):
+        fields = _stat_fields(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def core_ticks() -> dict[str, tuple[int, int]]:
+    """Per CPU from /proc/stat: (busy incl. irq/softirq, total) jiffies."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            name, *vals = line.split()
+            v = [int(x) for x in vals[:8]]
+            out[name[3:]] = (v[0] + v[1] + v[2] + v[5] + v[6], sum(v))
+    return out
+
+
+class Server:
+    """A server in its own session (pgid == pid), pinned with taskset, stopped by pgid."""
+
+    def __init__(
+        self, name: str, argv: list[str], cpu: str, log_path: Path, env: dict[str, str] | None
+    ) -> None:
+        self.name, self.argv, self.cpu, self.log_path, self.env = name, argv, cpu, log_path, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = ""
+
+    def start(self, timeout: float = 120.0) -> Server:
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["taskset", "-c", self.cpu, *self.argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=HERE,
+                env=self.env,
+            )
+        _children.append(self.proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.log_path.read_text(errors="replace"))
+            if match:
+                self.base = f"http://{match.group(1)}:{match.group(2)}"
+                log(f"{self.name} pid {self.proc.pid} on CPU {self.cpu}: {self.base}")
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start; log tail:\n{tail}")
+
+    @property
+    def pgid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+            log(f"{self.name} pid {self.proc.pid} stopped")
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group we created for it, then SIGKILL whatever is left of it."""
+    pgid = proc.pid
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            proc.wait(5)
+    if group_members(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def run_child(argv: list[str], env: dict[str, str] | None, timeout: float) -> str:
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=HERE,
+        start_new_session=True,
+    )
+    _children.append(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop_group(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err.decode()[-1500:]}")
+    return out.decode()
+
+
+# ------------------------------------------------------------------ load and measurement
+def load(url: str, work: Workload, conc: int, seconds: float, cpu: str) -> dict[str, Any]:
+    """One closed-loop run; the summary line wrk_post.lua (or closed_loop.py) prints."""
+    if WRK:
+        env = dict(
+            os.environ,
+            WRK_BODY_FILE=str(work.body),
+            WRK_CONTENT_TYPE=work.content_type,
+            WRK_HEADER_LENGTH="" if work.header_length is None else str(work.header_length),
+        )
+        secs = max(1, round(seconds))
+        argv = ["wrk", "-t1", f"-c{conc}", f"-d{secs}s", "--timeout", "10s"]
+        argv += ["-s", str(HERE / "wrk_post.lua"), url]
+    else:
+        env = None
+        argv = [PY, str(HERE / "closed_loop.py"), url, "--connections", str(conc)]
+        argv += ["--seconds", str(seconds), "--body", str(work.body)]
+        argv += ["--content-type", work.content_type]
+        if work.header_length is not None:
+            argv += ["--header-length", str(work.header_length)]
+    out = run_child(["taskset", "-c", cpu, *argv], env, timeout=seconds + 60)
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"no summary line from the load generator: {out[-500:]}")
+    result: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
+    return result
+
+
+def cell(server: Server, work: Workload, conc: int, args: argparse.Namespace) -> dict[str, Any]:
+    url = f"{server.base}/v2/models/{work.model}/infer"
+    load(url, work, conc, args.warmup, args.load_cpu)
+    ticks0, cores0, t0 = group_cpu_ticks(server.pgid), core_ticks(), time.monotonic()
+    r = load(url, work, conc, args.duration, args.load_cpu)
+    ticks1, cores1, t1 = group_cpu_ticks(server.pgid), core_ticks(), time.monotonic()
+    wall, cpu_s = t1 - t0, (ticks1 - ticks0) / CLK
+    ok = max(1, r["requests"])
+    r["errors"] = sum(r[k] for k in r if k.startswith("err_"))
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["cpu_us_per_req"] = cpu_s * 1e6 / ok
+    r["cpu_pct"] = 100 * cpu_s / wall
+    busy = {}
+    for c in {args.sut_cpu, args.load_cpu}:
+        d_busy = cores1[c][0] - cores0[c][0]
+        d_total = max(1, cores1[c][1] - cores0[c][1])
+        busy[c] = 100 * d_busy / d_total
+    r["core_busy_pct"] = busy
+    # Busy time on the SUT core that is not the server's: neighbours, softirq, the harness.
+    r["other_on_sut_pct"] = max(0.0, busy[args.sut_cpu] - r["cpu_pct"])
+    return r
+
+
+def check_reply(server: Server, work: Workload, expected: list[float]) -> None:
+    """One request before measuring: 200, and the same probabilities as in-process."""
+    headers = {"Content-Type": work.content_type}
+    if work.header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(work.header_length)
+    request = urllib.request.Request(
+        f"{server.base}/v2/models/{work.model}/infer",
+        data=work.body.read_bytes(),
+        headers=headers,
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        doc = json.loads(response.read())
+    got = doc["outputs"][0]["data"]
+    if len(got) != len(expected) or any(
+        abs(a - b) > 1e-5 for a, b in zip(got, expected, strict=True)
+    ):
+        raise RuntimeError(f"{server.name}/{work.model}: reply differs from in-process run")
+
+
+def in_process(repo: Path, args: argparse.Namespace) -> dict[str, Any]:
+    argv = ["taskset", "-c", args.sut_cpu, PY, str(HERE / "inprocess.py"), "--repo", str(repo)]
+    argv += ["--seconds", str(args.inprocess_seconds), "--image-size", str(args.image_size)]
+    result: dict[str, Any] = json.loads(run_child(argv, None, timeout=300))
+    return result
+
+
+# ------------------------------------------------------------------ one run
+def router_environ(args: argparse.Namespace) -> dict[str, str] | None:
+    """With --router-src, run that checkout of the router (e.g. a snapshot of HEAD while the
+    working tree is being edited) instead of the installed one."""
+    if args.router_src is None:
+        return None
+    return dict(os.environ, PYTHONPATH=str(args.router_src.resolve()))
+
+
+Spec = tuple[list[str], tuple[str, ...], dict[str, str] | None]
+
+
+def server_specs(repo: Path, paths: dict[str, Path], args: argparse.Namespace) -> dict[str, Spec]:
+    """name -> (argv, models it serves in the cells, environment)."""
+    floor = [PY, str(HERE / "floor_server.py"), "--port", "0"]
+    floor += [f"--model={m}={paths[m]}" for m in ("mlp", "image")]
+    serve = ["serve", "--model-repository", str(repo), "--port", "0"]
+    router = [ROUTER_BIN, *serve] if args.router_src is None else [PY, "-m", "router", *serve]
+    specs: dict[str, Spec] = {
+        "floor": (floor, ("mlp", "image"), None),
+        "router": (router, ("mlp", "mlp_batched", "image"), router_environ(args)),
+    }
+    if args.offload_floor:
+        specs["floor_offload"] = ([*floor, "--offload"], ("mlp", "image"), None)
+    return specs
+
+
+def run(args: argparse.Namespace, tmp: Path, out_stem: Path) -> dict[str, Any]:
+    repo = tmp / "repo"
+    paths = models.write_repository(repo, args.image_size)
+    workloads = {w.model: w for w in make_workloads(tmp, args.concurrency, args.image_size)}
+    specs = server_specs(repo, paths, args)
+    cells: list[dict[str, Any]] = []
+    inproc: list[dict[str, Any]] = []
+    for rep in range(1, args.repeats + 1):
+        measured = in_process(repo, args)
+        inproc.append(measured)
+        log(
+            f"rep {rep} in-process session.run: mlp p50 {measured['mlp']['p50_us']:.1f} µs, "
+            f"image p50 {measured['image']['p50_us'] / 1e3:.2f} ms"
+        )
+        names = list(specs) if rep % 2 else list(reversed(specs))  # alternate to spread drift
+        for name in names:
+            argv, served, env = specs[name]
+            log_path = Path(f"{out_stem}.{name}.log")
+            server = Server(name, argv, args.sut_cpu, log_path, env).start()
+            try:
+                for model in served:
+                    work = workloads[model]
+                    check_reply(
+                        server, work, measured["image" if model == "image" else "mlp"]["probs"]
+                    )
+                    for conc in work.concurrency:
+                        r = cell(server, work, conc, args)
+                        r.update(rep=rep, server=name, model=model, data=work.data, conc=conc)
+                        cells.append(r)
+                        log(
+                            f"rep {rep} {name:13s} {model:11s} c={conc:<3d} "
+                            f"{r['rps']:9,.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  "
+                            f"p99 {r['p99_us'] / 1e3:6.2f} ms  cpu {r['cpu_us_per_req']:7.1f} "
+                            f"µs/req ({r['cpu_pct']:.0f}%)  other {r['other_on_sut_pct']:.0f}%"
+                            f"  err {r['errors']}"
+                        )
+            finally:
+                server.stop()
+    return {"cells": cells, "inprocess": inproc}
+
+
+# ------------------------------------------------------------------ report
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def per_rep(cells: list[dict[str, Any]], server: str, model: str, conc: int) -> dict[int, Any]:
+    return {
+        c["rep"]: c
+        for c in cells
+        if c["server"] == server and c["model"] == model and c["conc"] == conc
+    }
+
+
+def paired(
+    cells: list[dict[str, Any]],
+    a: tuple[str, str],
+    b: tuple[str, str],
+    conc: int,
+    f: Callable[[dict[str, Any], dict[str, Any]], float],
+) -> list[float]:
+    """f(a_cell, b_cell) for every repeat that has both."""
+    xs, ys = per_rep(cells, *a, conc), per_rep(cells, *b, conc)
+    return [f(xs[r], ys[r]) for r in sorted(xs) if r in ys]
+
+
+def _p50_diff(x: dict[str, Any], y: dict[str, Any]) -> float:
+    return float(x["p50_us"] - y["p50_us"])
+
+
+def _cpu_diff(x: dict[str, Any], y: dict[str, Any]) -> float:
+    return float(x["cpu_us_per_req"] - y["cpu_us_per_req"])
+
+
+def image_overheads(
+    cells: list[dict[str, Any]], inproc: list[dict[str, Any]], server: str
+) -> dict[str, Any] | None:
+    """End-to-end p50 and server CPU per request over the same repeat's in-process model run."""
+    rs = per_rep(cells, server, "image", 1)
+    if not rs:
+        return None
+    model = {r: inproc[r - 1]["image"] for r in rs}
+    lat = [rs[r]["p50_us"] - model[r]["p50_us"] for r in sorted(rs)]
+    lat_pct = [100 * d / model[r]["p50_us"] for d, r in zip(lat, sorted(rs), strict=True)]
+    cpu = [rs[r]["cpu_us_per_req"] - model[r]["cpu_us_per_call"] for r in sorted(rs)]
+    cpu_pct = [100 * d / model[r]["cpu_us_per_call"] for d, r in zip(cpu, sorted(rs), strict=True)]
+    return {
+        "latency_us": median(lat),
+        "latency_pct": median(lat_pct),
+        "latency_pcts": lat_pct,
+        "cpu_us": median(cpu),
+        "cpu_pct": median(cpu_pct),
+        "cpu_pcts": cpu_pct,
+    }
+
+
+def fmt(x: float | None, nd: int = 0) -> str:
+    return "—" if x is None else f"{x:,.{nd}f}"
+
+
+def brackets(values: list[float], nd: int = 0) -> str:
+    return "[" + ", ".join(fmt(v, nd) for v in values) + "]"
+
+
+def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    cells, inproc = data["cells"], data["inprocess"]
+    lines = ["## Local inference: router vs Python floor vs in-process onnxruntime", ""]
+    lines += [
+        f"{data['env']['cpu']}, server on CPU {args.sut_cpu}, load ({data['env']['load']}) on "
+        f"CPU {args.load_cpu}; {args.repeats} repeats x {args.duration:g} s per cell; "
+        "medians over repeats, per-repeat values in brackets.",
+        "",
+        "| server | model | body | conc | req/s | p50 ms | p99 ms | server CPU µs/req "
+        "| server CPU % | other on SUT core % | errors |",
+        "|---|---|---|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    keys = sorted(
+        {(c["server"], c["model"], c["data"], c["conc"]) for c in cells},
+        key=lambda k: (["floor", "floor_offload", "router"].index(k[0]), k[1], k[3]),
+    )
+    for server, model, body, conc in keys:
+        rs = list(per_rep(cells, server, model, conc).values())
+        rps = [r["rps"] for r in rs]
+        cpu = [r["cpu_us_per_req"] for r in rs]
+        lines.append(
+            f"| {server} | {model} | {body} | {conc} | {fmt(median(rps))} {brackets(rps)} "
+            f"| {fmt(median([r['p50_us'] / 1e3 for r in rs]), 3)} "
+            f"| {fmt(median([r['p99_us'] / 1e3 for r in rs]), 3)} "
+            f"| {fmt(median(cpu), 1)} {brackets(cpu, 1)} "
+            f"| {fmt(median([r['cpu_pct'] for r in rs]))} "
+            f"| {fmt(median([r['other_on_sut_pct'] for r in rs]))} "
+            f"| {sum(r['errors'] for r in rs)} |"
+        )
+    ip: dict[str, dict[str, float | None]] = {}
+    lines += ["", "In-process `session.run` on the SUT core (no server running):", ""]
+    lines += ["| model | p50 µs | p99 µs | CPU µs/call |", "|---|---:|---:|---:|"]
+    for model in ("mlp", "image"):
+        ip[model] = {
+            k: median([m[model][k] for m in inproc])
+            for k in ("p50_us", "p99_us", "cpu_us_per_call")
+        }
+        lines.append(
+            f"| {model} | {fmt(ip[model]['p50_us'], 1)} | {fmt(ip[model]['p99_us'], 1)} "
+            f"| {fmt(ip[model]['cpu_us_per_call'], 1)} |"
+        )
+
+    summary: dict[str, Any] = {"inprocess": ip, "mlp": {}, "image": {}}
+    lines += ["", "### Ratios (median of per-repeat ratios [per repeat])", ""]
+
+    def cpu_ratio(x: dict[str, Any], y: dict[str, Any]) -> float:
+        return float(x["cpu_us_per_req"] / y["cpu_us_per_req"])
+
+    def rps_ratio(x: dict[str, Any], y: dict[str, Any]) -> float:
+        return float(x["rps"] / y["rps"])
+
+    mlp_cpu = ip["mlp"]["cpu_us_per_call"] or 0.0
+    for conc in args.concurrency:
+        parts = []
+        for model in ("mlp", "mlp_batched"):
+            ratios = paired(cells, ("router", model), ("floor", "mlp"), conc, cpu_ratio)
+            if not ratios:
+                continue
+            m = median(ratios)
+            verdict = "meets" if m is not None and m <= CPU_TARGET else "MISSES"
+            rps = paired(cells, ("router", model), ("floor", "mlp"), conc, rps_ratio)
+            parts.append(
+                f"router[{model}]/floor CPU per request {fmt(m, 2)}x {brackets(ratios, 2)} "
+                f"({verdict} <= {CPU_TARGET}x); req/s {fmt(median(rps), 2)}x"
+            )
+            summary["mlp"].setdefault(model, {})[conc] = {
+                "cpu_ratio": m,
+                "cpu_ratios": ratios,
+                "rps_ratio": median(rps),
+            }
+        if args.offload_floor:
+            ratios = paired(cells, ("floor_offload", "mlp"), ("floor", "mlp"), conc, cpu_ratio)
+            parts.append(f"floor_offload/floor CPU per request {fmt(median(ratios), 2)}x")
+        lines.append(f"- MLP c={conc}: " + "; ".join(parts))
+        non_model = []
+        for server, model in (("floor", "mlp"), ("router", "mlp"), ("router", "mlp_batched")):
+            rs = per_rep(cells, server, model, conc).values()
+            cpu = median([r["cpu_us_per_req"] for r in rs])
+            if cpu is not None:
+                non_model.append(f"{server}[{model}] {fmt(cpu - mlp_cpu, 1)}")
+        lines.append(
+            f"  - CPU µs/request outside session.run ({fmt(mlp_cpu, 1)} µs in-process): "
+            + ", ".join(non_model)
+        )
+
+    model_p50 = ip["image"]["p50_us"] or 0.0
+    model_cpu = ip["image"]["cpu_us_per_call"] or 0.0
+    lines.append(
+        f"- image ({args.image_size}x{args.image_size} FP32 binary tensor, "
+        f"{data['env']['image_bytes']:,} B body; in-process p50 {fmt(model_p50 / 1e3, 2)} ms, "
+        f"{fmt(model_cpu / 1e3, 2)} ms CPU), c=1, overhead as % of model time:"
+    )
+    for server in ("floor", "floor_offload", "router"):
+        over = image_overheads(cells, inproc, server)
+        if over is None:
+            continue
+        verdict = ""
+        if server == "router":
+            ok = over["latency_pct"] <= 100 * OVERHEAD_TARGET
+            verdict = f" ({'meets' if ok else 'MISSES'} <= {100 * OVERHEAD_TARGET:.0f}%)"
+        lines.append(
+            f"  - {server}: end-to-end p50 minus model p50 = {fmt(over['latency_us'])} µs = "
+            f"{fmt(over['latency_pct'], 1)}% {brackets(over['latency_pcts'], 1)}{verdict}; "
+            f"server CPU/req minus in-process CPU/call = {fmt(over['cpu_us'])} µs = "
+            f"{fmt(over['cpu_pct'], 1)}% {brackets(over['cpu_pcts'], 1)}"
+        )
+        summary["image"][server] = over
+    router, floor = summary["image"].get("router"), summary["image"].get("floor")
+    if router and floor:
+        # What the router adds on top of the least any Python HTTP server pays for the bytes.
+        lat = paired(cells, ("router", "image"), ("floor", "image"), 1, _p50_diff)
+        cpu = paired(cells, ("router", "image"), ("floor", "image"), 1, _cpu_diff)
+        summary["image"]["router_minus_floor"] = {
+            "latency_us": median(lat),
+            "latency_pct": 100 * (median(lat) or 0.0) / model_p50,
+            "cpu_us": median(cpu),
+            "cpu_pct": 100 * (median(cpu) or 0.0) / model_cpu,
+        }
+        lines.append(
+            f"  - router minus floor: p50 {fmt(median(lat))} µs = "
+            f"{fmt(100 * (median(lat) or 0.0) / model_p50, 1)}% {brackets(lat)}; CPU/req "
+            f"{fmt(median(cpu))} µs = {fmt(100 * (median(cpu) or 0.0) / model_cpu, 1)}% "
+            f"{brackets(cpu)}"
+        )
+    lines.append("")
+    return "\n".join(lines), summary
+
+
+def env_info(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    versions = subprocess.run(
+        [
+            PY,
+            "-c",
+            "import sys, aiohttp, uvloop, orjson, onnxruntime, numpy, router; "
+            "print(sys.version.split()[0], 'aiohttp', aiohttp.__version__, 'uvloop', "
+            "uvloop.__version__, 'orjson', orjson.__version__, 'onnxruntime', "
+            "onnxruntime.__version__, 'numpy', numpy.__version__, 'router', router.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=router_environ(args),
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "python": versions,
+        "load": "wrk" if WRK else "closed_loop.py (wrk missing)",
+        "router": str(args.router_src.resolve()) if args.router_src else ROUTER_BIN,
+        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+        "image_bytes": (tmp / "image.bin").stat().st_size,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measured cell")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each cell")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--concurrency", default="1,16,64", help="comma-separated connection counts")
+    ap.add_argument("--image-size", type=int, default=models.IMAGE_SIZE)
+    ap.add_argument("--inprocess-seconds", type=float, default=1.5)
+    ap.add_argument(
+        "--offload-floor",
+        action="store_true",
+        help="add the floor with session.run "
+        "on a worker thread (what the thread hand-off alone costs)",
+    )
+    ap.add_argument(
+        "--router-src",
+        type=Path,
+        help="folder holding the `router` package to "
+        "run instead of the installed one (python -m router with PYTHONPATH)",
+    )
+    ap.add_argument("--sut-cpu", default="0", help="CPU for the server under test")
+    ap.add_argument("--load-cpu", default="1", help="CPU for wrk and this script")
+    args = ap.parse_args(argv)
+    args.concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    return args
+
+
+@contextlib.contextmanager
+def stop_children_on_exit() -> Iterator[None]:
+    def on_term(signum: int, frame: types.FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        for proc in list(_children):
+            stop_group(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.router_src is None and not Path(ROUTER_BIN).exists():
+        log(f"{ROUTER_BIN} not found: install the project into this interpreter's venv")
+        return 2
+    # Keep this script off the server's core; wrk is pinned separately.
+    os.sched_setaffinity(0, {int(args.load_cpu)})
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"local_inference-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    if not WRK:
+        log("wrk not found (apt-get install -y wrk): falling back to bench/closed_loop.py")
+    started = time.monotonic()
+    with stop_children_on_exit(), tempfile.TemporaryDirectory(prefix="bench-local-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            data = run(args, tmp, stem)
+        except KeyboardInterrupt:
+            log("interrupted: servers stopped, no report")
+            return 130
+        data["env"] = env_info(tmp, args)
+    text, summary = report(data, args)
+    data.update(
+        summary=summary,
+        args=vars(args),
+        elapsed_s=round(time.monotonic() - started, 1),
+    )
+    Path(f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
+    Path(f"{stem}.md").write_text(text)
+    print(text)
+    log(f"done in {data['elapsed_s']:.0f} s; wrote {stem}.json and .md (server logs beside)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The OpenAI-compatible face: chat, completions and embeddings are routed to whichever tier
+serves the model (streams pass through chunk by chunk); `GET /v1/models` lists every tier's."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from router.api.respond import new_context, run
+from router.api.state import MODELS, PIPELINES, SETTINGS, UPSTREAMS
+from router.budget import budget_ms
+from router.errors import PayloadTooLarge
+from router.settings import Protocol
+
+_STARTED = int(time.time())
+
+
+def add_routes(app: web.Application) -> None:
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        app.router.add_post(path, relay)
+    app.router.add_get("/v1/models", list_models)
+
+
+async def relay(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    limit = settings.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body of {request.content_length} bytes exceeds the limit of {limit}"
+        )
+    ctx = new_context(
+        request, "openai", "", None, budget_ms(request.headers, settings.routing.openai_budget_ms)
+    )
+    ctx.body = await request.read()
+    return await run(request, app[PIPELINES].openai, ctx)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    app = request.app
+    tier = app[SETTINGS].site.tier.value
+    data = [_model(name, tier, "local") for name in app[MODELS].models]
+    for cluster in app[UPSTREAMS].clusters.values():
+        if Protocol.OPENAI not in cluster.settings.protocols and not cluster.models:
+            continue
+        for name in sorted(cluster.models or ()):
+            data.append(_model(name, cluster.settings.tier.value, cluster.name))
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+    )
+
+
+def _model(name: str, tier: str, source: str) -> dict[str, object]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": "layer-router",
+        "tier": tier,
+        "served_by": source,
+    }

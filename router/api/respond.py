@@ -1,0 +1,84 @@
+"""Run a pipeline for a request and write its reply, with the headers every answer carries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from router.context import Reply, RequestContext
+from router.errors import RouterError
+from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
+from router.headers import REQUEST_ID, request_id, traceparent
+from router.pipeline import Pipeline
+
+CTX = "router.ctx"  # where the error middleware finds the context of a failed request
+
+
+def new_context(
+    request: web.Request, api: str, model: str, version: str | None, budget_ms: float
+) -> RequestContext:
+    ctx = RequestContext(
+        api=api,
+        model=model,
+        version=version,
+        deadline=asyncio.get_running_loop().time() + budget_ms / 1000,
+        path=request.path_qs,
+        headers=request.headers,
+        request_id=request_id(request.headers),
+        traceparent=traceparent(request.headers),
+    )
+    request[CTX] = ctx
+    return ctx
+
+
+def trace_headers(ctx: RequestContext) -> dict[str, str]:
+    headers = {REQUEST_ID: ctx.request_id}
+    reasons = ",".join(ctx.reasons)
+    if ctx.upstream_reasons:
+        reasons = f"{reasons}>{ctx.upstream_reasons}" if reasons else ctx.upstream_reasons
+    if reasons:
+        headers[ROUTE_REASON] = reasons
+    if ctx.served_tier:
+        headers[SERVED_BY_TIER] = ctx.served_tier
+    timing = []
+    if ctx.upstream_ms is not None:
+        timing.append(f"upstream;dur={ctx.upstream_ms:.2f}")
+    if ctx.queue_ms is not None:
+        timing.append(f"queue;dur={ctx.queue_ms:.2f}")
+    if timing:
+        headers["Server-Timing"] = ", ".join(timing)
+    return headers
+
+
+async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> web.StreamResponse:
+    started = time.perf_counter()
+    reply = await pipeline.run(ctx)
+    headers = {**reply.headers, **trace_headers(ctx)}
+    if reply.stream is not None:
+        return await _stream(request, reply, headers)
+    headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
+    response = web.Response(
+        body=reply.body, status=reply.status, content_type=reply.content_type, headers=headers
+    )
+    if len(reply.body) >= 1024 and "Accept-Encoding" in request.headers:
+        response.enable_compression()
+    return response
+
+
+async def _stream(
+    request: web.Request, reply: Reply, headers: dict[str, str]
+) -> web.StreamResponse:
+    assert reply.stream is not None
+    response = web.StreamResponse(status=reply.status, headers=headers)
+    response.content_type = reply.content_type
+    await response.prepare(request)
+    try:
+        async for chunk in reply.stream:
+            await response.write(chunk)
+    except RouterError as exc:
+        # Bytes already went out: say so in-stream, never end as if the stream were complete.
+        await response.write(sse_error_event(exc))
+    await response.write_eof()
+    return response

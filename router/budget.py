@@ -1,0 +1,28 @@
+"""Latency budgets: read from `X-Latency-Budget-Ms`, passed on as what remains of them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from router.errors import BadRequest
+
+BUDGET_HEADER = "X-Latency-Budget-Ms"
+
+
+def budget_ms(headers: Mapping[str, str], default_ms: float) -> float:
+    """The client's budget in milliseconds, or the route's default when it states none."""
+    raw = headers.get(BUDGET_HEADER)
+    if raw is None:
+        return default_ms
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{BUDGET_HEADER} must be a number of milliseconds") from None
+    if not 0 < value <= 86_400_000:
+        raise BadRequest(f"{BUDGET_HEADER} must be between 0 and 86400000 milliseconds")
+    return value
+
+
+def remaining_ms(deadline: float, now: float) -> int:
+    """What is left, floored, as sent upstream; never below 1 ms so a header stays valid."""
+    return max(1, int((deadline - now) * 1000))

@@ -1,0 +1,102 @@
+"""Turn a request context into what goes upstream, and an upstream answer into a Reply."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from router.context import Reply, RequestContext
+from router.errors import RouterError, StreamBroken, UpstreamError
+from router.headers import (
+    REQUEST_ID,
+    TRACEPARENT,
+    downstream_response_headers,
+    upstream_request_headers,
+)
+from router.upstreams.cluster import Cluster
+from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
+from router.v2.codec import with_timeout
+
+SERVED_BY_TIER = "X-Served-By-Tier"
+ROUTE_REASON = "X-Route-Reason"
+
+
+def outgoing(ctx: RequestContext, cluster: Cluster, path: str | None = None) -> Outgoing:
+    settings = cluster.settings
+    headers = upstream_request_headers(
+        ctx.headers, forward_authorization=settings.forward_authorization, extra=settings.headers
+    )
+    headers[REQUEST_ID] = ctx.request_id
+    headers[TRACEPARENT] = ctx.traceparent
+    if ctx.api == "kserve-v2" and ctx.document is not None:
+        return _v2_outgoing(ctx, headers, path)
+    headers["Content-Type"] = "application/json"
+    return Outgoing("POST", path or ctx.path, headers, ctx.body)
+
+
+def _v2_outgoing(ctx: RequestContext, headers: dict[str, str], path: str | None) -> Outgoing:
+    """The v2 header is re-encoded per try so `parameters.timeout` carries the budget left."""
+    header, binary = ctx.document, bytes(ctx.binary)
+    assert header is not None
+    if ctx.header_length is None:
+        headers["Content-Type"] = "application/json"
+    else:
+        headers["Content-Type"] = "application/octet-stream"
+    out = Outgoing("POST", path or ctx.path, headers, ctx.body)
+
+    def body_for(left_ms: int) -> bytes:
+        encoded = with_timeout(header, left_ms * 1000)
+        if ctx.header_length is not None:
+            out.headers["Inference-Header-Content-Length"] = str(len(encoded))
+        return encoded + binary
+
+    out.body_for = body_for
+    return out
+
+
+async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded) -> Reply:
+    response = forwarded.response
+    ctx.upstream_ms = forwarded.upstream_ms
+    ctx.served_by = f"{cluster.name}/{forwarded.endpoint.index}"
+    # A configured upstream that is itself a layer-router says which tier really answered.
+    ctx.served_tier = response.headers.get(SERVED_BY_TIER, cluster.settings.tier.value)
+    ctx.upstream_reasons = response.headers.get(ROUTE_REASON, "")
+    if forwarded.attempts > 1:
+        ctx.reasons.append(f"retried:{forwarded.attempts - 1}")
+    content_type = response.headers.get("Content-Type", "application/json").split(";")[0]
+    headers = downstream_response_headers(response.headers)
+    body = forwarded.body
+    if body is None and content_type != "text/event-stream":
+        body = await response.read(MAX_RESPONSE_BYTES)  # e.g. a JSON error for a stream request
+    if body is not None:
+        return Reply(body, content_type, response.status, headers)
+    return Reply(b"", content_type, response.status, headers, stream=_relay(forwarded))
+
+
+async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
+    """Chunks as they arrive; a failure after the first byte becomes StreamBroken, which the
+    handler turns into an explicit error event instead of a stream that looks complete."""
+    completed = False
+    try:
+        async for chunk in forwarded.response.chunks():
+            yield chunk
+        completed = True
+    except UpstreamError as exc:
+        raise StreamBroken(f"{exc.message} after the stream started") from None
+    finally:
+        if not completed:  # broken, or the client went away: cancel upstream, drop the conn
+            forwarded.response.abort()
+
+
+def sse_error_event(error: RouterError) -> bytes:
+    """An OpenAI-style error event: the openai SDK raises APIError when it reads one."""
+    doc = {
+        "error": {
+            "message": error.message,
+            "type": "server_error",
+            "param": None,
+            "code": error.code,
+        }
+    }
+    return b"data: " + orjson.dumps(doc) + b"\n\n"

@@ -1,0 +1,119 @@
+"""Header hygiene at the proxy boundary (RFC 9110 §7.6.1) and the headers we own."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+
+REQUEST_ID = "X-Request-Id"
+TRACEPARENT = "traceparent"
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Recomputed or owned by the transport on each hop.
+FRAMING = frozenset({"host", "content-length", "content-encoding", "expect", "accept-encoding"})
+# Ours: a client must never be able to set them for us, and an upstream's are re-issued.
+INTERNAL = frozenset(
+    {
+        "x-served-by-tier",
+        "x-route-reason",
+        "x-cache",
+        "x-audit-id",
+        "x-redactions",
+        "x-policy-revision",
+        "server-timing",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-data-class-verified",
+    }
+)
+_INTERNAL_PREFIX = "x-layer-router-"
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _connection_named(headers: Mapping[str, str]) -> set[str]:
+    named: set[str] = set()
+    for value in _all(headers, "connection"):
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, []))
+    value = headers.get(name)
+    return [value] if value is not None else []
+
+
+def upstream_request_headers(
+    client: Mapping[str, str], *, forward_authorization: bool, extra: Mapping[str, str]
+) -> dict[str, str]:
+    """What an upstream may see of the client's headers, plus the cluster's own."""
+    dropped = HOP_BY_HOP | FRAMING | INTERNAL | _connection_named(client)
+    out: dict[str, str] = {}
+    for name, value in client.items():
+        lower = name.lower()
+        if lower in dropped or lower.startswith(_INTERNAL_PREFIX):
+            continue
+        if lower == "authorization" and not forward_authorization:
+            continue
+        if lower == "content-type":
+            continue  # set from what we actually send
+        out[name] = value
+    out.update(extra)
+    return out
+
+
+def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """What the client may see of an upstream's response headers (ours are added after)."""
+    dropped = (
+        HOP_BY_HOP
+        | FRAMING
+        | INTERNAL
+        | _connection_named(upstream)
+        | {
+            "server",
+            "date",
+            "content-type",
+            "x-request-id",
+            "set-cookie",
+        }
+    )
+    return {
+        name: value
+        for name, value in upstream.items()
+        if name.lower() not in dropped and not name.lower().startswith(_INTERNAL_PREFIX)
+    }
+
+
+def request_id(client: Mapping[str, str]) -> str:
+    """The client's X-Request-Id when it is well-formed, else a fresh one."""
+    given = client.get(REQUEST_ID)
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return secrets.token_hex(16)
+
+
+def traceparent(client: Mapping[str, str]) -> str:
+    """Continue the caller's W3C trace with a new span id, or start one."""
+    given = client.get(TRACEPARENT)
+    match = _TRACEPARENT.match(given.strip()) if given else None
+    trace_id = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01"

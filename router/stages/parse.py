@@ -1,0 +1,52 @@
+"""Parse stages: read just enough of the body to route it (400 on anything malformed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from router.context import Reply, RequestContext
+from router.errors import BadRequest, MalformedBody
+from router.v2.codec import parse_header, timeout_us
+
+
+class ParseInferRequest:
+    """KServe v2: the JSON header only; tensors are decoded by the target that runs them."""
+
+    name = "parse"
+    terminal = False
+
+    async def __call__(self, ctx: RequestContext) -> Reply | None:
+        ctx.document = header = parse_header(ctx.body, ctx.header_length)
+        micros = timeout_us(header)
+        if micros is not None:
+            # Triton's per-request timeout can only tighten the deadline.
+            now = asyncio.get_running_loop().time()
+            ctx.deadline = min(ctx.deadline, now + micros / 1e6)
+        return None
+
+
+class ParseOpenAIRequest:
+    """OpenAI: the JSON object, its `model` and whether it asks for a stream."""
+
+    name = "parse"
+    terminal = False
+
+    async def __call__(self, ctx: RequestContext) -> Reply | None:
+        try:
+            doc = orjson.loads(ctx.body)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedBody(
+                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+        if not isinstance(doc, dict):
+            raise MalformedBody("request body must be a JSON object")
+        model = doc.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' must be a non-empty string")
+        stream = doc.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("'stream' must be a boolean")
+        ctx.document, ctx.model, ctx.stream = doc, model, stream
+        return None

@@ -1,0 +1,139 @@
+"""The one transport boundary: the only module that touches aiohttp's client or catches its
+errors, mapping them onto `router.errors.UpstreamError` (httpx's map_httpcore_exceptions idea).
+
+`Transport` is a one-method protocol so tests can pass any object with `send`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from router.errors import ConnectFailed, UpstreamError, UpstreamReset, UpstreamTimeout
+from router.settings import ClusterSettings, TlsSettings
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class UpstreamResponse:
+    """An open upstream response; the caller must `read`, drain `chunks`, or `abort`."""
+
+    def __init__(self, response: aiohttp.ClientResponse, where: str) -> None:
+        self._response = response
+        self._where = where
+        self.status = response.status
+        self.headers: CIMultiDictProxy[str] = response.headers
+
+    async def read(self, limit: int) -> bytes:
+        with map_errors(self._where):
+            length = self._response.content_length
+            if length is not None and length > limit:
+                self.abort()
+                raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
+            body = await self._response.content.read(limit + 1)
+            if len(body) > limit:
+                self.abort()
+                raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
+            # A body shorter than Content-Length is an aborted response, not a small one.
+            if length is not None and len(body) != length:
+                self.abort()
+                raise UpstreamReset(f"{self._where}: response ended early")
+            self._response.release()
+            return body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        with map_errors(self._where):
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        self._response.release()
+
+    def abort(self) -> None:
+        """Close the connection: an aborted response must never be reused on the pool."""
+        self._response.close()
+
+
+class Transport(Protocol):
+    async def send(
+        self, request: UpstreamRequest, where: str, connect_timeout: float
+    ) -> UpstreamResponse: ...
+
+
+class HttpTransport:
+    """aiohttp client with one pooled session per cluster; redirects are never followed."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def send(
+        self, request: UpstreamRequest, where: str, connect_timeout: float
+    ) -> UpstreamResponse:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        with map_errors(where):
+            response = await self._session.request(
+                request.method,
+                request.url,
+                data=request.body or None,
+                headers=request.headers,
+                allow_redirects=False,
+                timeout=timeout,
+            )
+        return UpstreamResponse(response, where)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def session_for(cluster: ClusterSettings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=cluster.max_connections,
+        ssl=ssl_context(cluster.tls),
+        enable_cleanup_closed=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=True,
+        # No cookies: upstream state must never leak from one client's request into another's.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def ssl_context(tls: TlsSettings) -> ssl.SSLContext | bool:
+    if not (tls.ca_file or tls.cert_file) and tls.verify:
+        return True  # aiohttp's default verification against the system store
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@contextlib.contextmanager
+def map_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except TimeoutError:
+        raise UpstreamTimeout(f"{where}: timed out") from None
+    except aiohttp.ClientConnectorError:
+        raise ConnectFailed(f"{where}: connection failed") from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
+        raise UpstreamReset(f"{where}: connection reset") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"{where}: {type(exc).__name__}") from None
+    except asyncio.IncompleteReadError:
+        raise UpstreamReset(f"{where}: response ended early") from None

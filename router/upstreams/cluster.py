@@ -1,0 +1,119 @@
+"""A cluster: its endpoints' health, its breaker and retry budget, and what it serves."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from router.policy.decide import ClusterView
+from router.settings import ClusterSettings, EndpointSettings
+from router.upstreams.health import CheckRules, EndpointHealth, OutlierRules, may_eject
+
+
+@dataclass(slots=True)
+class Counters:
+    requests: int = 0
+    retries: int = 0
+    retries_denied: int = 0  # a retry the budget refused
+    overflows: int = 0  # our own cap refused a request (the upstream is not blamed)
+    ejections: int = 0
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class Endpoint:
+    settings: EndpointSettings
+    health: EndpointHealth
+    index: int
+
+    @property
+    def base(self) -> str:
+        return self.settings.base
+
+
+@dataclass(slots=True)
+class Cluster:
+    settings: ClusterSettings
+    endpoints: list[Endpoint]
+    models: frozenset[str] | None = None
+    active: int = 0
+    retries_active: int = 0
+    counters: Counters = field(default_factory=Counters)
+
+    @classmethod
+    def from_settings(cls, settings: ClusterSettings) -> Cluster:
+        endpoints = [
+            Endpoint(ep, EndpointHealth(prior_ms=settings.expected_latency_ms), i)
+            for i, ep in enumerate(settings.endpoints)
+        ]
+        static = frozenset(settings.models) if settings.models else None
+        return cls(settings, endpoints, models=static)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def outlier_rules(self) -> OutlierRules:
+        o = self.settings.outlier
+        return OutlierRules(
+            o.consecutive_failures, o.base_ejection_s, o.max_ejection_s, o.max_ejected_percent
+        )
+
+    @property
+    def check_rules(self) -> CheckRules:
+        hc = self.settings.health_check
+        return CheckRules(hc.healthy_threshold, hc.unhealthy_threshold)
+
+    def live(self, now: float) -> list[Endpoint]:
+        return [ep for ep in self.endpoints if ep.health.live(now)]
+
+    def view(self, now: float) -> ClusterView:
+        live = self.live(now)
+        return ClusterView(
+            name=self.name,
+            tier=self.settings.tier.value,
+            protocols=frozenset(p.value for p in self.settings.protocols),
+            models=self.models,
+            live_endpoints=len(live),
+            expected_ms=min((ep.health.expected_ms for ep in live), default=float("inf")),
+        )
+
+    def pick(self, now: float, avoid: Endpoint | None = None) -> Endpoint | None:
+        """A live endpoint by weight, preferring one other than the endpoint that just failed."""
+        live = self.live(now)
+        if avoid is not None and len(live) > 1:
+            live = [ep for ep in live if ep is not avoid]
+        if not live:
+            return None
+        if len(live) == 1:
+            return live[0]
+        return random.choices(live, weights=[ep.settings.weight for ep in live])[0]
+
+    def admit(self) -> bool:
+        """The circuit breaker: our own cap on requests in flight to this cluster."""
+        if self.active >= self.settings.max_connections + self.settings.max_pending:
+            self.counters.overflows += 1
+            return False
+        self.active += 1
+        self.counters.requests += 1
+        return True
+
+    def done(self) -> None:
+        self.active -= 1
+
+    def retry_allowed(self) -> bool:
+        """Envoy's retry budget: retries in flight stay under a share of active requests."""
+        retry = self.settings.retry
+        allowed = max(retry.min_concurrency, self.active * retry.budget_percent / 100)
+        if self.retries_active < allowed:
+            return True
+        self.counters.retries_denied += 1
+        return False
+
+    def record_failure(self, endpoint: Endpoint, now: float) -> None:
+        self.counters.failures += 1
+        ejected = sum(1 for ep in self.endpoints if ep.health.ejected(now))
+        allowed = may_eject(ejected, len(self.endpoints), self.outlier_rules)
+        if endpoint.health.failed(now, self.outlier_rules, allowed):
+            self.counters.ejections += 1

@@ -1,0 +1,203 @@
+"""Send one request to a cluster: pick an endpoint, bound each try by the deadline, retry what
+is safe to retry (tenacity), feed health and outlier ejection, honour Retry-After.
+
+Only `call` is public. It returns an open `UpstreamResponse` whose status is < 500 and not 429;
+the body is read already (`Forwarded.body`) unless the caller asked for a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from router.budget import BUDGET_HEADER, remaining_ms
+from router.errors import (
+    NoHealthyTarget,
+    UpstreamError,
+    UpstreamOverflow,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
+from router.upstreams.cluster import Cluster, Endpoint
+
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """What to send; `body_for` re-encodes the body for a remaining budget (v2 timeout)."""
+
+    method: str
+    path: str  # path and query, appended to the endpoint's base URL
+    headers: dict[str, str]
+    body: bytes
+    body_for: Callable[[int], bytes] | None = None
+
+
+@dataclass(slots=True)
+class Forwarded:
+    response: UpstreamResponse
+    body: bytes | None  # None when streaming
+    endpoint: Endpoint
+    attempts: int
+    upstream_ms: float
+
+
+async def call(
+    cluster: Cluster,
+    transport: Transport,
+    outgoing: Outgoing,
+    deadline: float,
+    *,
+    replayable: bool,
+    stream: bool = False,
+) -> Forwarded:
+    if not cluster.admit():
+        raise UpstreamOverflow(f"cluster {cluster.name}: too many requests in flight")
+    try:
+        return await _with_retries(cluster, transport, outgoing, deadline, replayable, stream)
+    finally:
+        cluster.done()
+
+
+async def _with_retries(
+    cluster: Cluster,
+    transport: Transport,
+    outgoing: Outgoing,
+    deadline: float,
+    replayable: bool,
+    stream: bool,
+) -> Forwarded:
+    retry = cluster.settings.retry
+    loop = asyncio.get_running_loop()
+    last: list[Endpoint] = []
+
+    def may_retry(exc: BaseException) -> bool:
+        if not (replayable and isinstance(exc, UpstreamError) and exc.retryable):
+            return False
+        wait = exc.retry_after if isinstance(exc, UpstreamStatus) and exc.retry_after else 0.0
+        return loop.time() + wait < deadline and cluster.retry_allowed()
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(retry.max_attempts),
+        wait=_Wait(retry.base_backoff_ms / 1000, retry.max_backoff_ms / 1000, deadline, loop),
+        retry=retry_if_exception(may_retry),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            number = attempt.retry_state.attempt_number
+            if number > 1:
+                cluster.counters.retries += 1
+                cluster.retries_active += 1
+            try:
+                endpoint = cluster.pick(loop.time(), avoid=last[-1] if last else None)
+                if endpoint is None:
+                    raise NoHealthyTarget(f"cluster {cluster.name}: no live endpoint")
+                last.append(endpoint)
+                forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, stream)
+                forwarded.attempts = number
+                return forwarded
+            finally:
+                if number > 1:
+                    cluster.retries_active -= 1
+    raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
+
+
+async def _try(
+    cluster: Cluster,
+    transport: Transport,
+    endpoint: Endpoint,
+    outgoing: Outgoing,
+    deadline: float,
+    stream: bool,
+) -> Forwarded:
+    loop = asyncio.get_running_loop()
+    settings = cluster.settings
+    now = loop.time()
+    left = remaining_ms(deadline, now)
+    headers = {**outgoing.headers, BUDGET_HEADER: str(left)}
+    body = outgoing.body_for(left) if outgoing.body_for else outgoing.body
+    request = UpstreamRequest(outgoing.method, endpoint.base + outgoing.path, headers, body)
+    where = f"cluster {cluster.name} endpoint {endpoint.index}"
+    started = time.perf_counter()
+    timeout = min(settings.request_timeout_ms / 1000, deadline - now)
+    try:
+        async with asyncio.timeout(timeout):
+            response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
+            _check_status(response, where)
+            data = None if stream else await response.read(MAX_RESPONSE_BYTES)
+    except TimeoutError:
+        _failed(cluster, endpoint, started, timed_out=True)
+        raise UpstreamTimeout(f"{where}: no answer within {timeout * 1000:.0f} ms") from None
+    except UpstreamError as exc:
+        if exc.health_failure:
+            _failed(cluster, endpoint, started, timed_out=isinstance(exc, UpstreamTimeout))
+        raise
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    endpoint.health.observe(elapsed_ms)
+    endpoint.health.succeeded()
+    return Forwarded(response, data, endpoint, 1, elapsed_ms)
+
+
+def _check_status(response: UpstreamResponse, where: str) -> None:
+    status = response.status
+    if status >= 500 or status == 429:
+        response.abort()
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        raise UpstreamStatus(f"{where}: answered {status}", status, retry_after)
+    if 300 <= status < 400:
+        response.abort()
+        error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
+        error.retryable = False
+        raise error
+
+
+def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: bool) -> None:
+    loop_now = asyncio.get_running_loop().time()
+    if timed_out:
+        # A timeout is a lower bound on latency; remembering it keeps a slow tier skipped.
+        endpoint.health.observe((time.perf_counter() - started) * 1000)
+    cluster.record_failure(endpoint, loop_now)
+
+
+def _retry_after(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    if raw.strip().isdigit():
+        return float(raw.strip())
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+class _Wait:
+    """Jittered exponential back-off, or the upstream's Retry-After when it sent one; never
+    past the deadline (a wait that cannot fit ends the retries through `may_retry`)."""
+
+    def __init__(self, base: float, cap: float, deadline: float, loop: asyncio.AbstractEventLoop):
+        self._jitter = wait_random_exponential(multiplier=base, max=cap)
+        self._deadline = deadline
+        self._loop = loop
+
+    def __call__(self, state: RetryCallState) -> float:
+        delay = self._jitter(state)
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, UpstreamStatus) and error.retry_after is not None:
+            delay = error.retry_after
+        return max(0.0, min(delay, self._deadline - self._loop.time()))

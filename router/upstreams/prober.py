@@ -1,0 +1,124 @@
+"""Background work per cluster: active health checks with hysteresis, and capability discovery
+(which models the cluster serves), refreshed periodically and soon after a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+
+from router.errors import UpstreamError
+from router.settings import Protocol
+from router.upstreams.client import Transport, UpstreamRequest
+from router.upstreams.cluster import Cluster, Endpoint
+
+log = logging.getLogger(__name__)
+
+_DISCOVERY_LIMIT = 4 * 1024 * 1024
+
+
+class Prober:
+    def __init__(self, cluster: Cluster, transport: Transport) -> None:
+        self.cluster = cluster
+        self.transport = transport
+        self._rediscover = asyncio.Event()
+
+    def failed(self) -> None:
+        """Ask for an early discovery round (e.g. the cluster said it lacks a model)."""
+        self._rediscover.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            if self.cluster.settings.health_check.enabled:
+                group.create_task(self._check_loop())
+            if not self.cluster.settings.models:
+                group.create_task(self._discovery_loop())
+
+    async def _check_loop(self) -> None:
+        hc = self.cluster.settings.health_check
+        while True:
+            await asyncio.gather(*(self.check(ep) for ep in self.cluster.endpoints))
+            await asyncio.sleep(hc.interval_s)
+
+    async def check(self, endpoint: Endpoint) -> bool:
+        hc = self.cluster.settings.health_check
+        path = hc.path or self._default_health_path()
+        passed = await self._get_ok(endpoint, "GET", path, hc.timeout_s)
+        endpoint.health.check_result(passed, self.cluster.check_rules)
+        return passed
+
+    def _default_health_path(self) -> str:
+        if Protocol.KSERVE_V2 in self.cluster.settings.protocols:
+            return "/v2/health/ready"
+        return "/v1/models"
+
+    async def _get_ok(self, endpoint: Endpoint, method: str, path: str, limit_s: float) -> bool:
+        try:
+            async with asyncio.timeout(limit_s):
+                response = await self.transport.send(
+                    UpstreamRequest(method, endpoint.base + path, {}, b""), "health check", limit_s
+                )
+                await response.read(_DISCOVERY_LIMIT)
+        except (UpstreamError, TimeoutError):
+            return False
+        return 200 <= response.status < 300
+
+    async def _discovery_loop(self) -> None:
+        interval = self.cluster.settings.discovery_interval_s
+        while True:
+            await self.discover()
+            self._rediscover.clear()
+            # Re-discover sooner while nothing is known, so a cluster that starts late is used.
+            wait = interval if self.cluster.models else min(interval, 1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._rediscover.wait()
+
+    async def discover(self) -> frozenset[str] | None:
+        found: set[str] = set()
+        answered = False
+        protocols = self.cluster.settings.protocols
+        for endpoint in self.cluster.endpoints:
+            if Protocol.OPENAI in protocols:
+                names = await self._names(endpoint, "GET", "/v1/models", _openai_names)
+                answered |= names is not None
+                found |= names or set()
+            if Protocol.KSERVE_V2 in protocols:
+                names = await self._names(endpoint, "POST", "/v2/repository/index", _v2_names)
+                answered |= names is not None
+                found |= names or set()
+        if answered:
+            self.cluster.models = frozenset(found)
+        return self.cluster.models
+
+    async def _names(
+        self, endpoint: Endpoint, method: str, path: str, parse: Any
+    ) -> set[str] | None:
+        timeout = self.cluster.settings.health_check.timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self.transport.send(
+                    UpstreamRequest(method, endpoint.base + path, {}, b""), "discovery", timeout
+                )
+                body = await response.read(_DISCOVERY_LIMIT)
+        except (UpstreamError, TimeoutError):
+            return None
+        if response.status != 200:
+            return None
+        try:
+            names: set[str] = parse(orjson.loads(body))
+        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+            log.warning("cluster %s: unreadable model list from %s", self.cluster.name, path)
+            return None
+        return names
+
+
+def _openai_names(doc: Any) -> set[str]:
+    return {str(item["id"]) for item in doc["data"]}
+
+
+def _v2_names(doc: Any) -> set[str]:
+    return {str(item["name"]) for item in doc if item.get("state", "READY") == "READY"}

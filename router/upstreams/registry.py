@@ -1,0 +1,74 @@
+"""All of a site's clusters, their transports and probers, and the health snapshot that the
+routing decision reads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+from router.inference.repository import ModelRepository
+from router.policy.decide import LocalView, Snapshot
+from router.settings import ClusterSettings
+from router.upstreams.client import HttpTransport, Transport, session_for
+from router.upstreams.cluster import Cluster
+from router.upstreams.prober import Prober
+
+
+class Upstreams:
+    def __init__(
+        self, clusters: list[Cluster], transports: Mapping[str, Transport], offline: bool
+    ) -> None:
+        self.clusters = {c.name: c for c in clusters}
+        self.transports = dict(transports)
+        self.probers = {c.name: Prober(c, self.transports[c.name]) for c in clusters}
+        self.offline = offline
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def from_settings(cls, settings: tuple[ClusterSettings, ...], offline: bool) -> Upstreams:
+        clusters = [Cluster.from_settings(s) for s in settings]
+        transports = {s.name: HttpTransport(session_for(s)) for s in settings}
+        return cls(clusters, transports, offline)
+
+    async def start(self) -> None:
+        if self.offline:
+            return
+        # Know what each cluster serves before the first request, but never wait long for it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.gather(
+                    *(p.discover() for p in self.probers.values() if not p.cluster.settings.models)
+                )
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(p.run()) for p in self.probers.values()]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in self.transports.values():
+            closer = getattr(transport, "close", None)
+            if closer is not None:
+                await closer()
+
+    def snapshot(self, now: float, models: ModelRepository) -> Snapshot:
+        return Snapshot(
+            local=local_views(models),
+            clusters=tuple(c.view(now) for c in self.clusters.values()),
+            offline=self.offline,
+        )
+
+
+def local_views(models: ModelRepository) -> dict[str, LocalView]:
+    views = {}
+    for name, model in models.models.items():
+        latest = model.latest
+        if latest is None:
+            continue
+        expected = 0.0
+        if latest.runner is not None:
+            success = latest.runner.stats.success
+            expected = success.ns / success.count / 1e6 if success.count else 0.0
+        views[name] = LocalView(ready=latest.ready, expected_ms=expected)
+    return views
