@@ -50,7 +50,7 @@ def main() -> None:
     result = {}
     for name, array in inputs.items():
         session = models.make_session(args.repo / name / "1" / "model.onnx")
-        feeds = {models.TENSORS[name][0]: array}
+        feeds = {models.INPUTS[name]: array}
         result[name] = measure(session, feeds, args.seconds)
     print(json.dumps(result))
 

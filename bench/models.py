@@ -6,9 +6,11 @@ image: image [N,3,S,S] -> 4 x (Conv 3x3 + Relu, pooling) -> GlobalAveragePool ->
 
 `write_repository` lays them out in Triton's layout with a `config.yaml` per model, so the
 router and the floor server load the very same bytes:
-  mlp/          no dynamic batching (every request runs alone, like the floor)
-  mlp_batched/  dynamic batching up to 64 rows
-  image/        no dynamic batching
+  mlp/                  no dynamic batching (every request runs alone, like the floor)
+  mlp_batched/          dynamic batching up to 64 rows, max_queue_delay 100 µs
+  mlp_batched_nodelay/  dynamic batching up to 64 rows, max_queue_delay 0 (batches form only
+                        from requests that queue while the previous batch runs)
+  image/                no dynamic batching
 """
 
 from __future__ import annotations
@@ -26,16 +28,23 @@ IR_VERSION = 8  # old enough for every onnxruntime the router supports
 IMAGE_SIZE = 224
 MLP_BATCH_DELAY_US = 100
 
+
+def _batched(delay_us: int) -> str:
+    return (
+        "intra_op_threads: 1\nmax_batch_size: 64\n"
+        f"dynamic_batching:\n  max_queue_delay_microseconds: {delay_us}\nwarmup: true\n"
+    )
+
+
 CONFIGS = {
     "mlp": "intra_op_threads: 1\nmax_batch_size: 0\nwarmup: true\n",
-    "mlp_batched": (
-        "intra_op_threads: 1\nmax_batch_size: 64\n"
-        f"dynamic_batching:\n  max_queue_delay_microseconds: {MLP_BATCH_DELAY_US}\nwarmup: true\n"
-    ),
+    "mlp_batched": _batched(MLP_BATCH_DELAY_US),
+    "mlp_batched_nodelay": _batched(0),
     "image": "intra_op_threads: 1\nmax_batch_size: 0\nwarmup: true\n",
 }
-# model name -> (input name, output name)
-TENSORS = {"mlp": ("x", "probs"), "mlp_batched": ("x", "probs"), "image": ("image", "probs")}
+MLP_VARIANTS = ("mlp", "mlp_batched", "mlp_batched_nodelay")  # one .onnx, three configs
+# model name -> input name
+INPUTS = dict.fromkeys(MLP_VARIANTS, "x") | {"image": "image"}
 
 
 def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
@@ -128,8 +137,8 @@ def build_image_model(size: int = IMAGE_SIZE, width: int = 64, seed: int = 0) ->
 
 def write_repository(root: Path, image_size: int = IMAGE_SIZE) -> dict[str, Path]:
     """Write every model with its config.yaml; returns model name -> model.onnx path."""
-    built = {"mlp": build_mlp(), "image": build_image_model(image_size)}
-    built["mlp_batched"] = built["mlp"]
+    mlp = build_mlp()
+    built = dict.fromkeys(MLP_VARIANTS, mlp) | {"image": build_image_model(image_size)}
     paths = {}
     for name, data in built.items():
         folder = root / name / "1"

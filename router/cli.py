@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from router import __version__, logs
+from router import __version__, logs, yamlconf
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
 from router.resources import demo_model_repository
@@ -27,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository folder")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    for tier in ("regional", "central"):
+        serve.add_argument(
+            f"--{tier}",
+            action="append",
+            default=[],
+            metavar="URL",
+            help=f"a {tier} upstream endpoint (repeatable; adds a cluster named '{tier}')",
+        )
+    serve.add_argument("--offline", action="store_true", help="local-only: never forward")
 
     check = commands.add_parser("check", help="validate a site config and the models it names")
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
@@ -35,17 +44,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The config file's settings with the command line's flags on top, validated again."""
     settings = load_settings(args.config)
-    server = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
-    models = {"repository": args.model_repository} if args.model_repository else {}
-    if server or models:
-        settings = settings.model_copy(
-            update={
-                "server": settings.server.model_copy(update=server),
-                "models": settings.models.model_copy(update=models),
-            }
-        )
-    return settings
+    doc = settings.model_dump(mode="python")
+    for key in ("host", "port"):
+        if getattr(args, key, None) is not None:
+            doc["server"][key] = getattr(args, key)
+    if args.model_repository:
+        doc["models"]["repository"] = args.model_repository
+    for tier in ("regional", "central"):
+        urls = getattr(args, tier, None) or []
+        if urls:
+            doc["upstreams"] = [c for c in doc["upstreams"] if c["name"] != tier]
+            doc["upstreams"].append(
+                {"name": tier, "tier": tier, "endpoints": [{"url": u} for u in urls]}
+            )
+    if getattr(args, "offline", False):
+        doc["routing"]["offline"] = True
+    return yamlconf.validate(doc, Settings, "command line")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,9 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.port is not None and not 0 <= args.port <= 65535 if args.command == "serve" else False:
-        print("error: --port must be between 0 and 65535", file=sys.stderr)
         return 2
     logs.configure(settings.logging.level)
     if args.command == "check":

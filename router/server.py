@@ -51,7 +51,8 @@ async def _serve(settings: Settings, out: TextIO) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     app[STATUS].draining = True
-    print("draining: finishing in-flight requests", file=out, flush=True)
+    print("draining: readiness is now 503; finishing in-flight requests", file=out, flush=True)
+    await asyncio.sleep(settings.server.readiness_grace_s)
     await runner.cleanup()  # stops accepting, waits up to drain_timeout_s for in-flight work
     print("stopped", file=out, flush=True)
     return 0

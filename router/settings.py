@@ -39,6 +39,9 @@ class ServerSettings(Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     # How long in-flight requests may take to finish after SIGTERM/SIGINT.
     drain_timeout_s: PositiveFloat = 10.0
+    # After SIGTERM, keep listening this long while readiness answers 503, so load balancers
+    # and Kubernetes stop sending traffic before the listener closes.
+    readiness_grace_s: Annotated[float, Field(ge=0, le=300)] = 1.0
     max_body_bytes: PositiveInt = 64 * 1024 * 1024
 
 

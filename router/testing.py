@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from aiohttp import web
@@ -32,6 +32,8 @@ __all__ = [
     "slow_session_builder",
     "write_repository",
 ]
+
+T = TypeVar("T")
 
 # Every tensor datatype of the KServe v2 protocol.
 DATATYPES: tuple[str, ...] = (
@@ -106,12 +108,12 @@ class RouterThread:
         if self._error is not None:
             raise RuntimeError("router failed while serving or stopping") from self._error
 
-    def call(self, fn: Any, *args: Any) -> Any:
-        """Run `fn(*args)` on the router's loop and return its result (for poking app state)."""
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` run on the router's loop thread, where app state may be touched."""
         loop = self._loop
         assert loop is not None, "the router is not running"
 
-        async def _call() -> Any:
+        async def _call() -> T:
             return fn(*args)
 
         return asyncio.run_coroutine_threadsafe(_call(), loop).result(self._timeout)

@@ -109,7 +109,7 @@ async def model_ready(request: web.Request) -> web.Response:
 async def model_config(request: web.Request) -> web.Response:
     entry = _entry(request)
     doc = entry.config.model_dump(mode="json")
-    doc.update(name=entry.model, platform="onnxruntime_onnx", **_version_facts(entry))
+    doc.update(name=entry.model, platform="onnxruntime_onnx", loaded=_version_facts(entry))
     return _json(doc)
 
 

@@ -13,7 +13,8 @@ from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
 from router.headers import REQUEST_ID, request_id, traceparent
 from router.pipeline import Pipeline
 
-CTX = "router.ctx"  # where the error middleware finds the context of a failed request
+# Where the error middleware finds the context of a failed request.
+CTX = web.RequestKey("ctx", RequestContext)
 
 
 def new_context(

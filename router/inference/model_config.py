@@ -60,4 +60,8 @@ def load_model_config(model_dir: Path) -> ModelConfig:
         from router.errors import ConfigError
 
         raise ConfigError(str(path), [f"labels_file: cannot read {labels_path}: {exc}"]) from None
-    return config.model_copy(update={"labels": tuple(line.strip() for line in lines if line)})
+    # A blank line in the middle is a label too: dropping it would shift every later index.
+    labels = [line.strip() for line in lines]
+    while labels and not labels[-1]:
+        labels.pop()
+    return config.model_copy(update={"labels": tuple(labels)})

@@ -52,15 +52,15 @@ def candidates(
     usable = set(available)
     allowed = set(site_allowed) | {CPU} if site_allowed else None
     chosen, seen = [], set()
+    cpu = next((c for c in wanted if c.name == CPU), Candidate(CPU, {}))
     for cand in wanted:
-        if cand.name in seen or cand.name not in usable:
+        if cand.name in seen or cand.name not in usable or cand.name == CPU:
             continue
         if allowed is not None and cand.name not in allowed:
             continue
         seen.add(cand.name)
         chosen.append(cand)
-    if CPU not in seen:
-        chosen.append(Candidate(CPU, {}))
+    chosen.append(cpu)
     return chosen
 
 

@@ -91,7 +91,7 @@ class ModelRepository:
             if latest is None:
                 raise ModelNotReady(f"model '{name}' has no loadable version", retry_after=5.0)
             return latest
-        entry = model.versions.get(int(version)) if version.isdigit() else None
+        entry = model.versions.get(int(version)) if _is_number(version) else None
         if entry is None:
             raise ModelNotFound(f"model '{name}' has no version '{version}'")
         return entry
@@ -162,7 +162,7 @@ class Loader:
         except ConfigError as exc:
             log.error("model %s not loaded: %s", name, exc)
             return Model(name, ModelConfig(), {}, error=str(exc))
-        dirs = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+        dirs = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and _is_number(p.name)}
         if not dirs:
             return Model(name, config, {}, error=f"no numeric version folder in {model_dir}")
         versions = {v: self._load_version(name, v, d, config) for v, d in sorted(dirs.items())}
@@ -199,10 +199,20 @@ class Loader:
                 "max_batch_size is set but not every tensor has an open first dimension"
             )
         if config.warmup:
-            session.run(None, warmup_feeds(signature))
+            self._warm_up(session, signature, label)
         entry.runner = ModelRunner(session, self.executor, self._limits(config), label)
         entry.state = State.READY
         log.info("model %s loaded on %s (sha256 %s)", label, entry.provider, entry.sha256[:12])
+
+    @staticmethod
+    def _warm_up(session: Any, signature: Signature, label: str) -> None:
+        """One run on zeros with open dimensions set to 1. Some graphs refuse such inputs
+        (e.g. a padding that needs length >= 2); a model that loaded still serves, so a failed
+        warm-up is only worth a warning."""
+        try:
+            session.run(None, warmup_feeds(signature))
+        except Exception as exc:  # onnxruntime's errors share no base class we can name
+            log.warning("model %s: warm-up run skipped (%s)", label, _reason(exc))
 
     def _limits(self, config: ModelConfig) -> RunnerLimits:
         batching = config.dynamic_batching
@@ -223,6 +233,11 @@ def warmup_feeds(signature: Signature) -> dict[str, np.ndarray]:
         else:
             feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
     return feeds
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return text.isascii() and text.isdecimal() and len(text) <= 18
 
 
 def _reason(exc: BaseException) -> str:

@@ -197,7 +197,8 @@ class ModelRunner:
         self._pump()
 
     def _map_error(self, error: BaseException | None) -> Exception:
-        reason = str(error).strip().splitlines()[0][:300] if error else "unknown error"
+        lines = str(error).strip().splitlines() if error is not None else []
+        reason = lines[0][:300] if lines else type(error).__name__
         if type(error).__name__ == "InvalidArgument":
             return InvalidTensor(f"model {self._label} rejected the input: {reason}")
         return InferenceFailed(f"model {self._label} failed to run: {reason}")

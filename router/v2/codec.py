@@ -19,6 +19,8 @@ from router.errors import InvalidTensor, MalformedBody
 from router.v2.datatypes import BY_NAME, Datatype, of_array
 
 _U32 = struct.Struct("<I")
+MAX_RANK = 32  # numpy's own limit is 64; no real model comes near either
+MAX_NESTING = 64
 
 
 @dataclass(slots=True)
@@ -159,7 +161,7 @@ def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]
     if size is not None:
         if "data" in raw:
             raise MalformedBody(f"input '{name}' has both 'data' and binary_data_size")
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if not _count(size) or offset + size > len(binary):
             raise MalformedBody(f"input '{name}': binary_data_size does not fit the body")
         chunk = binary[offset : offset + size]
         return InputTensor(name, datatype, shape, _from_binary(name, datatype, shape, chunk)), (
@@ -185,13 +187,15 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise InvalidTensor(f"input '{name}': 'shape' must be a list of non-negative integers")
+    if len(value) > MAX_RANK:
+        raise InvalidTensor(f"input '{name}': more than {MAX_RANK} dimensions")
     return tuple(value)
 
 
 def _from_json(name: str, dt: Datatype, shape: tuple[int, ...], data: Any) -> np.ndarray:
     count = math.prod(shape)
     if dt.is_bytes:
-        flat = list(_flatten(data))
+        flat = list(_flatten(name, data))
         if not all(isinstance(item, str) for item in flat):
             raise InvalidTensor(f"input '{name}': BYTES data must be strings")
         array = np.empty(len(flat), dtype=object)
@@ -208,25 +212,54 @@ def _from_json(name: str, dt: Datatype, shape: tuple[int, ...], data: Any) -> np
 def _numeric(name: str, dt: Datatype, data: Any) -> np.ndarray:
     try:
         array = np.asarray(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidTensor(f"input '{name}': 'data' is not a regular array") from None
     if array.size == 0:
         return np.empty(0, dtype=dt.numpy)
+    if dt.numpy.kind in "iu" and array.dtype.kind in "fO":
+        # Integers past 2**63 make numpy fall back to float64 or objects: convert them exactly.
+        array = _exact_integers(name, dt, data)
     if array.dtype.kind not in dt.kinds:
         raise InvalidTensor(f"input '{name}': 'data' does not hold {dt.name} values")
     if dt.numpy.kind in "iu":
         info = np.iinfo(dt.numpy)  # type: ignore[type-var]
         if array.min() < info.min or array.max() > info.max:
             raise InvalidTensor(f"input '{name}': a value is out of range for {dt.name}")
-    return array.astype(dt.numpy, copy=False)
+        return array.astype(dt.numpy, copy=False)
+    with np.errstate(over="ignore"):
+        cast = array.astype(dt.numpy, copy=False)
+    if dt.numpy.kind == "f" and not np.isfinite(cast).all():
+        raise InvalidTensor(f"input '{name}': a value is out of range for {dt.name}")
+    return cast
 
 
-def _flatten(data: Any) -> Iterable[Any]:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+def _exact_integers(name: str, dt: Datatype, data: Any) -> np.ndarray:
+    flat = list(_flatten(name, data))
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        raise InvalidTensor(f"input '{name}': 'data' does not hold {dt.name} values")
+    info = np.iinfo(dt.numpy)  # type: ignore[type-var]
+    if any(v < info.min or v > info.max for v in flat):
+        raise InvalidTensor(f"input '{name}': a value is out of range for {dt.name}")
+    return np.array(flat, dtype=dt.numpy)
+
+
+def _flatten(name: str, data: Any) -> Iterable[Any]:
+    """Leaves of nested lists, depth-first, without recursion (the depth is the client's)."""
+    stack = [(iter([data]), 0)]
+    while stack:
+        items, depth = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            if depth >= MAX_NESTING:
+                raise InvalidTensor(f"input '{name}': 'data' is nested too deeply")
+            stack.append((iter(item), depth + 1))
+        else:
+            yield item
+
+
+_END = object()
 
 
 def _from_binary(name: str, dt: Datatype, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
@@ -243,6 +276,8 @@ def _from_binary(name: str, dt: Datatype, shape: tuple[int, ...], raw: memoryvie
 
 
 def _bytes_elements(name: str, raw: memoryview, count: int) -> np.ndarray:
+    if count * 4 > len(raw):  # every element has a 4-byte length: refuse before allocating
+        raise InvalidTensor(f"input '{name}': BYTES data is too short for {count} elements")
     array = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):
@@ -277,13 +312,18 @@ def _requested_outputs(value: Any, binary_default: bool) -> list[RequestedOutput
             )
         binary = params.get("binary_data", binary_default)
         top_k = params.get("classification", 0)
-        if not isinstance(binary, bool) or not isinstance(top_k, int) or top_k < 0:
+        if not isinstance(binary, bool) or not _count(top_k):
             raise MalformedBody(
                 f"output '{raw['name']}': binary_data must be a boolean and "
                 "classification a non-negative integer"
             )
         outputs.append(RequestedOutput(raw["name"], binary, top_k))
     return outputs
+
+
+def _count(value: Any) -> bool:
+    """A non-negative integer, where JSON's true/false must not pass for 1/0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def classify(array: np.ndarray, top_k: int, labels: tuple[str, ...]) -> np.ndarray:

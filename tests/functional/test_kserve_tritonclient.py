@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import importlib.util
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 import router
+from router.api.state import STATUS
 from router.testing import (
     DATATYPES,
     RouterThread,
@@ -48,9 +50,7 @@ def demo_inputs(model: str, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     if model == "color_classifier":
         return {"rgb": rng.random((4, 3), dtype=np.float32)}
-    frames = np.full((2, 1, 16, 24), 20.0, dtype=np.float32) + rng.random(
-        (2, 1, 16, 24), np.float32
-    )
+    frames = 20.0 + rng.random((2, 1, 16, 24), dtype=np.float32)
     frames[0, 0, 3:6, 10:14] = 75.0
     return {"image": frames}
 
@@ -63,6 +63,11 @@ def infer_inputs(feeds: dict[str, np.ndarray], binary: bool) -> list[triton_http
         tensor.set_data_from_numpy(array, binary_data=binary)
         inputs.append(tensor)
     return inputs
+
+
+def _text(item: object) -> str:
+    """A BYTES element as text: JSON outputs decode to str, binary ones to bytes."""
+    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
 
 
 def json_outputs(names: list[str]) -> list[triton_http.InferRequestedOutput]:
@@ -175,7 +180,9 @@ class TestServerEndpoints:
         """The config endpoint shows config.yaml as the router understood it."""
         config = triton.get_model_config("color_classifier", "1")
         assert config["name"] == "color_classifier"
-        assert config["version"] == "1"
+        assert config["loaded"]["version"] == "1"
+        assert len(config["loaded"]["sha256"]) == 64
+        assert config["sha256"] == {}  # the pins from config.yaml stay visible, apart
         assert config["labels"] == LABELS
         assert config["label_output"] == "probs"
         assert config["max_batch_size"] == 64
@@ -201,6 +208,25 @@ class TestServerEndpoints:
         """Statistics without a model name cover every version of every model."""
         stats = triton.get_inference_statistics()["model_stats"]
         assert {(s["name"], s["version"]) for s in stats} == set(DEMO_VERSIONS)
+
+
+class TestDrainingFlag:
+    """While the server drains, readiness says no and liveness still says yes."""
+
+    def test_probes_while_draining(self, edge_models: Path) -> None:
+        """With the draining flag set, server and model readiness are 503, liveness 200."""
+        with serve_in_thread(settings_for(edge_models, inference_threads=1)) as server:
+            assert server.app is not None
+            status = server.app[STATUS]
+            client = triton_http.InferenceServerClient(server.host_port, network_timeout=TIMEOUT_S)
+            try:
+                assert client.is_server_ready()
+                server.call(setattr, status, "draining", True)
+                assert not client.is_server_ready()
+                assert not client.is_model_ready("color_classifier")
+                assert client.is_server_live()
+            finally:
+                client.close()
 
 
 class TestInference:
@@ -342,10 +368,6 @@ class TestInference:
         assert LABELS[int(np.argmax(probs["data"]))] == "blue"
 
 
-def _text(item: object) -> str:
-    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
-
-
 class TestCompression:
     """gzip and deflate on request and response bodies."""
 
@@ -394,7 +416,6 @@ class TestCompression:
             "hotspot_detector",
             infer_inputs(feeds, binary),
             outputs=outputs,
-            request_compression_algorithm=algorithm,
             response_compression_algorithm=algorithm,
         )
         expected = run_reference(reference, edge_models / "hotspot_detector/1/model.onnx", feeds)
@@ -417,17 +438,26 @@ class TestCompression:
         expected = run_reference(reference, edge_models / "hotspot_detector/1/model.onnx", feeds)
         assert_matches(result, expected, binary=True)
 
+    @pytest.mark.parametrize(
+        ("algorithm", "inflate"), [("gzip", gzip.decompress), ("deflate", zlib.decompress)]
+    )
     async def test_response_is_really_compressed(
-        self, http: aiohttp.ClientSession, demo_server: RouterThread, feeds: dict[str, np.ndarray]
+        self,
+        http: aiohttp.ClientSession,
+        demo_server: RouterThread,
+        feeds: dict[str, np.ndarray],
+        algorithm: str,
+        inflate: Callable[[bytes], bytes],
     ) -> None:
-        """With Accept-Encoding: gzip a large response leaves gzipped, and inflates to JSON."""
+        """With Accept-Encoding a large response leaves compressed and inflates to the reply."""
+        image = feeds["image"]
         doc = {
             "inputs": [
                 {
                     "name": "image",
-                    "shape": list(feeds["image"].shape),
+                    "shape": list(image.shape),
                     "datatype": "FP32",
-                    "data": feeds["image"].ravel().tolist(),
+                    "data": image.ravel().tolist(),
                 }
             ],
             "outputs": [{"name": "heatmap"}, {"name": "scores"}],
@@ -435,14 +465,15 @@ class TestCompression:
         async with http.post(
             f"{demo_server.url}/v2/models/hotspot_detector/infer",
             data=orjson.dumps(doc),
-            headers={"Accept-Encoding": "gzip"},
+            headers={"Accept-Encoding": algorithm},
             auto_decompress=False,
         ) as resp:
             assert resp.status == 200
-            assert resp.headers["Content-Encoding"] == "gzip"
+            assert resp.headers["Content-Encoding"] == algorithm
             raw = await resp.read()
-        reply = orjson.loads(gzip.decompress(raw))
+        reply = orjson.loads(inflate(raw))
         assert [o["name"] for o in reply["outputs"]] == ["heatmap", "scores"]
+        assert len(raw) < len(orjson.dumps(reply))
 
 
 # --- every datatype through identity models ----------------------------------------------------
@@ -504,13 +535,6 @@ def assert_round_trip(result: triton_http.InferResult, sent: np.ndarray, datatyp
         np.testing.assert_array_equal(got, sent)
 
 
-UINT64_JSON_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="router bug: JSON UINT64 values >= 2**63 next to small ones become float64 in "
-    "np.asarray and are refused as 'does not hold UINT64 values' (router/v2/codec.py _numeric)",
-)
-
-
 class TestDatatypes:
     """Every v2 datatype survives a round trip through an identity model."""
 
@@ -524,8 +548,6 @@ class TestDatatypes:
         binary: bool,
     ) -> None:
         """Values, including each type's extremes and non-ASCII UTF-8, come back unchanged."""
-        if datatype == "UINT64" and not binary:
-            request.applymarker(UINT64_JSON_BUG)
         sent = sample(datatype)
         tensor = triton_http.InferInput("INPUT0", list(sent.shape), datatype)
         tensor.set_data_from_numpy(sent, binary_data=binary)
@@ -624,11 +646,6 @@ class TestThirdPartyModel:
             assert_matches(result, expected, binary)
             state = result.as_numpy("stateN")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="router bug: warm-up feeds 1 for every dynamic dimension, which silero_vad "
-        "rejects (Pad reflect needs >= 2 samples), so the bare model is UNAVAILABLE",
-    )
     def test_bare_model_without_config_loads(self, tmp_path: Path) -> None:
         """A bare model.onnx with no config.yaml is served (warm-up must not make it unloadable)."""
         write_repository(tmp_path, {"silero_vad": {1: silero_file().read_bytes()}})

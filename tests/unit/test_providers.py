@@ -77,11 +77,6 @@ class TestCandidates:
         chosen = candidates([Candidate(CUDA, {}), Candidate(CPU, {"x": 1})], [CUDA, CPU])
         assert chosen == [Candidate(CUDA, {}), Candidate(CPU, {"x": 1})]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="candidates() docstring says CPU always last, but a preference [CPU, CUDA] "
-        "keeps CPU first, so CUDA can never be reached",
-    )
     def test_cpu_always_last(self) -> None:
         """CPU ends the list even when a model prefers it first."""
         chosen = candidates([Candidate(CPU, {}), Candidate(CUDA, {})], [CUDA, CPU])

@@ -1,0 +1,351 @@
+"""router/inference/model_config.py and repository.py: per-model config and loading a repository."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from _models import double_model, write_model
+
+from router.errors import ConfigError, ModelNotFound, ModelNotReady
+from router.inference.model_config import ModelConfig, ProviderChoice, load_model_config
+from router.inference.providers import CPU, Attempt
+from router.inference.repository import (
+    Loader,
+    State,
+    default_session_builder,
+)
+from router.inference.signature import DYNAMIC
+from router.settings import ModelSettings
+
+OPENVINO = "OpenVINOExecutionProvider"
+FAR = 1e12
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-repo")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+class CountingBuilder:
+    """The real session builder, wrapped to count warm-up runs and fail chosen providers."""
+
+    def __init__(self, failing: tuple[str, ...] = ()) -> None:
+        self.failing = failing
+        self.runs = 0
+        self.warmup_feeds: list[dict[str, tuple[tuple[int, ...], Any]]] = []
+
+    def __call__(self, data: bytes, threads: int, chosen: list[tuple[str, dict[str, Any]]]) -> Any:
+        if chosen[0][0] in self.failing:
+            raise RuntimeError(f"{chosen[0][0]} could not start\nlong native trace")
+        return _Counted(default_session_builder(data, threads, [(CPU, {})]), self, chosen[0][0])
+
+
+class _Counted:
+    def __init__(self, session: Any, owner: CountingBuilder, provider: str) -> None:
+        self._session = session
+        self._owner = owner
+        self._provider = provider
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        self._owner.runs += 1
+        self._owner.warmup_feeds.append({k: (v.shape, v.dtype) for k, v in feeds.items()})
+        return self._session.run(names, feeds)
+
+    def get_providers(self) -> list[str]:
+        return [self._provider, CPU] if self._provider != CPU else [CPU]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def _loader(executor: Any, build: Any = None, available: tuple[str, ...] = (CPU,)) -> Loader:
+    settings = ModelSettings(inference_threads=1, max_queue_size=7)
+    if build is None:
+        return Loader(settings, executor, available)
+    return Loader(settings, executor, available, build)
+
+
+def _config(repo: Path, name: str, text: str) -> None:
+    (repo / name).mkdir(parents=True, exist_ok=True)
+    (repo / name / "config.yaml").write_text(text, encoding="utf-8")
+
+
+class TestModelConfig:
+    def test_no_file_gives_defaults(self, tmp_path: Path) -> None:
+        """A model folder without config.yaml gets the default config."""
+        assert load_model_config(tmp_path) == ModelConfig()
+
+    def test_unknown_key_names_file_and_key(self, tmp_path: Path) -> None:
+        """A misspelt key is a ConfigError naming config.yaml and the key."""
+        _config(tmp_path, "m", "max_batch: 4\ndynamic_batching:\n  delay: 1\n")
+        with pytest.raises(ConfigError) as info:
+            load_model_config(tmp_path / "m")
+        assert info.value.source == str(tmp_path / "m" / "config.yaml")
+        assert sorted(info.value.problems) == [
+            "dynamic_batching.delay: unknown key",
+            "max_batch: unknown key",
+        ]
+
+    def test_execution_providers_as_names_or_objects(self, tmp_path: Path) -> None:
+        """Providers may be plain names or {name, options} entries, mixed."""
+        _config(
+            tmp_path,
+            "m",
+            "execution_providers:\n"
+            "  - CUDAExecutionProvider\n"
+            "  - name: OpenVINOExecutionProvider\n"
+            "    options: {device_type: CPU}\n",
+        )
+        config = load_model_config(tmp_path / "m")
+        assert config.execution_providers == (
+            ProviderChoice(name="CUDAExecutionProvider"),
+            ProviderChoice(name=OPENVINO, options={"device_type": "CPU"}),
+        )
+
+    def test_labels_file(self, tmp_path: Path) -> None:
+        """labels_file is read one label per line, relative to the model folder."""
+        _config(tmp_path, "m", "labels_file: labels.txt\n")
+        (tmp_path / "m" / "labels.txt").write_text("cat\ndog \nbird\n", encoding="utf-8")
+        assert load_model_config(tmp_path / "m").labels == ("cat", "dog", "bird")
+
+    def test_missing_labels_file(self, tmp_path: Path) -> None:
+        """A labels_file that cannot be read is a ConfigError naming labels_file."""
+        _config(tmp_path, "m", "labels_file: nowhere.txt\n")
+        with pytest.raises(ConfigError) as info:
+            load_model_config(tmp_path / "m")
+        (problem,) = info.value.problems
+        assert problem.startswith("labels_file: cannot read")
+        assert "nowhere.txt" in problem
+
+    def test_bad_sha256_pin(self, tmp_path: Path) -> None:
+        """A pinned sha256 that is not 64 hex digits is refused, naming the version."""
+        _config(tmp_path, "m", "sha256:\n  1: abc\n")
+        with pytest.raises(ConfigError) as info:
+            load_model_config(tmp_path / "m")
+        (problem,) = info.value.problems
+        assert problem.startswith("sha256.1: ")
+
+
+class TestLoader:
+    def test_bare_model_served_from_the_graph(self, tmp_path: Path, executor: Any) -> None:
+        """A model.onnx with no config is READY, I/O read from the graph, -1 for open dims."""
+        write_model(tmp_path, "double", 1, double_model(("N", 3)))
+        repo = _loader(executor).load(tmp_path)
+        entry = repo.get("double")
+        assert entry.state is State.READY
+        assert entry.reason == ""
+        assert entry.provider == CPU
+        assert entry.signature is not None
+        assert [s.metadata() for s in entry.signature.inputs] == [
+            {"name": "x", "datatype": "FP32", "shape": [DYNAMIC, 3]}
+        ]
+        assert [s.metadata() for s in entry.signature.outputs] == [
+            {"name": "y", "datatype": "FP32", "shape": [DYNAMIC, 3]}
+        ]
+        assert repo.ready
+        assert repo.failures == []
+
+    async def test_loaded_model_runs(self, tmp_path: Path, executor: Any) -> None:
+        """The runner of a loaded version computes the model's result."""
+        write_model(tmp_path, "double", 1, double_model(("N", 2)))
+        repo = _loader(executor).load(tmp_path)
+        runner = repo.get("double").runner
+        assert runner is not None
+        (y,) = await runner.infer({"x": np.array([[1, 2]], np.float32)}, FAR)
+        np.testing.assert_array_equal(y, [[2, 4]])
+        repo.close()
+
+    def test_highest_version_is_default(self, tmp_path: Path, executor: Any) -> None:
+        """With no version asked for, the numerically highest one is served."""
+        for version in (1, 2, 10):
+            write_model(tmp_path, "m", version, double_model())
+        repo = _loader(executor).load(tmp_path)
+        assert repo.find("m").version == 10
+        assert repo.find("m", "2").version == 2
+        assert sorted(repo.models["m"].versions) == [1, 2, 10]
+
+    def test_unknown_model(self, tmp_path: Path, executor: Any) -> None:
+        """An unknown model name is ModelNotFound."""
+        write_model(tmp_path, "m", 1, double_model())
+        repo = _loader(executor).load(tmp_path)
+        with pytest.raises(ModelNotFound):
+            repo.find("other")
+        with pytest.raises(ModelNotFound):
+            repo.get("other", "1")
+
+    @pytest.mark.parametrize("version", ["7", "latest", "-1", "1.0", ""])
+    def test_unknown_version(self, tmp_path: Path, executor: Any, version: str) -> None:
+        """A version that is not loaded (or not a number) is ModelNotFound."""
+        write_model(tmp_path, "m", 1, double_model())
+        repo = _loader(executor).load(tmp_path)
+        with pytest.raises(ModelNotFound):
+            repo.find("m", version)
+
+    def test_unicode_digit_version(self, tmp_path: Path, executor: Any) -> None:
+        """A version string of non-ASCII digits is ModelNotFound, not a ValueError."""
+        write_model(tmp_path, "m", 1, double_model())
+        repo = _loader(executor).load(tmp_path)
+        with pytest.raises(ModelNotFound):
+            repo.find("m", "²")
+
+    def test_unicode_digit_folder(self, tmp_path: Path, executor: Any) -> None:
+        """A version folder named with non-ASCII digits does not stop the repository loading."""
+        write_model(tmp_path, "m", 1, double_model())
+        (tmp_path / "m" / "²").mkdir()
+        repo = _loader(executor).load(tmp_path)
+        assert repo.get("m", "1").ready
+
+    def test_broken_model_does_not_stop_the_others(self, tmp_path: Path, executor: Any) -> None:
+        """A file that is not a model is UNAVAILABLE with a reason naming it; others load."""
+        broken = write_model(tmp_path, "broken", 1, b"this is not an onnx file")
+        write_model(tmp_path, "good", 1, double_model())
+        repo = _loader(executor).load(tmp_path)
+        entry = repo.find("broken")
+        assert entry.state is State.UNAVAILABLE
+        assert entry.reason.startswith(f"{broken}: ")
+        assert "\n" not in entry.reason
+        assert entry.runner is None
+        assert repo.get("good").ready
+        assert not repo.ready
+        assert repo.failures == [f"broken/1: {entry.reason}"]
+        with pytest.raises(ModelNotReady) as info:
+            repo.get("broken")
+        assert info.value.retry_after is not None
+
+    def test_missing_model_file(self, tmp_path: Path, executor: Any) -> None:
+        """A version folder without model.onnx is UNAVAILABLE, naming the missing file."""
+        (tmp_path / "m" / "1").mkdir(parents=True)
+        repo = _loader(executor).load(tmp_path)
+        entry = repo.find("m", "1")
+        assert entry.state is State.UNAVAILABLE
+        assert str(tmp_path / "m" / "1" / "model.onnx") in entry.reason
+
+    def test_sha256_matches_hashlib(self, tmp_path: Path, executor: Any) -> None:
+        """The recorded sha256 is that of the model file's bytes."""
+        data = double_model()
+        write_model(tmp_path, "m", 1, data)
+        repo = _loader(executor).load(tmp_path)
+        assert repo.get("m").sha256 == hashlib.sha256(data).hexdigest()
+
+    def test_pinned_sha256_matches(self, tmp_path: Path, executor: Any) -> None:
+        """A pin that matches (in any letter case) lets the version load."""
+        data = double_model()
+        write_model(tmp_path, "m", 1, data)
+        _config(tmp_path, "m", f"sha256:\n  1: '{hashlib.sha256(data).hexdigest().upper()}'\n")
+        assert _loader(executor).load(tmp_path).get("m").ready
+
+    def test_pinned_sha256_mismatch(self, tmp_path: Path, executor: Any) -> None:
+        """A model whose bytes do not match the pinned sha256 is UNAVAILABLE."""
+        path = write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", f"sha256:\n  1: '{'0' * 64}'\n")
+        entry = _loader(executor).load(tmp_path).find("m")
+        assert entry.state is State.UNAVAILABLE
+        assert entry.reason.startswith(f"{path}: ")
+        assert "does not match the pinned" in entry.reason
+
+    def test_max_batch_size_needs_an_open_first_dim(self, tmp_path: Path, executor: Any) -> None:
+        """max_batch_size on a model with a fixed first dimension is UNAVAILABLE, saying why."""
+        write_model(tmp_path, "fixed", 1, double_model((1, 3)))
+        _config(tmp_path, "fixed", "max_batch_size: 8\n")
+        entry = _loader(executor).load(tmp_path).find("fixed")
+        assert entry.state is State.UNAVAILABLE
+        assert "max_batch_size is set but not every tensor has an open first dimension" in (
+            entry.reason
+        )
+
+    def test_max_batch_size_turns_batching_on(self, tmp_path: Path, executor: Any) -> None:
+        """max_batch_size on a model with an open first dimension gives a batching runner."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", "max_batch_size: 8\n")
+        runner = _loader(executor).load(tmp_path).get("m").runner
+        assert runner is not None
+        assert runner.batching
+
+    def test_model_folder_without_versions(self, tmp_path: Path, executor: Any) -> None:
+        """A model folder with no numeric version folder is a model error, not a crash."""
+        (tmp_path / "empty" / "notes").mkdir(parents=True)
+        write_model(tmp_path, "good", 1, double_model())
+        repo = _loader(executor).load(tmp_path)
+        assert repo.models["empty"].error.startswith("no numeric version folder")
+        with pytest.raises(ModelNotReady):
+            repo.find("empty")
+        assert any(f.startswith("empty: ") for f in repo.failures)
+        assert repo.get("good").ready
+
+    def test_bad_model_config_is_a_model_error(self, tmp_path: Path, executor: Any) -> None:
+        """A config.yaml error marks the model failed and names the key; others still load."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", "max_batch: 4\n")
+        write_model(tmp_path, "good", 1, double_model())
+        repo = _loader(executor).load(tmp_path)
+        assert "max_batch: unknown key" in repo.models["m"].error
+        assert repo.models["m"].versions == {}
+        assert repo.get("good").ready
+
+    def test_hidden_and_underscore_folders_are_skipped(self, tmp_path: Path, executor: Any) -> None:
+        """Folders starting with '.' or '_' and loose files are not models."""
+        write_model(tmp_path, "m", 1, double_model())
+        (tmp_path / ".git").mkdir()
+        (tmp_path / "__pycache__").mkdir()
+        (tmp_path / "README.md").write_text("hello", encoding="utf-8")
+        repo = _loader(executor).load(tmp_path)
+        assert list(repo.models) == ["m"]
+        assert repo.ready
+
+    def test_repository_must_be_a_directory(self, tmp_path: Path, executor: Any) -> None:
+        """A repository path that is not a directory is a ConfigError naming it."""
+        with pytest.raises(ConfigError) as info:
+            _loader(executor).load(tmp_path / "absent")
+        assert info.value.source == str(tmp_path / "absent")
+
+    def test_warmup_runs_once_with_open_dims_as_one(self, tmp_path: Path, executor: Any) -> None:
+        """Warm-up runs the model once on zeros, open dimensions set to 1."""
+        write_model(tmp_path, "m", 1, double_model(("N", 3)))
+        build = CountingBuilder()
+        assert _loader(executor, build).load(tmp_path).get("m").ready
+        assert build.runs == 1
+        assert build.warmup_feeds == [{"x": ((1, 3), np.dtype(np.float32))}]
+
+    def test_warmup_off(self, tmp_path: Path, executor: Any) -> None:
+        """warmup: false loads the model without running it."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", "warmup: false\n")
+        build = CountingBuilder()
+        assert _loader(executor, build).load(tmp_path).get("m").ready
+        assert build.runs == 0
+
+    def test_provider_fallback_is_recorded(self, tmp_path: Path, executor: Any) -> None:
+        """A preferred provider that fails to start falls back to CPU, and the failure is kept."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", f"execution_providers: [{OPENVINO}]\n")
+        build = CountingBuilder(failing=(OPENVINO,))
+        entry = _loader(executor, build, available=(OPENVINO, CPU)).load(tmp_path).get("m")
+        assert entry.provider == CPU
+        assert entry.provider_failures == [Attempt(OPENVINO, f"{OPENVINO} could not start")]
+
+    def test_site_restriction_applies(self, tmp_path: Path, executor: Any) -> None:
+        """models.execution_providers on the site narrows what a model may use."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", f"execution_providers: [{OPENVINO}]\n")
+        build = CountingBuilder()
+        settings = ModelSettings(inference_threads=1, execution_providers=(CPU,))
+        loader = Loader(settings, executor, (OPENVINO, CPU), build)
+        entry = loader.load(tmp_path).get("m")
+        assert entry.provider == CPU
+        assert entry.provider_failures == []
+
+    def test_real_available_providers(self, tmp_path: Path, executor: Any) -> None:
+        """With what onnxruntime reports as available, a model loads on some provider."""
+        write_model(tmp_path, "m", 1, double_model())
+        loader = Loader(ModelSettings(inference_threads=1), executor, ort.get_available_providers())
+        entry = loader.load(tmp_path).get("m")
+        assert entry.provider in ort.get_available_providers()

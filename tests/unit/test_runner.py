@@ -1,0 +1,302 @@
+"""router/inference/runner.py: ModelRunner on real onnxruntime sessions and a real thread pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+from _models import cpu_session, double_model, reshape_to_three_model
+
+from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, QueueFull
+from router.inference.runner import ModelRunner, RunnerLimits
+
+FAR = 1e12  # a deadline that never passes (loop.time() is seconds since some boot)
+
+
+class CountingSession:
+    """A real session that records the shape of every feed it runs."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+        self.runs: list[dict[str, tuple[int, ...]]] = []
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        with self._lock:
+            self.runs.append({k: v.shape for k, v in feeds.items()})
+        return self._session.run(names, feeds)
+
+
+class RaisingSession:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        raise self.error
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-infer")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def session() -> CountingSession:
+    return CountingSession(cpu_session(double_model()))
+
+
+def _limits(
+    max_batch_size: int = 0,
+    delay_s: float = 0.0,
+    queue: int = 64,
+    instances: int = 1,
+) -> RunnerLimits:
+    return RunnerLimits(
+        max_batch_size=max_batch_size,
+        max_queue_delay_s=delay_s,
+        max_queue_size=queue,
+        instance_count=instances,
+    )
+
+
+def _rows(*values: float, width: int = 2) -> np.ndarray:
+    return np.array([[v] * width for v in values], dtype=np.float32)
+
+
+class TestModelRunner:
+    async def test_single_request(self, session: CountingSession, executor: Any) -> None:
+        """One request runs once and returns the model's outputs in graph order."""
+        runner = ModelRunner(session, executor, _limits(), "double/1")
+        (y,) = await runner.infer({"x": _rows(1.5, 2.0)}, FAR)
+        np.testing.assert_array_equal(y, _rows(3.0, 4.0))
+        assert len(session.runs) == 1
+        assert runner.stats.execution_count == 1
+        assert runner.stats.inference_count == 1  # batching off: a request counts once
+        assert runner.stats.success.count == 1
+
+    async def test_concurrent_requests_are_batched(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """Concurrent one-row requests share session runs and each gets its own row back."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.05), "d/1")
+        futures = [runner.infer({"x": _rows(float(i))}, FAR) for i in range(20)]
+        results = await asyncio.gather(*futures)
+        for i, (y,) in enumerate(results):
+            np.testing.assert_array_equal(y, _rows(2.0 * i))
+        assert runner.stats.inference_count == 20
+        assert runner.stats.execution_count < runner.stats.inference_count
+        assert all(shapes["x"][0] <= 8 for shapes in session.runs)
+        assert sum(shapes["x"][0] for shapes in session.runs) == 20
+        assert max(runner.stats.batches) == 8
+
+    async def test_multi_row_requests_split_back(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """Requests of several rows each get exactly their own rows from a shared batch."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.05), "d/1")
+        a = runner.infer({"x": _rows(1, 2, 3)}, FAR)
+        b = runner.infer({"x": _rows(4, 5)}, FAR)
+        c = runner.infer({"x": _rows(6, 7, 8)}, FAR)
+        (ya,), (yb,), (yc,) = await asyncio.gather(a, b, c)
+        np.testing.assert_array_equal(ya, _rows(2, 4, 6))
+        np.testing.assert_array_equal(yb, _rows(8, 10))
+        np.testing.assert_array_equal(yc, _rows(12, 14, 16))
+        assert session.runs == [{"x": (8, 2)}]
+
+    async def test_different_shapes_never_share_a_batch(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """Requests whose non-batch dimensions differ run in separate batches."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.02), "d/1")
+        futures = [
+            runner.infer({"x": _rows(float(i), width=2 if i % 2 else 3)}, FAR) for i in range(10)
+        ]
+        results = await asyncio.gather(*futures)
+        for i, (y,) in enumerate(results):
+            np.testing.assert_array_equal(y, _rows(2.0 * i, width=2 if i % 2 else 3))
+        widths = {shapes["x"][1] for shapes in session.runs}
+        assert widths == {2, 3}
+        assert len(session.runs) >= 2
+        assert sum(shapes["x"][0] for shapes in session.runs) == 10
+
+    async def test_different_dtypes_never_share_a_batch(self, executor: Any) -> None:
+        """Requests with different dtypes are not stacked, so numpy never upcasts one of them."""
+        session = CountingSession(RecordingEcho())
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.02), "e/1")
+        a = runner.infer({"x": _rows(1)}, FAR)
+        b = runner.infer({"x": _rows(2).astype(np.float64)}, FAR)
+        (ya,), (yb,) = await asyncio.gather(a, b)
+        assert ya.dtype == np.float32
+        assert yb.dtype == np.float64
+        assert len(session.runs) == 2
+
+    async def test_queue_full(self, session: CountingSession, executor: Any) -> None:
+        """Past max_queue_size a request is refused with QueueFull and a Retry-After."""
+        runner = ModelRunner(session, executor, _limits(queue=1), "d/1")
+        running = runner.infer({"x": _rows(1)}, FAR)  # taken by the only instance
+        queued = runner.infer({"x": _rows(2)}, FAR)  # waits: the instance is busy
+        with pytest.raises(QueueFull) as info:
+            runner.infer({"x": _rows(3)}, FAR)
+        assert info.value.retry_after is not None
+        assert info.value.retry_after > 0
+        assert info.value.status == 503
+        await asyncio.gather(running, queued)
+        assert len(session.runs) == 2
+
+    async def test_cancelled_job_is_skipped(self, session: CountingSession, executor: Any) -> None:
+        """A queued job whose caller went away is dropped without running."""
+        runner = ModelRunner(session, executor, _limits(), "d/1")
+        running = runner.infer({"x": _rows(1)}, FAR)
+        abandoned = runner.infer({"x": _rows(2)}, FAR)
+        after = runner.infer({"x": _rows(3)}, FAR)
+        abandoned.cancel()
+        await asyncio.gather(running, after)
+        assert [run["x"] for run in session.runs] == [(1, 2), (1, 2)]
+        assert runner.pending == 0
+
+    async def test_cancelled_job_is_skipped_when_batching(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """A cancelled job waiting for a batch to fill is left out of the batch."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.02), "d/1")
+        kept = runner.infer({"x": _rows(1)}, FAR)
+        abandoned = runner.infer({"x": _rows(2, 3)}, FAR)
+        abandoned.cancel()
+        (y,) = await kept
+        np.testing.assert_array_equal(y, _rows(2))
+        assert session.runs == [{"x": (1, 2)}]
+
+    async def test_deadline_passed_fails_without_running(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """A job whose deadline has passed fails with DeadlineExceeded and never runs."""
+        runner = ModelRunner(session, executor, _limits(), "d/1")
+        past = asyncio.get_running_loop().time() - 1.0
+        with pytest.raises(DeadlineExceeded):
+            await runner.infer({"x": _rows(1)}, past)
+        assert session.runs == []
+
+    async def test_deadline_passes_while_queued(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """A job that expires behind a busy instance is dropped, and the next one still runs."""
+        runner = ModelRunner(session, executor, _limits(), "d/1")
+        loop = asyncio.get_running_loop()
+        running = runner.infer({"x": _rows(1)}, FAR)
+        expired = runner.infer({"x": _rows(2)}, loop.time() - 1.0)
+        later = runner.infer({"x": _rows(3)}, FAR)
+        results = await asyncio.gather(running, expired, later, return_exceptions=True)
+        assert isinstance(results[1], DeadlineExceeded)
+        assert [run["x"] for run in session.runs] == [(1, 2), (1, 2)]
+
+    async def test_invalid_argument_maps_to_invalid_tensor(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """onnxruntime's InvalidArgument (a wrong dtype here) becomes InvalidTensor."""
+        runner = ModelRunner(session, executor, _limits(), "d/1")
+        with pytest.raises(InvalidTensor, match="model d/1 rejected the input"):
+            await runner.infer({"x": _rows(1).astype(np.float64)}, FAR)
+        assert runner.stats.fail.count == 1
+        assert runner.stats.execution_count == 0
+
+    async def test_runtime_failure_maps_to_inference_failed(self, executor: Any) -> None:
+        """An onnxruntime failure while running becomes InferenceFailed with its first line."""
+        runner = ModelRunner(cpu_session(reshape_to_three_model()), executor, _limits(), "r/1")
+        with pytest.raises(InferenceFailed) as info:
+            await runner.infer({"x": np.ones(2, np.float32)}, FAR)
+        message = str(info.value)
+        assert message.startswith("model r/1 failed to run:")
+        assert "\n" not in message
+        # The runner still works after a failure.
+        (y,) = await runner.infer({"x": np.ones(3, np.float32)}, FAR)
+        assert y.shape == (3,)
+
+    async def test_failure_in_a_batch_fails_every_job(self, executor: Any) -> None:
+        """When a batched run fails, each request in it gets the error."""
+        runner = ModelRunner(
+            RaisingSession(RuntimeError("device lost\ndetails")),
+            executor,
+            _limits(max_batch_size=4, delay_s=0.02),
+            "f/1",
+        )
+        futures = [runner.infer({"x": _rows(float(i))}, FAR) for i in range(4)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(r, InferenceFailed) for r in results)
+        assert all(str(r) == "model f/1 failed to run: device lost" for r in results)
+        assert runner.stats.fail.count == 4
+
+    async def test_error_without_message(self, executor: Any) -> None:
+        """A session error with an empty message still fails the request with InferenceFailed."""
+        loop = asyncio.get_running_loop()
+        crashed = loop.create_future()
+        loop.set_exception_handler(lambda _loop, context: crashed.set_result(context))
+        try:
+            runner = ModelRunner(RaisingSession(RuntimeError()), executor, _limits(), "f/1")
+            future = runner.infer({"x": _rows(1)}, FAR)
+            await asyncio.wait({future, crashed}, return_when=asyncio.FIRST_COMPLETED)
+            assert future.done(), "the callback crashed and the request was never answered"
+            assert isinstance(future.exception(), InferenceFailed)
+        finally:
+            loop.set_exception_handler(None)
+            crashed.cancel()
+
+    async def test_too_many_rows(self, session: CountingSession, executor: Any) -> None:
+        """A request with more rows than max_batch_size is refused before it is queued."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=4), "d/1")
+        with pytest.raises(InvalidTensor, match="exceeds max_batch_size 4"):
+            runner.infer({"x": _rows(*range(5))}, FAR)
+        assert runner.pending == 0
+        assert session.runs == []
+
+    async def test_rows_unlimited_without_batching(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """With batching off a request may carry any number of rows."""
+        runner = ModelRunner(session, executor, _limits(), "d/1")
+        (y,) = await runner.infer({"x": _rows(*range(100))}, FAR)
+        assert y.shape == (100, 2)
+
+    async def test_close_fails_pending_jobs(self, session: CountingSession, executor: Any) -> None:
+        """close() fails every queued job with InferenceFailed."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=60.0), "d/1")
+        futures = [runner.infer({"x": _rows(float(i))}, FAR) for i in range(3)]
+        runner.close()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(r, InferenceFailed) for r in results)
+        assert session.runs == []
+
+    async def test_instances_run_side_by_side(self, executor: Any) -> None:
+        """With two instances, two jobs are handed to the executor before either finishes."""
+        gate = threading.Barrier(2, timeout=30)
+        session = CountingSession(BarrierEcho(gate))
+        runner = ModelRunner(session, executor, _limits(instances=2), "b/1")
+        a = runner.infer({"x": _rows(1)}, FAR)
+        b = runner.infer({"x": _rows(2)}, FAR)
+        (ya,), (yb,) = await asyncio.gather(a, b)  # deadlocks if only one ran at a time
+        np.testing.assert_array_equal(ya, _rows(1))
+        np.testing.assert_array_equal(yb, _rows(2))
+
+
+class RecordingEcho:
+    """Returns its input unchanged, whatever the dtype."""
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [feeds["x"]]
+
+
+class BarrierEcho(RecordingEcho):
+    """Echo that waits until a second run has started too."""
+
+    def __init__(self, gate: threading.Barrier) -> None:
+        self._gate = gate
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._gate.wait()
+        return super().run(names, feeds)

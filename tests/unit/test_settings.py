@@ -1,0 +1,139 @@
+"""router/settings.py and router/yamlconf.py: loading a site config, and its error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from router.errors import ConfigError
+from router.settings import Settings, Tier, load_settings
+
+
+def _write(folder: Path, text: str, name: str = "site.yaml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.source == str(path)
+    assert str(path) in str(info.value)
+    return info.value.problems
+
+
+class TestLoadSettings:
+    def test_embedded_default_without_a_file(self) -> None:
+        """With no file the embedded default describes a local edge site."""
+        settings = load_settings(None)
+        assert settings == Settings()
+        assert settings.site.tier is Tier.EDGE
+        assert settings.server.host == "127.0.0.1"
+        assert settings.server.port == 8000
+        assert settings.models.repository is None
+        assert settings.models.inference_threads >= 1
+
+    def test_empty_file_is_the_default(self, tmp_path: Path) -> None:
+        """An empty file changes nothing."""
+        assert load_settings(_write(tmp_path, "")) == Settings()
+
+    def test_file_overrides_keys(self, tmp_path: Path) -> None:
+        """Keys in the file replace the defaults; the others stay."""
+        path = _write(
+            tmp_path,
+            "site:\n  id: plant-7\n  tier: regional\nserver:\n  port: 9000\n"
+            "models:\n  max_queue_size: 3\n  execution_providers: [CPUExecutionProvider]\n",
+        )
+        settings = load_settings(path)
+        assert settings.site.id == "plant-7"
+        assert settings.site.tier is Tier.REGIONAL
+        assert settings.server.port == 9000
+        assert settings.server.host == "127.0.0.1"
+        assert settings.models.max_queue_size == 3
+        assert settings.models.execution_providers == ("CPUExecutionProvider",)
+
+    def test_settings_are_frozen(self) -> None:
+        """Loaded settings cannot be changed in place."""
+        settings = load_settings(None)
+        with pytest.raises(ValidationError):
+            settings.server.port = 1  # type: ignore[misc]
+
+    def test_unknown_key_names_file_and_key_path(self, tmp_path: Path) -> None:
+        """A misspelt key is reported with its dotted path."""
+        path = _write(tmp_path, "server:\n  prot: 8080\n")
+        assert _problems(path) == ["server.prot: unknown key"]
+
+    def test_unknown_top_level_key(self, tmp_path: Path) -> None:
+        """An unknown section is reported by name."""
+        assert _problems(_write(tmp_path, "servers: {}\n")) == ["servers: unknown key"]
+
+    def test_bad_value_names_the_key(self, tmp_path: Path) -> None:
+        """A port out of range names server.port."""
+        (problem,) = _problems(_write(tmp_path, "server:\n  port: 70000\n"))
+        assert problem.startswith("server.port: ")
+        assert "65535" in problem
+
+    def test_every_problem_is_listed(self, tmp_path: Path) -> None:
+        """Several problems in one file are all reported, one per line."""
+        path = _write(tmp_path, "server:\n  port: -1\n  prot: 1\nsite:\n  tier: moon\n")
+        problems = _problems(path)
+        assert len(problems) == 3
+        assert {p.split(":")[0] for p in problems} == {"server.port", "server.prot", "site.tier"}
+        with pytest.raises(ConfigError) as info:
+            load_settings(path)
+        assert str(info.value).count("\n  - ") == 3
+
+    def test_invalid_yaml_names_line_and_column(self, tmp_path: Path) -> None:
+        """A YAML syntax error names the line and column."""
+        (problem,) = _problems(_write(tmp_path, "server:\n  port: 80: 90\n"))
+        assert problem.startswith("line 2, column ")
+
+    def test_not_a_mapping(self, tmp_path: Path) -> None:
+        """A top level that is not a mapping is refused."""
+        (problem,) = _problems(_write(tmp_path, "- a\n- b\n"))
+        assert "expected a mapping" in problem
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A file that cannot be read is a ConfigError, not an OSError."""
+        (problem,) = _problems(tmp_path / "absent.yaml")
+        assert problem.startswith("cannot read file")
+
+    def test_not_utf8(self, tmp_path: Path) -> None:
+        """A file that is not UTF-8 is a ConfigError."""
+        path = tmp_path / "site.yaml"
+        path.write_bytes(b"site:\n  id: \xff\xfe\n")
+        assert _problems(path) == ["file is not valid UTF-8"]
+
+    def test_values_are_not_echoed(self, tmp_path: Path) -> None:
+        """A rejected value is not repeated in the message (it could be a secret)."""
+        path = _write(tmp_path, "site:\n  id: 'canary secret 9f2c'\n")
+        (problem,) = _problems(path)
+        assert problem.startswith("site.id: ")
+        assert "canary" not in problem
+
+    def test_relative_repository_is_resolved_against_the_file(self, tmp_path: Path) -> None:
+        """A relative models.repository is taken from the config file's folder."""
+        folder = tmp_path / "conf"
+        folder.mkdir()
+        settings = load_settings(_write(folder, "models:\n  repository: ../models\n"))
+        assert settings.models.repository == folder / "../models"
+        assert settings.models.repository.resolve() == (tmp_path / "models").resolve()
+
+    def test_absolute_repository_is_kept(self, tmp_path: Path) -> None:
+        """An absolute models.repository is used as written."""
+        target = tmp_path / "elsewhere"
+        settings = load_settings(_write(tmp_path, f"models:\n  repository: {target}\n"))
+        assert settings.models.repository == target
+
+    def test_duplicate_cluster_names(self, tmp_path: Path) -> None:
+        """Two upstream clusters with one name are refused, naming the name."""
+        text = (
+            "upstreams:\n"
+            "  - {name: r1, tier: regional, endpoints: [{url: 'http://127.0.0.1:1'}]}\n"
+            "  - {name: r1, tier: central, endpoints: [{url: 'http://127.0.0.1:2'}]}\n"
+        )
+        (problem,) = _problems(_write(tmp_path, text))
+        assert "'r1' is used twice" in problem
