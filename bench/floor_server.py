@@ -3,7 +3,9 @@
 POST /v2/models/{model}/infer with the tensor in JSON `data`, or with the binary tensor extension
 (Inference-Header-Content-Length). orjson parse -> np.asarray / np.frombuffer -> session.run
 inline on the event loop -> orjson response. aiohttp + uvloop, one process, intra-op threads 1.
-No validation, no queue, no deadline, no stats: the least a Python server can do per request.
+No validation, no queue, no deadline: the least a Python server can do per request. It only
+counts session.run time per model (two perf_counter_ns calls), served on GET /stats/{model} as
+{"count": N, "ns": total}, so the harness can split end-to-end time into model and the rest.
 
 `--offload` runs session.run on a one-thread executor instead (a diagnostic: what the thread
 hand-off alone costs, since the router never runs a model on its event loop).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,18 @@ from models import make_session
 
 def build_app(sessions: dict[str, Any], offload: bool) -> web.Application:
     executor = ThreadPoolExecutor(1) if offload else None
+    run_time = {name: [0, 0] for name in sessions}  # model -> [calls, ns in session.run]
+
+    def run(name: str, feeds: dict[str, np.ndarray]) -> Any:
+        t0 = time.perf_counter_ns()
+        outputs = sessions[name].run(None, feeds)
+        total = run_time[name]
+        total[0] += 1
+        total[1] += time.perf_counter_ns() - t0
+        return outputs
 
     async def infer(request: web.Request) -> web.Response:
         name = request.match_info["model"]
-        session = sessions[name]
         body = await request.read()
         header_length = request.headers.get("Inference-Header-Content-Length")
         if header_length is None:
@@ -47,10 +58,10 @@ def build_app(sessions: dict[str, Any], offload: bool) -> web.Application:
             x = np.frombuffer(body, dtype=np.float32, offset=n).reshape(inp["shape"])
         feeds = {inp["name"]: x}
         if executor is None:
-            (probs,) = session.run(None, feeds)
+            (probs,) = run(name, feeds)
         else:
             loop = asyncio.get_running_loop()
-            (probs,) = await loop.run_in_executor(executor, session.run, None, feeds)
+            (probs,) = await loop.run_in_executor(executor, run, name, feeds)
         out = {
             "model_name": name,
             "id": req.get("id", ""),
@@ -68,8 +79,13 @@ def build_app(sessions: dict[str, Any], offload: bool) -> web.Application:
             content_type="application/json",
         )
 
+    async def stats(request: web.Request) -> web.Response:
+        count, ns = run_time[request.match_info["model"]]
+        return web.json_response({"count": count, "ns": ns})
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v2/models/{model}/infer", infer)
+    app.router.add_get("/stats/{model}", stats)
     return app
 
 

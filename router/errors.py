@@ -165,6 +165,8 @@ class UpstreamStatus(UpstreamError):
         self.retry_after = retry_after
         self.retryable = upstream_status >= 500 or upstream_status == 429
         self.health_failure = upstream_status >= 500
+        # "Come back later" from upstream stays "come back later" for our client.
+        self.status = 503 if upstream_status in (429, 503) else 502
 
 
 class StreamBroken(UpstreamError):

@@ -24,6 +24,11 @@ HOP_BY_HOP = frozenset(
 )
 # Recomputed or owned by the transport on each hop.
 FRAMING = frozenset({"host", "content-length", "content-encoding", "expect", "accept-encoding"})
+# Set by us on every forwarded request; a client's copy must not ride along (or be doubled).
+REISSUED = frozenset({
+    "x-request-id", "traceparent", "x-latency-budget-ms", "content-type",
+    "inference-header-content-length",
+})
 # Ours: a client must never be able to set them for us, and an upstream's are re-issued.
 INTERNAL = frozenset(
     {
@@ -66,17 +71,14 @@ def upstream_request_headers(
     client: Mapping[str, str], *, forward_authorization: bool, extra: Mapping[str, str]
 ) -> dict[str, str]:
     """What an upstream may see of the client's headers, plus the cluster's own."""
-    dropped = HOP_BY_HOP | FRAMING | INTERNAL | _connection_named(client)
+    dropped = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED | _connection_named(client)
+    if not forward_authorization:
+        dropped |= {"authorization"}
     out: dict[str, str] = {}
     for name, value in client.items():
         lower = name.lower()
-        if lower in dropped or lower.startswith(_INTERNAL_PREFIX):
-            continue
-        if lower == "authorization" and not forward_authorization:
-            continue
-        if lower == "content-type":
-            continue  # set from what we actually send
-        out[name] = value
+        if lower not in dropped and not lower.startswith(_INTERNAL_PREFIX):
+            out[name] = value
     out.update(extra)
     return out
 

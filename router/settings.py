@@ -144,8 +144,9 @@ class RoutingSettings(Strict):
     kserve_v2_budget_ms: PositiveInt = 30_000
     openai_budget_ms: PositiveInt = 300_000
     local_max_payload_bytes: PositiveInt = 64 * 1024 * 1024
-    # Idempotent routes may be retried; others only with an Idempotency-Key header.
-    idempotent_apis: tuple[Protocol, ...] = (Protocol.KSERVE_V2,)
+    # Path prefixes of side-effect-free routes, which may be retried; others only with an
+    # Idempotency-Key header (chat and completions sample and bill: a replay is a new answer).
+    idempotent_paths: tuple[str, ...] = ("/v2/", "/v1/embeddings")
     offline: bool = False  # local-only: never contact an upstream
     models: dict[str, ModelRouteSettings] = {}
 

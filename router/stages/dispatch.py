@@ -60,7 +60,9 @@ class Dispatch:
 
     async def _forward(self, ctx: RequestContext, target: Target, path: str | None = None) -> Reply:
         cluster = self._upstreams.clusters[target.name]
-        replayable = ctx.api in self._routing.idempotent_apis or "Idempotency-Key" in ctx.headers
+        replayable = (
+            ctx.path.startswith(self._routing.idempotent_paths) or "Idempotency-Key" in ctx.headers
+        )
         forwarded = await forward.call(
             cluster,
             self._upstreams.transports[cluster.name],

@@ -1,0 +1,137 @@
+"""Real servers on loopback for tests: the router (or any aiohttp app) in a background thread
+that owns its event loop, so blocking clients (sync tritonclient, the sync openai SDK) and
+clients on another loop can talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from router.app import build_app
+from router.settings import Settings
+
+T = TypeVar("T")
+
+
+def settings_for(
+    repository: Path | None = None, *, server: Mapping[str, Any] | None = None, **models: Any
+) -> Settings:
+    """Default settings with `models.repository` and any other `models`/`server` fields set,
+    validated exactly as a config file would be."""
+    data = {"models": {"repository": repository, **models}, "server": dict(server or {})}
+    return Settings.model_validate(data)
+
+
+class AppThread:
+    """An aiohttp app made by `factory` on the thread's own loop, served on 127.0.0.1."""
+
+    def __init__(
+        self, factory: Callable[[], web.Application], *, start_timeout_s: float = 60.0
+    ) -> None:
+        self._factory = factory
+        self._timeout = start_timeout_s
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="server-under-test", daemon=True)
+        self.app: web.Application | None = None
+        self.port = 0
+
+    @property
+    def host_port(self) -> str:
+        """`127.0.0.1:PORT`, the form that tritonclient's `url` takes."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host_port}"
+
+    def start(self) -> AppThread:
+        self._thread.start()
+        if not self._started.wait(self._timeout):
+            raise TimeoutError(f"router did not start within {self._timeout} s")
+        if self._error is not None:
+            self._thread.join(self._timeout)
+            raise RuntimeError("router failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(self._timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"router did not stop within {self._timeout} s")
+        if self._error is not None:
+            raise RuntimeError("router failed while serving or stopping") from self._error
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` run on the router's loop thread, where app state may be touched."""
+        loop = self._loop
+        assert loop is not None, "the router is not running"
+
+        async def _call() -> T:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(_call(), loop).result(self._timeout)
+
+    def __enter__(self) -> AppThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to start(); a thread has nobody else to tell
+            self._error = exc
+        finally:
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.app = self._factory()
+        # The same runner options as router.server, so cancellation behaves as in production.
+        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            self._started.set()
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+class RouterThread(AppThread):
+    """`build_app(settings, ...)` served on 127.0.0.1 by a thread that owns its event loop."""
+
+    def __init__(
+        self, settings: Settings, *, start_timeout_s: float = 60.0, **build_app_kwargs: Any
+    ) -> None:
+        self.settings = settings
+        super().__init__(
+            lambda: build_app(settings, **build_app_kwargs), start_timeout_s=start_timeout_s
+        )
+
+    def __enter__(self) -> RouterThread:
+        self.start()
+        return self
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: Settings, **build_app_kwargs: Any) -> Iterator[RouterThread]:
+    """A running router for the `with` block; stopped (models unloaded) on exit."""
+    with RouterThread(settings, **build_app_kwargs) as server:
+        yield server
