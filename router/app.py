@@ -64,6 +64,7 @@ def build_pipelines(settings: Settings, models: ModelRepository, upstreams: Upst
     return Pipelines(
         v2_infer=Pipeline([ParseInferRequest(), route, dispatch]),
         openai=Pipeline([ParseOpenAIRequest(), route, dispatch]),
+        upstream_only=Pipeline([route, dispatch]),
     )
 
 

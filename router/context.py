@@ -27,7 +27,9 @@ class RequestContext:
     model: str
     version: str | None
     deadline: float  # on the event loop's clock
+    method: str = "POST"
     path: str = ""  # path and query as received: forwarded on the same path
+    hops: int = 0  # layer-routers this request already passed through
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's
     request_id: str = ""
     traceparent: str = ""

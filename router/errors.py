@@ -8,6 +8,7 @@
     │   ├── ModelNotFound            404 model_not_found
     │   └── RouteNotFound            404 route_not_found
     ├── MethodNotAllowed             405 method_not_allowed
+    ├── LoopDetected                 508 loop_detected      (too many layer-router hops)
     ├── PayloadTooLarge              413 payload_too_large
     ├── UnsupportedMediaType         415 unsupported_media_type
     ├── Unavailable                  503 unavailable        (Retry-After)
@@ -77,6 +78,11 @@ class RouteNotFound(NotFound):
 class MethodNotAllowed(RouterError):
     status = 405
     code = "method_not_allowed"
+
+
+class LoopDetected(RouterError):
+    status = 508
+    code = "loop_detected"
 
 
 class PayloadTooLarge(RouterError):

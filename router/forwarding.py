@@ -9,6 +9,7 @@ import orjson
 from router.context import Reply, RequestContext
 from router.errors import RouterError, StreamBroken, UpstreamError
 from router.headers import (
+    HOPS,
     REQUEST_ID,
     TRACEPARENT,
     downstream_response_headers,
@@ -29,6 +30,9 @@ def outgoing(ctx: RequestContext, cluster: Cluster, path: str | None = None) -> 
     )
     headers[REQUEST_ID] = ctx.request_id
     headers[TRACEPARENT] = ctx.traceparent
+    headers[HOPS] = str(ctx.hops + 1)
+    if ctx.method != "POST":
+        return Outgoing(ctx.method, path or ctx.path, headers, b"")
     if ctx.api == "kserve-v2" and ctx.document is not None:
         return _v2_outgoing(ctx, headers, path)
     headers["Content-Type"] = "application/json"

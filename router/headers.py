@@ -7,6 +7,8 @@ import secrets
 from collections.abc import Mapping
 
 REQUEST_ID = "X-Request-Id"
+HOPS = "X-Layer-Router-Hops"  # loop guard between routers; internal prefix, so never forwarded
+MAX_HOPS = 8
 TRACEPARENT = "traceparent"
 
 HOP_BY_HOP = frozenset(
@@ -25,10 +27,15 @@ HOP_BY_HOP = frozenset(
 # Recomputed or owned by the transport on each hop.
 FRAMING = frozenset({"host", "content-length", "content-encoding", "expect", "accept-encoding"})
 # Set by us on every forwarded request; a client's copy must not ride along (or be doubled).
-REISSUED = frozenset({
-    "x-request-id", "traceparent", "x-latency-budget-ms", "content-type",
-    "inference-header-content-length",
-})
+REISSUED = frozenset(
+    {
+        "x-request-id",
+        "traceparent",
+        "x-latency-budget-ms",
+        "content-type",
+        "inference-header-content-length",
+    }
+)
 # Ours: a client must never be able to set them for us, and an upstream's are re-issued.
 INTERNAL = frozenset(
     {
@@ -103,6 +110,12 @@ def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
         for name, value in upstream.items()
         if name.lower() not in dropped and not name.lower().startswith(_INTERNAL_PREFIX)
     }
+
+
+def hops(client: Mapping[str, str]) -> int:
+    """How many layer-routers this request passed already (0 from an ordinary client)."""
+    raw = client.get(HOPS, "0")
+    return int(raw) if raw.isascii() and raw.isdecimal() and len(raw) < 4 else MAX_HOPS + 1
 
 
 def request_id(client: Mapping[str, str]) -> str:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from router import __version__
 from router.api.respond import new_context, run
-from router.api.state import MODELS, PIPELINES, SETTINGS, STATUS
+from router.api.state import MODELS, PIPELINES, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest, PayloadTooLarge
 from router.inference.repository import ModelVersion
@@ -67,7 +67,23 @@ def _entry(request: web.Request) -> ModelVersion:
     return request.app[MODELS].find(info["model"], info.get("version"))
 
 
-async def model_metadata(request: web.Request) -> web.Response:
+def _upstream_only(request: web.Request) -> bool:
+    """A model this site does not hold, whose metadata and readiness an upstream answers."""
+    return request.match_info["model"] not in request.app[MODELS].models and bool(
+        request.app[UPSTREAMS].clusters
+    )
+
+
+async def _relay(request: web.Request) -> web.StreamResponse:
+    info = request.match_info
+    budget = budget_ms(request.headers, request.app[SETTINGS].routing.kserve_v2_budget_ms)
+    ctx = new_context(request, "kserve-v2", info["model"], info.get("version"), budget)
+    return await run(request, request.app[PIPELINES].upstream_only, ctx)
+
+
+async def model_metadata(request: web.Request) -> web.StreamResponse:
+    if _upstream_only(request):
+        return await _relay(request)
     entry = _entry(request)
     model = request.app[MODELS].models[entry.model]
     doc: dict[str, Any] = {
@@ -100,7 +116,9 @@ def _version_facts(entry: ModelVersion) -> dict[str, Any]:
     return facts
 
 
-async def model_ready(request: web.Request) -> web.Response:
+async def model_ready(request: web.Request) -> web.StreamResponse:
+    if _upstream_only(request):
+        return await _relay(request)
     entry = _entry(request)
     ok = entry.ready and not request.app[STATUS].draining
     return web.Response(status=200 if ok else 503)
@@ -125,6 +143,7 @@ async def repository_index(request: web.Request) -> web.Response:
     else:
         options = {}
     only_ready = options.get("ready") is True
+    tier = request.app[SETTINGS].site.tier.value
     index = []
     for model in request.app[MODELS].models.values():
         if model.error and not only_ready:
@@ -134,7 +153,21 @@ async def repository_index(request: web.Request) -> web.Response:
                 continue
             item = {"name": model.name, "version": str(entry.version), "state": entry.state.value}
             item["reason"] = entry.reason
+            item["tier"] = tier
             index.append(item)
+    local = request.app[MODELS].models
+    for cluster in request.app[UPSTREAMS].clusters.values():
+        for name in sorted((cluster.models or frozenset()) - local.keys()):
+            index.append(
+                {
+                    "name": name,
+                    "version": "",
+                    "state": "READY",
+                    "reason": "",
+                    "tier": cluster.settings.tier.value,
+                    "cluster": cluster.name,
+                }
+            )
     return _json(index)
 
 

@@ -8,9 +8,9 @@ import time
 from aiohttp import web
 
 from router.context import Reply, RequestContext
-from router.errors import RouterError
+from router.errors import LoopDetected, RouterError
 from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
-from router.headers import REQUEST_ID, request_id, traceparent
+from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id, traceparent
 from router.pipeline import Pipeline
 
 # Where the error middleware finds the context of a failed request.
@@ -25,12 +25,16 @@ def new_context(
         model=model,
         version=version,
         deadline=asyncio.get_running_loop().time() + budget_ms / 1000,
+        method=request.method,
         path=request.path_qs,
+        hops=hops(request.headers),
         headers=request.headers,
         request_id=request_id(request.headers),
         traceparent=traceparent(request.headers),
     )
     request[CTX] = ctx
+    if ctx.hops > MAX_HOPS:
+        raise LoopDetected(f"request passed {MAX_HOPS} layer-routers already: a routing loop?")
     return ctx
 
 

@@ -21,6 +21,7 @@ class ServerStatus:
 class Pipelines:
     v2_infer: Pipeline
     openai: Pipeline
+    upstream_only: Pipeline  # requests about a model only upstreams hold (v2 metadata, ready)
 
 
 SETTINGS = web.AppKey("settings", Settings)
