@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 from collections.abc import Mapping
 
 REQUEST_ID = "X-Request-Id"
@@ -79,6 +79,8 @@ def upstream_request_headers(
 ) -> dict[str, str]:
     """What an upstream may see of the client's headers, plus the cluster's own."""
     dropped = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED | _connection_named(client)
+    # The cluster's value replaces the client's: a client must not add a second one in other case.
+    dropped |= {name.lower() for name in extra}
     if not forward_authorization:
         dropped |= {"authorization"}
     out: dict[str, str] = {}
@@ -123,12 +125,16 @@ def request_id(client: Mapping[str, str]) -> str:
     given = client.get(REQUEST_ID)
     if given is not None and _REQUEST_ID.match(given):
         return given
-    return secrets.token_hex(16)
+    return _hex(128)
 
 
 def traceparent(client: Mapping[str, str]) -> str:
     """Continue the caller's W3C trace with a new span id, or start one."""
     given = client.get(TRACEPARENT)
     match = _TRACEPARENT.match(given.strip()) if given else None
-    trace_id = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
+    # All-zero trace or parent ids are invalid (W3C Trace Context §3.2.2): start a new trace.
+    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+        trace_id = match.group(1)
+    else:
+        trace_id = secrets.token_hex(16)
     return f"00-{trace_id}-{secrets.token_hex(8)}-01"

@@ -80,9 +80,11 @@ async def _with_retries(
     replayable: bool,
     stream: bool,
 ) -> Forwarded:
+    """The first try runs bare (the common case pays nothing for the retry machinery); only a
+    failure that may be retried enters tenacity for the remaining attempts."""
     retry = cluster.settings.retry
     loop = asyncio.get_running_loop()
-    last: list[Endpoint] = []
+    tried: list[Endpoint] = []
 
     def may_retry(exc: BaseException) -> bool:
         if not (replayable and isinstance(exc, UpstreamError) and exc.retryable):
@@ -90,29 +92,37 @@ async def _with_retries(
         wait = exc.retry_after if isinstance(exc, UpstreamStatus) and exc.retry_after else 0.0
         return loop.time() + wait < deadline and cluster.retry_allowed()
 
+    async def attempt(number: int) -> Forwarded:
+        endpoint = cluster.pick(loop.time(), avoid=tried[-1] if tried else None)
+        if endpoint is None:
+            raise NoHealthyTarget(f"cluster {cluster.name}: no live endpoint")
+        tried.append(endpoint)
+        forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, stream)
+        forwarded.attempts = number
+        return forwarded
+
+    try:
+        return await attempt(1)
+    except UpstreamError as exc:
+        if retry.max_attempts == 1 or not may_retry(exc):
+            raise
+        first_failure = exc
+    wait = _Wait(retry.base_backoff_ms / 1000, retry.max_backoff_ms / 1000, deadline, loop)
+    await asyncio.sleep(wait.after(first_failure, 1))
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(retry.max_attempts),
-        wait=_Wait(retry.base_backoff_ms / 1000, retry.max_backoff_ms / 1000, deadline, loop),
+        stop=stop_after_attempt(retry.max_attempts - 1),
+        wait=wait,
         retry=retry_if_exception(may_retry),
         reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            number = attempt.retry_state.attempt_number
-            if number > 1:
-                cluster.counters.retries += 1
-                cluster.retries_active += 1
+    async for state in retrying:
+        with state:
+            cluster.counters.retries += 1
+            cluster.retries_active += 1
             try:
-                endpoint = cluster.pick(loop.time(), avoid=last[-1] if last else None)
-                if endpoint is None:
-                    raise NoHealthyTarget(f"cluster {cluster.name}: no live endpoint")
-                last.append(endpoint)
-                forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, stream)
-                forwarded.attempts = number
-                return forwarded
+                return await attempt(state.retry_state.attempt_number + 1)
             finally:
-                if number > 1:
-                    cluster.retries_active -= 1
+                cluster.retries_active -= 1
     raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
 
 
@@ -194,10 +204,21 @@ class _Wait:
         self._deadline = deadline
         self._loop = loop
 
+    def _backoff(self, attempts: int) -> float:
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # only reads the count
+        state.attempt_number = attempts
+        return float(self._jitter(state))
+
     def __call__(self, state: RetryCallState) -> float:
-        delay = self._jitter(state)
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
+        # tenacity counts from the first retry; the bare first try came before it.
+        return self.after(error, state.attempt_number + 1)
+
+    def after(self, error: BaseException | None, attempts: int) -> float:
+        """How long to wait after `attempts` tries, the last of which failed with `error`."""
         if isinstance(error, UpstreamStatus) and error.retry_after is not None:
             delay = error.retry_after
+        else:
+            delay = self._backoff(attempts)
         return max(0.0, min(delay, self._deadline - self._loop.time()))
