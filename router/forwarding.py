@@ -15,6 +15,7 @@ from router.headers import (
     downstream_response_headers,
     upstream_request_headers,
 )
+from router.policy.decide import TIER_ORDER
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
 from router.v2.codec import with_timeout
@@ -64,7 +65,7 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     ctx.upstream_ms = forwarded.upstream_ms
     ctx.served_by = f"{cluster.name}/{forwarded.endpoint.index}"
     # A configured upstream that is itself a layer-router says which tier really answered.
-    ctx.served_tier = response.headers.get(SERVED_BY_TIER, cluster.settings.tier.value)
+    ctx.served_tier = _served_tier(response.headers.get(SERVED_BY_TIER), cluster)
     ctx.upstream_reasons = response.headers.get(ROUTE_REASON, "")
     if forwarded.attempts > 1:
         ctx.reasons.append(f"retried:{forwarded.attempts - 1}")
@@ -78,19 +79,50 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     return Reply(b"", content_type, response.status, headers, stream=_relay(forwarded))
 
 
+def _served_tier(claimed: str | None, cluster: Cluster) -> str:
+    """An upstream's own X-Served-By-Tier is believed only when it names a real tier at or past
+    the cluster's: a chained layer-router may say `central`; nothing may say `edge` for it."""
+    own = cluster.settings.tier.value
+    if claimed in TIER_ORDER and TIER_ORDER.index(claimed) >= TIER_ORDER.index(own):
+        return claimed
+    return own
+
+
 async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
-    """Chunks as they arrive; a failure after the first byte becomes StreamBroken, which the
-    handler turns into an explicit error event instead of a stream that looks complete."""
+    """Whole SSE events as they arrive; a failure after the first byte becomes StreamBroken,
+    which the handler turns into an explicit error event instead of a stream that looks
+    complete. Half an event is held back until its end arrives, so a cut one is dropped
+    rather than glued to the error event (which would make both unreadable)."""
     completed = False
+    pending = b""
     try:
         async for chunk in forwarded.response.chunks():
-            yield chunk
+            data = pending + chunk if pending else chunk
+            end = _events_end(data)
+            pending = data[end:]
+            if end:
+                yield data[:end]
+        if pending:
+            yield pending
         completed = True
     except UpstreamError as exc:
         raise StreamBroken(f"{exc.message} after the stream started") from None
     finally:
         if not completed:  # broken, or the client went away: cancel upstream, drop the conn
             forwarded.response.abort()
+
+
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")  # an empty line, in any of SSE's line endings
+
+
+def _events_end(data: bytes) -> int:
+    """Where the last complete SSE event in `data` ends (0: none complete yet)."""
+    end = 0
+    for separator in _EVENT_ENDS:
+        at = data.rfind(separator)
+        if at >= 0:
+            end = max(end, at + len(separator))
+    return end
 
 
 def sse_error_event(error: RouterError) -> bytes:

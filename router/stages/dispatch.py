@@ -41,6 +41,9 @@ class Dispatch:
         assert ctx.decision is not None, "DecideRoute runs before Dispatch"
         last: RouterError | None = None
         for position, target in enumerate(ctx.decision.targets):
+            if position and self._too_slow(ctx, target):
+                ctx.reasons.append(f"over_budget:{target.name}")
+                continue
             try:
                 if target.kind == "local":
                     reply = await self._local(ctx)
@@ -58,9 +61,16 @@ class Dispatch:
         assert last is not None, "DecideRoute never passes an empty decision"
         raise last
 
+    @staticmethod
+    def _too_slow(ctx: RequestContext, target: Target) -> bool:
+        """A fallback is re-judged against what the failed tries left of the budget."""
+        left_ms = (ctx.deadline - asyncio.get_running_loop().time()) * 1000
+        return target.expected_ms > left_ms
+
     async def _forward(self, ctx: RequestContext, target: Target, path: str | None = None) -> Reply:
         cluster = self._upstreams.clusters[target.name]
-        replayable = (
+        # Bodies over retry.max_body_bytes are never replayed (memory held for a retry).
+        replayable = len(ctx.body) <= cluster.settings.retry.max_body_bytes and (
             ctx.path.startswith(self._routing.idempotent_paths) or "Idempotency-Key" in ctx.headers
         )
         forwarded = await forward.call(

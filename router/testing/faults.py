@@ -1,7 +1,8 @@
 """FaultProxy: a TCP proxy on loopback that injects network faults between router and upstream
 (what toxiproxy does, which this machine cannot install): added latency, blackhole (accept and
 stay silent), reset (RST on accept), cut the response after N bytes. The mode can change while
-connections are open; it applies to connections accepted afterwards."""
+connections are open; it applies to connections accepted afterwards (`drop_connections()` makes
+pooled connections reconnect and meet it)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class FaultProxy:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def port(self) -> int:
@@ -48,6 +50,11 @@ class FaultProxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def drop_connections(self) -> None:
+        """Reset every open connection, so pooled ones meet the faults set since they opened."""
+        for writer in list(self._writers):
+            _abort_with_rst(writer)
+
     async def __aenter__(self) -> FaultProxy:
         return await self.start()
 
@@ -59,6 +66,7 @@ class FaultProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         faults = Faults(**{k: getattr(self.faults, k) for k in Faults.__slots__})
         try:
             if faults.reset:
@@ -77,6 +85,7 @@ class FaultProxy:
             pass
         finally:
             self._tasks.discard(task)
+            self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
 

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
     wait_random_exponential,
 )
 
 from router.budget import BUDGET_HEADER, remaining_ms
 from router.errors import (
+    DeadlineExceeded,
     NoHealthyTarget,
     UpstreamError,
     UpstreamOverflow,
@@ -64,6 +63,10 @@ async def call(
     replayable: bool,
     stream: bool = False,
 ) -> Forwarded:
+    if deadline <= asyncio.get_running_loop().time():
+        # Nothing left to spend (a slower tier used it up): a try could only time out and
+        # blame an upstream that did nothing wrong.
+        raise DeadlineExceeded(f"cluster {cluster.name}: the latency budget is spent")
     if not cluster.admit():
         raise UpstreamOverflow(f"cluster {cluster.name}: too many requests in flight")
     try:
@@ -85,12 +88,37 @@ async def _with_retries(
     retry = cluster.settings.retry
     loop = asyncio.get_running_loop()
     tried: list[Endpoint] = []
+    reserved = False  # a slot in the retry budget, held from its grant to the end of that try
 
-    def may_retry(exc: BaseException) -> bool:
+    def may_retry(exc: BaseException | None, tries: int) -> bool:
+        nonlocal reserved
+        if tries >= retry.max_attempts:
+            return False
         if not (replayable and isinstance(exc, UpstreamError) and exc.retryable):
             return False
         wait = exc.retry_after if isinstance(exc, UpstreamStatus) and exc.retry_after else 0.0
-        return loop.time() + wait < deadline and cluster.retry_allowed()
+        if loop.time() + wait >= deadline or not cluster.retry_allowed():
+            return False
+        # Taken at the grant, not after the back-off: failures that arrive together must not
+        # all find the budget empty.
+        cluster.retries_active += 1
+        reserved = True
+        return True
+
+    def release() -> None:
+        nonlocal reserved
+        if reserved:
+            cluster.retries_active -= 1
+            reserved = False
+
+    def retry_granted(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome is not None else None
+        # tenacity counts from the first retry; the bare first try came before it.
+        return may_retry(error, state.attempt_number + 1)
+
+    def out_of_time(state: RetryCallState) -> bool:
+        # A try that would start at the deadline could only time out, and blame the endpoint.
+        return loop.time() + state.upcoming_sleep >= deadline
 
     async def attempt(number: int) -> Forwarded:
         endpoint = cluster.pick(loop.time(), avoid=tried[-1] if tried else None)
@@ -104,25 +132,30 @@ async def _with_retries(
     try:
         return await attempt(1)
     except UpstreamError as exc:
-        if retry.max_attempts == 1 or not may_retry(exc):
+        if not may_retry(exc, 1):
             raise
         first_failure = exc
-    wait = _Wait(retry.base_backoff_ms / 1000, retry.max_backoff_ms / 1000, deadline, loop)
-    await asyncio.sleep(wait.after(first_failure, 1))
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(retry.max_attempts - 1),
-        wait=wait,
-        retry=retry_if_exception(may_retry),
-        reraise=True,
-    )
-    async for state in retrying:
-        with state:
-            cluster.counters.retries += 1
-            cluster.retries_active += 1
-            try:
-                return await attempt(state.retry_state.attempt_number + 1)
-            finally:
-                cluster.retries_active -= 1
+    try:
+        wait = _Wait(retry.base_backoff_ms / 1000, retry.max_backoff_ms / 1000, deadline, loop)
+        delay = wait.after(first_failure, 1)
+        if loop.time() + delay >= deadline:
+            raise first_failure
+        await asyncio.sleep(delay)
+        retrying = AsyncRetrying(
+            stop=out_of_time,  # max_attempts is enforced by may_retry
+            wait=wait,
+            retry=retry_granted,
+            reraise=True,
+        )
+        async for state in retrying:
+            with state:
+                cluster.counters.retries += 1
+                try:
+                    return await attempt(state.retry_state.attempt_number + 1)
+                finally:
+                    release()
+    finally:
+        release()  # granted, then stopped by the deadline, or cancelled during the back-off
     raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
 
 
@@ -138,8 +171,9 @@ async def _try(
     settings = cluster.settings
     now = loop.time()
     left = remaining_ms(deadline, now)
-    headers = {**outgoing.headers, BUDGET_HEADER: str(left)}
+    # The body first: re-encoding a v2 header updates its Inference-Header-Content-Length.
     body = outgoing.body_for(left) if outgoing.body_for else outgoing.body
+    headers = {**outgoing.headers, BUDGET_HEADER: str(left)}
     request = UpstreamRequest(outgoing.method, endpoint.base + outgoing.path, headers, body)
     where = f"cluster {cluster.name} endpoint {endpoint.index}"
     started = time.perf_counter()
@@ -150,7 +184,12 @@ async def _try(
             _check_status(response, where)
             data = None if stream else await response.read(MAX_RESPONSE_BYTES)
     except TimeoutError:
-        _failed(cluster, endpoint, started, timed_out=True)
+        # Slower than the client's budget is not broken: remember the latency (so the tier is
+        # skipped for such budgets) but blame the endpoint only for its own timeout.
+        if timeout < settings.request_timeout_ms / 1000:
+            endpoint.health.observe((time.perf_counter() - started) * 1000)
+        else:
+            _failed(cluster, endpoint, started, timed_out=True)
         raise UpstreamTimeout(f"{where}: no answer within {timeout * 1000:.0f} ms") from None
     except UpstreamError as exc:
         if exc.health_failure:
@@ -197,7 +236,7 @@ def _retry_after(raw: str | None) -> float | None:
 
 class _Wait:
     """Jittered exponential back-off, or the upstream's Retry-After when it sent one; never
-    past the deadline (a wait that cannot fit ends the retries through `may_retry`)."""
+    past the deadline (a wait that reaches it ends the retries: `out_of_time`)."""
 
     def __init__(self, base: float, cap: float, deadline: float, loop: asyncio.AbstractEventLoop):
         self._jitter = wait_random_exponential(multiplier=base, max=cap)

@@ -1,0 +1,488 @@
+"""A chain of three real layer-routers on loopback, edge -> regional -> central, with the real
+`openai` SDK and `tritonclient` talking to the edge, unmodified.
+
+    edge      color_classifier (v1, v2)   escalates low-confidence answers to the large model
+    regional  hotspot_detector
+    central   color_classifier_large (color_classifier v1's graph) and an OpenAI fake LLM
+
+Shown here: the latency budget shrinks hop by hop, the answer names the tier that served it and
+every router's reasons, low-confidence answers escalate, and a dead regional tier falls back to
+central."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import onnxruntime as ort
+import openai
+import orjson
+import pytest
+import tritonclient.http as triton_http
+from aiohttp import web
+from multidict import CIMultiDict
+
+from router.app import build_app
+from router.settings import Settings
+from router.testing import AppThread, FakeUpstream, FaultProxy, Recorded, RouterThread
+
+TIMEOUT_S = 30.0
+Reference = Callable[[Path], ort.InferenceSession]
+MESSAGES: list[Any] = [{"role": "user", "content": "how far is the central tier"}]
+RED, WHITE = [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # v2 top score 0.629; v1 top score 0.999
+
+
+@dataclass
+class Hop:
+    """A router of the chain, and every POST it received."""
+
+    server: AppThread
+    received: list[Recorded] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def last(self, path: str) -> Recorded:
+        return [r for r in self.received if r.path == path][-1]
+
+
+@dataclass
+class Chain:
+    edge: Hop
+    regional: Hop
+    central: Hop
+    llm: FakeUpstream
+    edge_repo: Path
+    central_repo: Path
+
+
+def cluster(name: str, tier: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "tier": tier,
+        "endpoints": [{"url": url}],
+        "health_check": {"interval_s": 0.2, "timeout_s": 2.0},
+        "discovery_interval_s": 1.0,
+        "retry": {"base_backoff_ms": 5, "max_backoff_ms": 20},
+        **extra,
+    }
+
+
+def site(tier: str, repo: Path, upstreams: list[dict[str, Any]], **routing: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "site": {"id": f"{tier}-site", "tier": tier},
+            "models": {"repository": repo, "inference_threads": 1},
+            "upstreams": upstreams,
+            "routing": routing,
+        }
+    )
+
+
+def escalating(threshold: float) -> dict[str, Any]:
+    rule = {"to_model": "color_classifier_large", "threshold": threshold}
+    return {"models": {"color_classifier": {"escalate": rule}}}
+
+
+def start_hop(settings: Settings) -> Hop:
+    """A router that also records every POST it receives, as the fake upstreams do."""
+    received: list[Recorded] = []
+    server = AppThread(lambda: recording(build_app(settings), received))
+    server.start()
+    return Hop(server, received)
+
+
+def recording(app: web.Application, into: list[Recorded]) -> web.Application:
+    async def record(request: web.Request, response: web.StreamResponse) -> None:
+        if request.method == "POST":
+            body = await request.read()  # already read by the handler: served from its cache
+            headers = CIMultiDict(request.headers)
+            into.append(Recorded(request.method, request.path, headers, body, time.monotonic()))
+
+    app.on_response_prepare.append(record)
+    return app
+
+
+@pytest.fixture(scope="module")
+def repos(edge_models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("chain")
+    edge, regional, central = root / "edge", root / "regional", root / "central"
+    shutil.copytree(edge_models / "color_classifier", edge / "color_classifier")
+    shutil.copytree(edge_models / "hotspot_detector", regional / "hotspot_detector")
+    large = central / "color_classifier_large"
+    (large / "1").mkdir(parents=True)
+    shutil.copy(edge_models / "color_classifier" / "1" / "model.onnx", large / "1")
+    shutil.copy(edge_models / "color_classifier" / "config.yaml", large)
+    return {"edge": edge, "regional": regional, "central": central}
+
+
+@pytest.fixture(scope="module")
+def chain(repos: dict[str, Path]) -> Iterator[Chain]:
+    """Started from the far end, so each router discovers what is behind its upstream."""
+    llm = FakeUpstream(name="llm", models=("gpt-test",))
+    hops: list[AppThread] = []
+    with AppThread(llm.app) as llm_server:
+        try:
+            llm_cluster = cluster("llm", "central", llm_server.url, protocols=["openai"])
+            central = start_hop(site("central", repos["central"], [llm_cluster]))
+            hops.append(central.server)
+            regional = start_hop(
+                site("regional", repos["regional"], [cluster("central", "central", central.url)])
+            )
+            hops.append(regional.server)
+            edge_upstreams = [
+                cluster("regional", "regional", regional.url),
+                cluster("central", "central", central.url),
+            ]
+            edge = start_hop(site("edge", repos["edge"], edge_upstreams, **escalating(0.99)))
+            hops.append(edge.server)
+            yield Chain(edge, regional, central, llm, repos["edge"], repos["central"])
+        finally:
+            for server in reversed(hops):
+                server.stop()
+
+
+@pytest.fixture
+def triton(chain: Chain) -> Iterator[triton_http.InferenceServerClient]:
+    client = triton_http.InferenceServerClient(
+        chain.edge.server.host_port, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+        yield session
+
+
+def rgb_body(*rows: list[float]) -> dict[str, Any]:
+    data = [v for row in rows for v in row]
+    return {"inputs": [{"name": "rgb", "shape": [len(rows), 3], "datatype": "FP32", "data": data}]}
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], **headers: str
+) -> tuple[int, CIMultiDict[str], dict[str, Any]]:
+    async with http.post(url, json=body, headers=headers) as resp:
+        return resp.status, CIMultiDict(resp.headers), await resp.json(content_type=None)
+
+
+def reference_probs(reference: Reference, path: Path, rows: list[list[float]]) -> np.ndarray:
+    (probs,) = reference(path).run(None, {"rgb": np.array(rows, dtype=np.float32)})
+    return np.asarray(probs)
+
+
+class TestBudgetAndTrace:
+    """What travels along the chain with a request."""
+
+    async def test_budget_shrinks_hop_by_hop(
+        self, http: aiohttp.ClientSession, chain: Chain
+    ) -> None:
+        """Each router passes on less budget than it got; central's v2 timeout agrees."""
+        path = "/v2/models/color_classifier_large/infer"
+        status, headers, _ = await post(
+            http, chain.edge.url + path, rgb_body(RED), **{"X-Latency-Budget-Ms": "5000"}
+        )
+        assert status == 200
+        assert headers["X-Served-By-Tier"] == "central"
+        at_regional = int(chain.regional.last(path).headers["X-Latency-Budget-Ms"])
+        at_central = chain.central.last(path)
+        central_ms = int(at_central.headers["X-Latency-Budget-Ms"])
+        assert 0 < central_ms <= at_regional < 5000
+        assert orjson.loads(at_central.body)["parameters"]["timeout"] == central_ms * 1000
+
+    async def test_reasons_and_tier_through_the_chain(
+        self, http: aiohttp.ClientSession, chain: Chain
+    ) -> None:
+        """The answer names central as its tier and each router's reasons, joined by `>`."""
+        status, headers, doc = await post(
+            http,
+            chain.edge.url + "/v2/models/color_classifier_large/infer",
+            rgb_body(RED),
+            **{"X-Request-Id": "chain-req-1"},
+        )
+        assert status == 200
+        assert doc["model_name"] == "color_classifier_large"
+        assert headers["X-Served-By-Tier"] == "central"
+        assert headers["X-Route-Reason"] == "forward:regional>forward:central>local"
+        assert headers["X-Request-Id"] == "chain-req-1"
+
+    async def test_ids_and_hops_propagate(self, http: aiohttp.ClientSession, chain: Chain) -> None:
+        """The request id and trace id reach central; each router counts one more hop."""
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        path = "/v2/models/color_classifier_large/infer"
+        await post(
+            http,
+            chain.edge.url + path,
+            rgb_body(RED),
+            **{"X-Request-Id": "chain-req-2", "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
+        )
+        spans = set()
+        for hop, count in ((chain.regional, "1"), (chain.central, "2")):
+            seen = hop.last(path).headers
+            assert seen["X-Request-Id"] == "chain-req-2"
+            _, seen_trace, span, _ = seen["traceparent"].split("-")
+            assert seen_trace == trace_id
+            spans.add(span)
+            assert seen["X-Layer-Router-Hops"] == count
+        assert len(spans | {"b7ad6b7169203331"}) == 3
+
+    async def test_regional_model_served_by_regional(
+        self, http: aiohttp.ClientSession, chain: Chain
+    ) -> None:
+        """A model the regional tier holds stops there."""
+        frame = [30.0] * 64
+        body = {
+            "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": frame}]
+        }
+        before = len(chain.central.received)
+        status, headers, _ = await post(
+            http, chain.edge.url + "/v2/models/hotspot_detector/infer", body
+        )
+        assert status == 200
+        assert headers["X-Served-By-Tier"] == "regional"
+        assert headers["X-Route-Reason"] == "forward:regional>local"
+        assert len(chain.central.received) == before
+
+
+class TestEscalation:
+    """Small-model fronting: low-confidence local answers go to the large model upstream."""
+
+    async def test_low_confidence_escalated(
+        self, http: aiohttp.ClientSession, chain: Chain, reference: Reference
+    ) -> None:
+        """Red scores 0.63 on the local v2 model, below 0.99: central's large model answers."""
+        status, headers, doc = await post(
+            http, chain.edge.url + "/v2/models/color_classifier/infer", rgb_body(RED)
+        )
+        assert status == 200
+        assert doc["model_name"] == "color_classifier_large"
+        assert headers["X-Served-By-Tier"] == "central"
+        reasons = headers["X-Route-Reason"]
+        assert reasons == "local,escalated_low_confidence:regional>forward:central>local"
+        expected = reference_probs(
+            reference, chain.central_repo / "color_classifier_large" / "1" / "model.onnx", [RED]
+        )
+        np.testing.assert_allclose(doc["outputs"][0]["data"], expected.ravel(), rtol=1e-5)
+
+    async def test_confident_answer_stays_local(
+        self, http: aiohttp.ClientSession, chain: Chain
+    ) -> None:
+        """White scores 0.999 on local v1, above the threshold: answered at the edge."""
+        before = len(chain.regional.received)
+        status, headers, doc = await post(
+            http, chain.edge.url + "/v2/models/color_classifier/versions/1/infer", rgb_body(WHITE)
+        )
+        assert status == 200
+        assert doc["model_name"] == "color_classifier"
+        assert headers["X-Served-By-Tier"] == "edge"
+        assert headers["X-Route-Reason"] == "local"
+        assert len(chain.regional.received) == before
+
+    async def test_one_weak_row_escalates_the_batch(
+        self, http: aiohttp.ClientSession, chain: Chain
+    ) -> None:
+        """A batch is judged by its weakest row."""
+        status, headers, doc = await post(
+            http,
+            chain.edge.url + "/v2/models/color_classifier/versions/1/infer",
+            rgb_body(WHITE, RED),
+        )
+        assert status == 200
+        assert headers["X-Served-By-Tier"] == "central"
+        assert doc["outputs"][0]["shape"] == [2, 10]
+
+    def test_escalation_with_binary_tensors(
+        self, triton: triton_http.InferenceServerClient, reference: Reference, chain: Chain
+    ) -> None:
+        """tritonclient's binary request escalates intact and gets the large model's tensors."""
+        rows = [RED, [0.5, 0.5, 0.5]]
+        tensor = triton_http.InferInput("rgb", [2, 3], "FP32")
+        tensor.set_data_from_numpy(np.array(rows, dtype=np.float32), binary_data=True)
+        result = triton.infer("color_classifier", [tensor])
+        assert result.get_response()["model_name"] == "color_classifier_large"
+        expected = reference_probs(
+            reference, chain.central_repo / "color_classifier_large" / "1" / "model.onnx", rows
+        )
+        np.testing.assert_allclose(result.as_numpy("probs"), expected, rtol=1e-5, atol=1e-6)
+
+    async def test_low_threshold_serves_locally(
+        self, http: aiohttp.ClientSession, chain: Chain
+    ) -> None:
+        """With the threshold at 0.5, red (0.63) is confident enough for the edge."""
+        settings = site(
+            "edge",
+            chain.edge_repo,
+            [cluster("regional", "regional", chain.regional.url)],
+            **escalating(0.5),
+        )
+        lenient = RouterThread(settings)
+        await asyncio.to_thread(lenient.start)
+        try:
+            status, headers, doc = await post(
+                http, lenient.url + "/v2/models/color_classifier/infer", rgb_body(RED)
+            )
+        finally:
+            await asyncio.to_thread(lenient.stop)
+        assert status == 200
+        assert doc["model_name"] == "color_classifier"
+        assert (headers["X-Served-By-Tier"], headers["X-Route-Reason"]) == ("edge", "local")
+
+
+class TestFallback:
+    """A regional tier that stops answering hands over to central."""
+
+    async def test_blackholed_regional_falls_back(
+        self, http: aiohttp.ClientSession, chain: Chain
+    ) -> None:
+        """Regional accepts and stays silent: after its per-try timeout, central answers."""
+        async with FaultProxy("127.0.0.1", chain.regional.server.port) as proxy:
+            proxy.faults.blackhole = True
+            regional = cluster(
+                "regional",
+                "regional",
+                proxy.url,
+                models=["color_classifier_large", "hotspot_detector"],
+                health_check={"enabled": False},
+                request_timeout_ms=300,
+                retry={"max_attempts": 1},
+            )
+            edge = RouterThread(
+                site(
+                    "edge",
+                    chain.edge_repo,
+                    [regional, cluster("central", "central", chain.central.url)],
+                )
+            )
+            await asyncio.to_thread(edge.start)
+            try:
+                path = "/v2/models/color_classifier_large/infer"
+                status, headers, doc = await post(http, edge.url + path, rgb_body(RED))
+                assert status == 200
+                assert doc["model_name"] == "color_classifier_large"
+                assert headers["X-Served-By-Tier"] == "central"
+                reasons = headers["X-Route-Reason"]
+                assert reasons == "failed:regional:upstream_timeout,fallback:central>local"
+                assert proxy.connections >= 1
+                # Only regional holds hotspot_detector: nothing to fall back to.
+                path = "/v2/models/hotspot_detector/infer"
+                status, headers, doc = await post(http, edge.url + path, rgb_body(RED))
+                assert status == 504
+                assert headers["X-Route-Reason"] == "failed:regional:upstream_timeout"
+                assert "no answer within" in doc["error"]
+            finally:
+                await asyncio.to_thread(edge.stop)
+
+    async def test_stopped_regional_falls_back(
+        self, http: aiohttp.ClientSession, chain: Chain, repos: dict[str, Path]
+    ) -> None:
+        """A regional router that was shut down: the edge falls back to central."""
+        regional = RouterThread(
+            site("regional", repos["regional"], [cluster("central", "central", chain.central.url)])
+        )
+        await asyncio.to_thread(regional.start)
+        stopped = False
+        upstreams = [
+            cluster(
+                "regional",
+                "regional",
+                regional.url,
+                health_check={"enabled": False},
+                retry={"max_attempts": 1},
+            ),
+            cluster("central", "central", chain.central.url),
+        ]
+        edge = RouterThread(site("edge", chain.edge_repo, upstreams))
+        await asyncio.to_thread(edge.start)
+        try:
+            path = "/v2/models/color_classifier_large/infer"
+            status, headers, _ = await post(http, edge.url + path, rgb_body(RED))
+            assert headers["X-Route-Reason"] == "forward:regional>forward:central>local"
+            await asyncio.to_thread(regional.stop)
+            stopped = True
+            status, headers, doc = await post(http, edge.url + path, rgb_body(RED))
+            assert status == 200
+            assert doc["model_name"] == "color_classifier_large"
+            assert headers["X-Served-By-Tier"] == "central"
+            reasons = headers["X-Route-Reason"]
+            assert re.fullmatch(r"failed:regional:upstream_\w+,fallback:central>local", reasons)
+        finally:
+            await asyncio.to_thread(edge.stop)
+            if not stopped:
+                await asyncio.to_thread(regional.stop)
+
+
+class TestClientsThroughTheChain:
+    """The real clients, unmodified, against the edge of the chain."""
+
+    def test_openai_chat(self, chain: Chain) -> None:
+        """A chat completion travels edge -> regional -> central -> the LLM and back."""
+        with openai.OpenAI(
+            base_url=chain.edge.url + "/v1", api_key="sk-chain", max_retries=0, timeout=TIMEOUT_S
+        ) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-test", messages=MESSAGES
+            )
+        completion = raw.parse()
+        assert completion.choices[0].message.content == "llm heard: how far is the central tier"
+        assert raw.headers["X-Served-By-Tier"] == "central"
+        assert raw.headers["X-Route-Reason"] == "forward:regional>forward:central>forward:llm"
+        assert chain.llm.received[-1].headers["X-Layer-Router-Hops"] == "3"
+
+    def test_openai_stream(self, chain: Chain) -> None:
+        """A stream passes three routers with its chunks and usage intact."""
+        with openai.OpenAI(
+            base_url=chain.edge.url + "/v1", api_key="sk-chain", max_retries=0, timeout=TIMEOUT_S
+        ) as client:
+            stream = client.chat.completions.create(
+                model="gpt-test",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "llm heard: how far is the central tier"
+        assert chunks[-1].choices == []
+        assert chunks[-1].usage is not None
+
+    def test_openai_models_list(self, chain: Chain) -> None:
+        """The edge lists its own model and what lies behind each upstream."""
+        with openai.OpenAI(
+            base_url=chain.edge.url + "/v1", api_key="sk-chain", max_retries=0, timeout=TIMEOUT_S
+        ) as client:
+            listed = {(m.id, (m.model_extra or {}).get("tier")) for m in client.models.list()}
+        assert ("color_classifier", "edge") in listed
+        assert ("hotspot_detector", "regional") in listed
+        # Behind regional (as regional lists them) and straight from the central cluster.
+        assert ("gpt-test", "central") in listed
+        assert ("color_classifier_large", "central") in listed
+
+    def test_tritonclient(
+        self, triton: triton_http.InferenceServerClient, reference: Reference, chain: Chain
+    ) -> None:
+        """tritonclient reaches the large model at central, JSON and binary alike."""
+        rows = np.array([[0.2, 0.9, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+        path = chain.central_repo / "color_classifier_large" / "1" / "model.onnx"
+        expected = reference_probs(reference, path, rows.tolist())
+        for binary in (False, True):
+            tensor = triton_http.InferInput("rgb", [2, 3], "FP32")
+            tensor.set_data_from_numpy(rows, binary_data=binary)
+            outputs = [triton_http.InferRequestedOutput("probs", binary_data=binary)]
+            result = triton.infer("color_classifier_large", [tensor], outputs=outputs)
+            np.testing.assert_allclose(result.as_numpy("probs"), expected, rtol=1e-5, atol=1e-6)
+        assert triton.is_model_ready("color_classifier_large")
+        assert triton.get_model_metadata("color_classifier_large")["inputs"] == [
+            {"name": "rgb", "datatype": "FP32", "shape": [-1, 3]}
+        ]

@@ -1,0 +1,403 @@
+"""The OpenAI-compatible face through the real `openai` SDK (sync and asyncio), with fake
+OpenAI upstreams on loopback: answers arrive intact, streams are relayed as they come, errors
+have OpenAI's shape and map onto the SDK's exception classes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from router.api.state import UPSTREAMS
+from router.settings import Settings
+from router.testing import AppThread, Behaviour, FakeUpstream, RouterThread
+
+TIMEOUT_S = 30.0
+STREAM_DELAY_S = 0.3  # between the slow upstream's SSE events
+MESSAGES: list[Any] = [{"role": "user", "content": "what colour is the sky"}]
+
+
+@dataclass
+class TextCompletions(FakeUpstream):
+    """A fake that answers /v1/completions in the text-completion shape the SDK parses."""
+
+    def _completion(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if "prompt" not in doc:
+            return super()._completion(doc)
+        choice = {"index": 0, "text": self._text(doc), "logprobs": None, "finish_reason": "stop"}
+        return {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": 0,
+            "model": doc.get("model", ""),
+            "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+
+
+@dataclass
+class WatchedStreams(FakeUpstream):
+    """A fake that remembers how each SSE answer ended: completed, or cut by its client."""
+
+    endings: list[str] = field(default_factory=list)
+
+    async def _stream(self, request: web.Request, doc: dict[str, Any]) -> web.StreamResponse:
+        try:
+            response = await super()._stream(request, doc)
+        except BaseException as exc:  # cancelled or reset: the router hung up on us
+            self.endings.append(type(exc).__name__)
+            raise
+        self.endings.append("complete")
+        return response
+
+
+@dataclass
+class Site:
+    router: RouterThread
+    llm: TextCompletions
+    slow: WatchedStreams
+    endless: WatchedStreams
+    broken: FakeUpstream
+    llm_url: str
+
+
+def closed_port() -> int:
+    """A loopback port that nothing listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cluster(name: str, tier: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "tier": tier,
+        "protocols": ["openai"],
+        "endpoints": [{"url": url}],
+        "connect_timeout_ms": 2_000,
+        "health_check": {"interval_s": 0.2, "timeout_s": 2.0},
+        "retry": {"base_backoff_ms": 5, "max_backoff_ms": 20},
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def site(edge_models: Path) -> Iterator[Site]:
+    """An edge router serving the demo models, with four OpenAI upstreams and a dead one."""
+    llm = TextCompletions(name="llm", models=("gpt-test", "text-embed"))
+    slow = WatchedStreams(
+        name="slow", models=("gpt-slow",), behaviour=Behaviour(stream_delay_s=STREAM_DELAY_S)
+    )
+    endless = WatchedStreams(
+        name="endless",
+        models=("gpt-endless",),
+        behaviour=Behaviour(stream_chunks=100, stream_delay_s=0.2),
+    )
+    broken = FakeUpstream(name="broken", models=("gpt-broken",))
+    threads = [AppThread(fake.app) for fake in (llm, slow, endless, broken)]
+    for thread in threads:
+        thread.start()
+    try:
+        settings = Settings.model_validate(
+            {
+                "site": {"id": "edge-openai", "tier": "edge"},
+                "models": {"repository": edge_models, "inference_threads": 1},
+                "upstreams": [
+                    cluster("llm", "regional", threads[0].url),
+                    cluster("slow", "central", threads[1].url),
+                    cluster("endless", "central", threads[2].url),
+                    cluster("broken", "regional", threads[3].url),
+                    cluster(
+                        "gone",
+                        "central",
+                        f"http://127.0.0.1:{closed_port()}",
+                        models=["gpt-gone"],
+                        health_check={"enabled": False},
+                    ),
+                ],
+            }
+        )
+        with RouterThread(settings) as router:
+            yield Site(router, llm, slow, endless, broken, threads[0].url)
+    finally:
+        for thread in threads:
+            thread.stop()
+
+
+@pytest.fixture
+def client(site: Site) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=site.router.url + "/v1", api_key="sk-test", max_retries=0, timeout=TIMEOUT_S
+    ) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def aclient(site: Site) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=site.router.url + "/v1", api_key="sk-test", max_retries=0, timeout=TIMEOUT_S
+    ) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+        yield session
+
+
+def wait_for(predicate: Any, timeout_s: float = 10.0) -> bool:
+    """Poll `predicate` until it holds or `timeout_s` passes (a bound, not a measurement)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+class TestAnswers:
+    """Non-streamed answers through the sync SDK."""
+
+    def test_chat_completion(self, client: openai.OpenAI, site: Site) -> None:
+        """A chat completion comes back as the upstream wrote it, with our trace headers."""
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
+        completion = raw.parse()
+        assert completion.choices[0].message.content == "llm heard: what colour is the sky"
+        assert completion.choices[0].finish_reason == "stop"
+        assert completion.usage is not None
+        assert completion.usage.total_tokens == 2
+        assert raw.headers["X-Served-By-Tier"] == "regional"
+        assert raw.headers["X-Route-Reason"] == "forward:llm"
+        assert raw.headers["X-Request-Id"]
+        assert "upstream;dur=" in raw.headers["Server-Timing"]
+        sent = orjson.loads(site.llm.requests_to("/v1/chat/completions")[-1].body)
+        assert sent["messages"] == MESSAGES
+
+    def test_completion(self, client: openai.OpenAI) -> None:
+        """Legacy text completions are relayed too."""
+        completion = client.completions.create(model="gpt-test", prompt="once upon a time")
+        assert completion.choices[0].text == "llm heard: once upon a time"
+        assert completion.object == "text_completion"
+
+    def test_embeddings(self, client: openai.OpenAI, site: Site) -> None:
+        """Embeddings for each input arrive in order."""
+        result = client.embeddings.create(
+            model="text-embed", input=["a", "bcd"], encoding_format="float"
+        )
+        assert [item.embedding for item in result.data] == [[1.0, 0.5], [3.0, 0.5]]
+        assert [item.index for item in result.data] == [0, 1]
+        assert site.llm.requests_to("/v1/embeddings")
+
+    def test_models_list_shows_every_tier(self, client: openai.OpenAI) -> None:
+        """`models.list()` lists local models and each upstream's, with the tier serving it."""
+        tiers = {m.id: (m.model_extra or {}).get("tier") for m in client.models.list()}
+        assert tiers["color_classifier"] == "edge"
+        assert tiers["hotspot_detector"] == "edge"
+        assert tiers["gpt-test"] == "regional"
+        assert tiers["text-embed"] == "regional"
+        assert tiers["gpt-slow"] == "central"
+        assert tiers["gpt-gone"] == "central"
+
+    async def test_async_sdk(self, aclient: openai.AsyncOpenAI) -> None:
+        """The asyncio SDK gets the same answers, concurrently."""
+        chats = [
+            aclient.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": f"question {i}"}]
+            )
+            for i in range(5)
+        ]
+        answers = await asyncio.gather(*chats)
+        assert [a.choices[0].message.content for a in answers] == [
+            f"llm heard: question {i}" for i in range(5)
+        ]
+        result = await aclient.embeddings.create(model="text-embed", input="xy")
+        assert result.data[0].embedding == [2.0, 0.5]
+
+
+class TestStreaming:
+    """SSE streams through the router."""
+
+    def test_stream_with_usage(self, client: openai.OpenAI) -> None:
+        """Chunks arrive in order, their content equals the upstream's, the usage chunk last."""
+        stream = client.chat.completions.create(
+            model="gpt-test",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "llm heard: what colour is the sky"
+        assert chunks[-2].choices[0].finish_reason == "stop"
+        usage_chunk = chunks[-1]
+        assert usage_chunk.choices == []
+        assert usage_chunk.usage is not None
+        assert usage_chunk.usage.completion_tokens == 3
+        assert usage_chunk.usage.total_tokens == 4
+        assert all(c.usage is None for c in chunks[:-1])
+
+    async def test_stream_bytes_identical_to_upstream(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """The SSE body through the router is byte for byte what the upstream sent."""
+        body = {
+            "model": "gpt-test",
+            "messages": MESSAGES,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with http.post(site.router.url + "/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/event-stream"
+            assert resp.headers["X-Served-By-Tier"] == "regional"
+            relayed = await resp.read()
+        async with http.post(site.llm_url + "/v1/chat/completions", json=body) as resp:
+            direct = await resp.read()
+        assert relayed == direct
+        assert relayed.endswith(b"data: [DONE]\n\n")
+
+    async def test_async_stream(self, aclient: openai.AsyncOpenAI) -> None:
+        """The asyncio SDK streams the same content."""
+        stream = await aclient.chat.completions.create(
+            model="gpt-test", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "llm heard: what colour is the sky"
+        assert chunks[-1].usage is not None
+
+    def test_stream_not_buffered(self, client: openai.OpenAI, site: Site) -> None:
+        """With the upstream pausing between events, the first chunk reaches the client long
+        before the stream ends, and the chunks arrive spread out as they were sent."""
+        started = time.monotonic()
+        arrivals: list[float] = []
+        with client.chat.completions.create(
+            model="gpt-slow", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        ) as stream:
+            for _ in stream:
+                arrivals.append(time.monotonic() - started)
+        total = time.monotonic() - started
+        events = 6  # role, three content pieces, finish, usage
+        assert len(arrivals) == events
+        # The upstream sleeps STREAM_DELAY_S after each event; a buffering proxy would deliver
+        # every chunk at the very end.
+        assert total >= events * STREAM_DELAY_S * 0.9
+        assert arrivals[0] < total / 3
+        assert arrivals[-1] - arrivals[0] > total / 2
+        assert site.slow.endings[-1] == "complete"
+
+    def test_client_disconnect_cancels_upstream(self, client: openai.OpenAI, site: Site) -> None:
+        """A client that hangs up mid-stream makes the router drop the upstream request."""
+        before = len(site.endless.endings)
+        stream = client.chat.completions.create(model="gpt-endless", messages=MESSAGES, stream=True)
+        first = next(iter(stream))
+        assert first.choices[0].delta.role == "assistant"
+        stream.close()
+        # The upstream's answer would take 100 x 0.2 s; it must end early and not complete.
+        assert wait_for(lambda: len(site.endless.endings) > before)
+        assert site.endless.endings[before] != "complete"
+        app = site.router.app
+        assert app is not None
+        assert wait_for(
+            lambda: site.router.call(lambda: app[UPSTREAMS].clusters["endless"].active) == 0
+        )
+
+
+class TestErrors:
+    """Failures in OpenAI's error shape, raised by the SDK as the matching exception."""
+
+    def test_bad_json(self, client: openai.OpenAI) -> None:
+        """A body that is not JSON is a 400 BadRequestError naming the problem."""
+        with pytest.raises(openai.BadRequestError) as info:
+            client.post(
+                "/chat/completions",
+                cast_to=object,
+                content=b'{"model": "gpt-test", "messages": [',
+                options={"headers": {"Content-Type": "application/json"}},
+            )
+        assert info.value.status_code == 400
+        assert info.value.code == "malformed_body"
+        assert "not valid JSON" in info.value.message
+        assert error_object(info.value)["type"] == "invalid_request_error"
+
+    def test_missing_model(self, client: openai.OpenAI) -> None:
+        """A request without a model is a 400 saying so."""
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="", messages=MESSAGES)
+        assert info.value.code == "bad_request"
+        assert "'model'" in info.value.message
+
+    def test_unknown_model(self, client: openai.OpenAI) -> None:
+        """A model nobody serves is a 404 NotFoundError with code model_not_found."""
+        with pytest.raises(openai.NotFoundError) as info:
+            client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+        assert info.value.code == "model_not_found"
+        assert "no-such-model" in info.value.message
+        assert error_object(info.value) == {
+            "message": "unknown model 'no-such-model'",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+
+    def test_local_kserve_model_is_not_an_openai_model(self, client: openai.OpenAI) -> None:
+        """A local v2 model cannot be reached on the OpenAI face."""
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="color_classifier", messages=MESSAGES)
+
+    def test_upstream_down(self, client: openai.OpenAI) -> None:
+        """An upstream that refuses connections is a 502 InternalServerError."""
+        with pytest.raises(openai.InternalServerError) as info:
+            client.chat.completions.create(model="gpt-gone", messages=MESSAGES)
+        assert info.value.status_code == 502
+        assert info.value.code == "upstream_connect_failed"
+        assert "connection failed" in info.value.message
+        assert error_object(info.value)["type"] == "server_error"
+        assert (
+            info.value.response.headers["X-Route-Reason"] == "failed:gone:upstream_connect_failed"
+        )
+
+    @pytest.mark.parametrize(("upstream", "ours"), [(500, 502), (503, 503)])
+    def test_upstream_5xx(
+        self, client: openai.OpenAI, site: Site, upstream: int, ours: int
+    ) -> None:
+        """An upstream 5xx is our 502 (503 stays 503), sent once: a chat is not replayed."""
+        site.broken.behaviour.fail_status = upstream
+        before = len(site.broken.received)
+        try:
+            with pytest.raises(openai.InternalServerError) as info:
+                client.chat.completions.create(model="gpt-broken", messages=MESSAGES)
+        finally:
+            site.broken.behaviour.fail_status = 0
+        assert info.value.status_code == ours
+        assert info.value.code == "upstream_status"
+        assert f"answered {upstream}" in info.value.message
+        assert "failing on purpose" not in info.value.message  # the upstream's body stays there
+        assert len(site.broken.received) == before + 1
+
+    async def test_async_sdk_error(self, aclient: openai.AsyncOpenAI) -> None:
+        """The asyncio SDK raises the same classes."""
+        with pytest.raises(openai.NotFoundError) as info:
+            await aclient.chat.completions.create(model="no-such-model", messages=MESSAGES)
+        assert info.value.code == "model_not_found"
+
+
+def error_object(error: openai.APIStatusError) -> dict[str, Any]:
+    """The `error` object of an OpenAI error body, checked to be the whole body."""
+    doc = orjson.loads(error.response.content)
+    assert list(doc) == ["error"]
+    assert set(doc["error"]) == {"message", "type", "param", "code"}
+    result: dict[str, Any] = doc["error"]
+    return result
