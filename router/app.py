@@ -14,6 +14,7 @@ from router.api.errors import error_middleware
 from router.api.state import (
     MODELS,
     PIPELINES,
+    POLICY,
     SETTINGS,
     STATUS,
     UPSTREAMS,
@@ -28,7 +29,8 @@ from router.inference.repository import (
     default_session_builder,
 )
 from router.pipeline import Pipeline
-from router.resources import demo_model_repository
+from router.policy.bundle import load_bundle
+from router.resources import default_policy_bundle, demo_model_repository
 from router.settings import Settings
 from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
@@ -48,6 +50,7 @@ def build_app(
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
+    app[POLICY] = load_bundle(settings.policy.bundle or default_policy_bundle())
     app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
     app.cleanup_ctx.append(_upstreams)
     app.on_startup.append(_pipelines)

@@ -11,7 +11,8 @@ from pathlib import Path
 from router import __version__, logs, yamlconf
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
-from router.resources import demo_model_repository
+from router.policy.bundle import load_bundle
+from router.resources import default_policy_bundle, demo_model_repository
 from router.settings import Settings, load_settings
 
 
@@ -68,11 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
+        bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.logging.level)
     if args.command == "check":
+        print(f"policy bundle '{bundle.manifest.name}' revision {bundle.revision} ({bundle.path})")
         return check(settings)
     from router.server import serve
 

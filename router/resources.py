@@ -15,3 +15,7 @@ def bundled(name: str) -> Path:
 
 def demo_model_repository() -> Path:
     return bundled("edge_models")
+
+
+def default_policy_bundle() -> Path:
+    return bundled("policies") / "default"

@@ -12,6 +12,7 @@ from aiohttp import web
 from router import __version__
 from router.api.state import MODELS, STATUS
 from router.app import build_app
+from router.errors import ConfigError
 from router.inference.repository import ModelRepository
 from router.settings import Settings
 
@@ -25,7 +26,11 @@ def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
 
 
 async def _serve(settings: Settings, out: TextIO) -> int:
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     runner = web.AppRunner(
         app,
         access_log=None,

@@ -32,6 +32,8 @@ class SiteSettings(Strict):
         "edge-local"
     )
     tier: Tier = Tier.EDGE
+    # Where this site's data originates; residency rules compare endpoints' jurisdictions to it.
+    jurisdiction: str = ""
 
 
 class ServerSettings(Strict):
@@ -151,6 +153,14 @@ class RoutingSettings(Strict):
     models: dict[str, ModelRouteSettings] = {}
 
 
+class PolicySettings(Strict):
+    # A policy bundle folder; None: the bundle shipped with the program (policies/default).
+    bundle: Path | None = None
+    # Key for keyed pseudonyms (HMAC-SHA256). None: a random key per process, so pseudonyms
+    # stay stable only until a restart. A file must hold at least 32 bytes.
+    secret_file: Path | None = None
+
+
 class LoggingSettings(Strict):
     level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
 
@@ -162,6 +172,7 @@ class Settings(Strict):
     logging: LoggingSettings = LoggingSettings()
     upstreams: tuple[ClusterSettings, ...] = ()
     routing: RoutingSettings = RoutingSettings()
+    policy: PolicySettings = PolicySettings()
 
     @model_validator(mode="after")
     def _unique_cluster_names(self) -> Settings:
@@ -181,4 +192,12 @@ def load_settings(path: Path | None) -> Settings:
     if repo is not None and not repo.is_absolute():
         models = settings.models.model_copy(update={"repository": path.parent / repo})
         settings = settings.model_copy(update={"models": models})
+    policy = settings.policy
+    relative = {
+        key: path.parent / value
+        for key, value in (("bundle", policy.bundle), ("secret_file", policy.secret_file))
+        if value is not None and not value.is_absolute()
+    }
+    if relative:
+        settings = settings.model_copy(update={"policy": policy.model_copy(update=relative)})
     return settings

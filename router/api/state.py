@@ -8,6 +8,7 @@ from aiohttp import web
 
 from router.inference.repository import ModelRepository
 from router.pipeline import Pipeline
+from router.policy.bundle import PolicyBundle
 from router.settings import Settings
 from router.upstreams.registry import Upstreams
 
@@ -29,3 +30,4 @@ MODELS = web.AppKey("models", ModelRepository)
 PIPELINES = web.AppKey("pipelines", Pipelines)
 STATUS = web.AppKey("status", ServerStatus)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
+POLICY = web.AppKey("policy", PolicyBundle)

@@ -24,6 +24,7 @@ class Failure(StrEnum):
     OVER_BUDGET = "budget_unmeetable"  # someone serves it, but not within the budget: 504
     UNAVAILABLE = "no_healthy_target"  # someone serves it, but nothing is up: 503
     OFFLINE = "offline"  # upstream needed while the site runs local-only: 503
+    RESIDENCY = "no_compliant_target"  # served only where this request may not go: 403
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class ClusterView:
     models: frozenset[str] | None  # None: not discovered yet (assumed to serve nothing)
     live_endpoints: int
     expected_ms: float
+    jurisdictions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +86,19 @@ class _Draft:
     reasons: list[str] = field(default_factory=list)
     served_somewhere: bool = False
     over_budget: bool = False
-    needs_upstream: bool = False
+    blocked: bool = False  # a cluster serves it, but residency forbids going there
+    reachable: bool = False  # a permitted cluster serves it
 
 
-def decide(facts: Facts, rules: Rules, snapshot: Snapshot, local_tier: str = "edge") -> Decision:
+def decide(
+    facts: Facts,
+    rules: Rules,
+    snapshot: Snapshot,
+    local_tier: str = "edge",
+    permitted: frozenset[str] | None = None,
+) -> Decision:
+    """`permitted`: the clusters residency lets this request reach (None: all of them). Every
+    target passes through it, fallbacks included: no panic mode crosses a residency line."""
     draft = _Draft()
     _consider_local(facts, rules, snapshot, local_tier, draft)
     if snapshot.offline:
@@ -96,7 +107,7 @@ def decide(facts: Facts, rules: Rules, snapshot: Snapshot, local_tier: str = "ed
             return Decision((), tuple(draft.reasons), Failure.OFFLINE)
     else:
         for cluster in _by_tier(snapshot.clusters):
-            _consider_cluster(facts, cluster, draft)
+            _consider_cluster(facts, cluster, draft, permitted)
     return Decision(tuple(draft.targets), tuple(draft.reasons), _failure(draft))
 
 
@@ -120,12 +131,19 @@ def _consider_local(
         draft.targets.append(Target("local", facts.model, local_tier, view.expected_ms))
 
 
-def _consider_cluster(facts: Facts, cluster: ClusterView, draft: _Draft) -> None:
+def _consider_cluster(
+    facts: Facts, cluster: ClusterView, draft: _Draft, permitted: frozenset[str] | None
+) -> None:
     if facts.api not in cluster.protocols:
         return
     if cluster.models is None or facts.model not in cluster.models:
         return
     draft.served_somewhere = True
+    if permitted is not None and cluster.name not in permitted:
+        draft.blocked = True
+        draft.reasons.append(f"residency:{cluster.name}")
+        return
+    draft.reachable = True
     if cluster.live_endpoints == 0:
         draft.reasons.append(f"unhealthy:{cluster.name}")
     elif cluster.expected_ms > facts.budget_ms:
@@ -151,6 +169,8 @@ def _failure(draft: _Draft) -> Failure | None:
         return None
     if not draft.served_somewhere:
         return Failure.UNKNOWN_MODEL
+    if draft.blocked and not draft.reachable and not draft.over_budget:
+        return Failure.RESIDENCY
     if draft.over_budget:
         return Failure.OVER_BUDGET
     return Failure.UNAVAILABLE

@@ -77,7 +77,12 @@ class Cluster:
             models=self.models,
             live_endpoints=len(live),
             expected_ms=min((ep.health.expected_ms for ep in live), default=float("inf")),
+            jurisdictions=self.jurisdictions,
         )
+
+    @property
+    def jurisdictions(self) -> frozenset[str]:
+        return frozenset(ep.settings.jurisdiction for ep in self.endpoints)
 
     def pick(self, now: float, avoid: Endpoint | None = None) -> Endpoint | None:
         """A live endpoint by weight, preferring one other than the endpoint that just failed."""

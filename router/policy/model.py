@@ -1,0 +1,104 @@
+"""The schema of a policy bundle: one pydantic model per file, validated like site config
+(unknown keys and bad values are errors naming file and key)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+
+from router.redaction.types import Action
+from router.yamlconf import Strict
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+TIERS = ("edge", "regional", "central")
+
+
+class Manifest(Strict):
+    name: Name
+    revision: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str = ""
+
+
+class DataClasses(Strict):
+    classes: Annotated[tuple[Name, ...], Field(min_length=1)]
+    default: Name
+    entities: dict[str, Name] = {}
+
+    @model_validator(mode="after")
+    def _known(self) -> DataClasses:
+        unknown = {self.default, *self.entities.values()} - set(self.classes)
+        if unknown:
+            raise ValueError(f"unknown data class {sorted(unknown)[0]!r}; known: {self.classes}")
+        return self
+
+    def rank(self, data_class: str) -> int:
+        return self.classes.index(data_class)
+
+
+class CustomPatternRule(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+    pattern: Annotated[str, Field(min_length=1, max_length=1000)]
+    data_class: Name
+
+
+class Detection(Strict):
+    max_body_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+    cpu_deadline_ms: Annotated[float, Field(gt=0)] = 200.0
+    headers: tuple[str, ...] = ()
+    query: bool = True
+    fail_open_paths: tuple[str, ...] = ()
+    custom: tuple[CustomPatternRule, ...] = ()
+
+    @field_validator("headers")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(h.lower() for h in value)
+
+
+class TierRedaction(Strict):
+    default: Action = Action.TOKENIZE
+    entities: dict[str, Action] = {}
+    paths: dict[str, Action] = {}  # glob field paths with their own action, e.g. user: drop
+
+
+class Redaction(Strict):
+    tiers: dict[str, TierRedaction]
+    drop_fields: tuple[str, ...] = ()
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(cls, value: dict[str, TierRedaction]) -> dict[str, TierRedaction]:
+        unknown = set(value) - set(TIERS)
+        if unknown:
+            raise ValueError(f"unknown tier {sorted(unknown)[0]!r}; known: {TIERS}")
+        return value
+
+
+class ResidencyRule(Strict):
+    data_class: Name | tuple[Name, ...]
+    tiers: tuple[str, ...] = TIERS
+    jurisdictions: tuple[str, ...] = ("any",)  # "any", "same" (the origin's) or names
+    once_redacted_to: Name | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return (self.data_class,) if isinstance(self.data_class, str) else self.data_class
+
+
+class Residency(Strict):
+    rules: tuple[ResidencyRule, ...] = ()
+
+
+class Budgets(Strict):
+    routes: dict[str, Annotated[int, Field(gt=0)]] = {}
+    models: dict[str, Annotated[int, Field(gt=0)]] = {}
+
+
+class TenantDefaults(Strict):
+    data_class: Name | None = None
+
+
+class Tenants(Strict):
+    default: TenantDefaults = TenantDefaults()
+    tenants: dict[str, TenantDefaults] = {}

@@ -1,0 +1,72 @@
+"""Residency: which tiers and jurisdictions a request may reach, given its data class, what
+redaction for that tier would leave of it, and where it comes from. Pure functions.
+
+A request's class only rises: tenant default < X-Data-Class header < what detection found.
+What redaction can lower is only what detection found: a class declared by the tenant or the
+caller stands, since nobody can know what made the caller call it sensitive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from router.policy.bundle import PolicyBundle
+from router.policy.model import ResidencyRule
+from router.redaction.types import Action
+
+LOCAL_TIER = "edge"
+
+
+def strictest(bundle: PolicyBundle, classes: Iterable[str]) -> str:
+    ranked = bundle.data_classes.classes
+    return max(classes, key=ranked.index, default=bundle.data_classes.default)
+
+
+def classify(bundle: PolicyBundle, declared: str, entities: Iterable[str]) -> str:
+    return strictest(bundle, [declared, *(bundle.entity_class(e) for e in entities)])
+
+
+def residual(bundle: PolicyBundle, declared: str, entities: Iterable[str], tier: str) -> str:
+    """The class of what is left after the tier's redaction: what it keeps still counts."""
+    plan = bundle.tier_redaction(tier)
+    kept = [e for e in entities if plan.entities.get(e, plan.default) is Action.KEEP]
+    return classify(bundle, declared, kept)
+
+
+def permits(
+    bundle: PolicyBundle,
+    *,
+    declared: str,
+    entities: frozenset[str],
+    tier: str,
+    jurisdictions: frozenset[str],
+    origin: str,
+) -> bool:
+    """May this request go to `tier`, to endpoints in `jurisdictions` (all of them must pass)?
+    Edge-tier targets are on the site itself: the data does not leave, so they always may."""
+    if tier == LOCAL_TIER:
+        return True
+    data_class = classify(bundle, declared, entities)
+    rule = _rule_for(bundle, data_class)
+    if rule is None:
+        return False  # no rule lets it leave the site
+    if tier not in rule.tiers:
+        return False
+    if not all(_jurisdiction_ok(rule, j, origin) for j in jurisdictions or {""}):
+        return False
+    if rule.once_redacted_to is None:
+        return True
+    left = residual(bundle, declared, entities, tier)
+    ranked = bundle.data_classes.classes
+    return ranked.index(left) <= ranked.index(rule.once_redacted_to)
+
+
+def _rule_for(bundle: PolicyBundle, data_class: str) -> ResidencyRule | None:
+    return next((r for r in bundle.residency.rules if data_class in r.classes), None)
+
+
+def _jurisdiction_ok(rule: ResidencyRule, jurisdiction: str, origin: str) -> bool:
+    allowed = rule.jurisdictions
+    if "any" in allowed or jurisdiction in allowed:
+        return True
+    return "same" in allowed and jurisdiction == origin
