@@ -1,7 +1,7 @@
 """Local inference through the router vs the Python serving floor vs in-process onnxruntime.
 
 usage: /work/venv/bin/python bench/local_inference.py [--duration 5] [--repeats 3]
-           [--concurrency 1,16,64] [--offload-floor] [--sut-cpu 0] [--load-cpu 1]
+           [--concurrency 1,16,64] [--offload-floor] [--router-src DIR] [--report FILE.json]
 
 Per repeat, one server at a time, pinned to the SUT core:
   floor   bench/floor_server.py: aiohttp + uvloop, orjson, session.run inline
@@ -132,6 +132,7 @@ class Server:
         self.base = ""
 
     def start(self, timeout: float = 120.0) -> Server:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 ["taskset", "-c", self.cpu, *self.argv],
@@ -145,7 +146,7 @@ class Server:
         _children.append(self.proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = LISTENING.search(self.log_path.read_text(errors="replace"))
+            match = LISTENING.search(self.log_path.read_bytes()[offset:].decode(errors="replace"))
             if match:
                 self.base = f"http://{match.group(1)}:{match.group(2)}"
                 log(f"{self.name} pid {self.proc.pid} on CPU {self.cpu}: {self.base}")
@@ -338,6 +339,7 @@ def run(args: argparse.Namespace, tmp: Path, out_stem: Path) -> dict[str, Any]:
     specs = server_specs(repo, paths, args)
     cells: list[dict[str, Any]] = []
     inproc: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     for rep in range(1, args.repeats + 1):
         measured = in_process(repo, args)
         inproc.append(measured)
@@ -347,29 +349,46 @@ def run(args: argparse.Namespace, tmp: Path, out_stem: Path) -> dict[str, Any]:
         )
         names = list(specs) if rep % 2 else list(reversed(specs))  # alternate to spread drift
         for name in names:
-            argv, served, env = specs[name]
-            log_path = Path(f"{out_stem}.{name}.log")
-            server = Server(name, argv, args.sut_cpu, log_path, env).start()
             try:
-                for model in served:
-                    work = workloads[model]
-                    check_reply(
-                        server, work, measured["image" if model == "image" else "mlp"]["probs"]
-                    )
-                    for conc in work.concurrency:
-                        r = cell(server, work, conc, args)
-                        r.update(rep=rep, server=name, model=model, data=work.data, conc=conc)
-                        cells.append(r)
-                        log(
-                            f"rep {rep} {name:13s} {model:19s} c={conc:<3d} "
-                            f"{r['rps']:9,.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  "
-                            f"p99 {r['p99_us'] / 1e3:6.2f} ms  cpu {r['cpu_us_per_req']:7.1f} "
-                            f"µs/req ({r['cpu_pct']:.0f}%)  other {r['other_on_sut_pct']:.0f}%"
-                            f"  err {r['errors']}"
-                        )
-            finally:
-                server.stop()
-    return {"cells": cells, "inprocess": inproc}
+                cells += measure_server(name, specs[name], rep, measured, workloads, args, out_stem)
+            except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+                # One broken server or cell must not lose the rest of the run.
+                log(f"rep {rep} {name}: FAILED: {exc}")
+                failures.append({"rep": rep, "server": name, "error": str(exc)[:2000]})
+    return {"cells": cells, "inprocess": inproc, "failures": failures}
+
+
+def measure_server(
+    name: str,
+    spec: Spec,
+    rep: int,
+    measured: dict[str, Any],
+    workloads: dict[str, Workload],
+    args: argparse.Namespace,
+    out_stem: Path,
+) -> list[dict[str, Any]]:
+    argv, served, env = spec
+    log_path = Path(f"{out_stem}.{name}.rep{rep}.log")
+    server = Server(name, argv, args.sut_cpu, log_path, env).start()
+    cells = []
+    try:
+        for model in served:
+            work = workloads[model]
+            check_reply(server, work, measured["image" if model == "image" else "mlp"]["probs"])
+            for conc in work.concurrency:
+                r = cell(server, work, conc, args)
+                r.update(rep=rep, server=name, model=model, data=work.data, conc=conc)
+                cells.append(r)
+                log(
+                    f"rep {rep} {name:13s} {model:19s} c={conc:<3d} "
+                    f"{r['rps']:9,.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  "
+                    f"p99 {r['p99_us'] / 1e3:6.2f} ms  cpu {r['cpu_us_per_req']:7.1f} "
+                    f"µs/req ({r['cpu_pct']:.0f}%)  other {r['other_on_sut_pct']:.0f}%"
+                    f"  err {r['errors']}"
+                )
+    finally:
+        server.stop()
+    return cells
 
 
 # ------------------------------------------------------------------ report
@@ -454,6 +473,7 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
     cells, inproc = data["cells"], data["inprocess"]
     lines = ["## Local inference: router vs Python floor vs in-process onnxruntime", ""]
     lines += [
+        f"router {data['env'].get('router')} at {data['env'].get('git', '?')}; "
         f"{data['env']['cpu']}, server on CPU {args.sut_cpu}, load ({data['env']['load']}) on "
         f"CPU {args.load_cpu}; {args.repeats} repeats x {args.duration:g} s per cell; "
         "medians over repeats, per-repeat values in brackets.",
@@ -594,10 +614,33 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
             "",
             f"Router minus floor (same repeat, image c=1): p50 {fmt(extra['latency_us'])} µs = "
             f"{fmt(extra['latency_pct'], 1)}% of model time {brackets(lat)}; CPU/req "
-            f"{fmt(extra['cpu_us'])} µs = {fmt(extra['cpu_pct'], 1)}% {brackets(cpu)}.",
+            f"{fmt(extra['cpu_us'])} µs = {fmt(extra['cpu_pct'], 1)}% {brackets(cpu)} "
+            f"({'meets' if extra['latency_pct'] <= 100 * OVERHEAD_TARGET else '**misses**'} "
+            f"<= {100 * OVERHEAD_TARGET:.0f}% if the floor's cost of moving the bytes is not "
+            "counted as router overhead).",
         ]
+    if data["failures"]:
+        lines += ["", "### Failures", ""]
+        lines += [f"- rep {f['rep']} {f['server']}: {f['error']}" for f in data["failures"]]
     lines.append("")
     return "\n".join(lines), summary
+
+
+def git_state() -> str:
+    """The checkout's commit, and whether router/ had uncommitted changes during the run."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "../router"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' + uncommitted router/ changes' if dirty else ''}"
 
 
 def env_info(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -629,6 +672,7 @@ def env_info(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "python": versions,
         "load": "wrk" if WRK else "closed_loop.py (wrk missing)",
         "router": str(args.router_src.resolve()) if args.router_src else ROUTER_BIN,
+        "git": git_state(),
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
         "image_bytes": (tmp / "image.bin").stat().st_size,
     }
@@ -656,6 +700,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--sut-cpu", default="0", help="CPU for the server under test")
     ap.add_argument("--load-cpu", default="1", help="CPU for wrk and this script")
+    ap.add_argument("--report", type=Path, help="only re-render the report of a results .json")
     args = ap.parse_args(argv)
     args.concurrency = tuple(int(c) for c in args.concurrency.split(","))
     return args
@@ -675,8 +720,17 @@ def stop_children_on_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def rerender(path: Path) -> int:
+    data = json.loads(path.read_text())
+    saved = dict(data["args"], concurrency=tuple(data["args"]["concurrency"]))
+    print(report(data, argparse.Namespace(**saved))[0])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        return rerender(args.report)
     if args.router_src is None and not Path(ROUTER_BIN).exists():
         log(f"{ROUTER_BIN} not found: install the project into this interpreter's venv")
         return 2
