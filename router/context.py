@@ -32,7 +32,7 @@ class RequestContext:
     hops: int = 0  # layer-routers this request already passed through
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's
     request_id: str = ""
-    traceparent: str = ""
+    traceparent: str = ""  # W3C trace context sent upstream; made when first needed
     body: bytes = b""
     header_length: int | None = None  # Inference-Header-Content-Length
     document: dict[str, Any] | None = None  # the parsed JSON (v2: the header part)

@@ -13,6 +13,7 @@ from router.headers import (
     REQUEST_ID,
     TRACEPARENT,
     downstream_response_headers,
+    traceparent,
     upstream_request_headers,
 )
 from router.policy.decide import TIER_ORDER
@@ -30,6 +31,8 @@ def outgoing(ctx: RequestContext, cluster: Cluster, path: str | None = None) -> 
         ctx.headers, forward_authorization=settings.forward_authorization, extra=settings.headers
     )
     headers[REQUEST_ID] = ctx.request_id
+    if not ctx.traceparent:  # made on first use: local answers never need one
+        ctx.traceparent = traceparent(ctx.headers)
     headers[TRACEPARENT] = ctx.traceparent
     headers[HOPS] = str(ctx.hops + 1)
     if ctx.method != "POST":

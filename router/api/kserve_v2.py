@@ -22,6 +22,9 @@ _EMPTY_OK = b""
 def add_routes(app: web.Application) -> None:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
+    # aiohttp tries routes in order: the hot one first.
+    app.router.add_post(model + "/infer", infer)
+    app.router.add_post(versioned + "/infer", infer)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", server_metadata)
@@ -32,7 +35,6 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get(base + "/ready", model_ready)
         app.router.add_get(base + "/config", model_config)
         app.router.add_get(base + "/stats", model_stats)
-        app.router.add_post(base + "/infer", infer)
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:

@@ -10,7 +10,7 @@ from aiohttp import web
 from router.context import Reply, RequestContext
 from router.errors import LoopDetected, RouterError
 from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
-from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id, traceparent
+from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id
 from router.pipeline import Pipeline
 
 # Where the error middleware finds the context of a failed request.
@@ -30,7 +30,6 @@ def new_context(
         hops=hops(request.headers),
         headers=request.headers,
         request_id=request_id(request.headers),
-        traceparent=traceparent(request.headers),
     )
     request[CTX] = ctx
     if ctx.hops > MAX_HOPS:

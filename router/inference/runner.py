@@ -22,6 +22,7 @@ from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, Queu
 from router.inference.stats import ModelStats
 
 Feeds = dict[str, np.ndarray]
+_SINGLES_PER_HANDOFF = 16
 Outputs = list[np.ndarray]
 
 
@@ -59,7 +60,8 @@ class ModelRunner:
         self._queue: deque[_Job] = deque()
         self._queued_rows = 0
         self._busy = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._passed = False  # a sub-millisecond wait already let one loop pass go by
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = ModelStats()
 
@@ -105,49 +107,69 @@ class ModelRunner:
         while self._queue and self._busy < self._limits.instance_count:
             if self._should_wait_for_more(loop):
                 return
-            batch = self._take_batch(loop.time())
-            if batch:
+            now = loop.time()
+            groups = self._take_batch(now) if self.batching else self._take_singles(now)
+            if groups:
                 self._busy += 1
-                self._executor.submit(self._execute, batch)
+                self._executor.submit(self._execute, groups)
 
     def _should_wait_for_more(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Hold a partial batch until the oldest job has waited max_queue_delay."""
+        """Hold a partial batch until the oldest job has waited max_queue_delay.
+
+        Event loops time in milliseconds (uvloop rounds a 100 us timer to 0 and fires it at
+        once, again and again), so a sub-millisecond remainder waits one loop pass instead:
+        whatever arrived in that pass joins the batch."""
         if not self.batching or self._queued_rows >= self._limits.max_batch_size:
             return False
+        if self._timer is not None:
+            return True
         due = self._queue[0].enqueued_ns / 1e9 + self._limits.max_queue_delay_s
         wait = due - time.perf_counter_ns() / 1e9
-        if wait <= 0:
-            return False
-        if self._timer is None:
+        if wait >= 0.001:
             self._timer = loop.call_later(wait, self._on_timer)
-        return True
+            return True
+        if wait > 0 and not self._passed:
+            self._timer = loop.call_soon(self._on_timer)
+            return True
+        self._passed = False
+        return False
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._passed = True
         self._pump()
 
-    def _take_batch(self, now: float) -> list[_Job]:
+    def _take_singles(self, now: float) -> list[list[_Job]]:
+        """Unbatched models: several queued jobs per executor hand-off, run one by one, so a
+        busy model pays one thread round trip per group of requests, not per request."""
+        groups: list[list[_Job]] = []
+        while self._queue and len(groups) < _SINGLES_PER_HANDOFF:
+            job = self._queue.popleft()
+            self._queued_rows -= job.rows
+            if self._alive(job, now):
+                self.stats.queue.add(time.perf_counter_ns() - job.enqueued_ns)
+                groups.append([job])
+        return groups
+
+    def _take_batch(self, now: float) -> list[list[_Job]]:
+        """One stacked batch: jobs of the same shape, up to max_batch_size rows, oldest first."""
         batch: list[_Job] = []
-        rows, skipped = 0, deque[_Job]()
-        while self._queue:
+        rows, skipped = 0, []
+        limit = self._limits.max_batch_size
+        while self._queue and rows < limit:
             job = self._queue.popleft()
             if not self._alive(job, now):
                 self._queued_rows -= job.rows
                 continue
-            if batch and (job.key != batch[0].key or rows + job.rows > self._limits.max_batch_size):
+            if batch and (job.key != batch[0].key or rows + job.rows > limit):
                 skipped.append(job)
-                if not self.batching:
-                    break
                 continue
             batch.append(job)
             self.stats.queue.add(time.perf_counter_ns() - job.enqueued_ns)
             rows += job.rows
             self._queued_rows -= job.rows
-            if not self.batching or rows >= self._limits.max_batch_size:
-                break
-        skipped.extend(self._queue)
-        self._queue = skipped
-        return batch
+        self._queue.extendleft(reversed(skipped))
+        return [batch] if batch else []
 
     def _alive(self, job: _Job, now: float) -> bool:
         if job.future.done():  # the caller went away
@@ -159,8 +181,15 @@ class ModelRunner:
             return False
         return True
 
-    def _execute(self, batch: list[_Job]) -> None:
-        """On an executor thread: stack, run, split; then hand the result to the loop."""
+    def _execute(self, groups: list[list[_Job]]) -> None:
+        """On an executor thread: per group stack, run, split; then one hand-off to the loop."""
+        results = [self._run_group(group) for group in groups]
+        assert self._loop is not None
+        # RuntimeError: the loop closed during shutdown, and nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._finish, groups, results)
+
+    def _run_group(self, batch: list[_Job]) -> _Result:
         t0 = time.perf_counter_ns()
         parts: list[Outputs] | None = None
         error: BaseException | None = None
@@ -173,15 +202,16 @@ class ModelRunner:
             parts = [outputs] if len(batch) == 1 else _split(outputs, batch)
         except Exception as exc:  # onnxruntime's errors have no common base we can name
             error = exc
-        result = _Result(parts, error, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2))
-        assert self._loop is not None
-        # RuntimeError: the loop closed during shutdown, and nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._finish, batch, result)
+        return _Result(parts, error, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2))
 
-    def _finish(self, batch: list[_Job], result: _Result) -> None:
+    def _finish(self, groups: list[list[_Job]], results: list[_Result]) -> None:
         self._busy -= 1
         now_ns = time.perf_counter_ns()
+        for batch, result in zip(groups, results, strict=True):
+            self._settle(batch, result, now_ns)
+        self._pump()
+
+    def _settle(self, batch: list[_Job], result: _Result, now_ns: int) -> None:
         stats = self.stats
         if result.parts is not None:
             stats.record_execution(len(batch), sum(j.rows for j in batch), result.timings)
@@ -194,7 +224,6 @@ class ModelRunner:
                 job.future.set_result(result.parts[i])
             else:
                 job.future.set_exception(self._map_error(result.error))
-        self._pump()
 
     def _map_error(self, error: BaseException | None) -> Exception:
         lines = str(error).strip().splitlines() if error is not None else []

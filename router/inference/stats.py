@@ -53,7 +53,9 @@ class ModelStats:
             (self.compute_output, c_out),
         ):
             total.add(ns, requests)
-        per_size = self.batches.setdefault(rows, BatchStats())
+        per_size = self.batches.get(rows)
+        if per_size is None:
+            per_size = self.batches[rows] = BatchStats()
         per_size.compute_input.add(c_in)
         per_size.compute_infer.add(c_infer)
         per_size.compute_output.add(c_out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from router.inference.repository import ModelRepository
 from router.policy.decide import LocalView, Snapshot
@@ -60,15 +60,30 @@ class Upstreams:
         )
 
 
-def local_views(models: ModelRepository) -> dict[str, LocalView]:
-    views = {}
-    for name, model in models.models.items():
+class LocalViews(Mapping[str, LocalView]):
+    """The local models as the decision sees them, each built only when asked for: a request
+    looks up one model, so building every model's view per request would be waste."""
+
+    def __init__(self, models: ModelRepository) -> None:
+        self._models = models.models
+
+    def __getitem__(self, name: str) -> LocalView:
+        model = self._models[name]
         latest = model.latest
         if latest is None:
-            continue
+            raise KeyError(name)
         expected = 0.0
         if latest.runner is not None:
             success = latest.runner.stats.success
             expected = success.ns / success.count / 1e6 if success.count else 0.0
-        views[name] = LocalView(ready=latest.ready, expected_ms=expected)
-    return views
+        return LocalView(ready=latest.ready, expected_ms=expected)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, m in self._models.items() if m.latest is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def local_views(models: ModelRepository) -> Mapping[str, LocalView]:
+    return LocalViews(models)

@@ -1,0 +1,270 @@
+"""Restore tokens in upstream answers: text, JSON documents and OpenAI SSE streams.
+
+Only tokens issued by the request's own vault are restored; unknown or mangled ones are left
+as they are. Streams are rewritten event by event: the only text held back is a possible
+partial token at the end of a choice's content, never more than a token's length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from router.redaction.vault import TOKEN_RE, TokenVault
+
+# Past this depth a response subtree is passed on as it is: an unrestored placeholder reveals
+# nothing, and the bound keeps recursion well inside Python's limit.
+MAX_DEPTH = 256
+# An SSE line longer than this is passed through unparsed rather than buffered further.
+MAX_LINE_BYTES = 1 << 20
+# Delta fields carrying model text, besides tool-call arguments.
+_TEXT_FIELDS = ("content", "reasoning_content", "refusal")
+
+
+def rehydrate_text(text: str, vault: TokenVault, *, json_escaped: bool = False) -> str:
+    """Text with the vault's tokens replaced by their values.
+
+    ``json_escaped``: the text is JSON source (tool-call arguments), so values are inserted
+    escaped as inside a JSON string.
+    """
+    if not len(vault) or "<" not in text:
+        return text
+
+    def restore(match: Any) -> str:
+        token: str = match.group()
+        value = vault.restore(token)
+        if value is None:
+            return token
+        return orjson.dumps(value).decode()[1:-1] if json_escaped else value
+
+    return TOKEN_RE.sub(restore, text)
+
+
+def rehydrate_json(doc: Any, vault: TokenVault) -> Any:
+    """A copy of a parsed JSON document with tokens restored in every string, keys included."""
+    if not len(vault):
+        return doc
+    return _rehydrate(doc, vault, 0)
+
+
+def _rehydrate(v: Any, vault: TokenVault, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        return v
+    if isinstance(v, str):
+        return _rehydrate_string(v, vault, depth)
+    if isinstance(v, dict):
+        return {
+            (rehydrate_text(k, vault) if isinstance(k, str) else k): _rehydrate(m, vault, depth + 1)
+            for k, m in v.items()
+        }
+    if isinstance(v, list):
+        return [_rehydrate(item, vault, depth + 1) for item in v]
+    return v
+
+
+def _rehydrate_string(s: str, vault: TokenVault, depth: int) -> str:
+    restored = rehydrate_text(s, vault)
+    if restored is s or s.lstrip()[:1] not in ("{", "["):
+        return restored
+    # A JSON document inside a string (tool-call arguments): restore inside it so values with
+    # quotes or backslashes keep it valid JSON.
+    try:
+        inner = orjson.loads(s)
+    except orjson.JSONDecodeError:
+        return restored
+    if not isinstance(inner, dict | list):
+        return restored
+    return orjson.dumps(_rehydrate(inner, vault, depth + 1)).decode()
+
+
+class SseRehydrator:
+    """Restores tokens in an OpenAI-style SSE stream arriving in arbitrary byte chunks.
+
+    Lines are rewritten as they complete; a data event whose JSON changes is re-serialised,
+    anything else (comments, ``[DONE]``, usage chunks, non-JSON data) passes through byte for
+    byte. Per choice and field (``delta.content``, completions ``text``, each tool call's
+    ``arguments``), a tail that may be the start of a token is held back and joined to that
+    field's next delta, so tokens split across chunks or events are restored. A held tail is
+    released when its choice finishes, before a choice-less event or ``[DONE]`` and at close,
+    in an event of its own if needed.
+    """
+
+    def __init__(self, vault: TokenVault) -> None:
+        self._vault = vault
+        self._buf = bytearray()
+        self._skipping = False  # inside an over-long line, passed through until its end
+        self._held: dict[tuple[int, str, int], str] = {}
+        self._template: dict[str, Any] = {}
+        self._out = bytearray()
+        self._recent = b"\n\n"  # the last bytes emitted: a flush must start a fresh event
+
+    @property
+    def held_chars(self) -> int:
+        """Characters held back across all choices (each tail is shorter than a token)."""
+        return sum(len(t) for t in self._held.values())
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of an incomplete line waiting for its end."""
+        return len(self._buf)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The output ready after this chunk."""
+        if not len(self._vault) and not self._buf and not self._held:
+            return chunk  # no tokens were issued: nothing to restore
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            line = chunk[start : end + 1]
+            start = end + 1
+            if self._skipping:
+                self._skipping = False
+                self._put(line)
+            elif self._buf:
+                self._buf += line
+                self._line(bytes(self._buf))
+                self._buf.clear()
+            else:
+                self._line(line)
+        rest = chunk[start:]
+        if self._skipping:
+            self._put(rest)
+        else:
+            self._buf += rest
+            if len(self._buf) > MAX_LINE_BYTES:
+                self._put(bytes(self._buf))
+                self._buf.clear()
+                self._skipping = True
+        return self._take()
+
+    def close(self) -> bytes:
+        """Whatever is still held back, released as it is: the stream has ended."""
+        if self._buf:
+            self._line(bytes(self._buf))
+            self._buf.clear()
+        self._flush()
+        return self._take()
+
+    def _put(self, data: bytes) -> None:
+        if data:
+            self._out += data
+            self._recent = (self._recent + data)[-4:]
+
+    def _take(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _line(self, line: bytes) -> None:
+        body = line.rstrip(b"\r\n")
+        event = _event(body)
+        if event is None:
+            if body[5:].strip() == b"[DONE]" and body.startswith(b"data:"):
+                self._flush()
+            self._put(line)
+            return
+        choices = event.get("choices")
+        if not isinstance(choices, list) or not choices:
+            self._flush()  # usage and other choice-less events come after the text
+            self._put(line)
+            return
+        self._template = {k: v for k, v in event.items() if k not in ("choices", "usage")}
+        changed = False
+        for position, choice in enumerate(choices):
+            if isinstance(choice, dict):
+                changed |= self._choice(choice, position)
+        if changed:
+            self._put(b"data: " + orjson.dumps(event) + line[len(body) :])
+        else:
+            self._put(line)
+
+    def _choice(self, choice: dict[str, Any], position: int) -> bool:
+        index = choice.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = position
+        finished = choice.get("finish_reason") is not None
+        changed = False
+        if "text" in choice:
+            changed |= self._field(choice, "text", (index, "text", 0), finished)
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for name in _TEXT_FIELDS:
+                if name in delta:
+                    changed |= self._field(delta, name, (index, name, 0), finished)
+            calls = delta.get("tool_calls")
+            for pos, call in enumerate(calls if isinstance(calls, list) else ()):
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and "arguments" in function:
+                    slot = call.get("index", pos)
+                    key = (index, "tool", slot if isinstance(slot, int) else pos)
+                    changed |= self._field(function, "arguments", key, finished)
+        if finished:
+            # The choice ends here: whatever it still holds goes out with this event.
+            for key in [k for k in self._held if k[0] == index]:
+                _inject(choice, key, self._held.pop(key))
+                changed = True
+        return changed
+
+    def _field(
+        self, container: dict[str, Any], name: str, key: tuple[int, str, int], finished: bool
+    ) -> bool:
+        value = container[name]
+        if not isinstance(value, str):
+            return False
+        text = self._held.pop(key, "") + value
+        emit, tail = (text, "") if finished else self._split(text)
+        if tail:
+            self._held[key] = tail
+        new = rehydrate_text(emit, self._vault, json_escaped=key[1] == "tool")
+        if new == value:
+            return False
+        container[name] = new
+        return True
+
+    def _split(self, text: str) -> tuple[str, str]:
+        """Text to emit now, and a tail that may still grow into a token."""
+        cut = text.rfind("<")
+        if cut >= 0 and self._vault.is_partial(text[cut:]):
+            return text[:cut], text[cut:]
+        return text, ""
+
+    def _flush(self) -> None:
+        """An event releasing every held tail as it is (the choices stay open)."""
+        if not self._held:
+            return
+        choices: list[dict[str, Any]] = []
+        for key, text in sorted(self._held.items()):
+            choice: dict[str, Any] = {"index": key[0]}
+            _inject(choice, key, text)
+            choice["finish_reason"] = None
+            choices.append(choice)
+        self._held.clear()
+        # Start a fresh event: end a line cut short or an event still open first.
+        if not self._recent.endswith((b"\n\n", b"\r\n\r\n")):
+            self._put(b"\n" if self._recent.endswith(b"\n") else b"\n\n")
+        self._put(b"data: " + orjson.dumps({**self._template, "choices": choices}) + b"\n\n")
+
+
+def _event(body: bytes) -> dict[str, Any] | None:
+    """The JSON object a ``data:`` line carries, or None for any other line."""
+    if not body.startswith(b"data:"):
+        return None
+    try:
+        event = orjson.loads(body[5:])
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _inject(choice: dict[str, Any], key: tuple[int, str, int], text: str) -> None:
+    """Append held text to the field it came from, creating the field if the event lacks it."""
+    _, kind, slot = key
+    if kind == "text":
+        choice["text"] = text + str(choice.get("text") or "")
+        return
+    delta = choice.setdefault("delta", {})
+    if kind != "tool":
+        delta[kind] = text + str(delta.get(kind) or "")
+        return
+    calls = delta.setdefault("tool_calls", [])
+    calls.append({"index": slot, "function": {"arguments": text}})
