@@ -54,6 +54,9 @@ class ModelSettings(Strict):
     inference_threads: PositiveInt = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     # Requests queued per model before new ones get 503 + Retry-After.
     max_queue_size: PositiveInt = 256
+    # Models whose measured run is shorter than this run on the event loop when idle: for them
+    # a hand-off to a thread costs more CPU and latency than the work. 0 turns it off.
+    inline_max_us: Annotated[int, Field(ge=0, le=1000)] = 50
     # Restrict or reorder onnxruntime execution providers for every model on this site.
     execution_providers: tuple[str, ...] = ()
 

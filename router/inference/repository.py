@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -198,19 +199,23 @@ class Loader:
             raise ValueError(
                 "max_batch_size is set but not every tensor has an open first dimension"
             )
-        if config.warmup:
-            self._warm_up(session, signature, label)
         entry.runner = ModelRunner(session, self.executor, self._limits(config), label)
+        if config.warmup:
+            self._warm_up(session, signature, label, entry.runner)
         entry.state = State.READY
         log.info("model %s loaded on %s (sha256 %s)", label, entry.provider, entry.sha256[:12])
 
     @staticmethod
-    def _warm_up(session: Any, signature: Signature, label: str) -> None:
+    def _warm_up(session: Any, signature: Signature, label: str, runner: ModelRunner) -> None:
         """One run on zeros with open dimensions set to 1. Some graphs refuse such inputs
         (e.g. a padding that needs length >= 2); a model that loaded still serves, so a failed
         warm-up is only worth a warning."""
         try:
-            session.run(None, warmup_feeds(signature))
+            feeds = warmup_feeds(signature)
+            session.run(None, feeds)  # the first run pays for lazy initialisation
+            started = time.perf_counter_ns()
+            session.run(None, feeds)
+            runner.measured(time.perf_counter_ns() - started)
         except Exception as exc:  # onnxruntime's errors share no base class we can name
             log.warning("model %s: warm-up run skipped (%s)", label, _reason(exc))
 
@@ -221,6 +226,7 @@ class Loader:
             max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
             max_queue_size=batching.max_queue_size or self.settings.max_queue_size,
             instance_count=config.instance_count,
+            inline_max_ns=self.settings.inline_max_us * 1000,
         )
 
 

@@ -32,6 +32,9 @@ class RunnerLimits:
     max_queue_delay_s: float
     max_queue_size: int
     instance_count: int
+    # Runs measured shorter than this (ns) happen on the event loop itself when the model is
+    # idle: a thread hand-off costs more than such a run (see README, "Inline runs"). 0: never.
+    inline_max_ns: int = 0
 
 
 @dataclass(slots=True)
@@ -64,6 +67,11 @@ class ModelRunner:
         self._passed = False  # a sub-millisecond wait already let one loop pass go by
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = ModelStats()
+        self.run_ns = float("inf")  # EWMA of session.run time; unknown until measured
+
+    def measured(self, run_ns: float) -> None:
+        """Fold one observed session.run duration into the estimate that gates inline runs."""
+        self.run_ns = run_ns if self.run_ns == float("inf") else 0.8 * self.run_ns + 0.2 * run_ns
 
     @property
     def batching(self) -> bool:
@@ -80,7 +88,11 @@ class ModelRunner:
         loop = self._loop or self._bind_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         rows, key = self._batch_key(feeds)
-        self._queue.append(_Job(feeds, rows, key, future, deadline, time.perf_counter_ns()))
+        job = _Job(feeds, rows, key, future, deadline, time.perf_counter_ns())
+        if self._busy == 0 and not self._queue and self.run_ns < self._limits.inline_max_ns:
+            self._settle([job], self._run_group([job]), time.perf_counter_ns())
+            return future
+        self._queue.append(job)
         self._queued_rows += rows
         self._pump()
         return future
@@ -215,6 +227,7 @@ class ModelRunner:
         stats = self.stats
         if result.parts is not None:
             stats.record_execution(len(batch), sum(j.rows for j in batch), result.timings)
+            self.measured(result.timings[1] / len(batch))
         for i, job in enumerate(batch):
             total = stats.success if result.parts is not None else stats.fail
             total.add(now_ns - job.enqueued_ns)

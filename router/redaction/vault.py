@@ -77,6 +77,10 @@ class TokenVault:
     def __len__(self) -> int:
         return len(self._by_token)
 
+    def __bool__(self) -> bool:
+        # An empty vault is still this request's vault: `vault or TokenVault()` must not swap it.
+        return True
+
     def __repr__(self) -> str:
         # Counts only: a vault's values must never reach a log line or an error message.
         return f"TokenVault({self._counts!r})"

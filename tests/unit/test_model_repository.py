@@ -307,13 +307,17 @@ class TestLoader:
             _loader(executor).load(tmp_path / "absent")
         assert info.value.source == str(tmp_path / "absent")
 
-    def test_warmup_runs_once_with_open_dims_as_one(self, tmp_path: Path, executor: Any) -> None:
-        """Warm-up runs the model once on zeros, open dimensions set to 1."""
+    def test_warmup_runs_twice_with_open_dims_as_one(self, tmp_path: Path, executor: Any) -> None:
+        """Warm-up runs the model on zeros, open dimensions set to 1: once to initialise, once
+        to measure the run time that decides whether the model may run inline."""
         write_model(tmp_path, "m", 1, double_model(("N", 3)))
         build = CountingBuilder()
-        assert _loader(executor, build).load(tmp_path).get("m").ready
-        assert build.runs == 1
-        assert build.warmup_feeds == [{"x": ((1, 3), np.dtype(np.float32))}]
+        entry = _loader(executor, build).load(tmp_path).get("m")
+        assert entry.ready
+        assert build.runs == 2
+        assert entry.runner is not None
+        assert entry.runner.run_ns < float("inf")
+        assert build.warmup_feeds == [{"x": ((1, 3), np.dtype(np.float32))}] * 2
 
     def test_warmup_off(self, tmp_path: Path, executor: Any) -> None:
         """warmup: false loads the model without running it."""

@@ -300,3 +300,52 @@ class BarrierEcho(RecordingEcho):
     def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         self._gate.wait()
         return super().run(names, feeds)
+
+
+class ThreadRecordingSession(CountingSession):
+    """A real session that also records which thread ran it."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__(session)
+        self.threads: list[int] = []
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        self.threads.append(threading.get_ident())
+        return super().run(names, feeds)
+
+
+class TestInlineRuns:
+    """Models measured faster than a thread hand-off run on the loop; others never do."""
+
+    def _runner(self, executor: Any, inline_max_ns: int) -> tuple[ModelRunner, Any]:
+        session = ThreadRecordingSession(cpu_session(double_model()))
+        limits = RunnerLimits(0, 0.0, 64, 1, inline_max_ns=inline_max_ns)
+        return ModelRunner(session, executor, limits, "double/1"), session
+
+    async def test_unmeasured_model_runs_off_loop(self, executor: Any) -> None:
+        """Before any run time is known, even a generous threshold keeps the run off the loop."""
+        runner, session = self._runner(executor, inline_max_ns=10**9)
+        await runner.infer({"x": _rows(1.0)}, FAR)
+        assert session.threads != [threading.get_ident()]
+
+    async def test_fast_measured_model_runs_inline(self, executor: Any) -> None:
+        """Once measured below the threshold, an idle model runs on the loop's own thread."""
+        runner, session = self._runner(executor, inline_max_ns=10**9)
+        await runner.infer({"x": _rows(1.0)}, FAR)
+        (y,) = await runner.infer({"x": _rows(2.0)}, FAR)
+        np.testing.assert_array_equal(y, _rows(4.0))
+        assert session.threads[-1] == threading.get_ident()
+
+    async def test_slow_model_stays_off_loop(self, executor: Any) -> None:
+        """A model measured above the threshold keeps running on the executor."""
+        runner, session = self._runner(executor, inline_max_ns=1)
+        runner.measured(5_000_000)
+        await runner.infer({"x": _rows(1.0)}, FAR)
+        assert session.threads[-1] != threading.get_ident()
+
+    async def test_disabled_by_zero(self, executor: Any) -> None:
+        """inline_max_ns=0 never runs inline, however fast the model."""
+        runner, session = self._runner(executor, inline_max_ns=0)
+        runner.measured(1)
+        await runner.infer({"x": _rows(1.0)}, FAR)
+        assert session.threads[-1] != threading.get_ident()

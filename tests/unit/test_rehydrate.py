@@ -1,0 +1,372 @@
+"""Rehydration of text, JSON answers and SSE streams (TESTING.md P6 and P7)."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pytest
+
+from router.redaction import rehydrate
+from router.redaction.actions import Hasher
+from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_text
+from router.redaction.types import Finding
+from router.redaction.vault import TOKEN_RE, TokenVault
+from router.redaction.walker import RedactionPlan, redact_json
+
+EMAIL = "alice@example.com"
+CARD = "4111 1111 1111 1111"
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+SECRET = b"site-secret-for-tests-0123456789"
+
+
+class EmailScanner:
+    def scan(self, text: str) -> tuple[str, list[Finding]]:
+        return text, [Finding("EMAIL", m.start(), m.end()) for m in EMAIL_RE.finditer(text)]
+
+
+@pytest.fixture
+def vault() -> TokenVault:
+    vault = TokenVault()
+    assert vault.token_for("EMAIL", EMAIL) == "<EMAIL_1>"
+    assert vault.token_for("CARD", CARD) == "<CARD_1>"
+    return vault
+
+
+# -- SSE helpers ------------------------------------------------------------------------------
+
+
+def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    return {**base, "choices": choices, **extra}
+
+
+def delta(content: str | None, index: int = 0, finish: str | None = None) -> dict[str, Any]:
+    d = {} if content is None else {"content": content}
+    return {"index": index, "delta": d, "finish_reason": finish}
+
+
+def sse(events: list[dict[str, Any] | str], sep: bytes = b"\n\n") -> bytes:
+    return b"".join(
+        b"data: " + (e.encode() if isinstance(e, str) else orjson.dumps(e)) + sep for e in events
+    )
+
+
+def chat_stream(deltas: list[str]) -> bytes:
+    """A whole chat stream: role chunk, deltas, finish, usage and [DONE]."""
+    events: list[dict[str, Any] | str] = [chunk([{"index": 0, "delta": {"role": "assistant"}}])]
+    events += [chunk([delta(d)]) for d in deltas]
+    events.append(chunk([delta(None, finish="stop")]))
+    events.append(chunk([], usage={"prompt_tokens": 3, "completion_tokens": 5}))
+    events.append("[DONE]")
+    return sse(events)
+
+
+def events_of(out: bytes) -> Iterator[dict[str, Any] | str]:
+    """The data payloads of an SSE byte stream, parsed (every one must be valid)."""
+    for line in out.decode("utf-8").splitlines():
+        if line.startswith("data:"):
+            payload = line[5:].strip()
+            yield payload if payload == "[DONE]" else orjson.loads(payload)
+
+
+def texts(out: bytes, field: str = "content") -> dict[int, str]:
+    """What a client accumulates per choice from delta[field] (or `text` for completions)."""
+    acc: dict[int, str] = {}
+    for event in events_of(out):
+        if isinstance(event, str):
+            continue
+        for choice in event["choices"]:
+            value = choice.get("text") if field == "text" else choice["delta"].get(field)
+            if value:
+                acc[choice["index"]] = acc.get(choice["index"], "") + value
+    return acc
+
+
+def run(vault: TokenVault, chunks: list[bytes]) -> bytes:
+    rehydrator = SseRehydrator(vault)
+    return b"".join(rehydrator.feed(c) for c in chunks) + rehydrator.close()
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+class TestRehydrateText:
+    def test_restores_issued_tokens(self, vault: TokenVault) -> None:
+        """Every issued token is replaced by its value, however often it appears."""
+        text = "<EMAIL_1>, <CARD_1> and <EMAIL_1> again"
+        assert rehydrate_text(text, vault) == f"{EMAIL}, {CARD} and {EMAIL} again"
+
+    @pytest.mark.parametrize(
+        "text",
+        ["<EMAIL_2>", "<email_1>", "< EMAIL_1>", "<EMAIL_1", "EMAIL_1>", "<EMAIL_01>", "<<>>"],
+    )
+    def test_unknown_and_mangled_left_as_they_are(self, vault: TokenVault, text: str) -> None:
+        """Tokens the vault never issued, or mangled ones, are not touched."""
+        assert rehydrate_text(text, vault) == text
+
+    def test_other_requests_tokens_stay(self) -> None:
+        """A vault restores only its own tokens, never those of another request."""
+        theirs, mine = TokenVault(), TokenVault()
+        theirs.token_for("CARD", CARD)
+        mine.token_for("EMAIL", EMAIL)
+        assert rehydrate_text("<CARD_1> <EMAIL_1>", mine) == f"<CARD_1> {EMAIL}"
+
+    def test_json_escaped(self) -> None:
+        """In JSON source, values are inserted escaped so the document stays valid."""
+        vault = TokenVault()
+        vault.token_for("NAME", 'O"Brien\\')
+        out = rehydrate_text('{"n": "<NAME_1>"}', vault, json_escaped=True)
+        assert orjson.loads(out) == {"n": 'O"Brien\\'}
+
+    def test_empty_vault_is_identity(self) -> None:
+        """With nothing issued the text comes back as the same object."""
+        text = "<EMAIL_1>"
+        assert rehydrate_text(text, TokenVault()) is text
+
+
+class TestRehydrateJson:
+    def test_strings_and_keys(self, vault: TokenVault) -> None:
+        """Tokens are restored in every string and key at any depth; other values pass."""
+        doc = {"a": [{"<EMAIL_1>": ["x <CARD_1>", 1, None, True]}], "n": 2.5}
+        assert rehydrate_json(doc, vault) == {
+            "a": [{EMAIL: [f"x {CARD}", 1, None, True]}],
+            "n": 2.5,
+        }
+
+    def test_tool_arguments_stay_valid_json(self) -> None:
+        """A value with quotes restored inside JSON arguments keeps them valid."""
+        vault = TokenVault()
+        vault.token_for("NAME", 'say "hi"')
+        doc = {"arguments": '{"text": "<NAME_1>"}'}
+        out = rehydrate_json(doc, vault)
+        assert orjson.loads(out["arguments"]) == {"text": 'say "hi"'}
+
+    def test_input_not_mutated(self, vault: TokenVault) -> None:
+        """The upstream's parsed document is left as it was."""
+        doc = {"choices": [{"message": {"content": "<EMAIL_1>"}}]}
+        rehydrate_json(doc, vault)
+        assert doc == {"choices": [{"message": {"content": "<EMAIL_1>"}}]}
+
+
+class TestConcurrentRequests:
+    """P6: many requests with their own vaults, answered in any order from several threads."""
+
+    def test_ten_thousand_responses(self) -> None:
+        """Every echoed token is restored for its own request; tokens it never issued stay."""
+        n = 10_000
+        rng = random.Random(6)
+        scanner, hasher, plan = EmailScanner(), Hasher(SECRET), RedactionPlan()
+        # Request i carries 1 to 3 unique canary emails; every answer echoes three tokens.
+        canaries = [
+            [f"c{i}.{k}.{rng.getrandbits(40):010x}@example.com" for k in range(i % 3 + 1)]
+            for i in range(n)
+        ]
+        vaults = [TokenVault() for _ in range(n)]
+        sent = [
+            redact_json({"content": " ".join(c)}, plan, scanner, v, hasher)[0]["content"]
+            for c, v in zip(canaries, vaults, strict=True)
+        ]
+        assert not any("@" in s for s in sent)
+        answer = "to <EMAIL_1>, <EMAIL_2> and <EMAIL_3>"
+
+        def respond(i: int) -> tuple[int, Any]:
+            doc = {"choices": [{"message": {"content": answer, "tool_calls": [
+                {"function": {"arguments": '{"to": ["<EMAIL_1>", "<EMAIL_3>"]}'}}
+            ]}}]}  # fmt: skip
+            return i, rehydrate_json(doc, vaults[i])
+
+        order = list(range(n))
+        rng.shuffle(order)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = dict(pool.map(respond, order))
+
+        for i in range(n):
+            own = canaries[i] + ["<EMAIL_2>", "<EMAIL_3>"][len(canaries[i]) - 1 :]
+            message = results[i]["choices"][0]["message"]
+            assert message["content"] == f"to {own[0]}, {own[1]} and {own[2]}"
+            args = orjson.loads(message["tool_calls"][0]["function"]["arguments"])
+            assert args == {"to": [own[0], own[2]]}
+
+    def test_streams_interleaved(self) -> None:
+        """Streams fed alternately chunk by chunk restore only their own tokens."""
+        vaults = [TokenVault() for _ in range(50)]
+        values = [f"user{i}@example.com" for i in range(50)]
+        for v, value in zip(vaults, values, strict=True):
+            v.token_for("EMAIL", value)
+        stream = chat_stream(["Hi <EM", "AIL_1> and <EMAIL_2>"])
+        rehydrators = [SseRehydrator(v) for v in vaults]
+        outs = [bytearray() for _ in vaults]
+        for start in range(0, len(stream), 7):
+            for r, out in zip(rehydrators, outs, strict=True):
+                out += r.feed(stream[start : start + 7])
+        for r, out, value in zip(rehydrators, outs, values, strict=True):
+            out += r.close()
+            assert texts(bytes(out)) == {0: f"Hi {value} and <EMAIL_2>"}
+
+
+class TestSseRehydrator:
+    TEXT = f"Write to <EMAIL_1> now, pay with <CARD_1>. Danke schön 😀 {'x' * 20}"
+    RESTORED = TEXT.replace("<EMAIL_1>", EMAIL).replace("<CARD_1>", CARD)
+
+    def check(self, out: bytes) -> None:
+        assert texts(out) == {0: self.RESTORED}
+        assert not TOKEN_RE.search(out.decode("utf-8"))
+        events = list(events_of(out))
+        assert events[-1] == "[DONE]"
+        assert events[-2]["usage"] == {"prompt_tokens": 3, "completion_tokens": 5}  # type: ignore[index]
+
+    def test_split_at_every_byte_and_event_offset(self, vault: TokenVault) -> None:
+        """P7: each token split between two events at every offset, the stream cut at every byte."""
+        runs = 0
+        for token in ("<EMAIL_1>", "<CARD_1>"):
+            at = self.TEXT.index(token)
+            for k in range(1, len(token)):
+                stream = chat_stream([self.TEXT[: at + k], self.TEXT[at + k :]])
+                for b in range(1, len(stream)):
+                    self.check(run(vault, [stream[:b], stream[b:]]))
+                    runs += 1
+        assert runs > 10_000
+
+    def test_one_character_per_event_one_byte_per_chunk(self, vault: TokenVault) -> None:
+        """Tokens spread over many events and chunks are restored; holding stays under a token."""
+        stream = chat_stream(list(self.TEXT))
+        rehydrator = SseRehydrator(vault)
+        out = bytearray()
+        longest_line = max(len(line) for line in stream.split(b"\n"))
+        for i in range(len(stream)):
+            out += rehydrator.feed(stream[i : i + 1])
+            assert rehydrator.held_chars < vault.max_token_length
+            assert rehydrator.buffered_bytes <= longest_line
+        out += rehydrator.close()
+        self.check(bytes(out))
+
+    def test_no_whole_stream_buffering(self, vault: TokenVault) -> None:
+        """Text goes out as events complete: before the last chunk, all but a partial token."""
+        pieces = ["Hello <EMA", "IL_1>, "] * 100 + ["bye <CA", "RD_1"]
+        stream = chat_stream(pieces)
+        cut = stream.index(b'"RD_1"')  # the last text event is still to come
+        rehydrator = SseRehydrator(vault)
+        early = b"".join(rehydrator.feed(stream[i : min(i + 13, cut)]) for i in range(0, cut, 13))
+        got = texts(early)[0]
+        expected = "".join(pieces).replace("<EMAIL_1>", EMAIL)
+        assert expected.startswith(got)
+        assert got.endswith(f"{EMAIL}, bye ")
+        assert rehydrator.held_chars == len("<CA")
+        rest = rehydrator.feed(stream[cut:]) + rehydrator.close()
+        assert texts(early + rest)[0] == expected
+
+    def test_tool_call_arguments(self) -> None:
+        """Argument deltas restore split tokens with the value JSON-escaped."""
+        vault = TokenVault()
+        vault.token_for("NAME", 'Jo "J" Doe')
+        parts = ['{"name": "', "<NA", "ME_1", '>", "n": 1}']
+        events: list[dict[str, Any] | str] = [
+            chunk([{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "id": "t", "function": {"name": "f", "arguments": p}}
+            ]}}]) for p in parts
+        ]  # fmt: skip
+        events += [chunk([delta(None, finish="tool_calls")]), "[DONE]"]
+        out = run(vault, [sse(events)])
+        arguments = "".join(
+            call["function"]["arguments"]
+            for e in events_of(out)
+            if not isinstance(e, str)
+            for call in e["choices"][0]["delta"].get("tool_calls", [])
+        )
+        assert orjson.loads(arguments) == {"name": 'Jo "J" Doe', "n": 1}
+
+    def test_completions_text(self, vault: TokenVault) -> None:
+        """Legacy completions streams carry text in choices[i].text."""
+        events: list[dict[str, Any] | str] = [
+            {"object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": f}]}
+            for t, f in [("to <EMAIL", None), ("_1> ok", None), ("", "stop")]
+        ]
+        out = run(vault, [sse([*events, "[DONE]"])])
+        assert texts(out, "text") == {0: f"to {EMAIL} ok"}
+
+    def test_choices_held_independently(self, vault: TokenVault) -> None:
+        """With n=2, each choice holds and restores its own partial token."""
+        stream = sse(
+            [
+                chunk([delta("a <EMA", 0), delta("b <CA", 1)]),
+                chunk([delta("x", 1)]),
+                chunk([delta("IL_1>", 0)]),
+                chunk([delta("RD_1>", 1)]),
+                chunk([delta(None, 0, "stop"), delta(None, 1, "stop")]),
+                "[DONE]",
+            ]
+        )
+        assert texts(run(vault, [stream])) == {0: f"a {EMAIL}", 1: "b <CAxRD_1>"}
+
+    def test_held_text_goes_out_with_the_finish_chunk(self, vault: TokenVault) -> None:
+        """A partial still held when its choice finishes is released in that event as it is."""
+        out = run(vault, [chat_stream(["see <EMAIL_"])])
+        assert texts(out) == {0: "see <EMAIL_"}
+        finish = [e for e in events_of(out) if not isinstance(e, str) and e["choices"]][-1]
+        assert finish["choices"][0] == {
+            "index": 0,
+            "delta": {"content": "<EMAIL_"},
+            "finish_reason": "stop",
+        }
+
+    def test_flushed_before_done(self, vault: TokenVault) -> None:
+        """With no finish chunk, a held partial goes out in its own event before [DONE]."""
+        out = run(vault, [sse([chunk([delta("see <CARD")]), "[DONE]"])])
+        events = list(events_of(out))
+        assert events[-1] == "[DONE]"
+        assert texts(out) == {0: "see <CARD"}
+        assert events[1]["model"] == "m"  # type: ignore[index]
+
+    def test_flushed_at_close_after_a_cut_stream(self, vault: TokenVault) -> None:
+        """A stream cut mid-event still releases what was held, as a separate event."""
+        stream = sse([chunk([delta("see <EMAIL")])]) + b'data: {"choices": [{"ind'
+        out = run(vault, [stream])
+        assert texts(out.replace(b'data: {"choices": [{"ind\n\n', b"")) == {0: "see <EMAIL"}
+        assert out.startswith(sse([chunk([delta("see ")])]))
+
+    def test_mangled_tokens_released(self, vault: TokenVault) -> None:
+        """Something that starts like a token and turns out not to be one goes out unchanged."""
+        out = run(vault, [chat_stream(["<EMAIL_1", " >, <email_1>, <EMAIL_", "2>, <CARD_1"])])
+        assert texts(out) == {0: "<EMAIL_1 >, <email_1>, <EMAIL_2>, <CARD_1"}
+
+    def test_other_lines_pass_byte_for_byte(self, vault: TokenVault) -> None:
+        """Comments, named events, non-JSON data, usage chunks and [DONE] are not rewritten."""
+        stream = b": keep-alive\n\nevent: ping\ndata: not json <EMAIL_1>\n\ndata: [1, 2]\n\n" + sse(
+            [chunk([], usage={"total_tokens": 3}), "[DONE]"]
+        )
+        assert run(vault, [stream]) == stream
+
+    def test_unchanged_events_pass_byte_for_byte(self, vault: TokenVault) -> None:
+        """Events without tokens keep their exact bytes (spacing, key order)."""
+        stream = b'data:{"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+        assert run(vault, [stream]) == stream
+
+    def test_empty_vault_passes_chunks_through(self) -> None:
+        """With no tokens issued the rehydrator returns each chunk as it is."""
+        rehydrator = SseRehydrator(TokenVault())
+        piece = b'data: {"choices": [{"delta": {"content": "<EMA'
+        assert rehydrator.feed(piece) is piece
+        assert rehydrator.close() == b""
+
+    def test_crlf_line_endings(self, vault: TokenVault) -> None:
+        """Streams using CRLF are restored and keep their line endings."""
+        stream = sse([chunk([delta("x <EMA")]), chunk([delta("IL_1>")]), "[DONE]"], b"\r\n\r\n")
+        out = run(vault, [stream[i : i + 5] for i in range(0, len(stream), 5)])
+        assert texts(out) == {0: f"x {EMAIL}"}
+        assert out.count(b"\r\n\r\n") == 3
+
+    def test_overlong_line_passed_through(
+        self, vault: TokenVault, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A line past the size bound is passed on unparsed; the next line is handled again."""
+        monkeypatch.setattr(rehydrate, "MAX_LINE_BYTES", 64)
+        long = sse([chunk([delta("<EMAIL_1>" + "y" * 100)])])
+        short = sse([chunk([delta("<CARD_1>")])])
+        out = run(vault, [long[i : i + 10] for i in range(0, len(long), 10)] + [short])
+        assert out.startswith(long)
+        assert texts(out[len(long) :]) == {0: CARD}
