@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 
 from aiohttp import web
@@ -15,6 +15,7 @@ from router.api.state import (
     MODELS,
     PIPELINES,
     POLICY,
+    PRIVACY,
     SETTINGS,
     STATUS,
     UPSTREAMS,
@@ -30,8 +31,10 @@ from router.inference.repository import (
 )
 from router.pipeline import Pipeline
 from router.policy.bundle import load_bundle
+from router.privacy import Privacy
 from router.resources import default_policy_bundle, demo_model_repository
 from router.settings import Settings
+from router.stages.classify import ClassifyAndRedact
 from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
 from router.stages.route import DecideRoute
@@ -50,23 +53,31 @@ def build_app(
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
-    app[POLICY] = load_bundle(settings.policy.bundle or default_policy_bundle())
+    app[POLICY] = bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
+    app[PRIVACY] = Privacy.build(bundle, settings.policy.secret_file)
     app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
     app.cleanup_ctx.append(_upstreams)
-    app.on_startup.append(_pipelines)
+    app.cleanup_ctx.append(_pipelines)
     kserve_v2.add_routes(app)
     openai.add_routes(app)
     return app
 
 
-def build_pipelines(settings: Settings, models: ModelRepository, upstreams: Upstreams) -> Pipelines:
+def build_pipelines(
+    settings: Settings,
+    models: ModelRepository,
+    upstreams: Upstreams,
+    privacy: Privacy,
+    redaction_executor: Executor,
+) -> Pipelines:
     """The request chains, as plain lists: the order here is the order a request sees."""
     tier = settings.site.tier.value
-    route = DecideRoute(settings.routing, models, upstreams, tier)
-    dispatch = Dispatch(models, upstreams, settings.routing, tier)
+    classify = ClassifyAndRedact(privacy, redaction_executor)
+    route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
+    dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
     return Pipelines(
-        v2_infer=Pipeline([ParseInferRequest(), route, dispatch]),
-        openai=Pipeline([ParseOpenAIRequest(), route, dispatch]),
+        v2_infer=Pipeline([ParseInferRequest(), classify, route, dispatch]),
+        openai=Pipeline([ParseOpenAIRequest(), classify, route, dispatch]),
         upstream_only=Pipeline([route, dispatch]),
     )
 
@@ -100,5 +111,13 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         await upstreams.close()
 
 
-async def _pipelines(app: web.Application) -> None:
-    app[PIPELINES] = build_pipelines(app[SETTINGS], app[MODELS], app[UPSTREAMS])
+async def _pipelines(app: web.Application) -> AsyncIterator[None]:
+    # Large bodies are scanned here, never on the event loop; two threads bound that work.
+    executor = ThreadPoolExecutor(2, thread_name_prefix="redaction")
+    app[PIPELINES] = build_pipelines(
+        app[SETTINGS], app[MODELS], app[UPSTREAMS], app[PRIVACY], executor
+    )
+    try:
+        yield
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)

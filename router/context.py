@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,15 @@ class RequestContext:
     upstream_reasons: str = ""  # an upstream layer-router's own X-Route-Reason
     upstream_ms: float | None = None
     queue_ms: float | None = None
+    # Privacy: set by ClassifyAndRedact.
+    policy_revision: str = ""
+    declared_class: str = ""  # the tenant's default, raised by X-Data-Class
+    data_class: str = ""  # declared, raised by what detection found
+    entities: Counter[str] = field(default_factory=Counter)  # found, per entity type
+    unscanned: str = ""  # why detection could not finish: the request may not leave the site
+    scanner: Any = None  # the request's MemoScanner
+    vault: Any = None  # the request's TokenVault, once something was tokenized
+    redactions: Counter[str] = field(default_factory=Counter)  # applied for the served tier
 
     @property
     def binary(self) -> memoryview:

@@ -7,6 +7,9 @@
     ├── NotFound                     404 not_found
     │   ├── ModelNotFound            404 model_not_found
     │   └── RouteNotFound            404 route_not_found
+    ├── Forbidden                    403 forbidden
+    │   └── ResidencyDenied          403 residency_denied   (no compliant tier serves it)
+    ├── DetectionFailed              422 detection_failed   (unscanned; may not leave the site)
     ├── MethodNotAllowed             405 method_not_allowed
     ├── LoopDetected                 508 loop_detected      (too many layer-router hops)
     ├── PayloadTooLarge              413 payload_too_large
@@ -73,6 +76,20 @@ class ModelNotFound(NotFound):
 
 class RouteNotFound(NotFound):
     code = "route_not_found"
+
+
+class Forbidden(RouterError):
+    status = 403
+    code = "forbidden"
+
+
+class ResidencyDenied(Forbidden):
+    code = "residency_denied"
+
+
+class DetectionFailed(RouterError):
+    status = 422
+    code = "detection_failed"
 
 
 class MethodNotAllowed(RouterError):

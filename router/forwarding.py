@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
+from multidict import CIMultiDict
 
 from router.context import Reply, RequestContext
 from router.errors import RouterError, StreamBroken, UpstreamError
@@ -17,6 +21,10 @@ from router.headers import (
     upstream_request_headers,
 )
 from router.policy.decide import TIER_ORDER
+from router.privacy import Privacy
+from router.redaction.rehydrate import SseRehydrator, rehydrate_json
+from router.redaction.vault import TokenVault
+from router.redaction.walker import redact_headers, redact_json, redact_query
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
 from router.v2.codec import with_timeout
@@ -25,33 +33,80 @@ SERVED_BY_TIER = "X-Served-By-Tier"
 ROUTE_REASON = "X-Route-Reason"
 
 
-def outgoing(ctx: RequestContext, cluster: Cluster, path: str | None = None) -> Outgoing:
+@dataclass(slots=True)
+class View:
+    """What one destination tier may see of a request."""
+
+    document: dict[str, Any] | None
+    path: str
+    headers: Mapping[str, str]
+    changed: bool  # anything was redacted or dropped: the body must be re-encoded
+
+
+def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
+    """The request as `tier` may see it: redacted by the bundle's plan for that tier, with one
+    token vault per request (so a value keeps its token across tiers and retries)."""
+    unchanged = View(ctx.document, ctx.path, ctx.headers, False)
+    if ctx.scanner is None or not privacy.needs_redaction(tier):
+        return unchanged  # nothing scanned (fail-open, no body) or the tier keeps everything
+    plan = privacy.plans[tier]
+    if not ctx.entities and not plan.drop_fields:
+        return unchanged
+    if ctx.vault is None:
+        ctx.vault = TokenVault()
+    counts: Counter[str] = Counter()
+    document = ctx.document
+    if document is not None:
+        document, found = redact_json(document, plan, ctx.scanner, ctx.vault, privacy.hasher)
+        counts += found
+    base, _, query = ctx.path.partition("?")
+    path = ctx.path
+    if query and privacy.bundle.detection.query:
+        query, found = redact_query(query, plan, ctx.scanner, ctx.vault, privacy.hasher)
+        counts += found
+        path = f"{base}?{query}"
+    headers: Mapping[str, str] = ctx.headers
+    if plan.headers:
+        pairs, found = redact_headers(ctx.headers, plan, ctx.scanner, ctx.vault, privacy.hasher)
+        counts += found
+        headers = CIMultiDict(pairs)
+    ctx.redactions = counts
+    return View(document, path, headers, True)
+
+
+def outgoing(
+    ctx: RequestContext, cluster: Cluster, privacy: Privacy, path: str | None = None
+) -> Outgoing:
     settings = cluster.settings
+    view = view_for(ctx, settings.tier.value, privacy)
     headers = upstream_request_headers(
-        ctx.headers, forward_authorization=settings.forward_authorization, extra=settings.headers
+        view.headers, forward_authorization=settings.forward_authorization, extra=settings.headers
     )
     headers[REQUEST_ID] = ctx.request_id
     if not ctx.traceparent:  # made on first use: local answers never need one
         ctx.traceparent = traceparent(ctx.headers)
     headers[TRACEPARENT] = ctx.traceparent
     headers[HOPS] = str(ctx.hops + 1)
+    target = path or view.path
     if ctx.method != "POST":
-        return Outgoing(ctx.method, path or ctx.path, headers, b"")
-    if ctx.api == "kserve-v2" and ctx.document is not None:
-        return _v2_outgoing(ctx, headers, path)
+        return Outgoing(ctx.method, target, headers, b"")
+    if ctx.api == "kserve-v2" and view.document is not None:
+        return _v2_outgoing(ctx, view.document, headers, target)
     headers["Content-Type"] = "application/json"
-    return Outgoing("POST", path or ctx.path, headers, ctx.body)
+    body = orjson.dumps(view.document) if view.changed else ctx.body
+    return Outgoing("POST", target, headers, body)
 
 
-def _v2_outgoing(ctx: RequestContext, headers: dict[str, str], path: str | None) -> Outgoing:
+def _v2_outgoing(
+    ctx: RequestContext, header: dict[str, Any], headers: dict[str, str], path: str
+) -> Outgoing:
     """The v2 header is re-encoded per try so `parameters.timeout` carries the budget left."""
-    header, binary = ctx.document, bytes(ctx.binary)
-    assert header is not None
+    binary = bytes(ctx.binary)
     if ctx.header_length is None:
         headers["Content-Type"] = "application/json"
     else:
         headers["Content-Type"] = "application/octet-stream"
-    out = Outgoing("POST", path or ctx.path, headers, ctx.body)
+    out = Outgoing("POST", path, headers, ctx.body)
 
     def body_for(left_ms: int) -> bytes:
         encoded = with_timeout(header, left_ms * 1000)
@@ -77,9 +132,37 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     body = forwarded.body
     if body is None and content_type != "text/event-stream":
         body = await response.read(MAX_RESPONSE_BYTES)  # e.g. a JSON error for a stream request
+    vault = ctx.vault
     if body is not None:
+        if vault is not None and len(vault) and content_type == "application/json":
+            body = _rehydrated(body, vault)
         return Reply(body, content_type, response.status, headers)
-    return Reply(b"", content_type, response.status, headers, stream=_relay(forwarded))
+    stream = _relay(forwarded)
+    if vault is not None and len(vault):
+        stream = _rehydrate_stream(stream, SseRehydrator(vault))
+    return Reply(b"", content_type, response.status, headers, stream=stream)
+
+
+def _rehydrated(body: bytes, vault: TokenVault) -> bytes:
+    """Tokens in a JSON answer restored for the caller (a body that is not JSON stays as is)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    return orjson.dumps(rehydrate_json(doc, vault))
+
+
+async def _rehydrate_stream(
+    chunks: AsyncIterator[bytes], rehydrator: SseRehydrator
+) -> AsyncIterator[bytes]:
+    """Tokens restored as the stream flows: only a possible partial token is held back."""
+    async for chunk in chunks:
+        out = rehydrator.feed(chunk)
+        if out:
+            yield out
+    tail = rehydrator.close()
+    if tail:
+        yield tail
 
 
 def _served_tier(claimed: str | None, cluster: Cluster) -> str:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from router import __version__
 from router.api.respond import new_context, run
-from router.api.state import MODELS, PIPELINES, SETTINGS, STATUS, UPSTREAMS
+from router.api.state import MODELS, PIPELINES, POLICY, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest, PayloadTooLarge
 from router.inference.repository import ModelVersion
@@ -60,6 +60,8 @@ async def server_metadata(request: web.Request) -> web.Response:
             "extensions": EXTENSIONS,
             "site": site.id,
             "tier": site.tier.value,
+            "policy_revision": request.app[POLICY].revision,
+            "models": sorted(request.app[MODELS].models),
         }
     )
 

@@ -12,6 +12,10 @@ from router.errors import LoopDetected, RouterError
 from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
 from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id
 from router.pipeline import Pipeline
+from router.privacy import redaction_header
+
+POLICY_REVISION = "X-Policy-Revision"
+REDACTIONS = "X-Redactions"
 
 # Where the error middleware finds the context of a failed request.
 CTX = web.RequestKey("ctx", RequestContext)
@@ -46,6 +50,10 @@ def trace_headers(ctx: RequestContext) -> dict[str, str]:
         headers[ROUTE_REASON] = reasons
     if ctx.served_tier:
         headers[SERVED_BY_TIER] = ctx.served_tier
+    if ctx.policy_revision:
+        headers[POLICY_REVISION] = ctx.policy_revision
+    if ctx.redactions:
+        headers[REDACTIONS] = redaction_header(ctx.redactions)
     timing = []
     if ctx.upstream_ms is not None:
         timing.append(f"upstream;dur={ctx.upstream_ms:.2f}")

@@ -9,6 +9,7 @@ from aiohttp import web
 from router.inference.repository import ModelRepository
 from router.pipeline import Pipeline
 from router.policy.bundle import PolicyBundle
+from router.privacy import Privacy
 from router.settings import Settings
 from router.upstreams.registry import Upstreams
 
@@ -31,3 +32,4 @@ PIPELINES = web.AppKey("pipelines", Pipelines)
 STATUS = web.AppKey("status", ServerStatus)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
 POLICY = web.AppKey("policy", PolicyBundle)
+PRIVACY = web.AppKey("privacy", Privacy)

@@ -7,6 +7,7 @@ partial token at the end of a choice's content, never more than a token's length
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -31,8 +32,8 @@ def rehydrate_text(text: str, vault: TokenVault, *, json_escaped: bool = False) 
     if not len(vault) or "<" not in text:
         return text
 
-    def restore(match: Any) -> str:
-        token: str = match.group()
+    def restore(match: re.Match[str]) -> str:
+        token = match.group()
         value = vault.restore(token)
         if value is None:
             return token

@@ -196,7 +196,10 @@ class _Walk:
             digits = str(v)
             redacted = self.leaf(digits, rule)
             return v if redacted is digits else redacted
-        return v
+        if v is None or isinstance(v, int | float):
+            return v
+        # Not a JSON value: it cannot be scanned, so it cannot go on.
+        raise DetectionError(f"cannot scan a value of type {type(v).__name__}")
 
     def object(self, v: dict[Any, Any], path: tuple[str, ...], depth: int, rule: _Rule) -> Any:
         out: dict[Any, Any] = {}

@@ -17,7 +17,9 @@ from router.forwarding import outgoing, reply_from
 from router.inference.local import LocalResult, run_local, top_score
 from router.inference.repository import ModelRepository, ModelVersion
 from router.policy.decide import Facts, Rules, Target, decide
+from router.privacy import Privacy
 from router.settings import RoutingSettings
+from router.stages.route import DecideRoute
 from router.upstreams import forward
 from router.upstreams.registry import Upstreams
 from router.v2.codec import build_request, encode_response
@@ -30,12 +32,20 @@ class Dispatch:
     terminal = True
 
     def __init__(
-        self, models: ModelRepository, upstreams: Upstreams, routing: RoutingSettings, tier: str
+        self,
+        models: ModelRepository,
+        upstreams: Upstreams,
+        routing: RoutingSettings,
+        tier: str,
+        privacy: Privacy,
+        route: DecideRoute,
     ) -> None:
         self._models = models
         self._upstreams = upstreams
         self._routing = routing
         self._tier = tier
+        self._privacy = privacy
+        self._route = route
 
     async def __call__(self, ctx: RequestContext) -> Reply:
         assert ctx.decision is not None, "DecideRoute runs before Dispatch"
@@ -76,7 +86,7 @@ class Dispatch:
         forwarded = await forward.call(
             cluster,
             self._upstreams.transports[cluster.name],
-            outgoing(ctx, cluster, path),
+            outgoing(ctx, cluster, self._privacy, path),
             ctx.deadline,
             replayable=replayable,
             stream=ctx.stream,
@@ -135,5 +145,6 @@ class Dispatch:
         now = asyncio.get_running_loop().time()
         snapshot = replace(self._upstreams.snapshot(now, self._models), local={})
         facts = Facts(ctx.api, model, (ctx.deadline - now) * 1000, len(ctx.body))
-        targets = decide(facts, Rules(), snapshot, self._tier).targets
+        permitted = self._route.permitted(ctx, snapshot.clusters)  # residency holds here too
+        targets = decide(facts, Rules(), snapshot, self._tier, permitted).targets
         return targets[0] if targets else None

@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 
 from router.context import Reply, RequestContext
-from router.errors import BudgetUnmeetable, ModelNotFound, NoHealthyTarget, Offline
+from router.errors import (
+    BudgetUnmeetable,
+    DetectionFailed,
+    ModelNotFound,
+    NoHealthyTarget,
+    Offline,
+    ResidencyDenied,
+)
 from router.inference.repository import ModelRepository
-from router.policy.decide import Decision, Facts, Failure, Rules, decide
-from router.settings import RoutingSettings
+from router.policy.bundle import PolicyBundle
+from router.policy.decide import ClusterView, Decision, Facts, Failure, Rules, decide
+from router.policy.residency import LOCAL_TIER, permits
+from router.settings import RoutingSettings, SiteSettings
 from router.upstreams.registry import Upstreams
 
 
@@ -17,11 +26,18 @@ class DecideRoute:
     terminal = False
 
     def __init__(
-        self, routing: RoutingSettings, models: ModelRepository, upstreams: Upstreams, tier: str
+        self,
+        routing: RoutingSettings,
+        models: ModelRepository,
+        upstreams: Upstreams,
+        site: SiteSettings,
+        bundle: PolicyBundle,
     ) -> None:
         self._models = models
         self._upstreams = upstreams
-        self._tier = tier
+        self._tier = site.tier.value
+        self._origin = site.jurisdiction
+        self._bundle = bundle
         self._rules = Rules(
             heavy_models=frozenset(name for name, r in routing.models.items() if r.heavy),
             local_max_payload_bytes=routing.local_max_payload_bytes,
@@ -31,11 +47,30 @@ class DecideRoute:
         now = asyncio.get_running_loop().time()
         facts = Facts(ctx.api, ctx.model, (ctx.deadline - now) * 1000, len(ctx.body))
         snapshot = self._upstreams.snapshot(now, self._models)
-        ctx.decision = decision = decide(facts, self._rules, snapshot, self._tier)
+        permitted = self.permitted(ctx, snapshot.clusters)
+        ctx.decision = decision = decide(facts, self._rules, snapshot, self._tier, permitted)
         ctx.reasons.extend(decision.reasons)
         if decision.failure is not None:
             raise _failure_error(ctx, decision)
         return None
+
+    def permitted(self, ctx: RequestContext, clusters: tuple[ClusterView, ...]) -> frozenset[str]:
+        """The clusters residency lets this request reach (an unscanned one: only the site's)."""
+        if ctx.unscanned:
+            return frozenset(c.name for c in clusters if c.tier == LOCAL_TIER)
+        entities = frozenset(ctx.entities)
+        return frozenset(
+            c.name
+            for c in clusters
+            if permits(
+                self._bundle,
+                declared=ctx.declared_class or self._bundle.data_classes.default,
+                entities=entities,
+                tier=c.tier,
+                jurisdictions=c.jurisdictions,
+                origin=self._origin,
+            )
+        )
 
 
 def _failure_error(ctx: RequestContext, decision: Decision) -> Exception:
@@ -45,6 +80,16 @@ def _failure_error(ctx: RequestContext, decision: Decision) -> Exception:
     if failure is Failure.OVER_BUDGET:
         return BudgetUnmeetable(
             f"no target for model '{ctx.model}' can answer within the latency budget"
+        )
+    if failure is Failure.RESIDENCY:
+        if ctx.unscanned:
+            return DetectionFailed(
+                f"the request could not be checked for sensitive data ({ctx.unscanned}), so it "
+                f"may not leave this site, and model '{ctx.model}' is not served here"
+            )
+        return ResidencyDenied(
+            f"model '{ctx.model}' is served only where this request's data "
+            f"(class {ctx.data_class}) may not go"
         )
     if failure is Failure.OFFLINE:
         return Offline(f"model '{ctx.model}' needs an upstream and the site is offline", 30.0)

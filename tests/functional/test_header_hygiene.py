@@ -21,6 +21,8 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from router.policy.bundle import load_bundle
+from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.testing import AppThread, Behaviour, FakeUpstream, Recorded, RouterThread
 
@@ -57,6 +59,8 @@ UPSTREAM_RESPONSE_HEADERS = {
     "Set-Cookie": "session=upstream",
     "X-Upstream-Note": "relayed",
 }
+
+POLICY_REVISION = load_bundle(default_policy_bundle()).revision
 
 
 @dataclass
@@ -265,11 +269,12 @@ class TestInternalHeaders:
         assert reply.headers.getall("X-Route-Reason") == ["forward:main"]
         (timing,) = reply.headers.getall("Server-Timing")
         assert timing.startswith("upstream;dur=")
+        # Ours, now that a policy bundle is in force: the revision, never the client's copy.
+        assert reply.headers.getall("X-Policy-Revision") == [POLICY_REVISION]
         for name in (
             "X-Cache",
             "X-Audit-Id",
             "X-Redactions",
-            "X-Policy-Revision",
             "Forwarded",
             "X-Forwarded-For",
             "X-Layer-Router-Tenant",

@@ -448,6 +448,13 @@ class TestRedactJson:
         assert caught.value.__cause__ is None
         assert caught.value.__suppress_context__
 
+    def test_non_json_values_fail_closed(self) -> None:
+        """A value the walker cannot scan (a tuple, bytes) is refused, not passed through."""
+        with pytest.raises(DetectionError, match="tuple"):
+            redact({"a": ("a@b.com",)})
+        with pytest.raises(DetectionError, match="bytes"):
+            redact([b"a@b.com"])
+
     def test_detection_error_propagates(self) -> None:
         """A DetectionError from the scanner (size cap, deadline) is raised as it is."""
 

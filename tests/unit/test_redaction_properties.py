@@ -55,13 +55,20 @@ def redact(doc: Any, action: Action, vault: TokenVault | None = None) -> Any:
 
 # -- strategies -------------------------------------------------------------------------------
 
+LOWER, DIGITS = "abcdefghijklmnopqrstuvwxyz", "0123456789"
 canary_emails = st.lists(
-    st.from_regex(r"[a-z]{3,8}\.[a-z0-9]{6,10}", fullmatch=True).map(lambda s: f"{s}@canary.test"),
+    st.builds(
+        "{}.{}@canary.test".format,
+        st.text(LOWER, min_size=3, max_size=8),
+        st.text(LOWER + DIGITS, min_size=6, max_size=10),
+    ),
     min_size=1,
     max_size=4,
     unique=True,
 )
-canary_cards = st.lists(st.from_regex(r"4[0-9]{15}", fullmatch=True), max_size=3, unique=True)
+canary_cards = st.lists(
+    st.text(DIGITS, min_size=15, max_size=15).map("4".__add__), max_size=3, unique=True
+)
 noise = st.text(max_size=12)
 json_scalars = (
     st.none()
@@ -199,7 +206,9 @@ class TestIdempotence:
     @given(
         st.lists(
             st.one_of(
-                st.text(max_size=8), st.emails(), st.from_regex(r"4[0-9]{15}", fullmatch=True)
+                st.text(max_size=8),
+                st.emails(),
+                st.text(DIGITS, min_size=15, max_size=15).map("4".__add__),
             )
         ),
         st.sampled_from(list(Action)),
@@ -251,9 +260,7 @@ class TestReversible:
     @PROPS
     @given(
         st.recursive(
-            st.text(
-                st.characters(exclude_characters="\u200b", exclude_categories=("Cs",)), max_size=12
-            )
+            st.text(st.characters(exclude_characters="\u200b"), max_size=12)
             | st.builds(lambda a, e, b: f"{a} {e} {b}", noise, st.emails(), noise).filter(
                 lambda s: "\u200b" not in s
             ),

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from router.redaction import rehydrate
 from router.redaction.actions import Hasher
@@ -68,7 +70,8 @@ def chat_stream(deltas: list[str]) -> bytes:
 
 def events_of(out: bytes) -> Iterator[dict[str, Any] | str]:
     """The data payloads of an SSE byte stream, parsed (every one must be valid)."""
-    for line in out.decode("utf-8").splitlines():
+    # Split on LF only: str.splitlines would also split inside JSON strings (U+2028, U+0085).
+    for line in out.decode("utf-8").split("\n"):
         if line.startswith("data:"):
             payload = line[5:].strip()
             yield payload if payload == "[DONE]" else orjson.loads(payload)
@@ -370,3 +373,42 @@ class TestSseRehydrator:
         out = run(vault, [long[i : i + 10] for i in range(0, len(long), 10)] + [short])
         assert out.startswith(long)
         assert texts(out[len(long) :]) == {0: CARD}
+
+
+# Pieces of model output: issued, unknown and mangled tokens, bits of tokens and noise.
+pieces = st.lists(
+    st.sampled_from(
+        ["<EMAIL_1>", "<CARD_1>", "<EMAIL_2>", "<EMA", "IL_1>", "<", ">", "_1", "<CARD_"]
+    )
+    | st.text(max_size=6),
+    max_size=12,
+)
+
+
+class TestSseProperties:
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(pieces, min_size=1, max_size=2), st.booleans(), st.data())
+    def test_stream_equals_whole_text(
+        self, choices: list[list[str]], finish: bool, data: st.DataObject
+    ) -> None:
+        """Any event split and byte chunking gives each choice exactly its restored whole text."""
+        vault = TokenVault()
+        vault.token_for("EMAIL", EMAIL)
+        vault.token_for("CARD", CARD)
+        # Interleave the choices' deltas in a drawn order, then cut the bytes anywhere.
+        events: list[dict[str, Any] | str] = []
+        left = {i: list(ps) for i, ps in enumerate(choices) if ps}
+        while left:
+            index = data.draw(st.sampled_from(sorted(left)))
+            events.append(chunk([delta(left[index].pop(0), index)]))
+            if not left[index]:
+                del left[index]
+        if finish:
+            events.append(chunk([delta(None, i, "stop") for i in range(len(choices))]))
+        events.append("[DONE]")
+        stream = sse(events)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+        parts = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        got = texts(run(vault, parts))
+        expected = {i: rehydrate_text("".join(ps), vault) for i, ps in enumerate(choices)}
+        assert got == {i: t for i, t in expected.items() if t}

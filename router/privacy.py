@@ -1,0 +1,111 @@
+"""The site's privacy machinery at run time: the policy bundle, its detectors and keyed hasher,
+and one redaction plan per destination tier, built once; plus the per-request pieces (a memo of
+scans, so each string is scanned once however many tiers it is redacted for)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.errors import ConfigError
+from router.policy.bundle import PolicyBundle
+from router.policy.model import TIERS
+from router.redaction.actions import Hasher
+from router.redaction.detectors import CustomPattern, Detectors
+from router.redaction.types import Action, Finding
+from router.redaction.walker import FieldRule, RedactionPlan
+
+log = logging.getLogger(__name__)
+
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Privacy:
+    bundle: PolicyBundle
+    detectors: Detectors
+    hasher: Hasher
+    plans: dict[str, RedactionPlan]  # per destination tier
+    survey: RedactionPlan  # keeps everything: used to find what a request holds
+
+    @classmethod
+    def build(cls, bundle: PolicyBundle, secret_file: Path | None) -> Privacy:
+        custom = [CustomPattern(c.name, c.pattern) for c in bundle.detection.custom]
+        try:
+            detectors = Detectors.default(custom)
+        except ValueError as exc:
+            raise ConfigError(str(bundle.path / "detection.yaml"), [f"custom: {exc}"]) from None
+        plans = {tier: _plan(bundle, tier) for tier in TIERS}
+        survey = RedactionPlan(default=Action.KEEP, headers=bundle.detection.headers)
+        return cls(bundle, detectors, Hasher(_secret(secret_file)), plans, survey)
+
+    def needs_redaction(self, tier: str) -> bool:
+        plan = self.plans[tier]
+        keeps = plan.default is Action.KEEP and all(a is Action.KEEP for a in plan.actions.values())
+        return not (keeps and not plan.fields and not plan.drop_fields)
+
+
+def _plan(bundle: PolicyBundle, tier: str) -> RedactionPlan:
+    rules = bundle.tier_redaction(tier)
+    return RedactionPlan(
+        actions=dict(rules.entities),
+        default=rules.default,
+        fields=tuple(FieldRule(path, default=action) for path, action in rules.paths.items()),
+        drop_fields=bundle.redaction.drop_fields if tier != "edge" else (),
+        headers=bundle.detection.headers,
+    )
+
+
+def _secret(path: Path | None) -> bytes:
+    if path is None:
+        log.warning("policy.secret_file is not set: pseudonyms change when the process restarts")
+        return secrets.token_bytes(MIN_SECRET_BYTES)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the secret file: {exc.strerror}"]) from None
+    if len(data) < MIN_SECRET_BYTES:
+        raise ConfigError(str(path), [f"the secret must hold at least {MIN_SECRET_BYTES} bytes"])
+    return data
+
+
+class MemoScanner:
+    """Scans each distinct string once per request, within the bundle's size cap and CPU
+    deadline (DetectionError past either: the caller fails closed)."""
+
+    def __init__(self, detectors: Detectors, max_chars: int, budget_s: float) -> None:
+        self._detectors = detectors
+        self._max_chars = max_chars
+        self._deadline = time.monotonic() + budget_s
+        self._memo: dict[str, tuple[str, list[Finding]]] = {}
+
+    def scan(self, text: str) -> tuple[str, list[Finding]]:
+        hit = self._memo.get(text)
+        if hit is None:
+            hit = self._detectors.scan(text, max_chars=self._max_chars, deadline=self._deadline)
+            self._memo[text] = hit
+        return hit
+
+
+def redaction_header(counts: Counter[str]) -> str:
+    """`X-Redactions`: entity types and counts, never values."""
+    return ",".join(f"{entity}={n}" for entity, n in sorted(counts.items()) if n)
+
+
+def has_binary_bytes(document: dict[str, Any] | None) -> bool:
+    """A v2 request with BYTES tensors in the binary part, which the scanner cannot read."""
+    if document is None:
+        return False
+    for tensor in document.get("inputs") or ():
+        if not isinstance(tensor, dict):
+            continue
+        params = tensor.get("parameters")
+        binary = isinstance(params, dict) and "binary_data_size" in params
+        if tensor.get("datatype") == "BYTES" and binary:
+            return True
+    return False

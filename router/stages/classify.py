@@ -1,0 +1,98 @@
+"""ClassifyAndRedact: what data class a request is, from its tenant, an X-Data-Class header
+(which may only raise it) and what detection finds in it. Redaction itself happens per
+destination tier when a request is forwarded (`router.forwarding`), from the same scans."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from concurrent.futures import Executor
+
+from router.context import Reply, RequestContext
+from router.errors import BadRequest
+from router.policy.residency import classify, strictest
+from router.privacy import MemoScanner, Privacy, has_binary_bytes
+from router.redaction.types import DetectionError
+from router.redaction.vault import TokenVault
+from router.redaction.walker import redact_headers, redact_json, redact_query
+
+DATA_CLASS_HEADER = "X-Data-Class"
+# Bodies past this are scanned on the redaction executor, not on the event loop.
+OFF_LOOP_BYTES = 32 * 1024
+
+
+class ClassifyAndRedact:
+    name = "classify"
+    terminal = False
+
+    def __init__(self, privacy: Privacy, executor: Executor) -> None:
+        self._privacy = privacy
+        self._executor = executor
+
+    async def __call__(self, ctx: RequestContext) -> Reply | None:
+        bundle = self._privacy.bundle
+        ctx.policy_revision = bundle.revision
+        ctx.declared_class = self._declared(ctx)
+        ctx.data_class = ctx.declared_class
+        detection = bundle.detection
+        if len(ctx.body) > detection.max_body_bytes:
+            self._unscanned(ctx, "body over the detection size cap")
+            return None
+        if ctx.api == "kserve-v2" and has_binary_bytes(ctx.document):
+            self._unscanned(ctx, "binary BYTES tensors cannot be scanned")
+            return None
+        ctx.scanner = MemoScanner(
+            self._privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
+        )
+        try:
+            if len(ctx.body) > OFF_LOOP_BYTES:
+                loop = asyncio.get_running_loop()
+                found = await loop.run_in_executor(self._executor, self._survey, ctx)
+            else:
+                found = self._survey(ctx)
+        except DetectionError:
+            self._unscanned(ctx, "detection did not finish")
+            return None
+        ctx.entities = found
+        ctx.data_class = classify(bundle, ctx.declared_class, found)
+        return None
+
+    def _declared(self, ctx: RequestContext) -> str:
+        bundle = self._privacy.bundle
+        tenant = bundle.tenants.default.data_class or bundle.data_classes.default
+        raw = ctx.headers.get(DATA_CLASS_HEADER)
+        if raw is None:
+            return tenant
+        wanted = raw.strip().lower()
+        if wanted not in bundle.data_classes.classes:
+            raise BadRequest(
+                f"{DATA_CLASS_HEADER} must be one of {', '.join(bundle.data_classes.classes)}"
+            )
+        return strictest(bundle, [tenant, wanted])  # a header may raise the class, never lower
+
+    def _survey(self, ctx: RequestContext) -> Counter[str]:
+        """Every entity the request holds, in body, query string and scanned headers."""
+        privacy, found = self._privacy, Counter[str]()
+        vault = TokenVault()  # the survey keeps everything; nothing is issued from it
+        if ctx.document is not None:
+            redact_json(
+                ctx.document, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
+            )
+        query = ctx.path.partition("?")[2]
+        if query and privacy.bundle.detection.query:
+            redact_query(query, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found)
+        if privacy.survey.headers:
+            redact_headers(
+                ctx.headers, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
+            )
+        return found
+
+    def _unscanned(self, ctx: RequestContext, why: str) -> None:
+        """Fail closed: the request may still run here, but may not leave the site. Only a
+        route the bundle marks fail-open goes on, as it came (nothing could be redacted)."""
+        if ctx.path.startswith(self._privacy.bundle.detection.fail_open_paths or ("\0",)):
+            ctx.reasons.append("detection_failed_open")
+            return
+        ctx.unscanned = why
+        ctx.reasons.append("unscanned")
+        return
