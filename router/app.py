@@ -72,7 +72,8 @@ def build_pipelines(
 ) -> Pipelines:
     """The request chains, as plain lists: the order here is the order a request sees."""
     tier = settings.site.tier.value
-    classify = ClassifyAndRedact(privacy, redaction_executor)
+    escalating = frozenset(m for m, r in settings.routing.models.items() if r.escalate)
+    classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
     return Pipelines(

@@ -51,6 +51,7 @@ class RequestContext:
     data_class: str = ""  # declared, raised by what detection found
     entities: Counter[str] = field(default_factory=Counter)  # found, per entity type
     unscanned: str = ""  # why detection could not finish: the request may not leave the site
+    unsurveyed: bool = False  # not scanned, as nothing upstream served it: it may not leave
     scanner: Any = None  # the request's MemoScanner
     vault: Any = None  # the request's TokenVault, once something was tokenized
     redactions: Counter[str] = field(default_factory=Counter)  # applied for the served tier

@@ -81,6 +81,7 @@ class Normalized:
         """Map a span of ``text`` to the smallest span of the input that produced it."""
         for edits in reversed(self.passes):
             start, end = _map_start(edits, start), _map_end(edits, end)
+            end = max(start, end)  # an empty span at a deletion
         return start, end
 
 

@@ -15,6 +15,7 @@ from router.privacy import MemoScanner, Privacy, has_binary_bytes
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_headers, redact_json, redact_query
+from router.upstreams.registry import Upstreams
 
 DATA_CLASS_HEADER = "X-Data-Class"
 # Bodies past this are scanned on the redaction executor, not on the event loop.
@@ -25,15 +26,28 @@ class ClassifyAndRedact:
     name = "classify"
     terminal = False
 
-    def __init__(self, privacy: Privacy, executor: Executor) -> None:
+    def __init__(
+        self,
+        privacy: Privacy,
+        executor: Executor,
+        upstreams: Upstreams,
+        escalating: frozenset[str] = frozenset(),
+    ) -> None:
         self._privacy = privacy
         self._executor = executor
+        self._upstreams = upstreams
+        self._escalating = escalating  # models whose answers may be escalated upstream
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         bundle = self._privacy.bundle
         ctx.policy_revision = bundle.revision
         ctx.declared_class = self._declared(ctx)
         ctx.data_class = ctx.declared_class
+        if not self._may_leave(ctx):
+            # Answered on the site or nowhere: scanning would buy nothing. Should a cluster
+            # learn the model before routing, the unsurveyed request still may not leave.
+            ctx.unsurveyed = True
+            return None
         detection = bundle.detection
         if len(ctx.body) > detection.max_body_bytes:
             self._unscanned(ctx, "body over the detection size cap")
@@ -56,6 +70,14 @@ class ClassifyAndRedact:
         ctx.entities = found
         ctx.data_class = classify(bundle, ctx.declared_class, found)
         return None
+
+    def _may_leave(self, ctx: RequestContext) -> bool:
+        if ctx.model in self._escalating:
+            return True
+        return any(
+            c.models is not None and ctx.model in c.models
+            for c in self._upstreams.clusters.values()
+        )
 
     def _declared(self, ctx: RequestContext) -> str:
         bundle = self._privacy.bundle

@@ -56,7 +56,7 @@ class DecideRoute:
 
     def permitted(self, ctx: RequestContext, clusters: tuple[ClusterView, ...]) -> frozenset[str]:
         """The clusters residency lets this request reach (an unscanned one: only the site's)."""
-        if ctx.unscanned:
+        if ctx.unscanned or ctx.unsurveyed:
             return frozenset(c.name for c in clusters if c.tier == LOCAL_TIER)
         entities = frozenset(ctx.entities)
         return frozenset(
