@@ -12,6 +12,7 @@ from aiohttp import web
 from router.api import kserve_v2, openai
 from router.api.errors import error_middleware
 from router.api.state import (
+    CACHE,
     MODELS,
     PIPELINES,
     POLICY,
@@ -22,6 +23,7 @@ from router.api.state import (
     Pipelines,
     ServerStatus,
 )
+from router.cache import ResponseCache
 from router.inference.repository import (
     Loader,
     ModelRepository,
@@ -34,6 +36,7 @@ from router.policy.bundle import load_bundle
 from router.privacy import Privacy
 from router.resources import default_policy_bundle, demo_model_repository
 from router.settings import Settings
+from router.stages.cache import LookupCache
 from router.stages.classify import ClassifyAndRedact
 from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
@@ -54,7 +57,9 @@ def build_app(
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
     app[POLICY] = bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
-    app[PRIVACY] = Privacy.build(bundle, settings.policy.secret_file)
+    app[PRIVACY] = privacy = Privacy.build(bundle, settings.policy.secret_file)
+    cache = settings.cache
+    app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
     app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_pipelines)
@@ -69,16 +74,24 @@ def build_pipelines(
     upstreams: Upstreams,
     privacy: Privacy,
     redaction_executor: Executor,
+    cache: ResponseCache,
 ) -> Pipelines:
     """The request chains, as plain lists: the order here is the order a request sees."""
     tier = settings.site.tier.value
     escalating = frozenset(m for m, r in settings.routing.models.items() if r.escalate)
-    classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating)
+    c = settings.cache
+    cached = frozenset(
+        api
+        for api, ttl in (("kserve-v2", c.kserve_v2_ttl_s), ("openai", c.openai_ttl_s))
+        if c.enabled and ttl > 0
+    )
+    classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
+    lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
     return Pipelines(
-        v2_infer=Pipeline([ParseInferRequest(), classify, route, dispatch]),
-        openai=Pipeline([ParseOpenAIRequest(), classify, route, dispatch]),
+        v2_infer=Pipeline([ParseInferRequest(), classify, lookup, route, dispatch]),
+        openai=Pipeline([ParseOpenAIRequest(), classify, lookup, route, dispatch]),
         upstream_only=Pipeline([route, dispatch]),
     )
 
@@ -116,7 +129,7 @@ async def _pipelines(app: web.Application) -> AsyncIterator[None]:
     # Large bodies are scanned here, never on the event loop; two threads bound that work.
     executor = ThreadPoolExecutor(2, thread_name_prefix="redaction")
     app[PIPELINES] = build_pipelines(
-        app[SETTINGS], app[MODELS], app[UPSTREAMS], app[PRIVACY], executor
+        app[SETTINGS], app[MODELS], app[UPSTREAMS], app[PRIVACY], executor, app[CACHE]
     )
     try:
         yield

@@ -11,7 +11,9 @@ from pathlib import Path
 from router import __version__, logs, yamlconf
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
-from router.policy.bundle import load_bundle
+from router.policy.bundle import PolicyBundle, load_bundle
+from router.policy.cases import run_cases
+from router.privacy import Privacy
 from router.resources import default_policy_bundle, demo_model_repository
 from router.settings import Settings, load_settings
 
@@ -76,10 +78,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.logging.level)
     if args.command == "check":
         print(f"policy bundle '{bundle.manifest.name}' revision {bundle.revision} ({bundle.path})")
-        return check(settings)
+        policy = check_policy(bundle, settings)
+        if policy == 2:
+            return 2
+        return max(policy, check(settings))
     from router.server import serve
 
     return serve(settings)
+
+
+def check_policy(bundle: PolicyBundle, settings: Settings) -> int:
+    """Run the bundle's decision cases: 0 when all pass, 1 when one fails, 2 when one is
+    malformed (the error names the file and key)."""
+    try:
+        results = run_cases(bundle, Privacy.build(bundle, settings.policy.secret_file))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        print(f"policy case '{result.name}' failed ({result.source}):", file=sys.stderr)
+        print(*(f"  {p}" for p in result.problems), sep="\n", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(results)} policy cases failed", file=sys.stderr)
+        return 1
+    print(f"{len(results)} policy cases passed")
+    return 0
 
 
 def check(settings: Settings) -> int:

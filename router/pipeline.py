@@ -1,15 +1,20 @@
 """The request pipeline: an ordered list of stages, the last of which always answers.
 
-A stage returns a Reply to end the chain (a cache hit, the dispatcher's answer) or None to pass
-the context on; failures are exceptions from `router.errors`, mapped to responses in one place.
+A stage returns a Reply to end the chain (the dispatcher's answer) or None to pass the context
+on; failures are exceptions from `router.errors`, mapped to responses in one place. A stage
+that must see what the rest of the chain answers (the cache stores it, coalesces identical
+requests and falls back to a stale copy on failure) implements `around(ctx, rest)` instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from router.context import Reply, RequestContext
+
+Rest = Callable[[], Awaitable[Reply]]
 
 
 class Stage(Protocol):
@@ -19,8 +24,15 @@ class Stage(Protocol):
     async def __call__(self, ctx: RequestContext) -> Reply | None: ...
 
 
+class AroundStage(Protocol):
+    name: str
+    terminal: bool
+
+    async def around(self, ctx: RequestContext, rest: Rest) -> Reply: ...
+
+
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage | AroundStage]) -> None:
         if not stages or not stages[-1].terminal:
             raise ValueError("a pipeline must end with a terminal stage")
         if any(stage.terminal for stage in stages[:-1]):
@@ -28,8 +40,17 @@ class Pipeline:
         self.stages = tuple(stages)
 
     async def run(self, ctx: RequestContext) -> Reply:
-        for stage in self.stages:
-            reply = await stage(ctx)
-            if reply is not None:
+        return await self._run_from(0, ctx)
+
+    async def _run_from(self, start: int, ctx: RequestContext) -> Reply:
+        for position in range(start, len(self.stages)):
+            stage = self.stages[position]
+            around = getattr(stage, "around", None)
+            if around is not None:
+                rest: Rest = partial(self._run_from, position + 1, ctx)
+                reply: Reply = await around(ctx, rest)
                 return reply
+            answer = await stage(ctx)  # type: ignore[operator]
+            if answer is not None:
+                return answer
         raise AssertionError("the terminal stage returned no reply")  # excluded by __init__

@@ -32,6 +32,7 @@ class Privacy:
     hasher: Hasher
     plans: dict[str, RedactionPlan]  # per destination tier
     survey: RedactionPlan  # keeps everything: used to find what a request holds
+    secret: bytes  # the site key behind pseudonyms and cache keys; never logged
 
     @classmethod
     def build(cls, bundle: PolicyBundle, secret_file: Path | None) -> Privacy:
@@ -42,7 +43,8 @@ class Privacy:
             raise ConfigError(str(bundle.path / "detection.yaml"), [f"custom: {exc}"]) from None
         plans = {tier: _plan(bundle, tier) for tier in TIERS}
         survey = RedactionPlan(default=Action.KEEP, headers=bundle.detection.headers)
-        return cls(bundle, detectors, Hasher(_secret(secret_file)), plans, survey)
+        secret = _secret(secret_file)
+        return cls(bundle, detectors, Hasher(secret), plans, survey, secret)
 
     def needs_redaction(self, tier: str) -> bool:
         plan = self.plans[tier]

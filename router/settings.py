@@ -164,6 +164,21 @@ class PolicySettings(Strict):
     secret_file: Path | None = None
 
 
+class CacheSettings(Strict):
+    enabled: bool = True
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+    # Answers stay this long past their freshness, to be served (marked STALE) when every
+    # target is offline or failing.
+    max_stale_s: Annotated[float, Field(ge=0)] = 3600.0
+    # Freshness when the answer states none (an upstream's Cache-Control max-age wins); 0: not
+    # cached. Chat answers are samples, not facts: only cached when an upstream says so.
+    kserve_v2_ttl_s: Annotated[float, Field(ge=0)] = 300.0
+    openai_ttl_s: Annotated[float, Field(ge=0)] = 0.0
+    # Concurrent identical misses share one execution, except on these path prefixes.
+    coalesce: bool = True
+    no_coalesce_paths: tuple[str, ...] = ()
+
+
 class LoggingSettings(Strict):
     level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
 
@@ -176,6 +191,7 @@ class Settings(Strict):
     upstreams: tuple[ClusterSettings, ...] = ()
     routing: RoutingSettings = RoutingSettings()
     policy: PolicySettings = PolicySettings()
+    cache: CacheSettings = CacheSettings()
 
     @model_validator(mode="after")
     def _unique_cluster_names(self) -> Settings:

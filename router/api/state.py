@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from router.cache import ResponseCache
 from router.inference.repository import ModelRepository
 from router.pipeline import Pipeline
 from router.policy.bundle import PolicyBundle
@@ -33,3 +34,4 @@ STATUS = web.AppKey("status", ServerStatus)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
 POLICY = web.AppKey("policy", PolicyBundle)
 PRIVACY = web.AppKey("privacy", Privacy)
+CACHE = web.AppKey("cache", ResponseCache)

@@ -14,6 +14,7 @@ from router.errors import ConfigError
 from router.policy.model import (
     TIERS,
     Budgets,
+    CachePolicy,
     DataClasses,
     Detection,
     Manifest,
@@ -40,6 +41,7 @@ class PolicyBundle:
     residency: Residency
     budgets: Budgets
     tenants: Tenants
+    cache: CachePolicy
 
     @property
     def revision(self) -> str:
@@ -68,6 +70,7 @@ def load_bundle(path: Path) -> PolicyBundle:
         residency=_optional(path, "residency.yaml", Residency, Residency()),
         budgets=_optional(path, "budgets.yaml", Budgets, Budgets()),
         tenants=_optional(path, "tenants.yaml", Tenants, Tenants()),
+        cache=_optional(path, "cache.yaml", CachePolicy, CachePolicy()),
     )
     problems = _cross_check(bundle)
     if problems:
@@ -102,6 +105,10 @@ def _cross_check(bundle: PolicyBundle) -> list[str]:
     for name, tenant in tenants.items():
         if tenant.data_class is not None and tenant.data_class not in classes:
             problems.append(f"tenants.yaml: {name}: unknown data class {tenant.data_class!r}")
+    if bundle.cache.max_data_class not in classes:
+        problems.append(
+            f"cache.yaml: max_data_class: unknown data class {bundle.cache.max_data_class!r}"
+        )
     for entity in bundle.data_classes.entities:
         if entity not in entities:
             problems.append(f"data_classes.yaml: entities: unknown entity {entity!r}")

@@ -95,6 +95,11 @@ class Budgets(Strict):
     models: dict[str, Annotated[int, Field(gt=0)]] = {}
 
 
+class CachePolicy(Strict):
+    # Requests of a stricter class are never cached (even in the tenant's own scope).
+    max_data_class: Name = "internal"
+
+
 class TenantDefaults(Strict):
     data_class: Name | None = None
 

@@ -32,18 +32,20 @@ class ClassifyAndRedact:
         executor: Executor,
         upstreams: Upstreams,
         escalating: frozenset[str] = frozenset(),
+        cached_apis: frozenset[str] = frozenset(),
     ) -> None:
         self._privacy = privacy
         self._executor = executor
         self._upstreams = upstreams
         self._escalating = escalating  # models whose answers may be escalated upstream
+        self._cached_apis = cached_apis  # a cached answer needs the request's class too
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         bundle = self._privacy.bundle
         ctx.policy_revision = bundle.revision
         ctx.declared_class = self._declared(ctx)
         ctx.data_class = ctx.declared_class
-        if not self._may_leave(ctx):
+        if not self._may_leave(ctx) and ctx.api not in self._cached_apis:
             # Answered on the site or nowhere: scanning would buy nothing. Should a cluster
             # learn the model before routing, the unsurveyed request still may not leave.
             ctx.unsurveyed = True

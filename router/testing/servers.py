@@ -20,11 +20,20 @@ T = TypeVar("T")
 
 
 def settings_for(
-    repository: Path | None = None, *, server: Mapping[str, Any] | None = None, **models: Any
+    repository: Path | None = None,
+    *,
+    server: Mapping[str, Any] | None = None,
+    cache: bool = False,
+    **models: Any,
 ) -> Settings:
     """Default settings with `models.repository` and any other `models`/`server` fields set,
-    validated exactly as a config file would be."""
-    data = {"models": {"repository": repository, **models}, "server": dict(server or {})}
+    validated exactly as a config file would be. The response cache is off unless asked for:
+    a test that repeats a request usually means to see it served again."""
+    data = {
+        "models": {"repository": repository, **models},
+        "server": dict(server or {}),
+        "cache": {"enabled": cache},
+    }
     return Settings.model_validate(data)
 
 

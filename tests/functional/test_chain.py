@@ -84,6 +84,8 @@ def site(tier: str, repo: Path, upstreams: list[dict[str, Any]], **routing: Any)
             "models": {"repository": repo, "inference_threads": 1},
             "upstreams": upstreams,
             "routing": routing,
+            # These tests watch routing happen on every request: no cached answers.
+            "cache": {"enabled": False},
         }
     )
 

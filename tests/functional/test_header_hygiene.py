@@ -192,6 +192,7 @@ def site() -> Iterator[Site]:
             {
                 "site": {"id": "edge-hygiene", "tier": "edge"},
                 "models": {"repository": None, "inference_threads": 1},
+                "cache": {"enabled": False},  # every request must reach the fake
                 "upstreams": [
                     cluster("main", "regional", up_server.url, headers={"X-Api-Key": "cluster"}),
                     cluster(
@@ -271,8 +272,8 @@ class TestInternalHeaders:
         assert timing.startswith("upstream;dur=")
         # Ours, now that a policy bundle is in force: the revision, never the client's copy.
         assert reply.headers.getall("X-Policy-Revision") == [POLICY_REVISION]
+        assert reply.headers.getall("X-Cache") == ["BYPASS"]  # ours: the cache is off here
         for name in (
-            "X-Cache",
             "X-Audit-Id",
             "X-Redactions",
             "Forwarded",

@@ -1,0 +1,165 @@
+"""LookupCache: answer from the response cache, or run the rest of the chain (once for all
+concurrent identical requests) and keep what it answers; fall back to a stale copy when the
+rest fails for want of a reachable target."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from router.cache import Entry, Outcome, RequestDirectives, ResponseCache, response_ttl
+from router.context import Reply, RequestContext
+from router.errors import DeadlineExceeded, Unavailable, UpstreamError
+from router.pipeline import Rest
+from router.policy.bundle import PolicyBundle
+from router.settings import CacheSettings, SiteSettings
+from router.singleflight import SingleFlight
+
+X_CACHE = "X-Cache"
+TENANT = "default"  # one tenant until tenants arrive with the operations work
+
+# Failures a stale answer may stand in for: nothing reachable could answer in time.
+_STALE_IF = (Unavailable, UpstreamError, DeadlineExceeded)
+
+
+class LookupCache:
+    name = "cache"
+    terminal = False
+
+    def __init__(
+        self,
+        cache: ResponseCache,
+        settings: CacheSettings,
+        bundle: PolicyBundle,
+        site: SiteSettings,
+    ) -> None:
+        self._cache = cache
+        self._settings = settings
+        self._bundle = bundle
+        self._site = site
+        self._flights: SingleFlight[Reply] = SingleFlight()
+
+    async def around(self, ctx: RequestContext, rest: Rest) -> Reply:
+        directives = RequestDirectives.parse(ctx.headers.get("Cache-Control"))
+        key = self._key(ctx) if directives.store or directives.lookup else None
+        if key is None:
+            return self._counted(ctx, Outcome.BYPASS, await rest())
+        stale: Entry | None = None
+        if directives.lookup:
+            found = self._cache.get(key, allow_stale=True)
+            if found is not None and found[1] is Outcome.HIT:
+                return self._replay(ctx, found[0], Outcome.HIT)
+            stale = found[0] if found is not None else None
+        try:
+            reply = await self._miss(ctx, key, rest)
+        except _STALE_IF:
+            if stale is None:
+                raise
+            return self._replay(ctx, stale, Outcome.STALE)
+        if directives.store:
+            reply = self._keep(ctx, key, reply)
+        return self._counted(ctx, Outcome.MISS, reply)
+
+    async def _miss(self, ctx: RequestContext, key: bytes, rest: Rest) -> Reply:
+        if ctx.stream or not self._coalesces(ctx):
+            return await rest()
+        reply, joined = await self._flights.run(key, rest)
+        if joined:
+            ctx.reasons.append("coalesced")
+            reply = Reply(reply.body, reply.content_type, reply.status, dict(reply.headers))
+        return reply
+
+    def _coalesces(self, ctx: RequestContext) -> bool:
+        s = self._settings
+        return s.coalesce and not ctx.path.startswith(s.no_coalesce_paths or ("\0",))
+
+    def _key(self, ctx: RequestContext) -> bytes | None:
+        """None when this request must not be cached: off, a GET, unscanned content, a class
+        stricter than the bundle allows, or a route whose answers are not reusable."""
+        if not self._settings.enabled or ctx.method != "POST" or ctx.document is None:
+            return None
+        if ctx.unscanned or ctx.unsurveyed or (self._ttl(ctx) <= 0 and ctx.api == "openai"):
+            return None
+        ranked = self._bundle.data_classes.classes
+        if ranked.index(ctx.data_class) > ranked.index(self._bundle.cache.max_data_class):
+            return None
+        canonical = orjson.dumps(ctx.document, option=orjson.OPT_SORT_KEYS)
+        return self._cache.key(
+            (
+                ctx.api,
+                ctx.path,
+                ctx.model,
+                ctx.version or "",
+                self._bundle.revision,
+                TENANT,
+                ctx.declared_class,
+                ctx.data_class,
+                self._site.jurisdiction,
+                canonical,
+                bytes(ctx.binary),
+            )
+        )
+
+    def _ttl(self, ctx: RequestContext) -> float:
+        s = self._settings
+        return s.kserve_v2_ttl_s if ctx.api == "kserve-v2" else s.openai_ttl_s
+
+    def _replay(self, ctx: RequestContext, entry: Entry, outcome: Outcome) -> Reply:
+        ctx.served_tier = entry.tier
+        ctx.reasons.append("cache_hit" if outcome is Outcome.HIT else "cache_stale")
+        headers = dict(entry.headers)
+        headers["Age"] = str(int(entry.age(self._cache.now())))
+        reply = Reply(entry.body, entry.content_type, entry.status, headers)
+        if entry.events is not None:
+            reply.stream = _replay_events(entry.events)
+        return self._counted(ctx, outcome, reply)
+
+    def _counted(self, ctx: RequestContext, outcome: Outcome, reply: Reply) -> Reply:
+        self._cache.count(outcome)
+        reply.headers[X_CACHE] = outcome.value
+        return reply
+
+    def _keep(self, ctx: RequestContext, key: bytes, reply: Reply) -> Reply:
+        if reply.status != 200:
+            return reply
+        ttl = response_ttl(reply.headers.get("Cache-Control"), self._ttl(ctx))
+        if not ttl:
+            return reply
+        if reply.stream is not None:
+            reply.stream = self._recording(ctx, key, reply, ttl)
+            return reply
+        self._cache.put(key, self._entry(ctx, reply, ttl, None))
+        return reply
+
+    async def _recording(
+        self, ctx: RequestContext, key: bytes, reply: Reply, ttl: float
+    ) -> AsyncIterator[bytes]:
+        """Relay a stream and keep it once it ended well; a broken one is never stored."""
+        assert reply.stream is not None
+        events = []
+        async for chunk in reply.stream:
+            events.append(chunk)
+            yield chunk
+        self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)))
+
+    def _entry(
+        self, ctx: RequestContext, reply: Reply, ttl: float, events: tuple[bytes, ...] | None
+    ) -> Entry:
+        headers = tuple((k, v) for k, v in reply.headers.items() if k.lower() != X_CACHE.lower())
+        return Entry(
+            status=reply.status,
+            content_type=reply.content_type,
+            headers=headers,
+            body=reply.body,
+            events=events,
+            stored_at=self._cache.now(),
+            fresh_s=ttl,
+            tier=ctx.served_tier,
+            reasons=",".join(ctx.reasons),
+        )
+
+
+async def _replay_events(events: tuple[bytes, ...]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
