@@ -19,42 +19,42 @@ Ctrl-C / SIGTERM / error. Results: bench/results/local_inference-<time>.{json,md
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
-import re
-import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import types
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import models
+from harness import (
+    HERE,
+    PY,
+    RESULTS,
+    ROUTER_BIN,
+    WRK,
+    Server,
+    Usage,
+    brackets,
+    cpu_figures,
+    cpu_model,
+    fmt,
+    git_state,
+    log,
+    median,
+    run_child,
+    stop_children_on_exit,
+)
+from harness import load as closed_loop
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-PY = sys.executable
-ROUTER_BIN = str(Path(PY).with_name("layer-router"))
-WRK = shutil.which("wrk")
-CLK = os.sysconf("SC_CLK_TCK")
 CPU_TARGET = 1.25  # router CPU per request <= 1.25 x the floor's (issue 2)
 OVERHEAD_TARGET = 0.05  # router overhead <= 5 % of model time for the large input
-LISTENING = re.compile(r"listening on http://([^\s,/]+):(\d+)")
-
-_children: list[subprocess.Popen[bytes]] = []  # every process we start, to stop on any exit
-
-
-def log(msg: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ workloads
@@ -81,159 +81,10 @@ def make_workloads(folder: Path, concurrency: tuple[int, ...], image_size: int) 
     return [*mlp, Workload("image", "binary", image_body, header_length, (1,))]
 
 
-# ------------------------------------------------------------------ processes and /proc
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()  # fields from `state` on
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields and int(fields[2]) == pgid:
-                members.append(int(entry))
-    return members
-
-
-def group_cpu_ticks(pgid: int) -> int:
-    """utime + stime of every process in the group (each covers all of its threads)."""
-    total = 0
-    for pid in group_members(pgid):
-        fields = _stat_fields(pid)
-        if fields:
-            total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def core_ticks() -> dict[str, tuple[int, int]]:
-    """Per CPU from /proc/stat: (busy incl. irq/softirq, total) jiffies."""
-    out = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("cpu") and line[3].isdigit():
-            name, *vals = line.split()
-            v = [int(x) for x in vals[:8]]
-            out[name[3:]] = (v[0] + v[1] + v[2] + v[5] + v[6], sum(v))
-    return out
-
-
-class Server:
-    """A server in its own session (pgid == pid), pinned with taskset, stopped by pgid."""
-
-    def __init__(
-        self, name: str, argv: list[str], cpu: str, log_path: Path, env: dict[str, str] | None
-    ) -> None:
-        self.name, self.argv, self.cpu, self.log_path, self.env = name, argv, cpu, log_path, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.base = ""
-
-    def start(self, timeout: float = 120.0) -> Server:
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                ["taskset", "-c", self.cpu, *self.argv],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=HERE,
-                env=self.env,
-            )
-        _children.append(self.proc)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = LISTENING.search(self.log_path.read_bytes()[offset:].decode(errors="replace"))
-            if match:
-                self.base = f"http://{match.group(1)}:{match.group(2)}"
-                log(f"{self.name} pid {self.proc.pid} on CPU {self.cpu}: {self.base}")
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        tail = self.log_path.read_text(errors="replace")[-2000:]
-        self.stop()
-        raise RuntimeError(f"{self.name} did not start; log tail:\n{tail}")
-
-    @property
-    def pgid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc)
-            log(f"{self.name} pid {self.proc.pid} stopped")
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we created for it, then SIGKILL whatever is left of it."""
-    pgid = proc.pid
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            proc.wait(5)
-    if group_members(pgid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-    if proc in _children:
-        _children.remove(proc)
-
-
-def run_child(argv: list[str], env: dict[str, str] | None, timeout: float) -> str:
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        cwd=HERE,
-        start_new_session=True,
-    )
-    _children.append(proc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        stop_group(proc)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err.decode()[-1500:]}")
-    return out.decode()
-
-
 # ------------------------------------------------------------------ load and measurement
 def load(url: str, work: Workload, conc: int, seconds: float, cpu: str) -> dict[str, Any]:
     """One closed-loop run; the summary line wrk_post.lua (or closed_loop.py) prints."""
-    if WRK:
-        env = dict(
-            os.environ,
-            WRK_BODY_FILE=str(work.body),
-            WRK_CONTENT_TYPE=work.content_type,
-            WRK_HEADER_LENGTH="" if work.header_length is None else str(work.header_length),
-        )
-        secs = max(1, round(seconds))
-        argv = ["wrk", "-t1", f"-c{conc}", f"-d{secs}s", "--timeout", "10s"]
-        argv += ["-s", str(HERE / "wrk_post.lua"), url]
-    else:
-        env = None
-        argv = [PY, str(HERE / "closed_loop.py"), url, "--connections", str(conc)]
-        argv += ["--seconds", str(seconds), "--body", str(work.body)]
-        argv += ["--content-type", work.content_type]
-        if work.header_length is not None:
-            argv += ["--header-length", str(work.header_length)]
-    out = run_child(["taskset", "-c", cpu, *argv], env, timeout=seconds + 60)
-    line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
-    if line is None:
-        raise RuntimeError(f"no summary line from the load generator: {out[-500:]}")
-    result: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
-    return result
+    return closed_loop(url, conc, seconds, cpu, work.body, work.content_type, work.header_length)
 
 
 def run_time(server: Server, model: str) -> tuple[int, int]:
@@ -254,27 +105,14 @@ def cell(server: Server, work: Workload, conc: int, args: argparse.Namespace) ->
     url = f"{server.base}/v2/models/{work.model}/infer"
     load(url, work, conc, args.warmup, args.load_cpu)
     runs0 = run_time(server, work.model)
-    ticks0, cores0, t0 = group_cpu_ticks(server.pgid), core_ticks(), time.monotonic()
+    before = Usage.now([server.pgid])
     r = load(url, work, conc, args.duration, args.load_cpu)
-    ticks1, cores1, t1 = group_cpu_ticks(server.pgid), core_ticks(), time.monotonic()
+    after = Usage.now([server.pgid])
     runs1 = run_time(server, work.model)
     # Mean session.run time per request inside the server during this cell (a batch's time is
     # shared by its requests), to split end-to-end time into model and everything else.
     r["run_us_mean"] = (runs1[1] - runs0[1]) / 1e3 / max(1, runs1[0] - runs0[0])
-    wall, cpu_s = t1 - t0, (ticks1 - ticks0) / CLK
-    ok = max(1, r["requests"])
-    r["errors"] = sum(r[k] for k in r if k.startswith("err_"))
-    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-    r["cpu_us_per_req"] = cpu_s * 1e6 / ok
-    r["cpu_pct"] = 100 * cpu_s / wall
-    busy = {}
-    for c in {args.sut_cpu, args.load_cpu}:
-        d_busy = cores1[c][0] - cores0[c][0]
-        d_total = max(1, cores1[c][1] - cores0[c][1])
-        busy[c] = 100 * d_busy / d_total
-    r["core_busy_pct"] = busy
-    # Busy time on the SUT core that is not the server's: neighbours, softirq, the harness.
-    r["other_on_sut_pct"] = max(0.0, busy[args.sut_cpu] - r["cpu_pct"])
+    r.update(cpu_figures(before, after, server.pgid, r["requests"], args.sut_cpu, [args.load_cpu]))
     return r
 
 
@@ -392,10 +230,6 @@ def measure_server(
 
 
 # ------------------------------------------------------------------ report
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def per_rep(cells: list[dict[str, Any]], server: str, model: str, conc: int) -> dict[int, Any]:
     return {
         c["rep"]: c
@@ -459,14 +293,6 @@ def image_overheads(
         "cell_cpu_us": median(cell_cpu),
         "cell_cpu_pct": median(cell_cpu_pct),
     }
-
-
-def fmt(x: float | None, nd: int = 0) -> str:
-    return "—" if x is None else f"{x:,.{nd}f}"
-
-
-def brackets(values: list[float], nd: int = 0) -> str:
-    return "[" + ", ".join(fmt(v, nd) for v in values) + "]"
 
 
 def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -626,32 +452,8 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
     return "\n".join(lines), summary
 
 
-def git_state() -> str:
-    """The checkout's commit, and whether router/ had uncommitted changes during the run."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "../router"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return f"{head}{' + uncommitted router/ changes' if dirty else ''}"
-
-
 def env_info(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
+    cpu = cpu_model()
     versions = subprocess.run(
         [
             PY,
@@ -704,20 +506,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.concurrency = tuple(int(c) for c in args.concurrency.split(","))
     return args
-
-
-@contextlib.contextmanager
-def stop_children_on_exit() -> Iterator[None]:
-    def on_term(signum: int, frame: types.FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        for proc in list(_children):
-            stop_group(proc)
-        signal.signal(signal.SIGTERM, previous)
 
 
 def rerender(path: Path) -> int:

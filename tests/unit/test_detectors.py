@@ -335,8 +335,10 @@ class TestLimits:
          ("%25" * 5461), ("a\u200b" * 8192), ("\uff11" * 16384), ("born 1/1/1990 " * 1170)],
     )  # fmt: skip
     def test_adversarial_16k_inputs_finish(self, text: str) -> None:
-        """16 KB adversarial inputs finish within a generous 1 s deadline (bench: <= 25 ms)."""
-        DETECTORS.scan(text, deadline=time.monotonic() + 1.0)
+        """16 KB adversarial inputs are scanned to the end (their time is measured in
+        bench/redaction_eval.py, not asserted here)."""
+        normalized, findings = DETECTORS.scan(text)
+        assert all(0 <= f.start < f.end <= len(normalized) for f in findings)
 
 
 class TestCustomPatterns:

@@ -1,0 +1,330 @@
+"""What the benchmark scripts share: pinned servers stopped by process group, /proc CPU
+accounting, the closed-loop load generator (wrk, else closed_loop.py), and report formatting.
+
+Every process started through here is remembered, so `stop_children_on_exit` can stop each one
+by its own process-group id on any exit (error, Ctrl-C, SIGTERM); nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PY = sys.executable
+ROUTER_BIN = str(Path(PY).with_name("layer-router"))
+WRK = shutil.which("wrk")
+CLK = os.sysconf("SC_CLK_TCK")
+LISTENING = re.compile(r"listening on http://([^\s,/]+):(\d+)")
+
+_children: list[subprocess.Popen[bytes]] = []  # every process we start, to stop on any exit
+
+
+def log(msg: str) -> None:
+    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ /proc
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields from `state` on
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return members
+
+
+def group_cpu_ticks(pgid: int) -> int:
+    """utime + stime of every process in the group (each covers all of its threads)."""
+    total = 0
+    for pid in group_members(pgid):
+        fields = _stat_fields(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def core_ticks() -> dict[str, tuple[int, int]]:
+    """Per CPU from /proc/stat: (busy incl. irq/softirq, total) jiffies."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            name, *vals = line.split()
+            v = [int(x) for x in vals[:8]]
+            out[name[3:]] = (v[0] + v[1] + v[2] + v[5] + v[6], sum(v))
+    return out
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU ticks of some process groups and of every core, at one moment."""
+
+    groups: dict[int, int]
+    cores: dict[str, tuple[int, int]]
+    at: float
+
+    @classmethod
+    def now(cls, pgids: Iterable[int]) -> Usage:
+        return cls({g: group_cpu_ticks(g) for g in pgids}, core_ticks(), time.monotonic())
+
+
+def cpu_figures(
+    before: Usage, after: Usage, pgid: int, requests: int, sut_cpu: str, cpus: Iterable[str]
+) -> dict[str, Any]:
+    """Server CPU per request and % of one core for `pgid`, each core's busy %, and the busy
+    time on the SUT core not charged to that server (neighbours, softirq, the harness)."""
+    wall = after.at - before.at
+    cpu_s = (after.groups[pgid] - before.groups[pgid]) / CLK
+    busy = {}
+    for c in set(cpus) | {sut_cpu}:
+        d_busy = after.cores[c][0] - before.cores[c][0]
+        d_total = max(1, after.cores[c][1] - before.cores[c][1])
+        busy[c] = 100 * d_busy / d_total
+    cpu_pct = 100 * cpu_s / wall
+    return {
+        "cpu_us_per_req": cpu_s * 1e6 / max(1, requests),
+        "cpu_pct": cpu_pct,
+        "core_busy_pct": busy,
+        "other_on_sut_pct": max(0.0, busy[sut_cpu] - cpu_pct),
+    }
+
+
+# ------------------------------------------------------------------ processes
+class Server:
+    """A server in its own session (pgid == pid), pinned with taskset, stopped by pgid.
+
+    Ready when its log says "listening on http://HOST:PORT", or, with `port`, when that port
+    on 127.0.0.1 accepts a connection (for servers that print nothing, such as nginx).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        cpu: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.name, self.argv, self.cpu, self.log_path, self.env = name, argv, cpu, log_path, env
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = ""
+
+    def start(self, timeout: float = 120.0) -> Server:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["taskset", "-c", self.cpu, *self.argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=HERE,
+                env=self.env,
+            )
+        _children.append(self.proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.port is not None:
+                if _accepts(self.port):
+                    self.base = f"http://127.0.0.1:{self.port}"
+            else:
+                text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+                match = LISTENING.search(text)
+                if match:
+                    self.base = f"http://{match.group(1)}:{match.group(2)}"
+            if self.base:
+                log(f"{self.name} pid {self.proc.pid} on CPU {self.cpu}: {self.base}")
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start; log tail:\n{tail}")
+
+    @property
+    def pgid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+            log(f"{self.name} pid {self.proc.pid} stopped")
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for servers that cannot report the one they bound)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group we created for it, then SIGKILL whatever is left of it."""
+    pgid = proc.pid
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            proc.wait(5)
+    if group_members(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def run_child(argv: list[str], env: dict[str, str] | None, timeout: float) -> str:
+    """Run to completion in its own session (stopped by pgid on timeout or error); stdout."""
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=HERE,
+        start_new_session=True,
+    )
+    _children.append(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop_group(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err.decode()[-1500:]}")
+    return out.decode()
+
+
+@contextlib.contextmanager
+def stop_children_on_exit() -> Iterator[None]:
+    """SIGTERM becomes KeyboardInterrupt; on leaving, every child still running is stopped."""
+
+    def on_term(signum: int, frame: types.FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        for proc in list(_children):
+            stop_group(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------ load
+def load(
+    url: str,
+    conc: int,
+    seconds: float,
+    cpu: str,
+    body: Path,
+    content_type: str = "application/json",
+    header_length: int | None = None,
+) -> dict[str, Any]:
+    """One closed-loop run of `conc` connections (wrk_post.lua, or closed_loop.py without wrk):
+    the summary line it prints, as a dict (requests, duration_us, p50_us, p99_us, err_*...)."""
+    if WRK:
+        env = dict(
+            os.environ,
+            WRK_BODY_FILE=str(body),
+            WRK_CONTENT_TYPE=content_type,
+            WRK_HEADER_LENGTH="" if header_length is None else str(header_length),
+        )
+        secs = max(1, round(seconds))  # wrk takes whole seconds
+        argv = [WRK, "-t1", f"-c{conc}", f"-d{secs}s", "--timeout", "10s"]
+        argv += ["-s", str(HERE / "wrk_post.lua"), url]
+    else:
+        env = None
+        argv = [PY, str(HERE / "closed_loop.py"), url, "--connections", str(conc)]
+        argv += ["--seconds", str(seconds), "--body", str(body), "--content-type", content_type]
+        if header_length is not None:
+            argv += ["--header-length", str(header_length)]
+    out = run_child(["taskset", "-c", cpu, *argv], env, timeout=seconds + 60)
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"no summary line from the load generator: {out[-500:]}")
+    result: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
+    result["errors"] = sum(v for k, v in result.items() if k.startswith("err_"))
+    result["rps"] = result["requests"] / max(1e-9, result["duration_us"] / 1e6)
+    return result
+
+
+# ------------------------------------------------------------------ report helpers
+def median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+def fmt(x: float | None, nd: int = 0) -> str:
+    return "—" if x is None else f"{x:,.{nd}f}"
+
+
+def brackets(values: Iterable[float], nd: int = 0) -> str:
+    return "[" + ", ".join(fmt(v, nd) for v in values) + "]"
+
+
+def git_state() -> str:
+    """The checkout's commit, and whether router/ had uncommitted changes during the run."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "../router"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' + uncommitted router/ changes' if dirty else ''}"
+
+
+def cpu_model() -> str:
+    return next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
