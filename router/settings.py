@@ -95,10 +95,11 @@ class OutlierSettings(Strict):
 class HealthCheckSettings(Strict):
     enabled: bool = True
     path: str | None = None  # None: /v2/health/ready for kserve-v2 clusters, else /v1/models
-    interval_s: PositiveFloat = 5.0
+    # Frequent and cheap, so a site notices a dead link within ~3 s and goes local-only.
+    interval_s: PositiveFloat = 1.0
     timeout_s: PositiveFloat = 1.0
     healthy_threshold: PositiveInt = 2
-    unhealthy_threshold: PositiveInt = 3
+    unhealthy_threshold: PositiveInt = 2
 
 
 class RetrySettings(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -61,6 +62,7 @@ async def server_metadata(request: web.Request) -> web.Response:
             "site": site.id,
             "tier": site.tier.value,
             "policy_revision": request.app[POLICY].revision,
+            "connectivity": request.app[UPSTREAMS].connectivity(asyncio.get_running_loop().time()),
             "models": sorted(request.app[MODELS].models),
         }
     )

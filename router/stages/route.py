@@ -93,4 +93,11 @@ def _failure_error(ctx: RequestContext, decision: Decision) -> Exception:
         )
     if failure is Failure.OFFLINE:
         return Offline(f"model '{ctx.model}' needs an upstream and the site is offline", 30.0)
+    if any(r.startswith("unhealthy:") for r in decision.reasons):
+        ctx.reasons.append("offline")
+        return Offline(
+            f"model '{ctx.model}' needs an upstream tier and none that may serve it is "
+            "reachable now",
+            5.0,
+        )
     return NoHealthyTarget(f"no healthy target serves model '{ctx.model}'", 5.0)

@@ -52,6 +52,28 @@ class Upstreams:
             if closer is not None:
                 await closer()
 
+    def connectivity(self, now: float) -> dict[str, str]:
+        """Per tier: online (every endpoint live), degraded (some), offline (none)."""
+        states: dict[str, str] = {}
+        for tier in ("edge", "regional", "central"):
+            endpoints = [
+                ep
+                for c in self.clusters.values()
+                if c.settings.tier.value == tier
+                for ep in c.endpoints
+            ]
+            if not endpoints:
+                continue
+            live = sum(1 for ep in endpoints if ep.health.live(now))
+            states[tier] = (
+                "offline"
+                if self.offline or live == 0
+                else "online"
+                if live == len(endpoints)
+                else "degraded"
+            )
+        return states
+
     def snapshot(self, now: float, models: ModelRepository) -> Snapshot:
         return Snapshot(
             local=local_views(models),
