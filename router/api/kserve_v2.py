@@ -9,10 +9,10 @@ import orjson
 from aiohttp import web
 
 from router import __version__
-from router.api.respond import new_context, run
+from router.api.respond import check_length, default_budget, new_context, run
 from router.api.state import MODELS, PIPELINES, POLICY, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
-from router.errors import BadRequest, PayloadTooLarge
+from router.errors import BadRequest
 from router.inference.repository import ModelVersion
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
@@ -207,19 +207,11 @@ def _stats(entry: ModelVersion) -> dict[str, Any]:
 
 async def infer(request: web.Request) -> web.StreamResponse:
     app = request.app
-    settings = app[SETTINGS]
-    limit = settings.server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"request body of {request.content_length} bytes exceeds the limit of {limit}"
-        )
+    check_length(request)
     info = request.match_info
     model = info["model"]
-    route = settings.routing.models.get(model)
-    default = route.budget_ms if route and route.budget_ms else settings.routing.kserve_v2_budget_ms
-    ctx = new_context(
-        request, "kserve-v2", model, info.get("version"), budget_ms(request.headers, default)
-    )
+    budget = budget_ms(request.headers, default_budget(app, "kserve-v2", model))
+    ctx = new_context(request, "kserve-v2", model, info.get("version"), budget)
     ctx.header_length = _header_length(request)
     ctx.body = await request.read()
     return await run(request, app[PIPELINES].v2_infer, ctx)

@@ -8,10 +8,9 @@ import time
 import orjson
 from aiohttp import web
 
-from router.api.respond import new_context, run
+from router.api.respond import check_length, default_budget, new_context, run
 from router.api.state import MODELS, PIPELINES, SETTINGS, UPSTREAMS
 from router.budget import budget_ms
-from router.errors import PayloadTooLarge
 from router.settings import Protocol
 
 _STARTED = int(time.time())
@@ -25,15 +24,9 @@ def add_routes(app: web.Application) -> None:
 
 async def relay(request: web.Request) -> web.StreamResponse:
     app = request.app
-    settings = app[SETTINGS]
-    limit = settings.server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"request body of {request.content_length} bytes exceeds the limit of {limit}"
-        )
-    ctx = new_context(
-        request, "openai", "", None, budget_ms(request.headers, settings.routing.openai_budget_ms)
-    )
+    check_length(request)
+    budget = budget_ms(request.headers, default_budget(app, "openai", None))
+    ctx = new_context(request, "openai", "", None, budget)
     ctx.body = await request.read()
     return await run(request, app[PIPELINES].openai, ctx)
 

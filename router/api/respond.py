@@ -7,8 +7,9 @@ import time
 
 from aiohttp import web
 
+from router.api.state import POLICY, SETTINGS
 from router.context import Reply, RequestContext
-from router.errors import LoopDetected, RouterError
+from router.errors import LoopDetected, PayloadTooLarge, RouterError
 from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
 from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id
 from router.pipeline import Pipeline
@@ -19,6 +20,28 @@ REDACTIONS = "X-Redactions"
 
 # Where the error middleware finds the context of a failed request.
 CTX = web.RequestKey("ctx", RequestContext)
+
+
+def check_length(request: web.Request) -> None:
+    """413 from the declared length, before a byte of the body is read."""
+    limit = request.app[SETTINGS].server.max_body_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+
+
+def default_budget(app: web.Application, api: str, model: str | None) -> float:
+    """A request's budget when it states none: the model's, then the route's; the policy
+    bundle's budgets.yaml first, the site config's routing section after it."""
+    bundle, routing = app[POLICY].budgets, app[SETTINGS].routing
+    route = routing.models.get(model) if model else None
+    candidates = (
+        bundle.models.get(model) if model else None,
+        route.budget_ms if route else None,
+        bundle.routes.get(api),
+    )
+    fallback = routing.kserve_v2_budget_ms if api == "kserve-v2" else routing.openai_budget_ms
+    return float(next((c for c in candidates if c), fallback))
 
 
 def new_context(

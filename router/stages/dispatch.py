@@ -12,7 +12,13 @@ import logging
 from dataclasses import replace
 
 from router.context import Reply, RequestContext
-from router.errors import DeadlineExceeded, RouterError, Unavailable, UpstreamError
+from router.errors import (
+    DeadlineExceeded,
+    NoHealthyTarget,
+    RouterError,
+    Unavailable,
+    UpstreamError,
+)
 from router.forwarding import outgoing, reply_from
 from router.inference.local import LocalResult, run_local, top_score
 from router.inference.repository import ModelRepository, ModelVersion
@@ -69,6 +75,13 @@ class Dispatch:
                 ctx.reasons.append(f"failed:{target.name}:{exc.code}")
                 last = exc
         assert last is not None, "DecideRoute never passes an empty decision"
+        if any(r.startswith("residency:") for r in ctx.decision.reasons):
+            # Residency kept some targets out of the walk: the caller learns that nothing this
+            # request may reach is answering (503, fail closed), not one upstream's error,
+            # which would hide why the router stopped there. The failures stay in the reasons.
+            raise NoHealthyTarget(
+                f"no target this request's data may reach can serve model '{ctx.model}' now", 5.0
+            )
         raise last
 
     @staticmethod
