@@ -5,8 +5,8 @@ What an upstream of each tier receives is read byte by byte (path, headers, body
 tokens only, regional gets keyed pseudonyms for personal data and tokens for payment data,
 secrets reach neither, and the caller's answers have the tokens restored, streamed or not. A
 bounded canary sweep sends unique generated values through every path (local, escalation,
-regional, central, retry, fallback, stream, errors) and finds none of them upstream, in any log
-record or in any error body. Detection that cannot finish fails closed.
+regional, central, retry, fallback, stream, cache, errors) and finds none of them upstream, in
+any log record, error body or cache entry. Detection that cannot finish fails closed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from aiohttp.test_utils import TestServer
 from faker import Faker
 from yarl import URL
 
+from router.api.state import CACHE
 from router.app import build_app
 from router.policy.bundle import load_bundle
 from router.resources import default_policy_bundle
@@ -309,7 +310,7 @@ class TestCentralTokensOnly:
         )
         assert raw.headers["X-Redactions"] == "CARD=1,EMAIL=1,IBAN=1"
         text = ""
-        async for chunk in await raw.parse():
+        async for chunk in raw.parse():
             if chunk.choices:
                 text += chunk.choices[0].delta.content or ""
         assert text == f"central heard: {PAYMENT}"
@@ -545,6 +546,15 @@ def luhn_digit(digits: str) -> str:
 
 
 @dataclass
+class ChatCall:
+    path: str  # with a query string
+    doc: dict[str, Any]
+    headers: dict[str, str]
+    text: str  # the user's message, which the fake upstream echoes
+    email: str  # the e-mail in it
+
+
+@dataclass
 class Sweep:
     """Sends requests full of fresh canaries and keeps what came back."""
 
@@ -563,12 +573,11 @@ class Sweep:
         assert redactions is None or REDACTIONS_FORMAT.match(redactions), redactions
         return answer
 
-    def chat_request(
-        self, model: str, **extra: Any
-    ) -> tuple[str, dict[str, Any], dict[str, str], str]:
-        """(path with query, body, headers, the user's text) carrying canaries everywhere."""
+    def chat_request(self, model: str, **extra: Any) -> ChatCall:
+        """A chat request carrying canaries everywhere a value can hide."""
         c = self.canaries
-        text = f"Refund card {c.card()} to IBAN {c.iban()}, then confirm to {c.email()}."
+        email = c.email()
+        text = f"Refund card {c.card()} to IBAN {c.iban()}, then confirm to {email}."
         arguments = orjson.dumps({"to": c.email(), "card": c.card()}).decode()
         doc = {
             "model": model,
@@ -593,7 +602,10 @@ class Sweep:
         }
         path = f"/v1/chat/completions?customer={quote(c.email(), safe='')}&page=1"
         headers = {"X-User-Email": c.email(), "Authorization": f"Bearer {c.bearer()}"}
-        return path, doc, headers, text
+        return ChatCall(path, doc, headers, text, email)
+
+    async def chat(self, call: ChatCall) -> Answer:
+        return await self.send(call.path, call.doc, call.headers)
 
     def v2_request(self, data: str | None = None) -> tuple[dict[str, Any], str]:
         """A v2 body with canaries in `id`, `parameters` and a BYTES tensor (JSON)."""
@@ -635,11 +647,11 @@ class TestCanarySweep:
         http: aiohttp.ClientSession,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """Every path, ~300 requests with unique canaries: none reaches a regional or central
-        upstream in any form, none is in a log record or an error body or our headers; the
-        caller's answers have the tokens restored."""
-        caplog.set_level(logging.DEBUG)
+        """Every path, ~340 requests with unique canaries: none reaches a regional or central
+        upstream in any form, none is in a log record, an error body, our headers or the
+        response cache; the caller's answers have the tokens restored."""
         sweep = Sweep(site, http, Canaries(seed=4))
+        caplog.set_level(logging.DEBUG)  # every logger, aiohttp's included
         for _ in range(self.ROUNDS):
             await self.one_round(sweep)
 
@@ -655,39 +667,41 @@ class TestCanarySweep:
                 assert finder.first(answer.body) is None, answer.body
         # The plant server is on the site: policy lets it see the request as sent.
         assert finder.first(b"".join(received_bytes(r) for r in site.plant.received))
-        assert len(sweep.answers) >= 12 * self.ROUNDS
+        assert len(sweep.answers) == 14 * self.ROUNDS
+        assert site.app[CACHE].bytes_used == 0  # nothing with a canary in it was kept
+        assert len(sweep.canaries.issued) > 100 * self.ROUNDS
 
     async def one_round(self, sweep: Sweep) -> None:
-        site = sweep.site
+        site, c = sweep.site, sweep.canaries
 
         # Central, regional and the edge-tier plant server: answers restored.
-        for model, tier in (("gpt-central", "central"), ("gpt-regional", "regional")):
-            path, doc, headers, text = sweep.chat_request(model)
-            answer = await sweep.send(path, doc, headers)
+        for tier in ("central", "regional"):
+            call = sweep.chat_request(f"gpt-{tier}")
+            answer = await sweep.chat(call)
             assert answer.status == 200, answer.body
             assert answer.reason == f"forward:{tier}"
-            restored_for(tier, text, answer.json()["choices"][0]["message"]["content"], tier)
-        path, doc, headers, _ = sweep.chat_request("gpt-edge")
-        assert (await sweep.send(path, doc, headers)).status == 200
+            content = answer.json()["choices"][0]["message"]["content"]
+            restored_for(tier, call.text, call.email, content)
+        assert (await sweep.chat(sweep.chat_request("gpt-edge"))).status == 200
 
-        # A stream from central.
-        path, doc, headers, text = sweep.chat_request("gpt-central", stream=True)
-        site.central.behaviour.stream_chunks = 5
-        answer = await sweep.send(path, doc, headers)
+        # A stream from central, cut into pieces.
+        call = sweep.chat_request("gpt-central", stream=True)
+        site.central.behaviour = Behaviour(stream_chunks=5)
+        answer = await sweep.chat(call)
         assert answer.status == 200
-        assert sse_content(answer.body) == f"central heard: {text}"
+        assert sse_content(answer.body) == f"central heard: {call.text}"
 
         # Fallback: regional fails (a chat is not replayed), central answers.
         site.regional.behaviour = Behaviour(fail_status=503, fail_times=1)
-        path, doc, headers, text = sweep.chat_request("gpt-both")
-        answer = await sweep.send(path, doc, headers)
+        call = sweep.chat_request("gpt-both")
+        answer = await sweep.chat(call)
         assert answer.status == 200, answer.body
         assert answer.reason == "failed:regional:upstream_status,fallback:central"
-        restored_for("central", text, answer.json()["choices"][0]["message"]["content"], "central")
+        content = answer.json()["choices"][0]["message"]["content"]
+        restored_for("central", call.text, call.email, content)
 
         # Retry: an embeddings call (replayable) to central fails once, then succeeds.
         site.central.behaviour = Behaviour(fail_status=503, fail_times=1)
-        c = sweep.canaries
         answer = await sweep.send(
             "/v1/embeddings", {"model": "gpt-central", "input": [c.email(), f"card {c.card()}"]}
         )
@@ -703,12 +717,15 @@ class TestCanarySweep:
         echoed = {o["name"]: o["data"] for o in answer.json()["outputs"]}
         assert echoed["echo_INPUT0"] == [text]
 
-        # Local: a BYTES identity model and a confident classifier; nothing leaves.
+        # Local: a BYTES identity model (asked twice: personal data is never cached, so never
+        # a hit) and a confident classifier; nothing leaves.
         before = len(site.off_site())
         doc, text = sweep.v2_request()
-        answer = await sweep.send("/v2/models/echo_bytes/infer", doc)
-        assert answer.status == 200, answer.body
-        assert answer.json()["outputs"][0]["data"] == [text]
+        for _ in range(2):
+            answer = await sweep.send("/v2/models/echo_bytes/infer", doc)
+            assert answer.status == 200, answer.body
+            assert answer.json()["outputs"][0]["data"] == [text]
+            assert answer.headers.get("X-Cache") != "HIT"
         answer = await sweep.send(
             "/v2/models/color_classifier/infer", sweep.color_request([1.0, 1.0, 1.0])
         )
@@ -723,14 +740,12 @@ class TestCanarySweep:
         assert answer.json()["id"] == doc["id"]  # echoed as a token, restored for the caller
 
         # Errors: unknown models, and an upstream that fails with nowhere to fall back.
-        path, doc, headers, _ = sweep.chat_request("gpt-nowhere")
-        assert (await sweep.send(path, doc, headers)).status == 404
+        assert (await sweep.chat(sweep.chat_request("gpt-nowhere"))).status == 404
         doc, _ = sweep.v2_request()
         assert (await sweep.send("/v2/models/nowhere/infer", doc)).status == 404
         site.regional.behaviour = Behaviour(fail_status=503, fail_times=1)
-        path, doc, headers, _ = sweep.chat_request("gpt-regional")
-        answer = await sweep.send(path, doc, headers)
-        assert answer.status == 502, answer.body
+        answer = await sweep.chat(sweep.chat_request("gpt-regional"))
+        assert answer.json()["error"]["code"] == "upstream_status", answer.body
         site.regional.behaviour = Behaviour()
         site.central.behaviour = Behaviour()
 
@@ -816,7 +831,7 @@ class TestFailClosed:
             http, f"{site.url}/v2/models/v2-central/infer", data=body, headers=headers
         )
         assert answer.status == 422, answer.body
-        assert "detection" in answer.json()["error"]
+        assert "could not be checked for sensitive data" in answer.json()["error"]
         assert site.off_site() == []
         answer = await post(
             http, f"{site.url}/v2/models/echo_bytes/infer", data=body, headers=headers
