@@ -206,23 +206,32 @@ def cell(
         r = load(url, conc, args.duration, args.load_cpu, body)
         after = Usage.now(groups)
         r.update(cpu_figures(before, after, sut, r["requests"], args.sut_cpu, [args.load_cpu]))
-        if name == "direct":  # nothing of ours on the SUT core: all of its busy time is other
-            r["other_on_sut_pct"] = r["core_busy_pct"][args.sut_cpu]
         r["upstream_cpu_us_per_req"] = (
             (after.groups[mock] - before.groups[mock]) / CLK * 1e6
         ) / max(1, r["requests"])
         r["attempts"] = attempt + 1
+        if name == "direct":
+            # Nothing of ours runs on the SUT core, so its load cannot disturb this cell.
+            r.update(other_on_sut_pct=None, noisy=False)
+            return r
         if best is None or r["other_on_sut_pct"] < best["other_on_sut_pct"]:
             best = r
         if r["other_on_sut_pct"] <= args.max_other:
             break
-        log(f"  {name} c={conc}: {r['other_on_sut_pct']:.0f}% other load on the SUT core: again")
+        if attempt < args.reruns:
+            log(
+                f"  {name} c={conc}: {r['other_on_sut_pct']:.0f}% other load on the SUT core: again"
+            )
     assert best is not None
     best["noisy"] = best["other_on_sut_pct"] > args.max_other
     return best
 
 
-def ttft(url: str, sut: int, body: Path, args: argparse.Namespace) -> dict[str, Any]:
+def ttft(
+    url: str, sut: int, body: Path, args: argparse.Namespace, sut_idle: bool
+) -> dict[str, Any]:
+    """Time to first SSE event (bench/sse_client.py), measured again when the SUT core was
+    busy with other work; `sut_idle`: nothing of ours runs there (direct)."""
     best: dict[str, Any] | None = None
     argv = ["taskset", "-c", args.load_cpu, PY, str(HERE / "sse_client.py"), url]
     argv += ["--body", str(body), "--requests", str(args.ttft_requests)]
@@ -235,8 +244,10 @@ def ttft(url: str, sut: int, body: Path, args: argparse.Namespace) -> dict[str, 
             raise RuntimeError(f"no summary line from sse_client.py: {out[-500:]}")
         r: dict[str, Any] = json.loads(line[len("SSEJSON ") :])
         busy = cpu_figures(before, after, sut, 1, args.sut_cpu, [args.load_cpu])
-        r["other_on_sut_pct"] = busy["other_on_sut_pct"]
+        r["other_on_sut_pct"] = None if sut_idle else busy["other_on_sut_pct"]
         r["attempts"] = attempt + 1
+        if sut_idle:
+            return r
         if best is None or r["other_on_sut_pct"] < best["other_on_sut_pct"]:
             best = r
         if r["other_on_sut_pct"] <= args.max_other:
@@ -270,16 +281,16 @@ def measure_target(
                 f"rep {rep} {name:6s} c={conc:<3d} {r['rps']:8,.0f} req/s  "
                 f"p50 {r['p50_us'] / 1e3:6.3f} ms  p99 {r['p99_us'] / 1e3:6.3f} ms  "
                 f"cpu {r['cpu_us_per_req']:7.1f} µs/req ({r['cpu_pct']:.0f}%)  "
-                f"other {r['other_on_sut_pct']:.0f}%  err {r['errors']}"
+                f"other {fmt(r['other_on_sut_pct'])}%  err {r['errors']}"
             )
         stream = None
         if name in args.ttft_targets:
-            stream = ttft(url, sut, bodies["stream"], args)
+            stream = ttft(url, sut, bodies["stream"], args, server is None)
             stream.update(rep=rep, target=name)
             log(
                 f"rep {rep} {name:6s} TTFT p50 {stream['ttft_p50_us']:7.0f} µs  "
                 f"p99 {stream['ttft_p99_us']:7.0f} µs  stream {stream['total_p50_us']:7.0f} µs  "
-                f"other {stream['other_on_sut_pct']:.0f}%  err {stream['errors']}"
+                f"other {fmt(stream['other_on_sut_pct'])}%  err {stream['errors']}"
             )
     finally:
         if server is not None:
@@ -367,7 +378,7 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
             )
             rps = [r["rps"] for r in rows]
             cpu = [r["cpu_us_per_req"] for r in rows]
-            other = [r["other_on_sut_pct"] for r in rows]
+            other = [r["other_on_sut_pct"] for r in rows if r["other_on_sut_pct"] is not None]
             whose = f" (mock, CPU {args.load_cpu})" if target == "direct" else ""
             flag = " !" if any(r["noisy"] for r in rows) else ""
             lines.append(
@@ -377,7 +388,7 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
                 f"| {'—' if target == 'direct' else fmt(median(a / 1e3 for a in added), 3)} "
                 f"| {fmt(median(cpu), 1)} {brackets(cpu, 1)}{whose} "
                 f"| {fmt(median(r['cpu_pct'] for r in rows))} "
-                f"| {fmt(median(other))} {brackets(other)}{flag} "
+                f"| {fmt(median(other))} {brackets(other) if other else ''}{flag} "
                 f"| {fmt(median(r['upstream_cpu_us_per_req'] for r in rows), 1)} "
                 f"| {sum(r['errors'] for r in rows)} |"
             )
@@ -400,6 +411,7 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
                 continue
             rows = [ss[r] for r in sorted(ss)]
             p50 = [r["ttft_p50_us"] for r in rows]
+            other = [r["other_on_sut_pct"] for r in rows if r["other_on_sut_pct"] is not None]
             over = paired(ss, direct, lambda x, y: x["ttft_p50_us"] - y["ttft_p50_us"])
             if target != "direct":
                 summary["ttft_overhead_us"][target] = {"median": median(over), "per_repeat": over}
@@ -408,7 +420,7 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
                 f"| {fmt(median(r['ttft_p99_us'] for r in rows))} "
                 f"| {'—' if target == 'direct' else fmt(median(over)) + ' ' + brackets(over)} "
                 f"| {fmt(median(r['total_p50_us'] for r in rows))} "
-                f"| {fmt(median(r['other_on_sut_pct'] for r in rows))} "
+                f"| {fmt(median(other))} "
                 f"| {sum(r['errors'] for r in rows)} |"
             )
 
@@ -523,40 +535,52 @@ def closing_note(summary: dict[str, Any], args: argparse.Namespace) -> str:
 
 # ------------------------------------------------------------------ profile
 def profile(args: argparse.Namespace, tmp: Path, stem: Path) -> int:
-    """The router under c=`--profile-conc` load with py-spy attached; raw stacks + a summary."""
+    """A proxy (the router by default) under c=`--profile-conc` load: first a plain cell for its
+    CPU per request, then the same load with py-spy attached; raw stacks + a summary."""
     if not Path(PY_SPY).exists():
         log(f"{PY_SPY} not found: /work/venv/bin/pip install py-spy")
         return 2
+    name, conc, seconds = args.profile_target, args.profile_conc, args.profile_seconds
     body = tmp / "chat.json"
     body.write_text(json.dumps(CHAT, separators=(",", ":")))
+    raw = Path(f"{stem}.{name}.pyspy.txt")
     mock = start_mock(stem, args)
     try:
-        router = make_server("router", mock, tmp, stem, 0, args).start()
+        server = make_server(name, mock, tmp, stem, 0, args).start()
         try:
-            url = f"{router.base}/v1/chat/completions"
-            load(url, args.profile_conc, 2, args.load_cpu, body)
-            seconds = args.profile_seconds
+            url = f"{server.base}/v1/chat/completions"
+            load(url, conc, 2, args.load_cpu, body)
+            plain = cell(name, url, conc, server.pgid, mock.pgid, body, args)
+            log(
+                f"{name} c={conc} without profiler: {plain['rps']:,.0f} req/s, "
+                f"{plain['cpu_us_per_req']:.1f} µs CPU/req, other {plain['other_on_sut_pct']:.0f}%"
+            )
             loaded: dict[str, Any] = {}
 
             def background() -> None:
-                loaded.update(load(url, args.profile_conc, seconds + 3, args.load_cpu, body))
+                loaded.update(load(url, conc, seconds + 3, args.load_cpu, body))
 
             thread = threading.Thread(target=background)
             thread.start()
             time.sleep(1)
-            raw = Path(f"{stem}.router.pyspy.txt")
-            argv = ["taskset", "-c", args.load_cpu, PY_SPY, "record", "-p", str(router.pgid)]
+            argv = ["taskset", "-c", args.load_cpu, PY_SPY, "record", "-p", str(server.pgid)]
             argv += ["-r", "250", "-d", str(seconds), "-f", "raw", "-o", str(raw)]
             run_child(argv, None, timeout=seconds + 60)
             thread.join()
         finally:
-            router.stop()
+            server.stop()
     finally:
         mock.stop()
-    text = summarize_profile(raw)
-    Path(f"{stem}.router.pyspy.md").write_text(text)
-    print(text)
-    log(f"under py-spy: {loaded.get('rps', 0):,.0f} req/s; wrote {raw} and .md")
+    text = summarize_profile(raw, plain["cpu_us_per_req"])
+    heading = (
+        f"{name} ({args.router_label if name == 'router' else 'bench/naive_proxy.py'}), "
+        f"c={conc}: {plain['rps']:,.0f} req/s and {plain['cpu_us_per_req']:.1f} µs CPU per "
+        f"request without the profiler, {loaded.get('rps', 0):,.0f} req/s under py-spy "
+        f"(-r 250, {seconds} s).\n\n"
+    )
+    Path(f"{stem}.{name}.pyspy.md").write_text(heading + text)
+    print(heading + text)
+    log(f"wrote {raw} and .md")
     return 0
 
 
@@ -606,7 +630,7 @@ def _side(frames: list[tuple[str, str]]) -> tuple[str, str | None]:
     return _LOOP_SIDE, None
 
 
-def summarize_profile(raw: Path) -> str:
+def summarize_profile(raw: Path, cpu_us_per_req: float | None = None) -> str:
     """Where the router's event-loop thread spends its samples: by side (router code, aiohttp
     server, aiohttp client, loop), by router/ module and function (inclusive and owned), and
     self time. Idle executor threads (inference, redaction) are left out."""
@@ -639,8 +663,12 @@ def summarize_profile(raw: Path) -> str:
         own[f"{func} ({_where(file)})"] += count
 
     def table(title: str, counts: collections.Counter[str], n: int) -> list[str]:
-        rows = [f"### {title}", "", "| % of loop samples | where |", "|---:|---|"]
-        rows += [f"| {100 * c / max(1, total):.1f} | `{k}` |" for k, c in counts.most_common(n)]
+        rows = [f"### {title}", "", "| % of loop samples | ≈ µs/request | where |"]
+        rows.append("|---:|---:|---|")
+        for key, c in counts.most_common(n):
+            share = c / max(1, total)
+            us = fmt(share * cpu_us_per_req, 1) if cpu_us_per_req else "—"
+            rows.append(f"| {100 * share:.1f} | {us} | `{key}` |")
         return [*rows, ""]
 
     lines = [
@@ -709,7 +737,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5.0,
         help="%% of the SUT core busy with other work above which a cell is measured again",
     )
-    ap.add_argument("--reruns", type=int, default=2, help="extra tries for a noisy cell")
+    ap.add_argument("--reruns", type=int, default=1, help="extra tries for a noisy cell")
     ap.add_argument("--router-src", type=Path, help="folder holding the `router` package to run")
     ap.add_argument(
         "--router-rev",
@@ -719,7 +747,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sut-cpu", default="0", help="CPU for the proxy under test")
     ap.add_argument("--load-cpu", default="1", help="CPU for wrk, the mock and this script")
     ap.add_argument("--report", type=Path, help="only re-render the report of a results .json")
-    ap.add_argument("--profile", action="store_true", help="py-spy the router under load")
+    ap.add_argument("--profile", action="store_true", help="py-spy a proxy under load")
+    ap.add_argument("--profile-target", default="router", choices=("router", "naive"))
     ap.add_argument("--profile-seconds", type=int, default=8)
     ap.add_argument("--profile-conc", type=int, default=16)
     args = ap.parse_args(argv)

@@ -18,7 +18,11 @@ from enum import StrEnum
 
 from cachetools import LRUCache
 
-_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-maxage|max-age)\s*=\s*\"?(\d{1,10})\"?", re.IGNORECASE)
+_AGE_DIRECTIVE = r"(?:^|,)\s*{}\s*=\s*\"?(\d{{1,10}})\"?"
+# A shared cache honours s-maxage over max-age (RFC 9111 §5.2.2.10).
+_LIFETIMES = tuple(
+    re.compile(_AGE_DIRECTIVE.format(name), re.IGNORECASE) for name in ("s-maxage", "max-age")
+)
 
 
 class Outcome(StrEnum):
@@ -39,13 +43,15 @@ class Entry:
     fresh_s: float
     tier: str  # who produced it, reported again on a hit
     reasons: str
+    audit_id: str = ""  # the record of the answer's original generation
+    age_at_store: float = 0.0  # the Age it arrived with from a chained cache
 
     @property
     def size(self) -> int:
         return len(self.body) + sum(len(e) for e in self.events or ()) + 256
 
     def age(self, now: float) -> float:
-        return max(0.0, now - self.stored_at)
+        return max(0.0, now - self.stored_at) + self.age_at_store
 
     def fresh(self, now: float) -> bool:
         return self.age(now) < self.fresh_s
@@ -75,10 +81,16 @@ def response_ttl(header: str | None, default_s: float) -> float | None:
         tokens = {t.strip().split("=", 1)[0].lower() for t in header.split(",")}
         if tokens & {"no-store", "private", "no-cache"}:
             return None
-        match = _MAX_AGE.search(header)
-        if match:
-            return float(match.group(1))
+        for directive in _LIFETIMES:
+            match = directive.search(header)
+            if match:
+                return float(match.group(1))
     return default_s
+
+
+def upstream_age(header: str | None) -> float:
+    """The Age an answer already had when it reached us (a chained cache's time counts)."""
+    return float(header) if header and header.strip().isdigit() else 0.0
 
 
 class ResponseCache:
@@ -135,6 +147,6 @@ def _size(entry: Entry) -> int:
 
 
 def entry_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """Headers worth replaying with a cached answer: the upstream's end-to-end ones."""
+    """Headers worth replaying with a cached answer: not those that belong to one answer."""
     skip = {"age", "x-cache", "x-request-id", "server-timing", "x-redactions"}
     return tuple((k, v) for k, v in headers.items() if k.lower() not in skip)

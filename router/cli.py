@@ -1,4 +1,4 @@
-"""layer-router serve | check."""
+"""layer-router serve | check | audit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from router import __version__, logs, yamlconf
+from router.audit import cli as audit_cli
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
 from router.policy.bundle import PolicyBundle, load_bundle
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a site config and the models it names")
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
     check.add_argument("--model-repository", type=Path, help="model repository folder")
+    audit_cli.add_parser(commands)
     return parser
 
 
@@ -69,6 +71,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "audit":
+        return audit_cli.run(args)
     try:
         settings = _settings(args)
         bundle = load_bundle(settings.policy.bundle or default_policy_bundle())

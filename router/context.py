@@ -55,6 +55,11 @@ class RequestContext:
     scanner: Any = None  # the request's MemoScanner
     vault: Any = None  # the request's TokenVault, once something was tokenized
     redactions: Counter[str] = field(default_factory=Counter)  # applied for the served tier
+    # Provenance: this answer's audit record, and for a reused answer the original's.
+    audit_id: str = ""
+    cache: str | None = None  # the cache's verdict (HIT, MISS, STALE, BYPASS)
+    cache_of: str | None = None
+    model_sha256: str = ""  # of the local artefact that ran
 
     @property
     def binary(self) -> memoryview:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -180,6 +180,31 @@ class CacheSettings(Strict):
     no_coalesce_paths: tuple[str, ...] = ()
 
 
+class SpoolSettings(Strict):
+    # Store-and-forward for what must reach the central tier. None: no spool on this site.
+    path: Path | None = None
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+    max_records: PositiveInt = 1_000_000
+    ttl_s: PositiveFloat = 7 * 24 * 3600.0
+    # When full: drop the oldest records to make room, or refuse new ones (both counted).
+    on_full: Literal["drop-oldest", "reject-new"] = "drop-oldest"
+    batch_size: Annotated[int, Field(gt=0, le=10_000)] = 500
+    drain_rate_per_s: PositiveFloat = 200.0  # records per second uploaded, at most
+    collector_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
+
+
+class AuditSettings(Strict):
+    enabled: bool = True
+    # A `.jsonl` file, or a folder holding one log per worker (`<site id>.jsonl`, worker N:
+    # `<site id>.N.jsonl`): each process writes its own hash chain. Relative: to the config file
+    # that names it; the default, to the working directory.
+    path: Path = Path("audit")
+    # always: synced before a batch counts as written; batch: within batch_interval_ms; never: the
+    # OS decides (a power cut can lose the newest records, which the next start records).
+    fsync: Literal["always", "batch", "never"] = "batch"
+    batch_interval_ms: PositiveInt = 100
+
+
 class LoggingSettings(Strict):
     level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
 
@@ -193,6 +218,8 @@ class Settings(Strict):
     routing: RoutingSettings = RoutingSettings()
     policy: PolicySettings = PolicySettings()
     cache: CacheSettings = CacheSettings()
+    spool: SpoolSettings = SpoolSettings()
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _unique_cluster_names(self) -> Settings:
@@ -220,4 +247,12 @@ def load_settings(path: Path | None) -> Settings:
     }
     if relative:
         settings = settings.model_copy(update={"policy": policy.model_copy(update=relative)})
+    spool = settings.spool
+    if spool.path is not None and not spool.path.is_absolute():
+        spool = spool.model_copy(update={"path": path.parent / spool.path})
+        settings = settings.model_copy(update={"spool": spool})
+    # Only a path the file names is the file's; the default stays in the working directory.
+    if "path" in settings.audit.model_fields_set and not settings.audit.path.is_absolute():
+        audit = settings.audit.model_copy(update={"path": path.parent / settings.audit.path})
+        settings = settings.model_copy(update={"audit": audit})
     return settings

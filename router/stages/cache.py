@@ -5,10 +5,19 @@ rest fails for want of a reachable target."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import orjson
 
-from router.cache import Entry, Outcome, RequestDirectives, ResponseCache, response_ttl
+from router.cache import (
+    Entry,
+    Outcome,
+    RequestDirectives,
+    ResponseCache,
+    entry_headers,
+    response_ttl,
+    upstream_age,
+)
 from router.context import Reply, RequestContext
 from router.errors import DeadlineExceeded, Unavailable, UpstreamError
 from router.pipeline import Rest
@@ -38,7 +47,7 @@ class LookupCache:
         self._settings = settings
         self._bundle = bundle
         self._site = site
-        self._flights: SingleFlight[Reply] = SingleFlight()
+        self._flights: SingleFlight[_Flight] = SingleFlight()
 
     async def around(self, ctx: RequestContext, rest: Rest) -> Reply:
         directives = RequestDirectives.parse(ctx.headers.get("Cache-Control"))
@@ -64,14 +73,34 @@ class LookupCache:
     async def _miss(self, ctx: RequestContext, key: bytes, rest: Rest) -> Reply:
         if ctx.stream or not self._coalesces(ctx):
             return await rest()
-        reply, joined = await self._flights.run(key, rest)
-        if joined:
-            ctx.reasons.append("coalesced")
-            reply = Reply(reply.body, reply.content_type, reply.status, dict(reply.headers))
-        return reply
+
+        async def lead() -> _Flight:
+            reply = await rest()
+            return _Flight(
+                reply,
+                ctx.served_tier,
+                tuple(ctx.reasons),
+                ctx.upstream_reasons,
+                ctx.upstream_ms,
+                ctx.audit_id,
+            )
+
+        flight, joined = await self._flights.run(key, lead)
+        if not joined:
+            return flight.reply
+        # A follower tells the leader's story: who served it, why, and under which record.
+        ctx.served_tier, ctx.upstream_reasons = flight.tier, flight.upstream_reasons
+        ctx.upstream_ms, ctx.cache_of = flight.upstream_ms, flight.audit_id
+        ctx.reasons[:] = [*flight.reasons, "coalesced"]
+        reply = flight.reply
+        return Reply(reply.body, reply.content_type, reply.status, dict(reply.headers))
 
     def _coalesces(self, ctx: RequestContext) -> bool:
+        """Identical requests share an answer only where answers are reusable: a chat route
+        with no default lifetime asks each sample of the upstream."""
         s = self._settings
+        if self._ttl(ctx) <= 0:
+            return False
         return s.coalesce and not ctx.path.startswith(s.no_coalesce_paths or ("\0",))
 
     def _key(self, ctx: RequestContext) -> bytes | None:
@@ -79,7 +108,7 @@ class LookupCache:
         stricter than the bundle allows, or a route whose answers are not reusable."""
         if not self._settings.enabled or ctx.method != "POST" or ctx.document is None:
             return None
-        if ctx.unscanned or ctx.unsurveyed or (self._ttl(ctx) <= 0 and ctx.api == "openai"):
+        if ctx.unscanned or ctx.unsurveyed:
             return None
         ranked = self._bundle.data_classes.classes
         if ranked.index(ctx.data_class) > ranked.index(self._bundle.cache.max_data_class):
@@ -96,6 +125,8 @@ class LookupCache:
                 ctx.declared_class,
                 ctx.data_class,
                 self._site.jurisdiction,
+                # Answers to authorised requests are shared only among the same credentials.
+                ctx.headers.get("Authorization", ""),
                 canonical,
                 bytes(ctx.binary),
             )
@@ -107,6 +138,7 @@ class LookupCache:
 
     def _replay(self, ctx: RequestContext, entry: Entry, outcome: Outcome) -> Reply:
         ctx.served_tier = entry.tier
+        ctx.cache_of = entry.audit_id or None
         ctx.reasons.append("cache_hit" if outcome is Outcome.HIT else "cache_stale")
         headers = dict(entry.headers)
         headers["Age"] = str(int(entry.age(self._cache.now())))
@@ -117,6 +149,7 @@ class LookupCache:
 
     def _counted(self, ctx: RequestContext, outcome: Outcome, reply: Reply) -> Reply:
         self._cache.count(outcome)
+        ctx.cache = outcome.value
         reply.headers[X_CACHE] = outcome.value
         return reply
 
@@ -127,18 +160,24 @@ class LookupCache:
         if not ttl:
             return reply
         if reply.stream is not None:
-            reply.stream = self._recording(ctx, key, reply, ttl)
+            # The source is bound now: read from `reply.stream` later, the recorder would be
+            # reading itself.
+            reply.stream = self._recording(ctx, key, reply, reply.stream, ttl)
             return reply
         self._cache.put(key, self._entry(ctx, reply, ttl, None))
         return reply
 
     async def _recording(
-        self, ctx: RequestContext, key: bytes, reply: Reply, ttl: float
+        self,
+        ctx: RequestContext,
+        key: bytes,
+        reply: Reply,
+        source: AsyncIterator[bytes],
+        ttl: float,
     ) -> AsyncIterator[bytes]:
         """Relay a stream and keep it once it ended well; a broken one is never stored."""
-        assert reply.stream is not None
         events = []
-        async for chunk in reply.stream:
+        async for chunk in source:
             events.append(chunk)
             yield chunk
         self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)))
@@ -146,7 +185,7 @@ class LookupCache:
     def _entry(
         self, ctx: RequestContext, reply: Reply, ttl: float, events: tuple[bytes, ...] | None
     ) -> Entry:
-        headers = tuple((k, v) for k, v in reply.headers.items() if k.lower() != X_CACHE.lower())
+        headers = entry_headers(reply.headers)
         return Entry(
             status=reply.status,
             content_type=reply.content_type,
@@ -157,7 +196,21 @@ class LookupCache:
             fresh_s=ttl,
             tier=ctx.served_tier,
             reasons=",".join(ctx.reasons),
+            audit_id=ctx.cache_of or ctx.audit_id,
+            age_at_store=upstream_age(reply.headers.get("Age")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """What a coalesced execution hands every waiter: the answer and how it came about."""
+
+    reply: Reply
+    tier: str
+    reasons: tuple[str, ...]
+    upstream_reasons: str
+    upstream_ms: float | None
+    audit_id: str
 
 
 async def _replay_events(events: tuple[bytes, ...]) -> AsyncIterator[bytes]:

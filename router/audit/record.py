@@ -1,0 +1,182 @@
+"""One audit record per response, its time-ordered id, and the keyed digests that stand in for
+request and response content (the trail names what was served, never what was said)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# Crockford's base32, as ULIDs use: no I, L, O or U, so ids survive being read aloud or retyped.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DECODE = {char: value for value, char in enumerate(_ALPHABET)}
+ID_LENGTH = 26
+# The first character carries three bits of the time (128 bits in 130): 0-7.
+ID_PATTERN = re.compile(rf"^[0-7][{_ALPHABET}]{{{ID_LENGTH - 1}}}$")
+
+# Past this many fragments a document is digested whole: a per-leaf map of a large free-form
+# document would make records as big as requests.
+MAX_FRAGMENTS = 256
+# Object keys are kept in fragment paths only when they look like schema ("inputs", "content");
+# any other key may itself be personal data (a map keyed by e-mail) and is replaced by a digest.
+_SCHEMA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_DIGEST_CONTEXT = b"layer-router audit digest v1"
+
+
+def new_audit_id(now_ms: int | None = None) -> str:
+    """A ULID: 48 bits of Unix milliseconds then 80 random bits, as 26 base32 characters, so
+    ids sort by creation time and need no coordination between processes."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    value = (ms << 80) | secrets.randbits(80)
+    return "".join(_ALPHABET[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def id_time(audit_id: str) -> str:
+    """The UTC ISO-8601 time, to the millisecond, at which the id was made."""
+    if not ID_PATTERN.match(audit_id):
+        raise ValueError("not an audit id")
+    ms = 0
+    # The first 10 characters carry the top 50 of 130 bits: two zero bits, then the time.
+    for char in audit_id[:10]:
+        ms = (ms << 5) | _DECODE[char]
+    moment = datetime.fromtimestamp(ms // 1000, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """What the trail keeps about one response. Its `time` is read from its id."""
+
+    id: str = field(default_factory=new_audit_id)
+    site: str
+    tier: str  # the tier of the site that wrote the record
+    api: str = ""  # "kserve-v2" | "openai"
+    status: int = 200
+    request_id: str = ""
+    served_tier: str = ""
+    served_by: str = ""  # "model/version" for a local model, else "cluster endpoint"
+    model: str = ""
+    model_version: str = ""
+    model_sha256: str = ""  # of the artefact that ran; empty when an upstream served it
+    policy_revision: str = ""
+    reasons: tuple[str, ...] = ()
+    data_class: str = ""
+    entities: Mapping[str, int] = field(default_factory=dict)  # found, per entity type
+    redactions: Mapping[str, int] = field(default_factory=dict)  # applied, per entity type
+    cache: str | None = None  # "HIT" | "STALE" | "MISS" | "BYPASS"; None: no cache involved
+    cache_of: str | None = None  # a cached answer: the id of the record that produced it
+    inputs: Mapping[str, str] = field(default_factory=dict)  # fragment path -> keyed digest
+    output: str | None = None  # keyed digest of the response body as sent
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "response",
+            "id": self.id,
+            "time": id_time(self.id),
+            "site": self.site,
+            "tier": self.tier,
+            "api": self.api,
+            "status": self.status,
+            "request_id": self.request_id,
+            "served_tier": self.served_tier,
+            "served_by": self.served_by,
+            "model": self.model,
+            "model_version": self.model_version,
+            "model_sha256": self.model_sha256,
+            "policy_revision": self.policy_revision,
+            "reasons": list(self.reasons),
+            "data_class": self.data_class,
+            "entities": {k: n for k, n in sorted(self.entities.items()) if n},
+            "redactions": {k: n for k, n in sorted(self.redactions.items()) if n},
+            "cache": self.cache,
+            "cache_of": self.cache_of,
+            "inputs": dict(self.inputs),
+            "output": self.output,
+        }
+
+
+class Digester:
+    """Keyed digests (HMAC-SHA256, hex) of content, under a key derived from the site secret.
+
+    Whoever holds the secret can check that a given input or output is the one a record names;
+    whoever only holds the log cannot test guesses against it (plain hashes of e-mail addresses
+    or card numbers fall to a dictionary attack in seconds). The key is derived rather than the
+    secret itself so that audit digests cannot be matched against pseudonyms made with it. Each
+    digest is bound to its fragment's path, so equal values at different places do not link.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the audit secret must be at least 16 bytes")
+        self._key = hmac.new(secret, _DIGEST_CONTEXT, hashlib.sha256).digest()
+
+    def digest(self, label: str, data: bytes | memoryview) -> str:
+        mac = hmac.new(self._key, label.encode() + b"\x00", hashlib.sha256)
+        mac.update(data)
+        return mac.hexdigest()
+
+    def fragments(self, document: Any, limit: int = MAX_FRAGMENTS) -> dict[str, str]:
+        """One digest per JSON leaf, keyed by its path (`$.inputs[0].data`); an array of numbers
+        (a tensor) is one leaf. Past `limit` leaves, one digest of the whole document at `$`."""
+        leaves: list[tuple[str, Any]] = []
+        for leaf in self._leaves(document, "$"):
+            leaves.append(leaf)
+            if len(leaves) > limit:
+                return {"$": self.digest("$", _canonical(document))}
+        return {path: self.digest(path, _canonical(value)) for path, value in leaves}
+
+    def tensors(self, document: Mapping[str, Any], binary: bytes | memoryview) -> dict[str, str]:
+        """Digests of a KServe v2 body's binary tensors, one per input (`$.inputs[0].binary`);
+        when the stated sizes do not add up, one digest of the whole binary part."""
+        found: dict[str, str] = {}
+        offset = 0
+        for index, tensor in enumerate(document.get("inputs") or ()):
+            params = tensor.get("parameters") if isinstance(tensor, dict) else None
+            size = params.get("binary_data_size") if isinstance(params, dict) else None
+            if isinstance(size, int) and 0 <= size <= len(binary) - offset:
+                path = f"$.inputs[{index}].binary"
+                found[path] = self.digest(path, binary[offset : offset + size])
+                offset += size
+        if offset != len(binary):
+            return {"$.binary": self.digest("$.binary", binary)}
+        return found
+
+    def _leaves(self, value: Any, path: str) -> Iterator[tuple[str, Any]]:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                yield from self._leaves(item, path + self._segment(str(key)))
+        elif isinstance(value, list) and value and not _is_tensor(value):
+            for index, item in enumerate(value):
+                yield from self._leaves(item, f"{path}[{index}]")
+        else:
+            yield path, value
+
+    def _segment(self, key: str) -> str:
+        if _SCHEMA_KEY.match(key):
+            return "." + key
+        return f"[#{self.digest('key', key.encode('utf-8', 'surrogatepass'))[:16]}]"
+
+    def __repr__(self) -> str:
+        return "Digester(<secret>)"
+
+
+def _is_tensor(value: list[Any]) -> bool:
+    """Numbers and booleans only, at any nesting depth: tensor data, digested as one piece."""
+    return all(
+        isinstance(item, int | float) or (isinstance(item, list) and _is_tensor(item))
+        for item in value
+    )
+
+
+def _canonical(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)

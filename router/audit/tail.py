@@ -1,0 +1,65 @@
+"""Where an existing log's chain continues: its last intact entry, found from the end of the file
+so that a restart costs the same however long the log has grown."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from router.audit.chain import AuditLogError, BadEntry, open_entry
+
+# A crash tears at most the last write; anything longer than this without one intact entry is
+# not a torn tail but a damaged or foreign file, which an operator should look at.
+TAIL_SCAN_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    seq: int  # the next entry's sequence number
+    prev: str | None  # the last intact entry's hash
+    last_id: str | None
+    end: int  # offset just past the last intact entry
+    size: int  # the file's size: bytes past `end` are a torn tail
+
+    @property
+    def torn(self) -> int:
+        return self.size - self.end
+
+
+def resume(fd: int) -> Resume:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return Resume(0, None, None, 0, 0)
+    start = max(0, size - TAIL_SCAN_BYTES)
+    chunk = os.pread(fd, size - start, start)
+    for first, last in _lines_backwards(chunk, whole=start == 0):
+        try:
+            entry = open_entry(chunk[first:last])
+        except BadEntry:
+            continue
+        return Resume(entry["seq"] + 1, entry["hash"], entry["id"], start + last + 1, size)
+    if start == 0 and _torn_first_write(chunk):
+        return Resume(0, None, None, 0, size)
+    raise AuditLogError(
+        f"no intact audit entry in the last {len(chunk)} bytes of the log: it is damaged or "
+        "not an audit log; move it aside to start a new one"
+    )
+
+
+def _lines_backwards(chunk: bytes, *, whole: bool) -> Iterator[tuple[int, int]]:
+    """(start, end) of each newline-terminated line, last first. The first line of a chunk that
+    starts mid-file may be cut, so it is only offered when the chunk is the whole file."""
+    end = chunk.rfind(b"\n")
+    while end != -1:
+        before = chunk.rfind(b"\n", 0, end)
+        if before == -1 and not whole:
+            return
+        yield before + 1, end
+        end = before
+
+
+def _torn_first_write(chunk: bytes) -> bool:
+    """A file that never got one whole entry: the start of one, or the zeros a file system can
+    leave after a crash, not somebody else's file."""
+    return chunk.startswith(b'{"') or chunk.lstrip(b"\x00") == b""

@@ -1,0 +1,174 @@
+"""The central tier's end of store-and-forward: `POST /v1/spool/batches`.
+
+Sites upload batches at least once, so the same record can arrive many times (a lost answer,
+a crash between upload and acknowledgement). The collector keeps every key it has stored in
+its own SQLite file and inserts a record only if its key is new, in one committed transaction
+per batch (WAL, synchronous=FULL); only then does it answer, listing every key of the batch
+it holds. A key it lists is durable here, so the site may forget it; what arrives twice is
+counted as a duplicate and stored once.
+
+Keys are kept for as long as the records are (the retention of received records is the
+central tier's business, see `read`); a key forgotten earlier than any site's spool TTL could
+let a late resend in twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from router.errors import Unavailable
+from router.spool import schema
+from router.spool.store import SpoolUnavailable
+from router.spool.wire import Item, decode_batch
+from router.spool.worker import Job, SqliteWorker, WorkerBusy, WorkerClosed
+
+COLLECTOR_PATH = "/v1/spool/batches"
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS received (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    received REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+    WITHOUT ROWID;
+INSERT OR IGNORE INTO counters (name, value) VALUES ('stored', 0), ('duplicates', 0);
+"""
+
+
+@dataclass(frozen=True)
+class Added:
+    accepted: list[str]  # every distinct key of the batch, in order: all are held now
+    new: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class Received:
+    id: int  # increasing: page with `read(after=last id seen)`
+    item: Item
+    received: float
+
+
+class CollectorStore:
+    """Received records, unique by key, on one SQLite file owned by one thread."""
+
+    def __init__(self, worker: SqliteWorker, clock: Callable[[], float]) -> None:
+        self._worker = worker
+        self._clock = clock
+
+    @classmethod
+    def _start(cls, path: Path, clock: Callable[[], float]) -> CollectorStore:
+        worker = SqliteWorker(f"collector:{path.name}", lambda: schema.connect(path, _SCHEMA))
+        return cls(worker, clock)
+
+    @classmethod
+    def open_sync(cls, path: Path, *, clock: Callable[[], float] = time.time) -> CollectorStore:
+        store = cls._start(path, clock)
+        try:
+            store._worker.opened.result()
+        except Exception as exc:
+            raise SpoolUnavailable(f"cannot open collector store {path}: {exc}") from None
+        return store
+
+    @classmethod
+    async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> CollectorStore:
+        store = cls._start(path, clock)
+        try:
+            await asyncio.wrap_future(store._worker.opened)
+        except Exception as exc:
+            raise SpoolUnavailable(f"cannot open collector store {path}: {exc}") from None
+        return store
+
+    async def add(self, items: Sequence[Item]) -> Added:
+        """Store the items whose keys are new; answers only after the commit."""
+        return await asyncio.wrap_future(self._worker.submit(self._add_job(items), group=True))
+
+    def add_sync(self, items: Sequence[Item]) -> Added:
+        return self._worker.submit(self._add_job(items), group=True).result()
+
+    def _add_job(self, items: Sequence[Item]) -> Job[Added]:
+        now = self._clock()
+        return lambda conn: _add(conn, items, now)
+
+    async def read(self, after: int = 0, limit: int = 1000) -> list[Received]:
+        """Stored records with ids above `after`, oldest first."""
+        return await asyncio.wrap_future(self._worker.submit(lambda c: _read(c, after, limit)))
+
+    def read_sync(self, after: int = 0, limit: int = 1000) -> list[Received]:
+        return self._worker.submit(lambda conn: _read(conn, after, limit)).result()
+
+    async def counts(self) -> dict[str, int]:
+        """`stored` (distinct keys) and `duplicates` (copies received again), persisted."""
+        return await asyncio.wrap_future(self._worker.submit(schema.counters))
+
+    def counts_sync(self) -> dict[str, int]:
+        return self._worker.submit(schema.counters).result()
+
+    async def close(self) -> None:
+        self._worker.close()
+        await asyncio.to_thread(self._worker.join)
+
+    def close_sync(self) -> None:
+        self._worker.close()
+        self._worker.join()
+
+
+def _add(conn: sqlite3.Connection, items: Sequence[Item], now: float) -> Added:
+    accepted: dict[str, None] = {}
+    new = 0
+    for item in items:
+        cursor = conn.execute(
+            "INSERT INTO received (key, kind, payload, created, expires, received)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            (item.key, item.kind, item.payload, item.created, item.expires, now),
+        )
+        new += cursor.rowcount
+        accepted[item.key] = None
+    duplicates = len(items) - new
+    schema.bump(conn, stored=new, duplicates=duplicates)
+    return Added(list(accepted), new, duplicates)
+
+
+def _read(conn: sqlite3.Connection, after: int, limit: int) -> list[Received]:
+    rows = conn.execute(
+        "SELECT id, key, kind, payload, created, expires, received FROM received"
+        " WHERE id > ? ORDER BY id LIMIT ?",
+        (after, limit),
+    )
+    return [
+        Received(rid, Item(key, kind, payload, created, expires), received)
+        for rid, key, kind, payload, created, expires, received in rows
+    ]
+
+
+def collector_routes(store: CollectorStore, path: str = COLLECTOR_PATH) -> list[web.RouteDef]:
+    """The collector's route, for `app.add_routes(...)` in an app with the error middleware
+    (router.api.errors), which turns BatchError into 400 and Unavailable into 503."""
+
+    async def receive(request: web.Request) -> web.Response:
+        items = decode_batch(await request.read(), request.content_type)
+        try:
+            added = await store.add(items)
+        except (sqlite3.Error, WorkerBusy, WorkerClosed) as exc:
+            log.warning("collector could not store a batch: %s", type(exc).__name__)
+            raise Unavailable("the collector cannot store batches right now", 5.0) from None
+        body = {"accepted": added.accepted, "new": added.new, "duplicates": added.duplicates}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    return [web.post(path, receive)]

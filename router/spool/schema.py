@@ -1,0 +1,165 @@
+"""The spool's SQLite file: opening it safely, its tables, and the statements that keep the
+counters exact. Every function here runs on the spool's worker thread, inside a transaction.
+
+Counters live in the same database as the records and change in the same transaction as the
+rows they count, so after any crash both are at the same commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COUNTERS = (
+    "produced",
+    "delivered",
+    "expired",
+    "dropped",
+    "rejected",
+    "corrupt",
+    "pending",
+    "pending_bytes",
+)
+
+_RECORDS = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    leased INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS records_expires ON records (expires);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+    WITHOUT ROWID;
+"""
+
+# SQLite's result codes for a damaged file (the low byte of an extended code).
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+# Ids per `IN (...)`: well below SQLite's smallest variable limit (999 before 3.32).
+_CHUNK = 500
+
+
+class CorruptDatabase(sqlite3.DatabaseError):
+    """`PRAGMA quick_check` found damage."""
+
+
+def connect(
+    path: Path, schema: str, *, wal_limit_bytes: int = 8 * 1024 * 1024
+) -> sqlite3.Connection:
+    """Open `path` for this process alone, in WAL mode with an fsync at every commit, and
+    create `schema`. A damaged file is moved aside and a fresh one started, so a site never
+    stops serving because its spool was hurt; the event is logged with both paths."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _open(path, schema, wal_limit_bytes)
+    except sqlite3.DatabaseError as exc:
+        if not _is_corruption(exc):
+            raise
+    moved = _aside(path)
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(f"{moved}{suffix}")
+    log.error("spool database %s failed its integrity check; moved to %s", path, moved)
+    return _open(path, schema, wal_limit_bytes)
+
+
+def _aside(path: Path) -> Path:
+    """A free name next to `path` for a damaged file (never one that already holds another)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for attempt in range(1000):
+        moved = path.with_name(f"{path.name}.corrupt-{stamp}{f'-{attempt}' if attempt else ''}")
+        if not any(Path(f"{moved}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+            return moved
+    raise FileExistsError(f"no free name to move {path} aside")
+
+
+def _open(path: Path, schema: str, wal_limit_bytes: int) -> sqlite3.Connection:
+    # isolation_level=None: the worker issues BEGIN/COMMIT itself; timeout: a second process
+    # on the same file fails fast instead of waiting.
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0.05)
+    try:
+        # Exclusive before WAL: the WAL index then lives in this process's memory (no -shm
+        # file), and the lock taken by the first write keeps other processes out for good.
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit_bytes)}")
+        verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise CorruptDatabase("quick_check failed")
+        conn.executescript(f"BEGIN IMMEDIATE; {schema} COMMIT;")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    if isinstance(exc, CorruptDatabase):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def spool_schema() -> str:
+    rows = ", ".join(f"('{name}', 0)" for name in COUNTERS)
+    # Leases belong to the process that took them: after a restart every record is free.
+    return (
+        f"{_RECORDS} INSERT OR IGNORE INTO counters (name, value) VALUES {rows};"
+        " UPDATE records SET leased = 0 WHERE leased = 1;"
+    )
+
+
+def counters(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT name, value FROM counters").fetchall())
+
+
+def bump(conn: sqlite3.Connection, **deltas: int) -> None:
+    conn.executemany(
+        "UPDATE counters SET value = value + ? WHERE name = ?",
+        [(delta, name) for name, delta in deltas.items() if delta],
+    )
+
+
+def chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
+
+
+def marks(ids: Sequence[int]) -> str:
+    return ",".join("?" * len(ids))
+
+
+def remove(conn: sqlite3.Connection, ids: Sequence[int], *, leased: int) -> tuple[int, int]:
+    """Delete the records among `ids` whose lease flag is `leased`: (how many, their bytes)."""
+    count = size = 0
+    for part in chunks(ids):
+        where = f"id IN ({marks(part)}) AND leased = ?"
+        found, total = conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE {where}", (*part, leased)
+        ).fetchone()
+        conn.execute(f"DELETE FROM records WHERE {where}", (*part, leased))
+        count, size = count + found, size + total
+    return count, size
+
+
+def set_leased(conn: sqlite3.Connection, ids: Sequence[int], leased: int) -> None:
+    for part in chunks(ids):
+        bump_attempts = ", attempts = attempts + 1" if leased else ""
+        conn.execute(
+            f"UPDATE records SET leased = ?{bump_attempts} WHERE id IN ({marks(part)})",
+            (leased, *part),
+        )

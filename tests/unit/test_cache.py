@@ -1,0 +1,327 @@
+"""router/cache.py: keyed digests, freshness and staleness on a fake clock, the byte-bounded LRU,
+and what the request's and the upstream's Cache-Control headers allow."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.cache import (
+    Entry,
+    Outcome,
+    RequestDirectives,
+    ResponseCache,
+    entry_headers,
+    response_ttl,
+)
+
+SECRET = b"s" * 32
+OVERHEAD = 256  # what an entry costs besides its body and events
+
+
+class Clock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_entry(
+    stored_at: float,
+    *,
+    body: bytes = b'{"ok": true}',
+    fresh_s: float = 10.0,
+    events: tuple[bytes, ...] | None = None,
+) -> Entry:
+    return Entry(
+        status=200,
+        content_type="application/json",
+        headers=(("Cache-Control", "max-age=10"),),
+        body=body,
+        events=events,
+        stored_at=stored_at,
+        fresh_s=fresh_s,
+        tier="edge",
+        reasons="local",
+    )
+
+
+def make_cache(
+    clock: Clock, *, max_bytes: int = 1 << 20, max_stale_s: float = 60.0
+) -> ResponseCache:
+    return ResponseCache(SECRET, max_bytes, max_stale_s, clock=clock)
+
+
+class TestKey:
+    def test_same_parts_give_the_same_key(self) -> None:
+        """A key is a pure function of the secret and the parts."""
+        cache = make_cache(Clock())
+        parts = ["kserve-v2", "/v2/models/m/infer", "m", "", b'{"a":1}']
+        assert cache.key(parts) == cache.key(list(parts))
+        assert len(cache.key(parts)) == 32  # HMAC-SHA256
+
+    def test_str_and_bytes_parts_are_the_same_part(self) -> None:
+        """A str part is its UTF-8 bytes: callers may pass either."""
+        cache = make_cache(Clock())
+        assert cache.key(["modèle", "x"]) == cache.key(["modèle".encode(), b"x"])
+
+    @pytest.mark.parametrize(
+        ("left", "right"),
+        [
+            (["ab", "c"], ["a", "bc"]),
+            (["a", ""], ["a"]),
+            ([""], []),
+            (["", ""], [""]),
+            (["a\x00b"], ["a", "b"]),
+            ([b"\x01\x00\x00\x00\x00\x00\x00\x00a"], ["a"]),  # a part that looks like framing
+        ],
+    )
+    def test_shifting_bytes_between_parts_changes_the_key(
+        self, left: list[str | bytes], right: list[str | bytes]
+    ) -> None:
+        """Parts are length-framed: the same bytes split differently never collide."""
+        cache = make_cache(Clock())
+        assert cache.key(left) != cache.key(right)
+
+    @given(
+        st.lists(st.binary(max_size=12), max_size=5), st.lists(st.binary(max_size=12), max_size=5)
+    )
+    def test_different_part_lists_never_share_a_key(
+        self, left: list[bytes], right: list[bytes]
+    ) -> None:
+        """Any two different part lists get different keys."""
+        cache = ResponseCache(SECRET, 1024, 0.0)
+        assert (cache.key(left) == cache.key(right)) == (left == right)
+
+    def test_key_depends_on_the_secret(self) -> None:
+        """Without the site secret nobody can compute (or match guesses against) a key."""
+        parts = ["openai", "/v1/embeddings", b'{"input":"x"}']
+        one = ResponseCache(SECRET, 1024, 0.0)
+        other = ResponseCache(b"t" * 32, 1024, 0.0)
+        assert one.key(parts) != other.key(parts)
+
+
+class TestFreshness:
+    def test_a_fresh_entry_is_a_hit(self) -> None:
+        """Within its freshness an entry is served as a HIT, stale allowed or not."""
+        clock = Clock()
+        cache = make_cache(clock)
+        entry = make_entry(clock.now, fresh_s=10.0)
+        cache.put(b"k", entry)
+        clock.advance(9.5)
+        assert cache.get(b"k", allow_stale=False) == (entry, Outcome.HIT)
+        assert cache.get(b"k", allow_stale=True) == (entry, Outcome.HIT)
+        assert entry.age(clock.now) == 9.5
+
+    def test_a_missing_key_is_none(self) -> None:
+        """Nothing stored, nothing found."""
+        assert make_cache(Clock()).get(b"nope", allow_stale=True) is None
+
+    def test_past_freshness_only_a_stale_lookup_finds_it(self) -> None:
+        """Once its freshness is over an entry is STALE, and only for a caller who allows it;
+        a lookup that does not allow stale leaves it in place for one that does."""
+        clock = Clock()
+        cache = make_cache(clock, max_stale_s=60.0)
+        entry = make_entry(clock.now, fresh_s=10.0)
+        cache.put(b"k", entry)
+        clock.advance(10.0)  # freshness is a half-open interval: age 10 of 10 is stale
+        assert cache.get(b"k", allow_stale=False) is None
+        assert cache.get(b"k", allow_stale=True) == (entry, Outcome.STALE)
+        clock.advance(50.0)  # age 60: fresh 10 + stale 60 still covers it
+        assert cache.get(b"k", allow_stale=True) == (entry, Outcome.STALE)
+
+    def test_past_freshness_and_max_stale_the_entry_is_gone(self) -> None:
+        """Past fresh + max_stale an entry is dropped, and its bytes freed."""
+        clock = Clock()
+        cache = make_cache(clock, max_stale_s=60.0)
+        cache.put(b"k", make_entry(clock.now, fresh_s=10.0))
+        assert cache.bytes_used > 0
+        clock.advance(70.001)
+        assert cache.get(b"k", allow_stale=True) is None
+        assert cache.bytes_used == 0
+        clock.advance(-70.001)  # even were time to run back, it was removed
+        assert cache.get(b"k", allow_stale=True) is None
+
+    def test_without_max_stale_an_expired_entry_is_gone_at_once(self) -> None:
+        """max_stale_s 0: no grace period, nothing served past freshness."""
+        clock = Clock()
+        cache = make_cache(clock, max_stale_s=0.0)
+        cache.put(b"k", make_entry(clock.now, fresh_s=1.0))
+        clock.advance(1.5)
+        assert cache.get(b"k", allow_stale=True) is None
+
+    def test_age_never_goes_negative(self) -> None:
+        """An entry read at a time before its store (another clock) reports age 0, still fresh."""
+        entry = make_entry(1000.0, fresh_s=5.0)
+        assert entry.age(990.0) == 0.0
+        assert entry.fresh(990.0)
+
+    def test_now_is_the_injected_clock(self) -> None:
+        """Stages stamp entries with the cache's clock, so a fake clock drives all of it."""
+        clock = Clock()
+        cache = make_cache(clock)
+        clock.advance(3.0)
+        assert cache.now() == 1003.0
+
+
+class TestBoundedByBytes:
+    def test_entry_size_counts_body_events_and_overhead(self) -> None:
+        """An entry weighs its body, every recorded event and a fixed overhead."""
+        assert make_entry(0.0, body=b"x" * 100).size == 100 + OVERHEAD
+        streamed = make_entry(0.0, body=b"", events=(b"data: 1\n\n", b"data: [DONE]\n\n"))
+        assert streamed.size == 9 + 14 + OVERHEAD
+
+    def test_least_recently_used_entry_is_evicted_first(self) -> None:
+        """Storing past max_bytes evicts the entry read or written longest ago."""
+        clock = Clock()
+        one = 100 + OVERHEAD
+        cache = make_cache(clock, max_bytes=3 * one)
+        for key in (b"a", b"b", b"c"):
+            cache.put(key, make_entry(clock.now, body=b"x" * 100))
+        assert cache.bytes_used == 3 * one
+        assert cache.get(b"a", allow_stale=False) is not None  # a is now the most recent
+        cache.put(b"d", make_entry(clock.now, body=b"y" * 100))
+        assert cache.get(b"b", allow_stale=True) is None
+        for key in (b"a", b"c", b"d"):
+            assert cache.get(key, allow_stale=False) is not None
+        assert cache.bytes_used == 3 * one
+
+    def test_a_large_entry_evicts_as_many_as_it_needs(self) -> None:
+        """One big entry pushes out several small ones, never exceeding max_bytes."""
+        clock = Clock()
+        small = 10 + OVERHEAD
+        cache = make_cache(clock, max_bytes=4 * small)
+        for key in (b"a", b"b", b"c", b"d"):
+            cache.put(key, make_entry(clock.now, body=b"x" * 10))
+        cache.put(b"big", make_entry(clock.now, body=b"z" * (2 * small)))
+        assert cache.bytes_used <= 4 * small
+        assert cache.get(b"big", allow_stale=False) is not None
+        assert cache.get(b"a", allow_stale=True) is None
+        assert cache.get(b"b", allow_stale=True) is None
+
+    def test_an_entry_larger_than_the_cache_is_not_stored(self) -> None:
+        """Too big to ever fit: not stored, nothing evicted, no error."""
+        clock = Clock()
+        cache = make_cache(clock, max_bytes=1000)
+        cache.put(b"small", make_entry(clock.now, body=b"x" * 10))
+        used = cache.bytes_used
+        cache.put(b"huge", make_entry(clock.now, body=b"x" * 1000))
+        assert cache.get(b"huge", allow_stale=True) is None
+        assert cache.get(b"small", allow_stale=True) is not None
+        assert cache.bytes_used == used
+
+    def test_replacing_an_entry_accounts_for_the_new_size(self) -> None:
+        """A key stored twice weighs only its latest entry."""
+        clock = Clock()
+        cache = make_cache(clock)
+        cache.put(b"k", make_entry(clock.now, body=b"x" * 500))
+        cache.put(b"k", make_entry(clock.now, body=b"x" * 10))
+        assert cache.bytes_used == 10 + OVERHEAD
+
+
+class TestCounts:
+    def test_every_outcome_starts_at_zero_and_counts_up(self) -> None:
+        """Counters exist for every outcome from the start (scrapes see zeros, not gaps)."""
+        cache = make_cache(Clock())
+        assert cache.counts == dict.fromkeys(Outcome, 0)
+        cache.count(Outcome.HIT)
+        cache.count(Outcome.HIT)
+        cache.count(Outcome.BYPASS)
+        assert cache.counts[Outcome.HIT] == 2
+        assert cache.counts[Outcome.BYPASS] == 1
+        assert cache.counts[Outcome.MISS] == cache.counts[Outcome.STALE] == 0
+
+    def test_outcomes_are_the_header_values(self) -> None:
+        """The enum's values are what X-Cache says."""
+        assert [o.value for o in Outcome] == ["HIT", "MISS", "STALE", "BYPASS"]
+
+
+class TestRequestDirectives:
+    @pytest.mark.parametrize("header", [None, "", "max-age=0", "no-transform", "only-if-cached"])
+    def test_without_no_cache_or_no_store_both_are_allowed(self, header: str | None) -> None:
+        """Other request directives change nothing here."""
+        assert RequestDirectives.parse(header) == RequestDirectives(lookup=True, store=True)
+
+    @pytest.mark.parametrize(
+        "header", ["no-cache", "No-Cache", "  no-cache  ", "max-age=5, NO-CACHE"]
+    )
+    def test_no_cache_skips_the_lookup_but_stores(self, header: str) -> None:
+        """no-cache: go to the origin, but what comes back may be kept."""
+        assert RequestDirectives.parse(header) == RequestDirectives(lookup=False, store=True)
+
+    @pytest.mark.parametrize(
+        "header",
+        ["no-store", "NO-STORE", " no-store ,", "no-cache, no-store", "max-age=0,no-store"],
+    )
+    def test_no_store_neither_looks_up_nor_stores(self, header: str) -> None:
+        """no-store wins over everything: the cache is not touched at all."""
+        assert RequestDirectives.parse(header) == RequestDirectives(lookup=False, store=False)
+
+
+class TestResponseTtl:
+    @pytest.mark.parametrize(
+        ("header", "ttl"),
+        [
+            ("max-age=60", 60.0),
+            ("MAX-AGE=60", 60.0),
+            ("public, max-age=5", 5.0),
+            ("public,max-age=5,must-revalidate", 5.0),
+            ('max-age="7"', 7.0),
+            ("s-maxage=30", 30.0),
+            ("public, s-maxage=30", 30.0),
+            ("max-age=0", 0.0),
+        ],
+    )
+    def test_max_age_and_s_maxage_win_over_the_default(self, header: str, ttl: float) -> None:
+        """An upstream's stated lifetime replaces the configured default."""
+        assert response_ttl(header, 300.0) == ttl
+
+    def test_s_maxage_wins_over_max_age_for_a_shared_cache(self) -> None:
+        """The router is a shared cache: s-maxage overrides max-age whatever their order."""
+        assert response_ttl("max-age=60, s-maxage=5", 300.0) == 5.0
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "no-store",
+            "private",
+            "no-cache",
+            "No-Store",
+            "private, max-age=60",
+            "max-age=60, no-store",
+            'private="set-cookie"',
+            "public, no-cache, max-age=60",
+        ],
+    )
+    def test_no_store_private_and_no_cache_are_never_stored(self, header: str) -> None:
+        """An upstream that did not want its answer shared is not shared, max-age or not."""
+        assert response_ttl(header, 300.0) is None
+
+    @pytest.mark.parametrize("header", [None, "", "public", "must-revalidate", "max-age=abc"])
+    def test_without_a_lifetime_the_default_applies(self, header: str | None) -> None:
+        """No usable max-age: the route's configured ttl."""
+        assert response_ttl(header, 42.0) == 42.0
+
+
+class TestEntryHeaders:
+    def test_per_request_headers_are_not_replayed(self) -> None:
+        """Age, X-Cache, the request id, timings and redaction counts belong to one answer."""
+        kept = entry_headers(
+            {
+                "Cache-Control": "max-age=5",
+                "Age": "3",
+                "X-Cache": "MISS",
+                "X-Request-Id": "abc",
+                "Server-Timing": "upstream;dur=1",
+                "X-Redactions": "EMAIL=1",
+                "Inference-Header-Content-Length": "12",
+            }
+        )
+        assert kept == (("Cache-Control", "max-age=5"), ("Inference-Header-Content-Length", "12"))
