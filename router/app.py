@@ -19,11 +19,14 @@ from router.api.state import (
     PRIVACY,
     SETTINGS,
     STATUS,
+    TRAIL,
     UPSTREAMS,
     Pipelines,
     ServerStatus,
 )
+from router.audit import AuditLog, AuditLogError, log_file
 from router.cache import ResponseCache
+from router.errors import ConfigError
 from router.inference.repository import (
     Loader,
     ModelRepository,
@@ -34,13 +37,14 @@ from router.inference.repository import (
 from router.pipeline import Pipeline
 from router.policy.bundle import load_bundle
 from router.privacy import Privacy
-from router.resources import default_policy_bundle, demo_model_repository
+from router.resources import audit_path, default_policy_bundle, demo_model_repository
 from router.settings import Settings
 from router.stages.cache import LookupCache
 from router.stages.classify import ClassifyAndRedact
 from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
 from router.stages.route import DecideRoute
+from router.trail import Trail
 from router.upstreams.registry import Upstreams
 
 
@@ -62,6 +66,7 @@ def build_app(
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
     app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_pipelines)
     kserve_v2.add_routes(app)
     openai.add_routes(app)
@@ -123,6 +128,40 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await upstreams.close()
+
+
+def _open_audit_log(settings: Settings) -> AuditLog:
+    """Each process writes its own chain: the first `<site>[.N].jsonl` nobody holds yet
+    (several workers, or several routers in one test process, share a folder)."""
+    audit = settings.audit
+    folder = audit_path(audit.path)
+    problem = ""
+    for worker in range(64):
+        path = log_file(folder, settings.site.id, worker)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return AuditLog(path, fsync=audit.fsync, batch_interval_ms=audit.batch_interval_ms)
+        except AuditLogError as exc:
+            problem = str(exc)
+            if path.suffix == ".jsonl" and path == folder:
+                break  # a single file was named: no other to try
+        except OSError as exc:
+            raise ConfigError(str(path), [f"audit log cannot be opened: {exc}"]) from None
+    raise ConfigError(str(folder), [f"audit log cannot be opened: {problem}"])
+
+
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    audit = settings.audit
+    log: AuditLog | None = None
+    if audit.enabled:
+        log = await asyncio.to_thread(_open_audit_log, settings)
+    app[TRAIL] = Trail(log, app[PRIVACY].secret, settings.site)
+    try:
+        yield
+    finally:
+        if log is not None:
+            await log.aclose()
 
 
 async def _pipelines(app: web.Application) -> AsyncIterator[None]:

@@ -60,6 +60,7 @@ class RequestContext:
     cache: str | None = None  # the cache's verdict (HIT, MISS, STALE, BYPASS)
     cache_of: str | None = None
     model_sha256: str = ""  # of the local artefact that ran
+    served_version: str = ""  # the model version that answered, when known
 
     @property
     def binary(self) -> memoryview:

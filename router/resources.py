@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -15,6 +16,21 @@ def bundled(name: str) -> Path:
 
 def demo_model_repository() -> Path:
     return bundled("edge_models")
+
+
+def state_dir() -> Path:
+    """Where a site keeps what must survive a restart (audit trail, spool) unless its config
+    says otherwise: $LAYER_ROUTER_STATE_DIR, else $XDG_STATE_HOME/layer-router, else
+    ~/.local/state/layer-router (the XDG base directory default)."""
+    explicit = os.environ.get("LAYER_ROUTER_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "layer-router"
+
+
+def audit_path(configured: Path | None) -> Path:
+    return configured if configured is not None else state_dir() / "audit"
 
 
 def default_policy_bundle() -> Path:

@@ -37,7 +37,11 @@ async def _serve(settings: Settings, out: TextIO) -> int:
         handler_cancellation=True,  # a client that goes away cancels its queued inference
         shutdown_timeout=settings.server.drain_timeout_s,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
     try:
         await site.start()

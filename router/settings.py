@@ -198,7 +198,7 @@ class AuditSettings(Strict):
     # A `.jsonl` file, or a folder holding one log per worker (`<site id>.jsonl`, worker N:
     # `<site id>.N.jsonl`): each process writes its own hash chain. Relative: to the config file
     # that names it; the default, to the working directory.
-    path: Path = Path("audit")
+    path: Path | None = None  # None: <state dir>/audit (see router.resources.state_dir)
     # always: synced before a batch counts as written; batch: within batch_interval_ms; never: the
     # OS decides (a power cut can lose the newest records, which the next start records).
     fsync: Literal["always", "batch", "never"] = "batch"
@@ -252,7 +252,8 @@ def load_settings(path: Path | None) -> Settings:
         spool = spool.model_copy(update={"path": path.parent / spool.path})
         settings = settings.model_copy(update={"spool": spool})
     # Only a path the file names is the file's; the default stays in the working directory.
-    if "path" in settings.audit.model_fields_set and not settings.audit.path.is_absolute():
-        audit = settings.audit.model_copy(update={"path": path.parent / settings.audit.path})
+    audit_path = settings.audit.path
+    if audit_path is not None and not audit_path.is_absolute():
+        audit = settings.audit.model_copy(update={"path": path.parent / audit_path})
         settings = settings.model_copy(update={"audit": audit})
     return settings

@@ -73,3 +73,19 @@ def _reference_session(path: Path) -> ort.InferenceSession:
 def reference() -> Callable[[Path], ort.InferenceSession]:
     """A plain onnxruntime CPU session for a model file: the ground truth to compare with."""
     return _reference_session
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Audit trails and spools of routers under test go to a temporary folder, never to the
+    user's state directory; subprocesses inherit it."""
+    import os
+
+    folder = tmp_path_factory.mktemp("state")
+    previous = os.environ.get("LAYER_ROUTER_STATE_DIR")
+    os.environ["LAYER_ROUTER_STATE_DIR"] = str(folder)
+    yield
+    if previous is None:
+        os.environ.pop("LAYER_ROUTER_STATE_DIR", None)
+    else:
+        os.environ["LAYER_ROUTER_STATE_DIR"] = previous

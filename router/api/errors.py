@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from router.api.respond import CTX, trace_headers
+from router.api.state import TRAIL
 from router.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
@@ -74,17 +75,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except RouterError as exc:
-        return error_response(exc, request)
+        return await _audited(request, error_response(exc, request))
     except web.HTTPException as exc:
         mapped = from_http_exception(exc)
         if mapped is None:
             raise
-        return error_response(mapped, request)
+        return await _audited(request, error_response(mapped, request))
     except (ConnectionError, TimeoutError):
         raise  # the client went away; aiohttp closes the connection
     except Exception as exc:
         log.error("unhandled %s at %s", type(exc).__name__, _where(exc))
-        return error_response(RouterError("internal error"), request)
+        return await _audited(request, error_response(RouterError("internal error"), request))
+
+
+async def _audited(request: web.Request, response: web.Response) -> web.Response:
+    """Failed answers are part of the trail too, once a request got as far as a context."""
+    ctx = request.get(CTX)
+    if ctx is not None:
+        body = response.body if isinstance(response.body, bytes) else None
+        await request.app[TRAIL].write(ctx, response.status, body)
+    return response
 
 
 def _where(exc: BaseException) -> str:

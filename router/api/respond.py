@@ -7,7 +7,8 @@ import time
 
 from aiohttp import web
 
-from router.api.state import POLICY, SETTINGS
+from router.api.state import POLICY, SETTINGS, TRAIL
+from router.audit import new_audit_id
 from router.context import Reply, RequestContext
 from router.errors import LoopDetected, PayloadTooLarge, RouterError
 from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
@@ -16,6 +17,7 @@ from router.pipeline import Pipeline
 from router.privacy import redaction_header
 
 POLICY_REVISION = "X-Policy-Revision"
+AUDIT_ID = "X-Audit-Id"
 REDACTIONS = "X-Redactions"
 
 # Where the error middleware finds the context of a failed request.
@@ -57,6 +59,7 @@ def new_context(
         hops=hops(request.headers),
         headers=request.headers,
         request_id=request_id(request.headers),
+        audit_id=new_audit_id() if request.app[TRAIL].enabled else "",
     )
     request[CTX] = ctx
     if ctx.hops > MAX_HOPS:
@@ -66,6 +69,8 @@ def new_context(
 
 def trace_headers(ctx: RequestContext) -> dict[str, str]:
     headers = {REQUEST_ID: ctx.request_id}
+    if ctx.audit_id:
+        headers[AUDIT_ID] = ctx.audit_id
     reasons = ",".join(ctx.reasons)
     if ctx.upstream_reasons:
         reasons = f"{reasons}>{ctx.upstream_reasons}" if reasons else ctx.upstream_reasons
@@ -91,8 +96,11 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     started = time.perf_counter()
     reply = await pipeline.run(ctx)
     headers = {**reply.headers, **trace_headers(ctx)}
+    trail = request.app[TRAIL]
     if reply.stream is not None:
+        reply.stream = trail.streamed(ctx, reply.status, reply.stream)
         return await _stream(request, reply, headers)
+    await trail.write(ctx, reply.status, reply.body)
     headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
     response = web.Response(
         body=reply.body, status=reply.status, content_type=reply.content_type, headers=headers

@@ -12,6 +12,7 @@ from router.pipeline import Pipeline
 from router.policy.bundle import PolicyBundle
 from router.privacy import Privacy
 from router.settings import Settings
+from router.trail import Trail
 from router.upstreams.registry import Upstreams
 
 
@@ -35,3 +36,4 @@ UPSTREAMS = web.AppKey("upstreams", Upstreams)
 POLICY = web.AppKey("policy", PolicyBundle)
 PRIVACY = web.AppKey("privacy", Privacy)
 CACHE = web.AppKey("cache", ResponseCache)
+TRAIL = web.AppKey("trail", Trail)

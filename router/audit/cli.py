@@ -15,6 +15,7 @@ import orjson
 
 from router.audit.verify import Provenance, log_files, show, verify
 from router.errors import ConfigError
+from router.resources import audit_path
 from router.settings import load_settings
 
 
@@ -66,7 +67,7 @@ def _verify_one(file: Path) -> int:
 def show_command(audit_id: str, log: Path | None, config: Path | None) -> int:
     if log is None:
         try:
-            log = load_settings(config).audit.path
+            log = audit_path(load_settings(config).audit.path)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -121,9 +121,13 @@ class Digester:
         self._key = hmac.new(secret, _DIGEST_CONTEXT, hashlib.sha256).digest()
 
     def digest(self, label: str, data: bytes | memoryview) -> str:
-        mac = hmac.new(self._key, label.encode() + b"\x00", hashlib.sha256)
+        mac = self.stream(label)
         mac.update(data)
         return mac.hexdigest()
+
+    def stream(self, label: str) -> hmac.HMAC:
+        """A digest to feed piece by piece (a streamed answer); equal to `digest` of the whole."""
+        return hmac.new(self._key, label.encode() + b"\x00", hashlib.sha256)
 
     def fragments(self, document: Any, limit: int = MAX_FRAGMENTS) -> dict[str, str]:
         """One digest per JSON leaf, keyed by its path (`$.inputs[0].data`); an array of numbers

@@ -112,6 +112,7 @@ class Dispatch:
         request = build_request(ctx.document, ctx.binary)
         result = await run_local(entry, request, ctx.deadline)
         ctx.served_tier, ctx.served_by = self._tier, f"{entry.model}/{entry.version}"
+        ctx.served_version, ctx.model_sha256 = str(entry.version), entry.sha256
         ctx.reasons.append("local")
         escalated = await self._maybe_escalate(ctx, entry, result)
         if escalated is not None:

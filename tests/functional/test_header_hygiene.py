@@ -273,8 +273,9 @@ class TestInternalHeaders:
         # Ours, now that a policy bundle is in force: the revision, never the client's copy.
         assert reply.headers.getall("X-Policy-Revision") == [POLICY_REVISION]
         assert reply.headers.getall("X-Cache") == ["BYPASS"]  # ours: the cache is off here
+        (audit_id,) = reply.headers.getall("X-Audit-Id")  # ours, a fresh id, not the client's
+        assert audit_id != INTERNAL_REQUEST_HEADERS["X-Audit-Id"]
         for name in (
-            "X-Audit-Id",
             "X-Redactions",
             "Forwarded",
             "X-Forwarded-For",

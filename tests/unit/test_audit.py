@@ -558,7 +558,7 @@ class TestRecord:
         settings = load_settings(config)
         assert (settings.audit.path, settings.audit.fsync) == (tmp_path / "logs", "always")
         config.write_text("audit: {fsync: never}\n", encoding="utf-8")
-        assert load_settings(config).audit.path == Path("audit")  # the working directory's
+        assert load_settings(config).audit.path is None  # the state directory's audit/ folder
 
 
 class TestDigester:
