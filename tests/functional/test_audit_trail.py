@@ -1,0 +1,119 @@
+"""The audit trail on the request path (TESTING.md A1): every answer, local, forwarded, cached or
+failed, carries an X-Audit-Id that resolves to a complete record in a log that verifies; a
+cache hit points at the record of the answer's original generation; no raw value lands there."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from router.app import build_app
+from router.audit import show, verify
+from router.settings import Settings
+from router.testing import FakeUpstream
+
+EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
+CANARY = "audit.canary.7f3e@example.com"
+LOCAL = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 1]}]}
+
+
+class Site:
+    def __init__(self, base: str, audit: Path, router: TestServer) -> None:
+        self.base, self.audit, self._router = base, audit, router
+
+    async def stop(self) -> None:
+        """Close the router, and with it the log: everything written and synced."""
+        await self._router.close()
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    fake = FakeUpstream(name="central", models=["gpt-test"])
+    upstream = TestServer(fake.app(), host="127.0.0.1")
+    await upstream.start_server()
+    audit = tmp_path / "audit"
+    settings = Settings.model_validate(
+        {
+            "site": {"id": "plant-7"},
+            "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+            "audit": {"path": audit, "fsync": "always"},
+            "upstreams": [
+                {
+                    "name": "central",
+                    "tier": "central",
+                    "models": ["gpt-test"],
+                    "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                    "health_check": {"enabled": False},
+                }
+            ],
+        }
+    )
+    router = TestServer(build_app(settings), host="127.0.0.1")
+    await router.start_server()
+    try:
+        yield Site(str(router.make_url("")).rstrip("/"), audit, router)
+    finally:
+        await router.close()
+        await upstream.close()
+
+
+async def _post(http: aiohttp.ClientSession, url: str, doc: Any) -> tuple[int, str]:
+    async with asyncio.timeout(10), http.post(url, json=doc) as response:
+        await response.read()
+        return response.status, response.headers.get("X-Audit-Id", "")
+
+
+class TestAuditTrail:
+    async def test_every_answer_resolves_to_a_complete_record(self, site: tuple[str, Path]) -> None:
+        """Local, forwarded, cached and failed answers each name a record; the log verifies;
+        the cache hit's provenance leads to the original; the canary is nowhere in the log."""
+        base, audit = site.base, site.audit
+        chat = {"model": "gpt-test", "messages": [{"role": "user", "content": f"hi {CANARY}"}]}
+        async with aiohttp.ClientSession() as http:
+            local = await _post(http, base + "/v2/models/color_classifier/infer", LOCAL)
+            cached = await _post(http, base + "/v2/models/color_classifier/infer", LOCAL)
+            forwarded = await _post(http, base + "/v1/chat/completions", chat)
+            failed = await _post(http, base + "/v2/models/no_such_model/infer", LOCAL)
+        await site.stop()
+        assert [a[0] for a in (local, cached, forwarded, failed)] == [200, 200, 200, 404]
+        ids = [a[1] for a in (local, cached, forwarded, failed)]
+        assert all(ids)
+        assert len(set(ids)) == 4
+
+        result = verify(audit / "plant-7.jsonl")
+        assert result.ok, result.problem
+        assert result.entries == 4
+        assert CANARY.encode() not in (audit / "plant-7.jsonl").read_bytes()
+
+        (first,) = show(audit, ids[0]).records
+        record = first.entry
+        assert record["site"] == "plant-7"
+        assert record["tier"] == "edge"
+        assert record["served_tier"] == "edge"
+        assert record["model"] == "color_classifier"
+        assert record["model_version"] == "2"
+        assert len(record["model_sha256"]) == 64
+        assert record["policy_revision"]
+        assert record["time"].endswith("Z")
+        assert record["inputs"]
+        assert record["output"]
+        assert record["cache"] == "MISS"
+
+        provenance = show(audit, ids[1]).records
+        assert [p.entry["id"] for p in provenance] == [ids[1], ids[0]]
+        assert provenance[0].entry["cache"] == "HIT"
+        assert provenance[0].entry["cache_of"] == ids[0]
+
+        (chat_record,) = show(audit, ids[2]).records
+        assert chat_record.entry["served_tier"] == "central"
+        assert chat_record.entry["redactions"] == {"EMAIL": 1}
+        assert chat_record.entry["data_class"] == "personal"
+
+        (error_record,) = show(audit, ids[3]).records
+        assert error_record.entry["status"] == 404
