@@ -605,6 +605,7 @@ def _where(file: str) -> str:
 
 
 _ROOTS = {"router/cli.py", "router/server.py", "router/__main__.py"}  # under every loop stack
+_TRANSPORT = "router/upstreams/client.py"
 
 
 def _kind(file: str) -> str:
@@ -620,11 +621,14 @@ def _side(frames: list[tuple[str, str]]) -> tuple[str, str | None]:
     (stdlib and C code count for whoever called them). Returns (side, innermost router frame
     when the router owns it)."""
     kinds = [_kind(file) for _, file in frames]
+    # aiohttp's shared parts (streams, writer, helpers) work for the client when called from
+    # the client or from the router's transport module (reading an upstream response).
+    for_client = "client" in kinds or any(_where(f) == _TRANSPORT for _, f in frames)
     for (func, file), kind in zip(reversed(frames), reversed(kinds), strict=True):
         if kind == "router":
             return _ROUTER_SIDE, f"{func} ({_where(file)})"
-        if kind == "client" or (kind == "aiohttp" and "client" in kinds):
-            return _CLIENT_SIDE, None  # aiohttp's writer/reader working for a client request
+        if kind == "client" or (kind == "aiohttp" and for_client):
+            return _CLIENT_SIDE, None
         if kind == "aiohttp":
             return _SERVER_SIDE, None
     return _LOOP_SIDE, None
@@ -637,6 +641,7 @@ def summarize_profile(raw: Path, cpu_us_per_req: float | None = None) -> str:
     total = idle = 0
     sides: collections.Counter[str] = collections.Counter()
     owned: collections.Counter[str] = collections.Counter()
+    owned_modules: collections.Counter[str] = collections.Counter()
     modules: collections.Counter[str] = collections.Counter()
     functions: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
@@ -654,6 +659,7 @@ def summarize_profile(raw: Path, cpu_us_per_req: float | None = None) -> str:
         sides[side] += count
         if router_frame is not None:
             owned[router_frame] += count
+            owned_modules[router_frame.rsplit("(", 1)[1].rstrip(")")] += count
         inside = [(fn, _where(f)) for fn, f in frames if _kind(f) == "router"]
         for module in {where for _, where in inside}:
             modules[module] += count
@@ -672,15 +678,17 @@ def summarize_profile(raw: Path, cpu_us_per_req: float | None = None) -> str:
         return [*rows, ""]
 
     lines = [
-        f"## py-spy profile of the router's event loop under load ({total} samples; "
+        f"## py-spy profile of the proxy's event loop under load ({total} samples; "
         f"{idle} samples of idle executor threads left out)",
         "",
         "A sample belongs to the innermost frame that is the router's or aiohttp's; stdlib and "
         "C code count for their caller. aiohttp's writer and stream reader count as client "
-        "when the stack holds a client call.",
+        "when the stack holds a client call or the router's transport (router/upstreams/"
+        "client.py).",
         "",
     ]
     lines += table("By side", sides, 10)
+    lines += table("Owned by router/ module (innermost router frame)", owned_modules, 25)
     lines += table("Owned by router/ function (innermost router frame)", owned, 25)
     lines += table("Inclusive, by router/ module", modules, 20)
     lines += table("Inclusive, by router/ function", functions, 30)

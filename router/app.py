@@ -13,11 +13,13 @@ from router.api import kserve_v2, openai
 from router.api.errors import error_middleware
 from router.api.state import (
     CACHE,
+    COLLECTOR,
     MODELS,
     PIPELINES,
     POLICY,
     PRIVACY,
     SETTINGS,
+    SPOOL,
     STATUS,
     TRAIL,
     UPSTREAMS,
@@ -26,7 +28,7 @@ from router.api.state import (
 )
 from router.audit import AuditLog, AuditLogError, log_file
 from router.cache import ResponseCache
-from router.errors import ConfigError
+from router.errors import ConfigError, RouteNotFound
 from router.inference.repository import (
     Loader,
     ModelRepository,
@@ -37,14 +39,18 @@ from router.inference.repository import (
 from router.pipeline import Pipeline
 from router.policy.bundle import load_bundle
 from router.privacy import Privacy
-from router.resources import audit_path, default_policy_bundle, demo_model_repository
+from router.resources import audit_path, default_policy_bundle, demo_model_repository, state_dir
 from router.settings import Settings
+from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
+from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
 from router.stages.cache import LookupCache
 from router.stages.classify import ClassifyAndRedact
 from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
 from router.stages.route import DecideRoute
+from router.store_forward import StoreAndForward
 from router.trail import Trail
+from router.upstreams.client import plain_session, poster
 from router.upstreams.registry import Upstreams
 
 
@@ -66,11 +72,23 @@ def build_app(
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
     app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_spool)
     app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_pipelines)
     kserve_v2.add_routes(app)
     openai.add_routes(app)
+    app[COLLECTOR] = []
+    app.cleanup_ctx.append(_collector)
+    app.router.add_post(COLLECTOR_PATH, _collect)
     return app
+
+
+async def _collect(request: web.Request) -> web.StreamResponse:
+    """The central tier's collector (POST /v1/spool/batches); 404 where this site collects not."""
+    handlers = request.app[COLLECTOR]
+    if not handlers:
+        raise RouteNotFound("no such endpoint")
+    return await handlers[0](request)
 
 
 def build_pipelines(
@@ -130,6 +148,77 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         await upstreams.close()
 
 
+async def _spool(app: web.Application) -> AsyncIterator[None]:
+    """The site's spool and its drainer (when a collector is configured), and the collector
+    endpoint itself on the central tier."""
+    settings = app[SETTINGS]
+    spool_settings = settings.spool
+    spool: Spool | None = None
+    path = spool_settings.path
+    if path is None and spool_settings.collector_url:
+        path = state_dir() / "spool.sqlite3"
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            spool = await Spool.open(path, limits_of(spool_settings))
+        except (OSError, SpoolUnavailable) as exc:
+            raise ConfigError(str(path), [f"spool cannot be opened: {exc}"]) from None
+    app[SPOOL] = store = StoreAndForward(spool, app[PRIVACY], settings.site.id)
+    tasks, session = [], None
+    if spool is not None and spool_settings.collector_url:
+        session = plain_session()
+        url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
+        drainer = Drainer(
+            spool,
+            http_sender(poster(session), url),
+            rate_per_s=spool_settings.drain_rate_per_s,
+            batch_size=spool_settings.batch_size,
+        )
+        tasks.append(asyncio.get_running_loop().create_task(drainer.run()))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.drain_pending()
+        if session is not None:
+            await session.close()
+        if spool is not None:
+            await spool.close()
+
+
+async def _collector(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    collects = settings.spool.collect
+    if collects is None:
+        collects = settings.site.tier.value == "central"
+    store = None
+    if collects:
+        store = await _open_collector(settings.site.id)
+        (route,) = collector_routes(store)
+        app[COLLECTOR].append(route.handler)
+    try:
+        yield
+    finally:
+        if store is not None:
+            await store.close()
+
+
+async def _open_collector(site: str) -> CollectorStore:
+    """The first `collector-<site>[.N].sqlite3` in the state directory nobody holds yet."""
+    folder = state_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    problem = ""
+    for n in range(64):
+        path = folder / (f"collector-{site}.sqlite3" if n == 0 else f"collector-{site}.{n}.sqlite3")
+        try:
+            return await CollectorStore.open(path)
+        except SpoolUnavailable as exc:
+            problem = str(exc)
+    raise ConfigError(str(folder), [f"collector store cannot be opened: {problem}"])
+
+
 def _open_audit_log(settings: Settings) -> AuditLog:
     """Each process writes its own chain: the first `<site>[.N].jsonl` nobody holds yet
     (several workers, or several routers in one test process, share a folder)."""
@@ -156,7 +245,7 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     log: AuditLog | None = None
     if audit.enabled:
         log = await asyncio.to_thread(_open_audit_log, settings)
-    app[TRAIL] = Trail(log, app[PRIVACY].secret, settings.site)
+    app[TRAIL] = Trail(log, app[PRIVACY].secret, settings.site, app[SPOOL].audit_copy)
     try:
         yield
     finally:

@@ -191,6 +191,8 @@ class SpoolSettings(Strict):
     batch_size: Annotated[int, Field(gt=0, le=10_000)] = 500
     drain_rate_per_s: PositiveFloat = 200.0  # records per second uploaded, at most
     collector_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
+    # Offer the collector endpoint (POST /v1/spool/batches) here. None: when the site is central.
+    collect: bool | None = None
 
 
 class AuditSettings(Strict):

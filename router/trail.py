@@ -5,7 +5,8 @@ event loop by the audit log's writer thread."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from router.audit import AuditLog, AuditLogError, AuditRecord, Digester
 from router.context import RequestContext
@@ -15,8 +16,15 @@ log = logging.getLogger(__name__)
 
 
 class Trail:
-    def __init__(self, audit: AuditLog | None, secret: bytes, site: SiteSettings) -> None:
+    def __init__(
+        self,
+        audit: AuditLog | None,
+        secret: bytes,
+        site: SiteSettings,
+        copy: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self._log = audit
+        self._copy = copy  # also send each record to the centre (the spool)
         self._digester = Digester(secret)
         self._site = site
 
@@ -58,11 +66,18 @@ class Trail:
         if self._log is None or not ctx.audit_id:
             return
         output = self._digester.digest("output", body) if body is not None else None
+        await self._append(self.record(ctx, status, output))
+
+    async def _append(self, record: AuditRecord) -> None:
+        assert self._log is not None
         try:
-            await self._log.append(self.record(ctx, status, output))
+            await self._log.append(record)
         except AuditLogError as exc:
             # Serving goes on; the gap shows in the log's failure count and in this line.
             log.error("audit record not written: %s", type(exc).__name__)
+            return
+        if self._copy is not None:
+            self._copy(record.to_dict())
 
     async def streamed(
         self, ctx: RequestContext, status: int, chunks: AsyncIterator[bytes]
@@ -79,7 +94,4 @@ class Trail:
     async def write_digest(self, ctx: RequestContext, status: int, output: str) -> None:
         if self._log is None or not ctx.audit_id:
             return
-        try:
-            await self._log.append(self.record(ctx, status, output))
-        except AuditLogError as exc:
-            log.error("audit record not written: %s", type(exc).__name__)
+        await self._append(self.record(ctx, status, output))

@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from router.api.state import POLICY, SETTINGS, TRAIL
+from router.api.state import POLICY, SETTINGS, SPOOL, TRAIL
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext
 from router.errors import LoopDetected, PayloadTooLarge, RouterError
@@ -101,6 +101,7 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
         reply.stream = trail.streamed(ctx, reply.status, reply.stream)
         return await _stream(request, reply, headers)
     await trail.write(ctx, reply.status, reply.body)
+    request.app[SPOOL].maybe_sample(ctx, reply)
     headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
     response = web.Response(
         body=reply.body, status=reply.status, content_type=reply.content_type, headers=headers

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from router.cache import ResponseCache
 from router.inference.repository import ModelRepository
@@ -12,6 +13,7 @@ from router.pipeline import Pipeline
 from router.policy.bundle import PolicyBundle
 from router.privacy import Privacy
 from router.settings import Settings
+from router.store_forward import StoreAndForward
 from router.trail import Trail
 from router.upstreams.registry import Upstreams
 
@@ -37,3 +39,6 @@ POLICY = web.AppKey("policy", PolicyBundle)
 PRIVACY = web.AppKey("privacy", Privacy)
 CACHE = web.AppKey("cache", ResponseCache)
 TRAIL = web.AppKey("trail", Trail)
+SPOOL = web.AppKey("spool", StoreAndForward)
+# The collector's handler, when this site collects (a list: empty when it does not).
+COLLECTOR = web.AppKey("collector", list[Handler])

@@ -20,6 +20,7 @@ from router.policy.model import (
     Manifest,
     Redaction,
     Residency,
+    Sampling,
     Tenants,
     TierRedaction,
 )
@@ -42,6 +43,7 @@ class PolicyBundle:
     budgets: Budgets
     tenants: Tenants
     cache: CachePolicy
+    sampling: Sampling
 
     @property
     def revision(self) -> str:
@@ -71,6 +73,7 @@ def load_bundle(path: Path) -> PolicyBundle:
         budgets=_optional(path, "budgets.yaml", Budgets, Budgets()),
         tenants=_optional(path, "tenants.yaml", Tenants, Tenants()),
         cache=_optional(path, "cache.yaml", CachePolicy, CachePolicy()),
+        sampling=_optional(path, "sampling.yaml", Sampling, Sampling()),
     )
     problems = _cross_check(bundle)
     if problems:

@@ -95,6 +95,16 @@ class Budgets(Strict):
     models: dict[str, Annotated[int, Field(gt=0)]] = {}
 
 
+class Sampling(Strict):
+    """Share of answers spooled (desensitized) for the central tier, per model."""
+
+    default: Annotated[float, Field(ge=0, le=1)] = 0.0
+    models: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}
+
+    def rate(self, model: str) -> float:
+        return self.models.get(model, self.default)
+
+
 class CachePolicy(Strict):
     # Requests of a stricter class are never cached (even in the tenant's own scope).
     max_data_class: Name = "internal"

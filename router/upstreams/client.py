@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,6 +94,30 @@ class HttpTransport:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def poster(
+    session: aiohttp.ClientSession, timeout_s: float = 30.0
+) -> Callable[[str, bytes, Mapping[str, str]], Awaitable[tuple[int, bytes]]]:
+    """A one-shot POST (status, body) over `session`, errors mapped like every upstream call:
+    what the spool's drainer uploads batches with."""
+
+    async def post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        transport = HttpTransport(session)
+        async with asyncio.timeout(timeout_s):
+            response = await transport.send(
+                UpstreamRequest("POST", url, headers, body), "collector", timeout_s
+            )
+            return response.status, await response.read(16 * 1024 * 1024)
+
+    return post
+
+
+def plain_session() -> aiohttp.ClientSession:
+    """A session with the same hygiene as the clusters' (no cookies, no redirects followed)."""
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",)
+    )
 
 
 def session_for(cluster: ClusterSettings) -> aiohttp.ClientSession:

@@ -1,0 +1,101 @@
+"""Store-and-forward on the request path: copies of audit records and desensitized samples go
+into the site's durable spool, and a drainer uploads them to the central collector whenever the
+link allows. A sample is the request and its answer as the central tier may see them (redacted
+with the central tier's rules, tokens kept as tokens): the spool never holds raw personal data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import orjson
+
+from router.context import Reply, RequestContext
+from router.forwarding import view_for
+from router.privacy import MemoScanner, Privacy
+from router.redaction.types import DetectionError
+from router.redaction.vault import TokenVault
+from router.redaction.walker import redact_json
+from router.spool import Spool
+
+log = logging.getLogger(__name__)
+
+CENTRAL = "central"
+
+
+class StoreAndForward:
+    def __init__(
+        self, spool: Spool | None, privacy: Privacy, site: str, rng: random.Random | None = None
+    ) -> None:
+        self.spool = spool
+        self._privacy = privacy
+        self._site = site
+        self._rng = rng or random.Random()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def audit_copy(self, record: dict[str, Any]) -> None:
+        if self.spool is not None:
+            self._put("audit", orjson.dumps(record), f"audit:{record.get('id', '')}")
+
+    def maybe_sample(self, ctx: RequestContext, reply: Reply) -> None:
+        """Spool this answer as a sample at the rate the bundle sets for its model."""
+        if self.spool is None or reply.stream is not None or ctx.document is None:
+            return
+        if ctx.unscanned or ctx.unsurveyed or ctx.scanner is None:
+            return  # nothing desensitized to send: the request was never scanned
+        rate = self._privacy.bundle.sampling.rate(ctx.model)
+        if rate <= 0 or self._rng.random() >= rate:
+            return
+        try:
+            payload = self._sample(ctx, reply)
+        except DetectionError:
+            return  # could not be desensitized in time: better no sample than a raw one
+        if payload is not None:
+            self._put("sample", payload, f"sample:{ctx.audit_id or ctx.request_id}")
+
+    def _sample(self, ctx: RequestContext, reply: Reply) -> bytes | None:
+        view = view_for(ctx, CENTRAL, self._privacy)
+        answer: Any = None
+        if reply.content_type == "application/json" and reply.body:
+            try:
+                parsed = orjson.loads(reply.body)
+            except orjson.JSONDecodeError:
+                return None
+            vault = ctx.vault if ctx.vault is not None else TokenVault()
+            detection = self._privacy.bundle.detection
+            scanner = MemoScanner(
+                self._privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
+            )
+            plan = self._privacy.plans[CENTRAL]
+            answer, _ = redact_json(parsed, plan, scanner, vault, self._privacy.hasher)
+        return orjson.dumps(
+            {
+                "site": self._site,
+                "api": ctx.api,
+                "model": ctx.model,
+                "audit_id": ctx.audit_id,
+                "data_class": ctx.data_class,
+                "request": view.document,
+                "response": answer,
+            }
+        )
+
+    def _put(self, kind: str, payload: bytes, key: str) -> None:
+        """Off the request's path (a durable commit costs about a millisecond), but tracked, so
+        shutdown waits for every put it started."""
+        assert self.spool is not None
+        task = asyncio.get_running_loop().create_task(self._store(kind, payload, key))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _store(self, kind: str, payload: bytes, key: str) -> None:
+        assert self.spool is not None
+        if await self.spool.put(kind, payload, key=key) is None:
+            log.warning("spool: a %s record was not stored (full or unavailable; counted)", kind)
+
+    async def drain_pending(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
