@@ -190,7 +190,7 @@ def check(base: str, args: argparse.Namespace, bodies: dict[str, Path]) -> dict[
     events = stream.count(b"\n\n")
     if events != args.sse_chunks + 3 or not stream.endswith(b"data: [DONE]\n\n"):
         raise RuntimeError(f"{base}: incomplete stream ({events} events): {stream[-200:]!r}")
-    keep = ("x-route-reason", "x-served-by-tier", "server-timing", "x-policy-revision")
+    keep = ("x-route-reason", "x-served-by-tier", "server-timing", "x-policy-revision", "x-cache")
     return {k: v for k, v in headers.items() if k.lower() in keep}
 
 
