@@ -1,16 +1,16 @@
 """Forwarding overhead: the router's upstream hop vs direct, nginx and a naive aiohttp proxy.
 
 usage: /work/venv/bin/python bench/forwarding.py [--duration 5] [--repeats 3]
-           [--concurrency 1,16,64] [--router-src DIR] [--report FILE.json]
-       /work/venv/bin/python bench/forwarding.py --profile [--profile-seconds 8]
+           [--concurrency 1,16,64] [--router-rev REV | --router-src DIR] [--report FILE.json]
+       /work/venv/bin/python bench/forwarding.py --profile [--profile-target naive]
 
 One mock OpenAI upstream (bench/mock_openai.py) runs on the load core for the whole run, beside
 wrk; the proxy under test runs alone on the SUT core:
   direct  wrk -> mock (no hop: the baseline latencies are subtracted from)
   nginx   nginx reverse proxy, 1 worker, upstream keep-alive (the C floor for one hop)
   naive   bench/naive_proxy.py: aiohttp + uvloop pass-through, one pooled ClientSession
-  router  `layer-router serve --central MOCK`: default settings, the full OpenAI pipeline
-          (parse, classify with the default policy bundle's detection, route, dispatch)
+  router  `layer-router serve --central MOCK`: default settings, the full OpenAI pipeline as
+          shipped (parse, classify with the default policy bundle, cache, route, dispatch, audit)
 Per repeat (target order alternates between repeats), each proxy is started pinned to the SUT
 core, checked (byte-identical JSON answer, complete SSE stream), warmed up, then measured with
 a closed-loop wrk cell per concurrency: req/s, p50/p99, the proxy's CPU µs per request from
@@ -21,8 +21,9 @@ taken per repeat (targets measured side by side), then their median is printed.
 Every process is started in its own session and stopped by its process-group id, also on
 Ctrl-C / SIGTERM / error. Results: bench/results/forwarding-<time>.{json,md} + server logs.
 
---profile: no table; the router alone under c=16 load while py-spy samples it; writes the raw
-stacks and prints where the time goes (router/ modules, aiohttp server vs client side).
+--profile: no table; the router (or the naive proxy) alone under c=16 load while py-spy samples
+it; writes the raw stacks and prints where the time goes (router areas, modules and functions,
+aiohttp server vs client side).
 """
 
 from __future__ import annotations
@@ -120,12 +121,17 @@ http {{
 """
 
 
-def router_argv(args: argparse.Namespace, upstream: str) -> tuple[list[str], dict[str, str] | None]:
+def router_argv(
+    args: argparse.Namespace, upstream: str, state: Path
+) -> tuple[list[str], dict[str, str]]:
+    """The router with default settings; what it keeps across restarts (audit trail, spool)
+    goes to the run's temp folder, not to the user's state directory."""
     serve = ["serve", "--port", "0", "--central", upstream]
+    env = dict(os.environ, LAYER_ROUTER_STATE_DIR=str(state))
     if args.router_src is None:
-        return [ROUTER_BIN, *serve], None
+        return [ROUTER_BIN, *serve], env
     # Another checkout of the router (e.g. a snapshot of HEAD) instead of the installed one.
-    return [PY, "-m", "router", *serve], dict(os.environ, PYTHONPATH=str(args.router_src))
+    return [PY, "-m", "router", *serve], dict(env, PYTHONPATH=str(args.router_src))
 
 
 def make_server(
@@ -146,7 +152,7 @@ def make_server(
         argv = [PY, str(HERE / "naive_proxy.py"), "--port", "0", "--upstream", mock.base]
         return Server(name, argv, args.sut_cpu, log_path)
     if name == "router":
-        argv, env = router_argv(args, mock.base)
+        argv, env = router_argv(args, mock.base, tmp / f"router-state-{rep}")
         return Server(name, argv, args.sut_cpu, log_path, env)
     raise ValueError(name)
 
@@ -195,19 +201,30 @@ def check(base: str, args: argparse.Namespace, bodies: dict[str, Path]) -> dict[
 
 
 # ------------------------------------------------------------------ measurement
+def mock_served(base: str) -> int:
+    with urllib.request.urlopen(f"{base}/stats", timeout=10) as response:
+        count: int = json.loads(response.read())["chat"]
+        return count
+
+
 def cell(
-    name: str, url: str, conc: int, sut: int, mock: int, body: Path, args: argparse.Namespace
+    name: str, url: str, conc: int, sut: int, mock: Server, body: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One wrk run, measured again while the SUT core was busy with other work."""
     best: dict[str, Any] | None = None
+    mock_base, mock_pgid = mock.base, mock.pgid
     for attempt in range(1 + args.reruns):
-        groups = {sut, mock}
+        groups = {sut, mock_pgid}
+        served = mock_served(mock_base)
         before = Usage.now(groups)
         r = load(url, conc, args.duration, args.load_cpu, body)
         after = Usage.now(groups)
+        # Upstream calls per completed request: 1 unless answers were cached, coalesced or
+        # retried (wrk's last in-flight requests make it a little over 1).
+        r["upstream_per_req"] = (mock_served(mock_base) - served) / max(1, r["requests"])
         r.update(cpu_figures(before, after, sut, r["requests"], args.sut_cpu, [args.load_cpu]))
         r["upstream_cpu_us_per_req"] = (
-            (after.groups[mock] - before.groups[mock]) / CLK * 1e6
+            (after.groups[mock_pgid] - before.groups[mock_pgid]) / CLK * 1e6
         ) / max(1, r["requests"])
         r["attempts"] = attempt + 1
         if name == "direct":
@@ -274,7 +291,7 @@ def measure_target(
         load(url, max(args.concurrency), args.warmup, args.load_cpu, bodies["json"])
         cells = []
         for conc in args.concurrency:
-            r = cell(name, url, conc, sut, mock.pgid, bodies["json"], args)
+            r = cell(name, url, conc, sut, mock, bodies["json"], args)
             r.update(rep=rep, target=name, conc=conc)
             cells.append(r)
             log(
@@ -364,8 +381,8 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
         "",
         "| target | conc | req/s [per repeat] | p50 ms | p99 ms | +p50 ms vs direct "
         "| SUT CPU µs/req [per repeat] | SUT CPU % | other on SUT core % [per repeat] "
-        "| mock CPU µs/req | errors |",
-        "|---|---:|---|---:|---:|---:|---|---:|---|---:|---:|",
+        "| mock CPU µs/req | upstream calls/req | errors |",
+        "|---|---:|---|---:|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     for target in targets:
         for conc in args.concurrency:
@@ -381,6 +398,7 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
             other = [r["other_on_sut_pct"] for r in rows if r["other_on_sut_pct"] is not None]
             whose = f" (mock, CPU {args.load_cpu})" if target == "direct" else ""
             flag = " !" if any(r["noisy"] for r in rows) else ""
+            calls = [r["upstream_per_req"] for r in rows if "upstream_per_req" in r]
             lines.append(
                 f"| {target} | {conc} | {fmt(median(rps))} {brackets(rps)} "
                 f"| {fmt(median(r['p50_us'] / 1e3 for r in rows), 3)} "
@@ -390,6 +408,7 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
                 f"| {fmt(median(r['cpu_pct'] for r in rows))} "
                 f"| {fmt(median(other))} {brackets(other) if other else ''}{flag} "
                 f"| {fmt(median(r['upstream_cpu_us_per_req'] for r in rows), 1)} "
+                f"| {fmt(median(calls), 3)} "
                 f"| {sum(r['errors'] for r in rows)} |"
             )
     summary: dict[str, Any] = {"cpu_ratio": {}, "added_p50_us": {}, "ttft_overhead_us": {}}
@@ -550,7 +569,7 @@ def profile(args: argparse.Namespace, tmp: Path, stem: Path) -> int:
         try:
             url = f"{server.base}/v1/chat/completions"
             load(url, conc, 2, args.load_cpu, body)
-            plain = cell(name, url, conc, server.pgid, mock.pgid, body, args)
+            plain = cell(name, url, conc, server.pgid, mock, body, args)
             log(
                 f"{name} c={conc} without profiler: {plain['rps']:,.0f} req/s, "
                 f"{plain['cpu_us_per_req']:.1f} µs CPU/req, other {plain['other_on_sut_pct']:.0f}%"
@@ -606,6 +625,33 @@ def _where(file: str) -> str:
 
 _ROOTS = {"router/cli.py", "router/server.py", "router/__main__.py"}  # under every loop stack
 _TRANSPORT = "router/upstreams/client.py"
+# What the router's own time is spent on, by the module of the innermost router frame.
+_AREAS = {
+    "detection and redaction": (
+        "router/redaction/",
+        "router/stages/classify.py",
+        "router/privacy.py",
+        "router/policy/residency.py",
+    ),
+    "audit trail": ("router/audit/", "router/trail.py"),
+    "response cache": ("router/stages/cache.py", "router/cache.py", "router/singleflight.py"),
+    "forwarding (upstreams/, forwarding.py, headers.py)": (
+        "router/upstreams/",
+        "router/forwarding.py",
+        "router/headers.py",
+    ),
+    "request context, pipeline, response (api/, pipeline.py)": (
+        "router/api/",
+        "router/pipeline.py",
+        "router/context.py",
+    ),
+    "route decision": ("router/stages/route.py", "router/policy/", "router/budget.py"),
+    "parse, dispatch": ("router/stages/parse.py", "router/stages/dispatch.py"),
+}
+
+
+def _area(module: str) -> str:
+    return next((a for a, pre in _AREAS.items() if module.startswith(pre)), f"other: {module}")
 
 
 def _kind(file: str) -> str:
@@ -637,11 +683,14 @@ def _side(frames: list[tuple[str, str]]) -> tuple[str, str | None]:
 def summarize_profile(raw: Path, cpu_us_per_req: float | None = None) -> str:
     """Where the router's event-loop thread spends its samples: by side (router code, aiohttp
     server, aiohttp client, loop), by router/ module and function (inclusive and owned), and
-    self time. Idle executor threads (inference, redaction) are left out."""
+    self time. Worker threads (inference, redaction, audit) are listed apart: py-spy counts a
+    thread blocked on its queue as active."""
     total = idle = 0
     sides: collections.Counter[str] = collections.Counter()
     owned: collections.Counter[str] = collections.Counter()
     owned_modules: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    areas: collections.Counter[str] = collections.Counter()
     modules: collections.Counter[str] = collections.Counter()
     functions: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
@@ -652,14 +701,20 @@ def summarize_profile(raw: Path, cpu_us_per_req: float | None = None) -> str:
         count = int(count_text)
         frames = _frames(stack)
         if frames[0][0].startswith("Thread._bootstrap"):
-            idle += count  # worker threads waiting on their queue (py-spy counts them busy)
+            # Worker threads, mostly waiting on their queue (py-spy counts that as busy).
+            idle += count
+            threads[f"{frames[-1][0]} ({_where(frames[-1][1])})"] += count
             continue
         total += count
         side, router_frame = _side(frames)
         sides[side] += count
-        if router_frame is not None:
+        if router_frame is None:
+            areas[side] += count
+        else:
             owned[router_frame] += count
-            owned_modules[router_frame.rsplit("(", 1)[1].rstrip(")")] += count
+            module = router_frame.rsplit("(", 1)[1].rstrip(")")
+            owned_modules[module] += count
+            areas[f"router: {_area(module)}"] += count
         inside = [(fn, _where(f)) for fn, f in frames if _kind(f) == "router"]
         for module in {where for _, where in inside}:
             modules[module] += count
@@ -668,18 +723,20 @@ def summarize_profile(raw: Path, cpu_us_per_req: float | None = None) -> str:
         func, file = frames[-1]
         own[f"{func} ({_where(file)})"] += count
 
-    def table(title: str, counts: collections.Counter[str], n: int) -> list[str]:
+    def table(
+        title: str, counts: collections.Counter[str], n: int, cpu: float | None = cpu_us_per_req
+    ) -> list[str]:
         rows = [f"### {title}", "", "| % of loop samples | ≈ µs/request | where |"]
         rows.append("|---:|---:|---|")
         for key, c in counts.most_common(n):
             share = c / max(1, total)
-            us = fmt(share * cpu_us_per_req, 1) if cpu_us_per_req else "—"
+            us = fmt(share * cpu, 1) if cpu else "—"
             rows.append(f"| {100 * share:.1f} | {us} | `{key}` |")
         return [*rows, ""]
 
     lines = [
         f"## py-spy profile of the proxy's event loop under load ({total} samples; "
-        f"{idle} samples of idle executor threads left out)",
+        f"{idle} samples of worker threads apart, at the end)",
         "",
         "A sample belongs to the innermost frame that is the router's or aiohttp's; stdlib and "
         "C code count for their caller. aiohttp's writer and stream reader count as client "
@@ -688,11 +745,14 @@ def summarize_profile(raw: Path, cpu_us_per_req: float | None = None) -> str:
         "",
     ]
     lines += table("By side", sides, 10)
+    lines += table("By area (router time by the module of its innermost frame)", areas, 20)
     lines += table("Owned by router/ module (innermost router frame)", owned_modules, 25)
     lines += table("Owned by router/ function (innermost router frame)", owned, 25)
     lines += table("Inclusive, by router/ module", modules, 20)
     lines += table("Inclusive, by router/ function", functions, 30)
     lines += table("Self time (leaf frame)", own, 30)
+    title = "Worker threads, by leaf frame (mostly waiting on their queue: not CPU)"
+    lines += table(title, threads, 10, None)
     return "\n".join(lines)
 
 

@@ -159,7 +159,15 @@ def server_specs(repo: Path, paths: dict[str, Path], args: argparse.Namespace) -
     """name -> (argv, models it serves in the cells, environment)."""
     floor = [PY, str(HERE / "floor_server.py"), "--port", "0"]
     floor += [f"--model={m}={paths[m]}" for m in ("mlp", "image")]
-    serve = ["serve", "--model-repository", str(repo), "--port", "0"]
+    # The cache off: every request must reach the model (identical bodies would all be hits).
+    # The audit trail stays on, as in production, writing into the run's temporary folder.
+    config = repo.parent / "router.yaml"
+    config.write_text(
+        f"models: {{repository: {repo}}}\ncache: {{enabled: false}}\n"
+        f"audit: {{path: {repo.parent / 'audit'}}}\n",
+        encoding="utf-8",
+    )
+    serve = ["serve", "--config", str(config), "--port", "0"]
     router = [ROUTER_BIN, *serve] if args.router_src is None else [PY, "-m", "router", *serve]
     specs: dict[str, Spec] = {
         "floor": (floor, ("mlp", "image"), None),

@@ -7,6 +7,8 @@ POST /v1/chat/completions
     a proxy that held the stream back would add chunks x delay to the time to first event.
 GET /v1/models, POST /v2/repository/index, GET /v2/health/ready
     what a layer-router asks an upstream for discovery and health checks.
+GET /stats
+    {"chat": requests answered so far}, so the harness can tell that every request arrived.
 
 usage: python bench/mock_openai.py [--port 0] [--chunks 5] [--delay-ms 1]
 Prints "listening on http://HOST:PORT" once it accepts connections.
@@ -79,7 +81,10 @@ def build_app(chunks: int, delay_s: float) -> web.Application:
         "X-Accel-Buffering": "no",  # what SSE servers send so that nginx does not buffer
     }
 
+    served = [0]  # chat requests answered: the harness checks that every request got here
+
     async def chat(request: web.Request) -> web.StreamResponse:
+        served[0] += 1
         body = await request.read()
         # A byte test first: the plain completion must stay as cheap as the peer harness's.
         if b'"stream"' not in body or not orjson.loads(body).get("stream"):
@@ -103,11 +108,15 @@ def build_app(chunks: int, delay_s: float) -> web.Application:
     async def ready(request: web.Request) -> web.Response:
         return web.Response()
 
+    async def stats(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"chat": served[0]}), content_type="application/json")
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v2/repository/index", v2_index)
     app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/stats", stats)
     return app
 
 

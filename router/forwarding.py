@@ -50,8 +50,8 @@ def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     if ctx.scanner is None or not privacy.needs_redaction(tier):
         return unchanged  # nothing scanned (fail-open, no body) or the tier keeps everything
     plan = privacy.plans[tier]
-    if not ctx.entities and not plan.drop_fields:
-        return unchanged
+    if not ctx.entities and not _holds_any(ctx.document, plan.drop_fields):
+        return unchanged  # nothing found and nothing to drop: no second walk
     if ctx.vault is None:
         ctx.vault = TokenVault()
     counts: Counter[str] = Counter()
@@ -72,6 +72,17 @@ def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
         headers = CIMultiDict(pairs)
     ctx.redactions = counts
     return View(document, path, headers, True)
+
+
+def _holds_any(document: dict[str, Any] | None, paths: tuple[str, ...]) -> bool:
+    """Whether a drop-field path could match: its first segment is a top-level key, or a
+    pattern. Cheap, and errs toward walking."""
+    if document is None or not paths:
+        return False
+    firsts = {path.split(".", 1)[0] for path in paths}
+    if any(char in first for first in firsts for char in "*?["):
+        return True  # a pattern: let the walker match it
+    return not firsts.isdisjoint(document)
 
 
 def outgoing(
