@@ -96,14 +96,21 @@ class Dispatch:
         replayable = len(ctx.body) <= cluster.settings.retry.max_body_bytes and (
             ctx.path.startswith(self._routing.idempotent_paths) or "Idempotency-Key" in ctx.headers
         )
-        forwarded = await forward.call(
-            cluster,
-            self._upstreams.transports[cluster.name],
-            outgoing(ctx, cluster, self._privacy, path),
-            ctx.deadline,
-            replayable=replayable,
-            stream=ctx.stream,
-        )
+        prober = self._upstreams.probers[cluster.name]
+        try:
+            forwarded = await forward.call(
+                cluster,
+                self._upstreams.transports[cluster.name],
+                outgoing(ctx, cluster, self._privacy, path),
+                ctx.deadline,
+                replayable=replayable,
+                stream=ctx.stream,
+            )
+        except UpstreamError:
+            prober.failed()  # what the cluster serves may have changed: ask again soon
+            raise
+        if forwarded.response.status == 404:
+            prober.failed()  # it no longer has the model its list promised
         return await reply_from(ctx, cluster, forwarded)
 
     async def _local(self, ctx: RequestContext) -> Reply:

@@ -1,0 +1,57 @@
+"""Capability discovery: what each cluster serves is learnt from its model lists, and asked
+again at once when the cluster turns out not to serve what its list promised."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from router.api.state import UPSTREAMS
+from router.app import build_app
+from router.settings import Settings
+from router.testing import FakeUpstream
+
+
+class TestDiscovery:
+    async def test_a_404_from_upstream_triggers_rediscovery(self) -> None:
+        """The upstream drops gpt-a for gpt-b: one 404 later the router knows gpt-b."""
+        fake = FakeUpstream(name="regional", models=["gpt-a"])
+        upstream = TestServer(fake.app(), host="127.0.0.1")
+        await upstream.start_server()
+        settings = Settings.model_validate(
+            {
+                "cache": {"enabled": False},
+                "upstreams": [
+                    {
+                        "name": "regional",
+                        "tier": "regional",
+                        "protocols": ["openai"],
+                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                        "discovery_interval_s": 3600,
+                        "health_check": {"enabled": False},
+                    }
+                ],
+            }
+        )
+        app = build_app(settings)
+        router = TestServer(app, host="127.0.0.1")
+        await router.start_server()
+        try:
+            cluster = app[UPSTREAMS].clusters["regional"]
+            assert cluster.models == frozenset({"gpt-a"})
+            fake.models = ["gpt-b"]
+            fake.behaviour.fail_status, fake.behaviour.fail_times = 404, 1
+            chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+            async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+                async with http.post(router.make_url("/v1/chat/completions"), json=chat) as r:
+                    assert r.status == 404
+                deadline = time.monotonic() + 5
+                while cluster.models != frozenset({"gpt-b"}):
+                    assert time.monotonic() < deadline, cluster.models
+                    await asyncio.sleep(0.05)
+        finally:
+            await router.close()
+            await upstream.close()
