@@ -115,6 +115,7 @@ class AuditLog:
                 os.close(self._fd)
 
     async def aclose(self) -> None:
+        self._writer.hand_off()  # on the loop, where lingering records wait
         await asyncio.to_thread(self.close)
 
     def __enter__(self) -> AuditLog:

@@ -20,6 +20,10 @@ from functools import partial
 from router.audit.record import AuditRecord
 
 MAX_BATCH = 512  # records per write: bounds the writer's memory, not the queue
+# Records linger this long on the loop before one hand-off takes them all to the thread: one
+# thread wake-up per few milliseconds of answers instead of one per answer (which cost more
+# than a small request's whole processing at one connection).
+LINGER_S = 0.005
 
 # Writes a batch (possibly empty: a batched sync fell due) and syncs, at once when `force`;
 # returns an error message when the batch was lost.
@@ -43,6 +47,7 @@ class _Slots:
 @dataclass(slots=True)
 class _Item:
     record: AuditRecord | None = None
+    records: list[AuditRecord] | None = None  # a lingering batch handed off at once
     slots: _Slots | None = None
     done: Callable[[str | None], None] | None = None  # a flush: told once all before it synced
     stop: bool = False
@@ -58,6 +63,8 @@ class Writer:
         self._start_lock = threading.Lock()
         self._slots: _Slots | None = None
         self._error: str | None = None  # the last loss, until a flush reports it
+        self._lingering: list[AuditRecord] = []  # queued on the loop, not yet handed off
+        self._timer: asyncio.TimerHandle | None = None
 
     async def submit(self, record: AuditRecord, is_open: Callable[[], bool]) -> bool:
         """Queue a record, waiting while the queue is full; False when the log closed first."""
@@ -66,14 +73,29 @@ class Writer:
         if not is_open():
             slots.semaphore.release()
             return False
-        self._start()
-        self._queue.put(_Item(record=record, slots=slots))
+        self._lingering.append(record)
+        if len(self._lingering) >= MAX_BATCH:
+            self.hand_off()
+        elif self._timer is None:
+            self._timer = slots.loop.call_later(LINGER_S, self.hand_off)
         return True
+
+    def hand_off(self) -> None:
+        """Pass the lingering records to the writer thread (on the loop that queued them)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lingering:
+            return
+        records, self._lingering = self._lingering, []
+        self._start()
+        self._queue.put(_Item(records=records, slots=self._slots))
 
     async def flush(self) -> str | None:
         """Wait until all queued so far is written and synced; the last error since, if any."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str | None] = loop.create_future()
+        self.hand_off()
         self._start()
         self._queue.put(_Item(done=partial(_resolve, loop, done)))
         return await done
@@ -84,6 +106,9 @@ class Writer:
             self._queue.put(_Item(stop=True))
             self._thread.join()
         leftovers = self._leftovers()  # queued by a submit that raced with the stop
+        if self._lingering:  # never handed off (a close from another thread): write them too
+            records, self._lingering = self._lingering, []
+            leftovers.append(_Item(records=records, slots=self._slots))
         if leftovers:
             self._handle(leftovers)
 
@@ -126,7 +151,11 @@ class Writer:
         return items
 
     def _handle(self, items: list[_Item]) -> None:
-        records = [item.record for item in items if item.record is not None]
+        records = []
+        for item in items:
+            if item.record is not None:
+                records.append(item.record)
+            records.extend(item.records or ())
         barrier = any(item.done is not None or item.stop for item in items)
         if records or barrier or not items:
             error = self._write(records, barrier)
@@ -134,7 +163,10 @@ class Writer:
         self._notify(items)
 
     def _notify(self, items: list[_Item]) -> None:
-        written = Counter(id(item.slots) for item in items if item.slots is not None)
+        written: Counter[int] = Counter()
+        for item in items:
+            if item.slots is not None:
+                written[id(item.slots)] += len(item.records) if item.records else 1
         for item in items:
             if item.slots is not None and id(item.slots) in written:
                 item.slots.release(written.pop(id(item.slots)))
