@@ -11,23 +11,10 @@ from typing import Any
 import yaml
 
 from router.inference.repository import MODEL_FILE, SessionBuilder, default_session_builder
+from router.v2.datatypes import BY_NAME
 
-# Every tensor datatype of the KServe v2 protocol.
-DATATYPES: tuple[str, ...] = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-)
+# Every tensor datatype of the KServe v2 protocol, from the codec's own table.
+DATATYPES: tuple[str, ...] = tuple(BY_NAME)
 
 
 def identity_model(datatype: str, *, name: str = "identity") -> bytes:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from router.errors import RouterError
 from router.v2.codec import InferRequest, decode_request
+from router.v2.datatypes import BY_NAME
 
 FUZZ = settings(
     max_examples=400,
@@ -24,21 +25,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-DATATYPES = [
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-]
+DATATYPES = list(BY_NAME)  # every protocol datatype, from the codec's own table
 
 # Everything orjson can write: integers are limited to what it accepts (i64 and u64).
 json_scalars = (
