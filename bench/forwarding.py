@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime as dt
 import json
 import os
 import re
@@ -46,7 +45,6 @@ from typing import Any
 from harness import (
     CLK,
     PY,
-    RESULTS,
     ROUTER_BIN,
     WRK,
     Server,
@@ -60,6 +58,8 @@ from harness import (
     load,
     log,
     median,
+    prepare_run,
+    rerender,
     run_child,
     stop_children_on_exit,
 )
@@ -855,27 +855,13 @@ def snapshot(args: argparse.Namespace, tmp: Path) -> None:
     log(f"router from {args.router_label}")
 
 
-def rerender(path: Path) -> int:
-    data = json.loads(path.read_text())
-    saved = dict(data["args"])
-    saved["concurrency"] = tuple(saved["concurrency"])
-    print(report(data, argparse.Namespace(**saved))[0])
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report is not None:
-        return rerender(args.report)
-    if args.router_src is None and not Path(ROUTER_BIN).exists():
-        log(f"{ROUTER_BIN} not found: install the project into this interpreter's venv")
+        return rerender(args.report, report)
+    stem = prepare_run(args, "forwarding")
+    if stem is None:
         return 2
-    # Keep this script off the proxy's core; wrk, the mock and the SSE client are pinned too.
-    os.sched_setaffinity(0, {int(args.load_cpu)})
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"forwarding-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    if not WRK:
-        log("wrk not found (apt-get install -y wrk): falling back to bench/closed_loop.py")
     started = time.monotonic()
     with stop_children_on_exit(), tempfile.TemporaryDirectory(prefix="bench-fwd-") as tmp_name:
         tmp = Path(tmp_name)

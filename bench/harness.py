@@ -328,3 +328,31 @@ def cpu_model() -> str:
         ),
         "?",
     )
+
+
+# ------------------------------------------------------------------ run preamble
+ReportFn = Any  # (data, args) -> (markdown text, ...)
+
+
+def rerender(path: Path, report: ReportFn) -> int:
+    """Print the report of a saved results .json again (`--report FILE`)."""
+    import argparse
+
+    data = json.loads(path.read_text())
+    saved = dict(data["args"], concurrency=tuple(data["args"]["concurrency"]))
+    print(report(data, argparse.Namespace(**saved))[0])
+    return 0
+
+
+def prepare_run(args: Any, name: str) -> Path | None:
+    """Checks and set-up every benchmark does first: the router is installed, this script
+    stays off the server's core, the results folder exists; the run's file stem, or None."""
+    if args.router_src is None and not Path(ROUTER_BIN).exists():
+        log(f"{ROUTER_BIN} not found: install the project into this interpreter's venv")
+        return None
+    # Keep this script off the server's core; wrk and the helpers are pinned separately.
+    os.sched_setaffinity(0, {int(args.load_cpu)})
+    RESULTS.mkdir(exist_ok=True)
+    if not WRK:
+        log("wrk not found (apt-get install -y wrk): falling back to bench/closed_loop.py")
+    return RESULTS / f"{name}-{dt.datetime.now():%Y%m%d-%H%M%S}"

@@ -19,7 +19,6 @@ Ctrl-C / SIGTERM / error. Results: bench/results/local_inference-<time>.{json,md
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -36,7 +35,6 @@ import models
 from harness import (
     HERE,
     PY,
-    RESULTS,
     ROUTER_BIN,
     WRK,
     Server,
@@ -48,6 +46,8 @@ from harness import (
     git_state,
     log,
     median,
+    prepare_run,
+    rerender,
     run_child,
     stop_children_on_exit,
 )
@@ -516,26 +516,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def rerender(path: Path) -> int:
-    data = json.loads(path.read_text())
-    saved = dict(data["args"], concurrency=tuple(data["args"]["concurrency"]))
-    print(report(data, argparse.Namespace(**saved))[0])
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report is not None:
-        return rerender(args.report)
-    if args.router_src is None and not Path(ROUTER_BIN).exists():
-        log(f"{ROUTER_BIN} not found: install the project into this interpreter's venv")
+        return rerender(args.report, report)
+    stem = prepare_run(args, "local_inference")
+    if stem is None:
         return 2
-    # Keep this script off the server's core; wrk is pinned separately.
-    os.sched_setaffinity(0, {int(args.load_cpu)})
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"local_inference-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    if not WRK:
-        log("wrk not found (apt-get install -y wrk): falling back to bench/closed_loop.py")
     started = time.monotonic()
     with stop_children_on_exit(), tempfile.TemporaryDirectory(prefix="bench-local-") as tmp_name:
         tmp = Path(tmp_name)
