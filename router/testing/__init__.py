@@ -10,7 +10,13 @@ from router.testing.models import (
     slow_session_builder,
     write_repository,
 )
-from router.testing.servers import AppThread, RouterThread, serve_in_thread, settings_for
+from router.testing.servers import (
+    AppThread,
+    RouterThread,
+    serve_in_thread,
+    serving,
+    settings_for,
+)
 from router.testing.upstream import Behaviour, FakeUpstream, Recorded
 
 __all__ = [
@@ -25,6 +31,7 @@ __all__ = [
     "identity_model",
     "refusing_provider_builder",
     "serve_in_thread",
+    "serving",
     "settings_for",
     "slow_session_builder",
     "write_repository",

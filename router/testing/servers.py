@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from router.app import build_app
 from router.settings import Settings
@@ -144,3 +145,15 @@ def serve_in_thread(settings: Settings, **build_app_kwargs: Any) -> Iterator[Rou
     """A running router for the `with` block; stopped (models unloaded) on exit."""
     with RouterThread(settings, **build_app_kwargs) as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` on an ephemeral 127.0.0.1 port of the running loop, without an access log (as
+    `layer-router serve` runs); yields its base URL."""
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(access_log=None)
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

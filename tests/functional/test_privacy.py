@@ -32,7 +32,6 @@ import orjson
 import pytest
 import re2
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from faker import Faker
 from yarl import URL
 
@@ -41,7 +40,14 @@ from router.app import build_app
 from router.policy.bundle import load_bundle
 from router.resources import default_policy_bundle
 from router.settings import Settings
-from router.testing import Behaviour, FakeUpstream, Recorded, identity_model, write_repository
+from router.testing import (
+    Behaviour,
+    FakeUpstream,
+    Recorded,
+    identity_model,
+    serving,
+    write_repository,
+)
 
 LIMIT_S = 10.0  # any single client call
 REVISION = load_bundle(default_policy_bundle()).revision
@@ -63,17 +69,6 @@ PAYMENT = f"Refund card {CARD} to IBAN {IBAN}, then confirm to {EMAIL}."
 
 
 # -- plumbing ------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """An app on 127.0.0.1 without an access log, as `layer-router serve` runs it."""
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(access_log=None)
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
 
 
 @dataclass
@@ -119,18 +114,6 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(EDGE_MODELS / "color_classifier", root / "color_classifier")
     return write_repository(root, {"echo_bytes": {1: identity_model("BYTES")}})
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[contextlib.AsyncExitStack]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT_S)) as session:
-        yield session
 
 
 async def start_site(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,28 +21,17 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from router.api.state import MODELS, UPSTREAMS
 from router.app import build_app
 from router.settings import Settings
-from router.testing import Behaviour, FakeUpstream, FaultProxy
+from router.testing import Behaviour, FakeUpstream, FaultProxy, serving
 
 LIMIT_S = 10.0  # any single client call
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 EMAIL = "jane.doe@example.com"
 CARD = "4111 1111 1111 1111"
 CLUSTERS = ("regional-eu", "central-eu", "central-us")
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(access_log=None)
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
 
 
 @dataclass
@@ -94,18 +82,6 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(EDGE_MODELS / "color_classifier", root / "color_classifier")
     return root
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[contextlib.AsyncExitStack]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT_S)) as session:
-        yield session
 
 
 async def start_site(

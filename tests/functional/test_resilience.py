@@ -14,7 +14,7 @@ import math
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,11 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from router.api.state import UPSTREAMS
 from router.app import build_app
 from router.settings import Settings
-from router.testing import Behaviour, FakeUpstream, FaultProxy
+from router.testing import Behaviour, FakeUpstream, FaultProxy, serving
 from router.upstreams.cluster import Cluster
 
 MODEL = "gpt-test"
@@ -38,29 +37,6 @@ EMBED = {"model": MODEL, "input": ["a", "b"]}
 
 
 # -- plumbing ------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[contextlib.AsyncExitStack]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=LIMIT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        yield session
 
 
 async def start_fake(

@@ -282,18 +282,6 @@ def bundle_with(root: Path, files: dict[str, str]) -> Path:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[contextlib.AsyncExitStack]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT_S)) as session:
-        yield session
-
-
-@pytest.fixture
 async def site(stack: contextlib.AsyncExitStack, repository: Path) -> Site:
     return await start_site(stack, repository)
 
