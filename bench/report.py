@@ -72,6 +72,8 @@ def figures(cell: dict[str, Any], target: str, cpu_key: str = "cpu_us_per_req") 
         "p50_us": cell.get("p50_us"),
         "p99_us": cell.get("p99_us"),
         "cpu_us_per_req": cell.get(cpu_key),
+        # Busy time on the server's core not charged to the server: neighbours disturbing it.
+        "other_on_sut_pct": cell.get("other_on_sut_pct"),
     }
 
 

@@ -36,7 +36,7 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     merged = []
     for (target, conc), group in groups.items():
         row: dict[str, Any] = {"target": target, "conc": conc, "repeats": len(group)}
-        for key in ("rps", "p50_us", "p99_us", "cpu_us_per_req"):
+        for key in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "other_on_sut_pct"):
             values = [g[key] for g in group if g.get(key) is not None]
             row[key] = statistics.median(values) if values else None
         merged.append(row)
@@ -45,15 +45,16 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| target | conc | req/s | p50 ms | p99 ms | CPU µs/req | repeats |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| target | conc | req/s | p50 ms | p99 ms | CPU µs/req | other load on its core % "
+        "| repeats |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         p50 = None if r["p50_us"] is None else r["p50_us"] / 1e3
         p99 = None if r["p99_us"] is None else r["p99_us"] / 1e3
         lines.append(
             f"| {r['target']} | {r['conc']} | {fmt(r['rps'])} | {fmt(p50, 3)} | {fmt(p99, 3)} "
-            f"| {fmt(r['cpu_us_per_req'], 1)} | {r['repeats']} |"
+            f"| {fmt(r['cpu_us_per_req'], 1)} | {fmt(r['other_on_sut_pct'])} | {r['repeats']} |"
         )
     return lines
 
@@ -105,13 +106,17 @@ def render(data: dict[str, Any], out: Path) -> str:
         "",
         f"{data['started']}, {data['env'].get('git', '?')}, {data['env'].get('cpu', '?')}.",
         f"Settings: {data['settings']}. Short runs on a shared machine are noisy: compare "
-        "targets within one run, not across runs; CPU µs per request is the steadiest figure.",
+        "targets within one run, not across runs; CPU µs per request is the steadiest figure, "
+        "and a cell with much other load on its core was disturbed.",
     ]
     for key, (title, what) in SECTIONS.items():
         section = data["benches"].get(key, {"status": "not run", "note": "skipped"})
         lines += ["", f"## {title}", "", what, ""]
         lines += _status(section)
-        rows = medians(section.get("rows", []))
+        raw = list(section.get("rows", []))
+        if key == "forwarding":  # LiteLLM is a peer of this hop, measured by another harness
+            raw += data["benches"].get("litellm", {}).get("rows", [])
+        rows = medians(raw)
         if rows:
             png = f"{key}.png"
             plot(rows, title, out / png)

@@ -20,6 +20,7 @@ def cell(target: str, conc: int, rps: float, p50_ms: float, cpu: float) -> dict[
         "p50_us": p50_ms * 1e3,
         "p99_us": p50_ms * 3e3,
         "cpu_us_per_req": cpu,
+        "other_on_sut_pct": 3.0,
     }
 
 
@@ -58,7 +59,7 @@ def test_report_renders_from_saved_results(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     report = (tmp_path / "report.md").read_text()
-    assert "| router | 16 | 4,500 | 3.500 | 10.500 | 200.0 | 1 |" in report
+    assert "| router | 16 | 4,500 | 3.500 | 10.500 | 200.0 | 3 | 1 |" in report
     assert "![" in report
     assert "LiteLLM: **NOT RUN**: LiteLLM is not installed" in report
     assert "**FAILED**: exit code 1" in report
@@ -66,3 +67,20 @@ def test_report_renders_from_saved_results(tmp_path: Path) -> None:
     for png in ("forwarding.png", "local_inference.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "cache_hit.png").exists()
+
+
+def test_litellm_rows_join_the_forwarding_table(tmp_path: Path) -> None:
+    """When LiteLLM ran, it appears in the forwarding table next to the router."""
+    fixture = json.loads(json.dumps(FIXTURE))
+    fixture["benches"]["litellm"] = {"status": "ok", "rows": [cell("litellm", 1, 53, 18.7, 7641)]}
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(fixture))
+    subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), "--from-json", str(saved)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    report = (tmp_path / "report.md").read_text()
+    assert "| litellm | 1 | 53 | 18.700 | 56.100 | 7,641.0 | 3 | 1 |" in report
+    assert "NOT RUN" not in report.split("## Cache hit")[0]
