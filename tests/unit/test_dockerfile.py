@@ -129,3 +129,16 @@ def test_hadolint_clean() -> None:
         [HADOLINT, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_config_file_named_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` with no --config reads $LAYER_ROUTER_CONFIG, as the image sets it."""
+    from router import cli
+
+    monkeypatch.setenv("LAYER_ROUTER_CONFIG", str(ROOT / "deploy" / "docker" / "layer-router.yaml"))
+    settings = cli._settings(cli._parser().parse_args(["serve", "--port", "9000"]))
+    assert (settings.site.id, settings.server.host, settings.server.port) == (
+        "container",
+        "0.0.0.0",
+        9000,
+    )
