@@ -126,7 +126,9 @@ def render(data: dict[str, Any], out: Path) -> str:
     redaction = data["benches"].get("redaction", {"status": "not run", "note": "skipped"})
     lines += ["", "## Redaction: detection quality, ours vs Presidio", "", *_status(redaction)]
     if redaction.get("text"):
-        lines += [redaction["text"].strip()]
+        # Its own headings sit below this section's.
+        text = redaction["text"].strip().replace("\n# ", "\n### ")
+        lines += [text[2:] if text.startswith("# ") else text]
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from router.demo.topology import ESCALATION_THRESHOLD, LLM_MODEL, Ports
+from router.settings import Settings
 
 
 def _json(doc: object) -> str:
@@ -37,6 +38,17 @@ def chat(stream: bool = False) -> str:
         "messages": [{"role": "user", "content": PROMPT}],
     }
     return _json({**doc, "stream": True} if stream else doc)
+
+
+def _admin(ports: Ports) -> str:
+    """The admin listener (issue 6) is there once the settings know it."""
+    if "admin" not in Settings.model_fields:
+        return ""
+    edge = ports.admin["edge"]
+    return f"""Watch it: curl -s localhost:{edge}/status ; curl -s localhost:{edge}/metrics
+   (regional's admin port is {ports.admin["regional"]}, central's {ports.admin["central"]})
+
+"""
 
 
 def text(ports: Ports, root: Path) -> str:
@@ -74,7 +86,7 @@ Send everything to the edge; the X-Served-By-Tier and X-Route-Reason headers say
    and refuses what needs an upstream with 503 offline
    curl -s -X POST {control}/cut/all          (state: curl -s {control}/ ; restore: /restore/all)
 
-Python clients, unmodified:
+{_admin(ports)}Python clients, unmodified:
    import tritonclient.http as t, numpy as np
    c = t.InferenceServerClient("{edge}")
    i = t.InferInput("rgb", [1, 3], "FP32"); i.set_data_from_numpy(np.array([[1, 0, 0]], np.float32))
