@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", default="1,64")
+    parser.add_argument("--json", type=Path, help="also write every cell here (bench/report.py)")
     args = parser.parse_args()
     concs = [int(c) for c in args.concurrency.split(",")]
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -83,6 +84,13 @@ def main() -> None:
                 finally:
                     server.stop()
     report(results, concs)
+    if args.json is not None:
+        cells = [
+            {**row, "server": name, "conc": conc, "rep": rep}
+            for (name, conc), rows in results.items()
+            for rep, row in enumerate(rows, 1)
+        ]
+        args.json.write_text(orjson.dumps({"cells": cells}, option=orjson.OPT_INDENT_2).decode())
 
 
 def med(rows: list[dict[str, Any]], key: str) -> float:

@@ -1,8 +1,9 @@
-"""layer-router serve | check | audit."""
+"""layer-router serve | check | audit | demo."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve requests (embedded default config if none)")
-    serve.add_argument("--config", type=Path, help="site config YAML")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
+        help="site config YAML (default: $LAYER_ROUTER_CONFIG, else the embedded config)",
+    )
     serve.add_argument("--model-repository", type=Path, help="model repository folder")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
@@ -45,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
     check.add_argument("--model-repository", type=Path, help="model repository folder")
     audit_cli.add_parser(commands)
+    demo = commands.add_parser("demo", help="start an edge -> regional -> central demo on loopback")
+    demo.add_argument(
+        "--base-port",
+        type=int,
+        default=8000,
+        help="edge on this port, regional +10, central +20, switchboard +90 (0: any free ports)",
+    )
+    demo.add_argument("--workdir", type=Path, help="keep configs, models and logs here")
     return parser
 
 
@@ -73,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_cli.run(args)
+    if args.command == "demo":
+        from router.demo import DemoOptions, run
+
+        return run(DemoOptions(args.base_port, args.workdir))
     try:
         settings = _settings(args)
         bundle = load_bundle(settings.policy.bundle or default_policy_bundle())

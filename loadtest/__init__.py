@@ -1,0 +1,1 @@
+"""Locust load tests against a layer-router topology (see README: Load tests)."""
