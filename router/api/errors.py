@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from router.api.respond import CTX, trace_headers
+from router.api.respond import CTX, observe, trace_headers
 from router.api.state import TRAIL
 from router.errors import (
     MethodNotAllowed,
@@ -94,6 +94,7 @@ async def _audited(request: web.Request, response: web.Response) -> web.Response
     if ctx is not None:
         body = response.body if isinstance(response.body, bytes) else None
         await request.app[TRAIL].write(ctx, response.status, body)
+        observe(request.app, ctx, response.status)
     return response
 
 
