@@ -80,7 +80,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         mapped = from_http_exception(exc)
         if mapped is None:
             raise
-        return await _audited(request, error_response(mapped, request))
+        response = error_response(mapped, request)
+        if "Allow" in exc.headers:  # a 405 names the methods the route takes (RFC 9110 §15.5.6)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return await _audited(request, response)
     except (ConnectionError, TimeoutError):
         raise  # the client went away; aiohttp closes the connection
     except Exception as exc:

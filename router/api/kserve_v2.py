@@ -158,7 +158,7 @@ async def model_config(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     body = await request.read()
-    if body.strip():
+    if body:  # an empty body asks for everything; blank is not JSON
         try:
             options = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -167,7 +167,9 @@ async def repository_index(request: web.Request) -> web.Response:
             raise BadRequest("repository index request must be a JSON object")
     else:
         options = {}
-    only_ready = options.get("ready") is True
+    only_ready = options.get("ready", False)
+    if not isinstance(only_ready, bool):
+        raise BadRequest("'ready' must be a boolean")
     tier = request.app[SETTINGS].site.tier.value
     index = []
     for model in request.app[MODELS].models.values():
