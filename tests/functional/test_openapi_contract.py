@@ -122,3 +122,26 @@ def test_schemathesis_finds_nothing(router: RouterThread, tmp_path: Path) -> Non
     run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout
+
+
+class TestFoundByFuzzing:
+    """Regressions for what the contract run found."""
+
+    def test_405_names_the_allowed_methods(self, router: RouterThread) -> None:
+        """A method a route does not take answers 405 with an Allow header (RFC 9110)."""
+        answer = httpx.delete(router.url + "/v2/health/live", timeout=10)
+        assert answer.status_code == 405
+        assert "GET" in answer.headers["Allow"]
+
+    @pytest.mark.parametrize("body", [b'{"ready": {}}', b" ", b'{"ready": "yes"}'])
+    def test_repository_index_rejects_bad_options(self, router: RouterThread, body: bytes) -> None:
+        """A non-boolean `ready` or a blank (non-JSON) body is a 400, not the whole index."""
+        answer = httpx.post(router.url + "/v2/repository/index", content=body, timeout=10)
+        assert answer.status_code == 400
+
+    def test_non_ascii_digit_header_length(self, router: RouterThread) -> None:
+        """A header length of '²' (a digit to str.isdigit, not to int) is a 400, not a 500."""
+        url = router.url + "/v2/models/color_classifier/infer"
+        headers = {"Inference-Header-Content-Length": "²".encode()}
+        answer = httpx.post(url, content=b"{}", headers=headers, timeout=10)
+        assert answer.status_code == 400
