@@ -15,6 +15,7 @@ from aiohttp import web
 
 from router.api.admin import start_admin
 from router.app import build_app
+from router.logs import access_log_options
 from router.settings import Settings
 
 T = TypeVar("T")
@@ -53,6 +54,7 @@ class AppThread:
         self._thread = threading.Thread(target=self._run, name="server-under-test", daemon=True)
         self.app: web.Application | None = None
         self.port = 0
+        self.access_log = False  # our safe access log (router.logs), as `logging.access_log`
 
     @property
     def host_port(self) -> str:
@@ -112,7 +114,9 @@ class AppThread:
         self._stop = asyncio.Event()
         self.app = self._factory()
         # The same runner options as router.server, so cancellation behaves as in production.
-        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        runner = web.AppRunner(
+            self.app, handler_cancellation=True, **access_log_options(self.access_log)
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -141,6 +145,7 @@ class RouterThread(AppThread):
         *,
         start_timeout_s: float = 60.0,
         admin: bool = False,
+        access_log: bool = False,
         **build_app_kwargs: Any,
     ) -> None:
         self.settings = settings
@@ -149,6 +154,7 @@ class RouterThread(AppThread):
         super().__init__(
             lambda: build_app(settings, **build_app_kwargs), start_timeout_s=start_timeout_s
         )
+        self.access_log = access_log
 
     @property
     def admin_url(self) -> str:
