@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from router.context import Reply, RequestContext
@@ -24,27 +25,51 @@ _NO_EXCEPTIONS: dict[str, Any] = {"record_exception": False, "set_status_on_exce
 
 async def run_traced(stages: Sequence[Any], ctx: RequestContext, tracer: Tracer) -> Reply:
     parent = _PROPAGATOR.extract(ctx.headers)
-    with tracer.start_as_current_span(
-        f"layer-router {ctx.api}", context=parent, kind=SpanKind.SERVER, **_NO_EXCEPTIONS
-    ) as span:
-        span.set_attribute("layer_router.api", ctx.api)
-        status = 500
-        try:
-            reply = await _run_from(stages, 0, ctx, tracer)
-            status = reply.status
-            return reply
-        except RouterError as exc:
-            status = exc.status
-            span.set_attribute("layer_router.error_code", exc.code)
-            raise
-        except BaseException as exc:
-            span.set_attribute("layer_router.error_type", type(exc).__name__)
-            raise
-        finally:
-            _finish(span, ctx, status)
+    # Ended by hand, not by a `with`: a streamed answer's span lasts until its last event.
+    span = tracer.start_span(f"layer-router {ctx.api}", context=parent, kind=SpanKind.SERVER)
+    span.set_attribute("layer_router.api", ctx.api)
+    status = 500
+    token = otel_context.attach(set_span_in_context(span))
+    try:
+        reply = await _run_from(stages, 0, ctx, tracer)
+        status = reply.status
+    except RouterError as exc:
+        status = exc.status
+        span.set_attribute("layer_router.error_code", exc.code)
+        _end(span, ctx, status)
+        raise
+    except BaseException as exc:
+        span.set_attribute("layer_router.error_type", type(exc).__name__)
+        _end(span, ctx, status)
+        raise
+    finally:
+        otel_context.detach(token)
+    if reply.stream is None:
+        _end(span, ctx, status)
+    else:
+        reply.stream = _ending(reply.stream, span, ctx, status)
+    return reply
 
 
-def _finish(span: Any, ctx: RequestContext, status: int) -> None:
+async def _ending(
+    chunks: AsyncIterator[bytes], span: Span, ctx: RequestContext, status: int
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except RouterError as exc:
+        span.set_attribute("layer_router.error_code", exc.code)
+        raise
+    finally:
+        _end(span, ctx, status)
+
+
+def _end(span: Span, ctx: RequestContext, status: int) -> None:
+    _finish(span, ctx, status)
+    span.end()
+
+
+def _finish(span: Span, ctx: RequestContext, status: int) -> None:
     span.set_attribute("http.response.status_code", status)
     span.set_attribute("layer_router.outcome", "ok" if status < 400 else "error")
     if ctx.served_tier:

@@ -204,6 +204,22 @@ class TestTracing:
         sent = site.upstream.received[-1].headers["traceparent"]
         assert sent == f"00-{CALLER_TRACE}-{dispatch.context.span_id:016x}-01"
 
+    def test_streamed_answer_span_lasts_to_the_last_event(self, site: Site) -> None:
+        """A stream's server span ends after its body was relayed, not when headers left."""
+        site.spans.clear()
+        site.upstream.behaviour.stream_delay_s = 0.05  # four events: at least 0.2 s of body
+        try:
+            answer = chat(site, stream=True)
+        finally:
+            site.upstream.behaviour.stream_delay_s = 0.0
+        assert answer.status_code == 200
+        assert "[DONE]" in answer.text
+        spans = {s.name: s for s in site.spans.get_finished_spans()}
+        root, dispatch = spans["layer-router openai"], spans["stage dispatch"]
+        assert root.end_time is not None
+        assert dispatch.end_time is not None
+        assert root.end_time - dispatch.end_time >= 150_000_000  # ns
+
     def test_error_span_carries_the_code(self, site: Site) -> None:
         """A failed request's span carries its error code and status, not its message."""
         site.spans.clear()
