@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from yarl import URL
 
 from router import __version__
 from router.api.state import (
@@ -135,6 +136,7 @@ async def _upstreams(api: web.Application) -> list[dict[str, Any]]:
         endpoints = [
             {
                 "index": ep.index,
+                "url": str(URL(ep.base).with_user(None)),  # no credentials a URL may carry
                 "live": ep.health.live(now),
                 "ejected": ep.health.ejected(now),
                 "checked_healthy": ep.health.checked_healthy,

@@ -3,6 +3,7 @@ when the app is built and served as JSON."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import orjson
@@ -22,8 +23,14 @@ def load_spec() -> dict[str, object]:
     return doc
 
 
+@cache
+def spec_json() -> bytes:
+    """Parsed once per process: many apps (tests, workers) share the same document."""
+    return orjson.dumps(load_spec())
+
+
 def add_routes(app: web.Application) -> None:
-    app[SPEC] = orjson.dumps(load_spec())
+    app[SPEC] = spec_json()
     app.router.add_get("/openapi.json", openapi_json)
 
 

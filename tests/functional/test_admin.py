@@ -158,6 +158,7 @@ class TestStatus:
         assert model["provider"] == "CPUExecutionProvider"
         assert doc["upstreams"][0]["cluster"] == "llm"
         assert doc["upstreams"][0]["endpoints"][0]["live"] is True
+        assert doc["upstreams"][0]["endpoints"][0]["url"].startswith("http://127.0.0.1:")
         assert doc["connectivity"] == {"regional": "online"}
         assert doc["spool"]["enabled"] is True
 
