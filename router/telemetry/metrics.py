@@ -109,6 +109,16 @@ _CLUSTER_COUNTERS = (
 
 def _upstreams(upstreams: Upstreams, now: float) -> Iterator[Metric]:
     labels = ["cluster", "tier"]
+    attempts = CounterMetricFamily(
+        PREFIX + "upstream_attempts",
+        "Tries sent to the cluster (first tries and retries)",
+        labels=labels,
+    )
+    for c in upstreams.clusters.values():
+        attempts.add_metric(
+            [c.name, c.settings.tier.value], c.counters.requests + c.counters.retries
+        )
+    yield attempts
     for field, name, doc in _CLUSTER_COUNTERS:
         family = CounterMetricFamily(PREFIX + name, doc, labels=labels)
         for c in upstreams.clusters.values():

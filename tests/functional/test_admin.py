@@ -118,6 +118,7 @@ class TestMetrics:
         count = "layer_router_request_duration_seconds_count"
         assert grew(count, api="openai", tier="regional") == 1
         assert grew("layer_router_upstream_requests_total", cluster="llm", tier="regional") == 1
+        assert grew("layer_router_upstream_attempts_total", cluster="llm", tier="regional") == 1
         rows = "layer_router_inference_rows_total"
         assert grew(rows, model="color_classifier", version="2") == 1
 
