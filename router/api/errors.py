@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from router.api.respond import CTX, observe, trace_headers
-from router.api.state import TRAIL
+from router.api.state import TELEMETRY, TRAIL
 from router.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
@@ -98,6 +98,8 @@ async def _audited(request: web.Request, response: web.Response) -> web.Response
         body = response.body if isinstance(response.body, bytes) else None
         await request.app[TRAIL].write(ctx, response.status, body)
         observe(request.app, ctx, response.status)
+    else:  # refused before it was a request of ours (no such route, method, too large)
+        request.app[TELEMETRY].requests.observe("other", "none", response.status, None)
     return response
 
 

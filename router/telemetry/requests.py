@@ -63,11 +63,14 @@ class RequestMetrics:
         self.latency: dict[tuple[str, str], Histogram] = {}
         self.redactions: Counter[str] = Counter()
 
-    def observe(self, api: str, tier: str, status: int, seconds: float) -> None:
+    def observe(self, api: str, tier: str, status: int, seconds: float | None) -> None:
+        """`seconds` None: counted, not timed (refused before its arrival was taken)."""
         api = api if api in APIS else "other"
         tier = tier if tier in TIERS else "none"
         key = (api, tier, _outcome(status))
         self.requests[key] = self.requests.get(key, 0) + 1
+        if seconds is None:
+            return
         histogram = self.latency.get((api, tier))
         if histogram is None:
             histogram = self.latency[(api, tier)] = Histogram()

@@ -105,6 +105,7 @@ class TestMetrics:
         assert site.http.post(url, json=V2_BODY).status_code == 200
         assert chat(site).status_code == 200
         assert site.http.post(url, content=b"{not json").status_code == 400
+        assert site.http.get(site.router.url + "/no/such/route").status_code == 404
         after = site.metrics()
 
         def grew(name: str, **labels: str) -> float:
@@ -115,6 +116,7 @@ class TestMetrics:
         assert grew(total, api="kserve-v2", tier="edge", outcome="ok") == 1
         assert grew(total, api="openai", tier="regional", outcome="ok") == 1
         assert grew(total, api="kserve-v2", tier="none", outcome="client_error") == 1
+        assert grew(total, api="other", tier="none", outcome="client_error") == 1
         count = "layer_router_request_duration_seconds_count"
         assert grew(count, api="openai", tier="regional") == 1
         assert grew("layer_router_upstream_requests_total", cluster="llm", tier="regional") == 1
