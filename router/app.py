@@ -77,7 +77,8 @@ def build_app(
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
     app[TELEMETRY] = Telemetry(tracer_provider=tracer_provider or _provider_from_env())
-    app.cleanup_ctx.append(_tracing)
+    if tracer_provider is None:  # ours to flush and shut down; a caller's stays the caller's
+        app.cleanup_ctx.append(_tracing)
     app[POLICY] = bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
     app[PRIVACY] = privacy = Privacy.build(bundle, settings.policy.secret_file)
     cache = settings.cache
