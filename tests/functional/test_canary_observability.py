@@ -114,8 +114,10 @@ def evidence(
     folder = tmp_path_factory.mktemp("s13")
     canaries = Canaries()
     captured = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     logs.configure("debug", "json")
-    logging.getLogger().handlers[0].setStream(captured)  # type: ignore[attr-defined]
+    root.handlers[0].setStream(captured)  # type: ignore[attr-defined]
     for client_side in CLIENT_LOGGERS:  # the test's own HTTP client logs the URLs it calls
         logging.getLogger(client_side).setLevel(logging.WARNING)
     spans = InMemorySpanExporter()
@@ -153,7 +155,7 @@ def evidence(
         found.upstream = b"".join(r.body for r in upstream.received)
     finally:
         found.logs = captured.getvalue()
-        logs.configure("warning", "text")
+        root.handlers[:], root.level = handlers, level
         for client_side in CLIENT_LOGGERS:
             logging.getLogger(client_side).setLevel(logging.NOTSET)
     found.spans = [s.to_json() for s in spans.get_finished_spans()]

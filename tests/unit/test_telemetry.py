@@ -71,11 +71,12 @@ class TestRequestMetrics:
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
     stream = io.StringIO()
-    logs.configure("debug", "json")
     root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("debug", "json")
     root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     yield stream
-    logs.configure("warning", "text")
+    root.handlers[:], root.level = handlers, level  # pytest's own capture handlers come back
 
 
 class TestLogs:
