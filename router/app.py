@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
 
-from router.api import kserve_v2, openai
+from router.api import kserve_v2, openai, openapi
 from router.api.errors import error_middleware
 from router.api.state import (
     CACHE,
@@ -21,6 +23,7 @@ from router.api.state import (
     SETTINGS,
     SPOOL,
     STATUS,
+    TELEMETRY,
     TRAIL,
     UPSTREAMS,
     Pipelines,
@@ -49,9 +52,14 @@ from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
 from router.stages.route import DecideRoute
 from router.store_forward import StoreAndForward
+from router.telemetry import Telemetry
+from router.telemetry.tracing import provider_from_env, tracer_of
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.upstreams.registry import Upstreams
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 def build_app(
@@ -59,13 +67,18 @@ def build_app(
     *,
     providers: Sequence[str] | None = None,
     session_builder: SessionBuilder = default_session_builder,
+    tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
-    """`providers` and `session_builder` stand in for onnxruntime's in tests."""
+    """`providers` and `session_builder` stand in for onnxruntime's in tests;
+    `tracer_provider` for the one the OTEL_* variables configure (tests export in memory)."""
     app = web.Application(
         client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
+    app[TELEMETRY] = Telemetry(tracer_provider=tracer_provider or _provider_from_env())
+    if tracer_provider is None:  # ours to flush and shut down; a caller's stays the caller's
+        app.cleanup_ctx.append(_tracing)
     app[POLICY] = bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
     app[PRIVACY] = privacy = Privacy.build(bundle, settings.policy.secret_file)
     cache = settings.cache
@@ -77,6 +90,7 @@ def build_app(
     app.cleanup_ctx.append(_pipelines)
     kserve_v2.add_routes(app)
     openai.add_routes(app)
+    openapi.add_routes(app)
     app[COLLECTOR] = []
     app.cleanup_ctx.append(_collector)
     app.router.add_post(COLLECTOR_PATH, _collect)
@@ -98,6 +112,7 @@ def build_pipelines(
     privacy: Privacy,
     redaction_executor: Executor,
     cache: ResponseCache,
+    tracer: Tracer | None = None,
 ) -> Pipelines:
     """The request chains, as plain lists: the order here is the order a request sees."""
     tier = settings.site.tier.value
@@ -113,10 +128,27 @@ def build_pipelines(
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
     return Pipelines(
-        v2_infer=Pipeline([ParseInferRequest(), classify, lookup, route, dispatch]),
-        openai=Pipeline([ParseOpenAIRequest(), classify, lookup, route, dispatch]),
-        upstream_only=Pipeline([route, dispatch]),
+        v2_infer=Pipeline([ParseInferRequest(), classify, lookup, route, dispatch], tracer),
+        openai=Pipeline([ParseOpenAIRequest(), classify, lookup, route, dispatch], tracer),
+        upstream_only=Pipeline([route, dispatch], tracer),
     )
+
+
+def _provider_from_env() -> TracerProvider | None:
+    try:
+        return provider_from_env()
+    except ValueError as exc:
+        raise ConfigError("environment", [str(exc)]) from None
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        provider = app[TELEMETRY].tracer_provider
+        if provider is not None:
+            # Exports what is still queued: a blocking flush, kept off the loop.
+            await asyncio.to_thread(provider.shutdown)
 
 
 async def _models(
@@ -256,8 +288,9 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
 async def _pipelines(app: web.Application) -> AsyncIterator[None]:
     # Large bodies are scanned here, never on the event loop; two threads bound that work.
     executor = ThreadPoolExecutor(2, thread_name_prefix="redaction")
+    tracer = tracer_of(app[TELEMETRY].tracer_provider)
     app[PIPELINES] = build_pipelines(
-        app[SETTINGS], app[MODELS], app[UPSTREAMS], app[PRIVACY], executor, app[CACHE]
+        app[SETTINGS], app[MODELS], app[UPSTREAMS], app[PRIVACY], executor, app[CACHE], tracer
     )
     try:
         yield

@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository folder")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--admin-port",
+        type=int,
+        help="port of the admin listener, /metrics and /status (default 8002; 0 with --port 0)",
+    )
     for tier in ("regional", "central"):
         serve.add_argument(
             f"--{tier}",
@@ -69,6 +74,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     for key in ("host", "port"):
         if getattr(args, key, None) is not None:
             doc["server"][key] = getattr(args, key)
+    admin_port = getattr(args, "admin_port", None)
+    if admin_port is None and getattr(args, "port", None) == 0:
+        admin_port = 0  # "any free port" for the API means the same for its admin listener
+    if admin_port is not None:
+        doc["admin"]["port"] = admin_port
     if args.model_repository:
         doc["models"]["repository"] = args.model_repository
     for tier in ("regional", "central"):
@@ -97,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.logging.level)
+    logs.configure(settings.logging.level, settings.logging.format)
     if args.command == "check":
         print(f"policy bundle '{bundle.manifest.name}' revision {bundle.revision} ({bundle.path})")
         policy = check_policy(bundle, settings)

@@ -1,11 +1,36 @@
-"""Logging set-up, including aiohttp's own loggers, which would otherwise print request bytes."""
+"""Logging set-up: one JSON object a line (or plain text), and aiohttp's own loggers held so
+that no request bytes, query string or header value reaches a log.
+
+- aiohttp.server / .web / .client / .internal / .websocket log raw bytes of rejected requests
+  and exception messages that can quote a request: their records keep only the error's type.
+- aiohttp.access's default format prints the request line with its query string and the
+  Referer and User-Agent headers: only records from SafeAccessLogger (method, route template,
+  status, duration) pass.
+- Exceptions in our own records are reduced to type and innermost location: a message may
+  quote the data that caused it.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import Any
 
-_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+import orjson
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+_TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_AIOHTTP_NOISY = (
+    "aiohttp.server",
+    "aiohttp.web",
+    "aiohttp.client",
+    "aiohttp.internal",
+    "aiohttp.websocket",
+)
+ACCESS_LOGGER = "aiohttp.access"
+_FIELDS = ("method", "route", "status", "duration_ms")
 
 
 class _RedactAiohttp(logging.Filter):
@@ -22,15 +47,83 @@ class _RedactAiohttp(logging.Filter):
         return True
 
 
-def configure(level: str) -> None:
+class _OnlySafeAccess(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "safe_access", False) is True
+
+
+class SafeAccessLogger(AbstractAccessLogger):
+    """An access log line without the request line: the route's template (`/v2/models/{model}
+    /infer`), never the path or query a client sent."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        info = getattr(request, "match_info", None)
+        route = getattr(getattr(info, "route", None), "resource", None)
+        template = route.canonical if route is not None else "(unmatched)"
+        self.logger.info(
+            "%s %s %d",
+            request.method,
+            template,
+            response.status,
+            extra={
+                "safe_access": True,
+                "method": request.method,
+                "route": template,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 3),
+            },
+        )
+
+
+def access_log_options(enabled: bool) -> dict[str, Any]:
+    """AppRunner's access-log arguments: ours, or none at all (the default costs nothing)."""
+    if not enabled:
+        return {"access_log": None}
+    return {"access_log": logging.getLogger(ACCESS_LOGGER), "access_log_class": SafeAccessLogger}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in _FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                doc[name] = value
+        if record.exc_info and record.exc_info[1] is not None:
+            doc["exc_type"] = type(record.exc_info[1]).__name__
+            doc["exc_where"] = _where(record.exc_info[1])
+        return orjson.dumps(doc).decode()
+
+
+class _TextFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return f"{type(ei[1]).__name__} at {_where(ei[1])}"
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "unknown"
+
+
+def configure(level: str, fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else _TextFormatter(_TEXT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("aiohttp.server", "aiohttp.web", "aiohttp.internal"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactAiohttp) for f in logger.filters):
-            logger.addFilter(_RedactAiohttp())
-    # The access log quotes request lines, whose query strings can carry personal data.
-    logging.getLogger("aiohttp.access").disabled = True
+    for name in _AIOHTTP_NOISY:
+        _add_once(logging.getLogger(name), _RedactAiohttp)
+    _add_once(logging.getLogger(ACCESS_LOGGER), _OnlySafeAccess)
+
+
+def _add_once(logger: logging.Logger, kind: type[logging.Filter]) -> None:
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from router.context import Reply, RequestContext
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 Rest = Callable[[], Awaitable[Reply]]
 
@@ -32,14 +35,19 @@ class AroundStage(Protocol):
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage | AroundStage]) -> None:
+    def __init__(self, stages: Sequence[Stage | AroundStage], tracer: Tracer | None = None) -> None:
         if not stages or not stages[-1].terminal:
             raise ValueError("a pipeline must end with a terminal stage")
         if any(stage.terminal for stage in stages[:-1]):
             raise ValueError("only the last stage of a pipeline may be terminal")
         self.stages = tuple(stages)
+        self.tracer = tracer  # None: tracing is off, and costs this one check per request
 
     async def run(self, ctx: RequestContext) -> Reply:
+        if self.tracer is not None:
+            from router.telemetry.spans import run_traced
+
+            return await run_traced(self.stages, ctx, self.tracer)
         return await self._run_from(0, ctx)
 
     async def _run_from(self, start: int, ctx: RequestContext) -> Reply:

@@ -10,10 +10,12 @@ from typing import TextIO
 from aiohttp import web
 
 from router import __version__
+from router.api.admin import start_admin
 from router.api.state import MODELS, STATUS
 from router.app import build_app
 from router.errors import ConfigError
 from router.inference.repository import ModelRepository
+from router.logs import access_log_options
 from router.settings import Settings
 
 
@@ -33,7 +35,7 @@ async def _serve(settings: Settings, out: TextIO) -> int:
         return 2
     runner = web.AppRunner(
         app,
-        access_log=None,
+        **access_log_options(settings.logging.access_log),
         handler_cancellation=True,  # a client that goes away cancels its queued inference
         shutdown_timeout=settings.server.drain_timeout_s,
     )
@@ -53,7 +55,16 @@ async def _serve(settings: Settings, out: TextIO) -> int:
             file=sys.stderr,
         )
         return 1
+    try:
+        admin = await _start_admin(settings, app)
+    except OSError as exc:
+        await runner.cleanup()
+        where = f"{settings.admin.host}:{settings.admin.port}"
+        print(f"error: cannot listen on {where} (admin): {exc.strerror or exc}", file=sys.stderr)
+        return 1
     _announce(settings, runner, app[MODELS], out)
+    if admin is not None:
+        print(f"admin (/metrics, /status) on {_urls(admin)}", file=out, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,16 +73,28 @@ async def _serve(settings: Settings, out: TextIO) -> int:
     app[STATUS].draining = True
     print("draining: readiness is now 503; finishing in-flight requests", file=out, flush=True)
     await asyncio.sleep(settings.server.readiness_grace_s)
+    if admin is not None:
+        await admin.cleanup()
     await runner.cleanup()  # stops accepting, waits up to drain_timeout_s for in-flight work
     print("stopped", file=out, flush=True)
     return 0
+
+
+async def _start_admin(settings: Settings, app: web.Application) -> web.AppRunner | None:
+    """The admin listener (/metrics, /status) next to the API's; None when disabled."""
+    admin = settings.admin
+    return await start_admin(app, admin.host, admin.port) if admin.enabled else None
+
+
+def _urls(runner: web.AppRunner) -> str:
+    return ", ".join(f"http://{_host(a)}:{a[1]}" for a in runner.addresses)
 
 
 def _announce(
     settings: Settings, runner: web.AppRunner, models: ModelRepository, out: TextIO
 ) -> None:
     site = settings.site
-    urls = ", ".join(f"http://{_host(a)}:{a[1]}" for a in runner.addresses)
+    urls = _urls(runner)
     print(
         f"layer-router {__version__}: {site.tier.value} site '{site.id}' listening on {urls}",
         file=out,

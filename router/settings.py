@@ -47,6 +47,15 @@ class ServerSettings(Strict):
     max_body_bytes: PositiveInt = 64 * 1024 * 1024
 
 
+class AdminSettings(Strict):
+    """The operators' listener (/metrics, /status), apart from the API so neither is reachable
+    where clients are; port 8002 is Triton's metrics port."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8002
+
+
 class ModelSettings(Strict):
     # None means the demo repository bundled with the program.
     repository: Path | None = None
@@ -209,11 +218,16 @@ class AuditSettings(Strict):
 
 class LoggingSettings(Strict):
     level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
+    # json: one object a line for log shippers; text: for a person at a terminal.
+    format: Literal["json", "text"] = "json"
+    # A line per request (method, route template, status, duration; never path or query).
+    access_log: bool = False
 
 
 class Settings(Strict):
     site: SiteSettings = SiteSettings()
     server: ServerSettings = ServerSettings()
+    admin: AdminSettings = AdminSettings()
     models: ModelSettings = ModelSettings()
     logging: LoggingSettings = LoggingSettings()
     upstreams: tuple[ClusterSettings, ...] = ()

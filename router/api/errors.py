@@ -13,8 +13,8 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from router.api.respond import CTX, trace_headers
-from router.api.state import TRAIL
+from router.api.respond import CTX, observe, trace_headers
+from router.api.state import TELEMETRY, TRAIL
 from router.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
@@ -80,7 +80,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         mapped = from_http_exception(exc)
         if mapped is None:
             raise
-        return await _audited(request, error_response(mapped, request))
+        response = error_response(mapped, request)
+        if "Allow" in exc.headers:  # a 405 names the methods the route takes (RFC 9110 §15.5.6)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return await _audited(request, response)
     except (ConnectionError, TimeoutError):
         raise  # the client went away; aiohttp closes the connection
     except Exception as exc:
@@ -94,6 +97,9 @@ async def _audited(request: web.Request, response: web.Response) -> web.Response
     if ctx is not None:
         body = response.body if isinstance(response.body, bytes) else None
         await request.app[TRAIL].write(ctx, response.status, body)
+        observe(request.app, ctx, response.status)
+    else:  # refused before it was a request of ours (no such route, method, too large)
+        request.app[TELEMETRY].requests.observe("other", "none", response.status, None)
     return response
 
 

@@ -13,7 +13,7 @@ from router.api.respond import check_length, default_budget, new_context, run
 from router.api.state import MODELS, PIPELINES, POLICY, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest
-from router.inference.repository import ModelVersion
+from router.inference.repository import ModelRepository, ModelVersion
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
@@ -63,9 +63,28 @@ async def server_metadata(request: web.Request) -> web.Response:
             "tier": site.tier.value,
             "policy_revision": request.app[POLICY].revision,
             "connectivity": request.app[UPSTREAMS].connectivity(asyncio.get_running_loop().time()),
-            "models": sorted(request.app[MODELS].models),
+            "models": model_summaries(request.app[MODELS]),
         }
     )
+
+
+def model_summaries(models: ModelRepository) -> list[dict[str, Any]]:
+    """Each local model with its versions: what an operator compares across sites."""
+    return [
+        {
+            "name": name,
+            "versions": [
+                {
+                    "version": str(v.version),
+                    "state": v.state.value,
+                    "sha256": v.sha256,
+                    "provider": v.provider,
+                }
+                for _, v in sorted(model.versions.items())
+            ],
+        }
+        for name, model in sorted(models.models.items())
+    ]
 
 
 def _entry(request: web.Request) -> ModelVersion:
@@ -139,7 +158,7 @@ async def model_config(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     body = await request.read()
-    if body.strip():
+    if body:  # an empty body asks for everything; blank is not JSON
         try:
             options = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -148,7 +167,9 @@ async def repository_index(request: web.Request) -> web.Response:
             raise BadRequest("repository index request must be a JSON object")
     else:
         options = {}
-    only_ready = options.get("ready") is True
+    only_ready = options.get("ready", False)
+    if not isinstance(only_ready, bool):
+        raise BadRequest("'ready' must be a boolean")
     tier = request.app[SETTINGS].site.tier.value
     index = []
     for model in request.app[MODELS].models.values():
@@ -221,6 +242,6 @@ def _header_length(request: web.Request) -> int | None:
     raw = request.headers.get("Inference-Header-Content-Length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # "²" passes isdigit() and fails int()
         raise BadRequest("Inference-Header-Content-Length must be a non-negative integer")
     return int(raw)

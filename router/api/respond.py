@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from router.api.state import POLICY, SETTINGS, SPOOL, TRAIL
+from router.api.state import POLICY, SETTINGS, SPOOL, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext
 from router.errors import LoopDetected, PayloadTooLarge, RouterError
@@ -49,11 +49,13 @@ def default_budget(app: web.Application, api: str, model: str | None) -> float:
 def new_context(
     request: web.Request, api: str, model: str, version: str | None, budget_ms: float
 ) -> RequestContext:
+    now = asyncio.get_running_loop().time()
     ctx = RequestContext(
         api=api,
         model=model,
         version=version,
-        deadline=asyncio.get_running_loop().time() + budget_ms / 1000,
+        deadline=now + budget_ms / 1000,
+        started=now,
         method=request.method,
         path=request.path_qs,
         hops=hops(request.headers),
@@ -99,9 +101,10 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     trail = request.app[TRAIL]
     if reply.stream is not None:
         reply.stream = trail.streamed(ctx, reply.status, reply.stream)
-        return await _stream(request, reply, headers)
+        return await _stream(request, reply, headers, ctx)
     await trail.write(ctx, reply.status, reply.body)
     request.app[SPOOL].maybe_sample(ctx, reply)
+    observe(request.app, ctx, reply.status)
     headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
     response = web.Response(
         body=reply.body, status=reply.status, content_type=reply.content_type, headers=headers
@@ -112,7 +115,7 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
 
 
 async def _stream(
-    request: web.Request, reply: Reply, headers: dict[str, str]
+    request: web.Request, reply: Reply, headers: dict[str, str], ctx: RequestContext
 ) -> web.StreamResponse:
     assert reply.stream is not None
     response = web.StreamResponse(status=reply.status, headers=headers)
@@ -125,4 +128,13 @@ async def _stream(
         # Bytes already went out: say so in-stream, never end as if the stream were complete.
         await response.write(sse_error_event(exc))
     await response.write_eof()
+    observe(request.app, ctx, reply.status)
     return response
+
+
+def observe(app: web.Application, ctx: RequestContext, status: int) -> None:
+    """Count an answered request for /metrics (a few dict updates)."""
+    metrics = app[TELEMETRY].requests
+    latency = asyncio.get_running_loop().time() - ctx.started
+    metrics.observe(ctx.api, ctx.served_tier, status, latency)
+    metrics.redacted(ctx.redactions)

@@ -14,6 +14,7 @@ from router.policy.bundle import PolicyBundle
 from router.privacy import Privacy
 from router.settings import Settings
 from router.store_forward import StoreAndForward
+from router.telemetry import Telemetry
 from router.trail import Trail
 from router.upstreams.registry import Upstreams
 
@@ -40,5 +41,6 @@ PRIVACY = web.AppKey("privacy", Privacy)
 CACHE = web.AppKey("cache", ResponseCache)
 TRAIL = web.AppKey("trail", Trail)
 SPOOL = web.AppKey("spool", StoreAndForward)
+TELEMETRY = web.AppKey("telemetry", Telemetry)
 # The collector's handler, when this site collects (a list: empty when it does not).
 COLLECTOR = web.AppKey("collector", list[Handler])

@@ -127,6 +127,11 @@ def counters(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT name, value FROM counters").fetchall())
 
 
+def oldest_created(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute("SELECT created FROM records ORDER BY id LIMIT 1").fetchone()
+    return float(row[0]) if row else None
+
+
 def bump(conn: sqlite3.Connection, **deltas: int) -> None:
     conn.executemany(
         "UPDATE counters SET value = value + ? WHERE name = ?",

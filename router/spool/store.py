@@ -228,6 +228,10 @@ class Spool:
     async def counts(self) -> Counts:
         return self._counts(await self._run(schema.counters))
 
+    async def oldest_created(self) -> float | None:
+        """When the oldest waiting record was written (the spool's clock); None: empty."""
+        return await self._run(schema.oldest_created)
+
     def counts_sync(self) -> Counts:
         return self._counts(self._run_sync(schema.counters))
 

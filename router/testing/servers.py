@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from router.api.admin import start_admin
 from router.app import build_app
+from router.logs import access_log_options
 from router.settings import Settings
 
 T = TypeVar("T")
@@ -53,6 +55,7 @@ class AppThread:
         self._thread = threading.Thread(target=self._run, name="server-under-test", daemon=True)
         self.app: web.Application | None = None
         self.port = 0
+        self.access_log = False  # our safe access log (router.logs), as `logging.access_log`
 
     @property
     def host_port(self) -> str:
@@ -112,28 +115,60 @@ class AppThread:
         self._stop = asyncio.Event()
         self.app = self._factory()
         # The same runner options as router.server, so cancellation behaves as in production.
-        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        runner = web.AppRunner(
+            self.app, handler_cancellation=True, **access_log_options(self.access_log)
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.port = runner.addresses[0][1]
-            self._started.set()
-            await self._stop.wait()
+            admin = await self._start_admin(self.app)
+            try:
+                self._started.set()
+                await self._stop.wait()
+            finally:
+                if admin is not None:
+                    await admin.cleanup()
         finally:
             await runner.cleanup()
+
+    async def _start_admin(self, app: web.Application) -> web.AppRunner | None:
+        return None
 
 
 class RouterThread(AppThread):
     """`build_app(settings, ...)` served on 127.0.0.1 by a thread that owns its event loop."""
 
     def __init__(
-        self, settings: Settings, *, start_timeout_s: float = 60.0, **build_app_kwargs: Any
+        self,
+        settings: Settings,
+        *,
+        start_timeout_s: float = 60.0,
+        admin: bool = False,
+        access_log: bool = False,
+        **build_app_kwargs: Any,
     ) -> None:
         self.settings = settings
+        self._admin = admin
+        self.admin_port = 0
         super().__init__(
             lambda: build_app(settings, **build_app_kwargs), start_timeout_s=start_timeout_s
         )
+        self.access_log = access_log
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener (/metrics, /status), started with `admin=True` on a free port."""
+        assert self.admin_port, "start the RouterThread with admin=True"
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    async def _start_admin(self, app: web.Application) -> web.AppRunner | None:
+        if not self._admin:
+            return None
+        runner = await start_admin(app, "127.0.0.1", 0)
+        self.admin_port = runner.addresses[0][1]
+        return runner
 
     def __enter__(self) -> RouterThread:
         self.start()

@@ -177,7 +177,8 @@ class FakeUpstream:
         events = [_chunk(doc, {"role": "assistant", "content": ""})]
         events += [_chunk(doc, {"content": p}) for p in pieces]
         events.append(_chunk(doc, {}, finish="stop"))
-        if (doc.get("stream_options") or {}).get("include_usage"):
+        options = doc.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
             events.append(
                 {
                     "id": "chatcmpl-fake",

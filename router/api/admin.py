@@ -1,0 +1,179 @@
+"""The admin listener's routes (`/metrics`, `/status`): a separate aiohttp Application served on
+its own port (8002 by default, Triton's metrics port), reading the API app's state, so neither
+route is reachable where clients send requests.
+
+`/status` is a list of sections, one small function each; a new concern (say, bundle
+distribution) adds its function to STATUS_SECTIONS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from yarl import URL
+
+from router import __version__
+from router.api.state import (
+    CACHE,
+    MODELS,
+    POLICY,
+    SETTINGS,
+    SPOOL,
+    STATUS,
+    TELEMETRY,
+    UPSTREAMS,
+)
+from router.telemetry.metrics import RouterCollector, Sources, exposition, registry_for, spool_state
+
+Section = Callable[[web.Application], Awaitable[Any]]
+
+API_APP = web.AppKey("api_app", web.Application)
+COLLECTOR = web.AppKey("metrics_collector", RouterCollector)
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+
+
+def build_admin_app(api: web.Application) -> web.Application:
+    """Built once the API app has started (its state exists): shares that state, serves none
+    of its routes."""
+    admin = web.Application()
+    admin[API_APP] = api
+    sources = Sources(
+        info=lambda: {
+            "version": __version__,
+            "site": api[SETTINGS].site.id,
+            "tier": api[SETTINGS].site.tier.value,
+            "policy_revision": api[POLICY].revision,
+        },
+        requests=api[TELEMETRY].requests,
+        models=api[MODELS],
+        upstreams=api[UPSTREAMS],
+        cache=api[CACHE],
+    )
+    registry, collector = registry_for(sources)
+    admin[COLLECTOR] = collector
+    admin[REGISTRY] = registry
+    admin.router.add_get("/metrics", metrics)
+    admin.router.add_get("/status", status)
+    return admin
+
+
+async def metrics(request: web.Request) -> web.Response:
+    admin = request.app
+    collector = admin[COLLECTOR]
+    collector.sources.spool = await spool_state(admin[API_APP][SPOOL].spool)
+    body = exposition(admin[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def start_admin(api: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve the admin app for `api` (which has started) on host:port; the caller cleans up
+    the returned runner before the API's."""
+    runner = web.AppRunner(build_admin_app(api), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def status(request: web.Request) -> web.Response:
+    api = request.app[API_APP]
+    doc = {name: await section(api) for name, section in STATUS_SECTIONS}
+    return web.Response(
+        body=orjson.dumps(doc, option=orjson.OPT_INDENT_2), content_type="application/json"
+    )
+
+
+async def _site(api: web.Application) -> dict[str, Any]:
+    site = api[SETTINGS].site
+    return {
+        "id": site.id,
+        "tier": site.tier.value,
+        "jurisdiction": site.jurisdiction,
+        "draining": api[STATUS].draining,
+    }
+
+
+async def _router(api: web.Application) -> dict[str, Any]:
+    return {"name": "layer-router", "version": __version__}
+
+
+async def _policy(api: web.Application) -> dict[str, Any]:
+    bundle = api[POLICY]
+    return {"name": bundle.manifest.name, "revision": bundle.revision, "path": str(bundle.path)}
+
+
+async def _models(api: web.Application) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for model in api[MODELS].models.values():
+        if model.error:
+            out.append({"name": model.name, "state": "UNAVAILABLE", "reason": model.error})
+        for entry in model.versions.values():
+            out.append(
+                {
+                    "name": model.name,
+                    "version": str(entry.version),
+                    "state": entry.state.value,
+                    "reason": entry.reason,
+                    "sha256": entry.sha256,
+                    "provider": entry.provider,
+                }
+            )
+    return out
+
+
+async def _upstreams(api: web.Application) -> list[dict[str, Any]]:
+    now = asyncio.get_running_loop().time()
+    out = []
+    for cluster in api[UPSTREAMS].clusters.values():
+        endpoints = [
+            {
+                "index": ep.index,
+                "url": str(URL(ep.base).with_user(None)),  # no credentials a URL may carry
+                "live": ep.health.live(now),
+                "ejected": ep.health.ejected(now),
+                "checked_healthy": ep.health.checked_healthy,
+                "expected_ms": round(ep.health.expected_ms, 3),
+            }
+            for ep in cluster.endpoints
+        ]
+        out.append(
+            {
+                "cluster": cluster.name,
+                "tier": cluster.settings.tier.value,
+                "models": sorted(cluster.models) if cluster.models is not None else None,
+                "active_requests": cluster.active,
+                "endpoints": endpoints,
+            }
+        )
+    return out
+
+
+async def _connectivity(api: web.Application) -> dict[str, str]:
+    upstreams = api[UPSTREAMS]
+    return upstreams.connectivity(asyncio.get_running_loop().time())
+
+
+async def _spool(api: web.Application) -> dict[str, Any]:
+    state = await spool_state(api[SPOOL].spool)
+    if state is None:
+        return {"enabled": False}
+    return {"enabled": True, **state.counts, "oldest_age_s": round(state.oldest_age_s, 3)}
+
+
+STATUS_SECTIONS: list[tuple[str, Section]] = [
+    ("site", _site),
+    ("router", _router),
+    ("policy", _policy),
+    ("models", _models),
+    ("upstreams", _upstreams),
+    ("connectivity", _connectivity),
+    ("spool", _spool),
+]

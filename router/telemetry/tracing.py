@@ -1,0 +1,70 @@
+"""OpenTelemetry tracing, configured by the standard OTEL_* variables and off by default.
+
+Off (no OTEL_TRACES_EXPORTER, or `none`, or OTEL_SDK_DISABLED=true) there is no provider and no
+tracer: the pipeline checks one attribute and runs exactly as untraced. On, each request gets a
+server span continuing the caller's `traceparent`, a child span per pipeline stage, and the
+upstream sees the dispatch span as its parent. Attributes come from the router's own vocabulary
+(tier, cluster, outcome, error code): never request content, and exceptions are recorded by type
+and code only, as their messages could quote a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Span, Tracer, format_span_id, format_trace_id
+
+from router import __version__
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("otlp", "console", "none")
+
+
+def provider_from_env(environ: Mapping[str, str] = os.environ) -> TracerProvider | None:
+    """A provider exporting where OTEL_TRACES_EXPORTER says; None when tracing is off."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "none").split(",")]
+    exporters = [_exporter(n) for n in names if n and n != "none"]
+    if not exporters:
+        return None
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the sampler comes
+    # from OTEL_TRACES_SAMPLER (parent-based, always on, by default).
+    resource = Resource.create({"service.name": "layer-router", "service.version": __version__})
+    if environ.get("OTEL_SERVICE_NAME"):
+        resource = resource.merge(Resource({"service.name": environ["OTEL_SERVICE_NAME"]}))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    for exporter in exporters:
+        # Spans leave in batches from the processor's own thread, never on the event loop.
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporter(name: str) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name == "otlp":
+        # Reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _CERTIFICATE itself.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    raise ValueError(
+        f"OTEL_TRACES_EXPORTER: unknown exporter '{name}' (use one of {', '.join(EXPORTERS)})"
+    )
+
+
+def tracer_of(provider: TracerProvider | None) -> Tracer | None:
+    return provider.get_tracer("layer-router", __version__) if provider is not None else None
+
+
+def traceparent_of(span: Span) -> str:
+    """The W3C header naming `span` as the parent (what an upstream continues)."""
+    context = span.get_span_context()
+    flags = int(context.trace_flags) & 0xFF
+    return f"00-{format_trace_id(context.trace_id)}-{format_span_id(context.span_id)}-{flags:02x}"

@@ -1,0 +1,127 @@
+"""Tracing configured from OTEL_* variables, request metrics, JSON logs and aiohttp's loggers."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from router import logs
+from router.cli import _parser, _settings
+from router.telemetry.requests import LATENCY_BUCKETS, RequestMetrics
+from router.telemetry.tracing import provider_from_env
+
+
+class TestProviderFromEnv:
+    def test_off_by_default(self) -> None:
+        """No OTEL_TRACES_EXPORTER: no provider, so tracing costs nothing."""
+        assert provider_from_env({}) is None
+        assert provider_from_env({"OTEL_TRACES_EXPORTER": "none"}) is None
+
+    def test_sdk_disabled_wins(self) -> None:
+        """OTEL_SDK_DISABLED=true turns tracing off whatever the exporter says."""
+        env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}
+        assert provider_from_env(env) is None
+
+    @pytest.mark.parametrize("name", ["console", "otlp"])
+    def test_exporters(self, name: str) -> None:
+        """console and otlp (HTTP) exporters make a provider named by OTEL_SERVICE_NAME."""
+        env = {
+            "OTEL_TRACES_EXPORTER": name,
+            "OTEL_SERVICE_NAME": "edge-7",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+        }
+        provider = provider_from_env(env)
+        assert isinstance(provider, TracerProvider)
+        assert provider.resource.attributes["service.name"] == "edge-7"
+        provider.shutdown()
+
+    def test_unknown_exporter_is_named(self) -> None:
+        """An exporter we do not know is an error naming it."""
+        with pytest.raises(ValueError, match="'zipkin'"):
+            provider_from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+class TestRequestMetrics:
+    def test_labels_are_closed_sets(self) -> None:
+        """An API or tier outside the known sets is counted as other/none, never as given."""
+        metrics = RequestMetrics()
+        metrics.observe("kserve-v2", "edge", 200, 0.002)
+        metrics.observe("CANARY-api", "CANARY-tier", 503, 0.5)
+        assert metrics.requests == {
+            ("kserve-v2", "edge", "ok"): 1,
+            ("other", "none", "server_error"): 1,
+        }
+
+    def test_histogram_is_cumulative(self) -> None:
+        """Bucket counts are cumulative and end with +Inf holding every observation."""
+        metrics = RequestMetrics()
+        for seconds in (0.0001, 0.002, 1000.0):
+            metrics.observe("openai", "central", 200, seconds)
+        buckets = metrics.latency[("openai", "central")].cumulative()
+        assert buckets[0] == (repr(LATENCY_BUCKETS[0]), 1.0)
+        assert buckets[-1] == ("+Inf", 3.0)
+        assert buckets[-2][1] == 2.0
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("debug", "json")
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    yield stream
+    root.handlers[:], root.level = handlers, level  # pytest's own capture handlers come back
+
+
+class TestLogs:
+    def test_json_lines(self, captured: io.StringIO) -> None:
+        """Each record is one JSON object with time, level, logger and message."""
+        logging.getLogger("router.test").info("model %s loaded", "m1")
+        doc = orjson.loads(captured.getvalue().splitlines()[-1])
+        assert doc["level"] == "info"
+        assert doc["logger"] == "router.test"
+        assert doc["msg"] == "model m1 loaded"
+        assert doc["ts"].endswith("Z")
+
+    def test_exceptions_keep_type_and_place_only(self, captured: io.StringIO) -> None:
+        """An exception's message (which may quote a request) never reaches the log."""
+        try:
+            raise ValueError("CANARY-4711 in the message")
+        except ValueError:
+            logging.getLogger("router.test").exception("failed")
+        line = captured.getvalue().splitlines()[-1]
+        assert "CANARY-4711" not in line
+        assert orjson.loads(line)["exc_type"] == "ValueError"
+
+    def test_aiohttp_loggers_lose_request_bytes(self, captured: io.StringIO) -> None:
+        """aiohttp.server's record of a bad request keeps the error kind, not the bytes."""
+        try:
+            raise RuntimeError("GET /?email=CANARY-9 HTTP/1.1")
+        except RuntimeError:
+            logging.getLogger("aiohttp.server").exception("Error handling request %s", "CANARY-9")
+        assert "CANARY-9" not in captured.getvalue()
+        assert "connection error: RuntimeError" in captured.getvalue()
+
+    def test_default_access_log_format_is_dropped(self, captured: io.StringIO) -> None:
+        """aiohttp's own access-log line (request line, query string) is filtered out."""
+        logging.getLogger("aiohttp.access").info('"GET /v2?card=CANARY-5 HTTP/1.1" 200')
+        assert "CANARY-5" not in captured.getvalue()
+
+
+class TestAdminPortFlag:
+    def test_port_zero_means_admin_port_zero(self) -> None:
+        """`--port 0` (any free port) puts the admin listener on any free port too."""
+        args = _parser().parse_args(["serve", "--port", "0"])
+        assert _settings(args).admin.port == 0
+
+    def test_explicit_admin_port(self) -> None:
+        """--admin-port wins; by default the admin listener is on Triton's 8002."""
+        args = _parser().parse_args(["serve", "--port", "0", "--admin-port", "9102"])
+        assert _settings(args).admin.port == 9102
+        assert _settings(_parser().parse_args(["serve"])).admin.port == 8002
