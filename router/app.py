@@ -21,6 +21,7 @@ from router.api.state import (
     SETTINGS,
     SPOOL,
     STATUS,
+    TLS,
     TRAIL,
     UPSTREAMS,
     Pipelines,
@@ -52,6 +53,7 @@ from router.store_forward import StoreAndForward
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.upstreams.registry import Upstreams
+from router.upstreams.tls import TlsContexts
 
 
 def build_app(
@@ -66,6 +68,7 @@ def build_app(
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
+    app[TLS] = TlsContexts.from_settings(settings)  # a bad certificate file stops start-up
     app[POLICY] = bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
     app[PRIVACY] = privacy = Privacy.build(bundle, settings.policy.secret_file)
     cache = settings.cache
@@ -139,7 +142,9 @@ async def _models(
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    upstreams = Upstreams.from_settings(settings.upstreams, settings.routing.offline)
+    upstreams = Upstreams.from_settings(
+        settings.upstreams, settings.routing.offline, app[TLS].clients
+    )
     app[UPSTREAMS] = upstreams
     await upstreams.start()
     try:

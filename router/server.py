@@ -10,7 +10,7 @@ from typing import TextIO
 from aiohttp import web
 
 from router import __version__
-from router.api.state import MODELS, STATUS
+from router.api.state import MODELS, STATUS, TLS
 from router.app import build_app
 from router.errors import ConfigError
 from router.inference.repository import ModelRepository
@@ -42,7 +42,15 @@ async def _serve(settings: Settings, out: TextIO) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    listener = app[TLS].listener
+    site = web.TCPSite(
+        runner,
+        settings.server.host,
+        settings.server.port,
+        ssl_context=listener.context if listener is not None else None,
+        # Several workers listen on one port; the kernel spreads connections between them.
+        reuse_port=settings.server.workers > 1 or None,
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -71,7 +79,8 @@ def _announce(
     settings: Settings, runner: web.AppRunner, models: ModelRepository, out: TextIO
 ) -> None:
     site = settings.site
-    urls = ", ".join(f"http://{_host(a)}:{a[1]}" for a in runner.addresses)
+    scheme = "https" if settings.server.tls is not None else "http"
+    urls = ", ".join(f"{scheme}://{_host(a)}:{a[1]}" for a in runner.addresses)
     print(
         f"layer-router {__version__}: {site.tier.value} site '{site.id}' listening on {urls}",
         file=out,
