@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
             help=f"a {tier} upstream endpoint (repeatable; adds a cluster named '{tier}')",
         )
     serve.add_argument("--offline", action="store_true", help="local-only: never forward")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT) under a supervisor (default 1)",
+    )
 
     check = commands.add_parser("check", help="validate a site config and the models it names")
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
@@ -52,7 +58,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     """The config file's settings with the command line's flags on top, validated again."""
     settings = load_settings(args.config)
     doc = settings.model_dump(mode="python")
-    for key in ("host", "port"):
+    for key in ("host", "port", "workers"):
         if getattr(args, key, None) is not None:
             doc["server"][key] = getattr(args, key)
     if args.model_repository:
@@ -86,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if policy == 2:
             return 2
         return max(policy, check(settings))
+    from router.workers import supervise, worker_index
+
+    if settings.server.workers > 1 and worker_index() is None:
+        return supervise(settings, list(sys.argv[1:] if argv is None else argv))
     from router.server import serve
 
     return serve(settings)
