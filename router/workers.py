@@ -52,6 +52,12 @@ def is_primary() -> bool:
     return worker_index() in (None, 0)
 
 
+def admin_port(base: int) -> int:
+    """The admin listener's port in this process: base + worker index, so each worker's
+    metrics are scraped as a target of their own (0 stays 0: any free port)."""
+    return base + (worker_index() or 0) if base else 0
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """Bind host:port with SO_REUSEPORT without listening: the port is then ours (any port 0
     picked), and workers binding it with SO_REUSEPORT share it. Raises OSError."""

@@ -124,6 +124,21 @@ def spooled_ids(path: Path) -> set[str]:
     return {record.key.removeprefix("audit:") for record in batch if record.kind == "audit"}
 
 
+async def spooled_at_least(path: Path, count: int) -> None:
+    """Wait until the shared spool holds `count` records (opened as one more non-draining
+    worker would)."""
+
+    def produced() -> int:
+        with Spool.open_sync(path, shared=True, drains=False) as spool:
+            return spool.counts_sync().produced
+
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            if await asyncio.to_thread(produced) >= count:
+                return
+            await asyncio.sleep(0.1)
+
+
 async def test_two_workers_share_the_port_restart_and_drain(config: Path, tmp_path: Path) -> None:
     """40 requests reach both workers (two audit chains, one spool holding all 40); a worker
     killed with SIGKILL comes back under a new pid; SIGTERM stops everything with exit 0."""
@@ -136,6 +151,8 @@ async def test_two_workers_share_the_port_restart_and_drain(config: Path, tmp_pa
         await serving(url)
         assert await infer_fresh_connections(url, 40) == [200] * 40
 
+        # Spool appends are committed just after the answers: let them land before a kill.
+        await spooled_at_least(tmp_path / "spool.sqlite3", 40)
         first = tree.pids()
         os.kill(first[0], signal.SIGKILL)
         await tree.expect(r"worker 0 exited \(signal SIGKILL\); restarting")
@@ -166,3 +183,15 @@ async def test_port_held_by_another_program_exits_1(config: Path, tmp_path: Path
         ) as tree:
             assert await asyncio.wait_for(tree.process.wait(), TIMEOUT_S) == 1
         assert "cannot listen" in (tmp_path / "e").read_text()
+
+
+async def test_workers_that_cannot_start_stop_the_site(tmp_path: Path) -> None:
+    """Workers failing their first start (the spool path is a folder: exit 2) are not
+    restarted in a loop: the supervisor stops and exits with their code."""
+    config = tmp_path / "site.yaml"
+    config.write_text(f"spool: {{path: {tmp_path}}}\n")
+    async with serve(
+        "--config", str(config), "--workers", "2", "--port", "0", log=tmp_path / "e"
+    ) as tree:
+        await tree.expect(r"worker \d failed to start \(exit 2\); stopping")
+        assert await asyncio.wait_for(tree.process.wait(), TIMEOUT_S) == 2
