@@ -17,6 +17,7 @@ from router.policy.cases import run_cases
 from router.privacy import Privacy
 from router.resources import default_policy_bundle, demo_model_repository
 from router.settings import Settings, load_settings
+from router.upstreams.tls import TlsContexts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(settings.logging.level)
     if args.command == "check":
+        try:
+            TlsContexts.from_settings(settings)  # every certificate file readable and valid
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"policy bundle '{bundle.manifest.name}' revision {bundle.revision} ({bundle.path})")
         policy = check_policy(bundle, settings)
         if policy == 2:

@@ -15,6 +15,7 @@ from router.app import build_app
 from router.errors import ConfigError
 from router.inference.repository import ModelRepository
 from router.settings import Settings
+from router.upstreams.tls import reload_contexts
 
 
 def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
@@ -66,6 +67,16 @@ async def _serve(settings: Settings, out: TextIO) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def hangup() -> None:
+        # SIGHUP re-reads what changed on disk; certificates for now (hot reload of config
+        # and bundles joins here). Never the default action, which would kill the process.
+        task = loop.create_task(reload_contexts(app[TLS]))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     await stop.wait()
     app[STATUS].draining = True
     print("draining: readiness is now 503; finishing in-flight requests", file=out, flush=True)

@@ -17,6 +17,8 @@ calls; it is cheap when nothing changed.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import ssl
 from collections.abc import Iterable, Mapping
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from router.errors import ConfigError
 from router.settings import ListenerTlsSettings, Settings, TlsSettings
+
+log = logging.getLogger(__name__)
 
 Stamp = tuple[tuple[str, int, int], ...]
 
@@ -173,3 +177,11 @@ class TlsContexts:
             except ConfigError as exc:
                 problems.append(f"{exc.source}: " + "; ".join(exc.problems))
         return problems
+
+
+async def reload_contexts(contexts: TlsContexts) -> list[str]:
+    """`contexts.reload()` off the event loop, each problem logged (paths and reasons only)."""
+    problems = await asyncio.to_thread(contexts.reload)
+    for problem in problems:
+        log.warning("certificate files not reloaded, the old ones stay in use: %s", problem)
+    return problems

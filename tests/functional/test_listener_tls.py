@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 @asynccontextmanager
-async def serve(config: Path, log: Path) -> AsyncIterator[str]:
+async def serve(config: Path, log: Path) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROUTER_ROOT), env.get("PYTHONPATH")]))
     with log.open("wb") as err:
@@ -38,7 +39,7 @@ async def serve(config: Path, log: Path) -> AsyncIterator[str]:
             async with asyncio.timeout(60):
                 while not (match := URL.search((await process.stdout.readline()).decode())):
                     assert process.returncode is None, f"serve exited; see {log}"
-            yield match.group(1)
+            yield match.group(1), process
         finally:
             if process.returncode is None:
                 process.terminate()
@@ -80,9 +81,41 @@ async def test_listener_requires_client_certificates(
     client_ca.issue_cert("operator").configure_cert(with_cert)
     without_cert = ssl.create_default_context()
     server_ca.configure_trust(without_cert)
-    async with serve(config, tmp_path / "stderr.log") as url:
+    async with serve(config, tmp_path / "stderr.log") as (url, _):
         assert await get_live(url, with_cert) == 200
         with pytest.raises(aiohttp.ClientError):
             await get_live(url, without_cert)
         with pytest.raises(aiohttp.ClientError):
             await get_live(url.replace("https://", "http://"), False)
+
+
+async def test_sighup_rotates_the_listener_certificate(
+    site: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    """New certificate files from another CA + SIGHUP: new connections are served with the
+    new certificate (clients trusting only the new CA get in, those trusting the old do not)."""
+    config, server_ca, client_ca = site
+    renewed_ca = trustme.CA()
+
+    def client(ca: trustme.CA) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        client_ca.issue_cert("operator").configure_cert(context)
+        return context
+
+    async with serve(config, tmp_path / "stderr.log") as (url, process):
+        assert await get_live(url, client(server_ca)) == 200
+        leaf = renewed_ca.issue_cert("127.0.0.1")
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "site.pem"))
+        leaf.private_key_pem.write_to_path(str(tmp_path / "site.key"))
+        process.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    if await get_live(url, client(renewed_ca)) == 200:
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+        with pytest.raises(aiohttp.ClientError):
+            await get_live(url, client(server_ca))
+        assert process.returncode is None

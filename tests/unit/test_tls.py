@@ -12,6 +12,7 @@ import pytest
 import trustme
 
 from router.app import build_app
+from router.cli import main
 from router.errors import ConfigError
 from router.settings import ListenerTlsSettings, Settings, TlsSettings, load_settings
 from router.upstreams.tls import ClientTls, ListenerTls, TlsContexts
@@ -139,3 +140,17 @@ def test_config_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert settings.server.tls.cert_file == tmp_path / "certs/site.pem"
     assert settings.upstreams[0].tls.ca_file == tmp_path / "certs/ca.pem"
     assert settings.upstreams[0].tls.cert_file == Path("/abs/client.pem")
+
+
+def test_check_command_rejects_a_bad_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`layer-router check` reads the certificate files too: a missing one is exit 2."""
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  - name: r\n    tier: regional\n    endpoints: [{url: 'https://r.example'}]\n"
+        "    tls: {ca_file: missing.pem}\n"
+    )
+    assert main(["check", str(config)]) == 2
+    assert "upstreams.r.tls" in capsys.readouterr().err
