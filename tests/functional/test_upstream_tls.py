@@ -6,6 +6,7 @@ client certificate and server name the request goes through."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,9 +20,11 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from router.api.state import TLS
 from router.app import build_app
 from router.settings import Settings
 from router.testing import FakeUpstream
+from router.upstreams.tls import reload_contexts
 
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -114,14 +117,18 @@ def edge_settings(url: str, tls: dict[str, Any]) -> Settings:
     )
 
 
+async def chat(router: TestServer) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http:
+        url = router.make_url("/v1/chat/completions")
+        async with http.post(url, json=CHAT, timeout=aiohttp.ClientTimeout(10)) as resp:
+            return resp.status, await resp.json()
+
+
 async def chat_through(settings: Settings) -> tuple[int, dict[str, Any]]:
     router = TestServer(build_app(settings), host="127.0.0.1")
     await router.start_server()
     try:
-        async with aiohttp.ClientSession() as http:
-            url = router.make_url("/v1/chat/completions")
-            async with http.post(url, json=CHAT, timeout=aiohttp.ClientTimeout(10)) as resp:
-                return resp.status, await resp.json()
+        return await chat(router)
     finally:
         await router.close()
 
@@ -182,3 +189,26 @@ class TestUpstreamTls:
         assert (status, body["error"]["code"] in codes) == (502, True), body
         assert upstream.hits == []
         assert upstream.fake.received == []
+
+
+async def test_rotated_ca_file_is_used_after_reload(pki: Pki, tls_upstream: Start) -> None:
+    """The upstream moves to a new CA: refused until the router's ca_file holds the new CA
+    and the reload hook ran, then forwarded, without a restart."""
+    new_ca = trustme.CA()
+    upstream = await tls_upstream(pki.server_context(new_ca.issue_cert(NAME), True))
+    settings = edge_settings(upstream.url, client_files(pki))  # trusts the old CA
+    router = TestServer(build_app(settings), host="127.0.0.1")
+    await router.start_server()
+    try:
+        assert (await chat(router))[0] == 502
+        ca_file = settings.upstreams[0].tls.ca_file
+        assert ca_file is not None
+        pki.file(ca_file.name, new_ca.cert_pem)
+        assert await reload_contexts(router.app[TLS]) == []  # type: ignore[index]
+        # The failed handshakes may have failed health checks too: give them time to pass.
+        async with asyncio.timeout(10):
+            while (await chat(router))[0] != 200:
+                await asyncio.sleep(0.1)
+    finally:
+        await router.close()
+    assert len(upstream.fake.requests_to("/v1/chat/completions")) == 1
