@@ -30,6 +30,7 @@ from router.testing import FakeUpstream, FaultProxy
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 RECOVERY_LIMIT_S = 10.0
+FINAL_UP_S = RECOVERY_LIMIT_S + 2  # longest wait for the last recovery
 # Below twice the rate records are made at (4/s: one request every 0.25 s, one audit record
 # each), so every outage leaves a backlog that drains at the limit.
 DRAIN_RATE = 8.0  # records/s the spool may upload
@@ -150,13 +151,19 @@ async def flap(router: TestServer, link: Link, lengths: list[float]) -> Run:
         up = False
         for length in lengths:
             run.phases.append((loop.time(), up))
-            link_up = up
-            link.set(link_up)
+            link.set(up)
             await asyncio.sleep(length)
             up = not up
-        run.phases.append((loop.time(), True))
+        back = loop.time()
+        run.phases.append((back, True))
         link.set(True)
-        await asyncio.sleep(RECOVERY_LIMIT_S + 2)  # the last down phase gets its recovery too
+        # The last outage gets its recovery too: until a request sent since then succeeded
+        # (and a second more), or the limit passed.
+        while loop.time() - back < FINAL_UP_S:
+            if any(status == 200 and sent >= back for sent, _, status in run.requests):
+                await asyncio.sleep(1.0)
+                break
+            await asyncio.sleep(0.1)
         run.end = loop.time()
         for task in background:
             task.cancel()
@@ -232,7 +239,7 @@ async def check_flaps(
     }
     print("R9 figures:", json.dumps(figures))
     print("R9 link views:", [(round(t - run.phases[0][0], 1), v) for t, v in run.views])
-    up_lengths = [length for i, length in enumerate(lengths) if i % 2 == 1] + [RECOVERY_LIMIT_S + 2]
+    up_lengths = [length for i, length in enumerate(lengths) if i % 2 == 1] + [FINAL_UP_S]
     for took, length in zip(recovered, up_lengths, strict=True):
         assert (took if took is not None else length) <= RECOVERY_LIMIT_S, figures
     assert all(n <= 1 for n in view_changes_per_phase(run)), (run.views, run.phases)
