@@ -18,6 +18,7 @@ from router.privacy import Privacy
 from router.resources import default_policy_bundle, demo_model_repository
 from router.settings import Settings, load_settings
 from router.upstreams.tls import TlsContexts
+from router.workers import as_worker, supervise, worker_index
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +74,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             )
     if getattr(args, "offline", False):
         doc["routing"]["offline"] = True
+    if worker_index() is not None:
+        as_worker(doc)
     return yamlconf.validate(doc, Settings, "command line")
 
 
@@ -98,8 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if policy == 2:
             return 2
         return max(policy, check(settings))
-    from router.workers import supervise, worker_index
-
     if settings.server.workers > 1 and worker_index() is None:
         return supervise(settings, list(sys.argv[1:] if argv is None else argv))
     from router.server import serve

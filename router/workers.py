@@ -2,9 +2,10 @@
 
 `layer-router serve --workers N` (or `server.workers: N`) makes the process a supervisor: it
 starts N copies of the same `serve` command, each marked with its index in the environment
-(`LAYER_ROUTER_WORKER`). Each worker listens on the same host:port with `SO_REUSEPORT` and the
-kernel spreads new connections between them (uvicorn's and gunicorn's `--workers`, without a
-shared accept socket). The supervisor itself serves nothing:
+(`LAYER_ROUTER_WORKER`, and the port in `LAYER_ROUTER_WORKER_PORT`); worker i's admin listener
+is on the admin port + i (any free port when that is 0). Each worker listens on the same
+host:port with `SO_REUSEPORT` and the kernel spreads new connections between them (uvicorn's
+and gunicorn's `--workers`, without a shared accept socket). The supervisor itself serves nothing:
 
 - it reserves the port first (binding it with SO_REUSEPORT, never listening), so `--port 0`
   gets one port for every worker and a port held by another program fails at once;
@@ -29,11 +30,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from router.settings import Settings
 
 WORKER_ENV = "LAYER_ROUTER_WORKER"
+PORT_ENV = "LAYER_ROUTER_WORKER_PORT"  # the port the supervisor reserved for all workers
 FIRST_START_GRACE_S = 5.0  # a worker failing this soon after the first start fails the site
 STABLE_RUN_S = 60.0  # a run this long resets the back-off
 BACKOFF_S = (1.0, 30.0)
@@ -56,6 +58,17 @@ def admin_port(base: int) -> int:
     """The admin listener's port in this process: base + worker index, so each worker's
     metrics are scraped as a target of their own (0 stays 0: any free port)."""
     return base + (worker_index() or 0) if base else 0
+
+
+def as_worker(doc: dict[str, Any]) -> None:
+    """Settings (as a dict, before validation) as this worker runs them: on the supervisor's
+    reserved port, and with an admin listener of its own (when the settings have one)."""
+    reserved = os.environ.get(PORT_ENV)
+    if reserved is not None and reserved.isdigit():
+        doc["server"]["port"] = int(reserved)
+    admin = doc.get("admin")
+    if isinstance(admin, dict) and isinstance(admin.get("port"), int):
+        admin["port"] = admin_port(admin["port"])
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -85,8 +98,16 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, command: Sequence[str], count: int, settings: Settings, out: TextIO):
+    def __init__(
+        self,
+        command: Sequence[str],
+        count: int,
+        settings: Settings,
+        out: TextIO,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self._command = list(command)
+        self._env = dict(os.environ if env is None else env)
         self._settings = settings
         self._out = out
         self.slots = [Slot(i) for i in range(count)]
@@ -117,7 +138,7 @@ class Supervisor:
         print(f"supervisor: {text}", file=self._out, flush=True)
 
     def _start(self, slot: Slot) -> None:
-        env = dict(os.environ, **{WORKER_ENV: str(slot.index)})
+        env = dict(self._env, **{WORKER_ENV: str(slot.index)})
         slot.process = subprocess.Popen(self._command, env=env)
         slot.started = time.monotonic()
         slot.starts += 1
@@ -210,11 +231,13 @@ def supervise(settings: Settings, argv: Sequence[str], out: TextIO = sys.stdout)
         return 1
     with reserved:
         port = reserved.getsockname()[1]
-        # The same serve command, on the reserved port (the last --port wins).
-        command = [sys.executable, "-m", "router", *argv, "--port", str(port)]
+        # The same serve command; the port comes by the environment, so the command line
+        # keeps meaning what it said (--port 0 also asks for any free admin port).
+        command = [sys.executable, "-m", "router", *argv]
+        env = dict(os.environ, **{PORT_ENV: str(port)})
         print(
             f"supervisor: {server.workers} workers on {server.host}:{port} (pid {os.getpid()})",
             file=out,
             flush=True,
         )
-        return Supervisor(command, server.workers, settings, out).run()
+        return Supervisor(command, server.workers, settings, out, env).run()

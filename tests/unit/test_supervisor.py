@@ -5,11 +5,21 @@ admin ports come from the environment."""
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 
 from router.settings import Settings
-from router.workers import WORKER_ENV, Slot, Supervisor, admin_port, is_primary, worker_index
+from router.workers import (
+    PORT_ENV,
+    WORKER_ENV,
+    Slot,
+    Supervisor,
+    admin_port,
+    as_worker,
+    is_primary,
+    worker_index,
+)
 
 
 class Exited:
@@ -63,3 +73,17 @@ def test_index_and_admin_port(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (worker_index(), is_primary(), admin_port(8002)) == (None, True, 8002)
     monkeypatch.setenv(WORKER_ENV, "2")
     assert (worker_index(), is_primary(), admin_port(8002), admin_port(0)) == (2, False, 8004, 0)
+
+
+def test_as_worker_takes_the_reserved_port_and_its_admin_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker 1: the supervisor's port from the environment, admin port + 1 (0 stays 0)."""
+    monkeypatch.setenv(WORKER_ENV, "1")
+    monkeypatch.setenv(PORT_ENV, "41000")
+    doc: dict[str, Any] = {"server": {"port": 0}, "admin": {"port": 8002}}
+    as_worker(doc)
+    assert doc == {"server": {"port": 41000}, "admin": {"port": 8003}}
+    doc = {"server": {"port": 0}, "admin": {"port": 0}}
+    as_worker(doc)
+    assert doc["admin"] == {"port": 0}
