@@ -180,7 +180,7 @@ async def _spool(app: web.Application) -> AsyncIterator[None]:
         url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
         drainer = Drainer(
             spool,
-            http_sender(poster(session), url),
+            http_sender(poster(session, tls=app[TLS].collector), url),
             rate_per_s=spool_settings.drain_rate_per_s,
             batch_size=spool_settings.batch_size,
         )

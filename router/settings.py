@@ -202,6 +202,8 @@ class SpoolSettings(Strict):
     batch_size: Annotated[int, Field(gt=0, le=10_000)] = 500
     drain_rate_per_s: PositiveFloat = 200.0  # records per second uploaded, at most
     collector_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
+    # TLS towards the collector (an https collector_url), as for an upstream cluster.
+    tls: TlsSettings = TlsSettings()
     # Offer the collector endpoint (POST /v1/spool/batches) here. None: when the site is central.
     collect: bool | None = None
 
@@ -285,8 +287,12 @@ def _tls_paths_resolved(settings: Settings, folder: Path) -> Settings:
     update: dict[str, object] = {}
     server_tls = settings.server.tls
     if server_tls is not None and resolved(server_tls):
-        tls = server_tls.model_copy(update=resolved(server_tls))
-        update["server"] = settings.server.model_copy(update={"tls": tls})
+        listener = server_tls.model_copy(update=resolved(server_tls))
+        update["server"] = settings.server.model_copy(update={"tls": listener})
+    spool_tls = settings.spool.tls
+    if resolved(spool_tls):
+        collector = spool_tls.model_copy(update=resolved(spool_tls))
+        update["spool"] = settings.spool.model_copy(update={"tls": collector})
     clusters = tuple(
         c.model_copy(update={"tls": c.tls.model_copy(update=resolved(c.tls))})
         for c in settings.upstreams

@@ -111,13 +111,13 @@ class HttpTransport:
 
 
 def poster(
-    session: aiohttp.ClientSession, timeout_s: float = 30.0
+    session: aiohttp.ClientSession, timeout_s: float = 30.0, tls: ClientTls | None = None
 ) -> Callable[[str, bytes, Mapping[str, str]], Awaitable[tuple[int, bytes]]]:
     """A one-shot POST (status, body) over `session`, errors mapped like every upstream call:
     what the spool's drainer uploads batches with."""
 
     async def post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
-        transport = HttpTransport(session)
+        transport = HttpTransport(session, tls)
         async with asyncio.timeout(timeout_s):
             response = await transport.send(
                 UpstreamRequest("POST", url, headers, body), "collector", timeout_s

@@ -154,22 +154,28 @@ class ListenerTls:
 class TlsContexts:
     """Every TLS context of a site: the reload hook's one entry point."""
 
-    def __init__(self, listener: ListenerTls | None, clients: Mapping[str, ClientTls]) -> None:
+    def __init__(
+        self,
+        listener: ListenerTls | None,
+        clients: Mapping[str, ClientTls],
+        collector: ClientTls | None = None,
+    ) -> None:
         self.listener = listener
-        self.clients = dict(clients)
+        self.clients = dict(clients)  # by cluster name
+        self.collector = collector or ClientTls(TlsSettings(), "spool.tls")  # spool uploads
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TlsContexts:
         """Reads and checks every file now: a bad one is a ConfigError at start-up."""
         listener = ListenerTls(settings.server.tls) if settings.server.tls else None
         clients = {c.name: ClientTls(c.tls, f"upstreams.{c.name}.tls") for c in settings.upstreams}
-        return cls(listener, clients)
+        return cls(listener, clients, ClientTls(settings.spool.tls, "spool.tls"))
 
     def reload(self) -> list[str]:
         """Re-read changed certificate files; the problems found (those contexts keep the old
         files). Blocking file I/O: call it from a thread (asyncio.to_thread)."""
         problems: list[str] = []
-        for tls in (self.listener, *self.clients.values()):
+        for tls in (self.listener, *self.clients.values(), self.collector):
             if tls is None:
                 continue
             try:

@@ -20,14 +20,17 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from router.api.errors import error_middleware
 from router.api.state import TLS
 from router.app import build_app
 from router.settings import Settings
+from router.spool.collector import CollectorStore, collector_routes
 from router.testing import FakeUpstream
 from router.upstreams.tls import reload_contexts
 
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+INFER = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [1, 0, 0]}]}
 NAME = "upstream.example"  # the name the upstream's certificate carries
 
 
@@ -214,3 +217,42 @@ async def test_rotated_ca_file_is_used_after_reload(pki: Pki, tls_upstream: Star
     finally:
         await router.close()
     assert len(upstream.fake.requests_to("/v1/chat/completions")) == 1
+
+
+async def test_spool_uploads_to_an_mtls_collector(pki: Pki, tmp_path: Path) -> None:
+    """`spool.tls` gives the drainer the CA, client certificate and server name for an https
+    collector that requires client certificates: the audit copy of a request arrives."""
+    store = await CollectorStore.open(tmp_path / "collector.sqlite3")
+    central = web.Application(middlewares=[error_middleware])
+    central.add_routes(collector_routes(store))
+    collector = TestServer(central, host="127.0.0.1")
+    await collector.start_server(ssl=pki.server_context(pki.server_ca.issue_cert(NAME), True))
+    settings = Settings.model_validate(
+        {
+            "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+            "audit": {"path": tmp_path / "audit"},
+            "spool": {
+                "path": tmp_path / "spool.sqlite3",
+                "collector_url": f"https://127.0.0.1:{collector.port}",
+                "tls": client_files(pki),
+            },
+        }
+    )
+    router = TestServer(build_app(settings), host="127.0.0.1")
+    await router.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = router.make_url("/v2/models/color_classifier/infer")
+            async with http.post(url, json=INFER) as response:
+                assert response.status == 200
+                audit_id = response.headers["X-Audit-Id"]
+        async with asyncio.timeout(15):
+            while True:
+                keys = {r.item.key for r in await store.read()}
+                if f"audit:{audit_id}" in keys:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await router.close()
+        await collector.close()
+        await store.close()

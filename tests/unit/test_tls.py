@@ -134,12 +134,14 @@ def test_config_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         "upstreams:\n"
         "  - name: r\n    tier: regional\n    endpoints: [{url: 'https://r.example'}]\n"
         "    tls: {ca_file: certs/ca.pem, cert_file: /abs/client.pem}\n"
+        "spool:\n  tls: {ca_file: central-ca.pem}\n"
     )
     settings = load_settings(config)
     assert settings.server.tls is not None
     assert settings.server.tls.cert_file == tmp_path / "certs/site.pem"
     assert settings.upstreams[0].tls.ca_file == tmp_path / "certs/ca.pem"
     assert settings.upstreams[0].tls.cert_file == Path("/abs/client.pem")
+    assert settings.spool.tls.ca_file == tmp_path / "central-ca.pem"
 
 
 def test_check_command_rejects_a_bad_certificate(
