@@ -141,7 +141,8 @@ async def spooled_at_least(path: Path, count: int) -> None:
 
 async def test_two_workers_share_the_port_restart_and_drain(config: Path, tmp_path: Path) -> None:
     """40 requests reach both workers (two audit chains, one spool holding all 40); a worker
-    killed with SIGKILL comes back under a new pid; SIGTERM stops everything with exit 0."""
+    killed with SIGKILL comes back under a new pid; SIGHUP leaves them running; SIGTERM stops
+    everything with exit 0."""
     async with serve(
         "--config", str(config), "--workers", "2", "--port", "0", log=tmp_path / "err.log"
     ) as tree:
@@ -160,6 +161,15 @@ async def test_two_workers_share_the_port_restart_and_drain(config: Path, tmp_pa
         assert tree.pids()[0] != first[0]
         await tree.expect(URL)
         await serving(url)
+
+        # SIGHUP reaches the workers, which reload and keep running (same pids).
+        pids = tree.pids()
+        tree.process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        await serving(url)
+        assert tree.pids() == pids
+        for pid in pids.values():
+            os.kill(pid, 0)  # still alive
 
         tree.process.send_signal(signal.SIGTERM)
         await tree.expect("supervisor: stopped")
