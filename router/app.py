@@ -24,6 +24,7 @@ from router.api.state import (
     SPOOL,
     STATUS,
     TELEMETRY,
+    TLS,
     TRAIL,
     UPSTREAMS,
     Pipelines,
@@ -57,6 +58,8 @@ from router.telemetry.tracing import provider_from_env, tracer_of
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.upstreams.registry import Upstreams
+from router.upstreams.tls import TlsContexts
+from router.workers import is_primary
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -79,6 +82,7 @@ def build_app(
     app[TELEMETRY] = Telemetry(tracer_provider=tracer_provider or _provider_from_env())
     if tracer_provider is None:  # ours to flush and shut down; a caller's stays the caller's
         app.cleanup_ctx.append(_tracing)
+    app[TLS] = TlsContexts.from_settings(settings)  # a bad certificate file stops start-up
     app[POLICY] = bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
     app[PRIVACY] = privacy = Privacy.build(bundle, settings.policy.secret_file)
     cache = settings.cache
@@ -171,7 +175,9 @@ async def _models(
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    upstreams = Upstreams.from_settings(settings.upstreams, settings.routing.offline)
+    upstreams = Upstreams.from_settings(
+        settings.upstreams, settings.routing.offline, app[TLS].clients
+    )
     app[UPSTREAMS] = upstreams
     await upstreams.start()
     try:
@@ -186,23 +192,27 @@ async def _spool(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     spool_settings = settings.spool
     spool: Spool | None = None
+    drains = is_primary()
     path = spool_settings.path
     if path is None and spool_settings.collector_url:
         path = state_dir() / "spool.sqlite3"
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            spool = await Spool.open(path, limits_of(spool_settings))
+            # Worker processes share one spool file; only the primary one drains it.
+            spool = await Spool.open(
+                path, limits_of(spool_settings), shared=settings.server.workers > 1, drains=drains
+            )
         except (OSError, SpoolUnavailable) as exc:
             raise ConfigError(str(path), [f"spool cannot be opened: {exc}"]) from None
     app[SPOOL] = store = StoreAndForward(spool, app[PRIVACY], settings.site.id)
     tasks, session = [], None
-    if spool is not None and spool_settings.collector_url:
+    if spool is not None and spool_settings.collector_url and drains:
         session = plain_session()
         url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
         drainer = Drainer(
             spool,
-            http_sender(poster(session), url),
+            http_sender(poster(session, tls=app[TLS].collector), url),
             rate_per_s=spool_settings.drain_rate_per_s,
             batch_size=spool_settings.batch_size,
         )
@@ -227,7 +237,7 @@ async def _collector(app: web.Application) -> AsyncIterator[None]:
         collects = settings.site.tier.value == "central"
     store = None
     if collects:
-        store = await _open_collector(settings.site.id)
+        store = await _open_collector(settings.site.id, shared=settings.server.workers > 1)
         (route,) = collector_routes(store)
         app[COLLECTOR].append(route.handler)
     try:
@@ -237,11 +247,18 @@ async def _collector(app: web.Application) -> AsyncIterator[None]:
             await store.close()
 
 
-async def _open_collector(site: str) -> CollectorStore:
-    """The first `collector-<site>[.N].sqlite3` in the state directory nobody holds yet."""
+async def _open_collector(site: str, shared: bool = False) -> CollectorStore:
+    """The first `collector-<site>[.N].sqlite3` in the state directory nobody holds yet; with
+    several workers, `collector-<site>.sqlite3` shared by all of them (one key, one record)."""
     folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)
     problem = ""
+    if shared:
+        path = folder / f"collector-{site}.sqlite3"
+        try:
+            return await CollectorStore.open(path, shared=True)
+        except SpoolUnavailable as exc:
+            raise ConfigError(str(path), [f"collector store cannot be opened: {exc}"]) from None
     for n in range(64):
         path = folder / (f"collector-{site}.sqlite3" if n == 0 else f"collector-{site}.{n}.sqlite3")
         try:

@@ -18,6 +18,8 @@ from router.policy.cases import run_cases
 from router.privacy import Privacy
 from router.resources import default_policy_bundle, demo_model_repository
 from router.settings import Settings, load_settings
+from router.upstreams.tls import TlsContexts
+from router.workers import as_worker, supervise, worker_index
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
             help=f"a {tier} upstream endpoint (repeatable; adds a cluster named '{tier}')",
         )
     serve.add_argument("--offline", action="store_true", help="local-only: never forward")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT) under a supervisor (default 1)",
+    )
 
     check = commands.add_parser("check", help="validate a site config and the models it names")
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
@@ -71,7 +79,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     """The config file's settings with the command line's flags on top, validated again."""
     settings = load_settings(args.config)
     doc = settings.model_dump(mode="python")
-    for key in ("host", "port"):
+    for key in ("host", "port", "workers"):
         if getattr(args, key, None) is not None:
             doc["server"][key] = getattr(args, key)
     admin_port = getattr(args, "admin_port", None)
@@ -90,6 +98,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             )
     if getattr(args, "offline", False):
         doc["routing"]["offline"] = True
+    if worker_index() is not None:
+        as_worker(doc)
     return yamlconf.validate(doc, Settings, "command line")
 
 
@@ -109,11 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(settings.logging.level, settings.logging.format)
     if args.command == "check":
+        try:
+            TlsContexts.from_settings(settings)  # every certificate file readable and valid
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"policy bundle '{bundle.manifest.name}' revision {bundle.revision} ({bundle.path})")
         policy = check_policy(bundle, settings)
         if policy == 2:
             return 2
         return max(policy, check(settings))
+    if settings.server.workers > 1 and worker_index() is None:
+        return supervise(settings, list(sys.argv[1:] if argv is None else argv))
     from router.server import serve
 
     return serve(settings)

@@ -26,6 +26,7 @@
     ├── InferenceFailed              500 inference_failed
     └── UpstreamError                502 upstream_error     (only upstreams/client.py raises these)
         ├── ConnectFailed            502 upstream_connect_failed
+        │   └── UpstreamTlsFailed    502 upstream_tls_failed (certificate or handshake refused)
         ├── UpstreamTimeout          504 upstream_timeout
         ├── UpstreamReset            502 upstream_reset
         ├── UpstreamStatus           502 upstream_status    (5xx/429 after retries, 3xx)
@@ -168,6 +169,10 @@ class UpstreamError(RouterError):
 
 class ConnectFailed(UpstreamError):
     code = "upstream_connect_failed"
+
+
+class UpstreamTlsFailed(ConnectFailed):
+    code = "upstream_tls_failed"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -11,12 +11,13 @@ from aiohttp import web
 
 from router import __version__
 from router.api.admin import start_admin
-from router.api.state import MODELS, STATUS
+from router.api.state import MODELS, STATUS, TLS
 from router.app import build_app
 from router.errors import ConfigError
 from router.inference.repository import ModelRepository
 from router.logs import access_log_options
 from router.settings import Settings
+from router.upstreams.tls import reload_contexts
 
 
 def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
@@ -44,7 +45,15 @@ async def _serve(settings: Settings, out: TextIO) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    listener = app[TLS].listener
+    site = web.TCPSite(
+        runner,
+        settings.server.host,
+        settings.server.port,
+        ssl_context=listener.context if listener is not None else None,
+        # Several workers listen on one port; the kernel spreads connections between them.
+        reuse_port=settings.server.workers > 1 or None,
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -69,6 +78,16 @@ async def _serve(settings: Settings, out: TextIO) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def hangup() -> None:
+        # SIGHUP re-reads what changed on disk; certificates for now (hot reload of config
+        # and bundles joins here). Never the default action, which would kill the process.
+        task = loop.create_task(reload_contexts(app[TLS]))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     await stop.wait()
     app[STATUS].draining = True
     print("draining: readiness is now 503; finishing in-flight requests", file=out, flush=True)
@@ -86,15 +105,15 @@ async def _start_admin(settings: Settings, app: web.Application) -> web.AppRunne
     return await start_admin(app, admin.host, admin.port) if admin.enabled else None
 
 
-def _urls(runner: web.AppRunner) -> str:
-    return ", ".join(f"http://{_host(a)}:{a[1]}" for a in runner.addresses)
+def _urls(runner: web.AppRunner, scheme: str = "http") -> str:
+    return ", ".join(f"{scheme}://{_host(a)}:{a[1]}" for a in runner.addresses)
 
 
 def _announce(
     settings: Settings, runner: web.AppRunner, models: ModelRepository, out: TextIO
 ) -> None:
     site = settings.site
-    urls = _urls(runner)
+    urls = _urls(runner, "https" if settings.server.tls is not None else "http")
     print(
         f"layer-router {__version__}: {site.tier.value} site '{site.id}' listening on {urls}",
         file=out,

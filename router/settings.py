@@ -36,6 +36,13 @@ class SiteSettings(Strict):
     jurisdiction: str = ""
 
 
+class ListenerTlsSettings(Strict):
+    cert_file: Path
+    key_file: Path | None = None  # None: the key is in cert_file
+    # Set: clients must present a certificate issued by one of these CAs (mutual TLS).
+    client_ca_file: Path | None = None
+
+
 class ServerSettings(Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
@@ -45,6 +52,10 @@ class ServerSettings(Strict):
     # and Kubernetes stop sending traffic before the listener closes.
     readiness_grace_s: Annotated[float, Field(ge=0, le=300)] = 1.0
     max_body_bytes: PositiveInt = 64 * 1024 * 1024
+    # None: plain HTTP. Set: the listener speaks only HTTPS.
+    tls: ListenerTlsSettings | None = None
+    # Processes serving the port together (SO_REUSEPORT) under a supervisor; 1: no supervisor.
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
 
 
 class AdminSettings(Strict):
@@ -200,6 +211,8 @@ class SpoolSettings(Strict):
     batch_size: Annotated[int, Field(gt=0, le=10_000)] = 500
     drain_rate_per_s: PositiveFloat = 200.0  # records per second uploaded, at most
     collector_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
+    # TLS towards the collector (an https collector_url), as for an upstream cluster.
+    tls: TlsSettings = TlsSettings()
     # Offer the collector endpoint (POST /v1/spool/batches) here. None: when the site is central.
     collect: bool | None = None
 
@@ -272,4 +285,32 @@ def load_settings(path: Path | None) -> Settings:
     if audit_path is not None and not audit_path.is_absolute():
         audit = settings.audit.model_copy(update={"path": path.parent / audit_path})
         settings = settings.model_copy(update={"audit": audit})
-    return settings
+    return _tls_paths_resolved(settings, path.parent)
+
+
+def _tls_paths_resolved(settings: Settings, folder: Path) -> Settings:
+    """Certificate paths relative to the config file's folder, like every other path in it."""
+
+    def resolved(tls: ListenerTlsSettings | TlsSettings) -> dict[str, Path]:
+        return {
+            key: folder / value
+            for key, value in tls.model_dump().items()
+            if isinstance(value, Path) and not value.is_absolute()
+        }
+
+    update: dict[str, object] = {}
+    server_tls = settings.server.tls
+    if server_tls is not None and resolved(server_tls):
+        listener = server_tls.model_copy(update=resolved(server_tls))
+        update["server"] = settings.server.model_copy(update={"tls": listener})
+    spool_tls = settings.spool.tls
+    if resolved(spool_tls):
+        collector = spool_tls.model_copy(update=resolved(spool_tls))
+        update["spool"] = settings.spool.model_copy(update={"tls": collector})
+    clusters = tuple(
+        c.model_copy(update={"tls": c.tls.model_copy(update=resolved(c.tls))})
+        for c in settings.upstreams
+    )
+    if clusters != settings.upstreams:
+        update["upstreams"] = clusters
+    return settings.model_copy(update=update) if update else settings

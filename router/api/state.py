@@ -17,6 +17,7 @@ from router.store_forward import StoreAndForward
 from router.telemetry import Telemetry
 from router.trail import Trail
 from router.upstreams.registry import Upstreams
+from router.upstreams.tls import TlsContexts
 
 
 @dataclass(slots=True)
@@ -36,6 +37,8 @@ MODELS = web.AppKey("models", ModelRepository)
 PIPELINES = web.AppKey("pipelines", Pipelines)
 STATUS = web.AppKey("status", ServerStatus)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
+# Every certificate the site uses; hot reload calls `app[TLS].reload()` (in a thread).
+TLS = web.AppKey("tls", TlsContexts)
 POLICY = web.AppKey("policy", PolicyBundle)
 PRIVACY = web.AppKey("privacy", Privacy)
 CACHE = web.AppKey("cache", ResponseCache)

@@ -73,13 +73,17 @@ class CollectorStore:
         self._clock = clock
 
     @classmethod
-    def _start(cls, path: Path, clock: Callable[[], float]) -> CollectorStore:
-        worker = SqliteWorker(f"collector:{path.name}", lambda: schema.connect(path, _SCHEMA))
+    def _start(cls, path: Path, clock: Callable[[], float], shared: bool) -> CollectorStore:
+        worker = SqliteWorker(
+            f"collector:{path.name}", lambda: schema.connect(path, _SCHEMA, shared=shared)
+        )
         return cls(worker, clock)
 
     @classmethod
-    def open_sync(cls, path: Path, *, clock: Callable[[], float] = time.time) -> CollectorStore:
-        store = cls._start(path, clock)
+    def open_sync(
+        cls, path: Path, *, clock: Callable[[], float] = time.time, shared: bool = False
+    ) -> CollectorStore:
+        store = cls._start(path, clock, shared)
         try:
             store._worker.opened.result()
         except Exception as exc:
@@ -87,8 +91,12 @@ class CollectorStore:
         return store
 
     @classmethod
-    async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> CollectorStore:
-        store = cls._start(path, clock)
+    async def open(
+        cls, path: Path, *, clock: Callable[[], float] = time.time, shared: bool = False
+    ) -> CollectorStore:
+        """`shared`: the site's workers all store into this file; a key stays unique across
+        them (each batch is one transaction, INSERT OR IGNORE on the unique key)."""
+        store = cls._start(path, clock, shared)
         try:
             await asyncio.wrap_future(store._worker.opened)
         except Exception as exc:

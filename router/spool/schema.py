@@ -51,21 +51,29 @@ _SQLITE_NOTADB = 26
 _CHUNK = 500
 
 
+# How long a process sharing the file waits for another's transaction (they take milliseconds).
+SHARED_BUSY_S = 10.0
+
+
 class CorruptDatabase(sqlite3.DatabaseError):
     """`PRAGMA quick_check` found damage."""
 
 
 def connect(
-    path: Path, schema: str, *, wal_limit_bytes: int = 8 * 1024 * 1024
+    path: Path, schema: str, *, wal_limit_bytes: int = 8 * 1024 * 1024, shared: bool = False
 ) -> sqlite3.Connection:
     """Open `path` for this process alone, in WAL mode with an fsync at every commit, and
     create `schema`. A damaged file is moved aside and a fresh one started, so a site never
-    stops serving because its spool was hurt; the event is logged with both paths."""
+    stops serving because its spool was hurt; the event is logged with both paths.
+
+    `shared`: several processes of one site (workers) open the file together: normal locking
+    with a busy timeout, so their transactions take turns. A damaged shared file is not moved
+    (another process may hold it open): the error stops start-up instead."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _open(path, schema, wal_limit_bytes)
+        return _open(path, schema, wal_limit_bytes, shared)
     except sqlite3.DatabaseError as exc:
-        if not _is_corruption(exc):
+        if shared or not _is_corruption(exc):
             raise
     moved = _aside(path)
     for suffix in ("", "-wal", "-shm"):
@@ -73,7 +81,7 @@ def connect(
         if source.exists():
             source.rename(f"{moved}{suffix}")
     log.error("spool database %s failed its integrity check; moved to %s", path, moved)
-    return _open(path, schema, wal_limit_bytes)
+    return _open(path, schema, wal_limit_bytes, shared)
 
 
 def _aside(path: Path) -> Path:
@@ -86,14 +94,15 @@ def _aside(path: Path) -> Path:
     raise FileExistsError(f"no free name to move {path} aside")
 
 
-def _open(path: Path, schema: str, wal_limit_bytes: int) -> sqlite3.Connection:
+def _open(path: Path, schema: str, wal_limit_bytes: int, shared: bool) -> sqlite3.Connection:
     # isolation_level=None: the worker issues BEGIN/COMMIT itself; timeout: a second process
-    # on the same file fails fast instead of waiting.
-    conn = sqlite3.connect(path, isolation_level=None, timeout=0.05)
+    # on an exclusive file fails fast; on a shared one, waits its turn (SQLite's busy timeout).
+    conn = sqlite3.connect(path, isolation_level=None, timeout=SHARED_BUSY_S if shared else 0.05)
     try:
-        # Exclusive before WAL: the WAL index then lives in this process's memory (no -shm
-        # file), and the lock taken by the first write keeps other processes out for good.
-        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        if not shared:
+            # Exclusive before WAL: the WAL index then lives in this process's memory (no
+            # -shm file), and the lock taken by the first write keeps other processes out.
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit_bytes)}")
@@ -114,13 +123,13 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
-def spool_schema() -> str:
+def spool_schema(*, free_leases: bool = True) -> str:
+    """`free_leases`: only for the one process that leases (drains); another process's start
+    must not free the records that one has in flight."""
     rows = ", ".join(f"('{name}', 0)" for name in COUNTERS)
     # Leases belong to the process that took them: after a restart every record is free.
-    return (
-        f"{_RECORDS} INSERT OR IGNORE INTO counters (name, value) VALUES {rows};"
-        " UPDATE records SET leased = 0 WHERE leased = 1;"
-    )
+    free = " UPDATE records SET leased = 0 WHERE leased = 1;" if free_leases else ""
+    return f"{_RECORDS} INSERT OR IGNORE INTO counters (name, value) VALUES {rows};{free}"
 
 
 def counters(conn: sqlite3.Connection) -> dict[str, int]:

@@ -25,7 +25,10 @@ Durability guarantees
 - Payloads are opaque bytes the caller has already desensitized (redacted with the central
   tier's rules): the spool never parses, logs or reports them.
 - One process per file: SQLite's exclusive locking mode makes a second opener fail with
-  SpoolUnavailable instead of sharing (and double-draining) the queue.
+  SpoolUnavailable instead of sharing (and double-draining) the queue. Except `shared=True`,
+  for a site's worker processes: normal locking with a busy timeout (transactions take
+  turns, each as durable as above), and exactly one of them drains: only the drainer leases
+  records, so only its opening (`drains=True`) frees the leases a crash left behind.
 
 Every SQLite call runs on the spool's own thread (see worker.py); the async methods hand work
 to it and the `*_sync` twins block, for scripts and tests.
@@ -99,16 +102,31 @@ class Spool:
         self._lock = threading.Lock()
 
     @classmethod
-    def _start(cls, path: Path, limits: Limits, clock: Callable[[], float]) -> Spool:
-        script = schema.spool_schema()
-        worker = SqliteWorker(f"spool:{path.name}", lambda: schema.connect(path, script))
+    def _start(
+        cls,
+        path: Path,
+        limits: Limits,
+        clock: Callable[[], float],
+        shared: bool = False,
+        drains: bool = True,
+    ) -> Spool:
+        script = schema.spool_schema(free_leases=drains)
+        worker = SqliteWorker(
+            f"spool:{path.name}", lambda: schema.connect(path, script, shared=shared)
+        )
         return cls(worker, path, limits, clock)
 
     @classmethod
     def open_sync(
-        cls, path: Path, limits: Limits | None = None, *, clock: Callable[[], float] = time.time
+        cls,
+        path: Path,
+        limits: Limits | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        shared: bool = False,
+        drains: bool = True,
     ) -> Spool:
-        spool = cls._start(path, limits or Limits(), clock)
+        spool = cls._start(path, limits or Limits(), clock, shared, drains)
         try:
             spool._worker.opened.result()
         except Exception as exc:
@@ -117,9 +135,17 @@ class Spool:
 
     @classmethod
     async def open(
-        cls, path: Path, limits: Limits | None = None, *, clock: Callable[[], float] = time.time
+        cls,
+        path: Path,
+        limits: Limits | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        shared: bool = False,
+        drains: bool = True,
     ) -> Spool:
-        spool = cls._start(path, limits or Limits(), clock)
+        """`shared`: other processes (the site's workers) open the file too; `drains`: this
+        one is the process that drains it (see the module's notes)."""
+        spool = cls._start(path, limits or Limits(), clock, shared, drains)
         try:
             await asyncio.wrap_future(spool._worker.opened)
         except Exception as exc:

@@ -16,8 +16,15 @@ from typing import Protocol
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from router.errors import ConnectFailed, UpstreamError, UpstreamReset, UpstreamTimeout
-from router.settings import ClusterSettings, TlsSettings
+from router.errors import (
+    ConnectFailed,
+    UpstreamError,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamTlsFailed,
+)
+from router.settings import ClusterSettings
+from router.upstreams.tls import ClientTls
 
 
 @dataclass(slots=True)
@@ -72,15 +79,20 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """aiohttp client with one pooled session per cluster; redirects are never followed."""
+    """aiohttp client with one pooled session per cluster; redirects are never followed.
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    The TLS context is read per request (aiohttp pools connections per context), so a context
+    rebuilt by `ClientTls.reload` is used by the next new connection."""
+
+    def __init__(self, session: aiohttp.ClientSession, tls: ClientTls | None = None) -> None:
         self._session = session
+        self._tls = tls
 
     async def send(
         self, request: UpstreamRequest, where: str, connect_timeout: float
     ) -> UpstreamResponse:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        tls = self._tls
         with map_errors(where):
             response = await self._session.request(
                 request.method,
@@ -89,6 +101,8 @@ class HttpTransport:
                 headers=request.headers,
                 allow_redirects=False,
                 timeout=timeout,
+                ssl=True if tls is None else tls.context,
+                server_hostname=None if tls is None else tls.server_hostname,
             )
         return UpstreamResponse(response, where)
 
@@ -97,13 +111,13 @@ class HttpTransport:
 
 
 def poster(
-    session: aiohttp.ClientSession, timeout_s: float = 30.0
+    session: aiohttp.ClientSession, timeout_s: float = 30.0, tls: ClientTls | None = None
 ) -> Callable[[str, bytes, Mapping[str, str]], Awaitable[tuple[int, bytes]]]:
     """A one-shot POST (status, body) over `session`, errors mapped like every upstream call:
     what the spool's drainer uploads batches with."""
 
     async def post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
-        transport = HttpTransport(session)
+        transport = HttpTransport(session, tls)
         async with asyncio.timeout(timeout_s):
             response = await transport.send(
                 UpstreamRequest("POST", url, headers, body), "collector", timeout_s
@@ -121,11 +135,8 @@ def plain_session() -> aiohttp.ClientSession:
 
 
 def session_for(cluster: ClusterSettings) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=cluster.max_connections,
-        ssl=ssl_context(cluster.tls),
-        enable_cleanup_closed=True,
-    )
+    # No TLS context here: HttpTransport passes its ClientTls's with every request.
+    connector = aiohttp.TCPConnector(limit=cluster.max_connections, enable_cleanup_closed=True)
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=True,
@@ -135,27 +146,24 @@ def session_for(cluster: ClusterSettings) -> aiohttp.ClientSession:
     )
 
 
-def ssl_context(tls: TlsSettings) -> ssl.SSLContext | bool:
-    if not (tls.ca_file or tls.cert_file) and tls.verify:
-        return True  # aiohttp's default verification against the system store
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 @contextlib.contextmanager
 def map_errors(where: str) -> Iterator[None]:
     try:
         yield
     except TimeoutError:
         raise UpstreamTimeout(f"{where}: timed out") from None
+    except aiohttp.ClientSSLError:
+        # Unknown CA, wrong name, expired, client certificate refused: no request was sent.
+        raise UpstreamTlsFailed(f"{where}: TLS handshake failed") from None
     except aiohttp.ClientConnectorError:
         raise ConnectFailed(f"{where}: connection failed") from None
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
+    except aiohttp.ClientOSError as exc:
+        # TLS 1.3 ends the handshake before the server checks the client's certificate: its
+        # refusal arrives as an alert on the first read, or (the alert lost) a plain reset.
+        if isinstance(exc.__cause__, ssl.SSLError):
+            raise UpstreamTlsFailed(f"{where}: TLS refused by the server") from None
+        raise UpstreamReset(f"{where}: connection reset") from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError):
         raise UpstreamReset(f"{where}: connection reset") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"{where}: {type(exc).__name__}") from None

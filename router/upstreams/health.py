@@ -81,6 +81,12 @@ class EndpointHealth:
             self._check_streak = max(self._check_streak, 0) + 1
             if not self.checked_healthy and self._check_streak >= rules.healthy_threshold:
                 self.checked_healthy = True
+                # The checks saw it go down and come back (a link flap, a restart): what got
+                # it ejected is over, and waiting out the ejection would leave a working link
+                # unused for up to max_ejection_s (Envoy's successful_active_health_check_
+                # uneject_host, narrowed to a real down-and-up so that an endpoint failing
+                # only real requests stays ejected).
+                self.ejected_until = 0.0
         else:
             self._check_streak = min(self._check_streak, 0) - 1
             if self.checked_healthy and -self._check_streak >= rules.unhealthy_threshold:

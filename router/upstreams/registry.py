@@ -13,6 +13,7 @@ from router.settings import ClusterSettings
 from router.upstreams.client import HttpTransport, Transport, session_for
 from router.upstreams.cluster import Cluster
 from router.upstreams.prober import Prober
+from router.upstreams.tls import ClientTls
 
 
 class Upstreams:
@@ -26,9 +27,16 @@ class Upstreams:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def from_settings(cls, settings: tuple[ClusterSettings, ...], offline: bool) -> Upstreams:
+    def from_settings(
+        cls,
+        settings: tuple[ClusterSettings, ...],
+        offline: bool,
+        tls: Mapping[str, ClientTls] | None = None,
+    ) -> Upstreams:
+        """`tls`: each cluster's client TLS (built from `settings` when not given)."""
+        tls = tls if tls is not None else {s.name: ClientTls(s.tls, s.name) for s in settings}
         clusters = [Cluster.from_settings(s) for s in settings]
-        transports = {s.name: HttpTransport(session_for(s)) for s in settings}
+        transports = {s.name: HttpTransport(session_for(s), tls[s.name]) for s in settings}
         return cls(clusters, transports, offline)
 
     async def start(self) -> None:

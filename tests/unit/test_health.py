@@ -161,3 +161,21 @@ class TestActiveChecks:
         assert health.checked_healthy
         assert not health.live(5.0)
         assert health.live(10.0)
+
+    def test_coming_back_ends_an_ejection(self) -> None:
+        """Checked down, then up again: the ejection (from the outage) ends with it."""
+        health = EndpointHealth(prior_ms=1.0)
+        fail(health, 5, now=0.0)
+        for _ in range(3):
+            health.check_result(False, self.CHECKS)
+        for _ in range(2):
+            health.check_result(True, self.CHECKS)
+        assert health.live(1.0)
+
+    def test_passing_checks_alone_keep_the_ejection(self) -> None:
+        """An endpoint that never failed a check stays ejected: its requests were failing."""
+        health = EndpointHealth(prior_ms=1.0)
+        fail(health, 5, now=0.0)
+        for _ in range(5):
+            health.check_result(True, self.CHECKS)
+        assert not health.live(1.0)

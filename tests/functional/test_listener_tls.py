@@ -1,0 +1,121 @@
+"""TLS on the listener (`server.tls`), in a real `layer-router serve` process: a client that
+trusts the site's CA and presents a certificate is served over HTTPS; one without a client
+certificate is refused when `client_ca_file` is set; plain HTTP gets nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+import router
+
+ROUTER_ROOT = Path(router.__file__).resolve().parents[1]
+URL = re.compile(r"listening on (https://[^\s,]+)")
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+@asynccontextmanager
+async def serve(config: Path, log: Path) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROUTER_ROOT), env.get("PYTHONPATH")]))
+    with log.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router", "serve", "--config", str(config), "--port", "0",
+            stdout=asyncio.subprocess.PIPE, stderr=err, env=env,
+        )  # fmt: skip
+        try:
+            assert process.stdout is not None
+            async with asyncio.timeout(60):
+                while not (match := URL.search((await process.stdout.readline()).decode())):
+                    assert process.returncode is None, f"serve exited; see {log}"
+            yield match.group(1), process
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                await process.wait()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> tuple[Path, trustme.CA, trustme.CA]:
+    """A config whose listener has a certificate from `server_ca` and trusts `client_ca`."""
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    leaf = server_ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "site.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "site.key"))
+    client_ca.cert_pem.write_to_path(str(tmp_path / "clients.pem"))
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        "server:\n  readiness_grace_s: 0\n"
+        "  tls: {cert_file: site.pem, key_file: site.key, client_ca_file: clients.pem}\n"
+    )
+    return config, server_ca, client_ca
+
+
+async def get_live(url: str, context: ssl.SSLContext | bool) -> int:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as http,
+        http.get(f"{url}/v2/health/live", ssl=context) as response,
+    ):
+        return response.status
+
+
+async def test_listener_requires_client_certificates(
+    site: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    """With the client CA set: served over HTTPS with a client certificate, refused without
+    one, and plain HTTP on the port never gets an answer."""
+    config, server_ca, client_ca = site
+    with_cert = ssl.create_default_context()
+    server_ca.configure_trust(with_cert)
+    client_ca.issue_cert("operator").configure_cert(with_cert)
+    without_cert = ssl.create_default_context()
+    server_ca.configure_trust(without_cert)
+    async with serve(config, tmp_path / "stderr.log") as (url, _):
+        assert await get_live(url, with_cert) == 200
+        with pytest.raises(aiohttp.ClientError):
+            await get_live(url, without_cert)
+        with pytest.raises(aiohttp.ClientError):
+            await get_live(url.replace("https://", "http://"), False)
+
+
+async def test_sighup_rotates_the_listener_certificate(
+    site: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    """New certificate files from another CA + SIGHUP: new connections are served with the
+    new certificate (clients trusting only the new CA get in, those trusting the old do not)."""
+    config, server_ca, client_ca = site
+    renewed_ca = trustme.CA()
+
+    def client(ca: trustme.CA) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        client_ca.issue_cert("operator").configure_cert(context)
+        return context
+
+    async with serve(config, tmp_path / "stderr.log") as (url, process):
+        assert await get_live(url, client(server_ca)) == 200
+        leaf = renewed_ca.issue_cert("127.0.0.1")
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "site.pem"))
+        leaf.private_key_pem.write_to_path(str(tmp_path / "site.key"))
+        process.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    if await get_live(url, client(renewed_ca)) == 200:
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+        with pytest.raises(aiohttp.ClientError):
+            await get_live(url, client(server_ca))
+        assert process.returncode is None

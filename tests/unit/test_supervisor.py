@@ -1,0 +1,89 @@
+"""The supervisor's restart rule: quick crashes back off 1, 2, 4 ... 30 s; a long run starts
+the back-off again; a worker failing its first start stops the site; worker indices and
+admin ports come from the environment."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from router.settings import Settings
+from router.workers import (
+    PORT_ENV,
+    WORKER_ENV,
+    Slot,
+    Supervisor,
+    admin_port,
+    as_worker,
+    is_primary,
+    worker_index,
+)
+
+
+class Exited:
+    """A stand-in for a worker process that has exited with `code`."""
+
+    def __init__(self, code: int) -> None:
+        self.returncode = code
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def crash(supervisor: Supervisor, slot: Slot, code: int, ran_s: float, now: float) -> float:
+    """Let `slot`'s worker exit after `ran_s`; the delay before its restart."""
+    slot.process = Exited(code)  # type: ignore[assignment]
+    slot.started = now - ran_s
+    assert supervisor._tend(slot, now) is None
+    return slot.restart_at - now
+
+
+def test_quick_crashes_back_off_and_a_long_run_resets() -> None:
+    """1, 2, 4 ... capped at 30 s for crashes in a row; after a run of a minute, 1 s again."""
+    supervisor = Supervisor(["true"], 1, Settings(), io.StringIO())
+    slot = supervisor.slots[0]
+    slot.starts = 2  # past the first start
+    delays = [crash(supervisor, slot, -9, ran_s=1.0, now=100.0) for _ in range(7)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert crash(supervisor, slot, 1, ran_s=61.0, now=200.0) == 1.0
+
+
+def test_failing_first_start_stops_the_site() -> None:
+    """Exit 2 within seconds of the first start: the code is returned, no restart planned."""
+    supervisor = Supervisor(["true"], 1, Settings(), io.StringIO())
+    slot = supervisor.slots[0]
+    slot.starts, slot.started = 1, 10.0
+    slot.process = Exited(2)  # type: ignore[assignment]
+    assert supervisor._tend(slot, 11.0) == 2
+
+
+def test_killed_on_first_start_is_restarted() -> None:
+    """A worker killed by a signal (not failing by itself) is restarted even at first."""
+    supervisor = Supervisor(["true"], 1, Settings(), io.StringIO())
+    slot = supervisor.slots[0]
+    slot.starts = 1
+    assert crash(supervisor, slot, -9, ran_s=1.0, now=50.0) == 1.0
+
+
+def test_index_and_admin_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone: no index, primary, the admin port as set; worker 2: its own admin port."""
+    monkeypatch.delenv(WORKER_ENV, raising=False)
+    assert (worker_index(), is_primary(), admin_port(8002)) == (None, True, 8002)
+    monkeypatch.setenv(WORKER_ENV, "2")
+    assert (worker_index(), is_primary(), admin_port(8002), admin_port(0)) == (2, False, 8004, 0)
+
+
+def test_as_worker_takes_the_reserved_port_and_its_admin_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker 1: the supervisor's port from the environment, admin port + 1 (0 stays 0)."""
+    monkeypatch.setenv(WORKER_ENV, "1")
+    monkeypatch.setenv(PORT_ENV, "41000")
+    doc: dict[str, Any] = {"server": {"port": 0}, "admin": {"port": 8002}}
+    as_worker(doc)
+    assert doc == {"server": {"port": 41000}, "admin": {"port": 8003}}
+    doc = {"server": {"port": 0}, "admin": {"port": 0}}
+    as_worker(doc)
+    assert doc["admin"] == {"port": 0}
