@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 
 from aiohttp import web
 
 from router.api import kserve_v2, openai
+from router.api.current import generation_middleware
 from router.api.errors import error_middleware
 from router.api.state import (
+    BUNDLE,
     CACHE,
     COLLECTOR,
-    MODELS,
-    PIPELINES,
-    POLICY,
-    PRIVACY,
+    RELOADER,
+    RUNTIME,
     SETTINGS,
     SPOOL,
     STATUS,
@@ -37,9 +38,13 @@ from router.inference.repository import (
     default_session_builder,
 )
 from router.pipeline import Pipeline
-from router.policy.bundle import load_bundle
+from router.policy.bundle import PolicyBundle
+from router.policy.distribution import Start, first_bundle
+from router.policy.updater import BundleUpdater
 from router.privacy import Privacy
-from router.resources import audit_path, default_policy_bundle, demo_model_repository, state_dir
+from router.reload import Reloader
+from router.resources import audit_path, demo_model_repository, state_dir
+from router.runtime import Generation, Runtime
 from router.settings import Settings
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
@@ -59,27 +64,40 @@ def build_app(
     *,
     providers: Sequence[str] | None = None,
     session_builder: SessionBuilder = default_session_builder,
+    read_settings: Callable[[], Settings] | None = None,
 ) -> web.Application:
-    """`providers` and `session_builder` stand in for onnxruntime's in tests."""
+    """`providers` and `session_builder` stand in for onnxruntime's in tests; `read_settings`
+    re-reads the site config on reload (None: reloads keep the settings, re-read the rest)."""
     app = web.Application(
-        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[error_middleware, generation_middleware],
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
-    app[POLICY] = bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
-    app[PRIVACY] = privacy = Privacy.build(bundle, settings.policy.secret_file)
+    start = first_bundle(settings)
+    app[BUNDLE] = start.state
+    privacy = Privacy.build(start.bundle, settings.policy.secret_file)
     cache = settings.cache
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
-    app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(
+        partial(
+            _runtime,
+            start=start,
+            privacy=privacy,
+            providers=providers,
+            build=session_builder,
+            read_settings=read_settings,
+        )
+    )
     app.cleanup_ctx.append(_spool)
     app.cleanup_ctx.append(_audit)
-    app.cleanup_ctx.append(_pipelines)
     kserve_v2.add_routes(app)
     openai.add_routes(app)
     app[COLLECTOR] = []
     app.cleanup_ctx.append(_collector)
     app.router.add_post(COLLECTOR_PATH, _collect)
+    app.cleanup_ctx.append(partial(_updates, start=start))
     return app
 
 
@@ -119,22 +137,79 @@ def build_pipelines(
     )
 
 
-async def _models(
-    app: web.Application, *, providers: Sequence[str] | None, build: SessionBuilder
+async def _runtime(
+    app: web.Application,
+    *,
+    start: Start,
+    privacy: Privacy,
+    providers: Sequence[str] | None,
+    build: SessionBuilder,
+    read_settings: Callable[[], Settings] | None,
 ) -> AsyncIterator[None]:
-    settings = app[SETTINGS].models
-    executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
+    """The first runtime generation, and the reloader that makes the next ones."""
+    settings = app[SETTINGS]
+    executor = ThreadPoolExecutor(settings.models.inference_threads, thread_name_prefix="inference")
     available = providers if providers is not None else available_providers()
-    loader = Loader(settings, executor, available, build)
-    path = settings.repository or demo_model_repository()
+    # Large bodies are scanned here, never on the event loop; two threads bound that work.
+    redaction = ThreadPoolExecutor(2, thread_name_prefix="redaction")
+    numbers = itertools.count(1)
+
+    def load_models(settings: Settings) -> ModelRepository:
+        loader = Loader(settings.models, executor, available, build)
+        return loader.load(settings.models.repository or demo_model_repository())
+
+    def generation(
+        settings: Settings, bundle: PolicyBundle, models: ModelRepository, pending: bool
+    ) -> Generation:
+        site_privacy = Privacy.build(bundle, settings.policy.secret_file, privacy.secret)
+        pipelines = build_pipelines(
+            settings, models, app[UPSTREAMS], site_privacy, redaction, app[CACHE]
+        )
+        return Generation(next(numbers), settings, bundle, site_privacy, models, pipelines, pending)
+
     # Loading reads files and builds sessions: seconds of blocking work kept off the loop.
-    repository = await asyncio.to_thread(loader.load, path)
-    app[MODELS] = repository
+    models = await asyncio.to_thread(load_models, settings)
+    app[RUNTIME] = runtime = Runtime(generation(settings, start.bundle, models, start.pending))
+    updater = BundleUpdater(
+        start.source, start.keeper, start.state, _activate(app), persist=start.remote
+    )
+    app[RELOADER] = reloader = Reloader(runtime, updater, generation, load_models, read_settings)
+    await reloader.start()
     try:
         yield
     finally:
-        repository.close()
+        await runtime.close()
+        await start.source.close()
         executor.shutdown(wait=False, cancel_futures=True)
+        redaction.shutdown(wait=False, cancel_futures=True)
+
+
+def _activate(app: web.Application) -> Callable[[PolicyBundle], Awaitable[None]]:
+    async def activate(bundle: PolicyBundle) -> None:
+        await app[RELOADER].activate_bundle(bundle)
+        app[SPOOL].privacy = app[RUNTIME].current.privacy
+
+    return activate
+
+
+async def _updates(app: web.Application, *, start: Start) -> AsyncIterator[None]:
+    """Polling: the bundle source (a remote one at once: readiness waits for it), the config
+    file and the model repository (when `reload.poll_interval_s` is set)."""
+    settings = app[SETTINGS]
+    reloader = app[RELOADER]
+    loop = asyncio.get_running_loop()
+    tasks = []
+    if settings.policy.source is not None:
+        interval = settings.policy.source.poll_interval_s
+        tasks.append(loop.create_task(reloader.updater.run(interval, first=start.remote)))
+    if settings.reload.poll_interval_s > 0:
+        tasks.append(loop.create_task(reloader.poll(settings.reload.poll_interval_s)))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
@@ -163,7 +238,7 @@ async def _spool(app: web.Application) -> AsyncIterator[None]:
             spool = await Spool.open(path, limits_of(spool_settings))
         except (OSError, SpoolUnavailable) as exc:
             raise ConfigError(str(path), [f"spool cannot be opened: {exc}"]) from None
-    app[SPOOL] = store = StoreAndForward(spool, app[PRIVACY], settings.site.id)
+    app[SPOOL] = store = StoreAndForward(spool, app[RUNTIME].current.privacy, settings.site.id)
     tasks, session = [], None
     if spool is not None and spool_settings.collector_url:
         session = plain_session()
@@ -245,21 +320,11 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     log: AuditLog | None = None
     if audit.enabled:
         log = await asyncio.to_thread(_open_audit_log, settings)
-    app[TRAIL] = Trail(log, app[PRIVACY].secret, settings.site, app[SPOOL].audit_copy)
+    app[TRAIL] = Trail(
+        log, app[RUNTIME].current.privacy.secret, settings.site, app[SPOOL].audit_copy
+    )
     try:
         yield
     finally:
         if log is not None:
             await log.aclose()
-
-
-async def _pipelines(app: web.Application) -> AsyncIterator[None]:
-    # Large bodies are scanned here, never on the event loop; two threads bound that work.
-    executor = ThreadPoolExecutor(2, thread_name_prefix="redaction")
-    app[PIPELINES] = build_pipelines(
-        app[SETTINGS], app[MODELS], app[UPSTREAMS], app[PRIVACY], executor, app[CACHE]
-    )
-    try:
-        yield
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""layer-router serve | check | audit."""
+"""layer-router serve | check | audit | bundle."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from router import __version__, logs, yamlconf
 from router.audit import cli as audit_cli
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
+from router.policy import cli as bundle_cli
 from router.policy.bundle import PolicyBundle, load_bundle
 from router.policy.cases import run_cases
 from router.privacy import Privacy
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
     check.add_argument("--model-repository", type=Path, help="model repository folder")
     audit_cli.add_parser(commands)
+    bundle_cli.add_parser(commands)
     return parser
 
 
@@ -73,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_cli.run(args)
+    if args.command == "bundle":
+        return bundle_cli.run(args)
     try:
         settings = _settings(args)
         bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
@@ -88,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return max(policy, check(settings))
     from router.server import serve
 
-    return serve(settings)
+    # SIGHUP re-reads the file with the same command-line flags on top.
+    return serve(settings, read_settings=lambda: _settings(args))
 
 
 def check_policy(bundle: PolicyBundle, settings: Settings) -> int:

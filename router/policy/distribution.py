@@ -1,0 +1,66 @@
+"""Which bundle a site starts on, and how it is kept current.
+
+The rule: when public keys are configured, every bundle must carry a valid signature by one of
+them (the unsigned embedded default is then never used to serve). Without keys, only a local
+bundle (a folder, a .tar.gz, or the embedded default) may be used, and it may be unsigned; a
+remote source without keys is a configuration error (see PolicySettings)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from router.errors import BundleRejected
+from router.policy.bundle import PolicyBundle, load_bundle
+from router.policy.keeper import BundleKeeper, BundleState
+from router.policy.signing import load_public_keys
+from router.policy.source import PathSource, Source, source_for
+from router.resources import default_policy_bundle, state_dir
+from router.settings import BundleSourceSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Start:
+    bundle: PolicyBundle
+    pending: bool  # no good bundle yet: serve nothing until the source answers
+    keeper: BundleKeeper
+    state: BundleState
+    source: Source
+    remote: bool
+
+
+def source_settings(settings: Settings) -> BundleSourceSettings:
+    policy = settings.policy
+    if policy.source is not None:
+        return policy.source
+    return BundleSourceSettings(path=policy.bundle or default_policy_bundle())
+
+
+def first_bundle(settings: Settings) -> Start:
+    """Blocking: reads keys and files. A bad local bundle stops start-up (BundleRejected, a
+    ConfigError); a remote source starts on the last good copy on disk, else pending."""
+    keys = load_public_keys(settings.policy.public_keys)
+    keeper = BundleKeeper(keys, state_dir() / "policy" / settings.site.id)
+    configured = source_settings(settings)
+    source = source_for(configured)
+    embedded = settings.policy.source is None and settings.policy.bundle is None
+    state = BundleState(source="embedded" if embedded else source.name, signed=bool(keys))
+    if isinstance(source, PathSource):
+        fetched = source.read()
+        bundle, keyid = keeper.accept(fetched.files)
+        state.activated(bundle, fetched.etag, keyid)
+        return Start(bundle, False, keeper, state, source, remote=False)
+    kept = keeper.last_good()
+    if kept is not None:
+        files, _, etag = kept
+        try:
+            bundle, keyid = keeper.accept(files)
+        except (BundleRejected, OSError) as exc:  # kept, but no longer verifiable: pending
+            log.warning("last good policy bundle on disk rejected: %s", exc)
+        else:
+            state.activated(bundle, etag, keyid)
+            state.from_last_good = True
+            return Start(bundle, False, keeper, state, source, remote=True)
+    return Start(load_bundle(default_policy_bundle()), True, keeper, state, source, remote=True)
