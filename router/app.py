@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 
@@ -170,8 +170,13 @@ async def _runtime(
     # Loading reads files and builds sessions: seconds of blocking work kept off the loop.
     models = await asyncio.to_thread(load_models, settings)
     app[RUNTIME] = runtime = Runtime(generation(settings, start.bundle, models, start.pending))
+    runtime.listeners.append(lambda new: setattr(app[SPOOL], "privacy", new.privacy))
     updater = BundleUpdater(
-        start.source, start.keeper, start.state, _activate(app), persist=start.remote
+        start.source,
+        start.keeper,
+        start.state,
+        lambda bundle: app[RELOADER].activate_bundle(bundle),
+        persist=start.remote,
     )
     app[RELOADER] = reloader = Reloader(runtime, updater, generation, load_models, read_settings)
     await reloader.start()
@@ -182,14 +187,6 @@ async def _runtime(
         await start.source.close()
         executor.shutdown(wait=False, cancel_futures=True)
         redaction.shutdown(wait=False, cancel_futures=True)
-
-
-def _activate(app: web.Application) -> Callable[[PolicyBundle], Awaitable[None]]:
-    async def activate(bundle: PolicyBundle) -> None:
-        await app[RELOADER].activate_bundle(bundle)
-        app[SPOOL].privacy = app[RUNTIME].current.privacy
-
-    return activate
 
 
 async def _updates(app: web.Application, *, start: Start) -> AsyncIterator[None]:

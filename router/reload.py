@@ -17,6 +17,7 @@ from router.errors import ConfigError
 from router.inference.repository import ModelRepository
 from router.policy.bundle import PolicyBundle
 from router.policy.updater import BundleUpdater
+from router.resources import demo_model_repository
 from router.runtime import Generation, Runtime
 from router.settings import Settings
 
@@ -158,15 +159,18 @@ class Reloader:
             for key in self.state.restart_required:
                 log.warning("setting %s changed: it takes effect only after a restart", key)
             settings = applied(self._started, new)
-        await self.updater.check()
+        activated = await self.updater.check()
         models = await self._models_for(settings)
         current = self.runtime.current  # the bundle check may have swapped already
         changed = models is not current.models or settings != current.settings
         if changed:
             self._swap(self._build(settings, current.bundle, models, current.pending))
         for hook in self.hooks:
-            await hook(settings)
-        return changed
+            try:
+                await hook(settings)
+            except Exception as exc:  # a plug-in's failure must not undo the reload
+                log.error("reload hook %s failed: %s", getattr(hook, "__name__", hook), exc)
+        return changed or activated
 
     async def _models_for(self, settings: Settings) -> ModelRepository:
         current = self.runtime.current
@@ -174,13 +178,16 @@ class Reloader:
         if fingerprint == self._fingerprint and settings.models == current.settings.models:
             return current.models
         models = await asyncio.to_thread(self._load_models, settings)
+        if current.models.ready and not models.ready:
+            # Swapping in a repository with broken models would fail requests that work now.
+            problems = models.failures
+            models.close()
+            raise ConfigError(str(models.path), problems)
         self._fingerprint = fingerprint
         return models
 
     @staticmethod
     def _models_fingerprint(settings: Settings) -> str:
-        from router.resources import demo_model_repository
-
         path = settings.models.repository or demo_model_repository()
         return repository_fingerprint(path) if path.is_dir() else ""
 

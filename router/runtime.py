@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from router.inference.repository import ModelRepository
@@ -67,11 +68,15 @@ class Runtime:
     def __init__(self, first: Generation) -> None:
         self.current = first
         self.swaps = 0
+        # Called with each new generation as it goes live (e.g. to hand on its privacy).
+        self.listeners: list[Callable[[Generation], None]] = []
         self._retiring: set[asyncio.Task[None]] = set()
 
     def swap(self, new: Generation) -> Generation:
         old, self.current = self.current, new
         self.swaps += 1
+        for listener in self.listeners:
+            listener(new)
         task = asyncio.get_running_loop().create_task(self._retire(old, new))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)

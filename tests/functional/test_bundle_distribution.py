@@ -122,9 +122,7 @@ def test_three_sites_follow_the_central_bundle(
     server, thread = central
     url = thread.url + "/bundles/site.tar.gz"
     server.publish(bundle(tmp_path, "r1", keys[0]))
-    sites = [
-        RouterThread(site_settings(f"site-{n}", url, keys[1], edge_models)) for n in range(3)
-    ]
+    sites = [RouterThread(site_settings(f"site-{n}", url, keys[1], edge_models)) for n in range(3)]
     for site in sites:
         site.start()
     try:
@@ -169,7 +167,8 @@ def test_a_site_starts_on_its_last_good_bundle_while_the_server_is_down(
             wait_for(lambda: bundle_status(site)["revision"] == "kept-1", 10)
     with RouterThread(settings) as site:  # the server is gone now
         status = bundle_status(site)
-        assert status["revision"] == "kept-1" and status["from_last_good"] is True
+        assert status["revision"] == "kept-1"
+        assert status["from_last_good"] is True
         assert requests.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
         wait_for(lambda: bundle_status(site)["last_error"] is not None, 10)
         assert "unreachable" in bundle_status(site)["last_error"]
@@ -192,5 +191,6 @@ def test_a_site_without_any_good_bundle_is_not_ready(
         answer = requests.post(
             site.url + "/v2/models/color_classifier/infer", data=INFER, timeout=10
         )
-        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        assert answer.status_code == 503
+        assert answer.headers["Retry-After"]
         assert "no verified policy bundle" in answer.json()["error"]
