@@ -53,22 +53,20 @@ def restart_only_changes(running: Settings, new: Settings) -> list[str]:
     """Dotted keys that differ between `running` and `new` and need a restart to apply."""
     old_doc, new_doc = running.model_dump(mode="json"), new.model_dump(mode="json")
     changed = []
-    for section in old_doc.keys() | new_doc.keys():
-        if old_doc.get(section) == new_doc.get(section):
-            continue
-        keys = RELOADABLE.get(section, ())
-        if keys is None:
-            continue
+    for section in sorted(old_doc.keys() | new_doc.keys()):
         a, b = old_doc.get(section), new_doc.get(section)
-        if not keys or not isinstance(a, dict) or not isinstance(b, dict):
+        if a == b or (section in RELOADABLE and RELOADABLE[section] is None):
+            continue
+        reloadable = RELOADABLE.get(section) or ()
+        if not isinstance(a, dict) or not isinstance(b, dict):
             changed.append(section)
             continue
         changed += [
-            f"{section}.{k}"
-            for k in sorted(a.keys() | b.keys())
-            if k not in keys and a.get(k) != b.get(k)
+            f"{section}.{key}"
+            for key in sorted(a.keys() | b.keys())
+            if key not in reloadable and a.get(key) != b.get(key)
         ]
-    return sorted(changed)
+    return changed
 
 
 def applied(running: Settings, new: Settings) -> Settings:
@@ -159,18 +157,29 @@ class Reloader:
             for key in self.state.restart_required:
                 log.warning("setting %s changed: it takes effect only after a restart", key)
             settings = applied(self._started, new)
-        activated = await self.updater.check()
-        models = await self._models_for(settings)
-        current = self.runtime.current  # the bundle check may have swapped already
-        changed = models is not current.models or settings != current.settings
+        fresh: list[PolicyBundle] = []
+
+        async def hold(bundle: PolicyBundle) -> None:
+            fresh.append(bundle)  # applied below, in the same generation as the models
+
+        await self.updater.check(activate=hold)
+        try:
+            models = await self._models_for(settings)
+        except ConfigError:
+            if fresh:  # the bundle is good even when the models are not: apply it alone
+                await self.activate_bundle(fresh[-1])
+            raise
+        current = self.runtime.current
+        bundle = fresh[-1] if fresh else current.bundle
+        changed = bool(fresh) or models is not current.models or settings != current.settings
         if changed:
-            self._swap(self._build(settings, current.bundle, models, current.pending))
+            self._swap(self._build(settings, bundle, models, current.pending and not fresh))
         for hook in self.hooks:
             try:
                 await hook(settings)
             except Exception as exc:  # a plug-in's failure must not undo the reload
                 log.error("reload hook %s failed: %s", getattr(hook, "__name__", hook), exc)
-        return changed or activated
+        return changed
 
     async def _models_for(self, settings: Settings) -> ModelRepository:
         current = self.runtime.current

@@ -35,12 +35,13 @@ class BundleUpdater:
         self._persist = persist
         self._lock = asyncio.Lock()
 
-    async def check(self) -> bool:
-        """One poll; True when a new bundle was activated. Polls never overlap."""
+    async def check(self, activate: Activate | None = None) -> bool:
+        """One poll; True when a new bundle was activated (by `activate`, when given, instead
+        of the updater's own). Polls never overlap."""
         async with self._lock:
-            return await self._check()
+            return await self._check(activate or self._activate)
 
-    async def _check(self) -> bool:
+    async def _check(self, activate: Activate) -> bool:
         state = self.state
         state.checks += 1
         state.last_check = time.time()
@@ -54,7 +55,7 @@ class BundleUpdater:
             state.rejected(exc.reason)
             log.warning("policy bundle from %s rejected: %s", self.source.name, exc.reason)
             return False
-        await self._activate(bundle)
+        await activate(bundle)
         state.activated(bundle, fetched.etag, keyid)
         state.from_last_good = False
         log.info("policy bundle %r revision %s activated", bundle.manifest.name, bundle.revision)
