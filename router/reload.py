@@ -24,8 +24,15 @@ from router.settings import Settings
 log = logging.getLogger(__name__)
 
 # Everything else needs a restart: listeners, workers, stores, clusters and their transports.
-RELOADABLE = {
-    "routing": None,
+RELOADABLE: dict[str, tuple[str, ...]] = {
+    # routing.offline is read by the upstream registry, which lives as long as the process.
+    "routing": (
+        "kserve_v2_budget_ms",
+        "openai_budget_ms",
+        "local_max_payload_bytes",
+        "idempotent_paths",
+        "models",
+    ),
     "models": ("repository", "max_queue_size", "inline_max_us", "execution_providers"),
 }  # policy: its content reloads from the configured source; the source itself is restart-only
 
@@ -55,9 +62,9 @@ def restart_only_changes(running: Settings, new: Settings) -> list[str]:
     changed = []
     for section in sorted(old_doc.keys() | new_doc.keys()):
         a, b = old_doc.get(section), new_doc.get(section)
-        if a == b or (section in RELOADABLE and RELOADABLE[section] is None):
+        if a == b:
             continue
-        reloadable = RELOADABLE.get(section) or ()
+        reloadable = RELOADABLE.get(section, ())
         if not isinstance(a, dict) or not isinstance(b, dict):
             changed.append(section)
             continue
@@ -73,12 +80,8 @@ def applied(running: Settings, new: Settings) -> Settings:
     """`running` with the reloadable keys of `new`."""
     update: dict[str, Any] = {}
     for section, keys in RELOADABLE.items():
-        fresh = getattr(new, section)
-        if keys is None:
-            update[section] = fresh
-        else:
-            values = {k: getattr(fresh, k) for k in keys}
-            update[section] = getattr(running, section).model_copy(update=values)
+        values = {key: getattr(getattr(new, section), key) for key in keys}
+        update[section] = getattr(running, section).model_copy(update=values)
     return running.model_copy(update=update)
 
 

@@ -17,6 +17,8 @@ import pytest
 import requests
 from aiohttp import web
 
+from router.app import build_app
+from router.errors import BundleRejected
 from router.policy.archive import pack, read_folder
 from router.policy.signing import SIGNATURES_FILE, generate_keypair, load_private_key, sign
 from router.resources import default_policy_bundle
@@ -194,3 +196,44 @@ def test_a_site_without_any_good_bundle_is_not_ready(
         assert answer.status_code == 503
         assert answer.headers["Retry-After"]
         assert "no verified policy bundle" in answer.json()["error"]
+
+
+def test_a_local_archive_source_is_polled(
+    tmp_path: Path, keys: tuple[Path, Path], edge_models: Path
+) -> None:
+    """A path source is re-read every poll: a new signed archive is activated, an unchanged
+    one counts as not modified, an unsigned one is rejected and the old revision stays."""
+    archive = tmp_path / "site.tar.gz"
+    archive.write_bytes(bundle(tmp_path, "p1", keys[0]))
+    settings = Settings.model_validate(
+        {
+            "site": {"id": "path-site"},
+            "models": {"repository": edge_models, "inference_threads": 1},
+            "policy": {
+                "source": {"path": archive, "poll_interval_s": 0.2},
+                "public_keys": [keys[1]],
+            },
+        }
+    )
+    with RouterThread(settings) as site:
+        assert bundle_status(site)["revision"] == "p1"
+        wait_for(lambda: bundle_status(site)["not_modified"] >= 1, 5)
+        archive.write_bytes(bundle(tmp_path, "p2", keys[0]))
+        wait_for(lambda: bundle_status(site)["revision"] == "p2", 5)
+        archive.write_bytes(bundle(tmp_path, "p3", None))
+        wait_for(lambda: bundle_status(site)["rejections"] >= 1, 5)
+        assert bundle_status(site)["revision"] == "p2"
+
+
+def test_an_unsigned_local_bundle_does_not_start_when_keys_are_configured(
+    tmp_path: Path, keys: tuple[Path, Path], edge_models: Path
+) -> None:
+    """With public keys configured, even a local bundle folder must be signed."""
+    settings = Settings.model_validate(
+        {
+            "models": {"repository": edge_models},
+            "policy": {"bundle": default_policy_bundle(), "public_keys": [keys[1]]},
+        }
+    )
+    with pytest.raises(BundleRejected, match="not signed"):
+        build_app(settings)
