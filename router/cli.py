@@ -13,10 +13,11 @@ from router.audit import cli as audit_cli
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
 from router.policy import cli as bundle_cli
-from router.policy.bundle import PolicyBundle, load_bundle
+from router.policy.bundle import PolicyBundle
 from router.policy.cases import run_cases
+from router.policy.distribution import checked_bundle
 from router.privacy import Privacy
-from router.resources import default_policy_bundle, demo_model_repository
+from router.resources import demo_model_repository
 from router.settings import Settings, load_settings
 
 
@@ -79,12 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bundle_cli.run(args)
     try:
         settings = _settings(args)
-        bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
+        bundle = checked_bundle(settings) if args.command == "check" else None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.logging.level)
     if args.command == "check":
+        if bundle is None:
+            source = settings.policy.source.url if settings.policy.source else ""
+            print(f"policy bundle from {source}: verified when fetched")
+            return check(settings)
         print(f"policy bundle '{bundle.manifest.name}' revision {bundle.revision} ({bundle.path})")
         policy = check_policy(bundle, settings)
         if policy == 2:

@@ -7,8 +7,12 @@ remote source without keys is a configuration error (see PolicySettings)."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from router.errors import BundleRejected
 from router.policy.bundle import PolicyBundle, load_bundle
@@ -64,3 +68,17 @@ def first_bundle(settings: Settings) -> Start:
             state.from_last_good = True
             return Start(bundle, False, keeper, state, source, remote=True)
     return Start(load_bundle(default_policy_bundle()), True, keeper, state, source, remote=True)
+
+
+def checked_bundle(settings: Settings) -> PolicyBundle | None:
+    """For `layer-router check`: the local bundle, verified as `serve` would verify it (in a
+    scratch folder, leaving the state directory alone); None for a remote source. Blocking."""
+    configured = source_settings(settings)
+    if configured.url is not None:
+        return None
+    keys = load_public_keys(settings.policy.public_keys)
+    scratch = Path(tempfile.mkdtemp(prefix="layer-router-check-"))
+    # Kept until the command exits: the bundle's cases are read from it after this returns.
+    atexit.register(shutil.rmtree, scratch, True)
+    bundle, _ = BundleKeeper(keys, scratch).accept(PathSource(configured).read().files)
+    return bundle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from test_serve_process import run_cli
@@ -50,3 +51,22 @@ def test_build_signs_in_one_step_and_keygen_never_overwrites(tmp_path: Path) -> 
     assert run_cli("bundle", "verify", archive, "--public-key", tmp_path / "k.pub").returncode == 0
     again = run_cli("bundle", "keygen", tmp_path / "k")
     assert again.returncode == 2
+
+
+def test_check_verifies_a_local_bundle_against_the_configured_keys(tmp_path: Path) -> None:
+    """`check` refuses an unsigned bundle when keys are configured (exit 2) and accepts the
+    same bundle once signed."""
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    archive = tmp_path / "b.tar.gz"
+    assert run_cli("bundle", "build", default_policy_bundle(), "-o", archive).returncode == 0
+    config = tmp_path / "site.yaml"
+    config.write_text("policy: {source: {path: b.tar.gz}, public_keys: [k.pub]}\n")
+    refused = run_cli("check", config)
+    assert refused.returncode == 2
+    assert "not signed" in refused.stderr
+    assert run_cli("bundle", "sign", archive, "--signing-key", tmp_path / "k.key").returncode == 0
+    accepted = run_cli("check", config)
+    assert accepted.returncode == 0, accepted.stderr
+    passed = re.search(r"(\d+) policy cases passed", accepted.stdout)
+    assert passed is not None
+    assert int(passed.group(1)) > 0  # the archive's cases ran
