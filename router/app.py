@@ -178,6 +178,7 @@ async def _runtime(
         lambda bundle: app[RELOADER].activate_bundle(bundle),
         persist=start.remote,
     )
+    updater.active = start.content
     app[RELOADER] = reloader = Reloader(runtime, updater, generation, load_models, read_settings)
     await reloader.start()
     try:

@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path, PurePosixPath
 
 from router.errors import BundleRejected
@@ -111,7 +112,8 @@ def write_folder(files: Files, folder: Path) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    # Unique per writer: workers of one site may persist the same bundle at the same moment.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(temporary, "wb") as out:
         out.write(data)
         out.flush()

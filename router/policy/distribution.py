@@ -16,7 +16,7 @@ from pathlib import Path
 
 from router.errors import BundleRejected
 from router.policy.bundle import PolicyBundle, load_bundle
-from router.policy.keeper import BundleKeeper, BundleState
+from router.policy.keeper import BundleKeeper, BundleState, content_id
 from router.policy.signing import load_public_keys
 from router.policy.source import PathSource, Source, source_for
 from router.resources import default_policy_bundle, state_dir
@@ -33,6 +33,7 @@ class Start:
     state: BundleState
     source: Source
     remote: bool
+    content: str = ""  # content_id of the bundle started on ("" when pending)
 
 
 def source_settings(settings: Settings) -> BundleSourceSettings:
@@ -55,7 +56,7 @@ def first_bundle(settings: Settings) -> Start:
         fetched = source.read()
         bundle, keyid = keeper.accept(fetched.files)
         state.activated(bundle, fetched.etag, keyid)
-        return Start(bundle, False, keeper, state, source, remote=False)
+        return Start(bundle, False, keeper, state, source, False, content_id(fetched.files))
     kept = keeper.last_good()
     if kept is not None:
         files, _, etag = kept
@@ -66,7 +67,7 @@ def first_bundle(settings: Settings) -> Start:
         else:
             state.activated(bundle, etag, keyid)
             state.from_last_good = True
-            return Start(bundle, False, keeper, state, source, remote=True)
+            return Start(bundle, False, keeper, state, source, True, content_id(files))
     return Start(load_bundle(default_policy_bundle()), True, keeper, state, source, remote=True)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 
 LAST_GOOD = "last-good.tar.gz"
 LAST_GOOD_META = "last-good.json"
+
+
+def content_id(files: Files) -> str:
+    """Names and digests of the files (the signature aside): equal for equal bundles."""
+    return hashlib.sha256(orjson.dumps(digests(files))).hexdigest()[:16]
 
 
 @dataclass(slots=True)
@@ -73,7 +79,10 @@ class BundleKeeper:
     def accept(self, files: Files) -> tuple[PolicyBundle, str | None]:
         """The loaded bundle and the key that signed it; BundleRejected when it must not be used."""
         keyid = verify(files, self.keys) if self.keys else None
-        folder = self._materialise(files)
+        try:
+            folder = self._materialise(files)
+        except OSError as exc:
+            raise BundleRejected(f"cannot store the bundle: {exc.strerror or exc}") from None
         try:
             return load_bundle(folder), keyid
         except BundleRejected:
@@ -84,13 +93,19 @@ class BundleKeeper:
     def _materialise(self, files: Files) -> Path:
         """The verified bytes in a folder of our own, named by content: what is loaded is what
         was verified, whatever happens to the source afterwards."""
-        listing = orjson.dumps(digests(files))
-        folder = self.store / f"bundle-{hashlib.sha256(listing).hexdigest()[:16]}"
+        folder = self.store / f"bundle-{content_id(files)}"
         if not folder.is_dir():
-            staging = self.store / f".staging-{folder.name}"
-            shutil.rmtree(staging, ignore_errors=True)
-            write_folder(files, staging)
-            staging.rename(folder)
+            # Several routers (workers, test sites) may share the store: stage privately.
+            self.store.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.store)) / "bundle"
+            try:
+                write_folder(files, staging)
+                staging.rename(folder)
+            except OSError:
+                if not folder.is_dir():  # not someone else's identical copy: a real failure
+                    raise
+            finally:
+                shutil.rmtree(staging.parent, ignore_errors=True)
         return folder
 
     def persist(self, archive: bytes, etag: str | None, keep: Path) -> None:

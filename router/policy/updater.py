@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from router.errors import BundleRejected
 from router.policy.bundle import PolicyBundle
-from router.policy.keeper import BundleKeeper, BundleState
+from router.policy.keeper import BundleKeeper, BundleState, content_id
 from router.policy.source import Source
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class BundleUpdater:
         self._activate = activate
         self._persist = persist
         self._lock = asyncio.Lock()
+        self.active = ""  # content_id of the active bundle (unknown until one is fetched)
 
     async def check(self, activate: Activate | None = None) -> bool:
         """One poll; True when a new bundle was activated (by `activate`, when given, instead
@@ -47,8 +48,11 @@ class BundleUpdater:
         state.last_check = time.time()
         try:
             fetched = await self.source.fetch(state.etag)
-            if fetched is None:
+            if fetched is None or content_id(fetched.files) == self.active:
+                # A server without ETags sends the same bundle again: no new generation for it.
                 state.not_modified += 1
+                if fetched is not None:
+                    state.etag = fetched.etag
                 return False
             bundle, keyid = await asyncio.to_thread(self.keeper.accept, fetched.files)
         except BundleRejected as exc:
@@ -56,6 +60,7 @@ class BundleUpdater:
             log.warning("policy bundle from %s rejected: %s", self.source.name, exc.reason)
             return False
         await activate(bundle)
+        self.active = content_id(fetched.files)
         state.activated(bundle, fetched.etag, keyid)
         state.from_last_good = False
         log.info("policy bundle %r revision %s activated", bundle.manifest.name, bundle.revision)

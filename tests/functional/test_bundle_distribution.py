@@ -35,7 +35,8 @@ class BundleServer:
     """The central tier's bundle endpoint: serves the published archive with a strong ETag and
     answers 304 to a matching If-None-Match; counts what it answered."""
 
-    def __init__(self) -> None:
+    def __init__(self, etags: bool = True) -> None:
+        self.etags = etags
         self.archive = b""
         self.lock = threading.Lock()
         self.answers: dict[int, int] = {200: 0, 304: 0}
@@ -48,6 +49,10 @@ class BundleServer:
         with self.lock:
             archive = self.archive
         etag = '"' + hashlib.sha256(archive).hexdigest()[:32] + '"'
+        if not self.etags:
+            with self.lock:
+                self.answers[200] += 1
+            return web.Response(body=archive)
         status = 304 if request.headers.get("If-None-Match") == etag else 200
         with self.lock:
             self.answers[status] += 1
@@ -237,3 +242,19 @@ def test_an_unsigned_local_bundle_does_not_start_when_keys_are_configured(
     )
     with pytest.raises(BundleRejected, match="not signed"):
         build_app(settings)
+
+
+def test_a_server_without_etags_causes_no_needless_swaps(
+    tmp_path: Path, keys: tuple[Path, Path], edge_models: Path
+) -> None:
+    """The same bundle downloaded again (no ETag to send back) is recognised as unchanged."""
+    server = BundleServer(etags=False)
+    server.publish(bundle(tmp_path, "same", keys[0]))
+    with AppThread(server.app) as thread:
+        url = thread.url + "/bundles/site.tar.gz"
+        with RouterThread(site_settings("no-etags", url, keys[1], edge_models)) as site:
+            wait_for(lambda: bundle_status(site)["not_modified"] >= 3, 10)
+            status = bundle_status(site)
+            assert status["activations"] == 1
+            assert status["reload"]["generation"] == 2  # the pending one, then "same" only
+            assert server.answers[200] >= 4
