@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from functools import partial
 
 from aiohttp import web
@@ -17,7 +16,6 @@ from router.api.state import (
     BUNDLE,
     CACHE,
     COLLECTOR,
-    RELOADER,
     RUNTIME,
     SETTINGS,
     SPOOL,
@@ -30,21 +28,16 @@ from router.api.state import (
 from router.audit import AuditLog, AuditLogError, log_file
 from router.cache import ResponseCache
 from router.errors import ConfigError, RouteNotFound
+from router.generations import runtime_context, update_tasks
 from router.inference.repository import (
-    Loader,
     ModelRepository,
     SessionBuilder,
-    available_providers,
     default_session_builder,
 )
 from router.pipeline import Pipeline
-from router.policy.bundle import PolicyBundle
-from router.policy.distribution import Start, first_bundle
-from router.policy.updater import BundleUpdater
+from router.policy.distribution import first_bundle
 from router.privacy import Privacy
-from router.reload import Reloader
-from router.resources import audit_path, demo_model_repository, state_dir
-from router.runtime import Generation, Runtime
+from router.resources import audit_path, state_dir
 from router.settings import Settings
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
@@ -82,12 +75,13 @@ def build_app(
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(
         partial(
-            _runtime,
+            runtime_context,
             start=start,
             privacy=privacy,
             providers=providers,
             build=session_builder,
             read_settings=read_settings,
+            build_pipelines=build_pipelines,
         )
     )
     app.cleanup_ctx.append(_spool)
@@ -97,7 +91,7 @@ def build_app(
     app[COLLECTOR] = []
     app.cleanup_ctx.append(_collector)
     app.router.add_post(COLLECTOR_PATH, _collect)
-    app.cleanup_ctx.append(partial(_updates, start=start))
+    app.cleanup_ctx.append(partial(update_tasks, start=start))
     return app
 
 
@@ -135,79 +129,6 @@ def build_pipelines(
         openai=Pipeline([ParseOpenAIRequest(), classify, lookup, route, dispatch]),
         upstream_only=Pipeline([route, dispatch]),
     )
-
-
-async def _runtime(
-    app: web.Application,
-    *,
-    start: Start,
-    privacy: Privacy,
-    providers: Sequence[str] | None,
-    build: SessionBuilder,
-    read_settings: Callable[[], Settings] | None,
-) -> AsyncIterator[None]:
-    """The first runtime generation, and the reloader that makes the next ones."""
-    settings = app[SETTINGS]
-    executor = ThreadPoolExecutor(settings.models.inference_threads, thread_name_prefix="inference")
-    available = providers if providers is not None else available_providers()
-    # Large bodies are scanned here, never on the event loop; two threads bound that work.
-    redaction = ThreadPoolExecutor(2, thread_name_prefix="redaction")
-    numbers = itertools.count(1)
-
-    def load_models(settings: Settings) -> ModelRepository:
-        loader = Loader(settings.models, executor, available, build)
-        return loader.load(settings.models.repository or demo_model_repository())
-
-    def generation(
-        settings: Settings, bundle: PolicyBundle, models: ModelRepository, pending: bool
-    ) -> Generation:
-        site_privacy = Privacy.build(bundle, settings.policy.secret_file, privacy.secret)
-        pipelines = build_pipelines(
-            settings, models, app[UPSTREAMS], site_privacy, redaction, app[CACHE]
-        )
-        return Generation(next(numbers), settings, bundle, site_privacy, models, pipelines, pending)
-
-    # Loading reads files and builds sessions: seconds of blocking work kept off the loop.
-    models = await asyncio.to_thread(load_models, settings)
-    app[RUNTIME] = runtime = Runtime(generation(settings, start.bundle, models, start.pending))
-    runtime.listeners.append(lambda new: setattr(app[SPOOL], "privacy", new.privacy))
-    updater = BundleUpdater(
-        start.source,
-        start.keeper,
-        start.state,
-        lambda bundle: app[RELOADER].activate_bundle(bundle),
-        persist=start.remote,
-    )
-    updater.active = start.content
-    app[RELOADER] = reloader = Reloader(runtime, updater, generation, load_models, read_settings)
-    await reloader.start()
-    try:
-        yield
-    finally:
-        await runtime.close()
-        await start.source.close()
-        executor.shutdown(wait=False, cancel_futures=True)
-        redaction.shutdown(wait=False, cancel_futures=True)
-
-
-async def _updates(app: web.Application, *, start: Start) -> AsyncIterator[None]:
-    """Polling: the bundle source (a remote one at once: readiness waits for it), the config
-    file and the model repository (when `reload.poll_interval_s` is set)."""
-    settings = app[SETTINGS]
-    reloader = app[RELOADER]
-    loop = asyncio.get_running_loop()
-    tasks = []
-    if settings.policy.source is not None:
-        interval = settings.policy.source.poll_interval_s
-        tasks.append(loop.create_task(reloader.updater.run(interval, first=start.remote)))
-    if settings.reload.poll_interval_s > 0:
-        tasks.append(loop.create_task(reloader.poll(settings.reload.poll_interval_s)))
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
