@@ -11,7 +11,7 @@ import threading
 from pathlib import Path, PurePosixPath
 
 from router.errors import BundleRejected
-from router.policy.signing import Files
+from router.policy.signing import Files, shown
 
 MAX_FILES = 1000
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
@@ -76,7 +76,7 @@ def _members(tar: tarfile.TarFile, max_bytes: int) -> dict[str, bytes]:
         if member.isdir():
             continue
         if not member.isreg():
-            raise BundleRejected(f"bundle member is not a plain file: {member.name}")
+            raise BundleRejected(f"bundle member is not a plain file: {shown(member.name)}")
         name = _safe_name(member.name)
         total += member.size
         _within_limits(len(files) + 1, total, max_bytes)
@@ -89,7 +89,7 @@ def _members(tar: tarfile.TarFile, max_bytes: int) -> dict[str, bytes]:
 def _safe_name(name: str) -> str:
     path = PurePosixPath(name.removeprefix("./"))
     if path.is_absolute() or ".." in path.parts or not path.parts:
-        raise BundleRejected(f"bundle member has an unsafe name: {name!r}")
+        raise BundleRejected(f"bundle member has an unsafe name: {shown(name)}")
     return path.as_posix()
 
 

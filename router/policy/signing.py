@@ -115,6 +115,12 @@ def verify(files: Files, keys: Mapping[str, Ed25519PublicKey]) -> str:
     return keyid
 
 
+def shown(name: str) -> str:
+    """A file name from a bundle, as our messages quote it: bounded, control characters
+    escaped (the name came from the network and ends up in logs and status)."""
+    return repr(name[:120])
+
+
 def _same_files(listing: list[dict[str, str]], files: Files) -> None:
     signed = {item["name"]: item["sha256"] for item in listing}
     actual = {item["name"]: item["sha256"] for item in digests(files)}
@@ -122,8 +128,8 @@ def _same_files(listing: list[dict[str, str]], files: Files) -> None:
     extra = sorted(actual.keys() - signed.keys())
     changed = sorted(n for n in signed.keys() & actual.keys() if signed[n] != actual[n])
     if missing:
-        raise BundleRejected(f"signed file missing from the bundle: {missing[0]}")
+        raise BundleRejected(f"signed file missing from the bundle: {shown(missing[0])}")
     if extra:
-        raise BundleRejected(f"file not covered by the signature: {extra[0]}")
+        raise BundleRejected(f"file not covered by the signature: {shown(extra[0])}")
     if changed:
-        raise BundleRejected(f"file does not match its signed digest: {changed[0]}")
+        raise BundleRejected(f"file does not match its signed digest: {shown(changed[0])}")

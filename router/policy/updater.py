@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -78,5 +79,7 @@ class BundleUpdater:
         if first:
             await self.check()
         while True:
-            await asyncio.sleep(interval_s)
+            # Jittered below the interval (OPA's min/max delay idea): many sites started
+            # together do not hit the bundle server in lockstep, and none waits longer.
+            await asyncio.sleep(interval_s * random.uniform(0.8, 1.0))
             await self.check()
