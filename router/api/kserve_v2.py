@@ -178,16 +178,18 @@ async def repository_index(request: web.Request) -> web.Response:
     local = current(request).models.models
     for cluster in request.app[UPSTREAMS].clusters.values():
         for name in sorted((cluster.models or frozenset()) - local.keys()):
-            index.append(
-                {
-                    "name": name,
-                    "version": "",
-                    "state": "READY",
-                    "reason": "",
-                    "tier": cluster.settings.tier.value,
-                    "cluster": cluster.name,
-                }
-            )
+            # The versions the cluster reported, so a router in front can pin them too.
+            for version in sorted(cluster.versions.get(name, ())) or [""]:
+                index.append(
+                    {
+                        "name": name,
+                        "version": version,
+                        "state": "READY",
+                        "reason": "",
+                        "tier": cluster.settings.tier.value,
+                        "cluster": cluster.name,
+                    }
+                )
     return _json(index)
 
 

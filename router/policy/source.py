@@ -8,6 +8,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from yarl import URL
+
 from router.errors import BundleRejected, UpstreamError
 from router.policy.archive import pack, read_folder, unpack
 from router.policy.signing import Files
@@ -35,7 +37,9 @@ class Source(Protocol):
 class HttpSource:
     def __init__(self, settings: BundleSourceSettings) -> None:
         assert settings.url is not None
-        self.name = settings.url
+        self.url = settings.url
+        # What logs and status show: never credentials written into the URL.
+        self.name = str(URL(settings.url).with_user(None))
         self._settings = settings
         self._transport = HttpTransport(plain_session())
 
@@ -44,7 +48,7 @@ class HttpSource:
         headers = dict(s.headers)
         if etag:
             headers["If-None-Match"] = etag
-        request = UpstreamRequest("GET", self.name, headers, b"")
+        request = UpstreamRequest("GET", self.url, headers, b"")
         try:
             async with asyncio.timeout(s.timeout_s):
                 response = await self._transport.send(request, "bundle source", s.timeout_s)

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from router.api.state import RELOADER
+from router.api.state import RELOADER, UPSTREAMS
 from router.app import build_app
 from router.resources import default_policy_bundle
 from router.settings import Settings
@@ -125,3 +125,34 @@ async def test_a_cluster_that_reports_no_versions_is_not_trusted_with_a_pinned_m
         assert fake.requests_to("/v2/models/heavy") == []
     finally:
         await server.close()
+
+
+async def test_a_router_in_front_sees_the_versions_behind_a_router(
+    regional: tuple[FakeUpstream, str],
+) -> None:
+    """A router's repository index passes on the versions its clusters report, so an edge in
+    front of a regional router can pin the models the regional tier forwards."""
+    _, url = regional
+    middle = Settings.model_validate(
+        {
+            "site": {"id": "middle", "tier": "regional"},
+            "upstreams": [cluster("c", url, ["kserve-v2"])],
+        }
+    )
+    middle_server, _ = await started(middle)
+    try:
+        front = Settings.model_validate(
+            {
+                "upstreams": [
+                    cluster("regional", str(middle_server.make_url("")).rstrip("/"), ["kserve-v2"])
+                ]
+            }
+        )
+        front_server, front_app = await started(front)
+        try:
+            versions = front_app[UPSTREAMS].clusters["regional"].versions
+            assert versions["heavy"] == frozenset({"1"})
+        finally:
+            await front_server.close()
+    finally:
+        await middle_server.close()
