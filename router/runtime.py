@@ -70,6 +70,9 @@ class Runtime:
         self.swaps = 0
         # Called with each new generation as it goes live (e.g. to hand on its privacy).
         self.listeners: list[Callable[[Generation], None]] = []
+        # Replaced generations whose models live on in a newer one: their requests may still
+        # be running when those models are replaced in turn.
+        self._replaced: list[Generation] = []
         self._retiring: set[asyncio.Task[None]] = set()
 
     def swap(self, new: Generation) -> Generation:
@@ -77,23 +80,32 @@ class Runtime:
         self.swaps += 1
         for listener in self.listeners:
             listener(new)
-        task = asyncio.get_running_loop().create_task(self._retire(old, new))
+        if old.models is new.models:
+            self._replaced = [g for g in self._replaced if g.in_flight] + [old]
+            return old
+        sharing = [g for g in self._replaced if g.models is old.models] + [old]
+        self._replaced = [g for g in self._replaced if g.models is not old.models]
+        task = asyncio.get_running_loop().create_task(self._retire(sharing))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return old
 
-    async def _retire(self, old: Generation, new: Generation) -> None:
-        if old.models is new.models:
-            return
-        drain = old.settings.server.drain_timeout_s
-        if not await old.finished(drain):
-            log.warning(
-                "generation %d: %d requests still running after %.1f s; closing its models",
-                old.number,
-                old.in_flight,
-                drain,
-            )
-        old.models.close()  # cancels the runners' timers and queues: loop work
+    async def _retire(self, generations: list[Generation]) -> None:
+        """Close the models these generations share once all their requests have finished
+        (or the drain timeout has passed)."""
+        last = generations[-1]
+        drain = last.settings.server.drain_timeout_s
+        deadline = asyncio.get_running_loop().time() + drain
+        for generation in generations:
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            if not await generation.finished(left):
+                log.warning(
+                    "generation %d: %d requests still running after %.1f s; closing its models",
+                    generation.number,
+                    generation.in_flight,
+                    drain,
+                )
+        last.models.close()  # cancels the runners' timers and queues: loop work
 
     async def close(self) -> None:
         await asyncio.gather(*self._retiring, return_exceptions=True)
