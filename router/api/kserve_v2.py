@@ -56,6 +56,7 @@ async def ready(request: web.Request) -> web.Response:
 
 async def server_metadata(request: web.Request) -> web.Response:
     site = request.app[SETTINGS].site
+    generation = current(request)
     return _json(
         {
             "name": "layer-router",
@@ -63,9 +64,10 @@ async def server_metadata(request: web.Request) -> web.Response:
             "extensions": EXTENSIONS,
             "site": site.id,
             "tier": site.tier.value,
-            "policy_revision": current(request).bundle.revision,
+            # None until a verified bundle is active (a remote source not reached yet).
+            "policy_revision": None if generation.pending else generation.bundle.revision,
             "connectivity": request.app[UPSTREAMS].connectivity(asyncio.get_running_loop().time()),
-            "models": sorted(current(request).models.models),
+            "models": sorted(generation.models.models),
             "bundle": bundle_status(request.app),
         }
     )

@@ -195,6 +195,7 @@ def test_a_site_without_any_good_bundle_is_not_ready(
         wait_for(lambda: bundle_status(site)["rejections"] >= 1, 10)
         assert "not signed" in bundle_status(site)["last_error"]
         assert requests.get(site.url + "/v2/health/ready", timeout=10).status_code == 503
+        assert requests.get(site.url + "/v2", timeout=10).json()["policy_revision"] is None
         answer = requests.post(
             site.url + "/v2/models/color_classifier/infer", data=INFER, timeout=10
         )

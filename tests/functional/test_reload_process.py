@@ -63,7 +63,8 @@ async def server_metadata(http: aiohttp.ClientSession, url: str) -> dict[str, ob
 
 async def test_sighup_reloads_bundle_and_reports_restart_only_settings(tmp_path: Path) -> None:
     """SIGHUP activates the folder's new revision; a changed listener setting is named as
-    needing a restart and the process keeps serving where it was."""
+    needing a restart and the process keeps serving where it was; a broken config file fails
+    the reload and changes nothing."""
     config, bundle, repository = site_folder(tmp_path)
     args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
     args += ["--model-repository", repository]
@@ -82,6 +83,10 @@ async def test_sighup_reloads_bundle_and_reports_restart_only_settings(tmp_path:
         assert "server.readiness_grace_s" in line
         status = (await server_metadata(http, child.url))["bundle"]
         assert status["reload"]["restart_required"] == ["server.readiness_grace_s"]  # type: ignore[index]
+        config.write_text("server: [not, a, mapping]\n")
+        child.process.send_signal(signal.SIGHUP)
+        await child.read_until("reload failed")
+        assert (await server_metadata(http, child.url))["policy_revision"] == "sighup-2"
         child.process.send_signal(signal.SIGTERM)
         assert await child.exit_code() == 0
 
