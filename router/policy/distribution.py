@@ -81,5 +81,8 @@ def checked_bundle(settings: Settings) -> PolicyBundle | None:
     scratch = Path(tempfile.mkdtemp(prefix="layer-router-check-"))
     # Kept until the command exits: the bundle's cases are read from it after this returns.
     atexit.register(shutil.rmtree, scratch, True)
+    folder = configured.path if configured.path is not None and configured.path.is_dir() else None
+    # A folder is loaded in place first, so that errors name the operator's own files.
+    local = load_bundle(folder) if folder is not None else None
     bundle, _ = BundleKeeper(keys, scratch).accept(PathSource(configured).read().files)
-    return bundle
+    return local or bundle

@@ -88,7 +88,9 @@ class BundleKeeper:
         except BundleRejected:
             raise
         except ConfigError as exc:
-            raise BundleRejected("; ".join(exc.problems)) from None
+            where = Path(exc.source)
+            name = where.relative_to(folder) if where.is_relative_to(folder) else where.name
+            raise BundleRejected(f"{name}: " + "; ".join(exc.problems)) from None
 
     def _materialise(self, files: Files) -> Path:
         """The verified bytes in a folder of our own, named by content: what is loaded is what
