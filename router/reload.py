@@ -116,6 +116,7 @@ class Reloader:
         self._read_settings = read_settings
         self._started = runtime.current.settings
         self._fingerprint = ""
+        self._refused = ""  # a repository state that failed to load: polls do not retry it
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -194,6 +195,7 @@ class Reloader:
             # Swapping in a repository with broken models would fail requests that work now.
             problems = models.failures
             models.close()
+            self._refused = fingerprint
             raise ConfigError(str(models.path), problems)
         self._fingerprint = fingerprint
         return models
@@ -209,7 +211,8 @@ class Reloader:
             await asyncio.sleep(interval_s)
             settings = self.runtime.current.settings
             fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
-            if fingerprint != self._fingerprint or await self._config_changed():
+            changed = fingerprint not in (self._fingerprint, self._refused)
+            if changed or await self._config_changed():
                 await self.reload("poll")
 
     async def _config_changed(self) -> bool:

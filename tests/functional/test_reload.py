@@ -83,3 +83,19 @@ def test_reload_hooks_see_each_reload(tmp_path: Path) -> None:
         site.call_async(reload, site)
         site.call_async(reload, site)
     assert len(seen) == 2
+
+
+def test_polling_does_not_retry_a_repository_that_failed_to_load(tmp_path: Path) -> None:
+    """A broken repository is tried once per change, not reloaded on every poll."""
+    repository = write_repository(tmp_path / "repo", {"good": {1: identity_model("FP32")}})
+    with RouterThread(settings(repository, poll_s=0.1)) as site:
+        write_repository(repository, {"broken": {1: b"not an onnx model"}})
+
+        def failures() -> int:
+            doc = requests.get(site.url + "/v2", timeout=10).json()
+            return int(doc["bundle"]["reload"]["failures"])
+
+        wait_for(lambda: failures() >= 1, 10)
+        time.sleep(0.6)  # six more polls
+        assert failures() == 1
+        assert served_models(site) == ["good"]
