@@ -51,7 +51,9 @@ def first_bundle(settings: Settings) -> Start:
     configured = source_settings(settings)
     source = source_for(configured)
     embedded = settings.policy.source is None and settings.policy.bundle is None
-    state = BundleState(source="embedded" if embedded else source.name, signed=bool(keys))
+    state = BundleState(
+        source="embedded" if embedded else source.name, signatures_required=bool(keys)
+    )
     if isinstance(source, PathSource):
         fetched = source.read()
         bundle, keyid = keeper.accept(fetched.files)

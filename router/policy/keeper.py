@@ -38,7 +38,7 @@ class BundleState:
     """What status and metrics show about the policy bundle (times are Unix seconds)."""
 
     source: str  # "embedded", a folder, a path or a URL
-    signed: bool  # signatures are required
+    signatures_required: bool  # public keys are configured
     revision: str = ""
     name: str = ""
     etag: str | None = None
