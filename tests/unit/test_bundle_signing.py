@@ -114,5 +114,5 @@ def test_keeper_rejects_a_signed_bundle_with_invalid_content(
     files = read_folder(folder)
     files[SIGNATURES_FILE] = sign(files, load_private_key(keys[0]))
     keeper = BundleKeeper(load_public_keys((keys[1],)), tmp_path / "store")
-    with pytest.raises(BundleRejected, match="cache.yaml: .*unknown data class"):
+    with pytest.raises(BundleRejected, match=r"cache\.yaml: .*unknown data class"):
         keeper.accept(files)
