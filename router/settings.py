@@ -168,6 +168,8 @@ class BundleSourceSettings(Strict):
     max_bytes: PositiveInt = 16 * 1024 * 1024
     # Extra request headers, e.g. a bearer token for the bundle server.
     headers: dict[str, str] = {}
+    # For an https URL: a private CA, a client certificate (as for upstream clusters).
+    tls: TlsSettings = TlsSettings()
 
     @model_validator(mode="after")
     def _one_place(self) -> BundleSourceSettings:

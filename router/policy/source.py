@@ -41,7 +41,7 @@ class HttpSource:
         # What logs and status show: never credentials written into the URL.
         self.name = str(URL(settings.url).with_user(None))
         self._settings = settings
-        self._transport = HttpTransport(plain_session())
+        self._transport = HttpTransport(plain_session(settings.tls))
 
     async def fetch(self, etag: str | None) -> Fetched | None:
         s = self._settings

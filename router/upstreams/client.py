@@ -113,10 +113,12 @@ def poster(
     return post
 
 
-def plain_session() -> aiohttp.ClientSession:
-    """A session with the same hygiene as the clusters' (no cookies, no redirects followed)."""
+def plain_session(tls: TlsSettings | None = None) -> aiohttp.ClientSession:
+    """A session with the same hygiene as the clusters' (no cookies, no redirects followed);
+    `tls`: a private CA or client certificate, as for a cluster."""
+    connector = aiohttp.TCPConnector(ssl=ssl_context(tls)) if tls is not None else None
     return aiohttp.ClientSession(
-        cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",)
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",)
     )
 
 

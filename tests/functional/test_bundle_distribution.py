@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,14 +16,16 @@ from typing import Any
 import orjson
 import pytest
 import requests
+import trustme
 from aiohttp import web
 
 from router.app import build_app
 from router.errors import BundleRejected
 from router.policy.archive import pack, read_folder
 from router.policy.signing import SIGNATURES_FILE, generate_keypair, load_private_key, sign
+from router.policy.source import HttpSource
 from router.resources import default_policy_bundle
-from router.settings import Settings
+from router.settings import BundleSourceSettings, Settings
 from router.testing import AppThread, RouterThread
 
 POLL_S = 0.5
@@ -262,3 +265,35 @@ def test_a_server_without_etags_causes_no_needless_swaps(
             assert status["activations"] == 1
             assert status["reload"]["generation"] == 2  # the pending one, then "same" only
             assert server.answers[200] >= 4
+
+
+async def test_an_https_source_with_a_private_ca(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """A bundle server behind a private CA is trusted through `source.tls.ca_file`, and
+    refused as unreachable without it."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server = BundleServer()
+    server.publish(bundle(tmp_path, "tls-1", keys[0]))
+    runner = web.AppRunner(server.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/bundles/site.tar.gz"
+    try:
+        for tls, revision in (({}, None), ({"ca_file": ca_file}, "tls-1")):
+            source = HttpSource(BundleSourceSettings(url=url, tls=tls))
+            try:
+                if revision is None:
+                    with pytest.raises(BundleRejected, match="unreachable"):
+                        await source.fetch(None)
+                else:
+                    fetched = await source.fetch(None)
+                    assert fetched is not None
+                    assert b"tls-1" in fetched.files["manifest.yaml"]
+            finally:
+                await source.close()
+    finally:
+        await runner.cleanup()
