@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -12,14 +12,14 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
 from router.api import kserve_v2, openai, openapi
+from router.api.current import generation_middleware
 from router.api.errors import error_middleware
 from router.api.state import (
+    BUNDLE,
     CACHE,
     COLLECTOR,
-    MODELS,
-    PIPELINES,
-    POLICY,
-    PRIVACY,
+    RELOADER,
+    RUNTIME,
     SETTINGS,
     SPOOL,
     STATUS,
@@ -33,17 +33,16 @@ from router.api.state import (
 from router.audit import AuditLog, AuditLogError, log_file
 from router.cache import ResponseCache
 from router.errors import ConfigError, RouteNotFound
+from router.generations import runtime_context, update_tasks
 from router.inference.repository import (
-    Loader,
     ModelRepository,
     SessionBuilder,
-    available_providers,
     default_session_builder,
 )
 from router.pipeline import Pipeline
-from router.policy.bundle import load_bundle
+from router.policy.distribution import first_bundle
 from router.privacy import Privacy
-from router.resources import audit_path, default_policy_bundle, demo_model_repository, state_dir
+from router.resources import audit_path, state_dir
 from router.settings import Settings
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
@@ -58,7 +57,7 @@ from router.telemetry.tracing import provider_from_env, tracer_of
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.upstreams.registry import Upstreams
-from router.upstreams.tls import TlsContexts
+from router.upstreams.tls import TlsContexts, reload_contexts
 from router.workers import is_primary
 
 if TYPE_CHECKING:
@@ -71,11 +70,15 @@ def build_app(
     providers: Sequence[str] | None = None,
     session_builder: SessionBuilder = default_session_builder,
     tracer_provider: TracerProvider | None = None,
+    read_settings: Callable[[], Settings] | None = None,
 ) -> web.Application:
     """`providers` and `session_builder` stand in for onnxruntime's in tests;
-    `tracer_provider` for the one the OTEL_* variables configure (tests export in memory)."""
+    `tracer_provider` for the one the OTEL_* variables configure (tests export in memory);
+    `read_settings` re-reads the site config on reload (None: reloads keep the settings,
+    re-read the rest)."""
     app = web.Application(
-        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[error_middleware, generation_middleware],
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
@@ -83,21 +86,35 @@ def build_app(
     if tracer_provider is None:  # ours to flush and shut down; a caller's stays the caller's
         app.cleanup_ctx.append(_tracing)
     app[TLS] = TlsContexts.from_settings(settings)  # a bad certificate file stops start-up
-    app[POLICY] = bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
-    app[PRIVACY] = privacy = Privacy.build(bundle, settings.policy.secret_file)
+    start = first_bundle(settings)
+    app[BUNDLE] = start.state
+    privacy = Privacy.build(start.bundle, settings.policy.secret_file)
     cache = settings.cache
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
-    app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(
+        partial(
+            runtime_context,
+            start=start,
+            privacy=privacy,
+            providers=providers,
+            build=session_builder,
+            read_settings=read_settings,
+            build_pipelines=partial(
+                build_pipelines, tracer=tracer_of(app[TELEMETRY].tracer_provider)
+            ),
+        )
+    )
+    app.cleanup_ctx.append(_reload_certificates)
     app.cleanup_ctx.append(_spool)
     app.cleanup_ctx.append(_audit)
-    app.cleanup_ctx.append(_pipelines)
     kserve_v2.add_routes(app)
     openai.add_routes(app)
     openapi.add_routes(app)
     app[COLLECTOR] = []
     app.cleanup_ctx.append(_collector)
     app.router.add_post(COLLECTOR_PATH, _collect)
+    app.cleanup_ctx.append(partial(update_tasks, start=start))
     return app
 
 
@@ -155,22 +172,14 @@ async def _tracing(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(provider.shutdown)
 
 
-async def _models(
-    app: web.Application, *, providers: Sequence[str] | None, build: SessionBuilder
-) -> AsyncIterator[None]:
-    settings = app[SETTINGS].models
-    executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
-    available = providers if providers is not None else available_providers()
-    loader = Loader(settings, executor, available, build)
-    path = settings.repository or demo_model_repository()
-    # Loading reads files and builds sessions: seconds of blocking work kept off the loop.
-    repository = await asyncio.to_thread(loader.load, path)
-    app[MODELS] = repository
-    try:
-        yield
-    finally:
-        repository.close()
-        executor.shutdown(wait=False, cancel_futures=True)
+async def _reload_certificates(app: web.Application) -> AsyncIterator[None]:
+    """Every reload (SIGHUP, polling) re-reads the certificate files that changed."""
+
+    async def reread(_settings: Settings) -> None:
+        await reload_contexts(app[TLS])
+
+    app[RELOADER].hooks.append(reread)
+    yield
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
@@ -205,7 +214,7 @@ async def _spool(app: web.Application) -> AsyncIterator[None]:
             )
         except (OSError, SpoolUnavailable) as exc:
             raise ConfigError(str(path), [f"spool cannot be opened: {exc}"]) from None
-    app[SPOOL] = store = StoreAndForward(spool, app[PRIVACY], settings.site.id)
+    app[SPOOL] = store = StoreAndForward(spool, app[RUNTIME].current.privacy, settings.site.id)
     tasks, session = [], None
     if spool is not None and spool_settings.collector_url and drains:
         session = plain_session()
@@ -294,22 +303,11 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     log: AuditLog | None = None
     if audit.enabled:
         log = await asyncio.to_thread(_open_audit_log, settings)
-    app[TRAIL] = Trail(log, app[PRIVACY].secret, settings.site, app[SPOOL].audit_copy)
+    app[TRAIL] = Trail(
+        log, app[RUNTIME].current.privacy.secret, settings.site, app[SPOOL].audit_copy
+    )
     try:
         yield
     finally:
         if log is not None:
             await log.aclose()
-
-
-async def _pipelines(app: web.Application) -> AsyncIterator[None]:
-    # Large bodies are scanned here, never on the event loop; two threads bound that work.
-    executor = ThreadPoolExecutor(2, thread_name_prefix="redaction")
-    tracer = tracer_of(app[TELEMETRY].tracer_provider)
-    app[PIPELINES] = build_pipelines(
-        app[SETTINGS], app[MODELS], app[UPSTREAMS], app[PRIVACY], executor, app[CACHE], tracer
-    )
-    try:
-        yield
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""layer-router serve | check | audit | demo."""
+"""layer-router serve | check | audit | bundle | demo."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from router import __version__, logs, yamlconf
 from router.audit import cli as audit_cli
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
-from router.policy.bundle import PolicyBundle, load_bundle
+from router.policy import cli as bundle_cli
+from router.policy.bundle import PolicyBundle
 from router.policy.cases import run_cases
+from router.policy.distribution import checked_bundle
 from router.privacy import Privacy
-from router.resources import default_policy_bundle, demo_model_repository
+from router.resources import demo_model_repository
 from router.settings import Settings, load_settings
 from router.upstreams.tls import TlsContexts
 from router.workers import as_worker, supervise, worker_index
@@ -64,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
     check.add_argument("--model-repository", type=Path, help="model repository folder")
     audit_cli.add_parser(commands)
+    bundle_cli.add_parser(commands)
     demo = commands.add_parser("demo", help="start an edge -> regional -> central demo on loopback")
     demo.add_argument(
         "--base-port",
@@ -107,13 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_cli.run(args)
+    if args.command == "bundle":
+        return bundle_cli.run(args)
     if args.command == "demo":
         from router.demo import DemoOptions, run
 
         return run(DemoOptions(args.base_port, args.workdir))
     try:
         settings = _settings(args)
-        bundle = load_bundle(settings.policy.bundle or default_policy_bundle())
+        bundle = checked_bundle(settings) if args.command == "check" else None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if bundle is None:
+            source = settings.policy.source.url if settings.policy.source else ""
+            print(f"policy bundle from {source}: verified when fetched")
+            return check(settings)
         print(f"policy bundle '{bundle.manifest.name}' revision {bundle.revision} ({bundle.path})")
         policy = check_policy(bundle, settings)
         if policy == 2:
@@ -133,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervise(settings, list(sys.argv[1:] if argv is None else argv))
     from router.server import serve
 
-    return serve(settings)
+    # SIGHUP re-reads the file with the same command-line flags on top.
+    return serve(settings, read_settings=lambda: _settings(args))
 
 
 def check_policy(bundle: PolicyBundle, settings: Settings) -> int:

@@ -18,6 +18,7 @@
     │   ├── ModelNotReady            503 model_not_ready
     │   ├── QueueFull                503 queue_full
     │   └── ShuttingDown             503 shutting_down
+    │   ├── PolicyPending            503 policy_pending     (no good policy bundle yet)
     │   ├── UpstreamOverflow         503 upstream_overflow  (our own cap; never ejects)
     │   ├── NoHealthyTarget          503 no_healthy_target
     │   └── Offline                  503 offline
@@ -134,6 +135,10 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class PolicyPending(Unavailable):
+    code = "policy_pending"
+
+
 class UpstreamOverflow(Unavailable):
     code = "upstream_overflow"
 
@@ -214,3 +219,11 @@ class ConfigError(Exception):
         lines = [f"invalid configuration in {self.source}:"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+class BundleRejected(ConfigError):
+    """A policy bundle failed verification or validation; the active bundle stays."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("policy bundle", [reason])
+        self.reason = reason

@@ -35,7 +35,10 @@ class Privacy:
     secret: bytes  # the site key behind pseudonyms and cache keys; never logged
 
     @classmethod
-    def build(cls, bundle: PolicyBundle, secret_file: Path | None) -> Privacy:
+    def build(
+        cls, bundle: PolicyBundle, secret_file: Path | None, secret: bytes | None = None
+    ) -> Privacy:
+        """`secret`: the site key already in use (a reload keeps pseudonyms and cache keys)."""
         custom = [CustomPattern(c.name, c.pattern) for c in bundle.detection.custom]
         try:
             detectors = Detectors.default(custom)
@@ -43,7 +46,7 @@ class Privacy:
             raise ConfigError(str(bundle.path / "detection.yaml"), [f"custom: {exc}"]) from None
         plans = {tier: _plan(bundle, tier) for tier in TIERS}
         survey = RedactionPlan(default=Action.KEEP, headers=bundle.detection.headers)
-        secret = _secret(secret_file)
+        secret = secret if secret is not None else _secret(secret_file)
         return cls(bundle, detectors, Hasher(secret), plans, survey, secret)
 
     def needs_redaction(self, tier: str) -> bool:

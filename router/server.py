@@ -5,32 +5,39 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from aiohttp import web
 
 from router import __version__
 from router.api.admin import start_admin
-from router.api.state import MODELS, STATUS, TLS
+from router.api.state import RELOADER, RUNTIME, STATUS, TLS
 from router.app import build_app
 from router.errors import ConfigError
 from router.inference.repository import ModelRepository
 from router.logs import access_log_options
 from router.settings import Settings
-from router.upstreams.tls import reload_contexts
 
 
-def serve(settings: Settings, out: TextIO = sys.stdout) -> int:
+def serve(
+    settings: Settings,
+    out: TextIO = sys.stdout,
+    read_settings: Callable[[], Settings] | None = None,
+) -> int:
+    """`read_settings` re-reads the site config on SIGHUP (None: keep the settings)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop has no Windows build
-        return asyncio.run(_serve(settings, out))
-    return int(uvloop.run(_serve(settings, out)))
+        return asyncio.run(_serve(settings, out, read_settings))
+    return int(uvloop.run(_serve(settings, out, read_settings)))
 
 
-async def _serve(settings: Settings, out: TextIO) -> int:
+async def _serve(
+    settings: Settings, out: TextIO, read_settings: Callable[[], Settings] | None
+) -> int:
     try:
-        app = build_app(settings)
+        app = build_app(settings, read_settings=read_settings)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -71,24 +78,18 @@ async def _serve(settings: Settings, out: TextIO) -> int:
         where = f"{settings.admin.host}:{settings.admin.port}"
         print(f"error: cannot listen on {where} (admin): {exc.strerror or exc}", file=sys.stderr)
         return 1
-    _announce(settings, runner, app[MODELS], out)
+    _announce(settings, runner, app[RUNTIME].current.models, out)
     if admin is not None:
         print(f"admin (/metrics, /status) on {_urls(admin)}", file=out, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[list[str]]] = set()
-
-    def hangup() -> None:
-        # SIGHUP re-reads what changed on disk; certificates for now (hot reload of config
-        # and bundles joins here). Never the default action, which would kill the process.
-        task = loop.create_task(reload_contexts(app[TLS]))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, hangup)
+    reloads: set[asyncio.Task[bool]] = set()
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, app, reloads, out)
     await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
+    await asyncio.gather(*reloads, return_exceptions=True)
     app[STATUS].draining = True
     print("draining: readiness is now 503; finishing in-flight requests", file=out, flush=True)
     await asyncio.sleep(settings.server.readiness_grace_s)
@@ -107,6 +108,23 @@ async def _start_admin(settings: Settings, app: web.Application) -> web.AppRunne
 
 def _urls(runner: web.AppRunner, scheme: str = "http") -> str:
     return ", ".join(f"{scheme}://{_host(a)}:{a[1]}" for a in runner.addresses)
+
+
+def _reload_on_signal(app: web.Application, reloads: set[asyncio.Task[bool]], out: TextIO) -> None:
+    task = asyncio.get_running_loop().create_task(app[RELOADER].reload("SIGHUP"))
+    reloads.add(task)
+    task.add_done_callback(reloads.discard)
+    task.add_done_callback(lambda done: _report_reload(app, done, out))
+
+
+def _report_reload(app: web.Application, done: asyncio.Task[bool], out: TextIO) -> None:
+    state = app[RELOADER].state
+    if state.last_error:
+        print("reload failed: still serving the previous configuration", file=out, flush=True)
+        return
+    print(f"reloaded: generation {state.generation}", file=out, flush=True)
+    for key in state.restart_required:
+        print(f"  {key} changed: applies after a restart", file=out, flush=True)
 
 
 def _announce(

@@ -31,7 +31,7 @@ class StoreAndForward:
         self, spool: Spool | None, privacy: Privacy, site: str, rng: random.Random | None = None
     ) -> None:
         self.spool = spool
-        self._privacy = privacy
+        self.privacy = privacy
         self._site = site
         self._rng = rng or random.Random()
         self._pending: set[asyncio.Task[None]] = set()
@@ -46,7 +46,7 @@ class StoreAndForward:
             return
         if ctx.unscanned or ctx.unsurveyed or ctx.scanner is None:
             return  # nothing desensitized to send: the request was never scanned
-        rate = self._privacy.bundle.sampling.rate(ctx.model)
+        rate = self.privacy.bundle.sampling.rate(ctx.model)
         if rate <= 0 or self._rng.random() >= rate:
             return
         try:
@@ -57,7 +57,7 @@ class StoreAndForward:
             self._put("sample", payload, f"sample:{ctx.audit_id or ctx.request_id}")
 
     def _sample(self, ctx: RequestContext, reply: Reply) -> bytes | None:
-        view = view_for(ctx, CENTRAL, self._privacy)
+        view = view_for(ctx, CENTRAL, self.privacy)
         answer: Any = None
         if reply.content_type == "application/json" and reply.body:
             try:
@@ -65,12 +65,12 @@ class StoreAndForward:
             except orjson.JSONDecodeError:
                 return None
             vault = ctx.vault if ctx.vault is not None else TokenVault()
-            detection = self._privacy.bundle.detection
+            detection = self.privacy.bundle.detection
             scanner = MemoScanner(
-                self._privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
+                self.privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
             )
-            plan = self._privacy.plans[CENTRAL]
-            answer, _ = redact_json(parsed, plan, scanner, vault, self._privacy.hasher)
+            plan = self.privacy.plans[CENTRAL]
+            answer, _ = redact_json(parsed, plan, scanner, vault, self.privacy.hasher)
         return orjson.dumps(
             {
                 "site": self._site,

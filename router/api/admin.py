@@ -19,9 +19,10 @@ from yarl import URL
 
 from router import __version__
 from router.api.state import (
+    BUNDLE,
     CACHE,
-    MODELS,
-    POLICY,
+    RELOADER,
+    RUNTIME,
     SETTINGS,
     SPOOL,
     STATUS,
@@ -29,6 +30,7 @@ from router.api.state import (
     UPSTREAMS,
 )
 from router.telemetry.metrics import RouterCollector, Sources, exposition, registry_for, spool_state
+from router.upstreams.pinning import drift_report
 
 Section = Callable[[web.Application], Awaitable[Any]]
 
@@ -47,10 +49,11 @@ def build_admin_app(api: web.Application) -> web.Application:
             "version": __version__,
             "site": api[SETTINGS].site.id,
             "tier": api[SETTINGS].site.tier.value,
-            "policy_revision": api[POLICY].revision,
+            "policy_revision": api[BUNDLE].revision,
         },
         requests=api[TELEMETRY].requests,
-        models=api[MODELS],
+        models=lambda: api[RUNTIME].current.models,
+        bundle=api[BUNDLE],
         upstreams=api[UPSTREAMS],
         cache=api[CACHE],
     )
@@ -106,13 +109,20 @@ async def _router(api: web.Application) -> dict[str, Any]:
 
 
 async def _policy(api: web.Application) -> dict[str, Any]:
-    bundle = api[POLICY]
-    return {"name": bundle.manifest.name, "revision": bundle.revision, "path": str(bundle.path)}
+    """The active bundle, how it was distributed (source, ETag, signer, checks, rejections and
+    the last error), reloads, and model versions drifting from the bundle's pins."""
+    generation = api[RUNTIME].current
+    doc = api[BUNDLE].as_dict()
+    doc["path"] = None if generation.pending else str(generation.bundle.path)
+    doc["reload"] = api[RELOADER].state.as_dict()
+    tier = generation.settings.site.tier.value
+    doc["drift"] = drift_report(generation.bundle, api[UPSTREAMS], generation.models, tier)
+    return doc
 
 
 async def _models(api: web.Application) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for model in api[MODELS].models.values():
+    for model in api[RUNTIME].current.models.models.values():
         if model.error:
             out.append({"name": model.name, "state": "UNAVAILABLE", "reason": model.error})
         for entry in model.versions.values():

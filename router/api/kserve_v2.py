@@ -9,11 +9,13 @@ import orjson
 from aiohttp import web
 
 from router import __version__
+from router.api.current import current
 from router.api.respond import check_length, default_budget, new_context, run
-from router.api.state import MODELS, PIPELINES, POLICY, SETTINGS, STATUS, UPSTREAMS
+from router.api.state import BUNDLE, RELOADER, RUNTIME, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest
 from router.inference.repository import ModelRepository, ModelVersion
+from router.upstreams.pinning import drift_report
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
@@ -48,12 +50,13 @@ async def live(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     app = request.app
-    ok = not app[STATUS].draining and app[MODELS].ready
+    ok = not app[STATUS].draining and app[BUNDLE].ready and current(request).models.ready
     return web.Response(status=200 if ok else 503)
 
 
 async def server_metadata(request: web.Request) -> web.Response:
     site = request.app[SETTINGS].site
+    generation = current(request)
     return _json(
         {
             "name": "layer-router",
@@ -61,9 +64,11 @@ async def server_metadata(request: web.Request) -> web.Response:
             "extensions": EXTENSIONS,
             "site": site.id,
             "tier": site.tier.value,
-            "policy_revision": request.app[POLICY].revision,
+            # None until a verified bundle is active (a remote source not reached yet).
+            "policy_revision": None if generation.pending else generation.bundle.revision,
             "connectivity": request.app[UPSTREAMS].connectivity(asyncio.get_running_loop().time()),
-            "models": model_summaries(request.app[MODELS]),
+            "models": model_summaries(generation.models),
+            "bundle": bundle_status(request.app),
         }
     )
 
@@ -87,30 +92,41 @@ def model_summaries(models: ModelRepository) -> list[dict[str, Any]]:
     ]
 
 
+def bundle_status(app: web.Application) -> dict[str, Any]:
+    """The policy bundle's distribution state, reloads and version drift (until /status)."""
+    generation = app[RUNTIME].current
+    doc = app[BUNDLE].as_dict()
+    doc["reload"] = app[RELOADER].state.as_dict()
+    tier = generation.settings.site.tier.value
+    doc["drift"] = drift_report(generation.bundle, app[UPSTREAMS], generation.models, tier)
+    return doc
+
+
 def _entry(request: web.Request) -> ModelVersion:
     info = request.match_info
-    return request.app[MODELS].find(info["model"], info.get("version"))
+    return current(request).models.find(info["model"], info.get("version"))
 
 
 def _upstream_only(request: web.Request) -> bool:
     """A model this site does not hold, whose metadata and readiness an upstream answers."""
-    return request.match_info["model"] not in request.app[MODELS].models and bool(
+    return request.match_info["model"] not in current(request).models.models and bool(
         request.app[UPSTREAMS].clusters
     )
 
 
 async def _relay(request: web.Request) -> web.StreamResponse:
     info = request.match_info
-    budget = budget_ms(request.headers, request.app[SETTINGS].routing.kserve_v2_budget_ms)
+    generation = current(request)
+    budget = budget_ms(request.headers, generation.settings.routing.kserve_v2_budget_ms)
     ctx = new_context(request, "kserve-v2", info["model"], info.get("version"), budget)
-    return await run(request, request.app[PIPELINES].upstream_only, ctx)
+    return await run(request, generation.pipelines.upstream_only, ctx)
 
 
 async def model_metadata(request: web.Request) -> web.StreamResponse:
     if _upstream_only(request):
         return await _relay(request)
     entry = _entry(request)
-    model = request.app[MODELS].models[entry.model]
+    model = current(request).models.models[entry.model]
     doc: dict[str, Any] = {
         "name": entry.model,
         "versions": [str(v) for v in sorted(model.versions)],
@@ -172,7 +188,7 @@ async def repository_index(request: web.Request) -> web.Response:
         raise BadRequest("'ready' must be a boolean")
     tier = request.app[SETTINGS].site.tier.value
     index = []
-    for model in request.app[MODELS].models.values():
+    for model in current(request).models.models.values():
         if model.error and not only_ready:
             index.append({"name": model.name, "state": "UNAVAILABLE", "reason": model.error})
         for entry in model.versions.values():
@@ -182,25 +198,27 @@ async def repository_index(request: web.Request) -> web.Response:
             item["reason"] = entry.reason
             item["tier"] = tier
             index.append(item)
-    local = request.app[MODELS].models
+    local = current(request).models.models
     for cluster in request.app[UPSTREAMS].clusters.values():
         for name in sorted((cluster.models or frozenset()) - local.keys()):
-            index.append(
-                {
-                    "name": name,
-                    "version": "",
-                    "state": "READY",
-                    "reason": "",
-                    "tier": cluster.settings.tier.value,
-                    "cluster": cluster.name,
-                }
-            )
+            # The versions the cluster reported, so a router in front can pin them too.
+            for version in sorted(cluster.versions.get(name, ())) or [""]:
+                index.append(
+                    {
+                        "name": name,
+                        "version": version,
+                        "state": "READY",
+                        "reason": "",
+                        "tier": cluster.settings.tier.value,
+                        "cluster": cluster.name,
+                    }
+                )
     return _json(index)
 
 
 async def model_stats(request: web.Request) -> web.Response:
     info = request.match_info
-    repo = request.app[MODELS]
+    repo = current(request).models
     if info.get("version") is None:
         repo.find(info["model"])  # 404 for an unknown model
         entries = list(repo.models[info["model"]].versions.values())
@@ -210,7 +228,7 @@ async def model_stats(request: web.Request) -> web.Response:
 
 
 async def all_stats(request: web.Request) -> web.Response:
-    repo = request.app[MODELS]
+    repo = current(request).models
     entries = [e for m in repo.models.values() for e in m.versions.values()]
     return _json({"model_stats": [_stats(e) for e in entries]})
 
@@ -227,15 +245,15 @@ def _stats(entry: ModelVersion) -> dict[str, Any]:
 
 
 async def infer(request: web.Request) -> web.StreamResponse:
-    app = request.app
+    generation = current(request)
     check_length(request)
     info = request.match_info
     model = info["model"]
-    budget = budget_ms(request.headers, default_budget(app, "kserve-v2", model))
+    budget = budget_ms(request.headers, default_budget(generation, "kserve-v2", model))
     ctx = new_context(request, "kserve-v2", model, info.get("version"), budget)
     ctx.header_length = _header_length(request)
     ctx.body = await request.read()
-    return await run(request, app[PIPELINES].v2_infer, ctx)
+    return await run(request, generation.pipelines.v2_infer, ctx)
 
 
 def _header_length(request: web.Request) -> int | None:

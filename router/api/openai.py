@@ -8,8 +8,9 @@ import time
 import orjson
 from aiohttp import web
 
+from router.api.current import current
 from router.api.respond import check_length, default_budget, new_context, run
-from router.api.state import MODELS, PIPELINES, SETTINGS, UPSTREAMS
+from router.api.state import SETTINGS, UPSTREAMS
 from router.budget import budget_ms
 from router.settings import Protocol
 
@@ -23,18 +24,18 @@ def add_routes(app: web.Application) -> None:
 
 
 async def relay(request: web.Request) -> web.StreamResponse:
-    app = request.app
+    generation = current(request)
     check_length(request)
-    budget = budget_ms(request.headers, default_budget(app, "openai", None))
+    budget = budget_ms(request.headers, default_budget(generation, "openai", None))
     ctx = new_context(request, "openai", "", None, budget)
     ctx.body = await request.read()
-    return await run(request, app[PIPELINES].openai, ctx)
+    return await run(request, generation.pipelines.openai, ctx)
 
 
 async def list_models(request: web.Request) -> web.Response:
     app = request.app
     tier = app[SETTINGS].site.tier.value
-    data = [_model(name, tier, "local") for name in app[MODELS].models]
+    data = [_model(name, tier, "local") for name in current(request).models.models]
     for cluster in app[UPSTREAMS].clusters.values():
         if Protocol.OPENAI not in cluster.settings.protocols and not cluster.models:
             continue

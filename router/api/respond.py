@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from router.api.state import POLICY, SETTINGS, SPOOL, TELEMETRY, TRAIL
+from router.api.state import SETTINGS, SPOOL, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext
 from router.errors import LoopDetected, PayloadTooLarge, RouterError
@@ -15,6 +15,7 @@ from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
 from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id
 from router.pipeline import Pipeline
 from router.privacy import redaction_header
+from router.runtime import Generation
 
 POLICY_REVISION = "X-Policy-Revision"
 AUDIT_ID = "X-Audit-Id"
@@ -32,10 +33,10 @@ def check_length(request: web.Request) -> None:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
 
 
-def default_budget(app: web.Application, api: str, model: str | None) -> float:
+def default_budget(generation: Generation, api: str, model: str | None) -> float:
     """A request's budget when it states none: the model's, then the route's; the policy
     bundle's budgets.yaml first, the site config's routing section after it."""
-    bundle, routing = app[POLICY].budgets, app[SETTINGS].routing
+    bundle, routing = generation.bundle.budgets, generation.settings.routing
     route = routing.models.get(model) if model else None
     candidates = (
         bundle.models.get(model) if model else None,

@@ -1,4 +1,9 @@
-"""Typed application state shared by the handlers (aiohttp AppKeys; no module globals)."""
+"""Typed application state shared by the handlers (aiohttp AppKeys; no module globals).
+
+What a reload may replace (settings' reloadable parts, policy bundle, privacy, models,
+pipelines) lives in the runtime generation: read `app[RUNTIME].current`, or in a request
+handler `router.api.current.current(request)`, the generation the request is pinned to.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from router.cache import ResponseCache
-from router.inference.repository import ModelRepository
-from router.pipeline import Pipeline
-from router.policy.bundle import PolicyBundle
-from router.privacy import Privacy
+from router.policy.keeper import BundleState
+from router.reload import Reloader
+from router.runtime import Pipelines, Runtime
 from router.settings import Settings
 from router.store_forward import StoreAndForward
 from router.telemetry import Telemetry
@@ -19,28 +23,24 @@ from router.trail import Trail
 from router.upstreams.registry import Upstreams
 from router.upstreams.tls import TlsContexts
 
+__all__ = ["Pipelines", "ServerStatus"]
+
 
 @dataclass(slots=True)
 class ServerStatus:
     draining: bool = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
 
 
-@dataclass(frozen=True, slots=True)
-class Pipelines:
-    v2_infer: Pipeline
-    openai: Pipeline
-    upstream_only: Pipeline  # requests about a model only upstreams hold (v2 metadata, ready)
-
-
-SETTINGS = web.AppKey("settings", Settings)
-MODELS = web.AppKey("models", ModelRepository)
-PIPELINES = web.AppKey("pipelines", Pipelines)
+SETTINGS = web.AppKey("settings", Settings)  # as started; the current: RUNTIME's generation
+RUNTIME = web.AppKey("runtime", Runtime)
+# The policy bundle's source, revision, ETag, last check and error, activation/rejection counts.
+BUNDLE = web.AppKey("bundle", BundleState)
+# Reloads (SIGHUP, polling); its `hooks` list takes callbacks run after every reload.
+RELOADER = web.AppKey("reloader", Reloader)
 STATUS = web.AppKey("status", ServerStatus)
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
 # Every certificate the site uses; hot reload calls `app[TLS].reload()` (in a thread).
 TLS = web.AppKey("tls", TlsContexts)
-POLICY = web.AppKey("policy", PolicyBundle)
-PRIVACY = web.AppKey("privacy", Privacy)
 CACHE = web.AppKey("cache", ResponseCache)
 TRAIL = web.AppKey("trail", Trail)
 SPOOL = web.AppKey("spool", StoreAndForward)

@@ -23,6 +23,7 @@ from router.policy.model import (
     Sampling,
     Tenants,
     TierRedaction,
+    VersionPins,
 )
 from router.redaction.types import Action, Entity
 
@@ -44,6 +45,7 @@ class PolicyBundle:
     tenants: Tenants
     cache: CachePolicy
     sampling: Sampling
+    versions: VersionPins
 
     @property
     def revision(self) -> str:
@@ -74,6 +76,7 @@ def load_bundle(path: Path) -> PolicyBundle:
         tenants=_optional(path, "tenants.yaml", Tenants, Tenants()),
         cache=_optional(path, "cache.yaml", CachePolicy, CachePolicy()),
         sampling=_optional(path, "sampling.yaml", Sampling, Sampling()),
+        versions=_optional(path, "versions.yaml", VersionPins, VersionPins()),
     )
     problems = _cross_check(bundle)
     if problems:

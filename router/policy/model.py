@@ -117,3 +117,26 @@ class TenantDefaults(Strict):
 class Tenants(Strict):
     default: TenantDefaults = TenantDefaults()
     tenants: dict[str, TenantDefaults] = {}
+
+
+class VersionPins(Strict):
+    """Per tier, per model: the only versions that tier may serve (a model not listed is not
+    pinned). Guards against compliance drift: an upstream reporting another version, or not
+    reporting one, gets no request for that model."""
+
+    tiers: dict[str, dict[str, tuple[Annotated[str, Field(min_length=1)], ...]]] = {}
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(
+        cls, value: dict[str, dict[str, tuple[str, ...]]]
+    ) -> dict[str, dict[str, tuple[str, ...]]]:
+        unknown = set(value) - set(TIERS)
+        if unknown:
+            raise ValueError(f"unknown tier {sorted(unknown)[0]!r}; known: {TIERS}")
+        return value
+
+    def allowed(self, tier: str, model: str) -> frozenset[str] | None:
+        """The versions `tier` may serve of `model`; None when the model is not pinned."""
+        versions = self.tiers.get(tier, {}).get(model)
+        return None if versions is None else frozenset(versions)

@@ -18,6 +18,7 @@ from router.policy.bundle import PolicyBundle
 from router.policy.decide import ClusterView, Decision, Facts, Failure, Rules, decide
 from router.policy.residency import LOCAL_TIER, permits
 from router.settings import RoutingSettings, SiteSettings
+from router.upstreams.pinning import compliant
 from router.upstreams.registry import Upstreams
 
 
@@ -47,7 +48,7 @@ class DecideRoute:
         now = asyncio.get_running_loop().time()
         facts = Facts(ctx.api, ctx.model, (ctx.deadline - now) * 1000, len(ctx.body))
         snapshot = self._upstreams.snapshot(now, self._models)
-        permitted = self.permitted(ctx, snapshot.clusters)
+        permitted = self.permitted(ctx, snapshot.clusters) - self._pinned_out(ctx)
         ctx.decision = decision = decide(facts, self._rules, snapshot, self._tier, permitted)
         ctx.reasons.extend(decision.reasons)
         if decision.failure is not None:
@@ -71,6 +72,15 @@ class DecideRoute:
                 origin=self._origin,
             )
         )
+
+    def _pinned_out(self, ctx: RequestContext) -> frozenset[str]:
+        """Clusters whose reported versions of the model the bundle does not allow."""
+        clusters = self._upstreams.clusters.values()
+        if not self._bundle.versions.tiers:
+            return frozenset()
+        out = frozenset(c.name for c in clusters if not compliant(self._bundle, c, ctx.model))
+        ctx.reasons.extend(f"version_pinned:{name}" for name in sorted(out))
+        return out
 
 
 def _failure_error(ctx: RequestContext, decision: Decision) -> Exception:

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from router.cache import ResponseCache
 from router.inference.repository import ModelRepository
+from router.policy.keeper import BundleState
 from router.spool import Spool
 from router.telemetry.requests import RequestMetrics
 from router.upstreams.registry import Upstreams
@@ -51,7 +52,8 @@ async def spool_state(spool: Spool | None) -> SpoolState | None:
 class Sources:
     info: Callable[[], dict[str, str]]  # router version, site, tier, policy revision (now)
     requests: RequestMetrics
-    models: ModelRepository
+    models: Callable[[], ModelRepository]  # the current generation's (reloads replace it)
+    bundle: BundleState
     upstreams: Upstreams
     cache: ResponseCache
     spool: SpoolState | None = None  # refreshed by the handler before each scrape
@@ -69,9 +71,30 @@ class RouterCollector(Collector):
         yield from _requests(s.requests)
         yield from _upstreams(s.upstreams, asyncio.get_running_loop().time())
         yield from _cache(s.cache)
-        yield from _inference(s.models)
+        yield from _inference(s.models())
+        yield from _bundle(s.bundle)
         if s.spool is not None:
             yield from _spool(s.spool)
+
+
+def _bundle(state: BundleState) -> Iterator[Metric]:
+    """Distribution of the policy bundle: a rejected or unreachable bundle shows here."""
+    for name, value, doc in (
+        ("checks", state.checks, "Polls of the bundle source"),
+        ("not_modified", state.not_modified, "Polls answered 304 Not Modified"),
+        ("activations", state.activations, "Bundles verified and activated"),
+        ("rejections", state.rejections, "Bundles rejected (signature, content, fetch)"),
+    ):
+        yield CounterMetricFamily(PREFIX + "policy_bundle_" + name, doc, value=value)
+    yield GaugeMetricFamily(
+        PREFIX + "policy_bundle_ready", "1 when a verified bundle is active", value=state.ready
+    )
+    if state.last_activation is not None:
+        yield GaugeMetricFamily(
+            PREFIX + "policy_bundle_last_activation_timestamp_seconds",
+            "When the active bundle was activated (Unix time)",
+            value=state.last_activation,
+        )
 
 
 def _requests(metrics: RequestMetrics) -> Iterator[Metric]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,6 +95,12 @@ class AppThread:
             return fn(*args)
 
         return asyncio.run_coroutine_threadsafe(_call(), loop).result(self._timeout)
+
+    def call_async(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """`await fn(*args)` on the router's loop thread (e.g. a reload), and its result."""
+        loop = self._loop
+        assert loop is not None, "the router is not running"
+        return asyncio.run_coroutine_threadsafe(fn(*args), loop).result(self._timeout)
 
     def __enter__(self) -> AppThread:
         return self.start()

@@ -47,6 +47,7 @@ class FakeUpstream:
     name: str = "fake"
     models: Sequence[str] = ("gpt-test",)
     v2_models: Sequence[str] = ()
+    v2_versions: Sequence[str] = ("1",)  # what the repository index reports for each v2 model
     behaviour: Behaviour = field(default_factory=Behaviour)
     received: list[Recorded] = field(default_factory=list)
 
@@ -77,7 +78,11 @@ class FakeUpstream:
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.json_response(
-            [{"name": m, "version": "1", "state": "READY"} for m in self.v2_models]
+            [
+                {"name": m, "version": v, "state": "READY"}
+                for m in self.v2_models
+                for v in self.v2_versions
+            ]
         )
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -128,7 +128,8 @@ def poster(
 
 
 def plain_session() -> aiohttp.ClientSession:
-    """A session with the same hygiene as the clusters' (no cookies, no redirects followed)."""
+    """A session with the same hygiene as the clusters' (no cookies, no redirects followed);
+    TLS options travel with each request (an HttpTransport's ClientTls)."""
     return aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",)
     )

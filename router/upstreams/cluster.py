@@ -36,6 +36,8 @@ class Cluster:
     settings: ClusterSettings
     endpoints: list[Endpoint]
     models: frozenset[str] | None = None
+    # Per model, the versions the cluster's endpoints report serving (v2 repository index).
+    versions: dict[str, frozenset[str]] = field(default_factory=dict)
     active: int = 0
     retries_active: int = 0
     counters: Counters = field(default_factory=Counters)

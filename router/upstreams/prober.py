@@ -79,24 +79,28 @@ class Prober:
 
     async def discover(self) -> frozenset[str] | None:
         found: set[str] = set()
+        versions: dict[str, set[str]] = {}
         answered = False
         protocols = self.cluster.settings.protocols
         for endpoint in self.cluster.endpoints:
             if Protocol.OPENAI in protocols:
-                names = await self._names(endpoint, "GET", "/v1/models", _openai_names)
-                answered |= names is not None
-                found |= names or set()
+                listed = await self._names(endpoint, "GET", "/v1/models", _openai_names)
+                answered |= listed is not None
+                found |= listed[0] if listed else set()
             if Protocol.KSERVE_V2 in protocols:
-                names = await self._names(endpoint, "POST", "/v2/repository/index", _v2_names)
-                answered |= names is not None
-                found |= names or set()
+                listed = await self._names(endpoint, "POST", "/v2/repository/index", _v2_names)
+                answered |= listed is not None
+                found |= listed[0] if listed else set()
+                for name, seen in (listed[1] if listed else {}).items():
+                    versions.setdefault(name, set()).update(seen)
         if answered:
             self.cluster.models = frozenset(found)
+            self.cluster.versions = {name: frozenset(v) for name, v in versions.items()}
         return self.cluster.models
 
     async def _names(
         self, endpoint: Endpoint, method: str, path: str, parse: Any
-    ) -> set[str] | None:
+    ) -> Listing | None:
         timeout = self.cluster.settings.health_check.timeout_s
         try:
             async with asyncio.timeout(timeout):
@@ -109,16 +113,27 @@ class Prober:
         if response.status != 200:
             return None
         try:
-            names: set[str] = parse(orjson.loads(body))
+            listing: Listing = parse(orjson.loads(body))
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
             log.warning("cluster %s: unreadable model list from %s", self.cluster.name, path)
             return None
-        return names
+        return listing
 
 
-def _openai_names(doc: Any) -> set[str]:
-    return {str(item["id"]) for item in doc["data"]}
+# The model names an endpoint serves, and per model the versions it reports (when it does).
+Listing = tuple[set[str], dict[str, set[str]]]
 
 
-def _v2_names(doc: Any) -> set[str]:
-    return {str(item["name"]) for item in doc if item.get("state", "READY") == "READY"}
+def _openai_names(doc: Any) -> Listing:
+    # OpenAI's model list has no versions: such a cluster reports none (see upstreams.pinning).
+    return {str(item["id"]) for item in doc["data"]}, {}
+
+
+def _v2_names(doc: Any) -> Listing:
+    ready = [item for item in doc if item.get("state", "READY") == "READY"]
+    versions: dict[str, set[str]] = {}
+    for item in ready:
+        version = str(item.get("version") or "")
+        if version:
+            versions.setdefault(str(item["name"]), set()).add(version)
+    return {str(item["name"]) for item in ready}, versions

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.api.state import PIPELINES
+from router.api.state import RUNTIME
 from router.settings import Settings
 from router.testing import AppThread, FakeUpstream, RouterThread
 
@@ -241,6 +241,6 @@ def test_no_tracer_when_tracing_is_off(edge_models: Path) -> None:
     config = Settings.model_validate({"models": {"repository": edge_models}})
     with RouterThread(config) as router:
         assert router.app is not None
-        pipelines = router.call(lambda: router.app[PIPELINES])  # type: ignore[index]
+        pipelines = router.call(lambda: router.app[RUNTIME].current.pipelines)  # type: ignore[index]
         assert pipelines.v2_infer.tracer is None
         assert pipelines.openai.tracer is None

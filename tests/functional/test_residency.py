@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from router.api.state import MODELS, UPSTREAMS
+from router.api.state import RUNTIME, UPSTREAMS
 from router.app import build_app
 from router.settings import Settings
 from router.testing import Behaviour, FakeUpstream, FaultProxy, serving
@@ -51,7 +51,7 @@ class Site:
     def live(self, cluster: str) -> int:
         """How many of a cluster's endpoints the router currently counts as live."""
         now = asyncio.get_running_loop().time()
-        snapshot = self.app[UPSTREAMS].snapshot(now, self.app[MODELS])
+        snapshot = self.app[UPSTREAMS].snapshot(now, self.app[RUNTIME].current.models)
         return next(c.live_endpoints for c in snapshot.clusters if c.name == cluster)
 
 

@@ -1,0 +1,138 @@
+"""Verify, materialise and remember policy bundles: a bundle is activated only after its
+signature, its files and its content all check out; the last good one is kept on disk so a
+site can start offline; every check, activation and rejection is counted for status."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from router.errors import BundleRejected, ConfigError
+from router.policy.archive import unpack, write_atomically, write_folder
+from router.policy.bundle import PolicyBundle, load_bundle
+from router.policy.signing import Files, digests, verify
+
+log = logging.getLogger(__name__)
+
+LAST_GOOD = "last-good.tar.gz"
+LAST_GOOD_META = "last-good.json"
+
+
+def content_id(files: Files) -> str:
+    """Names and digests of the files (the signature aside): equal for equal bundles."""
+    return hashlib.sha256(orjson.dumps(digests(files))).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class BundleState:
+    """What status and metrics show about the policy bundle (times are Unix seconds)."""
+
+    source: str  # "embedded", a folder, a path or a URL
+    signatures_required: bool  # public keys are configured
+    revision: str = ""
+    name: str = ""
+    etag: str | None = None
+    signed_by: str | None = None  # key id
+    ready: bool = False  # a good bundle is active
+    from_last_good: bool = False  # started on the copy kept on disk
+    last_check: float | None = None
+    last_activation: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    checks: int = 0
+    not_modified: int = 0
+    activations: int = 0
+    rejections: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections += 1
+        self.last_error = reason
+        self.last_error_at = time.time()
+
+    def activated(self, bundle: PolicyBundle, etag: str | None, keyid: str | None) -> None:
+        self.activations += 1
+        self.revision, self.name = bundle.revision, bundle.manifest.name
+        self.etag, self.signed_by, self.ready = etag, keyid, True
+        self.last_activation = time.time()
+
+
+class BundleKeeper:
+    """Blocking work (hashing, file I/O, YAML): call it off the event loop."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey], store: Path) -> None:
+        self.keys = keys
+        self.store = store
+
+    def accept(self, files: Files) -> tuple[PolicyBundle, str | None]:
+        """The loaded bundle and the key that signed it; BundleRejected when it must not be used."""
+        keyid = verify(files, self.keys) if self.keys else None
+        try:
+            folder = self._materialise(files)
+        except OSError as exc:
+            raise BundleRejected(f"cannot store the bundle: {exc.strerror or exc}") from None
+        try:
+            return load_bundle(folder), keyid
+        except BundleRejected:
+            raise
+        except ConfigError as exc:
+            where = Path(exc.source)
+            name = where.relative_to(folder) if where.is_relative_to(folder) else where.name
+            raise BundleRejected(f"{name}: " + "; ".join(exc.problems)) from None
+
+    def _materialise(self, files: Files) -> Path:
+        """The verified bytes in a folder of our own, named by content: what is loaded is what
+        was verified, whatever happens to the source afterwards."""
+        folder = self.store / f"bundle-{content_id(files)}"
+        if not folder.is_dir():
+            # Several routers (workers, test sites) may share the store: stage privately.
+            self.store.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.store)) / "bundle"
+            try:
+                write_folder(files, staging)
+                staging.rename(folder)
+            except OSError:
+                if not folder.is_dir():  # not someone else's identical copy: a real failure
+                    raise
+            finally:
+                shutil.rmtree(staging.parent, ignore_errors=True)
+        return folder
+
+    def persist(self, archive: bytes, etag: str | None, keep: Path) -> None:
+        write_atomically(self.store / LAST_GOOD, archive)
+        write_atomically(self.store / LAST_GOOD_META, orjson.dumps({"etag": etag}))
+        self._prune(keep)
+
+    def _prune(self, keep: Path) -> None:
+        """Drop materialised bundles other than the active one (the active one stays loaded
+        in memory; its folder only serves `check`-style reads of its cases)."""
+        for folder in self.store.glob("bundle-*"):
+            if folder != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def last_good(self) -> tuple[Files, bytes, str | None] | None:
+        """The persisted last good bundle, or None when there is none (or it is unreadable)."""
+        try:
+            archive = (self.store / LAST_GOOD).read_bytes()
+            meta = orjson.loads((self.store / LAST_GOOD_META).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        try:
+            files = unpack(archive)
+        except BundleRejected as exc:
+            log.warning("last good policy bundle on disk is unusable: %s", exc.reason)
+            return None
+        etag = meta.get("etag") if isinstance(meta, dict) else None
+        return files, archive, etag if isinstance(etag, str) else None

@@ -1,0 +1,72 @@
+"""`layer-router bundle keygen|build|sign|verify` as an operator runs them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from test_serve_process import run_cli
+
+from router.resources import default_policy_bundle
+
+
+def test_keygen_build_sign_verify(tmp_path: Path) -> None:
+    """A bundle built unsigned fails verification (exit 1), passes once signed, and fails
+    again against a key that did not sign it."""
+    keys = tmp_path / "keys" / "central"
+    keys.parent.mkdir()
+    assert run_cli("bundle", "keygen", keys).returncode == 0
+    assert (keys.parent / "central.key").stat().st_mode & 0o077 == 0  # owner-only
+    archive = tmp_path / "bundle.tar.gz"
+    assert run_cli("bundle", "build", default_policy_bundle(), "-o", archive).returncode == 0
+    public = keys.parent / "central.pub"
+    unsigned = run_cli("bundle", "verify", archive, "--public-key", public)
+    assert unsigned.returncode == 1
+    assert "not signed" in unsigned.stderr
+    signing = run_cli("bundle", "sign", archive, "--signing-key", keys.parent / "central.key")
+    assert signing.returncode == 0
+    verified = run_cli("bundle", "verify", archive, "--public-key", public)
+    assert verified.returncode == 0
+    assert "revision" in verified.stdout
+    assert run_cli("bundle", "keygen", tmp_path / "other").returncode == 0
+    wrong = run_cli("bundle", "verify", archive, "--public-key", tmp_path / "other.pub")
+    assert wrong.returncode == 1
+    assert "not a configured key" in wrong.stderr
+
+
+def test_build_signs_in_one_step_and_keygen_never_overwrites(tmp_path: Path) -> None:
+    """`build --signing-key` gives a verifiable bundle; keygen refuses to replace a key."""
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    archive = tmp_path / "b.tar.gz"
+    built = run_cli(
+        "bundle",
+        "build",
+        default_policy_bundle(),
+        "-o",
+        archive,
+        "--signing-key",
+        tmp_path / "k.key",
+    )
+    assert built.returncode == 0
+    assert run_cli("bundle", "verify", archive, "--public-key", tmp_path / "k.pub").returncode == 0
+    again = run_cli("bundle", "keygen", tmp_path / "k")
+    assert again.returncode == 2
+
+
+def test_check_verifies_a_local_bundle_against_the_configured_keys(tmp_path: Path) -> None:
+    """`check` refuses an unsigned bundle when keys are configured (exit 2) and accepts the
+    same bundle once signed."""
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    archive = tmp_path / "b.tar.gz"
+    assert run_cli("bundle", "build", default_policy_bundle(), "-o", archive).returncode == 0
+    config = tmp_path / "site.yaml"
+    config.write_text("policy: {source: {path: b.tar.gz}, public_keys: [k.pub]}\n")
+    refused = run_cli("check", config)
+    assert refused.returncode == 2
+    assert "not signed" in refused.stderr
+    assert run_cli("bundle", "sign", archive, "--signing-key", tmp_path / "k.key").returncode == 0
+    accepted = run_cli("check", config)
+    assert accepted.returncode == 0, accepted.stderr
+    passed = re.search(r"(\d+) policy cases passed", accepted.stdout)
+    assert passed is not None
+    assert int(passed.group(1)) > 0  # the archive's cases ran

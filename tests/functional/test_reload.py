@@ -1,0 +1,101 @@
+"""Hot reload inside one process: the model repository is polled, a repository with broken
+models is refused (the running models stay), and reload hooks see every reload."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from aiohttp import web
+
+from router.api.state import RELOADER
+from router.settings import Settings
+from router.testing import RouterThread, identity_model, write_repository
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float) -> None:
+    give_up = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < give_up, "condition not met in time"
+        time.sleep(0.05)
+
+
+def served_models(site: RouterThread) -> list[str]:
+    models: list[str] = requests.get(site.url + "/v2", timeout=10).json()["models"]
+    return models
+
+
+def app(site: RouterThread) -> web.Application:
+    assert site.app is not None
+    return site.app
+
+
+async def reload(site: RouterThread) -> bool:
+    return await app(site)[RELOADER].reload("test")
+
+
+def settings(repository: Path, poll_s: float = 0.0) -> Settings:
+    return Settings.model_validate(
+        {
+            "models": {"repository": repository, "inference_threads": 1},
+            "reload": {"poll_interval_s": poll_s},
+        }
+    )
+
+
+def test_a_polled_repository_serves_a_new_model(tmp_path: Path) -> None:
+    """A model added to the repository is served after the next poll, without SIGHUP."""
+    repository = write_repository(tmp_path / "repo", {"first": {1: identity_model("FP32")}})
+    with RouterThread(settings(repository, poll_s=0.2)) as site:
+        assert served_models(site) == ["first"]
+        write_repository(repository, {"second": {1: identity_model("FP32")}})
+        wait_for(lambda: served_models(site) == ["first", "second"], 10)
+        body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [3]}]}
+        answer = requests.post(site.url + "/v2/models/second/infer", json=body, timeout=10)
+        assert answer.status_code == 200
+
+
+def test_a_repository_with_a_broken_model_is_not_swapped_in(tmp_path: Path) -> None:
+    """A reload that would load a broken model keeps the working repository and says why."""
+    repository = write_repository(tmp_path / "repo", {"good": {1: identity_model("FP32")}})
+    with RouterThread(settings(repository)) as site:
+        write_repository(repository, {"broken": {1: b"not an onnx model"}})
+        assert site.call_async(reload, site) is False
+        status = requests.get(site.url + "/v2", timeout=10).json()
+        assert status["models"] == ["good"]
+        assert status["bundle"]["reload"]["failures"] == 1
+        assert "broken" in status["bundle"]["reload"]["last_error"]
+        assert requests.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
+
+
+def test_reload_hooks_see_each_reload(tmp_path: Path) -> None:
+    """A plug-in (e.g. TLS material) registered in the reloader's hooks runs on every reload."""
+    repository = write_repository(tmp_path / "repo", {"good": {1: identity_model("FP32")}})
+    seen: list[Settings] = []
+
+    async def hook(new: Settings) -> None:
+        seen.append(new)
+
+    with RouterThread(settings(repository)) as site:
+        site.call(lambda: app(site)[RELOADER].hooks.append(hook))
+        site.call_async(reload, site)
+        site.call_async(reload, site)
+    assert len(seen) == 2
+
+
+def test_polling_does_not_retry_a_repository_that_failed_to_load(tmp_path: Path) -> None:
+    """A broken repository is tried once per change, not reloaded on every poll."""
+    repository = write_repository(tmp_path / "repo", {"good": {1: identity_model("FP32")}})
+    with RouterThread(settings(repository, poll_s=0.1)) as site:
+        write_repository(repository, {"broken": {1: b"not an onnx model"}})
+
+        def failures() -> int:
+            doc = requests.get(site.url + "/v2", timeout=10).json()
+            return int(doc["bundle"]["reload"]["failures"])
+
+        wait_for(lambda: failures() >= 1, 10)
+        time.sleep(0.6)  # six more polls
+        assert failures() == 1
+        assert served_models(site) == ["good"]

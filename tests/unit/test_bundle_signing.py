@@ -1,0 +1,118 @@
+"""Signed policy bundles: what verifies, and every way a bundle is rejected."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from router.errors import BundleRejected
+from router.policy.archive import pack, read_folder, unpack
+from router.policy.keeper import BundleKeeper
+from router.policy.signing import (
+    SIGNATURES_FILE,
+    generate_keypair,
+    load_private_key,
+    load_public_keys,
+    sign,
+    verify,
+)
+from router.resources import default_policy_bundle
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    return generate_keypair(tmp_path / "site")
+
+
+@pytest.fixture
+def signed(keys: tuple[Path, Path]) -> dict[str, bytes]:
+    files = read_folder(default_policy_bundle())
+    files[SIGNATURES_FILE] = sign(files, load_private_key(keys[0]))
+    return files
+
+
+def test_a_signed_bundle_verifies_with_its_key(
+    signed: dict[str, bytes], keys: tuple[Path, Path]
+) -> None:
+    """A bundle signed by a configured key verifies and names that key."""
+    public = load_public_keys((keys[1],))
+    assert verify(signed, public) == next(iter(public))
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda f: f.pop(SIGNATURES_FILE), "not signed"),
+        (lambda f: f.__setitem__("tenants.yaml", f["tenants.yaml"] + b"\n# x\n"), "digest"),
+        (lambda f: f.__setitem__("extra.yaml", b"a: 1\n"), "not covered"),
+        (lambda f: f.pop("residency.yaml"), "missing"),
+        (lambda f: f.__setitem__(SIGNATURES_FILE, b"{not json"), "malformed"),
+    ],
+    ids=["unsigned", "tampered", "extra-file", "missing-file", "malformed-signature"],
+)
+def test_changed_bundles_are_rejected(
+    signed: dict[str, bytes], keys: tuple[Path, Path], change: object, reason: str
+) -> None:
+    """Unsigned, tampered, extra and missing files each reject the bundle, saying why."""
+    change(signed)  # type: ignore[operator]
+    with pytest.raises(BundleRejected, match=reason):
+        verify(signed, load_public_keys((keys[1],)))
+
+
+def test_a_bundle_signed_by_another_key_is_rejected(
+    signed: dict[str, bytes], tmp_path: Path
+) -> None:
+    """A valid signature by a key the site does not trust is no signature."""
+    _, other = generate_keypair(tmp_path / "other")
+    with pytest.raises(BundleRejected, match="not a configured key"):
+        verify(signed, load_public_keys((other,)))
+
+
+def test_a_forged_signature_is_rejected(signed: dict[str, bytes], keys: tuple[Path, Path]) -> None:
+    """A listing re-written to match tampered files fails the signature itself."""
+    signed["tenants.yaml"] += b"\n# x\n"
+    doc = orjson.loads(signed[SIGNATURES_FILE])
+    doc["files"] = [
+        {**item, "sha256": hashlib.sha256(signed[item["name"]]).hexdigest()}
+        for item in doc["files"]
+    ]
+    signed[SIGNATURES_FILE] = orjson.dumps(doc)
+    with pytest.raises(BundleRejected, match="does not verify"):
+        verify(signed, load_public_keys((keys[1],)))
+
+
+def test_archives_round_trip_reproducibly(signed: dict[str, bytes]) -> None:
+    """pack then unpack gives the same files, and packing twice the same bytes (ETags)."""
+    assert unpack(pack(signed)) == signed
+    assert pack(signed) == pack(dict(signed))
+
+
+@pytest.mark.parametrize("name", ["../escape.yaml", "/etc/passwd"])
+def test_archives_with_unsafe_names_are_rejected(name: str) -> None:
+    """A member that would land outside the bundle's folder rejects the archive."""
+    with pytest.raises(BundleRejected, match="unsafe name"):
+        unpack(pack({name: b"x"}))
+
+
+def test_garbage_is_not_an_archive() -> None:
+    """Bytes that are not a tar.gz are a rejection, not a crash."""
+    with pytest.raises(BundleRejected, match="not a valid"):
+        unpack(b"\x1f\x8b garbage")
+
+
+def test_keeper_rejects_a_signed_bundle_with_invalid_content(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """A correctly signed bundle whose YAML is invalid is rejected all the same."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), folder)
+    (folder / "cache.yaml").write_text("max_data_class: no-such-class\n")
+    files = read_folder(folder)
+    files[SIGNATURES_FILE] = sign(files, load_private_key(keys[0]))
+    keeper = BundleKeeper(load_public_keys((keys[1],)), tmp_path / "store")
+    with pytest.raises(BundleRejected, match=r"cache\.yaml: .*unknown data class"):
+        keeper.accept(files)

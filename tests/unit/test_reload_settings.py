@@ -1,0 +1,45 @@
+"""Which setting changes a reload applies, and which it reports as needing a restart."""
+
+from __future__ import annotations
+
+from router.reload import applied, restart_only_changes
+from router.settings import Settings
+
+
+def settings(**doc: object) -> Settings:
+    return Settings.model_validate(doc)
+
+
+def test_reloadable_changes_are_applied_and_not_reported() -> None:
+    """Routing budgets and model options change in place; nothing needs a restart."""
+    running = settings()
+    new = settings(routing={"openai_budget_ms": 5}, models={"max_queue_size": 7})
+    assert restart_only_changes(running, new) == []
+    result = applied(running, new)
+    assert result.routing.openai_budget_ms == 5
+    assert result.models.max_queue_size == 7
+
+
+def test_listener_cluster_and_store_changes_need_a_restart() -> None:
+    """Port, workers' threads, upstream clusters, the offline switch and the bundle source are
+    named, dotted, and the running values are kept."""
+    running = settings()
+    new = settings(
+        server={"port": 9000},
+        models={"inference_threads": 64},
+        routing={"offline": True},
+        upstreams=[{"name": "c", "tier": "central", "endpoints": [{"url": "http://x"}]}],
+        policy={"bundle": "/elsewhere"},
+    )
+    assert restart_only_changes(running, new) == [
+        "models.inference_threads",
+        "policy.bundle",
+        "routing.offline",
+        "server.port",
+        "upstreams",
+    ]
+    result = applied(running, new)
+    assert result.server.port == running.server.port
+    assert result.models.inference_threads == running.models.inference_threads
+    assert result.routing.offline is False
+    assert result.upstreams == ()
