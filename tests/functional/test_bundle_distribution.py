@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
-import requests
 import trustme
 from aiohttp import web
 
@@ -108,7 +108,7 @@ def site_settings(site: str, url: str, public: Path, edge_models: Path) -> Setti
 
 
 def bundle_status(site: AppThread) -> dict[str, Any]:
-    doc: dict[str, Any] = requests.get(site.url + "/v2", timeout=10).json()["bundle"]
+    doc: dict[str, Any] = httpx.get(site.url + "/v2", timeout=10).json()["bundle"]
     return doc
 
 
@@ -138,7 +138,7 @@ def test_three_sites_follow_the_central_bundle(
     try:
         for site in sites:
             wait_for(lambda s=site: bundle_status(s)["revision"] == "r1", 10)
-            assert requests.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
+            assert httpx.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
 
         published = time.time()
         server.publish(bundle(tmp_path, "r2", keys[0]))
@@ -157,8 +157,8 @@ def test_three_sites_follow_the_central_bundle(
             status = bundle_status(site)
             assert status["revision"] == "r2"
             assert "does not match its signed digest" in status["last_error"]
-            answer = requests.post(
-                site.url + "/v2/models/color_classifier/infer", data=INFER, timeout=10
+            answer = httpx.post(
+                site.url + "/v2/models/color_classifier/infer", content=INFER, timeout=10
             )
             assert answer.status_code == 200
             assert answer.headers["X-Policy-Revision"] == "r2"
@@ -182,7 +182,7 @@ def test_a_site_starts_on_its_last_good_bundle_while_the_server_is_down(
         status = bundle_status(site)
         assert status["revision"] == "kept-1"
         assert status["from_last_good"] is True
-        assert requests.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
+        assert httpx.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
         wait_for(lambda: bundle_status(site)["last_error"] is not None, 10)
         assert "unreachable" in bundle_status(site)["last_error"]
 
@@ -200,10 +200,10 @@ def test_a_site_without_any_good_bundle_is_not_ready(
     with RouterThread(site_settings("never-ready", url, keys[1], edge_models)) as site:
         wait_for(lambda: bundle_status(site)["rejections"] >= 1, 10)
         assert "not signed" in bundle_status(site)["last_error"]
-        assert requests.get(site.url + "/v2/health/ready", timeout=10).status_code == 503
-        assert requests.get(site.url + "/v2", timeout=10).json()["policy_revision"] is None
-        answer = requests.post(
-            site.url + "/v2/models/color_classifier/infer", data=INFER, timeout=10
+        assert httpx.get(site.url + "/v2/health/ready", timeout=10).status_code == 503
+        assert httpx.get(site.url + "/v2", timeout=10).json()["policy_revision"] is None
+        answer = httpx.post(
+            site.url + "/v2/models/color_classifier/infer", content=INFER, timeout=10
         )
         assert answer.status_code == 503
         assert answer.headers["Retry-After"]

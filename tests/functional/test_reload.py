@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import requests
+import httpx
 from aiohttp import web
 
 from router.api.state import RELOADER
@@ -23,8 +23,8 @@ def wait_for(check: Callable[[], bool], timeout_s: float) -> None:
 
 
 def served_models(site: RouterThread) -> list[str]:
-    models: list[str] = requests.get(site.url + "/v2", timeout=10).json()["models"]
-    return models
+    models = httpx.get(site.url + "/v2", timeout=10).json()["models"]
+    return [model["name"] for model in models]
 
 
 def app(site: RouterThread) -> web.Application:
@@ -53,7 +53,7 @@ def test_a_polled_repository_serves_a_new_model(tmp_path: Path) -> None:
         write_repository(repository, {"second": {1: identity_model("FP32")}})
         wait_for(lambda: served_models(site) == ["first", "second"], 10)
         body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [3]}]}
-        answer = requests.post(site.url + "/v2/models/second/infer", json=body, timeout=10)
+        answer = httpx.post(site.url + "/v2/models/second/infer", json=body, timeout=10)
         assert answer.status_code == 200
 
 
@@ -63,11 +63,11 @@ def test_a_repository_with_a_broken_model_is_not_swapped_in(tmp_path: Path) -> N
     with RouterThread(settings(repository)) as site:
         write_repository(repository, {"broken": {1: b"not an onnx model"}})
         assert site.call_async(reload, site) is False
-        status = requests.get(site.url + "/v2", timeout=10).json()
-        assert status["models"] == ["good"]
+        status = httpx.get(site.url + "/v2", timeout=10).json()
+        assert [model["name"] for model in status["models"]] == ["good"]
         assert status["bundle"]["reload"]["failures"] == 1
         assert "broken" in status["bundle"]["reload"]["last_error"]
-        assert requests.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
+        assert httpx.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
 
 
 def test_reload_hooks_see_each_reload(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_polling_does_not_retry_a_repository_that_failed_to_load(tmp_path: Path)
         write_repository(repository, {"broken": {1: b"not an onnx model"}})
 
         def failures() -> int:
-            doc = requests.get(site.url + "/v2", timeout=10).json()
+            doc = httpx.get(site.url + "/v2", timeout=10).json()
             return int(doc["bundle"]["reload"]["failures"])
 
         wait_for(lambda: failures() >= 1, 10)
