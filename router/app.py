@@ -10,10 +10,12 @@ from functools import partial
 from aiohttp import web
 
 from router.api import kserve_v2, openai
+from router.api.admission import admission
 from router.api.errors import error_middleware
 from router.api.state import (
     CACHE,
     COLLECTOR,
+    LIMITERS,
     MODELS,
     PIPELINES,
     POLICY,
@@ -37,8 +39,9 @@ from router.inference.repository import (
     default_session_builder,
 )
 from router.pipeline import Pipeline
-from router.policy.bundle import load_bundle
+from router.policy.bundle import PolicyBundle, load_bundle
 from router.privacy import Privacy
+from router.ratelimit import Limiters
 from router.resources import audit_path, default_policy_bundle, demo_model_repository, state_dir
 from router.settings import Settings
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
@@ -48,7 +51,9 @@ from router.stages.classify import ClassifyAndRedact
 from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
 from router.stages.route import DecideRoute
+from router.stages.tenant import AuthorizeModel, ResolveTenant
 from router.store_forward import StoreAndForward
+from router.tenancy import Tenancy
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.upstreams.registry import Upstreams
@@ -62,7 +67,8 @@ def build_app(
 ) -> web.Application:
     """`providers` and `session_builder` stand in for onnxruntime's in tests."""
     app = web.Application(
-        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[error_middleware, admission(settings.limits.max_in_flight)],
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
@@ -70,6 +76,8 @@ def build_app(
     app[PRIVACY] = privacy = Privacy.build(bundle, settings.policy.secret_file)
     cache = settings.cache
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
+    app[LIMITERS] = Limiters()  # rate-limit buckets, kept across policy reloads
+    _check_auth(settings, bundle)
     app.cleanup_ctx.append(partial(_models, providers=providers, build=session_builder))
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_spool)
@@ -81,6 +89,20 @@ def build_app(
     app.cleanup_ctx.append(_collector)
     app.router.add_post(COLLECTOR_PATH, _collect)
     return app
+
+
+def _check_auth(settings: Settings, bundle: PolicyBundle) -> None:
+    if (
+        settings.auth_required
+        and not Tenancy(bundle.tenants, required=True, limiters=Limiters()).has_keys
+    ):
+        raise ConfigError(
+            str(bundle.path / "tenants.yaml"),
+            [
+                "auth.mode is 'required' but no tenant has a key: add key hashes under "
+                "tenants.<name>.keys (`layer-router tenant new-key` makes one)"
+            ],
+        )
 
 
 async def _collect(request: web.Request) -> web.StreamResponse:
@@ -98,6 +120,7 @@ def build_pipelines(
     privacy: Privacy,
     redaction_executor: Executor,
     cache: ResponseCache,
+    limiters: Limiters | None = None,
 ) -> Pipelines:
     """The request chains, as plain lists: the order here is the order a request sees."""
     tier = settings.site.tier.value
@@ -108,14 +131,23 @@ def build_pipelines(
         for api, ttl in (("kserve-v2", c.kserve_v2_ttl_s), ("openai", c.openai_ttl_s))
         if c.enabled and ttl > 0
     )
+    tenancy = Tenancy(
+        privacy.bundle.tenants, required=settings.auth_required, limiters=limiters or Limiters()
+    )
+    tenant, authorize = ResolveTenant(tenancy), AuthorizeModel(tenancy)
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
     lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
     return Pipelines(
-        v2_infer=Pipeline([ParseInferRequest(), classify, lookup, route, dispatch]),
-        openai=Pipeline([ParseOpenAIRequest(), classify, lookup, route, dispatch]),
-        upstream_only=Pipeline([route, dispatch]),
+        v2_infer=Pipeline(
+            [tenant, authorize, ParseInferRequest(), classify, lookup, route, dispatch]
+        ),
+        openai=Pipeline(
+            [tenant, ParseOpenAIRequest(), authorize, classify, lookup, route, dispatch]
+        ),
+        upstream_only=Pipeline([tenant, authorize, route, dispatch]),
+        tenancy=tenancy,
     )
 
 
@@ -257,7 +289,13 @@ async def _pipelines(app: web.Application) -> AsyncIterator[None]:
     # Large bodies are scanned here, never on the event loop; two threads bound that work.
     executor = ThreadPoolExecutor(2, thread_name_prefix="redaction")
     app[PIPELINES] = build_pipelines(
-        app[SETTINGS], app[MODELS], app[UPSTREAMS], app[PRIVACY], executor, app[CACHE]
+        app[SETTINGS],
+        app[MODELS],
+        app[UPSTREAMS],
+        app[PRIVACY],
+        executor,
+        app[CACHE],
+        app[LIMITERS],
     )
     try:
         yield

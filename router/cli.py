@@ -1,4 +1,4 @@
-"""layer-router serve | check | audit."""
+"""layer-router serve | check | audit | tenant."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from router import __version__, logs, yamlconf
+from router import __version__, logs, tenant_cli, yamlconf
 from router.audit import cli as audit_cli
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
@@ -40,11 +40,17 @@ def _parser() -> argparse.ArgumentParser:
             help=f"a {tier} upstream endpoint (repeatable; adds a cluster named '{tier}')",
         )
     serve.add_argument("--offline", action="store_true", help="local-only: never forward")
+    serve.add_argument(
+        "--auth",
+        choices=("required", "disabled"),
+        help="require tenants' API keys, or serve without (default: disabled on loopback only)",
+    )
 
     check = commands.add_parser("check", help="validate a site config and the models it names")
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
     check.add_argument("--model-repository", type=Path, help="model repository folder")
     audit_cli.add_parser(commands)
+    tenant_cli.add_parser(commands)
     return parser
 
 
@@ -66,6 +72,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             )
     if getattr(args, "offline", False):
         doc["routing"]["offline"] = True
+    if getattr(args, "auth", None):
+        doc["auth"]["mode"] = args.auth
     return yamlconf.validate(doc, Settings, "command line")
 
 
@@ -73,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_cli.run(args)
+    if args.command == "tenant":
+        return tenant_cli.run(args)
     try:
         settings = _settings(args)
         bundle = load_bundle(settings.policy.bundle or default_policy_bundle())

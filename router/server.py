@@ -14,6 +14,7 @@ from router.api.state import MODELS, STATUS
 from router.app import build_app
 from router.errors import ConfigError
 from router.inference.repository import ModelRepository
+from router.listener import make_runner
 from router.settings import Settings
 
 
@@ -31,12 +32,8 @@ async def _serve(settings: Settings, out: TextIO) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handler_cancellation=True,  # a client that goes away cancels its queued inference
-        shutdown_timeout=settings.server.drain_timeout_s,
-    )
+    # handler_cancellation: a client that goes away cancels its queued inference.
+    runner = make_runner(app, settings.limits, shutdown_timeout=settings.server.drain_timeout_s)
     try:
         await runner.setup()
     except ConfigError as exc:

@@ -9,7 +9,8 @@ import orjson
 from aiohttp import web
 
 from router import __version__
-from router.api.respond import check_length, default_budget, new_context, run
+from router.api.body import check_length, read_body
+from router.api.respond import default_budget, new_context, run
 from router.api.state import MODELS, PIPELINES, POLICY, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest
@@ -138,7 +139,7 @@ async def model_config(request: web.Request) -> web.Response:
 
 
 async def repository_index(request: web.Request) -> web.Response:
-    body = await request.read()
+    body = await read_body(request)
     if body.strip():
         try:
             options = orjson.loads(body)
@@ -213,7 +214,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     budget = budget_ms(request.headers, default_budget(app, "kserve-v2", model))
     ctx = new_context(request, "kserve-v2", model, info.get("version"), budget)
     ctx.header_length = _header_length(request)
-    ctx.body = await request.read()
+    ctx.body = await read_body(request)
     return await run(request, app[PIPELINES].v2_infer, ctx)
 
 

@@ -8,7 +8,8 @@ import time
 import orjson
 from aiohttp import web
 
-from router.api.respond import check_length, default_budget, new_context, run
+from router.api.body import check_length, read_body
+from router.api.respond import default_budget, new_context, run
 from router.api.state import MODELS, PIPELINES, SETTINGS, UPSTREAMS
 from router.budget import budget_ms
 from router.settings import Protocol
@@ -27,7 +28,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     check_length(request)
     budget = budget_ms(request.headers, default_budget(app, "openai", None))
     ctx = new_context(request, "openai", "", None, budget)
-    ctx.body = await request.read()
+    ctx.body = await read_body(request)
     return await run(request, app[PIPELINES].openai, ctx)
 
 

@@ -12,8 +12,10 @@ from router.inference.repository import ModelRepository
 from router.pipeline import Pipeline
 from router.policy.bundle import PolicyBundle
 from router.privacy import Privacy
+from router.ratelimit import Limiters
 from router.settings import Settings
 from router.store_forward import StoreAndForward
+from router.tenancy import Tenancy
 from router.trail import Trail
 from router.upstreams.registry import Upstreams
 
@@ -28,6 +30,7 @@ class Pipelines:
     v2_infer: Pipeline
     openai: Pipeline
     upstream_only: Pipeline  # requests about a model only upstreams hold (v2 metadata, ready)
+    tenancy: Tenancy | None = None  # the pipelines' tenants, for routes outside a pipeline
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -40,5 +43,6 @@ PRIVACY = web.AppKey("privacy", Privacy)
 CACHE = web.AppKey("cache", ResponseCache)
 TRAIL = web.AppKey("trail", Trail)
 SPOOL = web.AppKey("spool", StoreAndForward)
+LIMITERS = web.AppKey("limiters", Limiters)
 # The collector's handler, when this site collects (a list: empty when it does not).
 COLLECTOR = web.AppKey("collector", list[Handler])

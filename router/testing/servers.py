@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from router.app import build_app
-from router.settings import Settings
+from router.listener import make_runner
+from router.settings import LimitsSettings, Settings
 
 T = TypeVar("T")
 
@@ -41,9 +42,14 @@ class AppThread:
     """An aiohttp app made by `factory` on the thread's own loop, served on 127.0.0.1."""
 
     def __init__(
-        self, factory: Callable[[], web.Application], *, start_timeout_s: float = 60.0
+        self,
+        factory: Callable[[], web.Application],
+        *,
+        start_timeout_s: float = 60.0,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self._factory = factory
+        self._limits = limits  # the router's listener limits; None: a plain aiohttp runner
         self._timeout = start_timeout_s
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -111,7 +117,10 @@ class AppThread:
         self._stop = asyncio.Event()
         self.app = self._factory()
         # The same runner options as router.server, so cancellation behaves as in production.
-        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        if self._limits is not None:
+            runner = make_runner(self.app, self._limits)
+        else:
+            runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -131,7 +140,9 @@ class RouterThread(AppThread):
     ) -> None:
         self.settings = settings
         super().__init__(
-            lambda: build_app(settings, **build_app_kwargs), start_timeout_s=start_timeout_s
+            lambda: build_app(settings, **build_app_kwargs),
+            start_timeout_s=start_timeout_s,
+            limits=settings.limits,
         )
 
     def __enter__(self) -> RouterThread:

@@ -1,0 +1,42 @@
+"""Admission at the door, before any work: shed load past `limits.max_in_flight` (503 +
+Retry-After), and where authentication is required, turn away key-less requests to the routes
+that run no pipeline (metadata, model lists; the pipelines resolve their tenant themselves)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from router.api.state import PIPELINES
+from router.errors import Overloaded
+from router.spool.collector import COLLECTOR_PATH
+
+# Probes must answer under load (a liveness probe that times out restarts a busy site), and the
+# collector authenticates sites, not tenants.
+EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", COLLECTOR_PATH})
+# POST routes whose pipeline starts with ResolveTenant.
+_UNPIPELINED_POSTS = frozenset({"/v2/repository/index"})
+
+
+def admission(max_in_flight: int) -> Middleware:
+    in_flight = 0
+
+    @web.middleware
+    async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
+        path = request.path
+        if path in EXEMPT:
+            return await handler(request)
+        if in_flight >= max_in_flight:
+            raise Overloaded("the router is at its limit of concurrent requests", 1.0)
+        in_flight += 1
+        try:
+            if request.method != "POST" or path in _UNPIPELINED_POSTS:
+                tenancy = request.app[PIPELINES].tenancy
+                if tenancy is not None and tenancy.required:
+                    tenancy.identify(request.headers)
+            return await handler(request)
+        finally:
+            in_flight -= 1
+
+    return admit
