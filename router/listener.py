@@ -91,6 +91,11 @@ class GuardedHandler(RequestHandler):
         if self._between_requests():
             self.force_close()
 
+    def stop_lingering(self) -> None:
+        """Close right after the answer instead of draining the rest of the body: for a
+        client too slow to send it, waiting longer is what it wants."""
+        self._lingering_time = 0.0
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -126,7 +131,7 @@ class GuardedRunner(web.AppRunner):
             max_headers=limits.max_headers,
             # After an early 413/408 the rest of a body is drained this long at most, so the
             # client can read the answer before the connection closes.
-            lingering_time=2.0,
+            lingering_time=1.0,
             **kwargs,
         )
         self._limits = limits

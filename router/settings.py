@@ -224,11 +224,11 @@ class LimitsSettings(Strict):
     max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
     # A connection must deliver a request's head within this time of its first byte (or of
     # connecting); slow senders are closed (aiohttp alone waits as long as bytes trickle).
-    header_timeout_s: PositiveFloat = 10.0
+    header_timeout_s: PositiveFloat = 8.0
     # A keep-alive connection with no request in progress is closed after this long.
     idle_timeout_s: PositiveFloat = 60.0
     # A body must arrive within body_timeout_s plus its length at body_min_rate_bytes_per_s.
-    body_timeout_s: PositiveFloat = 10.0
+    body_timeout_s: PositiveFloat = 8.0
     body_min_rate_bytes_per_s: PositiveInt = 1024 * 1024
     # A gzip/deflate body may inflate to this many times its compressed size (past 1 MiB):
     # a compression bomb is refused long before it costs memory.

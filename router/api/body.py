@@ -11,6 +11,7 @@ from aiohttp import web
 
 from router.api.state import SETTINGS
 from router.errors import PayloadTooLarge, RequestTimeout
+from router.listener import GuardedHandler
 
 # Small bodies may inflate as much as they like: a 1 KiB gzip of a repetitive request is fine.
 INFLATE_FLOOR_BYTES = 1024 * 1024
@@ -52,6 +53,8 @@ async def read_body(request: web.Request) -> bytes:
                     allowance = grown
                     deadline.reschedule(started + allowance)
     except TimeoutError:
+        if isinstance(request.protocol, GuardedHandler):
+            request.protocol.stop_lingering()
         raise RequestTimeout(
             f"request body did not arrive within {allowance:.0f} s (limits.body_timeout_s)"
         ) from None
