@@ -85,6 +85,8 @@ class Tenancy:
         """The asking tenant; 401 when a key is required and none of the bundle's matches.
         Without required auth a key no tenant holds is not an error: it may be a credential
         meant for an upstream (`forward_authorization`)."""
+        if not self._by_hash and self._anonymous is not None:
+            return self._anonymous  # no keys anywhere: nothing to look for
         key = presented_key(headers)
         if key is not None:
             hashed = hash_key(key)

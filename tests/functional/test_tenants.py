@@ -40,6 +40,7 @@ tenants:
     models: ["color_classifier"]
   delta:
     keys: ["{hash_key(KEY_D)}"]
+    data_class: public
     rate_limits:
       - {{requests: 3, period_s: 3600}}
 """
@@ -299,10 +300,10 @@ async def test_auth_disabled_serves_anonymous_and_ignores_foreign_credentials(
 async def test_audit_names_the_tenant_never_the_key(
     tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
 ) -> None:
-    """Audit records carry the tenant's name; neither a key nor its hash is anywhere in them,
-    and a refused request is recorded without a tenant."""
+    """Audit records carry the tenant's name and start from its data class; neither a key nor
+    its hash is anywhere in them, and a refused request is recorded without a tenant."""
     with RouterThread(settings(tmp_path, upstream[1], "required")) as router:
-        for key in (KEY_A, KEY_B):
+        for key in (KEY_A, KEY_B, KEY_D):
             status, _, _ = await send(
                 http, router.url + CLASSIFY, rgb([0.4, 0.4, 0.4]), bearer(key)
             )
@@ -311,7 +312,7 @@ async def test_audit_names_the_tenant_never_the_key(
         assert status == 401
     text = "".join(p.read_text() for p in (tmp_path / "audit").glob("*.jsonl"))
     records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
-    tenants = [r["tenant"] for r in records if r.get("kind") == "response"]
-    assert tenants == ["alpha", "beta", ""]
-    for secret in (KEY_A, KEY_B, hash_key(KEY_A)[7:], hash_key(KEY_B)[7:]):
+    answers = [(r["tenant"], r["data_class"]) for r in records if r.get("kind") == "response"]
+    assert answers == [("alpha", "internal"), ("beta", "internal"), ("delta", "public"), ("", "")]
+    for secret in (KEY_A, KEY_B, KEY_D, hash_key(KEY_A)[7:], hash_key(KEY_D)[7:]):
         assert secret not in text
