@@ -147,5 +147,9 @@ class GuardedRunner(web.AppRunner):
 
 
 def make_runner(app: web.Application, limits: LimitsSettings, **kwargs: Any) -> web.AppRunner:
-    """The runner router.server and the test kit use, so tests see production's limits."""
-    return GuardedRunner(app, limits, access_log=None, handler_cancellation=True, **kwargs)
+    """The runner router.server and the test kit use, so tests see production's limits.
+    `kwargs` go to aiohttp's AppRunner (access log options, shutdown_timeout, ...)."""
+    kwargs.setdefault("access_log", None)
+    # A client that goes away cancels its queued inference.
+    kwargs.setdefault("handler_cancellation", True)
+    return GuardedRunner(app, limits, **kwargs)

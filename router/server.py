@@ -32,7 +32,6 @@ async def _serve(settings: Settings, out: TextIO) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # handler_cancellation: a client that goes away cancels its queued inference.
     runner = make_runner(app, settings.limits, shutdown_timeout=settings.server.drain_timeout_s)
     try:
         await runner.setup()
