@@ -140,13 +140,11 @@ def build_pipelines(
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
     return Pipelines(
-        v2_infer=Pipeline(
-            [tenant, authorize, ParseInferRequest(), classify, lookup, route, dispatch]
-        ),
+        v2_infer=Pipeline([tenant, ParseInferRequest(), classify, lookup, route, dispatch]),
         openai=Pipeline(
             [tenant, ParseOpenAIRequest(), authorize, classify, lookup, route, dispatch]
         ),
-        upstream_only=Pipeline([tenant, authorize, route, dispatch]),
+        upstream_only=Pipeline([tenant, route, dispatch]),
         tenancy=tenancy,
     )
 
