@@ -3,6 +3,7 @@ each other's cached answers, and 401/403/429 answer exactly as specified, on bot
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -298,10 +299,16 @@ async def test_auth_disabled_serves_anonymous_and_ignores_foreign_credentials(
 
 
 async def test_audit_names_the_tenant_never_the_key(
-    tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
+    tmp_path: Path,
+    upstream: tuple[FakeUpstream, str],
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Audit records carry the tenant's name and start from its data class; neither a key nor
-    its hash is anywhere in them, and a refused request is recorded without a tenant."""
+    its hash is anywhere in them or in DEBUG logs, and a refused request is recorded without a
+    tenant."""
+    caplog.set_level(logging.DEBUG)
+    wrong = "lr-wrong-canary-key-0123456789abcdefghij"
     with RouterThread(settings(tmp_path, upstream[1], "required")) as router:
         for key in (KEY_A, KEY_B, KEY_D):
             status, _, _ = await send(
@@ -310,9 +317,18 @@ async def test_audit_names_the_tenant_never_the_key(
             assert status == 200
         status, _, _ = await send(http, router.url + CLASSIFY, rgb([0.4, 0.4, 0.4]))
         assert status == 401
+        status, _, _ = await send(http, router.url + CHAT, chat("x"), {"api-key": wrong})
+        assert status == 401
     text = "".join(p.read_text() for p in (tmp_path / "audit").glob("*.jsonl"))
     records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
     answers = [(r["tenant"], r["data_class"]) for r in records if r.get("kind") == "response"]
-    assert answers == [("alpha", "internal"), ("beta", "internal"), ("delta", "public"), ("", "")]
-    for secret in (KEY_A, KEY_B, KEY_D, hash_key(KEY_A)[7:], hash_key(KEY_D)[7:]):
+    assert answers == [
+        ("alpha", "internal"),
+        ("beta", "internal"),
+        ("delta", "public"),
+        ("", ""),
+        ("", ""),
+    ]
+    for secret in (KEY_A, KEY_B, KEY_D, wrong, hash_key(KEY_A)[7:], hash_key(KEY_D)[7:]):
         assert secret not in text
+        assert secret not in caplog.text
