@@ -45,9 +45,9 @@ def status_of(reply: bytes) -> int:
 
 
 def answer(sock: socket.socket) -> bytes:
-    """Everything until the router closes the connection."""
+    """Everything until the router closes the connection (a client timeout fails the test)."""
     data = b""
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(ConnectionResetError):
         while chunk := sock.recv(65536):
             data += chunk
     return data
@@ -259,3 +259,28 @@ def test_connections_past_the_cap_get_503_and_are_closed() -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_silent_and_idle_connections_are_closed_on_the_configured_clock() -> None:
+    """header_timeout_s 1 and idle_timeout_s 1: a connection that says nothing, one that sends
+    half a head, and a keep-alive connection after its answer are all closed by the router
+    (each well before the client's own 5 s patience runs out)."""
+    settings = Settings.model_validate(
+        {
+            "limits": {"header_timeout_s": 1, "idle_timeout_s": 1},
+            "models": {"repository": str(EDGE_MODELS)},
+        }
+    )
+    with RouterThread(settings) as router:
+        address = ("127.0.0.1", router.port)
+        with socket.create_connection(address, timeout=5) as silent:
+            assert answer(silent) == b""
+        with socket.create_connection(address, timeout=5) as half:
+            half.sendall(b"POST /v2/models/color_classifier/infer HTTP/1.1\r\nHost: r\r\n")
+            assert answer(half) == b""
+        with socket.create_connection(address, timeout=5) as idle:
+            idle.sendall(
+                head(CLASSIFY, f"Content-Length: {len(RGB)}", "Connection: keep-alive") + RGB
+            )
+            reply = answer(idle)  # the answer, then the close once idle
+        assert status_of(reply) == 200
