@@ -262,25 +262,24 @@ def test_connections_past_the_cap_get_503_and_are_closed() -> None:
 
 
 def test_silent_and_idle_connections_are_closed_on_the_configured_clock() -> None:
-    """header_timeout_s 1 and idle_timeout_s 1: a connection that says nothing, one that sends
-    half a head, and a keep-alive connection after its answer are all closed by the router
-    (each well before the client's own 5 s patience runs out)."""
+    """header_timeout_s 0.5 and idle_timeout_s 3: a connection that says nothing and one that
+    sends half a head are closed before the client's 2.5 s patience runs out (so by the head
+    deadline, not the idle timeout); a keep-alive connection is closed after its answer."""
     settings = Settings.model_validate(
         {
-            "limits": {"header_timeout_s": 1, "idle_timeout_s": 1},
+            "limits": {"header_timeout_s": 0.5, "idle_timeout_s": 3},
             "models": {"repository": str(EDGE_MODELS)},
         }
     )
     with RouterThread(settings) as router:
         address = ("127.0.0.1", router.port)
-        with socket.create_connection(address, timeout=5) as silent:
+        with socket.create_connection(address, timeout=2.5) as silent:
             assert answer(silent) == b""
-        with socket.create_connection(address, timeout=5) as half:
+        with socket.create_connection(address, timeout=2.5) as half:
             half.sendall(b"POST /v2/models/color_classifier/infer HTTP/1.1\r\nHost: r\r\n")
             assert answer(half) == b""
-        with socket.create_connection(address, timeout=5) as idle:
-            idle.sendall(
-                head(CLASSIFY, f"Content-Length: {len(RGB)}", "Connection: keep-alive") + RGB
-            )
+        with socket.create_connection(address, timeout=6) as idle:
+            keep = head(CLASSIFY, f"Content-Length: {len(RGB)}", "Connection: keep-alive")
+            idle.sendall(keep + RGB)
             reply = answer(idle)  # the answer, then the close once idle
         assert status_of(reply) == 200
