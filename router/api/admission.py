@@ -1,6 +1,7 @@
 """Admission at the door, before any work: shed load past `limits.max_in_flight` (503 +
-Retry-After), and where authentication is required, turn away key-less requests to the routes
-that run no pipeline (metadata, model lists; the pipelines resolve their tenant themselves)."""
+Retry-After); on the routes that run no pipeline (metadata, model lists: the pipelines resolve
+their tenant themselves) name the tenant, turn away requests without a valid key where
+authentication is required (401), and questions about a model the tenant may not use (403)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from aiohttp.typedefs import Handler, Middleware
 from router.api.state import PIPELINES
 from router.errors import Overloaded
 from router.spool.collector import COLLECTOR_PATH
+from router.tenancy import TenantAccess
 
 # Probes must answer under load (a liveness probe that times out restarts a busy site), and the
 # collector authenticates sites, not tenants.
 EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", COLLECTOR_PATH})
+# The asking tenant, on routes outside the pipelines (a model list shows only its models).
+TENANT = web.RequestKey("tenant", TenantAccess)
 # POST routes whose pipeline starts with ResolveTenant.
 _UNPIPELINED_POSTS = frozenset({"/v2/repository/index"})
 
@@ -33,8 +37,12 @@ def admission(max_in_flight: int) -> Middleware:
         try:
             if request.method != "POST" or path in _UNPIPELINED_POSTS:
                 tenancy = request.app[PIPELINES].tenancy
-                if tenancy is not None and tenancy.required:
-                    tenancy.identify(request.headers)
+                if tenancy is not None:
+                    access = tenancy.identify(request.headers)
+                    model = request.match_info.get("model")
+                    if model is not None:
+                        tenancy.authorize(access.name, model)
+                    request[TENANT] = access
             return await handler(request)
         finally:
             in_flight -= 1

@@ -8,6 +8,7 @@ import time
 import orjson
 from aiohttp import web
 
+from router.api.admission import TENANT
 from router.api.body import check_length, read_body
 from router.api.respond import default_budget, new_context, run
 from router.api.state import MODELS, PIPELINES, SETTINGS, UPSTREAMS
@@ -41,6 +42,9 @@ async def list_models(request: web.Request) -> web.Response:
             continue
         for name in sorted(cluster.models or ()):
             data.append(_model(name, cluster.settings.tier.value, cluster.name))
+    access = request.get(TENANT)
+    if access is not None and access.models is not None:
+        data = [item for item in data if access.may_use(str(item["id"]))]
     return web.Response(
         body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
     )

@@ -256,6 +256,26 @@ class TestAuthorization:
         else:
             assert "not available to this tenant" in doc["error"]
 
+    async def test_metadata_and_model_lists_follow_the_tenants_models(
+        self, http: aiohttp.ClientSession, router: RouterThread
+    ) -> None:
+        """A tenant limited to some models sees only those in GET /v1/models and gets 403 for
+        another model's metadata; an unlimited tenant sees every model."""
+        status, _, doc = await send(http, router.url + "/v1/models", None, bearer(KEY_B))
+        assert status == 200
+        assert {m["id"] for m in doc["data"]} == {"color_classifier", "gpt-test"}
+        status, _, doc = await send(http, router.url + "/v1/models", None, bearer(KEY_A))
+        assert {"hotspot_detector", "color_classifier", "gpt-test"} <= {
+            m["id"] for m in doc["data"]
+        }
+        for path in ("/v2/models/hotspot_detector", "/v2/models/hotspot_detector/ready"):
+            status, _, _ = await send(http, router.url + path, None, bearer(KEY_B))
+            assert status == 403
+        status, _, _ = await send(
+            http, router.url + "/v2/models/color_classifier", None, bearer(KEY_B)
+        )
+        assert status == 200
+
 
 class TestRateLimits:
     async def test_bucket_empties_then_429_with_openai_headers(
