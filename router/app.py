@@ -12,12 +12,14 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
 from router.api import kserve_v2, openai, openapi
+from router.api.admission import admission
 from router.api.current import generation_middleware
 from router.api.errors import error_middleware
 from router.api.state import (
     BUNDLE,
     CACHE,
     COLLECTOR,
+    LIMITERS,
     RELOADER,
     RUNTIME,
     SETTINGS,
@@ -40,8 +42,10 @@ from router.inference.repository import (
     default_session_builder,
 )
 from router.pipeline import Pipeline
+from router.policy.bundle import PolicyBundle
 from router.policy.distribution import first_bundle
 from router.privacy import Privacy
+from router.ratelimit import Limiters
 from router.resources import audit_path, state_dir
 from router.settings import Settings
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
@@ -51,9 +55,11 @@ from router.stages.classify import ClassifyAndRedact
 from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
 from router.stages.route import DecideRoute
+from router.stages.tenant import AuthorizeModel, ResolveTenant
 from router.store_forward import StoreAndForward
 from router.telemetry import Telemetry
 from router.telemetry.tracing import provider_from_env, tracer_of
+from router.tenancy import Tenancy
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.upstreams.registry import Upstreams
@@ -78,7 +84,11 @@ def build_app(
     re-read the rest)."""
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[error_middleware, generation_middleware],
+        middlewares=[
+            error_middleware,
+            admission(settings.limits.max_in_flight),
+            generation_middleware,
+        ],
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()
@@ -91,6 +101,9 @@ def build_app(
     privacy = Privacy.build(start.bundle, settings.policy.secret_file)
     cache = settings.cache
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
+    app[LIMITERS] = Limiters()  # rate-limit buckets, kept across policy reloads
+    if not start.pending:  # a bundle still to come is checked when it arrives
+        _check_auth(settings, start.bundle)
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(
         partial(
@@ -101,7 +114,9 @@ def build_app(
             build=session_builder,
             read_settings=read_settings,
             build_pipelines=partial(
-                build_pipelines, tracer=tracer_of(app[TELEMETRY].tracer_provider)
+                build_pipelines,
+                tracer=tracer_of(app[TELEMETRY].tracer_provider),
+                limiters=app[LIMITERS],
             ),
         )
     )
@@ -116,6 +131,20 @@ def build_app(
     app.router.add_post(COLLECTOR_PATH, _collect)
     app.cleanup_ctx.append(partial(update_tasks, start=start))
     return app
+
+
+def _check_auth(settings: Settings, bundle: PolicyBundle) -> None:
+    if (
+        settings.auth_required
+        and not Tenancy(bundle.tenants, required=True, limiters=Limiters()).has_keys
+    ):
+        raise ConfigError(
+            str(bundle.path / "tenants.yaml"),
+            [
+                "auth.mode is 'required' but no tenant has a key: add key hashes under "
+                "tenants.<name>.keys (`layer-router tenant new-key` makes one)"
+            ],
+        )
 
 
 async def _collect(request: web.Request) -> web.StreamResponse:
@@ -134,6 +163,7 @@ def build_pipelines(
     redaction_executor: Executor,
     cache: ResponseCache,
     tracer: Tracer | None = None,
+    limiters: Limiters | None = None,
 ) -> Pipelines:
     """The request chains, as plain lists: the order here is the order a request sees."""
     tier = settings.site.tier.value
@@ -144,14 +174,21 @@ def build_pipelines(
         for api, ttl in (("kserve-v2", c.kserve_v2_ttl_s), ("openai", c.openai_ttl_s))
         if c.enabled and ttl > 0
     )
+    tenancy = Tenancy(
+        privacy.bundle.tenants, required=settings.auth_required, limiters=limiters or Limiters()
+    )
+    tenant, authorize = ResolveTenant(tenancy), AuthorizeModel(tenancy)
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
     lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
     return Pipelines(
-        v2_infer=Pipeline([ParseInferRequest(), classify, lookup, route, dispatch], tracer),
-        openai=Pipeline([ParseOpenAIRequest(), classify, lookup, route, dispatch], tracer),
-        upstream_only=Pipeline([route, dispatch], tracer),
+        v2_infer=Pipeline([tenant, ParseInferRequest(), classify, lookup, route, dispatch], tracer),
+        openai=Pipeline(
+            [tenant, ParseOpenAIRequest(), authorize, classify, lookup, route, dispatch], tracer
+        ),
+        upstream_only=Pipeline([tenant, route, dispatch], tracer),
+        tenancy=tenancy,
     )
 
 

@@ -1,4 +1,4 @@
-"""layer-router serve | check | audit | bundle | demo."""
+"""layer-router serve | check | audit | bundle | tenant | demo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from router import __version__, logs, yamlconf
+from router import __version__, logs, tenant_cli, yamlconf
 from router.audit import cli as audit_cli
 from router.errors import ConfigError
 from router.inference.repository import Loader, available_providers
@@ -61,11 +61,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes sharing the port (SO_REUSEPORT) under a supervisor (default 1)",
     )
+    serve.add_argument(
+        "--auth",
+        choices=("required", "disabled"),
+        help="require tenants' API keys, or serve without (default: disabled on loopback only)",
+    )
 
     check = commands.add_parser("check", help="validate a site config and the models it names")
     check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
     check.add_argument("--model-repository", type=Path, help="model repository folder")
     audit_cli.add_parser(commands)
+    tenant_cli.add_parser(commands)
     bundle_cli.add_parser(commands)
     demo = commands.add_parser("demo", help="start an edge -> regional -> central demo on loopback")
     demo.add_argument(
@@ -101,6 +107,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             )
     if getattr(args, "offline", False):
         doc["routing"]["offline"] = True
+    if getattr(args, "auth", None):
+        doc["auth"]["mode"] = args.auth
     if worker_index() is not None:
         as_worker(doc)
     return yamlconf.validate(doc, Settings, "command line")
@@ -110,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_cli.run(args)
+    if args.command == "tenant":
+        return tenant_cli.run(args)
     if args.command == "bundle":
         return bundle_cli.run(args)
     if args.command == "demo":

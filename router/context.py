@@ -34,6 +34,8 @@ class RequestContext:
     hops: int = 0  # layer-routers this request already passed through
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's
     request_id: str = ""
+    tenant: str = ""  # set by ResolveTenant: the tenant's name (never its key)
+    rate_limit: dict[str, str] | None = None  # the tenant's x-ratelimit-* headers
     traceparent: str = ""  # W3C trace context sent upstream; made when first needed
     body: bytes = b""
     header_length: int | None = None  # Inference-Header-Content-Length

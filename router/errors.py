@@ -7,18 +7,23 @@
     ├── NotFound                     404 not_found
     │   ├── ModelNotFound            404 model_not_found
     │   └── RouteNotFound            404 route_not_found
+    ├── Unauthorized                 401 unauthorized       (no key, or one no tenant holds)
     ├── Forbidden                    403 forbidden
-    │   └── ResidencyDenied          403 residency_denied   (no compliant tier serves it)
+    │   ├── ResidencyDenied          403 residency_denied   (no compliant tier serves it)
+    │   └── ModelNotAllowed          403 model_not_allowed  (not among the tenant's models)
+    ├── RequestTimeout               408 request_timeout    (the body arrived too slowly)
     ├── DetectionFailed              422 detection_failed   (unscanned; may not leave the site)
     ├── MethodNotAllowed             405 method_not_allowed
     ├── LoopDetected                 508 loop_detected      (too many layer-router hops)
     ├── PayloadTooLarge              413 payload_too_large
     ├── UnsupportedMediaType         415 unsupported_media_type
+    ├── RateLimited                  429 rate_limited       (Retry-After, x-ratelimit-*)
     ├── Unavailable                  503 unavailable        (Retry-After)
     │   ├── ModelNotReady            503 model_not_ready
     │   ├── QueueFull                503 queue_full
-    │   └── ShuttingDown             503 shutting_down
+    │   ├── ShuttingDown             503 shutting_down
     │   ├── PolicyPending            503 policy_pending     (no good policy bundle yet)
+    │   ├── Overloaded               503 overloaded         (limits.max_in_flight reached)
     │   ├── UpstreamOverflow         503 upstream_overflow  (our own cap; never ejects)
     │   ├── NoHealthyTarget          503 no_healthy_target
     │   └── Offline                  503 offline
@@ -48,6 +53,7 @@ class RouterError(Exception):
     status = 500
     code = "internal"
     retry_after: float | None = None
+    headers: dict[str, str] | None = None  # extra response headers (never request content)
 
     def __init__(self, message: str = "internal error") -> None:
         super().__init__(message)
@@ -87,6 +93,29 @@ class Forbidden(RouterError):
 
 class ResidencyDenied(Forbidden):
     code = "residency_denied"
+
+
+class ModelNotAllowed(Forbidden):
+    code = "model_not_allowed"
+
+
+class Unauthorized(RouterError):
+    status = 401
+    code = "unauthorized"
+
+
+class RequestTimeout(RouterError):
+    status = 408
+    code = "request_timeout"
+
+
+class RateLimited(RouterError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DetectionFailed(RouterError):
@@ -137,6 +166,10 @@ class ShuttingDown(Unavailable):
 
 class PolicyPending(Unavailable):
     code = "policy_pending"
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
 
 
 class UpstreamOverflow(Unavailable):

@@ -54,6 +54,9 @@ INTERNAL = frozenset(
         "x-data-class-verified",
     }
 )
+# The client's credentials (a tenant's key for this router) go upstream only when a cluster
+# says so (`forward_authorization`).
+CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
 _INTERNAL_PREFIX = "x-layer-router-"
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -82,7 +85,7 @@ def upstream_request_headers(
     # The cluster's value replaces the client's: a client must not add a second one in other case.
     dropped |= {name.lower() for name in extra}
     if not forward_authorization:
-        dropped |= {"authorization"}
+        dropped |= CREDENTIALS
     out: dict[str, str] = {}
     for name, value in client.items():
         lower = name.lower()

@@ -17,6 +17,7 @@ from router.pipeline import Pipeline
 from router.policy.bundle import PolicyBundle
 from router.privacy import Privacy
 from router.settings import Settings
+from router.tenancy import Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class Pipelines:
     v2_infer: Pipeline
     openai: Pipeline
     upstream_only: Pipeline  # requests about a model only upstreams hold (v2 metadata, ready)
+    tenancy: Tenancy | None = None  # the pipelines' tenants, for routes outside a pipeline
 
 
 @dataclass(slots=True, eq=False)

@@ -16,6 +16,7 @@ from router.api.state import RELOADER, RUNTIME, STATUS, TLS
 from router.app import build_app
 from router.errors import ConfigError
 from router.inference.repository import ModelRepository
+from router.listener import make_runner
 from router.logs import access_log_options
 from router.settings import Settings
 
@@ -41,10 +42,10 @@ async def _serve(
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    runner = web.AppRunner(
+    runner = make_runner(
         app,
+        settings.limits,
         **access_log_options(settings.logging.access_log),
-        handler_cancellation=True,  # a client that goes away cancels its queued inference
         shutdown_timeout=settings.server.drain_timeout_s,
     )
     try:

@@ -7,6 +7,7 @@ against the file's folder, so a config and its model repository can move togethe
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -270,6 +271,37 @@ class AuditSettings(Strict):
     batch_interval_ms: PositiveInt = 100
 
 
+class AuthSettings(Strict):
+    # required: every API request names a tenant's key (the policy bundle's tenants.yaml).
+    # disabled: requests without a known key are the anonymous tenant (`default` in
+    # tenants.yaml). None: disabled when the server listens on loopback only, otherwise a
+    # config error: exposing an unauthenticated router must be a written decision.
+    mode: Literal["required", "disabled"] | None = None
+
+
+class LimitsSettings(Strict):
+    """What one client may cost the site before it is refused (TESTING.md S7, S9, R3)."""
+
+    # One request line or header field, and the number of header fields: 431 past either.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 8190
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
+    # A connection must deliver a request's head within this time of its first byte (or of
+    # connecting); slow senders are closed (aiohttp alone waits as long as bytes trickle).
+    header_timeout_s: PositiveFloat = 8.0
+    # A keep-alive connection with no request in progress is closed after this long.
+    idle_timeout_s: PositiveFloat = 60.0
+    # A body must arrive within body_timeout_s plus its length at body_min_rate_bytes_per_s.
+    body_timeout_s: PositiveFloat = 8.0
+    body_min_rate_bytes_per_s: PositiveInt = 1024 * 1024
+    # A gzip/deflate body may inflate to this many times its compressed size (past 1 MiB):
+    # a compression bomb is refused long before it costs memory.
+    max_inflate_ratio: Annotated[float, Field(ge=1)] = 8.0
+    # Open client connections; more are answered 503 and closed at once.
+    max_connections: PositiveInt = 1024
+    # Requests being handled at once; more are answered 503 + Retry-After before any work.
+    max_in_flight: PositiveInt = 512
+
+
 class LoggingSettings(Strict):
     level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
     # json: one object a line for log shippers; text: for a person at a terminal.
@@ -291,6 +323,8 @@ class Settings(Strict):
     spool: SpoolSettings = SpoolSettings()
     audit: AuditSettings = AuditSettings()
     reload: ReloadSettings = ReloadSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @model_validator(mode="after")
     def _unique_cluster_names(self) -> Settings:
@@ -299,6 +333,30 @@ class Settings(Strict):
         if duplicate is not None:
             raise ValueError(f"upstreams: cluster name '{duplicate}' is used twice")
         return self
+
+    @model_validator(mode="after")
+    def _auth_decided(self) -> Settings:
+        if self.auth.mode is None and not is_loopback(self.server.host):
+            raise ValueError(
+                f"server.host {self.server.host!r} is reachable from other machines but "
+                "auth.mode is not set: set auth.mode to 'required' (tenants' key hashes in the "
+                "policy bundle's tenants.yaml) or to 'disabled' to serve without authentication"
+            )
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth.mode == "required"
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: 127.0.0.0/8, ::1 or localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -45,6 +45,7 @@ class Trail:
             api=ctx.api,
             status=status,
             request_id=ctx.request_id,
+            tenant=ctx.tenant,
             served_tier=ctx.served_tier,
             served_by=ctx.served_by,
             model=ctx.model,

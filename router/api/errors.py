@@ -44,6 +44,10 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    if error.headers:
+        headers.update(error.headers)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="layer-router"'
     ctx = request.get(CTX) if request is not None else None
     if ctx is not None:
         headers.update(trace_headers(ctx))
@@ -60,9 +64,12 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
         )
     else:
         body = orjson.dumps({"error": error.message})
-    return web.Response(
+    response = web.Response(
         status=error.status, body=body, content_type="application/json", headers=headers
     )
+    if error.status in (408, 413):
+        response.force_close()  # the rest of the body is not worth reading
+    return response
 
 
 def from_http_exception(exc: web.HTTPException) -> RouterError | None:

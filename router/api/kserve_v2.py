@@ -9,8 +9,9 @@ import orjson
 from aiohttp import web
 
 from router import __version__
+from router.api.body import check_length, read_body
 from router.api.current import current
-from router.api.respond import check_length, default_budget, new_context, run
+from router.api.respond import default_budget, new_context, run
 from router.api.state import BUNDLE, RELOADER, RUNTIME, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest
@@ -173,8 +174,8 @@ async def model_config(request: web.Request) -> web.Response:
 
 
 async def repository_index(request: web.Request) -> web.Response:
-    body = await request.read()
-    if body:  # an empty body asks for everything; blank is not JSON
+    body = await read_body(request)
+    if body.strip():  # an empty body asks for everything; blank is not JSON
         try:
             options = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -252,7 +253,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     budget = budget_ms(request.headers, default_budget(generation, "kserve-v2", model))
     ctx = new_context(request, "kserve-v2", model, info.get("version"), budget)
     ctx.header_length = _header_length(request)
-    ctx.body = await request.read()
+    ctx.body = await read_body(request)
     return await run(request, generation.pipelines.v2_infer, ctx)
 
 

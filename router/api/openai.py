@@ -8,8 +8,10 @@ import time
 import orjson
 from aiohttp import web
 
+from router.api.admission import TENANT
+from router.api.body import check_length, read_body
 from router.api.current import current
-from router.api.respond import check_length, default_budget, new_context, run
+from router.api.respond import default_budget, new_context, run
 from router.api.state import SETTINGS, UPSTREAMS
 from router.budget import budget_ms
 from router.settings import Protocol
@@ -28,7 +30,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     check_length(request)
     budget = budget_ms(request.headers, default_budget(generation, "openai", None))
     ctx = new_context(request, "openai", "", None, budget)
-    ctx.body = await request.read()
+    ctx.body = await read_body(request)
     return await run(request, generation.pipelines.openai, ctx)
 
 
@@ -41,6 +43,9 @@ async def list_models(request: web.Request) -> web.Response:
             continue
         for name in sorted(cluster.models or ()):
             data.append(_model(name, cluster.settings.tier.value, cluster.name))
+    access = request.get(TENANT)
+    if access is not None and access.models is not None:
+        data = [item for item in data if access.may_use(str(item["id"]))]
     return web.Response(
         body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
     )

@@ -7,10 +7,10 @@ import time
 
 from aiohttp import web
 
-from router.api.state import SETTINGS, SPOOL, TELEMETRY, TRAIL
+from router.api.state import SPOOL, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext
-from router.errors import LoopDetected, PayloadTooLarge, RouterError
+from router.errors import LoopDetected, RouterError
 from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
 from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id
 from router.pipeline import Pipeline
@@ -23,14 +23,6 @@ REDACTIONS = "X-Redactions"
 
 # Where the error middleware finds the context of a failed request.
 CTX = web.RequestKey("ctx", RequestContext)
-
-
-def check_length(request: web.Request) -> None:
-    """413 from the declared length, before a byte of the body is read."""
-    limit = request.app[SETTINGS].server.max_body_bytes
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
 
 
 def default_budget(generation: Generation, api: str, model: str | None) -> float:
@@ -85,6 +77,8 @@ def trace_headers(ctx: RequestContext) -> dict[str, str]:
         headers[POLICY_REVISION] = ctx.policy_revision
     if ctx.redactions:
         headers[REDACTIONS] = redaction_header(ctx.redactions)
+    if ctx.rate_limit:
+        headers.update(ctx.rate_limit)
     timing = []
     if ctx.upstream_ms is not None:
         timing.append(f"upstream;dur={ctx.upstream_ms:.2f}")

@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 
 from router.cache import ResponseCache
 from router.policy.keeper import BundleState
+from router.ratelimit import Limiters
 from router.reload import Reloader
 from router.runtime import Pipelines, Runtime
 from router.settings import Settings
@@ -45,5 +46,6 @@ CACHE = web.AppKey("cache", ResponseCache)
 TRAIL = web.AppKey("trail", Trail)
 SPOOL = web.AppKey("spool", StoreAndForward)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
+LIMITERS = web.AppKey("limiters", Limiters)
 # The collector's handler, when this site collects (a list: empty when it does not).
 COLLECTOR = web.AppKey("collector", list[Handler])

@@ -62,6 +62,7 @@ class AuditRecord:
     api: str = ""  # "kserve-v2" | "openai"
     status: int = 200
     request_id: str = ""
+    tenant: str = ""  # the tenant's name (never its key); "anonymous" without authentication
     served_tier: str = ""
     served_by: str = ""  # "model/version" for a local model, else "cluster endpoint"
     model: str = ""
@@ -87,6 +88,7 @@ class AuditRecord:
             "api": self.api,
             "status": self.status,
             "request_id": self.request_id,
+            "tenant": self.tenant,
             "served_tier": self.served_tier,
             "served_by": self.served_by,
             "model": self.model,

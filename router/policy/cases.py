@@ -49,8 +49,9 @@ SCAN_BUDGET_S = 60.0
 
 
 class CaseRequest(Strict):
-    # The class the request starts with (its tenant's); None: the bundle's tenant default.
+    # The class the request starts with; None: the tenant's (below), else the bundle's default.
     declared: Name | None = None
+    tenant: Name | None = None  # the asking tenant of tenants.yaml
     x_data_class: Name | None = None  # the header's value: may raise the class, never lower
     text: tuple[str, ...] = ()  # free-standing strings, each scanned like a JSON string leaf
     body: Any = None  # a JSON body, scanned and redacted as the router does
@@ -157,7 +158,7 @@ def run_cases(bundle: PolicyBundle, privacy: Privacy | None = None) -> list[Case
 def run_case(loaded: LoadedCase, privacy: Privacy) -> CaseResult:
     case, bundle = loaded.case, privacy.bundle
     request, expect = case.request, case.expect
-    tenant = bundle.tenants.default.data_class or bundle.data_classes.default
+    tenant = bundle.tenants.data_class_of(request.tenant or "") or bundle.data_classes.default
     declared = request.declared or tenant
     if request.x_data_class is not None:
         declared = strictest(bundle, [declared, request.x_data_class])
@@ -262,6 +263,8 @@ def _cross_check(bundle: PolicyBundle, cases: Iterable[Case]) -> list[str]:
             for key, value in named.items()
             if value is not None and value not in classes
         ]
+        if request.tenant is not None and request.tenant not in bundle.tenants.tenants:
+            problems.append(f"{at}.request.tenant: unknown tenant {request.tenant!r}")
         listed = {
             f"{at}.request.entities": request.entities,
             f"{at}.expect.entities": expect.entities or (),

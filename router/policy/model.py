@@ -110,13 +110,54 @@ class CachePolicy(Strict):
     max_data_class: Name = "internal"
 
 
+# `sha256:` and the hex SHA-256 of an API key (`layer-router tenant hash-key` makes one).
+KeyHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class RateLimit(Strict):
+    """A token bucket: `requests` per `period_s`, refilled evenly, holding at most `burst`
+    (default: `requests`). A per-minute rate and a per-day quota are two of these."""
+
+    requests: Annotated[int, Field(gt=0)]
+    period_s: Annotated[float, Field(gt=0)] = 60.0
+    burst: Annotated[int, Field(gt=0)] | None = None
+
+
 class TenantDefaults(Strict):
+    """What a tenant may do; a field a tenant leaves unset takes `default`'s value."""
+
     data_class: Name | None = None
+    # Model names or fnmatch globs ("color_*") this tenant may use; None: every model.
+    models: tuple[str, ...] | None = None
+    rate_limits: tuple[RateLimit, ...] | None = None
+
+
+class Tenant(TenantDefaults):
+    keys: tuple[KeyHash, ...] = ()
 
 
 class Tenants(Strict):
+    # Every tenant's fallback, and the anonymous tenant when authentication is disabled.
     default: TenantDefaults = TenantDefaults()
-    tenants: dict[str, TenantDefaults] = {}
+    tenants: dict[Name, Tenant] = {}
+
+    def data_class_of(self, tenant: str) -> str | None:
+        own = self.tenants.get(tenant)
+        if own is not None and own.data_class is not None:
+            return own.data_class
+        return self.default.data_class
+
+    @model_validator(mode="after")
+    def _keys_unique(self) -> Tenants:
+        owner: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for key in tenant.keys:
+                if key in owner:
+                    raise ValueError(f"tenants {owner[key]} and {name} hold the same key hash")
+                owner[key] = name
+        if "anonymous" in self.tenants:
+            raise ValueError("'anonymous' names requests without a key; pick another name")
+        return self
 
 
 class VersionPins(Strict):

@@ -26,7 +26,6 @@ from router.settings import CacheSettings, SiteSettings
 from router.singleflight import SingleFlight
 
 X_CACHE = "X-Cache"
-TENANT = "default"  # one tenant until tenants arrive with the operations work
 
 # Failures a stale answer may stand in for: nothing reachable could answer in time.
 _STALE_IF = (Unavailable, UpstreamError, DeadlineExceeded)
@@ -121,7 +120,8 @@ class LookupCache:
                 ctx.model,
                 ctx.version or "",
                 self._bundle.revision,
-                TENANT,
+                # Tenants never share answers: the scope is the resolved tenant, not a header.
+                ctx.tenant,
                 ctx.declared_class,
                 ctx.data_class,
                 self._site.jurisdiction,

@@ -83,7 +83,7 @@ class ClassifyAndRedact:
 
     def _declared(self, ctx: RequestContext) -> str:
         bundle = self._privacy.bundle
-        tenant = bundle.tenants.default.data_class or bundle.data_classes.default
+        tenant = bundle.tenants.data_class_of(ctx.tenant) or bundle.data_classes.default
         raw = ctx.headers.get(DATA_CLASS_HEADER)
         if raw is None:
             return tenant

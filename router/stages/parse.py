@@ -8,6 +8,7 @@ import orjson
 
 from router.context import Reply, RequestContext
 from router.errors import BadRequest, MalformedBody
+from router.nesting import TOO_DEEP, check_depth, is_depth_error
 from router.v2.codec import parse_header, timeout_us
 
 
@@ -37,11 +38,14 @@ class ParseOpenAIRequest:
         try:
             doc = orjson.loads(ctx.body)
         except orjson.JSONDecodeError as exc:
+            if is_depth_error(exc):
+                raise MalformedBody(TOO_DEEP) from None
             raise MalformedBody(
                 f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from None
         if not isinstance(doc, dict):
             raise MalformedBody("request body must be a JSON object")
+        check_depth(ctx.body, doc)
         model = doc.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' must be a non-empty string")

@@ -16,8 +16,9 @@ from aiohttp.test_utils import TestServer
 
 from router.api.admin import start_admin
 from router.app import build_app
+from router.listener import make_runner
 from router.logs import access_log_options
-from router.settings import Settings
+from router.settings import LimitsSettings, Settings
 
 T = TypeVar("T")
 
@@ -44,9 +45,14 @@ class AppThread:
     """An aiohttp app made by `factory` on the thread's own loop, served on 127.0.0.1."""
 
     def __init__(
-        self, factory: Callable[[], web.Application], *, start_timeout_s: float = 60.0
+        self,
+        factory: Callable[[], web.Application],
+        *,
+        start_timeout_s: float = 60.0,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self._factory = factory
+        self._limits = limits  # the router's listener limits; None: a plain aiohttp runner
         self._timeout = start_timeout_s
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -121,9 +127,11 @@ class AppThread:
         self._stop = asyncio.Event()
         self.app = self._factory()
         # The same runner options as router.server, so cancellation behaves as in production.
-        runner = web.AppRunner(
-            self.app, handler_cancellation=True, **access_log_options(self.access_log)
-        )
+        log = access_log_options(self.access_log)
+        if self._limits is not None:
+            runner = make_runner(self.app, self._limits, **log)
+        else:
+            runner = web.AppRunner(self.app, handler_cancellation=True, **log)
         await runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -159,7 +167,9 @@ class RouterThread(AppThread):
         self._admin = admin
         self.admin_port = 0
         super().__init__(
-            lambda: build_app(settings, **build_app_kwargs), start_timeout_s=start_timeout_s
+            lambda: build_app(settings, **build_app_kwargs),
+            start_timeout_s=start_timeout_s,
+            limits=settings.limits,
         )
         self.access_log = access_log
 

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 
 from router.errors import InvalidTensor, MalformedBody
+from router.nesting import TOO_DEEP, check_depth, is_depth_error
 from router.v2.datatypes import BY_NAME, Datatype, of_array
 
 _U32 = struct.Struct("<I")
@@ -97,9 +98,12 @@ def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
     try:
         header = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if is_depth_error(exc):
+            raise MalformedBody(TOO_DEEP) from None
         raise MalformedBody(f"request body is not valid JSON: {_json_reason(exc)}") from None
     if not isinstance(header, dict):
         raise MalformedBody("request body must be a JSON object")
+    check_depth(raw, header)
     return header
 
 

@@ -198,7 +198,9 @@ class TestTracing:
         assert root.attributes["layer_router.outcome"] == "ok"
         stages = {n for n in spans if n.startswith("stage ")}
         assert stages == {
+            "stage tenant",
             "stage parse",
+            "stage authorize",
             "stage classify",
             "stage cache",
             "stage route",

@@ -30,6 +30,7 @@ import tritonclient.http as triton_http
 from aiohttp import web
 from multidict import CIMultiDict
 
+from router.api.respond import CTX
 from router.app import build_app
 from router.settings import Settings
 from router.testing import AppThread, FakeUpstream, FaultProxy, Recorded, RouterThread
@@ -106,7 +107,8 @@ def start_hop(settings: Settings) -> Hop:
 def recording(app: web.Application, into: list[Recorded]) -> web.Application:
     async def record(request: web.Request, response: web.StreamResponse) -> None:
         if request.method == "POST":
-            body = await request.read()  # already read by the handler: served from its cache
+            ctx = request.get(CTX)  # the body as the handler read it
+            body = ctx.body if ctx is not None else b""
             headers = CIMultiDict(request.headers)
             into.append(Recorded(request.method, request.path, headers, body, time.monotonic()))
 

@@ -255,6 +255,27 @@ cases:
         problems = load_error(bundle_with(tmp_path, {"a.yaml": text})).problems
         assert problems == ["cases.0.request.entities: unknown entity 'EMPLOYEE_ID'"]
 
+    def test_a_case_may_ask_as_a_tenant(self, tmp_path: Path) -> None:
+        """`request.tenant` starts the request at that tenant's class; an unknown tenant is
+        refused like any unknown name."""
+        tenants = "default: {data_class: internal}\ntenants:\n  lab: {data_class: sensitive}\n"
+        text = """
+cases:
+  - name: lab-starts-sensitive
+    request: {tenant: lab, text: ["shift report"]}
+    expect: {data_class: sensitive}
+  - name: others-start-internal
+    request: {text: ["shift report"]}
+    expect: {data_class: internal}
+"""
+        folder = bundle_with(tmp_path, {"t.yaml": text}, tenants=tenants)
+        assert [r.problems for r in run_cases(load_bundle(folder))] == [(), ()]
+        unknown = (
+            "cases:\n  - {name: x, request: {tenant: nobody}, expect: {data_class: internal}}\n"
+        )
+        other = bundle_with(tmp_path / "other", {"a.yaml": unknown}, tenants=tenants)
+        assert load_error(other).problems == ["cases.0.request.tenant: unknown tenant 'nobody'"]
+
 
 # -- layer-router check --------------------------------------------------------------------
 

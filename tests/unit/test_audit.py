@@ -530,8 +530,9 @@ class TestRecord:
         entry = record(cache="HIT", cache_of=new_audit_id(), entities={"EMAIL": 1, "CARD": 0})
         doc = entry.to_dict()
         assert set(doc) == {
-            "kind", "id", "time", "site", "tier", "api", "status", "request_id", "served_tier",
-            "served_by", "model", "model_version", "model_sha256", "policy_revision", "reasons",
+            "kind", "id", "time", "site", "tier", "api", "status", "request_id", "tenant",
+            "served_tier", "served_by", "model", "model_version", "model_sha256", "policy_revision",
+            "reasons",
             "data_class", "entities", "redactions", "cache", "cache_of", "inputs", "output",
         }  # fmt: skip
         assert TIME.match(doc["time"])

@@ -1,0 +1,155 @@
+"""The listening side's defences against clients that cost more than they ask for: a bounded
+time to send a request head (aiohttp alone waits as long as bytes keep trickling), an idle
+timeout, header size and count limits (431), a cap on open connections, and error answers
+for malformed requests that never quote the request back.
+
+aiohttp builds one RequestHandler (the asyncio protocol) per connection from its Server;
+GuardedRunner makes that Server hand out GuardedHandlers instead."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
+
+from router.settings import LimitsSettings
+
+_BUSY_BODY = orjson.dumps({"error": "too many open connections; retry later"})
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class GuardedServer(Server):
+    limits: LimitsSettings
+    open_connections: int
+
+    def __call__(self) -> RequestHandler:
+        return GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GuardedHandler(RequestHandler):
+    __slots__ = ("_counted", "_guard", "_head_timer")
+
+    def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = manager
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._guard
+        if guard.open_connections >= guard.limits.max_connections:
+            self._manager = None  # never registered: connection_lost has nothing to undo
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(BUSY)
+            transport.close()
+            return
+        guard.open_connections += 1
+        self._counted = True
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._guard.open_connections -= 1
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:
+            self._disarm()  # a whole head arrived
+        elif data and self._head_timer is None and self._between_requests():
+            self._arm()  # the first bytes of the next request: its head is now on the clock
+
+    def _between_requests(self) -> bool:
+        return not self._request_in_progress and not self._messages
+
+    def _arm(self) -> None:
+        self._head_timer = self._loop.call_later(
+            self._guard.limits.header_timeout_s, self._head_overdue
+        )
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        if self._between_requests():
+            self.force_close()
+
+    def stop_lingering(self) -> None:
+        """Close right after the answer instead of draining the rest of the body: for a
+        client too slow to send it, waiting longer is what it wants."""
+        self._lingering_time = 0.0
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer quotes the offending bytes; ours names the problem only."""
+        super().handle_error(request, status, exc, message)  # logs; raises if bytes went out
+        text = "malformed HTTP request"
+        if isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message
+        ):
+            status, text = 431, "request header fields too large or too many"
+        elif status >= 500:
+            text = "internal error"
+        response = web.Response(
+            status=status, body=orjson.dumps({"error": text}), content_type="application/json"
+        )
+        response.force_close()
+        return response
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose connections are GuardedHandlers, limited by `limits`."""
+
+    def __init__(self, app: web.Application, limits: LimitsSettings, **kwargs: Any) -> None:
+        super().__init__(
+            app,
+            keepalive_timeout=limits.idle_timeout_s,
+            max_line_size=limits.max_header_bytes,
+            max_field_size=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            # After an early 413/408 the rest of a body is drained this long at most, so the
+            # client can read the answer before the connection closes.
+            lingering_time=1.0,
+            **kwargs,
+        )
+        self._limits = limits
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        # The Application builds a plain Server; the protocol factory is its __call__.
+        server.__class__ = GuardedServer
+        assert isinstance(server, GuardedServer)
+        server.limits = self._limits
+        server.open_connections = 0
+        return server
+
+
+def make_runner(app: web.Application, limits: LimitsSettings, **kwargs: Any) -> web.AppRunner:
+    """The runner router.server and the test kit use, so tests see production's limits.
+    `kwargs` go to aiohttp's AppRunner (access log options, shutdown_timeout, ...)."""
+    kwargs.setdefault("access_log", None)
+    # A client that goes away cancels its queued inference.
+    kwargs.setdefault("handler_cancellation", True)
+    return GuardedRunner(app, limits, **kwargs)

@@ -1,0 +1,37 @@
+"""ResolveTenant (first in every pipeline): who is asking, may they use the model the path
+names (403) and may they ask now (401, 429); AuthorizeModel (after parsing, where the body
+names the model, as OpenAI's do): may this tenant use it (403)."""
+
+from __future__ import annotations
+
+from router.context import Reply, RequestContext
+from router.tenancy import Tenancy
+
+
+class ResolveTenant:
+    name = "tenant"
+    terminal = False
+
+    def __init__(self, tenancy: Tenancy) -> None:
+        self._tenancy = tenancy
+
+    async def __call__(self, ctx: RequestContext) -> Reply | None:
+        access = self._tenancy.identify(ctx.headers)
+        ctx.tenant = access.name
+        if ctx.model and not access.may_use(ctx.model):
+            self._tenancy.authorize(access.name, ctx.model)  # raises 403 before a token is taken
+        if access.limiter is not None:
+            ctx.rate_limit = access.limiter.take()
+        return None
+
+
+class AuthorizeModel:
+    name = "authorize"
+    terminal = False
+
+    def __init__(self, tenancy: Tenancy) -> None:
+        self._tenancy = tenancy
+
+    async def __call__(self, ctx: RequestContext) -> Reply | None:
+        self._tenancy.authorize(ctx.tenant, ctx.model)
+        return None

@@ -1,0 +1,127 @@
+"""Who is asking: API keys, kept only as SHA-256 hashes, mapped to the tenants of the active
+policy bundle (tenants.yaml), with each tenant's allowed models and rate limits.
+
+A key is looked up by its hash in a dict. The comparison inside the lookup is not constant
+time, and need not be: what it could leak is how a stored *hash* begins, and a hash of a
+high-entropy key (`layer-router tenant new-key` makes 256-bit ones) reveals nothing usable
+about any key. A hit is still confirmed with `hmac.compare_digest`, so that no shortcut of the
+dict's own equality decides access alone."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from router.errors import ModelNotAllowed, Unauthorized
+from router.policy.model import RateLimit, TenantDefaults, Tenants
+from router.ratelimit import Limiter, Limiters
+
+ANONYMOUS = "anonymous"  # requests without a key, where auth.mode is disabled
+KEY_PREFIX = "sha256:"
+MIN_KEY_LENGTH = 20  # shorter keys could be guessed from their unsalted hash
+
+
+def hash_key(key: str) -> str:
+    """The form tenants.yaml stores: `sha256:` and the hex digest of the key's UTF-8 bytes."""
+    return KEY_PREFIX + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """`Authorization: Bearer <key>`, else an `api-key` (Azure OpenAI) or `X-Api-Key` header."""
+    auth = headers.get("Authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            return token
+    for name in ("api-key", "X-Api-Key"):
+        value = headers.get(name)
+        if value:
+            return value.strip()
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantAccess:
+    name: str
+    models: frozenset[str] | None  # exact names; None: every model
+    globs: tuple[str, ...]
+    limiter: Limiter | None
+
+    def may_use(self, model: str) -> bool:
+        if self.models is None or model in self.models:
+            return True
+        return any(fnmatchcase(model, glob) for glob in self.globs)
+
+
+class Tenancy:
+    """The tenants of one policy bundle, for one site's auth mode. Rebuilt when a bundle is
+    activated; the buckets in `limiters` carry over."""
+
+    def __init__(self, tenants: Tenants, *, required: bool, limiters: Limiters) -> None:
+        self.required = required
+        policies: dict[str, TenantDefaults] = dict(tenants.tenants)
+        if not required:
+            policies[ANONYMOUS] = TenantDefaults()
+        limits = {name: _limits(policy, tenants.default) for name, policy in policies.items()}
+        buckets = limiters.for_tenants({n: lim for n, lim in limits.items() if lim})
+        self.by_name = {
+            name: _access(name, policy, tenants.default, buckets.get(name))
+            for name, policy in policies.items()
+        }
+        self._by_hash = {
+            key: (key, self.by_name[name]) for name, t in tenants.tenants.items() for key in t.keys
+        }
+        self._anonymous = self.by_name.get(ANONYMOUS)
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._by_hash)
+
+    def identify(self, headers: Mapping[str, str]) -> TenantAccess:
+        """The asking tenant; 401 when a key is required and none of the bundle's matches.
+        Without required auth a key no tenant holds is not an error: it may be a credential
+        meant for an upstream (`forward_authorization`)."""
+        if not self._by_hash and self._anonymous is not None:
+            return self._anonymous  # no keys anywhere: nothing to look for
+        key = presented_key(headers)
+        if key is not None:
+            hashed = hash_key(key)
+            found = self._by_hash.get(hashed)
+            if found is not None and hmac.compare_digest(hashed, found[0]):
+                return found[1]
+        if self._anonymous is not None:
+            return self._anonymous
+        if key is None:
+            raise Unauthorized(
+                "an API key is required: send 'Authorization: Bearer <key>' or 'api-key: <key>'"
+            )
+        raise Unauthorized("the API key is not valid")
+
+    def authorize(self, tenant: str, model: str) -> None:
+        access = self.by_name.get(tenant)
+        if access is not None and not access.may_use(model):
+            raise ModelNotAllowed(f"model '{model}' is not available to this tenant")
+
+
+def _limits(policy: TenantDefaults, default: TenantDefaults) -> tuple[RateLimit, ...]:
+    chosen = policy.rate_limits if policy.rate_limits is not None else default.rate_limits
+    return tuple(chosen or ())
+
+
+def _access(
+    name: str, policy: TenantDefaults, default: TenantDefaults, limiter: Limiter | None
+) -> TenantAccess:
+    models = policy.models if policy.models is not None else default.models
+    if models is None:
+        return TenantAccess(name, None, (), limiter)
+    exact = frozenset(m for m in models if not _is_glob(m))
+    globs = tuple(m for m in models if _is_glob(m))
+    return TenantAccess(name, exact, globs, limiter)
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(char in pattern for char in "*?[")
