@@ -106,7 +106,9 @@ async def _audited(request: web.Request, response: web.Response) -> web.Response
         await request.app[TRAIL].write(ctx, response.status, body)
         observe(request.app, ctx, response.status)
     else:  # refused before it was a request of ours (no such route, method, too large)
-        request.app[TELEMETRY].requests.observe("other", "none", response.status, None)
+        telemetry = request.app.get(TELEMETRY)  # absent in an app that only mounts our routes
+        if telemetry is not None:
+            telemetry.requests.observe("other", "none", response.status, None)
     return response
 
 

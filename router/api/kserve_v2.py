@@ -175,7 +175,7 @@ async def model_config(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     body = await read_body(request)
-    if body.strip():  # an empty body asks for everything; blank is not JSON
+    if body:  # an empty body asks for everything; blank is not JSON
         try:
             options = orjson.loads(body)
         except orjson.JSONDecodeError:
