@@ -5,6 +5,7 @@ last good one, which also lets a site start while the server is down."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import ssl
 import threading
@@ -132,7 +133,10 @@ def test_three_sites_follow_the_central_bundle(
     server, thread = central
     url = thread.url + "/bundles/site.tar.gz"
     server.publish(bundle(tmp_path, "r1", keys[0]))
-    sites = [RouterThread(site_settings(f"site-{n}", url, keys[1], edge_models)) for n in range(3)]
+    sites = [
+        RouterThread(site_settings(f"site-{n}", url, keys[1], edge_models), admin=True)
+        for n in range(3)
+    ]
     for site in sites:
         site.start()
     try:
@@ -162,6 +166,17 @@ def test_three_sites_follow_the_central_bundle(
             )
             assert answer.status_code == 200
             assert answer.headers["X-Policy-Revision"] == "r2"
+        # What an operator sees on each site's admin listener: the same revision, the rejection.
+        for site in sites:
+            policy = httpx.get(site.admin_url + "/status", timeout=10).json()["policy"]
+            assert (policy["revision"], policy["ready"]) == ("r2", True)
+            assert "does not match its signed digest" in policy["last_error"]
+            metrics = httpx.get(site.admin_url + "/metrics", timeout=10).text
+            rejections = re.search(
+                r"^layer_router_policy_bundle_rejections_total (\S+)$", metrics, re.M
+            )
+            assert rejections is not None
+            assert float(rejections.group(1)) >= 1
     finally:
         for site in sites:
             site.stop()
