@@ -13,6 +13,7 @@ from router.testing.models import (
 from router.testing.servers import (
     AppThread,
     RouterThread,
+    chat_forwarding_settings,
     serve_in_thread,
     serving,
     settings_for,
@@ -28,6 +29,7 @@ __all__ = [
     "Faults",
     "Recorded",
     "RouterThread",
+    "chat_forwarding_settings",
     "identity_model",
     "refusing_provider_builder",
     "serve_in_thread",

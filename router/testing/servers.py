@@ -41,6 +41,22 @@ def settings_for(
     return Settings.model_validate(data)
 
 
+def chat_forwarding_settings(upstream_url: str, **sections: Any) -> Settings:
+    """A site that forwards OpenAI requests for model `gpt-test` to one central endpoint (no
+    health checks, no cache), with any other settings `sections` on top."""
+    cluster = {
+        "name": "central",
+        "tier": "central",
+        "protocols": ["openai"],
+        "models": ["gpt-test"],
+        "endpoints": [{"url": upstream_url}],
+        "health_check": {"enabled": False},
+    }
+    return Settings.model_validate(
+        {"upstreams": [cluster], "cache": {"enabled": False}, **sections}
+    )
+
+
 class AppThread:
     """An aiohttp app made by `factory` on the thread's own loop, served on 127.0.0.1."""
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
-from router.settings import Settings
-from router.testing import AppThread, FakeUpstream, RouterThread
+from router.testing import AppThread, FakeUpstream, RouterThread, chat_forwarding_settings
 
 CHAT = "/v1/chat/completions"
 FRONT = orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "front"}]})
@@ -239,21 +238,7 @@ def exchange(port: int, wire: bytes) -> bytes:
 def stack() -> Iterator[tuple[RouterThread, FakeUpstream]]:
     fake = FakeUpstream("central")
     with AppThread(fake.app) as upstream:
-        settings = Settings.model_validate(
-            {
-                "upstreams": [
-                    {
-                        "name": "central",
-                        "tier": "central",
-                        "protocols": ["openai"],
-                        "models": ["gpt-test"],
-                        "endpoints": [{"url": upstream.url}],
-                        "health_check": {"enabled": False},
-                    }
-                ],
-                "cache": {"enabled": False},
-            }
-        )
+        settings = chat_forwarding_settings(upstream.url)
         with RouterThread(settings) as router:
             yield router, fake
 

@@ -20,7 +20,13 @@ import pytest
 
 from router.nesting import MAX_DEPTH
 from router.settings import Settings
-from router.testing import AppThread, Behaviour, FakeUpstream, RouterThread
+from router.testing import (
+    AppThread,
+    Behaviour,
+    FakeUpstream,
+    RouterThread,
+    chat_forwarding_settings,
+)
 
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 CLASSIFY = "/v2/models/color_classifier/infer"
@@ -195,22 +201,7 @@ def test_excess_in_flight_requests_are_shed_with_503_before_any_work() -> None:
     sees only the 2."""
     fake = FakeUpstream("central", behaviour=Behaviour(delay_s=1.5))
     with AppThread(fake.app) as upstream:
-        settings = Settings.model_validate(
-            {
-                "upstreams": [
-                    {
-                        "name": "central",
-                        "tier": "central",
-                        "protocols": ["openai"],
-                        "models": ["gpt-test"],
-                        "endpoints": [{"url": upstream.url}],
-                        "health_check": {"enabled": False},
-                    }
-                ],
-                "limits": {"max_in_flight": 2},
-                "cache": {"enabled": False},
-            }
-        )
+        settings = chat_forwarding_settings(upstream.url, limits={"max_in_flight": 2})
         with RouterThread(settings) as router:
             results = asyncio.run(_burst(router.url, 8))
     order = [status for status, _ in results]

@@ -10,8 +10,13 @@ import time
 import aiohttp
 import orjson
 
-from router.settings import Settings
-from router.testing import AppThread, Behaviour, FakeUpstream, RouterThread
+from router.testing import (
+    AppThread,
+    Behaviour,
+    FakeUpstream,
+    RouterThread,
+    chat_forwarding_settings,
+)
 
 CHAT = "/v1/chat/completions"
 IN_FLIGHT = 8
@@ -55,22 +60,7 @@ def test_twice_the_capacity_is_shed_fast_and_memory_stays_bounded() -> None:
     sees more than the in-flight cap at once, and RSS grows by under 64 MiB."""
     fake = FakeUpstream("central", behaviour=Behaviour(delay_s=SERVICE_S))
     with AppThread(fake.app) as upstream:
-        settings = Settings.model_validate(
-            {
-                "upstreams": [
-                    {
-                        "name": "central",
-                        "tier": "central",
-                        "protocols": ["openai"],
-                        "models": ["gpt-test"],
-                        "endpoints": [{"url": upstream.url}],
-                        "health_check": {"enabled": False},
-                    }
-                ],
-                "limits": {"max_in_flight": IN_FLIGHT},
-                "cache": {"enabled": False},
-            }
-        )
+        settings = chat_forwarding_settings(upstream.url, limits={"max_in_flight": IN_FLIGHT})
         with RouterThread(settings) as router:
             before = rss_kib()
             results = asyncio.run(offer(router.url))
