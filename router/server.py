@@ -13,6 +13,7 @@ from router import __version__
 from router.api.state import MODELS, STATUS
 from router.app import build_app
 from router.errors import ConfigError
+from router.heap import settle_after_startup
 from router.inference.repository import ModelRepository
 from router.settings import Settings
 
@@ -54,6 +55,7 @@ async def _serve(settings: Settings, out: TextIO) -> int:
         )
         return 1
     _announce(settings, runner, app[MODELS], out)
+    settle_after_startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -199,6 +199,8 @@ class Detectors:
         hits = set(self._prefilter.Match(data))
         if self._sentinel not in hits:  # the set's DFA ran out of memory: trust nothing
             return self._detectors
+        if len(hits) == 1:  # the sentinel alone: no pattern occurs (most keys and short words)
+            return ()
         return [det for det, needs in zip(self._detectors, self._needs, strict=True)
                 if hits.issuperset(needs)]  # fmt: skip
 

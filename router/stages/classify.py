@@ -15,6 +15,7 @@ from router.privacy import MemoScanner, Privacy, has_binary_bytes
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_headers, redact_json, redact_query
+from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
 
 DATA_CLASS_HEADER = "X-Data-Class"
@@ -39,6 +40,7 @@ class ClassifyAndRedact:
         self._upstreams = upstreams
         self._escalating = escalating  # models whose answers may be escalated upstream
         self._cached_apis = cached_apis  # a cached answer needs the request's class too
+        self._memo = SurveyMemo()  # only for cacheable requests, whose repeats are hits
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         bundle = self._privacy.bundle
@@ -60,6 +62,13 @@ class ClassifyAndRedact:
         ctx.scanner = MemoScanner(
             self._privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
         )
+        if ctx.api in self._cached_apis:
+            ctx.content_key = self._memo.key(ctx, bundle.revision, self._privacy.survey.headers)
+            remembered = self._memo.get(ctx.content_key)
+            if remembered is not None:
+                ctx.entities = remembered
+                ctx.data_class = classify(bundle, ctx.declared_class, remembered)
+                return None
         try:
             if len(ctx.body) > OFF_LOOP_BYTES:
                 loop = asyncio.get_running_loop()
@@ -69,6 +78,8 @@ class ClassifyAndRedact:
         except DetectionError:
             self._unscanned(ctx, "detection did not finish")
             return None
+        if ctx.content_key:
+            self._memo.put(ctx.content_key, found)
         ctx.entities = found
         ctx.data_class = classify(bundle, ctx.declared_class, found)
         return None
