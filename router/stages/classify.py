@@ -109,7 +109,7 @@ class ClassifyAndRedact:
         """Every entity the request holds, in body, query string and scanned headers."""
         privacy, found = self._privacy, Counter[str]()
         vault = TokenVault()  # the survey keeps everything; nothing is issued from it
-        if ctx.document is not None:
+        if ctx.document is not None and not self._plainly_clean(ctx):
             redact_json(
                 ctx.document, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
             )
@@ -121,6 +121,22 @@ class ClassifyAndRedact:
                 ctx.headers, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
             )
         return found
+
+    def _plainly_clean(self, ctx: RequestContext) -> bool:
+        """Whether the JSON as sent shows that no string in it can hold a finding, so the walk
+        would find nothing: every string and digit run stands in it literally (ASCII, no
+        escapes, nothing the normaliser decodes: %, &) and no pattern occurs anywhere in it.
+        Within the walk's own limits only (a string per 2 bytes at most, a level per bracket),
+        so a body the walk would refuse still is walked, and refused."""
+        detectors, plan = self._privacy.detectors, self._privacy.survey
+        raw = ctx.body if ctx.header_length is None else ctx.body[: ctx.header_length]
+        if not detectors.whole_text_sound or len(raw) > 2 * plan.max_leaves:
+            return False
+        if not raw.isascii() or b"\\" in raw or b"%" in raw or b"&" in raw:
+            return False
+        if raw.count(b"[") + raw.count(b"{") > plan.max_depth:
+            return False
+        return not detectors.may_occur(raw)
 
     def _unscanned(self, ctx: RequestContext, why: str) -> None:
         """Fail closed: the request may still run here, but may not leave the site. Only a
