@@ -183,12 +183,18 @@ class Digester:
         return "Digester(<secret>)"
 
 
+_NUMBER_TYPES = frozenset((int, float, bool))
+
+
 def _is_tensor(value: list[Any]) -> bool:
     """Numbers and booleans only, at any nesting depth: tensor data, digested as one piece."""
-    return all(
-        isinstance(item, int | float) or (isinstance(item, list) and _is_tensor(item))
-        for item in value
-    )
+    for item in value:
+        if type(item) in _NUMBER_TYPES:  # exact types first: the common case, and cheap
+            continue
+        if isinstance(item, int | float) or (isinstance(item, list) and _is_tensor(item)):
+            continue
+        return False
+    return True
 
 
 def _canonical(value: Any) -> bytes:
