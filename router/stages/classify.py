@@ -63,7 +63,8 @@ class ClassifyAndRedact:
             self._privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
         )
         if ctx.api in self._cached_apis:
-            ctx.content_key = self._memo.key(ctx, bundle.revision, self._privacy.survey.headers)
+            privacy = self._privacy
+            ctx.content_key = self._memo.key(ctx, privacy.detectors, privacy.survey.headers)
             remembered = self._memo.get(ctx.content_key)
             if remembered is not None:
                 ctx.entities = remembered

@@ -27,13 +27,14 @@ class SurveyMemo:
         self._names: tuple[str, ...] = ()
         self._headers: frozenset[str] = frozenset()  # the ones the survey scans, lower case
         self._found: LRUCache[bytes, tuple[tuple[str, int], ...]] = LRUCache(max_entries)
-        self._revision = ""
+        self._detectors: object = None
 
-    def key(self, ctx: RequestContext, revision: str, headers: tuple[str, ...]) -> bytes:
-        """The digest of everything the survey of `ctx` reads (`headers`: the ones it scans)."""
-        if revision != self._revision:  # a new bundle may detect differently
+    def key(self, ctx: RequestContext, detectors: object, headers: tuple[str, ...]) -> bytes:
+        """The digest of everything the survey of `ctx` reads (`headers`: the ones it scans)
+        with `detectors`; other detectors (a reloaded bundle) empty the memo first."""
+        if detectors is not self._detectors:
             self._found.clear()
-            self._revision = revision
+            self._detectors = detectors
         if headers is not self._names:
             self._names, self._headers = headers, frozenset(h.lower() for h in headers)
         mac = hashlib.blake2b(key=self._key, digest_size=16)

@@ -13,6 +13,7 @@ from router.heap import YOUNG_THRESHOLD, settle_after_startup
 from router.stages.survey_memo import SurveyMemo
 
 SCANNED = ("X-User",)
+R1, R2 = object(), object()  # two generations of detectors
 
 
 def _ctx(body: bytes = b'{"a":"b"}', path: str = "/v1/x", **headers: str) -> RequestContext:
@@ -24,19 +25,19 @@ def _ctx(body: bytes = b'{"a":"b"}', path: str = "/v1/x", **headers: str) -> Req
 def test_same_content_same_key() -> None:
     """Two requests with the same body, path and scanned headers share a key."""
     memo = SurveyMemo()
-    first = memo.key(_ctx(X_User="a@example.com"), "r1", SCANNED)
-    assert first == memo.key(_ctx(X_User="a@example.com"), "r1", SCANNED)
+    first = memo.key(_ctx(X_User="a@example.com"), R1, SCANNED)
+    assert first == memo.key(_ctx(X_User="a@example.com"), R1, SCANNED)
 
 
 def test_every_surveyed_part_changes_the_key() -> None:
     """Body, path and query, and a scanned header's value each give another key."""
     memo = SurveyMemo()
-    base = memo.key(_ctx(X_User="x"), "r1", SCANNED)
+    base = memo.key(_ctx(X_User="x"), R1, SCANNED)
     others = [
-        memo.key(_ctx(b'{"a":"c"}', X_User="x"), "r1", SCANNED),
-        memo.key(_ctx(path="/v1/x?q=1", X_User="x"), "r1", SCANNED),
-        memo.key(_ctx(X_User="a@example.com"), "r1", SCANNED),
-        memo.key(_ctx(), "r1", SCANNED),
+        memo.key(_ctx(b'{"a":"c"}', X_User="x"), R1, SCANNED),
+        memo.key(_ctx(path="/v1/x?q=1", X_User="x"), R1, SCANNED),
+        memo.key(_ctx(X_User="a@example.com"), R1, SCANNED),
+        memo.key(_ctx(), R1, SCANNED),
     ]
     assert len({base, *others}) == 5
 
@@ -44,7 +45,7 @@ def test_every_surveyed_part_changes_the_key() -> None:
 def test_unscanned_headers_do_not_matter() -> None:
     """A header the survey does not read leaves the key alone (so hits stay hits)."""
     memo = SurveyMemo()
-    assert memo.key(_ctx(Accept="a"), "r1", SCANNED) == memo.key(_ctx(Accept="b"), "r1", SCANNED)
+    assert memo.key(_ctx(Accept="a"), R1, SCANNED) == memo.key(_ctx(Accept="b"), R1, SCANNED)
 
 
 def test_v2_binary_part_is_not_keyed() -> None:
@@ -52,16 +53,16 @@ def test_v2_binary_part_is_not_keyed() -> None:
     memo = SurveyMemo()
     one, two = _ctx(b'{"a":1}\x00\x01'), _ctx(b'{"a":1}\x00\x02')
     one.header_length = two.header_length = 7
-    assert memo.key(one, "r1", ()) == memo.key(two, "r1", ())
+    assert memo.key(one, R1, ()) == memo.key(two, R1, ())
 
 
-def test_new_revision_forgets() -> None:
-    """A new policy revision empties the memo: its detectors may find other things."""
+def test_new_detectors_forget() -> None:
+    """Other detectors (a reloaded bundle) empty the memo: they may find other things."""
     memo = SurveyMemo()
-    key = memo.key(_ctx(), "r1", SCANNED)
+    key = memo.key(_ctx(), R1, SCANNED)
     memo.put(key, Counter({"EMAIL": 2}))
     assert memo.get(key) == Counter({"EMAIL": 2})
-    assert memo.get(memo.key(_ctx(), "r2", SCANNED)) is None
+    assert memo.get(memo.key(_ctx(), R2, SCANNED)) is None
     assert memo.get(key) is None
 
 
