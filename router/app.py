@@ -340,9 +340,9 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     log: AuditLog | None = None
     if audit.enabled:
         log = await asyncio.to_thread(_open_audit_log, settings)
-    app[TRAIL] = Trail(
-        log, app[RUNTIME].current.privacy.secret, settings.site, app[SPOOL].audit_copy
-    )
+    # Without a spool a copy would be built per answer and thrown away.
+    copy = app[SPOOL].audit_copy if app[SPOOL].spool is not None else None
+    app[TRAIL] = Trail(log, app[RUNTIME].current.privacy.secret, settings.site, copy)
     try:
         yield
     finally:

@@ -56,6 +56,8 @@ class RequestContext:
     unscanned: str = ""  # why detection could not finish: the request may not leave the site
     unsurveyed: bool = False  # not scanned, as nothing upstream served it: it may not leave
     scanner: Any = None  # the request's MemoScanner
+    # A keyed digest of all the survey read (cacheable requests only): equal keys, equal content.
+    content_key: bytes = b""
     vault: Any = None  # the request's TokenVault, once something was tokenized
     redactions: Counter[str] = field(default_factory=Counter)  # applied for the served tier
     # Provenance: this answer's audit record, and for a reused answer the original's.

@@ -57,6 +57,11 @@ INTERNAL = frozenset(
 # The client's credentials (a tenant's key for this router) go upstream only when a cluster
 # says so (`forward_authorization`).
 CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
+# Dropped from every forwarded request and every relayed response: the per-request parts
+# (Connection-named headers, the cluster's own) are added only when there are any.
+_NEVER_UPSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED
+_RESPONSE_ONLY = frozenset({"server", "date", "content-type", "x-request-id", "set-cookie"})
+_NEVER_DOWNSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | _RESPONSE_ONLY
 _INTERNAL_PREFIX = "x-layer-router-"
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -81,11 +86,11 @@ def upstream_request_headers(
     client: Mapping[str, str], *, forward_authorization: bool, extra: Mapping[str, str]
 ) -> dict[str, str]:
     """What an upstream may see of the client's headers, plus the cluster's own."""
-    dropped = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED | _connection_named(client)
     # The cluster's value replaces the client's: a client must not add a second one in other case.
-    dropped |= {name.lower() for name in extra}
+    also = _connection_named(client) | {name.lower() for name in extra}
     if not forward_authorization:
-        dropped |= CREDENTIALS
+        also |= CREDENTIALS
+    dropped = _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM
     out: dict[str, str] = {}
     for name, value in client.items():
         lower = name.lower()
@@ -97,19 +102,8 @@ def upstream_request_headers(
 
 def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     """What the client may see of an upstream's response headers (ours are added after)."""
-    dropped = (
-        HOP_BY_HOP
-        | FRAMING
-        | INTERNAL
-        | _connection_named(upstream)
-        | {
-            "server",
-            "date",
-            "content-type",
-            "x-request-id",
-            "set-cookie",
-        }
-    )
+    named = _connection_named(upstream)
+    dropped = _NEVER_DOWNSTREAM | named if named else _NEVER_DOWNSTREAM
     return {
         name: value
         for name, value in upstream.items()

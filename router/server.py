@@ -15,6 +15,7 @@ from router.api.admin import start_admin
 from router.api.state import RELOADER, RUNTIME, STATUS, TLS
 from router.app import build_app
 from router.errors import ConfigError
+from router.heap import settle_after_startup
 from router.inference.repository import ModelRepository
 from router.listener import make_runner
 from router.logs import access_log_options
@@ -82,6 +83,7 @@ async def _serve(
     _announce(settings, runner, app[RUNTIME].current.models, out)
     if admin is not None:
         print(f"admin (/metrics, /status) on {_urls(admin)}", file=out, flush=True)
+    settle_after_startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

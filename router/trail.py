@@ -8,11 +8,17 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from cachetools import LRUCache
+
 from router.audit import AuditLog, AuditLogError, AuditRecord, Digester
 from router.context import RequestContext
 from router.settings import SiteSettings
 
 log = logging.getLogger(__name__)
+
+# Fragment digests remembered per surveyed content (`RequestContext.content_key`): a repeated
+# cacheable request is digested once. Only digests are kept, as the records themselves hold.
+MEMO_ENTRIES = 4096
 
 
 class Trail:
@@ -27,6 +33,7 @@ class Trail:
         self._copy = copy  # also send each record to the centre (the spool)
         self._digester = Digester(secret)
         self._site = site
+        self._fragments: LRUCache[bytes, dict[str, str]] = LRUCache(MEMO_ENTRIES)
 
     @property
     def enabled(self) -> bool:
@@ -35,7 +42,7 @@ class Trail:
     def record(self, ctx: RequestContext, status: int, output: str | None) -> AuditRecord:
         inputs: dict[str, str] = {}
         if ctx.document is not None:
-            inputs = self._digester.fragments(ctx.document)
+            inputs = self._document_digests(ctx)
             if ctx.header_length is not None:
                 inputs.update(self._digester.tensors(ctx.document, ctx.binary))
         return AuditRecord(
@@ -62,6 +69,14 @@ class Trail:
             inputs=inputs,
             output=output,
         )
+
+    def _document_digests(self, ctx: RequestContext) -> dict[str, str]:
+        if not ctx.content_key:
+            return self._digester.fragments(ctx.document)
+        known = self._fragments.get(ctx.content_key)
+        if known is None:
+            known = self._fragments[ctx.content_key] = self._digester.fragments(ctx.document)
+        return dict(known)
 
     async def write(self, ctx: RequestContext, status: int, body: bytes | None) -> None:
         if self._log is None or not ctx.audit_id:

@@ -116,17 +116,25 @@ class Digester:
     digest is bound to its fragment's path, so equal values at different places do not link.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_inner", "_key", "_outer")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("the audit secret must be at least 16 bytes")
         self._key = hmac.new(secret, _DIGEST_CONTEXT, hashlib.sha256).digest()
+        # HMAC's two keyed SHA-256 states (RFC 2104), made once: copying them is what
+        # `hmac.new` does per call after a costlier set-up, and a record digests every leaf.
+        block = self._key.ljust(64, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
     def digest(self, label: str, data: bytes | memoryview) -> str:
-        mac = self.stream(label)
-        mac.update(data)
-        return mac.hexdigest()
+        inner = self._inner.copy()
+        inner.update(label.encode() + b"\x00")
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     def stream(self, label: str) -> hmac.HMAC:
         """A digest to feed piece by piece (a streamed answer); equal to `digest` of the whole."""
@@ -177,12 +185,18 @@ class Digester:
         return "Digester(<secret>)"
 
 
+_NUMBER_TYPES = frozenset((int, float, bool))
+
+
 def _is_tensor(value: list[Any]) -> bool:
     """Numbers and booleans only, at any nesting depth: tensor data, digested as one piece."""
-    return all(
-        isinstance(item, int | float) or (isinstance(item, list) and _is_tensor(item))
-        for item in value
-    )
+    for item in value:
+        if type(item) in _NUMBER_TYPES:  # exact types first: the common case, and cheap
+            continue
+        if isinstance(item, int | float) or (isinstance(item, list) and _is_tensor(item)):
+            continue
+        return False
+    return True
 
 
 def _canonical(value: Any) -> bytes:

@@ -152,6 +152,21 @@ class Detectors:
         return cls((*_builtin(), *(_custom(c) for c in custom)))
 
     @property
+    def whole_text_sound(self) -> bool:
+        """Whether `may_occur` over a JSON text also speaks for every string in it: true of the
+        built-in patterns, whose edges are `(?:^|[^\\w])`-style alternatives that a JSON quote
+        or delimiter satisfies as well as a string's own start or end; a bundle's custom pattern
+        may anchor on a string's edges, which a whole text does not have there."""
+        return not any(det.name.startswith("custom/") for det in self._detectors)
+
+    def may_occur(self, data: bytes) -> bool:
+        """False only when no detector's pattern occurs anywhere in ``data`` (one DFA pass)."""
+        if self._prefilter is None:
+            return True
+        hits = self._prefilter.Match(data)
+        return not (len(hits) == 1 and hits[0] == self._sentinel)
+
+    @property
     def entities(self) -> frozenset[str]:
         return frozenset(d.entity for d in self._detectors if not d.entity.startswith("_"))
 
@@ -199,6 +214,8 @@ class Detectors:
         hits = set(self._prefilter.Match(data))
         if self._sentinel not in hits:  # the set's DFA ran out of memory: trust nothing
             return self._detectors
+        if len(hits) == 1:  # the sentinel alone: no pattern occurs (most keys and short words)
+            return ()
         return [det for det, needs in zip(self._detectors, self._needs, strict=True)
                 if hits.issuperset(needs)]  # fmt: skip
 

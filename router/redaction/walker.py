@@ -220,6 +220,8 @@ class _Walk:
         return out
 
     def array(self, v: list[Any], path: tuple[str, ...], depth: int, rule: _Rule) -> Any:
+        if not self.drops and depth < self.plan.max_depth and _unscanned_numbers(v):
+            return list(v)  # tensor data: nothing in it is scanned, dropped or too deep
         out: list[Any] = []
         for index, item in enumerate(v):
             sub = (*path, str(index))
@@ -282,6 +284,18 @@ class _Walk:
 
     def _dropped(self, path: tuple[str, ...]) -> bool:
         return any(_match(pattern, path) for pattern in self.drops)
+
+
+def _unscanned_numbers(items: list[Any]) -> bool:
+    """Floats and integers too short to hold an entity only: what `value` passes unscanned."""
+    for item in items:
+        kind = type(item)
+        if kind is float:
+            continue
+        if kind is int and -MIN_SCANNED_INT < item < MIN_SCANNED_INT:
+            continue
+        return False
+    return True
 
 
 @lru_cache(maxsize=256)

@@ -128,7 +128,7 @@ class LookupCache:
                 # Answers to authorised requests are shared only among the same credentials.
                 ctx.headers.get("Authorization", ""),
                 canonical,
-                bytes(ctx.binary),
+                ctx.binary,
             )
         )
 

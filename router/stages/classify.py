@@ -15,6 +15,7 @@ from router.privacy import MemoScanner, Privacy, has_binary_bytes
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_headers, redact_json, redact_query
+from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
 
 DATA_CLASS_HEADER = "X-Data-Class"
@@ -39,6 +40,7 @@ class ClassifyAndRedact:
         self._upstreams = upstreams
         self._escalating = escalating  # models whose answers may be escalated upstream
         self._cached_apis = cached_apis  # a cached answer needs the request's class too
+        self._memo = SurveyMemo()  # only for cacheable requests, whose repeats are hits
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         bundle = self._privacy.bundle
@@ -60,6 +62,14 @@ class ClassifyAndRedact:
         ctx.scanner = MemoScanner(
             self._privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
         )
+        if ctx.api in self._cached_apis:
+            privacy = self._privacy
+            ctx.content_key = self._memo.key(ctx, privacy.detectors, privacy.survey.headers)
+            remembered = self._memo.get(ctx.content_key)
+            if remembered is not None:
+                ctx.entities = remembered
+                ctx.data_class = classify(bundle, ctx.declared_class, remembered)
+                return None
         try:
             if len(ctx.body) > OFF_LOOP_BYTES:
                 loop = asyncio.get_running_loop()
@@ -69,6 +79,8 @@ class ClassifyAndRedact:
         except DetectionError:
             self._unscanned(ctx, "detection did not finish")
             return None
+        if ctx.content_key:
+            self._memo.put(ctx.content_key, found)
         ctx.entities = found
         ctx.data_class = classify(bundle, ctx.declared_class, found)
         return None
@@ -98,7 +110,7 @@ class ClassifyAndRedact:
         """Every entity the request holds, in body, query string and scanned headers."""
         privacy, found = self._privacy, Counter[str]()
         vault = TokenVault()  # the survey keeps everything; nothing is issued from it
-        if ctx.document is not None:
+        if ctx.document is not None and not self._plainly_clean(ctx):
             redact_json(
                 ctx.document, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
             )
@@ -110,6 +122,22 @@ class ClassifyAndRedact:
                 ctx.headers, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
             )
         return found
+
+    def _plainly_clean(self, ctx: RequestContext) -> bool:
+        """Whether the JSON as sent shows that no string in it can hold a finding, so the walk
+        would find nothing: every string and digit run stands in it literally (ASCII, no
+        escapes, nothing the normaliser decodes: %, &) and no pattern occurs anywhere in it.
+        Within the walk's own limits only (a string per 2 bytes at most, a level per bracket),
+        so a body the walk would refuse still is walked, and refused."""
+        detectors, plan = self._privacy.detectors, self._privacy.survey
+        raw = ctx.body if ctx.header_length is None else ctx.body[: ctx.header_length]
+        if not detectors.whole_text_sound or len(raw) > 2 * plan.max_leaves:
+            return False
+        if not raw.isascii() or b"\\" in raw or b"%" in raw or b"&" in raw:
+            return False
+        if raw.count(b"[") + raw.count(b"{") > plan.max_depth:
+            return False
+        return not detectors.may_occur(raw)
 
     def _unscanned(self, ctx: RequestContext, why: str) -> None:
         """Fail closed: the request may still run here, but may not leave the site. Only a

@@ -1,0 +1,50 @@
+"""Tensor-shaped arrays pass the walk in one piece, without weakening what it checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from router.privacy import MemoScanner
+from router.redaction.actions import Hasher
+from router.redaction.detectors import Detectors
+from router.redaction.types import Action, DetectionError
+from router.redaction.vault import TokenVault
+from router.redaction.walker import RedactionPlan, redact_json
+
+DETECTORS = Detectors.default()
+
+
+def _walk(doc: object, plan: RedactionPlan) -> tuple[object, Counter[str]]:
+    scanner = MemoScanner(DETECTORS, 1_000_000, 5.0)
+    return redact_json(doc, plan, scanner, TokenVault(), Hasher(b"k" * 32))
+
+
+def test_tensor_data_is_copied_not_shared() -> None:
+    """A float tensor comes back equal, as a new list (the input is never aliased)."""
+    data = [0.5, 1, -3, 2.25]
+    out, counts = _walk({"data": data}, RedactionPlan())
+    assert out == {"data": data}
+    assert out["data"] is not data  # type: ignore[index]
+    assert not counts
+
+
+def test_a_card_number_among_floats_is_still_found() -> None:
+    """One large integer in a number array sends the array through the scanner."""
+    out, counts = _walk({"data": [0.5, 4111111111111111]}, RedactionPlan(default=Action.MASK))
+    assert counts["CARD"] == 1
+    assert out["data"][1] != 4111111111111111  # type: ignore[index]
+
+
+def test_a_drop_path_into_an_array_still_drops() -> None:
+    """A plan that drops array elements walks the array element by element."""
+    plan = RedactionPlan(drop_fields=("data.1",))
+    out, _ = _walk({"data": [0.5, 1.5, 2.5]}, plan)
+    assert out == {"data": [0.5, 2.5]}
+
+
+def test_numbers_past_the_depth_limit_still_fail() -> None:
+    """An array whose numbers sit deeper than max_depth fails closed as before."""
+    with pytest.raises(DetectionError):
+        _walk({"a": [[1.0]]}, RedactionPlan(max_depth=2))
