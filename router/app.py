@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from functools import partial
@@ -69,6 +70,8 @@ from router.workers import is_primary
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+log = logging.getLogger(__name__)
+
 
 def build_app(
     settings: Settings,
@@ -120,7 +123,7 @@ def build_app(
             ),
         )
     )
-    app.cleanup_ctx.append(_reload_certificates)
+    app.cleanup_ctx.append(_reload_hooks)
     app.cleanup_ctx.append(_spool)
     app.cleanup_ctx.append(_audit)
     kserve_v2.add_routes(app)
@@ -209,13 +212,25 @@ async def _tracing(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(provider.shutdown)
 
 
-async def _reload_certificates(app: web.Application) -> AsyncIterator[None]:
-    """Every reload (SIGHUP, polling) re-reads the certificate files that changed."""
+async def _reload_hooks(app: web.Application) -> AsyncIterator[None]:
+    """Every reload (SIGHUP, polling) re-plans the upstream clusters from the new settings and
+    re-reads the certificate files that changed."""
 
-    async def reread(_settings: Settings) -> None:
+    async def replan_upstreams(settings: Settings) -> None:
+        tls = app[TLS]
+        # Reading certificates is blocking file I/O; a bad file keeps every cluster as it was.
+        clients = await asyncio.to_thread(tls.clients_for, settings.upstreams)
+        changed = await app[UPSTREAMS].reconfigure(
+            settings.upstreams, settings.routing.offline, clients, settings.server.drain_timeout_s
+        )
+        tls.clients = clients
+        if changed:
+            log.info("upstream clusters re-planned: %s", ", ".join(changed))
+
+    async def reread_certificates(_settings: Settings) -> None:
         await reload_contexts(app[TLS])
 
-    app[RELOADER].hooks.append(reread)
+    app[RELOADER].hooks += [replan_upstreams, reread_certificates]
     yield
 
 

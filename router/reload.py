@@ -23,18 +23,21 @@ from router.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Everything else needs a restart: listeners, workers, stores, clusters and their transports.
+# Everything else needs a restart: listeners, workers, stores (cache, spool, audit), the policy
+# source and keys. The policy's content reloads from the configured source.
 RELOADABLE: dict[str, tuple[str, ...]] = {
-    # routing.offline is read by the upstream registry, which lives as long as the process.
     "routing": (
         "kserve_v2_budget_ms",
         "openai_budget_ms",
         "local_max_payload_bytes",
         "idempotent_paths",
+        "offline",
         "models",
     ),
     "models": ("repository", "max_queue_size", "inline_max_us", "execution_providers"),
-}  # policy: its content reloads from the configured source; the source itself is restart-only
+}
+# Sections replaced whole: the upstream registry re-plans its clusters (a reload hook).
+RELOADABLE_SECTIONS = frozenset({"upstreams"})
 
 # Built elsewhere (router.app): a generation from settings, a bundle and models.
 BuildGeneration = Callable[[Settings, PolicyBundle, ModelRepository, bool], Generation]
@@ -62,7 +65,7 @@ def restart_only_changes(running: Settings, new: Settings) -> list[str]:
     changed = []
     for section in sorted(old_doc.keys() | new_doc.keys()):
         a, b = old_doc.get(section), new_doc.get(section)
-        if a == b:
+        if a == b or section in RELOADABLE_SECTIONS:
             continue
         reloadable = RELOADABLE.get(section, ())
         if not isinstance(a, dict) or not isinstance(b, dict):
@@ -78,7 +81,7 @@ def restart_only_changes(running: Settings, new: Settings) -> list[str]:
 
 def applied(running: Settings, new: Settings) -> Settings:
     """`running` with the reloadable keys of `new`."""
-    update: dict[str, Any] = {}
+    update: dict[str, Any] = {section: getattr(new, section) for section in RELOADABLE_SECTIONS}
     for section, keys in RELOADABLE.items():
         values = {key: getattr(getattr(new, section), key) for key in keys}
         update[section] = getattr(running, section).model_copy(update=values)

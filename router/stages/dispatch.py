@@ -91,7 +91,9 @@ class Dispatch:
         return target.expected_ms > left_ms
 
     async def _forward(self, ctx: RequestContext, target: Target, path: str | None = None) -> Reply:
-        cluster = self._upstreams.clusters[target.name]
+        cluster = self._upstreams.clusters.get(target.name)
+        if cluster is None:  # removed by a reload since the decision: try the next target
+            raise NoHealthyTarget(f"cluster '{target.name}' was removed by a reload", 1.0)
         # Bodies over retry.max_body_bytes are never replayed (memory held for a retry).
         replayable = len(ctx.body) <= cluster.settings.retry.max_body_bytes and (
             ctx.path.startswith(self._routing.idempotent_paths) or "Idempotency-Key" in ctx.headers

@@ -24,7 +24,9 @@ class Upstreams:
         self.transports = dict(transports)
         self.probers = {c.name: Prober(c, self.transports[c.name]) for c in clusters}
         self.offline = offline
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(
@@ -40,25 +42,85 @@ class Upstreams:
         return cls(clusters, transports, offline)
 
     async def start(self) -> None:
-        if self.offline:
+        self._started = True
+        await self._start_probers(list(self.probers))
+
+    async def _start_probers(self, names: list[str]) -> None:
+        if self.offline or not names:
             return
+        probers = [self.probers[name] for name in names]
         # Know what each cluster serves before the first request, but never wait long for it.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await asyncio.gather(
-                    *(p.discover() for p in self.probers.values() if not p.cluster.settings.models)
+                    *(p.discover() for p in probers if not p.cluster.settings.models)
                 )
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(p.run()) for p in self.probers.values()]
+        for prober in probers:
+            self._tasks[prober.cluster.name] = loop.create_task(prober.run())
+
+    async def reconfigure(
+        self,
+        settings: tuple[ClusterSettings, ...],
+        offline: bool,
+        tls: Mapping[str, ClientTls],
+        drain_s: float,
+    ) -> list[str]:
+        """Apply a reloaded `upstreams` list: unchanged clusters keep their health, pools and
+        probers; changed and new ones start afresh; removed and replaced ones stop taking
+        requests now and close after `drain_s` (requests in flight on them finish). Returns
+        the names of the clusters that changed."""
+        wanted = {s.name: s for s in settings}
+        changed = [
+            name
+            for name in sorted(wanted.keys() | self.clusters.keys())
+            if name not in self.clusters
+            or name not in wanted
+            or self.clusters[name].settings != wanted[name]
+        ]
+        going_offline = offline and not self.offline
+        switched = offline != self.offline
+        self.offline = offline
+        if not changed and not switched:
+            return []
+        retired = [
+            (self._tasks.pop(name, None), self.transports[name])
+            for name in changed
+            if name in self.clusters
+        ]
+        clusters, transports = dict(self.clusters), dict(self.transports)
+        probers = dict(self.probers)
+        for name in changed:
+            for table in (clusters, transports, probers):
+                table.pop(name, None)
+            if name in wanted:
+                new = wanted[name]
+                clusters[name] = Cluster.from_settings(new)
+                transports[name] = HttpTransport(session_for(new), tls[name])
+                probers[name] = Prober(clusters[name], transports[name])
+        # New tables, never edited in place: a request iterating the old ones is unaffected.
+        self.clusters, self.transports, self.probers = clusters, transports, probers
+        if going_offline:
+            for prober_task in self._tasks.values():
+                prober_task.cancel()
+            self._tasks = {}
+        for old_prober, transport in retired:
+            if old_prober is not None:
+                old_prober.cancel()
+            retire = asyncio.get_running_loop().create_task(_close_later(transport, drain_s))
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
+        if self._started:  # new clusters, or every cluster when the site comes back online
+            await self._start_probers([name for name in probers if name not in self._tasks])
+        return changed
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks.values(), *self._retiring]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for transport in self.transports.values():
-            closer = getattr(transport, "close", None)
-            if closer is not None:
-                await closer()
+            await _close(transport)
 
     def connectivity(self, now: float) -> dict[str, str]:
         """Per tier: online (every endpoint live), degraded (some), offline (none)."""
@@ -117,3 +179,16 @@ class LocalViews(Mapping[str, LocalView]):
 
 def local_views(models: ModelRepository) -> Mapping[str, LocalView]:
     return LocalViews(models)
+
+
+async def _close(transport: Transport) -> None:
+    closer = getattr(transport, "close", None)
+    if closer is not None:
+        await closer()
+
+
+async def _close_later(transport: Transport, drain_s: float) -> None:
+    try:
+        await asyncio.sleep(drain_s)
+    finally:  # cancelled at shutdown: close now
+        await _close(transport)

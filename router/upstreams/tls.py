@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from router.errors import ConfigError
-from router.settings import ListenerTlsSettings, Settings, TlsSettings
+from router.settings import ClusterSettings, ListenerTlsSettings, Settings, TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,19 @@ class TlsContexts:
         listener = ListenerTls(settings.server.tls) if settings.server.tls else None
         clients = {c.name: ClientTls(c.tls, f"upstreams.{c.name}.tls") for c in settings.upstreams}
         return cls(listener, clients, ClientTls(settings.spool.tls, "spool.tls"))
+
+    def clients_for(self, clusters: Iterable[ClusterSettings]) -> dict[str, ClientTls]:
+        """Client TLS for a reloaded `upstreams` list: the running context where a cluster's
+        TLS settings did not change, a new one (files read now) where they did. Blocking file
+        I/O; a bad file raises ConfigError."""
+        out: dict[str, ClientTls] = {}
+        for cluster in clusters:
+            running = self.clients.get(cluster.name)
+            if running is not None and running.settings == cluster.tls:
+                out[cluster.name] = running
+            else:
+                out[cluster.name] = ClientTls(cluster.tls, f"upstreams.{cluster.name}.tls")
+        return out
 
     def reload(self) -> list[str]:
         """Re-read changed certificate files; the problems found (those contexts keep the old

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,17 @@ from aiohttp import web
 
 from router.api.state import RELOADER
 from router.settings import Settings
-from router.testing import RouterThread, identity_model, write_repository
+from router.testing import (
+    AppThread,
+    Behaviour,
+    FakeUpstream,
+    RouterThread,
+    chat_forwarding_settings,
+    identity_model,
+    write_repository,
+)
+from router.upstreams.registry import Upstreams
+from router.upstreams.tls import TlsContexts
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float) -> None:
@@ -99,3 +110,48 @@ def test_polling_does_not_retry_a_repository_that_failed_to_load(tmp_path: Path)
         time.sleep(0.6)  # six more polls
         assert failures() == 1
         assert served_models(site) == ["good"]
+
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def test_a_reload_replans_upstream_clusters_and_lets_in_flight_requests_finish() -> None:
+    """A reloaded config that moves the cluster to another endpoint sends new requests there,
+    while a request already on the old endpoint finishes there; a removed cluster serves none."""
+    old = FakeUpstream("central", behaviour=Behaviour(delay_s=1.0))
+    new = FakeUpstream("central")
+    with AppThread(old.app) as old_server, AppThread(new.app) as new_server:
+        config = {"now": chat_forwarding_settings(old_server.url)}
+        with RouterThread(config["now"], read_settings=lambda: config["now"]) as site:
+            url = site.url + "/v1/chat/completions"
+            with ThreadPoolExecutor(1) as pool:
+                in_flight = pool.submit(httpx.post, url, json=CHAT, timeout=10)
+                wait_for(lambda: len(old.received) == 1, 5)
+                config["now"] = chat_forwarding_settings(new_server.url)
+                assert site.call_async(reload, site) is True
+                assert httpx.post(url, json=CHAT, timeout=10).status_code == 200
+                assert in_flight.result().status_code == 200
+            assert (len(old.received), len(new.received)) == (1, 1)
+
+            config["now"] = Settings.model_validate({"cache": {"enabled": False}})
+            site.call_async(reload, site)
+            answer = httpx.post(url, json=CHAT, timeout=10)
+            assert answer.status_code == 404
+            assert len(new.received) == 1
+
+
+async def test_unchanged_clusters_keep_their_health_across_a_reload() -> None:
+    """Re-planning with the same cluster settings changes nothing: same cluster objects, the
+    endpoint health learnt so far kept."""
+    settings = chat_forwarding_settings("http://127.0.0.1:9")
+    upstreams = Upstreams.from_settings(settings.upstreams, offline=True)
+    try:
+        before = upstreams.clusters["central"]
+        clients = TlsContexts.from_settings(settings).clients
+        assert await upstreams.reconfigure(settings.upstreams, True, clients, 0.1) == []
+        assert upstreams.clusters["central"] is before
+        moved = chat_forwarding_settings("http://127.0.0.1:10")
+        assert await upstreams.reconfigure(moved.upstreams, True, clients, 0.1) == ["central"]
+        assert upstreams.clusters["central"] is not before
+    finally:
+        await upstreams.close()

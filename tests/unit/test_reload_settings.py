@@ -20,9 +20,9 @@ def test_reloadable_changes_are_applied_and_not_reported() -> None:
     assert result.models.max_queue_size == 7
 
 
-def test_listener_cluster_and_store_changes_need_a_restart() -> None:
-    """Port, workers' threads, upstream clusters, the offline switch and the bundle source are
-    named, dotted, and the running values are kept."""
+def test_listener_and_store_changes_need_a_restart_clusters_do_not() -> None:
+    """Port, inference threads and the bundle source are named, dotted, and their running
+    values kept; upstream clusters and the offline switch are applied (the registry re-plans)."""
     running = settings()
     new = settings(
         server={"port": 9000},
@@ -34,12 +34,10 @@ def test_listener_cluster_and_store_changes_need_a_restart() -> None:
     assert restart_only_changes(running, new) == [
         "models.inference_threads",
         "policy.bundle",
-        "routing.offline",
         "server.port",
-        "upstreams",
     ]
     result = applied(running, new)
     assert result.server.port == running.server.port
     assert result.models.inference_threads == running.models.inference_threads
-    assert result.routing.offline is False
-    assert result.upstreams == ()
+    assert result.routing.offline is True
+    assert [cluster.name for cluster in result.upstreams] == ["c"]
