@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from opentelemetry import trace
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _AIOHTTP_NOISY = (
@@ -98,6 +99,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             doc["exc_type"] = type(record.exc_info[1]).__name__
             doc["exc_where"] = _where(record.exc_info[1])
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # tracing on, inside a request: the line joins its trace
+            doc["trace_id"] = format(span.trace_id, "032x")
+            doc["span_id"] = format(span.span_id, "016x")
         return orjson.dumps(doc).decode()
 
 

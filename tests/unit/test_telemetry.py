@@ -89,6 +89,17 @@ class TestLogs:
         assert doc["msg"] == "model m1 loaded"
         assert doc["ts"].endswith("Z")
 
+    def test_lines_inside_a_span_carry_its_trace(self, captured: io.StringIO) -> None:
+        """A line logged while a span is current names its trace and span; others do not."""
+        tracer = TracerProvider().get_tracer("test")
+        with tracer.start_as_current_span("request") as span:
+            logging.getLogger("router.test").info("inside")
+        logging.getLogger("router.test").info("outside")
+        inside, outside = (orjson.loads(line) for line in captured.getvalue().splitlines()[-2:])
+        assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
+        assert inside["span_id"] == format(span.get_span_context().span_id, "016x")
+        assert "trace_id" not in outside
+
     def test_exceptions_keep_type_and_place_only(self, captured: io.StringIO) -> None:
         """An exception's message (which may quote a request) never reaches the log."""
         try:
