@@ -35,55 +35,75 @@ def serve(
     return int(uvloop.run(_serve(settings, out, read_settings)))
 
 
+class _Refused(Exception):
+    """Start-up failed: the message for stderr and the exit code (2 config, 1 listening)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 async def _serve(
     settings: Settings, out: TextIO, read_settings: Callable[[], Settings] | None
 ) -> int:
     try:
-        app = build_app(settings, read_settings=read_settings)
-    except ConfigError as exc:
+        app, runner, admin = await _start(settings, read_settings)
+    except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    runner = make_runner(
-        app,
-        settings.limits,
-        **access_log_options(settings.logging.access_log),
-        shutdown_timeout=settings.server.drain_timeout_s,
-    )
-    try:
-        await runner.setup()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    listener = app[TLS].listener
-    site = web.TCPSite(
-        runner,
-        settings.server.host,
-        settings.server.port,
-        ssl_context=listener.context if listener is not None else None,
-        # Several workers listen on one port; the kernel spreads connections between them.
-        reuse_port=settings.server.workers > 1 or None,
-    )
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        print(
-            f"error: cannot listen on {settings.server.host}:{settings.server.port}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        admin = await _start_admin(settings, app)
-    except OSError as exc:
-        await runner.cleanup()
-        where = f"{settings.admin.host}:{settings.admin.port}"
-        print(f"error: cannot listen on {where} (admin): {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return exc.code
     _announce(settings, runner, app[RUNTIME].current.models, out)
     if admin is not None:
         print(f"admin (/metrics, /status) on {_urls(admin)}", file=out, flush=True)
     settle_after_startup()
+    await _until_stopped(app, out)
+    app[STATUS].draining = True
+    print("draining: readiness is now 503; finishing in-flight requests", file=out, flush=True)
+    await asyncio.sleep(settings.server.readiness_grace_s)
+    if admin is not None:
+        await admin.cleanup()
+    await runner.cleanup()  # stops accepting, waits up to drain_timeout_s for in-flight work
+    print("stopped", file=out, flush=True)
+    return 0
+
+
+async def _start(
+    settings: Settings, read_settings: Callable[[], Settings] | None
+) -> tuple[web.Application, web.AppRunner, web.AppRunner | None]:
+    """The app built and started, listening on the API port and the admin port."""
+    try:
+        app = build_app(settings, read_settings=read_settings)
+        runner = make_runner(
+            app,
+            settings.limits,
+            **access_log_options(settings.logging.access_log),
+            shutdown_timeout=settings.server.drain_timeout_s,
+        )
+        await runner.setup()
+    except ConfigError as exc:
+        raise _Refused(str(exc), 2) from None
+    listener = app[TLS].listener
+    server = settings.server
+    site = web.TCPSite(
+        runner,
+        server.host,
+        server.port,
+        ssl_context=listener.context if listener is not None else None,
+        # Several workers listen on one port; the kernel spreads connections between them.
+        reuse_port=server.workers > 1 or None,
+    )
+    where = f"{server.host}:{server.port}"
+    try:
+        await site.start()
+        where = f"{settings.admin.host}:{settings.admin.port} (admin)"
+        admin = await _start_admin(settings, app)
+    except OSError as exc:
+        await runner.cleanup()
+        raise _Refused(f"cannot listen on {where}: {exc.strerror or exc}", 1) from None
+    return app, runner, admin
+
+
+async def _until_stopped(app: web.Application, out: TextIO) -> None:
+    """Serve until SIGTERM or SIGINT; SIGHUP reloads meanwhile (finished before returning)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,14 +113,6 @@ async def _serve(
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     await asyncio.gather(*reloads, return_exceptions=True)
-    app[STATUS].draining = True
-    print("draining: readiness is now 503; finishing in-flight requests", file=out, flush=True)
-    await asyncio.sleep(settings.server.readiness_grace_s)
-    if admin is not None:
-        await admin.cleanup()
-    await runner.cleanup()  # stops accepting, waits up to drain_timeout_s for in-flight work
-    print("stopped", file=out, flush=True)
-    return 0
 
 
 async def _start_admin(settings: Settings, app: web.Application) -> web.AppRunner | None:
