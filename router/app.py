@@ -22,20 +22,16 @@ from router.api.state import (
     COLLECTOR,
     LIMITERS,
     RELOADER,
-    RUNTIME,
     SETTINGS,
-    SPOOL,
     STATUS,
     TELEMETRY,
     TLS,
-    TRAIL,
     UPSTREAMS,
     Pipelines,
     ServerStatus,
 )
-from router.audit import AuditLog, AuditLogError, log_file
 from router.cache import ResponseCache
-from router.errors import ConfigError, RouteNotFound
+from router.errors import ConfigError
 from router.generations import runtime_context, update_tasks
 from router.inference.repository import (
     ModelRepository,
@@ -47,25 +43,20 @@ from router.policy.bundle import PolicyBundle
 from router.policy.distribution import first_bundle
 from router.privacy import Privacy
 from router.ratelimit import Limiters
-from router.resources import audit_path, state_dir
 from router.settings import Settings
-from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
-from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
+from router.spool.collector import COLLECTOR_PATH
 from router.stages.cache import LookupCache
 from router.stages.classify import ClassifyAndRedact
 from router.stages.dispatch import Dispatch
 from router.stages.parse import ParseInferRequest, ParseOpenAIRequest
 from router.stages.route import DecideRoute
 from router.stages.tenant import AuthorizeModel, ResolveTenant
-from router.store_forward import StoreAndForward
+from router.stores import audit_context, collect, collector_context, spool_context
 from router.telemetry import Telemetry
 from router.telemetry.tracing import provider_from_env, tracer_of
 from router.tenancy import Tenancy
-from router.trail import Trail
-from router.upstreams.client import plain_session, poster
 from router.upstreams.registry import Upstreams
 from router.upstreams.tls import TlsContexts, reload_contexts
-from router.workers import is_primary
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -124,14 +115,14 @@ def build_app(
         )
     )
     app.cleanup_ctx.append(_reload_hooks)
-    app.cleanup_ctx.append(_spool)
-    app.cleanup_ctx.append(_audit)
+    app.cleanup_ctx.append(spool_context)
+    app.cleanup_ctx.append(audit_context)
     kserve_v2.add_routes(app)
     openai.add_routes(app)
     openapi.add_routes(app)
     app[COLLECTOR] = []
-    app.cleanup_ctx.append(_collector)
-    app.router.add_post(COLLECTOR_PATH, _collect)
+    app.cleanup_ctx.append(collector_context)
+    app.router.add_post(COLLECTOR_PATH, collect)
     app.cleanup_ctx.append(partial(update_tasks, start=start))
     return app
 
@@ -148,14 +139,6 @@ def _check_auth(settings: Settings, bundle: PolicyBundle) -> None:
                 "tenants.<name>.keys (`layer-router tenant new-key` makes one)"
             ],
         )
-
-
-async def _collect(request: web.Request) -> web.StreamResponse:
-    """The central tier's collector (POST /v1/spool/batches); 404 where this site collects not."""
-    handlers = request.app[COLLECTOR]
-    if not handlers:
-        raise RouteNotFound("no such endpoint")
-    return await handlers[0](request)
 
 
 def build_pipelines(
@@ -245,121 +228,3 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await upstreams.close()
-
-
-async def _spool(app: web.Application) -> AsyncIterator[None]:
-    """The site's spool and its drainer (when a collector is configured), and the collector
-    endpoint itself on the central tier."""
-    settings = app[SETTINGS]
-    spool_settings = settings.spool
-    spool: Spool | None = None
-    drains = is_primary()
-    path = spool_settings.path
-    if path is None and spool_settings.collector_url:
-        path = state_dir() / "spool.sqlite3"
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Worker processes share one spool file; only the primary one drains it.
-            spool = await Spool.open(
-                path, limits_of(spool_settings), shared=settings.server.workers > 1, drains=drains
-            )
-        except (OSError, SpoolUnavailable) as exc:
-            raise ConfigError(str(path), [f"spool cannot be opened: {exc}"]) from None
-    app[SPOOL] = store = StoreAndForward(spool, app[RUNTIME].current.privacy, settings.site.id)
-    tasks, session = [], None
-    if spool is not None and spool_settings.collector_url and drains:
-        session = plain_session()
-        url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
-        drainer = Drainer(
-            spool,
-            http_sender(poster(session, tls=app[TLS].collector), url),
-            rate_per_s=spool_settings.drain_rate_per_s,
-            batch_size=spool_settings.batch_size,
-        )
-        tasks.append(asyncio.get_running_loop().create_task(drainer.run()))
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await store.drain_pending()
-        if session is not None:
-            await session.close()
-        if spool is not None:
-            await spool.close()
-
-
-async def _collector(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    collects = settings.spool.collect
-    if collects is None:
-        collects = settings.site.tier.value == "central"
-    store = None
-    if collects:
-        store = await _open_collector(settings.site.id, shared=settings.server.workers > 1)
-        (route,) = collector_routes(store)
-        app[COLLECTOR].append(route.handler)
-    try:
-        yield
-    finally:
-        if store is not None:
-            await store.close()
-
-
-async def _open_collector(site: str, shared: bool = False) -> CollectorStore:
-    """The first `collector-<site>[.N].sqlite3` in the state directory nobody holds yet; with
-    several workers, `collector-<site>.sqlite3` shared by all of them (one key, one record)."""
-    folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    problem = ""
-    if shared:
-        path = folder / f"collector-{site}.sqlite3"
-        try:
-            return await CollectorStore.open(path, shared=True)
-        except SpoolUnavailable as exc:
-            raise ConfigError(str(path), [f"collector store cannot be opened: {exc}"]) from None
-    for n in range(64):
-        path = folder / (f"collector-{site}.sqlite3" if n == 0 else f"collector-{site}.{n}.sqlite3")
-        try:
-            return await CollectorStore.open(path)
-        except SpoolUnavailable as exc:
-            problem = str(exc)
-    raise ConfigError(str(folder), [f"collector store cannot be opened: {problem}"])
-
-
-def _open_audit_log(settings: Settings) -> AuditLog:
-    """Each process writes its own chain: the first `<site>[.N].jsonl` nobody holds yet
-    (several workers, or several routers in one test process, share a folder)."""
-    audit = settings.audit
-    folder = audit_path(audit.path)
-    problem = ""
-    for worker in range(64):
-        path = log_file(folder, settings.site.id, worker)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return AuditLog(path, fsync=audit.fsync, batch_interval_ms=audit.batch_interval_ms)
-        except AuditLogError as exc:
-            problem = str(exc)
-            if path.suffix == ".jsonl" and path == folder:
-                break  # a single file was named: no other to try
-        except OSError as exc:
-            raise ConfigError(str(path), [f"audit log cannot be opened: {exc}"]) from None
-    raise ConfigError(str(folder), [f"audit log cannot be opened: {problem}"])
-
-
-async def _audit(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    audit = settings.audit
-    log: AuditLog | None = None
-    if audit.enabled:
-        log = await asyncio.to_thread(_open_audit_log, settings)
-    # Without a spool a copy would be built per answer and thrown away.
-    copy = app[SPOOL].audit_copy if app[SPOOL].spool is not None else None
-    app[TRAIL] = Trail(log, app[RUNTIME].current.privacy.secret, settings.site, copy)
-    try:
-        yield
-    finally:
-        if log is not None:
-            await log.aclose()
