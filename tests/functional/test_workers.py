@@ -67,6 +67,10 @@ async def serve(*args: str, log: Path) -> AsyncIterator[Tree]:
         )  # fmt: skip
         try:
             yield Tree(process)
+        except (AssertionError, TimeoutError) as exc:  # what the processes said, to tell why
+            err.flush()
+            said = await asyncio.to_thread(log.read_text)
+            raise AssertionError(f"{exc!r}\nstderr:\n{said[-4000:]}") from exc
         finally:
             if process.returncode is None:
                 process.kill()
