@@ -34,6 +34,7 @@ def test_compose_tier_config_exists_and_validates(service: str) -> None:
     settings = load_settings(path)
     assert settings.site.tier == Tier(service)
     assert settings.server.host == "0.0.0.0"
+    assert settings.admin.host == "0.0.0.0"  # scraped from the compose network
 
 
 def test_compose_chain_points_at_services() -> None:
@@ -55,6 +56,7 @@ def test_sidecar_config_and_bundle_from_configmaps(tmp_path: Path) -> None:
     config = objects["ConfigMap/layer-router-config"]["data"]["config.yaml"]
     settings = Settings.model_validate(yaml.safe_load(config))
     assert str(settings.policy.bundle) == "/etc/layer-router-policy"
+    assert (settings.admin.host, settings.admin.port) == ("0.0.0.0", 8002)  # scraped at pod IP
     for name, text in objects["ConfigMap/layer-router-policy"]["data"].items():
         (tmp_path / name).write_text(text)
     assert load_bundle(tmp_path).manifest.name == "default"

@@ -107,11 +107,13 @@ def test_runs_as_non_root_with_ports_and_healthcheck() -> None:
 
 
 def test_image_config_is_valid() -> None:
-    """The config the image ships validates and listens on all interfaces."""
+    """The config the image ships validates and listens on all interfaces, the admin listener
+    (the EXPOSEd 8002) included."""
     (copy,) = [c for c in final("COPY") if "deploy/" in c]
     source, target = copy.split()
     settings = load_settings(ROOT / source)
     assert settings.server.host == "0.0.0.0"
+    assert (settings.admin.host, settings.admin.port) == ("0.0.0.0", 8002)
     assert any(f"LAYER_ROUTER_CONFIG={target}" in env for env in final("ENV"))
 
 
