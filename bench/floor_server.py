@@ -29,6 +29,7 @@ import orjson
 import uvloop
 from aiohttp import web
 from models import make_session
+from serving import serve_forever
 
 
 def build_app(sessions: dict[str, Any], offload: bool) -> web.Application:
@@ -89,19 +90,6 @@ def build_app(sessions: dict[str, Any], offload: bool) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    for address in runner.addresses:
-        print(f"floor listening on http://{address[0]}:{address[1]}", flush=True)
-    try:
-        await asyncio.Event().wait()  # until SIGTERM/SIGINT ends the process
-    finally:
-        await runner.cleanup()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
@@ -115,7 +103,7 @@ def main() -> None:
         sessions[name] = make_session(Path(path), threads=1)
     if not sessions:
         sys.exit("give at least one --model NAME=PATH")
-    uvloop.run(serve(build_app(sessions, args.offload), args.host, args.port))
+    uvloop.run(serve_forever(build_app(sessions, args.offload), args.host, args.port, "floor"))
 
 
 if __name__ == "__main__":

@@ -356,3 +356,19 @@ def prepare_run(args: Any, name: str) -> Path | None:
     if not WRK:
         log("wrk not found (apt-get install -y wrk): falling back to bench/closed_loop.py")
     return RESULTS / f"{name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def save_run(stem: Path, data: dict[str, Any], report: ReportFn, args: Any, started: float) -> int:
+    """Render the report, add it and the run's arguments to `data`, write `<stem>.json` and
+    `.md`, print the report; the exit code of a completed run."""
+    text, summary = report(data, args)
+    data.update(
+        summary=summary,
+        args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        elapsed_s=round(time.monotonic() - started, 1),
+    )
+    Path(f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
+    Path(f"{stem}.md").write_text(text)
+    print(text)
+    log(f"done in {data['elapsed_s']:.0f} s; wrote {stem}.json and .md (server logs beside)")
+    return 0

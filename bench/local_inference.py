@@ -49,6 +49,7 @@ from harness import (
     prepare_run,
     rerender,
     run_child,
+    save_run,
     stop_children_on_exit,
 )
 from harness import load as closed_loop
@@ -532,17 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             log("interrupted: servers stopped, no report")
             return 130
         data["env"] = env_info(tmp, args)
-    text, summary = report(data, args)
-    data.update(
-        summary=summary,
-        args=vars(args),
-        elapsed_s=round(time.monotonic() - started, 1),
-    )
-    Path(f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
-    Path(f"{stem}.md").write_text(text)
-    print(text)
-    log(f"done in {data['elapsed_s']:.0f} s; wrote {stem}.json and .md (server logs beside)")
-    return 0
+    return save_run(stem, data, report, args, started)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import asyncio
 import orjson
 import uvloop
 from aiohttp import web
+from serving import serve_forever
 
 MODEL = "mock"
 CREATED = 1_700_000_000
@@ -120,18 +121,6 @@ def build_app(chunks: int, delay_s: float) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    for address in runner.addresses:
-        print(f"mock listening on http://{address[0]}:{address[1]}", flush=True)
-    try:
-        await asyncio.Event().wait()  # until SIGTERM/SIGINT ends the process
-    finally:
-        await runner.cleanup()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
@@ -139,7 +128,9 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=5, help="content chunks in an SSE answer")
     ap.add_argument("--delay-ms", type=float, default=1.0, help="between SSE events")
     args = ap.parse_args()
-    uvloop.run(serve(build_app(args.chunks, args.delay_ms / 1000), args.host, args.port))
+    uvloop.run(
+        serve_forever(build_app(args.chunks, args.delay_ms / 1000), args.host, args.port, "mock")
+    )
 
 
 if __name__ == "__main__":

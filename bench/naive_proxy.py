@@ -11,11 +11,11 @@ Prints "listening on http://HOST:PORT" once it accepts connections.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator
 
 import uvloop
 from aiohttp import ClientSession, TCPConnector, web
+from serving import serve_forever
 
 SESSION = web.AppKey("session", ClientSession)
 
@@ -48,25 +48,15 @@ def build_app(upstream: str) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    for address in runner.addresses:
-        print(f"naive proxy listening on http://{address[0]}:{address[1]}", flush=True)
-    try:
-        await asyncio.Event().wait()  # until SIGTERM/SIGINT ends the process
-    finally:
-        await runner.cleanup()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:18081")
     args = ap.parse_args()
-    uvloop.run(serve(build_app(args.upstream.rstrip("/")), args.host, args.port))
+    uvloop.run(
+        serve_forever(build_app(args.upstream.rstrip("/")), args.host, args.port, "naive proxy")
+    )
 
 
 if __name__ == "__main__":
