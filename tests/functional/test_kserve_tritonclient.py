@@ -379,7 +379,8 @@ class TestCompression:
 
     @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
     @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-    def test_request_compression(
+    @pytest.mark.parametrize("direction", ["request", "response"])
+    def test_compression(
         self,
         triton: triton_http.InferenceServerClient,
         reference: Reference,
@@ -387,36 +388,16 @@ class TestCompression:
         feeds: dict[str, np.ndarray],
         algorithm: str,
         binary: bool,
+        direction: str,
     ) -> None:
-        """A compressed request body is inflated before decoding (binary offsets included)."""
+        """A compressed request body is inflated before decoding (binary offsets included), and
+        asking for a compressed response still yields onnxruntime's outputs."""
         outputs = None if binary else json_outputs(OUTPUTS["hotspot_detector"])
         result = triton.infer(
             "hotspot_detector",
             infer_inputs(feeds, binary),
             outputs=outputs,
-            request_compression_algorithm=algorithm,
-        )
-        expected = run_reference(reference, edge_models / "hotspot_detector/1/model.onnx", feeds)
-        assert_matches(result, expected, binary)
-
-    @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-    @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-    def test_response_compression(
-        self,
-        triton: triton_http.InferenceServerClient,
-        reference: Reference,
-        edge_models: Path,
-        feeds: dict[str, np.ndarray],
-        algorithm: str,
-        binary: bool,
-    ) -> None:
-        """Asking for a compressed response still yields onnxruntime's outputs."""
-        outputs = None if binary else json_outputs(OUTPUTS["hotspot_detector"])
-        result = triton.infer(
-            "hotspot_detector",
-            infer_inputs(feeds, binary),
-            outputs=outputs,
-            response_compression_algorithm=algorithm,
+            **{f"{direction}_compression_algorithm": algorithm},
         )
         expected = run_reference(reference, edge_models / "hotspot_detector/1/model.onnx", feeds)
         assert_matches(result, expected, binary)
