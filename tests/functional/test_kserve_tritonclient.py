@@ -20,6 +20,7 @@ import orjson
 import pytest
 import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_aio
+from _triton import demo_inputs, infer_inputs
 from tritonclient.utils import InferenceServerException
 
 import router
@@ -43,26 +44,6 @@ OUTPUTS = {
     "hotspot_detector": ["boxes", "scores", "detected", "heatmap"],
 }
 Reference = Callable[[Path], ort.InferenceSession]
-
-
-def demo_inputs(model: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs for a demo model: random colours, or two frames of which the first has a hot patch."""
-    rng = np.random.default_rng(seed)
-    if model == "color_classifier":
-        return {"rgb": rng.random((4, 3), dtype=np.float32)}
-    frames = 20.0 + rng.random((2, 1, 16, 24), dtype=np.float32)
-    frames[0, 0, 3:6, 10:14] = 75.0
-    return {"image": frames}
-
-
-def infer_inputs(feeds: dict[str, np.ndarray], binary: bool) -> list[triton_http.InferInput]:
-    inputs = []
-    for name, array in feeds.items():
-        datatype = "BYTES" if array.dtype == object else triton_http.np_to_triton_dtype(array.dtype)
-        tensor = triton_http.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array, binary_data=binary)
-        inputs.append(tensor)
-    return inputs
 
 
 def _text(item: object) -> str:

@@ -20,6 +20,7 @@ import orjson
 import pytest
 import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_aio
+from _triton import demo_inputs, infer_inputs
 
 from router.settings import Settings
 from router.testing import (
@@ -108,26 +109,6 @@ async def aio_triton(site: Site) -> AsyncIterator[triton_aio.InferenceServerClie
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
         yield session
-
-
-def demo_inputs(model: str, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    if model == "color_classifier":
-        return {"rgb": rng.random((4, 3), dtype=np.float32)}
-    frames = 20.0 + rng.random((2, 1, 16, 24), dtype=np.float32)
-    frames[0, 0, 3:6, 10:14] = 75.0
-    return {"image": frames}
-
-
-def infer_inputs(feeds: dict[str, np.ndarray], binary: bool) -> list[triton_http.InferInput]:
-    inputs = []
-    for name, array in feeds.items():
-        tensor = triton_http.InferInput(
-            name, list(array.shape), triton_http.np_to_triton_dtype(array.dtype)
-        )
-        tensor.set_data_from_numpy(array, binary_data=binary)
-        inputs.append(tensor)
-    return inputs
 
 
 def requested(model: str, binary: bool) -> list[triton_http.InferRequestedOutput] | None:
