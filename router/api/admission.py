@@ -36,15 +36,21 @@ def admission(max_in_flight: int) -> Middleware:
         in_flight += 1
         try:
             if request.method != "POST" or path in _UNPIPELINED_POSTS:
-                tenancy = request.app[RUNTIME].current.pipelines.tenancy
-                if tenancy is not None:
-                    access = tenancy.identify(request.headers)
-                    model = request.match_info.get("model")
-                    if model is not None:
-                        tenancy.authorize(access.name, model)
-                    request[TENANT] = access
+                name_tenant(request)
             return await handler(request)
         finally:
             in_flight -= 1
 
     return admit
+
+
+def name_tenant(request: web.Request) -> None:
+    """On a route outside the pipelines: who asks (401 without a valid key where one is
+    required), and whether they may ask about the model the path names (403)."""
+    tenancy = request.app[RUNTIME].current.pipelines.tenancy
+    if tenancy is not None:
+        access = tenancy.identify(request.headers)
+        model = request.match_info.get("model")
+        if model is not None:
+            tenancy.authorize(access.name, model)
+        request[TENANT] = access
