@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -31,13 +32,38 @@ _SCHEMA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _DIGEST_CONTEXT = b"layer-router audit digest v1"
 
 
+# Two base32 characters per 10 bits: a ULID in 13 look-ups instead of 26 shifts and masks.
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
+
+
 def new_audit_id(now_ms: int | None = None) -> str:
     """A ULID: 48 bits of Unix milliseconds then 80 random bits, as 26 base32 characters, so
     ids sort by creation time and need no coordination between processes."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     # Unique, not secret: the Mersenne Twister spares a getrandom() system call per answer.
-    value = (ms << 80) | random.getrandbits(80)
-    return "".join(_ALPHABET[(value >> shift) & 31] for shift in range(125, -1, -5))
+    r = random.getrandbits(80)
+    p = _PAIRS
+    return "".join(
+        (
+            _time_chars(ms),
+            p[r >> 70],
+            p[(r >> 60) & 1023],
+            p[(r >> 50) & 1023],
+            p[(r >> 40) & 1023],
+            p[(r >> 30) & 1023],
+            p[(r >> 20) & 1023],
+            p[(r >> 10) & 1023],
+            p[r & 1023],
+        )
+    )
+
+
+@lru_cache(maxsize=8)
+def _time_chars(ms: int) -> str:
+    """The id's first 10 characters: two zero bits, then the 48 bits of the time (the same for
+    every id made within a millisecond)."""
+    p = _PAIRS
+    return "".join(p[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0))
 
 
 def id_time(audit_id: str) -> str:
