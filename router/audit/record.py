@@ -170,10 +170,8 @@ class Digester:
         """One digest per JSON leaf, keyed by its path (`$.inputs[0].data`); an array of numbers
         (a tensor) is one leaf. Past `limit` leaves, one digest of the whole document at `$`."""
         leaves: list[tuple[str, Any]] = []
-        for leaf in self._leaves(document, "$"):
-            leaves.append(leaf)
-            if len(leaves) > limit:
-                return {"$": self.digest("$", _canonical(document))}
+        if not self._collect(document, "$", leaves, limit):
+            return {"$": self.digest("$", _canonical(document))}
         return {path: self.digest(path, _canonical(value)) for path, value in leaves}
 
     def tensors(self, document: Mapping[str, Any], binary: bytes | memoryview) -> dict[str, str]:
@@ -192,18 +190,29 @@ class Digester:
             return {"$.binary": self.digest("$.binary", binary)}
         return found
 
-    def _leaves(self, value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    def _collect(self, value: Any, path: str, leaves: list[tuple[str, Any]], limit: int) -> bool:
+        """Append (path, leaf) pairs to `leaves`; False as soon as there are more than `limit`.
+        (A plain recursion: a generator per level cost more than the digests.)"""
         if isinstance(value, dict) and value:
             for key, item in value.items():
-                yield from self._leaves(item, path + self._segment(str(key)))
+                if not self._collect(item, path + self._segment(str(key)), leaves, limit):
+                    return False
         elif isinstance(value, list) and value and not _is_tensor(value):
             for index, item in enumerate(value):
-                yield from self._leaves(item, f"{path}[{index}]")
+                if not self._collect(item, f"{path}[{index}]", leaves, limit):
+                    return False
         else:
-            yield path, value
+            leaves.append((path, value))
+            return len(leaves) <= limit
+        return True
 
     def _segment(self, key: str) -> str:
+        segment = _SCHEMA_SEGMENTS.get(key)
+        if segment is not None:
+            return segment
         if _SCHEMA_KEY.match(key):
+            if len(_SCHEMA_SEGMENTS) < _SCHEMA_SEGMENTS_MAX:
+                _SCHEMA_SEGMENTS[key] = "." + key
             return "." + key
         return f"[#{self.digest('key', key.encode('utf-8', 'surrogatepass'))[:16]}]"
 
@@ -211,11 +220,17 @@ class Digester:
         return "Digester(<secret>)"
 
 
+# Segments of keys already seen to be schema ("inputs"): only those, never a key that could
+# be personal data, and only so many.
+_SCHEMA_SEGMENTS: dict[str, str] = {}
+_SCHEMA_SEGMENTS_MAX = 1024
 _NUMBER_TYPES = frozenset((int, float, bool))
 
 
 def _is_tensor(value: list[Any]) -> bool:
     """Numbers and booleans only, at any nesting depth: tensor data, digested as one piece."""
+    if _NUMBER_TYPES.issuperset(map(type, value)):  # a flat tensor, checked in C
+        return True
     for item in value:
         if type(item) in _NUMBER_TYPES:  # exact types first: the common case, and cheap
             continue
