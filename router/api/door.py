@@ -1,15 +1,16 @@
-"""The one middleware every request passes: the error answer, admission and the generation pin
-of `errors.py`, `admission.py` and `current.py` in a single frame, because each aiohttp
-middleware costs a call and a coroutine per request. Same order and the same guarantees as
-the three stacked: errors outermost, then admission, then the pinned generation."""
+"""The one middleware every request passes, in this order: failures become answers (errors.py,
+outermost), admission (admission.py: in-flight shedding, the tenant on routes outside the
+pipelines), then the runtime generation is pinned for the request's life (current.py). One
+frame instead of three stacked middlewares: each costs aiohttp a call and a coroutine per
+request."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from router.api.admission import _UNPIPELINED_POSTS, EXEMPT, name_tenant
-from router.api.current import _WITHOUT_POLICY, GENERATION
+from router.api.admission import EXEMPT, UNPIPELINED_POSTS, name_tenant
+from router.api.current import GENERATION, WITHOUT_POLICY
 from router.api.errors import answer_failure
 from router.api.state import RUNTIME
 from router.errors import Overloaded, PolicyPending
@@ -30,10 +31,10 @@ def front_door(max_in_flight: int) -> Middleware:
                         raise Overloaded("the router is at its limit of concurrent requests", 1.0)
                     in_flight += 1
                     counted = True
-                    if request.method != "POST" or path in _UNPIPELINED_POSTS:
+                    if request.method != "POST" or path in UNPIPELINED_POSTS:
                         name_tenant(request)
                 generation = request.app[RUNTIME].current
-                if generation.pending and path not in _WITHOUT_POLICY:
+                if generation.pending and path not in WITHOUT_POLICY:
                     raise PolicyPending("no verified policy bundle is active yet", retry_after=5.0)
                 request[GENERATION] = generation
                 generation.enter()
