@@ -13,9 +13,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
 from router.api import kserve_v2, openai, openapi
-from router.api.admission import admission
-from router.api.current import generation_middleware
-from router.api.errors import error_middleware
+from router.api.door import front_door
 from router.api.state import (
     BUNDLE,
     CACHE,
@@ -78,11 +76,7 @@ def build_app(
     re-read the rest)."""
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[
-            error_middleware,
-            admission(settings.limits.max_in_flight),
-            generation_middleware,
-        ],
+        middlewares=[front_door(settings.limits.max_in_flight)],
     )
     app[SETTINGS] = settings
     app[STATUS] = ServerStatus()

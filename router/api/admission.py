@@ -1,15 +1,14 @@
 """Admission at the door, before any work: shed load past `limits.max_in_flight` (503 +
 Retry-After); on the routes that run no pipeline (metadata, model lists: the pipelines resolve
 their tenant themselves) name the tenant, turn away requests without a valid key where
-authentication is required (401), and questions about a model the tenant may not use (403)."""
+authentication is required (401), and questions about a model the tenant may not use (403).
+Applied by the front door (router/api/door.py)."""
 
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from router.api.state import RUNTIME
-from router.errors import Overloaded
 from router.spool.collector import COLLECTOR_PATH
 from router.tenancy import TenantAccess
 
@@ -19,32 +18,16 @@ EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", COLLECTOR_PATH})
 # The asking tenant, on routes outside the pipelines (a model list shows only its models).
 TENANT = web.RequestKey("tenant", TenantAccess)
 # POST routes whose pipeline starts with ResolveTenant.
-_UNPIPELINED_POSTS = frozenset({"/v2/repository/index"})
+UNPIPELINED_POSTS = frozenset({"/v2/repository/index"})
 
 
-def admission(max_in_flight: int) -> Middleware:
-    in_flight = 0
-
-    @web.middleware
-    async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_flight
-        path = request.path
-        if path in EXEMPT:
-            return await handler(request)
-        if in_flight >= max_in_flight:
-            raise Overloaded("the router is at its limit of concurrent requests", 1.0)
-        in_flight += 1
-        try:
-            if request.method != "POST" or path in _UNPIPELINED_POSTS:
-                tenancy = request.app[RUNTIME].current.pipelines.tenancy
-                if tenancy is not None:
-                    access = tenancy.identify(request.headers)
-                    model = request.match_info.get("model")
-                    if model is not None:
-                        tenancy.authorize(access.name, model)
-                    request[TENANT] = access
-            return await handler(request)
-        finally:
-            in_flight -= 1
-
-    return admit
+def name_tenant(request: web.Request) -> None:
+    """On a route outside the pipelines: who asks (401 without a valid key where one is
+    required), and whether they may ask about the model the path names (403)."""
+    tenancy = request.app[RUNTIME].current.pipelines.tenancy
+    if tenancy is not None:
+        access = tenancy.identify(request.headers)
+        model = request.match_info.get("model")
+        if model is not None:
+            tenancy.authorize(access.name, model)
+        request[TENANT] = access

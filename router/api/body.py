@@ -31,6 +31,13 @@ async def read_body(request: web.Request) -> bytes:
     cap, limits = settings.server.max_body_bytes, settings.limits
     content = request.content
     encoded = "Content-Encoding" in request.headers
+    if content.is_eof() and not encoded:
+        # All of it arrived with the headers (the common small request): nothing to wait
+        # for, so no deadline to arm.
+        body = content.read_nowait()
+        if len(body) > cap:
+            raise PayloadTooLarge(f"request body exceeds the limit of {cap} bytes")
+        return body
     loop = asyncio.get_running_loop()
     started = loop.time()
     allowance = limits.body_timeout_s + (request.content_length or 0) / (

@@ -81,21 +81,27 @@ def from_http_exception(exc: web.HTTPException) -> RouterError | None:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except RouterError as exc:
+    except Exception as exc:
+        return await answer_failure(request, exc)
+
+
+async def answer_failure(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to a request whose handler raised `exc` (audited and counted); re-raises
+    what is not ours to answer: a client gone away, an aiohttp response we do not map."""
+    if isinstance(exc, RouterError):
         return await _audited(request, error_response(exc, request))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         mapped = from_http_exception(exc)
         if mapped is None:
-            raise
+            raise exc
         response = error_response(mapped, request)
         if "Allow" in exc.headers:  # a 405 names the methods the route takes (RFC 9110 §15.5.6)
             response.headers["Allow"] = exc.headers["Allow"]
         return await _audited(request, response)
-    except (ConnectionError, TimeoutError):
-        raise  # the client went away; aiohttp closes the connection
-    except Exception as exc:
-        log.error("unhandled %s at %s", type(exc).__name__, _where(exc))
-        return await _audited(request, error_response(RouterError("internal error"), request))
+    if isinstance(exc, ConnectionError | TimeoutError):
+        raise exc  # the client went away; aiohttp closes the connection
+    log.error("unhandled %s at %s", type(exc).__name__, _where(exc))
+    return await _audited(request, error_response(RouterError("internal error"), request))
 
 
 async def _audited(request: web.Request, response: web.Response) -> web.Response:

@@ -49,6 +49,8 @@ class LookupCache:
         self._flights: SingleFlight[_Flight] = SingleFlight()
 
     async def around(self, ctx: RequestContext, rest: Rest) -> Reply:
+        if not self._settings.enabled:  # no directive to read, no key to make
+            return self._counted(ctx, Outcome.BYPASS, await rest())
         directives = RequestDirectives.parse(ctx.headers.get("Cache-Control"))
         key = self._key(ctx) if directives.store or directives.lookup else None
         if key is None:
