@@ -35,8 +35,21 @@ class UpstreamRequest:
     body: bytes
 
 
-class UpstreamResponse:
+class UpstreamResponse(Protocol):
     """An open upstream response; the caller must `read`, drain `chunks`, or `abort`."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+
+    async def read(self, limit: int) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def abort(self) -> None: ...
+
+
+class AiohttpResponse:
+    """An aiohttp response as an `UpstreamResponse`."""
 
     def __init__(self, response: aiohttp.ClientResponse, where: str) -> None:
         self._response = response
@@ -104,7 +117,7 @@ class HttpTransport:
                 ssl=True if tls is None else tls.context,
                 server_hostname=None if tls is None else tls.server_hostname,
             )
-        return UpstreamResponse(response, where)
+        return AiohttpResponse(response, where)
 
     async def close(self) -> None:
         await self._session.close()

@@ -1,0 +1,322 @@
+"""One upstream HTTP/1.1 connection: an asyncio.Protocol whose bytes go through httptools'
+response parser (llhttp, what uvicorn uses), so the exchange costs a few callbacks instead of
+aiohttp's client stack. `H1Response` is the open response a caller reads or streams.
+
+Foreign errors (OSError, ssl.SSLError, httptools' parser errors) become `router.errors` types
+here and in `pool.py`: the transport boundary, as `client.py` is aiohttp's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from router.errors import UpstreamError, UpstreamReset, UpstreamTlsFailed
+
+MAX_HEADER_BYTES = 64 * 1024  # status line and headers together
+HIGH_WATER = 256 * 1024  # unread body bytes before the socket stops being read
+
+# scheme, host, port, TLS context, server name: connections are shared only within one key
+PoolKey = tuple[str, str, int, "ssl.SSLContext | None", "str | None"]
+
+
+class H1Connection(asyncio.Protocol):
+    """One keep-alive connection, one exchange at a time. `on_idle` hands it back to the pool
+    once a response was read to its end and may be reused; `on_lost` when it closes."""
+
+    def __init__(self, on_lost: Callable[[H1Connection], None], where: str) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.on_lost = on_lost
+        self.where = where
+        self.key: PoolKey = ("", "", 0, None, None)
+        self.closed = False
+        self.used = False  # carried an exchange before: a stale keep-alive can fail on reuse
+        self.reused = False
+        self.received = False  # any byte of the current exchange's response
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._response: H1Response | None = None
+        self._header_bytes = 0
+        self._reading = True
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        response = self._response
+        if response is None:  # bytes nobody asked for: the connection cannot be trusted
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamError(f"{self.where}: malformed response"))
+        except _TooLarge:
+            self._fail(UpstreamError(f"{self.where}: response headers too large"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        response = self._response
+        if response is not None and not response.complete:
+            if exc is None and response.until_close and response.headers_done:
+                response.finish()
+            elif isinstance(exc, ssl.SSLError):
+                # TLS 1.3: a refused client certificate arrives as an alert on the first read.
+                response.fail(UpstreamTlsFailed(f"{self.where}: TLS refused by the server"))
+            else:
+                response.fail(UpstreamReset(f"{self.where}: connection reset"))
+        self.on_lost(self)
+
+    def pause_writing(self) -> None:  # request bodies are written whole; nothing to pause
+        pass
+
+    # the exchange
+
+    def start(self, response: H1Response, request: bytes) -> None:
+        self._response = response
+        self._header_bytes = 0
+        self.reused = self.used
+        self.used = True
+        self.received = False
+        assert self.transport is not None
+        self.transport.write(request)
+
+    def consumed(self, buffered: int) -> None:
+        if not self._reading and buffered < HIGH_WATER and self.transport is not None:
+            self._reading = True
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()  # never a graceful close: unread bytes are discarded
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._response is not None:
+            self._response.fail(error)
+        self.close()
+
+    # httptools callbacks
+
+    def on_status(self, status: bytes) -> None:
+        self._count(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        assert self._response is not None
+        self._response.raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        response = self._response
+        assert response is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # interim (100 Continue, 103): the real answer follows
+            response.raw_headers.clear()
+            response.interim = True
+            return
+        response.headers_received(status, self._parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        response = self._response
+        assert response is not None
+        if response.body(body) >= HIGH_WATER and self._reading and self.transport is not None:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        response = self._response
+        assert response is not None
+        if response.interim:
+            response.interim = False
+            return
+        response.finish()
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _TooLarge
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class H1Response:
+    """An open response; the caller must `read`, drain `chunks`, or `abort`."""
+
+    def __init__(
+        self,
+        connection: H1Connection,
+        where: str,
+        head_only: bool,
+        release: Callable[[H1Connection, bool], None],
+    ) -> None:
+        self.status = 0
+        self.headers: CIMultiDictProxy[str] = _EMPTY
+        self.raw_headers: list[tuple[str, str]] = []
+        self.headers_done = False
+        self.complete = False
+        self.interim = False
+        self.until_close = False
+        self.keep_alive = False
+        self._connection = connection
+        self._where = where
+        self._head_only = head_only
+        self._release = release
+        self._released = False
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._error: UpstreamError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._decompress: zlib._Decompress | None = None
+
+    # fed by the connection
+
+    def headers_received(self, status: int, keep_alive: bool) -> None:
+        self.status = status
+        self.keep_alive = keep_alive
+        headers = CIMultiDict(self.raw_headers)
+        self.headers = CIMultiDictProxy(headers)
+        self.headers_done = True
+        self.until_close = (
+            "content-length" not in headers
+            and "transfer-encoding" not in headers
+            and status not in (204, 304)
+        )
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._decompress = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decompress = zlib.decompressobj(zlib.MAX_WBITS)
+        if self._head_only:
+            # httptools cannot be told a HEAD answer has no body: end here, never reuse.
+            self.keep_alive = False
+            self.finish()
+            return
+        self._wake()
+
+    def body(self, data: bytes) -> int:
+        if self.complete:
+            return 0
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._wake()
+        return self._buffered
+
+    def finish(self) -> None:
+        if self.complete:
+            return
+        self.complete = True
+        self.headers_done = True
+        self._wake()
+
+    def fail(self, error: UpstreamError) -> None:
+        if self._error is None and not self.complete:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    # used by the caller
+
+    async def wait_headers(self) -> bool:
+        """True once the status and headers arrived; False if the connection closed before
+        a single byte of response (a stale keep-alive connection)."""
+        while not self.headers_done and self._error is None:
+            await self._wait()
+        if self._error is not None and not self.headers_done:
+            connection = self._connection
+            if connection.reused and not connection.received:
+                return False
+            raise self._error
+        return True
+
+    def error(self) -> UpstreamError | None:
+        return self._error
+
+    async def read(self, limit: int) -> bytes:
+        body = bytearray()
+        async for chunk in self._iterate():
+            body += chunk
+            if len(body) > limit:
+                self.abort()
+                raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
+        return bytes(body)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._iterate():
+            yield chunk
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                if self._chunks:
+                    data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+                    self._chunks.clear()
+                    self._buffered = 0
+                    self._connection.consumed(0)
+                    out = self._inflate(data)
+                    if out:
+                        yield out
+                    continue
+                if self._error is not None:
+                    raise self._error
+                if self.complete:
+                    break
+                await self._wait()
+            if self._decompress is not None:
+                tail = self._decompress.flush()
+                if not self._decompress.eof:
+                    raise UpstreamReset(f"{self._where}: compressed response ended early")
+                if tail:
+                    yield tail
+        except BaseException:
+            self.abort()
+            raise
+        self._done()
+
+    def _inflate(self, data: bytes) -> bytes:
+        if self._decompress is None:
+            return data
+        try:
+            return self._decompress.decompress(data)
+        except zlib.error:
+            raise UpstreamError(f"{self._where}: response not decodable") from None
+
+    def _done(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release(self._connection, self.keep_alive and self.complete)
+
+    def abort(self) -> None:
+        """Close the connection: an aborted response must never be reused on the pool."""
+        self._connection.close()
+        if not self._released:
+            self._released = True
+            self._release(self._connection, False)
+
+
+_EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
