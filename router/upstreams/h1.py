@@ -43,6 +43,7 @@ class H1Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._response: H1Response | None = None
         self._header_bytes = 0
+        self._too_large = False
         self._reading = True
 
     # asyncio.Protocol
@@ -60,9 +61,9 @@ class H1Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail(UpstreamError(f"{self.where}: malformed response"))
-        except _TooLarge:
-            self._fail(UpstreamError(f"{self.where}: response headers too large"))
+            # httptools re-raises a callback's exception as its own: the flag says which.
+            problem = "response headers too large" if self._too_large else "malformed response"
+            self._fail(UpstreamError(f"{self.where}: {problem}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -147,11 +148,8 @@ class H1Connection(asyncio.Protocol):
     def _count(self, size: int) -> None:
         self._header_bytes += size
         if self._header_bytes > MAX_HEADER_BYTES:
-            raise _TooLarge
-
-
-class _TooLarge(Exception):
-    pass
+            self._too_large = True
+            raise UpstreamError("headers too large")  # stops the parser
 
 
 class H1Response:
