@@ -13,6 +13,7 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -49,8 +50,8 @@ class H1Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.received = True

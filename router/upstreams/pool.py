@@ -100,7 +100,7 @@ class H1Transport:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_s):
-                await loop.create_connection(
+                transport, _ = await loop.create_connection(
                     lambda: connection, host, port, ssl=context, server_hostname=server_hostname
                 )
         except TimeoutError:
@@ -110,6 +110,8 @@ class H1Transport:
             raise UpstreamTlsFailed(f"{where}: TLS handshake failed") from None
         except OSError:
             raise ConnectFailed(f"{where}: connection failed") from None
+        # uvloop may call connection_made only after create_connection returned.
+        connection.transport = transport
         self._open.add(connection)
         return connection
 

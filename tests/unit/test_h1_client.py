@@ -8,6 +8,7 @@ import gzip
 from collections.abc import AsyncIterator
 
 import pytest
+import uvloop
 
 from router.errors import ConnectFailed, UpstreamError, UpstreamReset
 from router.upstreams.client import UpstreamRequest
@@ -308,3 +309,11 @@ async def test_refused_connection_is_connect_failed() -> None:
     with pytest.raises(ConnectFailed):
         await get(transport, f"http://127.0.0.1:{port}")
     await transport.close()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"], scope="module")
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test on both loops: the router serves on uvloop, whose callbacks order differs."""
+    if request.param == "uvloop":
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
