@@ -40,7 +40,7 @@ class H1Connection(asyncio.Protocol):
         self.used = False  # carried an exchange before: a stale keep-alive can fail on reuse
         self.reused = False
         self.received = False  # any byte of the current exchange's response
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it went back to the pool
         self._parser = httptools.HttpResponseParser(self)
         self._response: H1Response | None = None
         self._header_bytes = 0
@@ -68,8 +68,6 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
         response = self._response
         if response is not None and not response.complete:
             if exc is None and response.until_close and response.headers_done:

@@ -31,6 +31,8 @@ class H1Transport:
         self._idle: dict[Key, list[H1Connection]] = {}
         self._open: set[H1Connection] = set()
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None
+        self._targets: dict[str, tuple[str, str, int, str, str]] = {}
 
     async def send(
         self, request: UpstreamRequest, where: str, connect_timeout: float
@@ -60,6 +62,8 @@ class H1Transport:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
         for connection in list(self._open):
             connection.close()
         self._idle.clear()
@@ -70,9 +74,6 @@ class H1Transport:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
-            if connection.idle_handle is not None:
-                connection.idle_handle.cancel()
-                connection.idle_handle = None
             if not connection.closed:
                 return connection
         return None
@@ -82,10 +83,25 @@ class H1Transport:
         if not reusable or connection.closed or self._closed:
             connection.close()
             return
-        key = connection.key
         loop = asyncio.get_running_loop()
-        connection.idle_handle = loop.call_later(KEEPALIVE_S, connection.close)
-        self._idle.setdefault(key, []).append(connection)
+        connection.idle_since = loop.time()
+        self._idle.setdefault(connection.key, []).append(connection)
+        if self._sweep is None:
+            # One timer for the pool, not one per release: a request pays no timer.
+            self._sweep = loop.call_later(KEEPALIVE_S, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Close connections idle for KEEPALIVE_S or more; again later while any stay idle."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - KEEPALIVE_S
+        for idle in list(self._idle.values()):
+            for connection in [c for c in idle if c.idle_since <= cutoff]:
+                connection.close()  # connection_lost takes it off the list
+                if connection in idle:
+                    idle.remove(connection)
+        if any(self._idle.values()):
+            self._sweep = loop.call_later(KEEPALIVE_S / 2, self._sweep_idle)
 
     def _lost(self, connection: H1Connection) -> None:
         self._open.discard(connection)
@@ -117,25 +133,18 @@ class H1Transport:
 
     def _target(self, url: str, where: str) -> tuple[Key, str, str]:
         """The pool key, Host header and request target of `url`."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        secure = parts.scheme == "https"
-        try:
-            port = parts.port or (443 if secure else 80)
-        except ValueError:
-            raise UpstreamError(f"{where}: bad endpoint URL") from None
-        default = port == (443 if secure else 80)
-        host_header = (f"[{host}]" if ":" in host else host) + ("" if default else f":{port}")
-        path = parts.path or "/"
-        if parts.query:
-            path = f"{path}?{parts.query}"
-        if not path.isascii():
-            path = quote(path, safe=_SAFE_PATH)
+        parsed = self._targets.get(url)
+        if parsed is None:
+            parsed = _split(url, where)
+            if len(self._targets) >= 512:  # paths with client queries could grow it unbounded
+                self._targets.clear()
+            self._targets[url] = parsed
+        scheme, host, port, host_header, path = parsed
         context: ssl.SSLContext | None = None
         server_hostname: str | None = None
-        if secure:
+        if scheme == "https":  # read per request: a reload swaps the context
             context, server_hostname = self._tls_for(host)
-        return (parts.scheme, host, port, context, server_hostname), host_header, path
+        return (scheme, host, port, context, server_hostname), host_header, path
 
     def _tls_for(self, host: str) -> tuple[ssl.SSLContext, str]:
         tls = self._tls
@@ -143,6 +152,25 @@ class H1Transport:
         context = configured if isinstance(configured, ssl.SSLContext) else _default_context()
         name = tls.server_hostname if tls is not None and tls.server_hostname else host
         return context, name
+
+
+def _split(url: str, where: str) -> tuple[str, str, int, str, str]:
+    """Scheme, host, port, Host header and request target of `url`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    secure = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if secure else 80)
+    except ValueError:
+        raise UpstreamError(f"{where}: bad endpoint URL") from None
+    default = port == (443 if secure else 80)
+    host_header = (f"[{host}]" if ":" in host else host) + ("" if default else f":{port}")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    if not path.isascii():
+        path = quote(path, safe=_SAFE_PATH)
+    return parts.scheme, host, port, host_header, path
 
 
 _DEFAULT: list[ssl.SSLContext] = []

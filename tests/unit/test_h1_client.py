@@ -11,6 +11,7 @@ import pytest
 import uvloop
 
 from router.errors import ConnectFailed, UpstreamError, UpstreamReset
+from router.upstreams import pool
 from router.upstreams.client import UpstreamRequest
 from router.upstreams.pool import H1Transport
 
@@ -296,6 +297,21 @@ async def test_line_break_in_a_header_is_refused(server: tuple[Scripted, str]) -
     with pytest.raises(UpstreamError, match="line break"):
         await transport.send(request, "test", 1.0)
     assert scripted.requests == []
+    await transport.close()
+
+
+async def test_idle_connection_is_closed_after_the_keep_alive_time(
+    server: tuple[Scripted, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection nobody used for KEEPALIVE_S is closed, not held forever."""
+    monkeypatch.setattr(pool, "KEEPALIVE_S", 0.05)
+    scripted, url = server
+    scripted.answers = [ok(b"one")]
+    transport = H1Transport(4)
+    assert await get(transport, url) == b"one"
+    async with asyncio.timeout(LIMIT_S):
+        await scripted.closed.wait()
+    assert scripted.open_now == 0
     await transport.close()
 
 
