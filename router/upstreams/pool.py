@@ -19,6 +19,7 @@ from router.upstreams.tls import ClientTls
 
 KEEPALIVE_S = 15.0  # aiohttp's default: an idle connection is closed after this
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _SAFE_PATH = "/?&=%:@!$'()*+,;~-._#[]"
 
 Key = PoolKey
@@ -57,7 +58,12 @@ class H1Transport:
             except BaseException:
                 response.abort()  # cancelled or failed mid-exchange: the connection is unusable
                 raise
-            response.abort()  # a stale keep-alive connection, closed by the upstream: once more
+            response.abort()
+            # A pooled connection the upstream closed without answering: sent again on a new
+            # one only when the method is idempotent (as aiohttp does); a POST may have been
+            # acted on, and whether to replay it is forward.py's decision.
+            if request.method not in _IDEMPOTENT:
+                raise response.error() or UpstreamError(f"{where}: connection reset")
         raise UpstreamError(f"{where}: connection closed before an answer")  # pragma: no cover
 
     async def close(self) -> None:

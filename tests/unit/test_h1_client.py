@@ -121,6 +121,18 @@ async def test_stale_keep_alive_is_retried_on_a_fresh_connection(
     await transport.close()
 
 
+async def test_stale_keep_alive_is_not_retried_for_a_post(server: tuple[Scripted, str]) -> None:
+    """A POST the upstream may have acted on is not sent twice: the reset is reported."""
+    scripted, url = server
+    scripted.answers = [ok(b"one"), None, ok(b"two")]
+    transport = H1Transport(4)
+    assert await get(transport, url, "POST", b"{}") == b"one"
+    with pytest.raises(UpstreamReset):
+        await get(transport, url, "POST", b"{}")
+    assert scripted.connections == 1
+    await transport.close()
+
+
 async def test_chunked_with_extensions(server: tuple[Scripted, str]) -> None:
     """Chunk extensions are ignored and the chunks joined."""
     scripted, url = server
