@@ -1,7 +1,9 @@
-"""The one transport boundary: the only module that touches aiohttp's client or catches its
+"""The transport boundary: the only module that touches aiohttp's client or catches its
 errors, mapping them onto `router.errors.UpstreamError` (httpx's map_httpcore_exceptions idea).
+The lean client (`h1.py`, `pool.py`, clusters' default) maps socket and TLS errors the same way.
 
-`Transport` is a one-method protocol so tests can pass any object with `send`.
+`Transport` is a one-method protocol so tests can pass any object with `send`; both clients'
+responses are `UpstreamResponse`s.
 """
 
 from __future__ import annotations
