@@ -14,7 +14,8 @@ from urllib.parse import quote, urlsplit
 
 from router.errors import ConnectFailed, UpstreamError, UpstreamTimeout, UpstreamTlsFailed
 from router.upstreams.client import UpstreamRequest
-from router.upstreams.h1 import H1Connection, H1Response, PoolKey
+from router.upstreams.h1 import H1Connection, PoolKey
+from router.upstreams.h1_response import H1Response
 from router.upstreams.tls import ClientTls
 
 KEEPALIVE_S = 15.0  # aiohttp's default: an idle connection is closed after this
