@@ -142,6 +142,8 @@ class ClusterSettings(Strict):
     expected_latency_ms: PositiveFloat = 50.0  # a prior until latency has been observed
     max_connections: PositiveInt = 256
     max_pending: Annotated[int, Field(ge=0)] = 256
+    # The upstream HTTP client: h1 (httptools on asyncio.Protocol, lean) or aiohttp's.
+    client: Literal["h1", "aiohttp"] = "h1"
     # Models served here; empty means "ask the endpoints" (GET /v1/models, v2 repository index).
     models: tuple[str, ...] = ()
     discovery_interval_s: PositiveFloat = 30.0

@@ -1,7 +1,9 @@
-"""The one transport boundary: the only module that touches aiohttp's client or catches its
+"""The transport boundary: the only module that touches aiohttp's client or catches its
 errors, mapping them onto `router.errors.UpstreamError` (httpx's map_httpcore_exceptions idea).
+The lean client (`h1.py`, `pool.py`, clusters' default) maps socket and TLS errors the same way.
 
-`Transport` is a one-method protocol so tests can pass any object with `send`.
+`Transport` is a one-method protocol so tests can pass any object with `send`; both clients'
+responses are `UpstreamResponse`s.
 """
 
 from __future__ import annotations
@@ -35,8 +37,21 @@ class UpstreamRequest:
     body: bytes
 
 
-class UpstreamResponse:
+class UpstreamResponse(Protocol):
     """An open upstream response; the caller must `read`, drain `chunks`, or `abort`."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+
+    async def read(self, limit: int) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def abort(self) -> None: ...
+
+
+class AiohttpResponse:
+    """An aiohttp response as an `UpstreamResponse`."""
 
     def __init__(self, response: aiohttp.ClientResponse, where: str) -> None:
         self._response = response
@@ -104,7 +119,7 @@ class HttpTransport:
                 ssl=True if tls is None else tls.context,
                 server_hostname=None if tls is None else tls.server_hostname,
             )
-        return UpstreamResponse(response, where)
+        return AiohttpResponse(response, where)
 
     async def close(self) -> None:
         await self._session.close()

@@ -12,6 +12,7 @@ from router.policy.decide import LocalView, Snapshot
 from router.settings import ClusterSettings
 from router.upstreams.client import HttpTransport, Transport, session_for
 from router.upstreams.cluster import Cluster
+from router.upstreams.pool import H1Transport
 from router.upstreams.prober import Prober
 from router.upstreams.tls import ClientTls
 
@@ -38,7 +39,7 @@ class Upstreams:
         """`tls`: each cluster's client TLS (built from `settings` when not given)."""
         tls = tls if tls is not None else {s.name: ClientTls(s.tls, s.name) for s in settings}
         clusters = [Cluster.from_settings(s) for s in settings]
-        transports = {s.name: HttpTransport(session_for(s), tls[s.name]) for s in settings}
+        transports = {s.name: transport_for(s, tls[s.name]) for s in settings}
         return cls(clusters, transports, offline)
 
     async def start(self) -> None:
@@ -96,7 +97,7 @@ class Upstreams:
             if name in wanted:
                 new = wanted[name]
                 clusters[name] = Cluster.from_settings(new)
-                transports[name] = HttpTransport(session_for(new), tls[name])
+                transports[name] = transport_for(new, tls[name])
                 probers[name] = Prober(clusters[name], transports[name])
         # New tables, never edited in place: a request iterating the old ones is unaffected.
         self.clusters, self.transports, self.probers = clusters, transports, probers
@@ -175,6 +176,12 @@ class LocalViews(Mapping[str, LocalView]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+def transport_for(cluster: ClusterSettings, tls: ClientTls) -> Transport:
+    if cluster.client == "h1":
+        return H1Transport(cluster.max_connections, tls)
+    return HttpTransport(session_for(cluster), tls)
 
 
 def local_views(models: ModelRepository) -> Mapping[str, LocalView]:
