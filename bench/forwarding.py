@@ -433,7 +433,7 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[st
             p50 = [r["ttft_p50_us"] for r in rows]
             other = [r["other_on_sut_pct"] for r in rows if r["other_on_sut_pct"] is not None]
             over = paired(ss, direct, lambda x, y: x["ttft_p50_us"] - y["ttft_p50_us"])
-            if target != "direct":
+            if target != "direct" and over:  # no direct stream in the run: no overhead to state
                 summary["ttft_overhead_us"][target] = {"median": median(over), "per_repeat": over}
             lines.append(
                 f"| {target} | {fmt(median(p50))} {brackets(p50)} "
