@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from router.inference.repository import ModelRepository
 from router.listener import make_runner
 from router.logs import access_log_options
 from router.settings import Settings
+from router.workers import supervisor_pid
+
+ORPHAN_CHECK_S = 1.0
 
 
 def serve(
@@ -110,9 +114,24 @@ async def _until_stopped(app: web.Application, out: TextIO) -> None:
         loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[bool]] = set()
     loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, app, reloads, out)
+    supervisor = supervisor_pid()
+    watches = [loop.create_task(_stop_when_orphaned(supervisor, stop, out))] if supervisor else []
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
+    for watch in watches:
+        watch.cancel()
     await asyncio.gather(*reloads, return_exceptions=True)
+
+
+async def _stop_when_orphaned(supervisor: int, stop: asyncio.Event, out: TextIO) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM; even while the worker was starting)
+    drains and exits instead of holding the port with nobody left to stop or restart it."""
+    while True:
+        if os.getppid() != supervisor:
+            break
+        await asyncio.sleep(ORPHAN_CHECK_S)
+    print("supervisor gone: stopping this worker", file=out, flush=True)
+    stop.set()
 
 
 async def _start_admin(settings: Settings, app: web.Application) -> web.AppRunner | None:

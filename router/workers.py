@@ -36,6 +36,7 @@ from router.settings import Settings
 
 WORKER_ENV = "LAYER_ROUTER_WORKER"
 PORT_ENV = "LAYER_ROUTER_WORKER_PORT"  # the port the supervisor reserved for all workers
+SUPERVISOR_ENV = "LAYER_ROUTER_SUPERVISOR_PID"  # a worker whose parent is another has lost it
 FIRST_START_GRACE_S = 5.0  # a worker failing this soon after the first start fails the site
 STABLE_RUN_S = 60.0  # a run this long resets the back-off
 BACKOFF_S = (1.0, 30.0)
@@ -45,6 +46,12 @@ POLL_S = 0.1
 def worker_index() -> int | None:
     """This process's worker index under a supervisor; None when it runs alone."""
     value = os.environ.get(WORKER_ENV)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def supervisor_pid() -> int | None:
+    """The pid of this worker's supervisor; None when it runs alone."""
+    value = os.environ.get(SUPERVISOR_ENV)
     return int(value) if value is not None and value.isdigit() else None
 
 
@@ -138,7 +145,7 @@ class Supervisor:
         print(f"supervisor: {text}", file=self._out, flush=True)
 
     def _start(self, slot: Slot) -> None:
-        env = dict(self._env, **{WORKER_ENV: str(slot.index)})
+        env = dict(self._env, **{WORKER_ENV: str(slot.index), SUPERVISOR_ENV: str(os.getpid())})
         slot.process = subprocess.Popen(self._command, env=env)
         slot.started = time.monotonic()
         slot.starts += 1

@@ -5,6 +5,7 @@ restarted, and SIGTERM drains them all and exits 0."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -51,6 +52,20 @@ class Tree:
                     raise AssertionError(f"stdout ended before {pattern!r}: {self.lines}")
                 self.lines.append(line)
 
+    async def until_seen(self, pattern: re.Pattern[str], count: int) -> list[re.Match[str]]:
+        """Read stdout until `count` lines in all match `pattern`, whatever else comes between
+        or before: the supervisor's and the workers' lines share one pipe in no fixed order."""
+        assert self.process.stdout is not None
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                found = [m for line in self.lines if (m := pattern.search(line))]
+                if len(found) >= count:
+                    return found
+                line = (await self.process.stdout.readline()).decode()
+                if not line:
+                    raise AssertionError(f"stdout ended before {pattern!r}: {self.lines}")
+                self.lines.append(line)
+
     def pids(self) -> dict[int, int]:
         """The newest pid of each worker index."""
         return {int(m[1]): int(m[2]) for line in self.lines if (m := STARTED.search(line))}
@@ -63,17 +78,21 @@ async def serve(*args: str, log: Path) -> AsyncIterator[Tree]:
     with log.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "router", "serve", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=err, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=err, env=env, start_new_session=True,
         )  # fmt: skip
+        tree = Tree(process)
         try:
-            yield Tree(process)
+            yield tree
         except (AssertionError, TimeoutError) as exc:  # what the processes said, to tell why
             err.flush()
             said = await asyncio.to_thread(log.read_text)
-            raise AssertionError(f"{exc!r}\nstderr:\n{said[-4000:]}") from exc
+            heard = "".join(tree.lines)[-4000:]
+            raise AssertionError(f"{exc!r}\nstdout:\n{heard}\nstderr:\n{said[-4000:]}") from exc
         finally:
             if process.returncode is None:
-                process.kill()
+                # The whole group: workers left behind would hold stdout open (and the port).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
 
 
@@ -150,9 +169,8 @@ async def test_two_workers_share_the_port_restart_and_drain(config: Path, tmp_pa
     async with serve(
         "--config", str(config), "--workers", "2", "--port", "0", log=tmp_path / "err.log"
     ) as tree:
-        await tree.expect("worker 1 started")
-        url = (await tree.expect(URL))[1]
-        await tree.expect(URL)  # the second worker listens too
+        await tree.until_seen(STARTED, 2)
+        url = (await tree.until_seen(URL, 2))[0][1]  # both workers listen
         await serving(url)
         assert await infer_fresh_connections(url, 40) == [200] * 40
 
@@ -161,9 +179,9 @@ async def test_two_workers_share_the_port_restart_and_drain(config: Path, tmp_pa
         first = tree.pids()
         os.kill(first[0], signal.SIGKILL)
         await tree.expect(r"worker 0 exited \(signal SIGKILL\); restarting")
-        await tree.expect("worker 0 started")
+        await tree.until_seen(STARTED, 3)
         assert tree.pids()[0] != first[0]
-        await tree.expect(URL)
+        await tree.until_seen(URL, 3)
         await serving(url)
 
         # SIGHUP reaches the workers, which reload and keep running (same pids).
@@ -209,3 +227,31 @@ async def test_workers_that_cannot_start_stop_the_site(tmp_path: Path) -> None:
     ) as tree:
         await tree.expect(r"worker \d failed to start \(exit 2\); stopping")
         assert await asyncio.wait_for(tree.process.wait(), TIMEOUT_S) == 2
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(config: Path, tmp_path: Path) -> None:
+    """SIGKILL to the supervisor leaves no worker holding the port: each notices within a few
+    seconds, drains and exits."""
+    async with serve(
+        "--config", str(config), "--workers", "2", "--port", "0", log=tmp_path / "e"
+    ) as tree:
+        await tree.until_seen(STARTED, 2)
+        await tree.until_seen(URL, 2)
+        workers = list(tree.pids().values())
+        tree.process.kill()
+        await tree.until_seen(re.compile("supervisor gone: stopping this worker"), 2)
+
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                if not any(running(pid) for pid in workers):
+                    break
+                await asyncio.sleep(0.1)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may wait long for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
