@@ -57,16 +57,16 @@ async def _serve(
         return exc.code
     _announce(settings, runner, app[RUNTIME].current.models, out)
     if admin is not None:
-        print(f"admin (/metrics, /status) on {_urls(admin)}", file=out, flush=True)
+        _say(out, f"admin (/metrics, /status) on {_urls(admin)}")
     settle_after_startup()
     await _until_stopped(app, out)
     app[STATUS].draining = True
-    print("draining: readiness is now 503; finishing in-flight requests", file=out, flush=True)
+    _say(out, "draining: readiness is now 503; finishing in-flight requests")
     await asyncio.sleep(settings.server.readiness_grace_s)
     if admin is not None:
         await admin.cleanup()
     await runner.cleanup()  # stops accepting, waits up to drain_timeout_s for in-flight work
-    print("stopped", file=out, flush=True)
+    _say(out, "stopped")
     return 0
 
 
@@ -130,7 +130,7 @@ async def _stop_when_orphaned(supervisor: int, stop: asyncio.Event, out: TextIO)
         if os.getppid() != supervisor:
             break
         await asyncio.sleep(ORPHAN_CHECK_S)
-    print("supervisor gone: stopping this worker", file=out, flush=True)
+    _say(out, "supervisor gone: stopping this worker")
     stop.set()
 
 
@@ -154,11 +154,11 @@ def _reload_on_signal(app: web.Application, reloads: set[asyncio.Task[bool]], ou
 def _report_reload(app: web.Application, done: asyncio.Task[bool], out: TextIO) -> None:
     state = app[RELOADER].state
     if state.last_error:
-        print("reload failed: still serving the previous configuration", file=out, flush=True)
+        _say(out, "reload failed: still serving the previous configuration")
         return
-    print(f"reloaded: generation {state.generation}", file=out, flush=True)
+    _say(out, f"reloaded: generation {state.generation}")
     for key in state.restart_required:
-        print(f"  {key} changed: applies after a restart", file=out, flush=True)
+        _say(out, f"  {key} changed: applies after a restart")
 
 
 def _announce(
@@ -166,23 +166,27 @@ def _announce(
 ) -> None:
     site = settings.site
     urls = _urls(runner, "https" if settings.server.tls is not None else "http")
-    print(
+    lines = [
         f"layer-router {__version__}: {site.tier.value} site '{site.id}' listening on {urls}",
-        file=out,
-    )
-    print(f"model repository: {models.path}", file=out)
+        f"model repository: {models.path}",
+    ]
     for model in models.models.values():
         if model.error:
-            print(f"  {model.name}: NOT LOADED: {model.error}", file=out)
+            lines.append(f"  {model.name}: NOT LOADED: {model.error}")
         for entry in model.versions.values():
-            if entry.ready:
-                print(
-                    f"  {model.name} v{entry.version}: {entry.provider} "
-                    f"(sha256 {entry.sha256[:12]})",
-                    file=out,
-                )
-            else:
-                print(f"  {model.name} v{entry.version}: NOT LOADED: {entry.reason}", file=out)
+            state = (
+                f"{entry.provider} (sha256 {entry.sha256[:12]})"
+                if entry.ready
+                else f"NOT LOADED: {entry.reason}"
+            )
+            lines.append(f"  {model.name} v{entry.version}: {state}")
+    _say(out, "\n".join(lines))
+
+
+def _say(out: TextIO, text: str) -> None:
+    """One write: workers share their supervisor's stdout, and print() writes the line and its
+    newline separately, so two workers' lines could interleave."""
+    out.write(text + "\n")
     out.flush()
 
 

@@ -142,7 +142,10 @@ class Supervisor:
             self._stop_signal = signum
 
     def _say(self, text: str) -> None:
-        print(f"supervisor: {text}", file=self._out, flush=True)
+        # One write: the workers print to the same stdout (print() would write the newline
+        # separately, and an unbuffered stdout lets another process's line in between).
+        self._out.write(f"supervisor: {text}\n")
+        self._out.flush()
 
     def _start(self, slot: Slot) -> None:
         env = dict(self._env, **{WORKER_ENV: str(slot.index), SUPERVISOR_ENV: str(os.getpid())})

@@ -53,6 +53,7 @@ _CHUNK = 500
 
 # How long a process sharing the file waits for another's transaction (they take milliseconds).
 SHARED_BUSY_S = 10.0
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
 class CorruptDatabase(sqlite3.DatabaseError):
@@ -70,10 +71,12 @@ def connect(
     with a busy timeout, so their transactions take turns. A damaged shared file is not moved
     (another process may hold it open): the error stops start-up instead."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if shared:
+        return _open_shared(path, schema, wal_limit_bytes)
     try:
         return _open(path, schema, wal_limit_bytes, shared)
     except sqlite3.DatabaseError as exc:
-        if shared or not _is_corruption(exc):
+        if not _is_corruption(exc):
             raise
     moved = _aside(path)
     for suffix in ("", "-wal", "-shm"):
@@ -82,6 +85,21 @@ def connect(
             source.rename(f"{moved}{suffix}")
     log.error("spool database %s failed its integrity check; moved to %s", path, moved)
     return _open(path, schema, wal_limit_bytes, shared)
+
+
+def _open_shared(path: Path, schema: str, wal_limit_bytes: int) -> sqlite3.Connection:
+    """Workers starting together race to create the file and switch it to WAL; SQLite answers
+    that race with SQLITE_BUSY at once (its busy handler does not cover a journal-mode change),
+    so the opening is tried again for up to SHARED_BUSY_S. Runs on the spool's own thread."""
+    give_up = time.monotonic() + SHARED_BUSY_S
+    while True:
+        try:
+            return _open(path, schema, wal_limit_bytes, shared=True)
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+            if not busy or time.monotonic() > give_up:
+                raise
+        time.sleep(0.05)
 
 
 def _aside(path: Path) -> Path:
