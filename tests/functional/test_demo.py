@@ -176,12 +176,13 @@ def test_cut_all_goes_offline_and_back(demo: Demo) -> None:
     try:
 
         def offline() -> dict[str, Any] | None:
+            # Until the probes have declared the tiers offline, a failed try answers
+            # no_healthy_target; then every request gets the fast `offline` answer.
             status, _, doc = call(edge + "/v1/chat/completions", chat("hello"))
-            return doc if status == 503 else None
+            return doc if status == 503 and doc["error"]["code"] == "offline" else None
 
         doc = eventually(offline)
         assert doc is not None
-        assert doc["error"]["code"] == "offline"
         status, headers, _ = call(edge + "/v2/models/color_classifier/infer", rgb(0, 0, 1))
         assert (status, headers["X-Served-By-Tier"]) == (200, "edge")
     finally:
