@@ -1,4 +1,4 @@
-"""router/settings.py and router/yamlconf.py: loading a site config, and its error messages."""
+"""router/settings/ and router/yamlconf.py: loading a site config, and its error messages."""
 
 from __future__ import annotations
 

@@ -1,0 +1,77 @@
+"""The whole site config: every section, and the checks that span sections."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from router.settings.base import Tier
+from router.settings.listener import (
+    AdminSettings,
+    AuthSettings,
+    LimitsSettings,
+    ServerSettings,
+    is_loopback,
+)
+from router.settings.policy import PolicySettings, ReloadSettings
+from router.settings.routing import ModelSettings, RoutingSettings
+from router.settings.stores import AuditSettings, CacheSettings, SpoolSettings
+from router.settings.upstream import ClusterSettings
+from router.yamlconf import Strict
+
+
+class SiteSettings(Strict):
+    id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")] = (
+        "edge-local"
+    )
+    tier: Tier = Tier.EDGE
+    # Where this site's data originates; residency rules compare endpoints' jurisdictions to it.
+    jurisdiction: str = ""
+
+
+class LoggingSettings(Strict):
+    level: Annotated[str, Field(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
+    # json: one object a line for log shippers; text: for a person at a terminal.
+    format: Literal["json", "text"] = "json"
+    # A line per request (method, route template, status, duration; never path or query).
+    access_log: bool = False
+
+
+class Settings(Strict):
+    site: SiteSettings = SiteSettings()
+    server: ServerSettings = ServerSettings()
+    admin: AdminSettings = AdminSettings()
+    models: ModelSettings = ModelSettings()
+    logging: LoggingSettings = LoggingSettings()
+    upstreams: tuple[ClusterSettings, ...] = ()
+    routing: RoutingSettings = RoutingSettings()
+    policy: PolicySettings = PolicySettings()
+    cache: CacheSettings = CacheSettings()
+    spool: SpoolSettings = SpoolSettings()
+    audit: AuditSettings = AuditSettings()
+    reload: ReloadSettings = ReloadSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
+
+    @model_validator(mode="after")
+    def _unique_cluster_names(self) -> Settings:
+        names = [c.name for c in self.upstreams]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"upstreams: cluster name '{duplicate}' is used twice")
+        return self
+
+    @model_validator(mode="after")
+    def _auth_decided(self) -> Settings:
+        if self.auth.mode is None and not is_loopback(self.server.host):
+            raise ValueError(
+                f"server.host {self.server.host!r} is reachable from other machines but "
+                "auth.mode is not set: set auth.mode to 'required' (tenants' key hashes in the "
+                "policy bundle's tenants.yaml) or to 'disabled' to serve without authentication"
+            )
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth.mode == "required"

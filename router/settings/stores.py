@@ -1,0 +1,56 @@
+"""What a site keeps on disk or in memory: the answer cache, the spool, the audit log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from router.settings.base import PositiveFloat, PositiveInt
+from router.settings.upstream import TlsSettings
+from router.yamlconf import Strict
+
+
+class CacheSettings(Strict):
+    enabled: bool = True
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+    # Answers stay this long past their freshness, to be served (marked STALE) when every
+    # target is offline or failing.
+    max_stale_s: Annotated[float, Field(ge=0)] = 3600.0
+    # Freshness when the answer states none (an upstream's Cache-Control max-age wins); 0: not
+    # cached. Chat answers are samples, not facts: only cached when an upstream says so.
+    kserve_v2_ttl_s: Annotated[float, Field(ge=0)] = 300.0
+    openai_ttl_s: Annotated[float, Field(ge=0)] = 0.0
+    # Concurrent identical misses share one execution, except on these path prefixes.
+    coalesce: bool = True
+    no_coalesce_paths: tuple[str, ...] = ()
+
+
+class SpoolSettings(Strict):
+    # Store-and-forward for what must reach the central tier. None: no spool on this site.
+    path: Path | None = None
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+    max_records: PositiveInt = 1_000_000
+    ttl_s: PositiveFloat = 7 * 24 * 3600.0
+    # When full: drop the oldest records to make room, or refuse new ones (both counted).
+    on_full: Literal["drop-oldest", "reject-new"] = "drop-oldest"
+    batch_size: Annotated[int, Field(gt=0, le=10_000)] = 500
+    drain_rate_per_s: PositiveFloat = 200.0  # records per second uploaded, at most
+    collector_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
+    # TLS towards the collector (an https collector_url), as for an upstream cluster.
+    tls: TlsSettings = TlsSettings()
+    # Offer the collector endpoint (POST /v1/spool/batches) here. None: when the site is central.
+    collect: bool | None = None
+
+
+class AuditSettings(Strict):
+    enabled: bool = True
+    # A `.jsonl` file, or a folder holding one log per worker (`<site id>.jsonl`, worker N:
+    # `<site id>.N.jsonl`): each process writes its own hash chain. Relative: to the config file
+    # that names it; the default, to the working directory.
+    path: Path | None = None  # None: <state dir>/audit (see router.resources.state_dir)
+    # always: synced before a batch counts as written; batch: within batch_interval_ms; never: the
+    # OS decides (a power cut can lose the newest records, which the next start records).
+    fsync: Literal["always", "batch", "never"] = "batch"
+    batch_interval_ms: PositiveInt = 100

@@ -1,0 +1,86 @@
+"""Upstream clusters: where requests go when they do not run here, and how they are tried."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from router.settings.base import PositiveFloat, PositiveInt, Tier
+from router.yamlconf import Strict
+
+
+class Protocol(StrEnum):
+    OPENAI = "openai"
+    KSERVE_V2 = "kserve-v2"
+
+
+class EndpointSettings(Strict):
+    url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
+    region: str = ""
+    jurisdiction: str = ""
+    weight: Annotated[int, Field(gt=0, le=1000)] = 1
+
+    @property
+    def base(self) -> str:
+        return self.url.rstrip("/")
+
+
+class TlsSettings(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+    verify: bool = True
+
+
+class OutlierSettings(Strict):
+    consecutive_failures: PositiveInt = 5
+    base_ejection_s: PositiveFloat = 30.0
+    max_ejection_s: PositiveFloat = 300.0
+    max_ejected_percent: Annotated[int, Field(ge=0, le=100)] = 50
+
+
+class HealthCheckSettings(Strict):
+    enabled: bool = True
+    path: str | None = None  # None: /v2/health/ready for kserve-v2 clusters, else /v1/models
+    # Frequent and cheap, so a site notices a dead link within ~3 s and goes local-only.
+    interval_s: PositiveFloat = 1.0
+    timeout_s: PositiveFloat = 1.0
+    healthy_threshold: PositiveInt = 2
+    unhealthy_threshold: PositiveInt = 2
+
+
+class RetrySettings(Strict):
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # tries in all, the first included
+    base_backoff_ms: PositiveFloat = 25.0
+    max_backoff_ms: PositiveFloat = 250.0
+    max_body_bytes: PositiveInt = 64 * 1024  # larger bodies are not replayed
+    budget_percent: Annotated[int, Field(ge=0, le=100)] = 20  # of active requests (Envoy)
+    min_concurrency: Annotated[int, Field(ge=0)] = 3
+
+
+class ClusterSettings(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
+    tier: Tier
+    protocols: tuple[Protocol, ...] = (Protocol.OPENAI, Protocol.KSERVE_V2)
+    endpoints: Annotated[tuple[EndpointSettings, ...], Field(min_length=1)]
+    connect_timeout_ms: PositiveInt = 1_000
+    request_timeout_ms: PositiveInt = 60_000  # per try; never past the request's deadline
+    expected_latency_ms: PositiveFloat = 50.0  # a prior until latency has been observed
+    max_connections: PositiveInt = 256
+    max_pending: Annotated[int, Field(ge=0)] = 256
+    # The upstream HTTP client: h1 (httptools on asyncio.Protocol, lean) or aiohttp's.
+    client: Literal["h1", "aiohttp"] = "h1"
+    # Models served here; empty means "ask the endpoints" (GET /v1/models, v2 repository index).
+    models: tuple[str, ...] = ()
+    discovery_interval_s: PositiveFloat = 30.0
+    # Extra headers for every request, e.g. an upstream API key.
+    headers: dict[str, str] = {}
+    forward_authorization: bool = False
+    tls: TlsSettings = TlsSettings()
+    outlier: OutlierSettings = OutlierSettings()
+    health_check: HealthCheckSettings = HealthCheckSettings()
+    retry: RetrySettings = RetrySettings()
