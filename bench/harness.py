@@ -1,5 +1,6 @@
 """What the benchmark scripts share: pinned servers stopped by process group, /proc CPU
-accounting, the closed-loop load generator (wrk, else closed_loop.py), and report formatting.
+accounting, the closed-loop load generator (wrk, else closed_loop.py), report formatting, and
+the run every script's main() makes (`run_bench`).
 
 Every process started through here is remembered, so `stop_children_on_exit` can stop each one
 by its own process-group id on any exit (error, Ctrl-C, SIGTERM); nothing is killed by name.
@@ -18,9 +19,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -372,3 +374,48 @@ def save_run(stem: Path, data: dict[str, Any], report: ReportFn, args: Any, star
     print(text)
     log(f"done in {data['elapsed_s']:.0f} s; wrote {stem}.json and .md (server logs beside)")
     return 0
+
+
+Hook = Callable[[Any, Path, Path], Any]  # (args, temp folder, results file stem) -> ...
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A benchmark script's parts, run the same way by `run_bench`."""
+
+    name: str  # results go to bench/results/<name>-<time>.{json,md}
+    tmp_prefix: str
+    report: ReportFn
+    measure: Hook  # -> the run's data (cells, failures, ...), saved as JSON
+    env_info: Callable[[Any, Path], dict[str, Any]]  # (args, temp folder) -> data["env"]
+    # Taken after measuring (it may describe files the run wrote) instead of before.
+    env_after_measure: bool = False
+    # Called first; an exit code ends the run there, with no report (e.g. a profile instead).
+    before: Hook | None = None
+
+
+def run_bench(bench: Bench, args: Any) -> int:
+    """A script's main(): re-render a saved report (--report), or check the set-up, measure in
+    a temporary folder with every child stopped on any exit, and save the results."""
+    if args.report is not None:
+        return rerender(args.report, bench.report)
+    stem = prepare_run(args, bench.name)
+    if stem is None:
+        return 2
+    started = time.monotonic()
+    with stop_children_on_exit(), tempfile.TemporaryDirectory(prefix=bench.tmp_prefix) as name:
+        tmp = Path(name)
+        try:
+            if bench.before is not None:
+                code: int | None = bench.before(args, tmp, stem)
+                if code is not None:
+                    return code
+            env = None if bench.env_after_measure else bench.env_info(args, tmp)
+            data: dict[str, Any] = bench.measure(args, tmp, stem)
+            if bench.env_after_measure:
+                env = bench.env_info(args, tmp)
+        except KeyboardInterrupt:
+            log("interrupted: servers stopped, no report")
+            return 130
+    data["env"] = env
+    return save_run(stem, data, bench.report, args, started)
