@@ -19,6 +19,8 @@ from enum import StrEnum
 
 from cachetools import LRUCache
 
+from router.audit.record import Digester
+
 _AGE_DIRECTIVE = r"(?:^|,)\s*{}\s*=\s*\"?(\d{{1,10}})\"?"
 # A shared cache honours s-maxage over max-age (RFC 9111 §5.2.2.10).
 _LIFETIMES = tuple(
@@ -103,6 +105,9 @@ class ResponseCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._mac_key = hmac.new(secret, b"layer-router cache key v2", hashlib.sha256).digest()
+        # Binary tensors enter keys by their keyed digests: the audit trail's, from the same
+        # site secret, so an image-sized body is read once for both (`RequestContext.tensors`).
+        self.digester = Digester(secret)
         self._entries: LRUCache[bytes, Entry] = LRUCache(max_bytes, getsizeof=_size)
         self._max_stale_s = max_stale_s
         self._clock = clock

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.policy.decide import Decision
+
+if TYPE_CHECKING:
+    from router.audit.record import Digester
 
 
 @dataclass(slots=True)
@@ -39,6 +42,7 @@ class RequestContext:
     traceparent: str = ""  # W3C trace context sent upstream; made when first needed
     body: bytes = b""
     header_length: int | None = None  # Inference-Header-Content-Length
+    tensors: tuple[Digester, dict[str, str]] | None = None  # see tensor_digests
     document: dict[str, Any] | None = None  # the parsed JSON (v2: the header part)
     stream: bool = False  # the client asked for SSE
     decision: Decision | None = None
@@ -66,6 +70,14 @@ class RequestContext:
     cache_of: str | None = None
     model_sha256: str = ""  # of the local artefact that ran
     served_version: str = ""  # the model version that answered, when known
+
+    def tensor_digests(self, digester: Digester) -> dict[str, str]:
+        """The keyed digests of the binary tensors (a `Digester.tensors` result), made once per
+        request: the cache key and the audit record both name the tensors by them, and an
+        image-sized body costs more to hash than the rest of its handling."""
+        if self.tensors is None or self.tensors[0] != digester:
+            self.tensors = (digester, digester.tensors(self.document or {}, self.binary))
+        return self.tensors[1]
 
     @property
     def binary(self) -> memoryview:

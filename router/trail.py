@@ -44,7 +44,7 @@ class Trail:
         if ctx.document is not None:
             inputs = self._document_digests(ctx)
             if ctx.header_length is not None:
-                inputs.update(self._digester.tensors(ctx.document, ctx.binary))
+                inputs.update(ctx.tensor_digests(self._digester))
         return AuditRecord(
             id=ctx.audit_id,
             site=self._site.id,

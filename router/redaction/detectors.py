@@ -86,24 +86,21 @@ class CustomPattern:
 class Detectors:
     """A set of detectors applied together (build with ``Detectors.default``)."""
 
-    __slots__ = ("_detectors", "_needs", "_prefilter", "_sentinel")
+    __slots__ = ("_detectors", "_needs", "_prefilter", "_sentinel", "whole_text_sound")
 
     def __init__(self, detectors: Iterable[Detector]) -> None:
         self._detectors = tuple(detectors)
         self._prefilter, self._needs, self._sentinel = _prefilter(self._detectors)
+        # Whether `may_occur` over a JSON text also speaks for every string in it: true of the
+        # built-in patterns, whose edges are `(?:^|[^\w])`-style alternatives that a JSON
+        # quote or delimiter satisfies as well as a string's own start or end; a bundle's
+        # custom pattern may anchor on a string's edges, which a whole text does not have there.
+        self.whole_text_sound = not any(d.name.startswith("custom/") for d in self._detectors)
 
     @classmethod
     def default(cls, custom: Iterable[CustomPattern] = ()) -> Detectors:
         """The built-in detectors plus the bundle's custom patterns (ValueError if invalid)."""
         return cls((*builtin(), *(_custom(c) for c in custom)))
-
-    @property
-    def whole_text_sound(self) -> bool:
-        """Whether `may_occur` over a JSON text also speaks for every string in it: true of the
-        built-in patterns, whose edges are `(?:^|[^\\w])`-style alternatives that a JSON quote
-        or delimiter satisfies as well as a string's own start or end; a bundle's custom pattern
-        may anchor on a string's edges, which a whole text does not have there."""
-        return not any(det.name.startswith("custom/") for det in self._detectors)
 
     def may_occur(self, data: bytes) -> bool:
         """False only when no detector's pattern occurs anywhere in ``data`` (one DFA pass)."""

@@ -130,7 +130,7 @@ class LookupCache:
                 # Answers to authorised requests are shared only among the same credentials.
                 ctx.headers.get("Authorization", ""),
                 canonical,
-                ctx.binary,
+                *_tensor_parts(ctx, self._cache),
             )
         )
 
@@ -213,6 +213,13 @@ class _Flight:
     upstream_reasons: str
     upstream_ms: float | None
     audit_id: str
+
+
+def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
+    """A binary body's tensors, by path and keyed digest (nothing for a JSON-only body)."""
+    if ctx.header_length is None:
+        return ()
+    return tuple(part for item in ctx.tensor_digests(cache.digester).items() for part in item)
 
 
 async def _replay_events(events: tuple[bytes, ...]) -> AsyncIterator[bytes]:

@@ -5,6 +5,7 @@ cache hit points at the record of the answer's original generation; no raw value
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,51 @@ class TestAuditTrail:
 
         (error_record,) = show(audit, ids[3]).records
         assert error_record.entry["status"] == 404
+
+    async def test_binary_tensor_is_digested_once_for_cache_and_record(
+        self, site: Site, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A binary v2 body's tensor is hashed once per request, though both the cache key and
+        the audit record name it: the key holds the record's digest (two tensors made to share
+        one digest share a cache entry), and each record names its tensor by that digest."""
+        from router.audit.record import Digester
+
+        calls: list[int] = []
+        real = Digester.tensors
+
+        def counted(self: Digester, document: Any, binary: Any) -> dict[str, str]:
+            calls.append(len(binary))
+            found = real(self, document, binary)
+            return dict.fromkeys(found, "forced") if bytes(binary) == COLLIDES else found
+
+        monkeypatch.setattr(Digester, "tensors", counted)
+        one, other = struct.pack("<3f", 1, 0, 0), struct.pack("<3f", 0, 0, 1)
+        COLLIDES = other
+
+        async with aiohttp.ClientSession() as http:
+            first = await _post_binary(http, site.base, one)
+            again = await _post_binary(http, site.base, one)
+            changed = await _post_binary(http, site.base, other)
+            monkeypatch.setattr(Digester, "tensors", lambda *_: {"$.inputs[0].binary": "forced"})
+            collided = await _post_binary(http, site.base, struct.pack("<3f", 0, 1, 0))
+        assert calls == [12, 12, 12]
+        assert [r[0] for r in (first, again, changed, collided)] == ["MISS", "HIT", "MISS", "HIT"]
+        await site.stop()
+        (record,) = show(site.audit, first[1]).records
+        (changed_record,) = show(site.audit, changed[1]).records
+        assert len(record.entry["inputs"]["$.inputs[0].binary"]) == 64
+        assert changed_record.entry["inputs"]["$.inputs[0].binary"] == "forced"
+
+
+_HEADER = (
+    b'{"inputs":[{"name":"rgb","shape":[1,3],"datatype":"FP32",'
+    b'"parameters":{"binary_data_size":12}}]}'
+)
+
+
+async def _post_binary(http: aiohttp.ClientSession, base: str, values: bytes) -> tuple[str, str]:
+    headers = {"Inference-Header-Content-Length": str(len(_HEADER))}
+    url = base + "/v2/models/color_classifier/infer"
+    async with asyncio.timeout(10), http.post(url, data=_HEADER + values, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return r.headers["X-Cache"], r.headers["X-Audit-Id"]
