@@ -112,6 +112,7 @@ class ResponseCache:
         self._max_stale_s = max_stale_s
         self._clock = clock
         self.counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self._apis: set[str] = set()  # those whose answers were ever kept
 
     def key(self, parts: Iterable[bytes | memoryview | str]) -> bytes:
         # Keyed BLAKE2b: a MAC like HMAC-SHA256, without HMAC's per-update Python layer.
@@ -134,9 +135,14 @@ class ResponseCache:
             return None
         return (entry, Outcome.STALE) if allow_stale else None
 
-    def put(self, key: bytes, entry: Entry) -> None:
+    def put(self, key: bytes, entry: Entry, api: str = "") -> None:
         if entry.size <= self._entries.maxsize:
             self._entries[key] = entry
+            self._apis.add(api)
+
+    def may_hold(self, api: str) -> bool:
+        """Whether an answer to `api` was ever kept (and so may still be here)."""
+        return api in self._apis
 
     def count(self, outcome: Outcome) -> None:
         self.counts[outcome] += 1

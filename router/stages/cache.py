@@ -52,6 +52,11 @@ class LookupCache:
         if not self._settings.enabled:  # no directive to read, no key to make
             return self._counted(ctx, Outcome.BYPASS, await rest())
         directives = RequestDirectives.parse(ctx.headers.get("Cache-Control"))
+        if not self._cache.may_hold(ctx.api) and self._ttl(ctx) <= 0:
+            # Nothing of this API was ever kept and its answers are not kept by default: no
+            # entry to find, nothing to coalesce. The key is made only if the answer's own
+            # Cache-Control asks to keep it.
+            return await self._unkeyed(ctx, directives, rest)
         key = self._key(ctx) if directives.store or directives.lookup else None
         if key is None:
             return self._counted(ctx, Outcome.BYPASS, await rest())
@@ -69,6 +74,18 @@ class LookupCache:
             return self._replay(ctx, stale, Outcome.STALE)
         if directives.store:
             reply = self._keep(ctx, key, reply)
+        return self._counted(ctx, Outcome.MISS, reply)
+
+    async def _unkeyed(
+        self, ctx: RequestContext, directives: RequestDirectives, rest: Rest
+    ) -> Reply:
+        """Answer without a lookup, and key the request only when its answer asks to be kept
+        (the key's inputs are fixed before the rest of the chain runs)."""
+        if not (directives.store or directives.lookup) or not self._cacheable(ctx):
+            return self._counted(ctx, Outcome.BYPASS, await rest())
+        reply = await rest()
+        if directives.store and response_ttl(reply.headers.get("Cache-Control"), 0.0):
+            reply = self._keep(ctx, self._digest(ctx), reply)
         return self._counted(ctx, Outcome.MISS, reply)
 
     async def _miss(self, ctx: RequestContext, key: bytes, rest: Rest) -> Reply:
@@ -105,15 +122,20 @@ class LookupCache:
         return s.coalesce and not ctx.path.startswith(s.no_coalesce_paths or ("\0",))
 
     def _key(self, ctx: RequestContext) -> bytes | None:
-        """None when this request must not be cached: off, a GET, unscanned content, a class
-        stricter than the bundle allows, or a route whose answers are not reusable."""
+        """None when this request must not be cached (see `_cacheable`)."""
+        return self._digest(ctx) if self._cacheable(ctx) else None
+
+    def _cacheable(self, ctx: RequestContext) -> bool:
+        """False for what must not be cached: off, a GET, unscanned content, or a class
+        stricter than the bundle allows."""
         if not self._settings.enabled or ctx.method != "POST" or ctx.document is None:
-            return None
+            return False
         if ctx.unscanned or ctx.unsurveyed:
-            return None
+            return False
         ranked = self._bundle.data_classes.classes
-        if ranked.index(ctx.data_class) > ranked.index(self._bundle.cache.max_data_class):
-            return None
+        return ranked.index(ctx.data_class) <= ranked.index(self._bundle.cache.max_data_class)
+
+    def _digest(self, ctx: RequestContext) -> bytes:
         canonical = orjson.dumps(ctx.document, option=orjson.OPT_SORT_KEYS)
         return self._cache.key(
             (
@@ -166,7 +188,7 @@ class LookupCache:
             # reading itself.
             reply.stream = self._recording(ctx, key, reply, reply.stream, ttl)
             return reply
-        self._cache.put(key, self._entry(ctx, reply, ttl, None))
+        self._cache.put(key, self._entry(ctx, reply, ttl, None), ctx.api)
         return reply
 
     async def _recording(
@@ -182,7 +204,7 @@ class LookupCache:
         async for chunk in source:
             events.append(chunk)
             yield chunk
-        self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)))
+        self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)), ctx.api)
 
     def _entry(
         self, ctx: RequestContext, reply: Reply, ttl: float, events: tuple[bytes, ...] | None
