@@ -5,6 +5,7 @@ finish on the old one. Settings that need a restart are reported and left as the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -17,6 +18,7 @@ from router.errors import ConfigError
 from router.inference.repository import ModelRepository
 from router.policy.bundle import PolicyBundle
 from router.policy.updater import BundleUpdater
+from router.privacy import bundle_detectors
 from router.resources import demo_model_repository
 from router.runtime import Generation, Runtime
 from router.settings import Settings
@@ -101,7 +103,37 @@ def repository_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What a generation is built from."""
+
+    settings: Settings
+    bundle: PolicyBundle
+    models: ModelRepository
+    pending: bool
+
+    @classmethod
+    def of(cls, generation: Generation) -> Inputs:
+        g = generation
+        return cls(g.settings, g.bundle, g.models, g.pending)
+
+    def live_in(self, generation: Generation) -> bool:
+        g = generation
+        return (
+            self.bundle is g.bundle
+            and self.models is g.models
+            and self.pending == g.pending
+            and self.settings == g.settings
+        )
+
+
 class Reloader:
+    """Makes the runtime generations after the first. Whatever asks for a change (a config
+    reload, a bundle activation) first records it in `wanted`, the newest of each input, then
+    applies: under one lock, a generation is built from `wanted` off the loop and swapped in on
+    it. The last to apply applies every change recorded before, so concurrent changes all
+    end up live; and nothing waits for a lock while holding that one (no deadlock)."""
+
     def __init__(
         self,
         runtime: Runtime,
@@ -114,33 +146,72 @@ class Reloader:
         self.updater = updater
         self.state = ReloadState()
         self.hooks: list[ReloadHook] = []
-        self._build = build
+        self.wanted = Inputs.of(runtime.current)
+        self._build = build  # blocking, pure: runs in a thread
         self._load_models = load_models
         self._read_settings = read_settings
         self._started = runtime.current.settings
         self._fingerprint = ""
         self._refused = ""  # a repository state that failed to load: polls do not retry it
-        self._lock = asyncio.Lock()
+        # Reloads (config file, bundle poll, model repository) do not overlap; bundle
+        # activations do not take this lock, so they never wait behind a reload.
+        self._reload_lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()  # building and swapping: the lock taken last
 
     async def start(self) -> None:
         self._fingerprint = await asyncio.to_thread(self._models_fingerprint, self._started)
 
     async def activate_bundle(self, bundle: PolicyBundle) -> None:
-        """A new good bundle: the same settings and models under new rules."""
-        current = self.runtime.current
-        self._swap(self._build(current.settings, bundle, current.models, False))
+        """A new good bundle: the newest settings and models under new rules. ConfigError
+        (nothing changes) when its detectors do not compile."""
+        await asyncio.to_thread(bundle_detectors, bundle)  # compiled by the keeper already
+        self._want_bundle(bundle)
+        await self._apply()
+
+    def _want_bundle(self, bundle: PolicyBundle) -> None:
+        self.wanted = dataclasses.replace(self.wanted, bundle=bundle, pending=False)
+
+    async def _apply(self) -> None:
+        """Build a generation from the wanted inputs and swap it in, unless it is live."""
+        async with self._apply_lock:
+            wanted, current = self.wanted, self.runtime.current
+            if wanted.live_in(current):
+                return  # an apply that ran while this one waited brought our change too
+            try:
+                generation = await asyncio.to_thread(
+                    self._build, wanted.settings, wanted.bundle, wanted.models, wanted.pending
+                )
+            except Exception:  # cancelled: the wanted inputs stay, for the next apply
+                self._forget(wanted, current)
+                raise
+            self._swap(generation)
+
+    def _forget(self, failed: Inputs, current: Generation) -> None:
+        """Inputs that failed to build go back to the live ones (bundles' detectors are
+        checked before they are wanted, so this is for the unexpected), unless newer ones
+        came in the meantime."""
+        w = self.wanted
+        self.wanted = Inputs(
+            current.settings if w.settings is failed.settings else w.settings,
+            current.bundle if w.bundle is failed.bundle else w.bundle,
+            current.models if w.models is failed.models else w.models,
+            current.pending if w.pending == failed.pending else w.pending,
+        )
+        if failed.models is not current.models and failed.models is not self.wanted.models:
+            failed.models.close()
+            self._fingerprint = ""  # the next poll loads the repository again
 
     def _swap(self, generation: Generation) -> None:
         self.runtime.swap(generation)
         self.state.generation = generation.number
 
     async def reload(self, reason: str) -> bool:
-        """Re-read config, bundle and models; True when a new generation went live."""
-        async with self._lock:
+        """Re-read config, bundle and models; True when they changed (and are live)."""
+        async with self._reload_lock:
             self.state.reloads += 1
             self.state.last_reload = time.time()
             try:
-                swapped = await self._reload()
+                changed = await self._reload()
             except ConfigError as exc:
                 self.state.failures += 1
                 self.state.last_error = str(exc)
@@ -153,34 +224,33 @@ class Reloader:
                 return False
             self.state.last_error = None
             log.info("reload (%s): generation %d", reason, self.runtime.current.number)
-            return swapped
+            return changed
 
     async def _reload(self) -> bool:
-        current = self.runtime.current
-        settings = current.settings
+        settings = self.wanted.settings
         if self._read_settings is not None:
-            new = await asyncio.to_thread(self._read_settings)
-            self.state.restart_required = restart_only_changes(self._started, new)
-            for key in self.state.restart_required:
+            settings, restart = await asyncio.to_thread(self._settings_from_file)
+            self.state.restart_required = restart
+            for key in restart:
                 log.warning("setting %s changed: it takes effect only after a restart", key)
-            settings = applied(self._started, new)
         fresh: list[PolicyBundle] = []
 
         async def hold(bundle: PolicyBundle) -> None:
-            fresh.append(bundle)  # applied below, in the same generation as the models
+            # Wanted at once (a bundle activated after it must win), live with the models.
+            fresh.append(bundle)
+            self._want_bundle(bundle)
 
         await self.updater.check(activate=hold)
         try:
             models = await self._models_for(settings)
         except ConfigError:
             if fresh:  # the bundle is good even when the models are not: apply it alone
-                await self.activate_bundle(fresh[-1])
+                await self._apply()
             raise
-        current = self.runtime.current
-        bundle = fresh[-1] if fresh else current.bundle
-        changed = bool(fresh) or models is not current.models or settings != current.settings
-        if changed:
-            self._swap(self._build(settings, bundle, models, current.pending and not fresh))
+        before = self.wanted
+        changed = bool(fresh) or models is not before.models or settings != before.settings
+        self.wanted = dataclasses.replace(before, settings=settings, models=models)
+        await self._apply()
         for hook in self.hooks:
             try:
                 await hook(settings)
@@ -188,8 +258,15 @@ class Reloader:
                 log.error("reload hook %s failed: %s", getattr(hook, "__name__", hook), exc)
         return changed
 
+    def _settings_from_file(self) -> tuple[Settings, list[str]]:
+        """The running settings with the file's reloadable keys, and the keys that changed but
+        need a restart. Blocking (file I/O, validation)."""
+        assert self._read_settings is not None
+        new = self._read_settings()
+        return applied(self._started, new), restart_only_changes(self._started, new)
+
     async def _models_for(self, settings: Settings) -> ModelRepository:
-        current = self.runtime.current
+        current = self.wanted
         fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
         if fingerprint == self._fingerprint and settings.models == current.settings.models:
             return current.models
@@ -212,7 +289,7 @@ class Reloader:
         """Reload whenever the config file or the model repository changed."""
         while True:
             await asyncio.sleep(interval_s)
-            settings = self.runtime.current.settings
+            settings = self.wanted.settings
             fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
             changed = fingerprint not in (self._fingerprint, self._refused)
             if changed or await self._config_changed():
@@ -222,7 +299,7 @@ class Reloader:
         if self._read_settings is None:
             return False
         try:
-            new = await asyncio.to_thread(self._read_settings)
+            new, _ = await asyncio.to_thread(self._settings_from_file)
         except ConfigError:
             return False  # reported by the next SIGHUP; polling does not spam the log
-        return applied(self._started, new) != self.runtime.current.settings
+        return new != self.wanted.settings
