@@ -40,6 +40,13 @@ def revision(bundle: PolicyBundle, name: str) -> PolicyBundle:
     return dataclasses.replace(bundle, manifest=manifest)
 
 
+def empty_matching(bundle: PolicyBundle) -> PolicyBundle:
+    """A bundle RE2 and the schema accept but the detectors do not: its pattern matches ""."""
+    rule = CustomPatternRule(name="EMPTY", pattern="x*", data_class="personal")
+    detection = bundle.detection.model_copy(update={"custom": (rule,)})
+    return dataclasses.replace(bundle, detection=detection)
+
+
 class Source:
     """A bundle source that has `bundle` once (then nothing new)."""
 
@@ -202,13 +209,6 @@ async def test_a_bundle_whose_patterns_do_not_compile_changes_nothing(tmp_path: 
         await site.reloader.activate_bundle(empty_matching(site.bundle))
     assert site.reloader.wanted.bundle is site.bundle
     assert site.build_threads == []
-
-
-def empty_matching(bundle: PolicyBundle) -> PolicyBundle:
-    rule = CustomPatternRule(name="EMPTY", pattern="x*", data_class="personal")
-    return dataclasses.replace(
-        bundle, detection=bundle.detection.model_copy(update={"custom": (rule,)})
-    )
 
 
 async def test_an_activation_that_fails_is_a_rejection_and_polling_goes_on(tmp_path: Path) -> None:
