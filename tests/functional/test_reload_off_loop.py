@@ -1,10 +1,14 @@
-"""A real router's hot reload does its heavy work off the event loop: the detectors of a bundle
-with new patterns are compiled, and each new generation's privacy built, in other threads."""
+"""A real router's hot reload does its heavy work off the event loop (a bundle's new detectors
+are compiled, and each new generation built, in other threads), and a bundle activation racing
+a config reload leaves both live."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import random
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +79,34 @@ def test_activation_and_reload_build_off_the_loop_thread(monkeypatch: pytest.Mon
     assert len(threads.compile) == 1
     assert len(threads.privacy) == 2
     assert loop_thread not in threads.compile + threads.privacy
+
+
+async def after(delay_s: float, work: Awaitable[None]) -> None:
+    await asyncio.sleep(delay_s)
+    await work
+
+
+def test_activations_racing_config_reloads_in_a_real_router_leave_both_live() -> None:
+    """Thirty rounds of a bundle activation and a config reload started a few random ms apart,
+    in either order: each round's generation has that round's bundle and settings."""
+    config = {"now": Settings()}
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    rng = random.Random(11)
+    with RouterThread(config["now"], read_settings=lambda: config["now"]) as site:
+        assert site.app is not None
+        reloader, runtime = site.app[RELOADER], site.app[RUNTIME]
+
+        async def race(round_: int) -> tuple[str, float]:
+            budget = {"routing": {"kserve_v2_budget_ms": 500 + round_}}
+            config["now"] = Settings.model_validate(budget)
+            manifest = bundle.manifest.model_copy(update={"revision": f"r{round_}"})
+            activation = reloader.activate_bundle(dataclasses.replace(bundle, manifest=manifest))
+            reload = reloader.reload("race")
+            await asyncio.gather(
+                after(rng.uniform(0, 0.006), activation), after(rng.uniform(0, 0.006), reload)
+            )
+            current = runtime.current
+            return current.bundle.revision, current.settings.routing.kserve_v2_budget_ms
+
+        for round_ in range(30):
+            assert site.call_async(race, round_) == (f"r{round_}", 500 + round_)
