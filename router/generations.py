@@ -58,6 +58,9 @@ async def runtime_context(
     def generation(
         settings: Settings, bundle: PolicyBundle, models: ModelRepository, pending: bool
     ) -> Generation:
+        """Blocking (compiles the bundle's detectors unless they are known): run in a thread.
+        Pure but for the number and the rate-limit buckets carried over (`Limiters`), which
+        the reloader's one build at a time keeps consistent."""
         site_privacy = Privacy.build(bundle, settings.policy.secret_file, privacy.secret)
         pipelines = build_pipelines(
             settings, models, app[UPSTREAMS], site_privacy, redaction, app[CACHE]
@@ -66,7 +69,8 @@ async def runtime_context(
 
     # Loading reads files and builds sessions: seconds of blocking work kept off the loop.
     models = await asyncio.to_thread(load_models, settings)
-    app[RUNTIME] = runtime = Runtime(generation(settings, start.bundle, models, start.pending))
+    first = await asyncio.to_thread(generation, settings, start.bundle, models, start.pending)
+    app[RUNTIME] = runtime = Runtime(first)
     runtime.listeners.append(lambda new: setattr(app[SPOOL], "privacy", new.privacy))
     updater = BundleUpdater(
         start.source,

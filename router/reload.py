@@ -5,39 +5,24 @@ finish on the old one. Settings that need a restart are reported and left as the
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from router.errors import ConfigError
 from router.inference.repository import ModelRepository
 from router.policy.bundle import PolicyBundle
 from router.policy.updater import BundleUpdater
+from router.privacy import bundle_detectors
+from router.reloadable import applied, repository_fingerprint, restart_only_changes
 from router.resources import demo_model_repository
 from router.runtime import Generation, Runtime
 from router.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Everything else needs a restart: listeners, workers, stores (cache, spool, audit), the policy
-# source and keys. The policy's content reloads from the configured source.
-RELOADABLE: dict[str, tuple[str, ...]] = {
-    "routing": (
-        "kserve_v2_budget_ms",
-        "openai_budget_ms",
-        "local_max_payload_bytes",
-        "idempotent_paths",
-        "offline",
-        "models",
-    ),
-    "models": ("repository", "max_queue_size", "inline_max_us", "execution_providers"),
-}
-# Sections replaced whole: the upstream registry re-plans its clusters (a reload hook).
-RELOADABLE_SECTIONS = frozenset({"upstreams"})
 
 # Built elsewhere (router.app): a generation from settings, a bundle and models.
 BuildGeneration = Callable[[Settings, PolicyBundle, ModelRepository, bool], Generation]
@@ -59,49 +44,37 @@ class ReloadState:
         return asdict(self)
 
 
-def restart_only_changes(running: Settings, new: Settings) -> list[str]:
-    """Dotted keys that differ between `running` and `new` and need a restart to apply."""
-    old_doc, new_doc = running.model_dump(mode="json"), new.model_dump(mode="json")
-    changed = []
-    for section in sorted(old_doc.keys() | new_doc.keys()):
-        a, b = old_doc.get(section), new_doc.get(section)
-        if a == b or section in RELOADABLE_SECTIONS:
-            continue
-        reloadable = RELOADABLE.get(section, ())
-        if not isinstance(a, dict) or not isinstance(b, dict):
-            changed.append(section)
-            continue
-        changed += [
-            f"{section}.{key}"
-            for key in sorted(a.keys() | b.keys())
-            if key not in reloadable and a.get(key) != b.get(key)
-        ]
-    return changed
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What a generation is built from."""
 
+    settings: Settings
+    bundle: PolicyBundle
+    models: ModelRepository
+    pending: bool
 
-def applied(running: Settings, new: Settings) -> Settings:
-    """`running` with the reloadable keys of `new`."""
-    update: dict[str, Any] = {section: getattr(new, section) for section in RELOADABLE_SECTIONS}
-    for section, keys in RELOADABLE.items():
-        values = {key: getattr(getattr(new, section), key) for key in keys}
-        update[section] = getattr(running, section).model_copy(update=values)
-    return running.model_copy(update=update)
+    @classmethod
+    def of(cls, generation: Generation) -> Inputs:
+        g = generation
+        return cls(g.settings, g.bundle, g.models, g.pending)
 
-
-def repository_fingerprint(path: Path) -> str:
-    """Names, sizes and modification times of every file: cheap, and changes when a model
-    file is replaced or a version added."""
-    digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
-        if file.is_file():
-            stat = file.stat()
-            digest.update(
-                f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
-            )
-    return digest.hexdigest()
+    def live_in(self, generation: Generation) -> bool:
+        g = generation
+        return (
+            self.bundle is g.bundle
+            and self.models is g.models
+            and self.pending == g.pending
+            and self.settings == g.settings
+        )
 
 
 class Reloader:
+    """Makes the runtime generations after the first. Whatever asks for a change (a config
+    reload, a bundle activation) first records it in `wanted`, the newest of each input, then
+    applies: under one lock, a generation is built from `wanted` off the loop and swapped in on
+    it. The last to apply applies every change recorded before, so concurrent changes all
+    end up live; and nothing waits for a lock while holding that one (no deadlock)."""
+
     def __init__(
         self,
         runtime: Runtime,
@@ -114,33 +87,72 @@ class Reloader:
         self.updater = updater
         self.state = ReloadState()
         self.hooks: list[ReloadHook] = []
-        self._build = build
+        self.wanted = Inputs.of(runtime.current)
+        self._build = build  # blocking, pure: runs in a thread
         self._load_models = load_models
         self._read_settings = read_settings
         self._started = runtime.current.settings
         self._fingerprint = ""
         self._refused = ""  # a repository state that failed to load: polls do not retry it
-        self._lock = asyncio.Lock()
+        # Reloads (config file, bundle poll, model repository) do not overlap; bundle
+        # activations do not take this lock, so they never wait behind a reload.
+        self._reload_lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()  # building and swapping: the lock taken last
 
     async def start(self) -> None:
         self._fingerprint = await asyncio.to_thread(self._models_fingerprint, self._started)
 
     async def activate_bundle(self, bundle: PolicyBundle) -> None:
-        """A new good bundle: the same settings and models under new rules."""
-        current = self.runtime.current
-        self._swap(self._build(current.settings, bundle, current.models, False))
+        """A new good bundle: the newest settings and models under new rules. ConfigError
+        (nothing changes) when its detectors do not compile."""
+        await asyncio.to_thread(bundle_detectors, bundle)  # compiled by the keeper already
+        self._want_bundle(bundle)
+        await self._apply()
+
+    def _want_bundle(self, bundle: PolicyBundle) -> None:
+        self.wanted = dataclasses.replace(self.wanted, bundle=bundle, pending=False)
+
+    async def _apply(self) -> None:
+        """Build a generation from the wanted inputs and swap it in, unless it is live."""
+        async with self._apply_lock:
+            wanted, current = self.wanted, self.runtime.current
+            if wanted.live_in(current):
+                return  # an apply that ran while this one waited brought our change too
+            try:
+                generation = await asyncio.to_thread(
+                    self._build, wanted.settings, wanted.bundle, wanted.models, wanted.pending
+                )
+            except Exception:  # not when cancelled: the wanted inputs stay for the next apply
+                self._forget(wanted, current)
+                raise
+            self._swap(generation)
+
+    def _forget(self, failed: Inputs, current: Generation) -> None:
+        """Inputs that failed to build go back to the live ones (bundles' detectors are
+        checked before they are wanted, so this is for the unexpected), unless newer ones
+        came in the meantime."""
+        w = self.wanted
+        self.wanted = Inputs(
+            current.settings if w.settings is failed.settings else w.settings,
+            current.bundle if w.bundle is failed.bundle else w.bundle,
+            current.models if w.models is failed.models else w.models,
+            current.pending if w.pending == failed.pending else w.pending,
+        )
+        if failed.models is not current.models and failed.models is not self.wanted.models:
+            failed.models.close()
+            self._fingerprint = ""  # the next poll loads the repository again
 
     def _swap(self, generation: Generation) -> None:
         self.runtime.swap(generation)
         self.state.generation = generation.number
 
     async def reload(self, reason: str) -> bool:
-        """Re-read config, bundle and models; True when a new generation went live."""
-        async with self._lock:
+        """Re-read config, bundle and models; True when they changed (and are live)."""
+        async with self._reload_lock:
             self.state.reloads += 1
             self.state.last_reload = time.time()
             try:
-                swapped = await self._reload()
+                changed = await self._reload()
             except ConfigError as exc:
                 self.state.failures += 1
                 self.state.last_error = str(exc)
@@ -153,34 +165,33 @@ class Reloader:
                 return False
             self.state.last_error = None
             log.info("reload (%s): generation %d", reason, self.runtime.current.number)
-            return swapped
+            return changed
 
     async def _reload(self) -> bool:
-        current = self.runtime.current
-        settings = current.settings
+        settings = self.wanted.settings
         if self._read_settings is not None:
-            new = await asyncio.to_thread(self._read_settings)
-            self.state.restart_required = restart_only_changes(self._started, new)
-            for key in self.state.restart_required:
+            settings, restart = await asyncio.to_thread(self._settings_from_file)
+            self.state.restart_required = restart
+            for key in restart:
                 log.warning("setting %s changed: it takes effect only after a restart", key)
-            settings = applied(self._started, new)
         fresh: list[PolicyBundle] = []
 
         async def hold(bundle: PolicyBundle) -> None:
-            fresh.append(bundle)  # applied below, in the same generation as the models
+            # Wanted at once (a bundle activated after it must win), live with the models.
+            fresh.append(bundle)
+            self._want_bundle(bundle)
 
         await self.updater.check(activate=hold)
         try:
             models = await self._models_for(settings)
         except ConfigError:
             if fresh:  # the bundle is good even when the models are not: apply it alone
-                await self.activate_bundle(fresh[-1])
+                await self._apply()
             raise
-        current = self.runtime.current
-        bundle = fresh[-1] if fresh else current.bundle
-        changed = bool(fresh) or models is not current.models or settings != current.settings
-        if changed:
-            self._swap(self._build(settings, bundle, models, current.pending and not fresh))
+        before = self.wanted
+        changed = bool(fresh) or models is not before.models or settings != before.settings
+        self.wanted = dataclasses.replace(before, settings=settings, models=models)
+        await self._apply()
         for hook in self.hooks:
             try:
                 await hook(settings)
@@ -188,8 +199,15 @@ class Reloader:
                 log.error("reload hook %s failed: %s", getattr(hook, "__name__", hook), exc)
         return changed
 
+    def _settings_from_file(self) -> tuple[Settings, list[str]]:
+        """The running settings with the file's reloadable keys, and the keys that changed but
+        need a restart. Blocking (file I/O, validation)."""
+        assert self._read_settings is not None
+        new = self._read_settings()
+        return applied(self._started, new), restart_only_changes(self._started, new)
+
     async def _models_for(self, settings: Settings) -> ModelRepository:
-        current = self.runtime.current
+        current = self.wanted
         fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
         if fingerprint == self._fingerprint and settings.models == current.settings.models:
             return current.models
@@ -212,7 +230,7 @@ class Reloader:
         """Reload whenever the config file or the model repository changed."""
         while True:
             await asyncio.sleep(interval_s)
-            settings = self.runtime.current.settings
+            settings = self.wanted.settings
             fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
             changed = fingerprint not in (self._fingerprint, self._refused)
             if changed or await self._config_changed():
@@ -222,7 +240,7 @@ class Reloader:
         if self._read_settings is None:
             return False
         try:
-            new = await asyncio.to_thread(self._read_settings)
+            new, _ = await asyncio.to_thread(self._settings_from_file)
         except ConfigError:
             return False  # reported by the next SIGHUP; polling does not spam the log
-        return applied(self._started, new) != self.runtime.current.settings
+        return new != self.wanted.settings

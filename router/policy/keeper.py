@@ -21,6 +21,7 @@ from router.errors import BundleRejected, ConfigError
 from router.policy.archive import unpack, write_atomically, write_folder
 from router.policy.bundle import PolicyBundle, load_bundle
 from router.policy.signing import Files, digests, verify
+from router.privacy import bundle_detectors
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,11 @@ class BundleKeeper:
         except OSError as exc:
             raise BundleRejected(f"cannot store the bundle: {exc.strerror or exc}") from None
         try:
-            return load_bundle(folder), keyid
+            bundle = load_bundle(folder)
+            # Compiled here, off the loop: a pattern RE2 refuses rejects the bundle, and the
+            # generation built from it finds the detectors already compiled.
+            bundle_detectors(bundle)
+            return bundle, keyid
         except BundleRejected:
             raise
         except ConfigError as exc:

@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from router.errors import BundleRejected
+from router.errors import BundleRejected, ConfigError
 from router.policy.bundle import PolicyBundle
 from router.policy.keeper import BundleKeeper, BundleState, content_id
 from router.policy.source import Source
@@ -57,10 +57,11 @@ class BundleUpdater:
                 return False
             bundle, keyid = await asyncio.to_thread(self.keeper.accept, fetched.files)
         except BundleRejected as exc:
-            state.rejected(exc.reason)
-            log.warning("policy bundle from %s rejected: %s", self.source.name, exc.reason)
-            return False
-        await activate(bundle)
+            return self._rejected(exc.reason)
+        try:
+            await activate(bundle)
+        except ConfigError as exc:  # it could not be built into a generation: the old one stays
+            return self._rejected("; ".join(exc.problems))
         self.active = content_id(fetched.files)
         state.activated(bundle, fetched.etag, keyid)
         state.from_last_good = False
@@ -73,6 +74,11 @@ class BundleUpdater:
             except OSError as exc:
                 log.warning("could not keep the policy bundle on disk: %s", exc.strerror or exc)
         return True
+
+    def _rejected(self, reason: str) -> bool:
+        self.state.rejected(reason)
+        log.warning("policy bundle from %s rejected: %s", self.source.name, reason)
+        return False
 
     async def run(self, interval_s: float, *, first: bool = False) -> None:
         """Poll every `interval_s` (`first`: poll at once, then every `interval_s`)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.reload import applied, restart_only_changes
+from router.reloadable import applied, restart_only_changes
 from router.settings import Settings
 
 

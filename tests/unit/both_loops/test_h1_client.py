@@ -1,5 +1,6 @@
 """The lean upstream client (router/upstreams/h1.py, pool.py) against a raw-socket server on
-127.0.0.1 that answers each request with scripted bytes: framing, keep-alive and error edges."""
+127.0.0.1 that answers each request with scripted bytes: framing, keep-alive and error edges.
+Every test runs on asyncio and on uvloop (this folder's conftest)."""
 
 from __future__ import annotations
 
@@ -339,9 +340,7 @@ async def test_refused_connection_is_connect_failed() -> None:
     await transport.close()
 
 
-@pytest.fixture(params=["asyncio", "uvloop"], scope="module")
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Every test on both loops: the router serves on uvloop, whose callbacks order differs."""
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+async def test_the_folder_runs_each_test_on_both_loops(request: pytest.FixtureRequest) -> None:
+    """The loop a test runs on is the one its parameter names (uvloop's is its own class)."""
+    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    assert on_uvloop == request.node.callspec.id.endswith("uvloop")

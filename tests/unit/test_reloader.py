@@ -1,0 +1,240 @@
+"""The reloader's one-at-a-time build and swap: generations are built off the event loop, and a
+bundle activation racing a config reload leaves both live, whichever order they interleave in."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.errors import BundleRejected, ConfigError
+from router.inference.repository import ModelRepository
+from router.policy.bundle import PolicyBundle, load_bundle
+from router.policy.keeper import BundleKeeper, BundleState
+from router.policy.model import CustomPatternRule
+from router.policy.source import Fetched
+from router.policy.updater import BundleUpdater
+from router.reload import Reloader
+from router.runtime import Generation, Runtime
+from router.settings import Settings
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "policies" / "default"
+
+
+def budget(ms: float, repository: Path | None = None) -> Settings:
+    doc: dict[str, Any] = {"routing": {"kserve_v2_budget_ms": ms}}
+    if repository is not None:
+        doc["models"] = {"repository": repository}
+    return Settings.model_validate(doc)
+
+
+def revision(bundle: PolicyBundle, name: str) -> PolicyBundle:
+    """A distinct bundle object (what an activation hands over) with its own revision."""
+    manifest = bundle.manifest.model_copy(update={"revision": name})
+    return dataclasses.replace(bundle, manifest=manifest)
+
+
+def empty_matching(bundle: PolicyBundle) -> PolicyBundle:
+    """A bundle RE2 and the schema accept but the detectors do not: its pattern matches ""."""
+    rule = CustomPatternRule(name="EMPTY", pattern="x*", data_class="personal")
+    detection = bundle.detection.model_copy(update={"custom": (rule,)})
+    return dataclasses.replace(bundle, detection=detection)
+
+
+class Source:
+    """A bundle source that has `bundle` once (then nothing new)."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        self.next: tuple[str, PolicyBundle] | None = None
+
+    async def fetch(self, etag: str | None) -> Fetched | None:
+        if self.next is None:
+            return None
+        name = self.next[0]
+        return Fetched({"manifest.yaml": name.encode()}, b"", None)
+
+    async def close(self) -> None:
+        pass
+
+
+class Keeper:
+    """Accepts whatever the source sends: the bundle the test put there."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def accept(self, files: Any) -> tuple[PolicyBundle, None]:
+        assert self.source.next is not None
+        bundle = self.source.next[1]
+        self.source.next = None
+        return bundle, None
+
+
+class Site:
+    """A real Reloader and Runtime; the generation build is a stand-in that takes a while in
+    its thread (so builds and other tasks interleave) and records the threads it ran on."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.bundle = load_bundle(DEFAULT_BUNDLE)
+        self.config = budget(1000.0, tmp_path)
+        self.models = ModelRepository(tmp_path, {})
+        self.build_threads: list[int] = []
+        self.load_started = threading.Event()
+        self.load_may_finish = threading.Event()
+        self.load_may_finish.set()
+        self.fail_next_build = False
+        self.numbers = iter(range(2, 10_000))
+        nothing: Any = None  # privacy and pipelines: not used by the reloader
+        first = Generation(1, self.config, self.bundle, nothing, self.models, nothing)
+        self.runtime = Runtime(first)
+        self.source = Source()
+        keeper: Any = Keeper(self.source)
+        updater = BundleUpdater(
+            self.source, keeper, BundleState("test", False), self.activate, persist=False
+        )
+        self.reloader = Reloader(self.runtime, updater, self.build, self.load, lambda: self.config)
+
+    async def activate(self, bundle: PolicyBundle) -> None:
+        await self.reloader.activate_bundle(bundle)
+
+    def build(
+        self, settings: Settings, bundle: PolicyBundle, models: ModelRepository, pending: bool
+    ) -> Generation:
+        self.build_threads.append(threading.get_ident())
+        time.sleep(random.uniform(0, 0.003))
+        if self.fail_next_build:
+            self.fail_next_build = False
+            raise ConfigError("build", ["failed on purpose"])
+        nothing: Any = None
+        return Generation(next(self.numbers), settings, bundle, nothing, models, nothing, pending)
+
+    def load(self, settings: Settings) -> ModelRepository:
+        self.load_started.set()
+        assert self.load_may_finish.wait(10)
+        assert settings.models.repository is not None
+        return ModelRepository(settings.models.repository, {})
+
+
+async def after(delay_s: float, work: Any) -> Any:
+    await asyncio.sleep(delay_s)
+    return await work
+
+
+async def test_generations_are_built_off_the_event_loop_thread(tmp_path: Path) -> None:
+    """Both a config reload and a bundle activation build their generation in another thread."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    site.config = budget(900.0, tmp_path)
+    assert await site.reloader.reload("test") is True
+    await site.reloader.activate_bundle(revision(site.bundle, "r2"))
+    assert len(site.build_threads) == 2
+    assert threading.get_ident() not in site.build_threads
+    assert site.runtime.current.bundle.revision == "r2"
+
+
+async def test_an_activation_racing_a_reload_leaves_both_live(tmp_path: Path) -> None:
+    """However a bundle activation and a config reload interleave (builds in threads, random
+    delays), the final generation has the newest bundle and the newest settings."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    rng = random.Random(7)
+    for i in range(60):
+        site.config = budget(500.0 + i, tmp_path)
+        bundle = revision(site.bundle, f"r{i}")
+        reload = after(rng.uniform(0, 0.004), site.reloader.reload("race"))
+        activation = after(rng.uniform(0, 0.004), site.reloader.activate_bundle(bundle))
+        pair = [reload, activation]
+        rng.shuffle(pair)
+        await asyncio.gather(*pair)
+        current = site.runtime.current
+        assert current.bundle is bundle, f"round {i}: the activated bundle was lost"
+        assert current.settings.routing.kserve_v2_budget_ms == 500.0 + i, f"round {i}"
+    assert site.reloader.state.failures == 0
+
+
+async def test_a_bundle_activated_while_a_reload_loads_models_stays_live(tmp_path: Path) -> None:
+    """A reload that picked up bundle r1 from the source and is still loading models does not
+    put r1 back over r2, activated meanwhile: the reload's generation has r2 and its models."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    r1, r2 = revision(site.bundle, "r1"), revision(site.bundle, "r2")
+    site.source.next = ("r1", r1)
+    other = tmp_path / "other"
+    other.mkdir()
+    site.config = budget(900.0, other)  # new repository: the reload loads models
+    site.load_may_finish.clear()
+    reload = asyncio.get_running_loop().create_task(site.reloader.reload("test"))
+    assert await asyncio.to_thread(site.load_started.wait, 10)
+    await site.reloader.activate_bundle(r2)
+    site.load_may_finish.set()
+    assert await reload is True
+    current = site.runtime.current
+    assert current.bundle is r2
+    assert current.models.path == other
+    assert current.settings.routing.kserve_v2_budget_ms == 900.0
+
+
+async def test_a_failed_build_keeps_the_running_generation_and_the_next_reload_works(
+    tmp_path: Path,
+) -> None:
+    """A build that fails leaves the running generation, counts a failure and wants nothing
+    it could not build: the next reload goes live."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    before = site.runtime.current
+    site.config = budget(900.0, tmp_path)
+    site.fail_next_build = True
+    assert await site.reloader.reload("test") is False
+    assert site.runtime.current is before
+    assert site.reloader.state.failures == 1
+    assert site.reloader.wanted.live_in(before)
+    assert await site.reloader.reload("test") is True
+    assert site.runtime.current.settings.routing.kserve_v2_budget_ms == 900.0
+
+
+async def test_a_bundle_whose_patterns_do_not_compile_changes_nothing(tmp_path: Path) -> None:
+    """An activated bundle with a custom pattern RE2 accepts but the detectors refuse (it
+    matches the empty string) is a ConfigError before anything is wanted or built."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    with pytest.raises(ConfigError, match="empty string"):
+        await site.reloader.activate_bundle(empty_matching(site.bundle))
+    assert site.reloader.wanted.bundle is site.bundle
+    assert site.build_threads == []
+
+
+async def test_an_activation_that_fails_is_a_rejection_and_polling_goes_on(tmp_path: Path) -> None:
+    """A bundle the reloader cannot build is counted as rejected by the updater (the poll does
+    not die of it) and the running bundle stays."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    site.source.next = ("bad", empty_matching(site.bundle))
+    assert await site.reloader.updater.check() is False
+    state = site.reloader.updater.state
+    assert state.rejections == 1
+    assert "empty string" in (state.last_error or "")
+    assert site.runtime.current.bundle is site.bundle
+    site.source.next = ("good", revision(site.bundle, "good"))
+    assert await site.reloader.updater.check() is True
+    assert site.runtime.current.bundle.revision == "good"
+
+
+def test_the_keeper_rejects_a_bundle_whose_patterns_do_not_compile(tmp_path: Path) -> None:
+    """The keeper compiles a bundle's detectors when it accepts it: a custom pattern matching
+    the empty string is a rejection naming detection.yaml, before any activation."""
+    files = {
+        str(path.relative_to(DEFAULT_BUNDLE)): path.read_bytes()
+        for path in DEFAULT_BUNDLE.rglob("*")
+        if path.is_file()
+    }
+    files["detection.yaml"] = b"custom: [{name: EMPTY, pattern: 'x*', data_class: personal}]\n"
+    with pytest.raises(BundleRejected, match=r"detection\.yaml: custom: .*empty string"):
+        BundleKeeper({}, tmp_path).accept(files)
