@@ -3,6 +3,7 @@
     layer-router bundle keygen keys/site          # keys/site.key (private), keys/site.pub
     layer-router bundle build policies/default -o bundle.tar.gz --signing-key keys/site.key
     layer-router bundle sign bundle.tar.gz --signing-key keys/site.key   # (re-)sign in place
+    layer-router bundle sign old.tar.gz --serial 8 --signing-key keys/site.key -o rollback.tar.gz
     layer-router bundle verify bundle.tar.gz --public-key keys/site.pub
 
 Exit codes: 0 ok; 1 a bundle that fails verification; 2 unreadable input or a bad key.
@@ -11,9 +12,12 @@ Exit codes: 0 ok; 1 a bundle that fails verification; 2 unreadable input or a ba
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from router.errors import BundleRejected, ConfigError
 from router.policy.archive import pack, read_folder, unpack, write_atomically
@@ -26,6 +30,8 @@ from router.policy.signing import (
     sign,
 )
 
+SERIAL_LINE = re.compile(rb"^serial[ \t]*:.*$", re.MULTILINE)
+
 
 def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     bundle = commands.add_parser("bundle", help="build, sign and verify policy bundles")
@@ -36,10 +42,12 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     build.add_argument("folder", type=Path)
     build.add_argument("-o", "--output", type=Path, required=True)
     build.add_argument("--signing-key", type=Path, help="sign with this private key")
+    build.add_argument("--serial", type=_serial, help="set the manifest's serial to N first")
     signer = actions.add_parser("sign", help="sign a bundle .tar.gz (replaces any signature)")
     signer.add_argument("bundle", type=Path)
     signer.add_argument("--signing-key", type=Path, required=True)
     signer.add_argument("-o", "--output", type=Path, help="default: overwrite the input")
+    signer.add_argument("--serial", type=_serial, help="set the manifest's serial to N first")
     check = actions.add_parser("verify", help="check a bundle's signature and content")
     check.add_argument("bundle", type=Path, help="a .tar.gz or a bundle folder")
     check.add_argument("--public-key", type=Path, action="append", default=[], required=True)
@@ -52,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {secret} (private: keep it secret) and {public}")
             return 0
         if args.bundle_command == "build":
-            files = _without_signature(read_folder(args.folder))
+            files = _with_serial(_without_signature(read_folder(args.folder)), args.serial)
             return _write(files, args.output, args.signing_key)
         if args.bundle_command == "sign":
-            files = _without_signature(unpack(_read(args.bundle)))
+            files = _with_serial(_without_signature(unpack(_read(args.bundle))), args.serial)
             return _write(files, args.output or args.bundle, args.signing_key)
         return _verify(args.bundle, tuple(args.public_key))
     except BundleRejected as exc:
@@ -71,12 +79,50 @@ def _without_signature(files: dict[str, bytes]) -> dict[str, bytes]:
     return files
 
 
+def _serial(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise ValueError(text)
+    return value
+
+
+_serial.__name__ = "serial"  # argparse: "invalid serial value: '-1'"
+
+
+def _with_serial(files: dict[str, bytes], serial: int | None) -> dict[str, bytes]:
+    """`files` with the manifest's top-level `serial:` set to `serial` (None: as it is). The
+    manifest is edited as text, so its comments and layout stay the author's."""
+    if serial is None:
+        return files
+    manifest = files.get("manifest.yaml")
+    if manifest is None:
+        raise BundleRejected("not a policy bundle: manifest.yaml is missing")
+    line = b"serial: %d" % serial
+    # A top-level key starts in column 0; a folded or literal block ends before such a line.
+    edited, count = SERIAL_LINE.subn(line, manifest)
+    if count == 0:
+        edited = manifest.rstrip(b"\n") + b"\n" + line + b"\n"
+    if _manifest_serial(edited) != serial:
+        raise BundleRejected("manifest.yaml: cannot set its serial (write `serial:` by hand)")
+    files["manifest.yaml"] = edited
+    return files
+
+
+def _manifest_serial(manifest: bytes) -> object:
+    try:
+        doc = yaml.safe_load(manifest)
+    except yaml.YAMLError:
+        return None
+    return doc.get("serial") if isinstance(doc, dict) else None
+
+
 def _write(files: dict[str, bytes], output: Path, key_path: Path | None) -> int:
     if key_path is not None:
         files[SIGNATURES_FILE] = sign(files, load_private_key(key_path))
     write_atomically(output, pack(files))
     state = "signed" if key_path is not None else "unsigned"
-    print(f"wrote {output} ({len(files)} files, {state})")
+    serial = _manifest_serial(files.get("manifest.yaml", b""))
+    print(f"wrote {output} ({len(files)} files, {state}, serial {serial or 0})")
     return 0
 
 
@@ -88,7 +134,11 @@ def _verify(path: Path, keys: tuple[Path, ...]) -> int:
     except BundleRejected as exc:
         print(f"rejected: {exc.reason}", file=sys.stderr)
         return 1
-    print(f"ok: bundle '{bundle.manifest.name}' revision {bundle.revision}, signed by {keyid}")
+    manifest = bundle.manifest
+    print(
+        f"ok: bundle '{manifest.name}' revision {manifest.revision} serial {manifest.serial}, "
+        f"signed by {keyid}"
+    )
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from router.errors import BundleRejected
 from router.policy.bundle import PolicyBundle, load_bundle
 from router.policy.keeper import BundleKeeper, BundleState, content_id
-from router.policy.signing import load_public_keys
+from router.policy.signing import Files, load_public_keys
 from router.policy.source import PathSource, Source, source_for
 from router.resources import default_policy_bundle, state_dir
 from router.settings import BundleSourceSettings, Settings
@@ -56,21 +56,36 @@ def first_bundle(settings: Settings) -> Start:
     )
     if isinstance(source, PathSource):
         fetched = source.read()
-        bundle, keyid = keeper.accept(fetched.files)
+        bundle, keyid = keeper.accept(fetched.files)  # older than the mark: start-up stops
         state.activated(bundle, fetched.etag, keyid)
-        return Start(bundle, False, keeper, state, source, False, content_id(fetched.files))
+        content = _remembered(keeper, bundle, fetched.files)
+        return Start(bundle, False, keeper, state, source, False, content)
     kept = keeper.last_good()
     if kept is not None:
         files, _, etag = kept
         try:
+            # Checked against the mark too: a last good archive swapped for an older signed one
+            # is refused. With no (or an unreadable) mark file, the kept bundle's serial
+            # becomes the mark: deleting the file lets nothing older in than the site ran.
             bundle, keyid = keeper.accept(files)
         except (BundleRejected, OSError) as exc:  # kept, but no longer verifiable: pending
             log.warning("last good policy bundle on disk rejected: %s", exc)
         else:
             state.activated(bundle, etag, keyid)
             state.from_last_good = True
-            return Start(bundle, False, keeper, state, source, True, content_id(files))
+            content = _remembered(keeper, bundle, files)
+            return Start(bundle, False, keeper, state, source, True, content)
     return Start(load_bundle(default_policy_bundle()), True, keeper, state, source, remote=True)
+
+
+def _remembered(keeper: BundleKeeper, bundle: PolicyBundle, files: Files) -> str:
+    """The content id of the bundle a site starts on, its serial recorded as the mark."""
+    content = content_id(files)
+    try:
+        keeper.activated(bundle, content)
+    except OSError as exc:  # the mark held in memory still guards this process
+        log.warning("could not keep the policy serial on disk: %s", exc.strerror or exc)
+    return content
 
 
 def checked_bundle(settings: Settings) -> PolicyBundle | None:

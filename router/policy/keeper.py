@@ -1,6 +1,6 @@
 """Verify, materialise and remember policy bundles: a bundle is activated only after its
-signature, its files and its content all check out; the last good one is kept on disk so a
-site can start offline; every check, activation and rejection is counted for status."""
+signature, its files, its serial and its content all check out; the last good one is kept on
+disk so a site can start offline; every check, activation and rejection is counted for status."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from router.errors import BundleRejected, ConfigError
 from router.policy.archive import unpack, write_atomically, write_folder
 from router.policy.bundle import PolicyBundle, load_bundle
+from router.policy.highwater import HighWater
 from router.policy.signing import Files, digests, verify
 from router.privacy import bundle_detectors
 
@@ -41,6 +42,7 @@ class BundleState:
     source: str  # "embedded", a folder, a path or a URL
     signatures_required: bool  # public keys are configured
     revision: str = ""
+    serial: int = 0  # the active bundle's manifest serial (0: none)
     name: str = ""
     etag: str | None = None
     signed_by: str | None = None  # key id
@@ -66,26 +68,37 @@ class BundleState:
     def activated(self, bundle: PolicyBundle, etag: str | None, keyid: str | None) -> None:
         self.activations += 1
         self.revision, self.name = bundle.revision, bundle.manifest.name
+        self.serial = bundle.manifest.serial
         self.etag, self.signed_by, self.ready = etag, keyid, True
         self.last_activation = time.time()
 
 
 class BundleKeeper:
-    """Blocking work (hashing, file I/O, YAML): call it off the event loop."""
+    """Blocking work (hashing, file I/O, YAML): call it off the event loop.
+
+    The rollback guard applies when signatures are required: a serial is only worth what the
+    signature over the manifest makes it. An unsigned local folder is whatever its editor
+    wrote (going back to an older file is how one undoes a mistake there), so no serial is
+    enforced or remembered for it."""
 
     def __init__(self, keys: Mapping[str, Ed25519PublicKey], store: Path) -> None:
         self.keys = keys
         self.store = store
+        self.high_water = HighWater(store) if keys else None
 
     def accept(self, files: Files) -> tuple[PolicyBundle, str | None]:
-        """The loaded bundle and the key that signed it; BundleRejected when it must not be used."""
+        """The loaded bundle and the key that signed it; BundleRejected when it must not be
+        used (bad signature or content, or older than a bundle this site has activated)."""
         keyid = verify(files, self.keys) if self.keys else None
+        content = content_id(files)
         try:
-            folder = self._materialise(files)
+            folder = self._materialise(files, content)
         except OSError as exc:
             raise BundleRejected(f"cannot store the bundle: {exc.strerror or exc}") from None
         try:
             bundle = load_bundle(folder)
+            if self.high_water is not None:
+                self.high_water.check(bundle.manifest.serial, content)
             # Compiled here, off the loop: a pattern RE2 refuses rejects the bundle, and the
             # generation built from it finds the detectors already compiled.
             bundle_detectors(bundle)
@@ -97,10 +110,10 @@ class BundleKeeper:
             name = where.relative_to(folder) if where.is_relative_to(folder) else where.name
             raise BundleRejected(f"{name}: " + "; ".join(exc.problems)) from None
 
-    def _materialise(self, files: Files) -> Path:
+    def _materialise(self, files: Files, content: str) -> Path:
         """The verified bytes in a folder of our own, named by content: what is loaded is what
         was verified, whatever happens to the source afterwards."""
-        folder = self.store / f"bundle-{content_id(files)}"
+        folder = self.store / f"bundle-{content}"
         if not folder.is_dir():
             # Several routers (workers, test sites) may share the store: stage privately.
             self.store.mkdir(parents=True, exist_ok=True)
@@ -114,6 +127,12 @@ class BundleKeeper:
             finally:
                 shutil.rmtree(staging.parent, ignore_errors=True)
         return folder
+
+    def activated(self, bundle: PolicyBundle, content: str) -> None:
+        """Remember that `bundle` (of content id `content`) is active: the rollback guard's
+        mark rises to its serial. OSError when that cannot be written."""
+        if self.high_water is not None:
+            self.high_water.record(bundle.manifest.serial, content)
 
     def persist(self, archive: bytes, etag: str | None, keep: Path) -> None:
         write_atomically(self.store / LAST_GOOD, archive)

@@ -17,6 +17,9 @@ TIERS = ("edge", "regional", "central")
 class Manifest(Strict):
     name: Name
     revision: Annotated[str, Field(min_length=1, max_length=128)]
+    # Orders bundles for the rollback guard (router/policy/highwater.py): a site never
+    # activates a lower serial than one it has run. Absent: 0, an unversioned bundle.
+    serial: Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)] = 0
     description: str = ""
 
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from router.errors import BundleRejected, ConfigError
 from router.policy.bundle import PolicyBundle
 from router.policy.keeper import BundleKeeper, BundleState, content_id
-from router.policy.source import Source
+from router.policy.source import Fetched, Source
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,27 @@ class BundleUpdater:
         self.active = content_id(fetched.files)
         state.activated(bundle, fetched.etag, keyid)
         state.from_last_good = False
-        log.info("policy bundle %r revision %s activated", bundle.manifest.name, bundle.revision)
+        log.info(
+            "policy bundle %r revision %s serial %d activated",
+            bundle.manifest.name,
+            bundle.revision,
+            bundle.manifest.serial,
+        )
+        await asyncio.to_thread(self._remember, fetched, bundle, self.active)
+        return True
+
+    def _remember(self, fetched: Fetched, bundle: PolicyBundle, content: str) -> None:
+        """Blocking. The last good bundle first, then the rollback guard's mark: a crash in
+        between leaves a last good bundle at least as new as the mark, so it still starts."""
         if self._persist:
             try:
-                await asyncio.to_thread(
-                    self.keeper.persist, fetched.archive, fetched.etag, bundle.path
-                )
+                self.keeper.persist(fetched.archive, fetched.etag, bundle.path)
             except OSError as exc:
                 log.warning("could not keep the policy bundle on disk: %s", exc.strerror or exc)
-        return True
+        try:
+            self.keeper.activated(bundle, content)
+        except OSError as exc:  # this process still holds the mark in memory
+            log.warning("could not keep the policy serial on disk: %s", exc.strerror or exc)
 
     def _rejected(self, reason: str) -> bool:
         self.state.rejected(reason)

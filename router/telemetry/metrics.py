@@ -89,6 +89,11 @@ def _bundle(state: BundleState) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         PREFIX + "policy_bundle_ready", "1 when a verified bundle is active", value=state.ready
     )
+    yield GaugeMetricFamily(
+        PREFIX + "policy_bundle_serial",
+        "The active bundle's manifest serial (0: none); rollbacks below it are rejected",
+        value=state.serial,
+    )
     if state.last_activation is not None:
         yield GaugeMetricFamily(
             PREFIX + "policy_bundle_last_activation_timestamp_seconds",

@@ -77,6 +77,9 @@ class Keeper:
         self.source.next = None
         return bundle, None
 
+    def activated(self, bundle: PolicyBundle, content: str) -> None:
+        pass  # no rollback guard here: these bundles carry no signature
+
 
 class Site:
     """A real Reloader and Runtime; the generation build is a stand-in that takes a while in
