@@ -7,6 +7,7 @@ from pathlib import Path
 
 from test_serve_process import run_cli
 
+from router.policy.archive import unpack
 from router.resources import default_policy_bundle
 
 
@@ -70,3 +71,27 @@ def test_check_verifies_a_local_bundle_against_the_configured_keys(tmp_path: Pat
     passed = re.search(r"(\d+) policy cases passed", accepted.stdout)
     assert passed is not None
     assert int(passed.group(1)) > 0  # the archive's cases ran
+
+
+def test_build_and_sign_set_the_serial(tmp_path: Path) -> None:
+    """`--serial N` writes N into the manifest (its comments kept) before signing; `sign
+    --serial` replaces it, which is how old content is re-issued; a negative one is refused."""
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    built, again = tmp_path / "b.tar.gz", tmp_path / "again.tar.gz"
+    signing = ("--signing-key", tmp_path / "k.key")
+    result = run_cli(
+        "bundle", "build", default_policy_bundle(), "-o", built, "--serial", "3", *signing
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serial 3" in result.stdout
+    verified = run_cli("bundle", "verify", built, "--public-key", tmp_path / "k.pub")
+    assert "revision 2026-11-27.1 serial 3," in verified.stdout
+    assert run_cli("bundle", "sign", built, "--serial", "4", "-o", again, *signing).returncode == 0
+    verified = run_cli("bundle", "verify", again, "--public-key", tmp_path / "k.pub")
+    assert "serial 4," in verified.stdout
+    manifest = unpack(again.read_bytes())["manifest.yaml"].decode()
+    assert manifest.count("\nserial:") == 1
+    assert manifest.startswith("# A policy bundle")
+    negative = run_cli("bundle", "sign", built, "--serial", "-1", *signing)
+    assert negative.returncode == 2
+    assert "invalid serial value" in negative.stderr
