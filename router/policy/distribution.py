@@ -16,6 +16,7 @@ from pathlib import Path
 
 from router.errors import BundleRejected
 from router.policy.bundle import PolicyBundle, load_bundle
+from router.policy.highwater import HighWater
 from router.policy.keeper import BundleKeeper, BundleState, content_id
 from router.policy.signing import Files, load_public_keys
 from router.policy.source import PathSource, Source, source_for
@@ -43,11 +44,16 @@ def source_settings(settings: Settings) -> BundleSourceSettings:
     return BundleSourceSettings(path=policy.bundle or default_policy_bundle())
 
 
+def site_store(settings: Settings) -> Path:
+    """Where a site keeps its materialised bundles, its last good one and its serial mark."""
+    return state_dir() / "policy" / settings.site.id
+
+
 def first_bundle(settings: Settings) -> Start:
     """Blocking: reads keys and files. A bad local bundle stops start-up (BundleRejected, a
     ConfigError); a remote source starts on the last good copy on disk, else pending."""
     keys = load_public_keys(settings.policy.public_keys)
-    keeper = BundleKeeper(keys, state_dir() / "policy" / settings.site.id)
+    keeper = BundleKeeper(keys, site_store(settings))
     configured = source_settings(settings)
     source = source_for(configured)
     embedded = settings.policy.source is None and settings.policy.bundle is None
@@ -101,5 +107,8 @@ def checked_bundle(settings: Settings) -> PolicyBundle | None:
     folder = configured.path if configured.path is not None and configured.path.is_dir() else None
     # A folder is loaded in place first, so that errors name the operator's own files.
     local = load_bundle(folder) if folder is not None else None
-    bundle, _ = BundleKeeper(keys, scratch).accept(PathSource(configured).read().files)
+    keeper = BundleKeeper(keys, scratch)
+    if keeper.high_water is not None:  # refused as `serve` would refuse it; only read here
+        keeper.high_water = HighWater(site_store(settings))
+    bundle, _ = keeper.accept(PathSource(configured).read().files)
     return local or bundle

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from router.errors import BundleRejected
 from router.policy.archive import pack, read_folder
-from router.policy.distribution import first_bundle
+from router.policy.distribution import checked_bundle, first_bundle
 from router.policy.highwater import HIGH_WATER, HighWater
 from router.policy.keeper import BundleKeeper, content_id
 from router.policy.signing import SIGNATURES_FILE, key_id, sign
@@ -209,3 +209,24 @@ async def test_a_last_good_bundle_older_than_the_mark_is_not_started_on(
     start = first_bundle(site)
     await start.source.close()
     assert start.pending
+
+
+def test_check_refuses_a_local_bundle_older_than_the_site_has_run(
+    tmp_path: Path, site: Settings
+) -> None:
+    """`layer-router check` reads the site's mark (never writes it): an older local bundle is
+    refused as `serve` would refuse it, a newer one passes."""
+    kept(tmp_path, signed(5))
+    archive = tmp_path / "local.tar.gz"
+    local = Settings.model_validate(
+        {
+            "site": {"id": "rollback"},
+            "policy": {"source": {"path": archive}, "public_keys": site.policy.public_keys},
+        }
+    )
+    archive.write_bytes(pack(signed(4)))
+    reason = rejection(lambda: checked_bundle(local))
+    assert reason == "rollback: serial 4 is older than the active serial 5"
+    archive.write_bytes(pack(signed(6)))
+    assert checked_bundle(local) is not None
+    assert orjson.loads((store(tmp_path) / HIGH_WATER).read_bytes())["serial"] == 5
