@@ -37,7 +37,7 @@ class HighWater:
 
     def __init__(self, store: Path) -> None:
         self.path = store / HIGH_WATER
-        self._seen: Mark | None = None
+        self._seen = self._read()  # from here on, deleting the file lowers nothing
 
     def current(self) -> Mark | None:
         """The higher of what this process activated and what the file says (another worker

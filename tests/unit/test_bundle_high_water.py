@@ -230,3 +230,18 @@ def test_check_refuses_a_local_bundle_older_than_the_site_has_run(
     archive.write_bytes(pack(signed(6)))
     assert checked_bundle(local) is not None
     assert orjson.loads((store(tmp_path) / HIGH_WATER).read_bytes())["serial"] == 5
+
+
+def test_an_older_local_signed_bundle_stops_start_up(tmp_path: Path, site: Settings) -> None:
+    """With keys, a `path` source is guarded too: an older archive is a start-up error."""
+    kept(tmp_path, signed(5))
+    archive = tmp_path / "local.tar.gz"
+    archive.write_bytes(pack(signed(4)))
+    local = Settings.model_validate(
+        {
+            "site": {"id": "rollback"},
+            "policy": {"source": {"path": archive}, "public_keys": site.policy.public_keys},
+        }
+    )
+    reason = rejection(lambda: first_bundle(local))
+    assert reason == "rollback: serial 4 is older than the active serial 5"
