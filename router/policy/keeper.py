@@ -134,6 +134,13 @@ class BundleKeeper:
         if self.high_water is not None:
             self.high_water.record(bundle.manifest.serial, content)
 
+    def superseded(self, bundle: PolicyBundle) -> bool:
+        """A newer serial is already marked (another worker of the site moved on while this
+        one activated `bundle`): keeping `bundle` as last good would make it one the site
+        refuses to start on."""
+        mark = self.high_water.current() if self.high_water is not None else None
+        return mark is not None and mark.serial > bundle.manifest.serial
+
     def persist(self, archive: bytes, etag: str | None, keep: Path) -> None:
         write_atomically(self.store / LAST_GOOD, archive)
         write_atomically(self.store / LAST_GOOD_META, orjson.dumps({"etag": etag}))

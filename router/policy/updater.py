@@ -77,7 +77,7 @@ class BundleUpdater:
     def _remember(self, fetched: Fetched, bundle: PolicyBundle, content: str) -> None:
         """Blocking. The last good bundle first, then the rollback guard's mark: a crash in
         between leaves a last good bundle at least as new as the mark, so it still starts."""
-        if self._persist:
+        if self._persist and not self.keeper.superseded(bundle):
             try:
                 self.keeper.persist(fetched.archive, fetched.etag, bundle.path)
             except OSError as exc:

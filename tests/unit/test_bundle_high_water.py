@@ -245,3 +245,13 @@ def test_an_older_local_signed_bundle_stops_start_up(tmp_path: Path, site: Setti
     )
     reason = rejection(lambda: first_bundle(local))
     assert reason == "rollback: serial 4 is older than the active serial 5"
+
+
+def test_a_bundle_below_the_mark_is_superseded(tmp_path: Path) -> None:
+    """A worker that activated serial 5 after another marked 6 does not keep 5 as last good."""
+    keeper = BundleKeeper(KEYS, tmp_path)
+    bundle, _ = keeper.accept(signed(5))
+    assert not keeper.superseded(bundle)
+    HighWater(tmp_path).record(6, "another worker's")
+    assert keeper.superseded(bundle)
+    assert not BundleKeeper({}, tmp_path).superseded(bundle)

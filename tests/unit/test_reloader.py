@@ -80,6 +80,9 @@ class Keeper:
     def activated(self, bundle: PolicyBundle, content: str) -> None:
         pass  # no rollback guard here: these bundles carry no signature
 
+    def superseded(self, bundle: PolicyBundle) -> bool:
+        return False
+
 
 class Site:
     """A real Reloader and Runtime; the generation build is a stand-in that takes a while in
