@@ -15,6 +15,7 @@ from router.resources import audit_path, state_dir
 from router.settings import Settings
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
+from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file
 from router.store_forward import StoreAndForward
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
@@ -43,11 +44,15 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
     app[SPOOL] = store = StoreAndForward(spool, app[RUNTIME].current.privacy, settings.site.id)
     tasks, session = [], None
     if spool is not None and spool_settings.collector_url and drains:
+        headers = {SITE_HEADER: settings.site.id}
+        if spool_settings.collector_key_file is not None:
+            key = await asyncio.to_thread(read_key_file, spool_settings.collector_key_file)
+            headers["Authorization"] = f"Bearer {key}"
         session = plain_session()
         url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
         drainer = Drainer(
             spool,
-            http_sender(poster(session, tls=app[TLS].collector), url),
+            http_sender(poster(session, tls=app[TLS].collector), url, headers),
             rate_per_s=spool_settings.drain_rate_per_s,
             batch_size=spool_settings.batch_size,
         )
@@ -67,13 +72,10 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
 
 async def collector_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    collects = settings.spool.collect
-    if collects is None:
-        collects = settings.site.tier.value == "central"
     store = None
-    if collects:
+    if settings.collects:
         store = await _open_collector(settings.site.id, shared=settings.server.workers > 1)
-        (route,) = collector_routes(store)
+        (route,) = collector_routes(store, guard=SiteGuard.of(settings))
         app[COLLECTOR].append(route.handler)
     try:
         yield

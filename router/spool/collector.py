@@ -27,6 +27,7 @@ from aiohttp import web
 
 from router.errors import Unavailable
 from router.spool import schema
+from router.spool.sites import SiteGuard
 from router.spool.store import SpoolUnavailable
 from router.spool.wire import Item, decode_batch
 from router.spool.worker import Job, SqliteWorker, WorkerBusy, WorkerClosed
@@ -165,11 +166,17 @@ def _read(conn: sqlite3.Connection, after: int, limit: int) -> list[Received]:
     ]
 
 
-def collector_routes(store: CollectorStore, path: str = COLLECTOR_PATH) -> list[web.RouteDef]:
+def collector_routes(
+    store: CollectorStore, path: str = COLLECTOR_PATH, *, guard: SiteGuard | None = None
+) -> list[web.RouteDef]:
     """The collector's route, for `app.add_routes(...)` in an app with the error middleware
-    (router.api.errors), which turns BatchError into 400 and Unavailable into 503."""
+    (router.api.errors), which turns BatchError into 400 and Unavailable into 503. `guard`
+    says who may upload (router.spool.sites); None: anyone, for a collector on loopback."""
+    sites = guard if guard is not None else SiteGuard()
 
     async def receive(request: web.Request) -> web.Response:
+        # Before the body is read: an upload nobody vouches for costs the collector nothing.
+        sites.admit(request.headers, certified=bool(request.get_extra_info("peercert")))
         items = decode_batch(await request.read(), request.content_type)
         try:
             added = await store.add(items)

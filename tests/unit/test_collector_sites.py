@@ -1,0 +1,186 @@
+"""Who may upload to the spool collector (router.spool.sites): each site's key checked against
+hashes with its site id, a key of one site naming another refused, mTLS as the alternative,
+and the config that refuses an exposed collector nobody authenticates."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.errors import ConfigError, SiteMismatch, Unauthorized
+from router.settings import Settings, load_settings
+from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file
+from router.tenancy import hash_key
+
+
+def fixed_key(name: str) -> str:
+    """A deterministic key for the tests (never a real secret)."""
+    return "lr-test-" + hashlib.sha256(name.encode()).hexdigest()
+
+
+KEY_A, KEY_B = fixed_key("site-a"), fixed_key("site-b")
+SITES = {"site-a": hash_key(KEY_A), "site-b": [hash_key(KEY_B)]}
+
+
+def settings(**sections: Any) -> Settings:
+    return Settings.model_validate(sections)
+
+
+def central(host: str = "0.0.0.0", **spool: Any) -> dict[str, Any]:
+    return {
+        "site": {"id": "hq", "tier": "central"},
+        "server": {"host": host},
+        "auth": {"mode": "disabled"},
+        "spool": spool,
+    }
+
+
+def upload(key: str | None = None, site: str | None = None) -> dict[str, str]:
+    headers = {}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    if site is not None:
+        headers[SITE_HEADER] = site
+    return headers
+
+
+@pytest.fixture
+def guard() -> SiteGuard:
+    return SiteGuard.of(settings(**central(collector_sites=SITES)))
+
+
+class TestSiteGuard:
+    def test_a_site_key_names_its_site(self, guard: SiteGuard) -> None:
+        """Each site's key is admitted as that site, with or without the batch naming it."""
+        assert guard.admit(upload(KEY_A, "site-a")) == "site-a"
+        assert guard.admit(upload(KEY_B, "site-b")) == "site-b"
+        assert guard.admit(upload(KEY_B)) == "site-b"
+
+    def test_no_key_or_an_unknown_one_is_401(self, guard: SiteGuard) -> None:
+        """No key, an unknown key, or a key's hash sent as the key are all refused with 401."""
+        for headers in (upload(), upload(site="site-a"), upload(fixed_key("x"), "site-a")):
+            with pytest.raises(Unauthorized):
+                guard.admit(headers)
+        with pytest.raises(Unauthorized):
+            guard.admit(upload(hash_key(KEY_A), "site-a"))
+
+    def test_one_sites_key_for_anothers_batch_is_403(self, guard: SiteGuard) -> None:
+        """Site A's key on a batch that names site B: 403 site_mismatch."""
+        with pytest.raises(SiteMismatch) as refused:
+            guard.admit(upload(KEY_A, "site-b"))
+        assert (refused.value.status, refused.value.code) == (403, "site_mismatch")
+
+    def test_errors_quote_no_key(self, guard: SiteGuard) -> None:
+        """The refusals' messages name neither the key presented nor any hash."""
+        for headers in (upload(fixed_key("x")), upload(KEY_A, "site-b")):
+            with pytest.raises((Unauthorized, SiteMismatch)) as refused:
+                guard.admit(headers)
+            for secret in (fixed_key("x"), KEY_A, hash_key(KEY_A), hash_key(KEY_A)[7:]):
+                assert secret not in refused.value.message
+
+    def test_mtls_certificate_is_enough(self) -> None:
+        """With a client CA on the listener a verified certificate admits a batch without a
+        key; without the certificate (or the CA) it does not, and a wrong key still fails."""
+        tls = {"cert_file": "site.pem", "client_ca_file": "clients.pem"}
+        mtls = SiteGuard.of(settings(**{**central(), "server": {"host": "0.0.0.0", "tls": tls}}))
+        assert mtls.admit(upload(site="site-a"), certified=True) == "site-a"
+        with pytest.raises(Unauthorized):
+            mtls.admit(upload(site="site-a"), certified=False)
+        both = settings(
+            **{**central(collector_sites=SITES), "server": {"host": "0.0.0.0", "tls": tls}}
+        )
+        with pytest.raises(Unauthorized):
+            SiteGuard.of(both).admit(upload(fixed_key("x")), certified=True)
+        keys_only = SiteGuard.of(settings(**central(collector_sites=SITES)))
+        with pytest.raises(Unauthorized):
+            keys_only.admit(upload(site="site-a"), certified=True)  # no client CA: no mTLS
+
+    def test_loopback_without_keys_is_open(self) -> None:
+        """A loopback-only central with no keys and no mTLS admits any upload (zero config)."""
+        open_guard = SiteGuard.of(settings(site={"tier": "central"}))
+        assert open_guard.open
+        assert open_guard.admit(upload(site="anywhere")) == "anywhere"
+        assert open_guard.admit(upload(fixed_key("x"))) is None
+
+
+class TestSettings:
+    def test_exposed_collector_without_authentication_is_a_config_error(self) -> None:
+        """Central on 0.0.0.0 with neither keys nor mTLS: an error naming the keys to set."""
+        with pytest.raises(ValueError, match=r"spool\.collector_sites") as error:
+            settings(**central())
+        assert "server.tls.client_ca_file" in str(error.value)
+        with pytest.raises(ValueError, match=r"spool\.collect is true"):
+            settings(**{**central(collect=True), "site": {"tier": "edge"}})
+
+    @pytest.mark.parametrize(
+        "doc",
+        [
+            central(collector_sites=SITES),
+            central(collect=False),
+            central(host="127.0.0.1"),
+            {**central(), "site": {"tier": "regional"}},
+            {
+                **central(),
+                "server": {"host": "0.0.0.0", "tls": {"cert_file": "c", "client_ca_file": "ca"}},
+            },
+        ],
+        ids=["keys", "collect-false", "loopback", "not-central", "mtls"],
+    )
+    def test_decided_collectors_validate(self, doc: dict[str, Any]) -> None:
+        """Keys, mTLS, no collector, loopback, or a tier that does not collect: all valid."""
+        settings(**doc)
+
+    def test_site_keys_are_hashes_held_by_one_site(self) -> None:
+        """A raw key instead of its hash, or one hash for two sites, is refused."""
+        with pytest.raises(ValueError, match="collector_sites"):
+            settings(**central(collector_sites={"site-a": KEY_A}))
+        with pytest.raises(ValueError, match="sites site-a and site-b hold the same key hash"):
+            settings(
+                **central(collector_sites={"site-a": SITES["site-a"], "site-b": [SITES["site-a"]]})
+            )
+
+    def test_a_rotating_site_holds_two_hashes(self) -> None:
+        """During rotation a site lists its old and new hashes; either key is admitted."""
+        new = fixed_key("site-a-new")
+        guard = SiteGuard.of(
+            settings(**central(collector_sites={"site-a": [hash_key(KEY_A), hash_key(new)]}))
+        )
+        assert guard.admit(upload(KEY_A, "site-a")) == guard.admit(upload(new, "site-a"))
+
+    def test_key_file_is_relative_to_the_config(self, tmp_path: Path) -> None:
+        """A relative spool.collector_key_file is read from the config file's folder."""
+        config = tmp_path / "site.yaml"
+        config.write_text("spool: {collector_key_file: keys/collector.key}\n")
+        assert load_settings(config).spool.collector_key_file == tmp_path / "keys/collector.key"
+
+
+class TestKeyFile:
+    def test_the_key_is_read_without_its_newline(self, tmp_path: Path) -> None:
+        """The key as `layer-router tenant new-key` prints it, with a trailing newline."""
+        path = tmp_path / "collector.key"
+        path.write_text(KEY_A + "\n")
+        assert read_key_file(path) == KEY_A
+
+    @pytest.mark.parametrize(
+        "content", ["short-but-secret", "two words-of-a-key-long-enough", ""], ids=repr
+    )
+    def test_a_bad_key_file_is_a_config_error_that_quotes_nothing(
+        self, tmp_path: Path, content: str
+    ) -> None:
+        """Too short, with spaces, or empty: a config error naming the file, not its content."""
+        path = tmp_path / "collector.key"
+        path.write_text(content)
+        with pytest.raises(ConfigError) as error:
+            read_key_file(path)
+        assert str(path) in str(error.value)
+        assert "spool.collector_key_file" in str(error.value)
+        if content:
+            assert content not in str(error.value)
+
+    def test_a_missing_key_file_is_a_config_error(self, tmp_path: Path) -> None:
+        """An unreadable file stops start-up with an error that names it."""
+        with pytest.raises(ConfigError, match="cannot read it"):
+            read_key_file(tmp_path / "absent.key")
