@@ -4,6 +4,7 @@ with its drainer, the central tier's collector store and endpoint, and the audit
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,11 +16,13 @@ from router.resources import audit_path, state_dir
 from router.settings import Settings
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
-from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file
+from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
 from router.store_forward import StoreAndForward
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.workers import is_primary
+
+logger = logging.getLogger(__name__)
 
 
 async def spool_context(app: web.Application) -> AsyncIterator[None]:
@@ -48,6 +51,11 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
         if spool_settings.collector_key_file is not None:
             key = await asyncio.to_thread(read_key_file, spool_settings.collector_key_file)
             headers["Authorization"] = f"Bearer {key}"
+            if sent_in_clear(spool_settings.collector_url):
+                logger.warning(
+                    "spool.collector_url is plain http to another machine: this site's upload "
+                    "key crosses the network unencrypted; use https"
+                )
         session = plain_session()
         url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
         drainer = Drainer(

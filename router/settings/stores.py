@@ -52,6 +52,12 @@ class SpoolSettings(Strict):
     collector_sites: dict[SiteId, KeyHash | tuple[KeyHash, ...]] = {}
 
     @model_validator(mode="after")
+    def _key_has_a_collector(self) -> SpoolSettings:
+        if self.collector_key_file is not None and self.collector_url is None:
+            raise ValueError("collector_key_file is set but collector_url is not: nothing uploads")
+        return self
+
+    @model_validator(mode="after")
     def _site_keys_unique(self) -> SpoolSettings:
         owner: dict[str, str] = {}
         for site, hashes in self.site_key_hashes().items():

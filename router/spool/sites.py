@@ -19,9 +19,10 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from router.errors import ConfigError, SiteMismatch, Unauthorized
-from router.settings import Settings
+from router.settings import Settings, is_loopback
 from router.tenancy import MIN_KEY_LENGTH, hash_key, presented_key
 
 SITE_HEADER = "X-Layer-Router-Site"  # the site a batch comes from, as the uploader says
@@ -73,6 +74,12 @@ class SiteGuard:
             if hmac.compare_digest(presented, hashed):
                 found = site
         return found
+
+
+def sent_in_clear(url: str) -> bool:
+    """Whether an upload key sent to the collector at `url` would cross a network unencrypted."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")
 
 
 def read_key_file(path: Path) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from router.errors import ConfigError, SiteMismatch, Unauthorized
 from router.settings import Settings, load_settings
-from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file
+from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
 from router.tenancy import hash_key
 
 
@@ -150,14 +150,35 @@ class TestSettings:
         )
         assert guard.admit(upload(KEY_A, "site-a")) == guard.admit(upload(new, "site-a"))
 
+    def test_a_key_file_needs_a_collector(self) -> None:
+        """A key file without a collector_url is a mistake worth naming."""
+        with pytest.raises(ValueError, match="collector_key_file is set but collector_url"):
+            settings(spool={"collector_key_file": "upload.key"})
+
     def test_key_file_is_relative_to_the_config(self, tmp_path: Path) -> None:
         """A relative spool.collector_key_file is read from the config file's folder."""
         config = tmp_path / "site.yaml"
-        config.write_text("spool: {collector_key_file: keys/collector.key}\n")
+        config.write_text(
+            "spool: {collector_url: 'http://127.0.0.1:9', collector_key_file: keys/collector.key}\n"
+        )
         assert load_settings(config).spool.collector_key_file == tmp_path / "keys/collector.key"
 
 
 class TestKeyFile:
+    @pytest.mark.parametrize(
+        ("url", "clear"),
+        [
+            ("http://central.example.com:8000", True),
+            ("http://10.0.0.5", True),
+            ("https://central.example.com", False),
+            ("http://127.0.0.1:8000", False),
+            ("http://localhost:8000/", False),
+        ],
+    )
+    def test_keys_in_clear_are_noticed(self, url: str, clear: bool) -> None:
+        """Plain http to another machine would carry the key unencrypted: warned at start-up."""
+        assert sent_in_clear(url) is clear
+
     def test_the_key_is_read_without_its_newline(self, tmp_path: Path) -> None:
         """The key as `layer-router tenant new-key` prints it, with a trailing newline."""
         path = tmp_path / "collector.key"
