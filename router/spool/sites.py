@@ -16,16 +16,18 @@ close. No message, log line or metric quotes a key or a hash.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from router.errors import ConfigError, SiteMismatch, Unauthorized
+from router.errors import BadRequest, ConfigError, SiteMismatch, Unauthorized
 from router.settings import Settings, is_loopback
 from router.tenancy import MIN_KEY_LENGTH, hash_key, presented_key
 
 SITE_HEADER = "X-Layer-Router-Site"  # the site a batch comes from, as the uploader says
+SITE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # as settings.SiteId
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class SiteGuard:
                 raise SiteMismatch("the upload key belongs to another site than the batch names")
             return site
         if self.open or (self.mtls and certified):
+            if claimed is not None and not SITE_ID.fullmatch(claimed):
+                raise BadRequest(f"{SITE_HEADER} must be a site id (letters, digits and ._-)")
             return claimed
         raise Unauthorized(
             "a site's upload key is required: send 'Authorization: Bearer <key>'"

@@ -26,7 +26,7 @@ from router.api.state import SPOOL
 from router.app import build_app
 from router.settings import Settings
 from router.spool import Counts, Spool
-from router.spool.collector import COLLECTOR_PATH
+from router.spool.collector import COLLECTOR_PATH, CollectorStore
 from router.spool.sites import SITE_HEADER
 from router.spool.wire import NDJSON
 from router.tenancy import hash_key
@@ -80,6 +80,14 @@ def central_settings(tmp_path: Path, **server: Any) -> Settings:
             "spool": {"collector_sites": {"site-a": hash_key(KEY_A), "site-b": hash_key(KEY_B)}},
         }
     )
+
+
+@pytest.fixture(autouse=True)
+def own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own state folder: its collector store starts empty."""
+    folder = tmp_path / "state"
+    monkeypatch.setenv("LAYER_ROUTER_STATE_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture
@@ -197,10 +205,10 @@ class TestCollectorAuthentication:
         assert (status, orjson.loads(body)["new"]) == (200, 1)
 
     async def test_edge_with_its_key_file_drains_to_the_central(
-        self, central: RouterThread, tmp_path: Path
+        self, central: RouterThread, tmp_path: Path, own_state: Path
     ) -> None:
-        """A real edge's drainer uploads with the key from its key file: the spool drains and
-        the central holds the records (a resend of one is a duplicate)."""
+        """A real edge's drainer uploads with the key from its key file: the spool drains, the
+        central holds the records as site-a's, and a resend of one is a duplicate."""
         with edge(tmp_path, central.url, "site-a", KEY_A) as site:
             await put(site, "audit:e1", "audit:e2", "audit:e3")
             counts = await drained(site, 3)
@@ -208,6 +216,17 @@ class TestCollectorAuthentication:
         assert counts.balanced
         status, body, _ = await post(central.url, batch("audit:e2"), headers(KEY_A, "site-a"))
         assert (status, orjson.loads(body)["duplicates"]) == (200, 1)
+        central.stop()  # its store is its own while it runs
+        store = CollectorStore.open_sync(own_state / "collector-hq.sqlite3")
+        try:
+            stored = store.read_sync()
+        finally:
+            store.close_sync()
+        assert {(r.item.key, r.site) for r in stored} == {
+            ("audit:e1", "site-a"),
+            ("audit:e2", "site-a"),
+            ("audit:e3", "site-a"),
+        }
 
     async def test_keys_never_show(
         self, central: RouterThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -287,3 +306,6 @@ async def test_a_verified_client_certificate_is_enough(
         sent = headers(WRONG, "site-c")
         async with http.post(url, data=batch("audit:m2"), headers=sent, ssl=context) as answer:
             assert answer.status == 401
+        sent = headers(site="not a site id")
+        async with http.post(url, data=batch("audit:m3"), headers=sent, ssl=context) as answer:
+            assert answer.status == 400

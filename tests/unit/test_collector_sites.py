@@ -4,15 +4,19 @@ and the config that refuses an exposed collector nobody authenticates."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from router.errors import ConfigError, SiteMismatch, Unauthorized
+from router.errors import BadRequest, ConfigError, SiteMismatch, Unauthorized
 from router.settings import Settings, load_settings
+from router.spool.collector import CollectorStore
 from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
+from router.spool.wire import Item
 from router.tenancy import hash_key
 
 
@@ -97,6 +101,12 @@ class TestSiteGuard:
         keys_only = SiteGuard.of(settings(**central(collector_sites=SITES)))
         with pytest.raises(Unauthorized):
             keys_only.admit(upload(site="site-a"), certified=True)  # no client CA: no mTLS
+
+    def test_an_unchecked_site_name_must_be_a_site_id(self) -> None:
+        """Where the batch's own word names its site (mTLS, open), it must look like a site id:
+        that name is stored with its records."""
+        with pytest.raises(BadRequest):
+            SiteGuard().admit(upload(site="../../etc"))
 
     def test_loopback_without_keys_is_open(self) -> None:
         """A loopback-only central with no keys and no mTLS admits any upload (zero config)."""
@@ -205,3 +215,46 @@ class TestKeyFile:
         """An unreadable file stops start-up with an error that names it."""
         with pytest.raises(ConfigError, match="cannot read it"):
             read_key_file(tmp_path / "absent.key")
+
+
+OLD_RECEIVED = """
+CREATE TABLE received (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    payload BLOB NOT NULL, created REAL NOT NULL, expires REAL, received REAL NOT NULL
+);
+INSERT INTO received (key, kind, payload, created, expires, received)
+    VALUES ('old', 'audit', x'00', 1.0, NULL, 2.0);
+"""
+
+
+class TestStoredSite:
+    def test_records_keep_the_site_that_uploaded_them(self, tmp_path: Path) -> None:
+        """Each record stores its uploader; a later copy from another site changes nothing."""
+        store = CollectorStore.open_sync(tmp_path / "collector.sqlite3")
+        try:
+            store.add_sync([Item("k1", "audit", b"p", 1.0, None)], "site-a")
+            store.add_sync([Item("k1", "audit", b"q", 1.0, None)], "site-b")
+            store.add_sync([Item("k2", "audit", b"p", 1.0, None)])
+            assert [(r.item.key, r.site) for r in store.read_sync()] == [
+                ("k1", "site-a"),
+                ("k2", None),
+            ]
+        finally:
+            store.close_sync()
+
+    def test_a_store_from_before_sites_authenticated_opens(self, tmp_path: Path) -> None:
+        """A file without the site column gains it; its records stay, with no site."""
+        path = tmp_path / "collector.sqlite3"
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.executescript(OLD_RECEIVED)
+        store = CollectorStore.open_sync(path)
+        try:
+            store.add_sync([Item("new", "audit", b"p", 1.0, None)], "site-a")
+            assert [(r.item.key, r.site) for r in store.read_sync()] == [
+                ("old", None),
+                ("new", "site-a"),
+            ]
+        finally:
+            store.close_sync()
+        reopened = CollectorStore.open_sync(path)  # the column is added once
+        reopened.close_sync()
