@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from router.cli import main
 from router.errors import BadRequest, ConfigError, SiteMismatch, Unauthorized
 from router.settings import Settings, load_settings
 from router.spool.collector import CollectorStore
@@ -258,3 +259,18 @@ class TestStoredSite:
             store.close_sync()
         reopened = CollectorStore.open_sync(path)  # the column is added once
         reopened.close_sync()
+
+
+def test_check_command_reads_the_key_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`layer-router check` reads the upload key file too: a bad one is exit 2, not quoted."""
+    (tmp_path / "upload.key").write_text("too-short-a-secret")
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        "spool: {collector_url: 'https://hq.example', collector_key_file: upload.key}\n"
+    )
+    assert main(["check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "spool.collector_key_file" in err
+    assert "too-short-a-secret" not in err
