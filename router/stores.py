@@ -32,6 +32,8 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
     spool_settings = settings.spool
     spool: Spool | None = None
     drains = is_primary()
+    # Before anything is opened: a bad key file stops start-up with nothing to clean up.
+    headers = await _upload_headers(settings) if drains else {}
     path = spool_settings.path
     if path is None and spool_settings.collector_url:
         path = state_dir() / "spool.sqlite3"
@@ -47,15 +49,6 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
     app[SPOOL] = store = StoreAndForward(spool, app[RUNTIME].current.privacy, settings.site.id)
     tasks, session = [], None
     if spool is not None and spool_settings.collector_url and drains:
-        headers = {SITE_HEADER: settings.site.id}
-        if spool_settings.collector_key_file is not None:
-            key = await asyncio.to_thread(read_key_file, spool_settings.collector_key_file)
-            headers["Authorization"] = f"Bearer {key}"
-            if sent_in_clear(spool_settings.collector_url):
-                logger.warning(
-                    "spool.collector_url is plain http to another machine: this site's upload "
-                    "key crosses the network unencrypted; use https"
-                )
         session = plain_session()
         url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
         drainer = Drainer(
@@ -76,6 +69,22 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
             await session.close()
         if spool is not None:
             await spool.close()
+
+
+async def _upload_headers(settings: Settings) -> dict[str, str]:
+    """What every upload to the collector carries: this site's id and its upload key."""
+    spool = settings.spool
+    headers = {SITE_HEADER: settings.site.id}
+    if spool.collector_url is None or spool.collector_key_file is None:
+        return headers
+    key = await asyncio.to_thread(read_key_file, spool.collector_key_file)
+    headers["Authorization"] = f"Bearer {key}"
+    if sent_in_clear(spool.collector_url):
+        logger.warning(
+            "spool.collector_url is plain http to another machine: this site's upload key "
+            "crosses the network unencrypted; use https"
+        )
+    return headers
 
 
 async def collector_context(app: web.Application) -> AsyncIterator[None]:

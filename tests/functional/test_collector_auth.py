@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestServer
 
 from router.api.state import SPOOL
 from router.app import build_app
+from router.errors import ConfigError
 from router.settings import Settings
 from router.spool import Counts, Spool
 from router.spool.collector import COLLECTOR_PATH, CollectorStore
@@ -255,6 +256,25 @@ class TestCollectorAuthentication:
         assert "(401)" in caplog.text
         assert "(403)" in caplog.text
         assert_no_canary(caplog.text, *pages)
+
+
+async def test_a_bad_key_file_stops_start_up(tmp_path: Path) -> None:
+    """A site whose key file cannot be used does not start (rather than upload unsigned), and
+    the error names the file but not what it holds."""
+    bad = tmp_path / "upload.key"
+    bad.write_text("short-secret")
+    settings = Settings.model_validate(
+        {
+            "models": {"repository": tmp_path},
+            "spool": {"collector_url": "http://127.0.0.1:9", "collector_key_file": bad},
+        }
+    )
+    server = TestServer(build_app(settings), host="127.0.0.1")
+    with pytest.raises(ConfigError) as error:
+        await server.start_server()
+    await server.close()
+    assert "spool.collector_key_file" in str(error.value)
+    assert "short-secret" not in str(error.value)
 
 
 @pytest.fixture
