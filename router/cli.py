@@ -20,6 +20,7 @@ from router.policy.distribution import checked_bundle
 from router.privacy import Privacy
 from router.resources import demo_model_repository
 from router.settings import Settings, load_settings
+from router.spool.sites import read_key_file
 from router.upstreams.tls import TlsContexts
 from router.workers import as_worker, supervise, worker_index
 
@@ -136,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         try:
             TlsContexts.from_settings(settings)  # every certificate file readable and valid
+            if settings.spool.collector_key_file is not None:
+                read_key_file(settings.spool.collector_key_file)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -10,7 +10,8 @@
     ├── Unauthorized                 401 unauthorized       (no key, or one no tenant holds)
     ├── Forbidden                    403 forbidden
     │   ├── ResidencyDenied          403 residency_denied   (no compliant tier serves it)
-    │   └── ModelNotAllowed          403 model_not_allowed  (not among the tenant's models)
+    │   ├── ModelNotAllowed          403 model_not_allowed  (not among the tenant's models)
+    │   └── SiteMismatch             403 site_mismatch      (a site's upload key, another's batch)
     ├── RequestTimeout               408 request_timeout    (the body arrived too slowly)
     ├── DetectionFailed              422 detection_failed   (unscanned; may not leave the site)
     ├── MethodNotAllowed             405 method_not_allowed
@@ -97,6 +98,10 @@ class ResidencyDenied(Forbidden):
 
 class ModelNotAllowed(Forbidden):
     code = "model_not_allowed"
+
+
+class SiteMismatch(Forbidden):
+    code = "site_mismatch"
 
 
 class Unauthorized(RouterError):

@@ -4,6 +4,7 @@ with its drainer, the central tier's collector store and endpoint, and the audit
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,10 +16,13 @@ from router.resources import audit_path, state_dir
 from router.settings import Settings
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
+from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
 from router.store_forward import StoreAndForward
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.workers import is_primary
+
+logger = logging.getLogger(__name__)
 
 
 async def spool_context(app: web.Application) -> AsyncIterator[None]:
@@ -28,6 +32,8 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
     spool_settings = settings.spool
     spool: Spool | None = None
     drains = is_primary()
+    # Before anything is opened: a bad key file stops start-up with nothing to clean up.
+    headers = await _upload_headers(settings) if drains else {}
     path = spool_settings.path
     if path is None and spool_settings.collector_url:
         path = state_dir() / "spool.sqlite3"
@@ -47,7 +53,7 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
         url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
         drainer = Drainer(
             spool,
-            http_sender(poster(session, tls=app[TLS].collector), url),
+            http_sender(poster(session, tls=app[TLS].collector), url, headers),
             rate_per_s=spool_settings.drain_rate_per_s,
             batch_size=spool_settings.batch_size,
         )
@@ -65,15 +71,28 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
             await spool.close()
 
 
+async def _upload_headers(settings: Settings) -> dict[str, str]:
+    """What every upload to the collector carries: this site's id and its upload key."""
+    spool = settings.spool
+    headers = {SITE_HEADER: settings.site.id}
+    if spool.collector_url is None or spool.collector_key_file is None:
+        return headers
+    key = await asyncio.to_thread(read_key_file, spool.collector_key_file)
+    headers["Authorization"] = f"Bearer {key}"
+    if sent_in_clear(spool.collector_url):
+        logger.warning(
+            "spool.collector_url is plain http to another machine: this site's upload key "
+            "crosses the network unencrypted; use https"
+        )
+    return headers
+
+
 async def collector_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    collects = settings.spool.collect
-    if collects is None:
-        collects = settings.site.tier.value == "central"
     store = None
-    if collects:
+    if settings.collects:
         store = await _open_collector(settings.site.id, shared=settings.server.workers > 1)
-        (route,) = collector_routes(store)
+        (route,) = collector_routes(store, guard=SiteGuard.of(settings))
         app[COLLECTOR].append(route.handler)
     try:
         yield

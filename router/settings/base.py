@@ -9,6 +9,8 @@ from pydantic import Field
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+# A site's id: in file names (the audit log, the collector store) and in the spool's uploads.
+SiteId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 
 
 class Tier(StrEnum):

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from router.settings.base import Tier
+from router.settings.base import SiteId, Tier
 from router.settings.listener import (
     AdminSettings,
     AuthSettings,
@@ -22,9 +22,7 @@ from router.yamlconf import Strict
 
 
 class SiteSettings(Strict):
-    id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")] = (
-        "edge-local"
-    )
+    id: SiteId = "edge-local"
     tier: Tier = Tier.EDGE
     # Where this site's data originates; residency rules compare endpoints' jurisdictions to it.
     jurisdiction: str = ""
@@ -72,6 +70,33 @@ class Settings(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _collector_guarded(self) -> Settings:
+        if self.collects and not self.collector_authenticates and not is_loopback(self.server.host):
+            why = "spool.collect is true" if self.spool.collect else "site.tier is central"
+            raise ValueError(
+                f"this router offers the spool collector (POST /v1/spool/batches: {why}) and "
+                f"server.host {self.server.host!r} is reachable from other machines, but "
+                "uploads are not authenticated: set spool.collector_sites (each site's id and "
+                "the sha256: hash of its upload key, from `layer-router tenant new-key`), or "
+                "server.tls.client_ca_file (mTLS), or spool.collect: false"
+            )
+        return self
+
     @property
     def auth_required(self) -> bool:
         return self.auth.mode == "required"
+
+    @property
+    def collects(self) -> bool:
+        """Whether this router offers the collector: as `spool.collect` says, else if central."""
+        if self.spool.collect is not None:
+            return self.spool.collect
+        return self.site.tier is Tier.CENTRAL
+
+    @property
+    def collector_authenticates(self) -> bool:
+        """Uploads must show a site's key, or arrive over mTLS (a verified client certificate)."""
+        tls = self.server.tls
+        mtls = tls is not None and tls.client_ca_file is not None
+        return mtls or bool(self.spool.collector_sites)

@@ -33,8 +33,13 @@ def load_settings(path: Path | None) -> Settings:
     if relative:
         settings = settings.model_copy(update={"policy": policy.model_copy(update=relative)})
     spool = settings.spool
-    if spool.path is not None and not spool.path.is_absolute():
-        spool = spool.model_copy(update={"path": path.parent / spool.path})
+    spool_files = {
+        key: path.parent / value
+        for key, value in (("path", spool.path), ("collector_key_file", spool.collector_key_file))
+        if value is not None and not value.is_absolute()
+    }
+    if spool_files:
+        spool = spool.model_copy(update=spool_files)
         settings = settings.model_copy(update={"spool": spool})
     # Only a path the file names is the file's; the default stays in the working directory.
     audit_path = settings.audit.path

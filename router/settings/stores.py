@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from router.settings.base import PositiveFloat, PositiveInt
+from router.policy.model import KeyHash
+from router.settings.base import PositiveFloat, PositiveInt, SiteId
 from router.settings.upstream import TlsSettings
 from router.yamlconf import Strict
 
@@ -40,8 +41,39 @@ class SpoolSettings(Strict):
     collector_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
     # TLS towards the collector (an https collector_url), as for an upstream cluster.
     tls: TlsSettings = TlsSettings()
+    # A file holding this site's upload key (`layer-router tenant new-key`), sent as
+    # `Authorization: Bearer <key>` with every batch. Relative: to the config file.
+    collector_key_file: Path | None = None
     # Offer the collector endpoint (POST /v1/spool/batches) here. None: when the site is central.
     collect: bool | None = None
+    # The collector's side: each site id and the `sha256:` hash(es) of its upload key (a list
+    # while a key is being rotated). Empty: uploads need mTLS (server.tls.client_ca_file), or
+    # the router must listen on loopback only.
+    collector_sites: dict[SiteId, KeyHash | tuple[KeyHash, ...]] = {}
+
+    @model_validator(mode="after")
+    def _key_has_a_collector(self) -> SpoolSettings:
+        if self.collector_key_file is not None and self.collector_url is None:
+            raise ValueError("collector_key_file is set but collector_url is not: nothing uploads")
+        return self
+
+    @model_validator(mode="after")
+    def _site_keys_unique(self) -> SpoolSettings:
+        owner: dict[str, str] = {}
+        for site, hashes in self.site_key_hashes().items():
+            for hashed in hashes:
+                if owner.setdefault(hashed, site) != site:
+                    raise ValueError(
+                        f"collector_sites: sites {owner[hashed]} and {site} hold the same key hash"
+                    )
+        return self
+
+    def site_key_hashes(self) -> dict[str, tuple[str, ...]]:
+        """Each site's accepted key hashes, a single hash read as a list of one."""
+        return {
+            site: (hashes,) if isinstance(hashes, str) else hashes
+            for site, hashes in self.collector_sites.items()
+        }
 
 
 class AuditSettings(Strict):

@@ -6,7 +6,8 @@ uploaded in batches when the link is up.
 - drain.py: the drainer (rate-limited, backoff, at-least-once by idempotency key) and an HTTP
   sender over a transport the caller provides.
 - wire.py: the upload format. collector.py: the central tier's endpoint, which de-duplicates
-  by key (imported on its own: it needs aiohttp's server side).
+  by key (imported on its own: it needs aiohttp's server side). sites.py: who may upload
+  (each site's key, or mTLS) and the site's own key file.
 - records.py: the records table's operations (put, full policy, expiry, lease, ack).
 - worker.py, schema.py: the thread that owns each SQLite connection, and the file's tables.
 """
@@ -25,13 +26,14 @@ from router.spool.store import (
     SpoolError,
     SpoolUnavailable,
 )
-from router.spool.wire import BatchError, DeliveryFailed, Item
+from router.spool.wire import BatchError, CollectorRefused, DeliveryFailed, Item
 
 if TYPE_CHECKING:
     from router.settings import SpoolSettings
 
 __all__ = [
     "BatchError",
+    "CollectorRefused",
     "Counts",
     "DeliveryFailed",
     "DrainStats",

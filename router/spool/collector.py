@@ -7,6 +7,9 @@ per batch (WAL, synchronous=FULL); only then does it answer, listing every key o
 it holds. A key it lists is durable here, so the site may forget it; what arrives twice is
 counted as a duplicate and stored once.
 
+Each record keeps the site that uploaded it: the one whose key the collector checked (or, over
+mTLS or on an open loopback collector, the site the batch names; None when it names none).
+
 Keys are kept for as long as the records are (the retention of received records is the
 central tier's business, see `read`); a key forgotten earlier than any site's spool TTL could
 let a late resend in twice.
@@ -27,6 +30,7 @@ from aiohttp import web
 
 from router.errors import Unavailable
 from router.spool import schema
+from router.spool.sites import SiteGuard
 from router.spool.store import SpoolUnavailable
 from router.spool.wire import Item, decode_batch
 from router.spool.worker import Job, SqliteWorker, WorkerBusy, WorkerClosed
@@ -43,7 +47,8 @@ CREATE TABLE IF NOT EXISTS received (
     payload BLOB NOT NULL,
     created REAL NOT NULL,
     expires REAL,
-    received REAL NOT NULL
+    received REAL NOT NULL,
+    site TEXT
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
@@ -63,6 +68,7 @@ class Received:
     id: int  # increasing: page with `read(after=last id seen)`
     item: Item
     received: float
+    site: str | None = None  # who uploaded it (see the module's docstring)
 
 
 class CollectorStore:
@@ -74,9 +80,7 @@ class CollectorStore:
 
     @classmethod
     def _start(cls, path: Path, clock: Callable[[], float], shared: bool) -> CollectorStore:
-        worker = SqliteWorker(
-            f"collector:{path.name}", lambda: schema.connect(path, _SCHEMA, shared=shared)
-        )
+        worker = SqliteWorker(f"collector:{path.name}", lambda: _connect(path, shared))
         return cls(worker, clock)
 
     @classmethod
@@ -103,16 +107,18 @@ class CollectorStore:
             raise SpoolUnavailable(f"cannot open collector store {path}: {exc}") from None
         return store
 
-    async def add(self, items: Sequence[Item]) -> Added:
-        """Store the items whose keys are new; answers only after the commit."""
-        return await asyncio.wrap_future(self._worker.submit(self._add_job(items), group=True))
+    async def add(self, items: Sequence[Item], site: str | None = None) -> Added:
+        """Store the items whose keys are new, as uploaded by `site`; answers only after the
+        commit."""
+        job = self._add_job(items, site)
+        return await asyncio.wrap_future(self._worker.submit(job, group=True))
 
-    def add_sync(self, items: Sequence[Item]) -> Added:
-        return self._worker.submit(self._add_job(items), group=True).result()
+    def add_sync(self, items: Sequence[Item], site: str | None = None) -> Added:
+        return self._worker.submit(self._add_job(items, site), group=True).result()
 
-    def _add_job(self, items: Sequence[Item]) -> Job[Added]:
+    def _add_job(self, items: Sequence[Item], site: str | None) -> Job[Added]:
         now = self._clock()
-        return lambda conn: _add(conn, items, now)
+        return lambda conn: _add(conn, items, now, site)
 
     async def read(self, after: int = 0, limit: int = 1000) -> list[Received]:
         """Stored records with ids above `after`, oldest first."""
@@ -137,14 +143,30 @@ class CollectorStore:
         self._worker.join()
 
 
-def _add(conn: sqlite3.Connection, items: Sequence[Item], now: float) -> Added:
+def _connect(path: Path, shared: bool) -> sqlite3.Connection:
+    conn = schema.connect(path, _SCHEMA, shared=shared)
+    try:
+        # Files from before sites authenticated have no `site` column. One transaction, so
+        # workers opening a shared file together add it once.
+        conn.execute("BEGIN IMMEDIATE")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(received)")}
+        if "site" not in columns:
+            conn.execute("ALTER TABLE received ADD COLUMN site TEXT")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _add(conn: sqlite3.Connection, items: Sequence[Item], now: float, site: str | None) -> Added:
     accepted: dict[str, None] = {}
     new = 0
     for item in items:
         cursor = conn.execute(
-            "INSERT INTO received (key, kind, payload, created, expires, received)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-            (item.key, item.kind, item.payload, item.created, item.expires, now),
+            "INSERT INTO received (key, kind, payload, created, expires, received, site)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            (item.key, item.kind, item.payload, item.created, item.expires, now, site),
         )
         new += cursor.rowcount
         accepted[item.key] = None
@@ -155,24 +177,30 @@ def _add(conn: sqlite3.Connection, items: Sequence[Item], now: float) -> Added:
 
 def _read(conn: sqlite3.Connection, after: int, limit: int) -> list[Received]:
     rows = conn.execute(
-        "SELECT id, key, kind, payload, created, expires, received FROM received"
+        "SELECT id, key, kind, payload, created, expires, received, site FROM received"
         " WHERE id > ? ORDER BY id LIMIT ?",
         (after, limit),
     )
     return [
-        Received(rid, Item(key, kind, payload, created, expires), received)
-        for rid, key, kind, payload, created, expires, received in rows
+        Received(rid, Item(key, kind, payload, created, expires), received, site)
+        for rid, key, kind, payload, created, expires, received, site in rows
     ]
 
 
-def collector_routes(store: CollectorStore, path: str = COLLECTOR_PATH) -> list[web.RouteDef]:
+def collector_routes(
+    store: CollectorStore, path: str = COLLECTOR_PATH, *, guard: SiteGuard | None = None
+) -> list[web.RouteDef]:
     """The collector's route, for `app.add_routes(...)` in an app with the error middleware
-    (router.api.errors), which turns BatchError into 400 and Unavailable into 503."""
+    (router.api.errors), which turns BatchError into 400 and Unavailable into 503. `guard`
+    says who may upload (router.spool.sites); None: anyone, for a collector on loopback."""
+    sites = guard if guard is not None else SiteGuard()
 
     async def receive(request: web.Request) -> web.Response:
+        # Before the body is read: an upload nobody vouches for costs the collector nothing.
+        site = sites.admit(request.headers, certified=bool(request.get_extra_info("peercert")))
         items = decode_batch(await request.read(), request.content_type)
         try:
-            added = await store.add(items)
+            added = await store.add(items, site)
         except (sqlite3.Error, WorkerBusy, WorkerClosed) as exc:
             log.warning("collector could not store a batch: %s", type(exc).__name__)
             raise Unavailable("the collector cannot store batches right now", 5.0) from None

@@ -18,7 +18,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from router.spool.store import Record, Spool
-from router.spool.wire import NDJSON, DeliveryFailed, decode_accepted, encode_batch
+from router.spool.wire import (
+    NDJSON,
+    CollectorRefused,
+    DeliveryFailed,
+    decode_accepted,
+    encode_batch,
+)
 from router.spool.worker import WorkerClosed
 
 log = logging.getLogger(__name__)
@@ -31,11 +37,15 @@ Send = Callable[[list[Record]], Awaitable[set[str]]]
 Post = Callable[[str, bytes, Mapping[str, str]], Awaitable[tuple[int, bytes]]]
 
 
-def http_sender(post: Post, url: str) -> Send:
-    """A `Send` that uploads batches as JSON lines to a collector at `url`."""
+def http_sender(post: Post, url: str, headers: Mapping[str, str] | None = None) -> Send:
+    """A `Send` that uploads batches as JSON lines to a collector at `url`, with `headers`
+    (the site's name and upload key) on every request."""
+    sent = {**(headers or {}), "Content-Type": NDJSON}
 
     async def send(records: list[Record]) -> set[str]:
-        status, body = await post(url, encode_batch(records), {"Content-Type": NDJSON})
+        status, body = await post(url, encode_batch(records), sent)
+        if status in (401, 403):
+            raise CollectorRefused(f"the collector refused this site's credentials ({status})")
         if status != 200:
             raise DeliveryFailed(f"the collector answered {status}")
         return decode_accepted(body, (record.key for record in records))
@@ -166,5 +176,12 @@ class Drainer:
         base, cap = self._backoff
         ceiling = min(cap, base * 2.0 ** min(self.stats.consecutive_failures - 1, 30))
         if self.stats.consecutive_failures == 1:  # once per outage: backoff retries are quiet
-            log.warning("spool uploads failing (%s); retrying with backoff", type(exc).__name__)
+            if isinstance(exc, CollectorRefused):  # our own words: a status, never a reply
+                log.warning(
+                    "spool uploads failing: %s; check spool.collector_key_file here and the "
+                    "collector's spool.collector_sites; retrying with backoff",
+                    exc,
+                )
+            else:
+                log.warning("spool uploads failing (%s); retrying with backoff", type(exc).__name__)
         return ceiling * self._rng.uniform(0.5, 1.0)

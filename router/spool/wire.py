@@ -6,6 +6,8 @@ A batch is JSON lines (`application/x-ndjson`), one record per line, or one JSON
 fields are ignored so either side can grow. The collector answers
 `{"accepted": [keys], "new": n, "duplicates": n}`, where `accepted` lists every key of the
 batch it now holds, whether it arrived now or before: the sender may forget exactly those.
+Each upload names its site (`X-Layer-Router-Site`) and carries the site's upload key
+(`Authorization: Bearer`), which the collector checks first (router.spool.sites).
 
 Decoding is strict and total: any input either yields items or raises BatchError, whose
 messages name positions and fields, never the bytes received.
@@ -37,6 +39,10 @@ class BatchError(MalformedBody):
 
 class DeliveryFailed(Exception):
     """The collector did not acknowledge a batch (bad status or unreadable answer)."""
+
+
+class CollectorRefused(DeliveryFailed):
+    """The collector refused the site's credentials (401, 403): its upload key or site id."""
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,25 @@ def test_sidecar_pod_probes_mounts_and_resources() -> None:
         ]
     )
     assert str(key.parent) in mounts
+
+
+def test_compose_central_decides_its_collector() -> None:
+    """The compose central listens on 0.0.0.0, so its collector is decided: none is offered."""
+    settings = load_settings(DEPLOY / "compose" / "central.yaml")
+    assert settings.collects is False
+
+
+def test_sidecar_uploads_with_a_key_from_the_secret() -> None:
+    """The sidecar's spool uploads with a key file that the mounted Secret holds."""
+    objects = kubernetes()
+    config = yaml.safe_load(objects["ConfigMap/layer-router-config"]["data"]["config.yaml"])
+    settings = Settings.model_validate(config)
+    key_file = settings.spool.collector_key_file
+    assert key_file is not None
+    assert settings.spool.collector_url
+    pod = objects["Pod/plant-app"]["spec"]
+    (router,) = [c for c in pod["containers"] if c["name"] == "layer-router"]
+    mounts = {m["mountPath"]: m["name"] for m in router["volumeMounts"]}
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[str(key_file.parent)])
+    secret = objects[f"Secret/{volume['secret']['secretName']}"]
+    assert key_file.name in secret["stringData"]
