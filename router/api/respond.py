@@ -97,15 +97,23 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     if reply.stream is not None:
         reply.stream = trail.streamed(ctx, reply.status, reply.stream)
         return await _stream(request, reply, headers, ctx)
-    await trail.write(ctx, reply.status, reply.body)
-    request.app[SPOOL].maybe_sample(ctx, reply)
-    observe(request.app, ctx, reply.status)
     headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
     response = web.Response(
         body=reply.body, status=reply.status, content_type=reply.content_type, headers=headers
     )
     if len(reply.body) >= 1024 and "Accept-Encoding" in request.headers:
         response.enable_compression()
+    try:
+        # The answer goes out first: the record, the sample and the counts are bookkeeping
+        # the client need not wait for (the next request on this connection still does).
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client left mid-answer (aiohttp sees it too); the record says what was sent
+    finally:
+        await trail.write(ctx, reply.status, reply.body)
+        request.app[SPOOL].maybe_sample(ctx, reply)
+        observe(request.app, ctx, reply.status)
     return response
 
 

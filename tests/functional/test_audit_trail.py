@@ -166,3 +166,33 @@ async def _post_binary(http: aiohttp.ClientSession, base: str, values: bytes) ->
     async with asyncio.timeout(10), http.post(url, data=_HEADER + values, headers=headers) as r:
         assert r.status == 200, await r.text()
         return r.headers["X-Cache"], r.headers["X-Audit-Id"]
+
+
+class TestAnswerFirst:
+    async def test_answer_reaches_the_client_before_its_record_is_written(
+        self, site: Site, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The record, the sample and the counts come after the answer went out: with the
+        trail's write held back, the client still gets its answer (and its audit id), and
+        the record is in the log once the write goes on."""
+        from router.trail import Trail
+
+        release = asyncio.Event()
+        entered = asyncio.Event()
+        real = Trail.write
+
+        async def held(self: Trail, ctx: Any, status: int, body: bytes | None) -> None:
+            entered.set()
+            await release.wait()
+            await real(self, ctx, status, body)
+
+        monkeypatch.setattr(Trail, "write", held)
+        async with aiohttp.ClientSession() as http:
+            url = site.base + "/v2/models/color_classifier/infer"
+            status, audit_id = await _post(http, url, LOCAL)
+            assert status == 200
+            assert entered.is_set()  # the write had started, and was still held
+            release.set()
+            await asyncio.wait_for(_post(http, url, LOCAL), 10)  # the connection goes on
+        await site.stop()
+        assert show(site.audit, audit_id).records[0].entry["status"] == 200
