@@ -41,6 +41,8 @@ class ClassifyAndRedact:
         self._escalating = escalating  # models whose answers may be escalated upstream
         self._cached_apis = cached_apis  # a cached answer needs the request's class too
         self._memo = SurveyMemo()  # only for cacheable requests, whose repeats are hits
+        # Most requests carry none of the headers the survey scans: then there is no walk to set up.
+        self._scanned_headers = frozenset(name.lower() for name in privacy.survey.headers)
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         bundle = self._privacy.bundle
@@ -117,7 +119,7 @@ class ClassifyAndRedact:
         query = ctx.path.partition("?")[2]
         if query and privacy.bundle.detection.query:
             redact_query(query, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found)
-        if privacy.survey.headers:
+        if not self._scanned_headers.isdisjoint(name.lower() for name in ctx.headers):
             redact_headers(
                 ctx.headers, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
             )

@@ -41,6 +41,14 @@ class Cluster:
     active: int = 0
     retries_active: int = 0
     counters: Counters = field(default_factory=Counters)
+    # Fixed by the settings (a reload that changes them makes a new cluster): made once here,
+    # not in every request's view.
+    protocols: frozenset[str] = field(init=False)
+    jurisdictions: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.protocols = frozenset(p.value for p in self.settings.protocols)
+        self.jurisdictions = frozenset(ep.settings.jurisdiction for ep in self.endpoints)
 
     @classmethod
     def from_settings(cls, settings: ClusterSettings) -> Cluster:
@@ -75,16 +83,12 @@ class Cluster:
         return ClusterView(
             name=self.name,
             tier=self.settings.tier.value,
-            protocols=frozenset(p.value for p in self.settings.protocols),
+            protocols=self.protocols,
             models=self.models,
             live_endpoints=len(live),
             expected_ms=min((ep.health.expected_ms for ep in live), default=float("inf")),
             jurisdictions=self.jurisdictions,
         )
-
-    @property
-    def jurisdictions(self) -> frozenset[str]:
-        return frozenset(ep.settings.jurisdiction for ep in self.endpoints)
 
     def pick(self, now: float, avoid: Endpoint | None = None) -> Endpoint | None:
         """A live endpoint by weight, preferring one other than the endpoint that just failed."""
