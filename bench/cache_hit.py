@@ -1,6 +1,7 @@
 """The cache-hit path (issue 5): the router answering from its response cache vs the Python
-floor (read body, hash, dict lookup, stored bytes), with the audit trail on and off, side by
-side in one run. Server on CPU 0, wrk on CPU 1; CPU µs per request from /proc; medians.
+floor (read body, hash, dict lookup, stored bytes; also with the headers every answer of the
+router carries), with the audit trail on and off, side by side in one run. Server on CPU 0,
+wrk on CPU 1; CPU µs per request from /proc; medians.
 
 usage: python bench/cache_hit.py [--duration 5] [--repeats 3] [--concurrency 1,64]
 Targets: cache hit ≤ 60 µs CPU per request; audit on vs off p99 overhead ≤ 2 ms.
@@ -37,8 +38,10 @@ PATH = "/v2/models/color_classifier/infer"
 def servers(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], int | None]]:
     env = dict(os.environ, LAYER_ROUTER_STATE_DIR=str(tmp / "state"))
     made: dict[str, tuple[list[str], dict[str, str], int | None]] = {}
-    port = free_port()
-    made["floor"] = ([PY, str(HERE / "cache_floor_server.py"), "--port", str(port)], env, port)
+    for name, extra in (("floor", []), ("floor_headers", ["--headers"])):
+        port = free_port()
+        argv = [PY, str(HERE / "cache_floor_server.py"), "--port", str(port), *extra]
+        made[name] = (argv, env, port)
     for name, audit in (("router", "{}"), ("router_no_audit", "{enabled: false}")):
         config = tmp / f"{name}.yaml"
         config.write_text(f"models: {{repository: {EDGE_MODELS}}}\naudit: {audit}\n")
@@ -119,6 +122,8 @@ def report(results: dict[tuple[str, int], list[dict[str, Any]]], concs: list[int
             f"{'PASS' if hit <= 60 else 'MISS'} |"
         )
         print(f"| router/floor CPU per request | {conc} | {hit / floor:.2f}x | | |")
+        dressed = med(results[("floor_headers", conc)], "cpu_us_per_req")
+        print(f"| floor with the router's 8 headers, CPU µs/req | {conc} | {dressed:.1f} | | |")
         print(f"| audit on minus off, CPU µs/req | {conc} | {hit - bare:.1f} | | |")
         print(
             f"| audit on minus off, p99 ms | {conc} | {p99 / 1000:.3f} | ≤ 2 | "

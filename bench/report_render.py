@@ -19,7 +19,8 @@ SECTIONS = {
     ),
     "cache_hit": (
         "Cache hit, and the audit trail's overhead",
-        "The router answering from its response cache (audit on and off) vs a Python floor.",
+        "The router answering from its response cache (audit on and off) vs a Python floor, bare "
+        "and with the headers every answer of the router carries (floor_headers).",
     ),
     "local_inference": (
         "Local inference",
