@@ -22,13 +22,12 @@ from harness import (
     PY,
     ROUTER_BIN,
     Server,
-    Usage,
-    cpu_figures,
     free_port,
     load,
     log,
     stop_children_on_exit,
 )
+from procstat import Usage, cpu_figures
 
 EDGE_MODELS = HERE.parent / "edge_models"
 BODY = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [1, 0.5, 0]}]}

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from forwarding_targets import CHAT, check, make_server, start_mock
-from harness import CLK, HERE, PY, Server, Usage, cpu_figures, fmt, load, log, run_child
+from harness import HERE, PY, Server, fmt, load, log, run_child
+from procstat import CLK, Usage, cpu_figures
 
 
 def mock_served(base: str) -> int:

@@ -1,6 +1,6 @@
-"""What the benchmark scripts share: pinned servers stopped by process group, /proc CPU
-accounting, the closed-loop load generator (wrk, else closed_loop.py), report formatting, and
-the run every script's main() makes (`run_bench`).
+"""What the benchmark scripts share: pinned servers stopped by process group, the closed-loop
+load generator (wrk, else closed_loop.py), report formatting, and the run every script's main()
+makes (`run_bench`). CPU accounting from /proc is procstat.py.
 
 Every process started through here is remembered, so `stop_children_on_exit` can stop each one
 by its own process-group id on any exit (error, Ctrl-C, SIGTERM); nothing is killed by name.
@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from procstat import group_members
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PY = sys.executable
 ROUTER_BIN = str(Path(PY).with_name("layer-router"))
 WRK = shutil.which("wrk")
-CLK = os.sysconf("SC_CLK_TCK")
 LISTENING = re.compile(r"listening on http://([^\s,/]+):(\d+)")
 
 _children: list[subprocess.Popen[bytes]] = []  # every process we start, to stop on any exit
@@ -40,80 +41,6 @@ _children: list[subprocess.Popen[bytes]] = []  # every process we start, to stop
 
 def log(msg: str) -> None:
     print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------ /proc
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()  # fields from `state` on
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields and int(fields[2]) == pgid:
-                members.append(int(entry))
-    return members
-
-
-def group_cpu_ticks(pgid: int) -> int:
-    """utime + stime of every process in the group (each covers all of its threads)."""
-    total = 0
-    for pid in group_members(pgid):
-        fields = _stat_fields(pid)
-        if fields:
-            total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def core_ticks() -> dict[str, tuple[int, int]]:
-    """Per CPU from /proc/stat: (busy incl. irq/softirq, total) jiffies."""
-    out = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("cpu") and line[3].isdigit():
-            name, *vals = line.split()
-            v = [int(x) for x in vals[:8]]
-            out[name[3:]] = (v[0] + v[1] + v[2] + v[5] + v[6], sum(v))
-    return out
-
-
-@dataclass(frozen=True)
-class Usage:
-    """CPU ticks of some process groups and of every core, at one moment."""
-
-    groups: dict[int, int]
-    cores: dict[str, tuple[int, int]]
-    at: float
-
-    @classmethod
-    def now(cls, pgids: Iterable[int]) -> Usage:
-        return cls({g: group_cpu_ticks(g) for g in pgids}, core_ticks(), time.monotonic())
-
-
-def cpu_figures(
-    before: Usage, after: Usage, pgid: int, requests: int, sut_cpu: str, cpus: Iterable[str]
-) -> dict[str, Any]:
-    """Server CPU per request and % of one core for `pgid`, each core's busy %, and the busy
-    time on the SUT core not charged to that server (neighbours, softirq, the harness)."""
-    wall = after.at - before.at
-    cpu_s = (after.groups[pgid] - before.groups[pgid]) / CLK
-    busy = {}
-    for c in set(cpus) | {sut_cpu}:
-        d_busy = after.cores[c][0] - before.cores[c][0]
-        d_total = max(1, after.cores[c][1] - before.cores[c][1])
-        busy[c] = 100 * d_busy / d_total
-    cpu_pct = 100 * cpu_s / wall
-    return {
-        "cpu_us_per_req": cpu_s * 1e6 / max(1, requests),
-        "cpu_pct": cpu_pct,
-        "core_busy_pct": busy,
-        "other_on_sut_pct": max(0.0, busy[sut_cpu] - cpu_pct),
-    }
 
 
 # ------------------------------------------------------------------ processes
@@ -319,17 +246,6 @@ def git_state() -> str:
     except OSError:
         return "unknown"
     return f"{head}{' + uncommitted router/ changes' if dirty else ''}"
-
-
-def cpu_model() -> str:
-    return next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
 
 
 # ------------------------------------------------------------------ run preamble

@@ -37,9 +37,6 @@ from harness import (
     WRK,
     Bench,
     Server,
-    Usage,
-    cpu_figures,
-    cpu_model,
     git_state,
     log,
     run_bench,
@@ -47,6 +44,7 @@ from harness import (
 )
 from harness import load as closed_loop
 from local_inference_report import report
+from procstat import Usage, cpu_figures, cpu_model
 
 
 # ------------------------------------------------------------------ workloads

@@ -27,7 +27,7 @@ from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_headers, redact_json, redact_query
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
-from router.v2.codec import with_timeout
+from router.v2.request import with_timeout
 
 SERVED_BY_TIER = "X-Served-By-Tier"
 ROUTE_REASON = "X-Route-Reason"

@@ -8,7 +8,8 @@ import numpy as np
 
 from router.errors import InvalidTensor
 from router.inference.repository import ModelVersion
-from router.v2.codec import InferRequest, OutputTensor, RequestedOutput, classify
+from router.v2.request import InferRequest, RequestedOutput
+from router.v2.response import OutputTensor, classify
 
 
 @dataclass(slots=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.errors import InvalidTensor
-from router.v2.codec import InputTensor
 from router.v2.datatypes import Datatype, from_ort
+from router.v2.request import InputTensor
 
 DYNAMIC = -1
 

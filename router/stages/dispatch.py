@@ -28,7 +28,8 @@ from router.settings import RoutingSettings
 from router.stages.route import DecideRoute
 from router.upstreams import forward
 from router.upstreams.registry import Upstreams
-from router.v2.codec import build_request, encode_response
+from router.v2.request import build_request
+from router.v2.response import encode_response
 
 log = logging.getLogger(__name__)
 

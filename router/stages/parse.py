@@ -9,7 +9,7 @@ import orjson
 from router.context import Reply, RequestContext
 from router.errors import BadRequest, MalformedBody
 from router.nesting import TOO_DEEP, check_depth, is_depth_error
-from router.v2.codec import parse_header, timeout_us
+from router.v2.request import parse_header, timeout_us
 
 
 class ParseInferRequest:

@@ -1,1 +1,2 @@
-"""KServe v2 / Open Inference Protocol: tensor datatypes and the request/response codec."""
+"""KServe v2 / Open Inference Protocol: tensor datatypes, request decoding
+(request.py, tensors.py) and response encoding (response.py)."""

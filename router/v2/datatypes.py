@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,9 @@ _ALL = (
     _dt("FP64", "<f8", "tensor(double)", "iuf"),
     _dt("BYTES", "O", "tensor(string)", "U"),
 )
+
+# Each BYTES element on the wire (binary extension): a little-endian 4-byte length, then the bytes.
+BYTES_LENGTH = struct.Struct("<I")
 
 BY_NAME: dict[str, Datatype] = {d.name: d for d in _ALL}
 BY_ORT: dict[str, Datatype] = {d.ort: d for d in _ALL}

@@ -1,4 +1,5 @@
-"""router/v2/codec.py: decoding v2 requests (JSON and binary), encoding responses, classify()."""
+"""router/v2 request, tensors, response: decoding v2 requests (JSON and binary), encoding
+responses, classify()."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ import orjson
 import pytest
 
 from router.errors import InvalidTensor, MalformedBody, RouterError
-from router.v2.codec import (
+from router.v2.request import (
     InferRequest,
-    OutputTensor,
     RequestedOutput,
-    classify,
     decode_request,
-    encode_response,
     parse_header,
     timeout_us,
     with_timeout,
 )
+from router.v2.response import OutputTensor, classify, encode_response
 
 # Values that must never show up in an error message: they stand for a client's private data.
 CANARY = "canary-5d1f0e7b"

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from router.errors import RouterError
-from router.v2.codec import InferRequest, decode_request
 from router.v2.datatypes import BY_NAME
+from router.v2.request import InferRequest, decode_request
 
 FUZZ = settings(
     max_examples=400,

@@ -1,0 +1,86 @@
+"""Encode a v2 inference response (JSON, or JSON header plus binary outputs) and Triton's
+classification extension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from router.errors import InvalidTensor
+from router.v2.datatypes import BYTES_LENGTH, Datatype, of_array
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    array: np.ndarray
+    binary: bool
+
+
+def classify(array: np.ndarray, top_k: int, labels: tuple[str, ...]) -> np.ndarray:
+    """Triton's classification extension: "score:index[:label]" strings, best first, per row."""
+    scores = np.asarray(array, dtype=np.float64)
+    if scores.ndim == 0:
+        raise InvalidTensor("classification needs an output with at least one dimension")
+    k = min(top_k, scores.shape[-1])
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    picked = np.take_along_axis(scores, order, axis=-1)
+    out = np.empty(order.shape, dtype=object)
+    for pos in np.ndindex(order.shape):
+        index = int(order[pos])
+        label = f":{labels[index]}" if index < len(labels) else ""
+        out[pos] = f"{picked[pos]:f}:{index}{label}"
+    return out
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: list[OutputTensor],
+) -> tuple[bytes, int | None]:
+    """The body and, when any output is binary, the JSON header's length for the response."""
+    entries, chunks = [], []
+    for out in outputs:
+        dt = of_array(out.array)
+        entry: dict[str, Any] = {"name": out.name, "datatype": dt.name, "shape": out.array.shape}
+        if out.binary:
+            raw = _to_binary(out.array, dt)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _to_json_data(out.array, dt)
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["outputs"] = entries
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def _to_json_data(array: np.ndarray, dt: Datatype) -> Any:
+    flat = array.ravel()
+    if dt.is_bytes:
+        return [_text(item) for item in flat]
+    return flat
+
+
+def _text(item: Any) -> str:
+    return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+
+
+def _to_binary(array: np.ndarray, dt: Datatype) -> bytes:
+    if not dt.is_bytes:
+        return np.ascontiguousarray(array, dtype=dt.numpy).tobytes()
+    parts = []
+    for item in array.ravel():
+        raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts += [BYTES_LENGTH.pack(len(raw)), raw]
+    return b"".join(parts)
