@@ -41,6 +41,8 @@ class Pipeline:
         if any(stage.terminal for stage in stages[:-1]):
             raise ValueError("only the last stage of a pipeline may be terminal")
         self.stages = tuple(stages)
+        # Each stage's `around`, or None: looked up once here, not per stage per request.
+        self._arounds = tuple(getattr(stage, "around", None) for stage in self.stages)
         self.tracer = tracer  # None: tracing is off, and costs this one check per request
 
     async def run(self, ctx: RequestContext) -> Reply:
@@ -51,14 +53,14 @@ class Pipeline:
         return await self._run_from(0, ctx)
 
     async def _run_from(self, start: int, ctx: RequestContext) -> Reply:
-        for position in range(start, len(self.stages)):
-            stage = self.stages[position]
-            around = getattr(stage, "around", None)
+        stages, arounds = self.stages, self._arounds
+        for position in range(start, len(stages)):
+            around = arounds[position]
             if around is not None:
                 rest: Rest = partial(self._run_from, position + 1, ctx)
                 reply: Reply = await around(ctx, rest)
                 return reply
-            answer = await stage(ctx)  # type: ignore[operator]
+            answer = await stages[position](ctx)  # type: ignore[operator]
             if answer is not None:
                 return answer
         raise AssertionError("the terminal stage returned no reply")  # excluded by __init__
