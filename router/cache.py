@@ -105,8 +105,8 @@ class ResponseCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._mac_key = hmac.new(secret, b"layer-router cache key v2", hashlib.sha256).digest()
-        # Binary tensors enter keys by their keyed digests: the audit trail's, from the same
-        # site secret, so an image-sized body is read once for both (`RequestContext.tensors`).
+        # Binary tensors enter keys by their keyed digests; the audit trail digests with this
+        # same digester, so an image-sized body is read once for both (`tensor_digests`).
         self.digester = Digester(secret)
         self._entries: LRUCache[bytes, Entry] = LRUCache(max_bytes, getsizeof=_size)
         self._max_stale_s = max_stale_s

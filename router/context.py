@@ -42,7 +42,7 @@ class RequestContext:
     traceparent: str = ""  # W3C trace context sent upstream; made when first needed
     body: bytes = b""
     header_length: int | None = None  # Inference-Header-Content-Length
-    tensors: tuple[Digester, dict[str, str]] | None = None  # see tensor_digests
+    tensors: dict[str, str] | None = None  # see tensor_digests
     document: dict[str, Any] | None = None  # the parsed JSON (v2: the header part)
     stream: bool = False  # the client asked for SSE
     decision: Decision | None = None
@@ -73,11 +73,12 @@ class RequestContext:
 
     def tensor_digests(self, digester: Digester) -> dict[str, str]:
         """The keyed digests of the binary tensors (a `Digester.tensors` result), made once per
-        request: the cache key and the audit record both name the tensors by them, and an
-        image-sized body costs more to hash than the rest of its handling."""
-        if self.tensors is None or self.tensors[0] != digester:
-            self.tensors = (digester, digester.tensors(self.document or {}, self.binary))
-        return self.tensors[1]
+        request: the cache key and the audit record both name the tensors by them (one
+        digester serves both), and an image-sized body costs more to hash than the rest of
+        its handling."""
+        if self.tensors is None:
+            self.tensors = digester.tensors(self.document or {}, self.binary)
+        return self.tensors
 
     @property
     def binary(self) -> memoryview:

@@ -26,6 +26,7 @@ from router.reload import Reloader
 from router.resources import demo_model_repository
 from router.runtime import Generation, Pipelines, Runtime
 from router.settings import Settings
+from router.tasks import cancel_all
 from router.upstreams.registry import Upstreams
 
 BuildPipelines = Callable[
@@ -106,6 +107,4 @@ async def update_tasks(app: web.Application, *, start: Start) -> AsyncIterator[N
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from router.api.state import COLLECTOR, RUNTIME, SETTINGS, SPOOL, TLS, TRAIL
+from router.api.state import CACHE, COLLECTOR, RUNTIME, SETTINGS, SPOOL, TLS, TRAIL
 from router.audit import AuditLog, AuditLogError, log_file
 from router.errors import ConfigError, RouteNotFound
 from router.resources import audit_path, state_dir
@@ -18,6 +18,7 @@ from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_o
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
 from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
 from router.store_forward import StoreAndForward
+from router.tasks import cancel_all
 from router.trail import Trail
 from router.upstreams.client import plain_session, poster
 from router.workers import is_primary
@@ -61,9 +62,7 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         await store.drain_pending()
         if session is not None:
             await session.close()
@@ -150,7 +149,8 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
         log = await asyncio.to_thread(_open_audit_log, settings)
     # Without a spool a copy would be built per answer and thrown away.
     copy = app[SPOOL].audit_copy if app[SPOOL].spool is not None else None
-    app[TRAIL] = Trail(log, app[RUNTIME].current.privacy.secret, settings.site, copy)
+    # The cache's digester: a binary tensor is digested once for its cache key and its record.
+    app[TRAIL] = Trail(log, app[CACHE].digester, settings.site, copy)
     try:
         yield
     finally:

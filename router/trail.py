@@ -25,13 +25,13 @@ class Trail:
     def __init__(
         self,
         audit: AuditLog | None,
-        secret: bytes,
+        digester: Digester,
         site: SiteSettings,
         copy: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._log = audit
         self._copy = copy  # also send each record to the centre (the spool)
-        self._digester = Digester(secret)
+        self._digester = digester
         self._site = site
         self._fragments: LRUCache[bytes, dict[str, str]] = LRUCache(MEMO_ENTRIES)
 

@@ -160,13 +160,6 @@ class Digester:
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
-    def __eq__(self, other: object) -> bool:
-        """Equal digesters make equal digests: the same key."""
-        return isinstance(other, Digester) and hmac.compare_digest(self._key, other._key)
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
     def digest(self, label: str, data: bytes | memoryview) -> str:
         inner = self._inner.copy()
         inner.update(label.encode() + b"\x00")

@@ -12,6 +12,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from router.tasks import cancel_all
+
 
 @dataclass(slots=True)
 class Faults:
@@ -46,9 +48,7 @@ class FaultProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(list(self._tasks))
 
     def drop_connections(self) -> None:
         """Reset every open connection, so pooled ones meet the faults set since they opened."""

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from router.inference.repository import ModelRepository
 from router.policy.decide import LocalView, Snapshot
 from router.settings import ClusterSettings
+from router.tasks import cancel_all
 from router.upstreams.client import HttpTransport, Transport, session_for
 from router.upstreams.cluster import Cluster
 from router.upstreams.pool import H1Transport
@@ -116,10 +117,7 @@ class Upstreams:
         return changed
 
     async def close(self) -> None:
-        tasks = [*self._tasks.values(), *self._retiring]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all([*self._tasks.values(), *self._retiring])
         for transport in self.transports.values():
             await _close(transport)
 
