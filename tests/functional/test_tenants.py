@@ -16,7 +16,7 @@ import pytest
 from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.tenancy import hash_key
-from router.testing import AppThread, FakeUpstream, RouterThread
+from router.testing import AppThread, FakeUpstream, RouterThread, chat_forwarding_settings
 
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -65,24 +65,13 @@ def bundle(root: Path, tenants: str = TENANTS) -> Path:
 
 
 def settings(root: Path, upstream_url: str, auth: str) -> Settings:
-    return Settings.model_validate(
-        {
-            "models": {"repository": str(EDGE_MODELS), "inference_threads": 1},
-            "upstreams": [
-                {
-                    "name": "central",
-                    "tier": "central",
-                    "protocols": ["openai"],
-                    "models": ["gpt-test"],
-                    "endpoints": [{"url": upstream_url}],
-                    "health_check": {"enabled": False},
-                }
-            ],
-            "policy": {"bundle": str(bundle(root))},
-            "cache": {"enabled": True, "openai_ttl_s": 300},
-            "audit": {"path": str(root / "audit"), "fsync": "always"},
-            "auth": {"mode": auth},
-        }
+    return chat_forwarding_settings(
+        upstream_url,
+        models={"repository": str(EDGE_MODELS), "inference_threads": 1},
+        policy={"bundle": str(bundle(root))},
+        cache={"enabled": True, "openai_ttl_s": 300},
+        audit={"path": str(root / "audit"), "fsync": "always"},
+        auth={"mode": auth},
     )
 
 
