@@ -17,16 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import (
-    HERE,
-    PY,
-    ROUTER_BIN,
-    Server,
-    free_port,
-    load,
-    log,
-    stop_children_on_exit,
-)
+from harness import ROUTER_BIN, load
+from processes import HERE, PY, Server, free_port, log, stop_children_on_exit
 from procstat import Usage, cpu_figures
 
 EDGE_MODELS = HERE.parent / "edge_models"

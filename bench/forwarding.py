@@ -42,7 +42,8 @@ from forwarding_measure import run
 from forwarding_profile import profile
 from forwarding_report import report
 from forwarding_targets import NGINX, TARGETS
-from harness import HERE, PY, ROUTER_BIN, WRK, Bench, git_state, log, run_bench
+from harness import ROUTER_BIN, WRK, Bench, git_state, run_bench
+from processes import HERE, PY, log
 from procstat import cpu_model
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from forwarding_targets import CHAT, check, make_server, start_mock
-from harness import HERE, PY, Server, fmt, load, log, run_child
+from harness import fmt, load
+from processes import HERE, PY, Server, log, run_child
 from procstat import CLK, Usage, cpu_figures
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from forwarding_measure import cell
 from forwarding_targets import CHAT, make_server, start_mock
-from harness import PY, fmt, load, log, run_child
+from harness import fmt, load
+from processes import PY, log, run_child
 
 PY_SPY = str(Path(PY).with_name("py-spy"))
 

@@ -11,8 +11,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from harness import HERE, PY, ROUTER_BIN, Server, free_port
+from harness import ROUTER_BIN
 from mock_openai import COMPLETION
+from processes import HERE, PY, Server, free_port
 
 NGINX = next((p for p in ("/usr/sbin/nginx", "/usr/bin/nginx") if Path(p).exists()), None)
 TARGETS = ("direct", "nginx", "naive", "router")

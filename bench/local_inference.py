@@ -30,20 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import models
-from harness import (
-    HERE,
-    PY,
-    ROUTER_BIN,
-    WRK,
-    Bench,
-    Server,
-    git_state,
-    log,
-    run_bench,
-    run_child,
-)
+from harness import ROUTER_BIN, WRK, Bench, git_state, run_bench
 from harness import load as closed_loop
 from local_inference_report import report
+from processes import HERE, PY, Server, log, run_child
 from procstat import Usage, cpu_figures, cpu_model
 
 

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import HERE, PY, RESULTS, git_state, log
+from harness import RESULTS, git_state
+from processes import HERE, PY, log
 from procstat import cpu_model
 from report_render import render
 
