@@ -1,10 +1,12 @@
 """Build the demo ONNX models of this model repository, deterministically.
 
-Usage: python edge_models/build_demo_models.py [--out DIR]
+Usage: python edge_models/build_demo_models.py [--out DIR] [--demo-out DIR]
 
 Writes <DIR>/<model>/<version>/model.onnx (Triton layout) for:
   * color_classifier v1 and v2: nearest-prototype colour classifier, rgb [N,3] -> probs [N,10].
   * hotspot_detector v1: thermal-frame hotspot detector, image [N,1,H,W] -> boxes/scores/...
+and, under <demo-out> (router/demo/models: the demo's central tier only, never an edge default):
+  * color_classifier_large v1: the same labels from four shades per colour, rgb -> probs [N,10].
 
 Every weight is a fixed constant and serialization is deterministic, so running the
 script twice yields byte-identical files. config.yaml files are hand-written, not built here.
@@ -42,6 +44,22 @@ COLOR_LABELS: list[str] = list(COLOR_PROTOTYPES)
 # Multiplier applied to the logits before Softmax, per model version. v2 is "softer" (flatter
 # probabilities, same argmax) so the repository demonstrates two distinct versions.
 COLOR_LOGIT_SCALE: dict[int, float] = {1: 10.0, 2: 4.0}
+
+# The large model's shades: four prototypes per label (same label order), so dark, light and
+# muted colours that sit between the small model's prototypes get a confident answer.
+COLOR_SHADES: dict[str, tuple[tuple[float, float, float], ...]] = {
+    "red": ((1.0, 0.0, 0.0), (0.55, 0.0, 0.0), (0.85, 0.1, 0.15), (1.0, 0.35, 0.35)),
+    "orange": ((1.0, 0.5, 0.0), (0.8, 0.4, 0.1), (1.0, 0.65, 0.3), (0.6, 0.3, 0.0)),
+    "yellow": ((1.0, 1.0, 0.0), (0.85, 0.85, 0.1), (1.0, 1.0, 0.5), (0.8, 0.75, 0.05)),
+    "green": ((0.0, 1.0, 0.0), (0.0, 0.5, 0.0), (0.5, 1.0, 0.5), (0.2, 0.7, 0.2)),
+    "cyan": ((0.0, 1.0, 1.0), (0.0, 0.55, 0.55), (0.5, 1.0, 1.0), (0.1, 0.8, 0.8)),
+    "blue": ((0.0, 0.0, 1.0), (0.0, 0.0, 0.5), (0.3, 0.3, 1.0), (0.1, 0.4, 0.9)),
+    "purple": ((0.5, 0.0, 0.5), (1.0, 0.0, 1.0), (0.6, 0.2, 0.8), (0.3, 0.0, 0.3)),
+    "white": ((1.0, 1.0, 1.0), (0.9, 0.9, 0.9), (0.95, 0.95, 0.85), (0.85, 0.9, 0.95)),
+    "black": ((0.0, 0.0, 0.0), (0.1, 0.1, 0.1), (0.05, 0.05, 0.15), (0.15, 0.1, 0.05)),
+    "gray": ((0.5, 0.5, 0.5), (0.35, 0.35, 0.35), (0.65, 0.65, 0.65), (0.5, 0.5, 0.55)),
+}
+LARGE_LOGIT_SCALE = 30.0
 
 HOTSPOT_THRESHOLD_C = 60.0
 HOTSPOT_POOL = 8
@@ -91,6 +109,39 @@ def build_color_classifier(version: int) -> onnx.ModelProto:
         outputs=[helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes])],
         initializer=[_const("weight", weight), _const("bias", bias)],
         doc_string=f"Nearest-prototype colour classifier; labels: {', '.join(COLOR_LABELS)}.",
+    )
+    return _model(graph, version)
+
+
+def build_color_classifier_large(version: int) -> onnx.ModelProto:
+    """rgb [N,3] -> probs [N,K]: each label scores its nearest shade, then softmax.
+
+    As in the small model, one Gemm gives every shade's logit (the |x|^2 term dropped); a
+    Reshape to [N,K,S] and a ReduceMax over the shades give each label its best shade's.
+    """
+    labels, shades = list(COLOR_SHADES), len(next(iter(COLOR_SHADES.values())))
+    assert labels == COLOR_LABELS, "the large model answers with the small model's labels"
+    protos = np.array([p for group in COLOR_SHADES.values() for p in group], dtype=np.float64)
+    weight = (2.0 * LARGE_LOGIT_SCALE * protos.T).astype(np.float32)  # [3,K*S]
+    bias = (-LARGE_LOGIT_SCALE * np.sum(protos**2, axis=1)).astype(np.float32)  # [K*S]
+    nodes = [
+        helper.make_node("Gemm", ["rgb", "weight", "bias"], ["shade_logits"]),
+        helper.make_node("Reshape", ["shade_logits", "by_label"], ["label_shades"]),
+        helper.make_node("ReduceMax", ["label_shades"], ["logits"], axes=[2], keepdims=0),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "color_classifier_large",
+        inputs=[helper.make_tensor_value_info("rgb", TensorProto.FLOAT, ["N", 3])],
+        outputs=[helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(labels)])],
+        initializer=[
+            _const("weight", weight),
+            _const("bias", bias),
+            _const("by_label", np.array([-1, len(labels), shades], dtype=np.int64)),
+        ],
+        doc_string=f"Nearest-shade colour classifier, {shades} shades per label: "
+        f"{', '.join(labels)}.",
     )
     return _model(graph, version)
 
@@ -202,10 +253,26 @@ def build_all() -> dict[str, onnx.ModelProto]:
     }
 
 
-def write_all(out_dir: Path) -> list[Path]:
-    """Build every model under out_dir and return the written paths."""
+def build_demo() -> dict[str, onnx.ModelProto]:
+    """The demo's central-only models, keyed by their repository-relative path."""
+    return {"color_classifier_large/1/model.onnx": build_color_classifier_large(1)}
+
+
+DEMO_MODELS = Path(__file__).resolve().parents[1] / "router" / "demo" / "models"
+
+
+def write_all(out_dir: Path, demo_dir: Path | None = None) -> list[Path]:
+    """Build every model under out_dir (and the demo's under demo_dir); the written paths."""
     written = []
-    for rel_path, model in build_all().items():
+    builds = [(out_dir, build_all())] + ([(demo_dir, build_demo())] if demo_dir else [])
+    for root, models in builds:
+        written += _write(root, models)
+    return written
+
+
+def _write(out_dir: Path, models: dict[str, onnx.ModelProto]) -> list[Path]:
+    written = []
+    for rel_path, model in models.items():
         path = out_dir / rel_path
         path.parent.mkdir(parents=True, exist_ok=True)
         # SerializeToString directly: byte-stable, and no external-data side files.
@@ -222,8 +289,14 @@ def main(argv: list[str] | None = None) -> None:
         default=Path(__file__).resolve().parent,
         help="model repository root to write into (default: the folder of this script)",
     )
+    parser.add_argument(
+        "--demo-out",
+        type=Path,
+        default=DEMO_MODELS,
+        help="where the demo's central-only models go (default: router/demo/models)",
+    )
     args = parser.parse_args(argv)
-    for path in write_all(args.out):
+    for path in write_all(args.out, args.demo_out):
         print(f"{path} ({path.stat().st_size} bytes)")
 
 

@@ -13,7 +13,7 @@ def _json(doc: object) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def colour(*rgb: int) -> str:
+def colour(*rgb: float) -> str:
     return _json({"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": rgb}]})
 
 
@@ -70,9 +70,9 @@ Send everything to the edge; the X-Served-By-Tier and X-Route-Reason headers say
 1. Routing: a confident colour stays at the edge (X-Served-By-Tier: edge)
    {infer}/color_classifier/infer -d '{colour(1, 1, 1)}'
    Send it again: X-Cache: HIT.
-2. Escalation: red scores 0.63 on the edge model, below {ESCALATION_THRESHOLD}:
-   central's large model answers
-   {infer}/color_classifier/infer -d '{colour(1, 0, 0)}'
+2. Escalation: dark green is "black" at 0.52 on the small edge model, below
+   {ESCALATION_THRESHOLD}: central's large model (four shades per colour) answers green at 0.95
+   {infer}/color_classifier/infer -d '{colour(0, 0.4, 0)}'
 3. Forwarding: a model only the regional tier holds
    {infer}/hotspot_detector/infer -d '{FRAME}'
 4. Redaction: the mock LLM at central echoes what reached it: the email as a keyed pseudonym,

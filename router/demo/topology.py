@@ -2,7 +2,7 @@
 
     edge      color_classifier v1/v2 (small, fast); escalates answers below 0.9 confidence
     regional  hotspot_detector (the thermal-camera model a plant's region would run)
-    central   color_classifier_large (the "heavier" model: only here), and the mock LLM
+    central   color_classifier_large (four shades per colour: only here), and the mock LLM
 
 Every link between tiers goes through a fault proxy the switchboard controls, so a tier can
 be cut and restored while the demo runs."""
@@ -59,6 +59,10 @@ def url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+# The central tier's own models (edge_models/build_demo_models.py writes them here).
+CENTRAL_MODELS = Path(__file__).resolve().parent / "models"
+
+
 def build_repositories(root: Path) -> dict[str, Path]:
     """Each tier's own model repository, copied from the bundled demo models."""
     source = demo_model_repository()
@@ -68,11 +72,7 @@ def build_repositories(root: Path) -> dict[str, Path]:
         repo.mkdir(parents=True)
     shutil.copytree(source / "color_classifier", repos["edge"] / "color_classifier")
     shutil.copytree(source / "hotspot_detector", repos["regional"] / "hotspot_detector")
-    # The large model stands in for a bigger one: v1's sharper graph, kept off the edge.
-    large = repos["central"] / "color_classifier_large"
-    (large / "1").mkdir(parents=True)
-    shutil.copy(source / "color_classifier" / "1" / "model.onnx", large / "1")
-    shutil.copy(source / "color_classifier" / "config.yaml", large)
+    shutil.copytree(CENTRAL_MODELS, repos["central"], dirs_exist_ok=True)
     return repos
 
 

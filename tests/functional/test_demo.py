@@ -129,6 +129,19 @@ def test_low_confidence_escalates_to_central(demo: Demo) -> None:
     assert doc["model_name"] == "color_classifier_large"
 
 
+def test_escalation_corrects_the_small_model(demo: Demo) -> None:
+    """Dark green reads as black on the small edge model; central's large model says green."""
+    status, headers, doc = call(
+        demo.topology["edge"] + "/v2/models/color_classifier/infer",
+        dict(rgb(0, 0.4, 0), outputs=[{"name": "probs", "parameters": {"classification": 1}}]),
+    )
+    assert status == 200
+    assert headers["X-Served-By-Tier"] == "central"
+    assert doc["model_name"] == "color_classifier_large"
+    score, _, label = doc["outputs"][0]["data"][0].split(":")
+    assert (label, float(score) > 0.9) == ("green", True)
+
+
 def test_regional_model_forwarded(demo: Demo) -> None:
     """A model only the regional tier holds is answered there, through the edge."""
     frame = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32"}]}

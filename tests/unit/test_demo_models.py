@@ -14,12 +14,15 @@ import pytest
 import yaml
 
 REPO_DIR = Path(__file__).resolve().parents[2] / "edge_models"
+DEMO_DIR = Path(__file__).resolve().parents[2] / "router" / "demo" / "models"
 BUILD_SCRIPT = REPO_DIR / "build_demo_models.py"
 MODEL_FILES = [
     "color_classifier/1/model.onnx",
     "color_classifier/2/model.onnx",
     "hotspot_detector/1/model.onnx",
 ]
+DEMO_FILES = ["color_classifier_large/1/model.onnx"]
+LARGE = DEMO_DIR / DEMO_FILES[0]
 # Column order of `probs`, as documented in edge_models/README.md.
 COLOR_LABELS = [
     "red",
@@ -36,7 +39,7 @@ COLOR_LABELS = [
 AMBIENT_C = 20.0
 
 
-def _session(rel_path: str) -> ort.InferenceSession:
+def _session(rel_path: str | Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(REPO_DIR / rel_path), providers=["CPUExecutionProvider"])
 
 
@@ -65,19 +68,23 @@ def _io(session: ort.InferenceSession) -> tuple[list[tuple[str, str, list[object
 
 def test_build_is_byte_identical(tmp_path: Path) -> None:
     """Rebuilding into a temp dir reproduces every committed model.onnx byte for byte."""
-    written = _load_build_script().write_all(tmp_path)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == sorted(MODEL_FILES)
+    edge, demo = tmp_path / "edge", tmp_path / "demo"
+    written = _load_build_script().write_all(edge, demo)
+    expected = [edge / f for f in MODEL_FILES] + [demo / f for f in DEMO_FILES]
+    assert sorted(written) == sorted(expected)
     for rel_path in MODEL_FILES:
-        assert (tmp_path / rel_path).read_bytes() == (REPO_DIR / rel_path).read_bytes(), rel_path
+        assert (edge / rel_path).read_bytes() == (REPO_DIR / rel_path).read_bytes(), rel_path
+    for rel_path in DEMO_FILES:
+        assert (demo / rel_path).read_bytes() == (DEMO_DIR / rel_path).read_bytes(), rel_path
 
 
-@pytest.mark.parametrize("rel_path", MODEL_FILES)
-def test_models_are_small_opset17_ir8(rel_path: str) -> None:
+@pytest.mark.parametrize("path", [REPO_DIR / f for f in MODEL_FILES] + [LARGE], ids=str)
+def test_models_are_small_opset17_ir8(path: Path) -> None:
     """Each model stays tiny and uses opset 17 / IR 8 so older onnxruntime releases load it."""
-    model = onnx.load(str(REPO_DIR / rel_path))
+    model = onnx.load(str(path))
     assert model.ir_version == 8
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
-    assert (REPO_DIR / rel_path).stat().st_size < 8192
+    assert path.stat().st_size < 8192
 
 
 def test_configs_only_use_known_keys() -> None:
@@ -95,8 +102,9 @@ def test_configs_only_use_known_keys() -> None:
         "sha256",
         "warmup",
     }
-    for model in ("color_classifier", "hotspot_detector"):
-        config = yaml.safe_load((REPO_DIR / model / "config.yaml").read_text())
+    for folder in (REPO_DIR / "color_classifier", REPO_DIR / "hotspot_detector", LARGE.parents[1]):
+        model = folder.name
+        config = yaml.safe_load((folder / "config.yaml").read_text())
         assert set(config) <= known, model
         assert set(config["dynamic_batching"]) <= {"max_queue_delay_microseconds", "max_queue_size"}
         assert "sha256" not in config
@@ -175,6 +183,48 @@ class TestColorClassifier:
         assert config["labels"] == COLOR_LABELS
         assert config["label_output"] == "probs"
         assert config["max_batch_size"] == 64
+
+
+class TestColorClassifierLarge:
+    """color_classifier_large (the demo's central tier): the small model's labels from four
+    shades per colour, so dark and muted colours get the right, confident answer."""
+
+    def test_signature_and_labels_match_the_small_model(self, large: ort.InferenceSession) -> None:
+        """Same input, output and labels as color_classifier: an escalated answer reads alike."""
+        assert _io(large) == _io(_session("color_classifier/2/model.onnx"))
+        config = yaml.safe_load((LARGE.parents[1] / "config.yaml").read_text())
+        assert (config["labels"], config["label_output"]) == (COLOR_LABELS, "probs")
+
+    def test_every_shade_gets_its_label(self, large: ort.InferenceSession) -> None:
+        """Each of the model's shade prototypes is classified as the colour it belongs to."""
+        shades = _load_build_script().COLOR_SHADES
+        rows = [(label, shade) for label, group in shades.items() for shade in group]
+        (probs,) = large.run(None, {"rgb": np.array([s for _, s in rows], dtype=np.float32)})
+        assert [COLOR_LABELS[i] for i in probs.argmax(axis=1)] == [label for label, _ in rows]
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+    @pytest.mark.parametrize(
+        ("rgb", "small_says", "label"),
+        [([0.0, 0.4, 0.0], "black", "green"), ([0.1, 0.1, 0.45], "purple", "blue")],
+    )
+    def test_corrects_the_small_model(
+        self, large: ort.InferenceSession, rgb: list[float], small_says: str, label: str
+    ) -> None:
+        """Where the small model is wrong and unsure, the large one is right and surer."""
+        x = {"rgb": np.array([rgb], dtype=np.float32)}
+        (small,) = _session("color_classifier/2/model.onnx").run(None, x)
+        (big,) = large.run(None, x)
+        assert (COLOR_LABELS[int(small.argmax())], COLOR_LABELS[int(big.argmax())]) == (
+            small_says,
+            label,
+        )
+        assert small.max() < 0.9  # the edge escalates it
+        assert big.max() > small.max()
+
+
+@pytest.fixture(scope="module")
+def large() -> ort.InferenceSession:
+    return _session(LARGE)
 
 
 def _frame(height: int, width: int, hot: list[tuple[slice, slice, float]]) -> np.ndarray:
