@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from router.api.state import SETTINGS
-from router.errors import PayloadTooLarge, RequestTimeout
+from router.errors import MalformedBody, PayloadTooLarge, RequestTimeout
 from router.listener import GuardedHandler
 
 # Small bodies may inflate as much as they like: a 1 KiB gzip of a repetitive request is fine.
@@ -59,6 +60,12 @@ async def read_body(request: web.Request) -> bytes:
                 if grown > allowance:
                     allowance = grown
                     deadline.reschedule(started + allowance)
+    except RequestPayloadError:
+        # aiohttp could not inflate what Content-Encoding promised (or the chunking broke):
+        # the client's fault, and its message would quote nothing useful.
+        raise MalformedBody(
+            "request body could not be decoded (broken Content-Encoding or chunked framing)"
+        ) from None
     except TimeoutError:
         if isinstance(request.protocol, GuardedHandler):
             request.protocol.stop_lingering()

@@ -97,6 +97,15 @@ class TestMalformedRequests:
         status, _, reply = await call(http, "POST", infer_url, body)
         assert_error(status, reply, 400)
 
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+    async def test_body_not_in_its_content_encoding(
+        self, http: aiohttp.ClientSession, infer_url: str, encoding: str
+    ) -> None:
+        """A body that is not what its Content-Encoding says is a 400, not an internal error."""
+        headers = {"Content-Encoding": encoding}
+        status, _, reply = await call(http, "POST", infer_url, infer_body(rgb_input()), headers)
+        assert_error(status, reply, 400, "Content-Encoding")
+
     async def test_truncated_json_names_the_position(
         self, http: aiohttp.ClientSession, infer_url: str
     ) -> None:
