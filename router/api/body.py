@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from router.api.state import SETTINGS
-from router.errors import MalformedBody, PayloadTooLarge, RequestTimeout
-from router.listener import GuardedHandler
+from router.errors import MalformedBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from router.listener import CONTENT_CODINGS, UNSUPPORTED_CODING, GuardedHandler
 
 # Small bodies may inflate as much as they like: a 1 KiB gzip of a repetitive request is fine.
 INFLATE_FLOOR_BYTES = 1024 * 1024
@@ -31,7 +31,10 @@ async def read_body(request: web.Request) -> bytes:
     settings = request.app[SETTINGS]
     cap, limits = settings.server.max_body_bytes, settings.limits
     content = request.content
-    encoded = "Content-Encoding" in request.headers
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None and coding.lower() not in CONTENT_CODINGS:
+        raise UnsupportedMediaType(UNSUPPORTED_CODING)
+    encoded = coding is not None
     if content.is_eof() and not encoded:
         # All of it arrived with the headers (the common small request): nothing to wait
         # for, so no deadline to arm.

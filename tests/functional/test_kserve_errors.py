@@ -106,6 +106,17 @@ class TestMalformedRequests:
         status, _, reply = await call(http, "POST", infer_url, infer_body(rgb_input()), headers)
         assert_error(status, reply, 400, "Content-Encoding")
 
+    @pytest.mark.parametrize("encoding", ["zstd", "compress", "x-gzip", "gzip, gzip"])
+    async def test_unsupported_content_encoding(
+        self, http: aiohttp.ClientSession, infer_url: str, encoding: str
+    ) -> None:
+        """A Content-Encoding the router cannot inflate is a 415 naming the accepted ones, not
+        the compressed bytes read as if they were JSON (nor a vague 400)."""
+        body = gzip.compress(infer_body(rgb_input()))
+        headers = {"Content-Encoding": encoding}
+        status, _, reply = await call(http, "POST", infer_url, body, headers)
+        assert_error(status, reply, 415, "Content-Encoding", "gzip")
+
     async def test_truncated_json_names_the_position(
         self, http: aiohttp.ClientSession, infer_url: str
     ) -> None:
