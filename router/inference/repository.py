@@ -66,6 +66,11 @@ class Model:
 
     @property
     def latest(self) -> ModelVersion | None:
+        """The version a request naming none gets: the highest READY one, as Triton picks it
+        (a broken new version must not take down the one that works), else the highest."""
+        ready = [v for v, entry in self.versions.items() if entry.ready]
+        if ready:
+            return self.versions[max(ready)]
         return self.versions[max(self.versions)] if self.versions else None
 
 

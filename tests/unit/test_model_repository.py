@@ -173,6 +173,19 @@ class TestLoader:
         assert repo.find("m", "2").version == 2
         assert sorted(repo.models["m"].versions) == [1, 2, 10]
 
+    def test_highest_ready_version_is_default(self, tmp_path: Path, executor: Any) -> None:
+        """A broken highest version does not take the model down: requests naming no version
+        get the highest version that loaded (Triton's choice), the broken one stays reported."""
+        write_model(tmp_path, "m", 1, double_model())
+        write_model(tmp_path, "m", 2, double_model())
+        write_model(tmp_path, "m", 3, b"this is not an onnx file")
+        repo = _loader(executor).load(tmp_path)
+        assert repo.get("m").version == 2
+        assert repo.find("m", "3").state is State.UNAVAILABLE
+        assert not repo.ready
+        with pytest.raises(ModelNotReady):
+            repo.get("m", "3")
+
     def test_unknown_model(self, tmp_path: Path, executor: Any) -> None:
         """An unknown model name is ModelNotFound."""
         write_model(tmp_path, "m", 1, double_model())
