@@ -20,7 +20,7 @@ import numpy as np
 
 from router.errors import ConfigError, ModelNotFound, ModelNotReady
 from router.inference import providers
-from router.inference.model_config import ModelConfig, load_model_config
+from router.inference.model_config import CONFIG_FILE, ModelConfig, load_model_config
 from router.inference.runner import ModelRunner, RunnerLimits
 from router.inference.signature import DYNAMIC, Signature, from_session
 from router.settings import ModelSettings
@@ -143,6 +143,27 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def all_providers() -> list[str]:
+    """Every provider name this onnxruntime knows, installed here or not."""
+    import onnxruntime as ort
+
+    return list(ort.get_all_providers())
+
+
+def _config_file(entry: ModelVersion) -> Path:
+    return entry.path.parent.parent / CONFIG_FILE
+
+
+def _check_label_output(entry: ModelVersion, config: ModelConfig, signature: Signature) -> None:
+    """Labels aimed at an output the graph does not have would silently label nothing."""
+    names = [spec.name for spec in signature.outputs]
+    if config.label_output is not None and config.label_output not in names:
+        raise ValueError(
+            f"label_output in {_config_file(entry)}: the model has no output "
+            f"'{config.label_output}' (outputs: {', '.join(names)})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Loader:
     """Everything loading needs; tests swap `available` and `build` to exercise fallback."""
@@ -192,6 +213,7 @@ class Loader:
         if pinned and pinned.lower() != entry.sha256:
             raise ValueError(f"sha256 {entry.sha256} does not match the pinned {pinned.lower()}")
         label = f"{entry.model}/{entry.version}"
+        self._check_provider_names(entry, config)
         preferred = [
             providers.Candidate(p.name, dict(p.options)) for p in config.execution_providers
         ]
@@ -200,6 +222,7 @@ class Loader:
             lambda chosen: self.build(data, config.intra_op_threads, chosen), choices, label
         )
         entry.signature = signature = from_session(session)
+        _check_label_output(entry, config, signature)
         if config.max_batch_size and not signature.batchable:
             raise ValueError(
                 "max_batch_size is set but not every tensor has an open first dimension"
@@ -209,6 +232,17 @@ class Loader:
             self._warm_up(session, signature, label, entry.runner)
         entry.state = State.READY
         log.info("model %s loaded on %s (sha256 %s)", label, entry.provider, entry.sha256[:12])
+
+    def _check_provider_names(self, entry: ModelVersion, config: ModelConfig) -> None:
+        """A misspelt provider would otherwise be dropped like an absent one, and the model
+        would run on CPU with nothing said."""
+        known = set(all_providers()) | set(self.available)
+        for choice in config.execution_providers:
+            if choice.name not in known:
+                raise ValueError(
+                    f"execution_providers in {_config_file(entry)}: '{choice.name}' is not an "
+                    "onnxruntime execution provider"
+                )
 
     @staticmethod
     def _warm_up(session: Any, signature: Signature, label: str, runner: ModelRunner) -> None:

@@ -349,6 +349,26 @@ class TestLoader:
         assert entry.provider == CPU
         assert entry.provider_failures == [Attempt(OPENVINO, f"{OPENVINO} could not start")]
 
+    def test_misspelt_provider_is_an_error(self, tmp_path: Path, executor: Any) -> None:
+        """A provider name onnxruntime does not know makes the version UNAVAILABLE, naming the
+        config file, the key and the name, instead of a silent fall back to CPU."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", "execution_providers: [CUDAExcutionProvider]\n")
+        entry = _loader(executor, available=(CPU,)).load(tmp_path).find("m")
+        assert entry.state is State.UNAVAILABLE
+        for word in ("execution_providers", str(tmp_path / "m" / "config.yaml"), "CUDAExcution"):
+            assert word in entry.reason
+
+    def test_label_output_must_be_an_output(self, tmp_path: Path, executor: Any) -> None:
+        """label_output naming no output of the graph is an error naming the file and key, not
+        a classification that silently comes back without labels."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", "labels: [a, b]\nlabel_output: scores\n")
+        entry = _loader(executor).load(tmp_path).find("m")
+        assert entry.state is State.UNAVAILABLE
+        for word in ("label_output", str(tmp_path / "m" / "config.yaml"), "'scores'", "y"):
+            assert word in entry.reason
+
     def test_site_restriction_applies(self, tmp_path: Path, executor: Any) -> None:
         """models.execution_providers on the site narrows what a model may use."""
         write_model(tmp_path, "m", 1, double_model())
