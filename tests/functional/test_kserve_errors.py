@@ -8,7 +8,7 @@ import gzip
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
+from router.api.state import RUNTIME
 from router.testing import (
     RouterThread,
     identity_model,
@@ -501,6 +502,15 @@ async def queue_count(http: aiohttp.ClientSession, server: RouterThread) -> int:
     return int(stats["inference_stats"]["queue"]["count"])
 
 
+async def until(check: Callable[[], bool]) -> None:
+    """Poll `check` (a cheap read of router state) until it holds, within TIMEOUT_S."""
+    for _ in range(int(TIMEOUT_S / 0.005)):
+        if check():
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError("the router never reached the expected state")
+
+
 class TestOverload:
     """A full queue sheds load with 503 + Retry-After; a passed deadline is a 504."""
 
@@ -521,6 +531,38 @@ class TestOverload:
             if status == 503:
                 assert_error(status, reply, 503, "queue is full")
                 assert int(headers["Retry-After"]) >= 1
+
+    @pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "cache"])
+    async def test_client_gone_while_queued_never_runs(
+        self, http: aiohttp.ClientSession, tmp_path: Path, cache: bool
+    ) -> None:
+        """A queued request whose client disconnects is dropped before it runs, also with the
+        response cache on (as by default), which coalesces requests in a task of their own."""
+        write_repository(
+            tmp_path, {"slow": {1: identity_model("FP32")}}, {"slow": {"warmup": False}}
+        )
+        settings = settings_for(tmp_path, inference_threads=1, max_queue_size=1, cache=cache)
+        with serve_in_thread(settings, session_builder=slow_session_builder(SLOW_RUN_S)) as server:
+            await self._abandon_a_queued_request(http, server)
+
+    async def _abandon_a_queued_request(
+        self, http: aiohttp.ClientSession, slow_server: RouterThread
+    ) -> None:
+        url = f"{slow_server.url}/v2/models/slow/infer"
+        runs = await queue_count(http, slow_server)
+        assert slow_server.app is not None
+        runner = slow_server.app[RUNTIME].current.models.get("slow").runner
+        assert runner is not None
+        leaver = aiohttp.ClientSession()
+        async with leaver, asyncio.timeout(TIMEOUT_S), asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(call(http, "POST", url, slow_body()))
+            await wait_until_running(http, slow_server, runs + 1)
+            leaving = tasks.create_task(call(leaver, "POST", url, slow_body(2.0)))
+            await until(lambda: runner.pending == 2)  # the second request is in the queue
+            leaving.cancel()  # the client goes away: its connection closes
+        assert running.result()[0] == 200
+        await until(lambda: runner.pending == 0)
+        assert await queue_count(http, slow_server) == runs + 1  # the abandoned one never ran
 
     async def test_deadline_passed_in_queue(
         self, http: aiohttp.ClientSession, slow_server: RouterThread
