@@ -111,6 +111,10 @@ class ModelRunner:
                 f"model {self._label}: batch of {rows} exceeds max_batch_size "
                 f"{self._limits.max_batch_size}"
             )
+        if any(a.shape[:1] != first.shape[:1] for a in feeds.values()):
+            # Inputs that disagree on the batch dimension (a broadcast one-row input): stacked
+            # with other requests their rows would pair up wrongly, so this one runs alone.
+            return rows, (object(),)
         return rows, tuple((name, a.shape[1:], a.dtype) for name, a in feeds.items())
 
     def _pump(self) -> None:
