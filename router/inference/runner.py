@@ -264,6 +264,15 @@ def _stack(batch: list[_Job]) -> Feeds:
 
 
 def _split(outputs: Outputs, batch: list[_Job]) -> list[Outputs]:
+    rows = sum(job.rows for job in batch)
+    for out in outputs:
+        if out.shape[:1] != (rows,):
+            # An open first dimension that is not the batch (say, a count of detections):
+            # slicing it by request would hand out other requests' results.
+            raise ValueError(
+                f"an output's first dimension is {out.shape[:1]}, not the batch of {rows} rows: "
+                "this model cannot be batched (set max_batch_size: 0)"
+            )
     parts, start = [], 0
     for job in batch:
         end = start + job.rows
