@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestPayloadError
 
+from router.api.errors import error_response
 from router.api.state import SETTINGS
 from router.errors import MalformedBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from router.listener import CONTENT_CODINGS, UNSUPPORTED_CODING, GuardedHandler
@@ -24,6 +25,22 @@ def check_length(request: web.Request) -> None:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+
+
+async def expect_within_limit(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` (curl sends it for large uploads): a declared length over the
+    limit is refused before the client is invited to send the body, not after."""
+    try:
+        check_length(request)
+    except PayloadTooLarge as exc:
+        return error_response(exc, request)
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11 or expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="unknown Expect")
+    # What aiohttp's default expect handler does.
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
 
 
 async def read_body(request: web.Request) -> bytes:

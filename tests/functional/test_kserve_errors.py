@@ -336,6 +336,37 @@ class TestBodyLimit:
         status, _, reply = await call(http, "POST", url, body)
         assert_error(status, reply, 413, str(len(body)), str(LIMIT))
 
+    async def test_expect_continue_over_the_limit_is_refused_before_the_body(
+        self, small_body_server: RouterThread
+    ) -> None:
+        """With `Expect: 100-continue` (curl's habit for large uploads) a declared length over
+        the limit gets its 413 instead of the invitation to send the body."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", small_body_server.port)
+        try:
+            writer.write(
+                b"POST /v2/models/color_classifier/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (LIMIT * 10)
+            )
+            await writer.drain()
+            async with asyncio.timeout(TIMEOUT_S):
+                status_line = await reader.readline()
+                head = await reader.readuntil(b"\r\n\r\n")
+                body = await reader.read()
+        finally:
+            writer.close()
+        assert status_line.startswith(b"HTTP/1.1 413"), status_line
+        assert b"Connection: close" in head
+        assert_error(413, body, 413, str(LIMIT))
+
+    async def test_expect_continue_under_the_limit_is_served(
+        self, http: aiohttp.ClientSession, small_body_server: RouterThread
+    ) -> None:
+        """A small body sent after `100 Continue` is answered as usual."""
+        url = f"{small_body_server.url}/v2/models/color_classifier/infer"
+        body = infer_body(rgb_input(data=[0, 0, 1]))
+        async with http.post(url, data=body, expect100=True) as resp:
+            assert resp.status == 200, await resp.read()
+
     async def test_chunked_body_over_the_limit(
         self, http: aiohttp.ClientSession, small_body_server: RouterThread
     ) -> None:
