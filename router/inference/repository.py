@@ -95,7 +95,10 @@ class ModelRepository:
         if version is None:
             latest = model.latest
             if latest is None:
-                raise ModelNotReady(f"model '{name}' has no loadable version", retry_after=5.0)
+                # The why (a config error naming file and key, no version folder) is the
+                # operator's own text, never the client's: worth saying to the caller.
+                why = f": {' '.join(model.error.split())}" if model.error else ""
+                raise ModelNotReady(f"model '{name}' has no loadable version{why}", retry_after=5.0)
             return latest
         entry = model.versions.get(int(version)) if _is_number(version) else None
         if entry is None:

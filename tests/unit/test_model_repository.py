@@ -303,6 +303,11 @@ class TestLoader:
         assert "max_batch: unknown key" in repo.models["m"].error
         assert repo.models["m"].versions == {}
         assert repo.get("good").ready
+        with pytest.raises(ModelNotReady) as info:  # the caller learns why, on one line
+            repo.get("m")
+        assert str(tmp_path / "m" / "config.yaml") in info.value.message
+        assert "max_batch: unknown key" in info.value.message
+        assert "\n" not in info.value.message
 
     def test_hidden_and_underscore_folders_are_skipped(self, tmp_path: Path, executor: Any) -> None:
         """Folders starting with '.' or '_' and loose files are not models."""
