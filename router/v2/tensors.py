@@ -33,7 +33,15 @@ def from_json(name: str, dt: Datatype, shape: tuple[int, ...], data: Any) -> np.
         raise InvalidTensor(
             f"input '{name}': shape {list(shape)} needs {count} elements, got {array.size}"
         )
-    return array.reshape(shape)
+    return _shaped(name, array, shape)
+
+
+def _shaped(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """numpy refuses dimensions past its index range even when another one is 0."""
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise InvalidTensor(f"input '{name}': shape {list(shape)} is too large") from None
 
 
 def _numeric(name: str, dt: Datatype, data: Any) -> np.ndarray:
@@ -122,14 +130,14 @@ def from_binary(name: str, dt: Datatype, shape: tuple[int, ...], raw: memoryview
     """An input's binary-extension chunk as an array of `dt` in `shape` (a view, except BYTES)."""
     count = math.prod(shape)
     if dt.is_bytes:
-        return _bytes_elements(name, raw, count).reshape(shape)
+        return _shaped(name, _bytes_elements(name, raw, count), shape)
     expected = count * dt.numpy.itemsize
     if len(raw) != expected:
         raise InvalidTensor(
             f"input '{name}': shape {list(shape)} of {dt.name} needs {expected} bytes, "
             f"got {len(raw)}"
         )
-    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
+    return _shaped(name, np.frombuffer(raw, dtype=dt.numpy), shape)
 
 
 def _bytes_elements(name: str, raw: memoryview, count: int) -> np.ndarray:

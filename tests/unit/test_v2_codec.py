@@ -395,6 +395,18 @@ MALFORMED: dict[str, tuple[tuple[bytes, int | None], type[RouterError]]] = {
         _bad(_doc(_ok_input(datatype="FP16", data=[True, False]))),
         InvalidTensor,
     ),
+    "zero-size shape past numpy's range": (
+        _bad(_doc(_ok_input(shape=[2**63 - 1, 0], data=[]))),
+        InvalidTensor,
+    ),
+    "zero-size bytes shape past numpy's range": (
+        _bad(_doc(_ok_input(datatype="BYTES", shape=[2**62, 0], data=[]))),
+        InvalidTensor,
+    ),
+    "zero-size binary shape past numpy's range": (
+        _with_binary(_doc(_binary_input("x", "FP32", [2**62, 0], 0)), b""),
+        InvalidTensor,
+    ),
     "null data": (_bad(_doc(_ok_input(data=[None, CANARY_NUM]))), InvalidTensor),
     "object as data": (_bad(_doc(_ok_input(shape=[1], data={"k": CANARY}))), InvalidTensor),
     "number for bool": (_bad(_doc(_ok_input(datatype="BOOL"))), InvalidTensor),
