@@ -12,7 +12,7 @@ from pathlib import Path
 from router import __version__, logs, tenant_cli, yamlconf
 from router.audit import cli as audit_cli
 from router.errors import ConfigError
-from router.inference.repository import Loader, available_providers
+from router.inference.repository import Loader, ModelRepository, available_providers
 from router.policy import cli as bundle_cli
 from router.policy.bundle import PolicyBundle
 from router.policy.cases import run_cases
@@ -191,7 +191,7 @@ def check(settings: Settings) -> int:
             for entry in model.versions.values():
                 state = entry.provider if entry.ready else f"NOT LOADED: {entry.reason}"
                 print(f"{model.name} v{entry.version}: {state}")
-        problems = repository.failures
+        problems = repository.failures + escalation_problems(settings, repository)
         repository.close()
     if problems:
         print("problems:", *problems, sep="\n  ", file=sys.stderr)
@@ -201,3 +201,19 @@ def check(settings: Settings) -> int:
         f"{len(repository.models)} models in {path}"
     )
     return 0
+
+
+def escalation_problems(settings: Settings, repository: ModelRepository) -> list[str]:
+    """An escalation judged on an output the local model lacks would never fire, silently."""
+    problems = []
+    for name, route in settings.routing.models.items():
+        rule, model = route.escalate, repository.models.get(name)
+        if rule is None or rule.output is None or model is None:
+            continue
+        for entry in model.versions.values():
+            if entry.signature is not None and entry.signature.output(rule.output) is None:
+                problems.append(
+                    f"routing.models.{name}.escalate.output: model '{name}' version "
+                    f"{entry.version} has no output '{rule.output}'"
+                )
+    return problems

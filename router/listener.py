@@ -13,12 +13,18 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from router.settings import LimitsSettings
+
+# The request Content-Encodings aiohttp inflates here; any other would reach a handler as the
+# raw compressed bytes, so it is refused with 415 (RFC 9110 §15.5.16) instead.
+CONTENT_CODINGS = ("identity", "gzip", "deflate") + ("br",) * HAS_BROTLI + ("zstd",) * HAS_ZSTD
+UNSUPPORTED_CODING = f"unsupported Content-Encoding (accepted: {', '.join(CONTENT_CODINGS)})"
 
 _BUSY_BODY = orjson.dumps({"error": "too many open connections; retry later"})
 BUSY = (
@@ -110,6 +116,8 @@ class GuardedHandler(RequestHandler):
             isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message
         ):
             status, text = 431, "request header fields too large or too many"
+        elif isinstance(exc, ContentEncodingError) and _coding(request) not in CONTENT_CODINGS:
+            status, text = 415, UNSUPPORTED_CODING
         elif status >= 500:
             text = "internal error"
         response = web.Response(
@@ -117,6 +125,10 @@ class GuardedHandler(RequestHandler):
         )
         response.force_close()
         return response
+
+
+def _coding(request: BaseRequest | None) -> str:
+    return request.headers.get("Content-Encoding", "").lower() if request is not None else ""
 
 
 class GuardedRunner(web.AppRunner):

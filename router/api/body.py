@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestPayloadError
 
+from router.api.errors import error_response
 from router.api.state import SETTINGS
-from router.errors import PayloadTooLarge, RequestTimeout
-from router.listener import GuardedHandler
+from router.errors import MalformedBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from router.listener import CONTENT_CODINGS, UNSUPPORTED_CODING, GuardedHandler
 
 # Small bodies may inflate as much as they like: a 1 KiB gzip of a repetitive request is fine.
 INFLATE_FLOOR_BYTES = 1024 * 1024
@@ -25,12 +27,31 @@ def check_length(request: web.Request) -> None:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
 
 
+async def expect_within_limit(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` (curl sends it for large uploads): a declared length over the
+    limit is refused before the client is invited to send the body, not after."""
+    try:
+        check_length(request)
+    except PayloadTooLarge as exc:
+        return error_response(exc, request)
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11 or expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="unknown Expect")
+    # What aiohttp's default expect handler does.
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
+
+
 async def read_body(request: web.Request) -> bytes:
     check_length(request)
     settings = request.app[SETTINGS]
     cap, limits = settings.server.max_body_bytes, settings.limits
     content = request.content
-    encoded = "Content-Encoding" in request.headers
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None and coding.lower() not in CONTENT_CODINGS:
+        raise UnsupportedMediaType(UNSUPPORTED_CODING)
+    encoded = coding is not None
     if content.is_eof() and not encoded:
         # All of it arrived with the headers (the common small request): nothing to wait
         # for, so no deadline to arm.
@@ -59,6 +80,12 @@ async def read_body(request: web.Request) -> bytes:
                 if grown > allowance:
                     allowance = grown
                     deadline.reschedule(started + allowance)
+    except RequestPayloadError:
+        # aiohttp could not inflate what Content-Encoding promised (or the chunking broke):
+        # the client's fault, and its message would quote nothing useful.
+        raise MalformedBody(
+            "request body could not be decoded (broken Content-Encoding or chunked framing)"
+        ) from None
     except TimeoutError:
         if isinstance(request.protocol, GuardedHandler):
             request.protocol.stop_lingering()

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from router import __version__
-from router.api.body import check_length, read_body
+from router.api.body import check_length, expect_within_limit, read_body
 from router.api.current import current
 from router.api.respond import default_budget, new_context, run
 from router.api.state import BUNDLE, RELOADER, RUNTIME, SETTINGS, STATUS, UPSTREAMS
@@ -27,12 +27,14 @@ def add_routes(app: web.Application) -> None:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     # aiohttp tries routes in order: the hot one first.
-    app.router.add_post(model + "/infer", infer)
-    app.router.add_post(versioned + "/infer", infer)
+    app.router.add_post(model + "/infer", infer, expect_handler=expect_within_limit)
+    app.router.add_post(versioned + "/infer", infer, expect_handler=expect_within_limit)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", server_metadata)
-    app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_post(
+        "/v2/repository/index", repository_index, expect_handler=expect_within_limit
+    )
     app.router.add_get("/v2/models/stats", all_stats)
     for base in (model, versioned):
         app.router.add_get(base, model_metadata)

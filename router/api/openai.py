@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from router.api.admission import TENANT
-from router.api.body import check_length, read_body
+from router.api.body import check_length, expect_within_limit, read_body
 from router.api.current import current
 from router.api.respond import default_budget, new_context, run
 from router.api.state import SETTINGS, UPSTREAMS
@@ -21,7 +21,7 @@ _STARTED = int(time.time())
 
 def add_routes(app: web.Application) -> None:
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-        app.router.add_post(path, relay)
+        app.router.add_post(path, relay, expect_handler=expect_within_limit)
     app.router.add_get("/v1/models", list_models)
 
 

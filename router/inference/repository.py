@@ -20,7 +20,7 @@ import numpy as np
 
 from router.errors import ConfigError, ModelNotFound, ModelNotReady
 from router.inference import providers
-from router.inference.model_config import ModelConfig, load_model_config
+from router.inference.model_config import CONFIG_FILE, ModelConfig, load_model_config
 from router.inference.runner import ModelRunner, RunnerLimits
 from router.inference.signature import DYNAMIC, Signature, from_session
 from router.settings import ModelSettings
@@ -66,6 +66,11 @@ class Model:
 
     @property
     def latest(self) -> ModelVersion | None:
+        """The version a request naming none gets: the highest READY one, as Triton picks it
+        (a broken new version must not take down the one that works), else the highest."""
+        ready = [v for v, entry in self.versions.items() if entry.ready]
+        if ready:
+            return self.versions[max(ready)]
         return self.versions[max(self.versions)] if self.versions else None
 
 
@@ -90,7 +95,10 @@ class ModelRepository:
         if version is None:
             latest = model.latest
             if latest is None:
-                raise ModelNotReady(f"model '{name}' has no loadable version", retry_after=5.0)
+                # The why (a config error naming file and key, no version folder) is the
+                # operator's own text, never the client's: worth saying to the caller.
+                why = f": {' '.join(model.error.split())}" if model.error else ""
+                raise ModelNotReady(f"model '{name}' has no loadable version{why}", retry_after=5.0)
             return latest
         entry = model.versions.get(int(version)) if _is_number(version) else None
         if entry is None:
@@ -136,6 +144,27 @@ def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
+
+
+def all_providers() -> list[str]:
+    """Every provider name this onnxruntime knows, installed here or not."""
+    import onnxruntime as ort
+
+    return list(ort.get_all_providers())
+
+
+def _config_file(entry: ModelVersion) -> Path:
+    return entry.path.parent.parent / CONFIG_FILE
+
+
+def _check_label_output(entry: ModelVersion, config: ModelConfig, signature: Signature) -> None:
+    """Labels aimed at an output the graph does not have would silently label nothing."""
+    names = [spec.name for spec in signature.outputs]
+    if config.label_output is not None and config.label_output not in names:
+        raise ValueError(
+            f"label_output in {_config_file(entry)}: the model has no output "
+            f"'{config.label_output}' (outputs: {', '.join(names)})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +216,7 @@ class Loader:
         if pinned and pinned.lower() != entry.sha256:
             raise ValueError(f"sha256 {entry.sha256} does not match the pinned {pinned.lower()}")
         label = f"{entry.model}/{entry.version}"
+        self._check_provider_names(entry, config)
         preferred = [
             providers.Candidate(p.name, dict(p.options)) for p in config.execution_providers
         ]
@@ -195,6 +225,7 @@ class Loader:
             lambda chosen: self.build(data, config.intra_op_threads, chosen), choices, label
         )
         entry.signature = signature = from_session(session)
+        _check_label_output(entry, config, signature)
         if config.max_batch_size and not signature.batchable:
             raise ValueError(
                 "max_batch_size is set but not every tensor has an open first dimension"
@@ -204,6 +235,17 @@ class Loader:
             self._warm_up(session, signature, label, entry.runner)
         entry.state = State.READY
         log.info("model %s loaded on %s (sha256 %s)", label, entry.provider, entry.sha256[:12])
+
+    def _check_provider_names(self, entry: ModelVersion, config: ModelConfig) -> None:
+        """A misspelt provider would otherwise be dropped like an absent one, and the model
+        would run on CPU with nothing said."""
+        known = set(all_providers()) | set(self.available)
+        for choice in config.execution_providers:
+            if choice.name not in known:
+                raise ValueError(
+                    f"execution_providers in {_config_file(entry)}: '{choice.name}' is not an "
+                    "onnxruntime execution provider"
+                )
 
     @staticmethod
     def _warm_up(session: Any, signature: Signature, label: str, runner: ModelRunner) -> None:

@@ -111,6 +111,10 @@ class ModelRunner:
                 f"model {self._label}: batch of {rows} exceeds max_batch_size "
                 f"{self._limits.max_batch_size}"
             )
+        if any(a.shape[:1] != first.shape[:1] for a in feeds.values()):
+            # Inputs that disagree on the batch dimension (a broadcast one-row input): stacked
+            # with other requests their rows would pair up wrongly, so this one runs alone.
+            return rows, (object(),)
         return rows, tuple((name, a.shape[1:], a.dtype) for name, a in feeds.items())
 
     def _pump(self) -> None:
@@ -260,6 +264,15 @@ def _stack(batch: list[_Job]) -> Feeds:
 
 
 def _split(outputs: Outputs, batch: list[_Job]) -> list[Outputs]:
+    rows = sum(job.rows for job in batch)
+    for out in outputs:
+        if out.shape[:1] != (rows,):
+            # An open first dimension that is not the batch (say, a count of detections):
+            # slicing it by request would hand out other requests' results.
+            raise ValueError(
+                f"an output's first dimension is {out.shape[:1]}, not the batch of {rows} rows: "
+                "this model cannot be batched (set max_batch_size: 0)"
+            )
     parts, start = [], 0
     for job in batch:
         end = start + job.rows

@@ -33,7 +33,15 @@ def from_json(name: str, dt: Datatype, shape: tuple[int, ...], data: Any) -> np.
         raise InvalidTensor(
             f"input '{name}': shape {list(shape)} needs {count} elements, got {array.size}"
         )
-    return array.reshape(shape)
+    return _shaped(name, array, shape)
+
+
+def _shaped(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """numpy refuses dimensions past its index range even when another one is 0."""
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise InvalidTensor(f"input '{name}': shape {list(shape)} is too large") from None
 
 
 def _numeric(name: str, dt: Datatype, data: Any) -> np.ndarray:
@@ -59,17 +67,34 @@ def _numeric(name: str, dt: Datatype, data: Any) -> np.ndarray:
 
 
 def _floats(name: str, dt: Datatype, data: Any) -> np.ndarray:
-    """The hot path (FP32 inputs): one conversion straight to the wire type."""
+    """The hot path (FP32 inputs). numpy's own conversion straight to a float type would parse
+    "1.5" and take true as 1.0, so the values' kind is checked on the way (a float64 or int64
+    array: JSON numbers), then narrowed."""
     try:
-        with np.errstate(over="ignore"):
-            array = np.asarray(data, dtype=dt.numpy)
+        array = np.asarray(data)
     except (ValueError, TypeError, RecursionError):
         raise InvalidTensor(
             f"input '{name}': 'data' is not a regular array of {dt.name} values"
         ) from None
+    if array.dtype.kind not in "iuf":
+        if array.dtype.kind != "O":  # strings, or nothing but booleans
+            raise InvalidTensor(f"input '{name}': 'data' does not hold {dt.name} values")
+        array = _huge_numbers(name, dt, array)  # integers past 2**64 make numpy use objects
+    with np.errstate(over="ignore"):
+        array = array.astype(dt.numpy, copy=False)
     if not np.isfinite(array).all():
         raise InvalidTensor(f"input '{name}': a value is out of range for {dt.name}")
     return array
+
+
+def _huge_numbers(name: str, dt: Datatype, array: np.ndarray) -> np.ndarray:
+    flat = array.ravel().tolist()
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
+        raise InvalidTensor(f"input '{name}': 'data' does not hold {dt.name} values")
+    try:
+        return np.array(flat, dtype=np.float64).reshape(array.shape)
+    except OverflowError:
+        raise InvalidTensor(f"input '{name}': a value is out of range for {dt.name}") from None
 
 
 def _exact_integers(name: str, dt: Datatype, data: Any) -> np.ndarray:
@@ -105,14 +130,14 @@ def from_binary(name: str, dt: Datatype, shape: tuple[int, ...], raw: memoryview
     """An input's binary-extension chunk as an array of `dt` in `shape` (a view, except BYTES)."""
     count = math.prod(shape)
     if dt.is_bytes:
-        return _bytes_elements(name, raw, count).reshape(shape)
+        return _shaped(name, _bytes_elements(name, raw, count), shape)
     expected = count * dt.numpy.itemsize
     if len(raw) != expected:
         raise InvalidTensor(
             f"input '{name}': shape {list(shape)} of {dt.name} needs {expected} bytes, "
             f"got {len(raw)}"
         )
-    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
+    return _shaped(name, np.frombuffer(raw, dtype=dt.numpy), shape)
 
 
 def _bytes_elements(name: str, raw: memoryview, count: int) -> np.ndarray:

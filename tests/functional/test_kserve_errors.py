@@ -8,7 +8,7 @@ import gzip
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
+from router.api.state import RUNTIME
 from router.testing import (
     RouterThread,
     identity_model,
@@ -96,6 +97,26 @@ class TestMalformedRequests:
         """Broken or wrongly shaped JSON is a 400 that does not quote the document."""
         status, _, reply = await call(http, "POST", infer_url, body)
         assert_error(status, reply, 400)
+
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+    async def test_body_not_in_its_content_encoding(
+        self, http: aiohttp.ClientSession, infer_url: str, encoding: str
+    ) -> None:
+        """A body that is not what its Content-Encoding says is a 400, not an internal error."""
+        headers = {"Content-Encoding": encoding}
+        status, _, reply = await call(http, "POST", infer_url, infer_body(rgb_input()), headers)
+        assert_error(status, reply, 400, "Content-Encoding")
+
+    @pytest.mark.parametrize("encoding", ["zstd", "compress", "x-gzip", "gzip, gzip"])
+    async def test_unsupported_content_encoding(
+        self, http: aiohttp.ClientSession, infer_url: str, encoding: str
+    ) -> None:
+        """A Content-Encoding the router cannot inflate is a 415 naming the accepted ones, not
+        the compressed bytes read as if they were JSON (nor a vague 400)."""
+        body = gzip.compress(infer_body(rgb_input()))
+        headers = {"Content-Encoding": encoding}
+        status, _, reply = await call(http, "POST", infer_url, body, headers)
+        assert_error(status, reply, 415, "Content-Encoding", "gzip")
 
     async def test_truncated_json_names_the_position(
         self, http: aiohttp.ClientSession, infer_url: str
@@ -315,6 +336,37 @@ class TestBodyLimit:
         status, _, reply = await call(http, "POST", url, body)
         assert_error(status, reply, 413, str(len(body)), str(LIMIT))
 
+    async def test_expect_continue_over_the_limit_is_refused_before_the_body(
+        self, small_body_server: RouterThread
+    ) -> None:
+        """With `Expect: 100-continue` (curl's habit for large uploads) a declared length over
+        the limit gets its 413 instead of the invitation to send the body."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", small_body_server.port)
+        try:
+            writer.write(
+                b"POST /v2/models/color_classifier/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (LIMIT * 10)
+            )
+            await writer.drain()
+            async with asyncio.timeout(TIMEOUT_S):
+                status_line = await reader.readline()
+                head = await reader.readuntil(b"\r\n\r\n")
+                body = await reader.read()
+        finally:
+            writer.close()
+        assert status_line.startswith(b"HTTP/1.1 413"), status_line
+        assert b"Connection: close" in head
+        assert_error(413, body, 413, str(LIMIT))
+
+    async def test_expect_continue_under_the_limit_is_served(
+        self, http: aiohttp.ClientSession, small_body_server: RouterThread
+    ) -> None:
+        """A small body sent after `100 Continue` is answered as usual."""
+        url = f"{small_body_server.url}/v2/models/color_classifier/infer"
+        body = infer_body(rgb_input(data=[0, 0, 1]))
+        async with http.post(url, data=body, expect100=True) as resp:
+            assert resp.status == 200, await resp.read()
+
     async def test_chunked_body_over_the_limit(
         self, http: aiohttp.ClientSession, small_body_server: RouterThread
     ) -> None:
@@ -481,6 +533,15 @@ async def queue_count(http: aiohttp.ClientSession, server: RouterThread) -> int:
     return int(stats["inference_stats"]["queue"]["count"])
 
 
+async def until(check: Callable[[], bool]) -> None:
+    """Poll `check` (a cheap read of router state) until it holds, within TIMEOUT_S."""
+    for _ in range(int(TIMEOUT_S / 0.005)):
+        if check():
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError("the router never reached the expected state")
+
+
 class TestOverload:
     """A full queue sheds load with 503 + Retry-After; a passed deadline is a 504."""
 
@@ -501,6 +562,38 @@ class TestOverload:
             if status == 503:
                 assert_error(status, reply, 503, "queue is full")
                 assert int(headers["Retry-After"]) >= 1
+
+    @pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "cache"])
+    async def test_client_gone_while_queued_never_runs(
+        self, http: aiohttp.ClientSession, tmp_path: Path, cache: bool
+    ) -> None:
+        """A queued request whose client disconnects is dropped before it runs, also with the
+        response cache on (as by default), which coalesces requests in a task of their own."""
+        write_repository(
+            tmp_path, {"slow": {1: identity_model("FP32")}}, {"slow": {"warmup": False}}
+        )
+        settings = settings_for(tmp_path, inference_threads=1, max_queue_size=1, cache=cache)
+        with serve_in_thread(settings, session_builder=slow_session_builder(SLOW_RUN_S)) as server:
+            await self._abandon_a_queued_request(http, server)
+
+    async def _abandon_a_queued_request(
+        self, http: aiohttp.ClientSession, slow_server: RouterThread
+    ) -> None:
+        url = f"{slow_server.url}/v2/models/slow/infer"
+        runs = await queue_count(http, slow_server)
+        assert slow_server.app is not None
+        runner = slow_server.app[RUNTIME].current.models.get("slow").runner
+        assert runner is not None
+        leaver = aiohttp.ClientSession()
+        async with leaver, asyncio.timeout(TIMEOUT_S), asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(call(http, "POST", url, slow_body()))
+            await wait_until_running(http, slow_server, runs + 1)
+            leaving = tasks.create_task(call(leaver, "POST", url, slow_body(2.0)))
+            await until(lambda: runner.pending == 2)  # the second request is in the queue
+            leaving.cancel()  # the client goes away: its connection closes
+        assert running.result()[0] == 200
+        await until(lambda: runner.pending == 0)
+        assert await queue_count(http, slow_server) == runs + 1  # the abandoned one never ran
 
     async def test_deadline_passed_in_queue(
         self, http: aiohttp.ClientSession, slow_server: RouterThread

@@ -321,6 +321,20 @@ class TestCheck:
         assert str(config) in done.stderr
         assert "server.bogus_key: unknown key" in done.stderr
 
+    def test_escalation_on_a_missing_output_exits_1(self, repository: Path, tmp_path: Path) -> None:
+        """An escalation judged on an output the local model does not have would never fire:
+        the check fails (1), naming the dotted key and the output."""
+        config = tmp_path / "site.yaml"
+        config.write_text(
+            f"models:\n  repository: {repository}\nrouting:\n  models:\n    color_classifier:\n"
+            "      escalate: {to_model: big, threshold: 0.5, output: scores}\n",
+            encoding="utf-8",
+        )
+        done = run_cli("check", config)
+        assert done.returncode == 1, done.stdout
+        assert "routing.models.color_classifier.escalate.output" in done.stderr
+        assert "'scores'" in done.stderr
+
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""
         color = edge_models / "color_classifier"

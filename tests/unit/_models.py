@@ -35,6 +35,35 @@ def double_model(shape: Sequence[Dim] = ("N", "D"), elem: int = TensorProto.FLOA
     return _finish(graph)
 
 
+def add_model() -> bytes:
+    """z = x + y, x FP32 [N,3] and y FP32 [M,3] with independent open first dimensions: a
+    request may broadcast a one-row y over several rows of x."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "y"], ["z"])],
+        "add",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 3]),
+        ],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])],
+    )
+    return _finish(graph)
+
+
+def column_sum_model() -> bytes:
+    """y = the sum of x's rows, keeping a first dimension of 1: an open first dimension on the
+    output ("K") that is not the batch."""
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+        "column_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["K", 3])],
+        initializer=[axes],
+    )
+    return _finish(graph)
+
+
 def reshape_to_three_model() -> bytes:
     """Reshapes x (FP32 [N]) to [3]: any input without exactly 3 elements fails at run time."""
     target = helper.make_tensor("target", TensorProto.INT64, [1], [3])

@@ -173,6 +173,19 @@ class TestLoader:
         assert repo.find("m", "2").version == 2
         assert sorted(repo.models["m"].versions) == [1, 2, 10]
 
+    def test_highest_ready_version_is_default(self, tmp_path: Path, executor: Any) -> None:
+        """A broken highest version does not take the model down: requests naming no version
+        get the highest version that loaded (Triton's choice), the broken one stays reported."""
+        write_model(tmp_path, "m", 1, double_model())
+        write_model(tmp_path, "m", 2, double_model())
+        write_model(tmp_path, "m", 3, b"this is not an onnx file")
+        repo = _loader(executor).load(tmp_path)
+        assert repo.get("m").version == 2
+        assert repo.find("m", "3").state is State.UNAVAILABLE
+        assert not repo.ready
+        with pytest.raises(ModelNotReady):
+            repo.get("m", "3")
+
     def test_unknown_model(self, tmp_path: Path, executor: Any) -> None:
         """An unknown model name is ModelNotFound."""
         write_model(tmp_path, "m", 1, double_model())
@@ -290,6 +303,11 @@ class TestLoader:
         assert "max_batch: unknown key" in repo.models["m"].error
         assert repo.models["m"].versions == {}
         assert repo.get("good").ready
+        with pytest.raises(ModelNotReady) as info:  # the caller learns why, on one line
+            repo.get("m")
+        assert str(tmp_path / "m" / "config.yaml") in info.value.message
+        assert "max_batch: unknown key" in info.value.message
+        assert "\n" not in info.value.message
 
     def test_hidden_and_underscore_folders_are_skipped(self, tmp_path: Path, executor: Any) -> None:
         """Folders starting with '.' or '_' and loose files are not models."""
@@ -335,6 +353,26 @@ class TestLoader:
         entry = _loader(executor, build, available=(OPENVINO, CPU)).load(tmp_path).get("m")
         assert entry.provider == CPU
         assert entry.provider_failures == [Attempt(OPENVINO, f"{OPENVINO} could not start")]
+
+    def test_misspelt_provider_is_an_error(self, tmp_path: Path, executor: Any) -> None:
+        """A provider name onnxruntime does not know makes the version UNAVAILABLE, naming the
+        config file, the key and the name, instead of a silent fall back to CPU."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", "execution_providers: [CUDAExcutionProvider]\n")
+        entry = _loader(executor, available=(CPU,)).load(tmp_path).find("m")
+        assert entry.state is State.UNAVAILABLE
+        for word in ("execution_providers", str(tmp_path / "m" / "config.yaml"), "CUDAExcution"):
+            assert word in entry.reason
+
+    def test_label_output_must_be_an_output(self, tmp_path: Path, executor: Any) -> None:
+        """label_output naming no output of the graph is an error naming the file and key, not
+        a classification that silently comes back without labels."""
+        write_model(tmp_path, "m", 1, double_model())
+        _config(tmp_path, "m", "labels: [a, b]\nlabel_output: scores\n")
+        entry = _loader(executor).load(tmp_path).find("m")
+        assert entry.state is State.UNAVAILABLE
+        for word in ("label_output", str(tmp_path / "m" / "config.yaml"), "'scores'", "y"):
+            assert word in entry.reason
 
     def test_site_restriction_applies(self, tmp_path: Path, executor: Any) -> None:
         """models.execution_providers on the site narrows what a model may use."""

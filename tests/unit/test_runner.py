@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _models import cpu_session, double_model, reshape_to_three_model
+from _models import (
+    add_model,
+    column_sum_model,
+    cpu_session,
+    double_model,
+    reshape_to_three_model,
+)
 
 from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, QueueFull
 from router.inference.runner import ModelRunner, RunnerLimits
@@ -125,6 +131,32 @@ class TestModelRunner:
         assert widths == {2, 3}
         assert len(session.runs) >= 2
         assert sum(shapes["x"][0] for shapes in session.runs) == 10
+
+    async def test_inputs_of_unequal_rows_never_share_a_batch(self, executor: Any) -> None:
+        """A request whose inputs disagree on the first dimension (a broadcast y) runs alone:
+        stacked with others, its rows would pair with another request's rows."""
+        session = CountingSession(cpu_session(add_model()))
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.05), "a/1")
+        x = np.arange(9, dtype=np.float32).reshape(3, 3)
+        one_y, two_y = np.ones((1, 3), np.float32), np.full((2, 3), 5, np.float32)
+        feeds = [{"x": x[:2], "y": one_y}, {"x": x[2:], "y": x[2:]}, {"x": x[:1], "y": two_y}]
+        results = await asyncio.gather(*(runner.infer(f, FAR) for f in feeds))
+        for f, (z,) in zip(feeds, results, strict=True):
+            np.testing.assert_array_equal(z, f["x"] + f["y"])
+
+    async def test_output_without_the_batch_rows_fails_instead_of_mixing(
+        self, executor: Any
+    ) -> None:
+        """An output whose open first dimension is not the batch cannot be split per request:
+        every job of the batch fails, none gets a slice of another's result."""
+        session = CountingSession(cpu_session(column_sum_model()))
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.05), "s/1")
+        futures = [runner.infer({"x": _rows(float(i), width=3)}, FAR) for i in range(2)]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert len(session.runs) == 1  # they did share a batch
+        for outcome in outcomes:
+            assert isinstance(outcome, InferenceFailed)
+            assert "cannot be batched" in outcome.message
 
     async def test_different_dtypes_never_share_a_batch(self, executor: Any) -> None:
         """Requests with different dtypes are not stacked, so numpy never upcasts one of them."""

@@ -175,9 +175,9 @@ class TestSingleFlight:
         assert (work.runs, work.finished) == (1, 1)
         assert [value for value, _ in callers.results(skip=leaver)] == ["answer"] * 3
 
-    async def test_the_work_outlives_every_waiter_and_a_late_caller_joins_it(self) -> None:
-        """With every caller gone the work still finishes; a caller arriving meanwhile joins
-        the running flight instead of starting another."""
+    async def test_the_work_is_cancelled_when_every_waiter_left(self) -> None:
+        """With every caller gone the work is cancelled (a queued inference nobody waits for
+        must not run); a caller arriving afterwards starts a flight of its own."""
         flight: SingleFlight[Any] = SingleFlight()
         work = Work("answer")
         async with calling(flight) as callers:
@@ -186,12 +186,13 @@ class TestSingleFlight:
             for task in callers.tasks:
                 task.cancel()
             await asyncio.wait(callers.tasks)
-            assert len(flight) == 1
+            await landed(flight)
+            assert (work.runs, work.finished) == (1, 0)
             callers.start("k", work)  # the late caller
             await callers.joined()
             work.release.set()
-        assert callers.tasks[-1].result() == ("answer", True)
-        assert (work.runs, work.finished) == (1, 1)
+        assert callers.tasks[-1].result() == ("answer", False)
+        assert (work.runs, work.finished) == (2, 1)
         await landed(flight)
 
     async def test_after_completion_a_new_call_runs_again(self) -> None:
@@ -229,7 +230,7 @@ class TestSingleFlight:
     async def test_no_unretrieved_exception_warning_when_every_waiter_left(
         self, unhandled: list[dict[str, Any]]
     ) -> None:
-        """Work that fails after all its callers left is not reported as an exception nobody
+        """Work abandoned by all its callers is not reported as an exception nobody
         retrieved: leaving is normal (clients disconnect), not a bug to log."""
         flight: SingleFlight[Any] = SingleFlight()
         work = Work(error=RuntimeError("failed after everyone left"))
@@ -240,7 +241,7 @@ class TestSingleFlight:
                 task.cancel()
         work.release.set()
         await landed(flight)
-        assert work.finished == 1
+        assert work.finished == 0
         del callers
         gc.collect()
         await asyncio.sleep(0)

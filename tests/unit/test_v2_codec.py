@@ -386,6 +386,27 @@ MALFORMED: dict[str, tuple[tuple[bytes, int | None], type[RouterError]]] = {
         InvalidTensor,
     ),
     "strings for a numeric type": (_bad(_doc(_ok_input(data=[CANARY, CANARY]))), InvalidTensor),
+    "numeric strings for FP32": (_bad(_doc(_ok_input(data=["1.5", CANARY_NUM]))), InvalidTensor),
+    "numeric strings for FP64": (
+        _bad(_doc(_ok_input(datatype="FP64", data=["1.5", CANARY_NUM]))),
+        InvalidTensor,
+    ),
+    "booleans for FP16": (
+        _bad(_doc(_ok_input(datatype="FP16", data=[True, False]))),
+        InvalidTensor,
+    ),
+    "zero-size shape past numpy's range": (
+        _bad(_doc(_ok_input(shape=[2**63 - 1, 0], data=[]))),
+        InvalidTensor,
+    ),
+    "zero-size bytes shape past numpy's range": (
+        _bad(_doc(_ok_input(datatype="BYTES", shape=[2**62, 0], data=[]))),
+        InvalidTensor,
+    ),
+    "zero-size binary shape past numpy's range": (
+        _with_binary(_doc(_binary_input("x", "FP32", [2**62, 0], 0)), b""),
+        InvalidTensor,
+    ),
     "null data": (_bad(_doc(_ok_input(data=[None, CANARY_NUM]))), InvalidTensor),
     "object as data": (_bad(_doc(_ok_input(shape=[1], data={"k": CANARY}))), InvalidTensor),
     "number for bool": (_bad(_doc(_ok_input(datatype="BOOL"))), InvalidTensor),
