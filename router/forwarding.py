@@ -142,7 +142,7 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     headers = downstream_response_headers(response.headers)
     body = forwarded.body
     if body is None and content_type != "text/event-stream":
-        body = await response.read(MAX_RESPONSE_BYTES)  # e.g. a JSON error for a stream request
+        body = await _rest_of(forwarded)  # e.g. a JSON error for a stream request
     vault = ctx.vault
     if body is not None:
         if vault is not None and len(vault) and content_type == "application/json":
@@ -185,6 +185,29 @@ def _served_tier(claimed: str | None, cluster: Cluster) -> str:
     return own
 
 
+async def _streamed(forwarded: Forwarded) -> AsyncIterator[bytes]:
+    """A stream's bytes: the first ones (read within the try's deadline), then the rest."""
+    if forwarded.first:
+        yield forwarded.first
+    rest = forwarded.rest if forwarded.rest is not None else forwarded.response.chunks()
+    async for chunk in rest:
+        yield chunk
+
+
+async def _rest_of(forwarded: Forwarded) -> bytes:
+    """A streamed answer read whole (one that turned out not to be a stream)."""
+    body = bytearray()
+    try:
+        async for chunk in _streamed(forwarded):
+            body += chunk
+            if len(body) > MAX_RESPONSE_BYTES:
+                raise UpstreamError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+    except BaseException:
+        forwarded.response.abort()
+        raise
+    return bytes(body)
+
+
 async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     """Whole SSE events as they arrive; a failure after the first byte becomes StreamBroken,
     which the handler turns into an explicit error event instead of a stream that looks
@@ -193,7 +216,7 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     completed = False
     pending = b""
     try:
-        async for chunk in forwarded.response.chunks():
+        async for chunk in _streamed(forwarded):
             data = pending + chunk if pending else chunk
             end = _events_end(data)
             pending = data[end:]

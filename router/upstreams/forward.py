@@ -2,7 +2,9 @@
 is safe to retry (tenacity), feed health and outlier ejection, honour Retry-After.
 
 Only `call` is public. It returns an open `UpstreamResponse` whose status is < 500 and not 429;
-the body is read already (`Forwarded.body`) unless the caller asked for a stream.
+the body is read already (`Forwarded.body`) unless the caller asked for a stream, whose first
+bytes are read within the try's deadline too (`Forwarded.first`, the rest in `Forwarded.rest`):
+an LLM server answers its headers at once and spends the time before the first token.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from tenacity import (
@@ -52,6 +54,8 @@ class Forwarded:
     endpoint: Endpoint
     attempts: int
     upstream_ms: float
+    first: bytes = b""  # a stream's first body bytes (empty: none, or not a stream)
+    rest: AsyncIterator[bytes] | None = None  # a stream's bytes after `first`
 
 
 async def call(
@@ -178,12 +182,24 @@ async def _try(
     where = f"cluster {cluster.name} endpoint {endpoint.index}"
     started = time.perf_counter()
     timeout = min(settings.request_timeout_ms / 1000, deadline - now)
+    response: UpstreamResponse | None = None
+    rest: AsyncIterator[bytes] | None = None
+    first = b""
     try:
         async with asyncio.timeout(timeout):
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
             _check_status(response, where)
-            data = None if stream else await response.read(MAX_RESPONSE_BYTES)
+            if stream:
+                # Time to first byte, not to headers, is what the budget and the latency
+                # estimate are about: headers alone would let a slow tier look fast.
+                rest = response.chunks()
+                first = await anext(rest, b"")
+                data = None
+            else:
+                data = await response.read(MAX_RESPONSE_BYTES)
     except TimeoutError:
+        if response is not None:
+            response.abort()  # half read: the connection must not be reused
         # Slower than the client's budget is not broken: remember the latency (so the tier is
         # skipped for such budgets) but blame the endpoint only for its own timeout.
         if timeout < settings.request_timeout_ms / 1000:
@@ -198,7 +214,7 @@ async def _try(
     elapsed_ms = (time.perf_counter() - started) * 1000
     endpoint.health.observe(elapsed_ms)
     endpoint.health.succeeded()
-    return Forwarded(response, data, endpoint, 1, elapsed_ms)
+    return Forwarded(response, data, endpoint, 1, elapsed_ms, first, rest)
 
 
 def _check_status(response: UpstreamResponse, where: str) -> None:

@@ -624,6 +624,39 @@ class TestBudgetAndFallback:
             assert answer.tier == "central"
         assert len(slow.received) == 1
 
+    async def test_r7_slow_first_event_counts_against_the_budget(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """Regional sends its stream's headers at once but its first event only after 1.5 s:
+        with a 300 ms budget the try times out at the budget (then central or a 504), never
+        a 200 from regional that keeps the client waiting past it; the wait is learned."""
+        slow, slow_url = await start_fake(stack, "regional", first_event_delay_s=1.5)
+        _, central_url = await start_fake(stack, "central", reply_text="fast")
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", slow_url, expected_latency_ms=20),
+            cluster("central", "central", central_url, expected_latency_ms=20),
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await post(
+            http,
+            f"{url}/v1/chat/completions",
+            {**CHAT, "stream": True},
+            headers={"X-Latency-Budget-Ms": "300"},
+        )
+        assert loop.time() - started < 1.0
+        assert "failed:regional:upstream_timeout" in answer.reason
+        if answer.status == 200:
+            assert answer.tier == "central"
+            assert b"fast" in answer.body
+        else:
+            assert answer.status == 504, answer.body
+        assert len(slow.received) == 1
+        # The wait for the first event is latency regional showed, remembered for routing.
+        assert (clusters_of(app)["regional"].endpoints[0].health.ewma_ms or 0) >= 250
+
     async def test_r7_budget_nobody_can_meet_fails_fast(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:

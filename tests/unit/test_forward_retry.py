@@ -5,7 +5,7 @@ deadline, Retry-After, the retry budget)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -41,6 +41,11 @@ class FakeResponse:
     async def read(self, limit: int) -> bytes:
         self.read_called = True
         return self.body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.read_called = True
+        for byte in self.body:
+            yield bytes([byte])
 
     def abort(self) -> None:
         self.aborted = True
@@ -147,12 +152,16 @@ class TestSuccess:
         assert cluster.counters.retries == 0
         assert cluster.active == 0
 
-    async def test_stream_is_left_unread(self) -> None:
-        """A stream is handed back open, its body unread."""
+    async def test_stream_is_left_open_after_its_first_bytes(self) -> None:
+        """A stream is handed back open: its first bytes read within the try (time to first
+        byte is what the budget bounds), the rest left to the caller."""
         transport = ScriptedTransport()
         forwarded = await forward(make_cluster(), transport, stream=True)
         assert forwarded.body is None
-        assert not transport.responses[0].read_called
+        assert forwarded.first == b"{"
+        assert forwarded.rest is not None
+        assert [chunk async for chunk in forwarded.rest] == [b"}"]
+        assert not transport.responses[0].aborted
 
     async def test_body_reencoded_with_the_remaining_budget(self) -> None:
         """`body_for` gets the milliseconds left at each try, shrinking across retries."""
