@@ -138,7 +138,9 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     ctx.upstream_reasons = response.headers.get(ROUTE_REASON, "")
     if forwarded.attempts > 1:
         ctx.reasons.append(f"retried:{forwarded.attempts - 1}")
-    content_type = response.headers.get("Content-Type", "application/json").split(";")[0]
+    # Media types are case-insensitive (RFC 9110 §8.3.1): `Text/Event-Stream` is a stream too.
+    raw_type = response.headers.get("Content-Type", "application/json")
+    content_type = raw_type.split(";")[0].strip().lower()
     headers = downstream_response_headers(response.headers)
     body = forwarded.body
     if body is None and content_type != "text/event-stream":
