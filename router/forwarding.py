@@ -207,6 +207,8 @@ async def _rest_of(forwarded: Forwarded) -> bytes:
     except BaseException:
         forwarded.response.abort()
         raise
+    finally:
+        forwarded.release()
     return bytes(body)
 
 
@@ -232,6 +234,7 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     finally:
         if not completed:  # broken, or the client went away: cancel upstream, drop the conn
             forwarded.response.abort()
+        forwarded.release()
 
 
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")  # an empty line, in any of SSE's line endings

@@ -56,6 +56,37 @@ class Forwarded:
     upstream_ms: float
     first: bytes = b""  # a stream's first body bytes (empty: none, or not a stream)
     rest: AsyncIterator[bytes] | None = None  # a stream's bytes after `first`
+    # A stream holds its place in the cluster's breaker until it ends: whoever relays it
+    # calls this when done (once is enough; it also runs when `rest` ends or is dropped).
+    release: Callable[[], None] = lambda: None
+
+
+class _Hold:
+    """One request's place among the cluster's active ones, given back exactly once: when
+    `call` returns, or for a stream when its bytes end (drained, broken, closed, dropped)."""
+
+    __slots__ = ("_cluster", "_released", "streaming")
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._released = False
+        self.streaming = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._cluster.done()
+
+
+async def _held(chunks: AsyncIterator[bytes], hold: _Hold) -> AsyncIterator[bytes]:
+    """`chunks`, giving the stream's place back however they end. Started by the first-byte
+    read, so even a stream nobody relays is closed (and gives it back) when collected."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        if hold.streaming:
+            hold.release()
 
 
 async def call(
@@ -73,10 +104,20 @@ async def call(
         raise DeadlineExceeded(f"cluster {cluster.name}: the latency budget is spent")
     if not cluster.admit():
         raise UpstreamOverflow(f"cluster {cluster.name}: too many requests in flight")
+    # A stream counts as active until its last byte, not only until its headers: long
+    # streams would otherwise fill the connections unseen by the breaker, and the requests
+    # queued behind them would time out and be blamed on the upstream.
+    hold = _Hold(cluster)
     try:
-        return await _with_retries(cluster, transport, outgoing, deadline, replayable, stream)
+        forwarded = await _with_retries(
+            cluster, transport, outgoing, deadline, replayable, hold if stream else None
+        )
     finally:
-        cluster.done()
+        if not hold.streaming:
+            hold.release()
+    if hold.streaming:
+        forwarded.release = hold.release
+    return forwarded
 
 
 async def _with_retries(
@@ -85,7 +126,7 @@ async def _with_retries(
     outgoing: Outgoing,
     deadline: float,
     replayable: bool,
-    stream: bool,
+    hold: _Hold | None,
 ) -> Forwarded:
     """The first try runs bare (the common case pays nothing for the retry machinery); only a
     failure that may be retried enters tenacity for the remaining attempts."""
@@ -129,7 +170,7 @@ async def _with_retries(
         if endpoint is None:
             raise NoHealthyTarget(f"cluster {cluster.name}: no live endpoint")
         tried.append(endpoint)
-        forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, stream)
+        forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, hold)
         forwarded.attempts = number
         return forwarded
 
@@ -169,8 +210,9 @@ async def _try(
     endpoint: Endpoint,
     outgoing: Outgoing,
     deadline: float,
-    stream: bool,
+    hold: _Hold | None,
 ) -> Forwarded:
+    """One try; `hold` is given for a stream, whose first bytes are part of the try."""
     loop = asyncio.get_running_loop()
     settings = cluster.settings
     now = loop.time()
@@ -189,11 +231,13 @@ async def _try(
         async with asyncio.timeout(timeout):
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
             _check_status(response, where)
-            if stream:
+            if hold is not None:
                 # Time to first byte, not to headers, is what the budget and the latency
                 # estimate are about: headers alone would let a slow tier look fast.
-                rest = response.chunks()
-                first = await anext(rest, b"")
+                rest = _held(response.chunks(), hold)
+                head = await anext(rest, None)
+                hold.streaming = head is not None  # an empty stream ended already
+                first = head or b""
                 data = None
             else:
                 data = await response.read(MAX_RESPONSE_BYTES)

@@ -266,6 +266,64 @@ class TestBreaker:
         assert len(slow.received) == 1
         assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
 
+    async def test_r2_a_stream_holds_its_place_until_it_ends(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """max_connections 1, max_pending 0, one long stream in progress: requests meanwhile
+        are shed at once (503 upstream_overflow), not queued behind the stream until they
+        time out and blamed on the upstream; once the stream ends the place is free again."""
+        fake, fake_url = await start_fake(stack, "slow", stream_chunks=8, stream_delay_s=0.1)
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster(
+                "regional",
+                "regional",
+                fake_url,
+                max_connections=1,
+                max_pending=0,
+                request_timeout_ms=500,
+            ),
+        )
+        regional = clusters_of(app)["regional"]
+        body = {**CHAT, "stream": True}
+        async with asyncio.timeout(LIMIT_S):
+            async with http.post(f"{url}/v1/chat/completions", json=body) as streaming:
+                assert streaming.status == 200
+                await streaming.content.readuntil(b"\n\n")  # the stream is under way
+                assert regional.active == 1
+                for _ in range(3):
+                    answer = await post(http, f"{url}/v1/chat/completions", CHAT)
+                    assert answer.status == 503, answer.body
+                    assert answer.code == "upstream_overflow"
+                assert b"[DONE]" in await streaming.read()
+        await eventually(lambda: regional.active == 0, "the stream gave its place back")
+        assert regional.counters.overflows == 3
+        assert regional.counters.failures == 0
+        assert len(fake.received) == 1
+        assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
+
+    async def test_r2_a_stream_cut_by_its_client_gives_its_place_back(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """A client that hangs up mid-stream frees the stream's place in the breaker."""
+        _, fake_url = await start_fake(stack, "slow", stream_chunks=50, stream_delay_s=0.1)
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", fake_url, max_connections=1, max_pending=0),
+        )
+        regional = clusters_of(app)["regional"]
+        async with asyncio.timeout(LIMIT_S):
+            async with http.post(
+                f"{url}/v1/chat/completions", json={**CHAT, "stream": True}
+            ) as streaming:
+                await streaming.content.readuntil(b"\n\n")
+                assert regional.active == 1
+                streaming.close()  # hang up mid-stream
+        await eventually(lambda: regional.active == 0, "the cut stream gave its place back")
+        assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
+
     async def test_r3_twice_the_capacity_is_shed(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:

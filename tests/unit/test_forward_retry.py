@@ -74,6 +74,7 @@ class ScriptedTransport:
         self.responses: list[FakeResponse] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.body = b"{}"
 
     async def send(
         self, request: UpstreamRequest, where: str, connect_timeout: float
@@ -93,7 +94,7 @@ class ScriptedTransport:
         if isinstance(step, BaseException):
             raise step
         status, headers = step if isinstance(step, tuple) else (step, {})
-        response = FakeResponse(status, headers)
+        response = FakeResponse(status, headers, self.body)
         self.responses.append(response)
         return response
 
@@ -162,6 +163,29 @@ class TestSuccess:
         assert forwarded.rest is not None
         assert [chunk async for chunk in forwarded.rest] == [b"}"]
         assert not transport.responses[0].aborted
+
+    async def test_stream_stays_active_until_its_end(self) -> None:
+        """A stream keeps its place in the breaker while its bytes flow, and gives it back
+        once: when they end, however often `release` is called after."""
+        cluster = make_cluster()
+        forwarded = await forward(cluster, ScriptedTransport(), stream=True)
+        assert cluster.active == 1
+        assert forwarded.rest is not None
+        assert [chunk async for chunk in forwarded.rest] == [b"}"]
+        assert cluster.active == 0
+        forwarded.release()
+        assert cluster.active == 0
+
+    async def test_empty_stream_is_not_held(self) -> None:
+        """A stream with no body at all has ended already: nothing stays held."""
+        cluster = make_cluster()
+        transport = ScriptedTransport()
+        transport.body = b""
+        forwarded = await forward(cluster, transport, stream=True)
+        assert forwarded.first == b""
+        assert cluster.active == 0
+        forwarded.release()
+        assert cluster.active == 0
 
     async def test_body_reencoded_with_the_remaining_budget(self) -> None:
         """`body_for` gets the milliseconds left at each try, shrinking across retries."""
