@@ -10,7 +10,7 @@ import asyncio
 from aiohttp import web
 
 from router.api.state import SETTINGS
-from router.errors import PayloadTooLarge, RequestTimeout
+from router.errors import MalformedBody, PayloadTooLarge, RequestTimeout
 from router.listener import GuardedHandler
 
 # Small bodies may inflate as much as they like: a 1 KiB gzip of a repetitive request is fine.
@@ -59,6 +59,11 @@ async def read_body(request: web.Request) -> bytes:
                 if grown > allowance:
                     allowance = grown
                     deadline.reschedule(started + allowance)
+    except web.RequestPayloadError:
+        # aiohttp inflates as it reads: a body its Content-Encoding cannot decode (or a cut
+        # chunked one) is the client's error, not a 500.
+        problem = "does not decode as its Content-Encoding says" if encoded else "is malformed"
+        raise MalformedBody(f"request body {problem}") from None
     except TimeoutError:
         if isinstance(request.protocol, GuardedHandler):
             request.protocol.stop_lingering()
