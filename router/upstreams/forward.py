@@ -267,7 +267,7 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         response.abort()
         retry_after = _retry_after(response.headers.get("Retry-After"))
         raise UpstreamStatus(f"{where}: answered {status}", status, retry_after)
-    if 300 <= status < 400:
+    if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: relayed
         response.abort()
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
         error.retryable = False

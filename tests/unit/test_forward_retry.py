@@ -258,6 +258,17 @@ class TestWhatIsRetried:
         assert cluster.counters.retries == 0
         assert cluster.counters.failures == 0
 
+    async def test_not_modified_is_an_answer_not_a_redirect(self) -> None:
+        """A 304 (to a conditional GET the client sent) is relayed as it came: it redirects
+        nowhere, so it is not refused as an unfollowed redirect."""
+        cluster = make_cluster()
+        transport = ScriptedTransport((304, {"ETag": '"v1"'}))
+        forwarded = await forward(cluster, transport)
+        assert forwarded.response.status == 304
+        assert len(transport.sent) == 1
+        assert not transport.responses[0].aborted
+        assert cluster.counters.failures == 0
+
     @pytest.mark.parametrize("failure", [ConnectFailed("connect"), 503, 429], ids=repr)
     async def test_never_retried_when_not_replayable(self, failure: Step) -> None:
         """A request that may not be replayed is sent exactly once."""
