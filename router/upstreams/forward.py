@@ -78,11 +78,22 @@ class _Hold:
             self._cluster.done()
 
 
-async def _held(chunks: AsyncIterator[bytes], hold: _Hold) -> AsyncIterator[bytes]:
-    """`chunks`, giving the stream's place back however they end. Started by the first-byte
-    read, so even a stream nobody relays is closed (and gives it back) when collected."""
+async def _held(
+    chunks: AsyncIterator[bytes], hold: _Hold, idle_s: float, where: str
+) -> AsyncIterator[bytes]:
+    """`chunks`, each within `idle_s` of the last (a stream that stalls is broken, not kept
+    open forever), giving the stream's place back however they end. Started by the
+    first-byte read, so even a stream nobody relays is closed (and gives it back) when
+    collected."""
     try:
-        async for chunk in chunks:
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UpstreamTimeout(f"{where}: no byte for {idle_s * 1000:.0f} ms") from None
             yield chunk
     finally:
         if hold.streaming:
@@ -234,7 +245,7 @@ async def _try(
             if hold is not None:
                 # Time to first byte, not to headers, is what the budget and the latency
                 # estimate are about: headers alone would let a slow tier look fast.
-                rest = _held(response.chunks(), hold)
+                rest = _held(response.chunks(), hold, settings.request_timeout_ms / 1000, where)
                 head = await anext(rest, None)
                 hold.streaming = head is not None  # an empty stream ended already
                 first = head or b""

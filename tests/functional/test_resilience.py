@@ -500,6 +500,28 @@ class TestBrokenMidResponse:
         assert len(events) == after + 1
         assert len(fake.received) == 2
 
+    async def test_r5_stalled_stream_ends_with_an_error(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """An upstream that goes silent mid-stream for longer than request_timeout_ms: the
+        stream ends with an explicit upstream_timeout error event instead of holding the
+        client (and the cluster's place) for as long as the upstream stays silent."""
+        fake, fake_url = await start_fake(stack, "regional", stream_delay_s=3.0)
+        app, url = await start_router(
+            stack, tmp_path, cluster("regional", "regional", fake_url, request_timeout_ms=300)
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        raw = await post(http, f"{url}/v1/chat/completions", {**CHAT, "stream": True})
+        assert loop.time() - started < 2.0
+        assert raw.status == 200
+        events = sse_events(raw.body)
+        assert len(events) == 2  # the first event, then the error
+        assert orjson.loads(events[-1])["error"]["code"] == "upstream_stream_broken"
+        assert "no byte for 300 ms" in orjson.loads(events[-1])["error"]["message"]
+        await eventually(lambda: clusters_of(app)["regional"].active == 0, "place given back")
+        assert len(fake.received) == 1
+
     async def test_r5_break_before_the_first_event(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path
     ) -> None:
