@@ -138,11 +138,13 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     ctx.upstream_reasons = response.headers.get(ROUTE_REASON, "")
     if forwarded.attempts > 1:
         ctx.reasons.append(f"retried:{forwarded.attempts - 1}")
-    content_type = response.headers.get("Content-Type", "application/json").split(";")[0]
+    # Media types are case-insensitive (RFC 9110 §8.3.1): `Text/Event-Stream` is a stream too.
+    raw_type = response.headers.get("Content-Type", "application/json")
+    content_type = raw_type.split(";")[0].strip().lower()
     headers = downstream_response_headers(response.headers)
     body = forwarded.body
     if body is None and content_type != "text/event-stream":
-        body = await response.read(MAX_RESPONSE_BYTES)  # e.g. a JSON error for a stream request
+        body = await _rest_of(forwarded)  # e.g. a JSON error for a stream request
     vault = ctx.vault
     if body is not None:
         if vault is not None and len(vault) and content_type == "application/json":
@@ -185,6 +187,31 @@ def _served_tier(claimed: str | None, cluster: Cluster) -> str:
     return own
 
 
+async def _streamed(forwarded: Forwarded) -> AsyncIterator[bytes]:
+    """A stream's bytes: the first ones (read within the try's deadline), then the rest."""
+    if forwarded.first:
+        yield forwarded.first
+    rest = forwarded.rest if forwarded.rest is not None else forwarded.response.chunks()
+    async for chunk in rest:
+        yield chunk
+
+
+async def _rest_of(forwarded: Forwarded) -> bytes:
+    """A streamed answer read whole (one that turned out not to be a stream)."""
+    body = bytearray()
+    try:
+        async for chunk in _streamed(forwarded):
+            body += chunk
+            if len(body) > MAX_RESPONSE_BYTES:
+                raise UpstreamError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+    except BaseException:
+        forwarded.response.abort()
+        raise
+    finally:
+        forwarded.release()
+    return bytes(body)
+
+
 async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     """Whole SSE events as they arrive; a failure after the first byte becomes StreamBroken,
     which the handler turns into an explicit error event instead of a stream that looks
@@ -193,7 +220,7 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     completed = False
     pending = b""
     try:
-        async for chunk in forwarded.response.chunks():
+        async for chunk in _streamed(forwarded):
             data = pending + chunk if pending else chunk
             end = _events_end(data)
             pending = data[end:]
@@ -207,6 +234,7 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     finally:
         if not completed:  # broken, or the client went away: cancel upstream, drop the conn
             forwarded.response.abort()
+        forwarded.release()
 
 
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")  # an empty line, in any of SSE's line endings

@@ -92,23 +92,33 @@ def upstream_request_headers(
         also |= CREDENTIALS
     dropped = _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM
     out: dict[str, str] = {}
+    names: dict[str, str] = {}
     for name, value in client.items():
         lower = name.lower()
         if lower not in dropped and not lower.startswith(_INTERNAL_PREFIX):
-            out[name] = value
+            _add(out, names, name, lower, value)
     out.update(extra)
     return out
+
+
+def _add(out: dict[str, str], names: dict[str, str], name: str, lower: str, value: str) -> None:
+    """A repeated field's lines joined into one comma-separated list (RFC 9110 §5.3), under
+    its first spelling: a dict keeps one value per name, and the earlier lines would be lost."""
+    first = names.setdefault(lower, name)
+    out[first] = f"{out[first]}, {value}" if first in out else value
 
 
 def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     """What the client may see of an upstream's response headers (ours are added after)."""
     named = _connection_named(upstream)
     dropped = _NEVER_DOWNSTREAM | named if named else _NEVER_DOWNSTREAM
-    return {
-        name: value
-        for name, value in upstream.items()
-        if name.lower() not in dropped and not name.lower().startswith(_INTERNAL_PREFIX)
-    }
+    out: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower not in dropped and not lower.startswith(_INTERNAL_PREFIX):
+            _add(out, names, name, lower, value)
+    return out
 
 
 def hops(client: Mapping[str, str]) -> int:

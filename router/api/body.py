@@ -81,11 +81,10 @@ async def read_body(request: web.Request) -> bytes:
                     allowance = grown
                     deadline.reschedule(started + allowance)
     except RequestPayloadError:
-        # aiohttp could not inflate what Content-Encoding promised (or the chunking broke):
-        # the client's fault, and its message would quote nothing useful.
-        raise MalformedBody(
-            "request body could not be decoded (broken Content-Encoding or chunked framing)"
-        ) from None
+        # aiohttp inflates as it reads: a body its Content-Encoding cannot decode (or a cut
+        # chunked one) is the client's error, not a 500; its message would quote nothing useful.
+        problem = "does not decode as its Content-Encoding says" if encoded else "is malformed"
+        raise MalformedBody(f"request body {problem}") from None
     except TimeoutError:
         if isinstance(request.protocol, GuardedHandler):
             request.protocol.stop_lingering()

@@ -168,7 +168,9 @@ async def model_ready(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200 if ok else 503)
 
 
-async def model_config(request: web.Request) -> web.Response:
+async def model_config(request: web.Request) -> web.StreamResponse:
+    if _upstream_only(request):
+        return await _relay(request)
     entry = _entry(request)
     doc = entry.config.model_dump(mode="json")
     doc.update(name=entry.model, platform="onnxruntime_onnx", loaded=_version_facts(entry))
@@ -219,7 +221,9 @@ async def repository_index(request: web.Request) -> web.Response:
     return _json(index)
 
 
-async def model_stats(request: web.Request) -> web.Response:
+async def model_stats(request: web.Request) -> web.StreamResponse:
+    if _upstream_only(request):
+        return await _relay(request)
     info = request.match_info
     repo = current(request).models
     if info.get("version") is None:

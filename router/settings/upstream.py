@@ -68,7 +68,8 @@ class ClusterSettings(Strict):
     protocols: tuple[Protocol, ...] = (Protocol.OPENAI, Protocol.KSERVE_V2)
     endpoints: Annotated[tuple[EndpointSettings, ...], Field(min_length=1)]
     connect_timeout_ms: PositiveInt = 1_000
-    request_timeout_ms: PositiveInt = 60_000  # per try; never past the request's deadline
+    # Per try, never past the request's deadline; in a stream, the longest wait for a byte.
+    request_timeout_ms: PositiveInt = 60_000
     expected_latency_ms: PositiveFloat = 50.0  # a prior until latency has been observed
     max_connections: PositiveInt = 256
     max_pending: Annotated[int, Field(ge=0)] = 256

@@ -36,6 +36,7 @@ class Behaviour:
     reset_mid_body: bool = False  # send headers and part of the body, then drop the connection
     stream_chunks: int = 3  # content pieces in an SSE answer
     stream_delay_s: float = 0.0  # between SSE events
+    first_event_delay_s: float = 0.0  # after an SSE answer's headers, before its first event
     break_stream_after: int | None = None  # drop the connection after this many events
     redirect_to: str | None = None
     healthy: bool = True  # what the health endpoints say
@@ -176,6 +177,8 @@ class FakeUpstream:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
+        if b.first_event_delay_s:  # headers at once, tokens later: as LLM servers answer
+            await asyncio.sleep(b.first_event_delay_s)
         text = self._text(doc)
         size = max(1, -(-len(text) // max(1, b.stream_chunks)))
         pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]

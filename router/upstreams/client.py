@@ -60,21 +60,22 @@ class AiohttpResponse:
         self.headers: CIMultiDictProxy[str] = response.headers
 
     async def read(self, limit: int) -> bytes:
+        # StreamReader.read(n) returns what one read brought, not n bytes: read to the end.
+        # Content-Length counts compressed bytes; a body shorter than it is aiohttp's
+        # ClientPayloadError (an aborted response, not a small one), mapped to UpstreamReset.
+        body = bytearray()
         with map_errors(self._where):
             length = self._response.content_length
             if length is not None and length > limit:
                 self.abort()
                 raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
-            body = await self._response.content.read(limit + 1)
-            if len(body) > limit:
-                self.abort()
-                raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
-            # A body shorter than Content-Length is an aborted response, not a small one.
-            if length is not None and len(body) != length:
-                self.abort()
-                raise UpstreamReset(f"{self._where}: response ended early")
+            async for chunk in self._response.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    self.abort()
+                    raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
             self._response.release()
-            return body
+            return bytes(body)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with map_errors(self._where):

@@ -2,7 +2,9 @@
 is safe to retry (tenacity), feed health and outlier ejection, honour Retry-After.
 
 Only `call` is public. It returns an open `UpstreamResponse` whose status is < 500 and not 429;
-the body is read already (`Forwarded.body`) unless the caller asked for a stream.
+the body is read already (`Forwarded.body`) unless the caller asked for a stream, whose first
+bytes are read within the try's deadline too (`Forwarded.first`, the rest in `Forwarded.rest`):
+an LLM server answers its headers at once and spends the time before the first token.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from tenacity import (
@@ -52,6 +54,50 @@ class Forwarded:
     endpoint: Endpoint
     attempts: int
     upstream_ms: float
+    first: bytes = b""  # a stream's first body bytes (empty: none, or not a stream)
+    rest: AsyncIterator[bytes] | None = None  # a stream's bytes after `first`
+    # A stream holds its place in the cluster's breaker until it ends: whoever relays it
+    # calls this when done (once is enough; it also runs when `rest` ends or is dropped).
+    release: Callable[[], None] = lambda: None
+
+
+class _Hold:
+    """One request's place among the cluster's active ones, given back exactly once: when
+    `call` returns, or for a stream when its bytes end (drained, broken, closed, dropped)."""
+
+    __slots__ = ("_cluster", "_released", "streaming")
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._released = False
+        self.streaming = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._cluster.done()
+
+
+async def _held(
+    chunks: AsyncIterator[bytes], hold: _Hold, idle_s: float, where: str
+) -> AsyncIterator[bytes]:
+    """`chunks`, each within `idle_s` of the last (a stream that stalls is broken, not kept
+    open forever), giving the stream's place back however they end. Started by the
+    first-byte read, so even a stream nobody relays is closed (and gives it back) when
+    collected."""
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UpstreamTimeout(f"{where}: no byte for {idle_s * 1000:.0f} ms") from None
+            yield chunk
+    finally:
+        if hold.streaming:
+            hold.release()
 
 
 async def call(
@@ -69,10 +115,20 @@ async def call(
         raise DeadlineExceeded(f"cluster {cluster.name}: the latency budget is spent")
     if not cluster.admit():
         raise UpstreamOverflow(f"cluster {cluster.name}: too many requests in flight")
+    # A stream counts as active until its last byte, not only until its headers: long
+    # streams would otherwise fill the connections unseen by the breaker, and the requests
+    # queued behind them would time out and be blamed on the upstream.
+    hold = _Hold(cluster)
     try:
-        return await _with_retries(cluster, transport, outgoing, deadline, replayable, stream)
+        forwarded = await _with_retries(
+            cluster, transport, outgoing, deadline, replayable, hold if stream else None
+        )
     finally:
-        cluster.done()
+        if not hold.streaming:
+            hold.release()
+    if hold.streaming:
+        forwarded.release = hold.release
+    return forwarded
 
 
 async def _with_retries(
@@ -81,7 +137,7 @@ async def _with_retries(
     outgoing: Outgoing,
     deadline: float,
     replayable: bool,
-    stream: bool,
+    hold: _Hold | None,
 ) -> Forwarded:
     """The first try runs bare (the common case pays nothing for the retry machinery); only a
     failure that may be retried enters tenacity for the remaining attempts."""
@@ -125,7 +181,7 @@ async def _with_retries(
         if endpoint is None:
             raise NoHealthyTarget(f"cluster {cluster.name}: no live endpoint")
         tried.append(endpoint)
-        forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, stream)
+        forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, hold)
         forwarded.attempts = number
         return forwarded
 
@@ -165,8 +221,9 @@ async def _try(
     endpoint: Endpoint,
     outgoing: Outgoing,
     deadline: float,
-    stream: bool,
+    hold: _Hold | None,
 ) -> Forwarded:
+    """One try; `hold` is given for a stream, whose first bytes are part of the try."""
     loop = asyncio.get_running_loop()
     settings = cluster.settings
     now = loop.time()
@@ -178,12 +235,26 @@ async def _try(
     where = f"cluster {cluster.name} endpoint {endpoint.index}"
     started = time.perf_counter()
     timeout = min(settings.request_timeout_ms / 1000, deadline - now)
+    response: UpstreamResponse | None = None
+    rest: AsyncIterator[bytes] | None = None
+    first = b""
     try:
         async with asyncio.timeout(timeout):
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
             _check_status(response, where)
-            data = None if stream else await response.read(MAX_RESPONSE_BYTES)
+            if hold is not None:
+                # Time to first byte, not to headers, is what the budget and the latency
+                # estimate are about: headers alone would let a slow tier look fast.
+                rest = _held(response.chunks(), hold, settings.request_timeout_ms / 1000, where)
+                head = await anext(rest, None)
+                hold.streaming = head is not None  # an empty stream ended already
+                first = head or b""
+                data = None
+            else:
+                data = await response.read(MAX_RESPONSE_BYTES)
     except TimeoutError:
+        if response is not None:
+            response.abort()  # half read: the connection must not be reused
         # Slower than the client's budget is not broken: remember the latency (so the tier is
         # skipped for such budgets) but blame the endpoint only for its own timeout.
         if timeout < settings.request_timeout_ms / 1000:
@@ -198,7 +269,7 @@ async def _try(
     elapsed_ms = (time.perf_counter() - started) * 1000
     endpoint.health.observe(elapsed_ms)
     endpoint.health.succeeded()
-    return Forwarded(response, data, endpoint, 1, elapsed_ms)
+    return Forwarded(response, data, endpoint, 1, elapsed_ms, first, rest)
 
 
 def _check_status(response: UpstreamResponse, where: str) -> None:
@@ -207,7 +278,7 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         response.abort()
         retry_after = _retry_after(response.headers.get("Retry-After"))
         raise UpstreamStatus(f"{where}: answered {status}", status, retry_after)
-    if 300 <= status < 400:
+    if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: relayed
         response.abort()
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
         error.retryable = False

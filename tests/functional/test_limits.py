@@ -135,6 +135,18 @@ class TestBody:
         )
         assert status_of(exchange(router.port, wire + payload)) == 200
 
+    @pytest.mark.parametrize("path", [CLASSIFY, CHAT])
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+    def test_undecodable_compressed_body_is_400(
+        self, router: RouterThread, path: str, encoding: str
+    ) -> None:
+        """A body that its Content-Encoding cannot decode is the client's error (400 with a
+        clear message), not a 500 with a stack trace in the log."""
+        wire = head(path, f"Content-Encoding: {encoding}", f"Content-Length: {len(RGB)}")
+        reply = exchange(router.port, wire + RGB)
+        assert status_of(reply) == 400
+        assert b"Content-Encoding" in reply
+
 
 def test_gzip_bomb_is_413_and_costs_little_memory() -> None:
     """1 MiB of gzip inflating to 1 GiB on the KServe face, under the default body cap: 413

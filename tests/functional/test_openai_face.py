@@ -19,8 +19,16 @@ import pytest
 from aiohttp import web
 
 from router.api.state import UPSTREAMS
+from router.app import build_app
 from router.settings import Settings
-from router.testing import AppThread, Behaviour, FakeUpstream, RouterThread
+from router.testing import (
+    AppThread,
+    Behaviour,
+    FakeUpstream,
+    RouterThread,
+    chat_forwarding_settings,
+    serving,
+)
 
 TIMEOUT_S = 30.0
 STREAM_DELAY_S = 0.3  # between the slow upstream's SSE events
@@ -401,3 +409,33 @@ def error_object(error: openai.APIStatusError) -> dict[str, Any]:
     assert set(doc["error"]) == {"message", "type", "param", "code"}
     result: dict[str, Any] = doc["error"]
     return result
+
+
+async def test_media_type_is_case_insensitive(http: aiohttp.ClientSession) -> None:
+    """An upstream's `Text/Event-Stream; Charset=UTF-8` is a stream all the same (media types
+    are case-insensitive, RFC 9110 §8.3.1): its first event reaches the client while the
+    upstream still holds the rest back, instead of the whole answer being buffered."""
+    release = asyncio.Event()
+
+    async def held_stream(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "Text/Event-Stream; Charset=UTF-8"})
+        await response.prepare(request)
+        await response.write(b'data: {"first": true}\n\n')
+        await release.wait()
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", held_stream)
+    async with serving(upstream) as upstream_url:
+        router_app = build_app(chat_forwarding_settings(upstream_url))
+        async with serving(router_app) as url, asyncio.timeout(TIMEOUT_S / 3):
+            body = {"model": "gpt-test", "messages": MESSAGES, "stream": True}
+            async with http.post(f"{url}/v1/chat/completions", json=body) as response:
+                assert response.status == 200
+                assert response.content_type == "text/event-stream"
+                first = await response.content.readuntil(b"\n\n")
+                assert first == b'data: {"first": true}\n\n'
+                release.set()
+                assert await response.read() == b"data: [DONE]\n\n"

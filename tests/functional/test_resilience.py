@@ -266,6 +266,64 @@ class TestBreaker:
         assert len(slow.received) == 1
         assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
 
+    async def test_r2_a_stream_holds_its_place_until_it_ends(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """max_connections 1, max_pending 0, one long stream in progress: requests meanwhile
+        are shed at once (503 upstream_overflow), not queued behind the stream until they
+        time out and blamed on the upstream; once the stream ends the place is free again."""
+        fake, fake_url = await start_fake(stack, "slow", stream_chunks=8, stream_delay_s=0.1)
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster(
+                "regional",
+                "regional",
+                fake_url,
+                max_connections=1,
+                max_pending=0,
+                request_timeout_ms=500,
+            ),
+        )
+        regional = clusters_of(app)["regional"]
+        body = {**CHAT, "stream": True}
+        async with asyncio.timeout(LIMIT_S):
+            async with http.post(f"{url}/v1/chat/completions", json=body) as streaming:
+                assert streaming.status == 200
+                await streaming.content.readuntil(b"\n\n")  # the stream is under way
+                assert regional.active == 1
+                for _ in range(3):
+                    answer = await post(http, f"{url}/v1/chat/completions", CHAT)
+                    assert answer.status == 503, answer.body
+                    assert answer.code == "upstream_overflow"
+                assert b"[DONE]" in await streaming.read()
+        await eventually(lambda: regional.active == 0, "the stream gave its place back")
+        assert regional.counters.overflows == 3
+        assert regional.counters.failures == 0
+        assert len(fake.received) == 1
+        assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
+
+    async def test_r2_a_stream_cut_by_its_client_gives_its_place_back(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """A client that hangs up mid-stream frees the stream's place in the breaker."""
+        _, fake_url = await start_fake(stack, "slow", stream_chunks=50, stream_delay_s=0.1)
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", fake_url, max_connections=1, max_pending=0),
+        )
+        regional = clusters_of(app)["regional"]
+        async with asyncio.timeout(LIMIT_S):
+            async with http.post(
+                f"{url}/v1/chat/completions", json={**CHAT, "stream": True}
+            ) as streaming:
+                await streaming.content.readuntil(b"\n\n")
+                assert regional.active == 1
+                streaming.close()  # hang up mid-stream
+        await eventually(lambda: regional.active == 0, "the cut stream gave its place back")
+        assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
+
     async def test_r3_twice_the_capacity_is_shed(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:
@@ -441,6 +499,28 @@ class TestBrokenMidResponse:
         assert orjson.loads(events[-1])["error"]["code"] == "upstream_stream_broken"
         assert len(events) == after + 1
         assert len(fake.received) == 2
+
+    async def test_r5_stalled_stream_ends_with_an_error(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """An upstream that goes silent mid-stream for longer than request_timeout_ms: the
+        stream ends with an explicit upstream_timeout error event instead of holding the
+        client (and the cluster's place) for as long as the upstream stays silent."""
+        fake, fake_url = await start_fake(stack, "regional", stream_delay_s=3.0)
+        app, url = await start_router(
+            stack, tmp_path, cluster("regional", "regional", fake_url, request_timeout_ms=300)
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        raw = await post(http, f"{url}/v1/chat/completions", {**CHAT, "stream": True})
+        assert loop.time() - started < 2.0
+        assert raw.status == 200
+        events = sse_events(raw.body)
+        assert len(events) == 2  # the first event, then the error
+        assert orjson.loads(events[-1])["error"]["code"] == "upstream_stream_broken"
+        assert "no byte for 300 ms" in orjson.loads(events[-1])["error"]["message"]
+        await eventually(lambda: clusters_of(app)["regional"].active == 0, "place given back")
+        assert len(fake.received) == 1
 
     async def test_r5_break_before_the_first_event(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path
@@ -623,6 +703,39 @@ class TestBudgetAndFallback:
             assert answer.reason == "over_budget:regional,forward:central"
             assert answer.tier == "central"
         assert len(slow.received) == 1
+
+    async def test_r7_slow_first_event_counts_against_the_budget(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """Regional sends its stream's headers at once but its first event only after 1.5 s:
+        with a 300 ms budget the try times out at the budget (then central or a 504), never
+        a 200 from regional that keeps the client waiting past it; the wait is learned."""
+        slow, slow_url = await start_fake(stack, "regional", first_event_delay_s=1.5)
+        _, central_url = await start_fake(stack, "central", reply_text="fast")
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", slow_url, expected_latency_ms=20),
+            cluster("central", "central", central_url, expected_latency_ms=20),
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await post(
+            http,
+            f"{url}/v1/chat/completions",
+            {**CHAT, "stream": True},
+            headers={"X-Latency-Budget-Ms": "300"},
+        )
+        assert loop.time() - started < 1.0
+        assert "failed:regional:upstream_timeout" in answer.reason
+        if answer.status == 200:
+            assert answer.tier == "central"
+            assert b"fast" in answer.body
+        else:
+            assert answer.status == 504, answer.body
+        assert len(slow.received) == 1
+        # The wait for the first event is latency regional showed, remembered for routing.
+        assert (clusters_of(app)["regional"].endpoints[0].health.ewma_ms or 0) >= 250
 
     async def test_r7_budget_nobody_can_meet_fails_fast(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession

@@ -232,6 +232,15 @@ class TestForwardedModel:
         assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, -1, -1]}]
         assert triton.is_model_ready("hotspot_detector")
 
+    def test_config_and_stats_relayed(self, triton: triton_http.InferenceServerClient) -> None:
+        """Triton's config and statistics of an upstream-only model come from the tier that
+        has it too, not a 404 for a model the edge's own index and metadata list."""
+        config = triton.get_model_config("hotspot_detector")
+        assert config["name"] == "hotspot_detector"
+        (entry,) = triton.get_inference_statistics("hotspot_detector", "1")["model_stats"]
+        assert entry["name"] == "hotspot_detector"
+        assert triton.get_inference_statistics("hotspot_detector")["model_stats"]
+
     def test_repository_index_lists_upstream_models(
         self, triton: triton_http.InferenceServerClient
     ) -> None:

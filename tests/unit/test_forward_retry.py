@@ -5,7 +5,7 @@ deadline, Retry-After, the retry budget)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -42,6 +42,11 @@ class FakeResponse:
         self.read_called = True
         return self.body
 
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.read_called = True
+        for byte in self.body:
+            yield bytes([byte])
+
     def abort(self) -> None:
         self.aborted = True
 
@@ -69,6 +74,7 @@ class ScriptedTransport:
         self.responses: list[FakeResponse] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.body = b"{}"
 
     async def send(
         self, request: UpstreamRequest, where: str, connect_timeout: float
@@ -88,7 +94,7 @@ class ScriptedTransport:
         if isinstance(step, BaseException):
             raise step
         status, headers = step if isinstance(step, tuple) else (step, {})
-        response = FakeResponse(status, headers)
+        response = FakeResponse(status, headers, self.body)
         self.responses.append(response)
         return response
 
@@ -147,12 +153,39 @@ class TestSuccess:
         assert cluster.counters.retries == 0
         assert cluster.active == 0
 
-    async def test_stream_is_left_unread(self) -> None:
-        """A stream is handed back open, its body unread."""
+    async def test_stream_is_left_open_after_its_first_bytes(self) -> None:
+        """A stream is handed back open: its first bytes read within the try (time to first
+        byte is what the budget bounds), the rest left to the caller."""
         transport = ScriptedTransport()
         forwarded = await forward(make_cluster(), transport, stream=True)
         assert forwarded.body is None
-        assert not transport.responses[0].read_called
+        assert forwarded.first == b"{"
+        assert forwarded.rest is not None
+        assert [chunk async for chunk in forwarded.rest] == [b"}"]
+        assert not transport.responses[0].aborted
+
+    async def test_stream_stays_active_until_its_end(self) -> None:
+        """A stream keeps its place in the breaker while its bytes flow, and gives it back
+        once: when they end, however often `release` is called after."""
+        cluster = make_cluster()
+        forwarded = await forward(cluster, ScriptedTransport(), stream=True)
+        assert cluster.active == 1
+        assert forwarded.rest is not None
+        assert [chunk async for chunk in forwarded.rest] == [b"}"]
+        assert cluster.active == 0
+        forwarded.release()
+        assert cluster.active == 0
+
+    async def test_empty_stream_is_not_held(self) -> None:
+        """A stream with no body at all has ended already: nothing stays held."""
+        cluster = make_cluster()
+        transport = ScriptedTransport()
+        transport.body = b""
+        forwarded = await forward(cluster, transport, stream=True)
+        assert forwarded.first == b""
+        assert cluster.active == 0
+        forwarded.release()
+        assert cluster.active == 0
 
     async def test_body_reencoded_with_the_remaining_budget(self) -> None:
         """`body_for` gets the milliseconds left at each try, shrinking across retries."""
@@ -223,6 +256,17 @@ class TestWhatIsRetried:
         assert len(transport.sent) == 1
         assert transport.responses[0].aborted
         assert cluster.counters.retries == 0
+        assert cluster.counters.failures == 0
+
+    async def test_not_modified_is_an_answer_not_a_redirect(self) -> None:
+        """A 304 (to a conditional GET the client sent) is relayed as it came: it redirects
+        nowhere, so it is not refused as an unfollowed redirect."""
+        cluster = make_cluster()
+        transport = ScriptedTransport((304, {"ETag": '"v1"'}))
+        forwarded = await forward(cluster, transport)
+        assert forwarded.response.status == 304
+        assert len(transport.sent) == 1
+        assert not transport.responses[0].aborted
         assert cluster.counters.failures == 0
 
     @pytest.mark.parametrize("failure", [ConnectFailed("connect"), 503, 429], ids=repr)

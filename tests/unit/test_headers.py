@@ -132,6 +132,11 @@ class TestUpstreamRequestHeaders:
         )
         assert out == {"Authorization": "Bearer up"}
 
+    def test_repeated_field_lines_are_joined(self) -> None:
+        """A header sent on several lines reaches the upstream as one list, none lost."""
+        out = forwarded([("X-Custom", "one"), ("x-custom", "two"), ("Accept", "*/*")])
+        assert out == {"X-Custom": "one, two", "Accept": "*/*"}
+
     def test_input_not_modified(self) -> None:
         """The client's headers are read, never changed."""
         client = CIMultiDict([("Connection", "X-Hop"), ("X-Hop", "1"), ("Accept", "*/*")])
@@ -165,6 +170,11 @@ class TestDownstreamResponseHeaders:
         """Framing, hop-by-hop and internal headers and cookies are never relayed as they came."""
         out = downstream_response_headers(CIMultiDict([(name, "x"), ("X-Kept", "1")]))
         assert out == {"X-Kept": "1"}
+
+    def test_repeated_field_lines_are_joined(self) -> None:
+        """An upstream's Vary (or any field) on several lines reaches the client whole."""
+        upstream = CIMultiDict([("Vary", "Accept"), ("vary", "Origin"), ("X-Kept", "1")])
+        assert downstream_response_headers(upstream) == {"Vary": "Accept, Origin", "X-Kept": "1"}
 
     def test_connection_named_dropped(self) -> None:
         """An upstream's Connection-named headers stop at us too."""
