@@ -13,6 +13,8 @@ from multidict import CIMultiDict
 from router.context import Reply, RequestContext
 from router.errors import RouterError, StreamBroken, UpstreamError
 from router.headers import (
+    DECLARED_CLASS,
+    FOUND_ENTITIES,
     HOPS,
     REQUEST_ID,
     TRACEPARENT,
@@ -98,6 +100,11 @@ def outgoing(
         ctx.traceparent = traceparent(ctx.headers)
     headers[TRACEPARENT] = ctx.traceparent
     headers[HOPS] = str(ctx.hops + 1)
+    if ctx.declared_class:
+        headers[DECLARED_CLASS] = ctx.declared_class
+    found = ",".join(sorted(str(entity) for entity, n in ctx.entities.items() if n > 0))
+    if found:
+        headers[FOUND_ENTITIES] = found
     target = path or view.path
     if ctx.method != "POST":
         return Outgoing(ctx.method, target, headers, b"")
