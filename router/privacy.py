@@ -99,7 +99,10 @@ def _secret(path: Path | None) -> bytes:
 
 class MemoScanner:
     """Scans each distinct string once per request, within the bundle's size cap and CPU
-    deadline (DetectionError past either: the caller fails closed)."""
+    deadline (DetectionError past either: the caller fails closed). Findings are located in the
+    string as received (each widened to whole encoded units), so redaction replaces them and
+    leaves every other character as the caller wrote it: normalising is how values are found,
+    not what is forwarded."""
 
     def __init__(self, detectors: Detectors, max_chars: int, budget_s: float) -> None:
         self._detectors = detectors
@@ -110,8 +113,8 @@ class MemoScanner:
     def scan(self, text: str) -> tuple[str, list[Finding]]:
         hit = self._memo.get(text)
         if hit is None:
-            hit = self._detectors.scan(text, max_chars=self._max_chars, deadline=self._deadline)
-            self._memo[text] = hit
+            found = self._detectors.locate(text, max_chars=self._max_chars, deadline=self._deadline)
+            hit = self._memo[text] = (text, found)
         return hit
 
 
