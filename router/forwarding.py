@@ -23,7 +23,7 @@ from router.headers import (
     upstream_request_headers,
 )
 from router.policy.decide import TIER_ORDER
-from router.privacy import Privacy
+from router.privacy import Privacy, survey
 from router.redaction.rehydrate import SseRehydrator, rehydrate_json
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_headers, redact_json, redact_query
@@ -56,6 +56,10 @@ def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
         return unchanged  # nothing found and nothing to drop: no second walk
     if ctx.vault is None:
         ctx.vault = TokenVault()
+    if not ctx.scanner.surveyed:
+        # Skipped by a remembered survey: learn every value first, so that a copy of one found
+        # in context elsewhere is redacted wherever it stands, before or after it in the walk.
+        survey(privacy, ctx)
     counts: Counter[str] = Counter()
     document = ctx.document
     if document is not None:

@@ -13,10 +13,8 @@ from router.context import Reply, RequestContext
 from router.errors import BadRequest
 from router.headers import DECLARED_CLASS, FOUND_ENTITIES
 from router.policy.residency import classify, strictest
-from router.privacy import MemoScanner, Privacy, has_binary_bytes
+from router.privacy import MemoScanner, Privacy, has_binary_bytes, survey
 from router.redaction.types import DetectionError
-from router.redaction.vault import TokenVault
-from router.redaction.walker import redact_headers, redact_json, redact_query
 from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
 
@@ -49,8 +47,6 @@ class ClassifyAndRedact:
         self._escalating = escalating  # models whose answers may be escalated upstream
         self._cached_apis = cached_apis  # a cached answer needs the request's class too
         self._memo = SurveyMemo()  # only for cacheable requests, whose repeats are hits
-        # Most requests carry none of the headers the survey scans: then there is no walk to set up.
-        self._scanned_headers = frozenset(name.lower() for name in privacy.survey.headers)
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         bundle = self._privacy.bundle
@@ -126,20 +122,7 @@ class ClassifyAndRedact:
 
     def _survey(self, ctx: RequestContext) -> Counter[str]:
         """Every entity the request holds, in body, query string and scanned headers."""
-        privacy, found = self._privacy, Counter[str]()
-        vault = TokenVault()  # the survey keeps everything; nothing is issued from it
-        if ctx.document is not None and not self._plainly_clean(ctx):
-            redact_json(
-                ctx.document, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
-            )
-        query = ctx.path.partition("?")[2]
-        if query and privacy.bundle.detection.query:
-            redact_query(query, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found)
-        if not self._scanned_headers.isdisjoint(name.lower() for name in ctx.headers):
-            redact_headers(
-                ctx.headers, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
-            )
-        return found
+        return survey(self._privacy, ctx, document=not self._plainly_clean(ctx))
 
     def _plainly_clean(self, ctx: RequestContext) -> bool:
         """Whether the JSON as sent shows that no string in it can hold a finding, so the walk
