@@ -13,6 +13,8 @@ from multidict import CIMultiDict
 from router.context import Reply, RequestContext
 from router.errors import RouterError, StreamBroken, UpstreamError
 from router.headers import (
+    DECLARED_CLASS,
+    FOUND_ENTITIES,
     HOPS,
     REQUEST_ID,
     TRACEPARENT,
@@ -21,7 +23,7 @@ from router.headers import (
     upstream_request_headers,
 )
 from router.policy.decide import TIER_ORDER
-from router.privacy import Privacy
+from router.privacy import Privacy, survey
 from router.redaction.rehydrate import SseRehydrator, rehydrate_json
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_headers, redact_json, redact_query
@@ -54,6 +56,10 @@ def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
         return unchanged  # nothing found and nothing to drop: no second walk
     if ctx.vault is None:
         ctx.vault = TokenVault()
+    if not ctx.scanner.surveyed:
+        # Skipped by a remembered survey: learn every value first, so that a copy of one found
+        # in context elsewhere is redacted wherever it stands, before or after it in the walk.
+        survey(privacy, ctx)
     counts: Counter[str] = Counter()
     document = ctx.document
     if document is not None:
@@ -98,6 +104,11 @@ def outgoing(
         ctx.traceparent = traceparent(ctx.headers)
     headers[TRACEPARENT] = ctx.traceparent
     headers[HOPS] = str(ctx.hops + 1)
+    if ctx.declared_class:
+        headers[DECLARED_CLASS] = ctx.declared_class
+    found = ",".join(sorted(str(entity) for entity, n in ctx.entities.items() if n > 0))
+    if found:
+        headers[FOUND_ENTITIES] = found
     target = path or view.path
     if ctx.method != "POST":
         return Outgoing(ctx.method, target, headers, b"")

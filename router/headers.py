@@ -9,6 +9,11 @@ from collections.abc import Mapping
 REQUEST_ID = "X-Request-Id"
 HOPS = "X-Layer-Router-Hops"  # loop guard between routers; internal prefix, so never forwarded
 MAX_HOPS = 8
+# What the previous router knew of a request's data, so the next one applies the same residency
+# rule (both only ever raise strictness, so a client sending them gains nothing): the class the
+# request started from, and the entity types detection found (values never travel).
+DECLARED_CLASS = "X-Layer-Router-Declared-Class"
+FOUND_ENTITIES = "X-Layer-Router-Found"
 TRACEPARENT = "traceparent"
 
 HOP_BY_HOP = frozenset(

@@ -11,15 +11,27 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.errors import ConfigError
 from router.policy.bundle import PolicyBundle
 from router.policy.model import TIERS
 from router.redaction.actions import Hasher
-from router.redaction.detectors import CustomPattern, Detectors
+from router.redaction.detectors import CustomPattern, Detectors, to_original
+from router.redaction.known import KnownValues
+from router.redaction.normalize import Normalized
 from router.redaction.types import Action, Finding
-from router.redaction.walker import FieldRule, RedactionPlan
+from router.redaction.vault import TokenVault
+from router.redaction.walker import (
+    FieldRule,
+    RedactionPlan,
+    redact_headers,
+    redact_json,
+    redact_query,
+)
+
+if TYPE_CHECKING:
+    from router.context import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +111,58 @@ def _secret(path: Path | None) -> bytes:
 
 class MemoScanner:
     """Scans each distinct string once per request, within the bundle's size cap and CPU
-    deadline (DetectionError past either: the caller fails closed)."""
+    deadline (DetectionError past either: the caller fails closed). Findings are located in the
+    string as received (each widened to whole encoded units), so redaction replaces them and
+    leaves every other character as the caller wrote it: normalising is how values are found,
+    not what is forwarded. Every value found is also looked for in every string scanned after
+    (`KnownValues`); `surveyed` says the whole request was scanned once, so all are known."""
 
-    def __init__(self, detectors: Detectors, max_chars: int, budget_s: float) -> None:
+    def __init__(
+        self,
+        detectors: Detectors,
+        max_chars: int,
+        budget_s: float,
+        known: KnownValues | None = None,
+    ) -> None:
         self._detectors = detectors
         self._max_chars = max_chars
         self._deadline = time.monotonic() + budget_s
-        self._memo: dict[str, tuple[str, list[Finding]]] = {}
+        self._memo: dict[str, tuple[Normalized, list[Finding]]] = {}
+        self.known = known if known is not None else KnownValues()
+        self.surveyed = False
 
     def scan(self, text: str) -> tuple[str, list[Finding]]:
         hit = self._memo.get(text)
         if hit is None:
-            hit = self._detectors.scan(text, max_chars=self._max_chars, deadline=self._deadline)
-            self._memo[text] = hit
-        return hit
+            normalized, found = self._detectors.scan_mapped(
+                text, max_chars=self._max_chars, deadline=self._deadline
+            )
+            for f in found:
+                self.known.learn(normalized.text[f.start : f.end], f.entity)
+            hit = self._memo[text] = (normalized, found)
+        normalized, found = hit
+        copies = self.known.find(normalized.text, found)
+        if copies:
+            found = sorted([*found, *copies], key=lambda f: f.start)
+        return text, to_original(normalized, found)
+
+
+def survey(privacy: Privacy, ctx: RequestContext, *, document: bool = True) -> Counter[str]:
+    """Every entity the request holds, in body (unless `document` is False: nothing in it can
+    match), query string and scanned headers; afterwards its scanner knows every value."""
+    found: Counter[str] = Counter()
+    vault = TokenVault()  # the survey keeps everything; nothing is issued from it
+    scanner = ctx.scanner
+    if ctx.document is not None and document:
+        redact_json(ctx.document, privacy.survey, scanner, vault, privacy.hasher, seen=found)
+    query = ctx.path.partition("?")[2]
+    if query and privacy.bundle.detection.query:
+        redact_query(query, privacy.survey, scanner, vault, privacy.hasher, seen=found)
+    names = {name.lower() for name in privacy.survey.headers}
+    if any(name.lower() in names for name in ctx.headers):
+        redact_headers(ctx.headers, privacy.survey, scanner, vault, privacy.hasher, seen=found)
+    scanner.surveyed = True
+    return found
 
 
 def redaction_header(counts: Counter[str]) -> str:

@@ -66,8 +66,12 @@ class StoreAndForward:
                 return None
             vault = ctx.vault if ctx.vault is not None else TokenVault()
             detection = self.privacy.bundle.detection
+            # Knowing the request's values: the answer may repeat one without its context.
             scanner = MemoScanner(
-                self.privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
+                self.privacy.detectors,
+                detection.max_body_bytes,
+                detection.cpu_deadline_ms / 1000,
+                known=ctx.scanner.known,
             )
             plan = self.privacy.plans[CENTRAL]
             answer, _ = redact_json(parsed, plan, scanner, vault, self.privacy.hasher)

@@ -12,6 +12,7 @@ from cachetools import LRUCache
 
 from router.audit import AuditLog, AuditLogError, AuditRecord, Digester
 from router.context import RequestContext
+from router.policy.decide import Failure
 from router.settings import SiteSettings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Trail:
             tenant=ctx.tenant,
             served_tier=ctx.served_tier,
             served_by=ctx.served_by,
-            model=ctx.model,
+            model=_named_model(ctx),
             model_version=ctx.served_version,
             model_sha256=ctx.model_sha256,
             policy_revision=ctx.policy_revision,
@@ -111,3 +112,15 @@ class Trail:
         if self._log is None or not ctx.audit_id:
             return
         await self._append(self.record(ctx, status, output))
+
+
+def _named_model(ctx: RequestContext) -> str:
+    """The model, when it names one the router knows: a name nobody serves is only what the
+    client typed (an e-mail address in the `model` field), and the trail, which may be copied
+    to the centre, records what was served, never what was said."""
+    if ctx.cache_of or ctx.served_by:
+        return ctx.model
+    decision = ctx.decision
+    if decision is None or decision.failure is Failure.UNKNOWN_MODEL:
+        return ""
+    return ctx.model

@@ -12,6 +12,7 @@ import hmac
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from router.redaction.normalize import normalize
 from router.redaction.types import Action, DetectionError, Finding
 from router.redaction.vault import TokenVault, entity_label
 
@@ -104,7 +105,8 @@ def _replace(entity: str, value: str, action: Action, vault: TokenVault, hasher:
     if action is Action.MASK:
         return mask(value)
     if action is Action.HASH:
-        return hasher.pseudonym(entity, value)
+        # Of the normalised value: a pseudonym names the value, however it was encoded.
+        return hasher.pseudonym(entity, normalize(value))
     return vault.token_for(entity, value)
 
 

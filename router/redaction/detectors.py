@@ -44,7 +44,7 @@ from typing import Any
 import re2
 
 from router.redaction.catalog import builtin
-from router.redaction.normalize import normalize_mapped
+from router.redaction.normalize import Normalized, normalize_mapped
 from router.redaction.patterns import UNANCHORED, Detector, Pattern
 from router.redaction.types import DetectionError, Finding
 
@@ -131,13 +131,16 @@ class Detectors:
         self, text: str, *, max_chars: int = 1_000_000, deadline: float | None = None
     ) -> list[Finding]:
         """Findings with offsets into ``text`` itself, each covering whole encoded units."""
+        normalized, found = self.scan_mapped(text, max_chars=max_chars, deadline=deadline)
+        return to_original(normalized, found)
+
+    def scan_mapped(
+        self, text: str, *, max_chars: int = 1_000_000, deadline: float | None = None
+    ) -> tuple[Normalized, list[Finding]]:
+        """``scan`` keeping the normalisation's map back to ``text`` (see ``to_original``)."""
         _check_size(text, max_chars)
         normalized = normalize_mapped(text)
-        found = self._find(normalized.text, max_chars, deadline)
-        if not normalized.passes:
-            return found
-        mapped = [Finding(f.entity, *normalized.to_original(f.start, f.end)) for f in found]
-        return _merge_mapped(mapped)
+        return normalized, self._find(normalized.text, max_chars, deadline)
 
     def _find(self, text: str, max_chars: int, deadline: float | None) -> list[Finding]:
         _check_size(text, max_chars)  # NFKC may have expanded it
@@ -290,6 +293,15 @@ def _to_chars(data: bytes, spans: list[tuple[int, int, str]]) -> list[Finding]:
         char_pos += len(data[byte_pos:off].decode("utf-8", "replace"))
         chars[off], byte_pos = char_pos, off
     return [Finding(entity, chars[s], chars[e]) for s, e, entity in spans]
+
+
+def to_original(normalized: Normalized, findings: list[Finding]) -> list[Finding]:
+    """Findings in a normalised text moved to the text it came from, widened to whole encoded
+    units, and merged where the widening made them overlap."""
+    if not normalized.passes:
+        return findings
+    mapped = [Finding(f.entity, *normalized.to_original(f.start, f.end)) for f in findings]
+    return _merge_mapped(mapped)
 
 
 def _merge_mapped(findings: list[Finding]) -> list[Finding]:

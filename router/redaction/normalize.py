@@ -6,8 +6,9 @@ default-ignorable characters outside Cf: variation selectors, combining grapheme
 fillers); lone surrogates to U+FFFD (so the result always encodes as UTF-8); NFKC (full-width
 digits and letters, ligatures, non-breaking spaces); other scripts' decimal digits and the
 hyphen/en-dash/minus family folded to ASCII; percent-decoding of valid ``%XX`` runs (``+`` is
-left alone: it starts international phone numbers); HTML character references that end in ``;``
-(legacy ones without it, such as ``&copy`` in a query string, are left alone).
+left alone: it starts international phone numbers); HTML character references that end in ``;``,
+and decimal ones without it (legacy named ones without it, such as ``&copy`` in a query string,
+are left alone).
 
 Rounds repeat until nothing changes, which undoes double encoding (``%2540`` -> ``%40`` ->
 ``@``). Text still changing after ``MAX_ROUNDS`` rounds is nested deeper than any client
@@ -45,7 +46,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _NON_ASCII = re.compile("[^\x00-\x7f]+")
 _PERCENT_RUN = re.compile("(?:%[0-9A-Fa-f]{2})+")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
-_CHAR_REF = re.compile("&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+# A decimal reference may lack its ';' (a browser still shows the character: "&#64" is '@');
+# named ones may not, so a query string's "&copy=2" stays as written.
+_CHAR_REF = re.compile("&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};|[A-Za-z][A-Za-z0-9]{1,31};)")
 _DASHES = "\u2010\u2011\u2012\u2013\u2212\ufe63"
 # Characters that NFKC may compose with the character before them, beyond category M.
 _EXTENDERS = frozenset(chr(c) for c in range(0x1160, 0x1200)) | {"\uff9e", "\uff9f"}

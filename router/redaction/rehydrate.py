@@ -19,6 +19,10 @@ from router.redaction.vault import TOKEN_RE, TokenVault
 MAX_DEPTH = 256
 # An SSE line longer than this is passed through unparsed rather than buffered further.
 MAX_LINE_BYTES = 1 << 20
+# A line ends at CRLF, LF or a bare CR (SSE allows all three). A CR that ends a chunk ends its
+# line at once: should an LF follow in the next chunk, it passes on as an empty line, and the
+# bytes are the same.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 # Delta fields carrying model text, besides tool-call arguments.
 _TEXT_FIELDS = ("content", "reasoning_content", "refusal")
 
@@ -115,9 +119,9 @@ class SseRehydrator:
         if not len(self._vault) and not self._buf and not self._held:
             return chunk  # no tokens were issued: nothing to restore
         start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            line = chunk[start : end + 1]
-            start = end + 1
+        while (match := _LINE_END.search(chunk, start)) is not None:
+            line = chunk[start : match.end()]
+            start = match.end()
             if self._skipping:
                 self._skipping = False
                 self._put(line)
@@ -241,9 +245,17 @@ class SseRehydrator:
             choices.append(choice)
         self._held.clear()
         # Start a fresh event: end a line cut short or an event still open first.
-        if not self._recent.endswith((b"\n\n", b"\r\n\r\n")):
-            self._put(b"\n" if self._recent.endswith(b"\n") else b"\n\n")
-        self._put(b"data: " + orjson.dumps({**self._template, "choices": choices}) + b"\n\n")
+        recent = self._recent
+        if recent.endswith(b"\r"):
+            newline = b"\r"  # a stream of bare CRs: a lone LF would not end its line
+            if not recent.endswith(b"\r\r"):
+                self._put(newline)
+        else:
+            newline = b"\n"
+            if not recent.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
+                self._put(b"\n" if recent.endswith(b"\n") else b"\n\n")
+        event = b"data: " + orjson.dumps({**self._template, "choices": choices})
+        self._put(event + newline + newline)
 
 
 def _event(body: bytes) -> dict[str, Any] | None:

@@ -30,7 +30,8 @@ MIN_SCANNED_INT = 1_000_000
 
 
 class Scanner(Protocol):
-    """Finds entities: returns the normalised text and findings with offsets into it."""
+    """Finds entities: returns the text the findings' offsets refer to (the input itself, or a
+    normalised form of it, which is then what goes on) and the findings."""
 
     def scan(self, text: str) -> tuple[str, list[Finding]]: ...
 

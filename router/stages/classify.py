@@ -5,22 +5,28 @@ destination tier when a request is forwarded (`router.forwarding`), from the sam
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from concurrent.futures import Executor
 
 from router.context import Reply, RequestContext
 from router.errors import BadRequest
+from router.headers import DECLARED_CLASS, FOUND_ENTITIES
 from router.policy.residency import classify, strictest
-from router.privacy import MemoScanner, Privacy, has_binary_bytes
+from router.privacy import MemoScanner, Privacy, has_binary_bytes, survey
 from router.redaction.types import DetectionError
-from router.redaction.vault import TokenVault
-from router.redaction.walker import redact_headers, redact_json, redact_query
 from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
 
 DATA_CLASS_HEADER = "X-Data-Class"
 # Bodies past this are scanned on the redaction executor, not on the event loop.
 OFF_LOOP_BYTES = 32 * 1024
+# At most this many entity types are read from a previous router's FOUND_ENTITIES header.
+MAX_FOUND_UPSTREAM = 64
+_ENTITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+# Stands for a name a previous router sent that is not one: unknown entities take the strictest
+# class, so a garbled header fails closed.
+UNKNOWN_ENTITY = "UNKNOWN"
 
 
 class ClassifyAndRedact:
@@ -41,14 +47,16 @@ class ClassifyAndRedact:
         self._escalating = escalating  # models whose answers may be escalated upstream
         self._cached_apis = cached_apis  # a cached answer needs the request's class too
         self._memo = SurveyMemo()  # only for cacheable requests, whose repeats are hits
-        # Most requests carry none of the headers the survey scans: then there is no walk to set up.
-        self._scanned_headers = frozenset(name.lower() for name in privacy.survey.headers)
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         bundle = self._privacy.bundle
         ctx.policy_revision = bundle.revision
         ctx.declared_class = self._declared(ctx)
-        ctx.data_class = ctx.declared_class
+        # What a previous router found counts as found here: its values are already redacted,
+        # but the residency rule they call for still holds at this hop.
+        upstream = found_upstream(ctx.headers.get(FOUND_ENTITIES))
+        ctx.entities = upstream
+        ctx.data_class = classify(bundle, ctx.declared_class, upstream)
         if not self._may_leave(ctx) and ctx.api not in self._cached_apis:
             # Answered on the site or nowhere: scanning would buy nothing. Should a cluster
             # learn the model before routing, the unsurveyed request still may not leave.
@@ -69,8 +77,8 @@ class ClassifyAndRedact:
             ctx.content_key = self._memo.key(ctx, privacy.detectors, privacy.survey.headers)
             remembered = self._memo.get(ctx.content_key)
             if remembered is not None:
-                ctx.entities = remembered
-                ctx.data_class = classify(bundle, ctx.declared_class, remembered)
+                ctx.entities = remembered + upstream
+                ctx.data_class = classify(bundle, ctx.declared_class, ctx.entities)
                 return None
         try:
             if len(ctx.body) > OFF_LOOP_BYTES:
@@ -83,8 +91,8 @@ class ClassifyAndRedact:
             return None
         if ctx.content_key:
             self._memo.put(ctx.content_key, found)
-        ctx.entities = found
-        ctx.data_class = classify(bundle, ctx.declared_class, found)
+        ctx.entities = found + upstream
+        ctx.data_class = classify(bundle, ctx.declared_class, ctx.entities)
         return None
 
     def _may_leave(self, ctx: RequestContext) -> bool:
@@ -97,33 +105,24 @@ class ClassifyAndRedact:
 
     def _declared(self, ctx: RequestContext) -> str:
         bundle = self._privacy.bundle
-        tenant = bundle.tenants.data_class_of(ctx.tenant) or bundle.data_classes.default
+        classes = bundle.data_classes.classes
+        declared = [bundle.tenants.data_class_of(ctx.tenant) or bundle.data_classes.default]
         raw = ctx.headers.get(DATA_CLASS_HEADER)
-        if raw is None:
-            return tenant
-        wanted = raw.strip().lower()
-        if wanted not in bundle.data_classes.classes:
-            raise BadRequest(
-                f"{DATA_CLASS_HEADER} must be one of {', '.join(bundle.data_classes.classes)}"
-            )
-        return strictest(bundle, [tenant, wanted])  # a header may raise the class, never lower
+        if raw is not None:
+            wanted = raw.strip().lower()
+            if wanted not in classes:
+                raise BadRequest(f"{DATA_CLASS_HEADER} must be one of {', '.join(classes)}")
+            declared.append(wanted)
+        previous = ctx.headers.get(DECLARED_CLASS)
+        if previous is not None:
+            # A previous router's class, in its bundle's names: one unknown here is the strictest.
+            previous = previous.strip().lower()
+            declared.append(previous if previous in classes else classes[-1])
+        return strictest(bundle, declared)  # headers may raise the class, never lower
 
     def _survey(self, ctx: RequestContext) -> Counter[str]:
         """Every entity the request holds, in body, query string and scanned headers."""
-        privacy, found = self._privacy, Counter[str]()
-        vault = TokenVault()  # the survey keeps everything; nothing is issued from it
-        if ctx.document is not None and not self._plainly_clean(ctx):
-            redact_json(
-                ctx.document, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
-            )
-        query = ctx.path.partition("?")[2]
-        if query and privacy.bundle.detection.query:
-            redact_query(query, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found)
-        if not self._scanned_headers.isdisjoint(name.lower() for name in ctx.headers):
-            redact_headers(
-                ctx.headers, privacy.survey, ctx.scanner, vault, privacy.hasher, seen=found
-            )
-        return found
+        return survey(self._privacy, ctx, document=not self._plainly_clean(ctx))
 
     def _plainly_clean(self, ctx: RequestContext) -> bool:
         """Whether the JSON as sent shows that no string in it can hold a finding, so the walk
@@ -150,3 +149,18 @@ class ClassifyAndRedact:
         ctx.unscanned = why
         ctx.reasons.append("unscanned")
         return
+
+
+def found_upstream(raw: str | None) -> Counter[str]:
+    """The entity types a previous router found (its FOUND_ENTITIES header), once each."""
+    if not raw:
+        return Counter()
+    names = [name.strip() for name in raw.split(",")]
+    found = {
+        name if _ENTITY_NAME.fullmatch(name) else UNKNOWN_ENTITY
+        for name in names[:MAX_FOUND_UPSTREAM]
+        if name
+    }
+    if len(names) > MAX_FOUND_UPSTREAM:
+        found.add(UNKNOWN_ENTITY)
+    return Counter(found)

@@ -119,6 +119,23 @@ class TestAuditTrail:
         (error_record,) = show(audit, ids[3]).records
         assert error_record.entry["status"] == 404
 
+    async def test_unknown_model_name_stays_out_of_the_record(self, site: Site) -> None:
+        """A model name nobody serves is what the client said, not what was served: a canary
+        typed as the model (OpenAI body or v2 path) is not written to the audit record."""
+        chat = {"model": CANARY, "messages": [{"role": "user", "content": "hi"}]}
+        async with aiohttp.ClientSession() as http:
+            openai = await _post(http, site.base + "/v1/chat/completions", chat)
+            v2 = await _post(http, f"{site.base}/v2/models/{CANARY}/infer", LOCAL)
+            served = await _post(http, site.base + "/v2/models/color_classifier/infer", LOCAL)
+        await site.stop()
+        assert [openai[0], v2[0], served[0]] == [404, 404, 200]
+        assert CANARY.encode() not in (site.audit / "plant-7.jsonl").read_bytes()
+        (record,) = show(site.audit, v2[1]).records
+        assert record.entry["status"] == 404
+        assert record.entry["model"] == ""
+        (record,) = show(site.audit, served[1]).records
+        assert record.entry["model"] == "color_classifier"
+
     async def test_binary_tensor_is_digested_once_for_cache_and_record(
         self, site: Site, monkeypatch: pytest.MonkeyPatch
     ) -> None:

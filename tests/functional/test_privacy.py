@@ -443,6 +443,37 @@ class TestWhereValuesHide:
         assert re.fullmatch(r"<EMAIL#[a-p]{12}>", regional.headers["X-User-Email"])
         assert regional.headers["X-Customer-Id"] == "card <CARD_1>"
 
+    async def test_copies_of_a_value_found_in_context(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A value only found next to its name (a national id, an SSN, a date of birth) is
+        redacted in every other place the request repeats it, earlier turns included, also
+        when the request is sent again (its survey is remembered, not rerun)."""
+        messages = [
+            {"role": "user", "content": "use 86095742719 and 536221234, see 03/02/1990"},
+            {"role": "assistant", "content": "which numbers are these?"},
+            {
+                "role": "user",
+                "content": "Steuer-ID 86095742719, my ssn is 536221234, I was born on 03/02/1990",
+            },
+        ]
+        for _ in range(2):
+            doc = {"model": "gpt-central", "messages": messages}
+            answer = await post(http, f"{site.url}/v1/chat/completions", doc)
+            assert answer.status == 200, answer.body
+        assert_clean(site.off_site(), "86095742719", "536221234", "03/02/1990")
+        tensor = {"name": "t", "shape": [2], "datatype": "BYTES"}
+        v2 = {"inputs": [{**tensor, "data": ["id 86095742719", "Steuer-ID 86095742719"]}]}
+        for _ in range(2):  # v2 requests are cacheable: the repeat's survey is remembered
+            answer = await post(http, f"{site.url}/v2/models/v2-central/infer", v2)
+            assert answer.status == 200, answer.body
+        assert_clean(site.off_site(), "86095742719", "536221234", "03/02/1990")
+        sent = [orjson.loads(r.body) for r in site.central.received]
+        assert sent[1]["messages"][0]["content"] == (
+            "use <NATIONAL_ID_1> and <US_SSN_1>, see <DATE_OF_BIRTH_1>"
+        )
+        assert [s["inputs"][0]["data"][0] for s in sent[2:]] == ["id <NATIONAL_ID_1>"] * 2
+
     async def test_drop_fields(self, site: Site, http: aiohttp.ClientSession) -> None:
         """`user` and `metadata.customer_email` never leave the site; the plant server (edge
         tier, on the site) gets the request as sent."""

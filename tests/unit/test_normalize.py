@@ -68,11 +68,14 @@ class TestNormalize:
             ("john&#x40;example&period;com", "john@example.com"),
             ("a&amp;#64;b", "a@b"),  # an encoded entity
             ("?a=1&copy=2", "?a=1&copy=2"),  # no ';': a query string, not an entity
+            ("john&#64example.com", "john@example.com"),  # decimal: browsers show '@' too
+            ("card 4&#49 111", "card 41 111"),
             ("&unknownname;", "&unknownname;"),
         ],
     )
     def test_html_entities(self, raw: str, expected: str) -> None:
-        """Character references ending in ';' decode; legacy forms without it do not."""
+        """Character references ending in ';' decode, and decimal ones without it (a browser
+        shows them as the character); named ones without it do not."""
         assert normalize(raw) == expected
 
     def test_mixed_layers_decode_in_one_call(self) -> None:

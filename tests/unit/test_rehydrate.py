@@ -363,6 +363,15 @@ class TestSseRehydrator:
         assert texts(out) == {0: f"x {EMAIL}"}
         assert out.count(b"\r\n\r\n") == 3
 
+    def test_cr_line_endings(self, vault: TokenVault) -> None:
+        """Streams using bare CR line ends (SSE allows them) are restored at every cut, and a
+        tail released before [DONE] is an event of its own."""
+        stream = sse([chunk([delta("x <EMA")]), chunk([delta("IL_1> <CA")]), "[DONE]"], b"\r\r")
+        for b in range(1, len(stream)):
+            out = run(vault, [stream[:b], stream[b:]])
+            assert texts(out.replace(b"\r", b"\n")) == {0: f"x {EMAIL} <CA"}
+            assert out.endswith(b"\r\rdata: [DONE]\r\r")
+
     def test_overlong_line_passed_through(
         self, vault: TokenVault, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -1,0 +1,74 @@
+"""Samples spooled for the centre hold no value the request's tokens stood for (issue 4, P4):
+an answer may repeat a value without the context that made it detectable in the request (a
+date of birth without "born", a national id without its name), and the request's own vault
+still knows it."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from router.context import Reply, RequestContext
+from router.policy.bundle import load_bundle
+from router.privacy import MemoScanner, Privacy
+from router.resources import default_policy_bundle
+from router.store_forward import StoreAndForward
+
+
+class RecordingSpool:
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+
+    async def put(self, kind: str, payload: bytes, key: str = "") -> int:
+        self.payloads.append(payload)
+        return len(self.payloads)
+
+
+@pytest.fixture
+def privacy(tmp_path: Path) -> Privacy:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), bundle)
+    (bundle / "sampling.yaml").write_text("default: 1.0\n", encoding="utf-8")
+    return Privacy.build(load_bundle(bundle), None, b"s" * 32)
+
+
+@pytest.mark.parametrize(
+    ("asked", "value", "answered"),
+    [
+        ("I was born on 03/02/1990, help", "03/02/1990", "Noted: 03/02/1990."),
+        ("my ssn is 536221234", "536221234", "The number 536221234 is stored"),
+        ("Steuer-ID 86095742719", "86095742719", "ID 86095742719 ok"),
+    ],
+)
+async def test_values_repeated_out_of_context_stay_tokens(
+    privacy: Privacy, asked: str, value: str, answered: str
+) -> None:
+    """The request's value is found in context; the answer's bare copy is tokenized too."""
+    spool = RecordingSpool()
+    store = StoreAndForward(spool, privacy, "site-1")  # type: ignore[arg-type]
+    detection = privacy.bundle.detection
+    scanner = MemoScanner(privacy.detectors, detection.max_body_bytes, 5.0)
+    document: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": asked}]}
+    found: Counter[str] = Counter()
+    from router.redaction.vault import TokenVault
+    from router.redaction.walker import redact_json
+
+    redact_json(document, privacy.survey, scanner, TokenVault(), privacy.hasher, seen=found)
+    assert found  # the request's value is detected where it was asked
+    ctx = RequestContext(
+        api="openai", model="m", version=None, deadline=0.0, document=document, scanner=scanner
+    )
+    ctx.entities = found
+    ctx.audit_id = "a1"
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": answered}}]}
+    store.maybe_sample(ctx, Reply(orjson.dumps(answer)))
+    await store.drain_pending()
+    (payload,) = spool.payloads
+    assert value.encode() not in payload
+    sample = orjson.loads(payload)
+    assert "_1>" in sample["response"]["choices"][0]["message"]["content"]
