@@ -15,11 +15,12 @@ from router.cache import (
     RequestDirectives,
     ResponseCache,
     entry_headers,
+    must_revalidate,
     response_ttl,
     upstream_age,
 )
 from router.context import Reply, RequestContext
-from router.errors import DeadlineExceeded, Unavailable, UpstreamError
+from router.errors import DeadlineExceeded, NotCached, Unavailable, UpstreamError
 from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
@@ -56,16 +57,23 @@ class LookupCache:
             # Nothing of this API was ever kept and its answers are not kept by default: no
             # entry to find, nothing to coalesce. The key is made only if the answer's own
             # Cache-Control asks to keep it.
+            _not_cached(directives)
             return await self._unkeyed(ctx, directives, rest)
         key = self._key(ctx) if directives.store or directives.lookup else None
         if key is None:
+            _not_cached(directives)
             return self._counted(ctx, Outcome.BYPASS, await rest())
         stale: Entry | None = None
         if directives.lookup:
             found = self._cache.get(key, allow_stale=True)
-            if found is not None and found[1] is Outcome.HIT:
-                return self._replay(ctx, found[0], Outcome.HIT)
-            stale = found[0] if found is not None else None
+            if found is not None:
+                entry, now = found[0], self._cache.now()
+                if directives.fresh_enough(entry, now):
+                    return self._replay(ctx, entry, Outcome.HIT)
+                if directives.takes_stale(entry, now):
+                    return self._replay(ctx, entry, Outcome.STALE)
+                stale = None if entry.revalidate else entry
+        _not_cached(directives)
         try:
             reply = await self._miss(ctx, key, rest)
         except _STALE_IF:
@@ -222,6 +230,7 @@ class LookupCache:
             reasons=",".join(ctx.reasons),
             audit_id=ctx.cache_of or ctx.audit_id,
             age_at_store=upstream_age(reply.headers.get("Age")),
+            revalidate=must_revalidate(reply.headers.get("Cache-Control")),
         )
 
 
@@ -242,6 +251,12 @@ def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
     if ctx.header_length is None:
         return ()
     return tuple(part for item in ctx.tensor_digests(cache.digester).items() for part in item)
+
+
+def _not_cached(directives: RequestDirectives) -> None:
+    """only-if-cached and nothing stored fits: 504 at once, the upstream is never asked."""
+    if directives.only_if_cached:
+        raise NotCached("no stored answer fits this request (Cache-Control: only-if-cached)")
 
 
 async def _replay_events(events: tuple[bytes, ...]) -> AsyncIterator[bytes]:

@@ -412,6 +412,81 @@ class TestRequestDirectives:
         assert await executions(http, site, "color_classifier") == 3
         assert site.app[CACHE].counts[Outcome.BYPASS] == 2
 
+    async def test_max_age_bounds_the_age_of_a_hit(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """max-age=N takes no stored answer older than N s: the model runs again (RFC 9111
+        §5.2.1.1), and a younger answer is still a HIT."""
+        body = rgb([0.2, 0.6, 0.2])
+        await post(http, site, CLASSIFIER, body)
+        site.clock.advance(10)
+        young = await post(http, site, CLASSIFIER, body, {"Cache-Control": "max-age=30"})
+        assert (young.cache, young.age) == ("HIT", 10)
+        old = await post(http, site, CLASSIFIER, body, {"Cache-Control": "max-age=5"})
+        assert old.cache == "MISS"  # and stored anew
+        site.clock.advance(1)
+        zero = await post(http, site, CLASSIFIER, body, {"Cache-Control": "max-age=0"})
+        assert zero.cache == "MISS"
+        assert await executions(http, site, "color_classifier") == 3
+
+    async def test_min_fresh_wants_freshness_left(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """min-fresh=N takes only an answer fresh for N more seconds (default TTL 300 s)."""
+        body = rgb([0.1, 0.2, 0.7])
+        await post(http, site, CLASSIFIER, body)
+        site.clock.advance(250)
+        lasting = await post(http, site, CLASSIFIER, body, {"Cache-Control": "min-fresh=10"})
+        assert lasting.cache == "HIT"
+        short = await post(http, site, CLASSIFIER, body, {"Cache-Control": "min-fresh=60"})
+        assert short.cache == "MISS"
+        assert await executions(http, site, "color_classifier") == 2
+
+    async def test_only_if_cached_answers_504_without_asking_anyone(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """only-if-cached with nothing stored is 504 not_cached at once: the upstream is never
+        asked; once stored, the same request is a HIT (RFC 9111 §5.2.1.7)."""
+        only = {"Cache-Control": "only-if-cached"}
+        missing = await post(http, site, ECHO, echo("only"), only)
+        assert missing.status == 504
+        assert "only-if-cached" in missing.json()["error"]
+        assert site.upstream.requests(ECHO) == 0
+        await post(http, site, ECHO, echo("only"))
+        hit = await post(http, site, ECHO, echo("only"), only)
+        assert (hit.status, hit.cache) == (200, "HIT")
+        assert site.upstream.requests(ECHO) == 1
+
+    async def test_only_if_cached_on_an_uncached_api_is_504(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """A chat request (never cached by default) with only-if-cached is 504, not forwarded."""
+        chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+        answer = await post(
+            http, site, "/v1/chat/completions", chat, {"Cache-Control": "only-if-cached"}
+        )
+        assert (answer.status, answer.json()["error"]["code"]) == (504, "not_cached")
+        assert site.upstream.requests("/v1/chat/completions") == 0
+
+    async def test_max_stale_takes_a_stale_answer_while_online(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+    ) -> None:
+        """max-stale=N: a client that accepts staleness gets the stored answer marked STALE
+        with its true Age, without asking the upstream; beyond N it is fetched anew."""
+        site = await start_site(
+            stack, repository, cache={"kserve_v2_ttl_s": 10, "max_stale_s": 100}
+        )
+        await post(http, site, ECHO, echo("patient"))
+        site.clock.advance(30)
+        stale = await post(http, site, ECHO, echo("patient"), {"Cache-Control": "max-stale=25"})
+        assert (stale.status, stale.cache, stale.age) == (200, "STALE", 30)
+        assert site.upstream.requests(ECHO) == 1
+        any_age = await post(http, site, ECHO, echo("patient"), {"Cache-Control": "max-stale"})
+        assert any_age.cache == "STALE"
+        strict = await post(http, site, ECHO, echo("patient"), {"Cache-Control": "max-stale=5"})
+        assert strict.cache == "MISS"
+        assert site.upstream.requests(ECHO) == 2
+
 
 # -- what the upstream's Cache-Control says -------------------------------------------------------
 
@@ -774,6 +849,26 @@ class TestStale:
         assert "cache_stale" in stale.reasons
         assert stale.headers["X-Served-By-Tier"] == "regional"
         assert site.app[CACHE].counts[Outcome.STALE] == 1
+
+    @pytest.mark.parametrize(
+        "directive", ["max-age=1, must-revalidate", "proxy-revalidate", "s-maxage=1"]
+    )
+    async def test_an_answer_that_must_be_revalidated_is_never_served_stale(
+        self, http: aiohttp.ClientSession, site: Site, directive: str
+    ) -> None:
+        """must-revalidate, proxy-revalidate or s-maxage (which a shared cache reads as
+        proxy-revalidate): past freshness with the upstream failing, the client gets the
+        error, not the stale copy (RFC 9111 §5.2.2.2, §5.2.2.10); max-stale does not change it."""
+        site.upstream.cache_control = directive
+        first = await post(http, site, ECHO, echo("revalidate"))
+        assert first.cache == "MISS"
+        assert (await post(http, site, ECHO, echo("revalidate"))).cache == "HIT"
+        await upstream_fails(site)
+        site.clock.advance(5)
+        answer = await post(http, site, ECHO, echo("revalidate"))
+        assert (answer.status, answer.headers.get("X-Cache")) == (503, None)
+        asked = await post(http, site, ECHO, echo("revalidate"), {"Cache-Control": "max-stale"})
+        assert (asked.status, asked.headers.get("X-Cache")) == (503, None)
 
     async def test_a_stale_answer_is_not_served_while_the_upstream_answers(
         self, http: aiohttp.ClientSession, site: Site
