@@ -88,7 +88,9 @@ class SiteGuard:
         )
         tls = settings.server.tls
         mtls = tls is not None and tls.client_ca_file is not None
-        return cls(hashes, mtls, open=not hashes and not mtls, certificates=certificates)
+        # Sites listed (even with certificate bindings only, which need mTLS): never open.
+        unguarded = not settings.spool.collector_sites and not mtls
+        return cls(hashes, mtls, open=unguarded, certificates=certificates)
 
     def admit(
         self,

@@ -9,7 +9,9 @@ import asyncio
 import base64
 import hashlib
 import logging
+import signal
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -21,8 +23,9 @@ import orjson
 import pytest
 import trustme
 from aiohttp.test_utils import TestServer
+from test_serve_process import spawn, wait_ready
 
-from router.api.state import SPOOL
+from router.api.state import RELOADER, SPOOL
 from router.app import build_app
 from router.errors import ConfigError
 from router.settings import Settings
@@ -71,7 +74,10 @@ def headers(key: str | None = None, site: str | None = None) -> dict[str, str]:
 
 
 def central_settings(
-    tmp_path: Path, sites: dict[str, Any] | None = None, **server: Any
+    tmp_path: Path,
+    sites: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    **server: Any,
 ) -> Settings:
     models = tmp_path / "central-models"
     models.mkdir(exist_ok=True)
@@ -80,6 +86,7 @@ def central_settings(
             "site": {"id": "hq", "tier": "central"},
             "models": {"repository": models},
             "server": server,
+            "auth": auth or {},
             "spool": {
                 "collector_sites": sites or {"site-a": hash_key(KEY_A), "site-b": hash_key(KEY_B)}
             },
@@ -402,3 +409,56 @@ async def test_a_certificate_bound_to_a_site_uploads_only_for_it(
                 assert (key, answer.status) == (key, expected)
                 if expected == 403:
                     assert (await answer.json())["error"]["code"] == "site_mismatch"
+
+
+async def test_collector_sites_apply_on_sighup(tmp_path: Path) -> None:
+    """A real central process: a site added to spool.collector_sites and SIGHUP, and its key
+    uploads; the site removed and SIGHUP, and its key is 401 again; nothing needs a restart."""
+    config = tmp_path / "central.yaml"
+
+    def write(sites: dict[str, str]) -> None:
+        doc = {"site": {"id": "hq", "tier": "central"}, "spool": {"collector_sites": sites}}
+        config.write_text(orjson.dumps(doc).decode())  # JSON is YAML
+
+    write({"site-a": hash_key(KEY_A)})
+    args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
+    async with aiohttp.ClientSession() as http, spawn(*args, stderr=tmp_path / "err") as child:
+        await wait_ready(http, child.url)
+        status, _, _ = await post(child.url, batch("audit:r1"), headers(KEY_B, "site-b"))
+        assert status == 401
+        write({"site-a": hash_key(KEY_A), "site-b": hash_key(KEY_B)})
+        child.process.send_signal(signal.SIGHUP)
+        line = await child.read_until("reload")
+        assert "reloaded" in line
+        status, _, _ = await post(child.url, batch("audit:r1"), headers(KEY_B, "site-b"))
+        assert status == 200
+        write({"site-b": hash_key(KEY_B)})
+        child.process.send_signal(signal.SIGHUP)
+        await child.read_until("reloaded")
+        status, _, _ = await post(child.url, batch("audit:r2"), headers(KEY_A, "site-a"))
+        assert status == 401
+        assert not any("restart" in out for out in child.stdout)
+        child.process.send_signal(signal.SIGTERM)
+        assert await child.exit_code() == 0
+
+
+async def test_a_reload_that_would_leave_the_collector_unguarded_keeps_its_sites(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exposed central whose new file drops every site for mTLS, which needs a restart:
+    the running listener has no client CA, so the reload keeps the old sites (site-a's key
+    still uploads, a stranger is still 401) and says so."""
+    running = central_settings(tmp_path, host="0.0.0.0", auth={"mode": "disabled"})
+    tls = {"cert_file": tmp_path / "site.pem", "client_ca_file": tmp_path / "clients.pem"}
+    doc = running.model_dump(mode="json")
+    doc["server"]["tls"] = tls
+    doc["spool"]["collector_sites"] = {}
+    new = Settings.model_validate(doc)  # valid by itself: mTLS guards it
+    with RouterThread(running, read_settings=lambda: new) as central:
+        assert central.app is not None
+        central.call_async(central.app[RELOADER].reload, "test")
+        status, _, _ = await post(central.url, batch("audit:u1"), headers(KEY_A, "site-a"))
+        assert status == 200
+        status, _, _ = await post(central.url, batch("audit:u2"), headers(site="anyone"))
+        assert status == 401
+    assert "the sites are kept" in caplog.text

@@ -408,3 +408,14 @@ def test_check_command_reads_the_key_file(
     err = capsys.readouterr().err
     assert "spool.collector_key_file" in err
     assert "too-short-a-secret" not in err
+
+
+def test_sites_with_certificates_only_and_no_mtls_are_not_open() -> None:
+    """Sites bound by certificate alone on a listener without mTLS (a reload can combine them
+    while the listener waits for a restart): nobody is admitted, the collector is not open."""
+    spool = mtls_central({"site-c": {"certificate_names": ["c.example"]}}).spool
+    running = settings(**central(host="127.0.0.1")).model_copy(update={"spool": spool})
+    guard = SiteGuard.of(running)
+    assert not guard.open
+    with pytest.raises(Unauthorized):
+        guard.admit(upload(site="site-c"))
