@@ -191,6 +191,7 @@ async def start_site(
     cache: dict[str, Any] | None = None,
     bundle: Path | None = None,
     upstream_settings: dict[str, Any] | None = None,
+    routing: dict[str, Any] | None = None,
 ) -> Site:
     upstream = Upstream()
     upstream.server = await stack.enter_async_context(serving(upstream.app()))
@@ -202,6 +203,7 @@ async def start_site(
             "upstreams": [{**cluster(upstream_url), **(upstream_settings or {})}],
             "policy": {"bundle": str(bundle)} if bundle else {},
             "cache": {"enabled": True, **(cache or {})},
+            "routing": routing or {},
         }
     )
     app = build_app(settings)
@@ -586,6 +588,31 @@ class TestUpstreamFreshness:
         assert (ok.status, ok.cache) == (200, "MISS")
         assert (await post(http, site, ECHO, echo("flaky"))).cache == "HIT"
         assert site.upstream.requests(ECHO) == 2
+
+
+class TestEscalation:
+    async def test_a_stand_in_for_a_failed_escalation_is_not_kept(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+    ) -> None:
+        """Red scores 0.63 on the edge model, below 0.9: while the bigger model upstream
+        fails, the local answer stands in, marked no-store and never cached, so once the
+        upstream is back the next request escalates instead of replaying the stand-in."""
+        escalate = {"threshold": 0.9, "to_model": "echo_model"}
+        site = await start_site(
+            stack, repository, routing={"models": {"color_classifier": {"escalate": escalate}}}
+        )
+        site.upstream.fake.behaviour.fail_status = 503
+        stand_in = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
+        assert stand_in.status == 200
+        assert stand_in.reasons[0] == "local"
+        assert stand_in.reasons[1].startswith("escalation_failed:")
+        assert stand_in.headers["Cache-Control"] == "no-store"
+        site.upstream.fake.behaviour.fail_status = 0
+        again = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
+        assert (again.cache, again.reasons) == (
+            "MISS",
+            ["local", "escalated_low_confidence:regional"],
+        )
 
 
 # -- streams -------------------------------------------------------------------------------
