@@ -49,6 +49,12 @@ class Entry:
     audit_id: str = ""  # the record of the answer's original generation
     age_at_store: float = 0.0  # the Age it arrived with from a chained cache
     revalidate: bool = False  # never served stale (see _REVALIDATE)
+    # The request headers the answer varies on (its Vary), with the values they had: a
+    # request with others is not served this answer (RFC 9111 §4.1).
+    vary: tuple[tuple[str, str | None], ...] = ()
+
+    def varies_from(self, headers: Mapping[str, str]) -> bool:
+        return any(headers.get(name) != value for name, value in self.vary)
 
     @property
     def size(self) -> int:
@@ -147,6 +153,13 @@ def response_ttl(header: str | None, default_s: float) -> float | None:
 def must_revalidate(header: str | None) -> bool:
     """Whether the upstream forbade serving this answer once stale."""
     return bool(header) and not directives(header or "").keys().isdisjoint(_REVALIDATE)
+
+
+def vary_names(header: str | None) -> tuple[str, ...]:
+    """The lower-case header names a Vary lists ("*": varies on what no cache can see)."""
+    if not header:
+        return ()
+    return tuple(sorted({name.strip().lower() for name in header.split(",") if name.strip()}))
 
 
 def upstream_age(header: str | None) -> float:

@@ -18,6 +18,7 @@ from router.cache import (
     must_revalidate,
     response_ttl,
     upstream_age,
+    vary_names,
 )
 from router.context import Reply, RequestContext
 from router.errors import DeadlineExceeded, NotCached, Unavailable, UpstreamError
@@ -66,7 +67,7 @@ class LookupCache:
         stale: Entry | None = None
         if directives.lookup:
             found = self._cache.get(key, allow_stale=True)
-            if found is not None:
+            if found is not None and not found[0].varies_from(ctx.headers):
                 entry, now = found[0], self._cache.now()
                 if directives.fresh_enough(entry, now):
                     return self._replay(ctx, entry, Outcome.HIT)
@@ -186,7 +187,7 @@ class LookupCache:
         return reply
 
     def _keep(self, ctx: RequestContext, key: bytes, reply: Reply) -> Reply:
-        if reply.status != 200:
+        if reply.status != 200 or "*" in vary_names(reply.headers.get("Vary")):
             return reply
         ttl = response_ttl(reply.headers.get("Cache-Control"), self._ttl(ctx))
         if not ttl:
@@ -231,6 +232,9 @@ class LookupCache:
             audit_id=ctx.cache_of or ctx.audit_id,
             age_at_store=upstream_age(reply.headers.get("Age")),
             revalidate=must_revalidate(reply.headers.get("Cache-Control")),
+            vary=tuple(
+                (name, ctx.headers.get(name)) for name in vary_names(reply.headers.get("Vary"))
+            ),
         )
 
 

@@ -576,6 +576,26 @@ class TestUpstreamFreshness:
         site.clock.advance(6)
         assert (await post(http, site, ECHO, echo("aged"))).cache == "MISS"
 
+    async def test_an_answer_is_served_only_to_requests_it_varies_with(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Vary: X-Variant: a request with another X-Variant is not served the stored answer
+        (RFC 9111 §4.1); the same value is a HIT."""
+        site.upstream.extra_headers = {"Vary": "X-Variant"}
+        first = await post(http, site, ECHO, echo("varied"), {"X-Variant": "a"})
+        same = await post(http, site, ECHO, echo("varied"), {"x-variant": "a"})
+        other = await post(http, site, ECHO, echo("varied"), {"X-Variant": "b"})
+        absent = await post(http, site, ECHO, echo("varied"))
+        assert [a.cache for a in (first, same, other, absent)] == ["MISS", "HIT", "MISS", "MISS"]
+        assert site.upstream.requests(ECHO) == 3
+
+    async def test_vary_star_is_never_stored(self, http: aiohttp.ClientSession, site: Site) -> None:
+        """Vary: * varies on what no cache can see: the answer is not kept."""
+        site.upstream.extra_headers = {"Vary": "Accept, *"}
+        answers = [await post(http, site, ECHO, echo("star")) for _ in range(2)]
+        assert [a.cache for a in answers] == ["MISS", "MISS"]
+        assert site.upstream.requests(ECHO) == 2
+
     async def test_error_answers_are_not_stored(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
