@@ -51,9 +51,10 @@ class LookupCache:
         self._flights: SingleFlight[_Flight] = SingleFlight()
 
     async def around(self, ctx: RequestContext, rest: Rest) -> Reply:
-        if not self._settings.enabled:  # no directive to read, no key to make
-            return self._counted(ctx, Outcome.BYPASS, await rest())
         directives = RequestDirectives.parse(ctx.headers.get("Cache-Control"))
+        if not self._settings.enabled:  # no key to make
+            _not_cached(directives)
+            return self._counted(ctx, Outcome.BYPASS, await rest())
         if not self._cache.may_hold(ctx.api) and self._ttl(ctx) <= 0:
             # Nothing of this API was ever kept and its answers are not kept by default: no
             # entry to find, nothing to coalesce. The key is made only if the answer's own

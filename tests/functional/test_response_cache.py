@@ -1064,6 +1064,10 @@ class TestScope:
         answers = [await post(http, site, CLASSIFIER, rgb([0.2, 0.2, 0.2])) for _ in range(2)]
         assert [a.cache for a in answers] == ["BYPASS", "BYPASS"]
         assert await executions(http, site, "color_classifier") == 2
+        only = {"Cache-Control": "only-if-cached"}
+        refused = await post(http, site, CLASSIFIER, rgb([0.2, 0.2, 0.2]), only)
+        assert refused.status == 504  # nothing is ever stored: only-if-cached cannot be met
+        assert await executions(http, site, "color_classifier") == 2
 
     async def test_an_answer_to_one_credential_is_not_served_to_another(
         self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
