@@ -4,6 +4,7 @@ rest fails for want of a reachable target."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -102,23 +103,30 @@ class LookupCache:
         if ctx.stream or not self._coalesces(ctx):
             return await rest()
 
+        leader = asyncio.current_task()
+
         async def lead() -> _Flight:
             reply = await rest()
+            # A leader whose client left writes no record: its followers must not point at it.
+            gone = leader is None or leader.cancelling() > 0 or leader.done()
             return _Flight(
                 reply,
                 ctx.served_tier,
                 tuple(ctx.reasons),
                 ctx.upstream_reasons,
                 ctx.upstream_ms,
-                ctx.audit_id,
+                "" if gone else ctx.audit_id,
+                (ctx.served_by, ctx.served_version, ctx.model_sha256),
             )
 
         flight, joined = await self._flights.run(key, lead)
         if not joined:
             return flight.reply
-        # A follower tells the leader's story: who served it, why, and under which record.
+        # A follower tells the leader's story: who served it, why, and under which record;
+        # its own record names the model too, so it stands without the leader's.
         ctx.served_tier, ctx.upstream_reasons = flight.tier, flight.upstream_reasons
-        ctx.upstream_ms, ctx.cache_of = flight.upstream_ms, flight.audit_id
+        ctx.upstream_ms, ctx.cache_of = flight.upstream_ms, flight.audit_id or None
+        ctx.served_by, ctx.served_version, ctx.model_sha256 = flight.model
         ctx.reasons[:] = [*flight.reasons, "coalesced"]
         reply = flight.reply
         return Reply(reply.body, reply.content_type, reply.status, dict(reply.headers))
@@ -248,7 +256,8 @@ class _Flight:
     reasons: tuple[str, ...]
     upstream_reasons: str
     upstream_ms: float | None
-    audit_id: str
+    audit_id: str  # the leader's record; "" when the leader left before the answer
+    model: tuple[str, str, str]  # served_by, served_version, model_sha256
 
 
 def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:

@@ -29,8 +29,9 @@ import tritonclient.http.aio as triton_aio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from router.api.state import CACHE
+from router.api.state import CACHE, TRAIL
 from router.app import build_app
+from router.audit import show
 from router.cache import Outcome
 from router.resources import default_policy_bundle
 from router.settings import Settings
@@ -814,6 +815,40 @@ class TestSingleFlight:
         assert all("coalesced" in a.reasons for a in answers)
         assert site.upstream.requests(ECHO) == 1
         assert (await post(http, site, ECHO, echo("stay"))).cache == "HIT"
+
+    async def test_followers_of_a_leader_that_left_point_at_no_missing_record(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """The leader's client goes away, so the leader writes no audit record: every
+        follower's record, and a later HIT's, must resolve to records that exist, and a
+        follower's record still names the tier that served it."""
+        site.upstream.gate.clear()
+        own = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT_S))
+        async with asyncio.timeout(LIMIT_S), own, asyncio.TaskGroup() as group:
+            leader = group.create_task(post(own, site, ECHO, echo("orphan")))
+            await site.upstream.arrived.reach(1, "the leader's upstream call")
+            followers = [
+                group.create_task(post(http, site, ECHO, echo("orphan"))) for _ in range(3)
+            ]
+            await site.entered.reach(4, "the followers to reach the router")
+            await asyncio.sleep(0.1)
+            leader.cancel()
+            await site.cancelled.reach(1, "the router to see the leader leave")
+            site.upstream.gate.set()
+        answers = [task.result() for task in followers]
+        hit = await post(http, site, ECHO, echo("orphan"))
+        assert hit.cache == "HIT"
+        log_path = site.app[TRAIL]._log.path  # type: ignore[union-attr]
+        for answer in [*answers, hit]:
+            audit_id = answer.headers["X-Audit-Id"]
+            for _ in range(int(LIMIT_S / 0.05)):  # records are written after the answer
+                provenance = show(log_path, audit_id)
+                if provenance.records:
+                    break
+                await asyncio.sleep(0.05)
+            assert provenance.records, audit_id
+            assert provenance.missing is None, audit_id
+            assert provenance.records[-1].entry["served_tier"] == "regional"
 
     @pytest.mark.parametrize(
         "opt_out",
