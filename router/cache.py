@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ from cachetools import LRUCache
 
 from router.audit.record import Digester
 
-_AGE_DIRECTIVE = r"(?:^|,)\s*{}\s*=\s*\"?(\d{{1,10}})\"?"
-# A shared cache honours s-maxage over max-age (RFC 9111 §5.2.2.10).
-_LIFETIMES = tuple(
-    re.compile(_AGE_DIRECTIVE.format(name), re.IGNORECASE) for name in ("s-maxage", "max-age")
-)
+# delta-seconds past 2^31 mean "a very long time" (RFC 9111 §1.2.2).
+_MAX_DELTA_SECONDS = 2**31
+# A stale copy of an answer carrying one of these is never served: the origin asked that it
+# be revalidated first, and a shared cache reads s-maxage as proxy-revalidate too (RFC 9111
+# §5.2.2.2, §5.2.2.8, §5.2.2.10).
+_REVALIDATE = frozenset({"must-revalidate", "proxy-revalidate", "s-maxage"})
 
 
 class Outcome(StrEnum):
@@ -48,6 +48,13 @@ class Entry:
     reasons: str
     audit_id: str = ""  # the record of the answer's original generation
     age_at_store: float = 0.0  # the Age it arrived with from a chained cache
+    revalidate: bool = False  # never served stale (see _REVALIDATE)
+    # The request headers the answer varies on (its Vary), with the values they had: a
+    # request with others is not served this answer (RFC 9111 §4.1).
+    vary: tuple[tuple[str, str | None], ...] = ()
+
+    def varies_from(self, headers: Mapping[str, str]) -> bool:
+        return any(headers.get(name) != value for name, value in self.vary)
 
     @property
     def size(self) -> int:
@@ -62,38 +69,102 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class RequestDirectives:
-    """What the client's Cache-Control asks of us."""
+    """What the client's Cache-Control asks of us (RFC 9111 §5.2.1)."""
 
     lookup: bool = True  # no-cache: skip the lookup, still store
     store: bool = True  # no-store: neither
+    max_age: float | None = None  # the oldest answer the client takes
+    min_fresh: float = 0.0  # freshness an answer must still have left
+    max_stale: float | None = None  # staleness the client takes (inf: any)
+    only_if_cached: bool = False  # a stored answer or 504, never the upstream
 
     @classmethod
     def parse(cls, header: str | None) -> RequestDirectives:
         if not header:
             return cls()
-        tokens = {t.strip().split("=", 1)[0].lower() for t in header.split(",")}
-        if "no-store" in tokens:
-            return cls(lookup=False, store=False)
-        return cls(lookup="no-cache" not in tokens)
+        found = directives(header)
+        if "no-store" in found:
+            return cls(lookup=False, store=False, only_if_cached="only-if-cached" in found)
+        max_stale: float | None = None
+        if "max-stale" in found:  # without a value: any staleness
+            max_stale = _seconds(found["max-stale"]) if found["max-stale"] is not None else _INF
+        return cls(
+            lookup="no-cache" not in found,
+            max_age=_seconds(found.get("max-age")),
+            min_fresh=_seconds(found.get("min-fresh")) or 0.0,
+            max_stale=max_stale,
+            only_if_cached="only-if-cached" in found,
+        )
+
+    def fresh_enough(self, entry: Entry, now: float) -> bool:
+        """A fresh answer as young and as lasting as the client asked."""
+        age = entry.age(now)
+        if self.max_age is not None and age > self.max_age:
+            return False
+        return age + self.min_fresh < entry.fresh_s
+
+    def takes_stale(self, entry: Entry, now: float) -> bool:
+        """A stale answer the client said it would take (max-stale), where its origin allows."""
+        if self.max_stale is None or entry.revalidate or entry.fresh(now):
+            return False
+        age = entry.age(now)
+        if self.max_age is not None and age > self.max_age:
+            return False
+        return age - entry.fresh_s <= self.max_stale
+
+
+_INF = float("inf")
+
+
+def directives(header: str) -> dict[str, str | None]:
+    """Cache-Control's directives by lower-case name, values unquoted; the first of a name
+    counts."""
+    found: dict[str, str | None] = {}
+    for token in header.split(","):
+        name, has_value, value = token.partition("=")
+        name = name.strip().lower()
+        if name and name not in found:
+            found[name] = value.strip().strip('"') if has_value else None
+    return found
+
+
+def _seconds(value: str | None) -> float | None:
+    """delta-seconds (RFC 9111 §1.2.2); None when absent or not a number."""
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    return float(min(int(value), _MAX_DELTA_SECONDS))
 
 
 def response_ttl(header: str | None, default_s: float) -> float | None:
-    """Seconds an answer may be reused: its max-age, else the default; None: never store it
-    (no-store, private, no-cache: the upstream did not want it shared)."""
+    """Seconds an answer may be reused: its s-maxage or max-age (a shared cache honours
+    s-maxage first, RFC 9111 §5.2.2.10), else the default; None: never store it (no-store,
+    private, no-cache: the upstream did not want it shared)."""
     if header:
-        tokens = {t.strip().split("=", 1)[0].lower() for t in header.split(",")}
-        if tokens & {"no-store", "private", "no-cache"}:
+        found = directives(header)
+        if found.keys() & {"no-store", "private", "no-cache"}:
             return None
-        for directive in _LIFETIMES:
-            match = directive.search(header)
-            if match:
-                return float(match.group(1))
+        for name in ("s-maxage", "max-age"):
+            lifetime = _seconds(found.get(name))
+            if lifetime is not None:
+                return lifetime
     return default_s
+
+
+def must_revalidate(header: str | None) -> bool:
+    """Whether the upstream forbade serving this answer once stale."""
+    return bool(header) and not directives(header or "").keys().isdisjoint(_REVALIDATE)
+
+
+def vary_names(header: str | None) -> tuple[str, ...]:
+    """The lower-case header names a Vary lists ("*": varies on what no cache can see)."""
+    if not header:
+        return ()
+    return tuple(sorted({name.strip().lower() for name in header.split(",") if name.strip()}))
 
 
 def upstream_age(header: str | None) -> float:
     """The Age an answer already had when it reached us (a chained cache's time counts)."""
-    return float(header) if header and header.strip().isdigit() else 0.0
+    return _seconds(header.strip() if header else None) or 0.0
 
 
 class ResponseCache:

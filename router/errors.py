@@ -30,6 +30,7 @@
     │   └── Offline                  503 offline
     ├── DeadlineExceeded             504 deadline_exceeded
     │   └── BudgetUnmeetable         504 budget_unmeetable  (decided up front, no waiting)
+    ├── NotCached                    504 not_cached         (only-if-cached, nothing stored)
     ├── InferenceFailed              500 inference_failed
     └── UpstreamError                502 upstream_error     (only upstreams/client.py raises these)
         ├── ConnectFailed            502 upstream_connect_failed
@@ -196,6 +197,13 @@ class DeadlineExceeded(RouterError):
 
 class BudgetUnmeetable(DeadlineExceeded):
     code = "budget_unmeetable"
+
+
+class NotCached(RouterError):
+    """`Cache-Control: only-if-cached` and no stored answer fits (RFC 9111 §5.2.1.7)."""
+
+    status = 504
+    code = "not_cached"
 
 
 class InferenceFailed(RouterError):

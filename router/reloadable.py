@@ -21,6 +21,9 @@ RELOADABLE: dict[str, tuple[str, ...]] = {
         "models",
     ),
     "models": ("repository", "max_queue_size", "inline_max_us", "execution_providers"),
+    # Sites come and go, and keys rotate, without a restart of the central router (a reload
+    # hook in router.stores gives the collector its new guard).
+    "spool": ("collector_sites",),
 }
 # Sections replaced whole: the upstream registry re-plans its clusters (a reload hook).
 RELOADABLE_SECTIONS = frozenset({"upstreams"})

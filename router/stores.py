@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from router.api.state import CACHE, COLLECTOR, RUNTIME, SETTINGS, SPOOL, TLS, TRAIL
+from router.api.state import CACHE, COLLECTOR, RELOADER, RUNTIME, SETTINGS, SPOOL, TLS, TRAIL
 from router.audit import AuditLog, AuditLogError, log_file
 from router.errors import ConfigError, RouteNotFound
 from router.resources import audit_path, state_dir
-from router.settings import Settings
+from router.settings import Settings, is_loopback
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
 from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
@@ -91,8 +91,24 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
     store = None
     if settings.collects:
         store = await _open_collector(settings.site.id, shared=settings.server.workers > 1)
+        collector = store
         (route,) = collector_routes(store, guard=SiteGuard.of(settings))
         app[COLLECTOR].append(route.handler)
+
+        async def new_sites(settings: Settings) -> None:
+            """spool.collector_sites applies on reload: the collector's handler is rebuilt
+            with the new guard (an upload in progress finishes under the old one)."""
+            if not settings.collector_authenticates and not is_loopback(settings.server.host):
+                # The file passed its checks with its own server.tls; the running listener,
+                # which needs a restart to change, would leave the collector unguarded.
+                raise ConfigError(
+                    "spool.collector_sites",
+                    ["no site left and no mTLS on the running listener: the sites are kept"],
+                )
+            (route,) = collector_routes(collector, guard=SiteGuard.of(settings))
+            app[COLLECTOR][0] = route.handler
+
+        app[RELOADER].hooks.append(new_sites)
     try:
         yield
     finally:

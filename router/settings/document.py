@@ -83,6 +83,22 @@ class Settings(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _certificates_need_mtls(self) -> Settings:
+        keys, certificates = self.spool.site_key_hashes(), self.spool.site_certificates()
+        tls = self.server.tls
+        for site in self.spool.collector_sites:
+            if not keys[site] and not certificates[site]:
+                raise ValueError(
+                    f"spool.collector_sites.{site}: names neither a key nor a certificate"
+                )
+            if certificates[site] and (tls is None or tls.client_ca_file is None):
+                raise ValueError(
+                    f"spool.collector_sites.{site}: a certificate binding needs "
+                    "server.tls.client_ca_file (clients present certificates only over mTLS)"
+                )
+        return self
+
     @property
     def auth_required(self) -> bool:
         return self.auth.mode == "required"

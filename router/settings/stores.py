@@ -28,6 +28,27 @@ class CacheSettings(Strict):
     no_coalesce_paths: tuple[str, ...] = ()
 
 
+# A certificate's SHA-256 fingerprint over its DER bytes: hex, colons allowed (as `openssl x509
+# -fingerprint -sha256` prints it), any case.
+CertFingerprint = Annotated[str, Field(pattern=r"^sha256:(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$")]
+# A name a client certificate carries: its subject CN or a DNS, IP or URI subjectAltName.
+CertName = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^\S+$")]
+
+
+class SiteCredentials(Strict):
+    """A site's upload credentials in their long form: key hashes and, over mTLS, the client
+    certificate that is that site's (by fingerprint or by a name it carries)."""
+
+    keys: tuple[KeyHash, ...] = ()
+    certificates: tuple[CertFingerprint, ...] = ()
+    certificate_names: tuple[CertName, ...] = ()
+
+
+def fingerprint_hex(fingerprint: str) -> str:
+    """A CertFingerprint as bare lower-case hex."""
+    return fingerprint.removeprefix("sha256:").replace(":", "").lower()
+
+
 class SpoolSettings(Strict):
     # Store-and-forward for what must reach the central tier. None: no spool on this site.
     path: Path | None = None
@@ -48,8 +69,9 @@ class SpoolSettings(Strict):
     collect: bool | None = None
     # The collector's side: each site id and the `sha256:` hash(es) of its upload key (a list
     # while a key is being rotated). Empty: uploads need mTLS (server.tls.client_ca_file), or
-    # the router must listen on loopback only.
-    collector_sites: dict[SiteId, KeyHash | tuple[KeyHash, ...]] = {}
+    # the router must listen on loopback only. The long form (SiteCredentials) also binds the
+    # site to its client certificate under mTLS. Applied on reload.
+    collector_sites: dict[SiteId, KeyHash | tuple[KeyHash, ...] | SiteCredentials] = {}
 
     @model_validator(mode="after")
     def _key_has_a_collector(self) -> SpoolSettings:
@@ -59,21 +81,40 @@ class SpoolSettings(Strict):
 
     @model_validator(mode="after")
     def _site_keys_unique(self) -> SpoolSettings:
-        owner: dict[str, str] = {}
-        for site, hashes in self.site_key_hashes().items():
-            for hashed in hashes:
-                if owner.setdefault(hashed, site) != site:
-                    raise ValueError(
-                        f"collector_sites: sites {owner[hashed]} and {site} hold the same key hash"
-                    )
+        for what, owned in (
+            ("key hash", self.site_key_hashes()),
+            ("certificate", self.site_certificates()),
+        ):
+            owner: dict[str, str] = {}
+            for site, values in owned.items():
+                for value in values:
+                    if owner.setdefault(value, site) != site:
+                        raise ValueError(
+                            f"collector_sites: sites {owner[value]} and {site} hold the same {what}"
+                        )
         return self
 
     def site_key_hashes(self) -> dict[str, tuple[str, ...]]:
         """Each site's accepted key hashes, a single hash read as a list of one."""
-        return {
-            site: (hashes,) if isinstance(hashes, str) else hashes
-            for site, hashes in self.collector_sites.items()
-        }
+        return {site: _credentials(given).keys for site, given in self.collector_sites.items()}
+
+    def site_certificates(self) -> dict[str, tuple[str, ...]]:
+        """Each site's client certificate bindings: `sha256:<hex>` fingerprints (normalised)
+        and `name:<name>` names (lower case); empty for a site bound to none."""
+        bound = {}
+        for site, given in self.collector_sites.items():
+            credentials = _credentials(given)
+            bound[site] = tuple(
+                [f"sha256:{fingerprint_hex(f)}" for f in credentials.certificates]
+                + [f"name:{name.lower()}" for name in credentials.certificate_names]
+            )
+        return bound
+
+
+def _credentials(given: str | tuple[str, ...] | SiteCredentials) -> SiteCredentials:
+    if isinstance(given, SiteCredentials):
+        return given
+    return SiteCredentials(keys=(given,) if isinstance(given, str) else given)
 
 
 class AuditSettings(Strict):

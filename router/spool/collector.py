@@ -30,7 +30,7 @@ from aiohttp import web
 
 from router.errors import Unavailable
 from router.spool import schema
-from router.spool.sites import SiteGuard
+from router.spool.sites import PeerCertificate, SiteGuard, check_record_sites
 from router.spool.store import SpoolUnavailable
 from router.spool.wire import Item, decode_batch
 from router.spool.worker import Job, SqliteWorker, WorkerBusy, WorkerClosed
@@ -197,8 +197,10 @@ def collector_routes(
 
     async def receive(request: web.Request) -> web.Response:
         # Before the body is read: an upload nobody vouches for costs the collector nothing.
-        site = sites.admit(request.headers, certified=bool(request.get_extra_info("peercert")))
+        certificate = PeerCertificate.of(request.get_extra_info("ssl_object"))
+        site = sites.admit(request.headers, certificate=certificate)
         items = decode_batch(await request.read(), request.content_type)
+        check_record_sites(items, site)
         try:
             added = await store.add(items, site)
         except (sqlite3.Error, WorkerBusy, WorkerClosed) as exc:

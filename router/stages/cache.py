@@ -4,6 +4,7 @@ rest fails for want of a reachable target."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,11 +16,13 @@ from router.cache import (
     RequestDirectives,
     ResponseCache,
     entry_headers,
+    must_revalidate,
     response_ttl,
     upstream_age,
+    vary_names,
 )
 from router.context import Reply, RequestContext
-from router.errors import DeadlineExceeded, Unavailable, UpstreamError
+from router.errors import DeadlineExceeded, NotCached, Unavailable, UpstreamError
 from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
@@ -49,23 +52,31 @@ class LookupCache:
         self._flights: SingleFlight[_Flight] = SingleFlight()
 
     async def around(self, ctx: RequestContext, rest: Rest) -> Reply:
-        if not self._settings.enabled:  # no directive to read, no key to make
-            return self._counted(ctx, Outcome.BYPASS, await rest())
         directives = RequestDirectives.parse(ctx.headers.get("Cache-Control"))
+        if not self._settings.enabled:  # no key to make
+            _not_cached(directives)
+            return self._counted(ctx, Outcome.BYPASS, await rest())
         if not self._cache.may_hold(ctx.api) and self._ttl(ctx) <= 0:
             # Nothing of this API was ever kept and its answers are not kept by default: no
             # entry to find, nothing to coalesce. The key is made only if the answer's own
             # Cache-Control asks to keep it.
+            _not_cached(directives)
             return await self._unkeyed(ctx, directives, rest)
         key = self._key(ctx) if directives.store or directives.lookup else None
         if key is None:
+            _not_cached(directives)
             return self._counted(ctx, Outcome.BYPASS, await rest())
         stale: Entry | None = None
         if directives.lookup:
             found = self._cache.get(key, allow_stale=True)
-            if found is not None and found[1] is Outcome.HIT:
-                return self._replay(ctx, found[0], Outcome.HIT)
-            stale = found[0] if found is not None else None
+            if found is not None and not found[0].varies_from(ctx.headers):
+                entry, now = found[0], self._cache.now()
+                if directives.fresh_enough(entry, now):
+                    return self._replay(ctx, entry, Outcome.HIT)
+                if directives.takes_stale(entry, now):
+                    return self._replay(ctx, entry, Outcome.STALE)
+                stale = None if entry.revalidate else entry
+        _not_cached(directives)
         try:
             reply = await self._miss(ctx, key, rest)
         except _STALE_IF:
@@ -92,23 +103,30 @@ class LookupCache:
         if ctx.stream or not self._coalesces(ctx):
             return await rest()
 
+        leader = asyncio.current_task()
+
         async def lead() -> _Flight:
             reply = await rest()
+            # A leader whose client left writes no record: its followers must not point at it.
+            gone = leader is None or leader.cancelling() > 0 or leader.done()
             return _Flight(
                 reply,
                 ctx.served_tier,
                 tuple(ctx.reasons),
                 ctx.upstream_reasons,
                 ctx.upstream_ms,
-                ctx.audit_id,
+                "" if gone else ctx.audit_id,
+                (ctx.served_by, ctx.served_version, ctx.model_sha256),
             )
 
         flight, joined = await self._flights.run(key, lead)
         if not joined:
             return flight.reply
-        # A follower tells the leader's story: who served it, why, and under which record.
+        # A follower tells the leader's story: who served it, why, and under which record;
+        # its own record names the model too, so it stands without the leader's.
         ctx.served_tier, ctx.upstream_reasons = flight.tier, flight.upstream_reasons
-        ctx.upstream_ms, ctx.cache_of = flight.upstream_ms, flight.audit_id
+        ctx.upstream_ms, ctx.cache_of = flight.upstream_ms, flight.audit_id or None
+        ctx.served_by, ctx.served_version, ctx.model_sha256 = flight.model
         ctx.reasons[:] = [*flight.reasons, "coalesced"]
         reply = flight.reply
         return Reply(reply.body, reply.content_type, reply.status, dict(reply.headers))
@@ -178,7 +196,7 @@ class LookupCache:
         return reply
 
     def _keep(self, ctx: RequestContext, key: bytes, reply: Reply) -> Reply:
-        if reply.status != 200:
+        if reply.status != 200 or "*" in vary_names(reply.headers.get("Vary")):
             return reply
         ttl = response_ttl(reply.headers.get("Cache-Control"), self._ttl(ctx))
         if not ttl:
@@ -222,6 +240,10 @@ class LookupCache:
             reasons=",".join(ctx.reasons),
             audit_id=ctx.cache_of or ctx.audit_id,
             age_at_store=upstream_age(reply.headers.get("Age")),
+            revalidate=must_revalidate(reply.headers.get("Cache-Control")),
+            vary=tuple(
+                (name, ctx.headers.get(name)) for name in vary_names(reply.headers.get("Vary"))
+            ),
         )
 
 
@@ -234,7 +256,8 @@ class _Flight:
     reasons: tuple[str, ...]
     upstream_reasons: str
     upstream_ms: float | None
-    audit_id: str
+    audit_id: str  # the leader's record; "" when the leader left before the answer
+    model: tuple[str, str, str]  # served_by, served_version, model_sha256
 
 
 def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
@@ -242,6 +265,12 @@ def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
     if ctx.header_length is None:
         return ()
     return tuple(part for item in ctx.tensor_digests(cache.digester).items() for part in item)
+
+
+def _not_cached(directives: RequestDirectives) -> None:
+    """only-if-cached and nothing stored fits: 504 at once, the upstream is never asked."""
+    if directives.only_if_cached:
+        raise NotCached("no stored answer fits this request (Cache-Control: only-if-cached)")
 
 
 async def _replay_events(events: tuple[bytes, ...]) -> AsyncIterator[bytes]:

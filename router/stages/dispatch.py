@@ -33,6 +33,9 @@ from router.v2.response import encode_response
 
 log = logging.getLogger(__name__)
 
+# Reasons a local answer stood in for an escalation that could not happen.
+_ESCALATION_MISSED = ("escalation_unavailable", "escalation_failed:")
+
 
 class Dispatch:
     name = "dispatch"
@@ -130,13 +133,15 @@ class Dispatch:
         body, header_length = encode_response(
             entry.model, str(entry.version), request.id, result.outputs
         )
+        headers = {}
+        if ctx.reasons[-1].startswith(_ESCALATION_MISSED):
+            # A low-confidence answer standing in for the bigger model's, out of reach now:
+            # no cache (ours, a downstream router's) may keep it past the outage.
+            headers["Cache-Control"] = "no-store"
         if header_length is None:
-            return Reply(body)
-        return Reply(
-            body,
-            content_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(header_length)},
-        )
+            return Reply(body, headers=headers)
+        headers["Inference-Header-Content-Length"] = str(header_length)
+        return Reply(body, content_type="application/octet-stream", headers=headers)
 
     async def _maybe_escalate(
         self, ctx: RequestContext, entry: ModelVersion, result: LocalResult

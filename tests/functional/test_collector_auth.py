@@ -9,7 +9,9 @@ import asyncio
 import base64
 import hashlib
 import logging
+import signal
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -21,8 +23,9 @@ import orjson
 import pytest
 import trustme
 from aiohttp.test_utils import TestServer
+from test_serve_process import spawn, wait_ready
 
-from router.api.state import SPOOL
+from router.api.state import RELOADER, SPOOL
 from router.app import build_app
 from router.errors import ConfigError
 from router.settings import Settings
@@ -46,14 +49,14 @@ KEY_A, KEY_B, WRONG = fixed_key("site-a"), fixed_key("site-b"), fixed_key("nobod
 CANARIES = (KEY_A, KEY_B, WRONG)
 
 
-def batch(*keys: str) -> bytes:
+def batch(*keys: str, payload: bytes = b"x") -> bytes:
     lines = (
         orjson.dumps(
             {
                 "key": k,
                 "kind": "audit",
                 "created": time.time(),
-                "payload": base64.b64encode(b"x").decode(),
+                "payload": base64.b64encode(payload).decode(),
             }
         )
         for k in keys
@@ -70,7 +73,12 @@ def headers(key: str | None = None, site: str | None = None) -> dict[str, str]:
     return sent
 
 
-def central_settings(tmp_path: Path, **server: Any) -> Settings:
+def central_settings(
+    tmp_path: Path,
+    sites: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    **server: Any,
+) -> Settings:
     models = tmp_path / "central-models"
     models.mkdir(exist_ok=True)
     return Settings.model_validate(
@@ -78,7 +86,10 @@ def central_settings(tmp_path: Path, **server: Any) -> Settings:
             "site": {"id": "hq", "tier": "central"},
             "models": {"repository": models},
             "server": server,
-            "spool": {"collector_sites": {"site-a": hash_key(KEY_A), "site-b": hash_key(KEY_B)}},
+            "auth": auth or {},
+            "spool": {
+                "collector_sites": sites or {"site-a": hash_key(KEY_A), "site-b": hash_key(KEY_B)}
+            },
         }
     )
 
@@ -205,6 +216,16 @@ class TestCollectorAuthentication:
         status, body, _ = await post(central.url, batch("audit:b1"), headers(KEY_B, "site-b"))
         assert (status, orjson.loads(body)["new"]) == (200, 1)
 
+    async def test_a_record_naming_another_site_is_403(self, central: RouterThread) -> None:
+        """site-a's key on a batch whose audit record says it is site-b's: 403 site_mismatch,
+        nothing of the batch stored; the record naming site-a is taken."""
+        forged = batch("audit:f0", "audit:f1", payload=b'{"id":"f1","site":"site-b"}')
+        status, body, _ = await post(central.url, forged, headers(KEY_A, "site-a"))
+        assert (status, orjson.loads(body)["error"]["code"]) == (403, "site_mismatch")
+        own = batch("audit:f0", "audit:f1", payload=b'{"id":"f1","site":"site-a"}')
+        status, body, _ = await post(central.url, own, headers(KEY_A, "site-a"))
+        assert (status, orjson.loads(body)["new"]) == (200, 2)
+
     async def test_edge_with_its_key_file_drains_to_the_central(
         self, central: RouterThread, tmp_path: Path, own_state: Path
     ) -> None:
@@ -329,3 +350,115 @@ async def test_a_verified_client_certificate_is_enough(
         sent = headers(site="not a site id")
         async with http.post(url, data=batch("audit:m3"), headers=sent, ssl=context) as answer:
             assert answer.status == 400
+
+
+@pytest.fixture
+async def bound_central(
+    tmp_path: Path, certificates: tuple[trustme.CA, trustme.CA]
+) -> AsyncIterator[str]:
+    """The mTLS central where site-a is bound to its key and to certificates naming
+    site-a.example, site-b to its key only, and site-c to certificates naming site-c.example."""
+    tls = {
+        "cert_file": tmp_path / "site.pem",
+        "key_file": tmp_path / "site.key",
+        "client_ca_file": tmp_path / "clients.pem",
+    }
+    sites = {
+        "site-a": {"keys": [hash_key(KEY_A)], "certificate_names": ["site-a.example"]},
+        "site-b": hash_key(KEY_B),
+        "site-c": {"certificate_names": ["site-c.example"]},
+    }
+    settings = central_settings(tmp_path, sites, tls=tls)
+    assert settings.server.tls is not None
+    server = TestServer(build_app(settings), host="127.0.0.1")
+    await server.start_server(ssl=listener_context(settings.server.tls, "server.tls"))
+    try:
+        yield f"https://127.0.0.1:{server.port}"
+    finally:
+        await server.close()
+
+
+async def test_a_certificate_bound_to_a_site_uploads_only_for_it(
+    bound_central: str, certificates: tuple[trustme.CA, trustme.CA]
+) -> None:
+    """Over real mTLS: site-c's certificate uploads for site-c (named or not) but not as
+    site-a or site-b, not even with site-b's valid key (403 site_mismatch); a valid
+    certificate bound to no site cannot upload as site-a, even with site-a's key."""
+    server_ca, client_ca = certificates
+
+    def context(name: str) -> ssl.SSLContext:
+        made = ssl.create_default_context()
+        server_ca.configure_trust(made)
+        client_ca.issue_cert(name).configure_cert(made)
+        return made
+
+    site_c, stranger = context("site-c.example"), context("stranger.example")
+    url = bound_central + COLLECTOR_PATH
+    tries = [
+        (site_c, headers(site="site-c"), "audit:c1", 200),
+        (site_c, headers(), "audit:c2", 200),
+        (site_c, headers(site="site-a"), "audit:c3", 403),
+        (site_c, headers(KEY_B, "site-b"), "audit:c4", 403),
+        (stranger, headers(KEY_A, "site-a"), "audit:c5", 403),
+        (stranger, headers(site="site-c"), "audit:c6", 403),
+        (context("site-a.example"), headers(KEY_A, "site-a"), "audit:c7", 200),
+    ]
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        for tls, sent, key, expected in tries:
+            async with http.post(url, data=batch(key), headers=sent, ssl=tls) as answer:
+                assert (key, answer.status) == (key, expected)
+                if expected == 403:
+                    assert (await answer.json())["error"]["code"] == "site_mismatch"
+
+
+async def test_collector_sites_apply_on_sighup(tmp_path: Path) -> None:
+    """A real central process: a site added to spool.collector_sites and SIGHUP, and its key
+    uploads; the site removed and SIGHUP, and its key is 401 again; nothing needs a restart."""
+    config = tmp_path / "central.yaml"
+
+    def write(sites: dict[str, str]) -> None:
+        doc = {"site": {"id": "hq", "tier": "central"}, "spool": {"collector_sites": sites}}
+        config.write_text(orjson.dumps(doc).decode())  # JSON is YAML
+
+    write({"site-a": hash_key(KEY_A)})
+    args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
+    async with aiohttp.ClientSession() as http, spawn(*args, stderr=tmp_path / "err") as child:
+        await wait_ready(http, child.url)
+        status, _, _ = await post(child.url, batch("audit:r1"), headers(KEY_B, "site-b"))
+        assert status == 401
+        write({"site-a": hash_key(KEY_A), "site-b": hash_key(KEY_B)})
+        child.process.send_signal(signal.SIGHUP)
+        line = await child.read_until("reload")
+        assert "reloaded" in line
+        status, _, _ = await post(child.url, batch("audit:r1"), headers(KEY_B, "site-b"))
+        assert status == 200
+        write({"site-b": hash_key(KEY_B)})
+        child.process.send_signal(signal.SIGHUP)
+        await child.read_until("reloaded")
+        status, _, _ = await post(child.url, batch("audit:r2"), headers(KEY_A, "site-a"))
+        assert status == 401
+        assert not any("restart" in out for out in child.stdout)
+        child.process.send_signal(signal.SIGTERM)
+        assert await child.exit_code() == 0
+
+
+async def test_a_reload_that_would_leave_the_collector_unguarded_keeps_its_sites(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exposed central whose new file drops every site for mTLS, which needs a restart:
+    the running listener has no client CA, so the reload keeps the old sites (site-a's key
+    still uploads, a stranger is still 401) and says so."""
+    running = central_settings(tmp_path, host="0.0.0.0", auth={"mode": "disabled"})
+    tls = {"cert_file": tmp_path / "site.pem", "client_ca_file": tmp_path / "clients.pem"}
+    doc = running.model_dump(mode="json")
+    doc["server"]["tls"] = tls
+    doc["spool"]["collector_sites"] = {}
+    new = Settings.model_validate(doc)  # valid by itself: mTLS guards it
+    with RouterThread(running, read_settings=lambda: new) as central:
+        assert central.app is not None
+        central.call_async(central.app[RELOADER].reload, "test")
+        status, _, _ = await post(central.url, batch("audit:u1"), headers(KEY_A, "site-a"))
+        assert status == 200
+        status, _, _ = await post(central.url, batch("audit:u2"), headers(site="anyone"))
+        assert status == 401
+    assert "the sites are kept" in caplog.text

@@ -29,8 +29,9 @@ import tritonclient.http.aio as triton_aio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from router.api.state import CACHE
+from router.api.state import CACHE, TRAIL
 from router.app import build_app
+from router.audit import show
 from router.cache import Outcome
 from router.resources import default_policy_bundle
 from router.settings import Settings
@@ -191,6 +192,7 @@ async def start_site(
     cache: dict[str, Any] | None = None,
     bundle: Path | None = None,
     upstream_settings: dict[str, Any] | None = None,
+    routing: dict[str, Any] | None = None,
 ) -> Site:
     upstream = Upstream()
     upstream.server = await stack.enter_async_context(serving(upstream.app()))
@@ -202,6 +204,7 @@ async def start_site(
             "upstreams": [{**cluster(upstream_url), **(upstream_settings or {})}],
             "policy": {"bundle": str(bundle)} if bundle else {},
             "cache": {"enabled": True, **(cache or {})},
+            "routing": routing or {},
         }
     )
     app = build_app(settings)
@@ -412,6 +415,81 @@ class TestRequestDirectives:
         assert await executions(http, site, "color_classifier") == 3
         assert site.app[CACHE].counts[Outcome.BYPASS] == 2
 
+    async def test_max_age_bounds_the_age_of_a_hit(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """max-age=N takes no stored answer older than N s: the model runs again (RFC 9111
+        §5.2.1.1), and a younger answer is still a HIT."""
+        body = rgb([0.2, 0.6, 0.2])
+        await post(http, site, CLASSIFIER, body)
+        site.clock.advance(10)
+        young = await post(http, site, CLASSIFIER, body, {"Cache-Control": "max-age=30"})
+        assert (young.cache, young.age) == ("HIT", 10)
+        old = await post(http, site, CLASSIFIER, body, {"Cache-Control": "max-age=5"})
+        assert old.cache == "MISS"  # and stored anew
+        site.clock.advance(1)
+        zero = await post(http, site, CLASSIFIER, body, {"Cache-Control": "max-age=0"})
+        assert zero.cache == "MISS"
+        assert await executions(http, site, "color_classifier") == 3
+
+    async def test_min_fresh_wants_freshness_left(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """min-fresh=N takes only an answer fresh for N more seconds (default TTL 300 s)."""
+        body = rgb([0.1, 0.2, 0.7])
+        await post(http, site, CLASSIFIER, body)
+        site.clock.advance(250)
+        lasting = await post(http, site, CLASSIFIER, body, {"Cache-Control": "min-fresh=10"})
+        assert lasting.cache == "HIT"
+        short = await post(http, site, CLASSIFIER, body, {"Cache-Control": "min-fresh=60"})
+        assert short.cache == "MISS"
+        assert await executions(http, site, "color_classifier") == 2
+
+    async def test_only_if_cached_answers_504_without_asking_anyone(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """only-if-cached with nothing stored is 504 not_cached at once: the upstream is never
+        asked; once stored, the same request is a HIT (RFC 9111 §5.2.1.7)."""
+        only = {"Cache-Control": "only-if-cached"}
+        missing = await post(http, site, ECHO, echo("only"), only)
+        assert missing.status == 504
+        assert "only-if-cached" in missing.json()["error"]
+        assert site.upstream.requests(ECHO) == 0
+        await post(http, site, ECHO, echo("only"))
+        hit = await post(http, site, ECHO, echo("only"), only)
+        assert (hit.status, hit.cache) == (200, "HIT")
+        assert site.upstream.requests(ECHO) == 1
+
+    async def test_only_if_cached_on_an_uncached_api_is_504(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """A chat request (never cached by default) with only-if-cached is 504, not forwarded."""
+        chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+        answer = await post(
+            http, site, "/v1/chat/completions", chat, {"Cache-Control": "only-if-cached"}
+        )
+        assert (answer.status, answer.json()["error"]["code"]) == (504, "not_cached")
+        assert site.upstream.requests("/v1/chat/completions") == 0
+
+    async def test_max_stale_takes_a_stale_answer_while_online(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+    ) -> None:
+        """max-stale=N: a client that accepts staleness gets the stored answer marked STALE
+        with its true Age, without asking the upstream; beyond N it is fetched anew."""
+        site = await start_site(
+            stack, repository, cache={"kserve_v2_ttl_s": 10, "max_stale_s": 100}
+        )
+        await post(http, site, ECHO, echo("patient"))
+        site.clock.advance(30)
+        stale = await post(http, site, ECHO, echo("patient"), {"Cache-Control": "max-stale=25"})
+        assert (stale.status, stale.cache, stale.age) == (200, "STALE", 30)
+        assert site.upstream.requests(ECHO) == 1
+        any_age = await post(http, site, ECHO, echo("patient"), {"Cache-Control": "max-stale"})
+        assert any_age.cache == "STALE"
+        strict = await post(http, site, ECHO, echo("patient"), {"Cache-Control": "max-stale=5"})
+        assert strict.cache == "MISS"
+        assert site.upstream.requests(ECHO) == 2
+
 
 # -- what the upstream's Cache-Control says -------------------------------------------------------
 
@@ -499,6 +577,26 @@ class TestUpstreamFreshness:
         site.clock.advance(6)
         assert (await post(http, site, ECHO, echo("aged"))).cache == "MISS"
 
+    async def test_an_answer_is_served_only_to_requests_it_varies_with(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Vary: X-Variant: a request with another X-Variant is not served the stored answer
+        (RFC 9111 §4.1); the same value is a HIT."""
+        site.upstream.extra_headers = {"Vary": "X-Variant"}
+        first = await post(http, site, ECHO, echo("varied"), {"X-Variant": "a"})
+        same = await post(http, site, ECHO, echo("varied"), {"x-variant": "a"})
+        other = await post(http, site, ECHO, echo("varied"), {"X-Variant": "b"})
+        absent = await post(http, site, ECHO, echo("varied"))
+        assert [a.cache for a in (first, same, other, absent)] == ["MISS", "HIT", "MISS", "MISS"]
+        assert site.upstream.requests(ECHO) == 3
+
+    async def test_vary_star_is_never_stored(self, http: aiohttp.ClientSession, site: Site) -> None:
+        """Vary: * varies on what no cache can see: the answer is not kept."""
+        site.upstream.extra_headers = {"Vary": "Accept, *"}
+        answers = [await post(http, site, ECHO, echo("star")) for _ in range(2)]
+        assert [a.cache for a in answers] == ["MISS", "MISS"]
+        assert site.upstream.requests(ECHO) == 2
+
     async def test_error_answers_are_not_stored(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
@@ -511,6 +609,31 @@ class TestUpstreamFreshness:
         assert (ok.status, ok.cache) == (200, "MISS")
         assert (await post(http, site, ECHO, echo("flaky"))).cache == "HIT"
         assert site.upstream.requests(ECHO) == 2
+
+
+class TestEscalation:
+    async def test_a_stand_in_for_a_failed_escalation_is_not_kept(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+    ) -> None:
+        """Red scores 0.63 on the edge model, below 0.9: while the bigger model upstream
+        fails, the local answer stands in, marked no-store and never cached, so once the
+        upstream is back the next request escalates instead of replaying the stand-in."""
+        escalate = {"threshold": 0.9, "to_model": "echo_model"}
+        site = await start_site(
+            stack, repository, routing={"models": {"color_classifier": {"escalate": escalate}}}
+        )
+        site.upstream.fake.behaviour.fail_status = 503
+        stand_in = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
+        assert stand_in.status == 200
+        assert stand_in.reasons[0] == "local"
+        assert stand_in.reasons[1].startswith("escalation_failed:")
+        assert stand_in.headers["Cache-Control"] == "no-store"
+        site.upstream.fake.behaviour.fail_status = 0
+        again = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
+        assert (again.cache, again.reasons) == (
+            "MISS",
+            ["local", "escalated_low_confidence:regional"],
+        )
 
 
 # -- streams -------------------------------------------------------------------------------
@@ -693,6 +816,40 @@ class TestSingleFlight:
         assert site.upstream.requests(ECHO) == 1
         assert (await post(http, site, ECHO, echo("stay"))).cache == "HIT"
 
+    async def test_followers_of_a_leader_that_left_point_at_no_missing_record(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """The leader's client goes away, so the leader writes no audit record: every
+        follower's record, and a later HIT's, must resolve to records that exist, and a
+        follower's record still names the tier that served it."""
+        site.upstream.gate.clear()
+        own = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT_S))
+        async with asyncio.timeout(LIMIT_S), own, asyncio.TaskGroup() as group:
+            leader = group.create_task(post(own, site, ECHO, echo("orphan")))
+            await site.upstream.arrived.reach(1, "the leader's upstream call")
+            followers = [
+                group.create_task(post(http, site, ECHO, echo("orphan"))) for _ in range(3)
+            ]
+            await site.entered.reach(4, "the followers to reach the router")
+            await asyncio.sleep(0.1)
+            leader.cancel()
+            await site.cancelled.reach(1, "the router to see the leader leave")
+            site.upstream.gate.set()
+        answers = [task.result() for task in followers]
+        hit = await post(http, site, ECHO, echo("orphan"))
+        assert hit.cache == "HIT"
+        log_path = site.app[TRAIL]._log.path  # type: ignore[union-attr]
+        for answer in [*answers, hit]:
+            audit_id = answer.headers["X-Audit-Id"]
+            for _ in range(int(LIMIT_S / 0.05)):  # records are written after the answer
+                provenance = show(log_path, audit_id)
+                if provenance.records:
+                    break
+                await asyncio.sleep(0.05)
+            assert provenance.records, audit_id
+            assert provenance.missing is None, audit_id
+            assert provenance.records[-1].entry["served_tier"] == "regional"
+
     @pytest.mark.parametrize(
         "opt_out",
         [{"no_coalesce_paths": ["/v2/models/echo_model/"]}, {"coalesce": False}],
@@ -774,6 +931,26 @@ class TestStale:
         assert "cache_stale" in stale.reasons
         assert stale.headers["X-Served-By-Tier"] == "regional"
         assert site.app[CACHE].counts[Outcome.STALE] == 1
+
+    @pytest.mark.parametrize(
+        "directive", ["max-age=1, must-revalidate", "proxy-revalidate", "s-maxage=1"]
+    )
+    async def test_an_answer_that_must_be_revalidated_is_never_served_stale(
+        self, http: aiohttp.ClientSession, site: Site, directive: str
+    ) -> None:
+        """must-revalidate, proxy-revalidate or s-maxage (which a shared cache reads as
+        proxy-revalidate): past freshness with the upstream failing, the client gets the
+        error, not the stale copy (RFC 9111 §5.2.2.2, §5.2.2.10); max-stale does not change it."""
+        site.upstream.cache_control = directive
+        first = await post(http, site, ECHO, echo("revalidate"))
+        assert first.cache == "MISS"
+        assert (await post(http, site, ECHO, echo("revalidate"))).cache == "HIT"
+        await upstream_fails(site)
+        site.clock.advance(5)
+        answer = await post(http, site, ECHO, echo("revalidate"))
+        assert (answer.status, answer.headers.get("X-Cache")) == (503, None)
+        asked = await post(http, site, ECHO, echo("revalidate"), {"Cache-Control": "max-stale"})
+        assert (asked.status, asked.headers.get("X-Cache")) == (503, None)
 
     async def test_a_stale_answer_is_not_served_while_the_upstream_answers(
         self, http: aiohttp.ClientSession, site: Site
@@ -921,6 +1098,10 @@ class TestScope:
         site = await start_site(stack, repository, cache={"enabled": False})
         answers = [await post(http, site, CLASSIFIER, rgb([0.2, 0.2, 0.2])) for _ in range(2)]
         assert [a.cache for a in answers] == ["BYPASS", "BYPASS"]
+        assert await executions(http, site, "color_classifier") == 2
+        only = {"Cache-Control": "only-if-cached"}
+        refused = await post(http, site, CLASSIFIER, rgb([0.2, 0.2, 0.2]), only)
+        assert refused.status == 504  # nothing is ever stored: only-if-cached cannot be met
         assert await executions(http, site, "color_classifier") == 2
 
     async def test_an_answer_to_one_credential_is_not_served_to_another(

@@ -13,7 +13,9 @@ from router.cache import (
     RequestDirectives,
     ResponseCache,
     entry_headers,
+    must_revalidate,
     response_ttl,
+    upstream_age,
 )
 
 SECRET = b"s" * 32
@@ -246,15 +248,47 @@ class TestCounts:
 class TestRequestDirectives:
     @pytest.mark.parametrize("header", [None, "", "max-age=0", "no-transform", "only-if-cached"])
     def test_without_no_cache_or_no_store_both_are_allowed(self, header: str | None) -> None:
-        """Other request directives change nothing here."""
-        assert RequestDirectives.parse(header) == RequestDirectives(lookup=True, store=True)
+        """Other request directives neither skip the lookup nor the store."""
+        directives = RequestDirectives.parse(header)
+        assert (directives.lookup, directives.store) == (True, True)
+
+    @pytest.mark.parametrize(
+        ("header", "expected"),
+        [
+            ("max-age=0", RequestDirectives(max_age=0.0)),
+            ("Max-Age=30, min-fresh=5", RequestDirectives(max_age=30.0, min_fresh=5.0)),
+            ("max-stale", RequestDirectives(max_stale=float("inf"))),
+            ('max-stale="20"', RequestDirectives(max_stale=20.0)),
+            ("max-stale=soon", RequestDirectives()),
+            ("only-if-cached", RequestDirectives(only_if_cached=True)),
+            ("max-age=99999999999999", RequestDirectives(max_age=2.0**31)),
+            ("max-age=-1, min-fresh=\u00b2", RequestDirectives()),
+        ],
+    )
+    def test_age_limits_are_read(self, header: str, expected: RequestDirectives) -> None:
+        """max-age, min-fresh, max-stale and only-if-cached as RFC 9111 §5.2.1 spells them;
+        what is no delta-seconds is ignored."""
+        assert RequestDirectives.parse(header) == expected
+
+    def test_fresh_enough_and_takes_stale_follow_the_limits(self) -> None:
+        """An entry fresh for 10 s, 12 s old: stale; max-stale=2 takes it, max-stale=1 does not,
+        and max-age=11 refuses it whatever max-stale says."""
+        entry = make_entry(stored_at=0.0, fresh_s=10.0)
+        assert not RequestDirectives().fresh_enough(entry, 12.0)
+        assert RequestDirectives(max_stale=2.0).takes_stale(entry, 12.0)
+        assert not RequestDirectives(max_stale=1.0).takes_stale(entry, 12.0)
+        assert not RequestDirectives(max_stale=5.0, max_age=11.0).takes_stale(entry, 12.0)
+        assert not RequestDirectives().takes_stale(entry, 12.0)
+        assert RequestDirectives(min_fresh=3.0).fresh_enough(entry, 6.0)
+        assert not RequestDirectives(min_fresh=4.0).fresh_enough(entry, 6.0)
 
     @pytest.mark.parametrize(
         "header", ["no-cache", "No-Cache", "  no-cache  ", "max-age=5, NO-CACHE"]
     )
     def test_no_cache_skips_the_lookup_but_stores(self, header: str) -> None:
         """no-cache: go to the origin, but what comes back may be kept."""
-        assert RequestDirectives.parse(header) == RequestDirectives(lookup=False, store=True)
+        directives = RequestDirectives.parse(header)
+        assert (directives.lookup, directives.store) == (False, True)
 
     @pytest.mark.parametrize(
         "header",
@@ -304,10 +338,41 @@ class TestResponseTtl:
         """An upstream that did not want its answer shared is not shared, max-age or not."""
         assert response_ttl(header, 300.0) is None
 
+    def test_a_huge_lifetime_is_capped(self) -> None:
+        """delta-seconds past 2^31 mean 2^31 (RFC 9111 §1.2.2), not the default."""
+        assert response_ttl("max-age=99999999999999", 42.0) == 2.0**31
+
     @pytest.mark.parametrize("header", [None, "", "public", "must-revalidate", "max-age=abc"])
     def test_without_a_lifetime_the_default_applies(self, header: str | None) -> None:
         """No usable max-age: the route's configured ttl."""
         assert response_ttl(header, 42.0) == 42.0
+
+
+class TestRevalidateAndAge:
+    @pytest.mark.parametrize(
+        ("header", "expected"),
+        [
+            (None, False),
+            ("max-age=5", False),
+            ("public, max-age=5, must-revalidate", True),
+            ("Proxy-Revalidate", True),
+            ("s-maxage=5", True),
+        ],
+    )
+    def test_what_may_not_be_served_stale(self, header: str | None, expected: bool) -> None:
+        """must-revalidate, proxy-revalidate and (for a shared cache) s-maxage forbid it."""
+        assert must_revalidate(header) is expected
+
+    @pytest.mark.parametrize(
+        ("header", "age"),
+        [(None, 0.0), ("12", 12.0), (" 7 ", 7.0), ("\u00b2", 0.0), ("-3", 0.0), ("1e3", 0.0)],
+    )
+    def test_an_upstream_age_that_is_no_number_counts_as_zero(
+        self, header: str | None, age: float
+    ) -> None:
+        """Only delta-seconds count; anything else (a superscript digit too) is 0, never an
+        exception."""
+        assert upstream_age(header) == age
 
 
 class TestEntryHeaders:

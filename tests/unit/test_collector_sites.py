@@ -16,7 +16,14 @@ from router.cli import main
 from router.errors import BadRequest, ConfigError, SiteMismatch, Unauthorized
 from router.settings import Settings, load_settings
 from router.spool.collector import CollectorStore
-from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
+from router.spool.sites import (
+    SITE_HEADER,
+    PeerCertificate,
+    SiteGuard,
+    check_record_sites,
+    read_key_file,
+    sent_in_clear,
+)
 from router.spool.wire import Item
 from router.tenancy import hash_key
 
@@ -117,7 +124,134 @@ class TestSiteGuard:
         assert open_guard.admit(upload(fixed_key("x"))) is None
 
 
+MTLS = {"cert_file": "site.pem", "client_ca_file": "clients.pem"}
+FINGERPRINT_C = "ab" * 32
+CERT_A = PeerCertificate("11" * 32, frozenset({"site-a.example"}))
+CERT_C = PeerCertificate(FINGERPRINT_C, frozenset({"site-c.example"}))
+CERT_X = PeerCertificate("22" * 32, frozenset({"anybody.example"}))  # bound to no site
+
+
+def mtls_central(collector_sites: dict[str, Any]) -> Settings:
+    doc = central(collector_sites=collector_sites)
+    return settings(**{**doc, "server": {"host": "0.0.0.0", "tls": MTLS}})
+
+
+@pytest.fixture
+def bound() -> SiteGuard:
+    """site-a by key and by its certificate's name, site-b by key only, site-c by the colon
+    form of its certificate's fingerprint (as openssl prints it)."""
+    colons = ":".join(FINGERPRINT_C.upper()[i : i + 2] for i in range(0, 64, 2))
+    return SiteGuard.of(
+        mtls_central(
+            {
+                "site-a": {"keys": [hash_key(KEY_A)], "certificate_names": ["Site-A.example"]},
+                "site-b": hash_key(KEY_B),
+                "site-c": {"certificates": [f"sha256:{colons}"]},
+            }
+        )
+    )
+
+
+class TestCertificateBinding:
+    def test_a_bound_certificate_uploads_for_its_site(self, bound: SiteGuard) -> None:
+        """A site's own certificate admits its batch, named or not, with or without its key."""
+        assert bound.admit(upload(site="site-c"), certificate=CERT_C) == "site-c"
+        assert bound.admit(upload(), certificate=CERT_C) == "site-c"
+        assert bound.admit(upload(site="site-a"), certificate=CERT_A) == "site-a"
+        assert bound.admit(upload(KEY_A, "site-a"), certificate=CERT_A) == "site-a"
+
+    def test_a_certificate_bound_to_one_site_cannot_upload_for_another(
+        self, bound: SiteGuard
+    ) -> None:
+        """Site C's certificate naming site A or B, with or without B's valid key: 403."""
+        for headers in (upload(site="site-a"), upload(site="site-b"), upload(KEY_B, "site-b")):
+            with pytest.raises(SiteMismatch):
+                bound.admit(headers, certificate=CERT_C)
+        with pytest.raises(SiteMismatch):
+            bound.admit(upload(KEY_B), certificate=CERT_C)
+
+    def test_an_unbound_certificate_cannot_upload_for_a_bound_site(self, bound: SiteGuard) -> None:
+        """A valid certificate bound to no site cannot name a site bound to another one, even
+        with that site's key; an unbound site stays open to it (bind every site to close it)."""
+        with pytest.raises(SiteMismatch):
+            bound.admit(upload(site="site-c"), certificate=CERT_X)
+        with pytest.raises(SiteMismatch):
+            bound.admit(upload(KEY_A, "site-a"), certificate=CERT_X)
+        assert bound.admit(upload(site="site-b"), certificate=CERT_X) == "site-b"
+        assert bound.admit(upload(site="site-z"), certificate=CERT_X) == "site-z"
+
+    def test_without_a_certificate_keys_alone_vouch(self) -> None:
+        """A connection with no client certificate (keys over plain HTTP) is judged by its key."""
+        guard = SiteGuard.of(settings(**central(collector_sites={"site-a": hash_key(KEY_A)})))
+        assert guard.admit(upload(KEY_A, "site-a")) == "site-a"
+
+    def test_peer_certificate_reads_fingerprint_and_names(self) -> None:
+        """The fingerprint is over the DER bytes; names are the CN and the DNS/IP/URI SANs."""
+
+        class Connection:
+            def getpeercert(self, binary_form: bool = False) -> Any:
+                if binary_form:
+                    return b"der bytes"
+                return {
+                    "subject": ((("organizationName", "Ops"),), (("commonName", "Plant-7"),)),
+                    "subjectAltName": (
+                        ("DNS", "plant-7.example"),
+                        ("IP Address", "10.0.0.7"),
+                        ("URI", "spiffe://hq/plant-7"),
+                        ("email", "ops@example.com"),
+                    ),
+                }
+
+        certificate = PeerCertificate.of(Connection())
+        assert certificate is not None
+        assert certificate.fingerprint == hashlib.sha256(b"der bytes").hexdigest()
+        assert certificate.names == {
+            "plant-7",
+            "plant-7.example",
+            "10.0.0.7",
+            "spiffe://hq/plant-7",
+        }
+        assert PeerCertificate.of(None) is None
+
+
+class TestRecordSites:
+    @staticmethod
+    def item(payload: bytes) -> Item:
+        return Item("k", "sample", payload, 1.0, None)
+
+    def test_a_record_naming_another_site_is_403(self) -> None:
+        """A payload that names a site must name the uploader; the refusal names the record."""
+        items = [self.item(b'{"site":"site-a"}'), self.item(b'{"site":"site-b","x":1}')]
+        with pytest.raises(SiteMismatch, match="record 1"):
+            check_record_sites(items, "site-a")
+        with pytest.raises(SiteMismatch):
+            check_record_sites([self.item(b' {"site": null}')], "site-a")
+
+    def test_records_naming_no_site_pass(self) -> None:
+        """Opaque payloads, JSON without a site, and unnamed uploads are not checked."""
+        items = [self.item(b"x"), self.item(b'{"id":1}'), self.item(b'["site-b"]')]
+        check_record_sites([*items, self.item(b'{"site":"site-a"}')], "site-a")
+        check_record_sites([self.item(b'{"site":"site-b"}')], None)
+
+
 class TestSettings:
+    def test_certificate_bindings_need_mtls_and_a_site_needs_a_credential(self) -> None:
+        """Binding certificates without a client CA, or a site with nothing, is refused; one
+        certificate bound to two sites too."""
+        with pytest.raises(ValueError, match=r"needs server\.tls\.client_ca_file"):
+            settings(**central(collector_sites={"site-a": {"certificate_names": ["a.example"]}}))
+        with pytest.raises(ValueError, match="names neither a key nor a certificate"):
+            mtls_central({"site-a": {}})
+        with pytest.raises(ValueError, match="hold the same certificate"):
+            mtls_central(
+                {
+                    "site-a": {"certificates": ["sha256:" + "ab" * 32]},
+                    "site-b": {"certificates": ["sha256:" + "AB" * 32]},
+                }
+            )
+        with pytest.raises(ValueError, match="collector_sites"):
+            mtls_central({"site-a": {"certificates": ["sha256:abc"]}})
+
     def test_exposed_collector_without_authentication_is_a_config_error(self) -> None:
         """Central on 0.0.0.0 with neither keys nor mTLS: an error naming the keys to set."""
         with pytest.raises(ValueError, match=r"spool\.collector_sites") as error:
@@ -274,3 +408,14 @@ def test_check_command_reads_the_key_file(
     err = capsys.readouterr().err
     assert "spool.collector_key_file" in err
     assert "too-short-a-secret" not in err
+
+
+def test_sites_with_certificates_only_and_no_mtls_are_not_open() -> None:
+    """Sites bound by certificate alone on a listener without mTLS (a reload can combine them
+    while the listener waits for a restart): nobody is admitted, the collector is not open."""
+    spool = mtls_central({"site-c": {"certificate_names": ["c.example"]}}).spool
+    running = settings(**central(host="127.0.0.1")).model_copy(update={"spool": spool})
+    guard = SiteGuard.of(running)
+    assert not guard.open
+    with pytest.raises(Unauthorized):
+        guard.admit(upload(site="site-c"))

@@ -41,3 +41,16 @@ def test_listener_and_store_changes_need_a_restart_clusters_do_not() -> None:
     assert result.models.inference_threads == running.models.inference_threads
     assert result.routing.offline is True
     assert [cluster.name for cluster in result.upstreams] == ["c"]
+
+
+def test_collector_sites_apply_on_reload_the_rest_of_the_spool_does_not() -> None:
+    """A site added to spool.collector_sites is applied without a restart; the spool's path
+    still needs one."""
+    running = settings()
+    new = settings(
+        spool={"collector_sites": {"plant-7": "sha256:" + "a" * 64}, "path": "/elsewhere.sqlite3"}
+    )
+    assert restart_only_changes(running, new) == ["spool.path"]
+    result = applied(running, new)
+    assert result.spool.site_key_hashes() == {"plant-7": ("sha256:" + "a" * 64,)}
+    assert result.spool.path is None
