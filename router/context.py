@@ -31,7 +31,7 @@ class RequestContext:
     model: str
     version: str | None
     deadline: float  # on the event loop's clock
-    started: float = 0.0  # arrival, on the event loop's clock (latency metrics)
+    started: float = 0.0  # arrival, on time.perf_counter() (latency metrics)
     method: str = "POST"
     path: str = ""  # path and query as received: forwarded on the same path
     hops: int = 0  # layer-routers this request already passed through

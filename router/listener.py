@@ -9,7 +9,7 @@ GuardedRunner makes that Server hand out GuardedHandlers instead."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -32,6 +32,10 @@ BUSY = (
     b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
     % (len(_BUSY_BODY), _BUSY_BODY)
 )
+# A refused connection stays half-open this long at most, reading and dropping what the client
+# sends: closing at once with its request unread makes the kernel send a reset, and a reset
+# makes the client's TCP stack throw away the 503 it had not read yet.
+REFUSED_LINGER_S = 1.0
 
 
 class GuardedServer(Server):
@@ -43,21 +47,24 @@ class GuardedServer(Server):
 
 
 class GuardedHandler(RequestHandler):
-    __slots__ = ("_counted", "_guard", "_head_timer")
+    __slots__ = ("_counted", "_guard", "_head_timer", "_refused")
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = manager
         self._head_timer: asyncio.TimerHandle | None = None
         self._counted = False
+        self._refused: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
         if guard.open_connections >= guard.limits.max_connections:
             self._manager = None  # never registered: connection_lost has nothing to undo
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(BUSY)
-            transport.close()
+            # Not an isinstance check: uvloop's TCPTransport does not subclass asyncio's.
+            self._refused = cast(asyncio.Transport, transport)
+            self._refused.write(BUSY)
+            self._refused.write_eof()  # the answer, then our FIN; the client closes its side
+            self._loop.call_later(REFUSED_LINGER_S, self._refused.close)
             return
         guard.open_connections += 1
         self._counted = True
@@ -71,7 +78,13 @@ class GuardedHandler(RequestHandler):
         self._disarm()
         super().connection_lost(exc)
 
+    def eof_received(self) -> None:
+        if self._refused is not None:
+            self._refused.close()  # the client read the 503 and left
+
     def data_received(self, data: bytes) -> None:
+        if self._refused is not None:
+            return  # a refused connection's request is never read
         heads = self._request_count
         super().data_received(data)
         if self._request_count != heads:

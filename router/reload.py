@@ -227,20 +227,31 @@ class Reloader:
         return repository_fingerprint(path) if path.is_dir() else ""
 
     async def poll(self, interval_s: float) -> None:
-        """Reload whenever the config file or the model repository changed."""
+        """Reload whenever the config file or the model repository changed. Inputs that
+        failed to reload are not tried again until one of them changes: each try loads every
+        model and logs an error."""
+        failed: tuple[str, Settings | None] | None = None
         while True:
             await asyncio.sleep(interval_s)
             settings = self.wanted.settings
             fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
+            from_file = await self._file_settings()
             changed = fingerprint not in (self._fingerprint, self._refused)
-            if changed or await self._config_changed():
-                await self.reload("poll")
+            if not changed and (from_file is None or from_file == self.wanted.settings):
+                continue
+            if (fingerprint, from_file) == failed:
+                continue
+            failures = self.state.failures
+            await self.reload("poll")
+            failed = (fingerprint, from_file) if self.state.failures > failures else None
 
-    async def _config_changed(self) -> bool:
+    async def _file_settings(self) -> Settings | None:
+        """The settings a reload would read from the file; None without a file or when it is
+        invalid (reported by the next SIGHUP; polling does not spam the log)."""
         if self._read_settings is None:
-            return False
+            return None
         try:
             new, _ = await asyncio.to_thread(self._settings_from_file)
         except ConfigError:
-            return False  # reported by the next SIGHUP; polling does not spam the log
-        return new != self.wanted.settings
+            return None
+        return new

@@ -18,17 +18,22 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 
 def read_folder(folder: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, bytes]:
-    """Every regular file under `folder` (symlinks are refused, not followed)."""
+    """Every regular file under `folder`. A symlink is followed only to a file inside the
+    folder (a Kubernetes ConfigMap volume is made of them); one leading out is refused."""
     if not folder.is_dir():
         raise BundleRejected(f"not a folder: {folder}")
+    root = folder.resolve()
     files: dict[str, bytes] = {}
     total = 0
     for path in sorted(folder.rglob("*")):
-        if path.is_symlink():
-            raise BundleRejected(f"symbolic link in bundle: {path.relative_to(folder)}")
+        relative = path.relative_to(folder)
+        if relative.parts[0].startswith(".."):
+            continue  # Kubernetes' atomic-writer internals (..data, ..2026_11_27...)
+        if path.is_symlink() and not _inside(path.resolve(), root):
+            raise BundleRejected(f"symbolic link out of the bundle: {relative}")
         if not path.is_file():
             continue
-        name = path.relative_to(folder).as_posix()
+        name = relative.as_posix()
         if "__pycache__" in name:
             continue
         data = path.read_bytes()
@@ -36,6 +41,10 @@ def read_folder(folder: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, b
         _within_limits(len(files) + 1, total, max_bytes)
         files[name] = data
     return files
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def pack(files: Files) -> bytes:

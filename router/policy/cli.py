@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output folder that cannot be written, a full disk
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def _without_signature(files: dict[str, bytes]) -> dict[str, bytes]:

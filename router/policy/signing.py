@@ -34,6 +34,7 @@ def generate_keypair(prefix: Path) -> tuple[Path, Path]:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    secret.parent.mkdir(parents=True, exist_ok=True)
     secret.touch(mode=0o600, exist_ok=False)
     secret.write_bytes(pem)
     public.write_bytes(

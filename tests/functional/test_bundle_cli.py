@@ -35,6 +35,20 @@ def test_keygen_build_sign_verify(tmp_path: Path) -> None:
     assert "not a configured key" in wrong.stderr
 
 
+def test_readme_commands_work_as_written(tmp_path: Path) -> None:
+    """keygen makes its folder (`keygen keys/central` in a fresh checkout), and an output
+    that cannot be written is a one-line error with exit 2, not a traceback."""
+    keys = tmp_path / "keys" / "central"
+    assert run_cli("bundle", "keygen", keys).returncode == 0
+    assert (tmp_path / "keys" / "central.pub").is_file()
+    unwritable = run_cli("bundle", "keygen", "/proc/layer-router-test")
+    assert unwritable.returncode == 2
+    assert "Traceback" not in unwritable.stderr
+    built = run_cli("bundle", "build", default_policy_bundle(), "-o", "/proc/b.tar.gz")
+    assert built.returncode == 2
+    assert "Traceback" not in built.stderr
+
+
 def test_build_signs_in_one_step_and_keygen_never_overwrites(tmp_path: Path) -> None:
     """`build --signing-key` gives a verifiable bundle; keygen refuses to replace a key."""
     assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0

@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import gzip
 import socket
+import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from test_serve_process import spawn
 
 from router.nesting import MAX_DEPTH
 from router.settings import Settings
@@ -262,6 +265,32 @@ def test_connections_past_the_cap_get_503_and_are_closed() -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+async def test_a_client_that_sends_at_once_still_reads_the_503(tmp_path: Path) -> None:
+    """Past the cap, on the real server (uvloop), a client that sends its request right after
+    connecting (as curl and every HTTP library do) reads the 503, not a reset or nothing."""
+    config = tmp_path / "site.yaml"
+    config.write_text("limits: {max_connections: 1}\nadmin: {enabled: false}\n")
+    args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
+    ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n"
+    async with spawn(*args, stderr=tmp_path / "stderr") as child:
+        port = int(child.url.rsplit(":", 1)[1])
+
+        def refused_statuses() -> list[int]:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S):
+                time.sleep(0.2)  # the router has counted the held connection
+                statuses = []
+                for _ in range(5):
+                    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as extra:
+                        extra.sendall(ready)
+                        time.sleep(0.05)  # the router has answered and shut its side first
+                        statuses.append(status_of(answer(extra)))
+                return statuses
+
+        assert await asyncio.to_thread(refused_statuses) == [503] * 5
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+    assert "AssertionError" not in (tmp_path / "stderr").read_text()
 
 
 def test_silent_and_idle_connections_are_closed_on_the_configured_clock() -> None:

@@ -112,6 +112,28 @@ def test_polling_does_not_retry_a_repository_that_failed_to_load(tmp_path: Path)
         assert served_models(site) == ["good"]
 
 
+def test_polling_does_not_retry_a_config_change_that_failed_with_the_repository(
+    tmp_path: Path,
+) -> None:
+    """A changed config file that cannot go live (the repository beside it is broken) is
+    tried once, not reloaded (every model loaded again, an error logged) on every poll."""
+    repository = write_repository(tmp_path / "repo", {"good": {1: identity_model("FP32")}})
+    config = {"now": settings(repository, poll_s=0.1)}
+    with RouterThread(config["now"], read_settings=lambda: config["now"]) as site:
+        write_repository(repository, {"broken": {1: b"not an onnx model"}})
+        changed = config["now"].model_dump()
+        changed["routing"]["kserve_v2_budget_ms"] = 1234
+        config["now"] = Settings.model_validate(changed)
+
+        def failures() -> int:
+            doc = httpx.get(site.url + "/v2", timeout=10).json()
+            return int(doc["bundle"]["reload"]["failures"])
+
+        wait_for(lambda: failures() >= 1, 10)
+        time.sleep(0.6)  # six more polls
+        assert failures() == 1
+
+
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hello"}]}
 
 

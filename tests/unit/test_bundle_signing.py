@@ -116,3 +116,37 @@ def test_keeper_rejects_a_signed_bundle_with_invalid_content(
     keeper = BundleKeeper(load_public_keys((keys[1],)), tmp_path / "store")
     with pytest.raises(BundleRejected, match=r"cache\.yaml: .*unknown data class"):
         keeper.accept(files)
+
+
+def configmap_volume(tmp_path: Path) -> Path:
+    """The default bundle laid out as Kubernetes mounts a ConfigMap: each file a symlink into
+    `..data`, itself a symlink to a timestamped folder."""
+    volume = tmp_path / "policy"
+    stamped = volume / "..2026_11_27_15_00_00.123456789"
+    stamped.mkdir(parents=True)
+    source = default_policy_bundle()
+    names = [p.name for p in source.iterdir() if p.is_file()]
+    for name in names:
+        shutil.copyfile(source / name, stamped / name)
+    (volume / "..data").symlink_to(stamped.name)
+    for name in names:
+        (volume / name).symlink_to(f"..data/{name}")
+    return volume
+
+
+def test_a_configmap_volume_reads_as_its_files(tmp_path: Path) -> None:
+    """A bundle mounted from a ConfigMap (the sidecar manifest's way) reads as the same files
+    as the plain folder, without Kubernetes' `..data` internals."""
+    files = read_folder(configmap_volume(tmp_path))
+    plain = read_folder(default_policy_bundle())
+    assert files == {name: data for name, data in plain.items() if "/" not in name}
+
+
+def test_a_symlink_out_of_the_bundle_is_refused(tmp_path: Path) -> None:
+    """A symlink that leads outside the bundle folder is refused, never read."""
+    volume = configmap_volume(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("CANARY")
+    (volume / "extra.yaml").symlink_to(secret)
+    with pytest.raises(BundleRejected, match="out of the bundle"):
+        read_folder(volume)

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 
 import orjson
 import pytest
+import uvloop
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from opentelemetry.sdk.trace import TracerProvider
 
 from router import logs
+from router.api.respond import new_context, observe
+from router.api.state import TELEMETRY, TRAIL
+from router.audit.record import Digester
 from router.cli import _parser, _settings
+from router.settings import SiteSettings
+from router.telemetry import Telemetry
 from router.telemetry.requests import LATENCY_BUCKETS, RequestMetrics
 from router.telemetry.tracing import provider_from_env
+from router.trail import Trail
 
 
 class TestProviderFromEnv:
@@ -136,3 +146,24 @@ class TestAdminPortFlag:
         args = _parser().parse_args(["serve", "--port", "0", "--admin-port", "9102"])
         assert _settings(args).admin.port == 9102
         assert _settings(_parser().parse_args(["serve"])).admin.port == 8002
+
+
+class TestRequestLatencyClock:
+    def test_sub_millisecond_latency_is_measured_on_uvloop(self) -> None:
+        """On uvloop (whose loop clock moves in whole ms) a 0.3 ms request is timed as such."""
+        app = web.Application()
+        app[TRAIL] = Trail(None, Digester(b"k" * 32), SiteSettings())
+        app[TELEMETRY] = Telemetry()
+
+        async def one_request() -> None:
+            request = make_mocked_request("POST", "/v2/models/m/infer", app=app)
+            ctx = new_context(request, "kserve-v2", "m", None, 1000.0)
+            ctx.served_tier = "edge"
+            busy_until = time.perf_counter() + 0.0003
+            while time.perf_counter() < busy_until:  # work on the loop: its clock stays put
+                pass
+            observe(app, ctx, 200)
+
+        uvloop.run(one_request())
+        histogram = app[TELEMETRY].requests.latency[("kserve-v2", "edge")]
+        assert 0.0003 <= histogram.sum < 1.0
