@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,6 +45,18 @@ class RaisingSession:
 
     def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
         raise self.error
+
+
+class SleepySession:
+    """A real session whose every run takes at least `delay_s`: a slow model."""
+
+    def __init__(self, session: Any, delay_s: float) -> None:
+        self._session = session
+        self._delay_s = delay_s
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        time.sleep(self._delay_s)
+        return self._session.run(names, feeds)
 
 
 @pytest.fixture
@@ -191,6 +204,22 @@ class TestModelRunner:
         abandoned.cancel()
         await asyncio.gather(running, after)
         assert [run["x"] for run in session.runs] == [(1, 2), (1, 2)]
+        assert runner.pending == 0
+
+    async def test_slow_model_checks_each_job_when_it_starts(self, executor: Any) -> None:
+        """Jobs queued behind a slow model are handed over one at a time, so one whose caller
+        left (or whose deadline passed) while an earlier one ran never runs."""
+        session = CountingSession(SleepySession(cpu_session(double_model()), 0.05))
+        runner = ModelRunner(session, executor, _limits(), "slow/1")
+        runner.measured(50e6)  # a run takes 50 ms
+        running = runner.infer({"x": _rows(1)}, FAR)
+        second = runner.infer({"x": _rows(2)}, FAR)
+        abandoned = runner.infer({"x": _rows(3)}, FAR)
+        await running  # the next hand-off was made as it finished
+        abandoned.cancel()
+        await second
+        await asyncio.sleep(0.1)  # time enough for a third run, were one coming
+        assert len(session.runs) == 2
         assert runner.pending == 0
 
     async def test_cancelled_job_is_skipped_when_batching(
