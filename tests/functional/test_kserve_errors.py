@@ -241,6 +241,21 @@ class TestInvalidTensors:
         status, _, reply = await call(http, "POST", infer_url, body)
         assert_error(status, reply, 400, "logits")
 
+    async def test_classification_of_a_bytes_output(
+        self, http: aiohttp.ClientSession, tmp_path: Path
+    ) -> None:
+        """Classification asked of a BYTES output is a 400 naming the output, not a 500."""
+        write_repository(tmp_path, {"text": {1: identity_model("BYTES")}})
+        with serve_in_thread(settings_for(tmp_path, inference_threads=1)) as server:
+            tensor = {"name": "INPUT0", "shape": [1, 2], "datatype": "BYTES"}
+            body = infer_body(
+                {**tensor, "data": [CANARY_TEXT, "b"]},
+                outputs=[{"name": "OUTPUT0", "parameters": {"classification": 1}}],
+            )
+            url = f"{server.url}/v2/models/text/infer"
+            status, _, reply = await call(http, "POST", url, body)
+        assert_error(status, reply, 400, "OUTPUT0", "classification")
+
     def test_tritonclient_sees_status_and_message(
         self, triton: triton_http.InferenceServerClient
     ) -> None:
