@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -127,6 +128,12 @@ class ModelRepository:
                     entry.runner.close()
 
 
+# The version folder of the model being loaded. The session is built from the bytes that were
+# hashed (so the pinned sha256 covers what runs), and onnxruntime would look for a model's
+# external data files (weights.bin next to model.onnx) in the working directory instead.
+LOADING_FOLDER: ContextVar[Path | None] = ContextVar("loading_folder", default=None)
+
+
 def default_session_builder(
     data: bytes, threads: int, chosen: list[tuple[str, dict[str, Any]]]
 ) -> Any:
@@ -137,6 +144,11 @@ def default_session_builder(
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # onnxruntime's own warnings would bypass our log config
+    folder = LOADING_FOLDER.get()
+    if folder is not None:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(folder)
+        )
     return ort.InferenceSession(data, options, providers=chosen)
 
 
@@ -221,9 +233,13 @@ class Loader:
             providers.Candidate(p.name, dict(p.options)) for p in config.execution_providers
         ]
         choices = providers.candidates(preferred, self.available, self.settings.execution_providers)
-        session, entry.provider, entry.provider_failures = providers.create_session(
-            lambda chosen: self.build(data, config.intra_op_threads, chosen), choices, label
-        )
+        folder = LOADING_FOLDER.set(entry.path.parent)
+        try:
+            session, entry.provider, entry.provider_failures = providers.create_session(
+                lambda chosen: self.build(data, config.intra_op_threads, chosen), choices, label
+            )
+        finally:
+            LOADING_FOLDER.reset(folder)
         entry.signature = signature = from_session(session)
         _check_label_output(entry, config, signature)
         if config.max_batch_size and not signature.batchable:

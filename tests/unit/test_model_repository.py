@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from _models import double_model, write_model
+from onnx import numpy_helper
 
 from router.errors import ConfigError, ModelNotFound, ModelNotReady
 from router.inference.model_config import ModelConfig, ProviderChoice, load_model_config
@@ -241,6 +243,30 @@ class TestLoader:
         entry = repo.find("m", "1")
         assert entry.state is State.UNAVAILABLE
         assert str(tmp_path / "m" / "1" / "model.onnx") in entry.reason
+
+    async def test_model_with_external_data(self, tmp_path: Path, executor: Any) -> None:
+        """A model whose weights sit in a file beside model.onnx (ONNX external data, as large
+        exports come) loads and runs, whatever the working directory."""
+        model = onnx.load_from_string(double_model())
+        two = model.graph.initializer[0]
+        two.CopyFrom(numpy_helper.from_array(np.array(2, np.float32), two.name))  # as raw_data
+        folder = tmp_path / "big" / "1"
+        folder.mkdir(parents=True)
+        onnx.save_model(
+            model,
+            str(folder / "model.onnx"),
+            save_as_external_data=True,
+            location="weights.bin",
+            size_threshold=0,
+        )
+        assert (folder / "weights.bin").exists()
+        repo = _loader(executor).load(tmp_path)
+        entry = repo.find("big")
+        assert entry.ready, entry.reason
+        assert entry.runner is not None
+        (y,) = await entry.runner.infer({"x": np.array([[1, 2]], np.float32)}, FAR)
+        np.testing.assert_array_equal(y, [[2, 4]])
+        repo.close()
 
     def test_sha256_matches_hashlib(self, tmp_path: Path, executor: Any) -> None:
         """The recorded sha256 is that of the model file's bytes."""
