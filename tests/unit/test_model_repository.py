@@ -119,6 +119,13 @@ class TestModelConfig:
         (tmp_path / "m" / "labels.txt").write_text("cat\ndog \nbird\n", encoding="utf-8")
         assert load_model_config(tmp_path / "m").labels == ("cat", "dog", "bird")
 
+    def test_labels_file_with_a_byte_order_mark(self, tmp_path: Path) -> None:
+        """A labels file saved with a UTF-8 BOM (Windows editors) does not glue the mark to
+        the first label."""
+        _config(tmp_path, "m", "labels_file: labels.txt\n")
+        (tmp_path / "m" / "labels.txt").write_bytes("\ufeffcat\r\ndog\r\n".encode())
+        assert load_model_config(tmp_path / "m").labels == ("cat", "dog")
+
     def test_missing_labels_file(self, tmp_path: Path) -> None:
         """A labels_file that cannot be read is a ConfigError naming labels_file."""
         _config(tmp_path, "m", "labels_file: nowhere.txt\n")
