@@ -382,6 +382,35 @@ class TestBodyLimit:
         async with http.post(url, data=body, expect100=True) as resp:
             assert resp.status == 200, await resp.read()
 
+    @pytest.mark.parametrize(
+        ("version", "expect", "status"),
+        [("1.0", "100-continue", 200), ("1.1", "something-else", 417)],
+        ids=["http-1.0-ignores-it", "unknown-expectation"],
+    )
+    async def test_other_expect_headers(
+        self, small_body_server: RouterThread, version: str, expect: str, status: int
+    ) -> None:
+        """HTTP/1.0 has no 100 Continue (the header is ignored, as aiohttp does); an unknown
+        expectation is a 417 with the usual JSON error body."""
+        body = infer_body(rgb_input(data=[0, 0, 1]))
+        reader, writer = await asyncio.open_connection("127.0.0.1", small_body_server.port)
+        try:
+            writer.write(
+                b"POST /v2/models/color_classifier/infer HTTP/%s\r\nHost: x\r\n"
+                b"Expect: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (version.encode(), expect.encode(), len(body), body)
+            )
+            await writer.drain()
+            async with asyncio.timeout(TIMEOUT_S):
+                status_line = await reader.readline()
+                await reader.readuntil(b"\r\n\r\n")
+                reply = await reader.read()
+        finally:
+            writer.close()
+        assert status_line.split()[1] == str(status).encode(), status_line
+        if status != 200:
+            assert_error(status, reply, status, "Expect")
+
     async def test_chunked_body_over_the_limit(
         self, http: aiohttp.ClientSession, small_body_server: RouterThread
     ) -> None:
