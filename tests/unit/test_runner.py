@@ -115,6 +115,21 @@ class TestModelRunner:
         assert sum(shapes["x"][0] for shapes in session.runs) == 20
         assert max(runner.stats.batches) == 8
 
+    async def test_batched_requests_each_count_the_whole_run(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """Triton's statistics: each request of a batch counts the batch's compute time (so
+        ns / count is a request's wait on the model); batch_stats count the run once."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.05), "d/1")
+        await asyncio.gather(*(runner.infer({"x": _rows(float(i))}, FAR) for i in range(3)))
+        assert session.runs == [{"x": (3, 2)}]
+        stats = runner.stats
+        (run,) = stats.batches.values()
+        assert stats.compute_infer.count == 3
+        assert stats.compute_infer.ns == 3 * run.compute_infer.ns
+        assert run.compute_infer.count == 1
+        assert stats.busy_ns("infer") == run.compute_infer.ns
+
     async def test_multi_row_requests_split_back(
         self, session: CountingSession, executor: Any
     ) -> None:
