@@ -93,6 +93,7 @@ class ModelRunner:
         rows, key = self._batch_key(feeds)
         job = _Job(feeds, rows, key, future, deadline, time.perf_counter_ns())
         if self._busy == 0 and not self._queue and self.run_ns < self._limits.inline_max_ns:
+            self.stats.queue.add(0)  # it went through the queue without waiting
             self._settle([job], self._run_group([job]), time.perf_counter_ns())
             return future
         self._queue.append(job)

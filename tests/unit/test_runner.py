@@ -412,6 +412,15 @@ class TestInlineRuns:
         np.testing.assert_array_equal(y, _rows(4.0))
         assert session.threads[-1] == threading.get_ident()
 
+    async def test_inline_runs_count_as_queued(self, executor: Any) -> None:
+        """An inline run passed through the queue in no time: Triton's queue count stays the
+        number of requests served, as for runs on the executor."""
+        runner, session = self._runner(executor, inline_max_ns=10**9)
+        for value in (1.0, 2.0, 3.0):
+            await runner.infer({"x": _rows(value)}, FAR)
+        assert session.threads[-1] == threading.get_ident()  # the later ones ran inline
+        assert runner.stats.queue.count == runner.stats.success.count == 3
+
     async def test_slow_model_stays_off_loop(self, executor: Any) -> None:
         """A model measured above the threshold keeps running on the executor."""
         runner, session = self._runner(executor, inline_max_ns=1)
