@@ -84,8 +84,9 @@ class ModelRepository:
         """The requested version (the highest when None), ready to run."""
         entry = self.find(name, version)
         if not entry.ready or entry.runner is None:
+            why = f": {entry.reason}" if entry.reason else ""
             raise ModelNotReady(
-                f"model '{name}' version {entry.version} is not ready", retry_after=5.0
+                f"model '{name}' version {entry.version} is not ready{why}", retry_after=5.0
             )
         return entry
 

@@ -516,11 +516,13 @@ class TestBrokenModel:
     async def test_broken_model_answers_503(
         self, http: aiohttp.ClientSession, broken_server: RouterThread
     ) -> None:
-        """Inference on the broken model is a 503 with Retry-After; its readiness is 503."""
+        """Inference on the broken model is a 503 with Retry-After that says why (not ready,
+        naming the file); its readiness is 503."""
         base = f"{broken_server.url}/v2/models/garbage"
         body = infer_body({"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1]})
         status, headers, reply = await call(http, "POST", f"{base}/infer", body)
-        assert_error(status, reply, 503, "garbage")
+        message = assert_error(status, reply, 503, "garbage", "not ready")
+        assert "garbage/1/model.onnx" in message
         assert int(headers["Retry-After"]) >= 1
         status, _, _ = await call(http, "GET", f"{base}/ready")
         assert status == 503
