@@ -133,6 +133,7 @@ class ModelRepository:
 # hashed (so the pinned sha256 covers what runs), and onnxruntime would look for a model's
 # external data files (weights.bin next to model.onnx) in the working directory instead.
 LOADING_FOLDER: ContextVar[Path | None] = ContextVar("loading_folder", default=None)
+NO_EXTERNAL_DATA = ".pinned-sha256-takes-no-external-data"  # a folder that never exists
 
 
 def default_session_builder(
@@ -234,7 +235,10 @@ class Loader:
             providers.Candidate(p.name, dict(p.options)) for p in config.execution_providers
         ]
         choices = providers.candidates(preferred, self.available, self.settings.execution_providers)
-        folder = LOADING_FOLDER.set(entry.path.parent)
+        # A pin covers model.onnx only: a pinned version may not read weights from beside it
+        # (they would run unverified), so its external data is looked for where none is.
+        external = entry.path.parent / (NO_EXTERNAL_DATA if pinned else "")
+        folder = LOADING_FOLDER.set(external)
         try:
             session, entry.provider, entry.provider_failures = providers.create_session(
                 lambda chosen: self.build(data, config.intra_op_threads, chosen), choices, label
