@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -23,15 +22,18 @@ from router.errors import ConfigError, ModelNotFound, ModelNotReady
 from router.inference import providers
 from router.inference.model_config import CONFIG_FILE, ModelConfig, load_model_config
 from router.inference.runner import ModelRunner, RunnerLimits
+from router.inference.sessions import LOADING_FOLDER, NO_EXTERNAL_DATA, all_providers
+
+# Re-exported: app, generations, cli and the test kit import them from here.
+from router.inference.sessions import SessionBuilder as SessionBuilder
+from router.inference.sessions import available_providers as available_providers
+from router.inference.sessions import default_session_builder as default_session_builder
 from router.inference.signature import DYNAMIC, Signature, from_session
 from router.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-
-# (model bytes, intra-op threads, providers with options) -> an onnxruntime InferenceSession
-SessionBuilder = Callable[[bytes, int, list[tuple[str, dict[str, Any]]]], Any]
 
 
 class State(StrEnum):
@@ -127,44 +129,6 @@ class ModelRepository:
             for entry in model.versions.values():
                 if entry.runner is not None:
                     entry.runner.close()
-
-
-# The version folder of the model being loaded. The session is built from the bytes that were
-# hashed (so the pinned sha256 covers what runs), and onnxruntime would look for a model's
-# external data files (weights.bin next to model.onnx) in the working directory instead.
-LOADING_FOLDER: ContextVar[Path | None] = ContextVar("loading_folder", default=None)
-NO_EXTERNAL_DATA = ".pinned-sha256-takes-no-external-data"  # a folder that never exists
-
-
-def default_session_builder(
-    data: bytes, threads: int, chosen: list[tuple[str, dict[str, Any]]]
-) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # onnxruntime's own warnings would bypass our log config
-    folder = LOADING_FOLDER.get()
-    if folder is not None:
-        options.add_session_config_entry(
-            "session.model_external_initializers_file_folder_path", str(folder)
-        )
-    return ort.InferenceSession(data, options, providers=chosen)
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
-def all_providers() -> list[str]:
-    """Every provider name this onnxruntime knows, installed here or not."""
-    import onnxruntime as ort
-
-    return list(ort.get_all_providers())
 
 
 def _config_file(entry: ModelVersion) -> Path:
