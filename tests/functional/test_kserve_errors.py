@@ -537,6 +537,18 @@ class TestBrokenModel:
         assert params["state"] == "UNAVAILABLE"
         assert "model.onnx" in params["reason"]
 
+    def test_broken_model_stats_have_the_full_shape(self, broken_server: RouterThread) -> None:
+        """tritonclient's statistics of a version that never loaded carry every field Triton
+        has (zeros), so code reading inference_stats or batch_stats does not break on it."""
+        client = triton_http.InferenceServerClient(broken_server.host_port)
+        try:
+            (stats,) = client.get_inference_statistics("garbage")["model_stats"]
+        finally:
+            client.close()
+        assert stats["inference_stats"]["success"] == {"count": 0, "ns": 0}
+        assert stats["batch_stats"] == []
+        assert stats["last_inference"] == 0
+
 
 # --- overload and deadlines ----------------------------------------------------------------------
 
