@@ -34,10 +34,11 @@ async def expect_within_limit(request: web.Request) -> web.StreamResponse | None
         check_length(request)
     except PayloadTooLarge as exc:
         return error_response(exc, request)
-    expect = request.headers.get("Expect", "")
-    if request.version != HttpVersion11 or expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text="unknown Expect")
-    # What aiohttp's default expect handler does.
+    # From here what aiohttp's default expect handler does: HTTP/1.0 has no 100 Continue.
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return web.json_response({"error": "unsupported Expect header"}, status=417)
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0
     return None

@@ -16,6 +16,7 @@ from router.api.state import BUNDLE, RELOADER, RUNTIME, SETTINGS, STATUS, UPSTRE
 from router.budget import budget_ms
 from router.errors import BadRequest
 from router.inference.repository import ModelRepository, ModelVersion
+from router.inference.stats import ModelStats
 from router.upstreams.pinning import drift_report
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
@@ -241,14 +242,9 @@ async def all_stats(request: web.Request) -> web.Response:
 
 
 def _stats(entry: ModelVersion) -> dict[str, Any]:
-    if entry.runner is None:
-        return {
-            "name": entry.model,
-            "version": str(entry.version),
-            "inference_count": 0,
-            "execution_count": 0,
-        }
-    return entry.runner.stats.as_dict(entry.model, str(entry.version))
+    # A version that never loaded has Triton's whole shape too, all zeros: clients index it.
+    stats = entry.runner.stats if entry.runner is not None else ModelStats()
+    return stats.as_dict(entry.model, str(entry.version))
 
 
 async def infer(request: web.Request) -> web.StreamResponse:

@@ -55,12 +55,16 @@ def top_score(entry: ModelVersion, result: LocalResult, output: str | None) -> f
 
 def _output_positions(entry: ModelVersion, wanted: list[RequestedOutput]) -> list[int]:
     assert entry.signature is not None
-    names = [spec.name for spec in entry.signature.outputs]
+    outputs = entry.signature.outputs
+    names = [spec.name for spec in outputs]
     positions = []
     for want in wanted:
         if want.name not in names:
             raise InvalidTensor(f"model '{entry.model}' has no output '{want.name}'")
-        positions.append(names.index(want.name))
+        position = names.index(want.name)
+        if want.classification and outputs[position].datatype.is_bytes:
+            raise InvalidTensor(f"output '{want.name}': classification needs scores, not BYTES")
+        positions.append(position)
     return positions
 
 

@@ -55,7 +55,7 @@ def load_model_config(model_dir: Path) -> ModelConfig:
         return config
     labels_path = model_dir / config.labels_file
     try:
-        lines = labels_path.read_text(encoding="utf-8").splitlines()
+        lines = labels_path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no label
     except (OSError, UnicodeDecodeError) as exc:
         from router.errors import ConfigError
 

@@ -46,9 +46,10 @@ def candidates(
     available: Sequence[str],
     site_allowed: Sequence[str] = (),
 ) -> list[Candidate]:
-    """Providers to try in order: the model's preference (or the default order), narrowed to
-    what is installed and what the site allows; CPU always last."""
-    wanted = list(preferred) or [Candidate(name, {}) for name in DEFAULT_ORDER]
+    """Providers to try in order: the model's preference (or else the site's list, or else
+    the default order), narrowed to what is installed and what the site allows; CPU always
+    last."""
+    wanted = list(preferred) or [Candidate(name, {}) for name in site_allowed or DEFAULT_ORDER]
     usable = set(available)
     allowed = set(site_allowed) | {CPU} if site_allowed else None
     chosen, seen = [], set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,15 +22,18 @@ from router.errors import ConfigError, ModelNotFound, ModelNotReady
 from router.inference import providers
 from router.inference.model_config import CONFIG_FILE, ModelConfig, load_model_config
 from router.inference.runner import ModelRunner, RunnerLimits
+from router.inference.sessions import LOADING_FOLDER, NO_EXTERNAL_DATA, all_providers
+
+# Re-exported: app, generations, cli and the test kit import them from here.
+from router.inference.sessions import SessionBuilder as SessionBuilder
+from router.inference.sessions import available_providers as available_providers
+from router.inference.sessions import default_session_builder as default_session_builder
 from router.inference.signature import DYNAMIC, Signature, from_session
 from router.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-
-# (model bytes, intra-op threads, providers with options) -> an onnxruntime InferenceSession
-SessionBuilder = Callable[[bytes, int, list[tuple[str, dict[str, Any]]]], Any]
 
 
 class State(StrEnum):
@@ -83,8 +86,9 @@ class ModelRepository:
         """The requested version (the highest when None), ready to run."""
         entry = self.find(name, version)
         if not entry.ready or entry.runner is None:
+            why = f": {entry.reason}" if entry.reason else ""
             raise ModelNotReady(
-                f"model '{name}' version {entry.version} is not ready", retry_after=5.0
+                f"model '{name}' version {entry.version} is not ready{why}", retry_after=5.0
             )
         return entry
 
@@ -125,32 +129,6 @@ class ModelRepository:
             for entry in model.versions.values():
                 if entry.runner is not None:
                     entry.runner.close()
-
-
-def default_session_builder(
-    data: bytes, threads: int, chosen: list[tuple[str, dict[str, Any]]]
-) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # onnxruntime's own warnings would bypass our log config
-    return ort.InferenceSession(data, options, providers=chosen)
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
-def all_providers() -> list[str]:
-    """Every provider name this onnxruntime knows, installed here or not."""
-    import onnxruntime as ort
-
-    return list(ort.get_all_providers())
 
 
 def _config_file(entry: ModelVersion) -> Path:
@@ -221,9 +199,16 @@ class Loader:
             providers.Candidate(p.name, dict(p.options)) for p in config.execution_providers
         ]
         choices = providers.candidates(preferred, self.available, self.settings.execution_providers)
-        session, entry.provider, entry.provider_failures = providers.create_session(
-            lambda chosen: self.build(data, config.intra_op_threads, chosen), choices, label
-        )
+        # A pin covers model.onnx only: a pinned version may not read weights from beside it
+        # (they would run unverified), so its external data is looked for where none is.
+        external = entry.path.parent / (NO_EXTERNAL_DATA if pinned else "")
+        folder = LOADING_FOLDER.set(external)
+        try:
+            session, entry.provider, entry.provider_failures = providers.create_session(
+                lambda chosen: self.build(data, config.intra_op_threads, chosen), choices, label
+            )
+        finally:
+            LOADING_FOLDER.reset(folder)
         entry.signature = signature = from_session(session)
         _check_label_output(entry, config, signature)
         if config.max_batch_size and not signature.batchable:

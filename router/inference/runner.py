@@ -23,6 +23,9 @@ from router.inference.stats import ModelStats
 
 Feeds = dict[str, np.ndarray]
 _SINGLES_PER_HANDOFF = 16
+# Grouping pays only where a run costs less than the hand-off; for longer runs the later jobs
+# of a group would wait inside the thread, past the deadline and cancellation checks.
+_GROUPED_RUN_MAX_NS = 1_000_000
 Outputs = list[np.ndarray]
 
 
@@ -90,6 +93,7 @@ class ModelRunner:
         rows, key = self._batch_key(feeds)
         job = _Job(feeds, rows, key, future, deadline, time.perf_counter_ns())
         if self._busy == 0 and not self._queue and self.run_ns < self._limits.inline_max_ns:
+            self.stats.queue.add(0)  # it went through the queue without waiting
             self._settle([job], self._run_group([job]), time.perf_counter_ns())
             return future
         self._queue.append(job)
@@ -159,7 +163,8 @@ class ModelRunner:
         """Unbatched models: several queued jobs per executor hand-off, run one by one, so a
         busy model pays one thread round trip per group of requests, not per request."""
         groups: list[list[_Job]] = []
-        while self._queue and len(groups) < _SINGLES_PER_HANDOFF:
+        limit = _SINGLES_PER_HANDOFF if self.run_ns < _GROUPED_RUN_MAX_NS else 1
+        while self._queue and len(groups) < limit:
             job = self._queue.popleft()
             self._queued_rows -= job.rows
             if self._alive(job, now):

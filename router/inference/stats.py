@@ -47,18 +47,24 @@ class ModelStats:
         self.execution_count += 1
         self.inference_count += rows
         self.last_inference_ms = int(time.time() * 1000)
+        # Triton counts each request of a batch with the whole batch's duration, so that
+        # ns / count is what a request waited on the model; batch_stats count each run once.
         for total, ns in (
             (self.compute_input, c_in),
             (self.compute_infer, c_infer),
             (self.compute_output, c_out),
         ):
-            total.add(ns, requests)
+            total.add(ns * requests, requests)
         per_size = self.batches.get(rows)
         if per_size is None:
             per_size = self.batches[rows] = BatchStats()
         per_size.compute_input.add(c_in)
         per_size.compute_infer.add(c_infer)
         per_size.compute_output.add(c_out)
+
+    def busy_ns(self, phase: str) -> int:
+        """Time the model spent in `phase` ("input", "infer", "output"), each run once."""
+        return sum(getattr(b, f"compute_{phase}").ns for b in self.batches.values())
 
     def as_dict(self, name: str, version: str) -> dict[str, Any]:
         return {

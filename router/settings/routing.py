@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from router.settings.base import PositiveInt
 from router.yamlconf import Strict
@@ -24,6 +24,18 @@ class ModelSettings(Strict):
     inline_max_us: Annotated[int, Field(ge=0, le=1000)] = 50
     # Restrict or reorder onnxruntime execution providers for every model on this site.
     execution_providers: tuple[str, ...] = ()
+
+    @field_validator("execution_providers")
+    @classmethod
+    def _known_providers(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        """A misspelt name would silently restrict every model to CPU."""
+        if names:
+            import onnxruntime as ort  # only when a list is given: the import is not free
+
+            unknown = [n for n in names if n not in ort.get_all_providers()]
+            if unknown:
+                raise ValueError(f"not an onnxruntime execution provider: {', '.join(unknown)}")
+        return names
 
 
 class EscalationSettings(Strict):

@@ -52,7 +52,11 @@ class DecideRoute:
         ctx.decision = decision = decide(facts, self._rules, snapshot, self._tier, permitted)
         ctx.reasons.extend(decision.reasons)
         if decision.failure is not None:
-            raise _failure_error(ctx, decision)
+            error = _failure_error(ctx, decision)
+            if isinstance(error, NoHealthyTarget) and "local_not_ready" in decision.reasons:
+                # Nothing else serves it: say why the local model is not ready instead.
+                self._models.get(ctx.model, ctx.version)  # raises ModelNotReady
+            raise error
         return None
 
     def permitted(self, ctx: RequestContext, clusters: tuple[ClusterView, ...]) -> frozenset[str]:

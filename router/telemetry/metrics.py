@@ -218,7 +218,7 @@ def _inference(models: ModelRepository) -> Iterator[Metric]:
             queue.add_metric(key, stats.queue.ns / 1e9)
             depth.add_metric(key, entry.runner.pending)
             for phase in ("input", "infer", "output"):
-                compute.add_metric([*key, phase], getattr(stats, f"compute_{phase}").ns / 1e9)
+                compute.add_metric([*key, phase], stats.busy_ns(phase) / 1e9)
             for size, per_size in sorted(stats.batches.items()):
                 batches.add_metric([*key, str(size)], per_size.compute_infer.count)
     yield from (rows, runs, fails, queue, compute, depth, batches)

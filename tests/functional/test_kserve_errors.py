@@ -241,6 +241,21 @@ class TestInvalidTensors:
         status, _, reply = await call(http, "POST", infer_url, body)
         assert_error(status, reply, 400, "logits")
 
+    async def test_classification_of_a_bytes_output(
+        self, http: aiohttp.ClientSession, tmp_path: Path
+    ) -> None:
+        """Classification asked of a BYTES output is a 400 naming the output, not a 500."""
+        write_repository(tmp_path, {"text": {1: identity_model("BYTES")}})
+        with serve_in_thread(settings_for(tmp_path, inference_threads=1)) as server:
+            tensor = {"name": "INPUT0", "shape": [1, 2], "datatype": "BYTES"}
+            body = infer_body(
+                {**tensor, "data": [CANARY_TEXT, "b"]},
+                outputs=[{"name": "OUTPUT0", "parameters": {"classification": 1}}],
+            )
+            url = f"{server.url}/v2/models/text/infer"
+            status, _, reply = await call(http, "POST", url, body)
+        assert_error(status, reply, 400, "OUTPUT0", "classification")
+
     def test_tritonclient_sees_status_and_message(
         self, triton: triton_http.InferenceServerClient
     ) -> None:
@@ -367,6 +382,35 @@ class TestBodyLimit:
         async with http.post(url, data=body, expect100=True) as resp:
             assert resp.status == 200, await resp.read()
 
+    @pytest.mark.parametrize(
+        ("version", "expect", "status"),
+        [("1.0", "100-continue", 200), ("1.1", "something-else", 417)],
+        ids=["http-1.0-ignores-it", "unknown-expectation"],
+    )
+    async def test_other_expect_headers(
+        self, small_body_server: RouterThread, version: str, expect: str, status: int
+    ) -> None:
+        """HTTP/1.0 has no 100 Continue (the header is ignored, as aiohttp does); an unknown
+        expectation is a 417 with the usual JSON error body."""
+        body = infer_body(rgb_input(data=[0, 0, 1]))
+        reader, writer = await asyncio.open_connection("127.0.0.1", small_body_server.port)
+        try:
+            writer.write(
+                b"POST /v2/models/color_classifier/infer HTTP/%s\r\nHost: x\r\n"
+                b"Expect: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (version.encode(), expect.encode(), len(body), body)
+            )
+            await writer.drain()
+            async with asyncio.timeout(TIMEOUT_S):
+                status_line = await reader.readline()
+                await reader.readuntil(b"\r\n\r\n")
+                reply = await reader.read()
+        finally:
+            writer.close()
+        assert status_line.split()[1] == str(status).encode(), status_line
+        if status != 200:
+            assert_error(status, reply, status, "Expect")
+
     async def test_chunked_body_over_the_limit(
         self, http: aiohttp.ClientSession, small_body_server: RouterThread
     ) -> None:
@@ -472,11 +516,13 @@ class TestBrokenModel:
     async def test_broken_model_answers_503(
         self, http: aiohttp.ClientSession, broken_server: RouterThread
     ) -> None:
-        """Inference on the broken model is a 503 with Retry-After; its readiness is 503."""
+        """Inference on the broken model is a 503 with Retry-After that says why (not ready,
+        naming the file); its readiness is 503."""
         base = f"{broken_server.url}/v2/models/garbage"
         body = infer_body({"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1]})
         status, headers, reply = await call(http, "POST", f"{base}/infer", body)
-        assert_error(status, reply, 503, "garbage")
+        message = assert_error(status, reply, 503, "garbage", "not ready")
+        assert "garbage/1/model.onnx" in message
         assert int(headers["Retry-After"]) >= 1
         status, _, _ = await call(http, "GET", f"{base}/ready")
         assert status == 503
@@ -490,6 +536,18 @@ class TestBrokenModel:
         params = orjson.loads(reply)["parameters"]
         assert params["state"] == "UNAVAILABLE"
         assert "model.onnx" in params["reason"]
+
+    def test_broken_model_stats_have_the_full_shape(self, broken_server: RouterThread) -> None:
+        """tritonclient's statistics of a version that never loaded carry every field Triton
+        has (zeros), so code reading inference_stats or batch_stats does not break on it."""
+        client = triton_http.InferenceServerClient(broken_server.host_port)
+        try:
+            (stats,) = client.get_inference_statistics("garbage")["model_stats"]
+        finally:
+            client.close()
+        assert stats["inference_stats"]["success"] == {"count": 0, "ns": 0}
+        assert stats["batch_stats"] == []
+        assert stats["last_inference"] == 0
 
 
 # --- overload and deadlines ----------------------------------------------------------------------

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from _models import double_model, write_model
+from onnx import numpy_helper
 
 from router.errors import ConfigError, ModelNotFound, ModelNotReady
 from router.inference.model_config import ModelConfig, ProviderChoice, load_model_config
@@ -79,6 +81,25 @@ def _config(repo: Path, name: str, text: str) -> None:
     (repo / name / "config.yaml").write_text(text, encoding="utf-8")
 
 
+def _external_data_model(repo: Path) -> str:
+    """<repo>/big/1/model.onnx doubling its input, its one weight in weights.bin beside it;
+    returns model.onnx's sha256."""
+    model = onnx.load_from_string(double_model())
+    two = model.graph.initializer[0]
+    two.CopyFrom(numpy_helper.from_array(np.array(2, np.float32), two.name))  # as raw_data
+    folder = repo / "big" / "1"
+    folder.mkdir(parents=True)
+    onnx.save_model(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    assert (folder / "weights.bin").exists()
+    return hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+
+
 class TestModelConfig:
     def test_no_file_gives_defaults(self, tmp_path: Path) -> None:
         """A model folder without config.yaml gets the default config."""
@@ -116,6 +137,13 @@ class TestModelConfig:
         _config(tmp_path, "m", "labels_file: labels.txt\n")
         (tmp_path / "m" / "labels.txt").write_text("cat\ndog \nbird\n", encoding="utf-8")
         assert load_model_config(tmp_path / "m").labels == ("cat", "dog", "bird")
+
+    def test_labels_file_with_a_byte_order_mark(self, tmp_path: Path) -> None:
+        """A labels file saved with a UTF-8 BOM (Windows editors) does not glue the mark to
+        the first label."""
+        _config(tmp_path, "m", "labels_file: labels.txt\n")
+        (tmp_path / "m" / "labels.txt").write_bytes("\ufeffcat\r\ndog\r\n".encode())
+        assert load_model_config(tmp_path / "m").labels == ("cat", "dog")
 
     def test_missing_labels_file(self, tmp_path: Path) -> None:
         """A labels_file that cannot be read is a ConfigError naming labels_file."""
@@ -241,6 +269,27 @@ class TestLoader:
         entry = repo.find("m", "1")
         assert entry.state is State.UNAVAILABLE
         assert str(tmp_path / "m" / "1" / "model.onnx") in entry.reason
+
+    async def test_model_with_external_data(self, tmp_path: Path, executor: Any) -> None:
+        """A model whose weights sit in a file beside model.onnx (ONNX external data, as large
+        exports come) loads and runs, whatever the working directory."""
+        _external_data_model(tmp_path)
+        repo = _loader(executor).load(tmp_path)
+        entry = repo.find("big")
+        assert entry.ready, entry.reason
+        assert entry.runner is not None
+        (y,) = await entry.runner.infer({"x": np.array([[1, 2]], np.float32)}, FAR)
+        np.testing.assert_array_equal(y, [[2, 4]])
+        repo.close()
+
+    def test_pinned_model_takes_no_external_data(self, tmp_path: Path, executor: Any) -> None:
+        """A sha256 pin covers model.onnx only, so a pinned version whose weights sit in a
+        file beside it does not load: they would run unverified."""
+        digest = _external_data_model(tmp_path)
+        _config(tmp_path, "big", f"sha256: {{1: {digest}}}\n")
+        entry = _loader(executor).load(tmp_path).find("big")
+        assert entry.state is State.UNAVAILABLE
+        assert "external data" in entry.reason.lower()
 
     def test_sha256_matches_hashlib(self, tmp_path: Path, executor: Any) -> None:
         """The recorded sha256 is that of the model file's bytes."""

@@ -63,6 +63,12 @@ class TestCandidates:
         chosen = candidates([], [TRT, CUDA, OPENVINO, CPU], site_allowed=[OPENVINO])
         assert _names(chosen) == [OPENVINO, CPU]
 
+    def test_site_list_orders_models_without_a_preference(self) -> None:
+        """The site's list is also the order for a model that states none, as its settings
+        comment promises ("restrict or reorder")."""
+        chosen = candidates([], [TRT, CUDA, OPENVINO, CPU], site_allowed=[OPENVINO, CUDA])
+        assert _names(chosen) == [OPENVINO, CUDA, CPU]
+
     def test_site_restriction_with_model_preference(self) -> None:
         """A model's preference outside the site's allow-list is dropped."""
         chosen = candidates(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,6 +45,18 @@ class RaisingSession:
 
     def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
         raise self.error
+
+
+class SleepySession:
+    """A real session whose every run takes at least `delay_s`: a slow model."""
+
+    def __init__(self, session: Any, delay_s: float) -> None:
+        self._session = session
+        self._delay_s = delay_s
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        time.sleep(self._delay_s)
+        return self._session.run(names, feeds)
 
 
 @pytest.fixture
@@ -101,6 +114,21 @@ class TestModelRunner:
         assert all(shapes["x"][0] <= 8 for shapes in session.runs)
         assert sum(shapes["x"][0] for shapes in session.runs) == 20
         assert max(runner.stats.batches) == 8
+
+    async def test_batched_requests_each_count_the_whole_run(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """Triton's statistics: each request of a batch counts the batch's compute time (so
+        ns / count is a request's wait on the model); batch_stats count the run once."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.05), "d/1")
+        await asyncio.gather(*(runner.infer({"x": _rows(float(i))}, FAR) for i in range(3)))
+        assert session.runs == [{"x": (3, 2)}]
+        stats = runner.stats
+        (run,) = stats.batches.values()
+        assert stats.compute_infer.count == 3
+        assert stats.compute_infer.ns == 3 * run.compute_infer.ns
+        assert run.compute_infer.count == 1
+        assert stats.busy_ns("infer") == run.compute_infer.ns
 
     async def test_multi_row_requests_split_back(
         self, session: CountingSession, executor: Any
@@ -191,6 +219,22 @@ class TestModelRunner:
         abandoned.cancel()
         await asyncio.gather(running, after)
         assert [run["x"] for run in session.runs] == [(1, 2), (1, 2)]
+        assert runner.pending == 0
+
+    async def test_slow_model_checks_each_job_when_it_starts(self, executor: Any) -> None:
+        """Jobs queued behind a slow model are handed over one at a time, so one whose caller
+        left (or whose deadline passed) while an earlier one ran never runs."""
+        session = CountingSession(SleepySession(cpu_session(double_model()), 0.05))
+        runner = ModelRunner(session, executor, _limits(), "slow/1")
+        runner.measured(50e6)  # a run takes 50 ms
+        running = runner.infer({"x": _rows(1)}, FAR)
+        second = runner.infer({"x": _rows(2)}, FAR)
+        abandoned = runner.infer({"x": _rows(3)}, FAR)
+        await running  # the next hand-off was made as it finished
+        abandoned.cancel()
+        await second
+        await asyncio.sleep(0.1)  # time enough for a third run, were one coming
+        assert len(session.runs) == 2
         assert runner.pending == 0
 
     async def test_cancelled_job_is_skipped_when_batching(
@@ -367,6 +411,15 @@ class TestInlineRuns:
         (y,) = await runner.infer({"x": _rows(2.0)}, FAR)
         np.testing.assert_array_equal(y, _rows(4.0))
         assert session.threads[-1] == threading.get_ident()
+
+    async def test_inline_runs_count_as_queued(self, executor: Any) -> None:
+        """An inline run passed through the queue in no time: Triton's queue count stays the
+        number of requests served, as for runs on the executor."""
+        runner, session = self._runner(executor, inline_max_ns=10**9)
+        for value in (1.0, 2.0, 3.0):
+            await runner.infer({"x": _rows(value)}, FAR)
+        assert session.threads[-1] == threading.get_ident()  # the later ones ran inline
+        assert runner.stats.queue.count == runner.stats.success.count == 3
 
     async def test_slow_model_stays_off_loop(self, executor: Any) -> None:
         """A model measured above the threshold keeps running on the executor."""

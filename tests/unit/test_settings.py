@@ -66,6 +66,14 @@ class TestLoadSettings:
         path = _write(tmp_path, "server:\n  prot: 8080\n")
         assert _problems(path) == ["server.prot: unknown key"]
 
+    def test_misspelt_execution_provider(self, tmp_path: Path) -> None:
+        """A provider name onnxruntime does not know is an error naming the key and the name,
+        not a restriction of every model to CPU."""
+        path = _write(tmp_path, "models:\n  execution_providers: [OpenVINOExecutionProvidr]\n")
+        (problem,) = _problems(path)
+        assert problem.startswith("models.execution_providers: ")
+        assert "OpenVINOExecutionProvidr" in problem
+
     def test_unknown_top_level_key(self, tmp_path: Path) -> None:
         """An unknown section is reported by name."""
         assert _problems(_write(tmp_path, "servers: {}\n")) == ["servers: unknown key"]

@@ -1,5 +1,5 @@
 """router/singleflight.py: concurrent identical calls share one execution, its result and its
-error; a caller that leaves cancels only its own wait."""
+error; a caller that leaves cancels only its own wait, and the last one to leave the work."""
 
 from __future__ import annotations
 
