@@ -54,12 +54,12 @@ def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     plan = privacy.plans[tier]
     if not ctx.entities and not _holds_any(ctx.document, plan.drop_fields):
         return unchanged  # nothing found and nothing to drop: no second walk
-    if ctx.vault is None:
-        ctx.vault = TokenVault()
     if not ctx.scanner.surveyed:
         # Skipped by a remembered survey: learn every value first, so that a copy of one found
         # in context elsewhere is redacted wherever it stands, before or after it in the walk.
         survey(privacy, ctx)
+    if ctx.vault is None:
+        ctx.vault = TokenVault(reserved=ctx.scanner.placeholders)
     counts: Counter[str] = Counter()
     document = ctx.document
     if document is not None:

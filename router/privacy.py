@@ -21,7 +21,7 @@ from router.redaction.detectors import CustomPattern, Detectors, to_original
 from router.redaction.known import KnownValues
 from router.redaction.normalize import Normalized
 from router.redaction.types import Action, Finding
-from router.redaction.vault import TokenVault
+from router.redaction.vault import TOKEN_RE, TokenVault
 from router.redaction.walker import (
     FieldRule,
     RedactionPlan,
@@ -129,6 +129,7 @@ class MemoScanner:
         self._deadline = time.monotonic() + budget_s
         self._memo: dict[str, tuple[Normalized, list[Finding]]] = {}
         self.known = known if known is not None else KnownValues()
+        self.placeholders: set[str] = set()  # token-like text the request itself holds
         self.surveyed = False
 
     def scan(self, text: str) -> tuple[str, list[Finding]]:
@@ -139,6 +140,8 @@ class MemoScanner:
             )
             for f in found:
                 self.known.learn(normalized.text[f.start : f.end], f.entity)
+            if "<" in text:
+                self.placeholders.update(TOKEN_RE.findall(text))
             hit = self._memo[text] = (normalized, found)
         normalized, found = hit
         copies = self.known.find(normalized.text, found)

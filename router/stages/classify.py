@@ -15,6 +15,7 @@ from router.headers import DECLARED_CLASS, FOUND_ENTITIES
 from router.policy.residency import classify, strictest
 from router.privacy import MemoScanner, Privacy, has_binary_bytes, survey
 from router.redaction.types import DetectionError
+from router.redaction.vault import TOKEN_RE
 from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
 
@@ -122,7 +123,12 @@ class ClassifyAndRedact:
 
     def _survey(self, ctx: RequestContext) -> Counter[str]:
         """Every entity the request holds, in body, query string and scanned headers."""
-        return survey(self._privacy, ctx, document=not self._plainly_clean(ctx))
+        if not self._plainly_clean(ctx):
+            return survey(self._privacy, ctx)
+        raw = ctx.body if ctx.header_length is None else ctx.body[: ctx.header_length]
+        if b"<" in raw:  # nothing to find, but a placeholder it holds must not be issued
+            ctx.scanner.placeholders.update(TOKEN_RE.findall(raw.decode("ascii")))
+        return survey(self._privacy, ctx, document=False)
 
     def _plainly_clean(self, ctx: RequestContext) -> bool:
         """Whether the JSON as sent shows that no string in it can hold a finding, so the walk

@@ -310,6 +310,26 @@ class TestCentralTokensOnly:
         sent = orjson.loads(site.central.received[0].body)["messages"][0]["content"]
         assert sent == "see <EMAIL_2> and <CARD_7> and <EMAIL_1>"
 
+    async def test_placeholder_written_by_the_caller_keeps_its_meaning(
+        self, site: Site, sdk: openai.AsyncOpenAI
+    ) -> None:
+        """A caller's own `<EMAIL_1>` (a template placeholder) is not a token: the e-mail gets
+        another number, so upstream can tell them apart and the answer keeps the caller's."""
+        content = f"the placeholder <EMAIL_1> stands for a customer; mine is {EMAIL}"
+        completion = await sdk.chat.completions.create(
+            model="gpt-central", messages=[{"role": "user", "content": content}]
+        )
+        assert completion.choices[0].message.content == f"central heard: {content}"
+        sent = orjson.loads(site.central.received[0].body)["messages"][0]["content"]
+        assert sent == "the placeholder <EMAIL_1> stands for a customer; mine is <EMAIL_2>"
+        # A body with nothing to find in it is not walked; its placeholders still count.
+        await sdk.chat.completions.create(
+            model="gpt-central",
+            messages=[{"role": "user", "content": "what does <EMAIL_1> stand for?"}],
+            extra_query={"customer": EMAIL},
+        )
+        assert site.central.received[1].path.endswith("customer=%3CEMAIL_2%3E")
+
     async def test_concurrent_requests_keep_their_own_values(
         self, site: Site, http: aiohttp.ClientSession
     ) -> None:

@@ -119,6 +119,14 @@ class TestRehydrateText:
         mine.token_for("EMAIL", EMAIL)
         assert rehydrate_text("<CARD_1> <EMAIL_1>", mine) == f"<CARD_1> {EMAIL}"
 
+    def test_reserved_placeholders_are_never_issued(self) -> None:
+        """Placeholders the request holds itself are skipped, and stay unrestored."""
+        vault = TokenVault(reserved=["<EMAIL_1>", "<EMAIL_2>", "<CARD_3>"])
+        assert vault.token_for("EMAIL", "a@b.org") == "<EMAIL_3>"
+        assert vault.token_for("EMAIL", "c@d.org") == "<EMAIL_4>"
+        assert vault.token_for("CARD", "4111111111111111") == "<CARD_1>"
+        assert rehydrate_text("<EMAIL_1> <EMAIL_3>", vault) == "<EMAIL_1> a@b.org"
+
     def test_json_escaped(self) -> None:
         """In JSON source, values are inserted escaped so the document stays valid."""
         vault = TokenVault()
