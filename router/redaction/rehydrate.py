@@ -24,7 +24,11 @@ MAX_LINE_BYTES = 1 << 20
 # bytes are the same.
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # Delta fields carrying model text, besides tool-call arguments.
-_TEXT_FIELDS = ("content", "reasoning_content", "refusal")
+_TEXT_FIELDS = ("content", "reasoning", "reasoning_content", "refusal")
+# A choice's fields handled piece by piece (held tails); whole tokens in any other are restored
+# as in a plain answer (an audio transcript, say).
+_STREAMED = frozenset({"text", "delta", "index", "finish_reason"})
+_STREAMED_DELTA = frozenset({*_TEXT_FIELDS, "tool_calls", "role"})
 
 
 def rehydrate_text(text: str, vault: TokenVault, *, json_escaped: bool = False) -> str:
@@ -203,6 +207,9 @@ class SseRehydrator:
                     slot = call.get("index", pos)
                     key = (index, "tool", slot if isinstance(slot, int) else pos)
                     changed |= self._field(function, "arguments", key, finished)
+        changed |= _restore_whole(choice, _STREAMED, self._vault)
+        if isinstance(delta, dict):
+            changed |= _restore_whole(delta, _STREAMED_DELTA, self._vault)
         if finished:
             # The choice ends here: whatever it still holds goes out with this event.
             for key in [k for k in self._held if k[0] == index]:
@@ -267,6 +274,19 @@ def _event(body: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return event if isinstance(event, dict) else None
+
+
+def _restore_whole(fields: dict[str, Any], skip: frozenset[str], vault: TokenVault) -> bool:
+    """Whole tokens restored in the fields not in `skip`; whether any changed."""
+    changed = False
+    for name, value in fields.items():
+        if name in skip or not isinstance(value, dict | list | str):
+            continue
+        new = rehydrate_json(value, vault)
+        if new != value:
+            fields[name] = new
+            changed = True
+    return changed
 
 
 def _inject(choice: dict[str, Any], key: tuple[int, str, int], text: str) -> None:

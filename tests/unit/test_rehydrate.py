@@ -291,6 +291,26 @@ class TestSseRehydrator:
         )
         assert orjson.loads(arguments) == {"name": 'Jo "J" Doe', "n": 1}
 
+    def test_reasoning_and_other_fields(self, vault: TokenVault) -> None:
+        """`delta.reasoning` (vLLM, OpenRouter) restores split tokens like content does, and a
+        whole token in any other field (an audio transcript) is restored as a plain answer's."""
+        events: list[dict[str, Any] | str] = [
+            chunk([{"index": 0, "delta": {"reasoning": r}, "finish_reason": None}])
+            for r in ("mail <EM", "AIL_1> now")
+        ]
+        audio = {"index": 0, "delta": {"audio": {"transcript": "card <CARD_1>"}}}
+        events += [chunk([audio]), chunk([delta(None, finish="stop")]), "[DONE]"]
+        out = run(vault, [sse(events)])
+        assert texts(out, "reasoning") == {0: f"mail {EMAIL} now"}
+        transcripts = [
+            c["delta"]["audio"]["transcript"]
+            for e in events_of(out)
+            if not isinstance(e, str)
+            for c in e["choices"]
+            if "audio" in c["delta"]
+        ]
+        assert transcripts == [f"card {CARD}"]
+
     def test_completions_text(self, vault: TokenVault) -> None:
         """Legacy completions streams carry text in choices[i].text."""
         events: list[dict[str, Any] | str] = [
