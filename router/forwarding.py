@@ -24,7 +24,7 @@ from router.headers import (
 )
 from router.policy.decide import TIER_ORDER
 from router.privacy import Privacy, survey
-from router.redaction.rehydrate import SseRehydrator, rehydrate_json
+from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_v2_binary
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_headers, redact_json, redact_query
 from router.upstreams.cluster import Cluster
@@ -156,8 +156,8 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
         body = await response.read(MAX_RESPONSE_BYTES)  # e.g. a JSON error for a stream request
     vault = ctx.vault
     if body is not None:
-        if vault is not None and len(vault) and content_type == "application/json":
-            body = _rehydrated(body, vault)
+        if vault is not None and len(vault):
+            body = _rehydrated(body, content_type, headers, vault)
         return Reply(body, content_type, response.status, headers)
     stream = _relay(forwarded)
     if vault is not None and len(vault):
@@ -165,13 +165,24 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     return Reply(b"", content_type, response.status, headers, stream=stream)
 
 
-def _rehydrated(body: bytes, vault: TokenVault) -> bytes:
-    """Tokens in a JSON answer restored for the caller (a body that is not JSON stays as is)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+def _rehydrated(
+    body: bytes, content_type: str, headers: dict[str, str], vault: TokenVault
+) -> bytes:
+    """Tokens in a JSON answer, or a KServe v2 binary one (whose header length then changes),
+    restored for the caller; any other body stays as it is."""
+    if content_type == "application/json":
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        return orjson.dumps(rehydrate_json(doc, vault))
+    name = next((k for k in headers if k.lower() == "inference-header-content-length"), None)
+    raw = headers.get(name, "") if name is not None else ""
+    if name is None or not raw.isdecimal():
         return body
-    return orjson.dumps(rehydrate_json(doc, vault))
+    body, length = rehydrate_v2_binary(body, int(raw), vault)
+    headers[name] = str(length)
+    return body
 
 
 async def _rehydrate_stream(

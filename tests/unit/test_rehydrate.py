@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 
 from router.redaction import rehydrate
 from router.redaction.actions import Hasher
-from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_text
+from router.redaction.rehydrate import (
+    SseRehydrator,
+    rehydrate_json,
+    rehydrate_text,
+    rehydrate_v2_binary,
+)
 from router.redaction.types import Finding
 from router.redaction.vault import TOKEN_RE, TokenVault
 from router.redaction.walker import RedactionPlan, redact_json
@@ -449,3 +454,41 @@ class TestSseProperties:
         got = texts(run(vault, parts))
         expected = {i: rehydrate_text("".join(ps), vault) for i, ps in enumerate(choices)}
         assert got == {i: t for i, t in expected.items() if t}
+
+
+class TestV2Binary:
+    @staticmethod
+    def _answer(elements: list[bytes], floats: bytes = b"\x00" * 8) -> tuple[bytes, int]:
+        data = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+        header = orjson.dumps(
+            {
+                "model_name": "m <EMAIL_1>",
+                "outputs": [
+                    {"name": "f", "datatype": "FP32", "shape": [2],
+                     "parameters": {"binary_data_size": len(floats)}},
+                    {"name": "s", "datatype": "BYTES", "shape": [len(elements)],
+                     "parameters": {"binary_data_size": len(data)}},
+                ],
+            }
+        )  # fmt: skip
+        return header + floats + data, len(header)
+
+    def test_bytes_elements_and_header_restored(self, vault: TokenVault) -> None:
+        """Tokens in BYTES elements and header strings are restored; other outputs' bytes
+        and non-UTF-8 elements pass as they were; sizes and the header length follow."""
+        body, length = self._answer([b"to <EMAIL_1>", b"\xff<CARD_1>", b"<CARD_1>"])
+        new, new_length = rehydrate_v2_binary(body, length, vault)
+        header = orjson.loads(new[:new_length])
+        assert header["model_name"] == f"m {EMAIL}"
+        size = header["outputs"][1]["parameters"]["binary_data_size"]
+        assert new[new_length : new_length + 8] == b"\x00" * 8
+        data = new[new_length + 8 :]
+        assert len(data) == size
+        expected = [f"to {EMAIL}".encode(), b"\xff<CARD_1>", CARD.encode()]
+        assert data == b"".join(len(e).to_bytes(4, "little") + e for e in expected)
+
+    def test_parts_that_do_not_add_up_pass_unchanged(self, vault: TokenVault) -> None:
+        """A body longer or shorter than its header says is relayed as it came."""
+        body, length = self._answer([b"to <EMAIL_1>"])
+        for broken in (body + b"x", body[:-1]):
+            assert rehydrate_v2_binary(broken, length, vault) == (broken, length)
