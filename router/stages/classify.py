@@ -149,7 +149,7 @@ class ClassifyAndRedact:
     def _unscanned(self, ctx: RequestContext, why: str) -> None:
         """Fail closed: the request may still run here, but may not leave the site. Only a
         route the bundle marks fail-open goes on, as it came (nothing could be redacted)."""
-        if ctx.path.startswith(self._privacy.bundle.detection.fail_open_paths or ("\0",)):
+        if fails_open(ctx.path, self._privacy.bundle.detection.fail_open_paths):
             ctx.reasons.append("detection_failed_open")
             return
         ctx.unscanned = why
@@ -170,3 +170,16 @@ def found_upstream(raw: str | None) -> Counter[str]:
     if len(names) > MAX_FOUND_UPSTREAM:
         found.add(UNKNOWN_ENTITY)
     return Counter(found)
+
+
+def fails_open(path: str, routes: tuple[str, ...]) -> bool:
+    """Whether one of the bundle's fail-open routes covers `path` (its query string aside).
+    A route covers what lies under it, by whole path segments: `/v2/models/cam` does not
+    cover `/v2/models/camera_pii/infer`, which a plain string prefix would."""
+    route = path.partition("?")[0]
+    for prefix in routes:
+        if route == prefix:
+            return True
+        if route.startswith(prefix) and (prefix.endswith("/") or route[len(prefix)] == "/"):
+            return True
+    return False
