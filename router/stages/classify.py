@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import Executor
 
 from router.context import Reply, RequestContext
@@ -55,7 +56,7 @@ class ClassifyAndRedact:
         ctx.declared_class = self._declared(ctx)
         # What a previous router found counts as found here: its values are already redacted,
         # but the residency rule they call for still holds at this hop.
-        upstream = found_upstream(ctx.headers.get(FOUND_ENTITIES))
+        upstream = found_upstream(",".join(_values(ctx.headers, FOUND_ENTITIES)))
         ctx.entities = upstream
         ctx.data_class = classify(bundle, ctx.declared_class, upstream)
         if not self._may_leave(ctx) and ctx.api not in self._cached_apis:
@@ -108,14 +109,13 @@ class ClassifyAndRedact:
         bundle = self._privacy.bundle
         classes = bundle.data_classes.classes
         declared = [bundle.tenants.data_class_of(ctx.tenant) or bundle.data_classes.default]
-        raw = ctx.headers.get(DATA_CLASS_HEADER)
-        if raw is not None:
+        # Every copy of a header counts: each may only raise the class.
+        for raw in _values(ctx.headers, DATA_CLASS_HEADER):
             wanted = raw.strip().lower()
             if wanted not in classes:
                 raise BadRequest(f"{DATA_CLASS_HEADER} must be one of {', '.join(classes)}")
             declared.append(wanted)
-        previous = ctx.headers.get(DECLARED_CLASS)
-        if previous is not None:
+        for previous in _values(ctx.headers, DECLARED_CLASS):
             # A previous router's class, in its bundle's names: one unknown here is the strictest.
             previous = previous.strip().lower()
             declared.append(previous if previous in classes else classes[-1])
@@ -155,6 +155,15 @@ class ClassifyAndRedact:
         ctx.unscanned = why
         ctx.reasons.append("unscanned")
         return
+
+
+def _values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value a header was sent with (a plain mapping holds one)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, []))
+    value = headers.get(name)
+    return [] if value is None else [value]
 
 
 def found_upstream(raw: str | None) -> Counter[str]:
