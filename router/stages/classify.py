@@ -64,6 +64,9 @@ class ClassifyAndRedact:
             # learn the model before routing, the unsurveyed request still may not leave.
             ctx.unsurveyed = True
             return None
+        if ctx.version and self._privacy.detectors.locate(ctx.version):
+            # The path goes upstream as it came: a version is a name such as "2", never data.
+            raise BadRequest("the model version in the path holds what looks like personal data")
         detection = bundle.detection
         if len(ctx.body) > detection.max_body_bytes:
             self._unscanned(ctx, "body over the detection size cap")

@@ -494,6 +494,20 @@ class TestWhereValuesHide:
         )
         assert [s["inputs"][0]["data"][0] for s in sent[2:]] == ["id <NATIONAL_ID_1>"] * 2
 
+    async def test_model_version_in_the_path(self, site: Site, http: aiohttp.ClientSession) -> None:
+        """The path goes upstream as it came, so a version segment holding a card number or an
+        e-mail is refused (400) and nothing is sent; a real version is forwarded."""
+        doc = {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+        for version in ("4111111111111111", quote(EMAIL, safe="@")):
+            url = URL(f"{site.url}/v2/models/v2-central/versions/{version}/infer", encoded=True)
+            answer = await post(http, url, doc)
+            assert answer.status == 400, answer.body
+            assert EMAIL.encode() not in answer.body
+        assert site.off_site() == []
+        answer = await post(http, f"{site.url}/v2/models/v2-central/versions/1/infer", doc)
+        assert answer.status == 200, answer.body
+        assert site.central.received[0].path == "/v2/models/v2-central/versions/1/infer"
+
     async def test_drop_fields(self, site: Site, http: aiohttp.ClientSession) -> None:
         """`user` and `metadata.customer_email` never leave the site; the plant server (edge
         tier, on the site) gets the request as sent."""
