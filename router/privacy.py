@@ -144,7 +144,9 @@ class MemoScanner:
                 self.placeholders.update(TOKEN_RE.findall(text))
             hit = self._memo[text] = (normalized, found)
         normalized, found = hit
-        copies = self.known.find(normalized.text, found)
+        # Copies are looked for once every value is known: the survey itself needs none (it
+        # counts entity types), and a matcher rebuilt per newly found value would cost dearly.
+        copies = self.known.find(normalized.text, found) if self.surveyed else []
         if copies:
             found = sorted([*found, *copies], key=lambda f: f.start)
         return text, to_original(normalized, found)

@@ -73,6 +73,7 @@ class StoreAndForward:
                 detection.cpu_deadline_ms / 1000,
                 known=ctx.scanner.known,
             )
+            scanner.surveyed = True  # the request's values are all known
             plan = self.privacy.plans[CENTRAL]
             answer, _ = redact_json(parsed, plan, scanner, vault, self.privacy.hasher)
         return orjson.dumps(

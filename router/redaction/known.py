@@ -15,6 +15,11 @@ from router.redaction.types import Finding
 # Shorter values are not looked for elsewhere: they would match too much unrelated text, and no
 # value that needs context to be found is this short.
 MIN_KNOWN_CHARS = 6
+# Bounds on the matcher: a body holding thousands of values (a customer list) must not make
+# one request compile a huge pattern. Past them, values are not looked for again; copies of the
+# ones found without context are found by the detectors anyway.
+MAX_KNOWN_VALUES = 256
+MAX_KNOWN_CHARS = 256
 
 
 class KnownValues:
@@ -27,7 +32,9 @@ class KnownValues:
         self._matcher: re2._Regexp | None = None
 
     def learn(self, value: str, entity: str) -> None:
-        if len(value) >= MIN_KNOWN_CHARS and value not in self._entities:
+        if not MIN_KNOWN_CHARS <= len(value) <= MAX_KNOWN_CHARS:
+            return
+        if len(self._entities) < MAX_KNOWN_VALUES and value not in self._entities:
             self._entities[value] = entity
             self._matcher = None
 
