@@ -8,6 +8,8 @@ copy of it in the request is that entity too. Held per request (inside its scann
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import re2
 
 from router.redaction.types import Finding
@@ -46,11 +48,15 @@ class KnownValues:
             # Longest first: where two values overlap, the longer one is the copy.
             values = sorted(self._entities, key=len, reverse=True)
             self._matcher = re2.compile("|".join(re2.escape(v) for v in values))
-        return [
-            Finding(self._entities[m.group()], m.start(), m.end())
-            for m in self._matcher.finditer(text)
-            if not any(f.start < m.end() and m.start() < f.end for f in besides)
-        ]
+        starts = [f.start for f in besides]  # sorted, not overlapping: the detectors' output
+        copies = []
+        for m in self._matcher.finditer(text):
+            # The last finding starting before this copy ends is the only one it can overlap.
+            i = bisect_left(starts, m.end()) - 1
+            if i >= 0 and besides[i].end > m.start():
+                continue
+            copies.append(Finding(self._entities[m.group()], m.start(), m.end()))
+        return copies
 
     def __len__(self) -> int:
         return len(self._entities)
