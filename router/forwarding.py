@@ -11,7 +11,7 @@ import orjson
 from multidict import CIMultiDict
 
 from router.context import Reply, RequestContext
-from router.errors import RouterError, StreamBroken, UpstreamError
+from router.errors import DetectionFailed, RouterError, StreamBroken, UpstreamError
 from router.headers import (
     DECLARED_CLASS,
     FOUND_ENTITIES,
@@ -25,8 +25,9 @@ from router.headers import (
 from router.policy.decide import TIER_ORDER
 from router.privacy import Privacy, survey
 from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_v2_binary
+from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
-from router.redaction.walker import redact_headers, redact_json, redact_query
+from router.redaction.walker import RedactionPlan, redact_headers, redact_json, redact_query
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
 from router.v2.request import with_timeout
@@ -54,6 +55,19 @@ def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     plan = privacy.plans[tier]
     if not ctx.entities and not _holds_any(ctx.document, plan.drop_fields):
         return unchanged  # nothing found and nothing to drop: no second walk
+    # Each walk has the CPU budget to itself: a fallback's walk may come long after the survey.
+    ctx.scanner.renew()
+    try:
+        return _redacted_view(ctx, tier, plan, privacy)
+    except DetectionError:
+        # Fail closed: what could not be redacted in time does not leave the site.
+        raise DetectionFailed(
+            f"the request could not be redacted for the {tier} tier within the detection "
+            "budget, so it may not leave this site"
+        ) from None
+
+
+def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy: Privacy) -> View:
     if not ctx.scanner.surveyed:
         # Skipped by a remembered survey: learn every value first, so that a copy of one found
         # in context elsewhere is redacted wherever it stands, before or after it in the walk.

@@ -126,11 +126,16 @@ class MemoScanner:
     ) -> None:
         self._detectors = detectors
         self._max_chars = max_chars
+        self._budget_s = budget_s
         self._deadline = time.monotonic() + budget_s
         self._memo: dict[str, tuple[Normalized, list[Finding]]] = {}
         self.known = known if known is not None else KnownValues()
         self.placeholders: set[str] = set()  # token-like text the request itself holds
         self.surveyed = False
+
+    def renew(self) -> None:
+        """A full budget again, for another walk (the survey's time was its own)."""
+        self._deadline = time.monotonic() + self._budget_s
 
     def scan(self, text: str) -> tuple[str, list[Finding]]:
         hit = self._memo.get(text)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from router.context import Reply, RequestContext
+from router.errors import DetectionFailed
 from router.forwarding import view_for
 from router.privacy import MemoScanner, Privacy
 from router.redaction.types import DetectionError
@@ -51,7 +52,7 @@ class StoreAndForward:
             return
         try:
             payload = self._sample(ctx, reply)
-        except DetectionError:
+        except (DetectionError, DetectionFailed):
             return  # could not be desensitized in time: better no sample than a raw one
         if payload is not None:
             self._put("sample", payload, f"sample:{ctx.audit_id or ctx.request_id}")
