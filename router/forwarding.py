@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import RedactionPlan, redact_headers, redact_json, redact_query
+from router.stages.classify import OFF_LOOP_BYTES
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
 from router.v2.request import with_timeout
@@ -48,7 +50,25 @@ class View:
 
 def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     """The request as `tier` may see it: redacted by the bundle's plan for that tier, with one
-    token vault per request (so a value keeps its token across tiers and retries)."""
+    token vault per request (so a value keeps its token across tiers and retries). Made once
+    per tier (a retry, a sample reuse it); `ctx.redactions` says what it took."""
+    made: tuple[View, Counter[str] | None] | None = ctx.views.get(tier)
+    if made is None:
+        fresh = _view(ctx, tier, privacy)
+        made = ctx.views[tier] = (fresh, Counter(ctx.redactions) if fresh.changed else None)
+    view, counts = made
+    ctx.redactions = Counter(counts) if counts is not None else Counter()
+    return view
+
+
+async def prepare_view(ctx: RequestContext, tier: str, privacy: Privacy) -> None:
+    """A large body's view is made on a worker thread, as its survey was: the walk is CPU
+    work, up to the detection budget per tier, that must not stall the event loop."""
+    if len(ctx.body) > OFF_LOOP_BYTES and tier not in ctx.views:
+        await asyncio.to_thread(view_for, ctx, tier, privacy)
+
+
+def _view(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     unchanged = View(ctx.document, ctx.path, ctx.headers, False)
     if ctx.scanner is None or not privacy.needs_redaction(tier):
         return unchanged  # nothing scanned (fail-open, no body) or the tier keeps everything

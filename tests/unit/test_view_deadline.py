@@ -4,18 +4,21 @@ of it fails closed with 422, never a 500."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pytest
 
+from router import forwarding
 from router import privacy as privacy_module
 from router.context import RequestContext
 from router.errors import DetectionFailed
-from router.forwarding import view_for
+from router.forwarding import prepare_view, view_for
 from router.policy.bundle import load_bundle
 from router.privacy import MemoScanner, Privacy, survey
 from router.resources import default_policy_bundle
+from router.stages.classify import OFF_LOOP_BYTES
 
 PRIVACY = Privacy.build(load_bundle(default_policy_bundle()), None, b"s" * 32)
 TEXT = "order 20261127: mail ann.lee@example.com, call +44 20 7946 0958, card 4111 1111 1111 1111"
@@ -71,3 +74,25 @@ def test_a_walk_out_of_time_fails_closed(clock: Clock, monkeypatch: pytest.Monke
     monkeypatch.setattr(MemoScanner, "scan", slow_scan)
     with pytest.raises(DetectionFailed):
         view_for(ctx, "central", PRIVACY)
+
+
+async def test_a_large_body_is_walked_off_the_loop_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body past the off-loop size is redacted on a worker thread, once per tier: the retry
+    or the sample that asks again gets the same view, and the same redaction counts."""
+    ctx = _surveyed(5.0)
+    ctx.body = b" " * (OFF_LOOP_BYTES + 1)
+    threads: list[str] = []
+    real = forwarding.redact_json
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(forwarding, "redact_json", recording)
+    await prepare_view(ctx, "central", PRIVACY)
+    assert len(threads) == 1
+    assert threads[0] != threading.main_thread().name
+    first = view_for(ctx, "central", PRIVACY)
+    assert view_for(ctx, "central", PRIVACY) is first
+    assert len(threads) == 1
+    assert ctx.redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
