@@ -58,7 +58,9 @@ class StoreAndForward:
             self._put("sample", payload, f"sample:{ctx.audit_id or ctx.request_id}")
 
     def _sample(self, ctx: RequestContext, reply: Reply) -> bytes | None:
+        served = ctx.redactions  # what was done for the tier that answered stays the record's
         view = view_for(ctx, CENTRAL, self.privacy)
+        ctx.redactions = served
         answer: Any = None
         if reply.content_type == "application/json" and reply.body:
             try:
