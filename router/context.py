@@ -64,6 +64,7 @@ class RequestContext:
     content_key: bytes = b""
     vault: Any = None  # the request's TokenVault, once something was tokenized
     redactions: Counter[str] = field(default_factory=Counter)  # applied for the served tier
+    views: dict[str, Any] = field(default_factory=dict)  # per tier: its redacted view, made once
     # Provenance: this answer's audit record, and for a reused answer the original's.
     audit_id: str = ""
     cache: str | None = None  # the cache's verdict (HIT, MISS, STALE, BYPASS)

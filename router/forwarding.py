@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import orjson
 from multidict import CIMultiDict
 
 from router.context import Reply, RequestContext
-from router.errors import RouterError, StreamBroken, UpstreamError
+from router.errors import DetectionFailed, RouterError, StreamBroken, UpstreamError
 from router.headers import (
     DECLARED_CLASS,
     FOUND_ENTITIES,
@@ -24,9 +25,11 @@ from router.headers import (
 )
 from router.policy.decide import TIER_ORDER
 from router.privacy import Privacy, survey
-from router.redaction.rehydrate import SseRehydrator, rehydrate_json
+from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_v2_binary
+from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
-from router.redaction.walker import redact_headers, redact_json, redact_query
+from router.redaction.walker import RedactionPlan, redact_headers, redact_json, redact_query
+from router.stages.classify import OFF_LOOP_BYTES
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
 from router.v2.request import with_timeout
@@ -47,19 +50,50 @@ class View:
 
 def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     """The request as `tier` may see it: redacted by the bundle's plan for that tier, with one
-    token vault per request (so a value keeps its token across tiers and retries)."""
+    token vault per request (so a value keeps its token across tiers and retries). Made once
+    per tier (a retry, a sample reuse it); `ctx.redactions` says what it took."""
+    made: tuple[View, Counter[str] | None] | None = ctx.views.get(tier)
+    if made is None:
+        fresh = _view(ctx, tier, privacy)
+        made = ctx.views[tier] = (fresh, Counter(ctx.redactions) if fresh.changed else None)
+    view, counts = made
+    ctx.redactions = Counter(counts) if counts is not None else Counter()
+    return view
+
+
+async def prepare_view(ctx: RequestContext, tier: str, privacy: Privacy) -> None:
+    """A large body's view is made on a worker thread, as its survey was: the walk is CPU
+    work, up to the detection budget per tier, that must not stall the event loop."""
+    if len(ctx.body) > OFF_LOOP_BYTES and tier not in ctx.views:
+        await asyncio.to_thread(view_for, ctx, tier, privacy)
+
+
+def _view(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     unchanged = View(ctx.document, ctx.path, ctx.headers, False)
     if ctx.scanner is None or not privacy.needs_redaction(tier):
         return unchanged  # nothing scanned (fail-open, no body) or the tier keeps everything
     plan = privacy.plans[tier]
     if not ctx.entities and not _holds_any(ctx.document, plan.drop_fields):
         return unchanged  # nothing found and nothing to drop: no second walk
-    if ctx.vault is None:
-        ctx.vault = TokenVault()
+    # Each walk has the CPU budget to itself: a fallback's walk may come long after the survey.
+    ctx.scanner.renew()
+    try:
+        return _redacted_view(ctx, tier, plan, privacy)
+    except DetectionError:
+        # Fail closed: what could not be redacted in time does not leave the site.
+        raise DetectionFailed(
+            f"the request could not be redacted for the {tier} tier within the detection "
+            "budget, so it may not leave this site"
+        ) from None
+
+
+def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy: Privacy) -> View:
     if not ctx.scanner.surveyed:
         # Skipped by a remembered survey: learn every value first, so that a copy of one found
         # in context elsewhere is redacted wherever it stands, before or after it in the walk.
         survey(privacy, ctx)
+    if ctx.vault is None:
+        ctx.vault = TokenVault(reserved=ctx.scanner.placeholders)
     counts: Counter[str] = Counter()
     document = ctx.document
     if document is not None:
@@ -158,8 +192,8 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
         body = await _rest_of(forwarded)  # e.g. a JSON error for a stream request
     vault = ctx.vault
     if body is not None:
-        if vault is not None and len(vault) and content_type == "application/json":
-            body = _rehydrated(body, vault)
+        if vault is not None and len(vault):
+            body = _rehydrated(body, content_type, headers, vault)
         return Reply(body, content_type, response.status, headers)
     stream = _relay(forwarded)
     if vault is not None and len(vault):
@@ -167,13 +201,24 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     return Reply(b"", content_type, response.status, headers, stream=stream)
 
 
-def _rehydrated(body: bytes, vault: TokenVault) -> bytes:
-    """Tokens in a JSON answer restored for the caller (a body that is not JSON stays as is)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+def _rehydrated(
+    body: bytes, content_type: str, headers: dict[str, str], vault: TokenVault
+) -> bytes:
+    """Tokens in a JSON answer, or a KServe v2 binary one (whose header length then changes),
+    restored for the caller; any other body stays as it is."""
+    if content_type == "application/json":
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        return orjson.dumps(rehydrate_json(doc, vault))
+    name = next((k for k in headers if k.lower() == "inference-header-content-length"), None)
+    raw = headers.get(name, "") if name is not None else ""
+    if name is None or not raw.isdecimal():
         return body
-    return orjson.dumps(rehydrate_json(doc, vault))
+    body, length = rehydrate_v2_binary(body, int(raw), vault)
+    headers[name] = str(length)
+    return body
 
 
 async def _rehydrate_stream(

@@ -21,7 +21,7 @@ from router.redaction.detectors import CustomPattern, Detectors, to_original
 from router.redaction.known import KnownValues
 from router.redaction.normalize import Normalized
 from router.redaction.types import Action, Finding
-from router.redaction.vault import TokenVault
+from router.redaction.vault import TOKEN_RE, TokenVault
 from router.redaction.walker import (
     FieldRule,
     RedactionPlan,
@@ -126,10 +126,16 @@ class MemoScanner:
     ) -> None:
         self._detectors = detectors
         self._max_chars = max_chars
+        self._budget_s = budget_s
         self._deadline = time.monotonic() + budget_s
         self._memo: dict[str, tuple[Normalized, list[Finding]]] = {}
         self.known = known if known is not None else KnownValues()
+        self.placeholders: set[str] = set()  # token-like text the request itself holds
         self.surveyed = False
+
+    def renew(self) -> None:
+        """A full budget again, for another walk (the survey's time was its own)."""
+        self._deadline = time.monotonic() + self._budget_s
 
     def scan(self, text: str) -> tuple[str, list[Finding]]:
         hit = self._memo.get(text)
@@ -139,9 +145,13 @@ class MemoScanner:
             )
             for f in found:
                 self.known.learn(normalized.text[f.start : f.end], f.entity)
+            if "<" in text:
+                self.placeholders.update(TOKEN_RE.findall(text))
             hit = self._memo[text] = (normalized, found)
         normalized, found = hit
-        copies = self.known.find(normalized.text, found)
+        # Copies are looked for once every value is known: the survey itself needs none (it
+        # counts entity types), and a matcher rebuilt per newly found value would cost dearly.
+        copies = self.known.find(normalized.text, found) if self.surveyed else []
         if copies:
             found = sorted([*found, *copies], key=lambda f: f.start)
         return text, to_original(normalized, found)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from router.context import Reply, RequestContext
+from router.errors import DetectionFailed
 from router.forwarding import view_for
 from router.privacy import MemoScanner, Privacy
 from router.redaction.types import DetectionError
@@ -51,13 +52,15 @@ class StoreAndForward:
             return
         try:
             payload = self._sample(ctx, reply)
-        except DetectionError:
+        except (DetectionError, DetectionFailed):
             return  # could not be desensitized in time: better no sample than a raw one
         if payload is not None:
             self._put("sample", payload, f"sample:{ctx.audit_id or ctx.request_id}")
 
     def _sample(self, ctx: RequestContext, reply: Reply) -> bytes | None:
+        served = ctx.redactions  # what was done for the tier that answered stays the record's
         view = view_for(ctx, CENTRAL, self.privacy)
+        ctx.redactions = served
         answer: Any = None
         if reply.content_type == "application/json" and reply.body:
             try:
@@ -73,6 +76,7 @@ class StoreAndForward:
                 detection.cpu_deadline_ms / 1000,
                 known=ctx.scanner.known,
             )
+            scanner.surveyed = True  # the request's values are all known
             plan = self.privacy.plans[CENTRAL]
             answer, _ = redact_json(parsed, plan, scanner, vault, self.privacy.hasher)
         return orjson.dumps(

@@ -92,7 +92,7 @@ def _optional(path: Path, name: str, model: type[M], default: M) -> M:
 def _cross_check(bundle: PolicyBundle) -> list[str]:
     classes = set(bundle.data_classes.classes)
     entities = {e.value for e in Entity} | {c.name for c in bundle.detection.custom}
-    problems = []
+    problems = _data_class_problems(bundle.data_classes)
     for i, rule in enumerate(bundle.residency.rules):
         for name in (*rule.classes, rule.once_redacted_to):
             if name is not None and name not in classes:
@@ -118,4 +118,19 @@ def _cross_check(bundle: PolicyBundle) -> list[str]:
     for entity in bundle.data_classes.entities:
         if entity not in entities:
             problems.append(f"data_classes.yaml: entities: unknown entity {entity!r}")
+    return problems
+
+
+def _data_class_problems(data_classes: DataClasses) -> list[str]:
+    """Classes listed twice (their order is their strictness), and unknown ones named."""
+    problems, seen = [], set()
+    for name in data_classes.classes:
+        if name in seen:
+            problems.append(f"data_classes.yaml: classes: {name!r} is listed twice")
+        seen.add(name)
+    if data_classes.default not in seen:
+        problems.append(f"data_classes.yaml: default: unknown data class {data_classes.default!r}")
+    for entity, name in data_classes.entities.items():
+        if name not in seen:
+            problems.append(f"data_classes.yaml: entities.{entity}: unknown data class {name!r}")
     return problems

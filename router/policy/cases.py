@@ -107,10 +107,12 @@ def run_case(loaded: LoadedCase, privacy: Privacy) -> CaseResult:
         declared = strictest(bundle, [declared, request.x_data_class])
     problems: list[str] = []
     scanner = MemoScanner(privacy.detectors, bundle.detection.max_body_bytes, SCAN_BUDGET_S)
-    vault = TokenVault()  # one per request, as at run time: a value keeps its token across tiers
     try:
         found = Counter[str]()
-        _redacted(request, privacy, privacy.survey, scanner, vault, found)
+        _redacted(request, privacy, privacy.survey, scanner, TokenVault(), found)
+        scanner.surveyed = True  # as at run time: every value known before any tier's walk
+        # One per request, as at run time: a value keeps its token across tiers.
+        vault = TokenVault(reserved=scanner.placeholders)
         entities = frozenset(found) | frozenset(request.entities)
         data_class = classify(bundle, declared, entities)
         if expect.data_class is not None and data_class != expect.data_class:

@@ -27,13 +27,8 @@ class DataClasses(Strict):
     classes: Annotated[tuple[Name, ...], Field(min_length=1)]
     default: Name
     entities: dict[str, Name] = {}
-
-    @model_validator(mode="after")
-    def _known(self) -> DataClasses:
-        unknown = {self.default, *self.entities.values()} - set(self.classes)
-        if unknown:
-            raise ValueError(f"unknown data class {sorted(unknown)[0]!r}; known: {self.classes}")
-        return self
+    # That `default` and the entities' classes are among `classes` is checked with the rest of
+    # the bundle (router/policy/bundle.py), where the error can name the key.
 
     def rank(self, data_class: str) -> int:
         return self.classes.index(data_class)

@@ -7,6 +7,7 @@ partial token at the end of a choice's content, never more than a token's length
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -24,7 +25,11 @@ MAX_LINE_BYTES = 1 << 20
 # bytes are the same.
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # Delta fields carrying model text, besides tool-call arguments.
-_TEXT_FIELDS = ("content", "reasoning_content", "refusal")
+_TEXT_FIELDS = ("content", "reasoning", "reasoning_content", "refusal")
+# A choice's fields handled piece by piece (held tails); whole tokens in any other are restored
+# as in a plain answer (an audio transcript, say).
+_STREAMED = frozenset({"text", "delta", "index", "finish_reason"})
+_STREAMED_DELTA = frozenset({*_TEXT_FIELDS, "tool_calls", "role"})
 
 
 def rehydrate_text(text: str, vault: TokenVault, *, json_escaped: bool = False) -> str:
@@ -81,6 +86,60 @@ def _rehydrate_string(s: str, vault: TokenVault, depth: int) -> str:
     if not isinstance(inner, dict | list):
         return restored
     return orjson.dumps(_rehydrate(inner, vault, depth + 1)).decode()
+
+
+def rehydrate_v2_binary(body: bytes, header_length: int, vault: TokenVault) -> tuple[bytes, int]:
+    """A KServe v2 binary answer (a JSON header, then each output's bytes) with tokens restored
+    in the header's strings and in every BYTES output's elements, and its new header length.
+    An answer whose parts do not add up is returned as it is."""
+    if not len(vault) or not 0 < header_length <= len(body):
+        return body, header_length
+    try:
+        header = orjson.loads(body[:header_length])
+    except orjson.JSONDecodeError:
+        return body, header_length
+    outputs = header.get("outputs") if isinstance(header, dict) else None
+    parts: list[bytes] = []
+    offset = header_length
+    for output in outputs if isinstance(outputs, list) else ():
+        params = output.get("parameters") if isinstance(output, dict) else None
+        if not isinstance(params, dict):
+            continue
+        size = params.get("binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool):
+            continue
+        raw = body[offset : offset + size]
+        offset += size
+        if size < 0 or len(raw) != size:
+            return body, header_length
+        if output.get("datatype") == "BYTES":
+            raw = _rehydrate_elements(raw, vault)
+            params["binary_data_size"] = len(raw)
+        parts.append(raw)
+    if offset != len(body):
+        return body, header_length
+    encoded = orjson.dumps(rehydrate_json(header, vault))
+    return encoded + b"".join(parts), len(encoded)
+
+
+def _rehydrate_elements(raw: bytes, vault: TokenVault) -> bytes:
+    """BYTES elements (a 4-byte little-endian length, then the bytes) with tokens restored in
+    those that are UTF-8 text; elements that are not, or data that does not parse, unchanged."""
+    out: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            return raw
+        length = int.from_bytes(raw[offset : offset + 4], "little")
+        element = raw[offset + 4 : offset + 4 + length]
+        if len(element) != length:
+            return raw
+        offset += 4 + length
+        if b"<" in element:
+            with contextlib.suppress(UnicodeDecodeError):  # not text: no token in it
+                element = rehydrate_text(element.decode("utf-8"), vault).encode("utf-8")
+        out += [len(element).to_bytes(4, "little"), element]
+    return b"".join(out)
 
 
 class SseRehydrator:
@@ -203,6 +262,9 @@ class SseRehydrator:
                     slot = call.get("index", pos)
                     key = (index, "tool", slot if isinstance(slot, int) else pos)
                     changed |= self._field(function, "arguments", key, finished)
+        changed |= _restore_whole(choice, _STREAMED, self._vault)
+        if isinstance(delta, dict):
+            changed |= _restore_whole(delta, _STREAMED_DELTA, self._vault)
         if finished:
             # The choice ends here: whatever it still holds goes out with this event.
             for key in [k for k in self._held if k[0] == index]:
@@ -267,6 +329,19 @@ def _event(body: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return event if isinstance(event, dict) else None
+
+
+def _restore_whole(fields: dict[str, Any], skip: frozenset[str], vault: TokenVault) -> bool:
+    """Whole tokens restored in the fields not in `skip`; whether any changed."""
+    changed = False
+    for name, value in fields.items():
+        if name in skip or not isinstance(value, dict | list | str):
+            continue
+        new = rehydrate_json(value, vault)
+        if new != value:
+            fields[name] = new
+            changed = True
+    return changed
 
 
 def _inject(choice: dict[str, Any], key: tuple[int, str, int], text: str) -> None:

@@ -8,6 +8,7 @@ here, so it can never restore into the wrong response.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import NoReturn, SupportsIndex
 
 # A placeholder is '<', an upper-case label, '_', a decimal number and '>'. The bounds keep the
@@ -30,12 +31,15 @@ def entity_label(entity: str) -> str:
 class TokenVault:
     """Maps placeholders to the values they stand for, for one request."""
 
-    __slots__ = ("_by_token", "_by_value", "_counts", "_max_len", "_prefixes")
+    __slots__ = ("_by_token", "_by_value", "_counts", "_max_len", "_prefixes", "_reserved")
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        # Placeholders the request itself holds (a template's `<EMAIL_1>`): never issued, so a
+        # value's token cannot be mistaken for the caller's text, nor restored in its place.
+        self._reserved = frozenset(reserved)
         self._by_value: dict[tuple[str, str], str] = {}
         self._by_token: dict[str, str] = {}
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, int] = {}  # the last number issued, per label
         self._max_len = 0
         self._prefixes: frozenset[str] | None = frozenset()
 
@@ -43,15 +47,17 @@ class TokenVault:
         """The placeholder for value: the same value gets the same token within the request."""
         label = entity_label(entity)
         key = (label, value)
-        token = self._by_value.get(key)
-        if token is None:
-            number = self._counts.get(label, 0) + 1
-            self._counts[label] = number
-            token = f"<{label}_{number}>"
-            self._by_value[key] = token
-            self._by_token[token] = value
-            self._max_len = max(self._max_len, len(token))
-            self._prefixes = None
+        known = self._by_value.get(key)
+        if known is not None:
+            return known
+        number = self._counts.get(label, 0) + 1
+        while (token := f"<{label}_{number}>") in self._reserved:
+            number += 1
+        self._counts[label] = number
+        self._by_value[key] = token
+        self._by_token[token] = value
+        self._max_len = max(self._max_len, len(token))
+        self._prefixes = None
         return token
 
     def restore(self, token: str) -> str | None:
@@ -67,7 +73,10 @@ class TokenVault:
     @property
     def counts(self) -> dict[str, int]:
         """Distinct values tokenized, per entity label."""
-        return dict(self._counts)
+        counts: dict[str, int] = {}
+        for label, _ in self._by_value:
+            counts[label] = counts.get(label, 0) + 1
+        return counts
 
     @property
     def max_token_length(self) -> int:
@@ -83,7 +92,7 @@ class TokenVault:
 
     def __repr__(self) -> str:
         # Counts only: a vault's values must never reach a log line or an error message.
-        return f"TokenVault({self._counts!r})"
+        return f"TokenVault({self.counts!r})"
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
         raise TypeError("a TokenVault lives in memory for one request and is never persisted")

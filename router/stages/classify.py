@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import Executor
 
 from router.context import Reply, RequestContext
@@ -15,6 +16,7 @@ from router.headers import DECLARED_CLASS, FOUND_ENTITIES
 from router.policy.residency import classify, strictest
 from router.privacy import MemoScanner, Privacy, has_binary_bytes, survey
 from router.redaction.types import DetectionError
+from router.redaction.vault import TOKEN_RE
 from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
 
@@ -54,7 +56,7 @@ class ClassifyAndRedact:
         ctx.declared_class = self._declared(ctx)
         # What a previous router found counts as found here: its values are already redacted,
         # but the residency rule they call for still holds at this hop.
-        upstream = found_upstream(ctx.headers.get(FOUND_ENTITIES))
+        upstream = found_upstream(",".join(_values(ctx.headers, FOUND_ENTITIES)))
         ctx.entities = upstream
         ctx.data_class = classify(bundle, ctx.declared_class, upstream)
         if not self._may_leave(ctx) and ctx.api not in self._cached_apis:
@@ -62,6 +64,9 @@ class ClassifyAndRedact:
             # learn the model before routing, the unsurveyed request still may not leave.
             ctx.unsurveyed = True
             return None
+        if ctx.version and self._privacy.detectors.locate(ctx.version):
+            # The path goes upstream as it came: a version is a name such as "2", never data.
+            raise BadRequest("the model version in the path holds what looks like personal data")
         detection = bundle.detection
         if len(ctx.body) > detection.max_body_bytes:
             self._unscanned(ctx, "body over the detection size cap")
@@ -107,14 +112,13 @@ class ClassifyAndRedact:
         bundle = self._privacy.bundle
         classes = bundle.data_classes.classes
         declared = [bundle.tenants.data_class_of(ctx.tenant) or bundle.data_classes.default]
-        raw = ctx.headers.get(DATA_CLASS_HEADER)
-        if raw is not None:
+        # Every copy of a header counts: each may only raise the class.
+        for raw in _values(ctx.headers, DATA_CLASS_HEADER):
             wanted = raw.strip().lower()
             if wanted not in classes:
                 raise BadRequest(f"{DATA_CLASS_HEADER} must be one of {', '.join(classes)}")
             declared.append(wanted)
-        previous = ctx.headers.get(DECLARED_CLASS)
-        if previous is not None:
+        for previous in _values(ctx.headers, DECLARED_CLASS):
             # A previous router's class, in its bundle's names: one unknown here is the strictest.
             previous = previous.strip().lower()
             declared.append(previous if previous in classes else classes[-1])
@@ -122,7 +126,12 @@ class ClassifyAndRedact:
 
     def _survey(self, ctx: RequestContext) -> Counter[str]:
         """Every entity the request holds, in body, query string and scanned headers."""
-        return survey(self._privacy, ctx, document=not self._plainly_clean(ctx))
+        if not self._plainly_clean(ctx):
+            return survey(self._privacy, ctx)
+        raw = ctx.body if ctx.header_length is None else ctx.body[: ctx.header_length]
+        if b"<" in raw:  # nothing to find, but a placeholder it holds must not be issued
+            ctx.scanner.placeholders.update(TOKEN_RE.findall(raw.decode("ascii")))
+        return survey(self._privacy, ctx, document=False)
 
     def _plainly_clean(self, ctx: RequestContext) -> bool:
         """Whether the JSON as sent shows that no string in it can hold a finding, so the walk
@@ -143,12 +152,21 @@ class ClassifyAndRedact:
     def _unscanned(self, ctx: RequestContext, why: str) -> None:
         """Fail closed: the request may still run here, but may not leave the site. Only a
         route the bundle marks fail-open goes on, as it came (nothing could be redacted)."""
-        if ctx.path.startswith(self._privacy.bundle.detection.fail_open_paths or ("\0",)):
+        if fails_open(ctx.path, self._privacy.bundle.detection.fail_open_paths):
             ctx.reasons.append("detection_failed_open")
             return
         ctx.unscanned = why
         ctx.reasons.append("unscanned")
         return
+
+
+def _values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value a header was sent with (a plain mapping holds one)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, []))
+    value = headers.get(name)
+    return [] if value is None else [value]
 
 
 def found_upstream(raw: str | None) -> Counter[str]:
@@ -164,3 +182,16 @@ def found_upstream(raw: str | None) -> Counter[str]:
     if len(names) > MAX_FOUND_UPSTREAM:
         found.add(UNKNOWN_ENTITY)
     return Counter(found)
+
+
+def fails_open(path: str, routes: tuple[str, ...]) -> bool:
+    """Whether one of the bundle's fail-open routes covers `path` (its query string aside).
+    A route covers what lies under it, by whole path segments: `/v2/models/cam` does not
+    cover `/v2/models/camera_pii/infer`, which a plain string prefix would."""
+    route = path.partition("?")[0]
+    for prefix in routes:
+        if route == prefix:
+            return True
+        if route.startswith(prefix) and (prefix.endswith("/") or route[len(prefix)] == "/"):
+            return True
+    return False

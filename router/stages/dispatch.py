@@ -19,7 +19,7 @@ from router.errors import (
     Unavailable,
     UpstreamError,
 )
-from router.forwarding import outgoing, reply_from
+from router.forwarding import outgoing, prepare_view, reply_from
 from router.inference.local import LocalResult, run_local, top_score
 from router.inference.repository import ModelRepository, ModelVersion
 from router.policy.decide import Facts, Rules, Target, decide
@@ -103,6 +103,7 @@ class Dispatch:
             ctx.path.startswith(self._routing.idempotent_paths) or "Idempotency-Key" in ctx.headers
         )
         prober = self._upstreams.probers[cluster.name]
+        await prepare_view(ctx, cluster.settings.tier.value, self._privacy)
         try:
             forwarded = await forward.call(
                 cluster,

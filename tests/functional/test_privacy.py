@@ -310,6 +310,26 @@ class TestCentralTokensOnly:
         sent = orjson.loads(site.central.received[0].body)["messages"][0]["content"]
         assert sent == "see <EMAIL_2> and <CARD_7> and <EMAIL_1>"
 
+    async def test_placeholder_written_by_the_caller_keeps_its_meaning(
+        self, site: Site, sdk: openai.AsyncOpenAI
+    ) -> None:
+        """A caller's own `<EMAIL_1>` (a template placeholder) is not a token: the e-mail gets
+        another number, so upstream can tell them apart and the answer keeps the caller's."""
+        content = f"the placeholder <EMAIL_1> stands for a customer; mine is {EMAIL}"
+        completion = await sdk.chat.completions.create(
+            model="gpt-central", messages=[{"role": "user", "content": content}]
+        )
+        assert completion.choices[0].message.content == f"central heard: {content}"
+        sent = orjson.loads(site.central.received[0].body)["messages"][0]["content"]
+        assert sent == "the placeholder <EMAIL_1> stands for a customer; mine is <EMAIL_2>"
+        # A body with nothing to find in it is not walked; its placeholders still count.
+        await sdk.chat.completions.create(
+            model="gpt-central",
+            messages=[{"role": "user", "content": "what does <EMAIL_1> stand for?"}],
+            extra_query={"customer": EMAIL},
+        )
+        assert site.central.received[1].path.endswith("customer=%3CEMAIL_2%3E")
+
     async def test_concurrent_requests_keep_their_own_values(
         self, site: Site, http: aiohttp.ClientSession
     ) -> None:
@@ -473,6 +493,20 @@ class TestWhereValuesHide:
             "use <NATIONAL_ID_1> and <US_SSN_1>, see <DATE_OF_BIRTH_1>"
         )
         assert [s["inputs"][0]["data"][0] for s in sent[2:]] == ["id <NATIONAL_ID_1>"] * 2
+
+    async def test_model_version_in_the_path(self, site: Site, http: aiohttp.ClientSession) -> None:
+        """The path goes upstream as it came, so a version segment holding a card number or an
+        e-mail is refused (400) and nothing is sent; a real version is forwarded."""
+        doc = {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+        for version in ("4111111111111111", quote(EMAIL, safe="@")):
+            url = URL(f"{site.url}/v2/models/v2-central/versions/{version}/infer", encoded=True)
+            answer = await post(http, url, doc)
+            assert answer.status == 400, answer.body
+            assert EMAIL.encode() not in answer.body
+        assert site.off_site() == []
+        answer = await post(http, f"{site.url}/v2/models/v2-central/versions/1/infer", doc)
+        assert answer.status == 200, answer.body
+        assert site.central.received[0].path == "/v2/models/v2-central/versions/1/infer"
 
     async def test_drop_fields(self, site: Site, http: aiohttp.ClientSession) -> None:
         """`user` and `metadata.customer_email` never leave the site; the plant server (edge

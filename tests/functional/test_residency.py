@@ -205,6 +205,21 @@ class TestPinnedToJurisdiction:
             assert answer.status == 200, answer.body
         assert site.counts() == {"regional-eu": 10, "central-eu": 0, "central-us": 0}
 
+    async def test_repeated_class_header_takes_the_strictest(
+        self, stack: contextlib.AsyncExitStack, repository: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """Two X-Data-Class headers, `internal` then `personal`: the request is personal (a
+        header may only raise the class), so a US-only model is denied and nothing crosses."""
+        site = await start_site(stack, repository)
+        headers = [("X-Data-Class", "internal"), ("X-Data-Class", "personal")]
+        doc = chat("gpt-us-only", "hi")
+        async with (
+            asyncio.timeout(LIMIT_S),
+            http.post(f"{site.url}/v1/chat/completions", json=doc, headers=headers) as response,
+        ):
+            assert response.status == 403
+        assert site.counts() == {"regional-eu": 0, "central-eu": 0, "central-us": 0}
+
     async def test_internal_may_go_to_us(
         self, stack: contextlib.AsyncExitStack, repository: Path, http: aiohttp.ClientSession
     ) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from router.redaction.known import MIN_KNOWN_CHARS, KnownValues
+import pytest
+
+from router.privacy import MemoScanner
+from router.redaction import known as known_module
+from router.redaction.detectors import Detectors
+from router.redaction.known import MAX_KNOWN_VALUES, MIN_KNOWN_CHARS, KnownValues
 from router.redaction.types import Finding
 
 
@@ -30,3 +35,37 @@ def test_repr_never_shows_values() -> None:
     known = KnownValues()
     known.learn("86095742719", "NATIONAL_ID")
     assert "86095742719" not in repr(known)
+
+
+def test_many_values_compile_one_bounded_matcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request holding a thousand e-mails learns at most MAX_KNOWN_VALUES of them and builds
+    its matcher once, after the survey, not once per value found."""
+    scanner = MemoScanner(Detectors.default(), 1_000_000, 30.0)
+    compiled: list[object] = []
+    real = known_module.re2.compile
+
+    def counting(*args: object) -> object:
+        compiled.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(known_module.re2, "compile", counting)
+    texts = [f"row {i}: user{i}.x@example.org" for i in range(1000)]
+    for text in texts:  # the survey
+        scanner.scan(text)
+    assert compiled == []
+    scanner.surveyed = True
+    for text in texts:  # a redaction walk
+        assert scanner.scan(text)[1]
+    assert len(compiled) == 1
+    assert len(scanner.known) == MAX_KNOWN_VALUES
+
+
+def test_overlap_check_is_per_copy_not_per_pair() -> None:
+    """Copies are checked against the detectors' findings by position (a bisection), so a
+    string with thousands of both stays linear: only spans overlapping a finding drop out."""
+    known = KnownValues()
+    known.learn("86095742719", "NATIONAL_ID")
+    text = " ".join(["86095742719"] * 4000)
+    besides = [Finding("CARD", i * 12, i * 12 + 11) for i in range(0, 4000, 2)]
+    copies = known.find(text, besides)
+    assert [c.start for c in copies] == [i * 12 for i in range(1, 4000, 2)]

@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 
 from router.redaction import rehydrate
 from router.redaction.actions import Hasher
-from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_text
+from router.redaction.rehydrate import (
+    SseRehydrator,
+    rehydrate_json,
+    rehydrate_text,
+    rehydrate_v2_binary,
+)
 from router.redaction.types import Finding
 from router.redaction.vault import TOKEN_RE, TokenVault
 from router.redaction.walker import RedactionPlan, redact_json
@@ -118,6 +123,14 @@ class TestRehydrateText:
         theirs.token_for("CARD", CARD)
         mine.token_for("EMAIL", EMAIL)
         assert rehydrate_text("<CARD_1> <EMAIL_1>", mine) == f"<CARD_1> {EMAIL}"
+
+    def test_reserved_placeholders_are_never_issued(self) -> None:
+        """Placeholders the request holds itself are skipped, and stay unrestored."""
+        vault = TokenVault(reserved=["<EMAIL_1>", "<EMAIL_2>", "<CARD_3>"])
+        assert vault.token_for("EMAIL", "a@b.org") == "<EMAIL_3>"
+        assert vault.token_for("EMAIL", "c@d.org") == "<EMAIL_4>"
+        assert vault.token_for("CARD", "4111111111111111") == "<CARD_1>"
+        assert rehydrate_text("<EMAIL_1> <EMAIL_3>", vault) == "<EMAIL_1> a@b.org"
 
     def test_json_escaped(self) -> None:
         """In JSON source, values are inserted escaped so the document stays valid."""
@@ -283,6 +296,26 @@ class TestSseRehydrator:
         )
         assert orjson.loads(arguments) == {"name": 'Jo "J" Doe', "n": 1}
 
+    def test_reasoning_and_other_fields(self, vault: TokenVault) -> None:
+        """`delta.reasoning` (vLLM, OpenRouter) restores split tokens like content does, and a
+        whole token in any other field (an audio transcript) is restored as a plain answer's."""
+        events: list[dict[str, Any] | str] = [
+            chunk([{"index": 0, "delta": {"reasoning": r}, "finish_reason": None}])
+            for r in ("mail <EM", "AIL_1> now")
+        ]
+        audio = {"index": 0, "delta": {"audio": {"transcript": "card <CARD_1>"}}}
+        events += [chunk([audio]), chunk([delta(None, finish="stop")]), "[DONE]"]
+        out = run(vault, [sse(events)])
+        assert texts(out, "reasoning") == {0: f"mail {EMAIL} now"}
+        transcripts = [
+            c["delta"]["audio"]["transcript"]
+            for e in events_of(out)
+            if not isinstance(e, str)
+            for c in e["choices"]
+            if "audio" in c["delta"]
+        ]
+        assert transcripts == [f"card {CARD}"]
+
     def test_completions_text(self, vault: TokenVault) -> None:
         """Legacy completions streams carry text in choices[i].text."""
         events: list[dict[str, Any] | str] = [
@@ -421,3 +454,41 @@ class TestSseProperties:
         got = texts(run(vault, parts))
         expected = {i: rehydrate_text("".join(ps), vault) for i, ps in enumerate(choices)}
         assert got == {i: t for i, t in expected.items() if t}
+
+
+class TestV2Binary:
+    @staticmethod
+    def _answer(elements: list[bytes], floats: bytes = b"\x00" * 8) -> tuple[bytes, int]:
+        data = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+        header = orjson.dumps(
+            {
+                "model_name": "m <EMAIL_1>",
+                "outputs": [
+                    {"name": "f", "datatype": "FP32", "shape": [2],
+                     "parameters": {"binary_data_size": len(floats)}},
+                    {"name": "s", "datatype": "BYTES", "shape": [len(elements)],
+                     "parameters": {"binary_data_size": len(data)}},
+                ],
+            }
+        )  # fmt: skip
+        return header + floats + data, len(header)
+
+    def test_bytes_elements_and_header_restored(self, vault: TokenVault) -> None:
+        """Tokens in BYTES elements and header strings are restored; other outputs' bytes
+        and non-UTF-8 elements pass as they were; sizes and the header length follow."""
+        body, length = self._answer([b"to <EMAIL_1>", b"\xff<CARD_1>", b"<CARD_1>"])
+        new, new_length = rehydrate_v2_binary(body, length, vault)
+        header = orjson.loads(new[:new_length])
+        assert header["model_name"] == f"m {EMAIL}"
+        size = header["outputs"][1]["parameters"]["binary_data_size"]
+        assert new[new_length : new_length + 8] == b"\x00" * 8
+        data = new[new_length + 8 :]
+        assert len(data) == size
+        expected = [f"to {EMAIL}".encode(), b"\xff<CARD_1>", CARD.encode()]
+        assert data == b"".join(len(e).to_bytes(4, "little") + e for e in expected)
+
+    def test_parts_that_do_not_add_up_pass_unchanged(self, vault: TokenVault) -> None:
+        """A body longer or shorter than its header says is relayed as it came."""
+        body, length = self._answer([b"to <EMAIL_1>"])
+        for broken in (body + b"x", body[:-1]):
+            assert rehydrate_v2_binary(broken, length, vault) == (broken, length)

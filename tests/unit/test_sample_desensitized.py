@@ -48,7 +48,8 @@ def privacy(tmp_path: Path) -> Privacy:
 async def test_values_repeated_out_of_context_stay_tokens(
     privacy: Privacy, asked: str, value: str, answered: str
 ) -> None:
-    """The request's value is found in context; the answer's bare copy is tokenized too."""
+    """The request's value is found in context; the answer's bare copy is tokenized too; the
+    request's own redaction counts are left as they were."""
     spool = RecordingSpool()
     store = StoreAndForward(spool, privacy, "site-1")  # type: ignore[arg-type]
     detection = privacy.bundle.detection
@@ -65,10 +66,13 @@ async def test_values_repeated_out_of_context_stay_tokens(
     )
     ctx.entities = found
     ctx.audit_id = "a1"
+    served = Counter({"SERVED_TIER_COUNTS": 1})
+    ctx.redactions = served
     answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": answered}}]}
     store.maybe_sample(ctx, Reply(orjson.dumps(answer)))
     await store.drain_pending()
     (payload,) = spool.payloads
+    assert ctx.redactions == served  # the answering tier's counts, not the sample's
     assert value.encode() not in payload
     sample = orjson.loads(payload)
     assert "_1>" in sample["response"]["choices"][0]["message"]["content"]

@@ -1,0 +1,43 @@
+"""`layer-router check` on a policy bundle: every mistake is an error naming file and key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from router.errors import ConfigError
+from router.policy.bundle import load_bundle
+from router.resources import default_policy_bundle
+
+
+def _bundle_with(tmp_path: Path, file: str, old: str, new: str) -> Path:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), bundle)
+    text = (bundle / file).read_text(encoding="utf-8")
+    assert old in text
+    (bundle / file).write_text(text.replace(old, new, 1), encoding="utf-8")
+    return bundle
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("default: internal", "default: intrnal", "default"),
+        ("EMAIL: personal", "EMAIL: persnal", "entities.EMAIL"),
+        ("secret]", "secret, personal]", "classes"),
+    ],
+)
+def test_data_classes_mistakes_name_their_key(
+    tmp_path: Path, old: str, new: str, named: str
+) -> None:
+    """An unknown class as the default or an entity's, or a class listed twice, is reported
+    at its key in data_classes.yaml."""
+    bundle = _bundle_with(tmp_path, "data_classes.yaml", old, new)
+    with pytest.raises(ConfigError) as caught:
+        load_bundle(bundle)
+    text = str(caught.value)
+    assert "data_classes.yaml" in text
+    assert f"{named}:" in text
+    assert "(top level)" not in text
