@@ -62,10 +62,11 @@ class SafeAccessLogger(AbstractAccessLogger):
         route = getattr(getattr(info, "route", None), "resource", None)
         template = route.canonical if route is not None else "(unmatched)"
         self.logger.info(
-            "%s %s %d",
+            "%s %s %d %.3fms",  # the text format shows only the message: the duration too
             request.method,
             template,
             response.status,
+            time * 1000,
             extra={
                 "safe_access": True,
                 "method": request.method,

@@ -120,6 +120,26 @@ class TestLogs:
         assert "CANARY-4711" not in line
         assert orjson.loads(line)["exc_type"] == "ValueError"
 
+    def test_access_line_in_text_format_has_the_duration(self) -> None:
+        """The text format prints only the message, so the access line's message carries
+        method, route template, status and duration, as the README says."""
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logger = logging.getLogger("test.access")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            request = make_mocked_request("GET", "/v2/health/ready?email=CANARY-5")
+            logs.SafeAccessLogger(logger, "").log(request, web.Response(status=200), 0.0125)
+        finally:
+            logger.removeHandler(handler)
+        (record,) = records
+        message = record.getMessage()
+        assert message.startswith("GET ")
+        assert message.endswith(" 200 12.500ms")
+        assert "CANARY" not in message
+
     def test_aiohttp_loggers_lose_request_bytes(self, captured: io.StringIO) -> None:
         """aiohttp.server's record of a bad request keeps the error kind, not the bytes."""
         try:
