@@ -221,8 +221,20 @@ class TestAuthRule:
         settings = Settings.model_validate(
             {"auth": {"mode": "required"}, "policy": {"bundle": str(folder)}}
         )
-        with pytest.raises(ConfigError, match="no tenant has a key"):
+        with pytest.raises(ConfigError, match="no tenant has a key") as refused:
             build_app(settings)
+        # The folder the operator configured, not the copy activated under the state dir.
+        assert refused.value.source == f"tenants.yaml of {folder}"
+
+    def test_required_auth_with_the_embedded_bundle_says_to_bring_one(self) -> None:
+        """With no bundle configured the error names the embedded bundle and says what to do,
+        not a copy under the state directory that an edit would never reach."""
+        from router.app import build_app
+
+        settings = Settings.model_validate({"auth": {"mode": "required"}})
+        with pytest.raises(ConfigError, match=r"set policy\.bundle") as refused:
+            build_app(settings)
+        assert refused.value.source == "tenants.yaml of the embedded policy bundle"
 
 
 class TestKeyCommands:
