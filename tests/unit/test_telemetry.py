@@ -11,6 +11,7 @@ import orjson
 import pytest
 import uvloop
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.test_utils import make_mocked_request
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -139,6 +140,22 @@ class TestLogs:
         assert message.startswith("GET ")
         assert message.endswith(" 200 12.500ms")
         assert "CANARY" not in message
+
+    def test_a_client_s_malformed_request_is_a_warning_not_an_error(
+        self, captured: io.StringIO
+    ) -> None:
+        """aiohttp logs every malformed request at ERROR; a client's mistake is a warning (any
+        client could otherwise flood the error log), a server-side failure stays an error."""
+        server = logging.getLogger("aiohttp.server")
+        for exc in (LineTooLong(b"x" * 9000, "8190"), RuntimeError("boom")):
+            try:
+                raise exc
+            except Exception:
+                server.exception("Error handling request from %s", "203.0.113.7")
+        client, ours = (orjson.loads(line) for line in captured.getvalue().splitlines()[-2:])
+        assert (client["level"], client["msg"]) == ("warning", "connection error: LineTooLong")
+        assert ours["level"] == "error"
+        assert "203.0.113.7" not in captured.getvalue()
 
     def test_aiohttp_loggers_lose_request_bytes(self, captured: io.StringIO) -> None:
         """aiohttp.server's record of a bad request keeps the error kind, not the bytes."""
