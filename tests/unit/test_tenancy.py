@@ -135,6 +135,14 @@ class TestTokenBucket:
         clock.now += 20
         assert limiter.take()["x-ratelimit-remaining-requests"] == "0"
 
+    def test_the_limit_header_is_what_a_burst_lets_through(self) -> None:
+        """600 a minute with bursts of 20: the limit a client reads is the 20 it may send at
+        once, so limit minus remaining counts the requests it has made."""
+        limiter = Limiter([RateLimit(requests=600, period_s=60, burst=20)], Clock())
+        headers = limiter.take()
+        assert headers["x-ratelimit-limit-requests"] == "20"
+        assert headers["x-ratelimit-remaining-requests"] == "19"
+
     def test_a_refusal_takes_no_token_from_any_bucket(self) -> None:
         """A rate and a quota: when the quota is spent, the rate bucket keeps its tokens."""
         clock = Clock()
