@@ -57,8 +57,11 @@ class GuardedHandler(RequestHandler):
             # Not an isinstance check: uvloop's TCPTransport does not subclass asyncio's.
             self._refused = cast(asyncio.Transport, transport)
             self._refused.write(BUSY)
-            self._refused.write_eof()  # the answer, then our FIN; the client closes its side
-            self._loop.call_later(REFUSED_LINGER_S, self._refused.close)
+            if self._refused.can_write_eof():
+                self._refused.write_eof()  # the answer, then our FIN; the client closes its side
+                self._loop.call_later(REFUSED_LINGER_S, self._refused.close)
+            else:
+                self._refused.close()  # TLS has no half-close: close_notify after the answer
             return
         guard.open_connections += 1
         self._counted = True
