@@ -147,3 +147,20 @@ async def test_connections_past_the_cap_get_503_over_tls(
             held.close()
     assert "NotImplementedError" not in log.read_text()
     assert "Fatal error" not in log.read_text()
+
+
+async def test_a_silent_tls_client_is_closed_on_the_head_deadline(
+    site: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    """A client that connects to the HTTPS port and never starts its handshake is closed by
+    limits.header_timeout_s (0.5 s here), not held for asyncio's default 60 s."""
+    config, _, _ = site
+    config.write_text(config.read_text() + "limits: {header_timeout_s: 0.5}\n")
+    async with serve(config, tmp_path / "stderr.log") as (url, _):
+        host, port = url.removeprefix("https://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""  # closed by the router
+        finally:
+            writer.close()
