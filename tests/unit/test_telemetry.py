@@ -51,6 +51,20 @@ class TestProviderFromEnv:
         assert provider.resource.attributes["service.name"] == "edge-7"
         provider.shutdown()
 
+    @pytest.mark.parametrize(
+        "variable", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
+    )
+    def test_an_otlp_protocol_we_do_not_speak_is_an_error(self, variable: str) -> None:
+        """OTLP over gRPC asked for: an error naming it, not http/protobuf sent to a gRPC port
+        (every span lost, one warning per batch)."""
+        env = {"OTEL_TRACES_EXPORTER": "otlp", variable: "grpc"}
+        with pytest.raises(ValueError, match="'grpc' is not supported"):
+            provider_from_env(env)
+        env[variable] = "http/protobuf"
+        provider = provider_from_env(env)
+        assert provider is not None
+        provider.shutdown()
+
     def test_unknown_exporter_is_named(self) -> None:
         """An exporter we do not know is an error naming it."""
         with pytest.raises(ValueError, match="'zipkin'"):
