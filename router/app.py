@@ -91,7 +91,11 @@ def build_app(
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
     app[LIMITERS] = Limiters()  # rate-limit buckets, kept across policy reloads
     if not start.pending:  # a bundle still to come is checked when it arrives
-        _check_auth(settings, start.bundle)
+        _check_auth(
+            settings,
+            start.bundle,
+            "embedded" if start.state.source == "embedded" else start.source.name,
+        )
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(
         partial(
@@ -121,16 +125,24 @@ def build_app(
     return app
 
 
-def _check_auth(settings: Settings, bundle: PolicyBundle) -> None:
+def _check_auth(settings: Settings, bundle: PolicyBundle, origin: str) -> None:
+    """`origin` names the bundle as the operator configured it: `bundle.path` is the copy
+    activated under the state directory, which an edit would never reach."""
     if (
         settings.auth_required
         and not Tenancy(bundle.tenants, required=True, limiters=Limiters()).has_keys
     ):
+        where = "the embedded policy bundle" if origin == "embedded" else origin
+        fix = (
+            "set policy.bundle to a bundle of your own whose tenants.yaml lists key hashes"
+            if origin == "embedded"
+            else "add key hashes under tenants.<name>.keys"
+        )
         raise ConfigError(
-            str(bundle.path / "tenants.yaml"),
+            f"tenants.yaml of {where}",
             [
-                "auth.mode is 'required' but no tenant has a key: add key hashes under "
-                "tenants.<name>.keys (`layer-router tenant new-key` makes one)"
+                f"auth.mode is 'required' but no tenant has a key: {fix} "
+                "(`layer-router tenant new-key` makes one)"
             ],
         )
 

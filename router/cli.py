@@ -69,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     check = commands.add_parser("check", help="validate a site config and the models it names")
-    check.add_argument("config", type=Path, nargs="?", help="site config YAML (default: embedded)")
+    check.add_argument(
+        "config",
+        type=Path,
+        nargs="?",
+        default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
+        help="site config YAML (default: $LAYER_ROUTER_CONFIG, else the embedded config)",
+    )
     check.add_argument("--model-repository", type=Path, help="model repository folder")
     audit_cli.add_parser(commands)
     tenant_cli.add_parser(commands)

@@ -63,8 +63,11 @@ class GuardedHandler(RequestHandler):
             # Not an isinstance check: uvloop's TCPTransport does not subclass asyncio's.
             self._refused = cast(asyncio.Transport, transport)
             self._refused.write(BUSY)
-            self._refused.write_eof()  # the answer, then our FIN; the client closes its side
-            self._loop.call_later(REFUSED_LINGER_S, self._refused.close)
+            if self._refused.can_write_eof():
+                self._refused.write_eof()  # the answer, then our FIN; the client closes its side
+                self._loop.call_later(REFUSED_LINGER_S, self._refused.close)
+            else:
+                self._refused.close()  # TLS has no half-close: close_notify after the answer
             return
         guard.open_connections += 1
         self._counted = True
@@ -169,6 +172,38 @@ class GuardedRunner(web.AppRunner):
         server.limits = self._limits
         server.open_connections = 0
         return server
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose TLS handshakes must finish within the request-head deadline: until a
+    handshake is done the connection is not yet a GuardedHandler's (no head timer, not in the
+    connection count), and asyncio's own default leaves a silent client 60 s."""
+
+    def __init__(
+        self, runner: web.BaseRunner, *args: Any, handshake_timeout_s: float, **kwargs: Any
+    ) -> None:
+        super().__init__(runner, *args, **kwargs)
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        await web.BaseSite.start(self)  # registered with the runner, as TCPSite.start does
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self._handshake_timeout_s,
+        )
+        if self._server.sockets:
+            self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 def make_runner(app: web.Application, limits: LimitsSettings, **kwargs: Any) -> web.AppRunner:

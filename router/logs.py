@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -39,7 +40,14 @@ class _RedactAiohttp(logging.Filter):
     kind of error it was."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        kind = type(record.exc_info[1]).__name__ if record.exc_info and record.exc_info[1] else ""
+        exc = record.exc_info[1] if record.exc_info else None
+        kind = type(exc).__name__ if exc is not None else ""
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            # A malformed request is the client's doing: any client could flood an
+            # error-level log (and the alerts on it) with them.
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            if not logging.getLogger(record.name).isEnabledFor(logging.WARNING):
+                return False  # `logging.level: error` keeps them out
         record.msg = f"connection error{': ' + kind if kind else ''}"
         record.args = ()
         record.exc_info = None
@@ -62,10 +70,11 @@ class SafeAccessLogger(AbstractAccessLogger):
         route = getattr(getattr(info, "route", None), "resource", None)
         template = route.canonical if route is not None else "(unmatched)"
         self.logger.info(
-            "%s %s %d",
+            "%s %s %d %.3fms",  # the text format shows only the message: the duration too
             request.method,
             template,
             response.status,
+            time * 1000,
             extra={
                 "safe_access": True,
                 "method": request.method,

@@ -21,10 +21,9 @@ RESET = "x-ratelimit-reset-requests"
 
 
 class TokenBucket:
-    __slots__ = ("capacity", "rate", "requests", "stamp", "tokens")
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
 
     def __init__(self, limit: RateLimit, now: float) -> None:
-        self.requests = limit.requests
         self.capacity = float(limit.burst or limit.requests)
         self.rate = limit.requests / limit.period_s  # tokens per second
         self.tokens = self.capacity
@@ -72,7 +71,8 @@ class Limiter:
 
 def _headers(bucket: TokenBucket) -> dict[str, str]:
     return {
-        LIMIT: str(bucket.requests),
+        # What may be sent at once (the burst), so that limit - remaining counts requests.
+        LIMIT: str(int(bucket.capacity)),
         REMAINING: str(max(0, math.floor(bucket.tokens))),
         RESET: duration(bucket.reset_s()),
     }

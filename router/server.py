@@ -18,7 +18,7 @@ from router.app import build_app
 from router.errors import ConfigError
 from router.heap import settle_after_startup
 from router.inference.repository import ModelRepository
-from router.listener import make_runner
+from router.listener import GuardedSite, make_runner
 from router.logs import access_log_options
 from router.settings import Settings
 from router.workers import supervisor_pid
@@ -87,13 +87,14 @@ async def _start(
         raise _Refused(str(exc), 2) from None
     listener = app[TLS].listener
     server = settings.server
-    site = web.TCPSite(
+    site = GuardedSite(
         runner,
         server.host,
         server.port,
         ssl_context=listener.context if listener is not None else None,
         # Several workers listen on one port; the kernel spreads connections between them.
         reuse_port=server.workers > 1 or None,
+        handshake_timeout_s=settings.limits.header_timeout_s,
     )
     where = f"{server.host}:{server.port}"
     try:

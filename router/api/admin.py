@@ -29,6 +29,7 @@ from router.api.state import (
     TELEMETRY,
     UPSTREAMS,
 )
+from router.listener import make_runner
 from router.telemetry.metrics import RouterCollector, Sources, exposition, registry_for, spool_state
 from router.upstreams.pinning import drift_report
 
@@ -76,7 +77,9 @@ async def metrics(request: web.Request) -> web.Response:
 async def start_admin(api: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve the admin app for `api` (which has started) on host:port; the caller cleans up
     the returned runner before the API's."""
-    runner = web.AppRunner(build_admin_app(api), access_log=None)
+    # The API listener's defences too (head deadline, header limits, connection cap, errors
+    # that never quote the request): the image publishes this port on all interfaces.
+    runner = make_runner(build_admin_app(api), api[SETTINGS].limits)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

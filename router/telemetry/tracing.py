@@ -31,7 +31,7 @@ def provider_from_env(environ: Mapping[str, str] = os.environ) -> TracerProvider
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "none").split(",")]
-    exporters = [_exporter(n) for n in names if n and n != "none"]
+    exporters = [_exporter(n, environ) for n in names if n and n != "none"]
     if not exporters:
         return None
     # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the sampler comes
@@ -46,10 +46,19 @@ def provider_from_env(environ: Mapping[str, str] = os.environ) -> TracerProvider
     return provider
 
 
-def _exporter(name: str) -> SpanExporter:
+def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
     if name == "otlp":
+        protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+        )
+        if protocol.strip().lower() != "http/protobuf":
+            # Not silently http/protobuf to a port that speaks another protocol: every span lost.
+            raise ValueError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL: '{protocol}' is not supported; "
+                "use http/protobuf (an OTLP collector's port 4318)"
+            )
         # Reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _CERTIFICATE itself.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -3,6 +3,7 @@ API app's state; OpenTelemetry spans per stage continuing the caller's trace ups
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,3 +247,29 @@ def test_no_tracer_when_tracing_is_off(edge_models: Path) -> None:
         pipelines = router.call(lambda: router.app[RUNTIME].current.pipelines)  # type: ignore[index]
         assert pipelines.v2_infer.tracer is None
         assert pipelines.openai.tracer is None
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_admin_listener_has_the_api_listeners_defences(edge_models: Path) -> None:
+    """The admin port (on all interfaces in the container) answers a malformed request
+    without quoting it, and closes a connection whose head does not come in time, as the API
+    port does."""
+    settings = Settings.model_validate(
+        {"models": {"repository": str(edge_models)}, "limits": {"header_timeout_s": 0.5}}
+    )
+    with RouterThread(settings, admin=True) as router:
+        address = ("127.0.0.1", router.admin_port)
+        with socket.create_connection(address, timeout=TIMEOUT_S) as bad:
+            bad.sendall(b"GET /status HTTP/1.1\r\nHost: r\r\nX-Bad\x01: CANARY-7\r\n\r\n")
+            reply = _until_closed(bad)
+        assert reply.split(b"\r\n")[0].endswith(b"400 Bad Request")
+        assert b"CANARY" not in reply
+        with socket.create_connection(address, timeout=5) as slow:
+            slow.sendall(b"GET /status HTTP/1.1\r\nHost: r\r\n")
+            assert _until_closed(slow) == b""  # the head deadline, not the client's 5 s

@@ -119,3 +119,48 @@ async def test_sighup_rotates_the_listener_certificate(
         with pytest.raises(aiohttp.ClientError):
             await get_live(url, client(server_ca))
         assert process.returncode is None
+
+
+async def test_connections_past_the_cap_get_503_over_tls(
+    site: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    """max_connections 1 on an HTTPS listener: a second client reads 503 + Retry-After, and
+    the refusal logs no transport error (TLS has no half-close to refuse with)."""
+    config, server_ca, client_ca = site
+    config.write_text(config.read_text() + "limits: {max_connections: 1}\n")
+    context = ssl.create_default_context()
+    server_ca.configure_trust(context)
+    client_ca.issue_cert("operator").configure_cert(context)
+    log = tmp_path / "stderr.log"
+    async with serve(config, log) as (url, _):
+        host, port = url.removeprefix("https://").rsplit(":", 1)
+        _, held = await asyncio.open_connection(host, int(port), ssl=context)
+        try:
+            await asyncio.sleep(0.2)  # the router has counted the held connection
+            async with (
+                aiohttp.ClientSession(timeout=TIMEOUT) as http,
+                http.get(f"{url}/v2/health/live", ssl=context) as refused,
+            ):
+                assert refused.status == 503
+                assert refused.headers["Retry-After"] == "1"
+        finally:
+            held.close()
+    assert "NotImplementedError" not in log.read_text()
+    assert "Fatal error" not in log.read_text()
+
+
+async def test_a_silent_tls_client_is_closed_on_the_head_deadline(
+    site: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    """A client that connects to the HTTPS port and never starts its handshake is closed by
+    limits.header_timeout_s (0.5 s here), not held for asyncio's default 60 s."""
+    config, _, _ = site
+    config.write_text(config.read_text() + "limits: {header_timeout_s: 0.5}\n")
+    async with serve(config, tmp_path / "stderr.log") as (url, _):
+        host, port = url.removeprefix("https://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""  # closed by the router
+        finally:
+            writer.close()

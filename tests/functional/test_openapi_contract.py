@@ -143,3 +143,31 @@ class TestFoundByFuzzing:
         headers = {"Inference-Header-Content-Length": "²".encode()}
         answer = httpx.post(url, content=b"{}", headers=headers, timeout=10)
         assert answer.status_code == 400
+
+
+PROBES = {"/v2/health/live", "/v2/health/ready"}
+RATE_LIMITED = {"modelInfer", "modelVersionInfer", "createChatCompletion", "createCompletion"}
+
+
+def operations() -> Iterator[tuple[str, dict[str, object]]]:
+    for path, item in load_spec()["paths"].items():  # type: ignore[attr-defined]
+        for method in ("get", "post"):
+            if method in item:
+                yield path, item[method]
+
+
+def test_api_keys_and_their_refusals_are_described() -> None:
+    """The key headers the router reads are security schemes; every route but the probes
+    may answer 401, and the rate-limited ones 429 (a generated client must expect both)."""
+    spec = load_spec()
+    schemes = spec["components"]["securitySchemes"]  # type: ignore[index]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert {s.get("name") for s in schemes.values()} >= {"api-key", "X-Api-Key"}
+    assert {} in spec["security"]  # type: ignore[operator]  # auth may be disabled
+    for path, operation in operations():
+        responses = operation["responses"]
+        assert (path in PROBES) == ("401" not in responses), path  # type: ignore[operator]
+        if operation["operationId"] in RATE_LIMITED:
+            assert "429" in responses, path  # type: ignore[operator]
+        if path in PROBES:
+            assert operation["security"] == []

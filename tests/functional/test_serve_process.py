@@ -335,6 +335,22 @@ class TestCheck:
         assert "routing.models.color_classifier.escalate.output" in done.stderr
         assert "'scores'" in done.stderr
 
+    def test_checks_the_config_serve_would_use(self, tmp_path: Path) -> None:
+        """Without a FILE, check reads $LAYER_ROUTER_CONFIG as serve does (the container's
+        way), instead of passing the embedded config while serve would refuse the real one."""
+        config = tmp_path / "site.yaml"
+        config.write_text("server:\n  bogus_key: 1\n", encoding="utf-8")
+        done = subprocess.run(
+            [sys.executable, "-m", "router", "check"],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            env={**child_env(), "LAYER_ROUTER_CONFIG": str(config)},
+            check=False,
+        )
+        assert done.returncode == 2
+        assert "server.bogus_key: unknown key" in done.stderr
+
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""
         color = edge_models / "color_classifier"

@@ -105,3 +105,13 @@ def test_sidecar_uploads_with_a_key_from_the_secret() -> None:
     volume = next(v for v in pod["volumes"] if v["name"] == mounts[str(key_file.parent)])
     secret = objects[f"Secret/{volume['secret']['secretName']}"]
     assert key_file.name in secret["stringData"]
+
+
+def test_sidecar_policy_configmap_is_the_default_bundle() -> None:
+    """The policy ConfigMap is a copy of policies/default (test cases aside), comments and all:
+    operators read it as the shipped rules, so a stale copy teaches outdated ones."""
+    default = DEPLOY.parent / "policies" / "default"
+    data = kubernetes()["ConfigMap/layer-router-policy"]["data"]
+    assert set(data) == {p.name for p in default.glob("*.yaml")}
+    for name, text in data.items():
+        assert text == (default / name).read_text(), name

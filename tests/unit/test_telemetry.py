@@ -11,6 +11,7 @@ import orjson
 import pytest
 import uvloop
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.test_utils import make_mocked_request
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -48,6 +49,20 @@ class TestProviderFromEnv:
         provider = provider_from_env(env)
         assert isinstance(provider, TracerProvider)
         assert provider.resource.attributes["service.name"] == "edge-7"
+        provider.shutdown()
+
+    @pytest.mark.parametrize(
+        "variable", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
+    )
+    def test_an_otlp_protocol_we_do_not_speak_is_an_error(self, variable: str) -> None:
+        """OTLP over gRPC asked for: an error naming it, not http/protobuf sent to a gRPC port
+        (every span lost, one warning per batch)."""
+        env = {"OTEL_TRACES_EXPORTER": "otlp", variable: "grpc"}
+        with pytest.raises(ValueError, match="'grpc' is not supported"):
+            provider_from_env(env)
+        env[variable] = "http/protobuf"
+        provider = provider_from_env(env)
+        assert provider is not None
         provider.shutdown()
 
     def test_unknown_exporter_is_named(self) -> None:
@@ -119,6 +134,42 @@ class TestLogs:
         line = captured.getvalue().splitlines()[-1]
         assert "CANARY-4711" not in line
         assert orjson.loads(line)["exc_type"] == "ValueError"
+
+    def test_access_line_in_text_format_has_the_duration(self) -> None:
+        """The text format prints only the message, so the access line's message carries
+        method, route template, status and duration, as the README says."""
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logger = logging.getLogger("test.access")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            request = make_mocked_request("GET", "/v2/health/ready?email=CANARY-5")
+            logs.SafeAccessLogger(logger, "").log(request, web.Response(status=200), 0.0125)
+        finally:
+            logger.removeHandler(handler)
+        (record,) = records
+        message = record.getMessage()
+        assert message.startswith("GET ")
+        assert message.endswith(" 200 12.500ms")
+        assert "CANARY" not in message
+
+    def test_a_client_s_malformed_request_is_a_warning_not_an_error(
+        self, captured: io.StringIO
+    ) -> None:
+        """aiohttp logs every malformed request at ERROR; a client's mistake is a warning (any
+        client could otherwise flood the error log), a server-side failure stays an error."""
+        server = logging.getLogger("aiohttp.server")
+        for exc in (LineTooLong(b"x" * 9000, "8190"), RuntimeError("boom")):
+            try:
+                raise exc
+            except Exception:
+                server.exception("Error handling request from %s", "203.0.113.7")
+        client, ours = (orjson.loads(line) for line in captured.getvalue().splitlines()[-2:])
+        assert (client["level"], client["msg"]) == ("warning", "connection error: LineTooLong")
+        assert ours["level"] == "error"
+        assert "203.0.113.7" not in captured.getvalue()
 
     def test_aiohttp_loggers_lose_request_bytes(self, captured: io.StringIO) -> None:
         """aiohttp.server's record of a bad request keeps the error kind, not the bytes."""

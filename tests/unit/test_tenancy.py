@@ -135,6 +135,14 @@ class TestTokenBucket:
         clock.now += 20
         assert limiter.take()["x-ratelimit-remaining-requests"] == "0"
 
+    def test_the_limit_header_is_what_a_burst_lets_through(self) -> None:
+        """600 a minute with bursts of 20: the limit a client reads is the 20 it may send at
+        once, so limit minus remaining counts the requests it has made."""
+        limiter = Limiter([RateLimit(requests=600, period_s=60, burst=20)], Clock())
+        headers = limiter.take()
+        assert headers["x-ratelimit-limit-requests"] == "20"
+        assert headers["x-ratelimit-remaining-requests"] == "19"
+
     def test_a_refusal_takes_no_token_from_any_bucket(self) -> None:
         """A rate and a quota: when the quota is spent, the rate bucket keeps its tokens."""
         clock = Clock()
@@ -221,8 +229,20 @@ class TestAuthRule:
         settings = Settings.model_validate(
             {"auth": {"mode": "required"}, "policy": {"bundle": str(folder)}}
         )
-        with pytest.raises(ConfigError, match="no tenant has a key"):
+        with pytest.raises(ConfigError, match="no tenant has a key") as refused:
             build_app(settings)
+        # The folder the operator configured, not the copy activated under the state dir.
+        assert refused.value.source == f"tenants.yaml of {folder}"
+
+    def test_required_auth_with_the_embedded_bundle_says_to_bring_one(self) -> None:
+        """With no bundle configured the error names the embedded bundle and says what to do,
+        not a copy under the state directory that an edit would never reach."""
+        from router.app import build_app
+
+        settings = Settings.model_validate({"auth": {"mode": "required"}})
+        with pytest.raises(ConfigError, match=r"set policy\.bundle") as refused:
+            build_app(settings)
+        assert refused.value.source == "tenants.yaml of the embedded policy bundle"
 
 
 class TestKeyCommands:
