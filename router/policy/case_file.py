@@ -26,6 +26,7 @@ class CaseRequest(Strict):
 class PermitExpectation(Strict):
     tier: str
     jurisdictions: tuple[str, ...] = ()  # of the destination's endpoints; all must pass
+    endpoints: tuple[str, ...] = ()  # the destination's endpoint hosts; all must pass
     allow: bool
 
 

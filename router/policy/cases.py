@@ -127,9 +127,12 @@ def run_case(loaded: LoadedCase, privacy: Privacy) -> CaseResult:
                 tier=want.tier,
                 jurisdictions=frozenset(want.jurisdictions),
                 origin=case.origin,
+                hosts=frozenset(host.lower() for host in want.endpoints),
             )
             if allowed != want.allow:
                 where = f"{want.tier} in [{', '.join(want.jurisdictions)}]"
+                if want.endpoints:
+                    where += f" on [{', '.join(want.endpoints)}]"
                 verdict = "allowed" if allowed else "denied"
                 problems.append(f"{where} is {verdict}, expected the opposite")
         for tier, want_view in expect.redaction.items():

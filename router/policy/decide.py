@@ -50,6 +50,7 @@ class ClusterView:
     live_endpoints: int
     expected_ms: float
     jurisdictions: frozenset[str] = frozenset()
+    hosts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,14 @@ class ResidencyRule(Strict):
     data_class: Name | tuple[Name, ...]
     tiers: tuple[str, ...] = TIERS
     jurisdictions: tuple[str, ...] = ("any",)  # "any", "same" (the origin's) or names
+    # "any", or the hosts of the endpoints allowed, as shell-style globs ("*.eu.example.com")
+    endpoints: tuple[Annotated[str, Field(min_length=1)], ...] = ("any",)
     once_redacted_to: Name | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _hosts_compare_in_lower_case(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(host.lower() for host in value)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
-"""Residency: which tiers and jurisdictions a request may reach, given its data class, what
-redaction for that tier would leave of it, and where it comes from. Pure functions.
+"""Residency: which tiers, jurisdictions and endpoints a request may reach, given its data
+class, what redaction for that tier would leave of it, and where it comes from. Pure functions.
 
 A request's class only rises: tenant default < X-Data-Class header < what detection found.
 What redaction can lower is only what detection found: a class declared by the tenant or the
@@ -9,6 +9,7 @@ caller stands, since nobody can know what made the caller call it sensitive.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from fnmatch import fnmatchcase
 
 from router.policy.bundle import PolicyBundle
 from router.policy.model import ResidencyRule
@@ -41,9 +42,11 @@ def permits(
     tier: str,
     jurisdictions: frozenset[str],
     origin: str,
+    hosts: frozenset[str] = frozenset(),
 ) -> bool:
-    """May this request go to `tier`, to endpoints in `jurisdictions` (all of them must pass)?
-    Edge-tier targets are on the site itself: the data does not leave, so they always may."""
+    """May this request go to `tier`, to endpoints in `jurisdictions` on `hosts` (all of them
+    must pass: any one may get the request)? Edge-tier targets are on the site itself: the data
+    does not leave, so they always may."""
     if tier == LOCAL_TIER:
         return True
     data_class = classify(bundle, declared, entities)
@@ -53,6 +56,8 @@ def permits(
     if tier not in rule.tiers:
         return False
     if not all(_jurisdiction_ok(rule, j, origin) for j in jurisdictions or {""}):
+        return False
+    if "any" not in rule.endpoints and not all(_host_ok(rule, h) for h in hosts or {""}):
         return False
     if rule.once_redacted_to is None:
         return True
@@ -70,3 +75,7 @@ def _jurisdiction_ok(rule: ResidencyRule, jurisdiction: str, origin: str) -> boo
     if "any" in allowed or jurisdiction in allowed:
         return True
     return "same" in allowed and jurisdiction == origin
+
+
+def _host_ok(rule: ResidencyRule, host: str) -> bool:
+    return any(fnmatchcase(host, pattern) for pattern in rule.endpoints)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -26,6 +27,12 @@ class EndpointSettings(Strict):
     @property
     def base(self) -> str:
         return self.url.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        """The host the URL names, lower case, without port or brackets: what residency
+        rules' `endpoints` match."""
+        return (urlsplit(self.url).hostname or "").lower()
 
 
 class TlsSettings(Strict):

@@ -74,6 +74,7 @@ class DecideRoute:
                 tier=c.tier,
                 jurisdictions=c.jurisdictions,
                 origin=self._origin,
+                hosts=c.hosts,
             )
         )
 

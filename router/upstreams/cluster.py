@@ -45,10 +45,12 @@ class Cluster:
     # not in every request's view.
     protocols: frozenset[str] = field(init=False)
     jurisdictions: frozenset[str] = field(init=False)
+    hosts: frozenset[str] = field(init=False)  # of the endpoints, as residency rules name them
 
     def __post_init__(self) -> None:
         self.protocols = frozenset(p.value for p in self.settings.protocols)
         self.jurisdictions = frozenset(ep.settings.jurisdiction for ep in self.endpoints)
+        self.hosts = frozenset(ep.settings.host for ep in self.endpoints)
 
     @classmethod
     def from_settings(cls, settings: ClusterSettings) -> Cluster:
@@ -88,6 +90,7 @@ class Cluster:
             live_endpoints=len(live),
             expected_ms=min((ep.health.expected_ms for ep in live), default=float("inf")),
             jurisdictions=self.jurisdictions,
+            hosts=self.hosts,
         )
 
     def pick(self, now: float, avoid: Endpoint | None = None) -> Endpoint | None:

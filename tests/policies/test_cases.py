@@ -328,3 +328,31 @@ class TestCheckCommand:
         assert done.returncode == 2, done.stdout + done.stderr
         assert str(folder / "cases" / "a.yaml") in done.stderr
         assert "cases.0.colour: unknown key" in done.stderr
+
+
+def test_cases_can_name_endpoint_hosts(tmp_path: Path) -> None:
+    """A permit expectation names the destination's endpoint hosts, which rules may restrict."""
+    residency = (POLICIES / "default" / "residency.yaml").read_text(encoding="utf-8")
+    residency = residency.replace(
+        "  - data_class: personal\n", "  - data_class: personal\n    endpoints: ['*.eu.example']\n"
+    )
+    case = """
+cases:
+  - name: personal-stays-on-eu-hosts
+    request: {text: ["jane@example.com"]}
+    origin: EU
+    expect:
+      permits:
+        - {tier: central, jurisdictions: [EU], endpoints: [llm.eu.example], allow: true}
+        - {tier: central, jurisdictions: [EU], endpoints: [llm.us.example], allow: false}
+"""
+    folder = bundle_with(tmp_path, {"hosts.yaml": case}, residency=residency)
+    [result] = run_cases(load_bundle(folder))
+    assert result.ok, result.problems
+    wrong = case.replace("llm.us.example], allow: false", "llm.us.example], allow: true")
+    [result] = run_cases(
+        load_bundle(bundle_with(tmp_path / "w", {"h.yaml": wrong}, residency=residency))
+    )
+    assert result.problems == (
+        "central in [EU] on [llm.us.example] is denied, expected the opposite",
+    )
