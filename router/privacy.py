@@ -46,6 +46,8 @@ class Privacy:
     plans: dict[str, RedactionPlan]  # per destination tier
     survey: RedactionPlan  # keeps everything: used to find what a request holds
     secret: bytes  # the site key behind pseudonyms and cache keys; never logged
+    # The survey's headers in lower case: most requests carry none, and then skip the walk.
+    scanned_headers: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -57,7 +59,8 @@ class Privacy:
         plans = {tier: _plan(bundle, tier) for tier in TIERS}
         survey = RedactionPlan(default=Action.KEEP, headers=bundle.detection.headers)
         secret = secret if secret is not None else _secret(secret_file)
-        return cls(bundle, detectors, Hasher(secret), plans, survey, secret)
+        scanned = frozenset(name.lower() for name in bundle.detection.headers)
+        return cls(bundle, detectors, Hasher(secret), plans, survey, secret, scanned)
 
     def needs_redaction(self, tier: str) -> bool:
         plan = self.plans[tier]
@@ -168,8 +171,7 @@ def survey(privacy: Privacy, ctx: RequestContext, *, document: bool = True) -> C
     query = ctx.path.partition("?")[2]
     if query and privacy.bundle.detection.query:
         redact_query(query, privacy.survey, scanner, vault, privacy.hasher, seen=found)
-    names = {name.lower() for name in privacy.survey.headers}
-    if any(name.lower() in names for name in ctx.headers):
+    if not privacy.scanned_headers.isdisjoint(name.lower() for name in ctx.headers):
         redact_headers(ctx.headers, privacy.survey, scanner, vault, privacy.hasher, seen=found)
     scanner.surveyed = True
     return found
