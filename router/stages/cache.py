@@ -167,8 +167,11 @@ class LookupCache:
                 ctx.declared_class,
                 ctx.data_class,
                 self._site.jurisdiction,
-                # Answers to authorised requests are shared only among the same credentials.
+                # Answers to authorised requests are shared only among the same credentials
+                # (every header that may carry one upstream: router.headers.CREDENTIALS).
                 ctx.headers.get("Authorization", ""),
+                ctx.headers.get("api-key", ""),
+                ctx.headers.get("X-Api-Key", ""),
                 canonical,
                 *_tensor_parts(ctx, self._cache),
             )

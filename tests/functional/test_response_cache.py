@@ -33,6 +33,7 @@ from router.api.state import CACHE, TRAIL
 from router.app import build_app
 from router.audit import show
 from router.cache import Outcome
+from router.headers import CREDENTIALS
 from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.testing import FakeUpstream, identity_model, write_repository
@@ -1104,15 +1105,23 @@ class TestScope:
         assert refused.status == 504  # nothing is ever stored: only-if-cached cannot be met
         assert await executions(http, site, "color_classifier") == 2
 
+    @pytest.mark.parametrize("header", sorted(CREDENTIALS))
     async def test_an_answer_to_one_credential_is_not_served_to_another(
-        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+        self,
+        stack: contextlib.AsyncExitStack,
+        http: aiohttp.ClientSession,
+        repository: Path,
+        header: str,
     ) -> None:
-        """Where the upstream checks the caller's own credentials, a cached answer must not
-        let a different credential skip that check."""
+        """Where the upstream checks the caller's own credentials (Bearer, Azure's api-key or
+        X-Api-Key, all forwarded), a cached answer must not let a different credential skip
+        that check; the same credential is a HIT."""
         site = await start_site(
             stack, repository, upstream_settings={"forward_authorization": True}
         )
-        await post(http, site, ECHO, echo("mine"), {"Authorization": "Bearer alice-key"})
-        other = await post(http, site, ECHO, echo("mine"), {"Authorization": "Bearer mallory"})
+        await post(http, site, ECHO, echo("mine"), {header: "Bearer alice-key"})
+        other = await post(http, site, ECHO, echo("mine"), {header: "Bearer mallory"})
         assert other.cache != "HIT"
         assert site.upstream.requests(ECHO) == 2
+        again = await post(http, site, ECHO, echo("mine"), {header: "Bearer alice-key"})
+        assert again.cache == "HIT"
