@@ -52,7 +52,7 @@ class LookupCache:
         self._flights: SingleFlight[_Flight] = SingleFlight()
 
     async def around(self, ctx: RequestContext, rest: Rest) -> Reply:
-        directives = RequestDirectives.parse(ctx.headers.get("Cache-Control"))
+        directives = RequestDirectives.parse(_cache_control(ctx))
         if not self._settings.enabled:  # no key to make
             _not_cached(directives)
             return self._counted(ctx, Outcome.BYPASS, await rest())
@@ -268,6 +268,15 @@ def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
     if ctx.header_length is None:
         return ()
     return tuple(part for item in ctx.tensor_digests(cache.digester).items() for part in item)
+
+
+def _cache_control(ctx: RequestContext) -> str | None:
+    """The request's Cache-Control, every line of it (RFC 9110 §5.3: one list)."""
+    getall = getattr(ctx.headers, "getall", None)
+    if getall is None:
+        return ctx.headers.get("Cache-Control")
+    lines = getall("Cache-Control", ())
+    return ", ".join(lines) if lines else None
 
 
 def _not_cached(directives: RequestDirectives) -> None:

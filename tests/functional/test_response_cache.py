@@ -416,6 +416,23 @@ class TestRequestDirectives:
         assert await executions(http, site, "color_classifier") == 3
         assert site.app[CACHE].counts[Outcome.BYPASS] == 2
 
+    async def test_every_cache_control_line_counts(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Cache-Control sent on two lines is one list: a no-store on the second bypasses."""
+        body = rgb([0.9, 0.1, 0.4])
+        await post(http, site, CLASSIFIER, body)
+        async with http.post(
+            site.url + CLASSIFIER,
+            data=orjson.dumps(body),
+            headers=[
+                ("Content-Type", "application/json"),
+                ("Cache-Control", "max-age=600"),
+                ("Cache-Control", "no-store"),
+            ],
+        ) as response:
+            assert response.headers["X-Cache"] == "BYPASS"
+
     async def test_max_age_bounds_the_age_of_a_hit(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
