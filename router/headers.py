@@ -101,14 +101,20 @@ def upstream_request_headers(
 
 
 def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    """What the client may see of an upstream's response headers (ours are added after)."""
+    """What the client may see of an upstream's response headers (ours are added after).
+    A header sent on several lines becomes one comma-separated value (RFC 9110 §5.3), so
+    `Cache-Control: max-age=60` and `Cache-Control: private` stay one private answer."""
     named = _connection_named(upstream)
     dropped = _NEVER_DOWNSTREAM | named if named else _NEVER_DOWNSTREAM
-    return {
-        name: value
-        for name, value in upstream.items()
-        if name.lower() not in dropped and not name.lower().startswith(_INTERNAL_PREFIX)
-    }
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}  # lower-case name -> the spelling first met
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in dropped or lower.startswith(_INTERNAL_PREFIX):
+            continue
+        first = seen.setdefault(lower, name)
+        out[first] = f"{out[first]}, {value}" if first in out else value
+    return out
 
 
 def hops(client: Mapping[str, str]) -> int:

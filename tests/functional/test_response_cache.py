@@ -117,6 +117,7 @@ class Upstream:
     arrived: Tally = field(default_factory=Tally)  # requests that reached the gate
     cache_control: str | None = None  # None: as the fake sends it; "": no header at all
     extra_headers: dict[str, str] = field(default_factory=dict)  # on every POST answer
+    extra_lines: list[tuple[str, str]] = field(default_factory=list)  # added, repeats allowed
     server: TestServer | None = None
 
     def __post_init__(self) -> None:
@@ -140,6 +141,8 @@ class Upstream:
         if request.method != "POST":
             return
         response.headers.update(self.extra_headers)
+        for name, value in self.extra_lines:
+            response.headers.add(name, value)
         if self.cache_control is None:
             return
         response.headers.pop("Cache-Control", None)
@@ -549,6 +552,17 @@ class TestUpstreamFreshness:
         assert hit.headers["Cache-Control"] == "public, max-age=60"
         site.clock.advance(1)
         assert (await post(http, site, ECHO, echo("long"))).cache == "MISS"
+        assert site.upstream.requests(ECHO) == 2
+
+    async def test_private_on_one_line_and_max_age_on_another_is_not_stored(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """An upstream answer with `Cache-Control: private` and, on a second line,
+        `Cache-Control: max-age=600` is private: never shared."""
+        site.upstream.cache_control = ""
+        site.upstream.extra_lines = [("Cache-Control", "private"), ("Cache-Control", "max-age=600")]
+        answers = [await post(http, site, ECHO, echo("two lines")) for _ in range(2)]
+        assert [a.cache for a in answers] == ["MISS", "MISS"]
         assert site.upstream.requests(ECHO) == 2
 
     async def test_short_upstream_max_age_is_honoured(
