@@ -141,13 +141,12 @@ class Upstream:
         if request.method != "POST":
             return
         response.headers.update(self.extra_headers)
+        if self.cache_control is not None:
+            response.headers.pop("Cache-Control", None)
+            if self.cache_control:
+                response.headers["Cache-Control"] = self.cache_control
         for name, value in self.extra_lines:
             response.headers.add(name, value)
-        if self.cache_control is None:
-            return
-        response.headers.pop("Cache-Control", None)
-        if self.cache_control:
-            response.headers["Cache-Control"] = self.cache_control
 
     def requests(self, path: str) -> int:
         return len(self.fake.requests_to(path))
