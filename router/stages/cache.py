@@ -109,6 +109,7 @@ class LookupCache:
             reply = await rest()
             # A leader whose client left writes no record: its followers must not point at it.
             gone = leader is None or leader.cancelling() > 0 or leader.done()
+            varies = vary_names(reply.headers.get("Vary"))
             return _Flight(
                 reply,
                 ctx.served_tier,
@@ -117,11 +118,17 @@ class LookupCache:
                 ctx.upstream_ms,
                 "" if gone else ctx.audit_id,
                 (ctx.served_by, ctx.served_version, ctx.model_sha256),
+                # What no shared cache may hand others (private, no-store, Vary: *) is the
+                # leader's alone, and an answer that varies only fits the same header values.
+                response_ttl(reply.headers.get("Cache-Control"), 1.0) is None or "*" in varies,
+                tuple((name, ctx.headers.get(name)) for name in varies),
             )
 
         flight, joined = await self._flights.run(key, lead)
         if not joined:
             return flight.reply
+        if flight.private or any(ctx.headers.get(name) != value for name, value in flight.vary):
+            return await rest()  # this follower asks for itself
         # A follower tells the leader's story: who served it, why, and under which record;
         # its own record names the model too, so it stands without the leader's.
         ctx.served_tier, ctx.upstream_reasons = flight.tier, flight.upstream_reasons
@@ -261,6 +268,8 @@ class _Flight:
     upstream_ms: float | None
     audit_id: str  # the leader's record; "" when the leader left before the answer
     model: tuple[str, str, str]  # served_by, served_version, model_sha256
+    private: bool  # for the leader only
+    vary: tuple[tuple[str, str | None], ...]  # the leader's values of the headers it varies on
 
 
 def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:

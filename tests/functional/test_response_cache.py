@@ -847,6 +847,20 @@ class TestSingleFlight:
         assert site.upstream.requests(ECHO) == 1
         assert (await post(http, site, ECHO, echo("stay"))).cache == "HIT"
 
+    @pytest.mark.parametrize("directive", ["private", "no-store", "max-age=60"])
+    async def test_a_private_answer_is_not_handed_to_followers(
+        self, http: aiohttp.ClientSession, site: Site, directive: str
+    ) -> None:
+        """An upstream answer marked private or no-store (or varying on everything) is the
+        leader's alone: each follower asks the upstream itself, as a shared cache must."""
+        site.upstream.cache_control = directive
+        if directive.startswith("max-age"):
+            site.upstream.extra_headers = {"Vary": "*"}
+        answers = await together(http, site, 4, echo("mine alone"))
+        assert [a.status for a in answers] == [200] * 4
+        assert not any("coalesced" in a.reasons for a in answers)
+        assert site.upstream.requests(ECHO) == 4
+
     async def test_followers_of_a_leader_that_left_point_at_no_missing_record(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
