@@ -666,6 +666,43 @@ class TestEscalation:
             ["local", "escalated_low_confidence:regional"],
         )
 
+    async def test_an_escalation_the_upstream_refuses_keeps_the_local_answer(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+    ) -> None:
+        """The bigger model's tier answers 4xx (its model refuses our inputs): the client
+        gets the local answer it would have had, marked escalation_failed, not that 4xx."""
+        escalate = {"threshold": 0.9, "to_model": "echo_model"}
+        site = await start_site(
+            stack, repository, routing={"models": {"color_classifier": {"escalate": escalate}}}
+        )
+        site.upstream.fake.behaviour.fail_status = 400  # e.g. its inputs differ from ours
+        answer = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
+        assert site.upstream.requests(ECHO) == 1
+        assert answer.status == 200, answer.body
+        assert answer.json()["model_name"] == "color_classifier"
+        assert answer.reasons[1].startswith("escalation_failed:")
+
+    async def test_an_escalated_answer_is_not_recorded_as_the_local_models(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+    ) -> None:
+        """The audit record of an escalated answer names no local artefact: the edge model's
+        version and sha256 did not produce it (an upstream served it: both empty)."""
+        escalate = {"threshold": 0.9, "to_model": "echo_model"}
+        site = await start_site(
+            stack, repository, routing={"models": {"color_classifier": {"escalate": escalate}}}
+        )
+        answer = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
+        assert answer.reasons == ["local", "escalated_low_confidence:regional"]
+        log_path = site.app[TRAIL]._log.path  # type: ignore[union-attr]
+        for _ in range(int(LIMIT_S / 0.05)):  # records are written after the answer
+            provenance = show(log_path, answer.headers["X-Audit-Id"])
+            if provenance.records:
+                break
+            await asyncio.sleep(0.05)
+        record = provenance.records[0].entry
+        assert (record["served_tier"], record["served_by"]) == ("regional", "regional/0")
+        assert (record["model_version"], record["model_sha256"]) == ("", "")
+
 
 # -- streams -------------------------------------------------------------------------------
 
