@@ -58,7 +58,9 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return len(self.body) + sum(len(e) for e in self.events or ()) + 256
+        # Headers count too: an upstream's can outweigh a small body many times.
+        kept = sum(len(name) + len(value) for name, value in self.headers)
+        return len(self.body) + sum(len(e) for e in self.events or ()) + kept + 256
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.stored_at) + self.age_at_store

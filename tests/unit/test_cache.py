@@ -3,6 +3,8 @@ and what the request's and the upstream's Cache-Control headers allow."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +21,8 @@ from router.cache import (
 )
 
 SECRET = b"s" * 32
-OVERHEAD = 256  # what an entry costs besides its body and events
+# What an entry costs besides its body and events: a fixed part and make_entry's one header.
+OVERHEAD = 256 + len("Cache-Control") + len("max-age=10")
 
 
 class Clock:
@@ -179,6 +182,11 @@ class TestBoundedByBytes:
         assert make_entry(0.0, body=b"x" * 100).size == 100 + OVERHEAD
         streamed = make_entry(0.0, body=b"", events=(b"data: 1\n\n", b"data: [DONE]\n\n"))
         assert streamed.size == 9 + 14 + OVERHEAD
+
+    def test_entry_size_counts_its_headers(self) -> None:
+        """Headers an upstream sent weigh in: 60 KB of them on a tiny body are 60 KB of cache."""
+        heavy = replace(make_entry(0.0, body=b"x"), headers=(("X-Big", "v" * 60_000),))
+        assert heavy.size == 1 + len("X-Big") + 60_000 + 256
 
     def test_least_recently_used_entry_is_evicted_first(self) -> None:
         """Storing past max_bytes evicts the entry read or written longest ago."""
