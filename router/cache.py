@@ -146,9 +146,10 @@ def response_ttl(header: str | None, default_s: float) -> float | None:
         if found.keys() & {"no-store", "private", "no-cache"}:
             return None
         for name in ("s-maxage", "max-age"):
-            lifetime = _seconds(found.get(name))
-            if lifetime is not None:
-                return lifetime
+            if name in found:
+                # One that is no delta-seconds ("-1", "abc") makes the answer stale at once
+                # (RFC 9111 §4.2.1): kept for no time, rather than for the default.
+                return _seconds(found[name]) or 0.0
     return default_s
 
 

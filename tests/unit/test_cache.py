@@ -350,7 +350,13 @@ class TestResponseTtl:
         """delta-seconds past 2^31 mean 2^31 (RFC 9111 §1.2.2), not the default."""
         assert response_ttl("max-age=99999999999999", 42.0) == 2.0**31
 
-    @pytest.mark.parametrize("header", [None, "", "public", "must-revalidate", "max-age=abc"])
+    @pytest.mark.parametrize("header", ["max-age=abc", "max-age=-1", "s-maxage=1.5", "max-age"])
+    def test_an_invalid_lifetime_is_stale_at_once(self, header: str) -> None:
+        """A max-age that is no delta-seconds counts as stale (RFC 9111 §4.2.1): 0, not the
+        default."""
+        assert response_ttl(header, 42.0) == 0.0
+
+    @pytest.mark.parametrize("header", [None, "", "public", "must-revalidate"])
     def test_without_a_lifetime_the_default_applies(self, header: str | None) -> None:
         """No usable max-age: the route's configured ttl."""
         assert response_ttl(header, 42.0) == 42.0
