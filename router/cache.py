@@ -9,6 +9,8 @@ honest Age.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import hmac
 import time
@@ -137,10 +139,10 @@ def _seconds(value: str | None) -> float | None:
     return float(min(int(value), _MAX_DELTA_SECONDS))
 
 
-def response_ttl(header: str | None, default_s: float) -> float | None:
+def response_ttl(header: str | None, default_s: float, expires: str | None = None) -> float | None:
     """Seconds an answer may be reused: its s-maxage or max-age (a shared cache honours
-    s-maxage first, RFC 9111 §5.2.2.10), else the default; None: never store it (no-store,
-    private, no-cache: the upstream did not want it shared)."""
+    s-maxage first, RFC 9111 §5.2.2.10), else its Expires, else the default; None: never
+    store it (no-store, private, no-cache: the upstream did not want it shared)."""
     if header:
         found = directives(header)
         if found.keys() & {"no-store", "private", "no-cache"}:
@@ -150,7 +152,21 @@ def response_ttl(header: str | None, default_s: float) -> float | None:
                 # One that is no delta-seconds ("-1", "abc") makes the answer stale at once
                 # (RFC 9111 §4.2.1): kept for no time, rather than for the default.
                 return _seconds(found[name]) or 0.0
+    if expires is not None:
+        return _until(expires)
     return default_s
+
+
+def _until(expires: str) -> float:
+    """Seconds from now to an Expires date; 0 for one past or invalid ("0" included: RFC
+    9111 §5.3). Measured on this host's clock, as the upstream's Date is not relayed."""
+    try:
+        when = email.utils.parsedate_to_datetime(expires)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:  # "-0000": UTC, the sender's own zone unknown
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, min(when.timestamp() - time.time(), float(_MAX_DELTA_SECONDS)))
 
 
 def must_revalidate(header: str | None) -> bool:

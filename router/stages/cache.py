@@ -95,7 +95,7 @@ class LookupCache:
         if not (directives.store or directives.lookup) or not self._cacheable(ctx):
             return self._counted(ctx, Outcome.BYPASS, await rest())
         reply = await rest()
-        if directives.store and response_ttl(reply.headers.get("Cache-Control"), 0.0):
+        if directives.store and _answer_ttl(reply, 0.0):
             reply = self._keep(ctx, self._digest(ctx), reply)
         return self._counted(ctx, Outcome.MISS, reply)
 
@@ -208,7 +208,7 @@ class LookupCache:
     def _keep(self, ctx: RequestContext, key: bytes, reply: Reply) -> Reply:
         if reply.status != 200 or "*" in vary_names(reply.headers.get("Vary")):
             return reply
-        ttl = response_ttl(reply.headers.get("Cache-Control"), self._ttl(ctx))
+        ttl = _answer_ttl(reply, self._ttl(ctx))
         if not ttl:
             return reply
         if reply.stream is not None:
@@ -277,6 +277,11 @@ def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
     if ctx.header_length is None:
         return ()
     return tuple(part for item in ctx.tensor_digests(cache.digester).items() for part in item)
+
+
+def _answer_ttl(reply: Reply, default_s: float) -> float | None:
+    headers = reply.headers
+    return response_ttl(headers.get("Cache-Control"), default_s, headers.get("Expires"))
 
 
 def _cache_control(ctx: RequestContext) -> str | None:

@@ -564,6 +564,17 @@ class TestUpstreamFreshness:
         assert [a.cache for a in answers] == ["MISS", "MISS"]
         assert site.upstream.requests(ECHO) == 2
 
+    async def test_an_expires_in_the_past_is_not_kept(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """An upstream answer with no max-age and `Expires: 0` (already expired) is not kept
+        for the 300 s default."""
+        site.upstream.cache_control = ""
+        site.upstream.extra_headers = {"Expires": "0"}
+        answers = [await post(http, site, ECHO, echo("expired")) for _ in range(2)]
+        assert [a.cache for a in answers] == ["MISS", "MISS"]
+        assert site.upstream.requests(ECHO) == 2
+
     async def test_short_upstream_max_age_is_honoured(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:

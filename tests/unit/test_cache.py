@@ -3,6 +3,8 @@ and what the request's and the upstream's Cache-Control headers allow."""
 
 from __future__ import annotations
 
+import email.utils
+import time
 from dataclasses import replace
 
 import pytest
@@ -355,6 +357,18 @@ class TestResponseTtl:
         """A max-age that is no delta-seconds counts as stale (RFC 9111 §4.2.1): 0, not the
         default."""
         assert response_ttl(header, 42.0) == 0.0
+
+    def test_expires_gives_the_lifetime_when_max_age_does_not(self) -> None:
+        """Without max-age, an Expires date is the explicit lifetime (RFC 9111 §4.2.1): an
+        hour ahead keeps about an hour; past, invalid or "0" keep nothing; max-age wins."""
+        ahead = email.utils.formatdate(time.time() + 3600, usegmt=True)
+        assert 3590 < (response_ttl(None, 42.0, ahead) or 0) <= 3600
+        assert 3590 < (response_ttl("public", 42.0, ahead) or 0) <= 3600
+        assert response_ttl("max-age=5", 42.0, ahead) == 5.0
+        past = email.utils.formatdate(time.time() - 60, usegmt=True)
+        for expires in (past, "0", "not a date", ""):
+            assert response_ttl(None, 42.0, expires) == 0.0
+        assert response_ttl("private", 42.0, ahead) is None
 
     @pytest.mark.parametrize("header", [None, "", "public", "must-revalidate"])
     def test_without_a_lifetime_the_default_applies(self, header: str | None) -> None:
