@@ -124,7 +124,16 @@ class LookupCache:
                 tuple((name, ctx.headers.get(name)) for name in varies),
             )
 
-        flight, joined = await self._flights.run(key, lead)
+        # A follower waits within its own budget (the flight goes on for the others); the
+        # leader's rest of the chain keeps its budget itself, and says how it ran out.
+        budget = asyncio.timeout_at(ctx.deadline if key in self._flights else None)
+        try:
+            async with budget:
+                flight, joined = await self._flights.run(key, lead)
+        except TimeoutError:
+            if not budget.expired():
+                raise  # the flight's own, shared with every waiter
+            raise DeadlineExceeded("the request's latency budget ran out") from None
         if not joined:
             return flight.reply
         if flight.private or any(ctx.headers.get(name) != value for name, value in flight.vary):

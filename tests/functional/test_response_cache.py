@@ -895,6 +895,25 @@ class TestSingleFlight:
         assert site.upstream.requests(ECHO) == 1
         assert (await post(http, site, ECHO, echo("stay"))).cache == "HIT"
 
+    async def test_a_follower_waits_no_longer_than_its_own_budget(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """A follower with a 300 ms budget joins a flight that takes 2 s: it gets its 504
+        when its budget ends, not the leader's answer 2 s later; the leader still gets it."""
+        site.upstream.gate.clear()
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(LIMIT_S), asyncio.TaskGroup() as group:
+            leader = group.create_task(post(http, site, ECHO, echo("patient")))
+            await site.upstream.arrived.reach(1, "the leader's upstream call")
+            started = loop.time()
+            hurried = await post(http, site, ECHO, echo("patient"), {"X-Latency-Budget-Ms": "300"})
+            waited = loop.time() - started
+            site.upstream.gate.set()
+        assert hurried.status == 504
+        assert waited < 1.5  # its budget, not the leader's upstream call
+        assert leader.result().status == 200
+        assert site.upstream.requests(ECHO) == 1
+
     @pytest.mark.parametrize("directive", ["private", "no-store", "max-age=60"])
     async def test_a_private_answer_is_not_handed_to_followers(
         self, http: aiohttp.ClientSession, site: Site, directive: str
