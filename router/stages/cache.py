@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import orjson
 
@@ -22,11 +21,17 @@ from router.cache import (
     vary_names,
 )
 from router.context import Reply, RequestContext
-from router.errors import DeadlineExceeded, NotCached, Unavailable, UpstreamError
+from router.errors import (
+    DeadlineExceeded,
+    NotCached,
+    Unavailable,
+    UpstreamError,
+)
 from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
 from router.singleflight import SingleFlight
+from router.stages.coalesce import Flight, LeaderOutOfTime, leading
 
 X_CACHE = "X-Cache"
 
@@ -49,7 +54,7 @@ class LookupCache:
         self._settings = settings
         self._bundle = bundle
         self._site = site
-        self._flights: SingleFlight[_Flight] = SingleFlight()
+        self._flights: SingleFlight[Flight] = SingleFlight()
 
     async def around(self, ctx: RequestContext, rest: Rest) -> Reply:
         directives = RequestDirectives.parse(_cache_control(ctx))
@@ -102,38 +107,21 @@ class LookupCache:
     async def _miss(self, ctx: RequestContext, key: bytes, rest: Rest) -> Reply:
         if ctx.stream or not self._coalesces(ctx):
             return await rest()
-
-        leader = asyncio.current_task()
-
-        async def lead() -> _Flight:
-            reply = await rest()
-            # A leader whose client left writes no record: its followers must not point at it.
-            gone = leader is None or leader.cancelling() > 0 or leader.done()
-            varies = vary_names(reply.headers.get("Vary"))
-            return _Flight(
-                reply,
-                ctx.served_tier,
-                tuple(ctx.reasons),
-                ctx.upstream_reasons,
-                ctx.upstream_ms,
-                "" if gone else ctx.audit_id,
-                (ctx.served_by, ctx.served_version, ctx.model_sha256),
-                # What no shared cache may hand others (private, no-store, Vary: *) is the
-                # leader's alone, and an answer that varies only fits the same header values.
-                response_ttl(reply.headers.get("Cache-Control"), 1.0) is None or "*" in varies,
-                tuple((name, ctx.headers.get(name)) for name in varies),
-            )
-
         # A follower waits within its own budget (the flight goes on for the others); the
         # leader's rest of the chain keeps its budget itself, and says how it ran out.
-        budget = asyncio.timeout_at(ctx.deadline if key in self._flights else None)
+        following = key in self._flights
+        budget = asyncio.timeout_at(ctx.deadline if following else None)
         try:
             async with budget:
-                flight, joined = await self._flights.run(key, lead)
+                flight, joined = await self._flights.run(key, leading(ctx, rest))
         except TimeoutError:
             if not budget.expired():
                 raise  # the flight's own, shared with every waiter
             raise DeadlineExceeded("the request's latency budget ran out") from None
+        except LeaderOutOfTime as late:
+            if following and ctx.deadline > late.deadline:
+                return await rest()  # the leader's budget ran out, not this one's
+            raise late.error from None
         if not joined:
             return flight.reply
         if flight.private or any(ctx.headers.get(name) != value for name, value in flight.vary):
@@ -264,21 +252,6 @@ class LookupCache:
                 (name, ctx.headers.get(name)) for name in vary_names(reply.headers.get("Vary"))
             ),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _Flight:
-    """What a coalesced execution hands every waiter: the answer and how it came about."""
-
-    reply: Reply
-    tier: str
-    reasons: tuple[str, ...]
-    upstream_reasons: str
-    upstream_ms: float | None
-    audit_id: str  # the leader's record; "" when the leader left before the answer
-    model: tuple[str, str, str]  # served_by, served_version, model_sha256
-    private: bool  # for the leader only
-    vary: tuple[tuple[str, str | None], ...]  # the leader's values of the headers it varies on
 
 
 def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:

@@ -914,6 +914,24 @@ class TestSingleFlight:
         assert leader.result().status == 200
         assert site.upstream.requests(ECHO) == 1
 
+    async def test_a_leader_out_of_budget_does_not_fail_its_followers(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """The leader has 300 ms, its follower the default budget, the upstream takes 1 s: the
+        leader gets its 504, the follower (with time left) still gets the answer."""
+        site.upstream.gate.clear()
+        async with asyncio.timeout(LIMIT_S), asyncio.TaskGroup() as group:
+            hurried = group.create_task(
+                post(http, site, ECHO, echo("late"), {"X-Latency-Budget-Ms": "300"})
+            )
+            await site.upstream.arrived.reach(1, "the leader's upstream call")
+            patient = group.create_task(post(http, site, ECHO, echo("late")))
+            await site.entered.reach(2, "the follower to reach the router")
+            await asyncio.sleep(1.0)
+            site.upstream.gate.set()
+        assert hurried.result().status == 504
+        assert patient.result().status == 200, patient.result().body
+
     @pytest.mark.parametrize("directive", ["private", "no-store", "max-age=60"])
     async def test_a_private_answer_is_not_handed_to_followers(
         self, http: aiohttp.ClientSession, site: Site, directive: str
