@@ -21,6 +21,7 @@ from enum import StrEnum
 from cachetools import LRUCache
 
 from router.audit.record import Digester
+from router.headers import FRAMING
 
 # delta-seconds past 2^31 mean "a very long time" (RFC 9111 §1.2.2).
 _MAX_DELTA_SECONDS = 2**31
@@ -175,10 +176,13 @@ def must_revalidate(header: str | None) -> bool:
 
 
 def vary_names(header: str | None) -> tuple[str, ...]:
-    """The lower-case header names a Vary lists ("*": varies on what no cache can see)."""
+    """The lower-case header names a Vary lists ("*": varies on what no cache can see), but
+    for the transport's own (Accept-Encoding...): the client's are never forwarded, and the
+    answer is kept decoded, to be encoded anew for each client."""
     if not header:
         return ()
-    return tuple(sorted({name.strip().lower() for name in header.split(",") if name.strip()}))
+    names = {name.strip().lower() for name in header.split(",")}
+    return tuple(sorted(names - FRAMING - {""}))
 
 
 def upstream_age(header: str | None) -> float:

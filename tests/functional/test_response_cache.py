@@ -632,6 +632,18 @@ class TestUpstreamFreshness:
         assert [a.cache for a in (first, same, other, absent)] == ["MISS", "HIT", "MISS", "MISS"]
         assert site.upstream.requests(ECHO) == 3
 
+    async def test_vary_accept_encoding_does_not_split_the_cache(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Vary: Accept-Encoding (as a compressing upstream sends it) is about a header the
+        router never forwards and an encoding it undoes: clients asking for other encodings
+        share the entry."""
+        site.upstream.extra_headers = {"Vary": "Accept-Encoding"}
+        await post(http, site, ECHO, echo("encoded"), {"Accept-Encoding": "gzip"})
+        plain = await post(http, site, ECHO, echo("encoded"), {"Accept-Encoding": "identity"})
+        assert plain.cache == "HIT"
+        assert site.upstream.requests(ECHO) == 1
+
     async def test_vary_star_is_never_stored(self, http: aiohttp.ClientSession, site: Site) -> None:
         """Vary: * varies on what no cache can see: the answer is not kept."""
         site.upstream.extra_headers = {"Vary": "Accept, *"}
