@@ -9,6 +9,8 @@ honest Age.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import hmac
 import time
@@ -19,6 +21,7 @@ from enum import StrEnum
 from cachetools import LRUCache
 
 from router.audit.record import Digester
+from router.headers import FRAMING
 
 # delta-seconds past 2^31 mean "a very long time" (RFC 9111 §1.2.2).
 _MAX_DELTA_SECONDS = 2**31
@@ -58,7 +61,9 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return len(self.body) + sum(len(e) for e in self.events or ()) + 256
+        # Headers count too: an upstream's can outweigh a small body many times.
+        kept = sum(len(name) + len(value) for name, value in self.headers)
+        return len(self.body) + sum(len(e) for e in self.events or ()) + kept + 256
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.stored_at) + self.age_at_store
@@ -135,19 +140,34 @@ def _seconds(value: str | None) -> float | None:
     return float(min(int(value), _MAX_DELTA_SECONDS))
 
 
-def response_ttl(header: str | None, default_s: float) -> float | None:
+def response_ttl(header: str | None, default_s: float, expires: str | None = None) -> float | None:
     """Seconds an answer may be reused: its s-maxage or max-age (a shared cache honours
-    s-maxage first, RFC 9111 §5.2.2.10), else the default; None: never store it (no-store,
-    private, no-cache: the upstream did not want it shared)."""
+    s-maxage first, RFC 9111 §5.2.2.10), else its Expires, else the default; None: never
+    store it (no-store, private, no-cache: the upstream did not want it shared)."""
     if header:
         found = directives(header)
         if found.keys() & {"no-store", "private", "no-cache"}:
             return None
         for name in ("s-maxage", "max-age"):
-            lifetime = _seconds(found.get(name))
-            if lifetime is not None:
-                return lifetime
+            if name in found:
+                # One that is no delta-seconds ("-1", "abc") makes the answer stale at once
+                # (RFC 9111 §4.2.1): kept for no time, rather than for the default.
+                return _seconds(found[name]) or 0.0
+    if expires is not None:
+        return _until(expires)
     return default_s
+
+
+def _until(expires: str) -> float:
+    """Seconds from now to an Expires date; 0 for one past or invalid ("0" included: RFC
+    9111 §5.3). Measured on this host's clock, as the upstream's Date is not relayed."""
+    try:
+        when = email.utils.parsedate_to_datetime(expires)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:  # "-0000": UTC, the sender's own zone unknown
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, min(when.timestamp() - time.time(), float(_MAX_DELTA_SECONDS)))
 
 
 def must_revalidate(header: str | None) -> bool:
@@ -156,10 +176,13 @@ def must_revalidate(header: str | None) -> bool:
 
 
 def vary_names(header: str | None) -> tuple[str, ...]:
-    """The lower-case header names a Vary lists ("*": varies on what no cache can see)."""
+    """The lower-case header names a Vary lists ("*": varies on what no cache can see), but
+    for the transport's own (Accept-Encoding...): the client's are never forwarded, and the
+    answer is kept decoded, to be encoded anew for each client."""
     if not header:
         return ()
-    return tuple(sorted({name.strip().lower() for name in header.split(",") if name.strip()}))
+    names = {name.strip().lower() for name in header.split(",")}
+    return tuple(sorted(names - FRAMING - {""}))
 
 
 def upstream_age(header: str | None) -> float:

@@ -114,7 +114,9 @@ def _add(out: dict[str, str], names: dict[str, str], name: str, lower: str, valu
 
 
 def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    """What the client may see of an upstream's response headers (ours are added after)."""
+    """What the client may see of an upstream's response headers (ours are added after).
+    A header sent on several lines becomes one comma-separated value (RFC 9110 §5.3), so
+    `Cache-Control: max-age=60` and `Cache-Control: private` stay one private answer."""
     named = _connection_named(upstream)
     dropped = _NEVER_DOWNSTREAM | named if named else _NEVER_DOWNSTREAM
     out: dict[str, str] = {}

@@ -29,6 +29,10 @@ class SingleFlight(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether a flight for `key` is under way (a `run` now would join it)."""
+        return key in self._flights
+
     async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """The work's result, and whether it was another caller's flight that produced it."""
         flight = self._flights.get(key)

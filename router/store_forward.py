@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from router.audit import new_audit_id
 from router.context import Reply, RequestContext
 from router.errors import DetectionFailed
 from router.forwarding import view_for
@@ -55,7 +56,9 @@ class StoreAndForward:
         except (DetectionError, DetectionFailed):
             return  # could not be desensitized in time: better no sample than a raw one
         if payload is not None:
-            self._put("sample", payload, f"sample:{ctx.audit_id or ctx.request_id}")
+            # Without an audit id, a fresh one: the request id is the client's, which other
+            # requests and other sites may share, and the collector de-duplicates by key.
+            self._put("sample", payload, f"sample:{ctx.audit_id or new_audit_id()}")
 
     def _sample(self, ctx: RequestContext, reply: Reply) -> bytes | None:
         served = ctx.redactions  # what was done for the tier that answered stays the record's

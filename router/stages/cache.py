@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import orjson
 
@@ -22,11 +21,17 @@ from router.cache import (
     vary_names,
 )
 from router.context import Reply, RequestContext
-from router.errors import DeadlineExceeded, NotCached, Unavailable, UpstreamError
+from router.errors import (
+    DeadlineExceeded,
+    NotCached,
+    Unavailable,
+    UpstreamError,
+)
 from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
 from router.singleflight import SingleFlight
+from router.stages.coalesce import Flight, LeaderOutOfTime, leading
 
 X_CACHE = "X-Cache"
 
@@ -49,10 +54,10 @@ class LookupCache:
         self._settings = settings
         self._bundle = bundle
         self._site = site
-        self._flights: SingleFlight[_Flight] = SingleFlight()
+        self._flights: SingleFlight[Flight] = SingleFlight()
 
     async def around(self, ctx: RequestContext, rest: Rest) -> Reply:
-        directives = RequestDirectives.parse(ctx.headers.get("Cache-Control"))
+        directives = RequestDirectives.parse(_cache_control(ctx))
         if not self._settings.enabled:  # no key to make
             _not_cached(directives)
             return self._counted(ctx, Outcome.BYPASS, await rest())
@@ -95,33 +100,32 @@ class LookupCache:
         if not (directives.store or directives.lookup) or not self._cacheable(ctx):
             return self._counted(ctx, Outcome.BYPASS, await rest())
         reply = await rest()
-        if directives.store and response_ttl(reply.headers.get("Cache-Control"), 0.0):
+        if directives.store and _answer_ttl(reply, 0.0):
             reply = self._keep(ctx, self._digest(ctx), reply)
         return self._counted(ctx, Outcome.MISS, reply)
 
     async def _miss(self, ctx: RequestContext, key: bytes, rest: Rest) -> Reply:
         if ctx.stream or not self._coalesces(ctx):
             return await rest()
-
-        leader = asyncio.current_task()
-
-        async def lead() -> _Flight:
-            reply = await rest()
-            # A leader whose client left writes no record: its followers must not point at it.
-            gone = leader is None or leader.cancelling() > 0 or leader.done()
-            return _Flight(
-                reply,
-                ctx.served_tier,
-                tuple(ctx.reasons),
-                ctx.upstream_reasons,
-                ctx.upstream_ms,
-                "" if gone else ctx.audit_id,
-                (ctx.served_by, ctx.served_version, ctx.model_sha256),
-            )
-
-        flight, joined = await self._flights.run(key, lead)
+        # A follower waits within its own budget (the flight goes on for the others); the
+        # leader's rest of the chain keeps its budget itself, and says how it ran out.
+        following = key in self._flights
+        budget = asyncio.timeout_at(ctx.deadline if following else None)
+        try:
+            async with budget:
+                flight, joined = await self._flights.run(key, leading(ctx, rest))
+        except TimeoutError:
+            if not budget.expired():
+                raise  # the flight's own, shared with every waiter
+            raise DeadlineExceeded("the request's latency budget ran out") from None
+        except LeaderOutOfTime as late:
+            if following and ctx.deadline > late.deadline:
+                return await rest()  # the leader's budget ran out, not this one's
+            raise late.error from None
         if not joined:
             return flight.reply
+        if flight.private or any(ctx.headers.get(name) != value for name, value in flight.vary):
+            return await rest()  # this follower asks for itself
         # A follower tells the leader's story: who served it, why, and under which record;
         # its own record names the model too, so it stands without the leader's.
         ctx.served_tier, ctx.upstream_reasons = flight.tier, flight.upstream_reasons
@@ -167,8 +171,11 @@ class LookupCache:
                 ctx.declared_class,
                 ctx.data_class,
                 self._site.jurisdiction,
-                # Answers to authorised requests are shared only among the same credentials.
+                # Answers to authorised requests are shared only among the same credentials
+                # (every header that may carry one upstream: router.headers.CREDENTIALS).
                 ctx.headers.get("Authorization", ""),
+                ctx.headers.get("api-key", ""),
+                ctx.headers.get("X-Api-Key", ""),
                 canonical,
                 *_tensor_parts(ctx, self._cache),
             )
@@ -198,7 +205,7 @@ class LookupCache:
     def _keep(self, ctx: RequestContext, key: bytes, reply: Reply) -> Reply:
         if reply.status != 200 or "*" in vary_names(reply.headers.get("Vary")):
             return reply
-        ttl = response_ttl(reply.headers.get("Cache-Control"), self._ttl(ctx))
+        ttl = _answer_ttl(reply, self._ttl(ctx))
         if not ttl:
             return reply
         if reply.stream is not None:
@@ -247,24 +254,25 @@ class LookupCache:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Flight:
-    """What a coalesced execution hands every waiter: the answer and how it came about."""
-
-    reply: Reply
-    tier: str
-    reasons: tuple[str, ...]
-    upstream_reasons: str
-    upstream_ms: float | None
-    audit_id: str  # the leader's record; "" when the leader left before the answer
-    model: tuple[str, str, str]  # served_by, served_version, model_sha256
-
-
 def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
     """A binary body's tensors, by path and keyed digest (nothing for a JSON-only body)."""
     if ctx.header_length is None:
         return ()
     return tuple(part for item in ctx.tensor_digests(cache.digester).items() for part in item)
+
+
+def _answer_ttl(reply: Reply, default_s: float) -> float | None:
+    headers = reply.headers
+    return response_ttl(headers.get("Cache-Control"), default_s, headers.get("Expires"))
+
+
+def _cache_control(ctx: RequestContext) -> str | None:
+    """The request's Cache-Control, every line of it (RFC 9110 §5.3: one list)."""
+    getall = getattr(ctx.headers, "getall", None)
+    if getall is None:
+        return ctx.headers.get("Cache-Control")
+    lines = getall("Cache-Control", ())
+    return ", ".join(lines) if lines else None
 
 
 def _not_cached(directives: RequestDirectives) -> None:

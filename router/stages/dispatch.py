@@ -159,6 +159,7 @@ class Dispatch:
             ctx.reasons.append("escalation_unavailable")
             return None
         path = f"/v2/models/{rule.to_model}/infer"
+        local = (ctx.served_tier, ctx.served_by, ctx.upstream_reasons, ctx.upstream_ms)
         try:
             reply = await self._forward(ctx, target, path)
         except (Unavailable, UpstreamError) as exc:
@@ -167,7 +168,15 @@ class Dispatch:
             ctx.served_tier = self._tier
             ctx.reasons.append(f"escalation_failed:{exc.code}")
             return None
+        if reply.status != 200:
+            # The bigger model refused (say, our inputs do not fit it): the local answer is
+            # still an answer, the upstream's 4xx would only be a failure for the client.
+            ctx.served_tier, ctx.served_by, ctx.upstream_reasons, ctx.upstream_ms = local
+            ctx.reasons.append(f"escalation_failed:upstream_status_{reply.status}")
+            return None
         ctx.reasons.append(f"escalated_low_confidence:{target.name}")
+        # An upstream's model answered: the local artefact's version and digest are not its.
+        ctx.served_version = ctx.model_sha256 = ""
         return reply
 
     def _escalation_target(self, ctx: RequestContext, model: str) -> Target | None:

@@ -33,6 +33,7 @@ from router.api.state import CACHE, TRAIL
 from router.app import build_app
 from router.audit import show
 from router.cache import Outcome
+from router.headers import CREDENTIALS
 from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.testing import FakeUpstream, identity_model, write_repository
@@ -116,6 +117,7 @@ class Upstream:
     arrived: Tally = field(default_factory=Tally)  # requests that reached the gate
     cache_control: str | None = None  # None: as the fake sends it; "": no header at all
     extra_headers: dict[str, str] = field(default_factory=dict)  # on every POST answer
+    extra_lines: list[tuple[str, str]] = field(default_factory=list)  # added, repeats allowed
     server: TestServer | None = None
 
     def __post_init__(self) -> None:
@@ -139,11 +141,12 @@ class Upstream:
         if request.method != "POST":
             return
         response.headers.update(self.extra_headers)
-        if self.cache_control is None:
-            return
-        response.headers.pop("Cache-Control", None)
-        if self.cache_control:
-            response.headers["Cache-Control"] = self.cache_control
+        if self.cache_control is not None:
+            response.headers.pop("Cache-Control", None)
+            if self.cache_control:
+                response.headers["Cache-Control"] = self.cache_control
+        for name, value in self.extra_lines:
+            response.headers.add(name, value)
 
     def requests(self, path: str) -> int:
         return len(self.fake.requests_to(path))
@@ -415,6 +418,23 @@ class TestRequestDirectives:
         assert await executions(http, site, "color_classifier") == 3
         assert site.app[CACHE].counts[Outcome.BYPASS] == 2
 
+    async def test_every_cache_control_line_counts(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Cache-Control sent on two lines is one list: a no-store on the second bypasses."""
+        body = rgb([0.9, 0.1, 0.4])
+        await post(http, site, CLASSIFIER, body)
+        async with http.post(
+            site.url + CLASSIFIER,
+            data=orjson.dumps(body),
+            headers=[
+                ("Content-Type", "application/json"),
+                ("Cache-Control", "max-age=600"),
+                ("Cache-Control", "no-store"),
+            ],
+        ) as response:
+            assert response.headers["X-Cache"] == "BYPASS"
+
     async def test_max_age_bounds_the_age_of_a_hit(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
@@ -533,6 +553,28 @@ class TestUpstreamFreshness:
         assert (await post(http, site, ECHO, echo("long"))).cache == "MISS"
         assert site.upstream.requests(ECHO) == 2
 
+    async def test_private_on_one_line_and_max_age_on_another_is_not_stored(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """An upstream answer with `Cache-Control: private` and, on a second line,
+        `Cache-Control: max-age=600` is private: never shared."""
+        site.upstream.cache_control = ""
+        site.upstream.extra_lines = [("Cache-Control", "private"), ("Cache-Control", "max-age=600")]
+        answers = [await post(http, site, ECHO, echo("two lines")) for _ in range(2)]
+        assert [a.cache for a in answers] == ["MISS", "MISS"]
+        assert site.upstream.requests(ECHO) == 2
+
+    async def test_an_expires_in_the_past_is_not_kept(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """An upstream answer with no max-age and `Expires: 0` (already expired) is not kept
+        for the 300 s default."""
+        site.upstream.cache_control = ""
+        site.upstream.extra_headers = {"Expires": "0"}
+        answers = [await post(http, site, ECHO, echo("expired")) for _ in range(2)]
+        assert [a.cache for a in answers] == ["MISS", "MISS"]
+        assert site.upstream.requests(ECHO) == 2
+
     async def test_short_upstream_max_age_is_honoured(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
@@ -590,6 +632,18 @@ class TestUpstreamFreshness:
         assert [a.cache for a in (first, same, other, absent)] == ["MISS", "HIT", "MISS", "MISS"]
         assert site.upstream.requests(ECHO) == 3
 
+    async def test_vary_accept_encoding_does_not_split_the_cache(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Vary: Accept-Encoding (as a compressing upstream sends it) is about a header the
+        router never forwards and an encoding it undoes: clients asking for other encodings
+        share the entry."""
+        site.upstream.extra_headers = {"Vary": "Accept-Encoding"}
+        await post(http, site, ECHO, echo("encoded"), {"Accept-Encoding": "gzip"})
+        plain = await post(http, site, ECHO, echo("encoded"), {"Accept-Encoding": "identity"})
+        assert plain.cache == "HIT"
+        assert site.upstream.requests(ECHO) == 1
+
     async def test_vary_star_is_never_stored(self, http: aiohttp.ClientSession, site: Site) -> None:
         """Vary: * varies on what no cache can see: the answer is not kept."""
         site.upstream.extra_headers = {"Vary": "Accept, *"}
@@ -634,6 +688,43 @@ class TestEscalation:
             "MISS",
             ["local", "escalated_low_confidence:regional"],
         )
+
+    async def test_an_escalation_the_upstream_refuses_keeps_the_local_answer(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+    ) -> None:
+        """The bigger model's tier answers 4xx (its model refuses our inputs): the client
+        gets the local answer it would have had, marked escalation_failed, not that 4xx."""
+        escalate = {"threshold": 0.9, "to_model": "echo_model"}
+        site = await start_site(
+            stack, repository, routing={"models": {"color_classifier": {"escalate": escalate}}}
+        )
+        site.upstream.fake.behaviour.fail_status = 400  # e.g. its inputs differ from ours
+        answer = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
+        assert site.upstream.requests(ECHO) == 1
+        assert answer.status == 200, answer.body
+        assert answer.json()["model_name"] == "color_classifier"
+        assert answer.reasons[1].startswith("escalation_failed:")
+
+    async def test_an_escalated_answer_is_not_recorded_as_the_local_models(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+    ) -> None:
+        """The audit record of an escalated answer names no local artefact: the edge model's
+        version and sha256 did not produce it (an upstream served it: both empty)."""
+        escalate = {"threshold": 0.9, "to_model": "echo_model"}
+        site = await start_site(
+            stack, repository, routing={"models": {"color_classifier": {"escalate": escalate}}}
+        )
+        answer = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
+        assert answer.reasons == ["local", "escalated_low_confidence:regional"]
+        log_path = site.app[TRAIL]._log.path  # type: ignore[union-attr]
+        for _ in range(int(LIMIT_S / 0.05)):  # records are written after the answer
+            provenance = show(log_path, answer.headers["X-Audit-Id"])
+            if provenance.records:
+                break
+            await asyncio.sleep(0.05)
+        record = provenance.records[0].entry
+        assert (record["served_tier"], record["served_by"]) == ("regional", "regional/0")
+        assert (record["model_version"], record["model_sha256"]) == ("", "")
 
 
 # -- streams -------------------------------------------------------------------------------
@@ -815,6 +906,57 @@ class TestSingleFlight:
         assert all("coalesced" in a.reasons for a in answers)
         assert site.upstream.requests(ECHO) == 1
         assert (await post(http, site, ECHO, echo("stay"))).cache == "HIT"
+
+    async def test_a_follower_waits_no_longer_than_its_own_budget(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """A follower with a 300 ms budget joins a flight that takes 2 s: it gets its 504
+        when its budget ends, not the leader's answer 2 s later; the leader still gets it."""
+        site.upstream.gate.clear()
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(LIMIT_S), asyncio.TaskGroup() as group:
+            leader = group.create_task(post(http, site, ECHO, echo("patient")))
+            await site.upstream.arrived.reach(1, "the leader's upstream call")
+            started = loop.time()
+            hurried = await post(http, site, ECHO, echo("patient"), {"X-Latency-Budget-Ms": "300"})
+            waited = loop.time() - started
+            site.upstream.gate.set()
+        assert hurried.status == 504
+        assert waited < 1.5  # its budget, not the leader's upstream call
+        assert leader.result().status == 200
+        assert site.upstream.requests(ECHO) == 1
+
+    async def test_a_leader_out_of_budget_does_not_fail_its_followers(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """The leader has 300 ms, its follower the default budget, the upstream takes 1 s: the
+        leader gets its 504, the follower (with time left) still gets the answer."""
+        site.upstream.gate.clear()
+        async with asyncio.timeout(LIMIT_S), asyncio.TaskGroup() as group:
+            hurried = group.create_task(
+                post(http, site, ECHO, echo("late"), {"X-Latency-Budget-Ms": "300"})
+            )
+            await site.upstream.arrived.reach(1, "the leader's upstream call")
+            patient = group.create_task(post(http, site, ECHO, echo("late")))
+            await site.entered.reach(2, "the follower to reach the router")
+            await asyncio.sleep(1.0)
+            site.upstream.gate.set()
+        assert hurried.result().status == 504
+        assert patient.result().status == 200, patient.result().body
+
+    @pytest.mark.parametrize("directive", ["private", "no-store", "max-age=60"])
+    async def test_a_private_answer_is_not_handed_to_followers(
+        self, http: aiohttp.ClientSession, site: Site, directive: str
+    ) -> None:
+        """An upstream answer marked private or no-store (or varying on everything) is the
+        leader's alone: each follower asks the upstream itself, as a shared cache must."""
+        site.upstream.cache_control = directive
+        if directive.startswith("max-age"):
+            site.upstream.extra_headers = {"Vary": "*"}
+        answers = await together(http, site, 4, echo("mine alone"))
+        assert [a.status for a in answers] == [200] * 4
+        assert not any("coalesced" in a.reasons for a in answers)
+        assert site.upstream.requests(ECHO) == 4
 
     async def test_followers_of_a_leader_that_left_point_at_no_missing_record(
         self, http: aiohttp.ClientSession, site: Site
@@ -1104,15 +1246,23 @@ class TestScope:
         assert refused.status == 504  # nothing is ever stored: only-if-cached cannot be met
         assert await executions(http, site, "color_classifier") == 2
 
+    @pytest.mark.parametrize("header", sorted(CREDENTIALS))
     async def test_an_answer_to_one_credential_is_not_served_to_another(
-        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
+        self,
+        stack: contextlib.AsyncExitStack,
+        http: aiohttp.ClientSession,
+        repository: Path,
+        header: str,
     ) -> None:
-        """Where the upstream checks the caller's own credentials, a cached answer must not
-        let a different credential skip that check."""
+        """Where the upstream checks the caller's own credentials (Bearer, Azure's api-key or
+        X-Api-Key, all forwarded), a cached answer must not let a different credential skip
+        that check; the same credential is a HIT."""
         site = await start_site(
             stack, repository, upstream_settings={"forward_authorization": True}
         )
-        await post(http, site, ECHO, echo("mine"), {"Authorization": "Bearer alice-key"})
-        other = await post(http, site, ECHO, echo("mine"), {"Authorization": "Bearer mallory"})
+        await post(http, site, ECHO, echo("mine"), {header: "Bearer alice-key"})
+        other = await post(http, site, ECHO, echo("mine"), {header: "Bearer mallory"})
         assert other.cache != "HIT"
         assert site.upstream.requests(ECHO) == 2
+        again = await post(http, site, ECHO, echo("mine"), {header: "Bearer alice-key"})
+        assert again.cache == "HIT"

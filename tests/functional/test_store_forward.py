@@ -109,3 +109,57 @@ class TestStoreAndForward:
             *([spool_file] if spool_file else []),
         ]:
             assert CANARY.encode() not in file.read_bytes(), file
+
+
+async def test_samples_of_requests_sharing_an_x_request_id_are_all_kept(tmp_path: Path) -> None:
+    """With the audit trail off, two requests that carry the same (client-chosen) X-Request-Id
+    are two samples: a sample's idempotency key is never the client's id, which other
+    requests and other sites may share and the collector would de-duplicate away."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), bundle)
+    (bundle / "sampling.yaml").write_text("default: 1.0\n", encoding="utf-8")
+    settings = Settings.model_validate(
+        {
+            "site": {"id": "ship-2"},
+            "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+            "policy": {"bundle": bundle},
+            "cache": {"enabled": False},
+            "audit": {"enabled": False},
+            "spool": {"path": tmp_path / "spool.sqlite3"},
+            # A tier the samples are desensitized for (nothing is sent there).
+            "upstreams": [
+                {
+                    "name": "central",
+                    "tier": "central",
+                    "models": ["color_classifier"],
+                    "endpoints": [{"url": "http://127.0.0.1:9"}],
+                    "health_check": {"enabled": False},
+                }
+            ],
+        }
+    )
+    edge = TestServer(build_app(settings), host="127.0.0.1")
+    await edge.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for red in (0.1, 0.9):
+                body = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32",
+                                    "data": [red, 1, 0]}]}  # fmt: skip
+                async with (
+                    asyncio.timeout(10),
+                    http.post(
+                        str(edge.make_url("/v2/models/color_classifier/infer")),
+                        json=body,
+                        headers={"X-Request-Id": "client-order-17"},
+                    ) as response,
+                ):
+                    assert response.status == 200
+        spool = edge.app[SPOOL].spool
+        assert spool is not None
+        for _ in range(200):  # samples are spooled after the answer went out
+            if (await spool.counts()).produced >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (await spool.counts()).produced == 2
+    finally:
+        await edge.close()

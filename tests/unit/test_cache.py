@@ -3,6 +3,10 @@ and what the request's and the upstream's Cache-Control headers allow."""
 
 from __future__ import annotations
 
+import email.utils
+import time
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +23,8 @@ from router.cache import (
 )
 
 SECRET = b"s" * 32
-OVERHEAD = 256  # what an entry costs besides its body and events
+# What an entry costs besides its body and events: a fixed part and make_entry's one header.
+OVERHEAD = 256 + len("Cache-Control") + len("max-age=10")
 
 
 class Clock:
@@ -179,6 +184,11 @@ class TestBoundedByBytes:
         assert make_entry(0.0, body=b"x" * 100).size == 100 + OVERHEAD
         streamed = make_entry(0.0, body=b"", events=(b"data: 1\n\n", b"data: [DONE]\n\n"))
         assert streamed.size == 9 + 14 + OVERHEAD
+
+    def test_entry_size_counts_its_headers(self) -> None:
+        """Headers an upstream sent weigh in: 60 KB of them on a tiny body are 60 KB of cache."""
+        heavy = replace(make_entry(0.0, body=b"x"), headers=(("X-Big", "v" * 60_000),))
+        assert heavy.size == 1 + len("X-Big") + 60_000 + 256
 
     def test_least_recently_used_entry_is_evicted_first(self) -> None:
         """Storing past max_bytes evicts the entry read or written longest ago."""
@@ -342,7 +352,25 @@ class TestResponseTtl:
         """delta-seconds past 2^31 mean 2^31 (RFC 9111 §1.2.2), not the default."""
         assert response_ttl("max-age=99999999999999", 42.0) == 2.0**31
 
-    @pytest.mark.parametrize("header", [None, "", "public", "must-revalidate", "max-age=abc"])
+    @pytest.mark.parametrize("header", ["max-age=abc", "max-age=-1", "s-maxage=1.5", "max-age"])
+    def test_an_invalid_lifetime_is_stale_at_once(self, header: str) -> None:
+        """A max-age that is no delta-seconds counts as stale (RFC 9111 §4.2.1): 0, not the
+        default."""
+        assert response_ttl(header, 42.0) == 0.0
+
+    def test_expires_gives_the_lifetime_when_max_age_does_not(self) -> None:
+        """Without max-age, an Expires date is the explicit lifetime (RFC 9111 §4.2.1): an
+        hour ahead keeps about an hour; past, invalid or "0" keep nothing; max-age wins."""
+        ahead = email.utils.formatdate(time.time() + 3600, usegmt=True)
+        assert 3590 < (response_ttl(None, 42.0, ahead) or 0) <= 3600
+        assert 3590 < (response_ttl("public", 42.0, ahead) or 0) <= 3600
+        assert response_ttl("max-age=5", 42.0, ahead) == 5.0
+        past = email.utils.formatdate(time.time() - 60, usegmt=True)
+        for expires in (past, "0", "not a date", ""):
+            assert response_ttl(None, 42.0, expires) == 0.0
+        assert response_ttl("private", 42.0, ahead) is None
+
+    @pytest.mark.parametrize("header", [None, "", "public", "must-revalidate"])
     def test_without_a_lifetime_the_default_applies(self, header: str | None) -> None:
         """No usable max-age: the route's configured ttl."""
         assert response_ttl(header, 42.0) == 42.0

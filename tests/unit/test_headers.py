@@ -176,6 +176,15 @@ class TestDownstreamResponseHeaders:
         upstream = CIMultiDict([("Vary", "Accept"), ("vary", "Origin"), ("X-Kept", "1")])
         assert downstream_response_headers(upstream) == {"Vary": "Accept, Origin", "X-Kept": "1"}
 
+    def test_repeated_lines_become_one_list(self) -> None:
+        """Cache-Control on two lines (either case) is one value, so `private` is never lost
+        behind a later `max-age` (RFC 9110 §5.3)."""
+        upstream = CIMultiDict(
+            [("Cache-Control", "private"), ("cache-control", "max-age=600"), ("Vary", "A")]
+        )
+        out = downstream_response_headers(upstream)
+        assert out == {"Cache-Control": "private, max-age=600", "Vary": "A"}
+
     def test_connection_named_dropped(self) -> None:
         """An upstream's Connection-named headers stop at us too."""
         upstream = CIMultiDict([("Connection", "X-Hop"), ("x-hop", "1"), ("X-Kept", "1")])

@@ -122,6 +122,20 @@ class TestSingleFlight:
         assert [joined for _, joined in results] == [False] + [True] * 19
         await landed(flight)
 
+    async def test_a_key_in_flight_is_known_until_it_lands(self) -> None:
+        """`key in flight` says whether a call now would join a running one."""
+        flight: SingleFlight[Any] = SingleFlight()
+        work = Work()
+        async with calling(flight) as callers:
+            assert "k" not in flight
+            callers.start("k", work, n=1)
+            await callers.joined()
+            assert "k" in flight
+            assert "other" not in flight
+            work.release.set()
+        await landed(flight)
+        assert "k" not in flight
+
     async def test_different_keys_run_separately(self) -> None:
         """Each key has its own flight, result and leader."""
         flight: SingleFlight[Any] = SingleFlight()

@@ -1,0 +1,72 @@
+"""Single-flight for the response cache: what the one execution of identical concurrent
+misses hands its followers, and when a follower must not take it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from router.cache import response_ttl, vary_names
+from router.context import Reply, RequestContext
+from router.errors import DeadlineExceeded, RouterError, UpstreamTimeout
+from router.pipeline import Rest
+
+# A flight that failed this close to its leader's deadline failed for want of the leader's time.
+BUDGET_SLACK_S = 0.05
+
+
+def leading(ctx: RequestContext, rest: Rest) -> Callable[[], Awaitable[Flight]]:
+    """The flight's work: the leader's rest of the chain, and what its followers need of it."""
+    leader = asyncio.current_task()
+
+    async def lead() -> Flight:
+        try:
+            reply = await rest()
+        except (DeadlineExceeded, UpstreamTimeout) as exc:
+            if asyncio.get_running_loop().time() >= ctx.deadline - BUDGET_SLACK_S:
+                raise LeaderOutOfTime(exc, ctx.deadline) from None
+            raise
+        # A leader whose client left writes no record: its followers must not point at it.
+        gone = leader is None or leader.cancelling() > 0 or leader.done()
+        varies = vary_names(reply.headers.get("Vary"))
+        return Flight(
+            reply,
+            ctx.served_tier,
+            tuple(ctx.reasons),
+            ctx.upstream_reasons,
+            ctx.upstream_ms,
+            "" if gone else ctx.audit_id,
+            (ctx.served_by, ctx.served_version, ctx.model_sha256),
+            # What no shared cache may hand others (private, no-store, Vary: *) is the
+            # leader's alone, and an answer that varies only fits the same header values.
+            response_ttl(reply.headers.get("Cache-Control"), 1.0) is None or "*" in varies,
+            tuple((name, ctx.headers.get(name)) for name in varies),
+        )
+
+    return lead
+
+
+class LeaderOutOfTime(Exception):
+    """The flight timed out because the leader's own budget ended: a follower with a later
+    deadline asks for itself instead of sharing that failure."""
+
+    def __init__(self, error: RouterError, deadline: float) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.deadline = deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Flight:
+    """What a coalesced execution hands every waiter: the answer and how it came about."""
+
+    reply: Reply
+    tier: str
+    reasons: tuple[str, ...]
+    upstream_reasons: str
+    upstream_ms: float | None
+    audit_id: str  # the leader's record; "" when the leader left before the answer
+    model: tuple[str, str, str]  # served_by, served_version, model_sha256
+    private: bool  # for the leader only
+    vary: tuple[tuple[str, str | None], ...]  # the leader's values of the headers it varies on
