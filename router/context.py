@@ -44,6 +44,9 @@ class RequestContext:
     header_length: int | None = None  # Inference-Header-Content-Length
     tensors: dict[str, str] | None = None  # see tensor_digests
     document: dict[str, Any] | None = None  # the parsed JSON (v2: the header part)
+    # v2 with binary BYTES tensors: the header with them inlined as JSON strings, and what is
+    # left of the binary part (router.v2.inline); what is scanned, redacted and forwarded.
+    inlined: tuple[dict[str, Any], bytes] | None = None
     stream: bool = False  # the client asked for SSE
     decision: Decision | None = None
     served_tier: str = ""
@@ -80,6 +83,11 @@ class RequestContext:
         if self.tensors is None:
             self.tensors = digester.tensors(self.document or {}, self.binary)
         return self.tensors
+
+    @property
+    def scanned_document(self) -> dict[str, Any] | None:
+        """The document as detection reads it and redaction rewrites it."""
+        return self.inlined[0] if self.inlined is not None else self.document
 
     @property
     def binary(self) -> memoryview:

@@ -46,6 +46,7 @@ class View:
     path: str
     headers: Mapping[str, str]
     changed: bool  # anything was redacted or dropped: the body must be re-encoded
+    binary: bytes | None = None  # v2: the binary part to send with `document`; None: as received
 
 
 def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
@@ -73,7 +74,7 @@ def _view(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     if ctx.scanner is None or not privacy.needs_redaction(tier):
         return unchanged  # nothing scanned (fail-open, no body) or the tier keeps everything
     plan = privacy.plans[tier]
-    if not ctx.entities and not _holds_any(ctx.document, plan.drop_fields):
+    if not ctx.entities and not _holds_any(ctx.scanned_document, plan.drop_fields):
         return unchanged  # nothing found and nothing to drop: no second walk
     # Each walk has the CPU budget to itself: a fallback's walk may come long after the survey.
     ctx.scanner.renew()
@@ -95,7 +96,7 @@ def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy:
     if ctx.vault is None:
         ctx.vault = TokenVault(reserved=ctx.scanner.placeholders)
     counts: Counter[str] = Counter()
-    document = ctx.document
+    document = ctx.scanned_document
     if document is not None:
         document, found = redact_json(document, plan, ctx.scanner, ctx.vault, privacy.hasher)
         counts += found
@@ -111,7 +112,8 @@ def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy:
         counts += found
         headers = CIMultiDict(pairs)
     ctx.redactions = counts
-    return View(document, path, headers, True)
+    binary = ctx.inlined[1] if ctx.inlined is not None else None
+    return View(document, path, headers, True, binary)
 
 
 def _holds_any(document: dict[str, Any] | None, paths: tuple[str, ...]) -> bool:
@@ -147,26 +149,25 @@ def outgoing(
     if ctx.method != "POST":
         return Outgoing(ctx.method, target, headers, b"")
     if ctx.api == "kserve-v2" and view.document is not None:
-        return _v2_outgoing(ctx, view.document, headers, target)
+        return _v2_outgoing(ctx, view, headers, target)
     headers["Content-Type"] = "application/json"
     body = orjson.dumps(view.document) if view.changed else ctx.body
     return Outgoing("POST", target, headers, body)
 
 
-def _v2_outgoing(
-    ctx: RequestContext, header: dict[str, Any], headers: dict[str, str], path: str
-) -> Outgoing:
-    """The v2 header is re-encoded per try so `parameters.timeout` carries the budget left."""
-    binary = bytes(ctx.binary)
-    if ctx.header_length is None:
-        headers["Content-Type"] = "application/json"
-    else:
-        headers["Content-Type"] = "application/octet-stream"
+def _v2_outgoing(ctx: RequestContext, view: View, headers: dict[str, str], path: str) -> Outgoing:
+    """The v2 header is re-encoded per try so `parameters.timeout` carries the budget left.
+    A view whose binary tensors all became JSON (inlined BYTES) goes as plain JSON."""
+    header = view.document
+    assert header is not None
+    binary = bytes(ctx.binary) if view.binary is None else view.binary
+    framed = ctx.header_length is not None and (view.binary is None or binary)
+    headers["Content-Type"] = "application/octet-stream" if framed else "application/json"
     out = Outgoing("POST", path, headers, ctx.body)
 
     def body_for(left_ms: int) -> bytes:
         encoded = with_timeout(header, left_ms * 1000)
-        if ctx.header_length is not None:
+        if framed:
             out.headers["Inference-Header-Content-Length"] = str(len(encoded))
         return encoded + binary
 

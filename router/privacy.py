@@ -166,8 +166,9 @@ def survey(privacy: Privacy, ctx: RequestContext, *, document: bool = True) -> C
     found: Counter[str] = Counter()
     vault = TokenVault()  # the survey keeps everything; nothing is issued from it
     scanner = ctx.scanner
-    if ctx.document is not None and document:
-        redact_json(ctx.document, privacy.survey, scanner, vault, privacy.hasher, seen=found)
+    scanned = ctx.scanned_document
+    if scanned is not None and document:
+        redact_json(scanned, privacy.survey, scanner, vault, privacy.hasher, seen=found)
     query = ctx.path.partition("?")[2]
     if query and privacy.bundle.detection.query:
         redact_query(query, privacy.survey, scanner, vault, privacy.hasher, seen=found)

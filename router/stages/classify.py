@@ -5,10 +5,12 @@ destination tier when a request is forwarded (`router.forwarding`), from the sam
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from typing import Any
 
 from router.context import Reply, RequestContext
 from router.errors import BadRequest
@@ -19,6 +21,7 @@ from router.redaction.types import DetectionError
 from router.redaction.vault import TOKEN_RE
 from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
+from router.v2.inline import inline_binary_bytes
 
 DATA_CLASS_HEADER = "X-Data-Class"
 # Bodies past this are scanned on the redaction executor, not on the event loop.
@@ -72,8 +75,10 @@ class ClassifyAndRedact:
             self._unscanned(ctx, "body over the detection size cap")
             return None
         if ctx.api == "kserve-v2" and has_binary_bytes(ctx.document):
-            self._unscanned(ctx, "binary BYTES tensors cannot be scanned")
-            return None
+            ctx.inlined = await self._inlined(ctx)
+            if ctx.inlined is None:
+                self._unscanned(ctx, "binary BYTES tensors that cannot be read as text")
+                return None
         ctx.scanner = MemoScanner(
             self._privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
         )
@@ -133,12 +138,23 @@ class ClassifyAndRedact:
             ctx.scanner.placeholders.update(TOKEN_RE.findall(raw.decode("ascii")))
         return survey(self._privacy, ctx, document=False)
 
+    async def _inlined(self, ctx: RequestContext) -> tuple[dict[str, Any], bytes] | None:
+        """The binary BYTES tensors as JSON strings, for detection to read (router.v2.inline);
+        decoded on the redaction executor for a large body."""
+        assert ctx.document is not None
+        inline = functools.partial(inline_binary_bytes, ctx.document, ctx.binary)
+        if len(ctx.body) <= OFF_LOOP_BYTES:
+            return inline()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, inline)
+
     def _plainly_clean(self, ctx: RequestContext) -> bool:
         """Whether the JSON as sent shows that no string in it can hold a finding, so the walk
         would find nothing: every string and digit run stands in it literally (ASCII, no
         escapes, nothing the normaliser decodes: %, &) and no pattern occurs anywhere in it.
         Within the walk's own limits only (a string per 2 bytes at most, a level per bracket),
         so a body the walk would refuse still is walked, and refused."""
+        if ctx.inlined is not None:
+            return False  # the text is in the binary part, not in the raw JSON
         detectors, plan = self._privacy.detectors, self._privacy.survey
         raw = ctx.body if ctx.header_length is None else ctx.body[: ctx.header_length]
         if not detectors.whole_text_sound or len(raw) > 2 * plan.max_leaves:

@@ -813,22 +813,28 @@ def bundle_copy(tmp_path: Path, **detection: str) -> Path:
     return folder
 
 
-def binary_bytes_request(text: str) -> tuple[bytes, dict[str, str]]:
-    """A v2 request whose BYTES tensor travels in the binary part (which cannot be scanned)."""
-    element = text.encode()
+def binary_bytes_request(
+    text: str | bytes, *, extra_fp32: bool = False
+) -> tuple[bytes, dict[str, str]]:
+    """A v2 request whose BYTES tensor travels in the binary part, as tritonclient sends it
+    (with `extra_fp32`, an FP32 tensor [0.5, 0.25] follows it there)."""
+    element = text.encode() if isinstance(text, str) else text
     binary = struct.pack("<I", len(element)) + element
-    header = orjson.dumps(
+    inputs: list[dict[str, Any]] = [
         {
-            "inputs": [
-                {
-                    "name": "INPUT0",
-                    "datatype": "BYTES",
-                    "shape": [1, 1],
-                    "parameters": {"binary_data_size": len(binary)},
-                }
-            ],
-            "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": False}}],
+            "name": "INPUT0",
+            "datatype": "BYTES",
+            "shape": [1, 1],
+            "parameters": {"binary_data_size": len(binary)},
         }
+    ]
+    if extra_fp32:
+        inputs.append(
+            {"name": "S", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}
+        )
+        binary += struct.pack("<2f", 0.5, 0.25)
+    header = orjson.dumps(
+        {"inputs": inputs, "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": False}}]}
     )
     headers = {
         "Content-Type": "application/octet-stream",
@@ -872,20 +878,55 @@ class TestFailClosed:
         assert_clean(site.off_site(), EMAIL)
 
     async def test_binary_bytes_tensors(self, site: Site, http: aiohttp.ClientSession) -> None:
-        """BYTES tensors in the binary part cannot be scanned: an upstream-only model answers
-        422 and receives nothing; the local BYTES model still answers."""
-        body, headers = binary_bytes_request(f"ship to {EMAIL}")
+        """BYTES tensors in the binary part (tritonclient's default) are read as text: the
+        e-mail in one is redacted and the tensor goes upstream as JSON strings, beside an FP32
+        tensor that stays binary; the local BYTES model answers such a request as sent."""
+        body, headers = binary_bytes_request(f"ship to {EMAIL}", extra_fp32=True)
         answer = await post(
             http, f"{site.url}/v2/models/v2-central/infer", data=body, headers=headers
         )
-        assert answer.status == 422, answer.body
-        assert "could not be checked for sensitive data" in answer.json()["error"]
-        assert site.off_site() == []
+        assert answer.status == 200, answer.body
+        assert_clean(site.off_site(), EMAIL)
+        [sent] = site.off_site()
+        length = int(sent.headers["Inference-Header-Content-Length"])
+        header = orjson.loads(sent.body[:length])
+        text, scores = header["inputs"]
+        assert text["data"] == ["ship to <EMAIL_1>"]
+        assert "binary_data_size" not in text.get("parameters", {})
+        assert scores["parameters"]["binary_data_size"] == 8
+        assert sent.body[length:] == struct.pack("<2f", 0.5, 0.25)
+        body, headers = binary_bytes_request(f"ship to {EMAIL}")
         answer = await post(
             http, f"{site.url}/v2/models/echo_bytes/infer", data=body, headers=headers
         )
         assert answer.status == 200, answer.body
         assert answer.json()["outputs"][0]["data"] == [f"ship to {EMAIL}"]
+
+    async def test_clean_binary_bytes_go_as_they_came(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """Nothing found in a binary BYTES tensor: the body is forwarded byte for byte."""
+        body, headers = binary_bytes_request("nothing personal here")
+        answer = await post(
+            http, f"{site.url}/v2/models/v2-central/infer", data=body, headers=headers
+        )
+        assert answer.status == 200, answer.body
+        [sent] = site.off_site()
+        length = int(sent.headers["Inference-Header-Content-Length"])
+        assert sent.body[length:] == body[int(headers["Inference-Header-Content-Length"]) :]
+
+    async def test_unreadable_binary_bytes_stay_on_the_site(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A binary BYTES element that is not UTF-8 cannot be scanned: an upstream-only model
+        answers 422 and receives nothing."""
+        body, headers = binary_bytes_request(b"\xff\xfe" + EMAIL.encode())
+        answer = await post(
+            http, f"{site.url}/v2/models/v2-central/infer", data=body, headers=headers
+        )
+        assert answer.status == 422, answer.body
+        assert "could not be checked for sensitive data" in answer.json()["error"]
+        assert EMAIL not in answer.body.decode(errors="replace")
         assert site.off_site() == []
 
     async def test_fail_open_path(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1201,10 +1202,11 @@ class TestScope:
         assert [first.cache, second.cache, sensitive.cache] == ["MISS", "HIT", "BYPASS"]
         assert await executions(http, site, "echo_bytes") == 2
 
-    async def test_requests_that_cannot_be_scanned_are_not_cached(
+    async def test_binary_bytes_tensors_are_scanned_and_cached(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
-        """A binary BYTES tensor cannot be scanned: the request is answered but never cached."""
+        """A binary BYTES tensor (tritonclient's default) is read as text like a JSON one:
+        clean, its answer is kept and the repeat is a hit."""
         text = b"opaque bytes"
         header = orjson.dumps(
             {
@@ -1228,9 +1230,27 @@ class TestScope:
             await post(http, site, "/v2/models/echo_bytes/infer", body, headers) for _ in range(2)
         ]
         assert [a.status for a in answers] == [200, 200]
+        assert [a.cache for a in answers] == ["MISS", "HIT"]
+        assert answers[1].json()["outputs"][0]["data"] == ["opaque bytes"]
+        assert await executions(http, site, "echo_bytes") == 1
+
+    async def test_requests_that_cannot_be_scanned_are_not_cached(
+        self,
+        stack: contextlib.AsyncExitStack,
+        http: aiohttp.ClientSession,
+        repository: Path,
+        tmp_path: Path,
+    ) -> None:
+        """A body over the detection cap is not scanned: answered here, but never cached."""
+        detection = (default_policy_bundle() / "detection.yaml").read_text(encoding="utf-8")
+        detection = re.sub(r"^max_body_bytes:.*$", "max_body_bytes: 64", detection, flags=re.M)
+        bundle = bundle_with(tmp_path, {"detection.yaml": detection})
+        site = await start_site(stack, repository, bundle=bundle)
+        body = echo("a text long enough to pass the detection cap of this bundle")
+        answers = [await post(http, site, "/v2/models/echo_bytes/infer", body) for _ in range(2)]
+        assert [a.status for a in answers] == [200, 200]
         assert [a.cache for a in answers] == ["BYPASS", "BYPASS"]
         assert all("unscanned" in a.reasons for a in answers)
-        assert answers[0].json()["outputs"][0]["data"] == ["opaque bytes"]
         assert await executions(http, site, "echo_bytes") == 2
 
     async def test_the_cache_off_serves_everything_afresh(
