@@ -35,6 +35,12 @@ class UpstreamRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes
+    # A health check or discovery: never queued behind requests for one of the cluster's
+    # connection slots (the lean client), so a pool busy with long streams is not "down".
+    probe: bool = False
+    # Set by the lean client while the request waits for a connection slot: a try that
+    # times out then was held up by our own queue, not by the upstream.
+    queued: bool = False
 
 
 class UpstreamResponse(Protocol):

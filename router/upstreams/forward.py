@@ -253,6 +253,11 @@ async def _try(
             else:
                 data = await response.read(MAX_RESPONSE_BYTES)
     except TimeoutError:
+        if request.queued:
+            # All connections busy until the try ran out: our own overflow, not the
+            # upstream's slowness (never blamed, never ejected).
+            cluster.counters.overflows += 1
+            raise UpstreamOverflow(f"{where}: no free connection within the try") from None
         if response is not None:
             response.abort()  # half read: the connection must not be reused
         # Slower than the client's budget is not broken: remember the latency (so the tier is

@@ -42,16 +42,22 @@ class H1Transport:
         key, host_header, path = self._target(request.url, where)
         head = _encode_head(request, host_header, path, where)
         payload = head + request.body if request.body else head
+        slotted = not request.probe
+        release = self._release if slotted else self._keep
         for _ in range(2):
-            await self._slots.acquire()
+            if slotted:
+                request.queued = True
+                await self._slots.acquire()
+                request.queued = False
             connection = self._take(key)
             try:
                 if connection is None:
                     connection = await self._connect(key, where, connect_timeout)
             except BaseException:
-                self._slots.release()
+                if slotted:
+                    self._slots.release()
                 raise
-            response = H1Response(connection, where, request.method == "HEAD", self._release)
+            response = H1Response(connection, where, request.method == "HEAD", release)
             try:
                 connection.start(response, payload)
                 if await response.wait_headers():
@@ -87,6 +93,10 @@ class H1Transport:
 
     def _release(self, connection: H1Connection, reusable: bool) -> None:
         self._slots.release()
+        self._keep(connection, reusable)
+
+    def _keep(self, connection: H1Connection, reusable: bool) -> None:
+        """Back to the pool if `reusable`, else closed (a probe's exchange held no slot)."""
         if not reusable or connection.closed or self._closed:
             connection.close()
             return

@@ -59,7 +59,9 @@ class Prober:
         try:
             async with asyncio.timeout(limit_s):
                 response = await self.transport.send(
-                    UpstreamRequest(method, endpoint.base + path, {}, b""), "health check", limit_s
+                    UpstreamRequest(method, endpoint.base + path, {}, b"", probe=True),
+                    "health check",
+                    limit_s,
                 )
                 await response.read(_DISCOVERY_LIMIT)
         except (UpstreamError, TimeoutError):
@@ -105,7 +107,9 @@ class Prober:
         try:
             async with asyncio.timeout(timeout):
                 response = await self.transport.send(
-                    UpstreamRequest(method, endpoint.base + path, {}, b""), "discovery", timeout
+                    UpstreamRequest(method, endpoint.base + path, {}, b"", probe=True),
+                    "discovery",
+                    timeout,
                 )
                 body = await response.read(_DISCOVERY_LIMIT)
         except (UpstreamError, TimeoutError):

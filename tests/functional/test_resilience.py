@@ -324,6 +324,44 @@ class TestBreaker:
         await eventually(lambda: regional.active == 0, "the cut stream gave its place back")
         assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
 
+    async def test_r2_busy_connections_are_not_a_dead_upstream(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """Every connection carries a long stream (max_connections 1, max_pending 1): health
+        checks still reach the upstream (it stays live, not marked down), and a request
+        queued behind the stream until its try ends is our 503 upstream_overflow, never an
+        upstream timeout blamed on the endpoint."""
+        _, fake_url = await start_fake(stack, "slow", stream_chunks=12, stream_delay_s=0.1)
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster(
+                "regional",
+                "regional",
+                fake_url,
+                max_connections=1,
+                max_pending=1,
+                request_timeout_ms=400,
+                health_check={"enabled": True, "unhealthy_threshold": 2},
+            ),
+        )
+        regional = clusters_of(app)["regional"]
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(LIMIT_S):
+            async with http.post(
+                f"{url}/v1/chat/completions", json={**CHAT, "stream": True}
+            ) as streaming:
+                await streaming.content.readuntil(b"\n\n")
+                queued = await post(http, f"{url}/v1/chat/completions", CHAT)
+                assert queued.status == 503, queued.body
+                assert queued.code == "upstream_overflow"
+                await asyncio.sleep(0.5)  # more health-check rounds, the stream still on
+                assert len(regional.live(loop.time())) == 1
+                await streaming.read()
+        assert regional.counters.failures == 0
+        assert regional.counters.overflows == 1
+        assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
+
     async def test_r3_twice_the_capacity_is_shed(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:
