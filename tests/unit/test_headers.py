@@ -242,6 +242,13 @@ class TestTraceparent:
         assert trace_id == TRACE_ID
         assert span_id != SPAN_ID
 
+    def test_caller_sampling_decision_kept(self) -> None:
+        """A caller's not-sampled flag (00) stays 00 upstream: a router that does not record
+        the trace must not turn sampling on for everything behind it (W3C §3.2.2.5)."""
+        out = traceparent(CIMultiDict({"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00"}))
+        assert out.startswith(f"00-{TRACE_ID}-")
+        assert out.endswith("-00")
+
     def test_surrounding_whitespace_tolerated(self) -> None:
         """Optional whitespace around the value does not break the trace."""
         out = traceparent(CIMultiDict({"Traceparent": f"  00-{TRACE_ID}-{SPAN_ID}-00 "}))
