@@ -85,7 +85,9 @@ class H1Connection(asyncio.Protocol):
 
     # the exchange
 
-    def start(self, response: H1Response, request: bytes) -> None:
+    def start(self, response: H1Response, request: bytes, where: str) -> None:
+        # A pooled connection carries many exchanges: its errors name the current one's.
+        self.where = where
         self._response = response
         self._header_bytes = 0
         self.reused = self.used

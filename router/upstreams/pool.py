@@ -59,7 +59,7 @@ class H1Transport:
                 raise
             response = H1Response(connection, where, request.method == "HEAD", release)
             try:
-                connection.start(response, payload)
+                connection.start(response, payload, where)
                 if await response.wait_headers():
                     return response
             except BaseException:

@@ -182,6 +182,30 @@ async def test_truncated_chunked_stream_is_a_reset_after_the_first_chunk(
     await transport.close()
 
 
+async def test_errors_name_the_exchange_not_the_connections_first_user(
+    server: tuple[Scripted, str],
+) -> None:
+    """A pooled connection opened by a health check, then cut mid-stream while carrying a
+    request: the error names the request's upstream, not 'health check'."""
+    scripted, url = server
+    scripted.answers = [
+        ok(b"up"),
+        Close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"),
+    ]
+    transport = H1Transport(4)
+    async with asyncio.timeout(LIMIT_S):
+        probe = UpstreamRequest("GET", url, {}, b"", probe=True)
+        assert await (await transport.send(probe, "health check", 1.0)).read(100) == b"up"
+        request = UpstreamRequest("GET", url, {}, b"")
+        response = await transport.send(request, "cluster c endpoint 0", 1.0)
+        with pytest.raises(UpstreamReset) as caught:
+            async for _ in response.chunks():
+                pass
+    assert scripted.connections == 1
+    assert caught.value.message.startswith("cluster c endpoint 0:")
+    await transport.close()
+
+
 async def test_interim_1xx_is_skipped(server: tuple[Scripted, str]) -> None:
     """100 Continue and 103 Early Hints before the answer are not the answer."""
     scripted, url = server
