@@ -192,6 +192,19 @@ class TestAnswers:
         sent = orjson.loads(site.llm.requests_to("/v1/chat/completions")[-1].body)
         assert sent["messages"] == MESSAGES
 
+    async def test_null_stream_means_no_stream(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """`"stream": null` is valid OpenAI (the field is nullable, default false): a plain
+        answer, not a 400."""
+        body = {"model": "gpt-test", "messages": MESSAGES, "stream": None}
+        url = f"{site.router.url}/v1/chat/completions"
+        async with http.post(url, json=body) as response:
+            assert response.status == 200, await response.text()
+            assert response.content_type == "application/json"
+            doc = await response.json()
+        assert doc["object"] == "chat.completion"
+
     def test_completion(self, client: openai.OpenAI) -> None:
         """Legacy text completions are relayed too."""
         completion = client.completions.create(model="gpt-test", prompt="once upon a time")
