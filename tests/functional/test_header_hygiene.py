@@ -381,6 +381,26 @@ class TestIds:
         assert FRESH_ID.match(sent)
         assert reply.headers["X-Request-Id"] == sent
 
+    @pytest.mark.parametrize(
+        ("path", "headers"),
+        [
+            (CHAT, [("X-Latency-Budget-Ms", "soon")]),  # refused before routing begins
+            ("/v1/no-such-endpoint", []),
+            ("/v2/models/echo_model/infer", [("X-Latency-Budget-Ms", "-1")]),
+        ],
+        ids=["bad-budget", "no-route", "v2-bad-budget"],
+    )
+    def test_request_id_on_early_errors(
+        self, site: Site, path: str, headers: list[tuple[str, str]]
+    ) -> None:
+        """An error raised before the request is routed still carries X-Request-Id: the
+        client's when well-formed, else a fresh one."""
+        given = site.post(path, CHAT_BODY, [*headers, ("X-Request-Id", "early-1")])
+        assert given.status in (400, 404)
+        assert given.headers.getall("X-Request-Id") == ["early-1"]
+        fresh = site.post(path, CHAT_BODY, headers)
+        assert FRESH_ID.match(fresh.headers["X-Request-Id"])
+
     def test_traceparent_continued(self, site: Site) -> None:
         """The upstream sees the caller's trace id with a new span id."""
         trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
