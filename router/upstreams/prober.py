@@ -25,6 +25,8 @@ class Prober:
         self.cluster = cluster
         self.transport = transport
         self._rediscover = asyncio.Event()
+        # The cluster's own headers (an upstream API key): a probe without them is refused.
+        self._headers = dict(cluster.settings.headers)
 
     def failed(self) -> None:
         """Ask for an early discovery round (e.g. the cluster said it lacks a model)."""
@@ -59,7 +61,7 @@ class Prober:
         try:
             async with asyncio.timeout(limit_s):
                 response = await self.transport.send(
-                    UpstreamRequest(method, endpoint.base + path, {}, b"", probe=True),
+                    UpstreamRequest(method, endpoint.base + path, self._headers, b"", probe=True),
                     "health check",
                     limit_s,
                 )
@@ -107,7 +109,7 @@ class Prober:
         try:
             async with asyncio.timeout(timeout):
                 response = await self.transport.send(
-                    UpstreamRequest(method, endpoint.base + path, {}, b"", probe=True),
+                    UpstreamRequest(method, endpoint.base + path, self._headers, b"", probe=True),
                     "discovery",
                     timeout,
                 )
