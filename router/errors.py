@@ -70,6 +70,10 @@ class MalformedBody(BadRequest):
     code = "malformed_body"
 
 
+class UnforwardableHeader(BadRequest):
+    code = "unforwardable_header"
+
+
 class InvalidTensor(BadRequest):
     code = "invalid_tensor"
 

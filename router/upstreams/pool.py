@@ -12,7 +12,13 @@ import asyncio
 import ssl
 from urllib.parse import quote, urlsplit
 
-from router.errors import ConnectFailed, UpstreamError, UpstreamTimeout, UpstreamTlsFailed
+from router.errors import (
+    ConnectFailed,
+    UnforwardableHeader,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTlsFailed,
+)
 from router.upstreams.client import UpstreamRequest
 from router.upstreams.h1 import H1Connection, PoolKey
 from router.upstreams.h1_response import H1Response
@@ -209,10 +215,13 @@ def _encode_head(request: UpstreamRequest, host: str, path: str, where: str) -> 
     # As aiohttp asks; the answer is inflated before anyone reads it (H1Response).
     lines.append("Accept-Encoding: gzip, deflate\r\n\r\n")
     head = "".join(lines)
-    # A CR or LF inside a name or value would start a header (or a request) of its own.
+    # A CR or LF inside a name or value would start a header (or a request) of its own. The
+    # request's fault, not the upstream's: never counted against it.
     if head.count("\n") != len(lines) + 2 or head.count("\r") != len(lines) + 2:
-        raise UpstreamError(f"{where}: a header holds a line break")
+        raise UnforwardableHeader("a request header holds a line break")
+    # aiohttp decoded the client's header bytes as UTF-8, a byte that is not as a surrogate
+    # escape: encoding back the same way sends them on exactly as they came.
     try:
-        return head.encode("latin-1")
+        return head.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
-        raise UpstreamError(f"{where}: a header is not latin-1") from None
+        raise UnforwardableHeader("a request header cannot be encoded") from None

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import uvloop
 
-from router.errors import ConnectFailed, UpstreamError, UpstreamReset
+from router.errors import ConnectFailed, UnforwardableHeader, UpstreamError, UpstreamReset
 from router.upstreams import pool
 from router.upstreams.client import UpstreamRequest
 from router.upstreams.pool import H1Transport
@@ -327,11 +327,12 @@ async def test_max_connections_bounds_exchanges(server: tuple[Scripted, str]) ->
 
 
 async def test_line_break_in_a_header_is_refused(server: tuple[Scripted, str]) -> None:
-    """A header value with CR LF would smuggle a header: refused before anything is sent."""
+    """A header value with CR LF would smuggle a header: refused before anything is sent,
+    as the request's fault (400), not an upstream failure."""
     scripted, url = server
     transport = H1Transport(4)
     request = UpstreamRequest("GET", url, {"X-A": "1\r\nX-Injected: 1"}, b"")
-    with pytest.raises(UpstreamError, match="line break"):
+    with pytest.raises(UnforwardableHeader, match="line break"):
         await transport.send(request, "test", 1.0)
     assert scripted.requests == []
     await transport.close()
