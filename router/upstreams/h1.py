@@ -120,7 +120,14 @@ class H1Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
         assert self._response is not None
-        self._response.raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # aiohttp's server writes header text as UTF-8: read it so, or the client gets
+        # mojibake. Bytes that are not UTF-8 stay latin-1 text (a surrogate escape would
+        # not survive every writer).
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+        self._response.raw_headers.append((name.decode("latin-1"), text))
 
     def on_headers_complete(self) -> None:
         response = self._response

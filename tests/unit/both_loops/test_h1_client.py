@@ -206,6 +206,19 @@ async def test_errors_name_the_exchange_not_the_connections_first_user(
     await transport.close()
 
 
+async def test_utf8_header_values_are_read_as_utf8(server: tuple[Scripted, str]) -> None:
+    """An upstream's UTF-8 header value is read as the text it is (aiohttp's server writes
+    header text as UTF-8, so latin-1 here would turn café into cafÃ© for the client)."""
+    scripted, url = server
+    scripted.answers = [ok(b"x", "X-Note: café\r\n".encode())]
+    transport = H1Transport(4)
+    async with asyncio.timeout(LIMIT_S):
+        response = await transport.send(UpstreamRequest("GET", url, {}, b""), "test", 1.0)
+        assert response.headers["X-Note"] == "café"
+        await response.read(10)
+    await transport.close()
+
+
 async def test_interim_1xx_is_skipped(server: tuple[Scripted, str]) -> None:
     """100 Continue and 103 Early Hints before the answer are not the answer."""
     scripted, url = server
