@@ -43,6 +43,7 @@ class H1Response:
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._decompress: zlib._Decompress | None = None
+        self._inflated = False  # any compressed bytes fed to _decompress
 
     # fed by the connection
 
@@ -148,7 +149,9 @@ class H1Response:
                 if self.complete:
                     break
                 await self._wait()
-            if self._decompress is not None:
+            # No compressed byte at all (HEAD, 204, an empty body) is an empty body, not a
+            # compressed stream cut short.
+            if self._decompress is not None and self._inflated:
                 tail = self._decompress.flush()
                 if not self._decompress.eof:
                     raise UpstreamReset(f"{self._where}: compressed response ended early")
@@ -162,6 +165,7 @@ class H1Response:
     def _inflate(self, data: bytes) -> bytes:
         if self._decompress is None:
             return data
+        self._inflated = True
         try:
             return self._decompress.decompress(data)
         except zlib.error:

@@ -257,6 +257,27 @@ async def test_head_ends_at_its_headers(server: tuple[Scripted, str]) -> None:
     await transport.close()
 
 
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 30\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\nContent-Encoding: gzip\r\n\r\n"),
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n"),
+    ],
+    ids=["head", "204", "empty-200"],
+)
+async def test_bodiless_gzip_answer_is_empty_not_cut_short(
+    server: tuple[Scripted, str], method: str, answer: bytes
+) -> None:
+    """An answer without a body that names gzip (a HEAD mirrors its GET's headers) is an
+    empty body, not a compressed stream that 'ended early'."""
+    scripted, url = server
+    scripted.answers = [answer]
+    transport = H1Transport(4)
+    assert await get(transport, url, method) == b""
+    await transport.close()
+
+
 async def test_oversized_headers_are_refused(server: tuple[Scripted, str]) -> None:
     """Headers past 64 KiB are an error, not an unbounded buffer."""
     scripted, url = server
