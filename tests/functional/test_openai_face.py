@@ -230,6 +230,17 @@ class TestAnswers:
         assert tiers["gpt-slow"] == "central"
         assert tiers["gpt-gone"] == "central"
 
+    def test_model_retrieved(self, client: openai.OpenAI) -> None:
+        """`models.retrieve()` (GET /v1/models/{id}) answers one entry of the list, ids with
+        a slash included; an unknown id is OpenAI's 404 model_not_found."""
+        model = client.models.retrieve("gpt-test")
+        assert model.id == "gpt-test"
+        assert (model.model_extra or {}).get("tier") == "regional"
+        assert client.models.retrieve("color_classifier").id == "color_classifier"
+        with pytest.raises(openai.NotFoundError) as info:
+            client.models.retrieve("org/no-such-model")
+        assert info.value.code == "model_not_found"
+
     async def test_async_sdk(self, aclient: openai.AsyncOpenAI) -> None:
         """The asyncio SDK gets the same answers, concurrently."""
         chats = [
