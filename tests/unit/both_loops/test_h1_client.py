@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import zlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -263,8 +264,9 @@ async def test_head_ends_at_its_headers(server: tuple[Scripted, str]) -> None:
         ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 30\r\n\r\n"),
         ("GET", b"HTTP/1.1 204 No Content\r\nContent-Encoding: gzip\r\n\r\n"),
         ("GET", b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 30\r\n\r\n"),
     ],
-    ids=["head", "204", "empty-200"],
+    ids=["head", "204", "empty-200", "head-br"],
 )
 async def test_bodiless_gzip_answer_is_empty_not_cut_short(
     server: tuple[Scripted, str], method: str, answer: bytes
@@ -304,6 +306,28 @@ async def test_gzip_answer_is_inflated(server: tuple[Scripted, str]) -> None:
     scripted.answers = [ok(gzip.compress(b'{"a": 1}'), b"Content-Encoding: gzip\r\n")]
     transport = H1Transport(4)
     assert await get(transport, url) == b'{"a": 1}'
+    await transport.close()
+
+
+async def test_raw_deflate_answer_is_inflated(server: tuple[Scripted, str]) -> None:
+    """`deflate` sent without its zlib wrapper (a common server mistake, which aiohttp
+    accepts too) is inflated all the same."""
+    scripted, url = server
+    squeeze = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = squeeze.compress(b'{"a": 1}') + squeeze.flush()
+    scripted.answers = [ok(raw, b"Content-Encoding: deflate\r\n")]
+    transport = H1Transport(4)
+    assert await get(transport, url) == b'{"a": 1}'
+    await transport.close()
+
+
+async def test_encoding_not_asked_for_is_an_error(server: tuple[Scripted, str]) -> None:
+    """A body in an encoding we never offered (br) is an error, never relayed as if plain."""
+    scripted, url = server
+    scripted.answers = [ok(b"\x1b\x07\x00\xf8brotli", b"Content-Encoding: br\r\n")]
+    transport = H1Transport(4)
+    with pytest.raises(UpstreamError, match="encoding"):
+        await get(transport, url)
     await transport.close()
 
 
