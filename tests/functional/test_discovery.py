@@ -110,3 +110,84 @@ class TestDiscovery:
         finally:
             await router.close()
             await upstream.close()
+
+
+class TestDefaultHealthCheck:
+    async def test_openai_only_upstream_is_healthy(self) -> None:
+        """A cluster as `serve --central URL` makes it (both protocols, default checks) in
+        front of an OpenAI-only server (vLLM, llama.cpp: no /v2/health/ready) is live: a
+        404 there means 'not a KServe server', and /v1/models answers for it."""
+        asked: list[str] = []
+
+        async def models(request: web.Request) -> web.Response:
+            asked.append(request.path)
+            return web.json_response({"object": "list", "data": [{"id": "gpt-only"}]})
+
+        async def chat(request: web.Request) -> web.Response:
+            return web.json_response({"object": "chat.completion", "choices": []})
+
+        openai_only = web.Application()
+        openai_only.router.add_get("/v1/models", models)
+        openai_only.router.add_post("/v1/chat/completions", chat)
+        upstream = TestServer(openai_only, host="127.0.0.1")
+        await upstream.start_server()
+        settings = Settings.model_validate(
+            {
+                "cache": {"enabled": False},
+                "upstreams": [
+                    {
+                        "name": "central",
+                        "tier": "central",
+                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                        "health_check": {"interval_s": 0.05, "unhealthy_threshold": 2},
+                    }
+                ],
+            }
+        )
+        app = build_app(settings)
+        router = TestServer(app, host="127.0.0.1")
+        await router.start_server()
+        try:
+            cluster = app[UPSTREAMS].clusters["central"]
+            await asyncio.sleep(0.4)  # several health-check rounds
+            assert len(cluster.live(asyncio.get_running_loop().time())) == 1
+            chat_body = {"model": "gpt-only", "messages": [{"role": "user", "content": "hi"}]}
+            async with (
+                aiohttp.ClientSession() as http,
+                asyncio.timeout(10),
+                http.post(router.make_url("/v1/chat/completions"), json=chat_body) as r,
+            ):
+                assert r.status == 200
+        finally:
+            await router.close()
+            await upstream.close()
+
+    async def test_kserve_server_not_ready_is_down(self) -> None:
+        """A KServe server whose /v2/health/ready says 503 is down, whatever else answers."""
+        fake = FakeUpstream(name="triton", models=["gpt-x"], v2_models=["m"])
+        fake.behaviour.healthy = False
+        upstream = TestServer(fake.app(), host="127.0.0.1")
+        await upstream.start_server()
+        settings = Settings.model_validate(
+            {
+                "cache": {"enabled": False},
+                "upstreams": [
+                    {
+                        "name": "central",
+                        "tier": "central",
+                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                        "health_check": {"interval_s": 0.05, "unhealthy_threshold": 2},
+                    }
+                ],
+            }
+        )
+        app = build_app(settings)
+        router = TestServer(app, host="127.0.0.1")
+        await router.start_server()
+        try:
+            cluster = app[UPSTREAMS].clusters["central"]
+            await asyncio.sleep(0.4)
+            assert cluster.live(asyncio.get_running_loop().time()) == []
+        finally:
+            await router.close()
+            await upstream.close()
