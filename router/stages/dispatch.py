@@ -153,6 +153,7 @@ class Dispatch:
             ctx.reasons.append("escalation_unavailable")
             return None
         path = f"/v2/models/{rule.to_model}/infer"
+        local = (ctx.served_tier, ctx.served_by, ctx.upstream_ms)
         try:
             reply = await self._forward(ctx, target, path)
         except (Unavailable, UpstreamError) as exc:
@@ -160,6 +161,13 @@ class Dispatch:
                 raise
             ctx.served_tier = self._tier
             ctx.reasons.append(f"escalation_failed:{exc.code}")
+            return None
+        if reply.status >= 400:
+            # The large model's tier refused (lost the model, rejects this input): escalation
+            # only ever improves an answer, so the local one stands.
+            ctx.served_tier, ctx.served_by, ctx.upstream_ms = local
+            ctx.upstream_reasons = ""
+            ctx.reasons.append("escalation_failed:upstream_status")
             return None
         ctx.reasons.append(f"escalated_low_confidence:{target.name}")
         return reply
