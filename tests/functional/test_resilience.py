@@ -159,6 +159,25 @@ def closed_port() -> int:
 
 
 class TestOutlierEjection:
+    async def test_r1_out_of_budget_answers_never_eject(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """A chained layer-router answers 504 when the budget we passed on cannot be met:
+        that is the client's tight budget, not a broken tier. Eight of them in a row reach
+        the client as 504, count no failure and eject nothing (else clients with tight
+        budgets could take a tier away from everyone)."""
+        _, url_504 = await start_fake(stack, "central", fail_status=504)
+        app, url = await start_router(stack, tmp_path, cluster("central", "central", url_504))
+        central = clusters_of(app)["central"]
+        for _ in range(8):
+            answer = await post(
+                http, f"{url}/v1/chat/completions", CHAT, {"X-Latency-Budget-Ms": "2000"}
+            )
+            assert answer.status == 504, answer.body
+        assert central.counters.failures == 0
+        assert central.counters.ejections == 0
+        assert len(central.live(asyncio.get_running_loop().time())) == 1
+
     async def test_r1_failing_endpoint_ejected_then_back(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:
