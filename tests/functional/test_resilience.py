@@ -352,8 +352,13 @@ class TestBreaker:
         finally:
             gc.enable()
 
+    @pytest.mark.parametrize("client", ["h1", "aiohttp"])
     async def test_r2_busy_connections_are_not_a_dead_upstream(
-        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        client: str,
     ) -> None:
         """Every connection carries a long stream (max_connections 1, max_pending 1): health
         checks still reach the upstream (it stays live, not marked down), and a request
@@ -371,6 +376,7 @@ class TestBreaker:
                 max_pending=1,
                 request_timeout_ms=400,
                 health_check={"enabled": True, "unhealthy_threshold": 2},
+                client=client,
             ),
         )
         regional = clusters_of(app)["regional"]
