@@ -105,7 +105,10 @@ def _add(out: dict[str, str], names: dict[str, str], name: str, lower: str, valu
     """A repeated field's lines joined into one comma-separated list (RFC 9110 §5.3), under
     its first spelling: a dict keeps one value per name, and the earlier lines would be lost."""
     first = names.setdefault(lower, name)
-    out[first] = f"{out[first]}, {value}" if first in out else value
+    if first not in out:
+        out[first] = value
+    else:  # Cookie's list separator is its own (RFC 9113 §8.2.3)
+        out[first] += ("; " if lower == "cookie" else ", ") + value
 
 
 def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:

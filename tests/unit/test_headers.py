@@ -136,6 +136,8 @@ class TestUpstreamRequestHeaders:
         """A header sent on several lines reaches the upstream as one list, none lost."""
         out = forwarded([("X-Custom", "one"), ("x-custom", "two"), ("Accept", "*/*")])
         assert out == {"X-Custom": "one, two", "Accept": "*/*"}
+        cookies = forwarded([("Cookie", "a=1"), ("Cookie", "b=2")])
+        assert cookies == {"Cookie": "a=1; b=2"}
 
     def test_input_not_modified(self) -> None:
         """The client's headers are read, never changed."""
