@@ -46,7 +46,7 @@ class H1Transport:
         self, request: UpstreamRequest, where: str, connect_timeout: float
     ) -> H1Response:
         key, host_header, path = self._target(request.url, where)
-        head = _encode_head(request, host_header, path, where)
+        head = _encode_head(request, host_header, path)
         payload = head + request.body if request.body else head
         slotted = not request.probe
         release = self._release if slotted else self._keep
@@ -102,7 +102,7 @@ class H1Transport:
         self._keep(connection, reusable)
 
     def _keep(self, connection: H1Connection, reusable: bool) -> None:
-        """Back to the pool if `reusable`, else closed (a probe's exchange held no slot)."""
+        """Back to the pool if `reusable`, else closed: a probe's end (it took no slot)."""
         if not reusable or connection.closed or self._closed:
             connection.close()
             return
@@ -206,7 +206,7 @@ def _default_context() -> ssl.SSLContext:
     return _DEFAULT[0]
 
 
-def _encode_head(request: UpstreamRequest, host: str, path: str, where: str) -> bytes:
+def _encode_head(request: UpstreamRequest, host: str, path: str) -> bytes:
     lines = [f"{request.method} {path} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in request.headers.items():
         lines.append(f"{name}: {value}\r\n")
