@@ -71,6 +71,10 @@ class MalformedBody(BadRequest):
     code = "malformed_body"
 
 
+class UnforwardableHeader(BadRequest):
+    code = "unforwardable_header"
+
+
 class InvalidTensor(BadRequest):
     code = "invalid_tensor"
 
@@ -243,9 +247,15 @@ class UpstreamStatus(UpstreamError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.retryable = upstream_status >= 500 or upstream_status == 429
-        self.health_failure = upstream_status >= 500
-        # "Come back later" from upstream stays "come back later" for our client.
-        self.status = 503 if upstream_status in (429, 503) else 502
+        # A 504 says the upstream ran out of time: the budget we passed on (a chained
+        # router's budget_unmeetable), which tight client budgets must not turn into an
+        # ejected tier.
+        self.health_failure = upstream_status >= 500 and upstream_status != 504
+        # "Come back later" from upstream stays "come back later" for our client, and
+        # "out of time" stays a gateway timeout.
+        self.status = (
+            503 if upstream_status in (429, 503) else 504 if upstream_status == 504 else 502
+        )
 
 
 class StreamBroken(UpstreamError):

@@ -68,7 +68,7 @@ _NEVER_UPSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED
 _RESPONSE_ONLY = frozenset({"server", "date", "content-type", "x-request-id", "set-cookie"})
 _NEVER_DOWNSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | _RESPONSE_ONLY
 _INTERNAL_PREFIX = "x-layer-router-"
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -110,7 +110,10 @@ def _add(out: dict[str, str], names: dict[str, str], name: str, lower: str, valu
     """A repeated field's lines joined into one comma-separated list (RFC 9110 §5.3), under
     its first spelling: a dict keeps one value per name, and the earlier lines would be lost."""
     first = names.setdefault(lower, name)
-    out[first] = f"{out[first]}, {value}" if first in out else value
+    if first not in out:
+        out[first] = value
+    else:  # Cookie's list separator is its own (RFC 9113 §8.2.3)
+        out[first] += ("; " if lower == "cookie" else ", ") + value
 
 
 def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -148,10 +151,11 @@ def traceparent(client: Mapping[str, str]) -> str:
     match = _TRACEPARENT.match(given.strip()) if given else None
     # All-zero trace or parent ids are invalid (W3C Trace Context §3.2.2): start a new trace.
     if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
-        trace_id = match.group(1)
+        # The caller's sampling decision travels on (only the sampled bit is defined).
+        trace_id, flags = match.group(1), "01" if int(match.group(3), 16) & 1 else "00"
     else:
-        trace_id = _hex(128)
-    return f"00-{trace_id}-{_hex(64)}-01"
+        trace_id, flags = _hex(128), "01"
+    return f"00-{trace_id}-{_hex(64)}-{flags}"
 
 
 def _hex(bits: int) -> str:

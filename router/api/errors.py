@@ -22,6 +22,7 @@ from router.errors import (
     RouterError,
     UnsupportedMediaType,
 )
+from router.headers import REQUEST_ID, request_id
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
     ctx = request.get(CTX) if request is not None else None
     if ctx is not None:
         headers.update(trace_headers(ctx))
+    elif request is not None:  # refused before it had a context: the id all the same
+        headers[REQUEST_ID] = request_id(request.headers)
     if request is not None and request.path.startswith("/v1/"):
         body = orjson.dumps(
             {

@@ -14,6 +14,7 @@ from router.api.current import current
 from router.api.respond import default_budget, new_context, run
 from router.api.state import SETTINGS, UPSTREAMS
 from router.budget import budget_ms
+from router.errors import ModelNotFound
 from router.settings import Protocol
 
 _STARTED = int(time.time())
@@ -23,6 +24,7 @@ def add_routes(app: web.Application) -> None:
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         app.router.add_post(path, relay, expect_handler=expect_within_limit)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)  # ids may hold a slash
 
 
 async def relay(request: web.Request) -> web.StreamResponse:
@@ -35,6 +37,24 @@ async def relay(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.Response:
+    return _json({"object": "list", "data": _listed(request)})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """One entry of the list, as the openai SDK's `models.retrieve` asks for it."""
+    name = request.match_info["model"]
+    for item in _listed(request):
+        if item["id"] == name:
+            return _json(item)
+    raise ModelNotFound(f"unknown model '{name}'")
+
+
+def _json(doc: object) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), content_type="application/json")
+
+
+def _listed(request: web.Request) -> list[dict[str, object]]:
+    """Local models and every cluster's, with their tiers, as this caller may see them."""
     app = request.app
     tier = app[SETTINGS].site.tier.value
     data = [_model(name, tier, "local") for name in current(request).models.models]
@@ -46,9 +66,7 @@ async def list_models(request: web.Request) -> web.Response:
     access = request.get(TENANT)
     if access is not None and access.models is not None:
         data = [item for item in data if access.may_use(str(item["id"]))]
-    return web.Response(
-        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
-    )
+    return data
 
 
 def _model(name: str, tier: str, source: str) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
@@ -120,17 +121,27 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
 async def _stream(
     request: web.Request, reply: Reply, headers: dict[str, str], ctx: RequestContext
 ) -> web.StreamResponse:
-    assert reply.stream is not None
+    stream = reply.stream
+    assert stream is not None
     response = web.StreamResponse(status=reply.status, headers=headers)
     response.content_type = reply.content_type
-    await response.prepare(request)
     try:
-        async for chunk in reply.stream:
-            await response.write(chunk)
-    except RouterError as exc:
-        # Bytes already went out: say so in-stream, never end as if the stream were complete.
-        await response.write(sse_error_event(exc))
-    await response.write_eof()
+        await response.prepare(request)
+        try:
+            async for chunk in stream:
+                await response.write(chunk)
+        except RouterError as exc:
+            # Bytes already went out: say so in-stream, never end as if the stream were complete.
+            await response.write(sse_error_event(exc))
+        await response.write_eof()
+    except ConnectionError:
+        return response  # the client left mid-stream: nobody to answer (no traceback logged)
+    finally:
+        # Closed now, not whenever the garbage collector breaks the cycle an exception's
+        # traceback makes: the upstream connection, the cluster's place in its breaker and
+        # the audit record all wait for the stream's end.
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()
     observe(request.app, ctx, reply.status)
     return response
 

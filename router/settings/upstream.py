@@ -52,7 +52,9 @@ class OutlierSettings(Strict):
 
 class HealthCheckSettings(Strict):
     enabled: bool = True
-    path: str | None = None  # None: /v2/health/ready for kserve-v2 clusters, else /v1/models
+    # None: /v2/health/ready for kserve-v2 clusters, and /v1/models for openai ones (also
+    # when /v2/health/ready is 404: a cluster of both protocols may be an OpenAI-only server).
+    path: str | None = None
     # Frequent and cheap, so a site notices a dead link within ~3 s and goes local-only.
     interval_s: PositiveFloat = 1.0
     timeout_s: PositiveFloat = 1.0

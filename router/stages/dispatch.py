@@ -184,6 +184,7 @@ class Dispatch:
         now = asyncio.get_running_loop().time()
         snapshot = replace(self._upstreams.snapshot(now, self._models), local={})
         facts = Facts(ctx.api, model, (ctx.deadline - now) * 1000, len(ctx.body))
-        permitted = self._route.permitted(ctx, snapshot.clusters)  # residency holds here too
+        # Residency and version pins hold here too: the large model's, not the small one's.
+        permitted = self._route.permitted(ctx, snapshot.clusters) - self._route.pinned_out(model)
         targets = decide(facts, Rules(), snapshot, self._tier, permitted).targets
         return targets[0] if targets else None

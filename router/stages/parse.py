@@ -49,7 +49,9 @@ class ParseOpenAIRequest:
         model = doc.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' must be a non-empty string")
-        stream = doc.get("stream", False)
+        stream = doc.get("stream")
+        if stream is None:  # absent or null: OpenAI's field is nullable, default false
+            stream = False
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean")
         ctx.document, ctx.model, ctx.stream = doc, model, stream

@@ -79,13 +79,16 @@ class DecideRoute:
         )
 
     def _pinned_out(self, ctx: RequestContext) -> frozenset[str]:
-        """Clusters whose reported versions of the model the bundle does not allow."""
-        clusters = self._upstreams.clusters.values()
-        if not self._bundle.versions.tiers:
-            return frozenset()
-        out = frozenset(c.name for c in clusters if not compliant(self._bundle, c, ctx.model))
+        out = self.pinned_out(ctx.model)
         ctx.reasons.extend(f"version_pinned:{name}" for name in sorted(out))
         return out
+
+    def pinned_out(self, model: str) -> frozenset[str]:
+        """Clusters whose reported versions of `model` the bundle does not allow."""
+        if not self._bundle.versions.tiers:
+            return frozenset()
+        clusters = self._upstreams.clusters.values()
+        return frozenset(c.name for c in clusters if not compliant(self._bundle, c, model))
 
 
 def _failure_error(ctx: RequestContext, decision: Decision) -> Exception:

@@ -13,6 +13,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Protocol
 
 import aiohttp
@@ -35,6 +36,12 @@ class UpstreamRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes
+    # A health check or discovery: never queued behind requests for one of the cluster's
+    # connection slots (the lean client), so a pool busy with long streams is not "down".
+    probe: bool = False
+    # Set by the lean client while the request waits for a connection slot: a try that
+    # times out then was held up by our own queue, not by the upstream.
+    queued: bool = False
 
 
 class UpstreamResponse(Protocol):
@@ -103,14 +110,22 @@ class HttpTransport:
     def __init__(self, session: aiohttp.ClientSession, tls: ClientTls | None = None) -> None:
         self._session = session
         self._tls = tls
+        # Probes on a session of their own: never queued behind requests for the cluster's
+        # connection limit, so a pool busy with long streams is not checked "down".
+        self._probes: aiohttp.ClientSession | None = None
 
     async def send(
         self, request: UpstreamRequest, where: str, connect_timeout: float
     ) -> UpstreamResponse:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         tls = self._tls
+        session = self._session
+        if request.probe:
+            if self._probes is None:
+                self._probes = plain_session()
+            session = self._probes
         with map_errors(where):
-            response = await self._session.request(
+            response = await session.request(
                 request.method,
                 request.url,
                 data=request.body or None,
@@ -119,11 +134,14 @@ class HttpTransport:
                 timeout=timeout,
                 ssl=True if tls is None else tls.context,
                 server_hostname=None if tls is None else tls.server_hostname,
+                trace_request_ctx=request,  # _queued marks the wait for a free connection
             )
         return AiohttpResponse(response, where)
 
     async def close(self) -> None:
         await self._session.close()
+        if self._probes is not None:
+            await self._probes.close()
 
 
 def poster(
@@ -160,7 +178,25 @@ def session_for(cluster: ClusterSettings) -> aiohttp.ClientSession:
         # No cookies: upstream state must never leak from one client's request into another's.
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),
+        trace_configs=[_queued()],
     )
+
+
+def _queued() -> aiohttp.TraceConfig:
+    """Marks an UpstreamRequest `queued` while it waits for the connector's limit, as the
+    lean client does: a try that times out then was held up by us, not the upstream."""
+
+    async def mark(
+        session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+    ) -> None:
+        request = context.trace_request_ctx
+        if isinstance(request, UpstreamRequest):
+            request.queued = isinstance(params, aiohttp.TraceConnectionQueuedStartParams)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(mark)
+    trace.on_connection_queued_end.append(mark)
+    return trace
 
 
 @contextlib.contextmanager

@@ -65,12 +65,16 @@ class _Hold:
     """One request's place among the cluster's active ones, given back exactly once: when
     `call` returns, or for a stream when its bytes end (drained, broken, closed, dropped)."""
 
-    __slots__ = ("_cluster", "_released", "streaming")
+    __slots__ = ("_cluster", "_released", "stream")
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
         self._released = False
-        self.streaming = False
+        self.stream: object | None = None  # the token of the try whose stream holds it
+
+    @property
+    def streaming(self) -> bool:
+        return self.stream is not None
 
     def release(self) -> None:
         if not self._released:
@@ -79,7 +83,7 @@ class _Hold:
 
 
 async def _held(
-    chunks: AsyncIterator[bytes], hold: _Hold, idle_s: float, where: str
+    chunks: AsyncIterator[bytes], hold: _Hold, token: object, idle_s: float, where: str
 ) -> AsyncIterator[bytes]:
     """`chunks`, each within `idle_s` of the last (a stream that stalls is broken, not kept
     open forever), giving the stream's place back however they end. Started by the
@@ -96,7 +100,7 @@ async def _held(
                 raise UpstreamTimeout(f"{where}: no byte for {idle_s * 1000:.0f} ms") from None
             yield chunk
     finally:
-        if hold.streaming:
+        if hold.stream is token:  # a failed try's leftover never gives back another's place
             hold.release()
 
 
@@ -237,7 +241,8 @@ async def _try(
     timeout = min(settings.request_timeout_ms / 1000, deadline - now)
     response: UpstreamResponse | None = None
     rest: AsyncIterator[bytes] | None = None
-    first = b""
+    head: bytes | None = None
+    token = object()  # names this try's stream to the hold
     try:
         async with asyncio.timeout(timeout):
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
@@ -245,14 +250,18 @@ async def _try(
             if hold is not None:
                 # Time to first byte, not to headers, is what the budget and the latency
                 # estimate are about: headers alone would let a slow tier look fast.
-                rest = _held(response.chunks(), hold, settings.request_timeout_ms / 1000, where)
-                head = await anext(rest, None)
-                hold.streaming = head is not None  # an empty stream ended already
-                first = head or b""
+                idle_s = settings.request_timeout_ms / 1000
+                rest = _held(response.chunks(), hold, token, idle_s, where)
+                head = await anext(rest, None)  # None: an empty stream, ended already
                 data = None
             else:
                 data = await response.read(MAX_RESPONSE_BYTES)
     except TimeoutError:
+        if request.queued:
+            # All connections busy until the try ran out: our own overflow, not the
+            # upstream's slowness (never blamed, never ejected).
+            cluster.counters.overflows += 1
+            raise UpstreamOverflow(f"{where}: no free connection within the try") from None
         if response is not None:
             response.abort()  # half read: the connection must not be reused
         # Slower than the client's budget is not broken: remember the latency (so the tier is
@@ -266,10 +275,14 @@ async def _try(
         if exc.health_failure:
             _failed(cluster, endpoint, started, timed_out=isinstance(exc, UpstreamTimeout))
         raise
+    if hold is not None and head is not None:
+        # Only a try that succeeded hands its place to its stream (a failed one leaves it
+        # to `call`, whatever becomes of its half-read generator).
+        hold.stream = token
     elapsed_ms = (time.perf_counter() - started) * 1000
     endpoint.health.observe(elapsed_ms)
     endpoint.health.succeeded()
-    return Forwarded(response, data, endpoint, 1, elapsed_ms, first, rest)
+    return Forwarded(response, data, endpoint, 1, elapsed_ms, head or b"", rest)
 
 
 def _check_status(response: UpstreamResponse, where: str) -> None:

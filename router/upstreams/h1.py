@@ -85,7 +85,9 @@ class H1Connection(asyncio.Protocol):
 
     # the exchange
 
-    def start(self, response: H1Response, request: bytes) -> None:
+    def start(self, response: H1Response, request: bytes, where: str) -> None:
+        # A pooled connection carries many exchanges: its errors name the current one's.
+        self.where = where
         self._response = response
         self._header_bytes = 0
         self.reused = self.used
@@ -118,7 +120,14 @@ class H1Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
         assert self._response is not None
-        self._response.raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # aiohttp's server writes header text as UTF-8: read it so, or the client gets
+        # mojibake. Bytes that are not UTF-8 stay latin-1 text (a surrogate escape would
+        # not survive every writer).
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+        self._response.raw_headers.append((name.decode("latin-1"), text))
 
     def on_headers_complete(self) -> None:
         response = self._response

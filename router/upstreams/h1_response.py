@@ -43,6 +43,9 @@ class H1Response:
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._decompress: zlib._Decompress | None = None
+        self._inflated = False  # any compressed bytes fed to _decompress
+        self._raw_deflate_possible = False  # `deflate` whose first byte is still to be seen
+        self._refused: UpstreamError | None = None  # a body not a byte of which may be relayed
 
     # fed by the connection
 
@@ -62,6 +65,10 @@ class H1Response:
             self._decompress = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
             self._decompress = zlib.decompressobj(zlib.MAX_WBITS)
+            self._raw_deflate_possible = True
+        elif encoding not in ("", "identity"):
+            # We offer gzip and deflate only: relayed as it is, it would look like plain text.
+            self._refused = UpstreamError(f"{self._where}: response in an encoding not offered")
         if self._head_only:
             # httptools cannot be told a HEAD answer has no body: end here, never reuse.
             self.keep_alive = False
@@ -135,6 +142,8 @@ class H1Response:
         try:
             while True:
                 if self._chunks:
+                    if self._refused is not None:  # a body at all (HEAD, 204 have none)
+                        raise self._refused
                     data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
                     self._chunks.clear()
                     self._buffered = 0
@@ -148,7 +157,9 @@ class H1Response:
                 if self.complete:
                     break
                 await self._wait()
-            if self._decompress is not None:
+            # No compressed byte at all (HEAD, 204, an empty body) is an empty body, not a
+            # compressed stream cut short.
+            if self._decompress is not None and self._inflated:
                 tail = self._decompress.flush()
                 if not self._decompress.eof:
                     raise UpstreamReset(f"{self._where}: compressed response ended early")
@@ -162,6 +173,11 @@ class H1Response:
     def _inflate(self, data: bytes) -> bytes:
         if self._decompress is None:
             return data
+        if self._raw_deflate_possible and data:
+            self._raw_deflate_possible = False
+            if data[0] & 0x0F != 8:  # no zlib header: raw deflate (as aiohttp accepts it)
+                self._decompress = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._inflated = True
         try:
             return self._decompress.decompress(data)
         except zlib.error:

@@ -12,7 +12,13 @@ import asyncio
 import ssl
 from urllib.parse import quote, urlsplit
 
-from router.errors import ConnectFailed, UpstreamError, UpstreamTimeout, UpstreamTlsFailed
+from router.errors import (
+    ConnectFailed,
+    UnforwardableHeader,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTlsFailed,
+)
 from router.upstreams.client import UpstreamRequest
 from router.upstreams.h1 import H1Connection, PoolKey
 from router.upstreams.h1_response import H1Response
@@ -40,20 +46,26 @@ class H1Transport:
         self, request: UpstreamRequest, where: str, connect_timeout: float
     ) -> H1Response:
         key, host_header, path = self._target(request.url, where)
-        head = _encode_head(request, host_header, path, where)
+        head = _encode_head(request, host_header, path)
         payload = head + request.body if request.body else head
+        slotted = not request.probe
+        release = self._release if slotted else self._keep
         for _ in range(2):
-            await self._slots.acquire()
+            if slotted:
+                request.queued = True
+                await self._slots.acquire()
+                request.queued = False
             connection = self._take(key)
             try:
                 if connection is None:
                     connection = await self._connect(key, where, connect_timeout)
             except BaseException:
-                self._slots.release()
+                if slotted:
+                    self._slots.release()
                 raise
-            response = H1Response(connection, where, request.method == "HEAD", self._release)
+            response = H1Response(connection, where, request.method == "HEAD", release)
             try:
-                connection.start(response, payload)
+                connection.start(response, payload, where)
                 if await response.wait_headers():
                     return response
             except BaseException:
@@ -87,6 +99,10 @@ class H1Transport:
 
     def _release(self, connection: H1Connection, reusable: bool) -> None:
         self._slots.release()
+        self._keep(connection, reusable)
+
+    def _keep(self, connection: H1Connection, reusable: bool) -> None:
+        """Back to the pool if `reusable`, else closed: a probe's end (it took no slot)."""
         if not reusable or connection.closed or self._closed:
             connection.close()
             return
@@ -190,7 +206,7 @@ def _default_context() -> ssl.SSLContext:
     return _DEFAULT[0]
 
 
-def _encode_head(request: UpstreamRequest, host: str, path: str, where: str) -> bytes:
+def _encode_head(request: UpstreamRequest, host: str, path: str) -> bytes:
     lines = [f"{request.method} {path} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in request.headers.items():
         lines.append(f"{name}: {value}\r\n")
@@ -199,10 +215,13 @@ def _encode_head(request: UpstreamRequest, host: str, path: str, where: str) -> 
     # As aiohttp asks; the answer is inflated before anyone reads it (H1Response).
     lines.append("Accept-Encoding: gzip, deflate\r\n\r\n")
     head = "".join(lines)
-    # A CR or LF inside a name or value would start a header (or a request) of its own.
+    # A CR or LF inside a name or value would start a header (or a request) of its own. The
+    # request's fault, not the upstream's: never counted against it.
     if head.count("\n") != len(lines) + 2 or head.count("\r") != len(lines) + 2:
-        raise UpstreamError(f"{where}: a header holds a line break")
+        raise UnforwardableHeader("a request header holds a line break")
+    # aiohttp decoded the client's header bytes as UTF-8, a byte that is not as a surrogate
+    # escape: encoding back the same way sends them on exactly as they came.
     try:
-        return head.encode("latin-1")
+        return head.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
-        raise UpstreamError(f"{where}: a header is not latin-1") from None
+        raise UnforwardableHeader("a request header cannot be encoded") from None

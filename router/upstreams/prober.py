@@ -25,6 +25,8 @@ class Prober:
         self.cluster = cluster
         self.transport = transport
         self._rediscover = asyncio.Event()
+        # The cluster's own headers (an upstream API key): a probe without them is refused.
+        self._headers = dict(cluster.settings.headers)
 
     def failed(self) -> None:
         """Ask for an early discovery round (e.g. the cluster said it lacks a model)."""
@@ -45,26 +47,37 @@ class Prober:
 
     async def check(self, endpoint: Endpoint) -> bool:
         hc = self.cluster.settings.health_check
-        path = hc.path or self._default_health_path()
-        passed = await self._get_ok(endpoint, "GET", path, hc.timeout_s)
+        passed = False
+        for path in (hc.path,) if hc.path else self._default_health_paths():
+            status = await self._get_status(endpoint, "GET", path, hc.timeout_s)
+            passed = status is not None and 200 <= status < 300
+            # Only "no such path" moves on: an OpenAI-only server (vLLM, llama.cpp) has no
+            # /v2/health/ready, while a 503 there is a KServe server saying it is not ready.
+            if status not in (404, 405):
+                break
         endpoint.health.check_result(passed, self.cluster.check_rules)
         return passed
 
-    def _default_health_path(self) -> str:
-        if Protocol.KSERVE_V2 in self.cluster.settings.protocols:
-            return "/v2/health/ready"
-        return "/v1/models"
+    def _default_health_paths(self) -> tuple[str, ...]:
+        protocols = self.cluster.settings.protocols
+        paths: tuple[str, ...] = ("/v2/health/ready",) if Protocol.KSERVE_V2 in protocols else ()
+        return (*paths, "/v1/models") if Protocol.OPENAI in protocols or not paths else paths
 
-    async def _get_ok(self, endpoint: Endpoint, method: str, path: str, limit_s: float) -> bool:
+    async def _get_status(
+        self, endpoint: Endpoint, method: str, path: str, limit_s: float
+    ) -> int | None:
+        """The answer's status, or None when there was no answer."""
         try:
             async with asyncio.timeout(limit_s):
                 response = await self.transport.send(
-                    UpstreamRequest(method, endpoint.base + path, {}, b""), "health check", limit_s
+                    UpstreamRequest(method, endpoint.base + path, self._headers, b"", probe=True),
+                    "health check",
+                    limit_s,
                 )
                 await response.read(_DISCOVERY_LIMIT)
         except (UpstreamError, TimeoutError):
-            return False
-        return 200 <= response.status < 300
+            return None
+        return response.status
 
     async def _discovery_loop(self) -> None:
         interval = self.cluster.settings.discovery_interval_s
@@ -105,7 +118,9 @@ class Prober:
         try:
             async with asyncio.timeout(timeout):
                 response = await self.transport.send(
-                    UpstreamRequest(method, endpoint.base + path, {}, b""), "discovery", timeout
+                    UpstreamRequest(method, endpoint.base + path, self._headers, b"", probe=True),
+                    "discovery",
+                    timeout,
                 )
                 body = await response.read(_DISCOVERY_LIMIT)
         except (UpstreamError, TimeoutError):

@@ -33,7 +33,14 @@ from multidict import CIMultiDict
 from router.api.respond import CTX
 from router.app import build_app
 from router.settings import Settings
-from router.testing import AppThread, FakeUpstream, FaultProxy, Recorded, RouterThread
+from router.testing import (
+    AppThread,
+    Behaviour,
+    FakeUpstream,
+    FaultProxy,
+    Recorded,
+    RouterThread,
+)
 
 TIMEOUT_S = 30.0
 Reference = Callable[[Path], ort.InferenceSession]
@@ -320,6 +327,39 @@ class TestEscalation:
             reference, chain.central_repo / "color_classifier_large" / "1" / "model.onnx", rows
         )
         np.testing.assert_allclose(result.as_numpy("probs"), expected, rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.parametrize("refusal", [400, 404])
+    async def test_refused_escalation_keeps_the_local_answer(
+        self, http: aiohttp.ClientSession, chain: Chain, refusal: int
+    ) -> None:
+        """The large model's tier answers 4xx (it lost the model, or refuses the input): the
+        client gets the local answer with `escalation_failed`, not the upstream's error."""
+        big = FakeUpstream(
+            name="big",
+            models=(),
+            v2_models=("color_classifier_large",),
+            behaviour=Behaviour(fail_status=refusal),
+        )
+        with AppThread(big.app) as big_server:
+            settings = site(
+                "edge",
+                chain.edge_repo,
+                [cluster("central", "central", big_server.url)],
+                **escalating(0.99),
+            )
+            edge = RouterThread(settings)
+            await asyncio.to_thread(edge.start)
+            try:
+                status, headers, doc = await post(
+                    http, edge.url + "/v2/models/color_classifier/infer", rgb_body(RED)
+                )
+            finally:
+                await asyncio.to_thread(edge.stop)
+        assert len(big.received) == 1
+        assert status == 200
+        assert doc["model_name"] == "color_classifier"
+        assert headers["X-Served-By-Tier"] == "edge"
+        assert headers["X-Route-Reason"] == f"local,escalation_failed:upstream_status_{refusal}"
 
     async def test_low_threshold_serves_locally(
         self, http: aiohttp.ClientSession, chain: Chain

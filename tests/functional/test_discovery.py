@@ -7,7 +7,9 @@ import asyncio
 import time
 
 import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.typedefs import Handler
 
 from router.api.state import UPSTREAMS
 from router.app import build_app
@@ -52,6 +54,140 @@ class TestDiscovery:
                 while cluster.models != frozenset({"gpt-b"}):
                     assert time.monotonic() < deadline, cluster.models
                     await asyncio.sleep(0.05)
+        finally:
+            await router.close()
+            await upstream.close()
+
+    async def test_probes_carry_the_clusters_headers(self) -> None:
+        """An upstream that wants the cluster's API key on every request (OpenAI, vLLM with
+        --api-key): discovery learns its models and health checks keep it live, because
+        both send the cluster's configured headers as requests do."""
+        fake = FakeUpstream(name="keyed", models=["gpt-keyed"])
+        seen: list[str | None] = []
+
+        @web.middleware
+        async def needs_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+            seen.append(request.headers.get("Authorization"))
+            if request.headers.get("Authorization") != "Bearer sk-upstream":
+                return web.json_response({"error": {"message": "no key"}}, status=401)
+            return await handler(request)
+
+        keyed = fake.app()
+        keyed.middlewares.append(needs_key)
+        upstream = TestServer(keyed, host="127.0.0.1")
+        await upstream.start_server()
+        settings = Settings.model_validate(
+            {
+                "cache": {"enabled": False},
+                "upstreams": [
+                    {
+                        "name": "keyed",
+                        "tier": "central",
+                        "protocols": ["openai"],
+                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                        "headers": {"Authorization": "Bearer sk-upstream"},
+                        "health_check": {"interval_s": 0.05, "unhealthy_threshold": 2},
+                    }
+                ],
+            }
+        )
+        app = build_app(settings)
+        router = TestServer(app, host="127.0.0.1")
+        await router.start_server()
+        try:
+            cluster = app[UPSTREAMS].clusters["keyed"]
+            assert cluster.models == frozenset({"gpt-keyed"})
+            await asyncio.sleep(0.3)  # several health-check rounds
+            assert len(cluster.live(asyncio.get_running_loop().time())) == 1
+            chat = {"model": "gpt-keyed", "messages": [{"role": "user", "content": "hi"}]}
+            async with (
+                aiohttp.ClientSession() as http,
+                asyncio.timeout(10),
+                http.post(router.make_url("/v1/chat/completions"), json=chat) as r,
+            ):
+                assert r.status == 200
+            assert set(seen) == {"Bearer sk-upstream"}
+        finally:
+            await router.close()
+            await upstream.close()
+
+
+class TestDefaultHealthCheck:
+    async def test_openai_only_upstream_is_healthy(self) -> None:
+        """A cluster as `serve --central URL` makes it (both protocols, default checks) in
+        front of an OpenAI-only server (vLLM, llama.cpp: no /v2/health/ready) is live: a
+        404 there means 'not a KServe server', and /v1/models answers for it."""
+        asked: list[str] = []
+
+        async def models(request: web.Request) -> web.Response:
+            asked.append(request.path)
+            return web.json_response({"object": "list", "data": [{"id": "gpt-only"}]})
+
+        async def chat(request: web.Request) -> web.Response:
+            return web.json_response({"object": "chat.completion", "choices": []})
+
+        openai_only = web.Application()
+        openai_only.router.add_get("/v1/models", models)
+        openai_only.router.add_post("/v1/chat/completions", chat)
+        upstream = TestServer(openai_only, host="127.0.0.1")
+        await upstream.start_server()
+        settings = Settings.model_validate(
+            {
+                "cache": {"enabled": False},
+                "upstreams": [
+                    {
+                        "name": "central",
+                        "tier": "central",
+                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                        "health_check": {"interval_s": 0.05, "unhealthy_threshold": 2},
+                    }
+                ],
+            }
+        )
+        app = build_app(settings)
+        router = TestServer(app, host="127.0.0.1")
+        await router.start_server()
+        try:
+            cluster = app[UPSTREAMS].clusters["central"]
+            await asyncio.sleep(0.4)  # several health-check rounds
+            assert len(cluster.live(asyncio.get_running_loop().time())) == 1
+            chat_body = {"model": "gpt-only", "messages": [{"role": "user", "content": "hi"}]}
+            async with (
+                aiohttp.ClientSession() as http,
+                asyncio.timeout(10),
+                http.post(router.make_url("/v1/chat/completions"), json=chat_body) as r,
+            ):
+                assert r.status == 200
+        finally:
+            await router.close()
+            await upstream.close()
+
+    async def test_kserve_server_not_ready_is_down(self) -> None:
+        """A KServe server whose /v2/health/ready says 503 is down, whatever else answers."""
+        fake = FakeUpstream(name="triton", models=["gpt-x"], v2_models=["m"])
+        fake.behaviour.healthy = False
+        upstream = TestServer(fake.app(), host="127.0.0.1")
+        await upstream.start_server()
+        settings = Settings.model_validate(
+            {
+                "cache": {"enabled": False},
+                "upstreams": [
+                    {
+                        "name": "central",
+                        "tier": "central",
+                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                        "health_check": {"interval_s": 0.05, "unhealthy_threshold": 2},
+                    }
+                ],
+            }
+        )
+        app = build_app(settings)
+        router = TestServer(app, host="127.0.0.1")
+        await router.start_server()
+        try:
+            cluster = app[UPSTREAMS].clusters["central"]
+            await asyncio.sleep(0.4)
+            assert cluster.live(asyncio.get_running_loop().time()) == []
         finally:
             await router.close()
             await upstream.close()

@@ -21,10 +21,12 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from router.api.state import UPSTREAMS
 from router.policy.bundle import load_bundle
 from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.testing import AppThread, Behaviour, FakeUpstream, Recorded, RouterThread
+from router.upstreams.cluster import Counters
 
 TIMEOUT_S = 30.0
 CHAT = "/v1/chat/completions"
@@ -362,6 +364,30 @@ class TestFraming:
             assert seen.headers.getall("Content-Type") == ["application/json"]
 
 
+class TestHeaderBytes:
+    """Header values that are not ASCII, as the upstream receives them."""
+
+    @pytest.mark.parametrize(
+        "raw", ["日本語".encode(), "café".encode(), b"caf\xe9"], ids=["cjk", "utf8", "latin1"]
+    )
+    def test_non_ascii_value_passes_byte_for_byte(self, site: Site, raw: bytes) -> None:
+        """UTF-8 text or a stray latin-1 byte in a header value reaches the upstream as the
+        client sent it: not re-encoded, and never a 502 that counts against the upstream."""
+        failures = site.router.call(lambda: cluster_counters(site).failures)
+        reply, seen = received_one(
+            site, lambda: site.post(CHAT, CHAT_BODY, [("X-Note", raw.decode("latin-1"))])
+        )
+        assert reply.status == 200, reply.body
+        assert seen.headers["X-Note"].encode("utf-8", "surrogateescape") == raw
+        assert site.router.call(lambda: cluster_counters(site).failures) == failures
+
+
+def cluster_counters(site: Site) -> Counters:
+    app = site.router.app
+    assert app is not None
+    return app[UPSTREAMS].clusters["main"].counters
+
+
 class TestIds:
     """X-Request-Id and traceparent, as the upstream and the client see them."""
 
@@ -381,6 +407,26 @@ class TestIds:
         (sent,) = seen.headers.getall("X-Request-Id")
         assert FRESH_ID.match(sent)
         assert reply.headers["X-Request-Id"] == sent
+
+    @pytest.mark.parametrize(
+        ("path", "headers"),
+        [
+            (CHAT, [("X-Latency-Budget-Ms", "soon")]),  # refused before routing begins
+            ("/v1/no-such-endpoint", []),
+            ("/v2/models/echo_model/infer", [("X-Latency-Budget-Ms", "-1")]),
+        ],
+        ids=["bad-budget", "no-route", "v2-bad-budget"],
+    )
+    def test_request_id_on_early_errors(
+        self, site: Site, path: str, headers: list[tuple[str, str]]
+    ) -> None:
+        """An error raised before the request is routed still carries X-Request-Id: the
+        client's when well-formed, else a fresh one."""
+        given = site.post(path, CHAT_BODY, [*headers, ("X-Request-Id", "early-1")])
+        assert given.status in (400, 404)
+        assert given.headers.getall("X-Request-Id") == ["early-1"]
+        fresh = site.post(path, CHAT_BODY, headers)
+        assert FRESH_ID.match(fresh.headers["X-Request-Id"])
 
     def test_traceparent_continued(self, site: Site) -> None:
         """The upstream sees the caller's trace id with a new span id."""

@@ -192,6 +192,19 @@ class TestAnswers:
         sent = orjson.loads(site.llm.requests_to("/v1/chat/completions")[-1].body)
         assert sent["messages"] == MESSAGES
 
+    async def test_null_stream_means_no_stream(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """`"stream": null` is valid OpenAI (the field is nullable, default false): a plain
+        answer, not a 400."""
+        body = {"model": "gpt-test", "messages": MESSAGES, "stream": None}
+        url = f"{site.router.url}/v1/chat/completions"
+        async with http.post(url, json=body) as response:
+            assert response.status == 200, await response.text()
+            assert response.content_type == "application/json"
+            doc = await response.json()
+        assert doc["object"] == "chat.completion"
+
     def test_completion(self, client: openai.OpenAI) -> None:
         """Legacy text completions are relayed too."""
         completion = client.completions.create(model="gpt-test", prompt="once upon a time")
@@ -216,6 +229,17 @@ class TestAnswers:
         assert tiers["text-embed"] == "regional"
         assert tiers["gpt-slow"] == "central"
         assert tiers["gpt-gone"] == "central"
+
+    def test_model_retrieved(self, client: openai.OpenAI) -> None:
+        """`models.retrieve()` (GET /v1/models/{id}) answers one entry of the list, ids with
+        a slash included; an unknown id is OpenAI's 404 model_not_found."""
+        model = client.models.retrieve("gpt-test")
+        assert model.id == "gpt-test"
+        assert (model.model_extra or {}).get("tier") == "regional"
+        assert client.models.retrieve("color_classifier").id == "color_classifier"
+        with pytest.raises(openai.NotFoundError) as info:
+            client.models.retrieve("org/no-such-model")
+        assert info.value.code == "model_not_found"
 
     async def test_async_sdk(self, aclient: openai.AsyncOpenAI) -> None:
         """The asyncio SDK gets the same answers, concurrently."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import random
 import socket
@@ -158,6 +159,25 @@ def closed_port() -> int:
 
 
 class TestOutlierEjection:
+    async def test_r1_out_of_budget_answers_never_eject(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """A chained layer-router answers 504 when the budget we passed on cannot be met:
+        that is the client's tight budget, not a broken tier. Eight of them in a row reach
+        the client as 504, count no failure and eject nothing (else clients with tight
+        budgets could take a tier away from everyone)."""
+        _, url_504 = await start_fake(stack, "central", fail_status=504)
+        app, url = await start_router(stack, tmp_path, cluster("central", "central", url_504))
+        central = clusters_of(app)["central"]
+        for _ in range(8):
+            answer = await post(
+                http, f"{url}/v1/chat/completions", CHAT, {"X-Latency-Budget-Ms": "2000"}
+            )
+            assert answer.status == 504, answer.body
+        assert central.counters.failures == 0
+        assert central.counters.ejections == 0
+        assert len(central.live(asyncio.get_running_loop().time())) == 1
+
     async def test_r1_failing_endpoint_ejected_then_back(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:
@@ -306,22 +326,74 @@ class TestBreaker:
     async def test_r2_a_stream_cut_by_its_client_gives_its_place_back(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:
-        """A client that hangs up mid-stream frees the stream's place in the breaker."""
-        _, fake_url = await start_fake(stack, "slow", stream_chunks=50, stream_delay_s=0.1)
+        """Clients that hang up mid-stream free the stream's place in the breaker and its
+        connection at once, not whenever a garbage collection breaks the cycle the failed
+        write's traceback makes (collections are off here to show it)."""
+        _, fake_url = await start_fake(stack, "slow", stream_chunks=50, stream_delay_s=0.05)
         app, url = await start_router(
             stack,
             tmp_path,
             cluster("regional", "regional", fake_url, max_connections=1, max_pending=0),
         )
         regional = clusters_of(app)["regional"]
+        gc.disable()
+        try:
+            for _ in range(3):
+                async with asyncio.timeout(LIMIT_S):
+                    async with http.post(
+                        f"{url}/v1/chat/completions", json={**CHAT, "stream": True}
+                    ) as streaming:
+                        await streaming.content.readuntil(b"\n\n")
+                        assert regional.active == 1
+                        streaming.close()  # hang up mid-stream
+                await eventually(lambda: regional.active == 0, "the cut stream's place back")
+                answer = await post(http, f"{url}/v1/chat/completions", CHAT)
+                assert answer.status == 200, answer.body
+        finally:
+            gc.enable()
+
+    @pytest.mark.parametrize("client", ["h1", "aiohttp"])
+    async def test_r2_busy_connections_are_not_a_dead_upstream(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        client: str,
+    ) -> None:
+        """Every connection carries a long stream (max_connections 1, max_pending 1): health
+        checks still reach the upstream (it stays live, not marked down), and a request
+        queued behind the stream until its try ends is our 503 upstream_overflow, never an
+        upstream timeout blamed on the endpoint."""
+        _, fake_url = await start_fake(stack, "slow", stream_chunks=12, stream_delay_s=0.1)
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster(
+                "regional",
+                "regional",
+                fake_url,
+                max_connections=1,
+                max_pending=1,
+                request_timeout_ms=400,
+                health_check={"enabled": True, "unhealthy_threshold": 2},
+                client=client,
+            ),
+        )
+        regional = clusters_of(app)["regional"]
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(LIMIT_S):
             async with http.post(
                 f"{url}/v1/chat/completions", json={**CHAT, "stream": True}
             ) as streaming:
                 await streaming.content.readuntil(b"\n\n")
-                assert regional.active == 1
-                streaming.close()  # hang up mid-stream
-        await eventually(lambda: regional.active == 0, "the cut stream gave its place back")
+                queued = await post(http, f"{url}/v1/chat/completions", CHAT)
+                assert queued.status == 503, queued.body
+                assert queued.code == "upstream_overflow"
+                await asyncio.sleep(0.5)  # more health-check rounds, the stream still on
+                assert len(regional.live(loop.time())) == 1
+                await streaming.read()
+        assert regional.counters.failures == 0
+        assert regional.counters.overflows == 1
         assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
 
     async def test_r3_twice_the_capacity_is_shed(

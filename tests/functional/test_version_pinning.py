@@ -19,6 +19,7 @@ from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.testing import FakeUpstream
 
+EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 INFER = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
 
 
@@ -156,3 +157,38 @@ async def test_a_router_in_front_sees_the_versions_behind_a_router(
             await front_server.close()
     finally:
         await middle_server.close()
+
+
+async def test_escalation_respects_the_pins(
+    tmp_path: Path, regional: tuple[FakeUpstream, str]
+) -> None:
+    """A low-confidence local answer escalates to the large model only where its versions are
+    allowed: regional reports heavy v1 against a pin of v2, so the local answer stands
+    (escalation_unavailable) and regional gets nothing."""
+    fake, url = regional
+    settings = Settings.model_validate(
+        {
+            "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+            "cache": {"enabled": False},
+            "upstreams": [cluster("regional", url, ["kserve-v2"])],
+            "policy": {"bundle": pinned_bundle(tmp_path, ["2"])},
+            "routing": {
+                "models": {
+                    "color_classifier": {"escalate": {"to_model": "heavy", "threshold": 0.99}}
+                }
+            },
+        }
+    )
+    red = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [1, 0, 0]}]}
+    server, _ = await started(settings)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(server.make_url("/v2/models/color_classifier/infer"), json=red) as r,
+        ):
+            assert r.status == 200
+            assert r.headers["X-Served-By-Tier"] == "edge"
+            assert r.headers["X-Route-Reason"] == "local,escalation_unavailable"
+        assert fake.requests_to("/v2/models/heavy") == []
+    finally:
+        await server.close()

@@ -136,6 +136,8 @@ class TestUpstreamRequestHeaders:
         """A header sent on several lines reaches the upstream as one list, none lost."""
         out = forwarded([("X-Custom", "one"), ("x-custom", "two"), ("Accept", "*/*")])
         assert out == {"X-Custom": "one, two", "Accept": "*/*"}
+        cookies = forwarded([("Cookie", "a=1"), ("Cookie", "b=2")])
+        assert cookies == {"Cookie": "a=1; b=2"}
 
     def test_input_not_modified(self) -> None:
         """The client's headers are read, never changed."""
@@ -250,6 +252,13 @@ class TestTraceparent:
         _, trace_id, span_id, _ = out.split("-")
         assert trace_id == TRACE_ID
         assert span_id != SPAN_ID
+
+    def test_caller_sampling_decision_kept(self) -> None:
+        """A caller's not-sampled flag (00) stays 00 upstream: a router that does not record
+        the trace must not turn sampling on for everything behind it (W3C §3.2.2.5)."""
+        out = traceparent(CIMultiDict({"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00"}))
+        assert out.startswith(f"00-{TRACE_ID}-")
+        assert out.endswith("-00")
 
     def test_surrounding_whitespace_tolerated(self) -> None:
         """Optional whitespace around the value does not break the trace."""

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import zlib
 from collections.abc import AsyncIterator
 
 import pytest
 import uvloop
 
-from router.errors import ConnectFailed, UpstreamError, UpstreamReset
+from router.errors import ConnectFailed, UnforwardableHeader, UpstreamError, UpstreamReset
 from router.upstreams import pool
 from router.upstreams.client import UpstreamRequest
 from router.upstreams.pool import H1Transport
@@ -182,6 +183,43 @@ async def test_truncated_chunked_stream_is_a_reset_after_the_first_chunk(
     await transport.close()
 
 
+async def test_errors_name_the_exchange_not_the_connections_first_user(
+    server: tuple[Scripted, str],
+) -> None:
+    """A pooled connection opened by a health check, then cut mid-stream while carrying a
+    request: the error names the request's upstream, not 'health check'."""
+    scripted, url = server
+    scripted.answers = [
+        ok(b"up"),
+        Close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"),
+    ]
+    transport = H1Transport(4)
+    async with asyncio.timeout(LIMIT_S):
+        probe = UpstreamRequest("GET", url, {}, b"", probe=True)
+        assert await (await transport.send(probe, "health check", 1.0)).read(100) == b"up"
+        request = UpstreamRequest("GET", url, {}, b"")
+        response = await transport.send(request, "cluster c endpoint 0", 1.0)
+        with pytest.raises(UpstreamReset) as caught:
+            async for _ in response.chunks():
+                pass
+    assert scripted.connections == 1
+    assert caught.value.message.startswith("cluster c endpoint 0:")
+    await transport.close()
+
+
+async def test_utf8_header_values_are_read_as_utf8(server: tuple[Scripted, str]) -> None:
+    """An upstream's UTF-8 header value is read as the text it is (aiohttp's server writes
+    header text as UTF-8, so latin-1 here would turn café into cafÃ© for the client)."""
+    scripted, url = server
+    scripted.answers = [ok(b"x", "X-Note: café\r\n".encode())]
+    transport = H1Transport(4)
+    async with asyncio.timeout(LIMIT_S):
+        response = await transport.send(UpstreamRequest("GET", url, {}, b""), "test", 1.0)
+        assert response.headers["X-Note"] == "café"
+        await response.read(10)
+    await transport.close()
+
+
 async def test_interim_1xx_is_skipped(server: tuple[Scripted, str]) -> None:
     """100 Continue and 103 Early Hints before the answer are not the answer."""
     scripted, url = server
@@ -220,6 +258,28 @@ async def test_head_ends_at_its_headers(server: tuple[Scripted, str]) -> None:
     await transport.close()
 
 
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 30\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\nContent-Encoding: gzip\r\n\r\n"),
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 30\r\n\r\n"),
+    ],
+    ids=["head", "204", "empty-200", "head-br"],
+)
+async def test_bodiless_gzip_answer_is_empty_not_cut_short(
+    server: tuple[Scripted, str], method: str, answer: bytes
+) -> None:
+    """An answer without a body that names gzip (a HEAD mirrors its GET's headers) is an
+    empty body, not a compressed stream that 'ended early'."""
+    scripted, url = server
+    scripted.answers = [answer]
+    transport = H1Transport(4)
+    assert await get(transport, url, method) == b""
+    await transport.close()
+
+
 async def test_oversized_headers_are_refused(server: tuple[Scripted, str]) -> None:
     """Headers past 64 KiB are an error, not an unbounded buffer."""
     scripted, url = server
@@ -246,6 +306,28 @@ async def test_gzip_answer_is_inflated(server: tuple[Scripted, str]) -> None:
     scripted.answers = [ok(gzip.compress(b'{"a": 1}'), b"Content-Encoding: gzip\r\n")]
     transport = H1Transport(4)
     assert await get(transport, url) == b'{"a": 1}'
+    await transport.close()
+
+
+async def test_raw_deflate_answer_is_inflated(server: tuple[Scripted, str]) -> None:
+    """`deflate` sent without its zlib wrapper (a common server mistake, which aiohttp
+    accepts too) is inflated all the same."""
+    scripted, url = server
+    squeeze = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = squeeze.compress(b'{"a": 1}') + squeeze.flush()
+    scripted.answers = [ok(raw, b"Content-Encoding: deflate\r\n")]
+    transport = H1Transport(4)
+    assert await get(transport, url) == b'{"a": 1}'
+    await transport.close()
+
+
+async def test_encoding_not_asked_for_is_an_error(server: tuple[Scripted, str]) -> None:
+    """A body in an encoding we never offered (br) is an error, never relayed as if plain."""
+    scripted, url = server
+    scripted.answers = [ok(b"\x1b\x07\x00\xf8brotli", b"Content-Encoding: br\r\n")]
+    transport = H1Transport(4)
+    with pytest.raises(UpstreamError, match="encoding"):
+        await get(transport, url)
     await transport.close()
 
 
@@ -303,11 +385,12 @@ async def test_max_connections_bounds_exchanges(server: tuple[Scripted, str]) ->
 
 
 async def test_line_break_in_a_header_is_refused(server: tuple[Scripted, str]) -> None:
-    """A header value with CR LF would smuggle a header: refused before anything is sent."""
+    """A header value with CR LF would smuggle a header: refused before anything is sent,
+    as the request's fault (400), not an upstream failure."""
     scripted, url = server
     transport = H1Transport(4)
     request = UpstreamRequest("GET", url, {"X-A": "1\r\nX-Injected: 1"}, b"")
-    with pytest.raises(UpstreamError, match="line break"):
+    with pytest.raises(UnforwardableHeader, match="line break"):
         await transport.send(request, "test", 1.0)
     assert scripted.requests == []
     await transport.close()

@@ -1,0 +1,72 @@
+"""router/api/respond.py's stream writer: whatever ends a stream (its end, the client leaving
+before or during it), the stream's generators are closed at once, so the upstream connection,
+the cluster's place and the audit record behind them are given back without waiting for a
+garbage collection."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Iterator
+from unittest import mock
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from router.api.respond import _stream
+from router.context import Reply, RequestContext
+
+LIMIT_S = 5.0
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """Collections off: only prompt closing may give resources back."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def upstream(released: asyncio.Event) -> AsyncIterator[bytes]:
+    try:
+        yield b"data: 1\n\n"
+        yield b"data: 2\n\n"
+    finally:
+        released.set()
+
+
+async def relay(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """As forwarding's relay: the first bytes (read before the answer began), then the rest."""
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+async def started_stream(released: asyncio.Event) -> AsyncIterator[bytes]:
+    rest = upstream(released)
+    first = await anext(rest)  # started, as the first-byte read starts the real one
+    return relay(first, rest)
+
+
+def context() -> RequestContext:
+    return RequestContext(api="openai", model="m", version=None, deadline=0.0)
+
+
+@pytest.mark.usefixtures("no_gc")
+@pytest.mark.parametrize("fails", ["write_headers", "write"])
+async def test_client_gone_closes_the_stream(fails: str) -> None:
+    """The client left before the headers went out, or during the body: no exception for
+    aiohttp to log with a traceback, and the upstream side is released at once."""
+    released = asyncio.Event()
+    writer = mock.Mock()
+    writer.write_headers = mock.AsyncMock()
+    writer.write = mock.AsyncMock()
+    setattr(writer, fails, mock.AsyncMock(side_effect=ConnectionResetError("client gone")))
+    request = make_mocked_request("POST", "/v1/chat/completions", writer=writer)
+    reply = Reply(b"", "text/event-stream", 200, {}, stream=await started_stream(released))
+    await _stream(request, reply, {}, context())
+    del reply
+    async with asyncio.timeout(LIMIT_S):
+        await released.wait()
