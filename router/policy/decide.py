@@ -103,7 +103,7 @@ def decide(
     draft = _Draft()
     _consider_local(facts, rules, snapshot, local_tier, draft)
     if snapshot.offline:
-        if not draft.targets and _any_cluster_serves(facts, snapshot):
+        if not draft.targets and _any_cluster_may_serve(facts, snapshot):
             draft.reasons.append("offline")
             return Decision((), tuple(draft.reasons), Failure.OFFLINE)
     else:
@@ -154,9 +154,11 @@ def _consider_cluster(
         draft.targets.append(Target("cluster", cluster.name, cluster.tier, cluster.expected_ms))
 
 
-def _any_cluster_serves(facts: Facts, snapshot: Snapshot) -> bool:
+def _any_cluster_may_serve(facts: Facts, snapshot: Snapshot) -> bool:
+    """A cluster serves the model, or was never reached to say what it serves (a site started
+    offline): then the answer is "offline", not "unknown model"."""
     return any(
-        facts.api in c.protocols and c.models is not None and facts.model in c.models
+        facts.api in c.protocols and (c.models is None or facts.model in c.models)
         for c in snapshot.clusters
     )
 

@@ -136,3 +136,31 @@ class TestOffline:
         finally:
             await router.close()
             await upstream.close()
+
+    async def test_forced_offline_without_discovery_says_offline(self) -> None:
+        """A site started offline never learnt what its upstream serves: a model it does not
+        hold locally is 503 offline (it may be served upstream), not 404 unknown."""
+        settings = Settings.model_validate(
+            {
+                "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+                "routing": {"offline": True},
+                "upstreams": [
+                    {
+                        "name": "central",
+                        "tier": "central",
+                        "endpoints": [{"url": "http://127.0.0.1:9"}],  # never reached
+                    }
+                ],
+            }
+        )
+        router = TestServer(build_app(settings), host="127.0.0.1")
+        await router.start_server()
+        try:
+            base = str(router.make_url("")).rstrip("/")
+            async with aiohttp.ClientSession() as http:
+                status, reason = await _post(http, base + "/v1/chat/completions", CHAT)
+                assert (status, reason) == (503, "offline")
+                status, reason = await _post(http, base + "/v2/models/big/infer", LOCAL)
+                assert (status, reason) == (503, "offline")
+        finally:
+            await router.close()

@@ -181,6 +181,13 @@ CASES = {
         Failure.OFFLINE,
         rules=Rules(heavy_models=frozenset({"m"})),
     ),
+    "offline before any discovery: an upstream may serve it": Case(
+        v2(model="nope"),
+        Snapshot({}, (cluster("regional", models=None),), offline=True),
+        (),
+        ("offline",),
+        Failure.OFFLINE,
+    ),
     "offline with a model nobody serves is unknown": Case(
         v2(model="nope"), Snapshot({}, (REGIONAL,), offline=True), (), (), Failure.UNKNOWN_MODEL
     ),
