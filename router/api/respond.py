@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
+from router.api.current import current
 from router.api.state import SPOOL, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext
@@ -54,13 +55,24 @@ def new_context(
         path=request.path_qs,
         hops=hops(request.headers),
         headers=request.headers,
-        request_id=request_id(request.headers),
+        request_id=_request_id(request),
         audit_id=new_audit_id() if request.app[TRAIL].enabled else "",
     )
     request[CTX] = ctx
     if ctx.hops > MAX_HOPS:
         raise LoopDetected(f"request passed {MAX_HOPS} layer-routers already: a routing loop?")
     return ctx
+
+
+def _request_id(request: web.Request) -> str:
+    """The client's X-Request-Id, unless it holds what detection finds (a card number sent as
+    an id): ids go upstream and into the audit trail, so such a one is replaced."""
+    chosen = request_id(request.headers)
+    if chosen == request.headers.get(REQUEST_ID) and current(request).privacy.detectors.locate(
+        chosen
+    ):
+        return request_id({})
+    return chosen
 
 
 def trace_headers(ctx: RequestContext) -> dict[str, str]:

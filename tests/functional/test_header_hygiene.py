@@ -408,6 +408,16 @@ class TestIds:
         assert FRESH_ID.match(sent)
         assert reply.headers["X-Request-Id"] == sent
 
+    @pytest.mark.parametrize("given", ["4111111111111111", "order-4111-1111-1111-1111"])
+    def test_request_id_holding_personal_data_is_replaced(self, site: Site, given: str) -> None:
+        """A client id that detection would redact (a card number) neither goes upstream nor
+        comes back: a fresh one stands in for it, the same on both sides."""
+        headers = [("X-Request-Id", given)]
+        reply, seen = received_one(site, lambda: site.post(CHAT, CHAT_BODY, headers))
+        (sent,) = seen.headers.getall("X-Request-Id")
+        assert FRESH_ID.match(sent)
+        assert reply.headers["X-Request-Id"] == sent
+
     @pytest.mark.parametrize(
         ("path", "headers"),
         [
