@@ -56,12 +56,12 @@ class ClassifyAndRedact:
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         bundle = self._privacy.bundle
         ctx.policy_revision = bundle.revision
-        ctx.declared_class = self._declared(ctx)
+        ctx.declared_class = declared = self._declared(ctx)
         # What a previous router found counts as found here: its values are already redacted,
         # but the residency rule they call for still holds at this hop.
         upstream = found_upstream(",".join(_values(ctx.headers, FOUND_ENTITIES)))
         ctx.entities = upstream
-        ctx.data_class = classify(bundle, ctx.declared_class, upstream)
+        ctx.data_class = classify(bundle, ctx.declared_class, upstream) if upstream else declared
         if not self._may_leave(ctx) and ctx.api not in self._cached_apis:
             # Answered on the site or nowhere: scanning would buy nothing. Should a cluster
             # learn the model before routing, the unsurveyed request still may not leave.
@@ -87,7 +87,7 @@ class ClassifyAndRedact:
             ctx.content_key = self._memo.key(ctx, privacy.detectors, privacy.survey.headers)
             remembered = self._memo.get(ctx.content_key)
             if remembered is not None:
-                ctx.entities = remembered + upstream
+                ctx.entities = remembered + upstream if upstream else remembered
                 ctx.data_class = classify(bundle, ctx.declared_class, ctx.entities)
                 return None
         try:
@@ -101,7 +101,7 @@ class ClassifyAndRedact:
             return None
         if ctx.content_key:
             self._memo.put(ctx.content_key, found)
-        ctx.entities = found + upstream
+        ctx.entities = found + upstream if upstream else found
         ctx.data_class = classify(bundle, ctx.declared_class, ctx.entities)
         return None
 
@@ -127,7 +127,8 @@ class ClassifyAndRedact:
             # A previous router's class, in its bundle's names: one unknown here is the strictest.
             previous = previous.strip().lower()
             declared.append(previous if previous in classes else classes[-1])
-        return strictest(bundle, declared)  # headers may raise the class, never lower
+        # Headers may raise the class, never lower it.
+        return strictest(bundle, declared) if len(declared) > 1 else declared[0]
 
     def _survey(self, ctx: RequestContext) -> Counter[str]:
         """Every entity the request holds, in body, query string and scanned headers."""
@@ -178,6 +179,8 @@ class ClassifyAndRedact:
 
 def _values(headers: Mapping[str, str], name: str) -> list[str]:
     """Every value a header was sent with (a plain mapping holds one)."""
+    if name not in headers:
+        return []  # the common case, answered without a list of copies
     getall = getattr(headers, "getall", None)
     if getall is not None:
         return list(getall(name, []))
