@@ -9,7 +9,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from router.api.state import CACHE, COLLECTOR, RELOADER, RUNTIME, SETTINGS, SPOOL, TLS, TRAIL
+from router.api.state import (
+    CACHE,
+    COLLECTOR,
+    RELOADER,
+    RUNTIME,
+    SETTINGS,
+    SPOOL,
+    TLS,
+    TRAIL,
+    UPSTREAMS,
+)
 from router.audit import AuditLog, AuditLogError, log_file
 from router.errors import ConfigError, RouteNotFound
 from router.resources import audit_path, state_dir
@@ -52,11 +62,15 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
     if spool is not None and spool_settings.collector_url and drains:
         session = plain_session()
         url = spool_settings.collector_url.rstrip("/") + COLLECTOR_PATH
+        upstreams, loop = app[UPSTREAMS], asyncio.get_running_loop()
         drainer = Drainer(
             spool,
             http_sender(poster(session, tls=app[TLS].collector), url, headers),
             rate_per_s=spool_settings.drain_rate_per_s,
             batch_size=spool_settings.batch_size,
+            # A site forced offline (serve --offline) or cut off keeps its records; the link's
+            # return ends any backoff at once.
+            online=lambda: upstreams.uplink(loop.time()),
         )
         tasks.append(asyncio.get_running_loop().create_task(drainer.run()))
     try:

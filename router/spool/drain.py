@@ -120,7 +120,20 @@ class Drainer:
             except WorkerClosed:
                 return
             if pause > 0:
-                await self._sleep(pause)
+                await self.pause(pause)
+
+    async def pause(self, seconds: float) -> None:
+        """Wait `seconds`, in steps of `idle_s`; a link that comes back meanwhile (offline, then
+        online) ends the wait, so a long backoff from the outage does not delay the upload."""
+        was_online = self._online()
+        while seconds > 0:
+            step = min(seconds, self._idle_s)
+            await self._sleep(step)
+            seconds -= step
+            online = self._online()
+            if online and not was_online:
+                return
+            was_online = online
 
     async def step(self) -> float:
         """One upload attempt; how long to wait before the next."""

@@ -121,6 +121,14 @@ class Upstreams:
         for transport in self.transports.values():
             await _close(transport)
 
+    def uplink(self, now: float) -> bool:
+        """Whether anything beyond the site may be reachable: not forced offline, and some
+        upstream tier not offline (or none configured: the collector stands on its own)."""
+        if self.offline:
+            return False
+        states = self.connectivity(now)
+        return not states or any(state != "offline" for state in states.values())
+
     def connectivity(self, now: float) -> dict[str, str]:
         """Per tier: online (every endpoint live), degraded (some), offline (none)."""
         states: dict[str, str] = {}

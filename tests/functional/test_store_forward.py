@@ -163,3 +163,48 @@ async def test_samples_of_requests_sharing_an_x_request_id_are_all_kept(tmp_path
         assert (await spool.counts()).produced == 2
     finally:
         await edge.close()
+
+
+async def test_a_site_forced_offline_keeps_its_records(tmp_path: Path) -> None:
+    """`serve --offline` (routing.offline): answers are spooled but nothing is uploaded, even
+    with the collector reachable; the records wait for the site to go back online."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), bundle)
+    (bundle / "sampling.yaml").write_text("default: 1.0\n", encoding="utf-8")
+    central = TestServer(
+        build_app(Settings.model_validate({"site": {"id": "hq", "tier": "central"}})),
+        host="127.0.0.1",
+    )
+    await central.start_server()
+    central_url = str(central.make_url("")).rstrip("/")
+    edge = TestServer(
+        build_app(
+            Settings.model_validate(
+                {
+                    "site": {"id": "ship-2"},
+                    "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+                    "policy": {"bundle": bundle},
+                    "routing": {"offline": True},
+                    "spool": {"path": tmp_path / "spool.sqlite3", "collector_url": central_url},
+                }
+            )
+        ),
+        host="127.0.0.1",
+    )
+    await edge.start_server()
+    try:
+        body = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [0, 1, 0]}]}
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                url = str(edge.make_url("/v2/models/color_classifier/infer"))
+                async with asyncio.timeout(10), http.post(url, json=body) as response:
+                    assert response.status == 200
+        spool = edge.app[SPOOL].spool
+        assert spool is not None
+        await asyncio.sleep(1.5)  # an online drainer uploads within its first idle step
+        counts = await spool.counts()
+        assert counts.produced >= 6
+        assert (counts.delivered, counts.pending) == (0, counts.produced)
+    finally:
+        await edge.close()
+        await central.close()

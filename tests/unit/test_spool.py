@@ -470,6 +470,26 @@ class TestDrainer:
         assert (counts.produced, counts.delivered, counts.expired, counts.pending) == (2, 1, 1, 0)
         await spool.close()
 
+    async def test_the_link_coming_back_ends_a_backoff(self, path: Path, clock: FakeClock) -> None:
+        """A 60 s backoff taken in an outage ends within one idle step once the link is back
+        (offline, then online), instead of delaying the upload for the rest of the minute."""
+        spool = await Spool.open(path, clock=clock)
+        states = iter([False, False, False, True])
+        drain = drainer(spool, Collector(), clock, online=lambda: next(states, True), idle_s=2.0)
+        await drain.pause(60.0)
+        assert clock.slept == [2.0, 2.0, 2.0]
+        await spool.close()
+
+    async def test_a_backoff_while_online_runs_its_course(
+        self, path: Path, clock: FakeClock
+    ) -> None:
+        """With the link up all along (the collector itself failing), the backoff is kept."""
+        spool = await Spool.open(path, clock=clock)
+        drain = drainer(spool, Collector(), clock, online=lambda: True, idle_s=2.0)
+        await drain.pause(7.0)
+        assert clock.slept == [2.0, 2.0, 2.0, 1.0]
+        await spool.close()
+
     async def test_expiry_while_rate_limited_is_not_sent(
         self, path: Path, clock: FakeClock
     ) -> None:
