@@ -12,6 +12,7 @@ from aiohttp import web
 from router.api.state import (
     CACHE,
     COLLECTOR,
+    COLLECTOR_STATS,
     RELOADER,
     RUNTIME,
     SETTINGS,
@@ -26,6 +27,7 @@ from router.resources import audit_path, state_dir
 from router.settings import Settings, is_loopback
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
+from router.spool.collector_stats import CollectorStats
 from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
 from router.store_forward import StoreAndForward
 from router.tasks import cancel_all
@@ -106,7 +108,8 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
     if settings.collects:
         store = await _open_collector(settings.site.id, shared=settings.server.workers > 1)
         collector = store
-        (route,) = collector_routes(store, guard=SiteGuard.of(settings))
+        app[COLLECTOR_STATS] = stats = CollectorStats()
+        (route,) = collector_routes(store, guard=SiteGuard.of(settings), stats=stats)
         app[COLLECTOR].append(route.handler)
 
         async def new_sites(settings: Settings) -> None:
@@ -119,7 +122,7 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
                     "spool.collector_sites",
                     ["no site left and no mTLS on the running listener: the sites are kept"],
                 )
-            (route,) = collector_routes(collector, guard=SiteGuard.of(settings))
+            (route,) = collector_routes(collector, guard=SiteGuard.of(settings), stats=stats)
             app[COLLECTOR][0] = route.handler
 
         app[RELOADER].hooks.append(new_sites)

@@ -21,6 +21,7 @@ from router import __version__
 from router.api.state import (
     BUNDLE,
     CACHE,
+    COLLECTOR_STATS,
     RELOADER,
     RUNTIME,
     SETTINGS,
@@ -70,6 +71,7 @@ async def metrics(request: web.Request) -> web.Response:
     admin = request.app
     collector = admin[COLLECTOR]
     collector.sources.spool = await spool_state(admin[API_APP][SPOOL].spool)
+    collector.sources.collector = admin[API_APP].get(COLLECTOR_STATS)
     body = exposition(admin[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -181,6 +183,15 @@ async def _spool(api: web.Application) -> dict[str, Any]:
     return {"enabled": True, **state.counts, "oldest_age_s": round(state.oldest_age_s, 3)}
 
 
+async def _collector(api: web.Application) -> dict[str, Any]:
+    """The central tier's collector since this process started: batches, records, refusals
+    and each site's last upload."""
+    stats = api.get(COLLECTOR_STATS)
+    if stats is None:
+        return {"enabled": False}
+    return {"enabled": True, **stats.as_status()}
+
+
 STATUS_SECTIONS: list[tuple[str, Section]] = [
     ("site", _site),
     ("router", _router),
@@ -189,4 +200,5 @@ STATUS_SECTIONS: list[tuple[str, Section]] = [
     ("upstreams", _upstreams),
     ("connectivity", _connectivity),
     ("spool", _spool),
+    ("collector", _collector),
 ]

@@ -18,6 +18,7 @@ from router.ratelimit import Limiters
 from router.reload import Reloader
 from router.runtime import Pipelines, Runtime
 from router.settings import Settings
+from router.spool.collector_stats import CollectorStats
 from router.store_forward import StoreAndForward
 from router.telemetry import Telemetry
 from router.trail import Trail
@@ -49,3 +50,5 @@ TELEMETRY = web.AppKey("telemetry", Telemetry)
 LIMITERS = web.AppKey("limiters", Limiters)
 # The collector's handler, when this site collects (a list: empty when it does not).
 COLLECTOR = web.AppKey("collector", list[Handler])
+# What the collector took and refused since start; set only when this site collects.
+COLLECTOR_STATS = web.AppKey("collector_stats", CollectorStats)

@@ -28,8 +28,9 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from router.errors import Unavailable
+from router.errors import RouterError, Unavailable
 from router.spool import schema
+from router.spool.collector_stats import CollectorStats
 from router.spool.sites import PeerCertificate, SiteGuard, check_record_sites
 from router.spool.store import SpoolUnavailable
 from router.spool.wire import Item, decode_batch
@@ -188,25 +189,39 @@ def _read(conn: sqlite3.Connection, after: int, limit: int) -> list[Received]:
 
 
 def collector_routes(
-    store: CollectorStore, path: str = COLLECTOR_PATH, *, guard: SiteGuard | None = None
+    store: CollectorStore,
+    path: str = COLLECTOR_PATH,
+    *,
+    guard: SiteGuard | None = None,
+    stats: CollectorStats | None = None,
 ) -> list[web.RouteDef]:
     """The collector's route, for `app.add_routes(...)` in an app with the error middleware
     (router.api.errors), which turns BatchError into 400 and Unavailable into 503. `guard`
-    says who may upload (router.spool.sites); None: anyone, for a collector on loopback."""
+    says who may upload (router.spool.sites); None: anyone, for a collector on loopback.
+    `stats` counts what it takes and refuses."""
     sites = guard if guard is not None else SiteGuard()
+    counted = stats if stats is not None else CollectorStats()
 
     async def receive(request: web.Request) -> web.Response:
+        try:
+            site, added = await take(request)
+        except RouterError as exc:
+            counted.refuse(exc.code)
+            raise
+        counted.taken(site, added.new, added.duplicates)
+        body = {"accepted": added.accepted, "new": added.new, "duplicates": added.duplicates}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def take(request: web.Request) -> tuple[str | None, Added]:
         # Before the body is read: an upload nobody vouches for costs the collector nothing.
         certificate = PeerCertificate.of(request.get_extra_info("ssl_object"))
         site = sites.admit(request.headers, certificate=certificate)
         items = decode_batch(await request.read(), request.content_type)
         check_record_sites(items, site)
         try:
-            added = await store.add(items, site)
+            return site, await store.add(items, site)
         except (sqlite3.Error, WorkerBusy, WorkerClosed) as exc:
             log.warning("collector could not store a batch: %s", type(exc).__name__)
             raise Unavailable("the collector cannot store batches right now", 5.0) from None
-        body = {"accepted": added.accepted, "new": added.new, "duplicates": added.duplicates}
-        return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     return [web.post(path, receive)]

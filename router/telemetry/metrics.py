@@ -23,6 +23,7 @@ from router.cache import ResponseCache
 from router.inference.repository import ModelRepository
 from router.policy.keeper import BundleState
 from router.spool import Spool
+from router.spool.collector_stats import CollectorStats
 from router.telemetry.requests import RequestMetrics
 from router.upstreams.registry import Upstreams
 
@@ -57,6 +58,7 @@ class Sources:
     upstreams: Upstreams
     cache: ResponseCache
     spool: SpoolState | None = None  # refreshed by the handler before each scrape
+    collector: CollectorStats | None = None  # a central tier's collector
 
 
 class RouterCollector(Collector):
@@ -75,6 +77,8 @@ class RouterCollector(Collector):
         yield from _bundle(s.bundle)
         if s.spool is not None:
             yield from _spool(s.spool)
+        if s.collector is not None:
+            yield from _collector(s.collector)
 
 
 def _bundle(state: BundleState) -> Iterator[Metric]:
@@ -222,6 +226,25 @@ def _inference(models: ModelRepository) -> Iterator[Metric]:
             for size, per_size in sorted(stats.batches.items()):
                 batches.add_metric([*key, str(size)], per_size.compute_infer.count)
     yield from (rows, runs, fails, queue, compute, depth, batches)
+
+
+def _collector(stats: CollectorStats) -> Iterator[Metric]:
+    """Labels from closed sets only: outcomes, and error codes of the router's own tree."""
+    yield CounterMetricFamily(
+        PREFIX + "collector_batches", "Batches the collector stored", value=stats.batches
+    )
+    records = CounterMetricFamily(
+        PREFIX + "collector_records", "Records received, by outcome", labels=["outcome"]
+    )
+    records.add_metric(["stored"], stats.stored)
+    records.add_metric(["duplicate"], stats.duplicates)
+    yield records
+    refused = CounterMetricFamily(
+        PREFIX + "collector_refusals", "Batches refused, by error code", labels=["code"]
+    )
+    for code, n in sorted(stats.refused.items()):
+        refused.add_metric([code], n)
+    yield refused
 
 
 def _spool(state: SpoolState) -> Iterator[Metric]:

@@ -226,6 +226,31 @@ class TestCollectorAuthentication:
         status, body, _ = await post(central.url, own, headers(KEY_A, "site-a"))
         assert (status, orjson.loads(body)["new"]) == (200, 2)
 
+    async def test_status_and_metrics_show_what_the_collector_did(
+        self, central: RouterThread
+    ) -> None:
+        """An operator of the central tier sees batches, stored and duplicate records,
+        refusals by code and each site's last upload, in /status and /metrics."""
+        good = headers(KEY_A, "site-a")
+        assert (await post(central.url, batch("audit:s1", "audit:s2"), good))[0] == 200
+        assert (await post(central.url, batch("audit:s1"), good))[0] == 200
+        assert (await post(central.url, batch("audit:s3"), headers(WRONG, "site-a")))[0] == 401
+        assert (await post(central.url, batch("audit:s3"), headers(KEY_A, "site-b")))[0] == 403
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            async with http.get(central.admin_url + "/status") as response:
+                status = orjson.loads(await response.read())["collector"]
+            async with http.get(central.admin_url + "/metrics") as response:
+                metrics = (await response.read()).decode()
+        assert (status["enabled"], status["batches"]) == (True, 2)
+        assert (status["stored"], status["duplicates"]) == (2, 1)
+        assert status["refused"] == {"site_mismatch": 1, "unauthorized": 1}
+        assert list(status["sites"]) == ["site-a"]
+        assert status["sites"]["site-a"]["records"] == 3
+        assert "layer_router_collector_batches_total 2.0" in metrics
+        assert 'layer_router_collector_records_total{outcome="duplicate"} 1.0' in metrics
+        assert 'layer_router_collector_refusals_total{code="unauthorized"} 1.0' in metrics
+        assert_no_canary(metrics, orjson.dumps(status))
+
     async def test_edge_with_its_key_file_drains_to_the_central(
         self, central: RouterThread, tmp_path: Path, own_state: Path
     ) -> None:
