@@ -9,6 +9,7 @@ distribution) adds its function to STATUS_SECTIONS.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ from router.api.state import (
 from router.listener import make_runner
 from router.telemetry.metrics import RouterCollector, Sources, exposition, registry_for, spool_state
 from router.upstreams.pinning import drift_report
+from router.workers import worker_index
 
 Section = Callable[[web.Application], Awaitable[Any]]
 
@@ -110,7 +112,13 @@ async def _site(api: web.Application) -> dict[str, Any]:
 
 
 async def _router(api: web.Application) -> dict[str, Any]:
-    return {"name": "layer-router", "version": __version__}
+    """With --workers, which worker answers (each has its own admin port, counters, cache)."""
+    return {
+        "name": "layer-router",
+        "version": __version__,
+        "pid": os.getpid(),
+        "worker": worker_index(),
+    }
 
 
 async def _policy(api: web.Application) -> dict[str, Any]:

@@ -3,6 +3,7 @@ API app's state; OpenTelemetry spans per stage continuing the caller's trace ups
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,6 +157,8 @@ class TestStatus:
             "draining": False,
         }
         assert doc["router"]["name"] == "layer-router"
+        # Which process answers: a single process here; a worker's index under --workers.
+        assert (doc["router"]["pid"], doc["router"]["worker"]) == (os.getpid(), None)
         assert doc["policy"]["revision"]
         model = next(m for m in doc["models"] if m["name"] == "color_classifier")
         assert len(model["sha256"]) == 64
