@@ -265,6 +265,24 @@ class TestAuthorization:
         )
         assert status == 200
 
+    async def test_server_metadata_index_and_stats_list_only_the_tenants_models(
+        self, http: aiohttp.ClientSession, router: RouterThread
+    ) -> None:
+        """GET /v2, the repository index and /v2/models/stats name only the models the tenant
+        may use (their names, hashes and traffic are other tenants' business); an unlimited
+        tenant still sees every one."""
+        status, _, doc = await send(http, router.url + "/v2", None, bearer(KEY_C))
+        assert status == 200
+        assert {m["name"] for m in doc["models"]} == {"color_classifier"}
+        status, _, doc = await send(http, router.url + "/v2/repository/index", b"", bearer(KEY_C))
+        assert status == 200
+        assert {item["name"] for item in doc} == {"color_classifier"}
+        status, _, doc = await send(http, router.url + "/v2/models/stats", None, bearer(KEY_C))
+        assert status == 200
+        assert {item["name"] for item in doc["model_stats"]} == {"color_classifier"}
+        status, _, doc = await send(http, router.url + "/v2/repository/index", b"", bearer(KEY_A))
+        assert {"color_classifier", "hotspot_detector", "gpt-test"} <= {i["name"] for i in doc}
+
 
 class TestRateLimits:
     async def test_bucket_empties_then_429_with_openai_headers(
