@@ -74,7 +74,7 @@ async def server_metadata(request: web.Request) -> web.Response:
             "policy_revision": None if generation.pending else generation.bundle.revision,
             "connectivity": request.app[UPSTREAMS].connectivity(asyncio.get_running_loop().time()),
             "models": model_summaries(generation.models, _visible(request)),
-            "bundle": bundle_status(request.app),
+            "bundle": bundle_status(request.app, _visible(request)),
         }
     )
 
@@ -112,13 +112,16 @@ def model_summaries(
     ]
 
 
-def bundle_status(app: web.Application) -> dict[str, Any]:
+def bundle_status(
+    app: web.Application, visible: Callable[[str], bool] = _everyone
+) -> dict[str, Any]:
     """The policy bundle's distribution state, reloads and version drift (until /status)."""
     generation = app[RUNTIME].current
     doc = app[BUNDLE].as_dict()
     doc["reload"] = app[RELOADER].state.as_dict()
     tier = generation.settings.site.tier.value
-    doc["drift"] = drift_report(generation.bundle, app[UPSTREAMS], generation.models, tier)
+    drift = drift_report(generation.bundle, app[UPSTREAMS], generation.models, tier)
+    doc["drift"] = [item for item in drift if visible(item["model"])]
     return doc
 
 

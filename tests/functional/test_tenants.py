@@ -325,6 +325,23 @@ async def test_auth_disabled_serves_anonymous_and_ignores_foreign_credentials(
         assert (status, headers["X-Cache"]) == (200, "MISS")
 
 
+async def test_version_drift_in_server_metadata_names_only_the_tenants_models(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
+) -> None:
+    """GET /v2's bundle.drift lists a pinned model served off its pins only to a tenant that
+    may use that model: like the model list beside it, it names no one else's model."""
+    site = settings(tmp_path, upstream[1], "required")
+    folder = Path(site.policy.bundle)
+    (folder / "versions.yaml").write_text("tiers:\n  edge:\n    hotspot_detector: ['9']\n")
+    with RouterThread(site) as router:
+        status, _, doc = await send(http, router.url + "/v2", None, bearer(KEY_A))
+        assert status == 200
+        assert [item["model"] for item in doc["bundle"]["drift"]] == ["hotspot_detector"]
+        status, _, doc = await send(http, router.url + "/v2", None, bearer(KEY_C))
+        assert status == 200
+        assert doc["bundle"]["drift"] == []
+
+
 async def test_audit_names_the_tenant_never_the_key(
     tmp_path: Path,
     upstream: tuple[FakeUpstream, str],
