@@ -133,7 +133,10 @@ def outgoing(
     settings = cluster.settings
     view = view_for(ctx, settings.tier.value, privacy)
     headers = upstream_request_headers(
-        view.headers, forward_authorization=settings.forward_authorization, extra=settings.headers
+        view.headers,
+        forward_authorization=settings.forward_authorization,
+        extra=settings.headers,
+        key_header=ctx.key_header,
     )
     headers[REQUEST_ID] = ctx.request_id
     if not ctx.traceparent:  # made on first use: local answers never need one

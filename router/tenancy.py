@@ -31,17 +31,24 @@ def hash_key(key: str) -> str:
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """`Authorization: Bearer <key>`, else an `api-key` (Azure OpenAI) or `X-Api-Key` header."""
+    return next((key for _, key in presented_keys(headers)), None)
+
+
+def presented_keys(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every key the request presents, as (header name, key), in the order of precedence:
+    `Authorization: Bearer <key>`, then `api-key` (Azure OpenAI), then `X-Api-Key`."""
+    found = []
     auth = headers.get("Authorization")
     if auth is not None:
         scheme, _, token = auth.partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token:
-            return token
-    for name in ("api-key", "X-Api-Key"):
+            found.append(("authorization", token))
+    for name in ("api-key", "x-api-key"):
         value = headers.get(name)
-        if value:
-            return value.strip()
-    return None
+        if value and value.strip():
+            found.append((name, value.strip()))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +92,24 @@ class Tenancy:
         """The asking tenant; 401 when a key is required and none of the bundle's matches.
         Without required auth a key no tenant holds is not an error: it may be a credential
         meant for an upstream (`forward_authorization`)."""
+        return self.identify_with_header(headers)[0]
+
+    def identify_with_header(self, headers: Mapping[str, str]) -> tuple[TenantAccess, str | None]:
+        """The asking tenant and the header (lower case) that carried its key: that header
+        is this router's credential and never goes upstream. A key in one header may sit
+        beside an upstream's credential in another (`Authorization` for the upstream,
+        `api-key` for this router): the first header holding a tenant's key names it."""
         if not self._by_hash and self._anonymous is not None:
-            return self._anonymous  # no keys anywhere: nothing to look for
-        key = presented_key(headers)
-        if key is not None:
+            return self._anonymous, None  # no keys anywhere: nothing to look for
+        presented = presented_keys(headers)
+        for header, key in presented:
             hashed = hash_key(key)
             found = self._by_hash.get(hashed)
             if found is not None and hmac.compare_digest(hashed, found[0]):
-                return found[1]
+                return found[1], header
         if self._anonymous is not None:
-            return self._anonymous
-        if key is None:
+            return self._anonymous, None
+        if not presented:
             raise Unauthorized(
                 "an API key is required: send 'Authorization: Bearer <key>' or 'api-key: <key>'"
             )

@@ -342,6 +342,32 @@ async def test_version_drift_in_server_metadata_names_only_the_tenants_models(
         assert doc["bundle"]["drift"] == []
 
 
+async def test_a_tenants_key_never_goes_upstream_where_client_credentials_do(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
+) -> None:
+    """A cluster with forward_authorization passes on the client's credentials for the
+    upstream, never the key that named a tenant here: with the tenant's key in api-key
+    beside an upstream key in Authorization, the tenant is named and only the upstream key
+    travels; with the tenant's key in Authorization, no Authorization travels at all."""
+    fake = upstream[0]
+    site = settings(tmp_path, upstream[1], "required")
+    cluster = site.upstreams[0].model_copy(update={"forward_authorization": True})
+    site = site.model_copy(update={"upstreams": (cluster,)})
+    upstream_key = "sk-upstream-credential-0123456789"
+    with RouterThread(site) as router:
+        before = len(fake.requests_to(CHAT))
+        both = {"Authorization": f"Bearer {upstream_key}", "api-key": KEY_A}
+        status, _, _ = await send(http, router.url + CHAT, chat("both keys"), both)
+        assert status == 200
+        status, _, _ = await send(http, router.url + CHAT, chat("tenant key only"), bearer(KEY_A))
+        assert status == 200
+        first, second = fake.requests_to(CHAT)[before:]
+    assert first.headers.get("Authorization") == f"Bearer {upstream_key}"
+    assert "Authorization" not in second.headers
+    for recorded in (first, second):
+        assert all(KEY_A not in value for value in recorded.headers.values())
+
+
 async def test_audit_names_the_tenant_never_the_key(
     tmp_path: Path,
     upstream: tuple[FakeUpstream, str],
