@@ -173,7 +173,7 @@ def build_pipelines(
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
     lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
-    dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
+    dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route, tenancy)
     return Pipelines(
         v2_infer=Pipeline([tenant, ParseInferRequest(), classify, lookup, route, dispatch], tracer),
         openai=Pipeline(

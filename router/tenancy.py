@@ -115,9 +115,12 @@ class Tenancy:
             )
         raise Unauthorized("the API key is not valid")
 
-    def authorize(self, tenant: str, model: str) -> None:
+    def may_use(self, tenant: str, model: str) -> bool:
         access = self.by_name.get(tenant)
-        if access is not None and not access.may_use(model):
+        return access is None or access.may_use(model)
+
+    def authorize(self, tenant: str, model: str) -> None:
+        if not self.may_use(tenant, model):
             raise ModelNotAllowed(f"model '{model}' is not available to this tenant")
 
 
