@@ -68,7 +68,17 @@ class Tenancy:
     """The tenants of one policy bundle, for one site's auth mode. Rebuilt when a bundle is
     activated; the buckets in `limiters` carry over."""
 
-    def __init__(self, tenants: Tenants, *, required: bool, limiters: Limiters) -> None:
+    def __init__(
+        self,
+        tenants: Tenants,
+        *,
+        required: bool,
+        limiters: Limiters,
+        upload_keys: frozenset[str] = frozenset(),
+    ) -> None:
+        """`upload_keys`: hashes of sites' upload keys for this collector. A key is one or the
+        other: one listed there never names a tenant, whatever tenants.yaml says (so no site
+        can call the API with the key it uploads with, nor a tenant upload as a site)."""
         self.required = required
         policies: dict[str, TenantDefaults] = dict(tenants.tenants)
         if not required:
@@ -80,8 +90,15 @@ class Tenancy:
             for name, policy in policies.items()
         }
         self._by_hash = {
-            key: (key, self.by_name[name]) for name, t in tenants.tenants.items() for key in t.keys
+            key: (key, self.by_name[name])
+            for name, t in tenants.tenants.items()
+            for key in t.keys
+            if key not in upload_keys
         }
+        # Named (never the key or its hash) so the operator can give the tenant a key of its own.
+        self.holding_upload_keys = sorted(
+            name for name, t in tenants.tenants.items() if not upload_keys.isdisjoint(t.keys)
+        )
         self._anonymous = self.by_name.get(ANONYMOUS)
 
     @property
