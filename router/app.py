@@ -125,12 +125,19 @@ def build_app(
     return app
 
 
+def upload_keys(settings: Settings) -> frozenset[str]:
+    """The hashes of every site's upload key for this site's collector."""
+    return frozenset(h for hashes in settings.spool.site_key_hashes().values() for h in hashes)
+
+
 def _check_auth(settings: Settings, bundle: PolicyBundle, origin: str) -> None:
     """`origin` names the bundle as the operator configured it: `bundle.path` is the copy
     activated under the state directory, which an edit would never reach."""
     if (
         settings.auth_required
-        and not Tenancy(bundle.tenants, required=True, limiters=Limiters()).has_keys
+        and not Tenancy(
+            bundle.tenants, required=True, limiters=Limiters(), upload_keys=upload_keys(settings)
+        ).has_keys
     ):
         where = "the embedded policy bundle" if origin == "embedded" else origin
         fix = (
@@ -167,13 +174,18 @@ def build_pipelines(
         if c.enabled and ttl > 0
     )
     tenancy = Tenancy(
-        privacy.bundle.tenants, required=settings.auth_required, limiters=limiters or Limiters()
+        privacy.bundle.tenants,
+        required=settings.auth_required,
+        limiters=limiters or Limiters(),
+        upload_keys=upload_keys(settings),
     )
+    for name in tenancy.holding_upload_keys:
+        log.warning("tenant %s holds a site's upload key: that key is no API key here", name)
     tenant, authorize = ResolveTenant(tenancy), AuthorizeModel(tenancy)
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
     lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
-    dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
+    dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route, tenancy)
     return Pipelines(
         v2_infer=Pipeline([tenant, ParseInferRequest(), classify, lookup, route, dispatch], tracer),
         openai=Pipeline(

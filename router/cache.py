@@ -242,6 +242,11 @@ class ResponseCache:
         self.counts[outcome] += 1
 
     @property
+    def max_bytes(self) -> int:
+        """The cache's size: no entry larger than this is ever kept."""
+        return int(self._entries.maxsize)
+
+    @property
     def bytes_used(self) -> int:
         return int(self._entries.currsize)
 

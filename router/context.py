@@ -38,6 +38,7 @@ class RequestContext:
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's
     request_id: str = ""
     tenant: str = ""  # set by ResolveTenant: the tenant's name (never its key)
+    key_header: str | None = None  # the header (lower case) that held the tenant's key
     rate_limit: dict[str, str] | None = None  # the tenant's x-ratelimit-* headers
     traceparent: str = ""  # W3C trace context sent upstream; made when first needed
     body: bytes = b""

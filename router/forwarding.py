@@ -133,7 +133,10 @@ def outgoing(
     settings = cluster.settings
     view = view_for(ctx, settings.tier.value, privacy)
     headers = upstream_request_headers(
-        view.headers, forward_authorization=settings.forward_authorization, extra=settings.headers
+        view.headers,
+        forward_authorization=settings.forward_authorization,
+        extra=settings.headers,
+        key_header=ctx.key_header,
     )
     headers[REQUEST_ID] = ctx.request_id
     if not ctx.traceparent:  # made on first use: local answers never need one
@@ -275,16 +278,27 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     complete. Half an event is held back until its end arrives, so a cut one is dropped
     rather than glued to the error event (which would make both unreadable)."""
     completed = False
-    pending = b""
+    pending = bytearray()
     try:
         async for chunk in _streamed(forwarded):
-            data = pending + chunk if pending else chunk
-            end = _events_end(data)
-            pending = data[end:]
-            if end:
-                yield data[:end]
+            if not pending:
+                end = _events_end(chunk)
+                if end:
+                    yield chunk[:end] if end < len(chunk) else chunk
+                pending += chunk[end:]
+            else:
+                # Only the new bytes are searched (and the last 3 held, which may begin a
+                # separator): an event arriving in many pieces costs linear time, not square.
+                searched = max(0, len(pending) - 3)
+                pending += chunk
+                end = _events_end(pending, searched)
+                if end:
+                    yield bytes(pending[:end])
+                    del pending[:end]
+            if len(pending) > MAX_EVENT_BYTES:
+                raise UpstreamError(f"a stream event larger than {MAX_EVENT_BYTES} bytes")
         if pending:
-            yield pending
+            yield bytes(pending)
         completed = True
     except UpstreamError as exc:
         raise StreamBroken(f"{exc.message} after the stream started") from None
@@ -294,14 +308,18 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
         forwarded.release()
 
 
+# An event is held until its end arrives: one that never ends (an upstream sending no empty
+# line) must not grow here without bound. Chat events are a few hundred bytes.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")  # an empty line, in any of SSE's line endings
 
 
-def _events_end(data: bytes) -> int:
-    """Where the last complete SSE event in `data` ends (0: none complete yet)."""
+def _events_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where the last complete SSE event in `data` ends (0: none complete yet), looking for
+    its end from `start` on."""
     end = 0
     for separator in _EVENT_ENDS:
-        at = data.rfind(separator)
+        at = data.rfind(separator, start)
         if at >= 0:
             end = max(end, at + len(separator))
     return end

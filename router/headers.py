@@ -88,13 +88,21 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
 
 
 def upstream_request_headers(
-    client: Mapping[str, str], *, forward_authorization: bool, extra: Mapping[str, str]
+    client: Mapping[str, str],
+    *,
+    forward_authorization: bool,
+    extra: Mapping[str, str],
+    key_header: str | None = None,
 ) -> dict[str, str]:
-    """What an upstream may see of the client's headers, plus the cluster's own."""
+    """What an upstream may see of the client's headers, plus the cluster's own.
+    `key_header` held the client's key for this router (a tenant's): never forwarded, even
+    where the cluster forwards the client's credentials for the upstream."""
     # The cluster's value replaces the client's: a client must not add a second one in other case.
     also = _connection_named(client) | {name.lower() for name in extra}
     if not forward_authorization:
         also |= CREDENTIALS
+    elif key_header is not None:
+        also.add(key_header)
     dropped = _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM
     out: dict[str, str] = {}
     names: dict[str, str] = {}

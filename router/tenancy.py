@@ -31,17 +31,24 @@ def hash_key(key: str) -> str:
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """`Authorization: Bearer <key>`, else an `api-key` (Azure OpenAI) or `X-Api-Key` header."""
+    return next((key for _, key in presented_keys(headers)), None)
+
+
+def presented_keys(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every key the request presents, as (header name, key), in the order of precedence:
+    `Authorization: Bearer <key>`, then `api-key` (Azure OpenAI), then `X-Api-Key`."""
+    found = []
     auth = headers.get("Authorization")
     if auth is not None:
         scheme, _, token = auth.partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token:
-            return token
-    for name in ("api-key", "X-Api-Key"):
+            found.append(("authorization", token))
+    for name in ("api-key", "x-api-key"):
         value = headers.get(name)
-        if value:
-            return value.strip()
-    return None
+        if value and value.strip():
+            found.append((name, value.strip()))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,17 @@ class Tenancy:
     """The tenants of one policy bundle, for one site's auth mode. Rebuilt when a bundle is
     activated; the buckets in `limiters` carry over."""
 
-    def __init__(self, tenants: Tenants, *, required: bool, limiters: Limiters) -> None:
+    def __init__(
+        self,
+        tenants: Tenants,
+        *,
+        required: bool,
+        limiters: Limiters,
+        upload_keys: frozenset[str] = frozenset(),
+    ) -> None:
+        """`upload_keys`: hashes of sites' upload keys for this collector. A key is one or the
+        other: one listed there never names a tenant, whatever tenants.yaml says (so no site
+        can call the API with the key it uploads with, nor a tenant upload as a site)."""
         self.required = required
         policies: dict[str, TenantDefaults] = dict(tenants.tenants)
         if not required:
@@ -73,8 +90,15 @@ class Tenancy:
             for name, policy in policies.items()
         }
         self._by_hash = {
-            key: (key, self.by_name[name]) for name, t in tenants.tenants.items() for key in t.keys
+            key: (key, self.by_name[name])
+            for name, t in tenants.tenants.items()
+            for key in t.keys
+            if key not in upload_keys
         }
+        # Named (never the key or its hash) so the operator can give the tenant a key of its own.
+        self.holding_upload_keys = sorted(
+            name for name, t in tenants.tenants.items() if not upload_keys.isdisjoint(t.keys)
+        )
         self._anonymous = self.by_name.get(ANONYMOUS)
 
     @property
@@ -85,25 +109,35 @@ class Tenancy:
         """The asking tenant; 401 when a key is required and none of the bundle's matches.
         Without required auth a key no tenant holds is not an error: it may be a credential
         meant for an upstream (`forward_authorization`)."""
+        return self.identify_with_header(headers)[0]
+
+    def identify_with_header(self, headers: Mapping[str, str]) -> tuple[TenantAccess, str | None]:
+        """The asking tenant and the header (lower case) that carried its key: that header
+        is this router's credential and never goes upstream. A key in one header may sit
+        beside an upstream's credential in another (`Authorization` for the upstream,
+        `api-key` for this router): the first header holding a tenant's key names it."""
         if not self._by_hash and self._anonymous is not None:
-            return self._anonymous  # no keys anywhere: nothing to look for
-        key = presented_key(headers)
-        if key is not None:
+            return self._anonymous, None  # no keys anywhere: nothing to look for
+        presented = presented_keys(headers)
+        for header, key in presented:
             hashed = hash_key(key)
             found = self._by_hash.get(hashed)
             if found is not None and hmac.compare_digest(hashed, found[0]):
-                return found[1]
+                return found[1], header
         if self._anonymous is not None:
-            return self._anonymous
-        if key is None:
+            return self._anonymous, None
+        if not presented:
             raise Unauthorized(
                 "an API key is required: send 'Authorization: Bearer <key>' or 'api-key: <key>'"
             )
         raise Unauthorized("the API key is not valid")
 
-    def authorize(self, tenant: str, model: str) -> None:
+    def may_use(self, tenant: str, model: str) -> bool:
         access = self.by_name.get(tenant)
-        if access is not None and not access.may_use(model):
+        return access is None or access.may_use(model)
+
+    def authorize(self, tenant: str, model: str) -> None:
+        if not self.may_use(tenant, model):
             raise ModelNotAllowed(f"model '{model}' is not available to this tenant")
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from router import __version__
+from router.api.admission import TENANT
 from router.api.body import check_length, expect_within_limit, read_body
 from router.api.current import current
 from router.api.respond import default_budget, new_context, run
@@ -71,13 +73,26 @@ async def server_metadata(request: web.Request) -> web.Response:
             # None until a verified bundle is active (a remote source not reached yet).
             "policy_revision": None if generation.pending else generation.bundle.revision,
             "connectivity": request.app[UPSTREAMS].connectivity(asyncio.get_running_loop().time()),
-            "models": model_summaries(generation.models),
-            "bundle": bundle_status(request.app),
+            "models": model_summaries(generation.models, _visible(request)),
+            "bundle": bundle_status(request.app, _visible(request)),
         }
     )
 
 
-def model_summaries(models: ModelRepository) -> list[dict[str, Any]]:
+def _visible(request: web.Request) -> Callable[[str], bool]:
+    """Whether the asking tenant may see a model: lists name only the tenant's models, as
+    their metadata answers 403 for the others (a model's name and stats are no one else's)."""
+    access = request.get(TENANT)
+    return access.may_use if access is not None else _everyone
+
+
+def _everyone(model: str) -> bool:
+    return True
+
+
+def model_summaries(
+    models: ModelRepository, visible: Callable[[str], bool] = _everyone
+) -> list[dict[str, Any]]:
     """Each local model with its versions: what an operator compares across sites."""
     return [
         {
@@ -93,16 +108,20 @@ def model_summaries(models: ModelRepository) -> list[dict[str, Any]]:
             ],
         }
         for name, model in sorted(models.models.items())
+        if visible(name)
     ]
 
 
-def bundle_status(app: web.Application) -> dict[str, Any]:
+def bundle_status(
+    app: web.Application, visible: Callable[[str], bool] = _everyone
+) -> dict[str, Any]:
     """The policy bundle's distribution state, reloads and version drift (until /status)."""
     generation = app[RUNTIME].current
     doc = app[BUNDLE].as_dict()
     doc["reload"] = app[RELOADER].state.as_dict()
     tier = generation.settings.site.tier.value
-    doc["drift"] = drift_report(generation.bundle, app[UPSTREAMS], generation.models, tier)
+    drift = drift_report(generation.bundle, app[UPSTREAMS], generation.models, tier)
+    doc["drift"] = [item for item in drift if visible(item["model"])]
     return doc
 
 
@@ -193,8 +212,11 @@ async def repository_index(request: web.Request) -> web.Response:
     if not isinstance(only_ready, bool):
         raise BadRequest("'ready' must be a boolean")
     tier = request.app[SETTINGS].site.tier.value
+    visible = _visible(request)
     index = []
     for model in current(request).models.models.values():
+        if not visible(model.name):
+            continue
         if model.error and not only_ready:
             index.append({"name": model.name, "state": "UNAVAILABLE", "reason": model.error})
         for entry in model.versions.values():
@@ -207,6 +229,8 @@ async def repository_index(request: web.Request) -> web.Response:
     local = current(request).models.models
     for cluster in request.app[UPSTREAMS].clusters.values():
         for name in sorted((cluster.models or frozenset()) - local.keys()):
+            if not visible(name):
+                continue
             # The versions the cluster reported, so a router in front can pin them too.
             for version in sorted(cluster.versions.get(name, ())) or [""]:
                 index.append(
@@ -237,7 +261,8 @@ async def model_stats(request: web.Request) -> web.StreamResponse:
 
 async def all_stats(request: web.Request) -> web.Response:
     repo = current(request).models
-    entries = [e for m in repo.models.values() for e in m.versions.values()]
+    visible = _visible(request)
+    entries = [e for m in repo.models.values() if visible(m.name) for e in m.versions.values()]
     return _json({"model_stats": [_stats(e) for e in entries]})
 
 

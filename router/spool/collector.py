@@ -2,7 +2,8 @@
 
 Sites upload batches at least once, so the same record can arrive many times (a lost answer,
 a crash between upload and acknowledgement). The collector keeps every key it has stored in
-its own SQLite file and inserts a record only if its key is new, in one committed transaction
+its own SQLite file and inserts a record only if its key is new for its site (keys are scoped
+by uploader: see `_scoped`), in one committed transaction
 per batch (WAL, synchronous=FULL); only then does it answer, listing every key of the batch
 it holds. A key it lists is durable here, so the site may forget it; what arrives twice is
 counted as a duplicate and stored once.
@@ -164,13 +165,23 @@ def _add(conn: sqlite3.Connection, items: Sequence[Item], now: float, site: str 
     accepted: dict[str, None] = {}
     new = 0
     for item in items:
+        accepted[item.key] = None
+        if site is not None and _held_unscoped(conn, item.key, site):
+            continue  # stored by this site before keys were scoped: a resend
         cursor = conn.execute(
             "INSERT INTO received (key, kind, payload, created, expires, received, site)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-            (item.key, item.kind, item.payload, item.created, item.expires, now, site),
+            (
+                _scoped(item.key, site),
+                item.kind,
+                item.payload,
+                item.created,
+                item.expires,
+                now,
+                site,
+            ),
         )
         new += cursor.rowcount
-        accepted[item.key] = None
     duplicates = len(items) - new
     schema.bump(conn, stored=new, duplicates=duplicates)
     return Added(list(accepted), new, duplicates)
@@ -183,9 +194,28 @@ def _read(conn: sqlite3.Connection, after: int, limit: int) -> list[Received]:
         (after, limit),
     )
     return [
-        Received(rid, Item(key, kind, payload, created, expires), received, site)
+        Received(rid, Item(_unscoped(key, site), kind, payload, created, expires), received, site)
         for rid, key, kind, payload, created, expires, received, site in rows
     ]
+
+
+def _scoped(key: str, site: str | None) -> str:
+    """A record's key as stored: in its uploader's own namespace. Keys are unique per site,
+    not across sites; one shared namespace would let a site upload another's next key first
+    (audit ids are in every answer's X-Audit-Id) and so have the real record dropped as a
+    duplicate. Neither keys nor site ids hold a '/'."""
+    return key if site is None else f"{site}/{key}"
+
+
+def _held_unscoped(conn: sqlite3.Connection, key: str, site: str) -> bool:
+    """Whether `site` uploaded `key` into a file from before keys were scoped by site."""
+    row = conn.execute("SELECT 1 FROM received WHERE key = ? AND site = ?", (key, site))
+    return row.fetchone() is not None
+
+
+def _unscoped(stored: str, site: str | None) -> str:
+    prefix = f"{site}/"
+    return stored[len(prefix) :] if site is not None and stored.startswith(prefix) else stored
 
 
 def collector_routes(

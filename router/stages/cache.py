@@ -224,12 +224,21 @@ class LookupCache:
         source: AsyncIterator[bytes],
         ttl: float,
     ) -> AsyncIterator[bytes]:
-        """Relay a stream and keep it once it ended well; a broken one is never stored."""
-        events = []
+        """Relay a stream and keep it once it ended well; a broken one is never stored. One
+        larger than the whole cache could never be stored either: its recording stops there,
+        so an endless (or huge) stream an upstream marks cacheable does not pile up here."""
+        events: list[bytes] | None = []
+        recorded, limit = 0, self._cache.max_bytes
         async for chunk in source:
-            events.append(chunk)
+            if events is not None:
+                recorded += len(chunk)
+                if recorded > limit:
+                    events = None
+                else:
+                    events.append(chunk)
             yield chunk
-        self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)), ctx.api)
+        if events is not None:
+            self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)), ctx.api)
 
     def _entry(
         self, ctx: RequestContext, reply: Reply, ttl: float, events: tuple[bytes, ...] | None

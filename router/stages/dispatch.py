@@ -26,6 +26,7 @@ from router.policy.decide import Facts, Rules, Target, decide
 from router.privacy import Privacy
 from router.settings import RoutingSettings
 from router.stages.route import DecideRoute
+from router.tenancy import Tenancy
 from router.upstreams import forward
 from router.upstreams.registry import Upstreams
 from router.v2.request import build_request
@@ -49,7 +50,9 @@ class Dispatch:
         tier: str,
         privacy: Privacy,
         route: DecideRoute,
+        tenancy: Tenancy | None = None,
     ) -> None:
+        self._tenancy = tenancy
         self._models = models
         self._upstreams = upstreams
         self._routing = routing
@@ -153,6 +156,11 @@ class Dispatch:
             return None
         score = top_score(entry, result, rule.output)
         if score is None or score >= rule.threshold:
+            return None
+        if self._tenancy is not None and not self._tenancy.may_use(ctx.tenant, rule.to_model):
+            # The bigger model is not among the tenant's: its answer would be one the tenant
+            # could never ask for. The local answer is the whole answer for this tenant.
+            ctx.reasons.append("escalation_not_allowed")
             return None
         target = self._escalation_target(ctx, rule.to_model)
         if target is None:

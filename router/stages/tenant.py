@@ -16,7 +16,7 @@ class ResolveTenant:
         self._tenancy = tenancy
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
-        access = self._tenancy.identify(ctx.headers)
+        access, ctx.key_header = self._tenancy.identify_with_header(ctx.headers)
         ctx.tenant = access.name
         if ctx.model and not access.may_use(ctx.model):
             self._tenancy.authorize(access.name, ctx.model)  # raises 403 before a token is taken

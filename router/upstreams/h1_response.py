@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.errors import UpstreamError, UpstreamReset
 from router.upstreams.h1 import H1Connection
+
+INFLATE_PIECE = 1024 * 1024  # the most one inflating step turns out
 
 
 class H1Response:
@@ -148,8 +150,7 @@ class H1Response:
                     self._chunks.clear()
                     self._buffered = 0
                     self._connection.consumed(0)
-                    out = self._inflate(data)
-                    if out:
+                    for out in self._inflate(data):
                         yield out
                     continue
                 if self._error is not None:
@@ -170,18 +171,28 @@ class H1Response:
             raise
         self._done()
 
-    def _inflate(self, data: bytes) -> bytes:
-        if self._decompress is None:
-            return data
+    def _inflate(self, data: bytes) -> Iterator[bytes]:
+        """`data` inflated, in pieces of at most INFLATE_PIECE bytes: a few hundred KiB of a
+        gzip bomb would otherwise become hundreds of MiB in one call, before any reader's
+        size limit could see them."""
+        decompress = self._decompress
+        if decompress is None:
+            if data:
+                yield data
+            return
         if self._raw_deflate_possible and data:
             self._raw_deflate_possible = False
             if data[0] & 0x0F != 8:  # no zlib header: raw deflate (as aiohttp accepts it)
-                self._decompress = zlib.decompressobj(-zlib.MAX_WBITS)
+                decompress = self._decompress = zlib.decompressobj(-zlib.MAX_WBITS)
         self._inflated = True
-        try:
-            return self._decompress.decompress(data)
-        except zlib.error:
-            raise UpstreamError(f"{self._where}: response not decodable") from None
+        while data:
+            try:
+                out = decompress.decompress(data, INFLATE_PIECE)
+            except zlib.error:
+                raise UpstreamError(f"{self._where}: response not decodable") from None
+            data = decompress.unconsumed_tail
+            if out:
+                yield out
 
     def _done(self) -> None:
         if not self._released:

@@ -32,7 +32,9 @@ from multidict import CIMultiDict
 
 from router.api.respond import CTX
 from router.app import build_app
-from router.settings import Settings
+from router.resources import default_policy_bundle
+from router.settings import PolicySettings, Settings
+from router.tenancy import hash_key
 from router.testing import (
     AppThread,
     Behaviour,
@@ -360,6 +362,49 @@ class TestEscalation:
         assert doc["model_name"] == "color_classifier"
         assert headers["X-Served-By-Tier"] == "edge"
         assert headers["X-Route-Reason"] == f"local,escalation_failed:upstream_status_{refusal}"
+
+    async def test_a_tenant_is_not_escalated_to_a_model_outside_its_list(
+        self, http: aiohttp.ClientSession, chain: Chain, tmp_path: Path
+    ) -> None:
+        """A tenant whose list holds the small model only gets the local answer, marked
+        `escalation_not_allowed`, and the large model is never asked; a tenant that may use
+        both is escalated as before."""
+        big = FakeUpstream(name="big", models=(), v2_models=("color_classifier_large",))
+        small_only, both = (
+            "lr-small-only-key-0123456789abcdefghij",
+            "lr-both-key-0123456789abcdefghij",
+        )
+        bundle = tmp_path / "bundle"
+        shutil.copytree(default_policy_bundle(), bundle)
+        (bundle / "tenants.yaml").write_text(
+            "tenants:\n"
+            f"  small: {{keys: ['{hash_key(small_only)}'], models: [color_classifier]}}\n"
+            f"  both: {{keys: ['{hash_key(both)}'], models: ['color_classifier*']}}\n"
+        )
+        with AppThread(big.app) as big_server:
+            settings = site(
+                "edge",
+                chain.edge_repo,
+                [cluster("central", "central", big_server.url)],
+                **escalating(0.99),
+            ).model_copy(update={"policy": PolicySettings(bundle=bundle)})
+            edge = RouterThread(settings)
+            await asyncio.to_thread(edge.start)
+            try:
+                url = edge.url + "/v2/models/color_classifier/infer"
+                small = await post(http, url, rgb_body(RED), Authorization=f"Bearer {small_only}")
+                asked_before = len(big.received)
+                large = await post(http, url, rgb_body(RED), Authorization=f"Bearer {both}")
+            finally:
+                await asyncio.to_thread(edge.stop)
+        status, headers, doc = small
+        assert (status, doc["model_name"]) == (200, "color_classifier")
+        assert headers["X-Route-Reason"] == "local,escalation_not_allowed"
+        assert asked_before == 0
+        status, headers, doc = large
+        assert status == 200
+        assert headers["X-Route-Reason"] == "local,escalated_low_confidence:central"
+        assert len(big.received) == 1
 
     async def test_low_threshold_serves_locally(
         self, http: aiohttp.ClientSession, chain: Chain

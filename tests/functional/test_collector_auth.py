@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import shutil
 import signal
 import ssl
 import sys
@@ -28,7 +29,8 @@ from test_serve_process import spawn, wait_ready
 from router.api.state import RELOADER, SPOOL
 from router.app import build_app
 from router.errors import ConfigError
-from router.settings import Settings
+from router.resources import default_policy_bundle
+from router.settings import PolicySettings, Settings
 from router.spool import Counts, Spool
 from router.spool.collector import COLLECTOR_PATH, CollectorStore
 from router.spool.sites import SITE_HEADER
@@ -487,3 +489,26 @@ async def test_a_reload_that_would_leave_the_collector_unguarded_keeps_its_sites
         status, _, _ = await post(central.url, batch("audit:u2"), headers(site="anyone"))
         assert status == 401
     assert "the sites are kept" in caplog.text
+
+
+async def test_an_upload_key_in_tenants_yaml_is_no_api_key(tmp_path: Path) -> None:
+    """A site's upload key that tenants.yaml also gives a tenant (an operator's slip): the
+    API refuses it with 401 while the tenant's own key works, and the collector still takes
+    it as the site's."""
+    own = "lr-tenant-own-key-0123456789abcdefghij"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), bundle)
+    (bundle / "tenants.yaml").write_text(
+        f"tenants:\n  line-3: {{keys: ['{hash_key(KEY_A)}', '{hash_key(own)}']}}\n"
+    )
+    settings = central_settings(tmp_path, auth={"mode": "required"}).model_copy(
+        update={"policy": PolicySettings(bundle=bundle)}
+    )
+    with RouterThread(settings) as server:
+        async with aiohttp.ClientSession() as http:
+            for key, expected in ((KEY_A, 401), (own, 200)):
+                bearer = {"Authorization": f"Bearer {key}"}
+                async with http.get(server.url + "/v1/models", headers=bearer) as response:
+                    assert response.status == expected
+        status, _, _ = await post(server.url, batch("audit:u1"), headers(KEY_A, "site-a"))
+        assert status == 200

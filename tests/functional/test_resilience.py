@@ -25,6 +25,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from router import forwarding
 from router.api.state import UPSTREAMS
 from router.app import build_app
 from router.settings import Settings
@@ -593,6 +594,44 @@ class TestBrokenMidResponse:
         assert "no byte for 300 ms" in orjson.loads(events[-1])["error"]["message"]
         await eventually(lambda: clusters_of(app)["regional"].active == 0, "place given back")
         assert len(fake.received) == 1
+
+    async def test_an_event_that_never_ends_is_cut_with_an_error(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """An upstream whose stream sends one event without end (no empty line, 16 MiB of
+        it): the router holds at most one event's worth (the cap set to 1 MiB here), ends
+        the stream with upstream_stream_broken and stops reading, instead of piling the
+        endless event up in memory."""
+        monkeypatch.setattr(forwarding, "MAX_EVENT_BYTES", 1 << 20)
+        sent = 0
+
+        async def endless(request: web.Request) -> web.StreamResponse:
+            nonlocal sent
+            await request.read()
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b'data: {"choices": []}\n\ndata: "')
+            with contextlib.suppress(ConnectionError):
+                while sent < 16 << 20:
+                    await response.write(b"x" * 65536)
+                    sent += 65536
+            return response
+
+        upstream = web.Application()
+        upstream.router.add_post("/v1/chat/completions", endless)
+        upstream_url = await stack.enter_async_context(serving(upstream))
+        _, url = await start_router(stack, tmp_path, cluster("regional", "regional", upstream_url))
+        raw = await post(http, f"{url}/v1/chat/completions", {**CHAT, "stream": True})
+        assert raw.status == 200
+        events = sse_events(raw.body)
+        assert events[0] == b'{"choices": []}'
+        assert orjson.loads(events[-1])["error"]["code"] == "upstream_stream_broken"
+        assert len(raw.body) < 2 << 20
+        assert sent < 16 << 20
 
     async def test_r5_break_before_the_first_event(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path

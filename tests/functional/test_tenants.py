@@ -265,6 +265,24 @@ class TestAuthorization:
         )
         assert status == 200
 
+    async def test_server_metadata_index_and_stats_list_only_the_tenants_models(
+        self, http: aiohttp.ClientSession, router: RouterThread
+    ) -> None:
+        """GET /v2, the repository index and /v2/models/stats name only the models the tenant
+        may use (their names, hashes and traffic are other tenants' business); an unlimited
+        tenant still sees every one."""
+        status, _, doc = await send(http, router.url + "/v2", None, bearer(KEY_C))
+        assert status == 200
+        assert {m["name"] for m in doc["models"]} == {"color_classifier"}
+        status, _, doc = await send(http, router.url + "/v2/repository/index", b"", bearer(KEY_C))
+        assert status == 200
+        assert {item["name"] for item in doc} == {"color_classifier"}
+        status, _, doc = await send(http, router.url + "/v2/models/stats", None, bearer(KEY_C))
+        assert status == 200
+        assert {item["name"] for item in doc["model_stats"]} == {"color_classifier"}
+        status, _, doc = await send(http, router.url + "/v2/repository/index", b"", bearer(KEY_A))
+        assert {"color_classifier", "hotspot_detector", "gpt-test"} <= {i["name"] for i in doc}
+
 
 class TestRateLimits:
     async def test_bucket_empties_then_429_with_openai_headers(
@@ -305,6 +323,49 @@ async def test_auth_disabled_serves_anonymous_and_ignores_foreign_credentials(
         assert status == 200
         status, headers, _ = await send(http, router.url + CLASSIFY, body, bearer(KEY_A))
         assert (status, headers["X-Cache"]) == (200, "MISS")
+
+
+async def test_version_drift_in_server_metadata_names_only_the_tenants_models(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
+) -> None:
+    """GET /v2's bundle.drift lists a pinned model served off its pins only to a tenant that
+    may use that model: like the model list beside it, it names no one else's model."""
+    site = settings(tmp_path, upstream[1], "required")
+    folder = Path(site.policy.bundle)
+    (folder / "versions.yaml").write_text("tiers:\n  edge:\n    hotspot_detector: ['9']\n")
+    with RouterThread(site) as router:
+        status, _, doc = await send(http, router.url + "/v2", None, bearer(KEY_A))
+        assert status == 200
+        assert [item["model"] for item in doc["bundle"]["drift"]] == ["hotspot_detector"]
+        status, _, doc = await send(http, router.url + "/v2", None, bearer(KEY_C))
+        assert status == 200
+        assert doc["bundle"]["drift"] == []
+
+
+async def test_a_tenants_key_never_goes_upstream_where_client_credentials_do(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
+) -> None:
+    """A cluster with forward_authorization passes on the client's credentials for the
+    upstream, never the key that named a tenant here: with the tenant's key in api-key
+    beside an upstream key in Authorization, the tenant is named and only the upstream key
+    travels; with the tenant's key in Authorization, no Authorization travels at all."""
+    fake = upstream[0]
+    site = settings(tmp_path, upstream[1], "required")
+    cluster = site.upstreams[0].model_copy(update={"forward_authorization": True})
+    site = site.model_copy(update={"upstreams": (cluster,)})
+    upstream_key = "sk-upstream-credential-0123456789"
+    with RouterThread(site) as router:
+        before = len(fake.requests_to(CHAT))
+        both = {"Authorization": f"Bearer {upstream_key}", "api-key": KEY_A}
+        status, _, _ = await send(http, router.url + CHAT, chat("both keys"), both)
+        assert status == 200
+        status, _, _ = await send(http, router.url + CHAT, chat("tenant key only"), bearer(KEY_A))
+        assert status == 200
+        first, second = fake.requests_to(CHAT)[before:]
+    assert first.headers.get("Authorization") == f"Bearer {upstream_key}"
+    assert "Authorization" not in second.headers
+    for recorded in (first, second):
+        assert all(KEY_A not in value for value in recorded.headers.values())
 
 
 async def test_audit_names_the_tenant_never_the_key(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import email.utils
 import time
+import tracemalloc
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -21,6 +23,11 @@ from router.cache import (
     response_ttl,
     upstream_age,
 )
+from router.context import Reply, RequestContext
+from router.policy.bundle import load_bundle
+from router.resources import default_policy_bundle
+from router.settings import CacheSettings, SiteSettings
+from router.stages.cache import LookupCache
 
 SECRET = b"s" * 32
 # What an entry costs besides its body and events: a fixed part and make_entry's one header.
@@ -418,3 +425,34 @@ class TestEntryHeaders:
             }
         )
         assert kept == (("Cache-Control", "max-age=5"), ("Inference-Header-Content-Length", "12"))
+
+
+class TestStreamRecording:
+    async def test_a_stream_larger_than_the_cache_is_relayed_without_being_held(self) -> None:
+        """An upstream's cacheable stream far past the cache's size (an endless SSE, say) is
+        relayed whole, is not kept, and its chunks are let go as they pass: memory stays near
+        one chunk, not the stream's length."""
+        cache = make_cache(Clock(), max_bytes=1 << 20)
+        bundle = load_bundle(default_policy_bundle())
+        stage = LookupCache(cache, CacheSettings(), bundle, SiteSettings())
+        chunk_bytes, chunks = 64 * 1024, 256  # 16 MiB through a 1 MiB cache
+
+        async def endless() -> AsyncIterator[bytes]:
+            for i in range(chunks):
+                yield i.to_bytes(4, "big") * (chunk_bytes // 4)  # a fresh object each time
+
+        reply = Reply(headers={"Cache-Control": "max-age=600"}, stream=endless())
+        ctx = RequestContext(api="openai", model="gpt-test", version=None, deadline=0.0)
+        relayed = stage._keep(ctx, b"k" * 32, reply)
+        assert relayed.stream is not None
+        tracemalloc.start()
+        try:
+            total = 0
+            async for chunk in relayed.stream:
+                total += len(chunk)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert total == chunk_bytes * chunks
+        assert peak < 4 * (1 << 20)
+        assert cache.get(b"k" * 32, allow_stale=True) is None

@@ -364,15 +364,57 @@ INSERT INTO received (key, kind, payload, created, expires, received)
 
 class TestStoredSite:
     def test_records_keep_the_site_that_uploaded_them(self, tmp_path: Path) -> None:
-        """Each record stores its uploader; a later copy from another site changes nothing."""
+        """Each record stores its uploader; another site's record under the same key is that
+        site's own and changes nothing of the first."""
         store = CollectorStore.open_sync(tmp_path / "collector.sqlite3")
         try:
             store.add_sync([Item("k1", "audit", b"p", 1.0, None)], "site-a")
             store.add_sync([Item("k1", "audit", b"q", 1.0, None)], "site-b")
             store.add_sync([Item("k2", "audit", b"p", 1.0, None)])
+            assert [(r.item.key, r.item.payload, r.site) for r in store.read_sync()] == [
+                ("k1", b"p", "site-a"),
+                ("k1", b"q", "site-b"),
+                ("k2", b"p", None),
+            ]
+        finally:
+            store.close_sync()
+
+    def test_no_site_can_take_another_sites_next_key(self, tmp_path: Path) -> None:
+        """A site uploading first under the key another site will use (an audit id it saw in
+        an X-Audit-Id) does not get the real record dropped as a duplicate: that one is new,
+        and the owner's resend of it is the duplicate."""
+        store = CollectorStore.open_sync(tmp_path / "collector.sqlite3")
+        try:
+            forged = store.add_sync([Item("audit:01X", "audit", b"forged", 1.0, None)], "site-b")
+            real = store.add_sync([Item("audit:01X", "audit", b"real", 1.0, None)], "site-a")
+            again = store.add_sync([Item("audit:01X", "audit", b"real", 1.0, None)], "site-a")
+            assert (forged.new, real.new, again.duplicates) == (1, 1, 1)
+            held = {r.site: r.item.payload for r in store.read_sync()}
+            assert held == {"site-b": b"forged", "site-a": b"real"}
+        finally:
+            store.close_sync()
+
+    def test_a_record_stored_before_keys_were_scoped_is_still_a_duplicate(
+        self, tmp_path: Path
+    ) -> None:
+        """A file from before keys were scoped by site: its site's resend of a record it holds
+        is a duplicate, not a second copy; another site's record under that key is new."""
+        path = tmp_path / "collector.sqlite3"
+        store = CollectorStore.open_sync(path)
+        store.close_sync()
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(
+                "INSERT INTO received (key, kind, payload, created, expires, received, site)"
+                " VALUES ('audit:old', 'audit', x'00', 1.0, NULL, 2.0, 'site-a')"
+            )
+        store = CollectorStore.open_sync(path)
+        try:
+            resend = store.add_sync([Item("audit:old", "audit", b"\x00", 1.0, None)], "site-a")
+            other = store.add_sync([Item("audit:old", "audit", b"\x01", 1.0, None)], "site-b")
+            assert (resend.duplicates, other.new) == (1, 1)
             assert [(r.item.key, r.site) for r in store.read_sync()] == [
-                ("k1", "site-a"),
-                ("k2", None),
+                ("audit:old", "site-a"),
+                ("audit:old", "site-b"),
             ]
         finally:
             store.close_sync()

@@ -271,3 +271,20 @@ class TestKeyCommands:
             keys.append(key)
         assert keys[0] != keys[1]
         assert len(keys[0]) >= 43
+
+
+def test_a_sites_upload_key_never_names_a_tenant() -> None:
+    """A key listed as a site's upload key is refused as an API key even where tenants.yaml
+    gives it to a tenant (the tenant is named for the operator); the tenant's other key
+    still works."""
+    upload, own = "lr-site-upload-key-0123456789abcdef", "lr-tenant-own-key-0123456789abcdef"
+    tenants = Tenants.model_validate(
+        {"tenants": {"line-3": {"keys": [hash_key(upload), hash_key(own)]}}}
+    )
+    tenancy = Tenancy(
+        tenants, required=True, limiters=Limiters(), upload_keys=frozenset({hash_key(upload)})
+    )
+    with pytest.raises(Unauthorized):
+        tenancy.identify({"Authorization": f"Bearer {upload}"})
+    assert tenancy.identify({"Authorization": f"Bearer {own}"}).name == "line-3"
+    assert tenancy.holding_upload_keys == ["line-3"]

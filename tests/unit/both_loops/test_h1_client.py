@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 
@@ -306,6 +307,30 @@ async def test_gzip_answer_is_inflated(server: tuple[Scripted, str]) -> None:
     scripted.answers = [ok(gzip.compress(b'{"a": 1}'), b"Content-Encoding: gzip\r\n")]
     transport = H1Transport(4)
     assert await get(transport, url) == b'{"a": 1}'
+    await transport.close()
+
+
+async def test_gzip_bomb_is_refused_before_it_is_inflated_whole(
+    server: tuple[Scripted, str],
+) -> None:
+    """A 200 KiB gzip body that inflates to 200 MiB, read with a 1 MiB limit: refused as too
+    large, having inflated little more than the limit (the old code inflated each read
+    buffer whole, hundreds of MiB in one step, before the limit was looked at)."""
+    scripted, url = server
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = b"".join(squeeze.compress(bytes(1 << 20)) for _ in range(200)) + squeeze.flush()
+    scripted.answers = [ok(bomb, b"Content-Encoding: gzip\r\n")]
+    transport = H1Transport(4)
+    tracemalloc.start()
+    try:
+        async with asyncio.timeout(LIMIT_S):
+            response = await transport.send(UpstreamRequest("GET", url, {}, b""), "test", 1.0)
+            with pytest.raises(UpstreamError, match="larger than"):
+                await response.read(1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
     await transport.close()
 
 
