@@ -56,6 +56,12 @@ async def _serve(
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     _announce(settings, runner, app[RUNTIME].current.models, out)
+    if settings.keys_in_clear:
+        _say(
+            out,
+            "warning: API keys reach this listener over plain http from other machines; "
+            "set server.tls (or put a TLS proxy in front)",
+        )
     if admin is not None:
         _say(out, f"admin (/metrics, /status) on {_urls(admin)}")
     settle_after_startup()

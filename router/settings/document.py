@@ -104,6 +104,12 @@ class Settings(Strict):
         return self.auth.mode == "required"
 
     @property
+    def keys_in_clear(self) -> bool:
+        """Tenants' API keys would reach this listener over plain HTTP from other machines."""
+        server = self.server
+        return self.auth_required and server.tls is None and not is_loopback(server.host)
+
+    @property
     def collects(self) -> bool:
         """Whether this router offers the collector: as `spool.collect` says, else if central."""
         if self.spool.collect is not None:

@@ -145,3 +145,21 @@ class TestLoadSettings:
         )
         (problem,) = _problems(_write(tmp_path, text))
         assert "'r1' is used twice" in problem
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "mode", "warned"),
+    [
+        ("0.0.0.0", False, "required", True),  # keys from other machines, in clear
+        ("0.0.0.0", True, "required", False),
+        ("127.0.0.1", False, "required", False),  # only this machine connects
+        ("0.0.0.0", False, "disabled", False),  # no keys at all
+    ],
+)
+def test_keys_in_clear(host: str, tls: bool, mode: str, warned: bool) -> None:
+    """`serve` warns when tenants' API keys would cross the network unencrypted."""
+    server: dict[str, object] = {"host": host}
+    if tls:
+        server["tls"] = {"cert_file": "site.pem"}
+    settings = Settings.model_validate({"server": server, "auth": {"mode": mode}})
+    assert settings.keys_in_clear is warned
