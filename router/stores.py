@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from router.api.state import CACHE, COLLECTOR, RELOADER, RUNTIME, SETTINGS, SPOOL, TLS, TRAIL
-from router.audit import AuditLog, AuditLogError, log_file
+from router.audit import AuditLog, AuditLogError, AuditLogHeld, log_file
 from router.errors import ConfigError, RouteNotFound
 from router.resources import audit_path, state_dir
 from router.settings import Settings, is_loopback
@@ -148,10 +148,14 @@ def _open_audit_log(settings: Settings) -> AuditLog:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return AuditLog(path, fsync=audit.fsync, batch_interval_ms=audit.batch_interval_ms)
-        except AuditLogError as exc:
+        except AuditLogHeld as exc:
             problem = str(exc)
             if path.suffix == ".jsonl" and path == folder:
                 break  # a single file was named: no other to try
+        except AuditLogError as exc:
+            # A damaged or foreign file is the operator's to look at: writing on in the next
+            # worker's file would hide it (and leave the chain's history split in two).
+            raise ConfigError(str(path), [f"audit log cannot be opened: {exc}"]) from None
         except OSError as exc:
             raise ConfigError(str(path), [f"audit log cannot be opened: {exc}"]) from None
     raise ConfigError(str(folder), [f"audit log cannot be opened: {problem}"])

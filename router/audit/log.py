@@ -32,7 +32,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from router.audit.chain import AuditLogError, BadEntry, Entry, Head, read_head, seal, write_head
+from router.audit.chain import (
+    AuditLogError,
+    AuditLogHeld,
+    BadEntry,
+    Entry,
+    Head,
+    read_head,
+    seal,
+    write_head,
+)
 from router.audit.record import AuditRecord, id_time, new_audit_id
 from router.audit.tail import Resume, resume
 from router.audit.writer import Writer
@@ -266,7 +275,7 @@ def _open_locked(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AuditLogError(
+        raise AuditLogHeld(
             f"the audit log {path} is held by another writer: give each worker its own file"
         ) from None
     return fd
