@@ -56,8 +56,19 @@ SHARED_BUSY_S = 10.0
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
+# The layout of the files this code writes, kept in SQLite's `user_version`. 0 is a file from
+# before the number was kept: the same layout. A higher one was written by a later release (a
+# site rolled back to this one): its tables may take rows this code cannot write, so every
+# record would be lost one by one; it stops start-up instead, and the file stays as it is.
+LAYOUT_VERSION = 1
+
+
 class CorruptDatabase(sqlite3.DatabaseError):
     """`PRAGMA quick_check` found damage."""
+
+
+class NewerLayout(sqlite3.DatabaseError):
+    """The file was written by a later release (its user_version is above LAYOUT_VERSION)."""
 
 
 def connect(
@@ -127,7 +138,15 @@ def _open(path: Path, schema: str, wal_limit_bytes: int, shared: bool) -> sqlite
         verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
         if verdict != "ok":
             raise CorruptDatabase("quick_check failed")
-        conn.executescript(f"BEGIN IMMEDIATE; {schema} COMMIT;")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > LAYOUT_VERSION:
+            raise NewerLayout(
+                f"its layout (version {version}) is newer than this release's "
+                f"({LAYOUT_VERSION}): run the release that wrote it, or move the file aside"
+            )
+        conn.executescript(
+            f"BEGIN IMMEDIATE; {schema} PRAGMA user_version = {LAYOUT_VERSION}; COMMIT;"
+        )
     except BaseException:
         conn.close()
         raise

@@ -326,6 +326,48 @@ class TestIntegrity:
         aside = [p.name for p in path.parent.iterdir() if ".corrupt-" in p.name]
         assert len(aside) == 1
 
+    def test_a_file_from_a_later_release_is_refused(self, path: Path) -> None:
+        """A spool whose layout is newer than this release's (a site rolled back) stops the
+        opening with a clear error and stays untouched, instead of losing every append."""
+        with Spool.open_sync(path) as spool:
+            spool.put_sync("sample", b"kept", key="k0")
+        raw = sqlite3.connect(path)
+        raw.execute("ALTER TABLE records ADD COLUMN region TEXT NOT NULL DEFAULT 'x'")
+        raw.execute("PRAGMA user_version = 2")
+        raw.commit()
+        raw.close()
+        before = path.read_bytes()
+        with pytest.raises(SpoolUnavailable, match=r"layout \(version 2\) is newer"):
+            Spool.open_sync(path)
+        assert path.read_bytes() == before
+        assert not [p for p in path.parent.iterdir() if ".corrupt-" in p.name]
+
+    def test_a_file_from_before_layout_versions_opens(self, path: Path) -> None:
+        """A spool written before the layout was numbered (user_version 0) keeps its records
+        and is marked with the current layout."""
+        with Spool.open_sync(path) as spool:
+            spool.put_sync("sample", b"kept", key="k0")
+        raw = sqlite3.connect(path)
+        raw.execute("PRAGMA user_version = 0")
+        raw.commit()
+        raw.close()
+        with Spool.open_sync(path) as spool:
+            assert [r.key for r in spool.take_batch_sync(10)] == ["k0"]
+        raw = sqlite3.connect(path)
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        raw.close()
+
+    def test_a_collector_store_from_a_later_release_is_refused(self, tmp_path: Path) -> None:
+        """The collector's store is versioned the same way as the spool."""
+        store_path = tmp_path / "collector.sqlite3"
+        CollectorStore.open_sync(store_path).close_sync()
+        raw = sqlite3.connect(store_path)
+        raw.execute("PRAGMA user_version = 9")
+        raw.commit()
+        raw.close()
+        with pytest.raises(SpoolUnavailable, match=r"layout \(version 9\) is newer"):
+            CollectorStore.open_sync(store_path)
+
     def test_one_process_per_file(self, spool: Spool, path: Path) -> None:
         """A second opener of a spool in use fails clearly instead of sharing the queue."""
         with pytest.raises(SpoolUnavailable, match="in use by another process"):
