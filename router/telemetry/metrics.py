@@ -57,6 +57,7 @@ class Sources:
     upstreams: Upstreams
     cache: ResponseCache
     spool: SpoolState | None = None  # refreshed by the handler before each scrape
+    audit_failures: Callable[[], int | None] = lambda: None  # None: no audit trail
 
 
 class RouterCollector(Collector):
@@ -75,6 +76,13 @@ class RouterCollector(Collector):
         yield from _bundle(s.bundle)
         if s.spool is not None:
             yield from _spool(s.spool)
+        audit_failures = s.audit_failures()
+        if audit_failures is not None:
+            yield CounterMetricFamily(
+                PREFIX + "audit_write_failures",
+                "Audit records lost to failed writes (disk full, file size limit)",
+                value=audit_failures,
+            )
 
 
 def _bundle(state: BundleState) -> Iterator[Metric]:
