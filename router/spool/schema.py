@@ -8,6 +8,7 @@ rows they count, so after any crash both are at the same commit.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,7 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # site rolled back to this one): its tables may take rows this code cannot write, so every
 # record would be lost one by one; it stops start-up instead, and the file stays as it is.
 LAYOUT_VERSION = 1
+FILE_MODE = 0o640  # a new file's mode (before the umask), as the audit log's
 
 
 class CorruptDatabase(sqlite3.DatabaseError):
@@ -124,6 +126,10 @@ def _aside(path: Path) -> Path:
 
 
 def _open(path: Path, schema: str, wal_limit_bytes: int, shared: bool) -> sqlite3.Connection:
+    # What these files hold (redacted samples, copies of audit records, other sites' uploads)
+    # is for the site's operators, like the audit log: SQLite would create the file with the
+    # umask's mode (often world-readable) and gives its -wal and -shm files the file's mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
     # isolation_level=None: the worker issues BEGIN/COMMIT itself; timeout: a second process
     # on an exclusive file fails fast; on a shared one, waits its turn (SQLite's busy timeout).
     conn = sqlite3.connect(path, isolation_level=None, timeout=SHARED_BUSY_S if shared else 0.05)

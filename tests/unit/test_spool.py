@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
@@ -367,6 +369,24 @@ class TestIntegrity:
         raw.close()
         with pytest.raises(SpoolUnavailable, match=r"layout \(version 9\) is newer"):
             CollectorStore.open_sync(store_path)
+
+    def test_new_files_are_not_world_readable(self, tmp_path: Path) -> None:
+        """A new spool, its WAL and a new collector store are readable by owner and group
+        only, whatever the umask allows (they hold what the site's answers said)."""
+        old_umask = os.umask(0o022)
+        try:
+            spool_path = tmp_path / "spool.sqlite3"
+            with Spool.open_sync(spool_path) as spool:
+                spool.put_sync("sample", b"redacted text", key="k0")
+                wal = Path(f"{spool_path}-wal")
+                assert wal.exists()
+                assert stat.S_IMODE(wal.stat().st_mode) == 0o640
+            store_path = tmp_path / "collector.sqlite3"
+            CollectorStore.open_sync(store_path).close_sync()
+        finally:
+            os.umask(old_umask)
+        assert stat.S_IMODE(spool_path.stat().st_mode) == 0o640
+        assert stat.S_IMODE(store_path.stat().st_mode) == 0o640
 
     def test_one_process_per_file(self, spool: Spool, path: Path) -> None:
         """A second opener of a spool in use fails clearly instead of sharing the queue."""
