@@ -94,7 +94,10 @@ class BundleKeeper:
         try:
             folder = self._materialise(files, content)
         except OSError as exc:
-            raise BundleRejected(f"cannot store the bundle: {exc.strerror or exc}") from None
+            where = exc.filename or self.store  # the operator has a folder to fix
+            raise BundleRejected(
+                f"cannot store the bundle in {where}: {exc.strerror or exc}"
+            ) from None
         try:
             bundle = load_bundle(folder)
             if self.high_water is not None:

@@ -169,3 +169,15 @@ def test_keeper_loads_the_verified_bytes_not_a_stale_folder(
     assert again.revision == bundle.revision
     assert read_folder(folder) == signed
     assert [p.name for p in store.iterdir()] == [folder.name]
+
+
+def test_a_store_that_cannot_be_written_is_named(
+    tmp_path: Path, signed: dict[str, bytes], keys: tuple[Path, Path]
+) -> None:
+    """A state folder the router cannot write rejects the bundle with an error naming the
+    place, so an operator knows which folder to fix."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    keeper = BundleKeeper(load_public_keys((keys[1],)), blocker / "store")
+    with pytest.raises(BundleRejected, match="cannot store the bundle in .*not-a-folder"):
+        keeper.accept(signed)
