@@ -179,5 +179,5 @@ def test_a_store_that_cannot_be_written_is_named(
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")
     keeper = BundleKeeper(load_public_keys((keys[1],)), blocker / "store")
-    with pytest.raises(BundleRejected, match="cannot store the bundle in .*not-a-folder"):
+    with pytest.raises(BundleRejected, match=r"cannot store the bundle in .*not-a-folder"):
         keeper.accept(signed)
