@@ -72,6 +72,8 @@ class AuditLog:
             raise ValueError(f"unknown fsync policy {fsync!r}")
         self.path = path
         self.failures = 0  # records lost to write errors
+        self._failing = False  # writes fail: logged once per outage, not once per batch
+        self._losing = 0  # records lost in this outage
         self._fsync = fsync
         self._interval = batch_interval_ms / 1000
         self._lock = threading.Lock()  # the chain state and the file
@@ -190,8 +192,18 @@ class AuditLog:
                 self._sync(force=force)
             except AuditLogError as exc:
                 self.failures += len(bodies)
-                log.error("%s", exc)
+                self._losing += len(bodies)
+                if not self._failing:  # a full disk must not fill the log with a line a batch
+                    self._failing = True
+                    log.error("%s; records are lost until writes succeed again", exc)
                 return str(exc)
+            if bodies and self._failing:
+                log.warning(
+                    "audit log %s: writes succeed again, after %d records lost",
+                    self.path,
+                    self._losing,
+                )
+                self._failing, self._losing = False, 0
         return None
 
     def _append(self, bodies: list[Entry]) -> None:

@@ -449,6 +449,35 @@ class TestWriteFailure:
         await log.aclose()
         assert verify(log.path).entries == 1
 
+    async def test_an_outage_is_logged_once_not_per_batch(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A full disk logs one error when records start to be lost and one line when writes
+        succeed again, however many batches failed in between (the log may share the disk)."""
+        log = AuditLog(tmp_path / "log.jsonl", fsync="never")
+        real = os.write
+
+        def full(fd: int, data: Any) -> int:
+            if fd == log._fd:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd, data)
+
+        with caplog.at_level(logging.WARNING, logger="router.audit.log"):
+            monkeypatch.setattr(os, "write", full)
+            for _ in range(5):
+                await log.append(record())
+                with pytest.raises(AuditLogError):
+                    await log.flush()
+            monkeypatch.setattr(os, "write", real)
+            await log.append(record())
+            await log.flush()
+            await log.aclose()
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 2, messages
+        assert "No space left" in messages[0]
+        assert "succeed again, after 5 records lost" in messages[1]
+        assert log.failures == 5
+
 
 # -- the async writer --------------------------------------------------------------------------
 
