@@ -342,6 +342,17 @@ class TestRestart:
         assert result.ok, result.problem
         assert any("lost" in note for note in result.notes)
 
+    def test_a_log_moved_away_without_its_head_is_noted_plainly(self, tmp_path: Path) -> None:
+        """A rotation that leaves the head file behind starts the new chain with a note that
+        names the entries the head knew (0 to 4), not 'entries after -1'."""
+        path = tmp_path / "log.jsonl"
+        write_log(path, 5)
+        path.rename(tmp_path / "old.jsonl")
+        write_log(path, 1)
+        result = verify(path)
+        assert result.ok, result.problem
+        assert "entries 0 to 4 were lost" in result.notes[0]
+
     def test_second_writer_is_refused(self, tmp_path: Path) -> None:
         """Two writers would interleave two chains: the second one is refused."""
         path = tmp_path / "log.jsonl"
