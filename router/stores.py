@@ -11,6 +11,7 @@ from aiohttp import web
 
 from router.api.state import CACHE, COLLECTOR, RELOADER, RUNTIME, SETTINGS, SPOOL, TLS, TRAIL
 from router.audit import AuditLog, AuditLogError, AuditLogHeld, log_file
+from router.audit.tail import recent_records
 from router.errors import ConfigError, RouteNotFound
 from router.resources import audit_path, state_dir
 from router.settings import Settings, is_loopback
@@ -24,6 +25,11 @@ from router.upstreams.client import plain_session, poster
 from router.workers import is_primary
 
 logger = logging.getLogger(__name__)
+
+# How far back, before the newest record of the previous run, audit copies are made again at
+# start-up: copies are committed to the spool within milliseconds of their records (seconds
+# under the heaviest load); a copy made twice costs one duplicate upload, de-duplicated.
+RECOPY_WINDOW_S = 2.0
 
 
 async def spool_context(app: web.Application) -> AsyncIterator[None]:
@@ -169,6 +175,12 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
         log = await asyncio.to_thread(_open_audit_log, settings)
     # Without a spool a copy would be built per answer and thrown away.
     copy = app[SPOOL].audit_copy if app[SPOOL].spool is not None else None
+    if log is not None and copy is not None:
+        # A process killed after writing records but before the spool committed their copies
+        # leaves the centre without them: the last moments' copies are made again (the spool
+        # keeps one record per key, the collector one per key).
+        for body in await asyncio.to_thread(recent_records, log.path, RECOPY_WINDOW_S):
+            copy(body)
     # The cache's digester: a binary tensor is digested once for its cache key and its record.
     app[TRAIL] = Trail(log, app[CACHE].digester, settings.site, copy)
     try:
