@@ -18,6 +18,7 @@ from router.settings import Settings, is_loopback
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
 from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
+from router.spool.store import SpoolInUse
 from router.store_forward import StoreAndForward
 from router.tasks import cancel_all
 from router.trail import Trail
@@ -138,8 +139,12 @@ async def _open_collector(site: str, shared: bool = False) -> CollectorStore:
         path = folder / (f"collector-{site}.sqlite3" if n == 0 else f"collector-{site}.{n}.sqlite3")
         try:
             return await CollectorStore.open(path)
-        except SpoolUnavailable as exc:
+        except SpoolInUse as exc:
             problem = str(exc)
+        except SpoolUnavailable as exc:
+            # Damaged, or from a later release: moving on to the next file would start an
+            # empty store and forget every key the collector has de-duplicated so far.
+            raise ConfigError(str(path), [f"collector store cannot be opened: {exc}"]) from None
     raise ConfigError(str(folder), [f"collector store cannot be opened: {problem}"])
 
 
