@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -138,7 +139,10 @@ async def _open_collector(site: str, shared: bool = False) -> CollectorStore:
     for n in range(64):
         path = folder / (f"collector-{site}.sqlite3" if n == 0 else f"collector-{site}.{n}.sqlite3")
         try:
-            return await CollectorStore.open(path)
+            store = await CollectorStore.open(path)
+            if n > 0:
+                _sharing("collector store", folder / f"collector-{site}.sqlite3", path)
+            return store
         except SpoolInUse as exc:
             problem = str(exc)
         except SpoolUnavailable as exc:
@@ -146,6 +150,18 @@ async def _open_collector(site: str, shared: bool = False) -> CollectorStore:
             # empty store and forget every key the collector has de-duplicated so far.
             raise ConfigError(str(path), [f"collector store cannot be opened: {exc}"]) from None
     raise ConfigError(str(folder), [f"collector store cannot be opened: {problem}"])
+
+
+def _sharing(what: str, taken: Path, used: Path) -> None:
+    """One process per site and state directory (workers aside): a second router there by
+    mistake would split the site's trail, or the collector's memory of keys, in two."""
+    logger.warning(
+        "%s %s is held by another process (a second router on this state directory?): "
+        "this one uses %s",
+        what,
+        taken,
+        used,
+    )
 
 
 def _open_audit_log(settings: Settings) -> AuditLog:
@@ -158,7 +174,10 @@ def _open_audit_log(settings: Settings) -> AuditLog:
         path = log_file(folder, settings.site.id, worker)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return AuditLog(path, fsync=audit.fsync, batch_interval_ms=audit.batch_interval_ms)
+            log = AuditLog(path, fsync=audit.fsync, batch_interval_ms=audit.batch_interval_ms)
+            if worker > 0 and settings.server.workers == 1:
+                _sharing("audit log", log_file(folder, settings.site.id), path)
+            return log
         except AuditLogHeld as exc:
             problem = str(exc)
             if path.suffix == ".jsonl" and path == folder:

@@ -5,6 +5,7 @@ cache hit points at the record of the answer's original generation; no raw value
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -254,3 +255,23 @@ async def test_copies_a_killed_process_did_not_spool_are_made_at_start(tmp_path:
         keys = [record.key for record in spool.take_batch_sync(100)]
         assert spool.counts_sync().produced == 3
     assert sorted(keys) == sorted(f"audit:{i}" for i in ids[1:])
+
+
+async def test_a_second_router_on_the_same_state_dir_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second single-process router on the same audit folder takes the next file (the
+    first one is locked) and says so, naming both files: a mistake that splits the trail."""
+    settings = Settings.model_validate({"audit": {"path": tmp_path}, "cache": {"enabled": False}})
+    first = TestServer(build_app(settings), host="127.0.0.1")
+    second = TestServer(build_app(settings), host="127.0.0.1")
+    await first.start_server()
+    try:
+        with caplog.at_level(logging.WARNING, logger="router.stores"):
+            await second.start_server()
+        await second.close()
+    finally:
+        await first.close()
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "router.stores"]
+    assert "edge-local.jsonl is held by another process" in warning
+    assert "edge-local.1.jsonl" in warning
