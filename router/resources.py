@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from router.errors import ConfigError
+
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -25,8 +27,21 @@ def state_dir() -> Path:
     explicit = os.environ.get("LAYER_ROUTER_STATE_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "layer-router"
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec: a relative path is invalid and ignored
+        return Path(xdg) / "layer-router"
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):
+        # A container user with neither $HOME nor a passwd entry (an arbitrary uid).
+        raise ConfigError(
+            "$LAYER_ROUTER_STATE_DIR",
+            [
+                "not set, and this user has no home directory for the default state directory: "
+                "set it (or $XDG_STATE_HOME) to a writable folder"
+            ],
+        ) from None
+    return home / ".local" / "state" / "layer-router"
 
 
 def audit_path(configured: Path | None) -> Path:

@@ -37,6 +37,7 @@ class StoreAndForward:
         self._site = site
         self._rng = rng or random.Random()
         self._pending: set[asyncio.Task[None]] = set()
+        self._unstored = 0  # records not stored since the last one that was
 
     def audit_copy(self, record: dict[str, Any]) -> None:
         if self.spool is not None:
@@ -105,7 +106,16 @@ class StoreAndForward:
     async def _store(self, kind: str, payload: bytes, key: str) -> None:
         assert self.spool is not None
         if await self.spool.put(kind, payload, key=key) is None:
-            log.warning("spool: a %s record was not stored (full or unavailable; counted)", kind)
+            # Once per episode, not once per answer: a full disk must not flood the log.
+            if not self._unstored:
+                log.warning(
+                    "spool: records are not stored (full or unavailable; each is counted) "
+                    "until one is again"
+                )
+            self._unstored += 1
+        elif self._unstored:
+            log.warning("spool: records are stored again, after %d not stored", self._unstored)
+            self._unstored = 0
 
     async def drain_pending(self) -> None:
         if self._pending:

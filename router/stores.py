@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -21,7 +22,8 @@ from router.api.state import (
     TRAIL,
     UPSTREAMS,
 )
-from router.audit import AuditLog, AuditLogError, log_file
+from router.audit import AuditLog, AuditLogError, AuditLogHeld, log_file
+from router.audit.tail import recent_records
 from router.errors import ConfigError, RouteNotFound
 from router.resources import audit_path, state_dir
 from router.settings import Settings, is_loopback
@@ -29,6 +31,7 @@ from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_o
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
 from router.spool.collector_stats import CollectorStats
 from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
+from router.spool.store import SpoolInUse
 from router.store_forward import StoreAndForward
 from router.tasks import cancel_all
 from router.trail import Trail
@@ -36,6 +39,11 @@ from router.upstreams.client import plain_session, poster
 from router.workers import is_primary
 
 logger = logging.getLogger(__name__)
+
+# How far back, before the newest record of the previous run, audit copies are made again at
+# start-up: copies are committed to the spool within milliseconds of their records (seconds
+# under the heaviest load); a copy made twice costs one duplicate upload, de-duplicated.
+RECOPY_WINDOW_S = 2.0
 
 
 async def spool_context(app: web.Application) -> AsyncIterator[None]:
@@ -148,10 +156,29 @@ async def _open_collector(site: str, shared: bool = False) -> CollectorStore:
     for n in range(64):
         path = folder / (f"collector-{site}.sqlite3" if n == 0 else f"collector-{site}.{n}.sqlite3")
         try:
-            return await CollectorStore.open(path)
-        except SpoolUnavailable as exc:
+            store = await CollectorStore.open(path)
+            if n > 0:
+                _sharing("collector store", folder / f"collector-{site}.sqlite3", path)
+            return store
+        except SpoolInUse as exc:
             problem = str(exc)
+        except SpoolUnavailable as exc:
+            # Damaged, or from a later release: moving on to the next file would start an
+            # empty store and forget every key the collector has de-duplicated so far.
+            raise ConfigError(str(path), [f"collector store cannot be opened: {exc}"]) from None
     raise ConfigError(str(folder), [f"collector store cannot be opened: {problem}"])
+
+
+def _sharing(what: str, taken: Path, used: Path) -> None:
+    """One process per site and state directory (workers aside): a second router there by
+    mistake would split the site's trail, or the collector's memory of keys, in two."""
+    logger.warning(
+        "%s %s is held by another process (a second router on this state directory?): "
+        "this one uses %s",
+        what,
+        taken,
+        used,
+    )
 
 
 def _open_audit_log(settings: Settings) -> AuditLog:
@@ -164,11 +191,18 @@ def _open_audit_log(settings: Settings) -> AuditLog:
         path = log_file(folder, settings.site.id, worker)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return AuditLog(path, fsync=audit.fsync, batch_interval_ms=audit.batch_interval_ms)
-        except AuditLogError as exc:
+            log = AuditLog(path, fsync=audit.fsync, batch_interval_ms=audit.batch_interval_ms)
+            if worker > 0 and settings.server.workers == 1:
+                _sharing("audit log", log_file(folder, settings.site.id), path)
+            return log
+        except AuditLogHeld as exc:
             problem = str(exc)
             if path.suffix == ".jsonl" and path == folder:
                 break  # a single file was named: no other to try
+        except AuditLogError as exc:
+            # A damaged or foreign file is the operator's to look at: writing on in the next
+            # worker's file would hide it (and leave the chain's history split in two).
+            raise ConfigError(str(path), [f"audit log cannot be opened: {exc}"]) from None
         except OSError as exc:
             raise ConfigError(str(path), [f"audit log cannot be opened: {exc}"]) from None
     raise ConfigError(str(folder), [f"audit log cannot be opened: {problem}"])
@@ -182,6 +216,12 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
         log = await asyncio.to_thread(_open_audit_log, settings)
     # Without a spool a copy would be built per answer and thrown away.
     copy = app[SPOOL].audit_copy if app[SPOOL].spool is not None else None
+    if log is not None and copy is not None:
+        # A process killed after writing records but before the spool committed their copies
+        # leaves the centre without them: the last moments' copies are made again (the spool
+        # keeps one record per key, the collector one per key).
+        for body in await asyncio.to_thread(recent_records, log.path, RECOPY_WINDOW_S):
+            copy(body)
     # The cache's digester: a binary tensor is digested once for its cache key and its record.
     app[TRAIL] = Trail(log, app[CACHE].digester, settings.site, copy)
     try:

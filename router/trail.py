@@ -40,6 +40,10 @@ class Trail:
     def enabled(self) -> bool:
         return self._log is not None
 
+    @property
+    def audit_log(self) -> AuditLog | None:
+        return self._log
+
     def record(self, ctx: RequestContext, status: int, output: str | None) -> AuditRecord:
         inputs: dict[str, str] = {}
         if ctx.document is not None:

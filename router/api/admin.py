@@ -29,6 +29,7 @@ from router.api.state import (
     SPOOL,
     STATUS,
     TELEMETRY,
+    TRAIL,
     UPSTREAMS,
 )
 from router.listener import make_runner
@@ -60,6 +61,7 @@ def build_admin_app(api: web.Application) -> web.Application:
         bundle=api[BUNDLE],
         upstreams=api[UPSTREAMS],
         cache=api[CACHE],
+        audit_failures=lambda: _audit_failures(api),
     )
     registry, collector = registry_for(sources)
     admin[COLLECTOR] = collector
@@ -200,6 +202,20 @@ async def _collector(api: web.Application) -> dict[str, Any]:
     return {"enabled": True, **stats.as_status()}
 
 
+def _audit_failures(api: web.Application) -> int | None:
+    audit_log = api[TRAIL].audit_log
+    return None if audit_log is None else audit_log.failures
+
+
+async def _audit(api: web.Application) -> dict[str, Any]:
+    """Where the trail goes and how many records a failed write lost (a full disk, a file
+    size limit): the only other trace of such a gap is an error line in the log."""
+    audit_log = api[TRAIL].audit_log
+    if audit_log is None:
+        return {"enabled": False}
+    return {"enabled": True, "path": str(audit_log.path), "write_failures": audit_log.failures}
+
+
 STATUS_SECTIONS: list[tuple[str, Section]] = [
     ("site", _site),
     ("router", _router),
@@ -209,4 +225,5 @@ STATUS_SECTIONS: list[tuple[str, Section]] = [
     ("connectivity", _connectivity),
     ("spool", _spool),
     ("collector", _collector),
+    ("audit", _audit),
 ]

@@ -28,7 +28,7 @@ elsewhere (the store-and-forward spool sends them to the central tier) are the o
 that catches those; the chain makes every other change evident to anyone, without a secret.
 """
 
-from router.audit.chain import AuditLogError, Head
+from router.audit.chain import AuditLogError, AuditLogHeld, Head
 from router.audit.log import AuditLog, FsyncPolicy, log_file
 from router.audit.record import AuditRecord, Digester, id_time, new_audit_id
 from router.audit.verify import Located, Problem, Provenance, VerifyResult, show, verify
@@ -36,6 +36,7 @@ from router.audit.verify import Located, Problem, Provenance, VerifyResult, show
 __all__ = [
     "AuditLog",
     "AuditLogError",
+    "AuditLogHeld",
     "AuditRecord",
     "Digester",
     "FsyncPolicy",

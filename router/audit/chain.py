@@ -20,6 +20,10 @@ class AuditLogError(Exception):
     disk full). Messages name files and positions, never content."""
 
 
+class AuditLogHeld(AuditLogError):
+    """Another writer holds the log (its lock): a site's next process takes the next file."""
+
+
 class BadEntry(Exception):
     """A line that is not a sealed entry; the message says why (for the verifier's report)."""
 

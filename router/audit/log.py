@@ -32,7 +32,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from router.audit.chain import AuditLogError, BadEntry, Entry, Head, read_head, seal, write_head
+from router.audit.chain import (
+    AuditLogError,
+    AuditLogHeld,
+    BadEntry,
+    Entry,
+    Head,
+    read_head,
+    seal,
+    write_head,
+)
 from router.audit.record import AuditRecord, id_time, new_audit_id
 from router.audit.tail import Resume, resume
 from router.audit.writer import Writer
@@ -63,6 +72,8 @@ class AuditLog:
             raise ValueError(f"unknown fsync policy {fsync!r}")
         self.path = path
         self.failures = 0  # records lost to write errors
+        self._failing = False  # writes fail: logged once per outage, not once per batch
+        self._losing = 0  # records lost in this outage
         self._fsync = fsync
         self._interval = batch_interval_ms / 1000
         self._lock = threading.Lock()  # the chain state and the file
@@ -181,8 +192,18 @@ class AuditLog:
                 self._sync(force=force)
             except AuditLogError as exc:
                 self.failures += len(bodies)
-                log.error("%s", exc)
+                self._losing += len(bodies)
+                if not self._failing:  # a full disk must not fill the log with a line a batch
+                    self._failing = True
+                    log.error("%s; records are lost until writes succeed again", exc)
                 return str(exc)
+            if bodies and self._failing:
+                log.warning(
+                    "audit log %s: writes succeed again, after %d records lost",
+                    self.path,
+                    self._losing,
+                )
+                self._failing, self._losing = False, 0
         return None
 
     def _append(self, bodies: list[Entry]) -> None:
@@ -266,7 +287,7 @@ def _open_locked(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AuditLogError(
+        raise AuditLogHeld(
             f"the audit log {path} is held by another writer: give each worker its own file"
         ) from None
     return fd

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
-from router.audit.chain import AuditLogError, BadEntry, open_entry
+from router.audit.chain import AuditLogError, BadEntry, Entry, open_entry
 
 # A crash tears at most the last write; anything longer than this without one intact entry is
 # not a torn tail but a damaged or foreign file, which an operator should look at.
@@ -45,6 +47,33 @@ def resume(fd: int) -> Resume:
         f"no intact audit entry in the last {len(chunk)} bytes of the log: it is damaged or "
         "not an audit log; move it aside to start a new one"
     )
+
+
+def recent_records(path: Path, window_s: float) -> list[Entry]:
+    """The answers' records made within `window_s` of the newest one (at most the log's last
+    TAIL_SCAN_BYTES), oldest first, as they were before sealing (no seq, prev or hash): what a
+    process killed then may have written without its spool copy being committed yet."""
+    with path.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        start = max(0, size - TAIL_SCAN_BYTES)
+        chunk = os.pread(file.fileno(), size - start, start)
+    found: list[Entry] = []
+    newest: datetime | None = None
+    for first, last in _lines_backwards(chunk, whole=start == 0):
+        try:
+            entry = open_entry(chunk[first:last])
+            made = datetime.fromisoformat(entry["time"])
+        except (BadEntry, KeyError, TypeError, ValueError):
+            continue
+        if entry.get("kind") != "response":
+            continue
+        newest = newest or made
+        if (newest - made).total_seconds() > window_s:
+            break
+        for sealing in ("seq", "prev", "hash"):
+            del entry[sealing]
+        found.append(entry)
+    return found[::-1]
 
 
 def _lines_backwards(chunk: bytes, *, whole: bool) -> Iterator[tuple[int, int]]:

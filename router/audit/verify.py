@@ -151,8 +151,9 @@ class _Walker:
             )
         if isinstance(lost, dict):
             self.notes.append(
-                f"line {self.line}: new segment; entries after {entry['seq'] - 1} up to "
-                f"{lost.get('head_seq')} were lost before a restart (not synced)"
+                f"line {self.line}: new segment; entries {entry['seq']} to "
+                f"{lost.get('head_seq')} were lost before a restart (not synced, or the log "
+                "was moved away without its head file)"
             )
         return None
 

@@ -94,7 +94,10 @@ class BundleKeeper:
         try:
             folder = self._materialise(files, content)
         except OSError as exc:
-            raise BundleRejected(f"cannot store the bundle: {exc.strerror or exc}") from None
+            where = exc.filename or self.store  # the operator has a folder to fix
+            raise BundleRejected(
+                f"cannot store the bundle in {where}: {exc.strerror or exc}"
+            ) from None
         try:
             bundle = load_bundle(folder)
             if self.high_water is not None:
@@ -114,6 +117,14 @@ class BundleKeeper:
         """The verified bytes in a folder of our own, named by content: what is loaded is what
         was verified, whatever happens to the source afterwards."""
         folder = self.store / f"bundle-{content}"
+        if folder.is_dir() and not _holds(folder, files):
+            # A folder left from an earlier run is only a cache of verified bytes: a power cut
+            # can leave it with empty files (they were never synced), a hand can edit it. What
+            # it holds now is not what was verified, so it is written again.
+            log.warning(
+                "policy bundle folder %s differs from its verified files: rewritten", folder
+            )
+            _discard(folder)
         if not folder.is_dir():
             # Several routers (workers, test sites) may share the store: stage privately.
             self.store.mkdir(parents=True, exist_ok=True)
@@ -167,3 +178,31 @@ class BundleKeeper:
             return None
         etag = meta.get("etag") if isinstance(meta, dict) else None
         return files, archive, etag if isinstance(etag, str) else None
+
+
+def _holds(folder: Path, files: Files) -> bool:
+    """Whether `folder` holds exactly `files`, byte for byte, as regular files."""
+    try:
+        found = set()
+        for path in folder.rglob("*"):
+            if path.is_symlink():
+                return False
+            if path.is_file():
+                found.add(path.relative_to(folder).as_posix())
+        if found != set(files):
+            return False
+        return all((folder / name).read_bytes() == data for name, data in files.items())
+    except OSError:
+        return False
+
+
+def _discard(folder: Path) -> None:
+    """Move `folder` out of the way at once (another worker may be rewriting it too), then
+    delete it."""
+    trash = Path(tempfile.mkdtemp(prefix=".discard-", dir=folder.parent))
+    try:
+        folder.rename(trash / folder.name)
+    except FileNotFoundError:
+        pass  # another worker moved it first
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)

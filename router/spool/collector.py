@@ -33,7 +33,7 @@ from router.errors import RouterError, Unavailable
 from router.spool import schema
 from router.spool.collector_stats import CollectorStats
 from router.spool.sites import PeerCertificate, SiteGuard, check_record_sites
-from router.spool.store import SpoolUnavailable
+from router.spool.store import SpoolInUse, SpoolUnavailable
 from router.spool.wire import Item, decode_batch
 from router.spool.worker import Job, SqliteWorker, WorkerBusy, WorkerClosed
 
@@ -93,7 +93,7 @@ class CollectorStore:
         try:
             store._worker.opened.result()
         except Exception as exc:
-            raise SpoolUnavailable(f"cannot open collector store {path}: {exc}") from None
+            raise _unavailable(path, exc) from None
         return store
 
     @classmethod
@@ -106,7 +106,7 @@ class CollectorStore:
         try:
             await asyncio.wrap_future(store._worker.opened)
         except Exception as exc:
-            raise SpoolUnavailable(f"cannot open collector store {path}: {exc}") from None
+            raise _unavailable(path, exc) from None
         return store
 
     async def add(self, items: Sequence[Item], site: str | None = None) -> Added:
@@ -143,6 +143,12 @@ class CollectorStore:
     def close_sync(self) -> None:
         self._worker.close()
         self._worker.join()
+
+
+def _unavailable(path: Path, exc: BaseException) -> SpoolUnavailable:
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
+        return SpoolInUse(f"collector store {path} is in use by another process")
+    return SpoolUnavailable(f"cannot open collector store {path}: {exc}")
 
 
 def _connect(path: Path, shared: bool) -> sqlite3.Connection:

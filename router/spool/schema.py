@@ -8,6 +8,7 @@ rows they count, so after any crash both are at the same commit.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -56,8 +57,20 @@ SHARED_BUSY_S = 10.0
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
+# The layout of the files this code writes, kept in SQLite's `user_version`. 0 is a file from
+# before the number was kept: the same layout. A higher one was written by a later release (a
+# site rolled back to this one): its tables may take rows this code cannot write, so every
+# record would be lost one by one; it stops start-up instead, and the file stays as it is.
+LAYOUT_VERSION = 1
+FILE_MODE = 0o640  # a new file's mode (before the umask), as the audit log's
+
+
 class CorruptDatabase(sqlite3.DatabaseError):
     """`PRAGMA quick_check` found damage."""
+
+
+class NewerLayout(sqlite3.DatabaseError):
+    """The file was written by a later release (its user_version is above LAYOUT_VERSION)."""
 
 
 def connect(
@@ -113,6 +126,10 @@ def _aside(path: Path) -> Path:
 
 
 def _open(path: Path, schema: str, wal_limit_bytes: int, shared: bool) -> sqlite3.Connection:
+    # What these files hold (redacted samples, copies of audit records, other sites' uploads)
+    # is for the site's operators, like the audit log: SQLite would create the file with the
+    # umask's mode (often world-readable) and gives its -wal and -shm files the file's mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
     # isolation_level=None: the worker issues BEGIN/COMMIT itself; timeout: a second process
     # on an exclusive file fails fast; on a shared one, waits its turn (SQLite's busy timeout).
     conn = sqlite3.connect(path, isolation_level=None, timeout=SHARED_BUSY_S if shared else 0.05)
@@ -127,7 +144,15 @@ def _open(path: Path, schema: str, wal_limit_bytes: int, shared: bool) -> sqlite
         verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
         if verdict != "ok":
             raise CorruptDatabase("quick_check failed")
-        conn.executescript(f"BEGIN IMMEDIATE; {schema} COMMIT;")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > LAYOUT_VERSION:
+            raise NewerLayout(
+                f"its layout (version {version}) is newer than this release's "
+                f"({LAYOUT_VERSION}): run the release that wrote it, or move the file aside"
+            )
+        conn.executescript(
+            f"BEGIN IMMEDIATE; {schema} PRAGMA user_version = {LAYOUT_VERSION}; COMMIT;"
+        )
     except BaseException:
         conn.close()
         raise

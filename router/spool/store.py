@@ -55,7 +55,16 @@ from router.spool.worker import Job, SqliteWorker, WorkerBusy, WorkerClosed
 
 T = TypeVar("T")
 
-__all__ = ["Counts", "FullPolicy", "Limits", "Record", "Spool", "SpoolError", "SpoolUnavailable"]
+__all__ = [
+    "Counts",
+    "FullPolicy",
+    "Limits",
+    "Record",
+    "Spool",
+    "SpoolError",
+    "SpoolInUse",
+    "SpoolUnavailable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,10 @@ class SpoolError(Exception):
 
 class SpoolUnavailable(SpoolError):
     """The spool file cannot be opened (bad path, in use by another process, I/O error)."""
+
+
+class SpoolInUse(SpoolUnavailable):
+    """Another process holds the file (the only reason a caller may try another file)."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +311,6 @@ class Spool:
 def _unavailable(path: Path, exc: BaseException) -> SpoolUnavailable:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED: another process holds the file
-        return SpoolUnavailable(f"spool {path} is in use by another process")
+        return SpoolInUse(f"spool {path} is in use by another process")
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return SpoolUnavailable(f"cannot open spool {path}: {reason}")

@@ -59,6 +59,7 @@ class Sources:
     cache: ResponseCache
     spool: SpoolState | None = None  # refreshed by the handler before each scrape
     collector: CollectorStats | None = None  # a central tier's collector
+    audit_failures: Callable[[], int | None] = lambda: None  # None: no audit trail
 
 
 class RouterCollector(Collector):
@@ -79,6 +80,13 @@ class RouterCollector(Collector):
             yield from _spool(s.spool)
         if s.collector is not None:
             yield from _collector(s.collector)
+        audit_failures = s.audit_failures()
+        if audit_failures is not None:
+            yield CounterMetricFamily(
+                PREFIX + "audit_write_failures",
+                "Audit records lost to failed writes (disk full, file size limit)",
+                value=audit_failures,
+            )
 
 
 def _bundle(state: BundleState) -> Iterator[Metric]:

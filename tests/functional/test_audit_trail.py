@@ -5,7 +5,9 @@ cache hit points at the record of the answer's original generation; no raw value
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from router.app import build_app
-from router.audit import show, verify
+from router.audit import AuditLog, AuditRecord, new_audit_id, show, verify
 from router.settings import Settings
+from router.spool import Spool
 from router.testing import FakeUpstream
 
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
@@ -213,3 +216,62 @@ class TestAnswerFirst:
             await asyncio.wait_for(_post(http, url, LOCAL), 10)  # the connection goes on
         await site.stop()
         assert show(site.audit, audit_id).records[0].entry["status"] == 200
+
+
+def sealed_log(path: Path, ages_s: list[float]) -> list[str]:
+    """A log a killed process left: one answer's record per age (seconds before now, oldest
+    first); their audit ids."""
+    ids = []
+    with AuditLog(path) as log:
+        now_ms = int(time.time() * 1000)
+        for age in ages_s:
+            audit_id = new_audit_id(now_ms - int(age * 1000))
+            log.append_sync(
+                AuditRecord(
+                    id=audit_id, site="edge-local", tier="edge", api="kserve-v2", status=200
+                )
+            )
+            ids.append(audit_id)
+    return ids
+
+
+async def test_copies_a_killed_process_did_not_spool_are_made_at_start(tmp_path: Path) -> None:
+    """Records written just before a kill -9 whose spool copies were never committed are copied
+    again when the site starts (the spool keeps one per key); older ones are not sent twice."""
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    ids = sealed_log(audit / "edge-local.jsonl", [60.0, 1.5, 1.0, 0.0])
+    spool_path = tmp_path / "spool.sqlite3"
+    with Spool.open_sync(spool_path) as spool:  # one copy made in time, before the kill
+        spool.put_sync("audit", b"{}", key=f"audit:{ids[2]}")
+    settings = Settings.model_validate(
+        {"audit": {"path": audit}, "spool": {"path": spool_path}, "cache": {"enabled": False}}
+    )
+    app = build_app(settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    await server.close()
+    with Spool.open_sync(spool_path) as spool:
+        keys = [record.key for record in spool.take_batch_sync(100)]
+        assert spool.counts_sync().produced == 3
+    assert sorted(keys) == sorted(f"audit:{i}" for i in ids[1:])
+
+
+async def test_a_second_router_on_the_same_state_dir_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second single-process router on the same audit folder takes the next file (the
+    first one is locked) and says so, naming both files: a mistake that splits the trail."""
+    settings = Settings.model_validate({"audit": {"path": tmp_path}, "cache": {"enabled": False}})
+    first = TestServer(build_app(settings), host="127.0.0.1")
+    second = TestServer(build_app(settings), host="127.0.0.1")
+    await first.start_server()
+    try:
+        with caplog.at_level(logging.WARNING, logger="router.stores"):
+            await second.start_server()
+        await second.close()
+    finally:
+        await first.close()
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "router.stores"]
+    assert "edge-local.jsonl is held by another process" in warning
+    assert "edge-local.1.jsonl" in warning

@@ -183,6 +183,24 @@ class TestServe:
         assert done.returncode == 1
         assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
+    async def test_damaged_audit_log_stops_start_up(self, repository: Path, tmp_path: Path) -> None:
+        """A site's audit log that holds no intact entry stops start-up naming the file, and
+        no other log is begun beside it (the damage would go unnoticed)."""
+        folder = tmp_path / "audit"
+        folder.mkdir()
+        damaged = folder / "edge-local.jsonl"
+        damaged.write_bytes(bytes(range(256)) * 16)
+        config = tmp_path / "site.yaml"
+        config.write_text(f"audit: {{path: {folder}}}\n", encoding="utf-8")
+        done = await asyncio.to_thread(
+            run_cli, "serve", "--port", "0", "--config", config, "--model-repository", repository
+        )
+        assert done.returncode == 2, done.stderr
+        assert str(damaged) in done.stderr
+        assert "no intact audit entry" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["edge-local.jsonl"]
+
 
 @dataclass
 class DrainRun:

@@ -5,7 +5,9 @@ or the collector, and the spool's counters balance."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,8 +18,10 @@ from aiohttp.test_utils import TestServer
 
 from router.api.state import SPOOL
 from router.app import build_app
+from router.errors import ConfigError
 from router.resources import default_policy_bundle, state_dir
 from router.settings import Settings
+from router.spool.collector import CollectorStore
 
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 CANARY = "spool.canary.51ab@example.com"
@@ -208,3 +212,25 @@ async def test_a_site_forced_offline_keeps_its_records(tmp_path: Path) -> None:
     finally:
         await edge.close()
         await central.close()
+
+
+async def test_a_collector_store_that_cannot_be_opened_stops_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A central site whose collector store is from a later release (or damaged) stops with
+    an error naming it, instead of starting an empty store beside it that has forgotten
+    every key it de-duplicated; a store held by another process is still passed over."""
+    monkeypatch.setenv("LAYER_ROUTER_STATE_DIR", str(tmp_path))
+    store = tmp_path / "collector-hq.sqlite3"
+    CollectorStore.open_sync(store).close_sync()
+    raw = sqlite3.connect(store)
+    raw.execute("PRAGMA user_version = 9")
+    raw.commit()
+    raw.close()
+    settings = Settings.model_validate({"site": {"id": "hq", "tier": "central"}})
+    server = TestServer(build_app(settings), host="127.0.0.1")
+    with pytest.raises(ConfigError, match=r"collector-hq\.sqlite3") as info:
+        await server.start_server()
+    await server.close()
+    assert "newer" in str(info.value)
+    assert [name for name in os.listdir(tmp_path) if "collector" in name] == [store.name]

@@ -342,6 +342,17 @@ class TestRestart:
         assert result.ok, result.problem
         assert any("lost" in note for note in result.notes)
 
+    def test_a_log_moved_away_without_its_head_is_noted_plainly(self, tmp_path: Path) -> None:
+        """A rotation that leaves the head file behind starts the new chain with a note that
+        names the entries the head knew (0 to 4), not 'entries after -1'."""
+        path = tmp_path / "log.jsonl"
+        write_log(path, 5)
+        path.rename(tmp_path / "old.jsonl")
+        write_log(path, 1)
+        result = verify(path)
+        assert result.ok, result.problem
+        assert "entries 0 to 4 were lost" in result.notes[0]
+
     def test_second_writer_is_refused(self, tmp_path: Path) -> None:
         """Two writers would interleave two chains: the second one is refused."""
         path = tmp_path / "log.jsonl"
@@ -448,6 +459,35 @@ class TestWriteFailure:
         await log.flush()
         await log.aclose()
         assert verify(log.path).entries == 1
+
+    async def test_an_outage_is_logged_once_not_per_batch(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A full disk logs one error when records start to be lost and one line when writes
+        succeed again, however many batches failed in between (the log may share the disk)."""
+        log = AuditLog(tmp_path / "log.jsonl", fsync="never")
+        real = os.write
+
+        def full(fd: int, data: Any) -> int:
+            if fd == log._fd:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd, data)
+
+        with caplog.at_level(logging.WARNING, logger="router.audit.log"):
+            monkeypatch.setattr(os, "write", full)
+            for _ in range(5):
+                await log.append(record())
+                with pytest.raises(AuditLogError):
+                    await log.flush()
+            monkeypatch.setattr(os, "write", real)
+            await log.append(record())
+            await log.flush()
+            await log.aclose()
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 2, messages
+        assert "No space left" in messages[0]
+        assert "succeed again, after 5 records lost" in messages[1]
+        assert log.failures == 5
 
 
 # -- the async writer --------------------------------------------------------------------------

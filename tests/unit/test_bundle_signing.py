@@ -150,3 +150,34 @@ def test_a_symlink_out_of_the_bundle_is_refused(tmp_path: Path) -> None:
     (volume / "extra.yaml").symlink_to(secret)
     with pytest.raises(BundleRejected, match="out of the bundle"):
         read_folder(volume)
+
+
+def test_keeper_loads_the_verified_bytes_not_a_stale_folder(
+    tmp_path: Path, signed: dict[str, bytes], keys: tuple[Path, Path]
+) -> None:
+    """A bundle folder kept from an earlier run that no longer holds the verified files (an
+    empty file after a power cut, an edit) is written again before the bundle is loaded."""
+    store = tmp_path / "store"
+    keeper = BundleKeeper(load_public_keys((keys[1],)), store)
+    bundle, _ = keeper.accept(signed)
+    (folder,) = store.glob("bundle-*")
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace(bundle.revision, "NOT-SIGNED"))
+    (folder / "residency.yaml").write_bytes(b"")
+    (folder / "stray.yaml").write_bytes(b"a: 1\n")
+    again, _ = BundleKeeper(load_public_keys((keys[1],)), store).accept(signed)
+    assert again.revision == bundle.revision
+    assert read_folder(folder) == signed
+    assert [p.name for p in store.iterdir()] == [folder.name]
+
+
+def test_a_store_that_cannot_be_written_is_named(
+    tmp_path: Path, signed: dict[str, bytes], keys: tuple[Path, Path]
+) -> None:
+    """A state folder the router cannot write rejects the bundle with an error naming the
+    place, so an operator knows which folder to fix."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    keeper = BundleKeeper(load_public_keys((keys[1],)), blocker / "store")
+    with pytest.raises(BundleRejected, match=r"cannot store the bundle in .*not-a-folder"):
+        keeper.accept(signed)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
@@ -325,6 +327,66 @@ class TestIntegrity:
             assert spool.put_sync("sample", b"x") is not None
         aside = [p.name for p in path.parent.iterdir() if ".corrupt-" in p.name]
         assert len(aside) == 1
+
+    def test_a_file_from_a_later_release_is_refused(self, path: Path) -> None:
+        """A spool whose layout is newer than this release's (a site rolled back) stops the
+        opening with a clear error and stays untouched, instead of losing every append."""
+        with Spool.open_sync(path) as spool:
+            spool.put_sync("sample", b"kept", key="k0")
+        raw = sqlite3.connect(path)
+        raw.execute("ALTER TABLE records ADD COLUMN region TEXT NOT NULL DEFAULT 'x'")
+        raw.execute("PRAGMA user_version = 2")
+        raw.commit()
+        raw.close()
+        before = path.read_bytes()
+        with pytest.raises(SpoolUnavailable, match=r"layout \(version 2\) is newer"):
+            Spool.open_sync(path)
+        assert path.read_bytes() == before
+        assert not [p for p in path.parent.iterdir() if ".corrupt-" in p.name]
+
+    def test_a_file_from_before_layout_versions_opens(self, path: Path) -> None:
+        """A spool written before the layout was numbered (user_version 0) keeps its records
+        and is marked with the current layout."""
+        with Spool.open_sync(path) as spool:
+            spool.put_sync("sample", b"kept", key="k0")
+        raw = sqlite3.connect(path)
+        raw.execute("PRAGMA user_version = 0")
+        raw.commit()
+        raw.close()
+        with Spool.open_sync(path) as spool:
+            assert [r.key for r in spool.take_batch_sync(10)] == ["k0"]
+        raw = sqlite3.connect(path)
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        raw.close()
+
+    def test_a_collector_store_from_a_later_release_is_refused(self, tmp_path: Path) -> None:
+        """The collector's store is versioned the same way as the spool."""
+        store_path = tmp_path / "collector.sqlite3"
+        CollectorStore.open_sync(store_path).close_sync()
+        raw = sqlite3.connect(store_path)
+        raw.execute("PRAGMA user_version = 9")
+        raw.commit()
+        raw.close()
+        with pytest.raises(SpoolUnavailable, match=r"layout \(version 9\) is newer"):
+            CollectorStore.open_sync(store_path)
+
+    def test_new_files_are_not_world_readable(self, tmp_path: Path) -> None:
+        """A new spool, its WAL and a new collector store are readable by owner and group
+        only, whatever the umask allows (they hold what the site's answers said)."""
+        old_umask = os.umask(0o022)
+        try:
+            spool_path = tmp_path / "spool.sqlite3"
+            with Spool.open_sync(spool_path) as spool:
+                spool.put_sync("sample", b"redacted text", key="k0")
+                wal = Path(f"{spool_path}-wal")
+                assert wal.exists()
+                assert stat.S_IMODE(wal.stat().st_mode) == 0o640
+            store_path = tmp_path / "collector.sqlite3"
+            CollectorStore.open_sync(store_path).close_sync()
+        finally:
+            os.umask(old_umask)
+        assert stat.S_IMODE(spool_path.stat().st_mode) == 0o640
+        assert stat.S_IMODE(store_path.stat().st_mode) == 0o640
 
     def test_one_process_per_file(self, spool: Spool, path: Path) -> None:
         """A second opener of a spool in use fails clearly instead of sharing the queue."""
