@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from router import __version__
@@ -70,8 +70,10 @@ async def metrics(request: web.Request) -> web.Response:
     admin = request.app
     collector = admin[COLLECTOR]
     collector.sources.spool = await spool_state(admin[API_APP][SPOOL].spool)
-    body = exposition(admin[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body, content_type = exposition(admin[REGISTRY], request.headers.get("Accept", ""))
+    response = web.Response(body=body, headers={"Content-Type": content_type})
+    response.enable_compression()  # gzip when the scraper accepts it, as Prometheus does
+    return response
 
 
 async def start_admin(api: web.Application, host: str, port: int) -> web.AppRunner:

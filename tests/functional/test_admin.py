@@ -13,7 +13,11 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as families
 
 from router.api.state import RUNTIME
 from router.settings import Settings
@@ -142,6 +146,28 @@ class TestMetrics:
             "layer_router_upstream_endpoint_up",
             (("cluster", "llm"), ("endpoint", "0"), ("tier", "regional")),
         ) in m
+
+    def test_openmetrics_when_the_scraper_asks_for_it(self, site: Site) -> None:
+        """Prometheus' own Accept header gets OpenMetrics, gzipped, which its parser reads."""
+        accept = (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+            "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )
+        headers = {"Accept": accept, "Accept-Encoding": "gzip"}
+        response = site.http.get(site.router.admin_url + "/metrics", headers=headers)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert response.text.endswith("# EOF\n")
+        names = {f.name for f in openmetrics_families(response.text)}
+        assert {"layer_router_requests", "layer_router_build"} <= names  # OpenMetrics' info type
+
+    def test_plain_text_for_other_scrapers(self, site: Site) -> None:
+        """A scraper that names no format gets the text format, which the text parser reads."""
+        response = site.http.get(site.router.admin_url + "/metrics")
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert "# EOF" not in response.text
+        assert any(f.name == "layer_router_requests" for f in families(response.text))
 
 
 class TestStatus:
