@@ -18,6 +18,7 @@
     ├── LoopDetected                 508 loop_detected      (too many layer-router hops)
     ├── PayloadTooLarge              413 payload_too_large
     ├── UnsupportedMediaType         415 unsupported_media_type
+    ├── NotSupported                 501 not_supported      (a Triton API we do not offer)
     ├── RateLimited                  429 rate_limited       (Retry-After, x-ratelimit-*)
     ├── Unavailable                  503 unavailable        (Retry-After)
     │   ├── ModelNotReady            503 model_not_ready
@@ -151,6 +152,14 @@ class PayloadTooLarge(RouterError):
 class UnsupportedMediaType(RouterError):
     status = 415
     code = "unsupported_media_type"
+
+
+class NotSupported(RouterError):
+    """A part of Triton's HTTP API this router does not offer (model control, shared memory,
+    trace and log settings): named as such, not an unknown route (Triton's UNSUPPORTED)."""
+
+    status = 501
+    code = "not_supported"
 
 
 class Unavailable(RouterError):

@@ -698,3 +698,51 @@ def test_unknown_model_raises_with_status(triton: triton_http.InferenceServerCli
         triton.infer("no_such_model", infer_inputs(feeds, False))
     assert info.value.status() == "404"
     assert "no_such_model" in info.value.message()
+
+
+@pytest.mark.parametrize(
+    ("call", "names"),
+    [
+        (lambda c: c.load_model("color_classifier"), "model control"),
+        (lambda c: c.unload_model("color_classifier"), "model control"),
+        (lambda c: c.get_system_shared_memory_status(), "shared-memory"),
+        (lambda c: c.register_system_shared_memory("r", "/r", 8), "shared-memory"),
+        (lambda c: c.unregister_system_shared_memory(), "shared-memory"),
+        (lambda c: c.get_cuda_shared_memory_status(), "shared-memory"),
+        (lambda c: c.unregister_cuda_shared_memory("r"), "shared-memory"),
+        (lambda c: c.get_trace_settings(), "trace settings"),
+        (lambda c: c.get_trace_settings("color_classifier"), "trace settings"),
+        (lambda c: c.update_log_settings({"log_verbose_level": 1}), "log settings"),
+    ],
+    ids=[
+        "load",
+        "unload",
+        "shm-status",
+        "shm-register",
+        "shm-unregister",
+        "cuda-shm-status",
+        "cuda-shm-unregister",
+        "trace",
+        "model-trace",
+        "log",
+    ],
+)
+def test_triton_apis_not_offered_say_so(
+    triton: triton_http.InferenceServerClient,
+    call: Callable[[triton_http.InferenceServerClient], object],
+    names: str,
+) -> None:
+    """Triton's model control, shared-memory, trace and log APIs answer 501 not supported with
+    a reason, not a 404 that reads as a missing model or a wrong URL."""
+    with pytest.raises(InferenceServerException) as info:
+        call(triton)
+    assert info.value.status() == "501"
+    assert names in info.value.message()
+    assert "not supported" in info.value.message()
+
+
+async def test_aio_load_model_not_supported(aio_triton: triton_aio.InferenceServerClient) -> None:
+    """The aio client's load_model gets the same 501, at once."""
+    with pytest.raises(InferenceServerException) as info:
+        await asyncio.wait_for(aio_triton.load_model("color_classifier"), 10)
+    assert info.value.status() == "501"
