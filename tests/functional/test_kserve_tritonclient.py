@@ -169,6 +169,18 @@ class TestServerEndpoints:
         assert config["max_batch_size"] == 64
         assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 200
 
+    def test_model_config_in_triton_terms(self, triton: triton_http.InferenceServerClient) -> None:
+        """The config also states inputs and outputs as Triton's model config does (TYPE_
+        names, dims without the batch dimension), which tools such as perf_analyzer and
+        Triton's image_client example read."""
+        config = triton.get_model_config("color_classifier")
+        assert config["platform"] == "onnxruntime_onnx"
+        assert config["backend"] == "onnxruntime"
+        assert config["input"] == [
+            {"name": "rgb", "data_type": "TYPE_FP32", "dims": [3], "format": "FORMAT_NONE"}
+        ]
+        assert config["output"] == [{"name": "probs", "data_type": "TYPE_FP32", "dims": [10]}]
+
     def test_stats_count_inferences(
         self, triton: triton_http.InferenceServerClient, edge_models: Path
     ) -> None:
@@ -535,6 +547,17 @@ class TestDatatypes:
         for datatype in DATATYPES:
             meta = identity_triton.get_model_metadata(f"identity_{datatype.lower()}")
             assert meta["inputs"] == [{"name": "INPUT0", "datatype": datatype, "shape": [-1, -1]}]
+
+    def test_config_names_each_datatype_as_triton(
+        self, identity_triton: triton_http.InferenceServerClient
+    ) -> None:
+        """Each identity model's config names its datatype in Triton's terms (BYTES is
+        TYPE_STRING) and, not batching, keeps every dimension."""
+        for datatype in DATATYPES:
+            config = identity_triton.get_model_config(f"identity_{datatype.lower()}")
+            want = "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+            (tensor,) = config["output"]
+            assert (tensor["data_type"], tensor["dims"]) == (want, [-1, -1])
 
 
 # --- a third-party model from a pip wheel --------------------------------------------------------
