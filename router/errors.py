@@ -57,6 +57,9 @@ class RouterError(Exception):
     code = "internal"
     retry_after: float | None = None
     headers: dict[str, str] | None = None  # extra response headers (never request content)
+    # Sent as `x-should-retry` (the openai SDK's convention, read before the status): False
+    # where the same request can only fail again; None leaves it to the status.
+    should_retry: bool | None = None
 
     def __init__(self, message: str = "internal error") -> None:
         super().__init__(message)
@@ -142,6 +145,7 @@ class MethodNotAllowed(RouterError):
 class LoopDetected(RouterError):
     status = 508
     code = "loop_detected"
+    should_retry = False
 
 
 class PayloadTooLarge(RouterError):
@@ -160,6 +164,7 @@ class NotSupported(RouterError):
 
     status = 501
     code = "not_supported"
+    should_retry = False
 
 
 class Unavailable(RouterError):
@@ -206,6 +211,9 @@ class Offline(Unavailable):
 class DeadlineExceeded(RouterError):
     status = 504
     code = "deadline_exceeded"
+    # The client's latency budget is over: an answer after it is of no use, and a client
+    # library's back-off would turn our fast failure into a slow one.
+    should_retry = False
 
 
 class BudgetUnmeetable(DeadlineExceeded):
@@ -251,11 +259,21 @@ class UpstreamReset(UpstreamError):
 class UpstreamStatus(UpstreamError):
     code = "upstream_status"
 
-    def __init__(self, message: str, upstream_status: int, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        upstream_status: int,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
+    ):
         super().__init__(message)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
-        self.retryable = upstream_status >= 500 or upstream_status == 429
+        # The upstream's own `x-should-retry: false` holds for us and for our client.
+        self.should_retry = should_retry
+        self.retryable = (
+            upstream_status >= 500 or upstream_status == 429
+        ) and should_retry is not False
         # A 504 says the upstream ran out of time: the budget we passed on (a chained
         # router's budget_unmeetable), which tight client budgets must not turn into an
         # ejected tier.

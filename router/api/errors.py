@@ -64,6 +64,8 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if error.headers:
         headers.update(error.headers)
+    if error.should_retry is not None:
+        headers["x-should-retry"] = "true" if error.should_retry else "false"
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="layer-router"'
     ctx = request.get(CTX) if request is not None else None

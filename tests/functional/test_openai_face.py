@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import openai
 import orjson
 import pytest
@@ -417,6 +418,58 @@ class TestErrors:
         assert info.value.code == "upstream_status"
         assert f"answered {upstream}" in info.value.message
         assert "failing on purpose" not in info.value.message  # the upstream's body stays there
+        assert len(site.broken.received) == before + 1
+
+    def test_unmeetable_budget_is_not_retried_by_the_sdk(self, site: Site) -> None:
+        """A 504 for a budget no target can meet (decided up front, or spent before the
+        upstream answered) says `x-should-retry: false`: the SDK, which retries every 5xx,
+        gives up at once instead of backing off past the client's budget."""
+        sent: list[httpx.Request] = []
+        http = httpx.Client(event_hooks={"request": [sent.append]})
+        site.broken.behaviour.delay_s = 1.0  # far beyond the budget below
+        try:
+            with (
+                openai.OpenAI(
+                    base_url=site.router.url + "/v1",
+                    api_key="sk-test",
+                    max_retries=2,
+                    http_client=http,
+                ) as sdk,
+                pytest.raises(openai.InternalServerError) as info,
+            ):
+                sdk.chat.completions.create(
+                    model="gpt-broken",
+                    messages=MESSAGES,
+                    extra_headers={"X-Latency-Budget-Ms": "100"},
+                )
+        finally:
+            site.broken.behaviour.delay_s = 0.0
+        assert info.value.status_code == 504
+        assert info.value.response.headers["x-should-retry"] == "false"
+        assert len(sent) == 1
+
+    def test_upstream_saying_do_not_retry_is_heeded(self, site: Site) -> None:
+        """An upstream 5xx with `x-should-retry: false` is passed on as such: neither we
+        nor the SDK send the request again."""
+        site.broken.behaviour.fail_status = 500
+        site.broken.behaviour.fail_headers = {"x-should-retry": "false"}
+        before = len(site.broken.received)
+        try:
+            with (
+                openai.OpenAI(
+                    base_url=site.router.url + "/v1", api_key="sk-test", max_retries=2
+                ) as sdk,
+                pytest.raises(openai.InternalServerError) as info,
+            ):
+                sdk.chat.completions.create(
+                    model="gpt-broken",
+                    messages=MESSAGES,
+                    extra_headers={"Idempotency-Key": "once-only"},  # we may replay it
+                )
+        finally:
+            site.broken.behaviour.fail_status = 0
+            site.broken.behaviour.fail_headers = {}
+        assert info.value.response.headers["x-should-retry"] == "false"
         assert len(site.broken.received) == before + 1
 
     async def test_async_sdk_error(self, aclient: openai.AsyncOpenAI) -> None:
