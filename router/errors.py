@@ -60,6 +60,7 @@ class RouterError(Exception):
     # Sent as `x-should-retry` (the openai SDK's convention, read before the status): False
     # where the same request can only fail again; None leaves it to the status.
     should_retry: bool | None = None
+    param: str | None = None  # the request field at fault, as OpenAI's error object names it
 
     def __init__(self, message: str = "internal error") -> None:
         super().__init__(message)
@@ -69,6 +70,10 @@ class RouterError(Exception):
 class BadRequest(RouterError):
     status = 400
     code = "bad_request"
+
+    def __init__(self, message: str = "bad request", param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class MalformedBody(BadRequest):

@@ -79,7 +79,7 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
                 "error": {
                     "message": error.message,
                     "type": "invalid_request_error" if error.status < 500 else "server_error",
-                    "param": None,
+                    "param": error.param,
                     "code": error.code,
                 }
             }

@@ -371,6 +371,15 @@ class TestErrors:
             client.chat.completions.create(model="", messages=MESSAGES)
         assert info.value.code == "bad_request"
         assert "'model'" in info.value.message
+        assert info.value.param == "model"  # OpenAI's error object names the field at fault
+
+    def test_bad_stream_names_its_param(self, client: openai.OpenAI) -> None:
+        """A non-boolean `stream` is a 400 whose `param` is "stream"."""
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model="gpt-test", messages=MESSAGES, extra_body={"stream": "yes"}
+            )
+        assert info.value.param == "stream"
 
     def test_unknown_model(self, client: openai.OpenAI) -> None:
         """A model nobody serves is a 404 NotFoundError with code model_not_found."""
