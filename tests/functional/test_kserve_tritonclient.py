@@ -202,6 +202,29 @@ class TestServerEndpoints:
         stats = triton.get_inference_statistics()["model_stats"]
         assert {(s["name"], s["version"]) for s in stats} == set(DEMO_VERSIONS)
 
+    def test_stats_have_every_field_perf_analyzer_reads(
+        self, triton: triton_http.InferenceServerClient
+    ) -> None:
+        """Each entry has every count and duration Triton's perf_analyzer indexes without
+        checking (cache_hit and cache_miss included): a missing one aborts it."""
+        for entry in triton.get_inference_statistics()["model_stats"]:
+            phases = entry["inference_stats"]
+            for phase in PERF_ANALYZER_PHASES:
+                assert set(phases[phase]) == {"count", "ns"}, phase
+            assert isinstance(entry["inference_count"], int)
+            assert isinstance(entry["execution_count"], int)
+
+
+PERF_ANALYZER_PHASES = (
+    "success",
+    "queue",
+    "compute_input",
+    "compute_infer",
+    "compute_output",
+    "cache_hit",
+    "cache_miss",
+)
+
 
 class TestDrainingFlag:
     """While the server drains, readiness says no and liveness still says yes."""
