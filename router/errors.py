@@ -283,11 +283,10 @@ class UpstreamStatus(UpstreamError):
         # router's budget_unmeetable), which tight client budgets must not turn into an
         # ejected tier.
         self.health_failure = upstream_status >= 500 and upstream_status != 504
-        # "Come back later" from upstream stays "come back later" for our client, and
-        # "out of time" stays a gateway timeout.
-        self.status = (
-            503 if upstream_status in (429, 503) else 504 if upstream_status == 504 else 502
-        )
+        # "Come back later" from upstream stays "come back later" for our client, in the same
+        # words: a rate limit stays a 429 (the openai SDK's RateLimitError, which callers
+        # catch to slow down), unavailable a 503, and "out of time" a gateway timeout.
+        self.status = upstream_status if upstream_status in (429, 503, 504) else 502
 
 
 class StreamBroken(UpstreamError):

@@ -429,6 +429,21 @@ class TestErrors:
         assert "failing on purpose" not in info.value.message  # the upstream's body stays there
         assert len(site.broken.received) == before + 1
 
+    def test_upstream_rate_limit_is_a_rate_limit(self, client: openai.OpenAI, site: Site) -> None:
+        """An upstream 429 reaches the SDK as a RateLimitError (429 with the upstream's
+        Retry-After), which callers catch to slow down, not as a server error."""
+        site.broken.behaviour.fail_status = 429
+        site.broken.behaviour.retry_after = "7"
+        try:
+            with pytest.raises(openai.RateLimitError) as info:
+                client.chat.completions.create(model="gpt-broken", messages=MESSAGES)
+        finally:
+            site.broken.behaviour.fail_status = 0
+            site.broken.behaviour.retry_after = None
+        assert info.value.status_code == 429
+        assert info.value.code == "upstream_status"
+        assert info.value.response.headers["Retry-After"] == "7"
+
     def test_unmeetable_budget_is_not_retried_by_the_sdk(self, site: Site) -> None:
         """A 504 for a budget no target can meet (decided up front, or spent before the
         upstream answered) says `x-should-retry: false`: the SDK, which retries every 5xx,

@@ -316,7 +316,7 @@ class TestWhatBoundsRetries:
         with pytest.raises(UpstreamStatus) as caught:
             await forward(cluster, transport, budget_s=2.0)
         assert caught.value.retry_after == 30.0
-        assert caught.value.status == 503  # "come back later" stays that for our client
+        assert caught.value.status == 429  # "come back later" stays a rate limit for our client
         assert len(transport.sent) == 1
 
     async def test_stops_at_the_deadline(self) -> None:
