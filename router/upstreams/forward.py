@@ -291,7 +291,9 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
     status = response.status
     if status >= 500 or status == 429:
         response.abort()
-        retry_after = _retry_after(response.headers.get("Retry-After"))
+        retry_after = _retry_after_ms(response.headers.get("retry-after-ms"))
+        if retry_after is None:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
         should_retry = _should_retry(response.headers.get("x-should-retry"))
         raise UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
     if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: relayed
@@ -313,6 +315,15 @@ def _should_retry(raw: str | None) -> bool | None:
     """An OpenAI-style upstream's `x-should-retry` (true|false), else None."""
     value = raw.strip().lower() if raw else ""
     return True if value == "true" else False if value == "false" else None
+
+
+def _retry_after_ms(raw: str | None) -> float | None:
+    """OpenAI's `retry-after-ms` (milliseconds, may be fractional), in seconds."""
+    try:
+        value = float(raw) if raw is not None else -1.0
+    except ValueError:
+        return None
+    return value / 1000 if 0 <= value < 86_400_000 else None  # NaN fails the bounds
 
 
 def _retry_after(raw: str | None) -> float | None:
