@@ -63,7 +63,23 @@ def build_admin_app(api: web.Application) -> web.Application:
     admin[REGISTRY] = registry
     admin.router.add_get("/metrics", metrics)
     admin.router.add_get("/status", status)
+    # The probes here too: a liveness probe on the API port fails while that port is at its
+    # connection cap (refused with 503), and Kubernetes would restart a router that is merely
+    # busy, which sheds its load onto the others.
+    admin.router.add_get("/v2/health/live", live)
+    admin.router.add_get("/v2/health/ready", ready)
     return admin
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """The API's readiness, as `GET /v2/health/ready` on the API port answers it."""
+    api = request.app[API_APP]
+    ok = not api[STATUS].draining and api[BUNDLE].ready and api[RUNTIME].current.models.ready
+    return web.Response(status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
