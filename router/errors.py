@@ -18,6 +18,7 @@
     ├── LoopDetected                 508 loop_detected      (too many layer-router hops)
     ├── PayloadTooLarge              413 payload_too_large
     ├── UnsupportedMediaType         415 unsupported_media_type
+    ├── NotSupported                 501 not_supported      (a Triton API we do not offer)
     ├── RateLimited                  429 rate_limited       (Retry-After, x-ratelimit-*)
     ├── Unavailable                  503 unavailable        (Retry-After)
     │   ├── ModelNotReady            503 model_not_ready
@@ -56,6 +57,10 @@ class RouterError(Exception):
     code = "internal"
     retry_after: float | None = None
     headers: dict[str, str] | None = None  # extra response headers (never request content)
+    # Sent as `x-should-retry` (the openai SDK's convention, read before the status): False
+    # where the same request can only fail again; None leaves it to the status.
+    should_retry: bool | None = None
+    param: str | None = None  # the request field at fault, as OpenAI's error object names it
 
     def __init__(self, message: str = "internal error") -> None:
         super().__init__(message)
@@ -65,6 +70,10 @@ class RouterError(Exception):
 class BadRequest(RouterError):
     status = 400
     code = "bad_request"
+
+    def __init__(self, message: str = "bad request", param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class MalformedBody(BadRequest):
@@ -141,6 +150,7 @@ class MethodNotAllowed(RouterError):
 class LoopDetected(RouterError):
     status = 508
     code = "loop_detected"
+    should_retry = False
 
 
 class PayloadTooLarge(RouterError):
@@ -151,6 +161,15 @@ class PayloadTooLarge(RouterError):
 class UnsupportedMediaType(RouterError):
     status = 415
     code = "unsupported_media_type"
+
+
+class NotSupported(RouterError):
+    """A part of Triton's HTTP API this router does not offer (model control, shared memory,
+    trace and log settings): named as such, not an unknown route (Triton's UNSUPPORTED)."""
+
+    status = 501
+    code = "not_supported"
+    should_retry = False
 
 
 class Unavailable(RouterError):
@@ -197,6 +216,9 @@ class Offline(Unavailable):
 class DeadlineExceeded(RouterError):
     status = 504
     code = "deadline_exceeded"
+    # The client's latency budget is over: an answer after it is of no use, and a client
+    # library's back-off would turn our fast failure into a slow one.
+    should_retry = False
 
 
 class BudgetUnmeetable(DeadlineExceeded):
@@ -242,20 +264,29 @@ class UpstreamReset(UpstreamError):
 class UpstreamStatus(UpstreamError):
     code = "upstream_status"
 
-    def __init__(self, message: str, upstream_status: int, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        upstream_status: int,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
+    ):
         super().__init__(message)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
-        self.retryable = upstream_status >= 500 or upstream_status == 429
+        # The upstream's own `x-should-retry: false` holds for us and for our client.
+        self.should_retry = should_retry
+        self.retryable = (
+            upstream_status >= 500 or upstream_status == 429
+        ) and should_retry is not False
         # A 504 says the upstream ran out of time: the budget we passed on (a chained
         # router's budget_unmeetable), which tight client budgets must not turn into an
         # ejected tier.
         self.health_failure = upstream_status >= 500 and upstream_status != 504
-        # "Come back later" from upstream stays "come back later" for our client, and
-        # "out of time" stays a gateway timeout.
-        self.status = (
-            503 if upstream_status in (429, 503) else 504 if upstream_status == 504 else 502
-        )
+        # "Come back later" from upstream stays "come back later" for our client, in the same
+        # words: a rate limit stays a 429 (the openai SDK's RateLimitError, which callers
+        # catch to slow down), unavailable a 503, and "out of time" a gateway timeout.
+        self.status = upstream_status if upstream_status in (429, 503, 504) else 502
 
 
 class StreamBroken(UpstreamError):

@@ -19,6 +19,8 @@ from router.headers import (
     HOPS,
     REQUEST_ID,
     TRACEPARENT,
+    TRACESTATE,
+    callers_trace,
     downstream_response_headers,
     traceparent,
     upstream_request_headers,
@@ -142,6 +144,11 @@ def outgoing(
     if not ctx.traceparent:  # made on first use: local answers never need one
         ctx.traceparent = traceparent(ctx.headers)
     headers[TRACEPARENT] = ctx.traceparent
+    if TRACESTATE in ctx.headers and callers_trace(ctx.headers) is None:
+        # A tracestate belongs to the traceparent it came with: a trace we started anew must
+        # not carry another trace's vendor state (W3C Trace Context §3.3).
+        for name in [name for name in headers if name.lower() == TRACESTATE]:
+            del headers[name]
     headers[HOPS] = str(ctx.hops + 1)
     if ctx.declared_class:
         headers[DECLARED_CLASS] = ctx.declared_class

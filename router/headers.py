@@ -68,7 +68,9 @@ _NEVER_UPSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED
 _RESPONSE_ONLY = frozenset({"server", "date", "content-type", "x-request-id", "set-cookie"})
 _NEVER_DOWNSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | _RESPONSE_ONLY
 _INTERNAL_PREFIX = "x-layer-router-"
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+# Any version's first four fields; what may follow them depends on the version (W3C §3.2.4).
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+TRACESTATE = "tracestate"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -153,14 +155,28 @@ def request_id(client: Mapping[str, str]) -> str:
     return _hex(128)
 
 
-def traceparent(client: Mapping[str, str]) -> str:
-    """Continue the caller's W3C trace with a new span id, or start one."""
+def callers_trace(client: Mapping[str, str]) -> tuple[str, str] | None:
+    """The caller's trace id and flags from a valid W3C traceparent, else None. A version we
+    do not know is read by its version-00 fields, as the spec asks (§3.2.4, forward
+    compatibility); version ff, a 00 with more fields, and all-zero ids are invalid."""
     given = client.get(TRACEPARENT)
     match = _TRACEPARENT.match(given.strip()) if given else None
-    # All-zero trace or parent ids are invalid (W3C Trace Context §3.2.2): start a new trace.
-    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+    if match is None:
+        return None
+    version, trace_id, parent_id, flags, tail = match.groups()
+    if version == "ff" or (version == "00" and tail is not None):
+        return None
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return trace_id, flags
+
+
+def traceparent(client: Mapping[str, str]) -> str:
+    """Continue the caller's W3C trace with a new span id, or start one."""
+    caller = callers_trace(client)
+    if caller is not None:
         # The caller's sampling decision travels on (only the sampled bit is defined).
-        trace_id, flags = match.group(1), "01" if int(match.group(3), 16) & 1 else "00"
+        trace_id, flags = caller[0], "01" if int(caller[1], 16) & 1 else "00"
     else:
         trace_id, flags = _hex(128), "01"
     return f"00-{trace_id}-{_hex(64)}-{flags}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from router import __version__
@@ -68,7 +68,23 @@ def build_admin_app(api: web.Application) -> web.Application:
     admin[REGISTRY] = registry
     admin.router.add_get("/metrics", metrics)
     admin.router.add_get("/status", status)
+    # The probes here too: a liveness probe on the API port fails while that port is at its
+    # connection cap (refused with 503), and Kubernetes would restart a router that is merely
+    # busy, which sheds its load onto the others.
+    admin.router.add_get("/v2/health/live", live)
+    admin.router.add_get("/v2/health/ready", ready)
     return admin
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """The API's readiness, as `GET /v2/health/ready` on the API port answers it."""
+    api = request.app[API_APP]
+    ok = not api[STATUS].draining and api[BUNDLE].ready and api[RUNTIME].current.models.ready
+    return web.Response(status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -76,8 +92,10 @@ async def metrics(request: web.Request) -> web.Response:
     collector = admin[COLLECTOR]
     collector.sources.spool = await spool_state(admin[API_APP][SPOOL].spool)
     collector.sources.collector = admin[API_APP].get(COLLECTOR_STATS)
-    body = exposition(admin[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body, content_type = exposition(admin[REGISTRY], request.headers.get("Accept", ""))
+    response = web.Response(body=body, headers={"Content-Type": content_type})
+    response.enable_compression()  # gzip when the scraper accepts it, as Prometheus does
+    return response
 
 
 async def start_admin(api: web.Application, host: str, port: int) -> web.AppRunner:

@@ -17,6 +17,7 @@ from router.api.respond import CTX, observe, trace_headers
 from router.api.state import TELEMETRY, TRAIL
 from router.errors import (
     MethodNotAllowed,
+    NotSupported,
     PayloadTooLarge,
     RouteNotFound,
     RouterError,
@@ -39,6 +40,22 @@ _AIOHTTP_MESSAGES = {
     415: "unsupported content type",
 }
 
+# Triton's HTTP API beyond KServe v2 that a site does not offer, by path prefix: its clients
+# (tritonclient's load_model, register_system_shared_memory, ...) get a reason, not a 404.
+_MODEL_CONTROL = (
+    "model control (load/unload) is not supported: the router serves its repository and "
+    "reloads it on SIGHUP or by polling"
+)
+_SHARED_MEMORY = "shared-memory tensors are not supported: send tensors in the request body"
+_TRACE = "trace settings are not supported: tracing is set by OTEL_* variables"
+_NOT_SUPPORTED = (
+    ("/v2/repository/models/", _MODEL_CONTROL),
+    ("/v2/systemsharedmemory", _SHARED_MEMORY),
+    ("/v2/cudasharedmemory", _SHARED_MEMORY),
+    ("/v2/trace", _TRACE),
+    ("/v2/logging", "log settings are not supported: logging is set in the site config"),
+)
+
 
 def error_response(error: RouterError, request: web.Request | None = None) -> web.Response:
     """KServe's `{"error": "..."}`, or OpenAI's error object on `/v1/` paths."""
@@ -47,6 +64,8 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if error.headers:
         headers.update(error.headers)
+    if error.should_retry is not None:
+        headers["x-should-retry"] = "true" if error.should_retry else "false"
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="layer-router"'
     ctx = request.get(CTX) if request is not None else None
@@ -60,7 +79,7 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
                 "error": {
                     "message": error.message,
                     "type": "invalid_request_error" if error.status < 500 else "server_error",
-                    "param": None,
+                    "param": error.param,
                     "code": error.code,
                 }
             }
@@ -75,7 +94,11 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
     return response
 
 
-def from_http_exception(exc: web.HTTPException) -> RouterError | None:
+def from_http_exception(exc: web.HTTPException, path: str = "") -> RouterError | None:
+    if exc.status == 404:
+        unsupported = _not_supported(path)
+        if unsupported is not None:
+            return unsupported
     kind = _FROM_AIOHTTP.get(exc.status)
     return kind(_AIOHTTP_MESSAGES[exc.status]) if kind else None
 
@@ -94,7 +117,7 @@ async def answer_failure(request: web.Request, exc: Exception) -> web.StreamResp
     if isinstance(exc, RouterError):
         return await _audited(request, error_response(exc, request))
     if isinstance(exc, web.HTTPException):
-        mapped = from_http_exception(exc)
+        mapped = from_http_exception(exc, request.path)
         if mapped is None:
             raise exc
         response = error_response(mapped, request)
@@ -119,6 +142,15 @@ async def _audited(request: web.Request, response: web.Response) -> web.Response
         if telemetry is not None:
             telemetry.requests.observe("other", "none", response.status, None)
     return response
+
+
+def _not_supported(path: str) -> NotSupported | None:
+    for prefix, reason in _NOT_SUPPORTED:
+        if path.startswith(prefix):
+            return NotSupported(reason)
+    if path.startswith("/v2/models/") and path.endswith("/trace/setting"):
+        return NotSupported(_TRACE)
+    return None
 
 
 def _where(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from router.api.state import BUNDLE, RELOADER, RUNTIME, SETTINGS, STATUS, UPSTRE
 from router.budget import budget_ms
 from router.errors import BadRequest
 from router.inference.repository import ModelRepository, ModelVersion
+from router.inference.signature import TensorSpec
 from router.inference.stats import ModelStats
 from router.upstreams.pinning import drift_report
 
@@ -194,7 +195,29 @@ async def model_config(request: web.Request) -> web.StreamResponse:
     entry = _entry(request)
     doc = entry.config.model_dump(mode="json")
     doc.update(name=entry.model, platform="onnxruntime_onnx", loaded=_version_facts(entry))
+    # Triton's own fields beside ours: tools built on tritonclient (perf_analyzer, its
+    # image_client example) read `input`/`output` from here, not from the metadata.
+    batched = entry.config.max_batch_size > 0
+    specs = entry.signature
+    doc["backend"] = "onnxruntime"
+    doc["input"] = [_triton_tensor(t, batched, True) for t in specs.inputs] if specs else []
+    doc["output"] = [_triton_tensor(t, batched, False) for t in specs.outputs] if specs else []
     return _json(doc)
+
+
+def _triton_tensor(spec: TensorSpec, batched: bool, is_input: bool) -> dict[str, Any]:
+    """A tensor as Triton's model config states it: TYPE_ names (BYTES is TYPE_STRING), and
+    dims without the batch dimension when the model batches."""
+    name = spec.datatype.name
+    dims = list(spec.shape[1:] if batched and spec.shape else spec.shape)
+    doc: dict[str, Any] = {
+        "name": spec.name,
+        "data_type": "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}",
+        "dims": dims,
+    }
+    if is_input:
+        doc["format"] = "FORMAT_NONE"
+    return doc
 
 
 async def repository_index(request: web.Request) -> web.Response:

@@ -80,6 +80,11 @@ class ModelStats:
                 "compute_input": self.compute_input.as_dict(),
                 "compute_infer": self.compute_infer.as_dict(),
                 "compute_output": self.compute_output.as_dict(),
+                # Triton's model response cache, which we do not have (the router's own cache
+                # answers before a model is reached): always zero, but present, as Triton's
+                # clients index them unconditionally (perf_analyzer's statistics parser).
+                "cache_hit": {"count": 0, "ns": 0},
+                "cache_miss": {"count": 0, "ns": 0},
             },
             "batch_stats": [
                 {

@@ -48,11 +48,11 @@ class ParseOpenAIRequest:
         check_depth(ctx.body, doc)
         model = doc.get("model")
         if not isinstance(model, str) or not model:
-            raise BadRequest("'model' must be a non-empty string")
+            raise BadRequest("'model' must be a non-empty string", param="model")
         stream = doc.get("stream")
         if stream is None:  # absent or null: OpenAI's field is nullable, default false
             stream = False
         if not isinstance(stream, bool):
-            raise BadRequest("'stream' must be a boolean")
+            raise BadRequest("'stream' must be a boolean", param="stream")
         ctx.document, ctx.model, ctx.stream = doc, model, stream
         return None

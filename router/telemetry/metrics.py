@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -17,6 +17,7 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from router.cache import ResponseCache
@@ -280,5 +281,8 @@ def registry_for(sources: Sources) -> tuple[CollectorRegistry, RouterCollector]:
     return registry, collector
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """The registry in the format the scraper's Accept header asks for (OpenMetrics when it
+    names it, as Prometheus does, else the text format) and that format's content type."""
+    encode, content_type = choose_encoder(accept)
+    return encode(registry), content_type

@@ -33,6 +33,7 @@ class Behaviour:
     fail_status: int = 0  # answer this status instead (0: succeed)
     fail_times: int = -1  # how many requests fail_status applies to; -1: all of them
     retry_after: str | None = None
+    fail_headers: dict[str, str] = field(default_factory=dict)  # more headers on a failure
     reset_mid_body: bool = False  # send headers and part of the body, then drop the connection
     stream_chunks: int = 3  # content pieces in an SSE answer
     stream_delay_s: float = 0.0  # between SSE events
@@ -106,6 +107,7 @@ class FakeUpstream:
         if b.fail_status and b.fail_times != 0:
             b.fail_times -= 1 if b.fail_times > 0 else 0
             headers = {"Retry-After": b.retry_after} if b.retry_after else {}
+            headers.update(b.fail_headers)
             return web.json_response(
                 {"error": f"{self.name} failing on purpose"}, status=b.fail_status, headers=headers
             )

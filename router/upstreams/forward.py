@@ -266,11 +266,13 @@ async def _try(
             response.abort()  # half read: the connection must not be reused
         # Slower than the client's budget is not broken: remember the latency (so the tier is
         # skipped for such budgets) but blame the endpoint only for its own timeout.
+        error = UpstreamTimeout(f"{where}: no answer within {timeout * 1000:.0f} ms")
         if timeout < settings.request_timeout_ms / 1000:
             endpoint.health.observe((time.perf_counter() - started) * 1000)
+            error.should_retry = False  # the client's budget ran out: so would a retry's
         else:
             _failed(cluster, endpoint, started, timed_out=True)
-        raise UpstreamTimeout(f"{where}: no answer within {timeout * 1000:.0f} ms") from None
+        raise error from None
     except UpstreamError as exc:
         if exc.health_failure:
             _failed(cluster, endpoint, started, timed_out=isinstance(exc, UpstreamTimeout))
@@ -289,8 +291,11 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
     status = response.status
     if status >= 500 or status == 429:
         response.abort()
-        retry_after = _retry_after(response.headers.get("Retry-After"))
-        raise UpstreamStatus(f"{where}: answered {status}", status, retry_after)
+        retry_after = _retry_after_ms(response.headers.get("retry-after-ms"))
+        if retry_after is None:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+        should_retry = _should_retry(response.headers.get("x-should-retry"))
+        raise UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
     if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: relayed
         response.abort()
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
@@ -304,6 +309,21 @@ def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: boo
         # A timeout is a lower bound on latency; remembering it keeps a slow tier skipped.
         endpoint.health.observe((time.perf_counter() - started) * 1000)
     cluster.record_failure(endpoint, loop_now)
+
+
+def _should_retry(raw: str | None) -> bool | None:
+    """An OpenAI-style upstream's `x-should-retry` (true|false), else None."""
+    value = raw.strip().lower() if raw else ""
+    return True if value == "true" else False if value == "false" else None
+
+
+def _retry_after_ms(raw: str | None) -> float | None:
+    """OpenAI's `retry-after-ms` (milliseconds, may be fractional), in seconds."""
+    try:
+        value = float(raw) if raw is not None else -1.0
+    except ValueError:
+        return None
+    return value / 1000 if 0 <= value < 86_400_000 else None  # NaN fails the bounds
 
 
 def _retry_after(raw: str | None) -> float | None:

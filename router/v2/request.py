@@ -91,11 +91,28 @@ def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         if is_depth_error(exc):
             raise MalformedBody(TOO_DEEP) from None
+        if _non_finite_at(raw, exc.pos):
+            raise MalformedBody(NON_FINITE) from None
         raise MalformedBody(f"request body is not valid JSON: {_json_reason(exc)}") from None
     if not isinstance(header, dict):
         raise MalformedBody("request body must be a JSON object")
     check_depth(raw, header)
     return header
+
+
+# tritonclient writes NaN and ±Infinity as bare tokens when a tensor goes as JSON; JSON has
+# no such numbers, and a "not valid JSON at column N" would leave the caller guessing.
+NON_FINITE = (
+    "request body is not valid JSON: NaN and Infinity are not JSON numbers; "
+    "send a tensor holding them as binary data (binary_data=True)"
+)
+
+
+def _non_finite_at(raw: bytes | memoryview, pos: int) -> bool:
+    """Whether the JSON error at character `pos` is a NaN or Infinity token (orjson points at
+    the token, past a minus sign). Only the bytes up to the error are decoded."""
+    text = bytes(raw[: pos * 4 + 8]).decode("utf-8", "replace")
+    return text[pos : pos + 8].startswith(("NaN", "Infinity"))
 
 
 def _json_reason(exc: orjson.JSONDecodeError) -> str:

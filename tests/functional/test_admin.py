@@ -14,9 +14,13 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as families
 
-from router.api.state import RUNTIME
+from router.api.state import RUNTIME, STATUS
 from router.settings import Settings
 from router.testing import AppThread, FakeUpstream, RouterThread
 
@@ -143,6 +147,28 @@ class TestMetrics:
             "layer_router_upstream_endpoint_up",
             (("cluster", "llm"), ("endpoint", "0"), ("tier", "regional")),
         ) in m
+
+    def test_openmetrics_when_the_scraper_asks_for_it(self, site: Site) -> None:
+        """Prometheus' own Accept header gets OpenMetrics, gzipped, which its parser reads."""
+        accept = (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+            "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )
+        headers = {"Accept": accept, "Accept-Encoding": "gzip"}
+        response = site.http.get(site.router.admin_url + "/metrics", headers=headers)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert response.text.endswith("# EOF\n")
+        names = {f.name for f in openmetrics_families(response.text)}
+        assert {"layer_router_requests", "layer_router_build"} <= names  # OpenMetrics' info type
+
+    def test_plain_text_for_other_scrapers(self, site: Site) -> None:
+        """A scraper that names no format gets the text format, which the text parser reads."""
+        response = site.http.get(site.router.admin_url + "/metrics")
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert "# EOF" not in response.text
+        assert any(f.name == "layer_router_requests" for f in families(response.text))
 
 
 class TestStatus:
@@ -276,3 +302,37 @@ def test_admin_listener_has_the_api_listeners_defences(edge_models: Path) -> Non
         with socket.create_connection(address, timeout=5) as slow:
             slow.sendall(b"GET /status HTTP/1.1\r\nHost: r\r\n")
             assert _until_closed(slow) == b""  # the head deadline, not the client's 5 s
+
+
+def test_probes_answer_on_the_admin_port_while_the_api_port_is_full(edge_models: Path) -> None:
+    """With the API port at its connection cap (new connections refused 503), the admin
+    port still answers liveness 200 and the API's readiness: a busy router is not restarted."""
+    settings = Settings.model_validate(
+        {"models": {"repository": str(edge_models)}, "limits": {"max_connections": 2}}
+    )
+    with RouterThread(settings, admin=True) as router:
+        held = [socket.create_connection(("127.0.0.1", router.port), timeout=5) for _ in range(2)]
+        try:
+            assert wait_until_full(router)
+            with httpx.Client(timeout=TIMEOUT_S) as http:
+                assert http.get(router.admin_url + "/v2/health/live").status_code == 200
+                assert http.get(router.admin_url + "/v2/health/ready").status_code == 200
+                api = router.app
+                assert api is not None
+                router.call(lambda: setattr(api[STATUS], "draining", True))
+                assert http.get(router.admin_url + "/v2/health/ready").status_code == 503
+                assert http.get(router.admin_url + "/v2/health/live").status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def wait_until_full(router: RouterThread) -> bool:
+    """True once a new connection to the API port is refused with 503 (the cap is reached;
+    the held connections are counted as soon as the loop accepts them)."""
+    for _ in range(50):
+        with socket.create_connection(("127.0.0.1", router.port), timeout=5) as probe:
+            probe.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+            if b" 503 " in _until_closed(probe).split(b"\r\n")[0]:
+                return True
+    return False

@@ -455,6 +455,26 @@ class TestIds:
         _, seen = received_one(site, lambda: site.post(CHAT, CHAT_BODY, headers))
         assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", seen.headers["traceparent"])
 
+    def test_tracestate_travels_with_its_trace(self, site: Site) -> None:
+        """The caller's tracestate goes upstream beside the trace it belongs to."""
+        trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        headers = [("traceparent", trace), ("tracestate", "congo=t61rcWkgMzE")]
+        _, seen = received_one(site, lambda: site.post(CHAT, CHAT_BODY, headers))
+        assert seen.headers.getall("tracestate") == ["congo=t61rcWkgMzE"]
+
+    @pytest.mark.parametrize("given", [None, "not-a-trace", f"00-{'0' * 32}-00f067aa0ba902b7-01"])
+    def test_tracestate_of_a_trace_not_continued_is_dropped(
+        self, site: Site, given: str | None
+    ) -> None:
+        """A tracestate whose traceparent is absent or invalid is not sent upstream with the
+        new trace that replaces it (W3C Trace Context §3.3)."""
+        headers = [("Tracestate", "congo=t61rcWkgMzE")]
+        if given is not None:
+            headers.append(("traceparent", given))
+        _, seen = received_one(site, lambda: site.post(CHAT, CHAT_BODY, headers))
+        assert "tracestate" not in seen.headers
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", seen.headers["traceparent"])
+
 
 class TestNoSsrf:
     """S10: only configured upstreams are ever contacted; redirects are never followed."""

@@ -169,6 +169,18 @@ class TestServerEndpoints:
         assert config["max_batch_size"] == 64
         assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 200
 
+    def test_model_config_in_triton_terms(self, triton: triton_http.InferenceServerClient) -> None:
+        """The config also states inputs and outputs as Triton's model config does (TYPE_
+        names, dims without the batch dimension), which tools such as perf_analyzer and
+        Triton's image_client example read."""
+        config = triton.get_model_config("color_classifier")
+        assert config["platform"] == "onnxruntime_onnx"
+        assert config["backend"] == "onnxruntime"
+        assert config["input"] == [
+            {"name": "rgb", "data_type": "TYPE_FP32", "dims": [3], "format": "FORMAT_NONE"}
+        ]
+        assert config["output"] == [{"name": "probs", "data_type": "TYPE_FP32", "dims": [10]}]
+
     def test_stats_count_inferences(
         self, triton: triton_http.InferenceServerClient, edge_models: Path
     ) -> None:
@@ -189,6 +201,29 @@ class TestServerEndpoints:
         """Statistics without a model name cover every version of every model."""
         stats = triton.get_inference_statistics()["model_stats"]
         assert {(s["name"], s["version"]) for s in stats} == set(DEMO_VERSIONS)
+
+    def test_stats_have_every_field_perf_analyzer_reads(
+        self, triton: triton_http.InferenceServerClient
+    ) -> None:
+        """Each entry has every count and duration Triton's perf_analyzer indexes without
+        checking (cache_hit and cache_miss included): a missing one aborts it."""
+        for entry in triton.get_inference_statistics()["model_stats"]:
+            phases = entry["inference_stats"]
+            for phase in PERF_ANALYZER_PHASES:
+                assert set(phases[phase]) == {"count", "ns"}, phase
+            assert isinstance(entry["inference_count"], int)
+            assert isinstance(entry["execution_count"], int)
+
+
+PERF_ANALYZER_PHASES = (
+    "success",
+    "queue",
+    "compute_input",
+    "compute_infer",
+    "compute_output",
+    "cache_hit",
+    "cache_miss",
+)
 
 
 class TestDrainingFlag:
@@ -536,6 +571,17 @@ class TestDatatypes:
             meta = identity_triton.get_model_metadata(f"identity_{datatype.lower()}")
             assert meta["inputs"] == [{"name": "INPUT0", "datatype": datatype, "shape": [-1, -1]}]
 
+    def test_config_names_each_datatype_as_triton(
+        self, identity_triton: triton_http.InferenceServerClient
+    ) -> None:
+        """Each identity model's config names its datatype in Triton's terms (BYTES is
+        TYPE_STRING) and, not batching, keeps every dimension."""
+        for datatype in DATATYPES:
+            config = identity_triton.get_model_config(f"identity_{datatype.lower()}")
+            want = "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+            (tensor,) = config["output"]
+            assert (tensor["data_type"], tensor["dims"]) == (want, [-1, -1])
+
 
 # --- a third-party model from a pip wheel --------------------------------------------------------
 
@@ -698,3 +744,51 @@ def test_unknown_model_raises_with_status(triton: triton_http.InferenceServerCli
         triton.infer("no_such_model", infer_inputs(feeds, False))
     assert info.value.status() == "404"
     assert "no_such_model" in info.value.message()
+
+
+@pytest.mark.parametrize(
+    ("call", "names"),
+    [
+        (lambda c: c.load_model("color_classifier"), "model control"),
+        (lambda c: c.unload_model("color_classifier"), "model control"),
+        (lambda c: c.get_system_shared_memory_status(), "shared-memory"),
+        (lambda c: c.register_system_shared_memory("r", "/r", 8), "shared-memory"),
+        (lambda c: c.unregister_system_shared_memory(), "shared-memory"),
+        (lambda c: c.get_cuda_shared_memory_status(), "shared-memory"),
+        (lambda c: c.unregister_cuda_shared_memory("r"), "shared-memory"),
+        (lambda c: c.get_trace_settings(), "trace settings"),
+        (lambda c: c.get_trace_settings("color_classifier"), "trace settings"),
+        (lambda c: c.update_log_settings({"log_verbose_level": 1}), "log settings"),
+    ],
+    ids=[
+        "load",
+        "unload",
+        "shm-status",
+        "shm-register",
+        "shm-unregister",
+        "cuda-shm-status",
+        "cuda-shm-unregister",
+        "trace",
+        "model-trace",
+        "log",
+    ],
+)
+def test_triton_apis_not_offered_say_so(
+    triton: triton_http.InferenceServerClient,
+    call: Callable[[triton_http.InferenceServerClient], object],
+    names: str,
+) -> None:
+    """Triton's model control, shared-memory, trace and log APIs answer 501 not supported with
+    a reason, not a 404 that reads as a missing model or a wrong URL."""
+    with pytest.raises(InferenceServerException) as info:
+        call(triton)
+    assert info.value.status() == "501"
+    assert names in info.value.message()
+    assert "not supported" in info.value.message()
+
+
+async def test_aio_load_model_not_supported(aio_triton: triton_aio.InferenceServerClient) -> None:
+    """The aio client's load_model gets the same 501, at once."""
+    with pytest.raises(InferenceServerException) as info:
+        await asyncio.wait_for(aio_triton.load_model("color_classifier"), 10)
+    assert info.value.status() == "501"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import openai
 import orjson
 import pytest
@@ -370,6 +371,15 @@ class TestErrors:
             client.chat.completions.create(model="", messages=MESSAGES)
         assert info.value.code == "bad_request"
         assert "'model'" in info.value.message
+        assert info.value.param == "model"  # OpenAI's error object names the field at fault
+
+    def test_bad_stream_names_its_param(self, client: openai.OpenAI) -> None:
+        """A non-boolean `stream` is a 400 whose `param` is "stream"."""
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model="gpt-test", messages=MESSAGES, extra_body={"stream": "yes"}
+            )
+        assert info.value.param == "stream"
 
     def test_unknown_model(self, client: openai.OpenAI) -> None:
         """A model nobody serves is a 404 NotFoundError with code model_not_found."""
@@ -417,6 +427,73 @@ class TestErrors:
         assert info.value.code == "upstream_status"
         assert f"answered {upstream}" in info.value.message
         assert "failing on purpose" not in info.value.message  # the upstream's body stays there
+        assert len(site.broken.received) == before + 1
+
+    def test_upstream_rate_limit_is_a_rate_limit(self, client: openai.OpenAI, site: Site) -> None:
+        """An upstream 429 reaches the SDK as a RateLimitError (429 with the upstream's
+        Retry-After), which callers catch to slow down, not as a server error."""
+        site.broken.behaviour.fail_status = 429
+        site.broken.behaviour.retry_after = "7"
+        try:
+            with pytest.raises(openai.RateLimitError) as info:
+                client.chat.completions.create(model="gpt-broken", messages=MESSAGES)
+        finally:
+            site.broken.behaviour.fail_status = 0
+            site.broken.behaviour.retry_after = None
+        assert info.value.status_code == 429
+        assert info.value.code == "upstream_status"
+        assert info.value.response.headers["Retry-After"] == "7"
+
+    def test_unmeetable_budget_is_not_retried_by_the_sdk(self, site: Site) -> None:
+        """A 504 for a budget no target can meet (decided up front, or spent before the
+        upstream answered) says `x-should-retry: false`: the SDK, which retries every 5xx,
+        gives up at once instead of backing off past the client's budget."""
+        sent: list[httpx.Request] = []
+        http = httpx.Client(event_hooks={"request": [sent.append]})
+        site.broken.behaviour.delay_s = 1.0  # far beyond the budget below
+        try:
+            with (
+                openai.OpenAI(
+                    base_url=site.router.url + "/v1",
+                    api_key="sk-test",
+                    max_retries=2,
+                    http_client=http,
+                ) as sdk,
+                pytest.raises(openai.InternalServerError) as info,
+            ):
+                sdk.chat.completions.create(
+                    model="gpt-broken",
+                    messages=MESSAGES,
+                    extra_headers={"X-Latency-Budget-Ms": "100"},
+                )
+        finally:
+            site.broken.behaviour.delay_s = 0.0
+        assert info.value.status_code == 504
+        assert info.value.response.headers["x-should-retry"] == "false"
+        assert len(sent) == 1
+
+    def test_upstream_saying_do_not_retry_is_heeded(self, site: Site) -> None:
+        """An upstream 5xx with `x-should-retry: false` is passed on as such: neither we
+        nor the SDK send the request again."""
+        site.broken.behaviour.fail_status = 500
+        site.broken.behaviour.fail_headers = {"x-should-retry": "false"}
+        before = len(site.broken.received)
+        try:
+            with (
+                openai.OpenAI(
+                    base_url=site.router.url + "/v1", api_key="sk-test", max_retries=2
+                ) as sdk,
+                pytest.raises(openai.InternalServerError) as info,
+            ):
+                sdk.chat.completions.create(
+                    model="gpt-broken",
+                    messages=MESSAGES,
+                    extra_headers={"Idempotency-Key": "once-only"},  # we may replay it
+                )
+        finally:
+            site.broken.behaviour.fail_status = 0
+            site.broken.behaviour.fail_headers = {}
+        assert info.value.response.headers["x-should-retry"] == "false"
         assert len(site.broken.received) == before + 1
 
     async def test_async_sdk_error(self, aclient: openai.AsyncOpenAI) -> None:

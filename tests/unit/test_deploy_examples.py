@@ -68,6 +68,7 @@ def test_sidecar_pod_probes_mounts_and_resources() -> None:
     pod = objects["Pod/plant-app"]["spec"]
     (router,) = [c for c in pod["containers"] if c["name"] == "layer-router"]
     assert router["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert router["livenessProbe"]["httpGet"]["port"] == "admin"  # not refused when API is full
     assert router["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert {"requests", "limits"} <= set(router["resources"])
     assert {p["containerPort"] for p in router["ports"]} == {8000, 8002}

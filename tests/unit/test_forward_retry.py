@@ -309,6 +309,24 @@ class TestWhatBoundsRetries:
         assert forwarded.attempts == 2
         assert transport.sent_at[1] - transport.sent_at[0] >= 0.95
 
+    async def test_retry_after_ms_is_honoured(self) -> None:
+        """OpenAI's `retry-after-ms: 1000` holds the retry back a second too, and becomes
+        the Retry-After of a call that gives up."""
+        cluster = make_cluster()
+        transport = ScriptedTransport((503, {"retry-after-ms": "1000"}))
+        forwarded = await forward(cluster, transport)
+        assert forwarded.attempts == 2
+        assert transport.sent_at[1] - transport.sent_at[0] >= 0.95
+
+    @pytest.mark.parametrize("raw", ["nan", "-5", "soon", "1e99"])
+    async def test_unusable_retry_after_ms_is_ignored(self, raw: str) -> None:
+        """A retry-after-ms that is not a sane number of milliseconds is no wait at all."""
+        cluster = make_cluster()
+        transport = ScriptedTransport((503, {"retry-after-ms": raw}))
+        forwarded = await forward(cluster, transport)
+        assert forwarded.attempts == 2
+        assert transport.sent_at[1] - transport.sent_at[0] < 0.9
+
     async def test_retry_after_past_the_deadline_is_not_waited_for(self) -> None:
         """A Retry-After that would end past the deadline ends the call at once."""
         cluster = make_cluster()
@@ -316,7 +334,7 @@ class TestWhatBoundsRetries:
         with pytest.raises(UpstreamStatus) as caught:
             await forward(cluster, transport, budget_s=2.0)
         assert caught.value.retry_after == 30.0
-        assert caught.value.status == 503  # "come back later" stays that for our client
+        assert caught.value.status == 429  # "come back later" stays a rate limit for our client
         assert len(transport.sent) == 1
 
     async def test_stops_at_the_deadline(self) -> None:

@@ -272,6 +272,8 @@ class TestTraceparent:
             f"00-{TRACE_ID}-{'0' * 16}-01",  # all-zero parent id is invalid
             f"00-{TRACE_ID.upper()}-{SPAN_ID}-01",  # upper-case hex is invalid
             f"ff-{TRACE_ID}-{SPAN_ID}-01",  # version ff is forbidden
+            f"00-{TRACE_ID}-{SPAN_ID}-01-what",  # version 00 has exactly four fields
+            f"01-{TRACE_ID}-{SPAN_ID}-01what",  # a later version's fields end at a dash
             f"00-{TRACE_ID[:-1]}-{SPAN_ID}-01",
             f"00-{TRACE_ID}-{SPAN_ID}",
             "garbage",
@@ -283,6 +285,16 @@ class TestTraceparent:
         out = traceparent(CIMultiDict({"traceparent": given}))
         assert TRACEPARENT.match(out)
         assert out.split("-")[1] not in (TRACE_ID, "0" * 32)
+
+    @pytest.mark.parametrize(
+        "given", [f"01-{TRACE_ID}-{SPAN_ID}-01", f"cc-{TRACE_ID}-{SPAN_ID}-01-x"]
+    )
+    def test_later_version_continued(self, given: str) -> None:
+        """A version we do not know is read by its version-00 fields and continued as 00,
+        extra fields and all (W3C §3.2.4 forward compatibility)."""
+        out = traceparent(CIMultiDict({"traceparent": given}))
+        assert out.startswith(f"00-{TRACE_ID}-")
+        assert out.endswith("-01")
 
     def test_absent_starts_new_trace(self) -> None:
         """Without one, each request starts its own trace."""

@@ -522,6 +522,26 @@ MALFORMED["header length cuts the json"] = ((_header_length_case(10)), Malformed
 
 
 class TestDecodeErrors:
+    @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+    def test_non_finite_json_number_says_what_to_do(self, token: str) -> None:
+        """tritonclient's JSON for a tensor holding NaN or ±Infinity (bare tokens, not JSON)
+        is a 400 that names them and says to send the tensor as binary, also after non-ASCII
+        text earlier in the document."""
+        body = (
+            '{"id": "é☃", "inputs": [{"name": "x", "shape": [2], "datatype": "FP32", '
+            f'"data": [1.0, {token}]}}]}}'
+        ).encode()
+        with pytest.raises(MalformedBody) as caught:
+            decode_request(body, None)
+        assert "NaN and Infinity" in caught.value.message
+        assert "binary" in caught.value.message
+
+    def test_other_bad_json_keeps_its_position(self) -> None:
+        """Any other JSON error still names its line and column."""
+        with pytest.raises(MalformedBody) as caught:
+            decode_request(b'{"inputs": [Nope]}', None)
+        assert "column" in caught.value.message
+
     @pytest.mark.parametrize(("case", "expected"), MALFORMED.values(), ids=list(MALFORMED))
     def test_rejected_with_the_right_error(
         self, case: tuple[bytes, int | None], expected: type[RouterError]
