@@ -23,7 +23,7 @@ from router.api.state import (
     UPSTREAMS,
 )
 from router.audit import AuditLog, AuditLogError, AuditLogHeld, log_file
-from router.audit.tail import recent_records
+from router.audit.tail import mark_copied, recent_records, take_copied_mark
 from router.errors import ConfigError, RouteNotFound
 from router.resources import audit_path, state_dir
 from router.settings import Settings, is_loopback
@@ -220,7 +220,8 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
         # A process killed after writing records but before the spool committed their copies
         # leaves the centre without them: the last moments' copies are made again (the spool
         # keeps one record per key, the collector one per key).
-        for body in await asyncio.to_thread(recent_records, log.path, RECOPY_WINDOW_S):
+        copied = await asyncio.to_thread(take_copied_mark, log.path)
+        for body in await asyncio.to_thread(recent_records, log.path, RECOPY_WINDOW_S, copied):
             copy(body)
     # The cache's digester: a binary tensor is digested once for its cache key and its record.
     app[TRAIL] = Trail(log, app[CACHE].digester, settings.site, copy)
@@ -229,6 +230,11 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
     finally:
         if log is not None:
             await log.aclose()
+            head = log.head
+            if copy is not None and head is not None:
+                # Every copy committed: the next start need not make the last ones again.
+                await app[SPOOL].drain_pending()
+                await asyncio.to_thread(mark_copied, log.path, head.id)
 
 
 async def collect(request: web.Request) -> web.StreamResponse:

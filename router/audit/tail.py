@@ -49,10 +49,11 @@ def resume(fd: int) -> Resume:
     )
 
 
-def recent_records(path: Path, window_s: float) -> list[Entry]:
+def recent_records(path: Path, window_s: float, after: str | None = None) -> list[Entry]:
     """The answers' records made within `window_s` of the newest one (at most the log's last
-    TAIL_SCAN_BYTES), oldest first, as they were before sealing (no seq, prev or hash): what a
-    process killed then may have written without its spool copy being committed yet."""
+    TAIL_SCAN_BYTES) and after the entry with id `after`, oldest first, as they were before
+    sealing (no seq, prev or hash): what a process killed then may have written without its
+    spool copy being committed yet."""
     with path.open("rb") as file:
         size = os.fstat(file.fileno()).st_size
         start = max(0, size - TAIL_SCAN_BYTES)
@@ -65,6 +66,8 @@ def recent_records(path: Path, window_s: float) -> list[Entry]:
             made = datetime.fromisoformat(entry["time"])
         except (BadEntry, KeyError, TypeError, ValueError):
             continue
+        if after is not None and entry.get("id") == after:
+            break  # copied before a clean stop
         if entry.get("kind") != "response":
             continue
         newest = newest or made
@@ -92,3 +95,26 @@ def _torn_first_write(chunk: bytes) -> bool:
     """A file that never got one whole entry: the start of one, or the zeros a file system can
     leave after a crash, not somebody else's file."""
     return chunk.startswith(b'{"') or chunk.lstrip(b"\x00") == b""
+
+
+# Written at a clean stop, once every record's spool copy was committed: the newest entry's id.
+COPIED_SUFFIX = ".copied"
+
+
+def take_copied_mark(path: Path) -> str | None:
+    """The id a clean stop marked as copied, removed as it is read: a run that dies before its
+    own clean stop leaves no mark, and its successor copies the whole window again."""
+    mark = path.with_name(path.name + COPIED_SUFFIX)
+    try:
+        text = mark.read_text(encoding="ascii").strip()
+        mark.unlink()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+def mark_copied(path: Path, last_id: str) -> None:
+    mark = path.with_name(path.name + COPIED_SUFFIX)
+    temporary = mark.with_name(mark.name + ".tmp")
+    temporary.write_text(last_id + "\n", encoding="ascii")
+    os.replace(temporary, mark)

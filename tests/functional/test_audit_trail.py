@@ -257,6 +257,29 @@ async def test_copies_a_killed_process_did_not_spool_are_made_at_start(tmp_path:
     assert sorted(keys) == sorted(f"audit:{i}" for i in ids[1:])
 
 
+async def test_after_a_clean_stop_nothing_is_copied_again(tmp_path: Path) -> None:
+    """A clean stop commits every copy and marks the log; the next start makes no copy again
+    (only a run that died unmarked has its last moments copied twice)."""
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    ids = sealed_log(audit / "edge-local.jsonl", [1.5, 1.0, 0.0])
+    spool_path = tmp_path / "spool.sqlite3"
+    settings = Settings.model_validate(
+        {"audit": {"path": audit}, "spool": {"path": spool_path}, "cache": {"enabled": False}}
+    )
+    delivered: list[str] = []
+    for _ in range(2):  # the first start follows a "crash": no mark yet
+        server = TestServer(build_app(settings), host="127.0.0.1")
+        await server.start_server()
+        await server.close()
+        with Spool.open_sync(spool_path) as spool:  # uploaded: gone from the spool
+            batch = spool.take_batch_sync(100)
+            spool.ack_sync([record.id for record in batch])
+        delivered += [record.key for record in batch]
+    assert sorted(delivered) == sorted(f"audit:{i}" for i in ids)  # each once, not twice
+    assert (audit / "edge-local.jsonl.copied").is_file()
+
+
 async def test_a_second_router_on_the_same_state_dir_is_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
