@@ -513,6 +513,30 @@ class TestClientsThroughTheChain:
         assert ("gpt-test", "central") in listed
         assert ("color_classifier_large", "central") in listed
 
+    def test_listings_name_the_tier_behind_a_chained_router(
+        self, triton: triton_http.InferenceServerClient, chain: Chain
+    ) -> None:
+        """A model regional only forwards to central is listed as central's, through the
+        regional cluster too; regional's own model stays regional's."""
+        with openai.OpenAI(
+            base_url=chain.edge.url + "/v1", api_key="sk-chain", max_retries=0, timeout=TIMEOUT_S
+        ) as client:
+            models = client.models.list().data
+        via_regional = {
+            m.id: (m.model_extra or {}).get("tier")
+            for m in models
+            if (m.model_extra or {}).get("served_by") == "regional"
+        }
+        assert via_regional == {
+            "hotspot_detector": "regional",
+            "color_classifier_large": "central",
+            "gpt-test": "central",
+        }
+        index = triton.get_model_repository_index()
+        v2_via_regional = {i["name"]: i["tier"] for i in index if i.get("cluster") == "regional"}
+        assert v2_via_regional["hotspot_detector"] == "regional"
+        assert v2_via_regional["color_classifier_large"] == "central"
+
     def test_tritonclient(
         self, triton: triton_http.InferenceServerClient, reference: Reference, chain: Chain
     ) -> None:
