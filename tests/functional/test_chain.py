@@ -484,6 +484,26 @@ class TestClientsThroughTheChain:
         assert raw.headers["X-Route-Reason"] == "forward:regional>forward:central>forward:llm"
         assert chain.llm.received[-1].headers["X-Layer-Router-Hops"] == "3"
 
+    def test_central_sees_tokens_not_regional_pseudonyms(self, chain: Chain) -> None:
+        """Regional gets the e-mail as a pseudonym and central, behind it, as a token (central's
+        view, as if the edge had sent it there directly); the caller gets regional's view."""
+        with openai.OpenAI(
+            base_url=chain.edge.url + "/v1", api_key="sk-chain", max_retries=0, timeout=TIMEOUT_S
+        ) as client:
+            completion = client.chat.completions.create(
+                model="gpt-test",
+                messages=[{"role": "user", "content": "mail jane.doe@example.com today"}],
+            )
+        at_regional = chain.regional.last("/v1/chat/completions").body.decode()
+        pseudonym = re.search(r"<EMAIL#[a-p]{12}>", at_regional)
+        assert pseudonym is not None
+        assert "jane.doe" not in at_regional
+        at_llm = chain.llm.received[-1].body.decode()
+        assert "mail <EMAIL_1> today" in at_llm
+        assert "<EMAIL#" not in at_llm
+        reply = completion.choices[0].message.content
+        assert reply == f"llm heard: mail {pseudonym.group()} today"
+
     def test_openai_stream(self, chain: Chain) -> None:
         """A stream passes three routers with its chunks and usage intact."""
         with openai.OpenAI(
