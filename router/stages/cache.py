@@ -130,7 +130,7 @@ class LookupCache:
         # its own record names the model too, so it stands without the leader's.
         ctx.served_tier, ctx.upstream_reasons = flight.tier, flight.upstream_reasons
         ctx.upstream_ms, ctx.cache_of = flight.upstream_ms, flight.audit_id or None
-        ctx.served_by, ctx.served_version, ctx.model_sha256 = flight.model
+        ctx.served_by, ctx.served_version, ctx.model_sha256, ctx.served_model = flight.model
         ctx.reasons[:] = [*flight.reasons, "coalesced"]
         reply = flight.reply
         return Reply(reply.body, reply.content_type, reply.status, dict(reply.headers))

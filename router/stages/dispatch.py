@@ -177,6 +177,7 @@ class Dispatch:
         ctx.reasons.append(f"escalated_low_confidence:{target.name}")
         # An upstream's model answered: the local artefact's version and digest are not its.
         ctx.served_version = ctx.model_sha256 = ""
+        ctx.served_model = rule.to_model
         return reply
 
     def _escalation_target(self, ctx: RequestContext, model: str) -> Target | None:
