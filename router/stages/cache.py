@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
@@ -158,7 +159,7 @@ class LookupCache:
         return ranked.index(ctx.data_class) <= ranked.index(self._bundle.cache.max_data_class)
 
     def _digest(self, ctx: RequestContext) -> bytes:
-        canonical = orjson.dumps(ctx.document, option=orjson.OPT_SORT_KEYS)
+        canonical = orjson.dumps(_keyed_document(ctx), option=orjson.OPT_SORT_KEYS)
         return self._cache.key(
             (
                 ctx.api,
@@ -284,3 +285,20 @@ def _not_cached(directives: RequestDirectives) -> None:
 async def _replay_events(events: tuple[bytes, ...]) -> AsyncIterator[bytes]:
     for event in events:
         yield event
+
+
+def _keyed_document(ctx: RequestContext) -> Any:
+    """The request as its key sees it. A v2 request's `parameters.timeout` is its latency
+    budget, not what the answer depends on: a router in front sets it to what remains of its
+    own budget, different on every request, which would make every chained request a miss."""
+    doc = ctx.document
+    if doc is None or ctx.api != "kserve-v2":
+        return doc
+    params = doc.get("parameters")
+    if not isinstance(params, dict) or "timeout" not in params:
+        return doc
+    rest = {name: value for name, value in params.items() if name != "timeout"}
+    keyed = {name: value for name, value in doc.items() if name != "parameters"}
+    if rest:
+        keyed["parameters"] = rest
+    return keyed

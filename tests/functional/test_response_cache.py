@@ -351,6 +351,23 @@ class TestLocalAnswers:
         assert second.body == first.body
         assert await executions(http, site, "color_classifier") == 1
 
+    async def test_the_latency_budget_is_not_part_of_the_key(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """`parameters.timeout` is the request's budget (a router in front sets it to what
+        remains of its own, different every time): requests differing only in it share an
+        entry; any other parameter still makes another one."""
+        values = [0.3, 0.6, 0.9]
+        other = {"timeout": 5_000_000, "x": 1}
+        answers = [
+            await post(http, site, CLASSIFIER, rgb(values, parameters={"timeout": 2_000_000})),
+            await post(http, site, CLASSIFIER, rgb(values, parameters={"timeout": 1_999_123})),
+            await post(http, site, CLASSIFIER, rgb(values)),
+            await post(http, site, CLASSIFIER, rgb(values, parameters=other)),
+        ]
+        assert [a.cache for a in answers] == ["MISS", "HIT", "HIT", "MISS"]
+        assert await executions(http, site, "color_classifier") == 2
+
     async def test_tritonclient_binary_tensors_are_cached(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
