@@ -285,12 +285,22 @@ async def _try(
     return Forwarded(response, data, endpoint, 1, elapsed_ms, head or b"", rest)
 
 
+# A layer-router names its route reasons on every answer, its refusals included.
+_CHAINED_REASONS = "X-Route-Reason"
+
+
 def _check_status(response: UpstreamResponse, where: str) -> None:
     status = response.status
     if status >= 500 or status == 429:
         response.abort()
         retry_after = _retry_after(response.headers.get("Retry-After"))
-        raise UpstreamStatus(f"{where}: answered {status}", status, retry_after)
+        error = UpstreamStatus(f"{where}: answered {status}", status, retry_after)
+        if status == 503 and response.headers.get(_CHAINED_REASONS):
+            # A chained layer-router saying why it cannot serve this request (its own upstream
+            # tier is offline, it sheds load) is working: ejecting it would take away what it
+            # serves itself.
+            error.health_failure = False
+        raise error
     if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: relayed
         response.abort()
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
