@@ -295,10 +295,10 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         response.abort()
         retry_after = _retry_after(response.headers.get("Retry-After"))
         error = UpstreamStatus(f"{where}: answered {status}", status, retry_after)
-        if status == 503 and response.headers.get(_CHAINED_REASONS):
+        if status in (502, 503) and response.headers.get(_CHAINED_REASONS):
             # A chained layer-router saying why it cannot serve this request (its own upstream
-            # tier is offline, it sheds load) is working: ejecting it would take away what it
-            # serves itself.
+            # tier is offline or failing, it sheds load) is working: ejecting it would take
+            # away what it serves itself. The tier at fault is ejected where it is seen.
             error.health_failure = False
         raise error
     if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: relayed

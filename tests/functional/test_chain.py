@@ -466,41 +466,48 @@ class TestFallback:
             if not stopped:
                 await asyncio.to_thread(regional.stop)
 
-    async def test_regional_saying_central_is_offline_is_not_ejected(
-        self, http: aiohttp.ClientSession, repos: dict[str, Path]
+    @pytest.mark.parametrize("central", ["gone", "failing"])
+    async def test_regional_failing_for_central_is_not_ejected(
+        self, http: aiohttp.ClientSession, repos: dict[str, Path], central: str
     ) -> None:
-        """Regional answers 503 offline while its own central is gone: that is regional
-        working, so the edge keeps sending it what regional serves itself."""
-        gone = cluster("central", "central", "http://127.0.0.1:9", models=["gpt-test"])
-        regional = RouterThread(site("regional", repos["regional"], [gone]))
-        await asyncio.to_thread(regional.start)
-        for _ in range(100):  # its health checks find central gone: then it says `offline`
-            async with http.get(regional.url + "/v2") as resp:
-                if (await resp.json())["connectivity"]["central"] == "offline":
-                    break
-            await asyncio.sleep(0.05)
-        through = cluster(
-            "regional",
-            "regional",
-            regional.url,
-            models=["gpt-test", "hotspot_detector"],
-            retry={"max_attempts": 1},
-        )
-        edge = RouterThread(site("edge", repos["edge"], [through]))
-        await asyncio.to_thread(edge.start)
-        chat = {"model": "gpt-test", "messages": MESSAGES}
-        frame = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32"}]}
-        frame["inputs"][0]["data"] = [30.0] * 64
-        try:
-            for _ in range(8):
-                status, headers, _ = await post(http, edge.url + "/v1/chat/completions", chat)
-                assert status == 503
-            status, headers, _ = await post(
-                http, edge.url + "/v2/models/hotspot_detector/infer", frame
+        """Regional answers 503 offline (its central is gone) or 502 (central answers 500):
+        that is regional working, so the edge keeps sending it what regional serves itself."""
+        failing = FakeUpstream(name="central", behaviour=Behaviour(fail_status=500))
+        with AppThread(failing.app) as failing_server:
+            url = "http://127.0.0.1:9" if central == "gone" else failing_server.url
+            behind = cluster("central", "central", url, models=["gpt-test"])
+            regional = RouterThread(site("regional", repos["regional"], [behind]))
+            await asyncio.to_thread(regional.start)
+            for _ in range(100):  # its health checks find central gone: then it says offline
+                async with http.get(regional.url + "/v2") as resp:
+                    if (
+                        central == "failing"
+                        or (await resp.json())["connectivity"]["central"] == "offline"
+                    ):
+                        break
+                await asyncio.sleep(0.05)
+            through = cluster(
+                "regional",
+                "regional",
+                regional.url,
+                models=["gpt-test", "hotspot_detector"],
+                retry={"max_attempts": 1},
             )
-        finally:
-            await asyncio.to_thread(edge.stop)
-            await asyncio.to_thread(regional.stop)
+            edge = RouterThread(site("edge", repos["edge"], [through]))
+            await asyncio.to_thread(edge.start)
+            chat = {"model": "gpt-test", "messages": MESSAGES}
+            frame = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32"}]}
+            frame["inputs"][0]["data"] = [30.0] * 64
+            try:
+                for _ in range(8):
+                    status, _, _ = await post(http, edge.url + "/v1/chat/completions", chat)
+                    assert status in (502, 503)
+                status, headers, _ = await post(
+                    http, edge.url + "/v2/models/hotspot_detector/infer", frame
+                )
+            finally:
+                await asyncio.to_thread(edge.stop)
+                await asyncio.to_thread(regional.stop)
         assert status == 200
         assert headers["X-Route-Reason"] == "forward:regional>local"
 
