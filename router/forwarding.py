@@ -18,6 +18,7 @@ from router.headers import (
     FOUND_ENTITIES,
     HOPS,
     REQUEST_ID,
+    TENANT,
     TRACEPARENT,
     downstream_response_headers,
     traceparent,
@@ -140,6 +141,8 @@ def outgoing(
         ctx.traceparent = traceparent(ctx.headers)
     headers[TRACEPARENT] = ctx.traceparent
     headers[HOPS] = str(ctx.hops + 1)
+    if ctx.tenant:
+        headers[TENANT] = ctx.tenant
     if ctx.declared_class:
         headers[DECLARED_CLASS] = ctx.declared_class
     found = ",".join(sorted(str(entity) for entity, n in ctx.entities.items() if n > 0))

@@ -28,6 +28,7 @@ from router.errors import (
     Unavailable,
     UpstreamError,
 )
+from router.headers import TENANT
 from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
@@ -167,8 +168,10 @@ class LookupCache:
                 ctx.model,
                 ctx.version or "",
                 self._bundle.revision,
-                # Tenants never share answers: the scope is the resolved tenant, not a header.
+                # Tenants never share answers: the scope is the resolved tenant, not a header;
+                # behind another router, that router's tenant too (it can only narrow).
                 ctx.tenant,
+                ctx.headers.get(TENANT, ""),
                 ctx.declared_class,
                 ctx.data_class,
                 self._site.jurisdiction,
