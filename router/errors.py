@@ -246,6 +246,8 @@ class UpstreamStatus(UpstreamError):
         super().__init__(message)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        # A chained layer-router's own X-Route-Reason: why it answered this (`offline`, ...).
+        self.chained_reasons = ""
         self.retryable = upstream_status >= 500 or upstream_status == 429
         # A 504 says the upstream ran out of time: the budget we passed on (a chained
         # router's budget_unmeetable), which tight client budgets must not turn into an

@@ -64,6 +64,7 @@ class Dispatch:
             if position and self._too_slow(ctx, target):
                 ctx.reasons.append(f"over_budget:{target.name}")
                 continue
+            ctx.upstream_reasons = ""  # an earlier try's chained reasons are not this one's
             try:
                 if target.kind == "local":
                     reply = await self._local(ctx)
@@ -74,12 +75,16 @@ class Dispatch:
                     ctx.reasons.insert(mark, f"{kind}:{target.name}")
                 return reply
             except (Unavailable, UpstreamError) as exc:
+                # A chained router's reasons for refusing go with its error, as they would with
+                # its answer; any other error is this router's own.
+                ctx.upstream_reasons = getattr(exc, "chained_reasons", "")
                 if isinstance(exc, DeadlineExceeded):
                     raise
                 ctx.reasons.append(f"failed:{target.name}:{exc.code}")
                 last = exc
         assert last is not None, "DecideRoute never passes an empty decision"
         if any(r.startswith("residency:") for r in ctx.decision.reasons):
+            ctx.upstream_reasons = ""
             # Residency kept some targets out of the walk: the caller learns that nothing this
             # request may reach is answering (503, fail closed), not one upstream's error,
             # which would hide why the router stopped there. The failures stay in the reasons.

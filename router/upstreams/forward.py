@@ -295,7 +295,8 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         response.abort()
         retry_after = _retry_after(response.headers.get("Retry-After"))
         error = UpstreamStatus(f"{where}: answered {status}", status, retry_after)
-        if status in (502, 503) and response.headers.get(_CHAINED_REASONS):
+        error.chained_reasons = response.headers.get(_CHAINED_REASONS, "")
+        if status in (502, 503) and error.chained_reasons:
             # A chained layer-router saying why it cannot serve this request (its own upstream
             # tier is offline or failing, it sheds load) is working: ejecting it would take
             # away what it serves itself. The tier at fault is ejected where it is seen.

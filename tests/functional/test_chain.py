@@ -500,8 +500,12 @@ class TestFallback:
             frame["inputs"][0]["data"] = [30.0] * 64
             try:
                 for _ in range(8):
-                    status, _, _ = await post(http, edge.url + "/v1/chat/completions", chat)
+                    status, headers, _ = await post(http, edge.url + "/v1/chat/completions", chat)
                     assert status in (502, 503)
+                    # Why regional refused follows `>`, as a chained router's reasons do.
+                    ours, theirs = headers["X-Route-Reason"].split(">")
+                    assert ours.endswith("failed:regional:upstream_status")
+                    assert theirs in ("unhealthy:central,offline", "failed:central:upstream_status")
                 status, headers, _ = await post(
                     http, edge.url + "/v2/models/hotspot_detector/infer", frame
                 )
