@@ -361,6 +361,44 @@ class TestEscalation:
         assert headers["X-Served-By-Tier"] == "edge"
         assert headers["X-Route-Reason"] == f"local,escalation_failed:upstream_status_{refusal}"
 
+    async def test_escalation_falls_back_past_a_dead_regional(
+        self, http: aiohttp.ClientSession, chain: Chain, repos: dict[str, Path]
+    ) -> None:
+        """The first tier with the large model is gone before the edge notices: the escalation
+        walks on to central, as any request's fallback does, instead of keeping the weak
+        local answer."""
+        regional = RouterThread(
+            site("regional", repos["regional"], [cluster("central", "central", chain.central.url)])
+        )
+        await asyncio.to_thread(regional.start)
+        upstreams = [
+            cluster(
+                "regional",
+                "regional",
+                regional.url,
+                models=["color_classifier_large"],
+                health_check={"enabled": False},
+                retry={"max_attempts": 1},
+            ),
+            cluster("central", "central", chain.central.url),
+        ]
+        edge = RouterThread(site("edge", chain.edge_repo, upstreams, **escalating(0.99)))
+        await asyncio.to_thread(edge.start)
+        try:
+            await asyncio.to_thread(regional.stop)
+            status, headers, doc = await post(
+                http, edge.url + "/v2/models/color_classifier/infer", rgb_body(RED)
+            )
+        finally:
+            await asyncio.to_thread(edge.stop)
+        assert status == 200
+        assert doc["model_name"] == "color_classifier_large"
+        assert headers["X-Served-By-Tier"] == "central"
+        reasons = headers["X-Route-Reason"]
+        assert re.fullmatch(
+            r"local,failed:regional:upstream_\w+,escalated_low_confidence:central>local", reasons
+        )
+
     async def test_low_threshold_serves_locally(
         self, http: aiohttp.ClientSession, chain: Chain
     ) -> None:
