@@ -75,6 +75,7 @@ class RequestContext:
     cache_of: str | None = None
     model_sha256: str = ""  # of the local artefact that ran
     served_version: str = ""  # the model version that answered, when known
+    served_model: str = ""  # the model that answered when not the one asked for (escalation)
 
     def tensor_digests(self, digester: Digester) -> dict[str, str]:
         """The keyed digests of the binary tensors (a `Digester.tensors` result), made once per

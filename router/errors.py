@@ -276,6 +276,8 @@ class UpstreamStatus(UpstreamError):
         self.retry_after = retry_after
         # The upstream's own `x-should-retry: false` holds for us and for our client.
         self.should_retry = should_retry
+        # A chained layer-router's own X-Route-Reason: why it answered this (`offline`, ...).
+        self.chained_reasons = ""
         self.retryable = (
             upstream_status >= 500 or upstream_status == 429
         ) and should_retry is not False

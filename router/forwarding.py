@@ -18,6 +18,7 @@ from router.headers import (
     FOUND_ENTITIES,
     HOPS,
     REQUEST_ID,
+    TENANT,
     TRACEPARENT,
     TRACESTATE,
     callers_trace,
@@ -150,6 +151,8 @@ def outgoing(
         for name in [name for name in headers if name.lower() == TRACESTATE]:
             del headers[name]
     headers[HOPS] = str(ctx.hops + 1)
+    if ctx.tenant:
+        headers[TENANT] = ctx.tenant
     if ctx.declared_class:
         headers[DECLARED_CLASS] = ctx.declared_class
     found = ",".join(sorted(str(entity) for entity, n in ctx.entities.items() if n > 0))

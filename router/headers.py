@@ -14,6 +14,10 @@ MAX_HOPS = 8
 # request started from, and the entity types detection found (values never travel).
 DECLARED_CLASS = "X-Layer-Router-Declared-Class"
 FOUND_ENTITIES = "X-Layer-Router-Found"
+# The tenant this router resolved: a router behind it gets every one of this router's tenants
+# under the same credential, and keeps their cached answers apart by it (it only narrows a
+# cache entry's scope, so a client sending it gains nothing).
+TENANT = "X-Layer-Router-Tenant"
 TRACEPARENT = "traceparent"
 
 HOP_BY_HOP = frozenset(

@@ -122,6 +122,8 @@ def _named_model(ctx: RequestContext) -> str:
     """The model, when it names one the router knows: a name nobody serves is only what the
     client typed (an e-mail address in the `model` field), and the trail, which may be copied
     to the centre, records what was served, never what was said."""
+    if ctx.served_model:
+        return ctx.served_model
     if ctx.cache_of or ctx.served_by:
         return ctx.model
     decision = ctx.decision

@@ -262,7 +262,7 @@ async def repository_index(request: web.Request) -> web.Response:
                         "version": version,
                         "state": "READY",
                         "reason": "",
-                        "tier": cluster.settings.tier.value,
+                        "tier": cluster.tier_of(name),
                         "cluster": cluster.name,
                     }
                 )

@@ -62,7 +62,7 @@ def _listed(request: web.Request) -> list[dict[str, object]]:
         if Protocol.OPENAI not in cluster.settings.protocols and not cluster.models:
             continue
         for name in sorted(cluster.models or ()):
-            data.append(_model(name, cluster.settings.tier.value, cluster.name))
+            data.append(_model(name, cluster.tier_of(name), cluster.name))
     access = request.get(TENANT)
     if access is not None and access.models is not None:
         data = [item for item in data if access.may_use(str(item["id"]))]

@@ -75,8 +75,9 @@ Send everything to the edge; the X-Served-By-Tier and X-Route-Reason headers say
    {infer}/color_classifier/infer -d '{colour(0, 0.4, 0)}'
 3. Forwarding: a model only the regional tier holds
    {infer}/hotspot_detector/infer -d '{FRAME}'
-4. Redaction: the mock LLM at central echoes what reached it: the email as a keyed pseudonym,
-   the card tokenized on the way out and restored in the answer (X-Redactions counts them)
+4. Redaction: the mock LLM at central echoes what reached it: the card and the email as tokens;
+   the card is restored in the answer, the email comes back as the keyed pseudonym regional
+   saw (X-Redactions counts them)
    {post_chat} -d '{chat()}'
    streaming: {post_chat} -N -d '{chat(stream=True)}'
    residency: add -H 'X-Data-Class: secret': no tier may see it, 403 (X-Route-Reason: residency:...)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -34,6 +35,8 @@ STRICTNESS = {
 # Hex digits mapped onto letters a-p (as Chrome extension ids do): a pseudonym never contains a
 # digit, so phone, date or card detectors cannot find one inside it.
 _HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
+# What `Hasher.pseudonym` makes: hashing one again (a chained router's `hash`) keeps it as it is.
+_PSEUDONYM = re.compile(rf"<[A-Z][A-Z0-9_]*#[a-p]{{{PSEUDONYM_CHARS}}}>")
 
 
 class Hasher:
@@ -87,7 +90,9 @@ def apply(
     pieces: list[str] = []
     last = 0
     for start, end, entity, action in _spans(text, findings, policy, default):
-        if action is Action.KEEP:
+        if action is Action.KEEP or (
+            action is Action.HASH and _PSEUDONYM.fullmatch(text[start:end])
+        ):
             continue
         pieces.append(text[last:start])
         pieces.append(_replace(entity, text[start:end], action, vault, hasher))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 from router.redaction import validators as v
+from router.redaction.actions import PSEUDONYM_CHARS
 from router.redaction.patterns import Detector, Pattern
 from router.redaction.refiners import (
     after_digit_group,
@@ -17,6 +18,7 @@ from router.redaction.refiners import (
     phone_refine,
 )
 from router.redaction.types import Entity
+from router.redaction.vault import entity_label
 
 # ---------------------------------------------------------------------------- building
 
@@ -77,8 +79,19 @@ def _national(kind: str, pattern: str, context: tuple[str, ...] = ()) -> Detecto
     )
 
 
+def _pseudonym(entity: Entity) -> Detector:
+    """A pseudonym a nearer router's `hash` made (`<EMAIL#kdpfaoijcmbe>`) names a value of its
+    entity: through a chain of routers, a farther tier's stricter action (tokenize, drop) must
+    still reach it, or central would get regional's linkable pseudonyms instead of tokens."""
+    label = entity_label(entity)
+    return Detector(
+        entity, _p(rf"(<{label}#[a-p]{{{PSEUDONYM_CHARS}}}>)"), rank=5, name=f"{label}/pseudonym"
+    )
+
+
 def builtin() -> tuple[Detector, ...]:
     return (
+        *(_pseudonym(entity) for entity in Entity),
         Detector(
             Entity.EMAIL,
             _p(

@@ -262,9 +262,12 @@ class _Walk:
                 kept = zip(findings, actions, strict=True)
                 self.counts.update(f.entity for f, a in kept if a != Action.KEEP)
                 return _DROPPED
-            current, counts = apply(
+            redacted, counts = apply(
                 normalised, findings, rule.actions, self.vault, self.hasher, rule.default
             )
+            if not counts:
+                return current  # what is left stays as it is (a pseudonym hashed again)
+            current = redacted
             self.counts.update(counts)
         raise DetectionError("redaction did not settle")
 

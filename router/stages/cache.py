@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
@@ -27,6 +28,7 @@ from router.errors import (
     Unavailable,
     UpstreamError,
 )
+from router.headers import TENANT
 from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
@@ -130,7 +132,7 @@ class LookupCache:
         # its own record names the model too, so it stands without the leader's.
         ctx.served_tier, ctx.upstream_reasons = flight.tier, flight.upstream_reasons
         ctx.upstream_ms, ctx.cache_of = flight.upstream_ms, flight.audit_id or None
-        ctx.served_by, ctx.served_version, ctx.model_sha256 = flight.model
+        ctx.served_by, ctx.served_version, ctx.model_sha256, ctx.served_model = flight.model
         ctx.reasons[:] = [*flight.reasons, "coalesced"]
         reply = flight.reply
         return Reply(reply.body, reply.content_type, reply.status, dict(reply.headers))
@@ -158,7 +160,7 @@ class LookupCache:
         return ranked.index(ctx.data_class) <= ranked.index(self._bundle.cache.max_data_class)
 
     def _digest(self, ctx: RequestContext) -> bytes:
-        canonical = orjson.dumps(ctx.document, option=orjson.OPT_SORT_KEYS)
+        canonical = orjson.dumps(_keyed_document(ctx), option=orjson.OPT_SORT_KEYS)
         return self._cache.key(
             (
                 ctx.api,
@@ -166,8 +168,10 @@ class LookupCache:
                 ctx.model,
                 ctx.version or "",
                 self._bundle.revision,
-                # Tenants never share answers: the scope is the resolved tenant, not a header.
+                # Tenants never share answers: the scope is the resolved tenant, not a header;
+                # behind another router, that router's tenant too (it can only narrow).
                 ctx.tenant,
+                ctx.headers.get(TENANT, ""),
                 ctx.declared_class,
                 ctx.data_class,
                 self._site.jurisdiction,
@@ -293,3 +297,20 @@ def _not_cached(directives: RequestDirectives) -> None:
 async def _replay_events(events: tuple[bytes, ...]) -> AsyncIterator[bytes]:
     for event in events:
         yield event
+
+
+def _keyed_document(ctx: RequestContext) -> Any:
+    """The request as its key sees it. A v2 request's `parameters.timeout` is its latency
+    budget, not what the answer depends on: a router in front sets it to what remains of its
+    own budget, different on every request, which would make every chained request a miss."""
+    doc = ctx.document
+    if doc is None or ctx.api != "kserve-v2":
+        return doc
+    params = doc.get("parameters")
+    if not isinstance(params, dict) or "timeout" not in params:
+        return doc
+    rest = {name: value for name, value in params.items() if name != "timeout"}
+    keyed = {name: value for name, value in doc.items() if name != "parameters"}
+    if rest:
+        keyed["parameters"] = rest
+    return keyed

@@ -37,7 +37,7 @@ def leading(ctx: RequestContext, rest: Rest) -> Callable[[], Awaitable[Flight]]:
             ctx.upstream_reasons,
             ctx.upstream_ms,
             "" if gone else ctx.audit_id,
-            (ctx.served_by, ctx.served_version, ctx.model_sha256),
+            (ctx.served_by, ctx.served_version, ctx.model_sha256, ctx.served_model),
             # What no shared cache may hand others (private, no-store, Vary: *) is the
             # leader's alone, and an answer that varies only fits the same header values.
             response_ttl(reply.headers.get("Cache-Control"), 1.0) is None or "*" in varies,
@@ -67,6 +67,6 @@ class Flight:
     upstream_reasons: str
     upstream_ms: float | None
     audit_id: str  # the leader's record; "" when the leader left before the answer
-    model: tuple[str, str, str]  # served_by, served_version, model_sha256
+    model: tuple[str, str, str, str]  # served_by, served_version, model_sha256, served_model
     private: bool  # for the leader only
     vary: tuple[tuple[str, str | None], ...]  # the leader's values of the headers it varies on

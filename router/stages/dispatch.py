@@ -67,6 +67,7 @@ class Dispatch:
             if position and self._too_slow(ctx, target):
                 ctx.reasons.append(f"over_budget:{target.name}")
                 continue
+            ctx.upstream_reasons = ""  # an earlier try's chained reasons are not this one's
             try:
                 if target.kind == "local":
                     reply = await self._local(ctx)
@@ -77,12 +78,16 @@ class Dispatch:
                     ctx.reasons.insert(mark, f"{kind}:{target.name}")
                 return reply
             except (Unavailable, UpstreamError) as exc:
+                # A chained router's reasons for refusing go with its error, as they would with
+                # its answer; any other error is this router's own.
+                ctx.upstream_reasons = getattr(exc, "chained_reasons", "")
                 if isinstance(exc, DeadlineExceeded):
                     raise
                 ctx.reasons.append(f"failed:{target.name}:{exc.code}")
                 last = exc
         assert last is not None, "DecideRoute never passes an empty decision"
         if any(r.startswith("residency:") for r in ctx.decision.reasons):
+            ctx.upstream_reasons = ""
             # Residency kept some targets out of the walk: the caller learns that nothing this
             # request may reach is answering (503, fail closed), not one upstream's error,
             # which would hide why the router stopped there. The failures stay in the reasons.
@@ -162,37 +167,49 @@ class Dispatch:
             # could never ask for. The local answer is the whole answer for this tenant.
             ctx.reasons.append("escalation_not_allowed")
             return None
-        target = self._escalation_target(ctx, rule.to_model)
-        if target is None:
+        targets = self._escalation_targets(ctx, rule.to_model)
+        if not targets:
             ctx.reasons.append("escalation_unavailable")
             return None
         path = f"/v2/models/{rule.to_model}/infer"
         local = (ctx.served_tier, ctx.served_by, ctx.upstream_reasons, ctx.upstream_ms)
-        try:
-            reply = await self._forward(ctx, target, path)
-        except (Unavailable, UpstreamError) as exc:
-            if isinstance(exc, DeadlineExceeded):
-                raise
-            ctx.served_tier = self._tier
-            ctx.reasons.append(f"escalation_failed:{exc.code}")
-            return None
-        if reply.status != 200:
-            # The bigger model refused (say, our inputs do not fit it): the local answer is
-            # still an answer, the upstream's 4xx would only be a failure for the client.
-            ctx.served_tier, ctx.served_by, ctx.upstream_reasons, ctx.upstream_ms = local
-            ctx.reasons.append(f"escalation_failed:upstream_status_{reply.status}")
-            return None
-        ctx.reasons.append(f"escalated_low_confidence:{target.name}")
-        # An upstream's model answered: the local artefact's version and digest are not its.
-        ctx.served_version = ctx.model_sha256 = ""
-        return reply
+        # As any request's fallback, the next tier with the bigger model is tried when one
+        # fails; a failure is named `failed:NAME:CODE` only when another try follows it.
+        failure, code, skipped = "", "", []
+        for position, target in enumerate(targets):
+            if position and self._too_slow(ctx, target):
+                skipped.append(f"over_budget:{target.name}")
+                continue
+            if failure:
+                ctx.reasons.extend([failure, *skipped])
+                failure, skipped = "", []
+            try:
+                reply = await self._forward(ctx, target, path)
+            except (Unavailable, UpstreamError) as exc:
+                if isinstance(exc, DeadlineExceeded):
+                    raise
+                ctx.served_tier = self._tier
+                failure, code = f"failed:{target.name}:{exc.code}", exc.code
+                continue
+            if reply.status != 200:
+                # The bigger model refused (say, our inputs do not fit it): the local answer is
+                # still an answer, the upstream's 4xx would only be a failure for the client.
+                ctx.served_tier, ctx.served_by, ctx.upstream_reasons, ctx.upstream_ms = local
+                ctx.reasons.append(f"escalation_failed:upstream_status_{reply.status}")
+                return None
+            ctx.reasons.append(f"escalated_low_confidence:{target.name}")
+            # An upstream's model answered: the local artefact's version and digest are not its.
+            ctx.served_version = ctx.model_sha256 = ""
+            ctx.served_model = rule.to_model
+            return reply
+        ctx.reasons.extend([f"escalation_failed:{code}", *skipped])
+        return None
 
-    def _escalation_target(self, ctx: RequestContext, model: str) -> Target | None:
-        """The bigger model's first upstream target by the same rules as any request."""
+    def _escalation_targets(self, ctx: RequestContext, model: str) -> tuple[Target, ...]:
+        """The bigger model's upstream targets, in order, by the same rules as any request."""
         now = asyncio.get_running_loop().time()
         snapshot = replace(self._upstreams.snapshot(now, self._models), local={})
         facts = Facts(ctx.api, model, (ctx.deadline - now) * 1000, len(ctx.body))
         # Residency and version pins hold here too: the large model's, not the small one's.
         permitted = self._route.permitted(ctx, snapshot.clusters) - self._route.pinned_out(model)
-        targets = decide(facts, Rules(), snapshot, self._tier, permitted).targets
-        return targets[0] if targets else None
+        return tuple(decide(facts, Rules(), snapshot, self._tier, permitted).targets)

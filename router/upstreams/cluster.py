@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from router.policy.decide import TIER_ORDER as _TIERS
 from router.policy.decide import ClusterView
 from router.settings import ClusterSettings, EndpointSettings
 from router.upstreams.health import CheckRules, EndpointHealth, OutlierRules, may_eject
@@ -38,6 +39,9 @@ class Cluster:
     models: frozenset[str] | None = None
     # Per model, the versions the cluster's endpoints report serving (v2 repository index).
     versions: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Per model, the tier a chained layer-router says serves it (its listings name one): a
+    # regional router lists central's models as `central`, and so should the router in front.
+    tiers: dict[str, str] = field(default_factory=dict)
     active: int = 0
     retries_active: int = 0
     counters: Counters = field(default_factory=Counters)
@@ -76,6 +80,15 @@ class Cluster:
     def check_rules(self) -> CheckRules:
         hc = self.settings.health_check
         return CheckRules(hc.healthy_threshold, hc.unhealthy_threshold)
+
+    def tier_of(self, model: str) -> str:
+        """The tier that serves a model behind this cluster: the one its listing reported when
+        that is a real tier at or past the cluster's own (as `X-Served-By-Tier` is believed)."""
+        own = self.settings.tier.value
+        reported = self.tiers.get(model)
+        if reported in _TIERS and _TIERS.index(reported) >= _TIERS.index(own):
+            return reported
+        return own
 
     def live(self, now: float) -> list[Endpoint]:
         return [ep for ep in self.endpoints if ep.health.live(now)]

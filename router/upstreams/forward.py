@@ -287,6 +287,10 @@ async def _try(
     return Forwarded(response, data, endpoint, 1, elapsed_ms, head or b"", rest)
 
 
+# A layer-router names its route reasons on every answer, its refusals included.
+_CHAINED_REASONS = "X-Route-Reason"
+
+
 def _check_status(response: UpstreamResponse, where: str) -> None:
     status = response.status
     if status >= 500 or status == 429:
@@ -295,7 +299,14 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         if retry_after is None:
             retry_after = _retry_after(response.headers.get("Retry-After"))
         should_retry = _should_retry(response.headers.get("x-should-retry"))
-        raise UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
+        error = UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
+        error.chained_reasons = response.headers.get(_CHAINED_REASONS, "")
+        if status in (502, 503) and error.chained_reasons:
+            # A chained layer-router saying why it cannot serve this request (its own upstream
+            # tier is offline or failing, it sheds load) is working: ejecting it would take
+            # away what it serves itself. The tier at fault is ejected where it is seen.
+            error.health_failure = False
+        raise error
     if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: relayed
         response.abort()
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from router.errors import UpstreamError
+from router.policy.decide import TIER_ORDER
 from router.settings import Protocol
 from router.upstreams.client import Transport, UpstreamRequest
 from router.upstreams.cluster import Cluster, Endpoint
@@ -93,6 +94,7 @@ class Prober:
     async def discover(self) -> frozenset[str] | None:
         found: set[str] = set()
         versions: dict[str, set[str]] = {}
+        tiers: dict[str, str] = {}
         answered = False
         protocols = self.cluster.settings.protocols
         for endpoint in self.cluster.endpoints:
@@ -100,15 +102,18 @@ class Prober:
                 listed = await self._names(endpoint, "GET", "/v1/models", _openai_names)
                 answered |= listed is not None
                 found |= listed[0] if listed else set()
+                _nearest(tiers, listed[2] if listed else {})
             if Protocol.KSERVE_V2 in protocols:
                 listed = await self._names(endpoint, "POST", "/v2/repository/index", _v2_names)
                 answered |= listed is not None
                 found |= listed[0] if listed else set()
                 for name, seen in (listed[1] if listed else {}).items():
                     versions.setdefault(name, set()).update(seen)
+                _nearest(tiers, listed[2] if listed else {})
         if answered:
             self.cluster.models = frozenset(found)
             self.cluster.versions = {name: frozenset(v) for name, v in versions.items()}
+            self.cluster.tiers = tiers
         return self.cluster.models
 
     async def _names(
@@ -135,13 +140,15 @@ class Prober:
         return listing
 
 
-# The model names an endpoint serves, and per model the versions it reports (when it does).
-Listing = tuple[set[str], dict[str, set[str]]]
+# The model names an endpoint serves, per model the versions it reports (when it does), and per
+# model the tiers a chained layer-router's listing names (each of its entries says one).
+Listing = tuple[set[str], dict[str, set[str]], dict[str, set[str]]]
 
 
 def _openai_names(doc: Any) -> Listing:
     # OpenAI's model list has no versions: such a cluster reports none (see upstreams.pinning).
-    return {str(item["id"]) for item in doc["data"]}, {}
+    items = doc["data"]
+    return {str(item["id"]) for item in items}, {}, _tiers(items, "id")
 
 
 def _v2_names(doc: Any) -> Listing:
@@ -151,4 +158,22 @@ def _v2_names(doc: Any) -> Listing:
         version = str(item.get("version") or "")
         if version:
             versions.setdefault(str(item["name"]), set()).add(version)
-    return {str(item["name"]) for item in ready}, versions
+    return {str(item["name"]) for item in ready}, versions, _tiers(ready, "name")
+
+
+def _tiers(items: Any, key: str) -> dict[str, set[str]]:
+    tiers: dict[str, set[str]] = {}
+    for item in items:
+        tier = item.get("tier")
+        if isinstance(tier, str):
+            tiers.setdefault(str(item[key]), set()).add(tier)
+    return tiers
+
+
+def _nearest(into: dict[str, str], reported: dict[str, set[str]]) -> None:
+    """Per model, the nearest real tier reported: a router that lists a model both as its own
+    and behind its upstream serves it itself."""
+    for name, tiers in reported.items():
+        known = [t for t in (*tiers, into.get(name, "")) if t in TIER_ORDER]
+        if known:
+            into[name] = min(known, key=TIER_ORDER.index)

@@ -298,3 +298,48 @@ async def test_a_second_router_on_the_same_state_dir_is_warned_about(
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "router.stores"]
     assert "edge-local.jsonl is held by another process" in warning
     assert "edge-local.1.jsonl" in warning
+
+
+async def test_escalated_answer_names_the_model_that_answered(tmp_path: Path) -> None:
+    """An answer escalated to the bigger model upstream is recorded under that model, not the
+    small local one whose answer was set aside."""
+    big = FakeUpstream(name="central", models=(), v2_models=("color_classifier_large",))
+    upstream = TestServer(big.app(), host="127.0.0.1")
+    await upstream.start_server()
+    audit = tmp_path / "audit"
+    escalate = {"to_model": "color_classifier_large", "threshold": 0.99}
+    settings = Settings.model_validate(
+        {
+            "site": {"id": "plant-8"},
+            "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+            "audit": {"path": audit, "fsync": "always"},
+            "routing": {"models": {"color_classifier": {"escalate": escalate}}},
+            "upstreams": [
+                {
+                    "name": "central",
+                    "tier": "central",
+                    "models": ["color_classifier_large"],
+                    "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                    "health_check": {"enabled": False},
+                }
+            ],
+        }
+    )
+    router = TestServer(build_app(settings), host="127.0.0.1")
+    await router.start_server()
+    red = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [1, 0, 0]}]}
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = str(router.make_url("/v2/models/color_classifier/infer"))
+            async with asyncio.timeout(10), http.post(url, json=red) as response:
+                await response.read()
+                reasons = response.headers["X-Route-Reason"]
+                audit_id = response.headers["X-Audit-Id"]
+    finally:
+        await router.close()
+        await upstream.close()
+    assert reasons == "local,escalated_low_confidence:central"
+    (record,) = show(audit, audit_id).records
+    assert record.entry["model"] == "color_classifier_large"
+    assert record.entry["served_tier"] == "central"
+    assert record.entry["model_sha256"] == ""

@@ -406,6 +406,44 @@ class TestEscalation:
         assert headers["X-Route-Reason"] == "local,escalated_low_confidence:central"
         assert len(big.received) == 1
 
+    async def test_escalation_falls_back_past_a_dead_regional(
+        self, http: aiohttp.ClientSession, chain: Chain, repos: dict[str, Path]
+    ) -> None:
+        """The first tier with the large model is gone before the edge notices: the escalation
+        walks on to central, as any request's fallback does, instead of keeping the weak
+        local answer."""
+        regional = RouterThread(
+            site("regional", repos["regional"], [cluster("central", "central", chain.central.url)])
+        )
+        await asyncio.to_thread(regional.start)
+        upstreams = [
+            cluster(
+                "regional",
+                "regional",
+                regional.url,
+                models=["color_classifier_large"],
+                health_check={"enabled": False},
+                retry={"max_attempts": 1},
+            ),
+            cluster("central", "central", chain.central.url),
+        ]
+        edge = RouterThread(site("edge", chain.edge_repo, upstreams, **escalating(0.99)))
+        await asyncio.to_thread(edge.start)
+        try:
+            await asyncio.to_thread(regional.stop)
+            status, headers, doc = await post(
+                http, edge.url + "/v2/models/color_classifier/infer", rgb_body(RED)
+            )
+        finally:
+            await asyncio.to_thread(edge.stop)
+        assert status == 200
+        assert doc["model_name"] == "color_classifier_large"
+        assert headers["X-Served-By-Tier"] == "central"
+        reasons = headers["X-Route-Reason"]
+        assert re.fullmatch(
+            r"local,failed:regional:upstream_\w+,escalated_low_confidence:central>local", reasons
+        )
+
     async def test_low_threshold_serves_locally(
         self, http: aiohttp.ClientSession, chain: Chain
     ) -> None:
@@ -511,6 +549,55 @@ class TestFallback:
             if not stopped:
                 await asyncio.to_thread(regional.stop)
 
+    @pytest.mark.parametrize("central", ["gone", "failing"])
+    async def test_regional_failing_for_central_is_not_ejected(
+        self, http: aiohttp.ClientSession, repos: dict[str, Path], central: str
+    ) -> None:
+        """Regional answers 503 offline (its central is gone) or 502 (central answers 500):
+        that is regional working, so the edge keeps sending it what regional serves itself."""
+        failing = FakeUpstream(name="central", behaviour=Behaviour(fail_status=500))
+        with AppThread(failing.app) as failing_server:
+            url = "http://127.0.0.1:9" if central == "gone" else failing_server.url
+            behind = cluster("central", "central", url, models=["gpt-test"])
+            regional = RouterThread(site("regional", repos["regional"], [behind]))
+            await asyncio.to_thread(regional.start)
+            for _ in range(100):  # its health checks find central gone: then it says offline
+                async with http.get(regional.url + "/v2") as resp:
+                    if (
+                        central == "failing"
+                        or (await resp.json())["connectivity"]["central"] == "offline"
+                    ):
+                        break
+                await asyncio.sleep(0.05)
+            through = cluster(
+                "regional",
+                "regional",
+                regional.url,
+                models=["gpt-test", "hotspot_detector"],
+                retry={"max_attempts": 1},
+            )
+            edge = RouterThread(site("edge", repos["edge"], [through]))
+            await asyncio.to_thread(edge.start)
+            chat = {"model": "gpt-test", "messages": MESSAGES}
+            frame = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32"}]}
+            frame["inputs"][0]["data"] = [30.0] * 64
+            try:
+                for _ in range(8):
+                    status, headers, _ = await post(http, edge.url + "/v1/chat/completions", chat)
+                    assert status in (502, 503)
+                    # Why regional refused follows `>`, as a chained router's reasons do.
+                    ours, theirs = headers["X-Route-Reason"].split(">")
+                    assert ours.endswith("failed:regional:upstream_status")
+                    assert theirs in ("unhealthy:central,offline", "failed:central:upstream_status")
+                status, headers, _ = await post(
+                    http, edge.url + "/v2/models/hotspot_detector/infer", frame
+                )
+            finally:
+                await asyncio.to_thread(edge.stop)
+                await asyncio.to_thread(regional.stop)
+        assert status == 200
+        assert headers["X-Route-Reason"] == "forward:regional>local"
+
 
 class TestClientsThroughTheChain:
     """The real clients, unmodified, against the edge of the chain."""
@@ -528,6 +615,26 @@ class TestClientsThroughTheChain:
         assert raw.headers["X-Served-By-Tier"] == "central"
         assert raw.headers["X-Route-Reason"] == "forward:regional>forward:central>forward:llm"
         assert chain.llm.received[-1].headers["X-Layer-Router-Hops"] == "3"
+
+    def test_central_sees_tokens_not_regional_pseudonyms(self, chain: Chain) -> None:
+        """Regional gets the e-mail as a pseudonym and central, behind it, as a token (central's
+        view, as if the edge had sent it there directly); the caller gets regional's view."""
+        with openai.OpenAI(
+            base_url=chain.edge.url + "/v1", api_key="sk-chain", max_retries=0, timeout=TIMEOUT_S
+        ) as client:
+            completion = client.chat.completions.create(
+                model="gpt-test",
+                messages=[{"role": "user", "content": "mail jane.doe@example.com today"}],
+            )
+        at_regional = chain.regional.last("/v1/chat/completions").body.decode()
+        pseudonym = re.search(r"<EMAIL#[a-p]{12}>", at_regional)
+        assert pseudonym is not None
+        assert "jane.doe" not in at_regional
+        at_llm = chain.llm.received[-1].body.decode()
+        assert "mail <EMAIL_1> today" in at_llm
+        assert "<EMAIL#" not in at_llm
+        reply = completion.choices[0].message.content
+        assert reply == f"llm heard: mail {pseudonym.group()} today"
 
     def test_openai_stream(self, chain: Chain) -> None:
         """A stream passes three routers with its chunks and usage intact."""
@@ -557,6 +664,30 @@ class TestClientsThroughTheChain:
         # Behind regional (as regional lists them) and straight from the central cluster.
         assert ("gpt-test", "central") in listed
         assert ("color_classifier_large", "central") in listed
+
+    def test_listings_name_the_tier_behind_a_chained_router(
+        self, triton: triton_http.InferenceServerClient, chain: Chain
+    ) -> None:
+        """A model regional only forwards to central is listed as central's, through the
+        regional cluster too; regional's own model stays regional's."""
+        with openai.OpenAI(
+            base_url=chain.edge.url + "/v1", api_key="sk-chain", max_retries=0, timeout=TIMEOUT_S
+        ) as client:
+            models = client.models.list().data
+        via_regional = {
+            m.id: (m.model_extra or {}).get("tier")
+            for m in models
+            if (m.model_extra or {}).get("served_by") == "regional"
+        }
+        assert via_regional == {
+            "hotspot_detector": "regional",
+            "color_classifier_large": "central",
+            "gpt-test": "central",
+        }
+        index = triton.get_model_repository_index()
+        v2_via_regional = {i["name"]: i["tier"] for i in index if i.get("cluster") == "regional"}
+        assert v2_via_regional["hotspot_detector"] == "regional"
+        assert v2_via_regional["color_classifier_large"] == "central"
 
     def test_tritonclient(
         self, triton: triton_http.InferenceServerClient, reference: Reference, chain: Chain

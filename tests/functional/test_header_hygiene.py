@@ -254,15 +254,21 @@ class TestInternalHeaders:
     """S5: headers that only the router may set."""
 
     def test_client_copies_never_reach_upstream(self, site: Site) -> None:
-        """Internal headers a client sends are dropped; the hop count (and the request's class,
-        for the next router's residency rules) are issued by us."""
+        """Internal headers a client sends are dropped; the hop count, the tenant (for the next
+        router's cache scope) and the request's class (for its residency rules) are issued by
+        us."""
         headers = [*INTERNAL_REQUEST_HEADERS.items(), ("X-Layer-Router-Hops", "2")]
         reply, seen = received_one(site, lambda: site.post(CHAT, CHAT_BODY, headers))
         assert reply.status == 200
         for name in INTERNAL_REQUEST_HEADERS:
-            assert name not in seen.headers, name
+            if name != "X-Layer-Router-Tenant":  # ours, with the tenant we resolved
+                assert name not in seen.headers, name
         ours = [(k, v) for k, v in seen.headers.items() if k.lower().startswith("x-layer-router-")]
-        assert ours == [("X-Layer-Router-Hops", "3"), ("X-Layer-Router-Declared-Class", "internal")]
+        assert ours == [
+            ("X-Layer-Router-Hops", "3"),
+            ("X-Layer-Router-Tenant", "anonymous"),
+            ("X-Layer-Router-Declared-Class", "internal"),
+        ]
 
     def test_response_carries_only_ours(self, site: Site) -> None:
         """The client's and the upstream's internal headers never come back; ours do, once;

@@ -351,6 +351,23 @@ class TestLocalAnswers:
         assert second.body == first.body
         assert await executions(http, site, "color_classifier") == 1
 
+    async def test_the_latency_budget_is_not_part_of_the_key(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """`parameters.timeout` is the request's budget (a router in front sets it to what
+        remains of its own, different every time): requests differing only in it share an
+        entry; any other parameter still makes another one."""
+        values = [0.3, 0.6, 0.9]
+        other = {"timeout": 5_000_000, "x": 1}
+        answers = [
+            await post(http, site, CLASSIFIER, rgb(values, parameters={"timeout": 2_000_000})),
+            await post(http, site, CLASSIFIER, rgb(values, parameters={"timeout": 1_999_123})),
+            await post(http, site, CLASSIFIER, rgb(values)),
+            await post(http, site, CLASSIFIER, rgb(values, parameters=other)),
+        ]
+        assert [a.cache for a in answers] == ["MISS", "HIT", "HIT", "MISS"]
+        assert await executions(http, site, "color_classifier") == 2
+
     async def test_tritonclient_binary_tensors_are_cached(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
@@ -1151,6 +1168,26 @@ class TestScope:
         again = await post(http, site, CLASSIFIER, body, {"X-Data-Class": "INTERNAL"})
         assert again.cache == "HIT"
         assert await executions(http, site, "color_classifier") == 2
+
+    async def test_a_router_in_front_keeps_its_tenants_apart(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Behind an edge, requests of the edge's tenants arrive under one credential: the
+        tenant the edge names (X-Layer-Router-Tenant) scopes the entry, so one of its tenants
+        never gets (nor learns the Age of) another's answer here."""
+        body = rgb([0.1, 0.9, 0.1])
+        line3 = {"X-Layer-Router-Tenant": "line-3"}
+        first = await post(http, site, CLASSIFIER, body, line3)
+        other = await post(http, site, CLASSIFIER, body, {"X-Layer-Router-Tenant": "line-4"})
+        again = await post(http, site, CLASSIFIER, body, line3)
+        assert [a.cache for a in (first, other, again)] == ["MISS", "MISS", "HIT"]
+
+    async def test_the_tenant_goes_upstream(self, http: aiohttp.ClientSession, site: Site) -> None:
+        """A forwarded request names the tenant this router resolved, whatever the client
+        claimed, so the next router scopes its cache by it."""
+        await post(http, site, ECHO, echo("hello"), {"X-Layer-Router-Tenant": "someone-else"})
+        (seen,) = site.upstream.fake.requests_to(ECHO)
+        assert seen.headers.getall("X-Layer-Router-Tenant") == ["anonymous"]
 
     async def test_a_header_cannot_lower_the_class_into_another_entry(
         self, http: aiohttp.ClientSession, site: Site

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from router.redaction.actions import Hasher, apply, mask
+from router.redaction.detectors import Detectors
 from router.redaction.types import Action, DetectionError, Finding
 from router.redaction.vault import TOKEN_RE, TokenVault
 from router.redaction.walker import (
@@ -512,3 +513,28 @@ class TestRedactHeaders:
         headers = {"x-user": "a@b.com", "x-note": "hi a@b.com"}
         out, _ = redact_headers(headers, plan, FakeScanner(), TokenVault(), Hasher(SECRET))
         assert out == [("x-note", "hi ")]
+
+
+class TestPseudonymsThroughAChain:
+    """A pseudonym a nearer router made, as the real detectors see it at the next router."""
+
+    def _redact(self, text: str, action: Action) -> tuple[object, Counter[str], TokenVault]:
+        vault = TokenVault()
+        plan = RedactionPlan(default=action)
+        doc, counts = redact_json({"t": text}, plan, Detectors.default(), vault, Hasher(SECRET))
+        return doc, counts, vault
+
+    def test_tokenized_for_a_stricter_tier(self) -> None:
+        """A tier that gets tokens gets one for the pseudonym, which restores to it."""
+        pseudonym = Hasher(b"another-site-secret-0123456789").pseudonym("EMAIL", "a@b.example")
+        doc, counts, vault = self._redact(f"mail {pseudonym} now", Action.TOKENIZE)
+        assert doc == {"t": "mail <EMAIL_1> now"}
+        assert counts == Counter({"EMAIL": 1})
+        assert vault.restore("<EMAIL_1>") == pseudonym
+
+    def test_hashed_again_stays_as_it_is(self) -> None:
+        """Hashing a pseudonym keeps it: no pseudonym of a pseudonym, nothing counted."""
+        pseudonym = Hasher(SECRET).pseudonym("CARD", "4111111111111111")
+        doc, counts, _ = self._redact(f"card {pseudonym}", Action.HASH)
+        assert doc == {"t": f"card {pseudonym}"}
+        assert counts == Counter()
