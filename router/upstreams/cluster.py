@@ -101,7 +101,7 @@ class Cluster:
             protocols=self.protocols,
             models=self.models,
             live_endpoints=len(live),
-            expected_ms=min((ep.health.expected_ms for ep in live), default=float("inf")),
+            expected_ms=min((ep.health.expected(now) for ep in live), default=float("inf")),
             jurisdictions=self.jurisdictions,
             hosts=self.hosts,
         )

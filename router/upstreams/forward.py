@@ -268,7 +268,8 @@ async def _try(
         # skipped for such budgets) but blame the endpoint only for its own timeout.
         error = UpstreamTimeout(f"{where}: no answer within {timeout * 1000:.0f} ms")
         if timeout < settings.request_timeout_ms / 1000:
-            endpoint.health.observe((time.perf_counter() - started) * 1000)
+            waited_ms = (time.perf_counter() - started) * 1000
+            endpoint.health.timed_out(waited_ms, loop.time())
             error.should_retry = False  # the client's budget ran out: so would a retry's
         else:
             _failed(cluster, endpoint, started, timed_out=True)
@@ -318,7 +319,7 @@ def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: boo
     loop_now = asyncio.get_running_loop().time()
     if timed_out:
         # A timeout is a lower bound on latency; remembering it keeps a slow tier skipped.
-        endpoint.health.observe((time.perf_counter() - started) * 1000)
+        endpoint.health.timed_out((time.perf_counter() - started) * 1000, loop_now)
     cluster.record_failure(endpoint, loop_now)
 
 

@@ -10,6 +10,14 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+# A try cut short by a timeout says only that the answer takes longer than it waited: it is
+# counted as this many times the wait, so a tier slower than a budget is soon skipped for it
+# (fail fast) instead of being learnt as just fast enough and waited on again and again.
+CENSORED_FACTOR = 2.0
+# An estimate raised by timeouts and not confirmed since for this long is given one more try:
+# nothing else would re-measure a tier skipped by all the traffic it could serve.
+RECHECK_S = 30.0
+
 
 @dataclass(frozen=True, slots=True)
 class OutlierRules:
@@ -31,12 +39,26 @@ class EndpointHealth:
     alpha: float = 0.2
     window: int = 64
     ewma_ms: float | None = None
+    censored_at: float | None = None  # when a timeout last raised the estimate (monotonic s)
     samples: deque[float] = field(default_factory=deque)
     consecutive_failures: int = 0
     times_ejected: int = 0
     ejected_until: float = 0.0
     checked_healthy: bool = True
     _check_streak: int = 0  # >0 passes in a row, <0 failures in a row
+
+    def timed_out(self, waited_ms: float, now: float) -> None:
+        """A try cut by a timeout after `waited_ms`: the latency is more than that."""
+        self.observe(waited_ms * CENSORED_FACTOR)
+        self.censored_at = now
+
+    def expected(self, now: float) -> float:
+        """`expected_ms`, except that an estimate timeouts raised above the prior and nothing
+        confirmed for RECHECK_S falls back to the prior: one request tries the tier again."""
+        censored = self.censored_at is not None and now - self.censored_at > RECHECK_S
+        if censored and self.ewma_ms is not None and self.ewma_ms > self.prior_ms:
+            return self.prior_ms
+        return self.expected_ms
 
     def observe(self, latency_ms: float) -> None:
         self.ewma_ms = (

@@ -848,6 +848,29 @@ class TestBudgetAndFallback:
         # The wait for the first event is latency regional showed, remembered for routing.
         assert (clusters_of(app)["regional"].endpoints[0].health.ewma_ms or 0) >= 250
 
+    async def test_r7_a_tier_learnt_fast_then_slow_is_skipped_soon(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """Central answered fast, then takes a second: with a 300 ms budget the first tries
+        time out at the budget, and within a few the tier is skipped (504 budget_unmeetable
+        at once, nothing sent) instead of every request waiting out its budget."""
+        central, central_url = await start_fake(stack, "central")
+        _, url = await start_router(
+            stack, tmp_path, cluster("central", "central", central_url, expected_latency_ms=20)
+        )
+        for _ in range(5):  # learnt fast
+            assert (await post(http, f"{url}/v1/chat/completions", CHAT)).status == 200
+        central.behaviour.delay_s = 1.0
+        budget = {"X-Latency-Budget-Ms": "300"}
+        answers = [
+            await post(http, f"{url}/v1/chat/completions", CHAT, headers=budget) for _ in range(8)
+        ]
+        assert all(a.status == 504 for a in answers)
+        codes = [a.code for a in answers]
+        assert "upstream_timeout" in codes
+        assert codes[-3:] == ["budget_unmeetable"] * 3
+        assert len(central.received) - 5 <= 5  # the rest never left the site
+
     async def test_r7_budget_nobody_can_meet_fails_fast(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from router.upstreams.health import CheckRules, EndpointHealth, OutlierRules, may_eject
+from router.upstreams.health import (
+    RECHECK_S,
+    CheckRules,
+    EndpointHealth,
+    OutlierRules,
+    may_eject,
+)
 
 RULES = OutlierRules(consecutive_failures=5, base_ejection_s=10.0, max_ejection_s=25.0)
 
@@ -179,3 +185,30 @@ class TestActiveChecks:
         for _ in range(5):
             health.check_result(True, self.CHECKS)
         assert not health.live(1.0)
+
+
+class TestTimeouts:
+    def test_a_timeout_counts_as_more_than_the_wait(self) -> None:
+        """A try cut at 300 ms raises the estimate past 300 ms within a few timeouts, so a
+        300 ms budget skips the tier instead of waiting for it again and again."""
+        health = EndpointHealth(prior_ms=50.0)
+        for _ in range(3):
+            health.timed_out(300.0, now=10.0)
+        assert health.expected(10.0) > 300.0
+
+    def test_a_raised_estimate_is_tried_again_after_a_while(self) -> None:
+        """Unconfirmed for RECHECK_S, the estimate falls back to the prior: one request tries
+        the tier again; another timeout raises it anew."""
+        health = EndpointHealth(prior_ms=50.0)
+        for _ in range(5):
+            health.timed_out(300.0, now=10.0)
+        assert health.expected(10.0 + RECHECK_S - 1) > 300.0
+        assert health.expected(10.0 + RECHECK_S + 1) == 50.0
+        health.timed_out(300.0, now=10.0 + RECHECK_S + 1)
+        assert health.expected(10.0 + RECHECK_S + 2) > 300.0
+
+    def test_plain_observations_never_fall_back(self) -> None:
+        """A slow tier measured by answers (not timeouts) keeps its estimate."""
+        health = EndpointHealth(prior_ms=50.0)
+        health.observe(400.0)
+        assert health.expected(1e9) == 400.0
