@@ -45,21 +45,25 @@ class Upstreams:
 
     async def start(self) -> None:
         self._started = True
-        await self._start_probers(list(self.probers))
+        await self._discover(list(self.probers.values()))
+        self._launch(list(self.probers))
 
-    async def _start_probers(self, names: list[str]) -> None:
-        if self.offline or not names:
+    async def _discover(self, probers: list[Prober]) -> None:
+        """Know what each cluster serves before it takes a request, but never wait long."""
+        if self.offline or not probers:
             return
-        probers = [self.probers[name] for name in names]
-        # Know what each cluster serves before the first request, but never wait long for it.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await asyncio.gather(
                     *(p.discover() for p in probers if not p.cluster.settings.models)
                 )
+
+    def _launch(self, names: list[str]) -> None:
+        if self.offline:
+            return
         loop = asyncio.get_running_loop()
-        for prober in probers:
-            self._tasks[prober.cluster.name] = loop.create_task(prober.run())
+        for name in names:
+            self._tasks[name] = loop.create_task(self.probers[name].run())
 
     async def reconfigure(
         self,
@@ -100,6 +104,10 @@ class Upstreams:
                 clusters[name] = Cluster.from_settings(new)
                 transports[name] = transport_for(new, tls[name])
                 probers[name] = Prober(clusters[name], transports[name])
+        if self._started:
+            # Before the swap: until then the old cluster serves; a cluster swapped in first
+            # would know no model, and answer 404 to every request while it discovers.
+            await self._discover([probers[name] for name in changed if name in wanted])
         # New tables, never edited in place: a request iterating the old ones is unaffected.
         self.clusters, self.transports, self.probers = clusters, transports, probers
         if going_offline:
@@ -113,7 +121,9 @@ class Upstreams:
             self._retiring.add(retire)
             retire.add_done_callback(self._retiring.discard)
         if self._started:  # new clusters, or every cluster when the site comes back online
-            await self._start_probers([name for name in probers if name not in self._tasks])
+            fresh = [name for name in probers if name not in self._tasks]
+            await self._discover([probers[name] for name in fresh if name not in changed])
+            self._launch(fresh)
         return changed
 
     async def close(self) -> None:

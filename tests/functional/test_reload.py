@@ -3,6 +3,8 @@ models is refused (the running models stay), and reload hooks see every reload."
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import httpx
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from router.api.state import RELOADER
 from router.settings import Settings
@@ -177,3 +180,51 @@ async def test_unchanged_clusters_keep_their_health_across_a_reload() -> None:
         assert upstreams.clusters["central"] is not before
     finally:
         await upstreams.close()
+
+
+def discovering_settings(upstream_url: str) -> Settings:
+    """One central cluster that learns its models by discovery (none listed)."""
+    cluster = {
+        "name": "central",
+        "tier": "central",
+        "protocols": ["openai"],
+        "endpoints": [{"url": upstream_url}],
+        "health_check": {"enabled": False},
+    }
+    return Settings.model_validate({"upstreams": [cluster], "cache": {"enabled": False}})
+
+
+def test_requests_during_a_replanned_clusters_discovery_are_still_served() -> None:
+    """While a reload's re-planned cluster is still discovering what its upstream serves, a
+    request for a model the old cluster served is answered (by the old cluster), never 404."""
+    old, new = FakeUpstream("central"), FakeUpstream("central")
+    asked, release = threading.Event(), threading.Event()
+
+    def gated() -> web.Application:
+        @web.middleware
+        async def hold_discovery(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path == "/v1/models":
+                asked.set()
+                await asyncio.to_thread(release.wait, 10)
+            return await handler(request)
+
+        application = new.app()
+        application.middlewares.append(hold_discovery)
+        return application
+
+    with AppThread(old.app) as old_server, AppThread(gated) as new_server:
+        config = {"now": discovering_settings(old_server.url)}
+        with RouterThread(config["now"], read_settings=lambda: config["now"]) as site:
+            url = site.url + "/v1/chat/completions"
+            config["now"] = discovering_settings(new_server.url)
+            with ThreadPoolExecutor(1) as pool:
+                try:
+                    reloading = pool.submit(site.call_async, reload, site)
+                    assert asked.wait(5)
+                    during = httpx.post(url, json=CHAT, timeout=10)
+                finally:
+                    release.set()
+                assert reloading.result() is True
+            assert during.status_code == 200
+            assert httpx.post(url, json=CHAT, timeout=10).status_code == 200
+            assert (len(old.requests_to("/v1/chat")), len(new.requests_to("/v1/chat"))) == (1, 1)
