@@ -149,12 +149,16 @@ async def _stream(
     except ConnectionError:
         return response  # the client left mid-stream: nobody to answer (no traceback logged)
     finally:
-        # Closed now, not whenever the garbage collector breaks the cycle an exception's
-        # traceback makes: the upstream connection, the cluster's place in its breaker and
-        # the audit record all wait for the stream's end.
-        if isinstance(stream, AsyncGenerator):
-            await stream.aclose()
-    observe(request.app, ctx, reply.status)
+        try:
+            # Closed now, not whenever the garbage collector breaks the cycle an exception's
+            # traceback makes: the upstream connection, the cluster's place in its breaker and
+            # the audit record all wait for the stream's end.
+            if isinstance(stream, AsyncGenerator):
+                await stream.aclose()
+        finally:
+            # Counted however it ended, as an answer whose client left is (see run): the
+            # request counts then add up to the upstream's.
+            observe(request.app, ctx, reply.status)
     return response
 
 

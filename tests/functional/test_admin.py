@@ -4,6 +4,7 @@ API app's state; OpenTelemetry spans per stage continuing the caller's trace ups
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.api.state import RUNTIME
 from router.settings import Settings
-from router.testing import AppThread, FakeUpstream, RouterThread
+from router.testing import AppThread, Behaviour, FakeUpstream, RouterThread
 
 TIMEOUT_S = 10.0
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -273,3 +274,35 @@ def test_admin_listener_has_the_api_listeners_defences(edge_models: Path) -> Non
         with socket.create_connection(address, timeout=5) as slow:
             slow.sendall(b"GET /status HTTP/1.1\r\nHost: r\r\n")
             assert _until_closed(slow) == b""  # the head deadline, not the client's 5 s
+
+
+def test_a_stream_its_client_left_is_counted(edge_models: Path, tmp_path: Path) -> None:
+    """A chat stream whose client leaves after the first event is still counted in requests
+    and latency (as an answer whose client left is): the counters add up to what was served."""
+    upstream = FakeUpstream(name="llm", behaviour=Behaviour(stream_chunks=40, stream_delay_s=0.05))
+    with AppThread(upstream.app) as fake:
+        config = settings(edge_models, fake.url, tmp_path / "spool.sqlite3")
+        with RouterThread(config, admin=True) as router, httpx.Client(timeout=TIMEOUT_S) as http:
+            body = {
+                "model": "gpt-test",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            with http.stream("POST", router.url + "/v1/chat/completions", json=body) as answer:
+                assert answer.status_code == 200
+                next(answer.iter_raw())
+            key = (
+                "layer_router_requests_total",
+                (("api", "openai"), ("outcome", "ok"), ("tier", "regional")),
+            )
+            give_up = time.monotonic() + TIMEOUT_S
+            counted = 0.0
+            while counted < 1 and time.monotonic() < give_up:
+                time.sleep(0.05)
+                text = http.get(router.admin_url + "/metrics").text
+                counted = {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                }.get(key, 0.0)
+            assert counted == 1
