@@ -171,7 +171,7 @@ def build_pipelines(
     )
     tenant, authorize = ResolveTenant(tenancy), AuthorizeModel(tenancy)
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
-    lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site)
+    lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site, models)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route)
     return Pipelines(

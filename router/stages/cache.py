@@ -24,9 +24,11 @@ from router.context import Reply, RequestContext
 from router.errors import (
     DeadlineExceeded,
     NotCached,
+    RouterError,
     Unavailable,
     UpstreamError,
 )
+from router.inference.repository import ModelRepository
 from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
@@ -49,8 +51,10 @@ class LookupCache:
         settings: CacheSettings,
         bundle: PolicyBundle,
         site: SiteSettings,
+        models: ModelRepository | None = None,
     ) -> None:
         self._cache = cache
+        self._models = models
         self._settings = settings
         self._bundle = bundle
         self._site = site
@@ -165,6 +169,7 @@ class LookupCache:
                 ctx.path,
                 ctx.model,
                 ctx.version or "",
+                self._artefact(ctx),
                 self._bundle.revision,
                 # Tenants never share answers: the scope is the resolved tenant, not a header.
                 ctx.tenant,
@@ -180,6 +185,17 @@ class LookupCache:
                 *_tensor_parts(ctx, self._cache),
             )
         )
+
+    def _artefact(self, ctx: RequestContext) -> str:
+        """The sha256 of the local version that answers `ctx` ("" for none): a model file
+        replaced on disk keeps its version number, and a new highest version takes over the
+        requests naming none, yet neither may be answered with the old file's answers."""
+        if self._models is None or ctx.model not in self._models.models:
+            return ""
+        try:
+            return self._models.find(ctx.model, ctx.version).sha256
+        except RouterError:
+            return ""
 
     def _ttl(self, ctx: RequestContext) -> float:
         s = self._settings

@@ -4,6 +4,7 @@ models is refused (the running models stay), and reload hooks see every reload."
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -228,3 +229,52 @@ def test_requests_during_a_replanned_clusters_discovery_are_still_served() -> No
             assert during.status_code == 200
             assert httpx.post(url, json=CHAT, timeout=10).status_code == 200
             assert (len(old.requests_to("/v1/chat")), len(new.requests_to("/v1/chat"))) == (1, 1)
+
+
+RGB = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [0.3, 0.6, 0.9]}]}
+
+
+def colour_site(tmp_path: Path, edge_models: Path) -> tuple[Path, Settings]:
+    """A copy of the demo colour classifier (versions 1 and 2), the answer cache on."""
+    repository = tmp_path / "models"
+    shutil.copytree(edge_models / "color_classifier", repository / "color_classifier")
+    config = Settings.model_validate(
+        {"models": {"repository": repository, "inference_threads": 1}, "cache": {"enabled": True}}
+    )
+    return repository / "color_classifier", config
+
+
+def infer(site: RouterThread, path: str = "/v2/models/color_classifier/infer") -> httpx.Response:
+    answer = httpx.post(site.url + path, json=RGB, timeout=10)
+    assert answer.status_code == 200
+    return answer
+
+
+def test_a_model_file_replaced_on_disk_is_not_answered_from_the_cache(
+    tmp_path: Path, edge_models: Path
+) -> None:
+    """Version 2's file replaced by another model and reloaded: the next request is answered
+    by the new artefact, not by the old one's cached answer."""
+    model, config = colour_site(tmp_path, edge_models)
+    with RouterThread(config, read_settings=lambda: config) as site:
+        before = infer(site)
+        assert infer(site).headers["X-Cache"] == "HIT"
+        shutil.copyfile(model / "1" / "model.onnx", model / "2" / "model.onnx")
+        assert site.call_async(reload, site) is True
+        after = infer(site)
+        assert after.headers["X-Cache"] == "MISS"
+        v1 = infer(site, "/v2/models/color_classifier/versions/1/infer").json()["outputs"]
+        assert after.json()["outputs"] == v1 != before.json()["outputs"]
+
+
+def test_a_new_highest_version_answers_requests_naming_none(
+    tmp_path: Path, edge_models: Path
+) -> None:
+    """A version 3 added and reloaded answers the next request naming no version (Triton's
+    default), not the cache's copy of version 2's answer."""
+    model, config = colour_site(tmp_path, edge_models)
+    with RouterThread(config, read_settings=lambda: config) as site:
+        assert infer(site).json()["model_version"] == "2"
+        shutil.copytree(model / "1", model / "3")
+        assert site.call_async(reload, site) is True
+        assert infer(site).json()["model_version"] == "3"
