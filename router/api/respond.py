@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 from aiohttp import web
 
 from router.api.current import current
+from router.api.draining import close_when_draining
 from router.api.state import SPOOL, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext
@@ -116,6 +117,7 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     )
     if len(reply.body) >= 1024 and "Accept-Encoding" in request.headers:
         response.enable_compression()
+    close_when_draining(request, response)
     try:
         # The answer goes out first: the record, the sample and the counts are bookkeeping
         # the client need not wait for (the next request on this connection still does).
@@ -137,6 +139,7 @@ async def _stream(
     assert stream is not None
     response = web.StreamResponse(status=reply.status, headers=headers)
     response.content_type = reply.content_type
+    close_when_draining(request, response)
     try:
         await response.prepare(request)
         try:
