@@ -105,7 +105,13 @@ def trace_headers(ctx: RequestContext) -> dict[str, str]:
 
 async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> web.StreamResponse:
     started = time.perf_counter()
-    reply = await pipeline.run(ctx)
+    try:
+        reply = await pipeline.run(ctx)
+    except asyncio.CancelledError:
+        # The client left before the answer (aiohttp cancels the handler): counted still, or
+        # the requests an operator most wants to see (the slow ones) would vanish.
+        observe(request.app, ctx, None)
+        raise
     headers = {**reply.headers, **trace_headers(ctx)}
     trail = request.app[TRAIL]
     if reply.stream is not None:
@@ -165,8 +171,9 @@ async def _stream(
     return response
 
 
-def observe(app: web.Application, ctx: RequestContext, status: int) -> None:
-    """Count an answered request for /metrics (a few dict updates)."""
+def observe(app: web.Application, ctx: RequestContext, status: int | None) -> None:
+    """Count an answered request for /metrics (a few dict updates); `status` None: its client
+    left before the answer."""
     metrics = app[TELEMETRY].requests
     latency = time.perf_counter() - ctx.started
     metrics.observe(ctx.api, ctx.served_tier, status, latency)
