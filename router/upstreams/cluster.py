@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ class Cluster:
     # Per model, the versions the cluster's endpoints report serving (v2 repository index).
     versions: dict[str, frozenset[str]] = field(default_factory=dict)
     active: int = 0
+    # Set when `active` falls to 0, once a replaced cluster waits for its last request.
+    idle: asyncio.Event | None = None
     retries_active: int = 0
     counters: Counters = field(default_factory=Counters)
     # Fixed by the settings (a reload that changes them makes a new cluster): made once here,
@@ -115,6 +118,8 @@ class Cluster:
 
     def done(self) -> None:
         self.active -= 1
+        if not self.active and self.idle is not None:
+            self.idle.set()
 
     def retry_allowed(self) -> bool:
         """Envoy's retry budget: retries in flight stay under a share of active requests."""

@@ -90,7 +90,7 @@ class Upstreams:
         if not changed and not switched:
             return []
         retired = [
-            (self._tasks.pop(name, None), self.transports[name])
+            (self._tasks.pop(name, None), self.clusters[name], self.transports[name])
             for name in changed
             if name in self.clusters
         ]
@@ -114,10 +114,10 @@ class Upstreams:
             for prober_task in self._tasks.values():
                 prober_task.cancel()
             self._tasks = {}
-        for old_prober, transport in retired:
+        for old_prober, old, transport in retired:
             if old_prober is not None:
                 old_prober.cancel()
-            retire = asyncio.get_running_loop().create_task(_close_later(transport, drain_s))
+            retire = asyncio.get_running_loop().create_task(_close_later(old, transport, drain_s))
             self._retiring.add(retire)
             retire.add_done_callback(self._retiring.discard)
         if self._started:  # new clusters, or every cluster when the site comes back online
@@ -202,8 +202,15 @@ async def _close(transport: Transport) -> None:
         await closer()
 
 
-async def _close_later(transport: Transport, drain_s: float) -> None:
+async def _close_later(cluster: Cluster, transport: Transport, drain_s: float) -> None:
+    """Close a replaced cluster's connections once its requests are done: after `drain_s` (a
+    request may have picked it just before the swap), then for as long as any still runs. A
+    chat stream may last minutes; closing under it would break it, and every request ends by
+    its own deadline."""
     try:
         await asyncio.sleep(drain_s)
+        while cluster.active > 0:
+            cluster.idle = asyncio.Event()
+            await cluster.idle.wait()
     finally:  # cancelled at shutdown: close now
         await _close(transport)

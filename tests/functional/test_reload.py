@@ -278,3 +278,27 @@ def test_a_new_highest_version_answers_requests_naming_none(
         shutil.copytree(model / "1", model / "3")
         assert site.call_async(reload, site) is True
         assert infer(site).json()["model_version"] == "3"
+
+
+def test_a_stream_outlasting_the_drain_survives_a_replanned_cluster() -> None:
+    """A chat stream longer than drain_timeout_s, in flight when a reload replaces its cluster,
+    runs to its end: the old cluster's connections close when its last request is done."""
+    upstream = FakeUpstream("central", behaviour=Behaviour(stream_chunks=8, stream_delay_s=0.2))
+    with AppThread(upstream.app) as server:
+
+        def config(timeout_ms: int) -> Settings:
+            base = chat_forwarding_settings(server.url, server={"drain_timeout_s": 0.1})
+            cluster = base.upstreams[0].model_copy(update={"request_timeout_ms": timeout_ms})
+            return base.model_copy(update={"upstreams": (cluster,)})
+
+        now = {"config": config(30_000)}
+        with RouterThread(now["config"], read_settings=lambda: now["config"]) as site:
+            body = {**CHAT, "stream": True}
+            with httpx.stream("POST", site.url + "/v1/chat/completions", json=body) as answer:
+                events = answer.iter_lines()
+                assert next(events).startswith("data: ")
+                now["config"] = config(29_000)
+                assert site.call_async(reload, site) is True
+                rest = [line for line in events if line.startswith("data: ")]
+            assert rest[-1] == "data: [DONE]"
+            assert not any('"error"' in line for line in rest)
