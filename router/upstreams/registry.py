@@ -73,9 +73,10 @@ class Upstreams:
         drain_s: float,
     ) -> list[str]:
         """Apply a reloaded `upstreams` list: unchanged clusters keep their health, pools and
-        probers; changed and new ones start afresh; removed and replaced ones stop taking
-        requests now and close after `drain_s` (requests in flight on them finish). Returns
-        the names of the clusters that changed."""
+        probers; changed and new ones start afresh, swapped in once they know what they serve
+        (discovery, bounded); removed and replaced ones then stop taking requests and close
+        when their last request is done (`drain_s` at the earliest). Returns the names of the
+        clusters that changed."""
         wanted = {s.name: s for s in settings}
         changed = [
             name
@@ -89,11 +90,6 @@ class Upstreams:
         self.offline = offline
         if not changed and not switched:
             return []
-        retired = [
-            (self._tasks.pop(name, None), self.clusters[name], self.transports[name])
-            for name in changed
-            if name in self.clusters
-        ]
         clusters, transports = dict(self.clusters), dict(self.transports)
         probers = dict(self.probers)
         for name in changed:
@@ -107,7 +103,18 @@ class Upstreams:
         if self._started:
             # Before the swap: until then the old cluster serves; a cluster swapped in first
             # would know no model, and answer 404 to every request while it discovers.
-            await self._discover([probers[name] for name in changed if name in wanted])
+            try:
+                await self._discover([probers[name] for name in changed if name in wanted])
+            except BaseException:  # cancelled (shutdown): nothing swapped, nothing left open
+                for name in changed:
+                    if name in wanted:
+                        await _close(transports[name])
+                raise
+        retired = [
+            (self._tasks.pop(name, None), self.clusters[name], self.transports[name])
+            for name in changed
+            if name in self.clusters
+        ]
         # New tables, never edited in place: a request iterating the old ones is unaffected.
         self.clusters, self.transports, self.probers = clusters, transports, probers
         if going_offline:
