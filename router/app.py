@@ -183,7 +183,7 @@ def build_pipelines(
         log.warning("tenant %s holds a site's upload key: that key is no API key here", name)
     tenant, authorize = ResolveTenant(tenancy), AuthorizeModel(tenancy)
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
-    lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site)
+    lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site, models)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route, tenancy)
     return Pipelines(

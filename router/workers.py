@@ -85,6 +85,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
+        # SO_REUSEADDR as asyncio's servers set it: without it, the connections a stopped site
+        # left in TIME_WAIT refuse the port for a minute (a listening program still does).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError:

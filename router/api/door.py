@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from router.api.admission import EXEMPT, UNPIPELINED_POSTS, name_tenant
 from router.api.current import GENERATION, WITHOUT_POLICY
+from router.api.draining import close_when_draining
 from router.api.errors import answer_failure
 from router.api.state import RUNTIME
 from router.errors import Overloaded, PolicyPending
@@ -39,13 +40,15 @@ def front_door(max_in_flight: int) -> Middleware:
                 request[GENERATION] = generation
                 generation.enter()
                 try:
-                    return await handler(request)
+                    response = await handler(request)
                 finally:
                     generation.leave()
             finally:
                 if counted:
                     in_flight -= 1
         except Exception as exc:
-            return await answer_failure(request, exc)
+            response = await answer_failure(request, exc)
+        close_when_draining(request, response)
+        return response
 
     return door

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 from aiohttp import web
 
 from router.api.current import current
+from router.api.draining import close_when_draining
 from router.api.state import SPOOL, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext
@@ -104,7 +105,13 @@ def trace_headers(ctx: RequestContext) -> dict[str, str]:
 
 async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> web.StreamResponse:
     started = time.perf_counter()
-    reply = await pipeline.run(ctx)
+    try:
+        reply = await pipeline.run(ctx)
+    except asyncio.CancelledError:
+        # The client left before the answer (aiohttp cancels the handler): counted still, or
+        # the requests an operator most wants to see (the slow ones) would vanish.
+        observe(request.app, ctx, None)
+        raise
     headers = {**reply.headers, **trace_headers(ctx)}
     trail = request.app[TRAIL]
     if reply.stream is not None:
@@ -116,6 +123,7 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     )
     if len(reply.body) >= 1024 and "Accept-Encoding" in request.headers:
         response.enable_compression()
+    close_when_draining(request, response)
     try:
         # The answer goes out first: the record, the sample and the counts are bookkeeping
         # the client need not wait for (the next request on this connection still does).
@@ -137,6 +145,7 @@ async def _stream(
     assert stream is not None
     response = web.StreamResponse(status=reply.status, headers=headers)
     response.content_type = reply.content_type
+    close_when_draining(request, response)
     try:
         await response.prepare(request)
         try:
@@ -149,17 +158,22 @@ async def _stream(
     except ConnectionError:
         return response  # the client left mid-stream: nobody to answer (no traceback logged)
     finally:
-        # Closed now, not whenever the garbage collector breaks the cycle an exception's
-        # traceback makes: the upstream connection, the cluster's place in its breaker and
-        # the audit record all wait for the stream's end.
-        if isinstance(stream, AsyncGenerator):
-            await stream.aclose()
-    observe(request.app, ctx, reply.status)
+        try:
+            # Closed now, not whenever the garbage collector breaks the cycle an exception's
+            # traceback makes: the upstream connection, the cluster's place in its breaker and
+            # the audit record all wait for the stream's end.
+            if isinstance(stream, AsyncGenerator):
+                await stream.aclose()
+        finally:
+            # Counted however it ended, as an answer whose client left is (see run): the
+            # request counts then add up to the upstream's.
+            observe(request.app, ctx, reply.status)
     return response
 
 
-def observe(app: web.Application, ctx: RequestContext, status: int) -> None:
-    """Count an answered request for /metrics (a few dict updates)."""
+def observe(app: web.Application, ctx: RequestContext, status: int | None) -> None:
+    """Count an answered request for /metrics (a few dict updates); `status` None: its client
+    left before the answer."""
     metrics = app[TELEMETRY].requests
     latency = time.perf_counter() - ctx.started
     metrics.observe(ctx.api, ctx.served_tier, status, latency)

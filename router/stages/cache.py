@@ -25,10 +25,12 @@ from router.context import Reply, RequestContext
 from router.errors import (
     DeadlineExceeded,
     NotCached,
+    RouterError,
     Unavailable,
     UpstreamError,
 )
 from router.headers import TENANT
+from router.inference.repository import ModelRepository
 from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
@@ -51,8 +53,10 @@ class LookupCache:
         settings: CacheSettings,
         bundle: PolicyBundle,
         site: SiteSettings,
+        models: ModelRepository | None = None,
     ) -> None:
         self._cache = cache
+        self._models = models
         self._settings = settings
         self._bundle = bundle
         self._site = site
@@ -167,6 +171,7 @@ class LookupCache:
                 ctx.path,
                 ctx.model,
                 ctx.version or "",
+                self._artefact(ctx),
                 self._bundle.revision,
                 # Tenants never share answers: the scope is the resolved tenant, not a header;
                 # behind another router, that router's tenant too (it can only narrow).
@@ -184,6 +189,17 @@ class LookupCache:
                 *_tensor_parts(ctx, self._cache),
             )
         )
+
+    def _artefact(self, ctx: RequestContext) -> str:
+        """The sha256 of the local version that answers `ctx` ("" for none): a model file
+        replaced on disk keeps its version number, and a new highest version takes over the
+        requests naming none, yet neither may be answered with the old file's answers."""
+        if self._models is None or ctx.model not in self._models.models:
+            return ""
+        try:
+            return self._models.find(ctx.model, ctx.version).sha256
+        except RouterError:
+            return ""
 
     def _ttl(self, ctx: RequestContext) -> float:
         s = self._settings

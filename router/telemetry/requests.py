@@ -63,11 +63,12 @@ class RequestMetrics:
         self.latency: dict[tuple[str, str], Histogram] = {}
         self.redactions: Counter[str] = Counter()
 
-    def observe(self, api: str, tier: str, status: int, seconds: float | None) -> None:
-        """`seconds` None: counted, not timed (refused before its arrival was taken)."""
+    def observe(self, api: str, tier: str, status: int | None, seconds: float | None) -> None:
+        """`status` None: the client left before the answer (outcome client_closed, nginx's
+        499); `seconds` None: counted, not timed (refused before its arrival was taken)."""
         api = api if api in APIS else "other"
         tier = tier if tier in TIERS else "none"
-        key = (api, tier, _outcome(status))
+        key = (api, tier, "client_closed" if status is None else _outcome(status))
         self.requests[key] = self.requests.get(key, 0) + 1
         if seconds is None:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ class Cluster:
     # regional router lists central's models as `central`, and so should the router in front.
     tiers: dict[str, str] = field(default_factory=dict)
     active: int = 0
+    # Set when `active` falls to 0, once a replaced cluster waits for its last request.
+    idle: asyncio.Event | None = None
     retries_active: int = 0
     counters: Counters = field(default_factory=Counters)
     # Fixed by the settings (a reload that changes them makes a new cluster): made once here,
@@ -128,6 +131,8 @@ class Cluster:
 
     def done(self) -> None:
         self.active -= 1
+        if not self.active and self.idle is not None:
+            self.idle.set()
 
     def retry_allowed(self) -> bool:
         """Envoy's retry budget: retries in flight stay under a share of active requests."""

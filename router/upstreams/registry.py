@@ -45,21 +45,25 @@ class Upstreams:
 
     async def start(self) -> None:
         self._started = True
-        await self._start_probers(list(self.probers))
+        await self._discover(list(self.probers.values()))
+        self._launch(list(self.probers))
 
-    async def _start_probers(self, names: list[str]) -> None:
-        if self.offline or not names:
+    async def _discover(self, probers: list[Prober]) -> None:
+        """Know what each cluster serves before it takes a request, but never wait long."""
+        if self.offline or not probers:
             return
-        probers = [self.probers[name] for name in names]
-        # Know what each cluster serves before the first request, but never wait long for it.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await asyncio.gather(
                     *(p.discover() for p in probers if not p.cluster.settings.models)
                 )
+
+    def _launch(self, names: list[str]) -> None:
+        if self.offline:
+            return
         loop = asyncio.get_running_loop()
-        for prober in probers:
-            self._tasks[prober.cluster.name] = loop.create_task(prober.run())
+        for name in names:
+            self._tasks[name] = loop.create_task(self.probers[name].run())
 
     async def reconfigure(
         self,
@@ -69,9 +73,10 @@ class Upstreams:
         drain_s: float,
     ) -> list[str]:
         """Apply a reloaded `upstreams` list: unchanged clusters keep their health, pools and
-        probers; changed and new ones start afresh; removed and replaced ones stop taking
-        requests now and close after `drain_s` (requests in flight on them finish). Returns
-        the names of the clusters that changed."""
+        probers; changed and new ones start afresh, swapped in once they know what they serve
+        (discovery, bounded); removed and replaced ones then stop taking requests and close
+        when their last request is done (`drain_s` at the earliest). Returns the names of the
+        clusters that changed."""
         wanted = {s.name: s for s in settings}
         changed = [
             name
@@ -85,11 +90,6 @@ class Upstreams:
         self.offline = offline
         if not changed and not switched:
             return []
-        retired = [
-            (self._tasks.pop(name, None), self.transports[name])
-            for name in changed
-            if name in self.clusters
-        ]
         clusters, transports = dict(self.clusters), dict(self.transports)
         probers = dict(self.probers)
         for name in changed:
@@ -100,20 +100,37 @@ class Upstreams:
                 clusters[name] = Cluster.from_settings(new)
                 transports[name] = transport_for(new, tls[name])
                 probers[name] = Prober(clusters[name], transports[name])
+        if self._started:
+            # Before the swap: until then the old cluster serves; a cluster swapped in first
+            # would know no model, and answer 404 to every request while it discovers.
+            try:
+                await self._discover([probers[name] for name in changed if name in wanted])
+            except BaseException:  # cancelled (shutdown): nothing swapped, nothing left open
+                for name in changed:
+                    if name in wanted:
+                        await _close(transports[name])
+                raise
+        retired = [
+            (self._tasks.pop(name, None), self.clusters[name], self.transports[name])
+            for name in changed
+            if name in self.clusters
+        ]
         # New tables, never edited in place: a request iterating the old ones is unaffected.
         self.clusters, self.transports, self.probers = clusters, transports, probers
         if going_offline:
             for prober_task in self._tasks.values():
                 prober_task.cancel()
             self._tasks = {}
-        for old_prober, transport in retired:
+        for old_prober, old, transport in retired:
             if old_prober is not None:
                 old_prober.cancel()
-            retire = asyncio.get_running_loop().create_task(_close_later(transport, drain_s))
+            retire = asyncio.get_running_loop().create_task(_close_later(old, transport, drain_s))
             self._retiring.add(retire)
             retire.add_done_callback(self._retiring.discard)
         if self._started:  # new clusters, or every cluster when the site comes back online
-            await self._start_probers([name for name in probers if name not in self._tasks])
+            fresh = [name for name in probers if name not in self._tasks]
+            await self._discover([probers[name] for name in fresh if name not in changed])
+            self._launch(fresh)
         return changed
 
     async def close(self) -> None:
@@ -200,8 +217,15 @@ async def _close(transport: Transport) -> None:
         await closer()
 
 
-async def _close_later(transport: Transport, drain_s: float) -> None:
+async def _close_later(cluster: Cluster, transport: Transport, drain_s: float) -> None:
+    """Close a replaced cluster's connections once its requests are done: after `drain_s` (a
+    request may have picked it just before the swap), then for as long as any still runs. A
+    chat stream may last minutes; closing under it would break it, and every request ends by
+    its own deadline."""
     try:
         await asyncio.sleep(drain_s)
+        while cluster.active > 0:
+            cluster.idle = asyncio.Event()
+            await cluster.idle.wait()
     finally:  # cancelled at shutdown: close now
         await _close(transport)

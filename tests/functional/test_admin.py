@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families as families
 
 from router.api.state import RUNTIME, STATUS
 from router.settings import Settings
-from router.testing import AppThread, FakeUpstream, RouterThread
+from router.testing import AppThread, Behaviour, FakeUpstream, RouterThread
 
 TIMEOUT_S = 10.0
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -336,3 +337,53 @@ def wait_until_full(router: RouterThread) -> bool:
             if b" 503 " in _until_closed(probe).split(b"\r\n")[0]:
                 return True
     return False
+
+
+def requests_counted(http: httpx.Client, router: RouterThread, **labels: str) -> float:
+    """requests_total summed over the samples carrying `labels`, once it is at least 1 (or
+    after TIMEOUT_S): the count is made when the router notices the client left."""
+    give_up = time.monotonic() + TIMEOUT_S
+    counted = 0.0
+    while counted < 1 and time.monotonic() < give_up:
+        time.sleep(0.05)
+        text = http.get(router.admin_url + "/metrics").text
+        counted = sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "layer_router_requests_total" and labels.items() <= s.labels.items()
+        )
+    return counted
+
+
+def test_a_stream_its_client_left_is_counted(edge_models: Path, tmp_path: Path) -> None:
+    """A chat stream whose client leaves after the first event is still counted in requests
+    and latency (as an answer whose client left is): the counters add up to what was served."""
+    upstream = FakeUpstream(name="llm", behaviour=Behaviour(stream_chunks=40, stream_delay_s=0.05))
+    with AppThread(upstream.app) as fake:
+        config = settings(edge_models, fake.url, tmp_path / "spool.sqlite3")
+        with RouterThread(config, admin=True) as router, httpx.Client(timeout=TIMEOUT_S) as http:
+            body = {
+                "model": "gpt-test",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            with http.stream("POST", router.url + "/v1/chat/completions", json=body) as answer:
+                assert answer.status_code == 200
+                next(answer.iter_raw())
+            assert requests_counted(http, router, api="openai", outcome="ok", tier="regional") == 1
+
+
+def test_a_request_its_client_left_before_the_answer_is_counted(
+    edge_models: Path, tmp_path: Path
+) -> None:
+    """A chat request whose client gives up while the upstream is still thinking is counted
+    (outcome client_closed, as nginx's 499), not lost from requests_total and the latency."""
+    upstream = FakeUpstream(name="llm", behaviour=Behaviour(delay_s=3.0))
+    with AppThread(upstream.app) as fake:
+        config = settings(edge_models, fake.url, tmp_path / "spool.sqlite3")
+        with RouterThread(config, admin=True) as router, httpx.Client(timeout=TIMEOUT_S) as http:
+            body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+            with pytest.raises(httpx.ReadTimeout):
+                http.post(router.url + "/v1/chat/completions", json=body, timeout=0.3)
+            assert requests_counted(http, router, api="openai", outcome="client_closed") == 1

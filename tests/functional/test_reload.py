@@ -3,6 +3,9 @@ models is refused (the running models stay), and reload hooks see every reload."
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import httpx
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from router.api.state import RELOADER
 from router.settings import Settings
@@ -177,3 +181,124 @@ async def test_unchanged_clusters_keep_their_health_across_a_reload() -> None:
         assert upstreams.clusters["central"] is not before
     finally:
         await upstreams.close()
+
+
+def discovering_settings(upstream_url: str) -> Settings:
+    """One central cluster that learns its models by discovery (none listed)."""
+    cluster = {
+        "name": "central",
+        "tier": "central",
+        "protocols": ["openai"],
+        "endpoints": [{"url": upstream_url}],
+        "health_check": {"enabled": False},
+    }
+    return Settings.model_validate({"upstreams": [cluster], "cache": {"enabled": False}})
+
+
+def test_requests_during_a_replanned_clusters_discovery_are_still_served() -> None:
+    """While a reload's re-planned cluster is still discovering what its upstream serves, a
+    request for a model the old cluster served is answered (by the old cluster), never 404."""
+    old, new = FakeUpstream("central"), FakeUpstream("central")
+    asked, release = threading.Event(), threading.Event()
+
+    def gated() -> web.Application:
+        @web.middleware
+        async def hold_discovery(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path == "/v1/models":
+                asked.set()
+                await asyncio.to_thread(release.wait, 10)
+            return await handler(request)
+
+        application = new.app()
+        application.middlewares.append(hold_discovery)
+        return application
+
+    with AppThread(old.app) as old_server, AppThread(gated) as new_server:
+        config = {"now": discovering_settings(old_server.url)}
+        with RouterThread(config["now"], read_settings=lambda: config["now"]) as site:
+            url = site.url + "/v1/chat/completions"
+            config["now"] = discovering_settings(new_server.url)
+            with ThreadPoolExecutor(1) as pool:
+                try:
+                    reloading = pool.submit(site.call_async, reload, site)
+                    assert asked.wait(5)
+                    during = httpx.post(url, json=CHAT, timeout=10)
+                finally:
+                    release.set()
+                assert reloading.result() is True
+            assert during.status_code == 200
+            assert httpx.post(url, json=CHAT, timeout=10).status_code == 200
+            assert (len(old.requests_to("/v1/chat")), len(new.requests_to("/v1/chat"))) == (1, 1)
+
+
+RGB = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [0.3, 0.6, 0.9]}]}
+
+
+def colour_site(tmp_path: Path, edge_models: Path) -> tuple[Path, Settings]:
+    """A copy of the demo colour classifier (versions 1 and 2), the answer cache on."""
+    repository = tmp_path / "models"
+    shutil.copytree(edge_models / "color_classifier", repository / "color_classifier")
+    config = Settings.model_validate(
+        {"models": {"repository": repository, "inference_threads": 1}, "cache": {"enabled": True}}
+    )
+    return repository / "color_classifier", config
+
+
+def infer(site: RouterThread, path: str = "/v2/models/color_classifier/infer") -> httpx.Response:
+    answer = httpx.post(site.url + path, json=RGB, timeout=10)
+    assert answer.status_code == 200
+    return answer
+
+
+def test_a_model_file_replaced_on_disk_is_not_answered_from_the_cache(
+    tmp_path: Path, edge_models: Path
+) -> None:
+    """Version 2's file replaced by another model and reloaded: the next request is answered
+    by the new artefact, not by the old one's cached answer."""
+    model, config = colour_site(tmp_path, edge_models)
+    with RouterThread(config, read_settings=lambda: config) as site:
+        before = infer(site)
+        assert infer(site).headers["X-Cache"] == "HIT"
+        shutil.copyfile(model / "1" / "model.onnx", model / "2" / "model.onnx")
+        assert site.call_async(reload, site) is True
+        after = infer(site)
+        assert after.headers["X-Cache"] == "MISS"
+        v1 = infer(site, "/v2/models/color_classifier/versions/1/infer").json()["outputs"]
+        assert after.json()["outputs"] == v1 != before.json()["outputs"]
+
+
+def test_a_new_highest_version_answers_requests_naming_none(
+    tmp_path: Path, edge_models: Path
+) -> None:
+    """A version 3 added and reloaded answers the next request naming no version (Triton's
+    default), not the cache's copy of version 2's answer."""
+    model, config = colour_site(tmp_path, edge_models)
+    with RouterThread(config, read_settings=lambda: config) as site:
+        assert infer(site).json()["model_version"] == "2"
+        shutil.copytree(model / "1", model / "3")
+        assert site.call_async(reload, site) is True
+        assert infer(site).json()["model_version"] == "3"
+
+
+def test_a_stream_outlasting_the_drain_survives_a_replanned_cluster() -> None:
+    """A chat stream longer than drain_timeout_s, in flight when a reload replaces its cluster,
+    runs to its end: the old cluster's connections close when its last request is done."""
+    upstream = FakeUpstream("central", behaviour=Behaviour(stream_chunks=8, stream_delay_s=0.2))
+    with AppThread(upstream.app) as server:
+
+        def config(timeout_ms: int) -> Settings:
+            base = chat_forwarding_settings(server.url, server={"drain_timeout_s": 0.1})
+            cluster = base.upstreams[0].model_copy(update={"request_timeout_ms": timeout_ms})
+            return base.model_copy(update={"upstreams": (cluster,)})
+
+        now = {"config": config(30_000)}
+        with RouterThread(now["config"], read_settings=lambda: now["config"]) as site:
+            body = {**CHAT, "stream": True}
+            with httpx.stream("POST", site.url + "/v1/chat/completions", json=body) as answer:
+                events = answer.iter_lines()
+                assert next(events).startswith("data: ")
+                now["config"] = config(29_000)
+                assert site.call_async(reload, site) is True
+                rest = [line for line in events if line.startswith("data: ")]
+            assert rest[-1] == "data: [DONE]"
+            assert not any('"error"' in line for line in rest)
