@@ -171,7 +171,12 @@ def plain_session() -> aiohttp.ClientSession:
 
 def session_for(cluster: ClusterSettings) -> aiohttp.ClientSession:
     # No TLS context here: HttpTransport passes its ClientTls's with every request.
-    connector = aiohttp.TCPConnector(limit=cluster.max_connections, enable_cleanup_closed=True)
+    connector = aiohttp.TCPConnector(
+        limit=cluster.max_connections,
+        enable_cleanup_closed=True,
+        # As the lean client's pool (pool.KEEPALIVE_S): below common servers' 5 s idle close.
+        keepalive_timeout=4.0,
+    )
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=True,

@@ -24,7 +24,10 @@ from router.upstreams.h1 import H1Connection, PoolKey
 from router.upstreams.h1_response import H1Response
 from router.upstreams.tls import ClientTls
 
-KEEPALIVE_S = 15.0  # aiohttp's default: an idle connection is closed after this
+# An idle connection is reused within this time and closed after it: below the 5 s after which
+# common servers (uvicorn, so vLLM; Node.js) close theirs. A request written on a connection
+# the upstream is closing fails, and a POST may not be sent again.
+KEEPALIVE_S = 4.0
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _SAFE_PATH = "/?&=%:@!$'()*+,;~-._#[]"
@@ -90,11 +93,19 @@ class H1Transport:
     # the pool
 
     def _take(self, key: Key) -> H1Connection | None:
+        """The most recently used idle connection; one idle for KEEPALIVE_S or more (the
+        sweep has not come by yet) is closed instead: so are all older ones then."""
         idle = self._idle.get(key)
+        if not idle:
+            return None
+        fresh_since = asyncio.get_running_loop().time() - KEEPALIVE_S
         while idle:
             connection = idle.pop()
-            if not connection.closed:
+            if connection.closed:
+                continue
+            if connection.idle_since > fresh_since:
                 return connection
+            connection.close()
         return None
 
     def _release(self, connection: H1Connection, reusable: bool) -> None:

@@ -436,6 +436,21 @@ async def test_idle_connection_is_closed_after_the_keep_alive_time(
     await transport.close()
 
 
+async def test_a_connection_idle_too_long_is_not_reused(server: tuple[Scripted, str]) -> None:
+    """A pooled connection idle for KEEPALIVE_S or more (before the sweep closed it) is not
+    written to again: the upstream may be closing it; a new connection carries the request."""
+    scripted, url = server
+    scripted.answers = [ok(b"one"), ok(b"two")]
+    transport = H1Transport(4)
+    assert await get(transport, url) == b"one"
+    for idle in transport._idle.values():
+        for connection in idle:
+            connection.idle_since -= pool.KEEPALIVE_S + 1
+    assert await get(transport, url) == b"two"
+    assert scripted.connections == 2
+    await transport.close()
+
+
 async def test_refused_connection_is_connect_failed() -> None:
     """Nothing listening is ConnectFailed."""
     listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
