@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 from unittest import mock
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from router.api.respond import _stream
+from router.api.state import STATUS, TELEMETRY, ServerStatus
 from router.context import Reply, RequestContext
+from router.telemetry import Telemetry
 
 LIMIT_S = 5.0
 
@@ -64,7 +67,10 @@ async def test_client_gone_closes_the_stream(fails: str) -> None:
     writer.write_headers = mock.AsyncMock()
     writer.write = mock.AsyncMock()
     setattr(writer, fails, mock.AsyncMock(side_effect=ConnectionResetError("client gone")))
-    request = make_mocked_request("POST", "/v1/chat/completions", writer=writer)
+    app = web.Application()
+    app[STATUS] = ServerStatus()
+    app[TELEMETRY] = Telemetry()
+    request = make_mocked_request("POST", "/v1/chat/completions", writer=writer, app=app)
     reply = Reply(b"", "text/event-stream", 200, {}, stream=await started_stream(released))
     await _stream(request, reply, {}, context())
     del reply
