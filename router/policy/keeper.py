@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 LAST_GOOD = "last-good.tar.gz"
 LAST_GOOD_META = "last-good.json"
+# A writer killed mid-way leaves a staging folder or a temporary file; a live write takes
+# milliseconds, but the store may be shared by workers: only what is this old is swept.
+LEFTOVER_AGE_S = 3600.0
 
 
 def content_id(files: Files) -> str:
@@ -85,6 +88,7 @@ class BundleKeeper:
         self.keys = keys
         self.store = store
         self.high_water = HighWater(store) if keys else None
+        sweep_leftovers(store, time.time())
 
     def accept(self, files: Files) -> tuple[PolicyBundle, str | None]:
         """The loaded bundle and the key that signed it; BundleRejected when it must not be
@@ -206,3 +210,24 @@ def _discard(folder: Path) -> None:
         pass  # another worker moved it first
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_leftovers(store: Path, now: float) -> None:
+    """Staging folders and temporary files at least LEFTOVER_AGE_S old: what writers killed
+    mid-way (a `kill -9` during an activation) left in the store."""
+    try:
+        entries = list(store.iterdir())
+    except OSError:
+        return  # no store yet
+    for entry in entries:
+        if not (entry.name.startswith(".staging-") or entry.name.endswith(".tmp")):
+            continue
+        try:
+            if now - entry.lstat().st_mtime < LEFTOVER_AGE_S:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as exc:
+            log.warning("policy store: cannot remove leftover %s: %s", entry, exc.strerror)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import time
 from pathlib import Path
 
 import orjson
@@ -181,3 +183,19 @@ def test_a_store_that_cannot_be_written_is_named(
     keeper = BundleKeeper(load_public_keys((keys[1],)), blocker / "store")
     with pytest.raises(BundleRejected, match=r"cannot store the bundle in .*not-a-folder"):
         keeper.accept(signed)
+
+
+def test_leftovers_of_a_killed_writer_are_swept(tmp_path: Path) -> None:
+    """Staging folders and temporary files an hour old (a kill -9 mid-activation) are removed
+    when a keeper opens the store; fresh ones, a live writer's, and the bundles are kept."""
+    store = tmp_path / "store"
+    (store / ".staging-old" / "bundle").mkdir(parents=True)
+    (store / ".staging-old" / "bundle" / "manifest.yaml").write_text("x")
+    (store / ".staging-new").mkdir()
+    (store / "last-good.tar.gz.41.7.tmp").write_bytes(b"half")
+    (store / "bundle-abc").mkdir()
+    hours_ago = time.time() - 2 * 3600
+    for old in (store / ".staging-old", store / "last-good.tar.gz.41.7.tmp"):
+        os.utime(old, (hours_ago, hours_ago))
+    BundleKeeper({}, store)
+    assert sorted(p.name for p in store.iterdir()) == [".staging-new", "bundle-abc"]
