@@ -104,9 +104,15 @@ def read_head(log: Path) -> Head | None:
     return head
 
 
-def write_head(log: Path, head: Head) -> None:
-    """Replace the head atomically: a crash leaves the old head or the new one, never a mix."""
+def write_head(log: Path, head: Head, *, sync: bool = False) -> None:
+    """Replace the head atomically: a crash leaves the old head or the new one, never a mix.
+    `sync`: its bytes reach the disk before the rename does, so a power cut cannot leave an
+    empty head file (which `audit verify` would have to call damaged) beside a synced log."""
     target = head_path(log)
     temporary = target.with_name(target.name + ".tmp")
-    temporary.write_bytes(canonical({"seq": head.seq, "hash": head.hash, "id": head.id}))
+    with open(temporary, "wb") as out:
+        out.write(canonical({"seq": head.seq, "hash": head.hash, "id": head.id}))
+        if sync:
+            out.flush()
+            os.fsync(out.fileno())
     os.replace(temporary, target)

@@ -268,7 +268,8 @@ class AuditLog:
         if head is None:
             return
         try:
-            write_head(self.path, head)
+            # Synced as the log is: a head that outlived its entries is the point of it.
+            write_head(self.path, head, sync=self._fsync != "never")
         except OSError as exc:
             log.warning("audit log %s: cannot write its head file: %s", self.path, exc.strerror)
 

@@ -364,13 +364,13 @@ class TestRestart:
 
 
 @pytest.fixture
-def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every os.fsync call's descriptor, the real fsync still done."""
-    calls: list[int] = []
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The file name behind every os.fsync call, the real fsync still done."""
+    calls: list[str] = []
     real = os.fsync
 
     def spy(fd: int) -> None:
-        calls.append(fd)
+        calls.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
         real(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
@@ -378,34 +378,43 @@ def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 class TestFsyncPolicy:
-    def test_always_syncs_every_append(self, tmp_path: Path, fsyncs: list[int]) -> None:
+    def test_always_syncs_every_append(self, tmp_path: Path, synced: list[str]) -> None:
         """fsync 'always' really calls os.fsync once per append."""
         write_log(tmp_path / "log.jsonl", 3, fsync="always")
-        assert len(fsyncs) == 3
+        assert synced.count("log.jsonl") == 3
 
-    def test_never_syncs(self, tmp_path: Path, fsyncs: list[int]) -> None:
+    def test_never_syncs(self, tmp_path: Path, synced: list[str]) -> None:
         """fsync 'never' leaves it to the OS, even at close."""
         write_log(tmp_path / "log.jsonl", 3, fsync="never")
-        assert fsyncs == []
+        assert "log.jsonl" not in synced
 
     def test_batch_syncs_once_per_interval_and_at_close(
-        self, tmp_path: Path, fsyncs: list[int]
+        self, tmp_path: Path, synced: list[str]
     ) -> None:
         """fsync 'batch' with a long interval syncs once, at close."""
         with AuditLog(tmp_path / "log.jsonl", fsync="batch", batch_interval_ms=600_000) as log:
             for _ in range(3):
                 log.append_sync(record())
-            assert fsyncs == []
-        assert len(fsyncs) == 1
+            assert "log.jsonl" not in synced
+        assert synced.count("log.jsonl") == 1
 
-    async def test_flush_syncs_a_batch(self, tmp_path: Path, fsyncs: list[int]) -> None:
+    async def test_flush_syncs_a_batch(self, tmp_path: Path, synced: list[str]) -> None:
         """A flush makes everything queued before it durable, whatever the interval."""
         log = AuditLog(tmp_path / "log.jsonl", fsync="batch", batch_interval_ms=600_000)
         for _ in range(3):
             await log.append(record())
         await log.flush()
-        assert len(fsyncs) == 1
+        assert synced.count("log.jsonl") == 1
         await log.aclose()
+
+    @pytest.mark.parametrize(("policy", "head_syncs"), [("always", 3), ("never", 0)])
+    def test_the_head_file_is_synced_with_the_log(
+        self, tmp_path: Path, synced: list[str], policy: str, head_syncs: int
+    ) -> None:
+        """The head is written (and synced) after each sync of the log, so a power cut cannot
+        leave an empty head beside a synced log; with fsync 'never' neither is."""
+        write_log(tmp_path / "log.jsonl", 3, fsync=policy)
+        assert synced.count("log.jsonl.head.tmp") == head_syncs
 
 
 @pytest.fixture
