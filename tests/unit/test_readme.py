@@ -39,3 +39,52 @@ def test_site_config_examples_validate(block: str, tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(block)
     yamlconf.load(path, Settings)
+
+
+# Keys whose value in the README's main config example is the default, as the prose around it
+# says (the other keys are examples: names, addresses, files).
+DEFAULT_SHOWN = (
+    "server.port",
+    "server.max_body_bytes",
+    "server.drain_timeout_s",
+    "server.readiness_grace_s",
+    "server.workers",
+    "admin",
+    "logging",
+    "models.inference_threads",
+    "models.max_queue_size",
+    "routing.kserve_v2_budget_ms",
+    "routing.openai_budget_ms",
+)
+CLUSTER_DEFAULT_SHOWN = (
+    "request_timeout_ms",
+    "expected_latency_ms",
+    "max_connections",
+    "max_pending",
+    "client",
+    "outlier",
+    "health_check",
+    "retry",
+)
+
+
+def _at(tree: object, dotted: str) -> object:
+    for key in dotted.split("."):
+        tree = getattr(tree, key)
+    return tree
+
+
+def test_config_example_shows_the_defaults(tmp_path: Path) -> None:
+    """The main config example's non-example values are the defaults the code has."""
+    (block,) = [b for b in YAML_BLOCKS if b.startswith("site: {id: plant-7, tier: edge}")]
+    path = tmp_path / "config.yaml"
+    path.write_text(block)
+    shown, default = yamlconf.load(path, Settings), Settings()
+    for dotted in DEFAULT_SHOWN:
+        assert _at(shown, dotted) == _at(default, dotted), dotted
+    cluster = shown.upstreams[0]
+    bare = type(cluster).model_validate(
+        {"name": cluster.name, "tier": cluster.tier, "endpoints": [{"url": "http://h:1"}]}
+    )
+    for key in CLUSTER_DEFAULT_SHOWN:
+        assert getattr(cluster, key) == getattr(bare, key), key
