@@ -88,3 +88,29 @@ def test_config_example_shows_the_defaults(tmp_path: Path) -> None:
     )
     for key in CLUSTER_DEFAULT_SHOWN:
         assert getattr(cluster, key) == getattr(bare, key), key
+
+
+def _code_metric_names() -> set[str]:
+    """Metric names as router/telemetry/metrics.py spells them (no prefix, no _total/_info)."""
+    src = (README.parent / "router" / "telemetry" / "metrics.py").read_text()
+    names = set(re.findall(r'PREFIX \+ "([a-z_]+)"', src)) - {"policy_bundle_"}
+    names |= set(re.findall(r'\(\s*"[a-z_]+",\s*"(upstream_[a-z_]+)"', src))
+    names |= {"policy_bundle_" + n for n in re.findall(r'\("([a-z_]+)", state\.', src)}
+    return names
+
+
+def _readme_metric_names() -> set[str]:
+    paragraph = README.read_text().split("**`/metrics`**", 1)[1].split("\n\n", 1)[0]
+    names = set()
+    for token in re.findall(r"`([a-z_]+)(?:\{[a-z_,]+\})?`", paragraph):
+        if token.endswith(("_total", "_info")):
+            token = token.rsplit("_", 1)[0]
+        names.add(token)
+    return names - {"layer_router_"}  # the prefix itself
+
+
+def test_readme_metrics_are_the_code_metrics() -> None:
+    """The README's /metrics list names every metric the router exports, and no other."""
+    code = _code_metric_names()
+    assert len(code) > 30
+    assert _readme_metric_names() == code
