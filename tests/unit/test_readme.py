@@ -4,12 +4,14 @@ config examples must be valid site configs."""
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
 from router import yamlconf
+from router.cli import _parser
 from router.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -114,3 +116,20 @@ def test_readme_metrics_are_the_code_metrics() -> None:
     code = _code_metric_names()
     assert len(code) > 30
     assert _readme_metric_names() == code
+
+
+def _readme_commands() -> list[str]:
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
+    lines = (line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines())
+    return [line.split("layer-router ", 1)[1] for line in lines if line.startswith("layer-router ")]
+
+
+def test_readme_has_commands() -> None:
+    """The pattern finds the README's layer-router commands (else the test below checks none)."""
+    assert len(_readme_commands()) >= 8
+
+
+@pytest.mark.parametrize("command", _readme_commands())
+def test_readme_commands_parse(command: str) -> None:
+    """Every layer-router command the README shows names a real subcommand and real flags."""
+    _parser().parse_args(shlex.split(command))
