@@ -133,3 +133,33 @@ def test_readme_has_commands() -> None:
 def test_readme_commands_parse(command: str) -> None:
     """Every layer-router command the README shows names a real subcommand and real flags."""
     _parser().parse_args(shlex.split(command))
+
+
+def _code_reasons() -> set[str]:
+    """Route reason codes as the router writes them (the part before any `:`)."""
+    found: set[str] = set()
+    for path in (README.parent / "router").rglob("*.py"):
+        src = path.read_text()
+        found |= set(re.findall(r'reasons\.(?:append|extend)\(\[?f?"([a-z_]+)', src))
+        found |= set(re.findall(r'f"([a-z_]+):\{', src)) & {
+            "over_budget",
+            "failed",
+            "escalation_failed",
+            "escalated_low_confidence",
+            "version_pinned",
+            "residency",
+            "unhealthy",
+            "retried",
+        }
+        for line in re.findall(r"(?:reasons\.append\(|kind = )(.*)", src):
+            found |= set(re.findall(r'(?<![{\w])"([a-z_]+)"', line))
+    return found
+
+
+def test_readme_lists_every_route_reason() -> None:
+    """The README's X-Route-Reason row names every reason code the router gives."""
+    row = next(line for line in README.read_text().splitlines() if "| `X-Route-Reason` |" in line)
+    listed = {token.split(":", 1)[0] for token in re.findall(r"`([a-z_]+(?::[A-Za-z_]+)*)`", row)}
+    code = _code_reasons()
+    assert len(code) > 15
+    assert code <= listed, sorted(code - listed)
