@@ -53,7 +53,6 @@ DEFAULT_SHOWN = (
     "server.workers",
     "admin",
     "logging",
-    "models.inference_threads",
     "models.max_queue_size",
     "routing.kserve_v2_budget_ms",
     "routing.openai_budget_ms",
