@@ -12,6 +12,7 @@ import yaml
 
 from router import yamlconf
 from router.cli import _parser
+from router.policy.model import Tenants
 from router.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -162,3 +163,12 @@ def test_readme_lists_every_route_reason() -> None:
     code = _code_reasons()
     assert len(code) > 15
     assert code <= listed, sorted(code - listed)
+
+
+def test_tenants_example_validates(tmp_path: Path) -> None:
+    """The README's tenants.yaml example (its elided key hash made whole) is a valid file."""
+    (block,) = [b for b in YAML_BLOCKS if b.startswith("# policies/<bundle>/tenants.yaml")]
+    path = tmp_path / "tenants.yaml"
+    path.write_text(re.sub(r"sha256:[0-9a-f]*…", "sha256:" + "0" * 64, block))
+    tenants = yamlconf.load(path, Tenants)
+    assert tenants.tenants
