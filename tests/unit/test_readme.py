@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import typing
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,29 @@ def test_tenants_example_validates(tmp_path: Path) -> None:
     path.write_text(re.sub(r"sha256:[0-9a-f]*…", "sha256:" + "0" * 64, block))
     tenants = yamlconf.load(path, Tenants)
     assert tenants.tenants
+
+
+def _setting_exists(dotted: str) -> bool:
+    model: object = Settings
+    for part in dotted.replace("[]", "").split("."):
+        fields = getattr(model, "model_fields", {})
+        if part == "*":
+            return True
+        if part not in fields:
+            return False
+        annotation = fields[part].annotation
+        inner = [annotation, *typing.get_args(annotation)]
+        inner += [a for c in inner for a in typing.get_args(c)]
+        model = next((c for c in inner if isinstance(c, type) and hasattr(c, "model_fields")), None)
+    return True
+
+
+def test_readme_setting_names_exist() -> None:
+    """Every `section.key` setting the README's prose names is a real settings key."""
+    text = README.read_text()
+    named = set(re.findall(r"`([a-z_]+(?:\[\])?(?:\.[a-z_*]+)+)(?:[:=][^`]*)?`", text))
+    sections = set(Settings.model_fields)
+    settings = {n for n in named if n.split(".")[0].replace("[]", "") in sections}
+    examples = {"server.prot", "cache.yaml"}  # an error message, a bundle file
+    assert len(settings) > 15
+    assert sorted(n for n in settings - examples if not _setting_exists(n)) == []
