@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from router import yamlconf
+from router.api.admin import STATUS_SECTIONS
 from router.cli import _parser
 from router.policy.model import Tenants
 from router.settings import Settings
@@ -199,3 +200,10 @@ def test_readme_setting_names_exist() -> None:
     examples = {"server.prot", "cache.yaml"}  # an error message, a bundle file
     assert len(settings) > 15
     assert sorted(n for n in settings - examples if not _setting_exists(n)) == []
+
+
+def test_readme_status_sections_are_the_code_sections() -> None:
+    """The README's /status paragraph names the sections admin.py's STATUS_SECTIONS serves."""
+    paragraph = README.read_text().split("**`/status`**", 1)[1].split("\n\n", 1)[0]
+    named = re.findall(r"`([a-z]+)`", paragraph)
+    assert named == [name for name, _ in STATUS_SECTIONS]
