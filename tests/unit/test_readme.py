@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router import yamlconf
+from router import errors, yamlconf
 from router.api.admin import STATUS_SECTIONS
 from router.cli import _parser
 from router.policy.model import Tenants
@@ -207,3 +207,15 @@ def test_readme_status_sections_are_the_code_sections() -> None:
     paragraph = README.read_text().split("**`/status`**", 1)[1].split("\n\n", 1)[0]
     named = re.findall(r"`([a-z]+)`", paragraph)
     assert named == [name for name, _ in STATUS_SECTIONS]
+
+
+def test_readme_error_codes_have_their_statuses() -> None:
+    """Every `NNN code` the README quotes is an error of router/errors.py with that status."""
+    codes = {
+        cls.code: cls.status
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.RouterError)
+    }
+    quoted = re.findall(r"`([45]\d\d) ([a-z]+(?:_[a-z]+)*)`", README.read_text())
+    assert len(quoted) >= 10
+    assert [(s, c) for s, c in quoted if codes.get(c) != int(s)] == []
