@@ -14,6 +14,7 @@ import yaml
 from router import errors, yamlconf
 from router.api.admin import STATUS_SECTIONS
 from router.cli import _parser
+from router.inference.model_config import ModelConfig
 from router.policy.model import Tenants
 from router.settings import Settings
 
@@ -219,3 +220,14 @@ def test_readme_error_codes_have_their_statuses() -> None:
     quoted = re.findall(r"`([45]\d\d) ([a-z]+(?:_[a-z]+)*)`", README.read_text())
     assert len(quoted) >= 10
     assert [(s, c) for s, c in quoted if codes.get(c) != int(s)] == []
+
+
+def test_readme_model_config_table_names_every_key() -> None:
+    """The README's model config.yaml table names every key ModelConfig accepts."""
+    section = README.read_text().split("### Model repository", 1)[1].split("\n\n", 3)[2]
+    named = {
+        key.split(".")[0]
+        for cell in re.findall(r"^\| ([^|]+) \|", section, re.M)
+        for key in re.findall(r"`([a-z0-9_.]+)`", cell)
+    }
+    assert set(ModelConfig.model_fields) <= named, sorted(set(ModelConfig.model_fields) - named)
