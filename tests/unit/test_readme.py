@@ -231,3 +231,17 @@ def test_readme_model_config_table_names_every_key() -> None:
         for key in re.findall(r"`([a-z0-9_.]+)`", cell)
     }
     assert set(ModelConfig.model_fields) <= named, sorted(set(ModelConfig.model_fields) - named)
+
+
+def test_hot_reload_applies_what_the_readme_says() -> None:
+    """Hot reload applies `routing.*`, `models.*` but inference_threads, and collector_sites."""
+    from router.reloadable import RELOADABLE, RELOADABLE_SECTIONS
+    from router.settings import ModelSettings, RoutingSettings
+
+    assert (
+        "`routing.*`, `models.*` (but\n  `inference_threads`) and `upstreams`" in README.read_text()
+    )
+    assert set(RELOADABLE["routing"]) == set(RoutingSettings.model_fields)
+    assert set(RELOADABLE["models"]) == set(ModelSettings.model_fields) - {"inference_threads"}
+    assert RELOADABLE["spool"] == ("collector_sites",)
+    assert {"upstreams"} == RELOADABLE_SECTIONS
