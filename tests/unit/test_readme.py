@@ -245,3 +245,11 @@ def test_hot_reload_applies_what_the_readme_says() -> None:
     assert set(RELOADABLE["models"]) == set(ModelSettings.model_fields) - {"inference_threads"}
     assert RELOADABLE["spool"] == ("collector_sites",)
     assert {"upstreams"} == RELOADABLE_SECTIONS
+
+
+def test_readme_header_names_are_the_routers() -> None:
+    """Every X- header the README names is one the router's code reads or writes."""
+    source = "\n".join(p.read_text() for p in (README.parent / "router").rglob("*.py")).lower()
+    named = set(re.findall(r"`(X-[A-Za-z-]+[A-Za-z])", README.read_text()))
+    assert len(named) > 10
+    assert sorted(h for h in named if f'"{h.lower()}' not in source) == []
