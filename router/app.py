@@ -28,6 +28,7 @@ from router.api.state import (
     Pipelines,
     ServerStatus,
 )
+from router.budget import model_budget
 from router.cache import ResponseCache
 from router.errors import ConfigError
 from router.generations import runtime_context, update_tasks
@@ -186,10 +187,13 @@ def build_pipelines(
     lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site, models)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
     dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route, tenancy)
+    parse_openai = ParseOpenAIRequest(
+        partial(model_budget, privacy.bundle.budgets, settings.routing)
+    )
     return Pipelines(
         v2_infer=Pipeline([tenant, ParseInferRequest(), classify, lookup, route, dispatch], tracer),
         openai=Pipeline(
-            [tenant, ParseOpenAIRequest(), authorize, classify, lookup, route, dispatch], tracer
+            [tenant, parse_openai, authorize, classify, lookup, route, dispatch], tracer
         ),
         upstream_only=Pipeline([tenant, route, dispatch], tracer),
         tenancy=tenancy,

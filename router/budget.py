@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from router.errors import BadRequest
+
+if TYPE_CHECKING:
+    from router.policy.model import Budgets
+    from router.settings import RoutingSettings
 
 BUDGET_HEADER = "X-Latency-Budget-Ms"
 
@@ -26,3 +31,9 @@ def budget_ms(headers: Mapping[str, str], default_ms: float) -> float:
 def remaining_ms(deadline: float, now: float) -> int:
     """What is left, floored, as sent upstream; never below 1 ms so a header stays valid."""
     return max(1, int((deadline - now) * 1000))
+
+
+def model_budget(bundle: Budgets, routing: RoutingSettings, model: str) -> float | None:
+    """A model's own default budget (ms): the bundle's budgets.yaml first, then the site's."""
+    route = routing.models.get(model)
+    return bundle.models.get(model) or (route.budget_ms if route else None)

@@ -3,6 +3,7 @@
     RouterError                      500 internal           (never carries request content)
     ├── BadRequest                   400 bad_request
     │   ├── MalformedBody            400 malformed_body
+    │   ├── UnforwardableHeader      400 unforwardable_header (a header no HTTP/1.1 line can carry)
     │   └── InvalidTensor            400 invalid_tensor
     ├── NotFound                     404 not_found
     │   ├── ModelNotFound            404 model_not_found

@@ -12,6 +12,7 @@ from router.api.current import current
 from router.api.draining import close_when_draining
 from router.api.state import SPOOL, TELEMETRY, TRAIL
 from router.audit import new_audit_id
+from router.budget import model_budget
 from router.context import Reply, RequestContext
 from router.errors import LoopDetected, RouterError
 from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
@@ -32,12 +33,7 @@ def default_budget(generation: Generation, api: str, model: str | None) -> float
     """A request's budget when it states none: the model's, then the route's; the policy
     bundle's budgets.yaml first, the site config's routing section after it."""
     bundle, routing = generation.bundle.budgets, generation.settings.routing
-    route = routing.models.get(model) if model else None
-    candidates = (
-        bundle.models.get(model) if model else None,
-        route.budget_ms if route else None,
-        bundle.routes.get(api),
-    )
+    candidates = (model_budget(bundle, routing, model) if model else None, bundle.routes.get(api))
     fallback = routing.kserve_v2_budget_ms if api == "kserve-v2" else routing.openai_budget_ms
     return float(next((c for c in candidates if c), fallback))
 

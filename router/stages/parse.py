@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import orjson
 
+from router.budget import BUDGET_HEADER
 from router.context import Reply, RequestContext
 from router.errors import BadRequest, MalformedBody
 from router.nesting import TOO_DEEP, check_depth, is_depth_error
@@ -34,6 +37,9 @@ class ParseOpenAIRequest:
     name = "parse"
     terminal = False
 
+    def __init__(self, model_budget: Callable[[str], float | None] = lambda _: None) -> None:
+        self._model_budget = model_budget  # a model's own default budget (ms), if it has one
+
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         try:
             doc = orjson.loads(ctx.body)
@@ -55,4 +61,9 @@ class ParseOpenAIRequest:
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", param="stream")
         ctx.document, ctx.model, ctx.stream = doc, model, stream
+        budget = self._model_budget(model)
+        if budget is not None and BUDGET_HEADER not in ctx.headers:
+            # The model is known only now: its own default replaces the route's, from arrival.
+            waited = time.perf_counter() - ctx.started
+            ctx.deadline = asyncio.get_running_loop().time() - waited + budget / 1000
         return None
