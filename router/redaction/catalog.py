@@ -49,6 +49,8 @@ _E = r"(?:$|[^\w])"
 _END_PUNCT = r"(?:$|[^\w./-]|[./-](?:$|[^\w]))"
 
 
+_CARD_SEP = r"(?:[ \t]{1,2}|[ \t]?[-./][ \t]?|[ \t]?\r?\n)"
+
 _PHONE_WORDS = ("phone", "tel", "mobile", "cell", "call", "fax", "whatsapp", "sms", "contact",
                 "handy", "móvil", "movil", "cellulare", "telefon", "téléphone", "portable",
                 "numer", "nummer")  # fmt: skip
@@ -104,14 +106,16 @@ def builtin() -> tuple[Detector, ...]:
         ),
         Detector(
             Entity.CARD,
-            _p(r"(?:^|[^\w])(\d{4,19}(?:[ -]\d{1,19})*)(?:$|[^\w])"),
+            # Groups as people write them: spaces, dashes, dots or slashes, or a group per
+            # line or per table cell; card_refine keeps one separator per number.
+            _p(r"(?:^|[^\w])(\d{4,19}(?:" + _CARD_SEP + r"\d{1,19})*)(?:$|[^\w])"),
             refine=card_refine,
             rank=10,
             name="CARD",
         ),
         Detector(
             Entity.IBAN,
-            _p(r"(?:^|[^\w])((?i:[a-z]{2})\d{2}(?: ?[A-Za-z0-9]){10,30})"),
+            _p(r"(?:^|[^\w])((?i:[a-z]{2})\d{2}(?:[ -]?[A-Za-z0-9]){10,30})"),
             validator=v.is_iban,
             refine=iban_refine,
             rank=11,

@@ -17,16 +17,16 @@ _GROUP = re.compile(r"\d+")
 def card_refine(value: str) -> list[tuple[int, int]]:
     """Card numbers inside a run of digit groups: one group of 12-19 digits, or a first group
     of 4 then groups of 1-7 with one separator kind, 12-19 digits in all, longest first."""
-    if len(value) - value.count(" ") - value.count("-") < 12:
-        return []
     groups = [(m.start(), m.end()) for m in _GROUP.finditer(value)]
+    if sum(b - a for a, b in groups) < 12:
+        return []
     found: list[tuple[int, int]] = []
     i, n = 0, len(groups)
     while i < n:
         gs, ge = groups[i]
         hit = -1
         if ge - gs == 4:
-            sep = value[ge : ge + 1]
+            sep = value[ge : groups[i + 1][0]] if i + 1 < n else ""
             digits = value[gs:ge]
             for j in range(i + 1, min(i + 6, n)):
                 a, b = groups[j]
@@ -107,17 +107,19 @@ def phone_refine(value: str, lenient: bool = False) -> list[tuple[int, int]]:
 
 
 def iban_refine(value: str) -> list[tuple[int, int]]:
-    """The country's IBAN length of alphanumerics, ending at a group boundary."""
+    """The country's IBAN length of alphanumerics, grouped by spaces or by dashes (not both),
+    ending at a group boundary."""
     length = v.IBAN_LENGTHS.get(value[:2].upper())
     if length is None:
         return []
     seen = 0
     for i, ch in enumerate(value):
-        if ch != " ":
+        if ch not in " -":
             seen += 1
             if seen == length:
                 end = i + 1
-                if end == len(value) or value[end] == " ":
+                iban = value[:end]
+                if (end == len(value) or value[end] in " -") and not (" " in iban and "-" in iban):
                     return [(0, end)]
                 return []
     return []

@@ -100,11 +100,12 @@ IBAN_LENGTHS = {
 
 
 def is_iban(value: str) -> bool:
-    """An IBAN (spaces allowed): country length and BBAN structure, and the mod-97 check.
+    """An IBAN (spaces or dashes allowed): country length and BBAN structure, and the mod-97
+    check.
 
     National check digits inside the BBAN are not checked: the IBAN standard does not require
     them and generated test data rarely has them right."""
-    compact = value.replace(" ", "").upper()
+    compact = value.replace(" ", "").replace("-", "").upper()
     if IBAN_LENGTHS.get(compact[:2]) != len(compact):
         return False
     return _iban.is_valid(compact, check_country=False)

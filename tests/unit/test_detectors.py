@@ -105,6 +105,18 @@ class TestCard:
         """A longer digit run, or a card number glued to letters, is not a card."""
         assert_clean("id 411111111111111111111 and x4111111111111111 and 4111111111111111abc")
 
+    @pytest.mark.parametrize(
+        "sep", [".", "/", "\t", "\n", "\r\n", " / ", " - ", "  "]
+    )  # fmt: skip
+    def test_other_group_separators(self, sep: str) -> None:
+        """Groups split by dots, slashes, tabs, line breaks or spaced dashes are a card too."""
+        assert_found("CARD", sep.join(["4111", "1111", "1111", "1111"]), "card {} exp 09/27")
+        assert_found("CARD", sep.join(["3782", "822463", "10005"]), "amex: {}.")
+
+    def test_mixed_separators_are_not_one_card(self) -> None:
+        """Groups joined by different separators are not read as one number."""
+        assert_clean("ref 4111.1111-1111 1111 end")
+
     def test_card_after_unrelated_number(self) -> None:
         """A number in front of a card does not hide it."""
         assert_found("CARD", "4111 1111 1111 1111", "ref 12 2024 {} ok")
@@ -120,6 +132,17 @@ class TestIban:
                 assert_found("IBAN", value, "IBAN {} please")
                 grouped = " ".join(value[i : i + 4] for i in range(0, len(value), 4))
                 assert_found("IBAN", grouped, "to {} EUR")
+
+    def test_grouped_with_dashes(self) -> None:
+        """IBANs grouped by four with dashes are found whole, in prose and in a query."""
+        assert_found("IBAN", "DE89-3704-0044-0532-0130-00", "IBAN {} and more text")
+        assert_found("IBAN", "GB82-WEST-1234-5698-7654-32", "iban={}&amount=5")
+        assert_found("IBAN", "FR14-2004-1010-0505-0001-3M02-606", "pay to {}.")
+
+    def test_mixed_grouping_and_bad_check_with_dashes(self) -> None:
+        """Dashes do not relax the mod-97 check, and spaces and dashes are not mixed."""
+        assert_clean("IBAN DE88-3704-0044-0532-0130-00 please")
+        assert_clean("IBAN DE89-3704 0044-0532 0130-00 please")
 
     def test_invalid_check_digits(self) -> None:
         """A wrong mod-97 check gives no finding."""
