@@ -56,6 +56,14 @@ class TestEmail:
         """Letters outside ASCII are part of an address."""
         assert_found("EMAIL", "jürgen.müller@bücher.de")
 
+    def test_backslash_escaped_at_sign(self) -> None:
+        """An address whose @ is written as a \\u0040 or \\x40 escape in prose is found, and
+        located over the escape as written."""
+        for at in ("\\u0040", "\\x40"):
+            text = f"mail john.doe{at}example.com please"
+            spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
+            assert spans == [("EMAIL", f"john.doe{at}example.com")], spans
+
     def test_near_misses(self) -> None:
         """An @ alone, a handle and a dotless domain are not addresses."""
         assert_clean("meet @ noon, ping @alice, user@localhost, a@b.c, @@@@")

@@ -78,6 +78,22 @@ class TestNormalize:
         shows them as the character); named ones without it do not."""
         assert normalize(raw) == expected
 
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            ("john\\u0040example.com", "john@example.com"),
+            ("john\\x40example\\x2Ecom", "john@example.com"),
+            ("card \\u0034111 1111", "card 4111 1111"),
+            ("smile \\ud83d\\ude00!", "smile \U0001f600!"),  # a surrogate pair
+            ("lone \\ud83d here", "lone \\ud83d here"),  # a lone surrogate stays as written
+            ("C:\\users\\xyz \\x7f \\u12", "C:\\users\\xyz \\x7f \\u12"),
+            ("a\\u005cu0040b", "a@b"),  # an escaped escape unwinds round by round
+        ],
+    )
+    def test_backslash_escapes(self, raw: str, expected: str) -> None:
+        """\\uXXXX and printable \\xXX escapes written out in text decode; others stay."""
+        assert normalize(raw) == expected
+
     def test_mixed_layers_decode_in_one_call(self) -> None:
         """Percent inside HTML inside percent unwinds round by round."""
         assert normalize("a%26%2364%3Bb") == "a@b"
@@ -119,6 +135,7 @@ class TestOffsets:
                 "\uff14\uff11\uff11\uff11 \uff11\uff11\uff11\uff11",
             ),
             ("x cafe\u0301 \ufb01le y", "cafe\u0301 \ufb01le"),
+            ("mail john\\u0040example.com now", "john\\u0040example.com"),
         ],
     )
     def test_span_maps_back_to_the_encoded_original(self, raw: str, value: str) -> None:
