@@ -115,7 +115,7 @@ def builtin() -> tuple[Detector, ...]:
         ),
         Detector(
             Entity.IBAN,
-            _p(r"(?:^|[^\w])((?i:[a-z]{2})\d{2}(?:[ -]?[A-Za-z0-9]){10,30})"),
+            _p(r"(?:^|[^\w])((?i:[a-z]{2})\d{2}(?:(?:[ \t]{1,2}|[-.])?[A-Za-z0-9]){10,30})"),
             validator=v.is_iban,
             refine=iban_refine,
             rank=11,
@@ -128,6 +128,14 @@ def builtin() -> tuple[Detector, ...]:
             validator=v.is_us_ssn,
             rank=12,
             name="US_SSN",
+        ),
+        Detector(
+            Entity.US_SSN,
+            # Dotted as forms and Presidio allow, but not inside a longer dotted run (a version).
+            _p(r"(?:^|[^\w./-])(\d{3}\.\d{2}\.\d{4})" + _END_PUNCT),
+            validator=v.is_us_ssn,
+            rank=12,
+            name="US_SSN/dotted",
         ),
         Detector(
             Entity.US_SSN,

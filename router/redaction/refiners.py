@@ -106,20 +106,23 @@ def phone_refine(value: str, lenient: bool = False) -> list[tuple[int, int]]:
     return found
 
 
+_IBAN_SEPARATORS = frozenset(" \t-.")
+
+
 def iban_refine(value: str) -> list[tuple[int, int]]:
-    """The country's IBAN length of alphanumerics, grouped by spaces or by dashes (not both),
-    ending at a group boundary."""
+    """The country's IBAN length of alphanumerics, grouped by one kind of separator (spaces,
+    tabs, dashes or dots), ending at a group boundary."""
     length = v.IBAN_LENGTHS.get(value[:2].upper())
     if length is None:
         return []
     seen = 0
     for i, ch in enumerate(value):
-        if ch not in " -":
+        if ch not in _IBAN_SEPARATORS:
             seen += 1
             if seen == length:
                 end = i + 1
-                iban = value[:end]
-                if (end == len(value) or value[end] in " -") and not (" " in iban and "-" in iban):
+                one_kind = len(_IBAN_SEPARATORS.intersection(value[:end])) <= 1
+                if one_kind and (end == len(value) or value[end] in _IBAN_SEPARATORS):
                     return [(0, end)]
                 return []
     return []

@@ -142,10 +142,13 @@ class TestIban:
                 assert_found("IBAN", grouped, "to {} EUR")
 
     def test_grouped_with_dashes(self) -> None:
-        """IBANs grouped by four with dashes are found whole, in prose and in a query."""
+        """IBANs grouped by dashes, dots, tabs or double spaces are found whole."""
         assert_found("IBAN", "DE89-3704-0044-0532-0130-00", "IBAN {} and more text")
         assert_found("IBAN", "GB82-WEST-1234-5698-7654-32", "iban={}&amount=5")
         assert_found("IBAN", "FR14-2004-1010-0505-0001-3M02-606", "pay to {}.")
+        assert_found("IBAN", "DE89.3704.0044.0532.0130.00", "IBAN {}.")
+        assert_found("IBAN", "DE89\t3704\t0044\t0532\t0130\t00", "IBAN\t{}\tEUR")
+        assert_found("IBAN", "DE89  3704  0044  0532  0130  00", "IBAN  {}  EUR")
 
     def test_mixed_grouping_and_bad_check_with_dashes(self) -> None:
         """Dashes do not relax the mod-97 check, and spaces and dashes are not mixed."""
@@ -177,6 +180,11 @@ class TestUsSsn:
     def test_never_issued(self, value: str) -> None:
         """Area 000/666/9xx, group 00 and serial 0000 are not SSNs."""
         assert ("US_SSN", value) not in found(f"SSN {value}")
+
+    def test_dotted_ssn(self) -> None:
+        """An SSN grouped by dots is found; a dotted run longer than one (a version) is not."""
+        assert_found("US_SSN", "536.22.8744", "my ssn is {}.")
+        assert_clean("build 536.22.8744.1 and 1.536.22.8744 and ssn 000.22.8744")
 
     def test_plain_nine_digits_without_context(self) -> None:
         """Nine digits without the word SSN nearby are an order number, not an SSN."""
