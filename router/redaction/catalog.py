@@ -49,6 +49,8 @@ _E = r"(?:$|[^\w])"
 _END_PUNCT = r"(?:$|[^\w./-]|[./-](?:$|[^\w]))"
 
 
+_AT = r" ?(?:\[ ?(?i:at) ?\]|\( ?(?i:at) ?\)|\{ ?(?i:at) ?\}) ?"
+_DOT = r" ?(?:\[ ?(?i:dot) ?\]|\( ?(?i:dot) ?\)|\{ ?(?i:dot) ?\}) ?"
 _CARD_SEP = r"(?:[ \t]{1,2}|[ \t]?[-./][ \t]?|[ \t]?\r?\n)"
 
 _PHONE_WORDS = ("phone", "tel", "mobile", "cell", "call", "fax", "whatsapp", "sms", "contact",
@@ -103,6 +105,17 @@ def builtin() -> tuple[Detector, ...]:
             ),
             rank=30,
             name="EMAIL",
+        ),
+        Detector(
+            Entity.EMAIL,
+            # Written to dodge scrapers: "john [at] example [dot] com", "john(at)example.com".
+            _p(
+                r"([\p{L}\p{N}_%+-]+(?:\.[\p{L}\p{N}_%+-]+)*" + _AT + r"(?:[\p{L}\p{N}]"
+                r"(?:[\p{L}\p{N}-]*[\p{L}\p{N}])?(?:\." + "|" + _DOT + r"))+"
+                r"\p{L}[\p{L}\p{N}-]*[\p{L}\p{N}])"
+            ),
+            rank=30,
+            name="EMAIL/spelled",
         ),
         Detector(
             Entity.CARD,

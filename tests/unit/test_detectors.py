@@ -64,6 +64,18 @@ class TestEmail:
             spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
             assert spans == [("EMAIL", f"john.doe{at}example.com")], spans
 
+    @pytest.mark.parametrize(
+        "value",
+        ["john [at] example [dot] com", "john.doe(at)example.com", "Jane {AT} uni-bonn {DOT} de"],
+    )
+    def test_spelled_out_at_and_dot(self, value: str) -> None:
+        """An address with its @ (and dots) spelled out in brackets is found whole."""
+        assert_found("EMAIL", value, "write to {} please")
+
+    def test_spelled_out_at_needs_a_domain(self) -> None:
+        """A bracketed "at" without a dotted domain after it is prose, not an address."""
+        assert_clean("look (at) this, and x(at)y")
+
     def test_near_misses(self) -> None:
         """An @ alone, a handle and a dotless domain are not addresses."""
         assert_clean("meet @ noon, ping @alice, user@localhost, a@b.c, @@@@")
