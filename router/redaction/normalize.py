@@ -10,7 +10,8 @@ left alone: it starts international phone numbers); HTML character references th
 and decimal ones without it (legacy named ones without it, such as ``&copy`` in a query string,
 are left alone); backslash escapes as code and JSON write them, which people also paste into
 prose (``john\\u0040example.com``): ``\\uXXXX`` (a surrogate pair as one character, a lone
-surrogate left as written) and ``\\xXX`` for printable ASCII.
+surrogate left as written), ``\\xXX`` for printable ASCII, and ``\\n``, ``\\t``, ``\\r`` (a
+pasted log's ``...\\n4111 1111...``: the card must not look glued to the letter n).
 
 Rounds repeat until nothing changes, which undoes double encoding (``%2540`` -> ``%40`` ->
 ``@``). Text still changing after ``MAX_ROUNDS`` rounds is nested deeper than any client
@@ -53,8 +54,9 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _CHAR_REF = re.compile("&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};|[A-Za-z][A-Za-z0-9]{1,31};)")
 _BACKSLASH_ESCAPE = re.compile(
     r"\\u[dD][89abAB][0-9A-Fa-f]{2}\\u[dD][c-fC-F][0-9A-Fa-f]{2}"  # a surrogate pair
-    r"|\\u[0-9A-Fa-f]{4}|\\x[2-7][0-9A-Fa-f]"
+    r"|\\u[0-9A-Fa-f]{4}|\\x[2-7][0-9A-Fa-f]|\\[ntr]"
 )
+_WHITESPACE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 _DASHES = "\u2010\u2011\u2012\u2013\u2212\ufe63"
 # Characters that NFKC may compose with the character before them, beyond category M.
 _EXTENDERS = frozenset(chr(c) for c in range(0x1160, 0x1200)) | {"\uff9e", "\uff9f"}
@@ -214,6 +216,8 @@ def _unescape_html(text: str) -> tuple[str, tuple[Edit, ...]]:
 
 def _escaped(escape: str) -> str:
     """The character a backslash escape stands for, or the escape itself if it is none."""
+    if len(escape) == 2:
+        return _WHITESPACE_ESCAPES[escape[1]]
     if escape[1] == "x":
         code = int(escape[2:], 16)
         return chr(code) if code < 0x7F else escape

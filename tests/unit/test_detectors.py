@@ -133,6 +133,13 @@ class TestCard:
         assert_found("CARD", sep.join(["4111", "1111", "1111", "1111"]), "card {} exp 09/27")
         assert_found("CARD", sep.join(["3782", "822463", "10005"]), "amex: {}.")
 
+    def test_after_an_escaped_line_break(self) -> None:
+        """A pasted log's literal \\n right before a card does not glue it to the letter n,
+        and the finding covers the card alone."""
+        text = "log: charged\\n4111 1111 1111 1111\\tok"
+        spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
+        assert spans == [("CARD", "4111 1111 1111 1111")], spans
+
     def test_mixed_separators_are_not_one_card(self) -> None:
         """Groups joined by different separators are not read as one number."""
         assert_clean("ref 4111.1111-1111 1111 end")

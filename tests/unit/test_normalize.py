@@ -88,10 +88,11 @@ class TestNormalize:
             ("lone \\ud83d here", "lone \\ud83d here"),  # a lone surrogate stays as written
             ("C:\\users\\xyz \\x7f \\u12", "C:\\users\\xyz \\x7f \\u12"),
             ("a\\u005cu0040b", "a@b"),  # an escaped escape unwinds round by round
+            ("log\\ncard\\t4111\\r\\n", "log\ncard\t4111\r\n"),
         ],
     )
     def test_backslash_escapes(self, raw: str, expected: str) -> None:
-        """\\uXXXX and printable \\xXX escapes written out in text decode; others stay."""
+        """\\uXXXX, printable \\xXX and \\n \\t \\r written out in text decode; others stay."""
         assert normalize(raw) == expected
 
     def test_mixed_layers_decode_in_one_call(self) -> None:
