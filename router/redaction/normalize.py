@@ -5,13 +5,14 @@ zero-width space and joiners, soft hyphen, BOM, bidi controls and tag characters
 default-ignorable characters outside Cf: variation selectors, combining grapheme joiner, Hangul
 fillers); lone surrogates to U+FFFD (so the result always encodes as UTF-8); NFKC (full-width
 digits and letters, ligatures, non-breaking spaces); other scripts' decimal digits and the
-hyphen/en-dash/minus family folded to ASCII; percent-decoding of valid ``%XX`` runs (``+`` is
-left alone: it starts international phone numbers); HTML character references that end in ``;``,
-and decimal ones without it (legacy named ones without it, such as ``&copy`` in a query string,
-are left alone); backslash escapes as code and JSON write them, which people also paste into
-prose (``john\\u0040example.com``): ``\\uXXXX`` (a surrogate pair as one character, a lone
-surrogate left as written), ``\\xXX`` for printable ASCII, and ``\\n``, ``\\t``, ``\\r`` (a
-pasted log's ``...\\n4111 1111...``: the card must not look glued to the letter n).
+hyphen/dash/minus family (en and em dash too) folded to ASCII; percent-decoding of valid
+``%XX`` runs (``+`` is left alone: it starts international phone numbers); HTML character
+references that end in ``;``, and decimal ones without it (legacy named ones without it, such
+as ``&copy`` in a query string, are left alone); backslash escapes as code and JSON write
+them, which people also paste into prose (``john\\u0040example.com``): ``\\uXXXX`` (a
+surrogate pair as one character, a lone surrogate left as written), ``\\xXX`` for printable
+ASCII, and ``\\n``, ``\\t``, ``\\r`` (a pasted log's ``...\\n4111 1111...``: the card must
+not look glued to the letter n).
 
 Rounds repeat until nothing changes, which undoes double encoding (``%2540`` -> ``%40`` ->
 ``@``). Text still changing after ``MAX_ROUNDS`` rounds is nested deeper than any client
@@ -57,7 +58,8 @@ _BACKSLASH_ESCAPE = re.compile(
     r"|\\u[0-9A-Fa-f]{4}|\\x[2-7][0-9A-Fa-f]|\\[ntr]"
 )
 _WHITESPACE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
-_DASHES = "\u2010\u2011\u2012\u2013\u2212\ufe63"
+# Em dash and horizontal bar too: word processors turn a typed "-" or "--" into them.
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63"
 # Characters that NFKC may compose with the character before them, beyond category M.
 _EXTENDERS = frozenset(chr(c) for c in range(0x1160, 0x1200)) | {"\uff9e", "\uff9f"}
 

@@ -140,6 +140,12 @@ class TestCard:
         spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
         assert spans == [("CARD", "4111 1111 1111 1111")], spans
 
+    def test_grouped_by_em_dashes(self) -> None:
+        """A card whose dashes a word processor turned into em dashes is found, as written."""
+        text = "card 4111\u20141111\u20141111\u20141111 ok"
+        spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
+        assert spans == [("CARD", "4111\u20141111\u20141111\u20141111")], spans
+
     def test_mixed_separators_are_not_one_card(self) -> None:
         """Groups joined by different separators are not read as one number."""
         assert_clean("ref 4111.1111-1111 1111 end")

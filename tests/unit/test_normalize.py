@@ -42,6 +42,10 @@ class TestNormalize:
         """Arabic-Indic and Devanagari digits, en dash and minus become ASCII."""
         assert normalize("\u0664\u0661\u0661\u0661\u2013\u0967\u0968\u2212") == "4111-12-"
 
+    def test_em_dash_and_horizontal_bar_fold_to_hyphen(self) -> None:
+        """The dashes a word processor makes of a typed hyphen become ASCII too."""
+        assert normalize("536\u201422\u20158744 4111\ufe581111") == "536-22-8744 4111-1111"
+
     def test_lone_surrogates_become_replacement_characters(self) -> None:
         """The result always encodes as UTF-8."""
         assert normalize("a\ud800b") == "a\ufffdb"
