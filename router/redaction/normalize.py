@@ -7,7 +7,7 @@ fillers); lone surrogates to U+FFFD (so the result always encodes as UTF-8); NFK
 digits and letters, ligatures, non-breaking spaces); other scripts' decimal digits and the
 hyphen/dash/minus family (en and em dash too) folded to ASCII; percent-decoding of valid
 ``%XX`` runs (``+`` is left alone: it starts international phone numbers); HTML character
-references that end in ``;``, and decimal ones without it (legacy named ones without it, such
+references that end in ``;``, and numeric ones without it (legacy named ones without it, such
 as ``&copy`` in a query string, are left alone); backslash escapes as code and JSON write
 them, which people also paste into prose (``john\\u0040example.com``): ``\\uXXXX`` (a
 surrogate pair as one character, a lone surrogate left as written), ``\\xXX`` for printable
@@ -50,9 +50,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _NON_ASCII = re.compile("[^\x00-\x7f]+")
 _PERCENT_RUN = re.compile("(?:%[0-9A-Fa-f]{2})+")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
-# A decimal reference may lack its ';' (a browser still shows the character: "&#64" is '@');
+# A numeric reference may lack its ';' (a browser still shows the character: "&#64" and
+# "&#x40" are '@', taking as many digits as follow, as here);
 # named ones may not, so a query string's "&copy=2" stays as written.
-_CHAR_REF = re.compile("&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};|[A-Za-z][A-Za-z0-9]{1,31};)")
+_CHAR_REF = re.compile("&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
 _BACKSLASH_ESCAPE = re.compile(
     r"\\u[dD][89abAB][0-9A-Fa-f]{2}\\u[dD][c-fC-F][0-9A-Fa-f]{2}"  # a surrogate pair
     r"|\\u[0-9A-Fa-f]{4}|\\x[2-7][0-9A-Fa-f]|\\[ntr]"

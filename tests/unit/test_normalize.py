@@ -73,12 +73,14 @@ class TestNormalize:
             ("a&amp;#64;b", "a@b"),  # an encoded entity
             ("?a=1&copy=2", "?a=1&copy=2"),  # no ';': a query string, not an entity
             ("john&#64example.com", "john@example.com"),  # decimal: browsers show '@' too
+            ("john&#x40gmail.com", "john@gmail.com"),  # hex as well
+            ("&#x40e", "\u040e"),  # as many hex digits as follow, as a browser reads it
             ("card 4&#49 111", "card 41 111"),
             ("&unknownname;", "&unknownname;"),
         ],
     )
     def test_html_entities(self, raw: str, expected: str) -> None:
-        """Character references ending in ';' decode, and decimal ones without it (a browser
+        """Character references ending in ';' decode, and numeric ones without it (a browser
         shows them as the character); named ones without it do not."""
         assert normalize(raw) == expected
 
