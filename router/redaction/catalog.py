@@ -128,7 +128,10 @@ def builtin() -> tuple[Detector, ...]:
         ),
         Detector(
             Entity.IBAN,
-            _p(r"(?:^|[^\w])((?i:[a-z]{2})\d{2}(?:(?:[ \t]{1,2}|[-.])?[A-Za-z0-9]){10,30})"),
+            _p(
+                r"(?:^|[^\w])((?i:[a-z]{2})\d{2}"
+                r"(?:(?:[ \t]{1,2}|[ \t]?\r?\n|[-.])?[A-Za-z0-9]){10,30})"
+            ),
             validator=v.is_iban,
             refine=iban_refine,
             rank=11,

@@ -106,12 +106,13 @@ def phone_refine(value: str, lenient: bool = False) -> list[tuple[int, int]]:
     return found
 
 
-_IBAN_SEPARATORS = frozenset(" \t-.")
+_SEPARATOR_KIND = {" ": " ", "\t": " ", "\r": " ", "\n": " ", "-": "-", ".": "."}
+_IBAN_SEPARATORS = frozenset(_SEPARATOR_KIND)
 
 
 def iban_refine(value: str) -> list[tuple[int, int]]:
-    """The country's IBAN length of alphanumerics, grouped by one kind of separator (spaces,
-    tabs, dashes or dots), ending at a group boundary."""
+    """The country's IBAN length of alphanumerics, grouped by one kind of separator (white
+    space, where a line may wrap, or dashes, or dots), ending at a group boundary."""
     length = v.IBAN_LENGTHS.get(value[:2].upper())
     if length is None:
         return []
@@ -121,7 +122,8 @@ def iban_refine(value: str) -> list[tuple[int, int]]:
             seen += 1
             if seen == length:
                 end = i + 1
-                one_kind = len(_IBAN_SEPARATORS.intersection(value[:end])) <= 1
+                kinds = {_SEPARATOR_KIND[ch] for ch in value[:end] if ch in _SEPARATOR_KIND}
+                one_kind = len(kinds) <= 1
                 if one_kind and (end == len(value) or value[end] in _IBAN_SEPARATORS):
                     return [(0, end)]
                 return []

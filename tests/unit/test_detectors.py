@@ -167,13 +167,15 @@ class TestIban:
                 assert_found("IBAN", grouped, "to {} EUR")
 
     def test_grouped_with_dashes(self) -> None:
-        """IBANs grouped by dashes, dots, tabs or double spaces are found whole."""
+        """IBANs grouped by dashes, dots, tabs or double spaces, or wrapped, are found whole."""
         assert_found("IBAN", "DE89-3704-0044-0532-0130-00", "IBAN {} and more text")
         assert_found("IBAN", "GB82-WEST-1234-5698-7654-32", "iban={}&amount=5")
         assert_found("IBAN", "FR14-2004-1010-0505-0001-3M02-606", "pay to {}.")
         assert_found("IBAN", "DE89.3704.0044.0532.0130.00", "IBAN {}.")
         assert_found("IBAN", "DE89\t3704\t0044\t0532\t0130\t00", "IBAN\t{}\tEUR")
         assert_found("IBAN", "DE89  3704  0044  0532  0130  00", "IBAN  {}  EUR")
+        assert_found("IBAN", "DE89 3704 0044\n0532 0130 00", "IBAN {} (wrapped)")
+        assert_found("IBAN", "DE89 3704 0044 \r\n0532 0130 00", "IBAN {} (wrapped)")
 
     def test_mixed_grouping_and_bad_check_with_dashes(self) -> None:
         """Dashes do not relax the mod-97 check, and spaces and dashes are not mixed."""
