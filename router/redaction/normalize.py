@@ -10,9 +10,9 @@ hyphen/dash/minus family (en and em dash too) folded to ASCII; percent-decoding 
 references that end in ``;``, and numeric ones without it (legacy named ones without it, such
 as ``&copy`` in a query string, are left alone); backslash escapes as code and JSON write
 them, which people also paste into prose (``john\\u0040example.com``): ``\\uXXXX`` (a
-surrogate pair as one character, a lone surrogate left as written), ``\\xXX`` for printable
-ASCII, and ``\\n``, ``\\t``, ``\\r`` (a pasted log's ``...\\n4111 1111...``: the card must
-not look glued to the letter n).
+surrogate pair as one character, a lone surrogate left as written), ``\\u{X...}``, ``\\xXX``
+for printable ASCII, and ``\\n``, ``\\t``, ``\\r`` (a pasted log's ``...\\n4111 1111...``:
+the card must not look glued to the letter n).
 
 Rounds repeat until nothing changes, which undoes double encoding (``%2540`` -> ``%40`` ->
 ``@``). Text still changing after ``MAX_ROUNDS`` rounds is nested deeper than any client
@@ -56,7 +56,7 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _CHAR_REF = re.compile("&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
 _BACKSLASH_ESCAPE = re.compile(
     r"\\u[dD][89abAB][0-9A-Fa-f]{2}\\u[dD][c-fC-F][0-9A-Fa-f]{2}"  # a surrogate pair
-    r"|\\u[0-9A-Fa-f]{4}|\\x[2-7][0-9A-Fa-f]|\\[ntr]"
+    r"|\\u[0-9A-Fa-f]{4}|\\u\{[0-9A-Fa-f]{1,6}\}|\\x[2-7][0-9A-Fa-f]|\\[ntr]"
 )
 _WHITESPACE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 # Em dash and horizontal bar too: word processors turn a typed "-" or "--" into them.
@@ -224,6 +224,9 @@ def _escaped(escape: str) -> str:
     if escape[1] == "x":
         code = int(escape[2:], 16)
         return chr(code) if code < 0x7F else escape
+    if escape[2] == "{":  # JavaScript's, Rust's and Swift's \u{40}
+        code = int(escape[3:-1], 16)
+        return chr(code) if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else escape
     code = int(escape[2:6], 16)
     if len(escape) == 12:  # a surrogate pair: one character beyond the BMP
         return chr(0x10000 + ((code - 0xD800) << 10) + int(escape[8:], 16) - 0xDC00)

@@ -89,6 +89,8 @@ class TestNormalize:
         [
             ("john\\u0040example.com", "john@example.com"),
             ("john\\x40example\\x2Ecom", "john@example.com"),
+            ("john\\u{40}example.com \\u{1F600}", "john@example.com \U0001f600"),
+            ("\\u{d800} \\u{110000}", "\\u{d800} \\u{110000}"),  # no such character
             ("card \\u0034111 1111", "card 4111 1111"),
             ("smile \\ud83d\\ude00!", "smile \U0001f600!"),  # a surrogate pair
             ("lone \\ud83d here", "lone \\ud83d here"),  # a lone surrogate stays as written
