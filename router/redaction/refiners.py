@@ -14,6 +14,15 @@ from router.redaction import validators as v
 _GROUP = re.compile(r"\d+")
 
 
+def _separator_kind(sep: str) -> str:
+    """A separator's kind: its dash, dot or slash, or white space of any width (a line that
+    wraps inside a number written with spaces keeps it one number)."""
+    for mark in "-./":
+        if mark in sep:
+            return mark
+    return " "
+
+
 def card_refine(value: str) -> list[tuple[int, int]]:
     """Card numbers inside a run of digit groups: one group of 12-19 digits, or a first group
     of 4 then groups of 1-7 with one separator kind, 12-19 digits in all, longest first."""
@@ -22,15 +31,17 @@ def card_refine(value: str) -> list[tuple[int, int]]:
         return []
     found: list[tuple[int, int]] = []
     i, n = 0, len(groups)
+    # The kind of the separator before each group after the first.
+    kinds = [_separator_kind(value[groups[k - 1][1] : groups[k][0]]) for k in range(1, n)]
     while i < n:
         gs, ge = groups[i]
         hit = -1
         if ge - gs == 4:
-            sep = value[ge : groups[i + 1][0]] if i + 1 < n else ""
+            sep = kinds[i] if i + 1 < n else ""
             digits = value[gs:ge]
             for j in range(i + 1, min(i + 6, n)):
                 a, b = groups[j]
-                if value[groups[j - 1][1] : a] != sep or b - a > 7:
+                if kinds[j - 1] != sep or b - a > 7:
                     break
                 digits += value[a:b]
                 if len(digits) > 19:

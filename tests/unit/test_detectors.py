@@ -146,6 +146,11 @@ class TestCard:
         spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
         assert spans == [("CARD", "4111\u20141111\u20141111\u20141111")], spans
 
+    def test_wrapped_over_two_lines(self) -> None:
+        """A card written with spaces whose line wraps inside it is found whole."""
+        assert_found("CARD", "4111 1111\n1111 1111", "card {} exp 09/27")
+        assert_found("CARD", "4111 1111 \r\n1111 1111", "card {} exp 09/27")
+
     def test_mixed_separators_are_not_one_card(self) -> None:
         """Groups joined by different separators are not read as one number."""
         assert_clean("ref 4111.1111-1111 1111 end")
