@@ -99,7 +99,9 @@ def builtin() -> tuple[Detector, ...]:
         Detector(
             Entity.EMAIL,
             _p(
-                r"([\p{L}\p{N}_%+-]+(?:\.[\p{L}\p{N}_%+-]+)*@"
+                # An apostrophe inside the local part (o'brien@...), never at its edges: a
+                # quote around an address is not part of it.
+                r"([\p{L}\p{N}_%+-]+(?:['.][\p{L}\p{N}_%+-]+)*@"
                 r"(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+"
                 r"(?:\p{L}[\p{L}\p{N}-]*[\p{L}\p{N}]|xn--[a-zA-Z0-9-]+))"
             ),

@@ -76,6 +76,13 @@ class TestEmail:
         """A bracketed "at" without a dotted domain after it is prose, not an address."""
         assert_clean("look (at) this, and x(at)y")
 
+    def test_apostrophe_in_the_local_part(self) -> None:
+        """o'brien@... is found whole (not brien@..., which left "o'" behind); quotes around
+        an address stay outside it."""
+        assert_found("EMAIL", "o'brien@example.com", "mail {} now")
+        assert_found("EMAIL", "sean.o'neil@example.ie", "mail {} now")
+        assert_found("EMAIL", "john@example.com", "say '{}' ok")
+
     def test_near_misses(self) -> None:
         """An @ alone, a handle and a dotless domain are not addresses."""
         assert_clean("meet @ noon, ping @alice, user@localhost, a@b.c, @@@@")
