@@ -49,6 +49,10 @@ _E = r"(?:$|[^\w])"
 _END_PUNCT = r"(?:$|[^\w./-]|[./-](?:$|[^\w]))"
 
 
+_AT = r" ?(?:\[ ?(?i:at) ?\]|\( ?(?i:at) ?\)|\{ ?(?i:at) ?\}) ?"
+_DOT = r" ?(?:\[ ?(?i:dot) ?\]|\( ?(?i:dot) ?\)|\{ ?(?i:dot) ?\}) ?"
+_CARD_SEP = r"(?:[ \t]{1,2}|[ \t]?[-./][ \t]?|[ \t]?\r?\n)"
+
 _PHONE_WORDS = ("phone", "tel", "mobile", "cell", "call", "fax", "whatsapp", "sms", "contact",
                 "handy", "móvil", "movil", "cellulare", "telefon", "téléphone", "portable",
                 "numer", "nummer")  # fmt: skip
@@ -95,7 +99,9 @@ def builtin() -> tuple[Detector, ...]:
         Detector(
             Entity.EMAIL,
             _p(
-                r"([\p{L}\p{N}_%+-]+(?:\.[\p{L}\p{N}_%+-]+)*@"
+                # An apostrophe inside the local part (o'brien@...), never at its edges: a
+                # quote around an address is not part of it.
+                r"([\p{L}\p{N}_%+-]+(?:['.][\p{L}\p{N}_%+-]+)*@"
                 r"(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+"
                 r"(?:\p{L}[\p{L}\p{N}-]*[\p{L}\p{N}]|xn--[a-zA-Z0-9-]+))"
             ),
@@ -103,15 +109,31 @@ def builtin() -> tuple[Detector, ...]:
             name="EMAIL",
         ),
         Detector(
+            Entity.EMAIL,
+            # Written to dodge scrapers: "john [at] example [dot] com", "john(at)example.com".
+            _p(
+                r"([\p{L}\p{N}_%+-]+(?:\.[\p{L}\p{N}_%+-]+)*" + _AT + r"(?:[\p{L}\p{N}]"
+                r"(?:[\p{L}\p{N}-]*[\p{L}\p{N}])?(?:\." + "|" + _DOT + r"))+"
+                r"\p{L}[\p{L}\p{N}-]*[\p{L}\p{N}])"
+            ),
+            rank=30,
+            name="EMAIL/spelled",
+        ),
+        Detector(
             Entity.CARD,
-            _p(r"(?:^|[^\w])(\d{4,19}(?:[ -]\d{1,19})*)(?:$|[^\w])"),
+            # Groups as people write them: spaces, dashes, dots or slashes, or a group per
+            # line or per table cell; card_refine keeps one separator per number.
+            _p(r"(?:^|[^\w])(\d{4,19}(?:" + _CARD_SEP + r"\d{1,19})*)(?:$|[^\w])"),
             refine=card_refine,
             rank=10,
             name="CARD",
         ),
         Detector(
             Entity.IBAN,
-            _p(r"(?:^|[^\w])((?i:[a-z]{2})\d{2}(?: ?[A-Za-z0-9]){10,30})"),
+            _p(
+                r"(?:^|[^\w])((?i:[a-z]{2})\d{2}"
+                r"(?:(?:[ \t]{1,2}|[ \t]?\r?\n|[-.])?[A-Za-z0-9]){10,30})"
+            ),
             validator=v.is_iban,
             refine=iban_refine,
             rank=11,
@@ -124,6 +146,14 @@ def builtin() -> tuple[Detector, ...]:
             validator=v.is_us_ssn,
             rank=12,
             name="US_SSN",
+        ),
+        Detector(
+            Entity.US_SSN,
+            # Dotted as forms and Presidio allow, but not inside a longer dotted run (a version).
+            _p(r"(?:^|[^\w./-])(\d{3}\.\d{2}\.\d{4})" + _END_PUNCT),
+            validator=v.is_us_ssn,
+            rank=12,
+            name="US_SSN/dotted",
         ),
         Detector(
             Entity.US_SSN,

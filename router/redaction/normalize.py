@@ -5,10 +5,14 @@ zero-width space and joiners, soft hyphen, BOM, bidi controls and tag characters
 default-ignorable characters outside Cf: variation selectors, combining grapheme joiner, Hangul
 fillers); lone surrogates to U+FFFD (so the result always encodes as UTF-8); NFKC (full-width
 digits and letters, ligatures, non-breaking spaces); other scripts' decimal digits and the
-hyphen/en-dash/minus family folded to ASCII; percent-decoding of valid ``%XX`` runs (``+`` is
-left alone: it starts international phone numbers); HTML character references that end in ``;``,
-and decimal ones without it (legacy named ones without it, such as ``&copy`` in a query string,
-are left alone).
+hyphen/dash/minus family (en and em dash too) folded to ASCII; percent-decoding of valid
+``%XX`` runs (``+`` is left alone: it starts international phone numbers); HTML character
+references that end in ``;``, and numeric ones without it (legacy named ones without it, such
+as ``&copy`` in a query string, are left alone); backslash escapes as code and JSON write
+them, which people also paste into prose (``john\\u0040example.com``): ``\\uXXXX`` (a
+surrogate pair as one character, a lone surrogate left as written), ``\\u{X...}``, ``\\xXX``
+for printable ASCII, and ``\\n``, ``\\t``, ``\\r`` (a pasted log's ``...\\n4111 1111...``:
+the card must not look glued to the letter n).
 
 Rounds repeat until nothing changes, which undoes double encoding (``%2540`` -> ``%40`` ->
 ``@``). Text still changing after ``MAX_ROUNDS`` rounds is nested deeper than any client
@@ -46,10 +50,17 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _NON_ASCII = re.compile("[^\x00-\x7f]+")
 _PERCENT_RUN = re.compile("(?:%[0-9A-Fa-f]{2})+")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
-# A decimal reference may lack its ';' (a browser still shows the character: "&#64" is '@');
+# A numeric reference may lack its ';' (a browser still shows the character: "&#64" and
+# "&#x40" are '@', taking as many digits as follow, as here);
 # named ones may not, so a query string's "&copy=2" stays as written.
-_CHAR_REF = re.compile("&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};|[A-Za-z][A-Za-z0-9]{1,31};)")
-_DASHES = "\u2010\u2011\u2012\u2013\u2212\ufe63"
+_CHAR_REF = re.compile("&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
+_BACKSLASH_ESCAPE = re.compile(
+    r"\\u[dD][89abAB][0-9A-Fa-f]{2}\\u[dD][c-fC-F][0-9A-Fa-f]{2}"  # a surrogate pair
+    r"|\\u[0-9A-Fa-f]{4}|\\u\{[0-9A-Fa-f]{1,6}\}|\\x[2-7][0-9A-Fa-f]|\\[ntr]"
+)
+_WHITESPACE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
+# Em dash and horizontal bar too: word processors turn a typed "-" or "--" into them.
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63"
 # Characters that NFKC may compose with the character before them, beyond category M.
 _EXTENDERS = frozenset(chr(c) for c in range(0x1160, 0x1200)) | {"\uff9e", "\uff9f"}
 
@@ -206,6 +217,31 @@ def _unescape_html(text: str) -> tuple[str, tuple[Edit, ...]]:
     return out.finish()
 
 
+def _escaped(escape: str) -> str:
+    """The character a backslash escape stands for, or the escape itself if it is none."""
+    if len(escape) == 2:
+        return _WHITESPACE_ESCAPES[escape[1]]
+    if escape[1] == "x":
+        code = int(escape[2:], 16)
+        return chr(code) if code < 0x7F else escape
+    if escape[2] == "{":  # JavaScript's, Rust's and Swift's \u{40}
+        code = int(escape[3:-1], 16)
+        return chr(code) if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else escape
+    code = int(escape[2:6], 16)
+    if len(escape) == 12:  # a surrogate pair: one character beyond the BMP
+        return chr(0x10000 + ((code - 0xD800) << 10) + int(escape[8:], 16) - 0xDC00)
+    return escape if 0xD800 <= code <= 0xDFFF else chr(code)
+
+
+def _unescape_backslash(text: str) -> tuple[str, tuple[Edit, ...]]:
+    out = _Builder(text)
+    for m in _BACKSLASH_ESCAPE.finditer(text):
+        decoded = _escaped(m.group())
+        if decoded != m.group():
+            out.replace(m.start(), m.end(), decoded)
+    return out.finish()
+
+
 def _round(text: str, passes: list[tuple[Edit, ...]]) -> str:
     if not text.isascii():
         text, edits = _drop_invisible(text)
@@ -224,12 +260,16 @@ def _round(text: str, passes: list[tuple[Edit, ...]]) -> str:
         text, edits = _unescape_html(text)
         if edits:
             passes.append(edits)
+    if "\\" in text:
+        text, edits = _unescape_backslash(text)
+        if edits:
+            passes.append(edits)
     return text
 
 
 def normalize_mapped(text: str) -> Normalized:
     """Normalise ``text`` and keep the edits that map the result back to it."""
-    if text.isascii() and "%" not in text and "&" not in text:
+    if text.isascii() and "%" not in text and "&" not in text and "\\" not in text:
         return Normalized(text)
     passes: list[tuple[Edit, ...]] = []
     current = text

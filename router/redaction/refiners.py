@@ -14,23 +14,34 @@ from router.redaction import validators as v
 _GROUP = re.compile(r"\d+")
 
 
+def _separator_kind(sep: str) -> str:
+    """A separator's kind: its dash, dot or slash, or white space of any width (a line that
+    wraps inside a number written with spaces keeps it one number)."""
+    for mark in "-./":
+        if mark in sep:
+            return mark
+    return " "
+
+
 def card_refine(value: str) -> list[tuple[int, int]]:
     """Card numbers inside a run of digit groups: one group of 12-19 digits, or a first group
     of 4 then groups of 1-7 with one separator kind, 12-19 digits in all, longest first."""
-    if len(value) - value.count(" ") - value.count("-") < 12:
-        return []
     groups = [(m.start(), m.end()) for m in _GROUP.finditer(value)]
+    if sum(b - a for a, b in groups) < 12:
+        return []
     found: list[tuple[int, int]] = []
     i, n = 0, len(groups)
+    # The kind of the separator before each group after the first.
+    kinds = [_separator_kind(value[groups[k - 1][1] : groups[k][0]]) for k in range(1, n)]
     while i < n:
         gs, ge = groups[i]
         hit = -1
         if ge - gs == 4:
-            sep = value[ge : ge + 1]
+            sep = kinds[i] if i + 1 < n else ""
             digits = value[gs:ge]
             for j in range(i + 1, min(i + 6, n)):
                 a, b = groups[j]
-                if value[groups[j - 1][1] : a] != sep or b - a > 7:
+                if kinds[j - 1] != sep or b - a > 7:
                     break
                 digits += value[a:b]
                 if len(digits) > 19:
@@ -106,18 +117,25 @@ def phone_refine(value: str, lenient: bool = False) -> list[tuple[int, int]]:
     return found
 
 
+_SEPARATOR_KIND = {" ": " ", "\t": " ", "\r": " ", "\n": " ", "-": "-", ".": "."}
+_IBAN_SEPARATORS = frozenset(_SEPARATOR_KIND)
+
+
 def iban_refine(value: str) -> list[tuple[int, int]]:
-    """The country's IBAN length of alphanumerics, ending at a group boundary."""
+    """The country's IBAN length of alphanumerics, grouped by one kind of separator (white
+    space, where a line may wrap, or dashes, or dots), ending at a group boundary."""
     length = v.IBAN_LENGTHS.get(value[:2].upper())
     if length is None:
         return []
     seen = 0
     for i, ch in enumerate(value):
-        if ch != " ":
+        if ch not in _IBAN_SEPARATORS:
             seen += 1
             if seen == length:
                 end = i + 1
-                if end == len(value) or value[end] == " ":
+                kinds = {_SEPARATOR_KIND[ch] for ch in value[:end] if ch in _SEPARATOR_KIND}
+                one_kind = len(kinds) <= 1
+                if one_kind and (end == len(value) or value[end] in _IBAN_SEPARATORS):
                     return [(0, end)]
                 return []
     return []

@@ -100,11 +100,12 @@ IBAN_LENGTHS = {
 
 
 def is_iban(value: str) -> bool:
-    """An IBAN (spaces allowed): country length and BBAN structure, and the mod-97 check.
+    """An IBAN (separators allowed): country length and BBAN structure, and the mod-97
+    check.
 
     National check digits inside the BBAN are not checked: the IBAN standard does not require
     them and generated test data rarely has them right."""
-    compact = value.replace(" ", "").upper()
+    compact = "".join(ch for ch in value if ch.isalnum()).upper()
     if IBAN_LENGTHS.get(compact[:2]) != len(compact):
         return False
     return _iban.is_valid(compact, check_country=False)
@@ -117,7 +118,7 @@ _SSN_NEVER_ISSUED = frozenset({"078051120", "219099999", "123456789"})
 
 def is_us_ssn(value: str) -> bool:
     """A US SSN in its issued range: area not 000, 666 or 9xx; group not 00; serial not 0000."""
-    digits = value.replace("-", "").replace(" ", "")
+    digits = value.replace("-", "").replace(" ", "").replace(".", "")
     if len(digits) != 9 or not digits.isascii() or not digits.isdigit():
         return False
     area, group, serial = digits[:3], digits[3:5], digits[5:]

@@ -282,6 +282,27 @@ class TestCentralTokensOnly:
         sent = orjson.loads(record.body)["messages"][0]["content"]
         assert sent == "Refund card <CARD_1> to IBAN <IBAN_1>, then confirm to <EMAIL_1>."
 
+    async def test_values_written_in_other_formats(
+        self, site: Site, sdk: openai.AsyncOpenAI
+    ) -> None:
+        """A card grouped by dots, an IBAN by dashes and an e-mail whose @ is a \\u0040
+        escape in prose reach central as tokens only and come back as written."""
+        card, iban, email = (
+            "4111.1111.1111.1111",
+            "DE89-3704-0044-0532-0130-00",
+            ("jane.doe\\u0040example.com"),
+        )
+        text = f"Refund card {card} to IBAN {iban}, then confirm to {email}."
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="gpt-central", messages=[{"role": "user", "content": text}]
+        )
+        assert raw.parse().choices[0].message.content == f"central heard: {text}"
+        assert raw.headers["X-Redactions"] == "CARD=1,EMAIL=1,IBAN=1"
+        assert_clean(site.off_site(), card, iban, email, "jane.doe")
+        [record] = site.central.received
+        sent = orjson.loads(record.body)["messages"][0]["content"]
+        assert sent == "Refund card <CARD_1> to IBAN <IBAN_1>, then confirm to <EMAIL_1>."
+
     async def test_stream_restored(self, site: Site, sdk: openai.AsyncOpenAI) -> None:
         """Streamed in pieces that cut through the tokens, the answer is restored all the same."""
         site.central.behaviour.stream_chunks = 7

@@ -56,6 +56,33 @@ class TestEmail:
         """Letters outside ASCII are part of an address."""
         assert_found("EMAIL", "jürgen.müller@bücher.de")
 
+    def test_backslash_escaped_at_sign(self) -> None:
+        """An address whose @ is written as a \\u0040 or \\x40 escape in prose is found, and
+        located over the escape as written."""
+        for at in ("\\u0040", "\\x40"):
+            text = f"mail john.doe{at}example.com please"
+            spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
+            assert spans == [("EMAIL", f"john.doe{at}example.com")], spans
+
+    @pytest.mark.parametrize(
+        "value",
+        ["john [at] example [dot] com", "john.doe(at)example.com", "Jane {AT} uni-bonn {DOT} de"],
+    )
+    def test_spelled_out_at_and_dot(self, value: str) -> None:
+        """An address with its @ (and dots) spelled out in brackets is found whole."""
+        assert_found("EMAIL", value, "write to {} please")
+
+    def test_spelled_out_at_needs_a_domain(self) -> None:
+        """A bracketed "at" without a dotted domain after it is prose, not an address."""
+        assert_clean("look (at) this, and x(at)y")
+
+    def test_apostrophe_in_the_local_part(self) -> None:
+        """o'brien@... is found whole (not brien@..., which left "o'" behind); quotes around
+        an address stay outside it."""
+        assert_found("EMAIL", "o'brien@example.com", "mail {} now")
+        assert_found("EMAIL", "sean.o'neil@example.ie", "mail {} now")
+        assert_found("EMAIL", "john@example.com", "say '{}' ok")
+
     def test_near_misses(self) -> None:
         """An @ alone, a handle and a dotless domain are not addresses."""
         assert_clean("meet @ noon, ping @alice, user@localhost, a@b.c, @@@@")
@@ -105,6 +132,36 @@ class TestCard:
         """A longer digit run, or a card number glued to letters, is not a card."""
         assert_clean("id 411111111111111111111 and x4111111111111111 and 4111111111111111abc")
 
+    @pytest.mark.parametrize(
+        "sep", [".", "/", "\t", "\n", "\r\n", " / ", " - ", "  "]
+    )  # fmt: skip
+    def test_other_group_separators(self, sep: str) -> None:
+        """Groups split by dots, slashes, tabs, line breaks or spaced dashes are a card too."""
+        assert_found("CARD", sep.join(["4111", "1111", "1111", "1111"]), "card {} exp 09/27")
+        assert_found("CARD", sep.join(["3782", "822463", "10005"]), "amex: {}.")
+
+    def test_after_an_escaped_line_break(self) -> None:
+        """A pasted log's literal \\n right before a card does not glue it to the letter n,
+        and the finding covers the card alone."""
+        text = "log: charged\\n4111 1111 1111 1111\\tok"
+        spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
+        assert spans == [("CARD", "4111 1111 1111 1111")], spans
+
+    def test_grouped_by_em_dashes(self) -> None:
+        """A card whose dashes a word processor turned into em dashes is found, as written."""
+        text = "card 4111\u20141111\u20141111\u20141111 ok"
+        spans = [(str(f.entity), text[f.start : f.end]) for f in DETECTORS.locate(text)]
+        assert spans == [("CARD", "4111\u20141111\u20141111\u20141111")], spans
+
+    def test_wrapped_over_two_lines(self) -> None:
+        """A card written with spaces whose line wraps inside it is found whole."""
+        assert_found("CARD", "4111 1111\n1111 1111", "card {} exp 09/27")
+        assert_found("CARD", "4111 1111 \r\n1111 1111", "card {} exp 09/27")
+
+    def test_mixed_separators_are_not_one_card(self) -> None:
+        """Groups joined by different separators are not read as one number."""
+        assert_clean("ref 4111.1111-1111 1111 end")
+
     def test_card_after_unrelated_number(self) -> None:
         """A number in front of a card does not hide it."""
         assert_found("CARD", "4111 1111 1111 1111", "ref 12 2024 {} ok")
@@ -120,6 +177,22 @@ class TestIban:
                 assert_found("IBAN", value, "IBAN {} please")
                 grouped = " ".join(value[i : i + 4] for i in range(0, len(value), 4))
                 assert_found("IBAN", grouped, "to {} EUR")
+
+    def test_grouped_with_dashes(self) -> None:
+        """IBANs grouped by dashes, dots, tabs or double spaces, or wrapped, are found whole."""
+        assert_found("IBAN", "DE89-3704-0044-0532-0130-00", "IBAN {} and more text")
+        assert_found("IBAN", "GB82-WEST-1234-5698-7654-32", "iban={}&amount=5")
+        assert_found("IBAN", "FR14-2004-1010-0505-0001-3M02-606", "pay to {}.")
+        assert_found("IBAN", "DE89.3704.0044.0532.0130.00", "IBAN {}.")
+        assert_found("IBAN", "DE89\t3704\t0044\t0532\t0130\t00", "IBAN\t{}\tEUR")
+        assert_found("IBAN", "DE89  3704  0044  0532  0130  00", "IBAN  {}  EUR")
+        assert_found("IBAN", "DE89 3704 0044\n0532 0130 00", "IBAN {} (wrapped)")
+        assert_found("IBAN", "DE89 3704 0044 \r\n0532 0130 00", "IBAN {} (wrapped)")
+
+    def test_mixed_grouping_and_bad_check_with_dashes(self) -> None:
+        """Dashes do not relax the mod-97 check, and spaces and dashes are not mixed."""
+        assert_clean("IBAN DE88-3704-0044-0532-0130-00 please")
+        assert_clean("IBAN DE89-3704 0044-0532 0130-00 please")
 
     def test_invalid_check_digits(self) -> None:
         """A wrong mod-97 check gives no finding."""
@@ -146,6 +219,11 @@ class TestUsSsn:
     def test_never_issued(self, value: str) -> None:
         """Area 000/666/9xx, group 00 and serial 0000 are not SSNs."""
         assert ("US_SSN", value) not in found(f"SSN {value}")
+
+    def test_dotted_ssn(self) -> None:
+        """An SSN grouped by dots is found; a dotted run longer than one (a version) is not."""
+        assert_found("US_SSN", "536.22.8744", "my ssn is {}.")
+        assert_clean("build 536.22.8744.1 and 1.536.22.8744 and ssn 000.22.8744")
 
     def test_plain_nine_digits_without_context(self) -> None:
         """Nine digits without the word SSN nearby are an order number, not an SSN."""

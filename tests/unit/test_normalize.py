@@ -42,6 +42,10 @@ class TestNormalize:
         """Arabic-Indic and Devanagari digits, en dash and minus become ASCII."""
         assert normalize("\u0664\u0661\u0661\u0661\u2013\u0967\u0968\u2212") == "4111-12-"
 
+    def test_em_dash_and_horizontal_bar_fold_to_hyphen(self) -> None:
+        """The dashes a word processor makes of a typed hyphen become ASCII too."""
+        assert normalize("536\u201422\u20158744 4111\ufe581111") == "536-22-8744 4111-1111"
+
     def test_lone_surrogates_become_replacement_characters(self) -> None:
         """The result always encodes as UTF-8."""
         assert normalize("a\ud800b") == "a\ufffdb"
@@ -69,13 +73,34 @@ class TestNormalize:
             ("a&amp;#64;b", "a@b"),  # an encoded entity
             ("?a=1&copy=2", "?a=1&copy=2"),  # no ';': a query string, not an entity
             ("john&#64example.com", "john@example.com"),  # decimal: browsers show '@' too
+            ("john&#x40gmail.com", "john@gmail.com"),  # hex as well
+            ("&#x40e", "\u040e"),  # as many hex digits as follow, as a browser reads it
             ("card 4&#49 111", "card 41 111"),
             ("&unknownname;", "&unknownname;"),
         ],
     )
     def test_html_entities(self, raw: str, expected: str) -> None:
-        """Character references ending in ';' decode, and decimal ones without it (a browser
+        """Character references ending in ';' decode, and numeric ones without it (a browser
         shows them as the character); named ones without it do not."""
+        assert normalize(raw) == expected
+
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            ("john\\u0040example.com", "john@example.com"),
+            ("john\\x40example\\x2Ecom", "john@example.com"),
+            ("john\\u{40}example.com \\u{1F600}", "john@example.com \U0001f600"),
+            ("\\u{d800} \\u{110000}", "\\u{d800} \\u{110000}"),  # no such character
+            ("card \\u0034111 1111", "card 4111 1111"),
+            ("smile \\ud83d\\ude00!", "smile \U0001f600!"),  # a surrogate pair
+            ("lone \\ud83d here", "lone \\ud83d here"),  # a lone surrogate stays as written
+            ("C:\\users\\xyz \\x7f \\u12", "C:\\users\\xyz \\x7f \\u12"),
+            ("a\\u005cu0040b", "a@b"),  # an escaped escape unwinds round by round
+            ("log\\ncard\\t4111\\r\\n", "log\ncard\t4111\r\n"),
+        ],
+    )
+    def test_backslash_escapes(self, raw: str, expected: str) -> None:
+        """\\uXXXX, printable \\xXX and \\n \\t \\r written out in text decode; others stay."""
         assert normalize(raw) == expected
 
     def test_mixed_layers_decode_in_one_call(self) -> None:
@@ -119,6 +144,7 @@ class TestOffsets:
                 "\uff14\uff11\uff11\uff11 \uff11\uff11\uff11\uff11",
             ),
             ("x cafe\u0301 \ufb01le y", "cafe\u0301 \ufb01le"),
+            ("mail john\\u0040example.com now", "john\\u0040example.com"),
         ],
     )
     def test_span_maps_back_to_the_encoded_original(self, raw: str, value: str) -> None:
