@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.bundle_command == "build":
             files = _with_serial(_without_signature(read_folder(args.folder)), args.serial)
+            if "manifest.yaml" not in files:
+                raise BundleRejected(f"not a policy bundle: no manifest.yaml in {args.folder}")
             return _write(files, args.output, args.signing_key)
         if args.bundle_command == "sign":
             files = _with_serial(_without_signature(unpack(_read(args.bundle))), args.serial)

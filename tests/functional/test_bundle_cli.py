@@ -109,3 +109,41 @@ def test_build_and_sign_set_the_serial(tmp_path: Path) -> None:
     negative = run_cli("bundle", "sign", built, "--serial", "-1", *signing)
     assert negative.returncode == 2
     assert "invalid serial value" in negative.stderr
+
+
+def test_a_public_or_protected_key_given_as_signing_key_is_a_one_line_error(
+    tmp_path: Path,
+) -> None:
+    """`--signing-key k.pub` (the wrong half of the pair) or a passphrase-protected key is a
+    one-line error naming the file, exit 2, not a traceback."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    protected = tmp_path / "protected.key"
+    protected.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    for key in (tmp_path / "k.pub", protected):
+        built = run_cli(
+            "bundle", "build", default_policy_bundle(), "-o", tmp_path / "b.tar.gz",
+            "--signing-key", key,
+        )  # fmt: skip
+        assert built.returncode == 2, built.stderr
+        assert "Traceback" not in built.stderr
+        assert str(key) in built.stderr
+        assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_build_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
+    """A folder without manifest.yaml (a typo'd path, the keys folder) is refused with exit 2
+    instead of packing whatever it holds into an archive no router would load."""
+    assert run_cli("bundle", "keygen", tmp_path / "keys" / "k").returncode == 0
+    built = run_cli("bundle", "build", tmp_path / "keys", "-o", tmp_path / "b.tar.gz")
+    assert built.returncode == 2
+    assert "manifest.yaml" in built.stderr
+    assert not (tmp_path / "b.tar.gz").exists()
