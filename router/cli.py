@@ -83,12 +83,37 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="start an edge -> regional -> central demo on loopback")
     demo.add_argument(
         "--base-port",
-        type=int,
+        type=_base_port,
         default=8000,
         help="edge on this port, regional +10, central +20, switchboard +90 (0: any free ports)",
     )
     demo.add_argument("--workdir", type=Path, help="keep configs, models and logs here")
     return parser
+
+
+DEMO_PORT_SPAN = 90  # the switchboard, the highest of the demo's ports, is at base + 90
+
+
+def _base_port(text: str) -> int:
+    value = int(text)
+    if value != 0 and not 1 <= value <= 65535 - DEMO_PORT_SPAN:
+        raise ValueError(text)
+    return value
+
+
+_base_port.__name__ = "base port (0, or 1 to 65445)"  # argparse names it in its error
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from router.demo import DemoOptions, run
+
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: --workdir {args.workdir}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    return run(DemoOptions(args.base_port, args.workdir))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -130,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bundle":
         return bundle_cli.run(args)
     if args.command == "demo":
-        from router.demo import DemoOptions, run
-
-        return run(DemoOptions(args.base_port, args.workdir))
+        return _demo(args)
     try:
         settings = _settings(args)
         bundle = checked_bundle(settings) if args.command == "check" else None
