@@ -71,11 +71,15 @@ def run(args: argparse.Namespace) -> int:
     except BundleRejected as exc:
         print(f"error: {exc.reason}", file=sys.stderr)
         return 2
-    except (ConfigError, FileExistsError) as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FileExistsError as exc:
+        print(f"error: {exc.filename}: already exists (not overwritten)", file=sys.stderr)
+        return 2
     except OSError as exc:  # an output folder that cannot be written, a full disk
-        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        # os.replace names the temporary file first and the operator's output second.
+        print(f"error: {exc.filename2 or exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -147,3 +147,16 @@ def test_build_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
     assert built.returncode == 2
     assert "manifest.yaml" in built.stderr
     assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_an_output_that_is_a_folder_is_named_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """`build -o FOLDER` names the operator's output (not an internal temporary name) and
+    leaves no half-written temporary file beside it; keygen over a key names the key."""
+    (tmp_path / "out").mkdir()
+    built = run_cli("bundle", "build", default_policy_bundle(), "-o", tmp_path / "out")
+    assert built.returncode == 2
+    assert built.stderr.strip() == f"error: {tmp_path / 'out'}: Is a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    again = run_cli("bundle", "keygen", tmp_path / "k")
+    assert again.stderr.strip() == f"error: {tmp_path / 'k.key'}: already exists (not overwritten)"
