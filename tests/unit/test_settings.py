@@ -163,3 +163,26 @@ def test_keys_in_clear(host: str, tls: bool, mode: str, warned: bool) -> None:
         server["tls"] = {"cert_file": "site.pem"}
     settings = Settings.model_validate({"server": server, "auth": {"mode": mode}})
     assert settings.keys_in_clear is warned
+
+
+class TestDuplicateKeys:
+    def test_a_repeated_key_is_an_error_at_its_line(self, tmp_path: Path) -> None:
+        """A second `server:` would silently replace the first (port 9100 lost): it is refused
+        with the line and the key named."""
+        path = _write(
+            tmp_path, "server:\n  port: 9100\nlogging:\n  level: info\nserver:\n  host: 0.0.0.0\n"
+        )
+        assert _problems(path) == ["line 5, column 1: duplicate key 'server'"]
+
+    def test_a_repeated_nested_key_is_an_error(self, tmp_path: Path) -> None:
+        """Duplicates inside a section are caught too."""
+        path = _write(tmp_path, "server:\n  port: 9100\n  port: 9200\n")
+        assert _problems(path) == ["line 3, column 3: duplicate key 'port'"]
+
+    def test_merge_keys_may_still_be_overridden(self, tmp_path: Path) -> None:
+        """A key written beside a `<<:` merge overrides the merged one, as YAML intends."""
+        text = "x-base: &base\n  port: 9100\n  host: 127.0.0.1\n"
+        path = _write(tmp_path, text + "server:\n  <<: *base\n  port: 9200\n")
+        with pytest.raises(ConfigError) as info:
+            load_settings(path)
+        assert info.value.problems == ["x-base: unknown key"]  # parsed; only x-base is unknown
