@@ -213,9 +213,9 @@ def check(settings: Settings) -> int:
     with ThreadPoolExecutor(1) as executor:
         try:
             repository = Loader(settings.models, executor, available_providers()).load(path)
-        except ConfigError as exc:
+        except ConfigError as exc:  # the repository itself (not one model) is unusable
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return 2
         for model in repository.models.values():
             for entry in model.versions.values():
                 state = entry.provider if entry.ready else f"NOT LOADED: {entry.reason}"

@@ -369,6 +369,14 @@ class TestCheck:
         assert done.returncode == 2
         assert "server.bogus_key: unknown key" in done.stderr
 
+    def test_a_missing_model_repository_exits_2_as_serve_does(self, tmp_path: Path) -> None:
+        """A --model-repository that is not a folder is a bad config (2, naming it), the exit
+        `serve` gives for the same command line, not 1 as for a model that fails to load."""
+        done = run_cli("check", "--model-repository", tmp_path / "missing")
+        assert done.returncode == 2, done.stderr
+        assert str(tmp_path / "missing") in done.stderr
+        assert "not a directory" in done.stderr
+
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""
         color = edge_models / "color_classifier"
