@@ -160,3 +160,13 @@ def test_an_output_that_is_a_folder_is_named_and_leaves_no_temporary_file(tmp_pa
     assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
     again = run_cli("bundle", "keygen", tmp_path / "k")
     assert again.stderr.strip() == f"error: {tmp_path / 'k.key'}: already exists (not overwritten)"
+
+
+def test_check_names_a_bundle_file_that_is_not_an_archive(tmp_path: Path) -> None:
+    """`policy.bundle` naming a file that is no tar.gz (the site config itself, by a slip) is
+    refused with exit 2 and the file's path, not an anonymous 'not a valid tar.gz'."""
+    config = tmp_path / "site.yaml"
+    config.write_text(f"policy:\n  bundle: {config}\n", encoding="utf-8")
+    done = run_cli("check", config)
+    assert done.returncode == 2
+    assert f"{config}: bundle is not a valid tar.gz archive" in done.stderr
