@@ -60,12 +60,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {secret} (private: keep it secret) and {public}")
             return 0
         if args.bundle_command == "build":
-            files = _with_serial(_without_signature(read_folder(args.folder)), args.serial)
-            if "manifest.yaml" not in files:
-                raise BundleRejected(f"not a policy bundle: no manifest.yaml in {args.folder}")
+            files = _bundle_files(read_folder(args.folder), args.folder, args.serial)
             return _write(files, args.output, args.signing_key)
         if args.bundle_command == "sign":
-            files = _with_serial(_without_signature(unpack(_read(args.bundle))), args.serial)
+            files = _bundle_files(unpack(_read(args.bundle)), args.bundle, args.serial)
             return _write(files, args.output or args.bundle, args.signing_key)
         return _verify(args.bundle, tuple(args.public_key))
     except BundleRejected as exc:
@@ -81,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
         # os.replace names the temporary file first and the operator's output second.
         print(f"error: {exc.filename2 or exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def _bundle_files(files: dict[str, bytes], source: Path, serial: int | None) -> dict[str, bytes]:
+    """What to sign: no old signature, the serial set; refused unless it is a bundle at all."""
+    if "manifest.yaml" not in files:
+        raise BundleRejected(f"not a policy bundle: no manifest.yaml in {source}")
+    return _with_serial(_without_signature(files), serial)
 
 
 def _without_signature(files: dict[str, bytes]) -> dict[str, bytes]:

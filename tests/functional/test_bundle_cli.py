@@ -170,3 +170,18 @@ def test_check_names_a_bundle_file_that_is_not_an_archive(tmp_path: Path) -> Non
     done = run_cli("check", config)
     assert done.returncode == 2
     assert f"{config}: bundle is not a valid tar.gz archive" in done.stderr
+
+
+def test_sign_refuses_an_archive_that_is_not_a_bundle(tmp_path: Path) -> None:
+    """Signing a tar.gz without manifest.yaml would vouch for something no router loads:
+    refused with exit 2 naming the archive, and the archive is left as it was."""
+    from router.policy.archive import pack
+
+    archive = tmp_path / "other.tar.gz"
+    archive.write_bytes(pack({"notes.txt": b"not a bundle\n"}))
+    before = archive.read_bytes()
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    signed = run_cli("bundle", "sign", archive, "--signing-key", tmp_path / "k.key")
+    assert signed.returncode == 2
+    assert f"no manifest.yaml in {archive}" in signed.stderr
+    assert archive.read_bytes() == before
