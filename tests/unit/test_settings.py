@@ -186,3 +186,21 @@ class TestDuplicateKeys:
         with pytest.raises(ConfigError) as info:
             load_settings(path)
         assert info.value.problems == ["x-base: unknown key"]  # parsed; only x-base is unknown
+
+
+class TestAdminPort:
+    def test_the_api_port_given_to_admin_too_is_refused(self, tmp_path: Path) -> None:
+        """`--port 8100 --admin-port 8100` is a config error naming both keys, not a start
+        that fails later with 'address already in use'."""
+        path = _write(tmp_path, "server: {port: 8100}\nadmin: {port: 8100}\n")
+        [problem] = _problems(path)
+        assert "admin.port 8100 is server.port too" in problem
+
+    def test_the_same_port_on_different_addresses_is_allowed(self) -> None:
+        """Two distinct addresses may each have the port; a disabled admin takes none."""
+        Settings.model_validate(
+            {"server": {"host": "127.0.0.2", "port": 8100}, "admin": {"port": 8100}}
+        )
+        Settings.model_validate(
+            {"server": {"port": 8100}, "admin": {"port": 8100, "enabled": False}}
+        )
