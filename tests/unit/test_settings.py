@@ -204,3 +204,10 @@ class TestAdminPort:
         Settings.model_validate(
             {"server": {"port": 8100}, "admin": {"port": 8100, "enabled": False}}
         )
+
+
+def test_a_bracketed_ipv6_host_is_taken_as_the_address() -> None:
+    """`--host [::1]` (the URL spelling) is the loopback ::1, not a name 'reachable from other
+    machines' that then fails to resolve."""
+    settings = Settings.model_validate({"server": {"host": "[::1]"}, "admin": {"host": "[::1]"}})
+    assert (settings.server.host, settings.admin.host) == ("::1", "::1")
