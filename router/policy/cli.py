@@ -37,7 +37,7 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     bundle = commands.add_parser("bundle", help="build, sign and verify policy bundles")
     actions = bundle.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
     keygen = actions.add_parser("keygen", help="write an Ed25519 key pair PREFIX.key, PREFIX.pub")
-    keygen.add_argument("prefix", type=Path)
+    keygen.add_argument("prefix", type=_prefix, help="e.g. keys/site: keys/site.key, .pub")
     build = actions.add_parser("build", help="pack a bundle folder into a .tar.gz")
     build.add_argument("folder", type=Path)
     build.add_argument("-o", "--output", type=Path, required=True)
@@ -91,6 +91,16 @@ def _bundle_files(files: dict[str, bytes], source: Path, serial: int | None) -> 
 def _without_signature(files: dict[str, bytes]) -> dict[str, bytes]:
     files.pop(SIGNATURES_FILE, None)
     return files
+
+
+def _prefix(text: str) -> Path:
+    # Path("keys/") is "keys": the pair would land beside the folder the operator meant.
+    if text.endswith("/") or Path(text).name in ("", ".", ".."):
+        raise ValueError(text)
+    return Path(text)
+
+
+_prefix.__name__ = "key prefix (a file name stem such as keys/site)"
 
 
 def _serial(text: str) -> int:

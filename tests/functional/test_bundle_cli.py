@@ -185,3 +185,16 @@ def test_sign_refuses_an_archive_that_is_not_a_bundle(tmp_path: Path) -> None:
     assert signed.returncode == 2
     assert f"no manifest.yaml in {archive}" in signed.stderr
     assert archive.read_bytes() == before
+
+
+def test_keygen_refuses_a_prefix_that_names_no_file(tmp_path: Path) -> None:
+    """`keygen ""` was a traceback and `keygen keys/` wrote keys.key beside the folder: both
+    are argument errors (exit 2) naming the prefix, and nothing is written."""
+    for prefix in ("", f"{tmp_path}/keys/", "."):
+        made = run_cli("bundle", "keygen", prefix)
+        assert made.returncode == 2, made.stderr
+        assert "Traceback" not in made.stderr
+        assert f"invalid key prefix (a file name stem such as keys/site) value: '{prefix}'" in (
+            made.stderr
+        )
+    assert list(tmp_path.iterdir()) == []
