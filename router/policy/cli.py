@@ -40,13 +40,13 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     keygen.add_argument("prefix", type=_prefix, help="e.g. keys/site: keys/site.key, .pub")
     build = actions.add_parser("build", help="pack a bundle folder into a .tar.gz")
     build.add_argument("folder", type=Path)
-    build.add_argument("-o", "--output", type=Path, required=True)
+    build.add_argument("-o", "--output", type=_output, required=True)
     build.add_argument("--signing-key", type=Path, help="sign with this private key")
     build.add_argument("--serial", type=_serial, help="set the manifest's serial to N first")
     signer = actions.add_parser("sign", help="sign a bundle .tar.gz (replaces any signature)")
     signer.add_argument("bundle", type=Path)
     signer.add_argument("--signing-key", type=Path, required=True)
-    signer.add_argument("-o", "--output", type=Path, help="default: overwrite the input")
+    signer.add_argument("-o", "--output", type=_output, help="default: overwrite the input")
     signer.add_argument("--serial", type=_serial, help="set the manifest's serial to N first")
     check = actions.add_parser("verify", help="check a bundle's signature and content")
     check.add_argument("bundle", type=Path, help="a .tar.gz or a bundle folder")
@@ -101,6 +101,15 @@ def _prefix(text: str) -> Path:
 
 
 _prefix.__name__ = "key prefix (a file name stem such as keys/site)"
+
+
+def _output(text: str) -> Path:
+    if text.endswith("/") or Path(text).name in ("", ".", ".."):
+        raise ValueError(text)  # a folder, not the archive's file name
+    return Path(text)
+
+
+_output.__name__ = "output file (such as plant.tar.gz)"
 
 
 def _serial(text: str) -> int:

@@ -198,3 +198,14 @@ def test_keygen_refuses_a_prefix_that_names_no_file(tmp_path: Path) -> None:
             made.stderr
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_names_no_file_is_an_argument_error(tmp_path: Path) -> None:
+    """`-o ""` was a traceback and `-o out/` wrote a file named `out`: both are argument
+    errors (exit 2) and nothing is written."""
+    for output in ("", f"{tmp_path}/out/"):
+        built = run_cli("bundle", "build", default_policy_bundle(), "-o", output)
+        assert built.returncode == 2, built.stderr
+        assert "Traceback" not in built.stderr
+        assert "invalid output file" in built.stderr
+    assert list(tmp_path.iterdir()) == []
