@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
         help="site config YAML (default: $LAYER_ROUTER_CONFIG, else the embedded config)",
     )
-    serve.add_argument("--model-repository", type=Path, help="model repository folder")
+    serve.add_argument("--model-repository", type=_folder, help="model repository folder")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument(
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
         help="site config YAML (default: $LAYER_ROUTER_CONFIG, else the embedded config)",
     )
-    check.add_argument("--model-repository", type=Path, help="model repository folder")
+    check.add_argument("--model-repository", type=_folder, help="model repository folder")
     audit_cli.add_parser(commands)
     tenant_cli.add_parser(commands)
     bundle_cli.add_parser(commands)
@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", type=Path, help="keep configs, models and logs here")
     return parser
+
+
+def _folder(text: str) -> Path:
+    if not text:  # `--model-repository "$UNSET"` would otherwise serve the current folder
+        raise ValueError(text)
+    return Path(text)
+
+
+_folder.__name__ = "folder (empty)"  # argparse: "invalid folder (empty) value: ''"
 
 
 DEMO_PORT_SPAN = 90  # the switchboard, the highest of the demo's ports, is at base + 90

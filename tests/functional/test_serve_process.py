@@ -395,6 +395,14 @@ class TestCheck:
         assert str(blocker) in done.stderr
         assert "Traceback" not in done.stderr
 
+    def test_an_empty_model_repository_flag_is_refused(self) -> None:
+        """`--model-repository "$UNSET"` is an argument error (2), for check and serve alike,
+        instead of taking the current folder as the repository."""
+        for command in ("check", "serve"):
+            done = run_cli(command, "--model-repository", "")
+            assert done.returncode == 2, done.stderr
+            assert "argument --model-repository" in done.stderr
+
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""
         color = edge_models / "color_classifier"
