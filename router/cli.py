@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         default=8000,
         help="edge on this port, regional +10, central +20, switchboard +90 (0: any free ports)",
     )
-    demo.add_argument("--workdir", type=Path, help="keep configs, models and logs here")
+    demo.add_argument("--workdir", type=_folder, help="keep configs, models and logs here")
     return parser
 
 

@@ -238,3 +238,13 @@ def test_a_workdir_that_cannot_be_made_is_a_one_line_error(tmp_path: Path) -> No
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert str(blocker / "demo") in result.stderr
+
+
+def test_an_empty_workdir_is_refused(tmp_path: Path) -> None:
+    """`--workdir "$UNSET"` is an argument error (2), not the current folder filled with
+    the demo's configs, models and logs."""
+    from test_serve_process import run_cli
+
+    result = run_cli("demo", "--base-port", "0", "--workdir", "")
+    assert result.returncode == 2
+    assert "argument --workdir" in result.stderr
