@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
         help="site config YAML (default: $LAYER_ROUTER_CONFIG, else the embedded config)",
     )
-    serve.add_argument("--model-repository", type=Path, help="model repository folder")
+    serve.add_argument("--model-repository", type=_folder, help="model repository folder")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument(
@@ -76,19 +76,53 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
         help="site config YAML (default: $LAYER_ROUTER_CONFIG, else the embedded config)",
     )
-    check.add_argument("--model-repository", type=Path, help="model repository folder")
+    check.add_argument("--model-repository", type=_folder, help="model repository folder")
     audit_cli.add_parser(commands)
     tenant_cli.add_parser(commands)
     bundle_cli.add_parser(commands)
     demo = commands.add_parser("demo", help="start an edge -> regional -> central demo on loopback")
     demo.add_argument(
         "--base-port",
-        type=int,
+        type=_base_port,
         default=8000,
         help="edge on this port, regional +10, central +20, switchboard +90 (0: any free ports)",
     )
-    demo.add_argument("--workdir", type=Path, help="keep configs, models and logs here")
+    demo.add_argument("--workdir", type=_folder, help="keep configs, models and logs here")
     return parser
+
+
+def _folder(text: str) -> Path:
+    if not text:  # `--model-repository "$UNSET"` would otherwise serve the current folder
+        raise ValueError(text)
+    return Path(text)
+
+
+_folder.__name__ = "folder (empty)"  # argparse: "invalid folder (empty) value: ''"
+
+
+DEMO_PORT_SPAN = 90  # the switchboard, the highest of the demo's ports, is at base + 90
+
+
+def _base_port(text: str) -> int:
+    value = int(text)
+    if value != 0 and not 1 <= value <= 65535 - DEMO_PORT_SPAN:
+        raise ValueError(text)
+    return value
+
+
+_base_port.__name__ = "base port (0, or 1 to 65445)"  # argparse names it in its error
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from router.demo import DemoOptions, run
+
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: --workdir {args.workdir}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    return run(DemoOptions(args.base_port, args.workdir))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -130,9 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bundle":
         return bundle_cli.run(args)
     if args.command == "demo":
-        from router.demo import DemoOptions, run
-
-        return run(DemoOptions(args.base_port, args.workdir))
+        return _demo(args)
     try:
         settings = _settings(args)
         bundle = checked_bundle(settings) if args.command == "check" else None
@@ -190,9 +222,9 @@ def check(settings: Settings) -> int:
     with ThreadPoolExecutor(1) as executor:
         try:
             repository = Loader(settings.models, executor, available_providers()).load(path)
-        except ConfigError as exc:
+        except ConfigError as exc:  # the repository itself (not one model) is unusable
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return 2
         for model in repository.models.values():
             for entry in model.versions.values():
                 state = entry.provider if entry.ready else f"NOT LOADED: {entry.reason}"

@@ -6,6 +6,7 @@ Shared by the site config and the per-model configs so that both report errors t
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,26 @@ class Strict(BaseModel):
     """Base for config sections: immutable, and an unknown key is an error that names it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys silently: a second `server:` would drop the
+    first one's settings unseen, so a repeated key is an error at its line instead."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges, and keys written beside it override on purpose
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base constructor reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def describe(error: ValidationError) -> list[str]:
@@ -53,7 +74,7 @@ def load(path: Path, model: type[M]) -> M:
     except UnicodeDecodeError:
         raise ConfigError(str(path), ["file is not valid UTF-8"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

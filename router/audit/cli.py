@@ -7,6 +7,7 @@ Exit codes, for scripts: 0 ok; 1 tampered (verify) or not found / provenance inc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,12 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     )
     find.add_argument("audit_id")
     find.add_argument("--log", type=Path, help="log file or folder (default: the config's)")
-    find.add_argument("--config", type=Path, help="site config YAML, for its audit.path")
+    find.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
+        help="site config YAML, for its audit.path (default: $LAYER_ROUTER_CONFIG, as serve)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,16 +37,16 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     bundle = commands.add_parser("bundle", help="build, sign and verify policy bundles")
     actions = bundle.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
     keygen = actions.add_parser("keygen", help="write an Ed25519 key pair PREFIX.key, PREFIX.pub")
-    keygen.add_argument("prefix", type=Path)
+    keygen.add_argument("prefix", type=_prefix, help="e.g. keys/site: keys/site.key, .pub")
     build = actions.add_parser("build", help="pack a bundle folder into a .tar.gz")
     build.add_argument("folder", type=Path)
-    build.add_argument("-o", "--output", type=Path, required=True)
+    build.add_argument("-o", "--output", type=_output, required=True)
     build.add_argument("--signing-key", type=Path, help="sign with this private key")
     build.add_argument("--serial", type=_serial, help="set the manifest's serial to N first")
     signer = actions.add_parser("sign", help="sign a bundle .tar.gz (replaces any signature)")
     signer.add_argument("bundle", type=Path)
     signer.add_argument("--signing-key", type=Path, required=True)
-    signer.add_argument("-o", "--output", type=Path, help="default: overwrite the input")
+    signer.add_argument("-o", "--output", type=_output, help="default: overwrite the input")
     signer.add_argument("--serial", type=_serial, help="set the manifest's serial to N first")
     check = actions.add_parser("verify", help="check a bundle's signature and content")
     check.add_argument("bundle", type=Path, help="a .tar.gz or a bundle folder")
@@ -60,26 +60,56 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {secret} (private: keep it secret) and {public}")
             return 0
         if args.bundle_command == "build":
-            files = _with_serial(_without_signature(read_folder(args.folder)), args.serial)
+            files = _bundle_files(read_folder(args.folder), args.folder, args.serial)
             return _write(files, args.output, args.signing_key)
         if args.bundle_command == "sign":
-            files = _with_serial(_without_signature(unpack(_read(args.bundle))), args.serial)
+            files = _bundle_files(unpack(_read(args.bundle)), args.bundle, args.serial)
             return _write(files, args.output or args.bundle, args.signing_key)
         return _verify(args.bundle, tuple(args.public_key))
     except BundleRejected as exc:
         print(f"error: {exc.reason}", file=sys.stderr)
         return 2
-    except (ConfigError, FileExistsError) as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # an output folder that cannot be written, a full disk
-        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+    except FileExistsError as exc:
+        print(f"error: {exc.filename}: already exists (not overwritten)", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output folder that cannot be written, a full disk
+        # os.replace names the temporary file first and the operator's output second.
+        print(f"error: {exc.filename2 or exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _bundle_files(files: dict[str, bytes], source: Path, serial: int | None) -> dict[str, bytes]:
+    """What to sign: no old signature, the serial set; refused unless it is a bundle at all."""
+    if "manifest.yaml" not in files:
+        raise BundleRejected(f"not a policy bundle: no manifest.yaml in {source}")
+    return _with_serial(_without_signature(files), serial)
 
 
 def _without_signature(files: dict[str, bytes]) -> dict[str, bytes]:
     files.pop(SIGNATURES_FILE, None)
     return files
+
+
+def _prefix(text: str) -> Path:
+    # Path("keys/") is "keys": the pair would land beside the folder the operator meant.
+    if text.endswith("/") or Path(text).name in ("", ".", ".."):
+        raise ValueError(text)
+    return Path(text)
+
+
+_prefix.__name__ = "key prefix (a file name stem such as keys/site)"
+
+
+def _output(text: str) -> Path:
+    if text.endswith("/") or Path(text).name in ("", ".", ".."):
+        raise ValueError(text)  # a folder, not the archive's file name
+    return Path(text)
+
+
+_output.__name__ = "output file (such as plant.tar.gz)"
 
 
 def _serial(text: str) -> int:

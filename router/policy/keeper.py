@@ -100,7 +100,8 @@ class BundleKeeper:
         except OSError as exc:
             where = exc.filename or self.store  # the operator has a folder to fix
             raise BundleRejected(
-                f"cannot store the bundle in {where}: {exc.strerror or exc}"
+                f"cannot store the bundle in {where}: {exc.strerror or exc} (the state "
+                "directory, $LAYER_ROUTER_STATE_DIR, must be a writable folder)"
             ) from None
         try:
             bundle = load_bundle(folder)

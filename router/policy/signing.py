@@ -46,7 +46,12 @@ def generate_keypair(prefix: Path) -> tuple[Path, Path]:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(_read(path), password=None)
+    try:
+        key = serialization.load_pem_private_key(_read(path), password=None)
+    except TypeError:
+        raise ConfigError(str(path), ["private key is passphrase-protected"]) from None
+    except ValueError:  # a public key, a certificate, not PEM at all
+        raise ConfigError(str(path), ["not a PEM private key"]) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(str(path), ["not an Ed25519 private key"])
     return key

@@ -90,7 +90,10 @@ class PathSource:
                 archive = self.path.read_bytes()
             except OSError as exc:
                 raise BundleRejected(f"cannot read {self.path}: {exc.strerror or exc}") from None
-            files = unpack(archive, self._max_bytes)
+            try:
+                files = unpack(archive, self._max_bytes)
+            except BundleRejected as exc:  # the operator must learn which file is meant
+                raise BundleRejected(f"{self.path}: {exc.reason}") from None
         return Fetched(files, archive, '"' + hashlib.sha256(archive).hexdigest()[:32] + '"')
 
     async def close(self) -> None:

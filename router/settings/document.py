@@ -61,6 +61,19 @@ class Settings(Strict):
         return self
 
     @model_validator(mode="after")
+    def _admin_port_apart(self) -> Settings:
+        # Otherwise the second bind fails as "address already in use", pointing elsewhere.
+        server, admin = self.server, self.admin
+        wildcard = {"", "0.0.0.0", "::"}
+        overlap = server.host == admin.host or {server.host, admin.host} & wildcard
+        if admin.enabled and admin.port != 0 and admin.port == server.port and overlap:
+            raise ValueError(
+                f"admin.port {admin.port} is server.port too: the admin listener (/metrics, "
+                "/status) needs a port of its own (--admin-port)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _auth_decided(self) -> Settings:
         if self.auth.mode is None and not is_loopback(self.server.host):
             raise ValueError(

@@ -6,10 +6,18 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from router.settings.base import PositiveFloat, PositiveInt
 from router.yamlconf import Strict
+
+
+def _unbracketed(host: str) -> str:
+    # `[::1]` is how an IPv6 address is written in a URL; the socket wants it bare.
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+Host = Annotated[str, AfterValidator(_unbracketed)]
 
 
 class ListenerTlsSettings(Strict):
@@ -20,7 +28,7 @@ class ListenerTlsSettings(Strict):
 
 
 class ServerSettings(Strict):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     # How long in-flight requests may take to finish after SIGTERM/SIGINT.
     drain_timeout_s: PositiveFloat = 10.0
@@ -39,7 +47,7 @@ class AdminSettings(Strict):
     where clients are; port 8002 is Triton's metrics port."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8002
 
 

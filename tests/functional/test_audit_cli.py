@@ -159,6 +159,19 @@ class TestShow:
         assert done.returncode == 0, done.stderr
         assert orjson.loads(done.stdout)["provenance"][0]["record"]["id"] == records[0].id
 
+    def test_log_found_through_the_config_serve_reads(
+        self, log: tuple[Path, list[AuditRecord]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without --config, $LAYER_ROUTER_CONFIG (the file `serve` and `check` read, the
+        container's way) names the audit.path, not the embedded config's default."""
+        path, records = log
+        config = path.parent.parent / "site.yaml"
+        config.write_text("audit: {path: logs}\n", encoding="utf-8")
+        monkeypatch.setenv("LAYER_ROUTER_CONFIG", str(config))
+        done = audit("show", records[0].id)
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout)["provenance"][0]["record"]["id"] == records[0].id
+
     def test_bad_config_exits_2(self, tmp_path: Path) -> None:
         """A config with an unknown audit key: exit 2 naming the key."""
         config = tmp_path / "site.yaml"

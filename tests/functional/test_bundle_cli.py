@@ -109,3 +109,103 @@ def test_build_and_sign_set_the_serial(tmp_path: Path) -> None:
     negative = run_cli("bundle", "sign", built, "--serial", "-1", *signing)
     assert negative.returncode == 2
     assert "invalid serial value" in negative.stderr
+
+
+def test_a_public_or_protected_key_given_as_signing_key_is_a_one_line_error(
+    tmp_path: Path,
+) -> None:
+    """`--signing-key k.pub` (the wrong half of the pair) or a passphrase-protected key is a
+    one-line error naming the file, exit 2, not a traceback."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    protected = tmp_path / "protected.key"
+    protected.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    for key in (tmp_path / "k.pub", protected):
+        built = run_cli(
+            "bundle", "build", default_policy_bundle(), "-o", tmp_path / "b.tar.gz",
+            "--signing-key", key,
+        )  # fmt: skip
+        assert built.returncode == 2, built.stderr
+        assert "Traceback" not in built.stderr
+        assert str(key) in built.stderr
+        assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_build_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
+    """A folder without manifest.yaml (a typo'd path, the keys folder) is refused with exit 2
+    instead of packing whatever it holds into an archive no router would load."""
+    assert run_cli("bundle", "keygen", tmp_path / "keys" / "k").returncode == 0
+    built = run_cli("bundle", "build", tmp_path / "keys", "-o", tmp_path / "b.tar.gz")
+    assert built.returncode == 2
+    assert "manifest.yaml" in built.stderr
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_an_output_that_is_a_folder_is_named_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """`build -o FOLDER` names the operator's output (not an internal temporary name) and
+    leaves no half-written temporary file beside it; keygen over a key names the key."""
+    (tmp_path / "out").mkdir()
+    built = run_cli("bundle", "build", default_policy_bundle(), "-o", tmp_path / "out")
+    assert built.returncode == 2
+    assert built.stderr.strip() == f"error: {tmp_path / 'out'}: Is a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    again = run_cli("bundle", "keygen", tmp_path / "k")
+    assert again.stderr.strip() == f"error: {tmp_path / 'k.key'}: already exists (not overwritten)"
+
+
+def test_check_names_a_bundle_file_that_is_not_an_archive(tmp_path: Path) -> None:
+    """`policy.bundle` naming a file that is no tar.gz (the site config itself, by a slip) is
+    refused with exit 2 and the file's path, not an anonymous 'not a valid tar.gz'."""
+    config = tmp_path / "site.yaml"
+    config.write_text(f"policy:\n  bundle: {config}\n", encoding="utf-8")
+    done = run_cli("check", config)
+    assert done.returncode == 2
+    assert f"{config}: bundle is not a valid tar.gz archive" in done.stderr
+
+
+def test_sign_refuses_an_archive_that_is_not_a_bundle(tmp_path: Path) -> None:
+    """Signing a tar.gz without manifest.yaml would vouch for something no router loads:
+    refused with exit 2 naming the archive, and the archive is left as it was."""
+    from router.policy.archive import pack
+
+    archive = tmp_path / "other.tar.gz"
+    archive.write_bytes(pack({"notes.txt": b"not a bundle\n"}))
+    before = archive.read_bytes()
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    signed = run_cli("bundle", "sign", archive, "--signing-key", tmp_path / "k.key")
+    assert signed.returncode == 2
+    assert f"no manifest.yaml in {archive}" in signed.stderr
+    assert archive.read_bytes() == before
+
+
+def test_keygen_refuses_a_prefix_that_names_no_file(tmp_path: Path) -> None:
+    """`keygen ""` was a traceback and `keygen keys/` wrote keys.key beside the folder: both
+    are argument errors (exit 2) naming the prefix, and nothing is written."""
+    for prefix in ("", f"{tmp_path}/keys/", "."):
+        made = run_cli("bundle", "keygen", prefix)
+        assert made.returncode == 2, made.stderr
+        assert "Traceback" not in made.stderr
+        assert f"invalid key prefix (a file name stem such as keys/site) value: '{prefix}'" in (
+            made.stderr
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_names_no_file_is_an_argument_error(tmp_path: Path) -> None:
+    """`-o ""` was a traceback and `-o out/` wrote a file named `out`: both are argument
+    errors (exit 2) and nothing is written."""
+    for output in ("", f"{tmp_path}/out/"):
+        built = run_cli("bundle", "build", default_policy_bundle(), "-o", output)
+        assert built.returncode == 2, built.stderr
+        assert "Traceback" not in built.stderr
+        assert "invalid output file" in built.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -213,3 +213,38 @@ def test_sigint_stops_every_tier(demo: Demo) -> None:
     for pid in children:
         assert not Path(f"/proc/{pid}").exists()
     assert any("every tier terminated" in line for line in demo.output)
+
+
+@pytest.mark.parametrize("base_port", ["-1", "65500", "99999"])
+def test_a_base_port_out_of_range_is_refused_before_anything_starts(base_port: str) -> None:
+    """A --base-port whose tiers (+10, +20, +22, +30, +90) would fall outside 1..65535 is an
+    argument error (exit 2) naming the flag, not three tiers started and then a vague exit."""
+    from test_serve_process import run_cli
+
+    result = run_cli("demo", "--base-port", base_port)
+    assert result.returncode == 2
+    assert "--base-port" in result.stderr
+    assert "tier exited" not in result.stderr
+
+
+def test_a_workdir_that_cannot_be_made_is_a_one_line_error(tmp_path: Path) -> None:
+    """--workdir under a file (or anywhere unwritable) is a one-line error naming it, not a
+    traceback."""
+    from test_serve_process import run_cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli("demo", "--base-port", "0", "--workdir", blocker / "demo")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(blocker / "demo") in result.stderr
+
+
+def test_an_empty_workdir_is_refused(tmp_path: Path) -> None:
+    """`--workdir "$UNSET"` is an argument error (2), not the current folder filled with
+    the demo's configs, models and logs."""
+    from test_serve_process import run_cli
+
+    result = run_cli("demo", "--base-port", "0", "--workdir", "")
+    assert result.returncode == 2
+    assert "argument --workdir" in result.stderr

@@ -369,6 +369,40 @@ class TestCheck:
         assert done.returncode == 2
         assert "server.bogus_key: unknown key" in done.stderr
 
+    def test_a_missing_model_repository_exits_2_as_serve_does(self, tmp_path: Path) -> None:
+        """A --model-repository that is not a folder is a bad config (2, naming it), the exit
+        `serve` gives for the same command line, not 1 as for a model that fails to load."""
+        done = run_cli("check", "--model-repository", tmp_path / "missing")
+        assert done.returncode == 2, done.stderr
+        assert str(tmp_path / "missing") in done.stderr
+        assert "not a directory" in done.stderr
+
+    def test_an_unusable_state_directory_names_the_variable(self, tmp_path: Path) -> None:
+        """A $LAYER_ROUTER_STATE_DIR under a file stops start-up (2) with a message that
+        names the variable to fix, not only an internal 'policy bundle' store path."""
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        done = subprocess.run(
+            [sys.executable, "-m", "router", "serve", "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            env={**child_env(), "LAYER_ROUTER_STATE_DIR": str(blocker / "state")},
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "$LAYER_ROUTER_STATE_DIR" in done.stderr
+        assert str(blocker) in done.stderr
+        assert "Traceback" not in done.stderr
+
+    def test_an_empty_model_repository_flag_is_refused(self) -> None:
+        """`--model-repository "$UNSET"` is an argument error (2), for check and serve alike,
+        instead of taking the current folder as the repository."""
+        for command in ("check", "serve"):
+            done = run_cli(command, "--model-repository", "")
+            assert done.returncode == 2, done.stderr
+            assert "argument --model-repository" in done.stderr
+
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""
         color = edge_models / "color_classifier"

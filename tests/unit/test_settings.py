@@ -163,3 +163,51 @@ def test_keys_in_clear(host: str, tls: bool, mode: str, warned: bool) -> None:
         server["tls"] = {"cert_file": "site.pem"}
     settings = Settings.model_validate({"server": server, "auth": {"mode": mode}})
     assert settings.keys_in_clear is warned
+
+
+class TestDuplicateKeys:
+    def test_a_repeated_key_is_an_error_at_its_line(self, tmp_path: Path) -> None:
+        """A second `server:` would silently replace the first (port 9100 lost): it is refused
+        with the line and the key named."""
+        path = _write(
+            tmp_path, "server:\n  port: 9100\nlogging:\n  level: info\nserver:\n  host: 0.0.0.0\n"
+        )
+        assert _problems(path) == ["line 5, column 1: duplicate key 'server'"]
+
+    def test_a_repeated_nested_key_is_an_error(self, tmp_path: Path) -> None:
+        """Duplicates inside a section are caught too."""
+        path = _write(tmp_path, "server:\n  port: 9100\n  port: 9200\n")
+        assert _problems(path) == ["line 3, column 3: duplicate key 'port'"]
+
+    def test_merge_keys_may_still_be_overridden(self, tmp_path: Path) -> None:
+        """A key written beside a `<<:` merge overrides the merged one, as YAML intends."""
+        text = "x-base: &base\n  port: 9100\n  host: 127.0.0.1\n"
+        path = _write(tmp_path, text + "server:\n  <<: *base\n  port: 9200\n")
+        with pytest.raises(ConfigError) as info:
+            load_settings(path)
+        assert info.value.problems == ["x-base: unknown key"]  # parsed; only x-base is unknown
+
+
+class TestAdminPort:
+    def test_the_api_port_given_to_admin_too_is_refused(self, tmp_path: Path) -> None:
+        """`--port 8100 --admin-port 8100` is a config error naming both keys, not a start
+        that fails later with 'address already in use'."""
+        path = _write(tmp_path, "server: {port: 8100}\nadmin: {port: 8100}\n")
+        [problem] = _problems(path)
+        assert "admin.port 8100 is server.port too" in problem
+
+    def test_the_same_port_on_different_addresses_is_allowed(self) -> None:
+        """Two distinct addresses may each have the port; a disabled admin takes none."""
+        Settings.model_validate(
+            {"server": {"host": "127.0.0.2", "port": 8100}, "admin": {"port": 8100}}
+        )
+        Settings.model_validate(
+            {"server": {"port": 8100}, "admin": {"port": 8100, "enabled": False}}
+        )
+
+
+def test_a_bracketed_ipv6_host_is_taken_as_the_address() -> None:
+    """`--host [::1]` (the URL spelling) is the loopback ::1, not a name 'reachable from other
+    machines' that then fails to resolve."""
+    settings = Settings.model_validate({"server": {"host": "[::1]"}, "admin": {"host": "[::1]"}})
+    assert (settings.server.host, settings.admin.host) == ("::1", "::1")
