@@ -55,7 +55,6 @@ class RequestContext:
     reasons: list[str] = field(default_factory=list)
     upstream_reasons: str = ""  # an upstream layer-router's own X-Route-Reason
     upstream_ms: float | None = None
-    queue_ms: float | None = None
     # Privacy: set by ClassifyAndRedact.
     policy_revision: str = ""
     declared_class: str = ""  # the tenant's default, raised by X-Data-Class

@@ -56,6 +56,12 @@ async def _serve(
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     _announce(settings, runner, app[RUNTIME].current.models, out)
+    if settings.routing.offline and settings.upstreams:
+        _say(
+            out,
+            f"offline (--offline or routing.offline): the {len(settings.upstreams)} upstream "
+            "cluster(s) configured are not used and spool uploads wait until a restart without it",
+        )
     if settings.keys_in_clear:
         _say(
             out,

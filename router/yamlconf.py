@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from router.errors import ConfigError
 
@@ -22,6 +22,24 @@ class Strict(BaseModel):
     """Base for config sections: immutable, and an unknown key is an error that names it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        """`server:` with every key under it commented out is YAML null: that section's
+        defaults, as if it were absent (a section that may be None keeps its None)."""
+        if not isinstance(data, dict) or None not in data.values():
+            return data
+        fields = cls.model_fields
+        return {
+            key: {} if value is None and _is_section(fields.get(key)) else value
+            for key, value in data.items()
+        }
+
+
+def _is_section(field: Any) -> bool:
+    annotation = getattr(field, "annotation", None)
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -89,13 +89,8 @@ def trace_headers(ctx: RequestContext) -> dict[str, str]:
         headers[REDACTIONS] = redaction_header(ctx.redactions)
     if ctx.rate_limit:
         headers.update(ctx.rate_limit)
-    timing = []
     if ctx.upstream_ms is not None:
-        timing.append(f"upstream;dur={ctx.upstream_ms:.2f}")
-    if ctx.queue_ms is not None:
-        timing.append(f"queue;dur={ctx.queue_ms:.2f}")
-    if timing:
-        headers["Server-Timing"] = ", ".join(timing)
+        headers["Server-Timing"] = f"upstream;dur={ctx.upstream_ms:.2f}"
     return headers
 
 

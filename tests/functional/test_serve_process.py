@@ -312,6 +312,25 @@ class TestDrain:
         assert 503 in drain_run.probes
 
 
+async def test_offline_with_upstreams_says_they_are_not_used(tmp_path: Path) -> None:
+    """`serve --offline --central URL`: the flags contradict each other, so start-up says that
+    the upstream is not used while forced offline."""
+    async with spawn(
+        sys.executable,
+        "-m",
+        "router",
+        "serve",
+        "--offline",
+        "--central",
+        "http://127.0.0.1:9",
+        "--port",
+        "0",
+        stderr=tmp_path / "err.log",
+    ) as child:
+        line = await child.read_until("offline (--offline")
+        assert "1 upstream cluster(s) configured are not used" in line
+
+
 class TestCheck:
     """`layer-router check`: 0 when everything loads, 1 for a broken model, 2 for a bad config."""
 

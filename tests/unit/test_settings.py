@@ -211,3 +211,12 @@ def test_a_bracketed_ipv6_host_is_taken_as_the_address() -> None:
     machines' that then fails to resolve."""
     settings = Settings.model_validate({"server": {"host": "[::1]"}, "admin": {"host": "[::1]"}})
     assert (settings.server.host, settings.admin.host) == ("::1", "::1")
+
+
+def test_a_section_left_empty_means_its_defaults(tmp_path: Path) -> None:
+    """`server:` with every key under it commented out (YAML null) is the section's defaults,
+    as if it were absent; a section that may be None (server.tls) keeps its None."""
+    settings = load_settings(_write(tmp_path, "server:\n  # port: 9000\nmodels:\n"))
+    assert (settings.server, settings.models) == (Settings().server, Settings().models)
+    settings = load_settings(_write(tmp_path, "server:\n  tls:\n", name="tls.yaml"))
+    assert settings.server.tls is None
