@@ -109,25 +109,27 @@ def upstream_request_headers(
         also |= CREDENTIALS
     elif key_header is not None:
         also.add(key_header)
-    dropped = _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM
-    out: dict[str, str] = {}
-    names: dict[str, str] = {}
-    for name, value in client.items():
-        lower = name.lower()
-        if lower not in dropped and not lower.startswith(_INTERNAL_PREFIX):
-            _add(out, names, name, lower, value)
+    out = _kept(client, _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM)
     out.update(extra)
     return out
 
 
-def _add(out: dict[str, str], names: dict[str, str], name: str, lower: str, value: str) -> None:
-    """A repeated field's lines joined into one comma-separated list (RFC 9110 §5.3), under
-    its first spelling: a dict keeps one value per name, and the earlier lines would be lost."""
-    first = names.setdefault(lower, name)
-    if first not in out:
-        out[first] = value
-    else:  # Cookie's list separator is its own (RFC 9113 §8.2.3)
-        out[first] += ("; " if lower == "cookie" else ", ") + value
+def _kept(headers: Mapping[str, str], dropped: frozenset[str] | set[str]) -> dict[str, str]:
+    """The fields neither `dropped` nor internal, a repeated field's lines joined into one
+    list (RFC 9110 §5.3) under its first spelling: a dict keeps one value per name, and the
+    earlier lines would be lost."""
+    out: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in dropped or lower.startswith(_INTERNAL_PREFIX):
+            continue
+        first = names.setdefault(lower, name)
+        if first not in out:
+            out[first] = value
+        else:  # Cookie's list separator is its own (RFC 9113 §8.2.3)
+            out[first] += ("; " if lower == "cookie" else ", ") + value
+    return out
 
 
 def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
@@ -135,14 +137,7 @@ def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     A header sent on several lines becomes one comma-separated value (RFC 9110 §5.3), so
     `Cache-Control: max-age=60` and `Cache-Control: private` stay one private answer."""
     named = _connection_named(upstream)
-    dropped = _NEVER_DOWNSTREAM | named if named else _NEVER_DOWNSTREAM
-    out: dict[str, str] = {}
-    names: dict[str, str] = {}
-    for name, value in upstream.items():
-        lower = name.lower()
-        if lower not in dropped and not lower.startswith(_INTERNAL_PREFIX):
-            _add(out, names, name, lower, value)
-    return out
+    return _kept(upstream, _NEVER_DOWNSTREAM | named if named else _NEVER_DOWNSTREAM)
 
 
 def hops(client: Mapping[str, str]) -> int:
