@@ -5,12 +5,14 @@ or the collector, and the spool's counters balance."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,6 +32,15 @@ CANARY = "spool.canary.51ab@example.com"
 @pytest.fixture
 async def sites(tmp_path: Path) -> AsyncIterator[tuple[str, TestServer, TestServer]]:
     """An edge sampling every answer, with a spool in tmp_path, and a central collector."""
+    async with running_sites(tmp_path) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def running_sites(
+    tmp_path: Path, **routing: Any
+) -> AsyncIterator[tuple[str, TestServer, TestServer]]:
+    """The edge (base URL and server) and the central collector; `routing` for the edge."""
     bundle = tmp_path / "bundle"
     shutil.copytree(default_policy_bundle(), bundle)
     (bundle / "sampling.yaml").write_text("default: 1.0\n", encoding="utf-8")
@@ -54,6 +65,7 @@ async def sites(tmp_path: Path) -> AsyncIterator[tuple[str, TestServer, TestServ
                     "models": {"repository": EDGE_MODELS, "inference_threads": 1},
                     "policy": {"bundle": bundle},
                     "cache": {"enabled": False},
+                    "routing": routing,
                     "spool": {"path": tmp_path / "spool.sqlite3", "collector_url": central_url},
                     "upstreams": [
                         {
@@ -172,35 +184,11 @@ async def test_samples_of_requests_sharing_an_x_request_id_are_all_kept(tmp_path
 async def test_a_site_forced_offline_keeps_its_records(tmp_path: Path) -> None:
     """`serve --offline` (routing.offline): answers are spooled but nothing is uploaded, even
     with the collector reachable; the records wait for the site to go back online."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(default_policy_bundle(), bundle)
-    (bundle / "sampling.yaml").write_text("default: 1.0\n", encoding="utf-8")
-    central = TestServer(
-        build_app(Settings.model_validate({"site": {"id": "hq", "tier": "central"}})),
-        host="127.0.0.1",
-    )
-    await central.start_server()
-    central_url = str(central.make_url("")).rstrip("/")
-    edge = TestServer(
-        build_app(
-            Settings.model_validate(
-                {
-                    "site": {"id": "ship-2"},
-                    "models": {"repository": EDGE_MODELS, "inference_threads": 1},
-                    "policy": {"bundle": bundle},
-                    "routing": {"offline": True},
-                    "spool": {"path": tmp_path / "spool.sqlite3", "collector_url": central_url},
-                }
-            )
-        ),
-        host="127.0.0.1",
-    )
-    await edge.start_server()
-    try:
+    async with running_sites(tmp_path, offline=True) as (base, edge, _):
         body = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [0, 1, 0]}]}
         async with aiohttp.ClientSession() as http:
             for _ in range(3):
-                url = str(edge.make_url("/v2/models/color_classifier/infer"))
+                url = base + "/v2/models/color_classifier/infer"
                 async with asyncio.timeout(10), http.post(url, json=body) as response:
                     assert response.status == 200
         spool = edge.app[SPOOL].spool
@@ -209,9 +197,6 @@ async def test_a_site_forced_offline_keeps_its_records(tmp_path: Path) -> None:
         counts = await spool.counts()
         assert counts.produced >= 6
         assert (counts.delivered, counts.pending) == (0, counts.produced)
-    finally:
-        await edge.close()
-        await central.close()
 
 
 async def test_a_collector_store_that_cannot_be_opened_stops_start_up(
