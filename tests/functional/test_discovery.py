@@ -4,7 +4,9 @@ again at once when the cluster turns out not to serve what its list promised."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -112,6 +114,37 @@ class TestDiscovery:
             await upstream.close()
 
 
+@contextlib.asynccontextmanager
+async def central_in_front_of(
+    upstream_app: web.Application,
+) -> AsyncIterator[tuple[web.Application, TestServer]]:
+    """A router whose one central cluster (both protocols, default health checks every 50 ms)
+    points at `upstream_app`, served on loopback: the router's app and server."""
+    upstream = TestServer(upstream_app, host="127.0.0.1")
+    await upstream.start_server()
+    settings = Settings.model_validate(
+        {
+            "cache": {"enabled": False},
+            "upstreams": [
+                {
+                    "name": "central",
+                    "tier": "central",
+                    "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                    "health_check": {"interval_s": 0.05, "unhealthy_threshold": 2},
+                }
+            ],
+        }
+    )
+    app = build_app(settings)
+    router = TestServer(app, host="127.0.0.1")
+    await router.start_server()
+    try:
+        yield app, router
+    finally:
+        await router.close()
+        await upstream.close()
+
+
 class TestDefaultHealthCheck:
     async def test_openai_only_upstream_is_healthy(self) -> None:
         """A cluster as `serve --central URL` makes it (both protocols, default checks) in
@@ -129,25 +162,7 @@ class TestDefaultHealthCheck:
         openai_only = web.Application()
         openai_only.router.add_get("/v1/models", models)
         openai_only.router.add_post("/v1/chat/completions", chat)
-        upstream = TestServer(openai_only, host="127.0.0.1")
-        await upstream.start_server()
-        settings = Settings.model_validate(
-            {
-                "cache": {"enabled": False},
-                "upstreams": [
-                    {
-                        "name": "central",
-                        "tier": "central",
-                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
-                        "health_check": {"interval_s": 0.05, "unhealthy_threshold": 2},
-                    }
-                ],
-            }
-        )
-        app = build_app(settings)
-        router = TestServer(app, host="127.0.0.1")
-        await router.start_server()
-        try:
+        async with central_in_front_of(openai_only) as (app, router):
             cluster = app[UPSTREAMS].clusters["central"]
             await asyncio.sleep(0.4)  # several health-check rounds
             assert len(cluster.live(asyncio.get_running_loop().time())) == 1
@@ -158,36 +173,12 @@ class TestDefaultHealthCheck:
                 http.post(router.make_url("/v1/chat/completions"), json=chat_body) as r,
             ):
                 assert r.status == 200
-        finally:
-            await router.close()
-            await upstream.close()
 
     async def test_kserve_server_not_ready_is_down(self) -> None:
         """A KServe server whose /v2/health/ready says 503 is down, whatever else answers."""
         fake = FakeUpstream(name="triton", models=["gpt-x"], v2_models=["m"])
         fake.behaviour.healthy = False
-        upstream = TestServer(fake.app(), host="127.0.0.1")
-        await upstream.start_server()
-        settings = Settings.model_validate(
-            {
-                "cache": {"enabled": False},
-                "upstreams": [
-                    {
-                        "name": "central",
-                        "tier": "central",
-                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
-                        "health_check": {"interval_s": 0.05, "unhealthy_threshold": 2},
-                    }
-                ],
-            }
-        )
-        app = build_app(settings)
-        router = TestServer(app, host="127.0.0.1")
-        await router.start_server()
-        try:
+        async with central_in_front_of(fake.app()) as (app, _):
             cluster = app[UPSTREAMS].clusters["central"]
             await asyncio.sleep(0.4)
             assert cluster.live(asyncio.get_running_loop().time()) == []
-        finally:
-            await router.close()
-            await upstream.close()
