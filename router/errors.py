@@ -7,6 +7,7 @@
     │   └── InvalidTensor            400 invalid_tensor
     ├── NotFound                     404 not_found
     │   ├── ModelNotFound            404 model_not_found
+    │   │   └── UpstreamModelMissing 404 model_not_found (a listed model an upstream lacks)
     │   └── RouteNotFound            404 route_not_found
     ├── Unauthorized                 401 unauthorized       (no key, or one no tenant holds)
     ├── Forbidden                    403 forbidden
@@ -96,6 +97,11 @@ class NotFound(RouterError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class UpstreamModelMissing(ModelNotFound):
+    """An upstream whose listing names the model answered that it does not serve it (it
+    unloaded it since): the next target is tried; the client sees it only when none is left."""
 
 
 class RouteNotFound(NotFound):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -213,6 +214,39 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     if vault is not None and len(vault):
         stream = _rehydrate_stream(stream, SseRehydrator(vault))
     return Reply(b"", content_type, response.status, headers, stream=stream)
+
+
+# What a v2 server (Triton, KServe, a layer-router) or Ollama says of a model it does not hold.
+_UNKNOWN_MODEL = re.compile(r"unknown model|\bmodel\b.*\b(?:not found|does not exist)")
+
+
+async def model_missing(forwarded: Forwarded) -> bool:
+    """Whether the upstream's 404 says it does not serve the model (OpenAI's `model_not_found`,
+    vLLM's NotFoundError, a v2 server's unknown model), not any other 404. A streamed error
+    body is read whole here, and kept for the reply."""
+    response = forwarded.response
+    if response.status != 404:
+        return False
+    if forwarded.body is None:
+        content_type = response.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() == "text/event-stream":
+            return False
+        forwarded.body = await _rest_of(forwarded)
+    try:
+        doc = orjson.loads(forwarded.body)
+    except orjson.JSONDecodeError:
+        return False
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):  # OpenAI's error object
+        if error.get("code") == "model_not_found":
+            return True
+        message = error.get("message")
+        return (
+            error.get("type") == "NotFoundError"
+            and isinstance(message, str)
+            and (_UNKNOWN_MODEL.search(message.lower()) is not None)
+        )
+    return isinstance(error, str) and _UNKNOWN_MODEL.search(error.lower()) is not None
 
 
 def _rehydrated(

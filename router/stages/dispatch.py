@@ -1,7 +1,8 @@
 """Dispatch (terminal): walk the decision's targets in order until one answers.
 
-A target that is unavailable (queue full, breaker open, upstream down after its retries) hands
-over to the next; a client error (4xx) ends the walk at once. Small-model fronting lives here
+A target that is unavailable (queue full, breaker open, upstream down after its retries), or
+that answers it lacks the model its listing names, hands over to the next; any other client
+error (4xx) ends the walk at once. Small-model fronting lives here
 too: a local answer below its confidence threshold is escalated to a bigger model upstream.
 """
 
@@ -18,8 +19,9 @@ from router.errors import (
     RouterError,
     Unavailable,
     UpstreamError,
+    UpstreamModelMissing,
 )
-from router.forwarding import outgoing, prepare_view, reply_from
+from router.forwarding import model_missing, outgoing, prepare_view, reply_from
 from router.inference.local import LocalResult, run_local, top_score
 from router.inference.repository import ModelRepository, ModelVersion
 from router.policy.decide import Facts, Rules, Target, decide
@@ -33,6 +35,9 @@ from router.v2.request import build_request
 from router.v2.response import encode_response
 
 log = logging.getLogger(__name__)
+
+# What makes the walk go on to the next target.
+_PASS_OVER = (Unavailable, UpstreamError, UpstreamModelMissing)
 
 # Reasons a local answer stood in for an escalation that could not happen.
 _ESCALATION_MISSED = ("escalation_unavailable", "escalation_failed:")
@@ -77,7 +82,7 @@ class Dispatch:
                     kind = "fallback" if position else "forward"
                     ctx.reasons.insert(mark, f"{kind}:{target.name}")
                 return reply
-            except (Unavailable, UpstreamError) as exc:
+            except _PASS_OVER as exc:
                 # A chained router's reasons for refusing go with its error, as they would with
                 # its answer; any other error is this router's own.
                 ctx.upstream_reasons = getattr(exc, "chained_reasons", "")
@@ -102,7 +107,10 @@ class Dispatch:
         left_ms = (ctx.deadline - asyncio.get_running_loop().time()) * 1000
         return target.expected_ms > left_ms
 
-    async def _forward(self, ctx: RequestContext, target: Target, path: str | None = None) -> Reply:
+    async def _forward(
+        self, ctx: RequestContext, target: Target, path: str | None = None, model: str = ""
+    ) -> Reply:
+        """`model`: the one `path` names when it is not the request's (an escalation)."""
         cluster = self._upstreams.clusters.get(target.name)
         if cluster is None:  # removed by a reload since the decision: try the next target
             raise NoHealthyTarget(f"cluster '{target.name}' was removed by a reload", 1.0)
@@ -126,6 +134,15 @@ class Dispatch:
             raise
         if forwarded.response.status == 404:
             prober.failed()  # it no longer has the model its list promised
+            if await model_missing(forwarded):
+                # Not there for this request, nor first for the next ones until the listing
+                # is asked again: the next target has its chance.
+                model = model or ctx.model
+                cluster.refuse(model, asyncio.get_running_loop().time())
+                raise UpstreamModelMissing(
+                    f"cluster {cluster.name} does not serve model '{model}' although its "
+                    "model list names it"
+                )
         return await reply_from(ctx, cluster, forwarded)
 
     async def _local(self, ctx: RequestContext) -> Reply:
@@ -184,8 +201,8 @@ class Dispatch:
                 ctx.reasons.extend([failure, *skipped])
                 failure, skipped = "", []
             try:
-                reply = await self._forward(ctx, target, path)
-            except (Unavailable, UpstreamError) as exc:
+                reply = await self._forward(ctx, target, path, rule.to_model)
+            except _PASS_OVER as exc:
                 if isinstance(exc, DeadlineExceeded):
                     raise
                 ctx.served_tier = self._tier

@@ -34,6 +34,8 @@ class Behaviour:
     fail_times: int = -1  # how many requests fail_status applies to; -1: all of them
     retry_after: str | None = None
     fail_headers: dict[str, str] = field(default_factory=dict)  # more headers on a failure
+    # A failure's body instead of the JSON error (its Content-Type from fail_headers, else JSON).
+    fail_body: bytes | None = None
     reset_mid_body: bool = False  # send headers and part of the body, then drop the connection
     stream_chunks: int = 3  # content pieces in an SSE answer
     stream_delay_s: float = 0.0  # between SSE events
@@ -108,6 +110,10 @@ class FakeUpstream:
             b.fail_times -= 1 if b.fail_times > 0 else 0
             headers = {"Retry-After": b.retry_after} if b.retry_after else {}
             headers.update(b.fail_headers)
+            if b.fail_body is not None:
+                raw = CIMultiDict(headers)
+                raw.setdefault("Content-Type", "application/json")
+                return web.Response(body=b.fail_body, status=b.fail_status, headers=raw)
             return web.json_response(
                 {"error": f"{self.name} failing on purpose"}, status=b.fail_status, headers=headers
             )

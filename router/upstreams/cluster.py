@@ -43,6 +43,13 @@ class Cluster:
     # Per model, the tier a chained layer-router says serves it (its listings name one): a
     # regional router lists central's models as `central`, and so should the router in front.
     tiers: dict[str, str] = field(default_factory=dict)
+    # What the cluster's listing (or its config) says it serves; `models` is that less the
+    # models an endpoint refused since (`refuse`).
+    listed: frozenset[str] | None = None
+    # Per refused model, the loop time until which it is believed absent whatever the listing
+    # says: a listing that still names an unloaded model must not send the next request there
+    # first. Past that time the listing is believed again (the model may be back).
+    refused: dict[str, float] = field(default_factory=dict)
     active: int = 0
     # Set when `active` falls to 0, once a replaced cluster waits for its last request.
     idle: asyncio.Event | None = None
@@ -66,7 +73,7 @@ class Cluster:
             for i, ep in enumerate(settings.endpoints)
         ]
         static = frozenset(settings.models) if settings.models else None
-        return cls(settings, endpoints, models=static)
+        return cls(settings, endpoints, models=static, listed=static)
 
     @property
     def name(self) -> str:
@@ -93,10 +100,33 @@ class Cluster:
             return reported
         return own
 
+    def learn(self, listed: frozenset[str], now: float) -> None:
+        """What a discovery round found the cluster lists, less what it refused lately."""
+        self.listed = listed
+        self.refused = {model: until for model, until in self.refused.items() if until > now}
+        self.models = listed - self.refused.keys() if self.refused else listed
+
+    def refuse(self, model: str, now: float) -> None:
+        """An endpoint answered that it does not serve `model` although the listing said it
+        does (it unloaded it since): believed absent here until the next discovery interval."""
+        self.refused[model] = now + self.settings.discovery_interval_s
+        if self.models is not None and model in self.models:
+            self.models = self.models - {model}
+
+    def _readmit(self, now: float) -> None:
+        """Refusals past their time: the listing's word holds again."""
+        expired = [model for model, until in self.refused.items() if until <= now]
+        for model in expired:
+            del self.refused[model]
+        if expired and self.listed is not None:
+            self.models = self.listed - self.refused.keys()
+
     def live(self, now: float) -> list[Endpoint]:
         return [ep for ep in self.endpoints if ep.health.live(now)]
 
     def view(self, now: float) -> ClusterView:
+        if self.refused:
+            self._readmit(now)
         live = self.live(now)
         return ClusterView(
             name=self.name,

@@ -111,7 +111,7 @@ class Prober:
                     versions.setdefault(name, set()).update(seen)
                 _nearest(tiers, listed[2] if listed else {})
         if answered:
-            self.cluster.models = frozenset(found)
+            self.cluster.learn(frozenset(found), asyncio.get_running_loop().time())
             self.cluster.versions = {name: frozenset(v) for name, v in versions.items()}
             self.cluster.tiers = tiers
         return self.cluster.models

@@ -182,3 +182,120 @@ class TestDefaultHealthCheck:
             cluster = app[UPSTREAMS].clusters["central"]
             await asyncio.sleep(0.4)
             assert cluster.live(asyncio.get_running_loop().time()) == []
+
+
+_OPENAI_MISSING = (
+    b'{"error": {"message": "The model `gpt-a` does not exist", "type": '
+    b'"invalid_request_error", "param": null, "code": "model_not_found"}}'
+)
+_TRITON_MISSING = b'{"error": "Request for unknown model: \'m\' is not found"}'
+
+
+@contextlib.asynccontextmanager
+async def stale_regional(
+    regional: FakeUpstream, central: FakeUpstream
+) -> AsyncIterator[tuple[web.Application, TestServer, list[str]]]:
+    """A router with a regional and a central cluster (no periodic rediscovery, no health
+    checks): its app, its server, and the discovery requests the regional one received."""
+    listings: list[str] = []
+
+    @web.middleware
+    async def count_listings(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in ("/v1/models", "/v2/repository/index"):
+            listings.append(request.path)
+        return await handler(request)
+
+    regional_app = regional.app()
+    regional_app.middlewares.append(count_listings)
+    servers = [TestServer(app, host="127.0.0.1") for app in (regional_app, central.app())]
+    for server in servers:
+        await server.start_server()
+    clusters = [
+        {
+            "name": name,
+            "tier": name,
+            "endpoints": [{"url": str(server.make_url("")).rstrip("/")}],
+            "discovery_interval_s": 3600,
+            "health_check": {"enabled": False},
+        }
+        for name, server in zip(("regional", "central"), servers, strict=True)
+    ]
+    app = build_app(Settings.model_validate({"cache": {"enabled": False}, "upstreams": clusters}))
+    router = TestServer(app, host="127.0.0.1")
+    await router.start_server()
+    try:
+        yield app, router, listings
+    finally:
+        await router.close()
+        for server in servers:
+            await server.close()
+
+
+class TestStaleDiscovery:
+    async def _walk(
+        self, path: str, body: dict[str, object], regional: FakeUpstream, missing: bytes
+    ) -> None:
+        central = FakeUpstream(name="central", models=regional.models, v2_models=regional.v2_models)
+        regional.behaviour.fail_status, regional.behaviour.fail_body = 404, missing
+        async with stale_regional(regional, central) as (app, router, listings):
+            cluster = app[UPSTREAMS].clusters["regional"]
+            model = str(body.get("model") or path.split("/")[3])
+            assert model in (cluster.models or ())
+            listed_at_start = len(listings)
+            async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+                async with http.post(router.make_url(path), json=body) as r:
+                    assert r.status == 200, await r.text()
+                    reasons = r.headers["X-Route-Reason"]
+                    assert r.headers["X-Served-By-Tier"] == "central"
+                    await r.read()
+                assert "failed:regional:model_not_found" in reasons
+                assert "fallback:central" in reasons
+                assert len(regional.received) == 1
+                deadline = time.monotonic() + 5
+                while len(listings) == listed_at_start:  # the regional list is asked again
+                    assert time.monotonic() < deadline, "no rediscovery"
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)  # that round (which lists the model still) is done
+                async with http.post(router.make_url(path), json=body) as r:
+                    assert r.status == 200
+                    assert r.headers["X-Route-Reason"].startswith("forward:central")
+                    await r.read()
+            assert len(regional.received) == 1  # the second request went to central first
+            assert model not in (cluster.models or ())
+
+    async def test_openai_model_not_found_falls_back(self) -> None:
+        """A regional upstream whose /v1/models lists gpt-a but whose chat answers 404
+        model_not_found: central answers, and the next request goes to central first."""
+        chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+        regional = FakeUpstream(name="regional", models=["gpt-a"])
+        await self._walk("/v1/chat/completions", chat, regional, _OPENAI_MISSING)
+
+    async def test_openai_stream_model_not_found_falls_back(self) -> None:
+        """The same for a streamed chat: the 404 JSON is read before any byte is relayed."""
+        chat = {"model": "gpt-a", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        regional = FakeUpstream(name="regional", models=["gpt-a"])
+        await self._walk("/v1/chat/completions", chat, regional, _OPENAI_MISSING)
+
+    async def test_v2_unknown_model_falls_back(self) -> None:
+        """A v2 upstream whose repository index lists m but whose infer says Triton's
+        'unknown model' (404): central answers, and the next request goes there first."""
+        infer = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+        regional = FakeUpstream(name="regional", models=[], v2_models=["m"])
+        await self._walk("/v2/models/m/infer", infer, regional, _TRITON_MISSING)
+
+    async def test_any_other_404_ends_the_walk(self) -> None:
+        """A 404 that does not say the model is unknown is the upstream's answer: relayed."""
+        regional = FakeUpstream(name="regional", models=["gpt-a"])
+        central = FakeUpstream(name="central", models=["gpt-a"])
+        regional.behaviour.fail_status = 404
+        regional.behaviour.fail_body = b'{"error": {"message": "no such file", "code": null}}'
+        chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+        async with stale_regional(regional, central) as (_, router, _listings):
+            async with (
+                aiohttp.ClientSession() as http,
+                asyncio.timeout(10),
+                http.post(router.make_url("/v1/chat/completions"), json=chat) as r,
+            ):
+                assert r.status == 404
+                assert (await r.json())["error"]["message"] == "no such file"
+            assert central.received == []

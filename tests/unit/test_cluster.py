@@ -163,3 +163,25 @@ class TestOutliers:
         for _ in range(5):
             cluster.record_failure(cluster.endpoints[0], 0.0)
         assert cluster.view(1.0).live_endpoints == 0
+
+
+class TestRefusedModels:
+    def test_a_refusal_outlives_a_listing_that_still_names_the_model(self) -> None:
+        """A model an endpoint refused stays out of a rediscovered listing until the
+        discovery interval has passed, then the listing's word holds again."""
+        cluster = make(1, discovery_interval_s=30)
+        cluster.learn(frozenset({"gpt-a", "gpt-b"}), 0.0)
+        cluster.refuse("gpt-a", 10.0)
+        assert cluster.view(10.0).models == frozenset({"gpt-b"})
+        cluster.learn(frozenset({"gpt-a", "gpt-b"}), 20.0)
+        assert cluster.view(39.0).models == frozenset({"gpt-b"})
+        assert cluster.view(40.0).models == frozenset({"gpt-a", "gpt-b"})
+        assert cluster.refused == {}
+
+    def test_a_configured_model_list_comes_back_too(self) -> None:
+        """A cluster with a configured model list (no discovery) gets the model back when the
+        refusal expires."""
+        cluster = make(1, models=["gpt-a"], discovery_interval_s=5)
+        cluster.refuse("gpt-a", 1.0)
+        assert cluster.view(2.0).models == frozenset()
+        assert cluster.view(6.0).models == frozenset({"gpt-a"})
