@@ -13,6 +13,7 @@ from aiohttp import web
 
 from router import __version__
 from router.api.admin import start_admin
+from router.api.draining import end_streams
 from router.api.state import RELOADER, RUNTIME, STATUS, TLS
 from router.app import build_app
 from router.errors import ConfigError
@@ -77,7 +78,15 @@ async def _serve(
     await asyncio.sleep(settings.server.readiness_grace_s)
     if admin is not None:
         await admin.cleanup()
-    await runner.cleanup()  # stops accepting, waits up to drain_timeout_s for in-flight work
+    # Streams still going when the drain runs out end with an error event, in the grace
+    # aiohttp gives handlers after its own wait, before it cancels them (a silent cut).
+    ending = asyncio.get_running_loop().call_later(
+        settings.server.drain_timeout_s, end_streams, app[STATUS]
+    )
+    try:
+        await runner.cleanup()  # stops accepting, waits up to drain_timeout_s for in-flight work
+    finally:
+        ending.cancel()
     _say(out, "stopped")
     return 0
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from router.api.state import STATUS
+from router.api.state import STATUS, ServerStatus
+from router.errors import ShuttingDown
+
+# What a stream still going when the drain runs out of time ends with, as an SSE error event.
+CUT_BY_SHUTDOWN = ShuttingDown(
+    "the server is shutting down: this stream was ended before its upstream finished it"
+)
 
 
 def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
@@ -13,3 +21,14 @@ def close_when_draining(request: web.Request, response: web.StreamResponse) -> N
     of sending a request on a connection the shutdown drops unanswered. Call before `prepare`."""
     if request.app[STATUS].draining and not response.prepared:
         response.force_close()
+
+
+def end_streams(status: ServerStatus) -> int:
+    """End every stream still being written (each writes CUT_BY_SHUTDOWN, then its end):
+    called when the drain runs out of time, before the server cancels what is left, which
+    would cut a stream with nothing to tell it from a complete one. Returns how many."""
+    now = asyncio.get_running_loop().time()
+    going = [scope for scope in status.streams if not scope.expired()]
+    for scope in going:
+        scope.reschedule(now)
+    return len(going)

@@ -9,8 +9,8 @@ from collections.abc import AsyncGenerator
 from aiohttp import web
 
 from router.api.current import current
-from router.api.draining import close_when_draining
-from router.api.state import SPOOL, TELEMETRY, TRAIL
+from router.api.draining import CUT_BY_SHUTDOWN, close_when_draining
+from router.api.state import SPOOL, STATUS, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.budget import model_budget
 from router.context import Reply, RequestContext
@@ -137,14 +137,26 @@ async def _stream(
     response = web.StreamResponse(status=reply.status, headers=headers)
     response.content_type = reply.content_type
     close_when_draining(request, response)
+    streams = request.app[STATUS].streams
+    # Never expires on its own: a drain out of time ends the stream through it (end_streams).
+    scope = asyncio.timeout(None)
     try:
         await response.prepare(request)
         try:
-            async for chunk in stream:
-                await response.write(chunk)
+            async with scope:
+                streams.add(scope)  # only while entered: the one state it may be ended in
+                try:
+                    async for chunk in stream:
+                        await response.write(chunk)
+                finally:
+                    streams.discard(scope)
         except RouterError as exc:
             # Bytes already went out: say so in-stream, never end as if the stream were complete.
             await response.write(sse_error_event(exc))
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            await response.write(sse_error_event(CUT_BY_SHUTDOWN))
         await response.write_eof()
     except ConnectionError:
         return response  # the client left mid-stream: nobody to answer (no traceback logged)

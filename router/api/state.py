@@ -7,7 +7,8 @@ handler `router.api.current.current(request)`, the generation the request is pin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -31,6 +32,9 @@ __all__ = ["Pipelines", "ServerStatus"]
 @dataclass(slots=True)
 class ServerStatus:
     draining: bool = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
+    # The scopes of the streamed answers being written: a drain that runs out of time ends
+    # each with an error event (router.api.draining.end_streams) instead of cutting it.
+    streams: set[asyncio.Timeout] = field(default_factory=set)
 
 
 SETTINGS = web.AppKey("settings", Settings)  # as started; the current: RUNTIME's generation

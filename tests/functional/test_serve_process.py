@@ -4,6 +4,7 @@ drain on SIGTERM, and the exit codes operators script against."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -21,9 +22,10 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http.aio as triton_aio
+from aiohttp.test_utils import TestServer
 
 import router
-from router.testing import identity_model, write_repository
+from router.testing import Behaviour, FakeUpstream, identity_model, write_repository
 
 # The router the tests import, so the child runs the same code even from a source checkout.
 ROUTER_ROOT = Path(router.__file__).resolve().parents[1]
@@ -436,3 +438,49 @@ class TestCheck:
         assert done.returncode == 1
         assert str(tmp_path / "broken" / "1" / "model.onnx") in done.stderr
         assert "color_classifier v1: CPUExecutionProvider" in done.stdout
+
+
+class TestDrainCutsStreams:
+    """A stream still going when the drain runs out of time ends with an error event."""
+
+    async def test_stream_cut_by_the_drain_ends_with_an_error_event(self, tmp_path: Path) -> None:
+        """A chat stream from a central upstream that would take minutes: SIGTERM with a
+        one-second drain ends it with a shutting_down error event, not a silent cut."""
+        endless = Behaviour(reply_text="token " * 2000, stream_chunks=2000, stream_delay_s=0.05)
+        upstream = TestServer(
+            FakeUpstream(name="central", behaviour=endless).app(), host="127.0.0.1"
+        )
+        await upstream.start_server()
+        config = tmp_path / "site.yaml"
+        config.write_text(
+            "server:\n  drain_timeout_s: 1\n  readiness_grace_s: 0\n", encoding="utf-8"
+        )
+        central = str(upstream.make_url("")).rstrip("/")
+        args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
+        chat = {
+            "model": "gpt-test",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        timeout = aiohttp.ClientTimeout(total=EXIT_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                spawn(*args, "--central", central, stderr=tmp_path / "stderr") as child,
+            ):
+                await wait_ready(http, child.url)
+                async with http.post(f"{child.url}/v1/chat/completions", json=chat) as resp:
+                    assert resp.status == 200
+                    events = [await resp.content.readline()]  # the stream is flowing
+                    child.process.send_signal(signal.SIGTERM)
+                    with contextlib.suppress(aiohttp.ClientPayloadError):
+                        async for line in resp.content:
+                            events.append(line)
+                assert await child.exit_code() == 0
+        finally:
+            await upstream.close()
+        data = [line[6:] for line in events if line.startswith(b"data: ")]
+        assert len(data) > 3  # content events came before the cut
+        last = orjson.loads(data[-1])
+        assert last["error"]["code"] == "shutting_down", last
+        assert b"[DONE]" not in b"".join(data)
