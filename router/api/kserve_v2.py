@@ -21,6 +21,7 @@ from router.inference.repository import ModelRepository, ModelVersion
 from router.inference.signature import TensorSpec
 from router.inference.stats import ModelStats
 from router.upstreams.pinning import drift_report
+from router.upstreams.registry import upstream_routes
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
@@ -249,24 +250,39 @@ async def repository_index(request: web.Request) -> web.Response:
             item["reason"] = entry.reason
             item["tier"] = tier
             index.append(item)
+    index += _upstream_entries(request, visible)
+    return _json(index)
+
+
+def _upstream_entries(request: web.Request, visible: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """Models only upstream clusters serve, one entry per name and version (Triton's index
+    lists versions, never a model twice): `tier` and `cluster` name the preferred route (the
+    nearest cluster), `tiers` and `clusters` every one, in that order."""
     local = current(request).models.models
-    for cluster in request.app[UPSTREAMS].clusters.values():
+    routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for cluster in upstream_routes(request.app[UPSTREAMS].clusters.values()):
         for name in sorted((cluster.models or frozenset()) - local.keys()):
             if not visible(name):
                 continue
             # The versions the cluster reported, so a router in front can pin them too.
             for version in sorted(cluster.versions.get(name, ())) or [""]:
-                index.append(
-                    {
-                        "name": name,
-                        "version": version,
-                        "state": "READY",
-                        "reason": "",
-                        "tier": cluster.tier_of(name),
-                        "cluster": cluster.name,
-                    }
-                )
-    return _json(index)
+                routes.setdefault((name, version), []).append((cluster.tier_of(name), cluster.name))
+    entries = []
+    for (name, version), found in sorted(routes.items()):
+        tiers = [tier for tier, _ in found]
+        entries.append(
+            {
+                "name": name,
+                "version": version,
+                "state": "READY",
+                "reason": "",
+                "tier": found[0][0],
+                "cluster": found[0][1],
+                "tiers": sorted(set(tiers), key=tiers.index),
+                "clusters": [cluster for _, cluster in found],
+            }
+        )
+    return entries
 
 
 async def model_stats(request: web.Request) -> web.StreamResponse:

@@ -16,6 +16,7 @@ from router.api.state import SETTINGS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import ModelNotFound
 from router.settings import Protocol
+from router.upstreams.registry import upstream_routes
 
 _STARTED = int(time.time())
 
@@ -54,22 +55,27 @@ def _json(doc: object) -> web.Response:
 
 
 def _listed(request: web.Request) -> list[dict[str, object]]:
-    """Local models and every cluster's, with their tiers, as this caller may see them."""
+    """One entry per model id, as OpenAI's list has (a UI would show duplicates otherwise):
+    `tier` and `served_by` name the preferred route (local first, then the nearest cluster),
+    `tiers` and `served_by_all` every one, in that order; as this caller may see them."""
     app = request.app
     tier = app[SETTINGS].site.tier.value
-    data = [_model(name, tier, "local") for name in current(request).models.models]
-    for cluster in app[UPSTREAMS].clusters.values():
+    routes: dict[str, list[tuple[str, str]]] = {}  # per id: (tier, source) in preference order
+    for name in current(request).models.models:
+        routes.setdefault(name, []).append((tier, "local"))
+    for cluster in upstream_routes(app[UPSTREAMS].clusters.values()):
         if Protocol.OPENAI not in cluster.settings.protocols and not cluster.models:
             continue
         for name in sorted(cluster.models or ()):
-            data.append(_model(name, cluster.tier_of(name), cluster.name))
+            routes.setdefault(name, []).append((cluster.tier_of(name), cluster.name))
     access = request.get(TENANT)
     if access is not None and access.models is not None:
-        data = [item for item in data if access.may_use(str(item["id"]))]
-    return data
+        routes = {name: found for name, found in routes.items() if access.may_use(name)}
+    return [_model(name, found) for name, found in routes.items()]
 
 
-def _model(name: str, tier: str, source: str) -> dict[str, object]:
+def _model(name: str, routes: list[tuple[str, str]]) -> dict[str, object]:
+    (tier, source), tiers = routes[0], [tier for tier, _ in routes]
     return {
         "id": name,
         "object": "model",
@@ -77,4 +83,6 @@ def _model(name: str, tier: str, source: str) -> dict[str, object]:
         "owned_by": "layer-router",
         "tier": tier,
         "served_by": source,
+        "tiers": sorted(set(tiers), key=tiers.index),  # each once, in the routes' order
+        "served_by_all": [source for _, source in routes],
     }

@@ -162,11 +162,15 @@ def _v2_names(doc: Any) -> Listing:
 
 
 def _tiers(items: Any, key: str) -> dict[str, set[str]]:
+    """A chained layer-router's entry names its preferred tier (`tier`) and every tier that
+    serves the model (`tiers`): all of them count, the nearest is chosen (`_nearest`)."""
     tiers: dict[str, set[str]] = {}
     for item in items:
-        tier = item.get("tier")
-        if isinstance(tier, str):
-            tiers.setdefault(str(item[key]), set()).add(tier)
+        listed = item.get("tiers")
+        named = [item.get("tier"), *(listed if isinstance(listed, list) else ())]
+        for tier in named:
+            if isinstance(tier, str):
+                tiers.setdefault(str(item[key]), set()).add(tier)
     return tiers
 
 

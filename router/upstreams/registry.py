@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from router.inference.repository import ModelRepository
-from router.policy.decide import LocalView, Snapshot
+from router.policy.decide import TIER_ORDER, LocalView, Snapshot
 from router.settings import ClusterSettings
 from router.tasks import cancel_all
 from router.upstreams.client import HttpTransport, Transport, session_for
@@ -199,6 +199,12 @@ class LocalViews(Mapping[str, LocalView]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+def upstream_routes(clusters: Iterable[Cluster]) -> list[Cluster]:
+    """Clusters in the order a listing prefers them, as the routing decision walks them: the
+    nearest tier first (then by name, the listing knows no latencies)."""
+    return sorted(clusters, key=lambda c: (TIER_ORDER.index(c.settings.tier.value), c.name))
 
 
 def transport_for(cluster: ClusterSettings, tls: ClientTls) -> Transport:

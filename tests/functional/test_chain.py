@@ -669,25 +669,33 @@ class TestClientsThroughTheChain:
         self, triton: triton_http.InferenceServerClient, chain: Chain
     ) -> None:
         """A model regional only forwards to central is listed as central's, through the
-        regional cluster too; regional's own model stays regional's."""
+        regional cluster too; regional's own model stays regional's. Each model is listed
+        once, naming every route to it (regional first, the nearer cluster)."""
         with openai.OpenAI(
             base_url=chain.edge.url + "/v1", api_key="sk-chain", max_retries=0, timeout=TIMEOUT_S
         ) as client:
             models = client.models.list().data
-        via_regional = {
-            m.id: (m.model_extra or {}).get("tier")
-            for m in models
-            if (m.model_extra or {}).get("served_by") == "regional"
+        assert len({m.id for m in models}) == len(models)
+        listed = {m.id: m.model_extra or {} for m in models}
+        routes = {
+            name: (extra.get("tier"), extra.get("tiers"), extra.get("served_by_all"))
+            for name, extra in listed.items()
+            if "regional" in extra.get("served_by_all", [])
         }
-        assert via_regional == {
-            "hotspot_detector": "regional",
-            "color_classifier_large": "central",
-            "gpt-test": "central",
+        assert routes == {
+            "hotspot_detector": ("regional", ["regional"], ["regional"]),
+            "color_classifier_large": ("central", ["central"], ["regional", "central"]),
+            "gpt-test": ("central", ["central"], ["regional", "central"]),
         }
         index = triton.get_model_repository_index()
-        v2_via_regional = {i["name"]: i["tier"] for i in index if i.get("cluster") == "regional"}
-        assert v2_via_regional["hotspot_detector"] == "regional"
-        assert v2_via_regional["color_classifier_large"] == "central"
+        assert len({(i["name"], i["version"]) for i in index}) == len(index)
+        v2_via_regional = {
+            i["name"]: (i["tier"], i["clusters"])
+            for i in index
+            if "regional" in i.get("clusters", [])
+        }
+        assert v2_via_regional["hotspot_detector"] == ("regional", ["regional"])
+        assert v2_via_regional["color_classifier_large"] == ("central", ["regional", "central"])
 
     def test_tritonclient(
         self, triton: triton_http.InferenceServerClient, reference: Reference, chain: Chain

@@ -192,7 +192,7 @@ _TRITON_MISSING = b'{"error": "Request for unknown model: \'m\' is not found"}'
 
 
 @contextlib.asynccontextmanager
-async def stale_regional(
+async def regional_and_central(
     regional: FakeUpstream, central: FakeUpstream
 ) -> AsyncIterator[tuple[web.Application, TestServer, list[str]]]:
     """A router with a regional and a central cluster (no periodic rediscovery, no health
@@ -237,7 +237,7 @@ class TestStaleDiscovery:
     ) -> None:
         central = FakeUpstream(name="central", models=regional.models, v2_models=regional.v2_models)
         regional.behaviour.fail_status, regional.behaviour.fail_body = 404, missing
-        async with stale_regional(regional, central) as (app, router, listings):
+        async with regional_and_central(regional, central) as (app, router, listings):
             cluster = app[UPSTREAMS].clusters["regional"]
             model = str(body.get("model") or path.split("/")[3])
             assert model in (cluster.models or ())
@@ -290,7 +290,7 @@ class TestStaleDiscovery:
         regional.behaviour.fail_status = 404
         regional.behaviour.fail_body = b'{"error": {"message": "no such file", "code": null}}'
         chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
-        async with stale_regional(regional, central) as (_, router, _listings):
+        async with regional_and_central(regional, central) as (_, router, _listings):
             async with (
                 aiohttp.ClientSession() as http,
                 asyncio.timeout(10),
@@ -299,3 +299,44 @@ class TestStaleDiscovery:
                 assert r.status == 404
                 assert (await r.json())["error"]["message"] == "no such file"
             assert central.received == []
+
+
+class TestListingsAreUnique:
+    async def test_a_model_two_tiers_serve_is_listed_once(self) -> None:
+        """gpt-a and v2 model m served by regional and central: /v1/models has one gpt-a
+        (regional preferred, both tiers named), the v2 index one entry per version of m."""
+        regional = FakeUpstream(name="regional", models=["gpt-a"], v2_models=["m"])
+        regional.v2_versions = ("1", "2")
+        central = FakeUpstream(name="central", models=["gpt-a", "gpt-b"], v2_models=["m"])
+        async with (
+            regional_and_central(regional, central) as (_, router, _listings),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(10),
+        ):
+            async with http.get(router.make_url("/v1/models")) as r:
+                data = (await r.json())["data"]
+            async with http.get(router.make_url("/v1/models/gpt-a")) as r:
+                retrieved = await r.json()
+            async with http.post(router.make_url("/v2/repository/index")) as r:
+                index = await r.json()
+        listed = {item["id"]: item for item in data}
+        assert len(listed) == len(data)
+        gpt_a = listed["gpt-a"]
+        assert (gpt_a["tier"], gpt_a["served_by"]) == ("regional", "regional")
+        assert (gpt_a["tiers"], gpt_a["served_by_all"]) == (
+            ["regional", "central"],
+            ["regional", "central"],
+        )
+        assert retrieved == gpt_a
+        assert (listed["gpt-b"]["tiers"], listed["gpt-b"]["served_by_all"]) == (
+            ["central"],
+            ["central"],
+        )
+        m = {item["version"]: item for item in index if item["name"] == "m"}
+        assert len(m) == len([item for item in index if item["name"] == "m"])
+        assert (m["1"]["tier"], m["1"]["cluster"]) == ("regional", "regional")
+        assert (m["1"]["tiers"], m["1"]["clusters"]) == (
+            ["regional", "central"],
+            ["regional", "central"],
+        )
+        assert (m["2"]["tiers"], m["2"]["clusters"]) == (["regional"], ["regional"])
