@@ -19,6 +19,8 @@ class Reply:
     it; a streamed reply has `stream` instead, drained by the handler chunk by chunk."""
 
     body: bytes = b""
+    # The whole Content-Type value, parameters included (an upstream's charset is kept):
+    # compare media types with `media_type`.
     content_type: str = "application/json"
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
@@ -96,3 +98,8 @@ class RequestContext:
         if self.header_length is None:
             return memoryview(b"")
         return memoryview(self.body)[self.header_length :]
+
+
+def media_type(content_type: str) -> str:
+    """A Content-Type's media type, without parameters, in lower case (RFC 9110 §8.3.1)."""
+    return content_type.partition(";")[0].strip().lower()

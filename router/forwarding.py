@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict
 
-from router.context import Reply, RequestContext
+from router.context import Reply, RequestContext, media_type
 from router.errors import DetectionFailed, RouterError, StreamBroken, UpstreamError
 from router.headers import (
     DECLARED_CLASS,
@@ -200,20 +200,22 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
         ctx.reasons.append(f"retried:{forwarded.attempts - 1}")
     # Media types are case-insensitive (RFC 9110 §8.3.1): `Text/Event-Stream` is a stream too.
     raw_type = response.headers.get("Content-Type", "application/json")
-    content_type = raw_type.split(";")[0].strip().lower()
+    content_type = media_type(raw_type)
     headers = downstream_response_headers(response.headers)
     body = forwarded.body
     if body is None and content_type != "text/event-stream":
         body = await _rest_of(forwarded)  # e.g. a JSON error for a stream request
     vault = ctx.vault
+    # The client gets the upstream's whole Content-Type: a charset (or any parameter) is how
+    # it reads the bytes passed on.
     if body is not None:
         if vault is not None and len(vault):
             body = _rehydrated(body, content_type, headers, vault)
-        return Reply(body, content_type, response.status, headers)
+        return Reply(body, raw_type, response.status, headers)
     stream = _relay(forwarded)
     if vault is not None and len(vault):
         stream = _rehydrate_stream(stream, SseRehydrator(vault))
-    return Reply(b"", content_type, response.status, headers, stream=stream)
+    return Reply(b"", raw_type, response.status, headers, stream=stream)
 
 
 # What a v2 server (Triton, KServe, a layer-router) or Ollama says of a model it does not hold.
@@ -229,7 +231,7 @@ async def model_missing(forwarded: Forwarded) -> bool:
         return False
     if forwarded.body is None:
         content_type = response.headers.get("Content-Type", "")
-        if content_type.split(";")[0].strip().lower() == "text/event-stream":
+        if media_type(content_type) == "text/event-stream":
             return False
         forwarded.body = await _rest_of(forwarded)
     try:

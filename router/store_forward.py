@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from router.audit import new_audit_id
-from router.context import Reply, RequestContext
+from router.context import Reply, RequestContext, media_type
 from router.errors import DetectionFailed
 from router.forwarding import view_for
 from router.privacy import MemoScanner, Privacy
@@ -66,7 +66,7 @@ class StoreAndForward:
         view = view_for(ctx, CENTRAL, self.privacy)
         ctx.redactions = served
         answer: Any = None
-        if reply.content_type == "application/json" and reply.body:
+        if media_type(reply.content_type) == "application/json" and reply.body:
             try:
                 parsed = orjson.loads(reply.body)
             except orjson.JSONDecodeError:

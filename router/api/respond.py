@@ -109,9 +109,9 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
         reply.stream = trail.streamed(ctx, reply.status, reply.stream)
         return await _stream(request, reply, headers, ctx)
     headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
-    response = web.Response(
-        body=reply.body, status=reply.status, content_type=reply.content_type, headers=headers
-    )
+    # As a header, not aiohttp's content_type argument, which refuses a charset parameter.
+    headers["Content-Type"] = reply.content_type
+    response = web.Response(body=reply.body, status=reply.status, headers=headers)
     if len(reply.body) >= 1024 and "Accept-Encoding" in request.headers:
         response.enable_compression()
     close_when_draining(request, response)
@@ -134,8 +134,8 @@ async def _stream(
 ) -> web.StreamResponse:
     stream = reply.stream
     assert stream is not None
+    headers["Content-Type"] = reply.content_type
     response = web.StreamResponse(status=reply.status, headers=headers)
-    response.content_type = reply.content_type
     close_when_draining(request, response)
     streams = request.app[STATUS].streams
     # Never expires on its own: a drain out of time ends the stream through it (end_streams).

@@ -537,3 +537,50 @@ class TestNoSsrf:
         assert len(site.redirector.received) == before + 1
         assert site.target.received == []
         site.assert_decoy_untouched()
+
+
+@pytest.fixture(scope="module")
+def plain_site() -> Iterator[tuple[RouterThread, FakeUpstream]]:
+    """A router with one regional cluster on a fake upstream whose answers a test sets."""
+    fake = FakeUpstream(name="plain", models=("gpt-test",))
+    with AppThread(fake.app) as up_server:
+        settings = Settings.model_validate(
+            {
+                "models": {"repository": None, "inference_threads": 1},
+                "cache": {"enabled": False},
+                "upstreams": [cluster("plain", "regional", up_server.url)],
+            }
+        )
+        with RouterThread(settings) as router:
+            yield router, fake
+
+
+class TestContentType:
+    @pytest.mark.parametrize(
+        ("status", "content_type", "body"),
+        [
+            (400, "text/plain; charset=iso-8859-1", "café refusé".encode("latin-1")),
+            (200, "text/html;charset=Shift_JIS", "こんにちは".encode("shift_jis")),
+            (200, "application/json; charset=utf-8", b'{"text": "caf\xc3\xa9"}'),
+        ],
+    )
+    def test_upstream_content_type_kept_whole(
+        self,
+        plain_site: tuple[RouterThread, FakeUpstream],
+        status: int,
+        content_type: str,
+        body: bytes,
+    ) -> None:
+        """A body passed through keeps the upstream's whole Content-Type, its charset
+        included, so the client decodes the bytes as the upstream meant them."""
+        router, fake = plain_site
+        fake.behaviour = Behaviour(
+            fail_status=status, fail_body=body, fail_headers={"Content-Type": content_type}
+        )
+        try:
+            reply = exchange(router.port, request_bytes("POST", CHAT, CHAT_BODY, []))
+        finally:
+            fake.behaviour = Behaviour()
+        assert reply.status == status
+        assert reply.headers.getall("Content-Type") == [content_type]
+        assert reply.body == body
