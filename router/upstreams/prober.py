@@ -86,7 +86,8 @@ class Prober:
             await self.discover()
             self._rediscover.clear()
             # Re-discover sooner while nothing is known, so a cluster that starts late is used.
-            wait = interval if self.cluster.models else min(interval, 1.0)
+            # (What it lists, not what it serves now: a refused model is no reason to ask more.)
+            wait = interval if self.cluster.listed else min(interval, 1.0)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._rediscover.wait()
