@@ -196,7 +196,8 @@ def _triton_tensor(spec: TensorSpec, batched: bool, is_input: bool) -> dict[str,
     """A tensor as Triton's model config states it: TYPE_ names (BYTES is TYPE_STRING), and
     dims without the batch dimension when the model batches."""
     name = spec.datatype.name
-    dims = list(spec.shape[1:] if batched and spec.shape else spec.shape)
+    shape = spec.reported_shape
+    dims = shape[1:] if batched and shape else shape
     doc: dict[str, Any] = {
         "name": spec.name,
         "data_type": "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}",
