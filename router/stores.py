@@ -30,6 +30,7 @@ from router.settings import Settings, is_loopback
 from router.spool import Drainer, Spool, SpoolUnavailable, http_sender, limits_of
 from router.spool.collector import COLLECTOR_PATH, CollectorStore, collector_routes
 from router.spool.collector_stats import CollectorStats
+from router.spool.retention import Retention
 from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
 from router.spool.store import SpoolInUse
 from router.store_forward import StoreAndForward
@@ -114,7 +115,9 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = None
     if settings.collects:
-        store = await _open_collector(settings.site.id, shared=settings.server.workers > 1)
+        store = await _open_collector(
+            settings.site.id, Retention.of(settings.spool), shared=settings.server.workers > 1
+        )
         collector = store
         app[COLLECTOR_STATS] = stats = CollectorStats()
         (route,) = collector_routes(store, guard=SiteGuard.of(settings), stats=stats)
@@ -132,6 +135,7 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
                 )
             (route,) = collector_routes(collector, guard=SiteGuard.of(settings), stats=stats)
             app[COLLECTOR][0] = route.handler
+            collector.retention = Retention.of(settings.spool)
 
         app[RELOADER].hooks.append(new_sites)
     try:
@@ -141,7 +145,7 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
             await store.close()
 
 
-async def _open_collector(site: str, shared: bool = False) -> CollectorStore:
+async def _open_collector(site: str, retention: Retention, shared: bool = False) -> CollectorStore:
     """The first `collector-<site>[.N].sqlite3` in the state directory nobody holds yet; with
     several workers, `collector-<site>.sqlite3` shared by all of them (one key, one record)."""
     folder = state_dir()
@@ -150,13 +154,13 @@ async def _open_collector(site: str, shared: bool = False) -> CollectorStore:
     if shared:
         path = folder / f"collector-{site}.sqlite3"
         try:
-            return await CollectorStore.open(path, shared=True)
+            return await CollectorStore.open(path, shared=True, retention=retention)
         except SpoolUnavailable as exc:
             raise ConfigError(str(path), [f"collector store cannot be opened: {exc}"]) from None
     for n in range(64):
         path = folder / (f"collector-{site}.sqlite3" if n == 0 else f"collector-{site}.{n}.sqlite3")
         try:
-            store = await CollectorStore.open(path)
+            store = await CollectorStore.open(path, retention=retention)
             if n > 0:
                 _sharing("collector store", folder / f"collector-{site}.sqlite3", path)
             return store

@@ -114,11 +114,15 @@ async def start_admin(api: web.Application, host: str, port: int) -> web.AppRunn
 
 
 async def status(request: web.Request) -> web.Response:
-    api = request.app[API_APP]
-    doc = {name: await section(api) for name, section in STATUS_SECTIONS}
+    doc = await status_document(request.app[API_APP])
     return web.Response(
         body=orjson.dumps(doc, option=orjson.OPT_INDENT_2), content_type="application/json"
     )
+
+
+async def status_document(api: web.Application) -> dict[str, Any]:
+    """What `/status` answers for the API app `api`: every section by name."""
+    return {name: await section(api) for name, section in STATUS_SECTIONS}
 
 
 async def _site(api: web.Application) -> dict[str, Any]:

@@ -14,13 +14,12 @@ from router.api.admission import TENANT
 from router.api.body import check_length, expect_within_limit, read_body
 from router.api.current import current
 from router.api.respond import default_budget, new_context, run
-from router.api.state import BUNDLE, RELOADER, RUNTIME, SETTINGS, STATUS, UPSTREAMS
+from router.api.state import BUNDLE, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest
 from router.inference.repository import ModelRepository, ModelVersion
 from router.inference.signature import TensorSpec
 from router.inference.stats import ModelStats
-from router.upstreams.pinning import drift_report
 from router.upstreams.registry import upstream_routes
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
@@ -76,7 +75,8 @@ async def server_metadata(request: web.Request) -> web.Response:
             "policy_revision": None if generation.pending else generation.bundle.revision,
             "connectivity": request.app[UPSTREAMS].connectivity(asyncio.get_running_loop().time()),
             "models": model_summaries(generation.models, _visible(request)),
-            "bundle": bundle_status(request.app, _visible(request)),
+            # No bundle source, last error or drift: any client reads this; operators have
+            # them in the admin listener's /status (`policy`).
         }
     )
 
@@ -112,19 +112,6 @@ def model_summaries(
         for name, model in sorted(models.models.items())
         if visible(name)
     ]
-
-
-def bundle_status(
-    app: web.Application, visible: Callable[[str], bool] = _everyone
-) -> dict[str, Any]:
-    """The policy bundle's distribution state, reloads and version drift (until /status)."""
-    generation = app[RUNTIME].current
-    doc = app[BUNDLE].as_dict()
-    doc["reload"] = app[RELOADER].state.as_dict()
-    tier = generation.settings.site.tier.value
-    drift = drift_report(generation.bundle, app[UPSTREAMS], generation.models, tier)
-    doc["drift"] = [item for item in drift if visible(item["model"])]
-    return doc
 
 
 def _entry(request: web.Request) -> ModelVersion:
@@ -210,7 +197,8 @@ def _triton_tensor(spec: TensorSpec, batched: bool, is_input: bool) -> dict[str,
     """A tensor as Triton's model config states it: TYPE_ names (BYTES is TYPE_STRING), and
     dims without the batch dimension when the model batches."""
     name = spec.datatype.name
-    dims = list(spec.shape[1:] if batched and spec.shape else spec.shape)
+    shape = spec.reported_shape
+    dims = shape[1:] if batched and shape else shape
     doc: dict[str, Any] = {
         "name": spec.name,
         "data_type": "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}",

@@ -20,6 +20,7 @@ import numpy as np
 
 from router.errors import ConfigError, ModelNotFound, ModelNotReady
 from router.inference import providers
+from router.inference.graph_shapes import unranked_tensors
 from router.inference.model_config import CONFIG_FILE, ModelConfig, load_model_config
 from router.inference.runner import ModelRunner, RunnerLimits
 from router.inference.sessions import LOADING_FOLDER, NO_EXTERNAL_DATA, all_providers
@@ -209,7 +210,7 @@ class Loader:
             )
         finally:
             LOADING_FOLDER.reset(folder)
-        entry.signature = signature = from_session(session)
+        entry.signature = signature = from_session(session, lambda: unranked_tensors(data))
         _check_label_output(entry, config, signature)
         if config.max_batch_size and not signature.batchable:
             raise ValueError(
@@ -260,7 +261,7 @@ class Loader:
 def warmup_feeds(signature: Signature) -> dict[str, np.ndarray]:
     feeds = {}
     for spec in signature.inputs:
-        shape = tuple(1 if d == DYNAMIC else d for d in spec.shape)
+        shape = tuple(1 if d == DYNAMIC else d for d in spec.reported_shape)
         if spec.datatype.is_bytes:
             feeds[spec.name] = np.full(shape, "", dtype=object)
         else:

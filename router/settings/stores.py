@@ -72,6 +72,11 @@ class SpoolSettings(Strict):
     # the router must listen on loopback only. The long form (SiteCredentials) also binds the
     # site to its client certificate under mTLS. Applied on reload.
     collector_sites: dict[SiteId, KeyHash | tuple[KeyHash, ...] | SiteCredentials] = {}
+    # The collector's store: records older than this are removed with their keys (keep it
+    # above every site's ttl_s, or a late resend is stored twice); over the byte bound the
+    # oldest records lose their payload, keeping their keys. Applied on reload.
+    collector_retention_s: PositiveFloat = 30 * 24 * 3600.0
+    collector_max_bytes: PositiveInt = 4 * 1024 * 1024 * 1024
 
     @model_validator(mode="after")
     def _key_has_a_collector(self) -> SpoolSettings:

@@ -11,9 +11,10 @@ counted as a duplicate and stored once.
 Each record keeps the site that uploaded it: the one whose key the collector checked (or, over
 mTLS or on an open loopback collector, the site the batch names; None when it names none).
 
-Keys are kept for as long as the records are (the retention of received records is the
-central tier's business, see `read`); a key forgotten earlier than any site's spool TTL could
-let a late resend in twice.
+Keys are kept for as long as the records are, within a bound by age and size
+(router.spool.retention): a key forgotten earlier than any site's spool TTL could let a late
+resend in twice, so the byte bound drops the oldest payloads but keeps their keys until they
+age out.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from aiohttp import web
 from router.errors import RouterError, Unavailable
 from router.spool import schema
 from router.spool.collector_stats import CollectorStats
+from router.spool.retention import DEFAULT_RETENTION, Retention, migrate, prune
 from router.spool.sites import PeerCertificate, SiteGuard, check_record_sites
 from router.spool.store import SpoolInUse, SpoolUnavailable
 from router.spool.wire import Item, decode_batch
@@ -63,6 +65,7 @@ class Added:
     accepted: list[str]  # every distinct key of the batch, in order: all are held now
     new: int
     duplicates: int
+    removed: int = 0  # older records the retention removed in the same transaction
 
 
 @dataclass(frozen=True)
@@ -76,20 +79,30 @@ class Received:
 class CollectorStore:
     """Received records, unique by key, on one SQLite file owned by one thread."""
 
-    def __init__(self, worker: SqliteWorker, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, worker: SqliteWorker, clock: Callable[[], float], retention: Retention
+    ) -> None:
         self._worker = worker
         self._clock = clock
+        self.retention = retention  # replaced on reload; read per batch
 
     @classmethod
-    def _start(cls, path: Path, clock: Callable[[], float], shared: bool) -> CollectorStore:
+    def _start(
+        cls, path: Path, clock: Callable[[], float], shared: bool, retention: Retention
+    ) -> CollectorStore:
         worker = SqliteWorker(f"collector:{path.name}", lambda: _connect(path, shared))
-        return cls(worker, clock)
+        return cls(worker, clock, retention)
 
     @classmethod
     def open_sync(
-        cls, path: Path, *, clock: Callable[[], float] = time.time, shared: bool = False
+        cls,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        shared: bool = False,
+        retention: Retention = DEFAULT_RETENTION,
     ) -> CollectorStore:
-        store = cls._start(path, clock, shared)
+        store = cls._start(path, clock, shared, retention)
         try:
             store._worker.opened.result()
         except Exception as exc:
@@ -98,11 +111,16 @@ class CollectorStore:
 
     @classmethod
     async def open(
-        cls, path: Path, *, clock: Callable[[], float] = time.time, shared: bool = False
+        cls,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        shared: bool = False,
+        retention: Retention = DEFAULT_RETENTION,
     ) -> CollectorStore:
         """`shared`: the site's workers all store into this file; a key stays unique across
         them (each batch is one transaction, INSERT OR IGNORE on the unique key)."""
-        store = cls._start(path, clock, shared)
+        store = cls._start(path, clock, shared, retention)
         try:
             await asyncio.wrap_future(store._worker.opened)
         except Exception as exc:
@@ -119,18 +137,20 @@ class CollectorStore:
         return self._worker.submit(self._add_job(items, site), group=True).result()
 
     def _add_job(self, items: Sequence[Item], site: str | None) -> Job[Added]:
-        now = self._clock()
-        return lambda conn: _add(conn, items, now, site)
+        now, retention = self._clock(), self.retention
+        return lambda conn: _add(conn, items, now, site, retention)
 
     async def read(self, after: int = 0, limit: int = 1000) -> list[Received]:
-        """Stored records with ids above `after`, oldest first."""
+        """Stored records with ids above `after`, oldest first (those the retention removed
+        or dropped the payload of are skipped)."""
         return await asyncio.wrap_future(self._worker.submit(lambda c: _read(c, after, limit)))
 
     def read_sync(self, after: int = 0, limit: int = 1000) -> list[Received]:
         return self._worker.submit(lambda conn: _read(conn, after, limit)).result()
 
     async def counts(self) -> dict[str, int]:
-        """`stored` (distinct keys) and `duplicates` (copies received again), persisted."""
+        """`stored` (distinct keys), `duplicates` (copies received again), `removed` (by the
+        retention) and `held_bytes` (payload kept), persisted."""
         return await asyncio.wrap_future(self._worker.submit(schema.counters))
 
     def counts_sync(self) -> dict[str, int]:
@@ -160,6 +180,7 @@ def _connect(path: Path, shared: bool) -> sqlite3.Connection:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(received)")}
         if "site" not in columns:
             conn.execute("ALTER TABLE received ADD COLUMN site TEXT")
+        migrate(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.close()
@@ -167,9 +188,15 @@ def _connect(path: Path, shared: bool) -> sqlite3.Connection:
     return conn
 
 
-def _add(conn: sqlite3.Connection, items: Sequence[Item], now: float, site: str | None) -> Added:
+def _add(
+    conn: sqlite3.Connection,
+    items: Sequence[Item],
+    now: float,
+    site: str | None,
+    retention: Retention,
+) -> Added:
     accepted: dict[str, None] = {}
-    new = 0
+    new = held = 0
     for item in items:
         accepted[item.key] = None
         if site is not None and _held_unscoped(conn, item.key, site):
@@ -188,15 +215,16 @@ def _add(conn: sqlite3.Connection, items: Sequence[Item], now: float, site: str 
             ),
         )
         new += cursor.rowcount
+        held += len(item.payload) * cursor.rowcount
     duplicates = len(items) - new
-    schema.bump(conn, stored=new, duplicates=duplicates)
-    return Added(list(accepted), new, duplicates)
+    schema.bump(conn, stored=new, duplicates=duplicates, held_bytes=held)
+    return Added(list(accepted), new, duplicates, prune(conn, now, retention))
 
 
 def _read(conn: sqlite3.Connection, after: int, limit: int) -> list[Received]:
     rows = conn.execute(
         "SELECT id, key, kind, payload, created, expires, received, site FROM received"
-        " WHERE id > ? ORDER BY id LIMIT ?",
+        " WHERE id > ? AND dropped = 0 ORDER BY id LIMIT ?",
         (after, limit),
     )
     return [
@@ -245,6 +273,7 @@ def collector_routes(
             counted.refuse(exc.code)
             raise
         counted.taken(site, added.new, added.duplicates)
+        counted.removed += added.removed
         body = {"accepted": added.accepted, "new": added.new, "duplicates": added.duplicates}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 

@@ -27,6 +27,7 @@ class CollectorStats:
     batches: int = 0
     stored: int = 0  # records whose key was new
     duplicates: int = 0  # records received again, stored once
+    removed: int = 0  # older records the retention removed (spool.collector_retention_s, ...)
     refused: Counter[str] = field(default_factory=Counter)  # batches, by error code
     sites: dict[str, SiteActivity] = field(default_factory=dict)
 
@@ -53,6 +54,7 @@ class CollectorStats:
             "batches": self.batches,
             "stored": self.stored,
             "duplicates": self.duplicates,
+            "removed": self.removed,
             "refused": dict(sorted(self.refused.items())),
             "sites": {
                 name or "(unnamed)": {

@@ -248,6 +248,11 @@ def _collector(stats: CollectorStats) -> Iterator[Metric]:
     records.add_metric(["stored"], stats.stored)
     records.add_metric(["duplicate"], stats.duplicates)
     yield records
+    yield CounterMetricFamily(
+        PREFIX + "collector_records_removed",
+        "Records the collector's retention removed (age or size bound)",
+        value=stats.removed,
+    )
     refused = CounterMetricFamily(
         PREFIX + "collector_refusals", "Batches refused, by error code", labels=["code"]
     )

@@ -20,6 +20,7 @@ import pytest
 import trustme
 from aiohttp import web
 
+from router.api.admin import status_document
 from router.app import build_app
 from router.errors import BundleRejected
 from router.policy.archive import pack, read_folder
@@ -109,7 +110,9 @@ def site_settings(site: str, url: str, public: Path, edge_models: Path) -> Setti
 
 
 def bundle_status(site: AppThread) -> dict[str, Any]:
-    doc: dict[str, Any] = httpx.get(site.url + "/v2", timeout=10).json()["bundle"]
+    """The site's bundle state, as the admin listener's /status shows it under `policy`."""
+    assert site.app is not None
+    doc: dict[str, Any] = site.call_async(status_document, site.app)["policy"]
     return doc
 
 

@@ -15,6 +15,7 @@ import httpx
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from router.api.admin import status_document
 from router.api.state import RELOADER
 from router.settings import Settings
 from router.testing import (
@@ -78,10 +79,10 @@ def test_a_repository_with_a_broken_model_is_not_swapped_in(tmp_path: Path) -> N
     with RouterThread(settings(repository)) as site:
         write_repository(repository, {"broken": {1: b"not an onnx model"}})
         assert site.call_async(reload, site) is False
-        status = httpx.get(site.url + "/v2", timeout=10).json()
-        assert [model["name"] for model in status["models"]] == ["good"]
-        assert status["bundle"]["reload"]["failures"] == 1
-        assert "broken" in status["bundle"]["reload"]["last_error"]
+        assert served_models(site) == ["good"]
+        reload_state = site.call_async(status_document, app(site))["policy"]["reload"]
+        assert reload_state["failures"] == 1
+        assert "broken" in reload_state["last_error"]
         assert httpx.get(site.url + "/v2/health/ready", timeout=10).status_code == 200
 
 
@@ -107,8 +108,8 @@ def test_polling_does_not_retry_a_repository_that_failed_to_load(tmp_path: Path)
         write_repository(repository, {"broken": {1: b"not an onnx model"}})
 
         def failures() -> int:
-            doc = httpx.get(site.url + "/v2", timeout=10).json()
-            return int(doc["bundle"]["reload"]["failures"])
+            doc = site.call_async(status_document, app(site))
+            return int(doc["policy"]["reload"]["failures"])
 
         wait_for(lambda: failures() >= 1, 10)
         time.sleep(0.6)  # six more polls
@@ -130,8 +131,8 @@ def test_polling_does_not_retry_a_config_change_that_failed_with_the_repository(
         config["now"] = Settings.model_validate(changed)
 
         def failures() -> int:
-            doc = httpx.get(site.url + "/v2", timeout=10).json()
-            return int(doc["bundle"]["reload"]["failures"])
+            doc = site.call_async(status_document, app(site))
+            return int(doc["policy"]["reload"]["failures"])
 
         wait_for(lambda: failures() >= 1, 10)
         time.sleep(0.6)  # six more polls

@@ -6,6 +6,7 @@ timeout and leaves every answered request's audit copy synced in the spool."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import sys
@@ -22,6 +23,7 @@ from router.spool import Spool
 from router.testing import identity_model, write_repository
 
 SLOW_RUN_S = 0.2
+ADMIN_URL = re.compile(r"/status\) on (http://[^\s,]+)")
 CLIENTS = 6
 RELOADS = 3
 SLOW_BODY = orjson.dumps(
@@ -69,6 +71,8 @@ async def test_sighup_reloads_bundle_and_reports_restart_only_settings(tmp_path:
     args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
     args += ["--model-repository", repository]
     async with aiohttp.ClientSession() as http, spawn(*args, stderr=tmp_path / "err") as child:
+        admin = ADMIN_URL.search(await child.read_until("admin (/metrics, /status) on"))
+        assert admin is not None
         await wait_ready(http, child.url)
         set_revision(bundle, "sighup-2")
         child.process.send_signal(signal.SIGHUP)
@@ -81,8 +85,9 @@ async def test_sighup_reloads_bundle_and_reports_restart_only_settings(tmp_path:
         child.process.send_signal(signal.SIGHUP)
         line = await child.read_until("applies after a restart")
         assert "server.readiness_grace_s" in line
-        status = (await server_metadata(http, child.url))["bundle"]
-        assert status["reload"]["restart_required"] == ["server.readiness_grace_s"]  # type: ignore[index]
+        async with http.get(admin.group(1) + "/status") as response:
+            reload_state = (await response.json())["policy"]["reload"]
+        assert reload_state["restart_required"] == ["server.readiness_grace_s"]
         config.write_text("server: [not, a, mapping]\n")
         child.process.send_signal(signal.SIGHUP)
         await child.read_until("reload failed")

@@ -13,6 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
+from router.api.admin import status_document
+from router.api.state import BUNDLE
 from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.tenancy import hash_key
@@ -325,21 +327,32 @@ async def test_auth_disabled_serves_anonymous_and_ignores_foreign_credentials(
         assert (status, headers["X-Cache"]) == (200, "MISS")
 
 
-async def test_version_drift_in_server_metadata_names_only_the_tenants_models(
+async def test_server_metadata_shows_no_bundle_path_error_or_drift(
     tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
 ) -> None:
-    """GET /v2's bundle.drift lists a pinned model served off its pins only to a tenant that
-    may use that model: like the model list beside it, it names no one else's model."""
+    """GET /v2, which any client may read, holds no bundle source path, last load error or
+    version drift: those are operator information, in the admin listener's /status only."""
     site = settings(tmp_path, upstream[1], "required")
     folder = Path(site.policy.bundle)
     (folder / "versions.yaml").write_text("tiers:\n  edge:\n    hotspot_detector: ['9']\n")
     with RouterThread(site) as router:
-        status, _, doc = await send(http, router.url + "/v2", None, bearer(KEY_A))
-        assert status == 200
-        assert [item["model"] for item in doc["bundle"]["drift"]] == ["hotspot_detector"]
-        status, _, doc = await send(http, router.url + "/v2", None, bearer(KEY_C))
-        assert status == 200
-        assert doc["bundle"]["drift"] == []
+        assert router.app is not None
+        api = router.app
+        router.call(api[BUNDLE].rejected, "canary-error: /srv/secret-canary/manifest.yaml")
+        for key in (KEY_A, KEY_C):
+            async with http.get(router.url + "/v2", headers=bearer(key)) as resp:
+                assert resp.status == 200
+                raw = await resp.read()
+            doc = orjson.loads(raw)
+            assert {"name", "version", "extensions"} <= doc.keys()
+            assert "bundle" not in doc
+            assert str(folder).encode() not in raw
+            assert b"secret-canary" not in raw
+            assert b"drift" not in raw
+        policy = router.call_async(status_document, api)["policy"]
+        assert policy["source"] == str(folder)
+        assert "secret-canary" in policy["last_error"]
+        assert [item["model"] for item in policy["drift"]] == ["hotspot_detector"]
 
 
 async def test_a_tenants_key_never_goes_upstream_where_client_credentials_do(

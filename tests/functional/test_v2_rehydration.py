@@ -5,14 +5,18 @@ and a central one running an identity BYTES model."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from router import forwarding
 from router.app import build_app
 from router.settings import Settings
+from router.stages.classify import OFF_LOOP_BYTES
 from router.testing import AppThread, identity_model, write_repository
 
 TIMEOUT_S = 20.0
@@ -78,3 +82,44 @@ def test_bytes_output_restored(edge: str, binary_output: bool) -> None:
         for row in _infer(edge, binary_output).tolist()
     ]
     assert out == [[f"mail {EMAIL}"], [f"card {CARD}, {EMAIL}"]]
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("rows", "off_loop"), [(2, False), (1500, True)])
+def test_a_large_answer_is_restored_off_the_event_loop(
+    edge: str, monkeypatch: pytest.MonkeyPatch, rows: int, off_loop: bool
+) -> None:
+    """An answer over OFF_LOOP_BYTES has its tokens restored on a worker thread (the walk
+    over it is CPU work), a small one on the loop; both get the caller's values back."""
+    seen: list[bool] = []
+    real = forwarding._rehydrated
+
+    def watched(*args: Any) -> bytes:
+        seen.append(_on_loop())
+        return real(*args)
+
+    monkeypatch.setattr(forwarding, "_rehydrated", watched)
+    texts = [f"row {n} mail {EMAIL}" for n in range(rows)]
+    tensor = triton.InferInput("INPUT0", [rows, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], object), binary_data=False)
+    output = triton.InferRequestedOutput("OUTPUT0", binary_data=False)
+    client = triton.InferenceServerClient(
+        edge, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S
+    )
+    try:
+        result = client.infer("echo_bytes", [tensor], outputs=[output])
+        out = [
+            v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("OUTPUT0").ravel()
+        ]
+    finally:
+        client.close()
+    assert out == texts
+    assert seen == [not off_loop]
+    assert (sum(map(len, texts)) > OFF_LOOP_BYTES) is off_loop  # the answer holds them all

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from router.api.admin import status_document
 from router.api.state import RELOADER, UPSTREAMS
 from router.app import build_app
 from router.resources import default_policy_bundle
@@ -79,8 +80,7 @@ async def test_a_drifted_cluster_gets_no_request_until_the_pin_allows_it(
                 assert r.status == 403
                 assert "version_pinned:regional" in r.headers["X-Route-Reason"]
             assert fake.requests_to("/v2/models/heavy") == []
-            async with http.get(server.make_url("/v2")) as r:
-                drift = (await r.json())["bundle"]["drift"]
+            drift = (await status_document(app))["policy"]["drift"]
             assert drift == [
                 {
                     "model": "heavy",
@@ -96,8 +96,7 @@ async def test_a_drifted_cluster_gets_no_request_until_the_pin_allows_it(
             async with http.post(server.make_url("/v2/models/heavy/infer"), json=INFER) as r:
                 assert r.status == 200
             assert len(fake.requests_to("/v2/models/heavy")) == 1
-            async with http.get(server.make_url("/v2")) as r:
-                assert (await r.json())["bundle"]["drift"] == []
+            assert (await status_document(app))["policy"]["drift"] == []
     finally:
         await server.close()
 
@@ -115,13 +114,12 @@ async def test_a_cluster_that_reports_no_versions_is_not_trusted_with_a_pinned_m
             "policy": {"bundle": pinned_bundle(tmp_path, ["1"])},
         }
     )
-    server, _ = await started(settings)
+    server, app = await started(settings)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(server.make_url("/v2/models/heavy/infer"), json=INFER) as r:
                 assert r.status == 403
-            async with http.get(server.make_url("/v2")) as r:
-                (item,) = (await r.json())["bundle"]["drift"]
+            (item,) = (await status_document(app))["policy"]["drift"]
             assert item["outside"] == ["unknown"]
         assert fake.requests_to("/v2/models/heavy") == []
     finally:

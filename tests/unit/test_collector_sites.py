@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from router.cli import main
 from router.errors import BadRequest, ConfigError, SiteMismatch, Unauthorized
 from router.settings import Settings, load_settings
 from router.spool.collector import CollectorStore
+from router.spool.retention import Retention
 from router.spool.sites import (
     SITE_HEADER,
     PeerCertificate,
@@ -403,9 +405,11 @@ class TestStoredSite:
         store = CollectorStore.open_sync(path)
         store.close_sync()
         with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            # Received just now: within the collector's retention.
             conn.execute(
                 "INSERT INTO received (key, kind, payload, created, expires, received, site)"
-                " VALUES ('audit:old', 'audit', x'00', 1.0, NULL, 2.0, 'site-a')"
+                " VALUES ('audit:old', 'audit', x'00', 1.0, NULL, ?, 'site-a')",
+                (time.time(),),
             )
         store = CollectorStore.open_sync(path)
         try:
@@ -424,7 +428,8 @@ class TestStoredSite:
         path = tmp_path / "collector.sqlite3"
         with contextlib.closing(sqlite3.connect(path)) as conn:
             conn.executescript(OLD_RECEIVED)
-        store = CollectorStore.open_sync(path)
+        # Its record was received in 1970: a retention that still holds it.
+        store = CollectorStore.open_sync(path, retention=Retention(max_age_s=1e12))
         try:
             store.add_sync([Item("new", "audit", b"p", 1.0, None)], "site-a")
             assert [(r.item.key, r.site) for r in store.read_sync()] == [

@@ -689,7 +689,7 @@ class TestCollectorStore:
             ("b", b"p"),
             ("c", b"p"),
         ]
-        assert store.counts_sync() == {"stored": 3, "duplicates": 2}
+        assert store.counts_sync() == {"stored": 3, "duplicates": 2, "removed": 0, "held_bytes": 3}
         store.close_sync()
 
     def test_seen_keys_survive_a_restart(self, tmp_path: Path) -> None:
