@@ -186,16 +186,12 @@ def build_pipelines(
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
     lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site, models)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
-    # Large JSON bodies are parsed and decoded on the redaction executor (stages.parse).
-    dispatch = Dispatch(
-        models, upstreams, settings.routing, tier, privacy, route, tenancy, redaction_executor
-    )
+    dispatch = Dispatch(models, upstreams, settings.routing, tier, privacy, route, tenancy)
     parse_openai = ParseOpenAIRequest(
-        partial(model_budget, privacy.bundle.budgets, settings.routing), redaction_executor
+        partial(model_budget, privacy.bundle.budgets, settings.routing)
     )
-    parse_v2 = ParseInferRequest(redaction_executor)
     return Pipelines(
-        v2_infer=Pipeline([tenant, parse_v2, classify, lookup, route, dispatch], tracer),
+        v2_infer=Pipeline([tenant, ParseInferRequest(), classify, lookup, route, dispatch], tracer),
         openai=Pipeline(
             [tenant, parse_openai, authorize, classify, lookup, route, dispatch], tracer
         ),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Executor
 from dataclasses import replace
 
 from router.context import Reply, RequestContext
@@ -28,7 +27,6 @@ from router.inference.repository import ModelRepository, ModelVersion
 from router.policy.decide import Facts, Rules, Target, decide
 from router.privacy import Privacy
 from router.settings import RoutingSettings
-from router.stages.parse import OFF_LOOP_JSON_BYTES, json_size
 from router.stages.route import DecideRoute
 from router.tenancy import Tenancy
 from router.upstreams import forward
@@ -58,10 +56,8 @@ class Dispatch:
         privacy: Privacy,
         route: DecideRoute,
         tenancy: Tenancy | None = None,
-        executor: Executor | None = None,
     ) -> None:
         self._tenancy = tenancy
-        self._executor = executor  # decodes large JSON tensors off the loop; None: inline
         self._models = models
         self._upstreams = upstreams
         self._routing = routing
@@ -152,13 +148,7 @@ class Dispatch:
     async def _local(self, ctx: RequestContext) -> Reply:
         assert ctx.document is not None
         entry = self._models.get(ctx.model, ctx.version)
-        if self._executor is not None and json_size(ctx) >= OFF_LOOP_JSON_BYTES:
-            # JSON tensors become arrays element by element: as costly as their parse.
-            loop = asyncio.get_running_loop()
-            decode = loop.run_in_executor(self._executor, build_request, ctx.document, ctx.binary)
-            request = await decode
-        else:
-            request = build_request(ctx.document, ctx.binary)
+        request = build_request(ctx.document, ctx.binary)
         result = await run_local(entry, request, ctx.deadline)
         ctx.served_tier, ctx.served_by = self._tier, f"{entry.model}/{entry.version}"
         ctx.served_version, ctx.model_sha256 = str(entry.version), entry.sha256

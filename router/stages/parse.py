@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any
 
 import orjson
 
@@ -16,17 +14,6 @@ from router.errors import BadRequest, MalformedBody
 from router.nesting import TOO_DEEP, check_depth, is_depth_error
 from router.v2.request import parse_header, timeout_us
 
-# JSON from this size on is parsed on the CPU executor, not on the event loop: orjson takes
-# about 2.5 ms per MiB here (a 19 MB v2 JSON tensor ~80 ms), while a hop to a thread costs
-# tens of µs; below it the parse stays inline, behind a single length comparison.
-OFF_LOOP_JSON_BYTES = 1024 * 1024
-
-
-def json_size(ctx: RequestContext) -> int:
-    """How many bytes of the body are JSON: all of it, or a binary request's header part."""
-    length = ctx.header_length
-    return len(ctx.body) if length is None or length < 0 else length
-
 
 class ParseInferRequest:
     """KServe v2: the JSON header only; tensors are decoded by the target that runs them."""
@@ -34,17 +21,8 @@ class ParseInferRequest:
     name = "parse"
     terminal = False
 
-    def __init__(self, executor: Executor | None = None) -> None:
-        self._executor = executor  # None: every body parsed inline (tests, tools)
-
     async def __call__(self, ctx: RequestContext) -> Reply | None:
-        if self._executor is not None and json_size(ctx) >= OFF_LOOP_JSON_BYTES:
-            loop = asyncio.get_running_loop()
-            parse = loop.run_in_executor(self._executor, parse_header, ctx.body, ctx.header_length)
-            header = await parse
-        else:
-            header = parse_header(ctx.body, ctx.header_length)
-        ctx.document = header
+        ctx.document = header = parse_header(ctx.body, ctx.header_length)
         micros = timeout_us(header)
         if micros is not None:
             # Triton's per-request timeout can only tighten the deadline.
@@ -59,20 +37,21 @@ class ParseOpenAIRequest:
     name = "parse"
     terminal = False
 
-    def __init__(
-        self,
-        model_budget: Callable[[str], float | None] = lambda _: None,
-        executor: Executor | None = None,
-    ) -> None:
+    def __init__(self, model_budget: Callable[[str], float | None] = lambda _: None) -> None:
         self._model_budget = model_budget  # a model's own default budget (ms), if it has one
-        self._executor = executor  # for large bodies (OFF_LOOP_JSON_BYTES); None: all inline
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
-        if self._executor is not None and len(ctx.body) >= OFF_LOOP_JSON_BYTES:
-            loop = asyncio.get_running_loop()
-            doc = await loop.run_in_executor(self._executor, parse_object, ctx.body)
-        else:
-            doc = parse_object(ctx.body)
+        try:
+            doc = orjson.loads(ctx.body)
+        except orjson.JSONDecodeError as exc:
+            if is_depth_error(exc):
+                raise MalformedBody(TOO_DEEP) from None
+            raise MalformedBody(
+                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+        if not isinstance(doc, dict):
+            raise MalformedBody("request body must be a JSON object")
+        check_depth(ctx.body, doc)
         model = doc.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' must be a non-empty string", param="model")
@@ -88,19 +67,3 @@ class ParseOpenAIRequest:
             waited = time.perf_counter() - ctx.started
             ctx.deadline = asyncio.get_running_loop().time() - waited + budget / 1000
         return None
-
-
-def parse_object(body: bytes) -> dict[str, Any]:
-    """An OpenAI request body as a JSON object, or MalformedBody saying what is wrong."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if is_depth_error(exc):
-            raise MalformedBody(TOO_DEEP) from None
-        raise MalformedBody(
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    if not isinstance(doc, dict):
-        raise MalformedBody("request body must be a JSON object")
-    check_depth(body, doc)
-    return doc
