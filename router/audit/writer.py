@@ -67,6 +67,7 @@ class Writer:
         self._start_lock = threading.Lock()
         self._slots: _Slots | None = None
         self._error: str | None = None  # the last loss, until a flush reports it
+        self._stopped = False  # a kick racing with the close starts no thread again
 
     async def submit(self, record: AuditRecord, is_open: Callable[[], bool]) -> bool:
         """Hand a record to the thread and wait until it is written (and, for fsync `always`,
@@ -80,6 +81,8 @@ class Writer:
         written: asyncio.Future[str | None] = loop.create_future()
         self._start()
         self._queue.put(_Item(record=record, slots=slots, done=partial(_resolve, loop, written)))
+        if self._stopped:  # raced with a close past its last look at the queue: write it here
+            self._handle(self._leftovers())
         await asyncio.shield(written)  # one caller leaving does not undo its record
         return True
 
@@ -102,6 +105,8 @@ class Writer:
 
     def stop(self) -> None:
         """Write everything handed over and end the thread (blocks until it has)."""
+        with self._start_lock:
+            self._stopped = True
         if self._thread is not None:
             self._queue.put(_Item(stop=True))
             self._thread.join()
@@ -118,7 +123,7 @@ class Writer:
         if self._thread is not None:
             return
         with self._start_lock:
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
                 self._thread.start()
 
