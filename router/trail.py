@@ -99,13 +99,13 @@ class Trail:
     async def _append(self, record: AuditRecord) -> None:
         assert self._log is not None
         try:
-            await self._log.append(record)
+            body = await self._log.append(record)
         except AuditLogError as exc:
             # Serving goes on; the gap shows in the log's failure count and in this line.
             log.error("audit record not written: %s", type(exc).__name__)
             return
         if self._copy is not None:
-            self._copy(record.to_dict())
+            self._copy(body)
 
     async def streamed(
         self, ctx: RequestContext, status: int, chunks: AsyncIterator[bytes]

@@ -102,14 +102,15 @@ class AuditLog:
         with self._lock:
             return self._head()
 
-    async def append(self, record: AuditRecord) -> None:
+    async def append(self, record: AuditRecord) -> Entry:
         """Write a record into the file (and, under fsync 'always', wait until it is synced);
-        a lost write is counted and logged, not raised: serving goes on without the disk."""
+        a lost write is counted and logged, not raised: serving goes on without the disk.
+        Returns the record as written (before sealing), for copies made of it."""
         body = record.to_dict()
         if not self._lock.acquire(blocking=False):  # another thread writes or closes the log
             if not await self._writer.submit(record, lambda: not self._closed):
                 raise AuditLogError(f"the audit log {self.path} is closed")
-            return
+            return body
         try:
             self._check_open()
             # One wake-up of the writer thread per sync cycle, not one per record.
@@ -126,6 +127,7 @@ class AuditLog:
             self._writer.kick()
         if commit is not None:
             await asyncio.shield(commit)  # a caller that leaves does not fail the group
+        return body
 
     async def flush(self) -> None:
         """Wait until every record written or handed over so far is synced (unless fsync is
