@@ -90,8 +90,8 @@ class Trail:
         return dict(known)
 
     async def write(self, ctx: RequestContext, status: int, body: bytes | None) -> None:
-        if self._log is None or not ctx.audit_id:
-            return
+        if self._log is None or not ctx.audit_id or ctx.recorded:
+            return  # one record per audit id, whatever fails after it was written
         ctx.recorded = True
         output = self._digester.digest("output", body) if body is not None else None
         await self._append(self.record(ctx, status, output))
@@ -125,8 +125,8 @@ class Trail:
                 await self.write_digest(ctx, status, digest.hexdigest())
 
     async def write_digest(self, ctx: RequestContext, status: int, output: str) -> None:
-        if self._log is None or not ctx.audit_id:
-            return
+        if self._log is None or not ctx.audit_id or ctx.recorded:
+            return  # one record per audit id, whatever fails after it was written
         ctx.recorded = True
         await self._append(self.record(ctx, status, output))
 
