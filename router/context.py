@@ -72,6 +72,7 @@ class RequestContext:
     views: dict[str, Any] = field(default_factory=dict)  # per tier: its redacted view, made once
     # Provenance: this answer's audit record, and for a reused answer the original's.
     audit_id: str = ""
+    recorded: bool = False  # its audit record is written (or being written)
     cache: str | None = None  # the cache's verdict (HIT, MISS, STALE, BYPASS)
     cache_of: str | None = None
     model_sha256: str = ""  # of the local artefact that ran

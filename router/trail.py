@@ -1,11 +1,13 @@
-"""Writing the audit trail from the request path: one record per answered request, built from
-its context (where, by which model and policy, from which digested inputs) and appended off the
-event loop by the audit log's writer thread."""
+"""Writing the audit trail from the request path: one record per request that got an audit id,
+built from its context (where, by which model and policy, from which digested inputs) and
+written to the log file before its answer goes out (a stream's when the stream ends, before
+its end is sent; a request whose client left first gets a `client_gone` record)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from cachetools import LRUCache
@@ -20,6 +22,10 @@ log = logging.getLogger(__name__)
 # Fragment digests remembered per surveyed content (`RequestContext.content_key`): a repeated
 # cacheable request is digested once. Only digests are kept, as the records themselves hold.
 MEMO_ENTRIES = 4096
+# The record of a request whose client left before any answer went out (nginx's "client closed
+# request"), with the reason CLIENT_GONE after the route's.
+CLIENT_GONE_STATUS = 499
+CLIENT_GONE = "client_gone"
 
 
 class Trail:
@@ -84,25 +90,26 @@ class Trail:
         return dict(known)
 
     async def write(self, ctx: RequestContext, status: int, body: bytes | None) -> None:
-        if self._log is None or not ctx.audit_id:
-            return
+        if self._log is None or not ctx.audit_id or ctx.recorded:
+            return  # one record per audit id, whatever fails after it was written
+        ctx.recorded = True
         output = self._digester.digest("output", body) if body is not None else None
         await self._append(self.record(ctx, status, output))
 
     async def _append(self, record: AuditRecord) -> None:
         assert self._log is not None
         try:
-            await self._log.append(record)
+            body = await self._log.append(record)
         except AuditLogError as exc:
             # Serving goes on; the gap shows in the log's failure count and in this line.
             log.error("audit record not written: %s", type(exc).__name__)
             return
         if self._copy is not None:
-            self._copy(record.to_dict())
+            self._copy(body)
 
     async def streamed(
         self, ctx: RequestContext, status: int, chunks: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Relay a stream and write its record once it ended, digesting what was sent."""
         digest = self._digester.stream("output")
         try:
@@ -110,12 +117,28 @@ class Trail:
                 digest.update(chunk)
                 yield chunk
         finally:
-            await self.write_digest(ctx, status, digest.hexdigest())
+            try:
+                # Its source too, now (the upstream connection), not when collected.
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()
+            finally:
+                await self.write_digest(ctx, status, digest.hexdigest())
 
     async def write_digest(self, ctx: RequestContext, status: int, output: str) -> None:
-        if self._log is None or not ctx.audit_id:
-            return
+        if self._log is None or not ctx.audit_id or ctx.recorded:
+            return  # one record per audit id, whatever fails after it was written
+        ctx.recorded = True
         await self._append(self.record(ctx, status, output))
+
+    async def client_gone(self, ctx: RequestContext) -> None:
+        """The record of a request whose client left before its answer began (handler
+        cancelled, connection lost), unless it has one already: every audit id that was made
+        leaves a record saying what became of the request."""
+        if self._log is None or not ctx.audit_id or ctx.recorded:
+            return
+        ctx.recorded = True
+        record = self.record(ctx, CLIENT_GONE_STATUS, None)
+        await self._append(replace(record, reasons=(*record.reasons, CLIENT_GONE)))
 
 
 def _named_model(ctx: RequestContext) -> str:

@@ -6,13 +6,15 @@ request."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from router.api.admission import EXEMPT, UNPIPELINED_POSTS, name_tenant
 from router.api.current import GENERATION, WITHOUT_POLICY
 from router.api.draining import close_when_draining
-from router.api.errors import answer_failure
+from router.api.errors import answer_failure, client_left
 from router.api.state import RUNTIME
 from router.errors import Overloaded, PolicyPending
 
@@ -48,6 +50,9 @@ def front_door(max_in_flight: int) -> Middleware:
                     in_flight -= 1
         except Exception as exc:
             response = await answer_failure(request, exc)
+        except asyncio.CancelledError:  # the client left: aiohttp cancelled the handler
+            await client_left(request)
+            raise
         close_when_draining(request, response)
         return response
 

@@ -125,6 +125,7 @@ async def answer_failure(request: web.Request, exc: Exception) -> web.StreamResp
             response.headers["Allow"] = exc.headers["Allow"]
         return await _audited(request, response)
     if isinstance(exc, ConnectionError | TimeoutError):
+        await client_left(request)
         raise exc  # the client went away; aiohttp closes the connection
     log.error("unhandled %s at %s", type(exc).__name__, _where(exc))
     return await _audited(request, error_response(RouterError("internal error"), request))
@@ -142,6 +143,14 @@ async def _audited(request: web.Request, response: web.Response) -> web.Response
         if telemetry is not None:
             telemetry.requests.observe("other", "none", response.status, None)
     return response
+
+
+async def client_left(request: web.Request) -> None:
+    """A request whose client left before its answer (the handler cancelled, or its body cut
+    off): once it got as far as an audit id, its record says so."""
+    ctx = request.get(CTX)
+    if ctx is not None:
+        await request.app[TRAIL].client_gone(ctx)
 
 
 def _not_supported(path: str) -> NotSupported | None:

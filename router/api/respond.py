@@ -106,7 +106,6 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     headers = {**reply.headers, **trace_headers(ctx)}
     trail = request.app[TRAIL]
     if reply.stream is not None:
-        reply.stream = trail.streamed(ctx, reply.status, reply.stream)
         return await _stream(request, reply, headers, ctx)
     headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
     # As a header, not aiohttp's content_type argument, which refuses a charset parameter.
@@ -115,15 +114,16 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     if len(reply.body) >= 1024 and "Accept-Encoding" in request.headers:
         response.enable_compression()
     close_when_draining(request, response)
+    # The record is in the log file before any byte of the answer goes out: a kill -9 after
+    # the client saw its X-Audit-Id must not lose the record (one write, no disk wait unless
+    # fsync is 'always'). The sample and the counts are bookkeeping that can come after.
+    await trail.write(ctx, reply.status, reply.body)
     try:
-        # The answer goes out first: the record, the sample and the counts are bookkeeping
-        # the client need not wait for (the next request on this connection still does).
         await response.prepare(request)
         await response.write_eof()
     except ConnectionError:
         pass  # the client left mid-answer (aiohttp sees it too); the record says what was sent
     finally:
-        await trail.write(ctx, reply.status, reply.body)
         request.app[SPOOL].maybe_sample(ctx, reply)
         observe(request.app, ctx, reply.status)
     return response
@@ -132,8 +132,13 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
 async def _stream(
     request: web.Request, reply: Reply, headers: dict[str, str], ctx: RequestContext
 ) -> web.StreamResponse:
-    stream = reply.stream
-    assert stream is not None
+    """Relay a stream; its record is written once it ended, or says the client left first."""
+    source = reply.stream
+    assert source is not None
+    trail = request.app[TRAIL]
+    # Its record is written when the stream ends (it digests what was sent): before the end
+    # of the stream goes out, after the last bytes (knowing them last needs the end).
+    stream = trail.streamed(ctx, reply.status, source)
     headers["Content-Type"] = reply.content_type
     response = web.StreamResponse(status=reply.status, headers=headers)
     close_when_draining(request, response)
@@ -164,10 +169,13 @@ async def _stream(
         try:
             # Closed now, not whenever the garbage collector breaks the cycle an exception's
             # traceback makes: the upstream connection, the cluster's place in its breaker and
-            # the audit record all wait for the stream's end.
-            if isinstance(stream, AsyncGenerator):
-                await stream.aclose()
+            # the audit record all wait for the stream's end. The source too: a stream never
+            # begun (the client left before the headers went out) did not close it.
+            await stream.aclose()
+            if isinstance(source, AsyncGenerator):
+                await source.aclose()
         finally:
+            await trail.client_gone(ctx)  # never begun: no record yet
             # Counted however it ended, as an answer whose client left is (see run): the
             # request counts then add up to the upstream's.
             observe(request.app, ctx, reply.status)

@@ -1,12 +1,17 @@
 """The append-only audit log: one hash chain in one file, written by one process.
 
-Requests hand records to `append` (async), which only waits when the bounded queue is full; a
-single writer thread (writer.py) seals them into the chain, writes each batch with one `write`,
-and syncs by the fsync policy: `always` (each batch is synced before anyone is told it was
-written: group commit), `batch` (at most `batch_interval_ms` after a write) or `never` (the OS
-decides). After each sync the head file records the newest entry. `append_sync` writes on the
-calling thread, for tests and tools. `close` (or `aclose`) writes what is still queued: the
-writer is a daemon thread, and records queued at an exit without it are lost.
+Requests write their record with `append` (async) before their answer goes out: on the event
+loop it seals the record into the chain and writes its line with one `os.write` (a few
+microseconds to the page cache, which a kill -9 does not lose), so no client holds an audit id
+whose record is not in the file. Syncing follows the fsync policy: `always` (`append` waits for
+a group-commit fsync by the writer thread, writer.py), `batch` (the thread syncs at most
+`batch_interval_ms` after a write) or `never` (the OS decides). After each sync the head file
+records the newest entry synced (the thread writes it; under `never` at most once an
+interval). When another thread holds the log, `append` hands the record to the writer thread
+through a bounded queue and waits until it is written, rather than block the loop on the lock.
+A failed write is counted, logged once per outage, and reported by the next `flush`: the
+answer still goes out. `append_sync` writes on the calling thread, for tests and tools.
+`close` (or `aclose`) writes what is still queued and syncs.
 
 One chain per process: the file is locked (flock) while open, and a second writer, in this
 process or another, is refused. A site with several workers gives each its own file.
@@ -22,6 +27,7 @@ recorded break keeps both the bytes and a chain that verifies, and the verifier 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -76,7 +82,10 @@ class AuditLog:
         self._losing = 0  # records lost in this outage
         self._fsync = fsync
         self._interval = batch_interval_ms / 1000
-        self._lock = threading.Lock()  # the chain state and the file
+        self._lock = threading.Lock()  # the chain state and the file; never held over a sync
+        self._sync_lock = threading.Lock()  # one sync (and head write) at a time
+        # fsync 'always': per loop, the future a group commit settles and the records it covers
+        self._commits: dict[asyncio.AbstractEventLoop, tuple[asyncio.Future[None], int]] = {}
         self._writer = Writer(self._write_batch, self._sync_due, max_queue)
         self._closed = self._broken = self._dirty = False
         self._last_sync = time.monotonic()
@@ -93,13 +102,35 @@ class AuditLog:
         with self._lock:
             return self._head()
 
-    async def append(self, record: AuditRecord) -> None:
-        """Queue a record for the writer thread; waits only while the queue is full."""
-        if not await self._writer.submit(record, lambda: not self._closed):
-            raise AuditLogError(f"the audit log {self.path} is closed")
+    async def append(self, record: AuditRecord) -> Entry:
+        """Write a record into the file (and, under fsync 'always', wait until it is synced);
+        a lost write is counted and logged, not raised: serving goes on without the disk.
+        Returns the record as written (before sealing), for copies made of it."""
+        body = record.to_dict()
+        if not self._lock.acquire(blocking=False):  # another thread writes or closes the log
+            if not await self._writer.submit(record, lambda: not self._closed):
+                raise AuditLogError(f"the audit log {self.path} is closed")
+            return body
+        try:
+            self._check_open()
+            # One wake-up of the writer thread per sync cycle, not one per record.
+            kick = not self._dirty
+            error = self._write_bodies([body])
+            commit = None
+            if error is None and self._fsync == "always":
+                commit, kick = self._commit_for()
+        finally:
+            self._lock.release()
+        if error is not None:
+            self._writer.note(error)
+        elif kick:
+            self._writer.kick()
+        if commit is not None:
+            await asyncio.shield(commit)  # a caller that leaves does not fail the group
+        return body
 
     async def flush(self) -> None:
-        """Wait until every record queued so far is written and synced (unless fsync is
+        """Wait until every record written or handed over so far is synced (unless fsync is
         'never'); AuditLogError if a write failed since the last flush."""
         self._check_open()
         error = await self._writer.flush()
@@ -111,22 +142,22 @@ class AuditLog:
         with self._lock:
             self._check_open()
             self._append([record.to_dict()])
-            self._sync(force=False)
+        self._sync(force=False)
 
     def close(self) -> None:
         """Write what is queued, sync, and release the file. Blocks: on a loop use `aclose`."""
-        if self._closed:
-            return
-        self._closed = True
-        self._writer.stop()
         with self._lock:
-            try:
-                self._sync(force=True)
-            finally:
+            if self._closed:
+                return
+            self._closed = True
+        self._writer.stop()
+        try:
+            self._sync(force=True)
+        finally:
+            with self._lock:
                 os.close(self._fd)
 
     async def aclose(self) -> None:
-        self._writer.hand_off()  # on the loop, where lingering records wait
         await asyncio.to_thread(self.close)
 
     def __enter__(self) -> AuditLog:
@@ -183,28 +214,53 @@ class AuditLog:
     # -- writing -----------------------------------------------------------------------------
 
     def _write_batch(self, records: list[AuditRecord], force: bool) -> str | None:
-        """For the writer thread: append and sync; the error message when the batch is lost."""
+        """For the writer thread: write what was handed over, then sync by the policy; the
+        error message when records were lost or could not be synced."""
         bodies = [record.to_dict() for record in records]
-        with self._lock:
-            try:
-                if bodies:
-                    self._append(bodies)
-                self._sync(force=force)
-            except AuditLogError as exc:
-                self.failures += len(bodies)
-                self._losing += len(bodies)
-                if not self._failing:  # a full disk must not fill the log with a line a batch
-                    self._failing = True
-                    log.error("%s; records are lost until writes succeed again", exc)
-                return str(exc)
-            if bodies and self._failing:
-                log.warning(
-                    "audit log %s: writes succeed again, after %d records lost",
-                    self.path,
-                    self._losing,
-                )
-                self._failing, self._losing = False, 0
+        error = None
+        if bodies:
+            with self._lock:
+                error = self._write_bodies(bodies)
+        try:
+            self._sync(force=force)
+        except AuditLogError as exc:
+            error = error or str(exc)
+        return error
+
+    def _write_bodies(self, bodies: list[Entry]) -> str | None:
+        """Append under the lock; a failure is counted, logged once per outage, and returned."""
+        try:
+            self._append(bodies)
+        except AuditLogError as exc:
+            self._lost(len(bodies), exc)
+            return str(exc)
+        if self._failing:
+            log.warning(
+                "audit log %s: writes succeed again, after %d records lost",
+                self.path,
+                self._losing,
+            )
+            self._failing, self._losing = False, 0
         return None
+
+    def _lost(self, count: int, exc: AuditLogError) -> None:
+        self.failures += count
+        self._losing += count
+        if not self._failing:  # a full disk must not fill the log with a line a batch
+            self._failing = True
+            log.error("%s; records are lost until writes succeed again", exc)
+
+    def _commit_for(self) -> tuple[asyncio.Future[None], bool]:
+        """The future the next group commit settles for this loop (under the lock), and
+        whether it is new (the writer thread is then to be woken for it)."""
+        loop = asyncio.get_running_loop()
+        commit = self._commits.get(loop)
+        if commit is None:
+            future = loop.create_future()
+            self._commits[loop] = (future, 1)
+            return future, True
+        self._commits[loop] = (commit[0], commit[1] + 1)
+        return commit[0], False
 
     def _append(self, bodies: list[Entry]) -> None:
         """Seal and write entries; the chain only moves on once the bytes are in the file."""
@@ -238,33 +294,43 @@ class AuditLog:
             self._broken = True
 
     def _sync_due(self) -> float | None:
-        if self._fsync != "batch" or not self._dirty:
-            return None
+        if self._fsync == "always" or not self._dirty:
+            return None  # 'always' syncs when kicked; a clean log waits for a kick
         return max(0.0, self._last_sync + self._interval - time.monotonic())
 
     def _sync(self, *, force: bool) -> None:
-        if not self._dirty:
-            return
-        now = time.monotonic()
-        if self._fsync == "batch" and not force and now - self._last_sync < self._interval:
-            return
-        self._last_sync = now  # also after a failure: retry at the next interval, not at once
-        if self._fsync != "never":
+        """Sync what is written (by the policy, or at once when `force`), then write the head.
+        The write lock is only held to take the state: the loop writes on during an fsync."""
+        with self._sync_lock:
+            with self._lock:
+                now = time.monotonic()
+                due = force or self._fsync == "always" or now - self._last_sync >= self._interval
+                if not self._dirty or not due:
+                    return
+                # Also after a failure: retry at the next interval, not at once.
+                self._last_sync = now
+                self._dirty = False
+                head = self._head()
+                commits, self._commits = self._commits, {}
             try:
-                os.fsync(self._fd)
+                if self._fsync != "never":
+                    os.fsync(self._fd)
             except OSError as exc:
-                message = f"cannot sync the audit log {self.path}: {exc.strerror}"
-                raise AuditLogError(message) from None
-        self._dirty = False
-        self._write_head()
+                error = AuditLogError(f"cannot sync the audit log {self.path}: {exc.strerror}")
+                with self._lock:
+                    self._dirty = True
+                    self._lost(sum(count for _, count in commits.values()), error)
+                raise error from None
+            finally:
+                _settle(commits)
+            self._write_head(head)
 
     def _head(self) -> Head | None:
         if self._prev is None or self._last_id is None:
             return None
         return Head(self._seq - 1, self._prev, self._last_id)
 
-    def _write_head(self) -> None:
-        head = self._head()
+    def _write_head(self, head: Head | None) -> None:
         if head is None:
             return
         try:
@@ -276,6 +342,18 @@ class AuditLog:
     def _check_open(self) -> None:
         if self._closed:
             raise AuditLogError(f"the audit log {self.path} is closed")
+
+
+def _settle(commits: dict[asyncio.AbstractEventLoop, tuple[asyncio.Future[None], int]]) -> None:
+    """Wake the callers a group commit covered (synced or not: a failure is counted)."""
+    for loop, (future, _) in commits.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_done, future)
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _open_locked(path: Path) -> int:

@@ -1,9 +1,14 @@
-"""The audit log's writer thread: event loops queue records without waiting on the disk (unless
-the bounded queue is full); one thread takes them in batches and hands each batch to the log.
+"""The audit log's writer thread: it syncs what the event loop already wrote (fsync `batch` and
+`never` keep the disk off the request path), updates the head file, group-commits for fsync
+`always`, and writes the records the loop could not (the log was busy on another thread).
 
-Queue places are an asyncio.Semaphore on the caller's loop, given back by the thread through
-`call_soon_threadsafe` once per batch, so a full queue suspends the caller instead of blocking
-the loop, and the loop is woken once per batch rather than once per record.
+The loop writes each record itself before the answer goes out (log.py), so a kill -9 cannot
+lose a record whose id a client holds. This thread is only woken when the log turns dirty (one
+`kick` per sync cycle, not one per record), by a flush, or by a record handed over.
+
+Records handed over take places in a bounded queue: an asyncio.Semaphore on the caller's loop,
+given back by the thread through `call_soon_threadsafe` once per batch, so a full queue
+suspends the caller instead of blocking the loop. Each waits until its record is written.
 """
 
 from __future__ import annotations
@@ -20,19 +25,13 @@ from functools import partial
 from router.audit.record import AuditRecord
 
 MAX_BATCH = 512  # records per write: bounds the writer's memory, not the queue
-# Records linger this long on the loop before one hand-off takes them all to the thread: one
-# thread wake-up per few milliseconds of answers instead of one per answer (which cost more
-# than a small request's whole processing at one connection). Each hand-off also costs GIL
-# round trips between the loop and the writer: 10 ms instead of 5 saved 4-8 µs per answer at
-# 16 connections with the p99 no worse (bench/cache_hit.py); the batched fsync (100 ms by
-# default) still bounds how long a record may wait for the disk.
-LINGER_S = 0.01
 
-# Writes a batch (possibly empty: a batched sync fell due) and syncs, at once when `force`;
-# returns an error message when the batch was lost.
+# Writes a batch (possibly empty: a sync fell due, or was asked for) and syncs, at once when
+# `force`; returns an error message when the batch was lost or could not be synced.
 WriteBatch = Callable[[list[AuditRecord], bool], str | None]
 # Seconds until a batched sync falls due, or None when nothing waits for one.
 SyncDue = Callable[[], float | None]
+Done = Callable[[str | None], None]
 
 
 @dataclass(slots=True)
@@ -49,11 +48,13 @@ class _Slots:
 
 @dataclass(slots=True)
 class _Item:
-    record: AuditRecord | None = None
-    records: list[AuditRecord] | None = None  # a lingering batch handed off at once
+    record: AuditRecord | None = None  # handed over: written by the thread
     slots: _Slots | None = None
-    done: Callable[[str | None], None] | None = None  # a flush: told once all before it synced
+    done: Done | None = None  # a record: told once written; a flush: once all before synced
     stop: bool = False
+
+
+_KICK = _Item()  # the log turned dirty: a sync will fall due
 
 
 class Writer:
@@ -66,52 +67,50 @@ class Writer:
         self._start_lock = threading.Lock()
         self._slots: _Slots | None = None
         self._error: str | None = None  # the last loss, until a flush reports it
-        self._lingering: list[AuditRecord] = []  # queued on the loop, not yet handed off
-        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False  # a kick racing with the close starts no thread again
 
     async def submit(self, record: AuditRecord, is_open: Callable[[], bool]) -> bool:
-        """Queue a record, waiting while the queue is full; False when the log closed first."""
-        slots = self._slots_for(asyncio.get_running_loop())
+        """Hand a record to the thread and wait until it is written (and, for fsync `always`,
+        synced), waiting first while the queue is full; False when the log closed first."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots_for(loop)
         await slots.semaphore.acquire()
         if not is_open():
             slots.semaphore.release()
             return False
-        self._lingering.append(record)
-        if len(self._lingering) >= MAX_BATCH:
-            self.hand_off()
-        elif self._timer is None:
-            self._timer = slots.loop.call_later(LINGER_S, self.hand_off)
+        written: asyncio.Future[str | None] = loop.create_future()
+        self._start()
+        self._queue.put(_Item(record=record, slots=slots, done=partial(_resolve, loop, written)))
+        if self._stopped:  # raced with a close past its last look at the queue: write it here
+            self._handle(self._leftovers())
+        await asyncio.shield(written)  # one caller leaving does not undo its record
         return True
 
-    def hand_off(self) -> None:
-        """Pass the lingering records to the writer thread (on the loop that queued them)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._lingering:
-            return
-        records, self._lingering = self._lingering, []
+    def kick(self) -> None:
+        """The log turned dirty: wake the thread, which syncs when the policy says."""
         self._start()
-        self._queue.put(_Item(records=records, slots=self._slots))
+        self._queue.put(_KICK)
+
+    def note(self, error: str) -> None:
+        """A record the loop wrote was lost: the next flush reports it."""
+        self._error = error
 
     async def flush(self) -> str | None:
-        """Wait until all queued so far is written and synced; the last error since, if any."""
+        """Wait until all written or handed over so far is synced; the last error since."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str | None] = loop.create_future()
-        self.hand_off()
         self._start()
         self._queue.put(_Item(done=partial(_resolve, loop, done)))
         return await done
 
     def stop(self) -> None:
-        """Write everything queued and end the thread (blocks until it has)."""
+        """Write everything handed over and end the thread (blocks until it has)."""
+        with self._start_lock:
+            self._stopped = True
         if self._thread is not None:
             self._queue.put(_Item(stop=True))
             self._thread.join()
-        leftovers = self._leftovers()  # queued by a submit that raced with the stop
-        if self._lingering:  # never handed off (a close from another thread): write them too
-            records, self._lingering = self._lingering, []
-            leftovers.append(_Item(records=records, slots=self._slots))
+        leftovers = self._leftovers()  # handed over by a submit that raced with the stop
         if leftovers:
             self._handle(leftovers)
 
@@ -121,8 +120,10 @@ class Writer:
         return self._slots
 
     def _start(self) -> None:
+        if self._thread is not None:
+            return
         with self._start_lock:
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
                 self._thread.start()
 
@@ -154,28 +155,28 @@ class Writer:
         return items
 
     def _handle(self, items: list[_Item]) -> None:
-        records = []
-        for item in items:
-            if item.record is not None:
-                records.append(item.record)
-            records.extend(item.records or ())
-        barrier = any(item.done is not None or item.stop for item in items)
-        if records or barrier or not items:
-            error = self._write(records, barrier)
-            self._error = error or self._error
-        self._notify(items)
+        records = [item.record for item in items if item.record is not None]
+        flushed = (item.stop or (item.done is not None and item.record is None) for item in items)
+        barrier = any(flushed)
+        error = self._write(records, barrier)
+        self._error = error or self._error
+        self._notify(items, error)
 
-    def _notify(self, items: list[_Item]) -> None:
+    def _notify(self, items: list[_Item], error: str | None) -> None:
         written: Counter[int] = Counter()
         for item in items:
             if item.slots is not None:
-                written[id(item.slots)] += len(item.records) if item.records else 1
+                written[id(item.slots)] += 1
         for item in items:
             if item.slots is not None and id(item.slots) in written:
                 item.slots.release(written.pop(id(item.slots)))
-            if item.done is not None:
-                error, self._error = self._error, None
+            if item.done is None:
+                continue
+            if item.record is not None:
                 item.done(error)
+            else:
+                reported, self._error = self._error, None
+                item.done(reported)
 
 
 def _release(semaphore: asyncio.Semaphore, count: int) -> None:

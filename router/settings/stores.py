@@ -128,7 +128,9 @@ class AuditSettings(Strict):
     # `<site id>.N.jsonl`): each process writes its own hash chain. Relative: to the config file
     # that names it; the default, to the working directory.
     path: Path | None = None  # None: <state dir>/audit (see router.resources.state_dir)
-    # always: synced before a batch counts as written; batch: within batch_interval_ms; never: the
-    # OS decides (a power cut can lose the newest records, which the next start records).
+    # Each record is written to the file before its answer goes out (a kill -9 loses none);
+    # always: the answer also waits for its fsync (group commit); batch: synced within
+    # batch_interval_ms; never: the OS decides (a power cut can lose the newest records, which
+    # the next start records).
     fsync: Literal["always", "batch", "never"] = "batch"
     batch_interval_ms: PositiveInt = 100

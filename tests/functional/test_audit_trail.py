@@ -7,20 +7,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
 from router.app import build_app
 from router.audit import AuditLog, AuditRecord, new_audit_id, show, verify
+from router.audit.writer import Writer
 from router.settings import Settings
 from router.spool import Spool
-from router.testing import FakeUpstream
+from router.testing import FakeUpstream, RouterThread, chat_forwarding_settings, serving
 
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 CANARY = "audit.canary.7f3e@example.com"
@@ -37,7 +40,13 @@ class Site:
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
+def fsync() -> str:
+    """The site's audit fsync policy (a test may parametrize it)."""
+    return "always"
+
+
+@pytest.fixture
+async def site(tmp_path: Path, fsync: str) -> AsyncIterator[Site]:
     fake = FakeUpstream(name="central", models=["gpt-test"])
     upstream = TestServer(fake.app(), host="127.0.0.1")
     await upstream.start_server()
@@ -46,7 +55,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         {
             "site": {"id": "plant-7"},
             "models": {"repository": EDGE_MODELS, "inference_threads": 1},
-            "audit": {"path": audit, "fsync": "always"},
+            "audit": {"path": audit, "fsync": fsync},
             "upstreams": [
                 {
                     "name": "central",
@@ -188,34 +197,84 @@ async def _post_binary(http: aiohttp.ClientSession, base: str, values: bytes) ->
         return r.headers["X-Cache"], r.headers["X-Audit-Id"]
 
 
-class TestAnswerFirst:
-    async def test_answer_reaches_the_client_before_its_record_is_written(
+class TestRecordFirst:
+    @pytest.mark.parametrize("fsync", ["batch", "never"])
+    async def test_every_answer_is_recorded_in_the_file_before_it_is_sent(
         self, site: Site, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The record, the sample and the counts come after the answer went out: with the
-        trail's write held back, the client still gets its answer (and its audit id), and
-        the record is in the log once the write goes on."""
-        from router.trail import Trail
-
-        release = asyncio.Event()
-        entered = asyncio.Event()
-        real = Trail.write
-
-        async def held(self: Trail, ctx: Any, status: int, body: bytes | None) -> None:
-            entered.set()
-            await release.wait()
-            await real(self, ctx, status, body)
-
-        monkeypatch.setattr(Trail, "write", held)
-        async with aiohttp.ClientSession() as http:
-            url = site.base + "/v2/models/color_classifier/infer"
-            status, audit_id = await _post(http, url, LOCAL)
-            assert status == 200
-            assert entered.is_set()  # the write had started, and was still held
-            release.set()
-            await asyncio.wait_for(_post(http, url, LOCAL), 10)  # the connection goes on
+        """With the audit writer thread stalled, a local, a forwarded, a streamed and a failed
+        answer each reach the client only once their record is in the log file: a kill -9
+        after a client got its X-Audit-Id leaves the record (the page cache outlives it)."""
+        stalled = threading.Event()
+        monkeypatch.setattr(Writer, "_handle", lambda *_: stalled.wait(30))
+        chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+        log = site.audit / "plant-7.jsonl"
+        ids = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                for url, doc in [
+                    ("/v2/models/color_classifier/infer", LOCAL),
+                    ("/v1/chat/completions", chat),
+                    ("/v1/chat/completions", {**chat, "stream": True}),
+                    ("/v2/models/no_such_model/infer", LOCAL),
+                ]:
+                    _, audit_id = await _post(http, site.base + url, doc)
+                    assert audit_id.encode() in log.read_bytes(), url
+                    ids.append(audit_id)
+        finally:
+            stalled.set()
+            monkeypatch.undo()
         await site.stop()
-        assert show(site.audit, audit_id).records[0].entry["status"] == 200
+        assert [show(site.audit, i).records[0].entry["status"] for i in ids] == [200] * 3 + [404]
+        assert verify(log).ok
+
+
+async def until(check: Callable[[], bool], limit_s: float = 10.0) -> None:
+    """Poll `check` (a cheap read) until it holds, within `limit_s`."""
+    for _ in range(int(limit_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("never reached the expected state")
+
+
+def chat_request(request_id: str, stream: bool) -> bytes:
+    body = orjson.dumps(
+        {"model": "gpt-test", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-Request-Id: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_gone_before_the_answer_leaves_a_record(
+    tmp_path: Path, stream: bool
+) -> None:
+    """A client that disconnects while the upstream is still slow to answer (no header sent
+    yet, stream or not) leaves a record: status 499 with the reason client_gone."""
+    fake = FakeUpstream(name="central", models=["gpt-test"])
+    fake.behaviour.delay_s = 5.0
+    log = tmp_path / "audit" / "plant-7.jsonl"
+    async with serving(fake.app()) as upstream_url:
+        settings = chat_forwarding_settings(
+            upstream_url, audit={"path": log.parent, "fsync": "never"}, site={"id": "plant-7"}
+        )
+        with RouterThread(settings) as router:
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+            writer.write(chat_request("gone-early", stream))
+            await writer.drain()
+            await until(lambda: bool(fake.received))  # forwarded: it waits on the upstream
+            writer.close()  # before any byte of the answer
+            await until(lambda: log.exists() and b"gone-early" in log.read_bytes())
+            assert await reader.read() == b""
+    (entry,) = map(orjson.loads, log.read_bytes().split())
+    assert (entry["request_id"], entry["status"]) == ("gone-early", 499)
+    assert entry["reasons"][-1] == "client_gone"
+    assert entry["model"] == "gpt-test"
+    assert verify(log).ok
 
 
 def sealed_log(path: Path, ages_s: list[float]) -> list[str]:

@@ -34,6 +34,7 @@ from router.audit import (
     verify,
 )
 from router.audit.chain import canonical, head_path, seal
+from router.audit.writer import Writer
 from router.settings import load_settings
 
 SECRET = b"audit-site-secret-for-tests-0123"
@@ -530,10 +531,32 @@ class TestAsyncWriter:
         written = [orjson.loads(raw)["id"] for raw in lines_of(log.path)]
         assert sorted(written) == sorted(r.id for r in records + direct)
 
-    async def test_full_queue_suspends_the_caller(
+    @pytest.mark.parametrize("policy", ["batch", "never"])
+    async def test_a_record_is_in_the_file_when_append_returns(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str
+    ) -> None:
+        """The caller's record is written to the file before `append` returns, with the writer
+        thread stalled: what a kill -9 leaves (the page cache) holds every record appended."""
+        stalled = threading.Event()
+        monkeypatch.setattr(Writer, "_handle", lambda *_: stalled.wait(30))
+        log = AuditLog(tmp_path / "log.jsonl", fsync=policy, batch_interval_ms=1)
+        try:
+            entries = [record(request_id=f"r{i}") for i in range(3)]
+            for entry in entries:
+                await log.append(entry)
+            written = [orjson.loads(raw)["id"] for raw in lines_of(log.path)]
+            assert written == [entry.id for entry in entries]
+        finally:
+            stalled.set()
+            monkeypatch.undo()
+            await log.aclose()
+        assert verify(log.path).entries == 3
+
+    async def test_always_waits_for_the_sync_that_covers_the_record(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """With the disk stuck, appends wait once the queue is full, and go on once it moves."""
+        """fsync 'always': `append` returns only after an fsync begun after its write ended
+        (a group commit: one fsync covers the records written while the last one ran)."""
         stuck, entered = threading.Event(), threading.Event()
         real = os.fsync
 
@@ -543,21 +566,57 @@ class TestAsyncWriter:
             real(fd)
 
         monkeypatch.setattr(os, "fsync", slow_fsync)
-        log = AuditLog(tmp_path / "log.jsonl", fsync="always", max_queue=2)
+        log = AuditLog(tmp_path / "log.jsonl", fsync="always")
         try:
-            await log.append(record())
-            await asyncio.to_thread(entered.wait, 30)  # the writer holds the first record
-            await log.append(record())  # the second place
-            waiting = asyncio.ensure_future(log.append(record()))
-            for _ in range(20):
+            first = asyncio.ensure_future(log.append(record()))
+            await asyncio.to_thread(entered.wait, 30)
+            others = [asyncio.ensure_future(log.append(record())) for _ in range(3)]
+            for _ in range(10):
                 await asyncio.sleep(0.005)
-            assert not waiting.done()
+            assert not any(task.done() for task in (first, *others))
+            assert len(lines_of(log.path)) == 4  # written already, only the sync is waited for
         finally:
             stuck.set()
-        await asyncio.wait_for(waiting, 30)
-        await log.flush()
+        await asyncio.wait_for(asyncio.gather(first, *others), 30)
         await log.aclose()
-        assert verify(log.path).entries == 3
+        assert verify(log.path).entries == 4
+
+    async def test_a_busy_log_queues_appends_boundedly(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """While another thread holds the log (its write stuck), appends on the loop neither
+        block the loop nor return before their record is written: they wait in the bounded
+        queue, later ones for a place, and all are written once it moves."""
+        stuck, entered = threading.Event(), threading.Event()
+        log = AuditLog(tmp_path / "log.jsonl", fsync="never", max_queue=2)
+        real = os.write
+
+        def slow_write(fd: int, data: Any) -> int:
+            if fd == log._fd and threading.current_thread().name == "tool":
+                entered.set()
+                stuck.wait(30)
+            return real(fd, data)
+
+        tool = threading.Thread(target=log.append_sync, args=(record(),), name="tool")
+        monkeypatch.setattr(os, "write", slow_write)
+        try:
+            tool.start()
+            await asyncio.to_thread(entered.wait, 30)
+            queued = [asyncio.ensure_future(log.append(record())) for _ in range(3)]
+            for _ in range(20):
+                await asyncio.sleep(0.005)  # the loop runs on meanwhile
+            assert not any(task.done() for task in queued)
+            assert log._writer._slots is not None
+            assert log._writer._slots.semaphore.locked()  # two places taken, one waits
+        finally:
+            stuck.set()
+            monkeypatch.setattr(os, "write", real)
+        await asyncio.wait_for(asyncio.gather(*queued), 30)
+        await asyncio.to_thread(tool.join, 30)
+        await log.aclose()
+        result = verify(log.path)
+        assert result.ok, result.problem
+        assert result.entries == 4
 
     async def test_append_after_close_fails(self, tmp_path: Path) -> None:
         """A closed log refuses records rather than dropping them silently."""

@@ -8,16 +8,21 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from unittest import mock
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from router.api.respond import _stream
-from router.api.state import STATUS, TELEMETRY, ServerStatus
+from router.api.state import STATUS, TELEMETRY, TRAIL, ServerStatus
+from router.audit import AuditLog, Digester, new_audit_id, verify
 from router.context import Reply, RequestContext
+from router.settings import SiteSettings
 from router.telemetry import Telemetry
+from router.trail import Trail
 
 LIMIT_S = 5.0
 
@@ -54,14 +59,21 @@ async def started_stream(released: asyncio.Event) -> AsyncIterator[bytes]:
 
 
 def context() -> RequestContext:
-    return RequestContext(api="openai", model="m", version=None, deadline=0.0)
+    return RequestContext(
+        api="openai", model="m", version=None, deadline=0.0, audit_id=new_audit_id()
+    )
 
 
 @pytest.mark.usefixtures("no_gc")
-@pytest.mark.parametrize("fails", ["write_headers", "write"])
-async def test_client_gone_closes_the_stream(fails: str) -> None:
+@pytest.mark.parametrize(
+    ("fails", "recorded"), [("write_headers", (499, ["client_gone"])), ("write", (200, []))]
+)
+async def test_client_gone_closes_the_stream(
+    fails: str, recorded: tuple[int, list[str]], tmp_path: Path
+) -> None:
     """The client left before the headers went out, or during the body: no exception for
-    aiohttp to log with a traceback, and the upstream side is released at once."""
+    aiohttp to log with a traceback, the upstream side is released at once, and the audit
+    record says what happened (client gone before the answer began; or what was sent)."""
     released = asyncio.Event()
     writer = mock.Mock()
     writer.write_headers = mock.AsyncMock()
@@ -70,9 +82,18 @@ async def test_client_gone_closes_the_stream(fails: str) -> None:
     app = web.Application()
     app[STATUS] = ServerStatus()
     app[TELEMETRY] = Telemetry()
+    trail = app[TRAIL] = Trail(
+        AuditLog(tmp_path / "audit.jsonl", fsync="never"), Digester(b"k" * 16), SiteSettings()
+    )
     request = make_mocked_request("POST", "/v1/chat/completions", writer=writer, app=app)
+    ctx = context()
     reply = Reply(b"", "text/event-stream", 200, {}, stream=await started_stream(released))
-    await _stream(request, reply, {}, context())
+    await _stream(request, reply, {}, ctx)
     del reply
     async with asyncio.timeout(LIMIT_S):
         await released.wait()
+    assert trail.audit_log is not None
+    await trail.audit_log.aclose()
+    (entry,) = (orjson.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().split())
+    assert (entry["id"], entry["status"], entry["reasons"]) == (ctx.audit_id, *recorded)
+    assert verify(tmp_path / "audit.jsonl").ok
