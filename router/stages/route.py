@@ -12,7 +12,9 @@ from router.errors import (
     NoHealthyTarget,
     Offline,
     ResidencyDenied,
+    RouterError,
 )
+from router.inference.local import check_request
 from router.inference.repository import ModelRepository
 from router.policy.bundle import PolicyBundle
 from router.policy.decide import ClusterView, Decision, Facts, Failure, Rules, decide
@@ -20,6 +22,7 @@ from router.policy.residency import LOCAL_TIER, permits
 from router.settings import RoutingSettings, SiteSettings
 from router.upstreams.pinning import compliant
 from router.upstreams.registry import Upstreams
+from router.v2.request import build_request
 
 
 class DecideRoute:
@@ -52,12 +55,27 @@ class DecideRoute:
         ctx.decision = decision = decide(facts, self._rules, snapshot, self._tier, permitted)
         ctx.reasons.extend(decision.reasons)
         if decision.failure is not None:
+            self._check_request(ctx)  # a bad request is a 400 whatever its budget or route
             error = _failure_error(ctx, decision)
             if isinstance(error, NoHealthyTarget) and "local_not_ready" in decision.reasons:
                 # Nothing else serves it: say why the local model is not ready instead.
                 self._models.get(ctx.model, ctx.version)  # raises ModelNotReady
             raise error
         return None
+
+    def _check_request(self, ctx: RequestContext) -> None:
+        """A v2 request's tensors and parameters are decoded by the target that runs them;
+        when no target will, they are decoded here (and checked against the local model's
+        signature when it is loaded), so a malformed request gets its 400 first."""
+        if ctx.api != "kserve-v2" or ctx.document is None:
+            return
+        request = build_request(ctx.document, ctx.binary)
+        try:
+            entry = self._models.find(ctx.model, ctx.version)
+        except RouterError:
+            return  # no such version: the decision's own error says so
+        if entry.signature is not None:
+            check_request(entry, request)
 
     def permitted(self, ctx: RequestContext, clusters: tuple[ClusterView, ...]) -> frozenset[str]:
         """The clusters residency lets this request reach (an unscanned one: only the site's)."""

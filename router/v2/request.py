@@ -71,10 +71,21 @@ def parse_header(body: bytes, header_length: int | None) -> dict[str, Any]:
 
 
 def timeout_us(header: dict[str, Any]) -> int | None:
-    """Triton's per-request `timeout` parameter, in microseconds."""
+    """Triton's per-request `timeout` parameter, in microseconds (0 or absent: none).
+
+    A malformed one is a 400 here, before any budget is judged: read as "no timeout" it would
+    route the request on a budget its client never asked for."""
     params = header.get("parameters")
-    value = params.get("timeout") if isinstance(params, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    if params is not None and not isinstance(params, dict):
+        raise MalformedBody("'parameters' must be an object")
+    value = params.get("timeout") if params else None
+    if value is None:
+        return None
+    if not _count(value):
+        raise MalformedBody(
+            "parameters.timeout must be a non-negative integer number of microseconds"
+        )
+    return value or None
 
 
 def with_timeout(header: dict[str, Any], micros: int) -> bytes:
@@ -126,6 +137,7 @@ def build_request(header: dict[str, Any], binary: memoryview) -> InferRequest:
     if request_id is not None and not isinstance(request_id, str):
         raise MalformedBody("'id' must be a string")
     parameters = _mapping(header.get("parameters"), "parameters")
+    timeout_us(header)  # a malformed timeout is as bad as a malformed tensor
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise MalformedBody("'inputs' must be a non-empty list")

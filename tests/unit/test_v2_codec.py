@@ -162,23 +162,19 @@ class TestDecodeJson:
         assert request.outputs is None
         assert request.binary_output is False
 
-    @pytest.mark.parametrize(
-        ("timeout", "expected"),
-        [(2500, 2500), (0, None), (-5, None), ("100", None), (1.5, None)],
-    )
+    @pytest.mark.parametrize(("timeout", "expected"), [(2500, 2500), (0, None), (None, None)])
     def test_timeout_us(self, timeout: Any, expected: int | None) -> None:
-        """Only a positive integer `timeout` parameter counts as a timeout in microseconds."""
+        """A non-negative integer `timeout` parameter is a timeout in microseconds (0: none)."""
         request = _decode(
             {"parameters": {"timeout": timeout}, "inputs": [_input("x", "FP32", [1], [1])]}
         )
         assert request.timeout_us == expected
 
-    def test_timeout_true_is_not_a_timeout(self) -> None:
-        """A boolean `timeout` parameter is not a number of microseconds."""
-        request = _decode(
-            {"parameters": {"timeout": True}, "inputs": [_input("x", "FP32", [1], [1])]}
-        )
-        assert request.timeout_us is None
+    @pytest.mark.parametrize("timeout", [-5, "100", "soon", 1.5, True, False, [1], {"a": 1}])
+    def test_malformed_timeout_is_malformed_body(self, timeout: Any) -> None:
+        """A `timeout` parameter that is not a non-negative integer makes the request a 400."""
+        with pytest.raises(MalformedBody, match=r"parameters\.timeout"):
+            _decode({"parameters": {"timeout": timeout}, "inputs": [_input("x", "FP32", [1], [1])]})
 
 
 class TestHeaderHelpers:
@@ -202,15 +198,23 @@ class TestHeaderHelpers:
         ("header", "expected"),
         [
             ({"parameters": {"timeout": 5}}, 5),
-            ({"parameters": {"timeout": True}}, None),
             ({"parameters": {"timeout": 0}}, None),
-            ({"parameters": [1]}, None),
+            ({"parameters": {}}, None),
             ({}, None),
         ],
     )
     def test_timeout_us(self, header: dict[str, Any], expected: int | None) -> None:
-        """timeout_us reads a positive integer `parameters.timeout` from a parsed header."""
+        """timeout_us reads a non-negative integer `parameters.timeout` from a parsed header."""
         assert timeout_us(header) == expected
+
+    @pytest.mark.parametrize(
+        "header",
+        [{"parameters": {"timeout": True}}, {"parameters": {"timeout": -1}}, {"parameters": [1]}],
+    )
+    def test_timeout_us_refuses_malformed(self, header: dict[str, Any]) -> None:
+        """timeout_us refuses a malformed timeout or parameters instead of ignoring it."""
+        with pytest.raises(MalformedBody):
+            timeout_us(header)
 
     def test_with_timeout_replaces_and_keeps_the_rest(self) -> None:
         """with_timeout sets the timeout, keeps other keys and leaves its input alone."""
