@@ -11,6 +11,8 @@ from pydantic import AfterValidator, Field
 from router.settings.base import PositiveFloat, PositiveInt
 from router.yamlconf import Strict
 
+MAX_WORKERS = 256
+
 
 def _unbracketed(host: str) -> str:
     # `[::1]` is how an IPv6 address is written in a URL; the socket wants it bare.
@@ -39,7 +41,7 @@ class ServerSettings(Strict):
     # None: plain HTTP. Set: the listener speaks only HTTPS.
     tls: ListenerTlsSettings | None = None
     # Processes serving the port together (SO_REUSEPORT) under a supervisor; 1: no supervisor.
-    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
 
 
 class AdminSettings(Strict):
