@@ -696,6 +696,29 @@ class TestEncodeResponse:
         assert decoded.inputs[1].array.tolist() == text.tolist()
 
 
+class TestEncodeNonFinite:
+    @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+    def test_json_keeps_nan_and_infinity_as_tritons_tokens(self, dtype: Any) -> None:
+        """NaN and ±inf are written as NaN / Infinity / -Infinity (Triton's rapidjson tokens),
+        which python-rapidjson (tritonclient's reader) reads back; finite values unchanged."""
+        import rapidjson
+
+        array = np.array([[0.5, np.nan, np.inf], [-np.inf, -0.0, 3.0]], dtype=dtype)
+        body, length = encode_response("m", "1", None, [OutputTensor("y", array, False)])
+        assert length is None
+        assert b"null" not in body
+        assert b'"data":[0.5,NaN,Infinity,-Infinity,-0.0,3.0]' in body
+        data = np.array(rapidjson.loads(body)["outputs"][0]["data"], dtype=dtype)
+        np.testing.assert_array_equal(data, array.ravel())
+
+    def test_finite_floats_unchanged(self) -> None:
+        """An all-finite tensor is written by orjson as before (no token rewriting)."""
+        array = np.array([0.1, 1e30, -2.0], dtype=np.float32)
+        body, _ = encode_response("m", "1", None, [OutputTensor("y", array, False)])
+        plain = orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
+        assert orjson.loads(body)["outputs"][0]["data"] == orjson.loads(plain)
+
+
 class TestClassify:
     def test_top_k_best_first_with_labels(self) -> None:
         """Entries are "score:index:label", highest score first."""
