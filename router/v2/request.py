@@ -131,8 +131,11 @@ def _json_reason(exc: orjson.JSONDecodeError) -> str:
     return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
 
 
-def build_request(header: dict[str, Any], binary: memoryview) -> InferRequest:
-    """Typed tensors from a parsed header and the binary part of the body."""
+def build_request(
+    header: dict[str, Any], binary: memoryview, *, text_bytes: bool = True
+) -> InferRequest:
+    """Typed tensors from a parsed header and the binary part of the body; binary BYTES
+    elements must be UTF-8 unless `text_bytes` is False (see `from_binary`)."""
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MalformedBody("'id' must be a string")
@@ -143,7 +146,7 @@ def build_request(header: dict[str, Any], binary: memoryview) -> InferRequest:
         raise MalformedBody("'inputs' must be a non-empty list")
     inputs, offset = [], 0
     for raw in raw_inputs:
-        tensor, offset = _input(raw, binary, offset)
+        tensor, offset = _input(raw, binary, offset, text_bytes)
         inputs.append(tensor)
     if offset != len(binary):
         raise MalformedBody(
@@ -170,7 +173,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+def _input(raw: Any, binary: memoryview, offset: int, text_bytes: bool) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict):
         raise MalformedBody("each entry of 'inputs' must be an object")
     name = raw.get("name")
@@ -188,9 +191,8 @@ def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]
         if not _count(size) or offset + size > len(binary):
             raise MalformedBody(f"input '{name}': binary_data_size does not fit the body")
         chunk = binary[offset : offset + size]
-        return InputTensor(name, datatype, shape, from_binary(name, datatype, shape, chunk)), (
-            offset + size
-        )
+        array = from_binary(name, datatype, shape, chunk, text=text_bytes)
+        return InputTensor(name, datatype, shape, array), offset + size
     if "data" not in raw:
         raise MalformedBody(f"input '{name}' has no 'data' and no binary_data_size")
     return InputTensor(name, datatype, shape, from_json(name, datatype, shape, raw["data"])), offset
