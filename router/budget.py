@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from router.settings import RoutingSettings
 
 BUDGET_HEADER = "X-Latency-Budget-Ms"
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
 def budget_ms(headers: Mapping[str, str], default_ms: float) -> float:
@@ -19,10 +21,10 @@ def budget_ms(headers: Mapping[str, str], default_ms: float) -> float:
     raw = headers.get(BUDGET_HEADER)
     if raw is None:
         return default_ms
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"{BUDGET_HEADER} must be a number of milliseconds") from None
+    # float() alone would also take "1_000", "nan" and "infinity": not numbers in a header.
+    if _NUMBER.fullmatch(raw.strip()) is None:
+        raise BadRequest(f"{BUDGET_HEADER} must be a number of milliseconds")
+    value = float(raw)
     if not 0 < value <= 86_400_000:
         raise BadRequest(f"{BUDGET_HEADER} must be between 0 and 86400000 milliseconds")
     return value

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from router import __version__, logs, tenant_cli, yamlconf
 from router.audit import cli as audit_cli
 from router.errors import ConfigError
@@ -20,6 +22,8 @@ from router.policy.distribution import checked_bundle
 from router.privacy import Privacy
 from router.resources import demo_model_repository
 from router.settings import Settings, load_settings
+from router.settings.listener import MAX_WORKERS
+from router.settings.upstream import EndpointSettings
 from router.spool.sites import read_key_file
 from router.upstreams.tls import TlsContexts
 from router.workers import as_worker, supervise, worker_index
@@ -41,10 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--model-repository", type=_folder, help="model repository folder")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default 8000)")
     serve.add_argument(
         "--admin-port",
-        type=int,
+        type=_port,
         help="port of the admin listener, /metrics and /status (default 8002; 0 with --port 0)",
     )
     for tier in ("regional", "central"):
@@ -52,13 +56,14 @@ def _parser() -> argparse.ArgumentParser:
             f"--{tier}",
             action="append",
             default=[],
+            type=_upstream_url,
             metavar="URL",
             help=f"a {tier} upstream endpoint (repeatable; adds a cluster named '{tier}')",
         )
     serve.add_argument("--offline", action="store_true", help="local-only: never forward")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         metavar="N",
         help="worker processes sharing the port (SO_REUSEPORT) under a supervisor (default 1)",
     )
@@ -98,6 +103,40 @@ def _folder(text: str) -> Path:
 
 
 _folder.__name__ = "folder (empty)"  # argparse: "invalid folder (empty) value: ''"
+
+
+# The flags' own checks, so that a bad value is one argparse line naming the flag and what
+# it must be ("argument --port: invalid port (0 to 65535) value: '99999'"), not the
+# settings model's wording about the key it lands in.
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+_port.__name__ = "port (0 to 65535)"
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(text)
+    return value
+
+
+_workers.__name__ = f"worker count (1 to {MAX_WORKERS})"
+
+
+def _upstream_url(text: str) -> str:
+    try:
+        EndpointSettings(url=text)  # the settings' own rule for an endpoint URL
+    except ValidationError:
+        raise ValueError(text) from None
+    return text
+
+
+_upstream_url.__name__ = "URL (http[s]://host[:port][/path], no query)"
 
 
 DEMO_PORT_SPAN = 90  # the switchboard, the highest of the demo's ports, is at base + 90

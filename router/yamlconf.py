@@ -63,12 +63,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def describe(error: ValidationError) -> list[str]:
+    items = error.errors()
     problems = []
-    for item in error.errors():
+    for item in items:
+        if item["type"] == "too_short" and _has_inner_error(item["loc"], items):
+            continue  # pydantic counts only the valid entries: the inner error is the news
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         reason = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         problems.append(f"{where}: {reason}")
     return problems
+
+
+def _has_inner_error(loc: tuple[int | str, ...], items: list[Any]) -> bool:
+    return any(len(i["loc"]) > len(loc) and i["loc"][: len(loc)] == loc for i in items)
 
 
 def validate(data: Any, model: type[M], source: str) -> M:

@@ -22,11 +22,7 @@ async def run_local(entry: ModelVersion, request: InferRequest, deadline: float)
     signature, runner = entry.signature, entry.runner
     assert signature is not None, "only ready versions are served"
     assert runner is not None, "only ready versions are served"
-    signature.check_inputs(request.inputs)
-    wanted = request.outputs or [
-        RequestedOutput(spec.name, request.binary_output) for spec in signature.outputs
-    ]
-    positions = _output_positions(entry, wanted)
+    wanted, positions = check_request(entry, request)
     raw = await runner.infer({t.name: t.array for t in request.inputs}, deadline)
     labels = _labels(entry)
     outputs = []
@@ -36,6 +32,20 @@ async def run_local(entry: ModelVersion, request: InferRequest, deadline: float)
             array = classify(array, want.classification, labels.get(want.name, ()))
         outputs.append(OutputTensor(want.name, array, want.binary))
     return LocalResult(outputs, raw)
+
+
+def check_request(
+    entry: ModelVersion, request: InferRequest
+) -> tuple[list[RequestedOutput], list[int]]:
+    """Raise InvalidTensor unless `request` fits the version's signature; the outputs it
+    wants, and their positions among the model's."""
+    signature = entry.signature
+    assert signature is not None, "only loaded versions have a signature"
+    signature.check_inputs(request.inputs)
+    wanted = request.outputs or [
+        RequestedOutput(spec.name, request.binary_output) for spec in signature.outputs
+    ]
+    return wanted, _output_positions(entry, wanted)
 
 
 def top_score(entry: ModelVersion, result: LocalResult, output: str | None) -> float | None:

@@ -11,6 +11,8 @@ from pydantic import AfterValidator, Field
 from router.settings.base import PositiveFloat, PositiveInt
 from router.yamlconf import Strict
 
+MAX_WORKERS = 256
+
 
 def _unbracketed(host: str) -> str:
     # `[::1]` is how an IPv6 address is written in a URL; the socket wants it bare.
@@ -39,7 +41,7 @@ class ServerSettings(Strict):
     # None: plain HTTP. Set: the listener speaks only HTTPS.
     tls: ListenerTlsSettings | None = None
     # Processes serving the port together (SO_REUSEPORT) under a supervisor; 1: no supervisor.
-    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
 
 
 class AdminSettings(Strict):
@@ -62,7 +64,8 @@ class AuthSettings(Strict):
 class LimitsSettings(Strict):
     """What one client may cost the site before it is refused (TESTING.md S7, S9, R3)."""
 
-    # One request line or header field, and the number of header fields: 431 past either.
+    # One request line (its URI: 414 past it) or header field, and the number of header
+    # fields (431 past either).
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 8190
     max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
     # A connection must deliver a request's head within this time of its first byte (or of

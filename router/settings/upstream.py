@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from router.settings.base import PositiveFloat, PositiveInt, Tier
 from router.yamlconf import Strict
@@ -23,6 +23,22 @@ class EndpointSettings(Strict):
     region: str = ""
     jurisdiction: str = ""
     weight: Annotated[int, Field(gt=0, le=1000)] = 1
+
+    @field_validator("url")
+    @classmethod
+    def _host_and_port(cls, url: str) -> str:
+        # The pattern lets "http://a:99999" and "http://:80" through; both fail only when
+        # the first request is sent.
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if not parts.hostname:
+            raise ValueError("the URL names no host")
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("the URL's port must be a number from 1 to 65535")
+        return url
 
     @property
     def base(self) -> str:

@@ -13,6 +13,7 @@ from router.errors import (
     Offline,
     ResidencyDenied,
 )
+from router.inference.local import check_request
 from router.inference.repository import ModelRepository
 from router.policy.bundle import PolicyBundle
 from router.policy.decide import ClusterView, Decision, Facts, Failure, Rules, decide
@@ -20,6 +21,7 @@ from router.policy.residency import LOCAL_TIER, permits
 from router.settings import RoutingSettings, SiteSettings
 from router.upstreams.pinning import compliant
 from router.upstreams.registry import Upstreams
+from router.v2.request import build_request
 
 
 class DecideRoute:
@@ -52,12 +54,27 @@ class DecideRoute:
         ctx.decision = decision = decide(facts, self._rules, snapshot, self._tier, permitted)
         ctx.reasons.extend(decision.reasons)
         if decision.failure is not None:
+            self._check_request(ctx, decision)  # a bad request is a 400 whatever its budget
             error = _failure_error(ctx, decision)
             if isinstance(error, NoHealthyTarget) and "local_not_ready" in decision.reasons:
                 # Nothing else serves it: say why the local model is not ready instead.
                 self._models.get(ctx.model, ctx.version)  # raises ModelNotReady
             raise error
         return None
+
+    def _check_request(self, ctx: RequestContext, decision: Decision) -> None:
+        """A v2 request's tensors and parameters are decoded by the target that runs them;
+        when no target will, they are decoded here, so a malformed request gets its 400
+        first. Against the local model's signature (and its rules) only when the local model
+        was a candidate the budget ruled out; an upstream judges the rest."""
+        if ctx.api != "kserve-v2" or ctx.document is None:
+            return
+        if decision.failure is Failure.UNKNOWN_MODEL:
+            return  # nothing to judge the tensors against: the 404 says so
+        local = "local_over_budget" in decision.reasons
+        request = build_request(ctx.document, ctx.binary, text_bytes=local)
+        if local:
+            check_request(self._models.get(ctx.model, ctx.version), request)
 
     def permitted(self, ctx: RequestContext, clusters: tuple[ClusterView, ...]) -> frozenset[str]:
         """The clusters residency lets this request reach (an unscanned one: only the site's)."""

@@ -71,10 +71,21 @@ def parse_header(body: bytes, header_length: int | None) -> dict[str, Any]:
 
 
 def timeout_us(header: dict[str, Any]) -> int | None:
-    """Triton's per-request `timeout` parameter, in microseconds."""
+    """Triton's per-request `timeout` parameter, in microseconds (0 or absent: none).
+
+    A malformed one is a 400 here, before any budget is judged: read as "no timeout" it would
+    route the request on a budget its client never asked for."""
     params = header.get("parameters")
-    value = params.get("timeout") if isinstance(params, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    if params is not None and not isinstance(params, dict):
+        raise MalformedBody("'parameters' must be an object")
+    value = params.get("timeout") if params else None
+    if value is None:
+        return None
+    if not _count(value):
+        raise MalformedBody(
+            "parameters.timeout must be a non-negative integer number of microseconds"
+        )
+    return value or None
 
 
 def with_timeout(header: dict[str, Any], micros: int) -> bytes:
@@ -120,18 +131,22 @@ def _json_reason(exc: orjson.JSONDecodeError) -> str:
     return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
 
 
-def build_request(header: dict[str, Any], binary: memoryview) -> InferRequest:
-    """Typed tensors from a parsed header and the binary part of the body."""
+def build_request(
+    header: dict[str, Any], binary: memoryview, *, text_bytes: bool = True
+) -> InferRequest:
+    """Typed tensors from a parsed header and the binary part of the body; binary BYTES
+    elements must be UTF-8 unless `text_bytes` is False (see `from_binary`)."""
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MalformedBody("'id' must be a string")
     parameters = _mapping(header.get("parameters"), "parameters")
+    timeout_us(header)  # a malformed timeout is as bad as a malformed tensor
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise MalformedBody("'inputs' must be a non-empty list")
     inputs, offset = [], 0
     for raw in raw_inputs:
-        tensor, offset = _input(raw, binary, offset)
+        tensor, offset = _input(raw, binary, offset, text_bytes)
         inputs.append(tensor)
     if offset != len(binary):
         raise MalformedBody(
@@ -158,7 +173,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+def _input(raw: Any, binary: memoryview, offset: int, text_bytes: bool) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict):
         raise MalformedBody("each entry of 'inputs' must be an object")
     name = raw.get("name")
@@ -176,9 +191,8 @@ def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]
         if not _count(size) or offset + size > len(binary):
             raise MalformedBody(f"input '{name}': binary_data_size does not fit the body")
         chunk = binary[offset : offset + size]
-        return InputTensor(name, datatype, shape, from_binary(name, datatype, shape, chunk)), (
-            offset + size
-        )
+        array = from_binary(name, datatype, shape, chunk, text=text_bytes)
+        return InputTensor(name, datatype, shape, array), offset + size
     if "data" not in raw:
         raise MalformedBody(f"input '{name}' has no 'data' and no binary_data_size")
     return InputTensor(name, datatype, shape, from_json(name, datatype, shape, raw["data"])), offset

@@ -69,7 +69,25 @@ def _to_json_data(array: np.ndarray, dt: Datatype) -> Any:
     flat = array.ravel()
     if dt.is_bytes:
         return [_text(item) for item in flat]
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return orjson.Fragment(_with_non_finite(flat))
     return flat
+
+
+# Triton writes its JSON with rapidjson's kWriteNanAndInfFlag: NaN, Infinity and -Infinity as
+# bare tokens, which tritonclient (python-rapidjson) reads back as floats. orjson would write
+# null for each, an answer the client reads as a different one.
+_NON_FINITE = {"nan": b"NaN", "inf": b"Infinity", "-inf": b"-Infinity"}
+
+
+def _with_non_finite(flat: np.ndarray) -> bytes:
+    """A float tensor's `data` as orjson writes it, with its non-finite values as Triton's
+    tokens instead of null. orjson's numbers never hold a comma, so the list splits into
+    one token per element."""
+    tokens = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    for index in np.flatnonzero(~np.isfinite(flat)):
+        tokens[index] = _NON_FINITE[str(float(flat[index]))]
+    return b"[" + b",".join(tokens) + b"]"
 
 
 def _text(item: Any) -> str:

@@ -126,11 +126,15 @@ def _flatten(name: str, data: Any) -> Iterable[Any]:
 _END = object()
 
 
-def from_binary(name: str, dt: Datatype, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
-    """An input's binary-extension chunk as an array of `dt` in `shape` (a view, except BYTES)."""
+def from_binary(
+    name: str, dt: Datatype, shape: tuple[int, ...], raw: memoryview, *, text: bool = True
+) -> np.ndarray:
+    """An input's binary-extension chunk as an array of `dt` in `shape` (a view, except BYTES).
+    BYTES elements are decoded as UTF-8 (all an onnxruntime string tensor holds) unless `text`
+    is False: the protocol itself allows any bytes, and an upstream may take them."""
     count = math.prod(shape)
     if dt.is_bytes:
-        return _shaped(name, _bytes_elements(name, raw, count), shape)
+        return _shaped(name, _bytes_elements(name, raw, count, text), shape)
     expected = count * dt.numpy.itemsize
     if len(raw) != expected:
         raise InvalidTensor(
@@ -140,7 +144,7 @@ def from_binary(name: str, dt: Datatype, shape: tuple[int, ...], raw: memoryview
     return _shaped(name, np.frombuffer(raw, dtype=dt.numpy), shape)
 
 
-def _bytes_elements(name: str, raw: memoryview, count: int) -> np.ndarray:
+def _bytes_elements(name: str, raw: memoryview, count: int, text: bool) -> np.ndarray:
     if count * 4 > len(raw):  # every element has a 4-byte length: refuse before allocating
         raise InvalidTensor(f"input '{name}': BYTES data is too short for {count} elements")
     array = np.empty(count, dtype=object)
@@ -152,6 +156,9 @@ def _bytes_elements(name: str, raw: memoryview, count: int) -> np.ndarray:
         start, offset = offset + 4, offset + 4 + length
         if offset > len(raw):
             raise InvalidTensor(f"input '{name}': BYTES element {i} runs past the data")
+        if not text:
+            array[i] = bytes(raw[start:offset])
+            continue
         try:
             array[i] = bytes(raw[start:offset]).decode("utf-8")
         except UnicodeDecodeError:

@@ -269,6 +269,63 @@ class TestInvalidTensors:
         assert "424242" not in info.value.message()
 
 
+class TestBadRequestBeforeBudget:
+    """A malformed request is a 400 whatever its budget: never a 504 for a budget no target
+    meets, nor a budget read as absent."""
+
+    @pytest.mark.parametrize("micros", ["soon", -5, True, 1.5, [1]])
+    async def test_malformed_timeout_parameter(
+        self, http: aiohttp.ClientSession, infer_url: str, micros: Any
+    ) -> None:
+        """A `parameters.timeout` that is not a non-negative integer is a 400 naming it."""
+        body = infer_body(rgb_input(), parameters={"timeout": micros})
+        status, _, reply = await call(http, "POST", infer_url, body)
+        assert_error(status, reply, 400, "parameters.timeout")
+
+    @pytest.mark.parametrize(
+        "tensor",
+        [
+            rgb_input(shape=[2, 3]),  # 6 elements declared, 3 given
+            rgb_input(datatype="FP64"),  # not the model's datatype
+            rgb_input(shape=[1, 4], data=[CANARY_NUMBER] * 4),  # not the model's shape
+            rgb_input(name="nope"),  # not the model's input
+        ],
+    )
+    async def test_malformed_tensor_with_an_unmeetable_timeout(
+        self, http: aiohttp.ClientSession, infer_url: str, tensor: dict[str, Any]
+    ) -> None:
+        """A 1 µs timeout no target can meet does not hide a malformed tensor's 400."""
+        body = infer_body(tensor, parameters={"timeout": 1})
+        status, _, reply = await call(http, "POST", infer_url, body)
+        assert_error(status, reply, 400)
+
+    async def test_malformed_tensor_with_an_unmeetable_budget_header(
+        self, http: aiohttp.ClientSession, infer_url: str
+    ) -> None:
+        """A tiny X-Latency-Budget-Ms does not hide a malformed tensor's 400 either."""
+        body = infer_body(rgb_input(shape=[2, 3]))
+        headers = {"X-Latency-Budget-Ms": "0.001"}
+        status, _, reply = await call(http, "POST", infer_url, body, headers)
+        assert_error(status, reply, 400, "rgb")
+
+    async def test_well_formed_request_with_an_unmeetable_timeout_is_a_504(
+        self, http: aiohttp.ClientSession, infer_url: str
+    ) -> None:
+        """The check costs a valid request nothing: it still gets budget_unmeetable."""
+        body = infer_body(rgb_input(), parameters={"timeout": 1})
+        status, _, reply = await call(http, "POST", infer_url, body)
+        assert_error(status, reply, 504, "latency budget")
+
+    @pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf", "1e999", "1_000", ""])
+    async def test_malformed_budget_header(
+        self, http: aiohttp.ClientSession, infer_url: str, value: str
+    ) -> None:
+        """A malformed X-Latency-Budget-Ms is a 400 naming the header."""
+        headers = {"X-Latency-Budget-Ms": value}
+        status, _, reply = await call(http, "POST", infer_url, infer_body(rgb_input()), headers)
+        assert_error(status, reply, 400, "X-Latency-Budget-Ms")
+
+
 class TestNotFound:
     """Unknown models, versions and endpoints: 404 (405 for a wrong method), always JSON."""
 

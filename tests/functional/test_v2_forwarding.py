@@ -390,3 +390,32 @@ class TestWhatTheUpstreamReceives:
         assert record.headers["Content-Type"] == "application/json"
         assert "Inference-Header-Content-Length" not in record.headers
         assert int(record.headers["Content-Length"]) == len(record.body)
+
+
+class TestBadRequestBeforeBudget:
+    """For a model only an upstream serves, a structurally malformed request is a 400 even
+    when no tier can meet its budget, and nothing is sent upstream."""
+
+    async def test_malformed_tensor_with_an_unmeetable_timeout(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """Six elements declared, three sent, a 1 µs timeout: 400 naming the input, not 504."""
+        tensor = {"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1.0, 2.0, 3.0]}
+        body = orjson.dumps({"inputs": [tensor], "parameters": {"timeout": 1}})
+        before = len(site.fake.received)
+        url = f"{site.edge.url}/v2/models/echo_model/infer"
+        async with http.post(url, data=body) as resp:
+            assert resp.status == 400, await resp.read()
+            assert "'x'" in (await resp.json())["error"]
+        assert len(site.fake.received) == before
+
+    async def test_well_formed_with_an_unmeetable_timeout_is_504(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """The same request, well formed: still 504 budget_unmeetable."""
+        tensor = {"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
+        body = orjson.dumps({"inputs": [tensor], "parameters": {"timeout": 1}})
+        url = f"{site.edge.url}/v2/models/echo_model/infer"
+        async with http.post(url, data=body) as resp:
+            assert resp.status == 504, await resp.read()
+            assert "latency budget" in (await resp.json())["error"]

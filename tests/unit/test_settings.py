@@ -220,3 +220,21 @@ def test_a_section_left_empty_means_its_defaults(tmp_path: Path) -> None:
     assert (settings.server, settings.models) == (Settings().server, Settings().models)
     settings = load_settings(_write(tmp_path, "server:\n  tls:\n", name="tls.yaml"))
     assert settings.server.tls is None
+
+
+class TestEndpointUrl:
+    @pytest.mark.parametrize("url", ["http://a:99999", "http://a:0", "http://a:port", "http://:80"])
+    def test_port_and_host_checked_at_load(self, tmp_path: Path, url: str) -> None:
+        """An endpoint URL with no host or an impossible port is refused at load, not at the
+        first request; the error names the key once (no echo of the tuple's length)."""
+        text = f"upstreams:\n  - name: r\n    tier: regional\n    endpoints: [{{url: '{url}'}}]\n"
+        problems = _problems(_write(tmp_path, text))
+        assert len(problems) == 1, problems
+        assert problems[0].startswith("upstreams.0.endpoints.0.url: ")
+
+    def test_a_port_in_range_is_fine(self) -> None:
+        """A URL with a host and a port from 1 to 65535 loads."""
+        doc = {
+            "upstreams": [{"name": "r", "tier": "regional", "endpoints": [{"url": "http://a:1"}]}]
+        }
+        assert Settings.model_validate(doc).upstreams[0].endpoints[0].url == "http://a:1"

@@ -162,23 +162,19 @@ class TestDecodeJson:
         assert request.outputs is None
         assert request.binary_output is False
 
-    @pytest.mark.parametrize(
-        ("timeout", "expected"),
-        [(2500, 2500), (0, None), (-5, None), ("100", None), (1.5, None)],
-    )
+    @pytest.mark.parametrize(("timeout", "expected"), [(2500, 2500), (0, None), (None, None)])
     def test_timeout_us(self, timeout: Any, expected: int | None) -> None:
-        """Only a positive integer `timeout` parameter counts as a timeout in microseconds."""
+        """A non-negative integer `timeout` parameter is a timeout in microseconds (0: none)."""
         request = _decode(
             {"parameters": {"timeout": timeout}, "inputs": [_input("x", "FP32", [1], [1])]}
         )
         assert request.timeout_us == expected
 
-    def test_timeout_true_is_not_a_timeout(self) -> None:
-        """A boolean `timeout` parameter is not a number of microseconds."""
-        request = _decode(
-            {"parameters": {"timeout": True}, "inputs": [_input("x", "FP32", [1], [1])]}
-        )
-        assert request.timeout_us is None
+    @pytest.mark.parametrize("timeout", [-5, "100", "soon", 1.5, True, False, [1], {"a": 1}])
+    def test_malformed_timeout_is_malformed_body(self, timeout: Any) -> None:
+        """A `timeout` parameter that is not a non-negative integer makes the request a 400."""
+        with pytest.raises(MalformedBody, match=r"parameters\.timeout"):
+            _decode({"parameters": {"timeout": timeout}, "inputs": [_input("x", "FP32", [1], [1])]})
 
 
 class TestHeaderHelpers:
@@ -202,15 +198,23 @@ class TestHeaderHelpers:
         ("header", "expected"),
         [
             ({"parameters": {"timeout": 5}}, 5),
-            ({"parameters": {"timeout": True}}, None),
             ({"parameters": {"timeout": 0}}, None),
-            ({"parameters": [1]}, None),
+            ({"parameters": {}}, None),
             ({}, None),
         ],
     )
     def test_timeout_us(self, header: dict[str, Any], expected: int | None) -> None:
-        """timeout_us reads a positive integer `parameters.timeout` from a parsed header."""
+        """timeout_us reads a non-negative integer `parameters.timeout` from a parsed header."""
         assert timeout_us(header) == expected
+
+    @pytest.mark.parametrize(
+        "header",
+        [{"parameters": {"timeout": True}}, {"parameters": {"timeout": -1}}, {"parameters": [1]}],
+    )
+    def test_timeout_us_refuses_malformed(self, header: dict[str, Any]) -> None:
+        """timeout_us refuses a malformed timeout or parameters instead of ignoring it."""
+        with pytest.raises(MalformedBody):
+            timeout_us(header)
 
     def test_with_timeout_replaces_and_keeps_the_rest(self) -> None:
         """with_timeout sets the timeout, keeps other keys and leaves its input alone."""
@@ -690,6 +694,29 @@ class TestEncodeResponse:
         np.testing.assert_array_equal(decoded.inputs[0].array, array)
         assert decoded.inputs[0].array.dtype == array.dtype
         assert decoded.inputs[1].array.tolist() == text.tolist()
+
+
+class TestEncodeNonFinite:
+    @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+    def test_json_keeps_nan_and_infinity_as_tritons_tokens(self, dtype: Any) -> None:
+        """NaN and ±inf are written as NaN / Infinity / -Infinity (Triton's rapidjson tokens),
+        which python-rapidjson (tritonclient's reader) reads back; finite values unchanged."""
+        import rapidjson
+
+        array = np.array([[0.5, np.nan, np.inf], [-np.inf, -0.0, 3.0]], dtype=dtype)
+        body, length = encode_response("m", "1", None, [OutputTensor("y", array, False)])
+        assert length is None
+        assert b"null" not in body
+        assert b'"data":[0.5,NaN,Infinity,-Infinity,-0.0,3.0]' in body
+        data = np.array(rapidjson.loads(body)["outputs"][0]["data"], dtype=dtype)
+        np.testing.assert_array_equal(data, array.ravel())
+
+    def test_finite_floats_unchanged(self) -> None:
+        """An all-finite tensor is written by orjson as before (no token rewriting)."""
+        array = np.array([0.1, 1e30, -2.0], dtype=np.float32)
+        body, _ = encode_response("m", "1", None, [OutputTensor("y", array, False)])
+        plain = orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
+        assert orjson.loads(body)["outputs"][0]["data"] == orjson.loads(plain)
 
 
 class TestClassify:
