@@ -1,7 +1,7 @@
 """The listening side's defences against clients that cost more than they ask for: a bounded
 time to send a request head (aiohttp alone waits as long as bytes keep trickling), an idle
-timeout, header size and count limits (431; 414 for a request line), a cap on open
-connections, and error answers for malformed requests that never quote the request back.
+timeout, header size and count limits (431), a cap on open connections, and error answers
+for malformed requests that never quote the request back.
 
 aiohttp builds one RequestHandler (the asyncio protocol) per connection from its Server;
 GuardedRunner makes that Server hand out GuardedHandlers instead."""
@@ -128,9 +128,7 @@ class GuardedHandler(RequestHandler):
         """aiohttp's answer quotes the offending bytes; ours names the problem only."""
         super().handle_error(request, status, exc, message)  # logs; raises if bytes went out
         text = "malformed HTTP request"
-        if isinstance(exc, LineTooLong) and _in_request_line(exc, self._parser):
-            status, text = 414, "request line (URI) too long"  # RFC 9110 §15.5.15
-        elif isinstance(exc, LineTooLong) or (
+        if isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message
         ):
             status, text = 431, "request header fields too large or too many"
@@ -143,20 +141,6 @@ class GuardedHandler(RequestHandler):
         )
         response.force_close()
         return response
-
-
-def _in_request_line(exc: LineTooLong, parser: Any) -> bool:
-    """Whether the line past the limit is the request line, not a header field: aiohttp raises
-    the same LineTooLong for both, with the same limit here (max_header_bytes). Its C parser
-    raises the request line's from its URL callback (a Cython frame named so in the
-    traceback); its pure-Python parser before it has kept any line of the head."""
-    frame = exc.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code.co_name.endswith("cb_on_url"):
-            return True
-        frame = frame.tb_next
-    lines = getattr(parser, "_lines", None)
-    return isinstance(lines, list) and not lines
 
 
 def _coding(request: BaseRequest | None) -> str:

@@ -217,44 +217,6 @@ class TestHeaders:
         assert status_of(reply) == 431
         assert b"qqqq" not in reply
 
-    def test_a_header_name_over_8_kib_is_431(self, router: RouterThread) -> None:
-        """One 9 KiB header name: 431 (a header, not the request line), not quoted back."""
-        reply = exchange(
-            router.port, head(CLASSIFY, "X-" + "q" * 9000 + ": v", "Content-Length: 2") + b"{}"
-        )
-        assert status_of(reply) == 431
-        assert b"qqqq" not in reply
-
-    def test_a_header_value_like_a_path_is_431(self, router: RouterThread) -> None:
-        """A 9 KiB header value that looks like a request target is still a header: 431."""
-        reply = exchange(router.port, head(CLASSIFY, "X-Path: /" + "q" * 9000))
-        assert status_of(reply) == 431
-
-    def test_a_url_over_8_kib_is_414(self, router: RouterThread) -> None:
-        """A 9 KiB request target: 414 URI Too Long (RFC 9110), as JSON, not quoted back."""
-        reply = exchange(router.port, head(CLASSIFY + "?q=" + "q" * 9000))
-        assert status_of(reply) == 414
-        assert b"qqqq" not in reply
-        assert orjson.loads(reply.partition(b"\r\n\r\n")[2]) == {
-            "error": "request line (URI) too long"
-        }
-
-    def test_a_url_over_8_kib_after_a_request_on_the_connection_is_414(
-        self, router: RouterThread
-    ) -> None:
-        """On a keep-alive connection, the second request's long URL is a 414 too."""
-        first = head(CLASSIFY, f"Content-Length: {len(RGB)}", "Connection: keep-alive") + RGB
-        with socket.create_connection(("127.0.0.1", router.port), timeout=TIMEOUT_S) as sock:
-            sock.sendall(first)
-            served = b""
-            while not served.endswith(b"}"):  # the whole JSON answer of the first request
-                served += sock.recv(65536)
-            with contextlib.suppress(OSError):
-                sock.sendall(head("/v2/models/" + "m" * 9000))
-            reply = answer(sock)
-        assert status_of(served) == 200
-        assert status_of(reply) == 414
-
     def test_more_than_100_headers_is_431(self, router: RouterThread) -> None:
         """101 header fields: 431; 90 are fine (the request reaches the model)."""
         many = [f"X-H{i}: v" for i in range(101)]
