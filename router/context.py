@@ -73,6 +73,7 @@ class RequestContext:
     # Provenance: this answer's audit record, and for a reused answer the original's.
     audit_id: str = ""
     recorded: bool = False  # its audit record is written (or being written)
+    inputs: dict[str, str] | None = None  # its inputs' audit digests, once made (Trail)
     cache: str | None = None  # the cache's verdict (HIT, MISS, STALE, BYPASS)
     cache_of: str | None = None
     model_sha256: str = ""  # of the local artefact that ran

@@ -50,12 +50,24 @@ class Trail:
     def audit_log(self) -> AuditLog | None:
         return self._log
 
+    def digest_inputs(self, ctx: RequestContext) -> None:
+        """Digest the request's inputs ahead of its record. Scheduled as the request starts,
+        so it runs at the request's first wait (on the upstream, or on the model): the record
+        is written before the answer goes out, and at low load the loop would idle there."""
+        if self._log is not None and not ctx.recorded and ctx.inputs is None:
+            ctx.inputs = self._inputs(ctx)
+
+    def _inputs(self, ctx: RequestContext) -> dict[str, str] | None:
+        """None while the request is not parsed yet."""
+        if ctx.document is None:
+            return None
+        inputs = self._document_digests(ctx)
+        if ctx.header_length is not None:
+            inputs.update(ctx.tensor_digests(self._digester))
+        return inputs
+
     def record(self, ctx: RequestContext, status: int, output: str | None) -> AuditRecord:
-        inputs: dict[str, str] = {}
-        if ctx.document is not None:
-            inputs = self._document_digests(ctx)
-            if ctx.header_length is not None:
-                inputs.update(ctx.tensor_digests(self._digester))
+        inputs = ctx.inputs if ctx.inputs is not None else self._inputs(ctx)
         return AuditRecord(
             id=ctx.audit_id,
             site=self._site.id,
@@ -77,7 +89,7 @@ class Trail:
             redactions={str(k): v for k, v in ctx.redactions.items()},
             cache=ctx.cache,
             cache_of=ctx.cache_of,
-            inputs=inputs,
+            inputs=inputs or {},
             output=output,
         )
 

@@ -96,6 +96,10 @@ def trace_headers(ctx: RequestContext) -> dict[str, str]:
 
 async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> web.StreamResponse:
     started = time.perf_counter()
+    trail = request.app[TRAIL]
+    if trail.enabled:
+        # At the pipeline's first wait: off the answer's path when the loop has time to spare.
+        asyncio.get_running_loop().call_soon(trail.digest_inputs, ctx)
     try:
         reply = await pipeline.run(ctx)
     except asyncio.CancelledError:
@@ -104,7 +108,6 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
         observe(request.app, ctx, None)
         raise
     headers = {**reply.headers, **trace_headers(ctx)}
-    trail = request.app[TRAIL]
     if reply.stream is not None:
         return await _stream(request, reply, headers, ctx)
     headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
