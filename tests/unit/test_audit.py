@@ -607,7 +607,8 @@ class TestAsyncWriter:
             for _ in range(10):
                 await asyncio.sleep(0.005)
                 ticks += 1
-            assert ticks == 10 and not during.done()
+            assert ticks == 10  # the loop ran on
+            assert not during.done()
             assert len(lines_of(log.path)) == 1
         finally:
             stuck.set()
