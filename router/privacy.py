@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from router.errors import ConfigError
 from router.policy.bundle import PolicyBundle
@@ -181,17 +181,3 @@ def survey(privacy: Privacy, ctx: RequestContext, *, document: bool = True) -> C
 def redaction_header(counts: Counter[str]) -> str:
     """`X-Redactions`: entity types and counts, never values."""
     return ",".join(f"{entity}={n}" for entity, n in sorted(counts.items()) if n)
-
-
-def has_binary_bytes(document: dict[str, Any] | None) -> bool:
-    """A v2 request with BYTES tensors in the binary part, which the scanner cannot read."""
-    if document is None:
-        return False
-    for tensor in document.get("inputs") or ():
-        if not isinstance(tensor, dict):
-            continue
-        params = tensor.get("parameters")
-        binary = isinstance(params, dict) and "binary_data_size" in params
-        if tensor.get("datatype") == "BYTES" and binary:
-            return True
-    return False

@@ -16,12 +16,12 @@ from router.context import Reply, RequestContext
 from router.errors import BadRequest
 from router.headers import DECLARED_CLASS, FOUND_ENTITIES
 from router.policy.residency import classify, strictest
-from router.privacy import MemoScanner, Privacy, has_binary_bytes, survey
+from router.privacy import MemoScanner, Privacy, survey
 from router.redaction.types import DetectionError
 from router.redaction.vault import TOKEN_RE
 from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
-from router.v2.inline import inline_binary_bytes
+from router.v2.inline import Unreadable, holds_scanned_binary, inline_binary_tensors
 
 DATA_CLASS_HEADER = "X-Data-Class"
 # Bodies past this are scanned on the redaction executor, not on the event loop.
@@ -74,10 +74,11 @@ class ClassifyAndRedact:
         if len(ctx.body) > detection.max_body_bytes:
             self._unscanned(ctx, "body over the detection size cap")
             return None
-        if ctx.api == "kserve-v2" and has_binary_bytes(ctx.document):
-            ctx.inlined = await self._inlined(ctx)
-            if ctx.inlined is None:
-                self._unscanned(ctx, "binary BYTES tensors that cannot be read as text")
+        if ctx.api == "kserve-v2" and holds_scanned_binary(ctx.document):
+            try:
+                ctx.inlined = await self._inlined(ctx)
+            except Unreadable:
+                self._unscanned(ctx, "binary tensors that cannot be read for detection")
                 return None
         ctx.scanner = MemoScanner(
             self._privacy.detectors, detection.max_body_bytes, detection.cpu_deadline_ms / 1000
@@ -140,10 +141,11 @@ class ClassifyAndRedact:
         return survey(self._privacy, ctx, document=False)
 
     async def _inlined(self, ctx: RequestContext) -> tuple[dict[str, Any], bytes] | None:
-        """The binary BYTES tensors as JSON strings, for detection to read (router.v2.inline);
-        decoded on the redaction executor for a large body."""
+        """The binary tensors detection reads (BYTES; integers with an element large enough
+        to hold an entity) as their JSON form (router.v2.inline); decoded on the redaction
+        executor for a large body. Raises Unreadable."""
         assert ctx.document is not None
-        inline = functools.partial(inline_binary_bytes, ctx.document, ctx.binary)
+        inline = functools.partial(inline_binary_tensors, ctx.document, ctx.binary)
         if len(ctx.body) <= OFF_LOOP_BYTES:
             return inline()
         return await asyncio.get_running_loop().run_in_executor(self._executor, inline)
@@ -155,7 +157,7 @@ class ClassifyAndRedact:
         Within the walk's own limits only (a string per 2 bytes at most, a level per bracket),
         so a body the walk would refuse still is walked, and refused."""
         if ctx.inlined is not None:
-            return False  # the text is in the binary part, not in the raw JSON
+            return False  # text or digits are in the binary part, not in the raw JSON
         detectors, plan = self._privacy.detectors, self._privacy.survey
         raw = ctx.body if ctx.header_length is None else ctx.body[: ctx.header_length]
         if not detectors.whole_text_sound or len(raw) > 2 * plan.max_leaves:

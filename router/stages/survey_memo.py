@@ -2,9 +2,10 @@
 surveyed: a repeat of the same bytes (a cache hit, most often) skips the detection walk.
 
 Sound because the survey is a pure function of what the key covers (route and query, the
-scanned headers, the JSON the body holds) under one policy bundle; a survey that ran out of
-its CPU deadline is never remembered. Nothing the request said is kept: keys are BLAKE2b
-digests under a per-process random key, values are entity counts.
+scanned headers, the JSON the body holds, the binary tensors when it read them) under one
+policy bundle; a survey that ran out of its CPU deadline is never remembered. Nothing the
+request said is kept: keys are BLAKE2b digests under a per-process random key, values are
+entity counts.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class SurveyMemo:
             _frame(mac, part.encode("utf-8", "surrogatepass"))
         body = memoryview(ctx.body)
         _frame(mac, body if ctx.header_length is None else body[: ctx.header_length])
+        if ctx.inlined is not None:
+            # The survey read binary tensors too (router.v2.inline): a header alone does not
+            # tell a clean tensor from a same-sized one holding an e-mail or a card number.
+            _frame(mac, body[ctx.header_length or 0 :])
         return mac.digest()
 
     def get(self, key: bytes) -> Counter[str] | None:

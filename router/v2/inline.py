@@ -1,50 +1,87 @@
-"""A KServe v2 request's binary BYTES tensors moved into its JSON header, so the privacy
-scanner can read them and redaction can rewrite them before the request leaves the site.
+"""A KServe v2 request's binary tensors that detection must read, moved into its JSON header,
+so the privacy scanner reads them as it reads the same request sent as JSON, and redaction can
+rewrite them before the request leaves the site.
 
-tritonclient sends BYTES inputs in the binary extension by default; their elements are text
-the scanner must see like any JSON string. The protocol lets each input be JSON or binary, so
-the inlined request (the same inputs, those tensors now as JSON `data`, the other binary
-tensors' bytes kept in order) is one any v2 server accepts.
+tritonclient sends inputs in the binary extension by default. BYTES elements are text the
+scanner must see like any JSON string. Integer elements are digits the walker scans like JSON
+numbers (a card or phone number sent as INT64): a tensor holding one large enough to be an
+entity is inlined whole, as its JSON form, so the same request gets the same verdict and the
+same redacted view whichever encoding the client chose. Integer tensors with no such element
+(found by one vectorised pass) and every float or bool tensor stay binary, as the JSON walk
+leaves their JSON form alone. The protocol lets each input be JSON or binary, so the inlined
+request (the same inputs, those tensors now as JSON `data`, the other binary tensors' bytes
+kept in order) is one any v2 server accepts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from router.errors import InvalidTensor
-from router.v2.datatypes import BY_NAME
+from router.redaction.walker import MIN_SCANNED_INT
+from router.v2.datatypes import BY_NAME, Datatype
 from router.v2.tensors import from_binary
 
 BYTES = BY_NAME["BYTES"]
+# Integer types whose range reaches MIN_SCANNED_INT: narrower ones can hold no entity.
+SCANNED_INTEGERS = frozenset(
+    name
+    for name, dt in BY_NAME.items()
+    if dt.numpy.kind in "iu" and np.iinfo(dt.numpy).max >= MIN_SCANNED_INT  # type: ignore[type-var]
+)
+SCANNED_BINARY = SCANNED_INTEGERS | {"BYTES"}
 
 
-def inline_binary_bytes(
+def holds_scanned_binary(document: dict[str, Any] | None) -> bool:
+    """A v2 request with tensors in the binary part that detection must read: BYTES, or
+    integers wide enough to hold an entity's digits."""
+    if document is None:
+        return False
+    for tensor in document.get("inputs") or ():
+        if not isinstance(tensor, dict):
+            continue
+        params = tensor.get("parameters")
+        binary = isinstance(params, dict) and "binary_data_size" in params
+        if binary and tensor.get("datatype") in SCANNED_BINARY:
+            return True
+    return False
+
+
+class Unreadable(Exception):
+    """The binary part cannot be read tensor by tensor (sizes that do not add up, elements
+    that are not UTF-8, shapes that do not fit): such a request stays unscanned."""
+
+
+def inline_binary_tensors(
     document: dict[str, Any], binary: memoryview
 ) -> tuple[dict[str, Any], bytes] | None:
-    """(header, binary part) with every binary BYTES input inlined as JSON strings; None when
-    the body cannot be read that way (sizes that do not add up, elements that are not
-    UTF-8, shapes that do not fit): such a request stays unscanned, and so on the site."""
+    """(header, binary part) with every binary BYTES input, and every binary integer input
+    holding an element of MIN_SCANNED_INT or more, inlined as JSON `data`; None when nothing
+    needed inlining (detection then reads the request as it is). Raises Unreadable."""
     inputs = document.get("inputs")
     if not isinstance(inputs, list):
-        return None
-    rewritten, kept, offset = [], [], 0
+        raise Unreadable
+    rewritten, kept, offset, inlined = [], [], 0, False
     for tensor in inputs:
         size = _binary_size(tensor)
         if size is None:
             rewritten.append(tensor)
             continue
         if not 0 <= size <= len(binary) - offset:
-            return None
+            raise Unreadable
         chunk, offset = binary[offset : offset + size], offset + size
-        if tensor.get("datatype") != "BYTES":
+        elements = _scanned_elements(tensor, chunk)
+        if elements is None:
             rewritten.append(tensor)
             kept.append(chunk)
             continue
-        strings = _strings(tensor, chunk)
-        if strings is None:
-            return None
-        rewritten.append(_as_json(tensor, strings))
+        rewritten.append(_as_json(tensor, elements))
+        inlined = True
     if offset != len(binary):
+        raise Unreadable
+    if not inlined:
         return None
     return {**document, "inputs": rewritten}, b"".join(kept)
 
@@ -55,24 +92,44 @@ def _binary_size(tensor: Any) -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
-def _strings(tensor: dict[str, Any], chunk: memoryview) -> list[str] | None:
+def _scanned_elements(tensor: dict[str, Any], chunk: memoryview) -> list[Any] | None:
+    """The elements detection must read, flat, as the JSON walk would see them; None for a
+    tensor it would not scan (floats, bools, integers all too small to hold an entity)."""
+    name = tensor.get("datatype")
+    if name not in SCANNED_BINARY:
+        return None
+    array = _array(tensor, BY_NAME[name], chunk).ravel()
+    if name != "BYTES" and not _holds_large(array):
+        return None
+    elements: list[Any] = array.tolist()  # Python str or int: exact, even past 2**63
+    return elements
+
+
+def _array(tensor: dict[str, Any], dt: Datatype, chunk: memoryview) -> np.ndarray:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        return None
+        raise Unreadable
     try:
-        array = from_binary(str(tensor.get("name")), BYTES, tuple(shape), chunk)
+        return from_binary(str(tensor.get("name")), dt, tuple(shape), chunk)
     except InvalidTensor:
-        return None
-    strings: list[str] = array.ravel().tolist()
-    return strings
+        raise Unreadable from None
 
 
-def _as_json(tensor: dict[str, Any], strings: list[str]) -> dict[str, Any]:
+def _holds_large(array: np.ndarray) -> bool:
+    """Whether an element has MIN_SCANNED_INT or more in magnitude (what the walk scans),
+    vectorised: most integer tensors (token ids, indices, counts) hold none. min and max
+    rather than abs, which overflows on the most negative int64."""
+    if array.size == 0:
+        return False
+    return bool(array.max() >= MIN_SCANNED_INT or array.min() <= -MIN_SCANNED_INT)
+
+
+def _as_json(tensor: dict[str, Any], elements: list[Any]) -> dict[str, Any]:
     params = {k: v for k, v in tensor["parameters"].items() if k != "binary_data_size"}
     inlined = {k: v for k, v in tensor.items() if k != "parameters"}
     if params:
         inlined["parameters"] = params
-    inlined["data"] = strings
+    inlined["data"] = elements
     return inlined

@@ -1,5 +1,5 @@
 """router.v2.inline: binary BYTES tensors moved into the JSON header for scanning, the other
-binary tensors kept in order, and anything unreadable refused (None) rather than guessed."""
+binary tensors kept in order, and anything unreadable refused (Unreadable) rather than guessed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from router.v2.inline import inline_binary_bytes
+from router.v2.inline import Unreadable, inline_binary_tensors
 
 
 def elements(*texts: bytes) -> bytes:
@@ -40,7 +40,7 @@ def test_bytes_become_json_strings_and_the_rest_stays_binary() -> None:
         "outputs": [{"name": "o"}],
     }
     doc["inputs"][2]["data"] = [7]
-    header, binary = inline_binary_bytes(doc, memoryview(fp32 + text)) or ({}, b"")
+    header, binary = inline_binary_tensors(doc, memoryview(fp32 + text)) or ({}, b"")
     assert binary == fp32
     assert header["id"] == "r1"
     assert header["outputs"] == [{"name": "o"}]
@@ -60,7 +60,7 @@ def test_bytes_become_json_strings_and_the_rest_stays_binary() -> None:
 def test_only_parameter_gone_drops_parameters() -> None:
     """A tensor whose only parameter was binary_data_size has no `parameters` left."""
     text = elements(b"x")
-    header, binary = inline_binary_bytes(
+    header, binary = inline_binary_tensors(
         {"inputs": [tensor("t", "BYTES", [1], len(text))]}, memoryview(text)
     ) or ({}, b"x")
     assert binary == b""
@@ -81,5 +81,6 @@ def test_only_parameter_gone_drops_parameters() -> None:
     ids=["past-end", "left-over", "not-utf8", "short", "bad-shape", "negative", "no-list"],
 )
 def test_unreadable_bodies_are_refused(inputs: Any, binary: bytes) -> None:
-    """Anything that cannot be read exactly is None: the caller keeps it unscanned."""
-    assert inline_binary_bytes({"inputs": inputs}, memoryview(binary)) is None
+    """Anything that cannot be read exactly raises Unreadable: the caller keeps it unscanned."""
+    with pytest.raises(Unreadable):
+        inline_binary_tensors({"inputs": inputs}, memoryview(binary))

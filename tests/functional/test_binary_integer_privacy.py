@@ -1,0 +1,137 @@
+"""KServe v2 integer tensors sent in the binary extension get the privacy verdict their JSON
+form gets: the real router with the default bundle in front of recording FakeUpstreams, the
+requests built by the real tritonclient. A card number in a binary INT64 tensor is found and
+redacted as in a JSON one; a clean binary tensor arrives upstream byte for byte."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as triton_http
+from test_privacy import (  # the privacy suite's site: router, plant/regional/central fakes
+    Answer,
+    Site,
+    assert_clean,
+    binary_bytes_request,
+    post,
+    repository,  # noqa: F401  (a fixture)
+    start_site,
+)
+
+CARD = 4111111111111111
+CLEAN_LARGE = [1_700_000_000_000, 1_000_001, -2_500_000]  # scanned, nothing found
+
+
+@pytest.fixture
+async def site(stack: contextlib.AsyncExitStack, repository: Path) -> Site:  # noqa: F811
+    return await start_site(stack, repository)
+
+
+def triton_body(array: np.ndarray, *, binary: bool) -> tuple[bytes, dict[str, str]]:
+    """tritonclient's request body for one INT tensor `ids`, JSON or binary."""
+    tensor = triton_http.InferInput("ids", list(array.shape), "INT64")
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    body, json_size = triton_http.InferenceServerClient.generate_request_body([tensor])
+    if json_size is None:
+        return body, {"Content-Type": "application/json"}
+    return body, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(json_size),
+    }
+
+
+async def infer(
+    http: aiohttp.ClientSession, site: Site, model: str, sent: tuple[bytes, dict[str, str]]
+) -> Answer:
+    body, headers = sent
+    return await post(http, f"{site.url}/v2/models/{model}/infer", data=body, headers=headers)
+
+
+def upstream_header(site: Site) -> dict[str, Any]:
+    """The JSON part of the one request that left the site, without the budget it carries."""
+    [record] = site.off_site()
+    length = record.headers.get("Inference-Header-Content-Length")
+    header = orjson.loads(record.body[: int(length)] if length else record.body)
+    header.get("parameters", {}).pop("timeout", None)
+    assert isinstance(header, dict)
+    return header
+
+
+def forget(site: Site) -> None:
+    for fake in site.fakes.values():
+        fake.received.clear()
+
+
+class TestBinaryIntegers:
+    @pytest.mark.parametrize("model", ["v2-central", "v2-regional"])
+    async def test_card_in_binary_int64_is_treated_as_in_json(
+        self, site: Site, http: aiohttp.ClientSession, model: str
+    ) -> None:
+        """A card number in a binary INT64 tensor gets what the JSON form gets: found, the
+        tensor forwarded as JSON with the card tokenized, never its digits or its 8 bytes,
+        the answer restored, the same headers; nothing of it cached."""
+        array = np.array([[7, CARD, 491_234_567]], dtype=np.int64)
+        answers, headers = [], []
+        for binary in (False, True):
+            answer = await infer(http, site, model, triton_body(array, binary=binary))
+            assert answer.status == 200, answer.body
+            assert_clean(site.off_site(), str(CARD))
+            [record] = site.off_site()
+            assert CARD.to_bytes(8, "little") not in record.body
+            answers.append(answer)
+            headers.append(upstream_header(site))
+            forget(site)
+        assert headers[1] == headers[0]
+        assert headers[1]["inputs"][0]["data"] == [7, "<CARD_1>", 491_234_567]
+        json_answer, binary_answer = answers
+        for name in ("X-Redactions", "X-Cache", "X-Route-Reason"):
+            assert binary_answer.headers.get(name) == json_answer.headers.get(name), name
+        assert binary_answer.headers["X-Redactions"] == "CARD=1"
+        assert binary_answer.json()["outputs"] == json_answer.json()["outputs"]
+        assert str(CARD) in binary_answer.body.decode()  # restored for the caller
+
+    @pytest.mark.parametrize("values", ["small", "large"])
+    async def test_clean_binary_int64_arrives_byte_identical(
+        self, site: Site, http: aiohttp.ClientSession, values: str
+    ) -> None:
+        """A clean binary INT64 tensor (64 small elements, or ones long enough to be scanned
+        that hold nothing) is forwarded as sent: binary, not one byte changed."""
+        array = np.arange(64, dtype=np.int64) * 1_000 - 7
+        if values == "large":
+            array[: len(CLEAN_LARGE)] = CLEAN_LARGE
+        body, headers = triton_body(array, binary=True)
+        answer = await infer(http, site, "v2-central", (body, headers))
+        assert answer.status == 200, answer.body
+        assert "X-Redactions" not in answer.headers
+        [record] = site.off_site()
+        length = int(headers["Inference-Header-Content-Length"])
+        sent_length = int(record.headers["Inference-Header-Content-Length"])
+        assert record.body[sent_length:] == body[length:]
+        assert upstream_header(site)["inputs"][0]["parameters"] == {"binary_data_size": 512}
+
+    @pytest.mark.parametrize("kind", ["int64", "bytes"])
+    async def test_a_remembered_clean_survey_is_not_reused_for_other_binary_values(
+        self, site: Site, http: aiohttp.ClientSession, kind: str
+    ) -> None:
+        """The same JSON header with other binary tensor values is another request: a clean
+        one's remembered survey is not reused for one holding a card (INT64) or an e-mail
+        (BYTES of the same length)."""
+        if kind == "int64":
+            clean = triton_body(np.array(CLEAN_LARGE[:1], dtype=np.int64), binary=True)
+            dirty = triton_body(np.array([CARD], dtype=np.int64), binary=True)
+        else:
+            clean = binary_bytes_request("ship to nobody at all!!!")
+            dirty = binary_bytes_request("ship to jane@example.com")
+        assert clean[1] == dirty[1]  # same header length: only the binary part differs
+        assert (await infer(http, site, "v2-central", clean)).status == 200
+        answer = await infer(http, site, "v2-central", dirty)
+        assert answer.status == 200, answer.body
+        assert answer.headers.get("X-Redactions") == ("CARD=1" if kind == "int64" else "EMAIL=1")
+        assert_clean(site.off_site(), str(CARD), "jane@example.com")
+        assert CARD.to_bytes(8, "little") not in site.off_site()[-1].body

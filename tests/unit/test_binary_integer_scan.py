@@ -1,0 +1,170 @@
+"""Binary integer tensors (KServe v2 binary extension) are read by detection exactly as their
+JSON form is: digits of elements large enough to hold an entity are scanned, the same findings
+and the same redacted view result, and tensors that cannot hold one stay binary, unread."""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+
+from router.context import RequestContext
+from router.privacy import MemoScanner
+from router.redaction.actions import Hasher
+from router.redaction.detectors import CustomPattern, Detectors
+from router.redaction.types import Action
+from router.redaction.vault import TokenVault
+from router.redaction.walker import RedactionPlan, redact_json
+from router.stages.survey_memo import SurveyMemo
+from router.v2.inline import (
+    SCANNED_INTEGERS,
+    Unreadable,
+    holds_scanned_binary,
+    inline_binary_tensors,
+)
+
+CARD = 4111111111111111
+# INT32 holds at most 10 digits: a site pattern (as a bundle's `custom` gives) stands for a
+# short numeric identifier there.
+BADGE = CustomPattern("BADGE", r"\b77[0-9]{7}\b")
+DETECTORS = Detectors.default((BADGE,))
+TOKENIZE = RedactionPlan(default=Action.TOKENIZE)
+
+
+def binary_request(**tensors: np.ndarray) -> tuple[dict[str, Any], memoryview]:
+    """A v2 header and binary part with each array as a binary input, in order."""
+    inputs, chunks = [], []
+    for name, array in tensors.items():
+        raw = array.tobytes()
+        datatype = {"i": "INT", "u": "UINT", "f": "FP"}[array.dtype.kind]
+        inputs.append(
+            {
+                "name": name,
+                "datatype": f"{datatype}{array.dtype.itemsize * 8}",
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        chunks.append(raw)
+    return {"inputs": inputs}, memoryview(b"".join(chunks))
+
+
+def json_request(**tensors: np.ndarray) -> dict[str, Any]:
+    """The same request with every tensor as JSON `data` (flat, as tritonclient sends it)."""
+    inputs = []
+    for name, array in tensors.items():
+        datatype = {"i": "INT", "u": "UINT", "f": "FP"}[array.dtype.kind]
+        inputs.append(
+            {
+                "name": name,
+                "datatype": f"{datatype}{array.dtype.itemsize * 8}",
+                "shape": list(array.shape),
+                "data": array.ravel().tolist(),
+            }
+        )
+    return {"inputs": inputs}
+
+
+def walk(doc: Any, plan: RedactionPlan) -> tuple[Any, Counter[str], Counter[str]]:
+    """(redacted document, redactions, entities seen) as forwarding's walk makes them."""
+    seen: Counter[str] = Counter()
+    scanner = MemoScanner(DETECTORS, 1_000_000, 5.0)
+    new, counts = redact_json(doc, plan, scanner, TokenVault(), Hasher(b"k" * 32), seen=seen)
+    return new, counts, seen
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([[5, CARD], [0, 42]], dtype="<i8"),
+        np.array([7, -CARD, 12], dtype="<i8"),
+        np.array([CARD, 5_555_555_555_554_444], dtype="<u8"),
+        np.array([3, 771234567, 9], dtype="<i4"),
+        np.array([771234567], dtype="<u4"),
+    ],
+    ids=["int64", "int64-negative", "uint64", "int32", "uint32"],
+)
+def test_binary_integers_get_the_json_verdict_and_view(array: np.ndarray) -> None:
+    """An entity's digits in a binary integer tensor are found and redacted as in the JSON
+    form of the same request: same findings, same redacted document."""
+    header, binary = binary_request(ids=array)
+    inlined = inline_binary_tensors(header, binary)
+    assert inlined is not None
+    doc, rest = inlined
+    assert rest == b""
+    as_json = json_request(ids=array)
+    assert doc == as_json
+    new, counts, seen = walk(doc, TOKENIZE)
+    assert seen
+    assert sum(counts.values()) >= 1
+    assert (new, counts, seen) == walk(as_json, TOKENIZE)
+    assert all(str(abs(v)) not in repr(new) for v in array.ravel().tolist() if abs(v) > 10**6)
+
+
+def test_only_tensors_that_can_hold_an_entity_are_inlined() -> None:
+    """Small integers, floats (even huge ones, as the JSON walk leaves floats alone) stay
+    binary, in order; the integer tensor holding a card becomes JSON between them."""
+    small = np.arange(64, dtype="<i8")
+    floats = np.array([float(CARD), 0.5], dtype="<f8")
+    card = np.array([CARD], dtype="<i8")
+    header, binary = binary_request(small=small, floats=floats, card=card, after=small)
+    doc, rest = inline_binary_tensors(header, binary) or ({}, b"")
+    assert rest == small.tobytes() + floats.tobytes() + small.tobytes()
+    assert [("data" in t) for t in doc["inputs"]] == [False, False, True, False]
+    assert doc["inputs"][2]["data"] == [CARD]
+    assert "parameters" not in doc["inputs"][2]
+    assert header["inputs"][2]["parameters"] == {"binary_data_size": 8}  # the original kept
+
+
+def test_clean_small_integers_inline_nothing() -> None:
+    """No element reaches 1,000,000 (what the JSON walk scans): nothing to inline, so the
+    request is read (and forwarded) as it came."""
+    header, binary = binary_request(
+        a=np.arange(64, dtype="<i8") * 15_625 - 1, b=np.array([-999_999], dtype="<i4")
+    )
+    assert holds_scanned_binary(header)
+    assert inline_binary_tensors(header, binary) is None
+
+
+def test_extremes_are_read_exactly() -> None:
+    """The most negative int64 does not overflow the check, and uint64 past 2**63 is exact."""
+    header, binary = binary_request(
+        a=np.array([np.iinfo(np.int64).min], dtype="<i8"),
+        b=np.array([2**64 - 1], dtype="<u8"),
+    )
+    doc, _ = inline_binary_tensors(header, binary) or ({}, b"")
+    assert doc["inputs"][0]["data"] == [-(2**63)]
+    assert doc["inputs"][1]["data"] == [2**64 - 1]
+
+
+def test_narrow_integers_and_floats_are_not_scanned_types() -> None:
+    """INT8/16 and UINT8/16 cannot reach 7 digits; the wider integer types are scanned."""
+    assert frozenset({"INT32", "INT64", "UINT32", "UINT64"}) == SCANNED_INTEGERS
+    header, _ = binary_request(a=np.zeros(2, dtype="<i2"), b=np.zeros(2, dtype="<f4"))
+    assert not holds_scanned_binary(header)
+
+
+def test_an_integer_chunk_that_does_not_fit_its_shape_is_unreadable() -> None:
+    """Sizes that do not match shape times width cannot be read: refused, not guessed."""
+    header, _ = binary_request(ids=np.array([CARD, 1], dtype="<i8"))
+    header["inputs"][0]["parameters"]["binary_data_size"] = 12
+    with pytest.raises(Unreadable):
+        inline_binary_tensors(header, memoryview(struct.pack("<qi", CARD, 1)))
+
+
+def test_survey_memo_keys_cover_the_binary_part_once_read() -> None:
+    """Two requests with the same header, one binary tensor clean and one holding a card, do
+    not share a remembered survey once detection read their binary part."""
+    memo = SurveyMemo()
+    keys = []
+    for value in (1_000_001, CARD):
+        header, binary = binary_request(ids=np.array([value], dtype="<i8"))
+        raw = b'{"inputs":[]}'
+        ctx = RequestContext("kserve-v2", "m", None, 0.0, path="/v2/models/m/infer")
+        ctx.body, ctx.header_length = raw + bytes(binary), len(raw)
+        ctx.inlined = inline_binary_tensors(header, binary)
+        keys.append(memo.key(ctx, DETECTORS, ()))
+    assert keys[0] != keys[1]
