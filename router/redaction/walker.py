@@ -221,8 +221,18 @@ class _Walk:
         return out
 
     def array(self, v: list[Any], path: tuple[str, ...], depth: int, rule: _Rule) -> Any:
-        if not self.drops and depth < self.plan.max_depth and _unscanned_numbers(v):
-            return list(v)  # tensor data: nothing in it is scanned, dropped or too deep
+        if not self.drops and depth < self.plan.max_depth:
+            large = _large_integers(v)
+            if large is not None:
+                # Tensor data: nothing in it is dropped or too deep, and only integers long
+                # enough to hold an entity are scanned (a 1 MB INT64 tensor holding one card
+                # number costs a pass over its elements, not a walk of each).
+                out = list(v)
+                for index in large:
+                    sub = (*path, str(index))
+                    new = self.value(v[index], sub, depth + 1, self.rule_at(sub, rule))
+                    out[index] = "" if new is _DROPPED else new
+                return out
         out: list[Any] = []
         for index, item in enumerate(v):
             sub = (*path, str(index))
@@ -290,16 +300,19 @@ class _Walk:
         return any(_match(pattern, path) for pattern in self.drops)
 
 
-def _unscanned_numbers(items: list[Any]) -> bool:
-    """Floats and integers too short to hold an entity only: what `value` passes unscanned."""
-    for item in items:
+def _large_integers(items: list[Any]) -> list[int] | None:
+    """The indices of the integers `value` scans (MIN_SCANNED_INT or more in magnitude) when
+    every item is a float or an integer; None when any is something else (walked one by one)."""
+    large = []
+    for index, item in enumerate(items):
         kind = type(item)
         if kind is float:
             continue
-        if kind is int and -MIN_SCANNED_INT < item < MIN_SCANNED_INT:
-            continue
-        return False
-    return True
+        if kind is not int:
+            return None
+        if not -MIN_SCANNED_INT < item < MIN_SCANNED_INT:
+            large.append(index)
+    return large
 
 
 @lru_cache(maxsize=256)

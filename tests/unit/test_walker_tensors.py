@@ -11,7 +11,7 @@ from router.redaction.actions import Hasher
 from router.redaction.detectors import Detectors
 from router.redaction.types import Action, DetectionError
 from router.redaction.vault import TokenVault
-from router.redaction.walker import RedactionPlan, redact_json
+from router.redaction.walker import FieldRule, RedactionPlan, redact_json
 
 DETECTORS = Detectors.default()
 
@@ -48,3 +48,16 @@ def test_numbers_past_the_depth_limit_still_fail() -> None:
     """An array whose numbers sit deeper than max_depth fails closed as before."""
     with pytest.raises(DetectionError):
         _walk({"a": [[1.0]]}, RedactionPlan(max_depth=2))
+
+
+def test_only_the_long_integers_of_a_number_array_are_scanned_with_their_own_rule() -> None:
+    """Small numbers are copied as they are; a card number is redacted under the rule for
+    its own element path (a drop_leaf rule there empties it), its count kept."""
+    data = [3, 0.5, 4111111111111111, -7, 4111111111111111]
+    plan = RedactionPlan(
+        default=Action.MASK,
+        fields=(FieldRule("data.2", default=Action.DROP, drop_leaf=True),),
+    )
+    out, counts = _walk({"data": data}, plan)
+    assert out == {"data": [3, 0.5, "", -7, "************1111"]}
+    assert counts["CARD"] == 2
