@@ -227,12 +227,12 @@ class _Walk:
                 # Tensor data: nothing in it is dropped or too deep, and only integers long
                 # enough to hold an entity are scanned (a 1 MB INT64 tensor holding one card
                 # number costs a pass over its elements, not a walk of each).
-                out = list(v)
+                copy = list(v)
                 for index in large:
                     sub = (*path, str(index))
                     new = self.value(v[index], sub, depth + 1, self.rule_at(sub, rule))
-                    out[index] = "" if new is _DROPPED else new
-                return out
+                    copy[index] = "" if new is _DROPPED else new
+                return copy
         out: list[Any] = []
         for index, item in enumerate(v):
             sub = (*path, str(index))
