@@ -36,6 +36,7 @@ from router.redaction.walker import RedactionPlan, redact_headers, redact_json, 
 from router.stages.classify import OFF_LOOP_BYTES
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
+from router.v2.inline import rebinarised
 from router.v2.request import with_timeout
 
 SERVED_BY_TIER = "X-Served-By-Tier"
@@ -116,7 +117,10 @@ def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy:
         counts += found
         headers = CIMultiDict(pairs)
     ctx.redactions = counts
-    binary = ctx.inlined[1] if ctx.inlined is not None else None
+    binary = None
+    if ctx.inlined is not None and ctx.document is not None:
+        # Tensors read as JSON for detection but left clean go on as the bytes they came as.
+        document, binary = rebinarised(ctx.document, ctx.binary, ctx.inlined, document)
     return View(document, path, headers, True, binary)
 
 

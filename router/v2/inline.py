@@ -133,3 +133,41 @@ def _as_json(tensor: dict[str, Any], elements: list[Any]) -> dict[str, Any]:
         inlined["parameters"] = params
     inlined["data"] = elements
     return inlined
+
+
+def rebinarised(
+    original: dict[str, Any],
+    binary: memoryview,
+    inlined: tuple[dict[str, Any], bytes],
+    redacted: Any,
+) -> tuple[Any, bytes]:
+    """A redacted view of an inlined request, with every inlined tensor that redaction left
+    as it was put back in its binary form, original bytes and all: only a tensor something
+    was redacted from goes upstream as JSON. (redacted, the other binary tensors' bytes) as
+    they are when the inputs no longer line up one to one (a drop rule removed one)."""
+    header, kept = inlined
+    before, during = original.get("inputs"), header.get("inputs")
+    after = redacted.get("inputs") if isinstance(redacted, dict) else None
+    if not (
+        isinstance(before, list)
+        and isinstance(during, list)
+        and isinstance(after, list)
+        and len(before) == len(during) == len(after)
+    ):
+        return redacted, kept
+    inputs, chunks, offset = [], [], 0
+    for sent, read, left in zip(before, during, after, strict=True):
+        size = _binary_size(sent)
+        if size is None:
+            inputs.append(left)
+            continue
+        chunk, offset = binary[offset : offset + size], offset + size
+        if read is sent:  # binary all along: its bytes go as they came
+            inputs.append(left)
+            chunks.append(chunk)
+        elif left == read:  # inlined for detection, nothing redacted: back to its bytes
+            inputs.append(sent)
+            chunks.append(chunk)
+        else:
+            inputs.append(left)
+    return {**redacted, "inputs": inputs}, b"".join(chunks)

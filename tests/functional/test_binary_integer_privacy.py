@@ -135,3 +135,34 @@ class TestBinaryIntegers:
         assert answer.headers.get("X-Redactions") == ("CARD=1" if kind == "int64" else "EMAIL=1")
         assert_clean(site.off_site(), str(CARD), "jane@example.com")
         assert CARD.to_bytes(8, "little") not in site.off_site()[-1].body
+
+    async def test_clean_tensors_beside_a_redacted_one_keep_their_bytes(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """Only the tensor holding the card goes upstream as JSON; a clean INT64 tensor long
+        enough to be scanned and an FP32 one arrive as the bytes sent, in order."""
+        stamps = np.array([1_700_000_000_000, 1_700_000_000_001], dtype=np.int64)
+        scores = np.array([0.5, 0.25], dtype=np.float32)
+        tensors = []
+        for name, array in (("stamps", stamps), ("ids", np.array([CARD])), ("s", scores)):
+            tensor = triton_http.InferInput(
+                name, list(array.shape), triton_http.np_to_triton_dtype(array.dtype)
+            )
+            tensor.set_data_from_numpy(array, binary_data=True)
+            tensors.append(tensor)
+        body, json_size = triton_http.InferenceServerClient.generate_request_body(tensors)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(json_size),
+        }
+        answer = await infer(http, site, "v2-central", (body, headers))
+        assert answer.status == 200, answer.body
+        assert answer.headers["X-Redactions"] == "CARD=1"
+        [record] = site.off_site()
+        length = int(record.headers["Inference-Header-Content-Length"])
+        assert record.body[length:] == stamps.tobytes() + scores.tobytes()
+        stamps_in, ids_in, scores_in = upstream_header(site)["inputs"]
+        assert stamps_in["parameters"] == {"binary_data_size": 16}
+        assert ids_in["data"] == ["<CARD_1>"]
+        assert scores_in["parameters"] == {"binary_data_size": 8}
+        assert_clean(site.off_site(), str(CARD))

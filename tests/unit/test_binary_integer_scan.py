@@ -1,6 +1,7 @@
 """Binary integer tensors (KServe v2 binary extension) are read by detection exactly as their
 JSON form is: digits of elements large enough to hold an entity are scanned, the same findings
-and the same redacted view result, and tensors that cannot hold one stay binary, unread."""
+and the same redacted view result, tensors that cannot hold one stay binary, unread, and those
+left clean by redaction go on as their original bytes."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from router.v2.inline import (
     Unreadable,
     holds_scanned_binary,
     inline_binary_tensors,
+    rebinarised,
 )
 
 CARD = 4111111111111111
@@ -168,3 +170,29 @@ def test_survey_memo_keys_cover_the_binary_part_once_read() -> None:
         ctx.inlined = inline_binary_tensors(header, binary)
         keys.append(memo.key(ctx, DETECTORS, ()))
     assert keys[0] != keys[1]
+
+
+def test_tensors_left_clean_go_back_to_their_bytes() -> None:
+    """After redaction, an inlined tensor nothing was redacted from is its original binary
+    tensor again (its bytes as sent, in order); the redacted one stays JSON."""
+    clean = np.array([1_700_000_000_000, 3], dtype="<i8")
+    card = np.array([CARD], dtype="<i8")
+    floats = np.array([0.5], dtype="<f4")
+    header, binary = binary_request(clean=clean, card=card, floats=floats)
+    inlined = inline_binary_tensors(header, binary)
+    assert inlined is not None
+    redacted, _, _ = walk(inlined[0], TOKENIZE)
+    doc, rest = rebinarised(header, binary, inlined, redacted)
+    assert rest == clean.tobytes() + floats.tobytes()
+    assert doc["inputs"][0] == header["inputs"][0]
+    assert doc["inputs"][1]["data"] == ["<CARD_1>"]
+    assert doc["inputs"][2] == header["inputs"][2]
+
+
+def test_inputs_that_no_longer_line_up_stay_as_redacted() -> None:
+    """A redacted view with an input fewer (a drop rule) keeps its JSON tensors as they are."""
+    header, binary = binary_request(a=np.array([CARD], dtype="<i8"), b=np.zeros(1, "<f4"))
+    inlined = inline_binary_tensors(header, binary)
+    assert inlined is not None
+    fewer = {"inputs": inlined[0]["inputs"][:1]}
+    assert rebinarised(header, binary, inlined, fewer) == (fewer, inlined[1])
