@@ -166,3 +166,15 @@ class TestBinaryIntegers:
         assert ids_in["data"] == ["<CARD_1>"]
         assert scores_in["parameters"] == {"binary_data_size": 8}
         assert_clean(site.off_site(), str(CARD))
+
+    async def test_too_many_long_integers_fail_closed_in_both_forms(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """More long integers than the walk's leaf limit cannot be scanned: the request stays
+        on the site (422 for an upstream-only model) whether sent as JSON or binary."""
+        array = np.full(50_001, 1_700_000_000_000, dtype=np.int64)
+        for binary in (False, True):
+            answer = await infer(http, site, "v2-central", triton_body(array, binary=binary))
+            assert answer.status == 422, answer.body
+            assert answer.json()["error"].startswith("the request could not be checked")
+        assert site.off_site() == []
