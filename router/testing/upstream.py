@@ -44,6 +44,8 @@ class Behaviour:
     redirect_to: str | None = None
     healthy: bool = True  # what the health endpoints say
     reply_text: str | None = None  # None: echo the last user message
+    # The Authorization a request must carry (401 otherwise, as an OpenAI server); None: any.
+    authorization: str | None = None
 
 
 @dataclass
@@ -104,6 +106,18 @@ class FakeUpstream:
             )
         )
         b = self.behaviour
+        if b.authorization is not None and request.headers.get("Authorization") != b.authorization:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                },
+                status=401,
+            )
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
         if b.fail_status and b.fail_times != 0:

@@ -6,6 +6,7 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 
+from router.headers import CREDENTIALS
 from router.policy.decide import TIER_ORDER as _TIERS
 from router.policy.decide import ClusterView
 from router.settings import ClusterSettings, EndpointSettings
@@ -20,6 +21,7 @@ class Counters:
     overflows: int = 0  # our own cap refused a request (the upstream is not blamed)
     ejections: int = 0
     failures: int = 0
+    auth_failures: int = 0  # the upstream refused the router's own credential (401/403)
 
 
 @dataclass(slots=True)
@@ -60,11 +62,21 @@ class Cluster:
     protocols: frozenset[str] = field(init=False)
     jurisdictions: frozenset[str] = field(init=False)
     hosts: frozenset[str] = field(init=False)  # of the endpoints, as residency rules name them
+    # The router sends its own credential for this cluster (a key in its `headers`) and none
+    # of the client's: a 401/403 then refuses the router, not the client (UpstreamAuthFailed).
+    own_credential: bool = field(init=False)
+    # The upstream refuses that credential now: set by the first refusal, cleared by the next
+    # answer it accepts, so the operator is told once per outage (and /status shows it).
+    auth_failing: bool = False
 
     def __post_init__(self) -> None:
         self.protocols = frozenset(p.value for p in self.settings.protocols)
         self.jurisdictions = frozenset(ep.settings.jurisdiction for ep in self.endpoints)
         self.hosts = frozenset(ep.settings.host for ep in self.endpoints)
+        named = {name.lower() for name in self.settings.headers}
+        self.own_credential = not self.settings.forward_authorization and not named.isdisjoint(
+            CREDENTIALS
+        )
 
     @classmethod
     def from_settings(cls, settings: ClusterSettings) -> Cluster:

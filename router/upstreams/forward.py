@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from router.budget import BUDGET_HEADER, remaining_ms
 from router.errors import (
     DeadlineExceeded,
     NoHealthyTarget,
+    UpstreamAuthFailed,
     UpstreamError,
     UpstreamOverflow,
     UpstreamStatus,
@@ -32,6 +34,8 @@ from router.errors import (
 )
 from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
 from router.upstreams.cluster import Cluster, Endpoint
+
+log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
@@ -247,6 +251,8 @@ async def _try(
         async with asyncio.timeout(timeout):
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
             _check_status(response, where)
+            if cluster.own_credential:
+                _check_credential(cluster, response, where)
             if hold is not None:
                 # Time to first byte, not to headers, is what the budget and the latency
                 # estimate are about: headers alone would let a slow tier look fast.
@@ -313,6 +319,39 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
         error.retryable = False
         raise error
+
+
+# Auth refusals that are a chained layer-router's policy, not its view of our credential.
+_POLICY_REFUSALS = ("residency:",)
+
+
+def _check_credential(cluster: Cluster, response: UpstreamResponse, where: str) -> None:
+    """A 401/403 to the credential the router sends is the router's failure (misconfigured or
+    revoked key), told to the operator once per outage; any other answer ends that outage."""
+    status = response.status
+    refused = status in (401, 403) and not (
+        status == 403
+        and any(r in response.headers.get(_CHAINED_REASONS, "") for r in _POLICY_REFUSALS)
+    )
+    if not refused:
+        if cluster.auth_failing:
+            cluster.auth_failing = False
+            log.info("cluster %s accepts the router's credential again", cluster.name)
+        return
+    response.abort()  # its body is not read: the connection must not be reused
+    cluster.counters.auth_failures += 1
+    if not cluster.auth_failing:
+        cluster.auth_failing = True
+        log.error(
+            "cluster %s refused the router's credential for it (%d): check the key in its "
+            "`headers`; requests go to the next target meanwhile",
+            cluster.name,
+            status,
+        )
+    raise UpstreamAuthFailed(
+        f"{where} refused the router's credential for it ({status}); the operator is told",
+        status,
+    )
 
 
 def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: bool) -> None:
