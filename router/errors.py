@@ -42,6 +42,7 @@
         ├── UpstreamReset            502 upstream_reset
         ├── UpstreamStatus           502 upstream_status    (5xx/429 after retries, 3xx)
         ├── UpstreamAuthFailed       502 upstream_auth_failed (the router's own credential refused)
+        ├── UpstreamResponseTooLarge 502 upstream_response_too_large (over max_response_bytes)
         └── StreamBroken             502 upstream_stream_broken (after bytes reached the client)
 
 ConfigError is separate: it stops start-up (or `layer-router check`) and is never an HTTP answer.
@@ -315,6 +316,18 @@ class UpstreamAuthFailed(UpstreamError):
     def __init__(self, message: str, upstream_status: int) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """An answer longer than its cluster's `max_response_bytes`, which the router would have
+    to hold whole: cut there, its connection closed. The same request would bring the same
+    answer, so it is not retried, and the upstream did nothing wrong, so it is not ejected;
+    the next target (whose cluster may allow more) is tried."""
+
+    code = "upstream_response_too_large"
+    retryable = False
+    health_failure = False
+    should_retry = False
 
 
 class StreamBroken(UpstreamError):

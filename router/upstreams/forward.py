@@ -37,8 +37,6 @@ from router.upstreams.cluster import Cluster, Endpoint
 
 log = logging.getLogger(__name__)
 
-MAX_RESPONSE_BYTES = 256 * 1024 * 1024
-
 
 @dataclass(slots=True)
 class Outgoing:
@@ -63,6 +61,10 @@ class Forwarded:
     # A stream holds its place in the cluster's breaker until it ends: whoever relays it
     # calls this when done (once is enough; it also runs when `rest` ends or is dropped).
     release: Callable[[], None] = lambda: None
+    # The most of its body that may be held whole (the cluster's max_response_bytes): also
+    # for a stream that turns out to be a JSON answer, read whole after all.
+    limit: int = 64 * 1024 * 1024
+    where: str = ""  # "cluster NAME endpoint N", for errors about the answer
 
 
 class _Hold:
@@ -261,7 +263,7 @@ async def _try(
                 head = await anext(rest, None)  # None: an empty stream, ended already
                 data = None
             else:
-                data = await response.read(MAX_RESPONSE_BYTES)
+                data = await response.read(settings.max_response_bytes)
     except TimeoutError:
         if request.queued:
             # All connections busy until the try ran out: our own overflow, not the
@@ -291,7 +293,10 @@ async def _try(
     elapsed_ms = (time.perf_counter() - started) * 1000
     endpoint.health.observe(elapsed_ms)
     endpoint.health.succeeded()
-    return Forwarded(response, data, endpoint, 1, elapsed_ms, head or b"", rest)
+    limit = settings.max_response_bytes
+    return Forwarded(
+        response, data, endpoint, 1, elapsed_ms, head or b"", rest, limit=limit, where=where
+    )
 
 
 # A layer-router names its route reasons on every answer, its refusals included.
