@@ -76,7 +76,23 @@ class FakeUpstream:
     def requests_to(self, path_prefix: str) -> list[Recorded]:
         return [r for r in self.received if r.path.startswith(path_prefix)]
 
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """401 as an OpenAI server answers a wrong key, when the behaviour names the right one."""
+        wanted = self.behaviour.authorization
+        if wanted is None or request.headers.get("Authorization") == wanted:
+            return None
+        error = {
+            "message": "Incorrect API key provided",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+        return web.json_response({"error": error}, status=401)
+
     async def _models(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in self.models
         ]
@@ -106,18 +122,9 @@ class FakeUpstream:
             )
         )
         b = self.behaviour
-        if b.authorization is not None and request.headers.get("Authorization") != b.authorization:
-            return web.json_response(
-                {
-                    "error": {
-                        "message": "Incorrect API key provided",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "invalid_api_key",
-                    }
-                },
-                status=401,
-            )
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
         if b.fail_status and b.fail_times != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import dataclass, field
 
@@ -11,6 +12,8 @@ from router.policy.decide import TIER_ORDER as _TIERS
 from router.policy.decide import ClusterView
 from router.settings import ClusterSettings, EndpointSettings
 from router.upstreams.health import CheckRules, EndpointHealth, OutlierRules, may_eject
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -184,6 +187,28 @@ class Cluster:
             return True
         self.counters.retries_denied += 1
         return False
+
+    def credential_refused(self, status: int, by: str) -> None:
+        """The upstream answered `status` (401/403) to the router's own credential, to a
+        request or a health check (`by`): counted, and told to the operator once per outage
+        (a refused key fails every request; a line each would drown the log)."""
+        self.counters.auth_failures += 1
+        if not self.auth_failing:
+            self.auth_failing = True
+            log.error(
+                "cluster %s refused the router's credential for it (%d to a %s): check the key "
+                "in its `headers`; other targets serve meanwhile",
+                self.name,
+                status,
+                by,
+            )
+
+    def credential_accepted(self) -> None:
+        """A request's answer other than 401/403 ends an outage of the router's credential.
+        (Not a health check's: a health path may need no key at all.)"""
+        if self.auth_failing:
+            self.auth_failing = False
+            log.warning("cluster %s accepts the router's credential again", self.name)
 
     def record_failure(self, endpoint: Endpoint, now: float) -> None:
         self.counters.failures += 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -34,8 +33,6 @@ from router.errors import (
 )
 from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
 from router.upstreams.cluster import Cluster, Endpoint
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -339,20 +336,10 @@ def _check_credential(cluster: Cluster, response: UpstreamResponse, where: str) 
         and any(r in response.headers.get(_CHAINED_REASONS, "") for r in _POLICY_REFUSALS)
     )
     if not refused:
-        if cluster.auth_failing:
-            cluster.auth_failing = False
-            log.info("cluster %s accepts the router's credential again", cluster.name)
+        cluster.credential_accepted()
         return
     response.abort()  # its body is not read: the connection must not be reused
-    cluster.counters.auth_failures += 1
-    if not cluster.auth_failing:
-        cluster.auth_failing = True
-        log.error(
-            "cluster %s refused the router's credential for it (%d): check the key in its "
-            "`headers`; requests go to the next target meanwhile",
-            cluster.name,
-            status,
-        )
+    cluster.credential_refused(status, "request")
     raise UpstreamAuthFailed(
         f"{where} refused the router's credential for it ({status}); the operator is told",
         status,

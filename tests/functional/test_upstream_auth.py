@@ -30,7 +30,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
 RIGHT = "Bearer right-key-for-the-upstream"
 WRONG_CANARY = "Bearer CANARY-stale-router-key-0451"
 CLIENT_CANARY = "Bearer CANARY-client-key-7734"
-FORWARD_LOG = "router.upstreams.forward"
+AUTH_LOG = "router.upstreams.cluster"
 
 
 async def start_fake(stack: contextlib.AsyncExitStack, name: str) -> tuple[FakeUpstream, str]:
@@ -122,7 +122,7 @@ class TestRouterCredentialRefused:
             tmp_path,
             cluster("regional", "regional", regional_url, headers={"Authorization": WRONG_CANARY}),
         )
-        with caplog.at_level(logging.INFO, logger=FORWARD_LOG):
+        with caplog.at_level(logging.INFO, logger=AUTH_LOG):
             answers = [await chat(http, url, {"Authorization": CLIENT_CANARY}) for _ in range(3)]
             for status, headers, body in answers:
                 assert status == 502
@@ -135,7 +135,7 @@ class TestRouterCredentialRefused:
             regional_cluster = cluster_of(app, "regional")
             assert regional_cluster.auth_failing
             assert regional_cluster.counters.auth_failures == 3
-            refusals = [r for r in caplog.records if r.name == FORWARD_LOG]
+            refusals = [r for r in caplog.records if r.name == AUTH_LOG]
             assert len(refusals) == 1
             assert refusals[0].levelno == logging.ERROR
             assert "regional" in refusals[0].getMessage()
@@ -144,11 +144,11 @@ class TestRouterCredentialRefused:
             status, _, body = await chat(http, url)
             assert status == 200, body
             assert not regional_cluster.auth_failing
-            assert len([r for r in caplog.records if r.name == FORWARD_LOG]) == 2
+            assert len([r for r in caplog.records if r.name == AUTH_LOG]) == 2
             regional.behaviour.authorization = RIGHT  # and rotated it upstream only: again
             assert (await chat(http, url))[0] == 502
             assert regional_cluster.auth_failing
-            assert len([r for r in caplog.records if r.name == FORWARD_LOG]) == 3
+            assert len([r for r in caplog.records if r.name == AUTH_LOG]) == 3
         admin = await stack.enter_async_context(serving(build_admin_app(app)))
         async with asyncio.timeout(10):
             async with http.get(f"{admin}/metrics") as response:
@@ -175,6 +175,50 @@ class TestRouterCredentialRefused:
                 body = await response.read()
         assert response.status == 502
         assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
+
+
+class TestHealthChecksRefused:
+    async def test_a_refused_health_check_is_told_to_the_operator(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Health checks refused for the router's key (the endpoint checked down, so no
+        request reaches it) are logged once as a refused credential, not only an unhealthy
+        endpoint; once the key works the checks pass and a request ends the outage."""
+        regional, regional_url = await start_fake(stack, "regional")
+        checks = {"enabled": True, "interval_s": 0.02, "timeout_s": 0.5}
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster(
+                "regional",
+                "regional",
+                regional_url,
+                headers={"Authorization": WRONG_CANARY},
+                health_check={**checks, "path": "/v1/models", "unhealthy_threshold": 1},
+            ),
+        )
+        regional_cluster = cluster_of(app, "regional")
+        with caplog.at_level(logging.INFO, logger=AUTH_LOG):
+            for _ in range(250):
+                if regional_cluster.counters.auth_failures >= 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert regional_cluster.auth_failing
+            refusals = [r for r in caplog.records if r.name == AUTH_LOG]
+            assert len(refusals) == 1
+            assert "health check" in refusals[0].getMessage()
+            regional.behaviour.authorization = WRONG_CANARY  # the operator fixed the key
+            for _ in range(250):
+                status, _, _ = await chat(http, url)
+                if status == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert status == 200
+            assert not regional_cluster.auth_failing
 
 
 class TestClientCredentialPassedThrough:
