@@ -41,6 +41,8 @@
         ├── UpstreamTimeout          504 upstream_timeout
         ├── UpstreamReset            502 upstream_reset
         ├── UpstreamStatus           502 upstream_status    (5xx/429 after retries, 3xx)
+        ├── UpstreamAuthFailed       502 upstream_auth_failed (the router's own credential refused)
+        ├── UpstreamResponseTooLarge 502 upstream_response_too_large (over max_response_bytes)
         └── StreamBroken             502 upstream_stream_broken (after bytes reached the client)
 
 ConfigError is separate: it stops start-up (or `layer-router check`) and is never an HTTP answer.
@@ -296,6 +298,36 @@ class UpstreamStatus(UpstreamError):
         # words: a rate limit stays a 429 (the openai SDK's RateLimitError, which callers
         # catch to slow down), unavailable a 503, and "out of time" a gateway timeout.
         self.status = upstream_status if upstream_status in (429, 503, 504) else 502
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """An upstream answered 401/403 to the credential the router itself sends it (the
+    cluster's configured `headers`): the router's failure, so the client must not be told
+    that its own key is wrong. The next target is tried; the endpoint is not retried (its
+    siblings get the same key) nor ejected (a key is misconfigured, the upstream is not down,
+    and ejection would only hide the cause behind `no_healthy_target`)."""
+
+    code = "upstream_auth_failed"
+    retryable = False
+    health_failure = False
+    # Until an operator fixes the key, the same request can only fail again.
+    should_retry = False
+
+    def __init__(self, message: str, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """An answer longer than its cluster's `max_response_bytes`, which the router would have
+    to hold whole: cut there, its connection closed. The same request would bring the same
+    answer, so it is not retried, and the upstream did nothing wrong, so it is not ejected;
+    the next target (whose cluster may allow more) is tried."""
+
+    code = "upstream_response_too_large"
+    retryable = False
+    health_failure = False
+    should_retry = False
 
 
 class StreamBroken(UpstreamError):

@@ -13,7 +13,13 @@ import orjson
 from multidict import CIMultiDict
 
 from router.context import Reply, RequestContext, media_type
-from router.errors import DetectionFailed, RouterError, StreamBroken, UpstreamError
+from router.errors import (
+    DetectionFailed,
+    RouterError,
+    StreamBroken,
+    UpstreamError,
+    UpstreamResponseTooLarge,
+)
 from router.headers import (
     DECLARED_CLASS,
     FOUND_ENTITIES,
@@ -35,7 +41,7 @@ from router.redaction.vault import TokenVault
 from router.redaction.walker import RedactionPlan, redact_headers, redact_json, redact_query
 from router.stages.classify import OFF_LOOP_BYTES
 from router.upstreams.cluster import Cluster
-from router.upstreams.forward import MAX_RESPONSE_BYTES, Forwarded, Outgoing
+from router.upstreams.forward import Forwarded, Outgoing
 from router.v2.inline import rebinarised
 from router.v2.request import with_timeout
 
@@ -316,8 +322,10 @@ async def _rest_of(forwarded: Forwarded) -> bytes:
     try:
         async for chunk in _streamed(forwarded):
             body += chunk
-            if len(body) > MAX_RESPONSE_BYTES:
-                raise UpstreamError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+            if len(body) > forwarded.limit:
+                raise UpstreamResponseTooLarge(
+                    f"{forwarded.where}: response larger than {forwarded.limit} bytes"
+                )
     except BaseException:
         forwarded.response.abort()
         raise

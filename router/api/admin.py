@@ -197,6 +197,8 @@ async def _upstreams(api: web.Application) -> list[dict[str, Any]]:
                 "tier": cluster.settings.tier.value,
                 "models": sorted(cluster.models) if cluster.models is not None else None,
                 "active_requests": cluster.active,
+                # The upstream refuses the router's own credential for it now.
+                "auth_failing": cluster.auth_failing,
                 "endpoints": endpoints,
             }
         )

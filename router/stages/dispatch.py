@@ -18,6 +18,7 @@ from router.errors import (
     NoHealthyTarget,
     RouterError,
     Unavailable,
+    UpstreamAuthFailed,
     UpstreamError,
     UpstreamModelMissing,
 )
@@ -129,8 +130,9 @@ class Dispatch:
                 replayable=replayable,
                 stream=ctx.stream,
             )
-        except UpstreamError:
-            prober.failed()  # what the cluster serves may have changed: ask again soon
+        except UpstreamError as exc:
+            if not isinstance(exc, UpstreamAuthFailed):  # a refused key changed no listing
+                prober.failed()  # what the cluster serves may have changed: ask again soon
             raise
         if forwarded.response.status == 404:
             prober.failed()  # it no longer has the model its list promised

@@ -145,6 +145,7 @@ _CLUSTER_COUNTERS = (
     ("overflows", "upstream_overflows", "Requests our own connection cap refused"),
     ("ejections", "upstream_ejections", "Endpoints ejected as outliers"),
     ("failures", "upstream_failures", "Failed tries (connection errors, 5xx, timeouts)"),
+    ("auth_failures", "upstream_auth_failures", "401/403 answers to the router's own credential"),
 )
 
 

@@ -44,6 +44,8 @@ class Behaviour:
     redirect_to: str | None = None
     healthy: bool = True  # what the health endpoints say
     reply_text: str | None = None  # None: echo the last user message
+    # The Authorization a request must carry (401 otherwise, as an OpenAI server); None: any.
+    authorization: str | None = None
 
 
 @dataclass
@@ -74,7 +76,23 @@ class FakeUpstream:
     def requests_to(self, path_prefix: str) -> list[Recorded]:
         return [r for r in self.received if r.path.startswith(path_prefix)]
 
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """401 as an OpenAI server answers a wrong key, when the behaviour names the right one."""
+        wanted = self.behaviour.authorization
+        if wanted is None or request.headers.get("Authorization") == wanted:
+            return None
+        error = {
+            "message": "Incorrect API key provided",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+        return web.json_response({"error": error}, status=401)
+
     async def _models(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in self.models
         ]
@@ -104,6 +122,9 @@ class FakeUpstream:
             )
         )
         b = self.behaviour
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
         if b.fail_status and b.fail_times != 0:

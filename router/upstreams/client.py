@@ -23,6 +23,7 @@ from router.errors import (
     ConnectFailed,
     UpstreamError,
     UpstreamReset,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
     UpstreamTlsFailed,
 )
@@ -75,12 +76,12 @@ class AiohttpResponse:
             length = self._response.content_length
             if length is not None and length > limit:
                 self.abort()
-                raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
+                raise too_large(self._where, limit)
             async for chunk in self._response.content.iter_any():
                 body += chunk
                 if len(body) > limit:
                     self.abort()
-                    raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
+                    raise too_large(self._where, limit)
             self._response.release()
             return bytes(body)
 
@@ -93,6 +94,10 @@ class AiohttpResponse:
     def abort(self) -> None:
         """Close the connection: an aborted response must never be reused on the pool."""
         self._response.close()
+
+
+def too_large(where: str, limit: int) -> UpstreamResponseTooLarge:
+    return UpstreamResponseTooLarge(f"{where}: response larger than {limit} bytes")
 
 
 class Transport(Protocol):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import dataclass, field
 
+from router.headers import CREDENTIALS
 from router.policy.decide import TIER_ORDER as _TIERS
 from router.policy.decide import ClusterView
 from router.settings import ClusterSettings, EndpointSettings
 from router.upstreams.health import CheckRules, EndpointHealth, OutlierRules, may_eject
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -20,6 +24,7 @@ class Counters:
     overflows: int = 0  # our own cap refused a request (the upstream is not blamed)
     ejections: int = 0
     failures: int = 0
+    auth_failures: int = 0  # the upstream refused the router's own credential (401/403)
 
 
 @dataclass(slots=True)
@@ -60,11 +65,21 @@ class Cluster:
     protocols: frozenset[str] = field(init=False)
     jurisdictions: frozenset[str] = field(init=False)
     hosts: frozenset[str] = field(init=False)  # of the endpoints, as residency rules name them
+    # The router sends its own credential for this cluster (a key in its `headers`) and none
+    # of the client's: a 401/403 then refuses the router, not the client (UpstreamAuthFailed).
+    own_credential: bool = field(init=False)
+    # The upstream refuses that credential now: set by the first refusal, cleared by the next
+    # answer it accepts, so the operator is told once per outage (and /status shows it).
+    auth_failing: bool = False
 
     def __post_init__(self) -> None:
         self.protocols = frozenset(p.value for p in self.settings.protocols)
         self.jurisdictions = frozenset(ep.settings.jurisdiction for ep in self.endpoints)
         self.hosts = frozenset(ep.settings.host for ep in self.endpoints)
+        named = {name.lower() for name in self.settings.headers}
+        self.own_credential = not self.settings.forward_authorization and not named.isdisjoint(
+            CREDENTIALS
+        )
 
     @classmethod
     def from_settings(cls, settings: ClusterSettings) -> Cluster:
@@ -172,6 +187,28 @@ class Cluster:
             return True
         self.counters.retries_denied += 1
         return False
+
+    def credential_refused(self, status: int, by: str) -> None:
+        """The upstream answered `status` (401/403) to the router's own credential, to a
+        request or a health check (`by`): counted, and told to the operator once per outage
+        (a refused key fails every request; a line each would drown the log)."""
+        self.counters.auth_failures += 1
+        if not self.auth_failing:
+            self.auth_failing = True
+            log.error(
+                "cluster %s refused the router's credential for it (%d to a %s): check the key "
+                "in its `headers`; other targets serve meanwhile",
+                self.name,
+                status,
+                by,
+            )
+
+    def credential_accepted(self) -> None:
+        """A request's answer other than 401/403 ends an outage of the router's credential.
+        (Not a health check's: a health path may need no key at all.)"""
+        if self.auth_failing:
+            self.auth_failing = False
+            log.warning("cluster %s accepts the router's credential again", self.name)
 
     def record_failure(self, endpoint: Endpoint, now: float) -> None:
         self.counters.failures += 1

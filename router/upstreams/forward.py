@@ -25,6 +25,7 @@ from router.budget import BUDGET_HEADER, remaining_ms
 from router.errors import (
     DeadlineExceeded,
     NoHealthyTarget,
+    UpstreamAuthFailed,
     UpstreamError,
     UpstreamOverflow,
     UpstreamStatus,
@@ -32,8 +33,6 @@ from router.errors import (
 )
 from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
 from router.upstreams.cluster import Cluster, Endpoint
-
-MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -59,6 +58,10 @@ class Forwarded:
     # A stream holds its place in the cluster's breaker until it ends: whoever relays it
     # calls this when done (once is enough; it also runs when `rest` ends or is dropped).
     release: Callable[[], None] = lambda: None
+    # The most of its body that may be held whole (the cluster's max_response_bytes): also
+    # for a stream that turns out to be a JSON answer, read whole after all.
+    limit: int = 64 * 1024 * 1024
+    where: str = ""  # "cluster NAME endpoint N", for errors about the answer
 
 
 class _Hold:
@@ -247,6 +250,8 @@ async def _try(
         async with asyncio.timeout(timeout):
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
             _check_status(response, where)
+            if cluster.own_credential:
+                _check_credential(cluster, response, where)
             if hold is not None:
                 # Time to first byte, not to headers, is what the budget and the latency
                 # estimate are about: headers alone would let a slow tier look fast.
@@ -255,7 +260,7 @@ async def _try(
                 head = await anext(rest, None)  # None: an empty stream, ended already
                 data = None
             else:
-                data = await response.read(MAX_RESPONSE_BYTES)
+                data = await response.read(settings.max_response_bytes)
     except TimeoutError:
         if request.queued:
             # All connections busy until the try ran out: our own overflow, not the
@@ -285,7 +290,10 @@ async def _try(
     elapsed_ms = (time.perf_counter() - started) * 1000
     endpoint.health.observe(elapsed_ms)
     endpoint.health.succeeded()
-    return Forwarded(response, data, endpoint, 1, elapsed_ms, head or b"", rest)
+    limit = settings.max_response_bytes
+    return Forwarded(
+        response, data, endpoint, 1, elapsed_ms, head or b"", rest, limit=limit, where=where
+    )
 
 
 # A layer-router names its route reasons on every answer, its refusals included.
@@ -313,6 +321,29 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
         error.retryable = False
         raise error
+
+
+# Auth refusals that are a chained layer-router's policy, not its view of our credential.
+_POLICY_REFUSALS = ("residency:",)
+
+
+def _check_credential(cluster: Cluster, response: UpstreamResponse, where: str) -> None:
+    """A 401/403 to the credential the router sends is the router's failure (misconfigured or
+    revoked key), told to the operator once per outage; any other answer ends that outage."""
+    status = response.status
+    refused = status in (401, 403) and not (
+        status == 403
+        and any(r in response.headers.get(_CHAINED_REASONS, "") for r in _POLICY_REFUSALS)
+    )
+    if not refused:
+        cluster.credential_accepted()
+        return
+    response.abort()  # its body is not read: the connection must not be reused
+    cluster.credential_refused(status, "request")
+    raise UpstreamAuthFailed(
+        f"{where} refused the router's credential for it ({status}); the operator is told",
+        status,
+    )
 
 
 def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: bool) -> None:

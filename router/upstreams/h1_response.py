@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.errors import UpstreamError, UpstreamReset
+from router.errors import UpstreamError, UpstreamReset, UpstreamResponseTooLarge
 from router.upstreams.h1 import H1Connection
 
 INFLATE_PIECE = 1024 * 1024  # the most one inflating step turns out
@@ -128,13 +128,22 @@ class H1Response:
         return self._error
 
     async def read(self, limit: int) -> bytes:
+        # A declared length over the limit is refused before a byte is read (it counts
+        # compressed bytes: inflated, the body would be larger still).
+        length = self.headers.get("content-length", "")
+        if length.isdecimal() and int(length) > limit:
+            self.abort()
+            raise self._too_large(limit)
         body = bytearray()
         async for chunk in self._iterate():
             body += chunk
             if len(body) > limit:
                 self.abort()
-                raise UpstreamError(f"{self._where}: response larger than {limit} bytes")
+                raise self._too_large(limit)
         return bytes(body)
+
+    def _too_large(self, limit: int) -> UpstreamResponseTooLarge:
+        return UpstreamResponseTooLarge(f"{self._where}: response larger than {limit} bytes")
 
     async def chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._iterate():

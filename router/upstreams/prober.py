@@ -52,6 +52,10 @@ class Prober:
         for path in (hc.path,) if hc.path else self._default_health_paths():
             status = await self._get_status(endpoint, "GET", path, hc.timeout_s)
             passed = status is not None and 200 <= status < 300
+            if status in (401, 403) and self.cluster.own_credential:
+                # Down to the checks, the endpoint serves no request: the operator must
+                # learn why (not only that it is unhealthy).
+                self.cluster.credential_refused(status, "health check")
             # Only "no such path" moves on: an OpenAI-only server (vLLM, llama.cpp) has no
             # /v2/health/ready, while a 503 there is a KServe server saying it is not ready.
             if status not in (404, 405):

@@ -1,0 +1,241 @@
+"""An upstream's 401/403 to the router's own credential for it (a key in the cluster's
+`headers`) is the router's failure: the next target is tried, and when none answers the client
+gets 502 upstream_auth_failed naming the cluster, never the key; the operator sees it once per
+outage in the log, and in /metrics and /status. A client credential passed through
+(`forward_authorization`) is refused verbatim, as before. Real fake upstreams that check the
+Authorization header, the real router app, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from router.api.admin import build_admin_app
+from router.api.state import UPSTREAMS
+from router.app import build_app
+from router.settings import Settings
+from router.testing import Behaviour, FakeUpstream, serving
+from router.upstreams.cluster import Cluster
+
+MODEL = "gpt-test"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
+RIGHT = "Bearer right-key-for-the-upstream"
+WRONG_CANARY = "Bearer CANARY-stale-router-key-0451"
+CLIENT_CANARY = "Bearer CANARY-client-key-7734"
+AUTH_LOG = "router.upstreams.cluster"
+
+
+async def start_fake(stack: contextlib.AsyncExitStack, name: str) -> tuple[FakeUpstream, str]:
+    fake = FakeUpstream(name=name, models=(MODEL,), behaviour=Behaviour(authorization=RIGHT))
+    return fake, await stack.enter_async_context(serving(fake.app()))
+
+
+def cluster(name: str, tier: str, url: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "tier": tier,
+        "protocols": ["openai"],
+        "models": [MODEL],
+        "endpoints": [{"url": url}],
+        "connect_timeout_ms": 500,
+        "request_timeout_ms": 3000,
+        "health_check": {"enabled": False},
+        "retry": {"base_backoff_ms": 1, "max_backoff_ms": 5},
+        **overrides,
+    }
+
+
+async def start_router(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, *clusters: dict[str, Any]
+) -> tuple[web.Application, str]:
+    repository = tmp_path / "models"
+    repository.mkdir(exist_ok=True)
+    settings = Settings.model_validate(
+        {
+            "models": {"repository": str(repository), "inference_threads": 1},
+            "upstreams": list(clusters),
+        }
+    )
+    app = build_app(settings)
+    return app, await stack.enter_async_context(serving(app))
+
+
+def cluster_of(app: web.Application, name: str) -> Cluster:
+    return app[UPSTREAMS].clusters[name]
+
+
+async def chat(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, Any, bytes]:
+    async with asyncio.timeout(10):
+        async with http.post(f"{url}/v1/chat/completions", json=CHAT, headers=headers) as r:
+            return r.status, r.headers, await r.read()
+
+
+class TestRouterCredentialRefused:
+    async def test_refused_key_falls_back_to_the_next_tier(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """Regional refusing the router's key hands over to central at once (no retry, no
+        ejection): the client gets central's answer, never regional's 401."""
+        regional, regional_url = await start_fake(stack, "regional")
+        central, central_url = await start_fake(stack, "central")
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", regional_url, headers={"Authorization": WRONG_CANARY}),
+            cluster("central", "central", central_url, headers={"Authorization": RIGHT}),
+        )
+        status, headers, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 200, body
+        assert headers["X-Served-By-Tier"] == "central"
+        assert headers["X-Route-Reason"] == "failed:regional:upstream_auth_failed,fallback:central"
+        assert len(regional.received) == 1  # not retried: every endpoint gets the same key
+        assert regional.received[0].headers["Authorization"] == WRONG_CANARY
+        assert central.received[0].headers["Authorization"] == RIGHT
+        regional_cluster = cluster_of(app, "regional")
+        now = asyncio.get_running_loop().time()
+        assert all(ep.health.live(now) for ep in regional_cluster.endpoints)
+        assert regional_cluster.counters.failures == 0  # never an outlier for a bad key
+
+    async def test_no_target_left_is_a_502_naming_the_cluster(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """With no other target the client gets 502 upstream_auth_failed naming the cluster
+        (no key, its or ours); the operator gets one log line per outage, a metric and a
+        /status flag, and the next accepted answer ends the outage."""
+        regional, regional_url = await start_fake(stack, "regional")
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", regional_url, headers={"Authorization": WRONG_CANARY}),
+        )
+        with caplog.at_level(logging.INFO, logger=AUTH_LOG):
+            answers = [await chat(http, url, {"Authorization": CLIENT_CANARY}) for _ in range(3)]
+            for status, headers, body in answers:
+                assert status == 502
+                error = orjson.loads(body)["error"]
+                assert error["code"] == "upstream_auth_failed"
+                assert "regional" in error["message"]
+                assert b"CANARY" not in body
+                assert "CANARY" not in str(headers)
+                assert headers.get("x-should-retry") == "false"
+            regional_cluster = cluster_of(app, "regional")
+            assert regional_cluster.auth_failing
+            assert regional_cluster.counters.auth_failures == 3
+            refusals = [r for r in caplog.records if r.name == AUTH_LOG]
+            assert len(refusals) == 1
+            assert refusals[0].levelno == logging.ERROR
+            assert "regional" in refusals[0].getMessage()
+            assert "CANARY" not in caplog.text
+            regional.behaviour.authorization = WRONG_CANARY  # the operator fixed the key
+            status, _, body = await chat(http, url)
+            assert status == 200, body
+            assert not regional_cluster.auth_failing
+            assert len([r for r in caplog.records if r.name == AUTH_LOG]) == 2
+            regional.behaviour.authorization = RIGHT  # and rotated it upstream only: again
+            assert (await chat(http, url))[0] == 502
+            assert regional_cluster.auth_failing
+            assert len([r for r in caplog.records if r.name == AUTH_LOG]) == 3
+        admin = await stack.enter_async_context(serving(build_admin_app(app)))
+        async with asyncio.timeout(10):
+            async with http.get(f"{admin}/metrics") as response:
+                metrics = await response.text()
+            async with http.get(f"{admin}/status") as response:
+                upstreams = (await response.json())["upstreams"]
+        assert 'upstream_auth_failures_total{cluster="regional",tier="regional"} 4.0' in metrics
+        assert [u["auth_failing"] for u in upstreams] == [True]
+
+    async def test_a_stream_request_is_refused_the_same_way(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """A stream request refused before its first byte is the same 502, not a 401."""
+        _, regional_url = await start_fake(stack, "regional")
+        _, url = await start_router(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", regional_url, headers={"api-key": WRONG_CANARY}),
+        )
+        async with asyncio.timeout(10):
+            async with http.post(
+                f"{url}/v1/chat/completions", json={**CHAT, "stream": True}
+            ) as response:
+                body = await response.read()
+        assert response.status == 502
+        assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
+
+
+class TestHealthChecksRefused:
+    async def test_a_refused_health_check_is_told_to_the_operator(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Health checks refused for the router's key (the endpoint checked down, so no
+        request reaches it) are logged once as a refused credential, not only an unhealthy
+        endpoint; once the key works the checks pass and a request ends the outage."""
+        regional, regional_url = await start_fake(stack, "regional")
+        checks = {"enabled": True, "interval_s": 0.02, "timeout_s": 0.5}
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster(
+                "regional",
+                "regional",
+                regional_url,
+                headers={"Authorization": WRONG_CANARY},
+                health_check={**checks, "path": "/v1/models", "unhealthy_threshold": 1},
+            ),
+        )
+        regional_cluster = cluster_of(app, "regional")
+        with caplog.at_level(logging.INFO, logger=AUTH_LOG):
+            for _ in range(250):
+                if regional_cluster.counters.auth_failures >= 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert regional_cluster.auth_failing
+            refusals = [r for r in caplog.records if r.name == AUTH_LOG]
+            assert len(refusals) == 1
+            assert "health check" in refusals[0].getMessage()
+            regional.behaviour.authorization = WRONG_CANARY  # the operator fixed the key
+            for _ in range(250):
+                status, _, _ = await chat(http, url)
+                if status == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert status == 200
+            assert not regional_cluster.auth_failing
+
+
+class TestClientCredentialPassedThrough:
+    async def test_the_clients_refused_key_is_relayed_verbatim(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """A cluster that forwards the client's credentials relays the upstream's 401: it is
+        the client's key that was refused."""
+        regional, regional_url = await start_fake(stack, "regional")
+        app, url = await start_router(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", regional_url, forward_authorization=True),
+        )
+        status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 401
+        assert orjson.loads(body)["error"]["code"] == "invalid_api_key"
+        assert regional.received[0].headers["Authorization"] == CLIENT_CANARY
+        assert not cluster_of(app, "regional").auth_failing
+        assert cluster_of(app, "regional").counters.auth_failures == 0
