@@ -88,7 +88,6 @@ class AuditLog:
         self._commits: dict[asyncio.AbstractEventLoop, tuple[asyncio.Future[None], int]] = {}
         self._writer = Writer(self._write_batch, self._sync_due, max_queue)
         self._closed = self._broken = self._dirty = False
-        self._syncing = False  # an fsync runs: a write now could wait in the kernel for it
         self._last_sync = time.monotonic()
         self._fd = _open_locked(path)
         try:
@@ -108,10 +107,7 @@ class AuditLog:
         a lost write is counted and logged, not raised: serving goes on without the disk.
         Returns the record as written (before sealing), for copies made of it."""
         body = record.to_dict()
-        # While another thread writes or closes the log, or syncs it (a write to a file being
-        # synced can wait milliseconds in the kernel, stalling every request on the loop), the
-        # writer thread writes the record once it is free, and only this request waits.
-        if self._syncing or not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(blocking=False):  # another thread writes or closes the log
             if not await self._writer.submit(record, lambda: not self._closed):
                 raise AuditLogError(f"the audit log {self.path} is closed")
             return body
@@ -316,22 +312,18 @@ class AuditLog:
                 self._dirty = False
                 head = self._head()
                 commits, self._commits = self._commits, {}
-                self._syncing = self._fsync != "never"
             try:
-                try:
-                    if self._fsync != "never":
-                        os.fsync(self._fd)
-                except OSError as exc:
-                    error = AuditLogError(f"cannot sync the audit log {self.path}: {exc.strerror}")
-                    with self._lock:
-                        self._dirty = True
-                        self._lost(sum(count for _, count in commits.values()), error)
-                    raise error from None
-                finally:
-                    _settle(commits)
-                self._write_head(head)  # synced too: the same journal commit a write would wait on
+                if self._fsync != "never":
+                    os.fsync(self._fd)
+            except OSError as exc:
+                error = AuditLogError(f"cannot sync the audit log {self.path}: {exc.strerror}")
+                with self._lock:
+                    self._dirty = True
+                    self._lost(sum(count for _, count in commits.values()), error)
+                raise error from None
             finally:
-                self._syncing = False
+                _settle(commits)
+            self._write_head(head)
 
     def _head(self) -> Head | None:
         if self._prev is None or self._last_id is None:

@@ -555,10 +555,8 @@ class TestAsyncWriter:
     async def test_always_waits_for_the_sync_that_covers_the_record(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """fsync 'always': `append` returns only after an fsync begun after its write ended;
-        records appended while a sync runs are written by the writer thread once it ended
-        (not on the loop, whose write could wait in the kernel for the sync) and share the
-        next one (a group commit)."""
+        """fsync 'always': `append` returns only after an fsync begun after its write ended
+        (a group commit: one fsync covers the records written while the last one ran)."""
         stuck, entered = threading.Event(), threading.Event()
         real = os.fsync
 
@@ -576,46 +574,12 @@ class TestAsyncWriter:
             for _ in range(10):
                 await asyncio.sleep(0.005)
             assert not any(task.done() for task in (first, *others))
-            assert len(lines_of(log.path)) == 1  # the others wait for the sync to end first
+            assert len(lines_of(log.path)) == 4  # written already, only the sync is waited for
         finally:
             stuck.set()
         await asyncio.wait_for(asyncio.gather(first, *others), 30)
         await log.aclose()
         assert verify(log.path).entries == 4
-
-    async def test_appends_during_a_batch_sync_are_written_by_the_thread_after_it(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """fsync 'batch': while the writer thread syncs, an append does not write on the loop
-        (its write could wait in the kernel for the sync, stalling every request): the loop
-        runs on, the append waits, and the thread writes its record once the sync ended."""
-        stuck, entered = threading.Event(), threading.Event()
-        real = os.fsync
-
-        def slow_fsync(fd: int) -> None:
-            entered.set()
-            stuck.wait(30)
-            real(fd)
-
-        monkeypatch.setattr(os, "fsync", slow_fsync)
-        log = AuditLog(tmp_path / "log.jsonl", fsync="batch", batch_interval_ms=1)
-        try:
-            await log.append(record())  # written on the loop; its sync falls due 1 ms later
-            await asyncio.to_thread(entered.wait, 30)
-            during = asyncio.ensure_future(log.append(record()))
-            ticks = 0
-            for _ in range(10):
-                await asyncio.sleep(0.005)
-                ticks += 1
-            assert ticks == 10  # the loop ran on
-            assert not during.done()
-            assert len(lines_of(log.path)) == 1
-        finally:
-            stuck.set()
-        await asyncio.wait_for(during, 30)
-        assert len(lines_of(log.path)) == 2
-        await log.aclose()
-        assert verify(log.path).entries == 2
 
     async def test_a_busy_log_queues_appends_boundedly(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
