@@ -75,14 +75,19 @@ class Writer:
         loop = asyncio.get_running_loop()
         slots = self._slots_for(loop)
         await slots.semaphore.acquire()
-        if not is_open():
+        written: asyncio.Future[str | None] = loop.create_future()
+        item = _Item(record=record, slots=slots, done=partial(_resolve, loop, written))
+        # Under the lock `stop` takes: a record is either queued ahead of the thread's stop
+        # (written before the close syncs and closes the file) or refused; never written by
+        # its caller after the close, to a descriptor that may name another file by then.
+        with self._start_lock:
+            handed = is_open() and not self._stopped
+            if handed:
+                self._start_locked()
+                self._queue.put(item)
+        if not handed:
             slots.semaphore.release()
             return False
-        written: asyncio.Future[str | None] = loop.create_future()
-        self._start()
-        self._queue.put(_Item(record=record, slots=slots, done=partial(_resolve, loop, written)))
-        if self._stopped:  # raced with a close past its last look at the queue: write it here
-            self._handle(self._leftovers())
         await asyncio.shield(written)  # one caller leaving does not undo its record
         return True
 
@@ -110,7 +115,7 @@ class Writer:
         if self._thread is not None:
             self._queue.put(_Item(stop=True))
             self._thread.join()
-        leftovers = self._leftovers()  # handed over by a submit that raced with the stop
+        leftovers = self._leftovers()  # a flush or kick that raced with the stop
         if leftovers:
             self._handle(leftovers)
 
@@ -123,9 +128,12 @@ class Writer:
         if self._thread is not None:
             return
         with self._start_lock:
-            if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-                self._thread.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is None and not self._stopped:
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:

@@ -33,6 +33,7 @@ from router.audit import (
     show,
     verify,
 )
+from router.audit import writer as writer_module
 from router.audit.chain import canonical, head_path, seal
 from router.audit.writer import Writer
 from router.settings import load_settings
@@ -653,6 +654,33 @@ class TestAsyncWriter:
         result = verify(log.path)
         assert result.ok, result.problem
         assert result.entries == 4
+
+    async def test_a_hand_over_racing_with_close_is_refused_not_written_elsewhere(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A record handed to the writer thread while the log closes (after the open check,
+        before the hand-over) is refused as closed: never written to the closed descriptor,
+        whose number a file opened since may hold."""
+        log = AuditLog(tmp_path / "log.jsonl", fsync="never")
+        other = tmp_path / "other.txt"
+
+        def closing_first(**fields: Any) -> writer_module._Item:
+            log.close()  # the whole close runs between the open check and the hand-over
+            opened.append(os.open(other, os.O_WRONLY | os.O_CREAT, 0o600))  # the freed number
+            monkeypatch.setattr(writer_module, "_Item", real_item)
+            return real_item(**fields)
+
+        real_item, opened = writer_module._Item, []
+        monkeypatch.setattr(writer_module, "_Item", closing_first)
+        log._syncing = True  # as if the writer thread synced: the record is handed over
+        try:
+            with pytest.raises(AuditLogError, match="closed"):
+                await log.append(record())
+        finally:
+            for fd in opened:
+                os.close(fd)
+        assert other.read_bytes() == b""
+        assert verify(log.path).entries == 0
 
     async def test_append_after_close_fails(self, tmp_path: Path) -> None:
         """A closed log refuses records rather than dropping them silently."""
