@@ -7,8 +7,9 @@ whose record is not in the file. Syncing follows the fsync policy: `always` (`ap
 a group-commit fsync by the writer thread, writer.py), `batch` (the thread syncs at most
 `batch_interval_ms` after a write) or `never` (the OS decides). After each sync the head file
 records the newest entry synced (the thread writes it; under `never` at most once an
-interval). When another thread holds the log, `append` hands the record to the writer thread
-through a bounded queue and waits until it is written, rather than block the loop on the lock.
+interval). When another thread holds the log, or the writer thread syncs it (a write to a file
+being synced can wait in the kernel), `append` hands the record to the writer thread through a
+bounded queue and waits until it is written, rather than block the loop.
 A failed write is counted, logged once per outage, and reported by the next `flush`: the
 answer still goes out. `append_sync` writes on the calling thread, for tests and tools.
 `close` (or `aclose`) writes what is still queued and syncs.
