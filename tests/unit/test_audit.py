@@ -604,13 +604,10 @@ class TestAsyncWriter:
             await log.append(record())  # written on the loop; its sync falls due 1 ms later
             await asyncio.to_thread(entered.wait, 30)
             during = asyncio.ensure_future(log.append(record()))
-            ticks = 0
             for _ in range(10):
                 await asyncio.sleep(0.005)
-                ticks += 1
-            assert ticks == 10  # the loop ran on
             assert not during.done()
-            assert len(lines_of(log.path)) == 1
+            assert len(lines_of(log.path)) == 1  # not written on the loop during the sync
         finally:
             stuck.set()
         await asyncio.wait_for(during, 30)
