@@ -504,6 +504,25 @@ class TestWriteFailure:
 # -- the async writer --------------------------------------------------------------------------
 
 
+@pytest.fixture
+def stalled_fsync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """os.fsync stalls until the second event is set (at the latest when the test ends); the
+    first is set once one began."""
+    entered, stuck = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        stuck.wait(30)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    yield entered, stuck
+    stuck.set()
+
+
 class TestAsyncWriter:
     async def test_concurrent_appends_keep_the_chain_valid(self, tmp_path: Path) -> None:
         """Many tasks through a small queue, and a thread writing directly, make one chain."""
@@ -554,21 +573,13 @@ class TestAsyncWriter:
         assert verify(log.path).entries == 3
 
     async def test_always_waits_for_the_sync_that_covers_the_record(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, stalled_fsync: tuple[threading.Event, threading.Event]
     ) -> None:
         """fsync 'always': `append` returns only after an fsync begun after its write ended;
         records appended while a sync runs are written by the writer thread once it ended
         (not on the loop, whose write could wait in the kernel for the sync) and share the
         next one (a group commit)."""
-        stuck, entered = threading.Event(), threading.Event()
-        real = os.fsync
-
-        def slow_fsync(fd: int) -> None:
-            entered.set()
-            stuck.wait(30)
-            real(fd)
-
-        monkeypatch.setattr(os, "fsync", slow_fsync)
+        entered, stuck = stalled_fsync
         log = AuditLog(tmp_path / "log.jsonl", fsync="always")
         try:
             first = asyncio.ensure_future(log.append(record()))
@@ -585,20 +596,12 @@ class TestAsyncWriter:
         assert verify(log.path).entries == 4
 
     async def test_appends_during_a_batch_sync_are_written_by_the_thread_after_it(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, stalled_fsync: tuple[threading.Event, threading.Event]
     ) -> None:
         """fsync 'batch': while the writer thread syncs, an append does not write on the loop
         (its write could wait in the kernel for the sync, stalling every request): the loop
         runs on, the append waits, and the thread writes its record once the sync ended."""
-        stuck, entered = threading.Event(), threading.Event()
-        real = os.fsync
-
-        def slow_fsync(fd: int) -> None:
-            entered.set()
-            stuck.wait(30)
-            real(fd)
-
-        monkeypatch.setattr(os, "fsync", slow_fsync)
+        entered, stuck = stalled_fsync
         log = AuditLog(tmp_path / "log.jsonl", fsync="batch", batch_interval_ms=1)
         try:
             await log.append(record())  # written on the loop; its sync falls due 1 ms later
