@@ -104,8 +104,12 @@ class Writer:
         """Wait until all written or handed over so far is synced; the last error since."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str | None] = loop.create_future()
-        self._start()
-        self._queue.put(_Item(done=partial(_resolve, loop, done)))
+        with self._start_lock:
+            if self._stopped:  # no thread will take it: the stop wrote and synced all
+                reported, self._error = self._error, None
+                return reported
+            self._start_locked()
+            self._queue.put(_Item(done=partial(_resolve, loop, done)))
         return await done
 
     def stop(self) -> None:

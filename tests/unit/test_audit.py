@@ -39,6 +39,7 @@ from router.audit.writer import Writer
 from router.settings import load_settings
 
 SECRET = b"audit-site-secret-for-tests-0123"
+LIMIT_S = 5.0
 WRONG_SECRET = b"an-attacker-guess-at-the-secret!"
 CHAIN_LENGTH = 200
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -681,6 +682,15 @@ class TestAsyncWriter:
                 os.close(fd)
         assert other.read_bytes() == b""
         assert verify(log.path).entries == 0
+
+    async def test_a_flush_racing_with_close_returns(self, tmp_path: Path) -> None:
+        """A flush that passed the open check as the log closed returns (the close wrote and
+        synced everything) instead of waiting for a writer thread that is gone."""
+        log = AuditLog(tmp_path / "log.jsonl", fsync="batch")
+        await log.append(record())
+        await log.aclose()
+        assert await asyncio.wait_for(log._writer.flush(), LIMIT_S) is None
+        assert verify(log.path).entries == 1
 
     async def test_append_after_close_fails(self, tmp_path: Path) -> None:
         """A closed log refuses records rather than dropping them silently."""
