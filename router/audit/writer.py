@@ -116,12 +116,11 @@ class Writer:
         """Write everything handed over and end the thread (blocks until it has)."""
         with self._start_lock:
             self._stopped = True
+        # Records and flushes are queued under that lock, before the thread's stop: it
+        # handles them all (a kick racing with this is left, as there is nothing to write).
         if self._thread is not None:
             self._queue.put(_Item(stop=True))
             self._thread.join()
-        leftovers = self._leftovers()  # a flush or kick that raced with the stop
-        if leftovers:
-            self._handle(leftovers)
 
     def _slots_for(self, loop: asyncio.AbstractEventLoop) -> _Slots:
         if self._slots is None or self._slots.loop is not loop:
@@ -157,13 +156,6 @@ class Writer:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        return items
-
-    def _leftovers(self) -> list[_Item]:
-        items = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                items.append(self._queue.get_nowait())
         return items
 
     def _handle(self, items: list[_Item]) -> None:
