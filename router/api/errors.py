@@ -6,6 +6,7 @@ unexpected exception is logged by type only, answering a generic 500 without a s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -136,7 +137,11 @@ async def _audited(request: web.Request, response: web.Response) -> web.Response
     ctx = request.get(CTX)
     if ctx is not None:
         body = response.body if isinstance(response.body, bytes) else None
-        await request.app[TRAIL].write(ctx, response.status, body)
+        try:
+            await request.app[TRAIL].write(ctx, response.status, body)
+        except asyncio.CancelledError:
+            observe(request.app, ctx, None)  # the client left while the record was written
+            raise
         observe(request.app, ctx, response.status)
     else:  # refused before it was a request of ours (no such route, method, too large)
         telemetry = request.app.get(TELEMETRY)  # absent in an app that only mounts our routes

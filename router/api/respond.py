@@ -120,7 +120,13 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     # The record is in the log file before any byte of the answer goes out: a kill -9 after
     # the client saw its X-Audit-Id must not lose the record (one write, no disk wait unless
     # fsync is 'always'). The sample and the counts are bookkeeping that can come after.
-    await trail.write(ctx, reply.status, reply.body)
+    try:
+        await trail.write(ctx, reply.status, reply.body)
+    except asyncio.CancelledError:
+        # The client left while the record waited for its sync or its turn: counted as one
+        # gone before the answer, as in the pipeline.
+        observe(request.app, ctx, None)
+        raise
     try:
         await response.prepare(request)
         await response.write_eof()

@@ -75,14 +75,19 @@ class Writer:
         loop = asyncio.get_running_loop()
         slots = self._slots_for(loop)
         await slots.semaphore.acquire()
-        if not is_open():
+        written: asyncio.Future[str | None] = loop.create_future()
+        item = _Item(record=record, slots=slots, done=partial(_resolve, loop, written))
+        # Under the lock `stop` takes: a record is either queued ahead of the thread's stop
+        # (written before the close syncs and closes the file) or refused; never written by
+        # its caller after the close, to a descriptor that may name another file by then.
+        with self._start_lock:
+            handed = is_open() and not self._stopped
+            if handed:
+                self._start_locked()
+                self._queue.put(item)
+        if not handed:
             slots.semaphore.release()
             return False
-        written: asyncio.Future[str | None] = loop.create_future()
-        self._start()
-        self._queue.put(_Item(record=record, slots=slots, done=partial(_resolve, loop, written)))
-        if self._stopped:  # raced with a close past its last look at the queue: write it here
-            self._handle(self._leftovers())
         await asyncio.shield(written)  # one caller leaving does not undo its record
         return True
 
@@ -99,20 +104,23 @@ class Writer:
         """Wait until all written or handed over so far is synced; the last error since."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str | None] = loop.create_future()
-        self._start()
-        self._queue.put(_Item(done=partial(_resolve, loop, done)))
+        with self._start_lock:
+            if self._stopped:  # no thread will take it: the stop wrote and synced all
+                reported, self._error = self._error, None
+                return reported
+            self._start_locked()
+            self._queue.put(_Item(done=partial(_resolve, loop, done)))
         return await done
 
     def stop(self) -> None:
         """Write everything handed over and end the thread (blocks until it has)."""
         with self._start_lock:
             self._stopped = True
+        # Records and flushes are queued under that lock, before the thread's stop: it
+        # handles them all (a kick racing with this is left, as there is nothing to write).
         if self._thread is not None:
             self._queue.put(_Item(stop=True))
             self._thread.join()
-        leftovers = self._leftovers()  # handed over by a submit that raced with the stop
-        if leftovers:
-            self._handle(leftovers)
 
     def _slots_for(self, loop: asyncio.AbstractEventLoop) -> _Slots:
         if self._slots is None or self._slots.loop is not loop:
@@ -123,9 +131,12 @@ class Writer:
         if self._thread is not None:
             return
         with self._start_lock:
-            if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-                self._thread.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is None and not self._stopped:
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -145,13 +156,6 @@ class Writer:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        return items
-
-    def _leftovers(self) -> list[_Item]:
-        items = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                items.append(self._queue.get_nowait())
         return items
 
     def _handle(self, items: list[_Item]) -> None:

@@ -33,11 +33,13 @@ from router.audit import (
     show,
     verify,
 )
+from router.audit import writer as writer_module
 from router.audit.chain import canonical, head_path, seal
 from router.audit.writer import Writer
 from router.settings import load_settings
 
 SECRET = b"audit-site-secret-for-tests-0123"
+LIMIT_S = 5.0
 WRONG_SECRET = b"an-attacker-guess-at-the-secret!"
 CHAIN_LENGTH = 200
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -503,6 +505,25 @@ class TestWriteFailure:
 # -- the async writer --------------------------------------------------------------------------
 
 
+@pytest.fixture
+def stalled_fsync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """os.fsync stalls until the second event is set (at the latest when the test ends); the
+    first is set once one began."""
+    entered, stuck = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        stuck.wait(30)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    yield entered, stuck
+    stuck.set()
+
+
 class TestAsyncWriter:
     async def test_concurrent_appends_keep_the_chain_valid(self, tmp_path: Path) -> None:
         """Many tasks through a small queue, and a thread writing directly, make one chain."""
@@ -553,19 +574,11 @@ class TestAsyncWriter:
         assert verify(log.path).entries == 3
 
     async def test_always_waits_for_the_sync_that_covers_the_record(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, stalled_fsync: tuple[threading.Event, threading.Event]
     ) -> None:
         """fsync 'always': `append` returns only after an fsync begun after its write ended
         (a group commit: one fsync covers the records written while the last one ran)."""
-        stuck, entered = threading.Event(), threading.Event()
-        real = os.fsync
-
-        def slow_fsync(fd: int) -> None:
-            entered.set()
-            stuck.wait(30)
-            real(fd)
-
-        monkeypatch.setattr(os, "fsync", slow_fsync)
+        entered, stuck = stalled_fsync
         log = AuditLog(tmp_path / "log.jsonl", fsync="always")
         try:
             first = asyncio.ensure_future(log.append(record()))
@@ -617,6 +630,43 @@ class TestAsyncWriter:
         result = verify(log.path)
         assert result.ok, result.problem
         assert result.entries == 4
+
+    async def test_a_hand_over_racing_with_close_is_refused_not_written_elsewhere(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A record handed to the writer thread while the log closes (after the open check,
+        before the hand-over) is refused as closed: never written to the closed descriptor,
+        whose number a file opened since may hold."""
+        log = AuditLog(tmp_path / "log.jsonl", fsync="never")
+        other = tmp_path / "other.txt"
+
+        def closing_first(**fields: Any) -> writer_module._Item:
+            log._lock.release()
+            log.close()  # the whole close runs between the open check and the hand-over
+            opened.append(os.open(other, os.O_WRONLY | os.O_CREAT, 0o600))  # the freed number
+            monkeypatch.setattr(writer_module, "_Item", real_item)
+            return real_item(**fields)
+
+        real_item, opened = writer_module._Item, []
+        monkeypatch.setattr(writer_module, "_Item", closing_first)
+        log._lock.acquire()  # as if another thread wrote: the record is handed over
+        try:
+            with pytest.raises(AuditLogError, match="closed"):
+                await log.append(record())
+        finally:
+            for fd in opened:
+                os.close(fd)
+        assert other.read_bytes() == b""
+        assert verify(log.path).entries == 0
+
+    async def test_a_flush_racing_with_close_returns(self, tmp_path: Path) -> None:
+        """A flush that passed the open check as the log closed returns (the close wrote and
+        synced everything) instead of waiting for a writer thread that is gone."""
+        log = AuditLog(tmp_path / "log.jsonl", fsync="batch")
+        await log.append(record())
+        await log.aclose()
+        assert await asyncio.wait_for(log._writer.flush(), LIMIT_S) is None
+        assert verify(log.path).entries == 1
 
     async def test_append_after_close_fails(self, tmp_path: Path) -> None:
         """A closed log refuses records rather than dropping them silently."""
