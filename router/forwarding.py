@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -274,7 +275,7 @@ def _rehydrated(
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return body
+            return _rehydrated_non_finite(body, vault)
         return orjson.dumps(rehydrate_json(doc, vault))
     name = next((k for k in headers if k.lower() == "inference-header-content-length"), None)
     raw = headers.get(name, "") if name is not None else ""
@@ -283,6 +284,18 @@ def _rehydrated(
     body, length = rehydrate_v2_binary(body, int(raw), vault)
     headers[name] = str(length)
     return body
+
+
+def _rehydrated_non_finite(body: bytes, vault: TokenVault) -> bytes:
+    """A JSON answer orjson refuses: Triton (and a layer-router) write non-finite outputs as
+    bare NaN/Infinity tokens, which the stdlib reads and writes back as such; slower, but only
+    such answers take this way. Anything else it cannot read either stays as it is."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return body
+    restored = rehydrate_json(doc, vault)
+    return json.dumps(restored, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _rehydrate_stream(

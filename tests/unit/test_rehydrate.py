@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from router.forwarding import _rehydrated
 from router.redaction import rehydrate
 from router.redaction.actions import Hasher
 from router.redaction.rehydrate import (
@@ -492,3 +493,26 @@ class TestV2Binary:
         body, length = self._answer([b"to <EMAIL_1>"])
         for broken in (body + b"x", body[:-1]):
             assert rehydrate_v2_binary(broken, length, vault) == (broken, length)
+
+
+class TestNonFiniteAnswers:
+    """A JSON answer with Triton's bare NaN/Infinity tokens (orjson refuses them) still gets
+    its tokens restored, and keeps the tokens as Triton wrote them."""
+
+    def test_tokens_restored_and_non_finite_kept(self, vault: TokenVault) -> None:
+        """The caller's e-mail comes back; NaN, Infinity and -Infinity stay bare tokens."""
+        token = vault.token_for("EMAIL", EMAIL)
+        body = (
+            '{"outputs":[{"name":"y","datatype":"FP32","shape":[3],"data":[NaN,Infinity,'
+            f'-Infinity]}},{{"name":"who","datatype":"BYTES","shape":[1],"data":["{token}"]}}]}}'
+        ).encode()
+        out = _rehydrated(body, "application/json", {}, vault)
+        assert token.encode() not in out
+        assert EMAIL.encode() in out
+        assert b"[NaN,Infinity,-Infinity]" in out
+
+    def test_unreadable_answer_stays_as_it_is(self, vault: TokenVault) -> None:
+        """Neither orjson nor the stdlib can read it: passed on unchanged, as before."""
+        vault.token_for("EMAIL", EMAIL)
+        body = b'{"data":[NaN,'
+        assert _rehydrated(body, "application/json", {}, vault) == body
