@@ -516,3 +516,22 @@ class TestNonFiniteAnswers:
         vault.token_for("EMAIL", EMAIL)
         body = b'{"data":[NaN,'
         assert _rehydrated(body, "application/json", {}, vault) == body
+
+    def test_binary_answer_whose_header_holds_non_finite_values(self, vault: TokenVault) -> None:
+        """A binary answer (a BYTES output binary, an FP32 one as JSON holding NaN, as Triton
+        and a layer-router write it) gets its tokens restored, NaN and Infinity kept bare."""
+        token = vault.token_for("EMAIL", EMAIL)
+        element = f"to {token}".encode()
+        data = len(element).to_bytes(4, "little") + element
+        header = (
+            '{"outputs":[{"name":"y","datatype":"FP32","shape":[2],"data":[NaN,-Infinity]},'
+            '{"name":"s","datatype":"BYTES","shape":[1],'
+            f'"parameters":{{"binary_data_size":{len(data)}}}}}]}}'
+        ).encode()
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        out = _rehydrated(header + data, "application/octet-stream", headers, vault)
+        length = int(headers["Inference-Header-Content-Length"])
+        assert b"[NaN,-Infinity]" in out[:length]
+        restored = f"to {EMAIL}".encode()
+        assert out[length:] == len(restored).to_bytes(4, "little") + restored
+        assert f'"binary_data_size":{len(restored) + 4}'.encode() in out[:length]
