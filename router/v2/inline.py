@@ -49,9 +49,27 @@ def holds_scanned_binary(document: dict[str, Any] | None) -> bool:
     return False
 
 
+def binary_accounted_for(document: dict[str, Any] | None, size: int) -> bool:
+    """Whether the inputs' binary_data_size values add up to the binary part's `size`: bytes
+    no well-formed input declares are read by no scan, so such a request must be read
+    tensor by tensor (and is refused as Unreadable) before any of it may leave."""
+    inputs = document.get("inputs") if document is not None else None
+    if not isinstance(inputs, list):
+        return size == 0
+    declared = 0
+    for tensor in inputs:
+        tensor_size = _binary_size(tensor)
+        if tensor_size is not None:
+            if tensor_size < 0:
+                return False
+            declared += tensor_size
+    return declared == size
+
+
 class Unreadable(Exception):
     """The binary part cannot be read tensor by tensor (sizes that do not add up, elements
-    that are not UTF-8, shapes that do not fit): such a request stays unscanned."""
+    that are not UTF-8, shapes that do not fit, a tensor with JSON `data` too): such a
+    request stays unscanned."""
 
 
 def inline_binary_tensors(
@@ -69,7 +87,8 @@ def inline_binary_tensors(
         if size is None:
             rewritten.append(tensor)
             continue
-        if not 0 <= size <= len(binary) - offset:
+        if not 0 <= size <= len(binary) - offset or "data" in tensor:
+            # JSON `data` beside binary bytes: a scan of one would vouch for the other.
             raise Unreadable
         chunk, offset = binary[offset : offset + size], offset + size
         elements = _scanned_elements(tensor, chunk)

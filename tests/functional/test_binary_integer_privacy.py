@@ -6,6 +6,7 @@ redacted as in a JSON one; a clean binary tensor arrives upstream byte for byte.
 from __future__ import annotations
 
 import contextlib
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,53 @@ class TestBinaryIntegers:
             assert answer.status == 422, answer.body
             assert answer.json()["error"].startswith("the request could not be checked")
         assert site.off_site() == []
+
+
+def framed(header: dict[str, Any], binary: bytes) -> tuple[bytes, dict[str, str]]:
+    """A v2 body with a JSON header and a binary part, as sent, however malformed."""
+    encoded = orjson.dumps(header)
+    return encoded + binary, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(encoded)),
+    }
+
+
+class TestMalformedBinaryRequests:
+    EMAIL = "jane.doe@example.com"
+
+    @pytest.mark.parametrize("datatype", ["BYTES", "INT64"])
+    async def test_json_data_beside_binary_data_size_never_leaves_unscanned(
+        self, site: Site, http: aiohttp.ClientSession, datatype: str
+    ) -> None:
+        """A tensor with both JSON `data` (an e-mail) and a binary_data_size (clean bytes a
+        scan reads instead) is a 400, and nothing of it reaches an upstream."""
+        clean = (
+            struct.pack("<I", 5) + b"hello"
+            if datatype == "BYTES"
+            else np.array([5_000_000], dtype=np.int64).tobytes()
+        )
+        tensor = {
+            "name": "ids",
+            "datatype": datatype,
+            "shape": [1],
+            "data": [self.EMAIL],
+            "parameters": {"binary_data_size": len(clean)},
+        }
+        answer = await infer(http, site, "v2-central", framed({"inputs": [tensor]}, clean))
+        assert answer.status == 400, answer.body
+        assert "both 'data' and binary_data_size" in answer.json()["error"]
+        assert_clean(site.off_site(), self.EMAIL)
+
+    @pytest.mark.parametrize("inputs", ["parameters-not-object", "inputs-not-list"])
+    async def test_binary_part_no_input_accounts_for_never_leaves(
+        self, site: Site, http: aiohttp.ClientSession, inputs: str
+    ) -> None:
+        """Binary bytes no input declares (a tensor's parameters not an object, inputs not a
+        list) are read by no scan: the request is a 400 and the e-mail stays on the site."""
+        element = self.EMAIL.encode()
+        binary = struct.pack("<I", len(element)) + element
+        tensor = {"name": "t", "datatype": "BYTES", "shape": [1], "parameters": [len(binary)]}
+        header = {"inputs": [tensor] if inputs == "parameters-not-object" else {"t": tensor}}
+        answer = await infer(http, site, "v2-central", framed(header, binary))
+        assert answer.status == 400, answer.body
+        assert_clean(site.off_site(), self.EMAIL)
