@@ -37,9 +37,8 @@ SCANNED_BINARY = SCANNED_INTEGERS | {"BYTES"}
 def holds_scanned_binary(document: dict[str, Any] | None) -> bool:
     """A v2 request with tensors in the binary part that detection must read: BYTES, or
     integers wide enough to hold an entity's digits."""
-    if document is None:
-        return False
-    for tensor in document.get("inputs") or ():
+    inputs = document.get("inputs") if document is not None else None
+    for tensor in inputs if isinstance(inputs, list) else ():
         if not isinstance(tensor, dict):
             continue
         params = tensor.get("parameters")
