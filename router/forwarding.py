@@ -36,7 +36,12 @@ from router.headers import (
 )
 from router.policy.decide import TIER_ORDER
 from router.privacy import Privacy, survey
-from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_v2_binary
+from router.redaction.rehydrate import (
+    SseRehydrator,
+    dumps_stdlib,
+    rehydrate_json,
+    rehydrate_v2_binary,
+)
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import RedactionPlan, redact_headers, redact_json, redact_query
@@ -294,8 +299,7 @@ def _rehydrated_non_finite(body: bytes, vault: TokenVault) -> bytes:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         return body
-    restored = rehydrate_json(doc, vault)
-    return json.dumps(restored, ensure_ascii=False, separators=(",", ":")).encode()
+    return dumps_stdlib(rehydrate_json(doc, vault))
 
 
 async def _rehydrate_stream(

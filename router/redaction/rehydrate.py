@@ -133,13 +133,20 @@ def _v2_header(raw: bytes) -> tuple[Any, Callable[[Any], bytes]] | None:
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(raw), _dumps_non_finite
+        return json.loads(raw), dumps_stdlib
     except (ValueError, RecursionError):
         return None
 
 
-def _dumps_non_finite(doc: Any) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+def dumps_stdlib(doc: Any) -> bytes:
+    """A document the stdlib read (bare NaN/Infinity, lone surrogate escapes: what orjson
+    refuses) written back the same way: a lone surrogate, which UTF-8 cannot carry, stays
+    the escape it came as."""
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _rehydrate_elements(raw: bytes, vault: TokenVault) -> bytes:

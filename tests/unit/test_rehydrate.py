@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterator
@@ -535,3 +536,16 @@ class TestNonFiniteAnswers:
         restored = f"to {EMAIL}".encode()
         assert out[length:] == len(restored).to_bytes(4, "little") + restored
         assert f'"binary_data_size":{len(restored) + 4}'.encode() in out[:length]
+
+    def test_lone_surrogate_escape_is_kept_escaped(self, vault: TokenVault) -> None:
+        """A string with a lone surrogate escape (valid JSON, which orjson refuses) gets its
+        tokens restored and the escape kept, in a JSON answer and a binary one's header,
+        instead of failing the request with an encoding error."""
+        token = vault.token_for("EMAIL", EMAIL)
+        header = f'{{"outputs":[{{"name":"s","data":["\\ud800 {token}","é"]}}]}}'.encode()
+        out = _rehydrated(header, "application/json", {}, vault)
+        assert json.loads(out)["outputs"][0]["data"] == [f"\ud800 {EMAIL}", "é"]
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        out = _rehydrated(header, "application/octet-stream", headers, vault)
+        assert len(out) == int(headers["Inference-Header-Content-Length"])
+        assert json.loads(out)["outputs"][0]["data"] == [f"\ud800 {EMAIL}", "é"]
