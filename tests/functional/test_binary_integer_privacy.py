@@ -229,3 +229,40 @@ class TestMalformedBinaryRequests:
         answer = await infer(http, site, "v2-central", framed(header, binary))
         assert answer.status == 400, answer.body
         assert_clean(site.off_site(), self.EMAIL)
+
+    @pytest.mark.parametrize("datatype", ["int64", "INT128", 64, ["INT64"]])
+    async def test_binary_tensor_of_an_unknown_datatype_never_leaves_unread(
+        self, site: Site, http: aiohttp.ClientSession, datatype: Any
+    ) -> None:
+        """A binary tensor whose datatype the protocol does not name (a lower-case int64, a
+        list) cannot be read as its type: a 400 (not a 500), and its bytes (a card number)
+        stay on the site."""
+        raw = np.array([CARD], dtype=np.int64).tobytes()
+        tensor = {
+            "name": "ids",
+            "datatype": datatype,
+            "shape": [1],
+            "parameters": {"binary_data_size": len(raw)},
+        }
+        answer = await infer(http, site, "v2-central", framed({"inputs": [tensor]}, raw))
+        assert answer.status == 400, answer.body
+        assert "datatype must be one of" in answer.json()["error"]
+        assert site.off_site() == []
+
+    async def test_binary_bf16_tensor_still_goes_upstream(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """BF16, a float type Triton's binary extension carries (floats are not scanned in
+        either form), still reaches its upstream as sent."""
+        raw = b"\x80\x3f\x00\x40"
+        tensor = {
+            "name": "x",
+            "datatype": "BF16",
+            "shape": [2],
+            "parameters": {"binary_data_size": len(raw)},
+        }
+        body, headers = framed({"inputs": [tensor]}, raw)
+        answer = await infer(http, site, "v2-central", (body, headers))
+        assert answer.status == 200, answer.body
+        [record] = site.off_site()
+        assert record.body.endswith(raw)
