@@ -48,7 +48,7 @@ from router.redaction.walker import RedactionPlan, redact_headers, redact_json, 
 from router.stages.classify import OFF_LOOP_BYTES
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import Forwarded, Outgoing
-from router.v2.inline import rebinarised
+from router.v2.inline import binary_accounted_for, rebinarised
 from router.v2.request import with_timeout
 
 SERVED_BY_TIER = "X-Served-By-Tier"
@@ -133,6 +133,14 @@ def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy:
     if ctx.inlined is not None and ctx.document is not None:
         # Tensors read as JSON for detection but left clean go on as the bytes they came as.
         document, binary = rebinarised(ctx.document, ctx.binary, ctx.inlined, document)
+    sent = len(ctx.binary) if binary is None else len(binary)
+    if ctx.header_length is not None and not binary_accounted_for(document, sent):
+        # A drop rule removed a binary input (or what declared its size): its bytes cannot
+        # be told from the others', and must not go without it.
+        raise DetectionFailed(
+            f"a drop rule for the {tier} tier removed a binary tensor's declaration, so its "
+            "data cannot be left out and the request may not leave this site"
+        )
     return View(document, path, headers, True, binary)
 
 

@@ -6,6 +6,7 @@ redacted as in a JSON one; a clean binary tensor arrives upstream byte for byte.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from test_privacy import (  # the privacy suite's site: router, plant/regional/c
     repository,  # noqa: F401  (a fixture)
     start_site,
 )
+
+from router.resources import default_policy_bundle
 
 CARD = 4111111111111111
 CLEAN_LARGE = [1_700_000_000_000, 1_000_001, -2_500_000]  # scanned, nothing found
@@ -266,3 +269,46 @@ class TestMalformedBinaryRequests:
         assert answer.status == 200, answer.body
         [record] = site.off_site()
         assert record.body.endswith(raw)
+
+
+@pytest.mark.parametrize("with_text", [True, False], ids=["beside-bytes", "floats-only"])
+async def test_a_dropped_binary_input_takes_its_bytes_along(
+    stack: contextlib.AsyncExitStack,
+    repository: Path,  # noqa: F811
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    with_text: bool,
+) -> None:
+    """A bundle that drops a binary input (`inputs.0`) for off-site tiers: its bytes do not
+    leave the site without the header entry that declared them (they did, after the other
+    tensors' bytes, with or without a BYTES tensor inlined beside it)."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), folder)
+    redaction = folder / "redaction.yaml"
+    text = redaction.read_text(encoding="utf-8")
+    text = text.replace("drop_fields: [user,", 'drop_fields: ["inputs.0", user,')
+    redaction.write_text(text, encoding="utf-8")
+    site = await start_site(stack, repository, folder)
+    secret = np.array([424242.125, 0.5], dtype=np.float32)
+    inputs: list[dict[str, Any]] = [
+        {"name": "s", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}
+    ]
+    binary = secret.tobytes()
+    if with_text:
+        element = b"mail jane.doe@example.com"
+        chunk = struct.pack("<I", len(element)) + element
+        inputs.append(
+            {
+                "name": "t",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": len(chunk)},
+            }
+        )
+        binary += chunk
+    else:
+        inputs.append({"name": "id", "datatype": "BYTES", "shape": [1], "data": ["jane@x.org"]})
+    answer = await infer(http, site, "v2-central", framed({"inputs": inputs}, binary))
+    for record in site.off_site():
+        assert secret.tobytes() not in record.body
+    assert answer.status == 422, answer.body
