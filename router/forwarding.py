@@ -36,14 +36,19 @@ from router.headers import (
 )
 from router.policy.decide import TIER_ORDER
 from router.privacy import Privacy, survey
-from router.redaction.rehydrate import SseRehydrator, rehydrate_json, rehydrate_v2_binary
+from router.redaction.rehydrate import (
+    SseRehydrator,
+    dumps_stdlib,
+    rehydrate_json,
+    rehydrate_v2_binary,
+)
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import RedactionPlan, redact_headers, redact_json, redact_query
 from router.stages.classify import OFF_LOOP_BYTES
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import Forwarded, Outgoing
-from router.v2.inline import rebinarised
+from router.v2.inline import binary_accounted_for, rebinarised
 from router.v2.request import with_timeout
 
 SERVED_BY_TIER = "X-Served-By-Tier"
@@ -128,6 +133,14 @@ def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy:
     if ctx.inlined is not None and ctx.document is not None:
         # Tensors read as JSON for detection but left clean go on as the bytes they came as.
         document, binary = rebinarised(ctx.document, ctx.binary, ctx.inlined, document)
+    sent = len(ctx.binary) if binary is None else len(binary)
+    if ctx.header_length is not None and not binary_accounted_for(document, sent):
+        # A drop rule removed a binary input (or what declared its size): its bytes cannot
+        # be told from the others', and must not go without it.
+        raise DetectionFailed(
+            f"a drop rule for the {tier} tier removed a binary tensor's declaration, so its "
+            "data cannot be left out and the request may not leave this site"
+        )
     return View(document, path, headers, True, binary)
 
 
@@ -294,8 +307,7 @@ def _rehydrated_non_finite(body: bytes, vault: TokenVault) -> bytes:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         return body
-    restored = rehydrate_json(doc, vault)
-    return json.dumps(restored, ensure_ascii=False, separators=(",", ":")).encode()
+    return dumps_stdlib(rehydrate_json(doc, vault))
 
 
 async def _rehydrate_stream(

@@ -7,6 +7,7 @@ with the central tier's rules, tokens kept as tokens): the spool never holds raw
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from typing import Any
@@ -67,9 +68,8 @@ class StoreAndForward:
         ctx.redactions = served
         answer: Any = None
         if media_type(reply.content_type) == "application/json" and reply.body:
-            try:
-                parsed = orjson.loads(reply.body)
-            except orjson.JSONDecodeError:
+            parsed = _answer_document(reply.body)
+            if parsed is _UNREADABLE:
                 return None
             vault = ctx.vault if ctx.vault is not None else TokenVault()
             detection = self.privacy.bundle.detection
@@ -120,3 +120,20 @@ class StoreAndForward:
     async def drain_pending(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+_UNREADABLE = object()
+
+
+def _answer_document(body: bytes) -> Any:
+    """A JSON answer, _UNREADABLE when it is none. Triton (and this router) write a v2 answer's
+    non-finite outputs as bare NaN/Infinity, which orjson refuses and the stdlib reads; the
+    sample then holds them as null, JSON's only form for them."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return _UNREADABLE

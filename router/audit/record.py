@@ -192,7 +192,8 @@ class Digester:
         when the stated sizes do not add up, one digest of the whole binary part."""
         found: dict[str, str] = {}
         offset = 0
-        for index, tensor in enumerate(document.get("inputs") or ()):
+        inputs = document.get("inputs")
+        for index, tensor in enumerate(inputs if isinstance(inputs, list) else ()):
             params = tensor.get("parameters") if isinstance(tensor, dict) else None
             size = params.get("binary_data_size") if isinstance(params, dict) else None
             if isinstance(size, int) and 0 <= size <= len(binary) - offset:

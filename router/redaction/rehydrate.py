@@ -8,7 +8,9 @@ partial token at the end of a choice's content, never more than a token's length
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -94,10 +96,10 @@ def rehydrate_v2_binary(body: bytes, header_length: int, vault: TokenVault) -> t
     An answer whose parts do not add up is returned as it is."""
     if not len(vault) or not 0 < header_length <= len(body):
         return body, header_length
-    try:
-        header = orjson.loads(body[:header_length])
-    except orjson.JSONDecodeError:
+    read = _v2_header(body[:header_length])
+    if read is None:
         return body, header_length
+    header, dumps = read
     outputs = header.get("outputs") if isinstance(header, dict) else None
     parts: list[bytes] = []
     offset = header_length
@@ -118,8 +120,33 @@ def rehydrate_v2_binary(body: bytes, header_length: int, vault: TokenVault) -> t
         parts.append(raw)
     if offset != len(body):
         return body, header_length
-    encoded = orjson.dumps(rehydrate_json(header, vault))
+    encoded = dumps(rehydrate_json(header, vault))
     return encoded + b"".join(parts), len(encoded)
+
+
+def _v2_header(raw: bytes) -> tuple[Any, Callable[[Any], bytes]] | None:
+    """An answer's JSON header and how to write it back; None when it cannot be read. Triton
+    (and a layer-router) write non-finite outputs as bare NaN/Infinity tokens, which orjson
+    refuses: the stdlib reads and writes those back as such."""
+    try:
+        return orjson.loads(raw), orjson.dumps
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw), dumps_stdlib
+    except (ValueError, RecursionError):
+        return None
+
+
+def dumps_stdlib(doc: Any) -> bytes:
+    """A document the stdlib read (bare NaN/Infinity, lone surrogate escapes: what orjson
+    refuses) written back the same way: a lone surrogate, which UTF-8 cannot carry, stays
+    the escape it came as."""
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _rehydrate_elements(raw: bytes, vault: TokenVault) -> bytes:

@@ -221,7 +221,7 @@ class _Walk:
         return out
 
     def array(self, v: list[Any], path: tuple[str, ...], depth: int, rule: _Rule) -> Any:
-        if not self.drops and depth < self.plan.max_depth:
+        if depth < self.plan.max_depth and not self._may_drop_child(path):
             large = _large_integers(v)
             if large is not None:
                 # Tensor data: nothing in it is dropped or too deep, and only integers long
@@ -298,6 +298,15 @@ class _Walk:
 
     def _dropped(self, path: tuple[str, ...]) -> bool:
         return any(_match(pattern, path) for pattern in self.drops)
+
+    def _may_drop_child(self, path: tuple[str, ...]) -> bool:
+        """Whether a drop pattern may match a member of the container at `path`: one as
+        long as such a member's path whose other segments match, or one with `**` (a bundle's
+        `user` or `metadata.customer_email` never reach a tensor's elements)."""
+        return any(
+            "**" in pattern or (len(pattern) == len(path) + 1 and _match(pattern[:-1], path))
+            for pattern in self.drops
+        )
 
 
 def _large_integers(items: list[Any]) -> list[int] | None:

@@ -21,7 +21,12 @@ from router.redaction.types import DetectionError
 from router.redaction.vault import TOKEN_RE
 from router.stages.survey_memo import SurveyMemo
 from router.upstreams.registry import Upstreams
-from router.v2.inline import Unreadable, holds_scanned_binary, inline_binary_tensors
+from router.v2.inline import (
+    Unreadable,
+    binary_accounted_for,
+    holds_scanned_binary,
+    inline_binary_tensors,
+)
 
 DATA_CLASS_HEADER = "X-Data-Class"
 # Bodies past this are scanned on the redaction executor, not on the event loop.
@@ -74,7 +79,10 @@ class ClassifyAndRedact:
         if len(ctx.body) > detection.max_body_bytes:
             self._unscanned(ctx, "body over the detection size cap")
             return None
-        if ctx.api == "kserve-v2" and holds_scanned_binary(ctx.document):
+        if ctx.api == "kserve-v2" and (
+            holds_scanned_binary(ctx.document)
+            or not binary_accounted_for(ctx.document, len(ctx.binary))
+        ):
             try:
                 ctx.inlined = await self._inlined(ctx)
             except Unreadable:

@@ -32,26 +32,48 @@ SCANNED_INTEGERS = frozenset(
     if dt.numpy.kind in "iu" and np.iinfo(dt.numpy).max >= MIN_SCANNED_INT  # type: ignore[type-var]
 )
 SCANNED_BINARY = SCANNED_INTEGERS | {"BYTES"}
+# Types whose elements the JSON walk would not scan either (floats, bools, narrow integers),
+# and BF16, a float type Triton's binary extension carries. A binary tensor of any other
+# datatype cannot be read as what it is: it is refused as Unreadable, never sent on unread.
+UNSCANNED_BINARY = frozenset(BY_NAME).difference(SCANNED_BINARY) | {"BF16"}
 
 
 def holds_scanned_binary(document: dict[str, Any] | None) -> bool:
-    """A v2 request with tensors in the binary part that detection must read: BYTES, or
-    integers wide enough to hold an entity's digits."""
-    if document is None:
-        return False
-    for tensor in document.get("inputs") or ():
+    """A v2 request with tensors in the binary part that detection must read: BYTES,
+    integers wide enough to hold an entity's digits, or a datatype no v2 server knows."""
+    inputs = document.get("inputs") if document is not None else None
+    for tensor in inputs if isinstance(inputs, list) else ():
         if not isinstance(tensor, dict):
             continue
         params = tensor.get("parameters")
         binary = isinstance(params, dict) and "binary_data_size" in params
-        if binary and tensor.get("datatype") in SCANNED_BINARY:
+        datatype = tensor.get("datatype")
+        if binary and not (isinstance(datatype, str) and datatype in UNSCANNED_BINARY):
             return True
     return False
 
 
+def binary_accounted_for(document: dict[str, Any] | None, size: int) -> bool:
+    """Whether the inputs' binary_data_size values add up to the binary part's `size`: bytes
+    no well-formed input declares are read by no scan, so such a request must be read
+    tensor by tensor (and is refused as Unreadable) before any of it may leave."""
+    inputs = document.get("inputs") if document is not None else None
+    if not isinstance(inputs, list):
+        return size == 0
+    declared = 0
+    for tensor in inputs:
+        tensor_size = _binary_size(tensor)
+        if tensor_size is not None:
+            if tensor_size < 0:
+                return False
+            declared += tensor_size
+    return declared == size
+
+
 class Unreadable(Exception):
     """The binary part cannot be read tensor by tensor (sizes that do not add up, elements
-    that are not UTF-8, shapes that do not fit): such a request stays unscanned."""
+    that are not UTF-8, shapes that do not fit, a tensor with JSON `data` too): such a
+    request stays unscanned."""
 
 
 def inline_binary_tensors(
@@ -69,7 +91,8 @@ def inline_binary_tensors(
         if size is None:
             rewritten.append(tensor)
             continue
-        if not 0 <= size <= len(binary) - offset:
+        if not 0 <= size <= len(binary) - offset or "data" in tensor:
+            # JSON `data` beside binary bytes: a scan of one would vouch for the other.
             raise Unreadable
         chunk, offset = binary[offset : offset + size], offset + size
         elements = _scanned_elements(tensor, chunk)
@@ -96,8 +119,10 @@ def _scanned_elements(tensor: dict[str, Any], chunk: memoryview) -> list[Any] | 
     """The elements detection must read, flat, as the JSON walk would see them; None for a
     tensor it would not scan (floats, bools, integers all too small to hold an entity)."""
     name = tensor.get("datatype")
-    if name not in SCANNED_BINARY:
-        return None
+    if not isinstance(name, str) or name not in SCANNED_BINARY:
+        if isinstance(name, str) and name in UNSCANNED_BINARY:
+            return None
+        raise Unreadable  # no datatype a v2 server knows: its bytes cannot be read as one
     array = _array(tensor, BY_NAME[name], chunk).ravel()
     if name != "BYTES" and not _holds_large(array):
         return None

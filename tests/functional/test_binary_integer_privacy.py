@@ -6,6 +6,8 @@ redacted as in a JSON one; a clean binary tensor arrives upstream byte for byte.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from test_privacy import (  # the privacy suite's site: router, plant/regional/c
     repository,  # noqa: F401  (a fixture)
     start_site,
 )
+
+from router.resources import default_policy_bundle
 
 CARD = 4111111111111111
 CLEAN_LARGE = [1_700_000_000_000, 1_000_001, -2_500_000]  # scanned, nothing found
@@ -178,3 +182,133 @@ class TestBinaryIntegers:
             assert answer.status == 422, answer.body
             assert answer.json()["error"].startswith("the request could not be checked")
         assert site.off_site() == []
+
+
+def framed(header: dict[str, Any], binary: bytes) -> tuple[bytes, dict[str, str]]:
+    """A v2 body with a JSON header and a binary part, as sent, however malformed."""
+    encoded = orjson.dumps(header)
+    return encoded + binary, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(encoded)),
+    }
+
+
+class TestMalformedBinaryRequests:
+    EMAIL = "jane.doe@example.com"
+
+    @pytest.mark.parametrize("datatype", ["BYTES", "INT64"])
+    async def test_json_data_beside_binary_data_size_never_leaves_unscanned(
+        self, site: Site, http: aiohttp.ClientSession, datatype: str
+    ) -> None:
+        """A tensor with both JSON `data` (an e-mail) and a binary_data_size (clean bytes a
+        scan reads instead) is a 400, and nothing of it reaches an upstream."""
+        clean = (
+            struct.pack("<I", 5) + b"hello"
+            if datatype == "BYTES"
+            else np.array([5_000_000], dtype=np.int64).tobytes()
+        )
+        tensor = {
+            "name": "ids",
+            "datatype": datatype,
+            "shape": [1],
+            "data": [self.EMAIL],
+            "parameters": {"binary_data_size": len(clean)},
+        }
+        answer = await infer(http, site, "v2-central", framed({"inputs": [tensor]}, clean))
+        assert answer.status == 400, answer.body
+        assert "both 'data' and binary_data_size" in answer.json()["error"]
+        assert_clean(site.off_site(), self.EMAIL)
+
+    @pytest.mark.parametrize("inputs", ["parameters-not-object", "inputs-not-list"])
+    async def test_binary_part_no_input_accounts_for_never_leaves(
+        self, site: Site, http: aiohttp.ClientSession, inputs: str
+    ) -> None:
+        """Binary bytes no input declares (a tensor's parameters not an object, inputs not a
+        list) are read by no scan: the request is a 400 and the e-mail stays on the site."""
+        element = self.EMAIL.encode()
+        binary = struct.pack("<I", len(element)) + element
+        tensor = {"name": "t", "datatype": "BYTES", "shape": [1], "parameters": [len(binary)]}
+        header = {"inputs": [tensor] if inputs == "parameters-not-object" else {"t": tensor}}
+        answer = await infer(http, site, "v2-central", framed(header, binary))
+        assert answer.status == 400, answer.body
+        assert_clean(site.off_site(), self.EMAIL)
+
+    @pytest.mark.parametrize("datatype", ["int64", "INT128", 64, ["INT64"]])
+    async def test_binary_tensor_of_an_unknown_datatype_never_leaves_unread(
+        self, site: Site, http: aiohttp.ClientSession, datatype: Any
+    ) -> None:
+        """A binary tensor whose datatype the protocol does not name (a lower-case int64, a
+        list) cannot be read as its type: a 400 (not a 500), and its bytes (a card number)
+        stay on the site."""
+        raw = np.array([CARD], dtype=np.int64).tobytes()
+        tensor = {
+            "name": "ids",
+            "datatype": datatype,
+            "shape": [1],
+            "parameters": {"binary_data_size": len(raw)},
+        }
+        answer = await infer(http, site, "v2-central", framed({"inputs": [tensor]}, raw))
+        assert answer.status == 400, answer.body
+        assert "datatype must be one of" in answer.json()["error"]
+        assert site.off_site() == []
+
+    async def test_binary_bf16_tensor_still_goes_upstream(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """BF16, a float type Triton's binary extension carries (floats are not scanned in
+        either form), still reaches its upstream as sent."""
+        raw = b"\x80\x3f\x00\x40"
+        tensor = {
+            "name": "x",
+            "datatype": "BF16",
+            "shape": [2],
+            "parameters": {"binary_data_size": len(raw)},
+        }
+        body, headers = framed({"inputs": [tensor]}, raw)
+        answer = await infer(http, site, "v2-central", (body, headers))
+        assert answer.status == 200, answer.body
+        [record] = site.off_site()
+        assert record.body.endswith(raw)
+
+
+@pytest.mark.parametrize("with_text", [True, False], ids=["beside-bytes", "floats-only"])
+async def test_a_dropped_binary_input_takes_its_bytes_along(
+    stack: contextlib.AsyncExitStack,
+    repository: Path,  # noqa: F811
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    with_text: bool,
+) -> None:
+    """A bundle that drops a binary input (`inputs.0`) for off-site tiers: its bytes do not
+    leave the site without the header entry that declared them (they did, after the other
+    tensors' bytes, with or without a BYTES tensor inlined beside it)."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), folder)
+    redaction = folder / "redaction.yaml"
+    text = redaction.read_text(encoding="utf-8")
+    text = text.replace("drop_fields: [user,", 'drop_fields: ["inputs.0", user,')
+    redaction.write_text(text, encoding="utf-8")
+    site = await start_site(stack, repository, folder)
+    secret = np.array([424242.125, 0.5], dtype=np.float32)
+    inputs: list[dict[str, Any]] = [
+        {"name": "s", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}
+    ]
+    binary = secret.tobytes()
+    if with_text:
+        element = b"mail jane.doe@example.com"
+        chunk = struct.pack("<I", len(element)) + element
+        inputs.append(
+            {
+                "name": "t",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": len(chunk)},
+            }
+        )
+        binary += chunk
+    else:
+        inputs.append({"name": "id", "datatype": "BYTES", "shape": [1], "data": ["jane@x.org"]})
+    answer = await infer(http, site, "v2-central", framed({"inputs": inputs}, binary))
+    for record in site.off_site():
+        assert secret.tobytes() not in record.body
+    assert answer.status == 422, answer.body

@@ -98,6 +98,17 @@ class TestMalformedRequests:
         status, _, reply = await call(http, "POST", infer_url, body)
         assert_error(status, reply, 400)
 
+    @pytest.mark.parametrize("inputs", [b"5", b"true", b"1.5"])
+    async def test_inputs_not_a_list_in_a_binary_request(
+        self, http: aiohttp.ClientSession, infer_url: str, inputs: bytes
+    ) -> None:
+        """`inputs` a number or boolean in a body with Inference-Header-Content-Length is a
+        400 saying so, not a 500 from digesting the binary part per input."""
+        header = b'{"inputs": ' + inputs + b"}"
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        status, _, reply = await call(http, "POST", infer_url, header + b"\0" * 8, headers)
+        assert_error(status, reply, 400, "'inputs' must be a non-empty list")
+
     @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
     async def test_body_not_in_its_content_encoding(
         self, http: aiohttp.ClientSession, infer_url: str, encoding: str

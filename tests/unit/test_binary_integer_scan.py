@@ -149,6 +149,13 @@ def test_narrow_integers_and_floats_are_not_scanned_types() -> None:
     assert not holds_scanned_binary(header)
 
 
+@pytest.mark.parametrize("inputs", [5, True, 1.5, "t", None])
+def test_inputs_that_are_no_list_hold_no_scanned_binary(inputs: Any) -> None:
+    """A header whose `inputs` is no list holds no binary tensor (the decoder's 400 says
+    what is wrong), rather than failing the request with a TypeError."""
+    assert not holds_scanned_binary({"inputs": inputs})
+
+
 def test_an_integer_chunk_that_does_not_fit_its_shape_is_unreadable() -> None:
     """Sizes that do not match shape times width cannot be read: refused, not guessed."""
     header, _ = binary_request(ids=np.array([CARD, 1], dtype="<i8"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterator
@@ -516,3 +517,35 @@ class TestNonFiniteAnswers:
         vault.token_for("EMAIL", EMAIL)
         body = b'{"data":[NaN,'
         assert _rehydrated(body, "application/json", {}, vault) == body
+
+    def test_binary_answer_whose_header_holds_non_finite_values(self, vault: TokenVault) -> None:
+        """A binary answer (a BYTES output binary, an FP32 one as JSON holding NaN, as Triton
+        and a layer-router write it) gets its tokens restored, NaN and Infinity kept bare."""
+        token = vault.token_for("EMAIL", EMAIL)
+        element = f"to {token}".encode()
+        data = len(element).to_bytes(4, "little") + element
+        header = (
+            '{"outputs":[{"name":"y","datatype":"FP32","shape":[2],"data":[NaN,-Infinity]},'
+            '{"name":"s","datatype":"BYTES","shape":[1],'
+            f'"parameters":{{"binary_data_size":{len(data)}}}}}]}}'
+        ).encode()
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        out = _rehydrated(header + data, "application/octet-stream", headers, vault)
+        length = int(headers["Inference-Header-Content-Length"])
+        assert b"[NaN,-Infinity]" in out[:length]
+        restored = f"to {EMAIL}".encode()
+        assert out[length:] == len(restored).to_bytes(4, "little") + restored
+        assert f'"binary_data_size":{len(restored) + 4}'.encode() in out[:length]
+
+    def test_lone_surrogate_escape_is_kept_escaped(self, vault: TokenVault) -> None:
+        """A string with a lone surrogate escape (valid JSON, which orjson refuses) gets its
+        tokens restored and the escape kept, in a JSON answer and a binary one's header,
+        instead of failing the request with an encoding error."""
+        token = vault.token_for("EMAIL", EMAIL)
+        header = f'{{"outputs":[{{"name":"s","data":["\\ud800 {token}","é"]}}]}}'.encode()
+        out = _rehydrated(header, "application/json", {}, vault)
+        assert json.loads(out)["outputs"][0]["data"] == [f"\ud800 {EMAIL}", "é"]
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        out = _rehydrated(header, "application/octet-stream", headers, vault)
+        assert len(out) == int(headers["Inference-Header-Content-Length"])
+        assert json.loads(out)["outputs"][0]["data"] == [f"\ud800 {EMAIL}", "é"]

@@ -76,3 +76,26 @@ async def test_values_repeated_out_of_context_stay_tokens(
     assert value.encode() not in payload
     sample = orjson.loads(payload)
     assert "_1>" in sample["response"]["choices"][0]["message"]["content"]
+
+
+async def test_a_v2_answer_with_non_finite_values_is_still_sampled(privacy: Privacy) -> None:
+    """A KServe v2 JSON answer with bare NaN/Infinity (as Triton and this router write them)
+    is sampled like any other, its tokens kept as tokens and the non-finite values as null
+    (JSON has no other form for them); it was dropped as unreadable."""
+    spool = RecordingSpool()
+    store = StoreAndForward(spool, privacy, "site-1")  # type: ignore[arg-type]
+    scanner = MemoScanner(privacy.detectors, privacy.bundle.detection.max_body_bytes, 5.0)
+    document: dict[str, Any] = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}
+    ctx = RequestContext(
+        api="kserve-v2", model="m", version=None, deadline=0.0, document=document, scanner=scanner
+    )
+    ctx.audit_id = "a2"
+    body = (
+        b'{"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[3],'
+        b'"data":[NaN,Infinity,0.5]}]}'
+    )
+    store.maybe_sample(ctx, Reply(body))
+    await store.drain_pending()
+    (payload,) = spool.payloads
+    sample = orjson.loads(payload)
+    assert sample["response"]["outputs"][0]["data"] == [None, None, 0.5]

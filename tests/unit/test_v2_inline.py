@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from router.v2.inline import Unreadable, inline_binary_tensors
+from router.v2.inline import Unreadable, binary_accounted_for, inline_binary_tensors
 
 
 def elements(*texts: bytes) -> bytes:
@@ -77,10 +77,37 @@ def test_only_parameter_gone_drops_parameters() -> None:
         ([tensor("t", "BYTES", [-1], 5)], elements(b"x")),  # not a shape
         ([tensor("t", "BYTES", [1], -5)], elements(b"x")),  # negative size
         ("not a list", b""),
+        ([{**tensor("t", "BYTES", [1], 5), "data": ["y"]}], elements(b"x")),  # data as well
     ],
-    ids=["past-end", "left-over", "not-utf8", "short", "bad-shape", "negative", "no-list"],
+    ids=[
+        "past-end",
+        "left-over",
+        "not-utf8",
+        "short",
+        "bad-shape",
+        "negative",
+        "no-list",
+        "data-too",
+    ],
 )
 def test_unreadable_bodies_are_refused(inputs: Any, binary: bytes) -> None:
     """Anything that cannot be read exactly raises Unreadable: the caller keeps it unscanned."""
     with pytest.raises(Unreadable):
         inline_binary_tensors({"inputs": inputs}, memoryview(binary))
+
+
+@pytest.mark.parametrize(
+    ("inputs", "size", "accounted"),
+    [
+        ([tensor("f", "FP32", [2], 8), tensor("j", "INT32", [1], None)], 8, True),
+        ([tensor("f", "FP32", [2], 8)], 12, False),  # bytes no input declares
+        ([{"name": "f", "datatype": "FP32", "shape": [2], "parameters": [8]}], 8, False),
+        ([tensor("f", "FP32", [2], 16), tensor("g", "FP32", [2], -8)], 8, False),
+        ("not a list", 8, False),
+        ("not a list", 0, True),
+    ],
+    ids=["sizes-add-up", "left-over", "parameters-not-object", "negative", "no-list", "empty"],
+)
+def test_binary_accounted_for(inputs: Any, size: int, accounted: bool) -> None:
+    """Only a binary part the inputs' sizes add up to exactly may skip being read."""
+    assert binary_accounted_for({"inputs": inputs}, size) is accounted

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from router.privacy import MemoScanner
+from router.redaction import walker
 from router.redaction.actions import Hasher
 from router.redaction.detectors import Detectors
 from router.redaction.types import Action, DetectionError
@@ -61,3 +62,35 @@ def test_only_the_long_integers_of_a_number_array_are_scanned_with_their_own_rul
     out, counts = _walk({"data": data}, plan)
     assert out == {"data": [3, 0.5, "", -7, "************1111"]}
     assert counts["CARD"] == 2
+
+
+def test_drop_fields_elsewhere_keep_tensor_data_in_one_piece(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default bundle drops `user` and `metadata.customer_email`: paths no tensor
+    element can be at, so a number array is not walked element by element for them (a
+    4 MB INT64 tensor holding one card took 0.8 s to redact for central, 34 ms to survey)."""
+    checked: list[tuple[str, ...]] = []
+    original = walker._Walk._dropped
+
+    def counting(self: walker._Walk, path: tuple[str, ...]) -> bool:
+        checked.append(path)
+        return original(self, path)
+
+    monkeypatch.setattr(walker._Walk, "_dropped", counting)
+    data = [*range(1_000), 4111111111111111]
+    plan = RedactionPlan(drop_fields=("user", "metadata.customer_email"))
+    out, counts = _walk({"inputs": [{"data": data}], "user": "u"}, plan)
+    assert out == {"inputs": [{"data": [*range(1_000), "<CARD_1>"]}]}
+    assert counts["CARD"] == 1
+    assert len(checked) < 10  # the members' paths, not each element's
+
+
+@pytest.mark.parametrize("pattern", ["inputs.0.data.3", "inputs.*.data.*", "**.3"])
+def test_a_drop_pattern_that_may_reach_an_element_still_drops_it(pattern: str) -> None:
+    """A drop pattern that can match an element of the array (exact, wildcard or **)
+    still removes it."""
+    data = [10, 11, 12, 13]
+    out, _ = _walk({"inputs": [{"data": data}]}, RedactionPlan(drop_fields=(pattern,)))
+    kept = {"inputs.0.data.3": [10, 11, 12], "inputs.*.data.*": [], "**.3": [10, 11, 12]}
+    assert out == {"inputs": [{"data": kept[pattern]}]}
