@@ -484,3 +484,48 @@ class TestDrainCutsStreams:
         last = orjson.loads(data[-1])
         assert last["error"]["code"] == "shutting_down", last
         assert b"[DONE]" not in b"".join(data)
+
+    async def test_request_cut_by_the_drain_gets_a_shutting_down_answer(
+        self, tmp_path: Path
+    ) -> None:
+        """A non-stream request still waiting on its upstream when a one-second drain runs
+        out gets 503 shutting_down, and its audit record says so, instead of a connection
+        closed with no answer and a record blaming the client (499 client_gone)."""
+        fake = FakeUpstream(name="central", behaviour=Behaviour(delay_s=60))
+        upstream = TestServer(fake.app(), host="127.0.0.1")
+        await upstream.start_server()
+        config = tmp_path / "site.yaml"
+        config.write_text(
+            "server:\n  drain_timeout_s: 1\n  readiness_grace_s: 0\n"
+            f"audit:\n  path: {tmp_path / 'audit'}\n",
+            encoding="utf-8",
+        )
+        central = str(upstream.make_url("")).rstrip("/")
+        args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
+        chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+        timeout = aiohttp.ClientTimeout(total=EXIT_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                spawn(*args, "--central", central, stderr=tmp_path / "stderr") as child,
+            ):
+                await wait_ready(http, child.url)
+                answer = asyncio.ensure_future(
+                    http.post(f"{child.url}/v1/chat/completions", json=chat)
+                )
+                for _ in range(int(EXIT_TIMEOUT_S / 0.05)):  # until it waits on the upstream
+                    if fake.requests_to("/v1/chat/completions"):
+                        break
+                    await asyncio.sleep(0.05)
+                child.process.send_signal(signal.SIGTERM)
+                async with await answer as resp:
+                    status, body = resp.status, await resp.json()
+                    audit_id = resp.headers["X-Audit-Id"]
+                assert await child.exit_code() == 0
+        finally:
+            await upstream.close()
+        assert (status, body["error"]["code"]) == (503, "shutting_down"), body
+        (log,) = (tmp_path / "audit").glob("*.jsonl")
+        records = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        (record,) = (r for r in records if r.get("id") == audit_id)
+        assert record["status"] == 503
