@@ -138,9 +138,11 @@ class Dispatch:
             prober.failed()  # it no longer has the model its list promised
             if await model_missing(forwarded):
                 # Not there for this request, nor first for the next ones until the listing
-                # is asked again: the next target has its chance.
+                # is asked again: the next target has its chance. A version the request named
+                # is missing only itself (a client could name any): the model stays listed.
+                if model or not ctx.version:
+                    cluster.refuse(model or ctx.model, asyncio.get_running_loop().time())
                 model = model or ctx.model
-                cluster.refuse(model, asyncio.get_running_loop().time())
                 raise UpstreamModelMissing(
                     f"cluster {cluster.name} does not serve model '{model}' although its "
                     "model list names it"
