@@ -424,6 +424,15 @@ class TestCheck:
             assert done.returncode == 2, done.stderr
             assert "argument --model-repository" in done.stderr
 
+    def test_an_empty_config_flag_is_refused(self) -> None:
+        """`--config "$UNSET"` (and check's `"$UNSET"`) is an argument error (2) naming the
+        flag, as for --model-repository, not an invalid configuration in '.'."""
+        for args in (("serve", "--config", ""), ("check", "")):
+            done = run_cli(*args)
+            assert done.returncode == 2, done.stderr
+            assert "argument --config" in done.stderr or "argument config" in done.stderr
+            assert "configuration in ." not in done.stderr
+
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""
         color = edge_models / "color_classifier"
