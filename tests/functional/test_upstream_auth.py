@@ -220,6 +220,40 @@ class TestHealthChecksRefused:
             assert status == 200
             assert not regional_cluster.auth_failing
 
+    async def test_a_refused_model_list_is_told_to_the_operator(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A cluster whose models are discovered, its model list refused for the router's
+        key: it serves nothing (no request ever reaches it), so the refusal itself is logged
+        once as a refused credential and shown in auth_failing, never the key."""
+        _, regional_url = await start_fake(stack, "regional")
+        with caplog.at_level(logging.INFO, logger=AUTH_LOG):
+            app, _ = await start_router(
+                stack,
+                tmp_path,
+                cluster(
+                    "regional",
+                    "regional",
+                    regional_url,
+                    models=[],
+                    headers={"Authorization": WRONG_CANARY},
+                ),
+            )
+            regional_cluster = cluster_of(app, "regional")
+            for _ in range(250):
+                if regional_cluster.auth_failing:
+                    break
+                await asyncio.sleep(0.02)
+            assert regional_cluster.auth_failing
+            assert regional_cluster.models is None
+            refusals = [r.getMessage() for r in caplog.records if r.name == AUTH_LOG]
+            assert len(refusals) == 1
+            assert "model list" in refusals[0]
+            assert "CANARY" not in refusals[0]
+
 
 class TestClientCredentialPassedThrough:
     async def test_the_clients_refused_key_is_relayed_verbatim(
