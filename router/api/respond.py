@@ -157,15 +157,17 @@ async def _stream(
     source = reply.stream
     assert source is not None
     trail = request.app[TRAIL]
+    # Never expires on its own: a drain out of time ends the stream through it (end_streams).
+    scope = asyncio.timeout(None)
     # Its record is written when the stream ends (it digests what was sent): before the end
     # of the stream goes out, after the last bytes (knowing them last needs the end).
-    stream = trail.streamed(ctx, reply.status, source)
+    stream = trail.streamed(
+        ctx, reply.status, source, lambda: CUT_BY_SHUTDOWN.code if scope.expired() else ""
+    )
     headers["Content-Type"] = reply.content_type
     response = web.StreamResponse(status=reply.status, headers=headers)
     close_when_draining(request, response)
     streams = request.app[STATUS].streams
-    # Never expires on its own: a drain out of time ends the stream through it (end_streams).
-    scope = asyncio.timeout(None)
     try:
         await response.prepare(request)
         try:

@@ -454,7 +454,8 @@ class TestDrainCutsStreams:
 
     async def test_stream_cut_by_the_drain_ends_with_an_error_event(self, tmp_path: Path) -> None:
         """A chat stream from a central upstream that would take minutes: SIGTERM with a
-        one-second drain ends it with a shutting_down error event, not a silent cut."""
+        one-second drain ends it with a shutting_down error event, not a silent cut, and its
+        audit record says so (stream_error:shutting_down), not a complete answer."""
         endless = Behaviour(reply_text="token " * 2000, stream_chunks=2000, stream_delay_s=0.05)
         upstream = TestServer(
             FakeUpstream(name="central", behaviour=endless).app(), host="127.0.0.1"
@@ -462,7 +463,9 @@ class TestDrainCutsStreams:
         await upstream.start_server()
         config = tmp_path / "site.yaml"
         config.write_text(
-            "server:\n  drain_timeout_s: 1\n  readiness_grace_s: 0\n", encoding="utf-8"
+            "server:\n  drain_timeout_s: 1\n  readiness_grace_s: 0\n"
+            f"audit:\n  path: {tmp_path / 'audit'}\n",
+            encoding="utf-8",
         )
         central = str(upstream.make_url("")).rstrip("/")
         args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
@@ -480,6 +483,7 @@ class TestDrainCutsStreams:
                 await wait_ready(http, child.url)
                 async with http.post(f"{child.url}/v1/chat/completions", json=chat) as resp:
                     assert resp.status == 200
+                    audit_id = resp.headers["X-Audit-Id"]
                     events = [await resp.content.readline()]  # the stream is flowing
                     child.process.send_signal(signal.SIGTERM)
                     with contextlib.suppress(aiohttp.ClientPayloadError):
@@ -493,6 +497,10 @@ class TestDrainCutsStreams:
         last = orjson.loads(data[-1])
         assert last["error"]["code"] == "shutting_down", last
         assert b"[DONE]" not in b"".join(data)
+        (log,) = (tmp_path / "audit").glob("*.jsonl")
+        records = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        (record,) = (r for r in records if r.get("id") == audit_id)
+        assert record["reasons"][-1] == "stream_error:shutting_down", record
 
     async def test_request_cut_by_the_drain_gets_a_shutting_down_answer(
         self, tmp_path: Path
