@@ -8,6 +8,7 @@ Authorization header, the real router app, all on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from pathlib import Path
@@ -175,6 +176,36 @@ class TestRouterCredentialRefused:
                 body = await response.read()
         assert response.status == 502
         assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
+
+
+class TestCredentialsInTheUrl:
+    @pytest.mark.parametrize("client", ["h1", "aiohttp"])
+    async def test_a_url_credential_is_sent_and_is_the_routers_own(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        client: str,
+    ) -> None:
+        """An endpoint URL's user:password goes upstream as Basic credentials with either
+        client, and is the router's own: its refusal is 502 upstream_auth_failed, never the
+        upstream's 401 relayed as if the client's key were wrong."""
+        basic = "Basic " + base64.b64encode(b"router:CANARY-url-pw").decode()
+        behaviour = Behaviour(authorization=basic)
+        fake = FakeUpstream(name="regional", models=(MODEL,), behaviour=behaviour)
+        fake_url = await stack.enter_async_context(serving(fake.app()))
+        with_password = fake_url.replace("http://", "http://router:CANARY-url-pw@")
+        _, url = await start_router(
+            stack, tmp_path, cluster("regional", "regional", with_password, client=client)
+        )
+        status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 200, body
+        assert fake.received[-1].headers["Authorization"] == basic
+        fake.behaviour.authorization = "Basic rotated"
+        status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 502, body
+        assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
+        assert b"CANARY" not in body
 
 
 class TestHealthChecksRefused:
