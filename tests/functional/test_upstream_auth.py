@@ -207,6 +207,32 @@ class TestCredentialsInTheUrl:
         assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
         assert b"CANARY" not in body
 
+    @pytest.mark.parametrize("client", ["h1", "aiohttp"])
+    async def test_a_forwarded_client_key_wins_over_a_url_credential(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        client: str,
+    ) -> None:
+        """With forward_authorization, a client's own Authorization goes upstream in place of
+        the URL's user:password, with either client (aiohttp refuses to send both: a 500)."""
+        fake = FakeUpstream(
+            name="regional", models=(MODEL,), behaviour=Behaviour(authorization=CLIENT_CANARY)
+        )
+        fake_url = await stack.enter_async_context(serving(fake.app()))
+        with_password = fake_url.replace("http://", "http://router:url-pw@")
+        _, url = await start_router(
+            stack,
+            tmp_path,
+            cluster(
+                "regional", "regional", with_password, client=client, forward_authorization=True
+            ),
+        )
+        status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 200, body
+        assert fake.received[-1].headers["Authorization"] == CLIENT_CANARY
+
 
 class TestHealthChecksRefused:
     async def test_a_refused_health_check_is_told_to_the_operator(
