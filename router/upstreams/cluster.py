@@ -200,7 +200,8 @@ class Cluster:
             self.auth_failing = True
             log.error(
                 "cluster %s refused the router's credential for it (%d to a %s): check the key "
-                "in its `headers`; other targets serve meanwhile",
+                "in its `headers` (or its endpoint URLs' user:password); other targets serve "
+                "meanwhile",
                 self.name,
                 status,
                 by,
