@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve requests (embedded default config if none)")
     serve.add_argument(
         "--config",
-        type=Path,
+        type=_config_file,
         default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
         help="site config YAML (default: $LAYER_ROUTER_CONFIG, else the embedded config)",
     )
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a site config and the models it names")
     check.add_argument(
         "config",
-        type=Path,
+        type=_config_file,
         nargs="?",
         default=os.environ.get("LAYER_ROUTER_CONFIG") or None,
         help="site config YAML (default: $LAYER_ROUTER_CONFIG, else the embedded config)",
@@ -103,6 +103,15 @@ def _folder(text: str) -> Path:
 
 
 _folder.__name__ = "folder (empty)"  # argparse: "invalid folder (empty) value: ''"
+
+
+def _config_file(text: str) -> Path:
+    if not text:  # `--config "$UNSET"` would otherwise read the current folder as the config
+        raise ValueError(text)
+    return Path(text)
+
+
+_config_file.__name__ = "file (empty)"  # argparse: "invalid file (empty) value: ''"
 
 
 # The flags' own checks, so that a bad value is one argparse line naming the flag and what

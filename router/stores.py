@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from router.spool.collector_stats import CollectorStats
 from router.spool.retention import Retention
 from router.spool.sites import SITE_HEADER, SiteGuard, read_key_file, sent_in_clear
 from router.spool.store import SpoolInUse
+from router.spool.worker import WorkerBusy, WorkerClosed
 from router.store_forward import StoreAndForward
 from router.tasks import cancel_all
 from router.trail import Trail
@@ -114,6 +116,7 @@ async def _upload_headers(settings: Settings) -> dict[str, str]:
 async def collector_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = None
+    tasks: list[asyncio.Task[None]] = []
     if settings.collects:
         store = await _open_collector(
             settings.site.id, Retention.of(settings.spool), shared=settings.server.workers > 1
@@ -138,11 +141,29 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
             collector.retention = Retention.of(settings.spool)
 
         app[RELOADER].hooks.append(new_sites)
+        tasks.append(asyncio.get_running_loop().create_task(_keep_pruned(store, stats)))
     try:
         yield
     finally:
+        await cancel_all(tasks)
         if store is not None:
             await store.close()
+
+
+# The longest a record outlives the retention when no batch arrives (each batch prunes too).
+PRUNE_INTERVAL_S = 60.0
+
+
+async def _keep_pruned(store: CollectorStore, stats: CollectorStats) -> None:
+    """Apply the collector's retention on a timer as well as per batch: with its sites quiet
+    (closed, cut off), records past `collector_retention_s` would otherwise stay for good, and a
+    bound lowered by a reload would wait for the next upload."""
+    while True:
+        try:
+            stats.removed += await store.prune()
+        except (sqlite3.Error, WorkerBusy, WorkerClosed) as exc:
+            logger.warning("collector could not apply its retention: %s", type(exc).__name__)
+        await asyncio.sleep(min(PRUNE_INTERVAL_S, store.retention.max_age_s / 2))
 
 
 async def _open_collector(site: str, retention: Retention, shared: bool = False) -> CollectorStore:

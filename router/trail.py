@@ -5,6 +5,7 @@ its end is sent; a request whose client left first gets a `client_gone` record).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import replace
@@ -14,6 +15,7 @@ from cachetools import LRUCache
 
 from router.audit import AuditLog, AuditLogError, AuditRecord, Digester
 from router.context import RequestContext
+from router.errors import RouterError
 from router.policy.decide import Failure
 from router.settings import SiteSettings
 
@@ -26,6 +28,8 @@ MEMO_ENTRIES = 4096
 # request"), with the reason CLIENT_GONE after the route's.
 CLIENT_GONE_STATUS = 499
 CLIENT_GONE = "client_gone"
+# The reason of a stream ended by an error event after its answer began (with the event's code).
+STREAM_ERROR = "stream_error"
 
 
 class Trail:
@@ -120,14 +124,28 @@ class Trail:
             self._copy(body)
 
     async def streamed(
-        self, ctx: RequestContext, status: int, chunks: AsyncIterator[bytes]
+        self,
+        ctx: RequestContext,
+        status: int,
+        chunks: AsyncIterator[bytes],
+        cut_by: Callable[[], str] = str,
     ) -> AsyncGenerator[bytes, None]:
-        """Relay a stream and write its record once it ended, digesting what was sent."""
+        """Relay a stream and write its record once it ended, digesting what was sent. A
+        stream the router ends with an error event (the upstream broke off; or `cut_by`
+        names the code of what cancelled it, the drain) is recorded with
+        `stream_error:CODE`: its headers said 200, but it is no complete answer."""
         digest = self._digester.stream("output")
         try:
             async for chunk in chunks:
                 digest.update(chunk)
                 yield chunk
+        except RouterError as exc:
+            ctx.reasons.append(f"{STREAM_ERROR}:{exc.code}")
+            raise
+        except asyncio.CancelledError:
+            if code := cut_by():
+                ctx.reasons.append(f"{STREAM_ERROR}:{code}")
+            raise
         finally:
             try:
                 # Its source too, now (the upstream connection), not when collected.

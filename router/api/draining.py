@@ -15,6 +15,14 @@ CUT_BY_SHUTDOWN = ShuttingDown(
 )
 
 
+def answer_cut_by_shutdown() -> ShuttingDown:
+    """What a request still waiting for its answer then gets instead of a dropped
+    connection (a new error each time: a raised one carries its own traceback)."""
+    return ShuttingDown(
+        "the server is shutting down: this request was ended before its answer was ready"
+    )
+
+
 def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
     """While the site drains, an answer closes its connection (`Connection: close`): a
     keep-alive client then opens a new one, refused cleanly once the listener is gone, instead
@@ -24,9 +32,11 @@ def close_when_draining(request: web.Request, response: web.StreamResponse) -> N
 
 
 def end_streams(status: ServerStatus) -> int:
-    """End every stream still being written (each writes CUT_BY_SHUTDOWN, then its end):
-    called when the drain runs out of time, before the server cancels what is left, which
-    would cut a stream with nothing to tell it from a complete one. Returns how many."""
+    """End every stream still being written (each writes CUT_BY_SHUTDOWN, then its end) and
+    every request still waiting for its answer (answered `answer_cut_by_shutdown`): called when
+    the drain runs out of time, before the server cancels what is left, which would cut a
+    stream with nothing to tell it from a complete one, and drop a request unanswered (its
+    record blaming a client that never left). Returns how many."""
     now = asyncio.get_running_loop().time()
     going = [scope for scope in status.streams if not scope.expired()]
     for scope in going:

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator
 from aiohttp import web
 
 from router.api.current import current
-from router.api.draining import CUT_BY_SHUTDOWN, close_when_draining
+from router.api.draining import CUT_BY_SHUTDOWN, answer_cut_by_shutdown, close_when_draining
 from router.api.state import SPOOL, STATUS, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.budget import model_budget
@@ -100,13 +100,25 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
     if trail.enabled:
         # At the pipeline's first wait: off the answer's path when the loop has time to spare.
         asyncio.get_running_loop().call_soon(trail.digest_inputs, ctx)
+    streams = request.app[STATUS].streams
+    # Never expires on its own: a drain out of time ends the wait through it (end_streams).
+    scope = asyncio.timeout(None)
     try:
-        reply = await pipeline.run(ctx)
+        async with scope:
+            streams.add(scope)
+            try:
+                reply = await pipeline.run(ctx)
+            finally:
+                streams.discard(scope)
     except asyncio.CancelledError:
         # The client left before the answer (aiohttp cancels the handler): counted still, or
         # the requests an operator most wants to see (the slow ones) would vanish.
         observe(request.app, ctx, None)
         raise
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise answer_cut_by_shutdown() from None
     headers = {**reply.headers, **trace_headers(ctx)}
     if reply.stream is not None:
         return await _stream(request, reply, headers, ctx)
@@ -145,15 +157,17 @@ async def _stream(
     source = reply.stream
     assert source is not None
     trail = request.app[TRAIL]
+    # Never expires on its own: a drain out of time ends the stream through it (end_streams).
+    scope = asyncio.timeout(None)
     # Its record is written when the stream ends (it digests what was sent): before the end
     # of the stream goes out, after the last bytes (knowing them last needs the end).
-    stream = trail.streamed(ctx, reply.status, source)
+    stream = trail.streamed(
+        ctx, reply.status, source, lambda: CUT_BY_SHUTDOWN.code if scope.expired() else ""
+    )
     headers["Content-Type"] = reply.content_type
     response = web.StreamResponse(status=reply.status, headers=headers)
     close_when_draining(request, response)
     streams = request.app[STATUS].streams
-    # Never expires on its own: a drain out of time ends the stream through it (end_streams).
-    scope = asyncio.timeout(None)
     try:
         await response.prepare(request)
         try:

@@ -32,8 +32,9 @@ __all__ = ["Pipelines", "ServerStatus"]
 @dataclass(slots=True)
 class ServerStatus:
     draining: bool = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
-    # The scopes of the streamed answers being written: a drain that runs out of time ends
-    # each with an error event (router.api.draining.end_streams) instead of cutting it.
+    # The scopes of the streamed answers being written, and of the requests waiting for their
+    # answer: a drain that runs out of time ends each with an error event, or a 503 answer
+    # (router.api.draining.end_streams), instead of cutting it.
     streams: set[asyncio.Timeout] = field(default_factory=set)
 
 

@@ -140,6 +140,18 @@ class CollectorStore:
         now, retention = self._clock(), self.retention
         return lambda conn: _add(conn, items, now, site, retention)
 
+    async def prune(self) -> int:
+        """Apply the retention now, with no batch arriving (a collector whose sites went quiet
+        must still forget what aged out); how many records it removed."""
+        return await asyncio.wrap_future(self._worker.submit(self._prune_job(), group=True))
+
+    def prune_sync(self) -> int:
+        return self._worker.submit(self._prune_job(), group=True).result()
+
+    def _prune_job(self) -> Job[int]:
+        now, retention = self._clock(), self.retention
+        return lambda conn: prune(conn, now, retention)
+
     async def read(self, after: int = 0, limit: int = 1000) -> list[Received]:
         """Stored records with ids above `after`, oldest first (those the retention removed
         or dropped the payload of are skipped)."""

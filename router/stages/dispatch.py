@@ -31,6 +31,7 @@ from router.settings import RoutingSettings
 from router.stages.route import DecideRoute
 from router.tenancy import Tenancy
 from router.upstreams import forward
+from router.upstreams.cluster import Cluster
 from router.upstreams.registry import Upstreams
 from router.v2.request import build_request
 from router.v2.response import encode_response
@@ -42,6 +43,14 @@ _PASS_OVER = (Unavailable, UpstreamError, UpstreamModelMissing)
 
 # Reasons a local answer stood in for an escalation that could not happen.
 _ESCALATION_MISSED = ("escalation_unavailable", "escalation_failed:")
+
+
+def _missing_for_all(ctx: RequestContext, cluster: Cluster, model: str) -> bool:
+    """Whether an upstream's "no such model" speaks for every request for the model, not
+    only this one's: not when it is about a version the request named (a client may name
+    any), nor when the client's own key went upstream (OpenAI says model_not_found to a key
+    without access to the model). `model`: an escalation's, which names no version."""
+    return (bool(model) or not ctx.version) and not cluster.settings.forward_authorization
 
 
 class Dispatch:
@@ -139,8 +148,9 @@ class Dispatch:
             if await model_missing(forwarded):
                 # Not there for this request, nor first for the next ones until the listing
                 # is asked again: the next target has its chance.
+                if _missing_for_all(ctx, cluster, model):
+                    cluster.refuse(model or ctx.model, asyncio.get_running_loop().time())
                 model = model or ctx.model
-                cluster.refuse(model, asyncio.get_running_loop().time())
                 raise UpstreamModelMissing(
                     f"cluster {cluster.name} does not serve model '{model}' although its "
                     "model list names it"

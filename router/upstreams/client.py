@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from router.errors import (
     ConnectFailed,
@@ -129,10 +131,20 @@ class HttpTransport:
             if self._probes is None:
                 self._probes = plain_session()
             session = self._probes
+        url = request.url
+        if (
+            "@" in url
+            and any(name.lower() == "authorization" for name in request.headers)
+            and urlsplit(url).username is not None
+        ):
+            # aiohttp refuses to send a URL's user:password beside an Authorization header
+            # (ValueError): the header, the client's own (forward_authorization), wins as the
+            # lean client lets it.
+            url = str(URL(url, encoded=True).with_user(None))
         with map_errors(where):
             response = await session.request(
                 request.method,
-                request.url,
+                url,
                 data=request.body or None,
                 headers=request.headers,
                 allow_redirects=False,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from router.headers import CREDENTIALS
 from router.policy.decide import TIER_ORDER as _TIERS
@@ -77,8 +78,10 @@ class Cluster:
         self.jurisdictions = frozenset(ep.settings.jurisdiction for ep in self.endpoints)
         self.hosts = frozenset(ep.settings.host for ep in self.endpoints)
         named = {name.lower() for name in self.settings.headers}
-        self.own_credential = not self.settings.forward_authorization and not named.isdisjoint(
-            CREDENTIALS
+        # A URL's user:password is sent as Basic credentials: the router's own too.
+        in_url = any(urlsplit(ep.settings.url).username is not None for ep in self.endpoints)
+        self.own_credential = not self.settings.forward_authorization and (
+            in_url or not named.isdisjoint(CREDENTIALS)
         )
 
     @classmethod
@@ -197,7 +200,8 @@ class Cluster:
             self.auth_failing = True
             log.error(
                 "cluster %s refused the router's credential for it (%d to a %s): check the key "
-                "in its `headers`; other targets serve meanwhile",
+                "in its `headers` (or its endpoint URLs' user:password); other targets serve "
+                "meanwhile",
                 self.name,
                 status,
                 by,

@@ -9,8 +9,9 @@ upstream allows keep-alive; anything else (aborted, unread, cancelled, broken) i
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from router.errors import (
     ConnectFailed,
@@ -43,13 +44,13 @@ class H1Transport:
         self._open: set[H1Connection] = set()
         self._closed = False
         self._sweep: asyncio.TimerHandle | None = None
-        self._targets: dict[str, tuple[str, str, int, str, str]] = {}
+        self._targets: dict[str, tuple[str, str, int, str, str, str]] = {}
 
     async def send(
         self, request: UpstreamRequest, where: str, connect_timeout: float
     ) -> H1Response:
-        key, host_header, path = self._target(request.url, where)
-        head = _encode_head(request, host_header, path)
+        key, host_header, path, authorization = self._target(request.url, where)
+        head = _encode_head(request, host_header, path, authorization)
         payload = head + request.body if request.body else head
         slotted = not request.probe
         release = self._release if slotted else self._keep
@@ -165,20 +166,20 @@ class H1Transport:
         self._open.add(connection)
         return connection
 
-    def _target(self, url: str, where: str) -> tuple[Key, str, str]:
-        """The pool key, Host header and request target of `url`."""
+    def _target(self, url: str, where: str) -> tuple[Key, str, str, str]:
+        """The pool key, Host header, request target and Basic credentials of `url`."""
         parsed = self._targets.get(url)
         if parsed is None:
             parsed = _split(url, where)
             if len(self._targets) >= 512:  # paths with client queries could grow it unbounded
                 self._targets.clear()
             self._targets[url] = parsed
-        scheme, host, port, host_header, path = parsed
+        scheme, host, port, host_header, path, authorization = parsed
         context: ssl.SSLContext | None = None
         server_hostname: str | None = None
         if scheme == "https":  # read per request: a reload swaps the context
             context, server_hostname = self._tls_for(host)
-        return (scheme, host, port, context, server_hostname), host_header, path
+        return (scheme, host, port, context, server_hostname), host_header, path, authorization
 
     def _tls_for(self, host: str) -> tuple[ssl.SSLContext, str]:
         tls = self._tls
@@ -188,8 +189,9 @@ class H1Transport:
         return context, name
 
 
-def _split(url: str, where: str) -> tuple[str, str, int, str, str]:
-    """Scheme, host, port, Host header and request target of `url`."""
+def _split(url: str, where: str) -> tuple[str, str, int, str, str, str]:
+    """Scheme, host, port, Host header, request target and the Authorization its
+    `user:password@` makes ("" without one) of `url`."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     secure = parts.scheme == "https"
@@ -204,7 +206,11 @@ def _split(url: str, where: str) -> tuple[str, str, int, str, str]:
         path = f"{path}?{parts.query}"
     if not path.isascii():
         path = quote(path, safe=_SAFE_PATH)
-    return parts.scheme, host, port, host_header, path
+    authorization = ""
+    if parts.username is not None:  # sent as aiohttp sends it, not dropped
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return parts.scheme, host, port, host_header, path, authorization
 
 
 _DEFAULT: list[ssl.SSLContext] = []
@@ -217,10 +223,12 @@ def _default_context() -> ssl.SSLContext:
     return _DEFAULT[0]
 
 
-def _encode_head(request: UpstreamRequest, host: str, path: str) -> bytes:
+def _encode_head(request: UpstreamRequest, host: str, path: str, authorization: str = "") -> bytes:
     lines = [f"{request.method} {path} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in request.headers.items():
         lines.append(f"{name}: {value}\r\n")
+    if authorization and not any(name.lower() == "authorization" for name in request.headers):
+        lines.append(f"Authorization: {authorization}\r\n")
     if request.body or request.method not in _BODYLESS:
         lines.append(f"Content-Length: {len(request.body)}\r\n")
     # As aiohttp asks; the answer is inflated before anyone reads it (H1Response).

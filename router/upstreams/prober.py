@@ -135,6 +135,10 @@ class Prober:
                 body = await response.read(_DISCOVERY_LIMIT)
         except (UpstreamError, TimeoutError):
             return None
+        if response.status in (401, 403) and self.cluster.own_credential:
+            # A cluster whose list is refused serves nothing, so no request would tell the
+            # operator why (with health checks off, or a health path that needs no key).
+            self.cluster.credential_refused(response.status, "model list request")
         if response.status != 200:
             return None
         try:

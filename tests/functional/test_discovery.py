@@ -193,10 +193,11 @@ _TRITON_MISSING = b'{"error": "Request for unknown model: \'m\' is not found"}'
 
 @contextlib.asynccontextmanager
 async def regional_and_central(
-    regional: FakeUpstream, central: FakeUpstream
+    regional: FakeUpstream, central: FakeUpstream, **overrides: object
 ) -> AsyncIterator[tuple[web.Application, TestServer, list[str]]]:
     """A router with a regional and a central cluster (no periodic rediscovery, no health
-    checks): its app, its server, and the discovery requests the regional one received."""
+    checks, any other settings `overrides` for both): its app, its server, and the discovery
+    requests the regional one received."""
     listings: list[str] = []
 
     @web.middleware
@@ -217,6 +218,7 @@ async def regional_and_central(
             "endpoints": [{"url": str(server.make_url("")).rstrip("/")}],
             "discovery_interval_s": 3600,
             "health_check": {"enabled": False},
+            **overrides,
         }
         for name, server in zip(("regional", "central"), servers, strict=True)
     ]
@@ -282,6 +284,54 @@ class TestStaleDiscovery:
         infer = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
         regional = FakeUpstream(name="regional", models=[], v2_models=["m"])
         await self._walk("/v2/models/m/infer", infer, regional, _TRITON_MISSING)
+
+    async def test_an_unknown_version_leaves_the_model_believed_served(self) -> None:
+        """A request for a version the regional tier lacks (Triton's 'unknown model ...
+        version 9'): the next tier answers it, but the regional one is still believed to serve
+        the model, so one client asking for a made-up version does not send every other
+        request for the model away from it."""
+        regional = FakeUpstream(name="regional", models=[], v2_models=["m"])
+        central = FakeUpstream(name="central", models=[], v2_models=["m"])
+        regional.behaviour.fail_status, regional.behaviour.fail_times = 404, 1
+        regional.behaviour.fail_body = (
+            b'{"error": "Request for unknown model: \'m\' version 9 is not found"}'
+        )
+        infer = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+        async with (
+            regional_and_central(regional, central) as (app, router, _listings),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(10),
+        ):
+            async with http.post(router.make_url("/v2/models/m/versions/9/infer"), json=infer) as r:
+                assert r.status == 200, await r.text()
+                assert "failed:regional:model_not_found" in r.headers["X-Route-Reason"]
+            async with http.post(router.make_url("/v2/models/m/infer"), json=infer) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["X-Route-Reason"].startswith("forward:regional")
+            assert "m" in (app[UPSTREAMS].clusters["regional"].models or ())
+
+    async def test_a_client_key_without_access_leaves_the_model_believed_served(self) -> None:
+        """Where the client's own key goes upstream (forward_authorization), OpenAI's 404
+        model_not_found may only mean that key has no access to the model: the next tier answers
+        that client, and the regional one is still believed to serve the model for the others."""
+        regional = FakeUpstream(name="regional", models=["gpt-a"])
+        central = FakeUpstream(name="central", models=["gpt-a"])
+        regional.behaviour.fail_status, regional.behaviour.fail_times = 404, 1
+        regional.behaviour.fail_body = _OPENAI_MISSING
+        chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+        url = "/v1/chat/completions"
+        async with (
+            regional_and_central(regional, central, forward_authorization=True) as (app, router, _),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(10),
+        ):
+            async with http.post(router.make_url(url), json=chat) as r:
+                assert r.status == 200, await r.text()
+                assert "failed:regional:model_not_found" in r.headers["X-Route-Reason"]
+            async with http.post(router.make_url(url), json=chat) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["X-Route-Reason"].startswith("forward:regional")
+            assert "gpt-a" in (app[UPSTREAMS].clusters["regional"].models or ())
 
     async def test_any_other_404_ends_the_walk(self) -> None:
         """A 404 that does not say the model is unknown is the upstream's answer: relayed."""

@@ -424,6 +424,15 @@ class TestCheck:
             assert done.returncode == 2, done.stderr
             assert "argument --model-repository" in done.stderr
 
+    def test_an_empty_config_flag_is_refused(self) -> None:
+        """`--config "$UNSET"` (and check's `"$UNSET"`) is an argument error (2) naming the
+        flag, as for --model-repository, not an invalid configuration in '.'."""
+        for args in (("serve", "--config", ""), ("check", "")):
+            done = run_cli(*args)
+            assert done.returncode == 2, done.stderr
+            assert "argument --config" in done.stderr or "argument config" in done.stderr
+            assert "configuration in ." not in done.stderr
+
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""
         color = edge_models / "color_classifier"
@@ -445,7 +454,8 @@ class TestDrainCutsStreams:
 
     async def test_stream_cut_by_the_drain_ends_with_an_error_event(self, tmp_path: Path) -> None:
         """A chat stream from a central upstream that would take minutes: SIGTERM with a
-        one-second drain ends it with a shutting_down error event, not a silent cut."""
+        one-second drain ends it with a shutting_down error event, not a silent cut, and its
+        audit record says so (stream_error:shutting_down), not a complete answer."""
         endless = Behaviour(reply_text="token " * 2000, stream_chunks=2000, stream_delay_s=0.05)
         upstream = TestServer(
             FakeUpstream(name="central", behaviour=endless).app(), host="127.0.0.1"
@@ -453,7 +463,9 @@ class TestDrainCutsStreams:
         await upstream.start_server()
         config = tmp_path / "site.yaml"
         config.write_text(
-            "server:\n  drain_timeout_s: 1\n  readiness_grace_s: 0\n", encoding="utf-8"
+            "server:\n  drain_timeout_s: 1\n  readiness_grace_s: 0\n"
+            f"audit:\n  path: {tmp_path / 'audit'}\n",
+            encoding="utf-8",
         )
         central = str(upstream.make_url("")).rstrip("/")
         args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
@@ -471,6 +483,7 @@ class TestDrainCutsStreams:
                 await wait_ready(http, child.url)
                 async with http.post(f"{child.url}/v1/chat/completions", json=chat) as resp:
                     assert resp.status == 200
+                    audit_id = resp.headers["X-Audit-Id"]
                     events = [await resp.content.readline()]  # the stream is flowing
                     child.process.send_signal(signal.SIGTERM)
                     with contextlib.suppress(aiohttp.ClientPayloadError):
@@ -484,3 +497,52 @@ class TestDrainCutsStreams:
         last = orjson.loads(data[-1])
         assert last["error"]["code"] == "shutting_down", last
         assert b"[DONE]" not in b"".join(data)
+        (log,) = (tmp_path / "audit").glob("*.jsonl")
+        records = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        (record,) = (r for r in records if r.get("id") == audit_id)
+        assert record["reasons"][-1] == "stream_error:shutting_down", record
+
+    async def test_request_cut_by_the_drain_gets_a_shutting_down_answer(
+        self, tmp_path: Path
+    ) -> None:
+        """A non-stream request still waiting on its upstream when a one-second drain runs
+        out gets 503 shutting_down, and its audit record says so, instead of a connection
+        closed with no answer and a record blaming the client (499 client_gone)."""
+        fake = FakeUpstream(name="central", behaviour=Behaviour(delay_s=60))
+        upstream = TestServer(fake.app(), host="127.0.0.1")
+        await upstream.start_server()
+        config = tmp_path / "site.yaml"
+        config.write_text(
+            "server:\n  drain_timeout_s: 1\n  readiness_grace_s: 0\n"
+            f"audit:\n  path: {tmp_path / 'audit'}\n",
+            encoding="utf-8",
+        )
+        central = str(upstream.make_url("")).rstrip("/")
+        args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", config]
+        chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+        timeout = aiohttp.ClientTimeout(total=EXIT_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                spawn(*args, "--central", central, stderr=tmp_path / "stderr") as child,
+            ):
+                await wait_ready(http, child.url)
+                answer = asyncio.ensure_future(
+                    http.post(f"{child.url}/v1/chat/completions", json=chat)
+                )
+                for _ in range(int(EXIT_TIMEOUT_S / 0.05)):  # until it waits on the upstream
+                    if fake.requests_to("/v1/chat/completions"):
+                        break
+                    await asyncio.sleep(0.05)
+                child.process.send_signal(signal.SIGTERM)
+                async with await answer as resp:
+                    status, body = resp.status, await resp.json()
+                    audit_id = resp.headers["X-Audit-Id"]
+                assert await child.exit_code() == 0
+        finally:
+            await upstream.close()
+        assert (status, body["error"]["code"]) == (503, "shutting_down"), body
+        (log,) = (tmp_path / "audit").glob("*.jsonl")
+        records = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        (record,) = (r for r in records if r.get("id") == audit_id)
+        assert record["status"] == 503

@@ -8,6 +8,7 @@ Authorization header, the real router app, all on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from pathlib import Path
@@ -177,6 +178,62 @@ class TestRouterCredentialRefused:
         assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
 
 
+class TestCredentialsInTheUrl:
+    @pytest.mark.parametrize("client", ["h1", "aiohttp"])
+    async def test_a_url_credential_is_sent_and_is_the_routers_own(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        client: str,
+    ) -> None:
+        """An endpoint URL's user:password goes upstream as Basic credentials with either
+        client, and is the router's own: its refusal is 502 upstream_auth_failed, never the
+        upstream's 401 relayed as if the client's key were wrong."""
+        basic = "Basic " + base64.b64encode(b"router:CANARY-url-pw").decode()
+        behaviour = Behaviour(authorization=basic)
+        fake = FakeUpstream(name="regional", models=(MODEL,), behaviour=behaviour)
+        fake_url = await stack.enter_async_context(serving(fake.app()))
+        with_password = fake_url.replace("http://", "http://router:CANARY-url-pw@")
+        _, url = await start_router(
+            stack, tmp_path, cluster("regional", "regional", with_password, client=client)
+        )
+        status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 200, body
+        assert fake.received[-1].headers["Authorization"] == basic
+        fake.behaviour.authorization = "Basic rotated"
+        status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 502, body
+        assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
+        assert b"CANARY" not in body
+
+    @pytest.mark.parametrize("client", ["h1", "aiohttp"])
+    async def test_a_forwarded_client_key_wins_over_a_url_credential(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        client: str,
+    ) -> None:
+        """With forward_authorization, a client's own Authorization goes upstream in place of
+        the URL's user:password, with either client (aiohttp refuses to send both: a 500)."""
+        fake = FakeUpstream(
+            name="regional", models=(MODEL,), behaviour=Behaviour(authorization=CLIENT_CANARY)
+        )
+        fake_url = await stack.enter_async_context(serving(fake.app()))
+        with_password = fake_url.replace("http://", "http://router:url-pw@")
+        _, url = await start_router(
+            stack,
+            tmp_path,
+            cluster(
+                "regional", "regional", with_password, client=client, forward_authorization=True
+            ),
+        )
+        status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 200, body
+        assert fake.received[-1].headers["Authorization"] == CLIENT_CANARY
+
+
 class TestHealthChecksRefused:
     async def test_a_refused_health_check_is_told_to_the_operator(
         self,
@@ -219,6 +276,40 @@ class TestHealthChecksRefused:
                 await asyncio.sleep(0.02)
             assert status == 200
             assert not regional_cluster.auth_failing
+
+    async def test_a_refused_model_list_is_told_to_the_operator(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A cluster whose models are discovered, its model list refused for the router's
+        key: it serves nothing (no request ever reaches it), so the refusal itself is logged
+        once as a refused credential and shown in auth_failing, never the key."""
+        _, regional_url = await start_fake(stack, "regional")
+        with caplog.at_level(logging.INFO, logger=AUTH_LOG):
+            app, _ = await start_router(
+                stack,
+                tmp_path,
+                cluster(
+                    "regional",
+                    "regional",
+                    regional_url,
+                    models=[],
+                    headers={"Authorization": WRONG_CANARY},
+                ),
+            )
+            regional_cluster = cluster_of(app, "regional")
+            for _ in range(250):
+                if regional_cluster.auth_failing:
+                    break
+                await asyncio.sleep(0.02)
+            assert regional_cluster.auth_failing
+            assert regional_cluster.models is None
+            refusals = [r.getMessage() for r in caplog.records if r.name == AUTH_LOG]
+            assert len(refusals) == 1
+            assert "model list" in refusals[0]
+            assert "CANARY" not in refusals[0]
 
 
 class TestClientCredentialPassedThrough:

@@ -127,3 +127,20 @@ def test_settings_default_validate_and_match_the_store_default() -> None:
     for bad in ({"collector_retention_s": 0}, {"collector_max_bytes": -1}):
         with pytest.raises(ValidationError):
             Settings.model_validate({"spool": bad})
+
+
+def test_a_prune_without_a_batch_removes_what_aged_out(tmp_path: Path) -> None:
+    """With no batch arriving, a prune alone removes and counts the records past the
+    retention (a collector whose sites went quiet forgets them still)."""
+    clock = Clock()
+    store = CollectorStore.open_sync(
+        tmp_path / "collector.db", clock=clock, retention=Retention(max_age_s=DAY_S)
+    )
+    store.add_sync([item("a"), item("b")])
+    assert store.prune_sync() == 0
+    clock.now += DAY_S + 1
+    assert store.prune_sync() == 2
+    assert keys(store) == []
+    counts = store.counts_sync()
+    assert (counts["removed"], counts["held_bytes"]) == (2, 0)
+    store.close_sync()

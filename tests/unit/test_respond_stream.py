@@ -20,6 +20,7 @@ from router.api.respond import _stream
 from router.api.state import STATUS, TELEMETRY, TRAIL, ServerStatus
 from router.audit import AuditLog, Digester, new_audit_id, verify
 from router.context import Reply, RequestContext
+from router.errors import StreamBroken
 from router.settings import SiteSettings
 from router.telemetry import Telemetry
 from router.trail import Trail
@@ -97,3 +98,37 @@ async def test_client_gone_closes_the_stream(
     (entry,) = (orjson.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().split())
     assert (entry["id"], entry["status"], entry["reasons"]) == (ctx.audit_id, *recorded)
     assert verify(tmp_path / "audit.jsonl").ok
+
+
+async def broken_upstream() -> AsyncIterator[bytes]:
+    yield b"data: 1\n\n"
+    raise StreamBroken("cluster c endpoint 0: reset after the stream started")
+
+
+async def test_a_stream_ended_by_an_error_event_is_recorded_so(tmp_path: Path) -> None:
+    """A stream the router ends with an error event (its upstream broke off) is recorded with
+    the event's code among its reasons, not as a complete answer."""
+    writer = mock.Mock()
+    writer.write_headers = mock.AsyncMock()
+    writer.write = mock.AsyncMock()
+    writer.write_eof = mock.AsyncMock()
+    app = web.Application()
+    app[STATUS] = ServerStatus()
+    app[TELEMETRY] = Telemetry()
+    trail = app[TRAIL] = Trail(
+        AuditLog(tmp_path / "audit.jsonl", fsync="never"), Digester(b"k" * 16), SiteSettings()
+    )
+    request = make_mocked_request("POST", "/v1/chat/completions", writer=writer, app=app)
+    ctx = context()
+    ctx.reasons.append("forward:c")
+    reply = Reply(b"", "text/event-stream", 200, {}, stream=broken_upstream())
+    await _stream(request, reply, {}, ctx)
+    sent = b"".join(call.args[0] for call in writer.write.await_args_list)
+    assert b'"code":"upstream_stream_broken"' in sent
+    assert trail.audit_log is not None
+    await trail.audit_log.aclose()
+    (entry,) = (orjson.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().split())
+    assert (entry["status"], entry["reasons"]) == (
+        200,
+        ["forward:c", "stream_error:upstream_stream_broken"],
+    )
