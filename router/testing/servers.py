@@ -224,3 +224,20 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         yield str(server.make_url("")).rstrip("/")
     finally:
         await server.close()
+
+
+async def router_in_front_of(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, *clusters: Mapping[str, Any]
+) -> tuple[web.Application, str]:
+    """The real router app, with no local models, in front of `clusters` (upstream settings),
+    served until `stack` closes; returns the app and its base URL."""
+    repository = tmp_path / "models"
+    repository.mkdir(exist_ok=True)
+    settings = Settings.model_validate(
+        {
+            "models": {"repository": str(repository), "inference_threads": 1},
+            "upstreams": [dict(c) for c in clusters],
+        }
+    )
+    app = build_app(settings)
+    return app, await stack.enter_async_context(serving(app))

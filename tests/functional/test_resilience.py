@@ -27,9 +27,7 @@ from aiohttp import web
 
 from router import forwarding
 from router.api.state import UPSTREAMS
-from router.app import build_app
-from router.settings import Settings
-from router.testing import Behaviour, FakeUpstream, FaultProxy, serving
+from router.testing import Behaviour, FakeUpstream, FaultProxy, router_in_front_of, serving
 from router.upstreams.cluster import Cluster
 
 MODEL = "gpt-test"
@@ -76,23 +74,6 @@ def cluster(name: str, tier: str, *urls: str, **overrides: Any) -> dict[str, Any
         "retry": {"base_backoff_ms": 1, "max_backoff_ms": 5},
     }
     return _merge(base, overrides)
-
-
-async def start_router(
-    stack: contextlib.AsyncExitStack, tmp_path: Path, *clusters: dict[str, Any]
-) -> tuple[web.Application, str]:
-    """The real router app (no local models) in front of `clusters`."""
-    repository = tmp_path / "models"
-    repository.mkdir(exist_ok=True)
-    settings = Settings.model_validate(
-        {
-            "models": {"repository": str(repository), "inference_threads": 1},
-            "upstreams": list(clusters),
-        }
-    )
-    app = build_app(settings)
-    url = await stack.enter_async_context(serving(app))
-    return app, url
 
 
 def clusters_of(app: web.Application) -> dict[str, Cluster]:
@@ -168,7 +149,7 @@ class TestOutlierEjection:
         the client as 504, count no failure and eject nothing (else clients with tight
         budgets could take a tier away from everyone)."""
         _, url_504 = await start_fake(stack, "central", fail_status=504)
-        app, url = await start_router(stack, tmp_path, cluster("central", "central", url_504))
+        app, url = await router_in_front_of(stack, tmp_path, cluster("central", "central", url_504))
         central = clusters_of(app)["central"]
         for _ in range(8):
             answer = await post(
@@ -188,7 +169,7 @@ class TestOutlierEjection:
         base = 0.5
         bad, bad_url = await start_fake(stack, "bad", fail_status=500)
         _, good_url = await start_fake(stack, "good")
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster(
@@ -265,7 +246,7 @@ class TestBreaker:
         served, three get 503 upstream_overflow with Retry-After, counted as overflows; the
         upstream is neither blamed nor ejected and saw one request."""
         slow, slow_url = await start_fake(stack, "slow", delay_s=0.5)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", slow_url, max_connections=1, max_pending=0),
@@ -294,7 +275,7 @@ class TestBreaker:
         are shed at once (503 upstream_overflow), not queued behind the stream until they
         time out and blamed on the upstream; once the stream ends the place is free again."""
         fake, fake_url = await start_fake(stack, "slow", stream_chunks=8, stream_delay_s=0.1)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster(
@@ -331,7 +312,7 @@ class TestBreaker:
         connection at once, not whenever a garbage collection breaks the cycle the failed
         write's traceback makes (collections are off here to show it)."""
         _, fake_url = await start_fake(stack, "slow", stream_chunks=50, stream_delay_s=0.05)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", fake_url, max_connections=1, max_pending=0),
@@ -366,7 +347,7 @@ class TestBreaker:
         queued behind the stream until its try ends is our 503 upstream_overflow, never an
         upstream timeout blamed on the endpoint."""
         _, fake_url = await start_fake(stack, "slow", stream_chunks=12, stream_delay_s=0.1)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster(
@@ -404,7 +385,7 @@ class TestBreaker:
         503 upstream_overflow with Retry-After, the shed requests never reached the upstream,
         and the router serves normally afterwards."""
         slow, slow_url = await start_fake(stack, "slow", delay_s=0.1)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", slow_url, max_connections=2, max_pending=2),
@@ -445,7 +426,7 @@ class TestRetryBudget:
         within the budget (20% of active, at least 3), far from one retry per request."""
         n = 20
         down, down_url = await start_fake(stack, "down", fail_status=503, delay_s=0.2)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster(
@@ -474,7 +455,7 @@ class TestRetryBudget:
         """A chat completion is sent once when it fails; with an Idempotency-Key it is
         retried up to max_attempts."""
         down, down_url = await start_fake(stack, "down", fail_status=503)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", down_url, outlier={"consecutive_failures": 1000}),
@@ -497,7 +478,7 @@ class TestRetryBudget:
     ) -> None:
         """An idempotent request whose body is over retry.max_body_bytes is sent once."""
         down, down_url = await start_fake(stack, "down", fail_status=503)
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster(
@@ -548,7 +529,9 @@ class TestBrokenMidResponse:
         APIError (never a stream that ends as if complete), and the request, although it
         carries an Idempotency-Key, is not retried once bytes went downstream."""
         fake, fake_url = await start_fake(stack, "regional", break_stream_after=after)
-        app, url = await start_router(stack, tmp_path, cluster("regional", "regional", fake_url))
+        app, url = await router_in_front_of(
+            stack, tmp_path, cluster("regional", "regional", fake_url)
+        )
         client = openai_client(url)
         with pytest.raises(openai.APIError):
             await drain_stream(
@@ -580,7 +563,7 @@ class TestBrokenMidResponse:
         stream ends with an explicit upstream_timeout error event instead of holding the
         client (and the cluster's place) for as long as the upstream stays silent."""
         fake, fake_url = await start_fake(stack, "regional", stream_delay_s=3.0)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack, tmp_path, cluster("regional", "regional", fake_url, request_timeout_ms=300)
         )
         loop = asyncio.get_running_loop()
@@ -624,7 +607,9 @@ class TestBrokenMidResponse:
         upstream = web.Application()
         upstream.router.add_post("/v1/chat/completions", endless)
         upstream_url = await stack.enter_async_context(serving(upstream))
-        _, url = await start_router(stack, tmp_path, cluster("regional", "regional", upstream_url))
+        _, url = await router_in_front_of(
+            stack, tmp_path, cluster("regional", "regional", upstream_url)
+        )
         raw = await post(http, f"{url}/v1/chat/completions", {**CHAT, "stream": True})
         assert raw.status == 200
         events = sse_events(raw.body)
@@ -639,7 +624,9 @@ class TestBrokenMidResponse:
         """Dropped before any event: the client still gets an error, never an empty stream
         that looks complete."""
         fake, fake_url = await start_fake(stack, "regional", break_stream_after=0)
-        _, url = await start_router(stack, tmp_path, cluster("regional", "regional", fake_url))
+        _, url = await router_in_front_of(
+            stack, tmp_path, cluster("regional", "regional", fake_url)
+        )
         client = openai_client(url)
         with pytest.raises(openai.APIError):
             await drain_stream(client)
@@ -653,7 +640,9 @@ class TestBrokenMidResponse:
         upstream_reset when nothing else serves the model (the idempotent request retried
         while nothing had gone downstream), a complete 200 from the fallback tier otherwise."""
         broken, broken_url = await start_fake(stack, "broken", reset_mid_body=True)
-        _, url = await start_router(stack, tmp_path, cluster("regional", "regional", broken_url))
+        _, url = await router_in_front_of(
+            stack, tmp_path, cluster("regional", "regional", broken_url)
+        )
         answer = await post(http, f"{url}/v1/embeddings", EMBED)
         assert answer.status == 502
         assert answer.code == "upstream_reset"
@@ -669,7 +658,7 @@ class TestBrokenMidResponse:
         """With a central tier, the cut answer is replaced by central's complete one."""
         broken, broken_url = await start_fake(stack, "broken", reset_mid_body=True)
         _, central_url = await start_fake(stack, "central")
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", broken_url, retry={"max_attempts": 1}),
@@ -705,7 +694,7 @@ class TestBrokenMidResponse:
         )
         port = int(fake_url.rsplit(":", 1)[1])
         proxy = await stack.enter_async_context(FaultProxy("127.0.0.1", port))
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack, tmp_path, cluster("regional", "regional", proxy.url, request_timeout_ms=5000)
         )
         body = {**CHAT, "stream": True}
@@ -789,7 +778,7 @@ class TestBudgetAndFallback:
         then regional's observed latency makes later requests skip it for central."""
         slow, slow_url = await start_fake(stack, "regional", delay_s=1.5)
         _, central_url = await start_fake(stack, "central")
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", slow_url, expected_latency_ms=50),
@@ -823,7 +812,7 @@ class TestBudgetAndFallback:
         a 200 from regional that keeps the client waiting past it; the wait is learned."""
         slow, slow_url = await start_fake(stack, "regional", first_event_delay_s=1.5)
         _, central_url = await start_fake(stack, "central", reply_text="fast")
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", slow_url, expected_latency_ms=20),
@@ -855,7 +844,7 @@ class TestBudgetAndFallback:
         time out at the budget, and within a few the tier is skipped (504 budget_unmeetable
         at once, nothing sent) instead of every request waiting out its budget."""
         central, central_url = await start_fake(stack, "central")
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack, tmp_path, cluster("central", "central", central_url, expected_latency_ms=20)
         )
         for _ in range(5):  # learnt fast
@@ -878,7 +867,7 @@ class TestBudgetAndFallback:
         both tiers, with nothing sent upstream."""
         regional, regional_url = await start_fake(stack, "regional")
         central, central_url = await start_fake(stack, "central")
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", regional_url, expected_latency_ms=200),
@@ -921,7 +910,7 @@ class TestBudgetAndFallback:
         else:
             setattr(proxy.faults, fault, True)
             endpoint = proxy.url
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster(

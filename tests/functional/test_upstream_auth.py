@@ -21,9 +21,7 @@ from aiohttp import web
 
 from router.api.admin import build_admin_app
 from router.api.state import UPSTREAMS
-from router.app import build_app
-from router.settings import Settings
-from router.testing import Behaviour, FakeUpstream, serving
+from router.testing import Behaviour, FakeUpstream, router_in_front_of, serving
 from router.upstreams.cluster import Cluster
 
 MODEL = "gpt-test"
@@ -54,21 +52,6 @@ def cluster(name: str, tier: str, url: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def start_router(
-    stack: contextlib.AsyncExitStack, tmp_path: Path, *clusters: dict[str, Any]
-) -> tuple[web.Application, str]:
-    repository = tmp_path / "models"
-    repository.mkdir(exist_ok=True)
-    settings = Settings.model_validate(
-        {
-            "models": {"repository": str(repository), "inference_threads": 1},
-            "upstreams": list(clusters),
-        }
-    )
-    app = build_app(settings)
-    return app, await stack.enter_async_context(serving(app))
-
-
 def cluster_of(app: web.Application, name: str) -> Cluster:
     return app[UPSTREAMS].clusters[name]
 
@@ -89,7 +72,7 @@ class TestRouterCredentialRefused:
         ejection): the client gets central's answer, never regional's 401."""
         regional, regional_url = await start_fake(stack, "regional")
         central, central_url = await start_fake(stack, "central")
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", regional_url, headers={"Authorization": WRONG_CANARY}),
@@ -118,7 +101,7 @@ class TestRouterCredentialRefused:
         (no key, its or ours); the operator gets one log line per outage, a metric and a
         /status flag, and the next accepted answer ends the outage."""
         regional, regional_url = await start_fake(stack, "regional")
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", regional_url, headers={"Authorization": WRONG_CANARY}),
@@ -164,7 +147,7 @@ class TestRouterCredentialRefused:
     ) -> None:
         """A stream request refused before its first byte is the same 502, not a 401."""
         _, regional_url = await start_fake(stack, "regional")
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", regional_url, headers={"api-key": WRONG_CANARY}),
@@ -195,7 +178,7 @@ class TestCredentialsInTheUrl:
         fake = FakeUpstream(name="regional", models=(MODEL,), behaviour=behaviour)
         fake_url = await stack.enter_async_context(serving(fake.app()))
         with_password = fake_url.replace("http://", "http://router:CANARY-url-pw@")
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack, tmp_path, cluster("regional", "regional", with_password, client=client)
         )
         status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
@@ -222,7 +205,7 @@ class TestCredentialsInTheUrl:
         )
         fake_url = await stack.enter_async_context(serving(fake.app()))
         with_password = fake_url.replace("http://", "http://router:url-pw@")
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster(
@@ -247,7 +230,7 @@ class TestHealthChecksRefused:
         endpoint; once the key works the checks pass and a request ends the outage."""
         regional, regional_url = await start_fake(stack, "regional")
         checks = {"enabled": True, "interval_s": 0.02, "timeout_s": 0.5}
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster(
@@ -288,7 +271,7 @@ class TestHealthChecksRefused:
         once as a refused credential and shown in auth_failing, never the key."""
         _, regional_url = await start_fake(stack, "regional")
         with caplog.at_level(logging.INFO, logger=AUTH_LOG):
-            app, _ = await start_router(
+            app, _ = await router_in_front_of(
                 stack,
                 tmp_path,
                 cluster(
@@ -319,7 +302,7 @@ class TestClientCredentialPassedThrough:
         """A cluster that forwards the client's credentials relays the upstream's 401: it is
         the client's key that was refused."""
         regional, regional_url = await start_fake(stack, "regional")
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", regional_url, forward_authorization=True),

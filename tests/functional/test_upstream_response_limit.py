@@ -17,9 +17,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from router.api.state import UPSTREAMS
-from router.app import build_app
-from router.settings import ClusterSettings, Settings
-from router.testing import Behaviour, FakeUpstream, serving
+from router.settings import ClusterSettings
+from router.testing import Behaviour, FakeUpstream, router_in_front_of, serving
 
 MODEL = "gpt-test"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
@@ -61,21 +60,6 @@ def cluster(name: str, tier: str, url: str, client: str, **overrides: Any) -> di
     }
 
 
-async def start_router(
-    stack: contextlib.AsyncExitStack, tmp_path: Path, *clusters: dict[str, Any]
-) -> tuple[web.Application, str]:
-    repository = tmp_path / "models"
-    repository.mkdir(exist_ok=True)
-    settings = Settings.model_validate(
-        {
-            "models": {"repository": str(repository), "inference_threads": 1},
-            "upstreams": list(clusters),
-        }
-    )
-    app = build_app(settings)
-    return app, await stack.enter_async_context(serving(app))
-
-
 async def chat(
     http: aiohttp.ClientSession, url: str, doc: dict[str, Any] = CHAT
 ) -> tuple[int, Any, bytes]:
@@ -97,7 +81,7 @@ class TestResponseLimit:
         request would bring the same answer), the endpoint not blamed, and the connection
         closed: the next request comes on a new one and gets its whole answer."""
         fake, fake_url, ports = await start_fake(stack, "regional", reply_text=LONG)
-        app, url = await start_router(
+        app, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", fake_url, client, max_response_bytes=LIMIT),
@@ -130,7 +114,7 @@ class TestResponseLimit:
         (default, 64 MiB) limit holds the same answer."""
         _, regional_url, _ = await start_fake(stack, "regional", reply_text=LONG)
         _, central_url, _ = await start_fake(stack, "central", reply_text=LONG)
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", regional_url, client, max_response_bytes=LIMIT),
@@ -155,7 +139,7 @@ class TestResponseLimit:
         fake, fake_url, _ = await start_fake(stack, "regional")
         fake.behaviour.fail_status = 400
         fake.behaviour.fail_body = orjson.dumps({"error": {"message": LONG}})
-        _, url = await start_router(
+        _, url = await router_in_front_of(
             stack,
             tmp_path,
             cluster("regional", "regional", fake_url, client, max_response_bytes=LIMIT),
