@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 _DISCOVERY_LIMIT = 4 * 1024 * 1024
 
 
+# The shortest time between two discovery rounds asked for early (Prober.failed).
+EARLY_DISCOVERY_GAP_S = 1.0
+
+
 class Prober:
     def __init__(self, cluster: Cluster, transport: Transport) -> None:
         self.cluster = cluster
@@ -94,6 +98,9 @@ class Prober:
             wait = interval if self.cluster.listed else min(interval, 1.0)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
+                    # An early round at most this often: every 404 a client provokes asks for
+                    # one, and the cluster's list must not be polled back to back.
+                    await asyncio.sleep(min(wait, EARLY_DISCOVERY_GAP_S))
                     await self._rediscover.wait()
 
     async def discover(self) -> frozenset[str] | None:

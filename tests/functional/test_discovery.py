@@ -17,6 +17,7 @@ from router.api.state import UPSTREAMS
 from router.app import build_app
 from router.settings import Settings
 from router.testing import FakeUpstream
+from router.upstreams.prober import EARLY_DISCOVERY_GAP_S
 
 
 class TestDiscovery:
@@ -56,6 +57,59 @@ class TestDiscovery:
                 while cluster.models != frozenset({"gpt-b"}):
                     assert time.monotonic() < deadline, cluster.models
                     await asyncio.sleep(0.05)
+        finally:
+            await router.close()
+            await upstream.close()
+
+    async def test_a_burst_of_404s_asks_for_the_model_list_at_most_once_a_second(
+        self,
+    ) -> None:
+        """Each 404 asks for an early discovery round; a client provoking 404s back to back
+        must not make the router poll the cluster's model list back to back."""
+        fake = FakeUpstream(name="regional", models=["gpt-a"])
+        lists: list[float] = []
+
+        @web.middleware
+        async def count_lists(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path == "/v1/models":
+                lists.append(time.monotonic())
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        upstream_app = fake.app()
+        upstream_app.middlewares.append(count_lists)
+        upstream = TestServer(upstream_app, host="127.0.0.1")
+        await upstream.start_server()
+        settings = Settings.model_validate(
+            {
+                "cache": {"enabled": False},
+                "upstreams": [
+                    {
+                        "name": "regional",
+                        "tier": "regional",
+                        "protocols": ["openai"],
+                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                        "discovery_interval_s": 3600,
+                        "health_check": {"enabled": False},
+                    }
+                ],
+            }
+        )
+        app = build_app(settings)
+        router = TestServer(app, host="127.0.0.1")
+        await router.start_server()
+        try:
+            fake.behaviour.fail_status = 404  # a plain 404 (a path it lacks), every time
+            chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+            started = time.monotonic()
+            async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+                for _ in range(30):
+                    async with http.post(router.make_url("/v1/chat/completions"), json=chat) as r:
+                        assert r.status == 404
+                    await asyncio.sleep(0.01)
+            elapsed = time.monotonic() - started
+            during = [t for t in lists if t >= started]
+            assert len(during) <= elapsed / EARLY_DISCOVERY_GAP_S + 2, (len(during), elapsed)
         finally:
             await router.close()
             await upstream.close()
