@@ -22,8 +22,8 @@ RELOADABLE: dict[str, tuple[str, ...]] = {
     ),
     "models": ("repository", "max_queue_size", "inline_max_us", "execution_providers"),
     # Sites come and go, and keys rotate, without a restart of the central router (a reload
-    # hook in router.stores gives the collector its new guard).
-    "spool": ("collector_sites",),
+    # hook in router.stores gives the collector its new guard and its new retention).
+    "spool": ("collector_sites", "collector_retention_s", "collector_max_bytes"),
 }
 # Sections replaced whole: the upstream registry re-plans its clusters (a reload hook).
 RELOADABLE_SECTIONS = frozenset({"upstreams"})

@@ -15,6 +15,7 @@ from router.api.state import (
     CACHE,
     COLLECTOR,
     COLLECTOR_STATS,
+    COLLECTOR_STORE,
     RELOADER,
     RUNTIME,
     SETTINGS,
@@ -121,14 +122,16 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
         store = await _open_collector(
             settings.site.id, Retention.of(settings.spool), shared=settings.server.workers > 1
         )
-        collector = store
+        collector = app[COLLECTOR_STORE] = store
         app[COLLECTOR_STATS] = stats = CollectorStats()
         (route,) = collector_routes(store, guard=SiteGuard.of(settings), stats=stats)
         app[COLLECTOR].append(route.handler)
 
         async def new_sites(settings: Settings) -> None:
             """spool.collector_sites applies on reload: the collector's handler is rebuilt
-            with the new guard (an upload in progress finishes under the old one)."""
+            with the new guard (an upload in progress finishes under the old one). The
+            retention applies first: it does not depend on the guard the check may keep."""
+            collector.retention = Retention.of(settings.spool)
             if not settings.collector_authenticates and not is_loopback(settings.server.host):
                 # The file passed its checks with its own server.tls; the running listener,
                 # which needs a restart to change, would leave the collector unguarded.
@@ -138,7 +141,6 @@ async def collector_context(app: web.Application) -> AsyncIterator[None]:
                 )
             (route,) = collector_routes(collector, guard=SiteGuard.of(settings), stats=stats)
             app[COLLECTOR][0] = route.handler
-            collector.retention = Retention.of(settings.spool)
 
         app[RELOADER].hooks.append(new_sites)
         tasks.append(asyncio.get_running_loop().create_task(_keep_pruned(store, stats)))

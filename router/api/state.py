@@ -19,6 +19,7 @@ from router.ratelimit import Limiters
 from router.reload import Reloader
 from router.runtime import Pipelines, Runtime
 from router.settings import Settings
+from router.spool.collector import CollectorStore
 from router.spool.collector_stats import CollectorStats
 from router.store_forward import StoreAndForward
 from router.telemetry import Telemetry
@@ -57,3 +58,5 @@ LIMITERS = web.AppKey("limiters", Limiters)
 COLLECTOR = web.AppKey("collector", list[Handler])
 # What the collector took and refused since start; set only when this site collects.
 COLLECTOR_STATS = web.AppKey("collector_stats", CollectorStats)
+# The collector's store (its retention is replaced on reload); set only when this site collects.
+COLLECTOR_STORE = web.AppKey("collector_store", CollectorStore)

@@ -26,7 +26,7 @@ import trustme
 from aiohttp.test_utils import TestServer
 from test_serve_process import spawn, wait_ready
 
-from router.api.state import RELOADER, SPOOL
+from router.api.state import COLLECTOR_STORE, RELOADER, SPOOL
 from router.app import build_app
 from router.errors import ConfigError
 from router.resources import default_policy_bundle
@@ -474,16 +474,19 @@ async def test_a_reload_that_would_leave_the_collector_unguarded_keeps_its_sites
 ) -> None:
     """An exposed central whose new file drops every site for mTLS, which needs a restart:
     the running listener has no client CA, so the reload keeps the old sites (site-a's key
-    still uploads, a stranger is still 401) and says so."""
+    still uploads, a stranger is still 401) and says so; the file's new retention applies."""
     running = central_settings(tmp_path, host="0.0.0.0", auth={"mode": "disabled"})
     tls = {"cert_file": tmp_path / "site.pem", "client_ca_file": tmp_path / "clients.pem"}
     doc = running.model_dump(mode="json")
     doc["server"]["tls"] = tls
     doc["spool"]["collector_sites"] = {}
+    doc["spool"]["collector_retention_s"] = 1234.0
     new = Settings.model_validate(doc)  # valid by itself: mTLS guards it
     with RouterThread(running, read_settings=lambda: new) as central:
         assert central.app is not None
         central.call_async(central.app[RELOADER].reload, "test")
+        # The retention does not depend on the guard that is kept: it applies.
+        assert central.app[COLLECTOR_STORE].retention.max_age_s == 1234.0
         status, _, _ = await post(central.url, batch("audit:u1"), headers(KEY_A, "site-a"))
         assert status == 200
         status, _, _ = await post(central.url, batch("audit:u2"), headers(site="anyone"))
