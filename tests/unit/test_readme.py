@@ -234,7 +234,8 @@ def test_readme_model_config_table_names_every_key() -> None:
 
 
 def test_hot_reload_applies_what_the_readme_says() -> None:
-    """Hot reload applies `routing.*`, `models.*` but inference_threads, and collector_sites."""
+    """Hot reload applies `routing.*`, `models.*` but inference_threads, and the collector's
+    sites and bound."""
     from router.reloadable import RELOADABLE, RELOADABLE_SECTIONS
     from router.settings import ModelSettings, RoutingSettings
 
@@ -243,7 +244,14 @@ def test_hot_reload_applies_what_the_readme_says() -> None:
     )
     assert set(RELOADABLE["routing"]) == set(RoutingSettings.model_fields)
     assert set(RELOADABLE["models"]) == set(ModelSettings.model_fields) - {"inference_threads"}
-    assert RELOADABLE["spool"] == ("collector_sites",)
+    assert RELOADABLE["spool"] == (
+        "collector_sites",
+        "collector_retention_s",
+        "collector_max_bytes",
+    )
+    assert "`spool.collector_sites`, `collector_retention_s` and `collector_max_bytes` apply" in (
+        README.read_text()
+    )
     assert {"upstreams"} == RELOADABLE_SECTIONS
 
 
