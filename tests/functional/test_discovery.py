@@ -20,31 +20,44 @@ from router.testing import FakeUpstream
 from router.upstreams.prober import EARLY_DISCOVERY_GAP_S
 
 
+@contextlib.asynccontextmanager
+async def regional_in_front_of(
+    upstream_app: web.Application,
+) -> AsyncIterator[tuple[web.Application, TestServer]]:
+    """A router whose one regional OpenAI cluster, without health checks and discovered only
+    when asked (hourly otherwise), points at `upstream_app`: the router's app and server."""
+    upstream = TestServer(upstream_app, host="127.0.0.1")
+    await upstream.start_server()
+    settings = Settings.model_validate(
+        {
+            "cache": {"enabled": False},
+            "upstreams": [
+                {
+                    "name": "regional",
+                    "tier": "regional",
+                    "protocols": ["openai"],
+                    "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
+                    "discovery_interval_s": 3600,
+                    "health_check": {"enabled": False},
+                }
+            ],
+        }
+    )
+    app = build_app(settings)
+    router = TestServer(app, host="127.0.0.1")
+    await router.start_server()
+    try:
+        yield app, router
+    finally:
+        await router.close()
+        await upstream.close()
+
+
 class TestDiscovery:
     async def test_a_404_from_upstream_triggers_rediscovery(self) -> None:
         """The upstream drops gpt-a for gpt-b: one 404 later the router knows gpt-b."""
         fake = FakeUpstream(name="regional", models=["gpt-a"])
-        upstream = TestServer(fake.app(), host="127.0.0.1")
-        await upstream.start_server()
-        settings = Settings.model_validate(
-            {
-                "cache": {"enabled": False},
-                "upstreams": [
-                    {
-                        "name": "regional",
-                        "tier": "regional",
-                        "protocols": ["openai"],
-                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
-                        "discovery_interval_s": 3600,
-                        "health_check": {"enabled": False},
-                    }
-                ],
-            }
-        )
-        app = build_app(settings)
-        router = TestServer(app, host="127.0.0.1")
-        await router.start_server()
-        try:
+        async with regional_in_front_of(fake.app()) as (app, router):
             cluster = app[UPSTREAMS].clusters["regional"]
             assert cluster.models == frozenset({"gpt-a"})
             fake.models = ["gpt-b"]
@@ -57,9 +70,6 @@ class TestDiscovery:
                 while cluster.models != frozenset({"gpt-b"}):
                     assert time.monotonic() < deadline, cluster.models
                     await asyncio.sleep(0.05)
-        finally:
-            await router.close()
-            await upstream.close()
 
     async def test_a_burst_of_404s_asks_for_the_model_list_at_most_once_a_second(
         self,
@@ -78,27 +88,7 @@ class TestDiscovery:
 
         upstream_app = fake.app()
         upstream_app.middlewares.append(count_lists)
-        upstream = TestServer(upstream_app, host="127.0.0.1")
-        await upstream.start_server()
-        settings = Settings.model_validate(
-            {
-                "cache": {"enabled": False},
-                "upstreams": [
-                    {
-                        "name": "regional",
-                        "tier": "regional",
-                        "protocols": ["openai"],
-                        "endpoints": [{"url": str(upstream.make_url("")).rstrip("/")}],
-                        "discovery_interval_s": 3600,
-                        "health_check": {"enabled": False},
-                    }
-                ],
-            }
-        )
-        app = build_app(settings)
-        router = TestServer(app, host="127.0.0.1")
-        await router.start_server()
-        try:
+        async with regional_in_front_of(upstream_app) as (_, router):
             fake.behaviour.fail_status = 404  # a plain 404 (a path it lacks), every time
             chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
             started = time.monotonic()
@@ -110,9 +100,6 @@ class TestDiscovery:
             elapsed = time.monotonic() - started
             during = [t for t in lists if t >= started]
             assert len(during) <= elapsed / EARLY_DISCOVERY_GAP_S + 2, (len(during), elapsed)
-        finally:
-            await router.close()
-            await upstream.close()
 
     async def test_probes_carry_the_clusters_headers(self) -> None:
         """An upstream that wants the cluster's API key on every request (OpenAI, vLLM with
