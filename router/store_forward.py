@@ -17,12 +17,12 @@ import orjson
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext, media_type
 from router.errors import DetectionFailed
-from router.forwarding import view_for
 from router.privacy import MemoScanner, Privacy
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_json
 from router.spool import Spool
+from router.tier_view import view_for
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from router.errors import (
     UpstreamError,
     UpstreamModelMissing,
 )
-from router.forwarding import model_missing, outgoing, prepare_view, reply_from
+from router.forwarding import model_missing, outgoing, reply_from
 from router.inference.local import LocalResult, run_local, top_score
 from router.inference.repository import ModelRepository, ModelVersion
 from router.policy.decide import Facts, Rules, Target, decide
@@ -30,6 +30,7 @@ from router.privacy import Privacy
 from router.settings import RoutingSettings
 from router.stages.route import DecideRoute
 from router.tenancy import Tenancy
+from router.tier_view import prepare_view
 from router.upstreams import forward
 from router.upstreams.cluster import Cluster
 from router.upstreams.registry import Upstreams

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from router import forwarding
 from router import privacy as privacy_module
+from router import tier_view
 from router.context import RequestContext
 from router.errors import DetectionFailed
-from router.forwarding import prepare_view, view_for
 from router.policy.bundle import load_bundle
 from router.privacy import MemoScanner, Privacy, survey
 from router.resources import default_policy_bundle
 from router.stages.classify import OFF_LOOP_BYTES
+from router.tier_view import prepare_view, view_for
 
 PRIVACY = Privacy.build(load_bundle(default_policy_bundle()), None, b"s" * 32)
 TEXT = "order 20261127: mail ann.lee@example.com, call +44 20 7946 0958, card 4111 1111 1111 1111"
@@ -82,13 +82,13 @@ async def test_a_large_body_is_walked_off_the_loop_once(monkeypatch: pytest.Monk
     ctx = _surveyed(5.0)
     ctx.body = b" " * (OFF_LOOP_BYTES + 1)
     threads: list[str] = []
-    real = forwarding.redact_json
+    real = tier_view.redact_json
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         threads.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(forwarding, "redact_json", recording)
+    monkeypatch.setattr(tier_view, "redact_json", recording)
     await prepare_view(ctx, "central", PRIVACY)
     assert len(threads) == 1
     assert threads[0] != threading.main_thread().name

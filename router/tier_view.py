@@ -1,0 +1,123 @@
+"""What each tier may see of a request: its document, path and headers redacted with that
+tier's rules (a view is made once per tier and request, kept on the context)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from multidict import CIMultiDict
+
+from router.context import RequestContext
+from router.errors import (
+    DetectionFailed,
+)
+from router.privacy import Privacy, survey
+from router.redaction.types import DetectionError
+from router.redaction.vault import TokenVault
+from router.redaction.walker import RedactionPlan, redact_headers, redact_json, redact_query
+from router.stages.classify import OFF_LOOP_BYTES
+from router.v2.inline import binary_accounted_for, rebinarised
+
+
+@dataclass(slots=True)
+class View:
+    """What one destination tier may see of a request."""
+
+    document: dict[str, Any] | None
+    path: str
+    headers: Mapping[str, str]
+    changed: bool  # anything was redacted or dropped: the body must be re-encoded
+    binary: bytes | None = None  # v2: the binary part to send with `document`; None: as received
+
+
+def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
+    """The request as `tier` may see it: redacted by the bundle's plan for that tier, with one
+    token vault per request (so a value keeps its token across tiers and retries). Made once
+    per tier (a retry, a sample reuse it); `ctx.redactions` says what it took."""
+    made: tuple[View, Counter[str] | None] | None = ctx.views.get(tier)
+    if made is None:
+        fresh = _view(ctx, tier, privacy)
+        made = ctx.views[tier] = (fresh, Counter(ctx.redactions) if fresh.changed else None)
+    view, counts = made
+    ctx.redactions = Counter(counts) if counts is not None else Counter()
+    return view
+
+
+async def prepare_view(ctx: RequestContext, tier: str, privacy: Privacy) -> None:
+    """A large body's view is made on a worker thread, as its survey was: the walk is CPU
+    work, up to the detection budget per tier, that must not stall the event loop."""
+    if len(ctx.body) > OFF_LOOP_BYTES and tier not in ctx.views:
+        await asyncio.to_thread(view_for, ctx, tier, privacy)
+
+
+def _view(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
+    unchanged = View(ctx.document, ctx.path, ctx.headers, False)
+    if ctx.scanner is None or not privacy.needs_redaction(tier):
+        return unchanged  # nothing scanned (fail-open, no body) or the tier keeps everything
+    plan = privacy.plans[tier]
+    if not ctx.entities and not _holds_any(ctx.scanned_document, plan.drop_fields):
+        return unchanged  # nothing found and nothing to drop: no second walk
+    # Each walk has the CPU budget to itself: a fallback's walk may come long after the survey.
+    ctx.scanner.renew()
+    try:
+        return _redacted_view(ctx, tier, plan, privacy)
+    except DetectionError:
+        # Fail closed: what could not be redacted in time does not leave the site.
+        raise DetectionFailed(
+            f"the request could not be redacted for the {tier} tier within the detection "
+            "budget, so it may not leave this site"
+        ) from None
+
+
+def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy: Privacy) -> View:
+    if not ctx.scanner.surveyed:
+        # Skipped by a remembered survey: learn every value first, so that a copy of one found
+        # in context elsewhere is redacted wherever it stands, before or after it in the walk.
+        survey(privacy, ctx)
+    if ctx.vault is None:
+        ctx.vault = TokenVault(reserved=ctx.scanner.placeholders)
+    counts: Counter[str] = Counter()
+    document = ctx.scanned_document
+    if document is not None:
+        document, found = redact_json(document, plan, ctx.scanner, ctx.vault, privacy.hasher)
+        counts += found
+    base, _, query = ctx.path.partition("?")
+    path = ctx.path
+    if query and privacy.bundle.detection.query:
+        query, found = redact_query(query, plan, ctx.scanner, ctx.vault, privacy.hasher)
+        counts += found
+        path = f"{base}?{query}"
+    headers: Mapping[str, str] = ctx.headers
+    if plan.headers:
+        pairs, found = redact_headers(ctx.headers, plan, ctx.scanner, ctx.vault, privacy.hasher)
+        counts += found
+        headers = CIMultiDict(pairs)
+    ctx.redactions = counts
+    binary = None
+    if ctx.inlined is not None and ctx.document is not None:
+        # Tensors read as JSON for detection but left clean go on as the bytes they came as.
+        document, binary = rebinarised(ctx.document, ctx.binary, ctx.inlined, document)
+    sent = len(ctx.binary) if binary is None else len(binary)
+    if ctx.header_length is not None and not binary_accounted_for(document, sent):
+        # A drop rule removed a binary input (or what declared its size): its bytes cannot
+        # be told from the others', and must not go without it.
+        raise DetectionFailed(
+            f"a drop rule for the {tier} tier removed a binary tensor's declaration, so its "
+            "data cannot be left out and the request may not leave this site"
+        )
+    return View(document, path, headers, True, binary)
+
+
+def _holds_any(document: dict[str, Any] | None, paths: tuple[str, ...]) -> bool:
+    """Whether a drop-field path could match: its first segment is a top-level key, or a
+    pattern. Cheap, and errs toward walking."""
+    if document is None or not paths:
+        return False
+    firsts = {path.split(".", 1)[0] for path in paths}
+    if any(char in first for first in firsts for char in "*?["):
+        return True  # a pattern: let the walker match it
+    return not firsts.isdisjoint(document)
