@@ -26,6 +26,22 @@ _SINGLES_PER_HANDOFF = 16
 # Grouping pays only where a run costs less than the hand-off; for longer runs the later jobs
 # of a group would wait inside the thread, past the deadline and cancellation checks.
 _GROUPED_RUN_MAX_NS = 1_000_000
+# A model sent off the loop by a slow run (often its first run on a thread) is tried on the
+# loop again at most this often, while its runs on the executor stay under _PROBE_CEILING
+# times the inline limit: the worst a probe can stall the loop is then bounded and rare.
+_PROBE_INTERVAL_S = 0.25
+_PROBE_CEILING = 10
+# The inline estimate is the shortest of the last few runs on the loop: a run can only be
+# slowed down (by a preempting process, a collection, cold caches), never sped up, so a
+# single slow run does not send a model off the loop. One over the ceiling does.
+_LOOP_RUNS_KEPT = 5
+# Short runs stay on the loop only while nothing shows other requests about. On the loop a
+# request runs from start to end, so requests arriving together cannot be seen there; in the
+# pool they queue during a run and share the next hand-off, and the model's weights stay in
+# that thread's caches (on the loop each run finds them evicted by the requests' own work: a
+# 7 µs MLP takes 50). So one run goes to the pool this often, to look, and runs stay there
+# for as long after a hand-off was last shared.
+_LOAD_PROBE_INTERVAL_S = 0.25
 Outputs = list[np.ndarray]
 
 
@@ -70,11 +86,23 @@ class ModelRunner:
         self._passed = False  # a sub-millisecond wait already let one loop pass go by
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = ModelStats()
-        self.run_ns = float("inf")  # EWMA of session.run time; unknown until measured
+        self._loop_runs: deque[float] = deque(maxlen=_LOOP_RUNS_KEPT)  # ns, newest last
+        self._off_loop_ns = float("inf")  # the last run on the executor, per request
+        self._probed = float("-inf")  # loop.time() of the last probe on the loop
+        self._shared = float("-inf")  # loop.time() of the last hand-off of several requests
+        self._looked = float("-inf")  # loop.time() of the last run sent to the pool to look
+
+    @property
+    def run_ns(self) -> float:
+        """What a run on the loop is expected to take (ns); infinite until measured."""
+        return min(self._loop_runs, default=float("inf"))
 
     def measured(self, run_ns: float) -> None:
-        """Fold one observed session.run duration into the estimate that gates inline runs."""
-        self.run_ns = run_ns if self.run_ns == float("inf") else 0.8 * self.run_ns + 0.2 * run_ns
+        """Note one session.run duration measured where nothing else competed for the GIL
+        (the warm-up, a run on the loop): the estimate that gates inline runs."""
+        if run_ns >= _PROBE_CEILING * self._limits.inline_max_ns:
+            self._loop_runs.clear()
+        self._loop_runs.append(run_ns)
 
     @property
     def batching(self) -> bool:
@@ -92,14 +120,44 @@ class ModelRunner:
         future: asyncio.Future[Outputs] = loop.create_future()
         rows, key = self._batch_key(feeds)
         job = _Job(feeds, rows, key, future, deadline, time.perf_counter_ns())
-        if self._busy == 0 and not self._queue and self.run_ns < self._limits.inline_max_ns:
+        if self._busy == 0 and not self._queue and self._inline_now(loop):
             self.stats.queue.add(0)  # it went through the queue without waiting
-            self._settle([job], self._run_group([job]), time.perf_counter_ns())
+            result = self._run_group([job])
+            if result.parts is not None:
+                self.measured(result.timings[1])
+            self._settle([job], result, time.perf_counter_ns())
             return future
         self._queue.append(job)
         self._queued_rows += rows
         self._pump()
         return future
+
+    def _inline_now(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether an idle model's next run goes on the loop: it is short, and requests do not
+        arrive together (see _LOAD_PROBE_INTERVAL_S)."""
+        limit = self._limits.inline_max_ns
+        if not limit:
+            return False
+        now = loop.time()
+        if now - self._shared < _LOAD_PROBE_INTERVAL_S:
+            return False
+        if now - self._looked >= _LOAD_PROBE_INTERVAL_S:
+            self._looked = now
+            return False
+        return self.run_ns < limit or self._probe_now(now, limit)
+
+    def _probe_now(self, now: float, limit: int) -> bool:
+        """Whether to try a model that was too slow on the loop once more. Runs on the executor
+        do not move the estimate: there a run's time also holds its wait for the GIL and the
+        core, which the loop's own work adds (a 7 µs MLP measured 40-60 µs), so a model sent
+        off the loop once would never come back."""
+        if self._off_loop_ns >= _PROBE_CEILING * limit:
+            return False
+        if now - self._probed < _PROBE_INTERVAL_S:
+            return False
+        self._probed = now
+        self._loop_runs.clear()  # the probe's own time replaces the estimate
+        return True
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()
@@ -129,6 +187,8 @@ class ModelRunner:
                 return
             now = loop.time()
             groups = self._take_batch(now) if self.batching else self._take_singles(now)
+            if sum(map(len, groups)) > 1:
+                self._shared = now
             if groups:
                 self._busy += 1
                 self._executor.submit(self._execute, groups)
@@ -163,7 +223,8 @@ class ModelRunner:
         """Unbatched models: several queued jobs per executor hand-off, run one by one, so a
         busy model pays one thread round trip per group of requests, not per request."""
         groups: list[list[_Job]] = []
-        limit = _SINGLES_PER_HANDOFF if self.run_ns < _GROUPED_RUN_MAX_NS else 1
+        expected = min(self.run_ns, self._off_loop_ns)
+        limit = _SINGLES_PER_HANDOFF if expected < _GROUPED_RUN_MAX_NS else 1
         while self._queue and len(groups) < limit:
             job = self._queue.popleft()
             self._queued_rows -= job.rows
@@ -229,6 +290,8 @@ class ModelRunner:
         self._busy -= 1
         now_ns = time.perf_counter_ns()
         for batch, result in zip(groups, results, strict=True):
+            if result.parts is not None:
+                self._off_loop_ns = result.timings[1] / len(batch)
             self._settle(batch, result, now_ns)
         self._pump()
 
@@ -236,7 +299,6 @@ class ModelRunner:
         stats = self.stats
         if result.parts is not None:
             stats.record_execution(len(batch), sum(j.rows for j in batch), result.timings)
-            self.measured(result.timings[1] / len(batch))
         for i, job in enumerate(batch):
             total = stats.success if result.parts is not None else stats.fail
             total.add(now_ns - job.enqueued_ns)

@@ -21,7 +21,7 @@ class ModelSettings(Strict):
     max_queue_size: PositiveInt = 256
     # Models whose measured run is shorter than this run on the event loop when idle: for them
     # a hand-off to a thread costs more CPU and latency than the work. 0 turns it off.
-    inline_max_us: Annotated[int, Field(ge=0, le=1000)] = 50
+    inline_max_us: Annotated[int, Field(ge=0, le=1000)] = 100
     # Restrict or reorder onnxruntime execution providers for every model on this site.
     execution_providers: tuple[str, ...] = ()
 

@@ -20,6 +20,7 @@ from _models import (
 )
 
 from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, QueueFull
+from router.inference import runner as runner_module
 from router.inference.runner import ModelRunner, RunnerLimits
 
 FAR = 1e12  # a deadline that never passes (loop.time() is seconds since some boot)
@@ -434,3 +435,68 @@ class TestInlineRuns:
         runner.measured(1)
         await runner.infer({"x": _rows(1.0)}, FAR)
         assert session.threads[-1] != threading.get_ident()
+
+    async def test_one_slow_run_does_not_send_a_fast_model_off_the_loop(
+        self, executor: Any
+    ) -> None:
+        """A run slowed once (a preempting process, a collection) among fast ones leaves the
+        model on the loop: the estimate is the shortest of the last few runs there."""
+        runner, session = self._runner(executor, inline_max_ns=1_000_000)
+        await runner.infer({"x": _rows(1.0)}, FAR)  # the first run goes to the pool, to look
+        runner.measured(10_000)
+        runner.measured(5_000_000)  # five times the limit, under the ceiling
+        await runner.infer({"x": _rows(2.0)}, FAR)
+        assert session.threads[-1] == threading.get_ident()
+
+    async def test_model_sent_off_by_a_spike_is_probed_back_onto_the_loop(
+        self, executor: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One very slow run (a first run on a new thread) sends the model to the pool; a later
+        probe on the loop, not the pool's contended timings, brings it back."""
+        monkeypatch.setattr(runner_module, "_PROBE_INTERVAL_S", 0.0)
+        runner, session = self._runner(executor, inline_max_ns=1_000_000)
+        await runner.infer({"x": _rows(1.0)}, FAR)  # to the pool: its run there is measured
+        runner.measured(50_000_000)  # a 50 ms run on the loop
+        assert runner.run_ns >= 1_000_000
+        await runner.infer({"x": _rows(2.0)}, FAR)
+        assert session.threads[-1] == threading.get_ident()
+        assert runner.run_ns < 1_000_000  # the probe measured the model again
+
+    async def test_model_slow_in_the_pool_is_never_probed_on_the_loop(
+        self, executor: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A model whose runs in the pool take over ten times the limit is not tried on the
+        loop, however often probes fall due: a probe would stall every request."""
+        monkeypatch.setattr(runner_module, "_PROBE_INTERVAL_S", 0.0)
+        session = ThreadRecordingSession(SleepySession(cpu_session(double_model()), 0.02))
+        limits = RunnerLimits(0, 0.0, 64, 1, inline_max_ns=1_000_000)
+        runner = ModelRunner(session, executor, limits, "slow/1")
+        for value in (1.0, 2.0, 3.0):
+            await runner.infer({"x": _rows(value)}, FAR)
+        assert threading.get_ident() not in session.threads
+
+    async def test_requests_arriving_together_keep_a_fast_model_in_the_pool(
+        self, executor: Any
+    ) -> None:
+        """Once requests shared a hand-off, a fast model's runs stay in the pool, where queued
+        runs share hand-offs, instead of going one by one on the loop."""
+        runner, session = self._runner(executor, inline_max_ns=1_000_000)
+        runner.measured(10_000)
+        await asyncio.gather(*(runner.infer({"x": _rows(v)}, FAR) for v in range(5)))
+        await runner.infer({"x": _rows(9.0)}, FAR)
+        assert session.threads[-1] != threading.get_ident()
+
+    async def test_model_returns_to_the_loop_once_requests_come_alone(
+        self, executor: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When requests stop arriving together, a fast model is back on the loop after one
+        look in the pool."""
+        monkeypatch.setattr(runner_module, "_LOAD_PROBE_INTERVAL_S", 0.05)
+        runner, session = self._runner(executor, inline_max_ns=1_000_000)
+        runner.measured(10_000)
+        await asyncio.gather(*(runner.infer({"x": _rows(v)}, FAR) for v in range(5)))
+        await asyncio.sleep(0.1)
+        await runner.infer({"x": _rows(1.0)}, FAR)  # a look in the pool: it runs alone
+        (y,) = await runner.infer({"x": _rows(2.0)}, FAR)
+        np.testing.assert_array_equal(y, _rows(4.0))
+        assert session.threads[-1] == threading.get_ident()
