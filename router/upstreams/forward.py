@@ -339,7 +339,7 @@ def _check_credential(cluster: Cluster, response: UpstreamResponse, where: str) 
         cluster.credential_accepted()
         return
     response.abort()  # its body is not read: the connection must not be reused
-    cluster.credential_refused(status, "request")
+    cluster.credential_refused(status, "request", asyncio.get_running_loop().time())
     raise UpstreamAuthFailed(
         f"{where} refused the router's credential for it ({status}); the operator is told",
         status,
