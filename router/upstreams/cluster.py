@@ -135,6 +135,20 @@ class Cluster:
         if self.models is not None and model in self.models:
             self.models = self.models - {model}
 
+    def not_allowed(self, model: str, now: float) -> None:
+        """The upstream's policy refuses `model` to the router's credential: refused like a
+        model it lacks, and told to the operator once per refusal (the requests meanwhile
+        go elsewhere; the key itself is fine, so no auth failure, no cool-off)."""
+        if self.refused.get(model, 0.0) <= now:
+            log.warning(
+                "cluster %s does not allow the router's credential model '%s' (403 "
+                "model_not_allowed): other targets serve it meanwhile; allow it there or "
+                "route it elsewhere",
+                self.name,
+                model,
+            )
+        self.refuse(model, now)
+
     def _readmit(self, now: float) -> None:
         """Refusals past their time: the listing's word holds again."""
         expired = [model for model, until in self.refused.items() if until <= now]
