@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -26,15 +25,15 @@ from router.budget import BUDGET_HEADER, remaining_ms
 from router.errors import (
     DeadlineExceeded,
     NoHealthyTarget,
-    UpstreamAuthFailed,
     UpstreamError,
-    UpstreamModelNotAllowed,
     UpstreamOverflow,
     UpstreamStatus,
     UpstreamTimeout,
 )
+from router.upstreams import refusal
 from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
 from router.upstreams.cluster import Cluster, Endpoint
+from router.upstreams.refusal import CHAINED_REASONS
 
 
 @dataclass(slots=True)
@@ -252,10 +251,7 @@ async def _try(
         async with asyncio.timeout(timeout):
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
             _check_status(response, where)
-            if response.status == 403 and not settings.forward_authorization:
-                await _check_model_allowed(cluster, response, where)
-            if cluster.own_credential:
-                _check_credential(cluster, response, where)
+            await refusal.check(cluster, response, where)
             if hold is not None:
                 # Time to first byte, not to headers, is what the budget and the latency
                 # estimate are about: headers alone would let a slow tier look fast.
@@ -300,10 +296,6 @@ async def _try(
     )
 
 
-# A layer-router names its route reasons on every answer, its refusals included.
-_CHAINED_REASONS = "X-Route-Reason"
-
-
 def _check_status(response: UpstreamResponse, where: str) -> None:
     status = response.status
     if status >= 500 or status == 429:
@@ -313,7 +305,7 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
             retry_after = _retry_after(response.headers.get("Retry-After"))
         should_retry = _should_retry(response.headers.get("x-should-retry"))
         error = UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
-        error.chained_reasons = response.headers.get(_CHAINED_REASONS, "")
+        error.chained_reasons = response.headers.get(CHAINED_REASONS, "")
         if status in (502, 503) and error.chained_reasons:
             # A chained layer-router saying why it cannot serve this request (its own upstream
             # tier is offline or failing, it sheds load) is working: ejecting it would take
@@ -325,70 +317,6 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
         error.retryable = False
         raise error
-
-
-# Auth refusals that are a chained layer-router's policy, not its view of our credential.
-_POLICY_REFUSALS = ("residency:",)
-
-
-def _policy_refusal(response: UpstreamResponse) -> bool:
-    """A chained layer-router's 403 for its policy: relayed as it came."""
-    return any(r in response.headers.get(_CHAINED_REASONS, "") for r in _POLICY_REFUSALS)
-
-
-# A chained layer-router's reason (and an OpenAI-style error code) for a 403 to a tenant whose
-# models do not include the one asked for: here, the router's own credential is that tenant.
-_MODEL_NOT_ALLOWED = "model_not_allowed"
-# A refusal's error body is small; one larger is not read for its code.
-_REFUSAL_LIMIT = 64 * 1024
-
-
-async def _check_model_allowed(cluster: Cluster, response: UpstreamResponse, where: str) -> None:
-    """A 403 that refuses the model, not the key, to this router (a chained layer-router's
-    tenant policy): the cluster does not serve that model for us, so the next target is tried;
-    not an auth failure (its other models are served). The router's reason says so on either
-    face; without it (an older router, another gateway) an OpenAI-style error code does, read
-    only where the answer is the router's own failure anyway, never relayed."""
-    own_reasons = response.headers.get(_CHAINED_REASONS, "").split(">", 1)[0].split(",")
-    refused = _MODEL_NOT_ALLOWED in own_reasons
-    if not refused and cluster.own_credential and not _policy_refusal(response):
-        refused = await _error_code(response) == _MODEL_NOT_ALLOWED
-    if refused:
-        response.abort()
-        if cluster.own_credential:
-            cluster.credential_accepted()  # the key is good: only the model is not ours there
-        raise UpstreamModelNotAllowed(f"{where} does not allow the router's credential the model")
-
-
-async def _error_code(response: UpstreamResponse) -> str | None:
-    """The `error.code` of an OpenAI-style JSON error body, if it has one."""
-    try:
-        body = await response.read(_REFUSAL_LIMIT)
-    except UpstreamError:  # too large or cut short: no code to go by
-        return None
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    error = doc.get("error") if isinstance(doc, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
-
-
-def _check_credential(cluster: Cluster, response: UpstreamResponse, where: str) -> None:
-    """A 401/403 to the credential the router sends is the router's failure (misconfigured or
-    revoked key), told to the operator once per outage; any other answer ends that outage."""
-    status = response.status
-    refused = status in (401, 403) and not (status == 403 and _policy_refusal(response))
-    if not refused:
-        cluster.credential_accepted()
-        return
-    response.abort()  # its body is not read: the connection must not be reused
-    cluster.credential_refused(status, "request", asyncio.get_running_loop().time())
-    raise UpstreamAuthFailed(
-        f"{where} refused the router's credential for it ({status}); the operator is told",
-        status,
-    )
 
 
 def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: bool) -> None:
