@@ -8,6 +8,7 @@
     ├── NotFound                     404 not_found
     │   ├── ModelNotFound            404 model_not_found
     │   │   └── UpstreamModelMissing 404 model_not_found (a listed model an upstream lacks)
+    │   │       └── UpstreamModelNotAllowed 404 model_not_found (an upstream's policy refuses it us)
     │   └── RouteNotFound            404 route_not_found
     ├── Unauthorized                 401 unauthorized       (no key, or one no tenant holds)
     ├── Forbidden                    403 forbidden
@@ -104,6 +105,14 @@ class ModelNotFound(NotFound):
 class UpstreamModelMissing(ModelNotFound):
     """An upstream whose listing names the model answered that it does not serve it (it
     unloaded it since): the next target is tried; the client sees it only when none is left."""
+
+
+class UpstreamModelNotAllowed(UpstreamModelMissing):
+    """An upstream (a chained layer-router's tenant policy) refused the model to the router's
+    own credential with 403 model_not_allowed: the key is good, only that model is not served
+    to this router there. For this router's clients the cluster does not serve the model: the
+    next target is tried, and with none left the client hears that no tier serves it to them
+    (model_not_found), never a 403 that would blame the client's own tenant or key."""
 
 
 class RouteNotFound(NotFound):

@@ -199,6 +199,8 @@ async def _upstreams(api: web.Application) -> list[dict[str, Any]]:
                 "active_requests": cluster.active,
                 # The upstream refuses the router's own credential for it now.
                 "auth_failing": cluster.auth_failing,
+                # Seconds the cluster is still tried after every other target for that (0: not).
+                "auth_cooloff_s": round(max(0.0, cluster.auth_cooloff_until - now), 3),
                 "endpoints": endpoints,
             }
         )

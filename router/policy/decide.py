@@ -5,7 +5,8 @@ clusters, regional, central, each only if it serves the model, has a live endpoi
 expected latency fits the remaining budget. When nothing qualifies the decision carries a
 failure code instead of targets, so the caller fails fast rather than waiting for a timeout.
 
-`reasons` explain what was passed over (heavy_model, over_budget:NAME, unhealthy:NAME, ...);
+`reasons` explain what was passed over (heavy_model, over_budget:NAME, unhealthy:NAME, ...) or
+put last (auth_cooloff:NAME);
 the dispatcher adds what was used (local, forward:NAME, fallback:NAME, failed:NAME:CODE). Reason
 codes are stable strings, returned to clients in `X-Route-Reason`.
 """
@@ -51,6 +52,9 @@ class ClusterView:
     expected_ms: float
     jurisdictions: frozenset[str] = frozenset()
     hosts: frozenset[str] = frozenset()
+    # The cluster refused the router's own credential lately (a cool-off): it is tried only
+    # after every other target, so each request does not pay its refusal before a fallback.
+    auth_cooloff: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,8 @@ def _consider_cluster(
         draft.over_budget = True
         draft.reasons.append(f"over_budget:{cluster.name}")
     else:
+        if cluster.auth_cooloff:
+            draft.reasons.append(f"auth_cooloff:{cluster.name}")
         draft.targets.append(Target("cluster", cluster.name, cluster.tier, cluster.expected_ms))
 
 
@@ -164,7 +170,12 @@ def _any_cluster_may_serve(facts: Facts, snapshot: Snapshot) -> bool:
 
 
 def _by_tier(clusters: tuple[ClusterView, ...]) -> list[ClusterView]:
-    return sorted(clusters, key=lambda c: (TIER_ORDER.index(c.tier), c.expected_ms, c.name))
+    """Nearest tier first, fastest first within a tier; a cluster cooling off after refusing
+    the router's credential comes last (still a last resort: when everything else fails, its
+    refusal is the clearest answer, and a key fixed meanwhile is found at once)."""
+    return sorted(
+        clusters, key=lambda c: (c.auth_cooloff, TIER_ORDER.index(c.tier), c.expected_ms, c.name)
+    )
 
 
 def _failure(draft: _Draft) -> Failure | None:

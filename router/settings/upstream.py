@@ -64,6 +64,11 @@ class OutlierSettings(Strict):
     base_ejection_s: PositiveFloat = 30.0
     max_ejection_s: PositiveFloat = 300.0
     max_ejected_percent: Annotated[int, Field(ge=0, le=100)] = 50
+    # After the cluster refuses the router's own credential (401/403), the routing decision
+    # tries it only after every other target for this long, then first again (one request
+    # finds out whether the key works now); 0 never puts it last. Not an ejection: a wrong
+    # key is no outage, and the cluster stays a last resort.
+    auth_cooloff_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
 
 
 class HealthCheckSettings(Strict):

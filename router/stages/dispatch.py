@@ -21,6 +21,7 @@ from router.errors import (
     UpstreamAuthFailed,
     UpstreamError,
     UpstreamModelMissing,
+    UpstreamModelNotAllowed,
 )
 from router.forwarding import model_missing, outgoing, reply_from
 from router.inference.local import LocalResult, run_local, top_score
@@ -144,6 +145,17 @@ class Dispatch:
             if not isinstance(exc, UpstreamAuthFailed):  # a refused key changed no listing
                 prober.failed()  # what the cluster serves may have changed: ask again soon
             raise
+        except UpstreamModelNotAllowed:
+            # Refused to the router's credential, so to every request from here: not first
+            # for the model until the listing is asked again (a chained router lists only
+            # what our key may use), its other models untouched.
+            model = model or ctx.model
+            cluster.not_allowed(model, asyncio.get_running_loop().time())
+            prober.failed()
+            raise UpstreamModelNotAllowed(
+                f"cluster {cluster.name} does not serve model '{model}' to this router: its "
+                "policy does not allow this router's credential that model"
+            ) from None
         if forwarded.response.status == 404:
             prober.failed()  # it no longer has the model its list promised
             if await model_missing(forwarded):

@@ -19,6 +19,9 @@ class ResolveTenant:
         access, ctx.key_header = self._tenancy.identify_with_header(ctx.headers)
         ctx.tenant = access.name
         if ctx.model and not access.may_use(ctx.model):
+            # Named in X-Route-Reason, on either face: a router in front of this one learns
+            # that its credential is good and only the model is not its tenant's.
+            ctx.reasons.append("model_not_allowed")
             self._tenancy.authorize(access.name, ctx.model)  # raises 403 before a token is taken
         if access.limiter is not None:
             ctx.rate_limit = access.limiter.take()
@@ -33,5 +36,7 @@ class AuthorizeModel:
         self._tenancy = tenancy
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
+        if not self._tenancy.may_use(ctx.tenant, ctx.model):
+            ctx.reasons.append("model_not_allowed")  # as above
         self._tenancy.authorize(ctx.tenant, ctx.model)
         return None

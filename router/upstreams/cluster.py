@@ -72,6 +72,10 @@ class Cluster:
     # The upstream refuses that credential now: set by the first refusal, cleared by the next
     # answer it accepts, so the operator is told once per outage (and /status shows it).
     auth_failing: bool = False
+    # Until this loop time the cluster is tried after every other target (ClusterView.
+    # auth_cooloff): set by each refusal of the router's credential, ended early by an answer
+    # that accepts it. A client's refused key never sets it.
+    auth_cooloff_until: float = 0.0
 
     def __post_init__(self) -> None:
         self.protocols = frozenset(p.value for p in self.settings.protocols)
@@ -131,6 +135,20 @@ class Cluster:
         if self.models is not None and model in self.models:
             self.models = self.models - {model}
 
+    def not_allowed(self, model: str, now: float) -> None:
+        """The upstream's policy refuses `model` to the router's credential: refused like a
+        model it lacks, and told to the operator once per refusal (the requests meanwhile
+        go elsewhere; the key itself is fine, so no auth failure, no cool-off)."""
+        if self.refused.get(model, 0.0) <= now:
+            log.warning(
+                "cluster %s does not allow the router's credential model '%s' (403 "
+                "model_not_allowed): other targets serve it meanwhile; allow it there or "
+                "route it elsewhere",
+                self.name,
+                model,
+            )
+        self.refuse(model, now)
+
     def _readmit(self, now: float) -> None:
         """Refusals past their time: the listing's word holds again."""
         expired = [model for model, until in self.refused.items() if until <= now]
@@ -155,7 +173,11 @@ class Cluster:
             expected_ms=min((ep.health.expected(now) for ep in live), default=float("inf")),
             jurisdictions=self.jurisdictions,
             hosts=self.hosts,
+            auth_cooloff=self.auth_cooling_off(now),
         )
+
+    def auth_cooling_off(self, now: float) -> bool:
+        return now < self.auth_cooloff_until
 
     def pick(self, now: float, avoid: Endpoint | None = None) -> Endpoint | None:
         """A live endpoint by weight, preferring one other than the endpoint that just failed."""
@@ -191,11 +213,14 @@ class Cluster:
         self.counters.retries_denied += 1
         return False
 
-    def credential_refused(self, status: int, by: str) -> None:
+    def credential_refused(self, status: int, by: str, now: float) -> None:
         """The upstream answered `status` (401/403) to the router's own credential, to a
-        request or a health check (`by`): counted, and told to the operator once per outage
-        (a refused key fails every request; a line each would drown the log)."""
+        request or a health check (`by`): counted, told to the operator once per outage (a
+        refused key fails every request; a line each would drown the log), and the cluster
+        cools off: tried last for `outlier.auth_cooloff_s`, so the requests meanwhile do not
+        each pay a refusal before their fallback."""
         self.counters.auth_failures += 1
+        self.auth_cooloff_until = now + self.settings.outlier.auth_cooloff_s
         if not self.auth_failing:
             self.auth_failing = True
             log.error(
@@ -210,6 +235,7 @@ class Cluster:
     def credential_accepted(self) -> None:
         """A request's answer other than 401/403 ends an outage of the router's credential.
         (Not a health check's: a health path may need no key at all.)"""
+        self.auth_cooloff_until = 0.0  # a key fixed meanwhile: its place comes back at once
         if self.auth_failing:
             self.auth_failing = False
             log.warning("cluster %s accepts the router's credential again", self.name)

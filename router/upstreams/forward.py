@@ -25,14 +25,15 @@ from router.budget import BUDGET_HEADER, remaining_ms
 from router.errors import (
     DeadlineExceeded,
     NoHealthyTarget,
-    UpstreamAuthFailed,
     UpstreamError,
     UpstreamOverflow,
     UpstreamStatus,
     UpstreamTimeout,
 )
+from router.upstreams import refusal
 from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
 from router.upstreams.cluster import Cluster, Endpoint
+from router.upstreams.refusal import CHAINED_REASONS
 
 
 @dataclass(slots=True)
@@ -250,8 +251,7 @@ async def _try(
         async with asyncio.timeout(timeout):
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
             _check_status(response, where)
-            if cluster.own_credential:
-                _check_credential(cluster, response, where)
+            await refusal.check(cluster, response, where)
             if hold is not None:
                 # Time to first byte, not to headers, is what the budget and the latency
                 # estimate are about: headers alone would let a slow tier look fast.
@@ -296,10 +296,6 @@ async def _try(
     )
 
 
-# A layer-router names its route reasons on every answer, its refusals included.
-_CHAINED_REASONS = "X-Route-Reason"
-
-
 def _check_status(response: UpstreamResponse, where: str) -> None:
     status = response.status
     if status >= 500 or status == 429:
@@ -309,7 +305,7 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
             retry_after = _retry_after(response.headers.get("Retry-After"))
         should_retry = _should_retry(response.headers.get("x-should-retry"))
         error = UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
-        error.chained_reasons = response.headers.get(_CHAINED_REASONS, "")
+        error.chained_reasons = response.headers.get(CHAINED_REASONS, "")
         if status in (502, 503) and error.chained_reasons:
             # A chained layer-router saying why it cannot serve this request (its own upstream
             # tier is offline or failing, it sheds load) is working: ejecting it would take
@@ -321,29 +317,6 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
         error.retryable = False
         raise error
-
-
-# Auth refusals that are a chained layer-router's policy, not its view of our credential.
-_POLICY_REFUSALS = ("residency:",)
-
-
-def _check_credential(cluster: Cluster, response: UpstreamResponse, where: str) -> None:
-    """A 401/403 to the credential the router sends is the router's failure (misconfigured or
-    revoked key), told to the operator once per outage; any other answer ends that outage."""
-    status = response.status
-    refused = status in (401, 403) and not (
-        status == 403
-        and any(r in response.headers.get(_CHAINED_REASONS, "") for r in _POLICY_REFUSALS)
-    )
-    if not refused:
-        cluster.credential_accepted()
-        return
-    response.abort()  # its body is not read: the connection must not be reused
-    cluster.credential_refused(status, "request")
-    raise UpstreamAuthFailed(
-        f"{where} refused the router's credential for it ({status}); the operator is told",
-        status,
-    )
 
 
 def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: bool) -> None:

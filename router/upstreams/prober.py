@@ -59,7 +59,9 @@ class Prober:
             if status in (401, 403) and self.cluster.own_credential:
                 # Down to the checks, the endpoint serves no request: the operator must
                 # learn why (not only that it is unhealthy).
-                self.cluster.credential_refused(status, "health check")
+                self.cluster.credential_refused(
+                    status, "health check", asyncio.get_running_loop().time()
+                )
             # Only "no such path" moves on: an OpenAI-only server (vLLM, llama.cpp) has no
             # /v2/health/ready, while a 503 there is a KServe server saying it is not ready.
             if status not in (404, 405):
@@ -145,7 +147,9 @@ class Prober:
         if response.status in (401, 403) and self.cluster.own_credential:
             # A cluster whose list is refused serves nothing, so no request would tell the
             # operator why (with health checks off, or a health path that needs no key).
-            self.cluster.credential_refused(response.status, "model list request")
+            self.cluster.credential_refused(
+                response.status, "model list request", asyncio.get_running_loop().time()
+            )
         if response.status != 200:
             return None
         try:

@@ -161,6 +161,116 @@ class TestRouterCredentialRefused:
         assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
 
 
+async def admin_views(
+    stack: contextlib.AsyncExitStack, app: web.Application, http: aiohttp.ClientSession
+) -> tuple[str, list[dict[str, Any]]]:
+    """/metrics as text, and /status's upstreams."""
+    admin = await stack.enter_async_context(serving(build_admin_app(app)))
+    async with asyncio.timeout(10):
+        async with http.get(f"{admin}/metrics") as response:
+            metrics = await response.text()
+        async with http.get(f"{admin}/status") as response:
+            upstreams: list[dict[str, Any]] = (await response.json())["upstreams"]
+    return metrics, upstreams
+
+
+class TestCoolOff:
+    async def test_a_refusing_cluster_is_tried_last_until_its_cooloff_ends(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """After regional refuses the router's key, the requests during its cool-off go to
+        central first (regional gets none, each answer is not delayed by its refusal), /status
+        shows the cool-off; past it one request tries regional first again and, the key fixed
+        upstream meanwhile, regional serves as before. One log line per outage, no key."""
+        regional, regional_url = await start_fake(stack, "regional")
+        central, central_url = await start_fake(stack, "central")
+        cooloff = {"outlier": {"auth_cooloff_s": 1.5}}
+        app, url = await router_in_front_of(
+            stack,
+            tmp_path,
+            cluster(
+                "regional",
+                "regional",
+                regional_url,
+                headers={"Authorization": WRONG_CANARY},
+                **cooloff,
+            ),
+            cluster("central", "central", central_url, headers={"Authorization": RIGHT}),
+        )
+        regional_cluster = cluster_of(app, "regional")
+        with caplog.at_level(logging.INFO):
+            status, headers, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+            assert status == 200, body
+            assert headers["X-Route-Reason"] == (
+                "failed:regional:upstream_auth_failed,fallback:central"
+            )
+            for _ in range(3):
+                status, headers, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+                assert status == 200, body
+                assert headers["X-Served-By-Tier"] == "central"
+                assert headers["X-Route-Reason"] == "auth_cooloff:regional,forward:central"
+            assert len(regional.received) == 1  # the refusal, and nothing during the cool-off
+            assert len(central.received) == 4
+            metrics, upstreams = await admin_views(stack, app, http)
+            (regional_status,) = [u for u in upstreams if u["cluster"] == "regional"]
+            assert regional_status["auth_failing"]
+            assert 0 < regional_status["auth_cooloff_s"] <= 1.5
+            assert all(ep["live"] for ep in regional_status["endpoints"])  # not ejected
+            assert 'upstream_auth_failures_total{cluster="regional",tier="regional"} 1.0' in (
+                metrics
+            )
+            regional.behaviour.authorization = WRONG_CANARY  # the key rotated upstream
+            loop = asyncio.get_running_loop()
+            for _ in range(100):
+                if not regional_cluster.auth_cooling_off(loop.time()):
+                    break
+                await asyncio.sleep(0.05)
+            status, headers, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+            assert status == 200, body
+            assert headers["X-Served-By-Tier"] == "regional"
+            assert headers["X-Route-Reason"] == "forward:regional"
+            assert not regional_cluster.auth_failing
+            metrics, upstreams = await admin_views(stack, app, http)
+        refusals = [r for r in caplog.records if r.name == AUTH_LOG and r.levelno >= logging.ERROR]
+        assert len(refusals) == 1
+        assert "CANARY" not in caplog.text
+        assert "CANARY" not in metrics
+        assert "CANARY" not in str(upstreams)
+        assert [u["auth_cooloff_s"] for u in upstreams] == [0, 0]
+
+    async def test_a_clients_refused_key_takes_no_tier_away(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """Where the client's key goes upstream, its 401 is the client's alone: the next
+        client with a good key is served by the nearest tier first, nothing cools off."""
+        good = "Bearer a-good-client-key"
+        regional = FakeUpstream(
+            name="regional", models=(MODEL,), behaviour=Behaviour(authorization=good)
+        )
+        regional_url = await stack.enter_async_context(serving(regional.app()))
+        _, central_url = await start_fake(stack, "central")
+        app, url = await router_in_front_of(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", regional_url, forward_authorization=True),
+            cluster("central", "central", central_url, forward_authorization=True),
+        )
+        status, _, body = await chat(http, url, {"Authorization": CLIENT_CANARY})
+        assert status == 401, body
+        status, headers, body = await chat(http, url, {"Authorization": good})
+        assert status == 200, body
+        assert headers["X-Route-Reason"] == "forward:regional"
+        loop = asyncio.get_running_loop()
+        assert not cluster_of(app, "regional").auth_cooling_off(loop.time())
+        _, upstreams = await admin_views(stack, app, http)
+        assert [u["auth_cooloff_s"] for u in upstreams] == [0, 0]
+        assert "CANARY" not in str(upstreams)
+
+
 class TestCredentialsInTheUrl:
     @pytest.mark.parametrize("client", ["h1", "aiohttp"])
     async def test_a_url_credential_is_sent_and_is_the_routers_own(

@@ -185,3 +185,39 @@ class TestRefusedModels:
         cluster.refuse("gpt-a", 1.0)
         assert cluster.view(2.0).models == frozenset()
         assert cluster.view(6.0).models == frozenset({"gpt-a"})
+
+
+class TestAuthCoolOff:
+    def test_a_refused_credential_puts_the_cluster_last_for_its_cooloff(self) -> None:
+        """A refusal of the router's credential marks the cluster's view as cooling off for
+        outlier.auth_cooloff_s; past that it is first in its place again, its endpoints
+        never ejected."""
+        cluster = make(1, outlier={"auth_cooloff_s": 20})
+        cluster.credential_refused(401, "request", 5.0)
+        assert cluster.view(5.0).auth_cooloff
+        assert cluster.view(24.9).auth_cooloff
+        assert cluster.view(24.9).live_endpoints == 1
+        assert not cluster.view(25.0).auth_cooloff
+
+    def test_each_refusal_renews_the_cooloff(self) -> None:
+        """A key still refused when the cool-off ends is refused again: a new cool-off."""
+        cluster = make(1, outlier={"auth_cooloff_s": 20})
+        cluster.credential_refused(403, "request", 0.0)
+        cluster.credential_refused(403, "request", 25.0)
+        assert cluster.view(44.0).auth_cooloff
+
+    def test_an_accepted_answer_ends_the_cooloff(self) -> None:
+        """An answer that accepts the key (a last-resort try, a key fixed meanwhile) gives the
+        cluster its place back at once."""
+        cluster = make(1)
+        cluster.credential_refused(401, "request", 0.0)
+        cluster.credential_accepted()
+        assert not cluster.view(1.0).auth_cooloff
+        assert not cluster.auth_failing
+
+    def test_a_zero_cooloff_never_puts_the_cluster_last(self) -> None:
+        """auth_cooloff_s: 0 keeps the old order (the refusal is still counted)."""
+        cluster = make(1, outlier={"auth_cooloff_s": 0})
+        cluster.credential_refused(401, "request", 3.0)
+        assert not cluster.view(3.0).auth_cooloff
+        assert cluster.counters.auth_failures == 1

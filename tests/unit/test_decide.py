@@ -30,6 +30,7 @@ def cluster(
     live: int = 1,
     expected: float = 50.0,
     protocols: frozenset[str] = BOTH,
+    cooloff: bool = False,
 ) -> ClusterView:
     return ClusterView(
         name=name,
@@ -38,6 +39,7 @@ def cluster(
         models=None if models is None else frozenset(models),
         live_endpoints=live,
         expected_ms=expected,
+        auth_cooloff=cooloff,
     )
 
 
@@ -131,6 +133,37 @@ CASES = {
         Snapshot({}, (cluster("regional", expected=500.0), CENTRAL)),
         ("central",),
         ("over_budget:regional",),
+    ),
+    "a cluster cooling off after refusing the router's key goes after every other": Case(
+        v2(),
+        Snapshot(local(), (cluster("regional", cooloff=True), CENTRAL)),
+        ("local:m", "central", "regional"),
+        ("auth_cooloff:regional",),
+    ),
+    "cooling off goes after farther tiers and slower clusters too": Case(
+        v2(),
+        Snapshot(
+            {},
+            (
+                cluster("r-fast", "regional", expected=1.0, cooloff=True),
+                cluster("r-slow", "regional", expected=90.0),
+                CENTRAL,
+            ),
+        ),
+        ("r-slow", "central", "r-fast"),
+        ("auth_cooloff:r-fast",),
+    ),
+    "a cluster cooling off is still the last resort when alone": Case(
+        oa(),
+        Snapshot({}, (cluster("regional", cooloff=True),)),
+        ("regional",),
+        ("auth_cooloff:regional",),
+    ),
+    "cooling off does not hide that a cluster is down": Case(
+        v2(),
+        Snapshot({}, (cluster("regional", live=0, cooloff=True), CENTRAL)),
+        ("central",),
+        ("unhealthy:regional",),
     ),
     "protocol mismatch is skipped silently": Case(
         v2(),

@@ -238,3 +238,22 @@ class TestEndpointUrl:
             "upstreams": [{"name": "r", "tier": "regional", "endpoints": [{"url": "http://a:1"}]}]
         }
         assert Settings.model_validate(doc).upstreams[0].endpoints[0].url == "http://a:1"
+
+
+class TestAuthCoolOff:
+    @pytest.mark.parametrize("value", ["-1", "3601", "soon"])
+    def test_out_of_range_is_refused_naming_the_key(self, tmp_path: Path, value: str) -> None:
+        """outlier.auth_cooloff_s outside 0..3600 s (or not a number) is refused at load."""
+        text = (
+            "upstreams:\n  - name: r\n    tier: regional\n    endpoints: [{url: 'http://a:1'}]\n"
+            f"    outlier: {{auth_cooloff_s: {value}}}\n"
+        )
+        (problem,) = _problems(_write(tmp_path, text))
+        assert problem.startswith("upstreams.0.outlier.auth_cooloff_s: ")
+
+    def test_default_is_thirty_seconds(self) -> None:
+        """Without the key a refusing cluster is tried last for 30 s (0 is allowed: never)."""
+        doc = {"upstreams": [{"name": "r", "tier": "regional", "endpoints": [{"url": "http://a"}]}]}
+        assert Settings.model_validate(doc).upstreams[0].outlier.auth_cooloff_s == 30.0
+        doc["upstreams"][0]["outlier"] = {"auth_cooloff_s": 0}
+        assert Settings.model_validate(doc).upstreams[0].outlier.auth_cooloff_s == 0.0
