@@ -95,6 +95,9 @@ class TritonLike:
         header = orjson.loads(body[: int(length)] if length else body)
         self.decoded.append(tensors)
         self.headers.append(header)
+        # Each output as asked for, or every output binary when the request says so (what
+        # tritonclient asks when no outputs are named).
+        every = header.get("parameters", {}).get("binary_data_output", False)
         wanted = {o["name"]: o.get("parameters", {}) for o in header.get("outputs", [])}
         outputs, parts = [], []
         for name, array in tensors.items():
@@ -106,7 +109,7 @@ class TritonLike:
                 "datatype": datatype,
                 "shape": list(array.shape),
             }
-            if wanted.get(name, {}).get("binary_data"):
+            if wanted.get(name, {}).get("binary_data", every):
                 raw = binary_form(array)
                 output["parameters"] = {"binary_data_size": len(raw)}
                 parts.append(raw)
@@ -174,16 +177,21 @@ def infer_inputs(tensors: dict[str, np.ndarray]) -> list[triton_http.InferInput]
     return inputs
 
 
-@pytest.mark.parametrize("position", [0, 1, 4])
+@pytest.mark.parametrize(("position", "named"), [(0, True), (1, True), (4, True), (2, False)])
 async def test_a_redacted_binary_tensor_leaves_the_others_a_valid_binary_request(
-    triton_site: tuple[str, TritonLike], position: int
+    triton_site: tuple[str, TritonLike], position: int, named: bool
 ) -> None:
     """The upstream decodes every tensor of the forwarded request: the e-mail tokenized in
     `note` (sent as JSON), every other tensor binary with its own size and bytes; the caller
-    gets every output binary, as asked, the e-mail restored."""
+    gets every output binary, as asked (each named, or all by `binary_data_output`), the
+    e-mail restored."""
     url, upstream = triton_site
     tensors = sent_tensors(position)
-    outputs = [triton_http.InferRequestedOutput(name, binary_data=True) for name in tensors]
+    outputs = (
+        [triton_http.InferRequestedOutput(name, binary_data=True) for name in tensors]
+        if named
+        else None
+    )
     async with triton_aio.InferenceServerClient(url.removeprefix("http://")) as client:
         result = await client.infer("tagger", infer_inputs(tensors), outputs=outputs)
     [decoded] = upstream.decoded
