@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from router import __version__, logs, tenant_cli, yamlconf
 from router.audit import cli as audit_cli
 from router.errors import ConfigError
+from router.flags import decimal, port
 from router.inference.repository import Loader, ModelRepository, available_providers
 from router.policy import cli as bundle_cli
 from router.policy.bundle import PolicyBundle
@@ -117,18 +118,11 @@ _config_file.__name__ = "file (empty)"  # argparse: "invalid file (empty) value:
 # The flags' own checks, so that a bad value is one argparse line naming the flag and what
 # it must be ("argument --port: invalid port (0 to 65535) value: '99999'"), not the
 # settings model's wording about the key it lands in.
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(text)
-    return value
-
-
-_port.__name__ = "port (0 to 65535)"
+_port = port
 
 
 def _workers(text: str) -> int:
-    value = int(text)
+    value = decimal(text)
     if not 1 <= value <= MAX_WORKERS:
         raise ValueError(text)
     return value
@@ -152,7 +146,7 @@ DEMO_PORT_SPAN = 90  # the switchboard, the highest of the demo's ports, is at b
 
 
 def _base_port(text: str) -> int:
-    value = int(text)
+    value = decimal(text)
     if value != 0 and not 1 <= value <= 65535 - DEMO_PORT_SPAN:
         raise ValueError(text)
     return value

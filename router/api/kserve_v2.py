@@ -245,16 +245,29 @@ async def repository_index(request: web.Request) -> web.Response:
 def _upstream_entries(request: web.Request, visible: Callable[[str], bool]) -> list[dict[str, Any]]:
     """Models only upstream clusters serve, one entry per name and version (Triton's index
     lists versions, never a model twice): `tier` and `cluster` name the preferred route (the
-    nearest cluster), `tiers` and `clusters` every one, in that order."""
+    nearest cluster), `tiers` and `clusters` every one, in that order.
+
+    The versions are those any cluster reported, so a router in front can pin them too; a
+    model no cluster reports versions of has one entry of version "". A cluster that lists a
+    model without versions is a route to each reported version (requests are routed by name),
+    never an entry of its own beside them."""
     local = current(request).models.models
-    routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    # Per name, in preference order: each cluster serving it and the versions it reported.
+    serving: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
     for cluster in upstream_routes(request.app[UPSTREAMS].clusters.values()):
         for name in sorted((cluster.models or frozenset()) - local.keys()):
-            if not visible(name):
-                continue
-            # The versions the cluster reported, so a router in front can pin them too.
-            for version in sorted(cluster.versions.get(name, ())) or [""]:
-                routes.setdefault((name, version), []).append((cluster.tier_of(name), cluster.name))
+            if visible(name):
+                reported = cluster.versions.get(name, frozenset())
+                serving.setdefault(name, []).append((cluster.tier_of(name), cluster.name, reported))
+    routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for name, clusters in serving.items():
+        versions = frozenset().union(*(reported for _, _, reported in clusters))
+        for version in sorted(versions) or [""]:
+            routes[(name, version)] = [
+                (tier, cluster)
+                for tier, cluster, reported in clusters
+                if version in reported or not reported
+            ]
     entries = []
     for (name, version), found in sorted(routes.items()):
         tiers = [tier for tier, _ in found]

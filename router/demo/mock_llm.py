@@ -27,9 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     """Serve the mock on its own (the compose example runs it as the central tier's LLM)."""
     import argparse
 
+    from router.flags import port
+
     parser = argparse.ArgumentParser(description="a MOCK OpenAI-compatible upstream")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port, default=8000)
     parser.add_argument("--model", default="mock-llm")
     args = parser.parse_args(argv)
     web.run_app(mock_llm_app(args.model), host=args.host, port=args.port, access_log=None)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from router.errors import BundleRejected, ConfigError
+from router.flags import decimal
 from router.policy.archive import pack, read_folder, unpack, write_atomically
 from router.policy.keeper import BundleKeeper
 from router.policy.signing import (
@@ -113,7 +114,7 @@ _output.__name__ = "output file (such as plant.tar.gz)"
 
 
 def _serial(text: str) -> int:
-    value = int(text)
+    value = decimal(text)
     if not 0 <= value < 2**63:
         raise ValueError(text)
     return value

@@ -2,7 +2,8 @@
 
 Every string leaf is scanned at any depth, object keys included; strings that hold a JSON
 document themselves (tool-call arguments) are parsed and redacted inside; large integers are
-scanned as digits (a card number sent as a JSON number). The input is never mutated and the
+scanned as digits (a card number sent as a JSON number), integral floats as the integers they
+equal (4111111111111111.0, as tritonclient writes FP64). The input is never mutated and the
 work is bounded: past ``max_depth`` or ``max_leaves`` a DetectionError fails the request closed.
 """
 
@@ -27,6 +28,11 @@ from router.redaction.vault import TokenVault
 MAX_ROUNDS = 4
 # Integers below this have too few digits to be any entity we detect (phones start at 7).
 MIN_SCANNED_INT = 1_000_000
+# Integral floats up to this are scanned as the integers they equal (a card number is exact in
+# FP64; tritonclient writes an FP64 tensor's 4111111111111111 as 4111111111111111.0). Past it a
+# float is integral whatever was meant, and its digits are no number a client wrote.
+MAX_SCANNED_FLOAT = float(2**53)
+_MIN_FLOAT = float(MIN_SCANNED_INT)
 
 
 class Scanner(Protocol):
@@ -197,6 +203,10 @@ class _Walk:
             digits = str(v)
             redacted = self.leaf(digits, rule)
             return v if redacted is digits else redacted
+        if isinstance(v, float) and scanned_float(v):
+            digits = str(int(v))
+            redacted = self.leaf(digits, rule)
+            return v if redacted is digits else redacted
         if v is None or isinstance(v, int | float):
             return v
         # Not a JSON value: it cannot be scanned, so it cannot go on.
@@ -309,13 +319,27 @@ class _Walk:
         )
 
 
+def scanned_float(v: float) -> bool:
+    """Whether a float is scanned as the integer it equals: integral, with as many digits as
+    a scanned integer, and within the range where a float holds every integer exactly."""
+    return MIN_SCANNED_INT <= abs(v) <= MAX_SCANNED_FLOAT and v.is_integer()
+
+
 def _large_integers(items: list[Any]) -> list[int] | None:
-    """The indices of the integers `value` scans (MIN_SCANNED_INT or more in magnitude) when
-    every item is a float or an integer; None when any is something else (walked one by one)."""
+    """The indices of the numbers `value` scans (integers of MIN_SCANNED_INT or more in
+    magnitude, integral floats as scanned_float says) when every item is a float or an
+    integer; None when any is something else (walked one by one)."""
     large = []
+    # Float bounds in locals: most tensor floats are small, and this one comparison (no
+    # global lookups, no int-float conversion, no call) is all they cost.
+    low, high, most = -_MIN_FLOAT, _MIN_FLOAT, MAX_SCANNED_FLOAT
     for index, item in enumerate(items):
         kind = type(item)
         if kind is float:
+            if low < item < high:
+                continue
+            if -most <= item <= most and item.is_integer():  # scanned_float, inlined
+                large.append(index)
             continue
         if kind is not int:
             return None

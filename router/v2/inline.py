@@ -4,13 +4,14 @@ rewrite them before the request leaves the site.
 
 tritonclient sends inputs in the binary extension by default. BYTES elements are text the
 scanner must see like any JSON string. Integer elements are digits the walker scans like JSON
-numbers (a card or phone number sent as INT64): a tensor holding one large enough to be an
-entity is inlined whole, as its JSON form, so the same request gets the same verdict and the
-same redacted view whichever encoding the client chose. Integer tensors with no such element
-(found by one vectorised pass) and every float or bool tensor stay binary, as the JSON walk
-leaves their JSON form alone. The protocol lets each input be JSON or binary, so the inlined
-request (the same inputs, those tensors now as JSON `data`, the other binary tensors' bytes
-kept in order) is one any v2 server accepts.
+numbers (a card or phone number sent as INT64), and so are integral FP32/FP64 elements (a card
+number is exact in FP64): a tensor holding one large enough to be an entity is inlined whole,
+as its JSON form, so the same request gets the same verdict and the same redacted view
+whichever encoding the client chose. Tensors with no such element (found by one vectorised
+pass: the common float tensor costs a min and a max) and every bool, FP16 or narrow integer
+tensor stay binary, as the JSON walk leaves their JSON form alone. The protocol lets each
+input be JSON or binary, so the inlined request (the same inputs, those tensors now as JSON
+`data`, the other binary tensors' bytes kept in order) is one any v2 server accepts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from router.errors import InvalidTensor
-from router.redaction.walker import MIN_SCANNED_INT
+from router.redaction.walker import MAX_SCANNED_FLOAT, MIN_SCANNED_INT
 from router.v2.datatypes import BY_NAME, Datatype
 from router.v2.tensors import from_binary
 
@@ -31,16 +32,24 @@ SCANNED_INTEGERS = frozenset(
     for name, dt in BY_NAME.items()
     if dt.numpy.kind in "iu" and np.iinfo(dt.numpy).max >= MIN_SCANNED_INT  # type: ignore[type-var]
 )
-SCANNED_BINARY = SCANNED_INTEGERS | {"BYTES"}
-# Types whose elements the JSON walk would not scan either (floats, bools, narrow integers),
-# and BF16, a float type Triton's binary extension carries. A binary tensor of any other
-# datatype cannot be read as what it is: it is refused as Unreadable, never sent on unread.
+# Float types whose range reaches MIN_SCANNED_INT (not FP16): integral elements are scanned.
+SCANNED_FLOATS = frozenset(
+    name
+    for name, dt in BY_NAME.items()
+    if dt.numpy.kind == "f" and float(np.finfo(dt.numpy).max) >= MIN_SCANNED_INT  # type: ignore[type-var]
+)
+SCANNED_BINARY = SCANNED_INTEGERS | SCANNED_FLOATS | {"BYTES"}
+# Types whose elements the JSON walk would not scan either (FP16, bools, narrow integers),
+# and BF16, a float type Triton's binary extension carries (and numpy cannot read). A binary
+# tensor of any other datatype cannot be read as what it is: it is refused as Unreadable,
+# never sent on unread.
 UNSCANNED_BINARY = frozenset(BY_NAME).difference(SCANNED_BINARY) | {"BF16"}
 
 
 def holds_scanned_binary(document: dict[str, Any] | None) -> bool:
     """A v2 request with tensors in the binary part that detection must read: BYTES,
-    integers wide enough to hold an entity's digits, or a datatype no v2 server knows."""
+    integers or floats wide enough to hold an entity's digits, or a datatype no v2 server
+    knows."""
     inputs = document.get("inputs") if document is not None else None
     for tensor in inputs if isinstance(inputs, list) else ():
         if not isinstance(tensor, dict):
@@ -79,8 +88,8 @@ class Unreadable(Exception):
 def inline_binary_tensors(
     document: dict[str, Any], binary: memoryview
 ) -> tuple[dict[str, Any], bytes] | None:
-    """(header, binary part) with every binary BYTES input, and every binary integer input
-    holding an element of MIN_SCANNED_INT or more, inlined as JSON `data`; None when nothing
+    """(header, binary part) with every binary BYTES input, and every binary integer or
+    float input holding an element the JSON walk scans, inlined as JSON `data`; None when nothing
     needed inlining (detection then reads the request as it is). Raises Unreadable."""
     inputs = document.get("inputs")
     if not isinstance(inputs, list):
@@ -117,16 +126,18 @@ def _binary_size(tensor: Any) -> int | None:
 
 def _scanned_elements(tensor: dict[str, Any], chunk: memoryview) -> list[Any] | None:
     """The elements detection must read, flat, as the JSON walk would see them; None for a
-    tensor it would not scan (floats, bools, integers all too small to hold an entity)."""
+    tensor it would not scan (bools, FP16, numbers none of which could hold an entity)."""
     name = tensor.get("datatype")
     if not isinstance(name, str) or name not in SCANNED_BINARY:
         if isinstance(name, str) and name in UNSCANNED_BINARY:
             return None
         raise Unreadable  # no datatype a v2 server knows: its bytes cannot be read as one
     array = _array(tensor, BY_NAME[name], chunk).ravel()
-    if name != "BYTES" and not _holds_large(array):
+    if name in SCANNED_INTEGERS and not _holds_large(array):
         return None
-    elements: list[Any] = array.tolist()  # Python str or int: exact, even past 2**63
+    if name in SCANNED_FLOATS and not _holds_integral(array):
+        return None
+    elements: list[Any] = array.tolist()  # Python str, int or float: exact, even past 2**63
     return elements
 
 
@@ -149,6 +160,21 @@ def _holds_large(array: np.ndarray) -> bool:
     if array.size == 0:
         return False
     return bool(array.max() >= MIN_SCANNED_INT or array.min() <= -MIN_SCANNED_INT)
+
+
+def _holds_integral(array: np.ndarray) -> bool:
+    """Whether a float element is one the JSON walk scans (walker.scanned_float), vectorised.
+    Most float tensors (activations, pixels, embeddings) stay within MIN_SCANNED_INT either
+    way: a min and a max tell, with no copy; only their large elements are looked at."""
+    if array.size == 0:
+        return False
+    if array.max() < MIN_SCANNED_INT and array.min() > -MIN_SCANNED_INT:
+        return False  # (NaN compares false: such a tensor is looked at element by element)
+    # The integral elements first (one floor, one compare): the cheapest pass over a tensor
+    # of large fractional values, which is all most such tensors hold.
+    integral = array[np.floor(array) == array]
+    magnitude = np.abs(integral)
+    return bool(((magnitude >= MIN_SCANNED_INT) & (magnitude <= MAX_SCANNED_FLOAT)).any())
 
 
 def _as_json(tensor: dict[str, Any], elements: list[Any]) -> dict[str, Any]:

@@ -38,8 +38,10 @@ async def site(stack: contextlib.AsyncExitStack, repository: Path) -> Site:  # n
 
 
 def triton_body(array: np.ndarray, *, binary: bool) -> tuple[bytes, dict[str, str]]:
-    """tritonclient's request body for one INT tensor `ids`, JSON or binary."""
-    tensor = triton_http.InferInput("ids", list(array.shape), "INT64")
+    """tritonclient's request body for one tensor `ids` (INT64 unless `array` is a float
+    array), JSON or binary."""
+    datatype = "INT64" if array.dtype.kind in "iu" else triton_http.np_to_triton_dtype(array.dtype)
+    tensor = triton_http.InferInput("ids", list(array.shape), datatype)
     tensor.set_data_from_numpy(array, binary_data=binary)
     body, json_size = triton_http.InferenceServerClient.generate_request_body([tensor])
     if json_size is None:
@@ -99,6 +101,43 @@ class TestBinaryIntegers:
         assert binary_answer.headers["X-Redactions"] == "CARD=1"
         assert binary_answer.json()["outputs"] == json_answer.json()["outputs"]
         assert str(CARD) in binary_answer.body.decode()  # restored for the caller
+
+    async def test_card_in_an_fp64_tensor_is_found_in_both_forms(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A card number held exactly by an FP64 element (tritonclient's JSON writes
+        4111111111111111.0) is found and tokenized, sent as JSON or binary alike; the other
+        elements go on as the floats they were."""
+        array = np.array([0.5, float(CARD), 1_234_567.25], dtype=np.float64)
+        headers = []
+        for binary in (False, True):
+            sent = triton_body(array, binary=binary)
+            assert (b"4111111111111111.0" in sent[0]) is not binary
+            answer = await infer(http, site, "v2-central", sent)
+            assert answer.status == 200, answer.body
+            assert answer.headers["X-Redactions"] == "CARD=1"
+            assert_clean(site.off_site(), str(CARD))
+            assert struct.pack("<d", float(CARD)) not in site.off_site()[0].body
+            headers.append(upstream_header(site))
+            forget(site)
+        assert headers[1] == headers[0]
+        assert headers[1]["inputs"][0]["data"] == [0.5, "<CARD_1>", 1_234_567.25]
+
+    @pytest.mark.parametrize(
+        "written", ["4.111111111111111e15", "4111111111111111E+0", "4111111111111111000e-3"]
+    )
+    async def test_a_card_in_a_json_float_written_with_an_exponent_is_found(
+        self, site: Site, http: aiohttp.ClientSession, written: str
+    ) -> None:
+        """A JSON number whose text is not the card's digit run (an exponent) is the card
+        all the same: found and tokenized, as the plain form is."""
+        tensor = f'{{"name":"ids","datatype":"FP64","shape":[2],"data":[0.5,{written}]}}'
+        body = f'{{"inputs":[{tensor}]}}'.encode()
+        sent = (body, {"Content-Type": "application/json"})
+        answer = await infer(http, site, "v2-central", sent)
+        assert answer.status == 200, answer.body
+        assert answer.headers.get("X-Redactions") == "CARD=1"
+        assert upstream_header(site)["inputs"][0]["data"] == [0.5, "<CARD_1>"]
 
     @pytest.mark.parametrize("values", ["small", "large"])
     async def test_clean_binary_int64_arrives_byte_identical(

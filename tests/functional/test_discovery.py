@@ -431,3 +431,34 @@ class TestListingsAreUnique:
             ["regional", "central"],
         )
         assert (m["2"]["tiers"], m["2"]["clusters"]) == (["regional"], ["regional"])
+
+    async def test_an_unversioned_listing_adds_no_empty_version(self) -> None:
+        """Regional lists v2 model m without versions, central lists versions 1 and 2: the
+        index has m:1 and m:2 once each (both reachable through regional, the nearest), no
+        m:"", and /v1/models lists m once, preferring regional as the index does."""
+        regional = FakeUpstream(name="regional", models=[], v2_models=["m", "only"])
+        regional.v2_versions = ("",)
+        central = FakeUpstream(name="central", models=[], v2_models=["m"])
+        central.v2_versions = ("1", "2")
+        async with (
+            regional_and_central(regional, central) as (_, router, _listings),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(10),
+        ):
+            async with http.post(router.make_url("/v2/repository/index")) as r:
+                index = await r.json()
+            async with http.get(router.make_url("/v1/models")) as r:
+                data = (await r.json())["data"]
+        m = [item for item in index if item["name"] == "m"]
+        assert sorted(item["version"] for item in m) == ["1", "2"]
+        for item in m:
+            assert (item["tier"], item["cluster"]) == ("regional", "regional")
+            assert (item["tiers"], item["clusters"]) == (
+                ["regional", "central"],
+                ["regional", "central"],
+            )
+        # A model no cluster reports versions of keeps its one unversioned entry.
+        assert [item["version"] for item in index if item["name"] == "only"] == [""]
+        listed = [item for item in data if item["id"] == "m"]
+        assert len(listed) == 1
+        assert (listed[0]["tier"], listed[0]["tiers"]) == ("regional", ["regional", "central"])

@@ -21,6 +21,7 @@ from router.redaction.vault import TokenVault
 from router.redaction.walker import RedactionPlan, redact_json
 from router.stages.survey_memo import SurveyMemo
 from router.v2.inline import (
+    SCANNED_FLOATS,
     SCANNED_INTEGERS,
     Unreadable,
     holds_scanned_binary,
@@ -107,10 +108,11 @@ def test_binary_integers_get_the_json_verdict_and_view(array: np.ndarray) -> Non
 
 
 def test_only_tensors_that_can_hold_an_entity_are_inlined() -> None:
-    """Small integers, floats (even huge ones, as the JSON walk leaves floats alone) stay
-    binary, in order; the integer tensor holding a card becomes JSON between them."""
+    """Small integers, floats that are not integral (even huge ones, as the JSON walk leaves
+    such floats alone) stay binary, in order; the integer tensor holding a card becomes JSON
+    between them."""
     small = np.arange(64, dtype="<i8")
-    floats = np.array([float(CARD), 0.5], dtype="<f8")
+    floats = np.array([float(CARD) + 0.5, 0.5], dtype="<f8")
     card = np.array([CARD], dtype="<i8")
     header, binary = binary_request(small=small, floats=floats, card=card, after=small)
     doc, rest = inline_binary_tensors(header, binary) or ({}, b"")
@@ -142,10 +144,12 @@ def test_extremes_are_read_exactly() -> None:
     assert doc["inputs"][1]["data"] == [2**64 - 1]
 
 
-def test_narrow_integers_and_floats_are_not_scanned_types() -> None:
-    """INT8/16 and UINT8/16 cannot reach 7 digits; the wider integer types are scanned."""
+def test_narrow_integers_and_fp16_are_not_scanned_types() -> None:
+    """INT8/16, UINT8/16 and FP16 cannot reach 7 digits; the wider integer and float types
+    are scanned."""
     assert frozenset({"INT32", "INT64", "UINT32", "UINT64"}) == SCANNED_INTEGERS
-    header, _ = binary_request(a=np.zeros(2, dtype="<i2"), b=np.zeros(2, dtype="<f4"))
+    assert frozenset({"FP32", "FP64"}) == SCANNED_FLOATS
+    header, _ = binary_request(a=np.zeros(2, dtype="<i2"), b=np.zeros(2, dtype="<f2"))
     assert not holds_scanned_binary(header)
 
 
@@ -203,3 +207,66 @@ def test_inputs_that_no_longer_line_up_stay_as_redacted() -> None:
     assert inlined is not None
     fewer = {"inputs": inlined[0]["inputs"][:1]}
     assert rebinarised(header, binary, inlined, fewer) == (fewer, inlined[1])
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([0.5, float(CARD), -3.25], dtype="<f8"),
+        np.array([[1.5, -float(CARD)]], dtype="<f8"),
+        np.array([0.125, 771234560.0], dtype="<f4"),  # exact in FP32: a multiple of 64
+    ],
+    ids=["fp64", "fp64-negative", "fp32"],
+)
+def test_integral_floats_get_the_json_verdict_and_view(array: np.ndarray) -> None:
+    """An entity's digits held by an integral float (a card number is exact in FP64) are
+    found in a binary float tensor and in its JSON form (tritonclient writes 4111111111111111.0)
+    alike, as an integer's are: same findings, same redacted document."""
+    header, binary = binary_request(x=array)
+    inlined = inline_binary_tensors(header, binary)
+    assert inlined is not None
+    doc, rest = inlined
+    assert rest == b""
+    as_json = json_request(x=array)
+    assert doc == as_json
+    new, counts, seen = walk(doc, TOKENIZE)
+    assert sum(counts.values()) >= 1
+    assert (new, counts, seen) == walk(as_json, TOKENIZE)
+    assert all(str(int(abs(v))) not in repr(new) for v in array.ravel().tolist() if abs(v) > 1e6)
+
+
+def test_a_json_float_literal_is_scanned_as_the_integer_literal_is() -> None:
+    """4111111111111111.0 and 4111111111111111 get the same finding, in a tensor's data
+    and as a lone value; a float that is not integral, or a small one, is left alone."""
+    as_float = {"a": [0.5, float(CARD)], "b": float(CARD), "c": [1234567.5, 42.0]}
+    as_int = {"a": [0.5, CARD], "b": CARD, "c": [1234567.5, 42.0]}
+    new_float, counts_float, _ = walk(as_float, TOKENIZE)
+    new_int, counts_int, _ = walk(as_int, TOKENIZE)
+    assert counts_float == counts_int == Counter({"CARD": 2})
+    assert new_float == new_int
+    assert new_float["c"] == [1234567.5, 42.0]
+
+
+def test_floats_that_are_not_integral_stay_binary() -> None:
+    """Large floats with a fraction, small integral ones, NaN and infinities hold no
+    entity's digits: nothing is inlined, the request is read as it came."""
+    values = [1234567.5, -9.75e12 + 0.5, 65504.0, np.nan, np.inf, -np.inf, 3.0e300]
+    header, binary = binary_request(
+        a=np.array(values, dtype="<f8"), b=np.array([5_000_000.5, 0.25], dtype="<f4")
+    )
+    assert holds_scanned_binary(header)
+    assert inline_binary_tensors(header, binary) is None
+
+
+def test_clean_integral_floats_go_back_to_their_bytes() -> None:
+    """An FP64 tensor of integral values that hold nothing is read, then sent as its bytes."""
+    stamps = np.array([1.7e12, 1_000_001.0], dtype="<f8")
+    card = np.array([CARD], dtype="<i8")
+    header, binary = binary_request(stamps=stamps, card=card)
+    inlined = inline_binary_tensors(header, binary)
+    assert inlined is not None
+    assert inlined[0]["inputs"][0]["data"] == [1.7e12, 1_000_001.0]
+    redacted, _, _ = walk(inlined[0], TOKENIZE)
+    doc, rest = rebinarised(header, binary, inlined, redacted)
+    assert rest == stamps.tobytes()
+    assert doc["inputs"][0] == header["inputs"][0]

@@ -24,6 +24,13 @@ BAD = [
     ("--workers", "0"),
     ("--workers", "257"),
     ("--workers", "two"),
+    # What Python's int() takes but a number on a command line is not.
+    ("--port", "8_000"),
+    ("--port", "+8000"),
+    ("--port", " 8000"),
+    ("--port", "\uff18\uff10\uff10\uff10"),  # fullwidth 8000
+    ("--admin-port", "9_001"),
+    ("--workers", "1_6"),
 ]
 
 
@@ -65,3 +72,48 @@ def test_good_urls_reach_the_settings(flag: str, value: str) -> None:
     settings = _settings(args)
     (cluster,) = [c for c in settings.upstreams if c.name == flag.lstrip("-")]
     assert [e.url for e in cluster.endpoints] == [value]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["demo", "--base-port", "8_000"], "--base-port"),
+        (["demo", "--base-port", "+8000"], "--base-port"),
+        (["bundle", "sign", "b.tar.gz", "--signing-key", "k", "--serial", "1_0"], "--serial"),
+        (["bundle", "build", ".", "-o", "b.tar.gz", "--serial", " 7"], "--serial"),
+    ],
+)
+def test_other_integer_flags_take_plain_digits_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str], flag: str
+) -> None:
+    """Every subcommand's integer flag refuses what int() alone would take (underscores, a
+    sign, spaces): one argparse error naming the flag, exit 2, before anything runs."""
+    import router.demo
+
+    def run(*_: object, **__: object) -> int:
+        raise AssertionError("a bad flag value must not start the demo")
+
+    monkeypatch.setattr(router.demo, "run", run)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: invalid " in err
+    assert repr(argv[-1]) in err
+    assert "Traceback" not in err
+
+
+def test_the_mock_llm_port_takes_plain_digits_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's mock upstream refuses --port 8_000 as the router does, before serving."""
+    from router.demo import mock_llm
+
+    def run_app(*_: object, **__: object) -> None:
+        raise AssertionError("a bad flag value must not reach serving")
+
+    monkeypatch.setattr(mock_llm.web, "run_app", run_app)
+    with pytest.raises(SystemExit) as info:
+        mock_llm.main(["--port", "8_000"])
+    assert info.value.code == 2
+    assert "argument --port: invalid " in capsys.readouterr().err
