@@ -19,7 +19,7 @@ from router.policy import cli as bundle_cli
 from router.policy.bundle import PolicyBundle
 from router.policy.cases import run_cases
 from router.policy.distribution import checked_bundle
-from router.privacy import Privacy
+from router.privacy import Privacy, read_secret
 from router.resources import demo_model_repository
 from router.settings import Settings, load_settings
 from router.settings.listener import MAX_WORKERS
@@ -225,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             TlsContexts.from_settings(settings)  # every certificate file readable and valid
             if settings.spool.collector_key_file is not None:
                 read_key_file(settings.spool.collector_key_file)
+            if bundle is None and settings.policy.secret_file is not None:
+                read_secret(settings.policy.secret_file)  # no cases to run that would read it
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
