@@ -353,3 +353,32 @@ def test_readme_names_every_setting() -> None:
         _fields_named(dotted, shown)
     assert len(every) > 100
     assert sorted(every - shown) == []
+
+
+def _dependency_rows() -> list[str]:
+    section = README.read_text().split("## Dependencies, and why each", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    return cells[1:]  # below the header
+
+
+def test_readme_explains_every_dependency() -> None:
+    """The "why each dependency" table names every requirement of pyproject.toml (runtime ones
+    in a row of their own, an extra's in a row naming that extra) and nothing else."""
+    import tomllib
+
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=;\[ ]", requirement, maxsplit=1)[0].lower()
+
+    rows = _dependency_rows()
+    runtime = {name(r) for r in project["dependencies"]}
+    assert runtime == {row.lower() for row in rows if "extra" not in row}
+    for extra, requirements in project["optional-dependencies"].items():
+        named = {
+            n.split("[")[0].strip().lower()
+            for row in rows
+            if re.search(rf"\b{extra}\b.*extras?:", row)
+            for n in re.split(r",\s*", row.split(":", 1)[1])
+        }
+        assert {name(r) for r in requirements} == named, extra
