@@ -382,3 +382,7 @@ def test_readme_explains_every_dependency() -> None:
             for n in re.split(r",\s*", row.split(":", 1)[1])
         }
         assert {name(r) for r in requirements} == named, extra
+    script = (README.parent / "scripts" / "test").read_text()
+    installed = {name(r) for r in re.findall(r"pip install .*'([a-z0-9-]+==[^']+)'", script)}
+    assert installed
+    assert {n for n in installed if any(n in row for row in rows)} == installed
