@@ -386,3 +386,15 @@ def test_readme_explains_every_dependency() -> None:
     installed = {name(r) for r in re.findall(r"pip install .*'([a-z0-9-]+==[^']+)'", script)}
     assert installed
     assert {n for n in installed if any(n in row for row in rows)} == installed
+
+
+def test_readme_says_which_route_the_openapi_document_leaves_out() -> None:
+    """The README calls the OpenAPI document the whole client API: the collector route, which
+    it leaves out, is named as such (the document holds every other route, see
+    test_openapi_contract)."""
+    from router.spool.collector import COLLECTOR_PATH
+
+    spec = yaml.safe_load((README.parent / "router" / "api" / "openapi.yaml").read_text())
+    assert COLLECTOR_PATH not in spec["paths"]
+    sentence = README.read_text().split("is described in OpenAPI 3.0", 1)[0][-200:]
+    assert f"`POST {COLLECTOR_PATH}`" in sentence
