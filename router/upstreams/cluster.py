@@ -72,6 +72,7 @@ class Cluster:
     # The upstream refuses that credential now: set by the first refusal, cleared by the next
     # answer it accepts, so the operator is told once per outage (and /status shows it).
     auth_failing: bool = False
+    tls_failing: bool = False
 
     def __post_init__(self) -> None:
         self.protocols = frozenset(p.value for p in self.settings.protocols)
@@ -213,6 +214,25 @@ class Cluster:
         if self.auth_failing:
             self.auth_failing = False
             log.warning("cluster %s accepts the router's credential again", self.name)
+
+    def tls_refused(self, by: str) -> None:
+        """A TLS handshake with the cluster failed (unknown CA, wrong name, expired or missing
+        certificate) on a `by`: told to the operator once per outage. Health checks refused so
+        mark its endpoints down, and the 503 clients then get would not say why."""
+        if not self.tls_failing:
+            self.tls_failing = True
+            log.error(
+                "cluster %s: TLS handshake refused (on a %s): check upstreams[].tls (ca_file, "
+                "server_name, cert_file) against its certificate; it counts as down meanwhile",
+                self.name,
+                by,
+            )
+
+    def tls_accepted(self) -> None:
+        """A handshake with the cluster succeeded: an outage of TLS is over."""
+        if self.tls_failing:
+            self.tls_failing = False
+            log.warning("cluster %s: TLS handshakes succeed again", self.name)
 
     def record_failure(self, endpoint: Endpoint, now: float) -> None:
         self.counters.failures += 1
