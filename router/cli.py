@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 read_key_file(settings.spool.collector_key_file)
             if bundle is None and settings.policy.secret_file is not None:
                 read_secret(settings.policy.secret_file)  # no cases to run that would read it
+            _check_tracing_env()
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -245,6 +246,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SIGHUP re-reads the file with the same command-line flags on top.
     return serve(settings, read_settings=lambda: _settings(args))
+
+
+def _check_tracing_env() -> None:
+    """The OTEL_* variables, refused here as `serve` refuses them at start-up."""
+    from router.telemetry.tracing import provider_from_env  # the SDK only for `check`
+
+    try:
+        provider = provider_from_env()
+    except ValueError as exc:
+        raise ConfigError("environment", [str(exc)]) from None
+    if provider is not None:
+        provider.shutdown()
 
 
 def check_policy(bundle: PolicyBundle, settings: Settings) -> int:
