@@ -92,7 +92,7 @@ def build_app(
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
     app[LIMITERS] = Limiters()  # rate-limit buckets, kept across policy reloads
     if not start.pending:  # a bundle still to come is checked when it arrives
-        _check_auth(
+        check_auth(
             settings,
             start.bundle,
             "embedded" if start.state.source == "embedded" else start.source.name,
@@ -131,7 +131,7 @@ def upload_keys(settings: Settings) -> frozenset[str]:
     return frozenset(h for hashes in settings.spool.site_key_hashes().values() for h in hashes)
 
 
-def _check_auth(settings: Settings, bundle: PolicyBundle, origin: str) -> None:
+def check_auth(settings: Settings, bundle: PolicyBundle, origin: str) -> None:
     """`origin` names the bundle as the operator configured it: `bundle.path` is the copy
     activated under the state directory, which an edit would never reach."""
     if (

@@ -20,7 +20,7 @@ from router.policy import cli as bundle_cli
 from router.policy.bundle import PolicyBundle
 from router.policy.cases import run_cases
 from router.policy.distribution import checked_bundle
-from router.privacy import Privacy
+from router.privacy import Privacy, read_secret
 from router.resources import demo_model_repository
 from router.settings import Settings, load_settings
 from router.settings.listener import MAX_WORKERS
@@ -216,9 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.logging.level, settings.logging.format)
     if args.command == "check":
         try:
-            TlsContexts.from_settings(settings)  # every certificate file readable and valid
-            if settings.spool.collector_key_file is not None:
-                read_key_file(settings.spool.collector_key_file)
+            _refused_by_serve(settings, bundle)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -237,6 +235,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SIGHUP re-reads the file with the same command-line flags on top.
     return serve(settings, read_settings=lambda: _settings(args))
+
+
+def _refused_by_serve(settings: Settings, bundle: PolicyBundle | None) -> None:
+    """What `serve` would refuse at start-up (ConfigError): files it reads, the OTEL_*
+    variables, required authentication without a key. Blocking."""
+    from router.app import check_auth  # the app and the tracing SDK only for `check`
+    from router.telemetry.tracing import provider_from_env
+
+    TlsContexts.from_settings(settings)  # every certificate file readable and valid
+    if settings.spool.collector_key_file is not None:
+        read_key_file(settings.spool.collector_key_file)
+    if bundle is None and settings.policy.secret_file is not None:
+        read_secret(settings.policy.secret_file)  # no cases to run that would read it
+    try:
+        provider = provider_from_env()
+    except ValueError as exc:
+        raise ConfigError("environment", [str(exc)]) from None
+    if provider is not None:
+        provider.shutdown()
+    if bundle is not None:
+        embedded = settings.policy.source is None and settings.policy.bundle is None
+        check_auth(settings, bundle, "embedded" if embedded else str(bundle.path))
 
 
 def check_policy(bundle: PolicyBundle, settings: Settings) -> int:

@@ -58,7 +58,7 @@ class Privacy:
         detectors = bundle_detectors(bundle)
         plans = {tier: _plan(bundle, tier) for tier in TIERS}
         survey = RedactionPlan(default=Action.KEEP, headers=bundle.detection.headers)
-        secret = secret if secret is not None else _secret(secret_file)
+        secret = secret if secret is not None else read_secret(secret_file)
         scanned = frozenset(name.lower() for name in bundle.detection.headers)
         return cls(bundle, detectors, Hasher(secret), plans, survey, secret, scanned)
 
@@ -99,7 +99,8 @@ def _plan(bundle: PolicyBundle, tier: str) -> RedactionPlan:
     )
 
 
-def _secret(path: Path | None) -> bytes:
+def read_secret(path: Path | None) -> bytes:
+    """The site key for keyed pseudonyms and cache keys (random when no file is set)."""
     if path is None:
         log.warning("policy.secret_file is not set: pseudonyms change when the process restarts")
         return secrets.token_bytes(MIN_SECRET_BYTES)

@@ -61,7 +61,8 @@ async def _serve(
         _say(
             out,
             f"offline (--offline or routing.offline): the {len(settings.upstreams)} upstream "
-            "cluster(s) configured are not used and spool uploads wait until a restart without it",
+            "cluster(s) configured are not used and spool uploads wait until it is turned off "
+            "(a restart without --offline, or routing.offline: false and a reload)",
         )
     if settings.keys_in_clear:
         _say(

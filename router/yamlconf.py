@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -27,19 +27,26 @@ class Strict(BaseModel):
     @classmethod
     def _empty_sections_are_defaults(cls, data: Any) -> Any:
         """`server:` with every key under it commented out is YAML null: that section's
-        defaults, as if it were absent (a section that may be None keeps its None)."""
+        defaults, as if it were absent (a section that may be None keeps its None). A list or
+        a map with every item commented out (`upstreams:`, `routing.models:`) is an empty one."""
         if not isinstance(data, dict) or None not in data.values():
             return data
         fields = cls.model_fields
         return {
-            key: {} if value is None and _is_section(fields.get(key)) else value
+            key: _when_empty(fields.get(key)) if value is None else value
             for key, value in data.items()
         }
 
 
-def _is_section(field: Any) -> bool:
+def _when_empty(field: Any) -> Any:
+    """What a key left empty stands for: a section's defaults, an empty list or map (never a
+    default list: a residency rule's `endpoints:` left empty must not widen to "any"); else
+    None, as written."""
     annotation = getattr(field, "annotation", None)
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {}
+    container = get_origin(annotation)
+    return container() if container in (dict, tuple, list) else None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -113,6 +113,8 @@ def decide(
     else:
         for cluster in _by_tier(snapshot.clusters):
             _consider_cluster(facts, cluster, draft, permitted)
+        if not draft.served_somewhere:
+            _consider_unlisted(facts, snapshot, draft)
     return Decision(tuple(draft.targets), tuple(draft.reasons), _failure(draft))
 
 
@@ -158,6 +160,18 @@ def _consider_cluster(
         if cluster.auth_cooloff:
             draft.reasons.append(f"auth_cooloff:{cluster.name}")
         draft.targets.append(Target("cluster", cluster.name, cluster.tier, cluster.expected_ms))
+
+
+def _consider_unlisted(facts: Facts, snapshot: Snapshot, draft: _Draft) -> None:
+    """A model no one is known to serve, while a cluster was never reached to say what it
+    serves (the site started with its link down): that cluster may serve it, so the answer is
+    that it is down (503 offline, as with `--offline`), not "unknown model" (404). Residency
+    is judged once it answers (a request bound to the site is not even scanned before)."""
+    for cluster in _by_tier(snapshot.clusters):
+        unlisted = facts.api in cluster.protocols and cluster.models is None
+        if unlisted and cluster.live_endpoints == 0:
+            draft.served_somewhere = draft.reachable = True
+            draft.reasons.append(f"unhealthy:{cluster.name}")
 
 
 def _any_cluster_may_serve(facts: Facts, snapshot: Snapshot) -> bool:

@@ -22,6 +22,7 @@ from router.policy.signing import Files, load_public_keys
 from router.policy.source import PathSource, Source, source_for
 from router.resources import default_policy_bundle, state_dir
 from router.settings import BundleSourceSettings, Settings
+from router.upstreams.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,10 @@ def checked_bundle(settings: Settings) -> PolicyBundle | None:
     """For `layer-router check`: the local bundle, verified as `serve` would verify it (in a
     scratch folder, leaving the state directory alone); None for a remote source. Blocking."""
     configured = source_settings(settings)
-    if configured.url is not None:
-        return None
     keys = load_public_keys(settings.policy.public_keys)
+    if configured.url is not None:
+        ClientTls(configured.tls, "policy.source.tls")  # its files, read as `serve` reads them
+        return None
     scratch = Path(tempfile.mkdtemp(prefix="layer-router-check-"))
     # Kept until the command exits: the bundle's cases are read from it after this returns.
     atexit.register(shutil.rmtree, scratch, True)

@@ -68,6 +68,12 @@ def _tls_paths_resolved(settings: Settings, folder: Path) -> Settings:
     if resolved(spool_tls):
         collector = spool_tls.model_copy(update=resolved(spool_tls))
         update["spool"] = settings.spool.model_copy(update={"tls": collector})
+    source = settings.policy.source
+    if source is not None and resolved(source.tls):
+        fetching = source.model_copy(
+            update={"tls": source.tls.model_copy(update=resolved(source.tls))}
+        )
+        update["policy"] = settings.policy.model_copy(update={"source": fetching})
     clusters = tuple(
         c.model_copy(update={"tls": c.tls.model_copy(update=resolved(c.tls))})
         for c in settings.upstreams

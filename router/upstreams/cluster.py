@@ -76,6 +76,7 @@ class Cluster:
     # auth_cooloff): set by each refusal of the router's credential, ended early by an answer
     # that accepts it. A client's refused key never sets it.
     auth_cooloff_until: float = 0.0
+    tls_failing: bool = False
 
     def __post_init__(self) -> None:
         self.protocols = frozenset(p.value for p in self.settings.protocols)
@@ -239,6 +240,25 @@ class Cluster:
         if self.auth_failing:
             self.auth_failing = False
             log.warning("cluster %s accepts the router's credential again", self.name)
+
+    def tls_refused(self, by: str) -> None:
+        """A TLS handshake with the cluster failed (unknown CA, wrong name, expired or missing
+        certificate) on a `by`: told to the operator once per outage. Health checks refused so
+        mark its endpoints down, and the 503 clients then get would not say why."""
+        if not self.tls_failing:
+            self.tls_failing = True
+            log.error(
+                "cluster %s: TLS handshake refused (on a %s): check upstreams[].tls (ca_file, "
+                "server_name, cert_file) against its certificate; it counts as down meanwhile",
+                self.name,
+                by,
+            )
+
+    def tls_accepted(self) -> None:
+        """A handshake with the cluster succeeded: an outage of TLS is over."""
+        if self.tls_failing:
+            self.tls_failing = False
+            log.warning("cluster %s: TLS handshakes succeed again", self.name)
 
     def record_failure(self, endpoint: Endpoint, now: float) -> None:
         self.counters.failures += 1

@@ -29,6 +29,7 @@ from router.errors import (
     UpstreamOverflow,
     UpstreamStatus,
     UpstreamTimeout,
+    UpstreamTlsFailed,
 )
 from router.upstreams import refusal
 from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
@@ -280,6 +281,8 @@ async def _try(
             _failed(cluster, endpoint, started, timed_out=True)
         raise error from None
     except UpstreamError as exc:
+        if isinstance(exc, UpstreamTlsFailed):
+            cluster.tls_refused("request")
         if exc.health_failure:
             _failed(cluster, endpoint, started, timed_out=isinstance(exc, UpstreamTimeout))
         raise

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from router.errors import UpstreamError
+from router.errors import UpstreamError, UpstreamTlsFailed
 from router.policy.decide import TIER_ORDER
 from router.settings import Protocol
 from router.upstreams.client import Transport, UpstreamRequest
@@ -86,8 +86,12 @@ class Prober:
                     limit_s,
                 )
                 await response.read(_DISCOVERY_LIMIT)
+        except UpstreamTlsFailed:
+            self.cluster.tls_refused("health check")
+            return None
         except (UpstreamError, TimeoutError):
             return None
+        self.cluster.tls_accepted()
         return response.status
 
     async def _discovery_loop(self) -> None:
@@ -142,8 +146,12 @@ class Prober:
                     timeout,
                 )
                 body = await response.read(_DISCOVERY_LIMIT)
+        except UpstreamTlsFailed:
+            self.cluster.tls_refused("model list request")
+            return None
         except (UpstreamError, TimeoutError):
             return None
+        self.cluster.tls_accepted()
         if response.status in (401, 403) and self.cluster.own_credential:
             # A cluster whose list is refused serves nothing, so no request would tell the
             # operator why (with health checks off, or a health path that needs no key).

@@ -209,3 +209,27 @@ def test_an_output_that_names_no_file_is_an_argument_error(tmp_path: Path) -> No
         assert "Traceback" not in built.stderr
         assert "invalid output file" in built.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_reads_the_files_a_remote_source_needs(tmp_path: Path) -> None:
+    """With a `url` source `check` cannot fetch the bundle, but the public keys, the source's
+    TLS files and the pseudonym secret are read as `serve` reads them: a missing one is exit 2
+    naming it, not `ok` for a config that `serve` refuses."""
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    config = tmp_path / "site.yaml"
+    url = "url: https://central.example/b.tar.gz"
+    cases = {
+        "missing.pub": f"policy: {{source: {{{url}}}, public_keys: [missing.pub]}}\n",
+        "central-ca.pem": (
+            f"policy: {{source: {{{url}, tls: {{ca_file: central-ca.pem}}}},"
+            " public_keys: [k.pub]}\n"
+        ),
+        "secret.key": (
+            f"policy: {{source: {{{url}}}, public_keys: [k.pub], secret_file: secret.key}}\n"
+        ),
+    }
+    for missing, text in cases.items():
+        config.write_text(text)
+        done = run_cli("check", config)
+        assert done.returncode == 2, (missing, done.stdout)
+        assert missing in done.stderr

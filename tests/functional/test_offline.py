@@ -164,3 +164,43 @@ class TestOffline:
                 assert (status, reason) == (503, "offline")
         finally:
             await router.close()
+
+    async def test_started_with_the_link_down_says_offline(self) -> None:
+        """A site started while its only upstream is unreachable (not forced offline) never
+        learnt what that upstream serves: a model it does not hold is 503 offline with
+        Retry-After, as for any upstream model while offline, not 404 unknown model."""
+        settings = Settings.model_validate(
+            {
+                "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+                "upstreams": [
+                    {
+                        "name": "central",
+                        "tier": "central",
+                        "endpoints": [{"url": "http://127.0.0.1:9"}],  # refuses connections
+                        "health_check": {"interval_s": 0.2, "timeout_s": 0.2},
+                    }
+                ],
+            }
+        )
+        router = TestServer(build_app(settings), host="127.0.0.1")
+        await router.start_server()
+        try:
+            base = str(router.make_url("")).rstrip("/")
+            async with aiohttp.ClientSession() as http:
+
+                async def down() -> bool:
+                    status, _ = await _post(http, base + "/v1/chat/completions", CHAT)
+                    return status != 404
+
+                await _until(down, 3.0)
+                for path, doc in (("/v1/chat/completions", CHAT), ("/v2/models/big/infer", LOCAL)):
+                    async with http.post(base + path, json=doc) as response:
+                        assert response.status == 503, path
+                        assert response.headers["X-Route-Reason"] == "unhealthy:central,offline"
+                        assert int(response.headers["Retry-After"]) > 0
+                status, reason = await _post(
+                    http, base + "/v2/models/color_classifier/infer", LOCAL
+                )
+                assert (status, reason) == (200, "local")
+        finally:
+            await router.close()

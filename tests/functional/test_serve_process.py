@@ -333,6 +333,20 @@ async def test_offline_with_upstreams_says_they_are_not_used(tmp_path: Path) -> 
         assert "1 upstream cluster(s) configured are not used" in line
 
 
+async def test_offline_from_the_config_says_a_reload_ends_it(tmp_path: Path) -> None:
+    """`routing.offline: true` in the file: start-up says how it ends, a reload with it false
+    included (routing.* applies on reload), not only a restart."""
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        "routing: {offline: true}\n"
+        "upstreams: [{name: central, tier: central, endpoints: [{url: 'http://127.0.0.1:9'}]}]\n"
+    )
+    command = (sys.executable, "-m", "router", "serve", "--config", str(config), "--port", "0")
+    async with spawn(*command, stderr=tmp_path / "err.log") as child:
+        line = await child.read_until("offline (--offline")
+        assert "routing.offline: false and a reload" in line
+
+
 class TestCheck:
     """`layer-router check`: 0 when everything loads, 1 for a broken model, 2 for a bad config."""
 

@@ -309,6 +309,11 @@ class TestRateLimits:
             assert headers["x-ratelimit-remaining-requests"] == "0"
             assert headers["x-ratelimit-reset-requests"].endswith("s")
             assert "rate limit" in doc["error"]
+        # As the README says, only inference takes a token: metadata and lists still answer.
+        for path in ("/v2", "/v2/models/color_classifier", "/v1/models", "/v2/models/stats"):
+            async with http.get(router.url + path, headers=bearer(KEY_D)) as response:
+                assert response.status == 200, path
+                assert "x-ratelimit-remaining-requests" not in response.headers
 
 
 async def test_auth_disabled_serves_anonymous_and_ignores_foreign_credentials(

@@ -194,6 +194,30 @@ class TestUpstreamTls:
         assert upstream.fake.received == []
 
 
+async def test_refused_handshakes_are_logged_once_and_mark_the_cluster_down(
+    pki: Pki, tls_upstream: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unknown CA: the health checks, refused as requests are, mark the endpoint down, so
+    clients soon get 503 offline; the operator gets one error line naming the cluster and
+    upstreams[].tls, however many handshakes fail (as the README says)."""
+    upstream = await tls_upstream(pki.server_context(pki.server_ca.issue_cert(NAME), False))
+    settings = edge_settings(upstream.url, client_files(pki, ca=trustme.CA()))
+    router = TestServer(build_app(settings), host="127.0.0.1")
+    await router.start_server()
+    try:
+        await asyncio.sleep(1.0)  # five health checks
+        status, body = await chat(router)
+        assert (status, body["error"]["code"]) == (503, "offline"), body
+    finally:
+        await router.close()
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    refused = [line for line in lines if "TLS handshake refused" in line]
+    assert len(refused) == 1, lines
+    assert "cluster regional" in refused[0]
+    assert "upstreams[].tls" in refused[0]
+    assert upstream.hits == []
+
+
 async def test_rotated_ca_file_is_used_after_reload(pki: Pki, tls_upstream: Start) -> None:
     """The upstream moves to a new CA: refused until the router's ca_file holds the new CA
     and the reload hook ran, then forwarded, without a restart."""

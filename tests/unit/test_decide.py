@@ -59,6 +59,7 @@ class Case:
     reasons: tuple[str, ...] = ()
     failure: Failure | None = None
     rules: Rules = field(default_factory=Rules)
+    permitted: frozenset[str] | None = None  # the clusters residency allows (None: all)
 
 
 def v2(budget: float = 1000.0, payload: int = 0, model: str = "m") -> Facts:
@@ -221,6 +222,31 @@ CASES = {
         ("offline",),
         Failure.OFFLINE,
     ),
+    "link down before any discovery: the cluster may serve it, so it is unavailable": Case(
+        v2(model="nope"),
+        Snapshot({}, (cluster("regional", models=None, live=0), CENTRAL)),
+        (),
+        ("unhealthy:regional",),
+        Failure.UNAVAILABLE,
+    ),
+    "link down before any discovery, a model served here: served here": Case(
+        v2(), Snapshot(local(), (cluster("regional", models=None, live=0),)), ("local:m",)
+    ),
+    "link down before any discovery, the request bound to the site: still unavailable": Case(
+        oa(model="nope"),
+        Snapshot({}, (cluster("regional", models=None, live=0),)),
+        (),
+        ("unhealthy:regional",),
+        Failure.UNAVAILABLE,
+        permitted=frozenset(),
+    ),
+    "undiscovered and live (its list is on its way): unknown for now": Case(
+        v2(model="nope"),
+        Snapshot({}, (cluster("regional", models=None),)),
+        (),
+        (),
+        Failure.UNKNOWN_MODEL,
+    ),
     "offline with a model nobody serves is unknown": Case(
         v2(model="nope"), Snapshot({}, (REGIONAL,), offline=True), (), (), Failure.UNKNOWN_MODEL
     ),
@@ -235,7 +261,7 @@ class TestDecide:
     @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
     def test_table(self, case: Case) -> None:
         """Each case yields exactly its targets, reasons and failure."""
-        decision = decide(case.facts, case.rules, case.snapshot)
+        decision = decide(case.facts, case.rules, case.snapshot, permitted=case.permitted)
         assert _names(decision.targets) == case.targets
         assert decision.reasons == case.reasons
         assert decision.failure is case.failure

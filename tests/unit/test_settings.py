@@ -257,3 +257,25 @@ class TestAuthCoolOff:
         assert Settings.model_validate(doc).upstreams[0].outlier.auth_cooloff_s == 30.0
         doc["upstreams"][0]["outlier"] = {"auth_cooloff_s": 0}
         assert Settings.model_validate(doc).upstreams[0].outlier.auth_cooloff_s == 0.0
+
+
+def test_a_list_or_map_left_empty_is_an_empty_one(tmp_path: Path) -> None:
+    """`upstreams:` with every cluster commented out, or `routing.models:` with every model,
+    is YAML null too: an empty list or map (as the README says a section left empty is its
+    defaults), not 'Input should be a valid tuple'; a required list says it needs an item."""
+    text = (
+        "upstreams:\n#  - name: regional\nrouting:\n  models:\n#    m: {heavy: true}\n"
+        "  idempotent_paths:\nspool:\n  collector_sites:\n"
+    )
+    settings = load_settings(_write(tmp_path, text))
+    assert (settings.upstreams, settings.routing.models, settings.spool) == (
+        (),
+        {},
+        Settings().spool,
+    )
+    assert settings.routing.idempotent_paths == ()
+    text = "upstreams:\n  - name: r\n    tier: regional\n    endpoints:\n"
+    problems = _problems(_write(tmp_path, text, name="endpoints.yaml"))
+    assert problems == [
+        "upstreams.0.endpoints: Tuple should have at least 1 item after validation, not 0"
+    ]

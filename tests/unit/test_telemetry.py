@@ -71,6 +71,22 @@ class TestProviderFromEnv:
             provider_from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
 
 
+def test_check_refuses_tracing_variables_serve_refuses(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`layer-router check` reads the OTEL_* variables as `serve` does: an exporter protocol
+    serve refuses at start-up is exit 2 naming the variable, not `ok`."""
+    from router.cli import main
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    assert main(["check"]) == 2
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in capsys.readouterr().err
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    assert main(["check"]) == 0
+
+
 class TestRequestMetrics:
     def test_labels_are_closed_sets(self) -> None:
         """An API or tier outside the known sets is counted as other/none, never as given."""

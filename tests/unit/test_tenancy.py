@@ -288,3 +288,21 @@ def test_a_sites_upload_key_never_names_a_tenant() -> None:
         tenancy.identify({"Authorization": f"Bearer {upload}"})
     assert tenancy.identify({"Authorization": f"Bearer {own}"}).name == "line-3"
     assert tenancy.holding_upload_keys == ["line-3"]
+
+
+def test_check_refuses_required_auth_without_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`auth.mode: required` with a bundle holding no key: `serve` refuses to start, so
+    `layer-router check` says so too (exit 2 naming tenants.yaml), not `ok`; with a key, ok."""
+    config = tmp_path / "site.yaml"
+    config.write_text("auth: {mode: required}\n")
+    assert cli.main(["check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "auth.mode is 'required' but no tenant has a key" in err
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), bundle)
+    key = hash_key("lr-a-tenant-key-0123456789abcdef")
+    (bundle / "tenants.yaml").write_text(f"tenants:\n  line-3:\n    keys: ['{key}']\n")
+    config.write_text("auth: {mode: required}\npolicy: {bundle: bundle}\n")
+    assert cli.main(["check", str(config)]) == 0, capsys.readouterr().err

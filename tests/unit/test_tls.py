@@ -135,6 +135,8 @@ def test_config_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         "  - name: r\n    tier: regional\n    endpoints: [{url: 'https://r.example'}]\n"
         "    tls: {ca_file: certs/ca.pem, cert_file: /abs/client.pem}\n"
         "spool:\n  tls: {ca_file: central-ca.pem}\n"
+        "policy:\n  source: {url: 'https://hq.example/b.tar.gz', tls: {ca_file: bundles-ca.pem}}\n"
+        "  public_keys: [k.pub]\n"
     )
     settings = load_settings(config)
     assert settings.server.tls is not None
@@ -142,6 +144,8 @@ def test_config_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert settings.upstreams[0].tls.ca_file == tmp_path / "certs/ca.pem"
     assert settings.upstreams[0].tls.cert_file == Path("/abs/client.pem")
     assert settings.spool.tls.ca_file == tmp_path / "central-ca.pem"
+    assert settings.policy.source is not None
+    assert settings.policy.source.tls.ca_file == tmp_path / "bundles-ca.pem"
 
 
 def test_check_command_rejects_a_bad_certificate(
