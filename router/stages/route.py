@@ -56,11 +56,23 @@ class DecideRoute:
         if decision.failure is not None:
             self._check_request(ctx, decision)  # a bad request is a 400 whatever its budget
             error = _failure_error(ctx, decision)
+            if decision.failure is Failure.UNKNOWN_MODEL and ctx.api == "openai":
+                error = self._not_openai(ctx.model) or error
             if isinstance(error, NoHealthyTarget) and "local_not_ready" in decision.reasons:
                 # Nothing else serves it: say why the local model is not ready instead.
                 self._models.get(ctx.model, ctx.version)  # raises ModelNotReady
             raise error
         return None
+
+    def _not_openai(self, model: str) -> ModelNotFound | None:
+        """A local model asked for over the OpenAI API (which /v1/models lists, as it lists
+        every model): say which API serves it rather than that it does not exist."""
+        if model not in self._models.models:
+            return None
+        return ModelNotFound(
+            f"model '{model}' is served here over the KServe v2 API only: "
+            f"POST /v2/models/{model}/infer"
+        )
 
     def _check_request(self, ctx: RequestContext, decision: Decision) -> None:
         """A v2 request's tensors and parameters are decoded by the target that runs them;

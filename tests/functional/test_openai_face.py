@@ -395,9 +395,16 @@ class TestErrors:
         }
 
     def test_local_kserve_model_is_not_an_openai_model(self, client: openai.OpenAI) -> None:
-        """A local v2 model cannot be reached on the OpenAI face."""
-        with pytest.raises(openai.NotFoundError):
+        """A local v2 model (which /v1/models lists) cannot be reached on the OpenAI face: the
+        404 says which API serves it, instead of that it does not exist."""
+        assert "color_classifier" in {m.id for m in client.models.list()}
+        with pytest.raises(openai.NotFoundError) as info:
             client.chat.completions.create(model="color_classifier", messages=MESSAGES)
+        assert info.value.code == "model_not_found"
+        assert error_object(info.value)["message"] == (
+            "model 'color_classifier' is served here over the KServe v2 API only: "
+            "POST /v2/models/color_classifier/infer"
+        )
 
     def test_upstream_down(self, client: openai.OpenAI) -> None:
         """An upstream that refuses connections is a 502 InternalServerError."""
