@@ -69,6 +69,21 @@ def upstream_header(site: Site) -> dict[str, Any]:
     return header
 
 
+async def assert_binary_part_forwarded(
+    http: aiohttp.ClientSession, site: Site, sent: tuple[bytes, dict[str, str]]
+) -> None:
+    """A clean binary request is answered with nothing redacted, and the one request that
+    left the site carries the binary part as sent, byte for byte."""
+    answer = await infer(http, site, "v2-central", sent)
+    assert answer.status == 200, answer.body
+    assert "X-Redactions" not in answer.headers
+    [record] = site.off_site()
+    body, headers = sent
+    length = int(headers["Inference-Header-Content-Length"])
+    sent_length = int(record.headers["Inference-Header-Content-Length"])
+    assert record.body[sent_length:] == body[length:]
+
+
 def forget(site: Site) -> None:
     for fake in site.fakes.values():
         fake.received.clear()
@@ -146,14 +161,7 @@ class TestBinaryIntegers:
         counts, all integral there) carry no digits a client wrote, so a binary tensor of more
         of them than the walk's leaf limit still goes upstream as its bytes, not refused."""
         array = np.linspace(2.0**25, 2.0**31, 60_000, dtype=np.float32)
-        body, headers = triton_body(array, binary=True)
-        answer = await infer(http, site, "v2-central", (body, headers))
-        assert answer.status == 200, answer.body
-        assert "X-Redactions" not in answer.headers
-        [record] = site.off_site()
-        length = int(headers["Inference-Header-Content-Length"])
-        sent_length = int(record.headers["Inference-Header-Content-Length"])
-        assert record.body[sent_length:] == body[length:]
+        await assert_binary_part_forwarded(http, site, triton_body(array, binary=True))
 
     @pytest.mark.parametrize("values", ["small", "large"])
     async def test_clean_binary_int64_arrives_byte_identical(
@@ -164,14 +172,7 @@ class TestBinaryIntegers:
         array = np.arange(64, dtype=np.int64) * 1_000 - 7
         if values == "large":
             array[: len(CLEAN_LARGE)] = CLEAN_LARGE
-        body, headers = triton_body(array, binary=True)
-        answer = await infer(http, site, "v2-central", (body, headers))
-        assert answer.status == 200, answer.body
-        assert "X-Redactions" not in answer.headers
-        [record] = site.off_site()
-        length = int(headers["Inference-Header-Content-Length"])
-        sent_length = int(record.headers["Inference-Header-Content-Length"])
-        assert record.body[sent_length:] == body[length:]
+        await assert_binary_part_forwarded(http, site, triton_body(array, binary=True))
         assert upstream_header(site)["inputs"][0]["parameters"] == {"binary_data_size": 512}
 
     @pytest.mark.parametrize("kind", ["int64", "bytes"])
