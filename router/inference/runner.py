@@ -235,7 +235,10 @@ class ModelRunner:
         """Unbatched models: several queued jobs per executor hand-off, run one by one, so a
         busy model pays one thread round trip per group of requests, not per request."""
         groups: list[list[_Job]] = []
-        expected = min(self.run_ns, self._off_loop_ns)
+        # Runs in the pool, when there were any, tell best: on the loop a model may have run
+        # only at its warm-up (open dimensions set to 1), or never under load.
+        pooled = self._off_loop_ns
+        expected = pooled if pooled < float("inf") else self.run_ns
         limit = _SINGLES_PER_HANDOFF if expected < _GROUPED_RUN_MAX_NS else 1
         while self._queue and len(groups) < limit:
             job = self._queue.popleft()

@@ -238,6 +238,24 @@ class TestModelRunner:
         assert len(session.runs) == 2
         assert runner.pending == 0
 
+    async def test_slow_in_the_pool_checks_each_job_though_its_warm_up_was_fast(
+        self, executor: Any
+    ) -> None:
+        """A model fast at its warm-up (open dimensions set to 1) but slow on the inputs it
+        is sent, never run on the loop (inline runs off, or requests arriving together), is
+        handed over one job at a time once its runs in the pool show it slow."""
+        session = CountingSession(SleepySession(cpu_session(double_model()), 0.05))
+        runner = ModelRunner(session, executor, _limits(), "slow/1")
+        runner.measured(3_000, {"x": _rows(1.0)})  # the warm-up: 3 µs
+        running = runner.infer({"x": _rows(1)}, FAR)
+        second = runner.infer({"x": _rows(2)}, FAR)
+        abandoned = runner.infer({"x": _rows(3)}, FAR)
+        await running  # measured 50 ms in the pool; the next hand-off made as it finished
+        abandoned.cancel()
+        await second
+        await asyncio.sleep(0.1)  # time enough for a third run, were one coming
+        assert len(session.runs) == 2
+
     async def test_cancelled_job_is_skipped_when_batching(
         self, session: CountingSession, executor: Any
     ) -> None:
