@@ -9,6 +9,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from router.api.state import RUNTIME
+from router.errors import ModelNotAllowed
+from router.forwarding import ROUTE_REASON
 from router.spool.collector import COLLECTOR_PATH
 from router.tenancy import TenantAccess
 
@@ -29,5 +31,11 @@ def name_tenant(request: web.Request) -> None:
         access = tenancy.identify(request.headers)
         model = request.match_info.get("model")
         if model is not None:
-            tenancy.authorize(access.name, model)
+            try:
+                tenancy.authorize(access.name, model)
+            except ModelNotAllowed as exc:
+                # Named as the pipelines name it (stages/tenant.py): a router in front, asking
+                # with its own key, learns that only the model is refused, not the key.
+                exc.headers = {ROUTE_REASON: "model_not_allowed"}
+                raise
         request[TENANT] = access

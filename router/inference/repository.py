@@ -243,7 +243,7 @@ class Loader:
             session.run(None, feeds)  # the first run pays for lazy initialisation
             started = time.perf_counter_ns()
             session.run(None, feeds)
-            runner.measured(time.perf_counter_ns() - started)
+            runner.measured(time.perf_counter_ns() - started, feeds)
         except Exception as exc:  # onnxruntime's errors share no base class we can name
             log.warning("model %s: warm-up run skipped (%s)", label, _reason(exc))
 

@@ -86,8 +86,10 @@ class ModelRunner:
         self._passed = False  # a sub-millisecond wait already let one loop pass go by
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = ModelStats()
-        self._loop_runs: deque[float] = deque(maxlen=_LOOP_RUNS_KEPT)  # ns, newest last
+        # (ns, input bytes) of runs on the loop, newest last
+        self._loop_runs: deque[tuple[float, int]] = deque(maxlen=_LOOP_RUNS_KEPT)
         self._off_loop_ns = float("inf")  # the last run on the executor, per request
+        self._off_loop_bytes = 1  # the input bytes of that run, per request
         self._probed = float("-inf")  # loop.time() of the last probe on the loop
         self._shared = float("-inf")  # loop.time() of the last hand-off of several requests
         self._looked = float("-inf")  # loop.time() of the last run sent to the pool to look
@@ -95,14 +97,22 @@ class ModelRunner:
     @property
     def run_ns(self) -> float:
         """What a run on the loop is expected to take (ns); infinite until measured."""
-        return min(self._loop_runs, default=float("inf"))
+        return min((ns for ns, _ in self._loop_runs), default=float("inf"))
 
-    def measured(self, run_ns: float) -> None:
-        """Note one session.run duration measured where nothing else competed for the GIL
-        (the warm-up, a run on the loop): the estimate that gates inline runs."""
+    def measured(self, run_ns: float, feeds: Feeds) -> None:
+        """Note one session.run duration, on `feeds`, measured where nothing else competed for
+        the GIL (the warm-up, a run on the loop): the estimate that gates inline runs."""
         if run_ns >= _PROBE_CEILING * self._limits.inline_max_ns:
             self._loop_runs.clear()
-        self._loop_runs.append(run_ns)
+        self._loop_runs.append((run_ns, _input_bytes(feeds)))
+
+    def _expected_ns(self, size: int) -> float:
+        """What a run on the loop with `size` bytes of input is expected to take (ns): a model
+        with open dimensions (measured at the warm-up with them set to 1) may be sent an input
+        many times larger than those measured, whose run takes about as many times longer."""
+        return min(
+            (ns * max(1.0, size / seen) for ns, seen in self._loop_runs), default=float("inf")
+        )
 
     @property
     def batching(self) -> bool:
@@ -120,11 +130,11 @@ class ModelRunner:
         future: asyncio.Future[Outputs] = loop.create_future()
         rows, key = self._batch_key(feeds)
         job = _Job(feeds, rows, key, future, deadline, time.perf_counter_ns())
-        if self._busy == 0 and not self._queue and self._inline_now(loop):
+        if self._busy == 0 and not self._queue and self._inline_now(loop, feeds):
             self.stats.queue.add(0)  # it went through the queue without waiting
             result = self._run_group([job])
             if result.parts is not None:
-                self.measured(result.timings[1])
+                self.measured(result.timings[1], feeds)
             self._settle([job], result, time.perf_counter_ns())
             return future
         self._queue.append(job)
@@ -132,7 +142,7 @@ class ModelRunner:
         self._pump()
         return future
 
-    def _inline_now(self, loop: asyncio.AbstractEventLoop) -> bool:
+    def _inline_now(self, loop: asyncio.AbstractEventLoop, feeds: Feeds) -> bool:
         """Whether an idle model's next run goes on the loop: it is short, and requests do not
         arrive together (see _LOAD_PROBE_INTERVAL_S)."""
         limit = self._limits.inline_max_ns
@@ -144,14 +154,16 @@ class ModelRunner:
         if now - self._looked >= _LOAD_PROBE_INTERVAL_S:
             self._looked = now
             return False
-        return self.run_ns < limit or self._probe_now(now, limit)
+        size = _input_bytes(feeds)
+        return self._expected_ns(size) < limit or self._probe_now(now, limit, size)
 
-    def _probe_now(self, now: float, limit: int) -> bool:
+    def _probe_now(self, now: float, limit: int, size: int) -> bool:
         """Whether to try a model that was too slow on the loop once more. Runs on the executor
         do not move the estimate: there a run's time also holds its wait for the GIL and the
         core, which the loop's own work adds (a 7 µs MLP measured 40-60 µs), so a model sent
         off the loop once would never come back."""
-        if self._off_loop_ns >= _PROBE_CEILING * limit:
+        off_loop_ns = self._off_loop_ns * max(1.0, size / self._off_loop_bytes)
+        if off_loop_ns >= _PROBE_CEILING * limit:
             return False
         if now - self._probed < _PROBE_INTERVAL_S:
             return False
@@ -223,7 +235,10 @@ class ModelRunner:
         """Unbatched models: several queued jobs per executor hand-off, run one by one, so a
         busy model pays one thread round trip per group of requests, not per request."""
         groups: list[list[_Job]] = []
-        expected = min(self.run_ns, self._off_loop_ns)
+        # Runs in the pool, when there were any, tell best: on the loop a model may have run
+        # only at its warm-up (open dimensions set to 1), or never under load.
+        pooled = self._off_loop_ns
+        expected = pooled if pooled < float("inf") else self.run_ns
         limit = _SINGLES_PER_HANDOFF if expected < _GROUPED_RUN_MAX_NS else 1
         while self._queue and len(groups) < limit:
             job = self._queue.popleft()
@@ -292,6 +307,7 @@ class ModelRunner:
         for batch, result in zip(groups, results, strict=True):
             if result.parts is not None:
                 self._off_loop_ns = result.timings[1] / len(batch)
+                self._off_loop_bytes = sum(_input_bytes(job.feeds) for job in batch) // len(batch)
             self._settle(batch, result, now_ns)
         self._pump()
 
@@ -323,6 +339,10 @@ class ModelRunner:
             if not job.future.done():
                 job.future.set_exception(InferenceFailed(f"model {self._label} was unloaded"))
         self._queue.clear()
+
+
+def _input_bytes(feeds: Feeds) -> int:
+    return max(1, sum(a.nbytes for a in feeds.values()))
 
 
 def _stack(batch: list[_Job]) -> Feeds:

@@ -46,6 +46,9 @@ def _policy_refusal(response: UpstreamResponse) -> bool:
 _MODEL_NOT_ALLOWED = "model_not_allowed"
 # A refusal's error body is small; one larger is not read for its code.
 _REFUSAL_LIMIT = 64 * 1024
+# ... and comes with its headers: one that stalls (a tarpitting gateway) is not waited for
+# the whole try, which would make a refused key a timeout (no cool-off, the operator not told).
+_REFUSAL_READ_S = 1.0
 
 
 async def _check_model_allowed(cluster: Cluster, response: UpstreamResponse, where: str) -> None:
@@ -68,8 +71,9 @@ async def _check_model_allowed(cluster: Cluster, response: UpstreamResponse, whe
 async def _error_code(response: UpstreamResponse) -> str | None:
     """The `error.code` of an OpenAI-style JSON error body, if it has one."""
     try:
-        body = await response.read(_REFUSAL_LIMIT)
-    except UpstreamError:  # too large or cut short: no code to go by
+        async with asyncio.timeout(_REFUSAL_READ_S):
+            body = await response.read(_REFUSAL_LIMIT)
+    except (UpstreamError, TimeoutError):  # too large, cut short or stalled: no code to go by
         return None
     try:
         doc = orjson.loads(body)

@@ -38,6 +38,13 @@ SCANNED_FLOATS = frozenset(
     for name, dt in BY_NAME.items()
     if dt.numpy.kind == "f" and float(np.finfo(dt.numpy).max) >= MIN_SCANNED_INT  # type: ignore[type-var]
 )
+# Per float type, the largest magnitude up to which it holds every integer exactly (FP32:
+# 2**24): past it its elements (all integral there) carry no digits a client wrote, and a
+# tensor of large readings is no run of numbers to scan.
+_EXACT_INTEGERS = {
+    name: min(MAX_SCANNED_FLOAT, 2.0 ** (np.finfo(BY_NAME[name].numpy).nmant + 1))  # type: ignore[type-var]
+    for name in SCANNED_FLOATS
+}
 SCANNED_BINARY = SCANNED_INTEGERS | SCANNED_FLOATS | {"BYTES"}
 # Types whose elements the JSON walk would not scan either (FP16, bools, narrow integers),
 # and BF16, a float type Triton's binary extension carries (and numpy cannot read). A binary
@@ -135,7 +142,7 @@ def _scanned_elements(tensor: dict[str, Any], chunk: memoryview) -> list[Any] | 
     array = _array(tensor, BY_NAME[name], chunk).ravel()
     if name in SCANNED_INTEGERS and not _holds_large(array):
         return None
-    if name in SCANNED_FLOATS and not _holds_integral(array):
+    if name in SCANNED_FLOATS and not _holds_integral(array, _EXACT_INTEGERS[name]):
         return None
     elements: list[Any] = array.tolist()  # Python str, int or float: exact, even past 2**63
     return elements
@@ -162,8 +169,9 @@ def _holds_large(array: np.ndarray) -> bool:
     return bool(array.max() >= MIN_SCANNED_INT or array.min() <= -MIN_SCANNED_INT)
 
 
-def _holds_integral(array: np.ndarray) -> bool:
-    """Whether a float element is one the JSON walk scans (walker.scanned_float), vectorised.
+def _holds_integral(array: np.ndarray, most: float) -> bool:
+    """Whether a float element is one the JSON walk scans (walker.scanned_float) and the type
+    holds exactly (up to `most`), vectorised.
     Most float tensors (activations, pixels, embeddings) stay within MIN_SCANNED_INT either
     way: a min and a max tell, with no copy; only their large elements are looked at."""
     if array.size == 0:
@@ -174,7 +182,7 @@ def _holds_integral(array: np.ndarray) -> bool:
     # of large fractional values, which is all most such tensors hold.
     integral = array[np.floor(array) == array]
     magnitude = np.abs(integral)
-    return bool(((magnitude >= MIN_SCANNED_INT) & (magnitude <= MAX_SCANNED_FLOAT)).any())
+    return bool(((magnitude >= MIN_SCANNED_INT) & (magnitude <= most)).any())
 
 
 def _as_json(tensor: dict[str, Any], elements: list[Any]) -> dict[str, Any]:

@@ -69,6 +69,21 @@ def upstream_header(site: Site) -> dict[str, Any]:
     return header
 
 
+async def assert_binary_part_forwarded(
+    http: aiohttp.ClientSession, site: Site, sent: tuple[bytes, dict[str, str]]
+) -> None:
+    """A clean binary request is answered with nothing redacted, and the one request that
+    left the site carries the binary part as sent, byte for byte."""
+    answer = await infer(http, site, "v2-central", sent)
+    assert answer.status == 200, answer.body
+    assert "X-Redactions" not in answer.headers
+    [record] = site.off_site()
+    body, headers = sent
+    length = int(headers["Inference-Header-Content-Length"])
+    sent_length = int(record.headers["Inference-Header-Content-Length"])
+    assert record.body[sent_length:] == body[length:]
+
+
 def forget(site: Site) -> None:
     for fake in site.fakes.values():
         fake.received.clear()
@@ -139,6 +154,15 @@ class TestBinaryIntegers:
         assert answer.headers.get("X-Redactions") == "CARD=1"
         assert upstream_header(site)["inputs"][0]["data"] == [0.5, "<CARD_1>"]
 
+    async def test_binary_fp32_past_its_exact_integers_is_not_read_as_digits(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """FP32 holds every integer exactly only up to 2**24: its larger elements (raw sensor
+        counts, all integral there) carry no digits a client wrote, so a binary tensor of more
+        of them than the walk's leaf limit still goes upstream as its bytes, not refused."""
+        array = np.linspace(2.0**25, 2.0**31, 60_000, dtype=np.float32)
+        await assert_binary_part_forwarded(http, site, triton_body(array, binary=True))
+
     @pytest.mark.parametrize("values", ["small", "large"])
     async def test_clean_binary_int64_arrives_byte_identical(
         self, site: Site, http: aiohttp.ClientSession, values: str
@@ -148,14 +172,7 @@ class TestBinaryIntegers:
         array = np.arange(64, dtype=np.int64) * 1_000 - 7
         if values == "large":
             array[: len(CLEAN_LARGE)] = CLEAN_LARGE
-        body, headers = triton_body(array, binary=True)
-        answer = await infer(http, site, "v2-central", (body, headers))
-        assert answer.status == 200, answer.body
-        assert "X-Redactions" not in answer.headers
-        [record] = site.off_site()
-        length = int(headers["Inference-Header-Content-Length"])
-        sent_length = int(record.headers["Inference-Header-Content-Length"])
-        assert record.body[sent_length:] == body[length:]
+        await assert_binary_part_forwarded(http, site, triton_body(array, binary=True))
         assert upstream_header(site)["inputs"][0]["parameters"] == {"binary_data_size": 512}
 
     @pytest.mark.parametrize("kind", ["int64", "bytes"])

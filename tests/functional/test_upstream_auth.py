@@ -160,6 +160,43 @@ class TestRouterCredentialRefused:
         assert response.status == 502
         assert orjson.loads(body)["error"]["code"] == "upstream_auth_failed"
 
+    async def test_a_refusal_whose_body_never_ends_is_still_the_keys_refusal(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """A 403 whose body stalls (a tarpitting gateway) is read for its error code only
+        briefly: the router's refused key, central answers, the cool-off starts; not a timeout
+        that the client's whole try waits for."""
+
+        async def tarpit(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(status=403, headers={"Content-Type": "application/json"})
+            response.content_length = 64
+            await response.prepare(request)
+            await response.write(b'{"error": {"code": "forb')
+            await asyncio.sleep(30)
+            return response
+
+        stalled = web.Application()
+        stalled.router.add_post("/v1/chat/completions", tarpit)
+        stalled_url = await stack.enter_async_context(serving(stalled))
+        _, central_url = await start_fake(stack, "central")
+        app, url = await router_in_front_of(
+            stack,
+            tmp_path,
+            cluster(
+                "regional",
+                "regional",
+                stalled_url,
+                headers={"Authorization": WRONG_CANARY},
+                request_timeout_ms=8000,
+                retry={"max_attempts": 1},
+            ),
+            cluster("central", "central", central_url, headers={"Authorization": RIGHT}),
+        )
+        status, headers, body = await chat(http, url)
+        assert status == 200, body
+        assert headers["X-Route-Reason"] == "failed:regional:upstream_auth_failed,fallback:central"
+        assert cluster_of(app, "regional").auth_failing
+
 
 async def admin_views(
     stack: contextlib.AsyncExitStack, app: web.Application, http: aiohttp.ClientSession

@@ -232,3 +232,28 @@ class TestModelNotAllowedByCode:
         assert status == 200, body
         assert headers["X-Route-Reason"] == "failed:regional:model_not_found,fallback:central"
         assert regional_of(app).counters.auth_failures == 0
+
+
+class TestMetadataOfAModelNotAllowed:
+    @pytest.mark.parametrize("route", ["", "/ready", "/config", "/stats"])
+    async def test_metadata_refused_for_the_model_is_no_refused_key(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        route: str,
+    ) -> None:
+        """The regional router's 403 to a metadata request for a model the edge's key may not
+        use refuses the model, not the key: no auth failure, no cool-off, so the model the
+        key may use is still regional's first."""
+        app, url, _ = await chain(stack, tmp_path)
+        async with asyncio.timeout(10):
+            async with http.get(f"{url}/v2/models/{OTHER}{route}") as response:
+                body = await response.read()
+        assert response.status != 502, body
+        regional = regional_of(app)
+        assert regional.counters.auth_failures == 0
+        assert not regional.auth_cooling_off(asyncio.get_running_loop().time())
+        status, headers, body = await ask(http, url, "kserve-v2", ALLOWED)
+        assert status == 200, body
+        assert headers["X-Route-Reason"].startswith("forward:regional")

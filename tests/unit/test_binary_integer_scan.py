@@ -33,7 +33,9 @@ CARD = 4111111111111111
 # INT32 holds at most 10 digits: a site pattern (as a bundle's `custom` gives) stands for a
 # short numeric identifier there.
 BADGE = CustomPattern("BADGE", r"\b77[0-9]{7}\b")
-DETECTORS = Detectors.default((BADGE,))
+# FP32 holds every integer exactly up to 2**24 (8 digits): a shorter site identifier.
+STAFF = CustomPattern("STAFF", r"\b66[0-9]{5}\b")
+DETECTORS = Detectors.default((BADGE, STAFF))
 TOKENIZE = RedactionPlan(default=Action.TOKENIZE)
 
 
@@ -214,7 +216,7 @@ def test_inputs_that_no_longer_line_up_stay_as_redacted() -> None:
     [
         np.array([0.5, float(CARD), -3.25], dtype="<f8"),
         np.array([[1.5, -float(CARD)]], dtype="<f8"),
-        np.array([0.125, 771234560.0], dtype="<f4"),  # exact in FP32: a multiple of 64
+        np.array([0.125, 6612345.0], dtype="<f4"),  # under 2**24: exact in FP32
     ],
     ids=["fp64", "fp64-negative", "fp32"],
 )
@@ -233,6 +235,13 @@ def test_integral_floats_get_the_json_verdict_and_view(array: np.ndarray) -> Non
     assert sum(counts.values()) >= 1
     assert (new, counts, seen) == walk(as_json, TOKENIZE)
     assert all(str(int(abs(v))) not in repr(new) for v in array.ravel().tolist() if abs(v) > 1e6)
+
+
+def test_binary_fp32_past_2_to_the_24_is_not_inlined() -> None:
+    """Past 2**24 FP32 holds only some integers (771234567 is stored as 771234560): its
+    elements there are readings, not digits a client wrote, and the tensor stays binary."""
+    header, binary = binary_request(x=np.array([0.125, 771234560.0, 2.0**30], dtype="<f4"))
+    assert inline_binary_tensors(header, binary) is None
 
 
 def test_a_json_float_literal_is_scanned_as_the_integer_literal_is() -> None:

@@ -227,7 +227,7 @@ class TestModelRunner:
         left (or whose deadline passed) while an earlier one ran never runs."""
         session = CountingSession(SleepySession(cpu_session(double_model()), 0.05))
         runner = ModelRunner(session, executor, _limits(), "slow/1")
-        runner.measured(50e6)  # a run takes 50 ms
+        runner.measured(50e6, {"x": _rows(1.0)})  # a run takes 50 ms
         running = runner.infer({"x": _rows(1)}, FAR)
         second = runner.infer({"x": _rows(2)}, FAR)
         abandoned = runner.infer({"x": _rows(3)}, FAR)
@@ -237,6 +237,24 @@ class TestModelRunner:
         await asyncio.sleep(0.1)  # time enough for a third run, were one coming
         assert len(session.runs) == 2
         assert runner.pending == 0
+
+    async def test_slow_in_the_pool_checks_each_job_though_its_warm_up_was_fast(
+        self, executor: Any
+    ) -> None:
+        """A model fast at its warm-up (open dimensions set to 1) but slow on the inputs it
+        is sent, never run on the loop (inline runs off, or requests arriving together), is
+        handed over one job at a time once its runs in the pool show it slow."""
+        session = CountingSession(SleepySession(cpu_session(double_model()), 0.05))
+        runner = ModelRunner(session, executor, _limits(), "slow/1")
+        runner.measured(3_000, {"x": _rows(1.0)})  # the warm-up: 3 µs
+        running = runner.infer({"x": _rows(1)}, FAR)
+        second = runner.infer({"x": _rows(2)}, FAR)
+        abandoned = runner.infer({"x": _rows(3)}, FAR)
+        await running  # measured 50 ms in the pool; the next hand-off made as it finished
+        abandoned.cancel()
+        await second
+        await asyncio.sleep(0.1)  # time enough for a third run, were one coming
+        assert len(session.runs) == 2
 
     async def test_cancelled_job_is_skipped_when_batching(
         self, session: CountingSession, executor: Any
@@ -425,14 +443,14 @@ class TestInlineRuns:
     async def test_slow_model_stays_off_loop(self, executor: Any) -> None:
         """A model measured above the threshold keeps running on the executor."""
         runner, session = self._runner(executor, inline_max_ns=1)
-        runner.measured(5_000_000)
+        runner.measured(5_000_000, {"x": _rows(1.0)})
         await runner.infer({"x": _rows(1.0)}, FAR)
         assert session.threads[-1] != threading.get_ident()
 
     async def test_disabled_by_zero(self, executor: Any) -> None:
         """inline_max_ns=0 never runs inline, however fast the model."""
         runner, session = self._runner(executor, inline_max_ns=0)
-        runner.measured(1)
+        runner.measured(1, {"x": _rows(1.0)})
         await runner.infer({"x": _rows(1.0)}, FAR)
         assert session.threads[-1] != threading.get_ident()
 
@@ -443,8 +461,8 @@ class TestInlineRuns:
         model on the loop: the estimate is the shortest of the last few runs there."""
         runner, session = self._runner(executor, inline_max_ns=1_000_000)
         await runner.infer({"x": _rows(1.0)}, FAR)  # the first run goes to the pool, to look
-        runner.measured(10_000)
-        runner.measured(5_000_000)  # five times the limit, under the ceiling
+        runner.measured(10_000, {"x": _rows(1.0)})
+        runner.measured(5_000_000, {"x": _rows(1.0)})  # five times the limit, under the ceiling
         await runner.infer({"x": _rows(2.0)}, FAR)
         assert session.threads[-1] == threading.get_ident()
 
@@ -456,7 +474,7 @@ class TestInlineRuns:
         monkeypatch.setattr(runner_module, "_PROBE_INTERVAL_S", 0.0)
         runner, session = self._runner(executor, inline_max_ns=1_000_000)
         await runner.infer({"x": _rows(1.0)}, FAR)  # to the pool: its run there is measured
-        runner.measured(50_000_000)  # a 50 ms run on the loop
+        runner.measured(50_000_000, {"x": _rows(1.0)})  # a 50 ms run on the loop
         assert runner.run_ns >= 1_000_000
         await runner.infer({"x": _rows(2.0)}, FAR)
         assert session.threads[-1] == threading.get_ident()
@@ -475,13 +493,24 @@ class TestInlineRuns:
             await runner.infer({"x": _rows(value)}, FAR)
         assert threading.get_ident() not in session.threads
 
+    async def test_input_far_larger_than_measured_runs_in_the_pool(self, executor: Any) -> None:
+        """A model measured fast on small inputs (the warm-up sets open dimensions to 1) runs an
+        input a hundred thousand times larger in the pool: on the loop it would stall it."""
+        runner, session = self._runner(executor, inline_max_ns=1_000_000)
+        await runner.infer({"x": _rows(1.0)}, FAR)  # the first run goes to the pool, to look
+        await runner.infer({"x": _rows(2.0)}, FAR)  # probed on the loop: measured there
+        assert session.threads[-1] == threading.get_ident()
+        (y,) = await runner.infer({"x": np.ones((100_000, 2), np.float32)}, FAR)
+        assert session.threads[-1] != threading.get_ident()
+        assert y.shape == (100_000, 2)
+
     async def test_requests_arriving_together_keep_a_fast_model_in_the_pool(
         self, executor: Any
     ) -> None:
         """Once requests shared a hand-off, a fast model's runs stay in the pool, where queued
         runs share hand-offs, instead of going one by one on the loop."""
         runner, session = self._runner(executor, inline_max_ns=1_000_000)
-        runner.measured(10_000)
+        runner.measured(10_000, {"x": _rows(1.0)})
         await asyncio.gather(*(runner.infer({"x": _rows(v)}, FAR) for v in range(5)))
         await runner.infer({"x": _rows(9.0)}, FAR)
         assert session.threads[-1] != threading.get_ident()
@@ -493,7 +522,7 @@ class TestInlineRuns:
         look in the pool."""
         monkeypatch.setattr(runner_module, "_LOAD_PROBE_INTERVAL_S", 0.05)
         runner, session = self._runner(executor, inline_max_ns=1_000_000)
-        runner.measured(10_000)
+        runner.measured(10_000, {"x": _rows(1.0)})
         await asyncio.gather(*(runner.infer({"x": _rows(v)}, FAR) for v in range(5)))
         await asyncio.sleep(0.1)
         await runner.infer({"x": _rows(1.0)}, FAR)  # a look in the pool: it runs alone
