@@ -114,6 +114,11 @@ class ClusterSettings(Strict):
     # JSON, ~60 MB) or a v2 image model's FP32 output (3 x 2048 x 2048: 48 MiB); a few of
     # them at once stay well within a site's memory.
     max_response_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 64 * 1024 * 1024
+    # A 200 answer longer than this (its Content-Length, or its bytes as they arrive) goes to
+    # the client as it arrives, unless it is needed whole (redacted values to restore, the
+    # cache keeps it, a spool sample): memory a few chunks, not the answer. Shorter ones are
+    # read whole (retried when cut, compressed whole). At or over max_response_bytes: never.
+    relay_over_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
     # Extra headers for every request, e.g. an upstream API key.
     headers: dict[str, str] = {}
     forward_authorization: bool = False
