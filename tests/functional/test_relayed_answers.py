@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import shutil
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -25,10 +26,12 @@ import orjson
 import pytest
 from aiohttp import web
 
-from router.api.state import CACHE, UPSTREAMS
+from router.api.draining import end_streams
+from router.api.state import CACHE, SPOOL, STATUS, UPSTREAMS
 from router.app import build_app
 from router.audit import show
 from router.audit.writer import Writer
+from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.testing import serving
 
@@ -116,10 +119,11 @@ async def router_for(
     *,
     cache: bool = False,
     fsync: str = "batch",
+    sections: dict[str, Any] | None = None,
     **cluster: Any,
 ) -> tuple[web.Application, str, Path]:
-    """The real router in front of `upstream`, auditing to its own log; returns the app, its
-    base URL and the audit folder."""
+    """The real router in front of `upstream`, auditing to its own log, with any other
+    settings `sections` on top; returns the app, its base URL and the audit folder."""
     url = await stack.enter_async_context(serving(upstream.app()))
     (tmp_path / "models").mkdir(exist_ok=True)
     audit = tmp_path / "audit"
@@ -144,6 +148,7 @@ async def router_for(
                     **cluster,
                 }
             ],
+            **(sections or {}),
         }
     )
     app = build_app(settings)
@@ -420,6 +425,61 @@ async def test_an_answer_the_cache_keeps_is_read_whole(
     assert first.body == second.body == upstream.body
     assert first.headers["Content-Length"] == str(len(upstream.body))  # read whole
     assert len(upstream.requests) == 1
+
+
+async def test_an_answer_due_for_a_spool_sample_is_read_whole(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """With every answer sampled, a long answer is read whole (the sample desensitizes it
+    whole): the client gets it with the Content-Length the router computed, and the sample
+    is spooled."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), bundle)
+    (bundle / "sampling.yaml").write_text("default: 1.0\n", encoding="utf-8")
+    text = b"y" * (4 * RELAY_OVER)
+    upstream = Big(b'{"choices": [{"message": {"content": "' + text + b'"}}]}', sized=False)
+    upstream.headers["Content-Type"] = "application/json"
+    sections = {
+        "policy": {"bundle": str(bundle)},
+        "audit": {"enabled": False},  # the spool's only record is then the sample
+        "spool": {"path": str(tmp_path / "spool.sqlite3")},
+    }
+    app, url, _ = await router_for(stack, tmp_path, upstream, sections=sections)
+    got = await post(url)
+    assert got.body == upstream.body
+    assert got.headers["Content-Length"] == str(len(upstream.body))
+    spool = app[SPOOL].spool
+    assert spool is not None
+    for _ in range(200):  # samples are spooled after the answer went out
+        if (await spool.counts()).produced:
+            break
+        await asyncio.sleep(0.05)
+    assert (await spool.counts()).produced == 1
+
+
+async def test_a_drain_out_of_time_cuts_a_relayed_answer(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """A drain that runs out of time ends an answer still flowing by cutting its connection
+    (no complete-looking end); the record says `stream_error:shutting_down`."""
+    upstream = Big(noise(1024 * 1024), sized=False, pause_at=512 * 1024, pause_s=LIMIT_S)
+    app, url, audit = await router_for(stack, tmp_path, upstream)
+
+    async def drain_when_paused() -> int:
+        await until(lambda: bool(upstream.events))
+        await asyncio.sleep(0.1)  # the first half relayed meanwhile
+        return end_streams(app[STATUS])
+
+    drained = asyncio.ensure_future(drain_when_paused())
+    got = await post(url)
+    assert await drained == 1
+    upstream.go.set()
+    assert got.status == 200
+    assert got.error is aiohttp.ClientPayloadError
+    assert got.body == upstream.body[: len(got.body)]
+    entry = record(audit, got.headers["X-Audit-Id"])
+    assert entry["reasons"][-1] == "stream_error:shutting_down"
+    assert entry["output"] == output_digest(app, got.body)
 
 
 async def test_a_short_answer_keeps_the_whole_way(
