@@ -108,8 +108,8 @@ class ClusterSettings(Strict):
     # Models served here; empty means "ask the endpoints" (GET /v1/models, v2 repository index).
     models: tuple[str, ...] = ()
     discovery_interval_s: PositiveFloat = 30.0
-    # The largest answer held whole (every answer but an SSE stream is read before it is
-    # relayed, to restore redacted values and to cache it); longer ones are 502
+    # The largest answer held whole (one read before it is relayed, to restore redacted values,
+    # to cache it; a relayed one is cut there); longer ones are 502
     # upstream_response_too_large. 64 MiB fits a big embeddings batch (2048 x 1536 floats as
     # JSON, ~60 MB) or a v2 image model's FP32 output (3 x 2048 x 2048: 48 MiB); a few of
     # them at once stay well within a site's memory.

@@ -67,6 +67,7 @@ CLUSTER_DEFAULT_SHOWN = (
     "max_connections",
     "max_pending",
     "client",
+    "relay_over_bytes",
     "outlier",
     "health_check",
     "retry",
