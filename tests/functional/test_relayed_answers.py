@@ -334,6 +334,21 @@ async def test_an_answer_over_the_limit_is_cut_there(
     assert entry["output"] == output_digest(app, got.body)
 
 
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+async def test_a_limit_below_the_relay_bar_keeps_the_clear_502(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, sized: bool
+) -> None:
+    """With max_response_bytes below relay_over_bytes nothing is relayed: an answer over the
+    limit, declared or not, is the clear 502 upstream_response_too_large it always was."""
+    upstream = Big(noise(1024 * 1024), sized=sized)
+    _, url, _ = await router_for(
+        stack, tmp_path, upstream, max_response_bytes=256 * 1024, relay_over_bytes=512 * 1024
+    )
+    got = await post(url)
+    assert got.status == 502
+    assert orjson.loads(got.body)["error"]["code"] == "upstream_response_too_large"
+
+
 @pytest.mark.parametrize("client", ["h1", "aiohttp"])
 async def test_a_client_that_leaves_cancels_the_upstream_request(
     stack: contextlib.AsyncExitStack, tmp_path: Path, client: str
