@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 
 from router.api.draining import end_streams
-from router.api.state import CACHE, SPOOL, STATUS, UPSTREAMS
+from router.api.state import CACHE, SPOOL, STATUS, TELEMETRY, UPSTREAMS
 from router.app import build_app
 from router.audit import show
 from router.audit.writer import Writer
@@ -218,7 +218,8 @@ async def test_the_first_bytes_arrive_before_the_upstream_finished(
 ) -> None:
     """The upstream stops halfway until the client has bytes: the client gets them meanwhile,
     then the whole answer, byte for byte, with the upstream's Content-Length when it gave
-    one; the record, in the log, digests exactly those bytes; one upstream request."""
+    one; the record, in the log, digests exactly those bytes; one upstream request, one
+    request counted."""
     upstream = Big(noise(2 * 1024 * 1024), sized=sized, pause_at=1024 * 1024)
     app, url, audit = await router_for(stack, tmp_path, upstream, client)
 
@@ -247,6 +248,9 @@ async def test_the_first_bytes_arrive_before_the_upstream_finished(
     assert entry["reasons"] == ["forward:central"]
     assert len(upstream.requests) == 1
     assert app[UPSTREAMS].clusters["central"].active == 0  # its place given back
+    counts = app[TELEMETRY].requests.requests
+    await until(lambda: bool(counts))  # counted once the handler ends
+    assert counts == {("openai", "central", "ok"): 1}
 
 
 async def test_a_compressing_client_gets_the_same_bytes(
