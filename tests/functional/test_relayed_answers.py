@@ -446,6 +446,28 @@ async def test_an_answer_the_cache_keeps_is_read_whole(
     assert len(upstream.requests) == 1
 
 
+async def test_an_answer_shared_by_coalesced_requests_is_read_whole(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """Two identical requests at once share one upstream answer (coalesced) that the cache
+    does not keep (max-age=0): the leader reads it whole, so both clients get all of it."""
+    upstream = Big(noise(512 * 1024), sized=True, pause_at=0, pause_s=LIMIT_S)
+    upstream.headers["Cache-Control"] = "max-age=0"
+    sections = {"cache": {"enabled": True, "openai_ttl_s": 60}}
+    _, url, _ = await router_for(stack, tmp_path, upstream, sections=sections)
+
+    async def release_when_both_asked() -> None:
+        await until(lambda: bool(upstream.events))
+        await asyncio.sleep(1.0)  # the second request joins the first one's flight
+        upstream.go.set()
+
+    releasing = asyncio.ensure_future(release_when_both_asked())
+    first, second = await asyncio.gather(post(url), post(url))
+    await releasing
+    assert len(upstream.requests) == 1
+    assert first.body == second.body == upstream.body
+
+
 async def test_an_answer_due_for_a_spool_sample_is_read_whole(
     stack: contextlib.AsyncExitStack, tmp_path: Path
 ) -> None:
