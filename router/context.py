@@ -25,6 +25,10 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     stream: AsyncIterator[bytes] | None = None
+    # `stream` is a plain (non-SSE) answer relayed as it arrives (router.relaying): a failure
+    # after its first byte cuts the connection, never an error event; the record is written
+    # before its last chunk.
+    passthrough: bool = False
 
 
 @dataclass(slots=True)
@@ -79,6 +83,13 @@ class RequestContext:
     model_sha256: str = ""  # of the local artefact that ran
     served_version: str = ""  # the model version that answered, when known
     served_model: str = ""  # the model that answered when not the one asked for (escalation)
+    # What may need a long answer whole rather than relayed as it arrives (router.relaying):
+    # the cache's lifetime for an answer that states none, when it may keep this one (0: only
+    # if its Cache-Control asks); an answer shared by coalesced requests; the spool's draw
+    # for this request's sample (uniform in [0, 1); None: no spool).
+    cache_ttl: float | None = None
+    shared: bool = False
+    sample_draw: float | None = None
 
     def tensor_digests(self, digester: Digester) -> dict[str, str]:
         """The keyed digests of the binary tensors (a `Digester.tensors` result), made once per

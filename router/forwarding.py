@@ -38,6 +38,7 @@ from router.redaction.rehydrate import (
     rehydrate_v2_binary,
 )
 from router.redaction.vault import TokenVault
+from router.relaying import exact_length, relayed
 from router.stages.classify import OFF_LOOP_BYTES
 from router.tier_view import View, view_for
 from router.upstreams.cluster import Cluster
@@ -120,9 +121,16 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     content_type = media_type(raw_type)
     headers = downstream_response_headers(response.headers)
     body = forwarded.body
+    vault = ctx.vault
+    if body is None and not ctx.stream and not (vault is not None and len(vault)):
+        # A long answer that nothing needs whole (router.relaying): it flows through.
+        length = exact_length(response.headers)
+        if length is not None:
+            headers["Content-Length"] = length
+        stream = relayed(forwarded)
+        return Reply(b"", raw_type, response.status, headers, stream, passthrough=True)
     if body is None and content_type != "text/event-stream":
         body = await _rest_of(forwarded)  # e.g. a JSON error for a stream request
-    vault = ctx.vault
     # The client gets the upstream's whole Content-Type: a charset (or any parameter) is how
     # it reads the bytes passed on.
     if body is not None:

@@ -44,6 +44,11 @@ class StoreAndForward:
         if self.spool is not None:
             self._put("audit", orjson.dumps(record), f"audit:{record.get('id', '')}")
 
+    def draw(self) -> float | None:
+        """A request's draw for its sample, made as it arrives (None: no spool, no sample), so
+        that dispatch knows whether its answer is needed whole (router.relaying)."""
+        return self._rng.random() if self.spool is not None else None
+
     def maybe_sample(self, ctx: RequestContext, reply: Reply) -> None:
         """Spool this answer as a sample at the rate the bundle sets for its model."""
         if self.spool is None or reply.stream is not None or ctx.document is None:
@@ -51,7 +56,9 @@ class StoreAndForward:
         if ctx.unscanned or ctx.unsurveyed or ctx.scanner is None:
             return  # nothing desensitized to send: the request was never scanned
         rate = self.privacy.bundle.sampling.rate(ctx.model)
-        if rate <= 0 or self._rng.random() >= rate:
+        if rate <= 0:
+            return
+        if (ctx.sample_draw if ctx.sample_draw is not None else self._rng.random()) >= rate:
             return
         try:
             payload = self._sample(ctx, reply)

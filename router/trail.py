@@ -129,16 +129,29 @@ class Trail:
         status: int,
         chunks: AsyncIterator[bytes],
         cut_by: Callable[[], str] = str,
+        *,
+        hold_last: bool = False,
     ) -> AsyncGenerator[bytes, None]:
         """Relay a stream and write its record once it ended, digesting what was sent. A
         stream the router ends with an error event (the upstream broke off; or `cut_by`
         names the code of what cancelled it, the drain) is recorded with
-        `stream_error:CODE`: its headers said 200, but it is no complete answer."""
+        `stream_error:CODE`: its headers said 200, but it is no complete answer.
+
+        `hold_last`: each chunk goes on once the next one arrived, and the last only after the
+        record is written, so no client holds the complete answer before its record (a plain
+        body's end is its last byte, not a terminator). Cut short, the held chunk is never
+        sent, nor digested: the record's digest stays that of the bytes sent."""
         digest = self._digester.stream("output")
+        last = b""
         try:
             async for chunk in chunks:
+                if hold_last:
+                    chunk, last = last, chunk
+                    if not chunk:
+                        continue
                 digest.update(chunk)
                 yield chunk
+            digest.update(last)
         except RouterError as exc:
             ctx.reasons.append(f"{STREAM_ERROR}:{exc.code}")
             raise
@@ -153,6 +166,8 @@ class Trail:
                     await chunks.aclose()
             finally:
                 await self.write_digest(ctx, status, digest.hexdigest())
+        if last:
+            yield last
 
     async def write_digest(self, ctx: RequestContext, status: int, output: str) -> None:
         if self._log is None or not ctx.audit_id or ctx.recorded:

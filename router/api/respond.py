@@ -10,6 +10,7 @@ from aiohttp import web
 
 from router.api.current import current
 from router.api.draining import CUT_BY_SHUTDOWN, answer_cut_by_shutdown, close_when_draining
+from router.api.passthrough import pass_through
 from router.api.state import SPOOL, STATUS, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.budget import model_budget
@@ -97,6 +98,9 @@ def trace_headers(ctx: RequestContext) -> dict[str, str]:
 async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> web.StreamResponse:
     started = time.perf_counter()
     trail = request.app[TRAIL]
+    store = request.app.get(SPOOL)
+    if store is not None:  # drawn before dispatch, which may need the answer whole for it
+        ctx.sample_draw = store.draw()
     if trail.enabled:
         # At the pipeline's first wait: off the answer's path when the loop has time to spare.
         asyncio.get_running_loop().call_soon(trail.digest_inputs, ctx)
@@ -120,6 +124,11 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
             raise
         raise answer_cut_by_shutdown() from None
     headers = {**reply.headers, **trace_headers(ctx)}
+    if reply.passthrough:
+        try:
+            return await pass_through(request, reply, headers, ctx)
+        finally:
+            observe(request.app, ctx, reply.status)  # however it ended, as a stream
     if reply.stream is not None:
         return await _stream(request, reply, headers, ctx)
     headers.setdefault("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")

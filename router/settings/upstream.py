@@ -108,12 +108,17 @@ class ClusterSettings(Strict):
     # Models served here; empty means "ask the endpoints" (GET /v1/models, v2 repository index).
     models: tuple[str, ...] = ()
     discovery_interval_s: PositiveFloat = 30.0
-    # The largest answer held whole (every answer but an SSE stream is read before it is
-    # relayed, to restore redacted values and to cache it); longer ones are 502
+    # The largest answer held whole (one read before it is relayed, to restore redacted values,
+    # to cache it; a relayed one is cut there); longer ones are 502
     # upstream_response_too_large. 64 MiB fits a big embeddings batch (2048 x 1536 floats as
     # JSON, ~60 MB) or a v2 image model's FP32 output (3 x 2048 x 2048: 48 MiB); a few of
     # them at once stay well within a site's memory.
     max_response_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 64 * 1024 * 1024
+    # A 200 answer longer than this (its Content-Length, or its bytes as they arrive) goes to
+    # the client as it arrives, unless it is needed whole (redacted values to restore, the
+    # cache keeps it, a spool sample): memory a few chunks, not the answer. Shorter ones are
+    # read whole (retried when cut, compressed whole). At or over max_response_bytes: never.
+    relay_over_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
     # Extra headers for every request, e.g. an upstream API key.
     headers: dict[str, str] = {}
     forward_authorization: bool = False

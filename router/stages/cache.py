@@ -88,6 +88,8 @@ class LookupCache:
                     return self._replay(ctx, entry, Outcome.STALE)
                 stale = None if entry.revalidate else entry
         _not_cached(directives)
+        if directives.store:
+            ctx.cache_ttl = self._ttl(ctx)  # a long answer is then read whole (relaying)
         try:
             reply = await self._miss(ctx, key, rest)
         except _STALE_IF:
@@ -105,6 +107,8 @@ class LookupCache:
         (the key's inputs are fixed before the rest of the chain runs)."""
         if not (directives.store or directives.lookup) or not self._cacheable(ctx):
             return self._counted(ctx, Outcome.BYPASS, await rest())
+        if directives.store:
+            ctx.cache_ttl = 0.0  # kept if its Cache-Control asks: then read whole (relaying)
         reply = await rest()
         if directives.store and _answer_ttl(reply, 0.0):
             reply = self._keep(ctx, self._digest(ctx), reply)
@@ -223,6 +227,8 @@ class LookupCache:
         return reply
 
     def _keep(self, ctx: RequestContext, key: bytes, reply: Reply) -> Reply:
+        if reply.passthrough:  # relayed as it arrives: only an answer not to be kept is
+            return reply
         if reply.status != 200 or "*" in vary_names(reply.headers.get("Vary")):
             return reply
         ttl = _answer_ttl(reply, self._ttl(ctx))

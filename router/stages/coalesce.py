@@ -21,6 +21,7 @@ def leading(ctx: RequestContext, rest: Rest) -> Callable[[], Awaitable[Flight]]:
     leader = asyncio.current_task()
 
     async def lead() -> Flight:
+        ctx.shared = True  # its followers take its body: never relayed as it arrives
         try:
             reply = await rest()
         except (DeadlineExceeded, UpstreamTimeout) as exc:

@@ -28,6 +28,7 @@ from router.inference.local import LocalResult, run_local, top_score
 from router.inference.repository import ModelRepository, ModelVersion
 from router.policy.decide import Facts, Rules, Target, decide
 from router.privacy import Privacy
+from router.relaying import relay_for
 from router.settings import RoutingSettings
 from router.stages.route import DecideRoute
 from router.tenancy import Tenancy
@@ -132,14 +133,16 @@ class Dispatch:
         )
         prober = self._upstreams.probers[cluster.name]
         await prepare_view(ctx, cluster.settings.tier.value, self._privacy)
+        request = outgoing(ctx, cluster, self._privacy, path)
         try:
             forwarded = await forward.call(
                 cluster,
                 self._upstreams.transports[cluster.name],
-                outgoing(ctx, cluster, self._privacy, path),
+                request,
                 ctx.deadline,
                 replayable=replayable,
                 stream=ctx.stream,
+                relay=relay_for(ctx, cluster, self._privacy),  # the view's tokens are issued
             )
         except UpstreamError as exc:
             if not isinstance(exc, UpstreamAuthFailed):  # a refused key changed no listing

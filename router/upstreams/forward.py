@@ -4,7 +4,8 @@ is safe to retry (tenacity), feed health and outlier ejection, honour Retry-Afte
 Only `call` is public. It returns an open `UpstreamResponse` whose status is < 500 and not 429;
 the body is read already (`Forwarded.body`) unless the caller asked for a stream, whose first
 bytes are read within the try's deadline too (`Forwarded.first`, the rest in `Forwarded.rest`):
-an LLM server answers its headers at once and spends the time before the first token.
+an LLM server answers its headers at once and spends the time before the first token. A long
+answer a `Relay` allows comes back open the same way (`body` None; `relay.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from tenacity import (
     AsyncRetrying,
@@ -35,6 +37,7 @@ from router.upstreams import refusal
 from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
 from router.upstreams.cluster import Cluster, Endpoint
 from router.upstreams.refusal import CHAINED_REASONS
+from router.upstreams.relay import Relay, read_or_open
 
 
 @dataclass(slots=True)
@@ -117,7 +120,9 @@ async def call(
     *,
     replayable: bool,
     stream: bool = False,
+    relay: Relay | None = None,
 ) -> Forwarded:
+    """`relay`: a non-stream request whose long answer may come back open, as a stream's."""
     if deadline <= asyncio.get_running_loop().time():
         # Nothing left to spend (a slower tier used it up): a try could only time out and
         # blame an upstream that did nothing wrong.
@@ -130,7 +135,13 @@ async def call(
     hold = _Hold(cluster)
     try:
         forwarded = await _with_retries(
-            cluster, transport, outgoing, deadline, replayable, hold if stream else None
+            cluster,
+            transport,
+            outgoing,
+            deadline,
+            replayable,
+            hold if stream or relay is not None else None,
+            None if stream else relay,
         )
     finally:
         if not hold.streaming:
@@ -147,6 +158,7 @@ async def _with_retries(
     deadline: float,
     replayable: bool,
     hold: _Hold | None,
+    relay: Relay | None,
 ) -> Forwarded:
     """The first try runs bare (the common case pays nothing for the retry machinery); only a
     failure that may be retried enters tenacity for the remaining attempts."""
@@ -190,7 +202,7 @@ async def _with_retries(
         if endpoint is None:
             raise NoHealthyTarget(f"cluster {cluster.name}: no live endpoint")
         tried.append(endpoint)
-        forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, hold)
+        forwarded = await _try(cluster, transport, endpoint, outgoing, deadline, hold, relay)
         forwarded.attempts = number
         return forwarded
 
@@ -231,8 +243,10 @@ async def _try(
     outgoing: Outgoing,
     deadline: float,
     hold: _Hold | None,
+    relay: Relay | None = None,
 ) -> Forwarded:
-    """One try; `hold` is given for a stream, whose first bytes are part of the try."""
+    """One try; `hold` is given for a stream (or an answer that may be relayed), whose first
+    bytes are part of the try."""
     loop = asyncio.get_running_loop()
     settings = cluster.settings
     now = loop.time()
@@ -253,10 +267,16 @@ async def _try(
             response = await transport.send(request, where, settings.connect_timeout_ms / 1000)
             _check_status(response, where)
             await refusal.check(cluster, response, where)
-            if hold is not None:
+            idle_s = settings.request_timeout_ms / 1000
+            if hold is not None and relay is not None:
+                held = partial(_held, hold=hold, token=token, idle_s=idle_s, where=where)
+                opened = await read_or_open(
+                    response, relay, settings.max_response_bytes, held, where
+                )
+                data, head, rest = opened.body, opened.head, opened.rest
+            elif hold is not None:
                 # Time to first byte, not to headers, is what the budget and the latency
                 # estimate are about: headers alone would let a slow tier look fast.
-                idle_s = settings.request_timeout_ms / 1000
                 rest = _held(response.chunks(), hold, token, idle_s, where)
                 head = await anext(rest, None)  # None: an empty stream, ended already
                 data = None

@@ -86,6 +86,7 @@ CLUSTER_DEFAULT_SHOWN = (
     "max_connections",
     "max_pending",
     "client",
+    "relay_over_bytes",
     "outlier",
     "health_check",
     "retry",

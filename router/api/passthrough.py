@@ -1,0 +1,79 @@
+"""Write a plain answer relayed as it arrives (router.relaying): chunk by chunk, with its record
+written before its last chunk, and cut (never ended cleanly) when it breaks off."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+from aiohttp import web
+
+from router.api.draining import CUT_BY_SHUTDOWN, close_when_draining
+from router.api.state import STATUS, TRAIL
+from router.context import Reply, RequestContext
+from router.errors import RouterError
+
+
+async def pass_through(
+    request: web.Request, reply: Reply, headers: dict[str, str], ctx: RequestContext
+) -> web.StreamResponse:
+    """The headers go out at once; the record is written once the upstream ended, before the
+    last chunk goes out (`Trail.streamed` with `hold_last`), so a client that has the whole
+    answer has its record. An upstream that breaks off, a body cut at `max_response_bytes` or a
+    drain out of time closes the connection mid-body: the client sees fewer bytes than the
+    Content-Length, or a chunked body without its terminator, never a complete answer."""
+    source = reply.stream
+    assert source is not None
+    trail = request.app[TRAIL]
+    scope = asyncio.timeout(None)  # ended by a drain out of time (end_streams)
+    stream = trail.streamed(
+        ctx,
+        reply.status,
+        source,
+        lambda: CUT_BY_SHUTDOWN.code if scope.expired() else "",
+        hold_last=True,
+    )
+    headers["Content-Type"] = reply.content_type
+    response = web.StreamResponse(status=reply.status, headers=headers)
+    if "Accept-Encoding" in request.headers:
+        response.enable_compression()  # as a buffered answer is (Content-Length then goes)
+    close_when_draining(request, response)
+    streams = request.app[STATUS].streams
+    try:
+        await response.prepare(request)
+        try:
+            async with scope:
+                streams.add(scope)
+                try:
+                    async for chunk in stream:
+                        await response.write(chunk)
+                finally:
+                    streams.discard(scope)
+        except RouterError:
+            _cut(request, response)
+            return response
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            _cut(request, response)
+            return response
+        await response.write_eof()
+    except ConnectionError:
+        return response  # the client left mid-answer: the upstream request is cancelled below
+    finally:
+        try:
+            await stream.aclose()  # the upstream connection and the cluster's place, now
+            if isinstance(source, AsyncGenerator):
+                await source.aclose()
+        finally:
+            await trail.client_gone(ctx)  # never begun: no record yet
+    return response
+
+
+def _cut(request: web.Request, response: web.StreamResponse) -> None:
+    """End the connection after what was written (flushed, then closed), so aiohttp's own
+    end of the response finds it closing and writes no terminator."""
+    response.force_close()
+    transport = request.transport
+    if transport is not None:
+        transport.close()
