@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.privacy import MemoScanner
-from router.redaction import numbers
+from router.redaction import numbers, validators
 from router.redaction.actions import Hasher
 from router.redaction.detectors import CustomPattern, Detectors
 from router.redaction.numbers import holding_findings
@@ -218,3 +218,22 @@ def test_findings_map_to_the_numbers_they_cover() -> None:
     assert holding_findings(found_at((20, 23)), digits) == [2]
     assert holding_findings(found_at((5, 10)), digits) == [0, 1, 3]
     assert holding_findings(found_at(), digits) == []
+
+
+def test_remembered_card_brands_are_the_issuer_ranges() -> None:
+    """card_brand, remembered by length and first digits, names the brand a walk over the
+    issuer ranges names, for every length and many prefixes."""
+    rng = random.Random(11)
+    for _ in range(5_000):
+        digits = "".join(str(rng.randrange(10)) for _ in range(rng.randrange(10, 21)))
+        expected = next(
+            (
+                brand
+                for brand, ranges, lengths in validators.CARD_BRANDS
+                if len(digits) in lengths
+                for low, high in ranges
+                if low <= digits[: len(low)] <= high
+            ),
+            None,
+        )
+        assert validators.card_brand(digits) == expected, digits
