@@ -228,6 +228,19 @@ class TestBinaryIntegers:
         assert scores_in["parameters"] == {"binary_data_size": 8}
         assert_clean(site.off_site(), str(CARD))
 
+    async def test_too_many_digits_of_long_numbers_fail_closed_saying_why(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A binary INT64 tensor whose long numbers hold more digits than a request may have
+        scanned together (450,000 of 19 digits: past 8 MiB) stays on the site, and the 422
+        names that bound."""
+        array = np.arange(10**18, 10**18 + 450_000, dtype=np.int64)
+        answer = await infer(http, site, "v2-central", triton_body(array, binary=True))
+        assert answer.status == 422, answer.body
+        error = answer.json()["error"]
+        assert "more than 8388608 digits of long numbers to scan" in error, error
+        assert site.off_site() == []
+
 
 def framed(header: dict[str, Any], binary: bytes) -> tuple[bytes, dict[str, str]]:
     """A v2 body with a JSON header and a binary part, as sent, however malformed."""
