@@ -137,6 +137,11 @@ class MemoScanner:
         self.placeholders: set[str] = set()  # token-like text the request itself holds
         self.surveyed = False
 
+    @property
+    def joins_numbers(self) -> bool:
+        """Whether long numbers may be scanned joined (router.redaction.numbers)."""
+        return self._detectors.joins_numbers
+
     def renew(self) -> None:
         """A full budget again, for another walk (the survey's time was its own)."""
         self._deadline = time.monotonic() + self._budget_s

@@ -110,6 +110,13 @@ class Detectors:
         return not (len(hits) == 1 and hits[0] == self._sentinel)
 
     @property
+    def joins_numbers(self) -> bool:
+        """Whether numbers' digits joined by commas scan as each alone (router.redaction.numbers):
+        true of the built-in patterns; a custom one may match across a comma or anchor on a
+        string's edges."""
+        return self.whole_text_sound
+
+    @property
     def entities(self) -> frozenset[str]:
         return frozenset(d.entity for d in self._detectors if not d.entity.startswith("_"))
 

@@ -26,6 +26,10 @@ def _separator_kind(sep: str) -> str:
 def card_refine(value: str) -> list[tuple[int, int]]:
     """Card numbers inside a run of digit groups: one group of 12-19 digits, or a first group
     of 4 then groups of 1-7 with one separator kind, 12-19 digits in all, longest first."""
+    if value.isascii() and value.isdigit():
+        # One group, the common case (a number's digits, each element of a tensor): the loop
+        # below would check just this.
+        return [(0, len(value))] if 12 <= len(value) <= 19 and v.is_card(value) else []
     groups = [(m.start(), m.end()) for m in _GROUP.finditer(value)]
     if sum(b - a for a, b in groups) < 12:
         return []

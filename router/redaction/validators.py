@@ -12,6 +12,7 @@ import binascii
 import calendar
 import ipaddress
 from collections.abc import Callable
+from functools import lru_cache
 
 from stdnum import iban as _iban
 from stdnum.br import cpf as _br_cpf
@@ -71,8 +72,19 @@ _RANGES_BY_LENGTH = {
 
 def card_brand(digits: str) -> str | None:
     """The brand whose issuer range and length fit ``digits`` (Luhn not checked), if any."""
-    for brand, low, high in _RANGES_BY_LENGTH.get(len(digits), ()):
-        if low <= digits[: len(low)] <= high:
+    return _brand(len(digits), digits[:_HEAD])
+
+
+# Issuer ranges are short prefixes, so the brand depends on the length and the first _HEAD (4)
+# characters alone: remembered, a tensor of timestamps (one length, a few heads) costs a dict
+# lookup per number instead of a walk over the ranges.
+_HEAD = max(len(low) for _, ranges, _ in CARD_BRANDS for low, _ in ranges)
+
+
+@lru_cache(maxsize=8192)
+def _brand(length: int, head: str) -> str | None:
+    for brand, low, high in _RANGES_BY_LENGTH.get(length, ()):
+        if low <= head[: len(low)] <= high:
             return brand
     return None
 

@@ -5,6 +5,8 @@ document themselves (tool-call arguments) are parsed and redacted inside; large 
 scanned as digits (a card number sent as a JSON number), integral floats as the integers they
 equal (4111111111111111.0, as tritonclient writes FP64). The input is never mutated and the
 work is bounded: past ``max_depth`` or ``max_leaves`` a DetectionError fails the request closed.
+The long numbers of a number array (tensor data) are scanned together (``numbers.py``): the
+array counts as one leaf, and its digits count against ``max_number_chars`` instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 
 from router.redaction.actions import Hasher, action_for, apply
+from router.redaction.numbers import digits_of, holding_findings, joins_numbers
 from router.redaction.types import Action, DetectionError, Finding
 from router.redaction.vault import TokenVault
 
@@ -69,6 +72,9 @@ class RedactionPlan:
     headers: tuple[str, ...] = ()  # header names (any case) whose values are scanned
     max_depth: int = 64
     max_leaves: int = 50_000
+    # Digits (one separator each) of the numbers scanned together, per walk: 8 MiB holds every
+    # long number a 4 MiB JSON body can carry, and ~400k 20-digit INT64 elements.
+    max_number_chars: int = 8 << 20
 
 
 def redact_json(
@@ -172,6 +178,7 @@ class _Walk:
         self.seen = seen
         self.counts: Counter[str] = Counter()
         self.leaves = 0
+        self.number_chars = 0
         self.drops = [_compile(p) for p in plan.drop_fields]
         # Each rule's actions merged over the plan's once, not at every node it matches.
         self.rules = [
@@ -238,7 +245,7 @@ class _Walk:
                 # enough to hold an entity are scanned (a 1 MB INT64 tensor holding one card
                 # number costs a pass over its elements, not a walk of each).
                 copy = list(v)
-                for index in large:
+                for index in self.numbers_to_scan(v, large):
                     sub = (*path, str(index))
                     new = self.value(v[index], sub, depth + 1, self.rule_at(sub, rule))
                     copy[index] = "" if new is _DROPPED else new
@@ -251,6 +258,27 @@ class _Walk:
             new = self.value(item, sub, depth + 1, self.rule_at(sub, rule))
             out.append("" if new is _DROPPED else new)
         return out
+
+    def numbers_to_scan(self, items: list[Any], large: list[int]) -> list[int]:
+        """Of the long numbers of a number array, those to scan one by one: the ones a scan of
+        them all together finds something in (router.redaction.numbers), when the scanner
+        can do that; the array is one leaf, its digits count against max_number_chars."""
+        if len(large) < 2 or not joins_numbers(self.scanner):
+            return large
+        self.count_leaf()
+        digits = digits_of(items, large)
+        self.number_chars += sum(map(len, digits)) + len(digits)
+        if self.number_chars > self.plan.max_number_chars:
+            raise DetectionError(
+                f"the request holds more than {self.plan.max_number_chars} digits of long"
+                " numbers to scan"
+            )
+        return [large[k] for k in holding_findings(self._scan, digits)]
+
+    def count_leaf(self) -> None:
+        self.leaves += 1
+        if self.leaves > self.plan.max_leaves:
+            raise DetectionError(f"the request has more than {self.plan.max_leaves} leaves")
 
     def string(self, s: str, path: tuple[str, ...], depth: int, rule: _Rule) -> Any:
         if s.lstrip()[:1] in ("{", "["):
@@ -267,9 +295,7 @@ class _Walk:
 
     def leaf(self, s: str, rule: _Rule) -> Any:
         """One string through the scanner; _DROPPED when the rule drops the whole leaf."""
-        self.leaves += 1
-        if self.leaves > self.plan.max_leaves:
-            raise DetectionError(f"the request has more than {self.plan.max_leaves} leaves")
+        self.count_leaf()
         current = s
         for round_ in range(MAX_ROUNDS):
             normalised, findings = self._scan(current)

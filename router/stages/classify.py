@@ -112,8 +112,9 @@ class ClassifyAndRedact:
                 found = await loop.run_in_executor(self._executor, self._survey, ctx)
             else:
                 found = self._survey(ctx)
-        except DetectionError:
-            self._unscanned(ctx, "detection did not finish")
+        except DetectionError as exc:
+            # Its message names the limit reached, never request data.
+            self._unscanned(ctx, f"detection did not finish: {exc}")
             return None
         if ctx.content_key:
             self._memo.put(ctx.content_key, found)

@@ -6,6 +6,7 @@ redacted as in a JSON one; a clean binary tensor arrives upstream byte for byte.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import struct
 from pathlib import Path
@@ -227,16 +228,17 @@ class TestBinaryIntegers:
         assert scores_in["parameters"] == {"binary_data_size": 8}
         assert_clean(site.off_site(), str(CARD))
 
-    async def test_too_many_long_integers_fail_closed_in_both_forms(
+    async def test_too_many_digits_of_long_numbers_fail_closed_saying_why(
         self, site: Site, http: aiohttp.ClientSession
     ) -> None:
-        """More long integers than the walk's leaf limit cannot be scanned: the request stays
-        on the site (422 for an upstream-only model) whether sent as JSON or binary."""
-        array = np.full(50_001, 1_700_000_000_000, dtype=np.int64)
-        for binary in (False, True):
-            answer = await infer(http, site, "v2-central", triton_body(array, binary=binary))
-            assert answer.status == 422, answer.body
-            assert answer.json()["error"].startswith("the request could not be checked")
+        """A binary INT64 tensor whose long numbers hold more digits than a request may have
+        scanned together (450,000 of 19 digits: past 8 MiB) stays on the site, and the 422
+        names that bound."""
+        array = np.arange(10**18, 10**18 + 450_000, dtype=np.int64)
+        answer = await infer(http, site, "v2-central", triton_body(array, binary=True))
+        assert answer.status == 422, answer.body
+        error = answer.json()["error"]
+        assert "more than 8388608 digits of long numbers to scan" in error, error
         assert site.off_site() == []
 
 
@@ -325,6 +327,52 @@ class TestMalformedBinaryRequests:
         assert answer.status == 200, answer.body
         [record] = site.off_site()
         assert record.body.endswith(raw)
+
+
+def _card(rng: random.Random) -> int:
+    """A random Visa number with a valid Luhn check digit."""
+    body = "4" + "".join(str(rng.randrange(10)) for _ in range(14))
+    total = sum(
+        (d * 2 - 9 if d > 4 else d * 2) if i % 2 == 0 else d
+        for i, d in enumerate(int(c) for c in reversed(body))
+    )
+    return int(body + str((10 - total % 10) % 10))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float64])
+async def test_more_long_numbers_than_the_leaf_limit_go_upstream_redacted(
+    stack: contextlib.AsyncExitStack,
+    repository: Path,  # noqa: F811
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    dtype: type,
+) -> None:
+    """60,000 millisecond timestamps (more than the walk's 50,000 leaves) with 1% card numbers
+    planted, to an upstream-only model, JSON or binary: forwarded with exactly the planted
+    elements tokenized (they were a 422). The bundle's CPU deadline is raised so that the
+    test measures the leaf limit, not this machine's speed."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(default_policy_bundle(), folder)
+    detection = folder / "detection.yaml"
+    text = detection.read_text(encoding="utf-8")
+    detection.write_text(text.replace("cpu_deadline_ms: 200", "cpu_deadline_ms: 20000"))
+    site = await start_site(stack, repository, folder)
+    rng = random.Random(5)
+    values = [1_700_000_000_000 + i for i in range(60_000)]
+    planted = sorted(rng.sample(range(60_000), 600))
+    for i in planted:
+        values[i] = _card(rng)
+    array = np.array(values, dtype=dtype)
+    for binary in (False, True):
+        answer = await infer(http, site, "v2-central", triton_body(array, binary=binary))
+        assert answer.status == 200, answer.body
+        assert answer.headers["X-Redactions"] == "CARD=600"
+        data = upstream_header(site)["inputs"][0]["data"]
+        changed = [i for i, (a, b) in enumerate(zip(values, data, strict=True)) if a != b]
+        assert changed == planted
+        assert sorted(data[i] for i in planted) == sorted(f"<CARD_{n}>" for n in range(1, 601))
+        assert_clean(site.off_site(), str(values[planted[0]]))
+        forget(site)
 
 
 @pytest.mark.parametrize("with_text", [True, False], ids=["beside-bytes", "floats-only"])
