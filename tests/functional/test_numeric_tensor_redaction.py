@@ -79,7 +79,10 @@ def bundle_with(tmp_path: Path, central_card: str) -> Path:
     if central_card == "keep":
         # Residency lets a card go unredacted only where this says it may.
         residency = folder / "residency.yaml"
-        rule = "data_class: sensitive\n    tiers: [edge, regional, central]\n    jurisdictions: [same]\n"
+        rule = (
+            "data_class: sensitive\n    tiers: [edge, regional, central]\n"
+            "    jurisdictions: [same]\n"
+        )
         text = residency.read_text(encoding="utf-8")
         assert f"{rule}    once_redacted_to: internal\n" in text
         residency.write_text(text.replace(f"{rule}    once_redacted_to: internal\n", rule, 1))
@@ -170,7 +173,8 @@ class TestRefusedAtTheEdge:
         message = await refusal(site, model, array, binary=binary)
         assert "input 'ids' (INT64) holds a CARD value" in message, message
         assert f"the {tier} tier may not receive" in message, message
-        assert "BYTES" in message and f"serve model '{model}' on this site" in message
+        assert "send the value in a BYTES tensor" in message, message
+        assert f"serve model '{model}' on this site" in message, message
         digits_absent(message, CARD)
         assert site.off_site() == []
 
