@@ -37,8 +37,8 @@ def refuse_numbers_made_text(
         entity = _entity_of(value, plan, scanner)
         raise NumericTensorRedaction(
             f"input '{name}' ({datatype}) holds {entity}, which the {tier} tier may not receive"
-            f" as it is, and a number in a {datatype} tensor cannot carry a redaction token in"
-            f" its place: send the value in a BYTES tensor, or serve model '{model}' on this"
+            f" as it is, and numbers in {datatype} tensors cannot carry a redaction token in"
+            f" their place: send the value in a BYTES tensor, or serve model '{model}' on this"
             " site"
         )
 
