@@ -247,6 +247,7 @@ class TestFallback:
             async with http.post(f"{made.url}/v2/models/v2-both/infer", json=body) as response:
                 assert response.status == 200, await response.text()
                 reasons = response.headers["X-Route-Reason"]
+            assert "X-Redactions" not in response.headers  # nothing was redacted and sent
             assert "failed:regional:numeric_tensor_redaction" in reasons, reasons
             assert "fallback:central" in reasons, reasons
             assert made.fakes["regional"].received == []
@@ -282,6 +283,7 @@ async def test_the_refused_value_is_in_no_log_error_audit_or_metric(
             assert response.status == 422, error
             audit_id = response.headers["X-Audit-Id"]
             reasons = response.headers["X-Route-Reason"]
+            assert "X-Redactions" not in response.headers  # nothing was redacted and sent
         async with http.get(site.router.admin_url + "/metrics") as response:
             metrics = await response.text()
     assert "holds a CARD value" in orjson.loads(error)["error"]
