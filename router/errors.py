@@ -17,6 +17,7 @@
     │   └── SiteMismatch             403 site_mismatch      (a site's upload key, another's batch)
     ├── RequestTimeout               408 request_timeout    (the body arrived too slowly)
     ├── DetectionFailed              422 detection_failed   (unscanned; may not leave the site)
+    ├── NumericTensorRedaction       422 numeric_tensor_redaction (a v2 number the tier may not see)
     ├── MethodNotAllowed             405 method_not_allowed
     ├── LoopDetected                 508 loop_detected      (too many layer-router hops)
     ├── PayloadTooLarge              413 payload_too_large
@@ -158,6 +159,18 @@ class RateLimited(RouterError):
 class DetectionFailed(RouterError):
     status = 422
     code = "detection_failed"
+
+
+class NumericTensorRedaction(RouterError):
+    """A KServe v2 numeric tensor (INT64, FP64, ...) holds a value the target tier's policy
+    redacts: a token, a mask, a pseudonym or an empty string in its place would not be a number,
+    which a v2 server refuses (or worse, coerces), so nothing is sent. The same request
+    can only fail again: the client must send the value as BYTES or have the model served
+    where the value may go."""
+
+    status = 422
+    code = "numeric_tensor_redaction"
+    should_retry = False
 
 
 class MethodNotAllowed(RouterError):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import orjson
 
 from router.context import Reply, RequestContext, media_type
 from router.errors import (
+    NumericTensorRedaction,
     RouterError,
     StreamBroken,
     UpstreamError,
@@ -43,6 +45,7 @@ from router.stages.classify import OFF_LOOP_BYTES
 from router.tier_view import View, view_for
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import Forwarded, Outgoing
+from router.v2.numeric_redaction import refuse_numbers_made_text
 from router.v2.request import with_timeout
 
 SERVED_BY_TIER = "X-Served-By-Tier"
@@ -54,6 +57,8 @@ def outgoing(
 ) -> Outgoing:
     settings = cluster.settings
     view = view_for(ctx, settings.tier.value, privacy)
+    if ctx.api == "kserve-v2" and view.changed:
+        _refuse_numbers_made_text(ctx, view, settings.tier.value, privacy, path)
     headers = upstream_request_headers(
         view.headers,
         forward_authorization=settings.forward_authorization,
@@ -85,6 +90,32 @@ def outgoing(
     headers["Content-Type"] = "application/json"
     body = orjson.dumps(view.document) if view.changed else ctx.body
     return Outgoing("POST", target, headers, body)
+
+
+def _refuse_numbers_made_text(
+    ctx: RequestContext, view: View, tier: str, privacy: Privacy, path: str | None
+) -> None:
+    """Before anything is sent: a numeric tensor that redaction would fill with text fails
+    the request here (422) rather than at the upstream (400). Nothing went, so nothing was
+    redacted for the record."""
+    try:
+        refuse_numbers_made_text(
+            ctx.scanned_document,
+            view.document,
+            tier=tier,
+            model=_model_of(path) or ctx.model,
+            plan=privacy.plans[tier],
+            scanner=ctx.scanner,
+        )
+    except NumericTensorRedaction:
+        ctx.redactions = Counter()
+        raise
+
+
+def _model_of(path: str | None) -> str:
+    """The model an escalation's path (/v2/models/NAME/infer) names."""
+    parts = path.split("/") if path else []
+    return parts[3] if len(parts) > 3 and parts[1:3] == ["v2", "models"] else ""
 
 
 def _v2_outgoing(ctx: RequestContext, view: View, headers: dict[str, str], path: str) -> Outgoing:

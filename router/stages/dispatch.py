@@ -16,6 +16,7 @@ from router.context import Reply, RequestContext
 from router.errors import (
     DeadlineExceeded,
     NoHealthyTarget,
+    NumericTensorRedaction,
     RouterError,
     Unavailable,
     UpstreamAuthFailed,
@@ -81,6 +82,7 @@ class Dispatch:
     async def __call__(self, ctx: RequestContext) -> Reply:
         assert ctx.decision is not None, "DecideRoute runs before Dispatch"
         last: RouterError | None = None
+        refused: NumericTensorRedaction | None = None
         for position, target in enumerate(ctx.decision.targets):
             if position and self._too_slow(ctx, target):
                 ctx.reasons.append(f"over_budget:{target.name}")
@@ -95,6 +97,11 @@ class Dispatch:
                     kind = "fallback" if position else "forward"
                     ctx.reasons.insert(mark, f"{kind}:{target.name}")
                 return reply
+            except NumericTensorRedaction as exc:
+                # Nothing was sent: a later tier whose policy lets the value through as it is
+                # may still serve the request.
+                ctx.reasons.append(f"failed:{target.name}:{exc.code}")
+                refused = refused or exc
             except _PASS_OVER as exc:
                 # A chained router's reasons for refusing go with its error, as they would with
                 # its answer; any other error is this router's own.
@@ -103,6 +110,11 @@ class Dispatch:
                     raise
                 ctx.reasons.append(f"failed:{target.name}:{exc.code}")
                 last = exc
+        if refused is not None:
+            # What the client must change, rather than a later target's outage (or the
+            # residency 503), which a retry of the same request could never get past.
+            ctx.upstream_reasons = ""
+            raise refused
         assert last is not None, "DecideRoute never passes an empty decision"
         if any(r.startswith("residency:") for r in ctx.decision.reasons):
             ctx.upstream_reasons = ""
@@ -230,7 +242,7 @@ class Dispatch:
                 failure, skipped = "", []
             try:
                 reply = await self._forward(ctx, target, path, rule.to_model)
-            except _PASS_OVER as exc:
+            except (*_PASS_OVER, NumericTensorRedaction) as exc:
                 if isinstance(exc, DeadlineExceeded):
                     raise
                 ctx.served_tier = self._tier

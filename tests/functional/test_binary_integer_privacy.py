@@ -1,7 +1,8 @@
 """KServe v2 integer tensors sent in the binary extension get the privacy verdict their JSON
 form gets: the real router with the default bundle in front of recording FakeUpstreams, the
-requests built by the real tritonclient. A card number in a binary INT64 tensor is found and
-redacted as in a JSON one; a clean binary tensor arrives upstream byte for byte."""
+requests built by the real tritonclient. A card number in a binary INT64 tensor is found as in
+a JSON one (and, as there, refused for an off-site tier: no token fits a number, see
+test_numeric_tensor_redaction.py); a clean binary tensor arrives upstream byte for byte."""
 
 from __future__ import annotations
 
@@ -95,49 +96,37 @@ class TestBinaryIntegers:
     async def test_card_in_binary_int64_is_treated_as_in_json(
         self, site: Site, http: aiohttp.ClientSession, model: str
     ) -> None:
-        """A card number in a binary INT64 tensor gets what the JSON form gets: found, the
-        tensor forwarded as JSON with the card tokenized, never its digits or its 8 bytes,
-        the answer restored, the same headers; nothing of it cached."""
+        """A card number in a binary INT64 tensor gets what the JSON form gets: found, and
+        refused with the same 422 naming the card (no token fits an INT64 element), neither
+        its digits nor its 8 bytes sent anywhere."""
         array = np.array([[7, CARD, 491_234_567]], dtype=np.int64)
-        answers, headers = [], []
+        answers = []
         for binary in (False, True):
             answer = await infer(http, site, model, triton_body(array, binary=binary))
-            assert answer.status == 200, answer.body
-            assert_clean(site.off_site(), str(CARD))
-            [record] = site.off_site()
-            assert CARD.to_bytes(8, "little") not in record.body
+            assert answer.status == 422, answer.body
+            assert site.off_site() == []
             answers.append(answer)
-            headers.append(upstream_header(site))
-            forget(site)
-        assert headers[1] == headers[0]
-        assert headers[1]["inputs"][0]["data"] == [7, "<CARD_1>", 491_234_567]
         json_answer, binary_answer = answers
-        for name in ("X-Redactions", "X-Cache", "X-Route-Reason"):
+        assert binary_answer.json() == json_answer.json()
+        assert "input 'ids' (INT64) holds a CARD value" in binary_answer.json()["error"]
+        for name in ("X-Cache", "X-Route-Reason"):
             assert binary_answer.headers.get(name) == json_answer.headers.get(name), name
-        assert binary_answer.headers["X-Redactions"] == "CARD=1"
-        assert binary_answer.json()["outputs"] == json_answer.json()["outputs"]
-        assert str(CARD) in binary_answer.body.decode()  # restored for the caller
+        assert str(CARD) not in binary_answer.body.decode()
 
     async def test_card_in_an_fp64_tensor_is_found_in_both_forms(
         self, site: Site, http: aiohttp.ClientSession
     ) -> None:
         """A card number held exactly by an FP64 element (tritonclient's JSON writes
-        4111111111111111.0) is found and tokenized, sent as JSON or binary alike; the other
-        elements go on as the floats they were."""
+        4111111111111111.0) is found, sent as JSON or binary alike, and refused for central
+        (no token fits an FP64 element): nothing sent."""
         array = np.array([0.5, float(CARD), 1_234_567.25], dtype=np.float64)
-        headers = []
         for binary in (False, True):
             sent = triton_body(array, binary=binary)
             assert (b"4111111111111111.0" in sent[0]) is not binary
             answer = await infer(http, site, "v2-central", sent)
-            assert answer.status == 200, answer.body
-            assert answer.headers["X-Redactions"] == "CARD=1"
-            assert_clean(site.off_site(), str(CARD))
-            assert struct.pack("<d", float(CARD)) not in site.off_site()[0].body
-            headers.append(upstream_header(site))
-            forget(site)
-        assert headers[1] == headers[0]
-        assert headers[1]["inputs"][0]["data"] == [0.5, "<CARD_1>", 1_234_567.25]
+            assert answer.status == 422, answer.body
+            assert "input 'ids' (FP64) holds a CARD value" in answer.json()["error"]
+            assert site.off_site() == []
 
     @pytest.mark.parametrize(
         "written", ["4.111111111111111e15", "4111111111111111E+0", "4111111111111111000e-3"]
@@ -146,14 +135,14 @@ class TestBinaryIntegers:
         self, site: Site, http: aiohttp.ClientSession, written: str
     ) -> None:
         """A JSON number whose text is not the card's digit run (an exponent) is the card
-        all the same: found and tokenized, as the plain form is."""
+        all the same: found (and so refused for central), as the plain form is."""
         tensor = f'{{"name":"ids","datatype":"FP64","shape":[2],"data":[0.5,{written}]}}'
         body = f'{{"inputs":[{tensor}]}}'.encode()
         sent = (body, {"Content-Type": "application/json"})
         answer = await infer(http, site, "v2-central", sent)
-        assert answer.status == 200, answer.body
-        assert answer.headers.get("X-Redactions") == "CARD=1"
-        assert upstream_header(site)["inputs"][0]["data"] == [0.5, "<CARD_1>"]
+        assert answer.status == 422, answer.body
+        assert "(FP64) holds a CARD value" in answer.json()["error"]
+        assert site.off_site() == []
 
     async def test_binary_fp32_past_its_exact_integers_is_not_read_as_digits(
         self, site: Site, http: aiohttp.ClientSession
@@ -181,8 +170,8 @@ class TestBinaryIntegers:
         self, site: Site, http: aiohttp.ClientSession, kind: str
     ) -> None:
         """The same JSON header with other binary tensor values is another request: a clean
-        one's remembered survey is not reused for one holding a card (INT64) or an e-mail
-        (BYTES of the same length)."""
+        one's remembered survey is not reused for one holding a card (INT64: found, so refused
+        for central) or an e-mail (BYTES of the same length: redacted)."""
         if kind == "int64":
             clean = triton_body(np.array(CLEAN_LARGE[:1], dtype=np.int64), binary=True)
             dirty = triton_body(np.array([CARD], dtype=np.int64), binary=True)
@@ -192,23 +181,27 @@ class TestBinaryIntegers:
         assert clean[1] == dirty[1]  # same header length: only the binary part differs
         assert (await infer(http, site, "v2-central", clean)).status == 200
         answer = await infer(http, site, "v2-central", dirty)
-        assert answer.status == 200, answer.body
-        assert answer.headers.get("X-Redactions") == ("CARD=1" if kind == "int64" else "EMAIL=1")
+        if kind == "int64":
+            assert answer.status == 422, answer.body
+            assert "holds a CARD value" in answer.json()["error"]
+        else:
+            assert answer.status == 200, answer.body
+            assert answer.headers.get("X-Redactions") == "EMAIL=1"
         assert_clean(site.off_site(), str(CARD), "jane@example.com")
         assert CARD.to_bytes(8, "little") not in site.off_site()[-1].body
 
     async def test_clean_tensors_beside_a_redacted_one_keep_their_bytes(
         self, site: Site, http: aiohttp.ClientSession
     ) -> None:
-        """Only the tensor holding the card goes upstream as JSON; a clean INT64 tensor long
-        enough to be scanned and an FP32 one arrive as the bytes sent, in order."""
+        """Only the (BYTES) tensor holding the card goes upstream as JSON; a clean INT64 tensor
+        long enough to be scanned and an FP32 one arrive as the bytes sent, in order."""
         stamps = np.array([1_700_000_000_000, 1_700_000_000_001], dtype=np.int64)
         scores = np.array([0.5, 0.25], dtype=np.float32)
         tensors = []
-        for name, array in (("stamps", stamps), ("ids", np.array([CARD])), ("s", scores)):
-            tensor = triton_http.InferInput(
-                name, list(array.shape), triton_http.np_to_triton_dtype(array.dtype)
-            )
+        ids = np.array([str(CARD).encode()], dtype=object)
+        for name, array in (("stamps", stamps), ("ids", ids), ("s", scores)):
+            datatype = "BYTES" if name == "ids" else triton_http.np_to_triton_dtype(array.dtype)
+            tensor = triton_http.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array, binary_data=True)
             tensors.append(tensor)
         body, json_size = triton_http.InferenceServerClient.generate_request_body(tensors)
@@ -340,7 +333,7 @@ def _card(rng: random.Random) -> int:
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.float64])
-async def test_more_long_numbers_than_the_leaf_limit_go_upstream_redacted(
+async def test_more_long_numbers_than_the_leaf_limit_are_all_scanned(
     stack: contextlib.AsyncExitStack,
     repository: Path,  # noqa: F811
     tmp_path: Path,
@@ -348,9 +341,10 @@ async def test_more_long_numbers_than_the_leaf_limit_go_upstream_redacted(
     dtype: type,
 ) -> None:
     """60,000 millisecond timestamps (more than the walk's 50,000 leaves) with 1% card numbers
-    planted, to an upstream-only model, JSON or binary: forwarded with exactly the planted
-    elements tokenized (they were a 422). The bundle's CPU deadline is raised so that the
-    test measures the leaf limit, not this machine's speed."""
+    planted, to an upstream-only model, JSON or binary: scanned to the end (they were a 422
+    detection_failed) and the cards found, so refused as numbers that cannot carry a token,
+    nothing sent. The bundle's CPU deadline is raised so that the test measures the leaf
+    limit, not this machine's speed."""
     folder = tmp_path / "bundle"
     shutil.copytree(default_policy_bundle(), folder)
     detection = folder / "detection.yaml"
@@ -365,14 +359,10 @@ async def test_more_long_numbers_than_the_leaf_limit_go_upstream_redacted(
     array = np.array(values, dtype=dtype)
     for binary in (False, True):
         answer = await infer(http, site, "v2-central", triton_body(array, binary=binary))
-        assert answer.status == 200, answer.body
-        assert answer.headers["X-Redactions"] == "CARD=600"
-        data = upstream_header(site)["inputs"][0]["data"]
-        changed = [i for i, (a, b) in enumerate(zip(values, data, strict=True)) if a != b]
-        assert changed == planted
-        assert sorted(data[i] for i in planted) == sorted(f"<CARD_{n}>" for n in range(1, 601))
-        assert_clean(site.off_site(), str(values[planted[0]]))
-        forget(site)
+        assert answer.status == 422, answer.body
+        assert "holds a CARD value" in answer.json()["error"]
+        assert "failed:central:numeric_tensor_redaction" in answer.headers["X-Route-Reason"]
+        assert site.off_site() == []
 
 
 @pytest.mark.parametrize("with_text", [True, False], ids=["beside-bytes", "floats-only"])
