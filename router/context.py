@@ -90,6 +90,9 @@ class RequestContext:
     cache_ttl: float | None = None
     shared: bool = False
     sample_draw: float | None = None
+    # An HTTP/1.0 client tells a body's end only by its Content-Length or the connection
+    # closing: a relayed answer cut short would look whole to it without the former.
+    sized_only: bool = False
 
     def tensor_digests(self, digester: Digester) -> dict[str, str]:
         """The keyed digests of the binary tensors (a `Digester.tensors` result), made once per

@@ -35,8 +35,10 @@ async def pass_through(
     )
     headers["Content-Type"] = reply.content_type
     response = web.StreamResponse(status=reply.status, headers=headers)
-    if "Accept-Encoding" in request.headers:
-        response.enable_compression()  # as a buffered answer is (Content-Length then goes)
+    if "Accept-Encoding" in request.headers and not ctx.sized_only:
+        # As a buffered answer is (its Content-Length then goes, and the chunked terminator
+        # shows the end; an HTTP/1.0 client has no such terminator: it keeps the length).
+        response.enable_compression()
     close_when_draining(request, response)
     streams = request.app[STATUS].streams
     try:

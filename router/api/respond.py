@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from router.api.current import current
 from router.api.draining import CUT_BY_SHUTDOWN, answer_cut_by_shutdown, close_when_draining
@@ -55,6 +55,7 @@ def new_context(
         headers=request.headers,
         request_id=_request_id(request),
         audit_id=new_audit_id() if request.app[TRAIL].enabled else "",
+        sized_only=request.version < HttpVersion11,
     )
     request[CTX] = ctx
     if ctx.hops > MAX_HOPS:

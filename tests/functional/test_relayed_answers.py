@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import random
 import shutil
@@ -542,3 +543,63 @@ async def until(check: Callable[[], bool], limit_s: float = LIMIT_S) -> None:
             return
         await asyncio.sleep(0.01)
     raise TimeoutError("never reached the expected state")
+
+
+async def http10_post(url: str, extra: str = "") -> tuple[bytes, bytes]:
+    """POST a chat request as an HTTP/1.0 client on a raw socket, reading until the router
+    closes the connection (how HTTP/1.0 ends a body of unstated length): its head and body."""
+    body = orjson.dumps(CHAT)
+    request = (
+        "POST /v1/chat/completions HTTP/1.0\r\nHost: router\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+    host, port = url.removeprefix("http://").split(":")
+    async with asyncio.timeout(LIMIT_S):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(request)
+            received = await reader.read(-1)
+        finally:
+            writer.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("coding", ["", "Accept-Encoding: gzip\r\n"], ids=["plain", "gzip"])
+async def test_an_http10_client_never_takes_a_cut_answer_for_a_whole_one(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, sized: bool, coding: str
+) -> None:
+    """An HTTP/1.0 client knows a body has ended only by its Content-Length or the connection
+    closing: an upstream breaking off halfway must never reach it as a 200 without a
+    Content-Length (its cut would look like the end), compressed or not."""
+    upstream = Big(noise(1024 * 1024), sized=sized, cut_at=512 * 1024)
+    _, url, _ = await router_for(stack, tmp_path, upstream)
+    head, body = await http10_post(url, coding)
+    status = head.split(b"\r\n")[0]
+    if b" 200 " in status:
+        lengths = [
+            line.split(b":", 1)[1].strip()
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        ]
+        assert lengths, "a cut 200 answer without a Content-Length looks complete"
+        assert len(body) < int(lengths[0])
+    else:
+        assert b" 502 " in status
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+async def test_an_http10_client_gets_a_whole_answer_with_its_length(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, sized: bool
+) -> None:
+    """An HTTP/1.0 client asking for gzip gets a long answer whole, with the Content-Length
+    of the bytes it got (compressed or not), so it can tell the answer is complete."""
+    upstream = Big(noise(1024 * 1024), sized=sized)
+    _, url, _ = await router_for(stack, tmp_path, upstream)
+    head, body = await http10_post(url, "Accept-Encoding: gzip\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ")
+    assert f"Content-Length: {len(body)}".encode() in head
+    if b"Content-Encoding: gzip" in head:
+        body = gzip.decompress(body)
+    assert body == upstream.body
