@@ -603,3 +603,22 @@ async def test_an_http10_client_gets_a_whole_answer_with_its_length(
     if b"Content-Encoding: gzip" in head:
         body = gzip.decompress(body)
     assert body == upstream.body
+
+
+@pytest.mark.parametrize("client", ["h1", "aiohttp"])
+@pytest.mark.parametrize("size", [4 * 1024, 512 * 1024], ids=["short", "long"])
+async def test_a_no_store_answer_in_lower_case_is_never_kept(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, client: str, size: int
+) -> None:
+    """An upstream spelling its fields in lower case (`cache-control: no-store`, as many
+    servers do; header names are case-insensitive) is heard by the cache and the relay alike:
+    its answer is never kept, nor handed to the next client, and a long one is relayed."""
+    upstream = Big(noise(size), sized=True, headers={"cache-control": "no-store"})
+    sections = {"cache": {"enabled": True, "openai_ttl_s": 60}}
+    _, url, _ = await router_for(stack, tmp_path, upstream, client, sections=sections)
+    first = await post(url)
+    second = await post(url)
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "MISS")
+    assert first.body == second.body == upstream.body
+    assert len(upstream.requests) == 2
+    assert second.headers["Cache-Control"] == "no-store"
