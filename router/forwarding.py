@@ -128,7 +128,10 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
         if length is not None:
             headers["Content-Length"] = length
         stream = relayed(forwarded)
-        return Reply(b"", raw_type, response.status, headers, stream, passthrough=True)
+        idle_s = cluster.settings.request_timeout_ms / 1000
+        return Reply(
+            b"", raw_type, response.status, headers, stream, passthrough=True, idle_s=idle_s
+        )
     if body is None and content_type != "text/event-stream":
         body = await _rest_of(forwarded)  # e.g. a JSON error for a stream request
     # The client gets the upstream's whole Content-Type: a charset (or any parameter) is how

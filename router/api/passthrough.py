@@ -12,6 +12,9 @@ from router.api.draining import CUT_BY_SHUTDOWN, close_when_draining
 from router.api.state import STATUS, TRAIL
 from router.context import Reply, RequestContext
 from router.errors import RouterError
+from router.trail import STREAM_ERROR
+
+CLIENT_STALLED = "client_stalled"  # the client took no byte of it for the idle time
 
 
 async def pass_through(
@@ -41,21 +44,30 @@ async def pass_through(
         response.enable_compression()
     close_when_draining(request, response)
     streams = request.app[STATUS].streams
+    # A client that takes no byte for the upstream's idle time is cut as an upstream silent
+    # that long is: it holds the cluster's place and the upstream's connection meanwhile.
+    stalled = asyncio.timeout(None)
+    loop = asyncio.get_running_loop()
     try:
         await response.prepare(request)
         try:
-            async with scope:
+            async with scope, stalled:
                 streams.add(scope)
                 try:
                     async for chunk in stream:
+                        if reply.idle_s is not None:
+                            stalled.reschedule(loop.time() + reply.idle_s)
                         await response.write(chunk)
+                        stalled.reschedule(None)
                 finally:
                     streams.discard(scope)
         except RouterError:
             _cut(request, response)
             return response
         except TimeoutError:
-            if not scope.expired():
+            if stalled.expired():
+                ctx.reasons.append(f"{STREAM_ERROR}:{CLIENT_STALLED}")
+            elif not scope.expired():
                 raise
             _cut(request, response)
             return response

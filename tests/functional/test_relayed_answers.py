@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import random
 import shutil
+import socket
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -622,3 +623,45 @@ async def test_a_no_store_answer_in_lower_case_is_never_kept(
     assert first.body == second.body == upstream.body
     assert len(upstream.requests) == 2
     assert second.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("client", ["h1", "aiohttp"])
+async def test_a_client_that_stops_reading_gives_the_upstream_back(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, client: str
+) -> None:
+    """A client that asks for a long answer and then reads nothing (its connection open, its
+    window full) holds neither the cluster's place nor the upstream's connection for ever:
+    after request_timeout_ms without taking a byte its connection is cut, the upstream
+    request cancelled, and the record says so, digesting no more than what was written."""
+    upstream = Big(noise(16 * 1024 * 1024), sized=True)
+    app, url, audit = await router_for(stack, tmp_path, upstream, client, request_timeout_ms=500)
+    body = orjson.dumps(CHAT)
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        async with asyncio.timeout(10):  # 20 times the idle time
+            await upstream.gone.wait()  # cancelled, though the client never left
+        await until(lambda: cluster.active == 0)
+        head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    assert "upstream finished" not in upstream.events
+    audit_id = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"x-audit-id:")
+    )
+    entry = record(audit, audit_id)
+    assert entry["reasons"] == ["forward:central", "stream_error:client_stalled"]
