@@ -66,8 +66,12 @@ async def pass_through(
             return response
         except TimeoutError:
             if stalled.expired():
-                ctx.reasons.append(f"{STREAM_ERROR}:{CLIENT_STALLED}")
-            elif not scope.expired():
+                _cut_by(ctx, CLIENT_STALLED)
+            elif scope.expired():
+                # Said by the relay when the drain found it waiting on the upstream; not when
+                # it waited on the client (a write).
+                _cut_by(ctx, CUT_BY_SHUTDOWN.code)
+            else:
                 raise
             _cut(request, response)
             return response
@@ -82,6 +86,13 @@ async def pass_through(
         finally:
             await trail.client_gone(ctx)  # never begun: no record yet
     return response
+
+
+def _cut_by(ctx: RequestContext, code: str) -> None:
+    """The record's reason for an answer the router cut, once."""
+    reason = f"{STREAM_ERROR}:{code}"
+    if reason not in ctx.reasons:
+        ctx.reasons.append(reason)
 
 
 def _cut(request: web.Request, response: web.StreamResponse) -> None:

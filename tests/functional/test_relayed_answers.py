@@ -625,16 +625,10 @@ async def test_a_no_store_answer_in_lower_case_is_never_kept(
     assert second.headers["Cache-Control"] == "no-store"
 
 
-@pytest.mark.parametrize("client", ["h1", "aiohttp"])
-async def test_a_client_that_stops_reading_gives_the_upstream_back(
-    stack: contextlib.AsyncExitStack, tmp_path: Path, client: str
-) -> None:
-    """A client that asks for a long answer and then reads nothing (its connection open, its
-    window full) holds neither the cluster's place nor the upstream's connection for ever:
-    after request_timeout_ms without taking a byte its connection is cut, the upstream
-    request cancelled, and the record says so, digesting no more than what was written."""
-    upstream = Big(noise(16 * 1024 * 1024), sized=True)
-    app, url, audit = await router_for(stack, tmp_path, upstream, client, request_timeout_ms=500)
+@contextlib.asynccontextmanager
+async def not_reading(url: str) -> AsyncIterator[asyncio.StreamReader]:
+    """A chat request on a raw connection whose client then reads nothing (a 4 KiB window,
+    soon full); the reader, for the head once the test is done waiting."""
     body = orjson.dumps(CHAT)
     host, port = url.removeprefix("http://").split(":")
     sock = socket.socket()
@@ -649,19 +643,56 @@ async def test_a_client_that_stops_reading_gives_the_upstream_back(
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+        yield reader
+    finally:
+        writer.close()
+
+
+async def audit_id_of(reader: asyncio.StreamReader) -> str:
+    head = await reader.readuntil(b"\r\n\r\n")
+    return next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"x-audit-id:")
+    )
+
+
+@pytest.mark.parametrize("client", ["h1", "aiohttp"])
+async def test_a_client_that_stops_reading_gives_the_upstream_back(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, client: str
+) -> None:
+    """A client that asks for a long answer and then reads nothing (its connection open, its
+    window full) holds neither the cluster's place nor the upstream's connection for ever:
+    after request_timeout_ms without taking a byte its connection is cut, the upstream
+    request cancelled, and the record says so."""
+    upstream = Big(noise(16 * 1024 * 1024), sized=True)
+    app, url, audit = await router_for(stack, tmp_path, upstream, client, request_timeout_ms=500)
+    async with not_reading(url) as reader:
         cluster = app[UPSTREAMS].clusters["central"]
         await until(lambda: cluster.active == 1)
         async with asyncio.timeout(10):  # 20 times the idle time
             await upstream.gone.wait()  # cancelled, though the client never left
         await until(lambda: cluster.active == 0)
-        head = await reader.readuntil(b"\r\n\r\n")
-    finally:
-        writer.close()
+        audit_id = await audit_id_of(reader)
     assert "upstream finished" not in upstream.events
-    audit_id = next(
-        line.split(b":", 1)[1].strip().decode()
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"x-audit-id:")
-    )
     entry = record(audit, audit_id)
     assert entry["reasons"] == ["forward:central", "stream_error:client_stalled"]
+
+
+async def test_a_drain_that_cuts_an_answer_waiting_on_its_client_says_so(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """A drain out of time that finds a relayed answer waiting for its slow client (not for
+    the upstream) cuts it too, and its record says `stream_error:shutting_down`, not a
+    complete answer."""
+    upstream = Big(noise(16 * 1024 * 1024), sized=True)
+    app, url, audit = await router_for(stack, tmp_path, upstream)
+    async with not_reading(url) as reader:
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        await asyncio.sleep(0.3)  # the router's writes to the client fill its window
+        assert end_streams(app[STATUS]) == 1
+        await until(lambda: cluster.active == 0)
+        audit_id = await audit_id_of(reader)
+    entry = record(audit, audit_id)
+    assert entry["reasons"] == ["forward:central", "stream_error:shutting_down"]
