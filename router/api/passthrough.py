@@ -66,11 +66,11 @@ async def pass_through(
             return response
         except TimeoutError:
             if stalled.expired():
-                _cut_by(ctx, CLIENT_STALLED)
+                note_cut(ctx, CLIENT_STALLED)
             elif scope.expired():
                 # Said by the relay when the drain found it waiting on the upstream; not when
                 # it waited on the client (a write).
-                _cut_by(ctx, CUT_BY_SHUTDOWN.code)
+                note_cut(ctx, CUT_BY_SHUTDOWN.code)
             else:
                 raise
             _cut(request, response)
@@ -88,8 +88,9 @@ async def pass_through(
     return response
 
 
-def _cut_by(ctx: RequestContext, code: str) -> None:
-    """The record's reason for an answer the router cut, once."""
+def note_cut(ctx: RequestContext, code: str) -> None:
+    """The record's reason for an answer (relayed, or a stream) the router cut, once: the
+    relay names it when the cut finds it waiting on the upstream, not on the client."""
     reason = f"{STREAM_ERROR}:{code}"
     if reason not in ctx.reasons:
         ctx.reasons.append(reason)

@@ -10,7 +10,7 @@ from aiohttp import HttpVersion11, web
 
 from router.api.current import current
 from router.api.draining import CUT_BY_SHUTDOWN, answer_cut_by_shutdown, close_when_draining
-from router.api.passthrough import pass_through
+from router.api.passthrough import note_cut, pass_through
 from router.api.state import SPOOL, STATUS, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.budget import model_budget
@@ -194,6 +194,7 @@ async def _stream(
         except TimeoutError:
             if not scope.expired():
                 raise
+            note_cut(ctx, CUT_BY_SHUTDOWN.code)  # found waiting on the client, not the relay
             await response.write(sse_error_event(CUT_BY_SHUTDOWN))
         await response.write_eof()
     except ConnectionError:

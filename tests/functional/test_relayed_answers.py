@@ -626,10 +626,10 @@ async def test_a_no_store_answer_in_lower_case_is_never_kept(
 
 
 @contextlib.asynccontextmanager
-async def not_reading(url: str) -> AsyncIterator[asyncio.StreamReader]:
+async def not_reading(url: str, doc: Any = CHAT) -> AsyncIterator[asyncio.StreamReader]:
     """A chat request on a raw connection whose client then reads nothing (a 4 KiB window,
     soon full); the reader, for the head once the test is done waiting."""
-    body = orjson.dumps(CHAT)
+    body = orjson.dumps(doc)
     host, port = url.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -688,6 +688,25 @@ async def test_a_drain_that_cuts_an_answer_waiting_on_its_client_says_so(
     upstream = Big(noise(16 * 1024 * 1024), sized=True)
     app, url, audit = await router_for(stack, tmp_path, upstream)
     async with not_reading(url) as reader:
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        await asyncio.sleep(0.3)  # the router's writes to the client fill its window
+        assert end_streams(app[STATUS]) == 1
+        await until(lambda: cluster.active == 0)
+        audit_id = await audit_id_of(reader)
+    entry = record(audit, audit_id)
+    assert entry["reasons"] == ["forward:central", "stream_error:shutting_down"]
+
+
+async def test_a_drain_that_cuts_a_stream_waiting_on_its_client_says_so(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """As for a relayed answer: an SSE stream cut by a drain while it waited for its slow
+    client has the reason `stream_error:shutting_down` in its record."""
+    events = b"".join(b'data: {"n": %d, "pad": "%s"}\n\n' % (n, b"x" * 1000) for n in range(16000))
+    upstream = Big(events, sized=False, headers={"Content-Type": "text/event-stream"})
+    app, url, audit = await router_for(stack, tmp_path, upstream)
+    async with not_reading(url, {**CHAT, "stream": True}) as reader:
         cluster = app[UPSTREAMS].clusters["central"]
         await until(lambda: cluster.active == 1)
         await asyncio.sleep(0.3)  # the router's writes to the client fill its window
