@@ -29,8 +29,9 @@ class Reply:
     # after its first byte cuts the connection, never an error event; the record is written
     # before its last chunk.
     passthrough: bool = False
-    # How long a relayed answer's client may take no byte before it is cut (the cluster's
-    # request_timeout_ms): it holds the cluster's place and the upstream's connection.
+    # How long a relayed answer's or an upstream stream's client may take no byte before it
+    # is cut (the cluster's request_timeout_ms): it holds the cluster's place and the
+    # upstream's connection.
     idle_s: float | None = None
 
 

@@ -122,13 +122,13 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     headers = downstream_response_headers(response.headers)
     body = forwarded.body
     vault = ctx.vault
+    idle_s = cluster.settings.request_timeout_ms / 1000  # a stalled client's cut (respond)
     if body is None and not ctx.stream and not (vault is not None and len(vault)):
         # A long answer that nothing needs whole (router.relaying): it flows through.
         length = exact_length(response.headers)
         if length is not None:
             headers["Content-Length"] = length
         stream = relayed(forwarded)
-        idle_s = cluster.settings.request_timeout_ms / 1000
         return Reply(
             b"", raw_type, response.status, headers, stream, passthrough=True, idle_s=idle_s
         )
@@ -147,7 +147,8 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     stream = _relay(forwarded)
     if vault is not None and len(vault):
         stream = _rehydrate_stream(stream, SseRehydrator(vault))
-    return Reply(b"", raw_type, response.status, headers, stream=stream)
+    idle_s = cluster.settings.request_timeout_ms / 1000
+    return Reply(b"", raw_type, response.status, headers, stream=stream, idle_s=idle_s)
 
 
 # What a v2 server (Triton, KServe, a layer-router) or Ollama says of a model it does not hold.

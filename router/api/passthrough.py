@@ -62,7 +62,7 @@ async def pass_through(
                 finally:
                     streams.discard(scope)
         except RouterError:
-            _cut(request, response)
+            cut_connection(request, response)
             return response
         except TimeoutError:
             if stalled.expired():
@@ -73,7 +73,7 @@ async def pass_through(
                 note_cut(ctx, CUT_BY_SHUTDOWN.code)
             else:
                 raise
-            _cut(request, response)
+            cut_connection(request, response)
             return response
         await response.write_eof()
     except ConnectionError:
@@ -96,7 +96,7 @@ def note_cut(ctx: RequestContext, code: str) -> None:
         ctx.reasons.append(reason)
 
 
-def _cut(request: web.Request, response: web.StreamResponse) -> None:
+def cut_connection(request: web.Request, response: web.StreamResponse) -> None:
     """End the connection after what was written (flushed, then closed), so aiohttp's own
     end of the response finds it closing and writes no terminator."""
     response.force_close()

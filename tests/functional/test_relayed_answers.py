@@ -715,3 +715,23 @@ async def test_a_drain_that_cuts_a_stream_waiting_on_its_client_says_so(
         audit_id = await audit_id_of(reader)
     entry = record(audit, audit_id)
     assert entry["reasons"] == ["forward:central", "stream_error:shutting_down"]
+
+
+async def test_a_stream_client_that_stops_reading_gives_the_upstream_back(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """As for a relayed answer: an SSE stream's client that reads nothing is cut after
+    request_timeout_ms, the upstream request cancelled, the record's reason
+    `stream_error:client_stalled`."""
+    events = b"".join(b'data: {"n": %d, "pad": "%s"}\n\n' % (n, b"x" * 1000) for n in range(16000))
+    upstream = Big(events, sized=False, headers={"Content-Type": "text/event-stream"})
+    app, url, audit = await router_for(stack, tmp_path, upstream, request_timeout_ms=500)
+    async with not_reading(url, {**CHAT, "stream": True}) as reader:
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        async with asyncio.timeout(10):  # 20 times the idle time
+            await upstream.gone.wait()
+        await until(lambda: cluster.active == 0)
+        audit_id = await audit_id_of(reader)
+    entry = record(audit, audit_id)
+    assert entry["reasons"] == ["forward:central", "stream_error:client_stalled"]
