@@ -67,12 +67,13 @@ async def pass_through(
         except TimeoutError:
             if stalled.expired():
                 note_cut(ctx, CLIENT_STALLED)
-            elif scope.expired():
-                # Said by the relay when the drain found it waiting on the upstream; not when
-                # it waited on the client (a write).
-                note_cut(ctx, CUT_BY_SHUTDOWN.code)
-            else:
+                cut_connection(request, response, stalled=True)
+                return response
+            if not scope.expired():
                 raise
+            # Said by the relay when the drain found it waiting on the upstream; not when it
+            # waited on the client (a write).
+            note_cut(ctx, CUT_BY_SHUTDOWN.code)
             cut_connection(request, response)
             return response
         await response.write_eof()
@@ -96,10 +97,16 @@ def note_cut(ctx: RequestContext, code: str) -> None:
         ctx.reasons.append(reason)
 
 
-def cut_connection(request: web.Request, response: web.StreamResponse) -> None:
+def cut_connection(
+    request: web.Request, response: web.StreamResponse, *, stalled: bool = False
+) -> None:
     """End the connection after what was written (flushed, then closed), so aiohttp's own
-    end of the response finds it closing and writes no terminator."""
+    end of the response finds it closing and writes no terminator. A `stalled` client's is
+    dropped at once: what waits for it would never flush, and the connection would stay."""
     response.force_close()
     transport = request.transport
     if transport is not None:
-        transport.close()
+        if stalled:
+            transport.abort()
+        else:
+            transport.close()

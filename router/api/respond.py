@@ -201,7 +201,7 @@ async def _stream(
         except TimeoutError:
             if stalled.expired():
                 note_cut(ctx, CLIENT_STALLED)  # nobody reads an error event: the cut says it
-                cut_connection(request, response)
+                cut_connection(request, response, stalled=True)
                 return response
             if not scope.expired():
                 raise

@@ -648,6 +648,13 @@ async def not_reading(url: str, doc: Any = CHAT) -> AsyncIterator[asyncio.Stream
         writer.close()
 
 
+def served_connections(url: str) -> int:
+    """How many established TCP connections the server at `url` holds (Linux's table)."""
+    port = f":{int(url.rsplit(':', 1)[1]):04X}"
+    rows = Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(port) and row.split()[3] == "01")
+
+
 async def audit_id_of(reader: asyncio.StreamReader) -> str:
     head = await reader.readuntil(b"\r\n\r\n")
     return next(
@@ -673,6 +680,7 @@ async def test_a_client_that_stops_reading_gives_the_upstream_back(
         async with asyncio.timeout(10):  # 20 times the idle time
             await upstream.gone.wait()  # cancelled, though the client never left
         await until(lambda: cluster.active == 0)
+        await until(lambda: served_connections(url) == 0)  # dropped, not left to flush
         audit_id = await audit_id_of(reader)
     assert "upstream finished" not in upstream.events
     entry = record(audit, audit_id)
@@ -732,6 +740,7 @@ async def test_a_stream_client_that_stops_reading_gives_the_upstream_back(
         async with asyncio.timeout(10):  # 20 times the idle time
             await upstream.gone.wait()
         await until(lambda: cluster.active == 0)
+        await until(lambda: served_connections(url) == 0)
         audit_id = await audit_id_of(reader)
     entry = record(audit, audit_id)
     assert entry["reasons"] == ["forward:central", "stream_error:client_stalled"]
