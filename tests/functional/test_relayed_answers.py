@@ -744,3 +744,26 @@ async def test_a_stream_client_that_stops_reading_gives_the_upstream_back(
         audit_id = await audit_id_of(reader)
     entry = record(audit, audit_id)
     assert entry["reasons"] == ["forward:central", "stream_error:client_stalled"]
+
+
+async def test_a_private_answer_in_lower_case_is_not_shared_by_coalesced_requests(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """Two identical requests at once; the upstream answers `cache-control: private` in lower
+    case (through the default h1 client, which keeps the spelling): the second request is
+    not handed the first one's private answer, it asks the upstream itself."""
+    upstream = Big(noise(4 * 1024), sized=True, pause_at=0, pause_s=LIMIT_S)
+    upstream.headers["cache-control"] = "private"
+    sections = {"cache": {"enabled": True, "openai_ttl_s": 60}}
+    _, url, _ = await router_for(stack, tmp_path, upstream, sections=sections)
+
+    async def release_when_both_asked() -> None:
+        await until(lambda: bool(upstream.events))
+        await asyncio.sleep(1.0)  # the second request joins the first one's flight
+        upstream.go.set()
+
+    releasing = asyncio.ensure_future(release_when_both_asked())
+    first, second = await asyncio.gather(post(url), post(url))
+    await releasing
+    assert first.body == second.body == upstream.body
+    assert len(upstream.requests) == 2
