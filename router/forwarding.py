@@ -147,7 +147,6 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     stream = _relay(forwarded)
     if vault is not None and len(vault):
         stream = _rehydrate_stream(stream, SseRehydrator(vault))
-    idle_s = cluster.settings.request_timeout_ms / 1000
     return Reply(b"", raw_type, response.status, headers, stream=stream, idle_s=idle_s)
 
 

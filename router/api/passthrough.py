@@ -14,7 +14,7 @@ from router.context import Reply, RequestContext
 from router.errors import RouterError
 from router.trail import STREAM_ERROR
 
-CLIENT_STALLED = "client_stalled"  # the client took no byte of it for the idle time
+CLIENT_STALLED = "client_stalled"  # the client took no chunk of it for the idle time
 
 
 async def pass_through(
