@@ -29,6 +29,10 @@ class Reply:
     # after its first byte cuts the connection, never an error event; the record is written
     # before its last chunk.
     passthrough: bool = False
+    # How long a relayed answer's or an upstream stream's client may take no byte before it
+    # is cut (the cluster's request_timeout_ms): it holds the cluster's place and the
+    # upstream's connection.
+    idle_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +94,9 @@ class RequestContext:
     cache_ttl: float | None = None
     shared: bool = False
     sample_draw: float | None = None
+    # An HTTP/1.0 client tells a body's end only by its Content-Length or the connection
+    # closing: a relayed answer cut short would look whole to it without the former.
+    sized_only: bool = False
 
     def tensor_digests(self, digester: Digester) -> dict[str, str]:
         """The keyed digests of the binary tensors (a `Digester.tensors` result), made once per

@@ -153,13 +153,16 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     headers = downstream_response_headers(response.headers)
     body = forwarded.body
     vault = ctx.vault
+    idle_s = cluster.settings.request_timeout_ms / 1000  # a stalled client's cut (respond)
     if body is None and not ctx.stream and not (vault is not None and len(vault)):
         # A long answer that nothing needs whole (router.relaying): it flows through.
         length = exact_length(response.headers)
         if length is not None:
             headers["Content-Length"] = length
         stream = relayed(forwarded)
-        return Reply(b"", raw_type, response.status, headers, stream, passthrough=True)
+        return Reply(
+            b"", raw_type, response.status, headers, stream, passthrough=True, idle_s=idle_s
+        )
     if body is None and content_type != "text/event-stream":
         body = await _rest_of(forwarded)  # e.g. a JSON error for a stream request
     # The client gets the upstream's whole Content-Type: a charset (or any parameter) is how
@@ -175,7 +178,7 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     stream = _relay(forwarded)
     if vault is not None and len(vault):
         stream = _rehydrate_stream(stream, SseRehydrator(vault))
-    return Reply(b"", raw_type, response.status, headers, stream=stream)
+    return Reply(b"", raw_type, response.status, headers, stream=stream, idle_s=idle_s)
 
 
 # What a v2 server (Triton, KServe, a layer-router) or Ollama says of a model it does not hold.

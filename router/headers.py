@@ -71,6 +71,9 @@ CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
 _NEVER_UPSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED
 _RESPONSE_ONLY = frozenset({"server", "date", "content-type", "x-request-id", "set-cookie"})
 _NEVER_DOWNSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | _RESPONSE_ONLY
+# The response fields the router reads back from a reply's headers (a plain dict: the cache,
+# coalescing, relaying), kept under one spelling whatever the upstream's (`cache-control`).
+_READ_BACK = {name.lower(): name for name in ("Cache-Control", "Expires", "Vary", "Age")}
 _INTERNAL_PREFIX = "x-layer-router-"
 # Any version's first four fields; what may follow them depends on the version (W3C §3.2.4).
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -114,17 +117,21 @@ def upstream_request_headers(
     return out
 
 
-def _kept(headers: Mapping[str, str], dropped: frozenset[str] | set[str]) -> dict[str, str]:
+def _kept(
+    headers: Mapping[str, str],
+    dropped: frozenset[str] | set[str],
+    spelled: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The fields neither `dropped` nor internal, a repeated field's lines joined into one
-    list (RFC 9110 §5.3) under its first spelling: a dict keeps one value per name, and the
-    earlier lines would be lost."""
+    list (RFC 9110 §5.3) under its first spelling (or the one `spelled` gives, by lower-case
+    name): a dict keeps one value per name, and the earlier lines would be lost."""
     out: dict[str, str] = {}
     names: dict[str, str] = {}
     for name, value in headers.items():
         lower = name.lower()
         if lower in dropped or lower.startswith(_INTERNAL_PREFIX):
             continue
-        first = names.setdefault(lower, name)
+        first = names.setdefault(lower, spelled.get(lower, name) if spelled else name)
         if first not in out:
             out[first] = value
         else:  # Cookie's list separator is its own (RFC 9113 §8.2.3)
@@ -135,9 +142,12 @@ def _kept(headers: Mapping[str, str], dropped: frozenset[str] | set[str]) -> dic
 def downstream_response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     """What the client may see of an upstream's response headers (ours are added after).
     A header sent on several lines becomes one comma-separated value (RFC 9110 §5.3), so
-    `Cache-Control: max-age=60` and `Cache-Control: private` stay one private answer."""
+    `Cache-Control: max-age=60` and `Cache-Control: private` stay one private answer. The
+    fields the router reads back have one spelling: an upstream's `cache-control: no-store`
+    is one the cache must hear."""
     named = _connection_named(upstream)
-    return _kept(upstream, _NEVER_DOWNSTREAM | named if named else _NEVER_DOWNSTREAM)
+    dropped = _NEVER_DOWNSTREAM | named if named else _NEVER_DOWNSTREAM
+    return _kept(upstream, dropped, _READ_BACK)
 
 
 def hops(client: Mapping[str, str]) -> int:

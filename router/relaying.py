@@ -34,10 +34,13 @@ def relay_for(ctx: RequestContext, cluster: Cluster, privacy: Privacy) -> Relay 
     if draw is not None and draw < privacy.bundle.sampling.rate(ctx.model):
         return None
     cache_ttl = ctx.cache_ttl
+    sized_only = ctx.sized_only
 
     def allows(status: int, headers: CIMultiDictProxy[str]) -> bool:
         if status != 200:
             return False  # errors are short; and a refused escalation drops its answer
+        if sized_only and exact_length(headers) is None:
+            return False  # an HTTP/1.0 client could not tell it cut from complete
         return cache_ttl is None or not _kept(downstream_response_headers(headers), cache_ttl)
 
     return Relay(cluster.settings.relay_over_bytes, allows)

@@ -149,8 +149,10 @@ class Trail:
                     chunk, last = last, chunk
                     if not chunk:
                         continue
-                digest.update(chunk)
                 yield chunk
+                # Digested once taken: the relay asks for the next chunk only after writing
+                # this one; a write that failed (the client left) closes it here instead.
+                digest.update(chunk)
             digest.update(last)
         except RouterError as exc:
             ctx.reasons.append(f"{STREAM_ERROR}:{exc.code}")

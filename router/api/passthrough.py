@@ -12,6 +12,9 @@ from router.api.draining import CUT_BY_SHUTDOWN, close_when_draining
 from router.api.state import STATUS, TRAIL
 from router.context import Reply, RequestContext
 from router.errors import RouterError
+from router.trail import STREAM_ERROR
+
+CLIENT_STALLED = "client_stalled"  # the client took no chunk of it for the idle time
 
 
 async def pass_through(
@@ -35,27 +38,43 @@ async def pass_through(
     )
     headers["Content-Type"] = reply.content_type
     response = web.StreamResponse(status=reply.status, headers=headers)
-    if "Accept-Encoding" in request.headers:
-        response.enable_compression()  # as a buffered answer is (Content-Length then goes)
+    if "Accept-Encoding" in request.headers and not ctx.sized_only:
+        # As a buffered answer is (its Content-Length then goes, and the chunked terminator
+        # shows the end; an HTTP/1.0 client has no such terminator: it keeps the length).
+        response.enable_compression()
     close_when_draining(request, response)
     streams = request.app[STATUS].streams
+    # A client that takes no byte for the upstream's idle time is cut as an upstream silent
+    # that long is: it holds the cluster's place and the upstream's connection meanwhile.
+    stalled = asyncio.timeout(None)
+    loop = asyncio.get_running_loop()
     try:
         await response.prepare(request)
         try:
-            async with scope:
+            async with scope, stalled:
                 streams.add(scope)
                 try:
                     async for chunk in stream:
+                        if reply.idle_s is not None:
+                            stalled.reschedule(loop.time() + reply.idle_s)
                         await response.write(chunk)
+                        stalled.reschedule(None)
                 finally:
                     streams.discard(scope)
         except RouterError:
-            _cut(request, response)
+            cut_connection(request, response)
             return response
         except TimeoutError:
+            if stalled.expired():
+                note_cut(ctx, CLIENT_STALLED)
+                cut_connection(request, response, stalled=True)
+                return response
             if not scope.expired():
                 raise
-            _cut(request, response)
+            # Said by the relay when the drain found it waiting on the upstream; not when it
+            # waited on the client (a write).
+            note_cut(ctx, CUT_BY_SHUTDOWN.code)
+            cut_connection(request, response)
             return response
         await response.write_eof()
     except ConnectionError:
@@ -70,10 +89,24 @@ async def pass_through(
     return response
 
 
-def _cut(request: web.Request, response: web.StreamResponse) -> None:
+def note_cut(ctx: RequestContext, code: str) -> None:
+    """The record's reason for an answer (relayed, or a stream) the router cut, once: the
+    relay names it when the cut finds it waiting on the upstream, not on the client."""
+    reason = f"{STREAM_ERROR}:{code}"
+    if reason not in ctx.reasons:
+        ctx.reasons.append(reason)
+
+
+def cut_connection(
+    request: web.Request, response: web.StreamResponse, *, stalled: bool = False
+) -> None:
     """End the connection after what was written (flushed, then closed), so aiohttp's own
-    end of the response finds it closing and writes no terminator."""
+    end of the response finds it closing and writes no terminator. A `stalled` client's is
+    dropped at once: what waits for it would never flush, and the connection would stay."""
     response.force_close()
     transport = request.transport
     if transport is not None:
-        transport.close()
+        if stalled:
+            transport.abort()
+        else:
+            transport.close()

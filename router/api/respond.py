@@ -6,11 +6,11 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from router.api.current import current
 from router.api.draining import CUT_BY_SHUTDOWN, answer_cut_by_shutdown, close_when_draining
-from router.api.passthrough import pass_through
+from router.api.passthrough import CLIENT_STALLED, cut_connection, note_cut, pass_through
 from router.api.state import SPOOL, STATUS, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.budget import model_budget
@@ -55,6 +55,7 @@ def new_context(
         headers=request.headers,
         request_id=_request_id(request),
         audit_id=new_audit_id() if request.app[TRAIL].enabled else "",
+        sized_only=request.version < HttpVersion11,
     )
     request[CTX] = ctx
     if ctx.hops > MAX_HOPS:
@@ -177,22 +178,34 @@ async def _stream(
     response = web.StreamResponse(status=reply.status, headers=headers)
     close_when_draining(request, response)
     streams = request.app[STATUS].streams
+    # A client taking no event for the upstream's idle time is cut (as a relayed answer's is):
+    # it would hold the cluster's place and the upstream's connection for ever.
+    stalled = asyncio.timeout(None)
+    loop = asyncio.get_running_loop()
     try:
         await response.prepare(request)
         try:
-            async with scope:
+            async with scope, stalled:
                 streams.add(scope)  # only while entered: the one state it may be ended in
                 try:
                     async for chunk in stream:
+                        if reply.idle_s is not None:
+                            stalled.reschedule(loop.time() + reply.idle_s)
                         await response.write(chunk)
+                        stalled.reschedule(None)
                 finally:
                     streams.discard(scope)
         except RouterError as exc:
             # Bytes already went out: say so in-stream, never end as if the stream were complete.
             await response.write(sse_error_event(exc))
         except TimeoutError:
+            if stalled.expired():
+                note_cut(ctx, CLIENT_STALLED)  # nobody reads an error event: the cut says it
+                cut_connection(request, response, stalled=True)
+                return response
             if not scope.expired():
                 raise
+            note_cut(ctx, CUT_BY_SHUTDOWN.code)  # found waiting on the client, not the relay
             await response.write(sse_error_event(CUT_BY_SHUTDOWN))
         await response.write_eof()
     except ConnectionError:

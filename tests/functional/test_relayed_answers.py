@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import random
 import shutil
+import socket
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -542,3 +544,226 @@ async def until(check: Callable[[], bool], limit_s: float = LIMIT_S) -> None:
             return
         await asyncio.sleep(0.01)
     raise TimeoutError("never reached the expected state")
+
+
+async def http10_post(url: str, extra: str = "") -> tuple[bytes, bytes]:
+    """POST a chat request as an HTTP/1.0 client on a raw socket, reading until the router
+    closes the connection (how HTTP/1.0 ends a body of unstated length): its head and body."""
+    body = orjson.dumps(CHAT)
+    request = (
+        "POST /v1/chat/completions HTTP/1.0\r\nHost: router\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+    host, port = url.removeprefix("http://").split(":")
+    async with asyncio.timeout(LIMIT_S):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(request)
+            received = await reader.read(-1)
+        finally:
+            writer.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("coding", ["", "Accept-Encoding: gzip\r\n"], ids=["plain", "gzip"])
+async def test_an_http10_client_never_takes_a_cut_answer_for_a_whole_one(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, sized: bool, coding: str
+) -> None:
+    """An HTTP/1.0 client knows a body has ended only by its Content-Length or the connection
+    closing: an upstream breaking off halfway must never reach it as a 200 without a
+    Content-Length (its cut would look like the end), compressed or not."""
+    upstream = Big(noise(1024 * 1024), sized=sized, cut_at=512 * 1024)
+    _, url, _ = await router_for(stack, tmp_path, upstream)
+    head, body = await http10_post(url, coding)
+    status = head.split(b"\r\n")[0]
+    if b" 200 " in status:
+        lengths = [
+            line.split(b":", 1)[1].strip()
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        ]
+        assert lengths, "a cut 200 answer without a Content-Length looks complete"
+        assert len(body) < int(lengths[0])
+    else:
+        assert b" 502 " in status
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+async def test_an_http10_client_gets_a_whole_answer_with_its_length(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, sized: bool
+) -> None:
+    """An HTTP/1.0 client asking for gzip gets a long answer whole, with the Content-Length
+    of the bytes it got (compressed or not), so it can tell the answer is complete."""
+    upstream = Big(noise(1024 * 1024), sized=sized)
+    _, url, _ = await router_for(stack, tmp_path, upstream)
+    head, body = await http10_post(url, "Accept-Encoding: gzip\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ")
+    assert f"Content-Length: {len(body)}".encode() in head
+    if b"Content-Encoding: gzip" in head:
+        body = gzip.decompress(body)
+    assert body == upstream.body
+
+
+@pytest.mark.parametrize("client", ["h1", "aiohttp"])
+@pytest.mark.parametrize("size", [4 * 1024, 512 * 1024], ids=["short", "long"])
+async def test_a_no_store_answer_in_lower_case_is_never_kept(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, client: str, size: int
+) -> None:
+    """An upstream spelling its fields in lower case (`cache-control: no-store`, as many
+    servers do; header names are case-insensitive) is heard by the cache and the relay alike:
+    its answer is never kept, nor handed to the next client, and a long one is relayed."""
+    upstream = Big(noise(size), sized=True, headers={"cache-control": "no-store"})
+    sections = {"cache": {"enabled": True, "openai_ttl_s": 60}}
+    _, url, _ = await router_for(stack, tmp_path, upstream, client, sections=sections)
+    first = await post(url)
+    second = await post(url)
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "MISS")
+    assert first.body == second.body == upstream.body
+    assert len(upstream.requests) == 2
+    assert second.headers["Cache-Control"] == "no-store"
+
+
+@contextlib.asynccontextmanager
+async def not_reading(url: str, doc: Any = CHAT) -> AsyncIterator[asyncio.StreamReader]:
+    """A chat request on a raw connection whose client then reads nothing (a 4 KiB window,
+    soon full); the reader, for the head once the test is done waiting."""
+    body = orjson.dumps(doc)
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        yield reader
+    finally:
+        writer.close()
+
+
+def served_connections(url: str) -> int:
+    """How many established TCP connections the server at `url` holds (Linux's table)."""
+    port = f":{int(url.rsplit(':', 1)[1]):04X}"
+    rows = Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(port) and row.split()[3] == "01")
+
+
+async def audit_id_of(reader: asyncio.StreamReader) -> str:
+    head = await reader.readuntil(b"\r\n\r\n")
+    return next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"x-audit-id:")
+    )
+
+
+@pytest.mark.parametrize("client", ["h1", "aiohttp"])
+async def test_a_client_that_stops_reading_gives_the_upstream_back(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, client: str
+) -> None:
+    """A client that asks for a long answer and then reads nothing (its connection open, its
+    window full) holds neither the cluster's place nor the upstream's connection for ever:
+    after request_timeout_ms without taking a byte its connection is cut, the upstream
+    request cancelled, and the record says so."""
+    upstream = Big(noise(16 * 1024 * 1024), sized=True)
+    app, url, audit = await router_for(stack, tmp_path, upstream, client, request_timeout_ms=500)
+    async with not_reading(url) as reader:
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        async with asyncio.timeout(10):  # 20 times the idle time
+            await upstream.gone.wait()  # cancelled, though the client never left
+        await until(lambda: cluster.active == 0)
+        await until(lambda: served_connections(url) == 0)  # dropped, not left to flush
+        audit_id = await audit_id_of(reader)
+    assert "upstream finished" not in upstream.events
+    entry = record(audit, audit_id)
+    assert entry["reasons"] == ["forward:central", "stream_error:client_stalled"]
+
+
+async def test_a_drain_that_cuts_an_answer_waiting_on_its_client_says_so(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """A drain out of time that finds a relayed answer waiting for its slow client (not for
+    the upstream) cuts it too, and its record says `stream_error:shutting_down`, not a
+    complete answer."""
+    upstream = Big(noise(16 * 1024 * 1024), sized=True)
+    app, url, audit = await router_for(stack, tmp_path, upstream)
+    async with not_reading(url) as reader:
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        await asyncio.sleep(0.3)  # the router's writes to the client fill its window
+        assert end_streams(app[STATUS]) == 1
+        await until(lambda: cluster.active == 0)
+        audit_id = await audit_id_of(reader)
+    entry = record(audit, audit_id)
+    assert entry["reasons"] == ["forward:central", "stream_error:shutting_down"]
+
+
+async def test_a_drain_that_cuts_a_stream_waiting_on_its_client_says_so(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """As for a relayed answer: an SSE stream cut by a drain while it waited for its slow
+    client has the reason `stream_error:shutting_down` in its record."""
+    events = b"".join(b'data: {"n": %d, "pad": "%s"}\n\n' % (n, b"x" * 1000) for n in range(16000))
+    upstream = Big(events, sized=False, headers={"Content-Type": "text/event-stream"})
+    app, url, audit = await router_for(stack, tmp_path, upstream)
+    async with not_reading(url, {**CHAT, "stream": True}) as reader:
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        await asyncio.sleep(0.3)  # the router's writes to the client fill its window
+        assert end_streams(app[STATUS]) == 1
+        await until(lambda: cluster.active == 0)
+        audit_id = await audit_id_of(reader)
+    entry = record(audit, audit_id)
+    assert entry["reasons"] == ["forward:central", "stream_error:shutting_down"]
+
+
+async def test_a_stream_client_that_stops_reading_gives_the_upstream_back(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """As for a relayed answer: an SSE stream's client that reads nothing is cut after
+    request_timeout_ms, the upstream request cancelled, the record's reason
+    `stream_error:client_stalled`."""
+    events = b"".join(b'data: {"n": %d, "pad": "%s"}\n\n' % (n, b"x" * 1000) for n in range(16000))
+    upstream = Big(events, sized=False, headers={"Content-Type": "text/event-stream"})
+    app, url, audit = await router_for(stack, tmp_path, upstream, request_timeout_ms=500)
+    async with not_reading(url, {**CHAT, "stream": True}) as reader:
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        async with asyncio.timeout(10):  # 20 times the idle time
+            await upstream.gone.wait()
+        await until(lambda: cluster.active == 0)
+        await until(lambda: served_connections(url) == 0)
+        audit_id = await audit_id_of(reader)
+    entry = record(audit, audit_id)
+    assert entry["reasons"] == ["forward:central", "stream_error:client_stalled"]
+
+
+async def test_a_private_answer_in_lower_case_is_not_shared_by_coalesced_requests(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> None:
+    """Two identical requests at once; the upstream answers `cache-control: private` in lower
+    case (through the default h1 client, which keeps the spelling): the second request is
+    not handed the first one's private answer, it asks the upstream itself."""
+    upstream = Big(noise(4 * 1024), sized=True, pause_at=0, pause_s=LIMIT_S)
+    upstream.headers["cache-control"] = "private"
+    sections = {"cache": {"enabled": True, "openai_ttl_s": 60}}
+    _, url, _ = await router_for(stack, tmp_path, upstream, sections=sections)
+
+    async def release_when_both_asked() -> None:
+        await until(lambda: bool(upstream.events))
+        await asyncio.sleep(1.0)  # the second request joins the first one's flight
+        upstream.go.set()
+
+    releasing = asyncio.ensure_future(release_when_both_asked())
+    first, second = await asyncio.gather(post(url), post(url))
+    await releasing
+    assert first.body == second.body == upstream.body
+    assert len(upstream.requests) == 2

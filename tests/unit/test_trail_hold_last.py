@@ -73,3 +73,22 @@ async def test_a_break_drops_the_held_chunk_from_the_digest(tmp_path: Path) -> N
     assert entry["reasons"] == ["stream_error:upstream_stream_broken"]
     assert trail.audit_log is not None
     await trail.audit_log.aclose()
+
+
+@pytest.mark.parametrize("hold_last", [True, False], ids=["relayed", "stream"])
+async def test_a_chunk_the_client_never_took_is_not_digested(
+    tmp_path: Path, hold_last: bool
+) -> None:
+    """The client leaves: writing the second chunk fails and the relay is closed with it in
+    hand; the record digests the one chunk the client took, not the one it never got."""
+    log = tmp_path / "audit.jsonl"
+    digester = Digester(b"k" * 16)
+    trail = Trail(AuditLog(log, fsync="never"), digester, SiteSettings())
+    stream = trail.streamed(context(), 200, source(False), hold_last=hold_last)
+    assert await anext(stream) == b"first "  # written
+    assert await anext(stream) == b"second "  # its write fails: the client left
+    await stream.aclose()
+    (entry,) = records(log)
+    assert entry["output"] == digester.digest("output", b"first ")
+    assert trail.audit_log is not None
+    await trail.audit_log.aclose()
