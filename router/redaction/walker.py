@@ -2,9 +2,10 @@
 
 Every string leaf is scanned at any depth, object keys included; strings that hold a JSON
 document themselves (tool-call arguments) are parsed and redacted inside; large integers are
-scanned as digits (a card number sent as a JSON number), integral floats as the integers they
-equal (4111111111111111.0, as tritonclient writes FP64). The input is never mutated and the
-work is bounded: past ``max_depth`` or ``max_leaves`` a DetectionError fails the request closed.
+scanned as digits (a card number sent as a JSON number), floats as the integer part they are
+written with (4111111111111111.0, as tritonclient writes FP64, or 4111111111111111.5). The
+input is never mutated and the work is bounded: past ``max_depth`` or ``max_leaves`` a
+DetectionError fails the request closed.
 The long numbers of a number array (tensor data) are scanned together (``numbers.py``): the
 array counts as one leaf, and its digits count against ``max_number_chars`` instead.
 """
@@ -31,10 +32,13 @@ from router.redaction.vault import TokenVault
 MAX_ROUNDS = 4
 # Integers below this have too few digits to be any entity we detect (phones start at 7).
 MIN_SCANNED_INT = 1_000_000
-# Integral floats up to this are scanned as the integers they equal (a card number is exact in
-# FP64; tritonclient writes an FP64 tensor's 4111111111111111 as 4111111111111111.0). Past it a
-# float is integral whatever was meant, and its digits are no number a client wrote.
-MAX_SCANNED_FLOAT = float(2**53)
+# Floats below this are scanned as the integer part they are written with (a card number is
+# exact in FP64, and tritonclient writes an FP64 tensor's 4111111111111111 as
+# 4111111111111111.0; one with a fraction, 4111111111111111.5, shows the same digits). Up to
+# it, orjson (what goes upstream) and Python write every integer digit, past 2**53 too
+# (9792000000000052.0, a Troy card); from it on, an exponent (6.011e+18): no digits a
+# client's number had.
+FLOAT_DIGITS_END = 1e16
 _MIN_FLOAT = float(MIN_SCANNED_INT)
 
 
@@ -346,25 +350,25 @@ class _Walk:
 
 
 def scanned_float(v: float) -> bool:
-    """Whether a float is scanned as the integer it equals: integral, with as many digits as
-    a scanned integer, and within the range where a float holds every integer exactly."""
-    return MIN_SCANNED_INT <= abs(v) <= MAX_SCANNED_FLOAT and v.is_integer()
+    """Whether a float is scanned as the integer part it is written with: as many digits as
+    a scanned integer, and all of them written out (FLOAT_DIGITS_END), fraction or not."""
+    return MIN_SCANNED_INT <= abs(v) < FLOAT_DIGITS_END
 
 
 def _large_integers(items: list[Any]) -> list[int] | None:
     """The indices of the numbers `value` scans (integers of MIN_SCANNED_INT or more in
-    magnitude, integral floats as scanned_float says) when every item is a float or an
-    integer; None when any is something else (walked one by one)."""
+    magnitude, floats as scanned_float says) when every item is a float or an integer; None
+    when any is something else (walked one by one)."""
     large = []
     # Float bounds in locals: most tensor floats are small, and this one comparison (no
     # global lookups, no int-float conversion, no call) is all they cost.
-    low, high, most = -_MIN_FLOAT, _MIN_FLOAT, MAX_SCANNED_FLOAT
+    low, high, most = -_MIN_FLOAT, _MIN_FLOAT, FLOAT_DIGITS_END
     for index, item in enumerate(items):
         kind = type(item)
         if kind is float:
             if low < item < high:
                 continue
-            if -most <= item <= most and item.is_integer():  # scanned_float, inlined
+            if -most < item < most:  # scanned_float, inlined (NaN compares false)
                 large.append(index)
             continue
         if kind is not int:
