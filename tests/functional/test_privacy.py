@@ -449,6 +449,35 @@ class TestWhereValuesHide:
             "note": 'say "hi"',
         }
 
+    @pytest.mark.parametrize(
+        "body",
+        [
+            # A duplicate key: the parse keeps the last value, an upstream's may the first.
+            b'{"model":"gpt-central","messages":[{"role":"user","content":"pay 4111111111111111"}],'
+            b'"messages":[{"role":"user","content":"hi"}]}',
+            # Float literals whose written digits their parsed value does not keep: rounded up
+            # to 4111111111111112.0, and a 19-digit card past 1e16 (6.011e18 once parsed).
+            b'{"model":"gpt-central","messages":[{"role":"user","content":"hi"}],'
+            b'"tools":[{"type":"function","function":{"name":"f","parameters":'
+            b'{"a":4111111111111111.9,"b":6011000000000000001.0}}}]}',
+        ],
+        ids=["duplicate-key", "float-literals"],
+    )
+    async def test_raw_bytes_that_say_more_than_their_parse(
+        self, site: Site, http: aiohttp.ClientSession, body: bytes
+    ) -> None:
+        """A clean body goes upstream as the document that was scanned, encoded anew: what
+        only its raw bytes hold (a duplicate key's first value, a float literal's digits)
+        never leaves, and the plant server on the site still gets the bytes as sent."""
+        answer = await post(http, f"{site.url}/v1/chat/completions", data=body)
+        assert answer.status == 200, answer.body
+        assert "X-Redactions" not in answer.headers
+        assert_clean(site.off_site(), "4111111111111111", "6011000000000000001")
+        assert orjson.loads(site.central.received[0].body) == orjson.loads(body)
+        edge = body.replace(b"gpt-central", b"gpt-edge")
+        assert (await post(http, f"{site.url}/v1/chat/completions", data=edge)).status == 200
+        assert site.plant.received[0].body == edge
+
     async def test_query_string(self, site: Site, http: aiohttp.ClientSession) -> None:
         """An e-mail in the query string is redacted in the path the upstream is asked for."""
         url = URL(
