@@ -63,8 +63,14 @@ def _view(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     if ctx.scanner is None or not privacy.needs_redaction(tier):
         return unchanged  # nothing scanned (fail-open, no body) or the tier keeps everything
     plan = privacy.plans[tier]
-    if not ctx.entities and not _holds_any(ctx.scanned_document, plan.drop_fields):
-        # Nothing found and nothing to drop: no second walk.
+    scanner = ctx.scanner
+    if (
+        not ctx.entities
+        and scanner.surveyed
+        and not scanner.rewrites
+        and not _holds_any(ctx.scanned_document, plan.drop_fields)
+    ):
+        # Nothing found, nothing to drop, no string to re-encode: no second walk.
         return View(ctx.document, ctx.path, ctx.headers, False, reencoded=ctx.document is not None)
     # Each walk has the CPU budget to itself: a fallback's walk may come long after the survey.
     ctx.scanner.renew()

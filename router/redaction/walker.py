@@ -294,7 +294,16 @@ class _Walk:
                 inner = None
             if isinstance(inner, dict | list):
                 new = self.value(inner, path, depth + 1, rule)
-                return s if new == inner else orjson.dumps(new).decode()
+                if new != inner:
+                    return orjson.dumps(new).decode()
+                # Nothing redacted, yet the text can hold more than its parse (a duplicate
+                # key's first value, a float literal's digits its value does not keep:
+                # 4111111111111111.9): only what was scanned, the parse, goes on.
+                encoded = orjson.dumps(inner).decode()
+                if encoded == s:
+                    return s
+                _note_rewrite(self.scanner)
+                return s if _keeps_all(rule) else encoded
         return self.leaf(s, rule)
 
     def leaf(self, s: str, rule: _Rule) -> Any:
@@ -347,6 +356,17 @@ class _Walk:
             "**" in pattern or (len(pattern) == len(path) + 1 and _match(pattern[:-1], path))
             for pattern in self.drops
         )
+
+
+def _keeps_all(rule: _Rule) -> bool:
+    return rule.default == Action.KEEP and all(a == Action.KEEP for a in rule.actions.values())
+
+
+def _note_rewrite(scanner: Scanner) -> None:
+    """Tells a scanner that keeps track (privacy.MemoScanner) that a string went on changed
+    though nothing in it was redacted."""
+    if hasattr(scanner, "rewrites"):
+        setattr(scanner, "rewrites", True)  # noqa: B010  (not part of the Scanner protocol)
 
 
 def scanned_float(v: float) -> bool:

@@ -275,10 +275,20 @@ class TestRedactJson:
         assert orjson.loads(new) == {"to": "<EMAIL_1>", "cc": ["<EMAIL_2>"]}
 
     def test_clean_json_string_left_byte_identical(self) -> None:
-        """A JSON string with nothing to redact is not re-serialised."""
-        arguments = '{ "city" : "Oslo" }'
+        """A JSON string with nothing to redact that is its parse's encoding is not
+        re-serialised."""
+        arguments = '{"city":"Oslo"}'
         out, _ = redact({"arguments": arguments})
         assert out["arguments"] is arguments  # type: ignore[index]
+
+    def test_clean_json_string_goes_on_as_its_parse(self) -> None:
+        """A JSON string whose text holds more than its parse (a duplicate key's first
+        value, a float literal's digits its value does not keep) goes on as the parse that
+        was scanned, re-encoded; spacing is lost with it."""
+        arguments = '{ "card" : "4111111111111111", "card": "x", "n": 1.5 }'
+        out, counts = redact({"arguments": arguments})
+        assert out == {"arguments": '{"card":"x","n":1.5}'}
+        assert not counts
 
     def test_non_json_arguments_scanned_as_text(self) -> None:
         """Half-written JSON is scanned as plain text."""
