@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import InvalidTensor
+from router.errors import DetectionFailed, InvalidTensor
 from router.redaction.walker import FLOAT_DIGITS_END, MIN_SCANNED_INT
 from router.v2.datatypes import BY_NAME, Datatype
 from router.v2.tensors import from_binary
@@ -215,6 +215,8 @@ def rebinarised(
         and isinstance(after, list)
         and len(before) == len(during) == len(after)
     ):
+        for read in during if isinstance(during, list) else ():
+            _check_json_can_carry(read)
         return redacted, kept
     inputs, chunks, offset = [], [], 0
     for sent, read, left in zip(before, during, after, strict=True):
@@ -230,5 +232,19 @@ def rebinarised(
             inputs.append(sent)
             chunks.append(chunk)
         else:
+            _check_json_can_carry(read)
             inputs.append(left)
     return {**redacted, "inputs": inputs}, b"".join(chunks)
+
+
+def _check_json_can_carry(tensor: Any) -> None:
+    """Raises DetectionFailed for an inlined float tensor holding NaN or an infinity: redacted,
+    it must go as JSON, which has no such numbers (orjson would write null in their place)."""
+    if not isinstance(tensor, dict) or tensor.get("datatype") not in SCANNED_FLOATS:
+        return
+    data = tensor.get("data")
+    if isinstance(data, list) and not np.isfinite(np.asarray(data, dtype=np.float64)).all():
+        raise DetectionFailed(
+            "a binary float tensor something was redacted from holds NaN or Infinity, which its "
+            "JSON form cannot carry, so the request may not leave this site"
+        )

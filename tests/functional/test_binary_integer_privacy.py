@@ -262,6 +262,20 @@ class TestBinaryIntegers:
         assert "more than 8388608 digits of long numbers to scan" in error, error
         assert site.off_site() == []
 
+    async def test_a_redacted_float_tensor_holding_nan_never_leaves_with_nulls(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A binary FP64 tensor holding a card number beside NaN and Infinity must go as
+        JSON once redacted, and JSON has no such numbers: it stays on the site (422), never
+        sent with null in their place; without the card it goes on as its bytes."""
+        array = np.array([np.nan, float(CARD), np.inf, -np.inf], dtype=np.float64)
+        answer = await infer(http, site, "v2-central", triton_body(array, binary=True))
+        assert answer.status == 422, answer.body
+        assert "NaN or Infinity" in answer.json()["error"]
+        assert site.off_site() == []
+        clean = np.array([np.nan, 1_700_000_000_000.0, np.inf], dtype=np.float64)
+        await assert_binary_part_forwarded(http, site, triton_body(clean, binary=True))
+
 
 def framed(header: dict[str, Any], binary: bytes) -> tuple[bytes, dict[str, str]]:
     """A v2 body with a JSON header and a binary part, as sent, however malformed."""
