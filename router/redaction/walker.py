@@ -39,6 +39,10 @@ MIN_SCANNED_INT = 1_000_000
 # (9792000000000052.0, a Troy card); from it on, an exponent (6.011e+18): no digits a
 # client's number had.
 FLOAT_DIGITS_END = 1e16
+# A float with a fraction is scanned only from 12 integer digits on (the shortest card number):
+# shorter ones with a fraction are readings (epoch seconds, 1.7e9), the common large float, not
+# an entity's digits; an integral float is scanned from MIN_SCANNED_INT, as an integer is.
+MIN_SCANNED_FRACTIONAL = 1e11
 _MIN_FLOAT = float(MIN_SCANNED_INT)
 
 
@@ -371,8 +375,11 @@ def _note_rewrite(scanner: Scanner) -> None:
 
 def scanned_float(v: float) -> bool:
     """Whether a float is scanned as the integer part it is written with: as many digits as
-    a scanned integer, and all of them written out (FLOAT_DIGITS_END), fraction or not."""
-    return MIN_SCANNED_INT <= abs(v) < FLOAT_DIGITS_END
+    a scanned integer (12 with a fraction), and all of them written out (FLOAT_DIGITS_END)."""
+    size = abs(v)
+    return MIN_SCANNED_INT <= size < FLOAT_DIGITS_END and (
+        size >= MIN_SCANNED_FRACTIONAL or v.is_integer()
+    )
 
 
 def _large_integers(items: list[Any]) -> list[int] | None:
@@ -382,13 +389,14 @@ def _large_integers(items: list[Any]) -> list[int] | None:
     large = []
     # Float bounds in locals: most tensor floats are small, and this one comparison (no
     # global lookups, no int-float conversion, no call) is all they cost.
-    low, high, most = -_MIN_FLOAT, _MIN_FLOAT, FLOAT_DIGITS_END
+    low, high, most, whole = -_MIN_FLOAT, _MIN_FLOAT, FLOAT_DIGITS_END, MIN_SCANNED_FRACTIONAL
     for index, item in enumerate(items):
         kind = type(item)
         if kind is float:
             if low < item < high:
                 continue
-            if -most < item < most:  # scanned_float, inlined (NaN compares false)
+            # scanned_float, inlined (NaN compares false)
+            if -most < item < most and (not -whole < item < whole or item.is_integer()):
                 large.append(index)
             continue
         if kind is not int:

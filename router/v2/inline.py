@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from router.errors import DetectionFailed, InvalidTensor
-from router.redaction.walker import FLOAT_DIGITS_END, MIN_SCANNED_INT
+from router.redaction.walker import FLOAT_DIGITS_END, MIN_SCANNED_FRACTIONAL, MIN_SCANNED_INT
 from router.v2.datatypes import BY_NAME, Datatype
 from router.v2.tensors import from_binary
 
@@ -175,8 +175,8 @@ def _holds_large(array: np.ndarray) -> bool:
 
 
 def _holds_scanned_float(array: np.ndarray, below: float) -> bool:
-    """Whether a float element is one the JSON walk scans (walker.scanned_float: integral or
-    not) within the type's scanned range (below `below`), vectorised.
+    """Whether a float element is one the JSON walk scans (walker.scanned_float: integral, or
+    of 12 digits with a fraction) within the type's scanned range (below `below`), vectorised.
     Most float tensors (activations, pixels, embeddings) stay within MIN_SCANNED_INT either
     way: a min and a max tell, with no copy; only then are magnitudes looked at."""
     if array.size == 0:
@@ -184,7 +184,8 @@ def _holds_scanned_float(array: np.ndarray, below: float) -> bool:
     if array.max() < MIN_SCANNED_INT and array.min() > -MIN_SCANNED_INT:
         return False  # (NaN compares false: such a tensor is looked at element by element)
     magnitude = np.abs(array)
-    return bool(((magnitude >= MIN_SCANNED_INT) & (magnitude < below)).any())
+    large = magnitude[(magnitude >= MIN_SCANNED_INT) & (magnitude < below)]
+    return bool(((large >= MIN_SCANNED_FRACTIONAL) | (np.floor(large) == large)).any())
 
 
 def _as_json(tensor: dict[str, Any], elements: list[Any]) -> dict[str, Any]:
