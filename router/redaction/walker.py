@@ -12,6 +12,7 @@ array counts as one leaf, and its digits count against ``max_number_chars`` inst
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ FLOAT_DIGITS_END = 1e16
 # an entity's digits; an integral float is scanned from MIN_SCANNED_INT, as an integer is.
 MIN_SCANNED_FRACTIONAL = 1e11
 _MIN_FLOAT = float(MIN_SCANNED_INT)
+# In a JSON text: a float literal whose parse may not keep the digits written (7 or more before
+# the point, or an exponent), and the end of an object key (what may follow a string).
+_LONG_FLOAT = re.compile(r"[0-9]{7}\.|[0-9][eE][-+]?[0-9]")
+_KEY_END = re.compile(r'"\s*:')
 
 
 class Scanner(Protocol):
@@ -300,14 +305,13 @@ class _Walk:
                 new = self.value(inner, path, depth + 1, rule)
                 if new != inner:
                     return orjson.dumps(new).decode()
-                # Nothing redacted, yet the text can hold more than its parse (a duplicate
+                if not _may_hide(s, inner):
+                    return s
+                # Nothing redacted, yet the text may hold more than its parse (a duplicate
                 # key's first value, a float literal's digits its value does not keep:
                 # 4111111111111111.9): only what was scanned, the parse, goes on.
-                encoded = orjson.dumps(inner).decode()
-                if encoded == s:
-                    return s
                 _note_rewrite(self.scanner)
-                return s if _keeps_all(rule) else encoded
+                return s if _keeps_all(rule) else orjson.dumps(inner).decode()
         return self.leaf(s, rule)
 
     def leaf(self, s: str, rule: _Rule) -> Any:
@@ -360,6 +364,27 @@ class _Walk:
             "**" in pattern or (len(pattern) == len(path) + 1 and _match(pattern[:-1], path))
             for pattern in self.drops
         )
+
+
+def _may_hide(text: str, parsed: Any) -> bool:
+    """Whether a JSON text may hold what its parse does not: a float literal with a long
+    integer part or an exponent (whose digits the parsed value may not keep), or more keys
+    than its parse has (a repeated key; a value holding '":' only errs toward yes)."""
+    if _LONG_FLOAT.search(text) is not None:
+        return True
+    return len(_KEY_END.findall(text)) > _key_count(parsed)
+
+
+def _key_count(parsed: Any) -> int:
+    count, stack = 0, [parsed]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            count += len(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
 
 
 def _keeps_all(rule: _Rule) -> bool:
