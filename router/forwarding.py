@@ -88,7 +88,7 @@ def outgoing(
     if ctx.api == "kserve-v2" and view.document is not None:
         return _v2_outgoing(ctx, view, headers, target)
     headers["Content-Type"] = "application/json"
-    body = orjson.dumps(view.document) if view.changed else ctx.body
+    body = orjson.dumps(view.document) if view.changed or view.reencoded else ctx.body
     return Outgoing("POST", target, headers, body)
 
 

@@ -136,6 +136,9 @@ class MemoScanner:
         self.known = known if known is not None else KnownValues()
         self.placeholders: set[str] = set()  # token-like text the request itself holds
         self.surveyed = False
+        # A JSON text inside a string went on as its parse re-encoded (walker): a view of the
+        # request must then be walked even when nothing was found.
+        self.rewrites = False
 
     @property
     def joins_numbers(self) -> bool:

@@ -32,6 +32,10 @@ class View:
     headers: Mapping[str, str]
     changed: bool  # anything was redacted or dropped: the body must be re-encoded
     binary: bytes | None = None  # v2: the binary part to send with `document`; None: as received
+    # Scanned and found clean, the body still goes as the document that was scanned, encoded
+    # anew: the bytes received can say more than their parse (a duplicate key's first value, a
+    # float literal's digits its value does not keep: 6011000000000000001.0).
+    reencoded: bool = False
 
 
 def view_for(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
@@ -59,8 +63,15 @@ def _view(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     if ctx.scanner is None or not privacy.needs_redaction(tier):
         return unchanged  # nothing scanned (fail-open, no body) or the tier keeps everything
     plan = privacy.plans[tier]
-    if not ctx.entities and not _holds_any(ctx.scanned_document, plan.drop_fields):
-        return unchanged  # nothing found and nothing to drop: no second walk
+    scanner = ctx.scanner
+    if (
+        not ctx.entities
+        and scanner.surveyed
+        and not scanner.rewrites
+        and not _holds_any(ctx.scanned_document, plan.drop_fields)
+    ):
+        # Nothing found, nothing to drop, no string to re-encode: no second walk.
+        return View(ctx.document, ctx.path, ctx.headers, False, reencoded=ctx.document is not None)
     # Each walk has the CPU budget to itself: a fallback's walk may come long after the survey.
     ctx.scanner.renew()
     try:

@@ -38,7 +38,7 @@ def joins_numbers(scanner: Any) -> bool:
 
 
 def digits_of(items: Sequence[Any], indices: Sequence[int]) -> list[str]:
-    """The digits the walk scans for each indexed number (an integral float as its integer)."""
+    """The digits the walk scans for each indexed number (a float as its integer part)."""
     return [str(items[i]) if type(items[i]) is int else str(int(items[i])) for i in indices]
 
 

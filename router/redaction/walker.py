@@ -2,15 +2,17 @@
 
 Every string leaf is scanned at any depth, object keys included; strings that hold a JSON
 document themselves (tool-call arguments) are parsed and redacted inside; large integers are
-scanned as digits (a card number sent as a JSON number), integral floats as the integers they
-equal (4111111111111111.0, as tritonclient writes FP64). The input is never mutated and the
-work is bounded: past ``max_depth`` or ``max_leaves`` a DetectionError fails the request closed.
+scanned as digits (a card number sent as a JSON number), floats as the integer part they are
+written with (4111111111111111.0, as tritonclient writes FP64, or 4111111111111111.5). The
+input is never mutated and the work is bounded: past ``max_depth`` or ``max_leaves`` a
+DetectionError fails the request closed.
 The long numbers of a number array (tensor data) are scanned together (``numbers.py``): the
 array counts as one leaf, and its digits count against ``max_number_chars`` instead.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,11 +33,22 @@ from router.redaction.vault import TokenVault
 MAX_ROUNDS = 4
 # Integers below this have too few digits to be any entity we detect (phones start at 7).
 MIN_SCANNED_INT = 1_000_000
-# Integral floats up to this are scanned as the integers they equal (a card number is exact in
-# FP64; tritonclient writes an FP64 tensor's 4111111111111111 as 4111111111111111.0). Past it a
-# float is integral whatever was meant, and its digits are no number a client wrote.
-MAX_SCANNED_FLOAT = float(2**53)
+# Floats below this are scanned as the integer part they are written with (a card number is
+# exact in FP64, and tritonclient writes an FP64 tensor's 4111111111111111 as
+# 4111111111111111.0; one with a fraction, 4111111111111111.5, shows the same digits). Up to
+# it, orjson (what goes upstream) and Python write every integer digit, past 2**53 too
+# (9792000000000052.0, a Troy card); from it on, an exponent (6.011e+18): no digits a
+# client's number had.
+FLOAT_DIGITS_END = 1e16
+# A float with a fraction is scanned only from 12 integer digits on (the shortest card number):
+# shorter ones with a fraction are readings (epoch seconds, 1.7e9), the common large float, not
+# an entity's digits; an integral float is scanned from MIN_SCANNED_INT, as an integer is.
+MIN_SCANNED_FRACTIONAL = 1e11
 _MIN_FLOAT = float(MIN_SCANNED_INT)
+# In a JSON text: a float literal whose parse may not keep the digits written (7 or more before
+# the point, or an exponent), and the end of an object key (what may follow a string).
+_LONG_FLOAT = re.compile(r"[0-9]{7}\.|[0-9][eE][-+]?[0-9]")
+_KEY_END = re.compile(r'"\s*:')
 
 
 class Scanner(Protocol):
@@ -290,7 +303,15 @@ class _Walk:
                 inner = None
             if isinstance(inner, dict | list):
                 new = self.value(inner, path, depth + 1, rule)
-                return s if new == inner else orjson.dumps(new).decode()
+                if new != inner:
+                    return orjson.dumps(new).decode()
+                if not _may_hide(s, inner):
+                    return s
+                # Nothing redacted, yet the text may hold more than its parse (a duplicate
+                # key's first value, a float literal's digits its value does not keep:
+                # 4111111111111111.9): only what was scanned, the parse, goes on.
+                _note_rewrite(self.scanner)
+                return s if _keeps_all(rule) else orjson.dumps(inner).decode()
         return self.leaf(s, rule)
 
     def leaf(self, s: str, rule: _Rule) -> Any:
@@ -345,26 +366,62 @@ class _Walk:
         )
 
 
+def _may_hide(text: str, parsed: Any) -> bool:
+    """Whether a JSON text may hold what its parse does not: a float literal with a long
+    integer part or an exponent (whose digits the parsed value may not keep), or more keys
+    than its parse has (a repeated key; a value holding '":' only errs toward yes)."""
+    if _LONG_FLOAT.search(text) is not None:
+        return True
+    return len(_KEY_END.findall(text)) > _key_count(parsed)
+
+
+def _key_count(parsed: Any) -> int:
+    count, stack = 0, [parsed]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            count += len(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
+def _keeps_all(rule: _Rule) -> bool:
+    return rule.default == Action.KEEP and all(a == Action.KEEP for a in rule.actions.values())
+
+
+def _note_rewrite(scanner: Scanner) -> None:
+    """Tells a scanner that keeps track (privacy.MemoScanner) that a string went on changed
+    though nothing in it was redacted."""
+    if hasattr(scanner, "rewrites"):
+        setattr(scanner, "rewrites", True)  # noqa: B010  (not part of the Scanner protocol)
+
+
 def scanned_float(v: float) -> bool:
-    """Whether a float is scanned as the integer it equals: integral, with as many digits as
-    a scanned integer, and within the range where a float holds every integer exactly."""
-    return MIN_SCANNED_INT <= abs(v) <= MAX_SCANNED_FLOAT and v.is_integer()
+    """Whether a float is scanned as the integer part it is written with: as many digits as
+    a scanned integer (12 with a fraction), and all of them written out (FLOAT_DIGITS_END)."""
+    size = abs(v)
+    return MIN_SCANNED_INT <= size < FLOAT_DIGITS_END and (
+        size >= MIN_SCANNED_FRACTIONAL or v.is_integer()
+    )
 
 
 def _large_integers(items: list[Any]) -> list[int] | None:
     """The indices of the numbers `value` scans (integers of MIN_SCANNED_INT or more in
-    magnitude, integral floats as scanned_float says) when every item is a float or an
-    integer; None when any is something else (walked one by one)."""
+    magnitude, floats as scanned_float says) when every item is a float or an integer; None
+    when any is something else (walked one by one)."""
     large = []
     # Float bounds in locals: most tensor floats are small, and this one comparison (no
     # global lookups, no int-float conversion, no call) is all they cost.
-    low, high, most = -_MIN_FLOAT, _MIN_FLOAT, MAX_SCANNED_FLOAT
+    low, high, most, whole = -_MIN_FLOAT, _MIN_FLOAT, FLOAT_DIGITS_END, MIN_SCANNED_FRACTIONAL
     for index, item in enumerate(items):
         kind = type(item)
         if kind is float:
             if low < item < high:
                 continue
-            if -most <= item <= most and item.is_integer():  # scanned_float, inlined
+            # scanned_float, inlined (NaN compares false)
+            if -most < item < most and (not -whole < item < whole or item.is_integer()):
                 large.append(index)
             continue
         if kind is not int:

@@ -4,12 +4,13 @@ rewrite them before the request leaves the site.
 
 tritonclient sends inputs in the binary extension by default. BYTES elements are text the
 scanner must see like any JSON string. Integer elements are digits the walker scans like JSON
-numbers (a card or phone number sent as INT64), and so are integral FP32/FP64 elements (a card
-number is exact in FP64): a tensor holding one large enough to be an entity is inlined whole,
-as its JSON form, so the same request gets the same verdict and the same redacted view
-whichever encoding the client chose. Tensors with no such element (found by one vectorised
-pass: the common float tensor costs a min and a max) and every bool, FP16 or narrow integer
-tensor stay binary, as the JSON walk leaves their JSON form alone. The protocol lets each
+numbers (a card or phone number sent as INT64), and so are FP32/FP64 elements, as the integer
+part their JSON form is written with (a card number is exact in FP64): a tensor holding one
+large enough to be an entity is inlined whole, as its JSON form, so the same request gets the
+same verdict and the same redacted view whichever encoding the client chose. Tensors with no
+such element (found by one vectorised pass: the common float tensor costs a min and a max)
+and every bool, FP16 or narrow integer tensor stay binary, as the JSON walk leaves their
+JSON form alone. The protocol lets each
 input be JSON or binary, so the inlined request (the same inputs, those tensors now as JSON
 `data`, the other binary tensors' bytes kept in order) is one any v2 server accepts.
 """
@@ -20,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import InvalidTensor
-from router.redaction.walker import MAX_SCANNED_FLOAT, MIN_SCANNED_INT
+from router.errors import DetectionFailed, InvalidTensor
+from router.redaction.walker import FLOAT_DIGITS_END, MIN_SCANNED_FRACTIONAL, MIN_SCANNED_INT
 from router.v2.datatypes import BY_NAME, Datatype
 from router.v2.tensors import from_binary
 
@@ -32,17 +33,21 @@ SCANNED_INTEGERS = frozenset(
     for name, dt in BY_NAME.items()
     if dt.numpy.kind in "iu" and np.iinfo(dt.numpy).max >= MIN_SCANNED_INT  # type: ignore[type-var]
 )
-# Float types whose range reaches MIN_SCANNED_INT (not FP16): integral elements are scanned.
+# Float types whose range reaches MIN_SCANNED_INT (not FP16): large elements are scanned.
 SCANNED_FLOATS = frozenset(
     name
     for name, dt in BY_NAME.items()
     if dt.numpy.kind == "f" and float(np.finfo(dt.numpy).max) >= MIN_SCANNED_INT  # type: ignore[type-var]
 )
-# Per float type, the largest magnitude up to which it holds every integer exactly (FP32:
-# 2**24): past it its elements (all integral there) carry no digits a client wrote, and a
-# tensor of large readings is no run of numbers to scan.
-_EXACT_INTEGERS = {
-    name: min(MAX_SCANNED_FLOAT, 2.0 ** (np.finfo(BY_NAME[name].numpy).nmant + 1))  # type: ignore[type-var]
+# Per float type, the magnitude below which its elements are scanned: FP64 as far as its JSON
+# form writes every integer digit (walker.FLOAT_DIGITS_END; past 2**53 it still holds the even
+# integers exactly, a 16-digit card among them); FP32 only as far as it holds every integer
+# exactly (2**24): past it its elements (all integral there) carry no digits a client wrote,
+# and a tensor of large readings is no run of numbers to scan.
+_SCANNED_BELOW = {
+    name: FLOAT_DIGITS_END
+    if np.finfo(BY_NAME[name].numpy).nmant >= 52  # type: ignore[type-var]
+    else 2.0 ** (np.finfo(BY_NAME[name].numpy).nmant + 1)  # type: ignore[type-var]
     for name in SCANNED_FLOATS
 }
 SCANNED_BINARY = SCANNED_INTEGERS | SCANNED_FLOATS | {"BYTES"}
@@ -142,7 +147,7 @@ def _scanned_elements(tensor: dict[str, Any], chunk: memoryview) -> list[Any] | 
     array = _array(tensor, BY_NAME[name], chunk).ravel()
     if name in SCANNED_INTEGERS and not _holds_large(array):
         return None
-    if name in SCANNED_FLOATS and not _holds_integral(array, _EXACT_INTEGERS[name]):
+    if name in SCANNED_FLOATS and not _holds_scanned_float(array, _SCANNED_BELOW[name]):
         return None
     elements: list[Any] = array.tolist()  # Python str, int or float: exact, even past 2**63
     return elements
@@ -169,20 +174,18 @@ def _holds_large(array: np.ndarray) -> bool:
     return bool(array.max() >= MIN_SCANNED_INT or array.min() <= -MIN_SCANNED_INT)
 
 
-def _holds_integral(array: np.ndarray, most: float) -> bool:
-    """Whether a float element is one the JSON walk scans (walker.scanned_float) and the type
-    holds exactly (up to `most`), vectorised.
+def _holds_scanned_float(array: np.ndarray, below: float) -> bool:
+    """Whether a float element is one the JSON walk scans (walker.scanned_float: integral, or
+    of 12 digits with a fraction) within the type's scanned range (below `below`), vectorised.
     Most float tensors (activations, pixels, embeddings) stay within MIN_SCANNED_INT either
-    way: a min and a max tell, with no copy; only their large elements are looked at."""
+    way: a min and a max tell, with no copy; only then are magnitudes looked at."""
     if array.size == 0:
         return False
     if array.max() < MIN_SCANNED_INT and array.min() > -MIN_SCANNED_INT:
         return False  # (NaN compares false: such a tensor is looked at element by element)
-    # The integral elements first (one floor, one compare): the cheapest pass over a tensor
-    # of large fractional values, which is all most such tensors hold.
-    integral = array[np.floor(array) == array]
-    magnitude = np.abs(integral)
-    return bool(((magnitude >= MIN_SCANNED_INT) & (magnitude <= most)).any())
+    magnitude = np.abs(array)
+    large = magnitude[(magnitude >= MIN_SCANNED_INT) & (magnitude < below)]
+    return bool(((large >= MIN_SCANNED_FRACTIONAL) | (np.floor(large) == large)).any())
 
 
 def _as_json(tensor: dict[str, Any], elements: list[Any]) -> dict[str, Any]:
@@ -213,6 +216,8 @@ def rebinarised(
         and isinstance(after, list)
         and len(before) == len(during) == len(after)
     ):
+        for read in during if isinstance(during, list) else ():
+            _check_json_can_carry(read)
         return redacted, kept
     inputs, chunks, offset = [], [], 0
     for sent, read, left in zip(before, during, after, strict=True):
@@ -228,5 +233,19 @@ def rebinarised(
             inputs.append(sent)
             chunks.append(chunk)
         else:
+            _check_json_can_carry(read)
             inputs.append(left)
     return {**redacted, "inputs": inputs}, b"".join(chunks)
+
+
+def _check_json_can_carry(tensor: Any) -> None:
+    """Raises DetectionFailed for an inlined float tensor holding NaN or an infinity: redacted,
+    it must go as JSON, which has no such numbers (orjson would write null in their place)."""
+    if not isinstance(tensor, dict) or tensor.get("datatype") not in SCANNED_FLOATS:
+        return
+    data = tensor.get("data")
+    if isinstance(data, list) and not np.isfinite(np.asarray(data, dtype=np.float64)).all():
+        raise DetectionFailed(
+            "a binary float tensor something was redacted from holds NaN or Infinity, which its "
+            "JSON form cannot carry, so the request may not leave this site"
+        )

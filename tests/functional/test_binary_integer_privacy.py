@@ -128,6 +128,27 @@ class TestBinaryIntegers:
             assert "input 'ids' (FP64) holds a CARD value" in answer.json()["error"]
             assert site.off_site() == []
 
+    async def test_card_digits_in_an_fp64_with_a_fraction_or_past_2_to_the_53_never_leave(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A card number's digits held by an FP64 element with a fraction (4111111111111111.5)
+        or past 2**53 (a Troy card, 9792000000000052.0), which tritonclient's JSON and the
+        re-encoded header write out, are found and tokenized in either form, never sent on."""
+        troy = 9792000000000052
+        array = np.array([0.5, CARD + 0.5, float(troy)], dtype=np.float64)
+        headers = []
+        for binary in (False, True):
+            sent = triton_body(array, binary=binary)
+            answer = await infer(http, site, "v2-central", sent)
+            assert answer.status == 200, answer.body
+            assert answer.headers.get("X-Redactions") == "CARD=2"
+            assert_clean(site.off_site(), str(CARD), str(troy))
+            assert struct.pack("<d", float(troy)) not in site.off_site()[0].body
+            headers.append(upstream_header(site))
+            forget(site)
+        assert headers[1] == headers[0]
+        assert headers[1]["inputs"][0]["data"] == [0.5, "<CARD_1>", "<CARD_2>"]
+
     @pytest.mark.parametrize(
         "written", ["4.111111111111111e15", "4111111111111111E+0", "4111111111111111000e-3"]
     )
@@ -233,6 +254,20 @@ class TestBinaryIntegers:
         error = answer.json()["error"]
         assert "more than 8388608 digits of long numbers to scan" in error, error
         assert site.off_site() == []
+
+    async def test_a_redacted_float_tensor_holding_nan_never_leaves_with_nulls(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A binary FP64 tensor holding a card number beside NaN and Infinity must go as
+        JSON once redacted, and JSON has no such numbers: it stays on the site (422), never
+        sent with null in their place; without the card it goes on as its bytes."""
+        array = np.array([np.nan, float(CARD), np.inf, -np.inf], dtype=np.float64)
+        answer = await infer(http, site, "v2-central", triton_body(array, binary=True))
+        assert answer.status == 422, answer.body
+        assert "NaN or Infinity" in answer.json()["error"]
+        assert site.off_site() == []
+        clean = np.array([np.nan, 1_700_000_000_000.0, np.inf], dtype=np.float64)
+        await assert_binary_part_forwarded(http, site, triton_body(clean, binary=True))
 
 
 def framed(header: dict[str, Any], binary: bytes) -> tuple[bytes, dict[str, str]]:

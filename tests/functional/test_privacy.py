@@ -416,6 +416,19 @@ class TestSecrets:
         assert counts == {"AWS_KEY": "1", "BEARER_TOKEN": "1", "GITHUB_TOKEN": "2", "JWT": "1"}
 
 
+# Tool-call arguments whose text holds more than their parse: a duplicate key's first value,
+# float literals rounded to another integer or past 1e16 (parsed as 6.011e18).
+HIDING_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {
+        "name": "f",
+        "arguments": '{"card": "4111111111111111", "card": "x", "a": 4111111111111111.9,'
+        ' "b": 6011000000000000001.0}',
+    },
+}
+
+
 class TestWhereValuesHide:
     async def test_tool_call_arguments(self, site: Site, http: aiohttp.ClientSession) -> None:
         """JSON inside a string (tool-call arguments) is redacted inside and stays valid JSON."""
@@ -448,6 +461,47 @@ class TestWhereValuesHide:
             "card": "<CARD_1>",
             "note": 'say "hi"',
         }
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            # A duplicate key: the parse keeps the last value, an upstream's may the first.
+            b'{"model":"gpt-central","messages":[{"role":"user","content":"pay 4111111111111111"}],'
+            b'"messages":[{"role":"user","content":"hi"}]}',
+            # Float literals whose written digits their parsed value does not keep: rounded up
+            # to 4111111111111112.0, and a 19-digit card past 1e16 (6.011e18 once parsed).
+            b'{"model":"gpt-central","messages":[{"role":"user","content":"hi"}],'
+            b'"tools":[{"type":"function","function":{"name":"f","parameters":'
+            b'{"a":4111111111111111.9,"b":6011000000000000001.0}}}]}',
+            # Both inside tool-call arguments, a JSON text in a string.
+            orjson.dumps(
+                {
+                    "model": "gpt-central",
+                    "messages": [{"role": "assistant", "tool_calls": [HIDING_CALL]}],
+                }
+            ),
+        ],
+        ids=["duplicate-key", "float-literals", "tool-call-arguments"],
+    )
+    async def test_raw_bytes_that_say_more_than_their_parse(
+        self, site: Site, http: aiohttp.ClientSession, body: bytes
+    ) -> None:
+        """A clean body goes upstream as the document that was scanned, encoded anew: what
+        only its raw bytes hold (a duplicate key's first value, a float literal's digits)
+        never leaves, and the plant server on the site still gets the bytes as sent."""
+        answer = await post(http, f"{site.url}/v1/chat/completions", data=body)
+        assert answer.status == 200, answer.body
+        assert "X-Redactions" not in answer.headers
+        assert_clean(site.off_site(), "4111111111111111", "6011000000000000001")
+        sent = orjson.loads(site.central.received[0].body)
+        if "tool_calls" in sent["messages"][0]:
+            arguments = sent["messages"][0]["tool_calls"][0]["function"]["arguments"]
+            assert orjson.loads(arguments) == {"card": "x", "a": 4111111111111112.0, "b": 6.011e18}
+        else:
+            assert sent == orjson.loads(body)
+        edge = body.replace(b"gpt-central", b"gpt-edge")
+        assert (await post(http, f"{site.url}/v1/chat/completions", data=edge)).status == 200
+        assert site.plant.received[0].body == edge
 
     async def test_query_string(self, site: Site, http: aiohttp.ClientSession) -> None:
         """An e-mail in the query string is redacted in the path the upstream is asked for."""

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from router.context import RequestContext
@@ -110,11 +111,11 @@ def test_binary_integers_get_the_json_verdict_and_view(array: np.ndarray) -> Non
 
 
 def test_only_tensors_that_can_hold_an_entity_are_inlined() -> None:
-    """Small integers, floats that are not integral (even huge ones, as the JSON walk leaves
-    such floats alone) stay binary, in order; the integer tensor holding a card becomes JSON
+    """Small integers, small floats and huge ones (written with an exponent, as the JSON walk
+    leaves them alone) stay binary, in order; the integer tensor holding a card becomes JSON
     between them."""
     small = np.arange(64, dtype="<i8")
-    floats = np.array([float(CARD) + 0.5, 0.5], dtype="<f8")
+    floats = np.array([6.011e18 + 0.5, 0.5], dtype="<f8")
     card = np.array([CARD], dtype="<i8")
     header, binary = binary_request(small=small, floats=floats, card=card, after=small)
     doc, rest = inline_binary_tensors(header, binary) or ({}, b"")
@@ -256,15 +257,69 @@ def test_a_json_float_literal_is_scanned_as_the_integer_literal_is() -> None:
     assert new_float["c"] == [1234567.5, 42.0]
 
 
-def test_floats_that_are_not_integral_stay_binary() -> None:
-    """Large floats with a fraction, small integral ones, NaN and infinities hold no
-    entity's digits: nothing is inlined, the request is read as it came."""
-    values = [1234567.5, -9.75e12 + 0.5, 65504.0, np.nan, np.inf, -np.inf, 3.0e300]
+def test_floats_that_cannot_show_an_entity_stay_binary() -> None:
+    """Small floats, NaN, infinities, floats past 1e16 (written with an exponent), FP32 past
+    2**24 and readings of fewer than 12 digits with a fraction (epoch seconds) hold no digits
+    of an entity a client wrote: nothing is inlined, the request is read as it came."""
+    values = [0.5, 65504.0, np.nan, np.inf, -np.inf, 3.0e300, 1e16, -6.011e18, 1_700_000_000.25]
     header, binary = binary_request(
-        a=np.array(values, dtype="<f8"), b=np.array([5_000_000.5, 0.25], dtype="<f4")
+        a=np.array(values, dtype="<f8"),
+        b=np.array([0.25, 2.0**30, -(2.0**25), 5_000_000.5], dtype="<f4"),
     )
     assert holds_scanned_binary(header)
     assert inline_binary_tensors(header, binary) is None
+
+
+def test_large_floats_with_a_fraction_are_read_and_go_back_clean() -> None:
+    """Floats of 12 digits or more with a fraction show those digits in their JSON form:
+    they are read like integral ones, and go on as their bytes when they hold nothing."""
+    fp64 = np.array([1234567.5, -9.75e12 + 0.5], dtype="<f8")
+    header, binary = binary_request(a=fp64)
+    inlined = inline_binary_tensors(header, binary)
+    assert inlined is not None
+    assert inlined[0] == json_request(a=fp64)
+    redacted, counts, _ = walk(inlined[0], TOKENIZE)
+    assert not counts
+    doc, rest = rebinarised(header, binary, inlined, redacted)
+    assert (doc, rest) == (header, fp64.tobytes())
+
+
+# A Troy card number past 2**53, where FP64 holds the even integers exactly and its JSON form
+# (orjson's, Python's) still writes every digit: 9792000000000052.0.
+TROY = 9792000000000052
+
+
+@pytest.mark.parametrize("detectors", [Detectors.default(), DETECTORS], ids=["joined", "alone"])
+def test_a_float_shows_the_digits_its_json_form_is_written_with(detectors: Detectors) -> None:
+    """A card number's digits written as a float with a fraction (4111111111111111.5) or as
+    an FP64 past 2**53 (9792000000000052.0) are found as the integer's are, in a tensor and
+    alone, and none of them is left in the redacted document."""
+    doc = {
+        "a": [0.5, CARD + 0.5, float(TROY)],
+        "b": -(CARD + 0.5),
+        "c": float(TROY),
+        "d": [1.5, 2.5],
+    }
+    scanner = MemoScanner(detectors, 1_000_000, 5.0)
+    new, counts = redact_json(doc, TOKENIZE, scanner, TokenVault(), Hasher(b"k" * 32))
+    assert counts == Counter({"CARD": 4})
+    text = orjson.dumps(new).decode()
+    assert str(CARD) not in text
+    assert str(TROY) not in text
+    assert new["d"] == [1.5, 2.5]
+
+
+def test_binary_fp64_with_a_fraction_or_past_2_to_the_53_gets_the_json_verdict() -> None:
+    """The same floats in a binary FP64 tensor are inlined and get their JSON form's verdict
+    and view: the card numbers found and redacted, not sent on as their 8 bytes each."""
+    array = np.array([0.5, CARD + 0.5, float(TROY)], dtype="<f8")
+    header, binary = binary_request(x=array)
+    inlined = inline_binary_tensors(header, binary)
+    assert inlined is not None
+    assert inlined[0] == json_request(x=array)
+    new, counts, seen = walk(inlined[0], TOKENIZE)
+    assert counts == seen == Counter({"CARD": 2})
+    assert (new, counts, seen) == walk(json_request(x=array), TOKENIZE)
 
 
 def test_clean_integral_floats_go_back_to_their_bytes() -> None:

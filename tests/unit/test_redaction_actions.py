@@ -275,10 +275,28 @@ class TestRedactJson:
         assert orjson.loads(new) == {"to": "<EMAIL_1>", "cc": ["<EMAIL_2>"]}
 
     def test_clean_json_string_left_byte_identical(self) -> None:
-        """A JSON string with nothing to redact is not re-serialised."""
-        arguments = '{ "city" : "Oslo" }'
+        """A JSON string with nothing to redact, and nothing its parse does not hold, is not
+        re-serialised."""
+        arguments = '{ "city" : "Oslo", "lat": 59.91, "tags": ["a", "b"] }'
         out, _ = redact({"arguments": arguments})
         assert out["arguments"] is arguments  # type: ignore[index]
+
+    @pytest.mark.parametrize(
+        ("arguments", "parsed"),
+        [
+            ('{ "card" : "4111111111111111", "card": "x", "n": 1.5 }', '{"card":"x","n":1.5}'),
+            ('[{"n": 41111111111.9}]', '[{"n":41111111111.9}]'),
+            ('{"n": 4.1e3}', '{"n":4100.0}'),
+        ],
+        ids=["duplicate-key", "long-float", "exponent"],
+    )
+    def test_clean_json_string_goes_on_as_its_parse(self, arguments: str, parsed: str) -> None:
+        """A JSON string whose text may hold more than its parse (a duplicate key's first
+        value, a float literal's digits its value may not keep) goes on as the parse that
+        was scanned, re-encoded; spacing is lost with it."""
+        out, counts = redact({"arguments": arguments})
+        assert out == {"arguments": parsed}
+        assert not counts
 
     def test_non_json_arguments_scanned_as_text(self) -> None:
         """Half-written JSON is scanned as plain text."""
