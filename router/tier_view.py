@@ -66,8 +66,7 @@ def _view(ctx: RequestContext, tier: str, privacy: Privacy) -> View:
     scanner = ctx.scanner
     if (
         not ctx.entities
-        and scanner.surveyed
-        and not scanner.rewrites
+        and not scanner.rewrites  # known from the survey, or from the memo that skipped it
         and not _holds_any(ctx.scanned_document, plan.drop_fields)
     ):
         # Nothing found, nothing to drop, no string to re-encode: no second walk.

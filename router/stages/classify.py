@@ -103,7 +103,8 @@ class ClassifyAndRedact:
             ctx.content_key = self._memo.key(ctx, privacy.detectors, privacy.survey.headers)
             remembered = self._memo.get(ctx.content_key)
             if remembered is not None:
-                ctx.entities = remembered + upstream if upstream else remembered
+                found, ctx.scanner.rewrites = remembered
+                ctx.entities = found + upstream if upstream else found
                 ctx.data_class = classify(bundle, ctx.declared_class, ctx.entities)
                 return None
         try:
@@ -117,7 +118,7 @@ class ClassifyAndRedact:
             self._unscanned(ctx, f"detection did not finish: {exc}")
             return None
         if ctx.content_key:
-            self._memo.put(ctx.content_key, found)
+            self._memo.put(ctx.content_key, found, ctx.scanner.rewrites)
         ctx.entities = found + upstream if upstream else found
         ctx.data_class = classify(bundle, ctx.declared_class, ctx.entities)
         return None

@@ -27,7 +27,10 @@ class SurveyMemo:
         self._key = secrets.token_bytes(32)
         self._names: tuple[str, ...] = ()
         self._headers: frozenset[str] = frozenset()  # the ones the survey scans, lower case
-        self._found: LRUCache[bytes, tuple[tuple[str, int], ...]] = LRUCache(max_entries)
+        # per key: the entity counts, and whether the walk re-encodes a JSON string it holds
+        self._found: LRUCache[bytes, tuple[tuple[tuple[str, int], ...], bool]] = LRUCache(
+            max_entries
+        )
         self._detectors: object = None
 
     def key(self, ctx: RequestContext, detectors: object, headers: tuple[str, ...]) -> bytes:
@@ -49,12 +52,17 @@ class SurveyMemo:
             _frame(mac, body[ctx.header_length or 0 :])
         return mac.digest()
 
-    def get(self, key: bytes) -> Counter[str] | None:
-        found = self._found.get(key)
-        return None if found is None else Counter(dict(found))
+    def get(self, key: bytes) -> tuple[Counter[str], bool] | None:
+        """What the survey found, and whether a tier's walk must re-encode (MemoScanner.
+        rewrites): a repeat that found nothing then needs no walk of its own either."""
+        remembered = self._found.get(key)
+        if remembered is None:
+            return None
+        found, rewrites = remembered
+        return Counter(dict(found)), rewrites
 
-    def put(self, key: bytes, found: Counter[str]) -> None:
-        self._found[key] = tuple(found.items())
+    def put(self, key: bytes, found: Counter[str], rewrites: bool = False) -> None:
+        self._found[key] = (tuple(found.items()), rewrites)
 
 
 def _scanned(headers: Mapping[str, str], names: frozenset[str]) -> list[str]:

@@ -96,3 +96,38 @@ async def test_a_large_body_is_walked_off_the_loop_once(monkeypatch: pytest.Monk
     assert view_for(ctx, "central", PRIVACY) is first
     assert len(threads) == 1
     assert ctx.redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
+
+
+def _remembered(rewrites: bool) -> RequestContext:
+    """A clean request whose survey a memo skipped (a repeat of a cacheable request)."""
+    document: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    ctx = RequestContext(
+        api="openai", model="m", version=None, deadline=0.0, document=document,
+        path="/v1/chat/completions",
+        scanner=MemoScanner(PRIVACY.detectors, 1_000_000, 0.2),
+    )  # fmt: skip
+    ctx.scanner.rewrites = rewrites  # as the memo remembered it
+    return ctx
+
+
+def test_a_remembered_clean_survey_needs_no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing found and no string to re-encode, as the memo remembers: the view is the
+    document re-encoded, without a survey or a walk (the memo's whole point)."""
+    monkeypatch.setattr(tier_view, "survey", lambda *_: pytest.fail("walked"))
+    view = view_for(_remembered(False), "central", PRIVACY)
+    assert view.reencoded
+    assert not view.changed
+
+
+def test_a_remembered_survey_that_rewrites_is_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request whose walk re-encodes a JSON string (the memo says so) is still walked."""
+    walked: list[bool] = []
+    real_survey = tier_view.survey
+
+    def counting(privacy: Privacy, ctx: RequestContext) -> Any:
+        walked.append(True)
+        return real_survey(privacy, ctx)
+
+    monkeypatch.setattr(tier_view, "survey", counting)
+    view_for(_remembered(True), "central", PRIVACY)
+    assert walked
