@@ -175,9 +175,10 @@ class GuardedRunner(web.AppRunner):
 
 
 class GuardedSite(web.TCPSite):
-    """A TCPSite whose TLS handshakes must finish within the request-head deadline: until a
-    handshake is done the connection is not yet a GuardedHandler's (no head timer, not in the
-    connection count), and asyncio's own default leaves a silent client 60 s."""
+    """A TCPSite whose TLS handshakes (and closing handshakes) must finish within the
+    request-head deadline: until a handshake is done the connection is not yet a
+    GuardedHandler's (no head timer, not in the connection count), and asyncio's own default
+    leaves a silent client 60 s."""
 
     def __init__(
         self, runner: web.BaseRunner, *args: Any, handshake_timeout_s: float, **kwargs: Any
@@ -201,6 +202,10 @@ class GuardedSite(web.TCPSite):
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
             ssl_handshake_timeout=self._handshake_timeout_s,
+            # A client that never answers our close_notify (it stopped reading) would keep
+            # its connection, and its place under max_connections, for asyncio's default
+            # 30 s after the router closed it for a missed deadline or idleness.
+            ssl_shutdown_timeout=self._handshake_timeout_s,
         )
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from router.tasks import cancel_all
 
+# How long close() lets reset connections' handlers end before cancelling what is left.
+CLOSE_WAIT_S = 2.0
+
 
 @dataclass(slots=True)
 class Faults:
@@ -48,6 +51,11 @@ class FaultProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        # Reset open connections so their handlers end by themselves: a handler cancelled
+        # instead makes Python 3.11's start_server report "Exception in callback" on the loop.
+        self.drop_connections()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_WAIT_S)
         await cancel_all(list(self._tasks))
 
     def drop_connections(self) -> None:

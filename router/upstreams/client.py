@@ -73,24 +73,32 @@ class AiohttpResponse:
         # StreamReader.read(n) returns what one read brought, not n bytes: read to the end.
         # Content-Length counts compressed bytes; a body shorter than it is aiohttp's
         # ClientPayloadError (an aborted response, not a small one), mapped to UpstreamReset.
+        # A read that fails or is given up (deadline, cancelled) closes the connection at
+        # once: left to the garbage collector, it would hold a socket and a pool slot.
         body = bytearray()
-        with map_errors(self._where):
-            length = self._response.content_length
-            if length is not None and length > limit:
-                self.abort()
-                raise too_large(self._where, limit)
-            async for chunk in self._response.content.iter_any():
-                body += chunk
-                if len(body) > limit:
-                    self.abort()
+        try:
+            with map_errors(self._where):
+                length = self._response.content_length
+                if length is not None and length > limit:
                     raise too_large(self._where, limit)
-            self._response.release()
-            return bytes(body)
+                async for chunk in self._response.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_large(self._where, limit)
+        except BaseException:
+            self.abort()
+            raise
+        self._response.release()
+        return bytes(body)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        with map_errors(self._where):
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+        try:
+            with map_errors(self._where):
+                async for chunk in self._response.content.iter_any():
+                    yield chunk
+        except BaseException:  # broken, or left by its reader (GeneratorExit): closed
+            self.abort()
+            raise
         self._response.release()
 
     def abort(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -164,3 +165,34 @@ async def test_a_silent_tls_client_is_closed_on_the_head_deadline(
                 assert await reader.read() == b""  # closed by the router
         finally:
             writer.close()
+
+
+async def test_a_client_that_stops_reading_frees_its_place_on_the_head_deadline(
+    site: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    """max_connections 1: a TLS client that finishes its handshake, then neither sends nor
+    reads, is closed at header_timeout_s and its place is free soon after, not held the 30 s
+    asyncio waits by default for a close_notify the client never sends back."""
+    config, server_ca, client_ca = site
+    config.write_text(config.read_text() + "limits: {max_connections: 1, header_timeout_s: 0.5}\n")
+    context = ssl.create_default_context()
+    server_ca.configure_trust(context)
+    client_ca.issue_cert("operator").configure_cert(context)
+    async with serve(config, tmp_path / "stderr.log") as (url, _):
+        host, port = url.removeprefix("https://").rsplit(":", 1)
+
+        def connect() -> ssl.SSLSocket:  # a blocking socket: nothing reads it in the background
+            raw = socket.create_connection((host, int(port)), timeout=5)
+            return context.wrap_socket(raw, server_hostname=host)
+
+        silent = await asyncio.to_thread(connect)
+        try:
+            statuses = []
+            for _ in range(20):  # within 5 s: the deadline (0.5 s), then the closing handshake's
+                await asyncio.sleep(0.25)
+                statuses.append(await get_live(url, context))
+                if statuses[-1] == 200:
+                    break
+            assert statuses[-1] == 200, statuses
+        finally:
+            silent.close()

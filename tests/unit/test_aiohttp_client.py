@@ -26,6 +26,7 @@ class Pieces:
         self.head = b""
         self.pieces: list[bytes] = []
         self.close = False
+        self.hung_up = asyncio.Event()  # the client closed its connection
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -41,6 +42,7 @@ class Pieces:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.hung_up.set()
             writer.close()
 
 
@@ -117,3 +119,49 @@ async def test_body_over_the_limit_is_refused(server: tuple[Pieces, str]) -> Non
     pieces.pieces = chunked(BODY[:30], BODY[30:])
     with pytest.raises(UpstreamError, match="larger than"):
         await fetch(url, limit=40)
+
+
+def stalled_transport(pieces: Pieces, url: str) -> HttpTransport:
+    """A transport to a server that sends the head and a first piece of a longer body, then
+    stalls with the connection open."""
+    pieces.head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(BODY) + 10)
+    pieces.pieces = [BODY[:10]]
+    settings = ClusterSettings.model_validate(
+        {"name": "c", "tier": "central", "endpoints": [{"url": url}], "client": "aiohttp"}
+    )
+    return HttpTransport(session_for(settings))
+
+
+async def test_read_given_up_closes_the_connection(server: tuple[Pieces, str]) -> None:
+    """A read cut by its deadline closes the connection at once, not when the response is
+    collected: else a stalled upstream holds a socket and a pool slot per try given up."""
+    pieces, url = server
+    transport = stalled_transport(pieces, url)
+    try:
+        request = UpstreamRequest("POST", url + "/v1/chat/completions", {}, b"{}")
+        response = await transport.send(request, "test", 1.0)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await response.read(1 << 20)
+        async with asyncio.timeout(LIMIT_S):
+            await pieces.hung_up.wait()
+        assert response.status == 200  # still held by its caller, and its connection closed
+    finally:
+        await transport.close()
+
+
+async def test_stream_left_closes_the_connection(server: tuple[Pieces, str]) -> None:
+    """A stream whose reader leaves after its first chunk closes the connection at once."""
+    pieces, url = server
+    transport = stalled_transport(pieces, url)
+    try:
+        request = UpstreamRequest("POST", url + "/v1/chat/completions", {}, b"{}")
+        response = await transport.send(request, "test", 1.0)
+        chunks = response.chunks()
+        assert await anext(chunks) == BODY[:10]
+        await chunks.aclose()
+        async with asyncio.timeout(LIMIT_S):
+            await pieces.hung_up.wait()
+        assert response.status == 200
+    finally:
+        await transport.close()
