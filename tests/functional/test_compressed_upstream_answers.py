@@ -218,3 +218,19 @@ async def test_the_lean_client_refuses_br_it_never_asked_for(
     status, body, _ = await post(url)
     assert status == 502, body[:200]
     assert orjson.loads(body)["error"]["code"] == "upstream_error"
+
+
+@pytest.mark.parametrize("client", ["h1", "aiohttp"])
+@pytest.mark.parametrize("size", [SHORT, LONG], ids=["short", "long"])
+async def test_concatenated_gzip_members_are_the_whole_answer(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, client: str, size: int
+) -> None:
+    """A gzip answer of two members one after the other reaches the client as both, never as
+    the first alone passed on as complete."""
+    upstream = Encoded(noise(size), "gzip", lambda encoded: encoded, True)
+    half = size // 2
+    upstream.encoded = gzip.compress(upstream.body[:half]) + gzip.compress(upstream.body[half:])
+    url = await router_for(stack, tmp_path, upstream, client)
+    status, body, error = await post(url)
+    assert (status, error) == (200, None)
+    assert body == upstream.body
