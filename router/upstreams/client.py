@@ -30,7 +30,13 @@ from router.errors import (
     UpstreamTlsFailed,
 )
 from router.settings import ClusterSettings
+from router.upstreams.inflate import Inflater, inflater_for
 from router.upstreams.tls import ClientTls
+
+# What the aiohttp client asks for and inflates itself (inflate.py): aiohttp's own decoder
+# passes a gzip or br body cut short on as a complete, shorter one.
+OFFERED = ("gzip", "x-gzip", "deflate", "br")
+ACCEPT_ENCODING = "gzip, deflate, br"
 
 
 @dataclass(slots=True)
@@ -68,36 +74,51 @@ class AiohttpResponse:
         self._where = where
         self.status = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
+        self._inflater: Inflater | None = None
+        self._refused: UpstreamError | None = None  # raised once there is a body at all
+        try:
+            self._inflater = inflater_for(
+                response.headers.get("Content-Encoding", ""), where, OFFERED
+            )
+        except UpstreamError as exc:
+            self._refused = exc
 
     async def read(self, limit: int) -> bytes:
-        # StreamReader.read(n) returns what one read brought, not n bytes: read to the end.
-        # Content-Length counts compressed bytes; a body shorter than it is aiohttp's
-        # ClientPayloadError (an aborted response, not a small one), mapped to UpstreamReset.
-        # A read that fails or is given up (deadline, cancelled) closes the connection at
-        # once: left to the garbage collector, it would hold a socket and a pool slot.
-        body = bytearray()
-        try:
-            with map_errors(self._where):
-                length = self._response.content_length
-                if length is not None and length > limit:
-                    raise too_large(self._where, limit)
-                async for chunk in self._response.content.iter_any():
-                    body += chunk
-                    if len(body) > limit:
-                        raise too_large(self._where, limit)
-        except BaseException:
+        # Content-Length counts compressed bytes: over the limit, inflated they are more still.
+        # A read that fails or is given up (deadline, cancelled) closes the connection at once
+        # (chunks): left to the garbage collector, it would hold a socket and a pool slot.
+        length = self._response.content_length
+        if length is not None and length > limit:
             self.abort()
-            raise
-        self._response.release()
+            raise too_large(self._where, limit)
+        body = bytearray()
+        async for chunk in self.chunks():
+            body += chunk
+            if len(body) > limit:
+                self.abort()
+                raise too_large(self._where, limit)
         return bytes(body)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        # StreamReader.read(n) returns what one read brought, not n bytes: read to the end.
+        # A body shorter than its Content-Length is aiohttp's ClientPayloadError (an aborted
+        # response, not a small one), mapped to UpstreamReset.
+        inflater = self._inflater
         try:
             with map_errors(self._where):
                 async for chunk in self._response.content.iter_any():
-                    yield chunk
-        except BaseException:  # broken, or left by its reader (GeneratorExit): closed
-            self.abort()
+                    if self._refused is not None and chunk:
+                        raise self._refused
+                    if inflater is None:
+                        yield chunk
+                        continue
+                    for out in inflater.feed(chunk):
+                        yield out
+            tail = inflater.end() if inflater is not None else b""
+            if tail:
+                yield tail
+        except BaseException:
+            self.abort()  # half read, or not decodable: never reused
             raise
         self._response.release()
 
@@ -139,6 +160,9 @@ class HttpTransport:
             if self._probes is None:
                 self._probes = plain_session()
             session = self._probes
+        headers = request.headers
+        if not any(name.lower() == "accept-encoding" for name in headers):
+            headers = {**headers, "Accept-Encoding": ACCEPT_ENCODING}
         url = request.url
         if (
             "@" in url
@@ -154,8 +178,9 @@ class HttpTransport:
                 request.method,
                 url,
                 data=request.body or None,
-                headers=request.headers,
+                headers=headers,
                 allow_redirects=False,
+                auto_decompress=False,  # AiohttpResponse inflates, checking the stream ends
                 timeout=timeout,
                 ssl=True if tls is None else tls.context,
                 server_hostname=None if tls is None else tls.server_hostname,
@@ -204,7 +229,6 @@ def session_for(cluster: ClusterSettings) -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
-        auto_decompress=True,
         # No cookies: upstream state must never leak from one client's request into another's.
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),

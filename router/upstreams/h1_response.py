@@ -1,20 +1,20 @@
 """The open response of one upstream HTTP/1.1 exchange: fed by its `H1Connection`, read whole
 (`read`), streamed chunk by chunk as the bytes arrive (`chunks`) or dropped (`abort`). gzip and
-deflate bodies are inflated as they are read, as aiohttp's `auto_decompress` does."""
+deflate bodies are inflated as they are read (inflate.py), as by the aiohttp client."""
 
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.errors import UpstreamError, UpstreamReset, UpstreamResponseTooLarge
+from router.errors import UpstreamError, UpstreamResponseTooLarge
 from router.upstreams.h1 import H1Connection
+from router.upstreams.inflate import Inflater, inflater_for
 
-INFLATE_PIECE = 1024 * 1024  # the most one inflating step turns out
+OFFERED = ("gzip", "x-gzip", "deflate")  # pool.py's Accept-Encoding
 
 
 class H1Response:
@@ -44,9 +44,7 @@ class H1Response:
         self._buffered = 0
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._decompress: zlib._Decompress | None = None
-        self._inflated = False  # any compressed bytes fed to _decompress
-        self._raw_deflate_possible = False  # `deflate` whose first byte is still to be seen
+        self._inflater: Inflater | None = None
         self._refused: UpstreamError | None = None  # a body not a byte of which may be relayed
 
     # fed by the connection
@@ -62,15 +60,10 @@ class H1Response:
             and "transfer-encoding" not in headers
             and status not in (204, 304)
         )
-        encoding = headers.get("content-encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            self._decompress = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self._decompress = zlib.decompressobj(zlib.MAX_WBITS)
-            self._raw_deflate_possible = True
-        elif encoding not in ("", "identity"):
-            # We offer gzip and deflate only: relayed as it is, it would look like plain text.
-            self._refused = UpstreamError(f"{self._where}: response in an encoding not offered")
+        try:
+            self._inflater = inflater_for(headers.get("content-encoding", ""), self._where, OFFERED)
+        except UpstreamError as exc:  # raised once there is a body at all (HEAD, 204 have none)
+            self._refused = exc
         if self._head_only:
             # httptools cannot be told a HEAD answer has no body: end here, never reuse.
             self.keep_alive = False
@@ -159,7 +152,10 @@ class H1Response:
                     self._chunks.clear()
                     self._buffered = 0
                     self._connection.consumed(0)
-                    for out in self._inflate(data):
+                    if self._inflater is None:
+                        yield data
+                        continue
+                    for out in self._inflater.feed(data):
                         yield out
                     continue
                 if self._error is not None:
@@ -167,41 +163,13 @@ class H1Response:
                 if self.complete:
                     break
                 await self._wait()
-            # No compressed byte at all (HEAD, 204, an empty body) is an empty body, not a
-            # compressed stream cut short.
-            if self._decompress is not None and self._inflated:
-                tail = self._decompress.flush()
-                if not self._decompress.eof:
-                    raise UpstreamReset(f"{self._where}: compressed response ended early")
-                if tail:
-                    yield tail
+            tail = self._inflater.end() if self._inflater is not None else b""
+            if tail:
+                yield tail
         except BaseException:
             self.abort()
             raise
         self._done()
-
-    def _inflate(self, data: bytes) -> Iterator[bytes]:
-        """`data` inflated, in pieces of at most INFLATE_PIECE bytes: a few hundred KiB of a
-        gzip bomb would otherwise become hundreds of MiB in one call, before any reader's
-        size limit could see them."""
-        decompress = self._decompress
-        if decompress is None:
-            if data:
-                yield data
-            return
-        if self._raw_deflate_possible and data:
-            self._raw_deflate_possible = False
-            if data[0] & 0x0F != 8:  # no zlib header: raw deflate (as aiohttp accepts it)
-                decompress = self._decompress = zlib.decompressobj(-zlib.MAX_WBITS)
-        self._inflated = True
-        while data:
-            try:
-                out = decompress.decompress(data, INFLATE_PIECE)
-            except zlib.error:
-                raise UpstreamError(f"{self._where}: response not decodable") from None
-            data = decompress.unconsumed_tail
-            if out:
-                yield out
 
     def _done(self) -> None:
         if not self._released:
