@@ -373,6 +373,30 @@ async def test_a_client_that_leaves_cancels_the_upstream_request(
     await until(lambda: cluster.active == 0)
 
 
+@pytest.mark.parametrize("gap_s", [0.0, 0.05], ids=["leaves-on-a-write", "leaves-on-a-wait"])
+@pytest.mark.parametrize("stream", [False, True], ids=["relayed", "sse"])
+async def test_a_client_that_leaves_mid_answer_has_a_record_saying_so(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, stream: bool, gap_s: float
+) -> None:
+    """A client that reads the first bytes of a relayed answer or an SSE stream and closes the
+    response gets a record keeping the status sent (200) with the reason client_gone, its
+    output digest that of fewer bytes than the whole answer."""
+    if stream:
+        body = b"".join(b'data: {"n": %d, "pad": "%s"}\n\n' % (n, b"x" * 1000) for n in range(8000))
+        sse = {"Content-Type": "text/event-stream"}
+        upstream = Big(body, sized=False, gap_s=gap_s, headers=sse)
+    else:
+        upstream = Big(noise(8 * 1024 * 1024), sized=True, gap_s=gap_s)
+    app, url, audit = await router_for(stack, tmp_path, upstream)
+    got = await post(url, {**CHAT, "stream": stream}, stop_after=RELAY_OVER)
+    assert got.status == 200
+    audit_id = got.headers["X-Audit-Id"]
+    await until(lambda: any(audit_id.encode() in f.read_bytes() for f in audit.glob("*.jsonl")))
+    entry = record(audit, audit_id)
+    assert (entry["status"], entry["reasons"]) == (200, ["forward:central", "client_gone"])
+    assert entry["output"] not in (None, output_digest(app, upstream.body))
+
+
 async def test_the_record_is_written_before_the_answer_is_complete(
     stack: contextlib.AsyncExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
