@@ -26,6 +26,7 @@ from router.settings import Settings, load_settings
 from router.settings.listener import MAX_WORKERS
 from router.settings.upstream import EndpointSettings
 from router.spool.sites import read_key_file
+from router.store_paths import check_store_paths
 from router.upstreams.tls import TlsContexts
 from router.workers import as_worker, supervise, worker_index
 
@@ -238,12 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _refused_by_serve(settings: Settings, bundle: PolicyBundle | None) -> None:
-    """What `serve` would refuse at start-up (ConfigError): files it reads, the OTEL_*
-    variables, required authentication without a key. Blocking."""
+    """What `serve` would refuse at start-up (ConfigError): files it reads or writes, the
+    OTEL_* variables, required authentication without a key. Blocking."""
     from router.app import check_auth  # the app and the tracing SDK only for `check`
     from router.telemetry.tracing import provider_from_env
 
     TlsContexts.from_settings(settings)  # every certificate file readable and valid
+    check_store_paths(settings)  # the spool and the audit log can be made where they go
     if settings.spool.collector_key_file is not None:
         read_key_file(settings.spool.collector_key_file)
     if bundle is None and settings.policy.secret_file is not None:

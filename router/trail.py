@@ -1,14 +1,14 @@
 """Writing the audit trail from the request path: one record per request that got an audit id,
 built from its context (where, by which model and policy, from which digested inputs) and
 written to the log file before its answer goes out (a stream's when the stream ends, before
-its end is sent; a request whose client left first gets a `client_gone` record)."""
+its end is sent; a request whose client left first gets a `client_gone` record, and one whose
+client left mid-answer a record of what was sent, with the reason `client_gone`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any
 
 from cachetools import LRUCache
@@ -135,7 +135,9 @@ class Trail:
         """Relay a stream and write its record once it ended, digesting what was sent. A
         stream the router ends with an error event (the upstream broke off; or `cut_by`
         names the code of what cancelled it, the drain) is recorded with
-        `stream_error:CODE`: its headers said 200, but it is no complete answer.
+        `stream_error:CODE`: its headers said 200, but it is no complete answer. One whose
+        client left mid-stream (the handler cancelled while it waited here; or the relay's
+        write failed, which the relay notes) keeps its status, with the reason `client_gone`.
 
         `hold_last`: each chunk goes on once the next one arrived, and the last only after the
         record is written, so no client holds the complete answer before its record (a plain
@@ -158,8 +160,11 @@ class Trail:
             ctx.reasons.append(f"{STREAM_ERROR}:{exc.code}")
             raise
         except asyncio.CancelledError:
+            # Not cut by the router: the handler was cancelled because its client left.
             if code := cut_by():
                 ctx.reasons.append(f"{STREAM_ERROR}:{code}")
+            else:
+                note_client_gone(ctx)
             raise
         finally:
             try:
@@ -184,8 +189,17 @@ class Trail:
         if self._log is None or not ctx.audit_id or ctx.recorded:
             return
         ctx.recorded = True
-        record = self.record(ctx, CLIENT_GONE_STATUS, None)
-        await self._append(replace(record, reasons=(*record.reasons, CLIENT_GONE)))
+        note_client_gone(ctx)
+        await self._append(self.record(ctx, CLIENT_GONE_STATUS, None))
+
+
+def note_client_gone(ctx: RequestContext) -> None:
+    """The record's reason for a request whose client left (before or during its answer), once;
+    none for an answer the router had cut already (`stream_error:CODE`): what went wrong after
+    that (a drain's end closing it, a client leaving an answer it was told is broken) is the
+    cut's doing, not the client's."""
+    if not any(r == CLIENT_GONE or r.startswith(STREAM_ERROR) for r in ctx.reasons):
+        ctx.reasons.append(CLIENT_GONE)
 
 
 def _named_model(ctx: RequestContext) -> str:

@@ -12,7 +12,7 @@ from router.api.draining import CUT_BY_SHUTDOWN, close_when_draining
 from router.api.state import STATUS, TRAIL
 from router.context import Reply, RequestContext
 from router.errors import RouterError
-from router.trail import STREAM_ERROR
+from router.trail import STREAM_ERROR, note_client_gone
 
 CLIENT_STALLED = "client_stalled"  # the client took no chunk of it for the idle time
 
@@ -78,7 +78,11 @@ async def pass_through(
             return response
         await response.write_eof()
     except ConnectionError:
+        note_client_gone(ctx)  # its record: what was sent, and that the client left
         return response  # the client left mid-answer: the upstream request is cancelled below
+    except asyncio.CancelledError:
+        note_client_gone(ctx)  # the handler cancelled mid-write: the client left
+        raise
     finally:
         try:
             await stream.aclose()  # the upstream connection and the cluster's place, now

@@ -21,6 +21,7 @@ from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id
 from router.pipeline import Pipeline
 from router.privacy import redaction_header
 from router.runtime import Generation
+from router.trail import note_client_gone
 
 POLICY_REVISION = "X-Policy-Revision"
 AUDIT_ID = "X-Audit-Id"
@@ -209,7 +210,11 @@ async def _stream(
             await response.write(sse_error_event(CUT_BY_SHUTDOWN))
         await response.write_eof()
     except ConnectionError:
+        note_client_gone(ctx)  # its record: what was sent, and that the client left
         return response  # the client left mid-stream: nobody to answer (no traceback logged)
+    except asyncio.CancelledError:
+        note_client_gone(ctx)  # the handler cancelled mid-write: the client left
+        raise
     finally:
         try:
             # Closed now, not whenever the garbage collector breaks the cycle an exception's

@@ -373,6 +373,67 @@ async def test_a_client_that_leaves_cancels_the_upstream_request(
     await until(lambda: cluster.active == 0)
 
 
+def leaving_upstream(stream: bool, gap_s: float) -> Big:
+    """A long answer, an SSE stream or a plain body, to be left mid-way."""
+    if stream:
+        events = (b'data: {"n": %d, "pad": "%s"}\n\n' % (n, b"x" * 1000) for n in range(16000))
+        sse = {"Content-Type": "text/event-stream"}
+        return Big(b"".join(events), sized=False, gap_s=gap_s, headers=sse)
+    return Big(noise(16 * 1024 * 1024), sized=True, gap_s=gap_s)
+
+
+def left_mid_answer(app: web.Application, upstream: Big, entry: dict[str, Any]) -> None:
+    """The record of an answer whose client left mid-way: the status sent, the reason
+    client_gone, the digest of fewer bytes than the whole answer."""
+    assert (entry["status"], entry["reasons"]) == (200, ["forward:central", "client_gone"])
+    assert entry["output"] not in (None, output_digest(app, upstream.body))
+
+
+async def audit_id_written(audit: Path, audit_id: str = "") -> str:
+    """The id of the log's one record, once written (`audit_id`: that record's)."""
+    await until(lambda: any(audit_id.encode() in f.read_bytes() for f in audit.glob("*.jsonl")))
+    return audit_id or only_record_id(audit)
+
+
+def only_record_id(audit: Path) -> str:
+    (line,) = b"".join(f.read_bytes() for f in audit.glob("*.jsonl")).split()
+    found: str = orjson.loads(line)["id"]
+    return found
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["relayed", "sse"])
+async def test_a_client_that_leaves_mid_answer_has_a_record_saying_so(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, stream: bool
+) -> None:
+    """A client (aiohttp) that reads the first bytes of a relayed answer or an SSE stream and
+    closes the response, the router waiting on the upstream, gets a record keeping the status
+    sent (200) with the reason client_gone, its output digest that of the bytes sent only."""
+    upstream = leaving_upstream(stream, gap_s=0.005)
+    app, url, audit = await router_for(stack, tmp_path, upstream)
+    got = await post(url, {**CHAT, "stream": stream}, stop_after=RELAY_OVER)
+    assert got.status == 200
+    audit_id = await audit_id_written(audit, got.headers["X-Audit-Id"])
+    left_mid_answer(app, upstream, record(audit, audit_id))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["relayed", "sse"])
+async def test_a_client_that_leaves_with_its_window_full_has_a_record_saying_so(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, stream: bool
+) -> None:
+    """As above for a client that read nothing and leaves while the router waits to write to
+    it (its window full): the record keeps status 200 with the reason client_gone."""
+    upstream = leaving_upstream(stream, gap_s=0.0)
+    app, url, audit = await router_for(stack, tmp_path, upstream)
+    async with not_reading(url, {**CHAT, "stream": stream}):
+        cluster = app[UPSTREAMS].clusters["central"]
+        await until(lambda: cluster.active == 1)
+        await asyncio.sleep(0.3)  # the router's writes to the client fill its window
+    async with asyncio.timeout(LIMIT_S):
+        await upstream.gone.wait()
+    audit_id = await audit_id_written(audit)
+    left_mid_answer(app, upstream, record(audit, audit_id))
+
+
 async def test_the_record_is_written_before_the_answer_is_complete(
     stack: contextlib.AsyncExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -67,14 +67,16 @@ def context() -> RequestContext:
 
 @pytest.mark.usefixtures("no_gc")
 @pytest.mark.parametrize(
-    ("fails", "recorded"), [("write_headers", (499, ["client_gone"])), ("write", (200, []))]
+    ("fails", "recorded"),
+    [("write_headers", (499, ["client_gone"])), ("write", (200, ["client_gone"]))],
 )
 async def test_client_gone_closes_the_stream(
     fails: str, recorded: tuple[int, list[str]], tmp_path: Path
 ) -> None:
     """The client left before the headers went out, or during the body: no exception for
-    aiohttp to log with a traceback, the upstream side is released at once, and the audit
-    record says what happened (client gone before the answer began; or what was sent)."""
+        aiohttp to log with a traceback, the upstream side is released at once, and the audit
+        record says what happened (client gone before the answer began; or what was sent, and that
+    the client left)."""
     released = asyncio.Event()
     writer = mock.Mock()
     writer.write_headers = mock.AsyncMock()

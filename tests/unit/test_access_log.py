@@ -1,0 +1,80 @@
+"""The safe access log's durations (router.logs.SafeAccessLogger) are measured by perf_counter
+from when the app took the request: under uvloop, whose loop clock (the one aiohttp times
+requests by) moves in whole milliseconds, a fast request would otherwise log 0.000ms."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import uvloop
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from router import logs
+from router.app import build_app
+from router.testing import settings_for
+
+REQUESTS = 5
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """The access logger's records, at INFO, for the test's length."""
+    found: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = found.append  # type: ignore[method-assign]
+    logger = logging.getLogger(logs.ACCESS_LOGGER)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_the_duration_is_taken_from_the_request_s_start(
+    records: list[logging.LogRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request the app took 0.42 ms before the line (by a fake perf_counter) logs 0.420ms,
+    though aiohttp's loop-clock duration says 0."""
+    monkeypatch.setattr(logs, "perf_counter", lambda: 100.00042)
+    request = make_mocked_request("GET", "/v2/health/live")
+    request[logs.ACCESS_STARTED] = 100.0
+    access = logs.SafeAccessLogger(logging.getLogger(logs.ACCESS_LOGGER), "")
+    access.log(request, web.Response(status=200), 0.0)
+    (record,) = records
+    assert record.getMessage().endswith(" 200 0.420ms")
+    assert record.duration_ms == 0.42
+
+
+async def _served(app: web.Application) -> None:
+    runner = web.AppRunner(app, **logs.access_log_options(True))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            for _ in range(REQUESTS):
+                async with http.get(f"http://127.0.0.1:{port}/v2/health/live") as response:
+                    assert response.status == 200
+    finally:
+        await runner.cleanup()
+
+
+def test_fast_requests_on_uvloop_have_sub_millisecond_durations(
+    records: list[logging.LogRecord], tmp_path: Path
+) -> None:
+    """The real app served on uvloop: its access lines' durations are not whole milliseconds
+    (each would be 0.000 or 1.000 by the loop's clock)."""
+    uvloop.run(_served(build_app(settings_for(tmp_path))))
+    durations = [r.duration_ms for r in records if getattr(r, "safe_access", False)]
+    assert len(durations) == REQUESTS
+    assert all(d >= 0 for d in durations)
+    assert any(d != round(d) for d in durations)

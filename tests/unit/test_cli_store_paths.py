@@ -1,0 +1,78 @@
+"""`layer-router check` refuses a spool or audit path `serve` could not open for writing (exit 2
+naming the key and the path), as `serve` does, and leaves no trace of its probes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router.cli import main
+
+
+def checked(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    config = tmp_path / "site.yaml"
+    config.write_text(text)
+    code = main(["check", str(config)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("spool.path", "spool: {path: /proc/nope/spool.sqlite3}\n"),
+        ("audit.path", "audit: {path: /proc/nope/audit}\n"),
+        ("audit.path", "audit: {path: /proc/nope/trail.jsonl}\n"),
+    ],
+)
+def test_a_store_under_an_unusable_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, text: str
+) -> None:
+    """A spool or audit log whose folder cannot be made (under /proc, where even root makes
+    nothing) is exit 2 naming its key and path, not ok."""
+    code, err = checked(tmp_path, text, capsys)
+    assert code == 2
+    assert key in err
+    assert "/proc/nope/" in err
+
+
+def test_a_store_under_a_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spool path whose parent is a regular file is refused, naming the file in the way."""
+    (tmp_path / "plain").write_text("not a folder")
+    code, err = checked(tmp_path, f"spool: {{path: {tmp_path}/plain/spool.sqlite3}}\n", capsys)
+    assert code == 2
+    assert "spool.path" in err
+    assert f"{tmp_path}/plain is not a directory" in err
+
+
+def test_an_audit_log_that_cannot_be_written_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing audit log path that cannot be opened for appending (here a folder named as
+    the log file) is refused, as serve refuses it."""
+    (tmp_path / "trail.jsonl").mkdir()
+    code, err = checked(tmp_path, f"audit: {{path: {tmp_path}/trail.jsonl}}\n", capsys)
+    assert code == 2
+    assert "audit.path" in err
+    assert f"{tmp_path}/trail.jsonl" in err
+
+
+def test_usable_paths_pass_and_nothing_is_left_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Folders still missing under a writable one pass, and are not made; an existing log is
+    left as it was; no probe file stays."""
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    log = stores / "trail.jsonl"
+    log.write_bytes(b"kept\n")
+    before = log.stat()
+    text = f"spool: {{path: {tmp_path}/new/deeper/spool.sqlite3}}\naudit: {{path: {log}}}\n"
+    code, err = checked(tmp_path, text, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.yaml", "stores"]
+    assert [p.name for p in stores.iterdir()] == ["trail.jsonl"]
+    assert log.read_bytes() == b"kept\n"
+    assert log.stat().st_mtime_ns == before.st_mtime_ns
