@@ -71,6 +71,11 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
             )
         except (OSError, SpoolUnavailable) as exc:
             raise ConfigError(str(path), [f"spool cannot be opened: {exc}"]) from None
+    if spool is not None and not spool_settings.collector_url:
+        logger.warning(
+            "spool.path is set but spool.collector_url is not: audit copies and samples are "
+            "kept, up to the spool's bounds, for a collector configured later (a restart)"
+        )
     app[SPOOL] = store = StoreAndForward(spool, app[RUNTIME].current.privacy, settings.site.id)
     tasks, session = [], None
     if spool is not None and spool_settings.collector_url and drains:

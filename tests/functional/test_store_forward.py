@@ -219,3 +219,25 @@ async def test_a_collector_store_that_cannot_be_opened_stops_start_up(
     await server.close()
     assert "newer" in str(info.value)
     assert [name for name in os.listdir(tmp_path) if "collector" in name] == [store.name]
+
+
+async def test_a_spool_without_a_collector_says_its_copies_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`spool.path` with no `collector_url`: copies are kept for a collector a restart
+    configures, up to the spool's bounds, and the start-up log says so once."""
+    settings = Settings.model_validate(
+        {
+            "site": {"id": "ship-3"},
+            "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+            "spool": {"path": tmp_path / "spool.sqlite3"},
+        }
+    )
+    edge = TestServer(build_app(settings), host="127.0.0.1")
+    with caplog.at_level("WARNING", logger="router.stores"):
+        await edge.start_server()
+    try:
+        warned = [r for r in caplog.records if "collector_url is not" in r.getMessage()]
+        assert len(warned) == 1
+    finally:
+        await edge.close()
