@@ -5,6 +5,7 @@ refuses for an unusable path."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def check_store_paths(settings: Settings) -> None:
 
 
 def _check_writable(key: str, path: Path) -> None:
-    problem = _problem(path)
+    # A symlink's target is what serve opens: appending to a dangling one would make it.
+    problem = _problem(Path(os.path.realpath(path)))
     if problem:
         raise ConfigError(key, [f"{path} cannot be opened for writing: {problem}"])
 
@@ -49,7 +51,7 @@ def _problem(path: Path) -> str:
             return ""
         with tempfile.TemporaryFile(dir=folder, prefix=".layer-router-check-"):
             pass
-        if path.exists() or path.is_symlink():
+        if path.exists():
             # Opened to append, nothing written: its content and times stay as they were.
             with open(path, "ab"):
                 pass

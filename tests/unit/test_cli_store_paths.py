@@ -76,3 +76,18 @@ def test_usable_paths_pass_and_nothing_is_left_behind(
     assert [p.name for p in stores.iterdir()] == ["trail.jsonl"]
     assert log.read_bytes() == b"kept\n"
     assert log.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_a_dangling_symlinked_log_passes_and_its_target_is_not_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An audit log that is a symlink to a file still to be made (serve makes it) passes, and
+    check does not make the target."""
+    target = tmp_path / "logs" / "trail.jsonl"
+    target.parent.mkdir()
+    link = tmp_path / "trail.jsonl"
+    link.symlink_to(target)
+    code, err = checked(tmp_path, f"audit: {{path: {link}}}\n", capsys)
+    assert code == 0, err
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
