@@ -34,11 +34,15 @@ class Inflater(Protocol):
 
 def inflater_for(coding: str, where: str, offered: tuple[str, ...]) -> Inflater | None:
     """The inflater for a Content-Encoding header value; None for none (identity). A coding
-    not `offered` raises: relayed as it is, it would look like plain text."""
-    coding = coding.strip().lower()
-    if coding in ("", "identity"):
+    not `offered` raises: relayed as it is, it would look like plain text. `identity` in a
+    list (`gzip, identity`) is no coding; two real ones stacked are not inflated."""
+    codings = [
+        c for c in (c.strip().lower() for c in coding.split(",")) if c not in ("", "identity")
+    ]
+    if not codings:
         return None
-    if coding not in offered:
+    coding = codings[0]
+    if len(codings) > 1 or coding not in offered:
         raise UpstreamError(f"{where}: response in an encoding not offered")
     if coding == "br":
         return BrotliInflater(where)

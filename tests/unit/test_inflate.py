@@ -128,3 +128,15 @@ def test_codings_not_offered_are_refused_and_identity_is_none() -> None:
         inflater_for("br", "test", ("gzip", "deflate"))
     with pytest.raises(UpstreamError, match="not offered"):
         inflater_for("zstd", "test", OFFERED)
+
+
+def test_identity_in_a_coding_list_is_no_coding() -> None:
+    """`gzip, identity` (identity listed, as RFC 9110 allows) is gzip; a list of identities is
+    none; two real codings stacked are refused, never relayed half decoded."""
+    made = inflater_for("gzip, identity", "test", OFFERED)
+    assert made is not None
+    assert b"".join(made.feed(gzip.compress(BODY))) + made.end() == BODY
+    assert inflater_for("Identity ,GZIP", "test", OFFERED) is not None
+    assert inflater_for("identity, identity", "test", OFFERED) is None
+    with pytest.raises(UpstreamError, match="not offered"):
+        inflater_for("gzip, gzip", "test", OFFERED)
