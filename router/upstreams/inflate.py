@@ -19,6 +19,8 @@ import brotli
 from router.errors import UpstreamError, UpstreamReset
 
 INFLATE_PIECE = 1024 * 1024  # the most one inflating step turns out
+GZIP_WBITS = 16 + zlib.MAX_WBITS
+GZIP_MAGIC = b"\x1f\x8b"  # how a gzip member begins
 MAX_MEMBERS = 1024  # concatenated members in one body, as aiohttp's MAX_DECOMPRESS_MEMBERS
 
 
@@ -55,14 +57,16 @@ class ZlibInflater:
 
     def __init__(self, coding: str, where: str) -> None:
         self._where = where
-        self._wbits = zlib.MAX_WBITS if coding == "deflate" else 16 + zlib.MAX_WBITS
+        self._wbits = zlib.MAX_WBITS if coding == "deflate" else GZIP_WBITS
         self._sniff = coding == "deflate"  # the first byte tells zlib-wrapped from raw
         self._decompress = zlib.decompressobj(self._wbits)
         self._fed = False  # any compressed byte at all
         self._members = 1
+        self._held = b""  # bytes after a gzip member too few to tell whether another begins
+        self._ignoring = False  # the bytes after the end begin no member: trailing garbage
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        if not data:
+        if not data or self._ignoring:
             return
         if self._sniff:
             self._sniff = False
@@ -72,6 +76,16 @@ class ZlibInflater:
         self._fed = True
         while data:
             if self._decompress.eof:
+                data, self._held = self._held + data, b""
+                if self._wbits != GZIP_WBITS or data[: len(GZIP_MAGIC)] != GZIP_MAGIC[: len(data)]:
+                    # Bytes after a whole, checked stream that begin no gzip member (NUL
+                    # padding, a newline): ignored, as browsers and the lean client before
+                    # did, not a 502 for an intact answer.
+                    self._ignoring = True
+                    return
+                if len(data) < len(GZIP_MAGIC):
+                    self._held = data
+                    return
                 # Another member after the end of one (concatenated gzip): as aiohttp and
                 # Python's gzip module read them, one body; as many as aiohttp takes.
                 self._members += 1

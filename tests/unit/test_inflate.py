@@ -140,3 +140,26 @@ def test_identity_in_a_coding_list_is_no_coding() -> None:
     assert inflater_for("identity, identity", "test", OFFERED) is None
     with pytest.raises(UpstreamError, match="not offered"):
         inflater_for("gzip, gzip", "test", OFFERED)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw-deflate"])
+@pytest.mark.parametrize("trailing", [b"\n", bytes(8), b"\x1f", b"garbage!"])
+@pytest.mark.parametrize("piece", [1, 4096, 1 << 20])
+def test_bytes_after_a_whole_stream_that_begin_no_member_are_ignored(
+    coding: str, trailing: bytes, piece: int
+) -> None:
+    """A whole gzip or deflate stream followed by bytes that begin no gzip member (a newline,
+    NUL padding) is its body, as browsers read it: not a 502, nor a reset retried."""
+    assert inflate(coding, CODINGS[coding](BODY) + trailing, piece) == BODY
+
+
+def test_a_member_after_a_split_magic_is_still_inflated() -> None:
+    """A second member whose two magic bytes arrive in two reads is inflated, not dropped."""
+    first = gzip.compress(BODY[:1000])
+    encoded = first + gzip.compress(BODY[1000:])
+    made = inflater("gzip")
+    out = bytearray()
+    for part in (encoded[: len(first) + 1], encoded[len(first) + 1 :]):
+        for chunk in made.feed(part):
+            out += chunk
+    assert bytes(out + made.end()) == BODY
