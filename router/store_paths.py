@@ -39,11 +39,12 @@ def _problem(path: Path) -> str:
     must be one `mkdir -p` could make: its nearest existing parent a writable directory."""
     folder = path.parent
     existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a directory"
     try:
+        # exists() raises for a folder the user may not search (EACCES): refused, not a trace.
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is not a directory"
         if existing != folder:
             # Tried, not asked of os.access: root passes that for /proc and read-only mounts.
             with tempfile.TemporaryDirectory(dir=existing, prefix=".layer-router-check-"):

@@ -3,6 +3,11 @@ naming the key and the path), as `serve` does, and leaves no trace of its probes
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,3 +96,34 @@ def test_a_dangling_symlinked_log_passes_and_its_target_is_not_made(
     assert code == 0, err
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
+
+
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to run as nobody"
+)
+def test_a_folder_that_cannot_be_looked_into_is_a_clear_refusal() -> None:
+    """A spool under a folder the user may not search (run as nobody) is exit 2 naming the key
+    and the reason, never a stack trace."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        root.chmod(0o755)
+        (root / "locked").mkdir(mode=0o700)
+        config = root / "site.yaml"
+        config.write_text(f"spool: {{path: {root}/locked/sub/spool.sqlite3}}\n")
+        config.chmod(0o644)
+        code = "import sys; from router.cli import main; sys.exit(main(['check', sys.argv[1]]))"
+        done = subprocess.run(
+            [*AS_NOBODY, sys.executable, "-c", code, str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "LAYER_ROUTER_STATE_DIR": str(root / "state")},
+            cwd=root,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "spool.path" in done.stderr
+    assert "Permission denied" in done.stderr
