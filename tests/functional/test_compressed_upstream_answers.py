@@ -234,3 +234,18 @@ async def test_concatenated_gzip_members_are_the_whole_answer(
     status, body, error = await post(url)
     assert (status, error) == (200, None)
     assert body == upstream.body
+
+
+@pytest.mark.parametrize(("client", "coding"), [c for c in CASES if "br" not in c.id])
+@pytest.mark.parametrize("trailing", [b"\n", bytes(4)], ids=["newline", "nul-padding"])
+async def test_bytes_after_a_whole_stream_are_ignored(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, client: str, coding: str, trailing: bytes
+) -> None:
+    """A whole gzip or deflate answer followed by a newline or NUL padding (no further gzip
+    member) reaches the client whole, as a browser reads it, with one upstream request."""
+    upstream = Encoded(noise(SHORT), coding, lambda encoded: encoded + trailing, sized=True)
+    url = await router_for(stack, tmp_path, upstream, client)
+    status, body, error = await post(url)
+    assert (status, error) == (200, None), body[:200]
+    assert body == upstream.body
+    assert upstream.requests == 1
