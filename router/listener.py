@@ -108,6 +108,24 @@ class GuardedHandler(RequestHandler):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def force_close(self) -> None:
+        """Closed by the router between requests (missed head deadline, idleness): a TLS
+        client that never answers our close_notify (it stopped reading) is dropped after the
+        head deadline, not the 30 s asyncio waits, which would hold its place under
+        max_connections. A close after an answer keeps asyncio's wait, to flush its end."""
+        transport = self.transport
+        super().force_close()
+        if (
+            transport is not None
+            and transport.get_extra_info("ssl_object") is not None
+            and self._between_requests()
+        ):
+            self._loop.call_later(self._guard.limits.header_timeout_s, self._drop, transport)
+
+    def _drop(self, transport: asyncio.BaseTransport) -> None:
+        if self._counted:  # its connection not lost yet
+            cast(asyncio.Transport, transport).abort()
+
     def _head_overdue(self) -> None:
         self._head_timer = None
         if self._between_requests():
@@ -175,10 +193,9 @@ class GuardedRunner(web.AppRunner):
 
 
 class GuardedSite(web.TCPSite):
-    """A TCPSite whose TLS handshakes (and closing handshakes) must finish within the
-    request-head deadline: until a handshake is done the connection is not yet a
-    GuardedHandler's (no head timer, not in the connection count), and asyncio's own default
-    leaves a silent client 60 s."""
+    """A TCPSite whose TLS handshakes must finish within the request-head deadline: until a
+    handshake is done the connection is not yet a GuardedHandler's (no head timer, not in the
+    connection count), and asyncio's own default leaves a silent client 60 s."""
 
     def __init__(
         self, runner: web.BaseRunner, *args: Any, handshake_timeout_s: float, **kwargs: Any
@@ -202,10 +219,8 @@ class GuardedSite(web.TCPSite):
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
             ssl_handshake_timeout=self._handshake_timeout_s,
-            # A client that never answers our close_notify (it stopped reading) would keep
-            # its connection, and its place under max_connections, for asyncio's default
-            # 30 s after the router closed it for a missed deadline or idleness.
-            ssl_shutdown_timeout=self._handshake_timeout_s,
+            # No ssl_shutdown_timeout: it also bounds flushing an answer's last bytes to a
+            # slow reader after a close; GuardedHandler.force_close bounds idle closes.
         )
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]

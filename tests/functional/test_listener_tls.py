@@ -11,15 +11,18 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
 import trustme
+from aiohttp import web
 
 import router
+from router.testing import serving
 
 ROUTER_ROOT = Path(router.__file__).resolve().parents[1]
 URL = re.compile(r"listening on (https://[^\s,]+)")
@@ -196,3 +199,58 @@ async def test_a_client_that_stops_reading_frees_its_place_on_the_head_deadline(
             assert statuses[-1] == 200, statuses
         finally:
             silent.close()
+
+
+LARGE = 6 * 1024 * 1024  # more than the socket buffers of a slow reader hold
+
+
+async def test_a_slow_reader_gets_the_whole_answer_after_a_tls_close(
+    site: tuple[Path, trustme.CA, trustme.CA], tmp_path: Path
+) -> None:
+    """A TLS client reading a large relayed answer (Connection: close) steadily but slowly gets
+    all of it: the closing handshake's deadline (the head deadline, 0.2 s here) is for clients
+    that stopped reading, not for the answer's last bytes still on their way."""
+    config, server_ca, client_ca = site
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"x" * LARGE, content_type="application/json")
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", answer)
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(serving(upstream))
+        config.write_text(
+            config.read_text() + "limits: {header_timeout_s: 0.2}\nupstreams:\n"
+            "  - {name: central, tier: central, protocols: [openai], models: [m],"
+            f" endpoints: [{{url: '{url}'}}], health_check: {{enabled: false}},"
+            " max_response_bytes: 67108864}\n"
+        )
+        context = ssl.create_default_context()
+        server_ca.configure_trust(context)
+        client_ca.issue_cert("operator").configure_cert(context)
+        site_url, _ = await stack.enter_async_context(serve(config, tmp_path / "stderr.log"))
+        host, port = site_url.removeprefix("https://").rsplit(":", 1)
+        chat = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+        def read_slowly() -> bytes:
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            raw.settimeout(30)
+            raw.connect((host, int(port)))
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(chat), chat)
+                )
+                got = bytearray()
+                while piece := tls.recv(16384):
+                    got += piece
+                    time.sleep(0.01)
+                return bytes(got)
+
+        got = await asyncio.to_thread(read_slowly)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert len(body) == LARGE
