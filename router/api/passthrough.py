@@ -4,7 +4,7 @@ written before its last chunk, and cut (never ended cleanly) when it breaks off.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
 
@@ -43,24 +43,11 @@ async def pass_through(
         # shows the end; an HTTP/1.0 client has no such terminator: it keeps the length).
         response.enable_compression()
     close_when_draining(request, response)
-    streams = request.app[STATUS].streams
-    # A client that takes no byte for the upstream's idle time is cut as an upstream silent
-    # that long is: it holds the cluster's place and the upstream's connection meanwhile.
     stalled = asyncio.timeout(None)
-    loop = asyncio.get_running_loop()
     try:
         await response.prepare(request)
         try:
-            async with scope, stalled:
-                streams.add(scope)
-                try:
-                    async for chunk in stream:
-                        if reply.idle_s is not None:
-                            stalled.reschedule(loop.time() + reply.idle_s)
-                        await response.write(chunk)
-                        stalled.reschedule(None)
-                finally:
-                    streams.discard(scope)
+            await write_chunks(request, response, stream, scope, stalled, reply.idle_s)
         except RouterError:
             cut_connection(request, response)
             return response
@@ -91,6 +78,32 @@ async def pass_through(
         finally:
             await trail.client_gone(ctx)  # never begun: no record yet
     return response
+
+
+async def write_chunks(
+    request: web.Request,
+    response: web.StreamResponse,
+    chunks: AsyncIterator[bytes],
+    scope: asyncio.Timeout,
+    stalled: asyncio.Timeout,
+    idle_s: float | None,
+) -> None:
+    """Write a relayed answer's or a stream's chunks: within `scope`, which a drain out of
+    time ends (registered for it only while entered, the one state it may be ended in), and
+    within `stalled`, which ends when the client takes no chunk for `idle_s`, the upstream's
+    own idle time: such a client holds the cluster's place and the upstream's connection."""
+    streams = request.app[STATUS].streams
+    loop = asyncio.get_running_loop()
+    async with scope, stalled:
+        streams.add(scope)
+        try:
+            async for chunk in chunks:
+                if idle_s is not None:
+                    stalled.reschedule(loop.time() + idle_s)
+                await response.write(chunk)
+                stalled.reschedule(None)
+        finally:
+            streams.discard(scope)
 
 
 def note_cut(ctx: RequestContext, code: str) -> None:

@@ -10,7 +10,13 @@ from aiohttp import HttpVersion11, web
 
 from router.api.current import current
 from router.api.draining import CUT_BY_SHUTDOWN, answer_cut_by_shutdown, close_when_draining
-from router.api.passthrough import CLIENT_STALLED, cut_connection, note_cut, pass_through
+from router.api.passthrough import (
+    CLIENT_STALLED,
+    cut_connection,
+    note_cut,
+    pass_through,
+    write_chunks,
+)
 from router.api.state import SPOOL, STATUS, TELEMETRY, TRAIL
 from router.audit import new_audit_id
 from router.budget import model_budget
@@ -178,24 +184,11 @@ async def _stream(
     headers["Content-Type"] = reply.content_type
     response = web.StreamResponse(status=reply.status, headers=headers)
     close_when_draining(request, response)
-    streams = request.app[STATUS].streams
-    # A client taking no event for the upstream's idle time is cut (as a relayed answer's is):
-    # it would hold the cluster's place and the upstream's connection for ever.
-    stalled = asyncio.timeout(None)
-    loop = asyncio.get_running_loop()
+    stalled = asyncio.timeout(None)  # a client taking no event for the upstream's idle time
     try:
         await response.prepare(request)
         try:
-            async with scope, stalled:
-                streams.add(scope)  # only while entered: the one state it may be ended in
-                try:
-                    async for chunk in stream:
-                        if reply.idle_s is not None:
-                            stalled.reschedule(loop.time() + reply.idle_s)
-                        await response.write(chunk)
-                        stalled.reschedule(None)
-                finally:
-                    streams.discard(scope)
+            await write_chunks(request, response, stream, scope, stalled, reply.idle_s)
         except RouterError as exc:
             # Bytes already went out: say so in-stream, never end as if the stream were complete.
             await response.write(sse_error_event(exc))
