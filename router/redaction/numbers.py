@@ -24,6 +24,21 @@ from typing import Any
 
 from router.redaction.types import Finding
 
+# Integers below this have too few digits to be any entity we detect (phones start at 7).
+MIN_SCANNED_INT = 1_000_000
+# Floats below this are scanned as the integer part they are written with (a card number is
+# exact in FP64, and tritonclient writes an FP64 tensor's 4111111111111111 as
+# 4111111111111111.0; one with a fraction, 4111111111111111.5, shows the same digits). Up to
+# it, orjson (what goes upstream) and Python write every integer digit, past 2**53 too
+# (9792000000000052.0, a Troy card); from it on, an exponent (6.011e+18): no digits a
+# client's number had.
+FLOAT_DIGITS_END = 1e16
+# A float with a fraction is scanned only from 12 integer digits on (the shortest card number):
+# shorter ones with a fraction are readings (epoch seconds, 1.7e9), the common large float, not
+# an entity's digits; an integral float is scanned from MIN_SCANNED_INT, as an integer is.
+MIN_SCANNED_FRACTIONAL = 1e11
+_MIN_FLOAT = float(MIN_SCANNED_INT)
+
 SEPARATOR = ","
 # Digits per scan: well under any scanner's size cap, and small enough that the joined text
 # held in a scanner's memo stays a fraction of the body it came from.
@@ -83,3 +98,38 @@ def _marked(scan: Scan, run: list[str]) -> list[str]:
         last = bisect_right(starts, max(finding.start, finding.end - 1)) - 1
         marked.extend(run[max(first, 0) : last + 1])
     return marked
+
+
+# Which numbers are scanned at all: shared by the JSON walk and the binary tensors' check
+# (router.v2.inline), so that a tensor gets the same verdict in either form.
+def scanned_float(v: float) -> bool:
+    """Whether a float is scanned as the integer part it is written with: as many digits as
+    a scanned integer (12 with a fraction), and all of them written out (FLOAT_DIGITS_END)."""
+    size = abs(v)
+    return MIN_SCANNED_INT <= size < FLOAT_DIGITS_END and (
+        size >= MIN_SCANNED_FRACTIONAL or v.is_integer()
+    )
+
+
+def large_numbers(items: list[Any]) -> list[int] | None:
+    """The indices of the numbers the JSON walk scans (integers of MIN_SCANNED_INT or more in
+    magnitude, floats as scanned_float says) when every item is a float or an integer; None
+    when any is something else (walked one by one)."""
+    large = []
+    # Float bounds in locals: most tensor floats are small, and this one comparison (no
+    # global lookups, no int-float conversion, no call) is all they cost.
+    low, high, most, whole = -_MIN_FLOAT, _MIN_FLOAT, FLOAT_DIGITS_END, MIN_SCANNED_FRACTIONAL
+    for index, item in enumerate(items):
+        kind = type(item)
+        if kind is float:
+            if low < item < high:
+                continue
+            # scanned_float, inlined (NaN compares false)
+            if -most < item < most and (not -whole < item < whole or item.is_integer()):
+                large.append(index)
+            continue
+        if kind is not int:
+            return None
+        if not -MIN_SCANNED_INT < item < MIN_SCANNED_INT:
+            large.append(index)
+    return large

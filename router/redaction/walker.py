@@ -12,7 +12,6 @@ array counts as one leaf, and its digits count against ``max_number_chars`` inst
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,31 +23,21 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 
 from router.redaction.actions import Hasher, action_for, apply
-from router.redaction.numbers import digits_of, holding_findings, joins_numbers
+from router.redaction.json_text import may_hide
+from router.redaction.numbers import (
+    MIN_SCANNED_INT,
+    digits_of,
+    holding_findings,
+    joins_numbers,
+    large_numbers,
+    scanned_float,
+)
 from router.redaction.types import Action, DetectionError, Finding
 from router.redaction.vault import TokenVault
 
 # A round's replacements can join neighbours into a new match (a dropped value between two
 # halves of a card number); rescanning until nothing changes keeps redaction idempotent.
 MAX_ROUNDS = 4
-# Integers below this have too few digits to be any entity we detect (phones start at 7).
-MIN_SCANNED_INT = 1_000_000
-# Floats below this are scanned as the integer part they are written with (a card number is
-# exact in FP64, and tritonclient writes an FP64 tensor's 4111111111111111 as
-# 4111111111111111.0; one with a fraction, 4111111111111111.5, shows the same digits). Up to
-# it, orjson (what goes upstream) and Python write every integer digit, past 2**53 too
-# (9792000000000052.0, a Troy card); from it on, an exponent (6.011e+18): no digits a
-# client's number had.
-FLOAT_DIGITS_END = 1e16
-# A float with a fraction is scanned only from 12 integer digits on (the shortest card number):
-# shorter ones with a fraction are readings (epoch seconds, 1.7e9), the common large float, not
-# an entity's digits; an integral float is scanned from MIN_SCANNED_INT, as an integer is.
-MIN_SCANNED_FRACTIONAL = 1e11
-_MIN_FLOAT = float(MIN_SCANNED_INT)
-# In a JSON text: a float literal whose parse may not keep the digits written (7 or more before
-# the point, or an exponent), and the end of an object key (what may follow a string).
-_LONG_FLOAT = re.compile(r"[0-9]{7}\.|[0-9][eE][-+]?[0-9]")
-_KEY_END = re.compile(r'"\s*:')
 
 
 class Scanner(Protocol):
@@ -252,7 +241,7 @@ class _Walk:
 
     def array(self, v: list[Any], path: tuple[str, ...], depth: int, rule: _Rule) -> Any:
         if depth < self.plan.max_depth and not self._may_drop_child(path):
-            large = _large_integers(v)
+            large = large_numbers(v)
             if large is not None:
                 # Tensor data: nothing in it is dropped or too deep, and only integers long
                 # enough to hold an entity are scanned (a 1 MB INT64 tensor holding one card
@@ -305,7 +294,7 @@ class _Walk:
                 new = self.value(inner, path, depth + 1, rule)
                 if new != inner:
                     return orjson.dumps(new).decode()
-                if not _may_hide(s, inner):
+                if not may_hide(s, inner):
                     return s
                 # Nothing redacted, yet the text may hold more than its parse (a duplicate
                 # key's first value, a float literal's digits its value does not keep:
@@ -366,27 +355,6 @@ class _Walk:
         )
 
 
-def _may_hide(text: str, parsed: Any) -> bool:
-    """Whether a JSON text may hold what its parse does not: a float literal with a long
-    integer part or an exponent (whose digits the parsed value may not keep), or more keys
-    than its parse has (a repeated key; a value holding '":' only errs toward yes)."""
-    if _LONG_FLOAT.search(text) is not None:
-        return True
-    return len(_KEY_END.findall(text)) > _key_count(parsed)
-
-
-def _key_count(parsed: Any) -> int:
-    count, stack = 0, [parsed]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            count += len(node)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return count
-
-
 def _keeps_all(rule: _Rule) -> bool:
     return rule.default == Action.KEEP and all(a == Action.KEEP for a in rule.actions.values())
 
@@ -396,39 +364,6 @@ def _note_rewrite(scanner: Scanner) -> None:
     though nothing in it was redacted."""
     if hasattr(scanner, "rewrites"):
         setattr(scanner, "rewrites", True)  # noqa: B010  (not part of the Scanner protocol)
-
-
-def scanned_float(v: float) -> bool:
-    """Whether a float is scanned as the integer part it is written with: as many digits as
-    a scanned integer (12 with a fraction), and all of them written out (FLOAT_DIGITS_END)."""
-    size = abs(v)
-    return MIN_SCANNED_INT <= size < FLOAT_DIGITS_END and (
-        size >= MIN_SCANNED_FRACTIONAL or v.is_integer()
-    )
-
-
-def _large_integers(items: list[Any]) -> list[int] | None:
-    """The indices of the numbers `value` scans (integers of MIN_SCANNED_INT or more in
-    magnitude, floats as scanned_float says) when every item is a float or an integer; None
-    when any is something else (walked one by one)."""
-    large = []
-    # Float bounds in locals: most tensor floats are small, and this one comparison (no
-    # global lookups, no int-float conversion, no call) is all they cost.
-    low, high, most, whole = -_MIN_FLOAT, _MIN_FLOAT, FLOAT_DIGITS_END, MIN_SCANNED_FRACTIONAL
-    for index, item in enumerate(items):
-        kind = type(item)
-        if kind is float:
-            if low < item < high:
-                continue
-            # scanned_float, inlined (NaN compares false)
-            if -most < item < most and (not -whole < item < whole or item.is_integer()):
-                large.append(index)
-            continue
-        if kind is not int:
-            return None
-        if not -MIN_SCANNED_INT < item < MIN_SCANNED_INT:
-            large.append(index)
-    return large
 
 
 @lru_cache(maxsize=256)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from router.errors import DetectionFailed, InvalidTensor
-from router.redaction.walker import FLOAT_DIGITS_END, MIN_SCANNED_FRACTIONAL, MIN_SCANNED_INT
+from router.redaction.numbers import FLOAT_DIGITS_END, MIN_SCANNED_FRACTIONAL, MIN_SCANNED_INT
 from router.v2.datatypes import BY_NAME, Datatype
 from router.v2.tensors import from_binary
 
@@ -40,7 +40,7 @@ SCANNED_FLOATS = frozenset(
     if dt.numpy.kind == "f" and float(np.finfo(dt.numpy).max) >= MIN_SCANNED_INT  # type: ignore[type-var]
 )
 # Per float type, the magnitude below which its elements are scanned: FP64 as far as its JSON
-# form writes every integer digit (walker.FLOAT_DIGITS_END; past 2**53 it still holds the even
+# form writes every integer digit (numbers.FLOAT_DIGITS_END; past 2**53 it still holds the even
 # integers exactly, a 16-digit card among them); FP32 only as far as it holds every integer
 # exactly (2**24): past it its elements (all integral there) carry no digits a client wrote,
 # and a tensor of large readings is no run of numbers to scan.
@@ -175,7 +175,7 @@ def _holds_large(array: np.ndarray) -> bool:
 
 
 def _holds_scanned_float(array: np.ndarray, below: float) -> bool:
-    """Whether a float element is one the JSON walk scans (walker.scanned_float: integral, or
+    """Whether a float element is one the JSON walk scans (numbers.scanned_float: integral, or
     of 12 digits with a fraction) within the type's scanned range (below `below`), vectorised.
     Most float tensors (activations, pixels, embeddings) stay within MIN_SCANNED_INT either
     way: a min and a max tell, with no copy; only then are magnitudes looked at."""
