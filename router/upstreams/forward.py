@@ -11,7 +11,6 @@ answer a `Relay` allows comes back open the same way (`body` None; `relay.py`).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from functools import partial
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    wait_random_exponential,
 )
 
 from router.budget import BUDGET_HEADER, remaining_ms
@@ -33,7 +31,7 @@ from router.errors import (
     UpstreamTimeout,
     UpstreamTlsFailed,
 )
-from router.upstreams import refusal
+from router.upstreams import backoff, refusal
 from router.upstreams.client import Transport, UpstreamRequest, UpstreamResponse
 from router.upstreams.cluster import Cluster, Endpoint
 from router.upstreams.refusal import CHAINED_REASONS
@@ -213,7 +211,9 @@ async def _with_retries(
             raise
         first_failure = exc
     try:
-        wait = _Wait(retry.base_backoff_ms / 1000, retry.max_backoff_ms / 1000, deadline, loop)
+        wait = backoff.Wait(
+            retry.base_backoff_ms / 1000, retry.max_backoff_ms / 1000, deadline, loop
+        )
         delay = wait.after(first_failure, 1)
         if loop.time() + delay >= deadline:
             raise first_failure
@@ -323,10 +323,10 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
     status = response.status
     if status >= 500 or status == 429:
         response.abort()
-        retry_after = _retry_after_ms(response.headers.get("retry-after-ms"))
+        retry_after = backoff.retry_after_ms(response.headers.get("retry-after-ms"))
         if retry_after is None:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-        should_retry = _should_retry(response.headers.get("x-should-retry"))
+            retry_after = backoff.retry_after(response.headers.get("Retry-After"))
+        should_retry = backoff.should_retry(response.headers.get("x-should-retry"))
         error = UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
         error.chained_reasons = response.headers.get(CHAINED_REASONS, "")
         if status in (502, 503) and error.chained_reasons:
@@ -348,59 +348,3 @@ def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: boo
         # A timeout is a lower bound on latency; remembering it keeps a slow tier skipped.
         endpoint.health.timed_out((time.perf_counter() - started) * 1000, loop_now)
     cluster.record_failure(endpoint, loop_now)
-
-
-def _should_retry(raw: str | None) -> bool | None:
-    """An OpenAI-style upstream's `x-should-retry` (true|false), else None."""
-    value = raw.strip().lower() if raw else ""
-    return True if value == "true" else False if value == "false" else None
-
-
-def _retry_after_ms(raw: str | None) -> float | None:
-    """OpenAI's `retry-after-ms` (milliseconds, may be fractional), in seconds."""
-    try:
-        value = float(raw) if raw is not None else -1.0
-    except ValueError:
-        return None
-    return value / 1000 if 0 <= value < 86_400_000 else None  # NaN fails the bounds
-
-
-def _retry_after(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    if raw.strip().isdigit():
-        return float(raw.strip())
-    try:
-        parsed = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, parsed.timestamp() - time.time())
-
-
-class _Wait:
-    """Jittered exponential back-off, or the upstream's Retry-After when it sent one; never
-    past the deadline (a wait that reaches it ends the retries: `out_of_time`)."""
-
-    def __init__(self, base: float, cap: float, deadline: float, loop: asyncio.AbstractEventLoop):
-        self._jitter = wait_random_exponential(multiplier=base, max=cap)
-        self._deadline = deadline
-        self._loop = loop
-
-    def _backoff(self, attempts: int) -> float:
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # only reads the count
-        state.attempt_number = attempts
-        return float(self._jitter(state))
-
-    def __call__(self, state: RetryCallState) -> float:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        # tenacity counts from the first retry; the bare first try came before it.
-        return self.after(error, state.attempt_number + 1)
-
-    def after(self, error: BaseException | None, attempts: int) -> float:
-        """How long to wait after `attempts` tries, the last of which failed with `error`."""
-        if isinstance(error, UpstreamStatus) and error.retry_after is not None:
-            delay = error.retry_after
-        else:
-            delay = self._backoff(attempts)
-        return max(0.0, min(delay, self._deadline - self._loop.time()))

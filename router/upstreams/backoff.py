@@ -1,0 +1,68 @@
+"""When to try an upstream again: its own word (`x-should-retry`, `retry-after-ms`,
+`Retry-After`), else a jittered exponential back-off, and never past the request's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+
+from tenacity import RetryCallState, wait_random_exponential
+
+from router.errors import UpstreamStatus
+
+
+def should_retry(raw: str | None) -> bool | None:
+    """An OpenAI-style upstream's `x-should-retry` (true|false), else None."""
+    value = raw.strip().lower() if raw else ""
+    return True if value == "true" else False if value == "false" else None
+
+
+def retry_after_ms(raw: str | None) -> float | None:
+    """OpenAI's `retry-after-ms` (milliseconds, may be fractional), in seconds."""
+    try:
+        value = float(raw) if raw is not None else -1.0
+    except ValueError:
+        return None
+    return value / 1000 if 0 <= value < 86_400_000 else None  # NaN fails the bounds
+
+
+def retry_after(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    if raw.strip().isdigit():
+        return float(raw.strip())
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+class Wait:
+    """Jittered exponential back-off, or the upstream's Retry-After when it sent one; never
+    past the deadline (a wait that reaches it ends the retries: `out_of_time`)."""
+
+    def __init__(self, base: float, cap: float, deadline: float, loop: asyncio.AbstractEventLoop):
+        self._jitter = wait_random_exponential(multiplier=base, max=cap)
+        self._deadline = deadline
+        self._loop = loop
+
+    def _backoff(self, attempts: int) -> float:
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # only reads the count
+        state.attempt_number = attempts
+        return float(self._jitter(state))
+
+    def __call__(self, state: RetryCallState) -> float:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        # tenacity counts from the first retry; the bare first try came before it.
+        return self.after(error, state.attempt_number + 1)
+
+    def after(self, error: BaseException | None, attempts: int) -> float:
+        """How long to wait after `attempts` tries, the last of which failed with `error`."""
+        if isinstance(error, UpstreamStatus) and error.retry_after is not None:
+            delay = error.retry_after
+        else:
+            delay = self._backoff(attempts)
+        return max(0.0, min(delay, self._deadline - self._loop.time()))
