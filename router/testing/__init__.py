@@ -13,6 +13,7 @@ from router.testing.models import (
 from router.testing.servers import (
     AppThread,
     RouterThread,
+    central_chat_cluster,
     chat_forwarding_settings,
     router_in_front_of,
     serve_in_thread,
@@ -30,6 +31,7 @@ __all__ = [
     "Faults",
     "Recorded",
     "RouterThread",
+    "central_chat_cluster",
     "chat_forwarding_settings",
     "identity_model",
     "refusing_provider_builder",

@@ -41,17 +41,26 @@ def settings_for(
     return Settings.model_validate(data)
 
 
-def chat_forwarding_settings(upstream_url: str, **sections: Any) -> Settings:
-    """A site that forwards OpenAI requests for model `gpt-test` to one central endpoint (no
-    health checks, no cache), with any other settings `sections` on top."""
-    cluster = {
+def central_chat_cluster(
+    upstream_url: str, model: str = "gpt-test", **settings: Any
+) -> dict[str, Any]:
+    """An OpenAI cluster `central` at the central tier serving `model` from one endpoint, with
+    no health checks, and any other cluster `settings` on top."""
+    return {
         "name": "central",
         "tier": "central",
         "protocols": ["openai"],
-        "models": ["gpt-test"],
+        "models": [model],
         "endpoints": [{"url": upstream_url}],
         "health_check": {"enabled": False},
+        **settings,
     }
+
+
+def chat_forwarding_settings(upstream_url: str, **sections: Any) -> Settings:
+    """A site that forwards OpenAI requests for model `gpt-test` to one central endpoint (no
+    health checks, no cache), with any other settings `sections` on top."""
+    cluster = central_chat_cluster(upstream_url)
     return Settings.model_validate(
         {"upstreams": [cluster], "cache": {"enabled": False}, **sections}
     )

@@ -8,13 +8,12 @@ import asyncio
 import contextlib
 import zlib
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from router.testing import router_in_front_of, serving
+from router.testing import central_chat_cluster, router_in_front_of, serving
 
 MODEL = "gpt-test"
 EVENTS = 4
@@ -62,16 +61,7 @@ async def test_a_compressed_event_stream_flows_event_by_event(
     for it to, then the stream ends whole."""
     upstream = FlushedStream(coding)
     url = await stack.enter_async_context(serving(upstream.app()))
-    cluster: dict[str, Any] = {
-        "name": "central",
-        "tier": "central",
-        "protocols": ["openai"],
-        "models": [MODEL],
-        "endpoints": [{"url": url}],
-        "client": client,
-        "request_timeout_ms": 20000,
-        "health_check": {"enabled": False},
-    }
+    cluster = central_chat_cluster(url, MODEL, client=client, request_timeout_ms=20000)
     _, base = await router_in_front_of(stack, tmp_path, cluster)
     chat = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     got = bytearray()

@@ -13,7 +13,6 @@ import random
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import brotli
@@ -21,7 +20,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from router.testing import router_in_front_of, serving
+from router.testing import central_chat_cluster, router_in_front_of, serving
 
 MODEL = "gpt-test"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
@@ -89,18 +88,14 @@ async def router_for(
     stack: contextlib.AsyncExitStack, tmp_path: Path, upstream: Encoded, client: str
 ) -> str:
     url = await stack.enter_async_context(serving(upstream.app()))
-    cluster: dict[str, Any] = {
-        "name": "central",
-        "tier": "central",
-        "protocols": ["openai"],
-        "models": [MODEL],
-        "endpoints": [{"url": url}],
-        "client": client,
-        "request_timeout_ms": 5000,
-        "health_check": {"enabled": False},
-        "retry": {"base_backoff_ms": 1, "max_backoff_ms": 5},
-        "relay_over_bytes": RELAY_OVER,
-    }
+    cluster = central_chat_cluster(
+        url,
+        MODEL,
+        client=client,
+        request_timeout_ms=5000,
+        retry={"base_backoff_ms": 1, "max_backoff_ms": 5},
+        relay_over_bytes=RELAY_OVER,
+    )
     _, base = await router_in_front_of(stack, tmp_path, cluster)
     return base
 

@@ -35,12 +35,18 @@ from router.audit import show
 from router.audit.writer import Writer
 from router.resources import default_policy_bundle
 from router.settings import Settings
-from router.testing import serving
+from router.testing import central_chat_cluster, serving
 
 MODEL = "gpt-test"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
 CHUNK = 32 * 1024
 RELAY_OVER = 64 * 1024  # the tests' relay_over_bytes: a few chunks
+# The cluster settings every test here starts from (a test's own go on top).
+RELAYING: dict[str, Any] = {
+    "request_timeout_ms": 5000,
+    "retry": {"base_backoff_ms": 1, "max_backoff_ms": 5},
+    "relay_over_bytes": RELAY_OVER,
+}
 LIMIT_S = 20.0
 # A client that asks for no content-coding: the Content-Length it gets is the upstream's.
 PLAIN = ("Accept-Encoding",)
@@ -136,19 +142,7 @@ async def router_for(
             "audit": {"path": str(audit), "fsync": fsync},
             "cache": {"enabled": cache},
             "upstreams": [
-                {
-                    "name": "central",
-                    "tier": "central",
-                    "protocols": ["openai"],
-                    "models": [MODEL],
-                    "endpoints": [{"url": url}],
-                    "client": client,
-                    "request_timeout_ms": 5000,
-                    "health_check": {"enabled": False},
-                    "retry": {"base_backoff_ms": 1, "max_backoff_ms": 5},
-                    "relay_over_bytes": RELAY_OVER,
-                    **cluster,
-                }
+                central_chat_cluster(url, MODEL, **(RELAYING | {"client": client} | cluster))
             ],
             **(sections or {}),
         }
