@@ -1,7 +1,7 @@
 """The listening side's defences against clients that cost more than they ask for: a bounded
 time to send a request head (aiohttp alone waits as long as bytes keep trickling), an idle
-timeout, header size and count limits (431), a cap on open connections, and error answers
-for malformed requests that never quote the request back.
+timeout, header size and count limits (431; 414 for a request target), a cap on open
+connections, and error answers for malformed requests that never quote the request back.
 
 aiohttp builds one RequestHandler (the asyncio protocol) per connection from its Server;
 GuardedRunner makes that Server hand out GuardedHandlers instead."""
@@ -146,7 +146,9 @@ class GuardedHandler(RequestHandler):
         """aiohttp's answer quotes the offending bytes; ours names the problem only."""
         super().handle_error(request, status, exc, message)  # logs; raises if bytes went out
         text = "malformed HTTP request"
-        if isinstance(exc, LineTooLong) or (
+        if isinstance(exc, LineTooLong) and exc.args[1] == target_limit(self._guard.limits):
+            status, text = 414, "request target too long"
+        elif isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message
         ):
             status, text = 431, "request header fields too large or too many"
@@ -161,6 +163,11 @@ class GuardedHandler(RequestHandler):
         return response
 
 
+def target_limit(limits: LimitsSettings) -> int:
+    """The request line's limit: one byte over a header field's, so the two tell apart."""
+    return limits.max_header_bytes + 1
+
+
 def _coding(request: BaseRequest | None) -> str:
     return request.headers.get("Content-Encoding", "").lower() if request is not None else ""
 
@@ -172,7 +179,9 @@ class GuardedRunner(web.AppRunner):
         super().__init__(
             app,
             keepalive_timeout=limits.idle_timeout_s,
-            max_line_size=limits.max_header_bytes,
+            # One byte apart so that a LineTooLong says which limit it hit (its `args[1]`):
+            # the request target (414) or a header field (431).
+            max_line_size=target_limit(limits),
             max_field_size=limits.max_header_bytes,
             max_headers=limits.max_headers,
             # After an early 413/408 the rest of a body is drained this long at most, so the

@@ -64,7 +64,7 @@ class AuthSettings(Strict):
 class LimitsSettings(Strict):
     """What one client may cost the site before it is refused (TESTING.md S7, S9, R3)."""
 
-    # One request line or header field, and the number of header fields: 431 past either.
+    # One request line (414 past it) or header field, and the number of header fields (431).
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 8190
     max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
     # A connection must deliver a request's head within this time of its first byte (or of

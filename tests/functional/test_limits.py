@@ -217,6 +217,12 @@ class TestHeaders:
         assert status_of(reply) == 431
         assert b"qqqq" not in reply
 
+    def test_a_request_target_over_8_kib_is_414(self, router: RouterThread) -> None:
+        """A 9 KiB query string: 414 URI Too Long (RFC 9110), not 431, and it is not quoted."""
+        reply = exchange(router.port, head(CLASSIFY + "?q=" + "u" * 9000, "Content-Length: 2"))
+        assert status_of(reply) == 414
+        assert b"uuuu" not in reply
+
     def test_more_than_100_headers_is_431(self, router: RouterThread) -> None:
         """101 header fields: 431; 90 are fine (the request reaches the model)."""
         many = [f"X-H{i}: v" for i in range(101)]
