@@ -14,7 +14,7 @@ from router.errors import UpstreamError, UpstreamResponseTooLarge
 from router.upstreams.h1 import H1Connection
 from router.upstreams.inflate import Inflater, inflater_for
 
-OFFERED = ("gzip", "x-gzip", "deflate")  # pool.py's Accept-Encoding
+OFFERED = ("gzip", "x-gzip", "deflate", "br")  # pool.py's Accept-Encoding
 
 
 class H1Response:

@@ -10,6 +10,7 @@ import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 
+import brotli
 import pytest
 import uvloop
 
@@ -346,10 +347,20 @@ async def test_raw_deflate_answer_is_inflated(server: tuple[Scripted, str]) -> N
     await transport.close()
 
 
-async def test_encoding_not_asked_for_is_an_error(server: tuple[Scripted, str]) -> None:
-    """A body in an encoding we never offered (br) is an error, never relayed as if plain."""
+async def test_br_answer_is_inflated(server: tuple[Scripted, str]) -> None:
+    """br is offered (`Accept-Encoding: gzip, deflate, br`), and an answer in it is inflated."""
     scripted, url = server
-    scripted.answers = [ok(b"\x1b\x07\x00\xf8brotli", b"Content-Encoding: br\r\n")]
+    scripted.answers = [ok(brotli.compress(b'{"a": 1}'), b"Content-Encoding: br\r\n")]
+    transport = H1Transport(4)
+    assert await get(transport, url) == b'{"a": 1}'
+    assert b"Accept-Encoding: gzip, deflate, br\r\n" in scripted.requests[-1]
+    await transport.close()
+
+
+async def test_encoding_not_asked_for_is_an_error(server: tuple[Scripted, str]) -> None:
+    """A body in an encoding we never offered (zstd) is an error, never relayed as if plain."""
+    scripted, url = server
+    scripted.answers = [ok(b"(\xb5/\xfd zstd", b"Content-Encoding: zstd\r\n")]
     transport = H1Transport(4)
     with pytest.raises(UpstreamError, match="encoding"):
         await get(transport, url)
