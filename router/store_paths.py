@@ -24,7 +24,9 @@ def check_store_paths(settings: Settings) -> None:
     if spool is not None:
         _check_writable("spool.path", spool)
     if settings.audit.enabled:
-        _check_writable("audit.path", log_file(audit_path(settings.audit.path), settings.site.id))
+        folder = audit_path(settings.audit.path)
+        for worker in range(settings.server.workers):  # each worker opens its own chain
+            _check_writable("audit.path", log_file(folder, settings.site.id, worker))
 
 
 def _check_writable(key: str, path: Path) -> None:

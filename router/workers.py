@@ -14,7 +14,8 @@ and gunicorn's `--workers`, without a shared accept socket). The supervisor itse
 - SIGHUP: forwarded, for each worker to reload;
 - a worker that exits by itself is restarted, after a back-off that doubles per quick crash
   (1 s up to 30 s; a worker that ran a minute starts again from 1 s); a worker that fails
-  within its first seconds of the very first start (bad config, 2) stops the site.
+  within its first seconds of the very first start, or with exit 2 (a configuration serve
+  refuses) on it, stops the site.
 
 What each worker holds is in the README ("Worker processes").
 """
@@ -38,6 +39,7 @@ WORKER_ENV = "LAYER_ROUTER_WORKER"
 PORT_ENV = "LAYER_ROUTER_WORKER_PORT"  # the port the supervisor reserved for all workers
 SUPERVISOR_ENV = "LAYER_ROUTER_SUPERVISOR_PID"  # a worker whose parent is another has lost it
 FIRST_START_GRACE_S = 5.0  # a worker failing this soon after the first start fails the site
+CONFIG_EXIT = 2  # serve refused its settings
 STABLE_RUN_S = 60.0  # a run this long resets the back-off
 BACKOFF_S = (1.0, 30.0)
 POLL_S = 0.1
@@ -183,7 +185,9 @@ class Supervisor:
         slot.process = None
         slot.exit_codes.append(code)
         ran = now - slot.started
-        if slot.starts == 1 and ran < FIRST_START_GRACE_S and code > 0:
+        # Exit 2 is serve's "the configuration cannot be served": restarting cannot mend it,
+        # however long loading the models took before it was found.
+        if slot.starts == 1 and code > 0 and (code == CONFIG_EXIT or ran < FIRST_START_GRACE_S):
             self._say(f"worker {slot.index} failed to start (exit {code}); stopping")
             return code
         slot.quick_crashes = 0 if ran >= STABLE_RUN_S else slot.quick_crashes + 1

@@ -74,6 +74,19 @@ class Settings(Strict):
         return self
 
     @model_validator(mode="after")
+    def _one_audit_chain_per_worker(self) -> Settings:
+        # Each worker appends its own hash chain; two writers on one file would interleave
+        # (serve refuses the second at start, after the first has begun serving).
+        path = self.audit.path
+        if self.audit.enabled and self.server.workers > 1 and path and path.suffix == ".jsonl":
+            raise ValueError(
+                f"audit.path {str(path)!r} names one file but server.workers is "
+                f"{self.server.workers}: each worker writes its own chain, so name a folder "
+                "(it then holds <site>.jsonl, <site>.1.jsonl, ...)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _auth_decided(self) -> Settings:
         if self.auth.mode is None and not is_loopback(self.server.host):
             raise ValueError(

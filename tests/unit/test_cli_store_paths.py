@@ -64,6 +64,31 @@ def test_an_audit_log_that_cannot_be_written_is_refused(
     assert f"{tmp_path}/trail.jsonl" in err
 
 
+def test_every_workers_audit_log_is_probed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With two workers, the second worker's log (`<site>.1.jsonl`) that cannot be opened for
+    appending is refused too, not only the first's."""
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "edge-local.1.jsonl").mkdir()
+    text = f"server: {{workers: 2}}\naudit: {{path: {tmp_path}/audit}}\n"
+    code, err = checked(tmp_path, text, capsys)
+    assert code == 2
+    assert f"{tmp_path}/audit/edge-local.1.jsonl" in err
+
+
+def test_one_audit_file_for_two_workers_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit.path` naming one .jsonl file with two workers is a configuration error (serve's
+    second worker could not open it), naming both keys."""
+    text = f"server: {{workers: 2}}\naudit: {{path: {tmp_path}/trail.jsonl}}\n"
+    code, err = checked(tmp_path, text, capsys)
+    assert code == 2
+    assert "audit.path" in err
+    assert "server.workers is 2" in err
+
+
 def test_usable_paths_pass_and_nothing_is_left_behind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -59,6 +59,24 @@ def test_failing_first_start_stops_the_site() -> None:
     assert supervisor._tend(slot, 11.0) == 2
 
 
+def test_a_configuration_refused_after_a_slow_first_start_stops_the_site() -> None:
+    """Exit 2 on the first start after loading took 30 s (a loaded machine, big models) still
+    stops the site: restarting cannot mend a configuration serve refuses."""
+    supervisor = Supervisor(["true"], 1, Settings(), io.StringIO())
+    slot = supervisor.slots[0]
+    slot.starts, slot.started = 1, 10.0
+    slot.process = Exited(2)  # type: ignore[assignment]
+    assert supervisor._tend(slot, 40.0) == 2
+
+
+def test_a_slow_first_start_crashing_otherwise_is_restarted() -> None:
+    """Exit 1 after a first start that ran 30 s: restarted after the back-off, as any crash."""
+    supervisor = Supervisor(["true"], 1, Settings(), io.StringIO())
+    slot = supervisor.slots[0]
+    slot.starts = 1
+    assert crash(supervisor, slot, 1, ran_s=30.0, now=50.0) == 1.0
+
+
 def test_killed_on_first_start_is_restarted() -> None:
     """A worker killed by a signal (not failing by itself) is restarted even at first."""
     supervisor = Supervisor(["true"], 1, Settings(), io.StringIO())
