@@ -210,6 +210,18 @@ class TestCompany:
             False,
         ]
 
+    def test_default_look_interval_is_a_quarter_second(self) -> None:
+        """By default a fast model on the loop sends one run every 0.25 s to the pool."""
+        gate = InlineGate(LIMIT)
+        gate.ran_on_loop(10_000, 8)
+        assert [gate.runs_on_loop(t, _feeds(8)) for t in (1.0, 1.01, 1.24, 1.25, 1.26)] == [
+            False,
+            True,
+            True,
+            False,
+            True,
+        ]
+
     def test_model_returns_to_the_loop_once_requests_come_alone(self) -> None:
         """With the default thresholds, a fast model whose requests stop arriving together
         is back on the loop after the company window and one look in the pool."""
