@@ -5,20 +5,28 @@ more than a tiny model's run; but on the loop a run stalls every other request, 
 that arrive together cannot share a hand-off there (README, "Inline runs"). The gate weighs
 the two from what its runner tells it about past runs.
 
-Time comes in as `now` (the runner's loop.time()), read once by the caller: the runner's loop
-is known only at its first request, after the warm-up was measured, and its hand-off code
-uses the same reading for deadlines. A test drives the gate with plain numbers.
+Time comes in with each call, not at construction: the runner's clock is its event loop,
+known only at its first request (after the warm-up was measured). The question takes the
+clock and reads it only once an enabled gate needs the time; a note takes the reading the
+runner's hand-off code also used. A test drives the gate with a fake clock and plain numbers.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 
 _NEVER = float("-inf")
 _UNKNOWN = float("inf")
+
+
+class Clock(Protocol):
+    """Seconds on a monotonic clock: an asyncio event loop is one."""
+
+    def time(self) -> float: ...
 
 
 def input_bytes(feeds: Mapping[str, np.ndarray]) -> int:
@@ -79,17 +87,18 @@ class InlineGate:
         self._loop_runs: deque[tuple[float, int]] = deque(maxlen=history)
         self._off_loop_ns = _UNKNOWN  # the last run in the pool, per request
         self._off_loop_bytes = 1  # the input bytes of that run, per request
-        self._probed = _NEVER  # `now` of the last probe on the loop
-        self._shared = _NEVER  # `now` of the last hand-off of several requests
-        self._looked = _NEVER  # `now` of the last run sent to the pool to look
+        self._probed = _NEVER  # clock time of the last probe on the loop
+        self._shared = _NEVER  # clock time of the last hand-off of several requests
+        self._looked = _NEVER  # clock time of the last run sent to the pool to look
 
-    def runs_on_loop(self, now: float, feeds: Mapping[str, np.ndarray]) -> bool:
+    def runs_on_loop(self, clock: Clock, feeds: Mapping[str, np.ndarray]) -> bool:
         """Whether an idle model's next run, on `feeds`, goes on the loop: it is short, and
         requests do not arrive together. A run sent to the pool to look, or kept on the loop
         as a probe, is noted as such. (Feeds, not bytes: they are counted only when needed.)"""
         limit = self._limit_ns
         if not limit:
             return False
+        now = clock.time()
         if now - self._shared < self._company_window_s:
             return False
         if now - self._looked >= self._look_interval_s:
@@ -111,7 +120,7 @@ class InlineGate:
         self._off_loop_bytes = size
 
     def hand_off_shared(self, now: float) -> None:
-        """Note that several requests shared one hand-off to the pool at `now`."""
+        """Note that several requests shared one hand-off to the pool at `now` (clock time)."""
         self._shared = now
 
     def loop_run_ns(self) -> float:

@@ -102,7 +102,7 @@ class ModelRunner:
         future: asyncio.Future[Outputs] = loop.create_future()
         rows, key = self._batch_key(feeds)
         job = _Job(feeds, rows, key, future, deadline, time.perf_counter_ns())
-        if self._busy == 0 and not self._queue and self._gate.runs_on_loop(loop.time(), feeds):
+        if self._busy == 0 and not self._queue and self._gate.runs_on_loop(loop, feeds):
             self.stats.queue.add(0)  # it went through the queue without waiting
             result = self._run_group([job])
             if result.parts is not None:
