@@ -4,6 +4,7 @@ Scheduling happens on the event loop (no locks: every queue operation is on one 
 `session.run` and the stacking/splitting of batches happen on the shared inference executor.
 A job whose caller went away (its future was cancelled) or whose deadline passed is dropped
 before it runs. Results come back with `call_soon_threadsafe`, the cheapest hand-off there is.
+An idle model's short run may instead happen on the loop itself: its InlineGate decides.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, QueueFull
+from router.inference.inline_gate import InlineGate, input_bytes
 from router.inference.stats import ModelStats
 
 Feeds = dict[str, np.ndarray]
@@ -26,22 +28,6 @@ _SINGLES_PER_HANDOFF = 16
 # Grouping pays only where a run costs less than the hand-off; for longer runs the later jobs
 # of a group would wait inside the thread, past the deadline and cancellation checks.
 _GROUPED_RUN_MAX_NS = 1_000_000
-# A model sent off the loop by a slow run (often its first run on a thread) is tried on the
-# loop again at most this often, while its runs on the executor stay under _PROBE_CEILING
-# times the inline limit: the worst a probe can stall the loop is then bounded and rare.
-_PROBE_INTERVAL_S = 0.25
-_PROBE_CEILING = 10
-# The inline estimate is the shortest of the last few runs on the loop: a run can only be
-# slowed down (by a preempting process, a collection, cold caches), never sped up, so a
-# single slow run does not send a model off the loop. One over the ceiling does.
-_LOOP_RUNS_KEPT = 5
-# Short runs stay on the loop only while nothing shows other requests about. On the loop a
-# request runs from start to end, so requests arriving together cannot be seen there; in the
-# pool they queue during a run and share the next hand-off, and the model's weights stay in
-# that thread's caches (on the loop each run finds them evicted by the requests' own work: a
-# 7 µs MLP takes 50). So one run goes to the pool this often, to look, and runs stay there
-# for as long after a hand-off was last shared.
-_LOAD_PROBE_INTERVAL_S = 0.25
 Outputs = list[np.ndarray]
 
 
@@ -86,33 +72,19 @@ class ModelRunner:
         self._passed = False  # a sub-millisecond wait already let one loop pass go by
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = ModelStats()
-        # (ns, input bytes) of runs on the loop, newest last
-        self._loop_runs: deque[tuple[float, int]] = deque(maxlen=_LOOP_RUNS_KEPT)
-        self._off_loop_ns = float("inf")  # the last run on the executor, per request
-        self._off_loop_bytes = 1  # the input bytes of that run, per request
-        self._probed = float("-inf")  # loop.time() of the last probe on the loop
-        self._shared = float("-inf")  # loop.time() of the last hand-off of several requests
-        self._looked = float("-inf")  # loop.time() of the last run sent to the pool to look
+        # Asked, on the loop, where an idle model's run goes; told of every run and of every
+        # shared hand-off. Its other thresholds are the README's ("Inline runs").
+        self._gate = InlineGate(limits.inline_max_ns)
 
     @property
     def run_ns(self) -> float:
         """What a run on the loop is expected to take (ns); infinite until measured."""
-        return min((ns for ns, _ in self._loop_runs), default=float("inf"))
+        return self._gate.loop_run_ns()
 
     def measured(self, run_ns: float, feeds: Feeds) -> None:
         """Note one session.run duration, on `feeds`, measured where nothing else competed for
         the GIL (the warm-up, a run on the loop): the estimate that gates inline runs."""
-        if run_ns >= _PROBE_CEILING * self._limits.inline_max_ns:
-            self._loop_runs.clear()
-        self._loop_runs.append((run_ns, _input_bytes(feeds)))
-
-    def _expected_ns(self, size: int) -> float:
-        """What a run on the loop with `size` bytes of input is expected to take (ns): a model
-        with open dimensions (measured at the warm-up with them set to 1) may be sent an input
-        many times larger than those measured, whose run takes about as many times longer."""
-        return min(
-            (ns * max(1.0, size / seen) for ns, seen in self._loop_runs), default=float("inf")
-        )
+        self._gate.ran_on_loop(run_ns, input_bytes(feeds))
 
     @property
     def batching(self) -> bool:
@@ -130,46 +102,17 @@ class ModelRunner:
         future: asyncio.Future[Outputs] = loop.create_future()
         rows, key = self._batch_key(feeds)
         job = _Job(feeds, rows, key, future, deadline, time.perf_counter_ns())
-        if self._busy == 0 and not self._queue and self._inline_now(loop, feeds):
+        if self._busy == 0 and not self._queue and self._gate.runs_on_loop(loop, feeds):
             self.stats.queue.add(0)  # it went through the queue without waiting
             result = self._run_group([job])
             if result.parts is not None:
-                self.measured(result.timings[1], feeds)
+                self._gate.ran_on_loop(result.timings[1], input_bytes(feeds))
             self._settle([job], result, time.perf_counter_ns())
             return future
         self._queue.append(job)
         self._queued_rows += rows
         self._pump()
         return future
-
-    def _inline_now(self, loop: asyncio.AbstractEventLoop, feeds: Feeds) -> bool:
-        """Whether an idle model's next run goes on the loop: it is short, and requests do not
-        arrive together (see _LOAD_PROBE_INTERVAL_S)."""
-        limit = self._limits.inline_max_ns
-        if not limit:
-            return False
-        now = loop.time()
-        if now - self._shared < _LOAD_PROBE_INTERVAL_S:
-            return False
-        if now - self._looked >= _LOAD_PROBE_INTERVAL_S:
-            self._looked = now
-            return False
-        size = _input_bytes(feeds)
-        return self._expected_ns(size) < limit or self._probe_now(now, limit, size)
-
-    def _probe_now(self, now: float, limit: int, size: int) -> bool:
-        """Whether to try a model that was too slow on the loop once more. Runs on the executor
-        do not move the estimate: there a run's time also holds its wait for the GIL and the
-        core, which the loop's own work adds (a 7 µs MLP measured 40-60 µs), so a model sent
-        off the loop once would never come back."""
-        off_loop_ns = self._off_loop_ns * max(1.0, size / self._off_loop_bytes)
-        if off_loop_ns >= _PROBE_CEILING * limit:
-            return False
-        if now - self._probed < _PROBE_INTERVAL_S:
-            return False
-        self._probed = now
-        self._loop_runs.clear()  # the probe's own time replaces the estimate
-        return True
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()
@@ -200,7 +143,7 @@ class ModelRunner:
             now = loop.time()
             groups = self._take_batch(now) if self.batching else self._take_singles(now)
             if sum(map(len, groups)) > 1:
-                self._shared = now
+                self._gate.hand_off_shared(now)
             if groups:
                 self._busy += 1
                 self._executor.submit(self._execute, groups)
@@ -235,10 +178,7 @@ class ModelRunner:
         """Unbatched models: several queued jobs per executor hand-off, run one by one, so a
         busy model pays one thread round trip per group of requests, not per request."""
         groups: list[list[_Job]] = []
-        # Runs in the pool, when there were any, tell best: on the loop a model may have run
-        # only at its warm-up (open dimensions set to 1), or never under load.
-        pooled = self._off_loop_ns
-        expected = pooled if pooled < float("inf") else self.run_ns
+        expected = self._gate.expected_run_ns()
         limit = _SINGLES_PER_HANDOFF if expected < _GROUPED_RUN_MAX_NS else 1
         while self._queue and len(groups) < limit:
             job = self._queue.popleft()
@@ -306,8 +246,10 @@ class ModelRunner:
         now_ns = time.perf_counter_ns()
         for batch, result in zip(groups, results, strict=True):
             if result.parts is not None:
-                self._off_loop_ns = result.timings[1] / len(batch)
-                self._off_loop_bytes = sum(_input_bytes(job.feeds) for job in batch) // len(batch)
+                n = len(batch)
+                self._gate.ran_in_pool(
+                    result.timings[1] / n, sum(input_bytes(job.feeds) for job in batch) // n
+                )
             self._settle(batch, result, now_ns)
         self._pump()
 
@@ -339,10 +281,6 @@ class ModelRunner:
             if not job.future.done():
                 job.future.set_exception(InferenceFailed(f"model {self._label} was unloaded"))
         self._queue.clear()
-
-
-def _input_bytes(feeds: Feeds) -> int:
-    return max(1, sum(a.nbytes for a in feeds.values()))
 
 
 def _stack(batch: list[_Job]) -> Feeds:
