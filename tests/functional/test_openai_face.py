@@ -550,3 +550,40 @@ async def test_media_type_is_case_insensitive(http: aiohttp.ClientSession) -> No
                 assert first == b'data: {"first": true}\n\n'
                 release.set()
                 assert await response.read() == b"data: [DONE]\n\n"
+
+
+def test_upstream_kserve_model_is_not_an_openai_model() -> None:
+    """A model only a KServe v2 cluster serves, which /v1/models lists, asked for over the
+    OpenAI API: the 404 says which API serves it, not that the listed model is unknown."""
+    vision = FakeUpstream(name="vision", models=(), v2_models=("resnet",))
+    with AppThread(vision.app) as upstream:
+        settings = Settings.model_validate(
+            {
+                "upstreams": [
+                    {
+                        "name": "vision",
+                        "tier": "regional",
+                        "protocols": ["kserve-v2"],
+                        "models": ["resnet"],
+                        "endpoints": [{"url": upstream.url}],
+                        "health_check": {"enabled": False},
+                    }
+                ],
+                "cache": {"enabled": False},
+            }
+        )
+        with (
+            RouterThread(settings) as router,
+            openai.OpenAI(
+                base_url=router.url + "/v1", api_key="sk-test", max_retries=0, timeout=TIMEOUT_S
+            ) as sdk,
+        ):
+            assert "resnet" in {m.id for m in sdk.models.list()}
+            with pytest.raises(openai.NotFoundError) as info:
+                sdk.chat.completions.create(model="resnet", messages=MESSAGES)
+    assert info.value.code == "model_not_found"
+    assert error_object(info.value)["message"] == (
+        "model 'resnet' is served by this site's upstreams over the KServe v2 API only: "
+        "POST /v2/models/resnet/infer"
+    )
+    assert not vision.received
