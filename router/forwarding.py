@@ -31,6 +31,7 @@ from router.headers import (
     traceparent,
     upstream_request_headers,
 )
+from router.openai_numbers import refuse_json_numbers_made_text
 from router.policy.decide import TIER_ORDER
 from router.privacy import Privacy
 from router.redaction.rehydrate import (
@@ -57,7 +58,7 @@ def outgoing(
 ) -> Outgoing:
     settings = cluster.settings
     view = view_for(ctx, settings.tier.value, privacy)
-    if ctx.api == "kserve-v2" and view.changed:
+    if view.changed:
         _refuse_numbers_made_text(ctx, view, settings.tier.value, privacy, path)
     headers = upstream_request_headers(
         view.headers,
@@ -95,18 +96,24 @@ def outgoing(
 def _refuse_numbers_made_text(
     ctx: RequestContext, view: View, tier: str, privacy: Privacy, path: str | None
 ) -> None:
-    """Before anything is sent: a numeric tensor that redaction would fill with text fails
-    the request here (422) rather than at the upstream (400). Nothing went, so nothing was
-    redacted for the record."""
+    """Before anything is sent: a numeric tensor (or an OpenAI body's JSON number) that
+    redaction would fill with text fails the request here (422) rather than at the upstream
+    (400). Nothing went, so nothing was redacted for the record."""
+    plan = privacy.plans[tier]
     try:
-        refuse_numbers_made_text(
-            ctx.scanned_document,
-            view.document,
-            tier=tier,
-            model=_model_of(path) or ctx.model,
-            plan=privacy.plans[tier],
-            scanner=ctx.scanner,
-        )
+        if ctx.api == "kserve-v2":
+            refuse_numbers_made_text(
+                ctx.scanned_document,
+                view.document,
+                tier=tier,
+                model=_model_of(path) or ctx.model,
+                plan=plan,
+                scanner=ctx.scanner,
+            )
+        elif ctx.api == "openai":
+            refuse_json_numbers_made_text(
+                ctx.scanned_document, view.document, tier=tier, plan=plan, scanner=ctx.scanner
+            )
     except NumericTensorRedaction:
         ctx.redactions = Counter()
         raise

@@ -506,6 +506,27 @@ class TestErrors:
         assert info.value.response.headers["x-should-retry"] == "false"
         assert len(site.broken.received) == before + 1
 
+    def test_seed_with_a_cards_digits_is_refused_not_sent_as_text(
+        self, client: openai.OpenAI, site: Site
+    ) -> None:
+        """A random 63-bit seed with a 19-digit Visa card's digits (one in thirty are) is a
+        422 naming the field, never sent as `"seed": "<CARD_1>"` (which the upstream would
+        refuse as a string); an ordinary seed goes on as the integer it is."""
+        before = len(site.llm.received)
+        with pytest.raises(openai.UnprocessableEntityError) as info:
+            client.chat.completions.create(
+                model="gpt-test", messages=MESSAGES, seed=4402799966178870243
+            )
+        assert info.value.code == "numeric_value_redaction"
+        message = error_object(info.value)["message"]
+        assert message.startswith("'seed' is a number holding a CARD value")
+        assert "4402799966178870243" not in message
+        assert info.value.response.headers["x-should-retry"] == "false"
+        assert len(site.llm.received) == before
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES, seed=455236681536321531)
+        sent = orjson.loads(site.llm.requests_to("/v1/chat/completions")[-1].body)
+        assert sent["seed"] == 455236681536321531
+
     async def test_async_sdk_error(self, aclient: openai.AsyncOpenAI) -> None:
         """The asyncio SDK raises the same classes."""
         with pytest.raises(openai.NotFoundError) as info:
