@@ -304,7 +304,13 @@ class SseRehydrator:
     ) -> bool:
         value = container[name]
         if not isinstance(value, str):
-            return False
+            # Content as a list of parts (Mistral streams its reasoning models' so), arguments
+            # as an object: whole tokens restored in it, as in a plain answer.
+            restored = rehydrate_json(value, self._vault)
+            if restored == value:
+                return False
+            container[name] = restored
+            return True
         text = self._held.pop(key, "") + value
         emit, tail = (text, "") if finished else self._split(text)
         if tail:

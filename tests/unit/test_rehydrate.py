@@ -318,6 +318,22 @@ class TestSseRehydrator:
         ]
         assert transcripts == [f"card {CARD}"]
 
+    def test_content_parts_restored(self, vault: TokenVault) -> None:
+        """A delta whose content is a list of parts (as Mistral streams its reasoning models'
+        answers) has whole tokens restored in it, as a plain answer's would."""
+        parts = [{"type": "text", "text": "mail <EMAIL_1> now"}]
+        events: list[dict[str, Any] | str] = [
+            chunk([{"index": 0, "delta": {"content": parts}, "finish_reason": None}]),
+            chunk([delta(None, finish="stop")]),
+            "[DONE]",
+        ]
+        out = run(vault, [sse(events)])
+        first = next(events_of(out))
+        assert not isinstance(first, str)
+        assert first["choices"][0]["delta"]["content"] == [
+            {"type": "text", "text": f"mail {EMAIL} now"}
+        ]
+
     def test_completions_text(self, vault: TokenVault) -> None:
         """Legacy completions streams carry text in choices[i].text."""
         events: list[dict[str, Any] | str] = [
