@@ -454,6 +454,22 @@ class TestErrors:
         assert info.value.code == "upstream_status"
         assert info.value.response.headers["Retry-After"] == "7"
 
+    def test_upstream_retry_after_ms_is_passed_on(self, client: openai.OpenAI, site: Site) -> None:
+        """An upstream 429's `retry-after-ms: 250` (what the SDK reads first) reaches the
+        client as such, beside a Retry-After rounded up to whole seconds, instead of only that
+        (the SDK would wait four times longer than asked)."""
+        site.broken.behaviour.fail_status = 429
+        site.broken.behaviour.fail_headers = {"retry-after-ms": "250"}
+        try:
+            with pytest.raises(openai.RateLimitError) as info:
+                client.chat.completions.create(model="gpt-broken", messages=MESSAGES)
+        finally:
+            site.broken.behaviour.fail_status = 0
+            site.broken.behaviour.fail_headers = {}
+        headers = info.value.response.headers
+        assert headers["retry-after-ms"] == "250"
+        assert headers["Retry-After"] == "1"
+
     def test_unmeetable_budget_is_not_retried_by_the_sdk(self, site: Site) -> None:
         """A 504 for a budget no target can meet (decided up front, or spent before the
         upstream answered) says `x-should-retry: false`: the SDK, which retries every 5xx,
