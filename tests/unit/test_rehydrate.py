@@ -164,6 +164,27 @@ class TestRehydrateJson:
         out = rehydrate_json(doc, vault)
         assert orjson.loads(out["arguments"]) == {"text": 'say "hi"'}
 
+    def test_json_text_keeps_its_layout_and_numbers(self) -> None:
+        """A structured-output answer (a JSON text in `content`) has its tokens restored where
+        they stand: its layout and number literals stay as the upstream wrote them (a parse
+        re-encoded made 12345678901234567890123 a float, 1.2345678901234568e+22)."""
+        vault = TokenVault()
+        token = vault.token_for("EMAIL", "a@b.com")
+        written = '{\n  "email": "%s",\n  "order": 12345678901234567890123,\n  "price": 19.90\n}'
+        doc = {"choices": [{"message": {"content": written % token}}]}
+        out = rehydrate_json(doc, vault)
+        assert out["choices"][0]["message"]["content"] == written % "a@b.com"
+
+    def test_nested_json_text_still_valid(self) -> None:
+        """A value with quotes restored in a JSON text nested in a JSON text's string keeps
+        both valid."""
+        vault = TokenVault()
+        token = vault.token_for("NAME", 'say "hi"')
+        inner = orjson.dumps({"text": token}).decode()
+        doc = {"arguments": orjson.dumps({"payload": inner}).decode()}
+        out = orjson.loads(rehydrate_json(doc, vault)["arguments"])
+        assert orjson.loads(out["payload"]) == {"text": 'say "hi"'}
+
     def test_input_not_mutated(self, vault: TokenVault) -> None:
         """The upstream's parsed document is left as it was."""
         doc = {"choices": [{"message": {"content": "<EMAIL_1>"}}]}
