@@ -624,3 +624,36 @@ def test_upstream_kserve_model_is_not_an_openai_model() -> None:
         "POST /v2/models/resnet/infer"
     )
     assert not vision.received
+
+
+def test_heavy_local_model_is_listed_where_it_runs(edge_models: Path) -> None:
+    """A local model marked heavy (never run here) is listed with the cluster that serves it
+    as its first route, not as `local` at the edge, which no request takes."""
+    vision = FakeUpstream(name="vision", models=(), v2_models=("hotspot_detector",))
+    with AppThread(vision.app) as upstream:
+        settings = Settings.model_validate(
+            {
+                "models": {"repository": edge_models, "inference_threads": 1},
+                "routing": {"models": {"hotspot_detector": {"heavy": True}}},
+                "upstreams": [
+                    {
+                        "name": "vision",
+                        "tier": "regional",
+                        "protocols": ["kserve-v2"],
+                        "models": ["hotspot_detector"],
+                        "endpoints": [{"url": upstream.url}],
+                        "health_check": {"enabled": False},
+                    }
+                ],
+            }
+        )
+        with (
+            RouterThread(settings) as router,
+            openai.OpenAI(
+                base_url=router.url + "/v1", api_key="sk-test", max_retries=0, timeout=TIMEOUT_S
+            ) as sdk,
+        ):
+            listed = {m.id: m.model_extra or {} for m in sdk.models.list()}
+    assert listed["hotspot_detector"]["tier"] == "regional"
+    assert listed["hotspot_detector"]["served_by_all"] == ["vision"]
+    assert listed["color_classifier"]["served_by"] == "local"
