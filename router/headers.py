@@ -66,6 +66,11 @@ INTERNAL = frozenset(
 # The client's credentials (a tenant's key for this router) go upstream only when a cluster
 # says so (`forward_authorization`).
 CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
+# The account an OpenAI key bills (the openai SDKs send them from OPENAI_ORG_ID and
+# OPENAI_PROJECT_ID): the client's, which a key of the router's does not belong to; OpenAI
+# answers that key 401 mismatched_organization, as if it were wrong. They go upstream only
+# with the client's own credentials.
+ACCOUNT = frozenset({"openai-organization", "openai-project"})
 # Dropped from every forwarded request and every relayed response: the per-request parts
 # (Connection-named headers, the cluster's own) are added only when there are any.
 _NEVER_UPSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED
@@ -109,9 +114,12 @@ def upstream_request_headers(
     # The cluster's value replaces the client's: a client must not add a second one in other case.
     also = _connection_named(client) | {name.lower() for name in extra}
     if not forward_authorization:
-        also |= CREDENTIALS
-    elif key_header is not None:
-        also.add(key_header)
+        also |= CREDENTIALS | ACCOUNT
+    else:
+        if key_header is not None:
+            also.add(key_header)
+        if not also.isdisjoint(CREDENTIALS):  # the cluster's own credential goes instead
+            also |= ACCOUNT
     out = _kept(client, _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM)
     out.update(extra)
     return out

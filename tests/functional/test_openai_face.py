@@ -27,6 +27,7 @@ from router.testing import (
     Behaviour,
     FakeUpstream,
     RouterThread,
+    central_chat_cluster,
     chat_forwarding_settings,
     serving,
 )
@@ -657,3 +658,42 @@ def test_heavy_local_model_is_listed_where_it_runs(edge_models: Path) -> None:
     assert listed["hotspot_detector"]["tier"] == "regional"
     assert listed["hotspot_detector"]["served_by_all"] == ["vision"]
     assert listed["color_classifier"]["served_by"] == "local"
+
+
+async def test_client_organization_does_not_ride_with_the_routers_key() -> None:
+    """A client whose SDK names its OpenAI organization and project (OPENAI_ORG_ID) is served
+    with the router's own key: the headers stay here, instead of making OpenAI refuse the
+    router's key (401 mismatched_organization), which put the cluster in an auth cool-off
+    for every client."""
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(dict(request.headers))
+        if request.headers.get("OpenAI-Organization", "org-router") != "org-router":
+            error = {"message": "mismatched organization", "code": "mismatched_organization"}
+            return web.json_response({"error": error}, status=401)
+        return web.json_response(FakeUpstream()._completion({"model": "gpt-test"}))
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    async with serving(upstream) as upstream_url:
+        cluster = central_chat_cluster(upstream_url, headers={"Authorization": "Bearer sk-router"})
+        settings = Settings.model_validate({"upstreams": [cluster], "cache": {"enabled": False}})
+        async with (
+            serving(build_app(settings)) as url,
+            openai.AsyncOpenAI(
+                base_url=url + "/v1",
+                api_key="sk-client",
+                organization="org-client",
+                project="proj-client",
+                max_retries=0,
+                timeout=TIMEOUT_S,
+            ) as sdk,
+        ):
+            answer = await sdk.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert answer.choices[0].message.content
+    assert len(seen) == 1
+    names = {name.lower() for name in seen[0]}
+    assert not names & {"openai-organization", "openai-project"}
+    assert seen[0]["Authorization"] == "Bearer sk-router"

@@ -109,6 +109,17 @@ class TestUpstreamRequestHeaders:
         out = forwarded([("Authorization", "Bearer client")], auth=True)
         assert out == {"Authorization": "Bearer client"}
 
+    @pytest.mark.parametrize("name", ["OpenAI-Organization", "openai-project"])
+    def test_client_account_goes_only_with_its_credentials(self, name: str) -> None:
+        """The account a client's OpenAI key bills goes upstream with that key only: not by
+        default, nor beside the cluster's own key (OpenAI refuses a key another account
+        names: 401 mismatched_organization)."""
+        client = [("Authorization", "Bearer client"), (name, "org-client")]
+        assert forwarded(client) == {}
+        own = forwarded(client, auth=True, extra={"Authorization": "Bearer up"})
+        assert own == {"Authorization": "Bearer up"}
+        assert forwarded(client, auth=True) == dict(client)
+
     def test_proxy_authorization_never_forwarded(self) -> None:
         """Proxy-Authorization is hop-by-hop even when Authorization is forwarded."""
         out = forwarded([("Proxy-Authorization", "Basic eA==")], auth=True)
