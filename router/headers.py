@@ -66,11 +66,12 @@ INTERNAL = frozenset(
 # The client's credentials (a tenant's key for this router) go upstream only when a cluster
 # says so (`forward_authorization`).
 CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
-# The account an OpenAI key bills (the openai SDKs send them from OPENAI_ORG_ID and
-# OPENAI_PROJECT_ID): the client's, which a key of the router's does not belong to; OpenAI
-# answers that key 401 mismatched_organization, as if it were wrong. They go upstream only
-# with the client's own credentials.
-ACCOUNT = frozenset({"openai-organization", "openai-project"})
+# Sent upstream only with the client's own credentials. The account an OpenAI key bills
+# (the openai SDKs send them from OPENAI_ORG_ID and OPENAI_PROJECT_ID): the client's, which a
+# key of the router's does not belong to (OpenAI answers that key 401 mismatched_organization,
+# as if it were wrong). The client's cookies: a session with what fronts this router (an SSO
+# proxy's, say), which no upstream issued (an upstream's Set-Cookie never reaches the client).
+WITH_CREDENTIALS = frozenset({"openai-organization", "openai-project", "cookie"})
 # Dropped from every forwarded request and every relayed response: the per-request parts
 # (Connection-named headers, the cluster's own) are added only when there are any.
 _NEVER_UPSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED
@@ -114,12 +115,12 @@ def upstream_request_headers(
     # The cluster's value replaces the client's: a client must not add a second one in other case.
     also = _connection_named(client) | {name.lower() for name in extra}
     if not forward_authorization:
-        also |= CREDENTIALS | ACCOUNT
+        also |= CREDENTIALS | WITH_CREDENTIALS
     else:
         if key_header is not None:
             also.add(key_header)
         if not also.isdisjoint(CREDENTIALS):  # the cluster's own credential goes instead
-            also |= ACCOUNT
+            also |= WITH_CREDENTIALS
     out = _kept(client, _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM)
     out.update(extra)
     return out

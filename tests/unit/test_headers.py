@@ -109,9 +109,10 @@ class TestUpstreamRequestHeaders:
         out = forwarded([("Authorization", "Bearer client")], auth=True)
         assert out == {"Authorization": "Bearer client"}
 
-    @pytest.mark.parametrize("name", ["OpenAI-Organization", "openai-project"])
+    @pytest.mark.parametrize("name", ["OpenAI-Organization", "openai-project", "Cookie"])
     def test_client_account_goes_only_with_its_credentials(self, name: str) -> None:
-        """The account a client's OpenAI key bills goes upstream with that key only: not by
+        """The account a client's OpenAI key bills, and the client's cookies (a session with
+        an SSO proxy in front of the router), go upstream with its credentials only: not by
         default, nor beside the cluster's own key (OpenAI refuses a key another account
         names: 401 mismatched_organization)."""
         client = [("Authorization", "Bearer client"), (name, "org-client")]
@@ -147,7 +148,7 @@ class TestUpstreamRequestHeaders:
         """A header sent on several lines reaches the upstream as one list, none lost."""
         out = forwarded([("X-Custom", "one"), ("x-custom", "two"), ("Accept", "*/*")])
         assert out == {"X-Custom": "one, two", "Accept": "*/*"}
-        cookies = forwarded([("Cookie", "a=1"), ("Cookie", "b=2")])
+        cookies = forwarded([("Cookie", "a=1"), ("Cookie", "b=2")], auth=True)
         assert cookies == {"Cookie": "a=1; b=2"}
 
     def test_input_not_modified(self) -> None:
