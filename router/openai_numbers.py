@@ -27,11 +27,13 @@ def refuse_json_numbers_made_text(
     for path, value in _numbers_made_text(scanned, redacted, ()):
         entity = entity_of(value, plan, scanner)
         where = ".".join(path) or "the body"
-        raise NumericValueRedaction(
+        error = NumericValueRedaction(
             f"'{where}' is a number holding {entity}, which the {tier} tier may not receive as"
             " it is, and a redaction token in its place would not be a number: send another"
             " value, or the value as a string"
         )
+        error.param = where if path else None  # OpenAI's error object names the field
+        raise error
 
 
 def _numbers_made_text(

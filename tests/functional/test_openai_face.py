@@ -535,6 +535,7 @@ class TestErrors:
                 model="gpt-test", messages=MESSAGES, seed=4402799966178870243
             )
         assert info.value.code == "numeric_value_redaction"
+        assert info.value.param == "seed"
         message = error_object(info.value)["message"]
         assert message.startswith("'seed' is a number holding a CARD value")
         assert "4402799966178870243" not in message
