@@ -119,7 +119,7 @@ def upstream_request_headers(
     else:
         if key_header is not None:
             also.add(key_header)
-        if not also.isdisjoint(CREDENTIALS):  # the cluster's own credential goes instead
+        if any(name.lower() in CREDENTIALS for name in extra):  # the cluster's own goes instead
             also |= WITH_CREDENTIALS
     out = _kept(client, _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM)
     out.update(extra)

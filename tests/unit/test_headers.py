@@ -120,6 +120,14 @@ class TestUpstreamRequestHeaders:
         own = forwarded(client, auth=True, extra={"Authorization": "Bearer up"})
         assert own == {"Authorization": "Bearer up"}
         assert forwarded(client, auth=True) == dict(client)
+        # The tenant's key for this router stays here; the client's upstream key goes on.
+        tenant = upstream_request_headers(
+            CIMultiDict([*client, ("api-key", "upstream")]),
+            forward_authorization=True,
+            extra={},
+            key_header="authorization",
+        )
+        assert tenant == {name: "org-client", "api-key": "upstream"}
 
     def test_proxy_authorization_never_forwarded(self) -> None:
         """Proxy-Authorization is hop-by-hop even when Authorization is forwarded."""
