@@ -209,6 +209,8 @@ async def model_missing(forwarded: Forwarded) -> bool:
     except orjson.JSONDecodeError:
         return False
     error = doc.get("error") if isinstance(doc, dict) else None
+    if error is None and isinstance(doc, dict) and doc.get("object") == "error":
+        error = doc  # vLLM's before 0.10 (TensorRT-LLM's, FastChat's): the body is the object
     if isinstance(error, dict):  # OpenAI's error object
         if error.get("code") == "model_not_found":
             return True
