@@ -189,6 +189,8 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
 
 
 # What a v2 server (Triton, KServe, a layer-router) or Ollama says of a model it does not hold.
+# The error types such a 404 carries: vLLM's, and Ollama's OpenAI-compatible one's.
+_NOT_FOUND_TYPES = ("NotFoundError", "not_found_error")
 _UNKNOWN_MODEL = re.compile(r"unknown model|\bmodel\b.*\b(?:not found|does not exist)")
 
 
@@ -216,7 +218,7 @@ async def model_missing(forwarded: Forwarded) -> bool:
             return True
         message = error.get("message")
         return (
-            error.get("type") == "NotFoundError"
+            error.get("type") in _NOT_FOUND_TYPES
             and isinstance(message, str)
             and (_UNKNOWN_MODEL.search(message.lower()) is not None)
         )

@@ -234,6 +234,11 @@ _VLLM_MISSING = (
     b'{"object": "error", "message": "The model `gpt-a` does not exist.", '
     b'"type": "NotFoundError", "param": null, "code": 404}'
 )
+# Ollama's OpenAI-compatible 404 for a model it has not pulled.
+_OLLAMA_MISSING = (
+    b'{"error": {"message": "model \\"gpt-a\\" not found, try pulling it first", '
+    b'"type": "not_found_error", "param": null, "code": null}}'
+)
 _TRITON_MISSING = b'{"error": "Request for unknown model: \'m\' is not found"}'
 
 
@@ -324,6 +329,13 @@ class TestStaleDiscovery:
         chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
         regional = FakeUpstream(name="regional", models=["gpt-a"])
         await self._walk("/v1/chat/completions", chat, regional, _VLLM_MISSING)
+
+    async def test_ollama_model_not_found_falls_back(self) -> None:
+        """The same for an Ollama upstream (type not_found_error, `model "x" not found`),
+        whose 404 was relayed to the client."""
+        chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+        regional = FakeUpstream(name="regional", models=["gpt-a"])
+        await self._walk("/v1/chat/completions", chat, regional, _OLLAMA_MISSING)
 
     async def test_openai_stream_model_not_found_falls_back(self) -> None:
         """The same for a streamed chat: the 404 JSON is read before any byte is relayed."""
