@@ -188,9 +188,9 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     return Reply(b"", raw_type, response.status, headers, stream=stream, idle_s=idle_s)
 
 
-# What a v2 server (Triton, KServe, a layer-router) or Ollama says of a model it does not hold.
-# The error types such a 404 carries: vLLM's, and Ollama's OpenAI-compatible one's.
+# The error types an OpenAI-style 404 for a model not held carries: vLLM's, and Ollama's.
 _NOT_FOUND_TYPES = ("NotFoundError", "not_found_error")
+# What a v2 server (Triton, KServe, a layer-router) or Ollama says of a model it does not hold.
 _UNKNOWN_MODEL = re.compile(r"unknown model|\bmodel\b.*\b(?:not found|does not exist)")
 
 
