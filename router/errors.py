@@ -18,6 +18,7 @@
     ├── RequestTimeout               408 request_timeout    (the body arrived too slowly)
     ├── DetectionFailed              422 detection_failed   (unscanned; may not leave the site)
     ├── NumericTensorRedaction       422 numeric_tensor_redaction (a v2 number the tier may not see)
+    │   └── NumericValueRedaction    422 numeric_value_redaction (a JSON number in an OpenAI body)
     ├── MethodNotAllowed             405 method_not_allowed
     ├── LoopDetected                 508 loop_detected      (too many layer-router hops)
     ├── PayloadTooLarge              413 payload_too_large
@@ -171,6 +172,14 @@ class NumericTensorRedaction(RouterError):
     status = 422
     code = "numeric_tensor_redaction"
     should_retry = False
+
+
+class NumericValueRedaction(NumericTensorRedaction):
+    """A JSON number in an OpenAI request (its `seed`, say) holds a value the target tier's
+    policy redacts: text in its place would change the field's type, which the upstream
+    refuses, so nothing is sent; a later tier that may see the value still serves it."""
+
+    code = "numeric_value_redaction"
 
 
 class MethodNotAllowed(RouterError):

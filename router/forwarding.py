@@ -31,6 +31,7 @@ from router.headers import (
     traceparent,
     upstream_request_headers,
 )
+from router.openai_numbers import refuse_json_numbers_made_text
 from router.policy.decide import TIER_ORDER
 from router.privacy import Privacy
 from router.redaction.rehydrate import (
@@ -57,7 +58,7 @@ def outgoing(
 ) -> Outgoing:
     settings = cluster.settings
     view = view_for(ctx, settings.tier.value, privacy)
-    if ctx.api == "kserve-v2" and view.changed:
+    if view.changed:
         _refuse_numbers_made_text(ctx, view, settings.tier.value, privacy, path)
     headers = upstream_request_headers(
         view.headers,
@@ -95,18 +96,24 @@ def outgoing(
 def _refuse_numbers_made_text(
     ctx: RequestContext, view: View, tier: str, privacy: Privacy, path: str | None
 ) -> None:
-    """Before anything is sent: a numeric tensor that redaction would fill with text fails
-    the request here (422) rather than at the upstream (400). Nothing went, so nothing was
-    redacted for the record."""
+    """Before anything is sent: a numeric tensor (or an OpenAI body's JSON number) that
+    redaction would fill with text fails the request here (422) rather than at the upstream
+    (400). Nothing went, so nothing was redacted for the record."""
+    plan = privacy.plans[tier]
     try:
-        refuse_numbers_made_text(
-            ctx.scanned_document,
-            view.document,
-            tier=tier,
-            model=_model_of(path) or ctx.model,
-            plan=privacy.plans[tier],
-            scanner=ctx.scanner,
-        )
+        if ctx.api == "kserve-v2":
+            refuse_numbers_made_text(
+                ctx.scanned_document,
+                view.document,
+                tier=tier,
+                model=_model_of(path) or ctx.model,
+                plan=plan,
+                scanner=ctx.scanner,
+            )
+        elif ctx.api == "openai":
+            refuse_json_numbers_made_text(
+                ctx.scanned_document, view.document, tier=tier, plan=plan, scanner=ctx.scanner
+            )
     except NumericTensorRedaction:
         ctx.redactions = Counter()
         raise
@@ -181,6 +188,8 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     return Reply(b"", raw_type, response.status, headers, stream=stream, idle_s=idle_s)
 
 
+# The error types an OpenAI-style 404 for a model not held carries: vLLM's, and Ollama's.
+_NOT_FOUND_TYPES = ("NotFoundError", "not_found_error")
 # What a v2 server (Triton, KServe, a layer-router) or Ollama says of a model it does not hold.
 _UNKNOWN_MODEL = re.compile(r"unknown model|\bmodel\b.*\b(?:not found|does not exist)")
 
@@ -202,12 +211,14 @@ async def model_missing(forwarded: Forwarded) -> bool:
     except orjson.JSONDecodeError:
         return False
     error = doc.get("error") if isinstance(doc, dict) else None
+    if error is None and isinstance(doc, dict) and doc.get("object") == "error":
+        error = doc  # vLLM's before 0.10 (TensorRT-LLM's, FastChat's): the body is the object
     if isinstance(error, dict):  # OpenAI's error object
         if error.get("code") == "model_not_found":
             return True
         message = error.get("message")
         return (
-            error.get("type") == "NotFoundError"
+            error.get("type") in _NOT_FOUND_TYPES
             and isinstance(message, str)
             and (_UNKNOWN_MODEL.search(message.lower()) is not None)
         )

@@ -66,6 +66,12 @@ INTERNAL = frozenset(
 # The client's credentials (a tenant's key for this router) go upstream only when a cluster
 # says so (`forward_authorization`).
 CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
+# Sent upstream only with the client's own credentials. The account an OpenAI key bills
+# (the openai SDKs send them from OPENAI_ORG_ID and OPENAI_PROJECT_ID): the client's, which a
+# key of the router's does not belong to (OpenAI answers that key 401 mismatched_organization,
+# as if it were wrong). The client's cookies: a session with what fronts this router (an SSO
+# proxy's, say), which no upstream issued (an upstream's Set-Cookie never reaches the client).
+WITH_CREDENTIALS = frozenset({"openai-organization", "openai-project", "cookie"})
 # Dropped from every forwarded request and every relayed response: the per-request parts
 # (Connection-named headers, the cluster's own) are added only when there are any.
 _NEVER_UPSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED
@@ -109,9 +115,12 @@ def upstream_request_headers(
     # The cluster's value replaces the client's: a client must not add a second one in other case.
     also = _connection_named(client) | {name.lower() for name in extra}
     if not forward_authorization:
-        also |= CREDENTIALS
-    elif key_header is not None:
-        also.add(key_header)
+        also |= CREDENTIALS | WITH_CREDENTIALS
+    else:
+        if key_header is not None:
+            also.add(key_header)
+        if any(name.lower() in CREDENTIALS for name in extra):  # the cluster's own goes instead
+            also |= WITH_CREDENTIALS
     out = _kept(client, _NEVER_UPSTREAM | also if also else _NEVER_UPSTREAM)
     out.update(extra)
     return out

@@ -61,8 +61,13 @@ _NOT_SUPPORTED = (
 def error_response(error: RouterError, request: web.Request | None = None) -> web.Response:
     """KServe's `{"error": "..."}`, or OpenAI's error object on `/v1/` paths."""
     headers = {}
+    openai_face = request is not None and request.path.startswith("/v1/")
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+        if openai_face:
+            # OpenAI's own, which its SDKs read first: a wait of 250 ms (an upstream's
+            # retry-after-ms, a bucket's next token) is not rounded up to a whole second.
+            headers["retry-after-ms"] = str(round(error.retry_after * 1000))
     if error.headers:
         headers.update(error.headers)
     if error.should_retry is not None:
@@ -74,7 +79,7 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
         headers.update(trace_headers(ctx))
     elif request is not None:  # refused before it had a context: the id all the same
         headers[REQUEST_ID] = request_id(request.headers)
-    if request is not None and request.path.startswith("/v1/"):
+    if openai_face:
         body = orjson.dumps(
             {
                 "error": {

@@ -60,9 +60,13 @@ def _listed(request: web.Request) -> list[dict[str, object]]:
     `tiers` and `served_by_all` every one, in that order; as this caller may see them."""
     app = request.app
     tier = app[SETTINGS].site.tier.value
+    generation = current(request)
+    routing = generation.settings.routing.models
     routes: dict[str, list[tuple[str, str]]] = {}  # per id: (tier, source) in preference order
-    for name in current(request).models.models:
-        routes.setdefault(name, []).append((tier, "local"))
+    for name in generation.models.models:
+        route = routing.get(name)
+        if route is None or not route.heavy:  # a heavy model is never run here: no route
+            routes.setdefault(name, []).append((tier, "local"))
     for cluster in upstream_routes(app[UPSTREAMS].clusters.values()):
         if Protocol.OPENAI not in cluster.settings.protocols and not cluster.models:
             continue

@@ -79,15 +79,25 @@ def _rehydrate_string(s: str, vault: TokenVault, depth: int) -> str:
     restored = rehydrate_text(s, vault)
     if restored is s or s.lstrip()[:1] not in ("{", "["):
         return restored
-    # A JSON document inside a string (tool-call arguments): restore inside it so values with
-    # quotes or backslashes keep it valid JSON.
+    # A JSON document inside a string (tool-call arguments, a structured-output answer):
+    # restore inside it so values with quotes or backslashes keep it valid JSON.
     try:
         inner = orjson.loads(s)
     except orjson.JSONDecodeError:
         return restored
     if not isinstance(inner, dict | list):
         return restored
-    return orjson.dumps(_rehydrate(inner, vault, depth + 1)).decode()
+    parsed = _rehydrate(inner, vault, depth + 1)
+    # As written where that reads the same: its layout and number literals kept (a parse
+    # re-encoded turns 12345678901234567890123 into 1.2345678901234568e+22). A token inside
+    # a JSON text nested in one of its strings needs more escaping than one level gives.
+    as_written = rehydrate_text(s, vault, json_escaped=True)
+    try:
+        if orjson.loads(as_written) == parsed:
+            return as_written
+    except orjson.JSONDecodeError:
+        pass
+    return orjson.dumps(parsed).decode()
 
 
 def rehydrate_v2_binary(body: bytes, header_length: int, vault: TokenVault) -> tuple[bytes, int]:
@@ -304,7 +314,13 @@ class SseRehydrator:
     ) -> bool:
         value = container[name]
         if not isinstance(value, str):
-            return False
+            # Content as a list of parts (Mistral streams its reasoning models' so), arguments
+            # as an object: whole tokens restored in it, as in a plain answer.
+            restored = rehydrate_json(value, self._vault)
+            if restored == value:
+                return False
+            container[name] = restored
+            return True
         text = self._held.pop(key, "") + value
         emit, tail = (text, "") if finished else self._split(text)
         if tail:

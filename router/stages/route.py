@@ -65,12 +65,17 @@ class DecideRoute:
         return None
 
     def _not_openai(self, model: str) -> ModelNotFound | None:
-        """A local model asked for over the OpenAI API (which /v1/models lists, as it lists
-        every model): say which API serves it rather than that it does not exist."""
-        if model not in self._models.models:
+        """A local model, or one only KServe v2 clusters serve, asked for over the OpenAI API
+        (which /v1/models lists, as it lists every model): say which API serves it rather
+        than that it does not exist."""
+        if model in self._models.models:
+            where = "here"
+        elif any(model in (c.models or ()) for c in self._upstreams.clusters.values()):
+            where = "by this site's upstreams"
+        else:
             return None
         return ModelNotFound(
-            f"model '{model}' is served here over the KServe v2 API only: "
+            f"model '{model}' is served {where} over the KServe v2 API only: "
             f"POST /v2/models/{model}/infer"
         )
 

@@ -34,7 +34,7 @@ def refuse_numbers_made_text(
     request as detection read it, binary tensors inlined) is text in `redacted` (the tier's
     view of it)."""
     for name, datatype, value in _numbers_made_text(scanned, redacted):
-        entity = _entity_of(value, plan, scanner)
+        entity = entity_of(value, plan, scanner)
         raise NumericTensorRedaction(
             f"input '{name}' ({datatype}) holds {entity}, which the {tier} tier may not receive"
             f" as it is, and numbers in {datatype} tensors cannot carry a redaction token in"
@@ -98,7 +98,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _entity_of(value: int | float, plan: RedactionPlan, scanner: Scanner | None) -> str:
+def entity_of(value: int | float, plan: RedactionPlan, scanner: Scanner | None) -> str:
     """What the value was redacted as ('a CARD value'), found by scanning its digits again as
     the walk did; 'a value' when that cannot tell. Never the value itself."""
     if scanner is None:

@@ -229,6 +229,16 @@ _OPENAI_MISSING = (
     b'{"error": {"message": "The model `gpt-a` does not exist", "type": '
     b'"invalid_request_error", "param": null, "code": "model_not_found"}}'
 )
+# vLLM before 0.10 (and TensorRT-LLM's trtllm-serve): the error object is the whole body.
+_VLLM_MISSING = (
+    b'{"object": "error", "message": "The model `gpt-a` does not exist.", '
+    b'"type": "NotFoundError", "param": null, "code": 404}'
+)
+# Ollama's OpenAI-compatible 404 for a model it has not pulled.
+_OLLAMA_MISSING = (
+    b'{"error": {"message": "model \\"gpt-a\\" not found, try pulling it first", '
+    b'"type": "not_found_error", "param": null, "code": null}}'
+)
 _TRITON_MISSING = b'{"error": "Request for unknown model: \'m\' is not found"}'
 
 
@@ -312,6 +322,20 @@ class TestStaleDiscovery:
         chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
         regional = FakeUpstream(name="regional", models=["gpt-a"])
         await self._walk("/v1/chat/completions", chat, regional, _OPENAI_MISSING)
+
+    async def test_vllm_model_not_found_falls_back(self) -> None:
+        """The same for a vLLM upstream whose 404 is its top-level error object
+        (`"object": "error"`, type NotFoundError): it was relayed to the client instead."""
+        chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+        regional = FakeUpstream(name="regional", models=["gpt-a"])
+        await self._walk("/v1/chat/completions", chat, regional, _VLLM_MISSING)
+
+    async def test_ollama_model_not_found_falls_back(self) -> None:
+        """The same for an Ollama upstream (type not_found_error, `model "x" not found`),
+        whose 404 was relayed to the client."""
+        chat = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+        regional = FakeUpstream(name="regional", models=["gpt-a"])
+        await self._walk("/v1/chat/completions", chat, regional, _OLLAMA_MISSING)
 
     async def test_openai_stream_model_not_found_falls_back(self) -> None:
         """The same for a streamed chat: the 404 JSON is read before any byte is relayed."""

@@ -315,6 +315,13 @@ class TestCredentials:
         assert "Authorization" not in seen.headers
         assert seen.headers.getall("X-Api-Key") == ["cluster"]
 
+    def test_cookies_not_forwarded_by_default(self, site: Site) -> None:
+        """The client's cookies (an SSO proxy's session in front of the router) stay here,
+        with its other credentials: no upstream issued them."""
+        headers = [("Cookie", "_oauth2_proxy=session-secret"), ("Cookie", "theme=dark")]
+        _, seen = received_one(site, lambda: site.post(CHAT, CHAT_BODY, headers))
+        assert "Cookie" not in seen.headers
+
     @pytest.mark.parametrize("name", ["X-Api-Key", "x-api-key", "X-API-KEY"])
     def test_client_cannot_add_to_cluster_header(self, site: Site, name: str) -> None:
         """A client's header of the same name, in any case, never rides next to the cluster's."""

@@ -27,6 +27,7 @@ from router.testing import (
     Behaviour,
     FakeUpstream,
     RouterThread,
+    central_chat_cluster,
     chat_forwarding_settings,
     serving,
 )
@@ -454,6 +455,22 @@ class TestErrors:
         assert info.value.code == "upstream_status"
         assert info.value.response.headers["Retry-After"] == "7"
 
+    def test_upstream_retry_after_ms_is_passed_on(self, client: openai.OpenAI, site: Site) -> None:
+        """An upstream 429's `retry-after-ms: 250` (what the SDK reads first) reaches the
+        client as such, beside a Retry-After rounded up to whole seconds, instead of only that
+        (the SDK would wait four times longer than asked)."""
+        site.broken.behaviour.fail_status = 429
+        site.broken.behaviour.fail_headers = {"retry-after-ms": "250"}
+        try:
+            with pytest.raises(openai.RateLimitError) as info:
+                client.chat.completions.create(model="gpt-broken", messages=MESSAGES)
+        finally:
+            site.broken.behaviour.fail_status = 0
+            site.broken.behaviour.fail_headers = {}
+        headers = info.value.response.headers
+        assert headers["retry-after-ms"] == "250"
+        assert headers["Retry-After"] == "1"
+
     def test_unmeetable_budget_is_not_retried_by_the_sdk(self, site: Site) -> None:
         """A 504 for a budget no target can meet (decided up front, or spent before the
         upstream answered) says `x-should-retry: false`: the SDK, which retries every 5xx,
@@ -506,6 +523,28 @@ class TestErrors:
         assert info.value.response.headers["x-should-retry"] == "false"
         assert len(site.broken.received) == before + 1
 
+    def test_seed_with_a_cards_digits_is_refused_not_sent_as_text(
+        self, client: openai.OpenAI, site: Site
+    ) -> None:
+        """A random 63-bit seed with a 19-digit Visa card's digits (one in thirty are) is a
+        422 naming the field, never sent as `"seed": "<CARD_1>"` (which the upstream would
+        refuse as a string); an ordinary seed goes on as the integer it is."""
+        before = len(site.llm.received)
+        with pytest.raises(openai.UnprocessableEntityError) as info:
+            client.chat.completions.create(
+                model="gpt-test", messages=MESSAGES, seed=4402799966178870243
+            )
+        assert info.value.code == "numeric_value_redaction"
+        assert info.value.param == "seed"
+        message = error_object(info.value)["message"]
+        assert message.startswith("'seed' is a number holding a CARD value")
+        assert "4402799966178870243" not in message
+        assert info.value.response.headers["x-should-retry"] == "false"
+        assert len(site.llm.received) == before
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES, seed=455236681536321531)
+        sent = orjson.loads(site.llm.requests_to("/v1/chat/completions")[-1].body)
+        assert sent["seed"] == 455236681536321531
+
     async def test_async_sdk_error(self, aclient: openai.AsyncOpenAI) -> None:
         """The asyncio SDK raises the same classes."""
         with pytest.raises(openai.NotFoundError) as info:
@@ -550,3 +589,112 @@ async def test_media_type_is_case_insensitive(http: aiohttp.ClientSession) -> No
                 assert first == b'data: {"first": true}\n\n'
                 release.set()
                 assert await response.read() == b"data: [DONE]\n\n"
+
+
+def test_upstream_kserve_model_is_not_an_openai_model() -> None:
+    """A model only a KServe v2 cluster serves, which /v1/models lists, asked for over the
+    OpenAI API: the 404 says which API serves it, not that the listed model is unknown."""
+    vision = FakeUpstream(name="vision", models=(), v2_models=("resnet",))
+    with AppThread(vision.app) as upstream:
+        settings = Settings.model_validate(
+            {
+                "upstreams": [
+                    {
+                        "name": "vision",
+                        "tier": "regional",
+                        "protocols": ["kserve-v2"],
+                        "models": ["resnet"],
+                        "endpoints": [{"url": upstream.url}],
+                        "health_check": {"enabled": False},
+                    }
+                ],
+                "cache": {"enabled": False},
+            }
+        )
+        with (
+            RouterThread(settings) as router,
+            openai.OpenAI(
+                base_url=router.url + "/v1", api_key="sk-test", max_retries=0, timeout=TIMEOUT_S
+            ) as sdk,
+        ):
+            assert "resnet" in {m.id for m in sdk.models.list()}
+            with pytest.raises(openai.NotFoundError) as info:
+                sdk.chat.completions.create(model="resnet", messages=MESSAGES)
+    assert info.value.code == "model_not_found"
+    assert error_object(info.value)["message"] == (
+        "model 'resnet' is served by this site's upstreams over the KServe v2 API only: "
+        "POST /v2/models/resnet/infer"
+    )
+    assert not vision.received
+
+
+def test_heavy_local_model_is_listed_where_it_runs(edge_models: Path) -> None:
+    """A local model marked heavy (never run here) is listed with the cluster that serves it
+    as its first route, not as `local` at the edge, which no request takes."""
+    vision = FakeUpstream(name="vision", models=(), v2_models=("hotspot_detector",))
+    with AppThread(vision.app) as upstream:
+        settings = Settings.model_validate(
+            {
+                "models": {"repository": edge_models, "inference_threads": 1},
+                "routing": {"models": {"hotspot_detector": {"heavy": True}}},
+                "upstreams": [
+                    {
+                        "name": "vision",
+                        "tier": "regional",
+                        "protocols": ["kserve-v2"],
+                        "models": ["hotspot_detector"],
+                        "endpoints": [{"url": upstream.url}],
+                        "health_check": {"enabled": False},
+                    }
+                ],
+            }
+        )
+        with (
+            RouterThread(settings) as router,
+            openai.OpenAI(
+                base_url=router.url + "/v1", api_key="sk-test", max_retries=0, timeout=TIMEOUT_S
+            ) as sdk,
+        ):
+            listed = {m.id: m.model_extra or {} for m in sdk.models.list()}
+    assert listed["hotspot_detector"]["tier"] == "regional"
+    assert listed["hotspot_detector"]["served_by_all"] == ["vision"]
+    assert listed["color_classifier"]["served_by"] == "local"
+
+
+async def test_client_organization_does_not_ride_with_the_routers_key() -> None:
+    """A client whose SDK names its OpenAI organization and project (OPENAI_ORG_ID) is served
+    with the router's own key: the headers stay here, instead of making OpenAI refuse the
+    router's key (401 mismatched_organization), which put the cluster in an auth cool-off
+    for every client."""
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(dict(request.headers))
+        if request.headers.get("OpenAI-Organization", "org-router") != "org-router":
+            error = {"message": "mismatched organization", "code": "mismatched_organization"}
+            return web.json_response({"error": error}, status=401)
+        return web.json_response(FakeUpstream()._completion({"model": "gpt-test"}))
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    async with serving(upstream) as upstream_url:
+        cluster = central_chat_cluster(upstream_url, headers={"Authorization": "Bearer sk-router"})
+        settings = Settings.model_validate({"upstreams": [cluster], "cache": {"enabled": False}})
+        async with (
+            serving(build_app(settings)) as url,
+            openai.AsyncOpenAI(
+                base_url=url + "/v1",
+                api_key="sk-client",
+                organization="org-client",
+                project="proj-client",
+                max_retries=0,
+                timeout=TIMEOUT_S,
+            ) as sdk,
+        ):
+            answer = await sdk.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert answer.choices[0].message.content
+    assert len(seen) == 1
+    names = {name.lower() for name in seen[0]}
+    assert not names & {"openai-organization", "openai-project"}
+    assert seen[0]["Authorization"] == "Bearer sk-router"

@@ -109,6 +109,26 @@ class TestUpstreamRequestHeaders:
         out = forwarded([("Authorization", "Bearer client")], auth=True)
         assert out == {"Authorization": "Bearer client"}
 
+    @pytest.mark.parametrize("name", ["OpenAI-Organization", "openai-project", "Cookie"])
+    def test_client_account_goes_only_with_its_credentials(self, name: str) -> None:
+        """The account a client's OpenAI key bills, and the client's cookies (a session with
+        an SSO proxy in front of the router), go upstream with its credentials only: not by
+        default, nor beside the cluster's own key (OpenAI refuses a key another account
+        names: 401 mismatched_organization)."""
+        client = [("Authorization", "Bearer client"), (name, "org-client")]
+        assert forwarded(client) == {}
+        own = forwarded(client, auth=True, extra={"Authorization": "Bearer up"})
+        assert own == {"Authorization": "Bearer up"}
+        assert forwarded(client, auth=True) == dict(client)
+        # The tenant's key for this router stays here; the client's upstream key goes on.
+        tenant = upstream_request_headers(
+            CIMultiDict([*client, ("api-key", "upstream")]),
+            forward_authorization=True,
+            extra={},
+            key_header="authorization",
+        )
+        assert tenant == {name: "org-client", "api-key": "upstream"}
+
     def test_proxy_authorization_never_forwarded(self) -> None:
         """Proxy-Authorization is hop-by-hop even when Authorization is forwarded."""
         out = forwarded([("Proxy-Authorization", "Basic eA==")], auth=True)
@@ -136,7 +156,7 @@ class TestUpstreamRequestHeaders:
         """A header sent on several lines reaches the upstream as one list, none lost."""
         out = forwarded([("X-Custom", "one"), ("x-custom", "two"), ("Accept", "*/*")])
         assert out == {"X-Custom": "one, two", "Accept": "*/*"}
-        cookies = forwarded([("Cookie", "a=1"), ("Cookie", "b=2")])
+        cookies = forwarded([("Cookie", "a=1"), ("Cookie", "b=2")], auth=True)
         assert cookies == {"Cookie": "a=1; b=2"}
 
     def test_input_not_modified(self) -> None:

@@ -164,6 +164,27 @@ class TestRehydrateJson:
         out = rehydrate_json(doc, vault)
         assert orjson.loads(out["arguments"]) == {"text": 'say "hi"'}
 
+    def test_json_text_keeps_its_layout_and_numbers(self) -> None:
+        """A structured-output answer (a JSON text in `content`) has its tokens restored where
+        they stand: its layout and number literals stay as the upstream wrote them (a parse
+        re-encoded made 12345678901234567890123 a float, 1.2345678901234568e+22)."""
+        vault = TokenVault()
+        token = vault.token_for("EMAIL", "a@b.com")
+        written = '{\n  "email": "%s",\n  "order": 12345678901234567890123,\n  "price": 19.90\n}'
+        doc = {"choices": [{"message": {"content": written % token}}]}
+        out = rehydrate_json(doc, vault)
+        assert out["choices"][0]["message"]["content"] == written % "a@b.com"
+
+    def test_nested_json_text_still_valid(self) -> None:
+        """A value with quotes restored in a JSON text nested in a JSON text's string keeps
+        both valid."""
+        vault = TokenVault()
+        token = vault.token_for("NAME", 'say "hi"')
+        inner = orjson.dumps({"text": token}).decode()
+        doc = {"arguments": orjson.dumps({"payload": inner}).decode()}
+        out = orjson.loads(rehydrate_json(doc, vault)["arguments"])
+        assert orjson.loads(out["payload"]) == {"text": 'say "hi"'}
+
     def test_input_not_mutated(self, vault: TokenVault) -> None:
         """The upstream's parsed document is left as it was."""
         doc = {"choices": [{"message": {"content": "<EMAIL_1>"}}]}
@@ -317,6 +338,22 @@ class TestSseRehydrator:
             if "audio" in c["delta"]
         ]
         assert transcripts == [f"card {CARD}"]
+
+    def test_content_parts_restored(self, vault: TokenVault) -> None:
+        """A delta whose content is a list of parts (as Mistral streams its reasoning models'
+        answers) has whole tokens restored in it, as a plain answer's would."""
+        parts = [{"type": "text", "text": "mail <EMAIL_1> now"}]
+        events: list[dict[str, Any] | str] = [
+            chunk([{"index": 0, "delta": {"content": parts}, "finish_reason": None}]),
+            chunk([delta(None, finish="stop")]),
+            "[DONE]",
+        ]
+        out = run(vault, [sse(events)])
+        first = next(events_of(out))
+        assert not isinstance(first, str)
+        assert first["choices"][0]["delta"]["content"] == [
+            {"type": "text", "text": f"mail {EMAIL} now"}
+        ]
 
     def test_completions_text(self, vault: TokenVault) -> None:
         """Legacy completions streams carry text in choices[i].text."""
