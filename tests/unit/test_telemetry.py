@@ -65,6 +65,31 @@ class TestProviderFromEnv:
         assert provider is not None
         provider.shutdown()
 
+    @pytest.mark.parametrize(
+        "variable", ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"]
+    )
+    def test_a_malformed_otlp_header_is_named_never_shown(
+        self, variable: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An OTLP headers entry that is no name=value is an error naming the variable; the
+        collector's token in it reaches neither the error nor a log line (the SDK's warning
+        quoted it whole, and exported without it)."""
+        token = "colltok-canary-5f2a9c"
+        env = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+            variable: f"x-tenant=a,Authorization: Bearer {token}",
+        }
+        with caplog.at_level(logging.DEBUG), pytest.raises(ValueError, match=variable) as refused:
+            provider_from_env(env)
+        assert variable in str(refused.value)
+        assert token not in str(refused.value)
+        assert token not in caplog.text
+        env[variable] = f"x-tenant=a,Authorization=Bearer%20{token}"
+        provider = provider_from_env(env)
+        assert provider is not None
+        provider.shutdown()
+
     def test_unknown_exporter_is_named(self) -> None:
         """An exporter we do not know is an error naming it."""
         with pytest.raises(ValueError, match="'zipkin'"):
