@@ -63,9 +63,9 @@ INTERNAL = frozenset(
         "x-data-class-verified",
     }
 )
-# The client's credentials (a tenant's key for this router) go upstream only when a cluster
-# says so (`forward_authorization`).
-CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
+# The client's credentials (a tenant's key for this router; a session cookie for the site that
+# fronts it) go upstream only when a cluster says so (`forward_authorization`).
+CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key", "cookie"})
 # Dropped from every forwarded request and every relayed response: the per-request parts
 # (Connection-named headers, the cluster's own) are added only when there are any.
 _NEVER_UPSTREAM = HOP_BY_HOP | FRAMING | INTERNAL | REISSUED

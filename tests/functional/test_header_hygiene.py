@@ -315,6 +315,16 @@ class TestCredentials:
         assert "Authorization" not in seen.headers
         assert seen.headers.getall("X-Api-Key") == ["cluster"]
 
+    def test_cookies_not_forwarded_by_default(self, site: Site) -> None:
+        """The client's cookies (its session with the site in front) stay here as its
+        Authorization does; a cluster that forwards the client's credentials gets them."""
+        headers = [("Cookie", "session=sk-canary-4e1f"), ("Cookie", "mail=c@example.com")]
+        _, seen = received_one(site, lambda: site.post(CHAT, CHAT_BODY, headers))
+        assert "Cookie" not in seen.headers
+        body = orjson.dumps({"model": "gpt-auth", "messages": [{"role": "user", "content": "x"}]})
+        _, seen = received_one(site, lambda: site.post(CHAT, body, headers))
+        assert seen.headers.getall("Cookie") == ["session=sk-canary-4e1f; mail=c@example.com"]
+
     @pytest.mark.parametrize("name", ["X-Api-Key", "x-api-key", "X-API-KEY"])
     def test_client_cannot_add_to_cluster_header(self, site: Site, name: str) -> None:
         """A client's header of the same name, in any case, never rides next to the cluster's."""
