@@ -96,6 +96,15 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
     return [value] if value is not None else []
 
 
+def goes_upstream(name: str) -> bool:
+    """Whether a client's header of this name may reach an upstream as the client sent it (a
+    credential only where a cluster forwards them, and then untouched)."""
+    lower = name.lower()
+    return not (
+        lower in _NEVER_UPSTREAM or lower in CREDENTIALS or lower.startswith(_INTERNAL_PREFIX)
+    )
+
+
 def upstream_request_headers(
     client: Mapping[str, str],
     *,

@@ -569,6 +569,33 @@ class TestWhereValuesHide:
         )
         assert [s["inputs"][0]["data"][0] for s in sent[2:]] == ["id <NATIONAL_ID_1>"] * 2
 
+    async def test_copies_in_headers_the_bundle_does_not_name(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A value found in the body is redacted in every other header the request repeats
+        it in (a Referer's query, a client's own header, baggage), tokens for central and
+        pseudonyms for regional: those headers are not scanned, but their copies of it were
+        sent as they came; a header holding none goes on as written."""
+        headers = {
+            "Referer": f"https://shop.example/?mail={EMAIL}",
+            "X-Note": f"paid with {CARD}",
+            "baggage": f"user={quote(EMAIL, safe='')}",
+            "X-Plain": "nothing here",
+        }
+        for model in ("gpt-central", "gpt-regional"):
+            doc = chat(model, f"mail {EMAIL}, card {CARD}")
+            answer = await post(http, f"{site.url}/v1/chat/completions", doc, headers=headers)
+            assert answer.status == 200, answer.body
+            assert answer.headers["X-Redactions"] == "CARD=2,EMAIL=3"
+        assert_clean(site.off_site(), EMAIL, CARD)
+        central, regional = site.central.received[0], site.regional.received[0]
+        assert central.headers["Referer"] == "https://shop.example/?mail=<EMAIL_1>"
+        assert central.headers["X-Note"] == "paid with <CARD_1>"
+        assert re.fullmatch(r"user=<EMAIL_\d>", central.headers["baggage"])  # as written: %40
+        assert central.headers["X-Plain"] == "nothing here"
+        assert re.fullmatch(r"user=<EMAIL#[a-p]{12}>", regional.headers["baggage"])
+        assert regional.headers["X-Note"] == "paid with <CARD_1>"
+
     async def test_model_version_in_the_path(self, site: Site, http: aiohttp.ClientSession) -> None:
         """The path goes upstream as it came, so a version segment holding a card number or an
         e-mail is refused (400) and nothing is sent; a real version is forwarded."""
