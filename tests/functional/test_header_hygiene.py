@@ -447,12 +447,16 @@ class TestIds:
         self, site: Site, path: str, headers: list[tuple[str, str]]
     ) -> None:
         """An error raised before the request is routed still carries X-Request-Id: the
-        client's when well-formed, else a fresh one."""
+        client's when well-formed and holding nothing detection finds (a card number), else a
+        fresh one."""
         given = site.post(path, CHAT_BODY, [*headers, ("X-Request-Id", "early-1")])
         assert given.status in (400, 404)
         assert given.headers.getall("X-Request-Id") == ["early-1"]
         fresh = site.post(path, CHAT_BODY, headers)
         assert FRESH_ID.match(fresh.headers["X-Request-Id"])
+        card = site.post(path, CHAT_BODY, [*headers, ("X-Request-Id", "4111111111111111")])
+        assert card.status == given.status
+        assert FRESH_ID.match(card.headers["X-Request-Id"])
 
     def test_traceparent_continued(self, site: Site) -> None:
         """The upstream sees the caller's trace id with a new span id."""
