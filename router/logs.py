@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from opentelemetry import trace
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -47,7 +48,7 @@ class _RedactAiohttp(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         kind = type(exc).__name__ if exc is not None else ""
-        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+        if _clients_fault(exc):
             # A malformed request is the client's doing: any client could flood an
             # error-level log (and the alerts on it) with them.
             record.levelno, record.levelname = logging.WARNING, "WARNING"
@@ -59,6 +60,15 @@ class _RedactAiohttp(logging.Filter):
         record.exc_text = None
         record.stack_info = None
         return True
+
+
+def _clients_fault(exc: BaseException | None) -> bool:
+    """A malformed request head, or a body its framing or Content-Encoding cannot decode
+    (which aiohttp meets again, as RequestPayloadError, reading the rest of the body after the
+    router's 400 went out)."""
+    if isinstance(exc, HttpProcessingError):
+        return 400 <= exc.code < 500
+    return isinstance(exc, RequestPayloadError)
 
 
 class _OnlySafeAccess(logging.Filter):

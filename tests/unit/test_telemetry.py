@@ -13,6 +13,7 @@ import uvloop
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.test_utils import make_mocked_request
+from aiohttp.web_protocol import RequestPayloadError
 from opentelemetry.sdk.trace import TracerProvider
 
 from router import logs
@@ -211,6 +212,19 @@ class TestLogs:
         assert (client["level"], client["msg"]) == ("warning", "connection error: LineTooLong")
         assert ours["level"] == "error"
         assert "203.0.113.7" not in captured.getvalue()
+
+    def test_a_client_s_undecodable_body_is_a_warning_not_an_error(
+        self, captured: io.StringIO
+    ) -> None:
+        """A gzip body that does not inflate is answered 400, then aiohttp, reading the rest of
+        it, logs RequestPayloadError as an unhandled exception: a client's mistake, a warning."""
+        server = logging.getLogger("aiohttp.server")
+        try:
+            raise RequestPayloadError("Can not decode content-encoding: gzip")
+        except RequestPayloadError:
+            server.exception("Unhandled exception")
+        line = orjson.loads(captured.getvalue().splitlines()[-1])
+        assert (line["level"], line["msg"]) == ("warning", "connection error: RequestPayloadError")
 
     def test_aiohttp_loggers_lose_request_bytes(self, captured: io.StringIO) -> None:
         """aiohttp.server's record of a bad request keeps the error kind, not the bytes."""
