@@ -610,6 +610,40 @@ class TestWhereValuesHide:
         assert answer.status == 200, answer.body
         assert site.central.received[0].path == "/v2/models/v2-central/versions/1/infer"
 
+    async def test_metadata_relayed_upstream(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession
+    ) -> None:
+        """A v2 metadata, readiness, config or stats request for a model only central holds
+        is redacted for central as an inference request is (its query string, the headers the
+        bundle names), and one whose version segment holds a card is refused (400): these
+        went upstream as they came."""
+        seen: list[tuple[str, str]] = []
+
+        async def metadata(request: web.Request) -> web.Response:
+            seen.append((request.path_qs, request.headers.get("X-User-Email", "")))
+            return web.json_response({"name": request.match_info["model"]})
+
+        upstream = web.Application()
+        upstream.router.add_get("/v2/models/{model}{rest:.*}", metadata)
+        central = cluster(
+            "central", "central", await stack.enter_async_context(serving(upstream)), ["v2-central"]
+        )
+        settings = Settings.model_validate({"site": {"jurisdiction": "EU"}, "upstreams": [central]})
+        url = await stack.enter_async_context(serving(build_app(settings)))
+        headers = {"X-User-Email": EMAIL}
+        for path in ("", "/ready", "/config", "/stats"):
+            target = URL(f"{url}/v2/models/v2-central{path}?mail={quote(EMAIL)}", encoded=True)
+            async with http.get(target, headers=headers) as answer:
+                assert answer.status == 200, await answer.read()
+        for path in ("/versions/4111111111111111", "/versions/4111111111111111/ready"):
+            async with http.get(f"{url}/v2/models/v2-central{path}") as answer:
+                assert answer.status == 400
+        assert [s[0] for s in seen] == [
+            f"/v2/models/v2-central{path}?mail=%3CEMAIL_1%3E"
+            for path in ("", "/ready", "/config", "/stats")
+        ]
+        assert {s[1] for s in seen} == {"<EMAIL_1>"}
+
     async def test_drop_fields(self, site: Site, http: aiohttp.ClientSession) -> None:
         """`user` and `metadata.customer_email` never leave the site; the plant server (edge
         tier, on the site) gets the request as sent."""
