@@ -7,7 +7,8 @@ that no request bytes, query string or header value reaches a log.
   Referer and User-Agent headers: only records from SafeAccessLogger (method, route template,
   status, duration) pass.
 - Exceptions in our own records are reduced to type and innermost location: a message may
-  quote the data that caused it.
+  quote the data that caused it. So are the event loop's (asyncio, uvloop), whose messages
+  hold the failed task's repr, and the exception's within it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,21 @@ def _clients_fault(exc: BaseException | None) -> bool:
     if isinstance(exc, HttpProcessingError):
         return 400 <= exc.code < 500
     return isinstance(exc, RequestPayloadError)
+
+
+class _LoopErrorsByType(logging.Filter):
+    """The event loop's own error records ("Task exception was never retrieved", "Exception in
+    callback ...") carry the task's or callback's repr in their message, the exception's repr
+    and arguments within it: keep only that the loop met one (its type and place are added as
+    for any record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = "exception nothing handled in a task or callback"
+            record.args = ()
+            record.exc_text = None
+            record.stack_info = None
+        return True
 
 
 class _OnlySafeAccess(logging.Filter):
@@ -155,6 +171,7 @@ def configure(level: str, fmt: str = "json") -> None:
     for name in _AIOHTTP_NOISY:
         _add_once(logging.getLogger(name), _RedactAiohttp)
     _add_once(logging.getLogger(ACCESS_LOGGER), _OnlySafeAccess)
+    _add_once(logging.getLogger("asyncio"), _LoopErrorsByType)
 
 
 def _add_once(logger: logging.Logger, kind: type[logging.Filter]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -225,6 +226,30 @@ class TestLogs:
             server.exception("Unhandled exception")
         line = orjson.loads(captured.getvalue().splitlines()[-1])
         assert (line["level"], line["msg"]) == ("warning", "connection error: RequestPayloadError")
+
+    def test_event_loop_errors_keep_type_and_place_only(self, captured: io.StringIO) -> None:
+        """A task whose exception nobody retrieved is logged by the loop with the task's repr,
+        and the exception's (its message, the bytes it could not decode) within it: only its
+        type and place are kept, on both loops."""
+        card = "4111111111111111"
+
+        async def fails() -> None:
+            raise UnicodeDecodeError("utf-8", f"\xff card {card}".encode(), 0, 1, "bad")
+
+        async def leave_a_task_unretrieved() -> None:
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(fails())
+            await asyncio.wait([task])
+            context = {"message": "Task exception was never retrieved", "future": task}
+            loop.call_exception_handler({**context, "exception": task.exception()})
+
+        for run in (asyncio.run, uvloop.run):
+            run(leave_a_task_unretrieved())
+        lines = [orjson.loads(line) for line in captured.getvalue().splitlines()]
+        errors = [line for line in lines if line["level"] == "error"]
+        assert len(errors) == 2
+        assert {e["exc_type"] for e in errors} == {"UnicodeDecodeError"}
+        assert card not in captured.getvalue()
 
     def test_aiohttp_loggers_lose_request_bytes(self, captured: io.StringIO) -> None:
         """aiohttp.server's record of a bad request keeps the error kind, not the bytes."""
