@@ -195,7 +195,7 @@ def build_pipelines(
         openai=Pipeline(
             [tenant, parse_openai, authorize, classify, lookup, route, dispatch], tracer
         ),
-        upstream_only=Pipeline([tenant, route, dispatch], tracer),
+        upstream_only=Pipeline([tenant, classify, route, dispatch], tracer),
         tenancy=tenancy,
     )
 

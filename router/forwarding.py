@@ -46,6 +46,7 @@ from router.stages.classify import OFF_LOOP_BYTES
 from router.tier_view import View, view_for
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import Forwarded, Outgoing
+from router.upstreams.own_secrets import scrubbed
 from router.v2.numeric_redaction import refuse_numbers_made_text
 from router.v2.request import with_timeout
 
@@ -175,6 +176,8 @@ async def reply_from(ctx: RequestContext, cluster: Cluster, forwarded: Forwarded
     # The client gets the upstream's whole Content-Type: a charset (or any parameter) is how
     # it reads the bytes passed on.
     if body is not None:
+        if response.status >= 400 and cluster.secrets:
+            body = scrubbed(body, cluster.secrets)  # an error quoting the request it refused
         if vault is not None and len(vault):
             if len(body) > OFF_LOOP_BYTES:
                 # A walk over the whole answer, as the redaction walk was: not on the loop.

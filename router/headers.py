@@ -63,14 +63,14 @@ INTERNAL = frozenset(
         "x-data-class-verified",
     }
 )
-# The client's credentials (a tenant's key for this router) go upstream only when a cluster
-# says so (`forward_authorization`).
-CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
-# Sent upstream only with the client's own credentials. The account an OpenAI key bills
-# (the openai SDKs send them from OPENAI_ORG_ID and OPENAI_PROJECT_ID): the client's, which a
-# key of the router's does not belong to (OpenAI answers that key 401 mismatched_organization,
-# as if it were wrong). The client's cookies: a session with what fronts this router (an SSO
-# proxy's, say), which no upstream issued (an upstream's Set-Cookie never reaches the client).
+# The client's credentials (a tenant's key for this router; a session cookie for the site that
+# fronts it) go upstream only when a cluster says so (`forward_authorization`).
+CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key", "cookie"})
+# Sent upstream only with the client's own credentials, never beside a key of the router's.
+# The account an OpenAI key bills (the openai SDKs send them from OPENAI_ORG_ID and
+# OPENAI_PROJECT_ID): the client's, which a key of the router's does not belong to (OpenAI
+# answers that key 401 mismatched_organization, as if it were wrong). The client's cookies:
+# a session with what fronts this router (an SSO proxy's, say), which no upstream issued.
 WITH_CREDENTIALS = frozenset({"openai-organization", "openai-project", "cookie"})
 # Dropped from every forwarded request and every relayed response: the per-request parts
 # (Connection-named headers, the cluster's own) are added only when there are any.
@@ -100,6 +100,15 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
         return list(getall(name, []))
     value = headers.get(name)
     return [value] if value is not None else []
+
+
+def goes_upstream(name: str) -> bool:
+    """Whether a client's header of this name may reach an upstream as the client sent it (a
+    credential only where a cluster forwards them, and then untouched)."""
+    lower = name.lower()
+    return not (
+        lower in _NEVER_UPSTREAM or lower in CREDENTIALS or lower.startswith(_INTERNAL_PREFIX)
+    )
 
 
 def upstream_request_headers(

@@ -7,7 +7,8 @@ that no request bytes, query string or header value reaches a log.
   Referer and User-Agent headers: only records from SafeAccessLogger (method, route template,
   status, duration) pass.
 - Exceptions in our own records are reduced to type and innermost location: a message may
-  quote the data that caused it.
+  quote the data that caused it. So are the event loop's (asyncio, uvloop), whose messages
+  hold the failed task's repr, and the exception's within it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from opentelemetry import trace
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -34,6 +36,10 @@ _AIOHTTP_NOISY = (
 )
 ACCESS_LOGGER = "aiohttp.access"
 _FIELDS = ("method", "route", "status", "duration_ms")
+# RFC 9110's methods and PATCH: the access line names no other.
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 # When the app began a request, by perf_counter (set by the app's outermost middleware): the
 # duration aiohttp hands the access log is by loop.time(), which moves in whole milliseconds
 # under uvloop, so every fast request would log 0.000ms.
@@ -47,7 +53,7 @@ class _RedactAiohttp(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         kind = type(exc).__name__ if exc is not None else ""
-        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+        if _clients_fault(exc):
             # A malformed request is the client's doing: any client could flood an
             # error-level log (and the alerts on it) with them.
             record.levelno, record.levelname = logging.WARNING, "WARNING"
@@ -58,6 +64,30 @@ class _RedactAiohttp(logging.Filter):
         record.exc_info = None
         record.exc_text = None
         record.stack_info = None
+        return True
+
+
+def _clients_fault(exc: BaseException | None) -> bool:
+    """A malformed request head, or a body its framing or Content-Encoding cannot decode
+    (which aiohttp meets again, as RequestPayloadError, reading the rest of the body after the
+    router's 400 went out)."""
+    if isinstance(exc, HttpProcessingError):
+        return 400 <= exc.code < 500
+    return isinstance(exc, RequestPayloadError)
+
+
+class _LoopErrorsByType(logging.Filter):
+    """The event loop's own error records ("Task exception was never retrieved", "Exception in
+    callback ...") carry the task's or callback's repr in their message, the exception's repr
+    and arguments within it: keep only that the loop met one (its type and place are added as
+    for any record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = "exception nothing handled in a task or callback"
+            record.args = ()
+            record.exc_text = None
+            record.stack_info = None
         return True
 
 
@@ -78,15 +108,18 @@ class SafeAccessLogger(AbstractAccessLogger):
         started = request.get(ACCESS_STARTED)
         if started is not None:
             time = perf_counter() - started
+        # A method is any token to aiohttp's pure-Python parser (no C extension): a card number
+        # sent as one would be written as it came.
+        method = request.method if request.method in _METHODS else "(other)"
         self.logger.info(
             "%s %s %d %.3fms",  # the text format shows only the message: the duration too
-            request.method,
+            method,
             template,
             response.status,
             time * 1000,
             extra={
                 "safe_access": True,
-                "method": request.method,
+                "method": method,
                 "route": template,
                 "status": response.status,
                 "duration_ms": round(time * 1000, 3),
@@ -145,6 +178,7 @@ def configure(level: str, fmt: str = "json") -> None:
     for name in _AIOHTTP_NOISY:
         _add_once(logging.getLogger(name), _RedactAiohttp)
     _add_once(logging.getLogger(ACCESS_LOGGER), _OnlySafeAccess)
+    _add_once(logging.getLogger("asyncio"), _LoopErrorsByType)
 
 
 def _add_once(logger: logging.Logger, kind: type[logging.Filter]) -> None:

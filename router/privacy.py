@@ -19,7 +19,7 @@ from router.policy.model import TIERS
 from router.redaction.actions import Hasher
 from router.redaction.detectors import CustomPattern, Detectors, to_original
 from router.redaction.known import KnownValues
-from router.redaction.normalize import Normalized
+from router.redaction.normalize import Normalized, normalize_mapped
 from router.redaction.types import Action, Finding
 from router.redaction.vault import TOKEN_RE, TokenVault
 from router.redaction.walker import (
@@ -167,6 +167,21 @@ class MemoScanner:
         if copies:
             found = sorted([*found, *copies], key=lambda f: f.start)
         return text, to_original(normalized, found)
+
+
+class KnownCopies:
+    """A scanner that finds only copies of the values its request's survey found elsewhere:
+    for text no detector is asked to scan (a forwarded header the bundle does not name), so
+    that a value found anywhere is redacted wherever else the request repeats it."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self, known: KnownValues) -> None:
+        self._known = known
+
+    def scan(self, text: str) -> tuple[str, list[Finding]]:
+        normalized = normalize_mapped(text)
+        return text, to_original(normalized, self._known.find(normalized.text, []))
 
 
 def survey(privacy: Privacy, ctx: RequestContext, *, document: bool = True) -> Counter[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -240,6 +240,15 @@ def _open_audit_log(settings: Settings) -> AuditLog:
     raise ConfigError(str(folder), [f"audit log cannot be opened: {problem}"])
 
 
+def _key_scanner(app: web.Application) -> Callable[[str], bool]:
+    """Whether the current bundle's detectors find something in a text (a JSON key)."""
+
+    def holds_data(key: str) -> bool:
+        return bool(app[RUNTIME].current.privacy.detectors.locate(key))
+
+    return holds_data
+
+
 async def audit_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     audit = settings.audit
@@ -256,7 +265,7 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
         for body in await asyncio.to_thread(recent_records, log.path, RECOPY_WINDOW_S, copied):
             copy(body)
     # The cache's digester: a binary tensor is digested once for its cache key and its record.
-    app[TRAIL] = Trail(log, app[CACHE].digester, settings.site, copy)
+    app[TRAIL] = Trail(log, app[CACHE].digester, settings.site, copy, _key_scanner(app))
     try:
         yield
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from multidict import CIMultiDict
@@ -15,7 +15,8 @@ from router.context import RequestContext
 from router.errors import (
     DetectionFailed,
 )
-from router.privacy import Privacy, survey
+from router.headers import goes_upstream
+from router.privacy import KnownCopies, Privacy, survey
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import RedactionPlan, redact_headers, redact_json, redact_query
@@ -101,11 +102,8 @@ def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy:
         query, found = redact_query(query, plan, ctx.scanner, ctx.vault, privacy.hasher)
         counts += found
         path = f"{base}?{query}"
-    headers: Mapping[str, str] = ctx.headers
-    if plan.headers:
-        pairs, found = redact_headers(ctx.headers, plan, ctx.scanner, ctx.vault, privacy.hasher)
-        counts += found
-        headers = CIMultiDict(pairs)
+    headers, found = _redacted_headers(ctx, plan, privacy)
+    counts += found
     ctx.redactions = counts
     binary = None
     if ctx.inlined is not None and ctx.document is not None:
@@ -120,6 +118,31 @@ def _redacted_view(ctx: RequestContext, tier: str, plan: RedactionPlan, privacy:
             "data cannot be left out and the request may not leave this site"
         )
     return View(document, path, headers, True, binary)
+
+
+def _redacted_headers(
+    ctx: RequestContext, plan: RedactionPlan, privacy: Privacy
+) -> tuple[Mapping[str, str], Counter[str]]:
+    """The headers the bundle names, scanned; every other that goes upstream rid of the
+    copies of values found elsewhere in the request (a card in the body repeated in a
+    client's own header, an e-mail in a Referer's query)."""
+    assert ctx.vault is not None
+    counts: Counter[str] = Counter()
+    pairs: list[tuple[str, str]] = list(ctx.headers.items())
+    changed = False
+    if plan.headers:
+        pairs, found = redact_headers(pairs, plan, ctx.scanner, ctx.vault, privacy.hasher)
+        counts += found
+        changed = True
+    named = {name.lower() for name in plan.headers}
+    others = tuple({n for n, _ in pairs if n.lower() not in named and goes_upstream(n)})
+    if others and len(ctx.scanner.known):
+        copies = replace(plan, headers=others)
+        known = KnownCopies(ctx.scanner.known)
+        pairs, found = redact_headers(pairs, copies, known, ctx.vault, privacy.hasher)
+        counts += found
+        changed = changed or bool(found)
+    return (CIMultiDict(pairs) if changed else ctx.headers), counts
 
 
 def _holds_any(document: dict[str, Any] | None, paths: tuple[str, ...]) -> bool:

@@ -39,8 +39,12 @@ class Trail:
         digester: Digester,
         site: SiteSettings,
         copy: Callable[[dict[str, Any]], None] | None = None,
+        holds_data: Callable[[str], bool] | None = None,
     ) -> None:
         self._log = audit
+        # Whether detection finds something in a JSON key (the current bundle's detectors):
+        # such a key is no schema, and is digested in a record's fragment paths.
+        self._holds_data = holds_data
         self._copy = copy  # also send each record to the centre (the spool)
         self._digester = digester
         self._site = site
@@ -98,11 +102,13 @@ class Trail:
         )
 
     def _document_digests(self, ctx: RequestContext) -> dict[str, str]:
+        digests = self._digester.fragments
         if not ctx.content_key:
-            return self._digester.fragments(ctx.document)
+            return digests(ctx.document, holds_data=self._holds_data)
         known = self._fragments.get(ctx.content_key)
         if known is None:
-            known = self._fragments[ctx.content_key] = self._digester.fragments(ctx.document)
+            known = digests(ctx.document, holds_data=self._holds_data)
+            self._fragments[ctx.content_key] = known
         return dict(known)
 
     async def write(self, ctx: RequestContext, status: int, body: bytes | None) -> None:

@@ -14,8 +14,9 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from router.api.respond import CTX, observe, trace_headers
-from router.api.state import TELEMETRY, TRAIL
+from router.api.current import GENERATION
+from router.api.respond import CTX, client_request_id, observe, trace_headers
+from router.api.state import RUNTIME, TELEMETRY, TRAIL
 from router.errors import (
     MethodNotAllowed,
     NotSupported,
@@ -78,7 +79,7 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
     if ctx is not None:
         headers.update(trace_headers(ctx))
     elif request is not None:  # refused before it had a context: the id all the same
-        headers[REQUEST_ID] = request_id(request.headers)
+        headers[REQUEST_ID] = _early_request_id(request)
     if openai_face:
         body = orjson.dumps(
             {
@@ -98,6 +99,14 @@ def error_response(error: RouterError, request: web.Request | None = None) -> we
     if error.status in (408, 413):
         response.force_close()  # the rest of the body is not worth reading
     return response
+
+
+def _early_request_id(request: web.Request) -> str:
+    """The id of a request refused before it had a context, checked as any other's; where
+    no policy rules (an app that only mounts some routes), the client's as it is."""
+    if request.get(GENERATION) is None and RUNTIME not in request.app:
+        return request_id(request.headers)
+    return client_request_id(request)
 
 
 def from_http_exception(exc: web.HTTPException, path: str = "") -> RouterError | None:

@@ -60,7 +60,7 @@ def new_context(
         path=request.path_qs,
         hops=hops(request.headers),
         headers=request.headers,
-        request_id=_request_id(request),
+        request_id=client_request_id(request),
         audit_id=new_audit_id() if request.app[TRAIL].enabled else "",
         sized_only=request.version < HttpVersion11,
     )
@@ -70,9 +70,10 @@ def new_context(
     return ctx
 
 
-def _request_id(request: web.Request) -> str:
+def client_request_id(request: web.Request) -> str:
     """The client's X-Request-Id, unless it holds what detection finds (a card number sent as
-    an id): ids go upstream and into the audit trail, so such a one is replaced."""
+    an id): ids go upstream, into the audit trail and back in the answer (an error's too), so
+    such a one is replaced."""
     chosen = request_id(request.headers)
     if chosen == request.headers.get(REQUEST_ID) and current(request).privacy.detectors.locate(
         chosen

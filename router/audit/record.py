@@ -8,7 +8,7 @@ import hmac
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -179,11 +179,18 @@ class Digester:
         """A digest to feed piece by piece (a streamed answer); equal to `digest` of the whole."""
         return hmac.new(self._key, label.encode() + b"\x00", hashlib.sha256)
 
-    def fragments(self, document: Any, limit: int = MAX_FRAGMENTS) -> dict[str, str]:
+    def fragments(
+        self,
+        document: Any,
+        limit: int = MAX_FRAGMENTS,
+        holds_data: Callable[[str], bool] | None = None,
+    ) -> dict[str, str]:
         """One digest per JSON leaf, keyed by its path (`$.inputs[0].data`); an array of numbers
-        (a tensor) is one leaf. Past `limit` leaves, one digest of the whole document at `$`."""
+        (a tensor) is one leaf. Past `limit` leaves, one digest of the whole document at `$`.
+        A key that looks like schema is kept in the path unless `holds_data` says detection
+        finds something in it (an access key used as a key): then it is digested too."""
         leaves: list[tuple[str, Any]] = []
-        if not self._collect(document, "$", leaves, limit):
+        if not self._collect(document, "$", leaves, limit, holds_data):
             return {"$": self.digest("$", _canonical(document))}
         return {path: self.digest(path, _canonical(value)) for path, value in leaves}
 
@@ -204,28 +211,37 @@ class Digester:
             return {"$.binary": self.digest("$.binary", binary)}
         return found
 
-    def _collect(self, value: Any, path: str, leaves: list[tuple[str, Any]], limit: int) -> bool:
+    def _collect(
+        self,
+        value: Any,
+        path: str,
+        leaves: list[tuple[str, Any]],
+        limit: int,
+        holds_data: Callable[[str], bool] | None,
+    ) -> bool:
         """Append (path, leaf) pairs to `leaves`; False as soon as there are more than `limit`.
         (A plain recursion: a generator per level cost more than the digests.)"""
         if isinstance(value, dict) and value:
             for key, item in value.items():
-                if not self._collect(item, path + self._segment(str(key)), leaves, limit):
+                segment = self._segment(str(key), holds_data)
+                if not self._collect(item, path + segment, leaves, limit, holds_data):
                     return False
         elif isinstance(value, list) and value and not _is_tensor(value):
             for index, item in enumerate(value):
-                if not self._collect(item, f"{path}[{index}]", leaves, limit):
+                if not self._collect(item, f"{path}[{index}]", leaves, limit, holds_data):
                     return False
         else:
             leaves.append((path, value))
             return len(leaves) <= limit
         return True
 
-    def _segment(self, key: str) -> str:
+    def _segment(self, key: str, holds_data: Callable[[str], bool] | None) -> str:
         segment = _SCHEMA_SEGMENTS.get(key)
         if segment is not None:
             return segment
-        if _SCHEMA_KEY.match(key):
-            if len(_SCHEMA_SEGMENTS) < _SCHEMA_SEGMENTS_MAX:
+        if _SCHEMA_KEY.match(key) and not (holds_data is not None and holds_data(key)):
+            # Remembered only once checked: a key never checked may be an access key.
+            if holds_data is not None and len(_SCHEMA_SEGMENTS) < _SCHEMA_SEGMENTS_MAX:
                 _SCHEMA_SEGMENTS[key] = "." + key
             return "." + key
         return f"[#{self.digest('key', key.encode('utf-8', 'surrogatepass'))[:16]}]"
@@ -234,8 +250,8 @@ class Digester:
         return "Digester(<secret>)"
 
 
-# Segments of keys already seen to be schema ("inputs"): only those, never a key that could
-# be personal data, and only so many.
+# Segments of keys already seen to be schema ("inputs", checked by detection): only those,
+# never a key that could be personal data or a credential, and only so many.
 _SCHEMA_SEGMENTS: dict[str, str] = {}
 _SCHEMA_SEGMENTS_MAX = 1024
 _NUMBER_TYPES = frozenset((int, float, bool))

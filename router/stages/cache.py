@@ -189,6 +189,7 @@ class LookupCache:
                 ctx.headers.get("Authorization", ""),
                 ctx.headers.get("api-key", ""),
                 ctx.headers.get("X-Api-Key", ""),
+                ctx.headers.get("Cookie", ""),
                 canonical,
                 *_tensor_parts(ctx, self._cache),
             )

@@ -13,6 +13,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from router.context import Reply, RequestContext
 from router.errors import RouterError
+from router.headers import TRACEPARENT
 from router.telemetry.tracing import traceparent_of
 
 if TYPE_CHECKING:
@@ -24,7 +25,10 @@ _NO_EXCEPTIONS: dict[str, Any] = {"record_exception": False, "set_status_on_exce
 
 
 async def run_traced(stages: Sequence[Any], ctx: RequestContext, tracer: Tracer) -> Reply:
-    parent = _PROPAGATOR.extract(ctx.headers)
+    # The caller's trace and span ids only: its tracestate is vendor data a client writes, and
+    # a span would export it with every span of the request (it still travels upstream).
+    caller = ctx.headers.get(TRACEPARENT)
+    parent = _PROPAGATOR.extract({TRACEPARENT: caller} if caller is not None else {})
     # Ended by hand, not by a `with`: a streamed answer's span lasts until its last event.
     span = tracer.start_span(f"layer-router {ctx.api}", context=parent, kind=SpanKind.SERVER)
     span.set_attribute("layer_router.api", ctx.api)

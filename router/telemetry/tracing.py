@@ -59,6 +59,7 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
                 f"OTEL_EXPORTER_OTLP_PROTOCOL: '{protocol}' is not supported; "
                 "use http/protobuf (an OTLP collector's port 4318)"
             )
+        _check_otlp_headers(environ)
         # Reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _CERTIFICATE itself.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -66,6 +67,46 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     raise ValueError(
         f"OTEL_TRACES_EXPORTER: unknown exporter '{name}' (use one of {', '.join(EXPORTERS)})"
     )
+
+
+# The exporter reads the first of these that is set (and not empty).
+_OTLP_HEADERS = ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+
+
+class _Malformed(logging.Filter):
+    """Holds the SDK's own warning about a malformed header, which quotes the entry whole: a
+    collector's token in a log line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.seen = True
+        return False
+
+
+def _check_otlp_headers(environ: Mapping[str, str]) -> None:
+    """An OTLP headers entry the SDK cannot read is an error naming the variable, never its
+    value (it usually holds the collector's credential): the SDK would drop the entry,
+    exporting without it, and log it whole."""
+    name = next((n for n in _OTLP_HEADERS if environ.get(n)), None)
+    if name is None:
+        return
+    from opentelemetry.util.re import parse_env_headers
+
+    sdk_log = logging.getLogger(parse_env_headers.__module__)
+    malformed = _Malformed()
+    sdk_log.addFilter(malformed)
+    try:
+        parse_env_headers(environ[name], liberal=True)
+    finally:
+        sdk_log.removeFilter(malformed)
+    if malformed.seen:
+        raise ValueError(
+            f"{name}: an entry is not name=value (comma-separated, URL-encoded); "
+            "its value is not shown"
+        )
 
 
 def tracer_of(provider: TracerProvider | None) -> Tracer | None:

@@ -13,6 +13,7 @@ from router.policy.decide import TIER_ORDER as _TIERS
 from router.policy.decide import ClusterView
 from router.settings import ClusterSettings, EndpointSettings
 from router.upstreams.health import CheckRules, EndpointHealth, OutlierRules, may_eject
+from router.upstreams.own_secrets import own_secrets
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Cluster:
     # that accepts it. A client's refused key never sets it.
     auth_cooloff_until: float = 0.0
     tls_failing: bool = False
+    # The forms of the router's own credentials, scrubbed from error answers relayed.
+    secrets: tuple[bytes, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.protocols = frozenset(p.value for p in self.settings.protocols)
@@ -85,6 +88,8 @@ class Cluster:
         named = {name.lower() for name in self.settings.headers}
         # A URL's user:password is sent as Basic credentials: the router's own too.
         in_url = any(urlsplit(ep.settings.url).username is not None for ep in self.endpoints)
+        urls = (ep.settings.url for ep in self.endpoints)
+        self.secrets = own_secrets(self.settings.headers, urls)
         self.own_credential = not self.settings.forward_authorization and (
             in_url or not named.isdisjoint(CREDENTIALS)
         )

@@ -76,13 +76,19 @@ def _original(
     before: list[Any], position: int, tensor: dict[str, Any], by_name: dict[str, dict[str, Any]]
 ) -> dict[str, Any] | None:
     """The scanned input a view's input came from: the same position when names agree (a drop
-    rule may have removed an input before it), else the one of its name."""
-    if position < len(before):
-        candidate = before[position]
-        if isinstance(candidate, dict) and candidate.get("name") == tensor.get("name"):
-            return candidate if isinstance(candidate.get("data"), list) else None
+    rule may have removed an input before it), else the one of its name, else, its name having
+    been redacted (an e-mail as a name), the one at its place of its datatype and shape."""
+    candidate = before[position] if position < len(before) else None
+    if isinstance(candidate, dict) and candidate.get("name") == tensor.get("name"):
+        return candidate if isinstance(candidate.get("data"), list) else None
     found = by_name.get(tensor.get("name"))  # type: ignore[arg-type]
+    if found is None and isinstance(candidate, dict) and _alike(candidate, tensor):
+        found = candidate
     return found if found is not None and isinstance(found.get("data"), list) else None
+
+
+def _alike(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("datatype") == b.get("datatype") and a.get("shape") == b.get("shape")
 
 
 def _flat(data: list[Any]) -> Iterator[Any]:

@@ -148,6 +148,27 @@ class TestAuditTrail:
         (record,) = show(site.audit, served[1]).records
         assert record.entry["model"] == "color_classifier"
 
+    async def test_credentials_used_as_json_keys_stay_out_of_the_record(self, site: Site) -> None:
+        """An access key or token used as a JSON key looks like schema (letters, digits,
+        underscores) but is no schema: it is digested in the record's paths, in a local
+        request's (never scanned for leaving the site) and a forwarded one's; plain keys stay."""
+        aws, github = "AKIAIOSFODNN7CANARYQ", "ghp_" + "canary0123456789abcdefghijklmnopqrst"
+        local = {**LOCAL, "parameters": {aws: 1, "note": "x"}}
+        chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+        async with aiohttp.ClientSession() as http:
+            served = await _post(http, site.base + "/v2/models/color_classifier/infer", local)
+            forwarded = await _post(
+                http, site.base + "/v1/chat/completions", {**chat, "metadata": {github: "x"}}
+            )
+        await site.stop()
+        assert [served[0], forwarded[0]] == [200, 200]
+        log = (site.audit / "plant-7.jsonl").read_bytes()
+        assert aws.encode() not in log
+        assert github.encode() not in log
+        (record,) = show(site.audit, served[1]).records
+        assert "$.parameters.note" in record.entry["inputs"]
+        assert any(path.startswith("$.parameters[#") for path in record.entry["inputs"])
+
     async def test_binary_tensor_is_digested_once_for_cache_and_record(
         self, site: Site, monkeypatch: pytest.MonkeyPatch
     ) -> None:

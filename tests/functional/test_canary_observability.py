@@ -67,6 +67,14 @@ def sampling_bundle(folder: Path) -> Path:
     return bundle
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def trace_extras(c: Canaries) -> dict[str, str]:
+    """W3C tracestate and baggage whose values are canaries."""
+    return {"tracestate": f"vendor={c.card},mail={c.secret}", "baggage": f"user={c.secret}"}
+
+
 def send_everything(router: RouterThread, canaries: Canaries) -> int:
     """The representative requests; returns how many were sent."""
     c = canaries
@@ -88,6 +96,12 @@ def send_everything(router: RouterThread, canaries: Canaries) -> int:
         # forwarded chat, whole and streamed
         ("POST", f"{router.url}/v1/chat/completions?mail={c.email}", {"json": chat}),
         ("POST", f"{router.url}/v1/chat/completions", {"json": {**chat, "stream": True}}),
+        # a caller's trace: its vendor state and baggage carry the canaries
+        (
+            "POST",
+            f"{router.url}/v1/chat/completions",
+            {"json": chat, "headers": {"traceparent": TRACEPARENT, **trace_extras(c)}},
+        ),
         # errors: malformed JSON, an unknown model, an unknown route, a bad header, bad tensor
         ("POST", f"{router.url}/v1/chat/completions", {"content": f'{{"model": "{c.email}'}),
         (
@@ -187,3 +201,14 @@ def test_no_canary_anywhere(evidence: tuple[Evidence, Canaries, int], source: st
     blob = text if isinstance(text, bytes) else text.encode()
     for canary in canaries.all():
         assert canary.encode() not in blob, f"{source} holds a canary"
+
+
+def test_callers_trace_continued_without_its_state(
+    evidence: tuple[Evidence, Canaries, int],
+) -> None:
+    """The caller's trace is continued (its id in the spans), its tracestate left out of them."""
+    found, _, _ = evidence
+    trace_id = TRACEPARENT.split("-")[1]
+    continued = [s for s in found.spans if f'"trace_id": "0x{trace_id}"' in s]
+    assert continued
+    assert all('"trace_state": "[]"' in s for s in continued)

@@ -316,11 +316,14 @@ class TestCredentials:
         assert seen.headers.getall("X-Api-Key") == ["cluster"]
 
     def test_cookies_not_forwarded_by_default(self, site: Site) -> None:
-        """The client's cookies (an SSO proxy's session in front of the router) stay here,
-        with its other credentials: no upstream issued them."""
-        headers = [("Cookie", "_oauth2_proxy=session-secret"), ("Cookie", "theme=dark")]
+        """The client's cookies (its session with the site in front) stay here as its
+        Authorization does; a cluster that forwards the client's credentials gets them."""
+        headers = [("Cookie", "session=sk-canary-4e1f"), ("Cookie", "mail=c@example.com")]
         _, seen = received_one(site, lambda: site.post(CHAT, CHAT_BODY, headers))
         assert "Cookie" not in seen.headers
+        body = orjson.dumps({"model": "gpt-auth", "messages": [{"role": "user", "content": "x"}]})
+        _, seen = received_one(site, lambda: site.post(CHAT, body, headers))
+        assert seen.headers.getall("Cookie") == ["session=sk-canary-4e1f; mail=c@example.com"]
 
     @pytest.mark.parametrize("name", ["X-Api-Key", "x-api-key", "X-API-KEY"])
     def test_client_cannot_add_to_cluster_header(self, site: Site, name: str) -> None:
@@ -444,12 +447,16 @@ class TestIds:
         self, site: Site, path: str, headers: list[tuple[str, str]]
     ) -> None:
         """An error raised before the request is routed still carries X-Request-Id: the
-        client's when well-formed, else a fresh one."""
+        client's when well-formed and holding nothing detection finds (a card number), else a
+        fresh one."""
         given = site.post(path, CHAT_BODY, [*headers, ("X-Request-Id", "early-1")])
         assert given.status in (400, 404)
         assert given.headers.getall("X-Request-Id") == ["early-1"]
         fresh = site.post(path, CHAT_BODY, headers)
         assert FRESH_ID.match(fresh.headers["X-Request-Id"])
+        card = site.post(path, CHAT_BODY, [*headers, ("X-Request-Id", "4111111111111111")])
+        assert card.status == given.status
+        assert FRESH_ID.match(card.headers["X-Request-Id"])
 
     def test_traceparent_continued(self, site: Site) -> None:
         """The upstream sees the caller's trace id with a new span id."""

@@ -569,6 +569,33 @@ class TestWhereValuesHide:
         )
         assert [s["inputs"][0]["data"][0] for s in sent[2:]] == ["id <NATIONAL_ID_1>"] * 2
 
+    async def test_copies_in_headers_the_bundle_does_not_name(
+        self, site: Site, http: aiohttp.ClientSession
+    ) -> None:
+        """A value found in the body is redacted in every other header the request repeats
+        it in (a Referer's query, a client's own header, baggage), tokens for central and
+        pseudonyms for regional: those headers are not scanned, but their copies of it were
+        sent as they came; a header holding none goes on as written."""
+        headers = {
+            "Referer": f"https://shop.example/?mail={EMAIL}",
+            "X-Note": f"paid with {CARD}",
+            "baggage": f"user={quote(EMAIL, safe='')}",
+            "X-Plain": "nothing here",
+        }
+        for model in ("gpt-central", "gpt-regional"):
+            doc = chat(model, f"mail {EMAIL}, card {CARD}")
+            answer = await post(http, f"{site.url}/v1/chat/completions", doc, headers=headers)
+            assert answer.status == 200, answer.body
+            assert answer.headers["X-Redactions"] == "CARD=2,EMAIL=3"
+        assert_clean(site.off_site(), EMAIL, CARD)
+        central, regional = site.central.received[0], site.regional.received[0]
+        assert central.headers["Referer"] == "https://shop.example/?mail=<EMAIL_1>"
+        assert central.headers["X-Note"] == "paid with <CARD_1>"
+        assert re.fullmatch(r"user=<EMAIL_\d>", central.headers["baggage"])  # as written: %40
+        assert central.headers["X-Plain"] == "nothing here"
+        assert re.fullmatch(r"user=<EMAIL#[a-p]{12}>", regional.headers["baggage"])
+        assert regional.headers["X-Note"] == "paid with <CARD_1>"
+
     async def test_model_version_in_the_path(self, site: Site, http: aiohttp.ClientSession) -> None:
         """The path goes upstream as it came, so a version segment holding a card number or an
         e-mail is refused (400) and nothing is sent; a real version is forwarded."""
@@ -582,6 +609,40 @@ class TestWhereValuesHide:
         answer = await post(http, f"{site.url}/v2/models/v2-central/versions/1/infer", doc)
         assert answer.status == 200, answer.body
         assert site.central.received[0].path == "/v2/models/v2-central/versions/1/infer"
+
+    async def test_metadata_relayed_upstream(
+        self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession
+    ) -> None:
+        """A v2 metadata, readiness, config or stats request for a model only central holds
+        is redacted for central as an inference request is (its query string, the headers the
+        bundle names), and one whose version segment holds a card is refused (400): these
+        went upstream as they came."""
+        seen: list[tuple[str, str]] = []
+
+        async def metadata(request: web.Request) -> web.Response:
+            seen.append((request.path_qs, request.headers.get("X-User-Email", "")))
+            return web.json_response({"name": request.match_info["model"]})
+
+        upstream = web.Application()
+        upstream.router.add_get("/v2/models/{model}{rest:.*}", metadata)
+        central = cluster(
+            "central", "central", await stack.enter_async_context(serving(upstream)), ["v2-central"]
+        )
+        settings = Settings.model_validate({"site": {"jurisdiction": "EU"}, "upstreams": [central]})
+        url = await stack.enter_async_context(serving(build_app(settings)))
+        headers = {"X-User-Email": EMAIL}
+        for path in ("", "/ready", "/config", "/stats"):
+            target = URL(f"{url}/v2/models/v2-central{path}?mail={quote(EMAIL)}", encoded=True)
+            async with http.get(target, headers=headers) as answer:
+                assert answer.status == 200, await answer.read()
+        for path in ("/versions/4111111111111111", "/versions/4111111111111111/ready"):
+            async with http.get(f"{url}/v2/models/v2-central{path}") as answer:
+                assert answer.status == 400
+        assert [s[0] for s in seen] == [
+            f"/v2/models/v2-central{path}?mail=%3CEMAIL_1%3E"
+            for path in ("", "/ready", "/config", "/stats")
+        ]
+        assert {s[1] for s in seen} == {"<EMAIL_1>"}
 
     async def test_drop_fields(self, site: Site, http: aiohttp.ClientSession) -> None:
         """`user` and `metadata.customer_email` never leave the site; the plant server (edge

@@ -460,3 +460,39 @@ class TestClientCredentialPassedThrough:
         assert regional.received[0].headers["Authorization"] == CLIENT_CANARY
         assert not cluster_of(app, "regional").auth_failing
         assert cluster_of(app, "regional").counters.auth_failures == 0
+
+
+class TestRouterCredentialQuoted:
+    @pytest.mark.parametrize("status", [400, 422])
+    async def test_an_error_quoting_the_routers_key_is_relayed_without_it(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        status: int,
+    ) -> None:
+        """An upstream error that quotes the request it refused, the router's own key and URL
+        password among its headers, reaches the client without them (any client able to
+        provoke that error would have the router's credentials); the rest as it came."""
+        key = "sk-router-own-CANARY-5e0d1c"
+        pair = base64.b64encode(b"router:CANARY-url-pw-77").decode()
+        quoted = (
+            f'{{"error": {{"message": "bad header Authorization: Bearer {key}; also {key}; '
+            f'endpoint Basic {pair} (CANARY-url-pw-77)", "code": "bad"}}}}'
+        ).encode()
+        behaviour = Behaviour(fail_status=status, fail_body=quoted)
+        fake = FakeUpstream(name="regional", models=(MODEL,), behaviour=behaviour)
+        fake_url = await stack.enter_async_context(serving(fake.app()))
+        with_password = fake_url.replace("http://", "http://router:CANARY-url-pw-77@")
+        headers = {"X-Api-Key": key}  # with the URL's Basic pair in Authorization
+        retry = {"max_attempts": 1}
+        regional = cluster("regional", "regional", with_password, headers=headers, retry=retry)
+        _, url = await router_in_front_of(stack, tmp_path, regional)
+        got, _, body = await chat(http, url)
+        assert fake.received[-1].headers["X-Api-Key"] == key
+        assert b"CANARY" not in body
+        assert got == status  # relayed: the upstream's own words, the key left out
+        assert orjson.loads(body)["error"]["message"] == (
+            "bad header Authorization: Bearer [redacted]; also [redacted]; "
+            "endpoint Basic [redacted] ([redacted])"
+        )

@@ -159,6 +159,14 @@ class TestUpstreamRequestHeaders:
         cookies = forwarded([("Cookie", "a=1"), ("Cookie", "b=2")], auth=True)
         assert cookies == {"Cookie": "a=1; b=2"}
 
+    @pytest.mark.parametrize("name", ["Cookie", "cookie"])
+    def test_cookies_stay_here_unless_credentials_go(self, name: str) -> None:
+        """A client's cookies (a session with the site in front) are its credentials: they
+        reach no upstream unless the cluster forwards the client's credentials."""
+        sent = [(name, "session=sk-canary-9d1e; mail=c@example.com"), ("Accept", "*/*")]
+        assert forwarded(sent) == {"Accept": "*/*"}
+        assert forwarded(sent, auth=True) == dict(sent)
+
     def test_input_not_modified(self) -> None:
         """The client's headers are read, never changed."""
         client = CIMultiDict([("Connection", "X-Hop"), ("X-Hop", "1"), ("Accept", "*/*")])

@@ -91,3 +91,14 @@ def test_an_input_removed_before_it_is_matched_by_name(privacy: Privacy) -> None
     redacted = request(tensor("ids", "INT64", ["<CARD_1>"]))
     with pytest.raises(NumericTensorRedaction, match="'ids'"):
         check(privacy, scanned, redacted)
+
+
+def test_an_input_whose_name_was_redacted_too(privacy: Privacy) -> None:
+    """An input named by an e-mail (its name redacted in the view) holding a card is still
+    compared with the input it came from: refused, naming it as the view does, not as sent."""
+    email = "jane.doe@example.com"
+    scanned = request(tensor(email, "INT64", [CARD, 5]))
+    redacted = request(tensor("<EMAIL_1>", "INT64", ["<CARD_1>", 5]))
+    with pytest.raises(NumericTensorRedaction, match=r"'<EMAIL_1>' \(INT64\) holds a CARD") as no:
+        check(privacy, scanned, redacted)
+    assert email not in no.value.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -13,6 +14,7 @@ import uvloop
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.test_utils import make_mocked_request
+from aiohttp.web_protocol import RequestPayloadError
 from opentelemetry.sdk.trace import TracerProvider
 
 from router import logs
@@ -61,6 +63,31 @@ class TestProviderFromEnv:
         with pytest.raises(ValueError, match="'grpc' is not supported"):
             provider_from_env(env)
         env[variable] = "http/protobuf"
+        provider = provider_from_env(env)
+        assert provider is not None
+        provider.shutdown()
+
+    @pytest.mark.parametrize(
+        "variable", ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"]
+    )
+    def test_a_malformed_otlp_header_is_named_never_shown(
+        self, variable: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An OTLP headers entry that is no name=value is an error naming the variable; the
+        collector's token in it reaches neither the error nor a log line (the SDK's warning
+        quoted it whole, and exported without it)."""
+        token = "colltok-canary-5f2a9c"
+        env = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+            variable: f"x-tenant=a,Authorization: Bearer {token}",
+        }
+        with caplog.at_level(logging.DEBUG), pytest.raises(ValueError, match=variable) as refused:
+            provider_from_env(env)
+        assert variable in str(refused.value)
+        assert token not in str(refused.value)
+        assert token not in caplog.text
+        env[variable] = f"x-tenant=a,Authorization=Bearer%20{token}"
         provider = provider_from_env(env)
         assert provider is not None
         provider.shutdown()
@@ -186,6 +213,43 @@ class TestLogs:
         assert (client["level"], client["msg"]) == ("warning", "connection error: LineTooLong")
         assert ours["level"] == "error"
         assert "203.0.113.7" not in captured.getvalue()
+
+    def test_a_client_s_undecodable_body_is_a_warning_not_an_error(
+        self, captured: io.StringIO
+    ) -> None:
+        """A gzip body that does not inflate is answered 400, then aiohttp, reading the rest of
+        it, logs RequestPayloadError as an unhandled exception: a client's mistake, a warning."""
+        server = logging.getLogger("aiohttp.server")
+        try:
+            raise RequestPayloadError("Can not decode content-encoding: gzip")
+        except RequestPayloadError:
+            server.exception("Unhandled exception")
+        line = orjson.loads(captured.getvalue().splitlines()[-1])
+        assert (line["level"], line["msg"]) == ("warning", "connection error: RequestPayloadError")
+
+    def test_event_loop_errors_keep_type_and_place_only(self, captured: io.StringIO) -> None:
+        """A task whose exception nobody retrieved is logged by the loop with the task's repr,
+        and the exception's (its message, the bytes it could not decode) within it: only its
+        type and place are kept, on both loops."""
+        card = "4111111111111111"
+
+        async def fails() -> None:
+            raise UnicodeDecodeError("utf-8", f"\xff card {card}".encode(), 0, 1, "bad")
+
+        async def leave_a_task_unretrieved() -> None:
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(fails())
+            await asyncio.wait([task])
+            context = {"message": "Task exception was never retrieved", "future": task}
+            loop.call_exception_handler({**context, "exception": task.exception()})
+
+        for run in (asyncio.run, uvloop.run):
+            run(leave_a_task_unretrieved())
+        lines = [orjson.loads(line) for line in captured.getvalue().splitlines()]
+        errors = [line for line in lines if line["level"] == "error"]
+        assert len(errors) == 2
+        assert {e["exc_type"] for e in errors} == {"UnicodeDecodeError"}
+        assert card not in captured.getvalue()
 
     def test_aiohttp_loggers_lose_request_bytes(self, captured: io.StringIO) -> None:
         """aiohttp.server's record of a bad request keeps the error kind, not the bytes."""
