@@ -60,6 +60,13 @@ INTERNAL = frozenset(
         "x-forwarded-host",
         "x-forwarded-proto",
         "x-real-ip",
+        # The end user's address as CDNs and load balancers pass it on: personal data that
+        # no upstream tier needs (as with X-Forwarded-For).
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
         "x-data-class-verified",
     }
 )

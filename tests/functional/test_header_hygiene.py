@@ -47,6 +47,11 @@ INTERNAL_REQUEST_HEADERS = {
     "X-Forwarded-Host": "evil.example",
     "X-Forwarded-Proto": "https",
     "X-Real-IP": "203.0.113.9",
+    "True-Client-IP": "203.0.113.9",
+    "CF-Connecting-IP": "203.0.113.9",
+    "Fastly-Client-IP": "203.0.113.9",
+    "X-Client-IP": "203.0.113.9",
+    "X-Cluster-Client-IP": "203.0.113.9",
     "X-Layer-Router-Tenant": "admin",
     "x-layer-router-anything": "1",
 }
