@@ -41,6 +41,7 @@ from router.redaction.rehydrate import (
 )
 from router.redaction.vault import TokenVault
 from router.relaying import exact_length, relayed
+from router.sse import ends_with_done
 from router.stages.classify import OFF_LOOP_BYTES
 from router.tier_view import View, view_for
 from router.upstreams.cluster import Cluster
@@ -300,13 +301,15 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     complete. Half an event is held back until its end arrives, so a cut one is dropped
     rather than glued to the error event (which would make both unreadable)."""
     completed = False
+    done = False  # `data: [DONE]` went out: the answer is whole, whatever comes after it
     pending = bytearray()
     try:
         async for chunk in _streamed(forwarded):
+            events = b""
             if not pending:
                 end = _events_end(chunk)
                 if end:
-                    yield chunk[:end] if end < len(chunk) else chunk
+                    events = chunk[:end] if end < len(chunk) else chunk
                 pending += chunk[end:]
             else:
                 # Only the new bytes are searched (and the last 3 held, which may begin a
@@ -315,14 +318,21 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
                 pending += chunk
                 end = _events_end(pending, searched)
                 if end:
-                    yield bytes(pending[:end])
+                    events = bytes(pending[:end])
                     del pending[:end]
+            if events:
+                yield events
+                done = ends_with_done(events)
             if len(pending) > MAX_EVENT_BYTES:
                 raise UpstreamError(f"a stream event larger than {MAX_EVENT_BYTES} bytes")
         if pending:
             yield bytes(pending)
         completed = True
     except UpstreamError as exc:
+        if done:
+            # Silent or cut after its [DONE]: the client has the whole answer; an error event
+            # after it would say otherwise (and the record would call it broken).
+            return
         raise StreamBroken(f"{exc.message} after the stream started") from None
     finally:
         if not completed:  # broken, or the client went away: cancel upstream, drop the conn

@@ -18,6 +18,7 @@ from router.context import RequestContext
 from router.errors import RouterError
 from router.policy.decide import Failure
 from router.settings import SiteSettings
+from router.sse import ends_with_done
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class Trail:
         sent, nor digested: the record's digest stays that of the bytes sent."""
         digest = self._digester.stream("output")
         last = b""
+        done = False  # an SSE stream's `data: [DONE]` was written: the client has it whole
         try:
             async for chunk in chunks:
                 if hold_last:
@@ -155,15 +157,18 @@ class Trail:
                 # Digested once taken: the relay asks for the next chunk only after writing
                 # this one; a write that failed (the client left) closes it here instead.
                 digest.update(chunk)
+                done = not hold_last and ends_with_done(chunk)
             digest.update(last)
         except RouterError as exc:
             ctx.reasons.append(f"{STREAM_ERROR}:{exc.code}")
             raise
         except asyncio.CancelledError:
-            # Not cut by the router: the handler was cancelled because its client left.
+            # Not cut by the router: the handler was cancelled because its client left. One
+            # that left once it had the [DONE] (the openai SDK closes then, while the router
+            # waits for the upstream's end) did not leave mid-answer.
             if code := cut_by():
                 ctx.reasons.append(f"{STREAM_ERROR}:{code}")
-            else:
+            elif not done:
                 note_client_gone(ctx)
             raise
         finally:

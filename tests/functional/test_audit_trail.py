@@ -5,6 +5,7 @@ cache hit points at the record of the answer's original generation; no raw value
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from router.app import build_app
@@ -275,6 +277,46 @@ async def test_a_client_gone_before_the_answer_leaves_a_record(
     assert entry["reasons"][-1] == "client_gone"
     assert entry["model"] == "gpt-test"
     assert verify(log).ok
+
+
+async def test_a_client_leaving_after_the_done_event_got_the_whole_stream(
+    tmp_path: Path,
+) -> None:
+    """A client that closes as soon as it read `data: [DONE]` (the openai SDK does), while the
+    router still waits for the upstream's end (a chained router's comes a moment later), got
+    the whole answer: its record says 200 with the route's reasons, not client_gone."""
+    ended = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
+        with contextlib.suppress(ConnectionError):
+            await ended.wait()  # its end comes later
+            await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    log = tmp_path / "audit" / "plant-7.jsonl"
+    async with serving(upstream) as upstream_url:
+        settings = chat_forwarding_settings(
+            upstream_url, audit={"path": log.parent, "fsync": "never"}, site={"id": "plant-7"}
+        )
+        with RouterThread(settings) as router:
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+            writer.write(chat_request("gone-after-done", True))
+            await writer.drain()
+            received = b""
+            async with asyncio.timeout(10):
+                while b"data: [DONE]" not in received:
+                    received += await reader.read(65536)
+            writer.close()  # before the stream's end
+            await until(lambda: log.exists() and b"gone-after-done" in log.read_bytes())
+            ended.set()
+    (entry,) = map(orjson.loads, log.read_bytes().split())
+    assert (entry["status"], entry["reasons"]) == (200, ["forward:central"])
 
 
 def sealed_log(path: Path, ages_s: list[float]) -> list[str]:
