@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import re
 from collections import Counter
@@ -77,7 +79,7 @@ def outgoing(
             del headers[name]
     headers[HOPS] = str(ctx.hops + 1)
     if ctx.tenant:
-        headers[TENANT] = ctx.tenant
+        headers[TENANT] = _tenant_scope(ctx, privacy)
     if ctx.declared_class:
         headers[DECLARED_CLASS] = ctx.declared_class
     found = ",".join(sorted(str(entity) for entity, n in ctx.entities.items() if n > 0))
@@ -91,6 +93,19 @@ def outgoing(
     headers["Content-Type"] = "application/json"
     body = orjson.dumps(view.document) if view.changed or view.reencoded else ctx.body
     return Outgoing("POST", target, headers, body)
+
+
+def _tenant_scope(ctx: RequestContext, privacy: Privacy) -> str:
+    """The tenant this router resolved and, behind it, the one a router in front named: the
+    next router scopes its cache by both, so that router's tenants, which reach it under this
+    router's one credential, stay apart there too. The named one goes on as a keyed digest:
+    a client may send the header, and its bytes are never forwarded as written."""
+    behind = ctx.headers.get(TENANT)
+    if not behind:
+        return ctx.tenant
+    raw = behind.encode("utf-8", "surrogateescape")  # as aiohttp decoded the header's bytes
+    digest = hmac.new(privacy.secret, raw, hashlib.sha256).hexdigest()[:24]
+    return f"{ctx.tenant}>{digest}"
 
 
 def _refuse_numbers_made_text(

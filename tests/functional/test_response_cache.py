@@ -1184,10 +1184,29 @@ class TestScope:
 
     async def test_the_tenant_goes_upstream(self, http: aiohttp.ClientSession, site: Site) -> None:
         """A forwarded request names the tenant this router resolved, whatever the client
-        claimed, so the next router scopes its cache by it."""
+        claimed (which only narrows the scope, as a digest), so the next router scopes its
+        cache by it."""
         await post(http, site, ECHO, echo("hello"), {"X-Layer-Router-Tenant": "someone-else"})
         (seen,) = site.upstream.fake.requests_to(ECHO)
-        assert seen.headers.getall("X-Layer-Router-Tenant") == ["anonymous"]
+        (tenant,) = seen.headers.getall("X-Layer-Router-Tenant")
+        assert tenant.startswith("anonymous>")
+        assert "someone-else" not in tenant
+
+    async def test_tenants_of_a_router_in_front_stay_apart_one_tier_further(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Two tenants of an edge reach this (regional) router under the edge's credential:
+        the router behind it gets two scopes too, so central keeps their answers apart as
+        regional does; the edge's tenant goes on only as a keyed digest, never as written."""
+        for tenant in ("line-3", "line-4", "line-3"):
+            headers = {"X-Layer-Router-Tenant": tenant, "Cache-Control": "no-store"}
+            await post(http, site, ECHO, echo("hello"), headers)
+        sent = [
+            r.headers.getall("X-Layer-Router-Tenant") for r in site.upstream.fake.requests_to(ECHO)
+        ]
+        assert sent[0] == sent[2] != sent[1]
+        assert all(len(v) == 1 and v[0].startswith("anonymous>") for v in sent)
+        assert not any("line-" in v[0] for v in sent)
 
     async def test_a_header_cannot_lower_the_class_into_another_entry(
         self, http: aiohttp.ClientSession, site: Site
