@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# What an error event whose code is no plain name (upstream text) is recorded as.
+UNNAMED_ERROR = "upstream_error"
 
 
 def ends_with_done(events: bytes) -> bool:
@@ -12,3 +17,21 @@ def ends_with_done(events: bytes) -> bool:
     is complete (nothing follows it but the end of the body)."""
     last = _LINE_BREAK.split(events.rstrip(b"\r\n"))[-1]
     return last.startswith(b"data:") and last[5:].strip() == b"[DONE]"
+
+
+def error_code(events: bytes) -> str | None:
+    """The code of an OpenAI-style error event (`data: {"error": {...}}`) that is the last of
+    these whole events, as a stable name (upstream text is never recorded as written); None
+    when the last event is no error."""
+    last = _LINE_BREAK.split(events.rstrip(b"\r\n"))[-1]
+    if not last.startswith(b"data:") or b'"error"' not in last:
+        return None
+    try:
+        doc = orjson.loads(last[5:])
+    except orjson.JSONDecodeError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    return code if isinstance(code, str) and _CODE.fullmatch(code) else UNNAMED_ERROR

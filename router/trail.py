@@ -18,7 +18,7 @@ from router.context import RequestContext
 from router.errors import RouterError
 from router.policy.decide import Failure
 from router.settings import SiteSettings
-from router.sse import ends_with_done
+from router.sse import ends_with_done, error_code
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ class Trail:
         digest = self._digester.stream("output")
         last = b""
         done = False  # an SSE stream's `data: [DONE]` was written: the client has it whole
+        sent = b""  # the last chunk written
         try:
             async for chunk in chunks:
                 if hold_last:
@@ -157,8 +158,13 @@ class Trail:
                 # Digested once taken: the relay asks for the next chunk only after writing
                 # this one; a write that failed (the client left) closes it here instead.
                 digest.update(chunk)
+                sent = chunk
                 done = not hold_last and ends_with_done(chunk)
             digest.update(last)
+            if not hold_last and not done and (code := error_code(sent)):
+                # It came with an error event (a chained router's upstream broke off): no
+                # complete answer, though this router relayed it whole.
+                ctx.reasons.append(f"{STREAM_ERROR}:{code}")
         except RouterError as exc:
             ctx.reasons.append(f"{STREAM_ERROR}:{exc.code}")
             raise

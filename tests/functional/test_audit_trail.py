@@ -319,6 +319,41 @@ async def test_a_client_leaving_after_the_done_event_got_the_whole_stream(
     assert (entry["status"], entry["reasons"]) == (200, ["forward:central"])
 
 
+async def test_a_stream_that_came_with_an_error_event_is_recorded_so(tmp_path: Path) -> None:
+    """An upstream (a chained layer-router whose own upstream broke off) ends its stream with
+    an error event: the client's record says so with the event's code, as the router that
+    wrote the event says; a code that is no plain name is recorded as upstream_error."""
+    codes = iter([b'"upstream_stream_broken"', b'"4111 1111 1111 1111"'])
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        error = b'{"error": {"message": "cut", "type": "server_error", "code": %s}}' % next(codes)
+        await response.write(b'data: {"choices": []}\n\ndata: ' + error + b"\n\n")
+        await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    log = tmp_path / "audit" / "plant-7.jsonl"
+    async with serving(upstream) as upstream_url, aiohttp.ClientSession() as http:
+        settings = chat_forwarding_settings(
+            upstream_url, audit={"path": log.parent, "fsync": "never"}, site={"id": "plant-7"}
+        )
+        with RouterThread(settings) as router:
+            for _ in range(2):
+                body = {"model": "gpt-test", "stream": True, "messages": []}
+                async with asyncio.timeout(10):
+                    async with http.post(router.url + "/v1/chat/completions", json=body) as resp:
+                        assert b'"error"' in await resp.read()
+    entries = list(map(orjson.loads, log.read_bytes().split()))
+    assert [(e["status"], e["reasons"]) for e in entries] == [
+        (200, ["forward:central", "stream_error:upstream_stream_broken"]),
+        (200, ["forward:central", "stream_error:upstream_error"]),
+    ]
+
+
 def sealed_log(path: Path, ages_s: list[float]) -> list[str]:
     """A log a killed process left: one answer's record per age (seconds before now, oldest
     first); their audit ids."""
