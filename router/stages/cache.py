@@ -35,6 +35,7 @@ from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
 from router.singleflight import SingleFlight
+from router.sse import error_code
 from router.stages.coalesce import Flight, LeaderOutOfTime, leading
 
 X_CACHE = "X-Cache"
@@ -250,7 +251,8 @@ class LookupCache:
         source: AsyncIterator[bytes],
         ttl: float,
     ) -> AsyncIterator[bytes]:
-        """Relay a stream and keep it once it ended well; a broken one is never stored. One
+        """Relay a stream and keep it once it ended well; a broken one is never stored, nor
+        one that came ending with an error event (a chained router's upstream broke off). One
         larger than the whole cache could never be stored either: its recording stops there,
         so an endless (or huge) stream an upstream marks cacheable does not pile up here."""
         events: list[bytes] | None = []
@@ -263,7 +265,7 @@ class LookupCache:
                 else:
                     events.append(chunk)
             yield chunk
-        if events is not None:
+        if events is not None and not (events and error_code(events[-1])):
             self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)), ctx.api)
 
     def _entry(

@@ -820,6 +820,22 @@ class TestStreams:
         assert b'"error"' not in whole.body
         assert site.upstream.requests("/v1/chat/completions") == 2
 
+    async def test_a_stream_that_came_with_an_error_event_is_not_stored(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """A chained router ends its stream with an error event (its own upstream broke off)
+        and a clean end: that is no answer to replay either."""
+        behaviour = site.upstream.fake.behaviour
+        behaviour.break_stream_after, behaviour.break_with_error = 2, "upstream_stream_broken"
+        body = {"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "e"}]}
+        broken = await post(http, site, "/v1/chat/completions", body)
+        assert b'"upstream_stream_broken"' in broken.body
+        behaviour.break_stream_after = None
+        whole = await post(http, site, "/v1/chat/completions", body)
+        assert whole.cache == "MISS"
+        assert whole.body.endswith(b"data: [DONE]\n\n")
+        assert site.upstream.requests("/v1/chat/completions") == 2
+
     async def test_chat_is_not_cached_without_a_route_ttl(
         self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
     ) -> None:
