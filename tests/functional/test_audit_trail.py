@@ -354,6 +354,29 @@ async def test_a_stream_that_came_with_an_error_event_is_recorded_so(tmp_path: P
     ]
 
 
+async def test_a_value_a_router_in_front_found_is_counted_once(tmp_path: Path) -> None:
+    """Behind an edge, the e-mail arrives as the edge's pseudonym, named in X-Layer-Router-Found
+    too: found again here, it is one e-mail in the record, not two."""
+    fake = FakeUpstream(name="central", models=["gpt-test"])
+    log = tmp_path / "audit" / "plant-7.jsonl"
+    async with serving(fake.app()) as upstream_url, aiohttp.ClientSession() as http:
+        settings = chat_forwarding_settings(
+            upstream_url, audit={"path": log.parent, "fsync": "never"}, site={"id": "plant-7"}
+        )
+        with RouterThread(settings) as router:
+            body = {
+                "model": "gpt-test",
+                "messages": [{"role": "user", "content": "mail <EMAIL#kdpfaoijcmbe> today"}],
+            }
+            headers = {"X-Layer-Router-Found": "EMAIL"}
+            async with asyncio.timeout(10):
+                url = router.url + "/v1/chat/completions"
+                async with http.post(url, json=body, headers=headers) as resp:
+                    assert resp.status == 200
+    (entry,) = map(orjson.loads, log.read_bytes().split())
+    assert (entry["entities"], entry["redactions"]) == ({"EMAIL": 1}, {"EMAIL": 1})
+
+
 def sealed_log(path: Path, ages_s: list[float]) -> list[str]:
     """A log a killed process left: one answer's record per age (seconds before now, oldest
     first); their audit ids."""
