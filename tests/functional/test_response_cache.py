@@ -37,7 +37,13 @@ from router.cache import Outcome
 from router.headers import CREDENTIALS
 from router.resources import default_policy_bundle
 from router.settings import Settings
-from router.testing import FakeUpstream, identity_model, write_repository
+from router.testing import (
+    FakeUpstream,
+    RouterThread,
+    chat_forwarding_settings,
+    identity_model,
+    write_repository,
+)
 
 LIMIT_S = 10.0  # any single client call, and any wait for a condition
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
@@ -1358,3 +1364,49 @@ class TestScope:
         assert site.upstream.requests(ECHO) == 2
         again = await post(http, site, ECHO, echo("mine"), {header: "Bearer alice-key"})
         assert again.cache == "HIT"
+
+
+async def test_a_stream_whose_client_left_after_its_done_is_kept(tmp_path: Path) -> None:
+    """The openai SDK closes at `data: [DONE]`, before a chained router's end arrives: the
+    stream was whole, so it is kept, and the next identical request is a HIT."""
+    asked = 0
+    ended = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        nonlocal asked
+        asked += 1
+        await request.read()
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "max-age=60"}
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        await response.write(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
+        with contextlib.suppress(ConnectionError):
+            await ended.wait()  # its end comes later
+            await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    body = orjson.dumps({"model": "gpt-test", "stream": True, "messages": []})
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with serving(upstream) as server, aiohttp.ClientSession() as http:
+        upstream_url = str(server.make_url("")).rstrip("/")
+        settings = chat_forwarding_settings(upstream_url, cache={"enabled": True})
+        with RouterThread(settings) as router:
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+            writer.write(head + body)
+            received = b""
+            async with asyncio.timeout(LIMIT_S):
+                while b"data: [DONE]" not in received:
+                    received += await reader.read(65536)
+            writer.close()  # before the stream's end
+            await asyncio.sleep(0.2)  # the router notices the client left
+            ended.set()
+            url = router.url + "/v1/chat/completions"
+            async with asyncio.timeout(LIMIT_S), http.post(url, data=body) as again:
+                assert again.headers["X-Cache"] == "HIT"
+                assert (await again.read()).endswith(b"data: [DONE]\n\n")
+    assert asked == 1
