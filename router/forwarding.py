@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import re
 from collections import Counter
@@ -42,6 +44,7 @@ from router.redaction.rehydrate import (
 )
 from router.redaction.vault import TokenVault
 from router.relaying import exact_length, relayed
+from router.sse import ends_with_done
 from router.stages.classify import OFF_LOOP_BYTES
 from router.tier_view import View, view_for
 from router.upstreams.cluster import Cluster
@@ -78,7 +81,7 @@ def outgoing(
             del headers[name]
     headers[HOPS] = str(ctx.hops + 1)
     if ctx.tenant:
-        headers[TENANT] = ctx.tenant
+        headers[TENANT] = _tenant_scope(ctx, privacy)
     if ctx.declared_class:
         headers[DECLARED_CLASS] = ctx.declared_class
     found = ",".join(sorted(str(entity) for entity, n in ctx.entities.items() if n > 0))
@@ -92,6 +95,19 @@ def outgoing(
     headers["Content-Type"] = "application/json"
     body = orjson.dumps(view.document) if view.changed or view.reencoded else ctx.body
     return Outgoing("POST", target, headers, body)
+
+
+def _tenant_scope(ctx: RequestContext, privacy: Privacy) -> str:
+    """The tenant this router resolved and, behind it, the one a router in front named: the
+    next router scopes its cache by both, so that router's tenants, which reach it under this
+    router's one credential, stay apart there too. The named one goes on as a keyed digest:
+    a client may send the header, and its bytes are never forwarded as written."""
+    behind = ctx.headers.get(TENANT)
+    if not behind:
+        return ctx.tenant
+    raw = behind.encode("utf-8", "surrogateescape")  # as aiohttp decoded the header's bytes
+    digest = hmac.new(privacy.secret, raw, hashlib.sha256).hexdigest()[:24]
+    return f"{ctx.tenant}>{digest}"
 
 
 def _refuse_numbers_made_text(
@@ -314,13 +330,15 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
     complete. Half an event is held back until its end arrives, so a cut one is dropped
     rather than glued to the error event (which would make both unreadable)."""
     completed = False
+    done = False  # `data: [DONE]` went out: the answer is whole, whatever comes after it
     pending = bytearray()
     try:
         async for chunk in _streamed(forwarded):
+            events = b""
             if not pending:
                 end = _events_end(chunk)
                 if end:
-                    yield chunk[:end] if end < len(chunk) else chunk
+                    events = chunk[:end] if end < len(chunk) else chunk
                 pending += chunk[end:]
             else:
                 # Only the new bytes are searched (and the last 3 held, which may begin a
@@ -329,14 +347,21 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
                 pending += chunk
                 end = _events_end(pending, searched)
                 if end:
-                    yield bytes(pending[:end])
+                    events = bytes(pending[:end])
                     del pending[:end]
+            if events:
+                yield events
+                done = ends_with_done(events)
             if len(pending) > MAX_EVENT_BYTES:
                 raise UpstreamError(f"a stream event larger than {MAX_EVENT_BYTES} bytes")
         if pending:
             yield bytes(pending)
         completed = True
     except UpstreamError as exc:
+        if done:
+            # Silent or cut after its [DONE]: the client has the whole answer; an error event
+            # after it would say otherwise (and the record would call it broken).
+            return
         raise StreamBroken(f"{exc.message} after the stream started") from None
     finally:
         if not completed:  # broken, or the client went away: cancel upstream, drop the conn

@@ -87,9 +87,9 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
             http_sender(poster(session, tls=app[TLS].collector), url, headers),
             rate_per_s=spool_settings.drain_rate_per_s,
             batch_size=spool_settings.batch_size,
-            # A site forced offline (serve --offline) or cut off keeps its records; the link's
-            # return ends any backoff at once.
-            online=lambda: upstreams.uplink(loop.time()),
+            # A site forced offline (serve --offline) or cut off keeps its records, as does one
+            # whose collector's own tier is down; the link's return ends any backoff at once.
+            online=lambda: upstreams.reaches(spool_settings.collector_url or "", loop.time()),
         )
         tasks.append(asyncio.get_running_loop().create_task(drainer.run()))
     try:

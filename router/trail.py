@@ -18,6 +18,7 @@ from router.context import RequestContext
 from router.errors import RouterError
 from router.policy.decide import Failure
 from router.settings import SiteSettings
+from router.sse import ends_with_done, error_code
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class Trail:
         sent, nor digested: the record's digest stays that of the bytes sent."""
         digest = self._digester.stream("output")
         last = b""
+        done = False  # an SSE stream's `data: [DONE]` was written: the client has it whole
+        sent = b""  # the last chunk written
         try:
             async for chunk in chunks:
                 if hold_last:
@@ -161,15 +164,23 @@ class Trail:
                 # Digested once taken: the relay asks for the next chunk only after writing
                 # this one; a write that failed (the client left) closes it here instead.
                 digest.update(chunk)
+                sent = chunk
+                done = not hold_last and ends_with_done(chunk)
             digest.update(last)
+            if not hold_last and not done and (code := error_code(sent)):
+                # It came with an error event (a chained router's upstream broke off): no
+                # complete answer, though this router relayed it whole.
+                ctx.reasons.append(f"{STREAM_ERROR}:{code}")
         except RouterError as exc:
             ctx.reasons.append(f"{STREAM_ERROR}:{exc.code}")
             raise
         except asyncio.CancelledError:
-            # Not cut by the router: the handler was cancelled because its client left.
+            # Not cut by the router: the handler was cancelled because its client left. One
+            # that left once it had the [DONE] (the openai SDK closes then, while the router
+            # waits for the upstream's end) did not leave mid-answer.
             if code := cut_by():
                 ctx.reasons.append(f"{STREAM_ERROR}:{code}")
-            else:
+            elif not done:
                 note_client_gone(ctx)
             raise
         finally:

@@ -35,6 +35,7 @@ from router.pipeline import Rest
 from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
 from router.singleflight import SingleFlight
+from router.sse import ends_with_done, error_code
 from router.stages.coalesce import Flight, LeaderOutOfTime, leading
 
 X_CACHE = "X-Cache"
@@ -251,20 +252,28 @@ class LookupCache:
         source: AsyncIterator[bytes],
         ttl: float,
     ) -> AsyncIterator[bytes]:
-        """Relay a stream and keep it once it ended well; a broken one is never stored. One
+        """Relay a stream and keep it once it ended well; a broken one is never stored, nor
+        one that came ending with an error event (a chained router's upstream broke off). One
         larger than the whole cache could never be stored either: its recording stops there,
         so an endless (or huge) stream an upstream marks cacheable does not pile up here."""
         events: list[bytes] | None = []
         recorded, limit = 0, self._cache.max_bytes
-        async for chunk in source:
-            if events is not None:
-                recorded += len(chunk)
-                if recorded > limit:
-                    events = None
-                else:
-                    events.append(chunk)
-            yield chunk
-        if events is not None:
+        try:
+            async for chunk in source:
+                if events is not None:
+                    recorded += len(chunk)
+                    if recorded > limit:
+                        events = None
+                    else:
+                        events.append(chunk)
+                yield chunk
+        except (GeneratorExit, asyncio.CancelledError):
+            # The client left once its `data: [DONE]` was written (the openai SDK closes
+            # there, before a chained router's end arrives): the stream was whole.
+            if events and ends_with_done(events[-1]):
+                self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)), ctx.api)
+            raise
+        if events is not None and not (events and error_code(events[-1])):
             self._cache.put(key, self._entry(ctx, reply, ttl, tuple(events)), ctx.api)
 
     def _entry(

@@ -46,6 +46,12 @@ _HIDDEN_DIGITS = re2.compile(rb"[0-9][eE]\+?[0-9]|(?:^|[^0-9.])[0-9]{7,}(?:\.[0-
 UNKNOWN_ENTITY = "UNKNOWN"
 
 
+def _with_upstream(found: Counter[str], upstream: Counter[str]) -> Counter[str]:
+    """What was found here, and each type a previous router found at least once: its values
+    arrive redacted (a pseudonym found again here is the same value, counted once)."""
+    return found | upstream if upstream else found
+
+
 class ClassifyAndRedact:
     name = "classify"
     terminal = False
@@ -104,7 +110,7 @@ class ClassifyAndRedact:
             remembered = self._memo.get(ctx.content_key)
             if remembered is not None:
                 found, ctx.scanner.rewrites = remembered
-                ctx.entities = found + upstream if upstream else found
+                ctx.entities = _with_upstream(found, upstream)
                 ctx.data_class = classify(bundle, ctx.declared_class, ctx.entities)
                 return None
         try:
@@ -119,7 +125,7 @@ class ClassifyAndRedact:
             return None
         if ctx.content_key:
             self._memo.put(ctx.content_key, found, ctx.scanner.rewrites)
-        ctx.entities = found + upstream if upstream else found
+        ctx.entities = _with_upstream(found, upstream)
         ctx.data_class = classify(bundle, ctx.declared_class, ctx.entities)
         return None
 

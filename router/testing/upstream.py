@@ -41,6 +41,9 @@ class Behaviour:
     stream_delay_s: float = 0.0  # between SSE events
     first_event_delay_s: float = 0.0  # after an SSE answer's headers, before its first event
     break_stream_after: int | None = None  # drop the connection after this many events
+    # With break_stream_after: end the stream there with an error event of this code, as a
+    # chained layer-router whose own upstream broke off does, instead of dropping it.
+    break_with_error: str | None = None
     redirect_to: str | None = None
     healthy: bool = True  # what the health endpoints say
     reply_text: str | None = None  # None: echo the last user message
@@ -232,6 +235,12 @@ class FakeUpstream:
             )
         for i, event in enumerate(events):
             if b.break_stream_after is not None and i >= b.break_stream_after:
+                if b.break_with_error is not None:
+                    error = {"message": "broke off", "type": "server_error", "param": None}
+                    error["code"] = b.break_with_error
+                    await response.write(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+                    await response.write_eof()
+                    return response
                 assert request.transport is not None
                 request.transport.abort()
                 return response

@@ -37,6 +37,9 @@ from router.upstreams.cluster import Cluster, Endpoint
 from router.upstreams.refusal import CHAINED_REASONS
 from router.upstreams.relay import Relay, read_or_open
 
+# A chained layer-router's route reason: the tier behind it is offline (`decide.Failure`).
+OFFLINE = "offline"
+
 
 @dataclass(slots=True)
 class Outgoing:
@@ -334,6 +337,10 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
             # tier is offline or failing, it sheds load) is working: ejecting it would take
             # away what it serves itself. The tier at fault is ejected where it is seen.
             error.health_failure = False
+            if OFFLINE in error.chained_reasons.replace(">", ",").split(","):
+                # Its upstream tier is offline, as it found already: asking it again (after
+                # its Retry-After) could only wait, where an offline answer must be fast.
+                error.retryable = False
         raise error
     if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: relayed
         response.abort()

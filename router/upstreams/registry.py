@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 
+from yarl import URL
+
 from router.inference.repository import ModelRepository
 from router.policy.decide import TIER_ORDER, LocalView, Snapshot
 from router.settings import ClusterSettings
@@ -146,6 +148,18 @@ class Upstreams:
         states = self.connectivity(now)
         return not states or any(state != "offline" for state in states.values())
 
+    def reaches(self, url: str, now: float) -> bool:
+        """Whether `url` (the spool's collector) may be reachable: the uplink, and when some
+        upstream endpoint has its origin (the central router is the collector too), that
+        endpoint's health: another tier staying up says nothing of it."""
+        if not self.uplink(now):
+            return False
+        origin = _origin(url)
+        same = [
+            ep for c in self.clusters.values() for ep in c.endpoints if _origin(ep.base) == origin
+        ]
+        return not same or any(ep.health.live(now) for ep in same)
+
     def connectivity(self, now: float) -> dict[str, str]:
         """Per tier: online (every endpoint live), degraded (some), offline (none)."""
         states: dict[str, str] = {}
@@ -235,3 +249,9 @@ async def _close_later(cluster: Cluster, transport: Transport, drain_s: float) -
             await cluster.idle.wait()
     finally:  # cancelled at shutdown: close now
         await _close(transport)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the scheme's default when none is written), RFC 6454's origin."""
+    parsed = URL(url)
+    return parsed.scheme.lower(), (parsed.host or "").lower(), parsed.port

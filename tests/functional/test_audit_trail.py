@@ -5,6 +5,7 @@ cache hit points at the record of the answer's original generation; no raw value
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from router.app import build_app
@@ -296,6 +298,104 @@ async def test_a_client_gone_before_the_answer_leaves_a_record(
     assert entry["reasons"][-1] == "client_gone"
     assert entry["model"] == "gpt-test"
     assert verify(log).ok
+
+
+async def test_a_client_leaving_after_the_done_event_got_the_whole_stream(
+    tmp_path: Path,
+) -> None:
+    """A client that closes as soon as it read `data: [DONE]` (the openai SDK does), while the
+    router still waits for the upstream's end (a chained router's comes a moment later), got
+    the whole answer: its record says 200 with the route's reasons, not client_gone."""
+    ended = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
+        with contextlib.suppress(ConnectionError):
+            await ended.wait()  # its end comes later
+            await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    log = tmp_path / "audit" / "plant-7.jsonl"
+    async with serving(upstream) as upstream_url:
+        settings = chat_forwarding_settings(
+            upstream_url, audit={"path": log.parent, "fsync": "never"}, site={"id": "plant-7"}
+        )
+        with RouterThread(settings) as router:
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+            writer.write(chat_request("gone-after-done", True))
+            await writer.drain()
+            received = b""
+            async with asyncio.timeout(10):
+                while b"data: [DONE]" not in received:
+                    received += await reader.read(65536)
+            writer.close()  # before the stream's end
+            await until(lambda: log.exists() and b"gone-after-done" in log.read_bytes())
+            ended.set()
+    (entry,) = map(orjson.loads, log.read_bytes().split())
+    assert (entry["status"], entry["reasons"]) == (200, ["forward:central"])
+
+
+async def test_a_stream_that_came_with_an_error_event_is_recorded_so(tmp_path: Path) -> None:
+    """An upstream (a chained layer-router whose own upstream broke off) ends its stream with
+    an error event: the client's record says so with the event's code, as the router that
+    wrote the event says; a code that is no plain name is recorded as upstream_error."""
+    codes = iter([b'"upstream_stream_broken"', b'"4111 1111 1111 1111"'])
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        error = b'{"error": {"message": "cut", "type": "server_error", "code": %s}}' % next(codes)
+        await response.write(b'data: {"choices": []}\n\ndata: ' + error + b"\n\n")
+        await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    log = tmp_path / "audit" / "plant-7.jsonl"
+    async with serving(upstream) as upstream_url, aiohttp.ClientSession() as http:
+        settings = chat_forwarding_settings(
+            upstream_url, audit={"path": log.parent, "fsync": "never"}, site={"id": "plant-7"}
+        )
+        with RouterThread(settings) as router:
+            for _ in range(2):
+                body = {"model": "gpt-test", "stream": True, "messages": []}
+                async with asyncio.timeout(10):
+                    async with http.post(router.url + "/v1/chat/completions", json=body) as resp:
+                        assert b'"error"' in await resp.read()
+    entries = list(map(orjson.loads, log.read_bytes().split()))
+    assert [(e["status"], e["reasons"]) for e in entries] == [
+        (200, ["forward:central", "stream_error:upstream_stream_broken"]),
+        (200, ["forward:central", "stream_error:upstream_error"]),
+    ]
+
+
+async def test_a_value_a_router_in_front_found_is_counted_once(tmp_path: Path) -> None:
+    """Behind an edge, the e-mail arrives as the edge's pseudonym, named in X-Layer-Router-Found
+    too: found again here, it is one e-mail in the record, not two."""
+    fake = FakeUpstream(name="central", models=["gpt-test"])
+    log = tmp_path / "audit" / "plant-7.jsonl"
+    async with serving(fake.app()) as upstream_url, aiohttp.ClientSession() as http:
+        settings = chat_forwarding_settings(
+            upstream_url, audit={"path": log.parent, "fsync": "never"}, site={"id": "plant-7"}
+        )
+        with RouterThread(settings) as router:
+            body = {
+                "model": "gpt-test",
+                "messages": [{"role": "user", "content": "mail <EMAIL#kdpfaoijcmbe> today"}],
+            }
+            headers = {"X-Layer-Router-Found": "EMAIL"}
+            async with asyncio.timeout(10):
+                url = router.url + "/v1/chat/completions"
+                async with http.post(url, json=body, headers=headers) as resp:
+                    assert resp.status == 200
+    (entry,) = map(orjson.loads, log.read_bytes().split())
+    assert (entry["entities"], entry["redactions"]) == ({"EMAIL": 1}, {"EMAIL": 1})
 
 
 def sealed_log(path: Path, ages_s: list[float]) -> list[str]:

@@ -598,6 +598,40 @@ class TestFallback:
         assert status == 200
         assert headers["X-Route-Reason"] == "forward:regional>local"
 
+    async def test_regional_offline_behind_it_is_not_retried(
+        self, http: aiohttp.ClientSession, repos: dict[str, Path]
+    ) -> None:
+        """Regional answers 503 offline (Retry-After: 5) for a model only its gone central
+        holds: the edge passes that on at once instead of asking regional again after 5 s."""
+        behind = cluster(
+            "central", "central", "http://127.0.0.1:9", models=["color_classifier_large"]
+        )
+        regional = start_hop(site("regional", repos["regional"], [behind]))
+        try:
+            for _ in range(100):  # its health checks find central gone: then it says offline
+                async with http.get(regional.url + "/v2") as resp:
+                    if (await resp.json())["connectivity"]["central"] == "offline":
+                        break
+                await asyncio.sleep(0.05)
+            through = cluster(
+                "regional", "regional", regional.url, models=["color_classifier_large"]
+            )
+            edge = RouterThread(site("edge", repos["edge"], [through]))
+            await asyncio.to_thread(edge.start)
+            path = "/v2/models/color_classifier_large/infer"
+            try:
+                status, headers, _ = await post(
+                    http, edge.url + path, rgb_body(RED), **{"X-Latency-Budget-Ms": "6000"}
+                )
+            finally:
+                await asyncio.to_thread(edge.stop)
+        finally:
+            await asyncio.to_thread(regional.server.stop)
+        assert status == 503
+        assert headers["X-Route-Reason"].endswith(">unhealthy:central,offline")
+        assert headers["Retry-After"] == "5"
+        assert len([r for r in regional.received if r.path == path]) == 1
+
 
 class TestClientsThroughTheChain:
     """The real clients, unmodified, against the edge of the chain."""

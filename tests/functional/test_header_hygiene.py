@@ -269,9 +269,13 @@ class TestInternalHeaders:
             if name != "X-Layer-Router-Tenant":  # ours, with the tenant we resolved
                 assert name not in seen.headers, name
         ours = [(k, v) for k, v in seen.headers.items() if k.lower().startswith("x-layer-router-")]
+        # The client's tenant claim only narrows the scope, as a keyed digest after ours.
+        tenant = seen.headers["X-Layer-Router-Tenant"]
+        assert tenant.startswith("anonymous>")
+        assert INTERNAL_REQUEST_HEADERS["X-Layer-Router-Tenant"] not in tenant
         assert ours == [
             ("X-Layer-Router-Hops", "3"),
-            ("X-Layer-Router-Tenant", "anonymous"),
+            ("X-Layer-Router-Tenant", tenant),
             ("X-Layer-Router-Declared-Class", "internal"),
         ]
 

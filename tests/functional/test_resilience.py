@@ -27,6 +27,8 @@ from aiohttp import web
 
 from router import forwarding
 from router.api.state import UPSTREAMS
+from router.app import build_app
+from router.settings import Settings
 from router.testing import Behaviour, FakeUpstream, FaultProxy, router_in_front_of, serving
 from router.upstreams.cluster import Cluster
 
@@ -617,6 +619,53 @@ class TestBrokenMidResponse:
         assert orjson.loads(events[-1])["error"]["code"] == "upstream_stream_broken"
         assert len(raw.body) < 2 << 20
         assert sent < 16 << 20
+
+    @pytest.mark.parametrize("after_done", ["silence", "reset"])
+    async def test_r5_a_stream_complete_at_done_is_not_broken_after_it(
+        self,
+        stack: contextlib.AsyncExitStack,
+        tmp_path: Path,
+        http: aiohttp.ClientSession,
+        after_done: str,
+    ) -> None:
+        """An upstream that sent `data: [DONE]` and then stays silent past request_timeout_ms,
+        or drops its connection, gave the whole answer: the client gets it as it was, no
+        error event after its [DONE], and the audit record names no stream_error."""
+
+        async def chat(request: web.Request) -> web.StreamResponse:
+            await request.read()
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
+            if after_done == "reset":
+                assert request.transport is not None
+                request.transport.abort()
+            else:
+                with contextlib.suppress(ConnectionError):
+                    await asyncio.sleep(1.0)  # past the router's 300 ms: then it ends
+                    await response.write_eof()
+            return response
+
+        upstream = web.Application()
+        upstream.router.add_post("/v1/chat/completions", chat)
+        upstream_url = await stack.enter_async_context(serving(upstream))
+        audit = tmp_path / "audit"
+        settings = Settings.model_validate(
+            {
+                "models": {"repository": str(tmp_path), "inference_threads": 1},
+                "upstreams": [
+                    cluster("regional", "regional", upstream_url, request_timeout_ms=300)
+                ],
+                "audit": {"path": audit, "fsync": "never"},
+            }
+        )
+        url = await stack.enter_async_context(serving(build_app(settings)))
+        raw = await post(http, f"{url}/v1/chat/completions", {**CHAT, "stream": True})
+        assert raw.status == 200
+        assert sse_events(raw.body) == [b'{"choices": []}', b"[DONE]"]
+        (log,) = audit.glob("*.jsonl")
+        (record,) = map(orjson.loads, log.read_bytes().split())
+        assert (record["status"], record["reasons"]) == (200, ["forward:regional"])
 
     async def test_r5_break_before_the_first_event(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path

@@ -37,7 +37,13 @@ from router.cache import Outcome
 from router.headers import CREDENTIALS
 from router.resources import default_policy_bundle
 from router.settings import Settings
-from router.testing import FakeUpstream, identity_model, write_repository
+from router.testing import (
+    FakeUpstream,
+    RouterThread,
+    chat_forwarding_settings,
+    identity_model,
+    write_repository,
+)
 
 LIMIT_S = 10.0  # any single client call, and any wait for a condition
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
@@ -820,6 +826,22 @@ class TestStreams:
         assert b'"error"' not in whole.body
         assert site.upstream.requests("/v1/chat/completions") == 2
 
+    async def test_a_stream_that_came_with_an_error_event_is_not_stored(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """A chained router ends its stream with an error event (its own upstream broke off)
+        and a clean end: that is no answer to replay either."""
+        behaviour = site.upstream.fake.behaviour
+        behaviour.break_stream_after, behaviour.break_with_error = 2, "upstream_stream_broken"
+        body = {"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "e"}]}
+        broken = await post(http, site, "/v1/chat/completions", body)
+        assert b'"upstream_stream_broken"' in broken.body
+        behaviour.break_stream_after = None
+        whole = await post(http, site, "/v1/chat/completions", body)
+        assert whole.cache == "MISS"
+        assert whole.body.endswith(b"data: [DONE]\n\n")
+        assert site.upstream.requests("/v1/chat/completions") == 2
+
     async def test_chat_is_not_cached_without_a_route_ttl(
         self, stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, repository: Path
     ) -> None:
@@ -1184,10 +1206,29 @@ class TestScope:
 
     async def test_the_tenant_goes_upstream(self, http: aiohttp.ClientSession, site: Site) -> None:
         """A forwarded request names the tenant this router resolved, whatever the client
-        claimed, so the next router scopes its cache by it."""
+        claimed (which only narrows the scope, as a digest), so the next router scopes its
+        cache by it."""
         await post(http, site, ECHO, echo("hello"), {"X-Layer-Router-Tenant": "someone-else"})
         (seen,) = site.upstream.fake.requests_to(ECHO)
-        assert seen.headers.getall("X-Layer-Router-Tenant") == ["anonymous"]
+        (tenant,) = seen.headers.getall("X-Layer-Router-Tenant")
+        assert tenant.startswith("anonymous>")
+        assert "someone-else" not in tenant
+
+    async def test_tenants_of_a_router_in_front_stay_apart_one_tier_further(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Two tenants of an edge reach this (regional) router under the edge's credential:
+        the router behind it gets two scopes too, so central keeps their answers apart as
+        regional does; the edge's tenant goes on only as a keyed digest, never as written."""
+        for tenant in ("line-3", "line-4", "line-3"):
+            headers = {"X-Layer-Router-Tenant": tenant, "Cache-Control": "no-store"}
+            await post(http, site, ECHO, echo("hello"), headers)
+        sent = [
+            r.headers.getall("X-Layer-Router-Tenant") for r in site.upstream.fake.requests_to(ECHO)
+        ]
+        assert sent[0] == sent[2] != sent[1]
+        assert all(len(v) == 1 and v[0].startswith("anonymous>") for v in sent)
+        assert not any("line-" in v[0] for v in sent)
 
     async def test_a_header_cannot_lower_the_class_into_another_entry(
         self, http: aiohttp.ClientSession, site: Site
@@ -1323,3 +1364,49 @@ class TestScope:
         assert site.upstream.requests(ECHO) == 2
         again = await post(http, site, ECHO, echo("mine"), {header: "Bearer alice-key"})
         assert again.cache == "HIT"
+
+
+async def test_a_stream_whose_client_left_after_its_done_is_kept(tmp_path: Path) -> None:
+    """The openai SDK closes at `data: [DONE]`, before a chained router's end arrives: the
+    stream was whole, so it is kept, and the next identical request is a HIT."""
+    asked = 0
+    ended = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        nonlocal asked
+        asked += 1
+        await request.read()
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "max-age=60"}
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        await response.write(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
+        with contextlib.suppress(ConnectionError):
+            await ended.wait()  # its end comes later
+            await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    body = orjson.dumps({"model": "gpt-test", "stream": True, "messages": []})
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with serving(upstream) as server, aiohttp.ClientSession() as http:
+        upstream_url = str(server.make_url("")).rstrip("/")
+        settings = chat_forwarding_settings(upstream_url, cache={"enabled": True})
+        with RouterThread(settings) as router:
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+            writer.write(head + body)
+            received = b""
+            async with asyncio.timeout(LIMIT_S):
+                while b"data: [DONE]" not in received:
+                    received += await reader.read(65536)
+            writer.close()  # before the stream's end
+            await asyncio.sleep(0.2)  # the router notices the client left
+            ended.set()
+            url = router.url + "/v1/chat/completions"
+            async with asyncio.timeout(LIMIT_S), http.post(url, data=body) as again:
+                assert again.headers["X-Cache"] == "HIT"
+                assert (await again.read()).endswith(b"data: [DONE]\n\n")
+    assert asked == 1

@@ -24,6 +24,7 @@ from router.errors import ConfigError
 from router.resources import default_policy_bundle, state_dir
 from router.settings import Settings
 from router.spool.collector import CollectorStore
+from router.testing import FakeUpstream, FaultProxy, serving
 
 EDGE_MODELS = Path(__file__).resolve().parents[2] / "edge_models"
 CANARY = "spool.canary.51ab@example.com"
@@ -241,3 +242,88 @@ async def test_a_spool_without_a_collector_says_its_copies_wait(
         assert len(warned) == 1
     finally:
         await edge.close()
+
+
+async def test_uploads_wait_for_the_collectors_own_tier(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The central tier, which is the collector too, is cut while the regional tier stays up:
+    the drainer makes no upload attempt (no failure, no backoff growing through the outage)
+    until central is checked up again, and then delivers at once."""
+    central = TestServer(
+        build_app(
+            Settings.model_validate(
+                {
+                    "site": {"id": "hq", "tier": "central"},
+                    "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+                }
+            )
+        ),
+        host="127.0.0.1",
+    )
+    await central.start_server()
+    regional = FakeUpstream(name="regional", models=("gpt-test",))
+    checks = {"enabled": True, "interval_s": 0.1, "timeout_s": 0.2}
+    async with (
+        FaultProxy("127.0.0.1", central.port or 0) as link,
+        serving(regional.app()) as regional_url,
+    ):
+        edge = TestServer(
+            build_app(
+                Settings.model_validate(
+                    {
+                        "site": {"id": "ship-3"},
+                        "models": {"repository": EDGE_MODELS, "inference_threads": 1},
+                        "cache": {"enabled": False},
+                        "spool": {"path": tmp_path / "spool.sqlite3", "collector_url": link.url},
+                        "upstreams": [
+                            {
+                                "name": "regional",
+                                "tier": "regional",
+                                "endpoints": [{"url": regional_url}],
+                                "health_check": checks,
+                            },
+                            {
+                                "name": "central",
+                                "tier": "central",
+                                "endpoints": [{"url": link.url}],
+                                "health_check": checks,
+                            },
+                        ],
+                    }
+                )
+            ),
+            host="127.0.0.1",
+        )
+        await edge.start_server()
+        base = str(edge.make_url("")).rstrip("/")
+        spool = edge.app[SPOOL].spool
+        assert spool is not None
+        try:
+            link.faults.reset = True
+            link.drop_connections()
+            async with aiohttp.ClientSession() as http:
+                for _ in range(100):
+                    async with http.get(base + "/v2") as response:
+                        connectivity = (await response.json())["connectivity"]
+                    if connectivity == {"regional": "online", "central": "offline"}:
+                        break
+                    await asyncio.sleep(0.05)
+                assert connectivity == {"regional": "online", "central": "offline"}
+                body = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32",
+                                    "data": [0, 1, 0]}]}  # fmt: skip
+                url = base + "/v2/models/color_classifier/infer"
+                async with asyncio.timeout(10), http.post(url, json=body) as response:
+                    assert response.status == 200
+            await asyncio.sleep(1.5)  # an online drainer tries within its first idle step
+            assert "spool uploads failing" not in caplog.text
+            assert (await spool.counts()).pending >= 1
+            link.faults.reset = False
+            deadline = time.monotonic() + 10
+            while (counts := await spool.counts()).pending:
+                assert time.monotonic() < deadline, counts
+                await asyncio.sleep(0.1)
+            assert counts.delivered == counts.produced
+        finally:
+            await edge.close()
+            await central.close()
