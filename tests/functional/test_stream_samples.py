@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
 import yaml
 from aiohttp import web
 
+from router.api.admin import start_admin
 from router.api.state import SPOOL, TELEMETRY
 from router.app import build_app
 from router.redaction.vault import TOKEN_RE
@@ -222,14 +224,24 @@ async def test_a_stream_over_the_bound_gives_no_sample(
     site: Site, client: openai.AsyncOpenAI
 ) -> None:
     """A stream longer than detection.max_body_bytes reaches its client whole but is not
-    sampled (never a partial sample passed as whole); it is counted."""
+    sampled (never a partial sample passed as whole); /status counts it."""
     long_answer = "lorem ipsum " * (MAX_SCANNED_BYTES // 6)
     site.upstream.behaviour.reply_text = long_answer
     site.upstream.behaviour.stream_chunks = 20
     assert await streamed_text(client, SAMPLED, "say a lot") == long_answer
     await site.settled(1)
     assert await site.samples() == []
-    assert site.app[SPOOL].oversized == 1
+    admin = await start_admin(site.app, "127.0.0.1", 0)
+    try:
+        port = admin.addresses[0][1]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/status") as response,
+        ):
+            status = await response.json()
+    finally:
+        await admin.cleanup()
+    assert status["spool"]["samples_too_large"] == 1
 
 
 async def test_a_sampled_stream_is_not_held_back(site: Site, client: openai.AsyncOpenAI) -> None:
