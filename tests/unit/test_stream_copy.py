@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from router.privacy import MemoScanner, Privacy
 from router.redaction.vault import TOKEN_RE, TokenVault
 from router.redaction.walker import redact_json
 from router.resources import default_policy_bundle
+from router.stages.classify import OFF_LOOP_BYTES
 from router.store_forward import StoreAndForward
 from router.stream_copy import StreamCopy, sampled_events
 from router.trail import CLIENT_GONE
@@ -253,3 +255,28 @@ async def test_no_sample_of_a_stream_that_was_no_complete_answer(
     if not ending:
         ctx.reasons.append(CLIENT_GONE)
     assert await streamed_sample(privacy, ctx, [*parts, ending]) == []
+
+
+async def test_a_long_stream_is_sampled_off_the_loop(
+    privacy: Privacy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream past OFF_LOOP_BYTES is redacted on a worker thread, its sample whole."""
+    threads: list[str] = []
+    real = StoreAndForward._streamed_sample
+
+    def watched(self: StoreAndForward, ctx: RequestContext, chunks: list[bytes]) -> bytes | None:
+        threads.append(threading.current_thread().name)
+        return real(self, ctx, chunks)
+
+    monkeypatch.setattr(StoreAndForward, "_streamed_sample", watched)
+    ctx = scanned_chat(privacy, "a long one")
+    words = [event(chunk([{"index": 0, "delta": {"content": "word "}}]))] * 1000
+    card = [
+        event(chunk([{"index": 0, "delta": {"content": p}}])) for p in ("4111 11", "11 1111 1111")
+    ]
+    (sample,) = await streamed_sample(privacy, ctx, [*words, *card])
+    assert threads
+    assert threads[0] != threading.main_thread().name
+    assert sum(len(p) for p in [*words, *card]) > OFF_LOOP_BYTES
+    text = sample["response"][0]["choices"][0]["delta"]["content"]
+    assert re.fullmatch(rf"(word ){{1000}}{TOKEN_RE.pattern}", text), text[-40:]
