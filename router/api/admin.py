@@ -216,7 +216,13 @@ async def _spool(api: web.Application) -> dict[str, Any]:
     state = await spool_state(api[SPOOL].spool)
     if state is None:
         return {"enabled": False}
-    return {"enabled": True, **state.counts, "oldest_age_s": round(state.oldest_age_s, 3)}
+    return {
+        "enabled": True,
+        **state.counts,
+        "oldest_age_s": round(state.oldest_age_s, 3),
+        # Since this process started: streamed answers due a sample, too long to copy for it.
+        "samples_too_large": api[SPOOL].oversized,
+    }
 
 
 async def _collector(api: web.Application) -> dict[str, Any]:

@@ -175,12 +175,20 @@ async def _stream(
     source = reply.stream
     assert source is not None
     trail = request.app[TRAIL]
+    store = request.app.get(SPOOL)
+    # Its sample's copy of what was sent, when one is due: taken as the chunks pass, read
+    # once the stream went out whole.
+    copy = store.stream_copy(ctx, reply) if store is not None else None
+    whole = False
     # Never expires on its own: a drain out of time ends the stream through it (end_streams).
     scope = asyncio.timeout(None)
     # Its record is written when the stream ends (it digests what was sent): before the end
     # of the stream goes out, after the last bytes (knowing them last needs the end).
     stream = trail.streamed(
-        ctx, reply.status, source, lambda: CUT_BY_SHUTDOWN.code if scope.expired() else ""
+        ctx,
+        reply.status,
+        source if copy is None else copy.passing(source),
+        lambda: CUT_BY_SHUTDOWN.code if scope.expired() else "",
     )
     headers["Content-Type"] = reply.content_type
     response = web.StreamResponse(status=reply.status, headers=headers)
@@ -202,6 +210,8 @@ async def _stream(
                 raise
             note_cut(ctx, CUT_BY_SHUTDOWN.code)  # found waiting on the client, not the relay
             await response.write(sse_error_event(CUT_BY_SHUTDOWN))
+        else:
+            whole = True
         await response.write_eof()
     except ConnectionError:
         note_client_gone(ctx)  # its record: what was sent, and that the client left
@@ -223,6 +233,9 @@ async def _stream(
             # Counted however it ended, as an answer whose client left is (see run): the
             # request counts then add up to the upstream's.
             observe(request.app, ctx, reply.status)
+    if store is not None and copy is not None and whole:
+        # Last: nothing else reads the context now, and the sample may be made off the loop.
+        store.sample_stream(ctx, copy)
     return response
 
 
