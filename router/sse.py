@@ -1,12 +1,17 @@
-"""The end of an OpenAI-style SSE stream, as both the relay and the audit trail see it."""
+"""OpenAI-style SSE streams as the router reads them: their end (as the relay and the audit
+trail see it) and their events' data (as a spool sample holds them)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import orjson
 
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# A line ends at CRLF, LF or a bare CR (the SSE grammar); not at the other line breaks
+# str.splitlines knows, which a JSON string may hold raw (U+2028).
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 # What an error event whose code is no plain name (upstream text) is recorded as.
 UNNAMED_ERROR = "upstream_error"
 
@@ -44,3 +49,19 @@ def error_code(events: bytes) -> str | None:
         return None
     code = error.get("code")
     return code if isinstance(code, str) and _CODE.fullmatch(code) else UNNAMED_ERROR
+
+
+def data_payloads(stream: bytes) -> Iterator[bytes]:
+    """Each event's data: its `data` lines joined with LF, as an SSE client reads them."""
+    lines: list[bytes] = []
+    for line in _LINE_END.split(stream):
+        if not line:
+            if lines:
+                yield b"\n".join(lines)
+                lines = []
+            continue
+        name, _, value = line.partition(b":")
+        if name == b"data":  # `data` alone is a field too, with an empty value
+            lines.append(value[1:] if value.startswith(b" ") else value)
+    if lines:  # a last event without its empty line: a clean end still ends it
+        yield b"\n".join(lines)

@@ -10,15 +10,13 @@ choice's text is joined back whole, into the event that began it, before it is s
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import orjson
 
-# A line ends at CRLF, LF or a bare CR (the SSE grammar); not at the other line breaks
-# str.splitlines knows, which a JSON string may hold raw (U+2028).
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+from router.sse import data_payloads
+
 # Delta fields carrying model text, besides tool-call arguments (as router.redaction.rehydrate).
 _TEXT_FIELDS = ("content", "reasoning", "reasoning_content", "refusal")
 
@@ -59,7 +57,7 @@ def sampled_events(chunks: list[bytes]) -> list[Any] | None:
     text otherwise), with each choice's streamed text joined whole; None for a stream that
     carries an error event (an upstream's, a chained router's): no complete answer."""
     events: list[Any] = []
-    for payload in _data(b"".join(chunks)):
+    for payload in data_payloads(b"".join(chunks)):
         if not payload or payload.strip() == b"[DONE]":
             continue  # an empty data buffer is no event (the SSE grammar)
         try:
@@ -71,22 +69,6 @@ def sampled_events(chunks: list[bytes]) -> list[Any] | None:
         events.append(event)
     _join_text(events)
     return events
-
-
-def _data(stream: bytes) -> Iterator[bytes]:
-    """Each event's data: its `data` lines joined with LF, as an SSE client reads them."""
-    lines: list[bytes] = []
-    for line in _LINE_END.split(stream):
-        if not line:
-            if lines:
-                yield b"\n".join(lines)
-                lines = []
-            continue
-        name, _, value = line.partition(b":")
-        if name == b"data":  # `data` alone is a field too, with an empty value
-            lines.append(value[1:] if value.startswith(b" ") else value)
-    if lines:  # a last event without its empty line: a clean end still ends it
-        yield b"\n".join(lines)
 
 
 def _join_text(events: list[Any]) -> None:
