@@ -29,7 +29,12 @@ async def run_local(entry: ModelVersion, request: InferRequest, deadline: float)
     for want, pos in zip(wanted, positions, strict=True):
         array = raw[pos]
         if want.classification:
-            array = classify(array, want.classification, labels.get(want.name, ()))
+            array = classify(
+                array,
+                want.classification,
+                labels.get(want.name, ()),
+                batched=signature.batchable,
+            )
         outputs.append(OutputTensor(want.name, array, want.binary))
     return LocalResult(outputs, raw)
 

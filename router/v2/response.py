@@ -4,6 +4,7 @@ classification extension.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,20 +22,28 @@ class OutputTensor:
     binary: bool
 
 
-def classify(array: np.ndarray, top_k: int, labels: tuple[str, ...]) -> np.ndarray:
-    """Triton's classification extension: "score:index[:label]" strings, best first, per row."""
+def classify(
+    array: np.ndarray, top_k: int, labels: tuple[str, ...], *, batched: bool = False
+) -> np.ndarray:
+    """Triton's classification extension: "score:index[:label]" strings, best first. A model
+    that batches is ranked per batch entry over all of that entry's elements (shape [N, k]);
+    one that does not, over the whole tensor (shape [k]). The index is the element's place in
+    the flattened entry, as Triton counts it."""
     scores = np.asarray(array, dtype=np.float64)
     if scores.ndim == 0:
         raise InvalidTensor("classification needs an output with at least one dimension")
-    k = min(top_k, scores.shape[-1])
-    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
-    picked = np.take_along_axis(scores, order, axis=-1)
+    # Explicit sizes: numpy cannot infer -1 beside a dimension of 0 (an empty batch).
+    shape = (scores.shape[0], math.prod(scores.shape[1:])) if batched else (1, scores.size)
+    rows = scores.reshape(shape)
+    k = min(top_k, rows.shape[-1])
+    order = np.argsort(-rows, axis=-1, kind="stable")[..., :k]
+    picked = np.take_along_axis(rows, order, axis=-1)
     out = np.empty(order.shape, dtype=object)
     for pos in np.ndindex(order.shape):
         index = int(order[pos])
         label = f":{labels[index]}" if index < len(labels) else ""
         out[pos] = f"{picked[pos]:f}:{index}{label}"
-    return out
+    return out if batched else out[0]
 
 
 def encode_response(

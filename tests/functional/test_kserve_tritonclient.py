@@ -351,6 +351,26 @@ class TestInference:
             np.testing.assert_allclose([float(s) for s, _, _ in parsed], row[top], atol=1e-6)
         assert _text(result.as_numpy("probs")[0, 0]).endswith(":0:red")
 
+    @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+    def test_classification_of_a_batched_one_score_output(
+        self,
+        triton: triton_http.InferenceServerClient,
+        reference: Reference,
+        edge_models: Path,
+        binary: bool,
+    ) -> None:
+        """class_count on a batching model's [N] output ranks each batch entry on its own, as
+        Triton does (shape [N, 1]), instead of ranking the frames against each other."""
+        feeds = demo_inputs("hotspot_detector", seed=5)
+        requested = triton_http.InferRequestedOutput("scores", binary_data=binary, class_count=2)
+        result = triton.infer("hotspot_detector", infer_inputs(feeds, binary), outputs=[requested])
+        out = result.get_output("scores")
+        assert (out["datatype"], out["shape"]) == ("BYTES", [2, 1])
+        full = run_reference(reference, edge_models / "hotspot_detector/1/model.onnx", feeds)
+        entries = [_text(e).split(":") for e in result.as_numpy("scores").ravel()]
+        assert [index for _, index in entries] == ["0", "0"]
+        np.testing.assert_allclose([float(s) for s, _ in entries], full["scores"], atol=1e-5)
+
     def test_default_version_is_highest(
         self, triton: triton_http.InferenceServerClient, reference: Reference, edge_models: Path
     ) -> None:

@@ -747,12 +747,34 @@ class TestClassify:
     def test_two_dimensional_ranks_each_row(self) -> None:
         """A batch of score rows is ranked row by row."""
         scores = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]], dtype=np.float32)
-        out = classify(scores, 2, ("a", "b", "c"))
+        out = classify(scores, 2, ("a", "b", "c"), batched=True)
         assert out.shape == (2, 2)
         assert out.tolist() == [
             ["0.900000:1:b", "0.100000:0:a"],
             ["0.800000:0:a", "0.100000:1:b"],
         ]
+
+    def test_batched_one_score_per_entry(self) -> None:
+        """A batching model's [N] output is ranked per entry (shape [N, 1]), never one frame
+        against another."""
+        out = classify(np.array([0.2, 0.9], dtype=np.float32), 3, (), batched=True)
+        assert out.tolist() == [["0.200000:0"], ["0.900000:0"]]
+
+    def test_batched_entry_ranked_over_all_its_elements(self) -> None:
+        """A batch entry of several dimensions is ranked over its elements flattened, the
+        index counted as Triton does: shape [N, k]."""
+        scores = np.array([[[0.1, 0.2], [0.9, 0.3]], [[0.5, 0.0], [0.1, 0.6]]])
+        out = classify(scores, 2, (), batched=True)
+        assert out.tolist() == [["0.900000:2", "0.300000:3"], ["0.600000:3", "0.500000:0"]]
+
+    def test_unbatched_tensor_ranked_whole(self) -> None:
+        """A model that does not batch has its whole output ranked as one (shape [k])."""
+        out = classify(np.array([[0.1, 0.3], [0.9, 0.2]]), 2, ("a", "b", "c", "d"))
+        assert out.tolist() == ["0.900000:2:c", "0.300000:1:b"]
+
+    def test_empty_batch(self) -> None:
+        """A batch of no entries classifies to shape [0, k]."""
+        assert classify(np.zeros((0, 3)), 2, (), batched=True).shape == (0, 2)
 
     def test_scalar_is_rejected(self) -> None:
         """A 0-d output cannot be classified."""
