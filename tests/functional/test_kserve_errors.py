@@ -186,6 +186,15 @@ class TestInvalidTensors:
         status, _, reply = await call(http, "POST", infer_url, body)
         assert_error(status, reply, 400, "rgb")
 
+    async def test_a_boolean_among_the_numbers(
+        self, http: aiohttp.ClientSession, infer_url: str
+    ) -> None:
+        """A JSON true among an FP32 tensor's numbers is a 400, as in Triton, not a 1.0 the
+        model runs on."""
+        body = infer_body(rgb_input(data=[[True, 0.5, 0.25]]))
+        status, _, reply = await call(http, "POST", infer_url, body)
+        assert_error(status, reply, 400, "rgb", "FP32")
+
     async def test_values_not_of_the_datatype(
         self, http: aiohttp.ClientSession, infer_url: str
     ) -> None:

@@ -411,6 +411,22 @@ MALFORMED: dict[str, tuple[tuple[bytes, int | None], type[RouterError]]] = {
         _with_binary(_doc(_binary_input("x", "FP32", [2**62, 0], 0)), b""),
         InvalidTensor,
     ),
+    "a boolean among FP32 numbers": (
+        _bad(_doc(_ok_input(data=[True, CANARY_NUM]))),
+        InvalidTensor,
+    ),
+    "a boolean among nested FP64 numbers": (
+        _bad(_doc(_ok_input(datatype="FP64", shape=[2, 1], data=[[CANARY_NUM], [False]]))),
+        InvalidTensor,
+    ),
+    "a boolean among INT64 numbers": (
+        _bad(_doc(_ok_input(datatype="INT64", data=[CANARY_NUM, True]))),
+        InvalidTensor,
+    ),
+    "a boolean among nested UINT8 numbers": (
+        _bad(_doc(_ok_input(datatype="UINT8", shape=[1, 2], data=[[1, False]]))),
+        InvalidTensor,
+    ),
     "null data": (_bad(_doc(_ok_input(data=[None, CANARY_NUM]))), InvalidTensor),
     "object as data": (_bad(_doc(_ok_input(shape=[1], data={"k": CANARY}))), InvalidTensor),
     "number for bool": (_bad(_doc(_ok_input(datatype="BOOL"))), InvalidTensor),
