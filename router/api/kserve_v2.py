@@ -238,11 +238,13 @@ async def repository_index(request: web.Request) -> web.Response:
             item["reason"] = entry.reason
             item["tier"] = tier
             index.append(item)
-    index += _upstream_entries(request, visible)
+    index += _upstream_entries(request, visible, only_ready)
     return _json(index)
 
 
-def _upstream_entries(request: web.Request, visible: Callable[[str], bool]) -> list[dict[str, Any]]:
+def _upstream_entries(
+    request: web.Request, visible: Callable[[str], bool], only_ready: bool = False
+) -> list[dict[str, Any]]:
     """Models only upstream clusters serve, one entry per name and version (Triton's index
     lists versions, never a model twice): `tier` and `cluster` name the preferred route (the
     nearest cluster), `tiers` and `clusters` every one, in that order.
@@ -250,11 +252,16 @@ def _upstream_entries(request: web.Request, visible: Callable[[str], bool]) -> l
     The versions are those any cluster reported, so a router in front can pin them too; a
     model no cluster reports versions of has one entry of version "". A cluster that lists a
     model without versions is a route to each reported version (requests are routed by name),
-    never an entry of its own beside them."""
+    never an entry of its own beside them. With `only_ready` (`{"ready": true}`) a cluster
+    with no live endpoint is no route: a model only it serves cannot be run now (its
+    `…/ready` answers 503), so the index does not call it ready."""
     local = current(request).models.models
+    now = asyncio.get_running_loop().time()
     # Per name, in preference order: each cluster serving it and the versions it reported.
     serving: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
     for cluster in upstream_routes(request.app[UPSTREAMS].clusters.values()):
+        if only_ready and not cluster.live(now):
+            continue
         for name in sorted((cluster.models or frozenset()) - local.keys()):
             if visible(name):
                 reported = cluster.versions.get(name, frozenset())

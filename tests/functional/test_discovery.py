@@ -462,3 +462,39 @@ class TestListingsAreUnique:
         listed = [item for item in data if item["id"] == "m"]
         assert len(listed) == 1
         assert (listed[0]["tier"], listed[0]["tiers"]) == ("regional", ["regional", "central"])
+
+
+class TestReadyIndex:
+    async def test_ready_filter_leaves_out_a_cluster_that_is_down(self) -> None:
+        """`{"ready": true}`: m, which regional (up) and central (down) serve, is listed through
+        regional alone, and c, which only central serves, not at all (its /ready is 503); the
+        unfiltered index still names every route."""
+        regional = FakeUpstream(name="regional", models=[], v2_models=["m"])
+        central = FakeUpstream(name="central", models=[], v2_models=["m", "c"])
+        central.behaviour.healthy = False
+        checks = {"interval_s": 0.1, "healthy_threshold": 1, "unhealthy_threshold": 1}
+        async with (
+            regional_and_central(regional, central, health_check=checks) as (app, router, _),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(10),
+        ):
+            clusters = app[UPSTREAMS].clusters
+            loop = asyncio.get_running_loop()
+            deadline = time.monotonic() + 5
+            while not clusters["regional"].live(loop.time()) or clusters["central"].models is None:
+                assert time.monotonic() < deadline, "no health check or listing in 5 s"
+                await asyncio.sleep(0.05)
+            assert not clusters["central"].live(loop.time())
+            async with http.post(
+                router.make_url("/v2/repository/index"), json={"ready": True}
+            ) as r:
+                ready = {item["name"]: item for item in await r.json()}
+            async with http.get(router.make_url("/v2/models/c/ready")) as r:
+                c_status = r.status
+            async with http.post(router.make_url("/v2/repository/index")) as r:
+                every = {item["name"]: item for item in await r.json()}
+        assert c_status == 503
+        assert "c" not in ready
+        assert (ready["m"]["clusters"], ready["m"]["cluster"]) == (["regional"], "regional")
+        assert every["m"]["clusters"] == ["regional", "central"]
+        assert every["c"]["clusters"] == ["central"]
