@@ -28,21 +28,25 @@ def classify(
     """Triton's classification extension: "score:index[:label]" strings, best first. A model
     that batches is ranked per batch entry over all of that entry's elements (shape [N, k]);
     one that does not, over the whole tensor (shape [k]). The index is the element's place in
-    the flattened entry, as Triton counts it."""
-    scores = np.asarray(array, dtype=np.float64)
-    if scores.ndim == 0:
+    the flattened entry, as Triton counts it. Scores are written as Triton's std::to_string
+    writes them: six decimals for floats, an integer output's scores as integers ("7:2")."""
+    values = np.asarray(array)
+    if values.ndim == 0:
         raise InvalidTensor("classification needs an output with at least one dimension")
     # Explicit sizes: numpy cannot infer -1 beside a dimension of 0 (an empty batch).
-    shape = (scores.shape[0], math.prod(scores.shape[1:])) if batched else (1, scores.size)
-    rows = scores.reshape(shape)
-    k = min(top_k, rows.shape[-1])
-    order = np.argsort(-rows, axis=-1, kind="stable")[..., :k]
-    picked = np.take_along_axis(rows, order, axis=-1)
+    shape = (values.shape[0], math.prod(values.shape[1:])) if batched else (1, values.size)
+    values = values.reshape(shape)
+    k = min(top_k, values.shape[-1])
+    # Ranked as floats (negating an unsigned integer would wrap); written from the values.
+    order = np.argsort(-values.astype(np.float64), axis=-1, kind="stable")[..., :k]
+    picked = np.take_along_axis(values, order, axis=-1)
+    integral = values.dtype.kind in "iub"
     out = np.empty(order.shape, dtype=object)
     for pos in np.ndindex(order.shape):
         index = int(order[pos])
         label = f":{labels[index]}" if index < len(labels) else ""
-        out[pos] = f"{picked[pos]:f}:{index}{label}"
+        score = f"{int(picked[pos])}" if integral else f"{float(picked[pos]):f}"
+        out[pos] = f"{score}:{index}{label}"
     return out if batched else out[0]
 
 

@@ -583,6 +583,21 @@ class TestDatatypes:
         result = await identity_aio.infer(f"identity_{datatype.lower()}", [tensor])
         assert_round_trip(result, sent, datatype)
 
+    @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+    def test_classification_of_an_integer_output(
+        self, identity_triton: triton_http.InferenceServerClient, binary: bool
+    ) -> None:
+        """class_count on an INT64 output writes its scores as integers, as Triton does
+        ("7:1"), so int() reads them back."""
+        sent = np.array([[3, 7, 1]], dtype=np.int64)
+        tensor = triton_http.InferInput("INPUT0", [1, 3], "INT64")
+        tensor.set_data_from_numpy(sent, binary_data=binary)
+        requested = triton_http.InferRequestedOutput("OUTPUT0", binary_data=binary, class_count=2)
+        result = identity_triton.infer("identity_int64", [tensor], outputs=[requested])
+        entries = [[_text(e) for e in row] for row in result.as_numpy("OUTPUT0")]
+        assert entries == [["7:1", "3:0"]]
+        assert [int(e.split(":")[0]) for e in entries[0]] == [7, 3]
+
     def test_metadata_names_each_datatype(
         self, identity_triton: triton_http.InferenceServerClient
     ) -> None:

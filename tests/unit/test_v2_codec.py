@@ -792,6 +792,13 @@ class TestClassify:
         """A batch of no entries classifies to shape [0, k]."""
         assert classify(np.zeros((0, 3)), 2, (), batched=True).shape == (0, 2)
 
+    def test_integer_scores_written_as_integers(self) -> None:
+        """An integer output's scores are written as Triton's std::to_string writes them,
+        "7:1", exact past 2**53, not "7.000000:1"."""
+        out = classify(np.array([3, 7, 2**62 + 1], dtype=np.int64), 2, ())
+        assert out.tolist() == [f"{2**62 + 1}:2", "7:1"]
+        assert classify(np.array([5, 9], dtype=np.uint8), 1, ()).tolist() == ["9:1"]
+
     def test_scalar_is_rejected(self) -> None:
         """A 0-d output cannot be classified."""
         with pytest.raises(InvalidTensor):
