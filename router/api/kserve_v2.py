@@ -120,10 +120,19 @@ def _entry(request: web.Request) -> ModelVersion:
 
 
 def _upstream_only(request: web.Request) -> bool:
-    """A model this site does not hold, whose metadata and readiness an upstream answers."""
-    return request.match_info["model"] not in current(request).models.models and bool(
-        request.app[UPSTREAMS].clusters
-    )
+    """A model whose inference goes upstream, so that its metadata, readiness, config and
+    stats come from there too: one this site does not hold, or holds with no version ready
+    while a cluster lists it (its requests fall back there, `local_not_ready`; the local
+    metadata would list no inputs, and its readiness say 503 to requests that succeed)."""
+    name = request.match_info["model"]
+    clusters = request.app[UPSTREAMS].clusters
+    model = current(request).models.models.get(name)
+    if model is None or not clusters:
+        return model is None and bool(clusters)
+    latest = model.latest
+    if latest is not None and latest.ready:
+        return False
+    return any(name in (cluster.models or ()) for cluster in clusters.values())
 
 
 async def _relay(request: web.Request) -> web.StreamResponse:

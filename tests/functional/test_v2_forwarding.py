@@ -295,6 +295,49 @@ class TestHeavyModel:
         assert doc["outputs"][0]["data"] == [1.0, 2.0]
 
 
+@pytest.fixture(scope="module")
+def broken_edge(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterThread]:
+    """An edge whose own hotspot_detector is a broken file, in front of the regional tier
+    that serves a good one."""
+    repo = write_repository(
+        tmp_path_factory.mktemp("broken-edge-repo"), {"hotspot_detector": {1: b"not onnx"}}
+    )
+    settings = Settings.model_validate(
+        {
+            "site": {"id": "edge-2", "tier": "edge"},
+            "models": {"repository": repo, "inference_threads": 1},
+            "upstreams": [cluster("regional", "regional", site.regional.url)],
+        }
+    )
+    with RouterThread(settings) as edge:
+        yield edge
+
+
+class TestLocallyBrokenModel:
+    """A model this site holds but could not load, which an upstream tier serves."""
+
+    def test_metadata_and_readiness_follow_inference(
+        self, broken_edge: RouterThread, edge_models: Path, reference: Reference
+    ) -> None:
+        """Inference falls back to the regional tier (local_not_ready), so readiness says
+        ready and the metadata lists the model's tensors, as for an upstream-only model,
+        instead of 503 and no inputs for a model every request gets answered for."""
+        client = triton_http.InferenceServerClient(broken_edge.host_port, network_timeout=TIMEOUT_S)
+        try:
+            feeds = demo_inputs("hotspot_detector", seed=6)
+            result = client.infer("hotspot_detector", infer_inputs(feeds, True))
+            path = edge_models / "hotspot_detector" / "1" / "model.onnx"
+            assert_matches(result, reference_outputs(reference, path, feeds), True)
+            assert client.is_model_ready("hotspot_detector")
+            meta = client.get_model_metadata("hotspot_detector")
+            assert meta["inputs"] == [
+                {"name": "image", "datatype": "FP32", "shape": [-1, 1, -1, -1]}
+            ]
+            assert client.get_model_config("hotspot_detector")["input"]
+        finally:
+            client.close()
+
+
 class TestWhatTheUpstreamReceives:
     """The forwarded v2 request as recorded by the fake central tier."""
 
