@@ -121,16 +121,17 @@ def _entry(request: web.Request) -> ModelVersion:
 
 def _upstream_only(request: web.Request) -> bool:
     """A model whose inference goes upstream, so that its metadata, readiness, config and
-    stats come from there too: one this site does not hold, or holds with no version ready
-    while a cluster lists it (its requests fall back there, `local_not_ready`; the local
-    metadata would list no inputs, and its readiness say 503 to requests that succeed)."""
-    name = request.match_info["model"]
+    stats come from there too: one this site does not hold, or whose version asked for (the
+    default one when none is) is not ready or not here, while a cluster lists it (its
+    requests go there, `local_not_ready`; the local metadata would list no inputs, and its
+    readiness say 503 or 404 to requests that succeed)."""
+    info = request.match_info
+    name = info["model"]
     clusters = request.app[UPSTREAMS].clusters
-    model = current(request).models.models.get(name)
-    if model is None or not clusters:
-        return model is None and bool(clusters)
-    latest = model.latest
-    if latest is not None and latest.ready:
+    models = current(request).models
+    if name not in models.models or not clusters:
+        return name not in models.models and bool(clusters)
+    if models.ready_here(name, info.get("version")):
         return False
     return any(name in (cluster.models or ()) for cluster in clusters.values())
 

@@ -110,6 +110,18 @@ class ModelRepository:
             raise ModelNotFound(f"model '{name}' has no version '{version}'")
         return entry
 
+    def ready_here(self, name: str, version: str | None = None) -> bool:
+        """Whether a request for `name` (at `version`, else the default one) can be run here:
+        the version is loaded and ready."""
+        model = self.models.get(name)
+        if model is None:
+            return False
+        if version is None:
+            entry = model.latest
+        else:
+            entry = model.versions.get(int(version)) if _is_number(version) else None
+        return entry is not None and entry.ready
+
     @property
     def failures(self) -> list[str]:
         problems = [f"{m.name}: {m.error}" for m in self.models.values() if m.error]

@@ -296,11 +296,19 @@ class TestHeavyModel:
 
 
 @pytest.fixture(scope="module")
-def broken_edge(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterThread]:
-    """An edge whose own hotspot_detector is a broken file, in front of the regional tier
-    that serves a good one."""
+def broken_edge(
+    site: Site, edge_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterThread]:
+    """An edge whose own hotspot_detector is a broken file and which holds version 2 of
+    color_classifier only, in front of the regional tier that serves both models whole."""
+    color = edge_models / "color_classifier"
     repo = write_repository(
-        tmp_path_factory.mktemp("broken-edge-repo"), {"hotspot_detector": {1: b"not onnx"}}
+        tmp_path_factory.mktemp("broken-edge-repo"),
+        {
+            "hotspot_detector": {1: b"not onnx"},
+            "color_classifier": {2: (color / "2" / "model.onnx").read_bytes()},
+        },
+        {"color_classifier": (color / "config.yaml").read_text()},
     )
     settings = Settings.model_validate(
         {
@@ -336,6 +344,29 @@ class TestLocallyBrokenModel:
             assert client.get_model_config("hotspot_detector")["input"]
         finally:
             client.close()
+
+    async def test_a_version_only_upstream_has(
+        self, broken_edge: RouterThread, http: aiohttp.ClientSession
+    ) -> None:
+        """color_classifier version 1, which only the regional tier holds, is served from
+        there (the edge's version 2 answers requests naming none), its metadata and
+        readiness too, instead of the edge's 404 'no version'; a version nobody has is 404."""
+        body = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [1, 0, 0]}]}
+        base = f"{broken_edge.url}/v2/models/color_classifier"
+        async with http.post(f"{base}/versions/1/infer", json=body) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["model_version"] == "1"
+            assert resp.headers["X-Route-Reason"] == "local_not_ready,forward:regional>local"
+        async with http.post(f"{base}/infer", json=body) as resp:
+            assert (await resp.json())["model_version"] == "2"
+            assert resp.headers["X-Route-Reason"] == "local"
+        async with http.get(f"{base}/versions/1") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["parameters"]["version"] == "1"
+        async with http.get(f"{base}/versions/1/ready") as resp:
+            assert resp.status == 200
+        async with http.post(f"{base}/versions/9/infer", json=body) as resp:
+            assert resp.status == 404
 
 
 class TestWhatTheUpstreamReceives:
