@@ -255,7 +255,8 @@ async def repository_index(request: web.Request) -> web.Response:
 def _upstream_entries(
     request: web.Request, visible: Callable[[str], bool], only_ready: bool = False
 ) -> list[dict[str, Any]]:
-    """Models only upstream clusters serve, one entry per name and version (Triton's index
+    """Model versions only upstream clusters serve (a version of a local model that is not
+    here too: requests naming it go there), one entry per name and version (Triton's index
     lists versions, never a model twice): `tier` and `cluster` name the preferred route (the
     nearest cluster), `tiers` and `clusters` every one, in that order.
 
@@ -272,14 +273,17 @@ def _upstream_entries(
     for cluster in upstream_routes(request.app[UPSTREAMS].clusters.values()):
         if only_ready and not cluster.live(now):
             continue
-        for name in sorted((cluster.models or frozenset()) - local.keys()):
+        for name in sorted(cluster.models or frozenset()):
             if visible(name):
                 reported = cluster.versions.get(name, frozenset())
                 serving.setdefault(name, []).append((cluster.tier_of(name), cluster.name, reported))
     routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for name, clusters in serving.items():
         versions = frozenset().union(*(reported for _, _, reported in clusters))
+        here = {str(v) for v in local[name].versions} if name in local else set()
         for version in sorted(versions) or [""]:
+            if name in local and (not version or version in here):
+                continue  # listed above as this site's own
             routes[(name, version)] = [
                 (tier, cluster)
                 for tier, cluster, reported in clusters

@@ -368,6 +368,23 @@ class TestLocallyBrokenModel:
         async with http.post(f"{base}/versions/9/infer", json=body) as resp:
             assert resp.status == 404
 
+    async def test_index_lists_a_version_only_upstream_has(
+        self, broken_edge: RouterThread, http: aiohttp.ClientSession
+    ) -> None:
+        """The edge's index lists color_classifier version 2 as its own and version 1, which
+        only the regional tier holds (and requests naming it reach), through regional, each
+        once; the broken local hotspot_detector version stays the edge's own entry."""
+        async with http.post(f"{broken_edge.url}/v2/repository/index") as resp:
+            index = await resp.json()
+        entries = [(e["name"], e.get("version"), e["state"], e["tier"]) for e in index]
+        assert sorted(e for e in entries if e[0] == "color_classifier") == [
+            ("color_classifier", "1", "READY", "regional"),
+            ("color_classifier", "2", "READY", "edge"),
+        ]
+        assert [e for e in entries if e[0] == "hotspot_detector"] == [
+            ("hotspot_detector", "1", "UNAVAILABLE", "edge")
+        ]
+
 
 class TestWhatTheUpstreamReceives:
     """The forwarded v2 request as recorded by the fake central tier."""
