@@ -31,6 +31,7 @@ from router.policy.decide import Facts, Rules, Target, decide
 from router.privacy import Privacy
 from router.relaying import relay_for
 from router.settings import RoutingSettings
+from router.stages.classify import OFF_LOOP_BYTES
 from router.stages.route import DecideRoute
 from router.tenancy import Tenancy
 from router.tier_view import prepare_view
@@ -188,7 +189,12 @@ class Dispatch:
     async def _local(self, ctx: RequestContext) -> Reply:
         assert ctx.document is not None
         entry = self._models.get(ctx.model, ctx.version)
-        request = build_request(ctx.document, ctx.binary)
+        large = len(ctx.body) > OFF_LOOP_BYTES
+        # Decoding a large body (BYTES elements one by one, JSON data) is no work for the loop.
+        if large:
+            request = await asyncio.to_thread(build_request, ctx.document, ctx.binary)
+        else:
+            request = build_request(ctx.document, ctx.binary)
         result = await run_local(entry, request, ctx.deadline)
         ctx.served_tier, ctx.served_by = self._tier, f"{entry.model}/{entry.version}"
         ctx.served_version, ctx.model_sha256 = str(entry.version), entry.sha256
@@ -196,9 +202,12 @@ class Dispatch:
         escalated = await self._maybe_escalate(ctx, entry, result)
         if escalated is not None:
             return escalated
-        body, header_length = encode_response(
-            entry.model, str(entry.version), request.id, result.outputs
-        )
+        answer = (entry.model, str(entry.version), request.id, result.outputs)
+        if sum(out.array.nbytes for out in result.outputs) > OFF_LOOP_BYTES:
+            # Nor is writing a large answer (JSON numbers, BYTES elements one by one).
+            body, header_length = await asyncio.to_thread(encode_response, *answer)
+        else:
+            body, header_length = encode_response(*answer)
         headers = {}
         if ctx.reasons[-1].startswith(_ESCALATION_MISSED):
             # A low-confidence answer standing in for the bigger model's, out of reach now:

@@ -46,6 +46,15 @@ OUTPUTS = {
 Reference = Callable[[Path], ort.InferenceSession]
 
 
+def _loop_running() -> bool:
+    """Whether the calling thread runs an event loop (a worker thread runs none)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _text(item: object) -> str:
     """A BYTES element as text: JSON outputs decode to str, binary ones to bytes."""
     return item.decode("utf-8") if isinstance(item, bytes) else str(item)
@@ -597,6 +606,48 @@ class TestDatatypes:
         entries = [[_text(e) for e in row] for row in result.as_numpy("OUTPUT0")]
         assert entries == [["7:1", "3:0"]]
         assert [int(e.split(":")[0]) for e in entries[0]] == [7, 3]
+
+    def test_large_answers_are_made_off_the_event_loop(
+        self, identity_triton: triton_http.InferenceServerClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A large body is decoded, a large output classified and a large answer written
+        where no event loop runs (ranking 200k classes took ~0.5 s, during which every other
+        request, liveness probes included, waited); a small request stays on the loop."""
+        import router.inference.local as local
+        import router.stages.dispatch as dispatch
+
+        on_loop: dict[str, list[bool]] = {}
+
+        def watched(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                on_loop.setdefault(name, []).append(_loop_running())
+                return real(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(local, "classify", watched("classify", local.classify))
+        monkeypatch.setattr(dispatch, "build_request", watched("decode", dispatch.build_request))
+        monkeypatch.setattr(
+            dispatch, "encode_response", watched("encode", dispatch.encode_response)
+        )
+        big = np.arange(200_000, dtype=np.float32).reshape(1, -1)
+        tensor = triton_http.InferInput("INPUT0", list(big.shape), "FP32")
+        tensor.set_data_from_numpy(big, binary_data=True)
+        requested = triton_http.InferRequestedOutput("OUTPUT0", binary_data=True, class_count=3)
+        result = identity_triton.infer("identity_fp32", [tensor], outputs=[requested])
+        assert _text(result.as_numpy("OUTPUT0")[0, 0]).endswith(":199999")
+        # Three strings are a small answer: written on the loop.
+        assert on_loop == {"decode": [False], "classify": [False], "encode": [True]}
+        on_loop.clear()
+        whole = triton_http.InferRequestedOutput("OUTPUT0", binary_data=False)
+        identity_triton.infer("identity_fp32", [tensor], outputs=[whole])
+        assert on_loop == {"decode": [False], "encode": [False]}
+        on_loop.clear()
+        small = np.arange(6, dtype=np.float32).reshape(1, -1)
+        tensor = triton_http.InferInput("INPUT0", list(small.shape), "FP32")
+        tensor.set_data_from_numpy(small, binary_data=True)
+        identity_triton.infer("identity_fp32", [tensor], outputs=[requested])
+        assert on_loop == {"decode": [True], "classify": [True], "encode": [True]}
 
     def test_metadata_names_each_datatype(
         self, identity_triton: triton_http.InferenceServerClient
