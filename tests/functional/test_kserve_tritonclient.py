@@ -610,9 +610,10 @@ class TestDatatypes:
     def test_large_answers_are_made_off_the_event_loop(
         self, identity_triton: triton_http.InferenceServerClient, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A large body is decoded, a large output classified and a large answer written
-        where no event loop runs (ranking 200k classes took ~0.5 s, during which every other
-        request, liveness probes included, waited); a small request stays on the loop."""
+        """Much JSON data is decoded, a large output classified and a large JSON answer
+        written where no event loop runs (ranking 200k classes took ~0.5 s, during which
+        every other request, liveness probes included, waited); a small request, and binary
+        numbers (read in place, copied out), stay on the loop."""
         import router.inference.local as local
         import router.stages.dispatch as dispatch
 
@@ -632,7 +633,7 @@ class TestDatatypes:
         )
         big = np.arange(200_000, dtype=np.float32).reshape(1, -1)
         tensor = triton_http.InferInput("INPUT0", list(big.shape), "FP32")
-        tensor.set_data_from_numpy(big, binary_data=True)
+        tensor.set_data_from_numpy(big, binary_data=False)  # 1.3 MB of JSON data
         requested = triton_http.InferRequestedOutput("OUTPUT0", binary_data=True, class_count=3)
         result = identity_triton.infer("identity_fp32", [tensor], outputs=[requested])
         assert _text(result.as_numpy("OUTPUT0")[0, 0]).endswith(":199999")
@@ -642,6 +643,12 @@ class TestDatatypes:
         whole = triton_http.InferRequestedOutput("OUTPUT0", binary_data=False)
         identity_triton.infer("identity_fp32", [tensor], outputs=[whole])
         assert on_loop == {"decode": [False], "encode": [False]}
+        on_loop.clear()
+        # Binary numbers are read in place and copied out: nothing worth a thread.
+        tensor.set_data_from_numpy(big, binary_data=True)
+        as_bytes = triton_http.InferRequestedOutput("OUTPUT0", binary_data=True)
+        identity_triton.infer("identity_fp32", [tensor], outputs=[as_bytes])
+        assert on_loop == {"decode": [True], "encode": [True]}
         on_loop.clear()
         small = np.arange(6, dtype=np.float32).reshape(1, -1)
         tensor = triton_http.InferInput("INPUT0", list(small.shape), "FP32")
