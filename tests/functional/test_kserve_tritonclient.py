@@ -380,6 +380,19 @@ class TestInference:
         assert [index for _, index in entries] == ["0", "0"]
         np.testing.assert_allclose([float(s) for s, _ in entries], full["scores"], atol=1e-5)
 
+    def test_an_output_asked_for_twice(self, triton: triton_http.InferenceServerClient) -> None:
+        """probs asked for twice (classified, then raw) comes back once, as first asked, as
+        Triton answers; two entries of one name made tritonclient read one's bytes as the
+        other's and fail."""
+        rgb = np.array([[1, 0, 0]], dtype=np.float32)
+        outputs = [
+            triton_http.InferRequestedOutput("probs", binary_data=True, class_count=2),
+            triton_http.InferRequestedOutput("probs", binary_data=True),
+        ]
+        result = triton.infer("color_classifier", infer_inputs({"rgb": rgb}, True), outputs=outputs)
+        assert [o["name"] for o in result.get_response()["outputs"]] == ["probs"]
+        assert _text(result.as_numpy("probs")[0, 0]).endswith(":0:red")
+
     def test_default_version_is_highest(
         self, triton: triton_http.InferenceServerClient, reference: Reference, edge_models: Path
     ) -> None:

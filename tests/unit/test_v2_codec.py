@@ -260,6 +260,23 @@ class TestDecodeOutputs:
         assert request.outputs is not None
         assert [o.binary for o in request.outputs] == [True, False]
 
+    def test_an_output_named_twice_counts_once(self) -> None:
+        """An output asked for twice is answered once, as the first asking says (Triton
+        keeps a set of requested outputs): two entries of one name broke tritonclient."""
+        doc = {
+            "inputs": [_ok_input()],
+            "outputs": [
+                {"name": "y", "parameters": {"binary_data": True, "classification": 2}},
+                {"name": "y", "parameters": {"binary_data": False}},
+                {"name": "z"},
+            ],
+        }
+        request = decode_request(orjson.dumps(doc), None)
+        assert request.outputs == [
+            RequestedOutput("y", binary=True, classification=2),
+            RequestedOutput("z", binary=False, classification=0),
+        ]
+
     def test_binary_data_output_must_be_true_exactly(self) -> None:
         """A truthy non-boolean `binary_data_output` does not switch binary output on."""
         request = _decode(
