@@ -221,7 +221,7 @@ def _requested_outputs(value: Any, binary_default: bool) -> list[RequestedOutput
         return None
     if not isinstance(value, list):
         raise MalformedBody("'outputs' must be a list")
-    outputs = []
+    outputs: list[RequestedOutput] = []
     for raw in value:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise MalformedBody("each entry of 'outputs' must be an object with a 'name'")
