@@ -280,7 +280,13 @@ def _upstream_entries(
     routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for name, clusters in serving.items():
         versions = frozenset().union(*(reported for _, _, reported in clusters))
-        here = {str(v) for v in local[name].versions} if name in local else set()
+        # The site's own entries, listed above: under the ready filter only its ready
+        # versions are (a broken one's requests go upstream, so its route there is listed).
+        here = {
+            str(v)
+            for v, entry in (local[name].versions.items() if name in local else ())
+            if entry.ready or not only_ready
+        }
         for version in sorted(versions) or [""]:
             if name in local and (not version or version in here):
                 continue  # listed above as this site's own

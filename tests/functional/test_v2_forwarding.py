@@ -373,7 +373,8 @@ class TestLocallyBrokenModel:
     ) -> None:
         """The edge's index lists color_classifier version 2 as its own and version 1, which
         only the regional tier holds (and requests naming it reach), through regional, each
-        once; the broken local hotspot_detector version stays the edge's own entry."""
+        once; the broken local hotspot_detector version stays the edge's own entry, and
+        under the ready filter is listed through regional, where its requests go."""
         async with http.post(f"{broken_edge.url}/v2/repository/index") as resp:
             index = await resp.json()
         entries = [(e["name"], e.get("version"), e["state"], e["tier"]) for e in index]
@@ -383,6 +384,12 @@ class TestLocallyBrokenModel:
         ]
         assert [e for e in entries if e[0] == "hotspot_detector"] == [
             ("hotspot_detector", "1", "UNAVAILABLE", "edge")
+        ]
+        # Asked for ready versions, the broken one is listed by the route its requests take.
+        async with http.post(f"{broken_edge.url}/v2/repository/index", json={"ready": True}) as r:
+            ready = [(e["name"], e.get("version"), e["tier"]) for e in await r.json()]
+        assert [e for e in ready if e[0] == "hotspot_detector"] == [
+            ("hotspot_detector", "1", "regional")
         ]
 
 
