@@ -17,6 +17,7 @@ from router.api.respond import default_budget, new_context, run
 from router.api.state import BUNDLE, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest
+from router.headers import UNREADY, UNREADY_MODELS
 from router.inference.repository import ModelRepository, ModelVersion
 from router.inference.signature import TensorSpec
 from router.inference.stats import ModelStats
@@ -57,8 +58,13 @@ async def live(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     app = request.app
-    ok = not app[STATUS].draining and app[BUNDLE].ready and current(request).models.ready
-    return web.Response(status=200 if ok else 503)
+    if app[STATUS].draining or not app[BUNDLE].ready:
+        return web.Response(status=503)
+    if current(request).models.ready:
+        return web.Response(status=200)
+    # Not ready (a probe takes the site out of service), but only because of a model that
+    # failed to load: a router in front still sends the others here (see headers.UNREADY).
+    return web.Response(status=503, headers={UNREADY: UNREADY_MODELS})
 
 
 async def server_metadata(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -16,7 +17,7 @@ from aiohttp.typedefs import Handler
 from router.api.state import UPSTREAMS
 from router.app import build_app
 from router.settings import Settings
-from router.testing import FakeUpstream
+from router.testing import FakeUpstream, identity_model, settings_for, write_repository
 from router.upstreams.prober import EARLY_DISCOVERY_GAP_S
 
 
@@ -223,6 +224,32 @@ class TestDefaultHealthCheck:
             cluster = app[UPSTREAMS].clusters["central"]
             await asyncio.sleep(0.4)
             assert cluster.live(asyncio.get_running_loop().time()) == []
+
+    async def test_chained_router_with_a_broken_model_stays_a_route(self, tmp_path: Path) -> None:
+        """A layer-router upstream whose one model failed to load answers /v2/health/ready
+        503 (strict, as Triton, for a Kubernetes probe) saying that models are the cause: the
+        router in front keeps it live for the model that loaded (its list leaves the broken
+        one out), instead of losing every route there to one broken file."""
+        repo = write_repository(
+            tmp_path, {"good": {1: identity_model("FP32")}, "broken": {1: b"not onnx"}}
+        )
+        upstream = build_app(settings_for(repo, inference_threads=1))
+        body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [2]}]}
+        async with (
+            central_in_front_of(upstream) as (app, router),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(10),
+        ):
+            cluster = app[UPSTREAMS].clusters["central"]
+            deadline = time.monotonic() + 5
+            while cluster.models is None:
+                assert time.monotonic() < deadline, "no model list in 5 s"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.4)  # several health-check rounds
+            assert len(cluster.live(asyncio.get_running_loop().time())) == 1
+            async with http.post(router.make_url("/v2/models/good/infer"), json=body) as r:
+                assert r.status == 200
+                assert (await r.json())["outputs"][0]["data"] == [2.0]
 
 
 _OPENAI_MISSING = (

@@ -559,8 +559,10 @@ class TestBrokenModel:
         self, http: aiohttp.ClientSession, broken_server: RouterThread
     ) -> None:
         """Readiness is 503 while liveness stays 200."""
-        status, _, _ = await call(http, "GET", f"{broken_server.url}/v2/health/ready")
+        status, headers, _ = await call(http, "GET", f"{broken_server.url}/v2/health/ready")
         assert status == 503
+        # Saying why, for a router in front (it keeps the site as a route for the rest).
+        assert headers["X-Layer-Router-Unready"] == "models"
         status, _, _ = await call(http, "GET", f"{broken_server.url}/v2/health/live")
         assert status == 200
 
