@@ -61,8 +61,12 @@ def _listed(request: web.Request) -> list[dict[str, object]]:
     app = request.app
     tier = app[SETTINGS].site.tier.value
     routes: dict[str, list[tuple[str, str]]] = {}  # per id: (tier, source) in preference order
-    for name in current(request).models.models:
-        routes.setdefault(name, []).append((tier, "local"))
+    models = current(request).models
+    for name in models.models:
+        # A model none of whose versions loaded serves nothing here: listed, it would make a
+        # router in front (whose discovery reads this list too) send its requests here.
+        if models.ready_here(name):
+            routes.setdefault(name, []).append((tier, "local"))
     for cluster in upstream_routes(app[UPSTREAMS].clusters.values()):
         if Protocol.OPENAI not in cluster.settings.protocols and not cluster.models:
             continue

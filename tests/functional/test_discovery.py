@@ -228,7 +228,7 @@ class TestDefaultHealthCheck:
     async def test_chained_router_with_a_broken_model_stays_a_route(self, tmp_path: Path) -> None:
         """A layer-router upstream whose one model failed to load answers /v2/health/ready
         503 (strict, as Triton, for a Kubernetes probe) saying that models are the cause: the
-        router in front keeps it live for the model that loaded (its list leaves the broken
+        router in front keeps it live for the model that loaded (its lists leave the broken
         one out), instead of losing every route there to one broken file."""
         repo = write_repository(
             tmp_path, {"good": {1: identity_model("FP32")}, "broken": {1: b"not onnx"}}
@@ -250,6 +250,11 @@ class TestDefaultHealthCheck:
             async with http.post(router.make_url("/v2/models/good/infer"), json=body) as r:
                 assert r.status == 200
                 assert (await r.json())["outputs"][0]["data"] == [2.0]
+            # Neither of its lists names the broken model (its /v1/models did, so requests
+            # for it went there, each answered 503 after retries waiting out Retry-After).
+            assert "broken" not in cluster.models
+            async with http.post(router.make_url("/v2/models/broken/infer"), json=body) as r:
+                assert r.status == 404
 
 
 _OPENAI_MISSING = (
