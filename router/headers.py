@@ -18,6 +18,11 @@ FOUND_ENTITIES = "X-Layer-Router-Found"
 # under the same credential, and keeps their cached answers apart by it (it only narrows a
 # cache entry's scope, so a client sending it gains nothing).
 TENANT = "X-Layer-Router-Tenant"
+# On a 503 to GET /v2/health/ready: the only cause is models that failed to load (strict
+# readiness, as Triton's, for a Kubernetes probe). A router in front keeps the endpoint as a
+# route for the models that did load, which the repository index says.
+UNREADY = "X-Layer-Router-Unready"
+UNREADY_MODELS = "models"
 TRACEPARENT = "traceparent"
 
 HOP_BY_HOP = frozenset(

@@ -17,6 +17,7 @@ from router.api.respond import default_budget, new_context, run
 from router.api.state import BUNDLE, SETTINGS, STATUS, UPSTREAMS
 from router.budget import budget_ms
 from router.errors import BadRequest
+from router.headers import UNREADY, UNREADY_MODELS
 from router.inference.repository import ModelRepository, ModelVersion
 from router.inference.signature import TensorSpec
 from router.inference.stats import ModelStats
@@ -57,8 +58,13 @@ async def live(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     app = request.app
-    ok = not app[STATUS].draining and app[BUNDLE].ready and current(request).models.ready
-    return web.Response(status=200 if ok else 503)
+    if app[STATUS].draining or not app[BUNDLE].ready:
+        return web.Response(status=503)
+    if current(request).models.ready:
+        return web.Response(status=200)
+    # Not ready (a probe takes the site out of service), but only because of a model that
+    # failed to load: a router in front still sends the others here (see headers.UNREADY).
+    return web.Response(status=503, headers={UNREADY: UNREADY_MODELS})
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -120,10 +126,20 @@ def _entry(request: web.Request) -> ModelVersion:
 
 
 def _upstream_only(request: web.Request) -> bool:
-    """A model this site does not hold, whose metadata and readiness an upstream answers."""
-    return request.match_info["model"] not in current(request).models.models and bool(
-        request.app[UPSTREAMS].clusters
-    )
+    """A model whose inference goes upstream, so that its metadata, readiness, config and
+    stats come from there too: one this site does not hold, or whose version asked for (the
+    default one when none is) is not ready or not here, while a cluster lists it (its
+    requests go there, `local_not_ready`; the local metadata would list no inputs, and its
+    readiness say 503 or 404 to requests that succeed)."""
+    info = request.match_info
+    name = info["model"]
+    clusters = request.app[UPSTREAMS].clusters
+    models = current(request).models
+    if name not in models.models or not clusters:
+        return name not in models.models and bool(clusters)
+    if models.ready_here(name, info.get("version")):
+        return False
+    return any(name in (cluster.models or ()) for cluster in clusters.values())
 
 
 async def _relay(request: web.Request) -> web.StreamResponse:
@@ -238,31 +254,48 @@ async def repository_index(request: web.Request) -> web.Response:
             item["reason"] = entry.reason
             item["tier"] = tier
             index.append(item)
-    index += _upstream_entries(request, visible)
+    index += _upstream_entries(request, visible, only_ready)
     return _json(index)
 
 
-def _upstream_entries(request: web.Request, visible: Callable[[str], bool]) -> list[dict[str, Any]]:
-    """Models only upstream clusters serve, one entry per name and version (Triton's index
+def _upstream_entries(
+    request: web.Request, visible: Callable[[str], bool], only_ready: bool = False
+) -> list[dict[str, Any]]:
+    """Model versions only upstream clusters serve (a version of a local model that is not
+    here too: requests naming it go there), one entry per name and version (Triton's index
     lists versions, never a model twice): `tier` and `cluster` name the preferred route (the
     nearest cluster), `tiers` and `clusters` every one, in that order.
 
     The versions are those any cluster reported, so a router in front can pin them too; a
     model no cluster reports versions of has one entry of version "". A cluster that lists a
     model without versions is a route to each reported version (requests are routed by name),
-    never an entry of its own beside them."""
+    never an entry of its own beside them. With `only_ready` (`{"ready": true}`) a cluster
+    with no live endpoint is no route: a model only it serves cannot be run now (its
+    `…/ready` answers 503), so the index does not call it ready."""
     local = current(request).models.models
+    now = asyncio.get_running_loop().time()
     # Per name, in preference order: each cluster serving it and the versions it reported.
     serving: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
     for cluster in upstream_routes(request.app[UPSTREAMS].clusters.values()):
-        for name in sorted((cluster.models or frozenset()) - local.keys()):
+        if only_ready and not cluster.live(now):
+            continue
+        for name in sorted(cluster.models or frozenset()):
             if visible(name):
                 reported = cluster.versions.get(name, frozenset())
                 serving.setdefault(name, []).append((cluster.tier_of(name), cluster.name, reported))
     routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for name, clusters in serving.items():
         versions = frozenset().union(*(reported for _, _, reported in clusters))
+        # The site's own entries, listed above: under the ready filter only its ready
+        # versions are (a broken one's requests go upstream, so its route there is listed).
+        here = {
+            str(v)
+            for v, entry in (local[name].versions.items() if name in local else ())
+            if entry.ready or not only_ready
+        }
         for version in sorted(versions) or [""]:
+            if name in local and (not version or version in here):
+                continue  # listed above as this site's own
             routes[(name, version)] = [
                 (tier, cluster)
                 for tier, cluster, reported in clusters

@@ -63,9 +63,13 @@ def _listed(request: web.Request) -> list[dict[str, object]]:
     generation = current(request)
     routing = generation.settings.routing.models
     routes: dict[str, list[tuple[str, str]]] = {}  # per id: (tier, source) in preference order
-    for name in generation.models.models:
+    models = generation.models
+    for name in models.models:
         route = routing.get(name)
-        if route is None or not route.heavy:  # a heavy model is never run here: no route
+        # A heavy model is never run here, and one none of whose versions loaded serves
+        # nothing here: listed, either would make a router in front (whose discovery reads
+        # this list too) send its requests here.
+        if (route is None or not route.heavy) and models.ready_here(name):
             routes.setdefault(name, []).append((tier, "local"))
     for cluster in upstream_routes(app[UPSTREAMS].clusters.values()):
         if Protocol.OPENAI not in cluster.settings.protocols and not cluster.models:

@@ -110,6 +110,18 @@ class ModelRepository:
             raise ModelNotFound(f"model '{name}' has no version '{version}'")
         return entry
 
+    def ready_here(self, name: str, version: str | None = None) -> bool:
+        """Whether a request for `name` (at `version`, else the default one) can be run here:
+        the version is loaded and ready."""
+        model = self.models.get(name)
+        if model is None:
+            return False
+        if version is None:
+            entry = model.latest
+        else:
+            entry = model.versions.get(int(version)) if _is_number(version) else None
+        return entry is not None and entry.ready
+
     @property
     def failures(self) -> list[str]:
         problems = [f"{m.name}: {m.error}" for m in self.models.values() if m.error]
@@ -171,10 +183,18 @@ class Loader:
         except ConfigError as exc:
             log.error("model %s not loaded: %s", name, exc)
             return Model(name, ModelConfig(), {}, error=str(exc))
-        dirs = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and _is_number(p.name)}
+        dirs: dict[int, list[Path]] = {}
+        for folder in sorted(model_dir.iterdir()):
+            if folder.is_dir() and _is_number(folder.name):
+                dirs.setdefault(int(folder.name), []).append(folder)
         if not dirs:
             return Model(name, config, {}, error=f"no numeric version folder in {model_dir}")
-        versions = {v: self._load_version(name, v, d, config) for v, d in sorted(dirs.items())}
+        versions = {
+            v: self._load_version(name, v, folders[0], config)
+            if len(folders) == 1
+            else _ambiguous(name, v, folders, config)
+            for v, folders in sorted(dirs.items())
+        }
         return Model(name, config, versions)
 
     def _load_version(
@@ -267,6 +287,16 @@ def warmup_feeds(signature: Signature) -> dict[str, np.ndarray]:
         else:
             feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
     return feeds
+
+
+def _ambiguous(name: str, version: int, folders: list[Path], config: ModelConfig) -> ModelVersion:
+    """A version two folders name ("1" and "01"): which one served would depend on the order
+    the file system lists them in, so neither does."""
+    entry = ModelVersion(name, version, folders[0] / MODEL_FILE, config)
+    names = " and ".join(f"'{folder.name}'" for folder in folders)
+    entry.reason = f"folders {names} in {folders[0].parent} both name version {version}"
+    log.error("model %s version %d not loaded: %s", name, version, entry.reason)
+    return entry
 
 
 def _is_number(text: str) -> bool:

@@ -31,6 +31,7 @@ from router.policy.decide import Facts, Rules, Target, decide
 from router.privacy import Privacy
 from router.relaying import relay_for
 from router.settings import RoutingSettings
+from router.stages.classify import OFF_LOOP_BYTES
 from router.stages.route import DecideRoute
 from router.tenancy import Tenancy
 from router.tier_view import prepare_view
@@ -38,7 +39,7 @@ from router.upstreams import forward
 from router.upstreams.cluster import Cluster
 from router.upstreams.registry import Upstreams
 from router.v2.request import build_request
-from router.v2.response import encode_response
+from router.v2.response import OutputTensor, encode_response
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,12 @@ class Dispatch:
     async def _local(self, ctx: RequestContext) -> Reply:
         assert ctx.document is not None
         entry = self._models.get(ctx.model, ctx.version)
-        request = build_request(ctx.document, ctx.binary)
+        # Decoding much JSON data or many binary BYTES elements (one by one) is no work for
+        # the loop; binary numbers are read in place (np.frombuffer), at once.
+        if _slow_to_decode(ctx):
+            request = await asyncio.to_thread(build_request, ctx.document, ctx.binary)
+        else:
+            request = build_request(ctx.document, ctx.binary)
         result = await run_local(entry, request, ctx.deadline)
         ctx.served_tier, ctx.served_by = self._tier, f"{entry.model}/{entry.version}"
         ctx.served_version, ctx.model_sha256 = str(entry.version), entry.sha256
@@ -196,9 +202,12 @@ class Dispatch:
         escalated = await self._maybe_escalate(ctx, entry, result)
         if escalated is not None:
             return escalated
-        body, header_length = encode_response(
-            entry.model, str(entry.version), request.id, result.outputs
-        )
+        answer = (entry.model, str(entry.version), request.id, result.outputs)
+        if sum(_slow_to_encode(out) for out in result.outputs) > OFF_LOOP_BYTES:
+            # Nor is writing much JSON data or many BYTES elements (binary numbers are copied).
+            body, header_length = await asyncio.to_thread(encode_response, *answer)
+        else:
+            body, header_length = encode_response(*answer)
         headers = {}
         if ctx.reasons[-1].startswith(_ESCALATION_MISSED):
             # A low-confidence answer standing in for the bigger model's, out of reach now:
@@ -270,3 +279,23 @@ class Dispatch:
         # Residency and version pins hold here too: the large model's, not the small one's.
         permitted = self._route.permitted(ctx, snapshot.clusters) - self._route.pinned_out(model)
         return tuple(decide(facts, Rules(), snapshot, self._tier, permitted).targets)
+
+
+def _slow_to_decode(ctx: RequestContext) -> bool:
+    """Whether decoding the body takes Python work worth a thread: over OFF_LOOP_BYTES of
+    JSON (its `data`), or of binary BYTES elements."""
+    json_bytes = len(ctx.body) if ctx.header_length is None else ctx.header_length
+    if json_bytes > OFF_LOOP_BYTES:
+        return True
+    inputs = ctx.document.get("inputs") if ctx.document is not None else None
+    for tensor in inputs if isinstance(inputs, list) else ():
+        params = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if tensor.get("datatype") == "BYTES" and isinstance(size, int) and size > OFF_LOOP_BYTES:
+            return True
+    return False
+
+
+def _slow_to_encode(out: OutputTensor) -> int:
+    """The bytes of an output whose writing is Python or JSON work (not a binary copy)."""
+    return 0 if out.binary and out.array.dtype.kind != "O" else out.array.nbytes

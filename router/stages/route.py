@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from router.context import Reply, RequestContext
 from router.errors import (
@@ -16,7 +17,16 @@ from router.errors import (
 from router.inference.local import check_request
 from router.inference.repository import ModelRepository
 from router.policy.bundle import PolicyBundle
-from router.policy.decide import ClusterView, Decision, Facts, Failure, Rules, decide
+from router.policy.decide import (
+    ClusterView,
+    Decision,
+    Facts,
+    Failure,
+    LocalView,
+    Rules,
+    Snapshot,
+    decide,
+)
 from router.policy.residency import LOCAL_TIER, permits
 from router.settings import RoutingSettings, SiteSettings
 from router.upstreams.pinning import compliant
@@ -49,7 +59,8 @@ class DecideRoute:
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         now = asyncio.get_running_loop().time()
         facts = Facts(ctx.api, ctx.model, (ctx.deadline - now) * 1000, len(ctx.body))
-        snapshot = self._upstreams.snapshot(now, self._models)
+        whole = self._upstreams.snapshot(now, self._models)
+        snapshot = self._for_version(ctx, whole)
         permitted = self.permitted(ctx, snapshot.clusters) - self._pinned_out(ctx)
         ctx.decision = decision = decide(facts, self._rules, snapshot, self._tier, permitted)
         ctx.reasons.extend(decision.reasons)
@@ -58,11 +69,24 @@ class DecideRoute:
             error = _failure_error(ctx, decision)
             if decision.failure is Failure.UNKNOWN_MODEL and ctx.api == "openai":
                 error = self._not_openai(ctx.model) or error
-            if isinstance(error, NoHealthyTarget) and "local_not_ready" in decision.reasons:
-                # Nothing else serves it: say why the local model is not ready instead.
-                self._models.get(ctx.model, ctx.version)  # raises ModelNotReady
+            if snapshot is not whole or (
+                isinstance(error, NoHealthyTarget) and "local_not_ready" in decision.reasons
+            ):
+                # Nothing else serves it: say why the local model (or the version asked for)
+                # is not ready or not here instead.
+                self._models.get(ctx.model, ctx.version)  # raises ModelNotReady/NotFound
             raise error
         return None
+
+    def _for_version(self, ctx: RequestContext, snapshot: Snapshot) -> Snapshot:
+        """The local model as not ready when the version a request names is not loaded here
+        (or broken) while another is: a tier that has it may serve the request; when none can,
+        the local error says why, as before (see `__call__`)."""
+        if ctx.version is None or ctx.model not in snapshot.local:
+            return snapshot
+        if self._models.ready_here(ctx.model, ctx.version):
+            return snapshot
+        return replace(snapshot, local={ctx.model: LocalView(ready=False, expected_ms=0.0)})
 
     def _not_openai(self, model: str) -> ModelNotFound | None:
         """A local model, or one only KServe v2 clusters serve, asked for over the OpenAI API

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from router.errors import UpstreamError, UpstreamTlsFailed
+from router.headers import UNREADY, UNREADY_MODELS
 from router.policy.decide import TIER_ORDER
 from router.settings import Protocol
 from router.upstreams.client import Transport, UpstreamRequest
@@ -54,8 +55,11 @@ class Prober:
         hc = self.cluster.settings.health_check
         passed = False
         for path in (hc.path,) if hc.path else self._default_health_paths():
-            status = await self._get_status(endpoint, "GET", path, hc.timeout_s)
-            passed = status is not None and 200 <= status < 300
+            status, unready = await self._get_status(endpoint, "GET", path, hc.timeout_s)
+            # A chained layer-router not ready only for models that failed to load serves the
+            # others (its model list leaves the failed ones out): one broken file there must
+            # not take every model's route away from the sites in front.
+            passed = status is not None and (200 <= status < 300 or unready == UNREADY_MODELS)
             if status in (401, 403) and self.cluster.own_credential:
                 # Down to the checks, the endpoint serves no request: the operator must
                 # learn why (not only that it is unhealthy).
@@ -76,8 +80,8 @@ class Prober:
 
     async def _get_status(
         self, endpoint: Endpoint, method: str, path: str, limit_s: float
-    ) -> int | None:
-        """The answer's status, or None when there was no answer."""
+    ) -> tuple[int | None, str | None]:
+        """The answer's status (None when there was no answer) and its UNREADY header."""
         try:
             async with asyncio.timeout(limit_s):
                 response = await self.transport.send(
@@ -88,11 +92,11 @@ class Prober:
                 await response.read(_DISCOVERY_LIMIT)
         except UpstreamTlsFailed:
             self.cluster.tls_refused("health check")
-            return None
+            return None, None
         except (UpstreamError, TimeoutError):
-            return None
+            return None, None
         self.cluster.tls_accepted()
-        return response.status
+        return response.status, response.headers.get(UNREADY)
 
     async def _discovery_loop(self) -> None:
         interval = self.cluster.settings.discovery_interval_s

@@ -221,7 +221,7 @@ def _requested_outputs(value: Any, binary_default: bool) -> list[RequestedOutput
         return None
     if not isinstance(value, list):
         raise MalformedBody("'outputs' must be a list")
-    outputs = []
+    outputs: list[RequestedOutput] = []
     for raw in value:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise MalformedBody("each entry of 'outputs' must be an object with a 'name'")
@@ -237,7 +237,11 @@ def _requested_outputs(value: Any, binary_default: bool) -> list[RequestedOutput
                 f"output '{raw['name']}': binary_data must be a boolean and "
                 "classification a non-negative integer"
             )
-        outputs.append(RequestedOutput(raw["name"], binary, top_k))
+        if all(out.name != raw["name"] for out in outputs):
+            # Named twice: the first asking counts, as in Triton (a set of requested outputs,
+            # the first entry's settings). Two entries of one name would break clients, which
+            # read a binary output's bytes by its name.
+            outputs.append(RequestedOutput(raw["name"], binary, top_k))
     return outputs
 
 

@@ -4,6 +4,7 @@ classification extension.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,20 +22,32 @@ class OutputTensor:
     binary: bool
 
 
-def classify(array: np.ndarray, top_k: int, labels: tuple[str, ...]) -> np.ndarray:
-    """Triton's classification extension: "score:index[:label]" strings, best first, per row."""
-    scores = np.asarray(array, dtype=np.float64)
-    if scores.ndim == 0:
+def classify(
+    array: np.ndarray, top_k: int, labels: tuple[str, ...], *, batched: bool = False
+) -> np.ndarray:
+    """Triton's classification extension: "score:index[:label]" strings, best first. A model
+    that batches is ranked per batch entry over all of that entry's elements (shape [N, k]);
+    one that does not, over the whole tensor (shape [k]). The index is the element's place in
+    the flattened entry, as Triton counts it. Scores are written as Triton's std::to_string
+    writes them: six decimals for floats, an integer output's scores as integers ("7:2")."""
+    values = np.asarray(array)
+    if values.ndim == 0:
         raise InvalidTensor("classification needs an output with at least one dimension")
-    k = min(top_k, scores.shape[-1])
-    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
-    picked = np.take_along_axis(scores, order, axis=-1)
+    # Explicit sizes: numpy cannot infer -1 beside a dimension of 0 (an empty batch).
+    shape = (values.shape[0], math.prod(values.shape[1:])) if batched else (1, values.size)
+    values = values.reshape(shape)
+    k = min(top_k, values.shape[-1])
+    # Ranked as floats (negating an unsigned integer would wrap); written from the values.
+    order = np.argsort(-values.astype(np.float64), axis=-1, kind="stable")[..., :k]
+    picked = np.take_along_axis(values, order, axis=-1)
+    integral = values.dtype.kind in "iub"
     out = np.empty(order.shape, dtype=object)
     for pos in np.ndindex(order.shape):
         index = int(order[pos])
         label = f":{labels[index]}" if index < len(labels) else ""
-        out[pos] = f"{picked[pos]:f}:{index}{label}"
-    return out
+        score = f"{int(picked[pos])}" if integral else f"{float(picked[pos]):f}"
+        out[pos] = f"{score}:{index}{label}"
+    return out if batched else out[0]
 
 
 def encode_response(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ def _numeric(name: str, dt: Datatype, data: Any) -> np.ndarray:
     if dt.numpy.kind in "iu" and array.dtype.kind in "fO":
         # Integers past 2**63 make numpy fall back to float64 or objects: convert them exactly.
         array = _exact_integers(name, dt, data)
-    if array.dtype.kind not in dt.kinds:
+    if array.dtype.kind not in dt.kinds or (dt.numpy.kind in "iu" and _holds_bool(data, array)):
         raise InvalidTensor(f"input '{name}': 'data' does not hold {dt.name} values")
     if dt.numpy.kind in "iu":
         info = np.iinfo(dt.numpy)  # type: ignore[type-var]
@@ -80,11 +81,23 @@ def _floats(name: str, dt: Datatype, data: Any) -> np.ndarray:
         if array.dtype.kind != "O":  # strings, or nothing but booleans
             raise InvalidTensor(f"input '{name}': 'data' does not hold {dt.name} values")
         array = _huge_numbers(name, dt, array)  # integers past 2**64 make numpy use objects
+    elif _holds_bool(data, array):
+        raise InvalidTensor(f"input '{name}': 'data' does not hold {dt.name} values")
     with np.errstate(over="ignore"):
         array = array.astype(dt.numpy, copy=False)
     if not np.isfinite(array).all():
         raise InvalidTensor(f"input '{name}': a value is out of range for {dt.name}")
     return array
+
+
+def _holds_bool(data: Any, array: np.ndarray) -> bool:
+    """Whether a JSON true or false sits among numbers, which numpy read as 1 or 0 into an
+    int or float array (only all-boolean data gives a bool array). `array` is numpy's reading
+    of `data`, so its leaves are at depth `array.ndim`: walked at C speed, no Python loop."""
+    leaves = data if array.ndim else [data]
+    for _ in range(array.ndim - 1):
+        leaves = chain.from_iterable(leaves)
+    return bool in map(type, leaves)
 
 
 def _huge_numbers(name: str, dt: Datatype, array: np.ndarray) -> np.ndarray:

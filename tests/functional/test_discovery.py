@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -16,7 +17,7 @@ from aiohttp.typedefs import Handler
 from router.api.state import UPSTREAMS
 from router.app import build_app
 from router.settings import Settings
-from router.testing import FakeUpstream
+from router.testing import FakeUpstream, identity_model, settings_for, write_repository
 from router.upstreams.prober import EARLY_DISCOVERY_GAP_S
 
 
@@ -223,6 +224,37 @@ class TestDefaultHealthCheck:
             cluster = app[UPSTREAMS].clusters["central"]
             await asyncio.sleep(0.4)
             assert cluster.live(asyncio.get_running_loop().time()) == []
+
+    async def test_chained_router_with_a_broken_model_stays_a_route(self, tmp_path: Path) -> None:
+        """A layer-router upstream whose one model failed to load answers /v2/health/ready
+        503 (strict, as Triton, for a Kubernetes probe) saying that models are the cause: the
+        router in front keeps it live for the model that loaded (its lists leave the broken
+        one out), instead of losing every route there to one broken file."""
+        repo = write_repository(
+            tmp_path, {"good": {1: identity_model("FP32")}, "broken": {1: b"not onnx"}}
+        )
+        upstream = build_app(settings_for(repo, inference_threads=1))
+        body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [2]}]}
+        async with (
+            central_in_front_of(upstream) as (app, router),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(10),
+        ):
+            cluster = app[UPSTREAMS].clusters["central"]
+            deadline = time.monotonic() + 5
+            while cluster.models is None:
+                assert time.monotonic() < deadline, "no model list in 5 s"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.4)  # several health-check rounds
+            assert len(cluster.live(asyncio.get_running_loop().time())) == 1
+            async with http.post(router.make_url("/v2/models/good/infer"), json=body) as r:
+                assert r.status == 200
+                assert (await r.json())["outputs"][0]["data"] == [2.0]
+            # Neither of its lists names the broken model (its /v1/models did, so requests
+            # for it went there, each answered 503 after retries waiting out Retry-After).
+            assert "broken" not in cluster.models
+            async with http.post(router.make_url("/v2/models/broken/infer"), json=body) as r:
+                assert r.status == 404
 
 
 _OPENAI_MISSING = (
@@ -486,3 +518,39 @@ class TestListingsAreUnique:
         listed = [item for item in data if item["id"] == "m"]
         assert len(listed) == 1
         assert (listed[0]["tier"], listed[0]["tiers"]) == ("regional", ["regional", "central"])
+
+
+class TestReadyIndex:
+    async def test_ready_filter_leaves_out_a_cluster_that_is_down(self) -> None:
+        """`{"ready": true}`: m, which regional (up) and central (down) serve, is listed through
+        regional alone, and c, which only central serves, not at all (its /ready is 503); the
+        unfiltered index still names every route."""
+        regional = FakeUpstream(name="regional", models=[], v2_models=["m"])
+        central = FakeUpstream(name="central", models=[], v2_models=["m", "c"])
+        central.behaviour.healthy = False
+        checks = {"interval_s": 0.1, "healthy_threshold": 1, "unhealthy_threshold": 1}
+        async with (
+            regional_and_central(regional, central, health_check=checks) as (app, router, _),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(10),
+        ):
+            clusters = app[UPSTREAMS].clusters
+            loop = asyncio.get_running_loop()
+            deadline = time.monotonic() + 5
+            while not clusters["regional"].live(loop.time()) or clusters["central"].models is None:
+                assert time.monotonic() < deadline, "no health check or listing in 5 s"
+                await asyncio.sleep(0.05)
+            assert not clusters["central"].live(loop.time())
+            async with http.post(
+                router.make_url("/v2/repository/index"), json={"ready": True}
+            ) as r:
+                ready = {item["name"]: item for item in await r.json()}
+            async with http.get(router.make_url("/v2/models/c/ready")) as r:
+                c_status = r.status
+            async with http.post(router.make_url("/v2/repository/index")) as r:
+                every = {item["name"]: item for item in await r.json()}
+        assert c_status == 503
+        assert "c" not in ready
+        assert (ready["m"]["clusters"], ready["m"]["cluster"]) == (["regional"], "regional")
+        assert every["m"]["clusters"] == ["regional", "central"]
+        assert every["c"]["clusters"] == ["central"]

@@ -186,6 +186,15 @@ class TestInvalidTensors:
         status, _, reply = await call(http, "POST", infer_url, body)
         assert_error(status, reply, 400, "rgb")
 
+    async def test_a_boolean_among_the_numbers(
+        self, http: aiohttp.ClientSession, infer_url: str
+    ) -> None:
+        """A JSON true among an FP32 tensor's numbers is a 400, as in Triton, not a 1.0 the
+        model runs on."""
+        body = infer_body(rgb_input(data=[[True, 0.5, 0.25]]))
+        status, _, reply = await call(http, "POST", infer_url, body)
+        assert_error(status, reply, 400, "rgb", "FP32")
+
     async def test_values_not_of_the_datatype(
         self, http: aiohttp.ClientSession, infer_url: str
     ) -> None:
@@ -550,8 +559,10 @@ class TestBrokenModel:
         self, http: aiohttp.ClientSession, broken_server: RouterThread
     ) -> None:
         """Readiness is 503 while liveness stays 200."""
-        status, _, _ = await call(http, "GET", f"{broken_server.url}/v2/health/ready")
+        status, headers, _ = await call(http, "GET", f"{broken_server.url}/v2/health/ready")
         assert status == 503
+        # Saying why, for a router in front (it keeps the site as a route for the rest).
+        assert headers["X-Layer-Router-Unready"] == "models"
         status, _, _ = await call(http, "GET", f"{broken_server.url}/v2/health/live")
         assert status == 200
 

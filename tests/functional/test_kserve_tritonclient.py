@@ -46,6 +46,15 @@ OUTPUTS = {
 Reference = Callable[[Path], ort.InferenceSession]
 
 
+def _loop_running() -> bool:
+    """Whether the calling thread runs an event loop (a worker thread runs none)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _text(item: object) -> str:
     """A BYTES element as text: JSON outputs decode to str, binary ones to bytes."""
     return item.decode("utf-8") if isinstance(item, bytes) else str(item)
@@ -351,6 +360,39 @@ class TestInference:
             np.testing.assert_allclose([float(s) for s, _, _ in parsed], row[top], atol=1e-6)
         assert _text(result.as_numpy("probs")[0, 0]).endswith(":0:red")
 
+    @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+    def test_classification_of_a_batched_one_score_output(
+        self,
+        triton: triton_http.InferenceServerClient,
+        reference: Reference,
+        edge_models: Path,
+        binary: bool,
+    ) -> None:
+        """class_count on a batching model's [N] output ranks each batch entry on its own, as
+        Triton does (shape [N, 1]), instead of ranking the frames against each other."""
+        feeds = demo_inputs("hotspot_detector", seed=5)
+        requested = triton_http.InferRequestedOutput("scores", binary_data=binary, class_count=2)
+        result = triton.infer("hotspot_detector", infer_inputs(feeds, binary), outputs=[requested])
+        out = result.get_output("scores")
+        assert (out["datatype"], out["shape"]) == ("BYTES", [2, 1])
+        full = run_reference(reference, edge_models / "hotspot_detector/1/model.onnx", feeds)
+        entries = [_text(e).split(":") for e in result.as_numpy("scores").ravel()]
+        assert [index for _, index in entries] == ["0", "0"]
+        np.testing.assert_allclose([float(s) for s, _ in entries], full["scores"], atol=1e-5)
+
+    def test_an_output_asked_for_twice(self, triton: triton_http.InferenceServerClient) -> None:
+        """probs asked for twice (classified, then raw) comes back once, as first asked, as
+        Triton answers; two entries of one name made tritonclient read one's bytes as the
+        other's and fail."""
+        rgb = np.array([[1, 0, 0]], dtype=np.float32)
+        outputs = [
+            triton_http.InferRequestedOutput("probs", binary_data=True, class_count=2),
+            triton_http.InferRequestedOutput("probs", binary_data=True),
+        ]
+        result = triton.infer("color_classifier", infer_inputs({"rgb": rgb}, True), outputs=outputs)
+        assert [o["name"] for o in result.get_response()["outputs"]] == ["probs"]
+        assert _text(result.as_numpy("probs")[0, 0]).endswith(":0:red")
+
     def test_default_version_is_highest(
         self, triton: triton_http.InferenceServerClient, reference: Reference, edge_models: Path
     ) -> None:
@@ -562,6 +604,70 @@ class TestDatatypes:
         tensor.set_data_from_numpy(sent, binary_data=True)
         result = await identity_aio.infer(f"identity_{datatype.lower()}", [tensor])
         assert_round_trip(result, sent, datatype)
+
+    @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+    def test_classification_of_an_integer_output(
+        self, identity_triton: triton_http.InferenceServerClient, binary: bool
+    ) -> None:
+        """class_count on an INT64 output writes its scores as integers, as Triton does
+        ("7:1"), so int() reads them back."""
+        sent = np.array([[3, 7, 1]], dtype=np.int64)
+        tensor = triton_http.InferInput("INPUT0", [1, 3], "INT64")
+        tensor.set_data_from_numpy(sent, binary_data=binary)
+        requested = triton_http.InferRequestedOutput("OUTPUT0", binary_data=binary, class_count=2)
+        result = identity_triton.infer("identity_int64", [tensor], outputs=[requested])
+        entries = [[_text(e) for e in row] for row in result.as_numpy("OUTPUT0")]
+        assert entries == [["7:1", "3:0"]]
+        assert [int(e.split(":")[0]) for e in entries[0]] == [7, 3]
+
+    def test_large_answers_are_made_off_the_event_loop(
+        self, identity_triton: triton_http.InferenceServerClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Much JSON data is decoded, a large output classified and a large JSON answer
+        written where no event loop runs (ranking 200k classes took ~0.5 s, during which
+        every other request, liveness probes included, waited); a small request, and binary
+        numbers (read in place, copied out), stay on the loop."""
+        import router.inference.local as local
+        import router.stages.dispatch as dispatch
+
+        on_loop: dict[str, list[bool]] = {}
+
+        def watched(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                on_loop.setdefault(name, []).append(_loop_running())
+                return real(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(local, "classify", watched("classify", local.classify))
+        monkeypatch.setattr(dispatch, "build_request", watched("decode", dispatch.build_request))
+        monkeypatch.setattr(
+            dispatch, "encode_response", watched("encode", dispatch.encode_response)
+        )
+        big = np.arange(200_000, dtype=np.float32).reshape(1, -1)
+        tensor = triton_http.InferInput("INPUT0", list(big.shape), "FP32")
+        tensor.set_data_from_numpy(big, binary_data=False)  # 1.3 MB of JSON data
+        requested = triton_http.InferRequestedOutput("OUTPUT0", binary_data=True, class_count=3)
+        result = identity_triton.infer("identity_fp32", [tensor], outputs=[requested])
+        assert _text(result.as_numpy("OUTPUT0")[0, 0]).endswith(":199999")
+        # Three strings are a small answer: written on the loop.
+        assert on_loop == {"decode": [False], "classify": [False], "encode": [True]}
+        on_loop.clear()
+        whole = triton_http.InferRequestedOutput("OUTPUT0", binary_data=False)
+        identity_triton.infer("identity_fp32", [tensor], outputs=[whole])
+        assert on_loop == {"decode": [False], "encode": [False]}
+        on_loop.clear()
+        # Binary numbers are read in place and copied out: nothing worth a thread.
+        tensor.set_data_from_numpy(big, binary_data=True)
+        as_bytes = triton_http.InferRequestedOutput("OUTPUT0", binary_data=True)
+        identity_triton.infer("identity_fp32", [tensor], outputs=[as_bytes])
+        assert on_loop == {"decode": [True], "encode": [True]}
+        on_loop.clear()
+        small = np.arange(6, dtype=np.float32).reshape(1, -1)
+        tensor = triton_http.InferInput("INPUT0", list(small.shape), "FP32")
+        tensor.set_data_from_numpy(small, binary_data=True)
+        identity_triton.infer("identity_fp32", [tensor], outputs=[requested])
+        assert on_loop == {"decode": [True], "classify": [True], "encode": [True]}
 
     def test_metadata_names_each_datatype(
         self, identity_triton: triton_http.InferenceServerClient

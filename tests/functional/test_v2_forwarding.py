@@ -295,6 +295,104 @@ class TestHeavyModel:
         assert doc["outputs"][0]["data"] == [1.0, 2.0]
 
 
+@pytest.fixture(scope="module")
+def broken_edge(
+    site: Site, edge_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterThread]:
+    """An edge whose own hotspot_detector is a broken file and which holds version 2 of
+    color_classifier only, in front of the regional tier that serves both models whole."""
+    color = edge_models / "color_classifier"
+    repo = write_repository(
+        tmp_path_factory.mktemp("broken-edge-repo"),
+        {
+            "hotspot_detector": {1: b"not onnx"},
+            "color_classifier": {2: (color / "2" / "model.onnx").read_bytes()},
+        },
+        {"color_classifier": (color / "config.yaml").read_text()},
+    )
+    settings = Settings.model_validate(
+        {
+            "site": {"id": "edge-2", "tier": "edge"},
+            "models": {"repository": repo, "inference_threads": 1},
+            "upstreams": [cluster("regional", "regional", site.regional.url)],
+        }
+    )
+    with RouterThread(settings) as edge:
+        yield edge
+
+
+class TestLocallyBrokenModel:
+    """A model this site holds but could not load, which an upstream tier serves."""
+
+    def test_metadata_and_readiness_follow_inference(
+        self, broken_edge: RouterThread, edge_models: Path, reference: Reference
+    ) -> None:
+        """Inference falls back to the regional tier (local_not_ready), so readiness says
+        ready and the metadata lists the model's tensors, as for an upstream-only model,
+        instead of 503 and no inputs for a model every request gets answered for."""
+        client = triton_http.InferenceServerClient(broken_edge.host_port, network_timeout=TIMEOUT_S)
+        try:
+            feeds = demo_inputs("hotspot_detector", seed=6)
+            result = client.infer("hotspot_detector", infer_inputs(feeds, True))
+            path = edge_models / "hotspot_detector" / "1" / "model.onnx"
+            assert_matches(result, reference_outputs(reference, path, feeds), True)
+            assert client.is_model_ready("hotspot_detector")
+            meta = client.get_model_metadata("hotspot_detector")
+            assert meta["inputs"] == [
+                {"name": "image", "datatype": "FP32", "shape": [-1, 1, -1, -1]}
+            ]
+            assert client.get_model_config("hotspot_detector")["input"]
+        finally:
+            client.close()
+
+    async def test_a_version_only_upstream_has(
+        self, broken_edge: RouterThread, http: aiohttp.ClientSession
+    ) -> None:
+        """color_classifier version 1, which only the regional tier holds, is served from
+        there (the edge's version 2 answers requests naming none), its metadata and
+        readiness too, instead of the edge's 404 'no version'; a version nobody has is 404."""
+        body = {"inputs": [{"name": "rgb", "shape": [1, 3], "datatype": "FP32", "data": [1, 0, 0]}]}
+        base = f"{broken_edge.url}/v2/models/color_classifier"
+        async with http.post(f"{base}/versions/1/infer", json=body) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["model_version"] == "1"
+            assert resp.headers["X-Route-Reason"] == "local_not_ready,forward:regional>local"
+        async with http.post(f"{base}/infer", json=body) as resp:
+            assert (await resp.json())["model_version"] == "2"
+            assert resp.headers["X-Route-Reason"] == "local"
+        async with http.get(f"{base}/versions/1") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["parameters"]["version"] == "1"
+        async with http.get(f"{base}/versions/1/ready") as resp:
+            assert resp.status == 200
+        async with http.post(f"{base}/versions/9/infer", json=body) as resp:
+            assert resp.status == 404
+
+    async def test_index_lists_a_version_only_upstream_has(
+        self, broken_edge: RouterThread, http: aiohttp.ClientSession
+    ) -> None:
+        """The edge's index lists color_classifier version 2 as its own and version 1, which
+        only the regional tier holds (and requests naming it reach), through regional, each
+        once; the broken local hotspot_detector version stays the edge's own entry, and
+        under the ready filter is listed through regional, where its requests go."""
+        async with http.post(f"{broken_edge.url}/v2/repository/index") as resp:
+            index = await resp.json()
+        entries = [(e["name"], e.get("version"), e["state"], e["tier"]) for e in index]
+        assert sorted(e for e in entries if e[0] == "color_classifier") == [
+            ("color_classifier", "1", "READY", "regional"),
+            ("color_classifier", "2", "READY", "edge"),
+        ]
+        assert [e for e in entries if e[0] == "hotspot_detector"] == [
+            ("hotspot_detector", "1", "UNAVAILABLE", "edge")
+        ]
+        # Asked for ready versions, the broken one is listed by the route its requests take.
+        async with http.post(f"{broken_edge.url}/v2/repository/index", json={"ready": True}) as r:
+            ready = [(e["name"], e.get("version"), e["tier"]) for e in await r.json()]
+        assert [e for e in ready if e[0] == "hotspot_detector"] == [
+            ("hotspot_detector", "1", "regional")
+        ]
+
+
 class TestWhatTheUpstreamReceives:
     """The forwarded v2 request as recorded by the fake central tier."""
 

@@ -343,6 +343,22 @@ class TestLoader:
         assert any(f.startswith("empty: ") for f in repo.failures)
         assert repo.get("good").ready
 
+    def test_two_folders_naming_one_version(self, tmp_path: Path, executor: Any) -> None:
+        """Folders '1' and '01' both name version 1: it is UNAVAILABLE naming both, not served
+        from whichever the file system happened to list last; other versions still load."""
+        write_model(tmp_path, "m", 1, double_model())
+        write_model(tmp_path, "m", 2, double_model())
+        (tmp_path / "m" / "01").mkdir()
+        (tmp_path / "m" / "01" / "model.onnx").write_bytes(
+            (tmp_path / "m/1/model.onnx").read_bytes()
+        )
+        repo = _loader(executor).load(tmp_path)
+        entry = repo.find("m", "1")
+        assert entry.state is State.UNAVAILABLE
+        assert "'01' and '1'" in entry.reason
+        assert "version 1" in entry.reason
+        assert repo.get("m").version == 2
+
     def test_bad_model_config_is_a_model_error(self, tmp_path: Path, executor: Any) -> None:
         """A config.yaml error marks the model failed and names the key; others still load."""
         write_model(tmp_path, "m", 1, double_model())

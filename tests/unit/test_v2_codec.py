@@ -260,6 +260,23 @@ class TestDecodeOutputs:
         assert request.outputs is not None
         assert [o.binary for o in request.outputs] == [True, False]
 
+    def test_an_output_named_twice_counts_once(self) -> None:
+        """An output asked for twice is answered once, as the first asking says (Triton
+        keeps a set of requested outputs): two entries of one name broke tritonclient."""
+        doc = {
+            "inputs": [_ok_input()],
+            "outputs": [
+                {"name": "y", "parameters": {"binary_data": True, "classification": 2}},
+                {"name": "y", "parameters": {"binary_data": False}},
+                {"name": "z"},
+            ],
+        }
+        request = decode_request(orjson.dumps(doc), None)
+        assert request.outputs == [
+            RequestedOutput("y", binary=True, classification=2),
+            RequestedOutput("z", binary=False, classification=0),
+        ]
+
     def test_binary_data_output_must_be_true_exactly(self) -> None:
         """A truthy non-boolean `binary_data_output` does not switch binary output on."""
         request = _decode(
@@ -409,6 +426,22 @@ MALFORMED: dict[str, tuple[tuple[bytes, int | None], type[RouterError]]] = {
     ),
     "zero-size binary shape past numpy's range": (
         _with_binary(_doc(_binary_input("x", "FP32", [2**62, 0], 0)), b""),
+        InvalidTensor,
+    ),
+    "a boolean among FP32 numbers": (
+        _bad(_doc(_ok_input(data=[True, CANARY_NUM]))),
+        InvalidTensor,
+    ),
+    "a boolean among nested FP64 numbers": (
+        _bad(_doc(_ok_input(datatype="FP64", shape=[2, 1], data=[[CANARY_NUM], [False]]))),
+        InvalidTensor,
+    ),
+    "a boolean among INT64 numbers": (
+        _bad(_doc(_ok_input(datatype="INT64", data=[CANARY_NUM, True]))),
+        InvalidTensor,
+    ),
+    "a boolean among nested UINT8 numbers": (
+        _bad(_doc(_ok_input(datatype="UINT8", shape=[1, 2], data=[[1, False]]))),
         InvalidTensor,
     ),
     "null data": (_bad(_doc(_ok_input(data=[None, CANARY_NUM]))), InvalidTensor),
@@ -747,12 +780,41 @@ class TestClassify:
     def test_two_dimensional_ranks_each_row(self) -> None:
         """A batch of score rows is ranked row by row."""
         scores = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]], dtype=np.float32)
-        out = classify(scores, 2, ("a", "b", "c"))
+        out = classify(scores, 2, ("a", "b", "c"), batched=True)
         assert out.shape == (2, 2)
         assert out.tolist() == [
             ["0.900000:1:b", "0.100000:0:a"],
             ["0.800000:0:a", "0.100000:1:b"],
         ]
+
+    def test_batched_one_score_per_entry(self) -> None:
+        """A batching model's [N] output is ranked per entry (shape [N, 1]), never one frame
+        against another."""
+        out = classify(np.array([0.2, 0.9], dtype=np.float32), 3, (), batched=True)
+        assert out.tolist() == [["0.200000:0"], ["0.900000:0"]]
+
+    def test_batched_entry_ranked_over_all_its_elements(self) -> None:
+        """A batch entry of several dimensions is ranked over its elements flattened, the
+        index counted as Triton does: shape [N, k]."""
+        scores = np.array([[[0.1, 0.2], [0.9, 0.3]], [[0.5, 0.0], [0.1, 0.6]]])
+        out = classify(scores, 2, (), batched=True)
+        assert out.tolist() == [["0.900000:2", "0.300000:3"], ["0.600000:3", "0.500000:0"]]
+
+    def test_unbatched_tensor_ranked_whole(self) -> None:
+        """A model that does not batch has its whole output ranked as one (shape [k])."""
+        out = classify(np.array([[0.1, 0.3], [0.9, 0.2]]), 2, ("a", "b", "c", "d"))
+        assert out.tolist() == ["0.900000:2:c", "0.300000:1:b"]
+
+    def test_empty_batch(self) -> None:
+        """A batch of no entries classifies to shape [0, k]."""
+        assert classify(np.zeros((0, 3)), 2, (), batched=True).shape == (0, 2)
+
+    def test_integer_scores_written_as_integers(self) -> None:
+        """An integer output's scores are written as Triton's std::to_string writes them,
+        "7:1", exact past 2**53, not "7.000000:1"."""
+        out = classify(np.array([3, 7, 2**62 + 1], dtype=np.int64), 2, ())
+        assert out.tolist() == [f"{2**62 + 1}:2", "7:1"]
+        assert classify(np.array([5, 9], dtype=np.uint8), 1, ()).tolist() == ["9:1"]
 
     def test_scalar_is_rejected(self) -> None:
         """A 0-d output cannot be classified."""
