@@ -15,6 +15,7 @@ from router.policy.model import (
     TIERS,
     Budgets,
     CachePolicy,
+    CustomPatternRule,
     DataClasses,
     Detection,
     Manifest,
@@ -100,6 +101,7 @@ def _cross_check(bundle: PolicyBundle) -> list[str]:
         for tier in rule.tiers:
             if tier not in TIERS:
                 problems.append(f"residency.yaml: rules.{i}.tiers: unknown tier {tier!r}")
+    problems += _custom_name_problems(bundle.detection.custom)
     for custom in bundle.detection.custom:
         if custom.data_class not in classes:
             problems.append(f"detection.yaml: custom.{custom.name}: unknown data class")
@@ -118,6 +120,23 @@ def _cross_check(bundle: PolicyBundle) -> list[str]:
     for entity in bundle.data_classes.entities:
         if entity not in entities:
             problems.append(f"data_classes.yaml: entities: unknown entity {entity!r}")
+    return problems
+
+
+def _custom_name_problems(custom: tuple[CustomPatternRule, ...]) -> list[str]:
+    """A custom pattern's name is the entity its matches are: one named twice, or after a
+    built-in entity, would give every match the first rule's class (entity_class)."""
+    builtin = {e.value for e in Entity}
+    problems, seen = [], set()
+    for i, rule in enumerate(custom):
+        if rule.name in builtin:
+            problems.append(
+                f"detection.yaml: custom.{i}.name: {rule.name!r} is a built-in entity (its "
+                "class is data_classes.yaml's entities); name the pattern otherwise"
+            )
+        elif rule.name in seen:
+            problems.append(f"detection.yaml: custom.{i}.name: {rule.name!r} is listed twice")
+        seen.add(rule.name)
     return problems
 
 

@@ -41,3 +41,26 @@ def test_data_classes_mistakes_name_their_key(
     assert "data_classes.yaml" in text
     assert f"{named}:" in text
     assert "(top level)" not in text
+
+
+@pytest.mark.parametrize(
+    ("custom", "named"),
+    [
+        (
+            '[{name: BADGE, pattern: "B-[0-9]{6}", data_class: public},'
+            ' {name: BADGE, pattern: "X-[0-9]{6}", data_class: secret}]',
+            "custom.1.name: 'BADGE' is listed twice",
+        ),
+        (
+            '[{name: EMAIL, pattern: "mail:[a-z]+", data_class: public}]',
+            "custom.0.name: 'EMAIL' is a built-in entity",
+        ),
+    ],
+)
+def test_custom_pattern_names_are_unique(tmp_path: Path, custom: str, named: str) -> None:
+    """A custom pattern named twice, or after a built-in entity, is refused: the first's class
+    was silently the class of every match (an e-mail counted public, the second BADGE public)."""
+    bundle = _bundle_with(tmp_path, "detection.yaml", "custom: []", f"custom: {custom}")
+    with pytest.raises(ConfigError) as caught:
+        load_bundle(bundle)
+    assert f"detection.yaml: {named}" in str(caught.value)
