@@ -12,6 +12,7 @@ from router.yamlconf import Strict
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 TIERS = ("edge", "regional", "central")
+ROUTES = ("kserve-v2", "openai")  # the APIs requests come in on
 
 
 class Manifest(Strict):
@@ -98,6 +99,15 @@ class Residency(Strict):
 class Budgets(Strict):
     routes: dict[str, Annotated[int, Field(gt=0)]] = {}
     models: dict[str, Annotated[int, Field(gt=0)]] = {}
+
+    @field_validator("routes")
+    @classmethod
+    def _known_routes(cls, value: dict[str, int]) -> dict[str, int]:
+        # By the API a request came in on: any other name would be ignored, unseen.
+        unknown = sorted(set(value) - set(ROUTES))
+        if unknown:
+            raise ValueError(f"unknown route {unknown[0]!r}; known: {', '.join(ROUTES)}")
+        return value
 
 
 class Sampling(Strict):

@@ -64,3 +64,14 @@ def test_custom_pattern_names_are_unique(tmp_path: Path, custom: str, named: str
     with pytest.raises(ConfigError) as caught:
         load_bundle(bundle)
     assert f"detection.yaml: {named}" in str(caught.value)
+
+
+def test_budget_for_an_unknown_route_is_refused(tmp_path: Path) -> None:
+    """A route budget under a name no API has (kserve_v2 for kserve-v2) was ignored, and the
+    site's default budget applied unseen; it is an error naming budgets.yaml's key."""
+    bundle = _bundle_with(tmp_path, "budgets.yaml", "kserve-v2: 30000", "kserve_v2: 500")
+    with pytest.raises(ConfigError) as caught:
+        load_bundle(bundle)
+    text = str(caught.value)
+    assert "budgets.yaml" in text
+    assert "routes: Value error, unknown route 'kserve_v2'" in text
