@@ -29,6 +29,8 @@ BuildGeneration = Callable[[Settings, PolicyBundle, ModelRepository, bool], Gene
 LoadModels = Callable[[Settings], ModelRepository]  # blocking
 # Plug-ins told about every reload with the new settings (e.g. TLS material re-read).
 ReloadHook = Callable[[Settings], Awaitable[None]]
+# What start-up refuses of a bundle for these settings (ConfigError), refused on reload too.
+VetBundle = Callable[[Settings, PolicyBundle], None]
 
 
 @dataclass(slots=True)
@@ -82,8 +84,10 @@ class Reloader:
         build: BuildGeneration,
         load_models: LoadModels,
         read_settings: Callable[[], Settings] | None,
+        vet: VetBundle = lambda _settings, _bundle: None,
     ) -> None:
         self.runtime = runtime
+        self._vet = vet
         self.updater = updater
         self.state = ReloadState()
         self.hooks: list[ReloadHook] = []
@@ -104,8 +108,9 @@ class Reloader:
 
     async def activate_bundle(self, bundle: PolicyBundle) -> None:
         """A new good bundle: the newest settings and models under new rules. ConfigError
-        (nothing changes) when its detectors do not compile."""
+        (nothing changes) when its detectors do not compile or the settings refuse it."""
         await asyncio.to_thread(bundle_detectors, bundle)  # compiled by the keeper already
+        self._vet(self.wanted.settings, bundle)
         self._want_bundle(bundle)
         await self._apply()
 
@@ -178,6 +183,8 @@ class Reloader:
 
         async def hold(bundle: PolicyBundle) -> None:
             # Wanted at once (a bundle activated after it must win), live with the models.
+            # One these settings refuse is the updater's rejection: the active one stays.
+            self._vet(settings, bundle)
             fresh.append(bundle)
             self._want_bundle(bundle)
 
