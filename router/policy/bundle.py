@@ -142,11 +142,12 @@ def _custom_name_problems(custom: tuple[CustomPatternRule, ...]) -> list[str]:
 
 def _data_class_problems(data_classes: DataClasses) -> list[str]:
     """Classes listed twice (their order is their strictness), and unknown ones named."""
-    problems, seen = [], set()
+    problems, seen, lowered = [], set(), set()
     for name in data_classes.classes:
-        if name in seen:
+        if name.lower() in lowered:  # headers name classes in any case: PII and pii are one
             problems.append(f"data_classes.yaml: classes: {name!r} is listed twice")
         seen.add(name)
+        lowered.add(name.lower())
     if data_classes.default not in seen:
         problems.append(f"data_classes.yaml: default: unknown data class {data_classes.default!r}")
     for entity, name in data_classes.entities.items():

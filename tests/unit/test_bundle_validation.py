@@ -27,6 +27,7 @@ def _bundle_with(tmp_path: Path, file: str, old: str, new: str) -> Path:
         ("default: internal", "default: intrnal", "default"),
         ("EMAIL: personal", "EMAIL: persnal", "entities.EMAIL"),
         ("secret]", "secret, personal]", "classes"),
+        ("secret]", "secret, Personal]", "classes"),  # headers name classes in any case
     ],
 )
 def test_data_classes_mistakes_name_their_key(
