@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -162,24 +163,20 @@ def _write(files: dict[str, bytes], output: Path, key_path: Path | None) -> int:
 
 def _verify(path: Path, keys: tuple[Path, ...]) -> int:
     files = read_folder(path) if path.is_dir() else unpack(_read(path))
-    keeper = BundleKeeper(load_public_keys(keys), _scratch())
-    try:
-        bundle, keyid = keeper.accept(files)
-    except BundleRejected as exc:
-        print(f"rejected: {exc.reason}", file=sys.stderr)
-        return 1
+    public_keys = load_public_keys(keys)
+    # The bundle is unpacked to be loaded: a copy nobody reads once the verdict is in.
+    with tempfile.TemporaryDirectory(prefix="layer-router-verify-") as scratch:
+        try:
+            bundle, keyid = BundleKeeper(public_keys, Path(scratch)).accept(files)
+        except BundleRejected as exc:
+            print(f"rejected: {exc.reason}", file=sys.stderr)
+            return 1
     manifest = bundle.manifest
     print(
         f"ok: bundle '{manifest.name}' revision {manifest.revision} serial {manifest.serial}, "
         f"signed by {keyid}"
     )
     return 0
-
-
-def _scratch() -> Path:
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="layer-router-verify-"))
 
 
 def _read(path: Path) -> bytes:
