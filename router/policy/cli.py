@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             files = _bundle_files(read_folder(args.folder), args.folder, args.serial)
             return _write(files, args.output, args.signing_key)
         if args.bundle_command == "sign":
-            files = _bundle_files(unpack(_read(args.bundle)), args.bundle, args.serial)
+            files = _bundle_files(_unpacked(args.bundle), args.bundle, args.serial)
             return _write(files, args.output or args.bundle, args.signing_key)
         return _verify(args.bundle, tuple(args.public_key))
     except BundleRejected as exc:
@@ -162,7 +162,7 @@ def _write(files: dict[str, bytes], output: Path, key_path: Path | None) -> int:
 
 
 def _verify(path: Path, keys: tuple[Path, ...]) -> int:
-    files = read_folder(path) if path.is_dir() else unpack(_read(path))
+    files = read_folder(path) if path.is_dir() else _unpacked(path)
     public_keys = load_public_keys(keys)
     # The bundle is unpacked to be loaded: a copy nobody reads once the verdict is in.
     with tempfile.TemporaryDirectory(prefix="layer-router-verify-") as scratch:
@@ -177,6 +177,13 @@ def _verify(path: Path, keys: tuple[Path, ...]) -> int:
         f"signed by {keyid}"
     )
     return 0
+
+
+def _unpacked(path: Path) -> dict[str, bytes]:
+    try:
+        return unpack(_read(path))
+    except BundleRejected as exc:  # the operator must learn which file is meant
+        raise BundleRejected(f"{path}: {exc.reason}") from None
 
 
 def _read(path: Path) -> bytes:

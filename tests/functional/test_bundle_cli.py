@@ -255,3 +255,18 @@ def test_verify_leaves_no_unpacked_copy_behind(
     wrong = run_cli("bundle", "verify", archive, "--public-key", tmp_path / "other.pub")
     assert wrong.returncode == 1
     assert list(scratch.iterdir()) == []
+
+
+def test_sign_and_verify_name_a_file_that_is_not_an_archive(tmp_path: Path) -> None:
+    """`bundle sign` or `verify` given a file that is no tar.gz said only 'bundle is not a
+    valid tar.gz archive'; the error names the file, exit 2."""
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    text = tmp_path / "site.yaml"
+    text.write_text("server: {port: 8000}\n")
+    for args in (
+        ("verify", text, "--public-key", tmp_path / "k.pub"),
+        ("sign", text, "--signing-key", tmp_path / "k.key"),
+    ):
+        result = run_cli("bundle", *args)
+        assert result.returncode == 2
+        assert f"{text}: bundle is not a valid tar.gz archive" in result.stderr
