@@ -194,7 +194,8 @@ def build_pipelines(
         openai=Pipeline(
             [tenant, parse_openai, authorize, classify, lookup, route, dispatch], tracer
         ),
-        upstream_only=Pipeline([tenant, route, dispatch], tracer),
+        # Metadata relayed upstream carries headers and a query: the same rules apply.
+        upstream_only=Pipeline([tenant, classify, route, dispatch], tracer),
         tenancy=tenancy,
     )
 
