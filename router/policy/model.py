@@ -54,6 +54,16 @@ class Detection(Strict):
     def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(h.lower() for h in value)
 
+    @field_validator("fail_open_paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A request path starts with "/": "v2/models/x" would match nothing, and "" every
+        # path (each starts with it), turning every route's detection failure open.
+        for route in value:
+            if not route.startswith("/"):
+                raise ValueError(f"{route!r} is no path: a route starts with '/' (\"/\" is all)")
+        return value
+
 
 class TierRedaction(Strict):
     default: Action = Action.TOKENIZE

@@ -76,3 +76,18 @@ def test_budget_for_an_unknown_route_is_refused(tmp_path: Path) -> None:
     text = str(caught.value)
     assert "budgets.yaml" in text
     assert "routes: Value error, unknown route 'kserve_v2'" in text
+
+
+@pytest.mark.parametrize("route", ["", "v1/chat/completions"])
+def test_fail_open_route_must_be_a_path(tmp_path: Path, route: str) -> None:
+    """A fail-open route not starting with '/' is refused: '' covered every path (each starts
+    with it), so every detection failure went upstream unredacted; 'v1/...' covered none."""
+    bundle = _bundle_with(
+        tmp_path, "detection.yaml", "fail_open_paths: []", f'fail_open_paths: ["{route}"]'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_bundle(bundle)
+    text = str(caught.value)
+    assert "detection.yaml" in text
+    assert "fail_open_paths: Value error" in text
+    assert "starts with '/'" in text
