@@ -112,8 +112,10 @@ class BundleKeeper:
             bundle_detectors(bundle)
             return bundle, keyid
         except BundleRejected:
+            _discard(folder)  # never to be loaded: one folder per rejected edit otherwise
             raise
         except ConfigError as exc:
+            _discard(folder)
             where = Path(exc.source)
             name = where.relative_to(folder) if where.is_relative_to(folder) else where.name
             raise BundleRejected(f"{name}: " + "; ".join(exc.problems)) from None

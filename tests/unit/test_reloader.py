@@ -244,3 +244,28 @@ def test_the_keeper_rejects_a_bundle_whose_patterns_do_not_compile(tmp_path: Pat
     files["detection.yaml"] = b"custom: [{name: EMPTY, pattern: 'x*', data_class: personal}]\n"
     with pytest.raises(BundleRejected, match=r"detection\.yaml: custom: .*empty string"):
         BundleKeeper({}, tmp_path).accept(files)
+
+
+@pytest.mark.parametrize(
+    ("file", "content"),
+    [
+        ("detection.yaml", b"custom: [{name: BAD, pattern: '(', data_class: personal}]\n"),
+        ("tenants.yaml", b"tenants: {a: {data_class: nonesuch}}\n"),
+    ],
+)
+def test_a_rejected_bundle_leaves_no_folder_in_the_store(
+    tmp_path: Path, file: str, content: bytes
+) -> None:
+    """The keeper writes a bundle's verified files to a folder of its own before loading
+    them; one that fails to load left that folder behind for good (one per rejected edit of
+    a local bundle); an accepted one keeps its folder."""
+    files = {
+        str(path.relative_to(DEFAULT_BUNDLE)): path.read_bytes()
+        for path in DEFAULT_BUNDLE.rglob("*")
+        if path.is_file()
+    }
+    keeper = BundleKeeper({}, tmp_path)
+    good, _ = keeper.accept(files)
+    with pytest.raises(BundleRejected):
+        keeper.accept({**files, file: content})
+    assert [p.name for p in tmp_path.glob("bundle-*")] == [good.path.name]
