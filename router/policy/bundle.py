@@ -105,6 +105,12 @@ def _cross_check(bundle: PolicyBundle) -> list[str]:
     for custom in bundle.detection.custom:
         if custom.data_class not in classes:
             problems.append(f"detection.yaml: custom.{custom.name}: unknown data class")
+        listed = bundle.data_classes.entities.get(custom.name, custom.data_class)
+        if listed != custom.data_class:  # entity_class() would take the pattern's, unseen
+            problems.append(
+                f"data_classes.yaml: entities.{custom.name}: {listed!r}, but detection.yaml's "
+                f"custom pattern {custom.name} says {custom.data_class!r}: keep one"
+            )
     for tier, plan in bundle.redaction.tiers.items():
         for entity in plan.entities:
             if entity not in entities:

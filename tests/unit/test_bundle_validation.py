@@ -91,3 +91,19 @@ def test_fail_open_route_must_be_a_path(tmp_path: Path, route: str) -> None:
     assert "detection.yaml" in text
     assert "fail_open_paths: Value error" in text
     assert "starts with '/'" in text
+
+
+def test_custom_pattern_class_contradicted_by_data_classes_is_refused(tmp_path: Path) -> None:
+    """A custom pattern's class and a different one for its name in data_classes.yaml's
+    entities: the pattern's won, unseen; now an error naming both."""
+    bundle = _bundle_with(
+        tmp_path,
+        "detection.yaml",
+        "custom: []",
+        'custom: [{name: BADGE, pattern: "B-[0-9]{6}", data_class: public}]',
+    )
+    classes = bundle / "data_classes.yaml"
+    classes.write_text(classes.read_text() + "  BADGE: secret\n")
+    with pytest.raises(ConfigError) as caught:
+        load_bundle(bundle)
+    assert "data_classes.yaml: entities.BADGE: 'secret', but detection.yaml" in str(caught.value)
