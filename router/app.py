@@ -181,7 +181,8 @@ def build_pipelines(
     )
     for name in tenancy.holding_upload_keys:
         log.warning("tenant %s holds a site's upload key: that key is no API key here", name)
-    tenant, authorize = ResolveTenant(tenancy), AuthorizeModel(tenancy)
+    tenant = ResolveTenant(tenancy, privacy.bundle.revision)
+    authorize = AuthorizeModel(tenancy)
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
     lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site, models)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)

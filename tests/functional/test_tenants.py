@@ -445,3 +445,37 @@ async def test_a_reloaded_bundle_without_keys_is_refused_under_required_auth(
         assert policy["revision"] == before
         assert "no tenant has a key" in policy["last_error"]
         assert policy["rejections"] == 1
+
+
+async def test_refusals_by_the_tenants_policy_name_its_revision(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
+) -> None:
+    """A 403 (the model is outside the tenant's list) and a 429 (its bucket is empty) are
+    decisions of the bundle's tenants.yaml: the answer carries X-Policy-Revision and the audit
+    record names the revision, as any other answer's; a 401 tells a caller without a valid
+    key nothing of the policy."""
+    revision = "tenants-rev-7"
+    site = settings(tmp_path, upstream[1], "required")
+    manifest = Path(site.policy.bundle) / "manifest.yaml"
+    manifest.write_text(f"name: t\nrevision: {revision}\n")
+    with RouterThread(site) as router:
+        for _ in range(3):  # delta's bucket holds three
+            await send(http, router.url + CLASSIFY, rgb([0.1, 0.2, 0.3]), bearer(KEY_D))
+        refusals = [
+            (CLASSIFY, bearer("lr-unknown-canary-key-0123456789abcdef")),
+            (HOTSPOT, bearer(KEY_C)),
+            (CLASSIFY, bearer(KEY_D)),
+        ]
+        shown = []
+        for path, headers in refusals:
+            status, got, _ = await send(http, router.url + path, rgb([0.1, 0.2, 0.3]), headers)
+            shown.append((status, got.get("X-Policy-Revision")))
+    assert shown == [(401, None), (403, revision), (429, revision)]
+    text = "".join(p.read_text() for p in (tmp_path / "audit").glob("*.jsonl"))
+    records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    refused = [r for r in records if r.get("kind") == "response" and r["status"] >= 400]
+    assert [(r["status"], r["policy_revision"]) for r in refused] == [
+        (401, ""),
+        (403, revision),
+        (429, revision),
+    ]
