@@ -23,6 +23,14 @@ class Manifest(Strict):
     serial: Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)] = 0
     description: str = ""
 
+    @field_validator("revision")
+    @classmethod
+    def _fits_a_header(cls, value: str) -> str:
+        # It is sent as X-Policy-Revision: a line break there made every answer fail.
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            raise ValueError("holds a control character (a line break?): it is sent in a header")
+        return value
+
 
 class DataClasses(Strict):
     classes: Annotated[tuple[Name, ...], Field(min_length=1)]

@@ -107,3 +107,17 @@ def test_custom_pattern_class_contradicted_by_data_classes_is_refused(tmp_path: 
     with pytest.raises(ConfigError) as caught:
         load_bundle(bundle)
     assert "data_classes.yaml: entities.BADGE: 'secret', but detection.yaml" in str(caught.value)
+
+
+@pytest.mark.parametrize("revision", ['"r1\\r\\nX-Injected: yes"', '"r1\\tr2"', '"r1\\u0000"'])
+def test_revision_with_a_control_character_is_refused(tmp_path: Path, revision: str) -> None:
+    """The revision goes out as X-Policy-Revision: one holding a line break made aiohttp
+    refuse every answer (a 500 or a dropped connection for each request)."""
+    bundle = _bundle_with(
+        tmp_path, "manifest.yaml", 'revision: "2026-11-27.1"', f"revision: {revision}"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_bundle(bundle)
+    text = str(caught.value)
+    assert "manifest.yaml" in text
+    assert "revision: Value error, holds a control character" in text
