@@ -269,3 +269,27 @@ def test_a_rejected_bundle_leaves_no_folder_in_the_store(
     with pytest.raises(BundleRejected):
         keeper.accept({**files, file: content})
     assert [p.name for p in tmp_path.glob("bundle-*")] == [good.path.name]
+
+
+async def test_an_unexpected_failure_is_a_rejection_and_polling_goes_on(tmp_path: Path) -> None:
+    """A generation build failing with something other than a config error (a bug, a full
+    disk) escaped the updater: the bundle source's poll task ended for good and the site never
+    took another bundle; it is counted as a rejection, the old bundle stays, and the next
+    good bundle is activated."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    updater = site.reloader.updater
+
+    def broken(*_args: Any) -> Generation:
+        raise RuntimeError("unexpected")
+
+    build, site.reloader._build = site.reloader._build, broken
+    site.source.next = ("bad", revision(site.bundle, "bad"))
+    assert await updater.check() is False
+    assert updater.state.rejections == 1
+    assert "RuntimeError" in (updater.state.last_error or "")
+    assert site.runtime.current.bundle is site.bundle
+    site.reloader._build = build
+    site.source.next = ("good", revision(site.bundle, "good"))
+    assert await updater.check() is True
+    assert site.runtime.current.bundle.revision == "good"
