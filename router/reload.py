@@ -159,18 +159,23 @@ class Reloader:
             try:
                 changed = await self._reload()
             except ConfigError as exc:
-                self.state.failures += 1
-                self.state.last_error = str(exc)
-                log.error(
-                    "reload (%s) failed; still serving generation %d: %s",
-                    reason,
-                    self.runtime.current.number,
-                    exc,
-                )
-                return False
+                return self._failed(reason, str(exc))
+            except Exception as exc:  # unforeseen: reported as failed, never as "reloaded"
+                return self._failed(reason, f"unexpected {type(exc).__name__}")
             self.state.last_error = None
             log.info("reload (%s): generation %d", reason, self.runtime.current.number)
             return changed
+
+    def _failed(self, reason: str, error: str) -> bool:
+        self.state.failures += 1
+        self.state.last_error = error
+        log.error(
+            "reload (%s) failed; still serving generation %d: %s",
+            reason,
+            self.runtime.current.number,
+            error,
+        )
+        return False
 
     async def _reload(self) -> bool:
         settings = self.wanted.settings

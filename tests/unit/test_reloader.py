@@ -293,3 +293,22 @@ async def test_an_unexpected_failure_is_a_rejection_and_polling_goes_on(tmp_path
     site.source.next = ("good", revision(site.bundle, "good"))
     assert await updater.check() is True
     assert site.runtime.current.bundle.revision == "good"
+
+
+async def test_a_reload_failing_unexpectedly_is_reported_as_failed(tmp_path: Path) -> None:
+    """A reload whose generation build fails with something other than a config error
+    escaped reload(): SIGHUP's report found no error and printed 'reloaded'; it is a failed
+    reload (counted, last_error set) and the running generation stays."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    site.config = budget(2000.0, tmp_path)
+
+    def broken(*_args: Any) -> Generation:
+        raise RuntimeError("unexpected")
+
+    before = site.runtime.current
+    site.reloader._build = broken
+    assert await site.reloader.reload("test") is False
+    assert site.reloader.state.failures == 1
+    assert "RuntimeError" in (site.reloader.state.last_error or "")
+    assert site.runtime.current is before
