@@ -91,12 +91,9 @@ def build_app(
     cache = settings.cache
     app[CACHE] = ResponseCache(privacy.secret, cache.max_bytes, cache.max_stale_s)
     app[LIMITERS] = Limiters()  # rate-limit buckets, kept across policy reloads
+    origin = "embedded" if start.state.source == "embedded" else start.source.name
     if not start.pending:  # a bundle still to come is checked when it arrives
-        check_auth(
-            settings,
-            start.bundle,
-            "embedded" if start.state.source == "embedded" else start.source.name,
-        )
+        check_auth(settings, start.bundle, origin)
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(
         partial(
@@ -111,6 +108,8 @@ def build_app(
                 tracer=tracer_of(app[TELEMETRY].tracer_provider),
                 limiters=app[LIMITERS],
             ),
+            # A bundle arriving later (reload, source poll) must pass what this one passed.
+            vet_bundle=partial(check_auth, origin=origin),
         )
     )
     app.cleanup_ctx.append(_reload_hooks)
@@ -182,7 +181,8 @@ def build_pipelines(
     )
     for name in tenancy.holding_upload_keys:
         log.warning("tenant %s holds a site's upload key: that key is no API key here", name)
-    tenant, authorize = ResolveTenant(tenancy), AuthorizeModel(tenancy)
+    tenant = ResolveTenant(tenancy, privacy.bundle.revision)
+    authorize = AuthorizeModel(tenancy)
     classify = ClassifyAndRedact(privacy, redaction_executor, upstreams, escalating, cached)
     lookup = LookupCache(cache, settings.cache, privacy.bundle, settings.site, models)
     route = DecideRoute(settings.routing, models, upstreams, settings.site, privacy.bundle)
@@ -195,6 +195,7 @@ def build_pipelines(
         openai=Pipeline(
             [tenant, parse_openai, authorize, classify, lookup, route, dispatch], tracer
         ),
+        # Metadata relayed upstream carries headers and a query: the same rules apply.
         upstream_only=Pipeline([tenant, classify, route, dispatch], tracer),
         tenancy=tenancy,
     )

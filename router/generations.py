@@ -22,7 +22,7 @@ from router.policy.bundle import PolicyBundle
 from router.policy.distribution import Start
 from router.policy.updater import BundleUpdater
 from router.privacy import Privacy
-from router.reload import Reloader
+from router.reload import Reloader, VetBundle
 from router.resources import demo_model_repository
 from router.runtime import Generation, Pipelines, Runtime
 from router.settings import Settings
@@ -43,8 +43,10 @@ async def runtime_context(
     build: SessionBuilder,
     read_settings: Callable[[], Settings] | None,
     build_pipelines: BuildPipelines,
+    vet_bundle: VetBundle = lambda _settings, _bundle: None,
 ) -> AsyncIterator[None]:
-    """The first runtime generation, and the reloader that makes the next ones."""
+    """The first runtime generation, and the reloader that makes the next ones (`vet_bundle`
+    refuses a new bundle these settings cannot serve under, as start-up does)."""
     settings = app[SETTINGS]
     executor = ThreadPoolExecutor(settings.models.inference_threads, thread_name_prefix="inference")
     available = providers if providers is not None else available_providers()
@@ -81,7 +83,9 @@ async def runtime_context(
         persist=start.remote,
     )
     updater.active = start.content
-    app[RELOADER] = reloader = Reloader(runtime, updater, generation, load_models, read_settings)
+    app[RELOADER] = reloader = Reloader(
+        runtime, updater, generation, load_models, read_settings, vet_bundle
+    )
     await reloader.start()
     try:
         yield

@@ -29,6 +29,8 @@ BuildGeneration = Callable[[Settings, PolicyBundle, ModelRepository, bool], Gene
 LoadModels = Callable[[Settings], ModelRepository]  # blocking
 # Plug-ins told about every reload with the new settings (e.g. TLS material re-read).
 ReloadHook = Callable[[Settings], Awaitable[None]]
+# What start-up refuses of a bundle for these settings (ConfigError), refused on reload too.
+VetBundle = Callable[[Settings, PolicyBundle], None]
 
 
 @dataclass(slots=True)
@@ -82,8 +84,10 @@ class Reloader:
         build: BuildGeneration,
         load_models: LoadModels,
         read_settings: Callable[[], Settings] | None,
+        vet: VetBundle = lambda _settings, _bundle: None,
     ) -> None:
         self.runtime = runtime
+        self._vet = vet
         self.updater = updater
         self.state = ReloadState()
         self.hooks: list[ReloadHook] = []
@@ -104,8 +108,9 @@ class Reloader:
 
     async def activate_bundle(self, bundle: PolicyBundle) -> None:
         """A new good bundle: the newest settings and models under new rules. ConfigError
-        (nothing changes) when its detectors do not compile."""
+        (nothing changes) when its detectors do not compile or the settings refuse it."""
         await asyncio.to_thread(bundle_detectors, bundle)  # compiled by the keeper already
+        self._vet(self.wanted.settings, bundle)
         self._want_bundle(bundle)
         await self._apply()
 
@@ -154,18 +159,23 @@ class Reloader:
             try:
                 changed = await self._reload()
             except ConfigError as exc:
-                self.state.failures += 1
-                self.state.last_error = str(exc)
-                log.error(
-                    "reload (%s) failed; still serving generation %d: %s",
-                    reason,
-                    self.runtime.current.number,
-                    exc,
-                )
-                return False
+                return self._failed(reason, str(exc))
+            except Exception as exc:  # unforeseen: reported as failed, never as "reloaded"
+                return self._failed(reason, f"unexpected {type(exc).__name__}")
             self.state.last_error = None
             log.info("reload (%s): generation %d", reason, self.runtime.current.number)
             return changed
+
+    def _failed(self, reason: str, error: str) -> bool:
+        self.state.failures += 1
+        self.state.last_error = error
+        log.error(
+            "reload (%s) failed; still serving generation %d: %s",
+            reason,
+            self.runtime.current.number,
+            error,
+        )
+        return False
 
     async def _reload(self) -> bool:
         settings = self.wanted.settings
@@ -178,6 +188,8 @@ class Reloader:
 
         async def hold(bundle: PolicyBundle) -> None:
             # Wanted at once (a bundle activated after it must win), live with the models.
+            # One these settings refuse is the updater's rejection: the active one stays.
+            self._vet(settings, bundle)
             fresh.append(bundle)
             self._want_bundle(bundle)
 

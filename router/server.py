@@ -14,7 +14,7 @@ from aiohttp import web
 from router import __version__
 from router.api.admin import start_admin
 from router.api.draining import end_streams
-from router.api.state import RELOADER, RUNTIME, STATUS, TLS
+from router.api.state import BUNDLE, RELOADER, RUNTIME, STATUS, TLS
 from router.app import build_app
 from router.errors import ConfigError
 from router.heap import settle_after_startup
@@ -180,6 +180,11 @@ def _report_reload(app: web.Application, done: asyncio.Task[bool], out: TextIO) 
         _say(out, "reload failed: still serving the previous configuration")
         return
     _say(out, f"reloaded: generation {state.generation}")
+    bundle, started = app[BUNDLE], state.last_reload
+    if bundle.last_error_at is not None and started is not None and bundle.last_error_at >= started:
+        # The log says why too; the operator at the console must not read only "reloaded".
+        still = f"still revision {bundle.revision}"
+        _say(out, f"  policy bundle rejected, {still}: {bundle.last_error}")
     for key in state.restart_required:
         _say(out, f"  {key} changed: applies after a restart")
 

@@ -20,6 +20,7 @@ import orjson
 from router.audit import new_audit_id
 from router.context import Reply, RequestContext, media_type
 from router.errors import DetectionFailed
+from router.policy.residency import permits
 from router.privacy import MemoScanner, Privacy
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
@@ -37,11 +38,24 @@ CENTRAL = "central"
 
 class StoreAndForward:
     def __init__(
-        self, spool: Spool | None, privacy: Privacy, site: str, rng: random.Random | None = None
+        self,
+        spool: Spool | None,
+        privacy: Privacy,
+        site: str,
+        rng: random.Random | None = None,
+        *,
+        origin: str = "",
+        collector_jurisdiction: str = "",
+        collector_host: str = "",
     ) -> None:
+        """`origin`: the site's jurisdiction; the collector's jurisdiction and host are what
+        residency judges a sample's destination by, as an endpoint's ("": untagged)."""
         self.spool = spool
         self.privacy = privacy
         self._site = site
+        self._origin = origin
+        self._collector_jurisdiction = collector_jurisdiction
+        self._collector_host = collector_host.lower()
         self._rng = rng or random.Random()
         self._pending: set[asyncio.Task[None]] = set()
         self._unstored = 0  # records not stored since the last one that was
@@ -60,6 +74,8 @@ class StoreAndForward:
         """Spool this answer as a sample at the rate the bundle sets for its model."""
         if reply.stream is not None or not self._due(ctx):
             return
+        if not self._may_reach_collector(ctx):
+            return  # residency keeps the request off the central tier, its sample too
         try:
             payload = self._sample(ctx, reply)
         except (DetectionError, DetectionFailed):
@@ -117,6 +133,21 @@ class StoreAndForward:
             return  # could not be desensitized in time: better no sample than a raw one
         if payload is not None:
             await self._store("sample", payload, _sample_key(ctx))
+
+    def _may_reach_collector(self, ctx: RequestContext) -> bool:
+        """Whether residency lets this request reach the central tier where the collector is
+        (a declared class stands even when nothing was found to redact)."""
+        bundle = self.privacy.bundle
+        host = self._collector_host
+        return permits(
+            bundle,
+            declared=ctx.declared_class or bundle.data_classes.default,
+            entities=frozenset(ctx.entities),
+            tier=CENTRAL,
+            jurisdictions=frozenset({self._collector_jurisdiction}),
+            origin=self._origin,
+            hosts=frozenset({host}) if host else frozenset(),
+        )
 
     def _sample(self, ctx: RequestContext, reply: Reply) -> bytes | None:
         view = self._central_view(ctx)

@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -76,7 +77,14 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
             "spool.path is set but spool.collector_url is not: audit copies and samples are "
             "kept, up to the spool's bounds, for a collector configured later (a restart)"
         )
-    app[SPOOL] = store = StoreAndForward(spool, app[RUNTIME].current.privacy, settings.site.id)
+    app[SPOOL] = store = StoreAndForward(
+        spool,
+        app[RUNTIME].current.privacy,
+        settings.site.id,
+        origin=settings.site.jurisdiction,
+        collector_jurisdiction=spool_settings.collector_jurisdiction,
+        collector_host=urlsplit(spool_settings.collector_url or "").hostname or "",
+    )
     tasks, session = [], None
     if spool is not None and spool_settings.collector_url and drains:
         session = plain_session()

@@ -15,6 +15,7 @@ from router.policy.model import (
     TIERS,
     Budgets,
     CachePolicy,
+    CustomPatternRule,
     DataClasses,
     Detection,
     Manifest,
@@ -100,9 +101,16 @@ def _cross_check(bundle: PolicyBundle) -> list[str]:
         for tier in rule.tiers:
             if tier not in TIERS:
                 problems.append(f"residency.yaml: rules.{i}.tiers: unknown tier {tier!r}")
+    problems += _custom_name_problems(bundle.detection.custom)
     for custom in bundle.detection.custom:
         if custom.data_class not in classes:
             problems.append(f"detection.yaml: custom.{custom.name}: unknown data class")
+        listed = bundle.data_classes.entities.get(custom.name, custom.data_class)
+        if listed != custom.data_class:  # entity_class() would take the pattern's, unseen
+            problems.append(
+                f"data_classes.yaml: entities.{custom.name}: {listed!r}, but detection.yaml's "
+                f"custom pattern {custom.name} says {custom.data_class!r}: keep one"
+            )
     for tier, plan in bundle.redaction.tiers.items():
         for entity in plan.entities:
             if entity not in entities:
@@ -121,13 +129,31 @@ def _cross_check(bundle: PolicyBundle) -> list[str]:
     return problems
 
 
+def _custom_name_problems(custom: tuple[CustomPatternRule, ...]) -> list[str]:
+    """A custom pattern's name is the entity its matches are: one named twice, or after a
+    built-in entity, would give every match the first rule's class (entity_class)."""
+    builtin = {e.value for e in Entity}
+    problems, seen = [], set()
+    for i, rule in enumerate(custom):
+        if rule.name in builtin:
+            problems.append(
+                f"detection.yaml: custom.{i}.name: {rule.name!r} is a built-in entity (its "
+                "class is data_classes.yaml's entities); name the pattern otherwise"
+            )
+        elif rule.name in seen:
+            problems.append(f"detection.yaml: custom.{i}.name: {rule.name!r} is listed twice")
+        seen.add(rule.name)
+    return problems
+
+
 def _data_class_problems(data_classes: DataClasses) -> list[str]:
     """Classes listed twice (their order is their strictness), and unknown ones named."""
-    problems, seen = [], set()
+    problems, seen, lowered = [], set(), set()
     for name in data_classes.classes:
-        if name in seen:
+        if name.lower() in lowered:  # headers name classes in any case: PII and pii are one
             problems.append(f"data_classes.yaml: classes: {name!r} is listed twice")
         seen.add(name)
+        lowered.add(name.lower())
     if data_classes.default not in seen:
         problems.append(f"data_classes.yaml: default: unknown data class {data_classes.default!r}")
     for entity, name in data_classes.entities.items():

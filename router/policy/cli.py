@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             files = _bundle_files(read_folder(args.folder), args.folder, args.serial)
             return _write(files, args.output, args.signing_key)
         if args.bundle_command == "sign":
-            files = _bundle_files(unpack(_read(args.bundle)), args.bundle, args.serial)
+            files = _bundle_files(_unpacked(args.bundle), args.bundle, args.serial)
             return _write(files, args.output or args.bundle, args.signing_key)
         return _verify(args.bundle, tuple(args.public_key))
     except BundleRejected as exc:
@@ -161,13 +162,15 @@ def _write(files: dict[str, bytes], output: Path, key_path: Path | None) -> int:
 
 
 def _verify(path: Path, keys: tuple[Path, ...]) -> int:
-    files = read_folder(path) if path.is_dir() else unpack(_read(path))
-    keeper = BundleKeeper(load_public_keys(keys), _scratch())
-    try:
-        bundle, keyid = keeper.accept(files)
-    except BundleRejected as exc:
-        print(f"rejected: {exc.reason}", file=sys.stderr)
-        return 1
+    files = read_folder(path) if path.is_dir() else _unpacked(path)
+    public_keys = load_public_keys(keys)
+    # The bundle is unpacked to be loaded: a copy nobody reads once the verdict is in.
+    with tempfile.TemporaryDirectory(prefix="layer-router-verify-") as scratch:
+        try:
+            bundle, keyid = BundleKeeper(public_keys, Path(scratch)).accept(files)
+        except BundleRejected as exc:
+            print(f"rejected: {exc.reason}", file=sys.stderr)
+            return 1
     manifest = bundle.manifest
     print(
         f"ok: bundle '{manifest.name}' revision {manifest.revision} serial {manifest.serial}, "
@@ -176,10 +179,11 @@ def _verify(path: Path, keys: tuple[Path, ...]) -> int:
     return 0
 
 
-def _scratch() -> Path:
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="layer-router-verify-"))
+def _unpacked(path: Path) -> dict[str, bytes]:
+    try:
+        return unpack(_read(path))
+    except BundleRejected as exc:  # the operator must learn which file is meant
+        raise BundleRejected(f"{path}: {exc.reason}") from None
 
 
 def _read(path: Path) -> bytes:

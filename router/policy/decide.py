@@ -107,9 +107,15 @@ def decide(
     draft = _Draft()
     _consider_local(facts, rules, snapshot, local_tier, draft)
     if snapshot.offline:
-        if not draft.targets and _any_cluster_may_serve(facts, snapshot):
+        if not draft.targets and _any_cluster_may_serve(facts, snapshot, permitted):
             draft.reasons.append("offline")
             return Decision((), tuple(draft.reasons), Failure.OFFLINE)
+        if not draft.targets and _any_cluster_may_serve(facts, snapshot):
+            # Only clusters residency forbids serve it: online or not, it may not go there,
+            # and a 503 with Retry-After would have the client try again for ever.
+            for cluster in _by_tier(snapshot.clusters):
+                _consider_cluster(facts, cluster, draft, permitted)
+            return Decision((), tuple(draft.reasons), Failure.RESIDENCY)
     else:
         for cluster in _by_tier(snapshot.clusters):
             _consider_cluster(facts, cluster, draft, permitted)
@@ -174,11 +180,19 @@ def _consider_unlisted(facts: Facts, snapshot: Snapshot, draft: _Draft) -> None:
             draft.reasons.append(f"unhealthy:{cluster.name}")
 
 
-def _any_cluster_may_serve(facts: Facts, snapshot: Snapshot) -> bool:
+def _any_cluster_may_serve(
+    facts: Facts, snapshot: Snapshot, permitted: frozenset[str] | None = None
+) -> bool:
     """A cluster serves the model, or was never reached to say what it serves (a site started
-    offline): then the answer is "offline", not "unknown model"."""
+    offline): then the answer is "offline", not "unknown model". With `permitted`, only a
+    cluster residency allows counts, or one never reached (residency is judged once it
+    answers what it serves)."""
     return any(
-        facts.api in c.protocols and (c.models is None or facts.model in c.models)
+        facts.api in c.protocols
+        and (
+            c.models is None
+            or (facts.model in c.models and (permitted is None or c.name in permitted))
+        )
         for c in snapshot.clusters
     )
 

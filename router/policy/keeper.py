@@ -112,11 +112,15 @@ class BundleKeeper:
             bundle_detectors(bundle)
             return bundle, keyid
         except BundleRejected:
+            _discard(folder)  # never to be loaded: one folder per rejected edit otherwise
             raise
         except ConfigError as exc:
+            _discard(folder)
             where = Path(exc.source)
             name = where.relative_to(folder) if where.is_relative_to(folder) else where.name
-            raise BundleRejected(f"{name}: " + "; ".join(exc.problems)) from None
+            # Cross-file problems are the folder's and name their file themselves: no "." in front.
+            prefix = "" if name == Path(".") else f"{name}: "
+            raise BundleRejected(prefix + "; ".join(exc.problems)) from None
 
     def _materialise(self, files: Files, content: str) -> Path:
         """The verified bytes in a folder of our own, named by content: what is loaded is what

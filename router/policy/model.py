@@ -12,6 +12,7 @@ from router.yamlconf import Strict
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 TIERS = ("edge", "regional", "central")
+ROUTES = ("kserve-v2", "openai")  # the APIs requests come in on
 
 
 class Manifest(Strict):
@@ -21,6 +22,14 @@ class Manifest(Strict):
     # activates a lower serial than one it has run. Absent: 0, an unversioned bundle.
     serial: Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)] = 0
     description: str = ""
+
+    @field_validator("revision")
+    @classmethod
+    def _fits_a_header(cls, value: str) -> str:
+        # It is sent as X-Policy-Revision: a line break there made every answer fail.
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            raise ValueError("holds a control character (a line break?): it is sent in a header")
+        return value
 
 
 class DataClasses(Strict):
@@ -52,6 +61,16 @@ class Detection(Strict):
     @classmethod
     def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(h.lower() for h in value)
+
+    @field_validator("fail_open_paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A request path starts with "/": "v2/models/x" would match nothing, and "" every
+        # path (each starts with it), turning every route's detection failure open.
+        for route in value:
+            if not route.startswith("/"):
+                raise ValueError(f"{route!r} is no path: a route starts with '/' (\"/\" is all)")
+        return value
 
 
 class TierRedaction(Strict):
@@ -98,6 +117,15 @@ class Residency(Strict):
 class Budgets(Strict):
     routes: dict[str, Annotated[int, Field(gt=0)]] = {}
     models: dict[str, Annotated[int, Field(gt=0)]] = {}
+
+    @field_validator("routes")
+    @classmethod
+    def _known_routes(cls, value: dict[str, int]) -> dict[str, int]:
+        # By the API a request came in on: any other name would be ignored, unseen.
+        unknown = sorted(set(value) - set(ROUTES))
+        if unknown:
+            raise ValueError(f"unknown route {unknown[0]!r}; known: {', '.join(ROUTES)}")
+        return value
 
 
 class Sampling(Strict):

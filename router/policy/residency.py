@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
 from router.policy.bundle import PolicyBundle
-from router.policy.model import ResidencyRule
+from router.policy.model import ResidencyRule, TierRedaction
 from router.redaction.types import Action
 
 LOCAL_TIER = "edge"
@@ -30,8 +30,18 @@ def classify(bundle: PolicyBundle, declared: str, entities: Iterable[str]) -> st
 def residual(bundle: PolicyBundle, declared: str, entities: Iterable[str], tier: str) -> str:
     """The class of what is left after the tier's redaction: what it keeps still counts."""
     plan = bundle.tier_redaction(tier)
-    kept = [e for e in entities if plan.entities.get(e, plan.default) is Action.KEEP]
+    kept = [e for e in entities if _may_keep(plan, e)]
     return classify(bundle, declared, kept)
+
+
+def _may_keep(plan: TierRedaction, entity: str) -> bool:
+    """Whether the tier's view may still hold `entity` somewhere: an entity the tier names
+    has that action everywhere; any other takes the default, or a field path's own action
+    (`paths`) under that path, so one path that keeps is enough."""
+    named = plan.entities.get(entity)
+    if named is not None:
+        return named is Action.KEEP
+    return plan.default is Action.KEEP or Action.KEEP in plan.paths.values()
 
 
 def permits(

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from yarl import URL
 
-from router.errors import BundleRejected, UpstreamError
+from router.errors import BundleRejected, UpstreamError, UpstreamResponseTooLarge
 from router.policy.archive import pack, read_folder, unpack
 from router.policy.signing import Files
 from router.settings import BundleSourceSettings
@@ -55,6 +55,10 @@ class HttpSource:
             async with asyncio.timeout(s.timeout_s):
                 response = await self._transport.send(request, "bundle source", s.timeout_s)
                 body = await response.read(s.max_bytes)
+        except UpstreamResponseTooLarge:
+            raise BundleRejected(
+                f"bundle server answered more than policy.source.max_bytes ({s.max_bytes} bytes)"
+            ) from None
         except (UpstreamError, TimeoutError) as exc:
             # Only our own wording: an upstream's message is never quoted.
             raise BundleRejected(f"bundle server unreachable ({type(exc).__name__})") from None

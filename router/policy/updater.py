@@ -58,10 +58,14 @@ class BundleUpdater:
             bundle, keyid = await asyncio.to_thread(self.keeper.accept, fetched.files)
         except BundleRejected as exc:
             return self._rejected(exc.reason)
+        except Exception as exc:  # unforeseen (its type only, never its words): polling goes on
+            return self._rejected(f"could not be read ({type(exc).__name__})")
         try:
             await activate(bundle)
         except ConfigError as exc:  # it could not be built into a generation: the old one stays
             return self._rejected("; ".join(exc.problems))
+        except Exception as exc:  # unforeseen: the old one stays, and polling must go on
+            return self._rejected(f"could not be activated ({type(exc).__name__})")
         self.active = content_id(fetched.files)
         state.activated(bundle, fetched.etag, keyid)
         state.from_last_good = False

@@ -62,6 +62,9 @@ class SpoolSettings(Strict):
     collector_url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")] | None = None
     # TLS towards the collector (an https collector_url), as for an upstream cluster.
     tls: TlsSettings = TlsSettings()
+    # Where the collector is (as an endpoint's `jurisdiction`): a sample goes to it only when
+    # residency lets its request reach the central tier there. "": untagged.
+    collector_jurisdiction: str = ""
     # A file holding this site's upload key (`layer-router tenant new-key`), sent as
     # `Authorization: Bearer <key>` with every batch. Relative: to the config file.
     collector_key_file: Path | None = None

@@ -143,14 +143,13 @@ class ClassifyAndRedact:
         declared = [bundle.tenants.data_class_of(ctx.tenant) or bundle.data_classes.default]
         # Every copy of a header counts: each may only raise the class.
         for raw in _values(ctx.headers, DATA_CLASS_HEADER):
-            wanted = raw.strip().lower()
-            if wanted not in classes:
+            wanted = _class_named(classes, raw)
+            if wanted is None:
                 raise BadRequest(f"{DATA_CLASS_HEADER} must be one of {', '.join(classes)}")
             declared.append(wanted)
         for previous in _values(ctx.headers, DECLARED_CLASS):
             # A previous router's class, in its bundle's names: one unknown here is the strictest.
-            previous = previous.strip().lower()
-            declared.append(previous if previous in classes else classes[-1])
+            declared.append(_class_named(classes, previous) or classes[-1])
         # Headers may raise the class, never lower it.
         return strictest(bundle, declared) if len(declared) > 1 else declared[0]
 
@@ -201,6 +200,12 @@ class ClassifyAndRedact:
         ctx.unscanned = why
         ctx.reasons.append("unscanned")
         return
+
+
+def _class_named(classes: tuple[str, ...], raw: str) -> str | None:
+    """The bundle's class a header names, in any case (a bundle may spell them `PII`)."""
+    wanted = raw.strip().lower()
+    return next((name for name in classes if name.lower() == wanted), None)
 
 
 def _values(headers: Mapping[str, str], name: str) -> list[str]:

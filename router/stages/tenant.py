@@ -12,11 +12,15 @@ class ResolveTenant:
     name = "tenant"
     terminal = False
 
-    def __init__(self, tenancy: Tenancy) -> None:
+    def __init__(self, tenancy: Tenancy, revision: str = "") -> None:
         self._tenancy = tenancy
+        self._revision = revision  # of the bundle whose tenants.yaml this is
 
     async def __call__(self, ctx: RequestContext) -> Reply | None:
         access, ctx.key_header = self._tenancy.identify_with_header(ctx.headers)
+        # A refusal from here on (403, 429) is the bundle's decision too: answer and record
+        # name the revision that made it (a caller without a valid key learns nothing of it).
+        ctx.policy_revision = self._revision
         ctx.tenant = access.name
         if ctx.model and not access.may_use(ctx.model):
             # Named in X-Route-Reason, on either face: a router in front of this one learns

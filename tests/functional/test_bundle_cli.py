@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from test_serve_process import run_cli
 
 from router.policy.archive import unpack
@@ -233,3 +234,39 @@ def test_check_reads_the_files_a_remote_source_needs(tmp_path: Path) -> None:
         done = run_cli("check", config)
         assert done.returncode == 2, (missing, done.stdout)
         assert missing in done.stderr
+
+
+def test_verify_leaves_no_unpacked_copy_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bundle verify` unpacks the bundle to load it; the copy was left in the temporary
+    folder on every run (accepted or rejected), one bundle's worth each time."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    archive = tmp_path / "b.tar.gz"
+    signing = ("--signing-key", tmp_path / "k.key")
+    assert (
+        run_cli("bundle", "build", default_policy_bundle(), "-o", archive, *signing).returncode == 0
+    )
+    assert run_cli("bundle", "verify", archive, "--public-key", tmp_path / "k.pub").returncode == 0
+    assert run_cli("bundle", "keygen", tmp_path / "other").returncode == 0
+    wrong = run_cli("bundle", "verify", archive, "--public-key", tmp_path / "other.pub")
+    assert wrong.returncode == 1
+    assert list(scratch.iterdir()) == []
+
+
+def test_sign_and_verify_name_a_file_that_is_not_an_archive(tmp_path: Path) -> None:
+    """`bundle sign` or `verify` given a file that is no tar.gz said only 'bundle is not a
+    valid tar.gz archive'; the error names the file, exit 2."""
+    assert run_cli("bundle", "keygen", tmp_path / "k").returncode == 0
+    text = tmp_path / "site.yaml"
+    text.write_text("server: {port: 8000}\n")
+    for args in (
+        ("verify", text, "--public-key", tmp_path / "k.pub"),
+        ("sign", text, "--signing-key", tmp_path / "k.key"),
+    ):
+        result = run_cli("bundle", *args)
+        assert result.returncode == 2
+        assert f"{text}: bundle is not a valid tar.gz archive" in result.stderr

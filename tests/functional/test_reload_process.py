@@ -79,6 +79,15 @@ async def test_sighup_reloads_bundle_and_reports_restart_only_settings(tmp_path:
         await child.read_until("reloaded: generation 2")
         doc = await server_metadata(http, child.url)
         assert doc["policy_revision"] == "sighup-2"
+        # A bundle that fails to load is rejected, and the console says so, not just
+        # "reloaded" (the old bundle stays).
+        tenants = (bundle / "tenants.yaml").read_text()
+        (bundle / "tenants.yaml").write_text("default: {data_class: nonesuch}\n")
+        child.process.send_signal(signal.SIGHUP)
+        line = await child.read_until("policy bundle rejected")
+        assert "still revision sighup-2: tenants.yaml" in line
+        assert (await server_metadata(http, child.url))["policy_revision"] == "sighup-2"
+        (bundle / "tenants.yaml").write_text(tenants)
         config.write_text(
             config.read_text().replace("readiness_grace_s: 0.5", "readiness_grace_s: 3")
         )

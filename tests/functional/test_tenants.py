@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from router.api.admin import status_document
-from router.api.state import BUNDLE
+from router.api.state import BUNDLE, RELOADER
 from router.resources import default_policy_bundle
 from router.settings import Settings
 from router.tenancy import hash_key
@@ -420,3 +420,62 @@ async def test_audit_names_the_tenant_never_the_key(
     for secret in (KEY_A, KEY_B, KEY_D, wrong, hash_key(KEY_A)[7:], hash_key(KEY_D)[7:]):
         assert secret not in text
         assert secret not in caplog.text
+
+
+async def test_a_reloaded_bundle_without_keys_is_refused_under_required_auth(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
+) -> None:
+    """Start-up refuses a bundle with no key under auth.mode required; a reload refuses it
+    too (it locked every tenant out with 401): the old bundle and its keys stay, and /status
+    says why."""
+    site = settings(tmp_path, upstream[1], "required")
+    folder = Path(site.policy.bundle)
+    with RouterThread(site) as router:
+        api = router.app
+        assert api is not None
+        before = router.call_async(status_document, api)["policy"]["revision"]
+        (folder / "tenants.yaml").write_text("default: {data_class: internal}\ntenants: {}\n")
+        manifest = (folder / "manifest.yaml").read_text()
+        (folder / "manifest.yaml").write_text(manifest.replace(before, "keyless"))
+        router.call_async(api[RELOADER].reload, "test")
+        status, headers, _ = await send(http, router.url + CLASSIFY, rgb([0.3] * 3), bearer(KEY_A))
+        assert status == 200
+        assert headers["X-Policy-Revision"] == before
+        policy = router.call_async(status_document, api)["policy"]
+        assert policy["revision"] == before
+        assert "no tenant has a key" in policy["last_error"]
+        assert policy["rejections"] == 1
+
+
+async def test_refusals_by_the_tenants_policy_name_its_revision(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str], http: aiohttp.ClientSession
+) -> None:
+    """A 403 (the model is outside the tenant's list) and a 429 (its bucket is empty) are
+    decisions of the bundle's tenants.yaml: the answer carries X-Policy-Revision and the audit
+    record names the revision, as any other answer's; a 401 tells a caller without a valid
+    key nothing of the policy."""
+    revision = "tenants-rev-7"
+    site = settings(tmp_path, upstream[1], "required")
+    manifest = Path(site.policy.bundle) / "manifest.yaml"
+    manifest.write_text(f"name: t\nrevision: {revision}\n")
+    with RouterThread(site) as router:
+        for _ in range(3):  # delta's bucket holds three
+            await send(http, router.url + CLASSIFY, rgb([0.1, 0.2, 0.3]), bearer(KEY_D))
+        refusals = [
+            (CLASSIFY, bearer("lr-unknown-canary-key-0123456789abcdef")),
+            (HOTSPOT, bearer(KEY_C)),
+            (CLASSIFY, bearer(KEY_D)),
+        ]
+        shown = []
+        for path, headers in refusals:
+            status, got, _ = await send(http, router.url + path, rgb([0.1, 0.2, 0.3]), headers)
+            shown.append((status, got.get("X-Policy-Revision")))
+    assert shown == [(401, None), (403, revision), (429, revision)]
+    text = "".join(p.read_text() for p in (tmp_path / "audit").glob("*.jsonl"))
+    records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    refused = [r for r in records if r.get("kind") == "response" and r["status"] >= 400]
+    assert [(r["status"], r["policy_revision"]) for r in refused] == [
+        (401, ""),
+        (403, revision),
+        (429, revision),
+    ]

@@ -247,6 +247,30 @@ CASES = {
         (),
         Failure.UNKNOWN_MODEL,
     ),
+    "offline, only served where residency forbids: denied, not offline (a retry never helps)": Case(
+        v2(),
+        Snapshot({}, (REGIONAL, CENTRAL), offline=True),
+        (),
+        ("residency:regional", "residency:central"),
+        Failure.RESIDENCY,
+        permitted=frozenset(),
+    ),
+    "offline, served where residency allows: offline": Case(
+        v2(),
+        Snapshot({}, (REGIONAL, CENTRAL), offline=True),
+        (),
+        ("offline",),
+        Failure.OFFLINE,
+        permitted=frozenset({"central"}),
+    ),
+    "offline, forbidden where listed but a cluster never said: offline": Case(
+        v2(),
+        Snapshot({}, (REGIONAL, cluster("central", models=None)), offline=True),
+        (),
+        ("offline",),
+        Failure.OFFLINE,
+        permitted=frozenset(),
+    ),
     "offline with a model nobody serves is unknown": Case(
         v2(model="nope"), Snapshot({}, (REGIONAL,), offline=True), (), (), Failure.UNKNOWN_MODEL
     ),

@@ -244,3 +244,71 @@ def test_the_keeper_rejects_a_bundle_whose_patterns_do_not_compile(tmp_path: Pat
     files["detection.yaml"] = b"custom: [{name: EMPTY, pattern: 'x*', data_class: personal}]\n"
     with pytest.raises(BundleRejected, match=r"detection\.yaml: custom: .*empty string"):
         BundleKeeper({}, tmp_path).accept(files)
+
+
+@pytest.mark.parametrize(
+    ("file", "content"),
+    [
+        ("detection.yaml", b"custom: [{name: BAD, pattern: '(', data_class: personal}]\n"),
+        ("tenants.yaml", b"tenants: {a: {data_class: nonesuch}}\n"),
+    ],
+)
+def test_a_rejected_bundle_leaves_no_folder_in_the_store(
+    tmp_path: Path, file: str, content: bytes
+) -> None:
+    """The keeper writes a bundle's verified files to a folder of its own before loading
+    them; one that fails to load left that folder behind for good (one per rejected edit of
+    a local bundle); an accepted one keeps its folder."""
+    files = {
+        str(path.relative_to(DEFAULT_BUNDLE)): path.read_bytes()
+        for path in DEFAULT_BUNDLE.rglob("*")
+        if path.is_file()
+    }
+    keeper = BundleKeeper({}, tmp_path)
+    good, _ = keeper.accept(files)
+    with pytest.raises(BundleRejected):
+        keeper.accept({**files, file: content})
+    assert [p.name for p in tmp_path.glob("bundle-*")] == [good.path.name]
+
+
+async def test_an_unexpected_failure_is_a_rejection_and_polling_goes_on(tmp_path: Path) -> None:
+    """A generation build failing with something other than a config error (a bug, a full
+    disk) escaped the updater: the bundle source's poll task ended for good and the site never
+    took another bundle; it is counted as a rejection, the old bundle stays, and the next
+    good bundle is activated."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    updater = site.reloader.updater
+
+    def broken(*_args: Any) -> Generation:
+        raise RuntimeError("unexpected")
+
+    build, site.reloader._build = site.reloader._build, broken
+    site.source.next = ("bad", revision(site.bundle, "bad"))
+    assert await updater.check() is False
+    assert updater.state.rejections == 1
+    assert "RuntimeError" in (updater.state.last_error or "")
+    assert site.runtime.current.bundle is site.bundle
+    site.reloader._build = build
+    site.source.next = ("good", revision(site.bundle, "good"))
+    assert await updater.check() is True
+    assert site.runtime.current.bundle.revision == "good"
+
+
+async def test_a_reload_failing_unexpectedly_is_reported_as_failed(tmp_path: Path) -> None:
+    """A reload whose generation build fails with something other than a config error
+    escaped reload(): SIGHUP's report found no error and printed 'reloaded'; it is a failed
+    reload (counted, last_error set) and the running generation stays."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    site.config = budget(2000.0, tmp_path)
+
+    def broken(*_args: Any) -> Generation:
+        raise RuntimeError("unexpected")
+
+    before = site.runtime.current
+    site.reloader._build = broken
+    assert await site.reloader.reload("test") is False
+    assert site.reloader.state.failures == 1
+    assert "RuntimeError" in (site.reloader.state.last_error or "")
+    assert site.runtime.current is before

@@ -99,3 +99,43 @@ async def test_a_v2_answer_with_non_finite_values_is_still_sampled(privacy: Priv
     (payload,) = spool.payloads
     sample = orjson.loads(payload)
     assert sample["response"]["outputs"][0]["data"] == [None, None, 0.5]
+
+
+def _clean_chat_context(privacy: Privacy, declared: str) -> RequestContext:
+    scanner = MemoScanner(privacy.detectors, privacy.bundle.detection.max_body_bytes, 5.0)
+    scanner.surveyed = True
+    document = {"model": "m", "messages": [{"role": "user", "content": "restricted-canary"}]}
+    ctx = RequestContext(
+        api="openai", model="m", version=None, deadline=0.0, document=document, scanner=scanner
+    )
+    ctx.declared_class = ctx.data_class = declared
+    ctx.audit_id = "a3"
+    return ctx
+
+
+@pytest.mark.parametrize(
+    ("declared", "collector", "sampled"),
+    [
+        ("internal", "", True),
+        ("secret", "", False),  # residency keeps a declared secret off the central tier
+        ("personal", "EU", True),
+        ("personal", "", False),  # an untagged collector is not the origin's jurisdiction
+        ("personal", "US", False),
+    ],
+)
+async def test_a_sample_goes_only_where_its_request_may_go(
+    privacy: Privacy, declared: str, collector: str, sampled: bool
+) -> None:
+    """A sample is the request as the central tier may see it, sent to the central collector:
+    residency decides it as it decides a central target. A request declared secret (nothing
+    found to redact, so its view is the request as sent) and a personal one bound to its
+    jurisdiction were spooled for the collector whatever the rules."""
+    spool = RecordingSpool()
+    store = StoreAndForward(  # type: ignore[arg-type]
+        spool, privacy, "site-1", origin="EU", collector_jurisdiction=collector
+    )
+    ctx = _clean_chat_context(privacy, declared)
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+    store.maybe_sample(ctx, Reply(orjson.dumps(answer)))
+    await store.drain_pending()
+    assert bool(spool.payloads) is sampled

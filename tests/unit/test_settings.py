@@ -279,3 +279,28 @@ def test_a_list_or_map_left_empty_is_an_empty_one(tmp_path: Path) -> None:
     assert problems == [
         "upstreams.0.endpoints: Tuple should have at least 1 item after validation, not 0"
     ]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "where"),
+    [
+        (
+            'policy:\n  source: {url: "https://c.example/b.tar.gz",'
+            ' headers: {Authorization: "Bearer a\\nb"}}\n  public_keys: [k.pub]\n',
+            "policy.source.headers.Authorization",
+        ),
+        (
+            'upstreams:\n  - name: c\n    tier: central\n    endpoints: [{url: "http://c:8000"}]\n'
+            '    headers: {"X Key": "v"}\n',
+            "upstreams.0.headers.X Key.[key]",
+        ),
+    ],
+)
+def test_header_fields_in_config_must_be_sendable(
+    tmp_path: Path, yaml_text: str, where: str
+) -> None:
+    """A header value with a line break (or a name with a space) was accepted, and the HTTP
+    client then refused every request carrying it: the bundle source's poll task died on the
+    ValueError, a cluster's requests each failed; now an error naming the key."""
+    problems = _problems(_write(tmp_path, yaml_text))
+    assert any(problem.startswith(f"{where}:") for problem in problems), problems
