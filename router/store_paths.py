@@ -1,7 +1,7 @@
-"""Whether the files `serve` writes at start-up (the spool, the audit log) could be made where
-the settings put them: `check` tries what `serve` needs and leaves no trace (a folder still
-missing is not made, a probe file is removed), so a config it passes is no config `serve`
-refuses for an unusable path."""
+"""Whether the files `serve` writes at start-up (the spool, the audit log, a central site's
+collector store) could be made where the settings put them: `check` tries what `serve` needs
+and leaves no trace (a folder still missing is not made, a probe file is removed), so a config
+it passes is no config `serve` refuses for an unusable path."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def check_store_paths(settings: Settings) -> None:
         _check_writable("spool.path", spool)
     if settings.audit.enabled:
         _check_writable("audit.path", log_file(audit_path(settings.audit.path), settings.site.id))
+    if settings.collects:  # its store has no key of its own: spool.collect turns it off
+        _check_writable("spool.collect", state_dir() / f"collector-{settings.site.id}.sqlite3")
 
 
 def _check_writable(key: str, path: Path) -> None:

@@ -127,3 +127,28 @@ def test_a_folder_that_cannot_be_looked_into_is_a_clear_refusal() -> None:
     assert "Traceback" not in done.stderr
     assert "spool.path" in done.stderr
     assert "Permission denied" in done.stderr
+
+
+def test_a_collector_store_that_cannot_be_opened_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A central site's collector store (collector-<site>.sqlite3 in the state directory)
+    that serve could not open (here a folder by that name) is exit 2 naming it, as serve
+    refuses it, not ok."""
+    monkeypatch.setenv("LAYER_ROUTER_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state" / "collector-hq.sqlite3").mkdir(parents=True)
+    code, err = checked(tmp_path, "site: {id: hq, tier: central}\n", capsys)
+    assert code == 2, err
+    assert "spool.collect" in err
+    assert f"{tmp_path}/state/collector-hq.sqlite3" in err
+
+
+def test_a_site_that_does_not_collect_has_no_collector_store_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spool.collect: false on a central site: no collector store is opened, none checked."""
+    monkeypatch.setenv("LAYER_ROUTER_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state" / "collector-hq.sqlite3").mkdir(parents=True)
+    text = "site: {id: hq, tier: central}\nspool: {collect: false}\n"
+    code, err = checked(tmp_path, text, capsys)
+    assert code == 0, err
