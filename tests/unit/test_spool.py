@@ -401,6 +401,16 @@ class TestIntegrity:
         with pytest.raises(SpoolUnavailable, match="cannot open spool"):
             Spool.open_sync(tmp_path)
 
+    def test_an_unusable_collector_store_says_why_once(self, tmp_path: Path) -> None:
+        """A collector store that cannot be opened (here a folder by its name) is refused with
+        the reason as the spool words it, not an OSError's repr repeating the path."""
+        (tmp_path / "collector.sqlite3").mkdir()
+        with pytest.raises(SpoolUnavailable) as refused:
+            CollectorStore.open_sync(tmp_path / "collector.sqlite3")
+        assert str(refused.value) == (
+            f"cannot open collector store {tmp_path}/collector.sqlite3: Is a directory"
+        )
+
     async def test_put_after_close_is_counted_not_raised(self, path: Path) -> None:
         """Appends that cannot reach the disk return None and count as failed."""
         spool = await Spool.open(path)
