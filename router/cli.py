@@ -198,7 +198,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return yamlconf.validate(doc, Settings, "command line")
 
 
+# A process killed by SIGPIPE exits 128 + 13 in the shell's eyes: `| head` scripts expect it.
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _command(argv)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not in a trace at exit
+    except BrokenPipeError:
+        # Python ignores SIGPIPE, so a closed pipe is an exception: end quietly, as
+        # `cat | head` does, with stdout on /dev/null so the final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+    return code
+
+
+def _command(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_cli.run(args)

@@ -162,6 +162,32 @@ class TestShow:
         assert all(p["intact"] for p in provenance)
         assert shown["missing_origin"] is None
 
+    def test_a_reader_that_leaves_early_gets_no_trace(
+        self, log: tuple[Path, list[AuditRecord]]
+    ) -> None:
+        """`audit show ID | head -1`: output to a pipe whose reader has gone ends quietly
+        with SIGPIPE's exit status (141), not a BrokenPipeError stack trace."""
+        path, records = log
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first write
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROUTER_ROOT), env.get("PYTHONPATH")]))
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "router", "audit", "show", records[4].id, "--log", path],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=RUN_TIMEOUT_S,
+                env=env,
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in done.stderr
+        assert "BrokenPipeError" not in done.stderr
+        assert done.returncode == 141
+
     def test_unknown_id_exits_1(self, log: tuple[Path, list[AuditRecord]]) -> None:
         """An id no log holds: exit 1 and nothing on stdout."""
         done = audit("show", new_audit_id(), "--log", log[0])
