@@ -6,9 +6,10 @@ Shared by the site config and the per-model configs so that both report errors t
 
 from __future__ import annotations
 
+import types
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, TypeVar, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -36,6 +37,34 @@ class Strict(BaseModel):
             key: _when_empty(fields.get(key)) if value is None else value
             for key, value in data.items()
         }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _booleans_are_no_numbers(cls, data: Any) -> Any:
+        """pydantic reads true as 1 for a number: `port: yes` (YAML's true) would listen on
+        port 1, `drain_timeout_s: on` drain for a second. Such a value is refused at its key
+        instead, as a string would be."""
+        if not isinstance(data, dict) or not any(isinstance(v, bool) for v in data.values()):
+            return data
+        fields = cls.model_fields
+        return {
+            key: str(value).lower()
+            if isinstance(value, bool) and key in fields and _numeric(fields[key].annotation)
+            else value
+            for key, value in data.items()
+        }
+
+
+def _numeric(annotation: Any) -> bool:
+    """An int or float field, optional or not (a bool is a valid value for neither)."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return False
+    members = [m for m in get_args(annotation) if m is not type(None)]
+    return bool(members) and all(_numeric(m) for m in members)
 
 
 def _when_empty(field: Any) -> Any:

@@ -84,6 +84,31 @@ class TestLoadSettings:
         assert problem.startswith("server.port: ")
         assert "65535" in problem
 
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ("server: {port: true}\n", "server.port"),
+            ("server: {drain_timeout_s: yes}\n", "server.drain_timeout_s"),
+            ("models: {inference_threads: on}\n", "models.inference_threads"),
+            (
+                "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://a'}],"
+                " connect_timeout_ms: false}]\n",
+                "upstreams.0.connect_timeout_ms",
+            ),
+        ],
+    )
+    def test_a_boolean_is_no_number(self, tmp_path: Path, text: str, key: str) -> None:
+        """true/yes/on where a number belongs is refused at its key, not read as 1 (port 1,
+        a one-second drain)."""
+        (problem,) = _problems(_write(tmp_path, text))
+        assert problem.startswith(f"{key}: Input should be a valid ")
+
+    def test_booleans_stay_booleans(self, tmp_path: Path) -> None:
+        """A boolean setting still takes YAML's yes/no."""
+        settings = load_settings(_write(tmp_path, "cache: {enabled: no}\nadmin: {enabled: yes}\n"))
+        assert settings.cache.enabled is False
+        assert settings.admin.enabled is True
+
     def test_every_problem_is_listed(self, tmp_path: Path) -> None:
         """Several problems in one file are all reported, one per line."""
         path = _write(tmp_path, "server:\n  port: -1\n  prot: 1\nsite:\n  tier: moon\n")
