@@ -21,7 +21,7 @@ from router.privacy import MemoScanner, Privacy
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_json
-from router.spool import Spool
+from router.spool import Drainer, Spool
 from router.tier_view import view_for
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class StoreAndForward:
         self, spool: Spool | None, privacy: Privacy, site: str, rng: random.Random | None = None
     ) -> None:
         self.spool = spool
+        self.drainer: Drainer | None = None  # set where this process uploads the spool
         self.privacy = privacy
         self._site = site
         self._rng = rng or random.Random()

@@ -91,6 +91,7 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
             # return ends any backoff at once.
             online=lambda: upstreams.uplink(loop.time()),
         )
+        store.drainer = drainer
         tasks.append(asyncio.get_running_loop().create_task(drainer.run()))
     try:
         yield

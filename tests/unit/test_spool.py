@@ -507,6 +507,33 @@ class TestDrainer:
         assert drain.stats.failures == 6
         await spool.close()
 
+    async def test_status_says_how_uploads_go(self, path: Path, clock: FakeClock) -> None:
+        """status(): failing while the last attempt failed, ok (with the age of the last
+        batch) once one goes through, offline while the link is down whatever came before."""
+        spool = await Spool.open(path, clock=clock)
+        await spool.put("sample", b"x", key="k")
+        send = Collector()
+        send.fail = 1
+        online = True
+        drain = drainer(spool, send, clock, online=lambda: online)
+        assert drain.status()["state"] == "ok"
+        await drain.step()
+        failing = drain.status()
+        assert (failing["state"], failing["failures"], failing["consecutive_failures"]) == (
+            "failing",
+            1,
+            1,
+        )
+        assert (failing["last_failure"], failing["last_batch_age_s"]) == ("DeliveryFailed", None)
+        await drain.step()
+        clock.now += 3.0
+        good = drain.status()
+        assert (good["state"], good["batches"], good["delivered"]) == ("ok", 1, 1)
+        assert good["last_batch_age_s"] == pytest.approx(3.0)
+        online = False
+        assert drain.status()["state"] == "offline"
+        await spool.close()
+
     async def test_only_acknowledged_keys_are_deleted(self, path: Path, clock: FakeClock) -> None:
         """Records whose keys the collector did not list stay, and the drainer backs off."""
         spool = await Spool.open(path, clock=clock)
