@@ -106,6 +106,8 @@ def describe(error: ValidationError) -> list[str]:
             continue  # pydantic counts only the valid entries: the inner error is the news
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         reason = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        if item["type"] == "value_error":  # our validators' own words, not "Value error, ..."
+            reason = str(item.get("ctx", {}).get("error", reason))
         problems.append(f"{where}: {reason}")
     return problems
 
