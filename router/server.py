@@ -140,7 +140,8 @@ async def _until_stopped(app: web.Application, out: TextIO) -> None:
     supervisor = supervisor_pid()
     watches = [loop.create_task(_stop_when_orphaned(supervisor, stop, out))] if supervisor else []
     await stop.wait()
-    loop.remove_signal_handler(signal.SIGHUP)
+    # Not removed: SIGHUP's default action ends the process, which would cut the drain short.
+    loop.add_signal_handler(signal.SIGHUP, _say, out, "SIGHUP ignored while stopping")
     for watch in watches:
         watch.cancel()
     await asyncio.gather(*reloads, return_exceptions=True)

@@ -228,7 +228,10 @@ async def probe_ready(url: str) -> int | str:
             return "refused"
 
 
-async def drain_scenario(repository: Path, config: Path, stderr: Path) -> DrainRun:
+async def drain_scenario(
+    repository: Path, config: Path, stderr: Path, hangup: bool = False
+) -> DrainRun:
+    """`hangup`: a SIGHUP (a reload, a closed terminal) follows the SIGTERM mid-drain."""
     run = DrainRun()
     args = [sys.executable, "-c", SLOW_LAUNCHER, str(SLOW_RUN_S), "serve", "--port", "0"]
     args += ["--config", str(config), "--model-repository", str(repository)]
@@ -258,6 +261,8 @@ async def drain_scenario(repository: Path, config: Path, stderr: Path) -> DrainR
             await wait_running(http, child.url)
             child.process.send_signal(signal.SIGTERM)
             await child.read_until("draining")
+            if hangup:
+                child.process.send_signal(signal.SIGHUP)
             while not request.done():
                 run.probes.append(await probe_ready(child.url))
                 await asyncio.sleep(0.05)
@@ -312,6 +317,20 @@ class TestDrain:
     def test_readiness_503_while_draining(self, drain_run: DrainRun) -> None:
         """While draining, readiness answers 503 so load balancers stop sending traffic."""
         assert 503 in drain_run.probes
+
+
+async def test_a_sighup_while_draining_does_not_cut_the_drain(
+    repository: Path, tmp_path: Path
+) -> None:
+    """A SIGHUP after SIGTERM (a config reloader, logrotate, a closed terminal) found no
+    handler and killed the router mid-drain; it is ignored: the request in flight gets its
+    answer and the process exits 0."""
+    config = tmp_path / "site.yaml"
+    config.write_text("server:\n  drain_timeout_s: 20\n", encoding="utf-8")
+    run = await drain_scenario(repository, config, tmp_path / "stderr", hangup=True)
+    assert run.in_flight_status == 200
+    assert run.exit_code == 0
+    assert "SIGHUP ignored while stopping" in run.stdout
 
 
 async def test_offline_with_upstreams_says_they_are_not_used(tmp_path: Path) -> None:
