@@ -12,6 +12,7 @@ from pathlib import Path
 from router.audit import AuditLogError, log_file
 from router.audit.tail import resume
 from router.errors import ConfigError
+from router.policy.distribution import site_store
 from router.resources import audit_path, state_dir
 from router.settings import Settings
 from router.spool.schema import LAYOUT_VERSION
@@ -34,6 +35,14 @@ def check_store_paths(settings: Settings) -> None:
         store = state_dir() / f"collector-{settings.site.id}.sqlite3"
         _check_writable("spool.collect", store)
         _check_layout("spool.collect", store)
+    # Every start stores its policy bundle there (the embedded one too): no key names it.
+    bundles = site_store(settings)
+    problem = _problem(Path(os.path.realpath(bundles)) / ".layer-router-check")
+    if problem:
+        raise ConfigError(
+            "$LAYER_ROUTER_STATE_DIR",
+            [f"{bundles} cannot hold the policy bundle serve stores there: {problem}"],
+        )
 
 
 def _check_resumable(key: str, path: Path) -> None:

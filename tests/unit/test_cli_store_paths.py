@@ -199,3 +199,32 @@ def test_a_store_from_a_later_release_is_refused(
     assert key in err
     assert "layout (version 9) is newer" in err
     assert sorted(path.parent.iterdir()) == files
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop capabilities"
+)
+def test_a_state_directory_serve_cannot_store_its_bundle_in_is_refused() -> None:
+    """With the audit trail off, a read-only state directory still stops serve (it stores the
+    policy bundle there): check is exit 2 naming $LAYER_ROUTER_STATE_DIR and why, not ok."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        (root / "state").mkdir(mode=0o500)
+        config = root / "site.yaml"
+        config.write_text("audit: {enabled: false}\n")
+        code = "import sys; from router.cli import main; sys.exit(main(['check', sys.argv[1]]))"
+        without_dac = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+        done = subprocess.run(
+            [*without_dac, sys.executable, "-c", code, str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "LAYER_ROUTER_STATE_DIR": str(root / "state")},
+            cwd=root,
+        )
+        left = list((root / "state").iterdir())
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "$LAYER_ROUTER_STATE_DIR" in done.stderr
+    assert "Permission denied" in done.stderr
+    assert left == []
