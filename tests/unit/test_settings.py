@@ -232,6 +232,26 @@ class TestAdminPort:
         )
 
 
+@pytest.mark.parametrize(
+    "host", ["", "${HOST}", "127.0.0.1:8000", "http://0.0.0.0", "local host", "0.0.0.0 "]
+)
+@pytest.mark.parametrize("section", ["server", "admin"])
+def test_a_host_that_is_no_address_is_refused(tmp_path: Path, section: str, host: str) -> None:
+    """A listen address serve could never bind (a port or scheme in it, an unexpanded
+    variable, empty: all interfaces by accident) is refused at its key, so check refuses it
+    too, instead of serve failing with 'Name or service not known'."""
+    path = _write(tmp_path, f"{section}: {{host: '{host}'}}\nauth: {{mode: disabled}}\n")
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{section}.host: not an IP address or host name")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::1]", "localhost", "my_router.internal."])
+def test_addresses_and_host_names_are_taken(host: str) -> None:
+    """IPv4 and IPv6 addresses (bracketed or not) and host names pass."""
+    settings = Settings.model_validate({"server": {"host": host}, "auth": {"mode": "disabled"}})
+    assert settings.server.host == host.strip("[]")
+
+
 def test_a_bracketed_ipv6_host_is_taken_as_the_address() -> None:
     """`--host [::1]` (the URL spelling) is the loopback ::1, not a name 'reachable from other
     machines' that then fails to resolve."""
