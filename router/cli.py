@@ -28,7 +28,7 @@ from router.settings.upstream import EndpointSettings
 from router.spool.sites import read_key_file
 from router.store_paths import check_store_paths
 from router.upstreams.tls import TlsContexts
-from router.workers import as_worker, supervise, worker_index
+from router.workers import admin_ports_problem, as_worker, supervise, worker_index
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -261,6 +261,9 @@ def _refused_by_serve(settings: Settings, bundle: PolicyBundle | None) -> None:
     from router.telemetry.tracing import provider_from_env
 
     TlsContexts.from_settings(settings)  # every certificate file readable and valid
+    ports = admin_ports_problem(settings)
+    if ports is not None:
+        raise ConfigError("server.workers", [ports])
     check_store_paths(settings)  # the spool and the audit log can be made where they go
     if settings.spool.collector_key_file is not None:
         read_key_file(settings.spool.collector_key_file)
