@@ -210,8 +210,25 @@ def _announce(
 def _say(out: TextIO, text: str) -> None:
     """One write: workers share their supervisor's stdout, and print() writes the line and its
     newline separately, so two workers' lines could interleave."""
-    out.write(text + "\n")
-    out.flush()
+    try:
+        out.write(text + "\n")
+        out.flush()
+    except (OSError, ValueError):
+        # Its reader gone (`serve | grep -m1 listening`): these lines are notes, not worth a
+        # drain cut short; from now on they go nowhere (and the exit's flush cannot fail).
+        _silence(out)
+
+
+def _silence(out: TextIO) -> None:
+    try:
+        target = out.fileno()
+    except (OSError, ValueError):  # no file descriptor (a StringIO): nothing to silence
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, target)
+    finally:
+        os.close(devnull)
 
 
 def _host(address: tuple[str, int]) -> str:

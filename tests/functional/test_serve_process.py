@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -331,6 +332,52 @@ async def test_a_sighup_while_draining_does_not_cut_the_drain(
     assert run.in_flight_status == 200
     assert run.exit_code == 0
     assert "SIGHUP ignored while stopping" in run.stdout
+
+
+async def test_a_stdout_whose_reader_left_does_not_cut_the_drain(
+    repository: Path, tmp_path: Path
+) -> None:
+    """`serve | grep -m1 listening`: the reader of stdout is gone when SIGTERM comes, so the
+    'draining' line cannot be written; that ended the process at once (a BrokenPipeError
+    before the drain: the request in flight cut, the stores not closed). The drain goes on
+    and the process exits 0."""
+    args = [sys.executable, "-c", SLOW_LAUNCHER, str(SLOW_RUN_S), "serve", "--port", "0"]
+    args += ["--model-repository", str(repository)]
+    with (tmp_path / "stderr").open("wb") as err:
+        child = await asyncio.to_thread(
+            partial(subprocess.Popen, args, stdout=subprocess.PIPE, stderr=err, env=child_env())
+        )
+    try:
+        assert child.stdout is not None
+        lines: list[str] = []
+        while not any("admin (/metrics" in line for line in lines):
+            line = (await asyncio.to_thread(child.stdout.readline)).decode()
+            assert line, lines
+            lines.append(line)
+        match = URL.search("".join(lines))
+        assert match, lines
+        child.stdout.close()  # the reader leaves
+        timeout = aiohttp.ClientTimeout(total=EXIT_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await wait_ready(http, match.group(1))
+            body = orjson.dumps(
+                {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}
+            )
+            request = asyncio.ensure_future(
+                http.post(f"{match.group(1)}/v2/models/slow/infer", data=body)
+            )
+            await wait_running(http, match.group(1))
+            child.send_signal(signal.SIGTERM)
+            answer = await request
+            assert answer.status == 200
+            answer.release()
+        code = await asyncio.to_thread(child.wait, EXIT_TIMEOUT_S)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert code == 0
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
 
 
 async def test_offline_with_upstreams_says_they_are_not_used(tmp_path: Path) -> None:
