@@ -166,8 +166,13 @@ class Supervisor:
     def _say(self, text: str) -> None:
         # One write: the workers print to the same stdout (print() would write the newline
         # separately, and an unbuffered stdout lets another process's line in between).
-        self._out.write(f"supervisor: {text}\n")
-        self._out.flush()
+        try:
+            self._out.write(f"supervisor: {text}\n")
+            self._out.flush()
+        except (OSError, ValueError):
+            # Its reader gone: stopping the workers (and waiting for them) matters more than
+            # the line; the workers' own lines go nowhere then too (router.server._say).
+            pass
 
     def _start(self, slot: Slot) -> None:
         env = dict(self._env, **{WORKER_ENV: str(slot.index), SUPERVISOR_ENV: str(os.getpid())})

@@ -35,6 +35,12 @@ class Exited:
     def poll(self) -> int:
         return self.returncode
 
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        """Gone already: nothing to signal."""
+
 
 def crash(supervisor: Supervisor, slot: Slot, code: int, ran_s: float, now: float) -> float:
     """Let `slot`'s worker exit after `ran_s`; the delay before its restart."""
@@ -129,3 +135,19 @@ def test_workers_admin_ports_clear_of_the_api_port_pass() -> None:
     for admin in ({"port": 8002}, {"port": 0}, {"enabled": False}):
         settings = Settings.model_validate({"server": {"workers": 4}, "admin": admin})
         assert admin_ports_problem(settings) is None
+
+
+class GoneReader(io.StringIO):
+    """A stdout whose reader has left: every write fails as a closed pipe does."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stdout_whose_reader_left_does_not_stop_the_supervisor() -> None:
+    """The supervisor's lines to a stdout nobody reads are dropped: a BrokenPipeError there
+    (while stopping, say) would leave it before it has waited for its draining workers."""
+    supervisor = Supervisor(["true"], 1, Settings(), GoneReader())
+    slot = supervisor.slots[0]
+    slot.process = Exited(0)  # type: ignore[assignment]
+    assert supervisor._stop(None) == 0
