@@ -11,6 +11,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 # A site's id: in file names (the audit log, the collector store) and in the spool's uploads.
 SiteId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+# A request path prefix, matched against paths that all begin with "/": one without would
+# match nothing, a silent no-op.
+PathPrefix = Annotated[str, Field(pattern=r"^/")]
 
 
 class Tier(StrEnum):

@@ -252,6 +252,20 @@ def test_addresses_and_host_names_are_taken(host: str) -> None:
     assert settings.server.host == host.strip("[]")
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("routing: {idempotent_paths: ['v2/']}\n", "routing.idempotent_paths.0"),
+        ("cache: {no_coalesce_paths: [/v1/chat, v1/embeddings]}\n", "cache.no_coalesce_paths.1"),
+    ],
+)
+def test_a_path_prefix_without_its_slash_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    """Request paths all begin with '/': a prefix written without it matched nothing (no
+    retries, coalescing left on), silently; it is refused at its key."""
+    (problem,) = _problems(_write(tmp_path, text))
+    assert problem.startswith(f"{key}: String should match pattern")
+
+
 def test_a_bracketed_ipv6_host_is_taken_as_the_address() -> None:
     """`--host [::1]` (the URL spelling) is the loopback ::1, not a name 'reachable from other
     machines' that then fails to resolve."""
