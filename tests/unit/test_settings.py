@@ -257,11 +257,17 @@ def test_addresses_and_host_names_are_taken(host: str) -> None:
     [
         ("routing: {idempotent_paths: ['v2/']}\n", "routing.idempotent_paths.0"),
         ("cache: {no_coalesce_paths: [/v1/chat, v1/embeddings]}\n", "cache.no_coalesce_paths.1"),
+        (
+            "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://a:8000'}],"
+            " health_check: {path: healthz}}]\n",
+            "upstreams.0.health_check.path",
+        ),
     ],
 )
 def test_a_path_prefix_without_its_slash_is_refused(tmp_path: Path, text: str, key: str) -> None:
     """Request paths all begin with '/': a prefix written without it matched nothing (no
-    retries, coalescing left on), silently; it is refused at its key."""
+    retries, coalescing left on), and a health check path was glued to the endpoint's port
+    (http://a:8000healthz: never healthy), silently; each is refused at its key."""
     (problem,) = _problems(_write(tmp_path, text))
     assert problem.startswith(f"{key}: String should match pattern")
 
