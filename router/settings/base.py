@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -14,6 +15,28 @@ SiteId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-
 # A URL path, or the prefix of request paths, all of which begin with "/": a prefix without
 # it would match nothing, a path without it would be glued to the endpoint's port.
 PathPrefix = Annotated[str, Field(pattern=r"^/")]
+
+
+# RFC 9110's token: a field name has no spaces, colons or line breaks.
+_FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _sendable(headers: dict[str, str]) -> dict[str, str]:
+    """Header fields the router sends as written: each must be one a request can carry (a
+    line break would start another field; aiohttp and the h1 client refuse it only when they
+    send it, as an error blamed on the client's request). Values are never quoted back."""
+    for name, value in headers.items():
+        if not _FIELD_NAME.match(name):
+            raise ValueError(f"{name!r} is no header name (no spaces, colons or line breaks)")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(
+                f"the value of {name} holds a line break or NUL (a YAML block scalar keeps "
+                "its last line break: write it quoted, or with |-)"
+            )
+    return headers
+
+
+HeaderFields = Annotated[dict[str, str], AfterValidator(_sendable)]
 
 
 class Tier(StrEnum):

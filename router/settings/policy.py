@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from router.settings.base import PositiveFloat, PositiveInt
+from router.settings.base import HeaderFields, PositiveFloat, PositiveInt
 from router.settings.upstream import TlsSettings
 from router.yamlconf import Strict
 
@@ -22,7 +22,7 @@ class BundleSourceSettings(Strict):
     timeout_s: PositiveFloat = 10.0
     max_bytes: PositiveInt = 16 * 1024 * 1024
     # Extra request headers, e.g. a bearer token for the bundle server.
-    headers: dict[str, str] = {}
+    headers: HeaderFields = {}
     # For an https URL: a private CA, a client certificate (as for upstream clusters).
     tls: TlsSettings = TlsSettings()
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from router.settings.base import PathPrefix, PositiveFloat, PositiveInt, Tier
+from router.settings.base import HeaderFields, PathPrefix, PositiveFloat, PositiveInt, Tier
 from router.yamlconf import Strict
 
 
@@ -120,7 +120,7 @@ class ClusterSettings(Strict):
     # read whole (retried when cut, compressed whole). At or over max_response_bytes: never.
     relay_over_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
     # Extra headers for every request, e.g. an upstream API key.
-    headers: dict[str, str] = {}
+    headers: HeaderFields = {}
     forward_authorization: bool = False
     tls: TlsSettings = TlsSettings()
     outlier: OutlierSettings = OutlierSettings()

@@ -272,6 +272,41 @@ def test_a_path_prefix_without_its_slash_is_refused(tmp_path: Path, text: str, k
     assert problem.startswith(f"{key}: String should match pattern")
 
 
+CLUSTER = "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://a'}], headers: %s}]\n"
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ('{Authorization: "Bearer canary-7f3a\\n"}', "the value of Authorization holds a line"),
+        ("{'Authorization: Bearer': canary-7f3a}", "'Authorization: Bearer' is no header name"),
+        ("{'X-Key': \"canary-7f3a\\r\\nX-Other: 1\"}", "the value of X-Key holds a line break"),
+    ],
+)
+def test_a_header_no_request_can_carry_is_refused(
+    tmp_path: Path, headers: str, reason: str
+) -> None:
+    """An upstream header with a line break in its value (a YAML block scalar's last newline)
+    or a name that is no token stopped serve with a stack trace (UnforwardableHeader from the
+    first discovery) or failed every request as the client's fault; it is refused at its key,
+    the value never quoted back."""
+    (problem,) = _problems(_write(tmp_path, CLUSTER % headers))
+    assert problem.startswith(f"upstreams.0.headers: {reason}")
+    assert "canary-7f3a" not in problem
+
+
+def test_a_bundle_sources_headers_are_checked_too(tmp_path: Path) -> None:
+    """policy.source.headers are sent as written too: the same rule."""
+    text = (
+        "policy: {public_keys: [k.pub], source: {url: 'https://b.example/x.tar.gz',"
+        ' headers: {Authorization: "Bearer x\\n"}}}\n'
+    )
+    problems = _problems(_write(tmp_path, text))
+    assert "policy.source.headers: the value of Authorization holds a line break" in " ".join(
+        problems
+    )
+
+
 def test_a_bracketed_ipv6_host_is_taken_as_the_address() -> None:
     """`--host [::1]` (the URL spelling) is the loopback ::1, not a name 'reachable from other
     machines' that then fails to resolve."""
