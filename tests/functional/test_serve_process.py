@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -512,6 +513,53 @@ class TestCheck:
             assert done.returncode == 2, done.stderr
             assert "argument --config" in done.stderr or "argument config" in done.stderr
             assert "configuration in ." not in done.stderr
+
+    @pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop caps"
+    )
+    def test_a_repository_or_model_folder_that_cannot_be_listed(
+        self, tmp_path: Path, edge_models: Path
+    ) -> None:
+        """A model repository the user may not list is exit 2 naming it (Permission denied),
+        and a model folder it may not list is that model's failure (1, the others loaded),
+        where both were a PermissionError stack trace (serve's start-up too)."""
+        color = edge_models / "color_classifier"
+        write_repository(
+            tmp_path / "repo",
+            {
+                "color_classifier": {1: (color / "1/model.onnx").read_bytes()},
+                "locked": {1: (color / "1/model.onnx").read_bytes()},
+            },
+        )
+        without_dac = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+        def check(repository: Path) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "router", "check", "--model-repository"]
+            return subprocess.run(
+                [*without_dac, *command, str(repository)],
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT_S,
+                env=child_env(),
+                check=False,
+            )
+
+        (tmp_path / "repo").chmod(0o300)
+        try:
+            unlisted = check(tmp_path / "repo")
+        finally:
+            (tmp_path / "repo").chmod(0o755)
+        (tmp_path / "repo" / "locked").chmod(0o300)
+        try:
+            one_model = check(tmp_path / "repo")
+        finally:
+            (tmp_path / "repo" / "locked").chmod(0o755)
+        assert unlisted.returncode == 2, unlisted.stderr
+        assert "model repository cannot be read: Permission denied" in unlisted.stderr
+        assert one_model.returncode == 1, one_model.stderr
+        assert f"{tmp_path}/repo/locked cannot be read: Permission denied" in one_model.stderr
+        assert "color_classifier v1: CPUExecutionProvider" in one_model.stdout
+        assert "Traceback" not in unlisted.stderr + one_model.stderr
 
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""
