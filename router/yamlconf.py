@@ -6,6 +6,7 @@ Shared by the site config and the per-model configs so that both report errors t
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Hashable
 from pathlib import Path
@@ -129,7 +130,36 @@ def validate(data: Any, model: type[M], source: str) -> M:
         raise ConfigError(source, describe(exc)) from None
 
 
-def load(path: Path, model: type[M]) -> M:
+# `${NAME}` or `${NAME:-default}`, as shells, envsubst and Compose write a variable.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-=?+][^}]*)?\}")
+
+
+def unexpanded_variables(data: Any, where: str = "") -> list[str]:
+    """Strings that hold a `${NAME}` no one expanded: the config is read as written, so a
+    host, URL, path or header would carry it literally (a folder named `${STATE}`, an upstream
+    never reached, a token refused) instead of failing. Only the variable's name is quoted."""
+    if isinstance(data, str):
+        found = _VARIABLE.search(data)
+        if found is None:
+            return []
+        return [
+            f"{where or '(top level)'}: holds ${{{found.group(1)}}}, which is not expanded "
+            "(the config is read as written: expand it before, with envsubst say)"
+        ]
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return []
+    problems = []
+    for key, value in items:
+        problems += unexpanded_variables(value, f"{where}.{key}" if where else str(key))
+    return problems
+
+
+def load(path: Path, model: type[M], *, refuse_variables: bool = False) -> M:
+    """`refuse_variables`: a `${NAME}` in a value is an error (see unexpanded_variables)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -143,4 +173,8 @@ def load(path: Path, model: type[M]) -> M:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(str(path), [f"{where}{problem}"]) from None
+    if refuse_variables:
+        problems = unexpanded_variables(data)
+        if problems:
+            raise ConfigError(str(path), problems)
     return validate(data, model, str(path))

@@ -233,7 +233,7 @@ class TestAdminPort:
 
 
 @pytest.mark.parametrize(
-    "host", ["", "${HOST}", "127.0.0.1:8000", "http://0.0.0.0", "local host", "0.0.0.0 "]
+    "host", ["", "$HOST", "127.0.0.1:8000", "http://0.0.0.0", "local host", "0.0.0.0 "]
 )
 @pytest.mark.parametrize("section", ["server", "admin"])
 def test_a_host_that_is_no_address_is_refused(tmp_path: Path, section: str, host: str) -> None:
@@ -305,6 +305,33 @@ def test_a_bundle_sources_headers_are_checked_too(tmp_path: Path) -> None:
     assert "policy.source.headers: the value of Authorization holds a line break" in " ".join(
         problems
     )
+
+
+def test_an_unexpanded_variable_is_refused_at_its_key(tmp_path: Path) -> None:
+    """The config is read as written: `${STATE_DIR}/audit` made a folder named `${STATE_DIR}`,
+    an upstream at `http://${HOST}` was never reached and `Bearer ${TOKEN}` was refused by it,
+    all silently; each is refused at its key, naming the variable, quoting nothing else."""
+    text = (
+        "audit: {path: '${STATE_DIR}/audit'}\n"
+        "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://${HOST}:8000'}],"
+        " headers: {Authorization: 'Bearer ${TOKEN:-canary-51c}'}}]\n"
+    )
+    problems = _problems(_write(tmp_path, text))
+    assert [p.split(":")[0] for p in problems] == [
+        "audit.path",
+        "upstreams.0.endpoints.0.url",
+        "upstreams.0.headers.Authorization",
+    ]
+    assert "holds ${TOKEN}, which is not expanded" in problems[2]
+    assert "canary-51c" not in " ".join(problems)
+
+
+def test_a_dollar_that_is_no_variable_is_kept(tmp_path: Path) -> None:
+    """A `$` that does not open `${NAME}` (a password, a price) is a value like any other."""
+    text = "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://a'}],"
+    text += " headers: {X-Key: 'pa$$word{1}', X-Other: '$HOME'}}]\n"
+    settings = load_settings(_write(tmp_path, text))
+    assert settings.upstreams[0].headers["X-Key"] == "pa$$word{1}"
 
 
 def test_a_bracketed_ipv6_host_is_taken_as_the_address() -> None:
