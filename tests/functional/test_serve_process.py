@@ -335,6 +335,42 @@ async def test_a_sighup_while_draining_does_not_cut_the_drain(
     assert "SIGHUP ignored while stopping" in run.stdout
 
 
+async def test_a_sighup_while_starting_does_not_end_the_router(
+    repository: Path, tmp_path: Path
+) -> None:
+    """A SIGHUP while the models load (here a 2-second warm-up) found SIGHUP's default action
+    and ended the process before it ever listened; it is ignored until reloads are handled."""
+    config = tmp_path / "site.yaml"
+    slow_warmup = tmp_path / "repo"
+    shutil.copytree(repository, slow_warmup)
+    (slow_warmup / "slow" / "config.yaml").write_text("warmup: true\n")
+    config.write_text("server: {readiness_grace_s: 0}\n")
+    args = [sys.executable, "-c", SLOW_LAUNCHER, str(SLOW_RUN_S), "serve", "--port", "0"]
+    args += ["--config", str(config), "--model-repository", str(slow_warmup)]
+    errors = tmp_path / "stderr"
+    with errors.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=err, env=child_env()
+        )
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while True:  # until the app is being built (a file to poll: no event to wait on)
+                if "secret_file" in errors.read_text():
+                    break
+                await asyncio.sleep(0.02)
+        process.send_signal(signal.SIGHUP)
+        assert process.stdout is not None
+        async with asyncio.timeout(START_TIMEOUT_S):
+            first = (await process.stdout.readline()).decode()
+        assert "listening on" in first, errors.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), EXIT_TIMEOUT_S) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def test_a_stdout_whose_reader_left_does_not_cut_the_drain(
     repository: Path, tmp_path: Path
 ) -> None:
