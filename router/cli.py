@@ -28,7 +28,7 @@ from router.settings.upstream import EndpointSettings
 from router.spool.sites import read_key_file
 from router.store_paths import check_store_paths
 from router.upstreams.tls import TlsContexts
-from router.workers import as_worker, supervise, worker_index
+from router.workers import admin_ports_problem, as_worker, supervise, worker_index
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,7 +198,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return yamlconf.validate(doc, Settings, "command line")
 
 
+# A process killed by SIGPIPE exits 128 + 13 in the shell's eyes: `| head` scripts expect it.
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _command(argv)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not in a trace at exit
+    except BrokenPipeError:
+        # Python ignores SIGPIPE, so a closed pipe is an exception: end quietly, as
+        # `cat | head` does, with stdout on /dev/null so the final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+    return code
+
+
+def _command(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_cli.run(args)
@@ -245,6 +261,9 @@ def _refused_by_serve(settings: Settings, bundle: PolicyBundle | None) -> None:
     from router.telemetry.tracing import provider_from_env
 
     TlsContexts.from_settings(settings)  # every certificate file readable and valid
+    ports = admin_ports_problem(settings)
+    if ports is not None:
+        raise ConfigError("server.workers", [ports])
     check_store_paths(settings)  # the spool and the audit log can be made where they go
     if settings.spool.collector_key_file is not None:
         read_key_file(settings.spool.collector_key_file)

@@ -102,9 +102,7 @@ class SafeAccessLogger(AbstractAccessLogger):
     the app took the request; aiohttp's own (`time`) for one refused before (a malformed one)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        info = getattr(request, "match_info", None)
-        route = getattr(getattr(info, "route", None), "resource", None)
-        template = route.canonical if route is not None else "(unmatched)"
+        template = _template(request)
         started = request.get(ACCESS_STARTED)
         if started is not None:
             time = perf_counter() - started
@@ -125,6 +123,17 @@ class SafeAccessLogger(AbstractAccessLogger):
                 "duration_ms": round(time * 1000, 3),
             },
         )
+
+
+def _template(request: web.BaseRequest) -> str:
+    """The route's template; "(unmatched)" for a request no route took, or one refused before
+    routing (malformed: aiohttp asserts when its match_info, never set, is read)."""
+    try:
+        info = request.match_info  # type: ignore[attr-defined]
+    except (AttributeError, AssertionError):
+        return "(unmatched)"
+    route = getattr(getattr(info, "route", None), "resource", None)
+    return route.canonical if route is not None else "(unmatched)"
 
 
 def access_log_options(enabled: bool) -> dict[str, Any]:

@@ -33,11 +33,17 @@ def serve(
     read_settings: Callable[[], Settings] | None = None,
 ) -> int:
     """`read_settings` re-reads the site config on SIGHUP (None: keep the settings)."""
+    # Until the loop's handler is in place (after the models load, which can take long) a
+    # SIGHUP must not take SIGHUP's default action, ending the process: it is ignored.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop has no Windows build
-        return asyncio.run(_serve(settings, out, read_settings))
-    return int(uvloop.run(_serve(settings, out, read_settings)))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop has no Windows build
+            return asyncio.run(_serve(settings, out, read_settings))
+        return int(uvloop.run(_serve(settings, out, read_settings)))
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 class _Refused(Exception):
@@ -51,6 +57,12 @@ class _Refused(Exception):
 async def _serve(
     settings: Settings, out: TextIO, read_settings: Callable[[], Settings] | None
 ) -> int:
+    # From here on, during start-up too: a SIGTERM before the router listens (loading its
+    # models) or just after is a drain once it has started, never the signal's default death.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         app, runner, admin = await _start(settings, read_settings)
     except _Refused as exc:
@@ -73,7 +85,7 @@ async def _serve(
     if admin is not None:
         _say(out, f"admin (/metrics, /status) on {_urls(admin)}")
     settle_after_startup()
-    await _until_stopped(app, out)
+    await _until_stopped(app, out, stop)
     app[STATUS].draining = True
     _say(out, "draining: readiness is now 503; finishing in-flight requests")
     await asyncio.sleep(settings.server.readiness_grace_s)
@@ -129,18 +141,17 @@ async def _start(
     return app, runner, admin
 
 
-async def _until_stopped(app: web.Application, out: TextIO) -> None:
-    """Serve until SIGTERM or SIGINT; SIGHUP reloads meanwhile (finished before returning)."""
-    stop = asyncio.Event()
+async def _until_stopped(app: web.Application, out: TextIO, stop: asyncio.Event) -> None:
+    """Serve until `stop` (SIGTERM or SIGINT); SIGHUP reloads meanwhile (finished before
+    returning)."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[bool]] = set()
     loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, app, reloads, out)
     supervisor = supervisor_pid()
     watches = [loop.create_task(_stop_when_orphaned(supervisor, stop, out))] if supervisor else []
     await stop.wait()
-    loop.remove_signal_handler(signal.SIGHUP)
+    # Not removed: SIGHUP's default action ends the process, which would cut the drain short.
+    loop.add_signal_handler(signal.SIGHUP, _say, out, "SIGHUP ignored while stopping")
     for watch in watches:
         watch.cancel()
     await asyncio.gather(*reloads, return_exceptions=True)
@@ -214,8 +225,25 @@ def _announce(
 def _say(out: TextIO, text: str) -> None:
     """One write: workers share their supervisor's stdout, and print() writes the line and its
     newline separately, so two workers' lines could interleave."""
-    out.write(text + "\n")
-    out.flush()
+    try:
+        out.write(text + "\n")
+        out.flush()
+    except (OSError, ValueError):
+        # Its reader gone (`serve | grep -m1 listening`): these lines are notes, not worth a
+        # drain cut short; from now on they go nowhere (and the exit's flush cannot fail).
+        _silence(out)
+
+
+def _silence(out: TextIO) -> None:
+    try:
+        target = out.fileno()
+    except (OSError, ValueError):  # no file descriptor (a StringIO): nothing to silence
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, target)
+    finally:
+        os.close(devnull)
 
 
 def _host(address: tuple[str, int]) -> str:

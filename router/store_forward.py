@@ -25,7 +25,7 @@ from router.privacy import MemoScanner, Privacy
 from router.redaction.types import DetectionError
 from router.redaction.vault import TokenVault
 from router.redaction.walker import redact_json
-from router.spool import Spool
+from router.spool import Drainer, Spool
 from router.stages.classify import OFF_LOOP_BYTES
 from router.stream_copy import StreamCopy, sampled_events
 from router.tier_view import View, view_for
@@ -51,6 +51,7 @@ class StoreAndForward:
         """`origin`: the site's jurisdiction; the collector's jurisdiction and host are what
         residency judges a sample's destination by, as an endpoint's ("": untagged)."""
         self.spool = spool
+        self.drainer: Drainer | None = None  # set where this process uploads the spool
         self.privacy = privacy
         self._site = site
         self._origin = origin

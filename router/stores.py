@@ -99,6 +99,7 @@ async def spool_context(app: web.Application) -> AsyncIterator[None]:
             # whose collector's own tier is down; the link's return ends any backoff at once.
             online=lambda: upstreams.reaches(spool_settings.collector_url or "", loop.time()),
         )
+        store.drainer = drainer
         tasks.append(asyncio.get_running_loop().create_task(drainer.run()))
     try:
         yield

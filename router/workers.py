@@ -69,6 +69,25 @@ def admin_port(base: int) -> int:
     return base + (worker_index() or 0) if base else 0
 
 
+def admin_ports_problem(settings: Settings) -> str | None:
+    """Why the workers' admin ports (admin.port + index) cannot all be had: past 65535, or
+    one of them the API's port, which only the last workers would find out as they start."""
+    admin, server = settings.admin, settings.server
+    if server.workers == 1 or not admin.enabled or admin.port == 0:
+        return None
+    last = admin.port + server.workers - 1
+    if last > 65535:
+        return f"the {server.workers} workers' admin ports {admin.port}..{last} go past 65535"
+    wildcard = {"", "0.0.0.0", "::"}
+    overlap = server.host == admin.host or {server.host, admin.host} & wildcard
+    if overlap and admin.port <= server.port <= last:
+        return (
+            f"the {server.workers} workers' admin ports {admin.port}..{last} take server.port "
+            f"{server.port}: move admin.port (--admin-port)"
+        )
+    return None
+
+
 def as_worker(doc: dict[str, Any]) -> None:
     """Settings (as a dict, before validation) as this worker runs them: on the supervisor's
     reserved port, and with an admin listener of its own (when the settings have one)."""
@@ -149,8 +168,13 @@ class Supervisor:
     def _say(self, text: str) -> None:
         # One write: the workers print to the same stdout (print() would write the newline
         # separately, and an unbuffered stdout lets another process's line in between).
-        self._out.write(f"supervisor: {text}\n")
-        self._out.flush()
+        try:
+            self._out.write(f"supervisor: {text}\n")
+            self._out.flush()
+        except (OSError, ValueError):
+            # Its reader gone: stopping the workers (and waiting for them) matters more than
+            # the line; the workers' own lines go nowhere then too (router.server._say).
+            pass
 
     def _start(self, slot: Slot) -> None:
         env = dict(self._env, **{WORKER_ENV: str(slot.index), SUPERVISOR_ENV: str(os.getpid())})
@@ -238,6 +262,10 @@ def supervise(settings: Settings, argv: Sequence[str], out: TextIO = sys.stdout)
     """Run `settings.server.workers` workers, each `layer-router <argv>` on the port reserved
     here."""
     server = settings.server
+    problem = admin_ports_problem(settings)
+    if problem is not None:  # refused before any worker loads its models
+        print(f"error: invalid configuration in server.workers:\n  - {problem}", file=sys.stderr)
+        return 2
     try:
         reserved = reserve_port(server.host, server.port)
     except OSError as exc:

@@ -6,9 +6,11 @@ Shared by the site config and the per-model configs so that both report errors t
 
 from __future__ import annotations
 
+import re
+import types
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, TypeVar, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -36,6 +38,34 @@ class Strict(BaseModel):
             key: _when_empty(fields.get(key)) if value is None else value
             for key, value in data.items()
         }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _booleans_are_no_numbers(cls, data: Any) -> Any:
+        """pydantic reads true as 1 for a number: `port: yes` (YAML's true) would listen on
+        port 1, `drain_timeout_s: on` drain for a second. Such a value is refused at its key
+        instead, as a string would be."""
+        if not isinstance(data, dict) or not any(isinstance(v, bool) for v in data.values()):
+            return data
+        fields = cls.model_fields
+        return {
+            key: str(value).lower()
+            if isinstance(value, bool) and key in fields and _numeric(fields[key].annotation)
+            else value
+            for key, value in data.items()
+        }
+
+
+def _numeric(annotation: Any) -> bool:
+    """An int or float field, optional or not (a bool is a valid value for neither)."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return False
+    members = [m for m in get_args(annotation) if m is not type(None)]
+    return bool(members) and all(_numeric(m) for m in members)
 
 
 def _when_empty(field: Any) -> Any:
@@ -77,6 +107,8 @@ def describe(error: ValidationError) -> list[str]:
             continue  # pydantic counts only the valid entries: the inner error is the news
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         reason = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        if item["type"] == "value_error":  # our validators' own words, not "Value error, ..."
+            reason = str(item.get("ctx", {}).get("error", reason))
         problems.append(f"{where}: {reason}")
     return problems
 
@@ -98,7 +130,36 @@ def validate(data: Any, model: type[M], source: str) -> M:
         raise ConfigError(source, describe(exc)) from None
 
 
-def load(path: Path, model: type[M]) -> M:
+# `${NAME}` or `${NAME:-default}`, as shells, envsubst and Compose write a variable.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-=?+][^}]*)?\}")
+
+
+def unexpanded_variables(data: Any, where: str = "") -> list[str]:
+    """Strings that hold a `${NAME}` no one expanded: the config is read as written, so a
+    host, URL, path or header would carry it literally (a folder named `${STATE}`, an upstream
+    never reached, a token refused) instead of failing. Only the variable's name is quoted."""
+    if isinstance(data, str):
+        found = _VARIABLE.search(data)
+        if found is None:
+            return []
+        return [
+            f"{where or '(top level)'}: holds ${{{found.group(1)}}}, which is not expanded "
+            "(the config is read as written: expand it before, with envsubst say)"
+        ]
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return []
+    problems = []
+    for key, value in items:
+        problems += unexpanded_variables(value, f"{where}.{key}" if where else str(key))
+    return problems
+
+
+def load(path: Path, model: type[M], *, refuse_variables: bool = False) -> M:
+    """`refuse_variables`: a `${NAME}` in a value is an error (see unexpanded_variables)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -112,4 +173,8 @@ def load(path: Path, model: type[M]) -> M:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(str(path), [f"{where}{problem}"]) from None
+    if refuse_variables:
+        problems = unexpanded_variables(data)
+        if problems:
+            raise ConfigError(str(path), problems)
     return validate(data, model, str(path))

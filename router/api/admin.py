@@ -91,6 +91,8 @@ async def metrics(request: web.Request) -> web.Response:
     admin = request.app
     collector = admin[COLLECTOR]
     collector.sources.spool = await spool_state(admin[API_APP][SPOOL].spool)
+    drainer = admin[API_APP][SPOOL].drainer
+    collector.sources.uploads = None if drainer is None else drainer.status()
     collector.sources.collector = admin[API_APP].get(COLLECTOR_STATS)
     body, content_type = exposition(admin[REGISTRY], request.headers.get("Accept", ""))
     response = web.Response(body=body, headers={"Content-Type": content_type})
@@ -216,12 +218,15 @@ async def _spool(api: web.Application) -> dict[str, Any]:
     state = await spool_state(api[SPOOL].spool)
     if state is None:
         return {"enabled": False}
+    drainer = api[SPOOL].drainer
     return {
         "enabled": True,
         **state.counts,
         "oldest_age_s": round(state.oldest_age_s, 3),
         # Since this process started: streamed answers due a sample, too long to copy for it.
         "samples_too_large": api[SPOOL].oversized,
+        # None where this process does not upload (no collector_url, a worker but the first).
+        "uploads": None if drainer is None else drainer.status(),
     }
 
 

@@ -47,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def verify_command(path: Path) -> int:
-    files = log_files(path)
+    try:
+        files = log_files(path)
+    except OSError as exc:
+        print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if not files:
         print(f"error: no audit logs (*.jsonl) in {path}", file=sys.stderr)
         return 2

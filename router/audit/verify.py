@@ -223,8 +223,11 @@ class Provenance:
 
 
 def log_files(path: Path) -> list[Path]:
-    """A log file, or every `*.jsonl` log in a folder (one per worker)."""
-    return sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    """A log file, or every `*.jsonl` log in a folder (one per worker). OSError when the
+    folder cannot be listed (glob would call it empty)."""
+    if not path.is_dir():
+        return [path]
+    return sorted(entry for entry in path.iterdir() if entry.name.endswith(".jsonl"))
 
 
 def show(path: Path, audit_id: str) -> Provenance:

@@ -171,7 +171,12 @@ class Loader:
         if not path.is_dir():
             raise ConfigError(str(path), ["model repository is not a directory"])
         models = {}
-        for model_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+        try:
+            folders = sorted(p for p in path.iterdir() if p.is_dir())
+        except OSError as exc:  # a folder this user may not list
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(str(path), [f"model repository cannot be read: {reason}"]) from None
+        for model_dir in folders:
             if not model_dir.name.startswith((".", "_")):
                 models[model_dir.name] = self._load_model(model_dir)
         return ModelRepository(path, models)
@@ -183,10 +188,15 @@ class Loader:
         except ConfigError as exc:
             log.error("model %s not loaded: %s", name, exc)
             return Model(name, ModelConfig(), {}, error=str(exc))
+        try:
+            found = sorted(p for p in model_dir.iterdir() if p.is_dir() and _is_number(p.name))
+        except OSError as exc:  # this model's folder alone: the others still load
+            reason = f"{model_dir} cannot be read: {exc.strerror or type(exc).__name__}"
+            log.error("model %s not loaded: %s", name, reason)
+            return Model(name, config, {}, error=reason)
         dirs: dict[int, list[Path]] = {}
-        for folder in sorted(model_dir.iterdir()):
-            if folder.is_dir() and _is_number(folder.name):
-                dirs.setdefault(int(folder.name), []).append(folder)
+        for folder in found:
+            dirs.setdefault(int(folder.name), []).append(folder)
         if not dirs:
             return Model(name, config, {}, error=f"no numeric version folder in {model_dir}")
         versions = {

@@ -25,22 +25,38 @@ def read_folder(folder: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, b
     root = folder.resolve()
     files: dict[str, bytes] = {}
     total = 0
+    _listable(folder, folder)
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         if relative.parts[0].startswith(".."):
             continue  # Kubernetes' atomic-writer internals (..data, ..2026_11_27...)
         if path.is_symlink() and not _inside(path.resolve(), root):
             raise BundleRejected(f"symbolic link out of the bundle: {relative}")
+        if path.is_dir():
+            _listable(path, folder)
         if not path.is_file():
             continue
         name = relative.as_posix()
         if "__pycache__" in name:
             continue
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleRejected(f"cannot read {relative}: {exc.strerror or exc}") from None
         total += len(data)
         _within_limits(len(files) + 1, total, max_bytes)
         files[name] = data
     return files
+
+
+def _listable(path: Path, folder: Path) -> None:
+    """rglob skips a folder it may not list, silently: a bundle read without its `cases/`
+    (every case unrun, "0 policy cases passed") or without its manifest."""
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        where = path.relative_to(folder).as_posix() if path != folder else str(folder)
+        raise BundleRejected(f"cannot read {where}: {exc.strerror or exc}") from None
 
 
 def _inside(path: Path, root: Path) -> bool:

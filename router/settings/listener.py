@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,12 +15,30 @@ from router.yamlconf import Strict
 MAX_WORKERS = 256
 
 
-def _unbracketed(host: str) -> str:
-    # `[::1]` is how an IPv6 address is written in a URL; the socket wants it bare.
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+# A DNS name (RFC 1123 labels; underscores too, as container service names have them).
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
+)
 
 
-Host = Annotated[str, AfterValidator(_unbracketed)]
+def _listen_address(host: str) -> str:
+    """An IP address or a host name to listen on. `[::1]` is how an IPv6 address is written in
+    a URL; the socket wants it bare. Anything else (`127.0.0.1:8000`, `http://0.0.0.0`, an
+    unexpanded `${HOST}`, empty) is refused here, where check sees it, not when serve binds."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        if not _HOST_NAME.match(bare):
+            raise ValueError(
+                "not an IP address or host name to listen on (no scheme, no port: "
+                "0.0.0.0 for every interface)"
+            ) from None
+    return bare
+
+
+Host = Annotated[str, AfterValidator(_listen_address)]
 
 
 class ListenerTlsSettings(Strict):

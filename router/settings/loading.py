@@ -14,7 +14,7 @@ def load_settings(path: Path | None) -> Settings:
     """The embedded default when `path` is None, else the file's settings over the defaults."""
     if path is None:
         return Settings()
-    settings = yamlconf.load(path, Settings)
+    settings = yamlconf.load(path, Settings, refuse_variables=True)
     repo = settings.models.repository
     if repo is not None and not repo.is_absolute():
         models = settings.models.model_copy(update={"repository": path.parent / repo})

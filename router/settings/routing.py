@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from router.settings.base import PositiveInt
+from router.settings.base import PathPrefix, PositiveInt
 from router.yamlconf import Strict
 
 
@@ -57,6 +57,6 @@ class RoutingSettings(Strict):
     local_max_payload_bytes: PositiveInt = 64 * 1024 * 1024
     # Path prefixes of side-effect-free routes, which may be retried; others only with an
     # Idempotency-Key header (chat and completions sample and bill: a replay is a new answer).
-    idempotent_paths: tuple[str, ...] = ("/v2/", "/v1/embeddings")
+    idempotent_paths: tuple[PathPrefix, ...] = ("/v2/", "/v1/embeddings")
     offline: bool = False  # local-only: never contact an upstream
     models: dict[str, ModelRouteSettings] = {}

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from router.policy.model import KeyHash
-from router.settings.base import PositiveFloat, PositiveInt, SiteId
+from router.settings.base import PathPrefix, PositiveFloat, PositiveInt, SiteId
 from router.settings.upstream import TlsSettings
 from router.yamlconf import Strict
 
@@ -25,7 +25,7 @@ class CacheSettings(Strict):
     openai_ttl_s: Annotated[float, Field(ge=0)] = 0.0
     # Concurrent identical misses share one execution, except on these path prefixes.
     coalesce: bool = True
-    no_coalesce_paths: tuple[str, ...] = ()
+    no_coalesce_paths: tuple[PathPrefix, ...] = ()
 
 
 # A certificate's SHA-256 fingerprint over its DER bytes: hex, colons allowed (as `openssl x509

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from router.settings.base import HeaderFields, PositiveFloat, PositiveInt, Tier
+from router.settings.base import HeaderFields, PathPrefix, PositiveFloat, PositiveInt, Tier
 from router.yamlconf import Strict
 
 
@@ -75,7 +75,7 @@ class HealthCheckSettings(Strict):
     enabled: bool = True
     # None: /v2/health/ready for kserve-v2 clusters, and /v1/models for openai ones (also
     # when /v2/health/ready is 404: a cluster of both protocols may be an OpenAI-only server).
-    path: str | None = None
+    path: PathPrefix | None = None
     # Frequent and cheap, so a site notices a dead link within ~3 s and goes local-only.
     interval_s: PositiveFloat = 1.0
     timeout_s: PositiveFloat = 1.0

@@ -180,7 +180,8 @@ class CollectorStore:
 def _unavailable(path: Path, exc: BaseException) -> SpoolUnavailable:
     if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
         return SpoolInUse(f"collector store {path} is in use by another process")
-    return SpoolUnavailable(f"cannot open collector store {path}: {exc}")
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return SpoolUnavailable(f"cannot open collector store {path}: {reason}")
 
 
 def _connect(path: Path, shared: bool) -> sqlite3.Connection:

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from router.spool.store import Record, Spool
 from router.spool.wire import (
@@ -82,6 +83,16 @@ class DrainStats:
     consecutive_failures: int = 0
     skipped_expired: int = 0  # expired while held by the rate limiter, not sent
     last_failure: str = ""  # the error's type: never its text, which could quote a reply
+    last_batch_at: float | None = None  # the drainer's clock at the last acknowledged upload
+
+    def state(self, online: bool) -> str:
+        """How uploads go now: waiting for the link (offline), refused (the collector turns
+        this site's credentials away), failing (anything else), or ok."""
+        if not online:
+            return "offline"
+        if self.consecutive_failures == 0:
+            return "ok"
+        return "refused" if self.last_failure == CollectorRefused.__name__ else "failing"
 
 
 class Drainer:
@@ -109,9 +120,24 @@ class Drainer:
         self._idle_s = idle_s
         self._backoff = (backoff_base_s, backoff_max_s)
         self._sleep = sleep
+        self._clock = clock
         self._rng = rng or random.Random()
         self.bucket = TokenBucket(rate_per_s, max(1, batch_size), clock)
         self.stats = DrainStats()
+
+    def status(self) -> dict[str, Any]:
+        """The uploads as /status shows them (counted since start)."""
+        stats = self.stats
+        last = stats.last_batch_at
+        return {
+            "state": stats.state(self._online()),
+            "batches": stats.batches,
+            "delivered": stats.delivered,
+            "failures": stats.failures,
+            "consecutive_failures": stats.consecutive_failures,
+            "last_failure": stats.last_failure or None,
+            "last_batch_age_s": None if last is None else round(self._clock() - last, 3),
+        }
 
     async def run(self) -> None:
         while True:
@@ -172,6 +198,7 @@ class Drainer:
         if len(done) < len(live):
             raise DeliveryFailed(f"{len(live) - len(done)} record(s) not accepted")
         self.stats.batches += 1
+        self.stats.last_batch_at = self._clock()
         if self.stats.consecutive_failures:
             log.warning("spool uploads succeed again")
             self.stats.consecutive_failures = 0

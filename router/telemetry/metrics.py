@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -59,6 +60,7 @@ class Sources:
     upstreams: Upstreams
     cache: ResponseCache
     spool: SpoolState | None = None  # refreshed by the handler before each scrape
+    uploads: dict[str, Any] | None = None  # the spool's uploads (Drainer.status), likewise
     collector: CollectorStats | None = None  # a central tier's collector
     audit_failures: Callable[[], int | None] = lambda: None  # None: no audit trail
 
@@ -79,6 +81,8 @@ class RouterCollector(Collector):
         yield from _bundle(s.bundle)
         if s.spool is not None:
             yield from _spool(s.spool)
+        if s.uploads is not None:
+            yield from _uploads(s.uploads)
         if s.collector is not None:
             yield from _collector(s.collector)
         audit_failures = s.audit_failures()
@@ -277,6 +281,22 @@ def _spool(state: SpoolState) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         PREFIX + "spool_oldest_age_seconds", "Age of the oldest waiting record", state.oldest_age_s
+    )
+
+
+def _uploads(uploads: dict[str, Any]) -> Iterator[Metric]:
+    """The spool's uploads to the collector: a site whose uploads fail (a refused key, a
+    collector down) shows here before its spool fills."""
+    yield CounterMetricFamily(
+        PREFIX + "spool_upload_batches", "Batches the collector acknowledged", uploads["batches"]
+    )
+    yield CounterMetricFamily(
+        PREFIX + "spool_upload_failures", "Failed upload attempts", uploads["failures"]
+    )
+    yield GaugeMetricFamily(
+        PREFIX + "spool_upload_failing",
+        "1 while uploads fail (the last attempt failed: refused or any other failure)",
+        1.0 if uploads["consecutive_failures"] else 0.0,
     )
 
 

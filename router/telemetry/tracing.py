@@ -60,6 +60,14 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
                 "use http/protobuf (an OTLP collector's port 4318)"
             )
         _check_otlp_headers(environ)
+        variable = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"  # the one in effect, as the SDK reads
+        if not environ.get(variable, "").strip():
+            variable = "OTEL_EXPORTER_OTLP_ENDPOINT"
+        endpoint = environ.get(variable, "").strip()
+        if endpoint and not endpoint.lower().startswith(("http://", "https://")):
+            # As gRPC exporters take it (collector:4317): every batch would fail to send.
+            # The value is not repeated: an endpoint can carry a token.
+            raise ValueError(f"{variable}: the URL needs http:// or https:// before its host")
         # Reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _CERTIFICATE itself.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

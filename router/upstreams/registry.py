@@ -100,6 +100,11 @@ class Upstreams:
             if name in wanted:
                 new = wanted[name]
                 clusters[name] = Cluster.from_settings(new)
+                old = self.clusters.get(name)
+                if old is not None and old.settings.tier == new.tier:
+                    # One series per (cluster, tier) in /metrics: its counters go on from
+                    # the old cluster's (shared while its last requests finish), never back.
+                    clusters[name].counters = old.counters
                 transports[name] = transport_for(new, tls[name])
                 probers[name] = Prober(clusters[name], transports[name])
         if self._started:

@@ -4,6 +4,7 @@ messages operators script against (0 ok, 1 tampered or not found, 2 unreadable).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +20,20 @@ ROUTER_ROOT = Path(router.__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 60.0
 
 
-def audit(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+# Root without the capabilities that let it read and search any folder: file modes apply to it.
+WITHOUT_DAC = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop capabilities"
+)
+
+
+def audit(
+    *args: str | Path, cwd: Path | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROUTER_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "router", "audit", *map(str, args)],
+        [*prefix, sys.executable, "-m", "router", "audit", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
@@ -119,6 +129,24 @@ class TestVerify:
         assert empty.returncode == 2
         assert "no audit logs" in empty.stderr
 
+    @needs_root
+    def test_a_folder_that_cannot_be_listed_is_unreadable(
+        self, log: tuple[Path, list[AuditRecord]]
+    ) -> None:
+        """A folder of logs the user may not list is exit 2 with the reason (Permission
+        denied), for verify and show alike, not 'no audit logs' or 'no audit record'."""
+        folder = log[0].parent
+        folder.chmod(0o300)
+        try:
+            verified = audit("verify", folder, prefix=WITHOUT_DAC)
+            shown = audit("show", log[1][0].id, "--log", folder, prefix=WITHOUT_DAC)
+        finally:
+            folder.chmod(0o755)
+        for done in (verified, shown):
+            assert done.returncode == 2, done.stderr
+            assert f"cannot read {folder}: Permission denied" in done.stderr
+            assert "Traceback" not in done.stderr
+
 
 class TestShow:
     def test_cache_hit_shows_its_origin(self, log: tuple[Path, list[AuditRecord]]) -> None:
@@ -133,6 +161,32 @@ class TestShow:
         assert provenance[0]["record"]["cache_of"] == records[1].id
         assert all(p["intact"] for p in provenance)
         assert shown["missing_origin"] is None
+
+    def test_a_reader_that_leaves_early_gets_no_trace(
+        self, log: tuple[Path, list[AuditRecord]]
+    ) -> None:
+        """`audit show ID | head -1`: output to a pipe whose reader has gone ends quietly
+        with SIGPIPE's exit status (141), not a BrokenPipeError stack trace."""
+        path, records = log
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first write
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROUTER_ROOT), env.get("PYTHONPATH")]))
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "router", "audit", "show", records[4].id, "--log", path],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=RUN_TIMEOUT_S,
+                env=env,
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in done.stderr
+        assert "BrokenPipeError" not in done.stderr
+        assert done.returncode == 141
 
     def test_unknown_id_exits_1(self, log: tuple[Path, list[AuditRecord]]) -> None:
         """An id no log holds: exit 1 and nothing on stdout."""

@@ -144,6 +144,15 @@ async def admin_pages(server: RouterThread) -> bytes:
     return b"".join(pages)
 
 
+async def admin_page(server: RouterThread, page: str) -> bytes:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as http,
+        http.get(server.admin_url + page) as response,
+    ):
+        assert response.status == 200
+        return await response.read()
+
+
 def spool_of(server: RouterThread) -> Spool:
     assert server.app is not None
     spool = server.app[SPOOL].spool
@@ -276,6 +285,37 @@ class TestCollectorAuthentication:
             ("audit:e2", "site-a"),
             ("audit:e3", "site-a"),
         }
+
+    async def test_an_edges_status_and_metrics_show_how_its_uploads_go(
+        self, central: RouterThread, tmp_path: Path
+    ) -> None:
+        """The operator of a site whose key the collector refuses sees it in /status (the
+        uploads refused, failures counted) and /metrics (failing), not only in one log line
+        while the spool fills; a site whose key is good shows ok and its batches."""
+        with (
+            edge(tmp_path, central.url, "site-a", KEY_A) as good,
+            edge(tmp_path, central.url, "site-b", WRONG) as refused,
+        ):
+            await put(good, "audit:u1")
+            await put(refused, "audit:u2")
+            await drained(good, 1)
+            deadline = time.monotonic() + 15
+            while True:
+                uploads = orjson.loads(await admin_page(refused, "/status"))["spool"]["uploads"]
+                if uploads["failures"]:
+                    break
+                assert time.monotonic() < deadline, uploads
+                await asyncio.sleep(0.1)
+            kept = orjson.loads(await admin_page(good, "/status"))["spool"]["uploads"]
+            refused_metrics = (await admin_page(refused, "/metrics")).decode()
+            good_metrics = (await admin_page(good, "/metrics")).decode()
+        assert (uploads["state"], uploads["last_failure"]) == ("refused", "CollectorRefused")
+        assert (uploads["batches"], uploads["last_batch_age_s"]) == (0, None)
+        assert (kept["state"], kept["batches"], kept["delivered"]) == ("ok", 1, 1)
+        assert kept["last_batch_age_s"] >= 0
+        assert "layer_router_spool_upload_failing 1.0" in refused_metrics
+        assert "layer_router_spool_upload_failing 0.0" in good_metrics
+        assert "layer_router_spool_upload_batches_total 1.0" in good_metrics
 
     async def test_keys_never_show(
         self, central: RouterThread, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 from router.api.admin import status_document
 from router.api.state import RELOADER
-from router.settings import Settings
+from router.settings import Settings, Tier
 from router.testing import (
     AppThread,
     Behaviour,
@@ -180,6 +180,29 @@ async def test_unchanged_clusters_keep_their_health_across_a_reload() -> None:
         moved = chat_forwarding_settings("http://127.0.0.1:10")
         assert await upstreams.reconfigure(moved.upstreams, True, clients, 0.1) == ["central"]
         assert upstreams.clusters["central"] is not before
+    finally:
+        await upstreams.close()
+
+
+async def test_a_replanned_cluster_keeps_counting_where_the_old_one_stopped() -> None:
+    """A cluster replaced by a reload (same name and tier) carries on its counters, which
+    /metrics exposes as counters: they must not fall back to 0 in a running process. A
+    cluster moved to another tier starts a series of its own, from 0."""
+    settings = chat_forwarding_settings("http://127.0.0.1:9")
+    upstreams = Upstreams.from_settings(settings.upstreams, offline=True)
+    try:
+        upstreams.clusters["central"].counters.requests = 3
+        upstreams.clusters["central"].counters.failures = 2
+        clients = TlsContexts.from_settings(settings).clients
+        moved = chat_forwarding_settings("http://127.0.0.1:10")
+        assert await upstreams.reconfigure(moved.upstreams, True, clients, 0.1) == ["central"]
+        counters = upstreams.clusters["central"].counters
+        assert (counters.requests, counters.failures) == (3, 2)
+        regional = moved.model_copy(
+            update={"upstreams": (moved.upstreams[0].model_copy(update={"tier": Tier.REGIONAL}),)}
+        )
+        assert await upstreams.reconfigure(regional.upstreams, True, clients, 0.1) == ["central"]
+        assert upstreams.clusters["central"].counters.requests == 0
     finally:
         await upstreams.close()
 

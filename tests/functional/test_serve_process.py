@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -228,7 +230,10 @@ async def probe_ready(url: str) -> int | str:
             return "refused"
 
 
-async def drain_scenario(repository: Path, config: Path, stderr: Path) -> DrainRun:
+async def drain_scenario(
+    repository: Path, config: Path, stderr: Path, hangup: bool = False
+) -> DrainRun:
+    """`hangup`: a SIGHUP (a reload, a closed terminal) follows the SIGTERM mid-drain."""
     run = DrainRun()
     args = [sys.executable, "-c", SLOW_LAUNCHER, str(SLOW_RUN_S), "serve", "--port", "0"]
     args += ["--config", str(config), "--model-repository", str(repository)]
@@ -258,6 +263,8 @@ async def drain_scenario(repository: Path, config: Path, stderr: Path) -> DrainR
             await wait_running(http, child.url)
             child.process.send_signal(signal.SIGTERM)
             await child.read_until("draining")
+            if hangup:
+                child.process.send_signal(signal.SIGHUP)
             while not request.done():
                 run.probes.append(await probe_ready(child.url))
                 await asyncio.sleep(0.05)
@@ -312,6 +319,102 @@ class TestDrain:
     def test_readiness_503_while_draining(self, drain_run: DrainRun) -> None:
         """While draining, readiness answers 503 so load balancers stop sending traffic."""
         assert 503 in drain_run.probes
+
+
+async def test_a_sighup_while_draining_does_not_cut_the_drain(
+    repository: Path, tmp_path: Path
+) -> None:
+    """A SIGHUP after SIGTERM (a config reloader, logrotate, a closed terminal) found no
+    handler and killed the router mid-drain; it is ignored: the request in flight gets its
+    answer and the process exits 0."""
+    config = tmp_path / "site.yaml"
+    config.write_text("server:\n  drain_timeout_s: 20\n", encoding="utf-8")
+    run = await drain_scenario(repository, config, tmp_path / "stderr", hangup=True)
+    assert run.in_flight_status == 200
+    assert run.exit_code == 0
+    assert "SIGHUP ignored while stopping" in run.stdout
+
+
+async def test_a_sighup_while_starting_does_not_end_the_router(
+    repository: Path, tmp_path: Path
+) -> None:
+    """A SIGHUP while the models load (here a 2-second warm-up) found SIGHUP's default action
+    and ended the process before it ever listened; it is ignored until reloads are handled."""
+    config = tmp_path / "site.yaml"
+    slow_warmup = tmp_path / "repo"
+    shutil.copytree(repository, slow_warmup)
+    (slow_warmup / "slow" / "config.yaml").write_text("warmup: true\n")
+    config.write_text("server: {readiness_grace_s: 0}\n")
+    args = [sys.executable, "-c", SLOW_LAUNCHER, str(SLOW_RUN_S), "serve", "--port", "0"]
+    args += ["--config", str(config), "--model-repository", str(slow_warmup)]
+    errors = tmp_path / "stderr"
+    with errors.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=err, env=child_env()
+        )
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while True:  # until the app is being built (a file to poll: no event to wait on)
+                if "secret_file" in errors.read_text():
+                    break
+                await asyncio.sleep(0.02)
+        process.send_signal(signal.SIGHUP)
+        assert process.stdout is not None
+        async with asyncio.timeout(START_TIMEOUT_S):
+            first = (await process.stdout.readline()).decode()
+        assert "listening on" in first, errors.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), EXIT_TIMEOUT_S) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_a_stdout_whose_reader_left_does_not_cut_the_drain(
+    repository: Path, tmp_path: Path
+) -> None:
+    """`serve | grep -m1 listening`: the reader of stdout is gone when SIGTERM comes, so the
+    'draining' line cannot be written; that ended the process at once (a BrokenPipeError
+    before the drain: the request in flight cut, the stores not closed). The drain goes on
+    and the process exits 0."""
+    args = [sys.executable, "-c", SLOW_LAUNCHER, str(SLOW_RUN_S), "serve", "--port", "0"]
+    args += ["--model-repository", str(repository)]
+    with (tmp_path / "stderr").open("wb") as err:
+        child = await asyncio.to_thread(
+            partial(subprocess.Popen, args, stdout=subprocess.PIPE, stderr=err, env=child_env())
+        )
+    try:
+        assert child.stdout is not None
+        lines: list[str] = []
+        while not any("admin (/metrics" in line for line in lines):
+            line = (await asyncio.to_thread(child.stdout.readline)).decode()
+            assert line, lines
+            lines.append(line)
+        match = URL.search("".join(lines))
+        assert match, lines
+        child.stdout.close()  # the reader leaves
+        timeout = aiohttp.ClientTimeout(total=EXIT_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await wait_ready(http, match.group(1))
+            body = orjson.dumps(
+                {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}
+            )
+            request = asyncio.ensure_future(
+                http.post(f"{match.group(1)}/v2/models/slow/infer", data=body)
+            )
+            await wait_running(http, match.group(1))
+            child.send_signal(signal.SIGTERM)
+            answer = await request
+            assert answer.status == 200
+            answer.release()
+        code = await asyncio.to_thread(child.wait, EXIT_TIMEOUT_S)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert code == 0
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
 
 
 async def test_offline_with_upstreams_says_they_are_not_used(tmp_path: Path) -> None:
@@ -446,6 +549,53 @@ class TestCheck:
             assert done.returncode == 2, done.stderr
             assert "argument --config" in done.stderr or "argument config" in done.stderr
             assert "configuration in ." not in done.stderr
+
+    @pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop caps"
+    )
+    def test_a_repository_or_model_folder_that_cannot_be_listed(
+        self, tmp_path: Path, edge_models: Path
+    ) -> None:
+        """A model repository the user may not list is exit 2 naming it (Permission denied),
+        and a model folder it may not list is that model's failure (1, the others loaded),
+        where both were a PermissionError stack trace (serve's start-up too)."""
+        color = edge_models / "color_classifier"
+        write_repository(
+            tmp_path / "repo",
+            {
+                "color_classifier": {1: (color / "1/model.onnx").read_bytes()},
+                "locked": {1: (color / "1/model.onnx").read_bytes()},
+            },
+        )
+        without_dac = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+        def check(repository: Path) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "router", "check", "--model-repository"]
+            return subprocess.run(
+                [*without_dac, *command, str(repository)],
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT_S,
+                env=child_env(),
+                check=False,
+            )
+
+        (tmp_path / "repo").chmod(0o300)
+        try:
+            unlisted = check(tmp_path / "repo")
+        finally:
+            (tmp_path / "repo").chmod(0o755)
+        (tmp_path / "repo" / "locked").chmod(0o300)
+        try:
+            one_model = check(tmp_path / "repo")
+        finally:
+            (tmp_path / "repo" / "locked").chmod(0o755)
+        assert unlisted.returncode == 2, unlisted.stderr
+        assert "model repository cannot be read: Permission denied" in unlisted.stderr
+        assert one_model.returncode == 1, one_model.stderr
+        assert f"{tmp_path}/repo/locked cannot be read: Permission denied" in one_model.stderr
+        assert "color_classifier v1: CPUExecutionProvider" in one_model.stdout
+        assert "Traceback" not in unlisted.stderr + one_model.stderr
 
     def test_broken_model_exits_1(self, tmp_path: Path, edge_models: Path) -> None:
         """A model file that is not ONNX fails the check (1), naming the file."""

@@ -4,6 +4,7 @@ requests by) moves in whole milliseconds, a fast request would otherwise log 0.0
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +94,34 @@ def test_fast_requests_on_uvloop_have_sub_millisecond_durations(
     assert len(durations) == REQUESTS
     assert all(d >= 0 for d in durations)
     assert any(d != round(d) for d in durations)
+
+
+async def _malformed(app: web.Application) -> bytes:
+    runner = web.AppRunner(app, **logs.access_log_options(True))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"BREW /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer
+    finally:
+        await runner.cleanup()
+
+
+def test_a_malformed_request_is_logged_as_unmatched(
+    records: list[logging.LogRecord], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request aiohttp refuses before routing (an unknown method) gets its access line,
+    route '(unmatched)', status 400; reading its match_info asserted, which lost the line and
+    logged 'connection error: AssertionError' at error level for every such request."""
+    caplog.set_level(logging.ERROR, logger="aiohttp.server")
+    answer = uvloop.run(_malformed(build_app(settings_for(tmp_path))))
+    assert answer.startswith(b"HTTP/1.0 400")
+    lines = [r for r in records if getattr(r, "safe_access", False)]
+    assert [(r.route, r.status) for r in lines] == [("(unmatched)", 400)]  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from router.audit import AuditLog, AuditRecord
 from router.cli import main
+from router.spool import Spool
 
 
 def checked(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -97,14 +100,17 @@ def test_usable_paths_pass_and_nothing_is_left_behind(
     stores = tmp_path / "stores"
     stores.mkdir()
     log = stores / "trail.jsonl"
-    log.write_bytes(b"kept\n")
+    with AuditLog(log, fsync="never") as audit_log:
+        audit_log.append_sync(AuditRecord(site="s", tier="edge"))
+    (stores / "trail.jsonl.head").unlink()
+    kept = log.read_bytes()
     before = log.stat()
     text = f"spool: {{path: {tmp_path}/new/deeper/spool.sqlite3}}\naudit: {{path: {log}}}\n"
     code, err = checked(tmp_path, text, capsys)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.yaml", "stores"]
     assert [p.name for p in stores.iterdir()] == ["trail.jsonl"]
-    assert log.read_bytes() == b"kept\n"
+    assert log.read_bytes() == kept
     assert log.stat().st_mtime_ns == before.st_mtime_ns
 
 
@@ -152,3 +158,98 @@ def test_a_folder_that_cannot_be_looked_into_is_a_clear_refusal() -> None:
     assert "Traceback" not in done.stderr
     assert "spool.path" in done.stderr
     assert "Permission denied" in done.stderr
+
+
+def test_a_collector_store_that_cannot_be_opened_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A central site's collector store (collector-<site>.sqlite3 in the state directory)
+    that serve could not open (here a folder by that name) is exit 2 naming it, as serve
+    refuses it, not ok."""
+    monkeypatch.setenv("LAYER_ROUTER_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state" / "collector-hq.sqlite3").mkdir(parents=True)
+    code, err = checked(tmp_path, "site: {id: hq, tier: central}\n", capsys)
+    assert code == 2, err
+    assert "spool.collect" in err
+    assert f"{tmp_path}/state/collector-hq.sqlite3" in err
+
+
+def test_a_site_that_does_not_collect_has_no_collector_store_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spool.collect: false on a central site: no collector store is opened, none checked."""
+    monkeypatch.setenv("LAYER_ROUTER_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state" / "collector-hq.sqlite3").mkdir(parents=True)
+    text = "site: {id: hq, tier: central}\nspool: {collect: false}\n"
+    code, err = checked(tmp_path, text, capsys)
+    assert code == 0, err
+
+
+def test_a_damaged_audit_log_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An existing audit log with no intact entry (damaged, or some other file), which serve
+    refuses to continue, is exit 2 naming audit.path and why, not ok; the file is untouched."""
+    log = tmp_path / "trail.jsonl"
+    log.write_bytes(b"not an audit log\n")
+    code, err = checked(tmp_path, f"audit: {{path: {log}}}\n", capsys)
+    assert code == 2, err
+    assert "audit.path" in err
+    assert "no intact audit entry" in err
+    assert log.read_bytes() == b"not an audit log\n"
+
+
+@pytest.mark.parametrize("key", ["spool.path", "spool.collect"])
+def test_a_store_from_a_later_release_is_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+) -> None:
+    """A spool or collector store whose layout a later release wrote, which serve refuses to
+    open, is exit 2 naming the key and the version, not ok; no file is added beside it."""
+    monkeypatch.setenv("LAYER_ROUTER_STATE_DIR", str(tmp_path / "state"))
+    if key == "spool.path":
+        path = tmp_path / "stores" / "spool.sqlite3"
+        text = f"spool: {{path: {path}}}\n"
+    else:
+        path, text = tmp_path / "state" / "collector-hq.sqlite3", "site: {id: hq, tier: central}\n"
+    path.parent.mkdir(exist_ok=True)
+    Spool.open_sync(path).close_sync()
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version = 9")
+    raw.commit()
+    raw.close()
+    files = sorted(path.parent.iterdir())
+    code, err = checked(tmp_path, text, capsys)
+    assert code == 2, err
+    assert key in err
+    assert "layout (version 9) is newer" in err
+    assert sorted(path.parent.iterdir()) == files
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop capabilities"
+)
+def test_a_state_directory_serve_cannot_store_its_bundle_in_is_refused() -> None:
+    """With the audit trail off, a read-only state directory still stops serve (it stores the
+    policy bundle there): check is exit 2 naming $LAYER_ROUTER_STATE_DIR and why, not ok."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        (root / "state").mkdir(mode=0o500)
+        config = root / "site.yaml"
+        config.write_text("audit: {enabled: false}\n")
+        code = "import sys; from router.cli import main; sys.exit(main(['check', sys.argv[1]]))"
+        without_dac = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+        done = subprocess.run(
+            [*without_dac, sys.executable, "-c", code, str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "LAYER_ROUTER_STATE_DIR": str(root / "state")},
+            cwd=root,
+        )
+        left = list((root / "state").iterdir())
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "$LAYER_ROUTER_STATE_DIR" in done.stderr
+    assert "Permission denied" in done.stderr
+    assert left == []

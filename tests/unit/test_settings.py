@@ -84,6 +84,31 @@ class TestLoadSettings:
         assert problem.startswith("server.port: ")
         assert "65535" in problem
 
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ("server: {port: true}\n", "server.port"),
+            ("server: {drain_timeout_s: yes}\n", "server.drain_timeout_s"),
+            ("models: {inference_threads: on}\n", "models.inference_threads"),
+            (
+                "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://a'}],"
+                " connect_timeout_ms: false}]\n",
+                "upstreams.0.connect_timeout_ms",
+            ),
+        ],
+    )
+    def test_a_boolean_is_no_number(self, tmp_path: Path, text: str, key: str) -> None:
+        """true/yes/on where a number belongs is refused at its key, not read as 1 (port 1,
+        a one-second drain)."""
+        (problem,) = _problems(_write(tmp_path, text))
+        assert problem.startswith(f"{key}: Input should be a valid ")
+
+    def test_booleans_stay_booleans(self, tmp_path: Path) -> None:
+        """A boolean setting still takes YAML's yes/no."""
+        settings = load_settings(_write(tmp_path, "cache: {enabled: no}\nadmin: {enabled: yes}\n"))
+        assert settings.cache.enabled is False
+        assert settings.admin.enabled is True
+
     def test_every_problem_is_listed(self, tmp_path: Path) -> None:
         """Several problems in one file are all reported, one per line."""
         path = _write(tmp_path, "server:\n  port: -1\n  prot: 1\nsite:\n  tier: moon\n")
@@ -194,7 +219,8 @@ class TestAdminPort:
         that fails later with 'address already in use'."""
         path = _write(tmp_path, "server: {port: 8100}\nadmin: {port: 8100}\n")
         [problem] = _problems(path)
-        assert "admin.port 8100 is server.port too" in problem
+        # The reason as the router words it, without pydantic's "Value error, " before it.
+        assert problem.startswith("(top level): admin.port 8100 is server.port too")
 
     def test_the_same_port_on_different_addresses_is_allowed(self) -> None:
         """Two distinct addresses may each have the port; a disabled admin takes none."""
@@ -204,6 +230,108 @@ class TestAdminPort:
         Settings.model_validate(
             {"server": {"port": 8100}, "admin": {"port": 8100, "enabled": False}}
         )
+
+
+@pytest.mark.parametrize(
+    "host", ["", "$HOST", "127.0.0.1:8000", "http://0.0.0.0", "local host", "0.0.0.0 "]
+)
+@pytest.mark.parametrize("section", ["server", "admin"])
+def test_a_host_that_is_no_address_is_refused(tmp_path: Path, section: str, host: str) -> None:
+    """A listen address serve could never bind (a port or scheme in it, an unexpanded
+    variable, empty: all interfaces by accident) is refused at its key, so check refuses it
+    too, instead of serve failing with 'Name or service not known'."""
+    path = _write(tmp_path, f"{section}: {{host: '{host}'}}\nauth: {{mode: disabled}}\n")
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{section}.host: not an IP address or host name")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::1]", "localhost", "my_router.internal."])
+def test_addresses_and_host_names_are_taken(host: str) -> None:
+    """IPv4 and IPv6 addresses (bracketed or not) and host names pass."""
+    settings = Settings.model_validate({"server": {"host": host}, "auth": {"mode": "disabled"}})
+    assert settings.server.host == host.strip("[]")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("routing: {idempotent_paths: ['v2/']}\n", "routing.idempotent_paths.0"),
+        ("cache: {no_coalesce_paths: [/v1/chat, v1/embeddings]}\n", "cache.no_coalesce_paths.1"),
+        (
+            "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://a:8000'}],"
+            " health_check: {path: healthz}}]\n",
+            "upstreams.0.health_check.path",
+        ),
+    ],
+)
+def test_a_path_prefix_without_its_slash_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    """Request paths all begin with '/': a prefix written without it matched nothing (no
+    retries, coalescing left on), and a health check path was glued to the endpoint's port
+    (http://a:8000healthz: never healthy), silently; each is refused at its key."""
+    (problem,) = _problems(_write(tmp_path, text))
+    assert problem.startswith(f"{key}: String should match pattern")
+
+
+CLUSTER = "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://a'}], headers: %s}]\n"
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ('{Authorization: "Bearer canary-7f3a\\n"}', "the value of Authorization holds a line"),
+        ("{'Authorization: Bearer': canary-7f3a}", "'Authorization: Bearer' is no header name"),
+        ("{'X-Key': \"canary-7f3a\\r\\nX-Other: 1\"}", "the value of X-Key holds a line break"),
+    ],
+)
+def test_a_header_no_request_can_carry_is_refused(
+    tmp_path: Path, headers: str, reason: str
+) -> None:
+    """An upstream header with a line break in its value (a YAML block scalar's last newline)
+    or a name that is no token stopped serve with a stack trace (UnforwardableHeader from the
+    first discovery) or failed every request as the client's fault; it is refused at its key,
+    the value never quoted back."""
+    (problem,) = _problems(_write(tmp_path, CLUSTER % headers))
+    assert problem.startswith(f"upstreams.0.headers: {reason}")
+    assert "canary-7f3a" not in problem
+
+
+def test_a_bundle_sources_headers_are_checked_too(tmp_path: Path) -> None:
+    """policy.source.headers are sent as written too: the same rule."""
+    text = (
+        "policy: {public_keys: [k.pub], source: {url: 'https://b.example/x.tar.gz',"
+        ' headers: {Authorization: "Bearer x\\n"}}}\n'
+    )
+    problems = _problems(_write(tmp_path, text))
+    assert "policy.source.headers: the value of Authorization holds a line break" in " ".join(
+        problems
+    )
+
+
+def test_an_unexpanded_variable_is_refused_at_its_key(tmp_path: Path) -> None:
+    """The config is read as written: `${STATE_DIR}/audit` made a folder named `${STATE_DIR}`,
+    an upstream at `http://${HOST}` was never reached and `Bearer ${TOKEN}` was refused by it,
+    all silently; each is refused at its key, naming the variable, quoting nothing else."""
+    text = (
+        "audit: {path: '${STATE_DIR}/audit'}\n"
+        "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://${HOST}:8000'}],"
+        " headers: {Authorization: 'Bearer ${TOKEN:-canary-51c}'}}]\n"
+    )
+    problems = _problems(_write(tmp_path, text))
+    assert [p.split(":")[0] for p in problems] == [
+        "audit.path",
+        "upstreams.0.endpoints.0.url",
+        "upstreams.0.headers.Authorization",
+    ]
+    assert "holds ${TOKEN}, which is not expanded" in problems[2]
+    assert "canary-51c" not in " ".join(problems)
+
+
+def test_a_dollar_that_is_no_variable_is_kept(tmp_path: Path) -> None:
+    """A `$` that does not open `${NAME}` (a password, a price) is a value like any other."""
+    text = "upstreams: [{name: a, tier: central, endpoints: [{url: 'http://a'}],"
+    text += " headers: {X-Key: 'pa$$word{1}', X-Other: '$HOME'}}]\n"
+    settings = load_settings(_write(tmp_path, text))
+    assert settings.upstreams[0].headers["X-Key"] == "pa$$word{1}"
 
 
 def test_a_bracketed_ipv6_host_is_taken_as_the_address() -> None:

@@ -401,6 +401,16 @@ class TestIntegrity:
         with pytest.raises(SpoolUnavailable, match="cannot open spool"):
             Spool.open_sync(tmp_path)
 
+    def test_an_unusable_collector_store_says_why_once(self, tmp_path: Path) -> None:
+        """A collector store that cannot be opened (here a folder by its name) is refused with
+        the reason as the spool words it, not an OSError's repr repeating the path."""
+        (tmp_path / "collector.sqlite3").mkdir()
+        with pytest.raises(SpoolUnavailable) as refused:
+            CollectorStore.open_sync(tmp_path / "collector.sqlite3")
+        assert str(refused.value) == (
+            f"cannot open collector store {tmp_path}/collector.sqlite3: Is a directory"
+        )
+
     async def test_put_after_close_is_counted_not_raised(self, path: Path) -> None:
         """Appends that cannot reach the disk return None and count as failed."""
         spool = await Spool.open(path)
@@ -495,6 +505,33 @@ class TestDrainer:
         assert send.received == ["k"]
         assert drain.stats.consecutive_failures == 0
         assert drain.stats.failures == 6
+        await spool.close()
+
+    async def test_status_says_how_uploads_go(self, path: Path, clock: FakeClock) -> None:
+        """status(): failing while the last attempt failed, ok (with the age of the last
+        batch) once one goes through, offline while the link is down whatever came before."""
+        spool = await Spool.open(path, clock=clock)
+        await spool.put("sample", b"x", key="k")
+        send = Collector()
+        send.fail = 1
+        online = True
+        drain = drainer(spool, send, clock, online=lambda: online)
+        assert drain.status()["state"] == "ok"
+        await drain.step()
+        failing = drain.status()
+        assert (failing["state"], failing["failures"], failing["consecutive_failures"]) == (
+            "failing",
+            1,
+            1,
+        )
+        assert (failing["last_failure"], failing["last_batch_age_s"]) == ("DeliveryFailed", None)
+        await drain.step()
+        clock.now += 3.0
+        good = drain.status()
+        assert (good["state"], good["batches"], good["delivered"]) == ("ok", 1, 1)
+        assert good["last_batch_age_s"] == pytest.approx(3.0)
+        online = False
+        assert drain.status()["state"] == "offline"
         await spool.close()
 
     async def test_only_acknowledged_keys_are_deleted(self, path: Path, clock: FakeClock) -> None:

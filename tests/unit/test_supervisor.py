@@ -5,10 +5,12 @@ admin ports come from the environment."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from router.cli import main
 from router.settings import Settings
 from router.workers import (
     PORT_ENV,
@@ -16,8 +18,10 @@ from router.workers import (
     Slot,
     Supervisor,
     admin_port,
+    admin_ports_problem,
     as_worker,
     is_primary,
+    supervise,
     worker_index,
 )
 
@@ -30,6 +34,12 @@ class Exited:
 
     def poll(self) -> int:
         return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        """Gone already: nothing to signal."""
 
 
 def crash(supervisor: Supervisor, slot: Slot, code: int, ran_s: float, now: float) -> float:
@@ -105,3 +115,57 @@ def test_as_worker_takes_the_reserved_port_and_its_admin_port(
     doc = {"server": {"port": 0}, "admin": {"port": 0}}
     as_worker(doc)
     assert doc["admin"] == {"port": 0}
+
+
+@pytest.mark.parametrize(
+    ("server", "admin", "reason"),
+    [
+        ({"port": 8003, "workers": 2}, {"port": 8002}, "take server.port 8003"),
+        ({"port": 8000, "workers": 3}, {"port": 65534}, "65534..65536 go past 65535"),
+    ],
+)
+def test_workers_admin_ports_that_cannot_all_be_had_are_refused_up_front(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    server: dict[str, int],
+    admin: dict[str, int],
+    reason: str,
+) -> None:
+    """Worker i's admin listener is on admin.port + i: a range that reaches the API's port or
+    past 65535 let worker 0 start and load its models, and stopped the site when a later one
+    failed (exit 2); the supervisor refuses it before starting any (2), and check too."""
+    settings = Settings.model_validate({"server": server, "admin": admin})
+    problem = admin_ports_problem(settings)
+    assert problem is not None
+    assert reason in problem
+    out = io.StringIO()
+    assert supervise(settings, ["serve"], out=out) == 2
+    assert "worker 0 started" not in out.getvalue()
+    assert reason in capsys.readouterr().err
+    config = tmp_path / "site.yaml"
+    config.write_text(f"server: {server}\nadmin: {admin}\n".replace("'", ""))
+    assert main(["check", str(config)]) == 2
+    assert reason in capsys.readouterr().err
+
+
+def test_workers_admin_ports_clear_of_the_api_port_pass() -> None:
+    """The defaults (API 8000, admin 8002 + i) and any free port (0) are fine."""
+    for admin in ({"port": 8002}, {"port": 0}, {"enabled": False}):
+        settings = Settings.model_validate({"server": {"workers": 4}, "admin": admin})
+        assert admin_ports_problem(settings) is None
+
+
+class GoneReader(io.StringIO):
+    """A stdout whose reader has left: every write fails as a closed pipe does."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stdout_whose_reader_left_does_not_stop_the_supervisor() -> None:
+    """The supervisor's lines to a stdout nobody reads are dropped: a BrokenPipeError there
+    (while stopping, say) would leave it before it has waited for its draining workers."""
+    supervisor = Supervisor(["true"], 1, Settings(), GoneReader())
+    slot = supervisor.slots[0]
+    slot.process = Exited(0)  # type: ignore[assignment]
+    assert supervisor._stop(None) == 0

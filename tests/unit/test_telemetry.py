@@ -92,6 +92,20 @@ class TestProviderFromEnv:
         assert provider is not None
         provider.shutdown()
 
+    @pytest.mark.parametrize(
+        "variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    )
+    def test_an_otlp_endpoint_without_a_scheme_is_an_error(self, variable: str) -> None:
+        """`collector:4318` (as gRPC exporters take it) is an error naming the variable, not
+        a start whose every span batch fails ('No connection adapters were found')."""
+        env = {"OTEL_TRACES_EXPORTER": "otlp", variable: "collector:4318"}
+        with pytest.raises(ValueError, match=f"{variable}: .*http:// or https://"):
+            provider_from_env(env)
+        env[variable] = "https://collector:4318"
+        provider = provider_from_env(env)
+        assert provider is not None
+        provider.shutdown()
+
     def test_unknown_exporter_is_named(self) -> None:
         """An exporter we do not know is an error naming it."""
         with pytest.raises(ValueError, match="'zipkin'"):
