@@ -75,7 +75,7 @@ def test_budget_for_an_unknown_route_is_refused(tmp_path: Path) -> None:
         load_bundle(bundle)
     text = str(caught.value)
     assert "budgets.yaml" in text
-    assert "routes: Value error, unknown route 'kserve_v2'" in text
+    assert "routes: unknown route 'kserve_v2'" in text
 
 
 @pytest.mark.parametrize("route", ["", "v1/chat/completions"])
@@ -89,7 +89,7 @@ def test_fail_open_route_must_be_a_path(tmp_path: Path, route: str) -> None:
         load_bundle(bundle)
     text = str(caught.value)
     assert "detection.yaml" in text
-    assert "fail_open_paths: Value error" in text
+    assert "fail_open_paths: " in text
     assert "starts with '/'" in text
 
 
@@ -120,4 +120,4 @@ def test_revision_with_a_control_character_is_refused(tmp_path: Path, revision: 
         load_bundle(bundle)
     text = str(caught.value)
     assert "manifest.yaml" in text
-    assert "revision: Value error, holds a control character" in text
+    assert "revision: holds a control character" in text
