@@ -39,6 +39,7 @@ from router.upstreams.relay import Relay, read_or_open
 
 # A chained layer-router's route reason: the tier behind it is offline (`decide.Failure`).
 OFFLINE = "offline"
+FAILED = "failed:"  # a router's reason for a target that it tried and that failed
 
 
 @dataclass(slots=True)
@@ -332,6 +333,11 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         should_retry = backoff.should_retry(response.headers.get("x-should-retry"))
         error = UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
         error.chained_reasons = response.headers.get(CHAINED_REASONS, "")
+        if _tried_already(error.chained_reasons):
+            # A chained layer-router failing after its own retries and fallbacks: asking it
+            # again would repeat them all, so tries multiply with each tier (3 x 3 reaching
+            # central for one request). The next target of our decision is still tried.
+            error.retryable = False
         if status in (502, 503) and error.chained_reasons:
             # A chained layer-router saying why it cannot serve this request (its own upstream
             # tier is offline or failing, it sheds load) is working: ejecting it would take
@@ -347,6 +353,13 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
         error.retryable = False
         raise error
+
+
+def _tried_already(chained_reasons: str) -> bool:
+    """Whether a chained router's own reasons (before its upstream's, after `>`) name a target
+    it tried and that failed."""
+    own = chained_reasons.split(">", 1)[0]
+    return any(reason.startswith(FAILED) for reason in own.split(","))
 
 
 def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: bool) -> None:
