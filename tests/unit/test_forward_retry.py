@@ -318,11 +318,23 @@ class TestWhatBoundsRetries:
         assert forwarded.attempts == 2
         assert transport.sent_at[1] - transport.sent_at[0] >= 0.95
 
-    @pytest.mark.parametrize("raw", ["nan", "-5", "soon", "1e99"])
+    @pytest.mark.parametrize(
+        "raw", ["nan", "-5", "soon", "1e99", "1_000", "\u0661\u0660\u0660\u0660"]
+    )
     async def test_unusable_retry_after_ms_is_ignored(self, raw: str) -> None:
         """A retry-after-ms that is not a sane number of milliseconds is no wait at all."""
         cluster = make_cluster()
         transport = ScriptedTransport((503, {"retry-after-ms": raw}))
+        forwarded = await forward(cluster, transport)
+        assert forwarded.attempts == 2
+        assert transport.sent_at[1] - transport.sent_at[0] < 0.9
+
+    @pytest.mark.parametrize("raw", ["\u00b2", "\u0663", "1_0"])
+    async def test_retry_after_not_in_ascii_digits_is_ignored(self, raw: str) -> None:
+        """A Retry-After that is no ASCII number of seconds (a superscript two once raised
+        ValueError out of the call) is no wait at all: the retry comes after the back-off."""
+        cluster = make_cluster()
+        transport = ScriptedTransport((503, {"Retry-After": raw}))
         forwarded = await forward(cluster, transport)
         assert forwarded.attempts == 2
         assert transport.sent_at[1] - transport.sent_at[0] < 0.9
