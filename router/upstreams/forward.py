@@ -167,6 +167,8 @@ async def _with_retries(
     retry = cluster.settings.retry
     loop = asyncio.get_running_loop()
     tried: list[Endpoint] = []
+    # Endpoints (indexes) whose chained router failed after its own retries: not asked again.
+    spent: set[int] = set()
     reserved = False  # a slot in the retry budget, held from its grant to the end of that try
 
     def may_retry(exc: BaseException | None, tries: int) -> bool:
@@ -175,6 +177,10 @@ async def _with_retries(
             return False
         if not (replayable and isinstance(exc, UpstreamError) and exc.retryable):
             return False
+        if isinstance(exc, UpstreamStatus) and exc.tried_behind:
+            spent.add(tried[-1].index)
+            if all(ep.index in spent for ep in cluster.live(loop.time())):
+                return False
         wait = exc.retry_after if isinstance(exc, UpstreamStatus) and exc.retry_after else 0.0
         if loop.time() + wait >= deadline or not cluster.retry_allowed():
             return False
@@ -200,7 +206,7 @@ async def _with_retries(
         return loop.time() + state.upcoming_sleep >= deadline
 
     async def attempt(number: int) -> Forwarded:
-        endpoint = cluster.pick(loop.time(), avoid=tried[-1] if tried else None)
+        endpoint = cluster.pick(loop.time(), avoid=tried[-1] if tried else None, exclude=spent)
         if endpoint is None:
             raise NoHealthyTarget(f"cluster {cluster.name}: no live endpoint")
         tried.append(endpoint)
@@ -333,11 +339,11 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         should_retry = backoff.should_retry(response.headers.get("x-should-retry"))
         error = UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
         error.chained_reasons = response.headers.get(CHAINED_REASONS, "")
-        if _tried_already(error.chained_reasons):
-            # A chained layer-router failing after its own retries and fallbacks: asking it
-            # again would repeat them all, so tries multiply with each tier (3 x 3 reaching
-            # central for one request). The next target of our decision is still tried.
-            error.retryable = False
+        # A chained layer-router failing after its own retries and fallbacks: asking it
+        # again would repeat them all, so tries multiply with each tier (3 x 3 reaching
+        # central for one request). Only another endpoint of the cluster is tried (and the
+        # next target of our decision).
+        error.tried_behind = _tried_already(error.chained_reasons)
         if status in (502, 503) and error.chained_reasons:
             # A chained layer-router saying why it cannot serve this request (its own upstream
             # tier is offline or failing, it sheds load) is working: ejecting it would take

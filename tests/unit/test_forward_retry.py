@@ -441,6 +441,31 @@ class TestEndpointsAndBreaker:
         assert cluster.counters.retries == len(bad) > 0
         assert len(transport.sent) == 20 + len(bad)
 
+    @pytest.mark.parametrize("endpoints", [1, 2, 3])
+    async def test_a_chained_routers_failure_is_asked_of_each_endpoint_once(
+        self, endpoints: int
+    ) -> None:
+        """A chained router's 502 naming a target it tried (after its own retries) is not
+        asked of that endpoint again: only of the cluster's other endpoints, once each."""
+        cluster = make_cluster(endpoints, retry={"max_attempts": 5})
+        failed = (502, {"X-Route-Reason": "failed:central:upstream_status"})
+        transport = ScriptedTransport(default=failed)
+        with pytest.raises(UpstreamStatus) as caught:
+            await forward(cluster, transport)
+        assert caught.value.upstream_status == 502
+        assert sorted(r.url for r in transport.sent) == [
+            f"http://127.0.0.1:{9000 + i}/v1/embeddings" for i in range(endpoints)
+        ]
+        assert cluster.retries_active == 0
+
+    async def test_a_chained_routers_own_failure_is_retried(self) -> None:
+        """A chained router's 503 naming no target it tried (it sheds load) is retried as any
+        5xx is, on the same endpoint when it is the only one."""
+        cluster = make_cluster(1)
+        transport = ScriptedTransport((503, {"X-Route-Reason": "overloaded"}))
+        forwarded = await forward(cluster, transport)
+        assert forwarded.attempts == 2
+
     async def test_failures_eject_then_the_other_endpoint_serves(self) -> None:
         """Five consecutive 5xx eject an endpoint; afterwards it receives nothing."""
         cluster = make_cluster(2, outlier={"consecutive_failures": 5, "base_ejection_s": 60})
