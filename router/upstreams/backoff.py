@@ -39,10 +39,11 @@ def retry_after(raw: str | None) -> float | None:
     if _SECONDS.fullmatch(raw.strip()):
         return float(raw.strip())
     try:
-        parsed = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
+        # A year of twenty digits overflows: an upstream's garbage, not our crash.
+        at = email.utils.parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
-    return max(0.0, parsed.timestamp() - time.time())
+    return max(0.0, at - time.time())
 
 
 class Wait:

@@ -329,10 +329,13 @@ class TestWhatBoundsRetries:
         assert forwarded.attempts == 2
         assert transport.sent_at[1] - transport.sent_at[0] < 0.9
 
-    @pytest.mark.parametrize("raw", ["\u00b2", "\u0663", "1_0"])
+    @pytest.mark.parametrize(
+        "raw", ["\u00b2", "\u0663", "1_0", "Fri, 31 Dec 999999999999999999999 23:59:59 GMT"]
+    )
     async def test_retry_after_not_in_ascii_digits_is_ignored(self, raw: str) -> None:
-        """A Retry-After that is no ASCII number of seconds (a superscript two once raised
-        ValueError out of the call) is no wait at all: the retry comes after the back-off."""
+        """A Retry-After that is no ASCII number of seconds nor a usable date (a superscript
+        two raised ValueError out of the call, a huge year OverflowError) is no wait at all:
+        the retry comes after the back-off."""
         cluster = make_cluster()
         transport = ScriptedTransport((503, {"Retry-After": raw}))
         forwarded = await forward(cluster, transport)
