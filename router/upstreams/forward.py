@@ -268,6 +268,7 @@ async def _try(
     where = f"cluster {cluster.name} endpoint {endpoint.index}"
     started = time.perf_counter()
     timeout = min(settings.request_timeout_ms / 1000, deadline - now)
+    endpoint.health.try_started(now)
     response: UpstreamResponse | None = None
     rest: AsyncIterator[bytes] | None = None
     head: bytes | None = None
@@ -321,7 +322,7 @@ async def _try(
         # to `call`, whatever becomes of its half-read generator).
         hold.stream = token
     elapsed_ms = (time.perf_counter() - started) * 1000
-    endpoint.health.observe(elapsed_ms)
+    endpoint.health.answered(elapsed_ms)
     endpoint.health.succeeded()
     limit = settings.max_response_bytes
     return Forwarded(

@@ -23,6 +23,7 @@ from router.settings import ClusterSettings
 from router.upstreams.client import UpstreamRequest
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import Forwarded, Outgoing, call
+from router.upstreams.health import RECHECK_S
 
 # Every test is bounded even if forward.call misbehaves.
 LIMIT_S = 10.0
@@ -426,6 +427,37 @@ class TestWhatBoundsRetries:
         assert cluster.retries_active == 0
         assert cluster.active == 0
         assert len(transport.sent) == 1
+
+
+class TestRecheck:
+    """A tier whose estimate timeouts raised is rechecked after RECHECK_S by one try."""
+
+    @staticmethod
+    def _slow_a_while_ago(cluster: Cluster) -> None:
+        health = cluster.endpoints[0].health
+        long_ago = asyncio.get_running_loop().time() - RECHECK_S - 1
+        for _ in range(5):
+            health.timed_out(300.0, now=long_ago)
+
+    async def test_requests_during_a_recheck_see_the_raised_estimate(self) -> None:
+        """While the try that rechecks the tier runs, the others decided meanwhile see the
+        raised estimate (and skip the tier for tight budgets), not the prior."""
+        cluster = make_cluster(expected_latency_ms=50)
+        self._slow_a_while_ago(cluster)
+        loop = asyncio.get_running_loop()
+        assert cluster.view(loop.time()).expected_ms == 50.0  # the recheck is offered
+        transport = ScriptedTransport(delay_s=0.3)
+        recheck = asyncio.ensure_future(forward(cluster, transport))
+        await asyncio.sleep(0.1)
+        assert cluster.view(loop.time()).expected_ms > 300.0
+        await recheck
+
+    async def test_a_recheck_answered_fast_brings_the_tier_back_at_once(self) -> None:
+        """A real answer to the recheck replaces the estimate the timeouts made."""
+        cluster = make_cluster(expected_latency_ms=50)
+        self._slow_a_while_ago(cluster)
+        await forward(cluster, ScriptedTransport())
+        assert cluster.view(asyncio.get_running_loop().time()).expected_ms < 10.0
 
 
 class TestEndpointsAndBreaker:
