@@ -40,6 +40,7 @@ class EndpointHealth:
     window: int = 64
     ewma_ms: float | None = None
     censored_at: float | None = None  # when a timeout last raised the estimate (monotonic s)
+    recheck: bool = False  # a try is rechecking that raised estimate (try_started)
     samples: deque[float] = field(default_factory=deque)
     consecutive_failures: int = 0
     times_ejected: int = 0
@@ -51,6 +52,7 @@ class EndpointHealth:
         """A try cut by a timeout after `waited_ms`: the latency is more than that."""
         self.observe(waited_ms * CENSORED_FACTOR)
         self.censored_at = now
+        self.recheck = False  # a recheck that found the tier slow still
 
     def expected(self, now: float) -> float:
         """`expected_ms`, except that an estimate timeouts raised above the prior and nothing
@@ -69,11 +71,13 @@ class EndpointHealth:
         waited out its budget there too."""
         if self.rechecking(now):
             self.censored_at = now
+            self.recheck = True
 
     def answered(self, latency_ms: float) -> None:
-        """A real answer: after timeouts (lower bounds only) it replaces their estimate, so a
-        tier rechecked and found fast again is used again at once."""
-        if self.censored_at is not None:
+        """A real answer: during a recheck it replaces the estimate the timeouts made, so a
+        tier found fast again is used again at once."""
+        if self.recheck:
+            self.recheck = False
             self.censored_at = None
             self.ewma_ms = None
         self.observe(latency_ms)
