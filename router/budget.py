@@ -26,7 +26,8 @@ def budget_ms(headers: Mapping[str, str], default_ms: float) -> float:
         raise BadRequest(f"{BUDGET_HEADER} must be a number of milliseconds")
     value = float(raw)
     if not 0 < value <= 86_400_000:
-        raise BadRequest(f"{BUDGET_HEADER} must be between 0 and 86400000 milliseconds")
+        # 0 would be a request already out of time: the bounds say so in the same words.
+        raise BadRequest(f"{BUDGET_HEADER} must be more than 0 and at most 86400000 milliseconds")
     return value
 
 

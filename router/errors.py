@@ -318,6 +318,8 @@ class UpstreamStatus(UpstreamError):
         self.should_retry = should_retry
         # A chained layer-router's own X-Route-Reason: why it answered this (`offline`, ...).
         self.chained_reasons = ""
+        # Those reasons name a target it tried, after its own retries: it is not asked again.
+        self.tried_behind = False
         self.retryable = (
             upstream_status >= 500 or upstream_status == 429
         ) and should_retry is not False

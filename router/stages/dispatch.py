@@ -142,7 +142,9 @@ class Dispatch:
             raise NoHealthyTarget(f"cluster '{target.name}' was removed by a reload", 1.0)
         # Bodies over retry.max_body_bytes are never replayed (memory held for a retry).
         replayable = len(ctx.body) <= cluster.settings.retry.max_body_bytes and (
-            ctx.path.startswith(self._routing.idempotent_paths) or "Idempotency-Key" in ctx.headers
+            # An empty key names nothing under which a repeat is safe: it is no key.
+            ctx.path.startswith(self._routing.idempotent_paths)
+            or bool(ctx.headers.get("Idempotency-Key", "").strip())
         )
         prober = self._upstreams.probers[cluster.name]
         await prepare_view(ctx, cluster.settings.tier.value, self._privacy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
 
 from tenacity import RetryCallState, wait_random_exponential
@@ -18,25 +19,31 @@ def should_retry(raw: str | None) -> bool | None:
     return True if value == "true" else False if value == "false" else None
 
 
+# ASCII only: str.isdigit() and float() also take "²" (which float() then refuses, a crash),
+# other scripts' digits and "1_000", none of them a number in an HTTP header.
+_SECONDS = re.compile(r"[0-9]+", re.ASCII)
+_MILLISECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def retry_after_ms(raw: str | None) -> float | None:
     """OpenAI's `retry-after-ms` (milliseconds, may be fractional), in seconds."""
-    try:
-        value = float(raw) if raw is not None else -1.0
-    except ValueError:
+    if raw is None or _MILLISECONDS.fullmatch(raw.strip()) is None:
         return None
-    return value / 1000 if 0 <= value < 86_400_000 else None  # NaN fails the bounds
+    value = float(raw)
+    return value / 1000 if value < 86_400_000 else None
 
 
 def retry_after(raw: str | None) -> float | None:
     if raw is None:
         return None
-    if raw.strip().isdigit():
+    if _SECONDS.fullmatch(raw.strip()):
         return float(raw.strip())
     try:
-        parsed = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
+        # A year of twenty digits overflows: an upstream's garbage, not our crash.
+        at = email.utils.parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
-    return max(0.0, parsed.timestamp() - time.time())
+    return max(0.0, at - time.time())
 
 
 class Wait:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -185,9 +186,14 @@ class Cluster:
     def auth_cooling_off(self, now: float) -> bool:
         return now < self.auth_cooloff_until
 
-    def pick(self, now: float, avoid: Endpoint | None = None) -> Endpoint | None:
-        """A live endpoint by weight, preferring one other than the endpoint that just failed."""
+    def pick(
+        self, now: float, avoid: Endpoint | None = None, exclude: Collection[int] = ()
+    ) -> Endpoint | None:
+        """A live endpoint by weight, preferring one other than the endpoint that just failed,
+        never one whose index is in `exclude`."""
         live = self.live(now)
+        if exclude:
+            live = [ep for ep in live if ep.index not in exclude]
         if avoid is not None and len(live) > 1:
             live = [ep for ep in live if ep is not avoid]
         if not live:

@@ -39,6 +39,7 @@ from router.upstreams.relay import Relay, read_or_open
 
 # A chained layer-router's route reason: the tier behind it is offline (`decide.Failure`).
 OFFLINE = "offline"
+FAILED = "failed:"  # a router's reason for a target that it tried and that failed
 
 
 @dataclass(slots=True)
@@ -166,6 +167,8 @@ async def _with_retries(
     retry = cluster.settings.retry
     loop = asyncio.get_running_loop()
     tried: list[Endpoint] = []
+    # Endpoints (indexes) whose chained router failed after its own retries: not asked again.
+    spent: set[int] = set()
     reserved = False  # a slot in the retry budget, held from its grant to the end of that try
 
     def may_retry(exc: BaseException | None, tries: int) -> bool:
@@ -174,6 +177,10 @@ async def _with_retries(
             return False
         if not (replayable and isinstance(exc, UpstreamError) and exc.retryable):
             return False
+        if isinstance(exc, UpstreamStatus) and exc.tried_behind:
+            spent.add(tried[-1].index)
+            if all(ep.index in spent for ep in cluster.live(loop.time())):
+                return False
         wait = exc.retry_after if isinstance(exc, UpstreamStatus) and exc.retry_after else 0.0
         if loop.time() + wait >= deadline or not cluster.retry_allowed():
             return False
@@ -199,7 +206,7 @@ async def _with_retries(
         return loop.time() + state.upcoming_sleep >= deadline
 
     async def attempt(number: int) -> Forwarded:
-        endpoint = cluster.pick(loop.time(), avoid=tried[-1] if tried else None)
+        endpoint = cluster.pick(loop.time(), avoid=tried[-1] if tried else None, exclude=spent)
         if endpoint is None:
             raise NoHealthyTarget(f"cluster {cluster.name}: no live endpoint")
         tried.append(endpoint)
@@ -261,6 +268,7 @@ async def _try(
     where = f"cluster {cluster.name} endpoint {endpoint.index}"
     started = time.perf_counter()
     timeout = min(settings.request_timeout_ms / 1000, deadline - now)
+    endpoint.health.try_started(now)
     response: UpstreamResponse | None = None
     rest: AsyncIterator[bytes] | None = None
     head: bytes | None = None
@@ -314,7 +322,7 @@ async def _try(
         # to `call`, whatever becomes of its half-read generator).
         hold.stream = token
     elapsed_ms = (time.perf_counter() - started) * 1000
-    endpoint.health.observe(elapsed_ms)
+    endpoint.health.answered(elapsed_ms)
     endpoint.health.succeeded()
     limit = settings.max_response_bytes
     return Forwarded(
@@ -332,6 +340,11 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         should_retry = backoff.should_retry(response.headers.get("x-should-retry"))
         error = UpstreamStatus(f"{where}: answered {status}", status, retry_after, should_retry)
         error.chained_reasons = response.headers.get(CHAINED_REASONS, "")
+        # A chained layer-router failing after its own retries and fallbacks: asking it
+        # again would repeat them all, so tries multiply with each tier (3 x 3 reaching
+        # central for one request). Only another endpoint of the cluster is tried (and the
+        # next target of our decision).
+        error.tried_behind = _tried_already(error.chained_reasons)
         if status in (502, 503) and error.chained_reasons:
             # A chained layer-router saying why it cannot serve this request (its own upstream
             # tier is offline or failing, it sheds load) is working: ejecting it would take
@@ -347,6 +360,13 @@ def _check_status(response: UpstreamResponse, where: str) -> None:
         error = UpstreamStatus(f"{where}: answered a redirect ({status}), not followed", status)
         error.retryable = False
         raise error
+
+
+def _tried_already(chained_reasons: str) -> bool:
+    """Whether a chained router's own reasons (before its upstream's, after `>`) name a target
+    it tried and that failed."""
+    own = chained_reasons.split(">", 1)[0]
+    return any(reason.startswith(FAILED) for reason in own.split(","))
 
 
 def _failed(cluster: Cluster, endpoint: Endpoint, started: float, timed_out: bool) -> None:

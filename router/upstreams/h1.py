@@ -46,6 +46,7 @@ class H1Connection(asyncio.Protocol):
         self._response: H1Response | None = None
         self._header_bytes = 0
         self._too_large = False
+        self._stray = False  # an answer began after the exchange's own had ended
         self._reading = True
 
     # asyncio.Protocol
@@ -57,12 +58,17 @@ class H1Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received = True
         response = self._response
-        if response is None:  # bytes nobody asked for: the connection cannot be trusted
+        if response is None or response.complete:
+            # Bytes nobody asked for (after the answer ended, or before a request): read as
+            # the next request's answer, they would hand it another's. Never trusted.
             self.close()
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
+            if self._stray:  # a second answer in the same bytes as the first: closed
+                self.close()
+                return
             # httptools re-raises a callback's exception as its own: the flag says which.
             problem = "response headers too large" if self._too_large else "malformed response"
             self._fail(UpstreamError(f"{self.where}: {problem}"))
@@ -113,6 +119,11 @@ class H1Connection(asyncio.Protocol):
         self.close()
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._response is not None and self._response.complete:
+            self._stray = True
+            raise UpstreamError("bytes after the answer")  # stops the parser
 
     def on_status(self, status: bytes) -> None:
         self._count(len(status))

@@ -40,6 +40,7 @@ class EndpointHealth:
     window: int = 64
     ewma_ms: float | None = None
     censored_at: float | None = None  # when a timeout last raised the estimate (monotonic s)
+    recheck: bool = False  # a try is rechecking that raised estimate (try_started)
     samples: deque[float] = field(default_factory=deque)
     consecutive_failures: int = 0
     times_ejected: int = 0
@@ -51,14 +52,35 @@ class EndpointHealth:
         """A try cut by a timeout after `waited_ms`: the latency is more than that."""
         self.observe(waited_ms * CENSORED_FACTOR)
         self.censored_at = now
+        self.recheck = False  # a recheck that found the tier slow still
 
     def expected(self, now: float) -> float:
         """`expected_ms`, except that an estimate timeouts raised above the prior and nothing
         confirmed for RECHECK_S falls back to the prior: one request tries the tier again."""
+        return self.prior_ms if self.rechecking(now) else self.expected_ms
+
+    def rechecking(self, now: float) -> bool:
+        """Whether `expected` offers the prior in place of an estimate raised by timeouts."""
         censored = self.censored_at is not None and now - self.censored_at > RECHECK_S
-        if censored and self.ewma_ms is not None and self.ewma_ms > self.prior_ms:
-            return self.prior_ms
-        return self.expected_ms
+        return censored and self.ewma_ms is not None and self.ewma_ms > self.prior_ms
+
+    def try_started(self, now: float) -> None:
+        """A try begins: when it is the one that rechecks a raised estimate, the requests
+        meanwhile see that estimate again. Without this, every request decided before the
+        recheck's answer (a budget's time under load) went to the tier it doubts, and
+        waited out its budget there too."""
+        if self.rechecking(now):
+            self.censored_at = now
+            self.recheck = True
+
+    def answered(self, latency_ms: float) -> None:
+        """A real answer: during a recheck it replaces the estimate the timeouts made, so a
+        tier found fast again is used again at once."""
+        if self.recheck:
+            self.recheck = False
+            self.censored_at = None
+            self.ewma_ms = None
+        self.observe(latency_ms)
 
     def observe(self, latency_ms: float) -> None:
         self.ewma_ms = (

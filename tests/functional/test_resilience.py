@@ -475,6 +475,24 @@ class TestRetryBudget:
         assert len(down.received) == 5 + 3
         assert [r.headers.get("Idempotency-Key") for r in down.received[5:]] == ["k-1"] * 3
 
+    async def test_r4_an_empty_idempotency_key_is_no_key(
+        self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
+        """A chat completion with an empty (or blank) Idempotency-Key is sent once, as one
+        with none: the client named no key under which a repeat is safe."""
+        down, down_url = await start_fake(stack, "down", fail_status=503)
+        app, url = await router_in_front_of(
+            stack,
+            tmp_path,
+            cluster("regional", "regional", down_url, outlier={"consecutive_failures": 1000}),
+        )
+        for key in ("", "  "):
+            headers = {"Idempotency-Key": key}
+            answer = await post(http, f"{url}/v1/chat/completions", CHAT, headers=headers)
+            assert answer.status == 503
+        assert len(down.received) == 2
+        assert clusters_of(app)["regional"].counters.retries == 0
+
     async def test_r4_large_bodies_are_not_replayed(
         self, stack: contextlib.AsyncExitStack, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:

@@ -23,6 +23,7 @@ from router.settings import ClusterSettings
 from router.upstreams.client import UpstreamRequest
 from router.upstreams.cluster import Cluster
 from router.upstreams.forward import Forwarded, Outgoing, call
+from router.upstreams.health import RECHECK_S
 
 # Every test is bounded even if forward.call misbehaves.
 LIMIT_S = 10.0
@@ -318,11 +319,26 @@ class TestWhatBoundsRetries:
         assert forwarded.attempts == 2
         assert transport.sent_at[1] - transport.sent_at[0] >= 0.95
 
-    @pytest.mark.parametrize("raw", ["nan", "-5", "soon", "1e99"])
+    @pytest.mark.parametrize(
+        "raw", ["nan", "-5", "soon", "1e99", "1_000", "\u0661\u0660\u0660\u0660"]
+    )
     async def test_unusable_retry_after_ms_is_ignored(self, raw: str) -> None:
         """A retry-after-ms that is not a sane number of milliseconds is no wait at all."""
         cluster = make_cluster()
         transport = ScriptedTransport((503, {"retry-after-ms": raw}))
+        forwarded = await forward(cluster, transport)
+        assert forwarded.attempts == 2
+        assert transport.sent_at[1] - transport.sent_at[0] < 0.9
+
+    @pytest.mark.parametrize(
+        "raw", ["\u00b2", "\u0663", "1_0", "Fri, 31 Dec 999999999999999999999 23:59:59 GMT"]
+    )
+    async def test_retry_after_not_in_ascii_digits_is_ignored(self, raw: str) -> None:
+        """A Retry-After that is no ASCII number of seconds nor a usable date (a superscript
+        two raised ValueError out of the call, a huge year OverflowError) is no wait at all:
+        the retry comes after the back-off."""
+        cluster = make_cluster()
+        transport = ScriptedTransport((503, {"Retry-After": raw}))
         forwarded = await forward(cluster, transport)
         assert forwarded.attempts == 2
         assert transport.sent_at[1] - transport.sent_at[0] < 0.9
@@ -413,6 +429,37 @@ class TestWhatBoundsRetries:
         assert len(transport.sent) == 1
 
 
+class TestRecheck:
+    """A tier whose estimate timeouts raised is rechecked after RECHECK_S by one try."""
+
+    @staticmethod
+    def _slow_a_while_ago(cluster: Cluster) -> None:
+        health = cluster.endpoints[0].health
+        long_ago = asyncio.get_running_loop().time() - RECHECK_S - 1
+        for _ in range(5):
+            health.timed_out(300.0, now=long_ago)
+
+    async def test_requests_during_a_recheck_see_the_raised_estimate(self) -> None:
+        """While the try that rechecks the tier runs, the others decided meanwhile see the
+        raised estimate (and skip the tier for tight budgets), not the prior."""
+        cluster = make_cluster(expected_latency_ms=50)
+        self._slow_a_while_ago(cluster)
+        loop = asyncio.get_running_loop()
+        assert cluster.view(loop.time()).expected_ms == 50.0  # the recheck is offered
+        transport = ScriptedTransport(delay_s=0.3)
+        recheck = asyncio.ensure_future(forward(cluster, transport))
+        await asyncio.sleep(0.1)
+        assert cluster.view(loop.time()).expected_ms > 300.0
+        await recheck
+
+    async def test_a_recheck_answered_fast_brings_the_tier_back_at_once(self) -> None:
+        """A real answer to the recheck replaces the estimate the timeouts made."""
+        cluster = make_cluster(expected_latency_ms=50)
+        self._slow_a_while_ago(cluster)
+        await forward(cluster, ScriptedTransport())
+        assert cluster.view(asyncio.get_running_loop().time()).expected_ms < 10.0
+
+
 class TestEndpointsAndBreaker:
     async def test_retry_goes_to_another_endpoint(self) -> None:
         """With one endpoint failing, every retry lands on the other and succeeds."""
@@ -428,6 +475,31 @@ class TestEndpointsAndBreaker:
         bad = [r for r in transport.sent if r.url.startswith("http://127.0.0.1:9000/")]
         assert cluster.counters.retries == len(bad) > 0
         assert len(transport.sent) == 20 + len(bad)
+
+    @pytest.mark.parametrize("endpoints", [1, 2, 3])
+    async def test_a_chained_routers_failure_is_asked_of_each_endpoint_once(
+        self, endpoints: int
+    ) -> None:
+        """A chained router's 502 naming a target it tried (after its own retries) is not
+        asked of that endpoint again: only of the cluster's other endpoints, once each."""
+        cluster = make_cluster(endpoints, retry={"max_attempts": 5})
+        failed = (502, {"X-Route-Reason": "failed:central:upstream_status"})
+        transport = ScriptedTransport(default=failed)
+        with pytest.raises(UpstreamStatus) as caught:
+            await forward(cluster, transport)
+        assert caught.value.upstream_status == 502
+        assert sorted(r.url for r in transport.sent) == [
+            f"http://127.0.0.1:{9000 + i}/v1/embeddings" for i in range(endpoints)
+        ]
+        assert cluster.retries_active == 0
+
+    async def test_a_chained_routers_own_failure_is_retried(self) -> None:
+        """A chained router's 503 naming no target it tried (it sheds load) is retried as any
+        5xx is, on the same endpoint when it is the only one."""
+        cluster = make_cluster(1)
+        transport = ScriptedTransport((503, {"X-Route-Reason": "overloaded"}))
+        forwarded = await forward(cluster, transport)
+        assert forwarded.attempts == 2
 
     async def test_failures_eject_then_the_other_endpoint_serves(self) -> None:
         """Five consecutive 5xx eject an endpoint; afterwards it receives nothing."""

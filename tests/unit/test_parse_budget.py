@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from multidict import CIMultiDict
 
-from router.budget import model_budget
+from router.budget import budget_ms, model_budget
 from router.context import RequestContext
+from router.errors import BadRequest
 from router.policy.model import Budgets
 from router.settings import RoutingSettings
 from router.stages.parse import ParseOpenAIRequest
@@ -67,3 +69,18 @@ async def test_model_without_budget_keeps_the_route_default() -> None:
     deadline = ctx.deadline
     await _stage(Budgets(), RoutingSettings())(ctx)
     assert ctx.deadline == deadline
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "86400001"])
+def test_out_of_range_budget_message_matches_the_rule(raw: str) -> None:
+    """A rejected budget's message states the bounds the check applies (0 is not allowed)."""
+    with pytest.raises(BadRequest) as caught:
+        budget_ms({"X-Latency-Budget-Ms": raw}, 1000.0)
+    assert "more than 0 and at most 86400000" in str(caught.value)
+    assert "between 0" not in str(caught.value)
+
+
+def test_budget_bounds_are_inclusive_at_the_top() -> None:
+    """The largest allowed budget is accepted, the smallest positive one too."""
+    assert budget_ms({"X-Latency-Budget-Ms": "86400000"}, 1.0) == 86_400_000
+    assert budget_ms({"X-Latency-Budget-Ms": "0.5"}, 1.0) == 0.5

@@ -478,3 +478,33 @@ async def test_the_folder_runs_each_test_on_both_loops(request: pytest.FixtureRe
     """The loop a test runs on is the one its parameter names (uvloop's is its own class)."""
     on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
     assert on_uvloop == request.node.callspec.id.endswith("uvloop")
+
+
+STRAY_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+
+
+@pytest.mark.parametrize("apart", [False, True])
+async def test_bytes_after_the_answer_close_the_connection(
+    server: tuple[Scripted, str], apart: bool
+) -> None:
+    """Bytes an upstream sends after its answer ended (a stray second answer, here split
+    across two writes) are no answer to the next request: the connection is closed, and the
+    next exchange is not handed the stray body (a desync) on it."""
+    scripted, url = server
+    transport = H1Transport(4)
+    if apart:
+        scripted.answers = [ok(b"one")]
+        assert await get(transport, url) == b"one"
+        # The stray head arrives while the connection sits idle in the pool.
+        (connection,) = [c for idle in transport._idle.values() for c in idle]
+        assert connection.transport is not None
+        connection.data_received(STRAY_HEAD)
+    else:
+        scripted.answers = [ok(b"one") + STRAY_HEAD]
+        assert await get(transport, url) == b"one"
+        await asyncio.sleep(0.05)  # the stray head may arrive after the answer was read
+    scripted.answers = [ok(b"two")]
+    # On the same connection, the first bytes of this answer would be the stray one's body.
+    assert await get(transport, url) == b"two"
+    assert scripted.connections == 2
+    await transport.close()
