@@ -48,13 +48,13 @@ POLL_S = 0.1
 def worker_index() -> int | None:
     """This process's worker index under a supervisor; None when it runs alone."""
     value = os.environ.get(WORKER_ENV)
-    return int(value) if value is not None and value.isdigit() else None
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 def supervisor_pid() -> int | None:
     """The pid of this worker's supervisor; None when it runs alone."""
     value = os.environ.get(SUPERVISOR_ENV)
-    return int(value) if value is not None and value.isdigit() else None
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 def is_primary() -> bool:
@@ -92,7 +92,7 @@ def as_worker(doc: dict[str, Any]) -> None:
     """Settings (as a dict, before validation) as this worker runs them: on the supervisor's
     reserved port, and with an admin listener of its own (when the settings have one)."""
     reserved = os.environ.get(PORT_ENV)
-    if reserved is not None and reserved.isdigit():
+    if reserved is not None and reserved.isascii() and reserved.isdigit():
         doc["server"]["port"] = int(reserved)
     admin = doc.get("admin")
     if isinstance(admin, dict) and isinstance(admin.get("port"), int):

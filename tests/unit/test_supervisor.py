@@ -95,6 +95,13 @@ def test_killed_on_first_start_is_restarted() -> None:
     assert crash(supervisor, slot, -9, ran_s=1.0, now=50.0) == 1.0
 
 
+def test_an_index_in_other_digits_is_no_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LAYER_ROUTER_WORKER=²` (a digit to str.isdigit, not to int) is no worker index, not a
+    ValueError at start."""
+    monkeypatch.setenv(WORKER_ENV, "²")
+    assert worker_index() is None
+
+
 def test_index_and_admin_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """Alone: no index, primary, the admin port as set; worker 2: its own admin port."""
     monkeypatch.delenv(WORKER_ENV, raising=False)
