@@ -220,11 +220,27 @@ class ModelRunner:
 
     def _execute(self, groups: list[list[_Job]]) -> None:
         """On an executor thread: per group stack, run, split; then one hand-off to the loop."""
-        results = [self._run_group(group) for group in groups]
+        ran: list[list[_Job]] = []
+        results: list[_Result] = []
+        for group in groups:
+            result = self._run_group(group)
+            if (
+                len(group) > 1
+                and result.parts is None
+                and not isinstance(result.error, _Unbatchable)
+            ):
+                # One caller's input the model refuses (an index out of range) must not fail
+                # the others it was stacked with: each runs alone, and only its own fails.
+                for job in group:
+                    ran.append([job])
+                    results.append(self._run_group([job]))
+                continue
+            ran.append(group)
+            results.append(result)
         assert self._loop is not None
         # RuntimeError: the loop closed during shutdown, and nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._finish, groups, results)
+            self._loop.call_soon_threadsafe(self._finish, ran, results)
 
     def _run_group(self, batch: list[_Job]) -> _Result:
         t0 = time.perf_counter_ns()
@@ -283,6 +299,11 @@ class ModelRunner:
         self._queue.clear()
 
 
+class _Unbatchable(ValueError):
+    """The model's outputs cannot be split per request: a fault of its configuration, which
+    every request of the batch reports (running each alone would hide it)."""
+
+
 def _stack(batch: list[_Job]) -> Feeds:
     names = batch[0].feeds.keys()
     return {name: np.concatenate([job.feeds[name] for job in batch]) for name in names}
@@ -294,7 +315,7 @@ def _split(outputs: Outputs, batch: list[_Job]) -> list[Outputs]:
         if out.shape[:1] != (rows,):
             # An open first dimension that is not the batch (say, a count of detections):
             # slicing it by request would hand out other requests' results.
-            raise ValueError(
+            raise _Unbatchable(
                 f"an output's first dimension is {out.shape[:1]}, not the batch of {rows} rows: "
                 "this model cannot be batched (set max_batch_size: 0)"
             )

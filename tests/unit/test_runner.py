@@ -16,6 +16,7 @@ from _models import (
     column_sum_model,
     cpu_session,
     double_model,
+    lookup_model,
     reshape_to_three_model,
 )
 
@@ -185,6 +186,23 @@ class TestModelRunner:
         for outcome in outcomes:
             assert isinstance(outcome, InferenceFailed)
             assert "cannot be batched" in outcome.message
+
+    async def test_an_input_the_model_refuses_fails_only_its_own_request(
+        self, executor: Any
+    ) -> None:
+        """A batch that fails on one caller's input (an index out of range) is run again one
+        request at a time: the others get their rows, only that caller gets the error."""
+        session = CountingSession(cpu_session(lookup_model()))
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.05), "l/1")
+        futures = [runner.infer({"i": np.array([[k]], dtype=np.int64)}, FAR) for k in (0, 1, 9, 2)]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert session.runs[0] == {"i": (4, 1)}  # they did share a batch
+        assert isinstance(outcomes[2], InvalidTensor)
+        for k, outcome in zip((0, 1, 2), (outcomes[0], outcomes[1], outcomes[3]), strict=True):
+            assert not isinstance(outcome, BaseException)
+            np.testing.assert_array_equal(outcome[0], [[10.0 * (k + 1)]])
+        assert runner.stats.success.count == 3
+        assert runner.stats.fail.count == 1
 
     async def test_different_dtypes_never_share_a_batch(self, executor: Any) -> None:
         """Requests with different dtypes are not stacked, so numpy never upcasts one of them."""
