@@ -153,7 +153,9 @@ class Reloader:
             self.state.last_reload = time.time()
             try:
                 changed = await self._reload()
-            except ConfigError as exc:
+            except (ConfigError, OSError) as exc:
+                # OSError: the repository changed under the load (a folder removed, made
+                # unreadable); escaping, it would end the polling task for good.
                 self.state.failures += 1
                 self.state.last_error = str(exc)
                 log.error(
@@ -184,7 +186,7 @@ class Reloader:
         await self.updater.check(activate=hold)
         try:
             models = await self._models_for(settings)
-        except ConfigError:
+        except (ConfigError, OSError):
             if fresh:  # the bundle is good even when the models are not: apply it alone
                 await self._apply()
             raise

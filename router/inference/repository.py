@@ -172,8 +172,14 @@ class Loader:
             raise ConfigError(str(path), ["model repository is not a directory"])
         models = {}
         for model_dir in sorted(p for p in path.iterdir() if p.is_dir()):
-            if not model_dir.name.startswith((".", "_")):
+            if model_dir.name.startswith((".", "_")):
+                continue
+            try:
                 models[model_dir.name] = self._load_model(model_dir)
+            except FileNotFoundError:
+                # Removed while the models before it loaded (a reload runs as the operator
+                # edits the repository): it is not part of the repository any more.
+                log.info("model %s was removed while the repository loaded", model_dir.name)
         return ModelRepository(path, models)
 
     def _load_model(self, model_dir: Path) -> Model:
@@ -184,7 +190,7 @@ class Loader:
             log.error("model %s not loaded: %s", name, exc)
             return Model(name, ModelConfig(), {}, error=str(exc))
         dirs: dict[int, list[Path]] = {}
-        for folder in sorted(model_dir.iterdir()):
+        for folder in sorted(model_dir.iterdir()):  # FileNotFoundError: the folder went away
             if folder.is_dir() and _is_number(folder.name):
                 dirs.setdefault(int(folder.name), []).append(folder)
         if not dirs:

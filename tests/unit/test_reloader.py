@@ -97,6 +97,7 @@ class Site:
         self.load_may_finish = threading.Event()
         self.load_may_finish.set()
         self.fail_next_build = False
+        self.load_error: OSError | None = None
         self.numbers = iter(range(2, 10_000))
         nothing: Any = None  # privacy and pipelines: not used by the reloader
         first = Generation(1, self.config, self.bundle, nothing, self.models, nothing)
@@ -125,6 +126,9 @@ class Site:
     def load(self, settings: Settings) -> ModelRepository:
         self.load_started.set()
         assert self.load_may_finish.wait(10)
+        if self.load_error is not None:
+            error, self.load_error = self.load_error, None
+            raise error
         assert settings.models.repository is not None
         return ModelRepository(settings.models.repository, {})
 
@@ -204,6 +208,27 @@ async def test_a_failed_build_keeps_the_running_generation_and_the_next_reload_w
     assert site.reloader.wanted.live_in(before)
     assert await site.reloader.reload("test") is True
     assert site.runtime.current.settings.routing.kserve_v2_budget_ms == 900.0
+
+
+async def test_a_file_system_error_while_loading_models_is_a_failed_reload(
+    tmp_path: Path,
+) -> None:
+    """An OSError while the models load (a folder removed or unreadable mid-load) fails that
+    reload as a bad config does (counted, its reason kept, the generation running on), rather
+    than escaping: the SIGHUP report said 'reloaded' and the polling task died of it."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    before = site.runtime.current
+    other = tmp_path / "other"
+    other.mkdir()
+    site.config = budget(1000.0, other)
+    site.load_error = PermissionError(13, "Permission denied", str(other / "m"))
+    assert await site.reloader.reload("test") is False
+    assert site.runtime.current is before
+    assert site.reloader.state.failures == 1
+    assert "Permission denied" in (site.reloader.state.last_error or "")
+    assert await site.reloader.reload("test") is True
+    assert site.runtime.current.models.path == other
 
 
 async def test_a_bundle_whose_patterns_do_not_compile_changes_nothing(tmp_path: Path) -> None:
