@@ -96,7 +96,7 @@ class ModelRunner:
 
     def infer(self, feeds: Feeds, deadline: float) -> asyncio.Future[Outputs]:
         """Queue one request; the future holds the model's outputs in graph order."""
-        if len(self._queue) >= self._limits.max_queue_size:
+        if len(self._queue) >= self._limits.max_queue_size and not self._make_room():
             raise QueueFull(f"model {self._label}: queue is full", retry_after=1.0)
         loop = self._loop or self._bind_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
@@ -113,6 +113,22 @@ class ModelRunner:
         self._queued_rows += rows
         self._pump()
         return future
+
+    def _make_room(self) -> bool:
+        """Drop the queued jobs whose caller left or whose deadline passed: they would only be
+        dropped when their turn came, and until then refuse live callers a place (a slow
+        model's queue full of clients that timed out answered everyone 503). Whether there is
+        room now."""
+        loop = self._loop or self._bind_loop()
+        now = loop.time()
+        live: deque[_Job] = deque()
+        for job in self._queue:
+            if self._alive(job, now):
+                live.append(job)
+            else:
+                self._queued_rows -= job.rows
+        self._queue = live
+        return len(live) < self._limits.max_queue_size
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()

@@ -215,6 +215,19 @@ class TestModelRunner:
         assert yb.dtype == np.float64
         assert len(session.runs) == 2
 
+    async def test_a_departed_caller_frees_its_place_in_a_full_queue(self, executor: Any) -> None:
+        """A full queue whose waiting caller went away takes a new request instead of a 503,
+        and the departed one never runs."""
+        session = CountingSession(SleepySession(cpu_session(double_model()), 0.2))
+        runner = ModelRunner(session, executor, _limits(queue=1), "d/1")
+        running = runner.infer({"x": _rows(1)}, FAR)  # taken by the only instance
+        departed = runner.infer({"x": _rows(2)}, FAR)  # waits: the instance is busy
+        departed.cancel()
+        (y,) = await runner.infer({"x": _rows(3)}, FAR)
+        np.testing.assert_array_equal(y, _rows(6))
+        await running
+        assert [shapes["x"] for shapes in session.runs] == [(1, 2), (1, 2)]
+
     async def test_queue_full(self, session: CountingSession, executor: Any) -> None:
         """Past max_queue_size a request is refused with QueueFull and a Retry-After."""
         runner = ModelRunner(session, executor, _limits(queue=1), "d/1")
