@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, QueueFull
+from router.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidTensor,
+    ModelNotReady,
+    QueueFull,
+)
 from router.inference.inline_gate import InlineGate, input_bytes
 from router.inference.stats import ModelStats
 
@@ -311,7 +317,12 @@ class ModelRunner:
             self._timer.cancel()
         for job in self._queue:
             if not job.future.done():
-                job.future.set_exception(InferenceFailed(f"model {self._label} was unloaded"))
+                # Never run, through no fault of the request: a 503 the caller (or the next
+                # target of the route) can retry, not a 500 (a reload's drain timeout passed
+                # while a slow model's queue was long).
+                job.future.set_exception(
+                    ModelNotReady(f"model {self._label} was unloaded before the request ran")
+                )
         self._queue.clear()
 
 

@@ -20,7 +20,13 @@ from _models import (
     reshape_to_three_model,
 )
 
-from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, QueueFull
+from router.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidTensor,
+    ModelNotReady,
+    QueueFull,
+)
 from router.inference.runner import ModelRunner, RunnerLimits
 
 FAR = 1e12  # a deadline that never passes (loop.time() is seconds since some boot)
@@ -389,12 +395,16 @@ class TestModelRunner:
         assert y.shape == (100, 2)
 
     async def test_close_fails_pending_jobs(self, session: CountingSession, executor: Any) -> None:
-        """close() fails every queued job with InferenceFailed."""
+        """close() fails every queued job with a 503 to retry (the model was unloaded, by a
+        reload whose drain timeout passed), not a 500: the request itself was never run."""
         runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=60.0), "d/1")
         futures = [runner.infer({"x": _rows(float(i))}, FAR) for i in range(3)]
         runner.close()
         results = await asyncio.gather(*futures, return_exceptions=True)
-        assert all(isinstance(r, InferenceFailed) for r in results)
+        for result in results:
+            assert isinstance(result, ModelNotReady)
+            assert result.status == 503
+            assert result.retry_after is not None
         assert session.runs == []
 
     async def test_instances_run_side_by_side(self, executor: Any) -> None:
