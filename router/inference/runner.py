@@ -35,6 +35,9 @@ _SINGLES_PER_HANDOFF = 16
 # of a group would wait inside the thread, past the deadline and cancellation checks.
 _GROUPED_RUN_MAX_NS = 1_000_000
 Outputs = list[np.ndarray]
+# A batching wait must end this long before the nearest deadline, less the run: timers fire
+# late (to the millisecond on uvloop, several on a busy machine).
+_TIMER_SLACK_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +181,18 @@ class ModelRunner:
         whatever arrived in that pass joins the batch."""
         if not self.batching or self._queued_rows >= self._limits.max_batch_size:
             return False
-        if self._timer is not None:
-            return True
         due = self._queue[0].enqueued_ns / 1e9 + self._limits.max_queue_delay_s
         wait = due - time.perf_counter_ns() / 1e9
+        if wait > 0 and self._slack(loop) < wait:
+            # A budget shorter than the batching delay is not spent waiting for company: the
+            # job would then be dropped as late, although the model was free to run it.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._passed = False
+            return False
+        if self._timer is not None:
+            return True
         if wait >= 0.001:
             self._timer = loop.call_later(wait, self._on_timer)
             return True
@@ -190,6 +201,14 @@ class ModelRunner:
             return True
         self._passed = False
         return False
+
+    def _slack(self, loop: asyncio.AbstractEventLoop) -> float:
+        """How long the queued job with the nearest deadline can still wait and run in time
+        (s), with a margin for a timer firing late."""
+        expected_ns = self._gate.expected_run_ns()
+        run_s = expected_ns / 1e9 if expected_ns < float("inf") else 0.0
+        nearest = min(job.deadline for job in self._queue)
+        return nearest - loop.time() - run_s - _TIMER_SLACK_S
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -327,6 +327,25 @@ class TestModelRunner:
         assert isinstance(results[1], DeadlineExceeded)
         assert [run["x"] for run in session.runs] == [(1, 2), (1, 2)]
 
+    async def test_a_budget_shorter_than_the_batching_delay_is_not_spent_waiting(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """A lone request whose deadline comes before the batching delay ends runs in time on
+        the idle model, rather than waiting out the delay to be dropped as late."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=5.0), "d/1")
+        deadline = asyncio.get_running_loop().time() + 1.0
+        (y,) = await asyncio.wait_for(runner.infer({"x": _rows(1)}, deadline), 3.0)
+        np.testing.assert_array_equal(y, _rows(2))
+        assert session.runs == [{"x": (1, 2)}]
+        # Nor when it joins a job that has no hurry and is waiting for company: both run.
+        relaxed = runner.infer({"x": _rows(2)}, FAR)
+        await asyncio.sleep(0.05)
+        deadline = asyncio.get_running_loop().time() + 1.0
+        urgent = runner.infer({"x": _rows(3)}, deadline)
+        results = await asyncio.wait_for(asyncio.gather(relaxed, urgent), 3.0)
+        np.testing.assert_array_equal(results[1][0], _rows(6))
+        assert session.runs[1:] == [{"x": (2, 2)}]
+
     async def test_invalid_argument_maps_to_invalid_tensor(
         self, session: CountingSession, executor: Any
     ) -> None:
