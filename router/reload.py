@@ -236,7 +236,14 @@ class Reloader:
         while True:
             await asyncio.sleep(interval_s)
             settings = self.wanted.settings
-            fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
+            try:
+                fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
+            except OSError as exc:
+                # A folder removed while it was listed (rm -r of a version, an rsync's temp
+                # file renamed): the next look sees the repository as it is now. Escaping,
+                # the error would end polling for good, with nothing said.
+                log.warning("model repository changed while it was read (%s); looking again", exc)
+                continue
             from_file = await self._file_settings()
             changed = fingerprint not in (self._fingerprint, self._refused)
             if not changed and (from_file is None or from_file == self.wanted.settings):

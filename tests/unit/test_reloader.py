@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from router import reload as reload_module
 from router.errors import BundleRejected, ConfigError
 from router.inference.repository import ModelRepository
 from router.policy.bundle import PolicyBundle, load_bundle
@@ -229,6 +230,39 @@ async def test_a_file_system_error_while_loading_models_is_a_failed_reload(
     assert "Permission denied" in (site.reloader.state.last_error or "")
     assert await site.reloader.reload("test") is True
     assert site.runtime.current.models.path == other
+
+
+async def test_polling_outlives_a_folder_removed_while_the_repository_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model folder removed while a poll lists the repository (FileNotFoundError from the
+    scan) is looked at again at the next poll: polling goes on and still sees later changes."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    before = site.runtime.current
+    real = reload_module.repository_fingerprint
+    failures = [FileNotFoundError(2, "No such file or directory", str(tmp_path / "m" / "2"))]
+
+    def racing(path: Path) -> str:
+        if failures:
+            raise failures.pop()
+        return real(path)
+
+    monkeypatch.setattr(reload_module, "repository_fingerprint", racing)
+    (tmp_path / "new-model").mkdir()
+    (tmp_path / "new-model" / "config.yaml").write_text("max_batch_size: 0\n")
+    poll = asyncio.get_running_loop().create_task(site.reloader.poll(0.01))
+    try:
+        for _ in range(300):
+            if site.runtime.current is not before or poll.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not poll.done()
+        assert site.runtime.current is not before
+        assert not failures
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
 
 
 async def test_a_bundle_whose_patterns_do_not_compile_changes_nothing(tmp_path: Path) -> None:
