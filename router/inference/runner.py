@@ -21,12 +21,12 @@ import numpy as np
 
 from router.errors import (
     DeadlineExceeded,
-    InferenceFailed,
     InvalidTensor,
     ModelNotReady,
     QueueFull,
 )
 from router.inference.inline_gate import InlineGate, input_bytes
+from router.inference.run_errors import run_error
 from router.inference.stats import ModelStats
 
 Feeds = dict[str, np.ndarray]
@@ -322,14 +322,7 @@ class ModelRunner:
             if result.parts is not None:
                 job.future.set_result(result.parts[i])
             else:
-                job.future.set_exception(self._map_error(result.error))
-
-    def _map_error(self, error: BaseException | None) -> Exception:
-        lines = str(error).strip().splitlines() if error is not None else []
-        reason = lines[0][:300] if lines else type(error).__name__
-        if type(error).__name__ == "InvalidArgument":
-            return InvalidTensor(f"model {self._label} rejected the input: {reason}")
-        return InferenceFailed(f"model {self._label} failed to run: {reason}")
+                job.future.set_exception(run_error(self._label, result.error, job.feeds))
 
     def close(self) -> None:
         if self._timer is not None:

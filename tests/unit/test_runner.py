@@ -210,6 +210,18 @@ class TestModelRunner:
         assert runner.stats.success.count == 3
         assert runner.stats.fail.count == 1
 
+    async def test_an_error_does_not_echo_the_request_values(self, executor: Any) -> None:
+        """onnxruntime words an index out of range with its value: a number the request holds
+        (a card number here) is masked in the error, the graph's own bounds stay."""
+        session = cpu_session(lookup_model())
+        runner = ModelRunner(session, executor, _limits(), "l/1")
+        card = 4111111111111111
+        with pytest.raises(InvalidTensor) as info:
+            await runner.infer({"i": np.array([[card]], dtype=np.int64)}, FAR)
+        assert str(card) not in info.value.message
+        assert "out of data bounds" in info.value.message
+        assert "[-4,3]" in info.value.message
+
     async def test_different_dtypes_never_share_a_batch(self, executor: Any) -> None:
         """Requests with different dtypes are not stacked, so numpy never upcasts one of them."""
         session = CountingSession(RecordingEcho())
