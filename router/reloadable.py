@@ -59,13 +59,16 @@ def applied(running: Settings, new: Settings) -> Settings:
 
 
 def repository_fingerprint(path: Path) -> str:
-    """Names, sizes and modification times of every file: cheap, and changes when a model
-    file is replaced or a version added."""
+    """Names, sizes, modification times and identities of every file: cheap, and changes when
+    a model file is replaced or a version added. The inode and change time catch a file
+    replaced by one of the same size whose modification time was kept (cp -p, rsync -a,
+    tar x of a same-shaped retrain): no tool can set those."""
     digest = hashlib.sha256()
     for file in sorted(path.rglob("*")):
         if file.is_file():
             stat = file.stat()
             digest.update(
-                f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+                f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+                f"{stat.st_ino}\0{stat.st_ctime_ns}\n".encode()
             )
     return digest.hexdigest()
