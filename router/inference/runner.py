@@ -24,6 +24,7 @@ from router.errors import (
     InvalidTensor,
     ModelNotReady,
     QueueFull,
+    RouterError,
 )
 from router.inference.inline_gate import InlineGate, input_bytes
 from router.inference.run_errors import run_error
@@ -264,6 +265,9 @@ class ModelRunner:
         ran: list[list[_Job]] = []
         results: list[_Result] = []
         for group in groups:
+            group = self._still_wanted(group, ran, results)
+            if not group:
+                continue
             result = self._run_group(group)
             if (
                 len(group) > 1
@@ -282,6 +286,27 @@ class ModelRunner:
         # RuntimeError: the loop closed during shutdown, and nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._finish, ran, results)
+
+    def _still_wanted(
+        self, group: list[_Job], ran: list[list[_Job]], results: list[_Result]
+    ) -> list[_Job]:
+        """On the executor thread, just before the run, the jobs still wanted. A hand-off can
+        wait there behind other models' runs (the pool is shared; instance_count may exceed
+        its threads) while its callers leave or run out of time; the late ones are noted in
+        `ran` and `results`, to fail on the loop."""
+        assert self._loop is not None
+        now = self._loop.time()
+        wanted = []
+        for job in group:
+            if job.future.done():  # the caller went away (read only: set on the loop)
+                continue
+            if now > job.deadline:
+                late = DeadlineExceeded(f"model {self._label}: deadline passed while queued")
+                ran.append([job])
+                results.append(_Result(None, late, (0, 0, 0)))
+                continue
+            wanted.append(job)
+        return wanted
 
     def _run_group(self, batch: list[_Job]) -> _Result:
         t0 = time.perf_counter_ns()
@@ -322,7 +347,10 @@ class ModelRunner:
             if result.parts is not None:
                 job.future.set_result(result.parts[i])
             else:
-                job.future.set_exception(run_error(self._label, result.error, job.feeds))
+                error = result.error
+                if not isinstance(error, RouterError):
+                    error = run_error(self._label, error, job.feeds)
+                job.future.set_exception(error)
 
     def close(self) -> None:
         if self._timer is not None:

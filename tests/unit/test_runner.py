@@ -246,6 +246,27 @@ class TestModelRunner:
         await running
         assert [shapes["x"] for shapes in session.runs] == [(1, 2), (1, 2)]
 
+    async def test_a_hand_off_waiting_for_a_thread_drops_departed_and_late_callers(
+        self,
+    ) -> None:
+        """With more instances than inference threads (or other models' runs ahead in the
+        shared pool) a hand-off waits for a thread: a caller that left meanwhile is not run,
+        one whose deadline passed gets DeadlineExceeded without running."""
+        session = CountingSession(SleepySession(cpu_session(double_model()), 0.3))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-one-thread")
+        try:
+            runner = ModelRunner(session, pool, _limits(instances=3), "d/1")
+            loop = asyncio.get_running_loop()
+            running = runner.infer({"x": _rows(1)}, FAR)  # takes the only thread
+            departed = runner.infer({"x": _rows(2)}, FAR)  # handed off, waits for it
+            late = runner.infer({"x": _rows(3)}, loop.time() + 0.1)  # likewise
+            departed.cancel()
+            outcomes = await asyncio.gather(running, late, return_exceptions=True)
+            assert isinstance(outcomes[1], DeadlineExceeded)
+            assert len(session.runs) == 1
+        finally:
+            pool.shutdown(wait=True)
+
     async def test_queue_full(self, session: CountingSession, executor: Any) -> None:
         """Past max_queue_size a request is refused with QueueFull and a Retry-After."""
         runner = ModelRunner(session, executor, _limits(queue=1), "d/1")
