@@ -294,8 +294,9 @@ class ModelRunner:
         wait there behind other models' runs (the pool is shared; instance_count may exceed
         its threads) while its callers leave or run out of time; the late ones are noted in
         `ran` and `results`, to fail on the loop."""
-        assert self._loop is not None
-        now = self._loop.time()
+        # The loop's clock is the monotonic one (asyncio's, and uvloop's to the millisecond);
+        # uvloop's loop.time() would update the loop's own state from this thread.
+        now = time.monotonic()
         wanted = []
         for job in group:
             if job.future.done():  # the caller went away (read only: set on the loop)
