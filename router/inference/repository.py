@@ -6,6 +6,7 @@ that names the file, and readiness reports the failures.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -30,6 +31,7 @@ from router.inference.sessions import SessionBuilder as SessionBuilder
 from router.inference.sessions import available_providers as available_providers
 from router.inference.sessions import default_session_builder as default_session_builder
 from router.inference.signature import DYNAMIC, Signature, from_session
+from router.inference.value_cost import sized_by_values
 from router.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -242,7 +244,11 @@ class Loader:
             raise ValueError(
                 "max_batch_size is set but not every tensor has an open first dimension"
             )
-        entry.runner = ModelRunner(session, self.executor, self._limits(config), label)
+        limits = self._limits(config)
+        if limits.inline_max_ns and sized_by_values(data):
+            # A few bytes could ask for any amount of work: never on the event loop.
+            limits = dataclasses.replace(limits, inline_max_ns=0)
+        entry.runner = ModelRunner(session, self.executor, limits, label)
         if config.warmup:
             self._warm_up(session, signature, label, entry.runner)
         entry.state = State.READY

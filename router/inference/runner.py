@@ -97,6 +97,11 @@ class ModelRunner:
         self._gate.ran_on_loop(run_ns, input_bytes(feeds))
 
     @property
+    def inline_runs(self) -> bool:
+        """Whether an idle model's short runs may happen on the event loop at all."""
+        return self._limits.inline_max_ns > 0
+
+    @property
     def batching(self) -> bool:
         return self._limits.max_batch_size > 0
 

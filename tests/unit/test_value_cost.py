@@ -1,0 +1,102 @@
+"""router/inference/value_cost.py: models whose run time follows their inputs' values never
+run on the event loop (README, "Inline runs")."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _models import _finish, double_model, write_model
+from onnx import TensorProto, helper
+
+from router.inference.repository import Loader, available_providers
+from router.inference.value_cost import sized_by_values
+from router.settings import ModelSettings
+
+
+def _spin_model(constant_trips: bool = False) -> bytes:
+    """y = x after n steps of tanh(x @ w): a Loop whose trip count is the input n (or, with
+    constant_trips, a constant of the graph)."""
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["acc_in", "w"], ["acc_mm"]),
+            helper.make_node("Tanh", ["acc_mm"], ["acc_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, ["N", 4]),
+        ],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)],
+    )
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])]
+    initializers = []
+    if constant_trips:
+        initializers.append(helper.make_tensor("n", TensorProto.INT64, [], [3]))
+    else:
+        inputs.insert(0, helper.make_tensor_value_info("n", TensorProto.INT64, []))
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "", "x"], ["y"], body=body)],
+        "spin",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=initializers,
+    )
+    return _finish(graph)
+
+
+def _expand_model(shape_from_input: bool) -> bytes:
+    """y = x expanded to a shape: the input `shape`, or a constant [4, 4]."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])]
+    nodes = [helper.make_node("Expand", ["x", "shape"], ["y"])]
+    if shape_from_input:
+        inputs.append(helper.make_tensor_value_info("shape", TensorProto.INT64, [2]))
+    else:
+        value = helper.make_tensor("value", TensorProto.INT64, [2], [4, 4])
+        nodes.insert(0, helper.make_node("Constant", [], ["shape"], value=value))
+    graph = helper.make_graph(
+        nodes, "expand", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["A", 4])]
+    )
+    return _finish(graph)
+
+
+def test_sizes_from_inputs_are_found() -> None:
+    """A Loop's trip count or Expand's shape taken from a request's values is found."""
+    assert sized_by_values(_spin_model())
+    assert sized_by_values(_expand_model(shape_from_input=True))
+
+
+def test_constant_sizes_and_plain_models_are_not() -> None:
+    """Sizes from initializers or Constant nodes, and models without such ops, are fine."""
+    assert not sized_by_values(_spin_model(constant_trips=True))
+    assert not sized_by_values(_expand_model(shape_from_input=False))
+    assert not sized_by_values(double_model())
+
+
+def test_unreadable_bytes_are_taken_as_sized_by_values() -> None:
+    """Bytes that are no readable model are not trusted on the loop."""
+    assert sized_by_values(b"\xff\xff\xff")
+
+
+def test_a_loop_over_an_input_count_never_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """Loaded with inline runs on, a model whose Loop runs an input's count of times gets
+    none (a tiny request could stall the loop for as long as it liked); a plain model does."""
+    write_model(tmp_path, "spin", 1, _spin_model())
+    write_model(tmp_path, "double", 1, double_model())
+    with ThreadPoolExecutor(1) as pool:
+        settings = ModelSettings(inference_threads=1, inline_max_us=100)
+        repo = Loader(settings, pool, available_providers()).load(tmp_path)
+        try:
+            spin, double = repo.get("spin").runner, repo.get("double").runner
+            assert spin is not None
+            assert double is not None
+            assert not spin.inline_runs
+            assert double.inline_runs
+        finally:
+            repo.close()
