@@ -35,6 +35,12 @@ SIZED_BY_VALUES: dict[str, tuple[int, ...]] = {
     "Resize": (1, 2, 3),
     "Upsample": (1,),
     "OneHot": (1,),
+    "Col2Im": (1, 2),
+    "DFT": (1,),
+    "MelWeightMatrix": (0, 1),
+    "HannWindow": (0,),
+    "HammingWindow": (0,),
+    "BlackmanWindow": (0,),
 }
 
 
