@@ -69,6 +69,8 @@ def _graph_sized_by_values(graph: memoryview, outer_constants: frozenset[str]) -
         sizes = [inputs[i] for i in SIZED_BY_VALUES.get(op, ()) if i < len(inputs)]
         if any(name and name not in known for name in sizes):
             return True
+        if op == "Loop" and not (inputs and inputs[0]):
+            return True  # no trip count: it runs until its body's condition says stop
         if any(_graph_sized_by_values(body, known) for body in bodies):
             return True
     return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import onnx
 from _models import _finish, double_model, write_model
 from onnx import TensorProto, helper
 
@@ -14,10 +15,9 @@ from router.inference.value_cost import sized_by_values
 from router.settings import ModelSettings
 
 
-def _spin_model(constant_trips: bool = False) -> bytes:
-    """y = x after n steps of tanh(x @ w): a Loop whose trip count is the input n (or, with
-    constant_trips, a constant of the graph)."""
-    body = helper.make_graph(
+def _body() -> onnx.GraphProto:
+    """One step: acc = tanh(acc @ w), the condition passed on as it came."""
+    return helper.make_graph(
         [
             helper.make_node("MatMul", ["acc_in", "w"], ["acc_mm"]),
             helper.make_node("Tanh", ["acc_mm"], ["acc_out"]),
@@ -35,6 +35,12 @@ def _spin_model(constant_trips: bool = False) -> bytes:
         ],
         initializer=[helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)],
     )
+
+
+def _spin_model(constant_trips: bool = False) -> bytes:
+    """y = x after n steps of tanh(x @ w): a Loop whose trip count is the input n (or, with
+    constant_trips, a constant of the graph)."""
+    body = _body()
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])]
     initializers = []
     if constant_trips:
@@ -70,6 +76,18 @@ def test_sizes_from_inputs_are_found() -> None:
     """A Loop's trip count or Expand's shape taken from a request's values is found."""
     assert sized_by_values(_spin_model())
     assert sized_by_values(_expand_model(shape_from_input=True))
+
+
+def test_a_loop_without_a_trip_count_is_found() -> None:
+    """A Loop with no trip count runs until its body says stop: no constant bounds it."""
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["", "c", "x"], ["y"], body=_body())],
+        "until",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[helper.make_tensor("c", TensorProto.BOOL, [], [True])],
+    )
+    assert sized_by_values(_finish(graph))
 
 
 def test_constant_sizes_and_plain_models_are_not() -> None:
