@@ -221,6 +221,7 @@ class Reloader:
             self._refused = fingerprint
             raise ConfigError(str(models.path), problems)
         self._fingerprint = fingerprint
+        models.carry_stats_from(current.models)
         return models
 
     @staticmethod

@@ -139,6 +139,25 @@ class ModelRepository:
     def ready(self) -> bool:
         return not self.failures
 
+    def carry_stats_from(self, before: ModelRepository) -> None:
+        """Versions loaded again unchanged (same file, same config) keep counting where they
+        were: a reload for another model must not reset their statistics (Prometheus counters
+        going back without a restart), and requests still running on `before` count too."""
+        for name, model in self.models.items():
+            old_model = before.models.get(name)
+            if old_model is None:
+                continue
+            for version, entry in model.versions.items():
+                old = old_model.versions.get(version)
+                if (
+                    old is not None
+                    and old.runner is not None
+                    and entry.runner is not None
+                    and old.sha256 == entry.sha256
+                    and old.config == entry.config
+                ):
+                    entry.runner.stats = old.runner.stats
+
     def close(self) -> None:
         for model in self.models.values():
             for entry in model.versions.values():

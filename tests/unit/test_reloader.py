@@ -8,14 +8,17 @@ import dataclasses
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from _models import double_model, write_model
 
 from router import reload as reload_module
 from router.errors import BundleRejected, ConfigError
-from router.inference.repository import ModelRepository
+from router.inference.repository import Loader, ModelRepository, available_providers
 from router.policy.bundle import PolicyBundle, load_bundle
 from router.policy.keeper import BundleKeeper, BundleState
 from router.policy.model import CustomPatternRule
@@ -23,7 +26,7 @@ from router.policy.source import Fetched
 from router.policy.updater import BundleUpdater
 from router.reload import Reloader
 from router.runtime import Generation, Runtime
-from router.settings import Settings
+from router.settings import ModelSettings, Settings
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "policies" / "default"
 
@@ -263,6 +266,47 @@ async def test_polling_outlives_a_folder_removed_while_the_repository_was_read(
     finally:
         poll.cancel()
         await asyncio.gather(poll, return_exceptions=True)
+
+
+class RealModels(Site):
+    """A Site whose reloads load the repository with the real Loader."""
+
+    def __init__(self, tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+        super().__init__(tmp_path)
+        self.pool = pool
+
+    def load(self, settings: Settings) -> ModelRepository:
+        assert settings.models.repository is not None
+        loader = Loader(ModelSettings(inference_threads=1), self.pool, available_providers())
+        return loader.load(settings.models.repository)
+
+
+async def test_a_version_loaded_again_unchanged_keeps_its_statistics(tmp_path: Path) -> None:
+    """A reload for another model leaves an unchanged version's statistics counting on (its
+    Prometheus counters do not go back); a version whose file changed starts afresh."""
+    with ThreadPoolExecutor(1) as pool:
+        site = RealModels(tmp_path, pool)
+        await site.reloader.start()
+        write_model(tmp_path, "kept", 1, double_model())
+        write_model(tmp_path, "changed", 1, double_model())
+        assert await site.reloader.reload("test") is True
+        first = site.runtime.current.models
+        for name in ("kept", "changed"):
+            runner = first.get(name).runner
+            assert runner is not None
+            await runner.infer({"x": np.ones((2, 2), dtype=np.float32)}, 1e12)
+        write_model(tmp_path, "changed", 1, double_model(("N", "D", "E")))
+        assert await site.reloader.reload("test") is True
+        second = site.runtime.current.models
+        assert second is not first
+        kept, changed = second.get("kept").runner, second.get("changed").runner
+        assert kept is not None
+        assert changed is not None
+        assert kept is not first.get("kept").runner
+        assert kept.stats.success.count == 1
+        assert changed.stats.success.count == 0
+        first.close()
+        second.close()
 
 
 async def test_a_bundle_whose_patterns_do_not_compile_changes_nothing(tmp_path: Path) -> None:
