@@ -264,9 +264,10 @@ class Loader:
                 "max_batch_size is set but not every tensor has an open first dimension"
             )
         limits = self._limits(config)
-        if limits.inline_max_ns and sized_by_values(data):
-            # A few bytes could ask for any amount of work: never on the event loop.
-            limits = dataclasses.replace(limits, inline_max_ns=0)
+        if sized_by_values(data):
+            # A few bytes could ask for any amount of work: never on the event loop, and a
+            # run stopped at its deadline rather than holding a pool thread past it.
+            limits = dataclasses.replace(limits, inline_max_ns=0, stop_at_deadline=True)
         entry.runner = ModelRunner(session, self.executor, limits, label)
         if config.warmup:
             self._warm_up(session, signature, label, entry.runner)

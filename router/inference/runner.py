@@ -50,6 +50,10 @@ class RunnerLimits:
     # Runs measured shorter than this (ns) happen on the event loop itself when the model is
     # idle: a thread hand-off costs more than such a run (see README, "Inline runs"). 0: never.
     inline_max_ns: int = 0
+    # Each hand-off's runs get onnxruntime RunOptions that the loop sets to terminate at the
+    # latest deadline among its jobs: for models whose run time follows their inputs' values
+    # (a Loop over an input count), which could otherwise hold a pool thread for hours.
+    stop_at_deadline: bool = False
 
 
 @dataclass(slots=True)
@@ -177,7 +181,8 @@ class ModelRunner:
                 self._gate.hand_off_shared(now)
             if groups:
                 self._busy += 1
-                self._executor.submit(self._execute, groups)
+                watch = _watch(loop, groups) if self._limits.stop_at_deadline else None
+                self._executor.submit(self._execute, groups, watch)
 
     def _should_wait_for_more(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Hold a partial batch until the oldest job has waited max_queue_delay.
@@ -265,32 +270,33 @@ class ModelRunner:
             return False
         return True
 
-    def _execute(self, groups: list[list[_Job]]) -> None:
+    def _execute(self, groups: list[list[_Job]], watch: _Watch | None = None) -> None:
         """On an executor thread: per group stack, run, split; then one hand-off to the loop."""
         ran: list[list[_Job]] = []
         results: list[_Result] = []
+        options = watch.options if watch is not None else None
         for group in groups:
             group = self._still_wanted(group, ran, results)
             if not group:
                 continue
-            result = self._run_group(group)
+            result = self._run_group(group, options)
             if (
                 len(group) > 1
                 and result.parts is None
-                and not isinstance(result.error, _Unbatchable)
+                and not isinstance(result.error, _Unbatchable | RouterError)
             ):
                 # One caller's input the model refuses (an index out of range) must not fail
                 # the others it was stacked with: each runs alone, and only its own fails.
                 for job in group:
                     ran.append([job])
-                    results.append(self._run_group([job]))
+                    results.append(self._run_group([job], options))
                 continue
             ran.append(group)
             results.append(result)
         assert self._loop is not None
         # RuntimeError: the loop closed during shutdown, and nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._finish, ran, results)
+            self._loop.call_soon_threadsafe(self._finish, ran, results, watch)
 
     def _still_wanted(
         self, group: list[_Job], ran: list[list[_Job]], results: list[_Result]
@@ -314,7 +320,7 @@ class ModelRunner:
             wanted.append(job)
         return wanted
 
-    def _run_group(self, batch: list[_Job]) -> _Result:
+    def _run_group(self, batch: list[_Job], options: Any = None) -> _Result:
         t0 = time.perf_counter_ns()
         parts: list[Outputs] | None = None
         error: BaseException | None = None
@@ -322,15 +328,24 @@ class ModelRunner:
         try:
             feeds = batch[0].feeds if len(batch) == 1 else _stack(batch)
             t1 = time.perf_counter_ns()
-            outputs = self._session.run(None, feeds)
+            if options is None:
+                outputs = self._session.run(None, feeds)
+            else:
+                outputs = self._session.run(None, feeds, options)
             t2 = time.perf_counter_ns()
             parts = [outputs] if len(batch) == 1 else _split(outputs, batch)
         except Exception as exc:  # onnxruntime's errors have no common base we can name
             error = exc
+            if options is not None and options.terminate:
+                error = DeadlineExceeded(f"model {self._label}: deadline passed while running")
         return _Result(parts, error, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2))
 
-    def _finish(self, groups: list[list[_Job]], results: list[_Result]) -> None:
+    def _finish(
+        self, groups: list[list[_Job]], results: list[_Result], watch: _Watch | None = None
+    ) -> None:
         self._busy -= 1
+        if watch is not None:
+            watch.alarm.cancel()
         now_ns = time.perf_counter_ns()
         for batch, result in zip(groups, results, strict=True):
             if result.parts is not None:
@@ -370,6 +385,21 @@ class ModelRunner:
                     ModelNotReady(f"model {self._label} was unloaded before the request ran")
                 )
         self._queue.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    options: Any  # onnxruntime.RunOptions
+    alarm: asyncio.TimerHandle
+
+
+def _watch(loop: asyncio.AbstractEventLoop, groups: list[list[_Job]]) -> _Watch:
+    """RunOptions for a hand-off's runs, told to terminate once every job's deadline passed."""
+    import onnxruntime as ort  # loaded already: the session came from it
+
+    options = ort.RunOptions()
+    deadline = max(job.deadline for group in groups for job in group)
+    return _Watch(options, loop.call_at(deadline, setattr, options, "terminate", True))
 
 
 class _Unbatchable(ValueError):

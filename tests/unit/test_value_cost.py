@@ -3,13 +3,17 @@ run on the event loop (README, "Inline runs")."""
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import onnx
+import pytest
 from _models import _finish, double_model, write_model
 from onnx import TensorProto, helper
 
+from router.errors import DeadlineExceeded
 from router.inference.repository import Loader, available_providers
 from router.inference.value_cost import sized_by_values
 from router.settings import ModelSettings
@@ -116,5 +120,27 @@ def test_a_loop_over_an_input_count_never_runs_on_the_event_loop(tmp_path: Path)
             assert double is not None
             assert not spin.inline_runs
             assert double.inline_runs
+        finally:
+            repo.close()
+
+
+async def test_a_run_sized_by_values_stops_at_its_deadline(tmp_path: Path) -> None:
+    """A request asking such a model for a billion steps is stopped when its deadline passes
+    (DeadlineExceeded), instead of holding an inference thread for hours; the next runs."""
+    write_model(tmp_path, "spin", 1, _spin_model())
+    x = np.zeros((1, 4), dtype=np.float32)
+    with ThreadPoolExecutor(1) as pool:
+        repo = Loader(ModelSettings(inference_threads=1), pool, available_providers()).load(
+            tmp_path
+        )
+        try:
+            runner = repo.get("spin").runner
+            assert runner is not None
+            loop = asyncio.get_running_loop()
+            endless = runner.infer({"n": np.array(10**9), "x": x}, loop.time() + 0.3)
+            with pytest.raises(DeadlineExceeded):
+                await asyncio.wait_for(endless, 20.0)
+            (y,) = await asyncio.wait_for(runner.infer({"n": np.array(2), "x": x}, 1e12), 20.0)
+            assert y.shape == (1, 4)
         finally:
             repo.close()
