@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from _models import double_model, write_model
+from _models import double_model, lookup_model, write_model
 from onnx import numpy_helper
 
 from router.errors import ConfigError, ModelNotFound, ModelNotReady
@@ -99,6 +99,16 @@ def _external_data_model(repo: Path) -> str:
     )
     assert (folder / "weights.bin").exists()
     return hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+
+
+def test_a_failed_run_writes_no_request_value_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    """onnxruntime's own logger (stderr, past the log config) would write the value a run
+    failed on: a card number sent as an index must not reach the server's log that way."""
+    session = default_session_builder(lookup_model(), 1, [(CPU, {})])
+    card = 4111111111111111
+    with pytest.raises(Exception, match="out of data bounds"):
+        session.run(None, {"i": np.array([[card]], dtype=np.int64)})
+    assert str(card) not in capfd.readouterr().err
 
 
 class TestModelConfig:
