@@ -78,3 +78,21 @@ def test_a_model_replaced_keeping_size_and_modification_time_changes_the_fingerp
     staged.replace(model)
     assert model.stat().st_mtime_ns == kept
     assert repository_fingerprint(tmp_path) != before
+
+
+def test_a_model_folder_link_re_pointed_to_a_new_release_changes_the_fingerprint(
+    tmp_path: Path,
+) -> None:
+    """A model folder that is a symbolic link (releases deployed side by side, the link
+    switched to the new one) is walked into: re-pointing it is a change to reload."""
+    releases, repo = tmp_path / "releases", tmp_path / "repo"
+    for release, weights in (("a", b"weights-a"), ("b", b"weights-b")):
+        (releases / release / "1").mkdir(parents=True)
+        (releases / release / "1" / "model.onnx").write_bytes(weights)
+    repo.mkdir()
+    (repo / "m").symlink_to(releases / "a", target_is_directory=True)
+    (repo / "loop").symlink_to(repo, target_is_directory=True)  # walked once, not forever
+    before = repository_fingerprint(repo)
+    (repo / "m").unlink()
+    (repo / "m").symlink_to(releases / "b", target_is_directory=True)
+    assert repository_fingerprint(repo) != before
