@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -187,6 +188,9 @@ class Loader:
     executor: Executor
     available: Sequence[str]
     build: SessionBuilder = default_session_builder
+    # A warm-up of a model sized by values (a Loop with no trip count) stops after this long:
+    # on zeros it might never end, and a load (a reload, holding the reload lock) with it.
+    warmup_limit_s: float = 10.0
 
     def load(self, path: Path) -> ModelRepository:
         if not path.is_dir():
@@ -270,7 +274,7 @@ class Loader:
             limits = dataclasses.replace(limits, inline_max_ns=0, stop_at_deadline=True)
         entry.runner = ModelRunner(session, self.executor, limits, label)
         if config.warmup:
-            self._warm_up(session, signature, label, entry.runner)
+            self._warm_up(session, signature, label, entry.runner, limits.stop_at_deadline)
         entry.state = State.READY
         log.info("model %s loaded on %s (sha256 %s)", label, entry.provider, entry.sha256[:12])
 
@@ -285,19 +289,33 @@ class Loader:
                     "onnxruntime execution provider"
                 )
 
-    @staticmethod
-    def _warm_up(session: Any, signature: Signature, label: str, runner: ModelRunner) -> None:
+    def _warm_up(
+        self, session: Any, signature: Signature, label: str, runner: ModelRunner, bounded: bool
+    ) -> None:
         """One run on zeros with open dimensions set to 1. Some graphs refuse such inputs
         (e.g. a padding that needs length >= 2); a model that loaded still serves, so a failed
-        warm-up is only worth a warning."""
+        warm-up is only worth a warning. `bounded`: stopped after warmup_limit_s."""
+        args: tuple[Any, ...] = ()
+        alarm = None
+        if bounded:
+            import onnxruntime as ort  # loaded already: the session came from it
+
+            options = ort.RunOptions()
+            args = (options,)
+            alarm = threading.Timer(self.warmup_limit_s, setattr, (options, "terminate", True))
+            alarm.daemon = True
+            alarm.start()
         try:
             feeds = warmup_feeds(signature)
-            session.run(None, feeds)  # the first run pays for lazy initialisation
+            session.run(None, feeds, *args)  # the first run pays for lazy initialisation
             started = time.perf_counter_ns()
-            session.run(None, feeds)
+            session.run(None, feeds, *args)
             runner.measured(time.perf_counter_ns() - started, feeds)
         except Exception as exc:  # onnxruntime's errors share no base class we can name
             log.warning("model %s: warm-up run skipped (%s)", label, _reason(exc))
+        finally:
+            if alarm is not None:
+                alarm.cancel()
 
     def _limits(self, config: ModelConfig) -> RunnerLimits:
         batching = config.dynamic_batching

@@ -4,6 +4,7 @@ run on the event loop (README, "Inline runs")."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from _models import _finish, double_model, write_model
 from onnx import TensorProto, helper
 
 from router.errors import DeadlineExceeded
-from router.inference.repository import Loader, available_providers
+from router.inference.repository import Loader, ModelRepository, available_providers
 from router.inference.value_cost import sized_by_values
 from router.settings import ModelSettings
 
@@ -144,3 +145,27 @@ async def test_a_run_sized_by_values_stops_at_its_deadline(tmp_path: Path) -> No
             assert y.shape == (1, 4)
         finally:
             repo.close()
+
+
+def test_a_warm_up_that_would_never_end_is_stopped(tmp_path: Path) -> None:
+    """A Loop with no trip count whose condition never turns false runs forever on the
+    warm-up's zeros: the load stops it (warmup_limit_s) and the model still loads."""
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["", "c", "x"], ["y"], body=_body())],
+        "forever",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[helper.make_tensor("c", TensorProto.BOOL, [], [True])],
+    )
+    write_model(tmp_path, "forever", 1, _finish(graph))
+    loaded: list[ModelRepository] = []
+    with ThreadPoolExecutor(1) as pool:
+        loader = Loader(
+            ModelSettings(inference_threads=1), pool, available_providers(), warmup_limit_s=0.2
+        )
+        thread = threading.Thread(target=lambda: loaded.append(loader.load(tmp_path)), daemon=True)
+        thread.start()
+        thread.join(20.0)
+        assert loaded, "the load never ended"
+        assert loaded[0].get("forever").ready
+        loaded[0].close()
