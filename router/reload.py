@@ -158,7 +158,9 @@ class Reloader:
             self.state.last_reload = time.time()
             try:
                 changed = await self._reload()
-            except ConfigError as exc:
+            except (ConfigError, OSError) as exc:
+                # OSError: the repository changed under the load (a folder removed, made
+                # unreadable); escaping, it would end the polling task for good.
                 return self._failed(reason, str(exc))
             except Exception as exc:  # unforeseen: reported as failed, never as "reloaded"
                 return self._failed(reason, f"unexpected {type(exc).__name__}")
@@ -196,7 +198,7 @@ class Reloader:
         await self.updater.check(activate=hold)
         try:
             models = await self._models_for(settings)
-        except ConfigError:
+        except (ConfigError, OSError):
             if fresh:  # the bundle is good even when the models are not: apply it alone
                 await self._apply()
             raise
@@ -231,6 +233,7 @@ class Reloader:
             self._refused = fingerprint
             raise ConfigError(str(models.path), problems)
         self._fingerprint = fingerprint
+        models.carry_stats_from(current.models)
         return models
 
     @staticmethod
@@ -246,7 +249,14 @@ class Reloader:
         while True:
             await asyncio.sleep(interval_s)
             settings = self.wanted.settings
-            fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
+            try:
+                fingerprint = await asyncio.to_thread(self._models_fingerprint, settings)
+            except OSError as exc:
+                # A folder removed while it was listed (rm -r of a version, an rsync's temp
+                # file renamed): the next look sees the repository as it is now. Escaping,
+                # the error would end polling for good, with nothing said.
+                log.warning("model repository changed while it was read (%s); looking again", exc)
+                continue
             from_file = await self._file_settings()
             changed = fingerprint not in (self._fingerprint, self._refused)
             if not changed and (from_file is None or from_file == self.wanted.settings):

@@ -4,6 +4,7 @@ tells that a model repository changed."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,34 @@ def applied(running: Settings, new: Settings) -> Settings:
 
 
 def repository_fingerprint(path: Path) -> str:
-    """Names, sizes and modification times of every file: cheap, and changes when a model
-    file is replaced or a version added."""
+    """Names, sizes, modification times and identities of every file: cheap, and changes when
+    a model file is replaced or a version added. The inode and change time catch a file
+    replaced by one of the same size whose modification time was kept (cp -p, rsync -a,
+    tar x of a same-shaped retrain): no tool can set those. Folders that are symbolic links
+    are walked into (the loader follows them too: a model or version folder re-pointed to a
+    new release is a change), each folder once; a folder or file gone while it is walked is
+    left out (the next look sees the repository as it is then)."""
     digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
-        if file.is_file():
-            stat = file.stat()
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        try:
+            here = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (here.st_dev, here.st_ino) in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        dirs.sort()
+        for name in sorted(files):
+            file = Path(folder, name)
+            try:
+                stat = file.stat()
+            except OSError:  # a dangling link, or gone since the folder was listed
+                continue
             digest.update(
-                f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+                f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+                f"{stat.st_ino}\0{stat.st_ctime_ns}\n".encode()
             )
     return digest.hexdigest()

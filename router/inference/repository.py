@@ -6,8 +6,10 @@ that names the file, and readiness reports the failures.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -30,6 +32,7 @@ from router.inference.sessions import SessionBuilder as SessionBuilder
 from router.inference.sessions import available_providers as available_providers
 from router.inference.sessions import default_session_builder as default_session_builder
 from router.inference.signature import DYNAMIC, Signature, from_session
+from router.inference.value_cost import sized_by_values
 from router.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,25 @@ class ModelRepository:
     def ready(self) -> bool:
         return not self.failures
 
+    def carry_stats_from(self, before: ModelRepository) -> None:
+        """Versions loaded again unchanged (same file, same config) keep counting where they
+        were: a reload for another model must not reset their statistics (Prometheus counters
+        going back without a restart), and requests still running on `before` count too."""
+        for name, model in self.models.items():
+            old_model = before.models.get(name)
+            if old_model is None:
+                continue
+            for version, entry in model.versions.items():
+                old = old_model.versions.get(version)
+                if (
+                    old is not None
+                    and old.runner is not None
+                    and entry.runner is not None
+                    and old.sha256 == entry.sha256
+                    and old.config == entry.config
+                ):
+                    entry.runner.stats = old.runner.stats
+
     def close(self) -> None:
         for model in self.models.values():
             for entry in model.versions.values():
@@ -166,6 +188,9 @@ class Loader:
     executor: Executor
     available: Sequence[str]
     build: SessionBuilder = default_session_builder
+    # A warm-up of a model sized by values (a Loop with no trip count) stops after this long:
+    # on zeros it might never end, and a load (a reload, holding the reload lock) with it.
+    warmup_limit_s: float = 10.0
 
     def load(self, path: Path) -> ModelRepository:
         if not path.is_dir():
@@ -177,8 +202,14 @@ class Loader:
             reason = exc.strerror or type(exc).__name__
             raise ConfigError(str(path), [f"model repository cannot be read: {reason}"]) from None
         for model_dir in folders:
-            if not model_dir.name.startswith((".", "_")):
+            if model_dir.name.startswith((".", "_")):
+                continue
+            try:
                 models[model_dir.name] = self._load_model(model_dir)
+            except FileNotFoundError:
+                # Removed while the models before it loaded (a reload runs as the operator
+                # edits the repository): it is not part of the repository any more.
+                log.info("model %s was removed while the repository loaded", model_dir.name)
         return ModelRepository(path, models)
 
     def _load_model(self, model_dir: Path) -> Model:
@@ -190,6 +221,8 @@ class Loader:
             return Model(name, ModelConfig(), {}, error=str(exc))
         try:
             found = sorted(p for p in model_dir.iterdir() if p.is_dir() and _is_number(p.name))
+        except FileNotFoundError:
+            raise  # the folder went away: the repository's load leaves the model out
         except OSError as exc:  # this model's folder alone: the others still load
             reason = f"{model_dir} cannot be read: {exc.strerror or type(exc).__name__}"
             log.error("model %s not loaded: %s", name, reason)
@@ -246,9 +279,14 @@ class Loader:
             raise ValueError(
                 "max_batch_size is set but not every tensor has an open first dimension"
             )
-        entry.runner = ModelRunner(session, self.executor, self._limits(config), label)
+        limits = self._limits(config)
+        if sized_by_values(data):
+            # A few bytes could ask for any amount of work: never on the event loop, and a
+            # run stopped at its deadline rather than holding a pool thread past it.
+            limits = dataclasses.replace(limits, inline_max_ns=0, stop_at_deadline=True)
+        entry.runner = ModelRunner(session, self.executor, limits, label)
         if config.warmup:
-            self._warm_up(session, signature, label, entry.runner)
+            self._warm_up(session, signature, label, entry.runner, limits.stop_at_deadline)
         entry.state = State.READY
         log.info("model %s loaded on %s (sha256 %s)", label, entry.provider, entry.sha256[:12])
 
@@ -263,19 +301,33 @@ class Loader:
                     "onnxruntime execution provider"
                 )
 
-    @staticmethod
-    def _warm_up(session: Any, signature: Signature, label: str, runner: ModelRunner) -> None:
+    def _warm_up(
+        self, session: Any, signature: Signature, label: str, runner: ModelRunner, bounded: bool
+    ) -> None:
         """One run on zeros with open dimensions set to 1. Some graphs refuse such inputs
         (e.g. a padding that needs length >= 2); a model that loaded still serves, so a failed
-        warm-up is only worth a warning."""
+        warm-up is only worth a warning. `bounded`: stopped after warmup_limit_s."""
+        args: tuple[Any, ...] = ()
+        alarm = None
+        if bounded:
+            import onnxruntime as ort  # loaded already: the session came from it
+
+            options = ort.RunOptions()
+            args = (options,)
+            alarm = threading.Timer(self.warmup_limit_s, setattr, (options, "terminate", True))
+            alarm.daemon = True
+            alarm.start()
         try:
             feeds = warmup_feeds(signature)
-            session.run(None, feeds)  # the first run pays for lazy initialisation
+            session.run(None, feeds, *args)  # the first run pays for lazy initialisation
             started = time.perf_counter_ns()
-            session.run(None, feeds)
+            session.run(None, feeds, *args)
             runner.measured(time.perf_counter_ns() - started, feeds)
         except Exception as exc:  # onnxruntime's errors share no base class we can name
             log.warning("model %s: warm-up run skipped (%s)", label, _reason(exc))
+        finally:
+            if alarm is not None:
+                alarm.cancel()
 
     def _limits(self, config: ModelConfig) -> RunnerLimits:
         batching = config.dynamic_batching

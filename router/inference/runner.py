@@ -19,8 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, QueueFull
+from router.errors import (
+    DeadlineExceeded,
+    InvalidTensor,
+    ModelNotReady,
+    QueueFull,
+    RouterError,
+)
 from router.inference.inline_gate import InlineGate, input_bytes
+from router.inference.run_errors import run_error
 from router.inference.stats import ModelStats
 
 Feeds = dict[str, np.ndarray]
@@ -29,6 +36,9 @@ _SINGLES_PER_HANDOFF = 16
 # of a group would wait inside the thread, past the deadline and cancellation checks.
 _GROUPED_RUN_MAX_NS = 1_000_000
 Outputs = list[np.ndarray]
+# A batching wait must end this long before the nearest deadline, less the run: timers fire
+# late (to the millisecond on uvloop, several on a busy machine).
+_TIMER_SLACK_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,10 @@ class RunnerLimits:
     # Runs measured shorter than this (ns) happen on the event loop itself when the model is
     # idle: a thread hand-off costs more than such a run (see README, "Inline runs"). 0: never.
     inline_max_ns: int = 0
+    # Each hand-off's runs get onnxruntime RunOptions that the loop sets to terminate at the
+    # latest deadline among its jobs: for models whose run time follows their inputs' values
+    # (a Loop over an input count), which could otherwise hold a pool thread for hours.
+    stop_at_deadline: bool = False
 
 
 @dataclass(slots=True)
@@ -87,6 +101,11 @@ class ModelRunner:
         self._gate.ran_on_loop(run_ns, input_bytes(feeds))
 
     @property
+    def inline_runs(self) -> bool:
+        """Whether an idle model's short runs may happen on the event loop at all."""
+        return self._limits.inline_max_ns > 0
+
+    @property
     def batching(self) -> bool:
         return self._limits.max_batch_size > 0
 
@@ -96,7 +115,7 @@ class ModelRunner:
 
     def infer(self, feeds: Feeds, deadline: float) -> asyncio.Future[Outputs]:
         """Queue one request; the future holds the model's outputs in graph order."""
-        if len(self._queue) >= self._limits.max_queue_size:
+        if len(self._queue) >= self._limits.max_queue_size and not self._make_room():
             raise QueueFull(f"model {self._label}: queue is full", retry_after=1.0)
         loop = self._loop or self._bind_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
@@ -113,6 +132,22 @@ class ModelRunner:
         self._queued_rows += rows
         self._pump()
         return future
+
+    def _make_room(self) -> bool:
+        """Drop the queued jobs whose caller left or whose deadline passed: they would only be
+        dropped when their turn came, and until then refuse live callers a place (a slow
+        model's queue full of clients that timed out answered everyone 503). Whether there is
+        room now."""
+        loop = self._loop or self._bind_loop()
+        now = loop.time()
+        live: deque[_Job] = deque()
+        for job in self._queue:
+            if self._alive(job, now):
+                live.append(job)
+            else:
+                self._queued_rows -= job.rows
+        self._queue = live
+        return len(live) < self._limits.max_queue_size
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()
@@ -146,7 +181,8 @@ class ModelRunner:
                 self._gate.hand_off_shared(now)
             if groups:
                 self._busy += 1
-                self._executor.submit(self._execute, groups)
+                watch = _watch(loop, groups) if self._limits.stop_at_deadline else None
+                self._executor.submit(self._execute, groups, watch)
 
     def _should_wait_for_more(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Hold a partial batch until the oldest job has waited max_queue_delay.
@@ -156,10 +192,18 @@ class ModelRunner:
         whatever arrived in that pass joins the batch."""
         if not self.batching or self._queued_rows >= self._limits.max_batch_size:
             return False
-        if self._timer is not None:
-            return True
         due = self._queue[0].enqueued_ns / 1e9 + self._limits.max_queue_delay_s
         wait = due - time.perf_counter_ns() / 1e9
+        if wait > 0 and self._slack(loop) < wait:
+            # A budget shorter than the batching delay is not spent waiting for company: the
+            # job would then be dropped as late, although the model was free to run it.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._passed = False
+            return False
+        if self._timer is not None:
+            return True
         if wait >= 0.001:
             self._timer = loop.call_later(wait, self._on_timer)
             return True
@@ -168,6 +212,14 @@ class ModelRunner:
             return True
         self._passed = False
         return False
+
+    def _slack(self, loop: asyncio.AbstractEventLoop) -> float:
+        """How long the queued job with the nearest deadline can still wait and run in time
+        (s), with a margin for a timer firing late."""
+        expected_ns = self._gate.expected_run_ns()
+        run_s = expected_ns / 1e9 if expected_ns < float("inf") else 0.0
+        nearest = min(job.deadline for job in self._queue)
+        return nearest - loop.time() - run_s - _TIMER_SLACK_S
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -218,15 +270,57 @@ class ModelRunner:
             return False
         return True
 
-    def _execute(self, groups: list[list[_Job]]) -> None:
+    def _execute(self, groups: list[list[_Job]], watch: _Watch | None = None) -> None:
         """On an executor thread: per group stack, run, split; then one hand-off to the loop."""
-        results = [self._run_group(group) for group in groups]
+        ran: list[list[_Job]] = []
+        results: list[_Result] = []
+        options = watch.options if watch is not None else None
+        for group in groups:
+            group = self._still_wanted(group, ran, results)
+            if not group:
+                continue
+            result = self._run_group(group, options)
+            if (
+                len(group) > 1
+                and result.parts is None
+                and not isinstance(result.error, _Unbatchable | RouterError)
+            ):
+                # One caller's input the model refuses (an index out of range) must not fail
+                # the others it was stacked with: each runs alone, and only its own fails.
+                for job in group:
+                    ran.append([job])
+                    results.append(self._run_group([job], options))
+                continue
+            ran.append(group)
+            results.append(result)
         assert self._loop is not None
         # RuntimeError: the loop closed during shutdown, and nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._finish, groups, results)
+            self._loop.call_soon_threadsafe(self._finish, ran, results, watch)
 
-    def _run_group(self, batch: list[_Job]) -> _Result:
+    def _still_wanted(
+        self, group: list[_Job], ran: list[list[_Job]], results: list[_Result]
+    ) -> list[_Job]:
+        """On the executor thread, just before the run, the jobs still wanted. A hand-off can
+        wait there behind other models' runs (the pool is shared; instance_count may exceed
+        its threads) while its callers leave or run out of time; the late ones are noted in
+        `ran` and `results`, to fail on the loop."""
+        # The loop's clock is the monotonic one (asyncio's, and uvloop's to the millisecond);
+        # uvloop's loop.time() would update the loop's own state from this thread.
+        now = time.monotonic()
+        wanted = []
+        for job in group:
+            if job.future.done():  # the caller went away (read only: set on the loop)
+                continue
+            if now > job.deadline:
+                late = DeadlineExceeded(f"model {self._label}: deadline passed while queued")
+                ran.append([job])
+                results.append(_Result(None, late, (0, 0, 0)))
+                continue
+            wanted.append(job)
+        return wanted
+
+    def _run_group(self, batch: list[_Job], options: Any = None) -> _Result:
         t0 = time.perf_counter_ns()
         parts: list[Outputs] | None = None
         error: BaseException | None = None
@@ -234,15 +328,24 @@ class ModelRunner:
         try:
             feeds = batch[0].feeds if len(batch) == 1 else _stack(batch)
             t1 = time.perf_counter_ns()
-            outputs = self._session.run(None, feeds)
+            if options is None:
+                outputs = self._session.run(None, feeds)
+            else:
+                outputs = self._session.run(None, feeds, options)
             t2 = time.perf_counter_ns()
             parts = [outputs] if len(batch) == 1 else _split(outputs, batch)
         except Exception as exc:  # onnxruntime's errors have no common base we can name
             error = exc
+            if options is not None and options.terminate:
+                error = DeadlineExceeded(f"model {self._label}: deadline passed while running")
         return _Result(parts, error, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2))
 
-    def _finish(self, groups: list[list[_Job]], results: list[_Result]) -> None:
+    def _finish(
+        self, groups: list[list[_Job]], results: list[_Result], watch: _Watch | None = None
+    ) -> None:
         self._busy -= 1
+        if watch is not None:
+            watch.alarm.cancel()
         now_ns = time.perf_counter_ns()
         for batch, result in zip(groups, results, strict=True):
             if result.parts is not None:
@@ -265,22 +368,43 @@ class ModelRunner:
             if result.parts is not None:
                 job.future.set_result(result.parts[i])
             else:
-                job.future.set_exception(self._map_error(result.error))
-
-    def _map_error(self, error: BaseException | None) -> Exception:
-        lines = str(error).strip().splitlines() if error is not None else []
-        reason = lines[0][:300] if lines else type(error).__name__
-        if type(error).__name__ == "InvalidArgument":
-            return InvalidTensor(f"model {self._label} rejected the input: {reason}")
-        return InferenceFailed(f"model {self._label} failed to run: {reason}")
+                error = result.error
+                if not isinstance(error, RouterError):
+                    error = run_error(self._label, error, job.feeds)
+                job.future.set_exception(error)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         for job in self._queue:
             if not job.future.done():
-                job.future.set_exception(InferenceFailed(f"model {self._label} was unloaded"))
+                # Never run, through no fault of the request: a 503 the caller (or the next
+                # target of the route) can retry, not a 500 (a reload's drain timeout passed
+                # while a slow model's queue was long).
+                job.future.set_exception(
+                    ModelNotReady(f"model {self._label} was unloaded before the request ran")
+                )
         self._queue.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    options: Any  # onnxruntime.RunOptions
+    alarm: asyncio.TimerHandle
+
+
+def _watch(loop: asyncio.AbstractEventLoop, groups: list[list[_Job]]) -> _Watch:
+    """RunOptions for a hand-off's runs, told to terminate once every job's deadline passed."""
+    import onnxruntime as ort  # loaded already: the session came from it
+
+    options = ort.RunOptions()
+    deadline = max(job.deadline for group in groups for job in group)
+    return _Watch(options, loop.call_at(deadline, setattr, options, "terminate", True))
+
+
+class _Unbatchable(ValueError):
+    """The model's outputs cannot be split per request: a fault of its configuration, which
+    every request of the batch reports (running each alone would hide it)."""
 
 
 def _stack(batch: list[_Job]) -> Feeds:
@@ -294,7 +418,7 @@ def _split(outputs: Outputs, batch: list[_Job]) -> list[Outputs]:
         if out.shape[:1] != (rows,):
             # An open first dimension that is not the batch (say, a count of detections):
             # slicing it by request would hand out other requests' results.
-            raise ValueError(
+            raise _Unbatchable(
                 f"an output's first dimension is {out.shape[:1]}, not the batch of {rows} rows: "
                 "this model cannot be batched (set max_batch_size: 0)"
             )

@@ -26,7 +26,10 @@ def default_session_builder(
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # onnxruntime's own warnings would bypass our log config
+    # Fatal only: onnxruntime's own logger writes to stderr past our log config, and its
+    # error lines quote the values a run failed on (a request's card number as an index).
+    # Its errors reach us as exceptions anyway, reported without the request's values.
+    options.log_severity_level = 4
     folder = LOADING_FOLDER.get()
     if folder is not None:
         options.add_session_config_entry(

@@ -77,6 +77,20 @@ def reshape_to_three_model() -> bytes:
     return _finish(graph)
 
 
+def lookup_model() -> bytes:
+    """y = [10, 20, 30, 40][i] for i INT64 [N, 1]: an index past 3 fails the run, whatever
+    other rows it was stacked with."""
+    table = helper.make_tensor("table", TensorProto.FLOAT, [4], [10, 20, 30, 40])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "i"], ["y"])],
+        "lookup",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        initializer=[table],
+    )
+    return _finish(graph)
+
+
 def cpu_session(data: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

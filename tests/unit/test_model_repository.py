@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from _models import double_model, write_model
+from _models import double_model, lookup_model, write_model
 from onnx import numpy_helper
 
 from router.errors import ConfigError, ModelNotFound, ModelNotReady
@@ -98,6 +99,16 @@ def _external_data_model(repo: Path) -> str:
     )
     assert (folder / "weights.bin").exists()
     return hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+
+
+def test_a_failed_run_writes_no_request_value_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    """onnxruntime's own logger (stderr, past the log config) would write the value a run
+    failed on: a card number sent as an index must not reach the server's log that way."""
+    session = default_session_builder(lookup_model(), 1, [(CPU, {})])
+    card = 4111111111111111
+    with pytest.raises(Exception, match="out of data bounds"):
+        session.run(None, {"i": np.array([[card]], dtype=np.int64)})
+    assert str(card) not in capfd.readouterr().err
 
 
 class TestModelConfig:
@@ -382,6 +393,24 @@ class TestLoader:
         (tmp_path / "README.md").write_text("hello", encoding="utf-8")
         repo = _loader(executor).load(tmp_path)
         assert list(repo.models) == ["m"]
+        assert repo.ready
+
+    def test_a_model_removed_while_the_repository_loads_is_left_out(
+        self, tmp_path: Path, executor: Any
+    ) -> None:
+        """A model folder deleted while the models before it load (a reload as the operator
+        edits the repository) is simply not there: the load does not fail as a whole."""
+        write_model(tmp_path, "a", 1, double_model())
+        write_model(tmp_path, "b", 1, double_model())
+        write_model(tmp_path, "c", 1, double_model())
+        real = CountingBuilder()
+
+        def build(data: bytes, threads: int, chosen: list[tuple[str, dict[str, Any]]]) -> Any:
+            shutil.rmtree(tmp_path / "b", ignore_errors=True)  # while 'a' is being built
+            return real(data, threads, chosen)
+
+        repo = _loader(executor, build).load(tmp_path)
+        assert sorted(repo.models) == ["a", "c"]
         assert repo.ready
 
     def test_repository_must_be_a_directory(self, tmp_path: Path, executor: Any) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from router.reloadable import applied, restart_only_changes
+import os
+import time
+from pathlib import Path
+
+from router.reloadable import applied, repository_fingerprint, restart_only_changes
 from router.settings import Settings
 
 
@@ -54,3 +58,41 @@ def test_collector_sites_apply_on_reload_the_rest_of_the_spool_does_not() -> Non
     result = applied(running, new)
     assert result.spool.site_key_hashes() == {"plant-7": ("sha256:" + "a" * 64,)}
     assert result.spool.path is None
+
+
+def test_a_model_replaced_keeping_size_and_modification_time_changes_the_fingerprint(
+    tmp_path: Path,
+) -> None:
+    """A model file replaced by another of the same size whose modification time was kept (as
+    cp -p and rsync -a copy a retrained model of the same shape) is a change to reload."""
+    folder = tmp_path / "m" / "1"
+    folder.mkdir(parents=True)
+    model = folder / "model.onnx"
+    model.write_bytes(b"weights-a")
+    kept = model.stat().st_mtime_ns
+    before = repository_fingerprint(tmp_path)
+    time.sleep(0.01)  # the change time is the clock's, which no tool can set
+    staged = folder / ".model.onnx.tmp"
+    staged.write_bytes(b"weights-b")
+    os.utime(staged, ns=(kept, kept))
+    staged.replace(model)
+    assert model.stat().st_mtime_ns == kept
+    assert repository_fingerprint(tmp_path) != before
+
+
+def test_a_model_folder_link_re_pointed_to_a_new_release_changes_the_fingerprint(
+    tmp_path: Path,
+) -> None:
+    """A model folder that is a symbolic link (releases deployed side by side, the link
+    switched to the new one) is walked into: re-pointing it is a change to reload."""
+    releases, repo = tmp_path / "releases", tmp_path / "repo"
+    for release, weights in (("a", b"weights-a"), ("b", b"weights-b")):
+        (releases / release / "1").mkdir(parents=True)
+        (releases / release / "1" / "model.onnx").write_bytes(weights)
+    repo.mkdir()
+    (repo / "m").symlink_to(releases / "a", target_is_directory=True)
+    (repo / "loop").symlink_to(repo, target_is_directory=True)  # walked once, not forever
+    before = repository_fingerprint(repo)
+    (repo / "m").unlink()
+    (repo / "m").symlink_to(releases / "b", target_is_directory=True)
+    assert repository_fingerprint(repo) != before

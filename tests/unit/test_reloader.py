@@ -8,13 +8,17 @@ import dataclasses
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from _models import double_model, write_model
 
+from router import reload as reload_module
 from router.errors import BundleRejected, ConfigError
-from router.inference.repository import ModelRepository
+from router.inference.repository import Loader, ModelRepository, available_providers
 from router.policy.bundle import PolicyBundle, load_bundle
 from router.policy.keeper import BundleKeeper, BundleState
 from router.policy.model import CustomPatternRule
@@ -22,7 +26,7 @@ from router.policy.source import Fetched
 from router.policy.updater import BundleUpdater
 from router.reload import Reloader
 from router.runtime import Generation, Runtime
-from router.settings import Settings
+from router.settings import ModelSettings, Settings
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "policies" / "default"
 
@@ -97,6 +101,7 @@ class Site:
         self.load_may_finish = threading.Event()
         self.load_may_finish.set()
         self.fail_next_build = False
+        self.load_error: OSError | None = None
         self.numbers = iter(range(2, 10_000))
         nothing: Any = None  # privacy and pipelines: not used by the reloader
         first = Generation(1, self.config, self.bundle, nothing, self.models, nothing)
@@ -125,6 +130,9 @@ class Site:
     def load(self, settings: Settings) -> ModelRepository:
         self.load_started.set()
         assert self.load_may_finish.wait(10)
+        if self.load_error is not None:
+            error, self.load_error = self.load_error, None
+            raise error
         assert settings.models.repository is not None
         return ModelRepository(settings.models.repository, {})
 
@@ -204,6 +212,101 @@ async def test_a_failed_build_keeps_the_running_generation_and_the_next_reload_w
     assert site.reloader.wanted.live_in(before)
     assert await site.reloader.reload("test") is True
     assert site.runtime.current.settings.routing.kserve_v2_budget_ms == 900.0
+
+
+async def test_a_file_system_error_while_loading_models_is_a_failed_reload(
+    tmp_path: Path,
+) -> None:
+    """An OSError while the models load (a folder removed or unreadable mid-load) fails that
+    reload as a bad config does (counted, its reason kept, the generation running on), rather
+    than escaping: the SIGHUP report said 'reloaded' and the polling task died of it."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    before = site.runtime.current
+    other = tmp_path / "other"
+    other.mkdir()
+    site.config = budget(1000.0, other)
+    site.load_error = PermissionError(13, "Permission denied", str(other / "m"))
+    assert await site.reloader.reload("test") is False
+    assert site.runtime.current is before
+    assert site.reloader.state.failures == 1
+    assert "Permission denied" in (site.reloader.state.last_error or "")
+    assert await site.reloader.reload("test") is True
+    assert site.runtime.current.models.path == other
+
+
+async def test_polling_outlives_a_folder_removed_while_the_repository_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model folder removed while a poll lists the repository (FileNotFoundError from the
+    scan) is looked at again at the next poll: polling goes on and still sees later changes."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    before = site.runtime.current
+    real = reload_module.repository_fingerprint
+    failures = [FileNotFoundError(2, "No such file or directory", str(tmp_path / "m" / "2"))]
+
+    def racing(path: Path) -> str:
+        if failures:
+            raise failures.pop()
+        return real(path)
+
+    monkeypatch.setattr(reload_module, "repository_fingerprint", racing)
+    (tmp_path / "new-model").mkdir()
+    (tmp_path / "new-model" / "config.yaml").write_text("max_batch_size: 0\n")
+    poll = asyncio.get_running_loop().create_task(site.reloader.poll(0.01))
+    try:
+        for _ in range(300):
+            if site.runtime.current is not before or poll.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not poll.done()
+        assert site.runtime.current is not before
+        assert not failures
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+
+
+class RealModels(Site):
+    """A Site whose reloads load the repository with the real Loader."""
+
+    def __init__(self, tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+        super().__init__(tmp_path)
+        self.pool = pool
+
+    def load(self, settings: Settings) -> ModelRepository:
+        assert settings.models.repository is not None
+        loader = Loader(ModelSettings(inference_threads=1), self.pool, available_providers())
+        return loader.load(settings.models.repository)
+
+
+async def test_a_version_loaded_again_unchanged_keeps_its_statistics(tmp_path: Path) -> None:
+    """A reload for another model leaves an unchanged version's statistics counting on (its
+    Prometheus counters do not go back); a version whose file changed starts afresh."""
+    with ThreadPoolExecutor(1) as pool:
+        site = RealModels(tmp_path, pool)
+        await site.reloader.start()
+        write_model(tmp_path, "kept", 1, double_model())
+        write_model(tmp_path, "changed", 1, double_model())
+        assert await site.reloader.reload("test") is True
+        first = site.runtime.current.models
+        for name in ("kept", "changed"):
+            runner = first.get(name).runner
+            assert runner is not None
+            await runner.infer({"x": np.ones((2, 2), dtype=np.float32)}, 1e12)
+        write_model(tmp_path, "changed", 1, double_model(("N", "D", "E")))
+        assert await site.reloader.reload("test") is True
+        second = site.runtime.current.models
+        assert second is not first
+        kept, changed = second.get("kept").runner, second.get("changed").runner
+        assert kept is not None
+        assert changed is not None
+        assert kept is not first.get("kept").runner
+        assert kept.stats.success.count == 1
+        assert changed.stats.success.count == 0
+        first.close()
+        second.close()
 
 
 async def test_a_bundle_whose_patterns_do_not_compile_changes_nothing(tmp_path: Path) -> None:

@@ -16,10 +16,17 @@ from _models import (
     column_sum_model,
     cpu_session,
     double_model,
+    lookup_model,
     reshape_to_three_model,
 )
 
-from router.errors import DeadlineExceeded, InferenceFailed, InvalidTensor, QueueFull
+from router.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidTensor,
+    ModelNotReady,
+    QueueFull,
+)
 from router.inference.runner import ModelRunner, RunnerLimits
 
 FAR = 1e12  # a deadline that never passes (loop.time() is seconds since some boot)
@@ -186,6 +193,35 @@ class TestModelRunner:
             assert isinstance(outcome, InferenceFailed)
             assert "cannot be batched" in outcome.message
 
+    async def test_an_input_the_model_refuses_fails_only_its_own_request(
+        self, executor: Any
+    ) -> None:
+        """A batch that fails on one caller's input (an index out of range) is run again one
+        request at a time: the others get their rows, only that caller gets the error."""
+        session = CountingSession(cpu_session(lookup_model()))
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=0.05), "l/1")
+        futures = [runner.infer({"i": np.array([[k]], dtype=np.int64)}, FAR) for k in (0, 1, 9, 2)]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert session.runs[0] == {"i": (4, 1)}  # they did share a batch
+        assert isinstance(outcomes[2], InvalidTensor)
+        for k, outcome in zip((0, 1, 2), (outcomes[0], outcomes[1], outcomes[3]), strict=True):
+            assert not isinstance(outcome, BaseException)
+            np.testing.assert_array_equal(outcome[0], [[10.0 * (k + 1)]])
+        assert runner.stats.success.count == 3
+        assert runner.stats.fail.count == 1
+
+    async def test_an_error_does_not_echo_the_request_values(self, executor: Any) -> None:
+        """onnxruntime words an index out of range with its value: a number the request holds
+        (a card number here) is masked in the error, the graph's own bounds stay."""
+        session = cpu_session(lookup_model())
+        runner = ModelRunner(session, executor, _limits(), "l/1")
+        card = 4111111111111111
+        with pytest.raises(InvalidTensor) as info:
+            await runner.infer({"i": np.array([[card]], dtype=np.int64)}, FAR)
+        assert str(card) not in info.value.message
+        assert "out of data bounds" in info.value.message
+        assert "[-4,3]" in info.value.message
+
     async def test_different_dtypes_never_share_a_batch(self, executor: Any) -> None:
         """Requests with different dtypes are not stacked, so numpy never upcasts one of them."""
         session = CountingSession(RecordingEcho())
@@ -196,6 +232,40 @@ class TestModelRunner:
         assert ya.dtype == np.float32
         assert yb.dtype == np.float64
         assert len(session.runs) == 2
+
+    async def test_a_departed_caller_frees_its_place_in_a_full_queue(self, executor: Any) -> None:
+        """A full queue whose waiting caller went away takes a new request instead of a 503,
+        and the departed one never runs."""
+        session = CountingSession(SleepySession(cpu_session(double_model()), 0.2))
+        runner = ModelRunner(session, executor, _limits(queue=1), "d/1")
+        running = runner.infer({"x": _rows(1)}, FAR)  # taken by the only instance
+        departed = runner.infer({"x": _rows(2)}, FAR)  # waits: the instance is busy
+        departed.cancel()
+        (y,) = await runner.infer({"x": _rows(3)}, FAR)
+        np.testing.assert_array_equal(y, _rows(6))
+        await running
+        assert [shapes["x"] for shapes in session.runs] == [(1, 2), (1, 2)]
+
+    async def test_a_hand_off_waiting_for_a_thread_drops_departed_and_late_callers(
+        self,
+    ) -> None:
+        """With more instances than inference threads (or other models' runs ahead in the
+        shared pool) a hand-off waits for a thread: a caller that left meanwhile is not run,
+        one whose deadline passed gets DeadlineExceeded without running."""
+        session = CountingSession(SleepySession(cpu_session(double_model()), 0.3))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-one-thread")
+        try:
+            runner = ModelRunner(session, pool, _limits(instances=3), "d/1")
+            loop = asyncio.get_running_loop()
+            running = runner.infer({"x": _rows(1)}, FAR)  # takes the only thread
+            departed = runner.infer({"x": _rows(2)}, FAR)  # handed off, waits for it
+            late = runner.infer({"x": _rows(3)}, loop.time() + 0.1)  # likewise
+            departed.cancel()
+            outcomes = await asyncio.gather(running, late, return_exceptions=True)
+            assert isinstance(outcomes[1], DeadlineExceeded)
+            assert len(session.runs) == 1
+        finally:
+            pool.shutdown(wait=True)
 
     async def test_queue_full(self, session: CountingSession, executor: Any) -> None:
         """Past max_queue_size a request is refused with QueueFull and a Retry-After."""
@@ -290,6 +360,25 @@ class TestModelRunner:
         assert isinstance(results[1], DeadlineExceeded)
         assert [run["x"] for run in session.runs] == [(1, 2), (1, 2)]
 
+    async def test_a_budget_shorter_than_the_batching_delay_is_not_spent_waiting(
+        self, session: CountingSession, executor: Any
+    ) -> None:
+        """A lone request whose deadline comes before the batching delay ends runs in time on
+        the idle model, rather than waiting out the delay to be dropped as late."""
+        runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=5.0), "d/1")
+        deadline = asyncio.get_running_loop().time() + 1.0
+        (y,) = await asyncio.wait_for(runner.infer({"x": _rows(1)}, deadline), 3.0)
+        np.testing.assert_array_equal(y, _rows(2))
+        assert session.runs == [{"x": (1, 2)}]
+        # Nor when it joins a job that has no hurry and is waiting for company: both run.
+        relaxed = runner.infer({"x": _rows(2)}, FAR)
+        await asyncio.sleep(0.05)
+        deadline = asyncio.get_running_loop().time() + 1.0
+        urgent = runner.infer({"x": _rows(3)}, deadline)
+        results = await asyncio.wait_for(asyncio.gather(relaxed, urgent), 3.0)
+        np.testing.assert_array_equal(results[1][0], _rows(6))
+        assert session.runs[1:] == [{"x": (2, 2)}]
+
     async def test_invalid_argument_maps_to_invalid_tensor(
         self, session: CountingSession, executor: Any
     ) -> None:
@@ -358,12 +447,16 @@ class TestModelRunner:
         assert y.shape == (100, 2)
 
     async def test_close_fails_pending_jobs(self, session: CountingSession, executor: Any) -> None:
-        """close() fails every queued job with InferenceFailed."""
+        """close() fails every queued job with a 503 to retry (the model was unloaded, by a
+        reload whose drain timeout passed), not a 500: the request itself was never run."""
         runner = ModelRunner(session, executor, _limits(max_batch_size=8, delay_s=60.0), "d/1")
         futures = [runner.infer({"x": _rows(float(i))}, FAR) for i in range(3)]
         runner.close()
         results = await asyncio.gather(*futures, return_exceptions=True)
-        assert all(isinstance(r, InferenceFailed) for r in results)
+        for result in results:
+            assert isinstance(result, ModelNotReady)
+            assert result.status == 503
+            assert result.retry_after is not None
         assert session.runs == []
 
     async def test_instances_run_side_by_side(self, executor: Any) -> None:
