@@ -87,8 +87,8 @@ class StoreAndForward:
     def stream_copy(self, ctx: RequestContext, reply: Reply) -> StreamCopy | None:
         """A copy to keep of this streamed answer as it passes, when its sample is due: bounded
         as a request body the detectors scan is (`detection.max_body_bytes`)."""
-        if reply.status != 200 or not self._due(ctx):
-            return None
+        if reply.status != 200 or not self._due(ctx) or not self._may_reach_collector(ctx):
+            return None  # residency keeps the request off the central tier, its sample too
         return StreamCopy(self.privacy.bundle.detection.max_body_bytes)
 
     def sample_stream(self, ctx: RequestContext, copy: StreamCopy) -> None:

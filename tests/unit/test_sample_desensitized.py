@@ -139,3 +139,32 @@ async def test_a_sample_goes_only_where_its_request_may_go(
     store.maybe_sample(ctx, Reply(orjson.dumps(answer)))
     await store.drain_pending()
     assert bool(spool.payloads) is sampled
+
+
+@pytest.mark.parametrize(
+    ("declared", "collector", "sampled"),
+    [("internal", "", True), ("secret", "", False), ("personal", "US", False)],
+)
+async def test_a_streamed_sample_goes_only_where_its_request_may_go(
+    privacy: Privacy, declared: str, collector: str, sampled: bool
+) -> None:
+    """A streamed answer's sample is held to residency as a whole answer's is: it was spooled
+    for the collector whatever the rules (the stream path skipped the residency check)."""
+    spool = RecordingSpool()
+    store = StoreAndForward(  # type: ignore[arg-type]
+        spool, privacy, "site-1", origin="EU", collector_jurisdiction=collector
+    )
+    ctx = _clean_chat_context(privacy, declared)
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"ok"}}]}\n\ndata: [DONE]\n\n'
+    copy = store.stream_copy(ctx, Reply(b"", stream=_chunks(event)))
+    if copy is not None:
+        async for _ in copy.passing(_chunks(event)):
+            pass
+        store.sample_stream(ctx, copy)
+    await store.drain_pending()
+    assert bool(spool.payloads) is sampled
+
+
+async def _chunks(*chunks: bytes) -> Any:
+    for chunk in chunks:
+        yield chunk
