@@ -291,7 +291,9 @@ def _slow_to_decode(ctx: RequestContext) -> bool:
         return True
     inputs = ctx.document.get("inputs") if ctx.document is not None else None
     for tensor in inputs if isinstance(inputs, list) else ():
-        params = tensor.get("parameters") if isinstance(tensor, dict) else None
+        if not isinstance(tensor, dict):
+            continue  # no tensor: build_request refuses it (400)
+        params = tensor.get("parameters")
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if tensor.get("datatype") == "BYTES" and isinstance(size, int) and size > OFF_LOOP_BYTES:
             return True

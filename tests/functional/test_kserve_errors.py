@@ -98,6 +98,15 @@ class TestMalformedRequests:
         status, _, reply = await call(http, "POST", infer_url, body)
         assert_error(status, reply, 400)
 
+    @pytest.mark.parametrize("item", [b"5", b'"rgb"', b"[1, 2, 3]", b"null"])
+    async def test_an_input_that_is_no_object(
+        self, http: aiohttp.ClientSession, infer_url: str, item: bytes
+    ) -> None:
+        """An element of `inputs` that is no tensor object is a 400 for a local model, not a
+        500 from sizing the request's decoding before it was checked."""
+        status, _, reply = await call(http, "POST", infer_url, b'{"inputs": [' + item + b"]}")
+        assert_error(status, reply, 400)
+
     @pytest.mark.parametrize("inputs", [b"5", b"true", b"1.5"])
     async def test_inputs_not_a_list_in_a_binary_request(
         self, http: aiohttp.ClientSession, infer_url: str, inputs: bytes
