@@ -134,9 +134,11 @@ def _redacted_headers(
         pairs, found = redact_headers(pairs, plan, ctx.scanner, ctx.vault, privacy.hasher)
         counts += found
         changed = True
+    if not len(ctx.scanner.known):
+        return (CIMultiDict(pairs) if changed else ctx.headers), counts  # no copy to look for
     named = {name.lower() for name in plan.headers}
     others = tuple({n for n, _ in pairs if n.lower() not in named and goes_upstream(n)})
-    if others and len(ctx.scanner.known):
+    if others:
         copies = replace(plan, headers=others)
         known = KnownCopies(ctx.scanner.known)
         pairs, found = redact_headers(pairs, copies, known, ctx.vault, privacy.hasher)
