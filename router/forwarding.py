@@ -28,6 +28,7 @@ from router.headers import (
     TENANT,
     TRACEPARENT,
     TRACESTATE,
+    WITH_CREDENTIALS,
     callers_trace,
     downstream_response_headers,
     traceparent,
@@ -70,6 +71,8 @@ def outgoing(
         extra=settings.headers,
         key_header=ctx.key_header,
     )
+    if cluster.url_credential and settings.forward_authorization:
+        _without_account_beside_url_credential(headers)
     headers[REQUEST_ID] = ctx.request_id
     if not ctx.traceparent:  # made on first use: local answers never need one
         ctx.traceparent = traceparent(ctx.headers)
@@ -95,6 +98,16 @@ def outgoing(
     headers["Content-Type"] = "application/json"
     body = orjson.dumps(view.document) if view.changed or view.reencoded else ctx.body
     return Outgoing("POST", target, headers, body)
+
+
+def _without_account_beside_url_credential(headers: dict[str, str]) -> None:
+    """Without an Authorization of the client's, the endpoint URL's user:password goes as
+    Basic: the router's own credential, beside which the client's account headers and
+    cookies never go (headers.WITH_CREDENTIALS)."""
+    if any(name.lower() == "authorization" for name in headers):
+        return
+    for name in [name for name in headers if name.lower() in WITH_CREDENTIALS]:
+        del headers[name]
 
 
 def _tenant_scope(ctx: RequestContext, privacy: Privacy) -> str:

@@ -81,6 +81,9 @@ class Cluster:
     tls_failing: bool = False
     # The forms of the router's own credentials, scrubbed from error answers relayed.
     secrets: tuple[bytes, ...] = field(init=False)
+    # An endpoint URL holds user:password: the router's own credential for any request that
+    # goes without an Authorization of its own (sent as Basic).
+    url_credential: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.protocols = frozenset(p.value for p in self.settings.protocols)
@@ -89,6 +92,7 @@ class Cluster:
         named = {name.lower() for name in self.settings.headers}
         # A URL's user:password is sent as Basic credentials: the router's own too.
         in_url = any(urlsplit(ep.settings.url).username is not None for ep in self.endpoints)
+        self.url_credential = in_url
         urls = (ep.settings.url for ep in self.endpoints)
         self.secrets = own_secrets(self.settings.headers, urls)
         self.own_credential = not self.settings.forward_authorization and (

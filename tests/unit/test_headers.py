@@ -329,3 +329,43 @@ class TestTraceparent:
         first, second = traceparent(CIMultiDict()), traceparent(CIMultiDict())
         assert TRACEPARENT.match(first)
         assert first.split("-")[1] != second.split("-")[1]
+
+
+@pytest.mark.parametrize(
+    ("client_authorization", "kept"), [(None, False), ("Bearer client-key", True)]
+)
+def test_account_headers_never_beside_a_url_credential(
+    client_authorization: str | None, kept: bool
+) -> None:
+    """A cluster forwarding the client's credentials whose endpoint URL holds the router's
+    own (user:password, sent as Basic when the client sends no Authorization): the client's
+    Cookie and OpenAI-Organization went beside the router's key; they go only beside the
+    client's own Authorization."""
+    from router.context import RequestContext
+    from router.forwarding import outgoing
+    from router.policy.bundle import load_bundle
+    from router.privacy import Privacy
+    from router.resources import default_policy_bundle
+    from router.settings import ClusterSettings
+    from router.upstreams.cluster import Cluster
+
+    cluster = Cluster.from_settings(
+        ClusterSettings.model_validate(
+            {
+                "name": "c",
+                "tier": "central",
+                "endpoints": [{"url": "http://router:secret-pass@127.0.0.1:9"}],
+                "forward_authorization": True,
+            }
+        )
+    )
+    privacy = Privacy.build(load_bundle(default_policy_bundle()), None, b"s" * 32)
+    client = CIMultiDict({"Cookie": "sso=s1", "OpenAI-Organization": "org-client"})
+    if client_authorization is not None:
+        client["Authorization"] = client_authorization
+    ctx = RequestContext(
+        api="openai", model="m", version=None, deadline=0.0, headers=client, body=b"{}"
+    )
+    sent = CIMultiDict(outgoing(ctx, cluster, privacy).headers)
+    assert ("Cookie" in sent) is kept
+    assert ("OpenAI-Organization" in sent) is kept
