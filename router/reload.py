@@ -198,7 +198,7 @@ class Reloader:
         await self.updater.check(activate=hold)
         try:
             models = await self._models_for(settings)
-        except (ConfigError, OSError):
+        except Exception:  # not when cancelled: any failure of the models, reported by reload
             if fresh:  # the bundle is good even when the models are not: apply it alone
                 await self._apply()
             raise

@@ -415,3 +415,24 @@ async def test_a_reload_failing_unexpectedly_is_reported_as_failed(tmp_path: Pat
     assert site.reloader.state.failures == 1
     assert "RuntimeError" in (site.reloader.state.last_error or "")
     assert site.runtime.current is before
+
+
+async def test_a_bundle_fetched_by_a_reload_whose_models_fail_unexpectedly_goes_live(
+    tmp_path: Path,
+) -> None:
+    """A reload that took a new bundle from the source and then failed loading models with
+    an unforeseen error left that bundle wanted but never applied, while the updater called it
+    active (not fetched again): the old rules served on until some later reload. It is applied
+    alone, as it is when the models fail with a config or file system error."""
+    site = Site(tmp_path)
+    await site.reloader.start()
+    r1 = revision(site.bundle, "r1")
+    site.source.next = ("r1", r1)
+    other = tmp_path / "other"
+    other.mkdir()
+    site.config = budget(1000.0, other)  # new repository: the reload loads models
+    error: Any = RuntimeError("unforeseen")
+    site.load_error = error
+    assert await site.reloader.reload("test") is False
+    assert "RuntimeError" in (site.reloader.state.last_error or "")
+    assert site.runtime.current.bundle is r1
