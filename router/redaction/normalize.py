@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 import unicodedata
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from dataclasses import dataclass
 from router.redaction.types import DetectionError
 
 MAX_ROUNDS = 4
+# Characters of a non-ASCII run between two deadline checks: NFKC cluster by cluster costs
+# ~1 us a character, and one run may be a whole string of millions.
+_CHECK_EVERY = 4096
 
 # Cf as of Unicode 15 (a unit test checks this covers the running Python's table), plus
 # default-ignorable characters of other categories that render as nothing.
@@ -159,7 +163,12 @@ def _is_extender(ch: str) -> bool:
     return unicodedata.category(ch)[0] == "M" or ch in _EXTENDERS
 
 
-def _nfkc_run(out: _Builder, text: str, start: int, end: int) -> None:
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DetectionError("detection deadline passed")
+
+
+def _nfkc_run(out: _Builder, text: str, start: int, end: int, deadline: float | None) -> None:
     """NFKC one non-ASCII run, with one edit per changed cluster (base + combining marks)."""
     run = text[start:end]
     whole = unicodedata.normalize("NFKC", run)
@@ -167,6 +176,8 @@ def _nfkc_run(out: _Builder, text: str, start: int, end: int) -> None:
         return
     clusters: list[tuple[int, int]] = []
     for i in range(start, end):
+        if (i - start) % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
         if clusters and _is_extender(text[i]):
             clusters[-1] = (clusters[-1][0], i + 1)
         else:
@@ -180,7 +191,7 @@ def _nfkc_run(out: _Builder, text: str, start: int, end: int) -> None:
             out.replace(a, b, piece)
 
 
-def _nfkc(text: str) -> tuple[str, tuple[Edit, ...]]:
+def _nfkc(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     if unicodedata.is_normalized("NFKC", text):
         return text, ()
     out = _Builder(text)
@@ -189,7 +200,7 @@ def _nfkc(text: str) -> tuple[str, tuple[Edit, ...]]:
         # A combining mark after an ASCII letter composes with it ("e" + U+0301): take the letter.
         if start > 0 and _is_extender(text[start]):
             start -= 1
-        _nfkc_run(out, text, start, m.end())
+        _nfkc_run(out, text, start, m.end(), deadline)
     result, edits = out.finish()
     if result != unicodedata.normalize("NFKC", text):  # guard: never trust the split blindly
         return unicodedata.normalize("NFKC", text), ((0, len(result), 0, len(text)),)
@@ -242,16 +253,17 @@ def _unescape_backslash(text: str) -> tuple[str, tuple[Edit, ...]]:
     return out.finish()
 
 
-def _round(text: str, passes: list[tuple[Edit, ...]]) -> str:
+def _round(text: str, passes: list[tuple[Edit, ...]], deadline: float | None = None) -> str:
     if not text.isascii():
         text, edits = _drop_invisible(text)
         if edits:
             passes.append(edits)
         text = _SURROGATE.sub("\ufffd", text)  # 1:1, so no edit to record
-        text, edits = _nfkc(text)
+        text, edits = _nfkc(text, deadline)
         if edits:
             passes.append(edits)
         text = text.translate(_FOLD)  # 1:1 as well
+    _check_deadline(deadline)
     if "%" in text:
         text, edits = _percent_decode(text)
         if edits:
@@ -267,14 +279,15 @@ def _round(text: str, passes: list[tuple[Edit, ...]]) -> str:
     return text
 
 
-def normalize_mapped(text: str) -> Normalized:
-    """Normalise ``text`` and keep the edits that map the result back to it."""
+def normalize_mapped(text: str, deadline: float | None = None) -> Normalized:
+    """Normalise ``text`` and keep the edits that map the result back to it (DetectionError
+    once ``deadline``, a ``time.monotonic()`` instant, has passed)."""
     if text.isascii() and "%" not in text and "&" not in text and "\\" not in text:
         return Normalized(text)
     passes: list[tuple[Edit, ...]] = []
     current = text
     for _ in range(MAX_ROUNDS):
-        following = _round(current, passes)
+        following = _round(current, passes, deadline)
         if following == current:
             return Normalized(current, tuple(passes))
         current = following

@@ -17,6 +17,7 @@ from stdnum import verhoeff
 
 from router.redaction import validators as v
 from router.redaction.detectors import CustomPattern, Detectors
+from router.redaction.patterns import Detector, Pattern
 from router.redaction.types import DetectionError, Entity, Finding
 
 DETECTORS = Detectors.default()
@@ -399,6 +400,22 @@ class TestLimits:
         """A deadline already past raises DetectionError."""
         with pytest.raises(DetectionError):
             DETECTORS.scan("mail john@example.com", deadline=time.monotonic() - 1)
+
+    def test_deadline_passed_inside_the_last_refiner_fails(self) -> None:
+        """A deadline that passes while the last detector refines one match (a run of many
+        card numbers is one) fails the scan, instead of returning findings late."""
+        clock = [0.0]
+
+        def slow(value: str) -> list[tuple[int, int]]:
+            clock[0] += 10.0  # the refiner's work outlasts the deadline
+            return [(0, len(value))]
+
+        only = Detector("CARD", Pattern(r"(?:^|\D)(\d{16})(?:\D|$)"), refine=slow)
+        detectors = Detectors([only])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.detectors.time.monotonic", lambda: clock[0])
+            with pytest.raises(DetectionError, match="deadline"):
+                detectors.scan("card 4111111111111111", deadline=1.0)
 
     def test_error_messages_carry_no_content(self) -> None:
         """DetectionError text names sizes, never the scanned content."""

@@ -193,3 +193,24 @@ class TestProperties:
         end = data.draw(st.integers(start, n))
         a, b = mapped.to_original(start, end)
         assert 0 <= a <= b <= len(text)
+
+
+class TestDeadline:
+    def test_a_long_run_to_compose_stops_at_the_deadline(self) -> None:
+        """Normalising a long run of characters NFKC expands (U+FDFA, 18 characters each)
+        checks the deadline as it goes, instead of running seconds past it."""
+        calls = [0]
+
+        def clock() -> float:
+            calls[0] += 1
+            return float(calls[0])
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.normalize.time.monotonic", clock)
+            with pytest.raises(DetectionError, match="deadline"):
+                normalize_mapped("\ufdfa" * 20_000, deadline=2.0)
+        assert calls[0] < 10  # stopped within a few checks, not at the end
+
+    def test_no_deadline_normalises_as_before(self) -> None:
+        """Without a deadline the text is normalised whole."""
+        assert normalize_mapped("\ufdfa" * 3).text == unicodedata.normalize("NFKC", "\ufdfa" * 3)
