@@ -248,7 +248,7 @@ def _run(
             pos = ve
             continue
         value = view.decode(vs, ve)
-        spans = det.refine(value) if det.refine is not None else ((0, len(value)),)
+        spans = det.refine(value, deadline=deadline) if det.refine else ((0, len(value)),)
         resume = ve
         if det.resume_inside:
             resume = vs + 1

@@ -171,8 +171,7 @@ def _check_deadline(deadline: float | None) -> None:
 def _nfkc_run(out: _Builder, text: str, start: int, end: int, deadline: float | None) -> None:
     """NFKC one non-ASCII run, with one edit per changed cluster (base + combining marks)."""
     run = text[start:end]
-    whole = unicodedata.normalize("NFKC", run)
-    if whole == run:
+    if unicodedata.is_normalized("NFKC", run):
         return
     clusters: list[tuple[int, int]] = []
     for i in range(start, end):
@@ -182,7 +181,15 @@ def _nfkc_run(out: _Builder, text: str, start: int, end: int, deadline: float | 
             clusters[-1] = (clusters[-1][0], i + 1)
         else:
             clusters.append((i, i + 1))
-    pieces = [unicodedata.normalize("NFKC", text[a:b]) for a, b in clusters]
+    # Piece by piece first, timed: NFKC of a whole run is one uninterruptible call whose cost
+    # follows its output (a run of U+FDFA grows 18-fold), so it comes once the pieces did.
+    pieces: list[str] = []
+    for k, (a, b) in enumerate(clusters):
+        if k % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
+        pieces.append(unicodedata.normalize("NFKC", text[a:b]))
+    _check_deadline(deadline)
+    whole = unicodedata.normalize("NFKC", run)
     if "".join(pieces) != whole:  # composition across clusters (e.g. Hangul): edit the run
         out.replace(start, end, whole)
         return
@@ -207,9 +214,11 @@ def _nfkc(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     return result, edits
 
 
-def _percent_decode(text: str) -> tuple[str, tuple[Edit, ...]]:
+def _percent_decode(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     out = _Builder(text)
-    for m in _PERCENT_RUN.finditer(text):
+    for k, m in enumerate(_PERCENT_RUN.finditer(text)):
+        if k % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
         raw = bytes.fromhex(m.group().replace("%", ""))
         decoded = raw.decode("utf-8", "surrogateescape")
         # Bytes that are not UTF-8 stay percent-encoded, exactly as they were written.
@@ -219,9 +228,11 @@ def _percent_decode(text: str) -> tuple[str, tuple[Edit, ...]]:
     return out.finish()
 
 
-def _unescape_html(text: str) -> tuple[str, tuple[Edit, ...]]:
+def _unescape_html(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     out = _Builder(text)
-    for m in _CHAR_REF.finditer(text):
+    for k, m in enumerate(_CHAR_REF.finditer(text)):
+        if k % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
         decoded = html.unescape(m.group())
         if decoded != m.group():
             out.replace(m.start(), m.end(), decoded)
@@ -244,9 +255,11 @@ def _escaped(escape: str) -> str:
     return escape if 0xD800 <= code <= 0xDFFF else chr(code)
 
 
-def _unescape_backslash(text: str) -> tuple[str, tuple[Edit, ...]]:
+def _unescape_backslash(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     out = _Builder(text)
-    for m in _BACKSLASH_ESCAPE.finditer(text):
+    for k, m in enumerate(_BACKSLASH_ESCAPE.finditer(text)):
+        if k % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
         decoded = _escaped(m.group())
         if decoded != m.group():
             out.replace(m.start(), m.end(), decoded)
@@ -265,15 +278,15 @@ def _round(text: str, passes: list[tuple[Edit, ...]], deadline: float | None = N
         text = text.translate(_FOLD)  # 1:1 as well
     _check_deadline(deadline)
     if "%" in text:
-        text, edits = _percent_decode(text)
+        text, edits = _percent_decode(text, deadline)
         if edits:
             passes.append(edits)
     if "&" in text:
-        text, edits = _unescape_html(text)
+        text, edits = _unescape_html(text, deadline)
         if edits:
             passes.append(edits)
     if "\\" in text:
-        text, edits = _unescape_backslash(text)
+        text, edits = _unescape_backslash(text, deadline)
         if edits:
             passes.append(edits)
     return text

@@ -8,6 +8,7 @@ import random
 import string
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from faker import Faker
@@ -18,6 +19,7 @@ from stdnum import verhoeff
 from router.redaction import validators as v
 from router.redaction.detectors import CustomPattern, Detectors
 from router.redaction.patterns import Detector, Pattern
+from router.redaction.refiners import phone_refine
 from router.redaction.types import DetectionError, Entity, Finding
 
 DETECTORS = Detectors.default()
@@ -406,16 +408,44 @@ class TestLimits:
         card numbers is one) fails the scan, instead of returning findings late."""
         clock = [0.0]
 
-        def slow(value: str) -> list[tuple[int, int]]:
+        def slow(value: str, *, deadline: float | None = None) -> list[tuple[int, int]]:
             clock[0] += 10.0  # the refiner's work outlasts the deadline
             return [(0, len(value))]
 
         only = Detector("CARD", Pattern(r"(?:^|\D)(\d{16})(?:\D|$)"), refine=slow)
         detectors = Detectors([only])
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("router.redaction.detectors.time.monotonic", lambda: clock[0])
+            mp.setattr(
+                "router.redaction.detectors.time", SimpleNamespace(monotonic=lambda: clock[0])
+            )
             with pytest.raises(DetectionError, match="deadline"):
                 detectors.scan("card 4111111111111111", deadline=1.0)
+
+    def test_one_long_match_stops_at_the_deadline(self) -> None:
+        """A run of 20,000 card numbers is one match, refined group by group: the refiner
+        checks the deadline as it goes (raising on the first check past it), not after it."""
+        calls = [0]
+
+        def past() -> float:
+            calls[0] += 1
+            return float("inf")  # the refiner's clock only: it reads the deadline as passed
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.refiners.time", SimpleNamespace(monotonic=past))
+            with pytest.raises(DetectionError, match="deadline"):
+                DETECTORS.scan(
+                    "4111 1111 1111 1111 " * 20_000,
+                    max_chars=10_000_000,
+                    deadline=time.monotonic() + 60,
+                )
+        assert calls[0] == 1
+
+    def test_phone_refiner_stops_at_the_deadline(self) -> None:
+        """The phone refiner, given a long run of digit groups, checks the deadline too."""
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.refiners.time", SimpleNamespace(monotonic=lambda: 2.0))
+            with pytest.raises(DetectionError, match="deadline"):
+                phone_refine("12 " * 5_000, deadline=1.0)
 
     def test_error_messages_carry_no_content(self) -> None:
         """DetectionError text names sizes, never the scanned content."""
