@@ -101,9 +101,10 @@ def builtin() -> tuple[Detector, ...]:
             _p(
                 # An apostrophe inside the local part (o'brien@...), never at its edges: a
                 # quote around an address is not part of it.
-                r"([\p{L}\p{N}_%+-]+(?:['.][\p{L}\p{N}_%+-]+)*@"
-                r"(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+"
-                r"(?:\p{L}[\p{L}\p{N}-]*[\p{L}\p{N}]|xn--[a-zA-Z0-9-]+))"
+                # Marks (\p{M}) belong to their letters: Devanagari's vowel signs, say.
+                r"([\p{L}\p{M}\p{N}_%+-]+(?:['.][\p{L}\p{M}\p{N}_%+-]+)*@"
+                r"(?:[\p{L}\p{N}](?:[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}])?\.)+"
+                r"(?:\p{L}[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}]|xn--[a-zA-Z0-9-]+))"
             ),
             rank=30,
             name="EMAIL",
@@ -112,9 +113,9 @@ def builtin() -> tuple[Detector, ...]:
             Entity.EMAIL,
             # Written to dodge scrapers: "john [at] example [dot] com", "john(at)example.com".
             _p(
-                r"([\p{L}\p{N}_%+-]+(?:\.[\p{L}\p{N}_%+-]+)*" + _AT + r"(?:[\p{L}\p{N}]"
-                r"(?:[\p{L}\p{N}-]*[\p{L}\p{N}])?(?:\." + "|" + _DOT + r"))+"
-                r"\p{L}[\p{L}\p{N}-]*[\p{L}\p{N}])"
+                r"([\p{L}\p{M}\p{N}_%+-]+(?:\.[\p{L}\p{M}\p{N}_%+-]+)*" + _AT + r"(?:[\p{L}\p{N}]"
+                r"(?:[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}])?(?:\." + "|" + _DOT + r"))+"
+                r"\p{L}[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}])"
             ),
             rank=30,
             name="EMAIL/spelled",

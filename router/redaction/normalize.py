@@ -51,6 +51,12 @@ _INVISIBLE_RANGES = (
 )
 _INVISIBLE = re.compile(f"[{_INVISIBLE_RANGES}]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Combining marks left on printable ASCII once NFKC composed what composes ("4\u20e3" keycaps,
+# "b\u0336" strikethrough and "b\u0332" underline text generators, Zalgo): read past, so the
+# digits and letters under them are found; marks on other scripts are their letters' own.
+_MARKS_ON_ASCII = re.compile(
+    "(?<=[\x20-\x7e])[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
+)
 _NON_ASCII = re.compile("[^\x00-\x7f]+")
 _PERCENT_RUN = re.compile("(?:%[0-9A-Fa-f]{2})+")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
@@ -155,6 +161,13 @@ class _Builder:
 def _drop_invisible(text: str) -> tuple[str, tuple[Edit, ...]]:
     out = _Builder(text)
     for m in _INVISIBLE.finditer(text):
+        out.replace(m.start(), m.end(), "")
+    return out.finish()
+
+
+def _drop_marks_on_ascii(text: str) -> tuple[str, tuple[Edit, ...]]:
+    out = _Builder(text)
+    for m in _MARKS_ON_ASCII.finditer(text):
         out.replace(m.start(), m.end(), "")
     return out.finish()
 
@@ -273,6 +286,9 @@ def _round(text: str, passes: list[tuple[Edit, ...]], deadline: float | None = N
             passes.append(edits)
         text = _SURROGATE.sub("\ufffd", text)  # 1:1, so no edit to record
         text, edits = _nfkc(text, deadline)
+        if edits:
+            passes.append(edits)
+        text, edits = _drop_marks_on_ascii(text)
         if edits:
             passes.append(edits)
         text = text.translate(_FOLD)  # 1:1 as well

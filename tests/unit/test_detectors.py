@@ -391,6 +391,33 @@ class TestEvasions:
         located = [f for f in DETECTORS.locate(text) if f.entity == entity]
         assert [f.value(text) for f in located] == [disguised]
 
+    @pytest.mark.parametrize("mark", ["\u0336", "\u0332", "\u20e3", "\u0338", "\u1dc4"])
+    @pytest.mark.parametrize(
+        ("entity", "value"),
+        [("EMAIL", "john.doe@example.com"), ("CARD", "4111 1111 1111 1111"),
+         ("IBAN", "DE89370400440532013000"), ("PHONE", "+44 20 7946 0958")],
+    )  # fmt: skip
+    def test_combining_marks_on_each_character(self, mark: str, entity: str, value: str) -> None:
+        """Text from strikethrough and underline generators, or keycaps (a mark after each
+        character, the space too) is found: only the last character's own mark stays out."""
+        disguised = "".join(c + mark for c in value)
+        text = f"please use {disguised} thanks"
+        assert (entity, value) in found(text)
+        located = [f for f in DETECTORS.locate(text) if f.entity == entity]
+        assert [f.value(text) for f in located] == [disguised[: -len(mark)]]
+
+    def test_marks_on_other_scripts_stay_their_letters(self) -> None:
+        """A mark on a non-ASCII letter is part of it (Devanagari vowel signs): such an
+        e-mail address is found whole, not cut after its last mark (only its last letter
+        and domain were, the rest of the name went on)."""
+        text = "write to \u0930\u093e\u0939\u0941\u0932@example.com"
+        located = [f.value(text) for f in DETECTORS.locate(text) if f.entity == "EMAIL"]
+        assert located == ["\u0930\u093e\u0939\u0941\u0932@example.com"]
+        idn = (
+            "\u0930\u093e\u0939\u0941\u0932@\u0939\u093f\u0902\u0926\u0940.\u092d\u093e\u0930\u0924"
+        )
+        assert [f.value(f"mail {idn} ok") for f in DETECTORS.locate(f"mail {idn} ok")] == [idn]
+
 
 class TestLimits:
     def test_size_cap(self) -> None:
