@@ -51,7 +51,8 @@ _END_PUNCT = r"(?:$|[^\w./-]|[./-](?:$|[^\w]))"
 
 _AT = r" ?(?:\[ ?(?i:at) ?\]|\( ?(?i:at) ?\)|\{ ?(?i:at) ?\}) ?"
 _DOT = r" ?(?:\[ ?(?i:dot) ?\]|\( ?(?i:dot) ?\)|\{ ?(?i:dot) ?\}) ?"
-_CARD_SEP = r"(?:[ \t]{1,2}|[ \t]?[-./][ \t]?|[ \t]?\r?\n)"
+# "+": a space in a form-encoded query (a URL in a message: ?card=4111+1111+1111+1111).
+_CARD_SEP = r"(?:[ \t]{1,2}|[ \t]?[-./+][ \t]?|[ \t]?\r?\n)"
 
 _PHONE_WORDS = ("phone", "tel", "mobile", "cell", "call", "fax", "whatsapp", "sms", "contact",
                 "handy", "móvil", "movil", "cellulare", "telefon", "téléphone", "portable",
@@ -122,8 +123,9 @@ def builtin() -> tuple[Detector, ...]:
         ),
         Detector(
             Entity.CARD,
-            # Groups as people write them: spaces, dashes, dots or slashes, or a group per
-            # line or per table cell; card_refine keeps one separator per number.
+            # Groups as people write them: spaces, dashes, dots or slashes (or a query's
+            # '+'), or a group per line or per table cell; card_refine keeps one separator
+            # per number.
             _p(r"(?:^|[^\w])(\d{4,19}(?:" + _CARD_SEP + r"\d{1,19})*)(?:$|[^\w])"),
             refine=card_refine,
             rank=10,
@@ -133,7 +135,7 @@ def builtin() -> tuple[Detector, ...]:
             Entity.IBAN,
             _p(
                 r"(?:^|[^\w])((?i:[a-z]{2})\d{2}"
-                r"(?:(?:[ \t]{1,2}|[ \t]?\r?\n|[-.])?[A-Za-z0-9]){10,30})"
+                r"(?:(?:[ \t]{1,2}|[ \t]?\r?\n|[-.+])?[A-Za-z0-9]){10,30})"
             ),
             validator=v.is_iban,
             refine=iban_refine,

@@ -30,7 +30,7 @@ def _check_deadline(deadline: float | None, step: int) -> None:
 def _separator_kind(sep: str) -> str:
     """A separator's kind: its dash, dot or slash, or white space of any width (a line that
     wraps inside a number written with spaces keeps it one number)."""
-    for mark in "-./":
+    for mark in "-./+":
         if mark in sep:
             return mark
     return " "
@@ -150,7 +150,7 @@ def phone_refine(
     return found
 
 
-_SEPARATOR_KIND = {" ": " ", "\t": " ", "\r": " ", "\n": " ", "-": "-", ".": "."}
+_SEPARATOR_KIND = {" ": " ", "\t": " ", "\r": " ", "\n": " ", "-": "-", ".": ".", "+": "+"}
 _IBAN_SEPARATORS = frozenset(_SEPARATOR_KIND)
 
 

@@ -170,6 +170,23 @@ class TestCard:
         assert_found("CARD", "4111 1111 1111 1111", "ref 12 2024 {} ok")
 
 
+class TestFormEncoded:
+    """A URL in a message with a form-encoded query writes a space as '+'."""
+
+    @pytest.mark.parametrize(
+        ("entity", "value"),
+        [("CARD", "4111+1111+1111+1111"), ("CARD", "3782+822463+10005"),
+         ("IBAN", "GB82+WEST+1234+5698+7654+32")],
+    )  # fmt: skip
+    def test_plus_as_space_in_a_query(self, entity: str, value: str) -> None:
+        """A card or IBAN whose groups a query joins with '+' is found whole."""
+        assert_found(entity, value, "see https://shop.example/pay?pan={}&ok=1")
+
+    def test_plus_arithmetic_is_no_card(self) -> None:
+        """Two numbers added are not a card."""
+        assert not found("4111+1111 = 5222")
+
+
 class TestIban:
     def test_faker_ibans(self) -> None:
         """IBANs of several countries, compact and grouped by four."""
