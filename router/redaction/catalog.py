@@ -252,7 +252,8 @@ def builtin() -> tuple[Detector, ...]:
         # and separators; any other shape only next to a word such as "phone" or "call".
         _phone(
             "international",
-            r"(?:^|[^\w+])((?:\+ ?|00)\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .\-/]?\d{1,10}){1,6}"
+            # '+' between groups: a space in a form-encoded query (?tel=%2B44+20+7946+0958).
+            r"(?:^|[^\w+])((?:\+ ?|00)\d{1,3}(?:[ .+-]?\(\d{1,4}\))?(?:[ .\-/+]?\d{1,10}){1,6}"
             r"(?:\s?(?i:x|ext\.?|extension)\s?\d{1,6})?)(?:$|[^\w])",
         ),
         _phone(

@@ -176,10 +176,11 @@ class TestFormEncoded:
     @pytest.mark.parametrize(
         ("entity", "value"),
         [("CARD", "4111+1111+1111+1111"), ("CARD", "3782+822463+10005"),
-         ("IBAN", "GB82+WEST+1234+5698+7654+32")],
+         ("IBAN", "GB82+WEST+1234+5698+7654+32"), ("PHONE", "+44+20+7946+0958"),
+         ("PHONE", "+1+415+555+2671")],
     )  # fmt: skip
     def test_plus_as_space_in_a_query(self, entity: str, value: str) -> None:
-        """A card or IBAN whose groups a query joins with '+' is found whole."""
+        """A card, IBAN or phone number whose groups a query joins with '+' is found whole."""
         assert_found(entity, value, "see https://shop.example/pay?pan={}&ok=1")
 
     def test_plus_arithmetic_is_no_card(self) -> None:
