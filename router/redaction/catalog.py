@@ -51,7 +51,8 @@ _END_PUNCT = r"(?:$|[^\w./-]|[./-](?:$|[^\w]))"
 
 _AT = r" ?(?:\[ ?(?i:at) ?\]|\( ?(?i:at) ?\)|\{ ?(?i:at) ?\}) ?"
 _DOT = r" ?(?:\[ ?(?i:dot) ?\]|\( ?(?i:dot) ?\)|\{ ?(?i:dot) ?\}) ?"
-_CARD_SEP = r"(?:[ \t]{1,2}|[ \t]?[-./][ \t]?|[ \t]?\r?\n)"
+# "+": a space in a form-encoded query (a URL in a message: ?card=4111+1111+1111+1111).
+_CARD_SEP = r"(?:[ \t]{1,2}|[ \t]?[-./+][ \t]?|[ \t]?\r?\n)"
 
 _PHONE_WORDS = ("phone", "tel", "mobile", "cell", "call", "fax", "whatsapp", "sms", "contact",
                 "handy", "móvil", "movil", "cellulare", "telefon", "téléphone", "portable",
@@ -101,9 +102,10 @@ def builtin() -> tuple[Detector, ...]:
             _p(
                 # An apostrophe inside the local part (o'brien@...), never at its edges: a
                 # quote around an address is not part of it.
-                r"([\p{L}\p{N}_%+-]+(?:['.][\p{L}\p{N}_%+-]+)*@"
-                r"(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+"
-                r"(?:\p{L}[\p{L}\p{N}-]*[\p{L}\p{N}]|xn--[a-zA-Z0-9-]+))"
+                # Marks (\p{M}) belong to their letters: Devanagari's vowel signs, say.
+                r"([\p{L}\p{M}\p{N}_%+-]+(?:['.][\p{L}\p{M}\p{N}_%+-]+)*@"
+                r"(?:[\p{L}\p{N}](?:[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}])?\.)+"
+                r"(?:\p{L}[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}]|xn--[a-zA-Z0-9-]+))"
             ),
             rank=30,
             name="EMAIL",
@@ -112,17 +114,18 @@ def builtin() -> tuple[Detector, ...]:
             Entity.EMAIL,
             # Written to dodge scrapers: "john [at] example [dot] com", "john(at)example.com".
             _p(
-                r"([\p{L}\p{N}_%+-]+(?:\.[\p{L}\p{N}_%+-]+)*" + _AT + r"(?:[\p{L}\p{N}]"
-                r"(?:[\p{L}\p{N}-]*[\p{L}\p{N}])?(?:\." + "|" + _DOT + r"))+"
-                r"\p{L}[\p{L}\p{N}-]*[\p{L}\p{N}])"
+                r"([\p{L}\p{M}\p{N}_%+-]+(?:\.[\p{L}\p{M}\p{N}_%+-]+)*" + _AT + r"(?:[\p{L}\p{N}]"
+                r"(?:[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}])?(?:\." + "|" + _DOT + r"))+"
+                r"\p{L}[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}])"
             ),
             rank=30,
             name="EMAIL/spelled",
         ),
         Detector(
             Entity.CARD,
-            # Groups as people write them: spaces, dashes, dots or slashes, or a group per
-            # line or per table cell; card_refine keeps one separator per number.
+            # Groups as people write them: spaces, dashes, dots or slashes (or a query's
+            # '+'), or a group per line or per table cell; card_refine keeps one separator
+            # per number.
             _p(r"(?:^|[^\w])(\d{4,19}(?:" + _CARD_SEP + r"\d{1,19})*)(?:$|[^\w])"),
             refine=card_refine,
             rank=10,
@@ -132,7 +135,7 @@ def builtin() -> tuple[Detector, ...]:
             Entity.IBAN,
             _p(
                 r"(?:^|[^\w])((?i:[a-z]{2})\d{2}"
-                r"(?:(?:[ \t]{1,2}|[ \t]?\r?\n|[-.])?[A-Za-z0-9]){10,30})"
+                r"(?:(?:[ \t]{1,2}|[ \t]?\r?\n|[-.+])?[A-Za-z0-9]){10,30})"
             ),
             validator=v.is_iban,
             refine=iban_refine,
@@ -249,7 +252,8 @@ def builtin() -> tuple[Detector, ...]:
         # and separators; any other shape only next to a word such as "phone" or "call".
         _phone(
             "international",
-            r"(?:^|[^\w+])((?:\+ ?|00)\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .\-/]?\d{1,10}){1,6}"
+            # '+' between groups: a space in a form-encoded query (?tel=%2B44+20+7946+0958).
+            r"(?:^|[^\w+])((?:\+ ?|00)\d{1,3}(?:[ .+-]?\(\d{1,4}\))?(?:[ .\-/+]?\d{1,10}){1,6}"
             r"(?:\s?(?i:x|ext\.?|extension)\s?\d{1,6})?)(?:$|[^\w])",
         ),
         _phone(

@@ -125,7 +125,7 @@ class Detectors:
     ) -> tuple[str, list[Finding]]:
         """Normalise ``text``; return the normalised text and the findings in it, by offset."""
         _check_size(text, max_chars)
-        normalized = normalize_mapped(text).text
+        normalized = normalize_mapped(text, deadline).text
         return normalized, self._find(normalized, max_chars, deadline)
 
     def detect(
@@ -146,7 +146,7 @@ class Detectors:
     ) -> tuple[Normalized, list[Finding]]:
         """``scan`` keeping the normalisation's map back to ``text`` (see ``to_original``)."""
         _check_size(text, max_chars)
-        normalized = normalize_mapped(text)
+        normalized = normalize_mapped(text, deadline)
         return normalized, self._find(normalized.text, max_chars, deadline)
 
     def _find(self, text: str, max_chars: int, deadline: float | None) -> list[Finding]:
@@ -158,6 +158,9 @@ class Detectors:
         for det in self._matching(view.data):
             _check_deadline(deadline)
             _run(det, view, candidates, deadline)
+        # A refiner works through one match uninterrupted (a run of 100,000 card numbers is
+        # one): a scan that overran in it fails closed too, not only the detector after it.
+        _check_deadline(deadline)
         return _resolve(view, candidates)
 
     def _matching(self, data: bytes) -> Iterable[Detector]:
@@ -245,7 +248,7 @@ def _run(
             pos = ve
             continue
         value = view.decode(vs, ve)
-        spans = det.refine(value) if det.refine is not None else ((0, len(value)),)
+        spans = det.refine(value, deadline=deadline) if det.refine else ((0, len(value)),)
         resume = ve
         if det.resume_inside:
             resume = vs + 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 import unicodedata
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from dataclasses import dataclass
 from router.redaction.types import DetectionError
 
 MAX_ROUNDS = 4
+# Characters of a non-ASCII run between two deadline checks: NFKC cluster by cluster costs
+# ~1 us a character, and one run may be a whole string of millions.
+_CHECK_EVERY = 4096
 
 # Cf as of Unicode 15 (a unit test checks this covers the running Python's table), plus
 # default-ignorable characters of other categories that render as nothing.
@@ -47,6 +51,12 @@ _INVISIBLE_RANGES = (
 )
 _INVISIBLE = re.compile(f"[{_INVISIBLE_RANGES}]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Combining marks left on printable ASCII once NFKC composed what composes ("4\u20e3" keycaps,
+# "b\u0336" strikethrough and "b\u0332" underline text generators, Zalgo): read past, so the
+# digits and letters under them are found; marks on other scripts are their letters' own.
+_MARKS_ON_ASCII = re.compile(
+    "(?<=[\x20-\x7e])[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
+)
 _NON_ASCII = re.compile("[^\x00-\x7f]+")
 _PERCENT_RUN = re.compile("(?:%[0-9A-Fa-f]{2})+")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
@@ -155,23 +165,44 @@ def _drop_invisible(text: str) -> tuple[str, tuple[Edit, ...]]:
     return out.finish()
 
 
+def _drop_marks_on_ascii(text: str) -> tuple[str, tuple[Edit, ...]]:
+    out = _Builder(text)
+    for m in _MARKS_ON_ASCII.finditer(text):
+        out.replace(m.start(), m.end(), "")
+    return out.finish()
+
+
 def _is_extender(ch: str) -> bool:
     return unicodedata.category(ch)[0] == "M" or ch in _EXTENDERS
 
 
-def _nfkc_run(out: _Builder, text: str, start: int, end: int) -> None:
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DetectionError("detection deadline passed")
+
+
+def _nfkc_run(out: _Builder, text: str, start: int, end: int, deadline: float | None) -> None:
     """NFKC one non-ASCII run, with one edit per changed cluster (base + combining marks)."""
     run = text[start:end]
-    whole = unicodedata.normalize("NFKC", run)
-    if whole == run:
+    if unicodedata.is_normalized("NFKC", run):
         return
     clusters: list[tuple[int, int]] = []
     for i in range(start, end):
+        if (i - start) % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
         if clusters and _is_extender(text[i]):
             clusters[-1] = (clusters[-1][0], i + 1)
         else:
             clusters.append((i, i + 1))
-    pieces = [unicodedata.normalize("NFKC", text[a:b]) for a, b in clusters]
+    # Piece by piece first, timed: NFKC of a whole run is one uninterruptible call whose cost
+    # follows its output (a run of U+FDFA grows 18-fold), so it comes once the pieces did.
+    pieces: list[str] = []
+    for k, (a, b) in enumerate(clusters):
+        if k % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
+        pieces.append(unicodedata.normalize("NFKC", text[a:b]))
+    _check_deadline(deadline)
+    whole = unicodedata.normalize("NFKC", run)
     if "".join(pieces) != whole:  # composition across clusters (e.g. Hangul): edit the run
         out.replace(start, end, whole)
         return
@@ -180,7 +211,7 @@ def _nfkc_run(out: _Builder, text: str, start: int, end: int) -> None:
             out.replace(a, b, piece)
 
 
-def _nfkc(text: str) -> tuple[str, tuple[Edit, ...]]:
+def _nfkc(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     if unicodedata.is_normalized("NFKC", text):
         return text, ()
     out = _Builder(text)
@@ -189,16 +220,18 @@ def _nfkc(text: str) -> tuple[str, tuple[Edit, ...]]:
         # A combining mark after an ASCII letter composes with it ("e" + U+0301): take the letter.
         if start > 0 and _is_extender(text[start]):
             start -= 1
-        _nfkc_run(out, text, start, m.end())
+        _nfkc_run(out, text, start, m.end(), deadline)
     result, edits = out.finish()
     if result != unicodedata.normalize("NFKC", text):  # guard: never trust the split blindly
         return unicodedata.normalize("NFKC", text), ((0, len(result), 0, len(text)),)
     return result, edits
 
 
-def _percent_decode(text: str) -> tuple[str, tuple[Edit, ...]]:
+def _percent_decode(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     out = _Builder(text)
-    for m in _PERCENT_RUN.finditer(text):
+    for k, m in enumerate(_PERCENT_RUN.finditer(text)):
+        if k % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
         raw = bytes.fromhex(m.group().replace("%", ""))
         decoded = raw.decode("utf-8", "surrogateescape")
         # Bytes that are not UTF-8 stay percent-encoded, exactly as they were written.
@@ -208,9 +241,11 @@ def _percent_decode(text: str) -> tuple[str, tuple[Edit, ...]]:
     return out.finish()
 
 
-def _unescape_html(text: str) -> tuple[str, tuple[Edit, ...]]:
+def _unescape_html(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     out = _Builder(text)
-    for m in _CHAR_REF.finditer(text):
+    for k, m in enumerate(_CHAR_REF.finditer(text)):
+        if k % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
         decoded = html.unescape(m.group())
         if decoded != m.group():
             out.replace(m.start(), m.end(), decoded)
@@ -233,48 +268,55 @@ def _escaped(escape: str) -> str:
     return escape if 0xD800 <= code <= 0xDFFF else chr(code)
 
 
-def _unescape_backslash(text: str) -> tuple[str, tuple[Edit, ...]]:
+def _unescape_backslash(text: str, deadline: float | None) -> tuple[str, tuple[Edit, ...]]:
     out = _Builder(text)
-    for m in _BACKSLASH_ESCAPE.finditer(text):
+    for k, m in enumerate(_BACKSLASH_ESCAPE.finditer(text)):
+        if k % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _check_deadline(deadline)
         decoded = _escaped(m.group())
         if decoded != m.group():
             out.replace(m.start(), m.end(), decoded)
     return out.finish()
 
 
-def _round(text: str, passes: list[tuple[Edit, ...]]) -> str:
+def _round(text: str, passes: list[tuple[Edit, ...]], deadline: float | None = None) -> str:
     if not text.isascii():
         text, edits = _drop_invisible(text)
         if edits:
             passes.append(edits)
         text = _SURROGATE.sub("\ufffd", text)  # 1:1, so no edit to record
-        text, edits = _nfkc(text)
+        text, edits = _nfkc(text, deadline)
+        if edits:
+            passes.append(edits)
+        text, edits = _drop_marks_on_ascii(text)
         if edits:
             passes.append(edits)
         text = text.translate(_FOLD)  # 1:1 as well
+    _check_deadline(deadline)
     if "%" in text:
-        text, edits = _percent_decode(text)
+        text, edits = _percent_decode(text, deadline)
         if edits:
             passes.append(edits)
     if "&" in text:
-        text, edits = _unescape_html(text)
+        text, edits = _unescape_html(text, deadline)
         if edits:
             passes.append(edits)
     if "\\" in text:
-        text, edits = _unescape_backslash(text)
+        text, edits = _unescape_backslash(text, deadline)
         if edits:
             passes.append(edits)
     return text
 
 
-def normalize_mapped(text: str) -> Normalized:
-    """Normalise ``text`` and keep the edits that map the result back to it."""
+def normalize_mapped(text: str, deadline: float | None = None) -> Normalized:
+    """Normalise ``text`` and keep the edits that map the result back to it (DetectionError
+    once ``deadline``, a ``time.monotonic()`` instant, has passed)."""
     if text.isascii() and "%" not in text and "&" not in text and "\\" not in text:
         return Normalized(text)
     passes: list[tuple[Edit, ...]] = []
     current = text
     for _ in range(MAX_ROUNDS):
-        following = _round(current, passes)
+        following = _round(current, passes, deadline)
         if following == current:
             return Normalized(current, tuple(passes))
         current = following

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import re2
 
@@ -39,7 +39,13 @@ class Pattern:
         return start, end, vs, ve
 
 
-Refiner = Callable[[str], Sequence[tuple[int, int]]]
+class Refiner(Protocol):
+    """Finds the spans worth validating in a match; DetectionError once ``deadline`` (a
+    ``time.monotonic()`` instant) has passed, as one match may be long."""
+
+    def __call__(
+        self, value: str, /, *, deadline: float | None = ...
+    ) -> Sequence[tuple[int, int]]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,39 +5,65 @@ birth) and vetoes on the text before a value."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 
 from router.redaction import validators as v
+from router.redaction.types import DetectionError
 
 # ---------------------------------------------------------------------------- refiners
 
 _GROUP = re.compile(r"\d+")
+# Digit groups between two deadline checks: one match may be a run of 100,000 card numbers.
+_CHECK_EVERY = 1024
+
+
+def _check_deadline(deadline: float | None, step: int) -> None:
+    if (
+        deadline is not None
+        and step % _CHECK_EVERY == _CHECK_EVERY - 1
+        and time.monotonic() > deadline
+    ):
+        raise DetectionError("detection deadline passed")
 
 
 def _separator_kind(sep: str) -> str:
     """A separator's kind: its dash, dot or slash, or white space of any width (a line that
     wraps inside a number written with spaces keeps it one number)."""
-    for mark in "-./":
+    for mark in "-./+":
         if mark in sep:
             return mark
     return " "
 
 
-def card_refine(value: str) -> list[tuple[int, int]]:
+def _groups(value: str, end: int, deadline: float | None) -> list[tuple[int, int]]:
+    """The spans of the digit groups in value[:end]."""
+    groups: list[tuple[int, int]] = []
+    for k, m in enumerate(_GROUP.finditer(value, 0, end)):
+        _check_deadline(deadline, k)
+        groups.append(m.span())
+    return groups
+
+
+def card_refine(value: str, *, deadline: float | None = None) -> list[tuple[int, int]]:
     """Card numbers inside a run of digit groups: one group of 12-19 digits, or a first group
     of 4 then groups of 1-7 with one separator kind, 12-19 digits in all, longest first."""
     if value.isascii() and value.isdigit():
         # One group, the common case (a number's digits, each element of a tensor): the loop
         # below would check just this.
         return [(0, len(value))] if 12 <= len(value) <= 19 and v.is_card(value) else []
-    groups = [(m.start(), m.end()) for m in _GROUP.finditer(value)]
+    groups = _groups(value, len(value), deadline)
     if sum(b - a for a, b in groups) < 12:
         return []
     found: list[tuple[int, int]] = []
     i, n = 0, len(groups)
     # The kind of the separator before each group after the first.
-    kinds = [_separator_kind(value[groups[k - 1][1] : groups[k][0]]) for k in range(1, n)]
+    kinds: list[str] = []
+    for k in range(1, n):
+        _check_deadline(deadline, k)
+        kinds.append(_separator_kind(value[groups[k - 1][1] : groups[k][0]]))
     while i < n:
+        _check_deadline(deadline, i)
         gs, ge = groups[i]
         hit = -1
         if ge - gs == 4:
@@ -87,14 +113,17 @@ def phone_ok(value: str, lenient: bool = False) -> bool:
     return 7 <= len(digits) <= 13
 
 
-def phone_refine(value: str, lenient: bool = False) -> list[tuple[int, int]]:
+def phone_refine(
+    value: str, lenient: bool = False, *, deadline: float | None = None
+) -> list[tuple[int, int]]:
     """Phone numbers in a run of digit groups: from each group, the longest valid number."""
     ext = _EXTENSION.search(value)
     main_end = ext.start() if ext is not None else len(value)
-    groups = [(m.start(), m.end()) for m in _GROUP.finditer(value, 0, main_end)]
+    groups = _groups(value, main_end, deadline)
     found: list[tuple[int, int]] = []
     i = 0
     while i < len(groups):
+        _check_deadline(deadline, i)
         start = groups[i][0]
         if start >= 2 and value[start - 2 : start] == "+ ":
             start -= 2
@@ -121,13 +150,14 @@ def phone_refine(value: str, lenient: bool = False) -> list[tuple[int, int]]:
     return found
 
 
-_SEPARATOR_KIND = {" ": " ", "\t": " ", "\r": " ", "\n": " ", "-": "-", ".": "."}
+_SEPARATOR_KIND = {" ": " ", "\t": " ", "\r": " ", "\n": " ", "-": "-", ".": ".", "+": "+"}
 _IBAN_SEPARATORS = frozenset(_SEPARATOR_KIND)
 
 
-def iban_refine(value: str) -> list[tuple[int, int]]:
+def iban_refine(value: str, *, deadline: float | None = None) -> list[tuple[int, int]]:
     """The country's IBAN length of alphanumerics, grouped by one kind of separator (white
-    space, where a line may wrap, or dashes, or dots), ending at a group boundary."""
+    space, where a line may wrap, or dashes, or dots), ending at a group boundary (it stops
+    at that length, so the deadline needs no check)."""
     length = v.IBAN_LENGTHS.get(value[:2].upper())
     if length is None:
         return []

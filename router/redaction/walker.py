@@ -38,6 +38,7 @@ from router.redaction.vault import TokenVault
 # A round's replacements can join neighbours into a new match (a dropped value between two
 # halves of a card number); rescanning until nothing changes keeps redaction idempotent.
 MAX_ROUNDS = 4
+_RAW_BYTES = "surrogateescape"
 
 
 class Scanner(Protocol):
@@ -110,7 +111,11 @@ def redact_query(
 ) -> tuple[str, Counter[str]]:
     """A query string (without '?') with names and values redacted; unchanged if clean."""
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=plan.max_leaves)
+        # Bytes that are no UTF-8 (a Latin-1 form's %E9) are kept as surrogates and written
+        # back as the same bytes: read as U+FFFD they would go on as three other bytes.
+        pairs = parse_qsl(
+            query, keep_blank_values=True, max_num_fields=plan.max_leaves, errors=_RAW_BYTES
+        )
     except ValueError:
         raise DetectionError("the query string has too many fields to scan") from None
     walk = _Walk(plan, scanner, vault, hasher, seen)
@@ -118,7 +123,7 @@ def redact_query(
     new = [(walk.text(name, rule), walk.text(value, rule)) for name, value in pairs]
     if not walk.counts:
         return query, walk.counts
-    return urlencode(new), walk.counts
+    return urlencode(new, errors=_RAW_BYTES), walk.counts
 
 
 def redact_headers(

@@ -191,10 +191,27 @@ class LookupCache:
                 ctx.headers.get("api-key", ""),
                 ctx.headers.get("X-Api-Key", ""),
                 ctx.headers.get("Cookie", ""),
+                # The headers the bundle scans are redacted upstream and restored in the
+                # answer: one echoing a user's e-mail must not be another user's hit.
+                *self._scanned_headers(ctx),
                 canonical,
                 *_tensor_parts(ctx, self._cache),
             )
         )
+
+    def _scanned_headers(self, ctx: RequestContext) -> list[str]:
+        """Every value of each header the bundle scans, in the bundle's order, each list
+        closed by a NUL (no header value holds one) so that values cannot shift between
+        names."""
+        getall = getattr(ctx.headers, "getall", None)
+        parts: list[str] = []
+        for name in self._bundle.detection.headers:
+            if getall is not None:
+                parts.extend(getall(name, ()))
+            elif name in ctx.headers:
+                parts.append(ctx.headers[name])
+            parts.append("\x00")
+        return parts
 
     def _artefact(self, ctx: RequestContext) -> str:
         """The sha256 of the local version that answers `ctx` ("" for none): a model file

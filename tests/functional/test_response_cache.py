@@ -1410,3 +1410,45 @@ async def test_a_stream_whose_client_left_after_its_done_is_kept(tmp_path: Path)
                 assert again.headers["X-Cache"] == "HIT"
                 assert (await again.read()).endswith(b"data: [DONE]\n\n")
     assert asked == 1
+
+
+async def test_an_answer_echoing_a_scanned_header_is_not_another_users_hit(
+    tmp_path: Path,
+) -> None:
+    """A bundle caching personal requests: the upstream sees x-user-email as a token and
+    echoes it, the answer restores it for the caller; another user's request with the same
+    body must not be served that answer (the e-mail of the first), while a repeat is a HIT."""
+    asked = 0
+
+    async def chat(request: web.Request) -> web.Response:
+        nonlocal asked
+        asked += 1
+        await request.read()
+        text = f"hello {request.headers.get('x-user-email', '')}"
+        answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+        return web.json_response(answer)
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    bundle = bundle_with(tmp_path, {"cache.yaml": "max_data_class: personal\n"})
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+    async with serving(upstream) as server, aiohttp.ClientSession() as http:
+        upstream_url = str(server.make_url("")).rstrip("/")
+        settings = chat_forwarding_settings(
+            upstream_url,
+            cache={"enabled": True, "openai_ttl_s": 60},
+            policy={"bundle": str(bundle)},
+        )
+        with RouterThread(settings) as router:
+            url = f"http://127.0.0.1:{router.port}/v1/chat/completions"
+            seen = []
+            for who in ("bob@example.com", "carol@example.com", "bob@example.com"):
+                async with http.post(url, json=body, headers={"x-user-email": who}) as r:
+                    answer = await r.json()
+                    seen.append((r.headers["X-Cache"], answer["choices"][0]["message"]["content"]))
+    assert seen == [
+        ("MISS", "hello bob@example.com"),
+        ("MISS", "hello carol@example.com"),
+        ("HIT", "hello bob@example.com"),
+    ]
+    assert asked == 2

@@ -8,6 +8,7 @@ import random
 import string
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from faker import Faker
@@ -17,6 +18,8 @@ from stdnum import verhoeff
 
 from router.redaction import validators as v
 from router.redaction.detectors import CustomPattern, Detectors
+from router.redaction.patterns import Detector, Pattern
+from router.redaction.refiners import phone_refine
 from router.redaction.types import DetectionError, Entity, Finding
 
 DETECTORS = Detectors.default()
@@ -165,6 +168,24 @@ class TestCard:
     def test_card_after_unrelated_number(self) -> None:
         """A number in front of a card does not hide it."""
         assert_found("CARD", "4111 1111 1111 1111", "ref 12 2024 {} ok")
+
+
+class TestFormEncoded:
+    """A URL in a message with a form-encoded query writes a space as '+'."""
+
+    @pytest.mark.parametrize(
+        ("entity", "value"),
+        [("CARD", "4111+1111+1111+1111"), ("CARD", "3782+822463+10005"),
+         ("IBAN", "GB82+WEST+1234+5698+7654+32"), ("PHONE", "+44+20+7946+0958"),
+         ("PHONE", "+1+415+555+2671")],
+    )  # fmt: skip
+    def test_plus_as_space_in_a_query(self, entity: str, value: str) -> None:
+        """A card, IBAN or phone number whose groups a query joins with '+' is found whole."""
+        assert_found(entity, value, "see https://shop.example/pay?pan={}&ok=1")
+
+    def test_plus_arithmetic_is_no_card(self) -> None:
+        """Two numbers added are not a card."""
+        assert not found("4111+1111 = 5222")
 
 
 class TestIban:
@@ -388,6 +409,33 @@ class TestEvasions:
         located = [f for f in DETECTORS.locate(text) if f.entity == entity]
         assert [f.value(text) for f in located] == [disguised]
 
+    @pytest.mark.parametrize("mark", ["\u0336", "\u0332", "\u20e3", "\u0338", "\u1dc4"])
+    @pytest.mark.parametrize(
+        ("entity", "value"),
+        [("EMAIL", "john.doe@example.com"), ("CARD", "4111 1111 1111 1111"),
+         ("IBAN", "DE89370400440532013000"), ("PHONE", "+44 20 7946 0958")],
+    )  # fmt: skip
+    def test_combining_marks_on_each_character(self, mark: str, entity: str, value: str) -> None:
+        """Text from strikethrough and underline generators, or keycaps (a mark after each
+        character, the space too) is found: only the last character's own mark stays out."""
+        disguised = "".join(c + mark for c in value)
+        text = f"please use {disguised} thanks"
+        assert (entity, value) in found(text)
+        located = [f for f in DETECTORS.locate(text) if f.entity == entity]
+        assert [f.value(text) for f in located] == [disguised[: -len(mark)]]
+
+    def test_marks_on_other_scripts_stay_their_letters(self) -> None:
+        """A mark on a non-ASCII letter is part of it (Devanagari vowel signs): such an
+        e-mail address is found whole, not cut after its last mark (only its last letter
+        and domain were, the rest of the name went on)."""
+        text = "write to \u0930\u093e\u0939\u0941\u0932@example.com"
+        located = [f.value(text) for f in DETECTORS.locate(text) if f.entity == "EMAIL"]
+        assert located == ["\u0930\u093e\u0939\u0941\u0932@example.com"]
+        idn = (
+            "\u0930\u093e\u0939\u0941\u0932@\u0939\u093f\u0902\u0926\u0940.\u092d\u093e\u0930\u0924"
+        )
+        assert [f.value(f"mail {idn} ok") for f in DETECTORS.locate(f"mail {idn} ok")] == [idn]
+
 
 class TestLimits:
     def test_size_cap(self) -> None:
@@ -399,6 +447,50 @@ class TestLimits:
         """A deadline already past raises DetectionError."""
         with pytest.raises(DetectionError):
             DETECTORS.scan("mail john@example.com", deadline=time.monotonic() - 1)
+
+    def test_deadline_passed_inside_the_last_refiner_fails(self) -> None:
+        """A deadline that passes while the last detector refines one match (a run of many
+        card numbers is one) fails the scan, instead of returning findings late."""
+        clock = [0.0]
+
+        def slow(value: str, *, deadline: float | None = None) -> list[tuple[int, int]]:
+            clock[0] += 10.0  # the refiner's work outlasts the deadline
+            return [(0, len(value))]
+
+        only = Detector("CARD", Pattern(r"(?:^|\D)(\d{16})(?:\D|$)"), refine=slow)
+        detectors = Detectors([only])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(
+                "router.redaction.detectors.time", SimpleNamespace(monotonic=lambda: clock[0])
+            )
+            with pytest.raises(DetectionError, match="deadline"):
+                detectors.scan("card 4111111111111111", deadline=1.0)
+
+    def test_one_long_match_stops_at_the_deadline(self) -> None:
+        """A run of 20,000 card numbers is one match, refined group by group: the refiner
+        checks the deadline as it goes (raising on the first check past it), not after it."""
+        calls = [0]
+
+        def past() -> float:
+            calls[0] += 1
+            return float("inf")  # the refiner's clock only: it reads the deadline as passed
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.refiners.time", SimpleNamespace(monotonic=past))
+            with pytest.raises(DetectionError, match="deadline"):
+                DETECTORS.scan(
+                    "4111 1111 1111 1111 " * 20_000,
+                    max_chars=10_000_000,
+                    deadline=time.monotonic() + 60,
+                )
+        assert calls[0] == 1
+
+    def test_phone_refiner_stops_at_the_deadline(self) -> None:
+        """The phone refiner, given a long run of digit groups, checks the deadline too."""
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.refiners.time", SimpleNamespace(monotonic=lambda: 2.0))
+            with pytest.raises(DetectionError, match="deadline"):
+                phone_refine("12 " * 5_000, deadline=1.0)
 
     def test_error_messages_carry_no_content(self) -> None:
         """DetectionError text names sizes, never the scanned content."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import unicodedata
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -193,3 +194,60 @@ class TestProperties:
         end = data.draw(st.integers(start, n))
         a, b = mapped.to_original(start, end)
         assert 0 <= a <= b <= len(text)
+
+
+class TestDeadline:
+    def test_a_long_run_to_compose_stops_at_the_deadline(self) -> None:
+        """Normalising a long run of characters NFKC expands (U+FDFA, 18 characters each)
+        checks the deadline as it goes, instead of running seconds past it."""
+        calls = [0]
+
+        def clock() -> float:
+            calls[0] += 1
+            return float(calls[0])
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.normalize.time", SimpleNamespace(monotonic=clock))
+            with pytest.raises(DetectionError, match="deadline"):
+                normalize_mapped("\ufdfa" * 20_000, deadline=2.0)
+        assert calls[0] < 10  # stopped within a few checks, not at the end
+
+    @pytest.mark.parametrize("unit", ["\ufdfa", "%40a", "&#64;a", "\\x40a"])
+    def test_each_decoding_pass_checks_the_deadline_as_it_goes(self, unit: str) -> None:
+        """Each decoding pass (NFKC, percent, HTML, backslash escapes) over 20,000 encoded
+        units checks the deadline every few thousand of them, not only between passes."""
+        calls = [0]
+
+        def clock() -> float:
+            calls[0] += 1
+            return 0.0  # never past: count the checks
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.normalize.time", SimpleNamespace(monotonic=clock))
+            normalize_mapped(unit * 20_000, deadline=1.0)
+        assert calls[0] >= 20_000 // 4096 + 2
+
+    def test_a_run_not_normalised_whole_once_the_deadline_passed(self) -> None:
+        """NFKC of a whole long run (one call, its cost that of its 18-fold output) is not
+        started once the deadline passed while normalising it piece by piece."""
+        longest = [0]
+
+        def normalize(form: str, text: str) -> str:
+            longest[0] = max(longest[0], len(text))
+            return unicodedata.normalize(form, text)
+
+        spy = SimpleNamespace(
+            normalize=normalize,
+            is_normalized=unicodedata.is_normalized,
+            category=unicodedata.category,
+        )
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("router.redaction.normalize.unicodedata", spy)
+            mp.setattr("router.redaction.normalize.time", SimpleNamespace(monotonic=lambda: 9.0))
+            with pytest.raises(DetectionError, match="deadline"):
+                normalize_mapped("a\ufdfa" * 20_000, deadline=1.0)
+        assert longest[0] < 100
+
+    def test_no_deadline_normalises_as_before(self) -> None:
+        """Without a deadline the text is normalised whole."""
+        assert normalize_mapped("\ufdfa" * 3).text == unicodedata.normalize("NFKC", "\ufdfa" * 3)

@@ -504,6 +504,19 @@ class TestRedactQuery:
         out, _ = redact_query(query, RedactionPlan(), FakeScanner(), TokenVault(), Hasher(SECRET))
         assert out is query
 
+    def test_bytes_not_utf8_kept_beside_a_redaction(self) -> None:
+        """A percent-encoded byte that is no UTF-8 (a Latin-1 'é' as %E9) goes on as written
+        when another value is redacted, not as U+FFFD's three bytes."""
+        out, counts = redact_query(
+            "name=Ren%E9&q=a%40b.com&raw=%FF%FE",
+            RedactionPlan(),
+            FakeScanner(),
+            TokenVault(),
+            Hasher(SECRET),
+        )
+        assert out == "name=Ren%E9&q=%3CEMAIL_1%3E&raw=%FF%FE"
+        assert counts == Counter({"EMAIL": 1})
+
     def test_too_many_fields(self) -> None:
         """A query with more fields than the leaf budget fails closed."""
         with pytest.raises(DetectionError):
