@@ -11,6 +11,7 @@ from router.cache import response_ttl, vary_names
 from router.context import Reply, RequestContext
 from router.errors import DeadlineExceeded, RouterError, UpstreamTimeout
 from router.pipeline import Rest
+from router.trail import CLIENT_GONE
 
 # A flight that failed this close to its leader's deadline failed for want of the leader's time.
 BUDGET_SLACK_S = 0.05
@@ -34,7 +35,8 @@ def leading(ctx: RequestContext, rest: Rest) -> Callable[[], Awaitable[Flight]]:
         return Flight(
             reply,
             ctx.served_tier,
-            tuple(ctx.reasons),
+            # The leader's client leaving is its own story, not its followers'.
+            tuple(reason for reason in ctx.reasons if reason != CLIENT_GONE),
             ctx.upstream_reasons,
             ctx.upstream_ms,
             "" if gone else ctx.audit_id,

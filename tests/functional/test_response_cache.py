@@ -944,6 +944,8 @@ class TestSingleFlight:
         answers = [task.result() for task in followers]
         assert [a.status for a in answers] == [200] * 4
         assert all("coalesced" in a.reasons for a in answers)
+        # The leader's client left, not theirs: its `client_gone` is no reason of theirs.
+        assert all("client_gone" not in a.reasons for a in answers)
         assert site.upstream.requests(ECHO) == 1
         assert (await post(http, site, ECHO, echo("stay"))).cache == "HIT"
 
@@ -1031,6 +1033,7 @@ class TestSingleFlight:
             assert provenance.records, audit_id
             assert provenance.missing is None, audit_id
             assert provenance.records[-1].entry["served_tier"] == "regional"
+            assert "client_gone" not in provenance.records[0].entry["reasons"], audit_id
 
     @pytest.mark.parametrize(
         "opt_out",
