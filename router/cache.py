@@ -186,8 +186,9 @@ def vary_names(header: str | None) -> tuple[str, ...]:
 
 
 def upstream_age(header: str | None) -> float:
-    """The Age an answer already had when it reached us (a chained cache's time counts)."""
-    return _seconds(header.strip() if header else None) or 0.0
+    """The Age an answer already had when it reached us (a chained cache's time counts). One
+    sent on several lines arrives joined into a list: its first member counts (RFC 9111 §5.1)."""
+    return _seconds(header.partition(",")[0].strip() if header else None) or 0.0
 
 
 class ResponseCache:
