@@ -55,6 +55,9 @@ class Entry:
     # The request headers the answer varies on (its Vary), with the values they had: a
     # request with others is not served this answer (RFC 9111 §4.1).
     vary: tuple[tuple[str, str | None], ...] = ()
+    # Who made the answer (served_by, version, artefact sha256, served model): a reuse's
+    # audit record names them too, so it stands without its original's.
+    model: tuple[str, str, str, str] = ("", "", "", "")
 
     def varies_from(self, headers: Mapping[str, str]) -> bool:
         return any(headers.get(name) != value for name, value in self.vary)

@@ -213,6 +213,7 @@ class LookupCache:
 
     def _replay(self, ctx: RequestContext, entry: Entry, outcome: Outcome) -> Reply:
         ctx.served_tier = entry.tier
+        ctx.served_by, ctx.served_version, ctx.model_sha256, ctx.served_model = entry.model
         ctx.cache_of = entry.audit_id or None
         ctx.reasons.append("cache_hit" if outcome is Outcome.HIT else "cache_stale")
         headers = dict(entry.headers)
@@ -296,6 +297,7 @@ class LookupCache:
             vary=tuple(
                 (name, ctx.headers.get(name)) for name in vary_names(reply.headers.get("Vary"))
             ),
+            model=(ctx.served_by, ctx.served_version, ctx.model_sha256, ctx.served_model),
         )
 
 

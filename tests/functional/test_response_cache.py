@@ -325,6 +325,27 @@ class TestLocalAnswers:
         counts = site.app[CACHE].counts
         assert (counts[Outcome.MISS], counts[Outcome.HIT]) == (1, 2)
 
+    async def test_a_hits_record_names_the_model_that_made_the_answer(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Every record stands alone (TESTING.md A1): a hit's names the model, version and
+        artefact sha256 that produced the answer, as its original's does, besides pointing
+        at it."""
+        first = await post(http, site, CLASSIFIER, rgb([0.0, 1.0, 0.0]))
+        second = await post(http, site, CLASSIFIER, rgb([0.0, 1.0, 0.0]))
+        assert (first.cache, second.cache) == ("MISS", "HIT")
+        log_path = site.app[TRAIL]._log.path  # type: ignore[union-attr]
+        for _ in range(int(LIMIT_S / 0.05)):  # records are written after the answer
+            provenance = show(log_path, second.headers["X-Audit-Id"])
+            if len(provenance.records) == 2:
+                break
+            await asyncio.sleep(0.05)
+        hit, original = (located.entry for located in provenance.records)
+        assert hit["cache_of"] == original["id"] == first.headers["X-Audit-Id"]
+        assert original["model_sha256"]
+        named = ("model", "served_by", "model_version", "model_sha256")
+        assert {k: hit[k] for k in named} == {k: original[k] for k in named}
+
     async def test_different_input_is_a_miss(self, http: aiohttp.ClientSession, site: Site) -> None:
         """Another tensor value, another version or another request id is another answer."""
         base = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
