@@ -36,7 +36,7 @@ from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
 from router.singleflight import SingleFlight
 from router.sse import ends_with_done, error_code
-from router.stages.coalesce import Flight, LeaderOutOfTime, leading
+from router.stages.coalesce import Flight, FlightFailed, LeaderOutOfTime, leading
 
 X_CACHE = "X-Cache"
 
@@ -133,6 +133,11 @@ class LookupCache:
             if following and ctx.deadline > late.deadline:
                 return await rest()  # the leader's budget ran out, not this one's
             raise late.error from None
+        except FlightFailed as failed:
+            if following:
+                ctx.served_tier, ctx.upstream_reasons = failed.tier, failed.upstream_reasons
+                ctx.reasons[:] = [*failed.reasons, "coalesced"]
+            raise failed.error from None
         if not joined:
             return flight.reply
         if flight.private or any(ctx.headers.get(name) != value for name, value in flight.vary):

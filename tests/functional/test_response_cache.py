@@ -940,6 +940,10 @@ class TestSingleFlight:
         assert [a.status for a in answers] == [502] * 10
         assert len({a.json()["error"] for a in answers}) == 1
         assert "answered 500" in answers[0].json()["error"]
+        # Each error tells the one story, the followers' too: where it was tried, what failed.
+        failed = "failed:regional:upstream_status"
+        assert all(failed in a.reasons for a in answers), [a.reasons for a in answers]
+        assert sum("coalesced" in a.reasons for a in answers) == 9
         site.upstream.fake.behaviour.fail_status = 0
         assert (await post(http, site, ECHO, echo("doomed"))).cache == "MISS"
 
