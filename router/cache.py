@@ -143,10 +143,13 @@ def _seconds(value: str | None) -> float | None:
     return float(min(int(value), _MAX_DELTA_SECONDS))
 
 
-def response_ttl(header: str | None, default_s: float, expires: str | None = None) -> float | None:
-    """Seconds an answer may be reused: its s-maxage or max-age (a shared cache honours
-    s-maxage first, RFC 9111 §5.2.2.10), else its Expires, else the default; None: never
-    store it (no-store, private, no-cache: the upstream did not want it shared)."""
+def response_ttl(
+    header: str | None, default_s: float, expires: str | None = None, age_s: float = 0.0
+) -> float | None:
+    """Seconds an answer may be reused, counted like its Age (`age_s` when it arrived): its
+    s-maxage or max-age (a shared cache honours s-maxage first, RFC 9111 §5.2.2.10), else
+    its Expires, else the default; None: never store it (no-store, private, no-cache: the
+    upstream did not want it shared)."""
     if header:
         found = directives(header)
         if found.keys() & {"no-store", "private", "no-cache"}:
@@ -157,7 +160,10 @@ def response_ttl(header: str | None, default_s: float, expires: str | None = Non
                 # (RFC 9111 §4.2.1): kept for no time, rather than for the default.
                 return _seconds(found[name]) or 0.0
     if expires is not None:
-        return _until(expires)
+        # A date, measured from now: the age it arrived with is behind it already (an
+        # hour's answer a CDN held 50 minutes has 10 left, not none).
+        left = _until(expires)
+        return left + age_s if left else 0.0
     return default_s
 
 

@@ -315,7 +315,8 @@ def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
 
 def _answer_ttl(reply: Reply, default_s: float) -> float | None:
     headers = reply.headers
-    return response_ttl(headers.get("Cache-Control"), default_s, headers.get("Expires"))
+    age = upstream_age(headers.get("Age"))
+    return response_ttl(headers.get("Cache-Control"), default_s, headers.get("Expires"), age)
 
 
 def _cache_control(ctx: RequestContext) -> str | None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import re
 import shutil
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -619,6 +621,22 @@ class TestUpstreamFreshness:
         answers = [await post(http, site, ECHO, echo("expired")) for _ in range(2)]
         assert [a.cache for a in answers] == ["MISS", "MISS"]
         assert site.upstream.requests(ECHO) == 2
+
+    async def test_an_expires_with_an_age_is_not_counted_down_twice(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """An answer from behind an HTTP cache: `Expires` in 600 s and `Age: 3000` (the
+        cache has held it 50 min of its hour). Measured from now, the Expires date already
+        counts that age: it stays fresh for those 600 s, Age growing from 3000."""
+        site.upstream.cache_control = ""
+        ahead = email.utils.formatdate(time.time() + 600, usegmt=True)
+        site.upstream.extra_headers = {"Expires": ahead, "Age": "3000"}
+        await post(http, site, ECHO, echo("behind a cdn"))
+        site.clock.advance(60)
+        hit = await post(http, site, ECHO, echo("behind a cdn"))
+        assert (hit.cache, hit.age) == ("HIT", 3060)
+        site.clock.advance(600)
+        assert (await post(http, site, ECHO, echo("behind a cdn"))).cache == "MISS"
 
     async def test_short_upstream_max_age_is_honoured(
         self, http: aiohttp.ClientSession, site: Site
