@@ -52,15 +52,16 @@ class Entry:
     audit_id: str = ""  # the record of the answer's original generation
     age_at_store: float = 0.0  # the Age it arrived with from a chained cache
     revalidate: bool = False  # never served stale (see _REVALIDATE)
-    # The request headers the answer varies on (its Vary), with the values they had: a
-    # request with others is not served this answer (RFC 9111 §4.1).
-    vary: tuple[tuple[str, str | None], ...] = ()
+    # The request headers the answer varies on (its Vary), with keyed digests of the values
+    # they had (never the values: a Cookie or a token stays out of the cache): a request with
+    # others is not served this answer (RFC 9111 §4.1).
+    vary: tuple[tuple[str, bytes | None], ...] = ()
     # Who made the answer (served_by, version, artefact sha256, served model): a reuse's
     # audit record names them too, so it stands without its original's.
     model: tuple[str, str, str, str] = ("", "", "", "")
 
-    def varies_from(self, headers: Mapping[str, str]) -> bool:
-        return any(headers.get(name) != value for name, value in self.vary)
+    def varies_from(self, headers: Mapping[str, str], digest: Callable[[str], bytes]) -> bool:
+        return any(_digested(headers.get(name), digest) != value for name, value in self.vary)
 
     @property
     def size(self) -> int:
@@ -194,6 +195,17 @@ def vary_names(header: str | None) -> tuple[str, ...]:
     return tuple(sorted(names - FRAMING - {""}))
 
 
+def vary_values(
+    headers: Mapping[str, str], names: Iterable[str], digest: Callable[[str], bytes]
+) -> tuple[tuple[str, bytes | None], ...]:
+    """What an entry keeps of the request headers its answer varies on: keyed digests."""
+    return tuple((name, _digested(headers.get(name), digest)) for name in names)
+
+
+def _digested(value: str | None, digest: Callable[[str], bytes]) -> bytes | None:
+    return None if value is None else digest(value)
+
+
 def upstream_age(header: str | None) -> float:
     """The Age an answer already had when it reached us (a chained cache's time counts). One
     sent on several lines arrives joined into a list: its first member counts (RFC 9111 §5.1)."""
@@ -226,6 +238,10 @@ class ResponseCache:
             mac.update(len(data).to_bytes(8, "little"))  # framing: no two part lists collide
             mac.update(data)
         return mac.digest()
+
+    def vary_digest(self, value: str) -> bytes:
+        """A header value as an entry's Vary keeps it: keyed, like the cache's keys."""
+        return self.key(("vary", value))
 
     def get(self, key: bytes, *, allow_stale: bool) -> tuple[Entry, Outcome] | None:
         entry = self._entries.get(key)

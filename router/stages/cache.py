@@ -20,6 +20,7 @@ from router.cache import (
     response_ttl,
     upstream_age,
     vary_names,
+    vary_values,
 )
 from router.context import Reply, RequestContext
 from router.errors import (
@@ -81,7 +82,7 @@ class LookupCache:
         stale: Entry | None = None
         if directives.lookup:
             found = self._cache.get(key, allow_stale=True)
-            if found is not None and not found[0].varies_from(ctx.headers):
+            if found is not None and not found[0].varies_from(ctx.headers, self._cache.vary_digest):
                 entry, now = found[0], self._cache.now()
                 if directives.fresh_enough(entry, now):
                     return self._replay(ctx, entry, Outcome.HIT)
@@ -299,8 +300,8 @@ class LookupCache:
             audit_id=ctx.cache_of or ctx.audit_id,
             age_at_store=upstream_age(reply.headers.get("Age")),
             revalidate=must_revalidate(reply.headers.get("Cache-Control")),
-            vary=tuple(
-                (name, ctx.headers.get(name)) for name in vary_names(reply.headers.get("Vary"))
+            vary=vary_values(
+                ctx.headers, vary_names(reply.headers.get("Vary")), self._cache.vary_digest
             ),
             model=(ctx.served_by, ctx.served_version, ctx.model_sha256, ctx.served_model),
         )

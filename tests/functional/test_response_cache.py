@@ -695,6 +695,20 @@ class TestUpstreamFreshness:
         assert [a.cache for a in (first, same, other, absent)] == ["MISS", "HIT", "MISS", "MISS"]
         assert site.upstream.requests(ECHO) == 3
 
+    async def test_an_entry_keeps_no_value_of_the_headers_it_varies_on(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Vary: Cookie: the stored answer matches a later request by the cookie, yet the
+        cache holds no copy of it (keys and entries are keyed digests, never the values)."""
+        canary = "session=CANARY-4a7f19c2"
+        site.upstream.extra_headers = {"Vary": "Cookie"}
+        first = await post(http, site, ECHO, echo("by cookie"), {"Cookie": canary})
+        again = await post(http, site, ECHO, echo("by cookie"), {"Cookie": canary})
+        assert (first.cache, again.cache) == ("MISS", "HIT")
+        entries = list(site.app[CACHE]._entries.values())
+        assert entries
+        assert all(canary.encode() not in repr(entry).encode() for entry in entries)
+
     async def test_vary_accept_encoding_does_not_split_the_cache(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
