@@ -52,12 +52,16 @@ class Entry:
     audit_id: str = ""  # the record of the answer's original generation
     age_at_store: float = 0.0  # the Age it arrived with from a chained cache
     revalidate: bool = False  # never served stale (see _REVALIDATE)
-    # The request headers the answer varies on (its Vary), with the values they had: a
-    # request with others is not served this answer (RFC 9111 §4.1).
-    vary: tuple[tuple[str, str | None], ...] = ()
+    # The request headers the answer varies on (its Vary), with keyed digests of the values
+    # they had (never the values: a Cookie or a token stays out of the cache): a request with
+    # others is not served this answer (RFC 9111 §4.1).
+    vary: tuple[tuple[str, bytes | None], ...] = ()
+    # Who made the answer (served_by, version, artefact sha256, served model): a reuse's
+    # audit record names them too, so it stands without its original's.
+    model: tuple[str, str, str, str] = ("", "", "", "")
 
-    def varies_from(self, headers: Mapping[str, str]) -> bool:
-        return any(headers.get(name) != value for name, value in self.vary)
+    def varies_from(self, headers: Mapping[str, str], digest: Callable[[str], bytes]) -> bool:
+        return any(_digested(headers.get(name), digest) != value for name, value in self.vary)
 
     @property
     def size(self) -> int:
@@ -140,10 +144,13 @@ def _seconds(value: str | None) -> float | None:
     return float(min(int(value), _MAX_DELTA_SECONDS))
 
 
-def response_ttl(header: str | None, default_s: float, expires: str | None = None) -> float | None:
-    """Seconds an answer may be reused: its s-maxage or max-age (a shared cache honours
-    s-maxage first, RFC 9111 §5.2.2.10), else its Expires, else the default; None: never
-    store it (no-store, private, no-cache: the upstream did not want it shared)."""
+def response_ttl(
+    header: str | None, default_s: float, expires: str | None = None, age_s: float = 0.0
+) -> float | None:
+    """Seconds an answer may be reused, counted like its Age (`age_s` when it arrived): its
+    s-maxage or max-age (a shared cache honours s-maxage first, RFC 9111 §5.2.2.10), else
+    its Expires, else the default; None: never store it (no-store, private, no-cache: the
+    upstream did not want it shared)."""
     if header:
         found = directives(header)
         if found.keys() & {"no-store", "private", "no-cache"}:
@@ -154,7 +161,10 @@ def response_ttl(header: str | None, default_s: float, expires: str | None = Non
                 # (RFC 9111 §4.2.1): kept for no time, rather than for the default.
                 return _seconds(found[name]) or 0.0
     if expires is not None:
-        return _until(expires)
+        # A date, measured from now: the age it arrived with is behind it already (an
+        # hour's answer a CDN held 50 minutes has 10 left, not none).
+        left = _until(expires)
+        return left + age_s if left else 0.0
     return default_s
 
 
@@ -185,9 +195,21 @@ def vary_names(header: str | None) -> tuple[str, ...]:
     return tuple(sorted(names - FRAMING - {""}))
 
 
+def vary_values(
+    headers: Mapping[str, str], names: Iterable[str], digest: Callable[[str], bytes]
+) -> tuple[tuple[str, bytes | None], ...]:
+    """What an entry keeps of the request headers its answer varies on: keyed digests."""
+    return tuple((name, _digested(headers.get(name), digest)) for name in names)
+
+
+def _digested(value: str | None, digest: Callable[[str], bytes]) -> bytes | None:
+    return None if value is None else digest(value)
+
+
 def upstream_age(header: str | None) -> float:
-    """The Age an answer already had when it reached us (a chained cache's time counts)."""
-    return _seconds(header.strip() if header else None) or 0.0
+    """The Age an answer already had when it reached us (a chained cache's time counts). One
+    sent on several lines arrives joined into a list: its first member counts (RFC 9111 §5.1)."""
+    return _seconds(header.partition(",")[0].strip() if header else None) or 0.0
 
 
 class ResponseCache:
@@ -216,6 +238,10 @@ class ResponseCache:
             mac.update(len(data).to_bytes(8, "little"))  # framing: no two part lists collide
             mac.update(data)
         return mac.digest()
+
+    def vary_digest(self, value: str) -> bytes:
+        """A header value as an entry's Vary keeps it: keyed, like the cache's keys."""
+        return self.key(("vary", value))
 
     def get(self, key: bytes, *, allow_stale: bool) -> tuple[Entry, Outcome] | None:
         entry = self._entries.get(key)

@@ -20,6 +20,7 @@ from router.cache import (
     response_ttl,
     upstream_age,
     vary_names,
+    vary_values,
 )
 from router.context import Reply, RequestContext
 from router.errors import (
@@ -36,7 +37,7 @@ from router.policy.bundle import PolicyBundle
 from router.settings import CacheSettings, SiteSettings
 from router.singleflight import SingleFlight
 from router.sse import ends_with_done, error_code
-from router.stages.coalesce import Flight, LeaderOutOfTime, leading
+from router.stages.coalesce import Flight, FlightFailed, LeaderOutOfTime, leading
 
 X_CACHE = "X-Cache"
 
@@ -81,7 +82,7 @@ class LookupCache:
         stale: Entry | None = None
         if directives.lookup:
             found = self._cache.get(key, allow_stale=True)
-            if found is not None and not found[0].varies_from(ctx.headers):
+            if found is not None and not found[0].varies_from(ctx.headers, self._cache.vary_digest):
                 entry, now = found[0], self._cache.now()
                 if directives.fresh_enough(entry, now):
                     return self._replay(ctx, entry, Outcome.HIT)
@@ -133,6 +134,11 @@ class LookupCache:
             if following and ctx.deadline > late.deadline:
                 return await rest()  # the leader's budget ran out, not this one's
             raise late.error from None
+        except FlightFailed as failed:
+            if following:
+                ctx.served_tier, ctx.upstream_reasons = failed.tier, failed.upstream_reasons
+                ctx.reasons[:] = [*failed.reasons, "coalesced"]
+            raise failed.error from None
         if not joined:
             return flight.reply
         if flight.private or any(ctx.headers.get(name) != value for name, value in flight.vary):
@@ -230,6 +236,7 @@ class LookupCache:
 
     def _replay(self, ctx: RequestContext, entry: Entry, outcome: Outcome) -> Reply:
         ctx.served_tier = entry.tier
+        ctx.served_by, ctx.served_version, ctx.model_sha256, ctx.served_model = entry.model
         ctx.cache_of = entry.audit_id or None
         ctx.reasons.append("cache_hit" if outcome is Outcome.HIT else "cache_stale")
         headers = dict(entry.headers)
@@ -310,9 +317,10 @@ class LookupCache:
             audit_id=ctx.cache_of or ctx.audit_id,
             age_at_store=upstream_age(reply.headers.get("Age")),
             revalidate=must_revalidate(reply.headers.get("Cache-Control")),
-            vary=tuple(
-                (name, ctx.headers.get(name)) for name in vary_names(reply.headers.get("Vary"))
+            vary=vary_values(
+                ctx.headers, vary_names(reply.headers.get("Vary")), self._cache.vary_digest
             ),
+            model=(ctx.served_by, ctx.served_version, ctx.model_sha256, ctx.served_model),
         )
 
 
@@ -325,7 +333,8 @@ def _tensor_parts(ctx: RequestContext, cache: ResponseCache) -> tuple[str, ...]:
 
 def _answer_ttl(reply: Reply, default_s: float) -> float | None:
     headers = reply.headers
-    return response_ttl(headers.get("Cache-Control"), default_s, headers.get("Expires"))
+    age = upstream_age(headers.get("Age"))
+    return response_ttl(headers.get("Cache-Control"), default_s, headers.get("Expires"), age)
 
 
 def _cache_control(ctx: RequestContext) -> str | None:

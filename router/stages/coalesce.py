@@ -11,6 +11,7 @@ from router.cache import response_ttl, vary_names
 from router.context import Reply, RequestContext
 from router.errors import DeadlineExceeded, RouterError, UpstreamTimeout
 from router.pipeline import Rest
+from router.trail import CLIENT_GONE
 
 # A flight that failed this close to its leader's deadline failed for want of the leader's time.
 BUDGET_SLACK_S = 0.05
@@ -27,14 +28,16 @@ def leading(ctx: RequestContext, rest: Rest) -> Callable[[], Awaitable[Flight]]:
         except (DeadlineExceeded, UpstreamTimeout) as exc:
             if asyncio.get_running_loop().time() >= ctx.deadline - BUDGET_SLACK_S:
                 raise LeaderOutOfTime(exc, ctx.deadline) from None
-            raise
+            raise FlightFailed(exc, ctx) from None
+        except RouterError as exc:
+            raise FlightFailed(exc, ctx) from None
         # A leader whose client left writes no record: its followers must not point at it.
         gone = leader is None or leader.cancelling() > 0 or leader.done()
         varies = vary_names(reply.headers.get("Vary"))
         return Flight(
             reply,
             ctx.served_tier,
-            tuple(ctx.reasons),
+            _story(ctx),
             ctx.upstream_reasons,
             ctx.upstream_ms,
             "" if gone else ctx.audit_id,
@@ -46,6 +49,23 @@ def leading(ctx: RequestContext, rest: Rest) -> Callable[[], Awaitable[Flight]]:
         )
 
     return lead
+
+
+def _story(ctx: RequestContext) -> tuple[str, ...]:
+    """The leader's reasons as its followers tell them: its client leaving is its own."""
+    return tuple(reason for reason in ctx.reasons if reason != CLIENT_GONE)
+
+
+class FlightFailed(Exception):
+    """The flight's error, with how it came about: every waiter answers with the error, and
+    a follower's answer and record tell the leader's story (the targets tried, and why)."""
+
+    def __init__(self, error: RouterError, ctx: RequestContext) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.reasons = _story(ctx)
+        self.tier = ctx.served_tier
+        self.upstream_reasons = ctx.upstream_reasons
 
 
 class LeaderOutOfTime(Exception):

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import re
 import shutil
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,6 +327,27 @@ class TestLocalAnswers:
         counts = site.app[CACHE].counts
         assert (counts[Outcome.MISS], counts[Outcome.HIT]) == (1, 2)
 
+    async def test_a_hits_record_names_the_model_that_made_the_answer(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Every record stands alone (TESTING.md A1): a hit's names the model, version and
+        artefact sha256 that produced the answer, as its original's does, besides pointing
+        at it."""
+        first = await post(http, site, CLASSIFIER, rgb([0.0, 1.0, 0.0]))
+        second = await post(http, site, CLASSIFIER, rgb([0.0, 1.0, 0.0]))
+        assert (first.cache, second.cache) == ("MISS", "HIT")
+        log_path = site.app[TRAIL]._log.path  # type: ignore[union-attr]
+        for _ in range(int(LIMIT_S / 0.05)):  # records are written after the answer
+            provenance = show(log_path, second.headers["X-Audit-Id"])
+            if len(provenance.records) == 2:
+                break
+            await asyncio.sleep(0.05)
+        hit, original = (located.entry for located in provenance.records)
+        assert hit["cache_of"] == original["id"] == first.headers["X-Audit-Id"]
+        assert original["model_sha256"]
+        named = ("model", "served_by", "model_version", "model_sha256")
+        assert {k: hit[k] for k in named} == {k: original[k] for k in named}
+
     async def test_different_input_is_a_miss(self, http: aiohttp.ClientSession, site: Site) -> None:
         """Another tensor value, another version or another request id is another answer."""
         base = await post(http, site, CLASSIFIER, rgb([1.0, 0.0, 0.0]))
@@ -599,6 +622,22 @@ class TestUpstreamFreshness:
         assert [a.cache for a in answers] == ["MISS", "MISS"]
         assert site.upstream.requests(ECHO) == 2
 
+    async def test_an_expires_with_an_age_is_not_counted_down_twice(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """An answer from behind an HTTP cache: `Expires` in 600 s and `Age: 3000` (the
+        cache has held it 50 min of its hour). Measured from now, the Expires date already
+        counts that age: it stays fresh for those 600 s, Age growing from 3000."""
+        site.upstream.cache_control = ""
+        ahead = email.utils.formatdate(time.time() + 600, usegmt=True)
+        site.upstream.extra_headers = {"Expires": ahead, "Age": "3000"}
+        await post(http, site, ECHO, echo("behind a cdn"))
+        site.clock.advance(60)
+        hit = await post(http, site, ECHO, echo("behind a cdn"))
+        assert (hit.cache, hit.age) == ("HIT", 3060)
+        site.clock.advance(600)
+        assert (await post(http, site, ECHO, echo("behind a cdn"))).cache == "MISS"
+
     async def test_short_upstream_max_age_is_honoured(
         self, http: aiohttp.ClientSession, site: Site
     ) -> None:
@@ -655,6 +694,20 @@ class TestUpstreamFreshness:
         absent = await post(http, site, ECHO, echo("varied"))
         assert [a.cache for a in (first, same, other, absent)] == ["MISS", "HIT", "MISS", "MISS"]
         assert site.upstream.requests(ECHO) == 3
+
+    async def test_an_entry_keeps_no_value_of_the_headers_it_varies_on(
+        self, http: aiohttp.ClientSession, site: Site
+    ) -> None:
+        """Vary: Cookie: the stored answer matches a later request by the cookie, yet the
+        cache holds no copy of it (keys and entries are keyed digests, never the values)."""
+        canary = "session=CANARY-4a7f19c2"
+        site.upstream.extra_headers = {"Vary": "Cookie"}
+        first = await post(http, site, ECHO, echo("by cookie"), {"Cookie": canary})
+        again = await post(http, site, ECHO, echo("by cookie"), {"Cookie": canary})
+        assert (first.cache, again.cache) == ("MISS", "HIT")
+        entries = list(site.app[CACHE]._entries.values())
+        assert entries
+        assert all(canary.encode() not in repr(entry).encode() for entry in entries)
 
     async def test_vary_accept_encoding_does_not_split_the_cache(
         self, http: aiohttp.ClientSession, site: Site
@@ -919,6 +972,10 @@ class TestSingleFlight:
         assert [a.status for a in answers] == [502] * 10
         assert len({a.json()["error"] for a in answers}) == 1
         assert "answered 500" in answers[0].json()["error"]
+        # Each error tells the one story, the followers' too: where it was tried, what failed.
+        failed = "failed:regional:upstream_status"
+        assert all(failed in a.reasons for a in answers), [a.reasons for a in answers]
+        assert sum("coalesced" in a.reasons for a in answers) == 9
         site.upstream.fake.behaviour.fail_status = 0
         assert (await post(http, site, ECHO, echo("doomed"))).cache == "MISS"
 
@@ -944,6 +1001,8 @@ class TestSingleFlight:
         answers = [task.result() for task in followers]
         assert [a.status for a in answers] == [200] * 4
         assert all("coalesced" in a.reasons for a in answers)
+        # The leader's client left, not theirs: its `client_gone` is no reason of theirs.
+        assert all("client_gone" not in a.reasons for a in answers)
         assert site.upstream.requests(ECHO) == 1
         assert (await post(http, site, ECHO, echo("stay"))).cache == "HIT"
 
@@ -1031,6 +1090,7 @@ class TestSingleFlight:
             assert provenance.records, audit_id
             assert provenance.missing is None, audit_id
             assert provenance.records[-1].entry["served_tier"] == "regional"
+            assert "client_gone" not in provenance.records[0].entry["reasons"], audit_id
 
     @pytest.mark.parametrize(
         "opt_out",

@@ -409,6 +409,14 @@ class TestRevalidateAndAge:
         exception."""
         assert upstream_age(header) == age
 
+    @pytest.mark.parametrize(("header", "age"), [("30, 40", 30.0), ("30,40", 30.0), ("9 ,x", 9.0)])
+    def test_an_age_sent_as_a_list_counts_by_its_first_member(
+        self, header: str, age: float
+    ) -> None:
+        """Age sent on two lines reaches the cache joined ("30, 40"): its first member counts
+        (RFC 9111 §5.1), so the answer is not taken for one just made."""
+        assert upstream_age(header) == age
+
 
 class TestEntryHeaders:
     def test_per_request_headers_are_not_replayed(self) -> None:
