@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -39,3 +41,16 @@ def test_chat_keeps_its_shape(llm: OpenAI) -> None:
     assert answer.choices[0].message.content.endswith("heard: hi")
     chunks = llm.chat.completions.create(model="mock-llm", messages=hi, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in chunks).endswith("heard: hi")
+
+
+def test_running_the_mock_as_a_module_warns_of_nothing() -> None:
+    """`python -m router.demo.mock_llm` (the compose example's LLM) starts without runpy's
+    warning that the module was imported before it ran."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "router.demo.mock_llm", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeWarning" not in done.stderr
