@@ -25,7 +25,10 @@ def cached_rgb(rng: random.Random) -> bytes:
 
 
 def _noisy(base: list[float], rng: random.Random) -> bytes:
-    return rgb([min(1.0, max(0.0, v + rng.uniform(-0.02, 0.02))) for v in base])
+    """Move every channel a little into the range: noise clamped at 0 or 1 left all three
+    channels on the prototype one time in eight, a repeated body the cache answered."""
+    inward = [-1.0 if v > 0.5 else 1.0 for v in base]
+    return rgb([v + d * rng.uniform(0.001, 0.02) for v, d in zip(base, inward, strict=True)])
 
 
 def fresh_rgb(rng: random.Random) -> bytes:

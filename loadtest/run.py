@@ -40,10 +40,19 @@ def seconds(text: str) -> float:
     return float(h * 3600 + m * 60 + s)
 
 
+def run_time(text: str) -> float:
+    """A duration of at least a second: locust takes whole seconds, and `-t 0s` means no
+    limit at all (a run that only the runner's timeout would end, with a traceback)."""
+    value = seconds(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a load test runs at least 1 s, not {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="mix")
-    ap.add_argument("--duration", type=seconds, default=20.0, help="e.g. 20s, 2m")
+    ap.add_argument("--duration", type=run_time, default=20.0, help="e.g. 20s, 2m")
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second")
     ap.add_argument("--out", type=Path, help="default: loadtest/results/<scenario>-<time>")

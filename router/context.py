@@ -97,6 +97,9 @@ class RequestContext:
     # An HTTP/1.0 client tells a body's end only by its Content-Length or the connection
     # closing: a relayed answer cut short would look whole to it without the former.
     sized_only: bool = False
+    # The server span's ids as hex (trace, span) when tracing is on: the access line, written
+    # after the span is no longer current, names them so that it joins the request's trace.
+    trace_ids: tuple[str, str] | None = None
 
     def tensor_digests(self, digester: Digester) -> dict[str, str]:
         """The keyed digests of the binary tensors (a `Digester.tensors` result), made once per

@@ -35,7 +35,7 @@ _AIOHTTP_NOISY = (
     "aiohttp.websocket",
 )
 ACCESS_LOGGER = "aiohttp.access"
-_FIELDS = ("method", "route", "status", "duration_ms")
+_FIELDS = ("method", "route", "status", "duration_ms", "trace_id", "span_id")
 # RFC 9110's methods and PATCH: the access line names no other.
 _METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
@@ -44,6 +44,9 @@ _METHODS = frozenset(
 # duration aiohttp hands the access log is by loop.time(), which moves in whole milliseconds
 # under uvloop, so every fast request would log 0.000ms.
 ACCESS_STARTED = web.RequestKey("access_started", float)
+# The request's server span ids (trace, span) as hex, when tracing is on: the access line is
+# written after the span stopped being current, and must still join its trace.
+ACCESS_TRACE: web.RequestKey[tuple[str, str]] = web.RequestKey("access_trace", tuple)
 
 
 class _RedactAiohttp(logging.Filter):
@@ -109,6 +112,7 @@ class SafeAccessLogger(AbstractAccessLogger):
         # A method is any token to aiohttp's pure-Python parser (no C extension): a card number
         # sent as one would be written as it came.
         method = request.method if request.method in _METHODS else "(other)"
+        trace = request.get(ACCESS_TRACE)
         self.logger.info(
             "%s %s %d %.3fms",  # the text format shows only the message: the duration too
             method,
@@ -121,6 +125,7 @@ class SafeAccessLogger(AbstractAccessLogger):
                 "route": template,
                 "status": response.status,
                 "duration_ms": round(time * 1000, 3),
+                **({"trace_id": trace[0], "span_id": trace[1]} if trace else {}),
             },
         )
 

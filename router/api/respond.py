@@ -24,6 +24,7 @@ from router.context import Reply, RequestContext
 from router.errors import LoopDetected, RouterError
 from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
 from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id
+from router.logs import ACCESS_TRACE
 from router.pipeline import Pipeline
 from router.privacy import redaction_header
 from router.runtime import Generation
@@ -123,6 +124,8 @@ async def run(request: web.Request, pipeline: Pipeline, ctx: RequestContext) -> 
                 reply = await pipeline.run(ctx)
             finally:
                 streams.discard(scope)
+                if ctx.trace_ids is not None:
+                    request[ACCESS_TRACE] = ctx.trace_ids
     except asyncio.CancelledError:
         # The client left before the answer (aiohttp cancels the handler): counted still, or
         # the requests an operator most wants to see (the slow ones) would vanish.

@@ -83,8 +83,9 @@ Send everything to the edge; the X-Served-By-Tier and X-Route-Reason headers say
    residency: add -H 'X-Data-Class: secret': no tier may see it, 403 (X-Route-Reason: residency:...)
 5. Fallback: cut the regional tier; chat goes straight from the edge to central
    curl -s -X POST {control}/cut/regional     (then repeat 4; restore with /restore/regional)
-6. Offline switch: cut every link; the edge answers locally, serves cached answers marked STALE,
-   and refuses what needs an upstream with 503 offline
+6. Offline switch: cut every link; the edge answers locally, serves cached answers (X-Cache: HIT
+   for their first 5 minutes, then STALE), and refuses what needs an upstream with 503 offline
+   (once its health checks saw the links down: a request sent at once may get a 502)
    curl -s -X POST {control}/cut/all          (state: curl -s {control}/ ; restore: /restore/all)
 
 {_admin(ports)}Python clients, unmodified:

@@ -32,6 +32,8 @@ async def run_traced(stages: Sequence[Any], ctx: RequestContext, tracer: Tracer)
     # Ended by hand, not by a `with`: a streamed answer's span lasts until its last event.
     span = tracer.start_span(f"layer-router {ctx.api}", context=parent, kind=SpanKind.SERVER)
     span.set_attribute("layer_router.api", ctx.api)
+    ids = span.get_span_context()
+    ctx.trace_ids = (format(ids.trace_id, "032x"), format(ids.span_id, "016x"))
     status = 500
     token = otel_context.attach(set_span_in_context(span))
     try:

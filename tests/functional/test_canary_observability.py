@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import yaml
 from opentelemetry.sdk.trace import TracerProvider
@@ -189,6 +190,24 @@ def test_sources_were_written(evidence: tuple[Evidence, Canaries, int]) -> None:
     assert b'"sample"' in found.spool or b"sample:" in found.spool  # answers were sampled
     assert found.audit.count(b"\n") >= sent - 2  # the unknown route and bad header had no ctx
     assert found.upstream  # the chats went upstream
+
+
+def test_access_lines_join_their_request_s_trace(
+    evidence: tuple[Evidence, Canaries, int],
+) -> None:
+    """With tracing on, a pipelined request's access line names its server span's trace and
+    span (it is written after the span stopped being current), so logs and traces join."""
+    found, _, _ = evidence
+    lines = [orjson.loads(line) for line in found.logs.splitlines() if line.startswith("{")]
+    access = [a for a in lines if a["logger"] == "aiohttp.access" and a["route"].endswith("/infer")]
+    assert access
+    servers = {
+        (span["context"]["trace_id"], span["context"]["span_id"])
+        for span in map(orjson.loads, found.spans)
+        if span["kind"] == "SpanKind.SERVER"
+    }
+    for line in access:
+        assert (f"0x{line['trace_id']}", f"0x{line['span_id']}") in servers
 
 
 @pytest.mark.parametrize("source", ["logs", "metrics", "status", "spans", "spool", "audit"])
