@@ -26,8 +26,10 @@ from router.errors import (
     QueueFull,
     RouterError,
 )
+from router.inference.batch_rows import Unbatchable, split, stack
 from router.inference.inline_gate import InlineGate, input_bytes
 from router.inference.run_errors import run_error
+from router.inference.run_watch import RunWatch
 from router.inference.stats import ModelStats
 
 Feeds = dict[str, np.ndarray]
@@ -181,7 +183,10 @@ class ModelRunner:
                 self._gate.hand_off_shared(now)
             if groups:
                 self._busy += 1
-                watch = _watch(loop, groups) if self._limits.stop_at_deadline else None
+                watch = None
+                if self._limits.stop_at_deadline:
+                    last = max(job.deadline for group in groups for job in group)
+                    watch = RunWatch.until(loop, last)
                 self._executor.submit(self._execute, groups, watch)
 
     def _should_wait_for_more(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -270,7 +275,7 @@ class ModelRunner:
             return False
         return True
 
-    def _execute(self, groups: list[list[_Job]], watch: _Watch | None = None) -> None:
+    def _execute(self, groups: list[list[_Job]], watch: RunWatch | None = None) -> None:
         """On an executor thread: per group stack, run, split; then one hand-off to the loop."""
         ran: list[list[_Job]] = []
         results: list[_Result] = []
@@ -283,7 +288,7 @@ class ModelRunner:
             if (
                 len(group) > 1
                 and result.parts is None
-                and not isinstance(result.error, _Unbatchable | RouterError)
+                and not isinstance(result.error, Unbatchable | RouterError)
             ):
                 # One caller's input the model refuses (an index out of range) must not fail
                 # the others it was stacked with: each runs alone, and only its own fails.
@@ -326,14 +331,14 @@ class ModelRunner:
         error: BaseException | None = None
         t1 = t2 = t0
         try:
-            feeds = batch[0].feeds if len(batch) == 1 else _stack(batch)
+            feeds = batch[0].feeds if len(batch) == 1 else stack([job.feeds for job in batch])
             t1 = time.perf_counter_ns()
             if options is None:
                 outputs = self._session.run(None, feeds)
             else:
                 outputs = self._session.run(None, feeds, options)
             t2 = time.perf_counter_ns()
-            parts = [outputs] if len(batch) == 1 else _split(outputs, batch)
+            parts = [outputs] if len(batch) == 1 else split(outputs, [job.rows for job in batch])
         except Exception as exc:  # onnxruntime's errors have no common base we can name
             error = exc
             if options is not None and options.terminate:
@@ -341,7 +346,7 @@ class ModelRunner:
         return _Result(parts, error, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2))
 
     def _finish(
-        self, groups: list[list[_Job]], results: list[_Result], watch: _Watch | None = None
+        self, groups: list[list[_Job]], results: list[_Result], watch: RunWatch | None = None
     ) -> None:
         self._busy -= 1
         if watch is not None:
@@ -385,46 +390,3 @@ class ModelRunner:
                     ModelNotReady(f"model {self._label} was unloaded before the request ran")
                 )
         self._queue.clear()
-
-
-@dataclass(frozen=True, slots=True)
-class _Watch:
-    options: Any  # onnxruntime.RunOptions
-    alarm: asyncio.TimerHandle
-
-
-def _watch(loop: asyncio.AbstractEventLoop, groups: list[list[_Job]]) -> _Watch:
-    """RunOptions for a hand-off's runs, told to terminate once every job's deadline passed."""
-    import onnxruntime as ort  # loaded already: the session came from it
-
-    options = ort.RunOptions()
-    deadline = max(job.deadline for group in groups for job in group)
-    return _Watch(options, loop.call_at(deadline, setattr, options, "terminate", True))
-
-
-class _Unbatchable(ValueError):
-    """The model's outputs cannot be split per request: a fault of its configuration, which
-    every request of the batch reports (running each alone would hide it)."""
-
-
-def _stack(batch: list[_Job]) -> Feeds:
-    names = batch[0].feeds.keys()
-    return {name: np.concatenate([job.feeds[name] for job in batch]) for name in names}
-
-
-def _split(outputs: Outputs, batch: list[_Job]) -> list[Outputs]:
-    rows = sum(job.rows for job in batch)
-    for out in outputs:
-        if out.shape[:1] != (rows,):
-            # An open first dimension that is not the batch (say, a count of detections):
-            # slicing it by request would hand out other requests' results.
-            raise _Unbatchable(
-                f"an output's first dimension is {out.shape[:1]}, not the batch of {rows} rows: "
-                "this model cannot be batched (set max_batch_size: 0)"
-            )
-    parts, start = [], 0
-    for job in batch:
-        end = start + job.rows
-        parts.append([out[start:end] for out in outputs])
-        start = end
-    return parts
