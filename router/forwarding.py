@@ -15,7 +15,6 @@ import orjson
 from router.context import Reply, RequestContext, media_type
 from router.errors import (
     NumericTensorRedaction,
-    RouterError,
     StreamBroken,
     UpstreamError,
     UpstreamResponseTooLarge,
@@ -45,7 +44,7 @@ from router.redaction.rehydrate import (
 )
 from router.redaction.vault import TokenVault
 from router.relaying import exact_length, relayed
-from router.sse import ends_with_done
+from router.sse import ends_with_done, events_end
 from router.stages.classify import OFF_LOOP_BYTES
 from router.tier_view import View, view_for
 from router.upstreams.cluster import Cluster
@@ -349,7 +348,7 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
         async for chunk in _streamed(forwarded):
             events = b""
             if not pending:
-                end = _events_end(chunk)
+                end = events_end(chunk)
                 if end:
                     events = chunk[:end] if end < len(chunk) else chunk
                 pending += chunk[end:]
@@ -358,7 +357,7 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
                 # separator): an event arriving in many pieces costs linear time, not square.
                 searched = max(0, len(pending) - 3)
                 pending += chunk
-                end = _events_end(pending, searched)
+                end = events_end(pending, searched)
                 if end:
                     events = bytes(pending[:end])
                     del pending[:end]
@@ -385,28 +384,3 @@ async def _relay(forwarded: Forwarded) -> AsyncIterator[bytes]:
 # An event is held until its end arrives: one that never ends (an upstream sending no empty
 # line) must not grow here without bound. Chat events are a few hundred bytes.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
-_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")  # an empty line, in any of SSE's line endings
-
-
-def _events_end(data: bytes | bytearray, start: int = 0) -> int:
-    """Where the last complete SSE event in `data` ends (0: none complete yet), looking for
-    its end from `start` on."""
-    end = 0
-    for separator in _EVENT_ENDS:
-        at = data.rfind(separator, start)
-        if at >= 0:
-            end = max(end, at + len(separator))
-    return end
-
-
-def sse_error_event(error: RouterError) -> bytes:
-    """An OpenAI-style error event: the openai SDK raises APIError when it reads one."""
-    doc = {
-        "error": {
-            "message": error.message,
-            "type": "server_error",
-            "param": None,
-            "code": error.code,
-        }
-    }
-    return b"data: " + orjson.dumps(doc) + b"\n\n"

@@ -1,5 +1,7 @@
-"""OpenAI-style SSE streams as the router reads them: their end (as the relay and the audit
-trail see it) and their events' data (as a spool sample holds them)."""
+"""OpenAI-style SSE streams as the router reads and writes them: their end (as the relay and
+the audit trail see it), their events' data (as a spool sample holds them), where the last
+whole event ends (the relay passes on whole events), and the error event that ends a broken
+stream."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import re
 from collections.abc import Iterator
 
 import orjson
+
+from router.errors import RouterError
 
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # A line ends at CRLF, LF or a bare CR (the SSE grammar); not at the other line breaks
@@ -65,3 +69,30 @@ def data_payloads(stream: bytes) -> Iterator[bytes]:
             lines.append(value[1:] if value.startswith(b" ") else value)
     if lines:  # a last event without its empty line: a clean end still ends it
         yield b"\n".join(lines)
+
+
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")  # an empty line, in any of SSE's line endings
+
+
+def events_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where the last complete SSE event in `data` ends (0: none complete yet), looking for
+    its end from `start` on."""
+    end = 0
+    for separator in _EVENT_ENDS:
+        at = data.rfind(separator, start)
+        if at >= 0:
+            end = max(end, at + len(separator))
+    return end
+
+
+def sse_error_event(error: RouterError) -> bytes:
+    """An OpenAI-style error event: the openai SDK raises APIError when it reads one."""
+    doc = {
+        "error": {
+            "message": error.message,
+            "type": "server_error",
+            "param": None,
+            "code": error.code,
+        }
+    }
+    return b"data: " + orjson.dumps(doc) + b"\n\n"

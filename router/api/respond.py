@@ -22,12 +22,13 @@ from router.audit import new_audit_id
 from router.budget import model_budget
 from router.context import Reply, RequestContext
 from router.errors import LoopDetected, RouterError
-from router.forwarding import ROUTE_REASON, SERVED_BY_TIER, sse_error_event
+from router.forwarding import ROUTE_REASON, SERVED_BY_TIER
 from router.headers import MAX_HOPS, REQUEST_ID, hops, request_id
 from router.logs import ACCESS_TRACE
 from router.pipeline import Pipeline
 from router.privacy import redaction_header
 from router.runtime import Generation
+from router.sse import sse_error_event
 from router.trail import note_client_gone
 
 POLICY_REVISION = "X-Policy-Revision"
