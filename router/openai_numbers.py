@@ -16,7 +16,7 @@ from typing import Any
 
 from router.errors import NumericValueRedaction
 from router.redaction.walker import RedactionPlan, Scanner
-from router.v2.numeric_redaction import entity_of
+from router.v2.numeric_redaction import entity_of, is_number
 
 
 def refuse_json_numbers_made_text(
@@ -43,7 +43,7 @@ def _numbers_made_text(
     two differ is descended into (a C-speed comparison skips the rest: an embeddings request's
     token arrays are never walked in Python)."""
     if isinstance(after, str):
-        if _is_number(before):
+        if is_number(before):
             yield path, before
         return
     for key, old, new in _children(before, after):
@@ -66,7 +66,3 @@ def _children(before: Any, after: Any) -> Iterator[tuple[str, Any, Any]]:
     elif isinstance(before, list) and isinstance(after, list):
         for index, (old, new) in enumerate(zip(before, after, strict=False)):
             yield str(index), old, new
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -63,7 +63,7 @@ def _numbers_made_text(
         if original is None or original.get("data") == tensor["data"]:
             continue  # left as it was (the common case: one C-speed comparison)
         for old, new in zip(_flat(original["data"]), _flat(tensor["data"]), strict=False):
-            if isinstance(new, str) and _is_number(old):
+            if isinstance(new, str) and is_number(old):
                 yield str(tensor.get("name")), datatype, old
                 break
 
@@ -100,7 +100,8 @@ def _flat(data: list[Any]) -> Iterator[Any]:
             yield item
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number: an int or a float, not a bool (which Python counts as an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
